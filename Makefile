@@ -1,0 +1,54 @@
+# Makefile - wraps Meson and Ninja. `./dev` installs the Debian packages
+# this needs and then calls make; `make` alone assumes they are there.
+
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+MESON      ?= meson
+PYTEST     ?= /usr/bin/python3 -m pytest
+LISTEN     ?= 127.0.0.1:4444
+
+.PHONY: all build serve test test-unit test-integration test-asan bench install clean
+
+all: build
+
+$(BUILD)/build.ninja:
+	$(MESON) setup $(BUILD) -Dwerror=true
+
+build: $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+serve: build
+	./$(BUILD)/sockfork serve -l $(LISTEN)
+
+# The whole suite: unit and integration tests on the normal build, then
+# both again on an AddressSanitizer + UndefinedBehaviorSanitizer build.
+test: test-unit test-integration test-asan
+
+test-unit: build
+	$(MESON) test -C $(BUILD) --suite unit --verbose --print-errorlogs
+
+test-integration: build
+	SOCKFORK_BIN=$(CURDIR)/$(BUILD)/sockfork SOCKFORK_HELPERS=$(CURDIR)/$(BUILD)/tests/helpers \
+	  $(PYTEST) -q -rs tests/integration
+
+$(ASAN_BUILD)/build.ninja:
+	$(MESON) setup $(ASAN_BUILD) -Dwerror=true -Dbuildtype=debug \
+	  -Db_sanitize=address,undefined -Db_lundef=false \
+	  -Dc_args='-fno-sanitize-recover=all -fno-omit-frame-pointer'
+
+test-asan: $(ASAN_BUILD)/build.ninja
+	ninja -C $(ASAN_BUILD)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	  $(MESON) test -C $(ASAN_BUILD) --suite unit --verbose --print-errorlogs
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	SOCKFORK_BIN=$(CURDIR)/$(ASAN_BUILD)/sockfork SOCKFORK_HELPERS=$(CURDIR)/$(ASAN_BUILD)/tests/helpers \
+	  SOCKFORK_SANITIZED=1 $(PYTEST) -q -rs tests/integration
+
+bench: build
+	bench/run.sh
+
+install: build
+	$(MESON) install -C $(BUILD)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

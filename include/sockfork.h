@@ -1,0 +1,211 @@
+/*
+ * sockfork.h - the one public header of libsockfork.
+ *
+ * A supervisor process owns listening sockets and forks one child per
+ * connection; the child runs a handler (or execs a program) and exits.
+ *
+ * Conventions (after libuv):
+ *   - every public name starts with sf_ / SF_;
+ *   - calls that can fail return 0 or a negative errno value;
+ *   - the library never prints and never exits: diagnostics go to the
+ *     log callback given in sf_server_opts, errors are returned;
+ *   - "who frees what" is said at each function.
+ */
+#ifndef SOCKFORK_H
+#define SOCKFORK_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <netinet/in.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(SF_BUILDING_LIBRARY)
+#define SF_EXTERN __attribute__((visibility("default")))
+#else
+#define SF_EXTERN
+#endif
+
+#define SF_VERSION "0.1.0"
+
+/* Version string of the library actually linked. Static storage. */
+SF_EXTERN const char *sf_version(void);
+
+/* ---------------------------------------------------------------- logging */
+
+enum sf_log_level {
+    SF_LOG_ERROR = 0,
+    SF_LOG_WARN = 1,
+    SF_LOG_NOTICE = 2, /* start, stop, limits reached and left */
+    SF_LOG_INFO = 3,   /* one line per connect and per disconnect */
+    SF_LOG_DEBUG = 4
+};
+
+/*
+ * Receives one complete log line (no trailing newline). Called from the
+ * supervisor's loop only, never from a signal handler or a child. The line
+ * is only valid during the call.
+ */
+typedef void (*sf_log_cb)(void *arg, int level, const char *line);
+
+/* -------------------------------------------------------------- addresses */
+
+/* A listening or peer address: TCP over IPv4/IPv6, or a Unix socket path. */
+typedef struct sf_addr {
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in4;
+        struct sockaddr_in6 in6;
+        struct sockaddr_un un;
+        struct sockaddr_storage ss;
+    } u;
+    socklen_t len;
+} sf_addr;
+
+/* Longest text sf_addr_format can produce, with its NUL. */
+#define SF_ADDR_TEXT_MAX (sizeof(struct sockaddr_un) + 8)
+
+/*
+ * Parses "HOST:PORT", "[V6]:PORT" or "unix:PATH". HOST is a numeric IPv4
+ * address or a name that resolves to one (the first result is used); PORT
+ * is 0..65535, 0 meaning "any free port". Returns 0, -EINVAL for a malformed
+ * address (a missing port, a port out of range, an empty or too long path),
+ * or -ENOENT when HOST does not resolve.
+ */
+SF_EXTERN int sf_addr_parse(sf_addr *out, const char *text);
+
+/*
+ * Writes "1.2.3.4:80", "[::1]:80" or "unix:/path" into buf. Returns the
+ * length written, or -ENOSPC if buf is too small (buf is then truncated
+ * but NUL-terminated), or -EAFNOSUPPORT for another family.
+ */
+SF_EXTERN int sf_addr_format(const sf_addr *a, char *buf, size_t len);
+
+/* The numeric host part ("1.2.3.4", "::1"; the path for Unix) and port. */
+SF_EXTERN int sf_addr_host(const sf_addr *a, char *buf, size_t len);
+SF_EXTERN unsigned sf_addr_port(const sf_addr *a);
+
+/* ------------------------------------------------------------ exit status */
+
+typedef struct sf_status {
+    int exited;  /* 1: exited normally with `code` */
+    int code;    /* exit code, valid when exited */
+    int signal;  /* terminating signal, valid when !exited */
+    int core;    /* 1 when a core was dumped */
+} sf_status;
+
+/* Decodes a wait status as returned by waitpid(). */
+SF_EXTERN sf_status sf_status_decode(int wstatus);
+
+/*
+ * Writes "exited 3", "killed by SIGSEGV (core dumped)" or
+ * "killed by signal 77" into buf. Returns the length, or -ENOSPC.
+ */
+SF_EXTERN int sf_status_format(const sf_status *st, char *buf, size_t len);
+
+/* "SIGTERM" for SIGTERM, NULL for an unknown number. Static storage. */
+SF_EXTERN const char *sf_signal_name(int sig);
+
+/* ------------------------------------------------------------ connections */
+
+/* One accepted connection, seen from the child that serves it. */
+typedef struct sf_conn sf_conn;
+
+/*
+ * A connection handler. Runs in a forked child with the connection's socket
+ * (blocking) and the inherited stdin/stdout/stderr; every other descriptor
+ * of the supervisor is closed and the signal mask and dispositions are the
+ * defaults, except SIGPIPE, which stays ignored (writes to a closed peer
+ * fail with EPIPE). The child exits with the return value (0..255) after
+ * flushing stdio. `arg` is the pointer given to sf_server_new.
+ */
+typedef int (*sf_conn_cb)(sf_conn *conn, void *arg);
+
+/* The connection's socket. Owned by the library; do not close it. */
+SF_EXTERN int sf_conn_fd(const sf_conn *c);
+
+/* The peer and local addresses. Owned by the library. */
+SF_EXTERN const sf_addr *sf_conn_peer(const sf_conn *c);
+SF_EXTERN const sf_addr *sf_conn_local(const sf_conn *c);
+
+/*
+ * Replaces the child with a program serving the connection the way
+ * tcpserver does: the socket becomes fd 0 and fd 1, fd 2 is kept, and the
+ * environment gets PROTO=TCP, TCPREMOTEIP, TCPREMOTEPORT, TCPLOCALIP and
+ * TCPLOCALPORT (TCPLOCALHOST, TCPREMOTEHOST and TCPREMOTEINFO are removed,
+ * as with tcpserver -H -R). IPv6 connections get PROTO=TCP6 and the TCP6*
+ * names as well; Unix connections get PROTO=IPC, IPCLOCALPATH,
+ * IPCREMOTEEUID, IPCREMOTEEGID and IPCREMOTEPID. SIGPIPE is reset to its
+ * default for the program. The program is looked up in PATH.
+ * Returns only on failure, with -errno.
+ */
+SF_EXTERN int sf_conn_exec(sf_conn *c, char *const argv[]);
+
+/* ----------------------------------------------------------------- server */
+
+typedef struct sf_server sf_server;
+
+typedef struct sf_server_opts {
+    unsigned max_conns;   /* children at once; 0 = the default, 1000 */
+    unsigned max_per_ip;  /* connections at once from one address; 0 = off */
+    double idle_timeout;  /* s without data from a TCP client; 0 = off */
+    double grace;         /* s children may finish at shutdown; default 10 */
+    double kill_grace;    /* s between SIGTERM and SIGKILL; default 2 */
+    int backlog;          /* listen backlog; 0 = the system maximum */
+    int log_level;        /* highest level passed to `log`; default INFO */
+    sf_log_cb log;        /* NULL = no logging */
+    void *log_arg;
+} sf_server_opts;
+
+/* Fills opts with the defaults above. */
+SF_EXTERN void sf_server_opts_init(sf_server_opts *opts);
+
+/*
+ * Creates a server that runs `handler(conn, arg)` in a new child for every
+ * accepted connection. `opts` is copied; NULL means the defaults. On
+ * success *out owns the server until sf_server_free. Returns 0, -EINVAL
+ * for bad options or -ENOMEM.
+ */
+SF_EXTERN int sf_server_new(sf_server **out, const sf_server_opts *opts,
+                            sf_conn_cb handler, void *arg);
+
+/*
+ * Adds a listening socket for an address in sf_addr_parse's syntax. Binds
+ * and listens at once, so the caller learns of -EADDRINUSE, -EACCES or
+ * -EINVAL here. A Unix path is created (a stale socket left by a dead
+ * server is replaced, a live one gives -EADDRINUSE) and removed by
+ * sf_server_free.
+ */
+SF_EXTERN int sf_server_listen(sf_server *s, const char *addr);
+
+/* Number of listeners, and the address the i-th one really has (port 0
+ * resolved to the port the kernel chose). NULL if i is out of range. */
+SF_EXTERN size_t sf_server_listener_count(const sf_server *s);
+SF_EXTERN const sf_addr *sf_server_listener_addr(const sf_server *s, size_t i);
+
+/*
+ * Runs the supervisor until SIGTERM or SIGINT (or sf_server_stop), then
+ * shuts down gracefully: listeners are closed, children get `grace` seconds
+ * to finish, then SIGTERM, then SIGKILL after `kill_grace`; a second
+ * SIGTERM/SIGINT skips what is left of the grace. Returns 0 once every
+ * child has been reaped, or -errno if the loop could not start.
+ * Installs handlers for SIGTERM, SIGINT and SIGCHLD and ignores SIGPIPE
+ * for the process while it runs; raises the descriptor soft limit to the
+ * hard limit (children get the original back). Call at most once.
+ */
+SF_EXTERN int sf_server_run(sf_server *s);
+
+/* Asks a running server to shut down as SIGTERM would. Async-signal-safe. */
+SF_EXTERN void sf_server_stop(sf_server *s);
+
+/* Closes listeners, removes Unix paths, frees everything. NULL is fine. */
+SF_EXTERN void sf_server_free(sf_server *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SOCKFORK_H */

@@ -1,0 +1,30 @@
+/* listener.h - one listening socket. */
+#ifndef SF_LISTENER_H
+#define SF_LISTENER_H
+
+#include <ev.h>
+#include <sys/types.h>
+
+#include "sockfork.h"
+
+typedef struct listener {
+    int fd;
+    sf_addr addr;       /* the bound address, port 0 resolved */
+    dev_t path_dev;     /* Unix: the socket file we created, to remove */
+    ino_t path_ino;     /*   only that one at close */
+    int owns_path;
+    ev_io io;
+} listener;
+
+/*
+ * Creates a non-blocking, close-on-exec socket bound to `a` and listening.
+ * backlog <= 0 asks for the system maximum. Returns 0 or -errno
+ * (-EADDRINUSE for a port or live Unix socket in use, -EEXIST for a path
+ * that exists and is not a socket).
+ */
+int listener_open(listener *l, const sf_addr *a, int backlog);
+
+/* Closes the socket and removes the Unix path if it is still ours. */
+void listener_close(listener *l);
+
+#endif

@@ -1,0 +1,633 @@
+/*
+ * server.c - fork mode: accept a connection, fork a child to serve it.
+ *
+ * The supervisor keeps its own copy of every connection's socket until the
+ * child is reaped. That copy is what lets it see, without touching the
+ * data, how many bytes went each way and how long the client has been
+ * silent (TCP_INFO), and close the connection of a child it has to stop.
+ *
+ * Accepting is paused (the listeners' watchers stopped, the kernel backlog
+ * holding new clients) for three reasons, kept as bits in `paused`:
+ * the connection limit, a backoff after accept() failed for lack of
+ * resources, and a backoff after fork() failed. Never fail open, never spin.
+ */
+#include "server/conn.h"
+#include "server/listener.h"
+#include "supervisor/supervisor.h"
+#include "process/process.h"
+#include "os/os.h"
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+
+#define LISTENERS_MAX 64
+#define ACCEPT_BATCH 32      /* accepts per wakeup, so reaping is not starved */
+#define BACKOFF_MIN 0.05
+#define BACKOFF_MAX 1.0
+
+enum { PAUSE_LIMIT = 1, PAUSE_ACCEPT_ERR = 2, PAUSE_FORK_ERR = 4 };
+
+typedef struct conn_rec {
+    int fd;               /* the supervisor's copy; -1 when free */
+    pid_t pid;            /* 0 until forked */
+    int is_tcp;
+    int idle_closed;
+    sf_addr peer;
+    ev_tstamp started;
+    struct conn_rec *next_free;
+} conn_rec;
+
+struct sf_server {
+    sf_server_opts opts;
+    sf_logger log;
+    sf_conn_cb handler;
+    void *arg;
+
+    struct ev_loop *loop;
+    listener listeners[LISTENERS_MAX];
+    size_t nlisteners;
+
+    sup sup;
+    int sup_ready;
+    conn_rec *recs;       /* opts.max_conns records */
+    conn_rec *free_recs;
+    unsigned recs_used;   /* children plus a connection waiting for fork */
+    hmap per_ip;          /* address -> connections open from it */
+
+    unsigned paused;
+    double backoff;
+    ev_timer backoff_timer;
+    conn_rec *pending;    /* accepted; fork failed; retried after backoff */
+    ev_timer idle_timer;
+    ev_async stop_async;
+
+    struct rlimit orig_fdlimit;
+    int have_orig_fdlimit;
+    int ran;
+};
+
+/* ------------------------------------------------------------ helpers */
+
+static void peer_text(const conn_rec *r, char *buf, size_t len)
+{
+    if (sf_addr_format(&r->peer, buf, len) < 0)
+        snprintf(buf, len, "?");
+}
+
+static hmap_key ip_key(const sf_addr *a)
+{
+    hmap_key k;
+
+    memset(&k, 0, sizeof k);
+    k.b[0] = (uint8_t)a->u.sa.sa_family;
+    if (a->u.sa.sa_family == AF_INET)
+        memcpy(k.b + 1, &a->u.in4.sin_addr, 4);
+    else if (a->u.sa.sa_family == AF_INET6)
+        memcpy(k.b + 1, &a->u.in6.sin6_addr, 16);
+    return k;
+}
+
+static conn_rec *rec_alloc(sf_server *s)
+{
+    conn_rec *r = s->free_recs;
+
+    if (!r)
+        return NULL;
+    s->free_recs = r->next_free;
+    s->recs_used++;
+    memset(r, 0, sizeof *r);
+    r->fd = -1;
+    return r;
+}
+
+static void rec_release(sf_server *s, conn_rec *r)
+{
+    if (r->fd >= 0)
+        close(r->fd);
+    r->fd = -1;
+    r->pid = 0;
+    r->next_free = s->free_recs;
+    s->free_recs = r;
+    s->recs_used--;
+}
+
+static void per_ip_add(sf_server *s, const conn_rec *r, int delta)
+{
+    hmap_key k;
+    uint32_t *n;
+
+    if (!s->opts.max_per_ip || !r->is_tcp)
+        return;
+    k = ip_key(&r->peer);
+    n = hmap_get(&s->per_ip, &k);
+    if (delta > 0) {
+        if (n)
+            (*n)++;
+        else
+            (void)hmap_put(&s->per_ip, &k, 1); /* room: one entry per record at most */
+    } else if (n && --*n == 0) {
+        (void)hmap_del(&s->per_ip, &k);
+    }
+}
+
+static unsigned per_ip_count(const sf_server *s, const conn_rec *r)
+{
+    hmap_key k = ip_key(&r->peer);
+    uint32_t *n = hmap_get(&s->per_ip, &k);
+    return n ? *n : 0;
+}
+
+/* ------------------------------------------------------ accept control */
+
+static void update_accepting(sf_server *s)
+{
+    int on = !s->paused && !s->sup.shutting_down;
+
+    for (size_t i = 0; i < s->nlisteners; i++) {
+        if (s->listeners[i].fd < 0)
+            continue;
+        if (on && !ev_is_active(&s->listeners[i].io))
+            ev_io_start(s->loop, &s->listeners[i].io);
+        else if (!on && ev_is_active(&s->listeners[i].io))
+            ev_io_stop(s->loop, &s->listeners[i].io);
+    }
+}
+
+static void pause_set(sf_server *s, unsigned why, int on)
+{
+    if (on)
+        s->paused |= why;
+    else
+        s->paused &= ~why;
+    update_accepting(s);
+}
+
+static void backoff_start(sf_server *s, unsigned why)
+{
+    s->backoff = s->backoff < BACKOFF_MIN ? BACKOFF_MIN : s->backoff;
+    ev_timer_stop(s->loop, &s->backoff_timer);
+    ev_timer_set(&s->backoff_timer, s->backoff, 0.);
+    ev_timer_start(s->loop, &s->backoff_timer);
+    pause_set(s, why, 1);
+}
+
+static void backoff_grow(sf_server *s)
+{
+    s->backoff = s->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : s->backoff * 2;
+}
+
+/* -------------------------------------------------------------- forking */
+
+static void __attribute__((noreturn)) child_main(sf_server *s, conn_rec *r)
+{
+    sf_conn c;
+    int rc;
+
+    memset(&c, 0, sizeof c);
+    c.fd = 3; /* where proc_fork put keep[0] */
+    c.peer = r->peer;
+    c.local.len = sizeof c.local.u;
+    if (getsockname(c.fd, &c.local.u.sa, &c.local.len) < 0 || !r->is_tcp)
+        c.local = r->peer; /* Unix: the listener's path on both sides */
+    rc = s->handler(&c, s->arg);
+    fflush(NULL);
+    _exit(rc & 0xff);
+}
+
+/* Forks the child for r. Returns 0, or -errno with r untouched. */
+static int spawn(sf_server *s, conn_rec *r)
+{
+    proc_fork_opts o;
+    pid_t pid;
+
+    memset(&o, 0, sizeof o);
+    o.keep[0] = r->fd;
+    o.nkeep = 1;
+    o.fdlimit = s->have_orig_fdlimit ? &s->orig_fdlimit : NULL;
+    o.parent_death_signal = SIGTERM;
+    pid = proc_fork(&o);
+    if (pid < 0)
+        return pid;
+    if (pid == 0)
+        child_main(s, r);
+
+    r->pid = pid;
+    r->started = ev_now(s->loop);
+    /* Cannot fail: there are as many table slots as records. */
+    (void)sup_add(&s->sup, pid, r);
+    per_ip_add(s, r, +1);
+    if (sf_log_enabled(&s->log, SF_LOG_INFO)) {
+        char peer[SF_ADDR_TEXT_MAX];
+        peer_text(r, peer, sizeof peer);
+        sf_logf(&s->log, SF_LOG_INFO, "[%s] connected pid=%d active=%u", peer, (int)pid,
+                s->sup.count);
+    }
+    return 0;
+}
+
+static void check_limit(sf_server *s)
+{
+    int full = s->recs_used >= s->opts.max_conns;
+
+    if (full && !(s->paused & PAUSE_LIMIT)) {
+        sf_logf(&s->log, SF_LOG_NOTICE,
+                "connection limit reached (%u active): not accepting until a child exits",
+                s->sup.count);
+        pause_set(s, PAUSE_LIMIT, 1);
+    } else if (!full && (s->paused & PAUSE_LIMIT)) {
+        sf_logf(&s->log, SF_LOG_NOTICE, "below the connection limit: accepting again");
+        pause_set(s, PAUSE_LIMIT, 0);
+    }
+}
+
+/* Returns 1 if the connection was handed to a child or refused, 0 if it is
+ * now pending a fork retry. */
+static int start_conn(sf_server *s, conn_rec *r)
+{
+    char peer[SF_ADDR_TEXT_MAX];
+    int rc;
+
+    if (s->opts.max_per_ip && r->is_tcp && per_ip_count(s, r) >= s->opts.max_per_ip) {
+        char host[SF_ADDR_TEXT_MAX];
+        peer_text(r, peer, sizeof peer);
+        if (sf_addr_host(&r->peer, host, sizeof host) < 0)
+            snprintf(host, sizeof host, "?");
+        sf_logf(&s->log, SF_LOG_NOTICE,
+                "[%s] refused: %u connections from %s already (per-IP limit)", peer,
+                per_ip_count(s, r), host);
+        rec_release(s, r);
+        return 1;
+    }
+    rc = spawn(s, r);
+    if (rc == 0) {
+        s->backoff = 0;
+        return 1;
+    }
+    sf_logf(&s->log, SF_LOG_WARN, "cannot fork: %s; retrying in %g s", strerror(-rc),
+            s->backoff < BACKOFF_MIN ? BACKOFF_MIN : s->backoff);
+    s->pending = r;
+    backoff_start(s, PAUSE_FORK_ERR);
+    return 0;
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    sf_server *s = w->data;
+    listener *l = (listener *)((char *)w - offsetof(listener, io));
+    (void)loop;
+    (void)revents;
+
+    for (int i = 0; i < ACCEPT_BATCH && !s->paused; i++) {
+        conn_rec *r;
+        sf_addr peer;
+        int fd;
+
+        check_limit(s);
+        if (s->paused)
+            break;
+        memset(&peer, 0, sizeof peer);
+        peer.len = sizeof peer.u;
+        fd = accept4(l->fd, &peer.u.sa, &peer.len, SOCK_CLOEXEC);
+        if (fd < 0) {
+            switch (errno) {
+            case EAGAIN:
+#if EAGAIN != EWOULDBLOCK
+            case EWOULDBLOCK:
+#endif
+                return;
+            case EINTR:
+            case ECONNABORTED: /* the client left before we took it */
+            case EPROTO:
+            case EPERM:        /* a firewall rule refused it */
+                continue;
+            default:
+                /* EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection stays in
+                 * the backlog and the listener stays readable; retrying at
+                 * once would spin. Wait, then try again. */
+                sf_logf(&s->log, SF_LOG_WARN, "cannot accept: %s; pausing accept for %g s",
+                        strerror(errno), s->backoff < BACKOFF_MIN ? BACKOFF_MIN : s->backoff);
+                backoff_start(s, PAUSE_ACCEPT_ERR);
+                return;
+            }
+        }
+        r = rec_alloc(s); /* check_limit guarantees one */
+        r->fd = fd;
+        r->is_tcp = l->addr.u.sa.sa_family != AF_UNIX;
+        r->peer = r->is_tcp ? peer : l->addr;
+        if (!start_conn(s, r))
+            return;
+    }
+    check_limit(s);
+}
+
+static void backoff_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    sf_server *s = w->data;
+    (void)loop;
+    (void)revents;
+
+    backoff_grow(s);
+    if (s->pending) {
+        conn_rec *r = s->pending;
+        s->pending = NULL;
+        if (!start_conn(s, r))
+            return; /* failed again: start_conn re-armed the timer */
+        s->paused &= ~PAUSE_FORK_ERR;
+    }
+    s->paused &= ~PAUSE_ACCEPT_ERR;
+    check_limit(s);
+    update_accepting(s);
+}
+
+/* --------------------------------------------------- exits and timeouts */
+
+static void on_child_exit(sup *sp, pid_t pid, int wstatus, void *data, void *arg)
+{
+    sf_server *s = arg;
+    conn_rec *r = data;
+    (void)sp;
+
+    if (sf_log_enabled(&s->log, SF_LOG_INFO)) {
+        char peer[SF_ADDR_TEXT_MAX], status[64], bytes[64] = "";
+        sf_status st = sf_status_decode(wstatus);
+        os_tcp_stats ts;
+
+        peer_text(r, peer, sizeof peer);
+        sf_status_format(&st, status, sizeof status);
+        if (r->is_tcp && os_tcp_stats_get(r->fd, &ts) == 0 && ts.bytes_in != UINT64_MAX)
+            snprintf(bytes, sizeof bytes, " in=%llu out=%llu", (unsigned long long)ts.bytes_in,
+                     (unsigned long long)ts.bytes_out);
+        sf_logf(&s->log, SF_LOG_INFO, "[%s] disconnected pid=%d duration=%.3fs%s status=%s", peer,
+                (int)pid, ev_now(s->loop) - r->started, bytes, status);
+    }
+    per_ip_add(s, r, -1);
+    rec_release(s, r);
+    check_limit(s);
+}
+
+/* Polls the kernel's "last data received" time of every TCP connection.
+ * The period is a quarter of the timeout, so a client is cut between 1 and
+ * 1.25 timeouts after its last byte. */
+static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    sf_server *s = w->data;
+    uint64_t limit_ms = (uint64_t)(s->opts.idle_timeout * 1000.0);
+    (void)loop;
+    (void)revents;
+
+    for (unsigned i = 0; i < s->opts.max_conns; i++) {
+        conn_rec *r = &s->recs[i];
+        os_tcp_stats ts;
+
+        if (r->fd < 0 || r->pid <= 0 || !r->is_tcp || r->idle_closed)
+            continue;
+        if (os_tcp_stats_get(r->fd, &ts) < 0 || ts.idle_in_ms < limit_ms)
+            continue;
+        r->idle_closed = 1;
+        if (sf_log_enabled(&s->log, SF_LOG_NOTICE)) {
+            char peer[SF_ADDR_TEXT_MAX];
+            peer_text(r, peer, sizeof peer);
+            sf_logf(&s->log, SF_LOG_NOTICE, "[%s] idle for %g s: closing pid=%d", peer,
+                    s->opts.idle_timeout, (int)r->pid);
+        }
+        /* The socket is shared with the child: shutting it down here gives
+         * the client EOF now and the child EOF on its next read. */
+        (void)shutdown(r->fd, SHUT_RDWR);
+        sup_terminate(&s->sup, r->pid);
+    }
+}
+
+/* -------------------------------------------------------------- shutdown */
+
+static void on_shutdown(sup *sp, void *arg)
+{
+    sf_server *s = arg;
+    (void)sp;
+
+    for (size_t i = 0; i < s->nlisteners; i++) {
+        ev_io_stop(s->loop, &s->listeners[i].io);
+        listener_close(&s->listeners[i]);
+    }
+    ev_timer_stop(s->loop, &s->backoff_timer);
+    if (s->pending) {
+        rec_release(s, s->pending);
+        s->pending = NULL;
+    }
+}
+
+static void stop_async_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+    sf_server *s = w->data;
+    (void)loop;
+    (void)revents;
+    sup_shutdown(&s->sup);
+}
+
+void sf_server_stop(sf_server *s)
+{
+    ev_async_send(s->loop, &s->stop_async);
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+void sf_server_opts_init(sf_server_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->max_conns = 1000;
+    o->grace = 10.0;
+    o->kill_grace = 2.0;
+    o->log_level = SF_LOG_INFO;
+}
+
+/* No socket may take the number of stdin, stdout or stderr: a child would
+ * then keep it as if it were its own stdio. */
+static void ensure_stdio_open(void)
+{
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) {
+            int nfd = open("/dev/null", O_RDWR);
+            if (nfd >= 0 && nfd != fd)
+                close(nfd); /* cannot happen: open takes the lowest free */
+        }
+    }
+}
+
+int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handler, void *arg)
+{
+    sf_server *s = NULL;
+    int rc = -ENOMEM;
+
+    *out = NULL;
+    if (!handler)
+        return -EINVAL;
+    s = calloc(1, sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    if (opts)
+        s->opts = *opts;
+    else
+        sf_server_opts_init(&s->opts);
+    if (s->opts.max_conns == 0)
+        s->opts.max_conns = 1000;
+    if (s->opts.idle_timeout < 0 || s->opts.grace < 0 || s->opts.kill_grace < 0 ||
+        s->opts.max_conns > (1u << 24)) {
+        free(s);
+        return -EINVAL;
+    }
+    s->log.cb = s->opts.log;
+    s->log.arg = s->opts.log_arg;
+    s->log.level = s->opts.log_level;
+    s->handler = handler;
+    s->arg = arg;
+
+    ensure_stdio_open();
+    s->recs = calloc(s->opts.max_conns, sizeof *s->recs);
+    if (!s->recs)
+        goto fail;
+    for (unsigned i = 0; i < s->opts.max_conns; i++) {
+        s->recs[i].fd = -1;
+        s->recs[i].next_free = i + 1 < s->opts.max_conns ? &s->recs[i + 1] : NULL;
+    }
+    s->free_recs = &s->recs[0];
+    if (s->opts.max_per_ip && hmap_init(&s->per_ip, s->opts.max_conns) < 0)
+        goto fail;
+    s->loop = ev_loop_new(EVFLAG_AUTO);
+    if (!s->loop)
+        goto fail;
+    ev_timer_init(&s->backoff_timer, backoff_cb, 0., 0.);
+    s->backoff_timer.data = s;
+    ev_timer_init(&s->idle_timer, idle_cb, 0., 0.);
+    s->idle_timer.data = s;
+    ev_async_init(&s->stop_async, stop_async_cb);
+    s->stop_async.data = s;
+    ev_async_start(s->loop, &s->stop_async);
+    *out = s;
+    return 0;
+
+fail:
+    sf_server_free(s);
+    return rc;
+}
+
+int sf_server_listen(sf_server *s, const char *text)
+{
+    sf_addr a;
+    listener *l;
+    int rc;
+
+    if (s->ran)
+        return -EBUSY;
+    if (s->nlisteners >= LISTENERS_MAX)
+        return -EMFILE;
+    rc = sf_addr_parse(&a, text);
+    if (rc < 0)
+        return rc;
+    l = &s->listeners[s->nlisteners];
+    rc = listener_open(l, &a, s->opts.backlog);
+    if (rc < 0)
+        return rc;
+    ev_io_init(&l->io, accept_cb, l->fd, EV_READ);
+    l->io.data = s;
+    s->nlisteners++;
+    return 0;
+}
+
+size_t sf_server_listener_count(const sf_server *s)
+{
+    return s->nlisteners;
+}
+
+const sf_addr *sf_server_listener_addr(const sf_server *s, size_t i)
+{
+    return i < s->nlisteners ? &s->listeners[i].addr : NULL;
+}
+
+int sf_server_run(sf_server *s)
+{
+    struct sigaction ign, old_pipe;
+    sup_config cfg;
+    int rc;
+
+    if (s->ran)
+        return -EBUSY;
+    if (s->nlisteners == 0)
+        return -EDESTADDRREQ;
+    s->ran = 1;
+
+    memset(&cfg, 0, sizeof cfg);
+    cfg.max_children = s->opts.max_conns;
+    cfg.grace = s->opts.grace;
+    cfg.kill_grace = s->opts.kill_grace;
+    cfg.on_exit = on_child_exit;
+    cfg.on_shutdown = on_shutdown;
+    cfg.arg = s;
+    cfg.log = &s->log;
+    rc = sup_init(&s->sup, s->loop, &cfg);
+    if (rc < 0)
+        return rc;
+    s->sup_ready = 1;
+
+    rc = os_fdlimit_raise(&s->orig_fdlimit);
+    if (rc == 0)
+        s->have_orig_fdlimit = 1;
+    else
+        sf_logf(&s->log, SF_LOG_WARN, "cannot raise the descriptor limit: %s", strerror(-rc));
+
+    /* A client that goes away while we write must cost an EPIPE, never the
+     * supervisor. */
+    memset(&ign, 0, sizeof ign);
+    ign.sa_handler = SIG_IGN;
+    sigemptyset(&ign.sa_mask);
+    sigaction(SIGPIPE, &ign, &old_pipe);
+
+    if (s->opts.idle_timeout > 0) {
+        double period = s->opts.idle_timeout / 4;
+        period = period < 0.05 ? 0.05 : period > 1.0 ? 1.0 : period;
+        ev_timer_set(&s->idle_timer, period, period);
+        ev_timer_start(s->loop, &s->idle_timer);
+    }
+    update_accepting(s);
+    sup_run(&s->sup);
+
+    ev_timer_stop(s->loop, &s->idle_timer);
+    sigaction(SIGPIPE, &old_pipe, NULL);
+    if (s->have_orig_fdlimit)
+        (void)setrlimit(RLIMIT_NOFILE, &s->orig_fdlimit);
+    sf_logf(&s->log, SF_LOG_NOTICE, "exiting");
+    return 0;
+}
+
+void sf_server_free(sf_server *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->nlisteners; i++) {
+        if (s->loop)
+            ev_io_stop(s->loop, &s->listeners[i].io);
+        listener_close(&s->listeners[i]);
+    }
+    if (s->recs) {
+        for (unsigned i = 0; i < s->opts.max_conns; i++) {
+            if (s->recs[i].fd >= 0)
+                close(s->recs[i].fd);
+        }
+    }
+    if (s->sup_ready)
+        sup_fini(&s->sup);
+    if (s->loop) {
+        ev_timer_stop(s->loop, &s->backoff_timer);
+        ev_timer_stop(s->loop, &s->idle_timer);
+        ev_async_stop(s->loop, &s->stop_async);
+        ev_loop_destroy(s->loop);
+    }
+    hmap_free(&s->per_ip);
+    free(s->recs);
+    free(s);
+}

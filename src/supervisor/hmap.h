@@ -1,0 +1,50 @@
+/*
+ * hmap.h - a fixed-capacity hash map from a short byte key to a 32-bit value.
+ *
+ * Open addressing with linear probing and backward-shift deletion: no
+ * allocation after init, no tombstones, at most half full. Used for
+ * pid -> child slot and client address -> connection count.
+ */
+#ifndef SF_HMAP_H
+#define SF_HMAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define HMAP_KEY_MAX 17
+
+typedef struct hmap_key {
+    uint8_t b[HMAP_KEY_MAX]; /* unused bytes must be zero */
+} hmap_key;
+
+typedef struct hmap_slot {
+    hmap_key key;
+    uint8_t used;
+    uint32_t value;
+} hmap_slot;
+
+typedef struct hmap {
+    hmap_slot *slots;
+    size_t mask;     /* number of slots - 1 */
+    size_t count;
+    size_t max;      /* entries allowed: what init was given */
+    uint64_t seed;   /* per map, so clients cannot aim at one chain */
+} hmap;
+
+/* Room for `max` entries. Returns 0 or -ENOMEM. */
+int hmap_init(hmap *m, size_t max);
+void hmap_free(hmap *m);
+
+/* The value stored for key, or NULL. Valid until the next put or del. */
+uint32_t *hmap_get(const hmap *m, const hmap_key *key);
+
+/* Inserts or replaces. Returns 0, or -ENOSPC when `max` entries exist. */
+int hmap_put(hmap *m, const hmap_key *key, uint32_t value);
+
+/* Removes key. Returns 0, or -ENOENT. */
+int hmap_del(hmap *m, const hmap_key *key);
+
+/* A key holding an integer (a pid). */
+hmap_key hmap_key_int(int64_t v);
+
+#endif

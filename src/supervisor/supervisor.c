@@ -1,0 +1,210 @@
+/* supervisor.c - see supervisor.h. */
+#include "supervisor/supervisor.h"
+#include "process/process.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+static sup_child *child_find(sup *s, pid_t pid)
+{
+    hmap_key k = hmap_key_int(pid);
+    uint32_t *slot = hmap_get(&s->by_pid, &k);
+    return slot ? &s->children[*slot] : NULL;
+}
+
+static void kill_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    sup_child *c = (sup_child *)((char *)w - offsetof(sup_child, kill_timer));
+    (void)loop;
+    (void)revents;
+    sf_logf(c->owner->cfg.log, SF_LOG_WARN, "pid %d did not exit after SIGTERM: sending SIGKILL",
+            (int)c->pid);
+    (void)proc_signal_group(c->pid, SIGKILL);
+}
+
+void sup_terminate(sup *s, pid_t pid)
+{
+    sup_child *c = child_find(s, pid);
+
+    if (!c || c->terminating)
+        return;
+    c->terminating = 1;
+    (void)proc_signal_group(pid, SIGTERM);
+    /* A stopped process would never act on SIGTERM. */
+    (void)proc_signal_group(pid, SIGCONT);
+    ev_timer_set(&c->kill_timer, s->cfg.kill_grace, 0.);
+    ev_timer_start(s->loop, &c->kill_timer);
+}
+
+static void terminate_all(sup *s)
+{
+    s->shutting_down = 2;
+    ev_timer_stop(s->loop, &s->grace_timer);
+    for (unsigned i = 0; i < s->cfg.max_children; i++) {
+        if (s->children[i].pid > 0)
+            sup_terminate(s, s->children[i].pid);
+    }
+}
+
+static void check_done(sup *s)
+{
+    if (s->shutting_down && s->count == 0 && !s->done) {
+        s->done = 1;
+        ev_timer_stop(s->loop, &s->grace_timer);
+        ev_break(s->loop, EVBREAK_ALL);
+    }
+}
+
+static void grace_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    sup *s = w->data;
+    (void)loop;
+    (void)revents;
+    sf_logf(s->cfg.log, SF_LOG_NOTICE, "grace period over: terminating %u children", s->count);
+    terminate_all(s);
+}
+
+void sup_shutdown(sup *s)
+{
+    if (s->shutting_down == 1) {
+        /* Asked twice: the operator does not want to wait. */
+        sf_logf(s->cfg.log, SF_LOG_NOTICE, "asked again: terminating %u children now", s->count);
+        terminate_all(s);
+        return;
+    }
+    if (s->shutting_down)
+        return;
+    s->shutting_down = 1;
+    if (s->cfg.on_shutdown)
+        s->cfg.on_shutdown(s, s->cfg.arg);
+    sf_logf(s->cfg.log, SF_LOG_NOTICE, "shutting down: %u children, up to %g s to finish",
+            s->count, s->cfg.grace);
+    if (s->count > 0) {
+        if (s->cfg.grace > 0) {
+            ev_timer_set(&s->grace_timer, s->cfg.grace, 0.);
+            ev_timer_start(s->loop, &s->grace_timer);
+        } else {
+            terminate_all(s);
+        }
+    }
+    check_done(s);
+}
+
+static void sigterm_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    sup_shutdown(w->data);
+}
+
+static void reap_one(sup *s, pid_t pid, int wstatus)
+{
+    sup_child *c = child_find(s, pid);
+    hmap_key k = hmap_key_int(pid);
+    void *data;
+
+    if (!c)
+        return; /* not ours: a child the embedding program forked itself */
+    ev_timer_stop(s->loop, &c->kill_timer);
+    data = c->data;
+    (void)hmap_del(&s->by_pid, &k);
+    c->pid = 0;
+    c->data = NULL;
+    c->next_free = s->free_head;
+    s->free_head = (unsigned)(c - s->children);
+    s->count--;
+    s->cfg.on_exit(s, pid, wstatus, data, s->cfg.arg);
+}
+
+static void sigchld_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    sup *s = w->data;
+    int wstatus;
+    pid_t pid;
+    (void)loop;
+    (void)revents;
+
+    /* Signals coalesce: one SIGCHLD may stand for many exits, so reap until
+     * nothing is left. Bounded by the number of children that exited. */
+    while ((pid = waitpid(-1, &wstatus, WNOHANG)) > 0)
+        reap_one(s, pid, wstatus);
+    check_done(s);
+}
+
+int sup_init(sup *s, struct ev_loop *loop, const sup_config *cfg)
+{
+    memset(s, 0, sizeof *s);
+    s->loop = loop;
+    s->cfg = *cfg;
+    s->children = calloc(cfg->max_children, sizeof *s->children);
+    if (!s->children)
+        return -ENOMEM;
+    if (hmap_init(&s->by_pid, cfg->max_children) < 0) {
+        free(s->children);
+        s->children = NULL;
+        return -ENOMEM;
+    }
+    for (unsigned i = 0; i < cfg->max_children; i++) {
+        s->children[i].next_free = i + 1;
+        s->children[i].owner = s;
+        ev_timer_init(&s->children[i].kill_timer, kill_timer_cb, 0., 0.);
+    }
+    s->free_head = 0;
+
+    ev_signal_init(&s->sigchld, sigchld_cb, SIGCHLD);
+    ev_signal_init(&s->sigterm, sigterm_cb, SIGTERM);
+    ev_signal_init(&s->sigint, sigterm_cb, SIGINT);
+    s->sigchld.data = s->sigterm.data = s->sigint.data = s;
+    ev_signal_start(loop, &s->sigchld);
+    ev_signal_start(loop, &s->sigterm);
+    ev_signal_start(loop, &s->sigint);
+    ev_timer_init(&s->grace_timer, grace_timer_cb, 0., 0.);
+    s->grace_timer.data = s;
+    return 0;
+}
+
+void sup_fini(sup *s)
+{
+    if (!s->children)
+        return;
+    ev_signal_stop(s->loop, &s->sigchld);
+    ev_signal_stop(s->loop, &s->sigterm);
+    ev_signal_stop(s->loop, &s->sigint);
+    ev_timer_stop(s->loop, &s->grace_timer);
+    for (unsigned i = 0; i < s->cfg.max_children; i++)
+        ev_timer_stop(s->loop, &s->children[i].kill_timer);
+    hmap_free(&s->by_pid);
+    free(s->children);
+    s->children = NULL;
+}
+
+int sup_add(sup *s, pid_t pid, void *data)
+{
+    sup_child *c;
+    hmap_key k = hmap_key_int(pid);
+    int rc;
+
+    if (s->free_head >= s->cfg.max_children)
+        return -ENOSPC;
+    c = &s->children[s->free_head];
+    rc = hmap_put(&s->by_pid, &k, s->free_head);
+    if (rc < 0)
+        return rc;
+    s->free_head = c->next_free;
+    c->pid = pid;
+    c->terminating = 0;
+    c->data = data;
+    s->count++;
+    /* Shutdown already past its grace: a late child is ended at once. */
+    if (s->shutting_down == 2)
+        sup_terminate(s, pid);
+    return 0;
+}
+
+void sup_run(sup *s)
+{
+    ev_run(s->loop, 0);
+}

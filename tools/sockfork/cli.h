@@ -1,0 +1,31 @@
+/* cli.h - what the subcommands share. Uses only the public header. */
+#ifndef SOCKFORK_CLI_H
+#define SOCKFORK_CLI_H
+
+#include <sockfork.h>
+
+/* Exit statuses of the command. */
+#define EXIT_USAGE 2
+
+/* Prints "sockfork: <fmt>\n" on stderr in one write. */
+void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* The log callback the subcommands hand to the library: one line on
+ * stderr, prefixed "sockfork: ", written with a single write(2) so lines
+ * from a busy server never interleave. */
+void cli_log(void *arg, int level, const char *line);
+
+/* Parses a count: digits only, 0..max. Returns 0 or -1. */
+int cli_parse_uint(const char *s, unsigned max, unsigned *out);
+/* Parses seconds: a non-negative decimal number (fractions allowed) with
+ * an optional unit suffix ms, s, m or h. Returns 0 or -1. */
+int cli_parse_seconds(const char *s, double *out);
+
+int cmd_serve(int argc, char **argv);
+
+/* Built-in connection handlers (handlers.c). */
+int handler_interactive(sf_conn *c, void *arg);
+int handler_echo(sf_conn *c, void *arg);
+int handler_exec(sf_conn *c, void *arg); /* arg: char *argv[] */
+
+#endif

@@ -1,0 +1,117 @@
+/* handlers.c - the built-in connection handlers. They run in the child. */
+#include "cli.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#define ECHO_BUF (64 * 1024)
+#define LINE_BUF 4096 /* longer lines are echoed in pieces, never held whole */
+
+static int write_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Returns bytes read, 0 at EOF or when the peer reset the connection
+ * (both mean the client is gone), -1 on another error. */
+static ssize_t read_some(int fd, char *buf, size_t len)
+{
+    for (;;) {
+        ssize_t n = read(fd, buf, len);
+        if (n >= 0)
+            return n;
+        if (errno == EINTR)
+            continue;
+        return errno == ECONNRESET ? 0 : -1;
+    }
+}
+
+int handler_echo(sf_conn *c, void *arg)
+{
+    char buf[ECHO_BUF];
+    int fd = sf_conn_fd(c);
+    ssize_t n;
+    (void)arg;
+
+    while ((n = read_some(fd, buf, sizeof buf)) > 0) {
+        if (write_all(fd, buf, (size_t)n) < 0)
+            return errno == EPIPE || errno == ECONNRESET ? 0 : 1;
+    }
+    return n < 0 ? 1 : 0;
+}
+
+static int is_quit(const char *line, size_t len)
+{
+    return (len == 5 && memcmp(line, "quit\n", 5) == 0) ||
+           (len == 6 && memcmp(line, "quit\r\n", 6) == 0);
+}
+
+/*
+ * The seed's interactive session: a greeting, each line sent back as it
+ * came, "quit" to leave. Only whole lines are echoed, so "quit" is seen
+ * before it would be echoed; a line longer than the buffer goes back in
+ * pieces and is then never taken for "quit".
+ */
+int handler_interactive(sf_conn *c, void *arg)
+{
+    char buf[LINE_BUF], greeting[160];
+    int fd = sf_conn_fd(c);
+    size_t have = 0;
+    int in_long_line = 0;
+    ssize_t n;
+    (void)arg;
+
+    snprintf(greeting, sizeof greeting,
+             "Welcome to sockfork (pid %d). Lines you send come back; \"quit\" closes.\r\n",
+             (int)getpid());
+    if (write_all(fd, greeting, strlen(greeting)) < 0)
+        return 0;
+    while ((n = read_some(fd, buf + have, sizeof buf - have)) > 0) {
+        size_t start = 0;
+        char *nl;
+
+        have += (size_t)n;
+        while ((nl = memchr(buf + start, '\n', have - start)) != NULL) {
+            size_t len = (size_t)(nl - (buf + start)) + 1;
+            if (!in_long_line && is_quit(buf + start, len))
+                return write_all(fd, "Bye.\r\n", 6) < 0 ? 0 : 0;
+            if (write_all(fd, buf + start, len) < 0)
+                return 0;
+            in_long_line = 0;
+            start += len;
+        }
+        memmove(buf, buf + start, have - start);
+        have -= start;
+        if (have == sizeof buf) {
+            if (write_all(fd, buf, have) < 0)
+                return 0;
+            have = 0;
+            in_long_line = 1;
+        }
+    }
+    /* The client stopped sending mid-line: what it sent still comes back. */
+    if (have > 0)
+        (void)write_all(fd, buf, have);
+    return n < 0 ? 1 : 0;
+}
+
+int handler_exec(sf_conn *c, void *arg)
+{
+    char **argv = arg;
+    int rc = sf_conn_exec(c, argv);
+
+    cli_error("cannot run %s: %s", argv[0], strerror(-rc));
+    return rc == -ENOENT ? 127 : 126;
+}

@@ -1,0 +1,210 @@
+/* serve.c - `sockfork serve`: options in, a running server out. */
+#include "cli.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DEFAULT_LISTEN "127.0.0.1:4444"
+#define MAX_LISTEN 64
+
+static const char serve_usage[] =
+    "usage: sockfork serve [OPTIONS] [--echo | -- PROGRAM [ARGS...]]\n"
+    "\n"
+    "Accepts connections and serves each in a forked process of its own:\n"
+    "with the built-in interactive handler (a greeting, every line echoed,\n"
+    "'quit' closes), with --echo (bytes echoed, nothing else), or by\n"
+    "running PROGRAM with the connection on stdin and stdout and the\n"
+    "tcpserver environment (PROTO, TCPREMOTEIP, TCPREMOTEPORT, TCPLOCALIP,\n"
+    "TCPLOCALPORT).\n"
+    "\n"
+    "options:\n"
+    "  -l, --listen ADDR     HOST:PORT, [V6]:PORT or unix:PATH; repeatable;\n"
+    "                        default " DEFAULT_LISTEN "; port 0 picks a free port\n"
+    "  -c, --max-conns N     connections served at once (default 1000); at the\n"
+    "                        limit new clients wait in the kernel's backlog\n"
+    "      --max-per-ip N    connections at once from one address (default: no limit)\n"
+    "      --idle-timeout S  close TCP clients that send nothing for S seconds\n"
+    "      --grace S         at SIGTERM/SIGINT, time children get to finish\n"
+    "                        before they are terminated (default 10)\n"
+    "      --backlog N       listen backlog (default: the system maximum)\n"
+    "  -q, --quiet           no line per connection\n"
+    "      --echo            echo bytes back, no greeting\n"
+    "  -h, --help            this text\n"
+    "\n"
+    "Durations take fractions and a unit: 500ms, 2s, 1.5m, 1h.\n"
+    "Exit status: 0 after a clean shutdown, 1 on a runtime error, 2 on bad usage.\n";
+
+enum { OPT_MAX_PER_IP = 256, OPT_IDLE, OPT_GRACE, OPT_BACKLOG, OPT_ECHO };
+
+static const struct option serve_options[] = {
+    {"listen", required_argument, NULL, 'l'},
+    {"max-conns", required_argument, NULL, 'c'},
+    {"max-per-ip", required_argument, NULL, OPT_MAX_PER_IP},
+    {"idle-timeout", required_argument, NULL, OPT_IDLE},
+    {"grace", required_argument, NULL, OPT_GRACE},
+    {"backlog", required_argument, NULL, OPT_BACKLOG},
+    {"quiet", no_argument, NULL, 'q'},
+    {"echo", no_argument, NULL, OPT_ECHO},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+/* Finds PROGRAM the way execvp will, so a typo fails at start with a
+ * clear message rather than once per connection. */
+static int program_exists(const char *prog)
+{
+    const char *path = getenv("PATH");
+    char buf[4096];
+
+    if (strchr(prog, '/'))
+        return access(prog, X_OK) == 0;
+    if (!path)
+        path = "/usr/local/bin:/usr/bin:/bin";
+    while (*path) {
+        const char *end = strchr(path, ':');
+        size_t n = end ? (size_t)(end - path) : strlen(path);
+        struct stat st;
+
+        if (snprintf(buf, sizeof buf, "%.*s/%s", (int)n, n ? path : ".", prog) < (int)sizeof buf &&
+            stat(buf, &st) == 0 && S_ISREG(st.st_mode) && access(buf, X_OK) == 0)
+            return 1;
+        if (!end)
+            break;
+        path = end + 1;
+    }
+    return 0;
+}
+
+static const char *listen_error(int rc)
+{
+    switch (rc) {
+    case -EINVAL: return "bad address (expected HOST:PORT, [V6]:PORT or unix:PATH)";
+    case -ENOENT: return "host not found";
+    case -EEXIST: return "path exists and is not a socket";
+    default: return strerror(-rc);
+    }
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    const char *listen_addrs[MAX_LISTEN];
+    size_t nlisten = 0;
+    sf_server_opts opts;
+    sf_server *srv = NULL;
+    sf_conn_cb handler = handler_interactive;
+    void *handler_arg = NULL;
+    int echo = 0, opt, rc;
+    unsigned u;
+
+    sf_server_opts_init(&opts);
+    opts.log = cli_log;
+    opterr = 0;
+    optind = 1;
+    /* '+': stop at the first non-option, so PROGRAM's own flags stay its. */
+    while ((opt = getopt_long(argc, argv, "+:l:c:qh", serve_options, NULL)) != -1) {
+        switch (opt) {
+        case 'l':
+            if (nlisten >= MAX_LISTEN) {
+                cli_error("serve: at most %d listeners", MAX_LISTEN);
+                return EXIT_USAGE;
+            }
+            listen_addrs[nlisten++] = optarg;
+            break;
+        case 'c':
+            if (cli_parse_uint(optarg, 1u << 24, &u) < 0 || u == 0) {
+                cli_error("serve: -c wants a number from 1 to %u, not '%s'", 1u << 24, optarg);
+                return EXIT_USAGE;
+            }
+            opts.max_conns = u;
+            break;
+        case OPT_MAX_PER_IP:
+            if (cli_parse_uint(optarg, 1u << 24, &u) < 0) {
+                cli_error("serve: --max-per-ip wants a number, not '%s'", optarg);
+                return EXIT_USAGE;
+            }
+            opts.max_per_ip = u;
+            break;
+        case OPT_IDLE:
+            if (cli_parse_seconds(optarg, &opts.idle_timeout) < 0) {
+                cli_error("serve: --idle-timeout wants a duration, not '%s'", optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        case OPT_GRACE:
+            if (cli_parse_seconds(optarg, &opts.grace) < 0) {
+                cli_error("serve: --grace wants a duration, not '%s'", optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        case OPT_BACKLOG:
+            if (cli_parse_uint(optarg, 1u << 30, &u) < 0) {
+                cli_error("serve: --backlog wants a number, not '%s'", optarg);
+                return EXIT_USAGE;
+            }
+            opts.backlog = (int)u;
+            break;
+        case 'q':
+            opts.log_level = SF_LOG_NOTICE;
+            break;
+        case OPT_ECHO:
+            echo = 1;
+            break;
+        case 'h':
+            fputs(serve_usage, stdout);
+            return 0;
+        case ':':
+            cli_error("serve: option '%s' needs a value", argv[optind - 1]);
+            return EXIT_USAGE;
+        default:
+            cli_error("serve: unknown option '%s' (try 'sockfork serve --help')", argv[optind - 1]);
+            return EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        if (echo) {
+            cli_error("serve: --echo and a PROGRAM exclude each other");
+            return EXIT_USAGE;
+        }
+        if (!program_exists(argv[optind])) {
+            cli_error("serve: cannot find program '%s'", argv[optind]);
+            return EXIT_USAGE;
+        }
+        handler = handler_exec;
+        handler_arg = argv + optind;
+    } else if (echo) {
+        handler = handler_echo;
+    }
+    if (nlisten == 0)
+        listen_addrs[nlisten++] = DEFAULT_LISTEN;
+
+    rc = sf_server_new(&srv, &opts, handler, handler_arg);
+    if (rc < 0) {
+        cli_error("cannot start: %s", strerror(-rc));
+        return 1;
+    }
+    for (size_t i = 0; i < nlisten; i++) {
+        rc = sf_server_listen(srv, listen_addrs[i]);
+        if (rc < 0) {
+            cli_error("cannot listen on %s: %s", listen_addrs[i], listen_error(rc));
+            sf_server_free(srv);
+            return EXIT_USAGE;
+        }
+    }
+    for (size_t i = 0; i < sf_server_listener_count(srv); i++) {
+        char name[SF_ADDR_TEXT_MAX];
+        sf_addr_format(sf_server_listener_addr(srv, i), name, sizeof name);
+        cli_error("listening on %s", name);
+    }
+    rc = sf_server_run(srv);
+    sf_server_free(srv);
+    if (rc < 0) {
+        cli_error("cannot serve: %s", strerror(-rc));
+        return 1;
+    }
+    return 0;
+}
