@@ -1,0 +1,183 @@
+/* Unit tests: the supervisor reaps real children, reports their status,
+ * and shuts down with TERM then KILL. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/wait.h>
+
+#include "process/process.h"
+#include "supervisor/supervisor.h"
+
+#define MAXC 8
+
+typedef struct result {
+    int n;
+    pid_t pid[MAXC];
+    int status[MAXC];
+    void *data[MAXC];
+    int shutdown_calls;
+} result;
+
+static void on_exit_cb(sup *s, pid_t pid, int ws, void *data, void *arg)
+{
+    result *r = arg;
+    (void)s;
+    if (r->n < MAXC) {
+        r->pid[r->n] = pid;
+        r->status[r->n] = ws;
+        r->data[r->n] = data;
+    }
+    r->n++;
+}
+
+static void on_shutdown_cb(sup *s, void *arg)
+{
+    (void)s;
+    ((result *)arg)->shutdown_calls++;
+}
+
+static void stop_all(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    sup_shutdown(w->data);
+    (void)loop;
+}
+
+static void failsafe(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)w;
+    (void)revents;
+    ev_break(loop, EVBREAK_ALL);
+    fail_msg("supervisor loop did not finish in time");
+}
+
+static pid_t spawn(sup *s, void *data, int how)
+{
+    proc_fork_opts o;
+    memset(&o, 0, sizeof o);
+    pid_t pid = proc_fork(&o);
+    if (pid == 0) {
+        if (how == -1) {        /* ignore SIGTERM: needs the KILL */
+            signal(SIGTERM, SIG_IGN);
+            for (;;)
+                pause();
+        }
+        if (how == -2)          /* wait to be told to go */
+            for (;;)
+                pause();
+        _exit(how);
+    }
+    assert_true(pid > 0);
+    assert_int_equal(sup_add(s, pid, data), 0);
+    return pid;
+}
+
+static void setup_sup(sup *s, struct ev_loop *loop, result *r, double grace)
+{
+    sup_config cfg;
+    static sf_logger quiet = {NULL, NULL, 0};
+    memset(&cfg, 0, sizeof cfg);
+    cfg.max_children = 4;
+    cfg.grace = grace;
+    cfg.kill_grace = 0.2;
+    cfg.on_exit = on_exit_cb;
+    cfg.on_shutdown = on_shutdown_cb;
+    cfg.arg = r;
+    cfg.log = &quiet;
+    assert_int_equal(sup_init(s, loop, &cfg), 0);
+}
+
+static void test_reap_and_decode(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    sup s;
+    result r;
+    ev_timer stop, guard;
+    int tags[3];
+    (void)state;
+
+    memset(&r, 0, sizeof r);
+    setup_sup(&s, loop, &r, 5.0);
+    pid_t p0 = spawn(&s, &tags[0], 0);
+    pid_t p1 = spawn(&s, &tags[1], 7);
+    assert_int_equal(s.count, 2);
+    /* Shut down after both have exited on their own: the callback order
+     * is the reaping order, so match by pid. */
+    ev_timer_init(&stop, stop_all, 0.3, 0.);
+    stop.data = &s;
+    ev_timer_start(loop, &stop);
+    ev_timer_init(&guard, failsafe, 10., 0.);
+    ev_timer_start(loop, &guard);
+    sup_run(&s);
+    assert_int_equal(r.n, 2);
+    assert_int_equal(r.shutdown_calls, 1);
+    for (int i = 0; i < 2; i++) {
+        assert_true(WIFEXITED(r.status[i]));
+        if (r.pid[i] == p0) {
+            assert_int_equal(WEXITSTATUS(r.status[i]), 0);
+            assert_ptr_equal(r.data[i], &tags[0]);
+        } else {
+            assert_int_equal(r.pid[i], p1);
+            assert_int_equal(WEXITSTATUS(r.status[i]), 7);
+            assert_ptr_equal(r.data[i], &tags[1]);
+        }
+    }
+    assert_int_equal(s.count, 0);
+    ev_timer_stop(loop, &guard);
+    ev_timer_stop(loop, &stop);
+    sup_fini(&s);
+    ev_loop_destroy(loop);
+}
+
+/* Shutdown with no grace: a child that ignores SIGTERM gets SIGKILL after
+ * kill_grace, one that obeys dies of SIGTERM; the table bound holds. */
+static void test_shutdown_escalates(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    sup s;
+    result r;
+    ev_timer stop, guard;
+    (void)state;
+
+    memset(&r, 0, sizeof r);
+    setup_sup(&s, loop, &r, 0.0);
+    pid_t stubborn = spawn(&s, NULL, -1);
+    pid_t polite = spawn(&s, NULL, -2);
+    spawn(&s, NULL, -2);
+    spawn(&s, NULL, -2);
+    assert_true(sup_full(&s));
+    assert_int_equal(sup_add(&s, 999999, NULL), -ENOSPC);
+    ev_timer_init(&stop, stop_all, 0.2, 0.); /* let the children set up */
+    stop.data = &s;
+    ev_timer_start(loop, &stop);
+    ev_timer_init(&guard, failsafe, 10., 0.);
+    ev_timer_start(loop, &guard);
+    sup_run(&s);
+    assert_int_equal(r.n, 4);
+    for (int i = 0; i < 4; i++) {
+        assert_true(WIFSIGNALED(r.status[i]));
+        if (r.pid[i] == stubborn)
+            assert_int_equal(WTERMSIG(r.status[i]), SIGKILL);
+        if (r.pid[i] == polite)
+            assert_int_equal(WTERMSIG(r.status[i]), SIGTERM);
+    }
+    ev_timer_stop(loop, &guard);
+    ev_timer_stop(loop, &stop);
+    sup_fini(&s);
+    ev_loop_destroy(loop);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_reap_and_decode),
+        cmocka_unit_test(test_shutdown_escalates),
+    };
+    return cmocka_run_group_tests_name("supervisor", tests, NULL, NULL);
+}
