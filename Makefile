@@ -7,7 +7,7 @@ MESON      ?= meson
 PYTEST     ?= /usr/bin/python3 -m pytest
 LISTEN     ?= 127.0.0.1:4444
 
-.PHONY: all build serve test test-unit test-integration test-asan bench install clean
+.PHONY: all build serve test test-unit test-integration test-asan fuzz bench install clean
 
 all: build
 
@@ -22,7 +22,7 @@ serve: build
 
 # The whole suite: unit and integration tests on the normal build, then
 # both again on an AddressSanitizer + UndefinedBehaviorSanitizer build.
-test: test-unit test-integration test-asan
+test: test-unit test-integration test-asan fuzz
 
 test-unit: build
 	$(MESON) test -C $(BUILD) --suite unit --verbose --print-errorlogs
@@ -44,6 +44,21 @@ test-asan: $(ASAN_BUILD)/build.ninja
 	SOCKFORK_BIN=$(CURDIR)/$(ASAN_BUILD)/sockfork SOCKFORK_HELPERS=$(CURDIR)/$(ASAN_BUILD)/tests/helpers \
 	  SOCKFORK_SANITIZED=1 $(PYTEST) -q -rs tests/integration
 
+# libFuzzer targets, each run for FUZZ_SECS on a copy of its seed corpus.
+FUZZ_SECS  ?= 10
+FUZZ_BUILD ?= build-fuzz
+FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+              -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Iinclude -Isrc
+
+$(FUZZ_BUILD)/fuzz_addr: fuzz/fuzz_addr.c src/server/addr.c src/server/addr.h include/sockfork.h
+	mkdir -p $(FUZZ_BUILD)
+	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_addr.c src/server/addr.c
+
+fuzz: $(FUZZ_BUILD)/fuzz_addr
+	mkdir -p $(FUZZ_BUILD)/corpus-addr
+	$(FUZZ_BUILD)/fuzz_addr -max_total_time=$(FUZZ_SECS) -max_len=256 -print_final_stats=1 \
+	  $(FUZZ_BUILD)/corpus-addr fuzz/corpus/addr
+
 bench: build
 	bench/run.sh
 
@@ -51,4 +66,4 @@ install: build
 	$(MESON) install -C $(BUILD)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

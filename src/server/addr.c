@@ -1,5 +1,5 @@
 /* addr.c - the text forms of listening and peer addresses. */
-#include "sockfork.h"
+#include "server/addr.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -48,8 +48,8 @@ static int parse_unix(sf_addr *out, const char *path)
     return 0;
 }
 
-/* A numeric address of either family, or a name, resolved. */
-static int resolve_host(sf_addr *out, const char *host, unsigned port, int want_v6)
+/* A numeric address of either family, or (if allowed) a name, resolved. */
+static int resolve_host(sf_addr *out, const char *host, unsigned port, int want_v6, int names)
 {
     struct addrinfo hints, *res = NULL;
     int rc;
@@ -57,7 +57,7 @@ static int resolve_host(sf_addr *out, const char *host, unsigned port, int want_
     memset(&hints, 0, sizeof hints);
     hints.ai_family = want_v6 ? AF_INET6 : AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = want_v6 ? AI_NUMERICHOST : 0;
+    hints.ai_flags = want_v6 || !names ? AI_NUMERICHOST : 0;
     rc = getaddrinfo(host, NULL, &hints, &res);
     if (rc != 0)
         return rc == EAI_NONAME || rc == EAI_NODATA || rc == EAI_FAIL ? -ENOENT : -EINVAL;
@@ -79,10 +79,15 @@ static int resolve_host(sf_addr *out, const char *host, unsigned port, int want_
 
 int sf_addr_parse(sf_addr *out, const char *text)
 {
+    return addr_parse(out, text, 1);
+}
+
+int addr_parse(sf_addr *out, const char *text, int resolve_names)
+{
     char host[HOST_MAX];
     const char *colon, *hs, *he;
     unsigned port;
-    int want_v6 = 0;
+    int want_v6 = 0, rc;
 
     memset(out, 0, sizeof *out);
     if (!text)
@@ -113,7 +118,11 @@ int sf_addr_parse(sf_addr *out, const char *text)
         return -EINVAL;
     memcpy(host, hs, (size_t)(he - hs));
     host[he - hs] = '\0';
-    return resolve_host(out, host, port, want_v6);
+    rc = resolve_host(out, host, port, want_v6, resolve_names);
+    /* "[1.2.3.4]:80": brackets are for IPv6 literals only. */
+    if (rc == 0 && want_v6 && out->u.sa.sa_family != AF_INET6)
+        return -EINVAL;
+    return rc;
 }
 
 int sf_addr_host(const sf_addr *a, char *buf, size_t len)

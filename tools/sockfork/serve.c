@@ -51,6 +51,7 @@ static const struct option serve_options[] = {
     {"quiet", no_argument, NULL, 'q'},
     {"echo", no_argument, NULL, OPT_ECHO},
     {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
 };
 
@@ -106,7 +107,7 @@ int cmd_serve(int argc, char **argv)
     opterr = 0;
     optind = 1;
     /* '+': stop at the first non-option, so PROGRAM's own flags stay its. */
-    while ((opt = getopt_long(argc, argv, "+:l:c:qh", serve_options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "+:l:c:qhV", serve_options, NULL)) != -1) {
         switch (opt) {
         case 'l':
             if (nlisten >= MAX_LISTEN) {
@@ -156,6 +157,9 @@ int cmd_serve(int argc, char **argv)
             break;
         case 'h':
             fputs(serve_usage, stdout);
+            return 0;
+        case 'V':
+            printf("sockfork %s\n", sf_version());
             return 0;
         case ':':
             cli_error("serve: option '%s' needs a value", argv[optind - 1]);
