@@ -5,36 +5,42 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <string.h>
 #include <unistd.h>
 
-/* Signals the supervisor catches. A child must not run the supervisor's
- * handlers (they would write into the supervisor's event loop), so these
- * go back to their defaults. */
-static const int caught_signals[] = {SIGTERM, SIGINT, SIGCHLD, SIGHUP, SIGQUIT,
-                                     SIGUSR1, SIGUSR2, SIGALRM};
+/* Signals the supervisor catches (libev watchers). A child must not run
+ * the supervisor's handlers (they would write into the supervisor's event
+ * loop), so these go back to their defaults; they are never ignored while
+ * the supervisor runs, so there is nothing to ask first. Ignored signals
+ * (SIGPIPE) stay ignored. */
+static const int caught_signals[] = {SIGTERM, SIGINT, SIGCHLD};
 
 static void child_reset_signals(void)
 {
-    struct sigaction sa, old;
+    struct sigaction sa;
 
-    for (size_t i = 0; i < sizeof caught_signals / sizeof caught_signals[0]; i++) {
-        if (sigaction(caught_signals[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN) {
-            sa.sa_handler = SIG_DFL;
-            sa.sa_flags = 0;
-            sigemptyset(&sa.sa_mask);
-            (void)sigaction(caught_signals[i], &sa, NULL);
-        }
-    }
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_DFL;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < sizeof caught_signals / sizeof caught_signals[0]; i++)
+        (void)sigaction(caught_signals[i], &sa, NULL);
 }
 
-/* Renumbers keep[] to 3.. and closes the rest. First copy each kept
- * descriptor above the target range, so that moving one cannot overwrite
- * another that still waits to be moved. */
+/* Renumbers keep[] to 3.. and closes the rest. With several, first copy
+ * each kept descriptor above the target range, so that moving one cannot
+ * overwrite another that still waits to be moved. One (the common case)
+ * goes straight to its place. */
 static int child_layout_fds(const proc_fork_opts *o)
 {
     int tmp[PROC_KEEP_MAX];
     int base = 3 + o->nkeep;
 
+    if (o->nkeep == 1) {
+        if (o->keep[0] != 3 && dup3(o->keep[0], 3, O_CLOEXEC) < 0)
+            return -errno;
+        os_closefrom(4);
+        return 0;
+    }
     for (int i = 0; i < o->nkeep; i++) {
         tmp[i] = fcntl(o->keep[i], F_DUPFD_CLOEXEC, base);
         if (tmp[i] < 0)

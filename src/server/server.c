@@ -57,6 +57,7 @@ struct sf_server {
     sup sup;
     int sup_ready;
     conn_rec *recs;       /* opts.max_conns records */
+    unsigned recs_touched; /* recs[0 .. recs_touched) have been used */
     conn_rec *free_recs;
     unsigned recs_used;   /* children plus a connection waiting for fork */
     hmap per_ip;          /* address -> connections open from it */
@@ -94,13 +95,19 @@ static hmap_key ip_key(const sf_addr *a)
     return k;
 }
 
+/* Records are handed out from the low end of the array and reused from a
+ * free list, so a server that never has many connections at once never
+ * touches (and never makes fork() copy the page tables of) the rest. */
 static conn_rec *rec_alloc(sf_server *s)
 {
     conn_rec *r = s->free_recs;
 
-    if (!r)
+    if (r)
+        s->free_recs = r->next_free;
+    else if (s->recs_touched < s->opts.max_conns)
+        r = &s->recs[s->recs_touched++];
+    else
         return NULL;
-    s->free_recs = r->next_free;
     s->recs_used++;
     memset(r, 0, sizeof *r);
     r->fd = -1;
@@ -131,7 +138,7 @@ static void per_ip_add(sf_server *s, const conn_rec *r, int delta)
         if (n)
             (*n)++;
         else
-            (void)hmap_put(&s->per_ip, &k, 1); /* room: one entry per record at most */
+            (void)hmap_put(&s->per_ip, &k, 1); /* reserved in spawn() */
     } else if (n && --*n == 0) {
         (void)hmap_del(&s->per_ip, &k);
     }
@@ -206,7 +213,13 @@ static int spawn(sf_server *s, conn_rec *r)
 {
     proc_fork_opts o;
     pid_t pid;
+    int rc;
 
+    /* Everything that can fail after fork() is made certain before it. */
+    if ((rc = sup_reserve(&s->sup)) < 0)
+        return rc;
+    if (s->opts.max_per_ip && r->is_tcp && (rc = hmap_reserve(&s->per_ip, s->per_ip.count + 1)) < 0)
+        return rc;
     memset(&o, 0, sizeof o);
     o.keep[0] = r->fd;
     o.nkeep = 1;
@@ -220,8 +233,7 @@ static int spawn(sf_server *s, conn_rec *r)
 
     r->pid = pid;
     r->started = ev_now(s->loop);
-    /* Cannot fail: there are as many table slots as records. */
-    (void)sup_add(&s->sup, pid, r);
+    (void)sup_add(&s->sup, pid, r); /* reserved above */
     per_ip_add(s, r, +1);
     if (sf_log_enabled(&s->log, SF_LOG_INFO)) {
         char peer[SF_ADDR_TEXT_MAX];
@@ -382,7 +394,7 @@ static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
 
-    for (unsigned i = 0; i < s->opts.max_conns; i++) {
+    for (unsigned i = 0; i < s->recs_touched; i++) {
         conn_rec *r = &s->recs[i];
         os_tcp_stats ts;
 
@@ -491,11 +503,6 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
     s->recs = calloc(s->opts.max_conns, sizeof *s->recs);
     if (!s->recs)
         goto fail;
-    for (unsigned i = 0; i < s->opts.max_conns; i++) {
-        s->recs[i].fd = -1;
-        s->recs[i].next_free = i + 1 < s->opts.max_conns ? &s->recs[i + 1] : NULL;
-    }
-    s->free_recs = &s->recs[0];
     if (s->opts.max_per_ip && hmap_init(&s->per_ip, s->opts.max_conns) < 0)
         goto fail;
     s->loop = ev_loop_new(EVFLAG_AUTO);
@@ -575,8 +582,12 @@ int sf_server_run(sf_server *s)
     s->sup_ready = 1;
 
     rc = os_fdlimit_raise(&s->orig_fdlimit);
-    if (rc == 0)
-        s->have_orig_fdlimit = 1;
+    if (rc == 0) {
+        struct rlimit now;
+        /* Children get the original back, only if it changed. */
+        s->have_orig_fdlimit = getrlimit(RLIMIT_NOFILE, &now) == 0 &&
+                               now.rlim_cur != s->orig_fdlimit.rlim_cur;
+    }
     else
         sf_logf(&s->log, SF_LOG_WARN, "cannot raise the descriptor limit: %s", strerror(-rc));
 
@@ -614,7 +625,7 @@ void sf_server_free(sf_server *s)
         listener_close(&s->listeners[i]);
     }
     if (s->recs) {
-        for (unsigned i = 0; i < s->opts.max_conns; i++) {
+        for (unsigned i = 0; i < s->recs_touched; i++) {
             if (s->recs[i].fd >= 0)
                 close(s->recs[i].fd);
         }

@@ -23,20 +23,46 @@ static uint64_t hash_key(const hmap *m, const hmap_key *k)
     return h;
 }
 
+#define HMAP_MIN_SLOTS 16
+
 int hmap_init(hmap *m, size_t max)
 {
-    size_t n = 16;
-
     memset(m, 0, sizeof *m);
-    while (n < 2 * max)
-        n <<= 1;
-    m->slots = calloc(n, sizeof *m->slots);
+    m->slots = calloc(HMAP_MIN_SLOTS, sizeof *m->slots);
     if (!m->slots)
         return -ENOMEM;
-    m->mask = n - 1;
+    m->mask = HMAP_MIN_SLOTS - 1;
     m->max = max;
     if (getrandom(&m->seed, sizeof m->seed, GRND_NONBLOCK) != sizeof m->seed)
         m->seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    return 0;
+}
+
+int hmap_reserve(hmap *m, size_t n)
+{
+    size_t size = m->mask + 1, newsize = size;
+    hmap_slot *old = m->slots, *slots;
+
+    if (n > m->max)
+        return -ENOSPC;
+    while (newsize < 2 * n)
+        newsize <<= 1;
+    if (newsize == size)
+        return 0;
+    slots = calloc(newsize, sizeof *slots);
+    if (!slots)
+        return -ENOMEM;
+    m->slots = slots;
+    m->mask = newsize - 1;
+    for (size_t i = 0; i < size; i++) {
+        if (old[i].used) {
+            size_t j = hash_key(m, &old[i].key) & m->mask;
+            while (slots[j].used)
+                j = (j + 1) & m->mask;
+            slots[j] = old[i];
+        }
+    }
+    free(old);
     return 0;
 }
 
@@ -75,8 +101,14 @@ int hmap_put(hmap *m, const hmap_key *key, uint32_t value)
     size_t i = find(m, key, &found);
 
     if (!found) {
+        int rc;
         if (m->count >= m->max)
             return -ENOSPC;
+        if (2 * (m->count + 1) > m->mask + 1) {
+            if ((rc = hmap_reserve(m, m->count + 1)) < 0)
+                return rc;
+            i = find(m, key, &found);
+        }
         m->slots[i].key = *key;
         m->slots[i].used = 1;
         m->count++;

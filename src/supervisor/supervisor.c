@@ -43,7 +43,7 @@ static void terminate_all(sup *s)
 {
     s->shutting_down = 2;
     ev_timer_stop(s->loop, &s->grace_timer);
-    for (unsigned i = 0; i < s->cfg.max_children; i++) {
+    for (unsigned i = 0; i < s->touched; i++) {
         if (s->children[i].pid > 0)
             sup_terminate(s, s->children[i].pid);
     }
@@ -147,11 +147,8 @@ int sup_init(sup *s, struct ev_loop *loop, const sup_config *cfg)
         s->children = NULL;
         return -ENOMEM;
     }
-    for (unsigned i = 0; i < cfg->max_children; i++) {
-        s->children[i].next_free = i + 1;
-        s->children[i].owner = s;
-        ev_timer_init(&s->children[i].kill_timer, kill_timer_cb, 0., 0.);
-    }
+    /* Slots are set up when first used (see sup_add), so that a large
+     * max_children costs no memory, and no fork() time, until it is used. */
     s->free_head = 0;
 
     ev_signal_init(&s->sigchld, sigchld_cb, SIGCHLD);
@@ -174,11 +171,18 @@ void sup_fini(sup *s)
     ev_signal_stop(s->loop, &s->sigterm);
     ev_signal_stop(s->loop, &s->sigint);
     ev_timer_stop(s->loop, &s->grace_timer);
-    for (unsigned i = 0; i < s->cfg.max_children; i++)
+    for (unsigned i = 0; i < s->touched; i++)
         ev_timer_stop(s->loop, &s->children[i].kill_timer);
     hmap_free(&s->by_pid);
     free(s->children);
     s->children = NULL;
+}
+
+int sup_reserve(sup *s)
+{
+    if (s->free_head >= s->cfg.max_children)
+        return -ENOSPC;
+    return hmap_reserve(&s->by_pid, s->count + 1);
 }
 
 int sup_add(sup *s, pid_t pid, void *data)
@@ -190,6 +194,11 @@ int sup_add(sup *s, pid_t pid, void *data)
     if (s->free_head >= s->cfg.max_children)
         return -ENOSPC;
     c = &s->children[s->free_head];
+    if (s->free_head == s->touched) {
+        c->next_free = ++s->touched;
+        c->owner = s;
+        ev_timer_init(&c->kill_timer, kill_timer_cb, 0., 0.);
+    }
     rc = hmap_put(&s->by_pid, &k, s->free_head);
     if (rc < 0)
         return rc;

@@ -55,6 +55,7 @@ struct sup {
     sup_config cfg;
     sup_child *children;     /* max_children slots */
     unsigned free_head;      /* first free slot, or max_children */
+    unsigned touched;        /* slots [0, touched) have been set up */
     unsigned count;
     hmap by_pid;             /* pid -> slot */
     ev_signal sigchld, sigterm, sigint;
@@ -68,8 +69,12 @@ struct sup {
 int sup_init(sup *s, struct ev_loop *loop, const sup_config *cfg);
 void sup_fini(sup *s);
 
-/* Registers a freshly forked child. Returns 0, or -ENOSPC when the table
- * is full (the caller must then not have forked: check sup_full first). */
+/* Makes room for one more child. Call before forking: after a 0 return
+ * the next sup_add cannot fail. Returns 0, -ENOSPC (table full) or -ENOMEM. */
+int sup_reserve(sup *s);
+
+/* Registers a freshly forked child. Returns 0, or -ENOSPC / -ENOMEM when
+ * sup_reserve was not called or failed (the caller must not have forked). */
 int sup_add(sup *s, pid_t pid, void *data);
 
 static inline int sup_full(const sup *s) { return s->count >= s->cfg.max_children; }

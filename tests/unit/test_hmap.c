@@ -86,12 +86,38 @@ static void test_random_model(void **state)
     hmap_free(&m);
 }
 
+/* The table starts small and grows; reserve makes later puts certain. */
+static void test_growth(void **state)
+{
+    hmap m;
+    (void)state;
+    assert_int_equal(hmap_init(&m, 1000), 0);
+    size_t initial = m.mask + 1;
+    assert_true(initial < 100);
+    for (int i = 0; i < 1000; i++) {
+        hmap_key k = hmap_key_int(i);
+        assert_int_equal(hmap_put(&m, &k, (uint32_t)i * 3), 0);
+        assert_true(2 * m.count <= m.mask + 1);
+    }
+    for (int i = 0; i < 1000; i++) {
+        hmap_key k = hmap_key_int(i);
+        assert_non_null(hmap_get(&m, &k));
+        assert_int_equal(*hmap_get(&m, &k), (uint32_t)i * 3);
+    }
+    hmap_key k = hmap_key_int(5000);
+    assert_int_equal(hmap_put(&m, &k, 1), -ENOSPC);
+    assert_int_equal(hmap_reserve(&m, 1001), -ENOSPC);
+    assert_int_equal(hmap_reserve(&m, 1000), 0);
+    hmap_free(&m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_basic),
         cmocka_unit_test(test_full),
         cmocka_unit_test(test_random_model),
+        cmocka_unit_test(test_growth),
     };
     return cmocka_run_group_tests_name("hmap", tests, NULL, NULL);
 }

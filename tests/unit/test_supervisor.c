@@ -74,6 +74,7 @@ static pid_t spawn(sup *s, void *data, int how)
         _exit(how);
     }
     assert_true(pid > 0);
+    assert_int_equal(sup_reserve(s), 0);
     assert_int_equal(sup_add(s, pid, data), 0);
     return pid;
 }
@@ -152,6 +153,7 @@ static void test_shutdown_escalates(void **state)
     spawn(&s, NULL, -2);
     spawn(&s, NULL, -2);
     assert_true(sup_full(&s));
+    assert_int_equal(sup_reserve(&s), -ENOSPC);
     assert_int_equal(sup_add(&s, 999999, NULL), -ENOSPC);
     ev_timer_init(&stop, stop_all, 0.2, 0.); /* let the children set up */
     stop.data = &s;
