@@ -1,0 +1,99 @@
+/*
+ * failinject.so - an LD_PRELOAD module that makes a process's first calls
+ * to fork() and accept()/accept4() fail, so tests can watch the supervisor
+ * back off:
+ *
+ *   SF_FAIL_FORK=N    the first N fork() calls fail with EAGAIN
+ *   SF_FAIL_ACCEPT=N  the first N accept()/accept4() calls fail with EMFILE
+ *
+ * The counts belong to the process that loaded the module first: the
+ * constructor reads and then removes both variables, and the wrappers only
+ * fail in that pid, so children (which inherit LD_PRELOAD) and programs they
+ * exec run unharmed. Every other call goes to the real function found with
+ * dlsym(RTLD_NEXT).
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+static atomic_int fail_fork;
+static atomic_int fail_accept;
+static pid_t owner;
+
+static int env_count(const char *name)
+{
+    const char *v = getenv(name);
+    if (v == NULL)
+        return 0;
+    int n = atoi(v);
+    unsetenv(name);
+    return n > 0 ? n : 0;
+}
+
+__attribute__((constructor)) static void failinject_init(void)
+{
+    owner = getpid();
+    atomic_store(&fail_fork, env_count("SF_FAIL_FORK"));
+    atomic_store(&fail_accept, env_count("SF_FAIL_ACCEPT"));
+}
+
+/* Takes one failure from *counter if this is the owner and any are left. */
+static int take(atomic_int *counter)
+{
+    if (getpid() != owner)
+        return 0;
+    int n = atomic_load(counter);
+    while (n > 0) {
+        if (atomic_compare_exchange_weak(counter, &n, n - 1))
+            return 1;
+    }
+    return 0;
+}
+
+static void *real(const char *name)
+{
+    void *f = dlsym(RTLD_NEXT, name);
+    if (f == NULL)
+        abort();
+    return f;
+}
+
+pid_t fork(void)
+{
+    static pid_t (*real_fork)(void);
+    if (take(&fail_fork)) {
+        errno = EAGAIN;
+        return -1;
+    }
+    if (real_fork == NULL)
+        *(void **)&real_fork = real("fork");
+    return real_fork();
+}
+
+int accept(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    static int (*real_accept)(int, struct sockaddr *, socklen_t *);
+    if (take(&fail_accept)) {
+        errno = EMFILE;
+        return -1;
+    }
+    if (real_accept == NULL)
+        *(void **)&real_accept = real("accept");
+    return real_accept(fd, addr, len);
+}
+
+int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
+{
+    static int (*real_accept4)(int, struct sockaddr *, socklen_t *, int);
+    if (take(&fail_accept)) {
+        errno = EMFILE;
+        return -1;
+    }
+    if (real_accept4 == NULL)
+        *(void **)&real_accept4 = real("accept4");
+    return real_accept4(fd, addr, len, flags);
+}

@@ -1,0 +1,168 @@
+"""`sockfork serve -- PROGRAM ARGS`: the program runs per connection with
+the socket on fd 0 and 1, the tcpserver environment, and no descriptor of
+the supervisor."""
+import os
+import re
+import shutil
+
+import pytest
+
+from conftest import (helper, ipv6_loopback_available, recv_exact, recv_until_eof)
+
+ENV = shutil.which("env") or "/usr/bin/env"
+SH = shutil.which("sh") or "/bin/sh"
+
+# Set in the server's environment; the exec'd program must not see them.
+STALE = {"TCPLOCALHOST": "stale.example", "TCPREMOTEHOST": "stale.example",
+         "TCPREMOTEINFO": "stale-user", "KEEP_ME": "kept"}
+
+
+def read_env(sock):
+    data = recv_until_eof(sock)
+    env = {}
+    for line in data.decode("utf-8", "replace").splitlines():
+        if "=" in line:
+            k, v = line.split("=", 1)
+            env[k] = v
+    return env
+
+
+def check_removed_and_kept(env):
+    for k in ("TCPLOCALHOST", "TCPREMOTEHOST", "TCPREMOTEINFO"):
+        assert k not in env, "%s=%s reached the program" % (k, env[k])
+    assert env.get("KEEP_ME") == "kept", "the rest of the environment is passed on"
+
+
+def test_env_ipv4(sockfork):
+    srv = sockfork("--", ENV, env=STALE)
+    c = srv.connect()
+    env = read_env(c)
+    local_ip, local_port = c.getpeername()
+    remote_ip, remote_port = c.getsockname()
+    assert env.get("PROTO") == "TCP", env
+    assert env.get("TCPREMOTEIP") == remote_ip == "127.0.0.1"
+    assert env.get("TCPREMOTEPORT") == str(remote_port)
+    assert env.get("TCPLOCALIP") == local_ip
+    assert env.get("TCPLOCALPORT") == str(local_port) == str(srv.port)
+    assert not any(k.startswith("TCP6") for k in env), env
+    assert not any(k.startswith("IPC") for k in env), env
+    check_removed_and_kept(env)
+    _, d = srv.wait_disconnected(c)
+    assert d.group("status") == "exited 0"
+
+
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loopback on this host")
+def test_env_ipv6(sockfork):
+    srv = sockfork("--", ENV, listen=("[::1]:0",), env=STALE)
+    assert srv.addresses[0][0] == "tcp6"
+    c = srv.connect("tcp6")
+    env = read_env(c)
+    local_port = c.getpeername()[1]
+    remote_port = c.getsockname()[1]
+    assert env.get("PROTO") == "TCP6", env
+    for prefix in ("TCP6", "TCP"):
+        assert env.get(prefix + "REMOTEIP") == "::1", (prefix, env)
+        assert env.get(prefix + "REMOTEPORT") == str(remote_port), (prefix, env)
+        assert env.get(prefix + "LOCALIP") == "::1", (prefix, env)
+        assert env.get(prefix + "LOCALPORT") == str(local_port), (prefix, env)
+    for k in ("TCP6LOCALHOST", "TCP6REMOTEHOST", "TCP6REMOTEINFO"):
+        assert k not in env
+    check_removed_and_kept(env)
+    _, d = srv.wait_disconnected(c)
+    assert d.group("peer") == "[::1]:%d" % remote_port
+    assert d.group("status") == "exited 0"
+
+
+def test_env_unix(sockfork, tmp_path):
+    path = str(tmp_path / "exec.sock")
+    srv = sockfork("--", ENV, listen=("unix:" + path,), env={"KEEP_ME": "kept"})
+    assert srv.addresses == [("unix", path)]
+    c = srv.connect("unix")
+    env = read_env(c)
+    assert env.get("PROTO") == "IPC", env
+    assert env.get("IPCLOCALPATH") == path
+    assert env.get("IPCREMOTEEUID") == str(os.geteuid())
+    assert env.get("IPCREMOTEEGID") == str(os.getegid())
+    assert env.get("IPCREMOTEPID") == str(os.getpid())
+    assert not any(k.startswith("TCP") for k in env), env
+    assert env.get("KEEP_ME") == "kept"
+    i, m = srv.log.wait_one(r"^sockfork: \[unix:[^\]]*\] disconnected pid=\d+ duration=[\d.]+s status=exited 0$")
+    assert " in=" not in m.string and " out=" not in m.string
+    srv.log.wait_one(r"^sockfork: \[unix:[^\]]*\] connected pid=\d+ active=1$")
+    srv.stop()
+    assert not os.path.exists(path), "the unix socket is removed at exit"
+
+
+def test_args_are_passed_and_stderr_is_inherited(sockfork):
+    srv = sockfork("--", SH, "-c", 'echo "arg=$1 arg2=$2"; echo "to-stderr pid=$$" >&2', "sh",
+                   "one", "two words")
+    c = srv.connect()
+    assert recv_until_eof(c) == b"arg=one arg2=two words\n"
+    _, m = srv.log.wait_one(r"^to-stderr pid=(\d+)$")
+    _, d = srv.wait_disconnected(c)
+    assert d.group("pid") == m.group(1), "the exec'd program is the forked child itself"
+
+
+def test_exit_code_is_logged(sockfork):
+    srv = sockfork("--", SH, "-c", "exit 7")
+    c = srv.connect()
+    assert recv_until_eof(c) == b""
+    _, d = srv.wait_disconnected(c)
+    assert d.group("status") == "exited 7"
+
+
+def test_program_gone_after_start_costs_only_the_connection(sockfork, tmp_path):
+    prog = tmp_path / "prog"
+    prog.write_text("#!/bin/sh\necho hi\n")
+    prog.chmod(0o755)
+    srv = sockfork("--", str(prog))
+    c0 = srv.connect()
+    assert recv_until_eof(c0) == b"hi\n"
+    prog.unlink()
+    c = srv.connect()
+    assert recv_until_eof(c) == b""
+    _, d = srv.wait_disconnected(c)
+    assert d.group("status") != "exited 0", d.group(0)
+    c2 = srv.connect()
+    assert recv_until_eof(c2) == b""
+    srv.wait_disconnected(c2)
+
+
+# ------------------------------------------------------------ descriptors
+
+def parse_fds(data):
+    text = data.decode("utf-8", "replace")
+    assert text.endswith("end\n"), "fdcount output incomplete: %r" % text
+    fds = {}
+    for line in text.splitlines()[:-1]:
+        fd, target = line.split(" ", 1)
+        fds[int(fd)] = target
+    return fds
+
+
+def check_only_stdio(fds, server):
+    assert sorted(fds) == [0, 1, 2], "descriptors in the exec'd program: %r" % fds
+    assert re.match(r"^socket:\[\d+\]$", fds[0]), fds
+    assert fds[0] == fds[1], "fd 0 and 1 are the same connection: %r" % fds
+    assert fds[2] == os.readlink("/proc/%d/fd/2" % server.pid), "stderr is inherited: %r" % fds
+
+
+def test_fdcount_alone(sockfork):
+    srv = sockfork("--", helper("fdcount"))
+    c = srv.connect()
+    check_only_stdio(parse_fds(recv_until_eof(c)), srv)
+
+
+def test_fdcount_with_two_listeners_and_siblings_open(sockfork, tmp_path):
+    """Each program starts while other connections (TCP and Unix) are open
+    and the server has two listeners: none of those may leak into it."""
+    path = str(tmp_path / "fd.sock")
+    srv = sockfork("--", helper("fdcount"), "--wait", listen=("127.0.0.1:0", "unix:" + path))
+    clients = []
+    for kind in ("tcp", "unix", "tcp", "unix", "tcp"):
+        clients.append(srv.connect(kind))
+    srv.log.wait(r"connected pid=\d+ active=", count=len(clients))
+    srv.log.wait_one(r"connected pid=\d+ active=%d$" % len(clients))
+    for c in clients:
+        c.sendall(b"go\n")
+        check_only_stdio(parse_fds(recv_until_eof(c)), srv)

@@ -1,0 +1,172 @@
+"""Limits: connections at once (-c), per client address (--max-per-ip) and
+idle clients (--idle-timeout)."""
+import re
+import select
+import time
+
+from conftest import expect_eof, peer_text, recv_exact
+
+
+def echo_ok(sock, text=b"ping\n"):
+    sock.sendall(text)
+    assert recv_exact(sock, len(text)) == text
+
+
+def test_concurrency_limit_reached_and_recovered(sockfork):
+    srv = sockfork("-c", "3", "--echo")
+    first = [srv.connect() for _ in range(3)]
+    for c in first:
+        srv.wait_connected(c)
+        echo_ok(c)
+    srv.log.wait_one(r"^sockfork: connection limit reached \(3 active\): not accepting until a child exits$")
+
+    # The fourth connects (the kernel's backlog holds it) and speaks, but
+    # nobody serves it until a child exits.
+    fourth = srv.connect()
+    fourth.sendall(b"waiting\n")
+    mark = srv.log.mark()
+    i_disc, _ = srv.wait_disconnected(srv.close_client(first[0]))
+    i_again, _ = srv.log.wait_one(r"^sockfork: below the connection limit: accepting again$", start=mark)
+    i_conn, m = srv.wait_connected(fourth)
+    assert i_disc < i_conn and i_again < i_conn, "the 4th was accepted before a child exited"
+    assert int(m.group(2)) == 3
+    assert not srv.log.find(r"\[%s\] connected" % re.escape(peer_text(fourth)), 0, i_disc)
+    assert recv_exact(fourth, 8) == b"waiting\n"
+    echo_ok(fourth)
+    for c in first[1:]:
+        echo_ok(c)
+    # At the limit again: reached once more, and left once more.
+    srv.log.wait(r"connection limit reached \(3 active\)", count=2)
+    srv.close_client(fourth)
+    srv.log.wait(r"below the connection limit: accepting again", count=2)
+
+
+def test_limit_holds_many_waiting_clients_and_serves_all(sockfork):
+    srv = sockfork("-c", "2", "--echo")
+    clients = [srv.connect() for _ in range(8)]
+    for i, c in enumerate(clients):
+        c.sendall(b"client %d\n" % i)
+    # Serve them in order of acceptance: each one closed frees a place.
+    done = 0
+    while done < len(clients):
+        ready = [c for c in clients if c.fileno() != -1]
+        r, _, _ = select.select(ready, [], [], 10)
+        assert r, "no client answered within 10 s (%d of %d done)" % (done, len(clients))
+        for c in r:
+            i = clients.index(c)
+            want = b"client %d\n" % i
+            assert recv_exact(c, len(want)) == want
+            c.close()
+            done += 1
+    srv.clients = []
+    lines = srv.log.wait(r"connected pid=\d+ active=(\d+)$", count=8)
+    assert max(int(m.group(1)) for _, m in lines) == 2
+    srv.log.wait(r"disconnected pid=", count=8)
+
+
+def test_per_ip_limit(sockfork):
+    srv = sockfork("--max-per-ip", "2", "--echo")
+    a = srv.connect()
+    b = srv.connect()
+    srv.wait_connected(a)
+    srv.wait_connected(b)
+    echo_ok(a)
+    echo_ok(b)
+
+    third = srv.connect()
+    third_peer = peer_text(third)
+    _, refused = srv.log.wait_one(r"^sockfork: \[%s\] refused: " % re.escape(third_peer))
+    try:
+        third.sendall(b"anyone?\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    expect_eof(third)
+
+    # Another source address has its own count.
+    other = srv.connect(source="127.0.0.2")
+    assert peer_text(other).startswith("127.0.0.2:")
+    srv.wait_connected(other)
+    echo_ok(other)
+
+    # A place freed for 127.0.0.1 is usable again.
+    i_disc, _ = srv.wait_disconnected(srv.close_client(a))
+    again = srv.connect()
+    i_conn, _ = srv.wait_connected(again)
+    assert i_conn > i_disc
+    echo_ok(again)
+    echo_ok(b)
+    assert len(srv.log.find(r"refused:")) == 1
+    assert refused.string == ("sockfork: [%s] refused: 2 connections from 127.0.0.1 already "
+                              "(--max-per-ip)" % third_peer), refused.string
+
+
+def test_idle_timeout_closes_silent_clients_only(sockfork):
+    srv = sockfork("--idle-timeout", "1", "--echo")
+    talker = srv.connect()
+    echo_ok(talker, b"hello\n")
+
+    def talk_until_cut(silent):
+        """Pings the talker about every 0.25 s until the silent client is
+        cut; the silent client's EOF is the clock."""
+        pings = 0
+        for _ in range(200):  # 200 * 0.25 s: far beyond the 10 s bound
+            r, _, _ = select.select([silent], [], [], 0.25)
+            if r:
+                expect_eof(silent)
+                return pings
+            echo_ok(talker, b"ping %d\n" % pings)
+            pings += 1
+        raise AssertionError("silent client not cut within 50 s")
+
+    t0 = time.monotonic()
+    silent1 = srv.connect()
+    _, m1 = srv.wait_connected(silent1)
+    pings = talk_until_cut(silent1)
+    elapsed = time.monotonic() - t0
+    assert elapsed >= 0.9, "silent client cut after %.2f s, before the 1 s timeout" % elapsed
+    assert pings >= 1
+    i_idle, m = srv.log.wait_one(r"^sockfork: \[%s\] idle for 1 s: closing pid=(\d+)$"
+                                 % re.escape(peer_text(silent1)))
+    assert m.group(1) == m1.group(1)
+    i_disc, d = srv.wait_disconnected(silent1)
+    assert i_disc > i_idle
+
+    # A second silent client, started after the first was cut: by the time
+    # it is cut too, the talker has lived through two full timeouts.
+    silent2 = srv.connect()
+    talk_until_cut(silent2)
+    srv.log.wait_one(r"\[%s\] idle for 1 s: closing" % re.escape(peer_text(silent2)))
+    srv.wait_disconnected(silent2)
+    echo_ok(talker, b"still talking\n")
+    assert not srv.log.find(r"\[%s\] (idle|disconnected)" % re.escape(peer_text(talker))), \
+        srv.log.text()
+
+
+def test_idle_timeout_counts_client_data_not_server_output(sockfork, tmp_path):
+    """A program that keeps writing to a silent client is still cut."""
+    srv = sockfork("--idle-timeout", "1", "--", "/bin/sh", "-c",
+                   "while :; do echo tick || exit 0; sleep 0.2; done")
+    c = srv.connect()
+    data = b""
+    for _ in range(1000):
+        chunk = c.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    else:
+        raise AssertionError("never cut")
+    assert data.startswith(b"tick\n")
+    srv.log.wait_one(r"\[%s\] idle for 1 s: closing" % re.escape(peer_text(c)))
+    srv.wait_disconnected(c)
+
+
+def test_idle_timeout_does_not_apply_to_unix_clients(sockfork, tmp_path):
+    path = str(tmp_path / "idle.sock")
+    srv = sockfork("--idle-timeout", "1", "--echo", listen=("unix:" + path, "127.0.0.1:0"))
+    u = srv.connect("unix")
+    echo_ok(u)
+    silent = srv.connect("tcp")
+    expect_eof(silent)  # the TCP one is cut after 1 s...
+    srv.wait_disconnected(silent)
+    echo_ok(u)  # ...the silent Unix one is not
+    assert not srv.log.find(r"\[unix:[^\]]*\] (idle|disconnected)")

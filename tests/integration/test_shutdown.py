@@ -1,0 +1,149 @@
+"""SIGTERM/SIGINT: listeners close at once, connected clients finish within
+the grace period, then the children's process groups get SIGTERM and, 2 s
+later, SIGKILL. The server exits 0 with nothing left behind."""
+import re
+import signal
+import socket
+import time
+
+import pytest
+
+from conftest import LONG_WAIT, expect_eof, peer_text, recv_exact, recv_until_eof
+
+
+def echo_ok(sock, text=b"ping\n"):
+    sock.sendall(text)
+    assert recv_exact(sock, len(text)) == text
+
+
+def assert_refused(srv):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        with pytest.raises((ConnectionRefusedError, ConnectionResetError)):
+            s.connect(("127.0.0.1", srv.port))
+            # Connected to a listener the server no longer serves: the
+            # kernel would hold it; a refused connect is what we want.
+            s.recv(1)
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_clients_finish_then_server_exits(sockfork, sig):
+    srv = sockfork("--echo")
+    clients = [srv.connect() for _ in range(3)]
+    for c in clients:
+        srv.wait_connected(c)
+        echo_ok(c)
+    srv.signal(sig)
+    srv.log.wait_one(r"^sockfork: shutting down: 3 children, up to 10 s to finish$")
+    assert_refused(srv)
+    # The connected ones are still served, one after the other finishing.
+    for i, c in enumerate(clients):
+        for c2 in clients[i:]:
+            echo_ok(c2, b"still served %d\n" % i)
+        c.shutdown(socket.SHUT_WR)
+        assert recv_until_eof(c) == b""
+        _, d = srv.wait_disconnected(c)
+        assert d.group("status") == "exited 0", d.group(0)
+    assert srv.wait_exit(5) == 0  # well before the 10 s of grace
+    srv.stop()
+    assert srv.log.snapshot()[-1] == "sockfork: exiting"
+
+
+def test_shutdown_with_no_children(sockfork):
+    srv = sockfork("--echo")
+    srv.signal(signal.SIGTERM)
+    assert srv.wait_exit(5) == 0
+    srv.stop()
+    assert srv.log.find(r"^sockfork: shutting down: 0 children")
+
+
+def test_grace_expiry_terminates_children(sockfork):
+    srv = sockfork("--grace", "1", "--echo")
+    c = srv.connect()
+    peer = peer_text(c)
+    _, m = srv.wait_connected(c)
+    echo_ok(c)
+    t0 = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    srv.log.wait_one(r"^sockfork: shutting down: 1 children, up to 1 s to finish$")
+    echo_ok(c, b"during the grace\n")
+    expect_eof(c, timeout=LONG_WAIT)
+    assert srv.wait_exit(LONG_WAIT) == 0
+    elapsed = time.monotonic() - t0
+    assert 0.9 <= elapsed < 8, elapsed
+    srv.stop()
+    _, d = srv.wait_disconnected(peer)
+    assert d.group("pid") == m.group(1)
+    assert d.group("status") == "killed by SIGTERM", d.group(0)
+
+
+def test_grace_expiry_kills_children_that_ignore_sigterm(sockfork):
+    # `trap "" TERM` makes the shell and the cat it execs ignore SIGTERM.
+    srv = sockfork("--grace", "1", "--", "/bin/sh", "-c", 'trap "" TERM; exec cat')
+    c = srv.connect()
+    peer = peer_text(c)
+    _, m = srv.wait_connected(c)
+    echo_ok(c)
+    t0 = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    srv.log.wait_one(r"shutting down: 1 children, up to 1 s to finish$")
+    expect_eof(c, timeout=LONG_WAIT)
+    assert srv.wait_exit(LONG_WAIT) == 0
+    elapsed = time.monotonic() - t0
+    assert 2.9 <= elapsed < 10, "grace 1 s + 2 s to SIGKILL, took %.1f s" % elapsed
+    srv.stop()
+    _, d = srv.wait_disconnected(peer)
+    assert d.group("status") == "killed by SIGKILL", d.group(0)
+
+
+def test_grace_reaches_the_whole_process_group(sockfork):
+    """The child's own children (a pipeline) are stopped with it."""
+    srv = sockfork("--grace", "1", "--", "/bin/sh", "-c",
+                   'cat | cat; echo never >&2')
+    c = srv.connect()
+    peer = peer_text(c)
+    echo_ok(c)
+    srv.signal(signal.SIGTERM)
+    expect_eof(c, timeout=LONG_WAIT)
+    assert srv.wait_exit(LONG_WAIT) == 0
+    srv.stop()  # checks that no process of the session is left
+    srv.wait_disconnected(peer)
+
+
+def test_second_sigterm_skips_the_grace(sockfork):
+    srv = sockfork("--grace", "60", "--echo")
+    c = srv.connect()
+    srv.wait_connected(c)
+    echo_ok(c)
+    srv.signal(signal.SIGTERM)
+    i, _ = srv.log.wait_one(r"shutting down: 1 children, up to 60 s to finish$")
+    echo_ok(c)
+    t0 = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    expect_eof(c, timeout=LONG_WAIT)
+    assert srv.wait_exit(LONG_WAIT) == 0
+    assert time.monotonic() - t0 < 10
+    srv.stop()
+
+
+def test_sigterm_right_after_listening_is_graceful(tmp_path):
+    """Once `listening on` is printed the server is up: a SIGTERM at that
+    moment must already mean a graceful exit 0, not death by the signal.
+    Repeated, because the window (if any) is short."""
+    from conftest import Server
+    for i in range(15):
+        d = tmp_path / str(i)
+        d.mkdir()
+        srv = Server(d, ["--echo"])
+        try:
+            srv.signal(signal.SIGTERM)
+            rc = srv.wait_exit(10)
+            assert rc == 0, "round %d: exit status %r right after 'listening on'; log:\n%s" % (
+                i, rc, srv.log.text())
+            srv.check_clean_exit(rc)
+        finally:
+            srv.kill_hard()
+            srv.close()
