@@ -77,3 +77,27 @@ def test_second_listener_in_use_fails_whole_start(tmp_path):
                              "-l", "127.0.0.1:%d" % port, "--echo")
     finally:
         holder.close()
+
+
+def test_unix_path_of_a_live_server_is_in_use(sockfork, tmp_path):
+    """A second server on the path of a live one fails with status 2 and
+    leaves the first one's socket alone."""
+    from conftest import recv_exact
+    path = str(tmp_path / "live.sock")
+    srv = sockfork("--echo", listen=("unix:" + path,))
+    one_line_usage_error("serve", "-l", "unix:" + path, "--echo")
+    c = srv.connect("unix")
+    c.sendall(b"still mine\n")
+    assert recv_exact(c, 11) == b"still mine\n"
+
+
+def test_stale_unix_socket_is_replaced(sockfork, tmp_path):
+    from conftest import recv_exact
+    path = str(tmp_path / "stale.sock")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(path)
+    dead.close()  # the file stays, nobody listens
+    srv = sockfork("--echo", listen=("unix:" + path,))
+    c = srv.connect("unix")
+    c.sendall(b"fresh\n")
+    assert recv_exact(c, 6) == b"fresh\n"
