@@ -134,7 +134,7 @@ def test_sigterm_right_after_listening_is_graceful(tmp_path):
     moment must already mean a graceful exit 0, not death by the signal.
     Repeated, because the window (if any) is short."""
     from conftest import Server
-    for i in range(15):
+    for i in range(40):
         d = tmp_path / str(i)
         d.mkdir()
         srv = Server(d, ["--echo"])
