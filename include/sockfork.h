@@ -149,6 +149,14 @@ SF_EXTERN int sf_conn_exec(sf_conn *c, char *const argv[]);
 
 typedef struct sf_server sf_server;
 
+/*
+ * Called once from sf_server_run, when SIGTERM and SIGINT are already
+ * handled and just before the first connection is accepted: the moment to
+ * announce the listeners (a supervisor watching for that announcement may
+ * send SIGTERM at once and get a graceful shutdown).
+ */
+typedef void (*sf_ready_cb)(sf_server *s, void *arg);
+
 typedef struct sf_server_opts {
     unsigned max_conns;   /* children at once; 0 = the default, 1000 */
     unsigned max_per_ip;  /* connections at once from one address; 0 = off */
@@ -159,6 +167,8 @@ typedef struct sf_server_opts {
     int log_level;        /* highest level passed to `log`; default INFO */
     sf_log_cb log;        /* NULL = no logging */
     void *log_arg;
+    sf_ready_cb on_ready; /* NULL = none */
+    void *ready_arg;
 } sf_server_opts;
 
 /* Fills opts with the defaults above. */

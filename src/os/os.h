@@ -28,8 +28,8 @@ int os_parentdeath_signal(int sig, int expected_parent);
 
 /* What the kernel knows of a TCP connection. */
 typedef struct os_tcp_stats {
-    uint64_t bytes_in;     /* bytes received from the peer */
-    uint64_t bytes_out;    /* bytes sent and acknowledged by the peer */
+    uint64_t bytes_in;     /* data bytes received from the peer */
+    uint64_t bytes_out;    /* data bytes written to the peer (sent or queued) */
     uint32_t idle_in_ms;   /* ms since data last came from the peer */
 } os_tcp_stats;
 

@@ -272,8 +272,8 @@ static int start_conn(sf_server *s, conn_rec *r)
         if (sf_addr_host(&r->peer, host, sizeof host) < 0)
             snprintf(host, sizeof host, "?");
         sf_logf(&s->log, SF_LOG_NOTICE,
-                "[%s] refused: %u connections from %s already (per-IP limit)", peer,
-                per_ip_count(s, r), host);
+                "[%s] refused: %u connections from %s already (per-IP limit %u)", peer,
+                per_ip_count(s, r), host, s->opts.max_per_ip);
         rec_release(s, r);
         return 1;
     }
@@ -604,6 +604,8 @@ int sf_server_run(sf_server *s)
         ev_timer_set(&s->idle_timer, period, period);
         ev_timer_start(s->loop, &s->idle_timer);
     }
+    if (s->opts.on_ready)
+        s->opts.on_ready(s, s->opts.ready_arg);
     update_accepting(s);
     sup_run(&s->sup);
 

@@ -97,7 +97,7 @@ def test_per_ip_limit(sockfork):
     echo_ok(b)
     assert len(srv.log.find(r"refused:")) == 1
     assert refused.string == ("sockfork: [%s] refused: 2 connections from 127.0.0.1 already "
-                              "(--max-per-ip)" % third_peer), refused.string
+                              "(per-IP limit 2)" % third_peer), refused.string
 
 
 def test_idle_timeout_closes_silent_clients_only(sockfork):

@@ -91,6 +91,18 @@ static const char *listen_error(int rc)
     }
 }
 
+/* Announced from inside sf_server_run, once SIGTERM is handled: whoever
+ * waits for these lines may stop the server at once. */
+static void announce_listeners(sf_server *srv, void *arg)
+{
+    (void)arg;
+    for (size_t i = 0; i < sf_server_listener_count(srv); i++) {
+        char name[SF_ADDR_TEXT_MAX];
+        sf_addr_format(sf_server_listener_addr(srv, i), name, sizeof name);
+        cli_error("listening on %s", name);
+    }
+}
+
 int cmd_serve(int argc, char **argv)
 {
     const char *listen_addrs[MAX_LISTEN];
@@ -104,6 +116,7 @@ int cmd_serve(int argc, char **argv)
 
     sf_server_opts_init(&opts);
     opts.log = cli_log;
+    opts.on_ready = announce_listeners;
     opterr = 0;
     optind = 1;
     /* '+': stop at the first non-option, so PROGRAM's own flags stay its. */
@@ -198,11 +211,6 @@ int cmd_serve(int argc, char **argv)
             sf_server_free(srv);
             return EXIT_USAGE;
         }
-    }
-    for (size_t i = 0; i < sf_server_listener_count(srv); i++) {
-        char name[SF_ADDR_TEXT_MAX];
-        sf_addr_format(sf_server_listener_addr(srv, i), name, sizeof name);
-        cli_error("listening on %s", name);
     }
     rc = sf_server_run(srv);
     sf_server_free(srv);
