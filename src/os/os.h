@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <sys/resource.h>
 
+#include "sockfork.h"
+
 /* Closes every descriptor >= lowfd. Async-signal-safe; for use after fork. */
 void os_closefrom(int lowfd);
 
@@ -28,12 +30,23 @@ int os_parentdeath_signal(int sig, int expected_parent);
 
 /* What the kernel knows of a TCP connection. */
 typedef struct os_tcp_stats {
-    uint64_t bytes_in;     /* data bytes received from the peer */
-    uint64_t bytes_out;    /* data bytes written to the peer (sent or queued) */
+    uint64_t bytes_in;     /* data bytes received from the peer; UINT64_MAX: unknown */
+    uint64_t bytes_out;    /* data bytes written to the peer (sent or queued); same */
     uint32_t idle_in_ms;   /* ms since data last came from the peer */
 } os_tcp_stats;
 
-/* Reads the stats of a TCP socket. Returns 0 or -errno (-ENOTSUP if not TCP). */
-int os_tcp_stats_get(int fd, os_tcp_stats *out);
+/* One connection of a dump: local and peer address, and its stats. */
+typedef void (*os_tcpdiag_cb)(void *arg, const sf_addr *local, const sf_addr *peer,
+                              const os_tcp_stats *st);
+
+/* A NETLINK_SOCK_DIAG socket (close-on-exec). Returns it, or -errno. */
+int os_tcpdiag_open(void);
+
+/*
+ * Calls cb for every TCP connection of `family` (AF_INET or AF_INET6)
+ * whose local port is `local_port`, listeners excepted, in this network
+ * namespace. Returns 0 at the end of the dump, or -errno.
+ */
+int os_tcpdiag_dump(int fd, int family, uint16_t local_port, os_tcpdiag_cb cb, void *arg);
 
 #endif

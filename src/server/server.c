@@ -1,10 +1,12 @@
 /*
  * server.c - fork mode: accept a connection, fork a child to serve it.
  *
- * The supervisor keeps its own copy of every connection's socket until the
- * child is reaped. That copy is what lets it see, without touching the
- * data, how many bytes went each way and how long the client has been
- * silent (TCP_INFO), and close the connection of a child it has to stop.
+ * The supervisor closes its copy of a connection's socket as soon as the
+ * child is forked: a descriptor per connection held here would be copied
+ * by every later fork() and closed again by every child, making each
+ * accept cost time in proportion to the connections already open. What it
+ * needs to know of a connection it asks the kernel by address instead
+ * (os_tcpdiag_dump: bytes each way, time since the client last sent).
  *
  * Accepting is paused (the listeners' watchers stopped, the kernel backlog
  * holding new clients) for three reasons, kept as bits in `paused`:
@@ -35,10 +37,11 @@
 enum { PAUSE_LIMIT = 1, PAUSE_ACCEPT_ERR = 2, PAUSE_FORK_ERR = 4 };
 
 typedef struct conn_rec {
-    int fd;               /* the supervisor's copy; -1 when free */
+    int fd;               /* the accepted socket until fork; then -1 */
     pid_t pid;            /* 0 until forked */
     int is_tcp;
     int idle_closed;
+    uint16_t local_port;  /* TCP: the listener's port, to find it in a dump */
     sf_addr peer;
     ev_tstamp started;
     struct conn_rec *next_free;
@@ -61,6 +64,8 @@ struct sf_server {
     conn_rec *free_recs;
     unsigned recs_used;   /* children plus a connection waiting for fork */
     hmap per_ip;          /* address -> connections open from it */
+    hmap by_tuple;        /* (peer, local port) -> record; with idle_timeout */
+    int diag_fd;          /* NETLINK_SOCK_DIAG socket; with idle_timeout */
 
     unsigned paused;
     double backoff;
@@ -92,6 +97,18 @@ static hmap_key ip_key(const sf_addr *a)
         memcpy(k.b + 1, &a->u.in4.sin_addr, 4);
     else if (a->u.sa.sa_family == AF_INET6)
         memcpy(k.b + 1, &a->u.in6.sin6_addr, 16);
+    return k;
+}
+
+/* A TCP connection as the kernel's dump names it: peer address and port,
+ * local port. (One local address per listener port is all we serve.) */
+static hmap_key tuple_key(const sf_addr *peer, uint16_t local_port)
+{
+    hmap_key k = ip_key(peer);
+    uint16_t pport = (uint16_t)sf_addr_port(peer);
+
+    memcpy(k.b + 17, &pport, 2);
+    memcpy(k.b + 19, &local_port, 2);
     return k;
 }
 
@@ -220,6 +237,8 @@ static int spawn(sf_server *s, conn_rec *r)
         return rc;
     if (s->opts.max_per_ip && r->is_tcp && (rc = hmap_reserve(&s->per_ip, s->per_ip.count + 1)) < 0)
         return rc;
+    if (s->diag_fd >= 0 && r->is_tcp && (rc = hmap_reserve(&s->by_tuple, s->by_tuple.count + 1)) < 0)
+        return rc;
     memset(&o, 0, sizeof o);
     o.keep[0] = r->fd;
     o.nkeep = 1;
@@ -231,10 +250,16 @@ static int spawn(sf_server *s, conn_rec *r)
     if (pid == 0)
         child_main(s, r);
 
+    close(r->fd); /* the child has it; see the top of this file */
+    r->fd = -1;
     r->pid = pid;
     r->started = ev_now(s->loop);
     (void)sup_add(&s->sup, pid, r); /* reserved above */
     per_ip_add(s, r, +1);
+    if (s->diag_fd >= 0 && r->is_tcp) {
+        hmap_key k = tuple_key(&r->peer, r->local_port);
+        (void)hmap_put(&s->by_tuple, &k, (uint32_t)(r - s->recs)); /* reserved above */
+    }
     if (sf_log_enabled(&s->log, SF_LOG_INFO)) {
         char peer[SF_ADDR_TEXT_MAX];
         peer_text(r, peer, sizeof peer);
@@ -332,6 +357,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         r = rec_alloc(s); /* check_limit guarantees one */
         r->fd = fd;
         r->is_tcp = l->addr.u.sa.sa_family != AF_UNIX;
+        r->local_port = (uint16_t)sf_addr_port(&l->addr);
         r->peer = r->is_tcp ? peer : l->addr;
         if (!start_conn(s, r))
             return;
@@ -367,52 +393,69 @@ static void on_child_exit(sup *sp, pid_t pid, int wstatus, void *data, void *arg
     (void)sp;
 
     if (sf_log_enabled(&s->log, SF_LOG_INFO)) {
-        char peer[SF_ADDR_TEXT_MAX], status[64], bytes[64] = "";
+        char peer[SF_ADDR_TEXT_MAX], status[64];
         sf_status st = sf_status_decode(wstatus);
-        os_tcp_stats ts;
 
         peer_text(r, peer, sizeof peer);
         sf_status_format(&st, status, sizeof status);
-        if (r->is_tcp && os_tcp_stats_get(r->fd, &ts) == 0 && ts.bytes_in != UINT64_MAX)
-            snprintf(bytes, sizeof bytes, " in=%llu out=%llu", (unsigned long long)ts.bytes_in,
-                     (unsigned long long)ts.bytes_out);
-        sf_logf(&s->log, SF_LOG_INFO, "[%s] disconnected pid=%d duration=%.3fs%s status=%s", peer,
-                (int)pid, ev_now(s->loop) - r->started, bytes, status);
+        sf_logf(&s->log, SF_LOG_INFO, "[%s] disconnected pid=%d duration=%.3fs status=%s", peer,
+                (int)pid, ev_now(s->loop) - r->started, status);
+    }
+    if (s->diag_fd >= 0 && r->is_tcp) {
+        hmap_key k = tuple_key(&r->peer, r->local_port);
+        (void)hmap_del(&s->by_tuple, &k);
     }
     per_ip_add(s, r, -1);
     rec_release(s, r);
     check_limit(s);
 }
 
-/* Polls the kernel's "last data received" time of every TCP connection.
- * The period is a quarter of the timeout, so a client is cut between 1 and
- * 1.25 timeouts after its last byte. */
+/* One connection of a dump: cut it if its client has been silent too long. */
+static void idle_check_one(void *arg, const sf_addr *local, const sf_addr *peer,
+                           const os_tcp_stats *st)
+{
+    sf_server *s = arg;
+    hmap_key k = tuple_key(peer, (uint16_t)sf_addr_port(local));
+    uint32_t *slot = hmap_get(&s->by_tuple, &k);
+    conn_rec *r;
+
+    if (!slot)
+        return; /* a connection of somebody else's on the same port, or reaped */
+    r = &s->recs[*slot];
+    if (r->pid <= 0 || r->idle_closed || st->idle_in_ms < (uint64_t)(s->opts.idle_timeout * 1000.0))
+        return;
+    r->idle_closed = 1;
+    if (sf_log_enabled(&s->log, SF_LOG_NOTICE)) {
+        char text[SF_ADDR_TEXT_MAX];
+        peer_text(r, text, sizeof text);
+        sf_logf(&s->log, SF_LOG_NOTICE, "[%s] idle for %g s: closing pid=%d", text,
+                s->opts.idle_timeout, (int)r->pid);
+    }
+    /* The child owns the socket: ending the child closes the connection. */
+    sup_terminate(&s->sup, r->pid);
+}
+
+/* Asks the kernel how long each client has been silent, one dump per TCP
+ * listener. The period is a quarter of the timeout (at most 1 s), so a
+ * client is cut between 1 and 1.25 timeouts after its last byte. */
 static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     sf_server *s = w->data;
-    uint64_t limit_ms = (uint64_t)(s->opts.idle_timeout * 1000.0);
     (void)loop;
     (void)revents;
 
-    for (unsigned i = 0; i < s->recs_touched; i++) {
-        conn_rec *r = &s->recs[i];
-        os_tcp_stats ts;
+    if (s->by_tuple.count == 0)
+        return;
+    for (size_t i = 0; i < s->nlisteners; i++) {
+        const sf_addr *a = &s->listeners[i].addr;
+        int rc;
 
-        if (r->fd < 0 || r->pid <= 0 || !r->is_tcp || r->idle_closed)
+        if (a->u.sa.sa_family != AF_INET && a->u.sa.sa_family != AF_INET6)
             continue;
-        if (os_tcp_stats_get(r->fd, &ts) < 0 || ts.idle_in_ms < limit_ms)
-            continue;
-        r->idle_closed = 1;
-        if (sf_log_enabled(&s->log, SF_LOG_NOTICE)) {
-            char peer[SF_ADDR_TEXT_MAX];
-            peer_text(r, peer, sizeof peer);
-            sf_logf(&s->log, SF_LOG_NOTICE, "[%s] idle for %g s: closing pid=%d", peer,
-                    s->opts.idle_timeout, (int)r->pid);
-        }
-        /* The socket is shared with the child: shutting it down here gives
-         * the client EOF now and the child EOF on its next read. */
-        (void)shutdown(r->fd, SHUT_RDWR);
-        sup_terminate(&s->sup, r->pid);
+        rc = os_tcpdiag_dump(s->diag_fd, a->u.sa.sa_family, (uint16_t)sf_addr_port(a),
+                             idle_check_one, s);
+        if (rc < 0)
+            sf_logf(&s->log, SF_LOG_WARN, "cannot read connection states: %s", strerror(-rc));
     }
 }
 
@@ -482,6 +525,7 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
     s = calloc(1, sizeof *s);
     if (!s)
         return -ENOMEM;
+    s->diag_fd = -1;
     if (opts)
         s->opts = *opts;
     else
@@ -505,6 +549,15 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
         goto fail;
     if (s->opts.max_per_ip && hmap_init(&s->per_ip, s->opts.max_conns) < 0)
         goto fail;
+    if (s->opts.idle_timeout > 0) {
+        if (hmap_init(&s->by_tuple, s->opts.max_conns) < 0)
+            goto fail;
+        s->diag_fd = os_tcpdiag_open();
+        if (s->diag_fd < 0) {
+            rc = s->diag_fd;
+            goto fail;
+        }
+    }
     s->loop = ev_loop_new(EVFLAG_AUTO);
     if (!s->loop)
         goto fail;
@@ -641,6 +694,9 @@ void sf_server_free(sf_server *s)
         ev_loop_destroy(s->loop);
     }
     hmap_free(&s->per_ip);
+    hmap_free(&s->by_tuple);
+    if (s->diag_fd >= 0)
+        close(s->diag_fd);
     free(s->recs);
     free(s);
 }

@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HMAP_KEY_MAX 17
+#define HMAP_KEY_MAX 21 /* family, IPv6 address, two ports */
 
 typedef struct hmap_key {
     uint8_t b[HMAP_KEY_MAX]; /* unused bytes must be zero */
