@@ -1,0 +1,950 @@
+/*
+ * loadgen.c - load generator for line-echo servers (sockfork's benchmark).
+ *
+ * One process, one thread, non-blocking sockets and epoll. Loopback only:
+ * the target must be 127.0.0.0/8, [::1] or a unix: path, so this can never
+ * be pointed at somebody else's machine. Every run is bounded in time: each
+ * phase has a deadline, each connect and each echo has a timeout, and an
+ * alarm() watchdog ends the process if all of that somehow fails.
+ *
+ * Modes:
+ *   rate      C slots; each loops: connect, send one line, read until the
+ *             exact echo is back, close. Reports completed cycles per second.
+ *   rtt       C persistent connections doing ping-pong round trips with a
+ *             64-byte line. Reports round trips per second.
+ *   hold      Opens N connections (at most C opening at a time, each echoes
+ *             one line as it opens, so the server has really taken it), then
+ *             echoes one more line over all of them at once, then holds them
+ *             until --hold-file disappears or --hold-seconds pass, then
+ *             closes them all. Prints a "phase=held" line when the
+ *             connections are held, so a script can measure the server then.
+ *   probe     Tries to connect every 20 ms until it works or -d passes;
+ *             exit status 0 when the server accepts connections.
+ *   freeport  Prints a TCP port that is free on 127.0.0.1 right now.
+ *
+ * Every echo is checked byte for byte: a mismatch, a reset, an early EOF or a
+ * timeout is an error, never a success. The last line of output is one
+ * machine-readable line of key=value pairs.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NS_PER_MS 1000000ull
+#define NS_PER_S 1000000000ull
+
+#define MAX_CONNS 100000      /* upper bound for -c and -n */
+#define MAX_SECS 3600         /* upper bound for -d and --hold-seconds */
+#define MAX_SAMPLES (1u << 24) /* latency samples kept; later ones dropped */
+#define LINE_CAP 80            /* longest line we send, with its newline */
+#define RTT_LINE_LEN 64        /* rtt mode line length, newline included */
+#define SCAN_EVERY_NS (5 * NS_PER_MS) /* how often timeouts are checked */
+#define BACKOFF_NS (2 * NS_PER_MS)    /* wait after EADDRNOTAVAIL/EAGAIN */
+#define REFUSED_BACKOFF_NS (10 * NS_PER_MS) /* wait after ECONNREFUSED */
+#define MAX_EVENTS 512
+
+enum mode { MODE_RATE, MODE_RTT, MODE_HOLD, MODE_PROBE, MODE_FREEPORT };
+
+/* rtt and hold go through phases; rate has only RUN. */
+enum phase { PH_OPEN, PH_RUN, PH_ECHO, PH_HOLD, PH_STOP };
+
+enum state {
+    ST_FREE,       /* no socket; slot not in use (or finished) */
+    ST_BACKOFF,    /* no socket; waiting until deadline to connect again */
+    ST_CONNECTING, /* connect() in progress */
+    ST_SENDING,    /* line partly sent */
+    ST_READING,    /* line sent, echo partly back */
+    ST_IDLE,       /* connected, nothing in flight (rtt setup, hold) */
+    ST_FAILED      /* hold mode: gave up on this one */
+};
+
+struct conn {
+    int fd;
+    enum state state;
+    uint64_t t_start;  /* rate: cycle start; rtt: send time */
+    uint64_t deadline; /* timeout, or end of back-off */
+    uint8_t out_len, out_off, in_off;
+    char out[LINE_CAP];
+};
+
+/* Error counters; addrnotavail and eagain are back-offs, not errors. */
+struct counts {
+    uint64_t timeouts, resets, refused, mismatches, eofs, other;
+    uint64_t addrnotavail, eagain;
+};
+
+struct samples {
+    uint32_t *v; /* microseconds */
+    size_t n, cap;
+};
+
+/* The whole program state: one run, one target. */
+struct lg {
+    enum mode mode;
+    enum phase phase;
+    struct sockaddr_storage addr;
+    socklen_t addr_len;
+    int conc;                /* -c */
+    int n_hold;              /* -n */
+    double secs;             /* -d */
+    uint64_t timeout_ns;     /* -T: connect timeout, and echo timeout */
+    const char *hold_file;   /* --hold-file */
+    double hold_secs;        /* --hold-seconds */
+    int linger0;             /* --linger0: close with RST, no TIME_WAIT */
+
+    int ep;
+    struct conn *conns;
+    int nconns;
+    uint32_t seq;            /* numbers the lines so each one differs */
+    uint64_t ops;            /* completed cycles / round trips */
+    uint64_t established;    /* connects that succeeded */
+    uint64_t opened;         /* hold: connections past their first echo */
+    uint64_t echoed;         /* hold: connections past the second echo */
+    uint64_t dropped;        /* hold: held connections the server closed */
+    int next_open;           /* hold: next connection to open */
+    int busy;                /* hold: connections opening or echoing now */
+    struct counts err;
+    struct samples lat;
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
+}
+
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("loadgen: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(2);
+}
+
+static void on_watchdog(int sig)
+{
+    static const char msg[] = "loadgen: watchdog: run exceeded its hard cap\n";
+    (void)sig;
+    (void)!write(2, msg, sizeof msg - 1);
+    _exit(3);
+}
+
+/* ------------------------------------------------------------ addresses */
+
+/* Parses HOST:PORT, [V6]:PORT or unix:PATH; refuses anything not loopback. */
+static void parse_addr(struct lg *g, const char *text)
+{
+    memset(&g->addr, 0, sizeof g->addr);
+
+    if (strncmp(text, "unix:", 5) == 0) {
+        struct sockaddr_un *un = (struct sockaddr_un *)&g->addr;
+        const char *path = text + 5;
+        if (path[0] == '\0' || strlen(path) >= sizeof un->sun_path)
+            die("bad unix path in '%s'", text);
+        un->sun_family = AF_UNIX;
+        strcpy(un->sun_path, path);
+        g->addr_len = sizeof *un;
+        return;
+    }
+
+    char host[64];
+    const char *colon = strrchr(text, ':');
+    if (!colon || colon == text || (size_t)(colon - text) >= sizeof host)
+        die("address '%s' is not HOST:PORT", text);
+    memcpy(host, text, (size_t)(colon - text));
+    host[colon - text] = '\0';
+
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || colon[1] == '\0' || port < 1 || port > 65535)
+        die("bad port in '%s'", text);
+
+    size_t hl = strlen(host);
+    if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&g->addr;
+        host[hl - 1] = '\0';
+        if (inet_pton(AF_INET6, host + 1, &in6->sin6_addr) != 1)
+            die("bad IPv6 address in '%s'", text);
+        if (!IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+            die("refusing %s: only loopback targets are allowed", text);
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        g->addr_len = sizeof *in6;
+        return;
+    }
+
+    struct sockaddr_in *in4 = (struct sockaddr_in *)&g->addr;
+    if (inet_pton(AF_INET, host, &in4->sin_addr) != 1)
+        die("bad IPv4 address in '%s' (numeric only)", text);
+    if ((ntohl(in4->sin_addr.s_addr) >> 24) != 127)
+        die("refusing %s: only loopback targets are allowed", text);
+    in4->sin_family = AF_INET;
+    in4->sin_port = htons((uint16_t)port);
+    g->addr_len = sizeof *in4;
+}
+
+/* -------------------------------------------------------------- samples */
+
+static void sample_add(struct samples *s, uint64_t ns)
+{
+    if (s->n == s->cap) {
+        if (s->cap >= MAX_SAMPLES)
+            return;
+        size_t cap = s->cap ? s->cap * 2 : 4096;
+        uint32_t *v = realloc(s->v, cap * sizeof *v);
+        if (!v)
+            return; /* keep what we have; the count is still right */
+        s->v = v;
+        s->cap = cap;
+    }
+    uint64_t us = ns / 1000;
+    s->v[s->n++] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Nearest-rank percentile of sorted samples; 0 when there are none. */
+static uint32_t percentile(const struct samples *s, double p)
+{
+    if (s->n == 0)
+        return 0;
+    size_t rank = (size_t)(p / 100.0 * (double)s->n + 0.999999);
+    if (rank < 1)
+        rank = 1;
+    if (rank > s->n)
+        rank = s->n;
+    return s->v[rank - 1];
+}
+
+/* ---------------------------------------------------------- connections */
+
+static void conn_close(struct conn *c)
+{
+    if (c->fd >= 0)
+        close(c->fd); /* also drops it from the epoll set */
+    c->fd = -1;
+}
+
+static void watch(struct lg *g, struct conn *c, uint32_t events, int op)
+{
+    struct epoll_event ev = { .events = events, .data.u32 = (uint32_t)(c - g->conns) };
+    if (epoll_ctl(g->ep, op, c->fd, &ev) < 0)
+        die("epoll_ctl: %s", strerror(errno));
+}
+
+/* Fills c->out with the next line for this mode; each line is unique. */
+static void make_line(struct lg *g, struct conn *c)
+{
+    uint32_t seq = g->seq++;
+    int len;
+    if (g->mode == MODE_RTT) {
+        /* "rtt NNNNNNNNNN " padded with x to 63 bytes, then the newline. */
+        len = snprintf(c->out, sizeof c->out, "rtt %010u ", seq);
+        memset(c->out + len, 'x', (size_t)(RTT_LINE_LEN - 1 - len));
+        len = RTT_LINE_LEN;
+        c->out[len - 1] = '\n';
+    } else {
+        len = snprintf(c->out, sizeof c->out, "%s %06u\n",
+                       g->mode == MODE_HOLD ? "hold" : "ping", seq % 1000000);
+    }
+    c->out_len = (uint8_t)len;
+    c->out_off = 0;
+    c->in_off = 0;
+}
+
+static void fail(struct lg *g, struct conn *c, uint64_t *counter);
+static void connect_slot(struct lg *g, struct conn *c);
+
+/* Sends what is left of c->out; then waits for the echo. */
+static void send_rest(struct lg *g, struct conn *c)
+{
+    while (c->out_off < c->out_len) {
+        ssize_t w = send(c->fd, c->out + c->out_off, c->out_len - c->out_off,
+                         MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EAGAIN) {
+            if (c->state != ST_SENDING)
+                watch(g, c, EPOLLOUT, EPOLL_CTL_MOD);
+            c->state = ST_SENDING;
+            return;
+        }
+        if (w < 0) {
+            fail(g, c, errno == ECONNRESET || errno == EPIPE ? &g->err.resets
+                                                             : &g->err.other);
+            return;
+        }
+        c->out_off += (uint8_t)w;
+    }
+    watch(g, c, EPOLLIN, EPOLL_CTL_MOD);
+    c->state = ST_READING;
+}
+
+/* Starts one line-and-echo exchange on a connected socket. */
+static void start_exchange(struct lg *g, struct conn *c, uint64_t now)
+{
+    make_line(g, c);
+    if (g->mode != MODE_RATE)
+        c->t_start = now; /* rate measures from the connect instead */
+    c->deadline = now + g->timeout_ns;
+    send_rest(g, c);
+}
+
+static void set_idle(struct lg *g, struct conn *c)
+{
+    /* Still watch for input: data or EOF on an idle connection is a drop. */
+    watch(g, c, EPOLLIN | EPOLLRDHUP, EPOLL_CTL_MOD);
+    c->state = ST_IDLE;
+}
+
+/* A connect() just finished. */
+static void connected(struct lg *g, struct conn *c, uint64_t now)
+{
+    g->established++;
+    if (g->mode == MODE_RTT && g->phase == PH_OPEN)
+        set_idle(g, c);
+    else
+        start_exchange(g, c, now);
+}
+
+/* The exact echo has come back: what happens next depends on the mode. */
+static void exchange_done(struct lg *g, struct conn *c, uint64_t now)
+{
+    switch (g->mode) {
+    case MODE_RATE:
+        conn_close(c);
+        c->state = ST_FREE;
+        if (g->phase == PH_STOP)
+            break; /* draining after the window: not counted */
+        g->ops++;
+        sample_add(&g->lat, now - c->t_start);
+        connect_slot(g, c);
+        break;
+    case MODE_RTT:
+        if (g->phase == PH_STOP) {
+            set_idle(g, c);
+            break;
+        }
+        g->ops++;
+        sample_add(&g->lat, now - c->t_start);
+        start_exchange(g, c, now);
+        break;
+    case MODE_HOLD:
+        if (g->phase == PH_OPEN)
+            g->opened++;
+        else
+            g->echoed++;
+        g->busy--;
+        set_idle(g, c);
+        break;
+    default:
+        break;
+    }
+}
+
+/*
+ * Counts an error and closes the connection. rate and rtt connect the slot
+ * again (after a short back-off, so a dead server does not make us spin);
+ * hold gives the connection up.
+ */
+static void fail(struct lg *g, struct conn *c, uint64_t *counter)
+{
+    (*counter)++;
+    enum state was = c->state;
+    conn_close(c);
+    if (g->mode == MODE_HOLD) {
+        /* An idle connection was not busy; anything else was. */
+        if ((g->phase == PH_OPEN || g->phase == PH_ECHO) && was != ST_IDLE)
+            g->busy--;
+        c->state = ST_FAILED;
+        return;
+    }
+    c->state = g->phase == PH_STOP ? ST_FREE : ST_BACKOFF;
+    c->deadline = now_ns() + REFUSED_BACKOFF_NS;
+}
+
+/* Opens a socket and starts connecting it; handles immediate outcomes. */
+static void connect_slot(struct lg *g, struct conn *c)
+{
+    uint64_t now = now_ns();
+    int fd = socket(g->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        die("socket: %s", strerror(errno)); /* EMFILE: -c/-n beyond the fd limit */
+    c->fd = fd;
+    c->t_start = now;
+    c->deadline = now + g->timeout_ns;
+
+    if (g->linger0) {
+        struct linger lg0 = { .l_onoff = 1, .l_linger = 0 };
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg0, sizeof lg0);
+    }
+    if (g->addr.ss_family != AF_UNIX) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+
+    int r = connect(fd, (struct sockaddr *)&g->addr, g->addr_len);
+    if (r == 0) {
+        c->state = ST_CONNECTING; /* so fail() and friends see a live socket */
+        watch(g, c, EPOLLOUT, EPOLL_CTL_ADD);
+        connected(g, c, now);
+        return;
+    }
+    switch (errno) {
+    case EINPROGRESS:
+        c->state = ST_CONNECTING;
+        watch(g, c, EPOLLOUT, EPOLL_CTL_ADD);
+        return;
+    case EADDRNOTAVAIL: /* out of ephemeral ports: TIME_WAIT pile-up */
+    case EAGAIN:        /* unix socket backlog full */
+        if (errno == EADDRNOTAVAIL)
+            g->err.addrnotavail++;
+        else
+            g->err.eagain++;
+        conn_close(c);
+        c->state = ST_BACKOFF;
+        c->deadline = now + BACKOFF_NS;
+        return;
+    case ECONNREFUSED:
+        c->state = ST_CONNECTING;
+        fail(g, c, &g->err.refused);
+        return;
+    default:
+        c->state = ST_CONNECTING;
+        fail(g, c, &g->err.other);
+        return;
+    }
+}
+
+static void on_connect_ready(struct lg *g, struct conn *c, uint64_t now)
+{
+    int soerr = 0;
+    socklen_t len = sizeof soerr;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0)
+        soerr = errno;
+    if (soerr == 0) {
+        connected(g, c, now);
+    } else if (soerr == ECONNREFUSED) {
+        fail(g, c, &g->err.refused);
+    } else if (soerr == ECONNRESET) {
+        fail(g, c, &g->err.resets);
+    } else if (soerr == ETIMEDOUT) {
+        fail(g, c, &g->err.timeouts);
+    } else {
+        fail(g, c, &g->err.other);
+    }
+}
+
+/* Reads echo bytes and compares them with what was sent, as they come. */
+static void on_readable(struct lg *g, struct conn *c, uint64_t now)
+{
+    char buf[256];
+    ssize_t r = recv(c->fd, buf, sizeof buf, 0);
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EINTR)
+            return;
+        fail(g, c, errno == ECONNRESET ? &g->err.resets : &g->err.other);
+        return;
+    }
+    if (c->state == ST_IDLE) {
+        /* Nothing was asked: EOF means the server dropped us. */
+        if (r == 0)
+            g->dropped++;
+        fail(g, c, r == 0 ? &g->err.eofs : &g->err.mismatches);
+        return;
+    }
+    if (r == 0) {
+        fail(g, c, &g->err.eofs);
+        return;
+    }
+    if ((size_t)c->in_off + (size_t)r > c->out_len ||
+        memcmp(buf, c->out + c->in_off, (size_t)r) != 0) {
+        fail(g, c, &g->err.mismatches);
+        return;
+    }
+    c->in_off += (uint8_t)r;
+    if (c->in_off == c->out_len)
+        exchange_done(g, c, now);
+}
+
+static void on_event(struct lg *g, struct conn *c, uint32_t events, uint64_t now)
+{
+    switch (c->state) {
+    case ST_CONNECTING:
+        on_connect_ready(g, c, now);
+        break;
+    case ST_SENDING:
+        if (events & (EPOLLERR | EPOLLHUP))
+            fail(g, c, &g->err.resets);
+        else
+            send_rest(g, c);
+        break;
+    case ST_READING:
+    case ST_IDLE:
+        on_readable(g, c, now);
+        break;
+    default:
+        break; /* stale event for a socket closed in this same batch */
+    }
+}
+
+/* Expires timeouts and ends back-offs. Cheap enough to run every 5 ms. */
+static void scan(struct lg *g, uint64_t now)
+{
+    for (int i = 0; i < g->nconns; i++) {
+        struct conn *c = &g->conns[i];
+        switch (c->state) {
+        case ST_CONNECTING:
+        case ST_SENDING:
+        case ST_READING:
+            if (now >= c->deadline)
+                fail(g, c, &g->err.timeouts);
+            break;
+        case ST_BACKOFF:
+            if (now >= c->deadline)
+                connect_slot(g, c);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+/*
+ * Runs the event loop until `until` (monotonic ns) or until done(g) says
+ * the phase is over. Every iteration waits at most SCAN_EVERY_NS.
+ */
+static void loop(struct lg *g, uint64_t until, int (*done)(struct lg *))
+{
+    struct epoll_event evs[MAX_EVENTS];
+    uint64_t next_scan = now_ns() + SCAN_EVERY_NS;
+
+    for (;;) {
+        uint64_t now = now_ns();
+        if (now >= until || (done && done(g)))
+            return;
+        uint64_t wait = until - now;
+        if (wait > SCAN_EVERY_NS)
+            wait = SCAN_EVERY_NS;
+        int n = epoll_wait(g->ep, evs, MAX_EVENTS, (int)((wait + NS_PER_MS - 1) / NS_PER_MS));
+        if (n < 0 && errno != EINTR)
+            die("epoll_wait: %s", strerror(errno));
+        now = now_ns();
+        for (int i = 0; i < n; i++)
+            on_event(g, &g->conns[evs[i].data.u32], evs[i].events, now);
+        if (now >= next_scan) {
+            scan(g, now);
+            next_scan = now + SCAN_EVERY_NS;
+        }
+    }
+}
+
+/* Drain: true when no slot has a connect or an echo in flight. */
+static int quiet(struct lg *g)
+{
+    for (int i = 0; i < g->nconns; i++) {
+        enum state s = g->conns[i].state;
+        if (s == ST_CONNECTING || s == ST_SENDING || s == ST_READING)
+            return 0;
+    }
+    return 1;
+}
+
+/*
+ * Ends the timed window of rate and rtt: starts nothing new and lets the
+ * exchanges in flight finish (for at most the echo timeout), so that every
+ * socket closes with its echo read. Closing one with unread data would
+ * send a reset, and the server would log an error that we caused.
+ */
+static void drain(struct lg *g)
+{
+    g->phase = PH_STOP;
+    for (int i = 0; i < g->nconns; i++)
+        if (g->conns[i].state == ST_BACKOFF)
+            g->conns[i].state = ST_FREE;
+    loop(g, now_ns() + g->timeout_ns, quiet);
+    for (int i = 0; i < g->nconns; i++) {
+        enum state s = g->conns[i].state;
+        if (s == ST_CONNECTING || s == ST_SENDING || s == ST_READING)
+            fail(g, &g->conns[i], &g->err.timeouts);
+    }
+}
+
+static void close_all(struct lg *g)
+{
+    for (int i = 0; i < g->nconns; i++) {
+        conn_close(&g->conns[i]);
+        g->conns[i].state = ST_FREE;
+    }
+}
+
+static uint64_t total_errors(const struct counts *e)
+{
+    return e->timeouts + e->resets + e->refused + e->mismatches + e->eofs + e->other;
+}
+
+static void print_errors(const struct lg *g)
+{
+    const struct counts *e = &g->err;
+    printf(" errors=%llu timeouts=%llu resets=%llu refused=%llu mismatches=%llu"
+           " eofs=%llu other=%llu addrnotavail=%llu eagain=%llu",
+           (unsigned long long)total_errors(e), (unsigned long long)e->timeouts,
+           (unsigned long long)e->resets, (unsigned long long)e->refused,
+           (unsigned long long)e->mismatches, (unsigned long long)e->eofs,
+           (unsigned long long)e->other, (unsigned long long)e->addrnotavail,
+           (unsigned long long)e->eagain);
+}
+
+static void print_result(struct lg *g, double secs)
+{
+    if (g->lat.n > 0) /* qsort must not get NULL, even for no elements */
+        qsort(g->lat.v, g->lat.n, sizeof *g->lat.v, cmp_u32);
+    printf("mode=%s conc=%d secs=%.2f ops=%llu ops_per_s=%.1f",
+           g->mode == MODE_RATE ? "rate" : "rtt", g->conc, secs,
+           (unsigned long long)g->ops, secs > 0 ? (double)g->ops / secs : 0.0);
+    print_errors(g);
+    printf(" p50_us=%u p99_us=%u\n", percentile(&g->lat, 50), percentile(&g->lat, 99));
+    fflush(stdout);
+}
+
+/* ----------------------------------------------------------------- modes */
+
+static void run_rate(struct lg *g)
+{
+    g->phase = PH_RUN;
+    uint64_t start = now_ns();
+    for (int i = 0; i < g->nconns; i++)
+        connect_slot(g, &g->conns[i]);
+    uint64_t end = start + (uint64_t)(g->secs * NS_PER_S);
+    loop(g, end, NULL);
+    double secs = (double)(now_ns() - start) / NS_PER_S;
+    drain(g); /* cycles still in flight are neither counted nor errors */
+    close_all(g);
+    print_result(g, secs);
+}
+
+static int all_connected(struct lg *g)
+{
+    for (int i = 0; i < g->nconns; i++)
+        if (g->conns[i].state != ST_IDLE)
+            return 0;
+    return 1;
+}
+
+static void run_rtt(struct lg *g)
+{
+    /* Connect everything first, so the timed window holds round trips only. */
+    g->phase = PH_OPEN;
+    for (int i = 0; i < g->nconns; i++)
+        connect_slot(g, &g->conns[i]);
+    loop(g, now_ns() + g->timeout_ns + 2 * NS_PER_S, all_connected);
+
+    g->phase = PH_RUN;
+    uint64_t start = now_ns();
+    for (int i = 0; i < g->nconns; i++) {
+        struct conn *c = &g->conns[i];
+        if (c->state == ST_IDLE)
+            start_exchange(g, c, start);
+        /* a slot that failed to connect keeps retrying from its back-off */
+    }
+    loop(g, start + (uint64_t)(g->secs * NS_PER_S), NULL);
+    double secs = (double)(now_ns() - start) / NS_PER_S;
+    drain(g);
+    close_all(g);
+    print_result(g, secs);
+}
+
+/* hold, phase OPEN: keeps up to -c connections opening until all N tried. */
+static int open_more(struct lg *g)
+{
+    while (g->busy < g->conc && g->next_open < g->nconns) {
+        struct conn *c = &g->conns[g->next_open++];
+        g->busy++;
+        connect_slot(g, c);
+    }
+    return g->next_open >= g->nconns && g->busy == 0;
+}
+
+/* hold, phase ECHO: over when no connection has an echo outstanding. */
+static int echo_settled(struct lg *g)
+{
+    return g->busy == 0;
+}
+
+/* hold, phase HOLD: over when the hold file is gone. */
+static int hold_released(struct lg *g)
+{
+    struct stat st;
+    return g->hold_file && stat(g->hold_file, &st) < 0 && errno == ENOENT;
+}
+
+static int count_state(struct lg *g, enum state s)
+{
+    int n = 0;
+    for (int i = 0; i < g->nconns; i++)
+        n += g->conns[i].state == s;
+    return n;
+}
+
+static void print_hold(struct lg *g, const char *phase, double open_s, double hold_s)
+{
+    printf("mode=hold phase=%s n=%d conc=%d established=%llu opened=%llu echoed=%llu"
+           " held=%d dropped=%llu open_secs=%.2f hold_secs=%.2f",
+           phase, g->nconns, g->conc, (unsigned long long)g->established,
+           (unsigned long long)g->opened, (unsigned long long)g->echoed,
+           count_state(g, ST_IDLE), (unsigned long long)g->dropped, open_s, hold_s);
+    print_errors(g);
+    printf("\n");
+    fflush(stdout);
+}
+
+static void run_hold(struct lg *g)
+{
+    uint64_t phase_ns = (uint64_t)(g->secs * NS_PER_S);
+
+    /* 1. Open: connect and echo once on each, at most -c at a time. */
+    g->phase = PH_OPEN;
+    uint64_t start = now_ns();
+    /* open_more() is the loop's done-check, so it refills the window often */
+    loop(g, start + phase_ns, open_more);
+    double open_s = (double)(now_ns() - start) / NS_PER_S;
+    /* Whatever is still opening at the deadline has failed. */
+    for (int i = 0; i < g->nconns; i++) {
+        struct conn *c = &g->conns[i];
+        if (c->state != ST_IDLE && c->state != ST_FAILED && c->state != ST_FREE)
+            fail(g, c, &g->err.timeouts);
+        else if (c->state == ST_FREE)
+            c->state = ST_FAILED; /* never tried: the deadline came first */
+    }
+
+    /* 2. Echo one more line over all of them at once: all must come back. */
+    g->phase = PH_ECHO;
+    uint64_t now = now_ns();
+    g->busy = 0;
+    for (int i = 0; i < g->nconns; i++) {
+        if (g->conns[i].state == ST_IDLE) {
+            g->busy++;
+            start_exchange(g, &g->conns[i], now);
+        }
+    }
+    loop(g, now + phase_ns, echo_settled);
+    for (int i = 0; i < g->nconns; i++) {
+        struct conn *c = &g->conns[i];
+        if (c->state == ST_SENDING || c->state == ST_READING)
+            fail(g, c, &g->err.timeouts);
+    }
+
+    /* 3. Hold them, and say so; then wait to be released. */
+    g->phase = PH_HOLD;
+    print_hold(g, "held", open_s, 0);
+    uint64_t hold_start = now_ns();
+    loop(g, hold_start + (uint64_t)(g->hold_secs * NS_PER_S), hold_released);
+    double hold_s = (double)(now_ns() - hold_start) / NS_PER_S;
+
+    print_hold(g, "done", open_s, hold_s);
+    close_all(g);
+}
+
+/* Polls connect() until the server takes a connection or -d passes. */
+static int run_probe(struct lg *g)
+{
+    uint64_t end = now_ns() + (uint64_t)(g->secs * NS_PER_S);
+    for (;;) {
+        int fd = socket(g->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            die("socket: %s", strerror(errno));
+        /* Blocking connect on loopback: refused at once, or accepted at once. */
+        struct timeval tv = { .tv_sec = 1 };
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        int r = connect(fd, (struct sockaddr *)&g->addr, g->addr_len);
+        close(fd);
+        if (r == 0)
+            return 0;
+        if (now_ns() >= end)
+            return 1;
+        struct timespec ts = { .tv_nsec = 20 * NS_PER_MS };
+        nanosleep(&ts, NULL);
+    }
+}
+
+static int run_freeport(void)
+{
+    struct sockaddr_in in4 = { .sin_family = AF_INET,
+                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof in4;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&in4, sizeof in4) < 0 ||
+        getsockname(fd, (struct sockaddr *)&in4, &len) < 0)
+        die("freeport: %s", strerror(errno));
+    close(fd);
+    printf("%u\n", ntohs(in4.sin_port));
+    return 0;
+}
+
+/* ------------------------------------------------------------------ main */
+
+static void usage(void)
+{
+    fputs("usage: loadgen rate|rtt|hold|probe|freeport [options]\n"
+          "  -a ADDR   target: 127.x.x.x:PORT, [::1]:PORT or unix:PATH"
+          " (default 127.0.0.1:4444)\n"
+          "  -c CONC   concurrent slots (rate/rtt, default 16);"
+          " hold: connections opening at once (default 256)\n"
+          "  -d SECS   run time (rate/rtt, default 5); hold: bound of each phase"
+          " (default 60); probe: give up after (default 10)\n"
+          "  -n N      hold: connections to open (default 1000)\n"
+          "  -T MS     connect timeout, and echo timeout (default 5000)\n"
+          "  --hold-file PATH     hold until PATH is removed\n"
+          "  --hold-seconds S     hold at most S seconds (default 10, or 600"
+          " with --hold-file)\n"
+          "  --linger0            close with RST (SO_LINGER 0): no TIME_WAIT\n",
+          stderr);
+    exit(2);
+}
+
+static double parse_num(const char *s, double lo, double hi, const char *what)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi))
+        die("%s must be a number in [%g, %g], got '%s'", what, lo, hi, s);
+    return v;
+}
+
+/* Soft RLIMIT_NOFILE up to the hard limit; fails if `need` fds won't fit. */
+static void raise_nofile(long need)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        die("getrlimit: %s", strerror(errno));
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+        die("setrlimit: %s", strerror(errno));
+    if (rl.rlim_cur != RLIM_INFINITY && (rlim_t)need > rl.rlim_cur)
+        die("need %ld file descriptors but the hard limit is %llu"
+            " (raise it: ulimit -Hn, as root)", need, (unsigned long long)rl.rlim_cur);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        { "hold-file", required_argument, NULL, 'F' },
+        { "hold-seconds", required_argument, NULL, 'S' },
+        { "linger0", no_argument, NULL, 'L' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    struct lg g = { .conc = -1, .n_hold = 1000, .secs = -1, .hold_secs = -1,
+                    .timeout_ns = 5000 * NS_PER_MS, .ep = -1 };
+    const char *addr = "127.0.0.1:4444";
+
+    if (argc < 2)
+        usage();
+    if (strcmp(argv[1], "rate") == 0)
+        g.mode = MODE_RATE;
+    else if (strcmp(argv[1], "rtt") == 0)
+        g.mode = MODE_RTT;
+    else if (strcmp(argv[1], "hold") == 0)
+        g.mode = MODE_HOLD;
+    else if (strcmp(argv[1], "probe") == 0)
+        g.mode = MODE_PROBE;
+    else if (strcmp(argv[1], "freeport") == 0)
+        g.mode = MODE_FREEPORT;
+    else
+        usage();
+
+    int opt;
+    optind = 2;
+    while ((opt = getopt_long(argc, argv, "a:c:d:n:T:h", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'a': addr = optarg; break;
+        case 'c': g.conc = (int)parse_num(optarg, 1, MAX_CONNS, "-c"); break;
+        case 'd': g.secs = parse_num(optarg, 0.01, MAX_SECS, "-d"); break;
+        case 'n': g.n_hold = (int)parse_num(optarg, 1, MAX_CONNS, "-n"); break;
+        case 'T': g.timeout_ns = (uint64_t)parse_num(optarg, 1, 600000, "-T") * NS_PER_MS; break;
+        case 'F': g.hold_file = optarg; break;
+        case 'S': g.hold_secs = parse_num(optarg, 0, MAX_SECS, "--hold-seconds"); break;
+        case 'L': g.linger0 = 1; break;
+        default: usage();
+        }
+    }
+    if (optind != argc)
+        usage();
+
+    if (g.mode == MODE_FREEPORT)
+        return run_freeport();
+
+    parse_addr(&g, addr);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (g.mode == MODE_PROBE) {
+        if (g.secs < 0)
+            g.secs = 10;
+        return run_probe(&g);
+    }
+
+    /* Defaults that differ by mode. */
+    if (g.conc < 0)
+        g.conc = g.mode == MODE_HOLD ? 256 : 16;
+    if (g.secs < 0)
+        g.secs = g.mode == MODE_HOLD ? 60 : 5;
+    if (g.hold_secs < 0)
+        g.hold_secs = g.hold_file ? 600 : 10;
+    g.nconns = g.mode == MODE_HOLD ? g.n_hold : g.conc;
+
+    /*
+     * Watchdog: the sum of every phase's own bound, plus a minute. Loops end
+     * on their own long before; this only catches a bug.
+     */
+    double cap = g.secs + 2.0 * (double)g.timeout_ns / NS_PER_S + 62;
+    if (g.mode == MODE_HOLD)
+        cap = 2 * g.secs + g.hold_secs + 60;
+    signal(SIGALRM, on_watchdog);
+    alarm((unsigned)cap + 1);
+
+    raise_nofile(g.nconns + 16);
+    g.conns = calloc((size_t)g.nconns, sizeof *g.conns);
+    if (!g.conns)
+        die("out of memory");
+    for (int i = 0; i < g.nconns; i++)
+        g.conns[i].fd = -1;
+    g.ep = epoll_create1(EPOLL_CLOEXEC);
+    if (g.ep < 0)
+        die("epoll_create1: %s", strerror(errno));
+
+    switch (g.mode) {
+    case MODE_RATE: run_rate(&g); break;
+    case MODE_RTT: run_rtt(&g); break;
+    case MODE_HOLD: run_hold(&g); break;
+    default: break;
+    }
+
+    close(g.ep);
+    free(g.conns);
+    free(g.lat.v);
+    return 0;
+}

@@ -1,0 +1,407 @@
+#!/usr/bin/env bash
+# bench/run.sh - benchmark `sockfork serve --echo` against other
+# fork-per-connection echo servers, all in one run on this machine:
+#
+#   sockfork   sockfork serve -q -l 127.0.0.1:PORT --echo -c 20000
+#   tcpserver  tcpserver -c 20000 -b 4096 -H -R -l 0 127.0.0.1 PORT cat
+#   socat      socat TCP-LISTEN:PORT,...,fork,backlog=4096 PIPE
+#   bare       build/bench/bare-forkserver PORT (accept, fork, echo: the floor)
+#
+# For each: connection rate at concurrency 1, 16 and 64, round trips per
+# second over 16 persistent connections, and PSS of all the server's
+# processes while BENCH_HOLD connections are held open. Prints one markdown
+# table and writes it to bench/results/latest.md.
+#
+# Everything runs on loopback and is bounded in time. Environment:
+#   BUILD=dir           meson build directory (default: build)
+#   BENCH_SECS=5        seconds per rate and rtt run
+#   BENCH_HOLD=10000    connections to hold
+#   BENCH_HOLD_SECS=60  bound on opening them, and on echoing over them
+#   BENCH_SERVERS="sockfork tcpserver socat bare"   which servers, in order
+#   SOCKFORK=path       sockfork binary (default: $BUILD/sockfork)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=${BUILD:-build}
+[[ $BUILD == /* ]] || BUILD=$ROOT/$BUILD
+BENCH_SECS=${BENCH_SECS:-5}
+BENCH_HOLD=${BENCH_HOLD:-10000}
+BENCH_SERVERS=${BENCH_SERVERS:-sockfork tcpserver socat bare}
+SOCKFORK=${SOCKFORK:-$BUILD/sockfork}
+RATE_CONCS=(1 16 64)
+RTT_CONC=16
+HOLD_PHASE_SECS=${BENCH_HOLD_SECS:-60}  # bound on opening, and on the echo round
+MAX_CONNS=20000      # the -c given to every server
+RESULTS=$ROOT/bench/results
+
+WORK=$(mktemp -d /tmp/sockfork-bench.XXXXXX)
+SERVER_PID=""        # the server running now, for the exit trap
+LOADGEN_PID=""       # a loadgen running in the background, for the trap
+
+say() { printf '== %s\n' "$*" >&2; }
+
+# ------------------------------------------------------------ processes
+
+# Prints PID and all its descendants, one a line. Children may sit in
+# process groups of their own, so this follows parent links, not groups.
+tree_pids() {
+    ps -e -o pid=,ppid= | awk -v root="$1" '
+        { kids[$2] = kids[$2] " " $1 }
+        END {
+            n = 1; q[1] = root
+            for (i = 1; i <= n; i++) {
+                m = split(kids[q[i]], k, " ")
+                for (j = 1; j <= m; j++) q[++n] = k[j]
+            }
+            for (i = 1; i <= n; i++) print q[i]
+        }'
+}
+
+# Is PID running (and not a zombie waiting for us to reap it)?
+alive() {
+    local st
+    st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+    [[ $st != Z* ]]
+}
+
+# PSS in KiB summed over PID and all its descendants.
+pss_kib() {
+    tree_pids "$1" | sed 's|.*|/proc/&/smaps_rollup|' |
+        { xargs cat 2>/dev/null || true; } |
+        awk '/^Pss:/ { s += $2 } END { print s + 0 }'
+}
+
+# Stops a server: TERM to it and every descendant, up to 15 s to go,
+# then KILL to whatever is left. Leaves no process behind.
+stop_tree() {
+    local pid=$1 pids left i
+    mapfile -t pids < <(tree_pids "$pid")
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    for ((i = 0; i < 150; i++)); do
+        left=0
+        for p in "${pids[@]}"; do
+            if alive "$p"; then left=1; break; fi
+        done
+        ((left)) || break
+        sleep 0.1
+    done
+    if ((left)); then
+        say "some processes outlived SIGTERM by 15 s: SIGKILL"
+        kill -KILL "${pids[@]}" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    [[ -n $LOADGEN_PID ]] && { kill -KILL "$LOADGEN_PID" 2>/dev/null || true; }
+    [[ -n $SERVER_PID ]] && stop_tree "$SERVER_PID"
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- setup
+
+install_peers() {
+    local missing=()
+    command -v tcpserver >/dev/null || missing+=(ucspi-tcp)
+    command -v socat >/dev/null || missing+=(socat)
+    ((${#missing[@]})) || return 0
+    if ((EUID != 0)); then
+        say "not root: cannot install ${missing[*]}; those servers are skipped"
+        return 0
+    fi
+    say "installing ${missing[*]}"
+    apt-get install -y "${missing[@]}" >&2 ||
+        { apt-get update >&2 && apt-get install -y "${missing[@]}" >&2; } ||
+        say "could not install ${missing[*]}; those servers are skipped"
+}
+
+# Builds everything; if the project does not build, builds at least the two
+# bench programs (into $WORK) so the peers can still be measured.
+LOADGEN=""
+BARE=""
+SOCKFORK_OK=0
+build() {
+    if { [[ -f $BUILD/build.ninja ]] || meson setup "$BUILD" "$ROOT"; } &&
+        ninja -C "$BUILD"; then
+        LOADGEN=$BUILD/bench/loadgen
+        BARE=$BUILD/bench/bare-forkserver
+        SOCKFORK_OK=1
+        return 0
+    fi
+    say "the project does not build; compiling the bench programs alone"
+    local cc=${CC:-cc} flags=(-O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror)
+    "$cc" "${flags[@]}" -o "$WORK/loadgen" "$ROOT/bench/loadgen.c"
+    "$cc" "${flags[@]}" -o "$WORK/bare-forkserver" "$ROOT/bench/bare_forkserver.c"
+    LOADGEN=$WORK/loadgen
+    BARE=$WORK/bare-forkserver
+}
+
+# Room for the held connections in loadgen (the servers inherit it too).
+raise_nofile() {
+    local need=$((BENCH_HOLD + 1024)) hard
+    hard=$(ulimit -Hn)
+    if [[ $hard != unlimited ]] && ((hard < need)); then
+        ulimit -Hn "$need" 2>/dev/null || true
+        hard=$(ulimit -Hn)
+    fi
+    ulimit -Sn "$hard"
+    if [[ $hard != unlimited ]] && ((hard < need)); then
+        BENCH_HOLD=$((hard - 1024))
+        say "fd hard limit is $hard: holding only $BENCH_HOLD connections"
+    fi
+}
+
+# -------------------------------------------------------------- servers
+
+# Why a server cannot run here, or nothing when it can.
+unavailable() {
+    case $1 in
+    sockfork)
+        if [[ $SOCKFORK == "$BUILD/sockfork" ]] && ((!SOCKFORK_OK)); then
+            echo "the project did not build"
+        elif ! "$SOCKFORK" --version >/dev/null 2>&1; then
+            echo "$SOCKFORK does not run"
+        fi ;;
+    tcpserver) command -v tcpserver >/dev/null || echo "tcpserver not installed" ;;
+    socat) command -v socat >/dev/null || echo "socat not installed" ;;
+    bare) ;;
+    *) echo "unknown server" ;;
+    esac
+}
+
+# Starts server $1 on 127.0.0.1:$2, sets SERVER_PID, waits until it accepts.
+start_server() {
+    local name=$1 port=$2 log=$WORK/$1.log
+    case $name in
+    sockfork) "$SOCKFORK" serve -q -l "127.0.0.1:$port" --echo -c "$MAX_CONNS" 2>"$log" & ;;
+    # tcpserver's defaults are -c 40 and a backlog of 20: raise both.
+    tcpserver) tcpserver -c "$MAX_CONNS" -b 4096 -H -R -l 0 127.0.0.1 "$port" cat 2>"$log" & ;;
+    # Each forked socat child has its own unnamed pipe: bytes go out as they came.
+    socat) socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork,backlog=4096" PIPE 2>"$log" & ;;
+    bare) "$BARE" "$port" 2>"$log" & ;;
+    esac
+    SERVER_PID=$!
+    if ! "$LOADGEN" probe -a "127.0.0.1:$port" -d 10 || ! alive "$SERVER_PID"; then
+        say "$name did not come up; its log:"
+        cat "$log" >&2
+        stop_tree "$SERVER_PID"
+        SERVER_PID=""
+        return 1
+    fi
+}
+
+# Waits (at most 10 s) until the server is back to $2 processes: children
+# of earlier runs may still be on their way out after the client closed.
+settle() {
+    local i
+    for ((i = 0; i < 100; i++)); do
+        (($(tree_pids "$1" | wc -l) <= $2)) && return 0
+        sleep 0.1
+    done
+    say "server still has $(tree_pids "$1" | wc -l) processes, idle had $2"
+}
+
+# Value of key $2 in the key=value line $1.
+field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -n1; }
+
+declare -A R          # R[server,key]: results
+RAW=$WORK/raw.txt     # every loadgen line, for the record
+
+record() {            # record SERVER TEST LINE
+    local line=${3:-failed: loadgen printed nothing} e
+    printf '%s %s %s\n' "$1" "$2" "$line" >>"$RAW"
+    printf '   %-9s %-7s %s\n' "$1" "$2" "$line" >&2
+    e=$(field "$line" errors)
+    R[$1,errors]=$((${R[$1,errors]:-0} + ${e:-1}))
+}
+
+# Holds BENCH_HOLD connections to the server and measures its PSS meanwhile.
+hold_test() {
+    local name=$1 addr=$2 out=$WORK/$1.hold hold_file=$WORK/$1.holding line i
+    local bound=$((2 * HOLD_PHASE_SECS + 30))
+    : >"$hold_file"
+    "$LOADGEN" hold -a "$addr" -n "$BENCH_HOLD" -c 256 -d "$HOLD_PHASE_SECS" \
+        --hold-file "$hold_file" --hold-seconds 600 >"$out" &
+    LOADGEN_PID=$!
+    for ((i = 0; i < bound * 10; i++)); do
+        grep -q 'phase=held' "$out" && break
+        alive "$LOADGEN_PID" || break
+        sleep 0.1
+    done
+    line=$(grep 'phase=held' "$out" || true)
+    if [[ -z $line ]]; then
+        say "$name: loadgen hold never got to holding"
+        kill -KILL "$LOADGEN_PID" 2>/dev/null || true
+        wait "$LOADGEN_PID" 2>/dev/null || true
+        LOADGEN_PID=""
+        return 0
+    fi
+    R[$name,pss]=$(pss_kib "$SERVER_PID")
+    R[$name,procs]=$(tree_pids "$SERVER_PID" | wc -l)
+    rm -f "$hold_file"
+    wait "$LOADGEN_PID" || true
+    LOADGEN_PID=""
+    line=$(grep 'phase=done' "$out" || echo "$line")
+    record "$name" hold "$line"
+    # Held = echoed on both rounds and still open when PSS was read.
+    R[$name,held]=$(field "$(grep 'phase=held' "$out")" held)
+    R[$name,open]=$(field "$line" open_secs)
+}
+
+bench_server() {
+    local name=$1 port addr line c why
+    why=$(unavailable "$name")
+    if [[ -n $why ]]; then
+        say "$name: skipped: $why"
+        R[$name,skip]=$why
+        return 0
+    fi
+    port=$("$LOADGEN" freeport)
+    addr=127.0.0.1:$port
+    say "$name on $addr"
+    if ! start_server "$name" "$port"; then
+        R[$name,skip]="did not start"
+        return 0
+    fi
+    local idle_procs
+    idle_procs=$(tree_pids "$SERVER_PID" | wc -l)
+    R[$name,idle_pss]=$(pss_kib "$SERVER_PID")
+
+    for c in "${RATE_CONCS[@]}"; do
+        line=$("$LOADGEN" rate -a "$addr" -c "$c" -d "$BENCH_SECS") || true
+        record "$name" "rate@$c" "$line"
+        R[$name,rate$c]=$(field "$line" ops_per_s)
+    done
+    line=$("$LOADGEN" rtt -a "$addr" -c "$RTT_CONC" -d "$BENCH_SECS") || true
+    record "$name" "rtt@$RTT_CONC" "$line"
+    R[$name,rtt]=$(field "$line" ops_per_s)
+
+    settle "$SERVER_PID" "$idle_procs"
+    hold_test "$name" "$addr"
+
+    stop_tree "$SERVER_PID"
+    SERVER_PID=""
+    # Anything beyond start and stop messages is worth a look.
+    if grep -Evq 'listening on|shutting down|exiting' "$WORK/$name.log"; then
+        say "$name wrote to stderr (last lines):"
+        grep -Ev 'listening on|shutting down|exiting' "$WORK/$name.log" | tail -n 5 >&2
+    fi
+}
+
+# ---------------------------------------------------------------- table
+
+# awk arithmetic on strings that may be empty: prints "" if any input is.
+calc() { awk -v a="${2:-}" -v b="${3:-}" "BEGIN { if (a == \"\" || b == \"\" || b + 0 == 0) exit; $1 }"; }
+
+# Cell text: the value, and for rows other than sockfork, "(×R)" where
+# R = sockfork's value / this row's value.
+cell() {
+    local name=$1 key=$2 fmt=$3 v s
+    v=$(value "$name" "$key")
+    [[ -z $v ]] && { echo "–"; return; }
+    v=$(calc "printf \"$fmt\", a" "$v" 1)
+    s=$(value sockfork "$key")
+    if [[ $name != sockfork && -n $s ]]; then
+        v="$v ($(calc 'printf "%.2f", a / b' "$s" "$(value "$name" "$key")")×)"
+    fi
+    echo "$v"
+}
+
+# A result derived or stored, or nothing.
+value() {
+    local name=$1 key=$2
+    case $key in
+    mib) calc 'printf "%.1f", a / 1024' "${R[$name,pss]:-}" 1 ;;
+    kib) calc 'printf "%.1f", a / b' "${R[$name,pss]:-}" "${R[$name,held]:-}" ;;
+    *) echo "${R[$name,$key]:-}" ;;
+    esac
+}
+
+table() {
+    echo "| server | conn/s @1 | conn/s @16 | conn/s @64 | round trips/s @$RTT_CONC | held of $BENCH_HOLD | PSS total MiB | KiB/conn | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    local name
+    for name in $BENCH_SERVERS; do
+        if [[ -n ${R[$name,skip]:-} ]]; then
+            echo "| $name | pending: ${R[$name,skip]} | | | | | | | |"
+            continue
+        fi
+        echo "| $name | $(cell "$name" rate1 %.0f) | $(cell "$name" rate16 %.0f)" \
+            "| $(cell "$name" rate64 %.0f) | $(cell "$name" rtt %.0f)" \
+            "| ${R[$name,held]:-0} | $(cell "$name" mib %.1f) | $(cell "$name" kib %.1f)" \
+            "| ${R[$name,errors]:-0} |"
+    done
+}
+
+# The targets sockfork is held to, checked against this run.
+targets() {
+    local s r
+    s=$(value sockfork rate64)
+    [[ -z $s ]] && { echo "Targets: not checked (no sockfork results)."; return; }
+    echo "Targets (conn/s @64, 2-core machine):"
+    check() {   # check PEER MIN
+        r=$(calc 'printf "%.2f", a / b' "$s" "$(value "$1" rate64)")
+        if [[ -z $r ]]; then echo "- sockfork / $1 ≥ $2: not measured"; return; fi
+        echo "- sockfork / $1 = $r, target ≥ $2: $(calc 'print (a >= b ? "met" : "MISSED")' "$r" "$2")"
+    }
+    check tcpserver 2
+    check socat 1.2
+    check bare 0.8
+    local mib held
+    mib=$(value sockfork mib)
+    held=${R[sockfork,held]:-0}
+    echo "- sockfork holding $held connections: ${mib:-?} MiB PSS, target < 1024 MiB for 10000:" \
+        "$( ((held >= 10000)) && calc 'print (a < 1024 ? "met" : "MISSED")' "${mib:-0}" 1 || echo "not reached ($held held)")"
+}
+
+report() {
+    local cpu
+    cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
+    echo "# sockfork benchmark: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "Machine: $(nproc) CPUs ($cpu), Linux $(uname -r)," \
+        "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM."
+    echo "Run: BENCH_SECS=$BENCH_SECS BENCH_HOLD=$BENCH_HOLD bench/run.sh" \
+        "(tree $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown))."
+    echo
+    echo "In parentheses: sockfork's value divided by this row's."
+    echo
+    table
+    echo
+    targets
+    echo
+    echo "Idle PSS, and the hold test: seconds to open the connections"
+    echo "(one echo each, 256 opening at a time), processes while holding:"
+    local name
+    for name in $BENCH_SERVERS; do
+        [[ -n ${R[$name,skip]:-} ]] && continue
+        echo "- $name: idle ${R[$name,idle_pss]:-?} KiB; opened in ${R[$name,open]:-?} s;" \
+            "${R[$name,procs]:-?} processes while holding"
+    done
+    echo
+    echo "Raw loadgen lines:"
+    echo
+    echo '```'
+    cat "$RAW" 2>/dev/null || true
+    echo '```'
+}
+
+# ----------------------------------------------------------------- main
+
+install_peers
+build >&2
+raise_nofile
+: >"$RAW"
+for name in $BENCH_SERVERS; do
+    bench_server "$name"
+done
+mkdir -p "$RESULTS"
+report >"$RESULTS/latest.md"
+echo
+table
+echo
+targets
+echo
+say "written to ${RESULTS#"$ROOT"/}/latest.md"
