@@ -120,8 +120,10 @@ typedef struct sf_conn sf_conn;
  * (blocking) and the inherited stdin/stdout/stderr; every other descriptor
  * of the supervisor is closed and the signal mask and dispositions are the
  * defaults, except SIGPIPE, which stays ignored (writes to a closed peer
- * fail with EPIPE). The child exits with the return value (0..255) after
- * flushing stdio. `arg` is the pointer given to sf_server_new.
+ * fail with EPIPE). The child leaves with _exit(return value & 255) after
+ * flushing stdout: other FILE streams the handler writes to, it must flush
+ * or close itself (atexit handlers of the program do not run in the child).
+ * `arg` is the pointer given to sf_server_new.
  */
 typedef int (*sf_conn_cb)(sf_conn *conn, void *arg);
 

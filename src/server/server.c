@@ -24,6 +24,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdio_ext.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -221,7 +222,11 @@ static void __attribute__((noreturn)) child_main(sf_server *s, conn_rec *r)
     if (getsockname(c.fd, &c.local.u.sa, &c.local.len) < 0 || !r->is_tcp)
         c.local = r->peer; /* Unix: the listener's path on both sides */
     rc = s->handler(&c, s->arg);
-    fflush(NULL);
+    /* Only stdout, and only if it holds something: fflush(NULL) locks
+     * every stream, writing to pages shared with the supervisor, which
+     * then have to be copied in every child. */
+    if (__fpending(stdout) > 0)
+        fflush(stdout);
     _exit(rc & 0xff);
 }
 
