@@ -5,6 +5,7 @@
 #ifndef SF_OS_H
 #define SF_OS_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/resource.h>
 
@@ -27,6 +28,14 @@ int os_fdlimit_raise(struct rlimit *saved);
  * has no such feature, returns -ENOSYS and nothing happens.
  */
 int os_parentdeath_signal(int sig, int expected_parent);
+
+/*
+ * Zeroed memory that forked children do not inherit (their copy of the
+ * range is unmapped). For the supervisor's own bookkeeping only: code that
+ * runs in a child must never touch it. Returns NULL with errno set.
+ */
+void *os_nofork_calloc(size_t n, size_t size);
+void os_nofork_free(void *block);
 
 /* What the kernel knows of a TCP connection. */
 typedef struct os_tcp_stats {

@@ -210,18 +210,26 @@ static void backoff_grow(sf_server *s)
 
 /* -------------------------------------------------------------- forking */
 
-static void __attribute__((noreturn)) child_main(sf_server *s, conn_rec *r)
+/* What a child needs, copied onto the stack before fork(): the server and
+ * its records live in memory children do not inherit (os_nofork). */
+typedef struct child_start {
+    sf_conn_cb handler;
+    void *arg;
+    sf_conn conn;
+    int is_tcp;
+    struct rlimit fdlimit;
+} child_start;
+
+static void __attribute__((noreturn)) child_main(child_start *cs)
 {
-    sf_conn c;
+    sf_conn *c = &cs->conn;
     int rc;
 
-    memset(&c, 0, sizeof c);
-    c.fd = 3; /* where proc_fork put keep[0] */
-    c.peer = r->peer;
-    c.local.len = sizeof c.local.u;
-    if (getsockname(c.fd, &c.local.u.sa, &c.local.len) < 0 || !r->is_tcp)
-        c.local = r->peer; /* Unix: the listener's path on both sides */
-    rc = s->handler(&c, s->arg);
+    c->fd = 3; /* where proc_fork put keep[0] */
+    c->local.len = sizeof c->local.u;
+    if (!cs->is_tcp || getsockname(c->fd, &c->local.u.sa, &c->local.len) < 0)
+        c->local = c->peer; /* Unix: the listener's path on both sides */
+    rc = cs->handler(c, cs->arg);
     /* Only stdout, and only if it holds something: fflush(NULL) locks
      * every stream, writing to pages shared with the supervisor, which
      * then have to be copied in every child. */
@@ -233,6 +241,7 @@ static void __attribute__((noreturn)) child_main(sf_server *s, conn_rec *r)
 /* Forks the child for r. Returns 0, or -errno with r untouched. */
 static int spawn(sf_server *s, conn_rec *r)
 {
+    child_start cs;
     proc_fork_opts o;
     pid_t pid;
     int rc;
@@ -244,16 +253,22 @@ static int spawn(sf_server *s, conn_rec *r)
         return rc;
     if (s->diag_fd >= 0 && r->is_tcp && (rc = hmap_reserve(&s->by_tuple, s->by_tuple.count + 1)) < 0)
         return rc;
+    memset(&cs, 0, sizeof cs);
+    cs.handler = s->handler;
+    cs.arg = s->arg;
+    cs.conn.peer = r->peer;
+    cs.is_tcp = r->is_tcp;
+    cs.fdlimit = s->orig_fdlimit;
     memset(&o, 0, sizeof o);
     o.keep[0] = r->fd;
     o.nkeep = 1;
-    o.fdlimit = s->have_orig_fdlimit ? &s->orig_fdlimit : NULL;
+    o.fdlimit = s->have_orig_fdlimit ? &cs.fdlimit : NULL;
     o.parent_death_signal = SIGTERM;
     pid = proc_fork(&o);
     if (pid < 0)
         return pid;
     if (pid == 0)
-        child_main(s, r);
+        child_main(&cs); /* from here on, s and r do not exist */
 
     close(r->fd); /* the child has it; see the top of this file */
     r->fd = -1;
@@ -527,7 +542,7 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
     *out = NULL;
     if (!handler)
         return -EINVAL;
-    s = calloc(1, sizeof *s);
+    s = os_nofork_calloc(1, sizeof *s);
     if (!s)
         return -ENOMEM;
     s->diag_fd = -1;
@@ -539,7 +554,7 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
         s->opts.max_conns = 1000;
     if (s->opts.idle_timeout < 0 || s->opts.grace < 0 || s->opts.kill_grace < 0 ||
         s->opts.max_conns > (1u << 24)) {
-        free(s);
+        os_nofork_free(s);
         return -EINVAL;
     }
     s->log.cb = s->opts.log;
@@ -549,7 +564,7 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
     s->arg = arg;
 
     ensure_stdio_open();
-    s->recs = calloc(s->opts.max_conns, sizeof *s->recs);
+    s->recs = os_nofork_calloc(s->opts.max_conns, sizeof *s->recs);
     if (!s->recs)
         goto fail;
     if (s->opts.max_per_ip && hmap_init(&s->per_ip, s->opts.max_conns) < 0)
@@ -702,6 +717,6 @@ void sf_server_free(sf_server *s)
     hmap_free(&s->by_tuple);
     if (s->diag_fd >= 0)
         close(s->diag_fd);
-    free(s->recs);
-    free(s);
+    os_nofork_free(s->recs);
+    os_nofork_free(s);
 }

@@ -1,5 +1,6 @@
 /* hmap.c - see hmap.h. */
 #include "supervisor/hmap.h"
+#include "os/os.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -28,7 +29,7 @@ static uint64_t hash_key(const hmap *m, const hmap_key *k)
 int hmap_init(hmap *m, size_t max)
 {
     memset(m, 0, sizeof *m);
-    m->slots = calloc(HMAP_MIN_SLOTS, sizeof *m->slots);
+    m->slots = os_nofork_calloc(HMAP_MIN_SLOTS, sizeof *m->slots);
     if (!m->slots)
         return -ENOMEM;
     m->mask = HMAP_MIN_SLOTS - 1;
@@ -49,7 +50,7 @@ int hmap_reserve(hmap *m, size_t n)
         newsize <<= 1;
     if (newsize == size)
         return 0;
-    slots = calloc(newsize, sizeof *slots);
+    slots = os_nofork_calloc(newsize, sizeof *slots);
     if (!slots)
         return -ENOMEM;
     m->slots = slots;
@@ -62,13 +63,13 @@ int hmap_reserve(hmap *m, size_t n)
             slots[j] = old[i];
         }
     }
-    free(old);
+    os_nofork_free(old);
     return 0;
 }
 
 void hmap_free(hmap *m)
 {
-    free(m->slots);
+    os_nofork_free(m->slots);
     m->slots = NULL;
 }
 

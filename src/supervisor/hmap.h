@@ -7,7 +7,8 @@
  * would be written all over (keys land at random), and every page of it
  * would then be copied into each fork()ed child's page tables. Growth only
  * happens in hmap_reserve and hmap_put, so a caller that reserved can put
- * without failing. Used for pid -> child slot and address -> count.
+ * without failing. Used for pid -> child slot and address -> count. The
+ * slots live in memory that forked children do not inherit (os_nofork).
  */
 #ifndef SF_HMAP_H
 #define SF_HMAP_H

@@ -1,6 +1,7 @@
 /* supervisor.c - see supervisor.h. */
 #include "supervisor/supervisor.h"
 #include "process/process.h"
+#include "os/os.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -139,11 +140,11 @@ int sup_init(sup *s, struct ev_loop *loop, const sup_config *cfg)
     memset(s, 0, sizeof *s);
     s->loop = loop;
     s->cfg = *cfg;
-    s->children = calloc(cfg->max_children, sizeof *s->children);
+    s->children = os_nofork_calloc(cfg->max_children, sizeof *s->children);
     if (!s->children)
         return -ENOMEM;
     if (hmap_init(&s->by_pid, cfg->max_children) < 0) {
-        free(s->children);
+        os_nofork_free(s->children);
         s->children = NULL;
         return -ENOMEM;
     }
@@ -174,7 +175,7 @@ void sup_fini(sup *s)
     for (unsigned i = 0; i < s->touched; i++)
         ev_timer_stop(s->loop, &s->children[i].kill_timer);
     hmap_free(&s->by_pid);
-    free(s->children);
+    os_nofork_free(s->children);
     s->children = NULL;
 }
 
