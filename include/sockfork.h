@@ -194,6 +194,18 @@ SF_EXTERN int sf_server_new(sf_server **out, const sf_server_opts *opts,
  */
 SF_EXTERN int sf_server_listen(sf_server *s, const char *addr);
 
+/*
+ * Opens the control socket at `path`: a Unix socket, mode 0600 from its
+ * creation, on which `sockfork ctl` (or any program speaking the JSON-lines
+ * protocol of docs/protocol.md) lists, kicks and counts children. A stale
+ * socket file is replaced; a live one gives -EADDRINUSE. Removed by
+ * sf_server_free. Call before sf_server_run, at most once.
+ */
+SF_EXTERN int sf_server_control(sf_server *s, const char *path);
+
+/* The control socket's path, or NULL if there is none. Owned by s. */
+SF_EXTERN const char *sf_server_control_path(const sf_server *s);
+
 /* Number of listeners, and the address the i-th one really has (port 0
  * resolved to the port the kernel chose). NULL if i is out of range. */
 SF_EXTERN size_t sf_server_listener_count(const sf_server *s);

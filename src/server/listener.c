@@ -32,7 +32,24 @@ static int unix_path_is_stale(const struct sockaddr_un *un, socklen_t len)
     return stale;
 }
 
-int listener_open(listener *l, const sf_addr *a, int backlog)
+/* The umask decides a Unix socket file's mode at bind; set it for that
+ * call only (the supervisor is single-threaded here). */
+static int bind_with_mode(int fd, const sf_addr *a, mode_t unix_mode)
+{
+    mode_t old = 0;
+    int rc, e;
+
+    if (a->u.sa.sa_family == AF_UNIX && unix_mode)
+        old = umask((mode_t)(~unix_mode & 0777));
+    rc = bind(fd, &a->u.sa, a->len);
+    e = errno;
+    if (a->u.sa.sa_family == AF_UNIX && unix_mode)
+        umask(old);
+    errno = e;
+    return rc;
+}
+
+int listener_open(listener *l, const sf_addr *a, int backlog, mode_t unix_mode)
 {
     int fam = a->u.sa.sa_family;
     int one = 1;
@@ -51,7 +68,7 @@ int listener_open(listener *l, const sf_addr *a, int backlog)
         if (fam == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0)
             goto fail;
     }
-    rc = bind(fd, &a->u.sa, a->len);
+    rc = bind_with_mode(fd, a, unix_mode);
     if (rc < 0 && errno == EADDRINUSE && fam == AF_UNIX) {
         if (lstat(a->u.un.sun_path, &st) == 0 && !S_ISSOCK(st.st_mode) && a->u.un.sun_path[0]) {
             errno = EEXIST;
@@ -59,7 +76,7 @@ int listener_open(listener *l, const sf_addr *a, int backlog)
         }
         if (unix_path_is_stale(&a->u.un, a->len)) {
             (void)unlink(a->u.un.sun_path);
-            rc = bind(fd, &a->u.sa, a->len);
+            rc = bind_with_mode(fd, a, unix_mode);
         } else {
             errno = EADDRINUSE;
         }

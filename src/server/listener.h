@@ -18,11 +18,13 @@ typedef struct listener {
 
 /*
  * Creates a non-blocking, close-on-exec socket bound to `a` and listening.
- * backlog <= 0 asks for the system maximum. Returns 0 or -errno
+ * backlog <= 0 asks for the system maximum. unix_mode, if not 0, is the
+ * permission of a Unix socket file from its creation on (no window with
+ * wider ones). Returns 0 or -errno
  * (-EADDRINUSE for a port or live Unix socket in use, -EEXIST for a path
  * that exists and is not a socket).
  */
-int listener_open(listener *l, const sf_addr *a, int backlog);
+int listener_open(listener *l, const sf_addr *a, int backlog, mode_t unix_mode);
 
 /* Closes the socket and removes the Unix path if it is still ours. */
 void listener_close(listener *l);

@@ -13,9 +13,7 @@
  * the connection limit, a backoff after accept() failed for lack of
  * resources, and a backoff after fork() failed. Never fail open, never spin.
  */
-#include "server/conn.h"
-#include "server/listener.h"
-#include "supervisor/supervisor.h"
+#include "server/server_internal.h"
 #include "process/process.h"
 #include "os/os.h"
 #include "log.h"
@@ -29,56 +27,6 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/socket.h>
-
-#define LISTENERS_MAX 64
-#define ACCEPT_BATCH 32      /* accepts per wakeup, so reaping is not starved */
-#define BACKOFF_MIN 0.05
-#define BACKOFF_MAX 1.0
-
-enum { PAUSE_LIMIT = 1, PAUSE_ACCEPT_ERR = 2, PAUSE_FORK_ERR = 4 };
-
-typedef struct conn_rec {
-    int fd;               /* the accepted socket until fork; then -1 */
-    pid_t pid;            /* 0 until forked */
-    int is_tcp;
-    int idle_closed;
-    uint16_t local_port;  /* TCP: the listener's port, to find it in a dump */
-    sf_addr peer;
-    ev_tstamp started;
-    struct conn_rec *next_free;
-} conn_rec;
-
-struct sf_server {
-    sf_server_opts opts;
-    sf_logger log;
-    sf_conn_cb handler;
-    void *arg;
-
-    struct ev_loop *loop;
-    listener listeners[LISTENERS_MAX];
-    size_t nlisteners;
-
-    sup sup;
-    int sup_ready;
-    conn_rec *recs;       /* opts.max_conns records */
-    unsigned recs_touched; /* recs[0 .. recs_touched) have been used */
-    conn_rec *free_recs;
-    unsigned recs_used;   /* children plus a connection waiting for fork */
-    hmap per_ip;          /* address -> connections open from it */
-    hmap by_tuple;        /* (peer, local port) -> record; with idle_timeout */
-    int diag_fd;          /* NETLINK_SOCK_DIAG socket; with idle_timeout */
-
-    unsigned paused;
-    double backoff;
-    ev_timer backoff_timer;
-    conn_rec *pending;    /* accepted; fork failed; retried after backoff */
-    ev_timer idle_timer;
-    ev_async stop_async;
-
-    struct rlimit orig_fdlimit;
-    int have_orig_fdlimit;
-    int ran;
-};
 
 /* ------------------------------------------------------------ helpers */
 
@@ -103,7 +51,7 @@ static hmap_key ip_key(const sf_addr *a)
 
 /* A TCP connection as the kernel's dump names it: peer address and port,
  * local port. (One local address per listener port is all we serve.) */
-static hmap_key tuple_key(const sf_addr *peer, uint16_t local_port)
+hmap_key server_tuple_key(const sf_addr *peer, uint16_t local_port)
 {
     hmap_key k = ip_key(peer);
     uint16_t pport = (uint16_t)sf_addr_port(peer);
@@ -251,7 +199,7 @@ static int spawn(sf_server *s, conn_rec *r)
         return rc;
     if (s->opts.max_per_ip && r->is_tcp && (rc = hmap_reserve(&s->per_ip, s->per_ip.count + 1)) < 0)
         return rc;
-    if (s->diag_fd >= 0 && r->is_tcp && (rc = hmap_reserve(&s->by_tuple, s->by_tuple.count + 1)) < 0)
+    if (r->is_tcp && (rc = hmap_reserve(&s->by_tuple, s->by_tuple.count + 1)) < 0)
         return rc;
     memset(&cs, 0, sizeof cs);
     cs.handler = s->handler;
@@ -274,10 +222,11 @@ static int spawn(sf_server *s, conn_rec *r)
     r->fd = -1;
     r->pid = pid;
     r->started = ev_now(s->loop);
+    s->stats.accepted++;
     (void)sup_add(&s->sup, pid, r); /* reserved above */
     per_ip_add(s, r, +1);
-    if (s->diag_fd >= 0 && r->is_tcp) {
-        hmap_key k = tuple_key(&r->peer, r->local_port);
+    if (r->is_tcp) {
+        hmap_key k = server_tuple_key(&r->peer, r->local_port);
         (void)hmap_put(&s->by_tuple, &k, (uint32_t)(r - s->recs)); /* reserved above */
     }
     if (sf_log_enabled(&s->log, SF_LOG_INFO)) {
@@ -297,6 +246,7 @@ static void check_limit(sf_server *s)
         sf_logf(&s->log, SF_LOG_NOTICE,
                 "connection limit reached (%u active): not accepting until a child exits",
                 s->sup.count);
+        s->stats.limit_reached++;
         pause_set(s, PAUSE_LIMIT, 1);
     } else if (!full && (s->paused & PAUSE_LIMIT)) {
         sf_logf(&s->log, SF_LOG_NOTICE, "below the connection limit: accepting again");
@@ -319,6 +269,7 @@ static int start_conn(sf_server *s, conn_rec *r)
         sf_logf(&s->log, SF_LOG_NOTICE,
                 "[%s] refused: %u connections from %s already (per-IP limit %u)", peer,
                 per_ip_count(s, r), host, s->opts.max_per_ip);
+        s->stats.refused_per_ip++;
         rec_release(s, r);
         return 1;
     }
@@ -329,6 +280,7 @@ static int start_conn(sf_server *s, conn_rec *r)
     }
     sf_logf(&s->log, SF_LOG_WARN, "cannot fork: %s; retrying in %g s", strerror(-rc),
             s->backoff < BACKOFF_MIN ? BACKOFF_MIN : s->backoff);
+    s->stats.fork_failures++;
     s->pending = r;
     backoff_start(s, PAUSE_FORK_ERR);
     return 0;
@@ -370,6 +322,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
                  * once would spin. Wait, then try again. */
                 sf_logf(&s->log, SF_LOG_WARN, "cannot accept: %s; pausing accept for %g s",
                         strerror(errno), s->backoff < BACKOFF_MIN ? BACKOFF_MIN : s->backoff);
+                s->stats.accept_failures++;
                 backoff_start(s, PAUSE_ACCEPT_ERR);
                 return;
             }
@@ -412,17 +365,22 @@ static void on_child_exit(sup *sp, pid_t pid, int wstatus, void *data, void *arg
     conn_rec *r = data;
     (void)sp;
 
+    sf_status st = sf_status_decode(wstatus);
+
+    if (st.exited)
+        s->stats.exited[st.code & 0xff]++;
+    else
+        s->stats.killed[st.signal < 64 ? st.signal : 64]++;
     if (sf_log_enabled(&s->log, SF_LOG_INFO)) {
         char peer[SF_ADDR_TEXT_MAX], status[64];
-        sf_status st = sf_status_decode(wstatus);
 
         peer_text(r, peer, sizeof peer);
         sf_status_format(&st, status, sizeof status);
         sf_logf(&s->log, SF_LOG_INFO, "[%s] disconnected pid=%d duration=%.3fs status=%s", peer,
                 (int)pid, ev_now(s->loop) - r->started, status);
     }
-    if (s->diag_fd >= 0 && r->is_tcp) {
-        hmap_key k = tuple_key(&r->peer, r->local_port);
+    if (r->is_tcp) {
+        hmap_key k = server_tuple_key(&r->peer, r->local_port);
         (void)hmap_del(&s->by_tuple, &k);
     }
     per_ip_add(s, r, -1);
@@ -435,7 +393,7 @@ static void idle_check_one(void *arg, const sf_addr *local, const sf_addr *peer,
                            const os_tcp_stats *st)
 {
     sf_server *s = arg;
-    hmap_key k = tuple_key(peer, (uint16_t)sf_addr_port(local));
+    hmap_key k = server_tuple_key(peer, (uint16_t)sf_addr_port(local));
     uint32_t *slot = hmap_get(&s->by_tuple, &k);
     conn_rec *r;
 
@@ -445,13 +403,19 @@ static void idle_check_one(void *arg, const sf_addr *local, const sf_addr *peer,
     if (r->pid <= 0 || r->idle_closed || st->idle_in_ms < (uint64_t)(s->opts.idle_timeout * 1000.0))
         return;
     r->idle_closed = 1;
+    s->stats.idle_closed++;
     if (sf_log_enabled(&s->log, SF_LOG_NOTICE)) {
         char text[SF_ADDR_TEXT_MAX];
         peer_text(r, text, sizeof text);
         sf_logf(&s->log, SF_LOG_NOTICE, "[%s] idle for %g s: closing pid=%d", text,
                 s->opts.idle_timeout, (int)r->pid);
     }
-    /* The child owns the socket: ending the child closes the connection. */
+    server_end_child(s, r);
+}
+
+/* The child owns the socket: ending the child closes the connection. */
+void server_end_child(sf_server *s, conn_rec *r)
+{
     sup_terminate(&s->sup, r->pid);
 }
 
@@ -569,9 +533,9 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
         goto fail;
     if (s->opts.max_per_ip && hmap_init(&s->per_ip, s->opts.max_conns) < 0)
         goto fail;
+    if (hmap_init(&s->by_tuple, s->opts.max_conns) < 0)
+        goto fail;
     if (s->opts.idle_timeout > 0) {
-        if (hmap_init(&s->by_tuple, s->opts.max_conns) < 0)
-            goto fail;
         s->diag_fd = os_tcpdiag_open();
         if (s->diag_fd < 0) {
             rc = s->diag_fd;
@@ -610,7 +574,7 @@ int sf_server_listen(sf_server *s, const char *text)
     if (rc < 0)
         return rc;
     l = &s->listeners[s->nlisteners];
-    rc = listener_open(l, &a, s->opts.backlog);
+    rc = listener_open(l, &a, s->opts.backlog, 0);
     if (rc < 0)
         return rc;
     ev_io_init(&l->io, accept_cb, l->fd, EV_READ);
@@ -690,10 +654,25 @@ int sf_server_run(sf_server *s)
     return 0;
 }
 
+int sf_server_control(sf_server *s, const char *path)
+{
+    if (s->ran)
+        return -EBUSY;
+    if (s->ctl.open)
+        return -EEXIST;
+    return ctl_open(&s->ctl, s->loop, path, server_command, s, &s->log);
+}
+
+const char *sf_server_control_path(const sf_server *s)
+{
+    return s->ctl.open ? s->ctl.lis.addr.u.un.sun_path : NULL;
+}
+
 void sf_server_free(sf_server *s)
 {
     if (!s)
         return;
+    ctl_close(&s->ctl);
     for (size_t i = 0; i < s->nlisteners; i++) {
         if (s->loop)
             ev_io_stop(s->loop, &s->listeners[i].io);

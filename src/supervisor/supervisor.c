@@ -40,6 +40,12 @@ void sup_terminate(sup *s, pid_t pid)
     ev_timer_start(s->loop, &c->kill_timer);
 }
 
+int sup_is_terminating(sup *s, pid_t pid)
+{
+    sup_child *c = child_find(s, pid);
+    return c && c->terminating;
+}
+
 static void terminate_all(sup *s)
 {
     s->shutting_down = 2;

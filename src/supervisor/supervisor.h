@@ -82,6 +82,9 @@ static inline int sup_full(const sup *s) { return s->count >= s->cfg.max_childre
 /* SIGTERM to the child's process group now, SIGKILL after kill_grace. */
 void sup_terminate(sup *s, pid_t pid);
 
+/* Whether sup_terminate has been called for this (live) child. */
+int sup_is_terminating(sup *s, pid_t pid);
+
 /* Begins shutdown as SIGTERM would. */
 void sup_shutdown(sup *s);
 

@@ -22,6 +22,12 @@ int cli_parse_uint(const char *s, unsigned max, unsigned *out);
 int cli_parse_seconds(const char *s, double *out);
 
 int cmd_serve(int argc, char **argv);
+int cmd_ctl(int argc, char **argv);
+
+/* Control sockets without --control (ctlpath.c). Each returns 0 or -errno. */
+int cli_control_dir(char *buf, size_t len);     /* the directory */
+int cli_control_default(char *buf, size_t len); /* a new server's path; makes the dir */
+int cli_control_find(char *buf, size_t len);    /* the one live server; -EEXIST if several */
 
 /* Built-in connection handlers (handlers.c). */
 int handler_interactive(sf_conn *c, void *arg);

@@ -32,6 +32,10 @@ static const char serve_usage[] =
     "      --grace S         at SIGTERM/SIGINT, time children get to finish\n"
     "                        before they are terminated (default 10)\n"
     "      --backlog N       listen backlog (default: the system maximum)\n"
+    "      --control PATH    control socket for `sockfork ctl` (mode 0600); default\n"
+    "                        $XDG_RUNTIME_DIR/sockfork/serve-PID.sock, else\n"
+    "                        /tmp/sockfork-$UID/serve-PID.sock\n"
+    "      --no-control      no control socket\n"
     "  -q, --quiet           no line per connection\n"
     "      --echo            echo bytes back, no greeting\n"
     "  -h, --help            this text\n"
@@ -39,7 +43,7 @@ static const char serve_usage[] =
     "Durations take fractions and a unit: 500ms, 2s, 1.5m, 1h.\n"
     "Exit status: 0 after a clean shutdown, 1 on a runtime error, 2 on bad usage.\n";
 
-enum { OPT_MAX_PER_IP = 256, OPT_IDLE, OPT_GRACE, OPT_BACKLOG, OPT_ECHO };
+enum { OPT_MAX_PER_IP = 256, OPT_IDLE, OPT_GRACE, OPT_BACKLOG, OPT_ECHO, OPT_CONTROL, OPT_NO_CONTROL };
 
 static const struct option serve_options[] = {
     {"listen", required_argument, NULL, 'l'},
@@ -50,6 +54,8 @@ static const struct option serve_options[] = {
     {"backlog", required_argument, NULL, OPT_BACKLOG},
     {"quiet", no_argument, NULL, 'q'},
     {"echo", no_argument, NULL, OPT_ECHO},
+    {"control", required_argument, NULL, OPT_CONTROL},
+    {"no-control", no_argument, NULL, OPT_NO_CONTROL},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -101,6 +107,8 @@ static void announce_listeners(sf_server *srv, void *arg)
         sf_addr_format(sf_server_listener_addr(srv, i), name, sizeof name);
         cli_error("listening on %s", name);
     }
+    if (sf_server_control_path(srv))
+        cli_error("control socket unix:%s", sf_server_control_path(srv));
 }
 
 int cmd_serve(int argc, char **argv)
@@ -111,7 +119,9 @@ int cmd_serve(int argc, char **argv)
     sf_server *srv = NULL;
     sf_conn_cb handler = handler_interactive;
     void *handler_arg = NULL;
-    int echo = 0, opt, rc;
+    int echo = 0, no_control = 0, opt, rc;
+    const char *control = NULL;
+    char control_buf[300];
     unsigned u;
 
     sf_server_opts_init(&opts);
@@ -168,6 +178,12 @@ int cmd_serve(int argc, char **argv)
         case OPT_ECHO:
             echo = 1;
             break;
+        case OPT_CONTROL:
+            control = optarg;
+            break;
+        case OPT_NO_CONTROL:
+            no_control = 1;
+            break;
         case 'h':
             fputs(serve_usage, stdout);
             return 0;
@@ -208,6 +224,29 @@ int cmd_serve(int argc, char **argv)
         rc = sf_server_listen(srv, listen_addrs[i]);
         if (rc < 0) {
             cli_error("cannot listen on %s: %s", listen_addrs[i], listen_error(rc));
+            sf_server_free(srv);
+            return EXIT_USAGE;
+        }
+    }
+    if (control && no_control) {
+        cli_error("serve: --control and --no-control exclude each other");
+        sf_server_free(srv);
+        return EXIT_USAGE;
+    }
+    if (!no_control) {
+        if (!control) {
+            rc = cli_control_default(control_buf, sizeof control_buf);
+            if (rc < 0) {
+                cli_error("cannot make a control socket path: %s%s", strerror(-rc),
+                          rc == -EPERM ? " (the directory is not private to this user)" : "");
+                sf_server_free(srv);
+                return 1;
+            }
+            control = control_buf;
+        }
+        rc = sf_server_control(srv, control);
+        if (rc < 0) {
+            cli_error("cannot open the control socket %s: %s", control, listen_error(rc));
             sf_server_free(srv);
             return EXIT_USAGE;
         }

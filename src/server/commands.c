@@ -1,0 +1,163 @@
+/*
+ * commands.c - what the control socket can ask of a server: list, kick,
+ * stats. Each answer is one JSON object (docs/protocol.md).
+ */
+#include "server/server_internal.h"
+#include "os/os.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Byte counts of live TCP connections, filled from one kernel dump per
+ * listener (os_tcpdiag), matched to records by peer and local port. */
+typedef struct list_ctx {
+    sf_server *s;
+    uint64_t *bytes; /* 2 per record: in, out; UINT64_MAX unknown */
+} list_ctx;
+
+static void list_bytes_one(void *arg, const sf_addr *local, const sf_addr *peer,
+                           const os_tcp_stats *st)
+{
+    list_ctx *lc = arg;
+    hmap_key k = server_tuple_key(peer, (uint16_t)sf_addr_port(local));
+    uint32_t *slot = hmap_get(&lc->s->by_tuple, &k);
+
+    if (slot) {
+        lc->bytes[2 * *slot] = st->bytes_in;
+        lc->bytes[2 * *slot + 1] = st->bytes_out;
+    }
+}
+
+static void collect_bytes(sf_server *s, uint64_t *bytes)
+{
+    list_ctx lc = {s, bytes};
+
+    if (s->diag_fd < 0)
+        s->diag_fd = os_tcpdiag_open();
+    if (s->diag_fd < 0)
+        return;
+    for (size_t i = 0; i < s->nlisteners; i++) {
+        const sf_addr *a = &s->listeners[i].addr;
+        if (a->u.sa.sa_family == AF_INET || a->u.sa.sa_family == AF_INET6)
+            (void)os_tcpdiag_dump(s->diag_fd, a->u.sa.sa_family, (uint16_t)sf_addr_port(a),
+                                  list_bytes_one, &lc);
+    }
+}
+
+static json_t *json_bytes(uint64_t v)
+{
+    return v == UINT64_MAX ? json_null() : json_integer((json_int_t)v);
+}
+
+static json_t *cmd_list(sf_server *s)
+{
+    json_t *children = json_array(), *reply;
+    uint64_t *bytes = calloc(2 * (size_t)(s->recs_touched ? s->recs_touched : 1), sizeof *bytes);
+
+    if (!children || !bytes) {
+        json_decref(children);
+        free(bytes);
+        return NULL;
+    }
+    for (unsigned i = 0; i < 2 * s->recs_touched; i++)
+        bytes[i] = UINT64_MAX;
+    collect_bytes(s, bytes);
+    for (unsigned i = 0; i < s->recs_touched; i++) {
+        conn_rec *r = &s->recs[i];
+        char peer[SF_ADDR_TEXT_MAX];
+        const char *state;
+
+        if (r->pid <= 0)
+            continue;
+        if (sf_addr_format(&r->peer, peer, sizeof peer) < 0)
+            strcpy(peer, "?");
+        state = sup_is_terminating(&s->sup, r->pid) ? "terminating" : "running";
+        json_array_append_new(children,
+                              json_pack("{s:i, s:s, s:s, s:f, s:o, s:o}", "pid", (int)r->pid,
+                                        "peer", peer, "state", state, "since", r->started,
+                                        "bytes_in", json_bytes(bytes[2 * i]), "bytes_out",
+                                        json_bytes(bytes[2 * i + 1])));
+    }
+    free(bytes);
+    reply = json_pack("{s:b, s:o}", "ok", 1, "children", children);
+    return reply;
+}
+
+static conn_rec *find_child(sf_server *s, json_int_t pid)
+{
+    for (unsigned i = 0; i < s->recs_touched; i++) {
+        if (s->recs[i].pid > 0 && s->recs[i].pid == pid)
+            return &s->recs[i];
+    }
+    return NULL;
+}
+
+static json_t *cmd_kick(sf_server *s, json_t *req)
+{
+    json_t *pid = json_object_get(req, "pid");
+    conn_rec *r;
+    char peer[SF_ADDR_TEXT_MAX];
+
+    if (!json_is_integer(pid))
+        return ctl_error("kick needs an integer \"pid\"");
+    r = find_child(s, json_integer_value(pid));
+    if (!r)
+        return ctl_error("no child with pid %lld", (long long)json_integer_value(pid));
+    if (sf_addr_format(&r->peer, peer, sizeof peer) < 0)
+        strcpy(peer, "?");
+    sf_logf(&s->log, SF_LOG_NOTICE, "[%s] kicked through the control socket: pid=%d", peer,
+            (int)r->pid);
+    s->stats.kicked++;
+    server_end_child(s, r);
+    return json_pack("{s:b, s:i}", "ok", 1, "pid", (int)r->pid);
+}
+
+static json_t *cmd_stats(sf_server *s)
+{
+    const sf_server_stats *st = &s->stats;
+    json_t *exited = json_object(), *killed = json_object();
+    char key[32];
+
+    if (!exited || !killed) {
+        json_decref(exited);
+        json_decref(killed);
+        return NULL;
+    }
+    for (int i = 0; i < 256; i++) {
+        if (st->exited[i]) {
+            snprintf(key, sizeof key, "%d", i);
+            json_object_set_new(exited, key, json_integer((json_int_t)st->exited[i]));
+        }
+    }
+    for (int i = 1; i <= 64; i++) {
+        if (st->killed[i]) {
+            const char *name = i < 64 ? sf_signal_name(i) : NULL;
+            if (!name)
+                snprintf(key, sizeof key, i < 64 ? "%d" : "64+", i);
+            json_object_set_new(killed, name ? name : key, json_integer((json_int_t)st->killed[i]));
+        }
+    }
+    return json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o}", "ok", 1,
+                     "accepted", (json_int_t)st->accepted, "active", (json_int_t)s->sup.count,
+                     "max_conns", (json_int_t)s->opts.max_conns, "refused_per_ip",
+                     (json_int_t)st->refused_per_ip, "limit_reached", (json_int_t)st->limit_reached,
+                     "idle_closed", (json_int_t)st->idle_closed, "kicked", (json_int_t)st->kicked,
+                     "fork_failures", (json_int_t)st->fork_failures, "accept_failures",
+                     (json_int_t)st->accept_failures, "exited", exited, "killed", killed);
+}
+
+json_t *server_command(void *arg, const char *cmd, json_t *req)
+{
+    sf_server *s = arg;
+
+    if (strcmp(cmd, "list") == 0)
+        return cmd_list(s);
+    if (strcmp(cmd, "kick") == 0)
+        return cmd_kick(s, req);
+    if (strcmp(cmd, "stats") == 0)
+        return cmd_stats(s);
+    return ctl_error("unknown command \"%s\" (list, kick, stats)", cmd);
+}

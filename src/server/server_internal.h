@@ -1,0 +1,89 @@
+/* server_internal.h - the server's state, shared by server.c (accept,
+ * fork, limits) and commands.c (what the control socket can ask). */
+#ifndef SF_SERVER_INTERNAL_H
+#define SF_SERVER_INTERNAL_H
+
+#include <sys/resource.h>
+
+#include "server/conn.h"
+#include "server/control.h"
+#include "server/listener.h"
+#include "supervisor/supervisor.h"
+#include "log.h"
+
+#define LISTENERS_MAX 64
+#define ACCEPT_BATCH 32      /* accepts per wakeup, so reaping is not starved */
+#define BACKOFF_MIN 0.05
+#define BACKOFF_MAX 1.0
+
+enum { PAUSE_LIMIT = 1, PAUSE_ACCEPT_ERR = 2, PAUSE_FORK_ERR = 4 };
+
+/* Counters for `sockfork ctl stats`. */
+typedef struct sf_server_stats {
+    uint64_t accepted;         /* connections handed to a child */
+    uint64_t refused_per_ip;   /* closed at once: per-IP limit */
+    uint64_t limit_reached;    /* times accepting paused at the connection limit */
+    uint64_t fork_failures;
+    uint64_t accept_failures;  /* EMFILE, ENFILE, ENOBUFS, ENOMEM */
+    uint64_t idle_closed;
+    uint64_t kicked;
+    uint64_t exited[256];      /* by exit code */
+    uint64_t killed[65];       /* by signal number (64 = any higher) */
+} sf_server_stats;
+
+typedef struct conn_rec {
+    int fd;               /* the accepted socket until fork; then -1 */
+    pid_t pid;            /* 0 until forked */
+    int is_tcp;
+    int idle_closed;
+    uint16_t local_port;  /* TCP: the listener's port, to find it in a dump */
+    sf_addr peer;
+    ev_tstamp started;
+    struct conn_rec *next_free;
+} conn_rec;
+
+struct sf_server {
+    sf_server_opts opts;
+    sf_logger log;
+    sf_conn_cb handler;
+    void *arg;
+
+    struct ev_loop *loop;
+    listener listeners[LISTENERS_MAX];
+    size_t nlisteners;
+
+    sup sup;
+    int sup_ready;
+    conn_rec *recs;       /* opts.max_conns records */
+    unsigned recs_touched; /* recs[0 .. recs_touched) have been used */
+    conn_rec *free_recs;
+    unsigned recs_used;   /* children plus a connection waiting for fork */
+    hmap per_ip;          /* address -> connections open from it */
+    hmap by_tuple;        /* (peer, local port) -> record; with idle_timeout */
+    int diag_fd;          /* NETLINK_SOCK_DIAG socket; with idle_timeout */
+
+    unsigned paused;
+    double backoff;
+    ev_timer backoff_timer;
+    conn_rec *pending;    /* accepted; fork failed; retried after backoff */
+    ev_timer idle_timer;
+    ev_async stop_async;
+
+    struct rlimit orig_fdlimit;
+    int have_orig_fdlimit;
+    int ran;
+
+    ctl_server ctl;
+    sf_server_stats stats;
+};
+
+/* Answers a control request (commands.c). */
+json_t *server_command(void *arg, const char *cmd, json_t *req);
+
+/* The by_tuple key of a TCP connection: peer address and port, local port. */
+hmap_key server_tuple_key(const sf_addr *peer, uint16_t local_port);
+
+/* Ends a child as the idle timeout and `ctl kick` do. */
+void server_end_child(sf_server *s, conn_rec *r);
+
+#endif
