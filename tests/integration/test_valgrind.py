@@ -62,6 +62,7 @@ def test_supervisor_has_no_leaks_under_valgrind(tmp_path):
          "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=99",
          "--child-silent-after-fork=yes", "--track-fds=no",
          BIN, "serve", "-l", "127.0.0.1:0", "-l", "unix:" + sock_path,
+         "--control", str(tmp_path / "ctl.sock"),
          "--max-per-ip", "3", "--idle-timeout", "5", "--echo"],
         stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -81,6 +82,11 @@ def test_supervisor_has_no_leaks_under_valgrind(tmp_path):
                     assert chunk, "connection closed early"
                     got += chunk
                 assert got == payload
+            # The control socket, while children are alive: list and stats.
+            for cmd in ("list", "stats"):
+                ctl = subprocess.run([BIN, "ctl", "--control", str(tmp_path / "ctl.sock"), "--json", cmd],
+                                     capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+                assert ctl.returncode == 0, ctl.stderr
             # The fourth is over the per-IP limit: closed by the server.
             assert held[3].recv(16) == b""
             u = socket.socket(socket.AF_UNIX)
