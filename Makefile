@@ -54,10 +54,22 @@ $(FUZZ_BUILD)/fuzz_addr: fuzz/fuzz_addr.c src/server/addr.c src/server/addr.h in
 	mkdir -p $(FUZZ_BUILD)
 	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_addr.c src/server/addr.c
 
-fuzz: $(FUZZ_BUILD)/fuzz_addr
-	mkdir -p $(FUZZ_BUILD)/corpus-addr
-	$(FUZZ_BUILD)/fuzz_addr -max_total_time=$(FUZZ_SECS) -max_len=256 -print_final_stats=1 \
-	  $(FUZZ_BUILD)/corpus-addr fuzz/corpus/addr
+$(FUZZ_BUILD)/fuzz_frame: fuzz/fuzz_frame.c src/channel/frame.c src/channel/frame.h
+	mkdir -p $(FUZZ_BUILD)
+	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_frame.c src/channel/frame.c
+
+$(FUZZ_BUILD)/fuzz_jsonl: fuzz/fuzz_jsonl.c src/channel/jsonl.c src/channel/jsonl.h
+	mkdir -p $(FUZZ_BUILD)
+	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_jsonl.c src/channel/jsonl.c -ljansson
+
+FUZZ_TARGETS = addr frame jsonl
+
+fuzz: $(addprefix $(FUZZ_BUILD)/fuzz_,$(FUZZ_TARGETS))
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus-$$t && \
+	  $(FUZZ_BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECS) -max_len=4096 -print_final_stats=1 \
+	    $(FUZZ_BUILD)/corpus-$$t fuzz/corpus/$$t || exit 1; \
+	done
 
 bench: build
 	bench/run.sh

@@ -1,0 +1,382 @@
+/* frame.c - see frame.h. */
+#include "channel/frame.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+
+/* ------------------------------------------------------------ decoding */
+
+void chan_decoder_init(chan_decoder *d, uint32_t max)
+{
+    memset(d, 0, sizeof *d);
+    d->max = max == 0 ? CHAN_MAX_DEFAULT : max > CHAN_MAX_LIMIT ? CHAN_MAX_LIMIT : max;
+    d->cur.fd = -1;
+}
+
+void chan_decoder_fini(chan_decoder *d)
+{
+    free(d->cur.payload);
+    d->cur.payload = NULL;
+    if (d->cur.fd >= 0)
+        close(d->cur.fd);
+    d->cur.fd = -1;
+    for (int i = 0; i < d->nfds; i++)
+        close(d->fds[i]);
+    d->nfds = 0;
+}
+
+int chan_decoder_push_fd(chan_decoder *d, int fd)
+{
+    if (d->nfds >= CHAN_FDS_MAX) {
+        close(fd);
+        return -EPROTO;
+    }
+    d->fds[d->nfds++] = fd;
+    return 0;
+}
+
+static uint32_t get32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static uint16_t get16(const unsigned char *p)
+{
+    return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+/* The header is complete: check it before anything is allocated. */
+static int start_frame(chan_decoder *d)
+{
+    chan_frame *f = &d->cur;
+
+    f->len = get32(d->hdr);
+    f->type = get16(d->hdr + 4);
+    f->flags = get16(d->hdr + 6);
+    f->payload = NULL;
+    f->fd = -1;
+    if (f->len > d->max)
+        return -EMSGSIZE;
+    if (f->flags & ~CHAN_F_FD)
+        return -EPROTO;
+    if (f->flags & CHAN_F_FD) {
+        if (d->nfds == 0)
+            return -EPROTO;
+        f->fd = d->fds[0];
+        memmove(d->fds, d->fds + 1, (size_t)(d->nfds - 1) * sizeof d->fds[0]);
+        d->nfds--;
+    }
+    if (f->len > 0) {
+        f->payload = malloc(f->len);
+        if (!f->payload)
+            return -ENOMEM;
+    }
+    d->payload_have = 0;
+    return 0;
+}
+
+int chan_decoder_feed(chan_decoder *d, const void *buf, size_t len, size_t *used, chan_frame *out)
+{
+    const unsigned char *p = buf;
+    size_t off = 0;
+    int rc;
+
+    *used = 0;
+    for (;;) {
+        if (d->hdr_have < CHAN_HDR_LEN) {
+            size_t n = CHAN_HDR_LEN - d->hdr_have;
+            if (n > len - off)
+                n = len - off;
+            memcpy(d->hdr + d->hdr_have, p + off, n);
+            d->hdr_have += n;
+            off += n;
+            *used = off;
+            if (d->hdr_have < CHAN_HDR_LEN)
+                return 0;
+            if ((rc = start_frame(d)) < 0)
+                return rc;
+        }
+        size_t n = d->cur.len - d->payload_have;
+        if (n > len - off)
+            n = len - off;
+        if (n)
+            memcpy(d->cur.payload + d->payload_have, p + off, n);
+        d->payload_have += n;
+        off += n;
+        *used = off;
+        if (d->payload_have < d->cur.len)
+            return 0;
+        *out = d->cur;
+        d->cur.payload = NULL;
+        d->cur.fd = -1;
+        d->hdr_have = 0;
+        return 1;
+    }
+}
+
+ssize_t chan_read(int fd, chan_decoder *d, void *buf, size_t len)
+{
+    union {
+        struct cmsghdr h;
+        char space[CMSG_SPACE(sizeof(int) * CHAN_FDS_MAX)];
+    } ctl;
+    struct iovec iov = {buf, len};
+    struct msghdr msg;
+    struct cmsghdr *c;
+    ssize_t n;
+    int bad = 0;
+
+    for (;;) {
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = ctl.space;
+        msg.msg_controllen = sizeof ctl.space;
+        n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+        if (n >= 0)
+            break;
+        if (errno != EINTR)
+            return -errno;
+    }
+    for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < nfd; i++) {
+            int got;
+            memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof got);
+            if (chan_decoder_push_fd(d, got) < 0)
+                bad = 1;
+        }
+    }
+    if (msg.msg_flags & MSG_CTRUNC)
+        bad = 1; /* descriptors were lost: the stream no longer matches */
+    return bad ? -EPROTO : n;
+}
+
+/* ------------------------------------------------------------ encoding */
+
+void chan_header_encode(unsigned char hdr[CHAN_HDR_LEN], uint16_t type, uint16_t flags, uint32_t len)
+{
+    hdr[0] = (unsigned char)(len >> 24);
+    hdr[1] = (unsigned char)(len >> 16);
+    hdr[2] = (unsigned char)(len >> 8);
+    hdr[3] = (unsigned char)len;
+    hdr[4] = (unsigned char)(type >> 8);
+    hdr[5] = (unsigned char)type;
+    hdr[6] = (unsigned char)(flags >> 8);
+    hdr[7] = (unsigned char)flags;
+}
+
+/* One sendmsg of header and payload from byte `off` of the two (a NULL
+ * header means none: off counts from CHAN_HDR_LEN), with attach_fd (if >= 0)
+ * riding on the first byte sent. Returns bytes sent or -errno. */
+static ssize_t send_pieces(int sock, const unsigned char *hdr, const void *payload, size_t len,
+                           size_t off, int attach_fd)
+{
+    union {
+        struct cmsghdr h;
+        char space[CMSG_SPACE(sizeof(int))];
+    } ctl;
+    struct iovec iov[2];
+    struct msghdr msg;
+    int niov = 0;
+    ssize_t n;
+
+    if (off < CHAN_HDR_LEN) {
+        iov[niov].iov_base = (void *)(hdr + off);
+        iov[niov++].iov_len = CHAN_HDR_LEN - off;
+        if (len) {
+            iov[niov].iov_base = (void *)payload;
+            iov[niov++].iov_len = len;
+        }
+    } else {
+        iov[niov].iov_base = (char *)payload + (off - CHAN_HDR_LEN);
+        iov[niov++].iov_len = len - (off - CHAN_HDR_LEN);
+    }
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = iov;
+    msg.msg_iovlen = (size_t)niov;
+    if (attach_fd >= 0) {
+        memset(&ctl, 0, sizeof ctl);
+        msg.msg_control = ctl.space;
+        msg.msg_controllen = sizeof ctl.space;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &attach_fd, sizeof attach_fd);
+    }
+    n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+    return n < 0 ? -errno : n;
+}
+
+int chan_send(int sock, uint16_t type, const void *payload, uint32_t len, int pass_fd)
+{
+    unsigned char hdr[CHAN_HDR_LEN];
+    size_t total = CHAN_HDR_LEN + (size_t)len, off = 0;
+
+    if (len > CHAN_MAX_LIMIT)
+        return -EMSGSIZE;
+    chan_header_encode(hdr, type, pass_fd >= 0 ? CHAN_F_FD : 0, len);
+    while (off < total) {
+        ssize_t n = send_pieces(sock, hdr, payload, len, off, off == 0 ? pass_fd : -1);
+        if (n == -EINTR)
+            continue;
+        if (n < 0)
+            return (int)n;
+        off += (size_t)n;
+    }
+    return 0;
+}
+
+void chan_reader_init(chan_reader *r, uint32_t max)
+{
+    chan_decoder_init(&r->dec, max);
+    r->start = r->end = 0;
+}
+
+void chan_reader_fini(chan_reader *r)
+{
+    chan_decoder_fini(&r->dec);
+}
+
+int chan_reader_pending(const chan_reader *r)
+{
+    return r->start < r->end;
+}
+
+int chan_recv(int sock, chan_reader *r, chan_frame *out)
+{
+    for (;;) {
+        if (r->start < r->end) {
+            size_t used;
+            int rc = chan_decoder_feed(&r->dec, r->buf + r->start, r->end - r->start, &used, out);
+            r->start += used;
+            if (rc != 0)
+                return rc;
+        }
+        ssize_t n = chan_read(sock, &r->dec, r->buf, sizeof r->buf);
+        if (n < 0)
+            return (int)n;
+        if (n == 0)
+            return r->dec.hdr_have == 0 ? 0 : -EPIPE;
+        r->start = 0;
+        r->end = (size_t)n;
+    }
+}
+
+/* ------------------------------------------------------ outbound queue */
+
+struct chan_qitem {
+    chan_qitem *next;
+    size_t len;          /* bytes in data */
+    int fd;              /* to pass with the first byte, or -1 */
+    unsigned char data[];
+};
+
+void chan_queue_init(chan_queue *q, size_t limit)
+{
+    memset(q, 0, sizeof *q);
+    q->limit = limit;
+}
+
+void chan_queue_fini(chan_queue *q)
+{
+    chan_qitem *it = q->head;
+    while (it) {
+        chan_qitem *next = it->next;
+        if (it->fd >= 0)
+            close(it->fd);
+        free(it);
+        it = next;
+    }
+    q->head = q->tail = NULL;
+    q->bytes = q->head_sent = 0;
+}
+
+static int queue_item(chan_queue *q, const unsigned char *hdr, const void *bytes, size_t len,
+                      int pass_fd)
+{
+    size_t hl = hdr ? CHAN_HDR_LEN : 0;
+    chan_qitem *it;
+
+    if (q->bytes + hl + len > q->limit) {
+        q->dropped++;
+        return -ENOBUFS;
+    }
+    it = malloc(sizeof *it + hl + len);
+    if (!it)
+        return -ENOMEM;
+    it->next = NULL;
+    it->len = hl + len;
+    it->fd = -1;
+    if (pass_fd >= 0 && (it->fd = fcntl(pass_fd, F_DUPFD_CLOEXEC, 3)) < 0) {
+        int e = errno;
+        free(it);
+        return -e;
+    }
+    if (hl)
+        memcpy(it->data, hdr, hl);
+    if (len)
+        memcpy(it->data + hl, bytes, len);
+    if (q->tail)
+        q->tail->next = it;
+    else
+        q->head = it;
+    q->tail = it;
+    q->bytes += it->len;
+    q->pushed++;
+    return 0;
+}
+
+int chan_queue_push(chan_queue *q, uint16_t type, const void *payload, uint32_t len, int pass_fd)
+{
+    unsigned char hdr[CHAN_HDR_LEN];
+
+    if (len > CHAN_MAX_LIMIT)
+        return -EMSGSIZE;
+    chan_header_encode(hdr, type, pass_fd >= 0 ? CHAN_F_FD : 0, len);
+    return queue_item(q, hdr, payload, len, pass_fd);
+}
+
+int chan_queue_push_raw(chan_queue *q, const void *bytes, size_t len)
+{
+    if (len > CHAN_MAX_LIMIT)
+        return -EMSGSIZE;
+    return queue_item(q, NULL, bytes, len, -1);
+}
+
+int chan_queue_flush(chan_queue *q, int sock)
+{
+    while (q->head) {
+        chan_qitem *it = q->head;
+        /* The whole item is one "payload" to send_pieces past its header. */
+        ssize_t n = send_pieces(sock, NULL, it->data, it->len, CHAN_HDR_LEN + q->head_sent,
+                                q->head_sent == 0 ? it->fd : -1);
+        if (q->head_sent == 0 && it->fd >= 0 && n > 0) {
+            close(it->fd);
+            it->fd = -1;
+        }
+        if (n == -EINTR)
+            continue;
+        if (n == -EAGAIN || n == -EWOULDBLOCK)
+            return 0;
+        if (n < 0)
+            return (int)n;
+        q->head_sent += (size_t)n;
+        if (q->head_sent < it->len)
+            continue;
+        q->head = it->next;
+        if (!q->head)
+            q->tail = NULL;
+        q->bytes -= it->len;
+        q->head_sent = 0;
+        free(it);
+    }
+    return 1;
+}

@@ -1,0 +1,164 @@
+/*
+ * frame.h - the channel's wire format, and its codec.
+ *
+ * One socketpair(AF_UNIX, SOCK_STREAM) per child carries frames both ways:
+ *
+ *   offset  size  field
+ *   0       4     length of the payload, big-endian, <= the reader's maximum
+ *   4       2     type, big-endian (see enum chan_type)
+ *   6       2     flags, big-endian (CHAN_F_FD: one descriptor rides along)
+ *   8       len   payload
+ *
+ * A frame with CHAN_F_FD is sent with the descriptor in an SCM_RIGHTS
+ * message attached to the frame's first byte, so the reader has it by the
+ * time the header is complete. The reader checks the length against its
+ * maximum before allocating anything. Partial reads and writes at any byte,
+ * EINTR, EAGAIN and EOF are normal cases.
+ *
+ * Nothing here knows about processes or the event loop: the decoder eats
+ * bytes and descriptors and returns frames; the queue holds encoded frames
+ * until the socket takes them.
+ */
+#ifndef SF_CHANNEL_FRAME_H
+#define SF_CHANNEL_FRAME_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define CHAN_HDR_LEN 8
+#define CHAN_MAX_DEFAULT (64 * 1024)   /* payload bytes */
+#define CHAN_MAX_LIMIT (16 * 1024 * 1024)
+#define CHAN_F_FD 0x0001
+#define CHAN_FDS_MAX 4                 /* descriptors received ahead of their frame */
+
+enum chan_type {
+    CHAN_T_DATA = 1,   /* opaque bytes: routed, never interpreted */
+    CHAN_T_JSON = 2,   /* one JSON object (a message of docs/protocol.md) */
+    CHAN_T_LOG = 3,    /* a log line from the child */
+    CHAN_T_STATUS = 4, /* a short status text from the child */
+};
+
+typedef struct chan_frame {
+    uint16_t type;
+    uint16_t flags;
+    uint32_t len;
+    unsigned char *payload; /* len bytes, owned by the caller (free()) once returned; NULL if len 0 */
+    int fd;                 /* with CHAN_F_FD: owned by the caller; else -1 */
+} chan_frame;
+
+/* ------------------------------------------------------------ decoding */
+
+typedef struct chan_decoder {
+    uint32_t max;                       /* payload limit, checked before allocating */
+    unsigned char hdr[CHAN_HDR_LEN];
+    size_t hdr_have;
+    chan_frame cur;                     /* the frame being filled */
+    size_t payload_have;
+    int fds[CHAN_FDS_MAX];              /* received, not yet claimed by a frame */
+    int nfds;
+} chan_decoder;
+
+/* max: 0 means CHAN_MAX_DEFAULT; more than CHAN_MAX_LIMIT is cut to it. */
+void chan_decoder_init(chan_decoder *d, uint32_t max);
+/* Frees a half-read payload and closes descriptors still held. */
+void chan_decoder_fini(chan_decoder *d);
+
+/* Hands the decoder a descriptor that came with the bytes about to be fed.
+ * Returns 0, or -EPROTO (and closes fd) when CHAN_FDS_MAX are already waiting. */
+int chan_decoder_push_fd(chan_decoder *d, int fd);
+
+/*
+ * Eats up to len bytes. Sets *used to the bytes consumed. Returns 1 when
+ * *out holds a complete frame (the caller owns its payload and fd; call
+ * again with the rest of the buffer), 0 when all of buf was consumed with
+ * no frame complete, -EMSGSIZE for a length over the maximum, -EPROTO for a
+ * frame that announces a descriptor none came with (or flags unknown). After
+ * an error the decoder is unusable: the peer is to be disconnected.
+ */
+int chan_decoder_feed(chan_decoder *d, const void *buf, size_t len, size_t *used, chan_frame *out);
+
+/*
+ * Reads once from a socket with recvmsg (taking SCM_RIGHTS descriptors,
+ * MSG_CMSG_CLOEXEC) into buf, pushing any descriptors into d. Returns the
+ * bytes read, 0 at EOF, or -errno (-EAGAIN on a non-blocking socket with
+ * nothing to read; EINTR is retried). Descriptors beyond CHAN_FDS_MAX or
+ * of a truncated control message are closed and give -EPROTO.
+ */
+ssize_t chan_read(int fd, chan_decoder *d, void *buf, size_t len);
+
+/* ------------------------------------------------------------ encoding */
+
+/* Writes the 8-byte header for a frame. */
+void chan_header_encode(unsigned char hdr[CHAN_HDR_LEN], uint16_t type, uint16_t flags, uint32_t len);
+
+/*
+ * Sends one whole frame on a blocking socket (the child's side): loops over
+ * partial writes and EINTR, attaches pass_fd (if >= 0) to the first byte.
+ * Returns 0, -EMSGSIZE if len > CHAN_MAX_LIMIT, or -errno.
+ */
+int chan_send(int sock, uint16_t type, const void *payload, uint32_t len, int pass_fd);
+
+/*
+ * The child's blocking reader: a decoder plus the bytes read past the last
+ * frame, kept between calls to chan_recv.
+ */
+typedef struct chan_reader {
+    chan_decoder dec;
+    unsigned char buf[4096];
+    size_t start, end;                 /* unconsumed bytes in buf */
+} chan_reader;
+
+void chan_reader_init(chan_reader *r, uint32_t max);
+void chan_reader_fini(chan_reader *r);
+
+/* Receives one whole frame from a blocking socket. Returns 1 with *out
+ * filled (caller owns payload and fd), 0 at EOF between frames, -EPIPE at
+ * EOF inside a frame, or a decoder error / -errno. */
+int chan_recv(int sock, chan_reader *r, chan_frame *out);
+
+/* True when a frame (or part of one) is already buffered, so a caller that
+ * polls the socket before chan_recv must not wait. */
+int chan_reader_pending(const chan_reader *r);
+
+/* ------------------------------------------------------ outbound queue */
+
+/*
+ * The supervisor's non-blocking outbound side: whole frames are queued
+ * (header, payload, optional descriptor) up to a byte limit; chan_queue_flush
+ * writes as much as the socket takes, resuming mid-frame. What happens when
+ * a frame does not fit is the caller's policy: chan_queue_push says so and
+ * leaves the queue as it was.
+ */
+typedef struct chan_qitem chan_qitem;
+
+typedef struct chan_queue {
+    chan_qitem *head, *tail;
+    size_t bytes;       /* queued bytes, headers included */
+    size_t limit;       /* push fails beyond this */
+    size_t head_sent;   /* bytes of the head frame already written */
+    uint64_t pushed, dropped;
+} chan_queue;
+
+void chan_queue_init(chan_queue *q, size_t limit);
+/* Frees every item and closes their descriptors. */
+void chan_queue_fini(chan_queue *q);
+
+/* Copies the frame in. Returns 0, -ENOBUFS when it would pass the limit
+ * (nothing queued, `dropped` counted), -EMSGSIZE over CHAN_MAX_LIMIT, or
+ * -ENOMEM. A passed descriptor is dup'ed (F_DUPFD_CLOEXEC); the caller keeps
+ * its own. */
+int chan_queue_push(chan_queue *q, uint16_t type, const void *payload, uint32_t len, int pass_fd);
+
+/* Queues bytes as they are, no header: for the JSON-lines side of exec'd
+ * programs. Same returns as chan_queue_push. */
+int chan_queue_push_raw(chan_queue *q, const void *bytes, size_t len);
+
+/* Writes what the non-blocking socket takes. Returns 1 when the queue is
+ * empty, 0 when data is left (wait for writability), or -errno (-EPIPE,
+ * -ECONNRESET...) when the peer is gone. */
+int chan_queue_flush(chan_queue *q, int sock);
+
+static inline int chan_queue_empty(const chan_queue *q) { return q->head == NULL; }
+
+#endif
