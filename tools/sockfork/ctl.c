@@ -72,7 +72,6 @@ static json_t *roundtrip(int fd, json_t *req, char *err, size_t errlen)
     if (!text)
         goto nomem;
     len = strlen(text);
-    text[len] = '\0';
     if (write(fd, text, len) != (ssize_t)len || write(fd, "\n", 1) != 1) {
         snprintf(err, errlen, "cannot send: %s", strerror(errno));
         goto fail;

@@ -56,19 +56,11 @@ void cli_error(const char *fmt, ...)
     va_end(ap);
 }
 
-static void log_line(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vline(fmt, ap);
-    va_end(ap);
-}
-
 void cli_log(void *arg, int level, const char *line)
 {
     (void)arg;
     (void)level;
-    log_line("%s", line);
+    cli_error("%s", line);
 }
 
 int cli_parse_uint(const char *s, unsigned max, unsigned *out)
