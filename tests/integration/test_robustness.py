@@ -94,39 +94,30 @@ def check_backoff(delays, first_max):
     assert max(delays) <= 1.0, delays
 
 
-def test_fork_failure_backs_off_and_recovers(sockfork):
-    srv = sockfork("--echo", env={"SF_FAIL_FORK": "3"}, preload=helper("failinject.so"))
+@pytest.mark.parametrize("var, word, pattern, first_max", [
+    ("SF_FAIL_FORK", "fork",
+     r"^sockfork: cannot fork: Resource temporarily unavailable; retrying in ([\d.]+) s$", 0.05),
+    ("SF_FAIL_ACCEPT", "accept",
+     r"^sockfork: cannot accept: Too many open files; pausing accept for ([\d.]+) s$", 0.1),
+])
+def test_failure_backs_off_and_recovers(sockfork, var, word, pattern, first_max):
+    """Three injected failures of fork() or accept(): the supervisor logs
+    each, backs off (doubling, at most 1 s), and still serves the client."""
+    srv = sockfork("--echo", env={var: "3"}, preload=helper("failinject.so"))
     c = srv.connect()
-    c.sendall(b"served despite fork failures\n")
-    assert recv_exact(c, 29, timeout=LONG_WAIT) == b"served despite fork failures\n"
-    pattern = r"^sockfork: cannot fork: Resource temporarily unavailable; retrying in ([\d.]+) s$"
+    payload = b"served despite %s failures\n" % word.encode()
+    c.sendall(payload)
+    assert recv_exact(c, len(payload), timeout=LONG_WAIT) == payload
     srv.wait_connected(c)
     delays = retry_delays(srv.log, pattern)
     assert 1 <= len(delays) <= 10, delays
-    check_backoff(delays, 0.05)
-    # Later connections fork at once.
+    check_backoff(delays, first_max)
+    # Later connections are served at once.
     mark = srv.log.mark()
     d = srv.connect()
     echo_ok(d)
     srv.wait_connected(d, start=mark)
-    assert not srv.log.find(r"cannot fork", mark)
-
-
-def test_accept_failure_backs_off_and_recovers(sockfork):
-    srv = sockfork("--echo", env={"SF_FAIL_ACCEPT": "3"}, preload=helper("failinject.so"))
-    c = srv.connect()
-    c.sendall(b"served despite accept failures\n")
-    assert recv_exact(c, 31, timeout=LONG_WAIT) == b"served despite accept failures\n"
-    pattern = r"^sockfork: cannot accept: Too many open files; pausing accept for ([\d.]+) s$"
-    srv.wait_connected(c)
-    delays = retry_delays(srv.log, pattern)
-    assert 1 <= len(delays) <= 10, delays
-    check_backoff(delays, 0.1)
-    mark = srv.log.mark()
-    d = srv.connect()
-    echo_ok(d)
-    srv.wait_connected(d, start=mark)
-    assert not srv.log.find(r"cannot accept", mark)
+    assert not srv.log.find(r"cannot %s" % word, mark)
 
 
 def test_injected_failures_reach_only_the_supervisor(sockfork):
