@@ -136,7 +136,9 @@ SF_EXTERN const sf_addr *sf_conn_local(const sf_conn *c);
 
 /*
  * Replaces the child with a program serving the connection the way
- * tcpserver does: the socket becomes fd 0 and fd 1, fd 2 is kept, and the
+ * tcpserver does: the socket becomes fd 0 and fd 1, fd 2 is kept, the
+ * channel becomes fd 3 (SOCKFORK_FD=3 in the environment; a server for
+ * exec'd programs sets opts.channel_jsonl so it speaks JSON lines), and the
  * environment gets PROTO=TCP, TCPREMOTEIP, TCPREMOTEPORT, TCPLOCALIP and
  * TCPLOCALPORT (TCPLOCALHOST, TCPREMOTEHOST and TCPREMOTEINFO are removed,
  * as with tcpserver -H -R). IPv6 connections get PROTO=TCP6 and the TCP6*
@@ -146,6 +148,79 @@ SF_EXTERN const sf_addr *sf_conn_local(const sf_conn *c);
  * Returns only on failure, with -errno.
  */
 SF_EXTERN int sf_conn_exec(sf_conn *c, char *const argv[]);
+
+/* ------------------------------------------------------------ the channel */
+
+/*
+ * Every child has a channel to the supervisor: a socketpair whose child end
+ * is sf_conn_channel_fd (blocking). Through it the child receives messages
+ * (pushed by `sockfork ctl send`/`broadcast`, or routed by the bus from
+ * its siblings) and sends bus requests, log lines and a status text. The
+ * supervisor routes and never interprets: see docs/protocol.md for the
+ * wire format, which exec'd programs speak as JSON lines on fd 3.
+ *
+ * Sends are small blocking writes; the supervisor reads every channel
+ * without ever blocking, so they only wait while it is busy. A message
+ * longer than the server's chan_max gets the child disconnected.
+ */
+enum sf_msg_kind {
+    SF_MSG_DIRECT = 1,    /* sent to this pid (by a sibling, or by ctl send) */
+    SF_MSG_NAME = 2,      /* sent to a name this child holds; topic: the name */
+    SF_MSG_BROADCAST = 3, /* sent to every child */
+    SF_MSG_TOPIC = 4,     /* published on a topic this child subscribes to */
+    SF_MSG_HISTORY = 5,   /* a topic's earlier message, replayed on subscribe */
+    SF_MSG_CLAIMED = 6,   /* answer to sf_conn_claim: ok, topic = the name */
+    SF_MSG_ERROR = 7,     /* a request of this child was refused; topic: why */
+};
+
+typedef struct sf_msg {
+    int kind;              /* enum sf_msg_kind */
+    int ok;                /* SF_MSG_CLAIMED: 1 if the name is now ours */
+    int from;              /* sender's pid; 0 for the supervisor or ctl */
+    char topic[256];       /* topic, name, or error text, NUL-terminated */
+    unsigned char *data;   /* len bytes (plus a NUL not counted), malloc'ed */
+    size_t len;
+} sf_msg;
+
+/* The child's end of its channel, for poll() beside sf_conn_fd. Owned by
+ * the library. Before polling it, check sf_conn_msg_pending: a message may
+ * already be buffered. */
+SF_EXTERN int sf_conn_channel_fd(const sf_conn *c);
+SF_EXTERN int sf_conn_msg_pending(const sf_conn *c);
+
+/*
+ * Waits until the client socket is readable or a message has come, at
+ * most timeout_ms (-1: no limit). Returns a mask of SF_READY_CLIENT and
+ * SF_READY_CHANNEL (0 on timeout), or -errno. Hangups count as readable.
+ */
+#define SF_READY_CLIENT 1
+#define SF_READY_CHANNEL 2
+SF_EXTERN int sf_conn_wait(sf_conn *c, int timeout_ms);
+
+/*
+ * Receives one message, blocking until one comes. Returns 1 with *m filled
+ * (free it with sf_msg_free), 0 when the supervisor has closed the
+ * channel, or -errno (-EPROTO for bytes that are not a message).
+ */
+SF_EXTERN int sf_conn_recv(sf_conn *c, sf_msg *m);
+SF_EXTERN void sf_msg_free(sf_msg *m);
+
+/* Bus requests. Each returns 0 once sent, or -errno (-EINVAL for a name
+ * or topic that is empty or over 255 bytes). Refusals (no such pid or
+ * name, a limit reached) come back later as SF_MSG_ERROR. */
+SF_EXTERN int sf_conn_send(sf_conn *c, int pid, const void *data, size_t len);
+SF_EXTERN int sf_conn_send_name(sf_conn *c, const char *name, const void *data, size_t len);
+SF_EXTERN int sf_conn_broadcast(sf_conn *c, const void *data, size_t len);
+SF_EXTERN int sf_conn_publish(sf_conn *c, const char *topic, const void *data, size_t len);
+/* history: how many of the topic's kept messages to replay first. */
+SF_EXTERN int sf_conn_subscribe(sf_conn *c, const char *topic, unsigned history);
+SF_EXTERN int sf_conn_unsubscribe(sf_conn *c, const char *topic);
+/* Asks for a unique name; the answer comes as SF_MSG_CLAIMED. */
+SF_EXTERN int sf_conn_claim(sf_conn *c, const char *name);
+SF_EXTERN int sf_conn_release(sf_conn *c, const char *name);
+/* A line for the supervisor's log, and a status text for `ctl list`. */
+SF_EXTERN int sf_conn_log(sf_conn *c, const char *text);
+SF_EXTERN int sf_conn_status(sf_conn *c, const char *text);
 
 /* ----------------------------------------------------------------- server */
 
@@ -171,6 +246,12 @@ typedef struct sf_server_opts {
     void *log_arg;
     sf_ready_cb on_ready; /* NULL = none */
     void *ready_arg;
+    /* The channel (see above). */
+    int channel_jsonl;    /* 1: children speak JSON lines (they exec programs) */
+    unsigned chan_max;    /* largest message from a child; default 64 KiB */
+    size_t chan_queue;    /* bytes queued for one child; default 256 KiB */
+    int chan_full_kick;   /* at a full queue: 0 drop (counted), 1 end the child */
+    unsigned topic_history; /* messages kept per topic; default 20 */
 } sf_server_opts;
 
 /* Fills opts with the defaults above. */

@@ -37,6 +37,17 @@ enum chan_type {
     CHAN_T_JSON = 2,   /* one JSON object (a message of docs/protocol.md) */
     CHAN_T_LOG = 3,    /* a log line from the child */
     CHAN_T_STATUS = 4, /* a short status text from the child */
+    /* Bus requests from a child (docs/protocol.md); u16 and u32 big-endian. */
+    CHAN_T_SEND = 16,        /* [u32 pid][data] */
+    CHAN_T_SEND_NAME = 17,   /* [u16 n][name][data] */
+    CHAN_T_BROADCAST = 18,   /* [data] */
+    CHAN_T_PUBLISH = 19,     /* [u16 n][topic][data] */
+    CHAN_T_SUBSCRIBE = 20,   /* [u32 history][topic] */
+    CHAN_T_UNSUBSCRIBE = 21, /* [topic] */
+    CHAN_T_CLAIM = 22,       /* [name] */
+    CHAN_T_RELEASE = 23,     /* [name] */
+    /* To a child: [u8 kind][u8 ok][u16 n][u32 from][topic n bytes][data]. */
+    CHAN_T_MESSAGE = 32,
 };
 
 typedef struct chan_frame {

@@ -29,6 +29,10 @@ int os_fdlimit_raise(struct rlimit *saved);
  */
 int os_parentdeath_signal(int sig, int expected_parent);
 
+/* Makes this process the reaper of orphaned descendants. Returns 0, or
+ * -ENOSYS where the kernel has no such feature. */
+int os_subreaper(void);
+
 /*
  * Zeroed memory that forked children do not inherit (their copy of the
  * range is unmapped). For the supervisor's own bookkeeping only: code that

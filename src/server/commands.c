@@ -76,10 +76,12 @@ static json_t *cmd_list(sf_server *s)
             strcpy(peer, "?");
         state = sup_is_terminating(&s->sup, r->pid) ? "terminating" : "running";
         json_array_append_new(children,
-                              json_pack("{s:i, s:s, s:s, s:f, s:o, s:o}", "pid", (int)r->pid,
-                                        "peer", peer, "state", state, "since", r->started,
-                                        "bytes_in", json_bytes(bytes[2 * i]), "bytes_out",
-                                        json_bytes(bytes[2 * i + 1])));
+                              json_pack("{s:i, s:s, s:s, s:f, s:o, s:o, s:s, s:I, s:I}", "pid",
+                                        (int)r->pid, "peer", peer, "state", state, "since",
+                                        r->started, "bytes_in", json_bytes(bytes[2 * i]),
+                                        "bytes_out", json_bytes(bytes[2 * i + 1]), "status",
+                                        r->ep.status, "queued", (json_int_t)r->ep.q.bytes,
+                                        "dropped", (json_int_t)r->ep.drops));
     }
     free(bytes);
     reply = json_pack("{s:b, s:o}", "ok", 1, "children", children);
@@ -88,11 +90,61 @@ static json_t *cmd_list(sf_server *s)
 
 static conn_rec *find_child(sf_server *s, json_int_t pid)
 {
-    for (unsigned i = 0; i < s->recs_touched; i++) {
-        if (s->recs[i].pid > 0 && s->recs[i].pid == pid)
-            return &s->recs[i];
-    }
-    return NULL;
+    sup_child *c;
+
+    if (pid <= 0 || pid > INT32_MAX)
+        return NULL;
+    c = sup_child_find(&s->sup, (pid_t)pid);
+    return c ? c->data : NULL;
+}
+
+/* What ctl sends is text: the "text" member, a string. */
+static int get_text(json_t *req, const char **text, size_t *len)
+{
+    json_t *t = json_object_get(req, "text");
+    if (!json_is_string(t))
+        return -1;
+    *text = json_string_value(t);
+    *len = json_string_length(t);
+    return 0;
+}
+
+static json_t *cmd_send(sf_server *s, json_t *req)
+{
+    json_t *pid = json_object_get(req, "pid");
+    bus_msg m;
+    conn_rec *r;
+    int rc;
+
+    memset(&m, 0, sizeof m);
+    if (!json_is_integer(pid) || get_text(req, (const char **)&m.data, &m.len) < 0)
+        return ctl_error("send needs an integer \"pid\" and a string \"text\"");
+    r = find_child(s, json_integer_value(pid));
+    if (!r)
+        return ctl_error("no child with pid %lld", (long long)json_integer_value(pid));
+    m.kind = SF_MSG_DIRECT;
+    rc = bus_deliver(&r->ep, &m);
+    if (rc == -ENOBUFS)
+        return ctl_error("pid %d does not read its channel: its queue is full, message dropped",
+                         (int)r->pid);
+    if (rc < 0)
+        return ctl_error("pid %d: %s", (int)r->pid, rc == -EPIPE ? "its channel is closed" : strerror(-rc));
+    return json_pack("{s:b, s:i}", "ok", 1, "pid", (int)r->pid);
+}
+
+static json_t *cmd_broadcast(sf_server *s, json_t *req)
+{
+    bus_msg m;
+    uint64_t drops = s->bus.stats.drops;
+    unsigned n;
+
+    memset(&m, 0, sizeof m);
+    if (get_text(req, (const char **)&m.data, &m.len) < 0)
+        return ctl_error("broadcast needs a string \"text\"");
+    m.kind = SF_MSG_BROADCAST;
+    n = bus_broadcast(&s->bus, &m, NULL);
+    return json_pack("{s:b, s:i, s:I}", "ok", 1, "delivered", (int)n, "dropped",
+                     (json_int_t)(s->bus.stats.drops - drops));
 }
 
 static json_t *cmd_kick(sf_server *s, json_t *req)
@@ -140,13 +192,21 @@ static json_t *cmd_stats(sf_server *s)
             json_object_set_new(killed, name ? name : key, json_integer((json_int_t)st->killed[i]));
         }
     }
-    return json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o}", "ok", 1,
+    json_t *channel = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "frames_in",
+                                (json_int_t)s->bus.stats.frames_in, "frames_out",
+                                (json_int_t)s->bus.stats.frames_out, "dropped",
+                                (json_int_t)s->bus.stats.drops, "kicked_full",
+                                (json_int_t)s->bus.stats.kicked_full, "kicked_bad",
+                                (json_int_t)s->bus.stats.kicked_bad, "spawner_restarts",
+                                (json_int_t)s->sup.spawner_restarts);
+    return json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:i}", "ok", 1,
                      "accepted", (json_int_t)st->accepted, "active", (json_int_t)s->sup.count,
                      "max_conns", (json_int_t)s->opts.max_conns, "refused_per_ip",
                      (json_int_t)st->refused_per_ip, "limit_reached", (json_int_t)st->limit_reached,
                      "idle_closed", (json_int_t)st->idle_closed, "kicked", (json_int_t)st->kicked,
                      "fork_failures", (json_int_t)st->fork_failures, "accept_failures",
-                     (json_int_t)st->accept_failures, "exited", exited, "killed", killed);
+                     (json_int_t)st->accept_failures, "exited", exited, "killed", killed,
+                     "channel", channel, "spawner_pid", (int)s->sup.spawner_pid);
 }
 
 json_t *server_command(void *arg, const char *cmd, json_t *req)
@@ -159,5 +219,9 @@ json_t *server_command(void *arg, const char *cmd, json_t *req)
         return cmd_kick(s, req);
     if (strcmp(cmd, "stats") == 0)
         return cmd_stats(s);
-    return ctl_error("unknown command \"%s\" (list, kick, stats)", cmd);
+    if (strcmp(cmd, "send") == 0)
+        return cmd_send(s, req);
+    if (strcmp(cmd, "broadcast") == 0)
+        return cmd_broadcast(s, req);
+    return ctl_error("unknown command \"%s\" (list, kick, stats, send, broadcast)", cmd);
 }

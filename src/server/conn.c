@@ -3,6 +3,7 @@
 #include "server/conn.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,14 +94,211 @@ int sf_conn_exec(sf_conn *c, char *const argv[])
     rc = c->peer.u.sa.sa_family == AF_UNIX ? set_ipc_env(c) : set_tcp_env(c);
     if (rc < 0)
         return rc;
-    /* dup2 clears close-on-exec on 0 and 1; the original (fd 3 or so)
-     * keeps it and disappears at exec. */
+    /* dup2 clears close-on-exec on 0, 1 and 3; the originals (3 and 4)
+     * keep it: the connection's fd 3 is replaced by the channel, fd 4
+     * disappears at exec. */
     if (dup2(c->fd, 0) < 0 || dup2(c->fd, 1) < 0)
         return -errno;
+    if (c->chan >= 0) {
+        if (dup2(c->chan, 3) < 0)
+            return -errno;
+        if (setenv("SOCKFORK_FD", "3", 1) < 0)
+            return -errno;
+    }
     /* Programs written for tcpserver expect the default SIGPIPE. */
     signal(SIGPIPE, SIG_DFL);
     execvp(argv[0], argv);
     rc = -errno;
     signal(SIGPIPE, SIG_IGN);
     return rc;
+}
+
+/* ------------------------------------------------------------ the channel */
+
+int sf_conn_channel_fd(const sf_conn *c)
+{
+    return c->chan;
+}
+
+int sf_conn_msg_pending(const sf_conn *c)
+{
+    return chan_reader_pending(&c->reader);
+}
+
+int sf_conn_wait(sf_conn *c, int timeout_ms)
+{
+    struct pollfd p[2];
+    int n, ready = 0;
+
+    /* A message already read (part of an earlier read) must not wait for
+     * the socket to become readable again. */
+    if (chan_reader_pending(&c->reader))
+        ready |= SF_READY_CHANNEL;
+    p[0].fd = c->fd;
+    p[0].events = POLLIN;
+    p[1].fd = c->chan;
+    p[1].events = POLLIN;
+    do
+        n = poll(p, 2, ready ? 0 : timeout_ms);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -errno;
+    if (p[0].revents)
+        ready |= SF_READY_CLIENT;
+    if (p[1].revents)
+        ready |= SF_READY_CHANNEL;
+    return ready;
+}
+
+static uint32_t get16(const unsigned char *p) { return (uint32_t)p[0] << 8 | p[1]; }
+static uint32_t get32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+int sf_conn_recv(sf_conn *c, sf_msg *m)
+{
+    chan_frame f;
+    size_t tlen;
+    int rc;
+
+    memset(m, 0, sizeof *m);
+    rc = chan_recv(c->chan, &c->reader, &f);
+    if (rc <= 0)
+        return rc;
+    if (f.fd >= 0)
+        close(f.fd);
+    if (f.type != CHAN_T_MESSAGE || f.len < 8 || (tlen = get16(f.payload + 2)) > f.len - 8 ||
+        tlen >= sizeof m->topic) {
+        free(f.payload);
+        return -EPROTO;
+    }
+    m->kind = f.payload[0];
+    m->ok = f.payload[1];
+    m->from = (int)get32(f.payload + 4);
+    memcpy(m->topic, f.payload + 8, tlen);
+    m->topic[tlen] = '\0';
+    m->len = f.len - 8 - tlen;
+    /* The data moves to the front of the payload, NUL-terminated for
+     * handlers that treat it as text (the frame has 8 + tlen bytes spare). */
+    memmove(f.payload, f.payload + 8 + tlen, m->len);
+    f.payload[m->len] = '\0';
+    m->data = f.payload;
+    return 1;
+}
+
+void sf_msg_free(sf_msg *m)
+{
+    free(m->data);
+    m->data = NULL;
+    m->len = 0;
+}
+
+/* One request: a header of up to 6 bytes, a name, data. */
+static int send_req(sf_conn *c, uint16_t type, const unsigned char *head, size_t hlen,
+                    const char *name, size_t nlen, const void *data, size_t len)
+{
+    size_t total = hlen + nlen + len;
+    unsigned char small[512], *buf = total <= sizeof small ? small : malloc(total);
+    int rc;
+
+    if (total > CHAN_MAX_LIMIT)
+        return -EMSGSIZE;
+    if (!buf)
+        return -ENOMEM;
+    memcpy(buf, head, hlen);
+    memcpy(buf + hlen, name, nlen);
+    if (len)
+        memcpy(buf + hlen + nlen, data, len);
+    rc = chan_send(c->chan, type, buf, (uint32_t)total, -1);
+    if (buf != small)
+        free(buf);
+    return rc;
+}
+
+static int name_len(const char *name, size_t *n)
+{
+    *n = name ? strlen(name) : 0;
+    return *n > 0 && *n <= 255 ? 0 : -EINVAL;
+}
+
+int sf_conn_send(sf_conn *c, int pid, const void *data, size_t len)
+{
+    unsigned char h[4] = {(unsigned char)(pid >> 24), (unsigned char)(pid >> 16),
+                          (unsigned char)(pid >> 8), (unsigned char)pid};
+    if (pid <= 0)
+        return -EINVAL;
+    return send_req(c, CHAN_T_SEND, h, 4, NULL, 0, data, len);
+}
+
+static int send_named(sf_conn *c, uint16_t type, const char *name, const void *data, size_t len)
+{
+    unsigned char h[2];
+    size_t n;
+
+    if (name_len(name, &n) < 0)
+        return -EINVAL;
+    h[0] = (unsigned char)(n >> 8);
+    h[1] = (unsigned char)n;
+    return send_req(c, type, h, 2, name, n, data, len);
+}
+
+int sf_conn_send_name(sf_conn *c, const char *name, const void *data, size_t len)
+{
+    return send_named(c, CHAN_T_SEND_NAME, name, data, len);
+}
+
+int sf_conn_publish(sf_conn *c, const char *topic, const void *data, size_t len)
+{
+    return send_named(c, CHAN_T_PUBLISH, topic, data, len);
+}
+
+int sf_conn_broadcast(sf_conn *c, const void *data, size_t len)
+{
+    return send_req(c, CHAN_T_BROADCAST, NULL, 0, NULL, 0, data, len);
+}
+
+int sf_conn_subscribe(sf_conn *c, const char *topic, unsigned history)
+{
+    unsigned char h[4] = {(unsigned char)(history >> 24), (unsigned char)(history >> 16),
+                          (unsigned char)(history >> 8), (unsigned char)history};
+    size_t n;
+
+    if (name_len(topic, &n) < 0)
+        return -EINVAL;
+    return send_req(c, CHAN_T_SUBSCRIBE, h, 4, topic, n, NULL, 0);
+}
+
+static int send_name_only(sf_conn *c, uint16_t type, const char *name)
+{
+    size_t n;
+
+    if (name_len(name, &n) < 0)
+        return -EINVAL;
+    return send_req(c, type, NULL, 0, name, n, NULL, 0);
+}
+
+int sf_conn_unsubscribe(sf_conn *c, const char *topic)
+{
+    return send_name_only(c, CHAN_T_UNSUBSCRIBE, topic);
+}
+
+int sf_conn_claim(sf_conn *c, const char *name)
+{
+    return send_name_only(c, CHAN_T_CLAIM, name);
+}
+
+int sf_conn_release(sf_conn *c, const char *name)
+{
+    return send_name_only(c, CHAN_T_RELEASE, name);
+}
+
+int sf_conn_log(sf_conn *c, const char *text)
+{
+    return send_req(c, CHAN_T_LOG, NULL, 0, NULL, 0, text, strlen(text));
+}
+
+int sf_conn_status(sf_conn *c, const char *text)
+{
+    return send_req(c, CHAN_T_STATUS, NULL, 0, NULL, 0, text, strlen(text));
 }

@@ -63,7 +63,7 @@ hmap_key server_tuple_key(const sf_addr *peer, uint16_t local_port)
 
 /* Records are handed out from the low end of the array and reused from a
  * free list, so a server that never has many connections at once never
- * touches (and never makes fork() copy the page tables of) the rest. */
+ * touches the rest. */
 static conn_rec *rec_alloc(sf_server *s)
 {
     conn_rec *r = s->free_recs;
@@ -76,35 +76,51 @@ static conn_rec *rec_alloc(sf_server *s)
         return NULL;
     s->recs_used++;
     memset(r, 0, sizeof *r);
-    r->fd = -1;
+    r->fd = r->cfd = r->sfd = -1;
+    r->ep.fd = -1;
     return r;
 }
 
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+static void per_ip_add(sf_server *s, conn_rec *r, int delta);
+static void check_limit(sf_server *s);
+
 static void rec_release(sf_server *s, conn_rec *r)
 {
-    if (r->fd >= 0)
-        close(r->fd);
-    r->fd = -1;
+    close_fd(&r->fd);
+    close_fd(&r->cfd);
+    close_fd(&r->sfd);
+    endpoint_close(&r->ep);
+    if (r->counted_ip)
+        per_ip_add(s, r, -1);
+    r->state = 0;
     r->pid = 0;
     r->next_free = s->free_recs;
     s->free_recs = r;
     s->recs_used--;
 }
 
-static void per_ip_add(sf_server *s, const conn_rec *r, int delta)
+static void per_ip_add(sf_server *s, conn_rec *r, int delta)
 {
     hmap_key k;
     uint32_t *n;
 
     if (!s->opts.max_per_ip || !r->is_tcp)
         return;
+    r->counted_ip = delta > 0;
     k = ip_key(&r->peer);
     n = hmap_get(&s->per_ip, &k);
     if (delta > 0) {
         if (n)
             (*n)++;
         else
-            (void)hmap_put(&s->per_ip, &k, 1); /* reserved in spawn() */
+            (void)hmap_put(&s->per_ip, &k, 1); /* reserved in start_conn() */
     } else if (n && --*n == 0) {
         (void)hmap_del(&s->per_ip, &k);
     }
@@ -158,84 +174,129 @@ static void backoff_grow(sf_server *s)
 
 /* -------------------------------------------------------------- forking */
 
-/* What a child needs, copied onto the stack before fork(): the server and
- * its records live in memory children do not inherit (os_nofork). */
+/* What a child needs, sent to the spawner with each request (it is a copy
+ * of the program as sf_server_run found it, so pointers stay good; the
+ * server and its records live in memory it does not have: os_nofork). */
 typedef struct child_start {
     sf_conn_cb handler;
     void *arg;
-    sf_conn conn;
+    sf_addr peer;
     int is_tcp;
-    struct rlimit fdlimit;
+    int jsonl;
+    uint32_t chan_max;
 } child_start;
 
-static void __attribute__((noreturn)) child_main(child_start *cs)
+/* Runs in the new child: the connection is fd 3, the channel fd 4. */
+static void __attribute__((noreturn)) child_main(const void *blob, size_t len, int nfds)
 {
-    sf_conn *c = &cs->conn;
+    child_start cs;
+    sf_conn c;
     int rc;
 
-    c->fd = 3; /* where proc_fork put keep[0] */
-    c->local.len = sizeof c->local.u;
-    if (!cs->is_tcp || getsockname(c->fd, &c->local.u.sa, &c->local.len) < 0)
-        c->local = c->peer; /* Unix: the listener's path on both sides */
-    rc = cs->handler(c, cs->arg);
+    if (len != sizeof cs || nfds != 2)
+        _exit(111);
+    memcpy(&cs, blob, sizeof cs);
+    memset(&c, 0, sizeof c);
+    c.fd = 3;
+    c.chan = 4;
+    c.peer = cs.peer;
+    c.local.len = sizeof c.local.u;
+    if (!cs.is_tcp || getsockname(c.fd, &c.local.u.sa, &c.local.len) < 0)
+        c.local = c.peer; /* Unix: the listener's path on both sides */
+    chan_reader_init(&c.reader, cs.chan_max);
+    rc = cs.handler(&c, cs.arg);
     /* Only stdout, and only if it holds something: fflush(NULL) locks
-     * every stream, writing to pages shared with the supervisor, which
-     * then have to be copied in every child. */
+     * every stream, writing to pages shared with the spawner, which then
+     * have to be copied in every child. */
     if (__fpending(stdout) > 0)
         fflush(stdout);
     _exit(rc & 0xff);
 }
 
-/* Forks the child for r. Returns 0, or -errno with r untouched. */
+/* Asks the spawner for r's child. Returns 0, or -errno with r as it was. */
 static int spawn(sf_server *s, conn_rec *r)
 {
     child_start cs;
-    proc_fork_opts o;
-    pid_t pid;
+    int fds[2] = {r->fd, r->cfd};
     int rc;
 
-    /* Everything that can fail after fork() is made certain before it. */
-    if ((rc = sup_reserve(&s->sup)) < 0)
-        return rc;
-    if (s->opts.max_per_ip && r->is_tcp && (rc = hmap_reserve(&s->per_ip, s->per_ip.count + 1)) < 0)
-        return rc;
-    if (r->is_tcp && (rc = hmap_reserve(&s->by_tuple, s->by_tuple.count + 1)) < 0)
-        return rc;
     memset(&cs, 0, sizeof cs);
     cs.handler = s->handler;
     cs.arg = s->arg;
-    cs.conn.peer = r->peer;
+    cs.peer = r->peer;
     cs.is_tcp = r->is_tcp;
-    cs.fdlimit = s->orig_fdlimit;
-    memset(&o, 0, sizeof o);
-    o.keep[0] = r->fd;
-    o.nkeep = 1;
-    o.fdlimit = s->have_orig_fdlimit ? &cs.fdlimit : NULL;
-    o.parent_death_signal = SIGTERM;
-    pid = proc_fork(&o);
-    if (pid < 0)
-        return pid;
-    if (pid == 0)
-        child_main(&cs); /* from here on, s and r do not exist */
+    cs.jsonl = s->opts.channel_jsonl;
+    cs.chan_max = s->opts.chan_max;
+    rc = sup_spawn(&s->sup, &cs, sizeof cs, fds, 2, r);
+    if (rc == 0)
+        r->state = REC_SPAWNING;
+    return rc;
+}
 
-    close(r->fd); /* the child has it; see the top of this file */
-    r->fd = -1;
+/* The child runs: it has its copies of the connection and channel. */
+static void on_started(sup *sp, pid_t pid, void *data, void *arg)
+{
+    sf_server *s = arg;
+    conn_rec *r = data;
+    int rc;
+    (void)sp;
+
+    s->backoff = 0;
+    close_fd(&r->fd); /* the child has it; see the top of this file */
+    close_fd(&r->cfd);
+    r->state = REC_RUNNING;
     r->pid = pid;
     r->started = ev_now(s->loop);
     s->stats.accepted++;
-    (void)sup_add(&s->sup, pid, r); /* reserved above */
-    per_ip_add(s, r, +1);
     if (r->is_tcp) {
         hmap_key k = server_tuple_key(&r->peer, r->local_port);
-        (void)hmap_put(&s->by_tuple, &k, (uint32_t)(r - s->recs)); /* reserved above */
+        (void)hmap_put(&s->by_tuple, &k, (uint32_t)(r - s->recs)); /* reserved in start_conn */
     }
+    rc = endpoint_open(&s->bus, &r->ep, r->sfd, pid, s->opts.channel_jsonl, r);
+    r->sfd = -1; /* the endpoint has it (or closed it) */
+    if (rc < 0)
+        sf_logf(&s->log, SF_LOG_WARN, "pid %d: no channel: %s", (int)pid, strerror(-rc));
     if (sf_log_enabled(&s->log, SF_LOG_INFO)) {
         char peer[SF_ADDR_TEXT_MAX];
         peer_text(r, peer, sizeof peer);
         sf_logf(&s->log, SF_LOG_INFO, "[%s] connected pid=%d active=%u", peer, (int)pid,
                 s->sup.count);
     }
-    return 0;
+}
+
+static void retry_push(sf_server *s, conn_rec *r)
+{
+    r->state = REC_RETRY;
+    r->next_free = NULL;
+    if (s->retry_tail)
+        s->retry_tail->next_free = r;
+    else
+        s->retry_head = r;
+    s->retry_tail = r;
+}
+
+static void on_spawn_failed(sup *sp, int err, void *data, void *arg)
+{
+    sf_server *s = arg;
+    conn_rec *r = data;
+    char peer[SF_ADDR_TEXT_MAX];
+    (void)sp;
+
+    if ((err == -EAGAIN || err == -ENOMEM) && !s->sup.shutting_down) {
+        /* fork() failed: keep the connection, try again after a backoff. */
+        sf_logf(&s->log, SF_LOG_WARN, "cannot fork: %s; retrying in %g s", strerror(-err),
+                s->backoff < BACKOFF_MIN ? BACKOFF_MIN : s->backoff);
+        s->stats.fork_failures++;
+        retry_push(s, r);
+        backoff_start(s, PAUSE_FORK_ERR);
+        return;
+    }
+    peer_text(r, peer, sizeof peer);
+    if (err != -ECANCELED)
+        sf_logf(&s->log, SF_LOG_WARN, "[%s] dropped: %s", peer,
+                err == -ECHILD ? "the spawner died while starting its child" : strerror(-err));
+    rec_release(s, r);
+    check_limit(s);
 }
 
 static void check_limit(sf_server *s)
@@ -245,7 +306,7 @@ static void check_limit(sf_server *s)
     if (full && !(s->paused & PAUSE_LIMIT)) {
         sf_logf(&s->log, SF_LOG_NOTICE,
                 "connection limit reached (%u active): not accepting until a child exits",
-                s->sup.count);
+                s->recs_used);
         s->stats.limit_reached++;
         pause_set(s, PAUSE_LIMIT, 1);
     } else if (!full && (s->paused & PAUSE_LIMIT)) {
@@ -254,12 +315,13 @@ static void check_limit(sf_server *s)
     }
 }
 
-/* Returns 1 if the connection was handed to a child or refused, 0 if it is
- * now pending a fork retry. */
-static int start_conn(sf_server *s, conn_rec *r)
+/* Refuses r (per-IP limit) or makes its channel and asks for its child.
+ * Every table entry the child will need is reserved here, so that
+ * on_started cannot fail. */
+static void start_conn(sf_server *s, conn_rec *r)
 {
     char peer[SF_ADDR_TEXT_MAX];
-    int rc;
+    int sv[2], rc;
 
     if (s->opts.max_per_ip && r->is_tcp && per_ip_count(s, r) >= s->opts.max_per_ip) {
         char host[SF_ADDR_TEXT_MAX];
@@ -271,19 +333,28 @@ static int start_conn(sf_server *s, conn_rec *r)
                 per_ip_count(s, r), host, s->opts.max_per_ip);
         s->stats.refused_per_ip++;
         rec_release(s, r);
-        return 1;
+        return;
     }
-    rc = spawn(s, r);
+    rc = 0;
+    if (s->opts.max_per_ip && r->is_tcp)
+        rc = hmap_reserve(&s->per_ip, s->per_ip.count + 1);
+    if (rc == 0 && r->is_tcp)
+        rc = hmap_reserve(&s->by_tuple, s->by_tuple.count + 1);
+    if (rc == 0 && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        rc = -errno;
     if (rc == 0) {
-        s->backoff = 0;
-        return 1;
+        r->sfd = sv[0];
+        r->cfd = sv[1];
+        rc = spawn(s, r);
     }
-    sf_logf(&s->log, SF_LOG_WARN, "cannot fork: %s; retrying in %g s", strerror(-rc),
-            s->backoff < BACKOFF_MIN ? BACKOFF_MIN : s->backoff);
-    s->stats.fork_failures++;
-    s->pending = r;
-    backoff_start(s, PAUSE_FORK_ERR);
-    return 0;
+    if (rc < 0) {
+        peer_text(r, peer, sizeof peer);
+        sf_logf(&s->log, SF_LOG_WARN, "[%s] dropped: cannot start its child: %s", peer,
+                strerror(-rc));
+        rec_release(s, r);
+        return;
+    }
+    per_ip_add(s, r, +1);
 }
 
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
@@ -332,8 +403,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         r->is_tcp = l->addr.u.sa.sa_family != AF_UNIX;
         r->local_port = (uint16_t)sf_addr_port(&l->addr);
         r->peer = r->is_tcp ? peer : l->addr;
-        if (!start_conn(s, r))
-            return;
+        start_conn(s, r);
     }
     check_limit(s);
 }
@@ -345,14 +415,23 @@ static void backoff_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
 
     backoff_grow(s);
-    if (s->pending) {
-        conn_rec *r = s->pending;
-        s->pending = NULL;
-        if (!start_conn(s, r))
-            return; /* failed again: start_conn re-armed the timer */
-        s->paused &= ~PAUSE_FORK_ERR;
+    /* Fork failures: ask again. A new failure re-arms the timer and pauses
+     * accepting again; the first success (on_started) resets the backoff. */
+    while (s->retry_head) {
+        conn_rec *r = s->retry_head;
+        int rc;
+        s->retry_head = r->next_free;
+        if (!s->retry_head)
+            s->retry_tail = NULL;
+        rc = spawn(s, r);
+        if (rc < 0) {
+            char peer[SF_ADDR_TEXT_MAX];
+            peer_text(r, peer, sizeof peer);
+            sf_logf(&s->log, SF_LOG_WARN, "[%s] dropped: %s", peer, strerror(-rc));
+            rec_release(s, r);
+        }
     }
-    s->paused &= ~PAUSE_ACCEPT_ERR;
+    s->paused &= ~(PAUSE_ACCEPT_ERR | PAUSE_FORK_ERR);
     check_limit(s);
     update_accepting(s);
 }
@@ -383,7 +462,6 @@ static void on_child_exit(sup *sp, pid_t pid, int wstatus, void *data, void *arg
         hmap_key k = server_tuple_key(&r->peer, r->local_port);
         (void)hmap_del(&s->by_tuple, &k);
     }
-    per_ip_add(s, r, -1);
     rec_release(s, r);
     check_limit(s);
 }
@@ -443,6 +521,29 @@ static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
     }
 }
 
+/* ---------------------------------------------------------- the channel */
+
+static endpoint *bus_find(bus *b, pid_t pid, void *arg)
+{
+    sf_server *s = arg;
+    sup_child *c = sup_child_find(&s->sup, pid);
+    conn_rec *r = c ? c->data : NULL;
+    (void)b;
+    return r && endpoint_is_open(&r->ep) ? &r->ep : NULL;
+}
+
+/* The bus closed a child's channel (bad input, or a full queue under the
+ * kick policy): the child goes too. */
+static void on_bus_kick(bus *b, endpoint *e, const char *why, void *arg)
+{
+    sf_server *s = arg;
+    conn_rec *r = e->data;
+    (void)b;
+    (void)why;
+    s->stats.chan_kicked++;
+    server_end_child(s, r);
+}
+
 /* -------------------------------------------------------------- shutdown */
 
 static void on_shutdown(sup *sp, void *arg)
@@ -455,10 +556,12 @@ static void on_shutdown(sup *sp, void *arg)
         listener_close(&s->listeners[i]);
     }
     ev_timer_stop(s->loop, &s->backoff_timer);
-    if (s->pending) {
-        rec_release(s, s->pending);
-        s->pending = NULL;
+    while (s->retry_head) {
+        conn_rec *r = s->retry_head;
+        s->retry_head = r->next_free;
+        rec_release(s, r);
     }
+    s->retry_tail = NULL;
 }
 
 static void stop_async_cb(struct ev_loop *loop, ev_async *w, int revents)
@@ -483,6 +586,9 @@ void sf_server_opts_init(sf_server_opts *o)
     o->grace = 10.0;
     o->kill_grace = 2.0;
     o->log_level = SF_LOG_INFO;
+    o->chan_max = CHAN_MAX_DEFAULT;
+    o->chan_queue = 256 * 1024;
+    o->topic_history = 20;
 }
 
 /* No socket may take the number of stdin, stdout or stderr: a child would
@@ -597,6 +703,7 @@ int sf_server_run(sf_server *s)
 {
     struct sigaction ign, old_pipe;
     sup_config cfg;
+    bus_config bcfg;
     int rc;
 
     if (s->ran)
@@ -604,19 +711,6 @@ int sf_server_run(sf_server *s)
     if (s->nlisteners == 0)
         return -EDESTADDRREQ;
     s->ran = 1;
-
-    memset(&cfg, 0, sizeof cfg);
-    cfg.max_children = s->opts.max_conns;
-    cfg.grace = s->opts.grace;
-    cfg.kill_grace = s->opts.kill_grace;
-    cfg.on_exit = on_child_exit;
-    cfg.on_shutdown = on_shutdown;
-    cfg.arg = s;
-    cfg.log = &s->log;
-    rc = sup_init(&s->sup, s->loop, &cfg);
-    if (rc < 0)
-        return rc;
-    s->sup_ready = 1;
 
     rc = os_fdlimit_raise(&s->orig_fdlimit);
     if (rc == 0) {
@@ -627,6 +721,36 @@ int sf_server_run(sf_server *s)
     }
     else
         sf_logf(&s->log, SF_LOG_WARN, "cannot raise the descriptor limit: %s", strerror(-rc));
+
+    memset(&bcfg, 0, sizeof bcfg);
+    bcfg.chan_max = s->opts.chan_max;
+    bcfg.queue_limit = s->opts.chan_queue;
+    bcfg.full_policy = s->opts.chan_full_kick ? BUS_FULL_KICK : BUS_FULL_DROP;
+    bcfg.history = s->opts.topic_history;
+    bcfg.on_kick = on_bus_kick;
+    bcfg.find = bus_find;
+    bcfg.arg = s;
+    bcfg.log = &s->log;
+    if ((rc = bus_init(&s->bus, s->loop, &bcfg)) < 0)
+        return rc;
+    s->bus_ready = 1;
+
+    memset(&cfg, 0, sizeof cfg);
+    cfg.max_children = s->opts.max_conns;
+    cfg.grace = s->opts.grace;
+    cfg.kill_grace = s->opts.kill_grace;
+    cfg.on_exit = on_child_exit;
+    cfg.on_shutdown = on_shutdown;
+    cfg.arg = s;
+    cfg.log = &s->log;
+    cfg.spawn_child = child_main;
+    cfg.child_fdlimit = s->have_orig_fdlimit ? &s->orig_fdlimit : NULL;
+    cfg.on_started = on_started;
+    cfg.on_spawn_failed = on_spawn_failed;
+    rc = sup_init(&s->sup, s->loop, &cfg);
+    if (rc < 0)
+        return rc;
+    s->sup_ready = 1;
 
     /* A client that goes away while we write must cost an EPIPE, never the
      * supervisor. */
@@ -680,12 +804,15 @@ void sf_server_free(sf_server *s)
     }
     if (s->recs) {
         for (unsigned i = 0; i < s->recs_touched; i++) {
-            if (s->recs[i].fd >= 0)
-                close(s->recs[i].fd);
+            close_fd(&s->recs[i].fd);
+            close_fd(&s->recs[i].cfd);
+            close_fd(&s->recs[i].sfd);
         }
     }
     if (s->sup_ready)
         sup_fini(&s->sup);
+    if (s->bus_ready)
+        bus_fini(&s->bus);
     if (s->loop) {
         ev_timer_stop(s->loop, &s->backoff_timer);
         ev_timer_stop(s->loop, &s->idle_timer);

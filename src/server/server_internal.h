@@ -8,6 +8,7 @@
 #include "server/conn.h"
 #include "server/control.h"
 #include "server/listener.h"
+#include "supervisor/bus.h"
 #include "supervisor/supervisor.h"
 #include "log.h"
 
@@ -27,19 +28,27 @@ typedef struct sf_server_stats {
     uint64_t accept_failures;  /* EMFILE, ENFILE, ENOBUFS, ENOMEM */
     uint64_t idle_closed;
     uint64_t kicked;
+    uint64_t chan_kicked;      /* ended for bad channel input or a full queue */
     uint64_t exited[256];      /* by exit code */
     uint64_t killed[65];       /* by signal number (64 = any higher) */
 } sf_server_stats;
 
+enum { REC_SPAWNING = 1, REC_RETRY = 2, REC_RUNNING = 3 };
+
 typedef struct conn_rec {
-    int fd;               /* the accepted socket until fork; then -1 */
+    int fd;               /* the accepted socket until the child has it; then -1 */
+    int cfd;              /* the child's end of its channel, likewise */
+    int sfd;              /* our end, until the endpoint takes it */
+    int state;            /* REC_*; 0 while free */
     pid_t pid;            /* 0 until forked */
     int is_tcp;
     int idle_closed;
+    int counted_ip;       /* counted in per_ip */
+    endpoint ep;          /* the channel, while the child runs */
     uint16_t local_port;  /* TCP: the listener's port, to find it in a dump */
     sf_addr peer;
     ev_tstamp started;
-    struct conn_rec *next_free;
+    struct conn_rec *next_free;  /* free list, and the retry list */
 } conn_rec;
 
 struct sf_server {
@@ -54,6 +63,8 @@ struct sf_server {
 
     sup sup;
     int sup_ready;
+    bus bus;
+    int bus_ready;
     conn_rec *recs;       /* opts.max_conns records */
     unsigned recs_touched; /* recs[0 .. recs_touched) have been used */
     conn_rec *free_recs;
@@ -65,7 +76,7 @@ struct sf_server {
     unsigned paused;
     double backoff;
     ev_timer backoff_timer;
-    conn_rec *pending;    /* accepted; fork failed; retried after backoff */
+    conn_rec *retry_head, *retry_tail; /* fork failed: sent again after backoff */
     ev_timer idle_timer;
     ev_async stop_async;
 

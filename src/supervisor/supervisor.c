@@ -9,7 +9,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
-static sup_child *child_find(sup *s, pid_t pid)
+sup_child *sup_child_find(sup *s, pid_t pid)
 {
     hmap_key k = hmap_key_int(pid);
     uint32_t *slot = hmap_get(&s->by_pid, &k);
@@ -23,26 +23,26 @@ static void kill_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     sf_logf(c->owner->cfg.log, SF_LOG_WARN, "pid %d did not exit after SIGTERM: sending SIGKILL",
             (int)c->pid);
-    (void)proc_signal_group(c->pid, SIGKILL);
+    sup_signal(c->owner, c->pid, SIGKILL);
 }
 
 void sup_terminate(sup *s, pid_t pid)
 {
-    sup_child *c = child_find(s, pid);
+    sup_child *c = sup_child_find(s, pid);
 
     if (!c || c->terminating)
         return;
     c->terminating = 1;
-    (void)proc_signal_group(pid, SIGTERM);
+    sup_signal(s, pid, SIGTERM);
     /* A stopped process would never act on SIGTERM. */
-    (void)proc_signal_group(pid, SIGCONT);
+    sup_signal(s, pid, SIGCONT);
     ev_timer_set(&c->kill_timer, s->cfg.kill_grace, 0.);
     ev_timer_start(s->loop, &c->kill_timer);
 }
 
 int sup_is_terminating(sup *s, pid_t pid)
 {
-    sup_child *c = child_find(s, pid);
+    sup_child *c = sup_child_find(s, pid);
     return c && c->terminating;
 }
 
@@ -56,9 +56,10 @@ static void terminate_all(sup *s)
     }
 }
 
-static void check_done(sup *s)
+void sup_check_done(sup *s)
 {
-    if (s->shutting_down && s->count == 0 && !s->done) {
+    /* A fork request still unanswered may yet become a child. */
+    if (s->shutting_down && s->count == 0 && s->spawning == 0 && !s->done) {
         s->done = 1;
         ev_timer_stop(s->loop, &s->grace_timer);
         ev_break(s->loop, EVBREAK_ALL);
@@ -87,6 +88,7 @@ void sup_shutdown(sup *s)
     s->shutting_down = 1;
     if (s->cfg.on_shutdown)
         s->cfg.on_shutdown(s, s->cfg.arg);
+    sup_spawner_cancel(s);
     sf_logf(s->cfg.log, SF_LOG_NOTICE, "shutting down: %u children, up to %g s to finish",
             s->count, s->cfg.grace);
     if (s->count > 0) {
@@ -97,7 +99,7 @@ void sup_shutdown(sup *s)
             terminate_all(s);
         }
     }
-    check_done(s);
+    sup_check_done(s);
 }
 
 static void sigterm_cb(struct ev_loop *loop, ev_signal *w, int revents)
@@ -107,9 +109,9 @@ static void sigterm_cb(struct ev_loop *loop, ev_signal *w, int revents)
     sup_shutdown(w->data);
 }
 
-static void reap_one(sup *s, pid_t pid, int wstatus)
+void sup_child_exited(sup *s, pid_t pid, int wstatus)
 {
-    sup_child *c = child_find(s, pid);
+    sup_child *c = sup_child_find(s, pid);
     hmap_key k = hmap_key_int(pid);
     void *data;
 
@@ -136,9 +138,19 @@ static void sigchld_cb(struct ev_loop *loop, ev_signal *w, int revents)
 
     /* Signals coalesce: one SIGCHLD may stand for many exits, so reap until
      * nothing is left. Bounded by the number of children that exited. */
-    while ((pid = waitpid(-1, &wstatus, WNOHANG)) > 0)
-        reap_one(s, pid, wstatus);
-    check_done(s);
+    while ((pid = waitpid(-1, &wstatus, WNOHANG)) > 0) {
+        if (pid == s->spawner_pid) {
+            char text[64];
+            sf_status st = sf_status_decode(wstatus);
+            sf_status_format(&st, text, sizeof text);
+            sf_logf(s->cfg.log, s->done ? SF_LOG_DEBUG : SF_LOG_ERROR, "spawner (pid %d) %s",
+                    (int)pid, text);
+            s->spawner_pid = 0;
+            continue;
+        }
+        sup_child_exited(s, pid, wstatus);
+    }
+    sup_check_done(s);
 }
 
 int sup_init(sup *s, struct ev_loop *loop, const sup_config *cfg)
@@ -167,7 +179,7 @@ int sup_init(sup *s, struct ev_loop *loop, const sup_config *cfg)
     ev_signal_start(loop, &s->sigint);
     ev_timer_init(&s->grace_timer, grace_timer_cb, 0., 0.);
     s->grace_timer.data = s;
-    return 0;
+    return sup_spawner_init(s);
 }
 
 void sup_fini(sup *s)
@@ -180,6 +192,7 @@ void sup_fini(sup *s)
     ev_timer_stop(s->loop, &s->grace_timer);
     for (unsigned i = 0; i < s->touched; i++)
         ev_timer_stop(s->loop, &s->children[i].kill_timer);
+    sup_spawner_fini(s);
     hmap_free(&s->by_pid);
     os_nofork_free(s->children);
     s->children = NULL;
@@ -187,12 +200,17 @@ void sup_fini(sup *s)
 
 int sup_reserve(sup *s)
 {
-    if (s->free_head >= s->cfg.max_children)
+    if (s->count + s->spawning >= s->cfg.max_children)
         return -ENOSPC;
-    return hmap_reserve(&s->by_pid, s->count + 1);
+    return hmap_reserve(&s->by_pid, s->count + s->spawning + 1);
 }
 
 int sup_add(sup *s, pid_t pid, void *data)
+{
+    return sup_add_child(s, pid, data, 0);
+}
+
+int sup_add_child(sup *s, pid_t pid, void *data, int via_spawner)
 {
     sup_child *c;
     hmap_key k = hmap_key_int(pid);
@@ -212,6 +230,7 @@ int sup_add(sup *s, pid_t pid, void *data)
     s->free_head = c->next_free;
     c->pid = pid;
     c->terminating = 0;
+    c->via_spawner = via_spawner;
     c->data = data;
     s->count++;
     /* Shutdown already past its grace: a late child is ended at once. */

@@ -11,12 +11,24 @@
  *
  * Signals reach it only as libev watcher callbacks (libev's handler writes
  * to a pipe and the loop dispatches later), never as work in a handler.
+ *
+ * Children come from one of two places. With `spawn_child` set, the
+ * supervisor starts a spawner (process/spawner.h) and sup_spawn asks it for
+ * a child: the answer comes later, as on_started or on_spawn_failed, and
+ * exits and signals go through the spawner, which is the children's parent.
+ * This is what servers use: the supervisor holds a descriptor per child and
+ * must not fork with them open. Without it (and for tests), the owner forks
+ * directly and registers the pid with sup_reserve and sup_add.
  */
 #ifndef SF_SUPERVISOR_H
 #define SF_SUPERVISOR_H
 
 #include <ev.h>
+#include <stdint.h>
+#include <sys/resource.h>
 #include <sys/types.h>
+
+#include "process/spawner.h"
 
 #include "log.h"
 #include "supervisor/hmap.h"
@@ -31,6 +43,16 @@ typedef void (*sup_exit_cb)(sup *s, pid_t pid, int wstatus, void *data, void *ar
  * before the grace period starts: the owner stops taking new work. */
 typedef void (*sup_shutdown_cb)(sup *s, void *arg);
 
+/* A child asked for with sup_spawn is running, registered under pid. */
+typedef void (*sup_started_cb)(sup *s, pid_t pid, void *data, void *arg);
+
+/* A sup_spawn request failed: -EAGAIN/-ENOMEM (fork failed; the owner
+ * may retry), -ECHILD (the spawner died with it), -ECANCELED (shutdown).
+ * The owner's descriptors for it are the owner's to close. */
+typedef void (*sup_spawn_failed_cb)(sup *s, int err, void *data, void *arg);
+
+typedef struct sup_req sup_req;
+
 typedef struct sup_config {
     unsigned max_children;
     double grace;       /* s children may take to finish after shutdown begins */
@@ -39,11 +61,17 @@ typedef struct sup_config {
     sup_shutdown_cb on_shutdown;
     void *arg;
     const sf_logger *log;
+    /* The spawner: what runs in each child; NULL for none. */
+    spawner_child_fn spawn_child;
+    const struct rlimit *child_fdlimit; /* copied at sup_init */
+    sup_started_cb on_started;
+    sup_spawn_failed_cb on_spawn_failed;
 } sup_config;
 
 typedef struct sup_child {
     pid_t pid;          /* 0 when the slot is free */
     int terminating;
+    int via_spawner;    /* the spawner is its parent (signals go through it) */
     ev_timer kill_timer;
     void *data;
     sup *owner;
@@ -62,6 +90,19 @@ struct sup {
     ev_timer grace_timer;
     int shutting_down;       /* 0, 1 = grace running, 2 = terminating all */
     int done;
+
+    /* The spawner (with cfg.spawn_child). */
+    struct rlimit child_fdlimit;
+    pid_t spawner_pid;       /* 0 while there is none */
+    int spawner_fd;          /* our end of its socket, -1 while none */
+    ev_io spawner_in, spawner_out;
+    ev_timer spawner_timer;  /* restart after a failure or a death */
+    double spawner_backoff;
+    sup_req *out_head, *out_tail;     /* requests not yet sent */
+    sup_req *wait_head, *wait_tail;   /* fork requests sent, not answered */
+    unsigned spawning;       /* fork requests not answered (both lists) */
+    unsigned nqueued;        /* requests in the two lists */
+    uint64_t spawner_restarts;
 };
 
 /* Sets up the table and the signal watchers on `loop` (started at once).
@@ -77,7 +118,23 @@ int sup_reserve(sup *s);
  * sup_reserve was not called or failed (the caller must not have forked). */
 int sup_add(sup *s, pid_t pid, void *data);
 
-static inline int sup_full(const sup *s) { return s->count >= s->cfg.max_children; }
+static inline int sup_full(const sup *s) { return s->count + s->spawning >= s->cfg.max_children; }
+
+/*
+ * Asks the spawner for a child running cfg.spawn_child(blob, len, nfds)
+ * with fds as its descriptors 3, 4, ... The caller keeps fds open until
+ * on_started or on_spawn_failed (they are sent when the spawner can take
+ * them); `data` comes back in those and in on_exit. Returns 0, -ENOSPC
+ * (max_children children and requests already), -EINVAL or -ENOMEM.
+ */
+int sup_spawn(sup *s, const void *blob, size_t len, const int *fds, int nfds, void *data);
+
+/* Whether a spawner is running and taking requests. */
+static inline int sup_spawner_up(const sup *s) { return s->spawner_fd >= 0; }
+
+/* Sends sig to a live child's process group (through the spawner when it
+ * is the parent). */
+void sup_signal(sup *s, pid_t pid, int sig);
 
 /* SIGTERM to the child's process group now, SIGKILL after kill_grace. */
 void sup_terminate(sup *s, pid_t pid);
@@ -90,5 +147,14 @@ void sup_shutdown(sup *s);
 
 /* Runs the loop until shutdown has finished with every child reaped. */
 void sup_run(sup *s);
+
+/* Between supervisor.c and spawnlink.c. */
+sup_child *sup_child_find(sup *s, pid_t pid);
+int sup_add_child(sup *s, pid_t pid, void *data, int via_spawner);
+void sup_child_exited(sup *s, pid_t pid, int wstatus);
+void sup_check_done(sup *s);
+int sup_spawner_init(sup *s);
+void sup_spawner_cancel(sup *s);
+void sup_spawner_fini(sup *s);
 
 #endif

@@ -5,6 +5,9 @@
  *
  *   SF_FAIL_FORK=N    the first N fork() calls fail with EAGAIN
  *   SF_FAIL_ACCEPT=N  the first N accept()/accept4() calls fail with EMFILE
+ *   SF_FAIL_SPAWN=N   the first N fork() calls fail with EAGAIN in the
+ *                     supervisor's spawner (the child of the loading process
+ *                     that forks: the one that forks the connections' children)
  *
  * The counts belong to the process that loaded the module first: the
  * constructor reads and then removes both variables, and the wrappers only
@@ -22,6 +25,7 @@
 
 static atomic_int fail_fork;
 static atomic_int fail_accept;
+static atomic_int fail_spawn;
 static pid_t owner;
 
 static int env_count(const char *name)
@@ -39,6 +43,7 @@ __attribute__((constructor)) static void failinject_init(void)
     owner = getpid();
     atomic_store(&fail_fork, env_count("SF_FAIL_FORK"));
     atomic_store(&fail_accept, env_count("SF_FAIL_ACCEPT"));
+    atomic_store(&fail_spawn, env_count("SF_FAIL_SPAWN"));
 }
 
 /* Takes one failure from *counter if this is the owner and any are left. */
@@ -62,10 +67,23 @@ static void *real(const char *name)
     return f;
 }
 
+/* Like take, for a direct child of the owner: its copy of the counter. */
+static int take_in_child(atomic_int *counter)
+{
+    if (getpid() == owner || getppid() != owner)
+        return 0;
+    int n = atomic_load(counter);
+    while (n > 0) {
+        if (atomic_compare_exchange_weak(counter, &n, n - 1))
+            return 1;
+    }
+    return 0;
+}
+
 pid_t fork(void)
 {
     static pid_t (*real_fork)(void);
-    if (take(&fail_fork)) {
+    if (take(&fail_fork) || take_in_child(&fail_spawn)) {
         errno = EAGAIN;
         return -1;
     }

@@ -141,10 +141,13 @@ def parse_fds(data):
 
 
 def check_only_stdio(fds, server):
-    assert sorted(fds) == [0, 1, 2], "descriptors in the exec'd program: %r" % fds
+    """stdin and stdout the connection, stderr the server's, fd 3 the
+    channel (a socket of its own), and nothing else."""
+    assert sorted(fds) == [0, 1, 2, 3], "descriptors in the exec'd program: %r" % fds
     assert re.match(r"^socket:\[\d+\]$", fds[0]), fds
     assert fds[0] == fds[1], "fd 0 and 1 are the same connection: %r" % fds
     assert fds[2] == os.readlink("/proc/%d/fd/2" % server.pid), "stderr is inherited: %r" % fds
+    assert re.match(r"^socket:\[\d+\]$", fds[3]) and fds[3] != fds[0], "fd 3 is the channel: %r" % fds
 
 
 def test_fdcount_alone(sockfork):

@@ -73,8 +73,11 @@ def test_no_zombie_after_1000_short_connections(sockfork):
     # Every child has exited and been logged: the server has reaped them all.
     srv.log.wait(r"disconnected pid=\d+ .*status=exited 0$", count=n, timeout=LONG_WAIT)
     assert len(srv.log.find(r"\] connected pid=")) == n
+    # Its one child is the spawner, which forks (and reaps) the others.
     kids = children_of(srv.pid)
-    assert kids == [], "children of the server after all disconnects: %r" % kids
+    assert len(kids) == 1 and kids[0][1] != "Z", "children of the server: %r" % kids
+    grandkids = children_of(kids[0][0])
+    assert grandkids == [], "children of the spawner after all disconnects: %r" % grandkids
     # And it still serves.
     c = srv.connect()
     echo_ok(c)
@@ -95,7 +98,11 @@ def check_backoff(delays, first_max):
 
 
 @pytest.mark.parametrize("var, word, pattern, first_max", [
+    # The supervisor's own fork: starting the spawner.
     ("SF_FAIL_FORK", "fork",
+     r"^sockfork: cannot fork: Resource temporarily unavailable; retrying in ([\d.]+) s$", 0.05),
+    # The spawner's: the connection's child.
+    ("SF_FAIL_SPAWN", "fork",
      r"^sockfork: cannot fork: Resource temporarily unavailable; retrying in ([\d.]+) s$", 0.05),
     ("SF_FAIL_ACCEPT", "accept",
      r"^sockfork: cannot accept: Too many open files; pausing accept for ([\d.]+) s$", 0.1),

@@ -23,9 +23,13 @@ static const char ctl_usage[] =
     "Talks to a running `sockfork serve` through its control socket.\n"
     "\n"
     "commands:\n"
-    "  list        children: pid, peer, state, since, bytes in and out\n"
-    "  kick PID    end that connection's child\n"
-    "  stats       counters: accepted, active, refused, exits by code and signal\n"
+    "  list             children: pid, peer, state, since, bytes in and out, status\n"
+    "  send PID TEXT    push TEXT to that child's channel (it reaches its client\n"
+    "                   at once, though the client has sent nothing)\n"
+    "  broadcast TEXT   push TEXT to every child\n"
+    "  kick PID         end that connection's child\n"
+    "  stats            counters: accepted, active, refused, exits by code and\n"
+    "                   signal, channel frames and drops\n"
     "\n"
     "options:\n"
     "  --control PATH  the server's control socket; default: the only live one under\n"
@@ -137,7 +141,8 @@ static void print_list(json_t *reply)
     json_t *children = json_object_get(reply, "children"), *c;
     size_t i;
 
-    printf("%-8s %-40s %-12s %-20s %12s %12s\n", "PID", "PEER", "STATE", "SINCE", "IN", "OUT");
+    printf("%-8s %-40s %-12s %-20s %12s %12s  %s\n", "PID", "PEER", "STATE", "SINCE", "IN", "OUT",
+           "STATUS");
     json_array_foreach(children, i, c) {
         char since[32] = "-", in[24], out[24];
         time_t t = (time_t)json_real_value(json_object_get(c, "since"));
@@ -147,10 +152,11 @@ static void print_list(json_t *reply)
             strftime(since, sizeof since, "%Y-%m-%d %H:%M:%S", &tm);
         fmt_bytes(json_object_get(c, "bytes_in"), in, sizeof in);
         fmt_bytes(json_object_get(c, "bytes_out"), out, sizeof out);
-        printf("%-8lld %-40s %-12s %-20s %12s %12s\n",
+        printf("%-8lld %-40s %-12s %-20s %12s %12s  %s\n",
                (long long)json_integer_value(json_object_get(c, "pid")),
                json_string_value(json_object_get(c, "peer")),
-               json_string_value(json_object_get(c, "state")), since, in, out);
+               json_string_value(json_object_get(c, "state")), since, in, out,
+               json_string_value(json_object_get(c, "status")) ? json_string_value(json_object_get(c, "status")) : "");
     }
 }
 
@@ -216,7 +222,7 @@ int cmd_ctl(int argc, char **argv)
         }
     }
     if (optind >= argc) {
-        cli_error("ctl: which command? (list, kick PID, stats)");
+        cli_error("ctl: which command? (list, send PID TEXT, broadcast TEXT, kick PID, stats)");
         return EXIT_USAGE;
     }
     cmd = argv[optind];
@@ -232,8 +238,28 @@ int cmd_ctl(int argc, char **argv)
             return EXIT_USAGE;
         }
         req = json_pack("{s:s, s:i}", "cmd", cmd, "pid", (int)pid);
+    } else if (strcmp(cmd, "send") == 0) {
+        if (optind + 3 != argc || cli_parse_uint(argv[optind + 1], 1u << 30, &pid) < 0 || !pid) {
+            cli_error("ctl: send wants a PID and one TEXT argument");
+            return EXIT_USAGE;
+        }
+        req = json_pack("{s:s, s:i, s:s}", "cmd", cmd, "pid", (int)pid, "text", argv[optind + 2]);
+        if (!req) {
+            cli_error("ctl: TEXT must be UTF-8");
+            return EXIT_USAGE;
+        }
+    } else if (strcmp(cmd, "broadcast") == 0) {
+        if (optind + 2 != argc) {
+            cli_error("ctl: broadcast wants one TEXT argument");
+            return EXIT_USAGE;
+        }
+        req = json_pack("{s:s, s:s}", "cmd", cmd, "text", argv[optind + 1]);
+        if (!req) {
+            cli_error("ctl: TEXT must be UTF-8");
+            return EXIT_USAGE;
+        }
     } else {
-        cli_error("ctl: unknown command '%s' (list, kick PID, stats)", cmd);
+        cli_error("ctl: unknown command '%s' (list, send PID TEXT, broadcast TEXT, kick PID, stats)", cmd);
         return EXIT_USAGE;
     }
     if (!req) {
@@ -287,6 +313,12 @@ int cmd_ctl(int argc, char **argv)
         print_list(reply);
     } else if (strcmp(cmd, "stats") == 0) {
         print_stats(reply);
+    } else if (strcmp(cmd, "send") == 0) {
+        printf("sent to %u\n", pid);
+    } else if (strcmp(cmd, "broadcast") == 0) {
+        printf("delivered to %lld, dropped for %lld\n",
+               (long long)json_integer_value(json_object_get(reply, "delivered")),
+               (long long)json_integer_value(json_object_get(reply, "dropped")));
     } else {
         printf("kicked %u\n", pid);
     }

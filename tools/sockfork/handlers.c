@@ -61,19 +61,43 @@ static int is_quit(const char *line, size_t len)
            (len == 6 && memcmp(line, "quit\r\n", 6) == 0);
 }
 
+/* A message pushed to this child (ctl send, ctl broadcast, a sibling):
+ * its text goes to the client as a line. Returns -1 if the client is gone,
+ * 1 if the channel is closed (the supervisor is going away), else 0. */
+static int relay_push(sf_conn *c, int fd)
+{
+    sf_msg m;
+    int rc = sf_conn_recv(c, &m);
+
+    if (rc <= 0)
+        return 1;
+    if (m.kind != SF_MSG_ERROR && m.kind != SF_MSG_CLAIMED) {
+        size_t len = m.len;
+        while (len > 0 && (m.data[len - 1] == '\n' || m.data[len - 1] == '\r'))
+            len--;
+        if (write_all(fd, (const char *)m.data, len) < 0 || write_all(fd, "\r\n", 2) < 0)
+            rc = -1;
+    }
+    sf_msg_free(&m);
+    return rc < 0 ? -1 : 0;
+}
+
 /*
  * The seed's interactive session: a greeting, each line sent back as it
- * came, "quit" to leave. Only whole lines are echoed, so "quit" is seen
- * before it would be echoed; a line longer than the buffer goes back in
- * pieces and is then never taken for "quit".
+ * came, "quit" to leave; and the first seed's open question answered:
+ * while the client is silent, the child waits on its channel too, so a
+ * message pushed with `sockfork ctl send` reaches the client at once.
+ * Only whole lines are echoed, so "quit" is seen before it would be
+ * echoed; a line longer than the buffer goes back in pieces and is then
+ * never taken for "quit".
  */
 int handler_interactive(sf_conn *c, void *arg)
 {
     char buf[LINE_BUF], greeting[160];
     int fd = sf_conn_fd(c);
     size_t have = 0;
-    int in_long_line = 0;
-    ssize_t n;
+    int in_long_line = 0, channel_open = 1;
+    ssize_t n = 0;
     (void)arg;
 
     snprintf(greeting, sizeof greeting,
@@ -81,10 +105,25 @@ int handler_interactive(sf_conn *c, void *arg)
              (int)getpid());
     if (write_all(fd, greeting, strlen(greeting)) < 0)
         return 0;
-    while ((n = read_some(fd, buf + have, sizeof buf - have)) > 0) {
+    for (;;) {
         size_t start = 0;
         char *nl;
 
+        if (channel_open) {
+            int ready = sf_conn_wait(c, -1);
+            if (ready < 0)
+                return 1;
+            if (ready & SF_READY_CHANNEL) {
+                int rc = relay_push(c, fd);
+                if (rc < 0)
+                    return 0;
+                channel_open = rc == 0;
+            }
+            if (!(ready & SF_READY_CLIENT))
+                continue;
+        }
+        if ((n = read_some(fd, buf + have, sizeof buf - have)) <= 0)
+            break;
         have += (size_t)n;
         while ((nl = memchr(buf + start, '\n', have - start)) != NULL) {
             size_t len = (size_t)(nl - (buf + start)) + 1;

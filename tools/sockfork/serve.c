@@ -20,7 +20,10 @@ static const char serve_usage[] =
     "'quit' closes), with --echo (bytes echoed, nothing else), or by\n"
     "running PROGRAM with the connection on stdin and stdout and the\n"
     "tcpserver environment (PROTO, TCPREMOTEIP, TCPREMOTEPORT, TCPLOCALIP,\n"
-    "TCPLOCALPORT).\n"
+    "TCPLOCALPORT). Every child has a channel to the server: the built-in\n"
+    "handler writes what `sockfork ctl send` and `broadcast` push to its\n"
+    "client; PROGRAM gets it as fd 3 (SOCKFORK_FD=3), JSON lines both ways\n"
+    "(docs/protocol.md).\n"
     "\n"
     "options:\n"
     "  -l, --listen ADDR     HOST:PORT, [V6]:PORT or unix:PATH; repeatable;\n"
@@ -209,6 +212,7 @@ int cmd_serve(int argc, char **argv)
         }
         handler = handler_exec;
         handler_arg = argv + optind;
+        opts.channel_jsonl = 1; /* fd 3 speaks JSON lines to the program */
     } else if (echo) {
         handler = handler_echo;
     }

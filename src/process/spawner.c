@@ -1,0 +1,275 @@
+/* spawner.c - see spawner.h. The spawner's side runs in its own process. */
+#include "process/spawner.h"
+#include "process/process.h"
+#include "os/os.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+
+#define SPAWNER_SOCKBUF (4 * 1024 * 1024) /* room for thousands of requests */
+#define SPAWNER_BATCH 64                   /* requests taken per wakeup */
+
+/* ------------------------------------------------------ both sides */
+
+int spawner_send(int sock, const spawn_req *req, const int *fds, int nfds)
+{
+    union {
+        struct cmsghdr h;
+        char space[CMSG_SPACE(sizeof(int) * SPAWN_FDS_MAX)];
+    } ctl;
+    size_t len = offsetof(spawn_req, blob) + req->blob_len;
+    struct iovec iov = {(void *)req, len};
+    struct msghdr msg;
+
+    if (nfds < 0 || nfds > SPAWN_FDS_MAX || req->blob_len > SPAWN_BLOB_MAX)
+        return -EINVAL;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (nfds > 0) {
+        memset(&ctl, 0, sizeof ctl);
+        msg.msg_control = ctl.space;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+    }
+    for (;;) {
+        if (sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
+            return 0;
+        if (errno != EINTR)
+            return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    }
+}
+
+int spawner_recv(int sock, spawn_msg *msg)
+{
+    ssize_t n;
+
+    do
+        n = recv(sock, msg, sizeof *msg, MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    if (n == 0)
+        return 0;
+    return n == (ssize_t)sizeof *msg ? 1 : -EPROTO;
+}
+
+/* ---------------------------------------------------- the spawner */
+
+static int sigchld_pipe[2] = {-1, -1};
+
+/* Async-signal-safe: one byte says "reap"; a full pipe already says so. */
+static void on_sigchld(int sig)
+{
+    int saved = errno;
+    char b = 0;
+    (void)sig;
+    (void)!write(sigchld_pipe[1], &b, 1);
+    errno = saved;
+}
+
+/* The supervisor reads what we send without ever blocking on us, so a
+ * blocking send only waits for it to catch up. */
+static void tell(int sock, uint32_t kind, uint32_t cookie, pid_t pid, int value)
+{
+    spawn_msg m = {kind, cookie, (int32_t)pid, value};
+
+    while (send(sock, &m, sizeof m, MSG_NOSIGNAL) < 0) {
+        if (errno != EINTR)
+            _exit(0); /* the supervisor is gone */
+    }
+}
+
+static void reap(int sock)
+{
+    char drain[64];
+    int wstatus;
+    pid_t pid;
+
+    while (read(sigchld_pipe[0], drain, sizeof drain) > 0)
+        ;
+    while ((pid = waitpid(-1, &wstatus, WNOHANG)) > 0)
+        tell(sock, SPAWN_MSG_EXITED, 0, pid, wstatus);
+}
+
+/* Signals only a child of ours that has not been reaped: we are its only
+ * reaper and single-threaded, so the pid cannot change hands in between. */
+static void do_signal(const spawn_req *req)
+{
+    siginfo_t si;
+
+    memset(&si, 0, sizeof si);
+    if (req->pid <= 0 ||
+        waitid(P_PID, (id_t)req->pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0)
+        return;
+    (void)proc_signal_group(req->pid, req->sig);
+}
+
+static void do_fork(int sock, const spawner_opts *o, const spawn_req *req, const int *fds,
+                    int nfds)
+{
+    proc_fork_opts po;
+    pid_t pid;
+
+    memset(&po, 0, sizeof po);
+    for (int i = 0; i < nfds; i++)
+        po.keep[i] = fds[i];
+    po.nkeep = nfds;
+    po.fdlimit = o->fdlimit;
+    po.parent_death_signal = SIGTERM;
+    pid = proc_fork(&po);
+    if (pid == 0) {
+        o->child(req->blob, req->blob_len, nfds);
+        _exit(111); /* child functions do not return */
+    }
+    if (pid < 0)
+        tell(sock, SPAWN_MSG_FAILED, req->cookie, 0, (int)-pid);
+    else
+        tell(sock, SPAWN_MSG_STARTED, req->cookie, pid, 0);
+}
+
+/* Takes one request. Returns 0, or -1 when the supervisor is gone. */
+static int serve_one(int sock, const spawner_opts *o)
+{
+    union {
+        struct cmsghdr h;
+        char space[CMSG_SPACE(sizeof(int) * SPAWN_FDS_MAX)];
+    } ctl;
+    spawn_req req;
+    struct iovec iov = {&req, sizeof req};
+    struct msghdr msg;
+    int fds[SPAWN_FDS_MAX], nfds = 0;
+    ssize_t n;
+
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctl.space;
+    msg.msg_controllen = sizeof ctl.space;
+    n = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 1 : -1;
+    if (n == 0)
+        return -1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < k; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+            if (nfds < SPAWN_FDS_MAX)
+                fds[nfds++] = fd;
+            else
+                close(fd);
+        }
+    }
+    if ((size_t)n < offsetof(spawn_req, blob) || req.blob_len > SPAWN_BLOB_MAX ||
+        (size_t)n != offsetof(spawn_req, blob) + req.blob_len) {
+        /* Only the supervisor writes here; a bad message is a bug there. */
+        for (int i = 0; i < nfds; i++)
+            close(fds[i]);
+        return -1;
+    }
+    if (req.kind == SPAWN_REQ_FORK)
+        do_fork(sock, o, &req, fds, nfds);
+    else if (req.kind == SPAWN_REQ_SIGNAL)
+        do_signal(&req);
+    for (int i = 0; i < nfds; i++)
+        close(fds[i]);
+    return 0;
+}
+
+static void __attribute__((noreturn)) spawner_main(int sock, const spawner_opts *o)
+{
+    struct sigaction sa;
+    struct pollfd pfd[2];
+
+    if (pipe2(sigchld_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
+        _exit(111);
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigchld;
+    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGCHLD, &sa, NULL) < 0)
+        _exit(111);
+    /* A stray SIGINT (an operator's kill -INT) should not cost every
+     * connection: only the supervisor ends us. Children get the default
+     * back (proc_fork resets SIGINT). */
+    signal(SIGINT, SIG_IGN);
+
+    pfd[0].fd = sock;
+    pfd[0].events = POLLIN;
+    pfd[1].fd = sigchld_pipe[0];
+    pfd[1].events = POLLIN;
+    for (;;) {
+        if (poll(pfd, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            _exit(111);
+        }
+        if (pfd[1].revents)
+            reap(sock);
+        if (pfd[0].revents & POLLIN) {
+            for (int i = 0; i < SPAWNER_BATCH; i++) {
+                int rc = serve_one(sock, o);
+                if (rc < 0)
+                    _exit(0); /* the supervisor is gone or closed us */
+                if (rc > 0)
+                    break;    /* nothing more for now */
+            }
+        } else if (pfd[0].revents & (POLLHUP | POLLERR | POLLNVAL)) {
+            _exit(0);
+        }
+    }
+}
+
+pid_t spawner_start(const spawner_opts *opts, int *sock)
+{
+    spawner_opts copy = *opts; /* on our stack: the caller's may not be inherited */
+    struct rlimit fdlimit;
+    proc_fork_opts po;
+    int sv[2], size = SPAWNER_SOCKBUF;
+    pid_t pid;
+
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+        return -errno;
+    (void)setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+    (void)setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+    if (copy.fdlimit) {
+        fdlimit = *copy.fdlimit;
+        copy.fdlimit = &fdlimit;
+    }
+    memset(&po, 0, sizeof po);
+    po.keep[0] = sv[1];
+    po.nkeep = 1;
+    po.parent_death_signal = SIGKILL;
+    pid = proc_fork(&po);
+    if (pid == 0)
+        spawner_main(3, &copy);
+    close(sv[1]);
+    if (pid < 0) {
+        close(sv[0]);
+        return pid;
+    }
+    if (fcntl(sv[0], F_SETFL, O_NONBLOCK) < 0) {
+        int e = errno;
+        close(sv[0]);
+        kill(pid, SIGKILL);
+        (void)waitpid(pid, NULL, 0);
+        return -e;
+    }
+    *sock = sv[0];
+    return pid;
+}

@@ -1,0 +1,85 @@
+/*
+ * spawner.h - the small process that forks the supervisor's children.
+ *
+ * Why: the supervisor holds one channel descriptor per child. If it forked
+ * the children itself, every fork() would copy, and every child close
+ * again, a descriptor table as large as the number of children: about 1 ms
+ * per fork at 10,000 children (docs/design.md). So at start the supervisor
+ * forks one spawner, which holds nothing but its socket to the supervisor,
+ * and asks it for each child. A fork costs the same at 10 children or at
+ * 10,000, and it happens on the other core while the supervisor goes on.
+ *
+ * The spawner is the parent of the children it forks: it reaps them and
+ * reports each exit over its socket, and it signals them on request, so a
+ * pid is only ever signalled by the process that will reap it (a recycled
+ * pid is never hit). The supervisor is the spawner's parent and, on Linux,
+ * the subreaper of everything below it: if the spawner dies, its children
+ * get SIGTERM (parent-death signal) and the supervisor reaps them itself.
+ *
+ * The socket is a SOCK_SEQPACKET pair: one request or answer per message,
+ * descriptors riding along with SCM_RIGHTS. Answers to fork requests come
+ * in the order of the requests, and a child's STARTED always comes before
+ * its EXITED.
+ */
+#ifndef SF_PROCESS_SPAWNER_H
+#define SF_PROCESS_SPAWNER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/resource.h>
+#include <sys/types.h>
+
+#define SPAWN_BLOB_MAX 512  /* what a request tells the child function */
+#define SPAWN_FDS_MAX 3     /* descriptors a child gets, as 3, 4, 5 */
+
+enum spawn_req_kind { SPAWN_REQ_FORK = 1, SPAWN_REQ_SIGNAL = 2 };
+enum spawn_msg_kind { SPAWN_MSG_STARTED = 1, SPAWN_MSG_FAILED = 2, SPAWN_MSG_EXITED = 3 };
+
+typedef struct spawn_req {
+    uint32_t kind;
+    uint32_t cookie;        /* FORK: the supervisor's, echoed in the answer */
+    int32_t pid;            /* SIGNAL: whom */
+    int32_t sig;            /* SIGNAL: what; its process group gets it */
+    uint32_t blob_len;      /* FORK: bytes of blob used */
+    unsigned char blob[SPAWN_BLOB_MAX];
+} spawn_req;
+
+typedef struct spawn_msg {
+    uint32_t kind;
+    uint32_t cookie;        /* STARTED, FAILED: the request's */
+    int32_t pid;            /* STARTED, EXITED */
+    int32_t value;          /* FAILED: errno; EXITED: wait status */
+} spawn_msg;
+
+/*
+ * What runs in each new child, with the request's blob and the request's
+ * descriptors laid out as 3, 4, ... (everything else closed, signals at
+ * their defaults, a process group of its own). Must not return: leave
+ * with _exit().
+ */
+typedef void (*spawner_child_fn)(const void *blob, size_t len, int nfds);
+
+typedef struct spawner_opts {
+    spawner_child_fn child;
+    /* The children's RLIMIT_NOFILE; NULL leaves the spawner's. */
+    const struct rlimit *fdlimit;
+} spawner_opts;
+
+/*
+ * Forks the spawner. In the caller returns the spawner's pid and sets
+ * *sock to the caller's end of the socket (close-on-exec, non-blocking),
+ * or returns -errno with nothing left behind. The spawner dies (SIGKILL)
+ * if the caller dies, and exits when the caller closes its end.
+ */
+pid_t spawner_start(const spawner_opts *opts, int *sock);
+
+/* Sends one request without blocking; fds (nfds of them, may be 0) ride
+ * along. Returns 0, -EAGAIN when the socket is full, or -errno. */
+int spawner_send(int sock, const spawn_req *req, const int *fds, int nfds);
+
+/* Receives one answer without blocking. Returns 1 with *msg filled, 0 at
+ * EOF (the spawner is gone), -EAGAIN when there is none, or -errno
+ * (-EPROTO for a message of the wrong size). */
+int spawner_recv(int sock, spawn_msg *msg);
+
+#endif

@@ -1,0 +1,957 @@
+/* bus.c - see bus.h. */
+#include "supervisor/bus.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define TOPIC_BUCKETS (BUS_TOPICS_MAX * 2)
+#define NAME_BUCKETS 4096
+
+/* A request of a child, decoded from either codec. */
+enum { OP_SEND = 1, OP_SEND_NAME, OP_BROADCAST, OP_PUBLISH, OP_SUBSCRIBE, OP_UNSUBSCRIBE,
+       OP_CLAIM, OP_RELEASE, OP_LOG, OP_STATUS };
+
+typedef struct bus_op {
+    int op;
+    pid_t to;
+    const char *name;       /* topic or name */
+    size_t name_len;
+    const unsigned char *data;
+    size_t len;
+    unsigned history;
+} bus_op;
+
+typedef struct hist_item {
+    struct hist_item *next;
+    pid_t from;
+    size_t len;
+    unsigned char data[];
+} hist_item;
+
+struct bus_sub {
+    bus_topic *topic;
+    endpoint *ep;
+    bus_sub *tprev, *tnext;  /* the topic's subscribers */
+    bus_sub *enext;          /* the endpoint's subscriptions */
+};
+
+struct bus_topic {
+    bus_topic *next;         /* bucket chain */
+    bus_sub *subs;
+    unsigned nsubs;
+    hist_item *hist_head, *hist_tail;
+    unsigned nhist;
+    size_t hist_bytes;
+    size_t len;
+    char name[];
+};
+
+struct bus_name {
+    bus_name *next;          /* bucket chain */
+    bus_name *enext;         /* the holder's names */
+    endpoint *holder;
+    size_t len;
+    char name[];
+};
+
+/* ------------------------------------------------------------ tables */
+
+static uint32_t hash(const char *p, size_t n)
+{
+    uint32_t h = 2166136261u; /* FNV-1a: chains are short, the tables bounded */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)p[i]) * 16777619u;
+    return h;
+}
+
+static bus_topic **topic_slot(bus *b, const char *name, size_t len)
+{
+    bus_topic **t = &b->topics[hash(name, len) % TOPIC_BUCKETS];
+    while (*t && !((*t)->len == len && memcmp((*t)->name, name, len) == 0))
+        t = &(*t)->next;
+    return t;
+}
+
+static bus_name **name_slot(bus *b, const char *name, size_t len)
+{
+    bus_name **n = &b->names[hash(name, len) % NAME_BUCKETS];
+    while (*n && !((*n)->len == len && memcmp((*n)->name, name, len) == 0))
+        n = &(*n)->next;
+    return n;
+}
+
+static void topic_drop_oldest(bus_topic *t)
+{
+    hist_item *h = t->hist_head;
+    t->hist_head = h->next;
+    if (!t->hist_head)
+        t->hist_tail = NULL;
+    t->nhist--;
+    t->hist_bytes -= h->len;
+    free(h);
+}
+
+/* A topic with no subscribers and no history is freed. */
+static void topic_maybe_free(bus *b, bus_topic *t)
+{
+    bus_topic **slot;
+
+    if (t->subs || t->hist_head)
+        return;
+    slot = topic_slot(b, t->name, t->len);
+    *slot = t->next;
+    b->ntopics--;
+    free(t);
+}
+
+static bus_topic *topic_get(bus *b, const char *name, size_t len, int create)
+{
+    bus_topic **slot = topic_slot(b, name, len), *t;
+
+    if (*slot || !create)
+        return *slot;
+    if (b->ntopics >= BUS_TOPICS_MAX)
+        return NULL;
+    t = calloc(1, sizeof *t + len + 1);
+    if (!t)
+        return NULL;
+    memcpy(t->name, name, len);
+    t->len = len;
+    *slot = t;
+    b->ntopics++;
+    return t;
+}
+
+/* ----------------------------------------------------------- encoding */
+
+static void put16(unsigned char *p, uint32_t v) { p[0] = (unsigned char)(v >> 8); p[1] = (unsigned char)v; }
+static void put32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24); p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8); p[3] = (unsigned char)v;
+}
+static uint32_t get16(const unsigned char *p) { return (uint32_t)p[0] << 8 | p[1]; }
+static uint32_t get32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static const char *kind_name(int kind)
+{
+    switch (kind) {
+    case SF_MSG_DIRECT: return "direct";
+    case SF_MSG_NAME: return "name";
+    case SF_MSG_BROADCAST: return "broadcast";
+    case SF_MSG_TOPIC: return "topic";
+    case SF_MSG_HISTORY: return "history";
+    case SF_MSG_CLAIMED: return "claimed";
+    default: return "error";
+    }
+}
+
+static char *base64(const unsigned char *p, size_t n)
+{
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char *out = malloc(4 * ((n + 2) / 3) + 1), *o = out;
+
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) |
+                     (i + 2 < n ? p[i + 2] : 0);
+        *o++ = tab[v >> 18 & 63];
+        *o++ = tab[v >> 12 & 63];
+        *o++ = i + 1 < n ? tab[v >> 6 & 63] : '=';
+        *o++ = i + 2 < n ? tab[v & 63] : '=';
+    }
+    *o = '\0';
+    return out;
+}
+
+/* One message as a JSON line: {"op":"message","kind":...}. Bytes that are
+ * not UTF-8 travel as "data_b64". */
+static int encode_json(const bus_msg *m, char **out, size_t *len)
+{
+    json_t *o = json_object();
+    int rc = -ENOMEM;
+
+    if (!o)
+        return -ENOMEM;
+    if (m->kind == SF_MSG_CLAIMED) {
+        json_object_set_new(o, "op", json_string("claimed"));
+        json_object_set_new(o, "name", json_stringn(m->topic, m->topic_len));
+        json_object_set_new(o, "ok", json_boolean(m->ok));
+    } else if (m->kind == SF_MSG_ERROR) {
+        json_object_set_new(o, "op", json_string("error"));
+        json_object_set_new(o, "error", json_stringn(m->topic, m->topic_len));
+    } else {
+        json_t *d = json_stringn((const char *)m->data, m->len);
+        json_object_set_new(o, "op", json_string("message"));
+        json_object_set_new(o, "kind", json_string(kind_name(m->kind)));
+        json_object_set_new(o, "from", json_integer(m->from));
+        if (m->topic_len)
+            json_object_set_new(o, m->kind == SF_MSG_NAME ? "name" : "topic",
+                                json_stringn(m->topic, m->topic_len));
+        if (d) {
+            json_object_set_new(o, "data", d);
+        } else {
+            char *b = base64(m->data, m->len);
+            if (!b)
+                goto out;
+            json_object_set_new(o, "data_b64", json_string(b));
+            free(b);
+        }
+    }
+    rc = jsonl_encode(o, out, len);
+out:
+    json_decref(o);
+    return rc;
+}
+
+static int encode_frame(const bus_msg *m, unsigned char **out, size_t *len)
+{
+    size_t plen = 8 + m->topic_len + m->len;
+    unsigned char *p = malloc(CHAN_HDR_LEN + plen);
+
+    if (!p)
+        return -ENOMEM;
+    chan_header_encode(p, CHAN_T_MESSAGE, 0, (uint32_t)plen);
+    p[8] = (unsigned char)m->kind;
+    p[9] = (unsigned char)(m->ok != 0);
+    put16(p + 10, (uint32_t)m->topic_len);
+    put32(p + 12, (uint32_t)m->from);
+    memcpy(p + 16, m->topic, m->topic_len);
+    if (m->len)
+        memcpy(p + 16 + m->topic_len, m->data, m->len);
+    *out = p;
+    *len = CHAN_HDR_LEN + plen;
+    return 0;
+}
+
+/* A message encoded once per codec, on first need. */
+typedef struct encoded {
+    const bus_msg *m;
+    unsigned char *bytes[2];
+    size_t len[2];
+    int failed[2];
+} encoded;
+
+static void encoded_fini(encoded *x)
+{
+    free(x->bytes[0]);
+    free(x->bytes[1]);
+}
+
+static void kick(endpoint *e, const char *why, int bad);
+
+static int push(endpoint *e, encoded *x)
+{
+    int j = e->jsonl, rc;
+
+    if (!endpoint_is_open(e))
+        return -EPIPE;
+    if (!x->bytes[j] && !x->failed[j]) {
+        rc = j ? encode_json(x->m, (char **)&x->bytes[j], &x->len[j])
+               : encode_frame(x->m, &x->bytes[j], &x->len[j]);
+        if (rc < 0)
+            x->failed[j] = 1;
+    }
+    if (x->failed[j])
+        return -ENOMEM;
+    rc = chan_queue_push_raw(&e->q, x->bytes[j], x->len[j]);
+    if (rc == -ENOBUFS) {
+        e->drops++;
+        e->owner->stats.drops++;
+        if (e->owner->cfg.full_policy == BUS_FULL_KICK) {
+            e->owner->stats.kicked_full++;
+            kick(e, "its channel queue is full (it does not read it)", 0);
+        }
+        return rc;
+    }
+    if (rc < 0)
+        return rc;
+    e->frames_out++;
+    e->owner->stats.frames_out++;
+    if (!ev_is_active(&e->wr)) {
+        /* Try at once: most of the time the socket takes it all. */
+        rc = chan_queue_flush(&e->q, e->fd);
+        if (rc == 0)
+            ev_io_start(e->owner->loop, &e->wr);
+        else if (rc < 0)
+            kick(e, "its channel is broken", 0);
+    }
+    return 0;
+}
+
+int bus_deliver(endpoint *to, const bus_msg *m)
+{
+    encoded x = {m, {NULL, NULL}, {0, 0}, {0, 0}};
+    int rc = push(to, &x);
+    encoded_fini(&x);
+    return rc;
+}
+
+unsigned bus_broadcast(bus *b, const bus_msg *m, const endpoint *except)
+{
+    encoded x = {m, {NULL, NULL}, {0, 0}, {0, 0}};
+    unsigned n = 0;
+    endpoint *e = b->all, *next;
+
+    for (; e; e = next) {
+        next = e->next; /* push may close e (kick policy) */
+        if (e != except && push(e, &x) == 0)
+            n++;
+    }
+    encoded_fini(&x);
+    return n;
+}
+
+static unsigned publish(bus *b, bus_topic *t, const bus_msg *m)
+{
+    encoded x = {m, {NULL, NULL}, {0, 0}, {0, 0}};
+    unsigned n = 0;
+    bus_sub *s, *next;
+
+    for (s = t->subs; s; s = next) {
+        next = s->tnext;
+        if (push(s->ep, &x) == 0)
+            n++;
+    }
+    encoded_fini(&x);
+    (void)b;
+    return n;
+}
+
+static void send_error(endpoint *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void send_error(endpoint *e, const char *fmt, ...)
+{
+    char text[256];
+    va_list ap;
+    bus_msg m;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    memset(&m, 0, sizeof m);
+    m.kind = SF_MSG_ERROR;
+    m.topic = text;
+    m.topic_len = n < 0 ? 0 : (size_t)n >= sizeof text ? sizeof text - 1 : (size_t)n;
+    (void)bus_deliver(e, &m);
+}
+
+/* ------------------------------------------------------------- routing */
+
+endpoint *bus_find_pid(bus *b, pid_t pid)
+{
+    return b->cfg.find ? b->cfg.find(b, pid, b->cfg.arg) : NULL;
+}
+
+static void subscribe(endpoint *e, const bus_op *op)
+{
+    bus *b = e->owner;
+    bus_topic *t;
+    bus_sub *s;
+
+    for (s = e->subs; s; s = s->enext) {
+        if (s->topic->len == op->name_len && memcmp(s->topic->name, op->name, op->name_len) == 0)
+            break;
+    }
+    if (!s) {
+        if (e->nsubs >= BUS_SUBS_PER_CHILD) {
+            send_error(e, "subscribe: at most %d topics per child", BUS_SUBS_PER_CHILD);
+            return;
+        }
+        if (!(t = topic_get(b, op->name, op->name_len, 1))) {
+            send_error(e, "subscribe: too many topics (at most %d)", BUS_TOPICS_MAX);
+            return;
+        }
+        if (!(s = calloc(1, sizeof *s))) {
+            topic_maybe_free(b, t);
+            send_error(e, "subscribe: out of memory");
+            return;
+        }
+        s->topic = t;
+        s->ep = e;
+        s->tnext = t->subs;
+        if (t->subs)
+            t->subs->tprev = s;
+        t->subs = s;
+        t->nsubs++;
+        s->enext = e->subs;
+        e->subs = s;
+        e->nsubs++;
+    }
+    /* Replay: the last `history` kept messages, oldest first. */
+    t = s->topic;
+    unsigned skip = op->history >= t->nhist ? 0 : t->nhist - op->history;
+    for (hist_item *h = t->hist_head; h; h = h->next) {
+        bus_msg m;
+        if (skip) {
+            skip--;
+            continue;
+        }
+        memset(&m, 0, sizeof m);
+        m.kind = SF_MSG_HISTORY;
+        m.from = h->from;
+        m.topic = t->name;
+        m.topic_len = t->len;
+        m.data = h->data;
+        m.len = h->len;
+        if (bus_deliver(e, &m) == -EPIPE)
+            return;
+    }
+}
+
+static void sub_free(bus *b, bus_sub *s)
+{
+    bus_topic *t = s->topic;
+
+    if (s->tprev)
+        s->tprev->tnext = s->tnext;
+    else
+        t->subs = s->tnext;
+    if (s->tnext)
+        s->tnext->tprev = s->tprev;
+    t->nsubs--;
+    free(s);
+    topic_maybe_free(b, t);
+}
+
+static void unsubscribe(endpoint *e, const bus_op *op)
+{
+    for (bus_sub **p = &e->subs; *p; p = &(*p)->enext) {
+        bus_sub *s = *p;
+        if (s->topic->len == op->name_len && memcmp(s->topic->name, op->name, op->name_len) == 0) {
+            *p = s->enext;
+            e->nsubs--;
+            sub_free(e->owner, s);
+            return;
+        }
+    }
+}
+
+static void do_publish(endpoint *e, const bus_op *op)
+{
+    bus *b = e->owner;
+    bus_topic *t = topic_get(b, op->name, op->name_len, b->cfg.history > 0);
+    bus_msg m;
+
+    memset(&m, 0, sizeof m);
+    m.kind = SF_MSG_TOPIC;
+    m.from = e->pid;
+    m.topic = op->name;
+    m.topic_len = op->name_len;
+    m.data = op->data;
+    m.len = op->len;
+    if (!t) {
+        if (b->cfg.history > 0)
+            send_error(e, "publish: too many topics (at most %d)", BUS_TOPICS_MAX);
+        return; /* nobody subscribes and nothing is kept */
+    }
+    (void)publish(b, t, &m);
+    if (b->cfg.history > 0 && op->len <= BUS_HISTORY_BYTES) {
+        hist_item *h = malloc(sizeof *h + op->len);
+        if (h) {
+            h->next = NULL;
+            h->from = e->pid;
+            h->len = op->len;
+            memcpy(h->data, op->data, op->len);
+            if (t->hist_tail)
+                t->hist_tail->next = h;
+            else
+                t->hist_head = h;
+            t->hist_tail = h;
+            t->nhist++;
+            t->hist_bytes += h->len;
+            while (t->nhist > b->cfg.history || t->hist_bytes > BUS_HISTORY_BYTES)
+                topic_drop_oldest(t);
+        }
+    }
+    topic_maybe_free(b, t);
+}
+
+static void claim(endpoint *e, const bus_op *op)
+{
+    bus *b = e->owner;
+    bus_name **slot = name_slot(b, op->name, op->name_len), *n;
+    bus_msg m;
+
+    memset(&m, 0, sizeof m);
+    m.kind = SF_MSG_CLAIMED;
+    m.topic = op->name;
+    m.topic_len = op->name_len;
+    if (*slot) {
+        m.ok = (*slot)->holder == e;
+    } else if (e->nnames < BUS_NAMES_PER_CHILD && (n = calloc(1, sizeof *n + op->name_len + 1))) {
+        memcpy(n->name, op->name, op->name_len);
+        n->len = op->name_len;
+        n->holder = e;
+        *slot = n;
+        n->enext = e->names;
+        e->names = n;
+        e->nnames++;
+        b->nnames++;
+        m.ok = 1;
+    }
+    (void)bus_deliver(e, &m);
+}
+
+static void name_free(bus *b, bus_name *n)
+{
+    bus_name **slot = name_slot(b, n->name, n->len);
+    *slot = n->next;
+    b->nnames--;
+    free(n);
+}
+
+static void release(endpoint *e, const bus_op *op)
+{
+    for (bus_name **p = &e->names; *p; p = &(*p)->enext) {
+        bus_name *n = *p;
+        if (n->len == op->name_len && memcmp(n->name, op->name, op->name_len) == 0) {
+            *p = n->enext;
+            e->nnames--;
+            name_free(e->owner, n);
+            return;
+        }
+    }
+}
+
+static void execute(endpoint *e, const bus_op *op)
+{
+    bus *b = e->owner;
+    bus_msg m;
+    endpoint *to;
+
+    memset(&m, 0, sizeof m);
+    m.from = e->pid;
+    m.data = op->data;
+    m.len = op->len;
+    switch (op->op) {
+    case OP_SEND:
+        to = bus_find_pid(b, op->to);
+        if (!to || !endpoint_is_open(to)) {
+            send_error(e, "send: no child with pid %d", (int)op->to);
+            return;
+        }
+        m.kind = SF_MSG_DIRECT;
+        (void)bus_deliver(to, &m);
+        return;
+    case OP_SEND_NAME: {
+        bus_name *n = *name_slot(b, op->name, op->name_len);
+        if (!n) {
+            send_error(e, "send: nobody holds the name %.*s", (int)op->name_len, op->name);
+            return;
+        }
+        m.kind = SF_MSG_NAME;
+        m.topic = op->name;
+        m.topic_len = op->name_len;
+        (void)bus_deliver(n->holder, &m);
+        return;
+    }
+    case OP_BROADCAST:
+        m.kind = SF_MSG_BROADCAST;
+        (void)bus_broadcast(b, &m, e);
+        return;
+    case OP_PUBLISH:
+        do_publish(e, op);
+        return;
+    case OP_SUBSCRIBE:
+        subscribe(e, op);
+        return;
+    case OP_UNSUBSCRIBE:
+        unsubscribe(e, op);
+        return;
+    case OP_CLAIM:
+        claim(e, op);
+        return;
+    case OP_RELEASE:
+        release(e, op);
+        return;
+    case OP_LOG:
+        sf_logf(b->cfg.log, SF_LOG_INFO, "pid %d says: %.*s", (int)e->pid,
+                (int)(op->len > 900 ? 900 : op->len), (const char *)op->data);
+        return;
+    case OP_STATUS: {
+        size_t n = op->len < sizeof e->status - 1 ? op->len : sizeof e->status - 1;
+        memcpy(e->status, op->data, n);
+        e->status[n] = '\0';
+        return;
+    }
+    }
+}
+
+/* ------------------------------------------------------------ decoding */
+
+static int name_ok(size_t n) { return n > 0 && n <= BUS_NAME_MAX; }
+
+/* A frame into an op; -EPROTO if it is malformed. */
+static int frame_op(const chan_frame *f, bus_op *op)
+{
+    const unsigned char *p = f->payload;
+    size_t n = f->len;
+
+    memset(op, 0, sizeof *op);
+    if (f->fd >= 0)
+        return -EPROTO; /* nothing takes a descriptor from a child yet */
+    switch (f->type) {
+    case CHAN_T_SEND:
+        if (n < 4)
+            return -EPROTO;
+        op->op = OP_SEND;
+        op->to = (pid_t)get32(p);
+        op->data = p + 4;
+        op->len = n - 4;
+        return 0;
+    case CHAN_T_SEND_NAME:
+    case CHAN_T_PUBLISH:
+        if (n < 2 || !name_ok(get16(p)) || n < 2 + get16(p))
+            return -EPROTO;
+        op->op = f->type == CHAN_T_SEND_NAME ? OP_SEND_NAME : OP_PUBLISH;
+        op->name = (const char *)p + 2;
+        op->name_len = get16(p);
+        op->data = p + 2 + op->name_len;
+        op->len = n - 2 - op->name_len;
+        return 0;
+    case CHAN_T_BROADCAST:
+    case CHAN_T_LOG:
+    case CHAN_T_STATUS:
+        op->op = f->type == CHAN_T_BROADCAST ? OP_BROADCAST : f->type == CHAN_T_LOG ? OP_LOG : OP_STATUS;
+        op->data = p;
+        op->len = n;
+        return 0;
+    case CHAN_T_SUBSCRIBE:
+        if (n < 4 || !name_ok(n - 4))
+            return -EPROTO;
+        op->op = OP_SUBSCRIBE;
+        op->history = get32(p);
+        op->name = (const char *)p + 4;
+        op->name_len = n - 4;
+        return 0;
+    case CHAN_T_UNSUBSCRIBE:
+    case CHAN_T_CLAIM:
+    case CHAN_T_RELEASE:
+        if (!name_ok(n))
+            return -EPROTO;
+        op->op = f->type == CHAN_T_UNSUBSCRIBE ? OP_UNSUBSCRIBE : f->type == CHAN_T_CLAIM ? OP_CLAIM : OP_RELEASE;
+        op->name = (const char *)p;
+        op->name_len = n;
+        return 0;
+    default:
+        return -EPROTO;
+    }
+}
+
+static int json_str(json_t *o, const char *key, const char **s, size_t *n)
+{
+    json_t *v = json_object_get(o, key);
+    if (!json_is_string(v))
+        return -1;
+    *s = json_string_value(v);
+    *n = json_string_length(v);
+    return 0;
+}
+
+/* A JSON line into an op. Returns 0, or sets *why for the error reply. */
+static int json_op(endpoint *e, json_t *o, bus_op *op, const char **why)
+{
+    static const struct { const char *name; int op; } ops[] = {
+        {"send", OP_SEND}, {"broadcast", OP_BROADCAST}, {"publish", OP_PUBLISH},
+        {"subscribe", OP_SUBSCRIBE}, {"unsubscribe", OP_UNSUBSCRIBE}, {"claim", OP_CLAIM},
+        {"release", OP_RELEASE}, {"log", OP_LOG}, {"status", OP_STATUS},
+    };
+    const char *name;
+    json_t *v;
+    size_t n;
+    (void)e;
+
+    memset(op, 0, sizeof *op);
+    if (json_str(o, "op", &name, &n) < 0) {
+        *why = "a message needs \"op\": a string";
+        return -1;
+    }
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
+        if (strcmp(name, ops[i].name) == 0)
+            op->op = ops[i].op;
+    }
+    if (!op->op) {
+        *why = "unknown op";
+        return -1;
+    }
+    if (op->op == OP_LOG || op->op == OP_STATUS) {
+        if (json_str(o, "text", (const char **)&op->data, &op->len) < 0) {
+            *why = "log and status need \"text\": a string";
+            return -1;
+        }
+        return 0;
+    }
+    if (op->op == OP_SEND || op->op == OP_BROADCAST || op->op == OP_PUBLISH) {
+        if (json_str(o, "data", (const char **)&op->data, &op->len) < 0) {
+            *why = "send, broadcast and publish need \"data\": a string";
+            return -1;
+        }
+    }
+    if (op->op == OP_SEND) {
+        v = json_object_get(o, "to");
+        if (json_is_integer(v) && json_integer_value(v) > 0 && json_integer_value(v) < INT32_MAX) {
+            op->to = (pid_t)json_integer_value(v);
+            return 0;
+        }
+        if (json_str(o, "name", &op->name, &op->name_len) == 0 && name_ok(op->name_len)) {
+            op->op = OP_SEND_NAME;
+            return 0;
+        }
+        *why = "send needs \"to\": a pid, or \"name\": a name of 1 to 255 bytes";
+        return -1;
+    }
+    if (op->op == OP_BROADCAST)
+        return 0;
+    if (json_str(o, op->op == OP_CLAIM || op->op == OP_RELEASE ? "name" : "topic", &op->name,
+                 &op->name_len) < 0 || !name_ok(op->name_len)) {
+        *why = op->op == OP_CLAIM || op->op == OP_RELEASE ? "claim and release need \"name\": 1 to 255 bytes"
+                                                          : "this op needs \"topic\": 1 to 255 bytes";
+        return -1;
+    }
+    if (op->op == OP_SUBSCRIBE) {
+        v = json_object_get(o, "history");
+        if (v && !(json_is_integer(v) && json_integer_value(v) >= 0)) {
+            *why = "\"history\" must be a count";
+            return -1;
+        }
+        op->history = v ? (unsigned)(json_integer_value(v) > 100000 ? 100000 : json_integer_value(v)) : 0;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ the io */
+
+static void kick(endpoint *e, const char *why, int bad)
+{
+    bus *b = e->owner;
+
+    if (!endpoint_is_open(e))
+        return;
+    if (bad)
+        b->stats.kicked_bad++;
+    sf_logf(b->cfg.log, SF_LOG_WARN, "pid %d: %s: closing its channel and ending it", (int)e->pid,
+            why);
+    endpoint_close(e);
+    if (b->cfg.on_kick)
+        b->cfg.on_kick(b, e, why, b->cfg.arg);
+}
+
+/* Feeds what was read. Returns 0, or -1 when e was closed. */
+static int feed(endpoint *e, const unsigned char *buf, size_t len)
+{
+    while (len > 0 && endpoint_is_open(e)) {
+        size_t used = 0;
+        bus_op op;
+        int rc;
+
+        if (e->jsonl) {
+            json_t *o = NULL;
+            const char *why = NULL;
+            rc = jsonl_decoder_feed(&e->jdec, (const char *)buf, len, &used, &o);
+            buf += used;
+            len -= used;
+            if (rc == 0)
+                return 0;
+            if (rc == -EMSGSIZE) {
+                kick(e, "a line over the channel's limit", 1);
+                return -1;
+            }
+            if (rc < 0) {
+                kick(e, "a line that is not a JSON object", 1);
+                return -1;
+            }
+            e->frames_in++;
+            e->owner->stats.frames_in++;
+            if (json_op(e, o, &op, &why) == 0)
+                execute(e, &op);
+            else
+                send_error(e, "%s", why);
+            json_decref(o);
+        } else {
+            chan_frame f;
+            rc = chan_decoder_feed(&e->fdec, buf, len, &used, &f);
+            buf += used;
+            len -= used;
+            if (rc == 0)
+                return 0;
+            if (rc < 0) {
+                kick(e, rc == -EMSGSIZE ? "a frame over the channel's limit" : "a malformed frame", 1);
+                return -1;
+            }
+            e->frames_in++;
+            e->owner->stats.frames_in++;
+            rc = frame_op(&f, &op);
+            if (rc == 0)
+                execute(e, &op);
+            free(f.payload);
+            if (f.fd >= 0)
+                close(f.fd);
+            if (rc < 0) {
+                kick(e, "a malformed frame", 1);
+                return -1;
+            }
+        }
+    }
+    return endpoint_is_open(e) ? 0 : -1;
+}
+
+static void rd_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    endpoint *e = w->data;
+    size_t budget = BUS_READ_BUDGET;
+    (void)loop;
+    (void)revents;
+
+    while (budget > 0 && endpoint_is_open(e)) {
+        size_t want = budget < BUS_READ_BUDGET ? budget : BUS_READ_BUDGET;
+        ssize_t n = chan_read(e->fd, &e->fdec, e->owner->rbuf, want);
+
+        if (n == -EAGAIN || n == -EWOULDBLOCK)
+            return;
+        if (n == 0 || n == -ECONNRESET) {
+            endpoint_close(e); /* the child closed it, or exited */
+            return;
+        }
+        if (n < 0) {
+            kick(e, n == -EPROTO ? "a descriptor it should not have sent" : "its channel is broken", 1);
+            return;
+        }
+        if (feed(e, e->owner->rbuf, (size_t)n) < 0)
+            return;
+        budget -= (size_t)n;
+    }
+}
+
+static void wr_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    endpoint *e = w->data;
+    int rc = chan_queue_flush(&e->q, e->fd);
+    (void)revents;
+
+    if (rc == 1)
+        ev_io_stop(loop, w);
+    else if (rc < 0)
+        endpoint_close(e); /* the child is gone; its exit follows */
+}
+
+int endpoint_open(bus *b, endpoint *e, int fd, pid_t pid, int jsonl, void *data)
+{
+    int rc;
+
+    memset(e, 0, sizeof *e);
+    e->fd = -1;
+    if (fcntl(fd, F_SETFL, O_NONBLOCK) < 0) {
+        rc = -errno;
+        close(fd);
+        return rc;
+    }
+    e->owner = b;
+    e->pid = pid;
+    e->jsonl = jsonl;
+    e->data = data;
+    chan_decoder_init(&e->fdec, b->cfg.chan_max);
+    if (jsonl && (rc = jsonl_decoder_init(&e->jdec, b->cfg.chan_max)) < 0) {
+        chan_decoder_fini(&e->fdec);
+        close(fd);
+        return rc;
+    }
+    chan_queue_init(&e->q, b->cfg.queue_limit);
+    e->fd = fd;
+    ev_io_init(&e->rd, rd_cb, fd, EV_READ);
+    ev_io_init(&e->wr, wr_cb, fd, EV_WRITE);
+    e->rd.data = e->wr.data = e;
+    ev_io_start(b->loop, &e->rd);
+    e->next = b->all;
+    if (b->all)
+        b->all->prev = e;
+    b->all = e;
+    b->nendpoints++;
+    return 0;
+}
+
+void endpoint_close(endpoint *e)
+{
+    bus *b = e->owner;
+
+    if (!endpoint_is_open(e))
+        return;
+    ev_io_stop(b->loop, &e->rd);
+    ev_io_stop(b->loop, &e->wr);
+    close(e->fd);
+    e->fd = -1;
+    chan_decoder_fini(&e->fdec);
+    if (e->jsonl)
+        jsonl_decoder_fini(&e->jdec);
+    chan_queue_fini(&e->q);
+    while (e->subs) {
+        bus_sub *s = e->subs;
+        e->subs = s->enext;
+        sub_free(b, s);
+    }
+    e->nsubs = 0;
+    while (e->names) {
+        bus_name *n = e->names;
+        e->names = n->enext;
+        name_free(b, n);
+    }
+    e->nnames = 0;
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        b->all = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    e->prev = e->next = NULL;
+    b->nendpoints--;
+}
+
+int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg)
+{
+    memset(b, 0, sizeof *b);
+    b->loop = loop;
+    b->cfg = *cfg;
+    if (!b->cfg.chan_max)
+        b->cfg.chan_max = CHAN_MAX_DEFAULT;
+    if (!b->cfg.queue_limit)
+        b->cfg.queue_limit = 256 * 1024;
+    b->topics = calloc(TOPIC_BUCKETS, sizeof *b->topics);
+    b->names = calloc(NAME_BUCKETS, sizeof *b->names);
+    b->rbuf = malloc(BUS_READ_BUDGET);
+    if (!b->topics || !b->names || !b->rbuf) {
+        bus_fini(b);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+void bus_fini(bus *b)
+{
+    while (b->all)
+        endpoint_close(b->all);
+    if (b->topics) {
+        for (unsigned i = 0; i < TOPIC_BUCKETS; i++) {
+            while (b->topics[i]) {
+                bus_topic *t = b->topics[i];
+                b->topics[i] = t->next;
+                while (t->hist_head)
+                    topic_drop_oldest(t);
+                free(t);
+            }
+        }
+    }
+    free(b->topics);
+    free(b->names);
+    free(b->rbuf);
+    b->topics = NULL;
+    b->names = NULL;
+    b->rbuf = NULL;
+}

@@ -1,0 +1,139 @@
+/*
+ * bus.h - the supervisor's end of every child's channel, and the routing
+ * between them.
+ *
+ * An endpoint is one child's channel seen from the supervisor: a
+ * non-blocking socket, the decoder of the child's codec (binary frames for
+ * C handlers, JSON lines for exec'd programs), and a bounded outbound
+ * queue. What a child asks is decoded into a bus_op; what it is sent is a
+ * bus_msg, encoded for each recipient's codec (once per codec for a
+ * broadcast). The bus routes without interpreting: to one pid, to the
+ * holder of a name, to everyone, to a topic's subscribers, with the last
+ * messages of each topic kept for late subscribers.
+ *
+ * Limits and what happens at each (docs/protocol.md):
+ *   - a frame or line over chan_max: the child is disconnected (its channel
+ *     closed, the child terminated) and a line logged; so is a malformed one;
+ *   - a recipient's queue over queue_limit: the message is dropped for it
+ *     and counted (BUS_FULL_DROP), or it is disconnected (BUS_FULL_KICK);
+ *   - reads per wakeup are bounded, so a flooding child costs its own
+ *     messages, never its siblings' turn;
+ *   - topics, subscriptions and names per child, and history per topic,
+ *     are bounded (BUS_* below); past them the request is refused with an
+ *     error message to the child.
+ */
+#ifndef SF_SUPERVISOR_BUS_H
+#define SF_SUPERVISOR_BUS_H
+
+#include <ev.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "channel/frame.h"
+#include "channel/jsonl.h"
+#include "log.h"
+#include "sockfork.h"
+
+#define BUS_NAME_MAX 255          /* bytes in a topic or a name */
+#define BUS_TOPICS_MAX 1024
+#define BUS_SUBS_PER_CHILD 64
+#define BUS_NAMES_PER_CHILD 16
+#define BUS_HISTORY_BYTES (256 * 1024) /* per topic, besides the count */
+#define BUS_READ_BUDGET (64 * 1024)    /* bytes read from one child per wakeup */
+
+enum bus_full_policy { BUS_FULL_DROP = 0, BUS_FULL_KICK = 1 };
+
+typedef struct bus_msg {
+    int kind;               /* SF_MSG_* of sockfork.h */
+    pid_t from;             /* 0: the supervisor or `sockfork ctl` */
+    int ok;                 /* SF_MSG_CLAIMED: 1 if the name is now the child's */
+    const char *topic;      /* topic, name, or error text; topic_len bytes */
+    size_t topic_len;
+    const unsigned char *data;
+    size_t len;
+} bus_msg;
+
+typedef struct bus bus;
+typedef struct endpoint endpoint;
+typedef struct bus_sub bus_sub;
+typedef struct bus_name bus_name;
+
+struct endpoint {
+    bus *owner;
+    pid_t pid;
+    int fd;                 /* -1 once closed */
+    int jsonl;              /* the child speaks JSON lines (exec'd programs) */
+    ev_io rd, wr;
+    chan_decoder fdec;
+    jsonl_decoder jdec;
+    chan_queue q;
+    bus_sub *subs;          /* this child's subscriptions */
+    unsigned nsubs;
+    bus_name *names;        /* names this child holds */
+    unsigned nnames;
+    char status[128];       /* the child's last status text */
+    uint64_t frames_in, frames_out, drops;
+    endpoint *prev, *next;  /* every open endpoint, for broadcasts */
+    void *data;             /* the owner's */
+};
+
+typedef struct bus_stats {
+    uint64_t frames_in, frames_out, drops, kicked_full, kicked_bad;
+} bus_stats;
+
+/* The owner learns of a child the bus wants gone (bad input, or a full
+ * queue under BUS_FULL_KICK). The endpoint is already closed. */
+typedef void (*bus_kick_cb)(bus *b, endpoint *e, const char *why, void *arg);
+
+/* The owner's table of children: the open endpoint of a pid, or NULL. */
+typedef endpoint *(*bus_find_cb)(bus *b, pid_t pid, void *arg);
+
+typedef struct bus_config {
+    uint32_t chan_max;          /* largest frame or line a child may send */
+    size_t queue_limit;         /* bytes queued per child */
+    int full_policy;            /* BUS_FULL_DROP or BUS_FULL_KICK */
+    unsigned history;           /* messages kept per topic */
+    bus_kick_cb on_kick;
+    bus_find_cb find;
+    void *arg;
+    const sf_logger *log;
+} bus_config;
+
+typedef struct bus_topic bus_topic;
+
+struct bus {
+    struct ev_loop *loop;
+    bus_config cfg;
+    endpoint *all;              /* open endpoints */
+    unsigned nendpoints;
+    bus_topic **topics;         /* hash table of topics, BUS_TOPICS_MAX * 2 buckets */
+    unsigned ntopics;
+    bus_name **names;           /* hash table of claimed names */
+    unsigned nnames;
+    unsigned char *rbuf;        /* one read buffer for every endpoint */
+    bus_stats stats;
+};
+
+int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg);
+void bus_fini(bus *b);
+
+/* Starts serving a child's channel (fd: the supervisor's end; the bus
+ * takes it, makes it non-blocking, and closes it in endpoint_close). */
+int endpoint_open(bus *b, endpoint *e, int fd, pid_t pid, int jsonl, void *data);
+
+/* Closes the channel; the child's names and subscriptions go. Idempotent. */
+void endpoint_close(endpoint *e);
+
+static inline int endpoint_is_open(const endpoint *e) { return e->fd >= 0; }
+
+/* Sends one message to one child, under the queue policy. Returns 0,
+ * -ENOBUFS (dropped: queue full), -EPIPE (closed) or -ENOMEM. */
+int bus_deliver(endpoint *to, const bus_msg *m);
+
+/* To every open endpoint but `except` (NULL: all). Returns deliveries. */
+unsigned bus_broadcast(bus *b, const bus_msg *m, const endpoint *except);
+
+/* The endpoint of a pid, or NULL. */
+endpoint *bus_find_pid(bus *b, pid_t pid);
+
+#endif

@@ -1,0 +1,365 @@
+/*
+ * spawnlink.c - the supervisor's side of the spawner (process/spawner.h):
+ * starting it, asking it for children and signals without ever blocking,
+ * taking its answers, and what happens when it dies.
+ *
+ * Requests wait in `out` until the socket takes them; fork requests then
+ * wait in `wait` for their answer, which comes in request order. If the
+ * spawner dies, the fork requests it had taken are failed with -ECHILD
+ * (it may have forked some of them: those children get SIGTERM as it dies,
+ * and a connection must never be served twice), the ones it had not taken
+ * go to the next spawner, and its children, now ours (we are their
+ * subreaper), are signalled and reaped directly.
+ */
+#include "supervisor/supervisor.h"
+#include "process/process.h"
+#include "os/os.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/wait.h>
+
+#define RESTART_MIN 0.05
+#define RESTART_MAX 1.0
+#define ANSWERS_PER_WAKEUP 256
+
+struct sup_req {
+    sup_req *next;
+    void *data;
+    int fds[SPAWN_FDS_MAX];
+    int nfds;
+    spawn_req req;
+};
+
+static uint32_t next_cookie = 1;
+
+static void list_push(sup_req **head, sup_req **tail, sup_req *r)
+{
+    r->next = NULL;
+    if (*tail)
+        (*tail)->next = r;
+    else
+        *head = r;
+    *tail = r;
+}
+
+static sup_req *list_pop(sup_req **head, sup_req **tail)
+{
+    sup_req *r = *head;
+    if (r) {
+        *head = r->next;
+        if (!*head)
+            *tail = NULL;
+    }
+    return r;
+}
+
+static void req_free(sup *s, sup_req *r)
+{
+    s->nqueued--;
+    free(r);
+}
+
+/* ------------------------------------------------------------ sending */
+
+static void flush_out(sup *s)
+{
+    while (s->out_head && s->spawner_fd >= 0) {
+        sup_req *r = s->out_head;
+        int rc = spawner_send(s->spawner_fd, &r->req, r->fds, r->nfds);
+
+        if (rc == -EAGAIN) {
+            if (!ev_is_active(&s->spawner_out))
+                ev_io_start(s->loop, &s->spawner_out);
+            return;
+        }
+        if (rc < 0)
+            return; /* the spawner is gone: its EOF is on the way in */
+        (void)list_pop(&s->out_head, &s->out_tail);
+        if (r->req.kind == SPAWN_REQ_FORK)
+            list_push(&s->wait_head, &s->wait_tail, r);
+        else
+            req_free(s, r);
+    }
+    if (ev_is_active(&s->spawner_out))
+        ev_io_stop(s->loop, &s->spawner_out);
+}
+
+static void spawner_out_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    flush_out(w->data);
+}
+
+static sup_req *req_new(sup *s, uint32_t kind, size_t blob_len)
+{
+    sup_req *r = calloc(1, sizeof *r);
+
+    if (!r)
+        return NULL;
+    r->req.kind = kind;
+    r->req.blob_len = (uint32_t)blob_len;
+    s->nqueued++;
+    return r;
+}
+
+int sup_spawn(sup *s, const void *blob, size_t len, const int *fds, int nfds, void *data)
+{
+    sup_req *r;
+    int rc;
+
+    if (!s->cfg.spawn_child || len > SPAWN_BLOB_MAX || nfds < 0 || nfds > SPAWN_FDS_MAX)
+        return -EINVAL;
+    if ((rc = sup_reserve(s)) < 0)
+        return rc;
+    if (!(r = req_new(s, SPAWN_REQ_FORK, len)))
+        return -ENOMEM;
+    r->req.cookie = next_cookie++;
+    memcpy(r->req.blob, blob, len);
+    memcpy(r->fds, fds, sizeof(int) * (size_t)nfds);
+    r->nfds = nfds;
+    r->data = data;
+    s->spawning++;
+    list_push(&s->out_head, &s->out_tail, r);
+    flush_out(s);
+    return 0;
+}
+
+void sup_signal(sup *s, pid_t pid, int sig)
+{
+    sup_child *c = sup_child_find(s, pid);
+    sup_req *r;
+
+    if (!c)
+        return;
+    if (!c->via_spawner) {
+        (void)proc_signal_group(pid, sig);
+        return;
+    }
+    /* Bounded: a child has at most three signals coming (TERM, CONT, KILL),
+     * and the list goes when the spawner does. Out of memory, sending it
+     * ourselves risks only a pid the spawner reaped a moment ago. */
+    if (!(r = req_new(s, SPAWN_REQ_SIGNAL, 0))) {
+        (void)proc_signal_group(pid, sig);
+        return;
+    }
+    r->req.pid = pid;
+    r->req.sig = sig;
+    list_push(&s->out_head, &s->out_tail, r);
+    flush_out(s);
+}
+
+/* --------------------------------------------------------- answers */
+
+static void spawner_lost(sup *s);
+
+static void answer(sup *s, const spawn_msg *m)
+{
+    sup_req *r;
+
+    if (m->kind == SPAWN_MSG_EXITED) {
+        sup_child_exited(s, m->pid, m->value);
+        sup_check_done(s);
+        return;
+    }
+    r = list_pop(&s->wait_head, &s->wait_tail);
+    if (!r || r->req.cookie != m->cookie) {
+        sf_logf(s->cfg.log, SF_LOG_ERROR, "spawner answered out of turn: restarting it");
+        if (r)
+            list_push(&s->wait_head, &s->wait_tail, r); /* failed with the rest */
+        kill(s->spawner_pid, SIGKILL);
+        spawner_lost(s);
+        return;
+    }
+    s->spawning--;
+    if (m->kind == SPAWN_MSG_STARTED) {
+        s->spawner_backoff = 0;
+        (void)sup_add_child(s, m->pid, r->data, 1); /* reserved in sup_spawn */
+        if (s->cfg.on_started)
+            s->cfg.on_started(s, m->pid, r->data, s->cfg.arg);
+    } else if (s->cfg.on_spawn_failed) {
+        s->cfg.on_spawn_failed(s, -m->value, r->data, s->cfg.arg);
+    }
+    req_free(s, r);
+    sup_check_done(s);
+}
+
+static void spawner_in_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    sup *s = w->data;
+    spawn_msg m;
+    (void)loop;
+    (void)revents;
+
+    /* Bounded per wakeup, so that a burst of exits cannot starve accepting. */
+    for (int i = 0; i < ANSWERS_PER_WAKEUP && s->spawner_fd >= 0; i++) {
+        int rc = spawner_recv(s->spawner_fd, &m);
+        if (rc == -EAGAIN)
+            return;
+        if (rc <= 0) {
+            spawner_lost(s);
+            return;
+        }
+        answer(s, &m);
+    }
+}
+
+/* ---------------------------------------------------- start and death */
+
+static void spawner_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+
+static void schedule_start(sup *s)
+{
+    s->spawner_backoff = s->spawner_backoff < RESTART_MIN ? RESTART_MIN : s->spawner_backoff;
+    ev_timer_stop(s->loop, &s->spawner_timer);
+    ev_timer_set(&s->spawner_timer, s->spawner_backoff, 0.);
+    ev_timer_start(s->loop, &s->spawner_timer);
+}
+
+static void grow_backoff(sup *s)
+{
+    s->spawner_backoff = s->spawner_backoff * 2 > RESTART_MAX ? RESTART_MAX : s->spawner_backoff * 2;
+}
+
+static int start_spawner(sup *s)
+{
+    spawner_opts o;
+    int fd = -1;
+    pid_t pid;
+
+    memset(&o, 0, sizeof o);
+    o.child = s->cfg.spawn_child;
+    o.fdlimit = s->cfg.child_fdlimit ? &s->child_fdlimit : NULL;
+    pid = spawner_start(&o, &fd);
+    if (pid < 0) {
+        sf_logf(s->cfg.log, SF_LOG_WARN, "cannot fork: %s; retrying in %g s", strerror((int)-pid),
+                s->spawner_backoff < RESTART_MIN ? RESTART_MIN : s->spawner_backoff);
+        schedule_start(s);
+        grow_backoff(s);
+        return (int)pid;
+    }
+    s->spawner_pid = pid;
+    s->spawner_fd = fd;
+    ev_io_set(&s->spawner_in, fd, EV_READ);
+    ev_io_set(&s->spawner_out, fd, EV_WRITE);
+    ev_io_start(s->loop, &s->spawner_in);
+    sf_logf(s->cfg.log, SF_LOG_DEBUG, "spawner started: pid %d", (int)pid);
+    flush_out(s);
+    return 0;
+}
+
+static void spawner_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    sup *s = w->data;
+    (void)loop;
+    (void)revents;
+    if (s->spawner_fd < 0 && !s->done)
+        (void)start_spawner(s);
+}
+
+static void spawner_lost(sup *s)
+{
+    sup_req *r, *keep_head = NULL, *keep_tail = NULL;
+
+    if (s->spawner_fd < 0)
+        return;
+    ev_io_stop(s->loop, &s->spawner_in);
+    ev_io_stop(s->loop, &s->spawner_out);
+    close(s->spawner_fd);
+    s->spawner_fd = -1;
+    if (!s->done)
+        sf_logf(s->cfg.log, SF_LOG_ERROR,
+                "spawner (pid %d) is gone: %u connections it was starting are dropped; "
+                "restarting it", (int)s->spawner_pid, s->wait_head ? s->spawning : 0);
+    /* From now on we signal its children ourselves. They are reparented
+     * to us (the subreaper) as it exits, a moment after its socket closed;
+     * until then nobody can reap them, so their pids cannot change hands. */
+    for (unsigned i = 0; i < s->touched; i++)
+        s->children[i].via_spawner = 0;
+    while ((r = list_pop(&s->wait_head, &s->wait_tail))) {
+        s->spawning--;
+        if (s->cfg.on_spawn_failed)
+            s->cfg.on_spawn_failed(s, -ECHILD, r->data, s->cfg.arg);
+        req_free(s, r);
+    }
+    while ((r = list_pop(&s->out_head, &s->out_tail))) {
+        if (r->req.kind == SPAWN_REQ_SIGNAL) {
+            (void)proc_signal_group(r->req.pid, r->req.sig);
+            req_free(s, r);
+        } else {
+            list_push(&keep_head, &keep_tail, r);
+        }
+    }
+    s->out_head = keep_head;
+    s->out_tail = keep_tail;
+    s->spawner_restarts++;
+    if (!s->done) {
+        schedule_start(s);
+        grow_backoff(s);
+    }
+    sup_check_done(s);
+}
+
+int sup_spawner_init(sup *s)
+{
+    s->spawner_fd = -1;
+    ev_io_init(&s->spawner_in, spawner_in_cb, 0, EV_READ);
+    ev_io_init(&s->spawner_out, spawner_out_cb, 0, EV_WRITE);
+    ev_timer_init(&s->spawner_timer, spawner_timer_cb, 0., 0.);
+    s->spawner_in.data = s->spawner_out.data = s->spawner_timer.data = s;
+    if (!s->cfg.spawn_child)
+        return 0;
+    if (s->cfg.child_fdlimit)
+        s->child_fdlimit = *s->cfg.child_fdlimit;
+    /* Orphans of a dead spawner come to us, to be reaped with a status. */
+    (void)os_subreaper();
+    (void)start_spawner(s); /* a failure is retried from the timer */
+    return 0;
+}
+
+/* Shutdown: requests not yet sent will not be. */
+void sup_spawner_cancel(sup *s)
+{
+    sup_req *r, *keep_head = NULL, *keep_tail = NULL;
+
+    while ((r = list_pop(&s->out_head, &s->out_tail))) {
+        if (r->req.kind == SPAWN_REQ_FORK) {
+            s->spawning--;
+            if (s->cfg.on_spawn_failed)
+                s->cfg.on_spawn_failed(s, -ECANCELED, r->data, s->cfg.arg);
+            req_free(s, r);
+        } else {
+            list_push(&keep_head, &keep_tail, r);
+        }
+    }
+    s->out_head = keep_head;
+    s->out_tail = keep_tail;
+}
+
+void sup_spawner_fini(sup *s)
+{
+    sup_req *r;
+
+    ev_timer_stop(s->loop, &s->spawner_timer);
+    ev_io_stop(s->loop, &s->spawner_in);
+    ev_io_stop(s->loop, &s->spawner_out);
+    if (s->spawner_fd >= 0) {
+        close(s->spawner_fd);
+        s->spawner_fd = -1;
+    }
+    /* It exits when its socket closes; with children left (a run cut
+     * short), they get SIGTERM as it dies. */
+    if (s->spawner_pid > 0) {
+        while (waitpid(s->spawner_pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        s->spawner_pid = 0;
+    }
+    while ((r = list_pop(&s->out_head, &s->out_tail)))
+        req_free(s, r);
+    while ((r = list_pop(&s->wait_head, &s->wait_tail)))
+        req_free(s, r);
+}
