@@ -301,6 +301,14 @@ SF_EXTERN const sf_addr *sf_server_listener_addr(const sf_server *s, size_t i);
  * Installs handlers for SIGTERM, SIGINT and SIGCHLD and ignores SIGPIPE
  * for the process while it runs; raises the descriptor soft limit to the
  * hard limit (children get the original back). Call at most once.
+ *
+ * Children are forked by a spawner: a process sf_server_run forks at
+ * start, so that the supervisor, which holds one channel per child, never
+ * forks with them open. A handler therefore runs in a copy of the program
+ * as it was when sf_server_run began (like Python's "forkserver"): what
+ * the program changes in its memory afterwards, later children do not
+ * see. On Linux the process becomes a child subreaper (orphans of a dead
+ * spawner are reaped here) for the rest of its life.
  */
 SF_EXTERN int sf_server_run(sf_server *s);
 

@@ -9,15 +9,36 @@ int jsonl_decoder_init(jsonl_decoder *d, size_t max)
 {
     d->max = max ? max : JSONL_MAX_DEFAULT;
     d->have = 0;
-    d->line = malloc(d->max);
-    return d->line ? 0 : -ENOMEM;
+    d->cap = 0;
+    d->line = NULL; /* grows with the longest line seen, up to max */
+    return 0;
+}
+
+/* Room for n bytes of line: doubling from 256, never past max. */
+static int reserve(jsonl_decoder *d, size_t n)
+{
+    size_t cap = d->cap ? d->cap : 256;
+    char *p;
+
+    if (n <= d->cap)
+        return 0;
+    while (cap < n)
+        cap *= 2;
+    if (cap > d->max)
+        cap = d->max;
+    p = realloc(d->line, cap);
+    if (!p)
+        return -ENOMEM;
+    d->line = p;
+    d->cap = cap;
+    return 0;
 }
 
 void jsonl_decoder_fini(jsonl_decoder *d)
 {
     free(d->line);
     d->line = NULL;
-    d->have = 0;
+    d->have = d->cap = 0;
 }
 
 /* One whole line (no LF): an object, -EPROTO, or 0 for a blank line. */
@@ -52,6 +73,8 @@ int jsonl_decoder_feed(jsonl_decoder *d, const char *buf, size_t len, size_t *us
 
         if (d->have + n > d->max)
             return -EMSGSIZE;
+        if (n && (rc = reserve(d, d->have + n)) < 0)
+            return rc;
         memcpy(d->line + d->have, buf + off, n);
         d->have += n;
         off += n;

@@ -16,11 +16,12 @@
 
 typedef struct jsonl_decoder {
     size_t max;
-    char *line;        /* the unfinished line, max bytes allocated at init */
-    size_t have;
+    char *line;        /* the unfinished line; grows up to max, as lines need */
+    size_t have, cap;
 } jsonl_decoder;
 
-/* Returns 0 or -ENOMEM. max 0 means JSONL_MAX_DEFAULT. */
+/* Returns 0. max 0 means JSONL_MAX_DEFAULT. Nothing is allocated until a
+ * line is fed. */
 int jsonl_decoder_init(jsonl_decoder *d, size_t max);
 void jsonl_decoder_fini(jsonl_decoder *d);
 
@@ -33,6 +34,7 @@ void jsonl_decoder_fini(jsonl_decoder *d);
  * bad line has been consumed and decoding may go on (the caller decides).
  */
 int jsonl_decoder_feed(jsonl_decoder *d, const char *buf, size_t len, size_t *used, json_t **out);
+/* (-ENOMEM too, when the line buffer cannot grow.) */
 
 /* Encodes obj compactly followed by '\n' into a malloc'ed buffer (*out,
  * *len; the caller frees). Returns 0, -EINVAL (not an object) or -ENOMEM. */

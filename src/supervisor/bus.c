@@ -402,8 +402,9 @@ static void subscribe(endpoint *e, const bus_op *op)
         m.topic_len = t->len;
         m.data = h->data;
         m.len = h->len;
-        if (bus_deliver(e, &m) == -EPIPE)
-            return;
+        (void)bus_deliver(e, &m);
+        if (!endpoint_is_open(e))
+            return; /* disconnected: its queue was full under the kick policy */
     }
 }
 
@@ -454,6 +455,10 @@ static void do_publish(endpoint *e, const bus_op *op)
         return; /* nobody subscribes and nothing is kept */
     }
     (void)publish(b, t, &m);
+    /* A delivery may have disconnected a subscriber (the kick policy), and
+     * with it freed a topic that had nothing else: look it up again. */
+    if (!(t = topic_get(b, op->name, op->name_len, b->cfg.history > 0)))
+        return;
     if (b->cfg.history > 0 && op->len <= BUS_HISTORY_BYTES) {
         hist_item *h = malloc(sizeof *h + op->len);
         if (h) {

@@ -261,6 +261,14 @@ static void spawner_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         (void)start_spawner(s);
 }
 
+static unsigned count_list(const sup_req *r)
+{
+    unsigned n = 0;
+    for (; r; r = r->next)
+        n++;
+    return n;
+}
+
 static void spawner_lost(sup *s)
 {
     sup_req *r, *keep_head = NULL, *keep_tail = NULL;
@@ -273,8 +281,8 @@ static void spawner_lost(sup *s)
     s->spawner_fd = -1;
     if (!s->done)
         sf_logf(s->cfg.log, SF_LOG_ERROR,
-                "spawner (pid %d) is gone: %u connections it was starting are dropped; "
-                "restarting it", (int)s->spawner_pid, s->wait_head ? s->spawning : 0);
+                "the spawner is gone: %u connections it was starting are dropped; "
+                "its children are ours now; restarting it", (unsigned)count_list(s->wait_head));
     /* From now on we signal its children ourselves. They are reparented
      * to us (the subreaper) as it exits, a moment after its socket closed;
      * until then nobody can reap them, so their pids cannot change hands. */
