@@ -112,3 +112,86 @@ def test_supervisor_has_no_leaks_under_valgrind(tmp_path):
     assert "definitely lost: 0 bytes" in err or "no leaks are possible" in err, err[-3000:]
     assert proc.returncode == 0, err[-3000:]
     assert not os.path.exists(sock_path)
+
+
+# An exec'd handler that joins its client to its channel: what the client
+# sends goes to fd 3 as it is, what comes on fd 3 goes to the client. The
+# test then speaks the channel's JSON lines itself, over TCP.
+RELAY = 'cat <&3 & cat >&3; kill $! 2>/dev/null'
+
+
+def read_json_lines(sock, count, timeout=60):
+    import json
+    sock.settimeout(timeout)
+    buf, out = b"", []
+    while len(out) < count:
+        chunk = sock.recv(65536)
+        assert chunk, "closed after %r" % out
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            out.append(json.loads(line))
+    return out
+
+
+def test_bus_has_no_leaks_under_valgrind(tmp_path):
+    """Every bus path (subscribe with history, publish, claim, send to a name
+    and a pid, broadcast, errors, a child kicked for garbage, ctl send and
+    broadcast) in a supervisor under valgrind."""
+    import json
+    ctl_path = str(tmp_path / "ctl.sock")
+    proc = subprocess.Popen(
+        ["valgrind", "--leak-check=full", "--show-leak-kinds=definite,indirect",
+         "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=99",
+         "--child-silent-after-fork=yes", "--track-fds=no",
+         BIN, "serve", "-l", "127.0.0.1:0", "--control", ctl_path, "--", "/bin/sh", "-c", RELAY],
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        log = StderrLines(proc)
+        port = int(log.wait_count(r"listening on 127\.0\.0\.1:(\d+)", 1)[0].group(1))
+        a = socket.create_connection(("127.0.0.1", port), timeout=30)
+        b = socket.create_connection(("127.0.0.1", port), timeout=30)
+        pids = [int(m.group(1)) for m in log.wait_count(r"connected pid=(\d+)", 2)]
+
+        def tell(s, **msg):
+            s.sendall(json.dumps(msg).encode() + b"\n")
+
+        tell(a, op="claim", name="alice")
+        assert read_json_lines(a, 1) == [{"op": "claimed", "name": "alice", "ok": True}]
+        tell(a, op="publish", topic="t", data="one")
+        tell(a, op="publish", topic="t", data="two")
+        tell(b, op="subscribe", topic="t", history=5)
+        got = read_json_lines(b, 2)
+        assert [m["data"] for m in got] == ["one", "two"] and got[0]["kind"] == "history"
+        tell(b, op="send", name="alice", data="to a name")
+        tell(b, op="send", to=99999999, data="to nobody")
+        tell(b, op="frobnicate")
+        assert read_json_lines(a, 1)[0]["data"] == "to a name"
+        errors = read_json_lines(b, 2)
+        assert [m["op"] for m in errors] == ["error", "error"], errors
+        tell(a, op="status", text="valgrind")
+        tell(a, op="log", text="hello")
+        log.wait_count(r"says: hello", 1)
+        for cmd in (["send", str(pids[0]), "pushed"], ["broadcast", "everyone"], ["--json", "list"],
+                    ["--json", "stats"]):
+            r = subprocess.run([BIN, "ctl", "--control", ctl_path] + cmd, capture_output=True,
+                               timeout=60, stdin=subprocess.DEVNULL)
+            assert r.returncode == 0, r.stderr
+        assert [m["data"] for m in read_json_lines(a, 2)] == ["pushed", "everyone"]
+        # Garbage from b: it is cut off, a carries on.
+        b.sendall(b"this is not json\n")
+        log.wait_count(r"not a JSON object: closing its channel and ending it", 1)
+        tell(a, op="publish", topic="t", data="three")
+        a.close()
+        b.close()
+        log.wait_count(r"disconnected pid=", 2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        err = log.text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "ERROR SUMMARY: 0 errors" in err, err[-3000:]
+    assert "definitely lost: 0 bytes" in err or "no leaks are possible" in err, err[-3000:]
+    assert proc.returncode == 0, err[-3000:]
