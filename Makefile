@@ -62,7 +62,13 @@ $(FUZZ_BUILD)/fuzz_jsonl: fuzz/fuzz_jsonl.c src/channel/jsonl.c src/channel/json
 	mkdir -p $(FUZZ_BUILD)
 	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_jsonl.c src/channel/jsonl.c -ljansson
 
-FUZZ_TARGETS = addr frame jsonl
+BUS_SOURCES = src/supervisor/bus.c src/channel/frame.c src/channel/jsonl.c src/log.c
+
+$(FUZZ_BUILD)/fuzz_bus: fuzz/fuzz_bus.c $(BUS_SOURCES) src/supervisor/bus.h src/channel/frame.h src/channel/jsonl.h
+	mkdir -p $(FUZZ_BUILD)
+	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_bus.c $(BUS_SOURCES) -lev -ljansson
+
+FUZZ_TARGETS = addr frame jsonl bus
 
 fuzz: $(addprefix $(FUZZ_BUILD)/fuzz_,$(FUZZ_TARGETS))
 	for t in $(FUZZ_TARGETS); do \

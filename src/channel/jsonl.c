@@ -73,9 +73,11 @@ int jsonl_decoder_feed(jsonl_decoder *d, const char *buf, size_t len, size_t *us
 
         if (d->have + n > d->max)
             return -EMSGSIZE;
-        if (n && (rc = reserve(d, d->have + n)) < 0)
-            return rc;
-        memcpy(d->line + d->have, buf + off, n);
+        if (n) {
+            if ((rc = reserve(d, d->have + n)) < 0)
+                return rc;
+            memcpy(d->line + d->have, buf + off, n);
+        }
         d->have += n;
         off += n;
         *used = off;

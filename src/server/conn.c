@@ -206,8 +206,10 @@ static int send_req(sf_conn *c, uint16_t type, const unsigned char *head, size_t
         return -EMSGSIZE;
     if (!buf)
         return -ENOMEM;
-    memcpy(buf, head, hlen);
-    memcpy(buf + hlen, name, nlen);
+    if (hlen)
+        memcpy(buf, head, hlen);
+    if (nlen)
+        memcpy(buf + hlen, name, nlen);
     if (len)
         memcpy(buf + hlen + nlen, data, len);
     rc = chan_send(c->chan, type, buf, (uint32_t)total, -1);

@@ -189,7 +189,7 @@ static int encode_json(const bus_msg *m, char **out, size_t *len)
         json_object_set_new(o, "op", json_string("error"));
         json_object_set_new(o, "error", json_stringn(m->topic, m->topic_len));
     } else {
-        json_t *d = json_stringn((const char *)m->data, m->len);
+        json_t *d = json_stringn(m->len ? (const char *)m->data : "", m->len);
         json_object_set_new(o, "op", json_string("message"));
         json_object_set_new(o, "kind", json_string(kind_name(m->kind)));
         json_object_set_new(o, "from", json_integer(m->from));
@@ -224,7 +224,8 @@ static int encode_frame(const bus_msg *m, unsigned char **out, size_t *len)
     p[9] = (unsigned char)(m->ok != 0);
     put16(p + 10, (uint32_t)m->topic_len);
     put32(p + 12, (uint32_t)m->from);
-    memcpy(p + 16, m->topic, m->topic_len);
+    if (m->topic_len)
+        memcpy(p + 16, m->topic, m->topic_len);
     if (m->len)
         memcpy(p + 16 + m->topic_len, m->data, m->len);
     *out = p;
@@ -598,7 +599,9 @@ static int name_ok(size_t n) { return n > 0 && n <= BUS_NAME_MAX; }
 /* A frame into an op; -EPROTO if it is malformed. */
 static int frame_op(const chan_frame *f, bus_op *op)
 {
-    const unsigned char *p = f->payload;
+    /* An empty frame has no payload buffer: point at "" rather than NULL,
+     * so that no memcpy below is ever given a null pointer. */
+    const unsigned char *p = f->payload ? f->payload : (const unsigned char *)"";
     size_t n = f->len;
 
     memset(op, 0, sizeof *op);
