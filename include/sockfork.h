@@ -249,7 +249,8 @@ typedef struct sf_server_opts {
     /* The channel (see above). */
     int channel_jsonl;    /* 1: children speak JSON lines (they exec programs) */
     unsigned chan_max;    /* largest message from a child; default 64 KiB */
-    size_t chan_queue;    /* bytes queued for one child; default 256 KiB */
+    size_t chan_queue;    /* bytes queued for one child; default 256 KiB; at
+                           * least chan_max + 8 (one message must fit) */
     int chan_full_kick;   /* at a full queue: 0 drop (counted), 1 end the child */
     unsigned topic_history; /* messages kept per topic; default 20 */
 } sf_server_opts;

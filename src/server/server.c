@@ -622,8 +622,14 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
         sf_server_opts_init(&s->opts);
     if (s->opts.max_conns == 0)
         s->opts.max_conns = 1000;
+    if (s->opts.chan_max == 0)
+        s->opts.chan_max = CHAN_MAX_DEFAULT;
+    if (s->opts.chan_queue == 0)
+        s->opts.chan_queue = 256 * 1024;
     if (s->opts.idle_timeout < 0 || s->opts.grace < 0 || s->opts.kill_grace < 0 ||
-        s->opts.max_conns > (1u << 24)) {
+        s->opts.max_conns > (1u << 24) || s->opts.chan_max > CHAN_MAX_LIMIT ||
+        s->opts.chan_queue < (size_t)s->opts.chan_max + CHAN_HDR_LEN ||
+        s->opts.topic_history > 100000) {
         os_nofork_free(s);
         return -EINVAL;
     }

@@ -48,6 +48,16 @@ def one_line_usage_error(*args):
     ["serve", "-l", "127.0.0.1:0", "--max-per-ip", "-3"],
     ["serve", "-l", "127.0.0.1:0", "--idle-timeout", "soon"],
     ["serve", "-l", "127.0.0.1:0", "--grace", "x"],
+    ["serve", "-l", "127.0.0.1:0", "--channel-max", "12"],
+    ["serve", "-l", "127.0.0.1:0", "--channel-max", "17M"],
+    ["serve", "-l", "127.0.0.1:0", "--channel-queue", "lots"],
+    ["serve", "-l", "127.0.0.1:0", "--channel-queue", "1K"],
+    ["serve", "-l", "127.0.0.1:0", "--channel-full", "block"],
+    ["serve", "-l", "127.0.0.1:0", "--topic-history", "-1"],
+    ["ctl", "send", "12"],
+    ["ctl", "send", "x", "text"],
+    ["ctl", "broadcast"],
+    ["ctl", "broadcast", "a", "b"],
     ["no-such-command"],
 ], ids=lambda a: " ".join(a))
 def test_bad_usage_is_one_line_and_status_2(args):

@@ -17,6 +17,9 @@ void cli_log(void *arg, int level, const char *line);
 
 /* Parses a count: digits only, 0..max. Returns 0 or -1. */
 int cli_parse_uint(const char *s, unsigned max, unsigned *out);
+/* Parses a byte count: digits with an optional K or M (KiB, MiB) suffix,
+ * at most max. Returns 0 or -1. */
+int cli_parse_size(const char *s, unsigned max, unsigned *out);
 /* Parses seconds: a non-negative decimal number (fractions allowed) with
  * an optional unit suffix ms, s, m or h. Returns 0 or -1. */
 int cli_parse_seconds(const char *s, double *out);

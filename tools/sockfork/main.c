@@ -80,6 +80,28 @@ int cli_parse_uint(const char *s, unsigned max, unsigned *out)
     return 0;
 }
 
+int cli_parse_size(const char *s, unsigned max, unsigned *out)
+{
+    char digits[16];
+    size_t n = s ? strlen(s) : 0;
+    unsigned mult = 1, v;
+
+    if (n > 0 && (s[n - 1] == 'K' || s[n - 1] == 'k'))
+        mult = 1024;
+    else if (n > 0 && (s[n - 1] == 'M' || s[n - 1] == 'm'))
+        mult = 1024 * 1024;
+    if (mult > 1)
+        n--;
+    if (n == 0 || n >= sizeof digits)
+        return -1;
+    memcpy(digits, s, n);
+    digits[n] = '\0';
+    if (cli_parse_uint(digits, max / mult, &v) < 0)
+        return -1;
+    *out = v * mult;
+    return 0;
+}
+
 int cli_parse_seconds(const char *s, double *out)
 {
     char *end;

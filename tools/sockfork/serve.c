@@ -39,6 +39,13 @@ static const char serve_usage[] =
     "                        $XDG_RUNTIME_DIR/sockfork/serve-PID.sock, else\n"
     "                        /tmp/sockfork-$UID/serve-PID.sock\n"
     "      --no-control      no control socket\n"
+    "      --channel-max SIZE    largest message a child may send on its channel\n"
+    "                        (default 64K; larger: the child is disconnected)\n"
+    "      --channel-queue SIZE  bytes queued for a child that does not read its\n"
+    "                        channel (default 256K)\n"
+    "      --channel-full POLICY  when that queue is full: drop (the message, counted;\n"
+    "                        the default) or kick (end the child)\n"
+    "      --topic-history N messages kept per topic for late subscribers (default 20)\n"
     "  -q, --quiet           no line per connection\n"
     "      --echo            echo bytes back, no greeting\n"
     "  -h, --help            this text\n"
@@ -46,7 +53,8 @@ static const char serve_usage[] =
     "Durations take fractions and a unit: 500ms, 2s, 1.5m, 1h.\n"
     "Exit status: 0 after a clean shutdown, 1 on a runtime error, 2 on bad usage.\n";
 
-enum { OPT_MAX_PER_IP = 256, OPT_IDLE, OPT_GRACE, OPT_BACKLOG, OPT_ECHO, OPT_CONTROL, OPT_NO_CONTROL };
+enum { OPT_MAX_PER_IP = 256, OPT_IDLE, OPT_GRACE, OPT_BACKLOG, OPT_ECHO, OPT_CONTROL, OPT_NO_CONTROL,
+       OPT_CHAN_MAX, OPT_CHAN_QUEUE, OPT_CHAN_FULL, OPT_TOPIC_HISTORY };
 
 static const struct option serve_options[] = {
     {"listen", required_argument, NULL, 'l'},
@@ -59,6 +67,10 @@ static const struct option serve_options[] = {
     {"echo", no_argument, NULL, OPT_ECHO},
     {"control", required_argument, NULL, OPT_CONTROL},
     {"no-control", no_argument, NULL, OPT_NO_CONTROL},
+    {"channel-max", required_argument, NULL, OPT_CHAN_MAX},
+    {"channel-queue", required_argument, NULL, OPT_CHAN_QUEUE},
+    {"channel-full", required_argument, NULL, OPT_CHAN_FULL},
+    {"topic-history", required_argument, NULL, OPT_TOPIC_HISTORY},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -187,6 +199,37 @@ int cmd_serve(int argc, char **argv)
         case OPT_NO_CONTROL:
             no_control = 1;
             break;
+        case OPT_CHAN_MAX:
+            if (cli_parse_size(optarg, 16u << 20, &u) < 0 || u < 64) {
+                cli_error("serve: --channel-max wants a size from 64 to 16M, not '%s'", optarg);
+                return EXIT_USAGE;
+            }
+            opts.chan_max = u;
+            break;
+        case OPT_CHAN_QUEUE:
+            if (cli_parse_size(optarg, 1u << 30, &u) < 0 || u < 1024) {
+                cli_error("serve: --channel-queue wants a size from 1K to 1024M, not '%s'", optarg);
+                return EXIT_USAGE;
+            }
+            opts.chan_queue = u;
+            break;
+        case OPT_CHAN_FULL:
+            if (strcmp(optarg, "drop") == 0) {
+                opts.chan_full_kick = 0;
+            } else if (strcmp(optarg, "kick") == 0) {
+                opts.chan_full_kick = 1;
+            } else {
+                cli_error("serve: --channel-full wants drop or kick, not '%s'", optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        case OPT_TOPIC_HISTORY:
+            if (cli_parse_uint(optarg, 100000, &u) < 0) {
+                cli_error("serve: --topic-history wants a number from 0 to 100000, not '%s'", optarg);
+                return EXIT_USAGE;
+            }
+            opts.topic_history = u;
+            break;
         case 'h':
             fputs(serve_usage, stdout);
             return 0;
@@ -215,6 +258,11 @@ int cmd_serve(int argc, char **argv)
         opts.channel_jsonl = 1; /* fd 3 speaks JSON lines to the program */
     } else if (echo) {
         handler = handler_echo;
+    }
+    if (opts.chan_queue < (size_t)opts.chan_max + 8) {
+        cli_error("serve: --channel-queue (%zu) must hold one message of --channel-max (%u) "
+                  "and its 8-byte header", opts.chan_queue, opts.chan_max);
+        return EXIT_USAGE;
     }
     if (nlisten == 0)
         listen_addrs[nlisten++] = DEFAULT_LISTEN;
