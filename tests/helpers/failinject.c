@@ -46,10 +46,13 @@ __attribute__((constructor)) static void failinject_init(void)
     atomic_store(&fail_spawn, env_count("SF_FAIL_SPAWN"));
 }
 
-/* Takes one failure from *counter if this is the owner and any are left. */
-static int take(atomic_int *counter)
+/* Takes one failure from *counter if any are left and this process is the
+ * owner (in_child 0) or a direct child of the owner, with its own copy of
+ * the counter (in_child 1). */
+static int take_where(atomic_int *counter, int in_child)
 {
-    if (getpid() != owner)
+    int here = in_child ? getpid() != owner && getppid() == owner : getpid() == owner;
+    if (!here)
         return 0;
     int n = atomic_load(counter);
     while (n > 0) {
@@ -67,23 +70,15 @@ static void *real(const char *name)
     return f;
 }
 
-/* Like take, for a direct child of the owner: its copy of the counter. */
-static int take_in_child(atomic_int *counter)
+static int take(atomic_int *counter)
 {
-    if (getpid() == owner || getppid() != owner)
-        return 0;
-    int n = atomic_load(counter);
-    while (n > 0) {
-        if (atomic_compare_exchange_weak(counter, &n, n - 1))
-            return 1;
-    }
-    return 0;
+    return take_where(counter, 0);
 }
 
 pid_t fork(void)
 {
     static pid_t (*real_fork)(void);
-    if (take(&fail_fork) || take_in_child(&fail_spawn)) {
+    if (take(&fail_fork) || take_where(&fail_spawn, 1)) {
         errno = EAGAIN;
         return -1;
     }

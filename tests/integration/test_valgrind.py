@@ -55,6 +55,12 @@ class StderrLines:
             return "".join(self.lines)
 
 
+def check_valgrind(proc, err):
+    assert "ERROR SUMMARY: 0 errors" in err, err[-3000:]
+    assert "definitely lost: 0 bytes" in err or "no leaks are possible" in err, err[-3000:]
+    assert proc.returncode == 0, err[-3000:]
+
+
 def test_supervisor_has_no_leaks_under_valgrind(tmp_path):
     sock_path = str(tmp_path / "v.sock")
     proc = subprocess.Popen(
@@ -108,9 +114,7 @@ def test_supervisor_has_no_leaks_under_valgrind(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert "ERROR SUMMARY: 0 errors" in err, err[-3000:]
-    assert "definitely lost: 0 bytes" in err or "no leaks are possible" in err, err[-3000:]
-    assert proc.returncode == 0, err[-3000:]
+    check_valgrind(proc, err)
     assert not os.path.exists(sock_path)
 
 
@@ -192,6 +196,4 @@ def test_bus_has_no_leaks_under_valgrind(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert "ERROR SUMMARY: 0 errors" in err, err[-3000:]
-    assert "definitely lost: 0 bytes" in err or "no leaks are possible" in err, err[-3000:]
-    assert proc.returncode == 0, err[-3000:]
+    check_valgrind(proc, err)
