@@ -49,9 +49,9 @@ static int room(sf_conn *conn, void *arg)
                 return 0; /* the server is going away */
             char head[64];
             int n = snprintf(head, sizeof head, "[%d] ", m.from);
-            /* Our own lines come back too: a topic has no notion of sender. */
-            if (m.from != getpid() && (write_all(fd, head, (size_t)n) < 0 ||
-                                       write_all(fd, m.data, m.len) < 0 || write_all(fd, "\n", 1) < 0))
+            /* A publisher does not get its own lines back. */
+            if (write_all(fd, head, (size_t)n) < 0 || write_all(fd, m.data, m.len) < 0 ||
+                write_all(fd, "\n", 1) < 0)
                 return 0;
             sf_msg_free(&m);
         }

@@ -200,7 +200,9 @@ SF_EXTERN int sf_conn_wait(sf_conn *c, int timeout_ms);
 /*
  * Receives one message, blocking until one comes. Returns 1 with *m filled
  * (free it with sf_msg_free), 0 when the supervisor has closed the
- * channel, or -errno (-EPROTO for bytes that are not a message).
+ * channel, or -errno (-EPROTO for bytes that are not a message, -EMSGSIZE
+ * for one longer than the channel allows: neither should happen with a
+ * sockfork supervisor; after either the channel is unusable).
  */
 SF_EXTERN int sf_conn_recv(sf_conn *c, sf_msg *m);
 SF_EXTERN void sf_msg_free(sf_msg *m);
@@ -250,7 +252,7 @@ typedef struct sf_server_opts {
     int channel_jsonl;    /* 1: children speak JSON lines (they exec programs) */
     unsigned chan_max;    /* largest message from a child; default 64 KiB */
     size_t chan_queue;    /* bytes queued for one child; default 256 KiB; at
-                           * least chan_max + 8 (one message must fit) */
+                           * least chan_max + 271 (one message must fit) */
     int chan_full_kick;   /* at a full queue: 0 drop (counted), 1 end the child */
     unsigned topic_history; /* messages kept per topic; default 20 */
 } sf_server_opts;

@@ -24,8 +24,8 @@ static int reserve(jsonl_decoder *d, size_t n)
         return 0;
     while (cap < n)
         cap *= 2;
-    if (cap > d->max)
-        cap = d->max;
+    if (cap > d->max + 1)
+        cap = d->max + 1;
     p = realloc(d->line, cap);
     if (!p)
         return -ENOMEM;
@@ -71,7 +71,9 @@ int jsonl_decoder_feed(jsonl_decoder *d, const char *buf, size_t len, size_t *us
         size_t n = nl ? (size_t)(nl - (buf + off)) : len - off;
         int rc;
 
-        if (d->have + n > d->max)
+        /* The limit is on the line; a CR before its LF is not counted. */
+        if (d->have + n > d->max + 1 ||
+            (n > 0 && d->have + n == d->max + 1 && buf[off + n - 1] != '\r'))
             return -EMSGSIZE;
         if (n) {
             if ((rc = reserve(d, d->have + n)) < 0)

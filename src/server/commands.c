@@ -128,7 +128,10 @@ static json_t *cmd_send(sf_server *s, json_t *req)
         return ctl_error("pid %d does not read its channel: its queue is full, message dropped",
                          (int)r->pid);
     if (rc < 0)
-        return ctl_error("pid %d: %s", (int)r->pid, rc == -EPIPE ? "its channel is closed" : strerror(-rc));
+        return ctl_error("pid %d: %s", (int)r->pid,
+                         rc == -EPIPE      ? "its channel is closed"
+                         : rc == -EMSGSIZE ? "text longer than the channel's maximum (--channel-max)"
+                                           : strerror(-rc));
     return json_pack("{s:b, s:i}", "ok", 1, "pid", (int)r->pid);
 }
 

@@ -203,7 +203,7 @@ static void __attribute__((noreturn)) child_main(const void *blob, size_t len, i
     c.local.len = sizeof c.local.u;
     if (!cs.is_tcp || getsockname(c.fd, &c.local.u.sa, &c.local.len) < 0)
         c.local = c.peer; /* Unix: the listener's path on both sides */
-    chan_reader_init(&c.reader, cs.chan_max);
+    chan_reader_init(&c.reader, cs.chan_max + BUS_MSG_OVERHEAD - CHAN_HDR_LEN);
     rc = cs.handler(&c, cs.arg);
     /* Only stdout, and only if it holds something: fflush(NULL) locks
      * every stream, writing to pages shared with the spawner, which then
@@ -628,7 +628,7 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
         s->opts.chan_queue = 256 * 1024;
     if (s->opts.idle_timeout < 0 || s->opts.grace < 0 || s->opts.kill_grace < 0 ||
         s->opts.max_conns > (1u << 24) || s->opts.chan_max > CHAN_MAX_LIMIT ||
-        s->opts.chan_queue < (size_t)s->opts.chan_max + CHAN_HDR_LEN ||
+        s->opts.chan_queue < (size_t)s->opts.chan_max + BUS_MSG_OVERHEAD ||
         s->opts.topic_history > 100000) {
         os_nofork_free(s);
         return -EINVAL;

@@ -255,6 +255,10 @@ static int push(endpoint *e, encoded *x)
 
     if (!endpoint_is_open(e))
         return -EPIPE;
+    /* More than a child may send is more than a child's reader takes
+     * (ctl's texts are bounded by its own line limit, not by chan_max). */
+    if (x->m->len > e->owner->cfg.chan_max)
+        return -EMSGSIZE;
     if (!x->bytes[j] && !x->failed[j]) {
         rc = j ? encode_json(x->m, (char **)&x->bytes[j], &x->len[j])
                : encode_frame(x->m, &x->bytes[j], &x->len[j]);
@@ -311,7 +315,9 @@ unsigned bus_broadcast(bus *b, const bus_msg *m, const endpoint *except)
     return n;
 }
 
-static unsigned publish(bus *b, bus_topic *t, const bus_msg *m)
+/* To the topic's subscribers but the sender, as a broadcast is: a chat
+ * line is not echoed to its author. */
+static unsigned publish(bus *b, bus_topic *t, const bus_msg *m, const endpoint *sender)
 {
     encoded x = {m, {NULL, NULL}, {0, 0}, {0, 0}};
     unsigned n = 0;
@@ -319,7 +325,7 @@ static unsigned publish(bus *b, bus_topic *t, const bus_msg *m)
 
     for (s = t->subs; s; s = next) {
         next = s->tnext;
-        if (push(s->ep, &x) == 0)
+        if (s->ep != sender && push(s->ep, &x) == 0)
             n++;
     }
     encoded_fini(&x);
@@ -343,6 +349,43 @@ static void send_error(endpoint *e, const char *fmt, ...)
     m.topic = text;
     m.topic_len = n < 0 ? 0 : (size_t)n >= sizeof text ? sizeof text - 1 : (size_t)n;
     (void)bus_deliver(e, &m);
+}
+
+/* Copies what a child says into out (NUL-terminated, at most len - 1
+ * bytes) as one line of valid UTF-8: control characters (a newline would
+ * let it forge log lines) and bytes that are not UTF-8 become '?', and it
+ * is cut at a character boundary. Returns the length. */
+static size_t text_clean(char *out, size_t len, const unsigned char *in, size_t n)
+{
+    size_t o = 0, i = 0;
+
+    while (i < n && o + 1 < len) {
+        unsigned char c = in[i];
+        size_t k = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+        int ok = k > 0 && i + k <= n;
+
+        for (size_t j = 1; ok && j < k; j++)
+            ok = (in[i + j] & 0xc0) == 0x80;
+        /* No overlong forms, no surrogates, nothing past U+10FFFF. */
+        if (ok && k == 2)
+            ok = c >= 0xc2;
+        if (ok && k == 3)
+            ok = !(c == 0xe0 && in[i + 1] < 0xa0) && !(c == 0xed && in[i + 1] >= 0xa0);
+        if (ok && k == 4)
+            ok = c <= 0xf4 && !(c == 0xf0 && in[i + 1] < 0x90) && !(c == 0xf4 && in[i + 1] >= 0x90);
+        if (!ok || (k == 1 && (c < 0x20 || c == 0x7f) && c != '\t')) {
+            out[o++] = '?';
+            i += 1;
+            continue;
+        }
+        if (o + k + 1 > len)
+            break; /* it would not fit whole */
+        memcpy(out + o, in + i, k);
+        o += k;
+        i += k;
+    }
+    out[o] = '\0';
+    return o;
 }
 
 /* ------------------------------------------------------------- routing */
@@ -455,7 +498,7 @@ static void do_publish(endpoint *e, const bus_op *op)
             send_error(e, "publish: too many topics (at most %d)", BUS_TOPICS_MAX);
         return; /* nobody subscribes and nothing is kept */
     }
-    (void)publish(b, t, &m);
+    (void)publish(b, t, &m, e);
     /* A delivery may have disconnected a subscriber (the kick policy), and
      * with it freed a topic that had nothing else: look it up again. */
     if (!(t = topic_get(b, op->name, op->name_len, b->cfg.history > 0)))
@@ -579,16 +622,15 @@ static void execute(endpoint *e, const bus_op *op)
     case OP_RELEASE:
         release(e, op);
         return;
-    case OP_LOG:
-        sf_logf(b->cfg.log, SF_LOG_INFO, "pid %d says: %.*s", (int)e->pid,
-                (int)(op->len > 900 ? 900 : op->len), (const char *)op->data);
-        return;
-    case OP_STATUS: {
-        size_t n = op->len < sizeof e->status - 1 ? op->len : sizeof e->status - 1;
-        memcpy(e->status, op->data, n);
-        e->status[n] = '\0';
+    case OP_LOG: {
+        char text[901];
+        (void)text_clean(text, sizeof text, op->data, op->len);
+        sf_logf(b->cfg.log, SF_LOG_INFO, "pid %d says: %s", (int)e->pid, text);
         return;
     }
+    case OP_STATUS:
+        (void)text_clean(e->status, sizeof e->status, op->data, op->len);
+        return;
     }
 }
 
@@ -827,6 +869,13 @@ static void rd_cb(struct ev_loop *loop, ev_io *w, int revents)
             return;
         if (n == 0 || n == -ECONNRESET) {
             endpoint_close(e); /* the child closed it, or exited */
+            return;
+        }
+        if (n > 0 && e->fdec.nfds > 0) {
+            /* No request takes a descriptor from a child: one sent with or
+             * without its frame's flag is a protocol error, and must not be
+             * kept open here. */
+            kick(e, "a descriptor it should not have sent", 1);
             return;
         }
         if (n < 0) {

@@ -40,6 +40,11 @@
 #define BUS_NAMES_PER_CHILD 16
 #define BUS_HISTORY_BYTES (256 * 1024) /* per topic, besides the count */
 #define BUS_READ_BUDGET (64 * 1024)    /* bytes read from one child per wakeup */
+/* What a MESSAGE frame adds to the data it carries: the frame header, the
+ * message header, the longest topic. A child's reader takes chan_max plus
+ * this, so anything a sibling may send reaches it; a queue must hold as
+ * much. */
+#define BUS_MSG_OVERHEAD (CHAN_HDR_LEN + 8 + BUS_NAME_MAX)
 
 enum bus_full_policy { BUS_FULL_DROP = 0, BUS_FULL_KICK = 1 };
 

@@ -298,11 +298,13 @@ def session_members(sid, exclude=()):
 class Server:
     """One `sockfork serve` process, started in its own session."""
 
-    def __init__(self, tmp_path, args, listen=("127.0.0.1:0",), env=None, preload=None):
+    def __init__(self, tmp_path, args, listen=("127.0.0.1:0",), env=None, preload=None, bin=None):
         self.tmp_path = tmp_path
         self.args = list(args)
         self.listen_args = list(listen)
-        cmd = [BIN, "serve"]
+        # bin: another program with `sockfork serve`'s command line and log
+        # (tests/helpers/chanserver); the default is the sockfork binary.
+        cmd = [bin or BIN, "serve"]
         for a in self.listen_args:
             cmd += ["-l", a]
         cmd += self.args
@@ -478,14 +480,14 @@ class Server:
 
 @pytest.fixture
 def sockfork(tmp_path):
-    """Factory: sockfork(args, listen=[...], env={}, preload=path) starts a
-    server and returns a Server once it listens. At teardown each server is
+    """Factory: sockfork(args, listen=[...], env={}, preload=path, bin=path)
+    starts a server and returns a Server once it listens. At teardown each server is
     stopped with SIGTERM and checked (exit 0, no leftover process, every
     child logged, no sanitizer report) unless the test already did."""
     servers = []
 
-    def start(*args, listen=("127.0.0.1:0",), env=None, preload=None):
-        srv = Server(tmp_path, args, listen=listen, env=env, preload=preload)
+    def start(*args, listen=("127.0.0.1:0",), env=None, preload=None, bin=None):
+        srv = Server(tmp_path, args, listen=listen, env=env, preload=preload, bin=bin)
         servers.append(srv)
         return srv
 
@@ -530,3 +532,155 @@ def run_cli(*args, timeout=WAIT):
         proc.communicate()
         raise AssertionError("sockfork %s did not exit within %.0f s" % (" ".join(args), timeout))
     return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+# ------------------------------------------------- the channel (chanserver)
+
+def control_path(srv):
+    """The control socket a server announced ("control socket unix:PATH")."""
+    _, m = srv.log.wait_one(r"^sockfork: control socket unix:(.+)$")
+    return m.group(1)
+
+
+class Control:
+    """A connection to a server's control socket: one JSON request per line,
+    one answer per line, read with a deadline."""
+
+    def __init__(self, path, timeout=WAIT):
+        import json
+        self._json = json
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.buf = bytearray()
+        self.timeout = timeout
+
+    def __call__(self, **req):
+        self.sock.sendall(self._json.dumps(req).encode() + b"\n")
+        deadline = time.monotonic() + self.timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("no answer to %r" % req)
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise AssertionError("control socket closed; no answer to %r" % req)
+            self.buf += chunk
+        i = self.buf.index(b"\n")
+        line = bytes(self.buf[:i])
+        del self.buf[:i + 1]
+        return self._json.loads(line)
+
+    def close(self):
+        self.sock.close()
+
+
+def _unescape(text):
+    """chanserver's %XX fields back to bytes ("-" is empty)."""
+    if text == "-":
+        return b""
+    out = bytearray()
+    i = 0
+    raw = text.encode("utf-8", "surrogateescape")
+    while i < len(raw):
+        if raw[i] == 0x25 and i + 3 <= len(raw):
+            out.append(int(raw[i + 1:i + 3], 16))
+            i += 3
+        else:
+            out.append(raw[i])
+            i += 1
+    return bytes(out)
+
+
+def escape_arg(data):
+    """A text argument for a chanserver command: every byte %XX-encoded
+    unless it is printable ASCII other than '%' and space."""
+    if isinstance(data, str):
+        data = data.encode()
+    return "".join(chr(b) if 0x20 < b < 0x7f and b != 0x25 else "%%%02X" % b for b in data)
+
+
+class Msg:
+    """One "MSG kind from ok topic len data" line of chanserver."""
+
+    def __init__(self, line):
+        parts = line.split(" ", 6)
+        assert parts[0] == "MSG" and len(parts) == 7, "not a MSG line: %r" % line
+        self.kind = parts[1]
+        self.frm = int(parts[2])
+        self.ok = int(parts[3])
+        self.topic = _unescape(parts[4]).decode("utf-8", "replace")
+        self.len = int(parts[5])
+        self.data = _unescape(parts[6])
+
+    def __repr__(self):
+        return "Msg(%s from=%d ok=%d topic=%r len=%d data=%r)" % (
+            self.kind, self.frm, self.ok, self.topic, self.len, self.data[:60])
+
+
+class BusClient:
+    """A client of tests/helpers/chanserver: its child speaks the line
+    protocol at the top of chanserver.c. Waits for the child's `connected`
+    line, so the supervisor knows its pid when the test goes on."""
+
+    FINAL = ("OK ", "ERR ", "PID ", "COUNT ", "BYE", "DONE ")
+
+    def __init__(self, srv, timeout=WAIT):
+        self.srv = srv
+        self.sock = srv.connect(timeout=timeout)
+        self.buf = bytearray()
+        hello = self.line(timeout)
+        assert hello.startswith("HELLO "), hello
+        self.pid = int(hello.split()[1])
+        srv.log.wait_one(r"\] connected pid=%d active=" % self.pid, timeout=timeout)
+
+    def line(self, timeout=WAIT):
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("pid %s: timed out reading a line, got %r"
+                                     % (getattr(self, "pid", "?"), bytes(self.buf[-200:])))
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise AssertionError("pid %s: EOF, got %r" % (getattr(self, "pid", "?"),
+                                                              bytes(self.buf[-200:])))
+            self.buf += chunk
+        i = self.buf.index(b"\n")
+        line = bytes(self.buf[:i]).decode("utf-8", "surrogateescape")
+        del self.buf[:i + 1]
+        return line
+
+    def send(self, text):
+        self.sock.sendall((text if isinstance(text, bytes) else text.encode()) + b"\n")
+
+    def cmd(self, text, timeout=WAIT):
+        """Sends a command; returns (MSG lines before the answer, the answer)."""
+        self.send(text)
+        msgs = []
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.line(max(0.0, deadline - time.monotonic()))
+            if line.startswith("MSG "):
+                msgs.append(Msg(line))
+            elif line.startswith(self.FINAL):
+                return msgs, line
+            else:
+                msgs.append(line)  # CLOSED, ERR RECV: a test fails on them
+
+    def ok(self, text, timeout=WAIT):
+        """A command that must answer OK; returns the messages before it."""
+        msgs, last = self.cmd(text, timeout)
+        verb = text.split(" ", 1)[0]
+        assert last.startswith("OK " + verb), "pid %d: %r answered %r after %r" % (
+            self.pid, text[:80], last, msgs)
+        return msgs
+
+    def sync(self):
+        """Every message the supervisor routed to this child so far."""
+        return self.ok("SYNC")
+
+    def close(self):
+        self.srv.close_client(self.sock)

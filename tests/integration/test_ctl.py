@@ -7,12 +7,7 @@ import socket
 import stat
 import subprocess
 
-from conftest import BIN, WAIT, expect_eof, peer_text, recv_exact, run_cli, server_env
-
-
-def control_path(srv):
-    _, m = srv.log.wait_one(r"^sockfork: control socket unix:(.+)$")
-    return m.group(1)
+from conftest import BIN, WAIT, control_path, expect_eof, peer_text, recv_exact, run_cli, server_env
 
 
 def ctl(path, *args, env=None):

@@ -7,8 +7,8 @@ import os
 import signal
 import time
 
-from conftest import LONG_WAIT, WAIT, children_of, proc_stat, recv_line
-from test_ctl import control_path, ctl_json
+from conftest import LONG_WAIT, WAIT, children_of, control_path, proc_stat, recv_line
+from test_ctl import ctl_json
 
 
 def spawner_of(srv):

@@ -259,9 +259,9 @@ int cmd_serve(int argc, char **argv)
     } else if (echo) {
         handler = handler_echo;
     }
-    if (opts.chan_queue < (size_t)opts.chan_max + 8) {
+    if (opts.chan_queue < (size_t)opts.chan_max + 271) {
         cli_error("serve: --channel-queue (%zu) must hold one message of --channel-max (%u) "
-                  "and its 8-byte header", opts.chan_queue, opts.chan_max);
+                  "and its 271 bytes of headers", opts.chan_queue, opts.chan_max);
         return EXIT_USAGE;
     }
     if (nlisten == 0)
