@@ -1,8 +1,10 @@
 /* bus.c - see bus.h. */
 #include "supervisor/bus.h"
+#include "supervisor/bus_codec.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,20 +12,6 @@
 
 #define TOPIC_BUCKETS (BUS_TOPICS_MAX * 2)
 #define NAME_BUCKETS 4096
-
-/* A request of a child, decoded from either codec. */
-enum { OP_SEND = 1, OP_SEND_NAME, OP_BROADCAST, OP_PUBLISH, OP_SUBSCRIBE, OP_UNSUBSCRIBE,
-       OP_CLAIM, OP_RELEASE, OP_LOG, OP_STATUS };
-
-typedef struct bus_op {
-    int op;
-    pid_t to;
-    const char *name;       /* topic or name */
-    size_t name_len;
-    const unsigned char *data;
-    size_t len;
-    unsigned history;
-} bus_op;
 
 typedef struct hist_item {
     struct hist_item *next;
@@ -126,113 +114,6 @@ static bus_topic *topic_get(bus *b, const char *name, size_t len, int create)
     return t;
 }
 
-/* ----------------------------------------------------------- encoding */
-
-static void put16(unsigned char *p, uint32_t v) { p[0] = (unsigned char)(v >> 8); p[1] = (unsigned char)v; }
-static void put32(unsigned char *p, uint32_t v)
-{
-    p[0] = (unsigned char)(v >> 24); p[1] = (unsigned char)(v >> 16);
-    p[2] = (unsigned char)(v >> 8); p[3] = (unsigned char)v;
-}
-static uint32_t get16(const unsigned char *p) { return (uint32_t)p[0] << 8 | p[1]; }
-static uint32_t get32(const unsigned char *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static const char *kind_name(int kind)
-{
-    switch (kind) {
-    case SF_MSG_DIRECT: return "direct";
-    case SF_MSG_NAME: return "name";
-    case SF_MSG_BROADCAST: return "broadcast";
-    case SF_MSG_TOPIC: return "topic";
-    case SF_MSG_HISTORY: return "history";
-    case SF_MSG_CLAIMED: return "claimed";
-    default: return "error";
-    }
-}
-
-static char *base64(const unsigned char *p, size_t n)
-{
-    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    char *out = malloc(4 * ((n + 2) / 3) + 1), *o = out;
-
-    if (!out)
-        return NULL;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) |
-                     (i + 2 < n ? p[i + 2] : 0);
-        *o++ = tab[v >> 18 & 63];
-        *o++ = tab[v >> 12 & 63];
-        *o++ = i + 1 < n ? tab[v >> 6 & 63] : '=';
-        *o++ = i + 2 < n ? tab[v & 63] : '=';
-    }
-    *o = '\0';
-    return out;
-}
-
-/* One message as a JSON line: {"op":"message","kind":...}. Bytes that are
- * not UTF-8 travel as "data_b64". */
-static int encode_json(const bus_msg *m, char **out, size_t *len)
-{
-    json_t *o = json_object();
-    int rc = -ENOMEM;
-
-    if (!o)
-        return -ENOMEM;
-    if (m->kind == SF_MSG_CLAIMED) {
-        json_object_set_new(o, "op", json_string("claimed"));
-        json_object_set_new(o, "name", json_stringn(m->topic, m->topic_len));
-        json_object_set_new(o, "ok", json_boolean(m->ok));
-    } else if (m->kind == SF_MSG_ERROR) {
-        json_object_set_new(o, "op", json_string("error"));
-        json_object_set_new(o, "error", json_stringn(m->topic, m->topic_len));
-    } else {
-        json_t *d = json_stringn(m->len ? (const char *)m->data : "", m->len);
-        json_object_set_new(o, "op", json_string("message"));
-        json_object_set_new(o, "kind", json_string(kind_name(m->kind)));
-        json_object_set_new(o, "from", json_integer(m->from));
-        if (m->topic_len)
-            json_object_set_new(o, m->kind == SF_MSG_NAME ? "name" : "topic",
-                                json_stringn(m->topic, m->topic_len));
-        if (d) {
-            json_object_set_new(o, "data", d);
-        } else {
-            char *b = base64(m->data, m->len);
-            if (!b)
-                goto out;
-            json_object_set_new(o, "data_b64", json_string(b));
-            free(b);
-        }
-    }
-    rc = jsonl_encode(o, out, len);
-out:
-    json_decref(o);
-    return rc;
-}
-
-static int encode_frame(const bus_msg *m, unsigned char **out, size_t *len)
-{
-    size_t plen = 8 + m->topic_len + m->len;
-    unsigned char *p = malloc(CHAN_HDR_LEN + plen);
-
-    if (!p)
-        return -ENOMEM;
-    chan_header_encode(p, CHAN_T_MESSAGE, 0, (uint32_t)plen);
-    p[8] = (unsigned char)m->kind;
-    p[9] = (unsigned char)(m->ok != 0);
-    put16(p + 10, (uint32_t)m->topic_len);
-    put32(p + 12, (uint32_t)m->from);
-    if (m->topic_len)
-        memcpy(p + 16, m->topic, m->topic_len);
-    if (m->len)
-        memcpy(p + 16 + m->topic_len, m->data, m->len);
-    *out = p;
-    *len = CHAN_HDR_LEN + plen;
-    return 0;
-}
-
 /* A message encoded once per codec, on first need. */
 typedef struct encoded {
     const bus_msg *m;
@@ -260,8 +141,8 @@ static int push(endpoint *e, encoded *x)
     if (x->m->len > e->owner->cfg.chan_max)
         return -EMSGSIZE;
     if (!x->bytes[j] && !x->failed[j]) {
-        rc = j ? encode_json(x->m, (char **)&x->bytes[j], &x->len[j])
-               : encode_frame(x->m, &x->bytes[j], &x->len[j]);
+        rc = j ? bus_encode_json(x->m, (char **)&x->bytes[j], &x->len[j])
+               : bus_encode_frame(x->m, &x->bytes[j], &x->len[j]);
         if (rc < 0)
             x->failed[j] = 1;
     }
@@ -349,43 +230,6 @@ static void send_error(endpoint *e, const char *fmt, ...)
     m.topic = text;
     m.topic_len = n < 0 ? 0 : (size_t)n >= sizeof text ? sizeof text - 1 : (size_t)n;
     (void)bus_deliver(e, &m);
-}
-
-/* Copies what a child says into out (NUL-terminated, at most len - 1
- * bytes) as one line of valid UTF-8: control characters (a newline would
- * let it forge log lines) and bytes that are not UTF-8 become '?', and it
- * is cut at a character boundary. Returns the length. */
-static size_t text_clean(char *out, size_t len, const unsigned char *in, size_t n)
-{
-    size_t o = 0, i = 0;
-
-    while (i < n && o + 1 < len) {
-        unsigned char c = in[i];
-        size_t k = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
-        int ok = k > 0 && i + k <= n;
-
-        for (size_t j = 1; ok && j < k; j++)
-            ok = (in[i + j] & 0xc0) == 0x80;
-        /* No overlong forms, no surrogates, nothing past U+10FFFF. */
-        if (ok && k == 2)
-            ok = c >= 0xc2;
-        if (ok && k == 3)
-            ok = !(c == 0xe0 && in[i + 1] < 0xa0) && !(c == 0xed && in[i + 1] >= 0xa0);
-        if (ok && k == 4)
-            ok = c <= 0xf4 && !(c == 0xf0 && in[i + 1] < 0x90) && !(c == 0xf4 && in[i + 1] >= 0x90);
-        if (!ok || (k == 1 && (c < 0x20 || c == 0x7f) && c != '\t')) {
-            out[o++] = '?';
-            i += 1;
-            continue;
-        }
-        if (o + k + 1 > len)
-            break; /* it would not fit whole */
-        memcpy(out + o, in + i, k);
-        o += k;
-        i += k;
-    }
-    out[o] = '\0';
-    return o;
 }
 
 /* ------------------------------------------------------------- routing */
@@ -624,158 +468,14 @@ static void execute(endpoint *e, const bus_op *op)
         return;
     case OP_LOG: {
         char text[901];
-        (void)text_clean(text, sizeof text, op->data, op->len);
+        (void)bus_text_clean(text, sizeof text, op->data, op->len);
         sf_logf(b->cfg.log, SF_LOG_INFO, "pid %d says: %s", (int)e->pid, text);
         return;
     }
     case OP_STATUS:
-        (void)text_clean(e->status, sizeof e->status, op->data, op->len);
+        (void)bus_text_clean(e->status, sizeof e->status, op->data, op->len);
         return;
     }
-}
-
-/* ------------------------------------------------------------ decoding */
-
-static int name_ok(size_t n) { return n > 0 && n <= BUS_NAME_MAX; }
-
-/* A frame into an op; -EPROTO if it is malformed. */
-static int frame_op(const chan_frame *f, bus_op *op)
-{
-    /* An empty frame has no payload buffer: point at "" rather than NULL,
-     * so that no memcpy below is ever given a null pointer. */
-    const unsigned char *p = f->payload ? f->payload : (const unsigned char *)"";
-    size_t n = f->len;
-
-    memset(op, 0, sizeof *op);
-    if (f->fd >= 0)
-        return -EPROTO; /* nothing takes a descriptor from a child yet */
-    switch (f->type) {
-    case CHAN_T_SEND:
-        if (n < 4)
-            return -EPROTO;
-        op->op = OP_SEND;
-        op->to = (pid_t)get32(p);
-        op->data = p + 4;
-        op->len = n - 4;
-        return 0;
-    case CHAN_T_SEND_NAME:
-    case CHAN_T_PUBLISH:
-        if (n < 2 || !name_ok(get16(p)) || n < 2 + get16(p))
-            return -EPROTO;
-        op->op = f->type == CHAN_T_SEND_NAME ? OP_SEND_NAME : OP_PUBLISH;
-        op->name = (const char *)p + 2;
-        op->name_len = get16(p);
-        op->data = p + 2 + op->name_len;
-        op->len = n - 2 - op->name_len;
-        return 0;
-    case CHAN_T_BROADCAST:
-    case CHAN_T_LOG:
-    case CHAN_T_STATUS:
-        op->op = f->type == CHAN_T_BROADCAST ? OP_BROADCAST : f->type == CHAN_T_LOG ? OP_LOG : OP_STATUS;
-        op->data = p;
-        op->len = n;
-        return 0;
-    case CHAN_T_SUBSCRIBE:
-        if (n < 4 || !name_ok(n - 4))
-            return -EPROTO;
-        op->op = OP_SUBSCRIBE;
-        op->history = get32(p);
-        op->name = (const char *)p + 4;
-        op->name_len = n - 4;
-        return 0;
-    case CHAN_T_UNSUBSCRIBE:
-    case CHAN_T_CLAIM:
-    case CHAN_T_RELEASE:
-        if (!name_ok(n))
-            return -EPROTO;
-        op->op = f->type == CHAN_T_UNSUBSCRIBE ? OP_UNSUBSCRIBE : f->type == CHAN_T_CLAIM ? OP_CLAIM : OP_RELEASE;
-        op->name = (const char *)p;
-        op->name_len = n;
-        return 0;
-    default:
-        return -EPROTO;
-    }
-}
-
-static int json_str(json_t *o, const char *key, const char **s, size_t *n)
-{
-    json_t *v = json_object_get(o, key);
-    if (!json_is_string(v))
-        return -1;
-    *s = json_string_value(v);
-    *n = json_string_length(v);
-    return 0;
-}
-
-/* A JSON line into an op. Returns 0, or sets *why for the error reply. */
-static int json_op(endpoint *e, json_t *o, bus_op *op, const char **why)
-{
-    static const struct { const char *name; int op; } ops[] = {
-        {"send", OP_SEND}, {"broadcast", OP_BROADCAST}, {"publish", OP_PUBLISH},
-        {"subscribe", OP_SUBSCRIBE}, {"unsubscribe", OP_UNSUBSCRIBE}, {"claim", OP_CLAIM},
-        {"release", OP_RELEASE}, {"log", OP_LOG}, {"status", OP_STATUS},
-    };
-    const char *name;
-    json_t *v;
-    size_t n;
-    (void)e;
-
-    memset(op, 0, sizeof *op);
-    if (json_str(o, "op", &name, &n) < 0) {
-        *why = "a message needs \"op\": a string";
-        return -1;
-    }
-    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
-        if (strcmp(name, ops[i].name) == 0)
-            op->op = ops[i].op;
-    }
-    if (!op->op) {
-        *why = "unknown op";
-        return -1;
-    }
-    if (op->op == OP_LOG || op->op == OP_STATUS) {
-        if (json_str(o, "text", (const char **)&op->data, &op->len) < 0) {
-            *why = "log and status need \"text\": a string";
-            return -1;
-        }
-        return 0;
-    }
-    if (op->op == OP_SEND || op->op == OP_BROADCAST || op->op == OP_PUBLISH) {
-        if (json_str(o, "data", (const char **)&op->data, &op->len) < 0) {
-            *why = "send, broadcast and publish need \"data\": a string";
-            return -1;
-        }
-    }
-    if (op->op == OP_SEND) {
-        v = json_object_get(o, "to");
-        if (json_is_integer(v) && json_integer_value(v) > 0 && json_integer_value(v) < INT32_MAX) {
-            op->to = (pid_t)json_integer_value(v);
-            return 0;
-        }
-        if (json_str(o, "name", &op->name, &op->name_len) == 0 && name_ok(op->name_len)) {
-            op->op = OP_SEND_NAME;
-            return 0;
-        }
-        *why = "send needs \"to\": a pid, or \"name\": a name of 1 to 255 bytes";
-        return -1;
-    }
-    if (op->op == OP_BROADCAST)
-        return 0;
-    if (json_str(o, op->op == OP_CLAIM || op->op == OP_RELEASE ? "name" : "topic", &op->name,
-                 &op->name_len) < 0 || !name_ok(op->name_len)) {
-        *why = op->op == OP_CLAIM || op->op == OP_RELEASE ? "claim and release need \"name\": 1 to 255 bytes"
-                                                          : "this op needs \"topic\": 1 to 255 bytes";
-        return -1;
-    }
-    if (op->op == OP_SUBSCRIBE) {
-        v = json_object_get(o, "history");
-        if (v && !(json_is_integer(v) && json_integer_value(v) >= 0)) {
-            *why = "\"history\" must be a count";
-            return -1;
-        }
-        op->history = v ? (unsigned)(json_integer_value(v) > 100000 ? 100000 : json_integer_value(v)) : 0;
-    }
-    return 0;
 }
 
 /* ------------------------------------------------------------ the io */
@@ -821,7 +521,7 @@ static int feed(endpoint *e, const unsigned char *buf, size_t len)
             }
             e->frames_in++;
             e->owner->stats.frames_in++;
-            if (json_op(e, o, &op, &why) == 0)
+            if (bus_op_from_json(o, &op, &why) == 0)
                 execute(e, &op);
             else
                 send_error(e, "%s", why);
@@ -839,7 +539,7 @@ static int feed(endpoint *e, const unsigned char *buf, size_t len)
             }
             e->frames_in++;
             e->owner->stats.frames_in++;
-            rc = frame_op(&f, &op);
+            rc = bus_op_from_frame(&f, &op);
             if (rc == 0)
                 execute(e, &op);
             free(f.payload);

@@ -164,6 +164,11 @@ def test_bus_has_no_leaks_under_valgrind(tmp_path):
         assert read_json_lines(a, 1) == [{"op": "claimed", "name": "alice", "ok": True}]
         tell(a, op="publish", topic="t", data="one")
         tell(a, op="publish", topic="t", data="two")
+        # The supervisor takes each child's requests in order, but not the
+        # two children's in any order: a's own message back says its
+        # publishes are done before b subscribes.
+        tell(a, op="send", to=pids[0], data="sync")
+        assert read_json_lines(a, 1)[0]["data"] == "sync"
         tell(b, op="subscribe", topic="t", history=5)
         got = read_json_lines(b, 2)
         assert [m["data"] for m in got] == ["one", "two"] and got[0]["kind"] == "history"
