@@ -13,8 +13,8 @@ void sf_logf(const sf_logger *lg, int level, const char *fmt, ...)
     int saved_errno = errno;
     int n;
 
-    if (!sf_log_enabled(lg, level))
-        return;
+    if (!lg || !sf_log_enabled(lg, level))
+        return; /* a component configured without a logger logs nothing */
     va_start(ap, fmt);
     n = vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);

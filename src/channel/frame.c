@@ -172,32 +172,17 @@ void chan_header_encode(unsigned char hdr[CHAN_HDR_LEN], uint16_t type, uint16_t
     hdr[7] = (unsigned char)flags;
 }
 
-/* One sendmsg of header and payload from byte `off` of the two (a NULL
- * header means none: off counts from CHAN_HDR_LEN), with attach_fd (if >= 0)
- * riding on the first byte sent. Returns bytes sent or -errno. */
-static ssize_t send_pieces(int sock, const unsigned char *hdr, const void *payload, size_t len,
-                           size_t off, int attach_fd)
+/* One sendmsg of iov[0..niov), with attach_fd (if >= 0) riding on its
+ * first byte. Returns bytes sent or -errno. */
+static ssize_t send_iov(int sock, struct iovec *iov, int niov, int attach_fd)
 {
     union {
         struct cmsghdr h;
         char space[CMSG_SPACE(sizeof(int))];
     } ctl;
-    struct iovec iov[2];
     struct msghdr msg;
-    int niov = 0;
     ssize_t n;
 
-    if (off < CHAN_HDR_LEN) {
-        iov[niov].iov_base = (void *)(hdr + off);
-        iov[niov++].iov_len = CHAN_HDR_LEN - off;
-        if (len) {
-            iov[niov].iov_base = (void *)payload;
-            iov[niov++].iov_len = len;
-        }
-    } else {
-        iov[niov].iov_base = (char *)payload + (off - CHAN_HDR_LEN);
-        iov[niov++].iov_len = len - (off - CHAN_HDR_LEN);
-    }
     memset(&msg, 0, sizeof msg);
     msg.msg_iov = iov;
     msg.msg_iovlen = (size_t)niov;
@@ -213,6 +198,27 @@ static ssize_t send_pieces(int sock, const unsigned char *hdr, const void *paylo
     }
     n = sendmsg(sock, &msg, MSG_NOSIGNAL);
     return n < 0 ? -errno : n;
+}
+
+/* One sendmsg of header and payload from byte `off` of the two. */
+static ssize_t send_pieces(int sock, const unsigned char *hdr, const void *payload, size_t len,
+                           size_t off, int attach_fd)
+{
+    struct iovec iov[2];
+    int niov = 0;
+
+    if (off < CHAN_HDR_LEN) {
+        iov[niov].iov_base = (void *)(hdr + off);
+        iov[niov++].iov_len = CHAN_HDR_LEN - off;
+        if (len) {
+            iov[niov].iov_base = (void *)payload;
+            iov[niov++].iov_len = len;
+        }
+    } else {
+        iov[niov].iov_base = (char *)payload + (off - CHAN_HDR_LEN);
+        iov[niov++].iov_len = len - (off - CHAN_HDR_LEN);
+    }
+    return send_iov(sock, iov, niov, attach_fd);
 }
 
 int chan_send(int sock, uint16_t type, const void *payload, uint32_t len, int pass_fd)
@@ -351,32 +357,59 @@ int chan_queue_push_raw(chan_queue *q, const void *bytes, size_t len)
     return queue_item(q, NULL, bytes, len, -1);
 }
 
+/*
+ * Sends as many queued frames per sendmsg as fit in FLUSH_IOV pieces: a
+ * frame per system call would cost one kernel buffer each (the supervisor
+ * of a busy bus spent most of its time there). A frame that passes a
+ * descriptor starts a call of its own, so the descriptor rides on its
+ * first byte.
+ */
+#define FLUSH_IOV 64
+
 int chan_queue_flush(chan_queue *q, int sock)
 {
     while (q->head) {
+        struct iovec iov[FLUSH_IOV];
         chan_qitem *it = q->head;
-        /* The whole item is one "payload" to send_pieces past its header. */
-        ssize_t n = send_pieces(sock, NULL, it->data, it->len, CHAN_HDR_LEN + q->head_sent,
-                                q->head_sent == 0 ? it->fd : -1);
-        if (q->head_sent == 0 && it->fd >= 0 && n > 0) {
-            close(it->fd);
-            it->fd = -1;
+        int attach = q->head_sent == 0 ? it->fd : -1;
+        size_t off = q->head_sent;
+        int niov = 0;
+        ssize_t n;
+
+        for (; it && niov < FLUSH_IOV; it = it->next) {
+            if (niov > 0 && it->fd >= 0)
+                break;
+            iov[niov].iov_base = it->data + off;
+            iov[niov++].iov_len = it->len - off;
+            off = 0;
         }
+        n = send_iov(sock, iov, niov, attach);
         if (n == -EINTR)
             continue;
         if (n == -EAGAIN || n == -EWOULDBLOCK)
             return 0;
         if (n < 0)
             return (int)n;
-        q->head_sent += (size_t)n;
-        if (q->head_sent < it->len)
-            continue;
-        q->head = it->next;
-        if (!q->head)
-            q->tail = NULL;
-        q->bytes -= it->len;
-        q->head_sent = 0;
-        free(it);
+        if (attach >= 0) {
+            close(q->head->fd); /* it went with the first byte */
+            q->head->fd = -1;
+        }
+        /* Walk the bytes sent across the frames: whole ones are done. */
+        while (n > 0) {
+            it = q->head;
+            size_t left = it->len - q->head_sent;
+            if ((size_t)n < left) {
+                q->head_sent += (size_t)n;
+                break;
+            }
+            n -= (ssize_t)left;
+            q->head = it->next;
+            if (!q->head)
+                q->tail = NULL;
+            q->bytes -= it->len;
+            q->head_sent = 0;
+            free(it);
+        }
     }
     return 1;
 }
