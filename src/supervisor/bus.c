@@ -1,6 +1,7 @@
 /* bus.c - see bus.h. */
 #include "supervisor/bus.h"
 #include "supervisor/bus_codec.h"
+#include "os/os.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -680,9 +681,11 @@ int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg)
         b->cfg.chan_max = CHAN_MAX_DEFAULT;
     if (!b->cfg.queue_limit)
         b->cfg.queue_limit = 256 * 1024;
-    b->topics = calloc(TOPIC_BUCKETS, sizeof *b->topics);
-    b->names = calloc(NAME_BUCKETS, sizeof *b->names);
-    b->rbuf = malloc(BUS_READ_BUDGET);
+    /* Supervisor bookkeeping, in memory forked processes (the spawner)
+     * do not inherit: os/nofork.c says why. */
+    b->topics = os_nofork_calloc(TOPIC_BUCKETS, sizeof *b->topics);
+    b->names = os_nofork_calloc(NAME_BUCKETS, sizeof *b->names);
+    b->rbuf = os_nofork_calloc(1, BUS_READ_BUDGET);
     if (!b->topics || !b->names || !b->rbuf) {
         bus_fini(b);
         return -ENOMEM;
@@ -705,9 +708,9 @@ void bus_fini(bus *b)
             }
         }
     }
-    free(b->topics);
-    free(b->names);
-    free(b->rbuf);
+    os_nofork_free(b->topics);
+    os_nofork_free(b->names);
+    os_nofork_free(b->rbuf);
     b->topics = NULL;
     b->names = NULL;
     b->rbuf = NULL;
