@@ -494,7 +494,9 @@ static void env_init(struct busenv *env, unsigned n, size_t queue_limit, uint64_
 
 static void env_open(struct busenv *env, unsigned i, int fd, pid_t pid)
 {
-    int rc = endpoint_open(&env->b, &env->eps[i], fd, pid, 0, NULL);
+    int rc = fcntl(fd, F_SETFL, O_NONBLOCK) < 0 ? -errno : 0;
+    if (rc == 0)
+        rc = endpoint_open(&env->b, &env->eps[i], fd, pid, 0, NULL);
     if (rc < 0)
         fail("endpoint_open: %s", strerror(-rc));
 }

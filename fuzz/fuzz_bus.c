@@ -61,7 +61,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!loop || bus_init(&b, loop, &cfg) < 0)
             abort();
     }
-    if (size < 1 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+    if (size < 1 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0)
         return 0;
     if (endpoint_open(&b, &ep, sv[0], 4242, data[0] & 1, NULL) < 0) {
         close(sv[1]);

@@ -16,10 +16,10 @@
  * the subreaper of everything below it: if the spawner dies, its children
  * get SIGTERM (parent-death signal) and the supervisor reaps them itself.
  *
- * The socket is a SOCK_SEQPACKET pair: one request or answer per message,
- * descriptors riding along with SCM_RIGHTS. Answers to fork requests come
- * in the order of the requests, and a child's STARTED always comes before
- * its EXITED.
+ * The socket is a SOCK_SEQPACKET pair: one request per message,
+ * descriptors riding along with SCM_RIGHTS; answers go back several to a
+ * message. Answers to fork requests come in the order of the requests, and
+ * a child's STARTED always comes before its EXITED.
  */
 #ifndef SF_PROCESS_SPAWNER_H
 #define SF_PROCESS_SPAWNER_H
@@ -77,9 +77,13 @@ pid_t spawner_start(const spawner_opts *opts, int *sock);
  * along. Returns 0, -EAGAIN when the socket is full, or -errno. */
 int spawner_send(int sock, const spawn_req *req, const int *fds, int nfds);
 
-/* Receives one answer without blocking. Returns 1 with *msg filled, 0 at
- * EOF (the spawner is gone), -EAGAIN when there is none, or -errno
- * (-EPROTO for a message of the wrong size). */
-int spawner_recv(int sock, spawn_msg *msg);
+/* Answers come several to a message, up to SPAWN_MSGS_MAX. */
+#define SPAWN_MSGS_MAX 64
+
+/* Receives one message of answers without blocking, into msgs (room for
+ * max, which should be SPAWN_MSGS_MAX). Returns how many, 0 at EOF (the
+ * spawner is gone), -EAGAIN when there are none, or -errno (-EPROTO for a
+ * message of the wrong size). */
+int spawner_recv(int sock, spawn_msg *msgs, int max);
 
 #endif

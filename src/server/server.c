@@ -199,6 +199,7 @@ static void __attribute__((noreturn)) child_main(const void *blob, size_t len, i
     memset(&c, 0, sizeof c);
     c.fd = 3;
     c.chan = 4;
+    (void)fcntl(c.chan, F_SETFL, 0); /* blocking: see start_conn */
     c.peer = cs.peer;
     c.local.len = sizeof c.local.u;
     if (!cs.is_tcp || getsockname(c.fd, &c.local.u.sa, &c.local.len) < 0)
@@ -340,7 +341,9 @@ static void start_conn(sf_server *s, conn_rec *r)
         rc = hmap_reserve(&s->per_ip, s->per_ip.count + 1);
     if (rc == 0 && r->is_tcp)
         rc = hmap_reserve(&s->by_tuple, s->by_tuple.count + 1);
-    if (rc == 0 && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+    /* Both ends non-blocking: ours must be; the child makes its own
+     * blocking again (child_main), on its own time, not the supervisor's. */
+    if (rc == 0 && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0)
         rc = -errno;
     if (rc == 0) {
         r->sfd = sv[0];

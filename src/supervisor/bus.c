@@ -607,11 +607,6 @@ int endpoint_open(bus *b, endpoint *e, int fd, pid_t pid, int jsonl, void *data)
 
     memset(e, 0, sizeof *e);
     e->fd = -1;
-    if (fcntl(fd, F_SETFL, O_NONBLOCK) < 0) {
-        rc = -errno;
-        close(fd);
-        return rc;
-    }
     e->owner = b;
     e->pid = pid;
     e->jsonl = jsonl;

@@ -122,8 +122,9 @@ struct bus {
 int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg);
 void bus_fini(bus *b);
 
-/* Starts serving a child's channel (fd: the supervisor's end; the bus
- * takes it, makes it non-blocking, and closes it in endpoint_close). */
+/* Starts serving a child's channel (fd: the supervisor's end, already
+ * non-blocking: made so with SOCK_NONBLOCK, one system call less per
+ * child; the bus takes it and closes it in endpoint_close). */
 int endpoint_open(bus *b, endpoint *e, int fd, pid_t pid, int jsonl, void *data);
 
 /* Closes the channel; the child's names and subscriptions go. Idempotent. */

@@ -24,7 +24,7 @@
 
 #define RESTART_MIN 0.05
 #define RESTART_MAX 1.0
-#define ANSWERS_PER_WAKEUP 256
+#define ANSWERS_PER_WAKEUP 512 /* whole messages of up to SPAWN_MSGS_MAX */
 
 struct sup_req {
     sup_req *next;
@@ -191,20 +191,21 @@ static void answer(sup *s, const spawn_msg *m)
 static void spawner_in_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     sup *s = w->data;
-    spawn_msg m;
+    spawn_msg m[SPAWN_MSGS_MAX];
     (void)loop;
     (void)revents;
 
     /* Bounded per wakeup, so that a burst of exits cannot starve accepting. */
-    for (int i = 0; i < ANSWERS_PER_WAKEUP && s->spawner_fd >= 0; i++) {
-        int rc = spawner_recv(s->spawner_fd, &m);
-        if (rc == -EAGAIN)
+    for (int i = 0; i < ANSWERS_PER_WAKEUP / SPAWN_MSGS_MAX && s->spawner_fd >= 0; i++) {
+        int n = spawner_recv(s->spawner_fd, m, SPAWN_MSGS_MAX);
+        if (n == -EAGAIN)
             return;
-        if (rc <= 0) {
+        if (n <= 0) {
             spawner_lost(s);
             return;
         }
-        answer(s, &m);
+        for (int k = 0; k < n && s->spawner_fd >= 0; k++)
+            answer(s, &m[k]);
     }
 }
 
