@@ -82,7 +82,9 @@ static void on_sigchld(int sig)
 /* Answers wait here and go out together, one message for a whole wakeup's
  * worth: a system call each way per answer was a good part of a
  * connection's cost. Order is kept: a child's STARTED before its EXITED. */
-static spawn_msg outbox[SPAWN_MSGS_MAX];
+/* In memory children do not get: the spawner writes it after every fork,
+ * and a page it shares with a child would be copied each time. */
+static spawn_msg *outbox; /* SPAWN_MSGS_MAX */
 static int nout;
 
 /* The supervisor reads what we send without ever blocking on us, so a
@@ -211,6 +213,9 @@ static void __attribute__((noreturn)) spawner_main(int sock, const spawner_opts 
     struct pollfd pfd[2];
 
     if (pipe2(sigchld_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
+        _exit(111);
+    outbox = os_nofork_calloc(SPAWN_MSGS_MAX, sizeof *outbox);
+    if (!outbox)
         _exit(111);
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigchld;
