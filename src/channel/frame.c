@@ -243,12 +243,16 @@ int chan_send(int sock, uint16_t type, const void *payload, uint32_t len, int pa
 void chan_reader_init(chan_reader *r, uint32_t max)
 {
     chan_decoder_init(&r->dec, max);
+    r->buf = NULL;
     r->start = r->end = 0;
 }
 
 void chan_reader_fini(chan_reader *r)
 {
     chan_decoder_fini(&r->dec);
+    free(r->buf);
+    r->buf = NULL;
+    r->start = r->end = 0;
 }
 
 int chan_reader_pending(const chan_reader *r)
@@ -266,7 +270,9 @@ int chan_recv(int sock, chan_reader *r, chan_frame *out)
             if (rc != 0)
                 return rc;
         }
-        ssize_t n = chan_read(sock, &r->dec, r->buf, sizeof r->buf);
+        if (!r->buf && !(r->buf = malloc(CHAN_READ_BUF)))
+            return -ENOMEM;
+        ssize_t n = chan_read(sock, &r->dec, r->buf, CHAN_READ_BUF);
         if (n < 0)
             return (int)n;
         if (n == 0)

@@ -114,9 +114,11 @@ int chan_send(int sock, uint16_t type, const void *payload, uint32_t len, int pa
  * The child's blocking reader: a decoder plus the bytes read past the last
  * frame, kept between calls to chan_recv.
  */
+#define CHAN_READ_BUF 4096
+
 typedef struct chan_reader {
     chan_decoder dec;
-    unsigned char buf[4096];
+    unsigned char *buf;                /* CHAN_READ_BUF bytes, from the first read on */
     size_t start, end;                 /* unconsumed bytes in buf */
 } chan_reader;
 
@@ -125,7 +127,9 @@ void chan_reader_fini(chan_reader *r);
 
 /* Receives one whole frame from a blocking socket. Returns 1 with *out
  * filled (caller owns payload and fd), 0 at EOF between frames, -EPIPE at
- * EOF inside a frame, or a decoder error / -errno. */
+ * EOF inside a frame, or a decoder error / -errno (-ENOMEM if the read
+ * buffer cannot be had). The buffer is allocated on the first call: a
+ * child that never reads its channel never pays for it. */
 int chan_recv(int sock, chan_reader *r, chan_frame *out);
 
 /* True when a frame (or part of one) is already buffered, so a caller that

@@ -196,7 +196,6 @@ static void __attribute__((noreturn)) child_main(const void *blob, size_t len, i
     if (len != sizeof cs || nfds != 2)
         _exit(111);
     memcpy(&cs, blob, sizeof cs);
-    memset(&c, 0, sizeof c);
     c.fd = 3;
     c.chan = 4;
     (void)fcntl(c.chan, F_SETFL, 0); /* blocking: see start_conn */
