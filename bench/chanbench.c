@@ -77,6 +77,7 @@
  * Usage: chanbench [-n MESSAGES] [-r ROUNDS] [-k CHILDREN] [-b BROADCASTS]
  *                  [-R REPEATS] [-t SECS] [--pin split|same|none] [--json]
  */
+#include "channel/be.h"
 #include "channel/frame.h"
 #include "supervisor/bus.h"
 
@@ -256,16 +257,6 @@ static int msg_is(const unsigned char *msg, uint64_t seq)
     return msg_seq(msg) == seq && msg[MSG_LEN - 1] == (unsigned char)(seq & 0xff);
 }
 
-static void put32(unsigned char *p, uint32_t v)
-{
-    p[0] = (unsigned char)(v >> 24); p[1] = (unsigned char)(v >> 16);
-    p[2] = (unsigned char)(v >> 8); p[3] = (unsigned char)v;
-}
-static uint32_t get16(const unsigned char *p) { return (uint32_t)p[0] << 8 | p[1]; }
-static uint32_t get32(const unsigned char *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
 
 static void *shared_alloc(size_t len)
 {
@@ -591,13 +582,13 @@ static int child_recv_msg(int fd, chan_reader *r, struct child_msg *m)
         return rc;
     if (f.fd >= 0)
         close(f.fd);
-    if (f.type != CHAN_T_MESSAGE || f.len < MSG_HDR || (tlen = get16(f.payload + 2)) > f.len - MSG_HDR ||
+    if (f.type != CHAN_T_MESSAGE || f.len < MSG_HDR || (tlen = be16_get(f.payload + 2)) > f.len - MSG_HDR ||
         tlen >= sizeof m->topic) {
         free(f.payload);
         return -EPROTO;
     }
     m->kind = f.payload[0];
-    m->from = (int)get32(f.payload + 4);
+    m->from = (int)be32_get(f.payload + 4);
     memcpy(m->topic, f.payload + MSG_HDR, tlen);
     m->topic[tlen] = '\0';
     m->len = f.len - MSG_HDR - tlen;
@@ -776,7 +767,7 @@ static int child_busrtt_bus(int fd, uint64_t rounds, uint64_t *rtt)
     chan_reader r;
     int self = (int)getpid(), bad = 0;
 
-    put32(req, (uint32_t)self);
+    be32_put(req, (uint32_t)self);
     chan_reader_init(&r, 0);
     if (child_recv_msg(fd, &r, &m) != 1) /* the parent's "go" */
         bad = 1;

@@ -1,5 +1,6 @@
 /* frame.c - see frame.h. */
 #include "channel/frame.h"
+#include "channel/be.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -39,24 +40,16 @@ int chan_decoder_push_fd(chan_decoder *d, int fd)
     return 0;
 }
 
-static uint32_t get32(const unsigned char *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
 
-static uint16_t get16(const unsigned char *p)
-{
-    return (uint16_t)(p[0] << 8 | p[1]);
-}
 
 /* The header is complete: check it before anything is allocated. */
 static int start_frame(chan_decoder *d)
 {
     chan_frame *f = &d->cur;
 
-    f->len = get32(d->hdr);
-    f->type = get16(d->hdr + 4);
-    f->flags = get16(d->hdr + 6);
+    f->len = be32_get(d->hdr);
+    f->type = be16_get(d->hdr + 4);
+    f->flags = be16_get(d->hdr + 6);
     f->payload = NULL;
     f->fd = -1;
     if (f->len > d->max)

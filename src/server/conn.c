@@ -1,6 +1,7 @@
 /* conn.c - the connection as its child sees it, and exec with tcpserver's
  * environment. Runs only in children. */
 #include "server/conn.h"
+#include "channel/be.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -150,11 +151,6 @@ int sf_conn_wait(sf_conn *c, int timeout_ms)
     return ready;
 }
 
-static uint32_t get16(const unsigned char *p) { return (uint32_t)p[0] << 8 | p[1]; }
-static uint32_t get32(const unsigned char *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
 
 int sf_conn_recv(sf_conn *c, sf_msg *m)
 {
@@ -168,14 +164,14 @@ int sf_conn_recv(sf_conn *c, sf_msg *m)
         return rc;
     if (f.fd >= 0)
         close(f.fd);
-    if (f.type != CHAN_T_MESSAGE || f.len < 8 || (tlen = get16(f.payload + 2)) > f.len - 8 ||
+    if (f.type != CHAN_T_MESSAGE || f.len < 8 || (tlen = be16_get(f.payload + 2)) > f.len - 8 ||
         tlen >= sizeof m->topic) {
         free(f.payload);
         return -EPROTO;
     }
     m->kind = f.payload[0];
     m->ok = f.payload[1];
-    m->from = (int)get32(f.payload + 4);
+    m->from = (int)be32_get(f.payload + 4);
     memcpy(m->topic, f.payload + 8, tlen);
     m->topic[tlen] = '\0';
     m->len = f.len - 8 - tlen;

@@ -1,5 +1,6 @@
 /* bus_codec.c - see bus_codec.h. */
 #include "supervisor/bus_codec.h"
+#include "channel/be.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -7,17 +8,6 @@
 
 /* ------------------------------------------------------------ encoding */
 
-static void put16(unsigned char *p, uint32_t v) { p[0] = (unsigned char)(v >> 8); p[1] = (unsigned char)v; }
-static void put32(unsigned char *p, uint32_t v)
-{
-    p[0] = (unsigned char)(v >> 24); p[1] = (unsigned char)(v >> 16);
-    p[2] = (unsigned char)(v >> 8); p[3] = (unsigned char)v;
-}
-static uint32_t get16(const unsigned char *p) { return (uint32_t)p[0] << 8 | p[1]; }
-static uint32_t get32(const unsigned char *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
 
 static const char *kind_name(int kind)
 {
@@ -99,8 +89,8 @@ int bus_encode_frame(const bus_msg *m, unsigned char **out, size_t *len)
     chan_header_encode(p, CHAN_T_MESSAGE, 0, (uint32_t)plen);
     p[8] = (unsigned char)m->kind;
     p[9] = (unsigned char)(m->ok != 0);
-    put16(p + 10, (uint32_t)m->topic_len);
-    put32(p + 12, (uint32_t)m->from);
+    be16_put(p + 10, (uint32_t)m->topic_len);
+    be32_put(p + 12, (uint32_t)m->from);
     if (m->topic_len)
         memcpy(p + 16, m->topic, m->topic_len);
     if (m->len)
@@ -129,17 +119,17 @@ int bus_op_from_frame(const chan_frame *f, bus_op *op)
         if (n < 4)
             return -EPROTO;
         op->op = OP_SEND;
-        op->to = (pid_t)get32(p);
+        op->to = (pid_t)be32_get(p);
         op->data = p + 4;
         op->len = n - 4;
         return 0;
     case CHAN_T_SEND_NAME:
     case CHAN_T_PUBLISH:
-        if (n < 2 || !name_ok(get16(p)) || n < 2 + get16(p))
+        if (n < 2 || !name_ok(be16_get(p)) || n < 2 + (size_t)be16_get(p))
             return -EPROTO;
         op->op = f->type == CHAN_T_SEND_NAME ? OP_SEND_NAME : OP_PUBLISH;
         op->name = (const char *)p + 2;
-        op->name_len = get16(p);
+        op->name_len = be16_get(p);
         op->data = p + 2 + op->name_len;
         op->len = n - 2 - op->name_len;
         return 0;
@@ -154,7 +144,7 @@ int bus_op_from_frame(const chan_frame *f, bus_op *op)
         if (n < 4 || !name_ok(n - 4))
             return -EPROTO;
         op->op = OP_SUBSCRIBE;
-        op->history = get32(p);
+        op->history = be32_get(p);
         op->name = (const char *)p + 4;
         op->name_len = n - 4;
         return 0;
