@@ -170,12 +170,20 @@ enum sf_msg_kind {
     SF_MSG_TOPIC = 4,     /* published on a topic this child subscribes to */
     SF_MSG_HISTORY = 5,   /* a topic's earlier message, replayed on subscribe */
     SF_MSG_CLAIMED = 6,   /* answer to sf_conn_claim: ok, topic = the name */
-    SF_MSG_ERROR = 7,     /* a request of this child was refused; topic: why */
+    SF_MSG_ERROR = 7,     /* a request of this child was refused: topic, why;
+                           * ok, an errno value (ESRCH: no such pid or name,
+                           * ENOSPC: a limit, EINVAL: a bad request); data,
+                           * what it concerns (the pid, name or topic) */
+    SF_MSG_MEMBERS = 8,   /* answer to sf_conn_members: topic; data, a line per
+                           * subscriber: "PID NAME NAME...\n" */
+    SF_MSG_TOPICS = 9,    /* answer to sf_conn_topics: topic, the prefix; data,
+                           * a line per topic: "TOPIC SUBSCRIBERS\n" */
 };
 
 typedef struct sf_msg {
     int kind;              /* enum sf_msg_kind */
-    int ok;                /* SF_MSG_CLAIMED: 1 if the name is now ours */
+    int ok;                /* SF_MSG_CLAIMED: 1 if the name is now ours;
+                            * SF_MSG_ERROR: an errno value */
     int from;              /* sender's pid; 0 for the supervisor or ctl */
     char topic[256];       /* topic, name, or error text, NUL-terminated */
     unsigned char *data;   /* len bytes (plus a NUL not counted), malloc'ed */
@@ -208,8 +216,9 @@ SF_EXTERN int sf_conn_recv(sf_conn *c, sf_msg *m);
 SF_EXTERN void sf_msg_free(sf_msg *m);
 
 /* Bus requests. Each returns 0 once sent, or -errno (-EINVAL for a name
- * or topic that is empty or over 255 bytes). Refusals (no such pid or
- * name, a limit reached) come back later as SF_MSG_ERROR. */
+ * or topic that is empty, over 255 bytes, or holds a space or a control
+ * character). Refusals (no such pid or name, a limit reached) come back
+ * later as SF_MSG_ERROR. */
 SF_EXTERN int sf_conn_send(sf_conn *c, int pid, const void *data, size_t len);
 SF_EXTERN int sf_conn_send_name(sf_conn *c, const char *name, const void *data, size_t len);
 SF_EXTERN int sf_conn_broadcast(sf_conn *c, const void *data, size_t len);
@@ -220,6 +229,18 @@ SF_EXTERN int sf_conn_unsubscribe(sf_conn *c, const char *topic);
 /* Asks for a unique name; the answer comes as SF_MSG_CLAIMED. */
 SF_EXTERN int sf_conn_claim(sf_conn *c, const char *name);
 SF_EXTERN int sf_conn_release(sf_conn *c, const char *name);
+/*
+ * A will: data the supervisor publishes on `topic` if this child's channel
+ * closes while it is set (the child crashed, was killed or disconnected),
+ * but not at shutdown. A NULL topic clears it. One per child; a new one
+ * replaces it.
+ */
+SF_EXTERN int sf_conn_will(sf_conn *c, const char *topic, const void *data, size_t len);
+/* Who subscribes to a topic, and which topics starting with a prefix have
+ * subscribers (prefix "" or NULL: all): answered by SF_MSG_MEMBERS and
+ * SF_MSG_TOPICS. */
+SF_EXTERN int sf_conn_members(sf_conn *c, const char *topic);
+SF_EXTERN int sf_conn_topics(sf_conn *c, const char *prefix);
 /* A line for the supervisor's log, and a status text for `ctl list`. */
 SF_EXTERN int sf_conn_log(sf_conn *c, const char *text);
 SF_EXTERN int sf_conn_status(sf_conn *c, const char *text);

@@ -46,6 +46,9 @@ enum chan_type {
     CHAN_T_UNSUBSCRIBE = 21, /* [topic] */
     CHAN_T_CLAIM = 22,       /* [name] */
     CHAN_T_RELEASE = 23,     /* [name] */
+    CHAN_T_WILL = 24,        /* [u16 n][topic][data]; n 0: no will */
+    CHAN_T_MEMBERS = 25,     /* [topic] */
+    CHAN_T_TOPICS = 26,      /* [prefix] (may be empty) */
     /* To a child: [u8 kind][u8 ok][u16 n][u32 from][topic n bytes][data]. */
     CHAN_T_MESSAGE = 32,
 };

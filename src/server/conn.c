@@ -214,10 +214,17 @@ static int send_req(sf_conn *c, uint16_t type, const unsigned char *head, size_t
     return rc;
 }
 
+/* Names and topics: 1 to 255 bytes, no space or control character. */
 static int name_len(const char *name, size_t *n)
 {
     *n = name ? strlen(name) : 0;
-    return *n > 0 && *n <= 255 ? 0 : -EINVAL;
+    if (*n == 0 || *n > 255)
+        return -EINVAL;
+    for (size_t i = 0; i < *n; i++) {
+        if ((unsigned char)name[i] <= 0x20 || name[i] == 0x7f)
+            return -EINVAL;
+    }
+    return 0;
 }
 
 int sf_conn_send(sf_conn *c, int pid, const void *data, size_t len)
@@ -299,4 +306,25 @@ int sf_conn_log(sf_conn *c, const char *text)
 int sf_conn_status(sf_conn *c, const char *text)
 {
     return send_req(c, CHAN_T_STATUS, NULL, 0, NULL, 0, text, strlen(text));
+}
+
+int sf_conn_will(sf_conn *c, const char *topic, const void *data, size_t len)
+{
+    if (!topic)
+        return send_req(c, CHAN_T_WILL, (const unsigned char *)"\0\0", 2, NULL, 0, NULL, 0);
+    return send_named(c, CHAN_T_WILL, topic, data, len);
+}
+
+int sf_conn_members(sf_conn *c, const char *topic)
+{
+    return send_name_only(c, CHAN_T_MEMBERS, topic);
+}
+
+int sf_conn_topics(sf_conn *c, const char *prefix)
+{
+    size_t n = 0;
+
+    if (prefix && *prefix && name_len(prefix, &n) < 0)
+        return -EINVAL;
+    return send_req(c, CHAN_T_TOPICS, NULL, 0, prefix, n, NULL, 0);
 }

@@ -254,7 +254,7 @@ static void on_started(sup *sp, pid_t pid, void *data, void *arg)
     }
     rc = endpoint_open(&s->bus, &r->ep, r->sfd, pid, s->opts.channel_jsonl, r);
     r->sfd = -1; /* the endpoint has it (or closed it) */
-    if (rc < 0)
+    if (rc < 0 && rc != -ESHUTDOWN)
         sf_logf(&s->log, SF_LOG_WARN, "pid %d: no channel: %s", (int)pid, strerror(-rc));
     if (sf_log_enabled(&s->log, SF_LOG_INFO)) {
         char peer[SF_ADDR_TEXT_MAX];
@@ -553,6 +553,9 @@ static void on_shutdown(sup *sp, void *arg)
     sf_server *s = arg;
     (void)sp;
 
+    /* Children learn the server is going away from the end of their
+     * channel (no wills are published: everyone is leaving). */
+    bus_close_all(&s->bus);
     for (size_t i = 0; i < s->nlisteners; i++) {
         ev_io_stop(s->loop, &s->listeners[i].io);
         listener_close(&s->listeners[i]);

@@ -215,8 +215,13 @@ static unsigned publish(bus *b, bus_topic *t, const bus_msg *m, const endpoint *
     return n;
 }
 
-static void send_error(endpoint *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void send_error(endpoint *e, const char *fmt, ...)
+/* An error message back to a child: `code` (an errno value) in the
+ * message's ok byte, the reason as its topic, and what it concerns (a pid,
+ * a name, a topic) as its data, so a handler can act on it. */
+static void send_error(endpoint *e, int code, const char *subject, size_t subject_len,
+                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static void send_error(endpoint *e, int code, const char *subject, size_t subject_len,
+                       const char *fmt, ...)
 {
     char text[256];
     va_list ap;
@@ -228,8 +233,11 @@ static void send_error(endpoint *e, const char *fmt, ...)
     va_end(ap);
     memset(&m, 0, sizeof m);
     m.kind = SF_MSG_ERROR;
+    m.ok = code;
     m.topic = text;
     m.topic_len = n < 0 ? 0 : (size_t)n >= sizeof text ? sizeof text - 1 : (size_t)n;
+    m.data = (const unsigned char *)subject;
+    m.len = subject_len;
     (void)bus_deliver(e, &m);
 }
 
@@ -252,16 +260,18 @@ static void subscribe(endpoint *e, const bus_op *op)
     }
     if (!s) {
         if (e->nsubs >= BUS_SUBS_PER_CHILD) {
-            send_error(e, "subscribe: at most %d topics per child", BUS_SUBS_PER_CHILD);
+            send_error(e, ENOSPC, op->name, op->name_len, "subscribe: at most %d topics per child",
+                       BUS_SUBS_PER_CHILD);
             return;
         }
         if (!(t = topic_get(b, op->name, op->name_len, 1))) {
-            send_error(e, "subscribe: too many topics (at most %d)", BUS_TOPICS_MAX);
+            send_error(e, ENOSPC, op->name, op->name_len, "subscribe: too many topics (at most %d)",
+                       BUS_TOPICS_MAX);
             return;
         }
         if (!(s = calloc(1, sizeof *s))) {
             topic_maybe_free(b, t);
-            send_error(e, "subscribe: out of memory");
+            send_error(e, ENOMEM, op->name, op->name_len, "subscribe: out of memory");
             return;
         }
         s->topic = t;
@@ -325,36 +335,36 @@ static void unsubscribe(endpoint *e, const bus_op *op)
     }
 }
 
-static void do_publish(endpoint *e, const bus_op *op)
+/* Publishes on a topic: to its subscribers but `except`, and into its
+ * history. Returns 0, or -ENOSPC when the topic cannot be made (too many). */
+static int topic_publish(bus *b, const char *name, size_t name_len, pid_t from,
+                         const unsigned char *data, size_t len, const endpoint *except)
 {
-    bus *b = e->owner;
-    bus_topic *t = topic_get(b, op->name, op->name_len, b->cfg.history > 0);
+    bus_topic *t = topic_get(b, name, name_len, b->cfg.history > 0);
     bus_msg m;
 
     memset(&m, 0, sizeof m);
     m.kind = SF_MSG_TOPIC;
-    m.from = e->pid;
-    m.topic = op->name;
-    m.topic_len = op->name_len;
-    m.data = op->data;
-    m.len = op->len;
-    if (!t) {
-        if (b->cfg.history > 0)
-            send_error(e, "publish: too many topics (at most %d)", BUS_TOPICS_MAX);
-        return; /* nobody subscribes and nothing is kept */
-    }
-    (void)publish(b, t, &m, e);
+    m.from = from;
+    m.topic = name;
+    m.topic_len = name_len;
+    m.data = data;
+    m.len = len;
+    if (!t)
+        return b->cfg.history > 0 ? -ENOSPC : 0; /* nobody subscribes, nothing is kept */
+    (void)publish(b, t, &m, except);
     /* A delivery may have disconnected a subscriber (the kick policy), and
      * with it freed a topic that had nothing else: look it up again. */
-    if (!(t = topic_get(b, op->name, op->name_len, b->cfg.history > 0)))
-        return;
-    if (b->cfg.history > 0 && op->len <= BUS_HISTORY_BYTES) {
-        hist_item *h = malloc(sizeof *h + op->len);
+    if (!(t = topic_get(b, name, name_len, b->cfg.history > 0)))
+        return 0;
+    if (b->cfg.history > 0 && len <= BUS_HISTORY_BYTES) {
+        hist_item *h = malloc(sizeof *h + len);
         if (h) {
             h->next = NULL;
-            h->from = e->pid;
-            h->len = op->len;
-            memcpy(h->data, op->data, op->len);
+            h->from = from;
+            h->len = len;
+            if (len)
+                memcpy(h->data, data, len);
             if (t->hist_tail)
                 t->hist_tail->next = h;
             else
@@ -367,6 +377,116 @@ static void do_publish(endpoint *e, const bus_op *op)
         }
     }
     topic_maybe_free(b, t);
+    return 0;
+}
+
+static void do_publish(endpoint *e, const bus_op *op)
+{
+    if (topic_publish(e->owner, op->name, op->name_len, e->pid, op->data, op->len, e) < 0)
+        send_error(e, ENOSPC, op->name, op->name_len, "publish: too many topics (at most %d)",
+                   BUS_TOPICS_MAX);
+}
+
+/* A will: what the bus publishes for a child whose channel closes before
+ * it cleared it (it crashed, was killed, was cut off). Empty topic: none. */
+static void set_will(endpoint *e, const bus_op *op)
+{
+    free(e->will);
+    e->will = NULL;
+    e->will_topic_len = e->will_len = 0;
+    if (op->name_len == 0)
+        return;
+    if (!(e->will = malloc(op->name_len + op->len + 1))) {
+        send_error(e, ENOMEM, op->name, op->name_len, "will: out of memory");
+        return;
+    }
+    memcpy(e->will, op->name, op->name_len);
+    if (op->len)
+        memcpy(e->will + op->name_len, op->data, op->len);
+    e->will_topic_len = op->name_len;
+    e->will_len = op->len;
+}
+
+/* The subscribers of a topic, a line each: "PID NAME NAME...\n". */
+static void members(endpoint *e, const bus_op *op)
+{
+    bus_topic *t = topic_get(e->owner, op->name, op->name_len, 0);
+    size_t cap = 0, len = 0;
+    char *text = NULL;
+    bus_msg m;
+
+    for (bus_sub *s = t ? t->subs : NULL; s; s = s->tnext) {
+        size_t need = 12;
+        for (bus_name *n = s->ep->names; n; n = n->enext)
+            need += n->len + 1;
+        if (len + need + 1 > cap) {
+            size_t ncap = (cap ? cap * 2 : 256) + need;
+            char *p = realloc(text, ncap);
+            if (!p) {
+                free(text);
+                send_error(e, ENOMEM, op->name, op->name_len, "members: out of memory");
+                return;
+            }
+            text = p;
+            cap = ncap;
+        }
+        len += (size_t)snprintf(text + len, cap - len, "%d", (int)s->ep->pid);
+        for (bus_name *n = s->ep->names; n; n = n->enext) {
+            text[len++] = ' ';
+            memcpy(text + len, n->name, n->len);
+            len += n->len;
+        }
+        text[len++] = '\n';
+    }
+    memset(&m, 0, sizeof m);
+    m.kind = SF_MSG_MEMBERS;
+    m.topic = op->name;
+    m.topic_len = op->name_len;
+    m.data = (const unsigned char *)text;
+    m.len = len;
+    if (bus_deliver(e, &m) == -EMSGSIZE)
+        send_error(e, EMSGSIZE, op->name, op->name_len, "members: too many to list");
+    free(text);
+}
+
+/* The topics with subscribers whose names start with a prefix, a line
+ * each: "TOPIC SUBSCRIBERS\n", in no particular order. */
+static void topics(endpoint *e, const bus_op *op)
+{
+    bus *b = e->owner;
+    size_t cap = 0, len = 0;
+    char *text = NULL;
+    bus_msg m;
+
+    for (unsigned i = 0; i < TOPIC_BUCKETS; i++) {
+        for (bus_topic *t = b->topics[i]; t; t = t->next) {
+            if (!t->nsubs || t->len < op->name_len || memcmp(t->name, op->name, op->name_len) != 0)
+                continue;
+            if (len + t->len + 16 > cap) {
+                size_t ncap = (cap ? cap * 2 : 256) + t->len + 16;
+                char *p = realloc(text, ncap);
+                if (!p) {
+                    free(text);
+                    send_error(e, ENOMEM, op->name, op->name_len, "topics: out of memory");
+                    return;
+                }
+                text = p;
+                cap = ncap;
+            }
+            memcpy(text + len, t->name, t->len);
+            len += t->len;
+            len += (size_t)snprintf(text + len, cap - len, " %u\n", t->nsubs);
+        }
+    }
+    memset(&m, 0, sizeof m);
+    m.kind = SF_MSG_TOPICS;
+    m.topic = op->name;
+    m.topic_len = op->name_len;
+    m.data = (const unsigned char *)text;
+    m.len = len;
+    if (bus_deliver(e, &m) == -EMSGSIZE)
+        send_error(e, EMSGSIZE, op->name, op->name_len, "topics: too many to list");
+    free(text);
 }
 
 static void claim(endpoint *e, const bus_op *op)
@@ -430,7 +550,9 @@ static void execute(endpoint *e, const bus_op *op)
     case OP_SEND:
         to = bus_find_pid(b, op->to);
         if (!to || !endpoint_is_open(to)) {
-            send_error(e, "send: no child with pid %d", (int)op->to);
+            char pid[16];
+            int n = snprintf(pid, sizeof pid, "%d", (int)op->to);
+            send_error(e, ESRCH, pid, (size_t)n, "send: no child with pid %d", (int)op->to);
             return;
         }
         m.kind = SF_MSG_DIRECT;
@@ -439,7 +561,8 @@ static void execute(endpoint *e, const bus_op *op)
     case OP_SEND_NAME: {
         bus_name *n = *name_slot(b, op->name, op->name_len);
         if (!n) {
-            send_error(e, "send: nobody holds the name %.*s", (int)op->name_len, op->name);
+            send_error(e, ESRCH, op->name, op->name_len, "send: nobody holds the name %.*s",
+                       (int)op->name_len, op->name);
             return;
         }
         m.kind = SF_MSG_NAME;
@@ -466,6 +589,15 @@ static void execute(endpoint *e, const bus_op *op)
         return;
     case OP_RELEASE:
         release(e, op);
+        return;
+    case OP_WILL:
+        set_will(e, op);
+        return;
+    case OP_MEMBERS:
+        members(e, op);
+        return;
+    case OP_TOPICS:
+        topics(e, op);
         return;
     case OP_LOG: {
         char text[901];
@@ -525,7 +657,7 @@ static int feed(endpoint *e, const unsigned char *buf, size_t len)
             if (bus_op_from_json(o, &op, &why) == 0)
                 execute(e, &op);
             else
-                send_error(e, "%s", why);
+                send_error(e, EINVAL, NULL, 0, "%s", why);
             json_decref(o);
         } else {
             chan_frame f;
@@ -607,6 +739,10 @@ int endpoint_open(bus *b, endpoint *e, int fd, pid_t pid, int jsonl, void *data)
 
     memset(e, 0, sizeof *e);
     e->fd = -1;
+    if (b->closing) {
+        close(fd); /* shutdown: the child sees its channel end at once */
+        return -ESHUTDOWN;
+    }
     e->owner = b;
     e->pid = pid;
     e->jsonl = jsonl;
@@ -657,6 +793,12 @@ void endpoint_close(endpoint *e)
         name_free(b, n);
     }
     e->nnames = 0;
+    /* Its will, unless the whole bus is closing (shutdown: everyone goes). */
+    if (e->will && !b->closing)
+        (void)topic_publish(b, e->will, e->will_topic_len, e->pid,
+                            (const unsigned char *)e->will + e->will_topic_len, e->will_len, NULL);
+    free(e->will);
+    e->will = NULL;
     if (e->prev)
         e->prev->next = e->next;
     else
@@ -665,6 +807,13 @@ void endpoint_close(endpoint *e)
         e->next->prev = e->prev;
     e->prev = e->next = NULL;
     b->nendpoints--;
+}
+
+void bus_close_all(bus *b)
+{
+    b->closing = 1;
+    while (b->all)
+        endpoint_close(b->all);
 }
 
 int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg)
@@ -690,8 +839,7 @@ int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg)
 
 void bus_fini(bus *b)
 {
-    while (b->all)
-        endpoint_close(b->all);
+    bus_close_all(b);
     if (b->topics) {
         for (unsigned i = 0; i < TOPIC_BUCKETS; i++) {
             while (b->topics[i]) {

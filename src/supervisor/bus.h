@@ -77,6 +77,8 @@ struct endpoint {
     bus_name *names;        /* names this child holds */
     unsigned nnames;
     char status[128];       /* the child's last status text */
+    char *will;             /* topic then data, published if the channel closes */
+    size_t will_topic_len, will_len;
     uint64_t frames_in, frames_out, drops;
     endpoint *prev, *next;  /* every open endpoint, for broadcasts */
     void *data;             /* the owner's */
@@ -116,6 +118,7 @@ struct bus {
     bus_name **names;           /* hash table of claimed names */
     unsigned nnames;
     unsigned char *rbuf;        /* one read buffer for every endpoint */
+    int closing;                /* bus_close_all: wills are not published */
     bus_stats stats;
 };
 
@@ -127,8 +130,13 @@ void bus_fini(bus *b);
  * child; the bus takes it and closes it in endpoint_close). */
 int endpoint_open(bus *b, endpoint *e, int fd, pid_t pid, int jsonl, void *data);
 
-/* Closes the channel; the child's names and subscriptions go. Idempotent. */
+/* Closes the channel; the child's names and subscriptions go, and its will
+ * is published. Idempotent. */
 void endpoint_close(endpoint *e);
+
+/* Closes every channel, publishing no will: at shutdown, children learn
+ * the supervisor is going away from the end of their channel. */
+void bus_close_all(bus *b);
 
 static inline int endpoint_is_open(const endpoint *e) { return e->fd >= 0; }
 

@@ -18,6 +18,8 @@ static const char *kind_name(int kind)
     case SF_MSG_TOPIC: return "topic";
     case SF_MSG_HISTORY: return "history";
     case SF_MSG_CLAIMED: return "claimed";
+    case SF_MSG_MEMBERS: return "members";
+    case SF_MSG_TOPICS: return "topics";
     default: return "error";
     }
 }
@@ -55,6 +57,12 @@ int bus_encode_json(const bus_msg *m, char **out, size_t *len)
     } else if (m->kind == SF_MSG_ERROR) {
         json_object_set_new(o, "op", json_string("error"));
         json_object_set_new(o, "error", json_stringn(m->topic, m->topic_len));
+        json_object_set_new(o, "code", json_string(m->ok == ESRCH ? "not_found"
+                                                   : m->ok == ENOSPC ? "limit"
+                                                   : m->ok == EMSGSIZE ? "too_big"
+                                                   : m->ok == ENOMEM ? "no_memory" : "bad_request"));
+        if (m->len)
+            json_object_set_new(o, "about", json_stringn((const char *)m->data, m->len));
     } else {
         json_t *d = json_stringn(m->len ? (const char *)m->data : "", m->len);
         json_object_set_new(o, "op", json_string("message"));
@@ -88,7 +96,7 @@ int bus_encode_frame(const bus_msg *m, unsigned char **out, size_t *len)
         return -ENOMEM;
     chan_header_encode(p, CHAN_T_MESSAGE, 0, (uint32_t)plen);
     p[8] = (unsigned char)m->kind;
-    p[9] = (unsigned char)(m->ok != 0);
+    p[9] = (unsigned char)m->ok; /* CLAIMED: 0 or 1; ERROR: an errno value */
     be16_put(p + 10, (uint32_t)m->topic_len);
     be32_put(p + 12, (uint32_t)m->from);
     if (m->topic_len)
@@ -102,7 +110,19 @@ int bus_encode_frame(const bus_msg *m, unsigned char **out, size_t *len)
 
 /* ------------------------------------------------------------ decoding */
 
-static int name_ok(size_t n) { return n > 0 && n <= BUS_NAME_MAX; }
+/* Names and topics: 1 to 255 bytes, no space or control character (they
+ * are listed space-separated, a line each, in MEMBERS and TOPICS). */
+static int name_ok(const void *p, size_t n)
+{
+    const unsigned char *c = p;
+    if (n == 0 || n > BUS_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (c[i] <= 0x20 || c[i] == 0x7f)
+            return 0;
+    }
+    return 1;
+}
 
 int bus_op_from_frame(const chan_frame *f, bus_op *op)
 {
@@ -125,7 +145,7 @@ int bus_op_from_frame(const chan_frame *f, bus_op *op)
         return 0;
     case CHAN_T_SEND_NAME:
     case CHAN_T_PUBLISH:
-        if (n < 2 || !name_ok(be16_get(p)) || n < 2 + (size_t)be16_get(p))
+        if (n < 2 || n < 2 + (size_t)be16_get(p) || !name_ok(p + 2, be16_get(p)))
             return -EPROTO;
         op->op = f->type == CHAN_T_SEND_NAME ? OP_SEND_NAME : OP_PUBLISH;
         op->name = (const char *)p + 2;
@@ -141,7 +161,7 @@ int bus_op_from_frame(const chan_frame *f, bus_op *op)
         op->len = n;
         return 0;
     case CHAN_T_SUBSCRIBE:
-        if (n < 4 || !name_ok(n - 4))
+        if (n < 4 || !name_ok(p + 4, n - 4))
             return -EPROTO;
         op->op = OP_SUBSCRIBE;
         op->history = be32_get(p);
@@ -151,11 +171,31 @@ int bus_op_from_frame(const chan_frame *f, bus_op *op)
     case CHAN_T_UNSUBSCRIBE:
     case CHAN_T_CLAIM:
     case CHAN_T_RELEASE:
-        if (!name_ok(n))
+    case CHAN_T_MEMBERS:
+        if (!name_ok(p, n))
             return -EPROTO;
-        op->op = f->type == CHAN_T_UNSUBSCRIBE ? OP_UNSUBSCRIBE : f->type == CHAN_T_CLAIM ? OP_CLAIM : OP_RELEASE;
+        op->op = f->type == CHAN_T_UNSUBSCRIBE ? OP_UNSUBSCRIBE
+                 : f->type == CHAN_T_CLAIM     ? OP_CLAIM
+                 : f->type == CHAN_T_RELEASE   ? OP_RELEASE
+                                               : OP_MEMBERS;
         op->name = (const char *)p;
         op->name_len = n;
+        return 0;
+    case CHAN_T_TOPICS: /* a prefix, possibly empty */
+        if (n > 0 && !name_ok(p, n))
+            return -EPROTO;
+        op->op = OP_TOPICS;
+        op->name = (const char *)p;
+        op->name_len = n;
+        return 0;
+    case CHAN_T_WILL: /* n 0: clear it */
+        if (n < 2 || n < 2 + (size_t)be16_get(p) || (be16_get(p) && !name_ok(p + 2, be16_get(p))))
+            return -EPROTO;
+        op->op = OP_WILL;
+        op->name = (const char *)p + 2;
+        op->name_len = be16_get(p);
+        op->data = p + 2 + op->name_len;
+        op->len = n - 2 - op->name_len;
         return 0;
     default:
         return -EPROTO;
@@ -178,6 +218,7 @@ int bus_op_from_json(json_t *o, bus_op *op, const char **why)
         {"send", OP_SEND}, {"broadcast", OP_BROADCAST}, {"publish", OP_PUBLISH},
         {"subscribe", OP_SUBSCRIBE}, {"unsubscribe", OP_UNSUBSCRIBE}, {"claim", OP_CLAIM},
         {"release", OP_RELEASE}, {"log", OP_LOG}, {"status", OP_STATUS},
+        {"will", OP_WILL}, {"members", OP_MEMBERS}, {"topics", OP_TOPICS},
     };
     const char *name;
     json_t *v;
@@ -214,19 +255,36 @@ int bus_op_from_json(json_t *o, bus_op *op, const char **why)
             op->to = (pid_t)json_integer_value(v);
             return 0;
         }
-        if (json_str(o, "name", &op->name, &op->name_len) == 0 && name_ok(op->name_len)) {
+        if (json_str(o, "name", &op->name, &op->name_len) == 0 && name_ok(op->name, op->name_len)) {
             op->op = OP_SEND_NAME;
             return 0;
         }
-        *why = "send needs \"to\": a pid, or \"name\": a name of 1 to 255 bytes";
+        *why = "send needs \"to\": a pid, or \"name\": a name (1 to 255 bytes, no spaces)";
         return -1;
     }
     if (op->op == OP_BROADCAST)
         return 0;
+    if (op->op == OP_WILL || op->op == OP_TOPICS) {
+        /* will: no topic clears it; topics: no prefix lists them all */
+        const char *key = op->op == OP_WILL ? "topic" : "prefix";
+        if (json_object_get(o, key) &&
+            (json_str(o, key, &op->name, &op->name_len) < 0 ||
+             (op->name_len && !name_ok(op->name, op->name_len)))) {
+            *why = "\"topic\" and \"prefix\" are names: 1 to 255 bytes, no spaces";
+            return -1;
+        }
+        if (op->op == OP_WILL && op->name_len &&
+            json_str(o, "data", (const char **)&op->data, &op->len) < 0) {
+            *why = "a will needs \"data\": a string";
+            return -1;
+        }
+        return 0;
+    }
     if (json_str(o, op->op == OP_CLAIM || op->op == OP_RELEASE ? "name" : "topic", &op->name,
-                 &op->name_len) < 0 || !name_ok(op->name_len)) {
-        *why = op->op == OP_CLAIM || op->op == OP_RELEASE ? "claim and release need \"name\": 1 to 255 bytes"
-                                                          : "this op needs \"topic\": 1 to 255 bytes";
+                 &op->name_len) < 0 || !name_ok(op->name, op->name_len)) {
+        *why = op->op == OP_CLAIM || op->op == OP_RELEASE
+                   ? "claim and release need \"name\": 1 to 255 bytes, no spaces"
+                   : "this op needs \"topic\": 1 to 255 bytes, no spaces";
         return -1;
     }
     if (op->op == OP_SUBSCRIBE) {

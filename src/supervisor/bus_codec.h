@@ -10,7 +10,7 @@
 #include "supervisor/bus.h"
 
 enum { OP_SEND = 1, OP_SEND_NAME, OP_BROADCAST, OP_PUBLISH, OP_SUBSCRIBE, OP_UNSUBSCRIBE,
-       OP_CLAIM, OP_RELEASE, OP_LOG, OP_STATUS };
+       OP_CLAIM, OP_RELEASE, OP_LOG, OP_STATUS, OP_WILL, OP_MEMBERS, OP_TOPICS };
 
 typedef struct bus_op {
     int op;

@@ -66,7 +66,7 @@ def test_send_to_a_missing_pid_is_an_error_message(chan):
     a = BusClient(srv)
     ghost = srv.pid  # a live process, but not a child of the server
     msgs = a.ok("SEND %d anyone?" % ghost)
-    assert msgs_of(msgs) == [("error", 0, "send: no child with pid %d" % ghost, b"")]
+    assert msgs_of(msgs) == [("error", 0, "send: no child with pid %d" % ghost, b"%d" % ghost)]
     # The channel stays open: the child goes on.
     assert a.cmd("PID")[1] == "PID %d" % a.pid
     b = BusClient(srv)
@@ -93,7 +93,7 @@ def test_claim_a_name_and_send_to_it(chan):
     assert bob.sync() == []
 
     msgs = carol.ok("SENDNAME nobody hello?")
-    assert msgs_of(msgs) == [("error", 0, "send: nobody holds the name nobody", b"")]
+    assert msgs_of(msgs) == [("error", 0, "send: nobody holds the name nobody", b"nobody")]
     srv.stop()
 
 
@@ -112,7 +112,7 @@ def test_a_name_is_released_when_its_holder_exits(chan):
     # An explicit release frees it too.
     waiter.ok("RELEASE svc")
     msgs = sender.ok("SENDNAME svc anyone")
-    assert msgs_of(msgs) == [("error", 0, "send: nobody holds the name svc", b"")]
+    assert msgs_of(msgs) == [("error", 0, "send: nobody holds the name svc", b"svc")]
     assert [m.ok for m in sender.ok("CLAIM svc")] == [1]
     srv.stop()
 
@@ -204,7 +204,7 @@ def test_subscriptions_per_child_are_bounded(chan):
     for i in range(64):
         assert a.ok("SUB t%d 0" % i) == [], i
     msgs = a.ok("SUB t64 0")
-    assert msgs_of(msgs) == [("error", 0, "subscribe: at most 64 topics per child", b"")]
+    assert msgs_of(msgs) == [("error", 0, "subscribe: at most 64 topics per child", b"t64")]
     # Subscribing again to a topic it has is no new subscription.
     assert a.ok("SUB t5 0") == []
     b = BusClient(srv)

@@ -341,24 +341,33 @@ def test_the_longest_json_line_is_accepted(sockfork, end):
     srv.stop()
 
 
-@pytest.mark.parametrize("req, error", [
-    ({"op": "fly"}, "unknown op"),
-    ({"nop": "send"}, 'a message needs "op": a string'),
-    ({"op": "send", "data": "x"}, 'send needs "to": a pid, or "name": a name of 1 to 255 bytes'),
-    ({"op": "send", "to": 1}, 'send, broadcast and publish need "data": a string'),
-    ({"op": "subscribe"}, 'this op needs "topic": 1 to 255 bytes'),
-    ({"op": "subscribe", "topic": "t", "history": -1}, '"history" must be a count'),
-    ({"op": "claim", "name": ""}, 'claim and release need "name": 1 to 255 bytes'),
-    ({"op": "log"}, 'log and status need "text": a string'),
-    ({"op": "send", "to": 999999999, "data": "x"}, "send: no child with pid 999999999"),
-    ({"op": "send", "name": "nobody", "data": "x"}, "send: nobody holds the name nobody"),
-], ids=["unknown-op", "no-op", "send-no-to", "send-no-data", "subscribe-no-topic",
+@pytest.mark.parametrize("req, error, code, about", [
+    ({"op": "fly"}, "unknown op", "bad_request", None),
+    ({"nop": "send"}, 'a message needs "op": a string', "bad_request", None),
+    ({"op": "send", "data": "x"},
+     'send needs "to": a pid, or "name": a name (1 to 255 bytes, no spaces)', "bad_request", None),
+    ({"op": "send", "to": 1}, 'send, broadcast and publish need "data": a string', "bad_request", None),
+    ({"op": "subscribe"}, 'this op needs "topic": 1 to 255 bytes, no spaces', "bad_request", None),
+    ({"op": "subscribe", "topic": "a b"}, 'this op needs "topic": 1 to 255 bytes, no spaces',
+     "bad_request", None),
+    ({"op": "subscribe", "topic": "t", "history": -1}, '"history" must be a count', "bad_request", None),
+    ({"op": "claim", "name": ""}, 'claim and release need "name": 1 to 255 bytes, no spaces',
+     "bad_request", None),
+    ({"op": "log"}, 'log and status need "text": a string', "bad_request", None),
+    ({"op": "send", "to": 999999999, "data": "x"}, "send: no child with pid 999999999", "not_found",
+     "999999999"),
+    ({"op": "send", "name": "nobody", "data": "x"}, "send: nobody holds the name nobody", "not_found",
+     "nobody"),
+], ids=["unknown-op", "no-op", "send-no-to", "send-no-data", "subscribe-no-topic", "topic-with-space",
         "negative-history", "empty-name", "log-no-text", "send-missing-pid", "send-missing-name"])
-def test_bad_json_request_gets_an_error_and_the_channel_stays(sockfork, req, error):
+def test_bad_json_request_gets_an_error_and_the_channel_stays(sockfork, req, error, code, about):
     srv = sockfork("--", SH, "-c", RELAY)
     c, pid = relay_client(srv)
     c.sendall(json.dumps(req).encode() + b"\n")
-    assert json_line(c) == {"op": "error", "error": error}
+    want = {"op": "error", "error": error, "code": code}
+    if about is not None:
+        want["about"] = about
+    assert json_line(c) == want
     c.sendall(b'{"op": "claim", "name": "after"}\n')
     assert json_line(c) == {"op": "claimed", "name": "after", "ok": True}
     srv.stop()
