@@ -25,16 +25,24 @@ int cli_parse_size(const char *s, unsigned max, unsigned *out);
 int cli_parse_seconds(const char *s, double *out);
 
 int cmd_serve(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
 int cmd_ctl(int argc, char **argv);
 
 /* Control sockets without --control (ctlpath.c). Each returns 0 or -errno. */
 int cli_control_dir(char *buf, size_t len);     /* the directory */
-int cli_control_default(char *buf, size_t len); /* a new server's path; makes the dir */
+/* A new server's path, KIND-PID.sock (kind: "serve", "chat"); makes the dir. */
+int cli_control_default(const char *kind, char *buf, size_t len);
 int cli_control_find(char *buf, size_t len);    /* the one live server; -EEXIST if several */
 
 /* Built-in connection handlers (handlers.c). */
 int handler_interactive(sf_conn *c, void *arg);
 int handler_echo(sf_conn *c, void *arg);
 int handler_exec(sf_conn *c, void *arg); /* arg: char *argv[] */
+
+/* The chat server (chat.c): its handler, and its options (--history,
+ * --line-max, --flood, --client-backlog: the name without dashes).
+ * chat_option returns 0, or -1 after saying what is wrong. */
+int handler_chat(sf_conn *c, void *arg);
+int chat_option(const char *name, const char *value, sf_server_opts *opts);
 
 #endif

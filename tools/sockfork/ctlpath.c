@@ -40,14 +40,14 @@ static int ensure_private_dir(const char *dir)
     return 0;
 }
 
-int cli_control_default(char *buf, size_t len)
+int cli_control_default(const char *kind, char *buf, size_t len)
 {
     char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
     int rc, n;
 
     if ((rc = cli_control_dir(dir, sizeof dir)) < 0 || (rc = ensure_private_dir(dir)) < 0)
         return rc;
-    n = snprintf(buf, len, "%s/serve-%d.sock", dir, (int)getpid());
+    n = snprintf(buf, len, "%s/%s-%d.sock", dir, kind, (int)getpid());
     return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
@@ -85,7 +85,8 @@ int cli_control_find(char *buf, size_t len)
     /* Bounded by the directory's size; a private directory of ours. */
     while ((e = readdir(d)) != NULL) {
         size_t nl = strlen(e->d_name);
-        if (strncmp(e->d_name, "serve-", 6) != 0 || nl < 5 || strcmp(e->d_name + nl - 5, ".sock") != 0)
+        if ((strncmp(e->d_name, "serve-", 6) != 0 && strncmp(e->d_name, "chat-", 5) != 0) || nl < 5 ||
+            strcmp(e->d_name + nl - 5, ".sock") != 0)
             continue;
         if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path)
             continue;

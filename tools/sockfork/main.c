@@ -14,7 +14,8 @@ static const char usage_text[] =
     "\n"
     "commands:\n"
     "  serve     serve TCP or Unix connections, one forked process each\n"
-    "  ctl       talk to a running server: list, kick, stats\n"
+    "  chat      a chat server: one process per client, lines relayed by the bus\n"
+    "  ctl       talk to a running server: list, send, broadcast, kick, stats\n"
     "\n"
     "options:\n"
     "  -h, --help     this text; 'sockfork COMMAND --help' for a command's\n"
@@ -141,6 +142,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "serve") == 0)
         return cmd_serve(argc - 1, argv + 1);
+    if (strcmp(argv[1], "chat") == 0)
+        return cmd_chat(argc - 1, argv + 1);
     if (strcmp(argv[1], "ctl") == 0)
         return cmd_ctl(argc - 1, argv + 1);
     cli_error("unknown command '%s' (try 'sockfork --help')", argv[1]);

@@ -1,4 +1,6 @@
-/* serve.c - `sockfork serve`: options in, a running server out. */
+/* serve.c - `sockfork serve` and `sockfork chat`: options in, a running
+ * server out. The two share every listen, limit, channel and control
+ * option; they differ in the handler their children run. */
 #include "cli.h"
 
 #include <errno.h>
@@ -53,8 +55,30 @@ static const char serve_usage[] =
     "Durations take fractions and a unit: 500ms, 2s, 1.5m, 1h.\n"
     "Exit status: 0 after a clean shutdown, 1 on a runtime error, 2 on bad usage.\n";
 
+static const char chat_usage[] =
+    "usage: sockfork chat [OPTIONS]\n"
+    "\n"
+    "A chat server: one process per client, every line relayed through the\n"
+    "server's bus. telnet or nc connects; the first line is the nickname;\n"
+    "everyone starts in room 'lobby'. Commands: /nick NAME, /join ROOM,\n"
+    "/who [ROOM], /rooms, /msg NICK TEXT, /me ACTION, /quit, /help.\n"
+    "\n"
+    "options: as `sockfork serve` (listen, limits, --grace, --control, --channel-*,\n"
+    "-q), and:\n"
+    "      --history N       lines a joiner gets of the room's past (default 20)\n"
+    "      --line-max SIZE   longest line a client may send (default 4K); longer\n"
+    "                        ones are refused with a notice\n"
+    "      --flood RATE[/BURST]  lines per second a client may send, with bursts\n"
+    "                        of BURST (default 10/20); past it a warning, then at\n"
+    "                        twice the burst the client is disconnected\n"
+    "      --client-backlog SIZE  bytes waiting for a client that does not read\n"
+    "                        (default 256K); past it, it is disconnected\n"
+    "  -h, --help            this text\n";
+
 enum { OPT_MAX_PER_IP = 256, OPT_IDLE, OPT_GRACE, OPT_BACKLOG, OPT_ECHO, OPT_CONTROL, OPT_NO_CONTROL,
-       OPT_CHAN_MAX, OPT_CHAN_QUEUE, OPT_CHAN_FULL, OPT_TOPIC_HISTORY };
+       OPT_CHAN_MAX, OPT_CHAN_QUEUE, OPT_CHAN_FULL, OPT_TOPIC_HISTORY,
+       /* chat only */
+       OPT_HISTORY, OPT_LINE_MAX, OPT_FLOOD, OPT_CLIENT_BACKLOG };
 
 static const struct option serve_options[] = {
     {"listen", required_argument, NULL, 'l'},
@@ -71,6 +95,10 @@ static const struct option serve_options[] = {
     {"channel-queue", required_argument, NULL, OPT_CHAN_QUEUE},
     {"channel-full", required_argument, NULL, OPT_CHAN_FULL},
     {"topic-history", required_argument, NULL, OPT_TOPIC_HISTORY},
+    {"history", required_argument, NULL, OPT_HISTORY},
+    {"line-max", required_argument, NULL, OPT_LINE_MAX},
+    {"flood", required_argument, NULL, OPT_FLOOD},
+    {"client-backlog", required_argument, NULL, OPT_CLIENT_BACKLOG},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -126,7 +154,22 @@ static void announce_listeners(sf_server *srv, void *arg)
         cli_error("control socket unix:%s", sf_server_control_path(srv));
 }
 
-int cmd_serve(int argc, char **argv)
+/* What tells the two commands apart. */
+typedef struct server_kind {
+    const char *name;
+    const char *usage;
+    int chat;
+} server_kind;
+
+static int option_is_for(int opt, const server_kind *k)
+{
+    int chat_only = opt == OPT_HISTORY || opt == OPT_LINE_MAX || opt == OPT_FLOOD ||
+                    opt == OPT_CLIENT_BACKLOG;
+    int serve_only = opt == OPT_ECHO || opt == OPT_TOPIC_HISTORY;
+    return k->chat ? !serve_only : !chat_only;
+}
+
+static int run_server(int argc, char **argv, const server_kind *k)
 {
     const char *listen_addrs[MAX_LISTEN];
     size_t nlisten = 0;
@@ -146,43 +189,45 @@ int cmd_serve(int argc, char **argv)
     optind = 1;
     /* '+': stop at the first non-option, so PROGRAM's own flags stay its. */
     while ((opt = getopt_long(argc, argv, "+:l:c:qhV", serve_options, NULL)) != -1) {
+        if (opt >= OPT_MAX_PER_IP && !option_is_for(opt, k))
+            opt = '?';
         switch (opt) {
         case 'l':
             if (nlisten >= MAX_LISTEN) {
-                cli_error("serve: at most %d listeners", MAX_LISTEN);
+                cli_error("%s: at most %d listeners", k->name, MAX_LISTEN);
                 return EXIT_USAGE;
             }
             listen_addrs[nlisten++] = optarg;
             break;
         case 'c':
             if (cli_parse_uint(optarg, 1u << 24, &u) < 0 || u == 0) {
-                cli_error("serve: -c wants a number from 1 to %u, not '%s'", 1u << 24, optarg);
+                cli_error("%s: -c wants a number from 1 to %u, not '%s'", k->name, 1u << 24, optarg);
                 return EXIT_USAGE;
             }
             opts.max_conns = u;
             break;
         case OPT_MAX_PER_IP:
             if (cli_parse_uint(optarg, 1u << 24, &u) < 0) {
-                cli_error("serve: --max-per-ip wants a number, not '%s'", optarg);
+                cli_error("%s: --max-per-ip wants a number, not '%s'", k->name, optarg);
                 return EXIT_USAGE;
             }
             opts.max_per_ip = u;
             break;
         case OPT_IDLE:
             if (cli_parse_seconds(optarg, &opts.idle_timeout) < 0) {
-                cli_error("serve: --idle-timeout wants a duration, not '%s'", optarg);
+                cli_error("%s: --idle-timeout wants a duration, not '%s'", k->name, optarg);
                 return EXIT_USAGE;
             }
             break;
         case OPT_GRACE:
             if (cli_parse_seconds(optarg, &opts.grace) < 0) {
-                cli_error("serve: --grace wants a duration, not '%s'", optarg);
+                cli_error("%s: --grace wants a duration, not '%s'", k->name, optarg);
                 return EXIT_USAGE;
             }
             break;
         case OPT_BACKLOG:
             if (cli_parse_uint(optarg, 1u << 30, &u) < 0) {
-                cli_error("serve: --backlog wants a number, not '%s'", optarg);
+                cli_error("%s: --backlog wants a number, not '%s'", k->name, optarg);
                 return EXIT_USAGE;
             }
             opts.backlog = (int)u;
@@ -201,14 +246,14 @@ int cmd_serve(int argc, char **argv)
             break;
         case OPT_CHAN_MAX:
             if (cli_parse_size(optarg, 16u << 20, &u) < 0 || u < 64) {
-                cli_error("serve: --channel-max wants a size from 64 to 16M, not '%s'", optarg);
+                cli_error("%s: --channel-max wants a size from 64 to 16M, not '%s'", k->name, optarg);
                 return EXIT_USAGE;
             }
             opts.chan_max = u;
             break;
         case OPT_CHAN_QUEUE:
             if (cli_parse_size(optarg, 1u << 30, &u) < 0 || u < 1024) {
-                cli_error("serve: --channel-queue wants a size from 1K to 1024M, not '%s'", optarg);
+                cli_error("%s: --channel-queue wants a size from 1K to 1024M, not '%s'", k->name, optarg);
                 return EXIT_USAGE;
             }
             opts.chan_queue = u;
@@ -219,38 +264,54 @@ int cmd_serve(int argc, char **argv)
             } else if (strcmp(optarg, "kick") == 0) {
                 opts.chan_full_kick = 1;
             } else {
-                cli_error("serve: --channel-full wants drop or kick, not '%s'", optarg);
+                cli_error("%s: --channel-full wants drop or kick, not '%s'", k->name, optarg);
                 return EXIT_USAGE;
             }
             break;
         case OPT_TOPIC_HISTORY:
             if (cli_parse_uint(optarg, 100000, &u) < 0) {
-                cli_error("serve: --topic-history wants a number from 0 to 100000, not '%s'", optarg);
+                cli_error("%s: --topic-history wants a number from 0 to 100000, not '%s'", k->name, optarg);
                 return EXIT_USAGE;
             }
             opts.topic_history = u;
             break;
+        case OPT_HISTORY:
+        case OPT_LINE_MAX:
+        case OPT_FLOOD:
+        case OPT_CLIENT_BACKLOG:
+            if (chat_option(opt == OPT_HISTORY ? "history" : opt == OPT_LINE_MAX ? "line-max"
+                            : opt == OPT_FLOOD ? "flood" : "client-backlog", optarg, &opts) < 0)
+                return EXIT_USAGE;
+            break;
         case 'h':
-            fputs(serve_usage, stdout);
+            fputs(k->usage, stdout);
             return 0;
         case 'V':
             printf("sockfork %s\n", sf_version());
             return 0;
         case ':':
-            cli_error("serve: option '%s' needs a value", argv[optind - 1]);
+            cli_error("%s: option '%s' needs a value", k->name, argv[optind - 1]);
             return EXIT_USAGE;
         default:
-            cli_error("serve: unknown option '%s' (try 'sockfork serve --help')", argv[optind - 1]);
+            cli_error("%s: unknown option '%s' (try 'sockfork %s --help')", k->name, argv[optind - 1],
+                      k->name);
             return EXIT_USAGE;
         }
     }
-    if (optind < argc) {
+    if (k->chat) {
+        if (optind < argc) {
+            cli_error("chat: unexpected argument '%s' (try 'sockfork chat --help')", argv[optind]);
+            return EXIT_USAGE;
+        }
+        handler = handler_chat;
+        handler_arg = NULL;
+    } else if (optind < argc) {
         if (echo) {
-            cli_error("serve: --echo and a PROGRAM exclude each other");
+            cli_error("%s: --echo and a PROGRAM exclude each other", k->name);
             return EXIT_USAGE;
         }
         if (!program_exists(argv[optind])) {
-            cli_error("serve: cannot find program '%s'", argv[optind]);
+            cli_error("%s: cannot find program '%s'", k->name, argv[optind]);
             return EXIT_USAGE;
         }
         handler = handler_exec;
@@ -260,8 +321,8 @@ int cmd_serve(int argc, char **argv)
         handler = handler_echo;
     }
     if (opts.chan_queue < (size_t)opts.chan_max + 271) {
-        cli_error("serve: --channel-queue (%zu) must hold one message of --channel-max (%u) "
-                  "and its 271 bytes of headers", opts.chan_queue, opts.chan_max);
+        cli_error("%s: --channel-queue (%zu) must hold one message of --channel-max (%u) "
+                  "and its 271 bytes of headers", k->name, opts.chan_queue, opts.chan_max);
         return EXIT_USAGE;
     }
     if (nlisten == 0)
@@ -281,13 +342,13 @@ int cmd_serve(int argc, char **argv)
         }
     }
     if (control && no_control) {
-        cli_error("serve: --control and --no-control exclude each other");
+        cli_error("%s: --control and --no-control exclude each other", k->name);
         sf_server_free(srv);
         return EXIT_USAGE;
     }
     if (!no_control) {
         if (!control) {
-            rc = cli_control_default(control_buf, sizeof control_buf);
+            rc = cli_control_default(k->name, control_buf, sizeof control_buf);
             if (rc < 0) {
                 cli_error("cannot make a control socket path: %s%s", strerror(-rc),
                           rc == -EPERM ? " (the directory is not private to this user)" : "");
@@ -310,4 +371,16 @@ int cmd_serve(int argc, char **argv)
         return 1;
     }
     return 0;
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    static const server_kind serve = {"serve", serve_usage, 0};
+    return run_server(argc, argv, &serve);
+}
+
+int cmd_chat(int argc, char **argv)
+{
+    static const server_kind chat = {"chat", chat_usage, 1};
+    return run_server(argc, argv, &chat);
 }

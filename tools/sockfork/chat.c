@@ -1,0 +1,663 @@
+/*
+ * chat.c - `sockfork chat`: the chat rules, run in each client's process.
+ *
+ * The supervisor only routes (docs/protocol.md): a room is the topic
+ * "room:NAME", a nickname the bus name "nick:NAME", /msg a send to a name,
+ * "left (connection lost)" a will. Each child keeps its client's state,
+ * reads its client and its channel together, and never blocks on either:
+ * what waits for a slow client is bounded (cfg.backlog), and a client that
+ * lets it fill is cut off, costing nobody else anything.
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NICK_MAX 32
+#define ROOM_MAX 32
+#define FLUSH_AT_EXIT_MS 1000
+
+/* Set by chat_option in the supervisor before it runs; children inherit it. */
+static struct {
+    size_t line_max;
+    double rate, burst;
+    size_t backlog;
+    unsigned history;
+} cfg = {4096, 10.0, 20.0, 256 * 1024, 20};
+
+enum { ASKING, CLAIMING, ACTIVE };
+
+typedef struct chat {
+    sf_conn *conn;
+    int fd;
+    int state;
+    char nick[NICK_MAX + 1];
+    char room[ROOM_MAX + 1];
+    char wanted[NICK_MAX + 1];  /* the nickname being claimed */
+    char *in;                   /* the client's unfinished line */
+    size_t in_len;
+    int discarding;             /* inside a line that was too long */
+    char *out;                  /* what waits for the client, at most cfg.backlog */
+    size_t out_len;
+    double tokens, last;        /* the flood limit's bucket */
+    int warned;
+} chat;
+
+static volatile sig_atomic_t got_term;
+
+static void on_term(int sig)
+{
+    (void)sig;
+    got_term = 1;
+}
+
+/* ------------------------------------------------------------ options */
+
+int chat_option(const char *name, const char *value, sf_server_opts *opts)
+{
+    unsigned u;
+
+    if (strcmp(name, "history") == 0) {
+        if (cli_parse_uint(value, 100000, &u) < 0) {
+            cli_error("chat: --history wants a number from 0 to 100000, not '%s'", value);
+            return -1;
+        }
+        cfg.history = u;
+        opts->topic_history = u;
+    } else if (strcmp(name, "line-max") == 0) {
+        if (cli_parse_size(value, 60 * 1024, &u) < 0 || u < 16) {
+            cli_error("chat: --line-max wants a size from 16 to 60K, not '%s'", value);
+            return -1;
+        }
+        cfg.line_max = u;
+    } else if (strcmp(name, "client-backlog") == 0) {
+        if (cli_parse_size(value, 1u << 30, &u) < 0 || u < 1024) {
+            cli_error("chat: --client-backlog wants a size from 1K to 1024M, not '%s'", value);
+            return -1;
+        }
+        cfg.backlog = u;
+    } else if (strcmp(name, "flood") == 0) {
+        char *end;
+        double rate = strtod(value, &end), burst;
+        if (end == value || !(rate > 0) || rate > 1e6)
+            goto bad_flood;
+        burst = *end == '/' ? strtod(end + 1, &end) : 2 * rate;
+        if (*end || !(burst >= 1) || burst > 1e6)
+            goto bad_flood;
+        cfg.rate = rate;
+        cfg.burst = burst;
+    }
+    return 0;
+bad_flood:
+    cli_error("chat: --flood wants RATE or RATE/BURST (lines a second, a burst of at least 1), "
+              "not '%s'", value);
+    return -1;
+}
+
+/* -------------------------------------------------------------- output */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Writes what the socket takes now. Returns 0, or -1 if the client is gone. */
+static int flush_some(chat *ch)
+{
+    while (ch->out_len > 0) {
+        ssize_t n = write(ch->fd, ch->out, ch->out_len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+        }
+        memmove(ch->out, ch->out + n, ch->out_len - (size_t)n);
+        ch->out_len -= (size_t)n;
+    }
+    return 0;
+}
+
+static void leave(chat *ch, const char *announce, const char *to_client, int status)
+    __attribute__((noreturn));
+
+/* Queues one line (CRLF added) for the client. A client that lets the
+ * backlog fill is cut off: it is not reading, and nothing may wait on it. */
+static void say(chat *ch, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(chat *ch, const char *fmt, ...)
+{
+    char *line;
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vasprintf(&line, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if (ch->out_len + (size_t)n + 2 > cfg.backlog) {
+        char text[160];
+        free(line);
+        snprintf(text, sizeof text, "slow client: %zu bytes waiting for it; disconnected",
+                 ch->out_len);
+        (void)sf_conn_log(ch->conn, text);
+        leave(ch, "was disconnected (not reading)", NULL, 0);
+    }
+    memcpy(ch->out + ch->out_len, line, (size_t)n);
+    memcpy(ch->out + ch->out_len + n, "\r\n", 2);
+    ch->out_len += (size_t)n + 2;
+    free(line);
+    if (flush_some(ch) < 0)
+        leave(ch, "has quit (connection lost)", NULL, 0);
+}
+
+/* ---------------------------------------------------------------- text */
+
+/* Copies a client's line into out (room for 3 * n + 1) as valid UTF-8 with
+ * no control character but tab: anything else becomes U+FFFD. */
+static size_t clean(const unsigned char *in, size_t n, char *out)
+{
+    size_t o = 0;
+
+    for (size_t i = 0; i < n;) {
+        unsigned char c = in[i];
+        size_t k = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+        int ok = k > 0 && i + k <= n;
+
+        for (size_t j = 1; ok && j < k; j++)
+            ok = (in[i + j] & 0xc0) == 0x80;
+        if (ok && k == 2)
+            ok = c >= 0xc2;
+        if (ok && k == 3)
+            ok = !(c == 0xe0 && in[i + 1] < 0xa0) && !(c == 0xed && in[i + 1] >= 0xa0);
+        if (ok && k == 4)
+            ok = c <= 0xf4 && !(c == 0xf0 && in[i + 1] < 0x90) && !(c == 0xf4 && in[i + 1] >= 0x90);
+        if (ok && k == 1 && (c < 0x20 || c == 0x7f) && c != '\t')
+            ok = 0;
+        if (!ok) {
+            memcpy(out + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i += 1;
+            continue;
+        }
+        memcpy(out + o, in + i, k);
+        o += k;
+        i += k;
+    }
+    out[o] = '\0';
+    return o;
+}
+
+/* Nicknames and rooms: 1 to max of letters, digits, '-', '_'. */
+static int valid_name(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+
+    if (n == 0 || n > max)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------ the bus */
+
+static void topic_of(char *buf, size_t len, const char *room)
+{
+    snprintf(buf, len, "room:%s", room);
+}
+
+static void publish(chat *ch, const char *room, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void publish(chat *ch, const char *room, const char *fmt, ...)
+{
+    char topic[ROOM_MAX + 8], *text;
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vasprintf(&text, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    topic_of(topic, sizeof topic, room);
+    (void)sf_conn_publish(ch->conn, topic, text, (size_t)n);
+    free(text);
+}
+
+/* What the room hears if this process dies without saying goodbye. */
+static void set_will(chat *ch)
+{
+    char topic[ROOM_MAX + 8], text[128];
+    int n = snprintf(text, sizeof text, "*** %s has left %s (connection lost)", ch->nick, ch->room);
+
+    topic_of(topic, sizeof topic, ch->room);
+    (void)sf_conn_will(ch->conn, topic, text, (size_t)n);
+    snprintf(text, sizeof text, "%s in %s", ch->nick, ch->room);
+    (void)sf_conn_status(ch->conn, text);
+}
+
+static void join(chat *ch, const char *room)
+{
+    char topic[ROOM_MAX + 8];
+
+    snprintf(ch->room, sizeof ch->room, "%s", room);
+    topic_of(topic, sizeof topic, room);
+    (void)sf_conn_subscribe(ch->conn, topic, cfg.history);
+    publish(ch, room, "*** %s has joined %s", ch->nick, room);
+    set_will(ch);
+}
+
+/* Says goodbye to the room (unless announce is NULL) and the client, gives
+ * the client a moment to read it, and exits. */
+static void leave(chat *ch, const char *announce, const char *to_client, int status)
+{
+    if (ch->state == ACTIVE && announce)
+        publish(ch, ch->room, "*** %s %s", ch->nick, announce);
+    (void)sf_conn_will(ch->conn, NULL, NULL, 0);
+    if (to_client && ch->out_len + strlen(to_client) + 2 <= cfg.backlog) {
+        size_t n = strlen(to_client);
+        memcpy(ch->out + ch->out_len, to_client, n);
+        memcpy(ch->out + ch->out_len + n, "\r\n", 2);
+        ch->out_len += n + 2;
+    }
+    double deadline = now_s() + FLUSH_AT_EXIT_MS / 1000.0;
+    while (ch->out_len > 0 && flush_some(ch) == 0) {
+        struct pollfd p = {ch->fd, POLLOUT, 0};
+        int left = (int)((deadline - now_s()) * 1000);
+        if (left <= 0 || poll(&p, 1, left) <= 0)
+            break;
+    }
+    _exit(status);
+}
+
+/* ------------------------------------------------------------ commands */
+
+static void cmd_help(chat *ch)
+{
+    say(ch, "*** /nick NAME  /join ROOM  /who [ROOM]  /rooms  /msg NICK TEXT  /me ACTION  /quit  /help");
+}
+
+/* Splits "/cmd rest": returns the command, *rest points past its spaces. */
+static const char *split(char *line, char **rest)
+{
+    char *sp = strchr(line, ' ');
+
+    if (!sp) {
+        *rest = line + strlen(line);
+        return line;
+    }
+    *sp = '\0';
+    for (sp++; *sp == ' '; sp++)
+        ;
+    *rest = sp;
+    return line;
+}
+
+static void command(chat *ch, char *line)
+{
+    char *rest, topic[ROOM_MAX + 8], name[NICK_MAX + 8];
+    const char *cmd = split(line, &rest);
+
+    if (strcmp(cmd, "/help") == 0) {
+        cmd_help(ch);
+    } else if (strcmp(cmd, "/quit") == 0) {
+        leave(ch, "has quit", "*** Bye.", 0);
+    } else if (strcmp(cmd, "/me") == 0) {
+        if (!*rest)
+            say(ch, "*** usage: /me ACTION");
+        else
+            publish(ch, ch->room, "* %s %s", ch->nick, rest);
+    } else if (strcmp(cmd, "/nick") == 0) {
+        if (!valid_name(rest, NICK_MAX)) {
+            say(ch, "*** usage: /nick NAME (1 to %d letters, digits, '-' or '_')", NICK_MAX);
+        } else if (strcmp(rest, ch->nick) == 0) {
+            say(ch, "*** you are %s already", ch->nick);
+        } else {
+            snprintf(ch->wanted, sizeof ch->wanted, "%s", rest);
+            snprintf(name, sizeof name, "nick:%s", rest);
+            (void)sf_conn_claim(ch->conn, name);
+        }
+    } else if (strcmp(cmd, "/join") == 0) {
+        if (!valid_name(rest, ROOM_MAX)) {
+            say(ch, "*** usage: /join ROOM (1 to %d letters, digits, '-' or '_')", ROOM_MAX);
+        } else if (strcmp(rest, ch->room) == 0) {
+            say(ch, "*** you are in %s already", ch->room);
+        } else {
+            publish(ch, ch->room, "*** %s has left %s", ch->nick, ch->room);
+            topic_of(topic, sizeof topic, ch->room);
+            (void)sf_conn_unsubscribe(ch->conn, topic);
+            say(ch, "*** you are now in %s", rest);
+            join(ch, rest);
+        }
+    } else if (strcmp(cmd, "/who") == 0) {
+        const char *room = *rest ? rest : ch->room;
+        if (!valid_name(room, ROOM_MAX)) {
+            say(ch, "*** usage: /who [ROOM]");
+        } else {
+            topic_of(topic, sizeof topic, room);
+            (void)sf_conn_members(ch->conn, topic);
+        }
+    } else if (strcmp(cmd, "/rooms") == 0) {
+        (void)sf_conn_topics(ch->conn, "room:");
+    } else if (strcmp(cmd, "/msg") == 0) {
+        char *text;
+        const char *to = split(rest, &text);
+        if (!valid_name(to, NICK_MAX) || !*text) {
+            say(ch, "*** usage: /msg NICK TEXT");
+        } else {
+            char *msg;
+            int n = asprintf(&msg, "*%s* %s", ch->nick, text);
+            snprintf(name, sizeof name, "nick:%s", to);
+            if (n > 0 && sf_conn_send_name(ch->conn, name, msg, (size_t)n) == 0)
+                say(ch, "-> *%s* %s", to, text);
+            if (n > 0)
+                free(msg);
+        }
+    } else {
+        say(ch, "*** unknown command %s (try /help)", cmd);
+    }
+}
+
+/* The token bucket. Returns 1 if the line may go, 0 if it is dropped; a
+ * client still flooding at twice the burst is cut off. */
+static int flood_ok(chat *ch)
+{
+    double t = now_s();
+
+    ch->tokens += (t - ch->last) * cfg.rate;
+    if (ch->tokens > cfg.burst)
+        ch->tokens = cfg.burst;
+    ch->last = t;
+    if (ch->tokens >= 1) {
+        ch->tokens -= 1;
+        ch->warned = 0;
+        return 1;
+    }
+    ch->tokens -= 1;
+    if (ch->tokens < -cfg.burst) {
+        (void)sf_conn_log(ch->conn, "flooding: disconnected");
+        leave(ch, "was disconnected (flooding)", "*** You were disconnected for flooding.", 0);
+    }
+    if (!ch->warned) {
+        say(ch, "*** slow down: at most %g lines a second; lines are dropped until you do", cfg.rate);
+        ch->warned = 1;
+    }
+    return 0;
+}
+
+/* One whole line from the client (no CR or LF). */
+static void line(chat *ch, const unsigned char *raw, size_t n)
+{
+    char *text = malloc(3 * n + 1);
+
+    if (!text)
+        leave(ch, "has quit (out of memory)", NULL, 1);
+    clean(raw, n, text);
+    if (ch->state == ASKING) {
+        if (!valid_name(text, NICK_MAX)) {
+            say(ch, "*** a nickname is 1 to %d letters, digits, '-' or '_'. Your nickname?", NICK_MAX);
+        } else {
+            char name[NICK_MAX + 8];
+            snprintf(ch->wanted, sizeof ch->wanted, "%s", text);
+            snprintf(name, sizeof name, "nick:%s", text);
+            (void)sf_conn_claim(ch->conn, name);
+            ch->state = CLAIMING;
+        }
+    } else if (ch->state == ACTIVE && text[0] && flood_ok(ch)) {
+        if (text[0] == '/')
+            command(ch, text);
+        else
+            publish(ch, ch->room, "<%s> %s", ch->nick, text);
+    }
+    free(text);
+}
+
+/* The whole lines in the input buffer: handled in order; a line over the
+ * limit is refused and skipped up to its newline, never cut. Stops while a
+ * nickname is being claimed: the lines after it wait for the answer. */
+static void client_lines(chat *ch)
+{
+    size_t start = 0;
+
+    while (ch->state != CLAIMING) {
+        char *nl = memchr(ch->in + start, '\n', ch->in_len - start);
+        size_t len;
+
+        if (!nl)
+            break;
+        len = (size_t)(nl - (ch->in + start));
+        if (ch->discarding) {
+            ch->discarding = 0;
+        } else {
+            if (len > 0 && ch->in[start + len - 1] == '\r')
+                len--;
+            if (len > cfg.line_max)
+                say(ch, "*** line too long (over %zu bytes): not sent", cfg.line_max);
+            else
+                line(ch, (const unsigned char *)ch->in + start, len);
+        }
+        start += (size_t)(nl - (ch->in + start)) + 1;
+    }
+    memmove(ch->in, ch->in + start, ch->in_len - start);
+    ch->in_len -= start;
+    if (ch->in_len > cfg.line_max + 1 && !memchr(ch->in, '\n', ch->in_len)) {
+        if (!ch->discarding)
+            say(ch, "*** line too long (over %zu bytes): not sent", cfg.line_max);
+        ch->discarding = 1;
+        ch->in_len = 0;
+    }
+}
+
+static void client_input(chat *ch)
+{
+    /* Room for the line, a CR, and one byte more to see that it is over. */
+    size_t room = cfg.line_max + 2 - ch->in_len;
+    ssize_t n = read(ch->fd, ch->in + ch->in_len, room);
+
+    if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
+        return;
+    if (n <= 0)
+        leave(ch, "has quit (connection closed)", NULL, 0); /* a line cut short is dropped */
+    ch->in_len += (size_t)n;
+    client_lines(ch);
+}
+
+/* ------------------------------------------------------------ messages */
+
+static void claimed(chat *ch, const sf_msg *m)
+{
+    const char *nick = strncmp(m->topic, "nick:", 5) == 0 ? m->topic + 5 : m->topic;
+    char old[NICK_MAX + 8];
+
+    char got[NICK_MAX + 1];
+
+    if (strcmp(nick, ch->wanted) != 0)
+        return; /* an answer to an earlier request */
+    memcpy(got, ch->wanted, sizeof got); /* the same text, of a size known to fit */
+    nick = got;
+    ch->wanted[0] = '\0';
+    if (ch->state == CLAIMING) {
+        if (!m->ok) {
+            say(ch, "*** the nickname %s is taken. Your nickname?", nick);
+            ch->state = ASKING;
+            return;
+        }
+        memcpy(ch->nick, got, sizeof ch->nick);
+        ch->state = ACTIVE;
+        ch->last = now_s();
+        ch->tokens = cfg.burst;
+        say(ch, "*** Hello %s, you are in lobby. /help lists the commands.", nick);
+        join(ch, "lobby");
+        return;
+    }
+    if (!m->ok) {
+        say(ch, "*** the nickname %s is taken", nick);
+        return;
+    }
+    snprintf(old, sizeof old, "nick:%s", ch->nick);
+    (void)sf_conn_release(ch->conn, old);
+    publish(ch, ch->room, "*** %s is now known as %s", ch->nick, nick);
+    say(ch, "*** you are now known as %s", nick);
+    memcpy(ch->nick, got, sizeof ch->nick);
+    set_will(ch);
+}
+
+/* "PID NAME NAME...\n" lines: the nicknames among the names. */
+static void who(chat *ch, const sf_msg *m)
+{
+    char list[4096];
+    size_t n = 0;
+    int count = 0;
+    const char *room = strncmp(m->topic, "room:", 5) == 0 ? m->topic + 5 : m->topic;
+
+    for (char *l = (char *)m->data; l && *l;) {
+        char *end = strchr(l, '\n'), *w;
+        if (end)
+            *end = '\0';
+        for (w = strstr(l, " nick:"); w; w = strstr(w + 1, " nick:")) {
+            char *stop = strchr(w + 1, ' ');
+            int len = stop ? (int)(stop - (w + 6)) : (int)strlen(w + 6);
+            if (n + (size_t)len + 3 < sizeof list)
+                n += (size_t)snprintf(list + n, sizeof list - n, "%s%.*s", count ? ", " : "", len, w + 6);
+            count++;
+        }
+        l = end ? end + 1 : NULL;
+    }
+    list[n] = '\0';
+    if (count)
+        say(ch, "*** in %s (%d): %s", room, count, list);
+    else
+        say(ch, "*** nobody is in %s", room);
+}
+
+/* "room:NAME COUNT\n" lines. */
+static void rooms(chat *ch, const sf_msg *m)
+{
+    char list[4096];
+    size_t n = 0;
+
+    for (char *l = (char *)m->data; l && *l;) {
+        char *end = strchr(l, '\n'), *sp;
+        if (end)
+            *end = '\0';
+        sp = strrchr(l, ' ');
+        if (sp && strncmp(l, "room:", 5) == 0 && n + (size_t)(sp - l) + 16 < sizeof list)
+            n += (size_t)snprintf(list + n, sizeof list - n, "%s%.*s (%s)", n ? ", " : "",
+                                  (int)(sp - l - 5), l + 5, sp + 1);
+        l = end ? end + 1 : NULL;
+    }
+    list[n] = '\0';
+    say(ch, "*** rooms: %s", n ? list : "none");
+}
+
+static void message(chat *ch, sf_msg *m)
+{
+    switch (m->kind) {
+    case SF_MSG_CLAIMED:
+        claimed(ch, m);
+        break;
+    case SF_MSG_MEMBERS:
+        who(ch, m);
+        break;
+    case SF_MSG_TOPICS:
+        rooms(ch, m);
+        break;
+    case SF_MSG_ERROR:
+        if (m->ok == ESRCH && strncmp((const char *)m->data, "nick:", 5) == 0)
+            say(ch, "*** no such nick: %s", (const char *)m->data + 5);
+        else
+            say(ch, "*** %s", m->topic);
+        break;
+    case SF_MSG_DIRECT:
+    case SF_MSG_BROADCAST:
+        /* From the server (`sockfork ctl send` and `broadcast`). */
+        say(ch, "*** NOTICE: %s", (const char *)m->data);
+        break;
+    case SF_MSG_TOPIC:
+    case SF_MSG_HISTORY: {
+        /* Lines made by the sender's rules; only the room we are in now
+         * (history of a room left a moment ago may still be coming). */
+        char topic[ROOM_MAX + 8];
+        topic_of(topic, sizeof topic, ch->room);
+        if (ch->state == ACTIVE && strcmp(m->topic, topic) == 0)
+            say(ch, "%s", (const char *)m->data);
+        break;
+    }
+    default: /* SF_MSG_NAME: a /msg */
+        if (ch->state == ACTIVE)
+            say(ch, "%s", (const char *)m->data);
+        break;
+    }
+}
+
+/* ------------------------------------------------------------ the loop */
+
+int handler_chat(sf_conn *c, void *arg)
+{
+    chat ch;
+    struct sigaction sa;
+    int chan = sf_conn_channel_fd(c);
+    (void)arg;
+
+    memset(&ch, 0, sizeof ch);
+    ch.conn = c;
+    ch.fd = sf_conn_fd(c);
+    ch.in = malloc(cfg.line_max + 2);
+    ch.out = malloc(cfg.backlog);
+    if (!ch.in || !ch.out)
+        return 1;
+    (void)fcntl(ch.fd, F_SETFL, O_NONBLOCK);
+    /* SIGTERM with the channel still open: a kick (or the idle timeout).
+     * At shutdown the channel closes first, and that is what we act on. */
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_term;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+
+    say(&ch, "*** Welcome to sockfork chat (pid %d). Your nickname?", (int)getpid());
+    for (;;) {
+        struct pollfd p[2];
+        int timeout = sf_conn_msg_pending(c) ? 0 : -1;
+
+        if (got_term)
+            leave(&ch, "was disconnected by the server", "*** You were disconnected by the server.", 0);
+        p[0].fd = ch.fd;
+        p[0].events = (ch.state != CLAIMING ? POLLIN : 0) | (ch.out_len ? POLLOUT : 0);
+        p[1].fd = chan;
+        p[1].events = POLLIN;
+        p[0].revents = p[1].revents = 0;
+        if (poll(p, 2, timeout) < 0 && errno != EINTR)
+            return 1;
+        if ((p[1].revents || sf_conn_msg_pending(c)) && !got_term) {
+            sf_msg m;
+            int rc = sf_conn_recv(c, &m);
+            if (rc == 0 || (rc < 0 && rc != -EINTR))
+                leave(&ch, NULL, "*** The server is shutting down. Bye.", 0);
+            if (rc > 0) {
+                message(&ch, &m);
+                sf_msg_free(&m);
+                if (ch.state != CLAIMING && ch.in_len)
+                    client_lines(&ch); /* what came behind a claimed nickname */
+            }
+        }
+        if ((p[0].revents & POLLOUT) && flush_some(&ch) < 0)
+            leave(&ch, "has quit (connection lost)", NULL, 0);
+        if (p[0].revents & (POLLIN | POLLHUP | POLLERR))
+            client_input(&ch);
+    }
+}
