@@ -64,7 +64,8 @@ static const char chat_usage[] =
     "/who [ROOM], /rooms, /msg NICK TEXT, /me ACTION, /quit, /help.\n"
     "\n"
     "options: as `sockfork serve` (listen, limits, --grace, --control, --channel-*,\n"
-    "-q), and:\n"
+    "-q; --channel-full is kick here: a member that cannot keep up is cut off,\n"
+    "never left with a gap), and:\n"
     "      --history N       lines a joiner gets of the room's past (default 20)\n"
     "      --line-max SIZE   longest line a client may send (default 4K); longer\n"
     "                        ones are refused with a notice\n"
@@ -185,6 +186,9 @@ static int run_server(int argc, char **argv, const server_kind *k)
     sf_server_opts_init(&opts);
     opts.log = cli_log;
     opts.on_ready = announce_listeners;
+    /* A chat member either gets every line of its room or is cut off:
+     * never a silent gap (--channel-full drop says otherwise). */
+    opts.chan_full_kick = k->chat;
     opterr = 0;
     optind = 1;
     /* '+': stop at the first non-option, so PROGRAM's own flags stay its. */
