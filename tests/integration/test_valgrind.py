@@ -202,3 +202,62 @@ def test_bus_has_no_leaks_under_valgrind(tmp_path):
             proc.kill()
             proc.wait()
     check_valgrind(proc, err)
+
+
+def read_until(sock, marker, timeout=60):
+    sock.settimeout(timeout)
+    buf = b""
+    while marker not in buf:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before %r; got %r" % (marker, buf)
+        buf += chunk
+    return buf
+
+
+def test_chat_supervisor_has_no_leaks_under_valgrind(tmp_path):
+    """sockfork chat's supervisor under valgrind: names, topics with
+    history, member and topic listings, a will fired by a killed child,
+    ctl notices, and the shutdown that closes every channel."""
+    ctl_path = str(tmp_path / "ctl.sock")
+    proc = subprocess.Popen(
+        ["valgrind", "--leak-check=full", "--show-leak-kinds=definite,indirect",
+         "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=99",
+         "--child-silent-after-fork=yes", "--track-fds=no",
+         BIN, "chat", "-l", "127.0.0.1:0", "--control", ctl_path, "--history", "5"],
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        log = StderrLines(proc)
+        port = int(log.wait_count(r"listening on 127\.0\.0\.1:(\d+)", 1)[0].group(1))
+        a = socket.create_connection(("127.0.0.1", port), timeout=60)
+        read_until(a, b"Your nickname?")
+        a.sendall(b"alice\n")
+        read_until(a, b"Hello alice")
+        b = socket.create_connection(("127.0.0.1", port), timeout=60)
+        read_until(b, b"Your nickname?")
+        b.sendall(b"alice\nbob\n")
+        read_until(b, b"Hello bob")
+        read_until(a, b"bob has joined lobby")
+        a.sendall(b"hi bob\n/who\n/rooms\n/msg bob psst\n/join dev\n")
+        got = read_until(b, b"alice has left lobby")
+        assert b"<alice> hi bob" in got and b"*alice* psst" in got, got
+        read_until(a, b"you are now in dev")
+        pids = [int(m.group(1)) for m in log.wait_count(r"connected pid=(\d+)", 2)]
+        r = subprocess.run([BIN, "ctl", "--control", ctl_path, "broadcast", "notice"],
+                           capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, r.stderr
+        read_until(b, b"NOTICE: notice")
+        b.sendall(b"/join dev\n")
+        read_until(a, b"bob has joined dev")
+        os.kill(pids[0], signal.SIGKILL)  # alice's process: its will speaks for it
+        read_until(b, b"alice has left dev (connection lost)")
+        proc.send_signal(signal.SIGTERM)
+        read_until(b, b"shutting down")
+        proc.wait(timeout=60)
+        a.close()
+        b.close()
+        err = log.text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    check_valgrind(proc, err)
