@@ -460,8 +460,9 @@ static void topics(endpoint *e, const bus_op *op)
 
     for (unsigned i = 0; i < TOPIC_BUCKETS; i++) {
         for (bus_topic *t = b->topics[i]; t; t = t->next) {
-            if (!t->nsubs || t->len < op->name_len || memcmp(t->name, op->name, op->name_len) != 0)
-                continue;
+            if (!t->nsubs || t->len < op->name_len ||
+                (op->name_len && memcmp(t->name, op->name, op->name_len) != 0))
+                continue; /* (no prefix: op->name may be NULL) */
             if (len + t->len + 16 > cap) {
                 size_t ncap = (cap ? cap * 2 : 256) + t->len + 16;
                 char *p = realloc(text, ncap);
