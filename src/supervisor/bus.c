@@ -129,13 +129,87 @@ static void encoded_fini(encoded *x)
     free(x->bytes[1]);
 }
 
+/*
+ * Deliveries only queue. What they leave to do (queues to flush, children
+ * to disconnect) waits on the attention list until the loop is about to
+ * block (the prepare watcher), for two reasons: every message queued for
+ * a child in one round of events goes out in one sendmsg (a busy room's
+ * fan-out is one system call per member, not per line), and nothing is
+ * ever closed in the middle of a delivery loop (closing publishes a will,
+ * which delivers to others, who may be closed in turn).
+ */
+static void attention(endpoint *e)
+{
+    bus *b = e->owner;
+
+    if (e->listed)
+        return;
+    e->listed = 1;
+    e->aprev = NULL;
+    e->anext = b->attn;
+    if (b->attn)
+        b->attn->aprev = e;
+    b->attn = e;
+}
+
+static void attention_remove(endpoint *e)
+{
+    if (!e->listed)
+        return;
+    if (e->aprev)
+        e->aprev->anext = e->anext;
+    else
+        e->owner->attn = e->anext;
+    if (e->anext)
+        e->anext->aprev = e->aprev;
+    e->listed = 0;
+    e->aprev = e->anext = NULL;
+}
+
+/* Marks a child to be disconnected once the current deliveries are done. */
+static void doom(endpoint *e, const char *why, int bad)
+{
+    if (e->doom)
+        return;
+    e->doom = why;
+    e->doom_bad = bad;
+    attention(e);
+}
+
 static void kick(endpoint *e, const char *why, int bad);
+
+static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    bus *b = w->data;
+    (void)loop;
+    (void)revents;
+
+    /* Bounded: each pass takes one endpoint off; one is put back only by a
+     * will or a delivery, and a closed one never comes back. */
+    while (b->attn) {
+        endpoint *e = b->attn;
+        int rc;
+
+        attention_remove(e);
+        if (e->doom) {
+            kick(e, e->doom, e->doom_bad);
+            continue;
+        }
+        if (!endpoint_is_open(e) || ev_is_active(&e->wr))
+            continue; /* the write watcher has it */
+        rc = chan_queue_flush(&e->q, e->fd);
+        if (rc == 0)
+            ev_io_start(b->loop, &e->wr);
+        else if (rc < 0)
+            endpoint_close(e); /* the child is gone; its exit follows */
+    }
+}
 
 static int push(endpoint *e, encoded *x)
 {
     int j = e->jsonl, rc;
 
-    if (!endpoint_is_open(e))
+    if (!endpoint_is_open(e) || e->doom)
         return -EPIPE;
     /* More than a child may send is more than a child's reader takes
      * (ctl's texts are bounded by its own line limit, not by chan_max). */
@@ -155,7 +229,7 @@ static int push(endpoint *e, encoded *x)
         e->owner->stats.drops++;
         if (e->owner->cfg.full_policy == BUS_FULL_KICK) {
             e->owner->stats.kicked_full++;
-            kick(e, "its channel queue is full (it does not read it)", 0);
+            doom(e, "its channel queue is full (it does not read it)", 0);
         }
         return rc;
     }
@@ -163,14 +237,7 @@ static int push(endpoint *e, encoded *x)
         return rc;
     e->frames_out++;
     e->owner->stats.frames_out++;
-    if (!ev_is_active(&e->wr)) {
-        /* Try at once: most of the time the socket takes it all. */
-        rc = chan_queue_flush(&e->q, e->fd);
-        if (rc == 0)
-            ev_io_start(e->owner->loop, &e->wr);
-        else if (rc < 0)
-            kick(e, "its channel is broken", 0);
-    }
+    attention(e);
     return 0;
 }
 
@@ -189,7 +256,7 @@ unsigned bus_broadcast(bus *b, const bus_msg *m, const endpoint *except)
     endpoint *e = b->all, *next;
 
     for (; e; e = next) {
-        next = e->next; /* push may close e (kick policy) */
+        next = e->next;
         if (e != except && push(e, &x) == 0)
             n++;
     }
@@ -774,6 +841,8 @@ void endpoint_close(endpoint *e)
 
     if (!endpoint_is_open(e))
         return;
+    attention_remove(e);
+    e->doom = NULL;
     ev_io_stop(b->loop, &e->rd);
     ev_io_stop(b->loop, &e->wr);
     close(e->fd);
@@ -831,6 +900,10 @@ int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg)
     b->topics = os_nofork_calloc(TOPIC_BUCKETS, sizeof *b->topics);
     b->names = os_nofork_calloc(NAME_BUCKETS, sizeof *b->names);
     b->rbuf = os_nofork_calloc(1, BUS_READ_BUDGET);
+    ev_prepare_init(&b->prepare, prepare_cb);
+    b->prepare.data = b;
+    ev_prepare_start(loop, &b->prepare);
+    ev_unref(loop); /* it must not keep the loop running by itself */
     if (!b->topics || !b->names || !b->rbuf) {
         bus_fini(b);
         return -ENOMEM;
@@ -841,6 +914,10 @@ int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg)
 void bus_fini(bus *b)
 {
     bus_close_all(b);
+    if (b->loop && ev_is_active(&b->prepare)) {
+        ev_ref(b->loop);
+        ev_prepare_stop(b->loop, &b->prepare);
+    }
     if (b->topics) {
         for (unsigned i = 0; i < TOPIC_BUCKETS; i++) {
             while (b->topics[i]) {

@@ -81,6 +81,10 @@ struct endpoint {
     size_t will_topic_len, will_len;
     uint64_t frames_in, frames_out, drops;
     endpoint *prev, *next;  /* every open endpoint, for broadcasts */
+    endpoint *aprev, *anext; /* the attention list: output to flush, or doomed */
+    int listed;
+    const char *doom;       /* why it is to be disconnected, once deliveries are done */
+    int doom_bad;
     void *data;             /* the owner's */
 };
 
@@ -119,6 +123,8 @@ struct bus {
     unsigned nnames;
     unsigned char *rbuf;        /* one read buffer for every endpoint */
     int closing;                /* bus_close_all: wills are not published */
+    endpoint *attn;             /* see bus.c, "attention" */
+    ev_prepare prepare;
     bus_stats stats;
 };
 
