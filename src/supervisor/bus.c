@@ -178,6 +178,17 @@ static void doom(endpoint *e, const char *why, int bad)
 
 static void kick(endpoint *e, const char *why, int bad);
 
+/* The child has closed its end (it exited): nothing more can reach it, but
+ * what it wrote before is still to be read, up to the EOF that closes the
+ * endpoint (a goodbye, a cleared will). */
+static void stop_writing(endpoint *e)
+{
+    e->broken = 1;
+    chan_queue_fini(&e->q);
+    chan_queue_init(&e->q, e->owner->cfg.queue_limit);
+    ev_io_stop(e->owner->loop, &e->wr);
+}
+
 static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     bus *b = w->data;
@@ -201,7 +212,7 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
         if (rc == 0)
             ev_io_start(b->loop, &e->wr);
         else if (rc < 0)
-            endpoint_close(e); /* the child is gone; its exit follows */
+            stop_writing(e);
     }
 }
 
@@ -209,7 +220,7 @@ static int push(endpoint *e, encoded *x)
 {
     int j = e->jsonl, rc;
 
-    if (!endpoint_is_open(e) || e->doom)
+    if (!endpoint_is_open(e) || e->doom || e->broken)
         return -EPIPE;
     /* More than a child may send is more than a child's reader takes
      * (ctl's texts are bounded by its own line limit, not by chan_max). */
@@ -798,7 +809,7 @@ static void wr_cb(struct ev_loop *loop, ev_io *w, int revents)
     if (rc == 1)
         ev_io_stop(loop, w);
     else if (rc < 0)
-        endpoint_close(e); /* the child is gone; its exit follows */
+        stop_writing(e);
 }
 
 int endpoint_open(bus *b, endpoint *e, int fd, pid_t pid, int jsonl, void *data)

@@ -84,6 +84,7 @@ struct endpoint {
     endpoint *aprev, *anext; /* the attention list: output to flush, or doomed */
     int listed;
     const char *doom;       /* why it is to be disconnected, once deliveries are done */
+    int broken;             /* its peer closed: read to the EOF, write nothing */
     int doom_bad;
     void *data;             /* the owner's */
 };

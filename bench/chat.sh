@@ -1,0 +1,376 @@
+#!/usr/bin/env bash
+# bench/chat.sh - fan-out in one room: `sockfork chat` against redis pub/sub
+# (issue 4), both driven by build/bench/chatload with the same client code:
+#
+#   sockfork  sockfork chat -q -l 127.0.0.1:PORT --no-control -c 1000
+#                 --flood 100000/100000 --history 0
+#             (the flood limit, 10 lines/s with bursts of 20 by default,
+#             would drop the benchmark's lines; no history replays on join)
+#   redis     redis-server --bind 127.0.0.1 --port PORT --save '' --appendonly no
+#
+# CHAT_N clients in one room; in each round every client sends one line and
+# each line reaches the CHAT_N - 1 others (redis also sends it back to its
+# sender: chatload reads that copy and neither counts nor times it).
+# Rounds are lock-step (CHAT_WINDOW=1: the next round starts when all
+# CHAT_N * (CHAT_N - 1) deliveries of this one are in). Per run:
+# deliveries/s, and p50/p99 latency from send to receipt. The two servers
+# alternate CHAT_REPEATS times, each run on a fresh server on a free port;
+# the table gives the medians and sockfork/redis ratios, printed and
+# written to bench/results/chat.md.
+#
+# Everything runs on loopback, each chatload run bounded in time (-T, -d),
+# and every process this starts is stopped at the end (trap). redis-server
+# (Debian package redis-server) is installed with apt-get when missing and
+# we are root; otherwise the redis rows are skipped. About a minute on 2 CPUs.
+#
+# Environment:
+#   BUILD=dir          meson build directory (default: build)
+#   CHAT_N=100         clients in the room
+#   CHAT_ROUNDS=200    measured rounds per run
+#   CHAT_WARMUP=5      rounds before those, not measured
+#   CHAT_WINDOW=1      rounds in flight at once (1: lock-step)
+#   CHAT_REPEATS=3     runs of each server, alternating
+#   CHAT_SERVERS="sockfork redis"
+#   CHAT_PERF=0        1: one more sockfork run under `perf record -e cpu-clock
+#                      -g -a`; the profile summary goes to bench/results/chat-perf.txt
+#   SOCKFORK=path      sockfork binary (default: $BUILD/sockfork)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=${BUILD:-build}
+[[ $BUILD == /* ]] || BUILD=$ROOT/$BUILD
+CHAT_N=${CHAT_N:-100}
+CHAT_ROUNDS=${CHAT_ROUNDS:-200}
+CHAT_WARMUP=${CHAT_WARMUP:-5}
+CHAT_WINDOW=${CHAT_WINDOW:-1}
+CHAT_REPEATS=${CHAT_REPEATS:-3}
+CHAT_SERVERS=${CHAT_SERVERS:-sockfork redis}
+CHAT_PERF=${CHAT_PERF:-0}
+SOCKFORK=${SOCKFORK:-$BUILD/sockfork}
+CHATLOAD=$BUILD/bench/chatload
+RESULTS=$ROOT/bench/results
+STALL_MS=10000      # chatload -T: joining, sync, and a round's silence
+RUN_SECS=120        # chatload -d: all the rounds of one run
+
+WORK=$(mktemp -d /tmp/sockfork-chat.XXXXXX)
+SERVER_PID=""       # the server running now, for the exit trap
+
+say() { printf '== %s\n' "$*" >&2; }
+
+# ------------------------------------------------------------ processes
+
+# PID and all its descendants, one a line (follows parent links: sockfork's
+# children sit under its spawner, in process groups of their own).
+tree_pids() {
+    ps -e -o pid=,ppid= | awk -v root="$1" '
+        { kids[$2] = kids[$2] " " $1 }
+        END {
+            n = 1; q[1] = root
+            for (i = 1; i <= n; i++) {
+                m = split(kids[q[i]], k, " ")
+                for (j = 1; j <= m; j++) q[++n] = k[j]
+            }
+            for (i = 1; i <= n; i++) print q[i]
+        }'
+}
+
+alive() {
+    local st
+    st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+    [[ $st != Z* ]]
+}
+
+# TERM to PID and its descendants, up to 15 s, then KILL to what is left.
+stop_tree() {
+    local pid=$1 pids left i
+    mapfile -t pids < <(tree_pids "$pid")
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    for ((i = 0; i < 150; i++)); do
+        left=0
+        for p in "${pids[@]}"; do
+            if alive "$p"; then left=1; break; fi
+        done
+        ((left)) || break
+        sleep 0.1
+    done
+    if ((left)); then
+        say "some processes outlived SIGTERM by 15 s: SIGKILL"
+        kill -KILL "${pids[@]}" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    [[ -n $SERVER_PID ]] && stop_tree "$SERVER_PID"
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- setup
+
+build() {
+    if [[ ! -f $BUILD/build.ninja ]]; then
+        meson setup "$BUILD" "$ROOT" >&2
+    fi
+    # sockfork too, unless SOCKFORK names another binary.
+    if [[ $SOCKFORK == "$BUILD/sockfork" ]]; then
+        ninja -C "$BUILD" bench/chatload sockfork >&2
+    else
+        ninja -C "$BUILD" bench/chatload >&2
+    fi
+}
+
+install_redis() {
+    command -v redis-server >/dev/null && return 0
+    if ((EUID != 0)); then
+        say "redis-server is not installed and we are not root: redis is skipped"
+        return 0
+    fi
+    say "installing redis-server"
+    # The package's own service is not used (on systemd machines it starts
+    # one on 6379): each run below starts its own on a free port.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server >&2 ||
+        { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server >&2; } ||
+        say "could not install redis-server: redis is skipped"
+}
+
+raise_nofile() {
+    local need=$((2 * CHAT_N + 64)) hard
+    hard=$(ulimit -Hn)
+    if [[ $hard != unlimited ]] && ((hard < need)); then
+        ulimit -Hn "$need" 2>/dev/null || true
+    fi
+    ulimit -Sn "$(ulimit -Hn)"
+}
+
+unavailable() {
+    case $1 in
+    sockfork) "$SOCKFORK" --version >/dev/null 2>&1 || echo "$SOCKFORK does not run" ;;
+    redis) command -v redis-server >/dev/null || echo "redis-server not installed" ;;
+    *) echo "unknown server" ;;
+    esac
+}
+
+# Starts server $1 on 127.0.0.1:$2 (log $3), sets SERVER_PID, waits until
+# it accepts.
+start_server() {
+    local name=$1 port=$2 log=$3
+    case $name in
+    sockfork)
+        "$SOCKFORK" chat -q -l "127.0.0.1:$port" --no-control -c 1000 \
+            --flood 100000/100000 --history 0 2>"$log" & ;;
+    redis)
+        redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+            --daemonize no --dir "$WORK" --logfile "$log" >/dev/null & ;;
+    esac
+    SERVER_PID=$!
+    if ! "$CHATLOAD" probe -a "127.0.0.1:$port" -d 10 || ! alive "$SERVER_PID"; then
+        say "$name did not come up; its log:"
+        cat "$log" >&2 || true
+        stop_tree "$SERVER_PID"
+        SERVER_PID=""
+        return 1
+    fi
+}
+
+# ---------------------------------------------------------------- runs
+
+# Value of key $2 in the key=value line $1.
+field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -n1; }
+
+declare -A V          # V[server]: "rate p50 p99" of each run, one a line
+declare -A NOTE       # NOTE[server]: what went wrong, if anything
+RAW=$WORK/raw.txt
+
+note() { NOTE[$1]="${NOTE[$1]:-}$2; "; say "$1: $2"; }
+
+# One run of server $1 (repeat $2): a fresh server, chatload, the server
+# stopped. Returns 1 if it could not be run at all.
+run_one() {
+    local name=$1 rep=$2 port log line st i mode
+    port=$("$CHATLOAD" freeport)
+    log=$WORK/$name-$rep.log
+    start_server "$name" "$port" "$log" || { note "$name" "run $rep: did not start"; return 1; }
+    mode=$([[ $name == sockfork ]] && echo chat || echo redis)
+    if line=$("$CHATLOAD" "$mode" -a "127.0.0.1:$port" -n "$CHAT_N" -r "$CHAT_ROUNDS" \
+        -w "$CHAT_WINDOW" --warmup "$CHAT_WARMUP" -T "$STALL_MS" -d "$RUN_SECS" \
+        2>>"$WORK/chatload.err"); then
+        printf '%s %s\n' "$name" "$line" >>"$RAW"
+        printf '   %-8s run %d: %s\n' "$name" "$rep" "$line" >&2
+        V[$name]+="$(field "$line" deliveries_per_s) $(field "$line" p50_us) $(field "$line" p99_us)"$'\n'
+    else
+        note "$name" "run $rep: chatload failed: $(tail -n 1 "$WORK/chatload.err")"
+    fi
+    # The clients are gone: the server must still be up once its children
+    # have exited (a crash here is a finding, not a benchmark error).
+    for ((i = 0; i < 30; i++)); do
+        (($(tree_pids "$SERVER_PID" | wc -l) <= 2)) && break
+        alive "$SERVER_PID" || break
+        sleep 0.1
+    done
+    if ! alive "$SERVER_PID"; then
+        st=0
+        wait "$SERVER_PID" 2>/dev/null || st=$?
+        note "$name" "run $rep: the server died (exit status $st) after the clients disconnected"
+        stop_tree "$SERVER_PID" # its children, if any are left
+    else
+        stop_tree "$SERVER_PID"
+    fi
+    SERVER_PID=""
+    if [[ $name == sockfork ]] && grep -q 'its channel is broken' "$log"; then
+        NOTE[broken]=$((${NOTE[broken]:-0} + $(grep -c 'its channel is broken' "$log")))
+    fi
+}
+
+# Median of column $2 of the lines in $1.
+median() {
+    awk -v c="$2" 'NF { print $c }' <<<"$1" | sort -g |
+        awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+}
+
+# awk arithmetic on values that may be empty: prints "" if any is.
+calc() { awk -v a="${2:-}" -v b="${3:-}" "BEGIN { if (a == \"\" || b == \"\" || b + 0 == 0) exit; $1 }"; }
+
+# Profile of one more sockfork run: where the CPU goes, per process kind.
+profile() {
+    local port log data=$WORK/perf.data out=$RESULTS/chat-perf.txt sup kids
+    command -v perf >/dev/null || { say "CHAT_PERF=1 but perf is not installed"; return 0; }
+    port=$("$CHATLOAD" freeport)
+    log=$WORK/perf-server.log
+    start_server sockfork "$port" "$log" || return 0
+    sup=$SERVER_PID
+    say "profiling one sockfork run (perf record -e cpu-clock -g -a)"
+    perf record -q -e cpu-clock -g -a -o "$data" -- "$CHATLOAD" chat -a "127.0.0.1:$port" \
+        -n "$CHAT_N" -r "$CHAT_ROUNDS" -w "$CHAT_WINDOW" --warmup "$CHAT_WARMUP" \
+        -T "$STALL_MS" -d "$RUN_SECS" >"$WORK/perf-run.txt" 2>&1 || true
+    stop_tree "$SERVER_PID"
+    SERVER_PID=""
+    kids=$(perf report -i "$data" --no-children --sort pid -g none --stdio 2>/dev/null |
+        awk -v s="$sup" '$2 ~ /:sockfork$/ { split($2, a, ":"); if (a[1] != s) printf "%s%s", n++ ? "," : "", a[1] }')
+    {
+        echo "# sockfork chat under perf: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs"
+        echo "run: $(tail -n 1 "$WORK/perf-run.txt")"
+        echo
+        echo "## share of all CPU time, by command and object"
+        perf report -i "$data" --no-children --sort comm,dso -g none --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 12
+        echo
+        echo "## the supervisor (pid $sup): symbols, % of all CPU time"
+        perf report -i "$data" --no-children --pid "$sup" --sort sym -g none --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 25
+        echo
+        echo "## the chat children, together: symbols, % of all CPU time"
+        [[ -n $kids ]] && perf report -i "$data" --no-children --pid "$kids" --sort sym -g none --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 30
+        echo
+        echo "## call chains into the top kernel symbols (all processes)"
+        perf report -i "$data" --no-children --comm sockfork --sort sym -g caller,0.5,callee --percent-limit 5 --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 80
+    } >"$out"
+    say "profile written to ${out#"$ROOT"/}"
+}
+
+# ---------------------------------------------------------------- table
+
+table() {
+    local name r p50 p99 runs label
+    echo "| server | deliveries/s | p50 latency, ms | p99 latency, ms | runs |"
+    echo "|---|---:|---:|---:|---:|"
+    for name in $CHAT_SERVERS; do
+        label=$([[ $name == sockfork ]] && echo "sockfork chat" || echo "redis pub/sub")
+        if [[ -z ${V[$name]:-} ]]; then
+            echo "| $label | – | – | – | 0 |"
+            continue
+        fi
+        r=$(median "${V[$name]}" 1)
+        p50=$(median "${V[$name]}" 2)
+        p99=$(median "${V[$name]}" 3)
+        runs=$(grep -c . <<<"${V[$name]}")
+        echo "| $label | $(calc 'printf "%.0f", a' "$r" 1) | $(calc 'printf "%.2f", a / 1000' "$p50" 1)" \
+            "| $(calc 'printf "%.2f", a / 1000' "$p99" 1) | $runs |"
+    done
+    if [[ -n ${V[sockfork]:-} && -n ${V[redis]:-} ]]; then
+        local rr p5 p9
+        rr=$(calc 'printf "%.3f", a / b' "$(median "${V[sockfork]}" 1)" "$(median "${V[redis]}" 1)")
+        p5=$(calc 'printf "%.1f", a / b' "$(median "${V[sockfork]}" 2)" "$(median "${V[redis]}" 2)")
+        p9=$(calc 'printf "%.1f", a / b' "$(median "${V[sockfork]}" 3)" "$(median "${V[redis]}" 3)")
+        echo "| sockfork / redis | ${rr}× | ${p5}× | ${p9}× | |"
+    fi
+}
+
+verdict() {
+    local rr
+    [[ -n ${V[sockfork]:-} && -n ${V[redis]:-} ]] || { echo "Target not checked: a server has no results."; return; }
+    rr=$(calc 'printf "%.3f", a / b' "$(median "${V[sockfork]}" 1)" "$(median "${V[redis]}" 1)")
+    echo "Target: sockfork / redis deliveries/s = $rr, target ≥ 0.5:" \
+        "$(calc 'print (a >= b ? "met" : "MISSED")' "$rr" 0.5)."
+}
+
+report() {
+    local cpu name
+    cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
+    echo "# sockfork chat vs redis pub/sub: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "Machine: $(nproc) CPUs ($cpu), Linux $(uname -r);" \
+        "$("$SOCKFORK" --version 2>/dev/null || echo sockfork ?), $(redis-server --version 2>/dev/null | awk '{ print $1, $3 }' || echo redis ?)" \
+        "(tree $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown))."
+    echo "Run: CHAT_N=$CHAT_N CHAT_ROUNDS=$CHAT_ROUNDS CHAT_WARMUP=$CHAT_WARMUP" \
+        "CHAT_WINDOW=$CHAT_WINDOW CHAT_REPEATS=$CHAT_REPEATS bench/chat.sh"
+    echo
+    echo "$CHAT_N clients in one room, every client sends one line per round, each line"
+    echo "reaches the $((CHAT_N - 1)) others: $((CHAT_N * (CHAT_N - 1))) deliveries a round," \
+        "$( ((CHAT_WINDOW == 1)) && echo "lock-step (a round starts when the last is all in)" || echo "up to $CHAT_WINDOW rounds in flight")."
+    echo "Latency: from just before the sender's send() to the receiver's recv() (CLOCK_MONOTONIC, one process)."
+    echo "Medians of $CHAT_REPEATS runs each, the servers alternating, a fresh server per run;"
+    echo "all on loopback, the load generator (bench/chatload.c, one thread, epoll) the same for both."
+    echo "sockfork: \`sockfork chat -q --no-control -c 1000 --flood 100000/100000 --history 0\`"
+    echo "(the default flood limit of 10 lines/s, bursts of 20, would drop lines; no history on join)."
+    echo "redis: \`redis-server --save '' --appendonly no\`, each client subscribed on one"
+    echo "connection and publishing on a second; redis also sends each line back to its sender:"
+    echo "that copy is read and parsed but neither counted nor timed."
+    echo
+    table
+    echo
+    verdict
+    echo
+    for name in $CHAT_SERVERS; do
+        [[ -n ${NOTE[$name]:-} ]] && echo "- $name: ${NOTE[$name]}"
+    done
+    [[ -n ${NOTE[broken]:-} ]] &&
+        echo "- sockfork logged \"its channel is broken\" ${NOTE[broken]} times in all, as the clients disconnected."
+    echo
+    echo "Raw chatload lines:"
+    echo
+    echo '```'
+    cat "$RAW" 2>/dev/null || true
+    echo '```'
+}
+
+# ----------------------------------------------------------------- main
+
+build
+[[ " $CHAT_SERVERS " == *" redis "* ]] && install_redis
+raise_nofile
+: >"$RAW"
+: >"$WORK/chatload.err"
+declare -A SKIP
+for name in $CHAT_SERVERS; do
+    why=$(unavailable "$name")
+    if [[ -n $why ]]; then
+        say "$name: skipped: $why"
+        SKIP[$name]=1
+        NOTE[$name]="skipped: $why; "
+    fi
+done
+for ((rep = 1; rep <= CHAT_REPEATS; rep++)); do
+    for name in $CHAT_SERVERS; do
+        [[ -n ${SKIP[$name]:-} ]] && continue
+        say "$name, run $rep of $CHAT_REPEATS"
+        run_one "$name" "$rep" || true
+    done
+done
+mkdir -p "$RESULTS"
+((CHAT_PERF)) && [[ -z ${SKIP[sockfork]:-} ]] && profile
+report >"$RESULTS/chat.md"
+echo
+table
+echo
+verdict
+say "written to ${RESULTS#"$ROOT"/}/chat.md"
