@@ -464,6 +464,7 @@ static void on_child_exit(sup *sp, pid_t pid, int wstatus, void *data, void *arg
         hmap_key k = server_tuple_key(&r->peer, r->local_port);
         (void)hmap_del(&s->by_tuple, &k);
     }
+    endpoint_drain(&r->ep); /* its last words, before its will */
     rec_release(s, r);
     check_limit(s);
 }

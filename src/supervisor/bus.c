@@ -766,38 +766,53 @@ static int feed(endpoint *e, const unsigned char *buf, size_t len)
     return endpoint_is_open(e) ? 0 : -1;
 }
 
-static void rd_cb(struct ev_loop *loop, ev_io *w, int revents)
+/* Reads and handles up to `budget` bytes of what the child sent. Returns 1
+ * when the socket has nothing more for now, 0 when the budget is spent,
+ * -1 when the endpoint was closed (EOF, or the child was cut off). */
+static int read_some(endpoint *e, size_t budget)
 {
-    endpoint *e = w->data;
-    size_t budget = BUS_READ_BUDGET;
-    (void)loop;
-    (void)revents;
-
     while (budget > 0 && endpoint_is_open(e)) {
         size_t want = budget < BUS_READ_BUDGET ? budget : BUS_READ_BUDGET;
         ssize_t n = chan_read(e->fd, &e->fdec, e->owner->rbuf, want);
 
         if (n == -EAGAIN || n == -EWOULDBLOCK)
-            return;
+            return 1;
         if (n == 0 || n == -ECONNRESET) {
             endpoint_close(e); /* the child closed it, or exited */
-            return;
+            return -1;
         }
         if (n > 0 && e->fdec.nfds > 0) {
             /* No request takes a descriptor from a child: one sent with or
              * without its frame's flag is a protocol error, and must not be
              * kept open here. */
             kick(e, "a descriptor it should not have sent", 1);
-            return;
+            return -1;
         }
         if (n < 0) {
             kick(e, n == -EPROTO ? "a descriptor it should not have sent" : "its channel is broken", 1);
-            return;
+            return -1;
         }
         if (feed(e, e->owner->rbuf, (size_t)n) < 0)
-            return;
+            return -1;
         budget -= (size_t)n;
     }
+    return endpoint_is_open(e) ? 0 : -1;
+}
+
+static void rd_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    (void)read_some(w->data, BUS_READ_BUDGET);
+}
+
+void endpoint_drain(endpoint *e)
+{
+    /* The child has exited: all it wrote is in the socket already, at most
+     * what its send buffer held. Its last words (a goodbye, a cleared will)
+     * are handled before its will would be published. */
+    while (read_some(e, BUS_READ_BUDGET) == 0)
+        ;
 }
 
 static void wr_cb(struct ev_loop *loop, ev_io *w, int revents)

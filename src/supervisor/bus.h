@@ -141,6 +141,10 @@ int endpoint_open(bus *b, endpoint *e, int fd, pid_t pid, int jsonl, void *data)
  * is published. Idempotent. */
 void endpoint_close(endpoint *e);
 
+/* For a child that has exited: handles what is left unread on its channel
+ * (bounded by the socket's buffer), so its last messages are not lost. */
+void endpoint_drain(endpoint *e);
+
 /* Closes every channel, publishing no will: at shutdown, children learn
  * the supervisor is going away from the end of their channel. */
 void bus_close_all(bus *b);

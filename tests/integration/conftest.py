@@ -298,13 +298,15 @@ def session_members(sid, exclude=()):
 class Server:
     """One `sockfork serve` process, started in its own session."""
 
-    def __init__(self, tmp_path, args, listen=("127.0.0.1:0",), env=None, preload=None, bin=None):
+    def __init__(self, tmp_path, args, listen=("127.0.0.1:0",), env=None, preload=None, bin=None,
+                 command="serve"):
         self.tmp_path = tmp_path
         self.args = list(args)
         self.listen_args = list(listen)
         # bin: another program with `sockfork serve`'s command line and log
         # (tests/helpers/chanserver); the default is the sockfork binary.
-        cmd = [bin or BIN, "serve"]
+        # command: the subcommand, "chat" for `sockfork chat`.
+        cmd = [bin or BIN, command]
         for a in self.listen_args:
             cmd += ["-l", a]
         cmd += self.args
@@ -480,14 +482,15 @@ class Server:
 
 @pytest.fixture
 def sockfork(tmp_path):
-    """Factory: sockfork(args, listen=[...], env={}, preload=path, bin=path)
-    starts a server and returns a Server once it listens. At teardown each server is
+    """Factory: sockfork(args, listen=[...], env={}, preload=path, bin=path,
+    command="serve") starts a server and returns a Server once it listens. At teardown each server is
     stopped with SIGTERM and checked (exit 0, no leftover process, every
     child logged, no sanitizer report) unless the test already did."""
     servers = []
 
-    def start(*args, listen=("127.0.0.1:0",), env=None, preload=None, bin=None):
-        srv = Server(tmp_path, args, listen=listen, env=env, preload=preload, bin=bin)
+    def start(*args, listen=("127.0.0.1:0",), env=None, preload=None, bin=None, command="serve"):
+        srv = Server(tmp_path, args, listen=listen, env=env, preload=preload, bin=bin,
+                     command=command)
         servers.append(srv)
         return srv
 

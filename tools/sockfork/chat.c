@@ -106,6 +106,26 @@ bad_flood:
     return -1;
 }
 
+int chat_check(const sf_server_opts *opts)
+{
+    /* A line's worst case after cleaning (every byte a U+FFFD) plus a
+     * nickname and the "<nick> " around it must fit in one message, and in
+     * a receiver's backlog, or a client could be cut off for one line. */
+    size_t worst = 3 * cfg.line_max + 2 * NICK_MAX + 16;
+
+    if (worst > opts->chan_max) {
+        cli_error("chat: --line-max %zu needs --channel-max of at least %zu (a line of control "
+                  "characters triples when they are replaced)", cfg.line_max, worst);
+        return -1;
+    }
+    if (worst + 2 > cfg.backlog) {
+        cli_error("chat: --client-backlog must hold one line: at least %zu for --line-max %zu",
+                  worst + 2, cfg.line_max);
+        return -1;
+    }
+    return 0;
+}
+
 /* -------------------------------------------------------------- output */
 
 static double now_s(void)
@@ -185,7 +205,7 @@ static void say_line(chat *ch, const void *data, size_t n)
 /* ---------------------------------------------------------------- text */
 
 /* Copies a client's line into out (room for 3 * n + 1) as valid UTF-8 with
- * no control character but tab: anything else becomes U+FFFD. */
+ * no control character (C0, DEL, C1) but tab: anything else becomes U+FFFD. */
 static size_t clean(const unsigned char *in, size_t n, char *out)
 {
     size_t o = 0;
@@ -204,11 +224,14 @@ static size_t clean(const unsigned char *in, size_t n, char *out)
         if (ok && k == 4)
             ok = c <= 0xf4 && !(c == 0xf0 && in[i + 1] < 0x90) && !(c == 0xf4 && in[i + 1] >= 0x90);
         if (ok && k == 1 && (c < 0x20 || c == 0x7f) && c != '\t')
-            ok = 0;
+            ok = 0; /* C0 controls and DEL */
+        if (ok && k == 2 && c == 0xc2 && in[i + 1] <= 0x9f)
+            ok = 0; /* C1 controls, U+0080 to U+009F (CSI and friends) */
         if (!ok) {
             memcpy(out + o, "\xef\xbf\xbd", 3);
             o += 3;
-            i += 1;
+            /* A C1 control is one (valid) character: one replacement. */
+            i += k == 2 && c == 0xc2 && i + 1 < n && (in[i + 1] & 0xc0) == 0x80 ? 2 : 1;
             continue;
         }
         memcpy(out + o, in + i, k);
@@ -429,6 +452,10 @@ static void line(chat *ch, const unsigned char *raw, size_t n)
     if (!text)
         leave(ch, "has quit (out of memory)", NULL, 1);
     clean(raw, n, text);
+    if (ch->state == ASKING && !flood_ok(ch)) {
+        free(text);
+        return; /* nickname attempts count against the flood limit too */
+    }
     if (ch->state == ASKING) {
         if (!valid_name(text, NICK_MAX)) {
             say(ch, "*** a nickname is 1 to %d letters, digits, '-' or '_'. Your nickname?", NICK_MAX);
@@ -507,8 +534,16 @@ static void claimed(chat *ch, const sf_msg *m)
 
     char got[NICK_MAX + 1];
 
-    if (strcmp(nick, ch->wanted) != 0)
-        return; /* an answer to an earlier request */
+    if (strcmp(nick, ch->wanted) != 0) {
+        /* An answer to an earlier /nick, overtaken by a later one: a name
+         * granted for it is not wanted any more. */
+        if (m->ok && strcmp(nick, ch->nick) != 0) {
+            char name[NICK_MAX + 8];
+            snprintf(name, sizeof name, "nick:%.*s", NICK_MAX, nick);
+            (void)sf_conn_release(ch->conn, name);
+        }
+        return;
+    }
     memcpy(got, ch->wanted, sizeof got); /* the same text, of a size known to fit */
     nick = got;
     ch->wanted[0] = '\0';
@@ -520,8 +555,6 @@ static void claimed(chat *ch, const sf_msg *m)
         }
         memcpy(ch->nick, got, sizeof ch->nick);
         ch->state = ACTIVE;
-        ch->last = now_s();
-        ch->tokens = cfg.burst;
         say(ch, "*** Hello %s, you are in lobby. /help lists the commands.", nick);
         join(ch, "lobby");
         return;
@@ -653,7 +686,16 @@ int handler_chat(sf_conn *c, void *arg)
     sa.sa_handler = on_term;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
+    /* SIGTERM is taken only inside ppoll, so it cannot slip in between the
+     * check of got_term and the wait. */
+    sigset_t term, waitmask;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    sigprocmask(SIG_BLOCK, &term, &waitmask);
+    sigdelset(&waitmask, SIGTERM);
 
+    ch.last = now_s();
+    ch.tokens = cfg.burst;
     say(&ch, "*** Welcome to sockfork chat (pid %d). Your nickname?", (int)getpid());
     for (;;) {
         struct pollfd p[2];
@@ -666,7 +708,8 @@ int handler_chat(sf_conn *c, void *arg)
         p[1].fd = chan;
         p[1].events = POLLIN;
         p[0].revents = p[1].revents = 0;
-        if (poll(p, 2, timeout) < 0 && errno != EINTR)
+        struct timespec zero = {0, 0};
+        if (ppoll(p, 2, timeout == 0 ? &zero : NULL, &waitmask) < 0 && errno != EINTR)
             return 1;
         if (p[1].revents || sf_conn_msg_pending(c)) {
             /* Every message already read, then what one more read brings:

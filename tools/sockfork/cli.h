@@ -44,5 +44,8 @@ int handler_exec(sf_conn *c, void *arg); /* arg: char *argv[] */
  * chat_option returns 0, or -1 after saying what is wrong. */
 int handler_chat(sf_conn *c, void *arg);
 int chat_option(const char *name, const char *value, sf_server_opts *opts);
+/* After all options: whether they fit together (one line must fit in a
+ * message and in a backlog). Returns 0, or -1 after saying why. */
+int chat_check(const sf_server_opts *opts);
 
 #endif

@@ -309,6 +309,8 @@ static int run_server(int argc, char **argv, const server_kind *k)
         }
         handler = handler_chat;
         handler_arg = NULL;
+        if (chat_check(&opts) < 0)
+            return EXIT_USAGE;
     } else if (optind < argc) {
         if (echo) {
             cli_error("%s: --echo and a PROGRAM exclude each other", k->name);
