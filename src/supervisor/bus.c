@@ -768,8 +768,12 @@ static int feed(endpoint *e, const unsigned char *buf, size_t len)
 
 /* Reads and handles up to `budget` bytes of what the child sent. Returns 1
  * when the socket has nothing more for now, 0 when the budget is spent,
- * -1 when the endpoint was closed (EOF, or the child was cut off). */
-static int read_some(endpoint *e, size_t budget)
+ * -1 when the endpoint was closed (EOF, or the child was cut off). A read
+ * that returns less than asked is taken to have emptied the socket, unless
+ * to_eof: the watcher is level-triggered and calls again if it had not,
+ * and the read that would say EAGAIN would cost a system call before the
+ * answers go out (a round trip's latency). */
+static int read_some(endpoint *e, size_t budget, int to_eof)
 {
     while (budget > 0 && endpoint_is_open(e)) {
         size_t want = budget < BUS_READ_BUDGET ? budget : BUS_READ_BUDGET;
@@ -795,6 +799,8 @@ static int read_some(endpoint *e, size_t budget)
         if (feed(e, e->owner->rbuf, (size_t)n) < 0)
             return -1;
         budget -= (size_t)n;
+        if ((size_t)n < want && !to_eof)
+            return endpoint_is_open(e) ? 1 : -1;
     }
     return endpoint_is_open(e) ? 0 : -1;
 }
@@ -803,7 +809,7 @@ static void rd_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop;
     (void)revents;
-    (void)read_some(w->data, BUS_READ_BUDGET);
+    (void)read_some(w->data, BUS_READ_BUDGET, 0);
 }
 
 void endpoint_drain(endpoint *e)
@@ -811,7 +817,7 @@ void endpoint_drain(endpoint *e)
     /* The child has exited: all it wrote is in the socket already, at most
      * what its send buffer held. Its last words (a goodbye, a cleared will)
      * are handled before its will would be published. */
-    while (read_some(e, BUS_READ_BUDGET) == 0)
+    while (read_some(e, BUS_READ_BUDGET, 1) == 0)
         ;
 }
 
