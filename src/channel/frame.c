@@ -277,13 +277,6 @@ int chan_recv(int sock, chan_reader *r, chan_frame *out)
 
 /* ------------------------------------------------------ outbound queue */
 
-struct chan_qitem {
-    chan_qitem *next;
-    size_t len;          /* bytes in data */
-    int fd;              /* to pass with the first byte, or -1 */
-    unsigned char data[];
-};
-
 void chan_queue_init(chan_queue *q, size_t limit)
 {
     memset(q, 0, sizeof *q);
@@ -292,49 +285,68 @@ void chan_queue_init(chan_queue *q, size_t limit)
 
 void chan_queue_fini(chan_queue *q)
 {
-    chan_qitem *it = q->head;
-    while (it) {
-        chan_qitem *next = it->next;
-        if (it->fd >= 0)
-            close(it->fd);
-        free(it);
-        it = next;
-    }
-    q->head = q->tail = NULL;
-    q->bytes = q->head_sent = 0;
+    for (int i = 0; i < q->nfds; i++)
+        close(q->fds[i].fd);
+    free(q->buf);
+    q->buf = NULL;
+    q->cap = q->start = q->end = q->bytes = 0;
+    q->nfds = 0;
 }
 
-static int queue_item(chan_queue *q, const unsigned char *hdr, const void *bytes, size_t len,
-                      int pass_fd)
+/* Room for n more bytes at the end: the unsent bytes moved to the front,
+ * then the buffer doubled, never past the limit (push checked it). */
+static int make_room(chan_queue *q, size_t n)
+{
+    size_t cap;
+    unsigned char *p;
+
+    if (q->end + n <= q->cap)
+        return 0;
+    if (q->start > 0) {
+        memmove(q->buf, q->buf + q->start, q->bytes);
+        for (int i = 0; i < q->nfds; i++)
+            q->fds[i].off -= q->start;
+        q->start = 0;
+        q->end = q->bytes;
+        if (q->end + n <= q->cap)
+            return 0;
+    }
+    cap = q->cap ? q->cap : 1024;
+    while (cap < q->end + n)
+        cap *= 2;
+    if (cap > q->limit)
+        cap = q->limit;
+    if (!(p = realloc(q->buf, cap)))
+        return -ENOMEM;
+    q->buf = p;
+    q->cap = cap;
+    return 0;
+}
+
+static int queue_bytes(chan_queue *q, const unsigned char *hdr, const void *bytes, size_t len,
+                       int pass_fd)
 {
     size_t hl = hdr ? CHAN_HDR_LEN : 0;
-    chan_qitem *it;
+    int fd = -1;
 
-    if (q->bytes + hl + len > q->limit) {
+    if (q->bytes + hl + len > q->limit || (pass_fd >= 0 && q->nfds == CHAN_QUEUE_FDS)) {
         q->dropped++;
         return -ENOBUFS;
     }
-    it = malloc(sizeof *it + hl + len);
-    if (!it)
+    if (make_room(q, hl + len) < 0)
         return -ENOMEM;
-    it->next = NULL;
-    it->len = hl + len;
-    it->fd = -1;
-    if (pass_fd >= 0 && (it->fd = fcntl(pass_fd, F_DUPFD_CLOEXEC, 3)) < 0) {
-        int e = errno;
-        free(it);
-        return -e;
+    if (pass_fd >= 0) {
+        if ((fd = fcntl(pass_fd, F_DUPFD_CLOEXEC, 3)) < 0)
+            return -errno;
+        q->fds[q->nfds].off = q->end;
+        q->fds[q->nfds++].fd = fd;
     }
     if (hl)
-        memcpy(it->data, hdr, hl);
+        memcpy(q->buf + q->end, hdr, hl);
     if (len)
-        memcpy(it->data + hl, bytes, len);
-    if (q->tail)
-        q->tail->next = it;
-    else
-        q->head = it;
-    q->tail = it;
-    q->bytes += it->len;
+        memcpy(q->buf + q->end + hl, bytes, len);
+    q->end += hl + len;
+    q->bytes += hl + len;
     q->pushed++;
     return 0;
 }
@@ -346,43 +358,37 @@ int chan_queue_push(chan_queue *q, uint16_t type, const void *payload, uint32_t 
     if (len > CHAN_MAX_LIMIT)
         return -EMSGSIZE;
     chan_header_encode(hdr, type, pass_fd >= 0 ? CHAN_F_FD : 0, len);
-    return queue_item(q, hdr, payload, len, pass_fd);
+    return queue_bytes(q, hdr, payload, len, pass_fd);
 }
 
 int chan_queue_push_raw(chan_queue *q, const void *bytes, size_t len)
 {
     if (len > CHAN_MAX_LIMIT)
         return -EMSGSIZE;
-    return queue_item(q, NULL, bytes, len, -1);
+    return queue_bytes(q, NULL, bytes, len, -1);
 }
-
-/*
- * Sends as many queued frames per sendmsg as fit in FLUSH_IOV pieces: a
- * frame per system call would cost one kernel buffer each (the supervisor
- * of a busy bus spent most of its time there). A frame that passes a
- * descriptor starts a call of its own, so the descriptor rides on its
- * first byte.
- */
-#define FLUSH_IOV 64
 
 int chan_queue_flush(chan_queue *q, int sock)
 {
-    while (q->head) {
-        struct iovec iov[FLUSH_IOV];
-        chan_qitem *it = q->head;
-        int attach = q->head_sent == 0 ? it->fd : -1;
-        size_t off = q->head_sent;
-        int niov = 0;
+    while (q->start < q->end) {
+        size_t stop = q->end;
+        int attach = -1;
+        struct iovec iov;
         ssize_t n;
 
-        for (; it && niov < FLUSH_IOV; it = it->next) {
-            if (niov > 0 && it->fd >= 0)
-                break;
-            iov[niov].iov_base = it->data + off;
-            iov[niov++].iov_len = it->len - off;
-            off = 0;
+        /* A frame with a descriptor starts a sendmsg of its own. */
+        if (q->nfds > 0) {
+            if (q->fds[0].off == q->start) {
+                attach = q->fds[0].fd;
+                if (q->nfds > 1)
+                    stop = q->fds[1].off;
+            } else {
+                stop = q->fds[0].off;
+            }
         }
-        n = send_iov(sock, iov, niov, attach);
+        iov.iov_base = q->buf + q->start;
+        iov.iov_len = stop - q->start;
+        n = send_iov(sock, &iov, 1, attach);
         if (n == -EINTR)
             continue;
         if (n == -EAGAIN || n == -EWOULDBLOCK)
@@ -390,25 +396,19 @@ int chan_queue_flush(chan_queue *q, int sock)
         if (n < 0)
             return (int)n;
         if (attach >= 0) {
-            close(q->head->fd); /* it went with the first byte */
-            q->head->fd = -1;
+            close(attach); /* it went with the first byte */
+            memmove(q->fds, q->fds + 1, (size_t)(q->nfds - 1) * sizeof q->fds[0]);
+            q->nfds--;
         }
-        /* Walk the bytes sent across the frames: whole ones are done. */
-        while (n > 0) {
-            it = q->head;
-            size_t left = it->len - q->head_sent;
-            if ((size_t)n < left) {
-                q->head_sent += (size_t)n;
-                break;
-            }
-            n -= (ssize_t)left;
-            q->head = it->next;
-            if (!q->head)
-                q->tail = NULL;
-            q->bytes -= it->len;
-            q->head_sent = 0;
-            free(it);
-        }
+        q->start += (size_t)n;
+        q->bytes -= (size_t)n;
+    }
+    q->start = q->end = 0;
+    if (q->cap > CHAN_QUEUE_KEEP) {
+        /* A burst is over: give the memory back. */
+        free(q->buf);
+        q->buf = NULL;
+        q->cap = 0;
     }
     return 1;
 }

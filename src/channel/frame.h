@@ -147,24 +147,39 @@ int chan_reader_pending(const chan_reader *r);
  * writes as much as the socket takes, resuming mid-frame. What happens when
  * a frame does not fit is the caller's policy: chan_queue_push says so and
  * leaves the queue as it was.
+ *
+ * The frames are bytes in one buffer (grown as needed up to the limit,
+ * given back when drained past CHAN_QUEUE_KEEP): queuing is one copy, and a
+ * flush sends everything waiting in one sendmsg, but for a frame that
+ * passes a descriptor, which starts a sendmsg of its own so the descriptor
+ * rides on its first byte. At most CHAN_QUEUE_FDS descriptors wait at once.
  */
-typedef struct chan_qitem chan_qitem;
+#define CHAN_QUEUE_FDS 4
+#define CHAN_QUEUE_KEEP (64 * 1024)
+
+typedef struct chan_qfd {
+    size_t off;         /* the frame's first byte, in buf */
+    int fd;             /* a copy, closed once sent */
+} chan_qfd;
 
 typedef struct chan_queue {
-    chan_qitem *head, *tail;
-    size_t bytes;       /* queued bytes, headers included */
+    unsigned char *buf;
+    size_t cap;         /* bytes allocated */
+    size_t start, end;  /* unsent bytes: buf[start, end) */
+    size_t bytes;       /* end - start: queued bytes, headers included */
     size_t limit;       /* push fails beyond this */
-    size_t head_sent;   /* bytes of the head frame already written */
+    chan_qfd fds[CHAN_QUEUE_FDS];
+    int nfds;
     uint64_t pushed, dropped;
 } chan_queue;
 
 void chan_queue_init(chan_queue *q, size_t limit);
-/* Frees every item and closes their descriptors. */
+/* Frees the buffer and closes the descriptors still waiting. */
 void chan_queue_fini(chan_queue *q);
 
 /* Copies the frame in. Returns 0, -ENOBUFS when it would pass the limit
- * (nothing queued, `dropped` counted), -EMSGSIZE over CHAN_MAX_LIMIT, or
- * -ENOMEM. A passed descriptor is dup'ed (F_DUPFD_CLOEXEC); the caller keeps
+ * or CHAN_QUEUE_FDS descriptors wait already (nothing queued, `dropped`
+ * counted), -EMSGSIZE over CHAN_MAX_LIMIT, or -ENOMEM. A passed descriptor is dup'ed (F_DUPFD_CLOEXEC); the caller keeps
  * its own. */
 int chan_queue_push(chan_queue *q, uint16_t type, const void *payload, uint32_t len, int pass_fd);
 
@@ -177,6 +192,6 @@ int chan_queue_push_raw(chan_queue *q, const void *bytes, size_t len);
  * -ECONNRESET...) when the peer is gone. */
 int chan_queue_flush(chan_queue *q, int sock);
 
-static inline int chan_queue_empty(const chan_queue *q) { return q->head == NULL; }
+static inline int chan_queue_empty(const chan_queue *q) { return q->bytes == 0; }
 
 #endif
