@@ -245,6 +245,19 @@ SF_EXTERN int sf_conn_topics(sf_conn *c, const char *prefix);
 SF_EXTERN int sf_conn_log(sf_conn *c, const char *text);
 SF_EXTERN int sf_conn_status(sf_conn *c, const char *text);
 
+/*
+ * Text from a client made safe to pass on (to other clients, to a log):
+ * copies n bytes of `in` into out as valid UTF-8 with no control character
+ * but tab, replacing each control character (C0, DEL, C1) and each byte
+ * that is not UTF-8 (stray, truncated, overlong, a surrogate, past
+ * U+10FFFF) with `replacement` ("\xEF\xBF\xBD" for U+FFFD, or "?"). out
+ * gets at most len - 1 bytes and a NUL; a character that would not fit
+ * whole ends the copy (with a 3-byte replacement, 3 * n + 1 always fits).
+ * Returns the bytes written.
+ */
+SF_EXTERN size_t sf_text_clean(char *out, size_t len, const void *in, size_t n,
+                               const char *replacement);
+
 /* ----------------------------------------------------------------- server */
 
 typedef struct sf_server sf_server;

@@ -302,33 +302,5 @@ int bus_op_from_json(json_t *o, bus_op *op, const char **why)
 
 size_t bus_text_clean(char *out, size_t len, const unsigned char *in, size_t n)
 {
-    size_t o = 0, i = 0;
-
-    while (i < n && o + 1 < len) {
-        unsigned char c = in[i];
-        size_t k = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
-        int ok = k > 0 && i + k <= n;
-
-        for (size_t j = 1; ok && j < k; j++)
-            ok = (in[i + j] & 0xc0) == 0x80;
-        /* No overlong forms, no surrogates, nothing past U+10FFFF. */
-        if (ok && k == 2)
-            ok = c >= 0xc2;
-        if (ok && k == 3)
-            ok = !(c == 0xe0 && in[i + 1] < 0xa0) && !(c == 0xed && in[i + 1] >= 0xa0);
-        if (ok && k == 4)
-            ok = c <= 0xf4 && !(c == 0xf0 && in[i + 1] < 0x90) && !(c == 0xf4 && in[i + 1] >= 0x90);
-        if (!ok || (k == 1 && (c < 0x20 || c == 0x7f) && c != '\t')) {
-            out[o++] = '?';
-            i += 1;
-            continue;
-        }
-        if (o + k + 1 > len)
-            break; /* it would not fit whole */
-        memcpy(out + o, in + i, k);
-        o += k;
-        i += k;
-    }
-    out[o] = '\0';
-    return o;
+    return sf_text_clean(out, len, in, n, "?");
 }

@@ -39,7 +39,7 @@ int bus_encode_json(const bus_msg *m, char **out, size_t *len);
 /* Copies what a child says into out (NUL-terminated, at most len - 1
  * bytes) as one line of valid UTF-8: control characters (a newline would
  * let it forge log lines) and bytes that are not UTF-8 become '?', and it
- * is cut at a character boundary. Returns the length. */
+ * is cut at a character boundary (sf_text_clean). Returns the length. */
 size_t bus_text_clean(char *out, size_t len, const unsigned char *in, size_t n);
 
 #endif

@@ -208,38 +208,7 @@ static void say_line(chat *ch, const void *data, size_t n)
  * no control character (C0, DEL, C1) but tab: anything else becomes U+FFFD. */
 static size_t clean(const unsigned char *in, size_t n, char *out)
 {
-    size_t o = 0;
-
-    for (size_t i = 0; i < n;) {
-        unsigned char c = in[i];
-        size_t k = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
-        int ok = k > 0 && i + k <= n;
-
-        for (size_t j = 1; ok && j < k; j++)
-            ok = (in[i + j] & 0xc0) == 0x80;
-        if (ok && k == 2)
-            ok = c >= 0xc2;
-        if (ok && k == 3)
-            ok = !(c == 0xe0 && in[i + 1] < 0xa0) && !(c == 0xed && in[i + 1] >= 0xa0);
-        if (ok && k == 4)
-            ok = c <= 0xf4 && !(c == 0xf0 && in[i + 1] < 0x90) && !(c == 0xf4 && in[i + 1] >= 0x90);
-        if (ok && k == 1 && (c < 0x20 || c == 0x7f) && c != '\t')
-            ok = 0; /* C0 controls and DEL */
-        if (ok && k == 2 && c == 0xc2 && in[i + 1] <= 0x9f)
-            ok = 0; /* C1 controls, U+0080 to U+009F (CSI and friends) */
-        if (!ok) {
-            memcpy(out + o, "\xef\xbf\xbd", 3);
-            o += 3;
-            /* A C1 control is one (valid) character: one replacement. */
-            i += k == 2 && c == 0xc2 && i + 1 < n && (in[i + 1] & 0xc0) == 0x80 ? 2 : 1;
-            continue;
-        }
-        memcpy(out + o, in + i, k);
-        o += k;
-        i += k;
-    }
-    out[o] = '\0';
-    return o;
+    return sf_text_clean(out, 3 * n + 1, in, n, "\xef\xbf\xbd"); /* U+FFFD */
 }
 
 /* Nicknames and rooms: 1 to max of letters, digits, '-', '_'. */

@@ -1,0 +1,54 @@
+/* text.c - what a child passes on from a client, made safe (sockfork.h). */
+#include "sockfork.h"
+
+#include <string.h>
+
+/* The length of the valid UTF-8 character at p (1 to 4), or 0: a stray or
+ * truncated byte, an overlong form, a surrogate, past U+10FFFF. */
+static size_t utf8_len(const unsigned char *p, size_t n)
+{
+    unsigned char c = p[0];
+    size_t k = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+
+    if (k == 0 || k > n)
+        return 0;
+    for (size_t j = 1; j < k; j++) {
+        if ((p[j] & 0xc0) != 0x80)
+            return 0;
+    }
+    if ((k == 2 && c < 0xc2) ||
+        (k == 3 && ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0))) ||
+        (k == 4 && (c > 0xf4 || (c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] >= 0x90))))
+        return 0;
+    return k;
+}
+
+/* C0 controls but tab, DEL, and the C1 controls U+0080..U+009F. */
+static int is_control(const unsigned char *p, size_t k)
+{
+    if (k == 1)
+        return (p[0] < 0x20 && p[0] != '\t') || p[0] == 0x7f;
+    return k == 2 && p[0] == 0xc2 && p[1] <= 0x9f;
+}
+
+size_t sf_text_clean(char *out, size_t len, const void *in, size_t n, const char *replacement)
+{
+    const unsigned char *p = in;
+    size_t rl = strlen(replacement), o = 0, i = 0;
+
+    if (len == 0)
+        return 0;
+    while (i < n) {
+        size_t k = utf8_len(p + i, n - i);
+        int bad = k == 0 || is_control(p + i, k);
+        size_t w = bad ? rl : k;
+
+        if (o + w + 1 > len)
+            break; /* it would not fit whole */
+        memcpy(out + o, bad ? (const unsigned char *)replacement : p + i, w);
+        o += w;
+        i += k ? k : 1; /* a control character is replaced once, a stray byte each */
+    }
+    out[o] = '\0';
+    return o;
+}

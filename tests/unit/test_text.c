@@ -1,0 +1,73 @@
+/* Unit tests: sf_text_clean, what a child passes on from a client. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <string.h>
+
+#include "sockfork.h"
+
+#define R "\xef\xbf\xbd"
+
+static void check(const char *in, size_t n, const char *want)
+{
+    char out[256];
+    size_t got = sf_text_clean(out, sizeof out, in, n, R);
+    assert_int_equal(got, strlen(want));
+    assert_string_equal(out, want);
+}
+
+static void test_valid_text_passes(void **state)
+{
+    (void)state;
+    check("plain, with\ttab", 15, "plain, with\ttab");
+    check("\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", 11, "\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+    check("\xc2\xa0", 2, "\xc2\xa0"); /* U+00A0, just past the C1 range */
+}
+
+static void test_controls_are_replaced_once_each(void **state)
+{
+    (void)state;
+    check("a\nb\rc\x01\x7f", 7, "a" R "b" R "c" R R);
+    check("\xc2\x9b" "2J", 4, R "2J");        /* C1: CSI, one character */
+    check("\xc2\x80\xc2\x9f", 4, R R);
+}
+
+static void test_bytes_that_are_not_utf8_are_replaced_each(void **state)
+{
+    (void)state;
+    check("\xff", 1, R);                      /* never in UTF-8 */
+    check("\x80", 1, R);                      /* a stray continuation */
+    check("\xc0\xaf", 2, R R);                /* overlong '/' */
+    check("\xe0\x80\xaf", 3, R R R);          /* overlong, three bytes */
+    check("\xed\xa0\x80", 3, R R R);          /* a surrogate */
+    check("\xf4\x90\x80\x80", 4, R R R R);    /* past U+10FFFF */
+    check("ok\xe2\x82", 4, "ok" R R);         /* truncated at the end */
+}
+
+static void test_a_character_that_does_not_fit_ends_the_copy(void **state)
+{
+    char out[4];
+    (void)state;
+    /* Room for 3 bytes and the NUL: "a" and "é" fit, the euro sign not. */
+    assert_int_equal(sf_text_clean(out, sizeof out, "a\xc3\xa9\xe2\x82\xac", 6, R), 3);
+    assert_string_equal(out, "a\xc3\xa9");
+    assert_int_equal(sf_text_clean(out, sizeof out, "\x01\x01", 2, R), 3);
+    assert_string_equal(out, R);
+    assert_int_equal(sf_text_clean(out, 1, "abc", 3, "?"), 0);
+    assert_string_equal(out, "");
+    assert_int_equal(sf_text_clean(out, sizeof out, "a\nb", 3, "?"), 3);
+    assert_string_equal(out, "a?b");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_valid_text_passes),
+        cmocka_unit_test(test_controls_are_replaced_once_each),
+        cmocka_unit_test(test_bytes_that_are_not_utf8_are_replaced_each),
+        cmocka_unit_test(test_a_character_that_does_not_fit_ends_the_copy),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
