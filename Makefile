@@ -69,7 +69,11 @@ $(FUZZ_BUILD)/fuzz_bus: fuzz/fuzz_bus.c $(BUS_SOURCES) src/supervisor/bus.h src/
 	mkdir -p $(FUZZ_BUILD)
 	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_bus.c $(BUS_SOURCES) -lev -ljansson
 
-FUZZ_TARGETS = addr frame jsonl bus
+$(FUZZ_BUILD)/fuzz_runargs: fuzz/fuzz_runargs.c tools/sockfork/runargs.c tools/sockfork/runargs.h
+	mkdir -p $(FUZZ_BUILD)
+	clang $(FUZZ_CFLAGS) -Itools/sockfork -o $@ fuzz/fuzz_runargs.c tools/sockfork/runargs.c
+
+FUZZ_TARGETS = addr frame jsonl bus runargs
 
 fuzz: $(addprefix $(FUZZ_BUILD)/fuzz_,$(FUZZ_TARGETS))
 	for t in $(FUZZ_TARGETS); do \
