@@ -99,7 +99,6 @@ static void rec_release(sf_server *s, conn_rec *r)
     endpoint_close(&r->ep);
     if (r->counted_ip)
         per_ip_add(s, r, -1);
-    r->state = 0;
     r->pid = 0;
     r->next_free = s->free_recs;
     s->free_recs = r;
@@ -218,7 +217,6 @@ static int spawn(sf_server *s, conn_rec *r)
 {
     child_start cs;
     int fds[2] = {r->fd, r->cfd};
-    int rc;
 
     memset(&cs, 0, sizeof cs);
     cs.handler = s->handler;
@@ -227,10 +225,7 @@ static int spawn(sf_server *s, conn_rec *r)
     cs.is_tcp = r->is_tcp;
     cs.jsonl = s->opts.channel_jsonl;
     cs.chan_max = s->opts.chan_max;
-    rc = sup_spawn(&s->sup, &cs, sizeof cs, fds, 2, r);
-    if (rc == 0)
-        r->state = REC_SPAWNING;
-    return rc;
+    return sup_spawn(&s->sup, &cs, sizeof cs, fds, 2, r);
 }
 
 /* The child runs: it has its copies of the connection and channel. */
@@ -244,7 +239,6 @@ static void on_started(sup *sp, pid_t pid, void *data, void *arg)
     s->backoff = 0;
     close_fd(&r->fd); /* the child has it; see the top of this file */
     close_fd(&r->cfd);
-    r->state = REC_RUNNING;
     r->pid = pid;
     r->started = ev_now(s->loop);
     s->stats.accepted++;
@@ -266,7 +260,6 @@ static void on_started(sup *sp, pid_t pid, void *data, void *arg)
 
 static void retry_push(sf_server *s, conn_rec *r)
 {
-    r->state = REC_RETRY;
     r->next_free = NULL;
     if (s->retry_tail)
         s->retry_tail->next_free = r;

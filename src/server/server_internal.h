@@ -33,13 +33,10 @@ typedef struct sf_server_stats {
     uint64_t killed[65];       /* by signal number (64 = any higher) */
 } sf_server_stats;
 
-enum { REC_SPAWNING = 1, REC_RETRY = 2, REC_RUNNING = 3 };
-
 typedef struct conn_rec {
     int fd;               /* the accepted socket until the child has it; then -1 */
     int cfd;              /* the child's end of its channel, likewise */
     int sfd;              /* our end, until the endpoint takes it */
-    int state;            /* REC_*; 0 while free */
     pid_t pid;            /* 0 until forked */
     int is_tcp;
     int idle_closed;

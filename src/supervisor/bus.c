@@ -485,46 +485,72 @@ static void set_will(endpoint *e, const bus_op *op)
     e->will_len = op->len;
 }
 
+/* A listing being built for a child: text that grows as needed. */
+typedef struct listing {
+    char *text;
+    size_t len, cap;
+    int failed;
+} listing;
+
+/* Room for n more bytes at text + len, or NULL (and the listing failed). */
+static char *listing_room(listing *l, size_t n)
+{
+    if (l->failed)
+        return NULL;
+    if (l->len + n > l->cap) {
+        size_t cap = (l->cap ? l->cap * 2 : 256) + n;
+        char *p = realloc(l->text, cap);
+        if (!p) {
+            l->failed = 1;
+            return NULL;
+        }
+        l->text = p;
+        l->cap = cap;
+    }
+    return l->text + l->len;
+}
+
+/* Sends a listing (or why there is none) to the child that asked. */
+static void listing_send(endpoint *e, const bus_op *op, int kind, listing *l, const char *what)
+{
+    bus_msg m;
+
+    memset(&m, 0, sizeof m);
+    m.kind = kind;
+    m.topic = op->name;
+    m.topic_len = op->name_len;
+    m.data = (const unsigned char *)l->text;
+    m.len = l->len;
+    if (l->failed)
+        send_error(e, ENOMEM, op->name, op->name_len, "%s: out of memory", what);
+    else if (bus_deliver(e, &m) == -EMSGSIZE)
+        send_error(e, EMSGSIZE, op->name, op->name_len, "%s: too many to list", what);
+    free(l->text);
+}
+
 /* The subscribers of a topic, a line each: "PID NAME NAME...\n". */
 static void members(endpoint *e, const bus_op *op)
 {
     bus_topic *t = topic_get(e->owner, op->name, op->name_len, 0);
-    size_t cap = 0, len = 0;
-    char *text = NULL;
-    bus_msg m;
+    listing l = {NULL, 0, 0, 0};
 
     for (bus_sub *s = t ? t->subs : NULL; s; s = s->tnext) {
-        size_t need = 12;
+        size_t need = 13; /* a pid, the newline, the NUL of snprintf */
+        char *p;
+
         for (bus_name *n = s->ep->names; n; n = n->enext)
             need += n->len + 1;
-        if (len + need + 1 > cap) {
-            size_t ncap = (cap ? cap * 2 : 256) + need;
-            char *p = realloc(text, ncap);
-            if (!p) {
-                free(text);
-                send_error(e, ENOMEM, op->name, op->name_len, "members: out of memory");
-                return;
-            }
-            text = p;
-            cap = ncap;
-        }
-        len += (size_t)snprintf(text + len, cap - len, "%d", (int)s->ep->pid);
+        if (!(p = listing_room(&l, need)))
+            break;
+        l.len += (size_t)snprintf(p, need, "%d", (int)s->ep->pid);
         for (bus_name *n = s->ep->names; n; n = n->enext) {
-            text[len++] = ' ';
-            memcpy(text + len, n->name, n->len);
-            len += n->len;
+            l.text[l.len++] = ' ';
+            memcpy(l.text + l.len, n->name, n->len);
+            l.len += n->len;
         }
-        text[len++] = '\n';
+        l.text[l.len++] = '\n';
     }
-    memset(&m, 0, sizeof m);
-    m.kind = SF_MSG_MEMBERS;
-    m.topic = op->name;
-    m.topic_len = op->name_len;
-    m.data = (const unsigned char *)text;
-    m.len = len;
-    if (bus_deliver(e, &m) == -EMSGSIZE)
-        send_error(e, EMSGSIZE, op->name, op->name_len, "members: too many to list");
-    free(text);
+    listing_send(e, op, SF_MSG_MEMBERS, &l, "members");
 }
 
 /* The topics with subscribers whose names start with a prefix, a line
@@ -532,40 +558,23 @@ static void members(endpoint *e, const bus_op *op)
 static void topics(endpoint *e, const bus_op *op)
 {
     bus *b = e->owner;
-    size_t cap = 0, len = 0;
-    char *text = NULL;
-    bus_msg m;
+    listing l = {NULL, 0, 0, 0};
 
-    for (unsigned i = 0; i < TOPIC_BUCKETS; i++) {
+    for (unsigned i = 0; i < TOPIC_BUCKETS && !l.failed; i++) {
         for (bus_topic *t = b->topics[i]; t; t = t->next) {
+            char *p;
+
             if (!t->nsubs || t->len < op->name_len ||
                 (op->name_len && memcmp(t->name, op->name, op->name_len) != 0))
                 continue; /* (no prefix: op->name may be NULL) */
-            if (len + t->len + 16 > cap) {
-                size_t ncap = (cap ? cap * 2 : 256) + t->len + 16;
-                char *p = realloc(text, ncap);
-                if (!p) {
-                    free(text);
-                    send_error(e, ENOMEM, op->name, op->name_len, "topics: out of memory");
-                    return;
-                }
-                text = p;
-                cap = ncap;
-            }
-            memcpy(text + len, t->name, t->len);
-            len += t->len;
-            len += (size_t)snprintf(text + len, cap - len, " %u\n", t->nsubs);
+            if (!(p = listing_room(&l, t->len + 16)))
+                break;
+            memcpy(p, t->name, t->len);
+            l.len += t->len;
+            l.len += (size_t)snprintf(p + t->len, 16, " %u\n", t->nsubs);
         }
     }
-    memset(&m, 0, sizeof m);
-    m.kind = SF_MSG_TOPICS;
-    m.topic = op->name;
-    m.topic_len = op->name_len;
-    m.data = (const unsigned char *)text;
-    m.len = len;
-    if (bus_deliver(e, &m) == -EMSGSIZE)
-        send_error(e, EMSGSIZE, op->name, op->name_len, "topics: too many to list");
-    free(text);
+    listing_send(e, op, SF_MSG_TOPICS, &l, "topics");
 }
 
 static void claim(endpoint *e, const bus_op *op)

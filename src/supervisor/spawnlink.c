@@ -34,8 +34,6 @@ struct sup_req {
     spawn_req req;
 };
 
-static uint32_t next_cookie = 1;
-
 static void list_push(sup_req **head, sup_req **tail, sup_req *r)
 {
     r->next = NULL;
@@ -57,12 +55,6 @@ static sup_req *list_pop(sup_req **head, sup_req **tail)
     return r;
 }
 
-static void req_free(sup *s, sup_req *r)
-{
-    s->nqueued--;
-    free(r);
-}
-
 /* ------------------------------------------------------------ sending */
 
 static void flush_out(sup *s)
@@ -82,7 +74,7 @@ static void flush_out(sup *s)
         if (r->req.kind == SPAWN_REQ_FORK)
             list_push(&s->wait_head, &s->wait_tail, r);
         else
-            req_free(s, r);
+            free(r);
     }
     if (ev_is_active(&s->spawner_out))
         ev_io_stop(s->loop, &s->spawner_out);
@@ -95,7 +87,7 @@ static void spawner_out_cb(struct ev_loop *loop, ev_io *w, int revents)
     flush_out(w->data);
 }
 
-static sup_req *req_new(sup *s, uint32_t kind, size_t blob_len)
+static sup_req *req_new(uint32_t kind, size_t blob_len)
 {
     sup_req *r = calloc(1, sizeof *r);
 
@@ -103,7 +95,6 @@ static sup_req *req_new(sup *s, uint32_t kind, size_t blob_len)
         return NULL;
     r->req.kind = kind;
     r->req.blob_len = (uint32_t)blob_len;
-    s->nqueued++;
     return r;
 }
 
@@ -116,9 +107,9 @@ int sup_spawn(sup *s, const void *blob, size_t len, const int *fds, int nfds, vo
         return -EINVAL;
     if ((rc = sup_reserve(s)) < 0)
         return rc;
-    if (!(r = req_new(s, SPAWN_REQ_FORK, len)))
+    if (!(r = req_new(SPAWN_REQ_FORK, len)))
         return -ENOMEM;
-    r->req.cookie = next_cookie++;
+    r->req.cookie = ++s->next_cookie;
     memcpy(r->req.blob, blob, len);
     memcpy(r->fds, fds, sizeof(int) * (size_t)nfds);
     r->nfds = nfds;
@@ -143,7 +134,7 @@ void sup_signal(sup *s, pid_t pid, int sig)
     /* Bounded: a child has at most three signals coming (TERM, CONT, KILL),
      * and the list goes when the spawner does. Out of memory, sending it
      * ourselves risks only a pid the spawner reaped a moment ago. */
-    if (!(r = req_new(s, SPAWN_REQ_SIGNAL, 0))) {
+    if (!(r = req_new(SPAWN_REQ_SIGNAL, 0))) {
         (void)proc_signal_group(pid, sig);
         return;
     }
@@ -184,7 +175,7 @@ static void answer(sup *s, const spawn_msg *m)
     } else if (s->cfg.on_spawn_failed) {
         s->cfg.on_spawn_failed(s, -m->value, r->data, s->cfg.arg);
     }
-    req_free(s, r);
+    free(r);
     sup_check_done(s);
 }
 
@@ -293,12 +284,12 @@ static void spawner_lost(sup *s)
         s->spawning--;
         if (s->cfg.on_spawn_failed)
             s->cfg.on_spawn_failed(s, -ECHILD, r->data, s->cfg.arg);
-        req_free(s, r);
+        free(r);
     }
     while ((r = list_pop(&s->out_head, &s->out_tail))) {
         if (r->req.kind == SPAWN_REQ_SIGNAL) {
             (void)proc_signal_group(r->req.pid, r->req.sig);
-            req_free(s, r);
+            free(r);
         } else {
             list_push(&keep_head, &keep_tail, r);
         }
@@ -340,7 +331,7 @@ void sup_spawner_cancel(sup *s)
             s->spawning--;
             if (s->cfg.on_spawn_failed)
                 s->cfg.on_spawn_failed(s, -ECANCELED, r->data, s->cfg.arg);
-            req_free(s, r);
+            free(r);
         } else {
             list_push(&keep_head, &keep_tail, r);
         }
@@ -368,7 +359,7 @@ void sup_spawner_fini(sup *s)
         s->spawner_pid = 0;
     }
     while ((r = list_pop(&s->out_head, &s->out_tail)))
-        req_free(s, r);
+        free(r);
     while ((r = list_pop(&s->wait_head, &s->wait_tail)))
-        req_free(s, r);
+        free(r);
 }

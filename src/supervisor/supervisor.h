@@ -101,7 +101,7 @@ struct sup {
     sup_req *out_head, *out_tail;     /* requests not yet sent */
     sup_req *wait_head, *wait_tail;   /* fork requests sent, not answered */
     unsigned spawning;       /* fork requests not answered (both lists) */
-    unsigned nqueued;        /* requests in the two lists */
+    uint32_t next_cookie;    /* of the last fork request */
     uint64_t spawner_restarts;
 };
 
@@ -128,9 +128,6 @@ static inline int sup_full(const sup *s) { return s->count + s->spawning >= s->c
  * (max_children children and requests already), -EINVAL or -ENOMEM.
  */
 int sup_spawn(sup *s, const void *blob, size_t len, const int *fds, int nfds, void *data);
-
-/* Whether a spawner is running and taking requests. */
-static inline int sup_spawner_up(const sup *s) { return s->spawner_fd >= 0; }
 
 /* Sends sig to a live child's process group (through the spawner when it
  * is the parent). */

@@ -166,8 +166,20 @@ static void __attribute__((noreturn)) too_slow(chat *ch)
     leave(ch, "was disconnected (not reading)", NULL, 0);
 }
 
-/* Queues one line (CRLF added) for the client. A client that lets the
- * backlog fill is cut off: it is not reading, and nothing may wait on it. */
+/* Queues one line as it is (CRLF added) for the client: what say formats,
+ * and the lines siblings send, relayed without formatting. A client that
+ * lets the backlog fill is cut off: it is not reading, and nothing may wait
+ * on it. The loop writes once it has handled everything at hand: one write
+ * for a whole burst of lines. */
+static void say_line(chat *ch, const void *data, size_t n)
+{
+    if (ch->out_len + n + 2 > cfg.backlog)
+        too_slow(ch);
+    memcpy(ch->out + ch->out_len, data, n);
+    memcpy(ch->out + ch->out_len + n, "\r\n", 2);
+    ch->out_len += n + 2;
+}
+
 static void say(chat *ch, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void say(chat *ch, const char *fmt, ...)
 {
@@ -180,26 +192,8 @@ static void say(chat *ch, const char *fmt, ...)
     va_end(ap);
     if (n < 0)
         return;
-    if (ch->out_len + (size_t)n + 2 > cfg.backlog) {
-        free(line);
-        too_slow(ch);
-    }
-    memcpy(ch->out + ch->out_len, line, (size_t)n);
-    memcpy(ch->out + ch->out_len + n, "\r\n", 2);
-    ch->out_len += (size_t)n + 2;
+    say_line(ch, line, (size_t)n);
     free(line);
-    /* Written by the loop once it has handled everything at hand: one
-     * write for a whole burst of lines. */
-}
-
-/* A line as it came from a sibling (the common case: no formatting). */
-static void say_line(chat *ch, const void *data, size_t n)
-{
-    if (ch->out_len + n + 2 > cfg.backlog)
-        too_slow(ch);
-    memcpy(ch->out + ch->out_len, data, n);
-    memcpy(ch->out + ch->out_len + n, "\r\n", 2);
-    ch->out_len += n + 2;
 }
 
 /* ---------------------------------------------------------------- text */
