@@ -44,6 +44,8 @@
  * and where on stderr and exits 1; usage errors exit 2. On success the
  * last line of output is one line of key=value pairs (or JSON with --json).
  */
+#include "benchlib.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -62,8 +64,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NS_PER_MS 1000000ull
-#define NS_PER_S 1000000000ull
 
 #define MAX_CLIENTS 1000
 #define MAX_ROUNDS 1000000
@@ -96,14 +96,10 @@ struct client {
     uint32_t *next;      /* per sender: the round expected next from it */
 };
 
-struct samples {
-    uint64_t *v;         /* nanoseconds */
-    size_t n, cap;
-};
-
 struct cl {
     enum mode mode;
-    struct sockaddr_in addr;
+    struct sockaddr_storage addr;
+    socklen_t addr_len;
     int n;               /* -n */
     int rounds;          /* -r: measured rounds */
     int warmup;          /* --warmup */
@@ -131,27 +127,8 @@ struct cl {
     uint64_t self_seen, other_lines, order_errors, pub_replies, pub_mismatch;
     uint64_t sync_sent;
     uint64_t bytes_in;
-    struct samples lat;
+    bench_samples lat;
 };
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
-}
-
-static void die_usage(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-static void die_usage(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("chatload: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    exit(2);
-}
 
 /* A failed run: the phase, what went wrong, exit 1. */
 static struct cl *G;
@@ -168,79 +145,13 @@ static void fail(const char *fmt, ...)
     exit(1);
 }
 
-static void on_watchdog(int sig)
-{
-    static const char msg[] = "chatload: watchdog: run exceeded its hard cap\n";
-    (void)sig;
-    (void)!write(2, msg, sizeof msg - 1);
-    _exit(3);
-}
-
-/* ------------------------------------------------------------- helpers */
-
-static void parse_addr(struct cl *g, const char *text)
-{
-    char host[64];
-    const char *colon = strrchr(text, ':');
-    char *end;
-
-    if (!colon || colon == text || (size_t)(colon - text) >= sizeof host)
-        die_usage("address '%s' is not HOST:PORT", text);
-    memcpy(host, text, (size_t)(colon - text));
-    host[colon - text] = '\0';
-    long port = strtol(colon + 1, &end, 10);
-    if (*end || colon[1] == '\0' || port < 1 || port > 65535)
-        die_usage("bad port in '%s'", text);
-    memset(&g->addr, 0, sizeof g->addr);
-    if (inet_pton(AF_INET, host, &g->addr.sin_addr) != 1)
-        die_usage("bad IPv4 address in '%s' (numeric only)", text);
-    if ((ntohl(g->addr.sin_addr.s_addr) >> 24) != 127)
-        die_usage("refusing %s: only loopback targets are allowed", text);
-    g->addr.sin_family = AF_INET;
-    g->addr.sin_port = htons((uint16_t)port);
-}
-
 static double parse_num(const char *s, double lo, double hi, const char *what)
 {
     char *end;
     double v = strtod(s, &end);
     if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi))
-        die_usage("%s must be a number in [%g, %g], got '%s'", what, lo, hi, s);
+        bench_die("%s must be a number in [%g, %g], got '%s'", what, lo, hi, s);
     return v;
-}
-
-static void sample_add(struct samples *s, uint64_t ns)
-{
-    if (s->n == s->cap) {
-        if (s->cap >= MAX_SAMPLES)
-            return;
-        size_t cap = s->cap ? s->cap * 2 : 65536;
-        uint64_t *v = realloc(s->v, cap * sizeof *v);
-        if (!v)
-            return; /* keep what we have; the delivery count is still right */
-        s->v = v;
-        s->cap = cap;
-    }
-    s->v[s->n++] = ns;
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile of sorted samples, in microseconds. */
-static double pct_us(const struct samples *s, double p)
-{
-    if (s->n == 0)
-        return 0;
-    size_t rank = (size_t)(p / 100.0 * (double)s->n + 0.999999);
-    if (rank < 1)
-        rank = 1;
-    if (rank > s->n)
-        rank = s->n;
-    return (double)s->v[rank - 1] / 1000.0;
 }
 
 /* Parses a decimal number of [p, end); returns the position after it and
@@ -339,7 +250,7 @@ static void say(struct cl *g, int i, const char *payload, size_t len)
 
 static void conn_open(struct cl *g, struct conn *k, int i, int tx)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    int fd = socket(g->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
     struct timeval tv = {.tv_sec = (time_t)(g->stall_ns / NS_PER_S) + 1};
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)(2 * i + tx)};
 
@@ -348,7 +259,7 @@ static void conn_open(struct cl *g, struct conn *k, int i, int tx)
     /* A blocking connect, bounded by SO_SNDTIMEO: on loopback it completes
      * in the kernel's backlog, whether or not the server accepts yet. */
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (connect(fd, (struct sockaddr *)&g->addr, sizeof g->addr) < 0)
+    if (connect(fd, (struct sockaddr *)&g->addr, g->addr_len) < 0)
         fail("client %d: connect: %s", i, strerror(errno));
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
@@ -374,7 +285,7 @@ static void start_rounds(struct cl *g)
 {
     while (g->started < g->total && g->started - g->completed < g->window) {
         int r = g->started++;
-        uint64_t t = now_ns();
+        uint64_t t = bench_now_ns();
 
         g->count[r % g->window] = 0;
         g->started_at[r % g->window] = t;
@@ -384,7 +295,7 @@ static void start_rounds(struct cl *g)
             g->progress_at = t; /* the stall clock starts with the oldest round */
         for (int i = 0; i < g->n; i++) {
             char line[64];
-            int len = snprintf(line, sizeof line, "%d %d %llu", r, i, (unsigned long long)now_ns());
+            int len = snprintf(line, sizeof line, "%d %d %llu", r, i, (unsigned long long)bench_now_ns());
             say(g, i, line, (size_t)len);
         }
     }
@@ -429,7 +340,7 @@ static void payload(struct cl *g, int i, const char *p, const char *end, uint64_
     g->progress_at = now;
     if ((int)r >= g->warmup) {
         g->deliveries++;
-        sample_add(&g->lat, now - sent);
+        bench_sample_add(&g->lat, now - sent);
     }
     if (++g->count[r % g->window] < per_round(g) || (int)r != g->completed)
         return;
@@ -636,7 +547,7 @@ static void on_readable(struct cl *g, int i, int tx)
         fail("client %d: recv: %s", i, strerror(errno));
     if (n == 0)
         fail("client %d: the server closed the connection", i);
-    now = now_ns();
+    now = bench_now_ns();
     k->in_len += (size_t)n;
     g->bytes_in += (uint64_t)n;
 
@@ -675,7 +586,7 @@ static int loop(struct cl *g, uint64_t until, int (*done)(struct cl *),
     struct epoll_event evs[MAX_EVENTS];
 
     for (;;) {
-        uint64_t now = now_ns();
+        uint64_t now = bench_now_ns();
         if (done && done(g))
             return 1;
         if (now >= until)
@@ -733,7 +644,7 @@ static void print_result(struct cl *g)
     uint64_t errors = g->order_errors + g->pub_mismatch;
 
     if (g->lat.n > 0)
-        qsort(g->lat.v, g->lat.n, sizeof *g->lat.v, cmp_u64);
+        bench_samples_sort(&g->lat);
     const char *mode = g->mode == MODE_CHAT ? "chat" : "redis";
     if (g->json) {
         printf("{\"mode\":\"%s\",\"n\":%d,\"rounds\":%d,\"warmup\":%d,\"window\":%d,"
@@ -742,8 +653,8 @@ static void print_result(struct cl *g)
                "\"samples\":%zu,\"self_seen\":%llu,\"other_lines\":%llu,"
                "\"order_errors\":%llu,\"pub_mismatch\":%llu,\"errors\":%llu}\n",
                mode, g->n, g->rounds, g->warmup, g->window, (unsigned long long)g->deliveries,
-               secs, rate, pct_us(&g->lat, 50), pct_us(&g->lat, 90), pct_us(&g->lat, 99),
-               pct_us(&g->lat, 100), g->lat.n, (unsigned long long)g->self_seen,
+               secs, rate, bench_pct_us(&g->lat, 50), bench_pct_us(&g->lat, 90), bench_pct_us(&g->lat, 99),
+               bench_pct_us(&g->lat, 100), g->lat.n, (unsigned long long)g->self_seen,
                (unsigned long long)g->other_lines, (unsigned long long)g->order_errors,
                (unsigned long long)g->pub_mismatch, (unsigned long long)errors);
     } else {
@@ -752,8 +663,8 @@ static void print_result(struct cl *g)
                " samples=%zu self_seen=%llu other_lines=%llu order_errors=%llu"
                " pub_mismatch=%llu errors=%llu\n",
                mode, g->n, g->rounds, g->warmup, g->window, (unsigned long long)g->deliveries,
-               secs, rate, pct_us(&g->lat, 50), pct_us(&g->lat, 90), pct_us(&g->lat, 99),
-               pct_us(&g->lat, 100), g->lat.n, (unsigned long long)g->self_seen,
+               secs, rate, bench_pct_us(&g->lat, 50), bench_pct_us(&g->lat, 90), bench_pct_us(&g->lat, 99),
+               bench_pct_us(&g->lat, 100), g->lat.n, (unsigned long long)g->self_seen,
                (unsigned long long)g->other_lines, (unsigned long long)g->order_errors,
                (unsigned long long)g->pub_mismatch, (unsigned long long)errors);
     }
@@ -776,7 +687,7 @@ static int run(struct cl *g)
 
     /* 1. Connect and join: nickname and "*** Hello", or SUBSCRIBE. */
     g->phase = "join";
-    t0 = now_ns();
+    t0 = bench_now_ns();
     for (int i = 0; i < g->n; i++) {
         struct client *c = &g->c[i];
         conn_open(g, &c->rx, i, 0);
@@ -789,21 +700,21 @@ static int run(struct cl *g)
     }
     if (!loop(g, t0 + g->stall_ns, all_joined, NULL))
         fail("%d of %d clients joined in %.1f s", g->joined, g->n, (double)g->stall_ns / NS_PER_S);
-    double join_s = (double)(now_ns() - t0) / NS_PER_S;
+    double join_s = (double)(bench_now_ns() - t0) / NS_PER_S;
 
     /* 2. Sync: every client has heard a marker, so every one is in the room. */
     g->phase = "sync";
-    t0 = now_ns();
+    t0 = bench_now_ns();
     next_sync = 0;
     if (!loop(g, t0 + g->stall_ns, all_ready, sync_tick))
         fail("%d of %d clients heard a marker in %.1f s", g->ready, g->n,
              (double)g->stall_ns / NS_PER_S);
-    loop(g, now_ns() + SYNC_DRAIN_NS, NULL, NULL); /* markers still on their way */
-    double sync_s = (double)(now_ns() - t0) / NS_PER_S;
+    loop(g, bench_now_ns() + SYNC_DRAIN_NS, NULL, NULL); /* markers still on their way */
+    double sync_s = (double)(bench_now_ns() - t0) / NS_PER_S;
 
     /* 3. The rounds. */
     g->phase = "rounds";
-    t0 = now_ns();
+    t0 = bench_now_ns();
     g->other_lines = 0;
     g->progress_at = t0;
     start_rounds(g);
@@ -816,7 +727,7 @@ static int run(struct cl *g)
 
     fprintf(stderr, "chatload: %s: %d clients joined in %.3f s, synced in %.3f s, %d rounds in %.3f s\n",
             g->mode == MODE_CHAT ? "chat" : "redis", g->n, join_s, sync_s, g->total,
-            (double)(now_ns() - t0) / NS_PER_S);
+            (double)(bench_now_ns() - t0) / NS_PER_S);
     print_result(g);
     for (int i = 0; i < g->n; i++) {
         if (g->c[i].rx.fd >= 0)
@@ -834,41 +745,6 @@ static int run(struct cl *g)
                 (unsigned long long)g->order_errors, (unsigned long long)g->pub_mismatch, g->n);
         return 1;
     }
-    return 0;
-}
-
-/* ------------------------------------------------------ probe, freeport */
-
-static int run_probe(struct cl *g)
-{
-    uint64_t end = now_ns() + (uint64_t)(g->secs * NS_PER_S);
-    for (;;) {
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        struct timeval tv = {.tv_sec = 1};
-        if (fd < 0)
-            die_usage("socket: %s", strerror(errno));
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-        int r = connect(fd, (struct sockaddr *)&g->addr, sizeof g->addr);
-        close(fd);
-        if (r == 0)
-            return 0;
-        if (now_ns() >= end)
-            return 1;
-        struct timespec ts = {.tv_nsec = 20 * NS_PER_MS};
-        nanosleep(&ts, NULL);
-    }
-}
-
-static int run_freeport(void)
-{
-    struct sockaddr_in in4 = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof in4;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&in4, sizeof in4) < 0 ||
-        getsockname(fd, (struct sockaddr *)&in4, &len) < 0)
-        die_usage("freeport: %s", strerror(errno));
-    close(fd);
-    printf("%u\n", ntohs(in4.sin_port));
     return 0;
 }
 
@@ -895,11 +771,11 @@ static void raise_nofile(long need)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-        die_usage("getrlimit: %s", strerror(errno));
+        bench_die("getrlimit: %s", strerror(errno));
     rl.rlim_cur = rl.rlim_max;
     (void)setrlimit(RLIMIT_NOFILE, &rl);
     if (rl.rlim_cur != RLIM_INFINITY && (rlim_t)need > rl.rlim_cur)
-        die_usage("need %ld file descriptors but the hard limit is %llu", need,
+        bench_die("need %ld file descriptors but the hard limit is %llu", need,
                   (unsigned long long)rl.rlim_cur);
 }
 
@@ -912,7 +788,10 @@ int main(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     static struct cl g = {.n = 100, .rounds = 100, .warmup = 5, .window = 1,
-                          .stall_ns = 10000 * NS_PER_MS, .secs = -1, .ep = -1};
+                          .stall_ns = 10000 * NS_PER_MS, .secs = -1, .ep = -1,
+                          .lat.max = MAX_SAMPLES};
+
+    bench_init("chatload");
     const char *addr = "127.0.0.1:4444";
     int opt;
 
@@ -946,21 +825,20 @@ int main(int argc, char **argv)
     if (optind != argc)
         usage();
     if (g.mode == MODE_FREEPORT)
-        return run_freeport();
-    parse_addr(&g, addr);
+        return bench_freeport();
+    bench_parse_addr(addr, &g.addr, &g.addr_len);
     signal(SIGPIPE, SIG_IGN);
     if (g.mode == MODE_PROBE) {
         if (g.secs < 0)
             g.secs = 10;
-        return run_probe(&g);
+        return bench_probe(&g.addr, g.addr_len, g.secs);
     }
     if (g.secs < 0)
         g.secs = 120;
     g.total = g.warmup + g.rounds;
 
     /* Watchdog: every phase's own bound, plus a minute; only a bug gets here. */
-    signal(SIGALRM, on_watchdog);
-    alarm((unsigned)(2.0 * (double)g.stall_ns / NS_PER_S + g.secs + 61));
+    bench_watchdog((unsigned)(2.0 * (double)g.stall_ns / NS_PER_S + g.secs + 61));
 
     raise_nofile(2L * g.n + 16);
     g.ep = epoll_create1(EPOLL_CLOEXEC);

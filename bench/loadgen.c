@@ -26,6 +26,8 @@
  * timeout is an error, never a success. The last line of output is one
  * machine-readable line of key=value pairs.
  */
+#include "benchlib.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -46,8 +48,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NS_PER_MS 1000000ull
-#define NS_PER_S 1000000000ull
 
 #define MAX_CONNS 100000      /* upper bound for -c and -n */
 #define MAX_SECS 3600         /* upper bound for -d and --hold-seconds */
@@ -89,11 +89,6 @@ struct counts {
     uint64_t addrnotavail, eagain;
 };
 
-struct samples {
-    uint32_t *v; /* microseconds */
-    size_t n, cap;
-};
-
 /* The whole program state: one run, one target. */
 struct lg {
     enum mode mode;
@@ -120,125 +115,8 @@ struct lg {
     int next_open;           /* hold: next connection to open */
     int busy;                /* hold: connections opening or echoing now */
     struct counts err;
-    struct samples lat;
+    bench_samples lat;
 };
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
-}
-
-static void die(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("loadgen: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    exit(2);
-}
-
-static void on_watchdog(int sig)
-{
-    static const char msg[] = "loadgen: watchdog: run exceeded its hard cap\n";
-    (void)sig;
-    (void)!write(2, msg, sizeof msg - 1);
-    _exit(3);
-}
-
-/* ------------------------------------------------------------ addresses */
-
-/* Parses HOST:PORT, [V6]:PORT or unix:PATH; refuses anything not loopback. */
-static void parse_addr(struct lg *g, const char *text)
-{
-    memset(&g->addr, 0, sizeof g->addr);
-
-    if (strncmp(text, "unix:", 5) == 0) {
-        struct sockaddr_un *un = (struct sockaddr_un *)&g->addr;
-        const char *path = text + 5;
-        if (path[0] == '\0' || strlen(path) >= sizeof un->sun_path)
-            die("bad unix path in '%s'", text);
-        un->sun_family = AF_UNIX;
-        strcpy(un->sun_path, path);
-        g->addr_len = sizeof *un;
-        return;
-    }
-
-    char host[64];
-    const char *colon = strrchr(text, ':');
-    if (!colon || colon == text || (size_t)(colon - text) >= sizeof host)
-        die("address '%s' is not HOST:PORT", text);
-    memcpy(host, text, (size_t)(colon - text));
-    host[colon - text] = '\0';
-
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end != '\0' || colon[1] == '\0' || port < 1 || port > 65535)
-        die("bad port in '%s'", text);
-
-    size_t hl = strlen(host);
-    if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&g->addr;
-        host[hl - 1] = '\0';
-        if (inet_pton(AF_INET6, host + 1, &in6->sin6_addr) != 1)
-            die("bad IPv6 address in '%s'", text);
-        if (!IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
-            die("refusing %s: only loopback targets are allowed", text);
-        in6->sin6_family = AF_INET6;
-        in6->sin6_port = htons((uint16_t)port);
-        g->addr_len = sizeof *in6;
-        return;
-    }
-
-    struct sockaddr_in *in4 = (struct sockaddr_in *)&g->addr;
-    if (inet_pton(AF_INET, host, &in4->sin_addr) != 1)
-        die("bad IPv4 address in '%s' (numeric only)", text);
-    if ((ntohl(in4->sin_addr.s_addr) >> 24) != 127)
-        die("refusing %s: only loopback targets are allowed", text);
-    in4->sin_family = AF_INET;
-    in4->sin_port = htons((uint16_t)port);
-    g->addr_len = sizeof *in4;
-}
-
-/* -------------------------------------------------------------- samples */
-
-static void sample_add(struct samples *s, uint64_t ns)
-{
-    if (s->n == s->cap) {
-        if (s->cap >= MAX_SAMPLES)
-            return;
-        size_t cap = s->cap ? s->cap * 2 : 4096;
-        uint32_t *v = realloc(s->v, cap * sizeof *v);
-        if (!v)
-            return; /* keep what we have; the count is still right */
-        s->v = v;
-        s->cap = cap;
-    }
-    uint64_t us = ns / 1000;
-    s->v[s->n++] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
-}
-
-static int cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile of sorted samples; 0 when there are none. */
-static uint32_t percentile(const struct samples *s, double p)
-{
-    if (s->n == 0)
-        return 0;
-    size_t rank = (size_t)(p / 100.0 * (double)s->n + 0.999999);
-    if (rank < 1)
-        rank = 1;
-    if (rank > s->n)
-        rank = s->n;
-    return s->v[rank - 1];
-}
 
 /* ---------------------------------------------------------- connections */
 
@@ -253,7 +131,7 @@ static void watch(struct lg *g, struct conn *c, uint32_t events, int op)
 {
     struct epoll_event ev = { .events = events, .data.u32 = (uint32_t)(c - g->conns) };
     if (epoll_ctl(g->ep, op, c->fd, &ev) < 0)
-        die("epoll_ctl: %s", strerror(errno));
+        bench_die("epoll_ctl: %s", strerror(errno));
 }
 
 /* Fills c->out with the next line for this mode; each line is unique. */
@@ -341,7 +219,7 @@ static void exchange_done(struct lg *g, struct conn *c, uint64_t now)
         if (g->phase == PH_STOP)
             break; /* draining after the window: not counted */
         g->ops++;
-        sample_add(&g->lat, now - c->t_start);
+        bench_sample_add(&g->lat, now - c->t_start);
         connect_slot(g, c);
         break;
     case MODE_RTT:
@@ -350,7 +228,7 @@ static void exchange_done(struct lg *g, struct conn *c, uint64_t now)
             break;
         }
         g->ops++;
-        sample_add(&g->lat, now - c->t_start);
+        bench_sample_add(&g->lat, now - c->t_start);
         start_exchange(g, c, now);
         break;
     case MODE_HOLD:
@@ -384,16 +262,16 @@ static void fail(struct lg *g, struct conn *c, uint64_t *counter)
         return;
     }
     c->state = g->phase == PH_STOP ? ST_FREE : ST_BACKOFF;
-    c->deadline = now_ns() + REFUSED_BACKOFF_NS;
+    c->deadline = bench_now_ns() + REFUSED_BACKOFF_NS;
 }
 
 /* Opens a socket and starts connecting it; handles immediate outcomes. */
 static void connect_slot(struct lg *g, struct conn *c)
 {
-    uint64_t now = now_ns();
+    uint64_t now = bench_now_ns();
     int fd = socket(g->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
-        die("socket: %s", strerror(errno)); /* EMFILE: -c/-n beyond the fd limit */
+        bench_die("socket: %s", strerror(errno)); /* EMFILE: -c/-n beyond the fd limit */
     c->fd = fd;
     c->t_start = now;
     c->deadline = now + g->timeout_ns;
@@ -541,10 +419,10 @@ static void scan(struct lg *g, uint64_t now)
 static void loop(struct lg *g, uint64_t until, int (*done)(struct lg *))
 {
     struct epoll_event evs[MAX_EVENTS];
-    uint64_t next_scan = now_ns() + SCAN_EVERY_NS;
+    uint64_t next_scan = bench_now_ns() + SCAN_EVERY_NS;
 
     for (;;) {
-        uint64_t now = now_ns();
+        uint64_t now = bench_now_ns();
         if (now >= until || (done && done(g)))
             return;
         uint64_t wait = until - now;
@@ -552,8 +430,8 @@ static void loop(struct lg *g, uint64_t until, int (*done)(struct lg *))
             wait = SCAN_EVERY_NS;
         int n = epoll_wait(g->ep, evs, MAX_EVENTS, (int)((wait + NS_PER_MS - 1) / NS_PER_MS));
         if (n < 0 && errno != EINTR)
-            die("epoll_wait: %s", strerror(errno));
-        now = now_ns();
+            bench_die("epoll_wait: %s", strerror(errno));
+        now = bench_now_ns();
         for (int i = 0; i < n; i++)
             on_event(g, &g->conns[evs[i].data.u32], evs[i].events, now);
         if (now >= next_scan) {
@@ -586,7 +464,7 @@ static void drain(struct lg *g)
     for (int i = 0; i < g->nconns; i++)
         if (g->conns[i].state == ST_BACKOFF)
             g->conns[i].state = ST_FREE;
-    loop(g, now_ns() + g->timeout_ns, quiet);
+    loop(g, bench_now_ns() + g->timeout_ns, quiet);
     for (int i = 0; i < g->nconns; i++) {
         enum state s = g->conns[i].state;
         if (s == ST_CONNECTING || s == ST_SENDING || s == ST_READING)
@@ -621,13 +499,13 @@ static void print_errors(const struct lg *g)
 
 static void print_result(struct lg *g, double secs)
 {
-    if (g->lat.n > 0) /* qsort must not get NULL, even for no elements */
-        qsort(g->lat.v, g->lat.n, sizeof *g->lat.v, cmp_u32);
+    bench_samples_sort(&g->lat);
     printf("mode=%s conc=%d secs=%.2f ops=%llu ops_per_s=%.1f",
            g->mode == MODE_RATE ? "rate" : "rtt", g->conc, secs,
            (unsigned long long)g->ops, secs > 0 ? (double)g->ops / secs : 0.0);
     print_errors(g);
-    printf(" p50_us=%u p99_us=%u\n", percentile(&g->lat, 50), percentile(&g->lat, 99));
+    printf(" p50_us=%u p99_us=%u\n", (unsigned)bench_pct_us(&g->lat, 50),
+           (unsigned)bench_pct_us(&g->lat, 99));
     fflush(stdout);
 }
 
@@ -636,12 +514,12 @@ static void print_result(struct lg *g, double secs)
 static void run_rate(struct lg *g)
 {
     g->phase = PH_RUN;
-    uint64_t start = now_ns();
+    uint64_t start = bench_now_ns();
     for (int i = 0; i < g->nconns; i++)
         connect_slot(g, &g->conns[i]);
     uint64_t end = start + (uint64_t)(g->secs * NS_PER_S);
     loop(g, end, NULL);
-    double secs = (double)(now_ns() - start) / NS_PER_S;
+    double secs = (double)(bench_now_ns() - start) / NS_PER_S;
     drain(g); /* cycles still in flight are neither counted nor errors */
     close_all(g);
     print_result(g, secs);
@@ -661,10 +539,10 @@ static void run_rtt(struct lg *g)
     g->phase = PH_OPEN;
     for (int i = 0; i < g->nconns; i++)
         connect_slot(g, &g->conns[i]);
-    loop(g, now_ns() + g->timeout_ns + 2 * NS_PER_S, all_connected);
+    loop(g, bench_now_ns() + g->timeout_ns + 2 * NS_PER_S, all_connected);
 
     g->phase = PH_RUN;
-    uint64_t start = now_ns();
+    uint64_t start = bench_now_ns();
     for (int i = 0; i < g->nconns; i++) {
         struct conn *c = &g->conns[i];
         if (c->state == ST_IDLE)
@@ -672,7 +550,7 @@ static void run_rtt(struct lg *g)
         /* a slot that failed to connect keeps retrying from its back-off */
     }
     loop(g, start + (uint64_t)(g->secs * NS_PER_S), NULL);
-    double secs = (double)(now_ns() - start) / NS_PER_S;
+    double secs = (double)(bench_now_ns() - start) / NS_PER_S;
     drain(g);
     close_all(g);
     print_result(g, secs);
@@ -728,10 +606,10 @@ static void run_hold(struct lg *g)
 
     /* 1. Open: connect and echo once on each, at most -c at a time. */
     g->phase = PH_OPEN;
-    uint64_t start = now_ns();
+    uint64_t start = bench_now_ns();
     /* open_more() is the loop's done-check, so it refills the window often */
     loop(g, start + phase_ns, open_more);
-    double open_s = (double)(now_ns() - start) / NS_PER_S;
+    double open_s = (double)(bench_now_ns() - start) / NS_PER_S;
     /* Whatever is still opening at the deadline has failed. */
     for (int i = 0; i < g->nconns; i++) {
         struct conn *c = &g->conns[i];
@@ -743,7 +621,7 @@ static void run_hold(struct lg *g)
 
     /* 2. Echo one more line over all of them at once: all must come back. */
     g->phase = PH_ECHO;
-    uint64_t now = now_ns();
+    uint64_t now = bench_now_ns();
     g->busy = 0;
     for (int i = 0; i < g->nconns; i++) {
         if (g->conns[i].state == ST_IDLE) {
@@ -761,48 +639,12 @@ static void run_hold(struct lg *g)
     /* 3. Hold them, and say so; then wait to be released. */
     g->phase = PH_HOLD;
     print_hold(g, "held", open_s, 0);
-    uint64_t hold_start = now_ns();
+    uint64_t hold_start = bench_now_ns();
     loop(g, hold_start + (uint64_t)(g->hold_secs * NS_PER_S), hold_released);
-    double hold_s = (double)(now_ns() - hold_start) / NS_PER_S;
+    double hold_s = (double)(bench_now_ns() - hold_start) / NS_PER_S;
 
     print_hold(g, "done", open_s, hold_s);
     close_all(g);
-}
-
-/* Polls connect() until the server takes a connection or -d passes. */
-static int run_probe(struct lg *g)
-{
-    uint64_t end = now_ns() + (uint64_t)(g->secs * NS_PER_S);
-    for (;;) {
-        int fd = socket(g->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-            die("socket: %s", strerror(errno));
-        /* Blocking connect on loopback: refused at once, or accepted at once. */
-        struct timeval tv = { .tv_sec = 1 };
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-        int r = connect(fd, (struct sockaddr *)&g->addr, g->addr_len);
-        close(fd);
-        if (r == 0)
-            return 0;
-        if (now_ns() >= end)
-            return 1;
-        struct timespec ts = { .tv_nsec = 20 * NS_PER_MS };
-        nanosleep(&ts, NULL);
-    }
-}
-
-static int run_freeport(void)
-{
-    struct sockaddr_in in4 = { .sin_family = AF_INET,
-                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t len = sizeof in4;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&in4, sizeof in4) < 0 ||
-        getsockname(fd, (struct sockaddr *)&in4, &len) < 0)
-        die("freeport: %s", strerror(errno));
-    close(fd);
-    printf("%u\n", ntohs(in4.sin_port));
-    return 0;
 }
 
 /* ------------------------------------------------------------------ main */
@@ -831,7 +673,7 @@ static double parse_num(const char *s, double lo, double hi, const char *what)
     char *end;
     double v = strtod(s, &end);
     if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi))
-        die("%s must be a number in [%g, %g], got '%s'", what, lo, hi, s);
+        bench_die("%s must be a number in [%g, %g], got '%s'", what, lo, hi, s);
     return v;
 }
 
@@ -840,12 +682,12 @@ static void raise_nofile(long need)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-        die("getrlimit: %s", strerror(errno));
+        bench_die("getrlimit: %s", strerror(errno));
     rl.rlim_cur = rl.rlim_max;
     if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-        die("setrlimit: %s", strerror(errno));
+        bench_die("setrlimit: %s", strerror(errno));
     if (rl.rlim_cur != RLIM_INFINITY && (rlim_t)need > rl.rlim_cur)
-        die("need %ld file descriptors but the hard limit is %llu"
+        bench_die("need %ld file descriptors but the hard limit is %llu"
             " (raise it: ulimit -Hn, as root)", need, (unsigned long long)rl.rlim_cur);
 }
 
@@ -859,7 +701,9 @@ int main(int argc, char **argv)
         { NULL, 0, NULL, 0 },
     };
     struct lg g = { .conc = -1, .n_hold = 1000, .secs = -1, .hold_secs = -1,
-                    .timeout_ns = 5000 * NS_PER_MS, .ep = -1 };
+                    .timeout_ns = 5000 * NS_PER_MS, .ep = -1, .lat.max = MAX_SAMPLES };
+
+    bench_init("loadgen");
     const char *addr = "127.0.0.1:4444";
 
     if (argc < 2)
@@ -896,15 +740,15 @@ int main(int argc, char **argv)
         usage();
 
     if (g.mode == MODE_FREEPORT)
-        return run_freeport();
+        return bench_freeport();
 
-    parse_addr(&g, addr);
+    bench_parse_addr(addr, &g.addr, &g.addr_len);
     signal(SIGPIPE, SIG_IGN);
 
     if (g.mode == MODE_PROBE) {
         if (g.secs < 0)
             g.secs = 10;
-        return run_probe(&g);
+        return bench_probe(&g.addr, g.addr_len, g.secs);
     }
 
     /* Defaults that differ by mode. */
@@ -923,18 +767,17 @@ int main(int argc, char **argv)
     double cap = g.secs + 2.0 * (double)g.timeout_ns / NS_PER_S + 62;
     if (g.mode == MODE_HOLD)
         cap = 2 * g.secs + g.hold_secs + 60;
-    signal(SIGALRM, on_watchdog);
-    alarm((unsigned)cap + 1);
+    bench_watchdog((unsigned)cap + 1);
 
     raise_nofile(g.nconns + 16);
     g.conns = calloc((size_t)g.nconns, sizeof *g.conns);
     if (!g.conns)
-        die("out of memory");
+        bench_die("out of memory");
     for (int i = 0; i < g.nconns; i++)
         g.conns[i].fd = -1;
     g.ep = epoll_create1(EPOLL_CLOEXEC);
     if (g.ep < 0)
-        die("epoll_create1: %s", strerror(errno));
+        bench_die("epoll_create1: %s", strerror(errno));
 
     switch (g.mode) {
     case MODE_RATE: run_rate(&g); break;
