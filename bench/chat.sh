@@ -55,50 +55,8 @@ RUN_SECS=120        # chatload -d: all the rounds of one run
 WORK=$(mktemp -d /tmp/sockfork-chat.XXXXXX)
 SERVER_PID=""       # the server running now, for the exit trap
 
-say() { printf '== %s\n' "$*" >&2; }
-
-# ------------------------------------------------------------ processes
-
-# PID and all its descendants, one a line (follows parent links: sockfork's
-# children sit under its spawner, in process groups of their own).
-tree_pids() {
-    ps -e -o pid=,ppid= | awk -v root="$1" '
-        { kids[$2] = kids[$2] " " $1 }
-        END {
-            n = 1; q[1] = root
-            for (i = 1; i <= n; i++) {
-                m = split(kids[q[i]], k, " ")
-                for (j = 1; j <= m; j++) q[++n] = k[j]
-            }
-            for (i = 1; i <= n; i++) print q[i]
-        }'
-}
-
-alive() {
-    local st
-    st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
-    [[ $st != Z* ]]
-}
-
-# TERM to PID and its descendants, up to 15 s, then KILL to what is left.
-stop_tree() {
-    local pid=$1 pids left i
-    mapfile -t pids < <(tree_pids "$pid")
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    for ((i = 0; i < 150; i++)); do
-        left=0
-        for p in "${pids[@]}"; do
-            if alive "$p"; then left=1; break; fi
-        done
-        ((left)) || break
-        sleep 0.1
-    done
-    if ((left)); then
-        say "some processes outlived SIGTERM by 15 s: SIGKILL"
-        kill -KILL "${pids[@]}" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 cleanup() {
     [[ -n $SERVER_PID ]] && stop_tree "$SERVER_PID"

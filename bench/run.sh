@@ -38,58 +38,16 @@ WORK=$(mktemp -d /tmp/sockfork-bench.XXXXXX)
 SERVER_PID=""        # the server running now, for the exit trap
 LOADGEN_PID=""       # a loadgen running in the background, for the trap
 
-say() { printf '== %s\n' "$*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 # ------------------------------------------------------------ processes
-
-# Prints PID and all its descendants, one a line. Children may sit in
-# process groups of their own, so this follows parent links, not groups.
-tree_pids() {
-    ps -e -o pid=,ppid= | awk -v root="$1" '
-        { kids[$2] = kids[$2] " " $1 }
-        END {
-            n = 1; q[1] = root
-            for (i = 1; i <= n; i++) {
-                m = split(kids[q[i]], k, " ")
-                for (j = 1; j <= m; j++) q[++n] = k[j]
-            }
-            for (i = 1; i <= n; i++) print q[i]
-        }'
-}
-
-# Is PID running (and not a zombie waiting for us to reap it)?
-alive() {
-    local st
-    st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
-    [[ $st != Z* ]]
-}
 
 # PSS in KiB summed over PID and all its descendants.
 pss_kib() {
     tree_pids "$1" | sed 's|.*|/proc/&/smaps_rollup|' |
         { xargs cat 2>/dev/null || true; } |
         awk '/^Pss:/ { s += $2 } END { print s + 0 }'
-}
-
-# Stops a server: TERM to it and every descendant, up to 15 s to go,
-# then KILL to whatever is left. Leaves no process behind.
-stop_tree() {
-    local pid=$1 pids left i
-    mapfile -t pids < <(tree_pids "$pid")
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    for ((i = 0; i < 150; i++)); do
-        left=0
-        for p in "${pids[@]}"; do
-            if alive "$p"; then left=1; break; fi
-        done
-        ((left)) || break
-        sleep 0.1
-    done
-    if ((left)); then
-        say "some processes outlived SIGTERM by 15 s: SIGKILL"
-        kill -KILL "${pids[@]}" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
 }
 
 cleanup() {
