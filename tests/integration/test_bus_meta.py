@@ -18,8 +18,10 @@ def sync(sock, pid):
     has been routed (the supervisor takes a child's requests in order)."""
     tell(sock, op="send", to=pid, data="sync")
     got = []
+    deadline = time.monotonic() + WAIT
     while True:
-        m = json_line(sock)
+        assert time.monotonic() < deadline, "no sync back within %.0f s; got %r" % (WAIT, got)
+        m = json_line(sock, timeout=max(0.1, deadline - time.monotonic()))
         if m.get("data") == "sync" and m.get("kind") == "direct":
             return got
         got.append(m)

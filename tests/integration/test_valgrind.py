@@ -1,6 +1,7 @@
 """The supervisor under valgrind: no leak, no invalid access, after serving
 connections and shutting down. Self-contained (no fixture), so it reads as
 one story."""
+import contextlib
 import os
 import re
 import shutil
@@ -55,6 +56,23 @@ class StderrLines:
             return "".join(self.lines)
 
 
+@contextlib.contextmanager
+def under_valgrind(*args):
+    """The supervisor (`sockfork ARGS`) under valgrind: yields the process
+    and its collected stderr; it is killed if the test did not stop it."""
+    proc = subprocess.Popen(
+        ["valgrind", "--leak-check=full", "--show-leak-kinds=definite,indirect",
+         "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=99",
+         "--child-silent-after-fork=yes", "--track-fds=no"] + list(args),
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc, StderrLines(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def check_valgrind(proc, err):
     assert "ERROR SUMMARY: 0 errors" in err, err[-3000:]
     assert "definitely lost: 0 bytes" in err or "no leaks are possible" in err, err[-3000:]
@@ -63,16 +81,9 @@ def check_valgrind(proc, err):
 
 def test_supervisor_has_no_leaks_under_valgrind(tmp_path):
     sock_path = str(tmp_path / "v.sock")
-    proc = subprocess.Popen(
-        ["valgrind", "--leak-check=full", "--show-leak-kinds=definite,indirect",
-         "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=99",
-         "--child-silent-after-fork=yes", "--track-fds=no",
-         BIN, "serve", "-l", "127.0.0.1:0", "-l", "unix:" + sock_path,
-         "--control", str(tmp_path / "ctl.sock"),
-         "--max-per-ip", "3", "--idle-timeout", "5", "--echo"],
-        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        log = StderrLines(proc)
+    with under_valgrind(BIN, "serve", "-l", "127.0.0.1:0", "-l", "unix:" + sock_path,
+                        "--control", str(tmp_path / "ctl.sock"),
+                        "--max-per-ip", "3", "--idle-timeout", "5", "--echo") as (proc, log):
         port = int(log.wait_count(r"listening on 127\.0\.0\.1:(\d+)", 1)[0].group(1))
         log.wait_count(r"listening on unix:", 1)
         # Connections over both listeners, some refused by the per-IP limit,
@@ -109,12 +120,7 @@ def test_supervisor_has_no_leaks_under_valgrind(tmp_path):
         log.wait_count(r"refused: 3 connections from 127\.0\.0\.1", 5)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-        err = log.text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    check_valgrind(proc, err)
+    check_valgrind(proc, log.text())
     assert not os.path.exists(sock_path)
 
 
@@ -126,9 +132,12 @@ RELAY = 'cat <&3 & cat >&3; kill $! 2>/dev/null'
 
 def read_json_lines(sock, count, timeout=60):
     import json
-    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
     buf, out = b"", []
     while len(out) < count:
+        left = deadline - time.monotonic()
+        assert left > 0, "%d JSON lines not seen within %.0f s; got %r" % (count, timeout, out)
+        sock.settimeout(left)
         chunk = sock.recv(65536)
         assert chunk, "closed after %r" % out
         buf += chunk
@@ -144,14 +153,8 @@ def test_bus_has_no_leaks_under_valgrind(tmp_path):
     broadcast) in a supervisor under valgrind."""
     import json
     ctl_path = str(tmp_path / "ctl.sock")
-    proc = subprocess.Popen(
-        ["valgrind", "--leak-check=full", "--show-leak-kinds=definite,indirect",
-         "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=99",
-         "--child-silent-after-fork=yes", "--track-fds=no",
-         BIN, "serve", "-l", "127.0.0.1:0", "--control", ctl_path, "--", "/bin/sh", "-c", RELAY],
-        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        log = StderrLines(proc)
+    with under_valgrind(BIN, "serve", "-l", "127.0.0.1:0", "--control", ctl_path,
+                        "--", "/bin/sh", "-c", RELAY) as (proc, log):
         port = int(log.wait_count(r"listening on 127\.0\.0\.1:(\d+)", 1)[0].group(1))
         a = socket.create_connection(("127.0.0.1", port), timeout=30)
         b = socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -196,18 +199,16 @@ def test_bus_has_no_leaks_under_valgrind(tmp_path):
         log.wait_count(r"disconnected pid=", 2)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-        err = log.text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    check_valgrind(proc, err)
+    check_valgrind(proc, log.text())
 
 
 def read_until(sock, marker, timeout=60):
-    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
     buf = b""
     while marker not in buf:
+        left = deadline - time.monotonic()
+        assert left > 0, "no %r within %.0f s; got %r" % (marker, timeout, buf[-500:])
+        sock.settimeout(left)
         chunk = sock.recv(65536)
         assert chunk, "closed before %r; got %r" % (marker, buf)
         buf += chunk
@@ -219,14 +220,7 @@ def test_chat_supervisor_has_no_leaks_under_valgrind(tmp_path):
     history, member and topic listings, a will fired by a killed child,
     ctl notices, and the shutdown that closes every channel."""
     ctl_path = str(tmp_path / "ctl.sock")
-    proc = subprocess.Popen(
-        ["valgrind", "--leak-check=full", "--show-leak-kinds=definite,indirect",
-         "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=99",
-         "--child-silent-after-fork=yes", "--track-fds=no",
-         BIN, "chat", "-l", "127.0.0.1:0", "--control", ctl_path, "--history", "5"],
-        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        log = StderrLines(proc)
+    with under_valgrind(BIN, "chat", "-l", "127.0.0.1:0", "--control", ctl_path, "--history", "5") as (proc, log):
         port = int(log.wait_count(r"listening on 127\.0\.0\.1:(\d+)", 1)[0].group(1))
         a = socket.create_connection(("127.0.0.1", port), timeout=60)
         read_until(a, b"Your nickname?")
@@ -255,9 +249,4 @@ def test_chat_supervisor_has_no_leaks_under_valgrind(tmp_path):
         proc.wait(timeout=60)
         a.close()
         b.close()
-        err = log.text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    check_valgrind(proc, err)
+    check_valgrind(proc, log.text())
