@@ -54,15 +54,15 @@ $(FUZZ_BUILD)/fuzz_addr: fuzz/fuzz_addr.c src/server/addr.c src/server/addr.h in
 	mkdir -p $(FUZZ_BUILD)
 	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_addr.c src/server/addr.c
 
-$(FUZZ_BUILD)/fuzz_frame: fuzz/fuzz_frame.c src/channel/frame.c src/channel/frame.h
+$(FUZZ_BUILD)/fuzz_frame: fuzz/fuzz_frame.c src/channel/frame.c src/channel/frame.h src/channel/fdpass.c
 	mkdir -p $(FUZZ_BUILD)
-	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_frame.c src/channel/frame.c
+	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_frame.c src/channel/frame.c src/channel/fdpass.c
 
 $(FUZZ_BUILD)/fuzz_jsonl: fuzz/fuzz_jsonl.c src/channel/jsonl.c src/channel/jsonl.h
 	mkdir -p $(FUZZ_BUILD)
 	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_jsonl.c src/channel/jsonl.c -ljansson
 
-BUS_SOURCES = src/supervisor/bus.c src/supervisor/bus_codec.c src/channel/frame.c src/channel/jsonl.c src/log.c \
+BUS_SOURCES = src/supervisor/bus.c src/supervisor/bus_codec.c src/channel/frame.c src/channel/fdpass.c src/channel/jsonl.c src/log.c \
               src/os/nofork.c src/text.c
 
 $(FUZZ_BUILD)/fuzz_bus: fuzz/fuzz_bus.c $(BUS_SOURCES) src/supervisor/bus.h src/supervisor/bus_codec.h src/channel/frame.h src/channel/jsonl.h

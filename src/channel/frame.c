@@ -1,5 +1,6 @@
 /* frame.c - see frame.h. */
 #include "channel/frame.h"
+#include "channel/fdpass.h"
 #include "channel/be.h"
 
 #include <errno.h>
@@ -113,41 +114,16 @@ int chan_decoder_feed(chan_decoder *d, const void *buf, size_t len, size_t *used
 
 ssize_t chan_read(int fd, chan_decoder *d, void *buf, size_t len)
 {
-    union {
-        struct cmsghdr h;
-        char space[CMSG_SPACE(sizeof(int) * CHAN_FDS_MAX)];
-    } ctl;
-    struct iovec iov = {buf, len};
-    struct msghdr msg;
-    struct cmsghdr *c;
-    ssize_t n;
-    int bad = 0;
+    int fds[CHAN_FDS_MAX], nfds, lost, bad;
+    ssize_t n = fdpass_recv(fd, buf, len, 0, fds, CHAN_FDS_MAX, &nfds, &lost);
 
-    for (;;) {
-        memset(&msg, 0, sizeof msg);
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = ctl.space;
-        msg.msg_controllen = sizeof ctl.space;
-        n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
-        if (n >= 0)
-            break;
-        if (errno != EINTR)
-            return -errno;
+    if (n < 0)
+        return n;
+    bad = lost; /* descriptors were lost: the stream no longer matches */
+    for (int i = 0; i < nfds; i++) {
+        if (chan_decoder_push_fd(d, fds[i]) < 0)
+            bad = 1;
     }
-    for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-            continue;
-        size_t nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < nfd; i++) {
-            int got;
-            memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof got);
-            if (chan_decoder_push_fd(d, got) < 0)
-                bad = 1;
-        }
-    }
-    if (msg.msg_flags & MSG_CTRUNC)
-        bad = 1; /* descriptors were lost: the stream no longer matches */
     return bad ? -EPROTO : n;
 }
 
@@ -169,28 +145,7 @@ void chan_header_encode(unsigned char hdr[CHAN_HDR_LEN], uint16_t type, uint16_t
  * first byte. Returns bytes sent or -errno. */
 static ssize_t send_iov(int sock, struct iovec *iov, int niov, int attach_fd)
 {
-    union {
-        struct cmsghdr h;
-        char space[CMSG_SPACE(sizeof(int))];
-    } ctl;
-    struct msghdr msg;
-    ssize_t n;
-
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = iov;
-    msg.msg_iovlen = (size_t)niov;
-    if (attach_fd >= 0) {
-        memset(&ctl, 0, sizeof ctl);
-        msg.msg_control = ctl.space;
-        msg.msg_controllen = sizeof ctl.space;
-        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(c), &attach_fd, sizeof attach_fd);
-    }
-    n = sendmsg(sock, &msg, MSG_NOSIGNAL);
-    return n < 0 ? -errno : n;
+    return fdpass_send(sock, iov, niov, &attach_fd, attach_fd >= 0 ? 1 : 0, 0);
 }
 
 /* One sendmsg of header and payload from byte `off` of the two. */

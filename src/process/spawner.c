@@ -1,5 +1,6 @@
 /* spawner.c - see spawner.h. The spawner's side runs in its own process. */
 #include "process/spawner.h"
+#include "channel/fdpass.h"
 #include "process/process.h"
 #include "os/os.h"
 
@@ -20,35 +21,13 @@
 
 int spawner_send(int sock, const spawn_req *req, const int *fds, int nfds)
 {
-    union {
-        struct cmsghdr h;
-        char space[CMSG_SPACE(sizeof(int) * SPAWN_FDS_MAX)];
-    } ctl;
-    size_t len = offsetof(spawn_req, blob) + req->blob_len;
-    struct iovec iov = {(void *)req, len};
-    struct msghdr msg;
+    struct iovec iov = {(void *)req, offsetof(spawn_req, blob) + req->blob_len};
+    ssize_t n;
 
     if (nfds < 0 || nfds > SPAWN_FDS_MAX || req->blob_len > SPAWN_BLOB_MAX)
         return -EINVAL;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    if (nfds > 0) {
-        memset(&ctl, 0, sizeof ctl);
-        msg.msg_control = ctl.space;
-        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
-        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
-        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
-    }
-    for (;;) {
-        if (sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
-            return 0;
-        if (errno != EINTR)
-            return errno == EWOULDBLOCK ? -EAGAIN : -errno;
-    }
+    n = fdpass_send(sock, &iov, 1, fds, nfds, MSG_DONTWAIT);
+    return n < 0 ? (int)n : 0;
 }
 
 int spawner_recv(int sock, spawn_msg *msgs, int max)
@@ -158,39 +137,14 @@ static void do_fork(int sock, const spawner_opts *o, const spawn_req *req, const
 /* Takes one request. Returns 0, or -1 when the supervisor is gone. */
 static int serve_one(int sock, const spawner_opts *o)
 {
-    union {
-        struct cmsghdr h;
-        char space[CMSG_SPACE(sizeof(int) * SPAWN_FDS_MAX)];
-    } ctl;
     spawn_req req;
-    struct iovec iov = {&req, sizeof req};
-    struct msghdr msg;
-    int fds[SPAWN_FDS_MAX], nfds = 0;
-    ssize_t n;
+    int fds[SPAWN_FDS_MAX], nfds, lost;
+    ssize_t n = fdpass_recv(sock, &req, sizeof req, MSG_DONTWAIT, fds, SPAWN_FDS_MAX, &nfds, &lost);
 
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = ctl.space;
-    msg.msg_controllen = sizeof ctl.space;
-    n = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (n < 0)
-        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 1 : -1;
-    if (n == 0)
+    if (n == -EAGAIN)
+        return 1;
+    if (n <= 0)
         return -1;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-            continue;
-        size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < k; i++) {
-            int fd;
-            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-            if (nfds < SPAWN_FDS_MAX)
-                fds[nfds++] = fd;
-            else
-                close(fd);
-        }
-    }
     if ((size_t)n < offsetof(spawn_req, blob) || req.blob_len > SPAWN_BLOB_MAX ||
         (size_t)n != offsetof(spawn_req, blob) + req.blob_len) {
         /* Only the supervisor writes here; a bad message is a bug there. */
