@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
@@ -106,6 +107,30 @@ void bench_parse_addr(const char *text, struct sockaddr_storage *ss, socklen_t *
     in4->sin_family = AF_INET;
     in4->sin_port = htons((uint16_t)port);
     *len = sizeof *in4;
+}
+
+double bench_parse_num(const char *s, double lo, double hi, const char *what)
+{
+    char *end;
+    double v = strtod(s, &end);
+
+    if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi))
+        bench_die("%s must be a number in [%g, %g], got '%s'", what, lo, hi, s);
+    return v;
+}
+
+void bench_raise_nofile(long need)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        bench_die("getrlimit: %s", strerror(errno));
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+        bench_die("setrlimit: %s", strerror(errno));
+    if (rl.rlim_cur != RLIM_INFINITY && (rlim_t)need > rl.rlim_cur)
+        bench_die("need %ld file descriptors but the hard limit is %llu (raise it: ulimit -Hn, "
+                  "as root)", need, (unsigned long long)rl.rlim_cur);
 }
 
 void bench_sample_add(bench_samples *s, uint64_t ns)

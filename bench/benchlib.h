@@ -29,6 +29,12 @@ void bench_watchdog(unsigned secs);
  * is refused. Dies on a bad one. */
 void bench_parse_addr(const char *text, struct sockaddr_storage *ss, socklen_t *len);
 
+/* A number from an option, in [lo, hi]; dies naming `what` otherwise. */
+double bench_parse_num(const char *s, double lo, double hi, const char *what);
+
+/* Soft RLIMIT_NOFILE up to the hard limit; dies if `need` fds won't fit. */
+void bench_raise_nofile(long need);
+
 /* Latency samples, in ns; past max (or out of memory) more are dropped. */
 typedef struct bench_samples {
     uint64_t *v;

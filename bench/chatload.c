@@ -145,15 +145,6 @@ static void fail(const char *fmt, ...)
     exit(1);
 }
 
-static double parse_num(const char *s, double lo, double hi, const char *what)
-{
-    char *end;
-    double v = strtod(s, &end);
-    if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi))
-        bench_die("%s must be a number in [%g, %g], got '%s'", what, lo, hi, s);
-    return v;
-}
-
 /* Parses a decimal number of [p, end); returns the position after it and
  * its digits, or NULL when there is none or it is followed by neither a
  * space nor end. */
@@ -767,18 +758,6 @@ static void usage(void)
     exit(2);
 }
 
-static void raise_nofile(long need)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-        bench_die("getrlimit: %s", strerror(errno));
-    rl.rlim_cur = rl.rlim_max;
-    (void)setrlimit(RLIMIT_NOFILE, &rl);
-    if (rl.rlim_cur != RLIM_INFINITY && (rlim_t)need > rl.rlim_cur)
-        bench_die("need %ld file descriptors but the hard limit is %llu", need,
-                  (unsigned long long)rl.rlim_cur);
-}
-
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -812,12 +791,12 @@ int main(int argc, char **argv)
     while ((opt = getopt_long(argc, argv, "a:n:r:w:T:d:h", longopts, NULL)) != -1) {
         switch (opt) {
         case 'a': addr = optarg; break;
-        case 'n': g.n = (int)parse_num(optarg, 2, MAX_CLIENTS, "-n"); break;
-        case 'r': g.rounds = (int)parse_num(optarg, 1, MAX_ROUNDS, "-r"); break;
-        case 'w': g.window = (int)parse_num(optarg, 1, MAX_WINDOW, "-w"); break;
-        case 'W': g.warmup = (int)parse_num(optarg, 0, MAX_ROUNDS, "--warmup"); break;
-        case 'T': g.stall_ns = (uint64_t)parse_num(optarg, 100, 600000, "-T") * NS_PER_MS; break;
-        case 'd': g.secs = parse_num(optarg, 0.01, 3600, "-d"); break;
+        case 'n': g.n = (int)bench_parse_num(optarg, 2, MAX_CLIENTS, "-n"); break;
+        case 'r': g.rounds = (int)bench_parse_num(optarg, 1, MAX_ROUNDS, "-r"); break;
+        case 'w': g.window = (int)bench_parse_num(optarg, 1, MAX_WINDOW, "-w"); break;
+        case 'W': g.warmup = (int)bench_parse_num(optarg, 0, MAX_ROUNDS, "--warmup"); break;
+        case 'T': g.stall_ns = (uint64_t)bench_parse_num(optarg, 100, 600000, "-T") * NS_PER_MS; break;
+        case 'd': g.secs = bench_parse_num(optarg, 0.01, 3600, "-d"); break;
         case 'J': g.json = 1; break;
         default: usage();
         }
@@ -840,7 +819,7 @@ int main(int argc, char **argv)
     /* Watchdog: every phase's own bound, plus a minute; only a bug gets here. */
     bench_watchdog((unsigned)(2.0 * (double)g.stall_ns / NS_PER_S + g.secs + 61));
 
-    raise_nofile(2L * g.n + 16);
+    bench_raise_nofile(2L * g.n + 16);
     g.ep = epoll_create1(EPOLL_CLOEXEC);
     if (g.ep < 0)
         fail("epoll_create1: %s", strerror(errno));

@@ -668,29 +668,6 @@ static void usage(void)
     exit(2);
 }
 
-static double parse_num(const char *s, double lo, double hi, const char *what)
-{
-    char *end;
-    double v = strtod(s, &end);
-    if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi))
-        bench_die("%s must be a number in [%g, %g], got '%s'", what, lo, hi, s);
-    return v;
-}
-
-/* Soft RLIMIT_NOFILE up to the hard limit; fails if `need` fds won't fit. */
-static void raise_nofile(long need)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-        bench_die("getrlimit: %s", strerror(errno));
-    rl.rlim_cur = rl.rlim_max;
-    if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-        bench_die("setrlimit: %s", strerror(errno));
-    if (rl.rlim_cur != RLIM_INFINITY && (rlim_t)need > rl.rlim_cur)
-        bench_die("need %ld file descriptors but the hard limit is %llu"
-            " (raise it: ulimit -Hn, as root)", need, (unsigned long long)rl.rlim_cur);
-}
-
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -726,12 +703,12 @@ int main(int argc, char **argv)
     while ((opt = getopt_long(argc, argv, "a:c:d:n:T:h", longopts, NULL)) != -1) {
         switch (opt) {
         case 'a': addr = optarg; break;
-        case 'c': g.conc = (int)parse_num(optarg, 1, MAX_CONNS, "-c"); break;
-        case 'd': g.secs = parse_num(optarg, 0.01, MAX_SECS, "-d"); break;
-        case 'n': g.n_hold = (int)parse_num(optarg, 1, MAX_CONNS, "-n"); break;
-        case 'T': g.timeout_ns = (uint64_t)parse_num(optarg, 1, 600000, "-T") * NS_PER_MS; break;
+        case 'c': g.conc = (int)bench_parse_num(optarg, 1, MAX_CONNS, "-c"); break;
+        case 'd': g.secs = bench_parse_num(optarg, 0.01, MAX_SECS, "-d"); break;
+        case 'n': g.n_hold = (int)bench_parse_num(optarg, 1, MAX_CONNS, "-n"); break;
+        case 'T': g.timeout_ns = (uint64_t)bench_parse_num(optarg, 1, 600000, "-T") * NS_PER_MS; break;
         case 'F': g.hold_file = optarg; break;
-        case 'S': g.hold_secs = parse_num(optarg, 0, MAX_SECS, "--hold-seconds"); break;
+        case 'S': g.hold_secs = bench_parse_num(optarg, 0, MAX_SECS, "--hold-seconds"); break;
         case 'L': g.linger0 = 1; break;
         default: usage();
         }
@@ -769,7 +746,7 @@ int main(int argc, char **argv)
         cap = 2 * g.secs + g.hold_secs + 60;
     bench_watchdog((unsigned)cap + 1);
 
-    raise_nofile(g.nconns + 16);
+    bench_raise_nofile(g.nconns + 16);
     g.conns = calloc((size_t)g.nconns, sizeof *g.conns);
     if (!g.conns)
         bench_die("out of memory");
