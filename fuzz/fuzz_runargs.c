@@ -30,7 +30,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ncmd = data[0] % n + 1;
     if (ncmd > n)
         ncmd = n;
-    argv = runargs_expand(words, ncmd, (const char *const *)words + ncmd, n - ncmd, data[0], 3);
+    argv = runargs_expand(words, ncmd, (const char *const *)words + ncmd, n - ncmd, data[0], 3, data[0] & 1);
     if (argv) {
         size_t i = 0;
         while (argv[i]) {

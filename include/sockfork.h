@@ -355,6 +355,186 @@ SF_EXTERN void sf_server_stop(sf_server *s);
 /* Closes listeners, removes Unix paths, frees everything. NULL is fine. */
 SF_EXTERN void sf_server_free(sf_server *s);
 
+
+/* ------------------------------------------------------------ task pool */
+
+/*
+ * A pool runs tasks in child processes, at most `jobs` at once, with a
+ * timeout per attempt, retries and halting. A task is either a command
+ * (exec'd with posix_spawn: no page tables copied) or a call of the pool's
+ * C function in a forked worker, which can run many tasks one after the
+ * other. Every task's child is the leader of a process group of its own:
+ * a timeout or a cancel sends SIGTERM to the group, then SIGKILL to the
+ * group after the kill grace or as soon as the leader has exited, so no
+ * grandchild left in the group survives it. Exits are watched with pidfds,
+ * so the pool never reaps a child that is not its own and installs no
+ * signal handler; sf_pool_run blocks in its own loop.
+ *
+ * Every submitted task is reported exactly once, to on_done.
+ */
+typedef struct sf_pool sf_pool;
+
+/* The task a worker is running, seen from inside it. */
+typedef struct sf_task sf_task;
+
+/*
+ * A C task: runs in a worker process with the argument bytes the task was
+ * submitted with. Returns 0 for success, or a failure code (1..255 as an
+ * exit code would be). The worker may be reused: leave no state behind
+ * that the next task would trip on. Exiting or crashing fails the task
+ * with that status; the pool replaces the worker.
+ */
+typedef int (*sf_task_fn)(sf_task *t, const void *arg, size_t len, void *fn_arg);
+
+/* From inside a C task. Each returns 0 or -errno. */
+SF_EXTERN unsigned long sf_task_seq(const sf_task *t);  /* from 1, in submission order */
+SF_EXTERN unsigned sf_task_slot(const sf_task *t);      /* 1..jobs */
+SF_EXTERN unsigned sf_task_attempt(const sf_task *t);   /* 1 for the first */
+/* Progress: done of total, or a fraction in [0, 1] when total is 0. */
+SF_EXTERN int sf_task_progress(sf_task *t, double done, double total);
+/* The result bytes (at most the pool's result_max); a later call replaces
+ * an earlier one. */
+SF_EXTERN int sf_task_result(sf_task *t, const void *data, size_t len);
+/* A line for the pool's log callback. */
+SF_EXTERN int sf_task_log(sf_task *t, const char *text);
+
+/* How a task ended, once and for all. */
+enum sf_task_state {
+    SF_TASK_OK = 0,     /* its last attempt succeeded */
+    SF_TASK_FAILED,     /* every attempt allowed failed */
+    SF_TASK_CANCELLED,  /* never ran: the pool halted or was cancelled first */
+};
+
+typedef struct sf_task_report {
+    unsigned long seq;          /* submission order, from 1 */
+    void *data;                 /* the pointer given at submission */
+    int state;                  /* enum sf_task_state */
+    sf_status status;           /* how the last attempt ended (a C task's return
+                                   value is an exit code) */
+    int timed_out;              /* the last attempt ran out of time */
+    int killed;                 /* the last attempt was stopped by sf_pool_cancel
+                                   or --halt now */
+    int spawn_error;            /* errno when the command could not be started
+                                   (status then says exited 127), else 0 */
+    unsigned attempts;          /* attempts made, retries included */
+    unsigned slot;              /* 1..jobs, of the last attempt */
+    int pid;                    /* of the last attempt's process */
+    double start_time;          /* of the last attempt, seconds since the epoch */
+    double duration_s;          /* of the last attempt */
+    unsigned long long stdout_bytes, stderr_bytes; /* commands with capture_output */
+    char *const *argv;          /* a command's argv (last attempt), else NULL */
+    const void *result;         /* the last result of the last attempt, or NULL: a */
+    size_t result_len;          /*   command's is compact JSON text, a C task's bytes */
+} sf_task_report;
+
+/* What a running task is doing (sf_pool_running). */
+typedef struct sf_task_info {
+    unsigned long seq;
+    void *data;
+    unsigned slot, attempt;
+    int pid;
+    double elapsed_s;
+    double progress_done, progress_total; /* total 0: done is a fraction; -1: none */
+} sf_task_info;
+
+/* Builds a command's argv for one attempt: a NULL-terminated array in one
+ * malloc'ed block (the pool free()s it), or NULL with errno set (the task
+ * then fails with spawn_error set). */
+typedef char **(*sf_pool_cmd_fn)(unsigned long seq, unsigned slot, void *data, void *arg);
+
+enum sf_pool_feed {
+    SF_FEED_END = 0,   /* nothing more will ever be submitted */
+    SF_FEED_MORE = 1,  /* call again when there is room (and feed_fd is readable) */
+    SF_FEED_WAIT = 2,  /* call again only after a task has ended */
+};
+
+enum sf_pool_halt { SF_HALT_NEVER = 0, SF_HALT_SOON, SF_HALT_NOW };
+
+typedef struct sf_pool_opts {
+    unsigned jobs;                /* at once; 0: the number of CPUs online */
+    double timeout_s;             /* per attempt; 0: none */
+    double kill_grace_s;          /* SIGTERM to SIGKILL (default 2) */
+    unsigned retries;             /* extra attempts for a failed task */
+    /* Retry only failures that match one of these; all three empty/0: any. */
+    const int *retry_codes; size_t nretry_codes;
+    const int *retry_signals; size_t nretry_signals;
+    int retry_timeout;
+    /* Halting: after halt_fail failed tasks (or halt_fail_pct percent of the
+     * tasks ended so far), SOON starts nothing more and lets the running
+     * ones finish; NOW also stops the running ones. */
+    int halt;                     /* enum sf_pool_halt */
+    unsigned halt_fail;           /* 0: not by count */
+    double halt_fail_pct;         /* 0: not by percentage */
+    unsigned queue_max;           /* submitted, not started (default 65536) */
+
+    /* C tasks: the function, its argument, and how many tasks one worker
+     * runs before it is replaced (0: no limit; 1: a fork per task). fn and
+     * what fn_arg points to must exist before sf_pool_run: workers are
+     * forked copies of the program. */
+    sf_task_fn fn;
+    void *fn_arg;
+    unsigned max_tasks_per_worker;
+    /* Commands: stdout and stderr go to on_output instead of being
+     * inherited; stdin is /dev/null. */
+    int capture_output;
+    /* Largest result, log line or fd-3 line of a task (default 64 KiB). */
+    size_t result_max;
+
+    /* Asked for more tasks when there is room for them; with feed_fd >= 0
+     * only when that descriptor is readable. */
+    int (*feed)(sf_pool *p, void *arg);
+    int feed_fd;
+    /* Called once per task, when it has ended. */
+    void (*on_done)(sf_pool *p, const sf_task_report *r, void *arg);
+    /* Called before a task's attempt starts (optional). */
+    void (*on_start)(sf_pool *p, const sf_task_info *t, void *arg);
+    /* Captured output: stream 1 or 2, as it is read (bounded chunks). */
+    void (*on_output)(sf_pool *p, const sf_task_info *t, int stream, const char *buf,
+                      size_t len, void *arg);
+    /* Every tick_s seconds while the pool runs (tick_s 0: never). */
+    void (*on_tick)(sf_pool *p, void *arg);
+    double tick_s;
+    void *arg;                    /* for every callback above */
+    sf_log_cb log;                /* the pool's and the tasks' log lines */
+    void *log_arg;
+} sf_pool_opts;
+
+SF_EXTERN void sf_pool_opts_init(sf_pool_opts *o);
+/* Returns a pool, or NULL with errno set (EINVAL for bad options). */
+SF_EXTERN sf_pool *sf_pool_new(const sf_pool_opts *o);
+
+/* Submits a C task (the pool's fn gets a copy of the len bytes at arg) or a
+ * command (built by cmd for each attempt). Returns its seq (>= 1), or
+ * -EINVAL, -ENOBUFS past queue_max, -ENOMEM, -ECANCELED once halting. */
+SF_EXTERN long sf_pool_submit(sf_pool *p, const void *arg, size_t len, void *data);
+SF_EXTERN long sf_pool_submit_cmd(sf_pool *p, sf_pool_cmd_fn cmd, void *cmd_arg, void *data);
+
+/* Runs until every task submitted or fed has ended, or until a halt or a
+ * cancel has stopped everything. Returns 0, or -errno when the pool itself
+ * failed (its children are then stopped and reaped before it returns). */
+SF_EXTERN int sf_pool_run(sf_pool *p);
+
+/* Asks a running pool to start nothing more and stop the running tasks.
+ * Async-signal-safe: meant for a SIGINT or SIGTERM handler. */
+SF_EXTERN void sf_pool_cancel(sf_pool *p);
+
+typedef struct sf_pool_stats {
+    unsigned long submitted, started, running, pending;
+    unsigned long ok, failed, cancelled;  /* ended tasks, by state */
+    unsigned long timed_out, killed_by_signal, failed_by_code, spawn_errors;
+    unsigned long retried;                /* attempts beyond the first */
+    unsigned long workers_started;        /* C tasks: processes forked */
+    int halted;                           /* a halt condition was met */
+    int cancelled_by_request;             /* sf_pool_cancel was called */
+} sf_pool_stats;
+
+SF_EXTERN void sf_pool_get_stats(const sf_pool *p, sf_pool_stats *out);
+/* Fills up to max entries about the running tasks; returns how many. */
+SF_EXTERN size_t sf_pool_running(const sf_pool *p, sf_task_info *out, size_t max);
+SF_EXTERN unsigned sf_pool_jobs(const sf_pool *p);
+/* Kills and reaps what still runs, frees everything. NULL is fine. */
+SF_EXTERN void sf_pool_free(sf_pool *p);
+
 #ifdef __cplusplus
 }
 #endif

@@ -28,4 +28,15 @@ static inline void be32_put(unsigned char *p, uint32_t v)
     p[3] = (unsigned char)v;
 }
 
+static inline uint64_t be64_get(const unsigned char *p)
+{
+    return (uint64_t)be32_get(p) << 32 | be32_get(p + 4);
+}
+
+static inline void be64_put(unsigned char *p, uint64_t v)
+{
+    be32_put(p, (uint32_t)(v >> 32));
+    be32_put(p + 4, (uint32_t)v);
+}
+
 #endif

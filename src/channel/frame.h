@@ -51,6 +51,11 @@ enum chan_type {
     CHAN_T_TOPICS = 26,      /* [prefix] (may be empty) */
     /* To a child: [u8 kind][u8 ok][u16 n][u32 from][topic n bytes][data]. */
     CHAN_T_MESSAGE = 32,
+    /* The task pool's workers (src/pool/); be64/be32 big-endian. */
+    CHAN_T_TASK = 40,          /* to a worker: [be64 seq][be32 slot][be32 attempt][u8 last][arg] */
+    CHAN_T_TASK_DONE = 41,     /* from it: [be32 return value] */
+    CHAN_T_TASK_PROGRESS = 42, /* [be64 done][be64 total], IEEE doubles' bits */
+    CHAN_T_TASK_RESULT = 43,   /* [result bytes] */
 };
 
 typedef struct chan_frame {

@@ -19,7 +19,7 @@ static void check(char *const *cmd, const char *const *args, size_t nargs, unsig
 
     while (cmd[ncmd])
         ncmd++;
-    argv = runargs_expand(cmd, ncmd, args, nargs, seq, slot);
+    argv = runargs_expand(cmd, ncmd, args, nargs, seq, slot, 0);
     assert_non_null(argv);
     for (i = 0; want[i]; i++) {
         assert_non_null(argv[i]);
@@ -87,7 +87,7 @@ static void test_a_group_that_does_not_exist_is_an_error(void **state)
     const char *args[] = {"a", "b"};
     (void)state;
     errno = 0;
-    assert_null(runargs_expand(cmd, 1, args, 2, 1, 1));
+    assert_null(runargs_expand(cmd, 1, args, 2, 1, 1, 0));
     assert_int_equal(errno, EINVAL);
 }
 
@@ -123,6 +123,28 @@ static void test_cross_product_order(void **state)
     assert_int_equal(last[1], 0);
 }
 
+/* For --shell: what is put in is one single-quoted word, quotes escaped;
+ * the command's own text is left as shell code. */
+static void test_quoting_for_the_shell(void **state)
+{
+    char *cmd[] = {"echo {} | wc -c", NULL};
+    char *bare[] = {"echo", NULL};
+    const char *args[] = {"it's $HOME; rm -rf /"};
+    char **argv;
+    (void)state;
+    argv = runargs_expand(cmd, 1, args, 1, 1, 1, RUNARGS_QUOTE);
+    assert_non_null(argv);
+    assert_string_equal(argv[0], "echo 'it'\\''s $HOME; rm -rf /' | wc -c");
+    assert_null(argv[1]);
+    free(argv);
+    argv = runargs_expand(bare, 1, args, 1, 1, 1, RUNARGS_QUOTE);
+    assert_non_null(argv);
+    assert_string_equal(argv[0], "echo");
+    assert_string_equal(argv[1], "'it'\\''s $HOME; rm -rf /'");
+    assert_null(argv[2]);
+    free(argv);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -133,6 +155,7 @@ int main(void)
         cmocka_unit_test(test_what_is_not_a_replacement_string_stays),
         cmocka_unit_test(test_a_group_that_does_not_exist_is_an_error),
         cmocka_unit_test(test_cross_product_order),
+        cmocka_unit_test(test_quoting_for_the_shell),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

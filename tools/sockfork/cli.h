@@ -27,6 +27,7 @@ int cli_parse_seconds(const char *s, double *out);
 int cmd_serve(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_ctl(int argc, char **argv);
+int cmd_run(int argc, char **argv);
 
 /* Control sockets without --control (ctlpath.c). Each returns 0 or -errno. */
 int cli_control_dir(char *buf, size_t len);     /* the directory */

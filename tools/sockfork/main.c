@@ -16,6 +16,7 @@ static const char usage_text[] =
     "  serve     serve TCP or Unix connections, one forked process each\n"
     "  chat      a chat server: one process per client, lines relayed by the bus\n"
     "  ctl       talk to a running server: list, send, broadcast, kick, stats\n"
+    "  run       run a command for many arguments, in parallel (like GNU parallel)\n"
     "\n"
     "options:\n"
     "  -h, --help     this text; 'sockfork COMMAND --help' for a command's\n"
@@ -146,6 +147,8 @@ int main(int argc, char **argv)
         return cmd_chat(argc - 1, argv + 1);
     if (strcmp(argv[1], "ctl") == 0)
         return cmd_ctl(argc - 1, argv + 1);
+    if (strcmp(argv[1], "run") == 0)
+        return cmd_run(argc - 1, argv + 1);
     cli_error("unknown command '%s' (try 'sockfork --help')", argv[1]);
     return EXIT_USAGE;
 }

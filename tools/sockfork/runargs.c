@@ -85,10 +85,41 @@ static size_t parse(const char *s, size_t *group, enum part *p, char *special)
     return 0;
 }
 
+/* Copies s (len bytes) to out+n, or only measures with out NULL; with
+ * quote, as one shell word in single quotes (' becomes '\''). Returns the
+ * bytes it takes. */
+static size_t put(char *out, size_t n, const char *s, size_t len, int quote)
+{
+    size_t k = 0;
+
+    if (!quote) {
+        if (out)
+            memcpy(out + n, s, len);
+        return len;
+    }
+    if (out)
+        out[n + k] = '\'';
+    k++;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '\'') {
+            if (out)
+                memcpy(out + n + k, "'\\''", 4);
+            k += 4;
+        } else {
+            if (out)
+                out[n + k] = s[i];
+            k++;
+        }
+    }
+    if (out)
+        out[n + k] = '\'';
+    return k + 1;
+}
+
 /* Expands one word into out (NULL: only measures). Returns its length, or
  * (size_t)-1 for a group out of range. Sets *found if it held any. */
 static size_t expand_word(const char *w, const char *const *args, size_t nargs,
-                          unsigned long seq, unsigned slot, char *out, int *found)
+                          unsigned long seq, unsigned slot, int quote, char *out, int *found)
 {
     size_t n = 0;
 
@@ -125,24 +156,23 @@ static size_t expand_word(const char *w, const char *const *args, size_t nargs,
                 n++;
             }
             piece(args[i], p, &s, &len);
-            if (out)
-                memcpy(out + n, s, len);
-            n += len;
+            n += put(out, n, s, len, quote);
         }
     }
     return n;
 }
 
 char **runargs_expand(char *const *cmd, size_t ncmd, const char *const *args, size_t nargs,
-                      unsigned long seq, unsigned slot)
+                      unsigned long seq, unsigned slot, int flags)
 {
+    int quote = (flags & RUNARGS_QUOTE) != 0;
     size_t words = ncmd, bytes = 0;
     int found = 0;
     char **argv, *text;
 
     /* First measure every word, then lay them out in one block. */
     for (size_t i = 0; i < ncmd; i++) {
-        size_t l = expand_word(cmd[i], args, nargs, seq, slot, NULL, &found);
+        size_t l = expand_word(cmd[i], args, nargs, seq, slot, quote, NULL, &found);
         if (l == (size_t)-1) {
             errno = EINVAL;
             return NULL;
@@ -152,7 +182,7 @@ char **runargs_expand(char *const *cmd, size_t ncmd, const char *const *args, si
     if (!found) {
         words += nargs;
         for (size_t i = 0; i < nargs; i++)
-            bytes += strlen(args[i]) + 1;
+            bytes += put(NULL, 0, args[i], strlen(args[i]), quote) + 1;
     }
     argv = malloc((words + 1) * sizeof *argv + bytes);
     if (!argv)
@@ -160,16 +190,16 @@ char **runargs_expand(char *const *cmd, size_t ncmd, const char *const *args, si
     text = (char *)(argv + words + 1);
     for (size_t i = 0; i < ncmd; i++) {
         int dummy = 0;
-        size_t l = expand_word(cmd[i], args, nargs, seq, slot, text, &dummy);
+        size_t l = expand_word(cmd[i], args, nargs, seq, slot, quote, text, &dummy);
         argv[i] = text;
         text[l] = '\0';
         text += l + 1;
     }
     if (!found) {
         for (size_t i = 0; i < nargs; i++) {
-            size_t l = strlen(args[i]);
+            size_t l = put(text, 0, args[i], strlen(args[i]), quote);
             argv[ncmd + i] = text;
-            memcpy(text, args[i], l + 1);
+            text[l] = '\0';
             text += l + 1;
         }
     }

@@ -20,13 +20,17 @@
 
 #include <stddef.h>
 
+/* RUNARGS_QUOTE: each argument put in (replacing or appended) becomes one
+ * shell word in single quotes, for a command line run by sh -c. */
+#define RUNARGS_QUOTE 1
+
 /*
  * The argv of one task: a NULL-terminated array in one malloc'ed block
  * (free() it), or NULL with errno ENOMEM, or EINVAL for a replacement
  * string that names a group that does not exist ({3} with two groups).
  */
 char **runargs_expand(char *const *cmd, size_t ncmd, const char *const *args, size_t nargs,
-                      unsigned long seq, unsigned slot);
+                      unsigned long seq, unsigned slot, int flags);
 
 /*
  * The cross product of ::: groups, as GNU parallel orders it (the last

@@ -1,0 +1,329 @@
+/* launch.c - starting an attempt: a command with posix_spawn, a C task in
+ * a forked worker. */
+#include "pool/pool_internal.h"
+#include "process/process.h"
+#include "channel/be.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/pidfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+/* The variables the pool sets itself, dropped from the copied environment. */
+static const char *const own_vars[] = {
+    "SOCKFORK_FD=", "SOCKFORK_TASK=", "SOCKFORK_SLOT=", "PARALLEL_SEQ=", "PARALLEL_JOBSLOT=",
+};
+
+static int own_var(const char *e)
+{
+    for (size_t i = 0; i < sizeof own_vars / sizeof own_vars[0]; i++)
+        if (strncmp(e, own_vars[i], strlen(own_vars[i])) == 0)
+            return 1;
+    return 0;
+}
+
+int pool_env_build(sf_pool *p)
+{
+    size_t n = 0, k = 0;
+
+    for (char **e = environ; e && *e; e++)
+        n++;
+    p->envp = calloc(n + POOL_ENV_EXTRA + 1, sizeof *p->envp);
+    if (!p->envp)
+        return -ENOMEM;
+    for (char **e = environ; e && *e; e++)
+        if (!own_var(*e))
+            p->envp[k++] = *e; /* borrowed: environ outlives the run */
+    p->nenv_base = k;
+    return 0;
+}
+
+void pool_env_free(sf_pool *p)
+{
+    free(p->envp);
+    p->envp = NULL;
+}
+
+/* A pipe whose read end (ours) is non-blocking; both close-on-exec. */
+static int pipe_for_child(int fds[2])
+{
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        return -errno;
+    if (fcntl(fds[0], F_SETFL, O_NONBLOCK) < 0) {
+        int e = -errno;
+        close(fds[0]);
+        close(fds[1]);
+        return e;
+    }
+    return 0;
+}
+
+static void close_pair(int fds[2])
+{
+    if (fds[0] >= 0)
+        close(fds[0]);
+    if (fds[1] >= 0)
+        close(fds[1]);
+    fds[0] = fds[1] = -1;
+}
+
+/*
+ * posix_spawnp: glibc starts the child with clone(CLONE_VM | CLONE_VFORK),
+ * so no page table is copied (fork's cost, growing with the parent's
+ * size), and reports a failed exec as the call's error. The child gets
+ * its own process group (so the group can be signalled), an empty signal
+ * mask, SIGPIPE at its default (glibc already resets every caught signal),
+ * stdin from /dev/null when output is captured, the pipes as 1 and 2, its
+ * channel as 3 and nothing else open.
+ */
+static int spawn_command(sf_pool *p, pool_slot *s)
+{
+    pool_task *t = s->task;
+    int outp[2] = {-1, -1}, errp[2] = {-1, -1}, ch[2] = {-1, -1};
+    char envbuf[POOL_ENV_EXTRA][48];
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t at;
+    sigset_t empty, def;
+    pid_t pid;
+    int rc, fa_ok = 0, at_ok = 0;
+
+    errno = 0;
+    s->argv = t->cmd(t->seq, s->index, t->data, t->cmd_arg);
+    if (!s->argv || !s->argv[0])
+        return errno ? -errno : -EINVAL;
+    if (p->o.capture_output && ((rc = pipe_for_child(outp)) < 0 || (rc = pipe_for_child(errp)) < 0))
+        goto fail;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ch) < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    snprintf(envbuf[0], sizeof envbuf[0], "SOCKFORK_FD=3");
+    snprintf(envbuf[1], sizeof envbuf[1], "SOCKFORK_TASK=%lu", t->seq);
+    snprintf(envbuf[2], sizeof envbuf[2], "SOCKFORK_SLOT=%u", s->index);
+    snprintf(envbuf[3], sizeof envbuf[3], "PARALLEL_SEQ=%lu", t->seq);
+    snprintf(envbuf[4], sizeof envbuf[4], "PARALLEL_JOBSLOT=%u", s->index);
+    for (int i = 0; i < POOL_ENV_EXTRA; i++)
+        p->envp[p->nenv_base + (size_t)i] = envbuf[i];
+    p->envp[p->nenv_base + POOL_ENV_EXTRA] = NULL;
+
+    if ((rc = -posix_spawn_file_actions_init(&fa)) < 0)
+        goto fail;
+    fa_ok = 1;
+    if ((rc = -posix_spawnattr_init(&at)) < 0)
+        goto fail;
+    at_ok = 1;
+    if (p->o.capture_output) {
+        if ((rc = -posix_spawn_file_actions_adddup2(&fa, p->devnull, 0)) < 0 ||
+            (rc = -posix_spawn_file_actions_adddup2(&fa, outp[1], 1)) < 0 ||
+            (rc = -posix_spawn_file_actions_adddup2(&fa, errp[1], 2)) < 0)
+            goto fail;
+    }
+    /* dup2 onto 3 clears close-on-exec even when ch[1] is 3 already. */
+    if ((rc = -posix_spawn_file_actions_adddup2(&fa, ch[1], 3)) < 0 ||
+        (rc = -posix_spawn_file_actions_addclosefrom_np(&fa, 4)) < 0)
+        goto fail;
+    sigemptyset(&empty);
+    sigemptyset(&def);
+    sigaddset(&def, SIGPIPE);
+    if ((rc = -posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
+                                                 POSIX_SPAWN_SETSIGDEF)) < 0 ||
+        (rc = -posix_spawnattr_setpgroup(&at, 0)) < 0 ||
+        (rc = -posix_spawnattr_setsigmask(&at, &empty)) < 0 ||
+        (rc = -posix_spawnattr_setsigdefault(&at, &def)) < 0)
+        goto fail;
+
+    rc = -posix_spawnp(&pid, s->argv[0], &fa, &at, s->argv, p->envp);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&at);
+    fa_ok = at_ok = 0;
+    if (rc < 0)
+        goto fail;
+
+    s->pid = pid;
+    s->pidfd = pidfd_open(pid, 0);
+    if (s->pidfd < 0) {
+        /* Cannot watch it: stop it and give up the attempt. Blocking here
+         * is fine, it has just been made and is killed at once. */
+        rc = -errno;
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        s->pid = 0;
+        goto fail;
+    }
+    close(ch[1]);
+    s->chan = ch[0];
+    if (p->o.capture_output) {
+        close(outp[1]);
+        close(errp[1]);
+        s->out = outp[0];
+        s->err = errp[0];
+    }
+    return 0;
+
+fail:
+    if (fa_ok)
+        posix_spawn_file_actions_destroy(&fa);
+    if (at_ok)
+        posix_spawnattr_destroy(&at);
+    close_pair(outp);
+    close_pair(errp);
+    close_pair(ch);
+    return rc;
+}
+
+/* A child that started but cannot be watched: killed and reaped at once
+ * (blocking is fine: SIGKILL cannot be caught), its descriptors closed. */
+static void abandon(sf_pool *p, pool_slot *s, pid_t pid)
+{
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    pool_fd_del(p, &s->pidfd);
+    pool_fd_del(p, &s->chan);
+    pool_fd_del(p, &s->out);
+    pool_fd_del(p, &s->err);
+    if (s->is_worker) {
+        chan_queue_fini(&s->wq);
+        chan_decoder_fini(&s->fd_dec);
+    }
+    s->pid = 0;
+    s->is_worker = 0;
+}
+
+/* Forks a worker for the slot, with its first task already in its memory
+ * (the fork copies it), so that task needs no frame. */
+static int fork_worker(sf_pool *p, pool_slot *s)
+{
+    int ch[2];
+    proc_fork_opts fo;
+    pid_t pid;
+    int last = p->o.max_tasks_per_worker == 1;
+
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ch) < 0)
+        return -errno;
+    memset(&fo, 0, sizeof fo);
+    fo.keep[0] = ch[1];
+    fo.nkeep = 1;
+    /* The worker flushes stdio after every task: what the program had
+     * buffered before the fork would be written once per worker. */
+    fflush(NULL);
+    pid = proc_fork(&fo);
+    if (pid < 0) {
+        close(ch[0]);
+        close(ch[1]);
+        return (int)pid;
+    }
+    if (pid == 0)
+        pool_worker_main(p, s->task, s->index, last); /* channel now fd 3 */
+    close(ch[1]);
+    s->pidfd = pidfd_open(pid, 0);
+    if (s->pidfd < 0) {
+        int e = -errno;
+        kill(pid, SIGKILL);
+        close(ch[0]);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        return e;
+    }
+    if (fcntl(ch[0], F_SETFL, O_NONBLOCK) < 0) {
+        int e = -errno;
+        kill(pid, SIGKILL);
+        close(ch[0]);
+        close(s->pidfd);
+        s->pidfd = -1;
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        return e;
+    }
+    s->pid = pid;
+    s->chan = ch[0];
+    s->is_worker = 1;
+    s->worker_tasks = 1;
+    s->worker_last = last;
+    s->exited = 0;
+    chan_queue_init(&s->wq, CHAN_HDR_LEN + 17 + p->o.result_max);
+    chan_decoder_init(&s->fd_dec, (uint32_t)p->o.result_max + 16);
+    p->st.workers_started++;
+    if (pool_fd_add(p, s->pidfd, EPOLLIN, (uint64_t)(s - p->slots) * 4 + EV_EXIT) < 0 ||
+        pool_fd_add(p, s->chan, EPOLLIN, (uint64_t)(s - p->slots) * 4 + EV_CHAN) < 0) {
+        int e = -errno;
+        abandon(p, s, pid);
+        return e;
+    }
+    return 0;
+}
+
+int pool_worker_give(sf_pool *p, pool_slot *s)
+{
+    pool_task *t = s->task;
+    unsigned char *frame;
+    size_t n = 17 + t->len;
+    int rc;
+
+    s->worker_tasks++;
+    s->worker_last = p->o.max_tasks_per_worker &&
+                     s->worker_tasks >= p->o.max_tasks_per_worker;
+    frame = malloc(n);
+    if (!frame)
+        return -ENOMEM;
+    be64_put(frame, t->seq);
+    be32_put(frame + 8, s->index);
+    be32_put(frame + 12, t->attempts);
+    frame[16] = (unsigned char)s->worker_last;
+    if (t->len)
+        memcpy(frame + 17, t->arg, t->len);
+    rc = chan_queue_push(&s->wq, CHAN_T_TASK, frame, (uint32_t)n, -1);
+    free(frame);
+    if (rc < 0)
+        return rc;
+    rc = chan_queue_flush(&s->wq, s->chan);
+    if (rc < 0)
+        return rc;
+    if (rc == 0 && !s->wq_armed) {
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT,
+                                 .data.u64 = (uint64_t)(s - p->slots) * 4 + EV_CHAN};
+        if (epoll_ctl(p->ep, EPOLL_CTL_MOD, s->chan, &ev) < 0)
+            return -errno;
+        s->wq_armed = 1;
+    }
+    return 0;
+}
+
+int pool_launch(sf_pool *p, pool_slot *s)
+{
+    uint64_t id = (uint64_t)(s - p->slots) * 4;
+    int rc;
+
+    if (!s->task->cmd) {
+        if (s->pid && s->is_worker && !s->exited)
+            return pool_worker_give(p, s);
+        return fork_worker(p, s);
+    }
+    rc = spawn_command(p, s);
+    if (rc < 0)
+        return rc;
+    s->is_worker = 0;
+    s->exited = 0;
+    jsonl_decoder_init(&s->jd, p->o.result_max);
+    s->jskip = 0;
+    if (pool_fd_add(p, s->pidfd, EPOLLIN, id + EV_EXIT) < 0 ||
+        pool_fd_add(p, s->chan, EPOLLIN, id + EV_CHAN) < 0 ||
+        (s->out >= 0 && pool_fd_add(p, s->out, EPOLLIN, id + EV_OUT) < 0) ||
+        (s->err >= 0 && pool_fd_add(p, s->err, EPOLLIN, id + EV_ERR) < 0)) {
+        rc = -errno;
+        jsonl_decoder_fini(&s->jd);
+        abandon(p, s, s->pid);
+        return rc;
+    }
+    return 0;
+}

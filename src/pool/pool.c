@@ -1,0 +1,805 @@
+/* pool.c - the task pool: its API, the queue, the loop, and what happens
+ * when an attempt ends (retry, report, halt). */
+#include "pool/pool_internal.h"
+#include "process/process.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define JOBS_MAX 65536
+#define EVENTS_MAX 64
+
+double pool_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+double pool_wall(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int pool_fd_add(sf_pool *p, int fd, uint32_t events, uint64_t id)
+{
+    struct epoll_event ev = {.events = events, .data.u64 = id};
+    return epoll_ctl(p->ep, EPOLL_CTL_ADD, fd, &ev);
+}
+
+/* Closing a descriptor takes it out of the epoll set (none is dup'ed). */
+void pool_fd_del(sf_pool *p, int *fd)
+{
+    (void)p;
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+    }
+}
+
+void sf_pool_opts_init(sf_pool_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->kill_grace_s = 2.0;
+    o->queue_max = 65536;
+    o->result_max = 64 * 1024;
+    o->feed_fd = -1;
+}
+
+static int opts_valid(const sf_pool_opts *o)
+{
+    if (o->jobs > JOBS_MAX || !isfinite(o->timeout_s) || o->timeout_s < 0 ||
+        !isfinite(o->kill_grace_s) || o->kill_grace_s < 0 || !isfinite(o->tick_s) ||
+        o->tick_s < 0 || !(o->halt_fail_pct >= 0 && o->halt_fail_pct <= 100) ||
+        o->halt < SF_HALT_NEVER || o->halt > SF_HALT_NOW || o->queue_max == 0 ||
+        o->result_max == 0 || o->result_max > CHAN_MAX_LIMIT - 64 || !o->on_done ||
+        (o->nretry_codes && !o->retry_codes) || (o->nretry_signals && !o->retry_signals))
+        return 0;
+    return 1;
+}
+
+sf_pool *sf_pool_new(const sf_pool_opts *o)
+{
+    sf_pool *p;
+    long cpus;
+
+    if (!o || !opts_valid(o)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->o = *o;
+    p->ep = p->cancel_fd = p->devnull = -1;
+    p->log.cb = o->log;
+    p->log.arg = o->log_arg;
+    p->log.level = SF_LOG_INFO;
+    if (p->o.halt != SF_HALT_NEVER && !p->o.halt_fail && p->o.halt_fail_pct == 0)
+        p->o.halt_fail = 1;
+    p->feed_ended = !o->feed;
+    cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    p->jobs = o->jobs ? o->jobs : (unsigned)(cpus > 0 ? (cpus < JOBS_MAX ? cpus : JOBS_MAX) : 1);
+    p->slots = calloc(p->jobs, sizeof *p->slots);
+    p->readbuf = malloc(POOL_READ);
+    if (!p->slots || !p->readbuf)
+        goto fail;
+    for (unsigned i = 0; i < p->jobs; i++) {
+        pool_slot *s = &p->slots[i];
+        s->index = i + 1;
+        s->pidfd = s->chan = s->out = s->err = -1;
+    }
+    if ((p->ep = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
+        (p->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0 ||
+        (p->devnull = open("/dev/null", O_RDWR | O_CLOEXEC)) < 0 ||
+        pool_fd_add(p, p->cancel_fd, EPOLLIN, EV_CANCEL) < 0)
+        goto fail;
+    return p;
+
+fail:
+    sf_pool_free(p);
+    return NULL;
+}
+
+static long enqueue(sf_pool *p, pool_task *t)
+{
+    if (p->halting) {
+        free(t->arg);
+        free(t);
+        return -ECANCELED;
+    }
+    t->seq = ++p->next_seq;
+    if (p->tail)
+        p->tail->next = t;
+    else
+        p->head = t;
+    p->tail = t;
+    p->npending++;
+    p->st.submitted++;
+    return (long)t->seq;
+}
+
+long sf_pool_submit(sf_pool *p, const void *arg, size_t len, void *data)
+{
+    pool_task *t;
+
+    if (!p || !p->o.fn || (len && !arg) || len > p->o.result_max)
+        return -EINVAL;
+    if (p->npending >= p->o.queue_max)
+        return -ENOBUFS;
+    t = calloc(1, sizeof *t);
+    if (!t || (len && !(t->arg = malloc(len)))) {
+        free(t);
+        return -ENOMEM;
+    }
+    if (len)
+        memcpy(t->arg, arg, len);
+    t->len = len;
+    t->data = data;
+    return enqueue(p, t);
+}
+
+long sf_pool_submit_cmd(sf_pool *p, sf_pool_cmd_fn cmd, void *cmd_arg, void *data)
+{
+    pool_task *t;
+
+    if (!p || !cmd)
+        return -EINVAL;
+    if (p->npending >= p->o.queue_max)
+        return -ENOBUFS;
+    t = calloc(1, sizeof *t);
+    if (!t)
+        return -ENOMEM;
+    t->cmd = cmd;
+    t->cmd_arg = cmd_arg;
+    t->data = data;
+    return enqueue(p, t);
+}
+
+static pool_task *dequeue(sf_pool *p)
+{
+    pool_task *t = p->head;
+
+    if (!t)
+        return NULL;
+    p->head = t->next;
+    if (!p->head)
+        p->tail = NULL;
+    t->next = NULL;
+    p->npending--;
+    return t;
+}
+
+/* A retry goes first: it is the oldest work, and --keep-order waits on it. */
+static void requeue_front(sf_pool *p, pool_task *t)
+{
+    t->next = p->head;
+    p->head = t;
+    if (!p->tail)
+        p->tail = t;
+    p->npending++;
+}
+
+static void report_unrun(sf_pool *p, pool_task *t)
+{
+    sf_task_report r;
+
+    memset(&r, 0, sizeof r);
+    r.seq = t->seq;
+    r.data = t->data;
+    r.attempts = t->attempts;
+    if (t->attempts) { /* failed, and waiting for a retry that will not come */
+        r.state = SF_TASK_FAILED;
+        r.status = t->last;
+        r.timed_out = t->last_timed_out;
+        p->st.failed++;
+    } else {
+        r.state = SF_TASK_CANCELLED;
+        p->st.cancelled++;
+    }
+    p->o.on_done(p, &r, p->o.arg);
+    free(t->arg);
+    free(t);
+}
+
+/* ------------------------------------------------------------ stopping */
+
+/* SIGTERM (and SIGCONT, for a stopped task) to the attempt's group, and
+ * SIGKILL after the grace. A leader already exited is a zombie holding the
+ * group's id, so the group can be killed at once without hitting a reused
+ * id. */
+static void stop_slot(sf_pool *p, pool_slot *s, double now)
+{
+    if (!s->pid || s->stopping)
+        return;
+    s->stopping = 1;
+    if (s->exited || p->o.kill_grace_s == 0) {
+        (void)proc_signal_group(s->pid, SIGKILL);
+        s->kill_at = 0;
+        return;
+    }
+    (void)proc_signal_group(s->pid, SIGTERM);
+    (void)proc_signal_group(s->pid, SIGCONT);
+    s->kill_at = now + p->o.kill_grace_s;
+}
+
+/* An idle worker is retired by closing its channel: it exits 0 on EOF. */
+static void retire_worker(sf_pool *p, pool_slot *s)
+{
+    if (s->is_worker && !s->task && s->chan >= 0)
+        pool_fd_del(p, &s->chan);
+}
+
+static void begin_halt(sf_pool *p, int mode, int by_cancel, double now)
+{
+    pool_task *t;
+
+    if (by_cancel)
+        p->st.cancelled_by_request = 1;
+    else
+        p->st.halted = 1;
+    if (p->halting >= mode)
+        return;
+    if (!p->halting)
+        sf_logf(&p->log, SF_LOG_NOTICE, "%s: starting no more tasks%s",
+                by_cancel ? "cancelled" : "halting",
+                mode == SF_HALT_NOW ? ", stopping the running ones" : "");
+    p->halting = mode;
+    while ((t = dequeue(p)) != NULL)
+        report_unrun(p, t);
+    for (unsigned i = 0; i < p->jobs; i++) {
+        pool_slot *s = &p->slots[i];
+        if (mode == SF_HALT_NOW && s->task) {
+            if (!s->stopping)
+                s->killed = 1;
+            stop_slot(p, s, now);
+        }
+        retire_worker(p, s);
+    }
+}
+
+void sf_pool_cancel(sf_pool *p)
+{
+    uint64_t one = 1;
+    int saved = errno; /* a signal handler must leave errno as it found it */
+
+    p->cancel_requested = 1;
+    if (write(p->cancel_fd, &one, sizeof one) < 0) {
+        /* EAGAIN: the counter is full, so a wakeup is pending anyway. */
+    }
+    errno = saved;
+}
+
+/* ------------------------------------------------------------ ending */
+
+static int retry_matches(const sf_pool *p, const sf_status *st, int timed_out)
+{
+    const sf_pool_opts *o = &p->o;
+
+    if (!o->nretry_codes && !o->nretry_signals && !o->retry_timeout)
+        return 1;
+    if (timed_out)
+        return o->retry_timeout;
+    for (size_t i = 0; st->exited && i < o->nretry_codes; i++)
+        if (o->retry_codes[i] == st->code)
+            return 1;
+    for (size_t i = 0; !st->exited && i < o->nretry_signals; i++)
+        if (o->retry_signals[i] == st->signal)
+            return 1;
+    return 0;
+}
+
+static void clear_attempt(pool_slot *s)
+{
+    free(s->argv);
+    s->argv = NULL;
+    free(s->result);
+    s->result = NULL;
+    s->result_len = 0;
+    s->task = NULL;
+    s->task_done = 0;
+}
+
+static void check_halt(sf_pool *p, double now)
+{
+    unsigned long ended = p->st.ok + p->st.failed;
+
+    if (p->o.halt == SF_HALT_NEVER || p->halting >= p->o.halt)
+        return;
+    if ((p->o.halt_fail && p->st.failed >= p->o.halt_fail) ||
+        (p->o.halt_fail_pct > 0 && ended > 0 &&
+         (double)p->st.failed * 100.0 >= p->o.halt_fail_pct * (double)ended)) {
+        sf_logf(&p->log, SF_LOG_NOTICE, "%lu task%s failed: halt", p->st.failed,
+                p->st.failed == 1 ? "" : "s");
+        begin_halt(p, p->o.halt, 0, now);
+    }
+}
+
+/* The attempt running in s is over, with status st: retry, or report. */
+static void end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error, double now)
+{
+    pool_task *t = s->task;
+    sf_task_report r;
+    int ok = !s->timed_out && !s->killed && !spawn_error && st.exited && st.code == 0;
+
+    p->st.running--;
+    p->feed_waiting = 0;
+    if (!ok && !s->killed && !p->halting && t->attempts <= p->o.retries &&
+        retry_matches(p, &st, s->timed_out)) {
+        t->last = st;
+        t->last_timed_out = s->timed_out;
+        p->st.retried++;
+        clear_attempt(s);
+        requeue_front(p, t);
+        return;
+    }
+    memset(&r, 0, sizeof r);
+    r.seq = t->seq;
+    r.data = t->data;
+    r.state = ok ? SF_TASK_OK : SF_TASK_FAILED;
+    r.status = st;
+    r.timed_out = s->timed_out;
+    r.killed = s->killed;
+    r.spawn_error = spawn_error;
+    r.attempts = t->attempts;
+    r.slot = s->index;
+    r.pid = (int)s->pid;
+    r.start_time = s->started_wall;
+    r.duration_s = now - s->started;
+    r.stdout_bytes = s->outb;
+    r.stderr_bytes = s->errb;
+    r.argv = s->argv;
+    r.result = s->result;
+    r.result_len = s->result_len;
+    if (ok) {
+        p->st.ok++;
+    } else {
+        p->st.failed++;
+        if (s->timed_out)
+            p->st.timed_out++;
+        else if (spawn_error)
+            p->st.spawn_errors++;
+        else if (!st.exited)
+            p->st.killed_by_signal++;
+        else
+            p->st.failed_by_code++;
+    }
+    p->o.on_done(p, &r, p->o.arg);
+    clear_attempt(s);
+    free(t->arg);
+    free(t);
+    if (!ok)
+        check_halt(p, now);
+}
+
+static int transient(int err)
+{
+    return err == EAGAIN || err == ENOMEM || err == EMFILE || err == ENFILE || err == ENOBUFS;
+}
+
+static void start_attempt(sf_pool *p, pool_slot *s, pool_task *t, double now)
+{
+    int rc;
+
+    t->attempts++;
+    s->task = t;
+    s->timed_out = s->killed = s->stopping = s->task_done = 0;
+    s->pdone = 0;
+    s->ptotal = -1;
+    s->outb = s->errb = 0;
+    s->started = now;
+    s->started_wall = pool_wall();
+    s->deadline = p->o.timeout_s > 0 ? now + p->o.timeout_s : 0;
+    s->kill_at = 0;
+    p->st.running++;
+    rc = pool_launch(p, s);
+    if (rc == 0) {
+        p->st.started++;
+        p->spawn_backoff = 0;
+        if (p->o.on_start) {
+            sf_task_info info;
+            pool_info(s, &info);
+            p->o.on_start(p, &info, p->o.arg);
+        }
+        return;
+    }
+    if (transient(-rc)) {
+        /* Out of processes or descriptors: not the task's fault. Put it
+         * back, and start nothing for a while (50 ms doubling to 1 s). */
+        p->spawn_backoff = p->spawn_backoff ? fmin(p->spawn_backoff * 2, 1.0) : 0.05;
+        p->spawn_not_before = now + p->spawn_backoff;
+        sf_logf(&p->log, SF_LOG_WARN, "cannot start task %lu: %s; retrying in %.2f s", t->seq,
+                strerror(-rc), p->spawn_backoff);
+        t->attempts--;
+        p->st.running--;
+        clear_attempt(s);
+        requeue_front(p, t);
+        return;
+    }
+    /* The command cannot be run (no such file, not executable...): the
+     * task fails as a shell would say it, 127 (126 if it is there). */
+    {
+        sf_status st = {1, (-rc == ENOENT || -rc == ENOTDIR) ? 127 : 126, 0, 0};
+        sf_logf(&p->log, SF_LOG_WARN, "task %lu: cannot run %s: %s", t->seq,
+                s->argv && s->argv[0] ? s->argv[0] : "the command", strerror(-rc));
+        end_attempt(p, s, st, -rc, now);
+    }
+}
+
+/* Whether the slot can take a task now. A worker that is retiring or
+ * being killed keeps its slot until it is reaped. */
+static int slot_free(const pool_slot *s)
+{
+    return !s->task && (!s->pid || (s->is_worker && !s->worker_last && s->chan >= 0 &&
+                                    !s->exited && !s->stopping));
+}
+
+static void schedule(sf_pool *p, double now)
+{
+    for (unsigned i = 0; i < p->jobs && p->head && !p->halting; i++) {
+        pool_slot *s = &p->slots[i];
+        if (now < p->spawn_not_before)
+            return;
+        if (!slot_free(s))
+            continue;
+        if (s->pid && p->head->cmd) { /* a command where an idle worker sits */
+            retire_worker(p, s);
+            continue;
+        }
+        start_attempt(p, s, dequeue(p), now);
+    }
+}
+
+/* ------------------------------------------------------------ exits */
+
+static sf_status status_of(const siginfo_t *si)
+{
+    sf_status st = {0, 0, 0, 0};
+
+    if (si->si_code == CLD_EXITED) {
+        st.exited = 1;
+        st.code = si->si_status;
+    } else {
+        st.signal = si->si_status;
+        st.core = si->si_code == CLD_DUMPED;
+    }
+    return st;
+}
+
+/* The slot's process has exited: kill what it leaves in its group if it
+ * was being stopped, read what is left in its pipes and channel, reap it,
+ * and end its attempt if one was running. */
+static void on_exit_ready(sf_pool *p, pool_slot *s, double now)
+{
+    siginfo_t si;
+    sf_status st;
+
+    memset(&si, 0, sizeof si);
+    /* WNOWAIT: look without reaping, so the zombie keeps the group's id
+     * while the group is killed. */
+    if (waitid((idtype_t)P_PIDFD, (id_t)s->pidfd, &si, WEXITED | WNOHANG | WNOWAIT) < 0 ||
+        si.si_pid == 0)
+        return;
+    s->exited = 1;
+    st = status_of(&si);
+    if (s->stopping)
+        (void)kill(-s->pid, SIGKILL);
+    pool_read_output(p, s, 1, 1);
+    pool_read_output(p, s, 2, 1);
+    pool_read_chan(p, s, 1);
+    while (waitid((idtype_t)P_PIDFD, (id_t)s->pidfd, &si, WEXITED) < 0 && errno == EINTR)
+        ;
+    pool_fd_del(p, &s->pidfd);
+    pool_fd_del(p, &s->chan);
+    pool_fd_del(p, &s->out);
+    pool_fd_del(p, &s->err);
+    if (s->is_worker) {
+        chan_queue_fini(&s->wq);
+        chan_decoder_fini(&s->fd_dec);
+        s->wq_armed = 0;
+    } else {
+        jsonl_decoder_fini(&s->jd);
+    }
+    if (s->task && s->is_worker && s->task_done) {
+        sf_status ret = {1, s->task_rc, 0, 0};
+        end_attempt(p, s, ret, 0, now);
+    } else if (s->task) {
+        end_attempt(p, s, st, 0, now);
+    } else if (s->is_worker && !(st.exited && st.code == 0) && !s->stopping) {
+        char what[64];
+        sf_status_format(&st, what, sizeof what);
+        sf_logf(&p->log, SF_LOG_WARN, "slot %u: idle worker %ld %s", s->index, (long)s->pid, what);
+    }
+    s->pid = 0;
+    s->is_worker = 0;
+    s->exited = 0;
+    s->stopping = 0;
+    s->kill_at = 0;
+}
+
+static void on_chan_ready(sf_pool *p, pool_slot *s, uint32_t events, double now)
+{
+    if (s->is_worker && (events & EPOLLOUT) && s->chan >= 0) {
+        int rc = chan_queue_flush(&s->wq, s->chan);
+        if (rc < 0) {
+            pool_fd_del(p, &s->chan);
+            stop_slot(p, s, now);
+        } else if (rc == 1) {
+            struct epoll_event ev = {.events = EPOLLIN,
+                                     .data.u64 = (uint64_t)(s - p->slots) * 4 + EV_CHAN};
+            (void)epoll_ctl(p->ep, EPOLL_CTL_MOD, s->chan, &ev);
+            s->wq_armed = 0;
+        }
+    }
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+        pool_read_chan(p, s, 0);
+    if (s->is_worker && s->task && s->task_done && !s->stopping) {
+        sf_status ret = {1, s->task_rc, 0, 0};
+        end_attempt(p, s, ret, 0, now);
+        /* A worker whose last task this was exits by itself; on_exit_ready
+         * reaps it. */
+    }
+}
+
+/* ------------------------------------------------------------ the loop */
+
+static void feed_arm(sf_pool *p, int want)
+{
+    if (p->o.feed_fd < 0 || !p->feed_fd_pollable || want == p->feed_armed)
+        return;
+    if (want)
+        (void)pool_fd_add(p, p->o.feed_fd, EPOLLIN, EV_FEED);
+    else
+        (void)epoll_ctl(p->ep, EPOLL_CTL_DEL, p->o.feed_fd, NULL);
+    p->feed_armed = want;
+}
+
+static int want_feed(const sf_pool *p)
+{
+    return !p->feed_ended && !p->halting && !p->feed_waiting && p->npending < p->jobs;
+}
+
+static void call_feed(sf_pool *p)
+{
+    unsigned long before = p->st.submitted;
+    int rc = p->o.feed(p, p->o.arg);
+
+    if (rc == SF_FEED_END)
+        p->feed_ended = 1;
+    else if (rc == SF_FEED_WAIT)
+        p->feed_waiting = 1;
+    else if (p->st.submitted == before && !p->feed_fd_pollable)
+        p->feed_waiting = 1; /* MORE with nothing new and nothing to poll: wait */
+}
+
+static int all_done(const sf_pool *p)
+{
+    if ((!p->feed_ended && !p->halting) || p->head)
+        return 0;
+    for (unsigned i = 0; i < p->jobs; i++)
+        if (p->slots[i].task || p->slots[i].pid)
+            return 0;
+    return 1;
+}
+
+static int wait_ms(const sf_pool *p, double now, double next_tick)
+{
+    double until = next_tick;
+
+    if (p->head && !p->halting && p->spawn_not_before > now &&
+        (until == 0 || p->spawn_not_before < until))
+        until = p->spawn_not_before;
+    for (unsigned i = 0; i < p->jobs; i++) {
+        const pool_slot *s = &p->slots[i];
+        double t = s->stopping ? s->kill_at : (s->task ? s->deadline : 0);
+        if (t > 0 && (until == 0 || t < until))
+            until = t;
+    }
+    if (until == 0)
+        return -1;
+    if (until <= now)
+        return 0;
+    return (int)ceil((until - now) * 1000.0);
+}
+
+static void check_timers(sf_pool *p, double now)
+{
+    for (unsigned i = 0; i < p->jobs; i++) {
+        pool_slot *s = &p->slots[i];
+        if (s->task && !s->stopping && s->deadline > 0 && now >= s->deadline) {
+            s->timed_out = 1;
+            sf_logf(&p->log, SF_LOG_INFO, "task %lu: timed out after %.3f s", s->task->seq,
+                    p->o.timeout_s);
+            stop_slot(p, s, now);
+        } else if (s->stopping && s->kill_at > 0 && now >= s->kill_at) {
+            (void)proc_signal_group(s->pid, SIGKILL);
+            s->kill_at = 0;
+        }
+    }
+}
+
+static void dispatch(sf_pool *p, const struct epoll_event *ev, double now)
+{
+    uint64_t id = ev->data.u64;
+    pool_slot *s;
+
+    if (id == EV_CANCEL) {
+        uint64_t n;
+        if (read(p->cancel_fd, &n, sizeof n) < 0) {
+            /* EAGAIN: already drained */
+        }
+        return;
+    }
+    if (id == EV_FEED) {
+        if (want_feed(p))
+            call_feed(p);
+        return;
+    }
+    s = &p->slots[id / 4];
+    switch (id % 4) {
+    case EV_EXIT:
+        if (s->pidfd >= 0)
+            on_exit_ready(p, s, now);
+        break;
+    case EV_CHAN:
+        on_chan_ready(p, s, ev->events, now);
+        break;
+    case EV_OUT:
+        pool_read_output(p, s, 1, 0);
+        break;
+    case EV_ERR:
+        pool_read_output(p, s, 2, 0);
+        break;
+    }
+}
+
+/* The pool itself failed: kill everything, reap it, report it. */
+static void pool_abort(sf_pool *p, double now)
+{
+    begin_halt(p, SF_HALT_NOW, 1, now);
+    for (unsigned i = 0; i < p->jobs; i++) {
+        pool_slot *s = &p->slots[i];
+        if (!s->pid)
+            continue;
+        (void)proc_signal_group(s->pid, SIGKILL);
+        s->stopping = 1;
+        if (s->pidfd >= 0) {
+            siginfo_t si;
+            while (waitid((idtype_t)P_PIDFD, (id_t)s->pidfd, &si, WEXITED | WNOWAIT) < 0 &&
+                   errno == EINTR)
+                ;
+            on_exit_ready(p, s, now);
+        }
+    }
+}
+
+int sf_pool_run(sf_pool *p)
+{
+    struct epoll_event evs[EVENTS_MAX];
+    double next_tick = 0;
+    int rc = 0;
+
+    if (!p)
+        return -EINVAL;
+    if (p->running_loop)
+        return -EBUSY;
+    if ((rc = pool_env_build(p)) < 0)
+        return rc;
+    p->running_loop = 1;
+    if (p->o.feed_fd >= 0) {
+        /* epoll refuses regular files (EPERM): they are always readable,
+         * so feed is then called without asking epoll. */
+        p->feed_fd_pollable = pool_fd_add(p, p->o.feed_fd, EPOLLIN, EV_FEED) == 0;
+        if (p->feed_fd_pollable)
+            (void)epoll_ctl(p->ep, EPOLL_CTL_DEL, p->o.feed_fd, NULL);
+    }
+    if (p->o.tick_s > 0)
+        next_tick = pool_now() + p->o.tick_s;
+
+    for (;;) {
+        double now = pool_now();
+        int n, ms;
+
+        if (p->cancel_requested && !p->st.cancelled_by_request)
+            begin_halt(p, SF_HALT_NOW, 1, now);
+        schedule(p, now);
+        if (!p->feed_fd_pollable) {
+            /* Bounded: each call either submits, ends, or says wait. */
+            for (unsigned k = 0; want_feed(p) && k < p->jobs + 1; k++) {
+                call_feed(p);
+                schedule(p, now);
+            }
+        }
+        feed_arm(p, want_feed(p));
+        if (!p->head && (p->feed_ended || p->halting))
+            for (unsigned i = 0; i < p->jobs; i++)
+                retire_worker(p, &p->slots[i]);
+        if (all_done(p))
+            break;
+        ms = wait_ms(p, now, next_tick);
+        n = epoll_wait(p->ep, evs, EVENTS_MAX, ms);
+        if (n < 0 && errno != EINTR) {
+            rc = -errno;
+            sf_logf(&p->log, SF_LOG_ERROR, "epoll_wait: %s", strerror(errno));
+            pool_abort(p, pool_now());
+            break;
+        }
+        now = pool_now();
+        for (int i = 0; i < n; i++)
+            dispatch(p, &evs[i], now);
+        check_timers(p, now);
+        if (next_tick > 0 && now >= next_tick) {
+            if (p->o.on_tick)
+                p->o.on_tick(p, p->o.arg);
+            next_tick = now + p->o.tick_s;
+        }
+    }
+    feed_arm(p, 0);
+    pool_env_free(p);
+    p->running_loop = 0;
+    return rc;
+}
+
+/* ------------------------------------------------------------ queries */
+
+void sf_pool_get_stats(const sf_pool *p, sf_pool_stats *out)
+{
+    *out = p->st;
+    out->pending = p->npending;
+}
+
+size_t sf_pool_running(const sf_pool *p, sf_task_info *out, size_t max)
+{
+    size_t n = 0;
+
+    for (unsigned i = 0; i < p->jobs && n < max; i++)
+        if (p->slots[i].task && p->slots[i].pid)
+            pool_info(&p->slots[i], &out[n++]);
+    return n;
+}
+
+unsigned sf_pool_jobs(const sf_pool *p)
+{
+    return p->jobs;
+}
+
+void sf_pool_free(sf_pool *p)
+{
+    pool_task *t;
+
+    if (!p)
+        return;
+    if (p->slots) {
+        int busy = p->head != NULL;
+        for (unsigned i = 0; i < p->jobs; i++)
+            busy |= p->slots[i].pid != 0;
+        if (busy)
+            pool_abort(p, pool_now());
+        for (unsigned i = 0; i < p->jobs; i++)
+            clear_attempt(&p->slots[i]);
+    }
+    while ((t = dequeue(p)) != NULL) {
+        free(t->arg);
+        free(t);
+    }
+    if (p->ep >= 0)
+        close(p->ep);
+    if (p->cancel_fd >= 0)
+        close(p->cancel_fd);
+    if (p->devnull >= 0)
+        close(p->devnull);
+    pool_env_free(p);
+    free(p->readbuf);
+    free(p->slots);
+    free(p);
+}

@@ -1,0 +1,124 @@
+/*
+ * pool_internal.h - the task pool's state, shared by its files:
+ *   pool.c    the API, the queue, the loop, how an attempt ends
+ *   launch.c  starting an attempt: posix_spawn for commands, fork for workers
+ *   taskio.c  what comes out of a task: output, fd-3 JSON lines, worker frames
+ *   worker.c  the worker's side: its loop and the sf_task_* calls
+ */
+#ifndef SF_POOL_INTERNAL_H
+#define SF_POOL_INTERNAL_H
+
+#include "sockfork.h"
+#include "channel/frame.h"
+#include "channel/jsonl.h"
+#include "log.h"
+
+#include <signal.h>
+#include <sys/types.h>
+
+typedef struct pool_task {
+    struct pool_task *next;
+    unsigned long seq;
+    void *data;
+    sf_pool_cmd_fn cmd;          /* a command; NULL for a C task */
+    void *cmd_arg;
+    unsigned char *arg;          /* a C task's argument bytes */
+    size_t len;
+    unsigned attempts;           /* started so far */
+    /* How the last attempt ended, for a task waiting for its retry. */
+    sf_status last;
+    int last_timed_out;
+} pool_task;
+
+/* What an epoll event is about: the slot's index times 4 plus one of these. */
+enum { EV_EXIT = 0, EV_CHAN = 1, EV_OUT = 2, EV_ERR = 3 };
+#define EV_CANCEL UINT64_MAX
+#define EV_FEED (UINT64_MAX - 1)
+
+typedef struct pool_slot {
+    unsigned index;              /* 1..jobs, the {%} of its tasks */
+    pool_task *task;             /* the attempt running here, or NULL */
+
+    /* The process: a command, or a worker that outlives its tasks. */
+    pid_t pid;                   /* 0: none */
+    int pidfd, chan, out, err;   /* parent's ends; -1 when closed */
+    int is_worker;
+    unsigned worker_tasks;       /* tasks given to this worker */
+    int worker_last;             /* its current task is its last */
+    chan_queue wq;               /* frames to the worker */
+    int wq_armed;                /* waiting for EPOLLOUT */
+    chan_decoder fd_dec;         /* frames from the worker */
+    jsonl_decoder jd;            /* fd-3 lines from a command */
+    int jskip;                   /* discarding the rest of a too-long line */
+
+    /* The attempt. */
+    int exited;                  /* the leader is a zombie (peeked, not reaped) */
+    int wstatus;
+    int task_done;               /* the worker said the task returned */
+    int task_rc;
+    int stopping;                /* SIGTERM sent to the group */
+    int timed_out, killed;
+    double started, deadline, kill_at; /* CLOCK_MONOTONIC seconds; 0: none */
+    double started_wall;
+    char **argv;                 /* a command's, free()d with the attempt */
+    unsigned char *result;       /* the last result */
+    size_t result_len;
+    double pdone, ptotal;        /* progress; ptotal -1: none yet */
+    unsigned long long outb, errb;
+} pool_slot;
+
+struct sf_pool {
+    sf_pool_opts o;
+    sf_logger log;
+    unsigned jobs;
+    pool_slot *slots;
+
+    pool_task *head, *tail;      /* submitted, not started (retries go first) */
+    unsigned long npending;
+    unsigned long next_seq;
+
+    int ep;                      /* epoll */
+    int cancel_fd;               /* eventfd, written by sf_pool_cancel */
+    volatile sig_atomic_t cancel_requested;
+    int devnull;
+    int feed_ended, feed_waiting, feed_armed, feed_fd_pollable;
+    int halting;                 /* enum sf_pool_halt, once a halt began */
+    int running_loop;
+    double spawn_backoff, spawn_not_before;
+    char *readbuf;               /* POOL_READ bytes, for every read */
+
+    /* Commands' environment: the program's, SOCKFORK_* and PARALLEL_* ours. */
+    char **envp;
+    size_t nenv_base;
+
+    sf_pool_stats st;
+};
+
+#define POOL_READ (64 * 1024)
+#define POOL_ENV_EXTRA 5
+
+double pool_now(void);
+double pool_wall(void);
+
+/* launch.c: start the slot's task (t already set). Returns 0, or -errno
+ * when nothing was started (the caller decides: transient or the task's). */
+int pool_launch(sf_pool *p, pool_slot *s);
+int pool_env_build(sf_pool *p);
+void pool_env_free(sf_pool *p);
+/* Sends the worker its next task. Returns 0 or -errno. */
+int pool_worker_give(sf_pool *p, pool_slot *s);
+
+/* taskio.c */
+void pool_read_output(sf_pool *p, pool_slot *s, int stream, int drain);
+void pool_read_chan(sf_pool *p, pool_slot *s, int drain);
+void pool_info(const pool_slot *s, sf_task_info *out);
+
+/* worker.c: the worker's life, in the child; never returns. */
+void pool_worker_main(sf_pool *p, pool_task *first, unsigned slot, int last)
+    __attribute__((noreturn));
+
+/* pool.c */
+void pool_fd_del(sf_pool *p, int *fd);
+int pool_fd_add(sf_pool *p, int fd, uint32_t events, uint64_t id);
+
+#endif

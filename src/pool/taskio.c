@@ -1,0 +1,265 @@
+/* taskio.c - what comes out of a running task: its captured output, the
+ * JSON lines a command writes on fd 3, the frames of a worker. */
+#include "pool/pool_internal.h"
+#include "channel/be.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* Reads per wakeup when not draining: one, so a chatty task cannot starve
+ * the others. After the leader has exited, a drain reads what is left, but
+ * at most this many times (a grandchild may hold the pipe and keep
+ * writing: what it writes later is not the task's). */
+#define DRAIN_READS 64
+
+void pool_info(const pool_slot *s, sf_task_info *out)
+{
+    out->seq = s->task ? s->task->seq : 0;
+    out->data = s->task ? s->task->data : NULL;
+    out->slot = s->index;
+    out->attempt = s->task ? s->task->attempts : 0;
+    out->pid = (int)s->pid;
+    out->elapsed_s = s->task ? pool_now() - s->started : 0;
+    out->progress_done = s->pdone;
+    out->progress_total = s->ptotal;
+}
+
+void pool_read_output(sf_pool *p, pool_slot *s, int stream, int drain)
+{
+    int *fd = stream == 1 ? &s->out : &s->err;
+
+    for (int i = 0; *fd >= 0 && i < (drain ? DRAIN_READS : 1); i++) {
+        ssize_t n = read(*fd, p->readbuf, POOL_READ);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return;
+        if (n <= 0) {
+            pool_fd_del(p, fd);
+            return;
+        }
+        if (stream == 1)
+            s->outb += (unsigned long long)n;
+        else
+            s->errb += (unsigned long long)n;
+        if (p->o.on_output && s->task) {
+            sf_task_info info;
+            pool_info(s, &info);
+            p->o.on_output(p, &info, stream, p->readbuf, (size_t)n, p->o.arg);
+        }
+    }
+}
+
+static void task_log(sf_pool *p, pool_slot *s, const void *text, size_t n)
+{
+    char clean[SF_LOG_LINE_MAX];
+
+    if (!sf_log_enabled(&p->log, SF_LOG_INFO))
+        return;
+    sf_text_clean(clean, sizeof clean, text, n, "?");
+    sf_logf(&p->log, SF_LOG_INFO, "task %lu: %s", s->task ? s->task->seq : 0UL, clean);
+}
+
+static void keep_result(sf_pool *p, pool_slot *s, const void *data, size_t n)
+{
+    unsigned char *copy;
+
+    if (n > p->o.result_max) {
+        sf_logf(&p->log, SF_LOG_WARN, "task %lu: a result of %zu bytes is over %zu: dropped",
+                s->task ? s->task->seq : 0UL, n, p->o.result_max);
+        return;
+    }
+    copy = malloc(n ? n : 1);
+    if (!copy) {
+        sf_logf(&p->log, SF_LOG_ERROR, "task %lu: no memory for its result",
+                s->task ? s->task->seq : 0UL);
+        return;
+    }
+    memcpy(copy, data, n);
+    free(s->result);
+    s->result = copy;
+    s->result_len = n;
+}
+
+static void set_progress(pool_slot *s, double done, double total)
+{
+    if (!isfinite(done) || !isfinite(total) || done < 0 || total < 0)
+        return;
+    if (total == 0 && done > 1)
+        done = 1;
+    s->pdone = done;
+    s->ptotal = total;
+}
+
+/*
+ * One fd-3 line of a command (docs/protocol.md, "Tasks"): any of
+ *   {"progress": 0.4}   {"progress": {"done": 3, "total": 10}}
+ *   {"log": "text"}     {"result": <any JSON value>}
+ * in one object. Other keys are ignored, so tasks can carry more.
+ */
+static void command_line(sf_pool *p, pool_slot *s, json_t *obj)
+{
+    json_t *v;
+
+    if ((v = json_object_get(obj, "progress")) != NULL) {
+        if (json_is_number(v)) {
+            set_progress(s, json_number_value(v), 0);
+        } else if (json_is_object(v) && json_is_number(json_object_get(v, "done")) &&
+                   json_is_number(json_object_get(v, "total"))) {
+            set_progress(s, json_number_value(json_object_get(v, "done")),
+                         json_number_value(json_object_get(v, "total")));
+        } else {
+            sf_logf(&p->log, SF_LOG_WARN,
+                    "task %lu: fd 3: progress is a number or {\"done\": N, \"total\": M}",
+                    s->task ? s->task->seq : 0UL);
+        }
+    }
+    if ((v = json_object_get(obj, "log")) != NULL) {
+        if (json_is_string(v))
+            task_log(p, s, json_string_value(v), json_string_length(v));
+        else
+            sf_logf(&p->log, SF_LOG_WARN, "task %lu: fd 3: log is a string",
+                    s->task ? s->task->seq : 0UL);
+    }
+    if ((v = json_object_get(obj, "result")) != NULL) {
+        char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (text) {
+            keep_result(p, s, text, strlen(text));
+            free(text);
+        }
+    }
+}
+
+static void command_bytes(sf_pool *p, pool_slot *s, const char *buf, size_t len)
+{
+    while (len > 0) {
+        size_t used = 0;
+        json_t *obj = NULL;
+        int rc;
+
+        if (s->jskip) {
+            const char *nl = memchr(buf, '\n', len);
+            if (!nl)
+                return;
+            s->jskip = 0;
+            len -= (size_t)(nl + 1 - buf);
+            buf = nl + 1;
+            continue;
+        }
+        rc = jsonl_decoder_feed(&s->jd, buf, len, &used, &obj);
+        buf += used;
+        len -= used;
+        if (rc == 1) {
+            command_line(p, s, obj);
+            json_decref(obj);
+        } else if (rc == -EPROTO) {
+            sf_logf(&p->log, SF_LOG_WARN, "task %lu: fd 3: a line that is not a JSON object, ignored",
+                    s->task ? s->task->seq : 0UL);
+        } else if (rc == -EMSGSIZE || rc == -ENOMEM) {
+            sf_logf(&p->log, SF_LOG_WARN, "task %lu: fd 3: a line over %zu bytes, ignored",
+                    s->task ? s->task->seq : 0UL, p->o.result_max);
+            s->jd.have = 0;
+            s->jskip = 1;
+        } else {
+            return; /* all consumed, line unfinished */
+        }
+    }
+}
+
+/* A frame from a worker. Returns 0, or -EPROTO for one that makes no sense. */
+static int worker_frame(sf_pool *p, pool_slot *s, const chan_frame *f)
+{
+    switch (f->type) {
+    case CHAN_T_TASK_DONE:
+        if (f->len != 4 || !s->task || s->task_done)
+            return -EPROTO;
+        s->task_done = 1;
+        s->task_rc = (int)be32_get(f->payload);
+        return 0;
+    case CHAN_T_TASK_PROGRESS: {
+        uint64_t a, b;
+        double done, total;
+        if (f->len != 16)
+            return -EPROTO;
+        a = be64_get(f->payload);
+        b = be64_get(f->payload + 8);
+        memcpy(&done, &a, sizeof done);
+        memcpy(&total, &b, sizeof total);
+        set_progress(s, done, total);
+        return 0;
+    }
+    case CHAN_T_TASK_RESULT:
+        keep_result(p, s, f->payload, f->len);
+        return 0;
+    case CHAN_T_LOG:
+        task_log(p, s, f->payload, f->len);
+        return 0;
+    default:
+        return -EPROTO;
+    }
+}
+
+static int worker_bytes(sf_pool *p, pool_slot *s, const char *buf, size_t len)
+{
+    while (len > 0) {
+        size_t used = 0;
+        chan_frame f;
+        int rc = chan_decoder_feed(&s->fd_dec, buf, len, &used, &f);
+
+        buf += used;
+        len -= used;
+        if (rc < 0)
+            return rc;
+        if (rc == 0)
+            return 0;
+        if (f.fd >= 0) {
+            close(f.fd);
+            rc = -EPROTO;
+        } else {
+            rc = worker_frame(p, s, &f);
+        }
+        free(f.payload);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+void pool_read_chan(sf_pool *p, pool_slot *s, int drain)
+{
+    for (int i = 0; s->chan >= 0 && i < (drain ? DRAIN_READS : 1); i++) {
+        ssize_t n;
+        int rc = 0;
+
+        if (s->is_worker)
+            n = chan_read(s->chan, &s->fd_dec, p->readbuf, POOL_READ);
+        else if ((n = recv(s->chan, p->readbuf, POOL_READ, MSG_DONTWAIT)) < 0)
+            n = -errno;
+        if (n == -EINTR)
+            continue;
+        if (n == -EAGAIN)
+            return;
+        if (n <= 0) {
+            /* EOF or an error: the task closed fd 3, or it is gone. A
+             * worker's channel closing is seen as its exit, on the pidfd. */
+            pool_fd_del(p, &s->chan);
+            return;
+        }
+        if (s->is_worker)
+            rc = worker_bytes(p, s, p->readbuf, (size_t)n);
+        else
+            command_bytes(p, s, p->readbuf, (size_t)n);
+        if (rc < 0) {
+            sf_logf(&p->log, SF_LOG_ERROR, "slot %u: worker %ld broke the protocol (%s): killed",
+                    s->index, (long)s->pid, strerror(-rc));
+            pool_fd_del(p, &s->chan);
+            if (s->pid && !s->exited)
+                kill(-s->pid, SIGKILL);
+            return;
+        }
+    }
+}

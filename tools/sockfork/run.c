@@ -1,0 +1,1008 @@
+/*
+ * run.c - `sockfork run`: GNU parallel's job, on the library's task pool.
+ * The arguments come from ::: groups (their cross product) or one per line
+ * from stdin or --arg-file; each task's output is grouped (or passed on
+ * line by line with --line-buffer); the joblog, --results and the summary
+ * record how each task ended.
+ */
+#include "cli.h"
+#include "runargs.h"
+#include "runlog.h"
+#include "runout.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#define EXIT_RUN_USAGE 255
+#define EXIT_FAILED_MAX 101
+#define LINE_MAX_BYTES (128 * 1024) /* the kernel's limit on one argument */
+#define RETRY_ON_MAX 64
+
+static const char run_usage[] =
+    "usage: sockfork run [OPTIONS] COMMAND [ARGS...] [::: A B ... [::: C D ...]]\n"
+    "\n"
+    "Runs COMMAND once per argument: the cross product of the ::: groups, or one\n"
+    "argument per line of stdin (or --arg-file). {} {.} {/} {//} {/.} {#} {%} and {N}\n"
+    "are replaced as in GNU parallel; with none, the arguments are appended.\n"
+    "COMMAND is exec'd directly, never through a shell, unless --shell.\n"
+    "\n"
+    "options:\n"
+    "  -j, --jobs N          tasks at once (default: the number of CPUs)\n"
+    "  -a, --arg-file FILE   arguments from FILE, one per line\n"
+    "      --shell           run COMMAND ARGS... as one sh -c line, arguments quoted\n"
+    "      --timeout D       per attempt (seconds; ms, s, m, h suffixes): SIGTERM to\n"
+    "                        the task's process group, SIGKILL after --kill-grace\n"
+    "      --kill-grace D    from SIGTERM to SIGKILL (default 2s)\n"
+    "      --retries N       retry a failed task up to N times\n"
+    "      --retry-on LIST   only for these: exit codes, signal names, 'timeout'\n"
+    "                        (e.g. 1,3,SIGKILL,timeout)\n"
+    "      --halt SPEC       never | now|soon[,fail=N|fail=P%] (now: stop the running)\n"
+    "  -k, --keep-order      output in input order\n"
+    "      --line-buffer     pass output on line by line as it comes\n"
+    "      --tag             prefix output lines with the arguments and a tab\n"
+    "      --results FILE    one JSON object per finished task\n"
+    "      --joblog FILE     GNU parallel's joblog\n"
+    "      --resume          skip the tasks the joblog has\n"
+    "      --resume-failed   skip the tasks the joblog has as succeeded\n"
+    "      --progress        live progress on stderr (default: when it is a terminal)\n"
+    "      --no-progress     none\n"
+    "  -q, --quiet           no summary at the end\n"
+    "\n"
+    "A task may write JSON lines on fd 3 (SOCKFORK_FD=3): {\"progress\": 0.4},\n"
+    "{\"progress\": {\"done\": 3, \"total\": 10}}, {\"log\": \"text\"}, {\"result\": ...}.\n"
+    "Exit status: 0 if every task succeeded, else the number that failed (at most\n"
+    "101); 255 for a usage error; 128+N after signal N stopped the run.\n";
+
+/* One task of the run, from its input to its output being written. */
+typedef struct run_task {
+    unsigned long seq;            /* input order, from 1: {#} */
+    char **args;                  /* its arguments, one per ::: group */
+    size_t nargs;
+    char *line;                   /* owned storage of a line's argument */
+    runout out[2];                /* stdout, stderr of the current attempt */
+    char *tag;                    /* --tag: the arguments and a tab */
+    size_t taglen;
+    int finished;                 /* reported by the pool (keep-order) */
+    int bol[2];                   /* --line-buffer with --tag */
+    char *partial[2];             /* --line-buffer: an unfinished line */
+    size_t plen[2];
+} run_task;
+
+#define SKIPPED ((run_task *)1)
+
+typedef struct run_state {
+    /* options */
+    char **cmd;
+    size_t ncmd;
+    char ***groups;
+    size_t *gsize, ngroups;
+    const char *arg_file, *results_path, *joblog_path;
+    int shell, keep_order, line_buffer, tag, resume, resume_failed, quiet;
+    int progress;                 /* -1: when stderr is a terminal */
+    sf_pool_opts po;
+    int retry_codes[RETRY_ON_MAX], retry_signals[RETRY_ON_MAX];
+
+    /* input */
+    size_t *gidx;
+    int groups_left;
+    int in_fd;
+    char *inbuf;                  /* LINE_MAX_BYTES + one read */
+    size_t inlen;
+    int in_eof;
+    unsigned long lineno;
+    int input_error;
+    unsigned long next_seq;       /* the next input's seq */
+    unsigned long skipped;
+    unsigned long total;          /* 0: not known yet */
+
+    /* keep-order: tasks by seq, in a window */
+    run_task **ring;
+    size_t window;
+    unsigned long next_print;
+
+    runlog_done done;
+    FILE *joblog, *results;
+    int write_error;              /* stdout or stderr is gone */
+    sf_pool *pool;
+    double t0;
+    int progress_shown;
+} run_state;
+
+static volatile sig_atomic_t stop_signal;
+static sf_pool *volatile signal_pool;
+
+static void on_stop_signal(int sig)
+{
+    stop_signal = sig;
+    if (signal_pool)
+        sf_pool_cancel(signal_pool);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ------------------------------------------------------------ output */
+
+static void progress_clear(run_state *st)
+{
+    if (st->progress_shown) {
+        (void)runout_write_all(2, "\r\033[K", 4);
+        st->progress_shown = 0;
+    }
+}
+
+static void output_failed(run_state *st, int fd, int err)
+{
+    if (st->write_error)
+        return;
+    st->write_error = 1;
+    cli_error("run: writing to %s: %s; stopping", fd == 1 ? "stdout" : "stderr", strerror(-err));
+    sf_pool_cancel(st->pool);
+}
+
+static void task_emit(run_state *st, run_task *t)
+{
+    for (int s = 0; s < 2; s++) {
+        runout_writer w;
+        if (!t->out[s].len && t->out[s].spill < 0 && !t->plen[s])
+            continue;
+        progress_clear(st);
+        runout_writer_init(&w, s + 1, st->tag ? t->tag : NULL, t->taglen);
+        w.bol = t->bol[s];
+        if (t->plen[s])
+            runout_write(&w, t->partial[s], t->plen[s]);
+        runout_emit(&t->out[s], &w);
+        if (runout_flush(&w) < 0)
+            output_failed(st, s + 1, w.err);
+    }
+}
+
+static void task_free(run_task *t)
+{
+    if (!t || t == SKIPPED)
+        return;
+    for (int s = 0; s < 2; s++) {
+        runout_reset(&t->out[s]);
+        free(t->partial[s]);
+    }
+    free(t->tag);
+    free(t->line);
+    free(t->args);
+    free(t);
+}
+
+/* --keep-order: write out every finished task at the head of the window. */
+static void keep_order_flush(run_state *st)
+{
+    for (;;) {
+        run_task **at = &st->ring[(st->next_print - 1) % st->window];
+        if (!*at || (*at != SKIPPED && !(*at)->finished))
+            return;
+        if (*at != SKIPPED)
+            task_emit(st, *at);
+        task_free(*at);
+        *at = NULL;
+        st->next_print++;
+    }
+}
+
+/* --line-buffer: pass on every whole line now, keep the unfinished one
+ * (up to RUNOUT_MEM: a longer one goes out as it is). */
+static void line_output(run_state *st, run_task *t, int s, const char *buf, size_t n)
+{
+    const char *last = NULL;
+    runout_writer w;
+
+    for (size_t i = n; i-- > 0;)
+        if (buf[i] == '\n') {
+            last = buf + i;
+            break;
+        }
+    runout_writer_init(&w, s + 1, st->tag ? t->tag : NULL, t->taglen);
+    w.bol = t->bol[s];
+    if (last || t->plen[s] + n > RUNOUT_MEM) {
+        size_t k = last ? (size_t)(last - buf) + 1 : n;
+        progress_clear(st);
+        if (t->plen[s])
+            runout_write(&w, t->partial[s], t->plen[s]);
+        runout_write(&w, buf, k);
+        t->plen[s] = 0;
+        buf += k;
+        n -= k;
+    }
+    if (runout_flush(&w) < 0)
+        output_failed(st, s + 1, w.err);
+    t->bol[s] = w.bol;
+    if (n) {
+        if (!t->partial[s] && !(t->partial[s] = malloc(RUNOUT_MEM))) {
+            cli_error("run: task %lu: no memory for its output", t->seq);
+            return;
+        }
+        memcpy(t->partial[s] + t->plen[s], buf, n);
+        t->plen[s] += n;
+    }
+}
+
+/* ------------------------------------------------------------ the pool's callbacks */
+
+static char **build_argv(unsigned long seq, unsigned slot, void *data, void *arg)
+{
+    run_state *st = arg;
+    run_task *t = data;
+    char **words, *script, **argv;
+    size_t n = 0, len = 0;
+    (void)seq; /* the pool's; {#} is the input's */
+
+    words = runargs_expand(st->cmd, st->ncmd, (const char *const *)t->args, t->nargs, t->seq,
+                           slot, st->shell ? RUNARGS_QUOTE : 0);
+    if (!words || !st->shell)
+        return words;
+    /* --shell: the words are one script for sh -c. */
+    for (n = 0; words[n]; n++)
+        len += strlen(words[n]) + 1;
+    argv = malloc(4 * sizeof *argv + sizeof "/bin/sh" + sizeof "-c" + len + 1);
+    if (!argv) {
+        free(words);
+        return NULL;
+    }
+    script = (char *)(argv + 4);
+    memcpy(script, "/bin/sh", sizeof "/bin/sh");
+    argv[0] = script;
+    script += sizeof "/bin/sh";
+    memcpy(script, "-c", sizeof "-c");
+    argv[1] = script;
+    script += sizeof "-c";
+    argv[2] = script;
+    for (size_t i = 0; i < n; i++) {
+        size_t l = strlen(words[i]);
+        if (i)
+            *script++ = ' ';
+        memcpy(script, words[i], l);
+        script += l;
+    }
+    *script = '\0';
+    argv[3] = NULL;
+    free(words);
+    return argv;
+}
+
+static void on_start(sf_pool *p, const sf_task_info *i, void *arg)
+{
+    run_task *t = i->data;
+    (void)p;
+    (void)arg;
+    /* A retry: what the failed attempt wrote is dropped. */
+    for (int s = 0; s < 2; s++) {
+        runout_reset(&t->out[s]);
+        t->plen[s] = 0;
+        t->bol[s] = 1;
+    }
+}
+
+static void on_output(sf_pool *p, const sf_task_info *i, int stream, const char *buf,
+                      size_t n, void *arg)
+{
+    run_state *st = arg;
+    run_task *t = i->data;
+    int rc;
+    (void)p;
+
+    if (st->line_buffer) {
+        line_output(st, t, stream - 1, buf, n);
+        return;
+    }
+    if ((rc = runout_add(&t->out[stream - 1], buf, n)) < 0)
+        cli_error("run: task %lu: cannot hold its output (%s): %zu bytes lost", t->seq,
+                  strerror(-rc), n);
+}
+
+static void on_done(sf_pool *p, const sf_task_report *r, void *arg)
+{
+    run_state *st = arg;
+    run_task *t = r->data;
+    runlog_entry e = {t->seq, r};
+    int rc;
+    (void)p;
+
+    if (r->state != SF_TASK_CANCELLED) {
+        if (st->joblog && (rc = runlog_joblog_write(st->joblog, &e)) < 0)
+            cli_error("run: joblog: %s", strerror(-rc));
+        if (st->results && (rc = runlog_results_write(st->results, &e)) < 0)
+            cli_error("run: results: %s", strerror(-rc));
+    }
+    if (st->keep_order) {
+        t->finished = 1;
+        keep_order_flush(st);
+        return;
+    }
+    task_emit(st, t);
+    task_free(t);
+}
+
+static void on_tick(sf_pool *p, void *arg)
+{
+    run_state *st = arg;
+    sf_pool_stats s;
+    sf_task_info run[4];
+    char line[512];
+    double el = now_s() - st->t0, rate;
+    unsigned long done;
+    size_t n, k;
+    int len;
+
+    sf_pool_get_stats(p, &s);
+    done = s.ok + s.failed;
+    rate = el > 0 ? (double)done / el : 0;
+    len = snprintf(line, sizeof line, "\r\033[Kdone %lu", done);
+    if (st->total)
+        len += snprintf(line + len, sizeof line - (size_t)len, "/%lu", st->total - st->skipped);
+    len += snprintf(line + len, sizeof line - (size_t)len, "  failed %lu  running %lu  %.1f/s",
+                    s.failed, s.running, rate);
+    if (st->total && rate > 0) {
+        double eta = (double)(st->total - st->skipped - done) / rate;
+        len += snprintf(line + len, sizeof line - (size_t)len, "  ETA %lu:%02lu",
+                        (unsigned long)eta / 60, (unsigned long)eta % 60);
+    }
+    n = sf_pool_running(p, run, sizeof run / sizeof run[0]);
+    for (k = 0; k < n && len < (int)sizeof line - 40; k++) {
+        const run_task *t = run[k].data;
+        if (run[k].progress_total > 0)
+            len += snprintf(line + len, sizeof line - (size_t)len, "  #%lu %g/%g", t->seq,
+                            run[k].progress_done, run[k].progress_total);
+        else if (run[k].progress_total == 0)
+            len += snprintf(line + len, sizeof line - (size_t)len, "  #%lu %.0f%%", t->seq,
+                            run[k].progress_done * 100);
+    }
+    if (len > (int)sizeof line - 1)
+        len = (int)sizeof line - 1;
+    (void)runout_write_all(2, line, (size_t)len);
+    st->progress_shown = 1;
+}
+
+/* ------------------------------------------------------------ input */
+
+static run_task *task_new(run_state *st)
+{
+    run_task *t = calloc(1, sizeof *t);
+
+    if (!t)
+        return NULL;
+    t->seq = st->next_seq;
+    for (int s = 0; s < 2; s++) {
+        runout_init(&t->out[s]);
+        t->bol[s] = 1;
+    }
+    return t;
+}
+
+static int task_tag(run_task *t)
+{
+    size_t len = 0;
+    char *p;
+
+    for (size_t i = 0; i < t->nargs; i++)
+        len += strlen(t->args[i]) + 1;
+    t->tag = malloc(len + 1);
+    if (!t->tag)
+        return -ENOMEM;
+    p = t->tag;
+    for (size_t i = 0; i < t->nargs; i++) {
+        size_t l = strlen(t->args[i]);
+        memcpy(p, t->args[i], l);
+        p += l;
+        *p++ = i + 1 < t->nargs ? ' ' : '\t';
+    }
+    if (!t->nargs)
+        *p++ = '\t';
+    *p = '\0';
+    t->taglen = (size_t)(p - t->tag);
+    return 0;
+}
+
+/* Hands the next input to the pool, or skips it (resumed). 0, or -errno. */
+static int submit(run_state *st, run_task *t)
+{
+    long rc;
+
+    st->next_seq++;
+    if (st->resume && runlog_has(&st->done, t->seq)) {
+        st->skipped++;
+        if (st->keep_order) {
+            st->ring[(t->seq - 1) % st->window] = SKIPPED;
+            keep_order_flush(st);
+        }
+        task_free(t);
+        return 0;
+    }
+    if (st->tag && task_tag(t) < 0) {
+        task_free(t);
+        return -ENOMEM;
+    }
+    if (st->keep_order)
+        st->ring[(t->seq - 1) % st->window] = t;
+    rc = sf_pool_submit_cmd(st->pool, build_argv, st, t);
+    if (rc < 0) {
+        if (st->keep_order)
+            st->ring[(t->seq - 1) % st->window] = NULL;
+        task_free(t);
+        return (int)rc;
+    }
+    return 0;
+}
+
+/* --keep-order holds finished output until the tasks before it are out;
+ * the window bounds how far ahead it may run. */
+static int window_full(const run_state *st)
+{
+    return st->keep_order && st->next_seq >= st->next_print + st->window;
+}
+
+static int feed_groups(run_state *st)
+{
+    unsigned jobs = sf_pool_jobs(st->pool);
+
+    for (unsigned k = 0; k < jobs && st->groups_left; k++) {
+        run_task *t;
+        int rc;
+        if (window_full(st))
+            return SF_FEED_WAIT;
+        if (!(t = task_new(st)) || !(t->args = malloc(st->ngroups * sizeof *t->args))) {
+            task_free(t);
+            return -ENOMEM;
+        }
+        t->nargs = st->ngroups;
+        for (size_t g = 0; g < st->ngroups; g++)
+            t->args[g] = st->groups[g][st->gidx[g]];
+        st->groups_left = runargs_next(st->gidx, st->gsize, st->ngroups);
+        if ((rc = submit(st, t)) < 0)
+            return rc;
+    }
+    return st->groups_left ? SF_FEED_MORE : SF_FEED_END;
+}
+
+/* One line (without its LF) becomes a task. */
+static int line_task(run_state *st, const char *s, size_t n)
+{
+    run_task *t;
+
+    st->lineno++;
+    if (memchr(s, '\0', n)) {
+        cli_error("run: input line %lu holds a NUL byte: input stopped there", st->lineno);
+        return -EINVAL;
+    }
+    t = task_new(st);
+    if (!t || !(t->args = malloc(sizeof *t->args)) || !(t->line = malloc(n + 1))) {
+        task_free(t);
+        return -ENOMEM;
+    }
+    memcpy(t->line, s, n);
+    t->line[n] = '\0';
+    t->args[0] = t->line;
+    t->nargs = 1;
+    return submit(st, t);
+}
+
+static int feed_lines(run_state *st)
+{
+    unsigned jobs = sf_pool_jobs(st->pool);
+    unsigned made = 0;
+    size_t off = 0;
+    int rc = 0;
+
+    for (;;) {
+        char *nl = memchr(st->inbuf + off, '\n', st->inlen - off);
+        if (!nl || made >= jobs || window_full(st))
+            break;
+        if ((rc = line_task(st, st->inbuf + off, (size_t)(nl - (st->inbuf + off)))) < 0)
+            break;
+        made++;
+        off = (size_t)(nl - st->inbuf) + 1;
+    }
+    memmove(st->inbuf, st->inbuf + off, st->inlen - off);
+    st->inlen -= off;
+    if (rc < 0)
+        return rc;
+    if (made)
+        return SF_FEED_MORE;
+    if (window_full(st))
+        return SF_FEED_WAIT;
+    if (st->in_eof) {
+        if (st->inlen && (rc = line_task(st, st->inbuf, st->inlen)) < 0)
+            return rc;
+        st->inlen = 0;
+        return SF_FEED_END;
+    }
+    if (st->inlen > LINE_MAX_BYTES) {
+        cli_error("run: input line %lu is longer than %d bytes: input stopped there",
+                  st->lineno + 1, LINE_MAX_BYTES);
+        return -EMSGSIZE;
+    }
+    /* One read: the pool only calls when the descriptor is readable. */
+    for (;;) {
+        ssize_t k = read(st->in_fd, st->inbuf + st->inlen, LINE_MAX_BYTES + 65536 - st->inlen);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0) {
+            cli_error("run: reading %s: %s", st->arg_file ? st->arg_file : "stdin",
+                      strerror(errno));
+            return -errno;
+        }
+        if (k == 0)
+            st->in_eof = 1;
+        st->inlen += (size_t)k;
+        break;
+    }
+    return SF_FEED_MORE;
+}
+
+static int feed(sf_pool *p, void *arg)
+{
+    run_state *st = arg;
+    int rc;
+    (void)p;
+
+    if (st->input_error)
+        return SF_FEED_END;
+    rc = st->ngroups ? feed_groups(st) : feed_lines(st);
+    if (rc < 0) {
+        if (rc == -ENOMEM)
+            cli_error("run: out of memory reading the input");
+        st->input_error = 1;
+        return SF_FEED_END;
+    }
+    if (rc == SF_FEED_END && !st->total)
+        st->total = st->next_seq - 1;
+    return rc;
+}
+
+/* ------------------------------------------------------------ options */
+
+static int usage_error(const char *fmt, const char *what)
+{
+    char msg[512];
+    snprintf(msg, sizeof msg, fmt, what);
+    cli_error("run: %s (try 'sockfork run --help')", msg);
+    return -1;
+}
+
+static int signal_by_name(const char *s)
+{
+    for (int sig = 1; sig < 65; sig++) {
+        const char *n = sf_signal_name(sig);
+        if (n && (strcmp(s, n) == 0 || strcmp(s, n + 3) == 0))
+            return sig;
+    }
+    return -1;
+}
+
+static int parse_retry_on(run_state *st, const char *list)
+{
+    char buf[1024], *save = NULL, *item;
+
+    if (strlen(list) >= sizeof buf || !*list)
+        return usage_error("--retry-on: '%s' is not a list of codes, signals, timeout", list);
+    strcpy(buf, list);
+    for (item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        unsigned code;
+        int sig;
+        if (strcmp(item, "timeout") == 0) {
+            st->po.retry_timeout = 1;
+        } else if (cli_parse_uint(item, 255, &code) == 0 && code > 0) {
+            if (st->po.nretry_codes == RETRY_ON_MAX)
+                return usage_error("--retry-on: more than 64 codes in '%s'", list);
+            st->retry_codes[st->po.nretry_codes++] = (int)code;
+        } else if ((sig = signal_by_name(item)) > 0) {
+            if (st->po.nretry_signals == RETRY_ON_MAX)
+                return usage_error("--retry-on: more than 64 signals in '%s'", list);
+            st->retry_signals[st->po.nretry_signals++] = sig;
+        } else {
+            return usage_error("--retry-on: '%s' is not an exit code 1-255, a signal name or "
+                               "'timeout'", item);
+        }
+    }
+    st->po.retry_codes = st->retry_codes;
+    st->po.retry_signals = st->retry_signals;
+    return 0;
+}
+
+static int parse_halt(run_state *st, const char *spec)
+{
+    const char *cond;
+    size_t wlen;
+
+    if (strcmp(spec, "never") == 0 || strcmp(spec, "0") == 0) {
+        st->po.halt = SF_HALT_NEVER;
+        return 0;
+    }
+    if (strcmp(spec, "1") == 0 || strcmp(spec, "2") == 0) { /* parallel's old forms */
+        st->po.halt = spec[0] == '1' ? SF_HALT_SOON : SF_HALT_NOW;
+        st->po.halt_fail = 1;
+        return 0;
+    }
+    cond = strchr(spec, ',');
+    wlen = cond ? (size_t)(cond - spec) : strlen(spec);
+    if (wlen == 3 && strncmp(spec, "now", 3) == 0)
+        st->po.halt = SF_HALT_NOW;
+    else if (wlen == 4 && strncmp(spec, "soon", 4) == 0)
+        st->po.halt = SF_HALT_SOON;
+    else
+        return usage_error("--halt: '%s' is not never, now[,fail=N|P%%] or soon[,...]", spec);
+    st->po.halt_fail = 1;
+    if (!cond)
+        return 0;
+    cond++;
+    if (strncmp(cond, "fail=", 5) != 0)
+        return usage_error("--halt: '%s': the condition is fail=N or fail=P%%", spec);
+    cond += 5;
+    if (*cond && cond[strlen(cond) - 1] == '%') {
+        char num[32];
+        double pct;
+        char *end;
+        size_t n = strlen(cond) - 1;
+        if (n == 0 || n >= sizeof num)
+            return usage_error("--halt: '%s': fail=P%% needs a percentage", spec);
+        memcpy(num, cond, n);
+        num[n] = '\0';
+        pct = strtod(num, &end);
+        if (*end || !(pct > 0 && pct <= 100))
+            return usage_error("--halt: '%s': the percentage is over 0, at most 100", spec);
+        st->po.halt_fail = 0;
+        st->po.halt_fail_pct = pct;
+        return 0;
+    }
+    if (cli_parse_uint(cond, 1000000000, &st->po.halt_fail) < 0 || st->po.halt_fail == 0)
+        return usage_error("--halt: '%s': fail=N needs a count of 1 or more", spec);
+    return 0;
+}
+
+static int need(int argc, char **argv, int *i, const char *opt, const char **val)
+{
+    if (*i + 1 >= argc)
+        return usage_error("%s needs a value", opt);
+    *val = argv[++*i];
+    return 0;
+}
+
+static int parse_args(run_state *st, int argc, char **argv)
+{
+    int i;
+    const char *v;
+    double d;
+
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        char opt[64];
+        const char *eq;
+
+        if (a[0] != '-' || strcmp(a, "-") == 0)
+            break;
+        if (strcmp(a, "--") == 0) {
+            i++;
+            break;
+        }
+        /* --name=value is the same as --name value. */
+        v = NULL;
+        eq = strncmp(a, "--", 2) == 0 ? strchr(a, '=') : NULL;
+        if (eq && (size_t)(eq - a) < sizeof opt) {
+            memcpy(opt, a, (size_t)(eq - a));
+            opt[eq - a] = '\0';
+            a = opt;
+            v = eq + 1;
+        }
+#define VALUE() (v ? 0 : need(argc, argv, &i, a, &v))
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            fputs(run_usage, stdout);
+            return 1;
+        } else if (strcmp(a, "-j") == 0 || strcmp(a, "--jobs") == 0 ||
+                   (strncmp(a, "-j", 2) == 0 && a[2] && (v = a + 2))) {
+            if (VALUE() < 0)
+                return -1;
+            if (cli_parse_uint(v, 65536, &st->po.jobs) < 0 || st->po.jobs == 0)
+                return usage_error("-j: '%s' is not a number of tasks from 1 to 65536", v);
+        } else if (strcmp(a, "-a") == 0 || strcmp(a, "--arg-file") == 0) {
+            if (VALUE() < 0)
+                return -1;
+            st->arg_file = v;
+        } else if (strcmp(a, "--shell") == 0) {
+            st->shell = 1;
+        } else if (strcmp(a, "--timeout") == 0) {
+            if (VALUE() < 0)
+                return -1;
+            if (cli_parse_seconds(v, &d) < 0 || d <= 0)
+                return usage_error("--timeout: '%s' is not a duration over 0 (e.g. 1.5, 300ms, "
+                                   "2m)", v);
+            st->po.timeout_s = d;
+        } else if (strcmp(a, "--kill-grace") == 0) {
+            if (VALUE() < 0)
+                return -1;
+            if (cli_parse_seconds(v, &d) < 0)
+                return usage_error("--kill-grace: '%s' is not a duration", v);
+            st->po.kill_grace_s = d;
+        } else if (strcmp(a, "--retries") == 0) {
+            if (VALUE() < 0)
+                return -1;
+            if (cli_parse_uint(v, 1000000, &st->po.retries) < 0)
+                return usage_error("--retries: '%s' is not a count", v);
+        } else if (strcmp(a, "--retry-on") == 0) {
+            if (VALUE() < 0 || parse_retry_on(st, v) < 0)
+                return -1;
+        } else if (strcmp(a, "--halt") == 0 || strcmp(a, "--halt-on-error") == 0) {
+            if (VALUE() < 0 || parse_halt(st, v) < 0)
+                return -1;
+        } else if (strcmp(a, "-k") == 0 || strcmp(a, "--keep-order") == 0) {
+            st->keep_order = 1;
+        } else if (strcmp(a, "--line-buffer") == 0 || strcmp(a, "--lb") == 0) {
+            st->line_buffer = 1;
+        } else if (strcmp(a, "--tag") == 0) {
+            st->tag = 1;
+        } else if (strcmp(a, "--results") == 0) {
+            if (VALUE() < 0)
+                return -1;
+            st->results_path = v;
+        } else if (strcmp(a, "--joblog") == 0) {
+            if (VALUE() < 0)
+                return -1;
+            st->joblog_path = v;
+        } else if (strcmp(a, "--resume") == 0) {
+            st->resume = 1;
+        } else if (strcmp(a, "--resume-failed") == 0) {
+            st->resume = st->resume_failed = 1;
+        } else if (strcmp(a, "--progress") == 0) {
+            st->progress = 1;
+        } else if (strcmp(a, "--no-progress") == 0) {
+            st->progress = 0;
+        } else if (strcmp(a, "-q") == 0 || strcmp(a, "--quiet") == 0) {
+            st->quiet = 1;
+        } else {
+            return usage_error("unknown option '%s'", argv[i]);
+        }
+        if (v && eq == NULL && strncmp(argv[i], "-j", 2) != 0 && argv[i] != v) {
+            /* consumed a separate value: nothing more to do */
+        }
+#undef VALUE
+    }
+
+    /* COMMAND [ARGS...] up to the first :::, then the groups. */
+    st->cmd = argv + i;
+    while (i < argc && strcmp(argv[i], ":::") != 0 && strcmp(argv[i], "::::") != 0)
+        i++;
+    st->ncmd = (size_t)(argv + i - st->cmd);
+    if (st->ncmd == 0)
+        return usage_error("%s", "no COMMAND given");
+    if (i < argc) {
+        size_t max = (size_t)(argc - i);
+        st->groups = calloc(max, sizeof *st->groups);
+        st->gsize = calloc(max, sizeof *st->gsize);
+        st->gidx = calloc(max, sizeof *st->gidx);
+        if (!st->groups || !st->gsize || !st->gidx)
+            return usage_error("%s", "out of memory");
+    }
+    while (i < argc) {
+        if (strcmp(argv[i], "::::") == 0)
+            return usage_error("%s", ":::: (arguments from files) is not supported: use "
+                                     "--arg-file");
+        i++;
+        st->groups[st->ngroups] = argv + i;
+        while (i < argc && strcmp(argv[i], ":::") != 0 && strcmp(argv[i], "::::") != 0)
+            i++;
+        st->gsize[st->ngroups] = (size_t)(argv + i - st->groups[st->ngroups]);
+        if (st->gsize[st->ngroups] == 0)
+            return usage_error("%s", "a ::: group with no arguments");
+        st->ngroups++;
+    }
+    if (st->ngroups && st->arg_file)
+        return usage_error("%s", "--arg-file and ::: cannot be used together");
+    if (st->resume && !st->joblog_path)
+        return usage_error("%s", "--resume and --resume-failed need --joblog FILE");
+    if (st->line_buffer && st->keep_order)
+        return usage_error("%s", "--line-buffer and --keep-order together are not supported");
+    /* A replacement string naming a group that is not there ({3} with two
+     * groups) is a usage error now, not one failure per task. */
+    {
+        const char *probe[64] = {0};
+        size_t n = st->ngroups ? st->ngroups : 1;
+        char **w;
+        if (n > 64)
+            n = 64;
+        for (size_t g = 0; g < n; g++)
+            probe[g] = "x";
+        w = runargs_expand(st->cmd, st->ncmd, probe, n, 1, 1, 0);
+        if (!w && errno == EINVAL)
+            return usage_error("%s", "a replacement string names a ::: group that is not "
+                                     "there");
+        free(w);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ main */
+
+static void summary(const run_state *st, const sf_pool_stats *s, double el)
+{
+    char line[512];
+    int n;
+
+    n = snprintf(line, sizeof line, "run: %lu task%s in %.2f s: %lu succeeded", s->ok + s->failed,
+                 s->ok + s->failed == 1 ? "" : "s", el, s->ok);
+    if (s->failed_by_code)
+        n += snprintf(line + n, sizeof line - (size_t)n, ", %lu failed (exit code)",
+                      s->failed_by_code);
+    if (s->killed_by_signal)
+        n += snprintf(line + n, sizeof line - (size_t)n, ", %lu killed by a signal",
+                      s->killed_by_signal);
+    if (s->timed_out)
+        n += snprintf(line + n, sizeof line - (size_t)n, ", %lu timed out", s->timed_out);
+    if (s->spawn_errors)
+        n += snprintf(line + n, sizeof line - (size_t)n, ", %lu could not start", s->spawn_errors);
+    n += snprintf(line + n, sizeof line - (size_t)n, "; %lu retr%s", s->retried,
+                  s->retried == 1 ? "y" : "ies");
+    if (s->cancelled)
+        n += snprintf(line + n, sizeof line - (size_t)n, "; %lu not run", s->cancelled);
+    if (st->skipped)
+        n += snprintf(line + n, sizeof line - (size_t)n, "; %lu skipped (resumed)", st->skipped);
+    (void)n;
+    cli_error("%s", line);
+}
+
+int cmd_run(int argc, char **argv)
+{
+    run_state st;
+    sf_pool_stats s;
+    struct sigaction sa;
+    struct rlimit rl;
+    int rc, status;
+
+    memset(&st, 0, sizeof st);
+    st.progress = -1;
+    st.in_fd = -1;
+    st.next_seq = 1;
+    st.next_print = 1;
+    sf_pool_opts_init(&st.po);
+    rc = parse_args(&st, argc, argv);
+    if (rc != 0) {
+        status = rc > 0 ? 0 : EXIT_RUN_USAGE;
+        goto out;
+    }
+    if (st.progress < 0)
+        st.progress = isatty(2);
+
+    /* Grouped output may hold a spill file per task and stream. */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (st.resume) {
+        unsigned long line;
+        rc = runlog_done_load(&st.done, st.joblog_path, st.resume_failed, &line);
+        if (rc < 0) {
+            if (rc == -EPROTO)
+                cli_error("run: %s:%lu: not a joblog line", st.joblog_path, line);
+            else
+                cli_error("run: reading %s: %s", st.joblog_path, strerror(-rc));
+            status = EXIT_RUN_USAGE;
+            goto out;
+        }
+    }
+    if (st.joblog_path && !(st.joblog = runlog_joblog_open(st.joblog_path, st.resume))) {
+        cli_error("run: %s: %s", st.joblog_path, strerror(errno));
+        status = EXIT_RUN_USAGE;
+        goto out;
+    }
+    if (st.results_path &&
+        !(st.results = fopen(st.results_path, st.resume ? "ae" : "we"))) {
+        cli_error("run: %s: %s", st.results_path, strerror(errno));
+        status = EXIT_RUN_USAGE;
+        goto out;
+    }
+    if (!st.ngroups) {
+        if (st.arg_file) {
+            st.in_fd = open(st.arg_file, O_RDONLY | O_CLOEXEC);
+            if (st.in_fd < 0) {
+                cli_error("run: %s: %s", st.arg_file, strerror(errno));
+                status = EXIT_RUN_USAGE;
+                goto out;
+            }
+        } else {
+            st.in_fd = 0;
+        }
+        st.inbuf = malloc(LINE_MAX_BYTES + 65536);
+        if (!st.inbuf) {
+            cli_error("run: out of memory");
+            status = EXIT_RUN_USAGE;
+            goto out;
+        }
+        st.po.feed_fd = st.in_fd;
+    } else {
+        st.groups_left = 1;
+        st.total = 1;
+        for (size_t g = 0; g < st.ngroups; g++)
+            st.total = st.total * st.gsize[g];
+    }
+
+    st.po.capture_output = 1;
+    st.po.feed = feed;
+    st.po.on_start = on_start;
+    st.po.on_output = on_output;
+    st.po.on_done = on_done;
+    st.po.on_tick = st.progress ? on_tick : NULL;
+    st.po.tick_s = st.progress ? 0.2 : 0;
+    st.po.arg = &st;
+    st.po.log = cli_log;
+    st.po.queue_max = 65536 + 65536;
+    st.pool = sf_pool_new(&st.po);
+    if (!st.pool) {
+        cli_error("run: %s", strerror(errno));
+        status = EXIT_RUN_USAGE;
+        goto out;
+    }
+    if (st.keep_order) {
+        st.window = 4 * (size_t)sf_pool_jobs(st.pool) + 64;
+        st.ring = calloc(st.window, sizeof *st.ring);
+        if (!st.ring) {
+            cli_error("run: out of memory");
+            status = EXIT_RUN_USAGE;
+            goto out;
+        }
+    }
+
+    /* The tasks' groups are their own: a terminal's ^C reaches only us,
+     * and we stop them. SIGPIPE is ignored: a closed stdout is an error we
+     * handle (stop), not a death that would leave the tasks running. */
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = on_stop_signal;
+    signal_pool = st.pool;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    st.t0 = now_s();
+    rc = sf_pool_run(st.pool);
+    progress_clear(&st);
+    sf_pool_get_stats(st.pool, &s);
+    if (rc < 0)
+        cli_error("run: the pool failed: %s", strerror(-rc));
+    if (!st.quiet)
+        summary(&st, &s, now_s() - st.t0);
+    if (stop_signal)
+        status = 128 + stop_signal;
+    else if (st.write_error)
+        status = 128 + SIGPIPE;
+    else if (st.input_error || rc < 0)
+        status = EXIT_RUN_USAGE;
+    else
+        status = s.failed > EXIT_FAILED_MAX ? EXIT_FAILED_MAX : (int)s.failed;
+
+out:
+    signal_pool = NULL;
+    sf_pool_free(st.pool);
+    if (st.ring) {
+        for (size_t k = 0; k < st.window; k++)
+            task_free(st.ring[k]);
+        free(st.ring);
+    }
+    if (st.joblog)
+        fclose(st.joblog);
+    if (st.results)
+        fclose(st.results);
+    if (st.in_fd > 0)
+        close(st.in_fd);
+    runlog_done_free(&st.done);
+    free(st.inbuf);
+    free(st.groups);
+    free(st.gsize);
+    free(st.gidx);
+    return status;
+}

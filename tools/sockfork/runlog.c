@@ -1,0 +1,247 @@
+/* runlog.c - see runlog.h. */
+#include "runlog.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char joblog_header[] =
+    "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n";
+
+static int add_seq(runlog_done *d, unsigned long seq)
+{
+    if (d->n == d->cap) {
+        size_t cap = d->cap ? d->cap * 2 : 256;
+        unsigned long *p = realloc(d->seq, cap * sizeof *p);
+        if (!p)
+            return -ENOMEM;
+        d->seq = p;
+        d->cap = cap;
+    }
+    d->seq[d->n++] = seq;
+    return 0;
+}
+
+static int cmp_seq(const void *a, const void *b)
+{
+    unsigned long x = *(const unsigned long *)a, y = *(const unsigned long *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Field i (0-based) of a tab-separated line, as a number; -1 if absent. */
+static int field_long(const char *line, int i, long *out)
+{
+    char *end;
+
+    for (; i > 0; i--) {
+        line = strchr(line, '\t');
+        if (!line)
+            return -1;
+        line++;
+    }
+    errno = 0;
+    *out = strtol(line, &end, 10);
+    if (errno || end == line || (*end != '\t' && *end != '\n' && *end != '\0'))
+        return -1;
+    return 0;
+}
+
+int runlog_done_load(runlog_done *d, const char *path, int failed_only, unsigned long *lineno)
+{
+    FILE *f = fopen(path, "re");
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int rc = 0;
+
+    d->seq = NULL;
+    d->n = d->cap = 0;
+    *lineno = 0;
+    if (!f)
+        return errno == ENOENT ? 0 : -errno;
+    while ((n = getline(&line, &cap, f)) >= 0) {
+        long seq, exitval, sig;
+        ++*lineno;
+        if (*lineno == 1 && strncmp(line, "Seq\t", 4) == 0)
+            continue;
+        if (n == 0 || line[0] == '\n')
+            continue;
+        if (field_long(line, 0, &seq) < 0 || seq < 1 || field_long(line, 6, &exitval) < 0 ||
+            field_long(line, 7, &sig) < 0) {
+            rc = -EPROTO;
+            goto out;
+        }
+        if (failed_only && (exitval != 0 || sig != 0))
+            continue;
+        if ((rc = add_seq(d, (unsigned long)seq)) < 0)
+            goto out;
+    }
+    if (ferror(f))
+        rc = -EIO;
+    qsort(d->seq, d->n, sizeof *d->seq, cmp_seq);
+out:
+    free(line);
+    fclose(f);
+    if (rc < 0)
+        runlog_done_free(d);
+    return rc;
+}
+
+int runlog_has(const runlog_done *d, unsigned long seq)
+{
+    return d->n && bsearch(&seq, d->seq, d->n, sizeof *d->seq, cmp_seq) != NULL;
+}
+
+void runlog_done_free(runlog_done *d)
+{
+    free(d->seq);
+    d->seq = NULL;
+    d->n = d->cap = 0;
+}
+
+FILE *runlog_joblog_open(const char *path, int append)
+{
+    FILE *f = fopen(path, append ? "ae" : "we");
+    long end;
+
+    if (!f)
+        return NULL;
+    if (fseek(f, 0, SEEK_END) == 0 && (end = ftell(f)) == 0) {
+        if (fputs(joblog_header, f) == EOF || fflush(f) == EOF) {
+            int e = errno;
+            fclose(f);
+            errno = e;
+            return NULL;
+        }
+    }
+    return f;
+}
+
+/* A word as a shell would need it to read back the same: plain if it is
+ * made of safe characters, else in single quotes; control characters
+ * (which would break the joblog's lines) as $'\n'-style escapes. */
+static void put_word(FILE *f, const char *w)
+{
+    int plain = *w != '\0', ctl = 0;
+
+    for (const unsigned char *p = (const unsigned char *)w; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f)
+            ctl = 1;
+        if (!(*p >= 0x80 || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+              (*p >= '0' && *p <= '9') || strchr("-_./=:,+@%", *p)))
+            plain = 0;
+    }
+    if (plain) {
+        fputs(w, f);
+        return;
+    }
+    fputs(ctl ? "$'" : "'", f);
+    for (const unsigned char *p = (const unsigned char *)w; *p; p++) {
+        if (ctl && (*p < 0x20 || *p == 0x7f || *p == '\\' || *p == '\''))
+            fprintf(f, "\\x%02x", *p);
+        else if (!ctl && *p == '\'')
+            fputs("'\\''", f);
+        else
+            fputc(*p, f);
+    }
+    fputc('\'', f);
+}
+
+int runlog_joblog_write(FILE *f, const runlog_entry *e)
+{
+    const sf_task_report *r = e->r;
+    /* A task stopped for its timeout is -1, whatever it exited with, so
+     * that --resume-failed and joblog readers see it failed. */
+    int exitval = r->timed_out ? -1 : (r->status.exited ? r->status.code : 0);
+    int sig = r->status.exited ? 0 : r->status.signal;
+
+    fprintf(f, "%lu\t:\t%.3f\t%10.3f\t0\t%llu\t%d\t%d\t", e->seq, r->start_time, r->duration_s,
+            r->stdout_bytes, exitval, sig);
+    for (size_t i = 0; r->argv && r->argv[i]; i++) {
+        if (i)
+            fputc(' ', f);
+        put_word(f, r->argv[i]);
+    }
+    fputc('\n', f);
+    return fflush(f) == EOF ? -errno : 0;
+}
+
+/* A string as JSON wants it: valid UTF-8, else cleaned. */
+static json_t *json_text(const char *s)
+{
+    json_t *j = json_string(s);
+    if (!j) {
+        size_t n = strlen(s), cap = 3 * n + 1;
+        char *clean = malloc(cap);
+        if (!clean)
+            return NULL;
+        sf_text_clean(clean, cap, s, n, "\xEF\xBF\xBD");
+        j = json_string(clean);
+        free(clean);
+    }
+    return j;
+}
+
+int runlog_results_write(FILE *f, const runlog_entry *e)
+{
+    const sf_task_report *r = e->r;
+    json_t *o = json_object(), *cmd = json_array(), *result = json_null();
+    char signame[16];
+    const char *name = NULL;
+    char *text;
+    int rc = 0;
+
+    if (!o || !cmd)
+        goto nomem;
+    for (size_t i = 0; r->argv && r->argv[i]; i++)
+        json_array_append_new(cmd, json_text(r->argv[i]));
+    if (!r->status.exited && r->status.signal) {
+        name = sf_signal_name(r->status.signal);
+        if (!name) {
+            snprintf(signame, sizeof signame, "SIG%d", r->status.signal);
+            name = signame;
+        }
+    }
+    if (r->result) {
+        json_t *v = json_loadb(r->result, r->result_len, JSON_DECODE_ANY, NULL);
+        if (v) {
+            json_decref(result);
+            result = v;
+        }
+    }
+    json_object_set_new(o, "seq", json_integer((json_int_t)e->seq));
+    json_object_set_new(o, "command", cmd);
+    cmd = NULL;
+    json_object_set_new(o, "exit_code",
+                        r->status.exited ? json_integer(r->status.code) : json_null());
+    json_object_set_new(o, "signal", name ? json_string(name) : json_null());
+    json_object_set_new(o, "timed_out", json_boolean(r->timed_out));
+    json_object_set_new(o, "attempts", json_integer(r->attempts));
+    json_object_set_new(o, "duration_s", json_real(r->duration_s));
+    json_object_set_new(o, "stdout_bytes", json_integer((json_int_t)r->stdout_bytes));
+    json_object_set_new(o, "stderr_bytes", json_integer((json_int_t)r->stderr_bytes));
+    json_object_set_new(o, "result", result);
+    result = NULL;
+    json_object_set_new(o, "ok", json_boolean(r->state == SF_TASK_OK));
+    json_object_set_new(o, "start_time", json_real(r->start_time));
+    json_object_set_new(o, "slot", json_integer(r->slot));
+    if (r->spawn_error)
+        json_object_set_new(o, "error", json_string(strerror(r->spawn_error)));
+    if (r->killed)
+        json_object_set_new(o, "stopped", json_true());
+    text = json_dumps(o, JSON_COMPACT);
+    if (!text)
+        goto nomem;
+    if (fputs(text, f) == EOF || fputc('\n', f) == EOF || fflush(f) == EOF)
+        rc = -errno;
+    free(text);
+    json_decref(o);
+    return rc;
+
+nomem:
+    json_decref(o);
+    json_decref(cmd);
+    json_decref(result);
+    return -ENOMEM;
+}
