@@ -1,0 +1,540 @@
+/* Unit tests: the task pool's C API, with real forked workers and
+ * commands (src/pool/). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sockfork.h>
+
+#define NTASKS_MAX 512
+
+/* What on_done saw, per seq. */
+typedef struct seen {
+    int reports;
+    int state;
+    sf_status status;
+    int timed_out, killed, spawn_error;
+    unsigned attempts;
+    char result[128];
+    size_t result_len;
+    int has_result;
+    char out[128];
+    size_t outlen;
+} seen;
+
+static seen seen_by_seq[NTASKS_MAX + 1];
+static char logged[8192];
+static size_t logged_len;
+
+static void reset_seen(void)
+{
+    memset(seen_by_seq, 0, sizeof seen_by_seq);
+    logged_len = 0;
+    logged[0] = '\0';
+}
+
+static void on_done(sf_pool *p, const sf_task_report *r, void *arg)
+{
+    seen *s;
+    (void)p;
+    (void)arg;
+    assert_true(r->seq >= 1 && r->seq <= NTASKS_MAX);
+    s = &seen_by_seq[r->seq];
+    s->reports++;
+    s->state = r->state;
+    s->status = r->status;
+    s->timed_out = r->timed_out;
+    s->killed = r->killed;
+    s->spawn_error = r->spawn_error;
+    s->attempts = r->attempts;
+    s->has_result = r->result != NULL;
+    if (r->result && r->result_len < sizeof s->result) {
+        memcpy(s->result, r->result, r->result_len);
+        s->result_len = r->result_len;
+    }
+}
+
+static void on_output(sf_pool *p, const sf_task_info *t, int stream, const char *buf, size_t n,
+                      void *arg)
+{
+    seen *s = &seen_by_seq[t->seq];
+    (void)p;
+    (void)arg;
+    (void)stream;
+    if (s->outlen + n < sizeof s->out) {
+        memcpy(s->out + s->outlen, buf, n);
+        s->outlen += n;
+    }
+}
+
+static void log_line(void *arg, int level, const char *line)
+{
+    size_t n = strlen(line);
+    (void)arg;
+    (void)level;
+    if (logged_len + n + 2 < sizeof logged) {
+        memcpy(logged + logged_len, line, n);
+        logged_len += n;
+        logged[logged_len++] = '\n';
+        logged[logged_len] = '\0';
+    }
+}
+
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+    assert_non_null(d);
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
+}
+
+static sf_pool_opts base_opts(sf_task_fn fn)
+{
+    sf_pool_opts o;
+    sf_pool_opts_init(&o);
+    o.jobs = 3;
+    o.fn = fn;
+    o.on_done = on_done;
+    o.log = log_line;
+    return o;
+}
+
+static void submit_numbers(sf_pool *p, unsigned long n)
+{
+    for (unsigned long i = 1; i <= n; i++)
+        assert_int_equal(sf_pool_submit(p, &i, sizeof i, NULL), (long)i);
+}
+
+static unsigned long arg_number(const void *arg, size_t len)
+{
+    unsigned long v = 0;
+    assert_int_equal(len, sizeof v);
+    memcpy(&v, arg, sizeof v);
+    return v;
+}
+
+/* ------------------------------------------------------------ tasks */
+
+/* Squares its number; fails with code 3 for multiples of 10. */
+static int square(sf_task *t, const void *arg, size_t len, void *fn_arg)
+{
+    unsigned long v = arg_number(arg, len);
+    char text[64];
+    int n;
+    (void)fn_arg;
+    if (sf_task_seq(t) != v || sf_task_slot(t) < 1 || sf_task_slot(t) > 3)
+        return 99;
+    sf_task_progress(t, 1, 2);
+    n = snprintf(text, sizeof text, "%lu", v * v);
+    sf_task_result(t, text, (size_t)n);
+    return v % 10 == 0 ? 3 : 0;
+}
+
+static void test_reused_workers_run_every_task_once(void **state)
+{
+    sf_pool_opts o = base_opts(square);
+    sf_pool_stats st;
+    sf_pool *p;
+    int fds = count_fds();
+    (void)state;
+
+    reset_seen();
+    o.max_tasks_per_worker = 0;
+    p = sf_pool_new(&o);
+    assert_non_null(p);
+    submit_numbers(p, 200);
+    assert_int_equal(sf_pool_run(p), 0);
+    sf_pool_get_stats(p, &st);
+    for (unsigned long i = 1; i <= 200; i++) {
+        char want[64];
+        seen *s = &seen_by_seq[i];
+        assert_int_equal(s->reports, 1);
+        assert_int_equal(s->attempts, 1);
+        snprintf(want, sizeof want, "%lu", i * i);
+        assert_true(s->has_result);
+        assert_int_equal(s->result_len, strlen(want));
+        assert_memory_equal(s->result, want, s->result_len);
+        assert_true(s->status.exited);
+        assert_int_equal(s->status.code, i % 10 == 0 ? 3 : 0);
+        assert_int_equal(s->state, i % 10 == 0 ? SF_TASK_FAILED : SF_TASK_OK);
+    }
+    assert_int_equal(st.ok, 180);
+    assert_int_equal(st.failed, 20);
+    assert_int_equal(st.failed_by_code, 20);
+    /* Three slots, workers never retired: at most one worker each. */
+    assert_true(st.workers_started >= 1 && st.workers_started <= 3);
+    sf_pool_free(p);
+    assert_int_equal(count_fds(), fds);
+}
+
+static void test_one_fork_per_task(void **state)
+{
+    sf_pool_opts o = base_opts(square);
+    sf_pool_stats st;
+    sf_pool *p;
+    (void)state;
+
+    reset_seen();
+    o.max_tasks_per_worker = 1;
+    p = sf_pool_new(&o);
+    assert_non_null(p);
+    submit_numbers(p, 40);
+    assert_int_equal(sf_pool_run(p), 0);
+    sf_pool_get_stats(p, &st);
+    assert_int_equal(st.workers_started, 40);
+    assert_int_equal(st.ok, 36);
+    for (unsigned long i = 1; i <= 40; i++)
+        assert_int_equal(seen_by_seq[i].reports, 1);
+    sf_pool_free(p);
+}
+
+/* Task 5 and 6 kill their worker on the first attempt; with two tasks per
+ * worker, a worker is also retired along the way. */
+static int crash_once(sf_task *t, const void *arg, size_t len, void *fn_arg)
+{
+    unsigned long v = arg_number(arg, len);
+    (void)fn_arg;
+    if ((v == 5 || v == 6) && sf_task_attempt(t) == 1) {
+        sf_task_result(t, "partial", 7);
+        kill(getpid(), SIGKILL); /* not SIGSEGV: sanitizers catch that one */
+    }
+    sf_task_result(t, "whole", 5);
+    return 0;
+}
+
+static void test_a_worker_that_dies_mid_task_is_retried_elsewhere(void **state)
+{
+    sf_pool_opts o = base_opts(crash_once);
+    sf_pool_stats st;
+    sf_pool *p;
+    (void)state;
+
+    reset_seen();
+    o.retries = 1;
+    o.max_tasks_per_worker = 2;
+    p = sf_pool_new(&o);
+    assert_non_null(p);
+    submit_numbers(p, 30);
+    assert_int_equal(sf_pool_run(p), 0);
+    sf_pool_get_stats(p, &st);
+    assert_int_equal(st.ok, 30);
+    assert_int_equal(st.retried, 2);
+    for (unsigned long i = 1; i <= 30; i++) {
+        assert_int_equal(seen_by_seq[i].reports, 1);
+        assert_int_equal(seen_by_seq[i].attempts, (i == 5 || i == 6) ? 2 : 1);
+        assert_int_equal(seen_by_seq[i].result_len, 5);
+        assert_memory_equal(seen_by_seq[i].result, "whole", 5);
+    }
+    sf_pool_free(p);
+
+    /* Without retries the task fails with the worker's death, and the
+     * result it sent before dying is kept; the pool goes on. */
+    reset_seen();
+    o.retries = 0;
+    p = sf_pool_new(&o);
+    assert_non_null(p);
+    submit_numbers(p, 10);
+    assert_int_equal(sf_pool_run(p), 0);
+    sf_pool_get_stats(p, &st);
+    assert_int_equal(st.ok, 8);
+    assert_int_equal(st.killed_by_signal, 2);
+    assert_int_equal(seen_by_seq[5].state, SF_TASK_FAILED);
+    assert_false(seen_by_seq[5].status.exited);
+    assert_int_equal(seen_by_seq[5].status.signal, SIGKILL);
+    assert_memory_equal(seen_by_seq[5].result, "partial", 7);
+    assert_int_equal(seen_by_seq[7].state, SF_TASK_OK);
+    sf_pool_free(p);
+}
+
+/* Task 2 forks a grandchild that ignores SIGTERM, sends its pid as the
+ * result, and then both hang: the timeout must take the whole group. (A
+ * worker has only stdio and its channel open, so the channel it is.) */
+static int hang(sf_task *t, const void *arg, size_t len, void *fn_arg)
+{
+    unsigned long v = arg_number(arg, len);
+    pid_t g;
+    (void)fn_arg;
+    if (v != 2)
+        return 0;
+    g = fork();
+    if (g == 0) {
+        signal(SIGTERM, SIG_IGN);
+        for (int i = 0; i < 3000; i++) /* bounded: 30 s at most, whatever happens */
+            usleep(10000);
+        _exit(0);
+    }
+    sf_task_result(t, &g, sizeof g);
+    for (;;)
+        pause();
+}
+
+static void test_a_timeout_kills_the_task_and_its_grandchild(void **state)
+{
+    sf_pool_opts o = base_opts(hang);
+    sf_pool_stats st;
+    sf_pool *p;
+    pid_t g = 0;
+    (void)state;
+
+    reset_seen();
+    o.timeout_s = 0.3;
+    o.kill_grace_s = 0.2;
+    p = sf_pool_new(&o);
+    assert_non_null(p);
+    submit_numbers(p, 4);
+    assert_int_equal(sf_pool_run(p), 0);
+    sf_pool_get_stats(p, &st);
+    assert_int_equal(st.ok, 3);
+    assert_int_equal(st.timed_out, 1);
+    assert_int_equal(seen_by_seq[2].state, SF_TASK_FAILED);
+    assert_true(seen_by_seq[2].timed_out);
+    assert_false(seen_by_seq[2].status.exited);
+    assert_int_equal(seen_by_seq[2].status.signal, SIGTERM);
+    assert_non_null(strstr(logged, "task 2: timed out"));
+    assert_int_equal(seen_by_seq[2].result_len, sizeof g);
+    memcpy(&g, seen_by_seq[2].result, sizeof g);
+    assert_true(g > 0);
+    /* SIGKILL went to the group before the worker was reaped; the orphan
+     * is reaped by init (or a subreaper): wait, bounded, until it is gone
+     * or a zombie. */
+    for (int i = 0; i < 500; i++) {
+        char path[64], stat[256] = "";
+        FILE *f;
+        snprintf(path, sizeof path, "/proc/%d/stat", (int)g);
+        f = fopen(path, "r");
+        if (!f)
+            break;
+        if (!fgets(stat, sizeof stat, f))
+            stat[0] = '\0';
+        fclose(f);
+        if (strstr(stat, ") Z "))
+            break;
+        assert_true(i < 499);
+        usleep(10000);
+    }
+    sf_pool_free(p);
+}
+
+static int fail_all(sf_task *t, const void *arg, size_t len, void *fn_arg)
+{
+    (void)t;
+    (void)fn_arg;
+    return arg_number(arg, len) == 3 ? 1 : 0;
+}
+
+static void test_halt_now_reports_the_rest_cancelled(void **state)
+{
+    sf_pool_opts o = base_opts(fail_all);
+    sf_pool_stats st;
+    sf_pool *p;
+    unsigned long ok = 0, cancelled = 0;
+    (void)state;
+
+    reset_seen();
+    o.jobs = 1;
+    o.halt = SF_HALT_NOW;
+    o.halt_fail = 1;
+    p = sf_pool_new(&o);
+    assert_non_null(p);
+    submit_numbers(p, 50);
+    assert_int_equal(sf_pool_run(p), 0);
+    sf_pool_get_stats(p, &st);
+    assert_true(st.halted);
+    assert_int_equal(st.failed, 1);
+    for (unsigned long i = 1; i <= 50; i++) {
+        assert_int_equal(seen_by_seq[i].reports, 1);
+        ok += seen_by_seq[i].state == SF_TASK_OK;
+        cancelled += seen_by_seq[i].state == SF_TASK_CANCELLED;
+    }
+    assert_int_equal(ok, 2); /* one slot: 1 and 2 ran before 3 */
+    assert_int_equal(cancelled, 47);
+    assert_int_equal(sf_pool_submit(p, &ok, sizeof ok, NULL), -ECANCELED);
+    sf_pool_free(p);
+}
+
+/* ------------------------------------------------------------ commands */
+
+static char **cmd_echo(unsigned long seq, unsigned slot, void *data, void *arg)
+{
+    static const char script[] =
+        "echo \"out $SOCKFORK_TASK\"; echo '{\"progress\": 0.5, \"log\": \"hello\"}' >&3; "
+        "echo '{\"result\": [1, \"two\"]}' >&3";
+    const char *words[] = {"/bin/sh", "-c", script};
+    size_t len = sizeof script + sizeof "/bin/sh" + sizeof "-c";
+    char **argv = malloc(4 * sizeof *argv + len), *p;
+    (void)seq;
+    (void)slot;
+    (void)data;
+    (void)arg;
+    if (!argv)
+        return NULL;
+    p = (char *)(argv + 4);
+    for (int i = 0; i < 3; i++) {
+        size_t n = strlen(words[i]) + 1;
+        memcpy(p, words[i], n);
+        argv[i] = p;
+        p += n;
+    }
+    argv[3] = NULL;
+    return argv;
+}
+
+static char **cmd_missing(unsigned long seq, unsigned slot, void *data, void *arg)
+{
+    char **argv = malloc(2 * sizeof *argv + sizeof "/nonexistent/sockfork-test");
+    (void)seq;
+    (void)slot;
+    (void)data;
+    (void)arg;
+    if (!argv)
+        return NULL;
+    argv[0] = (char *)(argv + 2);
+    memcpy(argv[0], "/nonexistent/sockfork-test", sizeof "/nonexistent/sockfork-test");
+    argv[1] = NULL;
+    return argv;
+}
+
+static void test_commands_output_fd3_and_spawn_errors(void **state)
+{
+    sf_pool_opts o = base_opts(square);
+    sf_pool_stats st;
+    sf_pool *p;
+    int fds = count_fds();
+    (void)state;
+
+    reset_seen();
+    o.capture_output = 1;
+    o.on_output = on_output;
+    p = sf_pool_new(&o);
+    assert_non_null(p);
+    for (int i = 0; i < 5; i++)
+        assert_true(sf_pool_submit_cmd(p, cmd_echo, NULL, NULL) > 0);
+    assert_true(sf_pool_submit_cmd(p, cmd_missing, NULL, NULL) > 0);
+    {
+        unsigned long v = 7; /* a C task among the commands */
+        assert_int_equal(sf_pool_submit(p, &v, sizeof v, NULL), 7);
+    }
+    assert_int_equal(sf_pool_run(p), 0);
+    sf_pool_get_stats(p, &st);
+    assert_int_equal(st.ok, 6);
+    assert_int_equal(st.spawn_errors, 1);
+    for (unsigned long i = 1; i <= 5; i++) {
+        char want[32];
+        int n = snprintf(want, sizeof want, "out %lu\n", i);
+        assert_int_equal(seen_by_seq[i].state, SF_TASK_OK);
+        assert_int_equal(seen_by_seq[i].outlen, (size_t)n);
+        assert_memory_equal(seen_by_seq[i].out, want, (size_t)n);
+        assert_int_equal(seen_by_seq[i].result_len, strlen("[1,\"two\"]"));
+        assert_memory_equal(seen_by_seq[i].result, "[1,\"two\"]", seen_by_seq[i].result_len);
+    }
+    assert_non_null(strstr(logged, "task 1: hello"));
+    assert_int_equal(seen_by_seq[6].state, SF_TASK_FAILED);
+    assert_int_equal(seen_by_seq[6].spawn_error, ENOENT);
+    assert_int_equal(seen_by_seq[6].status.code, 127);
+    assert_int_equal(seen_by_seq[7].state, SF_TASK_OK);
+    sf_pool_free(p);
+    assert_int_equal(count_fds(), fds);
+}
+
+/* ------------------------------------------------------------ cancel */
+
+static sf_pool *cancel_me;
+
+static void cancel_on_first(sf_pool *p, const sf_task_report *r, void *arg)
+{
+    on_done(p, r, arg);
+    if (r->seq == 1)
+        sf_pool_cancel(cancel_me);
+}
+
+static int slow_unless_first(sf_task *t, const void *arg, size_t len, void *fn_arg)
+{
+    (void)t;
+    (void)fn_arg;
+    if (arg_number(arg, len) != 1)
+        for (;;)
+            pause();
+    return 0;
+}
+
+static void test_cancel_stops_the_running_and_the_queued(void **state)
+{
+    sf_pool_opts o = base_opts(slow_unless_first);
+    sf_pool_stats st;
+    sf_pool *p;
+    (void)state;
+
+    reset_seen();
+    o.on_done = cancel_on_first;
+    o.kill_grace_s = 0.1;
+    p = cancel_me = sf_pool_new(&o);
+    assert_non_null(p);
+    submit_numbers(p, 20);
+    assert_int_equal(sf_pool_run(p), 0);
+    sf_pool_get_stats(p, &st);
+    assert_true(st.cancelled_by_request);
+    assert_int_equal(st.ok, 1);
+    for (unsigned long i = 2; i <= 20; i++) {
+        assert_int_equal(seen_by_seq[i].reports, 1);
+        if (seen_by_seq[i].state == SF_TASK_FAILED)
+            assert_true(seen_by_seq[i].killed);
+        else
+            assert_int_equal(seen_by_seq[i].state, SF_TASK_CANCELLED);
+    }
+    assert_int_equal(st.failed + st.cancelled, 19);
+    assert_true(st.failed >= 1 && st.failed <= 2); /* the two others running */
+    sf_pool_free(p);
+}
+
+static void test_bad_options_are_refused(void **state)
+{
+    sf_pool_opts o = base_opts(square);
+    (void)state;
+
+    o.on_done = NULL;
+    errno = 0;
+    assert_null(sf_pool_new(&o));
+    assert_int_equal(errno, EINVAL);
+    o = base_opts(square);
+    o.timeout_s = -1;
+    assert_null(sf_pool_new(&o));
+    o = base_opts(square);
+    o.halt_fail_pct = 101;
+    assert_null(sf_pool_new(&o));
+    o = base_opts(NULL);
+    {
+        sf_pool *p = sf_pool_new(&o);
+        unsigned long v = 1;
+        assert_non_null(p);
+        assert_int_equal(sf_pool_submit(p, &v, sizeof v, NULL), -EINVAL); /* no fn */
+        sf_pool_free(p);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_reused_workers_run_every_task_once),
+        cmocka_unit_test(test_one_fork_per_task),
+        cmocka_unit_test(test_a_worker_that_dies_mid_task_is_retried_elsewhere),
+        cmocka_unit_test(test_a_timeout_kills_the_task_and_its_grandchild),
+        cmocka_unit_test(test_halt_now_reports_the_rest_cancelled),
+        cmocka_unit_test(test_commands_output_fd3_and_spawn_errors),
+        cmocka_unit_test(test_cancel_stops_the_running_and_the_queued),
+        cmocka_unit_test(test_bad_options_are_refused),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
