@@ -16,6 +16,7 @@
 
 #define JOBS_MAX 65536
 #define EVENTS_MAX 64
+#define POLL_EXITS_S 0.005
 
 double pool_now(void)
 {
@@ -476,6 +477,15 @@ static sf_status status_of(const siginfo_t *si)
     return st;
 }
 
+/* waitid on the slot's child, by pidfd or by pid (see watch_exit). */
+static int wait_slot(const pool_slot *s, siginfo_t *si, int flags)
+{
+    memset(si, 0, sizeof *si);
+    if (s->pidfd >= 0)
+        return waitid((idtype_t)P_PIDFD, (id_t)s->pidfd, si, WEXITED | flags);
+    return waitid(P_PID, (id_t)s->pid, si, WEXITED | flags);
+}
+
 /* The slot's process has exited: kill what it leaves in its group if it
  * was being stopped, read what is left in its pipes and channel, reap it,
  * and end its attempt if one was running. */
@@ -484,11 +494,9 @@ static void on_exit_ready(sf_pool *p, pool_slot *s, double now)
     siginfo_t si;
     sf_status st;
 
-    memset(&si, 0, sizeof si);
     /* WNOWAIT: look without reaping, so the zombie keeps the group's id
      * while the group is killed. */
-    if (waitid((idtype_t)P_PIDFD, (id_t)s->pidfd, &si, WEXITED | WNOHANG | WNOWAIT) < 0 ||
-        si.si_pid == 0)
+    if (wait_slot(s, &si, WNOHANG | WNOWAIT) < 0 || si.si_pid == 0)
         return;
     s->exited = 1;
     st = status_of(&si);
@@ -497,7 +505,7 @@ static void on_exit_ready(sf_pool *p, pool_slot *s, double now)
     pool_read_output(p, s, 1, 1);
     pool_read_output(p, s, 2, 1);
     pool_read_chan(p, s, 1);
-    while (waitid((idtype_t)P_PIDFD, (id_t)s->pidfd, &si, WEXITED) < 0 && errno == EINTR)
+    while (wait_slot(s, &si, 0) < 0 && errno == EINTR)
         ;
     pool_fd_del(p, &s->pidfd);
     pool_fd_del(p, &s->chan);
@@ -605,6 +613,15 @@ static int wait_ms(const sf_pool *p, double now, double next_tick)
         if (t > 0 && (until == 0 || t < until))
             until = t;
     }
+    if (p->head && !p->halting && p->spawn_not_before <= now)
+        for (unsigned i = 0; i < p->jobs; i++)
+            if (slot_free(&p->slots[i]))
+                return 0; /* a start failed and gave its task back: go again */
+    if (p->poll_exits)
+        for (unsigned i = 0; i < p->jobs; i++)
+            if (p->slots[i].pid && p->slots[i].pidfd < 0 &&
+                (until == 0 || now + POLL_EXITS_S < until))
+                until = now + POLL_EXITS_S;
     if (until == 0)
         return -1;
     if (until <= now)
@@ -616,6 +633,10 @@ static void check_timers(sf_pool *p, double now)
 {
     for (unsigned i = 0; i < p->jobs; i++) {
         pool_slot *s = &p->slots[i];
+        if (s->pid && s->pidfd < 0)
+            on_exit_ready(p, s, now); /* polled: returns at once if it runs */
+        if (!s->pid && !s->task)
+            continue;
         if (s->task && !s->stopping && s->deadline > 0 && now >= s->deadline) {
             s->timed_out = 1;
             sf_logf(&p->log, SF_LOG_INFO, "task %lu: timed out after %.3f s", s->task->seq,
@@ -673,10 +694,9 @@ static void pool_abort(sf_pool *p, double now)
             continue;
         (void)proc_signal_group(s->pid, SIGKILL);
         s->stopping = 1;
-        if (s->pidfd >= 0) {
+        {
             siginfo_t si;
-            while (waitid((idtype_t)P_PIDFD, (id_t)s->pidfd, &si, WEXITED | WNOWAIT) < 0 &&
-                   errno == EINTR)
+            while (wait_slot(s, &si, WNOWAIT) < 0 && errno == EINTR)
                 ;
             on_exit_ready(p, s, now);
         }

@@ -41,7 +41,7 @@ typedef struct pool_slot {
 
     /* The process: a command, or a worker that outlives its tasks. */
     pid_t pid;                   /* 0: none */
-    int pidfd, chan, out, err;   /* parent's ends; -1 when closed */
+    int pidfd, chan, out, err;   /* parent's ends; -1 when closed (pidfd: or none) */
     int is_worker;
     unsigned worker_tasks;       /* tasks given to this worker */
     int worker_last;             /* its current task is its last */
@@ -84,6 +84,7 @@ struct sf_pool {
     int feed_ended, feed_waiting, feed_armed, feed_fd_pollable;
     int halting;                 /* enum sf_pool_halt, once a halt began */
     int running_loop;
+    int poll_exits;              /* no pidfds: exits are polled (launch.c) */
     double spawn_backoff, spawn_not_before;
     char *readbuf;               /* POOL_READ bytes, for every read */
 

@@ -2,6 +2,7 @@
 connections and shutting down. Self-contained (no fixture), so it reads as
 one story."""
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -250,3 +251,30 @@ def test_chat_supervisor_has_no_leaks_under_valgrind(tmp_path):
         a.close()
         b.close()
     check_valgrind(proc, log.text())
+
+
+def test_run_under_valgrind(tmp_path):
+    """`sockfork run` (the pool's parent) over successes, failures, a retry,
+    a timeout, fd-3 results and grouped, ordered output: no leak, and the
+    output and results as without valgrind. Valgrind has no pidfd_open, so
+    this also covers the polled exits."""
+    results = tmp_path / "results.jsonl"
+    script = ('case $1 in 3) exit 4;; 5) sleep 30;; *) echo "out $1"; '
+              'echo "{\\"result\\": $1}" >&3;; esac')
+    with under_valgrind(BIN, "run", "-k", "-j", "3", "--timeout", "2", "--kill-grace", "0.2",
+                        "--retries", "1", "--results", str(results),
+                        "sh", "-c", script, "_", ":::", *[str(i) for i in range(1, 9)]) as (proc, log):
+        proc.wait(timeout=300)
+    err = log.text()
+    check_valgrind_run(proc, err, 2)
+    recs = {r["seq"]: r for r in map(json.loads, results.read_text().splitlines())}
+    assert sorted(recs) == list(range(1, 9))
+    assert recs[3]["exit_code"] == 4 and recs[3]["attempts"] == 2
+    assert recs[5]["timed_out"] and recs[5]["signal"] == "SIGTERM"
+    assert recs[7]["result"] == 7 and recs[7]["exit_code"] == 0
+
+
+def check_valgrind_run(proc, err, failed):
+    assert "ERROR SUMMARY: 0 errors" in err, err[-3000:]
+    assert "definitely lost: 0 bytes" in err or "no leaks are possible" in err, err[-3000:]
+    assert proc.returncode == failed, err[-3000:]
