@@ -444,7 +444,9 @@ typedef char **(*sf_pool_cmd_fn)(unsigned long seq, unsigned slot, void *data, v
 
 enum sf_pool_feed {
     SF_FEED_END = 0,   /* nothing more will ever be submitted */
-    SF_FEED_MORE = 1,  /* call again when there is room (and feed_fd is readable) */
+    SF_FEED_MORE = 1,  /* call again when there is room (and feed_fd is readable);
+                          with no feed_fd to poll, at once: say WAIT when there is
+                          nothing to give until a task ends */
     SF_FEED_WAIT = 2,  /* call again only after a task has ended */
 };
 

@@ -13,6 +13,7 @@
 #include <sys/epoll.h>
 #include <sys/pidfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -51,6 +52,54 @@ void pool_env_free(sf_pool *p)
 {
     free(p->envp);
     p->envp = NULL;
+    free(p->exec_name);
+    free(p->exec_file);
+    p->exec_name = p->exec_file = NULL;
+}
+
+/*
+ * The file to exec for argv[0]. A name without a slash is looked up in
+ * PATH once and remembered (one name: a run execs the same command again
+ * and again), instead of posix_spawnp trying execve in each PATH directory
+ * for every task. A name not found is left to posix_spawnp, which then
+ * says ENOENT as usual.
+ */
+static const char *exec_path(sf_pool *p, const char *name)
+{
+    const char *path = getenv("PATH");
+    char buf[4096];
+
+    if (strchr(name, '/'))
+        return name;
+    if (p->exec_name && strcmp(p->exec_name, name) == 0)
+        return p->exec_file;
+    if (!path || !*path)
+        path = "/bin:/usr/bin";
+    while (*path) {
+        const char *end = strchr(path, ':');
+        size_t dl = end ? (size_t)(end - path) : strlen(path);
+        int n = dl ? snprintf(buf, sizeof buf, "%.*s/%s", (int)dl, path, name)
+                   : snprintf(buf, sizeof buf, "%s", name); /* empty entry: the cwd */
+        struct stat sb;
+        if (n > 0 && (size_t)n < sizeof buf && stat(buf, &sb) == 0 && S_ISREG(sb.st_mode) &&
+            access(buf, X_OK) == 0) {
+            char *nm = strdup(name), *f = strdup(buf);
+            if (!nm || !f) {
+                free(nm);
+                free(f);
+                return NULL;
+            }
+            free(p->exec_name);
+            free(p->exec_file);
+            p->exec_name = nm;
+            p->exec_file = f;
+            return f;
+        }
+        path += dl;
+        if (*path == ':')
+            path++;
+    }
+    return NULL;
 }
 
 /* A pipe whose read end (ours) is non-blocking; both close-on-exec. */
@@ -111,6 +160,7 @@ static int spawn_command(sf_pool *p, pool_slot *s)
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t at;
     sigset_t empty, def;
+    const char *file;
     pid_t pid;
     int rc, fa_ok = 0, at_ok = 0;
 
@@ -159,7 +209,11 @@ static int spawn_command(sf_pool *p, pool_slot *s)
         (rc = -posix_spawnattr_setsigdefault(&at, &def)) < 0)
         goto fail;
 
-    rc = -posix_spawnp(&pid, s->argv[0], &fa, &at, s->argv, p->envp);
+    file = exec_path(p, s->argv[0]);
+    if (file)
+        rc = -posix_spawn(&pid, file, &fa, &at, s->argv, p->envp);
+    else
+        rc = -posix_spawnp(&pid, s->argv[0], &fa, &at, s->argv, p->envp);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&at);
     fa_ok = at_ok = 0;

@@ -579,15 +579,12 @@ static int want_feed(const sf_pool *p)
 
 static void call_feed(sf_pool *p)
 {
-    unsigned long before = p->st.submitted;
     int rc = p->o.feed(p, p->o.arg);
 
     if (rc == SF_FEED_END)
         p->feed_ended = 1;
     else if (rc == SF_FEED_WAIT)
         p->feed_waiting = 1;
-    else if (p->st.submitted == before && !p->feed_fd_pollable)
-        p->feed_waiting = 1; /* MORE with nothing new and nothing to poll: wait */
 }
 
 static int all_done(const sf_pool *p)
@@ -617,6 +614,8 @@ static int wait_ms(const sf_pool *p, double now, double next_tick)
         for (unsigned i = 0; i < p->jobs; i++)
             if (slot_free(&p->slots[i]))
                 return 0; /* a start failed and gave its task back: go again */
+    if (want_feed(p) && !p->feed_fd_pollable)
+        return 0; /* feed said MORE, with nothing to wait on: ask again */
     if (p->poll_exits)
         for (unsigned i = 0; i < p->jobs; i++)
             if (p->slots[i].pid && p->slots[i].pidfd < 0 &&

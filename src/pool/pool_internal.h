@@ -91,6 +91,7 @@ struct sf_pool {
     /* Commands' environment: the program's, SOCKFORK_* and PARALLEL_* ours. */
     char **envp;
     size_t nenv_base;
+    char *exec_name, *exec_file; /* the last name looked up in PATH, and its file */
 
     sf_pool_stats st;
 };
