@@ -448,6 +448,8 @@ enum sf_pool_feed {
                           with no feed_fd to poll, at once: say WAIT when there is
                           nothing to give until a task ends */
     SF_FEED_WAIT = 2,  /* call again only after a task has ended */
+    SF_FEED_READY = 3, /* more is at hand (read already): call again when there is
+                          room, without waiting for feed_fd */
 };
 
 enum sf_pool_halt { SF_HALT_NEVER = 0, SF_HALT_SOON, SF_HALT_NOW };
@@ -510,6 +512,10 @@ SF_EXTERN sf_pool *sf_pool_new(const sf_pool_opts *o);
  * -EINVAL, -ENOBUFS past queue_max, -ENOMEM, -ECANCELED once halting. */
 SF_EXTERN long sf_pool_submit(sf_pool *p, const void *arg, size_t len, void *data);
 SF_EXTERN long sf_pool_submit_cmd(sf_pool *p, sf_pool_cmd_fn cmd, void *cmd_arg, void *data);
+/* Numbers the next submitted task seq instead of the last one + 1, for a
+ * caller that skips some (a resumed run). Returns 0, or -EINVAL unless seq
+ * is above every seq given so far. */
+SF_EXTERN int sf_pool_set_next_seq(sf_pool *p, unsigned long seq);
 
 /* Runs until every task submitted or fed has ended, or until a halt or a
  * cancel has stopped everything. Returns 0, or -errno when the pool itself

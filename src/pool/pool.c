@@ -167,6 +167,14 @@ long sf_pool_submit_cmd(sf_pool *p, sf_pool_cmd_fn cmd, void *cmd_arg, void *dat
     return enqueue(p, t);
 }
 
+int sf_pool_set_next_seq(sf_pool *p, unsigned long seq)
+{
+    if (!p || seq <= p->next_seq)
+        return -EINVAL;
+    p->next_seq = seq - 1;
+    return 0;
+}
+
 static pool_task *dequeue(sf_pool *p)
 {
     pool_task *t = p->head;
@@ -581,6 +589,7 @@ static void call_feed(sf_pool *p)
 {
     int rc = p->o.feed(p, p->o.arg);
 
+    p->feed_ready = rc == SF_FEED_READY;
     if (rc == SF_FEED_END)
         p->feed_ended = 1;
     else if (rc == SF_FEED_WAIT)
@@ -614,7 +623,7 @@ static int wait_ms(const sf_pool *p, double now, double next_tick)
         for (unsigned i = 0; i < p->jobs; i++)
             if (slot_free(&p->slots[i]))
                 return 0; /* a start failed and gave its task back: go again */
-    if (want_feed(p) && !p->feed_fd_pollable)
+    if (want_feed(p) && (!p->feed_fd_pollable || p->feed_ready))
         return 0; /* feed said MORE, with nothing to wait on: ask again */
     if (p->poll_exits)
         for (unsigned i = 0; i < p->jobs; i++)
@@ -732,14 +741,13 @@ int sf_pool_run(sf_pool *p)
         if (p->cancel_requested && !p->st.cancelled_by_request)
             begin_halt(p, SF_HALT_NOW, 1, now);
         schedule(p, now);
-        if (!p->feed_fd_pollable) {
-            /* Bounded: each call either submits, ends, or says wait. */
-            for (unsigned k = 0; want_feed(p) && k < p->jobs + 1; k++) {
-                call_feed(p);
-                schedule(p, now);
-            }
+        /* Bounded: wait_ms comes back at once if the feed wants more. */
+        for (unsigned k = 0; want_feed(p) && (!p->feed_fd_pollable || p->feed_ready) &&
+                             k < p->jobs + 1; k++) {
+            call_feed(p);
+            schedule(p, now);
         }
-        feed_arm(p, want_feed(p));
+        feed_arm(p, want_feed(p) && !p->feed_ready);
         if (!p->head && (p->feed_ended || p->halting))
             for (unsigned i = 0; i < p->jobs; i++)
                 retire_worker(p, &p->slots[i]);

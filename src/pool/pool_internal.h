@@ -82,6 +82,7 @@ struct sf_pool {
     volatile sig_atomic_t cancel_requested;
     int devnull;
     int feed_ended, feed_waiting, feed_armed, feed_fd_pollable;
+    int feed_ready;              /* the feed said READY: call it without polling */
     int halting;                 /* enum sf_pool_halt, once a halt began */
     int running_loop;
     int poll_exits;              /* no pidfds: exits are polled (launch.c) */

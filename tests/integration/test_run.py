@@ -31,7 +31,7 @@ import pytest
 from conftest import BIN, LONG_WAIT, SANITIZER_MARKS, WAIT, proc_stat, server_env, session_members
 
 # How long a run that should take milliseconds may take before it counts as
-# stalled (for the xfail test of the stall found: a fix makes it start at once).
+# stalled (the lines of an open pipe must start at once, not at EOF).
 HANG_DEADLINE = 3.0
 
 SUMMARY_RE = re.compile(r"^sockfork: run: (\d+) tasks? in \d+\.\d\d s: (.*)$", re.M)
@@ -1303,10 +1303,8 @@ def test_help_exits_0(run):
         assert opt in text, opt
 
 
-# ---------------------------------------------------- bugs found (xfail)
+# ---------------------------------------------------- bugs found (fixed since)
 
-@pytest.mark.xfail(strict=True, reason="sockfork bug: lines already read from a pipe are not "
-                   "started until more input (or EOF) makes stdin readable again")
 def test_lines_from_an_open_pipe_start_without_waiting_for_more_input(tmp_path, sf):
     r = sf("-j", "1", "sh", "-c", 'touch "ran.$1"', "sh", stdin="pipe")
     try:
@@ -1320,9 +1318,6 @@ def test_lines_from_an_open_pipe_start_without_waiting_for_more_input(tmp_path, 
     assert (tmp_path / "ran.b").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="sockfork bug: with --resume the tasks' SOCKFORK_TASK/"
-                   "PARALLEL_SEQ and their fd-3 log lines carry the pool's count of submitted "
-                   "tasks, not the task's seq ({#}, the joblog's and --results' seq)")
 def test_resumed_tasks_see_their_own_seq(tmp_path, run):
     joblog = tmp_path / "joblog"
     cmd = ["sh", "-c", 'echo "{#} $SOCKFORK_TASK $PARALLEL_SEQ"; echo "{\\"log\\": \\"seq {#}\\"}" >&3']
@@ -1334,8 +1329,6 @@ def test_resumed_tasks_see_their_own_seq(tmp_path, run):
     assert "sockfork: task 2: seq 2" in r.stderr.splitlines()
 
 
-@pytest.mark.xfail(strict=True, reason="sockfork bug: the summary's 'not run' counts only the "
-                   "tasks already queued in the pool, not those never read from the ::: groups")
 def test_summary_counts_every_task_not_run_after_a_halt(tmp_path, run):
     r = run("-j", "1", "--halt", "now,fail=1", "sh", "-c", "exit $1", "sh", ":::",
             "0", "1", "0", "0")

@@ -431,6 +431,12 @@ static int submit(run_state *st, run_task *t)
     }
     if (st->keep_order)
         st->ring[(t->seq - 1) % st->window] = t;
+    /* The pool numbers tasks as they come; after skipped ones, tell it the
+     * input's number, which the task sees as SOCKFORK_TASK. */
+    if (st->skipped && (rc = sf_pool_set_next_seq(st->pool, t->seq)) < 0) {
+        task_free(t);
+        return (int)rc;
+    }
     rc = sf_pool_submit_cmd(st->pool, build_argv, st, t);
     if (rc < 0) {
         if (st->keep_order)
@@ -513,10 +519,12 @@ static int feed_lines(run_state *st)
     st->inlen -= off;
     if (rc < 0)
         return rc;
-    if (made)
-        return SF_FEED_MORE;
     if (window_full(st))
         return SF_FEED_WAIT;
+    if (memchr(st->inbuf, '\n', st->inlen))
+        return SF_FEED_READY; /* lines at hand: no need to wait for stdin */
+    if (made)
+        return SF_FEED_MORE;
     if (st->in_eof) {
         if (st->inlen && (rc = line_task(st, st->inbuf, st->inlen)) < 0)
             return rc;
@@ -543,7 +551,9 @@ static int feed_lines(run_state *st)
         st->inlen += (size_t)k;
         break;
     }
-    return SF_FEED_MORE;
+    /* What was read is handed over at once, not when stdin is readable
+     * again (a pipe may stay silent for long after these lines). */
+    return st->in_eof || memchr(st->inbuf, '\n', st->inlen) ? SF_FEED_READY : SF_FEED_MORE;
 }
 
 static int feed(sf_pool *p, void *arg)
@@ -847,8 +857,17 @@ static void summary(const run_state *st, const sf_pool_stats *s, double el)
         n += snprintf(line + n, sizeof line - (size_t)n, ", %lu could not start", s->spawn_errors);
     n += snprintf(line + n, sizeof line - (size_t)n, "; %lu retr%s", s->retried,
                   s->retried == 1 ? "y" : "ies");
-    if (s->cancelled)
-        n += snprintf(line + n, sizeof line - (size_t)n, "; %lu not run", s->cancelled);
+    /* Not run: with a known input, all it held but what ended or was
+     * skipped (a halt leaves ::: combinations never even read); else what
+     * the pool had queued, and a word for the input left unread. */
+    if (st->total) {
+        unsigned long ended = s->ok + s->failed, not_run = st->total - st->skipped - ended;
+        if (st->total > st->skipped + ended && not_run)
+            n += snprintf(line + n, sizeof line - (size_t)n, "; %lu not run", not_run);
+    } else if (s->cancelled || !st->in_eof) {
+        n += snprintf(line + n, sizeof line - (size_t)n, "; %lu not run%s", s->cancelled,
+                      st->in_eof ? "" : " and the rest of the input not read");
+    }
     if (st->skipped)
         n += snprintf(line + n, sizeof line - (size_t)n, "; %lu skipped (resumed)", st->skipped);
     (void)n;
