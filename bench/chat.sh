@@ -67,18 +67,6 @@ trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- setup
 
-build() {
-    if [[ ! -f $BUILD/build.ninja ]]; then
-        meson setup "$BUILD" "$ROOT" >&2
-    fi
-    # sockfork too, unless SOCKFORK names another binary.
-    if [[ $SOCKFORK == "$BUILD/sockfork" ]]; then
-        ninja -C "$BUILD" bench/chatload sockfork >&2
-    else
-        ninja -C "$BUILD" bench/chatload >&2
-    fi
-}
-
 install_redis() {
     command -v redis-server >/dev/null && return 0
     if ((EUID != 0)); then
@@ -303,7 +291,7 @@ report() {
 
 # ----------------------------------------------------------------- main
 
-build
+build_bench bench/chatload
 [[ " $CHAT_SERVERS " == *" redis "* ]] && install_redis
 raise_nofile
 : >"$RAW"

@@ -48,3 +48,17 @@ stop_tree() {
     fi
     wait "$pid" 2>/dev/null || true
 }
+
+# Builds the bench program $1 (a ninja target, e.g. bench/chatload), and
+# sockfork too unless SOCKFORK names another binary. Needs ROOT, BUILD and
+# SOCKFORK set by the script.
+build_bench() {
+    if [[ ! -f $BUILD/build.ninja ]]; then
+        meson setup "$BUILD" "$ROOT" >&2
+    fi
+    if [[ $SOCKFORK == "$BUILD/sockfork" ]]; then
+        ninja -C "$BUILD" "$1" sockfork >&2
+    else
+        ninja -C "$BUILD" "$1" >&2
+    fi
+}

@@ -84,17 +84,6 @@ die() { say "FAILED: $*"; exit 1; }
 
 # ---------------------------------------------------------------- setup
 
-build() {
-    if [[ ! -f $BUILD/build.ninja ]]; then
-        meson setup "$BUILD" "$ROOT" >&2
-    fi
-    if [[ $SOCKFORK == "$BUILD/sockfork" ]]; then
-        ninja -C "$BUILD" bench/poolbench sockfork >&2
-    else
-        ninja -C "$BUILD" bench/poolbench >&2
-    fi
-}
-
 # (awk reads all the output: no SIGPIPE for parallel under pipefail)
 have_parallel() {
     command -v parallel >/dev/null &&
@@ -415,7 +404,7 @@ report() {
 
 # ----------------------------------------------------------------- main
 
-build
+build_bench bench/poolbench
 install_parallel
 : >"$RAW"
 CLI_TOOLS="sockfork sockfork-args xargs"
