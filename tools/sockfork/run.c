@@ -777,9 +777,6 @@ static int parse_args(run_state *st, int argc, char **argv)
         } else {
             return usage_error("unknown option '%s'", argv[i]);
         }
-        if (v && eq == NULL && strncmp(argv[i], "-j", 2) != 0 && argv[i] != v) {
-            /* consumed a separate value: nothing more to do */
-        }
 #undef VALUE
     }
 
