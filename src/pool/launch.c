@@ -251,13 +251,8 @@ fail:
     return rc;
 }
 
-/* A child that started but cannot be watched: killed and reaped at once
- * (blocking is fine: SIGKILL cannot be caught), its descriptors closed. */
-static void abandon(sf_pool *p, pool_slot *s, pid_t pid)
+void pool_slot_release(sf_pool *p, pool_slot *s)
 {
-    kill(pid, SIGKILL);
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-        ;
     pool_fd_del(p, &s->pidfd);
     pool_fd_del(p, &s->chan);
     pool_fd_del(p, &s->out);
@@ -265,7 +260,20 @@ static void abandon(sf_pool *p, pool_slot *s, pid_t pid)
     if (s->is_worker) {
         chan_queue_fini(&s->wq);
         chan_decoder_fini(&s->fd_dec);
+        s->wq_armed = 0;
+    } else {
+        jsonl_decoder_fini(&s->jd);
     }
+}
+
+/* A child that started but cannot be watched: killed and reaped at once
+ * (blocking is fine: SIGKILL cannot be caught), its descriptors closed. */
+static void abandon(sf_pool *p, pool_slot *s, pid_t pid)
+{
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    pool_slot_release(p, s);
     s->pid = 0;
     s->is_worker = 0;
 }
@@ -393,7 +401,6 @@ int pool_launch(sf_pool *p, pool_slot *s)
         (s->out >= 0 && pool_fd_add(p, s->out, EPOLLIN, id + EV_OUT) < 0) ||
         (s->err >= 0 && pool_fd_add(p, s->err, EPOLLIN, id + EV_ERR) < 0)) {
         rc = -errno;
-        jsonl_decoder_fini(&s->jd);
         abandon(p, s, s->pid);
         return rc;
     }

@@ -485,6 +485,13 @@ static sf_status status_of(const siginfo_t *si)
     return st;
 }
 
+/* A C task's return value, as the exit code it stands for. */
+static sf_status returned(const pool_slot *s)
+{
+    sf_status st = {1, s->task_rc, 0, 0};
+    return st;
+}
+
 /* waitid on the slot's child, by pidfd or by pid (see watch_exit). */
 static int wait_slot(const pool_slot *s, siginfo_t *si, int flags)
 {
@@ -515,20 +522,9 @@ static void on_exit_ready(sf_pool *p, pool_slot *s, double now)
     pool_read_chan(p, s, 1);
     while (wait_slot(s, &si, 0) < 0 && errno == EINTR)
         ;
-    pool_fd_del(p, &s->pidfd);
-    pool_fd_del(p, &s->chan);
-    pool_fd_del(p, &s->out);
-    pool_fd_del(p, &s->err);
-    if (s->is_worker) {
-        chan_queue_fini(&s->wq);
-        chan_decoder_fini(&s->fd_dec);
-        s->wq_armed = 0;
-    } else {
-        jsonl_decoder_fini(&s->jd);
-    }
+    pool_slot_release(p, s);
     if (s->task && s->is_worker && s->task_done) {
-        sf_status ret = {1, s->task_rc, 0, 0};
-        end_attempt(p, s, ret, 0, now);
+        end_attempt(p, s, returned(s), 0, now);
     } else if (s->task) {
         end_attempt(p, s, st, 0, now);
     } else if (s->is_worker && !(st.exited && st.code == 0) && !s->stopping) {
@@ -560,8 +556,7 @@ static void on_chan_ready(sf_pool *p, pool_slot *s, uint32_t events, double now)
     if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
         pool_read_chan(p, s, 0);
     if (s->is_worker && s->task && s->task_done && !s->stopping) {
-        sf_status ret = {1, s->task_rc, 0, 0};
-        end_attempt(p, s, ret, 0, now);
+        end_attempt(p, s, returned(s), 0, now);
         /* A worker whose last task this was exits by itself; on_exit_ready
          * reaps it. */
     }

@@ -108,6 +108,8 @@ double pool_wall(void);
 int pool_launch(sf_pool *p, pool_slot *s);
 int pool_env_build(sf_pool *p);
 void pool_env_free(sf_pool *p);
+/* Closes the slot's descriptors and frees its decoders (its child gone). */
+void pool_slot_release(sf_pool *p, pool_slot *s);
 /* Sends the worker its next task. Returns 0 or -errno. */
 int pool_worker_give(sf_pool *p, pool_slot *s);
 

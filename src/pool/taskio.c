@@ -16,6 +16,12 @@
  * writing: what it writes later is not the task's). */
 #define DRAIN_READS 64
 
+/* The seq of the slot's task, for log lines (0 between tasks). */
+static unsigned long slot_seq(const pool_slot *s)
+{
+    return s->task ? s->task->seq : 0UL;
+}
+
 void pool_info(const pool_slot *s, sf_task_info *out)
 {
     out->seq = s->task ? s->task->seq : 0;
@@ -61,7 +67,7 @@ static void task_log(sf_pool *p, pool_slot *s, const void *text, size_t n)
     if (!sf_log_enabled(&p->log, SF_LOG_INFO))
         return;
     sf_text_clean(clean, sizeof clean, text, n, "?");
-    sf_logf(&p->log, SF_LOG_INFO, "task %lu: %s", s->task ? s->task->seq : 0UL, clean);
+    sf_logf(&p->log, SF_LOG_INFO, "task %lu: %s", slot_seq(s), clean);
 }
 
 static void keep_result(sf_pool *p, pool_slot *s, const void *data, size_t n)
@@ -70,13 +76,13 @@ static void keep_result(sf_pool *p, pool_slot *s, const void *data, size_t n)
 
     if (n > p->o.result_max) {
         sf_logf(&p->log, SF_LOG_WARN, "task %lu: a result of %zu bytes is over %zu: dropped",
-                s->task ? s->task->seq : 0UL, n, p->o.result_max);
+                slot_seq(s), n, p->o.result_max);
         return;
     }
     copy = malloc(n ? n : 1);
     if (!copy) {
         sf_logf(&p->log, SF_LOG_ERROR, "task %lu: no memory for its result",
-                s->task ? s->task->seq : 0UL);
+                slot_seq(s));
         return;
     }
     memcpy(copy, data, n);
@@ -115,7 +121,7 @@ static void command_line(sf_pool *p, pool_slot *s, json_t *obj)
         } else {
             sf_logf(&p->log, SF_LOG_WARN,
                     "task %lu: fd 3: progress is a number or {\"done\": N, \"total\": M}",
-                    s->task ? s->task->seq : 0UL);
+                    slot_seq(s));
         }
     }
     if ((v = json_object_get(obj, "log")) != NULL) {
@@ -123,7 +129,7 @@ static void command_line(sf_pool *p, pool_slot *s, json_t *obj)
             task_log(p, s, json_string_value(v), json_string_length(v));
         else
             sf_logf(&p->log, SF_LOG_WARN, "task %lu: fd 3: log is a string",
-                    s->task ? s->task->seq : 0UL);
+                    slot_seq(s));
     }
     if ((v = json_object_get(obj, "result")) != NULL) {
         char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
@@ -158,10 +164,10 @@ static void command_bytes(sf_pool *p, pool_slot *s, const char *buf, size_t len)
             json_decref(obj);
         } else if (rc == -EPROTO) {
             sf_logf(&p->log, SF_LOG_WARN, "task %lu: fd 3: a line that is not a JSON object, ignored",
-                    s->task ? s->task->seq : 0UL);
+                    slot_seq(s));
         } else if (rc == -EMSGSIZE || rc == -ENOMEM) {
             sf_logf(&p->log, SF_LOG_WARN, "task %lu: fd 3: a line over %zu bytes, ignored",
-                    s->task ? s->task->seq : 0UL, p->o.result_max);
+                    slot_seq(s), p->o.result_max);
             s->jd.have = 0;
             s->jskip = 1;
         } else {

@@ -295,6 +295,15 @@ def session_members(sid, exclude=()):
     return out
 
 
+def kill_session(sid):
+    """SIGKILL to every process of session sid (a last resort at teardown)."""
+    for pid, _, _ in session_members(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class Server:
     """One `sockfork serve` process, started in its own session."""
 
@@ -462,11 +471,7 @@ class Server:
 
     def kill_hard(self):
         """Last resort at teardown: nothing of the session may outlive the test."""
-        for pid, _, _ in session_members(self.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_session(self.pid)
         if self.proc.poll() is None:
             self.proc.kill()
         try:

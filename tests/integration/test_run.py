@@ -28,7 +28,8 @@ import time
 
 import pytest
 
-from conftest import BIN, LONG_WAIT, SANITIZER_MARKS, WAIT, proc_stat, server_env, session_members
+from conftest import (BIN, LONG_WAIT, SANITIZER_MARKS, WAIT, kill_session, proc_stat, server_env,
+                      session_members)
 
 # How long a run that should take milliseconds may take before it counts as
 # stalled (the lines of an open pipe must start at once, not at EOF).
@@ -312,11 +313,7 @@ class Run:
                 self.proc.wait(timeout=WAIT)
             except subprocess.TimeoutExpired:
                 pass
-        for pid, _, _ in session_members(self.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_session(self.pid)
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=WAIT)

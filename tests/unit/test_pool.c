@@ -126,6 +126,21 @@ static unsigned long arg_number(const void *arg, size_t len)
     return v;
 }
 
+/* A pool with options o, fed tasks 1..n (each its number as its argument),
+ * run to its end; st gets its counters. The caller checks and frees it. */
+static sf_pool *run_numbers(const sf_pool_opts *o, unsigned long n, sf_pool_stats *st)
+{
+    sf_pool *p;
+
+    reset_seen();
+    p = sf_pool_new(o);
+    assert_non_null(p);
+    submit_numbers(p, n);
+    assert_int_equal(sf_pool_run(p), 0);
+    sf_pool_get_stats(p, st);
+    return p;
+}
+
 /* ------------------------------------------------------------ tasks */
 
 /* Squares its number; fails with code 3 for multiples of 10. */
@@ -151,13 +166,8 @@ static void test_reused_workers_run_every_task_once(void **state)
     int fds = count_fds();
     (void)state;
 
-    reset_seen();
     o.max_tasks_per_worker = 0;
-    p = sf_pool_new(&o);
-    assert_non_null(p);
-    submit_numbers(p, 200);
-    assert_int_equal(sf_pool_run(p), 0);
-    sf_pool_get_stats(p, &st);
+    p = run_numbers(&o, 200, &st);
     for (unsigned long i = 1; i <= 200; i++) {
         char want[64];
         seen *s = &seen_by_seq[i];
@@ -187,13 +197,8 @@ static void test_one_fork_per_task(void **state)
     sf_pool *p;
     (void)state;
 
-    reset_seen();
     o.max_tasks_per_worker = 1;
-    p = sf_pool_new(&o);
-    assert_non_null(p);
-    submit_numbers(p, 40);
-    assert_int_equal(sf_pool_run(p), 0);
-    sf_pool_get_stats(p, &st);
+    p = run_numbers(&o, 40, &st);
     assert_int_equal(st.workers_started, 40);
     assert_int_equal(st.ok, 36);
     for (unsigned long i = 1; i <= 40; i++)
@@ -222,14 +227,9 @@ static void test_a_worker_that_dies_mid_task_is_retried_elsewhere(void **state)
     sf_pool *p;
     (void)state;
 
-    reset_seen();
     o.retries = 1;
     o.max_tasks_per_worker = 2;
-    p = sf_pool_new(&o);
-    assert_non_null(p);
-    submit_numbers(p, 30);
-    assert_int_equal(sf_pool_run(p), 0);
-    sf_pool_get_stats(p, &st);
+    p = run_numbers(&o, 30, &st);
     assert_int_equal(st.ok, 30);
     assert_int_equal(st.retried, 2);
     for (unsigned long i = 1; i <= 30; i++) {
@@ -242,13 +242,8 @@ static void test_a_worker_that_dies_mid_task_is_retried_elsewhere(void **state)
 
     /* Without retries the task fails with the worker's death, and the
      * result it sent before dying is kept; the pool goes on. */
-    reset_seen();
     o.retries = 0;
-    p = sf_pool_new(&o);
-    assert_non_null(p);
-    submit_numbers(p, 10);
-    assert_int_equal(sf_pool_run(p), 0);
-    sf_pool_get_stats(p, &st);
+    p = run_numbers(&o, 10, &st);
     assert_int_equal(st.ok, 8);
     assert_int_equal(st.killed_by_signal, 2);
     assert_int_equal(seen_by_seq[5].state, SF_TASK_FAILED);
@@ -289,14 +284,9 @@ static void test_a_timeout_kills_the_task_and_its_grandchild(void **state)
     pid_t g = 0;
     (void)state;
 
-    reset_seen();
     o.timeout_s = 0.3;
     o.kill_grace_s = 0.2;
-    p = sf_pool_new(&o);
-    assert_non_null(p);
-    submit_numbers(p, 4);
-    assert_int_equal(sf_pool_run(p), 0);
-    sf_pool_get_stats(p, &st);
+    p = run_numbers(&o, 4, &st);
     assert_int_equal(st.ok, 3);
     assert_int_equal(st.timed_out, 1);
     assert_int_equal(seen_by_seq[2].state, SF_TASK_FAILED);
@@ -343,15 +333,10 @@ static void test_halt_now_reports_the_rest_cancelled(void **state)
     unsigned long ok = 0, cancelled = 0;
     (void)state;
 
-    reset_seen();
     o.jobs = 1;
     o.halt = SF_HALT_NOW;
     o.halt_fail = 1;
-    p = sf_pool_new(&o);
-    assert_non_null(p);
-    submit_numbers(p, 50);
-    assert_int_equal(sf_pool_run(p), 0);
-    sf_pool_get_stats(p, &st);
+    p = run_numbers(&o, 50, &st);
     assert_true(st.halted);
     assert_int_equal(st.failed, 1);
     for (unsigned long i = 1; i <= 50; i++) {
