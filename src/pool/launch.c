@@ -1,4 +1,4 @@
-/* launch.c - starting an attempt: a command with posix_spawn, a C task in
+/* launch.c - starting an attempt: a command with proc_exec (vfork), a C task in
  * a forked worker. */
 #include "pool/pool_internal.h"
 #include "process/process.h"
@@ -6,7 +6,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,19 +59,24 @@ void pool_env_free(sf_pool *p)
 /*
  * The file to exec for argv[0]. A name without a slash is looked up in
  * PATH once and remembered (one name: a run execs the same command again
- * and again), instead of posix_spawnp trying execve in each PATH directory
- * for every task. A name not found is left to posix_spawnp, which then
- * says ENOENT as usual.
+ * and again), instead of trying execve in each PATH directory for every
+ * task. NULL with *err set when there is none: -ENOENT, or -EACCES when a
+ * file of that name was found but none could be executed (as execvp).
  */
-static const char *exec_path(sf_pool *p, const char *name)
+static const char *exec_path(sf_pool *p, const char *name, int *err)
 {
     const char *path = getenv("PATH");
     char buf[4096];
+    int seen = 0;
 
     if (strchr(name, '/'))
         return name;
     if (p->exec_name && strcmp(p->exec_name, name) == 0)
         return p->exec_file;
+    if (!*name) {
+        *err = -ENOENT;
+        return NULL;
+    }
     if (!path || !*path)
         path = "/bin:/usr/bin";
     while (*path) {
@@ -81,12 +85,18 @@ static const char *exec_path(sf_pool *p, const char *name)
         int n = dl ? snprintf(buf, sizeof buf, "%.*s/%s", (int)dl, path, name)
                    : snprintf(buf, sizeof buf, "%s", name); /* empty entry: the cwd */
         struct stat sb;
-        if (n > 0 && (size_t)n < sizeof buf && stat(buf, &sb) == 0 && S_ISREG(sb.st_mode) &&
-            access(buf, X_OK) == 0) {
-            char *nm = strdup(name), *f = strdup(buf);
+        if (n > 0 && (size_t)n < sizeof buf && stat(buf, &sb) == 0 && S_ISREG(sb.st_mode)) {
+            char *nm, *f;
+            if (access(buf, X_OK) < 0) {
+                seen = 1;
+                goto next;
+            }
+            nm = strdup(name);
+            f = strdup(buf);
             if (!nm || !f) {
                 free(nm);
                 free(f);
+                *err = -ENOMEM;
                 return NULL;
             }
             free(p->exec_name);
@@ -95,10 +105,12 @@ static const char *exec_path(sf_pool *p, const char *name)
             p->exec_file = f;
             return f;
         }
+    next:
         path += dl;
         if (*path == ':')
             path++;
     }
+    *err = seen ? -EACCES : -ENOENT;
     return NULL;
 }
 
@@ -144,30 +156,28 @@ static int watch_exit(sf_pool *p, pool_slot *s)
 }
 
 /*
- * posix_spawnp: glibc starts the child with clone(CLONE_VM | CLONE_VFORK),
- * so no page table is copied (fork's cost, growing with the parent's
- * size), and reports a failed exec as the call's error. The child gets
- * its own process group (so the group can be signalled), an empty signal
- * mask, SIGPIPE at its default (glibc already resets every caught signal),
- * stdin from /dev/null when output is captured, the pipes as 1 and 2, its
- * channel as 3 and nothing else open.
+ * The child (proc_exec, vfork: nothing copied) gets its own process group
+ * (so the group can be signalled), an empty signal mask, the program's
+ * handlers and SIGPIPE back at their defaults, stdin from /dev/null when
+ * output is captured, the pipes as 1 and 2, its channel as 3 and nothing
+ * else open.
  */
 static int spawn_command(sf_pool *p, pool_slot *s)
 {
     pool_task *t = s->task;
     int outp[2] = {-1, -1}, errp[2] = {-1, -1}, ch[2] = {-1, -1};
     char envbuf[POOL_ENV_EXTRA][48];
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t at;
-    sigset_t empty, def;
+    proc_exec_opts eo;
     const char *file;
     pid_t pid;
-    int rc, fa_ok = 0, at_ok = 0;
+    int rc;
 
     errno = 0;
     s->argv = t->cmd(t->seq, s->index, t->data, t->cmd_arg);
     if (!s->argv || !s->argv[0])
         return errno ? -errno : -EINVAL;
+    if (!(file = exec_path(p, s->argv[0], &rc)))
+        return rc;
     if (p->o.capture_output && ((rc = pipe_for_child(outp)) < 0 || (rc = pipe_for_child(errp)) < 0))
         goto fail;
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ch) < 0) {
@@ -183,42 +193,18 @@ static int spawn_command(sf_pool *p, pool_slot *s)
         p->envp[p->nenv_base + (size_t)i] = envbuf[i];
     p->envp[p->nenv_base + POOL_ENV_EXTRA] = NULL;
 
-    if ((rc = -posix_spawn_file_actions_init(&fa)) < 0)
+    memset(&eo, 0, sizeof eo);
+    eo.nfds = 4;
+    eo.fds[0] = p->o.capture_output ? p->devnull : -1;
+    eo.fds[1] = p->o.capture_output ? outp[1] : -1;
+    eo.fds[2] = p->o.capture_output ? errp[1] : -1;
+    eo.fds[3] = ch[1];
+    eo.reset = &p->reset_signals;
+    pid = proc_exec(file, s->argv, p->envp, &eo);
+    if (pid < 0) {
+        rc = (int)pid;
         goto fail;
-    fa_ok = 1;
-    if ((rc = -posix_spawnattr_init(&at)) < 0)
-        goto fail;
-    at_ok = 1;
-    if (p->o.capture_output) {
-        if ((rc = -posix_spawn_file_actions_adddup2(&fa, p->devnull, 0)) < 0 ||
-            (rc = -posix_spawn_file_actions_adddup2(&fa, outp[1], 1)) < 0 ||
-            (rc = -posix_spawn_file_actions_adddup2(&fa, errp[1], 2)) < 0)
-            goto fail;
     }
-    /* dup2 onto 3 clears close-on-exec even when ch[1] is 3 already. */
-    if ((rc = -posix_spawn_file_actions_adddup2(&fa, ch[1], 3)) < 0 ||
-        (rc = -posix_spawn_file_actions_addclosefrom_np(&fa, 4)) < 0)
-        goto fail;
-    sigemptyset(&empty);
-    sigemptyset(&def);
-    sigaddset(&def, SIGPIPE);
-    if ((rc = -posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-                                                 POSIX_SPAWN_SETSIGDEF)) < 0 ||
-        (rc = -posix_spawnattr_setpgroup(&at, 0)) < 0 ||
-        (rc = -posix_spawnattr_setsigmask(&at, &empty)) < 0 ||
-        (rc = -posix_spawnattr_setsigdefault(&at, &def)) < 0)
-        goto fail;
-
-    file = exec_path(p, s->argv[0]);
-    if (file)
-        rc = -posix_spawn(&pid, file, &fa, &at, s->argv, p->envp);
-    else
-        rc = -posix_spawnp(&pid, s->argv[0], &fa, &at, s->argv, p->envp);
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&at);
-    fa_ok = at_ok = 0;
-    if (rc < 0)
-        goto fail;
 
     s->pid = pid;
     if ((rc = watch_exit(p, s)) < 0) {
@@ -241,10 +227,6 @@ static int spawn_command(sf_pool *p, pool_slot *s)
     return 0;
 
 fail:
-    if (fa_ok)
-        posix_spawn_file_actions_destroy(&fa);
-    if (at_ok)
-        posix_spawnattr_destroy(&at);
     close_pair(outp);
     close_pair(errp);
     close_pair(ch);

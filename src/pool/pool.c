@@ -718,6 +718,8 @@ int sf_pool_run(sf_pool *p)
         return -EBUSY;
     if ((rc = pool_env_build(p)) < 0)
         return rc;
+    proc_caught_signals(&p->reset_signals);
+    sigaddset(&p->reset_signals, SIGPIPE);
     p->running_loop = 1;
     if (p->o.feed_fd >= 0) {
         /* epoll refuses regular files (EPERM): they are always readable,

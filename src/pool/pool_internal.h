@@ -1,7 +1,7 @@
 /*
  * pool_internal.h - the task pool's state, shared by its files:
  *   pool.c    the API, the queue, the loop, how an attempt ends
- *   launch.c  starting an attempt: posix_spawn for commands, fork for workers
+ *   launch.c  starting an attempt: vfork+exec for commands, fork for workers
  *   taskio.c  what comes out of a task: output, fd-3 JSON lines, worker frames
  *   worker.c  the worker's side: its loop and the sf_task_* calls
  */
@@ -93,6 +93,9 @@ struct sf_pool {
     char **envp;
     size_t nenv_base;
     char *exec_name, *exec_file; /* the last name looked up in PATH, and its file */
+    sigset_t reset_signals;      /* back to SIG_DFL in a command's child: the
+                                    program's caught ones (read when the run
+                                    starts) and SIGPIPE */
 
     sf_pool_stats st;
 };

@@ -4,6 +4,7 @@
 #ifndef SF_PROCESS_H
 #define SF_PROCESS_H
 
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/types.h>
 
@@ -30,6 +31,35 @@ typedef struct proc_fork_opts {
  * descriptors laid out as opts says. The child must leave with _exit().
  */
 pid_t proc_fork(const proc_fork_opts *opts);
+
+/* How proc_exec lays out the child. */
+typedef struct proc_exec_opts {
+    /* What the child gets as descriptors 0 .. nfds-1: fds[i] becomes i
+     * (without close-on-exec); -1 leaves i as the parent has it. Every
+     * descriptor from nfds up is closed. */
+    int fds[PROC_KEEP_MAX];
+    int nfds;
+    /* Signals put back to SIG_DFL in the child before the exec, besides
+     * the ones exec itself resets (every caught one): the caller's caught
+     * signals (proc_caught_signals), so none of its handlers can run in
+     * the child while it shares the caller's memory, and any ignored one
+     * that the program should not inherit ignored (SIGPIPE). */
+    const sigset_t *reset;
+} proc_exec_opts;
+
+/*
+ * Starts file with argv and envp in a child of its own process group,
+ * with an empty signal mask. The child is made with vfork(): it borrows
+ * the caller's memory until the exec, so nothing is copied and the call
+ * costs the same however big the caller is. Returns the pid once the
+ * program is exec'd, or -errno: of vfork, or of a layout or an exec that
+ * failed (that child is already reaped).
+ */
+pid_t proc_exec(const char *file, char *const argv[], char *const envp[],
+                const proc_exec_opts *opts);
+
+/* The signals that have a handler now, into set (emptied first). */
+void proc_caught_signals(sigset_t *set);
 
 /* Sends sig to the child's process group, or to the child alone if it has
  * left its group. Only for a child not yet reaped. Returns 0 or -errno. */
