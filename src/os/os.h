@@ -41,6 +41,24 @@ int os_subreaper(void);
 void *os_nofork_calloc(size_t n, size_t size);
 void os_nofork_free(void *block);
 
+/* The scheduling attributes os_slice_short changed, to put back. */
+typedef struct os_sched_saved {
+    int set;
+    int nice;
+    unsigned long long flags, runtime;
+} os_sched_saved;
+
+/*
+ * Gives the calling thread a short scheduler slice (0.1 ms), so that it
+ * runs soon after it is woken even when its children keep every CPU busy.
+ * Only for a thread of the normal policy with a longer slice. Returns 1 if
+ * changed, 0 if left as it was, or -errno. Children inherit the slice:
+ * os_slice_restore puts back what was saved (if anything), in the thread
+ * or in a child before it execs; async-signal-safe, vfork-safe.
+ */
+int os_slice_short(os_sched_saved *saved);
+void os_slice_restore(const os_sched_saved *saved);
+
 /* What the kernel knows of a TCP connection. */
 typedef struct os_tcp_stats {
     uint64_t bytes_in;     /* data bytes received from the peer; UINT64_MAX: unknown */

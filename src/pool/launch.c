@@ -200,6 +200,7 @@ static int spawn_command(sf_pool *p, pool_slot *s)
     eo.fds[2] = p->o.capture_output ? errp[1] : -1;
     eo.fds[3] = ch[1];
     eo.reset = &p->reset_signals;
+    eo.slice = &p->slice;
     pid = proc_exec(file, s->argv, p->envp, &eo);
     if (pid < 0) {
         rc = (int)pid;
@@ -274,6 +275,7 @@ static int fork_worker(sf_pool *p, pool_slot *s)
     memset(&fo, 0, sizeof fo);
     fo.keep[0] = ch[1];
     fo.nkeep = 1;
+    fo.slice = &p->slice;
     /* The worker flushes stdio after every task: what the program had
      * buffered before the fork would be written once per worker. */
     fflush(NULL);

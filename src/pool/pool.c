@@ -720,6 +720,9 @@ int sf_pool_run(sf_pool *p)
         return rc;
     proc_caught_signals(&p->reset_signals);
     sigaddset(&p->reset_signals, SIGPIPE);
+    /* The loop is what starts the next task: let it run as soon as an
+     * exit wakes it (os/slice.c says why). */
+    (void)os_slice_short(&p->slice);
     p->running_loop = 1;
     if (p->o.feed_fd >= 0) {
         /* epoll refuses regular files (EPERM): they are always readable,
@@ -770,6 +773,8 @@ int sf_pool_run(sf_pool *p)
     }
     feed_arm(p, 0);
     pool_env_free(p);
+    os_slice_restore(&p->slice);
+    p->slice.set = 0;
     p->running_loop = 0;
     return rc;
 }

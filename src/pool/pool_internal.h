@@ -12,6 +12,7 @@
 #include "channel/frame.h"
 #include "channel/jsonl.h"
 #include "log.h"
+#include "os/os.h"
 
 #include <signal.h>
 #include <sys/types.h>
@@ -96,6 +97,8 @@ struct sf_pool {
     sigset_t reset_signals;      /* back to SIG_DFL in a command's child: the
                                     program's caught ones (read when the run
                                     starts) and SIGPIPE */
+
+    os_sched_saved slice;        /* the loop's thread's slice while it runs */
 
     sf_pool_stats st;
 };

@@ -72,6 +72,8 @@ static void __attribute__((noreturn, noinline)) exec_child(exec_plan *pl)
             child_fail(pl, errno);
     }
     os_closefrom(o->nfds);
+    if (o->slice)
+        os_slice_restore(o->slice);
     sigprocmask(SIG_SETMASK, pl->mask, NULL);
     execve(pl->file, pl->argv, pl->envp);
     child_fail(pl, errno);

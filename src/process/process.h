@@ -8,6 +8,8 @@
 #include <sys/resource.h>
 #include <sys/types.h>
 
+#include "os/os.h"
+
 #define PROC_KEEP_MAX 4
 
 typedef struct proc_fork_opts {
@@ -21,6 +23,9 @@ typedef struct proc_fork_opts {
     const struct rlimit *fdlimit;
     /* Signal sent to the child if the supervisor dies; 0 for none. */
     int parent_death_signal;
+    /* Scheduling attributes the child puts back (os_slice_restore); NULL
+     * for none. */
+    const os_sched_saved *slice;
 } proc_fork_opts;
 
 /*
@@ -45,6 +50,9 @@ typedef struct proc_exec_opts {
      * the child while it shares the caller's memory, and any ignored one
      * that the program should not inherit ignored (SIGPIPE). */
     const sigset_t *reset;
+    /* Scheduling attributes put back just before the exec
+     * (os_slice_restore); NULL for none. */
+    const os_sched_saved *slice;
 } proc_exec_opts;
 
 /*

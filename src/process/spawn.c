@@ -88,6 +88,8 @@ pid_t proc_fork(const proc_fork_opts *o)
         _exit(111);
     if (o->fdlimit)
         (void)setrlimit(RLIMIT_NOFILE, o->fdlimit);
+    if (o->slice)
+        os_slice_restore(o->slice);
     sigemptyset(&all);
     sigprocmask(SIG_SETMASK, &all, NULL);
     return 0;

@@ -168,6 +168,11 @@ def no_core_dumps():
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+def no_core_dumps_sigpipe_ignored():
+    no_core_dumps()
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # after subprocess restored it
+
+
 class Reader:
     """Everything read from a descriptor (pipe or pty master), by a thread."""
 
@@ -230,7 +235,8 @@ class Run:
     a pipe read by a thread, or a descriptor given. stderr: a pipe, or
     "pty" for a terminal."""
 
-    def __init__(self, tmp_path, args, stdin=None, stdout=None, stderr=None, env=None):
+    def __init__(self, tmp_path, args, stdin=None, stdout=None, stderr=None, env=None,
+                 ignore_sigpipe=False):
         self.tmp_path = tmp_path
         self.args = [str(a) for a in args]
         self.spill = tmp_path / "spill"
@@ -255,7 +261,8 @@ class Run:
         self.proc = subprocess.Popen([BIN, "run"] + self.args, cwd=str(tmp_path), stdin=in_arg,
                                      stdout=subprocess.PIPE if stdout is None else stdout,
                                      stderr=err_arg, env=server_env(e), start_new_session=True,
-                                     preexec_fn=no_core_dumps)
+                                     preexec_fn=no_core_dumps_sigpipe_ignored if ignore_sigpipe
+                                     else no_core_dumps)
         self.pid = self.proc.pid
         if slave is not None:
             os.close(slave)
@@ -1034,6 +1041,45 @@ def test_seq_and_slot_placeholders_and_environment(tmp_path, run):
         slots.append(slot)
     # The first three ran at once: three different slots.
     assert sorted(slots[:3]) == [1, 2, 3]
+
+
+def sched_slice(pid="self"):
+    """se.slice of a process in ns (Linux 6.12+ shows it), or None."""
+    try:
+        with open("/proc/%s/sched" % pid) as f:
+            for line in f:
+                if line.startswith("se.slice"):
+                    return int(line.split(":")[1])
+    except OSError:
+        pass
+    return None
+
+
+def test_tasks_start_with_default_slice_mask_and_handlers(tmp_path, run):
+    """The loop runs with a short scheduler slice (os/slice.c) that its
+    tasks must not keep; a task starts with the slice a plain child of
+    the test gets, an empty signal mask, and nothing caught (sockfork
+    catches SIGINT and SIGTERM; exec resets those, and the vfork child
+    resets them before it execs). SIGPIPE ignored by the caller is put
+    back to its default."""
+    script = write_script(tmp_path, "attrs.sh",
+                          'grep -E "^(SigBlk|SigIgn|SigCgt)" /proc/$$/status\n'
+                          'grep "^se.slice" /proc/$$/sched || echo "se.slice : none"\n')
+    r = run("-k", "-j", "2", "sh", script, ":::", "1", "2", ignore_sigpipe=True)
+    assert r.rc == 0, r.stderr
+    out = r.stdout.decode()
+    assert out.count("SigBlk:\t0000000000000000") == 2, out
+    for line in out.splitlines():
+        if line.startswith("SigIgn:"):
+            ign = int(line.split()[1], 16)
+            assert not ign & (1 << (signal.SIGPIPE - 1)), out
+    default = subprocess.run(["sh", "-c", 'grep "^se.slice" /proc/$$/sched || echo none'],
+                             capture_output=True, text=True, check=True).stdout
+    if "none" in default:
+        return  # this kernel shows no slice: nothing more to compare
+    want = int(default.split(":")[1])
+    slices = [int(l.split(":")[1]) for l in out.splitlines() if l.startswith("se.slice")]
+    assert slices == [want, want], (out, want)
 
 
 def test_without_shell_arguments_are_literal(tmp_path, run):

@@ -484,6 +484,50 @@ static void test_cancel_stops_the_running_and_the_queued(void **state)
     sf_pool_free(p);
 }
 
+/* se.slice of this process in ns (Linux 6.12+), or -1 where not shown. */
+static long own_slice(void)
+{
+    char line[256];
+    long v = -1;
+    FILE *f = fopen("/proc/self/sched", "r");
+
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "se.slice", 8) == 0 && strchr(line, ':'))
+            v = strtol(strchr(line, ':') + 1, NULL, 10);
+    fclose(f);
+    return v;
+}
+
+static long slice_outside;
+
+/* 0 when the worker runs with the slice the test had before the run. */
+static int slice_check(sf_task *t, const void *arg, size_t len, void *fn_arg)
+{
+    (void)t, (void)arg, (void)len, (void)fn_arg;
+    return own_slice() == slice_outside ? 0 : 1;
+}
+
+/* The loop's thread runs with a short slice (os/slice.c); workers put the
+ * old one back, and so does the thread when the run ends. */
+static void test_workers_and_the_caller_keep_their_slice(void **state)
+{
+    sf_pool_opts o = base_opts(slice_check);
+    sf_pool_stats st;
+    sf_pool *p;
+    (void)state;
+
+    slice_outside = own_slice();
+    if (slice_outside < 0)
+        skip();
+    o.max_tasks_per_worker = 2;
+    p = run_numbers(&o, 6, &st);
+    assert_int_equal(st.ok, 6);
+    assert_int_equal(own_slice(), slice_outside);
+    sf_pool_free(p);
+}
+
 static void test_bad_options_are_refused(void **state)
 {
     sf_pool_opts o = base_opts(square);
@@ -519,6 +563,7 @@ int main(void)
         cmocka_unit_test(test_halt_now_reports_the_rest_cancelled),
         cmocka_unit_test(test_commands_output_fd3_and_spawn_errors),
         cmocka_unit_test(test_cancel_stops_the_running_and_the_queued),
+        cmocka_unit_test(test_workers_and_the_caller_keep_their_slice),
         cmocka_unit_test(test_bad_options_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
