@@ -416,6 +416,7 @@ typedef struct sf_task_report {
                                    or --halt now */
     int spawn_error;            /* errno when the command could not be started
                                    (status then says exited 127), else 0 */
+    int output_limited;         /* stopped for writing more than output_max */
     unsigned attempts;          /* attempts made, retries included */
     unsigned slot;              /* 1..jobs, of the last attempt */
     int pid;                    /* of the last attempt's process */
@@ -481,6 +482,12 @@ typedef struct sf_pool_opts {
     /* Commands: stdout and stderr go to on_output instead of being
      * inherited; stdin is /dev/null. */
     int capture_output;
+    /* Captured output of one attempt, stdout and stderr together, passed to
+     * on_output (0: no limit; the pool itself holds none of it). Past it,
+     * on_output gets what fits, nothing more is read, and the attempt is
+     * stopped as a timed-out one is; it fails with output_limited set and
+     * is not retried (it would write as much again). */
+    unsigned long long output_max;
     /* Largest result, log line or fd-3 line of a task (default 64 KiB). */
     size_t result_max;
 
@@ -530,6 +537,7 @@ typedef struct sf_pool_stats {
     unsigned long submitted, started, running, pending;
     unsigned long ok, failed, cancelled;  /* ended tasks, by state */
     unsigned long timed_out, killed_by_signal, failed_by_code, spawn_errors;
+    unsigned long output_limited;         /* failed: stopped for their output */
     unsigned long retried;                /* attempts beyond the first */
     unsigned long workers_started;        /* C tasks: processes forked */
     int halted;                           /* a halt condition was met */

@@ -227,7 +227,7 @@ static void report_unrun(sf_pool *p, pool_task *t)
  * SIGKILL after the grace. A leader already exited is a zombie holding the
  * group's id, so the group can be killed at once without hitting a reused
  * id. */
-static void stop_slot(sf_pool *p, pool_slot *s, double now)
+void pool_stop_slot(sf_pool *p, pool_slot *s, double now)
 {
     if (!s->pid || s->stopping)
         return;
@@ -271,7 +271,7 @@ static void begin_halt(sf_pool *p, int mode, int by_cancel, double now)
         if (mode == SF_HALT_NOW && s->task) {
             if (!s->stopping)
                 s->killed = 1;
-            stop_slot(p, s, now);
+            pool_stop_slot(p, s, now);
         }
         retire_worker(p, s);
     }
@@ -339,11 +339,12 @@ static void end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error,
 {
     pool_task *t = s->task;
     sf_task_report r;
-    int ok = !s->timed_out && !s->killed && !spawn_error && st.exited && st.code == 0;
+    int ok = !s->timed_out && !s->killed && !s->output_limited && !spawn_error && st.exited &&
+             st.code == 0;
 
     p->st.running--;
     p->feed_waiting = 0;
-    if (!ok && !s->killed && !p->halting && t->attempts <= p->o.retries &&
+    if (!ok && !s->killed && !s->output_limited && !p->halting && t->attempts <= p->o.retries &&
         retry_matches(p, &st, s->timed_out)) {
         t->last = st;
         t->last_timed_out = s->timed_out;
@@ -360,6 +361,7 @@ static void end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error,
     r.timed_out = s->timed_out;
     r.killed = s->killed;
     r.spawn_error = spawn_error;
+    r.output_limited = s->output_limited;
     r.attempts = t->attempts;
     r.slot = s->index;
     r.pid = (int)s->pid;
@@ -376,6 +378,8 @@ static void end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error,
         p->st.failed++;
         if (s->timed_out)
             p->st.timed_out++;
+        else if (s->output_limited)
+            p->st.output_limited++;
         else if (spawn_error)
             p->st.spawn_errors++;
         else if (!st.exited)
@@ -402,7 +406,7 @@ static void start_attempt(sf_pool *p, pool_slot *s, pool_task *t, double now)
 
     t->attempts++;
     s->task = t;
-    s->timed_out = s->killed = s->stopping = s->task_done = 0;
+    s->timed_out = s->killed = s->stopping = s->task_done = s->output_limited = 0;
     s->pdone = 0;
     s->ptotal = -1;
     s->outb = s->errb = 0;
@@ -545,7 +549,7 @@ static void on_chan_ready(sf_pool *p, pool_slot *s, uint32_t events, double now)
         int rc = chan_queue_flush(&s->wq, s->chan);
         if (rc < 0) {
             pool_fd_del(p, &s->chan);
-            stop_slot(p, s, now);
+            pool_stop_slot(p, s, now);
         } else if (rc == 1) {
             struct epoll_event ev = {.events = EPOLLIN,
                                      .data.u64 = (uint64_t)(s - p->slots) * 4 + EV_CHAN};
@@ -644,7 +648,7 @@ static void check_timers(sf_pool *p, double now)
             s->timed_out = 1;
             sf_logf(&p->log, SF_LOG_INFO, "task %lu: timed out after %.3f s", s->task->seq,
                     p->o.timeout_s);
-            stop_slot(p, s, now);
+            pool_stop_slot(p, s, now);
         } else if (s->stopping && s->kill_at > 0 && now >= s->kill_at) {
             (void)proc_signal_group(s->pid, SIGKILL);
             s->kill_at = 0;

@@ -59,6 +59,7 @@ typedef struct pool_slot {
     int task_rc;
     int stopping;                /* SIGTERM sent to the group */
     int timed_out, killed;
+    int output_limited;          /* stopped: it wrote more than output_max */
     double started, deadline, kill_at; /* CLOCK_MONOTONIC seconds; 0: none */
     double started_wall;
     char **argv;                 /* a command's, free()d with the attempt */
@@ -118,6 +119,9 @@ void pool_env_free(sf_pool *p);
 void pool_slot_release(sf_pool *p, pool_slot *s);
 /* Sends the worker its next task. Returns 0 or -errno. */
 int pool_worker_give(sf_pool *p, pool_slot *s);
+
+/* Stops the slot's attempt: SIGTERM to its group, SIGKILL after the grace. */
+void pool_stop_slot(sf_pool *p, pool_slot *s, double now);
 
 /* taskio.c */
 void pool_read_output(sf_pool *p, pool_slot *s, int stream, int drain);

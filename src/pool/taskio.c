@@ -34,12 +34,31 @@ void pool_info(const pool_slot *s, sf_task_info *out)
     out->progress_total = s->ptotal;
 }
 
+/* At output_max: what is read past it is not passed on, neither stream is
+ * read again (a writer then gets EPIPE), and the attempt is stopped. */
+static size_t output_room(sf_pool *p, pool_slot *s, size_t n)
+{
+    unsigned long long held = s->outb + s->errb;
+
+    if (!p->o.output_max || held + n <= p->o.output_max)
+        return n;
+    if (!s->output_limited && s->task) {
+        s->output_limited = 1;
+        sf_logf(&p->log, SF_LOG_NOTICE, "task %lu: output over %llu bytes: stopped",
+                s->task->seq, p->o.output_max);
+        if (!s->stopping && !s->exited)
+            pool_stop_slot(p, s, pool_now());
+    }
+    return held < p->o.output_max ? (size_t)(p->o.output_max - held) : 0;
+}
+
 void pool_read_output(sf_pool *p, pool_slot *s, int stream, int drain)
 {
     int *fd = stream == 1 ? &s->out : &s->err;
 
     for (int i = 0; *fd >= 0 && i < (drain ? DRAIN_READS : 1); i++) {
         ssize_t n = read(*fd, p->readbuf, POOL_READ);
+        size_t keep;
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && errno == EAGAIN)
@@ -48,14 +67,20 @@ void pool_read_output(sf_pool *p, pool_slot *s, int stream, int drain)
             pool_fd_del(p, fd);
             return;
         }
+        keep = output_room(p, s, (size_t)n);
         if (stream == 1)
-            s->outb += (unsigned long long)n;
+            s->outb += keep;
         else
-            s->errb += (unsigned long long)n;
-        if (p->o.on_output && s->task) {
+            s->errb += keep;
+        if (keep && p->o.on_output && s->task) {
             sf_task_info info;
             pool_info(s, &info);
-            p->o.on_output(p, &info, stream, p->readbuf, (size_t)n, p->o.arg);
+            p->o.on_output(p, &info, stream, p->readbuf, keep, p->o.arg);
+        }
+        if (s->output_limited) {
+            pool_fd_del(p, &s->out);
+            pool_fd_del(p, &s->err);
+            return;
         }
     }
 }

@@ -785,6 +785,54 @@ def test_line_buffer_lines_stay_whole_and_in_order_per_task(tmp_path, run):
         assert mine == ["task %d line %d" % (t, k) for k in range(1000)]
 
 
+ENDLESS_SH = r"""
+case $1 in
+endless) echo $$ > endless.pid; exec yes "line of an endless task" ;;
+small) head -c 5000 /dev/zero | tr '\0' s ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("order", [False, True], ids=["grouped", "keep-order"])
+def test_max_output_stops_a_task_that_writes_without_end(tmp_path, run, order):
+    """Grouped output is held until its task ends, so what one task may
+    write is bounded: past --max-output it is stopped as on a timeout,
+    its first SIZE bytes are written, it fails and is not retried. A task
+    under the limit is untouched; the run ends by itself (no --timeout)."""
+    script = write_script(tmp_path, "endless.sh", ENDLESS_SH)
+    r = run(*(["-k"] if order else []), "-j", "2", "--max-output", "64K", "--retries", "2",
+            "--results", tmp_path / "r.jsonl", "--joblog", tmp_path / "log",
+            "sh", script, ":::", "endless", "small", timeout=LONG_WAIT)
+    assert r.rc == 1, r.stderr
+    out = r.stdout
+    small = b"s" * 5000
+    assert out.count(small) == 1
+    endless = out.replace(small, b"", 1)
+    assert len(endless) == 64 * 1024
+    line = b"line of an endless task\n"
+    assert endless[:len(line) * 100] == line * 100
+    if order:
+        assert out.endswith(small)
+    res = results_by_seq(tmp_path / "r.jsonl")
+    assert res[1]["output_limited"] is True and res[1]["ok"] is False
+    assert res[1]["attempts"] == 1
+    assert res[1]["stdout_bytes"] == 64 * 1024
+    assert res[1]["exit_code"] is None and res[1]["signal"] in ("SIGTERM", "SIGPIPE")
+    assert res[2]["ok"] is True and "output_limited" not in res[2]
+    assert res[2]["stdout_bytes"] == 5000
+    assert "task 1: output over 65536 bytes: stopped" in r.stderr
+    m = SUMMARY_RE.search(r.stderr)
+    assert m and "1 succeeded, 1 stopped for their output" in m.group(2), r.stderr
+    assert pid_dead(read_pid(tmp_path / "endless.pid"))
+
+
+@pytest.mark.parametrize("value", ["0", "12X", "-1", "2000T", ""])
+def test_max_output_refuses_bad_sizes(run, value):
+    r = run("--max-output", value, "true", ":::", "1")
+    assert r.rc == 255
+    assert "--max-output" in r.stderr
+
+
 STREAM_SH = r"""
 case $1 in
 A) echo early; read x < fifo.A; echo late ;;
@@ -1224,6 +1272,30 @@ def test_retry_on_retries_only_the_listed_endings(tmp_path, run):
         assert (tmp_path / "counters" / name).read_text() == "%d\n" % e[0], name
     assert r.rc == 7
     assert parse_summary(r.stderr)["retries"] == sum(e[0] - 1 for e in expect.values())
+
+
+def test_a_name_is_looked_up_in_path_as_execvp_does(tmp_path, run):
+    """The pool searches PATH itself, once per name: the first executable
+    file wins, one found but not executable is 126 (EACCES) unless an
+    executable one comes later, a name found nowhere is 127."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    (first / "sf-tool").write_text("#!/bin/sh\necho first\n")
+    (first / "sf-tool").chmod(stat.S_IRUSR | stat.S_IWUSR)      # found, not executable
+    (second / "sf-tool").write_text("#!/bin/sh\necho second $1\n")
+    (second / "sf-tool").chmod(stat.S_IRWXU)
+    (first / "sf-noexec").write_text("#!/bin/sh\necho no\n")
+    (first / "sf-noexec").chmod(stat.S_IRUSR | stat.S_IWUSR)
+    path = "%s:%s:/usr/bin:/bin" % (first, second)
+    r = run("-k", "sf-tool", ":::", "a", "b", env={"PATH": path})
+    assert (r.rc, r.stdout) == (0, b"second a\nsecond b\n"), r.stderr
+    r = run("-k", "--results", tmp_path / "r.jsonl", "{}", ":::", "sf-noexec", "sf-nowhere",
+            env={"PATH": path})
+    assert r.rc == 2, r.stderr
+    res = results_by_seq(tmp_path / "r.jsonl")
+    assert res[1]["exit_code"] == 126 and "denied" in res[1]["error"], res[1]
+    assert res[2]["exit_code"] == 127 and res[2]["error"], res[2]
 
 
 def test_a_command_that_cannot_start_is_127_or_126_with_an_error(tmp_path, run):

@@ -30,6 +30,8 @@ typedef struct seen {
     int has_result;
     char out[128];
     size_t outlen;
+    unsigned long long outtotal;
+    int output_limited;
 } seen;
 
 static seen seen_by_seq[NTASKS_MAX + 1];
@@ -56,6 +58,7 @@ static void on_done(sf_pool *p, const sf_task_report *r, void *arg)
     s->timed_out = r->timed_out;
     s->killed = r->killed;
     s->spawn_error = r->spawn_error;
+    s->output_limited = r->output_limited;
     s->attempts = r->attempts;
     s->has_result = r->result != NULL;
     if (r->result && r->result_len < sizeof s->result) {
@@ -71,6 +74,7 @@ static void on_output(sf_pool *p, const sf_task_info *t, int stream, const char 
     (void)p;
     (void)arg;
     (void)stream;
+    s->outtotal += n;
     if (s->outlen + n < sizeof s->out) {
         memcpy(s->out + s->outlen, buf, n);
         s->outlen += n;
@@ -352,18 +356,12 @@ static void test_halt_now_reports_the_rest_cancelled(void **state)
 
 /* ------------------------------------------------------------ commands */
 
-static char **cmd_echo(unsigned long seq, unsigned slot, void *data, void *arg)
+/* sh -c SCRIPT as a command's argv, in one malloc'ed block. */
+static char **sh_argv(const char *script)
 {
-    static const char script[] =
-        "echo \"out $SOCKFORK_TASK\"; echo '{\"progress\": 0.5, \"log\": \"hello\"}' >&3; "
-        "echo '{\"result\": [1, \"two\"]}' >&3";
-    const char *words[] = {"/bin/sh", "-c", script};
-    size_t len = sizeof script + sizeof "/bin/sh" + sizeof "-c";
+    const char *words[] = {"sh", "-c", script};
+    size_t len = strlen(script) + 1 + sizeof "sh" + sizeof "-c";
     char **argv = malloc(4 * sizeof *argv + len), *p;
-    (void)seq;
-    (void)slot;
-    (void)data;
-    (void)arg;
     if (!argv)
         return NULL;
     p = (char *)(argv + 4);
@@ -375,6 +373,26 @@ static char **cmd_echo(unsigned long seq, unsigned slot, void *data, void *arg)
     }
     argv[3] = NULL;
     return argv;
+}
+
+static char **cmd_echo(unsigned long seq, unsigned slot, void *data, void *arg)
+{
+    (void)seq;
+    (void)slot;
+    (void)data;
+    (void)arg;
+    return sh_argv("echo \"out $SOCKFORK_TASK\"; "
+                   "echo '{\"progress\": 0.5, \"log\": \"hello\"}' >&3; "
+                   "echo '{\"result\": [1, \"two\"]}' >&3");
+}
+
+/* Writes without end on stdout (seq 1) or stderr (seq 2), or 100 bytes. */
+static char **cmd_flood(unsigned long seq, unsigned slot, void *data, void *arg)
+{
+    (void)slot;
+    (void)data;
+    (void)arg;
+    return sh_argv(seq == 1 ? "exec yes" : seq == 2 ? "exec yes >&2" : "head -c 100 /dev/zero");
 }
 
 static char **cmd_missing(unsigned long seq, unsigned slot, void *data, void *arg)
@@ -430,6 +448,46 @@ static void test_commands_output_fd3_and_spawn_errors(void **state)
     assert_int_equal(seen_by_seq[6].spawn_error, ENOENT);
     assert_int_equal(seen_by_seq[6].status.code, 127);
     assert_int_equal(seen_by_seq[7].state, SF_TASK_OK);
+    sf_pool_free(p);
+    assert_int_equal(count_fds(), fds);
+}
+
+/* output_max: on_output gets exactly the limit, then the attempt is
+ * stopped and fails, not retried; a task under it is untouched. */
+static void test_output_max_stops_a_flood(void **state)
+{
+    sf_pool_opts o = base_opts(square);
+    sf_pool_stats st;
+    sf_pool *p;
+    int fds = count_fds();
+    (void)state;
+
+    reset_seen();
+    o.capture_output = 1;
+    o.on_output = on_output;
+    o.output_max = 100000;
+    o.retries = 3;
+    p = sf_pool_new(&o);
+    assert_non_null(p);
+    for (int i = 0; i < 3; i++)
+        assert_true(sf_pool_submit_cmd(p, cmd_flood, NULL, NULL) > 0);
+    assert_int_equal(sf_pool_run(p), 0);
+    sf_pool_get_stats(p, &st);
+    assert_int_equal(st.ok, 1);
+    assert_int_equal(st.failed, 2);
+    assert_int_equal(st.output_limited, 2);
+    assert_int_equal(st.retried, 0);
+    for (int i = 1; i <= 2; i++) {
+        assert_int_equal(seen_by_seq[i].state, SF_TASK_FAILED);
+        assert_true(seen_by_seq[i].output_limited);
+        assert_int_equal(seen_by_seq[i].attempts, 1);
+        assert_int_equal(seen_by_seq[i].outtotal, 100000);
+        assert_false(seen_by_seq[i].status.exited);
+    }
+    assert_int_equal(seen_by_seq[3].state, SF_TASK_OK);
+    assert_false(seen_by_seq[3].output_limited);
+    assert_int_equal(seen_by_seq[3].outtotal, 100);
+    assert_non_null(strstr(logged, "task 1: output over 100000 bytes: stopped"));
     sf_pool_free(p);
     assert_int_equal(count_fds(), fds);
 }
@@ -562,6 +620,7 @@ int main(void)
         cmocka_unit_test(test_a_timeout_kills_the_task_and_its_grandchild),
         cmocka_unit_test(test_halt_now_reports_the_rest_cancelled),
         cmocka_unit_test(test_commands_output_fd3_and_spawn_errors),
+        cmocka_unit_test(test_output_max_stops_a_flood),
         cmocka_unit_test(test_cancel_stops_the_running_and_the_queued),
         cmocka_unit_test(test_workers_and_the_caller_keep_their_slice),
         cmocka_unit_test(test_bad_options_are_refused),

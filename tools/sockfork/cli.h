@@ -17,9 +17,11 @@ void cli_log(void *arg, int level, const char *line);
 
 /* Parses a count: digits only, 0..max. Returns 0 or -1. */
 int cli_parse_uint(const char *s, unsigned max, unsigned *out);
-/* Parses a byte count: digits with an optional K or M (KiB, MiB) suffix,
- * at most max. Returns 0 or -1. */
+/* Parses a byte count: digits with an optional K, M, G or T (KiB, MiB...)
+ * suffix, at most max. Returns 0 or -1. */
 int cli_parse_size(const char *s, unsigned max, unsigned *out);
+/* The same, for counts past 4 GiB. */
+int cli_parse_bytes(const char *s, unsigned long long max, unsigned long long *out);
 /* Parses seconds: a non-negative decimal number (fractions allowed) with
  * an optional unit suffix ms, s, m or h. Returns 0 or -1. */
 int cli_parse_seconds(const char *s, double *out);

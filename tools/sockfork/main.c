@@ -82,25 +82,41 @@ int cli_parse_uint(const char *s, unsigned max, unsigned *out)
     return 0;
 }
 
+int cli_parse_bytes(const char *s, unsigned long long max, unsigned long long *out)
+{
+    static const char units[] = "KMGT";
+    size_t n = s ? strlen(s) : 0;
+    unsigned long long v = 0, mult = 1;
+    const char *u = NULL;
+    char c = n > 0 ? s[n - 1] : '\0';
+
+    if (c >= 'a' && c <= 'z')
+        c = (char)(c - 'a' + 'A');
+    if (c && (u = strchr(units, c))) {
+        for (const char *k = units; k <= u; k++)
+            mult *= 1024;
+        n--;
+    }
+    if (n == 0 || n > 19)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (unsigned long long)(s[i] - '0');
+        if (v > max / mult)
+            return -1;
+    }
+    *out = v * mult;
+    return 0;
+}
+
 int cli_parse_size(const char *s, unsigned max, unsigned *out)
 {
-    char digits[16];
-    size_t n = s ? strlen(s) : 0;
-    unsigned mult = 1, v;
+    unsigned long long v;
 
-    if (n > 0 && (s[n - 1] == 'K' || s[n - 1] == 'k'))
-        mult = 1024;
-    else if (n > 0 && (s[n - 1] == 'M' || s[n - 1] == 'm'))
-        mult = 1024 * 1024;
-    if (mult > 1)
-        n--;
-    if (n == 0 || n >= sizeof digits)
+    if (cli_parse_bytes(s, max, &v) < 0)
         return -1;
-    memcpy(digits, s, n);
-    digits[n] = '\0';
-    if (cli_parse_uint(digits, max / mult, &v) < 0)
-        return -1;
-    *out = v * mult;
+    *out = (unsigned)v;
     return 0;
 }
 

@@ -24,6 +24,7 @@
 #define EXIT_FAILED_MAX 101
 #define LINE_MAX_BYTES (128 * 1024) /* the kernel's limit on one argument */
 #define RETRY_ON_MAX 64
+#define MAX_OUTPUT_DEFAULT (1ULL << 30)
 
 static const char run_usage[] =
     "usage: sockfork run [OPTIONS] COMMAND [ARGS...] [::: A B ... [::: C D ...]]\n"
@@ -47,6 +48,10 @@ static const char run_usage[] =
     "  -k, --keep-order      output in input order\n"
     "      --line-buffer     pass output on line by line as it comes\n"
     "      --tag             prefix output lines with the arguments and a tab\n"
+    "      --max-output SIZE a task's output held for grouping, stdout and stderr\n"
+    "                        together (K, M, G, T suffixes; default 1G): past it the\n"
+    "                        task is stopped as on a timeout and fails, what fit is\n"
+    "                        written\n"
     "      --results FILE    one JSON object per finished task\n"
     "      --joblog FILE     GNU parallel's joblog\n"
     "      --resume          skip the tasks the joblog has\n"
@@ -86,6 +91,7 @@ typedef struct run_state {
     const char *arg_file, *results_path, *joblog_path;
     int shell, keep_order, line_buffer, tag, resume, resume_failed, quiet;
     int progress;                 /* -1: when stderr is a terminal */
+    unsigned long long max_output; /* 0: the default, when output is grouped */
     sf_pool_opts po;
     int retry_codes[RETRY_ON_MAX], retry_signals[RETRY_ON_MAX];
 
@@ -756,6 +762,12 @@ static int parse_args(run_state *st, int argc, char **argv)
             st->line_buffer = 1;
         } else if (strcmp(a, "--tag") == 0) {
             st->tag = 1;
+        } else if (strcmp(a, "--max-output") == 0) {
+            if (VALUE() < 0)
+                return -1;
+            if (cli_parse_bytes(v, 1ULL << 50, &st->max_output) < 0 || st->max_output == 0)
+                return usage_error("--max-output: '%s' is not a size from 1 to 1024T (e.g. "
+                                   "500M)", v);
         } else if (strcmp(a, "--results") == 0) {
             if (VALUE() < 0)
                 return -1;
@@ -850,6 +862,9 @@ static void summary(const run_state *st, const sf_pool_stats *s, double el)
                       s->killed_by_signal);
     if (s->timed_out)
         n += snprintf(line + n, sizeof line - (size_t)n, ", %lu timed out", s->timed_out);
+    if (s->output_limited)
+        n += snprintf(line + n, sizeof line - (size_t)n, ", %lu stopped for their output",
+                      s->output_limited);
     if (s->spawn_errors)
         n += snprintf(line + n, sizeof line - (size_t)n, ", %lu could not start", s->spawn_errors);
     n += snprintf(line + n, sizeof line - (size_t)n, "; %lu retr%s", s->retried,
@@ -947,6 +962,9 @@ int cmd_run(int argc, char **argv)
     }
 
     st.po.capture_output = 1;
+    /* Grouped output is held until the task ends: bounded by default.
+     * --line-buffer holds at most a line, so only a limit asked for. */
+    st.po.output_max = st.max_output ? st.max_output : st.line_buffer ? 0 : MAX_OUTPUT_DEFAULT;
     st.po.feed = feed;
     st.po.on_start = on_start;
     st.po.on_output = on_output;

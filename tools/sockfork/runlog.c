@@ -230,6 +230,8 @@ int runlog_results_write(FILE *f, const runlog_entry *e)
         json_object_set_new(o, "error", json_string(strerror(r->spawn_error)));
     if (r->killed)
         json_object_set_new(o, "stopped", json_true());
+    if (r->output_limited)
+        json_object_set_new(o, "output_limited", json_true());
     text = json_dumps(o, JSON_COMPACT);
     if (!text)
         goto nomem;
