@@ -7,7 +7,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 /* Reads per wakeup when not draining: one, so a chatty task cannot starve
@@ -268,7 +267,7 @@ void pool_read_chan(sf_pool *p, pool_slot *s, int drain)
 
         if (s->is_worker)
             n = chan_read(s->chan, &s->fd_dec, p->readbuf, POOL_READ);
-        else if ((n = recv(s->chan, p->readbuf, POOL_READ, MSG_DONTWAIT)) < 0)
+        else if ((n = read(s->chan, p->readbuf, POOL_READ)) < 0)
             n = -errno;
         if (n == -EINTR)
             continue;

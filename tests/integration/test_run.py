@@ -646,6 +646,30 @@ read x < "fifo.$1"
 """
 
 
+FD3_WRITERS_SH = r"""
+readlink /proc/$$/fd/3
+pad=$(printf '%0900d' 0)
+for w in 1 2 3 4; do
+  ( i=0; while [ $i -lt 150 ]; do
+      printf '{"log": "w%d line %d %s"}\n' $w $i "$pad" >&3; i=$((i + 1))
+    done ) &
+done
+wait
+"""
+
+
+def test_fd3_is_a_pipe_and_concurrent_writers_lines_stay_whole(tmp_path, run):
+    """fd 3 is the write end of a pipe: lines under PIPE_BUF written at
+    once by four children of one task all arrive whole."""
+    script = write_script(tmp_path, "writers.sh", FD3_WRITERS_SH)
+    r = run("sh", script, ":::", "1", timeout=LONG_WAIT)
+    assert r.rc == 0, r.stderr
+    assert r.stdout.decode().startswith("pipe:"), r.stdout
+    logs = re.findall(r"^sockfork: task 1: w(\d) line (\d+) 0{900}$", r.stderr, re.M)
+    assert sorted(logs) == sorted((str(w), str(i)) for w in range(1, 5) for i in range(150))
+    assert "not a JSON object" not in r.stderr and "too long" not in r.stderr
+
+
 def test_progress_on_a_terminal_shows_counts_and_each_tasks_progress(tmp_path, sf):
     script = write_script(tmp_path, "progress.sh", PROGRESS_SH)
     for i in (1, 2):
