@@ -19,8 +19,9 @@
  *   spawn       posix_spawn() of PATH (default /bin/true) with the task's
  *               number as its one argument (as `sockfork run` and xargs -n 1
  *               give it one: GNU true sets up its locale only when it has
- *               exactly one argument), reaped with waitpid(-1): the floor
- *               for running a command.
+ *               exactly one argument), reaped with waitpid(-1).
+ *   vfork       the same with vfork() + execve(): the floor for running a
+ *               command (the pool starts commands this way, proc_exec).
  *   pool-cmd    an sf_pool running PATH NUMBER as a command
  *               (sf_pool_submit_cmd), no output capture.
  *   pool-cmd-out  the same with capture_output = 1 (stdout and stderr
@@ -60,7 +61,7 @@ static int opt_upfront;
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: poolbench bare|pool-fork|pool-reuse|spawn|pool-cmd|pool-cmd-out"
+    fprintf(stderr, "usage: poolbench bare|pool-fork|pool-reuse|spawn|vfork|pool-cmd|pool-cmd-out"
                     " [-n TASKS] [-j JOBS] [-c PATH] [-d SECS] [-u]\n");
     exit(2);
 }
@@ -105,6 +106,24 @@ static pid_t start_spawn(void)
 
     if (rc != 0)
         bench_die("posix_spawn %s: %s", opt_cmd, strerror(rc));
+    return pid;
+}
+
+static pid_t start_vfork(void)
+{
+    static unsigned long seq;
+    char num[24];
+    char *argv[] = {(char *)opt_cmd, num, NULL};
+    pid_t pid;
+
+    snprintf(num, sizeof num, "%lu", ++seq);
+    pid = vfork();
+    if (pid == 0) {
+        execve(opt_cmd, argv, environ);
+        _exit(127); /* the loop fails the run on any other status than 0 */
+    }
+    if (pid < 0)
+        bench_die("vfork: %s", strerror(errno));
     return pid;
 }
 
@@ -310,11 +329,11 @@ int main(int argc, char **argv)
         t0 = bench_now_ns();
         done = run_bare(start_fork);
         workers = done;
-    } else if (strcmp(mode, "spawn") == 0) {
+    } else if (strcmp(mode, "spawn") == 0 || strcmp(mode, "vfork") == 0) {
         if (access(opt_cmd, X_OK) != 0)
             bench_die("%s: %s (give an absolute path with -c)", opt_cmd, strerror(errno));
         t0 = bench_now_ns();
-        done = run_bare(start_spawn);
+        done = run_bare(strcmp(mode, "spawn") == 0 ? start_spawn : start_vfork);
     } else if (strcmp(mode, "pool-fork") == 0) {
         done = run_pool(0, 1, &workers, &t0);
     } else if (strcmp(mode, "pool-reuse") == 0) {
@@ -332,6 +351,7 @@ int main(int argc, char **argv)
     printf("mode=%s%s jobs=%u tasks=%lu secs=%.4f tasks_per_s=%.1f processes=%lu\n", mode,
            opt_upfront && strncmp(mode, "pool", 4) == 0 ? "-upfront" : "", opt_jobs, done, secs,
            secs > 0 ? (double)done / secs : 0.0,
-           strcmp(mode, "spawn") == 0 || strncmp(mode, "pool-cmd", 8) == 0 ? done : workers);
+           strcmp(mode, "spawn") == 0 || strcmp(mode, "vfork") == 0 ||
+                   strncmp(mode, "pool-cmd", 8) == 0 ? done : workers);
     return 0;
 }

@@ -19,8 +19,8 @@
 # bare fork()+_exit(0)+waitpid loop, of an sf_pool with one fork per task
 # (max_tasks_per_worker = 1) and with worker reuse (0: no limit), at the
 # same concurrency (tasks submitted from the pool's feed callback, as
-# sockfork run feeds its input); and, to tell where a command's time goes, a bare
-# posix_spawn(TRUE N)+waitpid loop and the pool running TRUE N as a command,
+# sockfork run feeds its input); and, to tell where a command's time goes, bare
+# posix_spawn(TRUE N)+waitpid and vfork+execve loops and the pool running TRUE N as a command,
 # without and with its output captured through pipes (as sockfork run does).
 # Every command gets one argument, N, as with the tools above: GNU true
 # loads its locale when it has exactly one argument, which is most of the
@@ -159,7 +159,7 @@ run_c() {
     case $mode in
     bare | pool-fork) n=$TASKS_FORK_N ;;
     pool-reuse) n=$TASKS_REUSE_N ;;
-    spawn | pool-cmd | pool-cmd-out) n=$TASKS_CMD_N ;;
+    spawn | vfork | pool-cmd | pool-cmd-out) n=$TASKS_CMD_N ;;
     esac
     if ! line=$(timeout -k 5 "$RUN_SECS" "$POOLBENCH" "$mode" -j "$j" -n "$n" -c "$TRUE" \
         -d "$RUN_SECS" 2>"$err"); then
@@ -326,14 +326,16 @@ table_c() {
 }
 
 table_cmd() {
-    local j sp pc po s
-    echo "| jobs | bare posix_spawn+waitpid | pool, commands | pool, commands, output captured | sockfork run, stdin | pool commands / spawn | captured / spawn | sockfork run / spawn | sockfork run / captured |"
-    echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    local j sp vf pc po s
+    echo "| jobs | bare posix_spawn+waitpid | bare vfork+execve | pool, commands | pool, commands, output captured | sockfork run, stdin | posix_spawn / vfork | pool commands / vfork | captured / vfork | sockfork run / vfork | sockfork run / captured |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     # shellcheck disable=SC2086 # lists of words
     for j in $(printf '%s\n' $TASKS_C_JOBS $TASKS_JOBS | sort -nu); do
-        sp=$(med spawn "$j"); pc=$(med pool-cmd "$j"); po=$(med pool-cmd-out "$j"); s=$(med sockfork "$j")
-        echo "| $j | $(num "$sp") | $(num "$pc") | $(num "$po") | $(num "$s") | $(ratio "$pc" "$sp") |" \
-            "$(ratio "$po" "$sp") | $(ratio "$s" "$sp") | $(ratio "$s" "$po") |"
+        sp=$(med spawn "$j"); vf=$(med vfork "$j"); pc=$(med pool-cmd "$j")
+        po=$(med pool-cmd-out "$j"); s=$(med sockfork "$j")
+        echo "| $j | $(num "$sp") | $(num "$vf") | $(num "$pc") | $(num "$po") | $(num "$s") |" \
+            "$(ratio "$sp" "$vf") | $(ratio "$pc" "$vf") | $(ratio "$po" "$vf") | $(ratio "$s" "$vf") |" \
+            "$(ratio "$s" "$po") |"
     done
 }
 
@@ -389,7 +391,7 @@ report() {
     echo "there is fn returning 0 (fork per task: max_tasks_per_worker 1; reuse: 0), submitted from the"
     echo "pool's feed callback (at most J queued), or, for"
     echo "\"commands\", \`$TRUE N\` through sf_pool_submit_cmd (\"output captured\": capture_output 1,"
-    echo "as sockfork run sets it); bare loops fork()+_exit(0) or posix_spawn($TRUE N),"
+    echo "as sockfork run sets it); bare loops fork()+_exit(0), posix_spawn($TRUE N) or vfork+execve of it,"
     echo "reaped with waitpid(-1), at most J at once. Every command gets one argument, as"
     echo "with xargs -n 1 (GNU true sets up its locale only when it has exactly one)."
     echo
@@ -409,7 +411,7 @@ install_parallel
 : >"$RAW"
 CLI_TOOLS="sockfork sockfork-args xargs"
 if have_parallel; then CLI_TOOLS+=" parallel"; else say "no GNU parallel: its column stays empty"; fi
-C_MODES="bare pool-fork pool-reuse spawn pool-cmd pool-cmd-out"
+C_MODES="bare pool-fork pool-reuse spawn vfork pool-cmd pool-cmd-out"
 "$SOCKFORK" --version >/dev/null 2>&1 || die "$SOCKFORK does not run"
 
 for ((rep = 1; rep <= TASKS_REPEATS; rep++)); do

@@ -12,7 +12,7 @@
 /*
  * Why vfork and not posix_spawn, which glibc also builds on a vfork-like
  * clone: for a program that itself takes half a millisecond, posix_spawn
- * costs a fifth more CPU per task, spent on its own stack (an mmap and a
+ * costs 17 % more CPU per task, spent on its own stack (an mmap and a
  * munmap per call), a getrlimit per file action, and a sigaction for
  * every one of the 64 signals in the child. Here the caller says which
  * signals need resetting, and the child runs on the caller's stack.
