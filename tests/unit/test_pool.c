@@ -410,6 +410,19 @@ static char **cmd_missing(unsigned long seq, unsigned slot, void *data, void *ar
     return argv;
 }
 
+/* A pool whose commands' output goes to on_output, seen_by_seq reset. */
+static sf_pool *new_cmd_pool(sf_pool_opts *o)
+{
+    sf_pool *p;
+
+    reset_seen();
+    o->capture_output = 1;
+    o->on_output = on_output;
+    p = sf_pool_new(o);
+    assert_non_null(p);
+    return p;
+}
+
 static void test_commands_output_fd3_and_spawn_errors(void **state)
 {
     sf_pool_opts o = base_opts(square);
@@ -418,11 +431,7 @@ static void test_commands_output_fd3_and_spawn_errors(void **state)
     int fds = count_fds();
     (void)state;
 
-    reset_seen();
-    o.capture_output = 1;
-    o.on_output = on_output;
-    p = sf_pool_new(&o);
-    assert_non_null(p);
+    p = new_cmd_pool(&o);
     for (int i = 0; i < 5; i++)
         assert_true(sf_pool_submit_cmd(p, cmd_echo, NULL, NULL) > 0);
     assert_true(sf_pool_submit_cmd(p, cmd_missing, NULL, NULL) > 0);
@@ -462,13 +471,9 @@ static void test_output_max_stops_a_flood(void **state)
     int fds = count_fds();
     (void)state;
 
-    reset_seen();
-    o.capture_output = 1;
-    o.on_output = on_output;
     o.output_max = 100000;
     o.retries = 3;
-    p = sf_pool_new(&o);
-    assert_non_null(p);
+    p = new_cmd_pool(&o);
     for (int i = 0; i < 3; i++)
         assert_true(sf_pool_submit_cmd(p, cmd_flood, NULL, NULL) > 0);
     assert_int_equal(sf_pool_run(p), 0);
