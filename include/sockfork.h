@@ -361,7 +361,7 @@ SF_EXTERN void sf_server_free(sf_server *s);
 /*
  * A pool runs tasks in child processes, at most `jobs` at once, with a
  * timeout per attempt, retries and halting. A task is either a command
- * (exec'd with posix_spawn: no page tables copied) or a call of the pool's
+ * (exec'd from a vfork() child: no page tables copied) or a call of the pool's
  * C function in a forked worker, which can run many tasks one after the
  * other. Every task's child is the leader of a process group of its own:
  * a timeout or a cancel sends SIGTERM to the group, then SIGKILL to the
@@ -369,6 +369,17 @@ SF_EXTERN void sf_server_free(sf_server *s);
  * grandchild left in the group survives it. Exits are watched with pidfds,
  * so the pool never reaps a child that is not its own and installs no
  * signal handler; sf_pool_run blocks in its own loop.
+ *
+ * While it runs, sf_pool_run:
+ * - reads which signals the program catches when it starts, and puts those
+ *   back to SIG_DFL in a command's vfork child (which shares the program's
+ *   memory until its exec). Install handlers before sf_pool_run, not from
+ *   its callbacks or another thread while it runs.
+ * - gives its own thread a 0.1 ms scheduler slice (Linux 6.12+), so that it
+ *   starts the next task soon after one ends even when its children keep
+ *   every CPU busy; its commands and workers get the old slice back, and so
+ *   does the thread when sf_pool_run returns. Processes a callback starts
+ *   itself (system(), popen) inherit the short slice.
  *
  * Every submitted task is reported exactly once, to on_done.
  */
@@ -416,7 +427,6 @@ typedef struct sf_task_report {
                                    or --halt now */
     int spawn_error;            /* errno when the command could not be started
                                    (status then says exited 127), else 0 */
-    int output_limited;         /* stopped for writing more than output_max */
     unsigned attempts;          /* attempts made, retries included */
     unsigned slot;              /* 1..jobs, of the last attempt */
     int pid;                    /* of the last attempt's process */
@@ -426,6 +436,7 @@ typedef struct sf_task_report {
     char *const *argv;          /* a command's argv (last attempt), else NULL */
     const void *result;         /* the last result of the last attempt, or NULL: a */
     size_t result_len;          /*   command's is compact JSON text, a C task's bytes */
+    int output_limited;         /* stopped (or cut) for writing more than output_max */
 } sf_task_report;
 
 /* What a running task is doing (sf_pool_running). */
@@ -482,12 +493,6 @@ typedef struct sf_pool_opts {
     /* Commands: stdout and stderr go to on_output instead of being
      * inherited; stdin is /dev/null. */
     int capture_output;
-    /* Captured output of one attempt, stdout and stderr together, passed to
-     * on_output (0: no limit; the pool itself holds none of it). Past it,
-     * on_output gets what fits, nothing more is read, and the attempt is
-     * stopped as a timed-out one is; it fails with output_limited set and
-     * is not retried (it would write as much again). */
-    unsigned long long output_max;
     /* Largest result, log line or fd-3 line of a task (default 64 KiB). */
     size_t result_max;
 
@@ -508,6 +513,14 @@ typedef struct sf_pool_opts {
     void *arg;                    /* for every callback above */
     sf_log_cb log;                /* the pool's and the tasks' log lines */
     void *log_arg;
+    /* Captured output of one attempt, stdout and stderr together, passed to
+     * on_output (0: no limit; the pool itself holds none of it). Past it,
+     * on_output gets what fits, nothing more is read, and the attempt is
+     * stopped as a timed-out one is (or, if it has exited already, only
+     * cut); it fails with output_limited set and is not retried (it would
+     * write as much again). An attempt already being stopped (a timeout, a
+     * halt) is only cut and keeps its reason. */
+    unsigned long long output_max;
 } sf_pool_opts;
 
 SF_EXTERN void sf_pool_opts_init(sf_pool_opts *o);
@@ -537,11 +550,11 @@ typedef struct sf_pool_stats {
     unsigned long submitted, started, running, pending;
     unsigned long ok, failed, cancelled;  /* ended tasks, by state */
     unsigned long timed_out, killed_by_signal, failed_by_code, spawn_errors;
-    unsigned long output_limited;         /* failed: stopped for their output */
     unsigned long retried;                /* attempts beyond the first */
     unsigned long workers_started;        /* C tasks: processes forked */
     int halted;                           /* a halt condition was met */
     int cancelled_by_request;             /* sf_pool_cancel was called */
+    unsigned long output_limited;         /* failed: stopped for their output */
 } sf_pool_stats;
 
 SF_EXTERN void sf_pool_get_stats(const sf_pool *p, sf_pool_stats *out);

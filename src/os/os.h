@@ -13,6 +13,9 @@
 
 /* Closes every descriptor >= lowfd. Async-signal-safe; for use after fork. */
 void os_closefrom(int lowfd);
+/* Its way where close_range is missing: the open ones, from /proc/self/fd.
+ * Returns 0, or -1 when /proc cannot be read. */
+int os_closefrom_proc(int lowfd);
 
 /*
  * Raises the RLIMIT_NOFILE soft limit to the hard limit. Stores the limit
@@ -44,8 +47,7 @@ void os_nofork_free(void *block);
 /* The scheduling attributes os_slice_short changed, to put back. */
 typedef struct os_sched_saved {
     int set;
-    int nice;
-    unsigned long long flags, runtime;
+    unsigned long long runtime;  /* the slice, ns */
 } os_sched_saved;
 
 /*
@@ -53,8 +55,9 @@ typedef struct os_sched_saved {
  * runs soon after it is woken even when its children keep every CPU busy.
  * Only for a thread of the normal policy with a longer slice. Returns 1 if
  * changed, 0 if left as it was, or -errno. Children inherit the slice:
- * os_slice_restore puts back what was saved (if anything), in the thread
- * or in a child before it execs; async-signal-safe, vfork-safe.
+ * os_slice_restore puts back the saved slice (if any; nice and policy stay
+ * as they are then), in the thread or in a child before it execs;
+ * async-signal-safe, vfork-safe.
  */
 int os_slice_short(os_sched_saved *saved);
 void os_slice_restore(const os_sched_saved *saved);

@@ -17,7 +17,7 @@
  * preempt on wakeup. Children inherit it, and that is wanted up to the
  * exec: a vfork child that runs at once is a parent blocked for less time.
  * So the pool's children put the saved attributes back themselves, just
- * before they exec (os_slice_restore is a single system call). Older
+ * before they exec (os_slice_restore: two system calls). Older
  * kernels ignore the slice; kernels before 3.14 have no sched_setattr:
  * nothing changes.
  */
@@ -33,8 +33,6 @@ int os_slice_short(os_sched_saved *saved)
         return -errno;
     if (a.sched_policy != SCHED_NORMAL || a.sched_runtime <= SHORT_SLICE_NS)
         return 0; /* another policy, or a short slice already */
-    saved->flags = a.sched_flags;
-    saved->nice = a.sched_nice;
     saved->runtime = a.sched_runtime;
     a.size = sizeof a;
     a.sched_runtime = SHORT_SLICE_NS;
@@ -44,8 +42,13 @@ int os_slice_short(os_sched_saved *saved)
     return 1;
 }
 
-/* Only a system call, and writes nothing but its stack: safe in a vfork
- * child. */
+/*
+ * Puts back only the slice: the nice value and the policy are read again
+ * and written unchanged, so a renice or a chrt while the pool ran stands
+ * (writing the saved nice back could also fail with EPERM and then restore
+ * nothing). Two system calls that write nothing but the stack: safe in a
+ * vfork child.
+ */
 void os_slice_restore(const os_sched_saved *saved)
 {
     struct sched_attr a;
@@ -53,10 +56,11 @@ void os_slice_restore(const os_sched_saved *saved)
     if (!saved->set)
         return;
     memset(&a, 0, sizeof a);
+    if (syscall(SYS_sched_getattr, 0, &a, (unsigned)sizeof a, 0U) < 0)
+        return;
+    if (a.sched_policy != SCHED_NORMAL && a.sched_policy != SCHED_BATCH)
+        return; /* no slice of the fair class to put back */
     a.size = sizeof a;
-    a.sched_policy = SCHED_NORMAL;
-    a.sched_flags = saved->flags;
-    a.sched_nice = saved->nice;
     a.sched_runtime = saved->runtime;
     (void)syscall(SYS_sched_setattr, 0, &a, 0U);
 }

@@ -155,6 +155,15 @@ static int watch_exit(sf_pool *p, pool_slot *s)
     return -errno;
 }
 
+/* Our child that has just started and must go: blocking is fine, SIGKILL
+ * cannot be caught. */
+static void kill_and_reap(pid_t pid)
+{
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+}
+
 /*
  * The child (proc_exec, vfork: nothing copied) gets its own process group
  * (so the group can be signalled), an empty signal mask, the program's
@@ -211,11 +220,8 @@ static int spawn_command(sf_pool *p, pool_slot *s)
 
     s->pid = pid;
     if ((rc = watch_exit(p, s)) < 0) {
-        /* Cannot watch it: stop it and give up the attempt. Blocking here
-         * is fine, it has just been made and is killed at once. */
-        kill(pid, SIGKILL);
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-            ;
+        /* Cannot watch it: stop it and give up the attempt. */
+        kill_and_reap(pid);
         s->pid = 0;
         goto fail;
     }
@@ -251,13 +257,11 @@ void pool_slot_release(sf_pool *p, pool_slot *s)
     }
 }
 
-/* A child that started but cannot be watched: killed and reaped at once
- * (blocking is fine: SIGKILL cannot be caught), its descriptors closed. */
+/* A child that started but cannot be watched: killed and reaped at once,
+ * its descriptors closed. */
 static void abandon(sf_pool *p, pool_slot *s, pid_t pid)
 {
-    kill(pid, SIGKILL);
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-        ;
+    kill_and_reap(pid);
     pool_slot_release(p, s);
     s->pid = 0;
     s->is_worker = 0;
@@ -292,22 +296,17 @@ static int fork_worker(sf_pool *p, pool_slot *s)
     close(ch[1]);
     s->pid = pid;
     if ((rc = watch_exit(p, s)) < 0) {
-        int e = rc;
         s->pid = 0;
-        kill(pid, SIGKILL);
         close(ch[0]);
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-            ;
-        return e;
+        kill_and_reap(pid);
+        return rc;
     }
     if (fcntl(ch[0], F_SETFL, O_NONBLOCK) < 0) {
         int e = -errno;
-        kill(pid, SIGKILL);
         close(ch[0]);
         pool_fd_del(p, &s->pidfd);
         s->pid = 0;
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-            ;
+        kill_and_reap(pid);
         return e;
     }
     s->pid = pid;

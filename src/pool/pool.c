@@ -199,6 +199,22 @@ static void requeue_front(sf_pool *p, pool_task *t)
     p->npending++;
 }
 
+/* A failed task in exactly one of the stats' kinds, as its report says. */
+static void count_failure(sf_pool *p, const sf_task_report *r)
+{
+    p->st.failed++;
+    if (r->timed_out)
+        p->st.timed_out++;
+    else if (r->output_limited)
+        p->st.output_limited++;
+    else if (r->spawn_error)
+        p->st.spawn_errors++;
+    else if (!r->status.exited)
+        p->st.killed_by_signal++;
+    else
+        p->st.failed_by_code++;
+}
+
 static void report_unrun(sf_pool *p, pool_task *t)
 {
     sf_task_report r;
@@ -211,7 +227,7 @@ static void report_unrun(sf_pool *p, pool_task *t)
         r.state = SF_TASK_FAILED;
         r.status = t->last;
         r.timed_out = t->last_timed_out;
-        p->st.failed++;
+        count_failure(p, &r);
     } else {
         r.state = SF_TASK_CANCELLED;
         p->st.cancelled++;
@@ -372,21 +388,10 @@ static void end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error,
     r.argv = s->argv;
     r.result = s->result;
     r.result_len = s->result_len;
-    if (ok) {
+    if (ok)
         p->st.ok++;
-    } else {
-        p->st.failed++;
-        if (s->timed_out)
-            p->st.timed_out++;
-        else if (s->output_limited)
-            p->st.output_limited++;
-        else if (spawn_error)
-            p->st.spawn_errors++;
-        else if (!st.exited)
-            p->st.killed_by_signal++;
-        else
-            p->st.failed_by_code++;
-    }
+    else
+        count_failure(p, &r);
     p->o.on_done(p, &r, p->o.arg);
     clear_attempt(s);
     free(t->arg);

@@ -34,18 +34,22 @@ void pool_info(const pool_slot *s, sf_task_info *out)
 }
 
 /* At output_max: what is read past it is not passed on, neither stream is
- * read again (a writer then gets EPIPE), and the attempt is stopped. */
-static size_t output_room(sf_pool *p, pool_slot *s, size_t n)
+ * read again (a writer then gets EPIPE), and the attempt is stopped. An
+ * attempt being stopped already (a timeout, a halt) keeps that as the
+ * reason: its output is only cut. *cut says the streams are to close. */
+static size_t output_room(sf_pool *p, pool_slot *s, size_t n, int *cut)
 {
     unsigned long long held = s->outb + s->errb;
 
+    *cut = 0;
     if (!p->o.output_max || held + n <= p->o.output_max)
         return n;
-    if (!s->output_limited && s->task) {
+    *cut = 1;
+    if (!s->output_limited && !s->stopping && s->task) {
         s->output_limited = 1;
-        sf_logf(&p->log, SF_LOG_NOTICE, "task %lu: output over %llu bytes: stopped",
-                s->task->seq, p->o.output_max);
-        if (!s->stopping && !s->exited)
+        sf_logf(&p->log, SF_LOG_NOTICE, "task %lu: output over %llu bytes: %s", s->task->seq,
+                p->o.output_max, s->exited ? "cut" : "stopped");
+        if (!s->exited)
             pool_stop_slot(p, s, pool_now());
     }
     return held < p->o.output_max ? (size_t)(p->o.output_max - held) : 0;
@@ -58,6 +62,7 @@ void pool_read_output(sf_pool *p, pool_slot *s, int stream, int drain)
     for (int i = 0; *fd >= 0 && i < (drain ? DRAIN_READS : 1); i++) {
         ssize_t n = read(*fd, p->readbuf, POOL_READ);
         size_t keep;
+        int cut;
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && errno == EAGAIN)
@@ -66,7 +71,7 @@ void pool_read_output(sf_pool *p, pool_slot *s, int stream, int drain)
             pool_fd_del(p, fd);
             return;
         }
-        keep = output_room(p, s, (size_t)n);
+        keep = output_room(p, s, (size_t)n, &cut);
         if (stream == 1)
             s->outb += keep;
         else
@@ -76,7 +81,7 @@ void pool_read_output(sf_pool *p, pool_slot *s, int stream, int drain)
             pool_info(s, &info);
             p->o.on_output(p, &info, stream, p->readbuf, keep, p->o.arg);
         }
-        if (s->output_limited) {
+        if (cut) {
             pool_fd_del(p, &s->out);
             pool_fd_del(p, &s->err);
             return;

@@ -473,6 +473,7 @@ static void test_output_max_stops_a_flood(void **state)
 
     o.output_max = 100000;
     o.retries = 3;
+    o.timeout_s = 30; /* a backstop: a broken limit fails below, not by meson's kill */
     p = new_cmd_pool(&o);
     for (int i = 0; i < 3; i++)
         assert_true(sf_pool_submit_cmd(p, cmd_flood, NULL, NULL) > 0);
@@ -488,7 +489,9 @@ static void test_output_max_stops_a_flood(void **state)
         assert_int_equal(seen_by_seq[i].attempts, 1);
         assert_int_equal(seen_by_seq[i].outtotal, 100000);
         assert_false(seen_by_seq[i].status.exited);
+        assert_false(seen_by_seq[i].timed_out);
     }
+    assert_int_equal(st.timed_out, 0);
     assert_int_equal(seen_by_seq[3].state, SF_TASK_OK);
     assert_false(seen_by_seq[3].output_limited);
     assert_int_equal(seen_by_seq[3].outtotal, 100);

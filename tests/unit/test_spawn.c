@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -16,6 +17,9 @@
 #include <sys/wait.h>
 
 #include "process/process.h"
+#include "os/os.h"
+
+extern char **environ;
 
 static void noop_handler(int sig)
 {
@@ -190,12 +194,134 @@ static void test_signal_group(void **state)
     assert_int_equal(proc_signal_group(0, SIGTERM), -EINVAL);
 }
 
+/* Reads what is in a pipe's read end until EOF, at most n-1 bytes. */
+static size_t read_all(int fd, char *buf, size_t n)
+{
+    size_t len = 0;
+    ssize_t k;
+
+    while (len + 1 < n && (k = read(fd, buf + len, n - 1 - len)) > 0)
+        len += (size_t)k;
+    buf[len] = '\0';
+    return len;
+}
+
+/*
+ * proc_exec's layout, in a forked test child (its stdio is free to move):
+ * its fd 1 and fd 3 are two pipes' write ends, given to the program the
+ * other way round (a source inside the target range, elsewhere in it),
+ * fd 0 and 2 left as they are (-1), a stray descriptor at 9 closed, and
+ * SIGUSR1, blocked in the caller, unblocked in the program. Each failed
+ * check is a bit of the test child's exit code.
+ */
+static int exec_layout_child(void)
+{
+    int a[2], b[2], bad = 0, st;
+    char out1[64], out3[64];
+    char *argv[] = {"sh", "-c",
+                    "echo to1; echo to3 >&3; [ -e /proc/self/fd/9 ] && exit 9; "
+                    "exec grep ^SigBlk /proc/self/status >&3", NULL};
+    proc_exec_opts o;
+    sigset_t usr1;
+    pid_t pid;
+
+    if (pipe(a) < 0 || pipe(b) < 0)
+        return 0x80;
+    /* The read ends at 20 and 21, the write ends at 3 (a) and 1 (b), a
+     * stray at 9: all four moved high first, as pipe() may have used 3. */
+    if (dup2(a[0], 20) < 0 || dup2(b[0], 21) < 0 || dup2(a[1], 22) < 0 || dup2(b[1], 23) < 0)
+        return 0x80;
+    close(a[0]);
+    close(b[0]);
+    close(a[1]);
+    close(b[1]);
+    if (dup2(22, 3) < 0 || dup2(23, 1) < 0 || dup2(0, 9) < 0)
+        return 0x80;
+    close(22);
+    close(23);
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &usr1, NULL);
+    memset(&o, 0, sizeof o);
+    o.nfds = 4;
+    o.fds[0] = -1;
+    o.fds[1] = 3; /* pipe a */
+    o.fds[2] = -1;
+    o.fds[3] = 1; /* pipe b */
+    pid = proc_exec("/bin/sh", argv, environ, &o);
+    if (pid <= 0)
+        return 0x40 | (int)(-pid & 0x3f);
+    close(1);
+    close(3);
+    read_all(20, out1, sizeof out1);
+    read_all(21, out3, sizeof out3);
+    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        bad |= 1;
+    if (strcmp(out1, "to1\n") != 0)
+        bad |= 2;
+    if (strcmp(out3, "to3\nSigBlk:\t0000000000000000\n") != 0)
+        bad |= 4;
+    /* A failed exec is the call's error, its child already reaped. */
+    o.nfds = 3;
+    o.fds[0] = o.fds[1] = o.fds[2] = -1;
+    if (proc_exec("/nonexistent/sockfork", argv, environ, &o) != -ENOENT)
+        bad |= 8;
+    if (waitpid(-1, NULL, WNOHANG) != -1 || errno != ECHILD)
+        bad |= 16;
+    return bad;
+}
+
+static void test_exec_layout_mask_and_errors(void **state)
+{
+    int st;
+    pid_t pid;
+    (void)state;
+
+    fflush(NULL);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(exec_layout_child());
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+/* The /proc walk of os_closefrom, for kernels without close_range. */
+static void test_closefrom_proc(void **state)
+{
+    int st;
+    pid_t pid;
+    (void)state;
+
+    fflush(NULL);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int bad = 0;
+        for (int fd = 5; fd <= 40; fd++)
+            if (dup2(0, fd) < 0)
+                _exit(0x80);
+        if (os_closefrom_proc(12) < 0)
+            _exit(0x40);
+        for (int fd = 5; fd <= 40; fd++)
+            if ((fcntl(fd, F_GETFD) >= 0) != (fd < 12))
+                bad |= 1;
+        _exit(bad);
+    }
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_after_fork),
         cmocka_unit_test(test_keep_swapped),
         cmocka_unit_test(test_signal_group),
+        cmocka_unit_test(test_exec_layout_mask_and_errors),
+        cmocka_unit_test(test_closefrom_proc),
     };
     return cmocka_run_group_tests_name("spawn", tests, NULL, NULL);
 }
