@@ -607,6 +607,47 @@ def test_closed_stdout_stops_the_run_with_141(tmp_path, sf):
     assert sorted(p.name for p in tmp_path.glob("ran.*")) == ["ran.a"]
 
 
+STUCK_SH = r"""
+case $1 in
+big) head -c 300000 /dev/zero ;;
+slow) echo $$ > slow.pid; exec sleep 60 ;;
+esac
+"""
+
+
+def pipe_bytes(fd):
+    import fcntl
+    import termios
+    buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    return int.from_bytes(buf, "little")
+
+
+def test_a_stop_signal_ends_a_run_whose_stdout_is_not_read(tmp_path, sf):
+    """stdout is a pipe nobody reads: the first task's output fills it and
+    the run blocks writing (a slow reader loses nothing). SIGTERM then still
+    ends the run: writes wait at most a second for room, the rest of the
+    output is dropped with a message, the running task is stopped."""
+    import fcntl
+    script = write_script(tmp_path, "stuck.sh", STUCK_SH)
+    rfd, wfd = os.pipe()
+    try:
+        size = fcntl.fcntl(rfd, 1032)  # F_GETPIPE_SZ
+        try:
+            r = sf("-j", "2", "sh", script, ":::", "big", "slow", stdout=wfd)
+        finally:
+            os.close(wfd)
+        wait_until(lambda: (tmp_path / "slow.pid").exists(), what="the slow task")
+        wait_until(lambda: pipe_bytes(rfd) >= size, what="stdout's pipe full")
+        slow = read_pid(tmp_path / "slow.pid")
+        r.signal(signal.SIGTERM)
+        assert r.wait() == 128 + signal.SIGTERM
+        assert "stdout is not being read" in r.stderr, r.stderr
+        assert pid_dead(slow)
+        assert pipe_bytes(rfd) == size  # nothing lost before the stop
+    finally:
+        os.close(rfd)
+
+
 # ---------------------------------------------------- 4. fd 3: results, logs, progress
 
 FD3_SH = r"""

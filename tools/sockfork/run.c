@@ -153,7 +153,12 @@ static void output_failed(run_state *st, int fd, int err)
     if (st->write_error)
         return;
     st->write_error = 1;
-    cli_error("run: writing to %s: %s; stopping", fd == 1 ? "stdout" : "stderr", strerror(-err));
+    if (err == -ETIMEDOUT)
+        cli_error("run: %s is not being read: the rest of the output is dropped",
+                  fd == 1 ? "stdout" : "stderr");
+    else
+        cli_error("run: writing to %s: %s; stopping", fd == 1 ? "stdout" : "stderr",
+                  strerror(-err));
     sf_pool_cancel(st->pool);
 }
 
@@ -997,6 +1002,7 @@ int cmd_run(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sa.sa_handler = on_stop_signal;
     signal_pool = st.pool;
+    runout_abort_on(&stop_signal);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);

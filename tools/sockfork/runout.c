@@ -3,6 +3,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -47,17 +49,55 @@ static int spill_open(void)
     return fd < 0 ? -errno : fd;
 }
 
+static volatile sig_atomic_t *abort_flag;
+static int dead_fd[3];       /* 1, 2: gave up on it while stopping */
+
+void runout_abort_on(volatile sig_atomic_t *flag)
+{
+    abort_flag = flag;
+}
+
+/*
+ * Once the run is stopping (*abort_flag set by a signal), a reader that
+ * does not read must not hold it: each write first waits for room at most
+ * RUNOUT_ABORT_WAIT_MS and writes no more than PIPE_BUF, which a pipe with
+ * room takes without blocking; past the wait the descriptor is given up
+ * (-ETIMEDOUT, now and for every later write). Before that, writes block
+ * as usual: a slow reader slows the run, it loses nothing.
+ */
 int runout_write_all(int fd, const char *buf, size_t n)
 {
+    int stopping;
+
     while (n > 0) {
-        ssize_t k = write(fd, buf, n);
-        if (k < 0) {
-            if (errno == EINTR)
+        size_t k = n;
+        ssize_t w;
+        stopping = abort_flag && *abort_flag;
+        if (stopping && fd >= 0 && fd < 3 && dead_fd[fd])
+            return -ETIMEDOUT;
+        if (stopping) {
+            struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+            int r = poll(&pfd, 1, RUNOUT_ABORT_WAIT_MS);
+            if (r < 0 && errno == EINTR)
                 continue;
+            if (r < 0)
+                return -errno;
+            if (r == 0) {
+                if (fd >= 0 && fd < 3)
+                    dead_fd[fd] = 1;
+                return -ETIMEDOUT;
+            }
+            if (k > PIPE_BUF)
+                k = PIPE_BUF;
+        }
+        w = write(fd, buf, k);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue; /* a stop signal: go round, now with the wait */
             return -errno;
         }
-        buf += k;
-        n -= (size_t)k;
+        buf += w;
+        n -= (size_t)w;
     }
     return 0;
 }

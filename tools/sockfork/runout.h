@@ -8,6 +8,7 @@
 #ifndef SOCKFORK_RUNOUT_H
 #define SOCKFORK_RUNOUT_H
 
+#include <signal.h>
 #include <stddef.h>
 
 #define RUNOUT_MEM (64 * 1024)
@@ -44,7 +45,13 @@ int runout_flush(runout_writer *w);
 /* Writes everything o holds through w (then o is reset). */
 int runout_emit(runout *o, runout_writer *w);
 
-/* Writes all of buf to fd, over partial writes and EINTR. 0 or -errno. */
+/* Writes all of buf to fd, over partial writes and EINTR. 0 or -errno;
+ * -ETIMEDOUT once stopping and fd has had no room for RUNOUT_ABORT_WAIT_MS
+ * (see runout.c). */
 int runout_write_all(int fd, const char *buf, size_t n);
+/* From now on, *flag set means the run is stopping. */
+void runout_abort_on(volatile sig_atomic_t *flag);
+
+#define RUNOUT_ABORT_WAIT_MS 1000
 
 #endif
