@@ -372,9 +372,11 @@ SF_EXTERN void sf_server_free(sf_server *s);
  *
  * While it runs, sf_pool_run:
  * - reads which signals the program catches when it starts, and puts those
- *   back to SIG_DFL in a command's vfork child (which shares the program's
- *   memory until its exec). Install handlers before sf_pool_run, not from
- *   its callbacks or another thread while it runs.
+ *   back to SIG_DFL in its children: in a command's vfork child (which
+ *   shares the program's memory until its exec) and in a worker (a C task
+ *   runs with none of the program's handlers; ignored signals stay
+ *   ignored). Install handlers before sf_pool_run, not from its callbacks
+ *   or another thread while it runs.
  * - gives its own thread a 0.1 ms scheduler slice (Linux 6.12+), so that it
  *   starts the next task soon after one ends even when its children keep
  *   every CPU busy; its commands and workers get the old slice back, and so

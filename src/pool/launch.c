@@ -282,6 +282,7 @@ static int fork_worker(sf_pool *p, pool_slot *s)
     fo.keep[0] = ch[1];
     fo.nkeep = 1;
     fo.slice = &p->slice;
+    fo.reset = &p->caught_signals; /* the program's handlers are not the worker's */
     /* The worker flushes stdio after every task: what the program had
      * buffered before the fork would be written once per worker. */
     fflush(NULL);

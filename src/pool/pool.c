@@ -727,7 +727,8 @@ int sf_pool_run(sf_pool *p)
         return -EBUSY;
     if ((rc = pool_env_build(p)) < 0)
         return rc;
-    proc_caught_signals(&p->reset_signals);
+    proc_caught_signals(&p->caught_signals);
+    p->reset_signals = p->caught_signals;
     sigaddset(&p->reset_signals, SIGPIPE);
     /* The loop is what starts the next task: let it run as soon as an
      * exit wakes it (os/slice.c says why). */

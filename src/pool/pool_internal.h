@@ -95,9 +95,9 @@ struct sf_pool {
     char **envp;
     size_t nenv_base;
     char *exec_name, *exec_file; /* the last name looked up in PATH, and its file */
-    sigset_t reset_signals;      /* back to SIG_DFL in a command's child: the
-                                    program's caught ones (read when the run
-                                    starts) and SIGPIPE */
+    /* Back to SIG_DFL in a child: the program's caught signals (read when
+     * the run starts) in a worker; those and SIGPIPE in a command's. */
+    sigset_t caught_signals, reset_signals;
 
     os_sched_saved slice;        /* the loop's thread's slice while it runs */
 

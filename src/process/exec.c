@@ -44,17 +44,11 @@ static void __attribute__((noreturn, noinline)) exec_child(exec_plan *pl)
 {
     const proc_exec_opts *o = pl->o;
     int src[PROC_KEEP_MAX];
-    struct sigaction dfl;
 
     if (setpgid(0, 0) < 0)
         child_fail(pl, errno);
-    memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    sigemptyset(&dfl.sa_mask);
     if (o->reset)
-        for (int sig = 1; sig < NSIG; sig++)
-            if (sigismember(o->reset, sig) == 1)
-                (void)sigaction(sig, &dfl, NULL);
+        proc_signals_default(o->reset);
 
     /* A source that sits in the target range at another place would be
      * overwritten before it is moved: copy those out of the range first. */
@@ -114,6 +108,18 @@ pid_t proc_exec(const char *file, char *const argv[], char *const envp[],
         return -e;
     }
     return pid;
+}
+
+void proc_signals_default(const sigset_t *set)
+{
+    struct sigaction dfl;
+
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sigismember(set, sig) == 1)
+            (void)sigaction(sig, &dfl, NULL);
 }
 
 void proc_caught_signals(sigset_t *set)

@@ -26,13 +26,16 @@ typedef struct proc_fork_opts {
     /* Scheduling attributes the child puts back (os_slice_restore); NULL
      * for none. */
     const os_sched_saved *slice;
+    /* The signals put back to SIG_DFL in the child; NULL: the supervisor's
+     * own (SIGTERM, SIGINT, SIGCHLD). */
+    const sigset_t *reset;
 } proc_fork_opts;
 
 /*
  * Forks. In the parent returns the child's pid, or -errno (-EAGAIN,
  * -ENOMEM) with nothing changed. In the child returns 0, after the
- * after-fork routine: caught signals back to their defaults (ignored ones
- * stay ignored), the signal mask empty, a process group of its own, the
+ * after-fork routine: caught signals back to their defaults (opts->reset,
+ * or the supervisor's; ignored ones stay ignored), the signal mask empty, a process group of its own, the
  * descriptors laid out as opts says. The child must leave with _exit().
  */
 pid_t proc_fork(const proc_fork_opts *opts);
@@ -68,6 +71,8 @@ pid_t proc_exec(const char *file, char *const argv[], char *const envp[],
 
 /* The signals that have a handler now, into set (emptied first). */
 void proc_caught_signals(sigset_t *set);
+/* Puts every signal of set back to SIG_DFL. Async-signal-safe. */
+void proc_signals_default(const sigset_t *set);
 
 /* Sends sig to the child's process group, or to the child alone if it has
  * left its group. Only for a child not yet reaped. Returns 0 or -errno. */

@@ -80,7 +80,10 @@ pid_t proc_fork(const proc_fork_opts *o)
     }
 
     /* Child. */
-    child_reset_signals();
+    if (o->reset)
+        proc_signals_default(o->reset);
+    else
+        child_reset_signals();
     (void)setpgid(0, 0);
     if (o->parent_death_signal)
         (void)os_parentdeath_signal(o->parent_death_signal, parent);

@@ -594,6 +594,53 @@ static void test_workers_and_the_caller_keep_their_slice(void **state)
     sf_pool_free(p);
 }
 
+static void usr1_handler(int sig)
+{
+    (void)sig;
+}
+
+/* 0 when the worker has SIGUSR1 at its default and SIGPIPE still ignored. */
+static int handlers_check(sf_task *t, const void *arg, size_t len, void *fn_arg)
+{
+    struct sigaction sa;
+    int bad = 0;
+    (void)t, (void)arg, (void)len, (void)fn_arg;
+    sigaction(SIGUSR1, NULL, &sa);
+    if (sa.sa_handler != SIG_DFL)
+        bad |= 1;
+    sigaction(SIGPIPE, NULL, &sa);
+    if (sa.sa_handler != SIG_IGN)
+        bad |= 2;
+    return bad;
+}
+
+/* A worker runs none of the program's handlers (a SIGTERM to its group on
+ * a timeout must end it, not run the program's SIGTERM handler there);
+ * what the program ignores stays ignored. */
+static void test_workers_start_without_the_programs_handlers(void **state)
+{
+    sf_pool_opts o = base_opts(handlers_check);
+    struct sigaction sa, old_usr1, old_pipe;
+    sf_pool_stats st;
+    sf_pool *p;
+    (void)state;
+
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = usr1_handler;
+    sigaction(SIGUSR1, &sa, &old_usr1);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, &old_pipe);
+    o.max_tasks_per_worker = 2;
+    p = run_numbers(&o, 4, &st);
+    sigaction(SIGUSR1, &old_usr1, NULL);
+    sigaction(SIGPIPE, &old_pipe, NULL);
+    for (unsigned long i = 1; i <= 4; i++)
+        assert_int_equal(seen_by_seq[i].status.code, 0);
+    assert_int_equal(st.ok, 4);
+    sf_pool_free(p);
+}
+
 static void test_bad_options_are_refused(void **state)
 {
     sf_pool_opts o = base_opts(square);
@@ -631,6 +678,7 @@ int main(void)
         cmocka_unit_test(test_output_max_stops_a_flood),
         cmocka_unit_test(test_cancel_stops_the_running_and_the_queued),
         cmocka_unit_test(test_workers_and_the_caller_keep_their_slice),
+        cmocka_unit_test(test_workers_start_without_the_programs_handlers),
         cmocka_unit_test(test_bad_options_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
