@@ -271,47 +271,48 @@ static int exec_layout_child(void)
     return bad;
 }
 
-static void test_exec_layout_mask_and_errors(void **state)
+/* Runs fn in a forked test child; its exit code, 0, says every check held. */
+static void assert_child_ok(int (*fn)(void))
 {
     int st;
     pid_t pid;
-    (void)state;
 
     fflush(NULL);
     pid = fork();
     assert_true(pid >= 0);
     if (pid == 0)
-        _exit(exec_layout_child());
+        _exit(fn());
     assert_int_equal(waitpid(pid, &st, 0), pid);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
 }
 
+static void test_exec_layout_mask_and_errors(void **state)
+{
+    (void)state;
+    assert_child_ok(exec_layout_child);
+}
+
+static int closefrom_child(void)
+{
+    int bad = 0;
+
+    for (int fd = 5; fd <= 40; fd++)
+        if (dup2(0, fd) < 0)
+            return 0x80;
+    if (os_closefrom_proc(12) < 0)
+        return 0x40;
+    for (int fd = 5; fd <= 40; fd++)
+        if ((fcntl(fd, F_GETFD) >= 0) != (fd < 12))
+            bad |= 1;
+    return bad;
+}
+
 /* The /proc walk of os_closefrom, for kernels without close_range. */
 static void test_closefrom_proc(void **state)
 {
-    int st;
-    pid_t pid;
     (void)state;
-
-    fflush(NULL);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int bad = 0;
-        for (int fd = 5; fd <= 40; fd++)
-            if (dup2(0, fd) < 0)
-                _exit(0x80);
-        if (os_closefrom_proc(12) < 0)
-            _exit(0x40);
-        for (int fd = 5; fd <= 40; fd++)
-            if ((fcntl(fd, F_GETFD) >= 0) != (fd < 12))
-                bad |= 1;
-        _exit(bad);
-    }
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    assert_true(WIFEXITED(st));
-    assert_int_equal(WEXITSTATUS(st), 0);
+    assert_child_ok(closefrom_child);
 }
 
 int main(void)
