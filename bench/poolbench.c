@@ -93,16 +93,24 @@ static pid_t start_fork(void)
     return pid;
 }
 
-static pid_t start_spawn(void)
+/* The next command's argv: opt_cmd and the task's number. */
+static char **next_argv(void)
 {
     static unsigned long seq;
-    char num[24];
-    char *argv[] = {(char *)opt_cmd, num, NULL};
-    pid_t pid;
-    int rc;
+    static char num[24];
+    static char *argv[3];
 
     snprintf(num, sizeof num, "%lu", ++seq);
-    rc = posix_spawn(&pid, opt_cmd, NULL, NULL, argv, environ);
+    argv[0] = (char *)opt_cmd;
+    argv[1] = num;
+    argv[2] = NULL;
+    return argv;
+}
+
+static pid_t start_spawn(void)
+{
+    pid_t pid;
+    int rc = posix_spawn(&pid, opt_cmd, NULL, NULL, next_argv(), environ);
 
     if (rc != 0)
         bench_die("posix_spawn %s: %s", opt_cmd, strerror(rc));
@@ -111,13 +119,9 @@ static pid_t start_spawn(void)
 
 static pid_t start_vfork(void)
 {
-    static unsigned long seq;
-    char num[24];
-    char *argv[] = {(char *)opt_cmd, num, NULL};
-    pid_t pid;
+    char **argv = next_argv(); /* before the vfork: the child only execs */
+    pid_t pid = vfork();
 
-    snprintf(num, sizeof num, "%lu", ++seq);
-    pid = vfork();
     if (pid == 0) {
         execve(opt_cmd, argv, environ);
         _exit(127); /* the loop fails the run on any other status than 0 */

@@ -14,6 +14,7 @@ Task scripts are files in tmp_path run as `sh SCRIPT ARGS`: the path is a
 marker unique to the test, and the joblog's quoting of the words stays
 simple (no newlines).
 """
+import fcntl
 import json
 import os
 import random
@@ -23,6 +24,7 @@ import shlex
 import signal
 import stat
 import subprocess
+import termios
 import threading
 import time
 
@@ -616,8 +618,6 @@ esac
 
 
 def pipe_bytes(fd):
-    import fcntl
-    import termios
     buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
     return int.from_bytes(buf, "little")
 
@@ -627,7 +627,6 @@ def test_a_stop_signal_ends_a_run_whose_stdout_is_not_read(tmp_path, sf):
     the run blocks writing (a slow reader loses nothing). SIGTERM then still
     ends the run: writes wait at most a second for room, the rest of the
     output is dropped with a message, the running task is stopped."""
-    import fcntl
     script = write_script(tmp_path, "stuck.sh", STUCK_SH)
     rfd, wfd = os.pipe()
     try:
