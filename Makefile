@@ -7,7 +7,7 @@ MESON      ?= meson
 PYTEST     ?= /usr/bin/python3 -m pytest
 LISTEN     ?= 127.0.0.1:4444
 
-.PHONY: all build serve test test-unit test-integration test-asan fuzz bench install clean
+.PHONY: all build serve test test-unit test-integration test-asan fuzz bench install uninstall ldconfig clean
 
 all: build
 
@@ -85,8 +85,28 @@ fuzz: $(addprefix $(FUZZ_BUILD)/fuzz_,$(FUZZ_TARGETS))
 bench: build
 	bench/run.sh
 
+# Into meson's prefix (default /usr/local): the command, the library, its
+# header and pkg-config file, the man pages. Then, as a Debian package's
+# postinst does, ldconfig, so that programs linked with
+# `pkg-config --libs sockfork` find libsockfork.so.0 (not with DESTDIR, which
+# stages files for a package, nor as a user, who cannot update the cache).
 install: build
 	$(MESON) install -C $(BUILD)
+	@$(MAKE) --no-print-directory ldconfig
+
+# Removes every file and directory meson's install log says install created.
+uninstall:
+	@test -f $(BUILD)/meson-logs/install-log.txt || \
+	  { echo "make: nothing to uninstall: no $(BUILD)/meson-logs/install-log.txt" >&2; exit 1; }
+	ninja -C $(BUILD) uninstall
+	@$(MAKE) --no-print-directory ldconfig
+
+ldconfig:
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then \
+	  echo ldconfig && ldconfig; \
+	elif [ -z "$(DESTDIR)" ]; then \
+	  echo "make: not root: skipped ldconfig (set LD_LIBRARY_PATH to the libdir, or run ldconfig as root)" >&2; \
+	fi
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
