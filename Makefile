@@ -7,7 +7,8 @@ MESON      ?= meson
 PYTEST     ?= /usr/bin/python3 -m pytest
 LISTEN     ?= 127.0.0.1:4444
 
-.PHONY: all build serve test test-unit test-integration test-asan fuzz bench install uninstall ldconfig clean
+.PHONY: all build serve test test-unit test-integration test-asan test-asan-unit \
+        test-asan-integration test-asan-build fuzz bench install uninstall ldconfig clean
 
 all: build
 
@@ -21,8 +22,11 @@ serve: build
 	./$(BUILD)/sockfork serve -l $(LISTEN)
 
 # The whole suite: unit and integration tests on the normal build, then
-# both again on an AddressSanitizer + UndefinedBehaviorSanitizer build.
-test: test-unit test-integration test-asan fuzz
+# both again on an AddressSanitizer + UndefinedBehaviorSanitizer build, then
+# the fuzz targets. `./dev stages` runs each stage, goes on past a failed
+# one, and ends with a line per stage and a total.
+test:
+	@./dev stages
 
 test-unit: build
 	$(MESON) test -C $(BUILD) --suite unit --verbose --print-errorlogs
@@ -36,12 +40,18 @@ $(ASAN_BUILD)/build.ninja:
 	  -Db_sanitize=address,undefined -Db_lundef=false \
 	  -Dc_args='-fno-sanitize-recover=all -fno-omit-frame-pointer'
 
-test-asan: $(ASAN_BUILD)/build.ninja
+SANITIZER_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1
+
+test-asan: test-asan-unit test-asan-integration
+
+test-asan-build: $(ASAN_BUILD)/build.ninja
 	ninja -C $(ASAN_BUILD)
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
-	  $(MESON) test -C $(ASAN_BUILD) --suite unit --verbose --print-errorlogs
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
-	SOCKFORK_BIN=$(CURDIR)/$(ASAN_BUILD)/sockfork SOCKFORK_HELPERS=$(CURDIR)/$(ASAN_BUILD)/tests/helpers \
+
+test-asan-unit: test-asan-build
+	$(SANITIZER_ENV) $(MESON) test -C $(ASAN_BUILD) --suite unit --verbose --print-errorlogs
+
+test-asan-integration: test-asan-build
+	$(SANITIZER_ENV) SOCKFORK_BIN=$(CURDIR)/$(ASAN_BUILD)/sockfork SOCKFORK_HELPERS=$(CURDIR)/$(ASAN_BUILD)/tests/helpers \
 	  SOCKFORK_SANITIZED=1 $(PYTEST) -q -rs tests/integration
 
 # libFuzzer targets, each run for FUZZ_SECS on a copy of its seed corpus.
@@ -75,12 +85,22 @@ $(FUZZ_BUILD)/fuzz_runargs: fuzz/fuzz_runargs.c tools/sockfork/runargs.c tools/s
 
 FUZZ_TARGETS = addr frame jsonl bus runargs
 
+# libFuzzer's statistics go to $(FUZZ_BUILD)/fuzz_T.log: one line per target
+# here, the log's tail when a target fails, and a total that ./dev reads.
 fuzz: $(addprefix $(FUZZ_BUILD)/fuzz_,$(FUZZ_TARGETS))
+	@runs=0; n=0; \
 	for t in $(FUZZ_TARGETS); do \
-	  mkdir -p $(FUZZ_BUILD)/corpus-$$t && \
-	  $(FUZZ_BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECS) -max_len=4096 -print_final_stats=1 \
-	    $(FUZZ_BUILD)/corpus-$$t fuzz/corpus/$$t || exit 1; \
-	done
+	  log=$(FUZZ_BUILD)/fuzz_$$t.log; \
+	  mkdir -p $(FUZZ_BUILD)/corpus-$$t; \
+	  if ! $(FUZZ_BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECS) -max_len=4096 -print_final_stats=1 \
+	      $(FUZZ_BUILD)/corpus-$$t fuzz/corpus/$$t >$$log 2>&1; then \
+	    echo "fuzz_$$t: FAILED; the end of $$log:"; tail -n 60 $$log; exit 1; \
+	  fi; \
+	  r=$$(sed -n 's/^stat::number_of_executed_units: *//p' $$log); \
+	  echo "fuzz_$$t: $${r:-?} runs in $(FUZZ_SECS) s, no crash ($$log)"; \
+	  runs=$$((runs + $${r:-0})); n=$$((n + 1)); \
+	done; \
+	echo "fuzz: $$n targets, $$runs runs, no crash"
 
 bench: build
 	bench/run.sh
