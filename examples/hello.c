@@ -1,5 +1,13 @@
-/* hello.c - the smallest sockfork server: greets each client from its own
- * process. Run it, then `telnet 127.0.0.1 4444`. */
+/*
+ * hello.c - the smallest sockfork server: greets each client from its own
+ * process.
+ *
+ *   ./build/examples/hello [ADDR]     (default 127.0.0.1:4444; unix:PATH works)
+ *   telnet 127.0.0.1 4444
+ *
+ * Built by `make`; after `make install`, on its own:
+ *   cc hello.c $(pkg-config --cflags --libs sockfork)
+ */
 #include <sockfork.h>
 
 #include <stdio.h>

@@ -1,8 +1,8 @@
-/* pool.c - the second seed's "what's next", with the task pool: many
- * children at once, each sending its result and progress back over its
- * channel, with a timeout, retries, and a child that crashes.
+/* pool.c - the task pool's C API: many children at once, each sending its
+ * result and progress back over its channel, with a timeout, retries, and a
+ * child that crashes.
  *
- *   ./pool [TASKS]      (default 12)
+ *   ./build/examples/pool [TASKS]      (default 12; exits 1, as task 11 fails)
  *
  * Task n sums the squares below n * 100000 and sends the sum as its result.
  * Every 7th task crashes on its first attempt (the worker dies; the pool

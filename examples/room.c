@@ -5,11 +5,15 @@
  * newcomer first gets the last 10. The handler waits on its client and its
  * channel together, so a message arrives while the client is silent.
  *
- *   ./build/examples/room 127.0.0.1:4444
- *   telnet 127.0.0.1 4444      (twice, and type)
- *   sockfork ctl broadcast 'closing at noon'    (reaches everyone)
+ *   ./build/examples/room [ADDR]      (default 127.0.0.1:4444)
+ *   telnet 127.0.0.1 4444             (twice, and type)
+ *
+ * It opens no control socket, so `sockfork ctl` cannot reach it: a server
+ * that wants one calls sf_server_control before sf_server_run, as
+ * `sockfork serve` does.
  */
 #include <sockfork.h>
+
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>

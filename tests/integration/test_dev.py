@@ -90,3 +90,16 @@ def test_a_failed_stage_fails_the_whole_and_the_rest_still_run(tmp_path):
     assert re.fullmatch(r"integration: FAILED, exit 2: 1 failed, 286 passed \(\d+ s\)", lines[1]), lines
     assert lines[4].startswith("fuzz: 5 targets"), lines
     assert re.fullmatch(r"total: FAILED \(integration\) in \d+ s", lines[-1]), lines
+
+
+def test_readme_c_example_compiles_cleanly(tmp_path):
+    """The README's C program, as a reader would paste it: no warning."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        blocks = re.findall(r"^```c\n(.*?)^```$", f.read(), re.S | re.M)
+    assert len(blocks) == 1, blocks
+    src = tmp_path / "hello.c"
+    src.write_text(blocks[0])
+    out = subprocess.run(["cc", "-Wall", "-Wextra", "-Werror", "-I", os.path.join(ROOT, "include"),
+                          "-c", "-o", str(tmp_path / "hello.o"), str(src)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout

@@ -147,5 +147,6 @@ def test_install_pkgconfig_program_runs_and_uninstall_removes_all(tmp_path, inst
             un = run(["make", "-C", ROOT, "BUILD=" + BUILD, "uninstall"])
             left = [p for p in written if os.path.lexists(p)]
             assert un.returncode == 0 and not left, (left, un.stdout)
+            os.unlink(INSTALL_LOG)  # a later `make uninstall` has nothing to do
     # Nothing of it in the loader's cache either.
     assert "libsockfork" not in run(["ldconfig", "-p"]).stdout
