@@ -89,7 +89,7 @@ def test_ctl_send_reaches_an_idle_client(sockfork, tmp_path):
     pid = greeting_pid(c)
     srv.wait_connected(c)
     rc, out, err = ctl(path, "send", pid, "the build is done")
-    assert (rc, out.strip()) == (0, "sent to %d" % pid), err
+    assert (rc, out.strip()) == (0, "queued for %d" % pid), err
     # The client sent nothing: the line comes anyway, at once.
     assert recv_line(c) == b"the build is done\r\n"
     c.sendall(b"still echoing\n")

@@ -441,14 +441,14 @@ static void listeners_of(const char *path, char *out, size_t cap)
 
 static void list_servers(const cli_control_entry *s, int n)
 {
-    fprintf(stderr, "  %-8s %-36s %-30s %s\n", "PID", "COMMAND", "LISTENING ON", "CONTROL");
+    fprintf(stderr, "  %-8s %-30s %-40s %s\n", "PID", "LISTENING ON", "CONTROL", "COMMAND");
     for (int i = 0; i < n; i++) {
-        char cmd[37], lis[512], path[FIELD_MAX];
+        char cmd[256], lis[512], path[FIELD_MAX];
 
         command_of(s[i].pid, cmd, sizeof cmd);
         listeners_of(s[i].path, lis, sizeof lis);
-        fprintf(stderr, "  %-8d %-36s %-30s %s\n", s[i].pid, cmd, lis,
-                clean(s[i].path, strlen(s[i].path), path, sizeof path));
+        fprintf(stderr, "  %-8d %-30s %-40s %s\n", s[i].pid, lis,
+                clean(s[i].path, strlen(s[i].path), path, sizeof path), cmd);
     }
 }
 
@@ -597,7 +597,7 @@ static void print_answer(const char *cmd, json_t *reply, unsigned pid)
         else
             printf("queued for %u\n", pid);
     } else if (strcmp(cmd, "broadcast") == 0) {
-        printf("queued for %lld, dropped for %lld\n",
+        printf("delivered to %lld, dropped for %lld\n",
                (long long)json_integer_value(json_object_get(reply, "delivered")),
                (long long)json_integer_value(json_object_get(reply, "dropped")));
     } else {
