@@ -648,6 +648,7 @@ def test_ctl_send_to_a_child_that_reads_says_queued_only(sockfork, tmp_path):
     path = control_path(srv)
     c = srv.connect()
     pid = greeting_pid(c)
+    srv.wait_connected(c)
     for n in range(3):
         rc, out, err = ctl(path, "send", pid, "n%d" % n)
         assert (rc, out.strip()) == (0, "queued for %d" % pid), err

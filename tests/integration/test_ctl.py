@@ -402,6 +402,7 @@ def test_options_after_the_command(sockfork, tmp_path):
     c = srv.connect()
     f = c.makefile("rb")
     pid = int(re.search(rb"pid (\d+)", f.readline()).group(1))
+    srv.wait_connected(c)  # the supervisor knows the pid too
     rc, out, err = ctl(path, "send", str(pid), "--", "-1 to all")
     assert (rc, out.strip()) == (0, "queued for %d" % pid), err
     assert f.readline() == b"-1 to all\r\n"
@@ -444,6 +445,7 @@ def test_nul_on_the_control_socket(sockfork, tmp_path):
     c = srv.connect()
     f = c.makefile("rb")
     pid = int(re.search(rb"pid (\d+)", f.readline()).group(1))
+    srv.wait_connected(c)  # the supervisor knows the pid too
     # Carried: the built-in handler writes the text, NUL and all.
     assert ctl_sock(cmd="send", pid=pid, text="a\0b") == {"ok": True, "pid": pid, "unread_before": False}
     assert f.readline() == b"a\0b\r\n"

@@ -96,10 +96,10 @@ static int is_unsafe(unsigned cp)
 }
 
 /*
- * Copies n bytes of s into out (cap bytes, NUL-terminated) with each unsafe
- * character written as \xHH (below U+0080) or \uHHHH, each byte that is
- * not UTF-8 as \xHH, and '\' as '\\'. A string too long ends in "...".
- * Returns out.
+ * Copies n bytes of s into out (cap bytes, at least 4, NUL-terminated) with
+ * each unsafe character written as \xHH (below U+0080) or \uHHHH, each byte
+ * that is not UTF-8 as \xHH, and '\' as '\\'. A string too long ends in
+ * "..." (room for which is always kept). Returns out.
  */
 static const char *clean(const char *s, size_t n, char *out, size_t cap)
 {
@@ -121,8 +121,8 @@ static const char *clean(const char *s, size_t n, char *out, size_t cap)
         else
             piece = s + i, w = k;
         if (o + w + 4 > cap) {
-            memcpy(out + o, "...", o + 4 <= cap ? 3 : 0);
-            o += o + 4 <= cap ? 3 : 0;
+            memcpy(out + o, "...", 3);
+            o += 3;
             break;
         }
         memcpy(out + o, piece, w);
@@ -376,7 +376,7 @@ static void print_stats(json_t *reply)
  * named by its basename. */
 static void command_of(int pid, char *out, size_t cap)
 {
-    char path[64], buf[1024];
+    char path[64], buf[1024], *sp, *start = buf;
     ssize_t n = -1;
     int fd;
 
@@ -397,14 +397,12 @@ static void command_of(int pid, char *out, size_t cap)
             buf[i] = ' ';
     }
     buf[n] = '\0';
-    {
-        char *sp = strchr(buf, ' '), *start = buf;
-        for (char *p = buf; p < (sp ? sp : buf + n); p++) {
-            if (*p == '/')
-                start = p + 1;
-        }
-        clean(start, (size_t)(buf + n - start), out, cap);
+    sp = strchr(buf, ' ');
+    for (char *p = buf; p < (sp ? sp : buf + n); p++) {
+        if (*p == '/')
+            start = p + 1;
     }
+    clean(start, (size_t)(buf + n - start), out, cap);
 }
 
 /* What a server says it listens on, asked over its control socket. */
@@ -545,39 +543,45 @@ static json_t *make_request(const char *cmd, int nargs, char **args, unsigned *p
     return req;
 }
 
-/* The request's text, or NULL after saying what is wrong: a TEXT that
- * does not fit in a request is reported as such, before connecting. */
+/* Says that TEXT does not fit in a request (req, dumped, is len bytes):
+ * how long it is, escaped too if that made it longer, and how much fits. */
+static void text_too_long(json_t *req, size_t len)
+{
+    size_t raw = json_string_length(json_object_get(req, "text")), bare = 0;
+    json_t *empty = json_deep_copy(req);
+    char *text = NULL;
+
+    if (empty && json_object_set_new(empty, "text", json_string("")) == 0)
+        text = json_dumps(empty, JSON_COMPACT);
+    if (text)
+        bare = strlen(text);
+    if (len - bare == raw)
+        cli_error("ctl: TEXT is too long: %zu bytes; at most %zu fit in a request", raw,
+                  (size_t)REQUEST_MAX - bare);
+    else
+        cli_error("ctl: TEXT is too long: %zu bytes, %zu once escaped for JSON; at most %zu "
+                  "fit in a request", raw, len - bare, (size_t)REQUEST_MAX - bare);
+    free(text);
+    json_decref(empty);
+}
+
+/* The request's line, or NULL after saying what is wrong: a TEXT that does
+ * not fit is reported before connecting (a server would answer an error
+ * about a request the user never wrote, and may hang up mid-write). */
 static char *request_text(json_t *req)
 {
     char *text = json_dumps(req, JSON_COMPACT);
-    json_t *t = json_object_get(req, "text");
     size_t len = text ? strlen(text) : 0;
 
     if (!text) {
         cli_error("ctl: out of memory");
         return NULL;
     }
-    if (len > REQUEST_MAX && json_is_string(t)) {
-        size_t raw = json_string_length(t);
-        size_t esc;
-        json_t *empty = json_deep_copy(req);
-        char *bare = empty && json_object_set_new(empty, "text", json_string("")) == 0
-                         ? json_dumps(empty, JSON_COMPACT) : NULL;
-        size_t room = bare ? REQUEST_MAX - strlen(bare) : 0;
-
-        esc = bare ? len - strlen(bare) : raw;
-        if (esc == raw)
-            cli_error("ctl: TEXT is too long: %zu bytes; at most %zu fit in a request", raw, room);
-        else
-            cli_error("ctl: TEXT is too long: %zu bytes, %zu once escaped for JSON; at most %zu "
-                      "fit in a request", raw, esc, room);
-        free(bare);
-        json_decref(empty);
-        free(text);
-        return NULL;
-    }
     if (len > REQUEST_MAX) {
-        cli_error("ctl: the request is longer than %d bytes", REQUEST_MAX);
+        if (json_is_string(json_object_get(req, "text")))
+            text_too_long(req, len);
+        else
+            cli_error("ctl: the request is longer than %d bytes", REQUEST_MAX);
         free(text);
         return NULL;
     }
