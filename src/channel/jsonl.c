@@ -51,8 +51,11 @@ static int parse_line(const char *p, size_t n, json_t **out)
         n--;
     if (n == 0)
         return 0;
-    /* Duplicate keys are refused: which one would count is ambiguous. */
-    v = json_loadb(p, n, JSON_REJECT_DUPLICATES, &err);
+    /* Duplicate keys are refused: which one would count is ambiguous.
+     * U+0000 ("\u0000") is valid JSON and is taken: every consumer reads
+     * strings with json_string_length, never as C strings alone (jansson
+     * refuses it in keys whatever the flags). */
+    v = json_loadb(p, n, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &err);
     if (!json_is_object(v)) {
         json_decref(v);
         return -EPROTO;

@@ -4,7 +4,8 @@
  *
  * The splitter holds at most `max` bytes of an unfinished line: a longer
  * line is an error (the peer is disconnected), never silently cut. CRLF is
- * accepted as LF; blank lines are skipped.
+ * accepted as LF; blank lines are skipped. Strings may hold U+0000
+ * ("\u0000", valid JSON): read them with json_string_length.
  */
 #ifndef SF_CHANNEL_JSONL_H
 #define SF_CHANNEL_JSONL_H

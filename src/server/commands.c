@@ -6,7 +6,10 @@
 #include "os/os.h"
 
 #include <errno.h>
+#include <linux/sockios.h>
 #include <signal.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,12 +112,27 @@ static int get_text(json_t *req, const char **text, size_t *len)
     return 0;
 }
 
+/* Whether the child has left part of what was sent to it unread: bytes
+ * still in the supervisor's queue for it, or in the socket (SIOCOUTQ on our
+ * end of an AF_UNIX stream counts what the peer has not consumed yet; the
+ * kernel counts buffers, not payload, so it says only whether, not how
+ * much). A child that never reads its channel (--echo, a program that
+ * ignores fd 3) shows it from the second message on. */
+static int has_unread(const endpoint *e)
+{
+    int n = 0;
+
+    if (e->q.bytes > 0)
+        return 1;
+    return e->fd >= 0 && ioctl(e->fd, SIOCOUTQ, &n) == 0 && n > 0;
+}
+
 static json_t *cmd_send(sf_server *s, json_t *req)
 {
     json_t *pid = json_object_get(req, "pid");
     bus_msg m;
     conn_rec *r;
-    int rc;
+    int rc, unread;
 
     memset(&m, 0, sizeof m);
     if (!json_is_integer(pid) || get_text(req, (const char **)&m.data, &m.len) < 0)
@@ -123,6 +141,7 @@ static json_t *cmd_send(sf_server *s, json_t *req)
     if (!r)
         return ctl_error("no child with pid %lld", (long long)json_integer_value(pid));
     m.kind = SF_MSG_DIRECT;
+    unread = has_unread(&r->ep);
     rc = bus_deliver(&r->ep, &m);
     if (rc == -ENOBUFS)
         return ctl_error("pid %d does not read its channel: its queue is full, message dropped",
@@ -132,7 +151,7 @@ static json_t *cmd_send(sf_server *s, json_t *req)
                          rc == -EPIPE      ? "its channel is closed"
                          : rc == -EMSGSIZE ? "text longer than the channel's maximum (--channel-max)"
                                            : strerror(-rc));
-    return json_pack("{s:b, s:i}", "ok", 1, "pid", (int)r->pid);
+    return json_pack("{s:b, s:i, s:b}", "ok", 1, "pid", (int)r->pid, "unread_before", unread);
 }
 
 static json_t *cmd_broadcast(sf_server *s, json_t *req)
@@ -170,15 +189,29 @@ static json_t *cmd_kick(sf_server *s, json_t *req)
     return json_pack("{s:b, s:i}", "ok", 1, "pid", (int)r->pid);
 }
 
+/* The addresses the server listens on, as sf_addr_format writes them. */
+static json_t *listener_names(sf_server *s)
+{
+    json_t *a = json_array();
+    char name[SF_ADDR_TEXT_MAX];
+
+    for (size_t i = 0; a && i < s->nlisteners; i++) {
+        if (sf_addr_format(&s->listeners[i].addr, name, sizeof name) >= 0)
+            json_array_append_new(a, json_string(name));
+    }
+    return a;
+}
+
 static json_t *cmd_stats(sf_server *s)
 {
     const sf_server_stats *st = &s->stats;
-    json_t *exited = json_object(), *killed = json_object();
+    json_t *exited = json_object(), *killed = json_object(), *listeners = listener_names(s);
     char key[32];
 
-    if (!exited || !killed) {
+    if (!exited || !killed || !listeners) {
         json_decref(exited);
         json_decref(killed);
+        json_decref(listeners);
         return NULL;
     }
     for (int i = 0; i < 256; i++) {
@@ -202,7 +235,8 @@ static json_t *cmd_stats(sf_server *s)
                                 (json_int_t)s->bus.stats.kicked_full, "kicked_bad",
                                 (json_int_t)s->bus.stats.kicked_bad, "spawner_restarts",
                                 (json_int_t)s->sup.spawner_restarts);
-    return json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:i}", "ok", 1,
+    return json_pack("{s:b, s:i, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:i}",
+                     "ok", 1, "pid", (int)getpid(), "listeners", listeners,
                      "accepted", (json_int_t)st->accepted, "active", (json_int_t)s->sup.count,
                      "max_conns", (json_int_t)s->opts.max_conns, "refused_per_ip",
                      (json_int_t)st->refused_per_ip, "limit_reached", (json_int_t)st->limit_reached,

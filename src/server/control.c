@@ -11,13 +11,19 @@
 
 json_t *ctl_error(const char *fmt, ...)
 {
-    char msg[512];
+    char msg[512], safe[3 * sizeof msg + 1];
     va_list ap;
+    int n;
 
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    n = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    return json_pack("{s:b, s:s}", "ok", 0, "error", msg);
+    if (n < 0)
+        return NULL;
+    /* A message may quote the request (a parser's "near '...'"): valid
+     * UTF-8 only, or there would be no JSON answer at all. */
+    sf_text_clean(safe, sizeof safe, msg, strnlen(msg, sizeof msg), "?");
+    return json_pack("{s:b, s:s}", "ok", 0, "error", safe);
 }
 
 static void client_close(ctl_client *cl)
@@ -92,19 +98,27 @@ static int client_flush(ctl_client *cl)
     return 0;
 }
 
+/* "cmd" is compared as a C string: one holding U+0000 could pass for
+ * another ("list\u0000x"), so it is refused by name. Other strings are
+ * taken with their length (a "text" may carry U+0000 to a child). */
 static json_t *answer(ctl_server *c, const char *line, size_t len)
 {
     json_error_t jerr;
     json_t *req, *cmd, *reply;
 
-    req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+    req = json_loadb(line, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
+    if (!req)
+        return ctl_error("a request is one JSON object on one line: %s (column %d)", jerr.text,
+                         jerr.column);
     if (!json_is_object(req)) {
         json_decref(req);
-        return ctl_error("a request is one JSON object on one line");
+        return ctl_error("a request is one JSON object on one line, not an array or a value");
     }
     cmd = json_object_get(req, "cmd");
     if (!json_is_string(cmd))
         reply = ctl_error("a request needs a string \"cmd\"");
+    else if (strlen(json_string_value(cmd)) != json_string_length(cmd))
+        reply = ctl_error("\"cmd\" may not contain U+0000");
     else
         reply = c->cb(c->arg, json_string_value(cmd), req);
     json_decref(req);

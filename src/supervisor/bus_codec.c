@@ -229,7 +229,7 @@ int bus_op_from_json(json_t *o, bus_op *op, const char **why)
         return -1;
     }
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
-        if (strcmp(name, ops[i].name) == 0)
+        if (n == strlen(ops[i].name) && strcmp(name, ops[i].name) == 0) /* no "send\u0000x" */
             op->op = ops[i].op;
     }
     if (!op->op) {

@@ -89,7 +89,7 @@ def test_ctl_send_reaches_an_idle_client(sockfork, tmp_path):
     pid = greeting_pid(c)
     srv.wait_connected(c)
     rc, out, err = ctl(path, "send", pid, "the build is done")
-    assert (rc, out.strip()) == (0, "sent to %d" % pid), err
+    assert (rc, out.strip()) == (0, "queued for %d" % pid), err
     # The client sent nothing: the line comes anyway, at once.
     assert recv_line(c) == b"the build is done\r\n"
     c.sendall(b"still echoing\n")
@@ -620,3 +620,37 @@ def test_a_child_that_never_reads_is_kicked_under_the_kick_policy(sockfork, tmp_
     assert st["kicked_full"] == 1 and st["dropped"] == 1, st
     ctl_sock.close()
     srv.stop()
+
+
+# ------------------------------------------- a child that does not read its channel
+
+NOT_READ = "queued for %d, which has not yet read what was sent to it before (its program may not read its channel)"
+
+
+@pytest.mark.parametrize("handler", [["--echo"], ["--", SH, "-c", "exec cat"]], ids=["echo", "ignores-fd-3"])
+def test_ctl_send_says_when_the_child_does_not_read(sockfork, tmp_path, handler):
+    srv = sockfork("--control", str(tmp_path / "c.sock"), *handler)
+    path = control_path(srv)
+    c = srv.connect()
+    pid = int(srv.wait_connected(c)[1].group(1))
+    rc, out, err = ctl(path, "send", pid, "first")
+    assert (rc, out.strip()) == (0, "queued for %d" % pid), err
+    for text in ("second", "third"):
+        rc, out, err = ctl(path, "send", pid, text)
+        assert (rc, out.strip()) == (0, NOT_READ % pid), err
+    assert ctl_json(path, "send", pid, "fourth")["unread_before"] is True
+    c.sendall(b"ping\n")
+    assert recv_line(c) == b"ping\n"  # the client got only its own bytes back
+
+
+def test_ctl_send_to_a_child_that_reads_says_queued_only(sockfork, tmp_path):
+    srv = sockfork("--control", str(tmp_path / "c.sock"))
+    path = control_path(srv)
+    c = srv.connect()
+    pid = greeting_pid(c)
+    srv.wait_connected(c)
+    for n in range(3):
+        rc, out, err = ctl(path, "send", pid, "n%d" % n)
+        assert (rc, out.strip()) == (0, "queued for %d" % pid), err
+        # Once the client has it, the child has read it from its channel.
+        assert recv_line(c) == b"n%d\r\n" % n

@@ -972,7 +972,7 @@ def test_ctl_send_broadcast_and_kick(sockfork, tmp_path):
     anon = Chat(srv)
     anon.welcome()
 
-    assert ctl(srv, "send", str(alice.pid), "hello alice").strip() == "sent to %d" % alice.pid
+    assert ctl(srv, "send", str(alice.pid), "hello alice").strip() == "queued for %d" % alice.pid
     alice.expect("*** NOTICE: hello alice")
     assert sync(srv, alice, bob, carol, anon) == [[], [], [], []]
 

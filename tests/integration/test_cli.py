@@ -111,3 +111,96 @@ def test_stale_unix_socket_is_replaced(sockfork, tmp_path):
     c = srv.connect("unix")
     c.sendall(b"fresh\n")
     assert recv_exact(c, 6) == b"fresh\n"
+
+
+# ------------------------------------------- --version and --help everywhere
+
+@pytest.mark.parametrize("args", [
+    ["-V"], ["serve", "-V"], ["chat", "--version"], ["chat", "-V"], ["ctl", "--version"],
+    ["ctl", "-V"], ["ctl", "list", "--version"], ["run", "--version"], ["run", "-V"],
+    ["run", "-j", "2", "--version"],
+], ids=lambda a: " ".join(a))
+def test_version_everywhere(args):
+    rc, out, err = run_cli(*args)
+    assert (rc, err) == (0, ""), (rc, err)
+    assert out.strip() == "sockfork 0.1.0", out
+
+
+def test_run_version_is_an_argument_after_the_command():
+    """run's options end at COMMAND: `run echo --version ::: a` runs echo."""
+    rc, out, err = run_cli("run", "echo", "--version", ":::", "a")
+    assert rc == 0, err
+    assert out == "--version a\n"
+
+
+@pytest.mark.parametrize("cmd", ["serve", "chat", "ctl", "run"])
+def test_help_everywhere(cmd):
+    for flag in ("-h", "--help"):
+        rc, out, err = run_cli(cmd, flag)
+        assert rc == 0 and out.startswith("usage: sockfork %s" % cmd), (cmd, flag, rc, err)
+
+
+@pytest.mark.parametrize("cmd", ["serve", "chat", "ctl"])
+def test_help_lists_version(cmd):
+    assert "-V, --version" in run_cli(cmd, "--help")[1]
+
+
+# ------------------------------------------- usage errors that say what is wrong
+
+@pytest.mark.parametrize("args, want", [
+    (["serve", "--"], "sockfork: serve: '--' must be followed by PROGRAM [ARGS...] "
+                      "(try 'sockfork serve --help')"),
+    (["serve", "-l", "unix:/no/such/dir/x.sock"],
+     "sockfork: cannot listen on unix:/no/such/dir/x.sock: No such file or directory"),
+    (["chat", "-l", "unix:/no/such/dir/x.sock"],
+     "sockfork: cannot listen on unix:/no/such/dir/x.sock: No such file or directory"),
+    (["serve", "-l", "127.0.0.1:99999"], "sockfork: cannot listen on 127.0.0.1:99999: port 99999 out "
+                                         "of range (0-65535)"),
+    (["chat", "-l", "[::1]:65536"], "sockfork: cannot listen on [::1]:65536: port 65536 out of range "
+                                    "(0-65535)"),
+    (["serve", "-l", "127.0.0.1:"], "sockfork: cannot listen on 127.0.0.1:: no port after ':'"),
+    (["serve", "-l", "127.0.0.1:http"], "sockfork: cannot listen on 127.0.0.1:http: port 'http' is "
+                                        "not a number"),
+    (["serve", "-l", "::1:80"], "sockfork: cannot listen on ::1:80: an IPv6 address goes in "
+                                "brackets: [V6]:PORT"),
+    (["serve", "-l", "[::1"], "sockfork: cannot listen on [::1: no ']' after the IPv6 address"),
+    (["serve", "-l", "[127.0.0.1]:80"], "sockfork: cannot listen on [127.0.0.1]:80: '127.0.0.1' is "
+                                        "not an IPv6 address (brackets are for IPv6 only)"),
+    (["serve", "-l", "nonsense"], "sockfork: cannot listen on nonsense: no port (expected HOST:PORT, "
+                                  "[V6]:PORT or unix:PATH)"),
+    (["serve", "-l", "unix:"], "sockfork: cannot listen on unix:: empty path"),
+    (["serve", "-l", "unix:/" + "x" * 120], "sockfork: cannot listen on unix:/" + "x" * 120 +
+                                            ": path longer than 107 bytes"),
+    (["serve", "-l", "127.0.0.1:0", "--", "/etc/passwd"],
+     "sockfork: serve: program '/etc/passwd' is not executable: Permission denied"),
+    (["serve", "-l", "127.0.0.1:0", "--", "/etc"], "sockfork: serve: program '/etc' is a directory"),
+    (["serve", "-l", "127.0.0.1:0", "--", "no-such-program-x"],
+     "sockfork: serve: cannot find program 'no-such-program-x' in PATH"),
+    (["serve", "-l", "127.0.0.1:0", "--", "./no-such-program-x"],
+     "sockfork: serve: cannot find program './no-such-program-x': No such file or directory"),
+    (["serve", "-l", "127.0.0.1:0", "--control", "/no/such/dir/c.sock"],
+     "sockfork: cannot open the control socket /no/such/dir/c.sock: No such file or directory"),
+], ids=lambda a: " ".join(a) if isinstance(a, list) else "")
+def test_usage_errors_say_what_is_wrong(args, want):
+    assert one_line_usage_error(*args) == want
+
+
+def test_a_program_not_executable_in_path(tmp_path):
+    """A file in PATH without an execute bit: not "cannot find"."""
+    import os
+    import subprocess
+    from conftest import BIN, WAIT, server_env
+    prog = tmp_path / "handler"
+    prog.write_text("#!/bin/sh\n")
+    prog.chmod(0o644)
+    proc = subprocess.run([BIN, "serve", "-l", "127.0.0.1:0", "--", "handler"], capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=WAIT,
+                          env=server_env({"PATH": "%s:%s" % (tmp_path, os.environ.get("PATH", ""))}))
+    assert proc.returncode == 2
+    assert proc.stderr.decode() == "sockfork: serve: program 'handler' is not executable: Permission denied\n"
+
+
+def test_serve_dashdash_as_a_value_is_not_the_end_of_options(tmp_path):
+    """`--control --` names a socket '--'; no PROGRAM is implied."""
+    line = one_line_usage_error("serve", "-l", "unix:/no/such/dir/x.sock", "--control", "--")
+    assert "cannot listen on unix:/no/such/dir/x.sock" in line

@@ -7,7 +7,7 @@ import socket
 import stat
 import subprocess
 
-from conftest import BIN, WAIT, control_path, expect_eof, peer_text, recv_exact, run_cli, server_env
+from conftest import BIN, WAIT, Control, control_path, expect_eof, peer_text, recv_exact, run_cli, server_env
 
 
 def ctl(path, *args, env=None):
@@ -159,3 +159,300 @@ def test_ctl_finds_the_only_server(sockfork, tmp_path):
                           env=server_env(env), stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["active"] == 0
+
+
+# ------------------------------------------- what ctl trusts, what it prints
+
+import threading  # noqa: E402  (the tests above do not need it)
+
+import pytest  # noqa: E402
+
+# What no answer may put on a terminal raw: ESC, BEL, DEL, C1 CSI, a bidi
+# override, a zero-width space, a line separator.
+UNSAFE = ("\x1b", "\x07", "\x7f", "\x9b", "\u202e", "\u200b", "\u2028")
+
+
+class FakeServer:
+    """Something listening where ctl looks for a server: it counts the
+    connections it gets, keeps every request line, and answers each with
+    `reply` (bytes; None: hang up at once without reading)."""
+
+    def __init__(self, path, reply):
+        self.reply = reply
+        self.connections = 0
+        self.requests = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(16)
+        self.sock.settimeout(WAIT)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with c:
+                if self.reply is None:
+                    continue
+                c.settimeout(WAIT)
+                data = b""
+                try:
+                    while b"\n" not in data and len(data) < (1 << 20):
+                        chunk = c.recv(1 << 16)
+                        if not chunk:
+                            break
+                        data += chunk
+                    if b"\n" in data:
+                        self.requests.append(data)
+                        c.sendall(self.reply)
+                except OSError:
+                    pass
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes accept()
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(WAIT)
+
+
+def ctl_found(xdg, *args):
+    """`sockfork ctl ARGS` without --control, looking under xdg/sockfork."""
+    proc = subprocess.run([BIN, "ctl"] + list(args), stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=WAIT, env=server_env({"XDG_RUNTIME_DIR": str(xdg)}))
+    return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
+
+
+def one_error_line(err):
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sockfork: ctl: "), err
+    return lines[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a directory another user owns")
+def test_ctl_refuses_a_directory_another_user_made(tmp_path):
+    d = tmp_path / "sockfork"
+    d.mkdir(mode=0o700)
+    fake = FakeServer(d / "serve-1.sock", b'{"ok":true,"pid":1}\n')
+    try:
+        os.chown(d, 65534, 65534)
+        rc, out, err = ctl_found(tmp_path, "send", "1", "my secret")
+        line = one_error_line(err)
+        assert rc == 1 and out == ""
+        assert "is not private to you (owner uid 65534, mode 0700" in line, line
+        assert "refusing" in line
+        assert fake.connections == 0 and fake.requests == []
+    finally:
+        fake.close()
+
+
+@pytest.mark.parametrize("kind", ["mode-0755", "mode-0777", "symlink", "file"])
+def test_ctl_refuses_a_directory_open_to_others(tmp_path, kind):
+    d = tmp_path / "sockfork"
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    fake = FakeServer(real / "serve-1.sock", b'{"ok":true,"pid":1}\n')
+    try:
+        if kind == "symlink":
+            d.symlink_to(real)
+        elif kind == "file":
+            d.write_text("")
+        else:
+            d.mkdir()
+            os.chmod(d, int(kind[-4:], 8))
+            os.rename(real / "serve-1.sock", d / "serve-1.sock")
+        rc, out, err = ctl_found(tmp_path, "list")
+        line = one_error_line(err)
+        assert rc == 1 and out == ""
+        if kind.startswith("mode"):
+            assert "is not private to you (owner uid %d, mode %s" % (os.getuid(), kind[-4:]) in line
+        else:
+            assert "is not a directory" in line, line
+        assert fake.connections == 0
+    finally:
+        fake.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a socket to another user")
+def test_ctl_ignores_a_socket_another_user_owns(tmp_path):
+    d = tmp_path / "sockfork"
+    d.mkdir(mode=0o700)
+    fake = FakeServer(d / "serve-1.sock", b'{"ok":true,"pid":1}\n')
+    try:
+        os.chown(d / "serve-1.sock", 65534, 65534)
+        rc, out, err = ctl_found(tmp_path, "list")
+        assert rc == 1 and "no running server found" in one_error_line(err)
+        assert fake.connections == 0
+    finally:
+        fake.close()
+
+
+HOSTILE_LIST = {"ok": True, "children": [{
+    "pid": 7, "peer": "\x1b[2J\x1b]0;owned\x07", "state": "\u202erunning", "since": 0,
+    "bytes_in": None, "bytes_out": None, "status": "\u009b31m\u200bx\x7f\\ \u2028end"}]}
+
+
+def test_ctl_list_escapes_what_the_server_says(tmp_path):
+    fake = FakeServer(tmp_path / "c.sock", json.dumps(HOSTILE_LIST).encode() + b"\n")
+    try:
+        rc, out, err = ctl(str(tmp_path / "c.sock"), "list")
+        assert rc == 0, err
+        for ch in UNSAFE:
+            assert ch not in out, (ch, out)
+        row = out.splitlines()[1]
+        assert "\\x1b[2J\\x1b]0;owned\\x07" in row, row
+        assert "\\u202erunning" in row and "\\u009b31m\\u200bx\\x7f\\\\ \\u2028end" in row, row
+    finally:
+        fake.close()
+
+
+def test_ctl_json_is_ascii_and_the_same_answer(tmp_path):
+    fake = FakeServer(tmp_path / "c.sock", json.dumps(HOSTILE_LIST, ensure_ascii=False).encode() + b"\n")
+    try:
+        proc = subprocess.run([BIN, "ctl", "--control", str(tmp_path / "c.sock"), "list", "--json"],
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=WAIT, env=server_env())
+        assert proc.returncode == 0, proc.stderr
+        body = proc.stdout.rstrip(b"\n")
+        assert all(0x20 <= b < 0x7f for b in body), body
+        assert json.loads(body) == HOSTILE_LIST
+    finally:
+        fake.close()
+
+
+def test_ctl_escapes_errors_and_stats_keys(tmp_path):
+    fake = FakeServer(tmp_path / "e.sock", json.dumps(
+        {"ok": False, "error": "\x1b[31mno\u202e"}).encode() + b"\n")
+    try:
+        rc, out, err = ctl(str(tmp_path / "e.sock"), "kick", "12")
+        assert rc == 1 and out == ""
+        assert one_error_line(err) == "sockfork: ctl: \\x1b[31mno\\u202e"
+    finally:
+        fake.close()
+    fake = FakeServer(tmp_path / "s.sock", json.dumps(
+        {"ok": True, "\x1b[2Jk": 1, "listeners": ["\x07a", "b"], "channel": {"\x9bx": 2}}).encode() + b"\n")
+    try:
+        rc, out, err = ctl(str(tmp_path / "s.sock"), "stats")
+        assert rc == 0, err
+        for ch in UNSAFE:
+            assert ch not in out, (ch, out)
+        assert out.splitlines() == ["\\x1b[2Jk: 1", "listeners: \\x07a b", "channel: \\u009bx=2"], out
+    finally:
+        fake.close()
+
+
+# ------------------------------------------- a TEXT over the request limit
+
+# A request line holds 65535 bytes (docs/protocol.md): broadcast's has
+# room for 65535 - len('{"cmd":"broadcast","text":""}') bytes of TEXT.
+BROADCAST_ROOM = 65535 - len('{"cmd":"broadcast","text":""}')
+
+
+def test_text_over_the_limit_is_one_line_every_time(sockfork, tmp_path):
+    srv = sockfork("--echo", "--control", str(tmp_path / "c.sock"))
+    path = control_path(srv)
+    c = srv.connect()
+    pid = int(srv.wait_connected(c)[1].group(1))
+    assert ctl(path, "broadcast", "a" * BROADCAST_ROOM)[0] == 0
+    for _ in range(5):
+        rc, out, err = ctl(path, "broadcast", "a" * (BROADCAST_ROOM + 1))
+        assert (rc, out) == (1, ""), (rc, err)
+        assert one_error_line(err) == ("sockfork: ctl: TEXT is too long: %d bytes; at most %d fit in a "
+                                       "request" % (BROADCAST_ROOM + 1, BROADCAST_ROOM))
+        rc, out, err = ctl(path, "send", str(pid), "x" * 100000)
+        assert (rc, out) == (1, "") and "TEXT is too long: 100000 bytes; at most" in one_error_line(err)
+    rc, _, err = ctl(path, "broadcast", '"' * 40000)
+    assert rc == 1
+    assert one_error_line(err) == ("sockfork: ctl: TEXT is too long: 40000 bytes, 80000 once escaped "
+                                   "for JSON; at most %d fit in a request" % BROADCAST_ROOM)
+    # Nothing reached the server: a request it would have refused is never sent.
+    assert not srv.log.find(r"control client")
+
+
+def test_ctl_survives_a_server_that_hangs_up(tmp_path):
+    """SIGPIPE is ignored: a server that closes without reading is one line, status 1."""
+    fake = FakeServer(tmp_path / "c.sock", None)
+    try:
+        for _ in range(5):
+            rc, out, err = ctl(str(tmp_path / "c.sock"), "broadcast", "z" * 65000)
+            assert (rc, out) == (1, ""), (rc, err)
+            assert "the server closed the connection" in one_error_line(err) or \
+                "cannot send" in one_error_line(err), err
+    finally:
+        fake.close()
+
+
+# ------------------------------------------- options anywhere, several servers
+
+def test_options_after_the_command(sockfork, tmp_path):
+    srv = sockfork("--control", str(tmp_path / "c.sock"))
+    path = control_path(srv)
+    for args in (["list", "--json"], ["stats", "--json"], ["--json", "stats"]):
+        rc, out, err = ctl(path, *args)
+        assert rc == 0, (args, err)
+        assert json.loads(out)["ok"] is True
+    proc = subprocess.run([BIN, "ctl", "stats", "--control", path, "--json"], stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=WAIT, env=server_env())
+    assert proc.returncode == 0 and json.loads(proc.stdout)["pid"] == srv.pid, proc.stderr
+    # A TEXT that begins with '-' goes after '--'.
+    c = srv.connect()
+    f = c.makefile("rb")
+    pid = int(re.search(rb"pid (\d+)", f.readline()).group(1))
+    srv.wait_connected(c)  # the supervisor knows the pid too
+    rc, out, err = ctl(path, "send", str(pid), "--", "-1 to all")
+    assert (rc, out.strip()) == (0, "queued for %d" % pid), err
+    assert f.readline() == b"-1 to all\r\n"
+    rc, _, err = ctl(path, "send", str(pid), "-1")
+    assert rc == 2 and "'--'" in one_error_line(err)
+
+
+def test_stats_say_the_pid_and_listeners(sockfork, tmp_path):
+    srv = sockfork("--echo", "--control", str(tmp_path / "c.sock"),
+                   listen=("127.0.0.1:0", "unix:%s" % (tmp_path / "s.sock")))
+    st = ctl_json(control_path(srv), "stats")
+    assert st["pid"] == srv.pid
+    assert st["listeners"] == ["127.0.0.1:%d" % srv.port, "unix:%s" % (tmp_path / "s.sock")]
+
+
+def test_ctl_lists_several_servers(sockfork, tmp_path):
+    env = {"XDG_RUNTIME_DIR": str(tmp_path)}
+    a = sockfork("--echo", env=env)
+    b = sockfork("--echo", "-q", env=env, listen=("127.0.0.1:0", "unix:%s" % (tmp_path / "b.sock")))
+    pa, pb = control_path(a), control_path(b)
+    rc, out, err = ctl_found(tmp_path, "list", "--json")
+    assert rc == 1 and out == ""
+    lines = err.splitlines()
+    assert lines[0] == ("sockfork: ctl: 2 servers run under %s/sockfork: say which with --control PATH"
+                        % tmp_path), err
+    assert lines[1].split() == ["PID", "LISTENING", "ON", "CONTROL", "COMMAND"]
+    rows = {int(l.split()[0]): l for l in lines[2:]}
+    assert set(rows) == {a.pid, b.pid}, err
+    assert rows[a.pid].split()[1:3] == ["127.0.0.1:%d" % a.port, pa], rows[a.pid]
+    assert rows[a.pid].split()[3:] == [os.path.basename(BIN), "serve", "-l", "127.0.0.1:0", "--echo"]
+    assert rows[b.pid].split()[1:4] == ["127.0.0.1:%d" % b.port, "unix:%s" % (tmp_path / "b.sock"), pb]
+    assert "--echo -q" in rows[b.pid]
+
+
+# ------------------------------------------- U+0000 on the control socket
+
+def test_nul_on_the_control_socket(sockfork, tmp_path):
+    srv = sockfork("--control", str(tmp_path / "c.sock"))
+    ctl_sock = Control(control_path(srv))
+    c = srv.connect()
+    f = c.makefile("rb")
+    pid = int(re.search(rb"pid (\d+)", f.readline()).group(1))
+    srv.wait_connected(c)  # the supervisor knows the pid too
+    # Carried: the built-in handler writes the text, NUL and all.
+    assert ctl_sock(cmd="send", pid=pid, text="a\0b") == {"ok": True, "pid": pid, "unread_before": False}
+    assert f.readline() == b"a\0b\r\n"
+    # Refused by name where it would be ambiguous.
+    assert ctl_sock(cmd="stats\0x") == {"ok": False, "error": '"cmd" may not contain U+0000'}
+    # A parse error says what and where.
+    ctl_sock.sock.sendall(b'{"cmd": "stats",}\n')
+    reply = json.loads(ctl_sock.sock.makefile("rb").readline())
+    assert reply["ok"] is False and "column" in reply["error"], reply
+    ctl_sock.close()

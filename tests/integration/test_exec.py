@@ -169,3 +169,29 @@ def test_fdcount_with_two_listeners_and_siblings_open(sockfork, tmp_path):
     for c in clients:
         c.sendall(b"go\n")
         check_only_stdio(parse_fds(recv_until_eof(c)), srv)
+
+
+# ------------------------------------------- U+0000 on an exec'd program's channel
+
+def test_nul_on_the_channel_is_carried_not_a_disconnect(sockfork):
+    """"\\u0000" is valid JSON: in data it is carried, in a topic or an op
+    it is refused with an error message; the program keeps its channel."""
+    import json
+    from conftest import recv_line
+    relay = 'cat <&3 & cat >&3; kill $! 2>/dev/null'
+    srv = sockfork("--", SH, "-c", relay)
+    c = srv.connect()
+    pid = int(srv.wait_connected(c)[1].group(1))
+
+    def ask(line):
+        c.sendall(line + b"\n")
+        return json.loads(recv_line(c))
+
+    assert ask(b'{"op":"send","to":%d,"data":"a\\u0000b"}' % pid) == {
+        "op": "message", "kind": "direct", "from": pid, "data": "a\0b"}
+    assert ask(b'{"op":"subscribe","topic":"a\\u0000b"}') == {
+        "op": "error", "error": 'this op needs "topic": 1 to 255 bytes, no spaces', "code": "bad_request"}
+    assert ask(b'{"op":"send\\u0000x","to":%d,"data":"x"}' % pid) == {
+        "op": "error", "error": "unknown op", "code": "bad_request"}
+    assert ask(b'{"op":"claim","name":"still-here"}') == {"op": "claimed", "name": "still-here", "ok": True}
+    assert not srv.log.find(r"closing its channel")

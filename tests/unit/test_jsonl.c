@@ -117,6 +117,35 @@ static void test_encode_roundtrip(void **state)
     json_decref(o);
 }
 
+/* "\u0000" is valid JSON: carried, with its length, and back out the
+ * same; in a key jansson refuses it, and that is a bad line (-EPROTO), not
+ * the end of the decoder. */
+static void test_nul_in_strings(void **state)
+{
+    static const char in[] = "{\"data\":\"a\\u0000b\"}\n{\"k\\u0000\":1}\n{\"ok\":1}\n";
+    jsonl_decoder d;
+    json_t *o = NULL, *v;
+    char *line;
+    size_t used, off, len;
+    (void)state;
+
+    assert_int_equal(jsonl_decoder_init(&d, 0), 0);
+    assert_int_equal(jsonl_decoder_feed(&d, in, strlen(in), &used, &o), 1);
+    v = json_object_get(o, "data");
+    assert_int_equal(json_string_length(v), 3);
+    assert_memory_equal(json_string_value(v), "a\0b", 3);
+    assert_int_equal(jsonl_encode(o, &line, &len), 0);
+    assert_non_null(strstr(line, "\\u0000"));
+    free(line);
+    json_decref(o);
+    off = used;
+    assert_int_equal(jsonl_decoder_feed(&d, in + off, strlen(in) - off, &used, &o), -EPROTO);
+    off += used;
+    assert_int_equal(jsonl_decoder_feed(&d, in + off, strlen(in) - off, &used, &o), 1);
+    json_decref(o);
+    jsonl_decoder_fini(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -124,6 +153,7 @@ int main(void)
         cmocka_unit_test(test_bad_lines),
         cmocka_unit_test(test_overlong),
         cmocka_unit_test(test_encode_roundtrip),
+        cmocka_unit_test(test_nul_in_strings),
     };
     return cmocka_run_group_tests_name("jsonl", tests, NULL, NULL);
 }

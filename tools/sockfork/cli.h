@@ -32,10 +32,25 @@ int cmd_ctl(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 
 /* Control sockets without --control (ctlpath.c). Each returns 0 or -errno. */
+#define CLI_CONTROL_PATH_MAX 300
 int cli_control_dir(char *buf, size_t len);     /* the directory */
 /* A new server's path, KIND-PID.sock (kind: "serve", "chat"); makes the dir. */
 int cli_control_default(const char *kind, char *buf, size_t len);
-int cli_control_find(char *buf, size_t len);    /* the one live server; -EEXIST if several */
+/* A connected socket to the control socket at path, or -errno. */
+int cli_control_connect(const char *path);
+
+typedef struct cli_control_entry {
+    char path[CLI_CONTROL_PATH_MAX];
+    int pid; /* the server's, from the socket's peer credentials */
+} cli_control_entry;
+
+/* The live servers under the control directory (its path put in dir),
+ * at most max: sockets that are ours, on which a process of ours listens.
+ * Returns their number; -ENOENT if there is no directory; -EPERM if it is
+ * not a directory of ours closed to others (*dst then says whose it is and
+ * its mode: nothing in it is trusted). */
+struct stat;
+int cli_control_scan(cli_control_entry *found, int max, char *dir, size_t dirlen, struct stat *dst);
 
 /* Built-in connection handlers (handlers.c). */
 int handler_interactive(sf_conn *c, void *arg);

@@ -1,94 +1,235 @@
 /* ctl.c - `sockfork ctl`: one request to a running server's control socket,
- * its answer printed for people, or as JSON with --json. */
+ * its answer printed for people, or as JSON with --json.
+ *
+ * Whatever the server answers is printed with every control, bidi and
+ * invisible format character escaped: without --control, the server is
+ * one found in a directory, and what answers there is not trusted with
+ * the terminal. */
 #include "cli.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/un.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #define REPLY_MAX (16 << 20)
 #define CTL_TIMEOUT_MS 10000
+#define PROBE_TIMEOUT_MS 2000 /* each server, when several answer */
+#define SERVERS_MAX 64
+/* The longest request line the server reads, without its newline:
+ * CTL_LINE_MAX - 1 (src/server/control.h, docs/protocol.md). */
+#define REQUEST_MAX (64 * 1024 - 1)
+#define FIELD_MAX 2048 /* a server's string, escaped, as printed */
 
 static const char ctl_usage[] =
-    "usage: sockfork ctl [--control PATH] [--json] COMMAND [ARGS]\n"
+    "usage: sockfork ctl [OPTIONS] COMMAND [ARGS] [--] [TEXT]\n"
     "\n"
-    "Talks to a running `sockfork serve` through its control socket.\n"
+    "Talks to a running `sockfork serve` or `chat` through its control socket.\n"
     "\n"
     "commands:\n"
     "  list             children: pid, peer, state, since, bytes in and out, status\n"
-    "  send PID TEXT    push TEXT to that child's channel (it reaches its client\n"
-    "                   at once, though the client has sent nothing)\n"
-    "  broadcast TEXT   push TEXT to every child\n"
+    "  send PID TEXT    queue TEXT on that child's channel; the built-in handler and\n"
+    "                   chat write it to their client at once, an --echo child never\n"
+    "                   reads it, a PROGRAM only if it reads fd 3\n"
+    "  broadcast TEXT   queue TEXT for every child\n"
     "  kick PID         end that connection's child\n"
     "  stats            counters: accepted, active, refused, exits by code and\n"
-    "                   signal, channel frames and drops\n"
+    "                   signal, channel frames and drops; the server's pid and\n"
+    "                   listeners\n"
     "\n"
-    "options:\n"
-    "  --control PATH  the server's control socket; default: the only live one under\n"
-    "                  $XDG_RUNTIME_DIR/sockfork/ (else /tmp/sockfork-$UID/)\n"
-    "  --json          print the server's JSON answer as it is\n"
+    "options (before or after the command; '--' ends them, for a TEXT that\n"
+    "begins with '-': sockfork ctl send 1234 -- '-1'):\n"
+    "  --control PATH  the server's control socket; default: the only live one\n"
+    "                  under $XDG_RUNTIME_DIR/sockfork/ (else /tmp/sockfork-$UID/),\n"
+    "                  a directory that must be yours and closed to others; with\n"
+    "                  several there, they are listed\n"
+    "  --json          print the server's JSON answer (non-ASCII escaped)\n"
     "  -h, --help      this text\n"
+    "  -V, --version   print the version\n"
     "\n"
-    "Exit status: 0 done, 1 the server said no (e.g. no such pid) or cannot be\n"
-    "reached, 2 bad usage.\n";
+    "A request is at most 65535 bytes: a TEXT of up to about 65490 bytes, less\n"
+    "when quotes, backslashes or control characters need escaping.\n"
+    "Exit status: 0 done, 1 the server said no (e.g. no such pid), cannot be\n"
+    "reached, or several servers run; 2 bad usage.\n";
 
-static int connect_control(const char *path)
+/* ------------------------------------------------------------ safe text */
+
+/* The valid UTF-8 character at p: its length (1 to 4) and code point, or
+ * 0 for a stray or truncated byte, an overlong form, a surrogate. */
+static size_t utf8_char(const unsigned char *p, size_t n, unsigned *cp)
 {
-    struct sockaddr_un un;
-    int fd;
+    unsigned char c = p[0];
+    size_t k = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+    unsigned v = k == 1 ? c : k == 2 ? c & 0x1fu : k == 3 ? c & 0x0fu : c & 0x07u;
 
-    memset(&un, 0, sizeof un);
-    un.sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof un.sun_path) {
-        errno = ENAMETOOLONG;
-        return -1;
+    if (k == 0 || k > n)
+        return 0;
+    for (size_t j = 1; j < k; j++) {
+        if ((p[j] & 0xc0) != 0x80)
+            return 0;
+        v = v << 6 | (p[j] & 0x3fu);
     }
-    strcpy(un.sun_path, path);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    if (connect(fd, (struct sockaddr *)&un, sizeof un) < 0) {
-        int e = errno;
-        close(fd);
-        errno = e;
-        return -1;
-    }
-    return fd;
+    if ((k == 2 && v < 0x80) || (k == 3 && (v < 0x800 || (v >= 0xd800 && v <= 0xdfff))) ||
+        (k == 4 && (v < 0x10000 || v > 0x10ffff)))
+        return 0;
+    *cp = v;
+    return k;
 }
 
-/* Sends one line, reads one line back (bounded in size and time). */
-static json_t *roundtrip(int fd, json_t *req, char *err, size_t errlen)
+/* Characters a terminal acts on or that hide or reorder text: controls
+ * (C0, DEL, C1), bidi marks, embeddings, overrides and isolates, zero-width
+ * and other invisible format characters, line and paragraph separators. */
+static int is_unsafe(unsigned cp)
 {
-    char *text = json_dumps(req, JSON_COMPACT);
-    size_t len, have = 0, cap = 4096;
-    char *buf = NULL, *nl = NULL;
+    return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp == 0xad || cp == 0x61c ||
+           (cp >= 0x200b && cp <= 0x200f) || (cp >= 0x2028 && cp <= 0x202e) ||
+           (cp >= 0x2060 && cp <= 0x206f) || cp == 0xfeff || (cp >= 0xfff9 && cp <= 0xfffb);
+}
+
+/*
+ * Copies n bytes of s into out (cap bytes, at least 4, NUL-terminated) with
+ * each unsafe character written as \xHH (below U+0080) or \uHHHH, each byte
+ * that is not UTF-8 as \xHH, and '\' as '\\'. A string too long ends in
+ * "..." (room for which is always kept). Returns out.
+ */
+static const char *clean(const char *s, size_t n, char *out, size_t cap)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t o = 0, i = 0;
+
+    while (i < n) {
+        char esc[12];
+        unsigned cp = 0;
+        size_t k = utf8_char(p + i, n - i, &cp), w;
+        const char *piece = esc;
+
+        if (k == 0 || (k == 1 && is_unsafe(cp)))
+            w = (size_t)snprintf(esc, sizeof esc, "\\x%02x", p[i]);
+        else if (is_unsafe(cp))
+            w = (size_t)snprintf(esc, sizeof esc, "\\u%04x", cp);
+        else if (cp == '\\')
+            w = (size_t)snprintf(esc, sizeof esc, "\\\\");
+        else
+            piece = s + i, w = k;
+        if (o + w + 4 > cap) {
+            memcpy(out + o, "...", 3);
+            o += 3;
+            break;
+        }
+        memcpy(out + o, piece, w);
+        o += w;
+        i += k ? k : 1;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* A string member of o, cleaned; dflt if it is missing or not a string. */
+static const char *clean_member(json_t *o, const char *key, const char *dflt, char *out, size_t cap)
+{
+    json_t *v = json_object_get(o, key);
+
+    if (!json_is_string(v))
+        return dflt;
+    return clean(json_string_value(v), json_string_length(v), out, cap);
+}
+
+/* The answer as JSON, ASCII only: jansson escapes controls and, with
+ * JSON_ENSURE_ASCII, everything past U+007F; DEL, which JSON allows raw,
+ * can only be inside a string here, so \u007f is as valid. */
+static void print_json(json_t *reply)
+{
+    char *text = json_dumps(reply, JSON_COMPACT | JSON_ENSURE_ASCII);
+
+    if (!text)
+        return;
+    for (const char *p = text; *p; p++) {
+        if (*p == 0x7f)
+            fputs("\\u007f", stdout);
+        else
+            putchar(*p);
+    }
+    putchar('\n');
+    free(text);
+}
+
+/* ------------------------------------------------------------ the exchange */
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits for fd to be ready for events until the deadline. Returns 1, or 0
+ * at the deadline. */
+static int wait_fd(int fd, short events, long long deadline)
+{
+    for (;;) {
+        struct pollfd p = {fd, events, 0};
+        long long left = deadline - now_ms();
+        int rc;
+
+        if (left <= 0)
+            return 0;
+        rc = poll(&p, 1, (int)left);
+        if (rc > 0)
+            return 1;
+        if (rc < 0 && errno != EINTR)
+            return 1; /* let the read or write say what is wrong */
+    }
+}
+
+/* Writes the request line. Returns 0, or -errno (-ETIMEDOUT at the deadline). */
+static int send_line(int fd, const char *text, size_t len, long long deadline)
+{
+    size_t off = 0;
+
+    while (off < len + 1) {
+        const char *p = off < len ? text + off : "\n";
+        size_t n = off < len ? len - off : 1;
+        ssize_t w;
+
+        if (!wait_fd(fd, POLLOUT, deadline))
+            return -ETIMEDOUT;
+        w = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                continue;
+            return -errno;
+        }
+        off += (size_t)w;
+    }
+    return 0;
+}
+
+/* Reads one line (bounded in size and time); parses it. */
+static json_t *read_reply(int fd, long long deadline, int timeout_ms, char *err, size_t errlen)
+{
+    size_t have = 0, cap = 4096;
+    char *buf = malloc(cap), *nl = NULL;
     json_t *reply = NULL;
     json_error_t jerr;
 
-    if (!text)
-        goto nomem;
-    len = strlen(text);
-    if (write(fd, text, len) != (ssize_t)len || write(fd, "\n", 1) != 1) {
-        snprintf(err, errlen, "cannot send: %s", strerror(errno));
-        goto fail;
+    if (!buf) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
     }
-    buf = malloc(cap);
-    if (!buf)
-        goto nomem;
     while (!nl) {
-        struct pollfd p = {fd, POLLIN, 0};
         ssize_t n;
 
-        if (poll(&p, 1, CTL_TIMEOUT_MS) <= 0) {
-            snprintf(err, errlen, "no answer within %d s", CTL_TIMEOUT_MS / 1000);
+        if (!wait_fd(fd, POLLIN, deadline)) {
+            snprintf(err, errlen, "no answer within %d s", timeout_ms / 1000);
             goto fail;
         }
         if (have == cap) {
@@ -98,35 +239,54 @@ static json_t *roundtrip(int fd, json_t *req, char *err, size_t errlen)
                 goto fail;
             }
             nb = realloc(buf, cap * 2);
-            if (!nb)
-                goto nomem;
+            if (!nb) {
+                snprintf(err, errlen, "out of memory");
+                goto fail;
+            }
             buf = nb;
             cap *= 2;
         }
         n = read(fd, buf + have, cap - have);
+        if (n < 0 && errno == EINTR)
+            continue;
         if (n <= 0) {
-            snprintf(err, errlen, "the server closed the connection");
+            snprintf(err, errlen, "the server closed the connection without an answer");
             goto fail;
         }
         nl = memchr(buf + have, '\n', (size_t)n);
         have += (size_t)n;
     }
-    reply = json_loadb(buf, (size_t)(nl - buf), 0, &jerr);
-    if (!reply || !json_is_object(reply)) {
+    /* A string may hold U+0000: every string printed is length-aware. */
+    reply = json_loadb(buf, (size_t)(nl - buf), JSON_ALLOW_NUL, &jerr);
+    if (!json_is_object(reply)) {
         snprintf(err, errlen, "the server's answer is not a JSON object");
         json_decref(reply);
         reply = NULL;
     }
-    free(buf);
-    free(text);
-    return reply;
-nomem:
-    snprintf(err, errlen, "out of memory");
 fail:
     free(buf);
-    free(text);
-    return NULL;
+    return reply;
 }
+
+/* Sends one request line, reads one line back. */
+static json_t *roundtrip(int fd, const char *text, int timeout_ms, char *err, size_t errlen)
+{
+    long long deadline = now_ms() + timeout_ms;
+    int rc = send_line(fd, text, strlen(text), deadline);
+
+    if (rc == -ETIMEDOUT) {
+        snprintf(err, errlen, "the server does not read its control socket");
+        return NULL;
+    }
+    /* A server that hung up may have said why first: read that. */
+    if (rc < 0 && rc != -EPIPE && rc != -ECONNRESET) {
+        snprintf(err, errlen, "cannot send: %s", strerror(-rc));
+        return NULL;
+    }
+    return read_reply(fd, deadline, timeout_ms, err, errlen);
+}
+
+/* ------------------------------------------------------------ answers */
 
 static void fmt_bytes(json_t *v, char *buf, size_t len)
 {
@@ -144,42 +304,308 @@ static void print_list(json_t *reply)
     printf("%-8s %-40s %-12s %-20s %12s %12s  %s\n", "PID", "PEER", "STATE", "SINCE", "IN", "OUT",
            "STATUS");
     json_array_foreach(children, i, c) {
-        char since[32] = "-", in[24], out[24];
-        time_t t = (time_t)json_real_value(json_object_get(c, "since"));
+        char since[32] = "-", in[24], out[24], peer[FIELD_MAX], state[FIELD_MAX], status[FIELD_MAX];
+        json_t *sv = json_object_get(c, "since");
+        time_t t = (time_t)json_number_value(sv);
         struct tm tm;
 
-        if (localtime_r(&t, &tm))
+        if (json_is_number(sv) && localtime_r(&t, &tm))
             strftime(since, sizeof since, "%Y-%m-%d %H:%M:%S", &tm);
         fmt_bytes(json_object_get(c, "bytes_in"), in, sizeof in);
         fmt_bytes(json_object_get(c, "bytes_out"), out, sizeof out);
         printf("%-8lld %-40s %-12s %-20s %12s %12s  %s\n",
                (long long)json_integer_value(json_object_get(c, "pid")),
-               json_string_value(json_object_get(c, "peer")),
-               json_string_value(json_object_get(c, "state")), since, in, out,
-               json_string_value(json_object_get(c, "status")) ? json_string_value(json_object_get(c, "status")) : "");
+               clean_member(c, "peer", "-", peer, sizeof peer),
+               clean_member(c, "state", "-", state, sizeof state), since, in, out,
+               clean_member(c, "status", "", status, sizeof status));
     }
+}
+
+/* One value of stats: a number, a string, or a list of them. */
+static void print_value(json_t *v)
+{
+    char buf[FIELD_MAX];
+    json_t *e;
+    size_t i;
+
+    if (json_is_string(v))
+        fputs(clean(json_string_value(v), json_string_length(v), buf, sizeof buf), stdout);
+    else if (json_is_array(v)) {
+        if (json_array_size(v) == 0)
+            fputs("none", stdout);
+        json_array_foreach(v, i, e) {
+            if (i)
+                putchar(' ');
+            if (json_is_string(e) || json_is_integer(e))
+                print_value(e);
+        }
+    } else
+        printf("%lld", (long long)json_integer_value(v));
 }
 
 static void print_stats(json_t *reply)
 {
+    char k[FIELD_MAX], k2[FIELD_MAX];
     const char *key;
     json_t *v;
 
     json_object_foreach(reply, key, v) {
         if (strcmp(key, "ok") == 0)
             continue;
+        printf("%s:", clean(key, strlen(key), k, sizeof k));
         if (json_is_object(v)) {
-            const char *k2;
+            const char *key2;
             json_t *v2;
-            printf("%s:", key);
             if (json_object_size(v) == 0)
                 printf(" none");
-            json_object_foreach(v, k2, v2)
-                printf(" %s=%lld", k2, (long long)json_integer_value(v2));
-            printf("\n");
+            json_object_foreach(v, key2, v2) {
+                printf(" %s=", clean(key2, strlen(key2), k2, sizeof k2));
+                print_value(json_is_object(v2) || json_is_array(v2) ? NULL : v2);
+            }
         } else {
-            printf("%s: %lld\n", key, (long long)json_integer_value(v));
+            putchar(' ');
+            print_value(v);
         }
+        putchar('\n');
+    }
+}
+
+/* ------------------------------------------------------------ several servers */
+
+/* The server's command line, from /proc (a process of ours), its program
+ * named by its basename. */
+static void command_of(int pid, char *out, size_t cap)
+{
+    char path[64], buf[1024], *sp, *start = buf;
+    ssize_t n = -1;
+    int fd;
+
+    snprintf(path, sizeof path, "/proc/%d/cmdline", pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+    }
+    if (n <= 0) {
+        snprintf(out, cap, "?");
+        return;
+    }
+    while (n > 0 && buf[n - 1] == '\0')
+        n--;
+    for (ssize_t i = 0; i < n; i++) {
+        if (buf[i] == '\0')
+            buf[i] = ' ';
+    }
+    buf[n] = '\0';
+    sp = strchr(buf, ' ');
+    for (char *p = buf; p < (sp ? sp : buf + n); p++) {
+        if (*p == '/')
+            start = p + 1;
+    }
+    clean(start, (size_t)(buf + n - start), out, cap);
+}
+
+/* What a server says it listens on, asked over its control socket. */
+static void listeners_of(const char *path, char *out, size_t cap)
+{
+    char err[200];
+    int fd = cli_control_connect(path);
+    json_t *reply = NULL, *ls, *e;
+    size_t i, o = 0;
+
+    snprintf(out, cap, "?");
+    if (fd < 0)
+        return;
+    reply = roundtrip(fd, "{\"cmd\":\"stats\"}", PROBE_TIMEOUT_MS, err, sizeof err);
+    close(fd);
+    ls = json_object_get(reply, "listeners");
+    if (json_is_array(ls)) {
+        out[0] = '\0';
+        json_array_foreach(ls, i, e) {
+            char one[FIELD_MAX];
+            if (!json_is_string(e))
+                continue;
+            clean(json_string_value(e), json_string_length(e), one, sizeof one);
+            if (o + strlen(one) + 2 > cap)
+                break;
+            if (o)
+                out[o++] = ' ';
+            memcpy(out + o, one, strlen(one) + 1);
+            o += strlen(one);
+        }
+    }
+    json_decref(reply);
+}
+
+static void list_servers(const cli_control_entry *s, int n)
+{
+    fprintf(stderr, "  %-8s %-30s %-40s %s\n", "PID", "LISTENING ON", "CONTROL", "COMMAND");
+    for (int i = 0; i < n; i++) {
+        char cmd[256], lis[512], path[FIELD_MAX];
+
+        command_of(s[i].pid, cmd, sizeof cmd);
+        listeners_of(s[i].path, lis, sizeof lis);
+        fprintf(stderr, "  %-8d %-30s %-40s %s\n", s[i].pid, lis,
+                clean(s[i].path, strlen(s[i].path), path, sizeof path), cmd);
+    }
+}
+
+/* The one live server of ours under the control directory. Returns 0, or
+ * 1 after saying why there is none to talk to. */
+static int find_server(char *path, size_t len)
+{
+    cli_control_entry found[SERVERS_MAX];
+    char dir[CLI_CONTROL_PATH_MAX], shown[FIELD_MAX];
+    struct stat st;
+    int n = cli_control_scan(found, SERVERS_MAX, dir, sizeof dir, &st);
+
+    clean(dir, strlen(dir), shown, sizeof shown);
+    if (n == -EPERM) {
+        if (!S_ISDIR(st.st_mode))
+            cli_error("ctl: %s is not a directory: refusing to look for servers there "
+                      "(remove it, or give --control PATH)", shown);
+        else
+            cli_error("ctl: %s is not private to you (owner uid %u, mode %04o; wanted uid %u, "
+                      "mode 0700): refusing to talk to anything in it (remove it, or give "
+                      "--control PATH)", shown, (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777),
+                      (unsigned)getuid());
+        return 1;
+    }
+    if (n < 0 && n != -ENOENT) {
+        cli_error("ctl: cannot look for servers under %s: %s", shown, strerror(-n));
+        return 1;
+    }
+    if (n <= 0) {
+        cli_error("ctl: no running server found under %s (give --control PATH)", shown);
+        return 1;
+    }
+    if (n > 1) {
+        cli_error("ctl: %d servers run under %s: say which with --control PATH", n, shown);
+        list_servers(found, n);
+        return 1;
+    }
+    if (strlen(found[0].path) >= len) {
+        cli_error("ctl: %s: %s", shown, strerror(ENAMETOOLONG));
+        return 1;
+    }
+    strcpy(path, found[0].path);
+    return 0;
+}
+
+/* ------------------------------------------------------------ the command */
+
+/* The request for argv's command, or NULL after saying what is wrong
+ * (*rc: the exit status). */
+static json_t *make_request(const char *cmd, int nargs, char **args, unsigned *pid, int *rc)
+{
+    static const char commands[] = "list, send PID TEXT, broadcast TEXT, kick PID, stats";
+    json_t *req = NULL;
+
+    *rc = EXIT_USAGE;
+    if (strcmp(cmd, "list") == 0 || strcmp(cmd, "stats") == 0) {
+        if (nargs != 0) {
+            cli_error("ctl: %s takes no arguments, not '%s'", cmd, args[0]);
+            return NULL;
+        }
+        req = json_pack("{s:s}", "cmd", cmd);
+    } else if (strcmp(cmd, "kick") == 0) {
+        if (nargs != 1 || cli_parse_uint(args[0], 1u << 30, pid) < 0 || !*pid) {
+            cli_error("ctl: kick wants one PID");
+            return NULL;
+        }
+        req = json_pack("{s:s, s:i}", "cmd", cmd, "pid", (int)*pid);
+    } else if (strcmp(cmd, "send") == 0) {
+        if (nargs != 2 || cli_parse_uint(args[0], 1u << 30, pid) < 0 || !*pid) {
+            cli_error("ctl: send wants a PID and one TEXT argument");
+            return NULL;
+        }
+        req = json_pack("{s:s, s:i, s:s}", "cmd", cmd, "pid", (int)*pid, "text", args[1]);
+    } else if (strcmp(cmd, "broadcast") == 0) {
+        if (nargs != 1) {
+            cli_error("ctl: broadcast wants one TEXT argument");
+            return NULL;
+        }
+        req = json_pack("{s:s, s:s}", "cmd", cmd, "text", args[0]);
+    } else {
+        char shown[FIELD_MAX];
+        cli_error("ctl: unknown command '%s' (%s)", clean(cmd, strlen(cmd), shown, sizeof shown),
+                  commands);
+        return NULL;
+    }
+    if (!req && (strcmp(cmd, "send") == 0 || strcmp(cmd, "broadcast") == 0)) {
+        cli_error("ctl: TEXT must be UTF-8");
+        return NULL;
+    }
+    if (!req) {
+        cli_error("ctl: out of memory");
+        *rc = 1;
+    }
+    return req;
+}
+
+/* Says that TEXT does not fit in a request (req, dumped, is len bytes):
+ * how long it is, escaped too if that made it longer, and how much fits. */
+static void text_too_long(json_t *req, size_t len)
+{
+    size_t raw = json_string_length(json_object_get(req, "text")), bare = 0;
+    json_t *empty = json_deep_copy(req);
+    char *text = NULL;
+
+    if (empty && json_object_set_new(empty, "text", json_string("")) == 0)
+        text = json_dumps(empty, JSON_COMPACT);
+    if (text)
+        bare = strlen(text);
+    if (len - bare == raw)
+        cli_error("ctl: TEXT is too long: %zu bytes; at most %zu fit in a request", raw,
+                  (size_t)REQUEST_MAX - bare);
+    else
+        cli_error("ctl: TEXT is too long: %zu bytes, %zu once escaped for JSON; at most %zu "
+                  "fit in a request", raw, len - bare, (size_t)REQUEST_MAX - bare);
+    free(text);
+    json_decref(empty);
+}
+
+/* The request's line, or NULL after saying what is wrong: a TEXT that does
+ * not fit is reported before connecting (a server would answer an error
+ * about a request the user never wrote, and may hang up mid-write). */
+static char *request_text(json_t *req)
+{
+    char *text = json_dumps(req, JSON_COMPACT);
+    size_t len = text ? strlen(text) : 0;
+
+    if (!text) {
+        cli_error("ctl: out of memory");
+        return NULL;
+    }
+    if (len > REQUEST_MAX) {
+        if (json_is_string(json_object_get(req, "text")))
+            text_too_long(req, len);
+        else
+            cli_error("ctl: the request is longer than %d bytes", REQUEST_MAX);
+        free(text);
+        return NULL;
+    }
+    return text;
+}
+
+static void print_answer(const char *cmd, json_t *reply, unsigned pid)
+{
+    if (strcmp(cmd, "list") == 0) {
+        print_list(reply);
+    } else if (strcmp(cmd, "stats") == 0) {
+        print_stats(reply);
+    } else if (strcmp(cmd, "send") == 0) {
+        if (json_is_true(json_object_get(reply, "unread_before")))
+            printf("queued for %u, which has not yet read what was sent to it before "
+                   "(its program may not read its channel)\n", pid);
+        else
+            printf("queued for %u\n", pid);
+    } else if (strcmp(cmd, "broadcast") == 0) {
+        printf("delivered to %lld, dropped for %lld\n",
+               (long long)json_integer_value(json_object_get(reply, "delivered")),
+               (long long)json_integer_value(json_object_get(reply, "dropped")));
+    } else {
+        printf("kicked %u\n", pid);
     }
 }
 
@@ -189,20 +615,26 @@ static const struct option ctl_options[] = {
     {"control", required_argument, NULL, OPT_CONTROL},
     {"json", no_argument, NULL, OPT_JSON},
     {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
 };
 
 int cmd_ctl(int argc, char **argv)
 {
-    char pathbuf[300], err[300];
+    char pathbuf[CLI_CONTROL_PATH_MAX], err[300], *text = NULL;
     const char *path = NULL, *cmd;
     int as_json = 0, opt, fd, rc = 1;
     json_t *req = NULL, *reply = NULL;
     unsigned pid = 0;
 
+    /* A server that hangs up mid-request is an error to report, not a
+     * signal to die of. */
+    signal(SIGPIPE, SIG_IGN);
     opterr = 0;
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "+:h", ctl_options, NULL)) != -1) {
+    /* No '+': options may follow the command, as with GNU tools; '--'
+     * ends them. */
+    while ((opt = getopt_long(argc, argv, ":hV", ctl_options, NULL)) != -1) {
         switch (opt) {
         case OPT_CONTROL:
             path = optarg;
@@ -213,11 +645,15 @@ int cmd_ctl(int argc, char **argv)
         case 'h':
             fputs(ctl_usage, stdout);
             return 0;
+        case 'V':
+            printf("sockfork %s\n", sf_version());
+            return 0;
         case ':':
             cli_error("ctl: option '%s' needs a value", argv[optind - 1]);
             return EXIT_USAGE;
         default:
-            cli_error("ctl: unknown option '%s' (try 'sockfork ctl --help')", argv[optind - 1]);
+            cli_error("ctl: unknown option '%s' (try 'sockfork ctl --help'; a TEXT that begins "
+                      "with '-' goes after '--')", argv[optind - 1]);
             return EXIT_USAGE;
         }
     }
@@ -226,103 +662,42 @@ int cmd_ctl(int argc, char **argv)
         return EXIT_USAGE;
     }
     cmd = argv[optind];
-    if (strcmp(cmd, "list") == 0 || strcmp(cmd, "stats") == 0) {
-        if (optind + 1 != argc) {
-            cli_error("ctl: %s takes no arguments", cmd);
-            return EXIT_USAGE;
-        }
-        req = json_pack("{s:s}", "cmd", cmd);
-    } else if (strcmp(cmd, "kick") == 0) {
-        if (optind + 2 != argc || cli_parse_uint(argv[optind + 1], 1u << 30, &pid) < 0 || !pid) {
-            cli_error("ctl: kick wants one PID");
-            return EXIT_USAGE;
-        }
-        req = json_pack("{s:s, s:i}", "cmd", cmd, "pid", (int)pid);
-    } else if (strcmp(cmd, "send") == 0) {
-        if (optind + 3 != argc || cli_parse_uint(argv[optind + 1], 1u << 30, &pid) < 0 || !pid) {
-            cli_error("ctl: send wants a PID and one TEXT argument");
-            return EXIT_USAGE;
-        }
-        req = json_pack("{s:s, s:i, s:s}", "cmd", cmd, "pid", (int)pid, "text", argv[optind + 2]);
-        if (!req) {
-            cli_error("ctl: TEXT must be UTF-8");
-            return EXIT_USAGE;
-        }
-    } else if (strcmp(cmd, "broadcast") == 0) {
-        if (optind + 2 != argc) {
-            cli_error("ctl: broadcast wants one TEXT argument");
-            return EXIT_USAGE;
-        }
-        req = json_pack("{s:s, s:s}", "cmd", cmd, "text", argv[optind + 1]);
-        if (!req) {
-            cli_error("ctl: TEXT must be UTF-8");
-            return EXIT_USAGE;
-        }
-    } else {
-        cli_error("ctl: unknown command '%s' (list, send PID TEXT, broadcast TEXT, kick PID, stats)", cmd);
-        return EXIT_USAGE;
-    }
-    if (!req) {
-        cli_error("ctl: out of memory");
+    req = make_request(cmd, argc - optind - 1, argv + optind + 1, &pid, &rc);
+    if (!req)
+        return rc;
+    rc = 1;
+    text = request_text(req);
+    json_decref(req);
+    if (!text)
         return 1;
-    }
     if (!path) {
-        int frc = cli_control_find(pathbuf, sizeof pathbuf);
-        if (frc < 0) {
-            char dir[200];
-            cli_control_dir(dir, sizeof dir);
-            cli_error(frc == -EEXIST ? "ctl: several servers run under %s: say which with --control"
-                                     : "ctl: no running server found under %s (give --control PATH)",
-                      dir);
-            json_decref(req);
-            return 1;
-        }
+        if (find_server(pathbuf, sizeof pathbuf) != 0)
+            goto out;
         path = pathbuf;
     }
-    fd = connect_control(path);
+    fd = cli_control_connect(path);
     if (fd < 0) {
-        cli_error("ctl: cannot connect to %s: %s", path, strerror(errno));
-        json_decref(req);
-        return 1;
+        cli_error("ctl: cannot connect to %s: %s", path, strerror(-fd));
+        goto out;
     }
-    reply = roundtrip(fd, req, err, sizeof err);
+    reply = roundtrip(fd, text, CTL_TIMEOUT_MS, err, sizeof err);
     close(fd);
-    json_decref(req);
     if (!reply) {
         cli_error("ctl: %s", err);
-        return 1;
+        goto out;
     }
+    if (as_json)
+        print_json(reply);
     if (!json_is_true(json_object_get(reply, "ok"))) {
-        const char *msg = json_string_value(json_object_get(reply, "error"));
-        if (as_json) {
-            char *text = json_dumps(reply, JSON_COMPACT);
-            if (text)
-                puts(text);
-            free(text);
-        }
-        cli_error("ctl: %s", msg ? msg : "the server said no");
-        json_decref(reply);
-        return 1;
+        char msg[FIELD_MAX];
+        cli_error("ctl: %s", clean_member(reply, "error", "the server said no", msg, sizeof msg));
+        goto out;
     }
-    if (as_json) {
-        char *text = json_dumps(reply, JSON_COMPACT);
-        if (text)
-            puts(text);
-        free(text);
-    } else if (strcmp(cmd, "list") == 0) {
-        print_list(reply);
-    } else if (strcmp(cmd, "stats") == 0) {
-        print_stats(reply);
-    } else if (strcmp(cmd, "send") == 0) {
-        printf("sent to %u\n", pid);
-    } else if (strcmp(cmd, "broadcast") == 0) {
-        printf("delivered to %lld, dropped for %lld\n",
-               (long long)json_integer_value(json_object_get(reply, "delivered")),
-               (long long)json_integer_value(json_object_get(reply, "dropped")));
-    } else {
-        printf("kicked %u\n", pid);
-    }
+    if (!as_json)
+        print_answer(cmd, reply, pid);
     rc = 0;
+out:
+    free(text);
     json_decref(reply);
     return rc;
 }

@@ -1,10 +1,11 @@
 /* ctlpath.c - where control sockets live when no --control is given:
  * $XDG_RUNTIME_DIR/sockfork/, else /tmp/sockfork-$UID/, one file per server
- * (serve-PID.sock). */
+ * (serve-PID.sock, chat-PID.sock). */
 #include "cli.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,8 +26,13 @@ int cli_control_dir(char *buf, size_t len)
     return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
-/* The directory must be ours and closed to others: under /tmp anybody
- * could have made it first, to read our control socket. */
+/* Ours and closed to others: under /tmp anybody could have made it first,
+ * to read our control sockets or to stand in for our servers. */
+static int dir_is_private(const struct stat *st)
+{
+    return S_ISDIR(st->st_mode) && st->st_uid == getuid() && !(st->st_mode & 077);
+}
+
 static int ensure_private_dir(const char *dir)
 {
     struct stat st;
@@ -35,9 +41,7 @@ static int ensure_private_dir(const char *dir)
         return -errno;
     if (lstat(dir, &st) < 0)
         return -errno;
-    if (!S_ISDIR(st.st_mode) || st.st_uid != getuid() || (st.st_mode & 077))
-        return -EPERM;
-    return 0;
+    return dir_is_private(&st) ? 0 : -EPERM;
 }
 
 int cli_control_default(const char *kind, char *buf, size_t len)
@@ -51,57 +55,104 @@ int cli_control_default(const char *kind, char *buf, size_t len)
     return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
-/* Live: something accepts on it. */
-static int socket_is_live(const char *path)
+int cli_control_connect(const char *path)
 {
     struct sockaddr_un un;
-    int fd, live;
+    int fd;
 
     memset(&un, 0, sizeof un);
     un.sun_family = AF_UNIX;
     if (strlen(path) >= sizeof un.sun_path)
-        return 0;
+        return -ENAMETOOLONG;
     strcpy(un.sun_path, path);
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
-        return 0;
-    live = connect(fd, (struct sockaddr *)&un, sizeof un) == 0;
-    close(fd);
-    return live;
+        return -errno;
+    if (connect(fd, (struct sockaddr *)&un, sizeof un) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
 }
 
-int cli_control_find(char *buf, size_t len)
+/* A name a server gives its socket: serve-*.sock or chat-*.sock. */
+static int is_control_name(const char *name)
 {
-    char dir[108], path[sizeof dir + 256 + 2], found[sizeof path] = "";
+    size_t n = strlen(name);
+
+    return (strncmp(name, "serve-", 6) == 0 || strncmp(name, "chat-", 5) == 0) && n > 5 &&
+           strcmp(name + n - 5, ".sock") == 0;
+}
+
+/* Live, and served by a process of ours: the socket file is ours, and the
+ * process that listens on it runs as us (SO_PEERCRED: the credentials of
+ * the listener at listen() time). Fills *pid with the server's. */
+static int socket_is_ours_and_live(int dfd, const char *dir, const char *name, int *pid)
+{
+    char path[CLI_CONTROL_PATH_MAX];
+    struct stat st;
+    struct ucred cred;
+    socklen_t clen = sizeof cred;
+    int fd, ok;
+
+    if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISSOCK(st.st_mode) ||
+        st.st_uid != getuid())
+        return 0;
+    if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
+        return 0;
+    fd = cli_control_connect(path);
+    if (fd < 0)
+        return 0;
+    ok = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0 && cred.uid == getuid();
+    close(fd);
+    if (ok)
+        *pid = (int)cred.pid;
+    return ok;
+}
+
+int cli_control_scan(cli_control_entry *found, int max, char *dir, size_t dirlen, struct stat *dst)
+{
     struct dirent *e;
     DIR *d;
-    int nlive = 0, rc;
+    int dfd, n = 0, rc;
 
-    if ((rc = cli_control_dir(dir, sizeof dir)) < 0)
+    if ((rc = cli_control_dir(dir, dirlen)) < 0)
         return rc;
-    d = opendir(dir);
-    if (!d)
-        return -ENOENT;
-    /* Bounded by the directory's size; a private directory of ours. */
-    while ((e = readdir(d)) != NULL) {
-        size_t nl = strlen(e->d_name);
-        if ((strncmp(e->d_name, "serve-", 6) != 0 && strncmp(e->d_name, "chat-", 5) != 0) || nl < 5 ||
-            strcmp(e->d_name + nl - 5, ".sock") != 0)
-            continue;
-        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path)
-            continue;
-        if (socket_is_live(path)) {
-            nlive++;
-            snprintf(found, sizeof found, "%s", path);
+    /* Checked through the descriptor we then read: O_NOFOLLOW, so the
+     * directory checked is the one listed, not what a symlink points to. */
+    memset(dst, 0, sizeof *dst);
+    dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0) {
+        rc = -errno;
+        if (rc == -ELOOP || rc == -ENOTDIR) {
+            (void)lstat(dir, dst); /* for the message: what is there instead */
+            return -EPERM;
         }
+        return rc;
+    }
+    if (fstat(dfd, dst) < 0 || !dir_is_private(dst)) {
+        close(dfd);
+        return -EPERM;
+    }
+    d = fdopendir(dfd);
+    if (!d) {
+        rc = -errno;
+        close(dfd);
+        return rc;
+    }
+    /* Bounded by the directory's size, a private directory of ours, and
+     * by max entries kept. */
+    while ((e = readdir(d)) != NULL && n < max) {
+        cli_control_entry *c = &found[n];
+
+        if (!is_control_name(e->d_name))
+            continue;
+        if (snprintf(c->path, sizeof c->path, "%s/%s", dir, e->d_name) >= (int)sizeof c->path)
+            continue;
+        if (socket_is_ours_and_live(dirfd(d), dir, e->d_name, &c->pid))
+            n++;
     }
     closedir(d);
-    if (nlive == 0)
-        return -ENOENT;
-    if (nlive > 1)
-        return -EEXIST;
-    if (strlen(found) >= len)
-        return -ENAMETOOLONG;
-    strcpy(buf, found);
-    return 0;
+    return n;
 }

@@ -51,6 +51,7 @@ static const char serve_usage[] =
     "  -q, --quiet           no line per connection\n"
     "      --echo            echo bytes back, no greeting\n"
     "  -h, --help            this text\n"
+    "  -V, --version         print the version\n"
     "\n"
     "Durations take fractions and a unit: 500ms, 2s, 1.5m, 1h.\n"
     "Exit status: 0 after a clean shutdown, 1 on a runtime error, 2 on bad usage.\n";
@@ -74,7 +75,8 @@ static const char chat_usage[] =
     "                        twice the burst the client is disconnected\n"
     "      --client-backlog SIZE  bytes waiting for a client that does not read\n"
     "                        (default 256K); past it, it is disconnected\n"
-    "  -h, --help            this text\n";
+    "  -h, --help            this text\n"
+    "  -V, --version         print the version\n";
 
 enum { OPT_MAX_PER_IP = 256, OPT_IDLE, OPT_GRACE, OPT_BACKLOG, OPT_ECHO, OPT_CONTROL, OPT_NO_CONTROL,
        OPT_CHAN_MAX, OPT_CHAN_QUEUE, OPT_CHAN_FULL, OPT_TOPIC_HISTORY,
@@ -106,39 +108,132 @@ static const struct option serve_options[] = {
 };
 
 /* Finds PROGRAM the way execvp will, so a typo fails at start with a
- * clear message rather than once per connection. */
-static int program_exists(const char *prog)
+ * clear message rather than once per connection. Returns 0, -ENOENT (not
+ * there; in PATH: nowhere), -EACCES (there, not executable), -EISDIR. */
+static int program_check(const char *prog)
 {
     const char *path = getenv("PATH");
     char buf[4096];
+    struct stat st;
+    int rc = -ENOENT;
 
-    if (strchr(prog, '/'))
-        return access(prog, X_OK) == 0;
+    if (strchr(prog, '/')) {
+        if (stat(prog, &st) < 0)
+            return -errno;
+        if (S_ISDIR(st.st_mode))
+            return -EISDIR;
+        return access(prog, X_OK) == 0 ? 0 : -errno;
+    }
     if (!path)
         path = "/usr/local/bin:/usr/bin:/bin";
     while (*path) {
         const char *end = strchr(path, ':');
         size_t n = end ? (size_t)(end - path) : strlen(path);
-        struct stat st;
 
         if (snprintf(buf, sizeof buf, "%.*s/%s", (int)n, n ? path : ".", prog) < (int)sizeof buf &&
-            stat(buf, &st) == 0 && S_ISREG(st.st_mode) && access(buf, X_OK) == 0)
-            return 1;
+            stat(buf, &st) == 0 && S_ISREG(st.st_mode)) {
+            if (access(buf, X_OK) == 0)
+                return 0;
+            rc = -EACCES; /* as execvp: go on looking, report EACCES if nothing runs */
+        }
         if (!end)
             break;
         path = end + 1;
     }
-    return 0;
+    return rc;
 }
 
-static const char *listen_error(int rc)
+static void program_error(const char *cmd, const char *prog, int rc)
 {
-    switch (rc) {
-    case -EINVAL: return "bad address (expected HOST:PORT, [V6]:PORT or unix:PATH)";
-    case -ENOENT: return "host not found";
-    case -EEXIST: return "path exists and is not a socket";
-    default: return strerror(-rc);
+    if (rc == -ENOENT && !strchr(prog, '/'))
+        cli_error("%s: cannot find program '%s' in PATH", cmd, prog);
+    else if (rc == -ENOENT)
+        cli_error("%s: cannot find program '%s': %s", cmd, prog, strerror(ENOENT));
+    else if (rc == -EISDIR)
+        cli_error("%s: program '%s' is a directory", cmd, prog);
+    else if (rc == -EACCES)
+        cli_error("%s: program '%s' is not executable: %s", cmd, prog, strerror(EACCES));
+    else
+        cli_error("%s: cannot run program '%s': %s", cmd, prog, strerror(-rc));
+}
+
+/* What is wrong with a HOST:PORT or [V6]:PORT that sf_addr_parse calls
+ * malformed (-EINVAL): the library says only that it is. */
+static void tcp_addr_problem(const char *text, char *why, size_t len)
+{
+    const char *colon, *port;
+    unsigned long v = 0;
+    size_t hostlen;
+
+    if (text[0] == '[') {
+        const char *close = strchr(text, ']');
+        if (!close) {
+            snprintf(why, len, "no ']' after the IPv6 address");
+            return;
+        }
+        if (close[1] != ':') {
+            snprintf(why, len, "no ':PORT' after ']'");
+            return;
+        }
+        colon = close + 1;
+        hostlen = (size_t)(close - text - 1);
+    } else {
+        colon = strrchr(text, ':');
+        if (!colon) {
+            snprintf(why, len, "no port (expected HOST:PORT, [V6]:PORT or unix:PATH)");
+            return;
+        }
+        if (memchr(text, ':', (size_t)(colon - text))) {
+            snprintf(why, len, "an IPv6 address goes in brackets: [V6]:PORT");
+            return;
+        }
+        hostlen = (size_t)(colon - text);
     }
+    port = colon + 1;
+    if (hostlen == 0) {
+        snprintf(why, len, "no host before ':PORT' (0.0.0.0 or [::] for every address)");
+        return;
+    }
+    if (!*port) {
+        snprintf(why, len, "no port after ':'");
+        return;
+    }
+    for (const char *p = port; *p; p++) {
+        if (*p < '0' || *p > '9') {
+            snprintf(why, len, "port '%s' is not a number", port);
+            return;
+        }
+        if (v <= 65535)
+            v = v * 10 + (unsigned long)(*p - '0');
+    }
+    if (v > 65535) {
+        snprintf(why, len, "port %s out of range (0-65535)", port);
+        return;
+    }
+    if (text[0] == '[')
+        snprintf(why, len, "'%.*s' is not an IPv6 address (brackets are for IPv6 only)",
+                 (int)hostlen, text + 1);
+    else
+        snprintf(why, len, "'%.*s' is not a host address", (int)hostlen, text);
+}
+
+/* Why a listen (or control) socket at addr could not be opened. */
+static const char *listen_error(const char *addr, int rc, char *why, size_t len)
+{
+    int is_unix = strncmp(addr, "unix:", 5) == 0;
+
+    if (rc == -EINVAL && is_unix)
+        snprintf(why, len, addr[5] ? "path longer than %zu bytes" : "empty path",
+                 sizeof(((sf_addr *)0)->u.un.sun_path) - 1);
+    else if (rc == -EINVAL)
+        tcp_addr_problem(addr, why, len);
+    else if (rc == -ENOENT && !is_unix)
+        snprintf(why, len, "host not found");
+    else if (rc == -EEXIST)
+        snprintf(why, len, "path exists and is not a socket");
+    else
+        snprintf(why, len, "%s", strerror(-rc));
+    return why;
 }
 
 /* Announced from inside sf_server_run, once SIGTERM is handled: whoever
@@ -179,8 +274,8 @@ static int run_server(int argc, char **argv, const server_kind *k)
     sf_conn_cb handler = handler_interactive;
     void *handler_arg = NULL;
     int echo = 0, no_control = 0, opt, rc;
-    const char *control = NULL;
-    char control_buf[300];
+    const char *control = NULL, *last_optarg = NULL;
+    char control_buf[300], why[200], control_addr[310];
     unsigned u;
 
     sf_server_opts_init(&opts);
@@ -193,6 +288,7 @@ static int run_server(int argc, char **argv, const server_kind *k)
     optind = 1;
     /* '+': stop at the first non-option, so PROGRAM's own flags stay its. */
     while ((opt = getopt_long(argc, argv, "+:l:c:qhV", serve_options, NULL)) != -1) {
+        last_optarg = optarg;
         if (opt >= OPT_MAX_PER_IP && !option_is_for(opt, k))
             opt = '?';
         switch (opt) {
@@ -302,6 +398,14 @@ static int run_server(int argc, char **argv, const server_kind *k)
             return EXIT_USAGE;
         }
     }
+    /* "--" read as the end of options (not as an option's value), with
+     * nothing after it: a PROGRAM was meant and forgotten. */
+    if (optind == argc && optind > 1 && strcmp(argv[optind - 1], "--") == 0 &&
+        argv[optind - 1] != last_optarg && !k->chat) {
+        cli_error("%s: '--' must be followed by PROGRAM [ARGS...] (try 'sockfork %s --help')",
+                  k->name, k->name);
+        return EXIT_USAGE;
+    }
     if (k->chat) {
         if (optind < argc) {
             cli_error("chat: unexpected argument '%s' (try 'sockfork chat --help')", argv[optind]);
@@ -316,8 +420,8 @@ static int run_server(int argc, char **argv, const server_kind *k)
             cli_error("%s: --echo and a PROGRAM exclude each other", k->name);
             return EXIT_USAGE;
         }
-        if (!program_exists(argv[optind])) {
-            cli_error("%s: cannot find program '%s'", k->name, argv[optind]);
+        if ((rc = program_check(argv[optind])) < 0) {
+            program_error(k->name, argv[optind], rc);
             return EXIT_USAGE;
         }
         handler = handler_exec;
@@ -342,7 +446,8 @@ static int run_server(int argc, char **argv, const server_kind *k)
     for (size_t i = 0; i < nlisten; i++) {
         rc = sf_server_listen(srv, listen_addrs[i]);
         if (rc < 0) {
-            cli_error("cannot listen on %s: %s", listen_addrs[i], listen_error(rc));
+            cli_error("cannot listen on %s: %s", listen_addrs[i],
+                      listen_error(listen_addrs[i], rc, why, sizeof why));
             sf_server_free(srv);
             return EXIT_USAGE;
         }
@@ -365,7 +470,9 @@ static int run_server(int argc, char **argv, const server_kind *k)
         }
         rc = sf_server_control(srv, control);
         if (rc < 0) {
-            cli_error("cannot open the control socket %s: %s", control, listen_error(rc));
+            snprintf(control_addr, sizeof control_addr, "unix:%s", control);
+            cli_error("cannot open the control socket %s: %s", control,
+                      listen_error(control_addr, rc, why, sizeof why));
             sf_server_free(srv);
             return EXIT_USAGE;
         }
