@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #define EXIT_RUN_USAGE 255
+#define EXIT_RUN_ERROR 255 /* as GNU parallel's "other error" */
 #define EXIT_FAILED_MAX 101
 #define LINE_MAX_BYTES (128 * 1024) /* the kernel's limit on one argument */
 #define RETRY_ON_MAX 64
@@ -63,7 +64,10 @@ static const char run_usage[] =
     "A task may write JSON lines on fd 3 (SOCKFORK_FD=3): {\"progress\": 0.4},\n"
     "{\"progress\": {\"done\": 3, \"total\": 10}}, {\"log\": \"text\"}, {\"result\": ...}.\n"
     "Exit status: 0 if every task succeeded, else the number that failed (at most\n"
-    "101); 255 for a usage error; 128+N after signal N stopped the run.\n";
+    "101); 255 for a usage error, input that could not be read, or a --joblog or\n"
+    "--results file that could not be written (the run stops at the first such\n"
+    "write); 141 if stdout or stderr could not be written; 128+N after signal N\n"
+    "stopped the run.\n";
 
 /* One task of the run, from its input to its output being written. */
 typedef struct run_task {
@@ -114,7 +118,8 @@ typedef struct run_state {
     unsigned long next_print;
 
     runlog_done done;
-    FILE *joblog, *results;
+    int joblog_fd, results_fd;    /* -1: none, or no more (a write failed) */
+    int record_error;             /* a joblog or results write failed */
     int write_error;              /* stdout or stderr is gone */
     sf_pool *pool;
     double t0;
@@ -129,6 +134,15 @@ static void on_stop_signal(int sig)
     stop_signal = sig;
     if (signal_pool)
         sf_pool_cancel(signal_pool);
+}
+
+/* Caught, not ignored: a write past RLIMIT_FSIZE then fails with EFBIG,
+ * which is handled as a full disk is, instead of killing the run and
+ * leaving its tasks running; and the pool puts a caught signal back to
+ * its default in the tasks. */
+static void on_xfsz(int sig)
+{
+    (void)sig;
 }
 
 static double now_s(void)
@@ -318,6 +332,23 @@ static void on_output(sf_pool *p, const sf_task_info *i, int stream, const char 
                   strerror(-rc), n);
 }
 
+/*
+ * A task's record could not be written (a full disk, /dev/full): the run
+ * has failed. A task that ends from now on could not be recorded either,
+ * and one that ran unrecorded runs again on --resume, so the run stops as
+ * on a closed stdout: nothing more starts, the running are stopped, and
+ * the exit status says so. One message per file; nothing more is written
+ * to it (the other one goes on recording what ends).
+ */
+static void record_failed(run_state *st, int *fd, const char *path, int err)
+{
+    close(*fd);
+    *fd = -1;
+    st->record_error = 1;
+    cli_error("run: cannot write to %s: %s; stopping", path, strerror(-err));
+    sf_pool_cancel(st->pool);
+}
+
 static void on_done(sf_pool *p, const sf_task_report *r, void *arg)
 {
     run_state *st = arg;
@@ -327,10 +358,10 @@ static void on_done(sf_pool *p, const sf_task_report *r, void *arg)
     (void)p;
 
     if (r->state != SF_TASK_CANCELLED) {
-        if (st->joblog && (rc = runlog_joblog_write(st->joblog, &e)) < 0)
-            cli_error("run: joblog: %s", strerror(-rc));
-        if (st->results && (rc = runlog_results_write(st->results, &e)) < 0)
-            cli_error("run: results: %s", strerror(-rc));
+        if (st->joblog_fd >= 0 && (rc = runlog_joblog_write(st->joblog_fd, &e)) < 0)
+            record_failed(st, &st->joblog_fd, st->joblog_path, rc);
+        if (st->results_fd >= 0 && (rc = runlog_results_write(st->results_fd, &e)) < 0)
+            record_failed(st, &st->results_fd, st->results_path, rc);
     }
     if (st->keep_order) {
         t->finished = 1;
@@ -852,6 +883,36 @@ static int parse_args(run_state *st, int argc, char **argv)
 
 /* ------------------------------------------------------------ main */
 
+/* Opens --joblog and --results and makes them ready (emptied, or resumed
+ * on a line of their own). 0, or -1 after saying why. */
+static int open_records(run_state *st)
+{
+    int rc;
+
+    if (st->joblog_path) {
+        if ((rc = runlog_open(st->joblog_path)) < 0)
+            goto joblog_fail;
+        st->joblog_fd = rc;
+        if ((rc = runlog_joblog_begin(st->joblog_fd, st->resume ? &st->done : NULL)) < 0)
+            goto joblog_fail;
+    }
+    if (st->results_path) {
+        if ((rc = runlog_open(st->results_path)) < 0)
+            goto results_fail;
+        st->results_fd = rc;
+        if ((rc = runlog_results_begin(st->results_fd, st->resume)) < 0)
+            goto results_fail;
+    }
+    return 0;
+
+joblog_fail:
+    cli_error("run: cannot write to %s: %s", st->joblog_path, strerror(-rc));
+    return -1;
+results_fail:
+    cli_error("run: cannot write to %s: %s", st->results_path, strerror(-rc));
+    return -1;
+}
+
 static void summary(const run_state *st, const sf_pool_stats *s, double el)
 {
     char line[512];
@@ -902,6 +963,7 @@ int cmd_run(int argc, char **argv)
     memset(&st, 0, sizeof st);
     st.progress = -1;
     st.in_fd = -1;
+    st.joblog_fd = st.results_fd = -1;
     st.next_seq = 1;
     st.next_print = 1;
     sf_pool_opts_init(&st.po);
@@ -912,6 +974,10 @@ int cmd_run(int argc, char **argv)
     }
     if (st.progress < 0)
         st.progress = isatty(2);
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = on_xfsz;
+    sigaction(SIGXFSZ, &sa, NULL);
 
     /* Grouped output may hold a spill file per task and stream. */
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -929,16 +995,12 @@ int cmd_run(int argc, char **argv)
             status = EXIT_RUN_USAGE;
             goto out;
         }
+        if (st.done.tail == RUNLOG_TAIL_CUT)
+            cli_error("run: %s: its last line is cut short (a crash?): ignored, and its task "
+                      "runs again", st.joblog_path);
     }
-    if (st.joblog_path && !(st.joblog = runlog_joblog_open(st.joblog_path, st.resume))) {
-        cli_error("run: %s: %s", st.joblog_path, strerror(errno));
-        status = EXIT_RUN_USAGE;
-        goto out;
-    }
-    if (st.results_path &&
-        !(st.results = fopen(st.results_path, st.resume ? "ae" : "we"))) {
-        cli_error("run: %s: %s", st.results_path, strerror(errno));
-        status = EXIT_RUN_USAGE;
+    if (open_records(&st) < 0) {
+        status = EXIT_RUN_ERROR;
         goto out;
     }
     if (!st.ngroups) {
@@ -1020,8 +1082,8 @@ int cmd_run(int argc, char **argv)
         status = 128 + stop_signal;
     else if (st.write_error)
         status = 128 + SIGPIPE;
-    else if (st.input_error || rc < 0)
-        status = EXIT_RUN_USAGE;
+    else if (st.record_error || st.input_error || rc < 0)
+        status = EXIT_RUN_ERROR;
     else
         status = s.failed > EXIT_FAILED_MAX ? EXIT_FAILED_MAX : (int)s.failed;
 
@@ -1033,10 +1095,10 @@ out:
             task_free(st.ring[k]);
         free(st.ring);
     }
-    if (st.joblog)
-        fclose(st.joblog);
-    if (st.results)
-        fclose(st.results);
+    if (st.joblog_fd >= 0)
+        close(st.joblog_fd);
+    if (st.results_fd >= 0)
+        close(st.results_fd);
     if (st.in_fd > 0)
         close(st.in_fd);
     runlog_done_free(&st.done);
