@@ -1730,3 +1730,46 @@ def test_resumed_results_start_on_a_line_of_their_own(tmp_path, run):
     r = run("--resume", "--joblog", joblog, "--results", results, "echo", ":::", "a", "b")
     assert r.rc == 0, r.stderr
     assert [x["seq"] for x in read_results(results)] == [1, 2]
+
+
+@pytest.mark.parametrize("case", ["arg-file-results", "arg-file-joblog", "stdin-results",
+                                  "symlink-results", "joblog-results"])
+def test_an_output_that_is_the_input_or_the_other_output_is_refused(tmp_path, run, case):
+    """Compared as files (device and inode), not names; before anything
+    is emptied, so the input is left whole and nothing runs."""
+    data = tmp_path / "input"
+    data.write_text("a\nb\n")
+    link = tmp_path / "link"
+    link.symlink_to(data)
+    stdin, opts = None, []
+    if case == "arg-file-results":
+        opts = ["-a", data, "--results", data]
+    elif case == "arg-file-joblog":
+        opts = ["-a", data, "--joblog", "./input"]
+    elif case == "stdin-results":
+        stdin, opts = open(str(data), "rb"), ["--results", data]
+    elif case == "symlink-results":
+        opts = ["-a", data, "--results", link]
+    else:
+        opts = ["--joblog", data, "--results", link, ":::", "x"]
+    try:
+        tail = opts[-2:] if case == "joblog-results" else []
+        head = opts[:-2] if case == "joblog-results" else opts
+        r = run(*head, "sh", "-c", 'touch "ran.$1"', "sh", *tail, stdin=stdin)
+    finally:
+        if stdin:
+            stdin.close()
+    assert r.rc == 255, r.stderr
+    assert "same file" in r.stderr or "emptied before it is read" in r.stderr, r.stderr
+    assert data.read_text() == "a\nb\n"
+    assert not list(tmp_path.glob("ran.*"))
+
+
+def test_dev_null_may_take_both_records_and_distinct_files_are_fine(tmp_path, run):
+    data = tmp_path / "input"
+    data.write_text("a\nb\n")
+    r = run("-a", data, "--joblog", "/dev/null", "--results", "/dev/null", "echo")
+    assert (r.rc, r.stdout) == (0, b"a\nb\n"), r.stderr
+    with open(str(data), "rb") as stdin:
+        r = run("--results", tmp_path / "r.jsonl", "echo", stdin=stdin)
+    assert (r.rc, len(read_results(tmp_path / "r.jsonl"))) == (0, 2), r.stderr

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -883,8 +884,47 @@ static int parse_args(run_state *st, int argc, char **argv)
 
 /* ------------------------------------------------------------ main */
 
+/* Whether a and b are one regular file (by device and inode: a symlink or
+ * another name for it is the same). Two names for /dev/null are not. */
+static int same_file(int a, int b)
+{
+    struct stat sa, sb;
+
+    if (a < 0 || b < 0 || fstat(a, &sa) < 0 || fstat(b, &sb) < 0)
+        return 0;
+    return S_ISREG(sa.st_mode) && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* Refuses a record file that is the input or the other record file: it
+ * would be emptied before it is read, or get two kinds of lines. Checked
+ * on the open descriptors, before either is emptied. 0, or -1 after
+ * saying why. */
+static int check_distinct(const run_state *st)
+{
+    const char *input = st->arg_file ? st->arg_file : "stdin";
+    const char *what = st->arg_file ? "--arg-file" : "the file on";
+
+    if (same_file(st->joblog_fd, st->results_fd)) {
+        cli_error("run: --joblog %s and --results %s are the same file", st->joblog_path,
+                  st->results_path);
+        return -1;
+    }
+    if (same_file(st->joblog_fd, st->in_fd)) {
+        cli_error("run: --joblog %s is %s %s: it would be emptied before it is read",
+                  st->joblog_path, what, input);
+        return -1;
+    }
+    if (same_file(st->results_fd, st->in_fd)) {
+        cli_error("run: --results %s is %s %s: it would be emptied before it is read",
+                  st->results_path, what, input);
+        return -1;
+    }
+    return 0;
+}
+
 /* Opens --joblog and --results and makes them ready (emptied, or resumed
- * on a line of their own). 0, or -1 after saying why. */
+ * on a line of their own), after the input is open. 0, or -1 after
+ * saying why. */
 static int open_records(run_state *st)
 {
     int rc;
@@ -893,16 +933,19 @@ static int open_records(run_state *st)
         if ((rc = runlog_open(st->joblog_path)) < 0)
             goto joblog_fail;
         st->joblog_fd = rc;
-        if ((rc = runlog_joblog_begin(st->joblog_fd, st->resume ? &st->done : NULL)) < 0)
-            goto joblog_fail;
     }
     if (st->results_path) {
         if ((rc = runlog_open(st->results_path)) < 0)
             goto results_fail;
         st->results_fd = rc;
-        if ((rc = runlog_results_begin(st->results_fd, st->resume)) < 0)
-            goto results_fail;
     }
+    if (check_distinct(st) < 0)
+        return -1;
+    if (st->joblog_fd >= 0 &&
+        (rc = runlog_joblog_begin(st->joblog_fd, st->resume ? &st->done : NULL)) < 0)
+        goto joblog_fail;
+    if (st->results_fd >= 0 && (rc = runlog_results_begin(st->results_fd, st->resume)) < 0)
+        goto results_fail;
     return 0;
 
 joblog_fail:
@@ -999,10 +1042,6 @@ int cmd_run(int argc, char **argv)
             cli_error("run: %s: its last line is cut short (a crash?): ignored, and its task "
                       "runs again", st.joblog_path);
     }
-    if (open_records(&st) < 0) {
-        status = EXIT_RUN_ERROR;
-        goto out;
-    }
     if (!st.ngroups) {
         if (st.arg_file) {
             st.in_fd = open(st.arg_file, O_RDONLY | O_CLOEXEC);
@@ -1026,6 +1065,10 @@ int cmd_run(int argc, char **argv)
         st.total = 1;
         for (size_t g = 0; g < st.ngroups; g++)
             st.total = st.total * st.gsize[g];
+    }
+    if (open_records(&st) < 0) {
+        status = EXIT_RUN_ERROR;
+        goto out;
     }
 
     st.po.capture_output = 1;
