@@ -1773,3 +1773,33 @@ def test_dev_null_may_take_both_records_and_distinct_files_are_fine(tmp_path, ru
     with open(str(data), "rb") as stdin:
         r = run("--results", tmp_path / "r.jsonl", "echo", stdin=stdin)
     assert (r.rc, len(read_results(tmp_path / "r.jsonl"))) == (0, 2), r.stderr
+
+
+# ---------------------------------------------------- 10. commands that cannot start
+
+def test_a_command_that_cannot_start_is_not_retried_and_said_once(tmp_path, run):
+    """Not found (ENOENT) and not executable (EACCES) fail at once, however
+    many --retries: one attempt each, one message per command."""
+    notexec = tmp_path / "notexec"
+    notexec.write_text("#!/bin/sh\necho hi\n")
+    notexec.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    for cmd, code in (("no-such-command-for-sockfork-run", 127), (str(notexec), 126)):
+        results = tmp_path / "r.jsonl"
+        r = run("-j", "2", "--retries", "3", "--results", results, cmd, ":::", "a", "b", "c")
+        assert r.rc == 3, r.stderr
+        assert len(error_lines(r.stderr, "cannot run")) == 1, r.stderr
+        assert "cannot run %s" % cmd in r.stderr
+        res = results_by_seq(results)
+        assert [(res[s]["attempts"], res[s]["exit_code"]) for s in (1, 2, 3)] == [(1, code)] * 3
+        s = parse_summary(r.stderr)
+        assert (s["could not start"], s["retries"]) == (3, 0), r.stderr
+        assert "--shell" not in r.stderr
+
+
+def test_a_command_line_given_as_one_word_suggests_shell(tmp_path, run):
+    r = run("--retries", "2", "echo hi", ":::", "a", "b")
+    assert r.rc == 2
+    hints = error_lines(r.stderr, "--shell")
+    assert len(hints) == 1 and "'echo hi'" in hints[0], r.stderr
+    r = run("-k", "--shell", "echo hi", ":::", "a", "b")
+    assert (r.rc, r.stdout) == (0, b"hi a\nhi b\n"), r.stderr

@@ -43,7 +43,8 @@ static const char run_usage[] =
     "      --timeout D       per attempt (seconds; ms, s, m, h suffixes): SIGTERM to\n"
     "                        the task's process group, SIGKILL after --kill-grace\n"
     "      --kill-grace D    from SIGTERM to SIGKILL (default 2s)\n"
-    "      --retries N       retry a failed task up to N times\n"
+    "      --retries N       retry a failed task up to N times (not one whose\n"
+    "                        command cannot start: not found, not executable)\n"
     "      --retry-on LIST   only for these: exit codes, signal names, 'timeout'\n"
     "                        (e.g. 1,3,SIGKILL,timeout)\n"
     "      --halt SPEC       never | now|soon[,fail=N|fail=P%] (now: stop the running)\n"
@@ -125,6 +126,7 @@ typedef struct run_state {
     sf_pool *pool;
     double t0;
     int progress_shown;
+    int shell_hinted;             /* said once that a name looks like a shell line */
 } run_state;
 
 static volatile sig_atomic_t stop_signal;
@@ -350,6 +352,18 @@ static void record_failed(run_state *st, int *fd, const char *path, int err)
     sf_pool_cancel(st->pool);
 }
 
+/* "echo hi" as one word is no program: the pool has said it cannot run
+ * it; say once what was meant. */
+static void hint_shell(run_state *st, const sf_task_report *r)
+{
+    if (st->shell || st->shell_hinted || r->spawn_error != ENOENT || !r->argv || !r->argv[0] ||
+        !strpbrk(r->argv[0], " \t|;&<>$`"))
+        return;
+    st->shell_hinted = 1;
+    cli_error("run: hint: no program is named '%s': to run COMMAND as a shell command line, "
+              "use --shell", r->argv[0]);
+}
+
 static void on_done(sf_pool *p, const sf_task_report *r, void *arg)
 {
     run_state *st = arg;
@@ -358,6 +372,7 @@ static void on_done(sf_pool *p, const sf_task_report *r, void *arg)
     int rc;
     (void)p;
 
+    hint_shell(st, r);
     if (r->state != SF_TASK_CANCELLED) {
         if (st->joblog_fd >= 0 && (rc = runlog_joblog_write(st->joblog_fd, &e)) < 0)
             record_failed(st, &st->joblog_fd, st->joblog_path, rc);
