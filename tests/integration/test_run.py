@@ -21,6 +21,7 @@ import random
 import re
 import resource
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
@@ -1245,12 +1246,44 @@ def test_shell_quotes_substituted_arguments(tmp_path, run):
     assert r.stdout.decode() == "".join("[%s]\n" % a for a in args)
     assert not list(tmp_path.glob("pwned*"))
     res = results_by_seq(tmp_path / "r.jsonl")
-    assert res[1]["command"] == ["/bin/sh", "-c", "printf '[%s]\\n' 'it'\\''s; touch pwned'"]
+    assert res[1]["command"] == ["/bin/sh", "-c", "printf '[%s]\\n' 'it'\"'\"'s; touch pwned'"]
     # The command's own words are shell text; appended arguments are quoted too.
     r = run("-k", "--shell", "echo", "{}", "|", "tr", "a-z", "A-Z", ":::", "it's ok")
     assert r.stdout == b"IT'S OK\n", r.stderr
     r = run("-k", "--shell", "printf '<%s>'", ":::", "it's", "$HOME")
     assert r.stdout == b"<it's><$HOME>", r.stderr
+
+
+SHELL_ARGS = ["3", "a-b_c.d+e/f", "", "a b", "it's", "'", "''", "'a'b'", "$HOME", "*", "~",
+              "a=b", "x,y", "a:b", "@%", "a\\b", "\u00e9", "a\nb", "-n", "`id`", '"q"']
+
+
+def test_shell_leaves_safe_arguments_bare_as_gnu_parallel_does(tmp_path, run):
+    """A number stays a number, so shell arithmetic on it works; every
+    argument still reaches the command as it was."""
+    r = run("--shell", "echo $(( {} * 2 ))", ":::", "3")
+    assert (r.rc, r.stdout) == (0, b"6\n"), r.stderr
+    r = run("-k", "--shell", "printf '[%s]\\n' {}", ":::", *SHELL_ARGS)
+    assert r.rc == 0, r.stderr
+    assert r.stdout.decode() == "".join("[%s]\n" % a for a in SHELL_ARGS)
+
+
+@pytest.mark.skipif(not shutil.which("parallel"), reason="GNU parallel is not installed")
+def test_shell_command_lines_are_the_ones_gnu_parallel_runs(tmp_path, run):
+    """Side by side: the sh -c line of each task is what parallel
+    --dry-run prints for the same command and arguments (but one with a
+    newline: parallel reads that as two arguments)."""
+    cmd = "echo {} X{}Y"
+    args = [a for a in SHELL_ARGS if "\n" not in a]
+    theirs = subprocess.run(["parallel", "--will-cite", "--dry-run", "-k", cmd, ":::"] + args,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=LONG_WAIT,
+                            env=dict(os.environ, HOME=str(tmp_path)))
+    assert theirs.returncode == 0, theirs.stderr
+    r = run("-k", "--shell", "--results", tmp_path / "r.jsonl", cmd, ":::", *args)
+    assert r.rc == 0, r.stderr
+    res = results_by_seq(tmp_path / "r.jsonl")
+    ours = "".join(res[i]["command"][2] + "\n" for i in range(1, len(args) + 1))
+    assert ours == theirs.stdout.decode()
 
 
 # ---------------------------------------------------- 8. halting, retrying, errors, output size
