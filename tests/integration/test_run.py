@@ -1836,3 +1836,52 @@ def test_a_command_line_given_as_one_word_suggests_shell(tmp_path, run):
     assert len(hints) == 1 and "'echo hi'" in hints[0], r.stderr
     r = run("-k", "--shell", "echo hi", ":::", "a", "b")
     assert (r.rc, r.stdout) == (0, b"hi a\nhi b\n"), r.stderr
+
+
+# ---------------------------------------------------- 11. log lines and the progress line
+
+LOGGER_SH = r"""
+read x < "$1"
+echo '{"log": "hello from the task"}' >&3
+"""
+
+
+def test_log_lines_on_a_terminal_start_on_a_cleared_line_and_the_progress_comes_back(tmp_path,
+                                                                                      sf):
+    """A task's fd-3 log, "cannot run" and "timed out after", one task at a
+    time once the progress line is up: each is written after \\r and erase
+    (never glued to the progress line) and the progress line is drawn
+    again right after it."""
+    script = tmp_path / "logger"
+    script.write_text("#!/bin/sh\n" + LOGGER_SH)
+    script.chmod(stat.S_IRWXU)
+    sleeper = tmp_path / "sleeper"
+    sleeper.write_text("#!/bin/sh\nexec sleep 30\n")
+    sleeper.chmod(stat.S_IRWXU)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(str(fifo))
+    r = sf("-j", "1", "--timeout", "1s", "{}", str(fifo), ":::", str(script),
+           "no-such-command-for-sockfork-run", str(sleeper), stderr="pty")
+    fd = None
+    try:
+        r.err.wait_for(r"\r\x1b\[Kdone 0/3  failed 0  running 1")
+        fd = release(fifo)
+        assert r.wait() == 2
+    finally:
+        if fd is not None:
+            os.close(fd)
+    err = r.err.data().decode()
+    logs = ["sockfork: task 1: hello from the task",
+            "sockfork: task 2: cannot run no-such-command-for-sockfork-run",
+            "sockfork: task 3: timed out after"]
+    for line in logs:
+        at = err.index(line)
+        assert err[:at].endswith(PROGRESS_CLEAR), "%r glued to %r" % (line, err[at - 60:at])
+        end = err.index("\n", at) + 1
+        assert re.match(r"\r\x1b\[Kdone \d/3  failed \d  running \d", err[end:]), \
+            "no progress after %r: %r" % (line, err[end:end + 60])
+    # Every line of ours starts at column 0.
+    for m in re.finditer("sockfork: ", err):
+        before = err[:m.start()]
+        assert before == "" or before.endswith(PROGRESS_CLEAR) or before.endswith("\n"), \
+            repr(err[m.start() - 60:m.start() + 40])

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,6 +129,7 @@ typedef struct run_state {
     sf_pool *pool;
     double t0;
     int progress_shown;
+    int pool_running;             /* in sf_pool_run: the progress line may be drawn */
     int shell_hinted;             /* said once that a name looks like a shell line */
 } run_state;
 
@@ -167,16 +169,85 @@ static void progress_clear(run_state *st)
     }
 }
 
+/* The progress line, drawn afresh (it starts with its own \r and erase). */
+static void progress_draw(run_state *st)
+{
+    sf_pool *p = st->pool;
+    sf_pool_stats s;
+    sf_task_info run[4];
+    char line[512];
+    double el = now_s() - st->t0, rate;
+    unsigned long done;
+    size_t n, k;
+    int len;
+
+    sf_pool_get_stats(p, &s);
+    done = s.ok + s.failed;
+    rate = el > 0 ? (double)done / el : 0;
+    len = snprintf(line, sizeof line, "\r\033[Kdone %lu", done);
+    if (st->total)
+        len += snprintf(line + len, sizeof line - (size_t)len, "/%lu", st->total - st->skipped);
+    len += snprintf(line + len, sizeof line - (size_t)len, "  failed %lu  running %lu  %.1f/s",
+                    s.failed, s.running, rate);
+    if (st->total && rate > 0) {
+        double eta = (double)(st->total - st->skipped - done) / rate;
+        len += snprintf(line + len, sizeof line - (size_t)len, "  ETA %lu:%02lu",
+                        (unsigned long)eta / 60, (unsigned long)eta % 60);
+    }
+    n = sf_pool_running(p, run, sizeof run / sizeof run[0]);
+    for (k = 0; k < n && len < (int)sizeof line - 40; k++) {
+        const run_task *t = run[k].data;
+        if (run[k].progress_total > 0)
+            len += snprintf(line + len, sizeof line - (size_t)len, "  #%lu %g/%g", t->seq,
+                            run[k].progress_done, run[k].progress_total);
+        else if (run[k].progress_total == 0)
+            len += snprintf(line + len, sizeof line - (size_t)len, "  #%lu %.0f%%", t->seq,
+                            run[k].progress_done * 100);
+    }
+    if (len > (int)sizeof line - 1)
+        len = (int)sizeof line - 1;
+    (void)runout_write_all(2, line, (size_t)len);
+    st->progress_shown = 1;
+}
+
+/*
+ * Every line run and the pool log while the run is on goes through here:
+ * on a terminal the progress line has no newline, so it is erased first
+ * (or the log line would be glued to it), and drawn again after, so it
+ * stays in sight below the log.
+ */
+static void run_log(void *arg, int level, const char *line)
+{
+    run_state *st = arg;
+
+    progress_clear(st);
+    cli_log(NULL, level, line);
+    if (st->pool_running && st->progress)
+        progress_draw(st);
+}
+
+static void say(run_state *st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(run_state *st, const char *fmt, ...)
+{
+    char line[1024]; /* cli_error cuts a longer line too */
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    run_log(st, SF_LOG_WARN, line);
+}
+
 static void output_failed(run_state *st, int fd, int err)
 {
     if (st->write_error)
         return;
     st->write_error = 1;
     if (err == -ETIMEDOUT)
-        cli_error("run: %s is not being read: the rest of the output is dropped",
+        say(st, "run: %s is not being read: the rest of the output is dropped",
                   fd == 1 ? "stdout" : "stderr");
     else
-        cli_error("run: writing to %s: %s; stopping", fd == 1 ? "stdout" : "stderr",
+        say(st, "run: writing to %s: %s; stopping", fd == 1 ? "stdout" : "stderr",
                   strerror(-err));
     sf_pool_cancel(st->pool);
 }
@@ -256,7 +327,7 @@ static void line_output(run_state *st, run_task *t, int s, const char *buf, size
     t->bol[s] = w.bol;
     if (n) {
         if (!t->partial[s] && !(t->partial[s] = malloc(RUNOUT_MEM))) {
-            cli_error("run: task %lu: no memory for its output", t->seq);
+            say(st, "run: task %lu: no memory for its output", t->seq);
             return;
         }
         memcpy(t->partial[s] + t->plen[s], buf, n);
@@ -333,7 +404,7 @@ static void on_output(sf_pool *p, const sf_task_info *i, int stream, const char 
         return;
     }
     if ((rc = runout_add(&t->out[stream - 1], buf, n)) < 0)
-        cli_error("run: task %lu: cannot hold its output (%s): %zu bytes lost", t->seq,
+        say(st, "run: task %lu: cannot hold its output (%s): %zu bytes lost", t->seq,
                   strerror(-rc), n);
 }
 
@@ -350,7 +421,7 @@ static void record_failed(run_state *st, int *fd, const char *path, int err)
     close(*fd);
     *fd = -1;
     st->record_error = 1;
-    cli_error("run: cannot write to %s: %s; stopping", path, strerror(-err));
+    say(st, "run: cannot write to %s: %s; stopping", path, strerror(-err));
     sf_pool_cancel(st->pool);
 }
 
@@ -362,7 +433,7 @@ static void hint_shell(run_state *st, const sf_task_report *r)
         !strpbrk(r->argv[0], " \t|;&<>$`"))
         return;
     st->shell_hinted = 1;
-    cli_error("run: hint: no program is named '%s': to run COMMAND as a shell command line, "
+    say(st, "run: hint: no program is named '%s': to run COMMAND as a shell command line, "
               "use --shell", r->argv[0]);
 }
 
@@ -392,42 +463,8 @@ static void on_done(sf_pool *p, const sf_task_report *r, void *arg)
 
 static void on_tick(sf_pool *p, void *arg)
 {
-    run_state *st = arg;
-    sf_pool_stats s;
-    sf_task_info run[4];
-    char line[512];
-    double el = now_s() - st->t0, rate;
-    unsigned long done;
-    size_t n, k;
-    int len;
-
-    sf_pool_get_stats(p, &s);
-    done = s.ok + s.failed;
-    rate = el > 0 ? (double)done / el : 0;
-    len = snprintf(line, sizeof line, "\r\033[Kdone %lu", done);
-    if (st->total)
-        len += snprintf(line + len, sizeof line - (size_t)len, "/%lu", st->total - st->skipped);
-    len += snprintf(line + len, sizeof line - (size_t)len, "  failed %lu  running %lu  %.1f/s",
-                    s.failed, s.running, rate);
-    if (st->total && rate > 0) {
-        double eta = (double)(st->total - st->skipped - done) / rate;
-        len += snprintf(line + len, sizeof line - (size_t)len, "  ETA %lu:%02lu",
-                        (unsigned long)eta / 60, (unsigned long)eta % 60);
-    }
-    n = sf_pool_running(p, run, sizeof run / sizeof run[0]);
-    for (k = 0; k < n && len < (int)sizeof line - 40; k++) {
-        const run_task *t = run[k].data;
-        if (run[k].progress_total > 0)
-            len += snprintf(line + len, sizeof line - (size_t)len, "  #%lu %g/%g", t->seq,
-                            run[k].progress_done, run[k].progress_total);
-        else if (run[k].progress_total == 0)
-            len += snprintf(line + len, sizeof line - (size_t)len, "  #%lu %.0f%%", t->seq,
-                            run[k].progress_done * 100);
-    }
-    if (len > (int)sizeof line - 1)
-        len = (int)sizeof line - 1;
-    (void)runout_write_all(2, line, (size_t)len);
-    st->progress_shown = 1;
+    (void)p;
+    progress_draw(arg);
 }
 
 /* ------------------------------------------------------------ input */
@@ -544,7 +581,7 @@ static int line_task(run_state *st, const char *s, size_t n)
 
     st->lineno++;
     if (memchr(s, '\0', n)) {
-        cli_error("run: input line %lu holds a NUL byte: input stopped there", st->lineno);
+        say(st, "run: input line %lu holds a NUL byte: input stopped there", st->lineno);
         return -EINVAL;
     }
     t = task_new(st);
@@ -592,7 +629,7 @@ static int feed_lines(run_state *st)
         return SF_FEED_END;
     }
     if (st->inlen > LINE_MAX_BYTES) {
-        cli_error("run: input line %lu is longer than %d bytes: input stopped there",
+        say(st, "run: input line %lu is longer than %d bytes: input stopped there",
                   st->lineno + 1, LINE_MAX_BYTES);
         return -EMSGSIZE;
     }
@@ -602,7 +639,7 @@ static int feed_lines(run_state *st)
         if (k < 0 && errno == EINTR)
             continue;
         if (k < 0) {
-            cli_error("run: reading %s: %s", st->arg_file ? st->arg_file : "stdin",
+            say(st, "run: reading %s: %s", st->arg_file ? st->arg_file : "stdin",
                       strerror(errno));
             return -errno;
         }
@@ -627,7 +664,7 @@ static int feed(sf_pool *p, void *arg)
     rc = st->ngroups ? feed_groups(st) : feed_lines(st);
     if (rc < 0) {
         if (rc == -ENOMEM)
-            cli_error("run: out of memory reading the input");
+            say(st, "run: out of memory reading the input");
         st->input_error = 1;
         return SF_FEED_END;
     }
@@ -1099,7 +1136,8 @@ int cmd_run(int argc, char **argv)
     st.po.on_tick = st.progress ? on_tick : NULL;
     st.po.tick_s = st.progress ? 0.2 : 0;
     st.po.arg = &st;
-    st.po.log = cli_log;
+    st.po.log = run_log;
+    st.po.log_arg = &st;
     st.po.queue_max = 65536 + 65536;
     st.pool = sf_pool_new(&st.po);
     if (!st.pool) {
@@ -1131,7 +1169,9 @@ int cmd_run(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     st.t0 = now_s();
+    st.pool_running = 1;
     rc = sf_pool_run(st.pool);
+    st.pool_running = 0;
     progress_clear(&st);
     sf_pool_get_stats(st.pool, &s);
     if (rc < 0)
