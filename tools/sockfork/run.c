@@ -245,10 +245,10 @@ static void output_failed(run_state *st, int fd, int err)
     st->write_error = 1;
     if (err == -ETIMEDOUT)
         say(st, "run: %s is not being read: the rest of the output is dropped",
-                  fd == 1 ? "stdout" : "stderr");
+            fd == 1 ? "stdout" : "stderr");
     else
         say(st, "run: writing to %s: %s; stopping", fd == 1 ? "stdout" : "stderr",
-                  strerror(-err));
+            strerror(-err));
     sf_pool_cancel(st->pool);
 }
 
@@ -405,7 +405,7 @@ static void on_output(sf_pool *p, const sf_task_info *i, int stream, const char 
     }
     if ((rc = runout_add(&t->out[stream - 1], buf, n)) < 0)
         say(st, "run: task %lu: cannot hold its output (%s): %zu bytes lost", t->seq,
-                  strerror(-rc), n);
+            strerror(-rc), n);
 }
 
 /*
@@ -434,7 +434,7 @@ static void hint_shell(run_state *st, const sf_task_report *r)
         return;
     st->shell_hinted = 1;
     say(st, "run: hint: no program is named '%s': to run COMMAND as a shell command line, "
-              "use --shell", r->argv[0]);
+        "use --shell", r->argv[0]);
 }
 
 static void on_done(sf_pool *p, const sf_task_report *r, void *arg)
@@ -630,7 +630,7 @@ static int feed_lines(run_state *st)
     }
     if (st->inlen > LINE_MAX_BYTES) {
         say(st, "run: input line %lu is longer than %d bytes: input stopped there",
-                  st->lineno + 1, LINE_MAX_BYTES);
+            st->lineno + 1, LINE_MAX_BYTES);
         return -EMSGSIZE;
     }
     /* One read: the pool only calls when the descriptor is readable. */
@@ -640,7 +640,7 @@ static int feed_lines(run_state *st)
             continue;
         if (k < 0) {
             say(st, "run: reading %s: %s", st->arg_file ? st->arg_file : "stdin",
-                      strerror(errno));
+                strerror(errno));
             return -errno;
         }
         if (k == 0)
