@@ -1885,3 +1885,15 @@ def test_log_lines_on_a_terminal_start_on_a_cleared_line_and_the_progress_comes_
         before = err[:m.start()]
         assert before == "" or before.endswith(PROGRESS_CLEAR) or before.endswith("\n"), \
             repr(err[m.start() - 60:m.start() + 40])
+
+
+def test_output_that_cannot_be_held_fails_the_run_with_one_message(tmp_path, sf):
+    """Past 64 KiB a task's grouped output goes to a file in $TMPDIR; when
+    that file cannot grow (RLIMIT_FSIZE here, a full disk in life) output
+    is lost: one message, the run stops, 255."""
+    r = sf("-j", "1", "sh", "-c", 'touch "ran.$1"; head -c 300000 /dev/zero', "sh",
+           ":::", "a", "b", "c", fsize=4096)
+    assert r.wait() == 255, r.stderr
+    assert len(error_lines(r.stderr, "cannot hold its output")) == 1, r.stderr
+    assert "task 1: cannot hold its output: File too large" in r.stderr
+    assert sorted(p.name for p in tmp_path.glob("ran.*")) == ["ran.a"]

@@ -69,10 +69,10 @@ static const char run_usage[] =
     "A task may write JSON lines on fd 3 (SOCKFORK_FD=3): {\"progress\": 0.4},\n"
     "{\"progress\": {\"done\": 3, \"total\": 10}}, {\"log\": \"text\"}, {\"result\": ...}.\n"
     "Exit status: 0 if every task succeeded, else the number that failed (at most\n"
-    "101); 255 for a usage error, input that could not be read, or a --joblog or\n"
-    "--results file that could not be written (the run stops at the first such\n"
-    "write); 141 if stdout or stderr could not be written; 128+N after signal N\n"
-    "stopped the run.\n";
+    "101); 255 for a usage error, input that could not be read, a --joblog or\n"
+    "--results file that could not be written or a task's output that could not\n"
+    "be held (the run stops at the first); 141 if stdout or stderr could not be\n"
+    "written; 128+N after signal N stopped the run.\n";
 
 /* One task of the run, from its input to its output being written. */
 typedef struct run_task {
@@ -124,7 +124,7 @@ typedef struct run_state {
 
     runlog_done done;
     int joblog_fd, results_fd;    /* -1: none, or no more (a write failed) */
-    int record_error;             /* a joblog or results write failed */
+    int data_lost;                /* a record, or a task's output, could not be kept */
     int write_error;              /* stdout or stderr is gone */
     sf_pool *pool;
     double t0;
@@ -298,6 +298,19 @@ static void keep_order_flush(run_state *st)
     }
 }
 
+/* A task's output could not be held (no memory, or the disk of its spill
+ * file is full): some of it is lost, and the run has failed as when a
+ * record cannot be written: said once, the run stops, the status is 255. */
+static void output_lost(run_state *st, const run_task *t, int err)
+{
+    if (st->data_lost)
+        return;
+    st->data_lost = 1;
+    say(st, "run: task %lu: cannot hold its output: %s (past %d KiB it goes to a file in "
+        "$TMPDIR); stopping", t->seq, strerror(-err), RUNOUT_MEM / 1024);
+    sf_pool_cancel(st->pool);
+}
+
 /* --line-buffer: pass on every whole line now, keep the unfinished one
  * (up to RUNOUT_MEM: a longer one goes out as it is). */
 static void line_output(run_state *st, run_task *t, int s, const char *buf, size_t n)
@@ -327,7 +340,7 @@ static void line_output(run_state *st, run_task *t, int s, const char *buf, size
     t->bol[s] = w.bol;
     if (n) {
         if (!t->partial[s] && !(t->partial[s] = malloc(RUNOUT_MEM))) {
-            say(st, "run: task %lu: no memory for its output", t->seq);
+            output_lost(st, t, -ENOMEM);
             return;
         }
         memcpy(t->partial[s] + t->plen[s], buf, n);
@@ -404,8 +417,7 @@ static void on_output(sf_pool *p, const sf_task_info *i, int stream, const char 
         return;
     }
     if ((rc = runout_add(&t->out[stream - 1], buf, n)) < 0)
-        say(st, "run: task %lu: cannot hold its output (%s): %zu bytes lost", t->seq,
-            strerror(-rc), n);
+        output_lost(st, t, rc);
 }
 
 /*
@@ -420,7 +432,7 @@ static void record_failed(run_state *st, int *fd, const char *path, int err)
 {
     close(*fd);
     *fd = -1;
-    st->record_error = 1;
+    st->data_lost = 1;
     say(st, "run: cannot write to %s: %s; stopping", path, strerror(-err));
     sf_pool_cancel(st->pool);
 }
@@ -1182,7 +1194,7 @@ int cmd_run(int argc, char **argv)
         status = 128 + stop_signal;
     else if (st.write_error)
         status = 128 + SIGPIPE;
-    else if (st.record_error || st.input_error || rc < 0)
+    else if (st.data_lost || st.input_error || rc < 0)
         status = EXIT_RUN_ERROR;
     else
         status = s.failed > EXIT_FAILED_MAX ? EXIT_FAILED_MAX : (int)s.failed;
