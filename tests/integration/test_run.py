@@ -1801,7 +1801,7 @@ def test_an_output_that_is_the_input_or_the_other_output_is_refused(tmp_path, ru
 def test_dev_null_may_take_both_records_and_distinct_files_are_fine(tmp_path, run):
     data = tmp_path / "input"
     data.write_text("a\nb\n")
-    r = run("-a", data, "--joblog", "/dev/null", "--results", "/dev/null", "echo")
+    r = run("-k", "-a", data, "--joblog", "/dev/null", "--results", "/dev/null", "echo")
     assert (r.rc, r.stdout) == (0, b"a\nb\n"), r.stderr
     with open(str(data), "rb") as stdin:
         r = run("--results", tmp_path / "r.jsonl", "echo", stdin=stdin)
