@@ -360,8 +360,11 @@ static void end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error,
 
     p->st.running--;
     p->feed_waiting = 0;
-    if (!ok && !s->killed && !s->output_limited && !p->halting && t->attempts <= p->o.retries &&
-        retry_matches(p, &st, s->timed_out)) {
+    /* Not retried: a stopped attempt, one that wrote too much (it would
+     * again), and a command that could not start (not found, not
+     * executable: the next attempt fails the same way). */
+    if (!ok && !s->killed && !s->output_limited && !spawn_error && !p->halting &&
+        t->attempts <= p->o.retries && retry_matches(p, &st, s->timed_out)) {
         t->last = st;
         t->last_timed_out = s->timed_out;
         p->st.retried++;
@@ -403,6 +406,23 @@ static void end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error,
 static int transient(int err)
 {
     return err == EAGAIN || err == ENOMEM || err == EMFILE || err == ENFILE || err == ENOBUFS;
+}
+
+/* A command that cannot start is logged, but not again while the same
+ * command fails the same way: a misspelt COMMAND fails every task alike,
+ * and each is still counted (spawn_errors) and reported. */
+static void log_spawn_failure(sf_pool *p, const pool_task *t, const char *prog, int err)
+{
+    char *copy;
+
+    if (p->spawn_err == err && p->spawn_err_prog && strcmp(p->spawn_err_prog, prog) == 0)
+        return;
+    sf_logf(&p->log, SF_LOG_WARN, "task %lu: cannot run %s: %s", t->seq, prog, strerror(err));
+    if ((copy = strdup(prog)) != NULL) { /* without memory: log them all */
+        free(p->spawn_err_prog);
+        p->spawn_err_prog = copy;
+        p->spawn_err = err;
+    }
 }
 
 static void start_attempt(sf_pool *p, pool_slot *s, pool_task *t, double now)
@@ -448,8 +468,7 @@ static void start_attempt(sf_pool *p, pool_slot *s, pool_task *t, double now)
      * task fails as a shell would say it, 127 (126 if it is there). */
     {
         sf_status st = {1, (-rc == ENOENT || -rc == ENOTDIR) ? 127 : 126, 0, 0};
-        sf_logf(&p->log, SF_LOG_WARN, "task %lu: cannot run %s: %s", t->seq,
-                s->argv && s->argv[0] ? s->argv[0] : "the command", strerror(-rc));
+        log_spawn_failure(p, t, s->argv && s->argv[0] ? s->argv[0] : "the command", -rc);
         end_attempt(p, s, st, -rc, now);
     }
 }
@@ -838,6 +857,7 @@ void sf_pool_free(sf_pool *p)
     if (p->devnull >= 0)
         close(p->devnull);
     pool_env_free(p);
+    free(p->spawn_err_prog);
     free(p->readbuf);
     free(p->slots);
     free(p);

@@ -89,6 +89,8 @@ struct sf_pool {
     int running_loop;
     int poll_exits;              /* no pidfds: exits are polled (launch.c) */
     double spawn_backoff, spawn_not_before;
+    char *spawn_err_prog;        /* the last command that could not start, */
+    int spawn_err;               /*   and why: its repeats are not logged */
     char *readbuf;               /* POOL_READ bytes, for every read */
 
     /* Commands' environment: the program's, SOCKFORK_* and PARALLEL_* ours. */

@@ -21,6 +21,7 @@ import random
 import re
 import resource
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
@@ -238,7 +239,7 @@ class Run:
     "pty" for a terminal."""
 
     def __init__(self, tmp_path, args, stdin=None, stdout=None, stderr=None, env=None,
-                 ignore_sigpipe=False):
+                 ignore_sigpipe=False, fsize=None):
         self.tmp_path = tmp_path
         self.args = [str(a) for a in args]
         self.spill = tmp_path / "spill"
@@ -260,11 +261,15 @@ class Run:
             in_arg = subprocess.DEVNULL
         else:
             in_arg = stdin
+        preexec = no_core_dumps_sigpipe_ignored if ignore_sigpipe else no_core_dumps
+        if fsize is not None:  # RLIMIT_FSIZE: a "disk" that is full past fsize bytes a file
+            def preexec(first=preexec):
+                first()
+                resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
         self.proc = subprocess.Popen([BIN, "run"] + self.args, cwd=str(tmp_path), stdin=in_arg,
                                      stdout=subprocess.PIPE if stdout is None else stdout,
                                      stderr=err_arg, env=server_env(e), start_new_session=True,
-                                     preexec_fn=no_core_dumps_sigpipe_ignored if ignore_sigpipe
-                                     else no_core_dumps)
+                                     preexec_fn=preexec)
         self.pid = self.proc.pid
         if slave is not None:
             os.close(slave)
@@ -1241,12 +1246,44 @@ def test_shell_quotes_substituted_arguments(tmp_path, run):
     assert r.stdout.decode() == "".join("[%s]\n" % a for a in args)
     assert not list(tmp_path.glob("pwned*"))
     res = results_by_seq(tmp_path / "r.jsonl")
-    assert res[1]["command"] == ["/bin/sh", "-c", "printf '[%s]\\n' 'it'\\''s; touch pwned'"]
+    assert res[1]["command"] == ["/bin/sh", "-c", "printf '[%s]\\n' 'it'\"'\"'s; touch pwned'"]
     # The command's own words are shell text; appended arguments are quoted too.
     r = run("-k", "--shell", "echo", "{}", "|", "tr", "a-z", "A-Z", ":::", "it's ok")
     assert r.stdout == b"IT'S OK\n", r.stderr
     r = run("-k", "--shell", "printf '<%s>'", ":::", "it's", "$HOME")
     assert r.stdout == b"<it's><$HOME>", r.stderr
+
+
+SHELL_ARGS = ["3", "a-b_c.d+e/f", "", "a b", "it's", "'", "''", "'a'b'", "$HOME", "*", "~",
+              "a=b", "x,y", "a:b", "@%", "a\\b", "\u00e9", "a\nb", "-n", "`id`", '"q"']
+
+
+def test_shell_leaves_safe_arguments_bare_as_gnu_parallel_does(tmp_path, run):
+    """A number stays a number, so shell arithmetic on it works; every
+    argument still reaches the command as it was."""
+    r = run("--shell", "echo $(( {} * 2 ))", ":::", "3")
+    assert (r.rc, r.stdout) == (0, b"6\n"), r.stderr
+    r = run("-k", "--shell", "printf '[%s]\\n' {}", ":::", *SHELL_ARGS)
+    assert r.rc == 0, r.stderr
+    assert r.stdout.decode() == "".join("[%s]\n" % a for a in SHELL_ARGS)
+
+
+@pytest.mark.skipif(not shutil.which("parallel"), reason="GNU parallel is not installed")
+def test_shell_command_lines_are_the_ones_gnu_parallel_runs(tmp_path, run):
+    """Side by side: the sh -c line of each task is what parallel
+    --dry-run prints for the same command and arguments (but one with a
+    newline: parallel reads that as two arguments)."""
+    cmd = "echo {} X{}Y"
+    args = [a for a in SHELL_ARGS if "\n" not in a]
+    theirs = subprocess.run(["parallel", "--will-cite", "--dry-run", "-k", cmd, ":::"] + args,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=LONG_WAIT,
+                            env=dict(os.environ, HOME=str(tmp_path)))
+    assert theirs.returncode == 0, theirs.stderr
+    r = run("-k", "--shell", "--results", tmp_path / "r.jsonl", cmd, ":::", *args)
+    assert r.rc == 0, r.stderr
+    res = results_by_seq(tmp_path / "r.jsonl")
+    ours = "".join(res[i]["command"][2] + "\n" for i in range(1, len(args) + 1))
+    assert ours == theirs.stdout.decode()
 
 
 # ---------------------------------------------------- 8. halting, retrying, errors, output size
@@ -1545,3 +1582,318 @@ def test_summary_counts_every_task_not_run_after_a_halt(tmp_path, run):
     s = parse_summary(r.stderr)
     assert (s["tasks"], s["succeeded"], s["failed (exit code)"]) == (2, 1, 1)
     assert s.get("not run") == 2, r.stderr
+
+
+# ---------------------------------------------------- 9. the records: joblog and --results
+
+def error_lines(err, text):
+    return [line for line in err.splitlines() if text in line]
+
+
+@pytest.mark.parametrize("which", ["--results", "--joblog"])
+def test_a_record_file_that_cannot_be_written_fails_the_run_with_one_message(tmp_path, run,
+                                                                            which):
+    """/dev/full takes nothing: one message naming it, nothing more starts,
+    and the status is 255, not 0. The joblog's header is its first write,
+    so that run stops before any task."""
+    r = run("-j", "1", which, "/dev/full", "sh", "-c", 'touch "ran.$1"', "sh",
+            ":::", "a", "b", "c", "d")
+    assert r.rc == 255, r.stderr
+    assert len(error_lines(r.stderr, "/dev/full")) == 1, r.stderr
+    assert "cannot write to /dev/full: No space left on device" in r.stderr
+    ran = sorted(p.name for p in tmp_path.glob("ran.*"))
+    assert ran == (["ran.a"] if which == "--results" else []), r.stderr
+
+
+def check_whole_lines(joblog, results=None):
+    """Both files end on a whole line, every line of them well formed."""
+    entries = read_joblog(joblog)
+    if results is not None and results.exists():
+        text = results.read_text()
+        assert text == "" or text.endswith("\n"), text[-200:]
+        read_results(results)  # every line is JSON
+    return entries
+
+
+def resume_completes(run, tmp_path, joblog, n):
+    """After a failed run: --resume (with room now) runs what was not
+    recorded, and the joblog ends up with every task once."""
+    r = run("-j", "4", "--resume", "--joblog", joblog, "true", ":::", *range(1, n + 1),
+            timeout=LONG_WAIT)
+    assert r.rc == 0, r.stderr
+    entries = read_joblog(joblog)
+    assert sorted(e["seq"] for e in entries) == list(range(1, n + 1))
+    assert all(e["exitval"] == 0 for e in entries)
+    return parse_summary(r.stderr)
+
+
+def test_a_joblog_past_the_file_size_limit_fails_the_run_and_keeps_whole_lines(tmp_path, sf,
+                                                                              run):
+    """A full disk as RLIMIT_FSIZE makes it (EFBIG, no mount needed): the
+    run stops with one message and 255, the joblog holds whole entries
+    only, and --resume then runs exactly the tasks it does not have."""
+    joblog = tmp_path / "joblog"
+    r = sf("-j", "4", "--joblog", joblog, "true", ":::", *range(1, 501), fsize=4096)
+    assert r.wait(LONG_WAIT) == 255, r.stderr
+    assert len(error_lines(r.stderr, "cannot write")) == 1, r.stderr
+    assert "cannot write to %s: File too large; stopping" % joblog in r.stderr
+    logged = check_whole_lines(joblog)
+    assert 0 < len(logged) < 500 and os.path.getsize(str(joblog)) <= 4096
+    s = parse_summary(r.stderr)
+    assert s["tasks"] < 500 and s.get("not run", 0) > 0, r.stderr
+    s = resume_completes(run, tmp_path, joblog, 500)
+    assert s["skipped (resumed)"] == len(logged)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 32 KiB tmpfs in tmp_path (root only)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    m = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(disk)],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if m.returncode != 0:
+        pytest.skip("cannot mount a tmpfs: %s" % m.stdout.decode().strip())
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_full_disk_fails_the_run_and_both_records_keep_whole_lines(tmp_path, small_disk, run):
+    joblog, results = small_disk / "joblog", small_disk / "r.jsonl"
+    r = run("-j", "4", "--joblog", joblog, "--results", results, "true", ":::",
+            *range(1, 501), timeout=LONG_WAIT)
+    assert r.rc == 255, r.stderr
+    errors = error_lines(r.stderr, "cannot write")
+    assert 1 <= len(errors) <= 2 and all("No space left on device" in e for e in errors), errors
+    assert len(error_lines(r.stderr, str(joblog))) <= 1
+    assert len(error_lines(r.stderr, str(results))) <= 1
+    logged = check_whole_lines(joblog, results)
+    assert 0 < len(logged) < 500
+    saved = tmp_path / "joblog"
+    saved.write_bytes(joblog.read_bytes())
+    resume_completes(run, tmp_path, saved, 500)
+
+
+def joblog_of(tmp_path, seqs, name="joblog.full"):
+    """A joblog of `echo ::: a b c d e` with only the entries of seqs, as
+    lines with their newlines."""
+    full = tmp_path / name
+    if not full.exists():
+        assert run_plain(tmp_path, "--joblog", full, "echo", ":::", *"abcde") == 0
+    lines = full.read_text().splitlines(True)
+    by = {int(l.split("\t")[0]): l for l in lines[1:]}
+    return lines[0], [by[s] for s in seqs]
+
+
+def run_plain(tmp_path, *args):
+    r = Run(tmp_path, args)
+    try:
+        return r.wait()
+    finally:
+        r.kill()
+        r.close()
+
+
+def resumed_seqs(run, joblog):
+    """Resumes `echo {#} ::: a b c d e`: the seqs it ran."""
+    r = run("-k", "--resume", "--joblog", joblog, "echo", "{#}", ":::", *"abcde")
+    assert r.rc == 0, r.stderr
+    return [int(line.split()[0]) for line in r.stdout.decode().splitlines()], r.stderr
+
+
+def test_resume_on_a_joblog_without_a_final_newline_starts_a_new_line(tmp_path, run):
+    """The last entry is whole but has no newline (an editor): it counts,
+    and the next entry goes on a line of its own, so a second resume runs
+    nothing."""
+    header, entries = joblog_of(tmp_path, [1, 2])
+    joblog = tmp_path / "joblog"
+    joblog.write_text(header + entries[0] + entries[1].rstrip("\n"))
+    ran, _ = resumed_seqs(run, joblog)
+    assert ran == [3, 4, 5]
+    assert sorted(e["seq"] for e in read_joblog(joblog)) == [1, 2, 3, 4, 5]
+    ran, _ = resumed_seqs(run, joblog)
+    assert ran == []
+
+
+@pytest.mark.parametrize("cut", ["3", "3\t:\t17966", "3\t:\t1796639500.816\t     0.006\t0\t0\t0",
+                                 "3\t:\t1796639500.816\t     0.006\t0\t0\t0\t1"],
+                         ids=["seq", "starttime", "exitval", "signal"])
+def test_resume_ignores_a_last_line_cut_inside_a_field(tmp_path, run, cut):
+    """A crash mid-write leaves an entry cut short: it is dropped with a
+    message, its task runs again, and the joblog is whole afterwards. A
+    Signal of "1" may have been "15": cut too."""
+    header, entries = joblog_of(tmp_path, [1, 2])
+    joblog = tmp_path / "joblog"
+    joblog.write_text(header + "".join(entries) + cut)
+    ran, err = resumed_seqs(run, joblog)
+    assert ran == [3, 4, 5], err
+    assert "its last line is cut short" in err
+    assert sorted(e["seq"] for e in read_joblog(joblog)) == [1, 2, 3, 4, 5]
+    ran, _ = resumed_seqs(run, joblog)
+    assert ran == []
+
+
+def test_resume_counts_a_last_line_cut_in_its_command(tmp_path, run):
+    """Cut inside Command, the outcome (Seq to Signal) is all there."""
+    header, entries = joblog_of(tmp_path, [1, 2])
+    joblog = tmp_path / "joblog"
+    joblog.write_text(header + entries[0] + entries[1][:-3])
+    ran, err = resumed_seqs(run, joblog)
+    assert ran == [3, 4, 5] and "cut short" not in err, err
+    assert sorted(e["seq"] for e in read_joblog(joblog)) == [1, 2, 3, 4, 5]
+
+
+def test_a_bad_line_before_the_last_still_stops_resume(tmp_path, run):
+    header, entries = joblog_of(tmp_path, [1, 2])
+    joblog = tmp_path / "joblog"
+    joblog.write_text(header + "3\t:\t17\n" + "".join(entries))
+    r = run("--resume", "--joblog", joblog, "echo", ":::", "a")
+    assert r.rc == 255 and "joblog:2: not a joblog line" in r.stderr, r.stderr
+
+
+def test_resumed_results_start_on_a_line_of_their_own(tmp_path, run):
+    results, joblog = tmp_path / "r.jsonl", tmp_path / "joblog"
+    r = run("--joblog", joblog, "--results", results, "echo", ":::", "a")
+    assert r.rc == 0
+    results.write_text(results.read_text().rstrip("\n"))
+    r = run("--resume", "--joblog", joblog, "--results", results, "echo", ":::", "a", "b")
+    assert r.rc == 0, r.stderr
+    assert [x["seq"] for x in read_results(results)] == [1, 2]
+
+
+@pytest.mark.parametrize("case", ["arg-file-results", "arg-file-joblog", "stdin-results",
+                                  "symlink-results", "joblog-results"])
+def test_an_output_that_is_the_input_or_the_other_output_is_refused(tmp_path, run, case):
+    """Compared as files (device and inode), not names; before anything
+    is emptied, so the input is left whole and nothing runs."""
+    data = tmp_path / "input"
+    data.write_text("a\nb\n")
+    link = tmp_path / "link"
+    link.symlink_to(data)
+    stdin, opts = None, []
+    if case == "arg-file-results":
+        opts = ["-a", data, "--results", data]
+    elif case == "arg-file-joblog":
+        opts = ["-a", data, "--joblog", "./input"]
+    elif case == "stdin-results":
+        stdin, opts = open(str(data), "rb"), ["--results", data]
+    elif case == "symlink-results":
+        opts = ["-a", data, "--results", link]
+    else:
+        opts = ["--joblog", data, "--results", link, ":::", "x"]
+    try:
+        tail = opts[-2:] if case == "joblog-results" else []
+        head = opts[:-2] if case == "joblog-results" else opts
+        r = run(*head, "sh", "-c", 'touch "ran.$1"', "sh", *tail, stdin=stdin)
+    finally:
+        if stdin:
+            stdin.close()
+    assert r.rc == 255, r.stderr
+    assert "same file" in r.stderr or "emptied before it is read" in r.stderr, r.stderr
+    assert data.read_text() == "a\nb\n"
+    assert not list(tmp_path.glob("ran.*"))
+
+
+def test_dev_null_may_take_both_records_and_distinct_files_are_fine(tmp_path, run):
+    data = tmp_path / "input"
+    data.write_text("a\nb\n")
+    r = run("-k", "-a", data, "--joblog", "/dev/null", "--results", "/dev/null", "echo")
+    assert (r.rc, r.stdout) == (0, b"a\nb\n"), r.stderr
+    with open(str(data), "rb") as stdin:
+        r = run("--results", tmp_path / "r.jsonl", "echo", stdin=stdin)
+    assert (r.rc, len(read_results(tmp_path / "r.jsonl"))) == (0, 2), r.stderr
+
+
+# ---------------------------------------------------- 10. commands that cannot start
+
+def test_a_command_that_cannot_start_is_not_retried_and_said_once(tmp_path, run):
+    """Not found (ENOENT) and not executable (EACCES) fail at once, however
+    many --retries: one attempt each, one message per command."""
+    notexec = tmp_path / "notexec"
+    notexec.write_text("#!/bin/sh\necho hi\n")
+    notexec.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    for cmd, code in (("no-such-command-for-sockfork-run", 127), (str(notexec), 126)):
+        results = tmp_path / "r.jsonl"
+        r = run("-j", "2", "--retries", "3", "--results", results, cmd, ":::", "a", "b", "c")
+        assert r.rc == 3, r.stderr
+        assert len(error_lines(r.stderr, "cannot run")) == 1, r.stderr
+        assert "cannot run %s" % cmd in r.stderr
+        res = results_by_seq(results)
+        assert [(res[s]["attempts"], res[s]["exit_code"]) for s in (1, 2, 3)] == [(1, code)] * 3
+        s = parse_summary(r.stderr)
+        assert (s["could not start"], s["retries"]) == (3, 0), r.stderr
+        assert "--shell" not in r.stderr
+
+
+def test_a_command_line_given_as_one_word_suggests_shell(tmp_path, run):
+    r = run("--retries", "2", "echo hi", ":::", "a", "b")
+    assert r.rc == 2
+    hints = error_lines(r.stderr, "--shell")
+    assert len(hints) == 1 and "'echo hi'" in hints[0], r.stderr
+    r = run("-k", "--shell", "echo hi", ":::", "a", "b")
+    assert (r.rc, r.stdout) == (0, b"hi a\nhi b\n"), r.stderr
+
+
+# ---------------------------------------------------- 11. log lines and the progress line
+
+LOGGER_SH = r"""
+read x < "$1"
+echo '{"log": "hello from the task"}' >&3
+"""
+
+
+def test_log_lines_on_a_terminal_start_on_a_cleared_line_and_the_progress_comes_back(tmp_path,
+                                                                                      sf):
+    """A task's fd-3 log, "cannot run" and "timed out after", one task at a
+    time once the progress line is up: each is written after \\r and erase
+    (never glued to the progress line) and the progress line is drawn
+    again right after it."""
+    script = tmp_path / "logger"
+    script.write_text("#!/bin/sh\n" + LOGGER_SH)
+    script.chmod(stat.S_IRWXU)
+    sleeper = tmp_path / "sleeper"
+    sleeper.write_text("#!/bin/sh\nexec sleep 30\n")
+    sleeper.chmod(stat.S_IRWXU)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(str(fifo))
+    r = sf("-j", "1", "--timeout", "1s", "{}", str(fifo), ":::", str(script),
+           "no-such-command-for-sockfork-run", str(sleeper), stderr="pty")
+    fd = None
+    try:
+        r.err.wait_for(r"\r\x1b\[Kdone 0/3  failed 0  running 1")
+        fd = release(fifo)
+        assert r.wait() == 2
+    finally:
+        if fd is not None:
+            os.close(fd)
+    err = r.err.data().decode()
+    logs = ["sockfork: task 1: hello from the task",
+            "sockfork: task 2: cannot run no-such-command-for-sockfork-run",
+            "sockfork: task 3: timed out after"]
+    for line in logs:
+        at = err.index(line)
+        assert err[:at].endswith(PROGRESS_CLEAR), "%r glued to %r" % (line, err[at - 60:at])
+        end = err.index("\n", at) + 1
+        assert re.match(r"\r\x1b\[Kdone \d/3  failed \d  running \d", err[end:]), \
+            "no progress after %r: %r" % (line, err[end:end + 60])
+    # Every line of ours starts at column 0.
+    for m in re.finditer("sockfork: ", err):
+        before = err[:m.start()]
+        assert before == "" or before.endswith(PROGRESS_CLEAR) or before.endswith("\n"), \
+            repr(err[m.start() - 60:m.start() + 40])
+
+
+def test_output_that_cannot_be_held_fails_the_run_with_one_message(tmp_path, sf):
+    """Past 64 KiB a task's grouped output goes to a file in $TMPDIR; when
+    that file cannot grow (RLIMIT_FSIZE here, a full disk in life) output
+    is lost: one message, the run stops, 255."""
+    r = sf("-j", "1", "sh", "-c", 'touch "ran.$1"; head -c 300000 /dev/zero', "sh",
+           ":::", "a", "b", "c", fsize=4096)
+    assert r.wait() == 255, r.stderr
+    assert len(error_lines(r.stderr, "cannot hold its output")) == 1, r.stderr
+    assert "task 1: cannot hold its output: File too large" in r.stderr
+    assert sorted(p.name for p in tmp_path.glob("ran.*")) == ["ran.a"]

@@ -461,6 +461,37 @@ static void test_commands_output_fd3_and_spawn_errors(void **state)
     assert_int_equal(count_fds(), fds);
 }
 
+/* A command that cannot start is not retried (it would fail the same
+ * way), and the same failure again is counted but not logged again. */
+static void test_a_command_that_cannot_start_fails_once(void **state)
+{
+    sf_pool_opts o = base_opts(square);
+    sf_pool_stats st;
+    sf_pool *p;
+    const char *first;
+    (void)state;
+
+    o.retries = 3;
+    o.jobs = 1;
+    p = new_cmd_pool(&o);
+    for (int i = 0; i < 3; i++)
+        assert_true(sf_pool_submit_cmd(p, cmd_missing, NULL, NULL) > 0);
+    assert_int_equal(sf_pool_run(p), 0);
+    sf_pool_get_stats(p, &st);
+    assert_int_equal(st.failed, 3);
+    assert_int_equal(st.spawn_errors, 3);
+    assert_int_equal(st.retried, 0);
+    for (int i = 1; i <= 3; i++) {
+        assert_int_equal(seen_by_seq[i].attempts, 1);
+        assert_int_equal(seen_by_seq[i].spawn_error, ENOENT);
+        assert_int_equal(seen_by_seq[i].reports, 1);
+    }
+    first = strstr(logged, "cannot run /nonexistent/sockfork-test");
+    assert_non_null(first);
+    assert_null(strstr(first + 1, "cannot run"));
+    sf_pool_free(p);
+}
+
 /* output_max: on_output gets exactly the limit, then the attempt is
  * stopped and fails, not retried; a task under it is untouched. */
 static void test_output_max_stops_a_flood(void **state)
@@ -675,6 +706,7 @@ int main(void)
         cmocka_unit_test(test_a_timeout_kills_the_task_and_its_grandchild),
         cmocka_unit_test(test_halt_now_reports_the_rest_cancelled),
         cmocka_unit_test(test_commands_output_fd3_and_spawn_errors),
+        cmocka_unit_test(test_a_command_that_cannot_start_fails_once),
         cmocka_unit_test(test_output_max_stops_a_flood),
         cmocka_unit_test(test_cancel_stops_the_running_and_the_queued),
         cmocka_unit_test(test_workers_and_the_caller_keep_their_slice),

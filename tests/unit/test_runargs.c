@@ -5,6 +5,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -123,8 +124,8 @@ static void test_cross_product_order(void **state)
     assert_int_equal(last[1], 0);
 }
 
-/* For --shell: what is put in is one single-quoted word, quotes escaped;
- * the command's own text is left as shell code. */
+/* For --shell: what is put in is one shell word, quoted as GNU parallel
+ * quotes it; the command's own text is left as shell code. */
 static void test_quoting_for_the_shell(void **state)
 {
     char *cmd[] = {"echo {} | wc -c", NULL};
@@ -134,15 +135,60 @@ static void test_quoting_for_the_shell(void **state)
     (void)state;
     argv = runargs_expand(cmd, 1, args, 1, 1, 1, RUNARGS_QUOTE);
     assert_non_null(argv);
-    assert_string_equal(argv[0], "echo 'it'\\''s $HOME; rm -rf /' | wc -c");
+    assert_string_equal(argv[0], "echo 'it'\"'\"'s $HOME; rm -rf /' | wc -c");
     assert_null(argv[1]);
     free(argv);
     argv = runargs_expand(bare, 1, args, 1, 1, 1, RUNARGS_QUOTE);
     assert_non_null(argv);
     assert_string_equal(argv[0], "echo");
-    assert_string_equal(argv[1], "'it'\\''s $HOME; rm -rf /'");
+    assert_string_equal(argv[1], "'it'\"'\"'s $HOME; rm -rf /'");
     assert_null(argv[2]);
     free(argv);
+}
+
+/* Word by word as `parallel --dry-run 'echo {} X{}Y' ::: ...` prints it
+ * (GNU parallel 20221122): safe characters stay bare, so
+ * `--shell 'echo $(( {} * 2 ))' ::: 3` is arithmetic. */
+static void test_quoting_matches_gnu_parallel(void **state)
+{
+    static const struct { const char *arg, *word; } cases[] = {
+        {"3", "3"},
+        {"a-b_c.d+e/f", "a-b_c.d+e/f"},
+        {"ABCxyz019", "ABCxyz019"},
+        {"", "''"},
+        {"a b", "'a b'"},
+        {"it's", "'it'\"'\"'s'"},
+        {"'", "\"'\""},
+        {"''", "\"'\"''\"'\""},
+        {"'a", "\"'\"'a'"},
+        {"a'", "'a'\"'\""},
+        {"$HOME", "'$HOME'"},
+        {"*", "'*'"},
+        {"~", "'~'"},
+        {"a=b", "'a=b'"},
+        {"x,y", "'x,y'"},
+        {"a:b", "'a:b'"},
+        {"@%", "'@%'"},
+        {"a\\b", "'a\\b'"},
+        {"\xc3\xa9", "'\xc3\xa9'"},
+        {"a\nb", "'a\nb'"},
+    };
+    char *cmd[] = {"X{}Y", NULL};
+    char *bare[] = {"echo", NULL};
+    (void)state;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *args[] = {cases[i].arg};
+        char want[64];
+        char **argv = runargs_expand(bare, 1, args, 1, 1, 1, RUNARGS_QUOTE);
+        assert_non_null(argv);
+        assert_string_equal(argv[1], cases[i].word);
+        free(argv);
+        argv = runargs_expand(cmd, 1, args, 1, 1, 1, RUNARGS_QUOTE);
+        assert_non_null(argv);
+        snprintf(want, sizeof want, "X%sY", cases[i].word);
+        assert_string_equal(argv[0], want);
+        free(argv);
+    }
 }
 
 int main(void)
@@ -156,6 +202,7 @@ int main(void)
         cmocka_unit_test(test_a_group_that_does_not_exist_is_an_error),
         cmocka_unit_test(test_cross_product_order),
         cmocka_unit_test(test_quoting_for_the_shell),
+        cmocka_unit_test(test_quoting_matches_gnu_parallel),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

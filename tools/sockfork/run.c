@@ -13,14 +13,17 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #define EXIT_RUN_USAGE 255
+#define EXIT_RUN_ERROR 255 /* as GNU parallel's "other error" */
 #define EXIT_FAILED_MAX 101
 #define LINE_MAX_BYTES (128 * 1024) /* the kernel's limit on one argument */
 #define RETRY_ON_MAX 64
@@ -37,11 +40,14 @@ static const char run_usage[] =
     "options:\n"
     "  -j, --jobs N          tasks at once (default: the number of CPUs)\n"
     "  -a, --arg-file FILE   arguments from FILE, one per line\n"
-    "      --shell           run COMMAND ARGS... as one sh -c line, arguments quoted\n"
+    "      --shell           run COMMAND ARGS... as one sh -c line; the arguments\n"
+    "                        put in are quoted where the shell needs it, as GNU\n"
+    "                        parallel quotes them\n"
     "      --timeout D       per attempt (seconds; ms, s, m, h suffixes): SIGTERM to\n"
     "                        the task's process group, SIGKILL after --kill-grace\n"
     "      --kill-grace D    from SIGTERM to SIGKILL (default 2s)\n"
-    "      --retries N       retry a failed task up to N times\n"
+    "      --retries N       retry a failed task up to N times (not one whose\n"
+    "                        command cannot start: not found, not executable)\n"
     "      --retry-on LIST   only for these: exit codes, signal names, 'timeout'\n"
     "                        (e.g. 1,3,SIGKILL,timeout)\n"
     "      --halt SPEC       never | now|soon[,fail=N|fail=P%] (now: stop the running)\n"
@@ -63,7 +69,10 @@ static const char run_usage[] =
     "A task may write JSON lines on fd 3 (SOCKFORK_FD=3): {\"progress\": 0.4},\n"
     "{\"progress\": {\"done\": 3, \"total\": 10}}, {\"log\": \"text\"}, {\"result\": ...}.\n"
     "Exit status: 0 if every task succeeded, else the number that failed (at most\n"
-    "101); 255 for a usage error; 128+N after signal N stopped the run.\n";
+    "101); 255 for a usage error, input that could not be read, a --joblog or\n"
+    "--results file that could not be written or a task's output that could not\n"
+    "be held (the run stops at the first); 141 if stdout or stderr could not be\n"
+    "written; 128+N after signal N stopped the run.\n";
 
 /* One task of the run, from its input to its output being written. */
 typedef struct run_task {
@@ -114,11 +123,14 @@ typedef struct run_state {
     unsigned long next_print;
 
     runlog_done done;
-    FILE *joblog, *results;
+    int joblog_fd, results_fd;    /* -1: none, or no more (a write failed) */
+    int data_lost;                /* a record, or a task's output, could not be kept */
     int write_error;              /* stdout or stderr is gone */
     sf_pool *pool;
     double t0;
     int progress_shown;
+    int pool_running;             /* in sf_pool_run: the progress line may be drawn */
+    int shell_hinted;             /* said once that a name looks like a shell line */
 } run_state;
 
 static volatile sig_atomic_t stop_signal;
@@ -129,6 +141,15 @@ static void on_stop_signal(int sig)
     stop_signal = sig;
     if (signal_pool)
         sf_pool_cancel(signal_pool);
+}
+
+/* Caught, not ignored: a write past RLIMIT_FSIZE then fails with EFBIG,
+ * which is handled as a full disk is, instead of killing the run and
+ * leaving its tasks running; and the pool puts a caught signal back to
+ * its default in the tasks. */
+static void on_xfsz(int sig)
+{
+    (void)sig;
 }
 
 static double now_s(void)
@@ -148,17 +169,86 @@ static void progress_clear(run_state *st)
     }
 }
 
+/* The progress line, drawn afresh (it starts with its own \r and erase). */
+static void progress_draw(run_state *st)
+{
+    sf_pool *p = st->pool;
+    sf_pool_stats s;
+    sf_task_info run[4];
+    char line[512];
+    double el = now_s() - st->t0, rate;
+    unsigned long done;
+    size_t n, k;
+    int len;
+
+    sf_pool_get_stats(p, &s);
+    done = s.ok + s.failed;
+    rate = el > 0 ? (double)done / el : 0;
+    len = snprintf(line, sizeof line, "\r\033[Kdone %lu", done);
+    if (st->total)
+        len += snprintf(line + len, sizeof line - (size_t)len, "/%lu", st->total - st->skipped);
+    len += snprintf(line + len, sizeof line - (size_t)len, "  failed %lu  running %lu  %.1f/s",
+                    s.failed, s.running, rate);
+    if (st->total && rate > 0) {
+        double eta = (double)(st->total - st->skipped - done) / rate;
+        len += snprintf(line + len, sizeof line - (size_t)len, "  ETA %lu:%02lu",
+                        (unsigned long)eta / 60, (unsigned long)eta % 60);
+    }
+    n = sf_pool_running(p, run, sizeof run / sizeof run[0]);
+    for (k = 0; k < n && len < (int)sizeof line - 40; k++) {
+        const run_task *t = run[k].data;
+        if (run[k].progress_total > 0)
+            len += snprintf(line + len, sizeof line - (size_t)len, "  #%lu %g/%g", t->seq,
+                            run[k].progress_done, run[k].progress_total);
+        else if (run[k].progress_total == 0)
+            len += snprintf(line + len, sizeof line - (size_t)len, "  #%lu %.0f%%", t->seq,
+                            run[k].progress_done * 100);
+    }
+    if (len > (int)sizeof line - 1)
+        len = (int)sizeof line - 1;
+    (void)runout_write_all(2, line, (size_t)len);
+    st->progress_shown = 1;
+}
+
+/*
+ * Every line run and the pool log while the run is on goes through here:
+ * on a terminal the progress line has no newline, so it is erased first
+ * (or the log line would be glued to it), and drawn again after, so it
+ * stays in sight below the log.
+ */
+static void run_log(void *arg, int level, const char *line)
+{
+    run_state *st = arg;
+
+    progress_clear(st);
+    cli_log(NULL, level, line);
+    if (st->pool_running && st->progress)
+        progress_draw(st);
+}
+
+static void say(run_state *st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(run_state *st, const char *fmt, ...)
+{
+    char line[1024]; /* cli_error cuts a longer line too */
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    run_log(st, SF_LOG_WARN, line);
+}
+
 static void output_failed(run_state *st, int fd, int err)
 {
     if (st->write_error)
         return;
     st->write_error = 1;
     if (err == -ETIMEDOUT)
-        cli_error("run: %s is not being read: the rest of the output is dropped",
-                  fd == 1 ? "stdout" : "stderr");
+        say(st, "run: %s is not being read: the rest of the output is dropped",
+            fd == 1 ? "stdout" : "stderr");
     else
-        cli_error("run: writing to %s: %s; stopping", fd == 1 ? "stdout" : "stderr",
-                  strerror(-err));
+        say(st, "run: writing to %s: %s; stopping", fd == 1 ? "stdout" : "stderr",
+            strerror(-err));
     sf_pool_cancel(st->pool);
 }
 
@@ -208,6 +298,19 @@ static void keep_order_flush(run_state *st)
     }
 }
 
+/* A task's output could not be held (no memory, or the disk of its spill
+ * file is full): some of it is lost, and the run has failed as when a
+ * record cannot be written: said once, the run stops, the status is 255. */
+static void output_lost(run_state *st, const run_task *t, int err)
+{
+    if (st->data_lost)
+        return;
+    st->data_lost = 1;
+    say(st, "run: task %lu: cannot hold its output: %s (past %d KiB it goes to a file in "
+        "$TMPDIR); stopping", t->seq, strerror(-err), RUNOUT_MEM / 1024);
+    sf_pool_cancel(st->pool);
+}
+
 /* --line-buffer: pass on every whole line now, keep the unfinished one
  * (up to RUNOUT_MEM: a longer one goes out as it is). */
 static void line_output(run_state *st, run_task *t, int s, const char *buf, size_t n)
@@ -237,7 +340,7 @@ static void line_output(run_state *st, run_task *t, int s, const char *buf, size
     t->bol[s] = w.bol;
     if (n) {
         if (!t->partial[s] && !(t->partial[s] = malloc(RUNOUT_MEM))) {
-            cli_error("run: task %lu: no memory for its output", t->seq);
+            output_lost(st, t, -ENOMEM);
             return;
         }
         memcpy(t->partial[s] + t->plen[s], buf, n);
@@ -314,8 +417,36 @@ static void on_output(sf_pool *p, const sf_task_info *i, int stream, const char 
         return;
     }
     if ((rc = runout_add(&t->out[stream - 1], buf, n)) < 0)
-        cli_error("run: task %lu: cannot hold its output (%s): %zu bytes lost", t->seq,
-                  strerror(-rc), n);
+        output_lost(st, t, rc);
+}
+
+/*
+ * A task's record could not be written (a full disk, /dev/full): the run
+ * has failed. A task that ends from now on could not be recorded either,
+ * and one that ran unrecorded runs again on --resume, so the run stops as
+ * on a closed stdout: nothing more starts, the running are stopped, and
+ * the exit status says so. One message per file; nothing more is written
+ * to it (the other one goes on recording what ends).
+ */
+static void record_failed(run_state *st, int *fd, const char *path, int err)
+{
+    close(*fd);
+    *fd = -1;
+    st->data_lost = 1;
+    say(st, "run: cannot write to %s: %s; stopping", path, strerror(-err));
+    sf_pool_cancel(st->pool);
+}
+
+/* "echo hi" as one word is no program: the pool has said it cannot run
+ * it; say once what was meant. */
+static void hint_shell(run_state *st, const sf_task_report *r)
+{
+    if (st->shell || st->shell_hinted || r->spawn_error != ENOENT || !r->argv || !r->argv[0] ||
+        !strpbrk(r->argv[0], " \t|;&<>$`"))
+        return;
+    st->shell_hinted = 1;
+    say(st, "run: hint: no program is named '%s': to run COMMAND as a shell command line, "
+        "use --shell", r->argv[0]);
 }
 
 static void on_done(sf_pool *p, const sf_task_report *r, void *arg)
@@ -326,11 +457,12 @@ static void on_done(sf_pool *p, const sf_task_report *r, void *arg)
     int rc;
     (void)p;
 
+    hint_shell(st, r);
     if (r->state != SF_TASK_CANCELLED) {
-        if (st->joblog && (rc = runlog_joblog_write(st->joblog, &e)) < 0)
-            cli_error("run: joblog: %s", strerror(-rc));
-        if (st->results && (rc = runlog_results_write(st->results, &e)) < 0)
-            cli_error("run: results: %s", strerror(-rc));
+        if (st->joblog_fd >= 0 && (rc = runlog_joblog_write(st->joblog_fd, &e)) < 0)
+            record_failed(st, &st->joblog_fd, st->joblog_path, rc);
+        if (st->results_fd >= 0 && (rc = runlog_results_write(st->results_fd, &e)) < 0)
+            record_failed(st, &st->results_fd, st->results_path, rc);
     }
     if (st->keep_order) {
         t->finished = 1;
@@ -343,42 +475,8 @@ static void on_done(sf_pool *p, const sf_task_report *r, void *arg)
 
 static void on_tick(sf_pool *p, void *arg)
 {
-    run_state *st = arg;
-    sf_pool_stats s;
-    sf_task_info run[4];
-    char line[512];
-    double el = now_s() - st->t0, rate;
-    unsigned long done;
-    size_t n, k;
-    int len;
-
-    sf_pool_get_stats(p, &s);
-    done = s.ok + s.failed;
-    rate = el > 0 ? (double)done / el : 0;
-    len = snprintf(line, sizeof line, "\r\033[Kdone %lu", done);
-    if (st->total)
-        len += snprintf(line + len, sizeof line - (size_t)len, "/%lu", st->total - st->skipped);
-    len += snprintf(line + len, sizeof line - (size_t)len, "  failed %lu  running %lu  %.1f/s",
-                    s.failed, s.running, rate);
-    if (st->total && rate > 0) {
-        double eta = (double)(st->total - st->skipped - done) / rate;
-        len += snprintf(line + len, sizeof line - (size_t)len, "  ETA %lu:%02lu",
-                        (unsigned long)eta / 60, (unsigned long)eta % 60);
-    }
-    n = sf_pool_running(p, run, sizeof run / sizeof run[0]);
-    for (k = 0; k < n && len < (int)sizeof line - 40; k++) {
-        const run_task *t = run[k].data;
-        if (run[k].progress_total > 0)
-            len += snprintf(line + len, sizeof line - (size_t)len, "  #%lu %g/%g", t->seq,
-                            run[k].progress_done, run[k].progress_total);
-        else if (run[k].progress_total == 0)
-            len += snprintf(line + len, sizeof line - (size_t)len, "  #%lu %.0f%%", t->seq,
-                            run[k].progress_done * 100);
-    }
-    if (len > (int)sizeof line - 1)
-        len = (int)sizeof line - 1;
-    (void)runout_write_all(2, line, (size_t)len);
-    st->progress_shown = 1;
+    (void)p;
+    progress_draw(arg);
 }
 
 /* ------------------------------------------------------------ input */
@@ -495,7 +593,7 @@ static int line_task(run_state *st, const char *s, size_t n)
 
     st->lineno++;
     if (memchr(s, '\0', n)) {
-        cli_error("run: input line %lu holds a NUL byte: input stopped there", st->lineno);
+        say(st, "run: input line %lu holds a NUL byte: input stopped there", st->lineno);
         return -EINVAL;
     }
     t = task_new(st);
@@ -543,8 +641,8 @@ static int feed_lines(run_state *st)
         return SF_FEED_END;
     }
     if (st->inlen > LINE_MAX_BYTES) {
-        cli_error("run: input line %lu is longer than %d bytes: input stopped there",
-                  st->lineno + 1, LINE_MAX_BYTES);
+        say(st, "run: input line %lu is longer than %d bytes: input stopped there",
+            st->lineno + 1, LINE_MAX_BYTES);
         return -EMSGSIZE;
     }
     /* One read: the pool only calls when the descriptor is readable. */
@@ -553,8 +651,8 @@ static int feed_lines(run_state *st)
         if (k < 0 && errno == EINTR)
             continue;
         if (k < 0) {
-            cli_error("run: reading %s: %s", st->arg_file ? st->arg_file : "stdin",
-                      strerror(errno));
+            say(st, "run: reading %s: %s", st->arg_file ? st->arg_file : "stdin",
+                strerror(errno));
             return -errno;
         }
         if (k == 0)
@@ -578,7 +676,7 @@ static int feed(sf_pool *p, void *arg)
     rc = st->ngroups ? feed_groups(st) : feed_lines(st);
     if (rc < 0) {
         if (rc == -ENOMEM)
-            cli_error("run: out of memory reading the input");
+            say(st, "run: out of memory reading the input");
         st->input_error = 1;
         return SF_FEED_END;
     }
@@ -852,6 +950,78 @@ static int parse_args(run_state *st, int argc, char **argv)
 
 /* ------------------------------------------------------------ main */
 
+/* Whether a and b are one regular file (by device and inode: a symlink or
+ * another name for it is the same). Two names for /dev/null are not. */
+static int same_file(int a, int b)
+{
+    struct stat sa, sb;
+
+    if (a < 0 || b < 0 || fstat(a, &sa) < 0 || fstat(b, &sb) < 0)
+        return 0;
+    return S_ISREG(sa.st_mode) && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* Refuses a record file that is the input or the other record file: it
+ * would be emptied before it is read, or get two kinds of lines. Checked
+ * on the open descriptors, before either is emptied. 0, or -1 after
+ * saying why. */
+static int check_distinct(const run_state *st)
+{
+    const char *input = st->arg_file ? st->arg_file : "stdin";
+    const char *what = st->arg_file ? "--arg-file" : "the file on";
+
+    if (same_file(st->joblog_fd, st->results_fd)) {
+        cli_error("run: --joblog %s and --results %s are the same file", st->joblog_path,
+                  st->results_path);
+        return -1;
+    }
+    if (same_file(st->joblog_fd, st->in_fd)) {
+        cli_error("run: --joblog %s is %s %s: it would be emptied before it is read",
+                  st->joblog_path, what, input);
+        return -1;
+    }
+    if (same_file(st->results_fd, st->in_fd)) {
+        cli_error("run: --results %s is %s %s: it would be emptied before it is read",
+                  st->results_path, what, input);
+        return -1;
+    }
+    return 0;
+}
+
+/* Opens --joblog and --results and makes them ready (emptied, or resumed
+ * on a line of their own), after the input is open. 0, or -1 after
+ * saying why. */
+static int open_records(run_state *st)
+{
+    int rc;
+
+    if (st->joblog_path) {
+        if ((rc = runlog_open(st->joblog_path)) < 0)
+            goto joblog_fail;
+        st->joblog_fd = rc;
+    }
+    if (st->results_path) {
+        if ((rc = runlog_open(st->results_path)) < 0)
+            goto results_fail;
+        st->results_fd = rc;
+    }
+    if (check_distinct(st) < 0)
+        return -1;
+    if (st->joblog_fd >= 0 &&
+        (rc = runlog_joblog_begin(st->joblog_fd, st->resume ? &st->done : NULL)) < 0)
+        goto joblog_fail;
+    if (st->results_fd >= 0 && (rc = runlog_results_begin(st->results_fd, st->resume)) < 0)
+        goto results_fail;
+    return 0;
+
+joblog_fail:
+    cli_error("run: cannot write to %s: %s", st->joblog_path, strerror(-rc));
+    return -1;
+results_fail:
+    cli_error("run: cannot write to %s: %s", st->results_path, strerror(-rc));
+    return -1;
+}
+
 static void summary(const run_state *st, const sf_pool_stats *s, double el)
 {
     char line[512];
@@ -902,6 +1072,7 @@ int cmd_run(int argc, char **argv)
     memset(&st, 0, sizeof st);
     st.progress = -1;
     st.in_fd = -1;
+    st.joblog_fd = st.results_fd = -1;
     st.next_seq = 1;
     st.next_print = 1;
     sf_pool_opts_init(&st.po);
@@ -912,6 +1083,10 @@ int cmd_run(int argc, char **argv)
     }
     if (st.progress < 0)
         st.progress = isatty(2);
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = on_xfsz;
+    sigaction(SIGXFSZ, &sa, NULL);
 
     /* Grouped output may hold a spill file per task and stream. */
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -929,17 +1104,9 @@ int cmd_run(int argc, char **argv)
             status = EXIT_RUN_USAGE;
             goto out;
         }
-    }
-    if (st.joblog_path && !(st.joblog = runlog_joblog_open(st.joblog_path, st.resume))) {
-        cli_error("run: %s: %s", st.joblog_path, strerror(errno));
-        status = EXIT_RUN_USAGE;
-        goto out;
-    }
-    if (st.results_path &&
-        !(st.results = fopen(st.results_path, st.resume ? "ae" : "we"))) {
-        cli_error("run: %s: %s", st.results_path, strerror(errno));
-        status = EXIT_RUN_USAGE;
-        goto out;
+        if (st.done.tail == RUNLOG_TAIL_CUT)
+            cli_error("run: %s: its last line is cut short (a crash?): ignored, and its task "
+                      "runs again", st.joblog_path);
     }
     if (!st.ngroups) {
         if (st.arg_file) {
@@ -965,6 +1132,10 @@ int cmd_run(int argc, char **argv)
         for (size_t g = 0; g < st.ngroups; g++)
             st.total = st.total * st.gsize[g];
     }
+    if (open_records(&st) < 0) {
+        status = EXIT_RUN_ERROR;
+        goto out;
+    }
 
     st.po.capture_output = 1;
     /* Grouped output is held until the task ends: bounded by default.
@@ -977,7 +1148,8 @@ int cmd_run(int argc, char **argv)
     st.po.on_tick = st.progress ? on_tick : NULL;
     st.po.tick_s = st.progress ? 0.2 : 0;
     st.po.arg = &st;
-    st.po.log = cli_log;
+    st.po.log = run_log;
+    st.po.log_arg = &st;
     st.po.queue_max = 65536 + 65536;
     st.pool = sf_pool_new(&st.po);
     if (!st.pool) {
@@ -1009,7 +1181,9 @@ int cmd_run(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     st.t0 = now_s();
+    st.pool_running = 1;
     rc = sf_pool_run(st.pool);
+    st.pool_running = 0;
     progress_clear(&st);
     sf_pool_get_stats(st.pool, &s);
     if (rc < 0)
@@ -1020,8 +1194,8 @@ int cmd_run(int argc, char **argv)
         status = 128 + stop_signal;
     else if (st.write_error)
         status = 128 + SIGPIPE;
-    else if (st.input_error || rc < 0)
-        status = EXIT_RUN_USAGE;
+    else if (st.data_lost || st.input_error || rc < 0)
+        status = EXIT_RUN_ERROR;
     else
         status = s.failed > EXIT_FAILED_MAX ? EXIT_FAILED_MAX : (int)s.failed;
 
@@ -1033,10 +1207,10 @@ out:
             task_free(st.ring[k]);
         free(st.ring);
     }
-    if (st.joblog)
-        fclose(st.joblog);
-    if (st.results)
-        fclose(st.results);
+    if (st.joblog_fd >= 0)
+        close(st.joblog_fd);
+    if (st.results_fd >= 0)
+        close(st.results_fd);
     if (st.in_fd > 0)
         close(st.in_fd);
     runlog_done_free(&st.done);

@@ -85,35 +85,65 @@ static size_t parse(const char *s, size_t *group, enum part *p, char *special)
     return 0;
 }
 
-/* Copies s (len bytes) to out+n, or only measures with out NULL; with
- * quote, as one shell word in single quotes (' becomes '\''). Returns the
- * bytes it takes. */
+/* Whether a shell takes c as it is in a word: GNU parallel's set. */
+static int shell_safe(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '_' || c == '.' || c == '+' || c == '/';
+}
+
+/*
+ * Copies s (len bytes) to out+n, or only measures with out NULL. Returns
+ * the bytes it takes. With quote, as one shell word, as GNU parallel
+ * quotes (shell_quote_scalar_default), so the same command lines work:
+ * a word of safe characters only is left as it is ("3" stays 3, and
+ * `$(( {} * 2 ))` is arithmetic), the empty word is '', anything else
+ * goes in single quotes with ' as '"'"', less the '' that leaves at
+ * either end ("it's" is 'it'"'"'s, "'" is "'").
+ */
 static size_t put(char *out, size_t n, const char *s, size_t len, int quote)
 {
-    size_t k = 0;
+    size_t quotes = 0, total, skip_lead, skip_trail, k = 0, at = 0;
+    int safe = 1;
 
-    if (!quote) {
+    for (size_t i = 0; i < len; i++) {
+        quotes += s[i] == '\'';
+        safe &= shell_safe((unsigned char)s[i]);
+    }
+    if (!quote || (safe && len)) {
         if (out)
             memcpy(out + n, s, len);
         return len;
     }
-    if (out)
-        out[n + k] = '\'';
-    k++;
+    /* The whole form, 'body' with each ' as '"'"', written from skip_lead
+     * to total - skip_trail. */
+    total = 2 + len + 4 * quotes;
+    skip_lead = len && s[0] == '\'' ? 2 : 0;
+    skip_trail = len && s[len - 1] == '\'' ? 2 : 0;
+#define EMIT(c)                                                                  \
+    do {                                                                         \
+        if (at >= skip_lead && at < total - skip_trail) {                        \
+            if (out)                                                             \
+                out[n + k] = (c);                                                \
+            k++;                                                                 \
+        }                                                                        \
+        at++;                                                                    \
+    } while (0)
+    EMIT('\'');
     for (size_t i = 0; i < len; i++) {
         if (s[i] == '\'') {
-            if (out)
-                memcpy(out + n + k, "'\\''", 4);
-            k += 4;
+            EMIT('\'');
+            EMIT('"');
+            EMIT('\'');
+            EMIT('"');
+            EMIT('\'');
         } else {
-            if (out)
-                out[n + k] = s[i];
-            k++;
+            EMIT(s[i]);
         }
     }
-    if (out)
-        out[n + k] = '\'';
-    return k + 1;
+    EMIT('\'');
+#undef EMIT
+    return k;
 }
 
 /* Expands one word into out (NULL: only measures). Returns its length, or

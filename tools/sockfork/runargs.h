@@ -21,7 +21,9 @@
 #include <stddef.h>
 
 /* RUNARGS_QUOTE: each argument put in (replacing or appended) becomes one
- * shell word in single quotes, for a command line run by sh -c. */
+ * shell word, for a command line run by sh -c, quoted as GNU parallel
+ * quotes it: as it is if made only of [-_.+/A-Za-z0-9], '' if empty, else
+ * in single quotes (' as '"'"'). */
 #define RUNARGS_QUOTE 1
 
 /*

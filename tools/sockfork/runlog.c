@@ -1,10 +1,14 @@
 /* runlog.c - see runlog.h. */
 #include "runlog.h"
+#include "runout.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static const char joblog_header[] =
     "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n";
@@ -29,8 +33,9 @@ static int cmp_seq(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* Field i (0-based) of a tab-separated line, as a number; -1 if absent. */
-static int field_long(const char *line, int i, long *out)
+/* Field i (0-based) of a tab-separated line, as a number; -1 if absent.
+ * *next is the byte after it. */
+static int field_long(const char *line, int i, long *out, char *next)
 {
     char *end;
 
@@ -44,7 +49,21 @@ static int field_long(const char *line, int i, long *out)
     *out = strtol(line, &end, 10);
     if (errno || end == line || (*end != '\t' && *end != '\n' && *end != '\0'))
         return -1;
+    *next = *end;
     return 0;
+}
+
+/* A joblog entry's Seq, Exitval and Signal. A last line without its
+ * newline counts only if Signal is whole, that is followed by a tab:
+ * "1\t:\t...\t0\t1" may be the start of "0\t15". 0, or -1. */
+static int parse_entry(const char *line, int last, long *seq, long *exitval, long *sig)
+{
+    char next;
+
+    if (field_long(line, 0, seq, &next) < 0 || *seq < 1 ||
+        field_long(line, 6, exitval, &next) < 0 || field_long(line, 7, sig, &next) < 0)
+        return -1;
+    return last && next != '\t' ? -1 : 0;
 }
 
 int runlog_done_load(runlog_done *d, const char *path, int failed_only, unsigned long *lineno)
@@ -55,20 +74,27 @@ int runlog_done_load(runlog_done *d, const char *path, int failed_only, unsigned
     ssize_t n;
     int rc = 0;
 
-    d->seq = NULL;
-    d->n = d->cap = 0;
+    memset(d, 0, sizeof *d);
     *lineno = 0;
     if (!f)
         return errno == ENOENT ? 0 : -errno;
-    while ((n = getline(&line, &cap, f)) >= 0) {
+    while ((n = getline(&line, &cap, f)) > 0) {
         long seq, exitval, sig;
+        int last = line[n - 1] != '\n'; /* only the last line can lack it */
         ++*lineno;
+        if (!last)
+            d->whole_end += n;
+        else
+            d->tail = RUNLOG_TAIL_WHOLE;
         if (*lineno == 1 && strncmp(line, "Seq\t", 4) == 0)
             continue;
-        if (n == 0 || line[0] == '\n')
+        if (line[0] == '\n')
             continue;
-        if (field_long(line, 0, &seq) < 0 || seq < 1 || field_long(line, 6, &exitval) < 0 ||
-            field_long(line, 7, &sig) < 0) {
+        if (parse_entry(line, last, &seq, &exitval, &sig) < 0) {
+            if (last) { /* cut by a crash: that task runs again */
+                d->tail = RUNLOG_TAIL_CUT;
+                break;
+            }
             rc = -EPROTO;
             goto out;
         }
@@ -100,22 +126,93 @@ void runlog_done_free(runlog_done *d)
     d->n = d->cap = 0;
 }
 
-FILE *runlog_joblog_open(const char *path, int append)
+int runlog_open(const char *path)
 {
-    FILE *f = fopen(path, append ? "ae" : "we");
-    long end;
+    struct stat sb;
+    int fd, rw;
 
-    if (!f)
-        return NULL;
-    if (fseek(f, 0, SEEK_END) == 0 && (end = ftell(f)) == 0) {
-        if (fputs(joblog_header, f) == EOF || fflush(f) == EOF) {
-            int e = errno;
-            fclose(f);
-            errno = e;
-            return NULL;
-        }
+    /* Read access too, where it can be had, to see how a resumed file
+     * ends; O_RDWR would not block on a FIFO as O_WRONLY does, so only
+     * for a regular file. */
+    rw = stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+    fd = open(path, (rw ? O_RDWR : O_WRONLY) | O_CREAT | O_APPEND | O_CLOEXEC, 0666);
+    if (fd < 0 && rw && errno == EACCES)
+        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666);
+    return fd < 0 ? -errno : fd;
+}
+
+/* Whether fd is a regular file whose last byte is not a newline. */
+static int lacks_newline(int fd)
+{
+    struct stat sb;
+    char c;
+
+    if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) || sb.st_size == 0)
+        return 0;
+    /* Unreadable (opened write-only): a newline goes in to be sure; an
+     * empty line is skipped by every reader of ours. */
+    if (pread(fd, &c, 1, sb.st_size - 1) != 1)
+        return 1;
+    return c != '\n';
+}
+
+/* Empties a regular file; other files (a pipe, /dev/null) are left. */
+static int empty_file(int fd)
+{
+    struct stat sb;
+
+    if (fstat(fd, &sb) < 0)
+        return -errno;
+    if (S_ISREG(sb.st_mode) && ftruncate(fd, 0) < 0)
+        return -errno;
+    return 0;
+}
+
+/*
+ * Appends buf with one write where it can (a regular file takes it whole
+ * unless the disk is full). If it fails, what went in is cut off again,
+ * so the file ends on a whole line: a reader (or --resume) never meets a
+ * half entry, and the next entry does not glue onto one. 0 or -errno.
+ */
+static int put_entry(int fd, const char *buf, size_t n)
+{
+    off_t at = lseek(fd, 0, SEEK_END); /* -1 on a pipe: nothing to cut */
+    int rc = runout_write_all(fd, buf, n);
+
+    if (rc < 0 && at >= 0 && ftruncate(fd, at) < 0) {
+        /* /dev/full and the like: nothing was kept anyway. */
     }
-    return f;
+    return rc;
+}
+
+int runlog_joblog_begin(int fd, const runlog_done *resumed)
+{
+    struct stat sb;
+    int rc;
+
+    if (!resumed)
+        rc = empty_file(fd);
+    else if (resumed->tail == RUNLOG_TAIL_CUT)
+        rc = ftruncate(fd, resumed->whole_end) < 0 ? -errno : 0;
+    else if (lacks_newline(fd))
+        rc = put_entry(fd, "\n", 1);
+    else
+        rc = 0;
+    if (rc < 0)
+        return rc;
+    if (fstat(fd, &sb) < 0)
+        return -errno;
+    /* A new or emptied file, or not a regular one (a pipe): the header. */
+    if (!S_ISREG(sb.st_mode) || sb.st_size == 0)
+        return put_entry(fd, joblog_header, sizeof joblog_header - 1);
+    return 0;
+}
+
+int runlog_results_begin(int fd, int resuming)
+{
+    if (!resuming)
+        return empty_file(fd);
+    return lacks_newline(fd) ? put_entry(fd, "\n", 1) : 0;
 }
 
 /* A word as a shell would need it to read back the same: plain if it is
@@ -148,14 +245,20 @@ static void put_word(FILE *f, const char *w)
     fputc('\'', f);
 }
 
-int runlog_joblog_write(FILE *f, const runlog_entry *e)
+int runlog_joblog_write(int fd, const runlog_entry *e)
 {
     const sf_task_report *r = e->r;
     /* A task stopped for its timeout is -1, whatever it exited with, so
      * that --resume-failed and joblog readers see it failed. */
     int exitval = r->timed_out ? -1 : (r->status.exited ? r->status.code : 0);
     int sig = r->status.exited ? 0 : r->status.signal;
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    int rc;
 
+    if (!f)
+        return -ENOMEM;
     fprintf(f, "%lu\t:\t%.3f\t%10.3f\t0\t%llu\t%d\t%d\t", e->seq, r->start_time, r->duration_s,
             r->stdout_bytes, exitval, sig);
     for (size_t i = 0; r->argv && r->argv[i]; i++) {
@@ -164,7 +267,13 @@ int runlog_joblog_write(FILE *f, const runlog_entry *e)
         put_word(f, r->argv[i]);
     }
     fputc('\n', f);
-    return fflush(f) == EOF ? -errno : 0;
+    rc = ferror(f) ? -ENOMEM : 0;
+    if (fclose(f) == EOF)
+        rc = -ENOMEM;
+    if (rc == 0)
+        rc = put_entry(fd, text, len);
+    free(text);
+    return rc;
 }
 
 /* A string as JSON wants it: valid UTF-8, else cleaned. */
@@ -183,14 +292,15 @@ static json_t *json_text(const char *s)
     return j;
 }
 
-int runlog_results_write(FILE *f, const runlog_entry *e)
+int runlog_results_write(int fd, const runlog_entry *e)
 {
     const sf_task_report *r = e->r;
     json_t *o = json_object(), *cmd = json_array(), *result = json_null();
     char signame[16];
     const char *name = NULL;
-    char *text;
-    int rc = 0;
+    char *text, *line;
+    size_t len;
+    int rc;
 
     if (!o || !cmd)
         goto nomem;
@@ -232,12 +342,19 @@ int runlog_results_write(FILE *f, const runlog_entry *e)
         json_object_set_new(o, "stopped", json_true());
     if (r->output_limited)
         json_object_set_new(o, "output_limited", json_true());
+    /* The line and its newline in one piece, written at once. */
     text = json_dumps(o, JSON_COMPACT);
     if (!text)
         goto nomem;
-    if (fputs(text, f) == EOF || fputc('\n', f) == EOF || fflush(f) == EOF)
-        rc = -errno;
-    free(text);
+    len = strlen(text);
+    line = realloc(text, len + 1);
+    if (!line) {
+        free(text);
+        goto nomem;
+    }
+    line[len] = '\n';
+    rc = put_entry(fd, line, len + 1);
+    free(line);
     json_decref(o);
     return rc;
 
