@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -24,6 +25,10 @@
 #include <sys/wait.h>
 
 #define GUARD_READ 4096 /* a multiple of the record */
+/* Between reads the guard sleeps, so that the pool's sends pile up and are
+ * read a batch at a time: a wakeup per task would take CPU from the tasks.
+ * The socket holds far more than a run sends in that time. */
+#define GUARD_NAP_MS 10
 
 /* Applies whole records; returns the bytes of a partial one left at the end. */
 static size_t apply(proc_groups *g, const unsigned char *buf, size_t len)
@@ -58,20 +63,22 @@ static void detach_stdio(void)
 static void __attribute__((noreturn)) guard_main(int sock, unsigned max, double grace_s)
 {
     unsigned char buf[GUARD_READ];
-    size_t have = 0;
+    size_t have = 0, total;
     proc_groups g;
+    ssize_t n;
 
     detach_stdio();
     proc_groups_init(&g, max);
     for (;;) {
-        ssize_t n = read(sock, buf + have, sizeof buf - have);
+        n = read(sock, buf + have, sizeof buf - have);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
             break; /* EOF: the pool is gone or done */
-        size_t total = have + (size_t)n;
+        total = have + (size_t)n;
         have = apply(&g, buf, total);
         memmove(buf, buf + total - have, have);
+        (void)poll(NULL, 0, GUARD_NAP_MS);
     }
     proc_groups_takedown(&g, grace_s, NULL, NULL);
     _exit(0);
