@@ -740,6 +740,15 @@ int sf_server_run(sf_server *s)
         return rc;
     s->bus_ready = 1;
 
+    /* A client that goes away while we write must cost an EPIPE, never the
+     * supervisor, and never a C handler: set before sup_init forks the
+     * spawner, whose children inherit it (an ignored signal stays ignored
+     * in proc_fork). sf_conn_exec gives exec'd programs the default back. */
+    memset(&ign, 0, sizeof ign);
+    ign.sa_handler = SIG_IGN;
+    sigemptyset(&ign.sa_mask);
+    sigaction(SIGPIPE, &ign, &old_pipe);
+
     memset(&cfg, 0, sizeof cfg);
     cfg.max_children = s->opts.max_conns;
     cfg.grace = s->opts.grace;
@@ -753,16 +762,11 @@ int sf_server_run(sf_server *s)
     cfg.on_started = on_started;
     cfg.on_spawn_failed = on_spawn_failed;
     rc = sup_init(&s->sup, s->loop, &cfg);
-    if (rc < 0)
+    if (rc < 0) {
+        sigaction(SIGPIPE, &old_pipe, NULL);
         return rc;
+    }
     s->sup_ready = 1;
-
-    /* A client that goes away while we write must cost an EPIPE, never the
-     * supervisor. */
-    memset(&ign, 0, sizeof ign);
-    ign.sa_handler = SIG_IGN;
-    sigemptyset(&ign.sa_mask);
-    sigaction(SIGPIPE, &ign, &old_pipe);
 
     if (s->opts.idle_timeout > 0) {
         double period = s->opts.idle_timeout / 4;
@@ -776,10 +780,12 @@ int sf_server_run(sf_server *s)
     sup_run(&s->sup);
 
     ev_timer_stop(s->loop, &s->idle_timer);
-    sigaction(SIGPIPE, &old_pipe, NULL);
     if (s->have_orig_fdlimit)
         (void)setrlimit(RLIMIT_NOFILE, &s->orig_fdlimit);
+    /* Logged while SIGPIPE is still ignored: a log going to a pipe whose
+     * reader has left must not kill us now, before the caller cleans up. */
     sf_logf(&s->log, SF_LOG_NOTICE, "exiting");
+    sigaction(SIGPIPE, &old_pipe, NULL);
     return 0;
 }
 

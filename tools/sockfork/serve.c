@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,6 +184,11 @@ static int run_server(int argc, char **argv, const server_kind *k)
     char control_buf[300];
     unsigned u;
 
+    /* Our log is stderr, which may be a pipe whose reader has gone (`serve
+     * 2>&1 | tee log`, then Ctrl-C): a line must cost an EPIPE, never the
+     * process before it has cleaned up. C handlers inherit this; exec'd
+     * programs get the default back (sf_conn_exec). */
+    signal(SIGPIPE, SIG_IGN);
     sf_server_opts_init(&opts);
     opts.log = cli_log;
     opts.on_ready = announce_listeners;
