@@ -228,6 +228,61 @@ static int spawn(sf_server *s, conn_rec *r)
     return sup_spawn(&s->sup, &cs, sizeof cs, fds, 2, r);
 }
 
+/*
+ * A connection whose child could not be started for lack of processes,
+ * descriptors or memory is kept, and tried again after a backoff. Such
+ * failures come in episodes, with many connections each failing at every
+ * retry: the log says when one begins and when it ends, with a count, not
+ * a line per connection per retry.
+ */
+static void retry_episode_failure(sf_server *s, const char *what, int err)
+{
+    if (s->retry_failures++ > 0)
+        return;
+    s->retry_since = ev_now(s->loop);
+    sf_logf(&s->log, SF_LOG_WARN, "cannot %s: %s; retrying in %g s", what, strerror(-err),
+            s->backoff < BACKOFF_MIN ? BACKOFF_MIN : s->backoff);
+}
+
+/* A child started: the episode is over once no connection waits for a
+ * retry. One failure that the first retry cured is said by the first line
+ * already; a longer episode gets a second line with its count. */
+static void retry_episode_end(sf_server *s)
+{
+    if (s->retry_failures == 0 || s->retry_head || (s->paused & PAUSE_FORK_ERR))
+        return;
+    if (s->retry_failures > 1)
+        sf_logf(&s->log, SF_LOG_NOTICE, "starting children again after %llu failed attempts in %.1f s",
+                (unsigned long long)s->retry_failures, ev_now(s->loop) - s->retry_since);
+    s->retry_failures = 0;
+}
+
+static void retry_push(sf_server *s, conn_rec *r)
+{
+    r->next_free = NULL;
+    if (s->retry_tail)
+        s->retry_tail->next_free = r;
+    else
+        s->retry_head = r;
+    s->retry_tail = r;
+}
+
+/* Out of descriptors, processes or memory: not the connection's fault,
+ * and over once children exit. */
+static int transient(int err)
+{
+    return err == -EMFILE || err == -ENFILE || err == -ENOMEM || err == -ENOBUFS ||
+           err == -EAGAIN;
+}
+
+/* Kept: asked for again after the backoff, accepting paused meanwhile. */
+static void hold_for_retry(sf_server *s, conn_rec *r, const char *what, int err)
+{
+    retry_episode_failure(s, what, err);
+    retry_push(s, r);
+    backoff_start(s, PAUSE_FORK_ERR);
+}
+
 /* The child runs: it has its copies of the connection and channel. */
 static void on_started(sup *sp, pid_t pid, void *data, void *arg)
 {
@@ -237,6 +292,7 @@ static void on_started(sup *sp, pid_t pid, void *data, void *arg)
     (void)sp;
 
     s->backoff = 0;
+    retry_episode_end(s);
     close_fd(&r->fd); /* the child has it; see the top of this file */
     close_fd(&r->cfd);
     r->pid = pid;
@@ -244,7 +300,7 @@ static void on_started(sup *sp, pid_t pid, void *data, void *arg)
     s->stats.accepted++;
     if (r->is_tcp) {
         hmap_key k = server_tuple_key(&r->peer, r->local_port);
-        (void)hmap_put(&s->by_tuple, &k, (uint32_t)(r - s->recs)); /* reserved in start_conn */
+        (void)hmap_put(&s->by_tuple, &k, (uint32_t)(r - s->recs)); /* reserved in launch */
     }
     rc = endpoint_open(&s->bus, &r->ep, r->sfd, pid, s->opts.channel_jsonl, r);
     r->sfd = -1; /* the endpoint has it (or closed it) */
@@ -258,16 +314,6 @@ static void on_started(sup *sp, pid_t pid, void *data, void *arg)
     }
 }
 
-static void retry_push(sf_server *s, conn_rec *r)
-{
-    r->next_free = NULL;
-    if (s->retry_tail)
-        s->retry_tail->next_free = r;
-    else
-        s->retry_head = r;
-    s->retry_tail = r;
-}
-
 static void on_spawn_failed(sup *sp, int err, void *data, void *arg)
 {
     sf_server *s = arg;
@@ -277,11 +323,8 @@ static void on_spawn_failed(sup *sp, int err, void *data, void *arg)
 
     if ((err == -EAGAIN || err == -ENOMEM) && !s->sup.shutting_down) {
         /* fork() failed: keep the connection, try again after a backoff. */
-        sf_logf(&s->log, SF_LOG_WARN, "cannot fork: %s; retrying in %g s", strerror(-err),
-                s->backoff < BACKOFF_MIN ? BACKOFF_MIN : s->backoff);
         s->stats.fork_failures++;
-        retry_push(s, r);
-        backoff_start(s, PAUSE_FORK_ERR);
+        hold_for_retry(s, r, "fork", err);
         return;
     }
     peer_text(r, peer, sizeof peer);
@@ -308,13 +351,38 @@ static void check_limit(sf_server *s)
     }
 }
 
-/* Refuses r (per-IP limit) or makes its channel and asks for its child.
+/* Makes r's channel (unless a try before made it) and asks for its child.
  * Every table entry the child will need is reserved here, so that
- * on_started cannot fail. */
+ * on_started cannot fail. Returns 0, or -errno with r as it was. */
+static int launch(sf_server *s, conn_rec *r)
+{
+    int sv[2], rc = 0;
+
+    /* Room for every child whose start is still unanswered, and this one. */
+    if (r->is_tcp)
+        rc = hmap_reserve(&s->by_tuple, s->by_tuple.count + s->sup.spawning + 1);
+    /* Both ends non-blocking: ours must be; the child makes its own
+     * blocking again (child_main), on its own time, not the supervisor's. */
+    if (rc == 0 && r->sfd < 0) {
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0) {
+            rc = -errno;
+        } else {
+            r->sfd = sv[0];
+            r->cfd = sv[1];
+        }
+    }
+    if (rc == 0)
+        rc = spawn(s, r);
+    return rc;
+}
+
+/* Refuses r (per-IP limit) or starts it (launch). A connection that cannot
+ * start for want of descriptors (EMFILE on its channel: accept() took the
+ * last one) or memory is kept for a retry, as after a failed fork. */
 static void start_conn(sf_server *s, conn_rec *r)
 {
     char peer[SF_ADDR_TEXT_MAX];
-    int sv[2], rc;
+    int rc;
 
     if (s->opts.max_per_ip && r->is_tcp && per_ip_count(s, r) >= s->opts.max_per_ip) {
         char host[SF_ADDR_TEXT_MAX];
@@ -331,17 +399,6 @@ static void start_conn(sf_server *s, conn_rec *r)
     rc = 0;
     if (s->opts.max_per_ip && r->is_tcp)
         rc = hmap_reserve(&s->per_ip, s->per_ip.count + 1);
-    if (rc == 0 && r->is_tcp)
-        rc = hmap_reserve(&s->by_tuple, s->by_tuple.count + 1);
-    /* Both ends non-blocking: ours must be; the child makes its own
-     * blocking again (child_main), on its own time, not the supervisor's. */
-    if (rc == 0 && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0)
-        rc = -errno;
-    if (rc == 0) {
-        r->sfd = sv[0];
-        r->cfd = sv[1];
-        rc = spawn(s, r);
-    }
     if (rc < 0) {
         peer_text(r, peer, sizeof peer);
         sf_logf(&s->log, SF_LOG_WARN, "[%s] dropped: cannot start its child: %s", peer,
@@ -349,7 +406,19 @@ static void start_conn(sf_server *s, conn_rec *r)
         rec_release(s, r);
         return;
     }
+    /* Counted from now on, waiting for a retry or not: it holds its place. */
     per_ip_add(s, r, +1);
+    rc = launch(s, r);
+    if (rc < 0 && transient(rc)) {
+        if (rc != -EAGAIN && rc != -ENOMEM)
+            s->stats.accept_failures++;
+        hold_for_retry(s, r, rc == -EAGAIN ? "fork" : "start a child", rc);
+    } else if (rc < 0) {
+        peer_text(r, peer, sizeof peer);
+        sf_logf(&s->log, SF_LOG_WARN, "[%s] dropped: cannot start its child: %s", peer,
+                strerror(-rc));
+        rec_release(s, r);
+    }
 }
 
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
@@ -406,27 +475,32 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 static void backoff_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     sf_server *s = w->data;
+    conn_rec *retry;
     (void)loop;
     (void)revents;
 
     backoff_grow(s);
     /* Fork failures: ask again. A new failure re-arms the timer and pauses
      * accepting again; the first success (on_started) resets the backoff. */
-    while (s->retry_head) {
-        conn_rec *r = s->retry_head;
+    s->paused &= ~(PAUSE_ACCEPT_ERR | PAUSE_FORK_ERR);
+    /* The list is taken whole: a connection failing again goes on a new
+     * one, for the next backoff, and pauses accepting again. */
+    retry = s->retry_head;
+    s->retry_head = s->retry_tail = NULL;
+    while (retry) {
+        conn_rec *r = retry;
         int rc;
-        s->retry_head = r->next_free;
-        if (!s->retry_head)
-            s->retry_tail = NULL;
-        rc = spawn(s, r);
-        if (rc < 0) {
+        retry = r->next_free;
+        rc = launch(s, r);
+        if (rc < 0 && transient(rc) && !s->sup.shutting_down) {
+            hold_for_retry(s, r, rc == -EAGAIN ? "fork" : "start a child", rc);
+        } else if (rc < 0) {
             char peer[SF_ADDR_TEXT_MAX];
             peer_text(r, peer, sizeof peer);
             sf_logf(&s->log, SF_LOG_WARN, "[%s] dropped: %s", peer, strerror(-rc));
             rec_release(s, r);
         }
     }
-    s->paused &= ~(PAUSE_ACCEPT_ERR | PAUSE_FORK_ERR);
     check_limit(s);
     update_accepting(s);
 }

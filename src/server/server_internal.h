@@ -73,7 +73,9 @@ struct sf_server {
     unsigned paused;
     double backoff;
     ev_timer backoff_timer;
-    conn_rec *retry_head, *retry_tail; /* fork failed: sent again after backoff */
+    conn_rec *retry_head, *retry_tail; /* could not start: sent again after backoff */
+    uint64_t retry_failures; /* in the current episode of failed starts; 0: none */
+    ev_tstamp retry_since;   /* when it began */
     ev_timer idle_timer;
     ev_async stop_async;
 

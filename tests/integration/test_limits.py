@@ -4,7 +4,7 @@ import re
 import select
 import time
 
-from conftest import expect_eof, peer_text, recv_exact
+from conftest import BIN, LONG_WAIT, expect_eof, peer_text, recv_exact
 
 
 def echo_ok(sock, text=b"ping\n"):
@@ -170,3 +170,33 @@ def test_idle_timeout_does_not_apply_to_unix_clients(sockfork, tmp_path):
     srv.wait_disconnected(silent)
     echo_ok(u)  # ...the silent Unix one is not
     assert not srv.log.find(r"\[unix:[^\]]*\] (idle|disconnected)")
+
+
+def test_at_the_descriptor_limit_every_connection_is_served(sockfork, tmp_path):
+    """More clients than descriptors: accept() may take the last one, leaving
+    none for the child's channel. Such a connection is kept and started when
+    descriptors come back, never closed unserved."""
+    wrapper = tmp_path / "lowfd.sh"
+    wrapper.write_text('#!/bin/sh\nulimit -n 64 || exit 99\nexec "%s" "$@"\n' % BIN)
+    wrapper.chmod(0o755)
+    srv = sockfork("--echo", "--control", str(tmp_path / "ctl.sock"), bin=str(wrapper))
+    n = 150
+    clients = {}
+    for _ in range(n):
+        c = srv.connect()
+        clients[peer_text(c)] = c
+    # Serve them as they come, closing each once served: that frees the
+    # descriptors the next ones need.
+    pos = 0
+    while clients:
+        i, m = srv.log.wait_one(r"^sockfork: \[(.+?)\] connected pid=\d+", start=pos,
+                                timeout=LONG_WAIT)
+        pos = i + 1
+        c = clients.pop(m.group(1))
+        msg = b"served %s\n" % m.group(1).encode()
+        c.sendall(msg)
+        assert recv_exact(c, len(msg)) == msg
+        srv.close_client(c)
+    assert not srv.log.find(r"dropped"), srv.log.text()
+    assert srv.log.find(r"Too many open files"), "the limit was never reached"
+    srv.wait_disconnected(peer_text(m.group(1)))
