@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 /* ------------------------------------------------------------ helpers */
@@ -49,16 +50,36 @@ static hmap_key ip_key(const sf_addr *a)
     return k;
 }
 
-/* A TCP connection as the kernel's dump names it: peer address and port,
- * local port. (One local address per listener port is all we serve.) */
-hmap_key server_tuple_key(const sf_addr *peer, uint16_t local_port)
+/* A TCP connection as the kernel's dump names it: the whole tuple. Two
+ * connections from one client port to two local addresses (two listeners
+ * on one port, or a wildcard listener reached by two addresses) differ
+ * only in the local address, and must not share an entry. */
+hmap_key server_tuple_key(const sf_addr *peer, const sf_addr *local)
 {
     hmap_key k = ip_key(peer);
-    uint16_t pport = (uint16_t)sf_addr_port(peer);
+    uint16_t pport = (uint16_t)sf_addr_port(peer), lport = (uint16_t)sf_addr_port(local);
 
     memcpy(k.b + 17, &pport, 2);
-    memcpy(k.b + 19, &local_port, 2);
+    memcpy(k.b + 19, &lport, 2);
+    if (local->u.sa.sa_family == AF_INET)
+        memcpy(k.b + 21, &local->u.in4.sin_addr, 4);
+    else if (local->u.sa.sa_family == AF_INET6)
+        memcpy(k.b + 21, &local->u.in6.sin6_addr, 16);
     return k;
+}
+
+/* The connection's own local address: the listener's, unless that is a
+ * wildcard (then one getsockname, only for those). */
+static int local_addr_of(const listener *l, int fd, sf_addr *local)
+{
+    *local = l->addr;
+    if ((l->addr.u.sa.sa_family == AF_INET && l->addr.u.in4.sin_addr.s_addr == htonl(INADDR_ANY)) ||
+        (l->addr.u.sa.sa_family == AF_INET6 && IN6_IS_ADDR_UNSPECIFIED(&l->addr.u.in6.sin6_addr))) {
+        local->len = sizeof local->u;
+        if (getsockname(fd, &local->u.sa, &local->len) < 0)
+            return -errno;
+    }
+    return 0;
 }
 
 /* Records are handed out from the low end of the array and reused from a
@@ -299,8 +320,7 @@ static void on_started(sup *sp, pid_t pid, void *data, void *arg)
     r->started = ev_now(s->loop);
     s->stats.accepted++;
     if (r->is_tcp) {
-        hmap_key k = server_tuple_key(&r->peer, r->local_port);
-        (void)hmap_put(&s->by_tuple, &k, (uint32_t)(r - s->recs)); /* reserved in launch */
+        (void)hmap_put(&s->by_tuple, &r->tuple, (uint32_t)(r - s->recs)); /* reserved in launch */
     }
     rc = endpoint_open(&s->bus, &r->ep, r->sfd, pid, s->opts.channel_jsonl, r);
     r->sfd = -1; /* the endpoint has it (or closed it) */
@@ -465,8 +485,15 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         r = rec_alloc(s); /* check_limit guarantees one */
         r->fd = fd;
         r->is_tcp = l->addr.u.sa.sa_family != AF_UNIX;
-        r->local_port = (uint16_t)sf_addr_port(&l->addr);
         r->peer = r->is_tcp ? peer : l->addr;
+        if (r->is_tcp) {
+            sf_addr local;
+            if (local_addr_of(l, fd, &local) < 0) {
+                rec_release(s, r); /* the client is gone already (ENOTCONN) */
+                continue;
+            }
+            r->tuple = server_tuple_key(&r->peer, &local);
+        }
         start_conn(s, r);
     }
     check_limit(s);
@@ -527,10 +554,8 @@ static void on_child_exit(sup *sp, pid_t pid, int wstatus, void *data, void *arg
         sf_logf(&s->log, SF_LOG_INFO, "[%s] disconnected pid=%d duration=%.3fs status=%s", peer,
                 (int)pid, ev_now(s->loop) - r->started, status);
     }
-    if (r->is_tcp) {
-        hmap_key k = server_tuple_key(&r->peer, r->local_port);
-        (void)hmap_del(&s->by_tuple, &k);
-    }
+    if (r->is_tcp)
+        (void)hmap_del(&s->by_tuple, &r->tuple);
     endpoint_drain(&r->ep); /* its last words, before its will */
     rec_release(s, r);
     check_limit(s);
@@ -541,7 +566,7 @@ static void idle_check_one(void *arg, const sf_addr *local, const sf_addr *peer,
                            const os_tcp_stats *st)
 {
     sf_server *s = arg;
-    hmap_key k = server_tuple_key(peer, (uint16_t)sf_addr_port(local));
+    hmap_key k = server_tuple_key(peer, local);
     uint32_t *slot = hmap_get(&s->by_tuple, &k);
     conn_rec *r;
 
@@ -567,6 +592,18 @@ void server_end_child(sf_server *s, conn_rec *r)
     sup_terminate(&s->sup, r->pid);
 }
 
+static int port_dumped_before(const sf_server *s, size_t i)
+{
+    const sf_addr *a = &s->listeners[i].addr;
+
+    for (size_t j = 0; j < i; j++) {
+        const sf_addr *b = &s->listeners[j].addr;
+        if (b->u.sa.sa_family == a->u.sa.sa_family && sf_addr_port(b) == sf_addr_port(a))
+            return 1;
+    }
+    return 0;
+}
+
 /* Asks the kernel how long each client has been silent, one dump per TCP
  * listener. The period is a quarter of the timeout (at most 1 s), so a
  * client is cut between 1 and 1.25 timeouts after its last byte. */
@@ -584,6 +621,8 @@ static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
         if (a->u.sa.sa_family != AF_INET && a->u.sa.sa_family != AF_INET6)
             continue;
+        if (port_dumped_before(s, i))
+            continue; /* one port on two addresses: one dump has both */
         rc = os_tcpdiag_dump(s->diag_fd, a->u.sa.sa_family, (uint16_t)sf_addr_port(a),
                              idle_check_one, s);
         if (rc < 0)
