@@ -384,6 +384,11 @@ SF_EXTERN void sf_server_free(sf_server *s);
  *   every CPU busy; its commands and workers get the old slice back, and so
  *   does the thread when sf_pool_run returns. Processes a callback starts
  *   itself (system(), popen) inherit the short slice.
+ * - forks one small guard process (its child until sf_pool_run returns,
+ *   then reaped), told each task's process group: if the program is
+ *   killed, even by SIGKILL, the guard ends the groups still running
+ *   (SIGTERM, the kill grace, SIGKILL). A program that reaps with
+ *   waitpid(-1) while the pool runs may reap it too; the run then goes on.
  *
  * Every submitted task is reported exactly once, to on_done.
  */
