@@ -387,8 +387,8 @@ SF_EXTERN void sf_server_free(sf_server *s);
  * - forks one small guard process (its child until sf_pool_run returns,
  *   then reaped), told each task's process group: if the program is
  *   killed, even by SIGKILL, the guard ends the groups still running
- *   (SIGTERM, the kill grace, SIGKILL). A program that reaps with
- *   waitpid(-1) while the pool runs may reap it too; the run then goes on.
+ *   (SIGTERM, the kill grace, SIGKILL). A waitpid(-1) of the program may
+ *   reap it too; that is harmless.
  *
  * Every submitted task is reported exactly once, to on_done.
  */
