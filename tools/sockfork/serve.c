@@ -35,7 +35,7 @@ static const char serve_usage[] =
     "                        limit new clients wait in the kernel's backlog\n"
     "      --max-per-ip N    connections at once from one address (default: no limit)\n"
     "      --idle-timeout S  close TCP clients that send nothing for S seconds\n"
-    "      --grace S         at SIGTERM/SIGINT, time children get to finish\n"
+    "      --grace S         at SIGTERM/SIGINT/SIGHUP, time children get to finish\n"
     "                        before they are terminated (default 10)\n"
     "      --backlog N       listen backlog (default: the system maximum)\n"
     "      --control PATH    control socket for `sockfork ctl` (mode 0600); default\n"
