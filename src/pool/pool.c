@@ -720,7 +720,7 @@ int sf_pool_run(sf_pool *p)
 {
     struct epoll_event evs[EVENTS_MAX];
     double next_tick = 0;
-    int rc = 0;
+    int rc = 0, gerr;
 
     if (!p)
         return -EINVAL;
@@ -732,10 +732,9 @@ int sf_pool_run(sf_pool *p)
     p->reset_signals = p->caught_signals;
     sigaddset(&p->reset_signals, SIGPIPE);
     /* Before the slice is shortened: the guard has no use for it. */
-    if ((rc = proc_guard_start(&p->guard, p->jobs, p->o.kill_grace_s, &p->caught_signals)) < 0)
+    if ((gerr = proc_guard_start(&p->guard, p->jobs, p->o.kill_grace_s, &p->caught_signals)) < 0)
         sf_logf(&p->log, SF_LOG_WARN, "cannot start the guard: %s; tasks may outlive a killed run",
-                strerror(-rc));
-    rc = 0;
+                strerror(-gerr));
     /* The loop is what starts the next task: let it run as soon as an
      * exit wakes it (os/slice.c says why). */
     (void)os_slice_short(&p->slice);

@@ -67,7 +67,8 @@ static void on_sigchld(int sig)
 static spawn_msg *outbox; /* SPAWN_MSGS_MAX */
 static int nout;
 /* Our children not yet reaped, each the leader of its group: what we take
- * down if the supervisor dies. Also in memory children do not get. */
+ * down if the supervisor dies. Its table is in memory children do not get
+ * (proc_groups uses os_nofork). */
 static proc_groups live;
 static double kill_grace;
 
