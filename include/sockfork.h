@@ -330,13 +330,15 @@ SF_EXTERN size_t sf_server_listener_count(const sf_server *s);
 SF_EXTERN const sf_addr *sf_server_listener_addr(const sf_server *s, size_t i);
 
 /*
- * Runs the supervisor until SIGTERM or SIGINT (or sf_server_stop), then
- * shuts down gracefully: listeners are closed, children get `grace` seconds
- * to finish, then SIGTERM, then SIGKILL after `kill_grace`; a second
- * SIGTERM/SIGINT skips what is left of the grace. Returns 0 once every
+ * Runs the supervisor until SIGTERM, SIGINT or SIGHUP (or sf_server_stop),
+ * then shuts down gracefully: listeners are closed, children get `grace`
+ * seconds to finish, then SIGTERM, then SIGKILL after `kill_grace`; a second
+ * signal skips what is left of the grace. Returns 0 once every
  * child has been reaped, or -errno if the loop could not start.
- * Installs handlers for SIGTERM, SIGINT and SIGCHLD and ignores SIGPIPE
- * for the process while it runs; raises the descriptor soft limit to the
+ * Installs handlers for SIGTERM, SIGINT, SIGHUP and SIGCHLD and ignores
+ * SIGPIPE for the process while it runs (C handlers inherit it ignored);
+ * if the process is killed, even by SIGKILL, the children's process groups
+ * are ended (SIGTERM, `kill_grace`, SIGKILL). Raises the descriptor soft limit to the
  * hard limit (children get the original back). Call at most once.
  *
  * Children are forked by a spawner: a process sf_server_run forks at
@@ -382,6 +384,11 @@ SF_EXTERN void sf_server_free(sf_server *s);
  *   every CPU busy; its commands and workers get the old slice back, and so
  *   does the thread when sf_pool_run returns. Processes a callback starts
  *   itself (system(), popen) inherit the short slice.
+ * - forks one small guard process (its child until sf_pool_run returns,
+ *   then reaped), told each task's process group: if the program is
+ *   killed, even by SIGKILL, the guard ends the groups still running
+ *   (SIGTERM, the kill grace, SIGKILL). A waitpid(-1) of the program may
+ *   reap it too; that is harmless.
  *
  * Every submitted task is reported exactly once, to on_done.
  */

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/resource.h>
+#include <sys/types.h>
 
 #include "sockfork.h"
 
@@ -61,6 +62,14 @@ typedef struct os_sched_saved {
  */
 int os_slice_short(os_sched_saved *saved);
 void os_slice_restore(const os_sched_saved *saved);
+
+/*
+ * Whether a listening Unix socket is bound to the file (dev, ino), asked of
+ * the kernel (NETLINK_SOCK_DIAG) without connecting to it. Returns 1 or 0,
+ * or -errno when the kernel cannot say (no unix_diag support). Only
+ * sockets of this network namespace are seen.
+ */
+int os_unix_listening(dev_t dev, ino_t ino);
 
 /* What the kernel knows of a TCP connection. */
 typedef struct os_tcp_stats {

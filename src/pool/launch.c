@@ -373,7 +373,10 @@ int pool_launch(sf_pool *p, pool_slot *s)
     if (!s->task->cmd) {
         if (s->pid && s->is_worker && !s->exited)
             return pool_worker_give(p, s);
-        return fork_worker(p, s);
+        rc = fork_worker(p, s);
+        if (rc == 0)
+            proc_guard_watch(&p->guard, s->pid);
+        return rc;
     }
     rc = spawn_command(p, s);
     if (rc < 0)
@@ -390,5 +393,6 @@ int pool_launch(sf_pool *p, pool_slot *s)
         abandon(p, s, s->pid);
         return rc;
     }
+    proc_guard_watch(&p->guard, s->pid);
     return 0;
 }

@@ -82,7 +82,7 @@ sf_pool *sf_pool_new(const sf_pool_opts *o)
     if (!p)
         return NULL;
     p->o = *o;
-    p->ep = p->cancel_fd = p->devnull = -1;
+    p->ep = p->cancel_fd = p->devnull = p->guard.fd = -1;
     p->log.cb = o->log;
     p->log.arg = o->log_arg;
     p->log.level = SF_LOG_INFO;
@@ -548,6 +548,7 @@ static void on_exit_ready(sf_pool *p, pool_slot *s, double now)
     pool_read_output(p, s, 1, 1);
     pool_read_output(p, s, 2, 1);
     pool_read_chan(p, s, 1);
+    proc_guard_forget(&p->guard, s->pid); /* before the reap frees the id */
     while (wait_slot(s, &si, 0) < 0 && errno == EINTR)
         ;
     pool_slot_release(p, s);
@@ -738,7 +739,7 @@ int sf_pool_run(sf_pool *p)
 {
     struct epoll_event evs[EVENTS_MAX];
     double next_tick = 0;
-    int rc = 0;
+    int rc = 0, gerr;
 
     if (!p)
         return -EINVAL;
@@ -749,6 +750,10 @@ int sf_pool_run(sf_pool *p)
     proc_caught_signals(&p->caught_signals);
     p->reset_signals = p->caught_signals;
     sigaddset(&p->reset_signals, SIGPIPE);
+    /* Before the slice is shortened: the guard has no use for it. */
+    if ((gerr = proc_guard_start(&p->guard, p->jobs, p->o.kill_grace_s, &p->caught_signals)) < 0)
+        sf_logf(&p->log, SF_LOG_WARN, "cannot start the guard: %s; tasks may outlive a killed run",
+                strerror(-gerr));
     /* The loop is what starts the next task: let it run as soon as an
      * exit wakes it (os/slice.c says why). */
     (void)os_slice_short(&p->slice);
@@ -801,6 +806,7 @@ int sf_pool_run(sf_pool *p)
         }
     }
     feed_arm(p, 0);
+    proc_guard_stop(&p->guard);
     pool_env_free(p);
     os_slice_restore(&p->slice);
     p->slice.set = 0;

@@ -13,6 +13,7 @@
 #include "channel/jsonl.h"
 #include "log.h"
 #include "os/os.h"
+#include "process/groups.h"
 
 #include <signal.h>
 #include <sys/types.h>
@@ -102,6 +103,7 @@ struct sf_pool {
     sigset_t caught_signals, reset_signals;
 
     os_sched_saved slice;        /* the loop's thread's slice while it runs */
+    proc_guard guard;            /* ends the tasks' groups if we are killed */
 
     sf_pool_stats st;
 };

@@ -27,7 +27,7 @@ typedef struct proc_fork_opts {
      * for none. */
     const os_sched_saved *slice;
     /* The signals put back to SIG_DFL in the child; NULL: the supervisor's
-     * own (SIGTERM, SIGINT, SIGCHLD). */
+     * own (SIGTERM, SIGINT, SIGHUP, SIGCHLD). */
     const sigset_t *reset;
 } proc_fork_opts;
 

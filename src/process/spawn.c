@@ -13,7 +13,7 @@
  * loop), so these go back to their defaults; they are never ignored while
  * the supervisor runs, so there is nothing to ask first. Ignored signals
  * (SIGPIPE) stay ignored. */
-static const int caught_signals[] = {SIGTERM, SIGINT, SIGCHLD};
+static const int caught_signals[] = {SIGTERM, SIGINT, SIGHUP, SIGCHLD};
 
 static void child_reset_signals(void)
 {

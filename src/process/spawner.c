@@ -1,6 +1,7 @@
 /* spawner.c - see spawner.h. The spawner's side runs in its own process. */
 #include "process/spawner.h"
 #include "channel/fdpass.h"
+#include "process/groups.h"
 #include "process/process.h"
 #include "os/os.h"
 
@@ -65,6 +66,33 @@ static void on_sigchld(int sig)
  * and a page it shares with a child would be copied each time. */
 static spawn_msg *outbox; /* SPAWN_MSGS_MAX */
 static int nout;
+/* Our children not yet reaped, each the leader of its group: what we take
+ * down if the supervisor dies. Its table is in memory children do not get
+ * (proc_groups uses os_nofork). */
+static proc_groups live;
+static double kill_grace;
+
+/* The takedown's tick: reap whatever has exited, so that a zombie leader
+ * does not keep its group looking alive. Nobody wants the statuses now. */
+static void reap_quietly(void *arg)
+{
+    (void)arg;
+    while (waitpid(-1, NULL, WNOHANG) > 0)
+        ;
+}
+
+/*
+ * The supervisor is gone: its end of our socket is closed, by exit or by
+ * SIGKILL. Its children are ours to end: TERM, the kill grace, KILL, each
+ * child's whole group. (Their parent-death signal is for our own death:
+ * without this a child that ignores SIGTERM, and every grandchild, would
+ * run on holding its client's connection.)
+ */
+static void __attribute__((noreturn)) supervisor_gone(void)
+{
+    proc_groups_takedown(&live, kill_grace, reap_quietly, NULL);
+    _exit(0);
+}
 
 /* The supervisor reads what we send without ever blocking on us, so a
  * blocking send only waits for it to catch up. */
@@ -72,7 +100,7 @@ static void flush_answers(int sock)
 {
     while (nout > 0 && send(sock, outbox, sizeof outbox[0] * (size_t)nout, MSG_NOSIGNAL) < 0) {
         if (errno != EINTR)
-            _exit(0); /* the supervisor is gone */
+            supervisor_gone();
     }
     nout = 0;
 }
@@ -94,8 +122,10 @@ static void reap(int sock)
 
     while (read(sigchld_pipe[0], drain, sizeof drain) > 0)
         ;
-    while ((pid = waitpid(-1, &wstatus, WNOHANG)) > 0)
+    while ((pid = waitpid(-1, &wstatus, WNOHANG)) > 0) {
+        proc_groups_del(&live, pid);
         tell(sock, SPAWN_MSG_EXITED, 0, pid, wstatus);
+    }
 }
 
 /* Signals only a child of ours that has not been reaped: we are its only
@@ -116,7 +146,13 @@ static void do_fork(int sock, const spawner_opts *o, const spawn_req *req, const
 {
     proc_fork_opts po;
     pid_t pid;
+    int rc;
 
+    /* Room in `live` first, so that a child we fork is always in it. */
+    if ((rc = proc_groups_reserve(&live)) < 0) {
+        tell(sock, SPAWN_MSG_FAILED, req->cookie, 0, rc == -ENOSPC ? EAGAIN : -rc);
+        return;
+    }
     memset(&po, 0, sizeof po);
     for (int i = 0; i < nfds; i++)
         po.keep[i] = fds[i];
@@ -128,10 +164,12 @@ static void do_fork(int sock, const spawner_opts *o, const spawn_req *req, const
         o->child(req->blob, req->blob_len, nfds);
         _exit(111); /* child functions do not return */
     }
-    if (pid < 0)
+    if (pid < 0) {
         tell(sock, SPAWN_MSG_FAILED, req->cookie, 0, (int)-pid);
-    else
-        tell(sock, SPAWN_MSG_STARTED, req->cookie, pid, 0);
+        return;
+    }
+    (void)proc_groups_add(&live, pid); /* reserved above */
+    tell(sock, SPAWN_MSG_STARTED, req->cookie, pid, 0);
 }
 
 /* Takes one request. Returns 0, or -1 when the supervisor is gone. */
@@ -171,6 +209,8 @@ static void __attribute__((noreturn)) spawner_main(int sock, const spawner_opts 
     outbox = os_nofork_calloc(SPAWN_MSGS_MAX, sizeof *outbox);
     if (!outbox)
         _exit(111);
+    proc_groups_init(&live, o->max_children ? o->max_children : 1u << 24);
+    kill_grace = o->kill_grace;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigchld;
     sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
@@ -198,12 +238,12 @@ static void __attribute__((noreturn)) spawner_main(int sock, const spawner_opts 
             for (int i = 0; i < SPAWNER_BATCH; i++) {
                 int rc = serve_one(sock, o);
                 if (rc < 0)
-                    _exit(0); /* the supervisor is gone or closed us */
+                    supervisor_gone(); /* it closed us, or died */
                 if (rc > 0)
                     break;    /* nothing more for now */
             }
         } else if (pfd[0].revents & (POLLHUP | POLLERR | POLLNVAL)) {
-            _exit(0);
+            supervisor_gone();
         }
         flush_answers(sock);
     }
@@ -228,7 +268,9 @@ pid_t spawner_start(const spawner_opts *opts, int *sock)
     memset(&po, 0, sizeof po);
     po.keep[0] = sv[1];
     po.nkeep = 1;
-    po.parent_death_signal = SIGKILL;
+    /* No parent-death signal: the spawner must outlive a supervisor killed
+     * with SIGKILL, to end its children (supervisor_gone). It learns of the
+     * death from its socket. */
     pid = proc_fork(&po);
     if (pid == 0)
         spawner_main(3, &copy);

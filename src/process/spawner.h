@@ -15,6 +15,8 @@
  * pid is never hit). The supervisor is the spawner's parent and, on Linux,
  * the subreaper of everything below it: if the spawner dies, its children
  * get SIGTERM (parent-death signal) and the supervisor reaps them itself.
+ * If the supervisor dies, the spawner sees its socket close and ends the
+ * children's process groups, grandchildren included.
  *
  * The socket is a SOCK_SEQPACKET pair: one request per message,
  * descriptors riding along with SCM_RIGHTS; answers go back several to a
@@ -63,13 +65,20 @@ typedef struct spawner_opts {
     spawner_child_fn child;
     /* The children's RLIMIT_NOFILE; NULL leaves the spawner's. */
     const struct rlimit *fdlimit;
+    /* Children at once (0: no limit but memory); a fork request past it
+     * fails with EAGAIN. */
+    unsigned max_children;
+    /* If the supervisor dies: seconds between SIGTERM and SIGKILL to the
+     * children's groups. */
+    double kill_grace;
 } spawner_opts;
 
 /*
  * Forks the spawner. In the caller returns the spawner's pid and sets
  * *sock to the caller's end of the socket (close-on-exec, non-blocking),
- * or returns -errno with nothing left behind. The spawner dies (SIGKILL)
- * if the caller dies, and exits when the caller closes its end.
+ * or returns -errno with nothing left behind. When the caller closes its
+ * end, or dies (even by SIGKILL), the spawner takes its children's process
+ * groups down (SIGTERM, kill_grace, SIGKILL; process/groups.h) and exits.
  */
 pid_t spawner_start(const spawner_opts *opts, int *sock);
 

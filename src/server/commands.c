@@ -15,7 +15,7 @@
 #include <string.h>
 
 /* Byte counts of live TCP connections, filled from one kernel dump per
- * listener (os_tcpdiag), matched to records by peer and local port. */
+ * listener (os_tcpdiag), matched to records by the whole tuple. */
 typedef struct list_ctx {
     sf_server *s;
     uint64_t *bytes; /* 2 per record: in, out; UINT64_MAX unknown */
@@ -25,7 +25,7 @@ static void list_bytes_one(void *arg, const sf_addr *local, const sf_addr *peer,
                            const os_tcp_stats *st)
 {
     list_ctx *lc = arg;
-    hmap_key k = server_tuple_key(peer, (uint16_t)sf_addr_port(local));
+    hmap_key k = server_tuple_key(peer, local);
     uint32_t *slot = hmap_get(&lc->s->by_tuple, &k);
 
     if (slot) {

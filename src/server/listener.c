@@ -1,5 +1,6 @@
 /* listener.c - TCP (v4, v6) and Unix listening sockets. */
 #include "server/listener.h"
+#include "os/os.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -12,7 +13,11 @@
 /*
  * A path that exists may be a socket left by a server that died without
  * cleaning up: if nobody accepts on it, it is stale and may be replaced.
- * Anything that is not a socket is never removed.
+ * Anything that is not a socket is never removed. The kernel is asked
+ * first whether a socket listens there: connecting to a live server to
+ * find out would make it accept, serve and log a connection nobody made.
+ * Only if it says no (or cannot say) does a connect confirm it, since it
+ * sees only this network namespace's sockets.
  */
 static int unix_path_is_stale(const struct sockaddr_un *un, socklen_t len)
 {
@@ -22,6 +27,8 @@ static int unix_path_is_stale(const struct sockaddr_un *un, socklen_t len)
     if (un->sun_path[0] == '\0')
         return 0; /* abstract: no file */
     if (lstat(un->sun_path, &st) < 0 || !S_ISSOCK(st.st_mode))
+        return 0;
+    if (os_unix_listening(st.st_dev, st.st_ino) == 1)
         return 0;
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)

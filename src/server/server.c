@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 /* ------------------------------------------------------------ helpers */
@@ -49,16 +50,36 @@ static hmap_key ip_key(const sf_addr *a)
     return k;
 }
 
-/* A TCP connection as the kernel's dump names it: peer address and port,
- * local port. (One local address per listener port is all we serve.) */
-hmap_key server_tuple_key(const sf_addr *peer, uint16_t local_port)
+/* A TCP connection as the kernel's dump names it: the whole tuple. Two
+ * connections from one client port to two local addresses (two listeners
+ * on one port, or a wildcard listener reached by two addresses) differ
+ * only in the local address, and must not share an entry. */
+hmap_key server_tuple_key(const sf_addr *peer, const sf_addr *local)
 {
     hmap_key k = ip_key(peer);
-    uint16_t pport = (uint16_t)sf_addr_port(peer);
+    uint16_t pport = (uint16_t)sf_addr_port(peer), lport = (uint16_t)sf_addr_port(local);
 
     memcpy(k.b + 17, &pport, 2);
-    memcpy(k.b + 19, &local_port, 2);
+    memcpy(k.b + 19, &lport, 2);
+    if (local->u.sa.sa_family == AF_INET)
+        memcpy(k.b + 21, &local->u.in4.sin_addr, 4);
+    else if (local->u.sa.sa_family == AF_INET6)
+        memcpy(k.b + 21, &local->u.in6.sin6_addr, 16);
     return k;
+}
+
+/* The connection's own local address: the listener's, unless that is a
+ * wildcard (then one getsockname, only for those). */
+static int local_addr_of(const listener *l, int fd, sf_addr *local)
+{
+    *local = l->addr;
+    if ((l->addr.u.sa.sa_family == AF_INET && l->addr.u.in4.sin_addr.s_addr == htonl(INADDR_ANY)) ||
+        (l->addr.u.sa.sa_family == AF_INET6 && IN6_IS_ADDR_UNSPECIFIED(&l->addr.u.in6.sin6_addr))) {
+        local->len = sizeof local->u;
+        if (getsockname(fd, &local->u.sa, &local->len) < 0)
+            return -errno;
+    }
+    return 0;
 }
 
 /* Records are handed out from the low end of the array and reused from a
@@ -228,6 +249,61 @@ static int spawn(sf_server *s, conn_rec *r)
     return sup_spawn(&s->sup, &cs, sizeof cs, fds, 2, r);
 }
 
+/*
+ * A connection whose child could not be started for lack of processes,
+ * descriptors or memory is kept, and tried again after a backoff. Such
+ * failures come in episodes, with many connections each failing at every
+ * retry: the log says when one begins and when it ends, with a count, not
+ * a line per connection per retry.
+ */
+static void retry_episode_failure(sf_server *s, const char *what, int err)
+{
+    if (s->retry_failures++ > 0)
+        return;
+    s->retry_since = ev_now(s->loop);
+    sf_logf(&s->log, SF_LOG_WARN, "cannot %s: %s; retrying in %g s", what, strerror(-err),
+            s->backoff < BACKOFF_MIN ? BACKOFF_MIN : s->backoff);
+}
+
+/* A child started: the episode is over once no connection waits for a
+ * retry. One failure that the first retry cured is said by the first line
+ * already; a longer episode gets a second line with its count. */
+static void retry_episode_end(sf_server *s)
+{
+    if (s->retry_failures == 0 || s->retry_head || (s->paused & PAUSE_FORK_ERR))
+        return;
+    if (s->retry_failures > 1)
+        sf_logf(&s->log, SF_LOG_NOTICE, "starting children again after %llu failed attempts in %.1f s",
+                (unsigned long long)s->retry_failures, ev_now(s->loop) - s->retry_since);
+    s->retry_failures = 0;
+}
+
+static void retry_push(sf_server *s, conn_rec *r)
+{
+    r->next_free = NULL;
+    if (s->retry_tail)
+        s->retry_tail->next_free = r;
+    else
+        s->retry_head = r;
+    s->retry_tail = r;
+}
+
+/* Out of descriptors, processes or memory: not the connection's fault,
+ * and over once children exit. */
+static int transient(int err)
+{
+    return err == -EMFILE || err == -ENFILE || err == -ENOMEM || err == -ENOBUFS ||
+           err == -EAGAIN;
+}
+
+/* Kept: asked for again after the backoff, accepting paused meanwhile. */
+static void hold_for_retry(sf_server *s, conn_rec *r, const char *what, int err)
+{
+    retry_episode_failure(s, what, err);
+    retry_push(s, r);
+    backoff_start(s, PAUSE_FORK_ERR);
+}
+
 /* The child runs: it has its copies of the connection and channel. */
 static void on_started(sup *sp, pid_t pid, void *data, void *arg)
 {
@@ -237,14 +313,14 @@ static void on_started(sup *sp, pid_t pid, void *data, void *arg)
     (void)sp;
 
     s->backoff = 0;
+    retry_episode_end(s);
     close_fd(&r->fd); /* the child has it; see the top of this file */
     close_fd(&r->cfd);
     r->pid = pid;
     r->started = ev_now(s->loop);
     s->stats.accepted++;
     if (r->is_tcp) {
-        hmap_key k = server_tuple_key(&r->peer, r->local_port);
-        (void)hmap_put(&s->by_tuple, &k, (uint32_t)(r - s->recs)); /* reserved in start_conn */
+        (void)hmap_put(&s->by_tuple, &r->tuple, (uint32_t)(r - s->recs)); /* reserved in launch */
     }
     rc = endpoint_open(&s->bus, &r->ep, r->sfd, pid, s->opts.channel_jsonl, r);
     r->sfd = -1; /* the endpoint has it (or closed it) */
@@ -258,16 +334,6 @@ static void on_started(sup *sp, pid_t pid, void *data, void *arg)
     }
 }
 
-static void retry_push(sf_server *s, conn_rec *r)
-{
-    r->next_free = NULL;
-    if (s->retry_tail)
-        s->retry_tail->next_free = r;
-    else
-        s->retry_head = r;
-    s->retry_tail = r;
-}
-
 static void on_spawn_failed(sup *sp, int err, void *data, void *arg)
 {
     sf_server *s = arg;
@@ -277,11 +343,8 @@ static void on_spawn_failed(sup *sp, int err, void *data, void *arg)
 
     if ((err == -EAGAIN || err == -ENOMEM) && !s->sup.shutting_down) {
         /* fork() failed: keep the connection, try again after a backoff. */
-        sf_logf(&s->log, SF_LOG_WARN, "cannot fork: %s; retrying in %g s", strerror(-err),
-                s->backoff < BACKOFF_MIN ? BACKOFF_MIN : s->backoff);
         s->stats.fork_failures++;
-        retry_push(s, r);
-        backoff_start(s, PAUSE_FORK_ERR);
+        hold_for_retry(s, r, "fork", err);
         return;
     }
     peer_text(r, peer, sizeof peer);
@@ -308,13 +371,38 @@ static void check_limit(sf_server *s)
     }
 }
 
-/* Refuses r (per-IP limit) or makes its channel and asks for its child.
+/* Makes r's channel (unless a try before made it) and asks for its child.
  * Every table entry the child will need is reserved here, so that
- * on_started cannot fail. */
+ * on_started cannot fail. Returns 0, or -errno with r as it was. */
+static int launch(sf_server *s, conn_rec *r)
+{
+    int sv[2], rc = 0;
+
+    /* Room for every child whose start is still unanswered, and this one. */
+    if (r->is_tcp)
+        rc = hmap_reserve(&s->by_tuple, s->by_tuple.count + s->sup.spawning + 1);
+    /* Both ends non-blocking: ours must be; the child makes its own
+     * blocking again (child_main), on its own time, not the supervisor's. */
+    if (rc == 0 && r->sfd < 0) {
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0) {
+            rc = -errno;
+        } else {
+            r->sfd = sv[0];
+            r->cfd = sv[1];
+        }
+    }
+    if (rc == 0)
+        rc = spawn(s, r);
+    return rc;
+}
+
+/* Refuses r (per-IP limit) or starts it (launch). A connection that cannot
+ * start for want of descriptors (EMFILE on its channel: accept() took the
+ * last one) or memory is kept for a retry, as after a failed fork. */
 static void start_conn(sf_server *s, conn_rec *r)
 {
     char peer[SF_ADDR_TEXT_MAX];
-    int sv[2], rc;
+    int rc;
 
     if (s->opts.max_per_ip && r->is_tcp && per_ip_count(s, r) >= s->opts.max_per_ip) {
         char host[SF_ADDR_TEXT_MAX];
@@ -331,17 +419,6 @@ static void start_conn(sf_server *s, conn_rec *r)
     rc = 0;
     if (s->opts.max_per_ip && r->is_tcp)
         rc = hmap_reserve(&s->per_ip, s->per_ip.count + 1);
-    if (rc == 0 && r->is_tcp)
-        rc = hmap_reserve(&s->by_tuple, s->by_tuple.count + 1);
-    /* Both ends non-blocking: ours must be; the child makes its own
-     * blocking again (child_main), on its own time, not the supervisor's. */
-    if (rc == 0 && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0)
-        rc = -errno;
-    if (rc == 0) {
-        r->sfd = sv[0];
-        r->cfd = sv[1];
-        rc = spawn(s, r);
-    }
     if (rc < 0) {
         peer_text(r, peer, sizeof peer);
         sf_logf(&s->log, SF_LOG_WARN, "[%s] dropped: cannot start its child: %s", peer,
@@ -349,7 +426,19 @@ static void start_conn(sf_server *s, conn_rec *r)
         rec_release(s, r);
         return;
     }
+    /* Counted from now on, waiting for a retry or not: it holds its place. */
     per_ip_add(s, r, +1);
+    rc = launch(s, r);
+    if (rc < 0 && transient(rc)) {
+        if (rc != -EAGAIN && rc != -ENOMEM)
+            s->stats.accept_failures++;
+        hold_for_retry(s, r, rc == -EAGAIN ? "fork" : "start a child", rc);
+    } else if (rc < 0) {
+        peer_text(r, peer, sizeof peer);
+        sf_logf(&s->log, SF_LOG_WARN, "[%s] dropped: cannot start its child: %s", peer,
+                strerror(-rc));
+        rec_release(s, r);
+    }
 }
 
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
@@ -396,8 +485,15 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         r = rec_alloc(s); /* check_limit guarantees one */
         r->fd = fd;
         r->is_tcp = l->addr.u.sa.sa_family != AF_UNIX;
-        r->local_port = (uint16_t)sf_addr_port(&l->addr);
         r->peer = r->is_tcp ? peer : l->addr;
+        if (r->is_tcp) {
+            sf_addr local;
+            if (local_addr_of(l, fd, &local) < 0) {
+                rec_release(s, r); /* the client is gone already (ENOTCONN) */
+                continue;
+            }
+            r->tuple = server_tuple_key(&r->peer, &local);
+        }
         start_conn(s, r);
     }
     check_limit(s);
@@ -406,27 +502,32 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 static void backoff_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     sf_server *s = w->data;
+    conn_rec *retry;
     (void)loop;
     (void)revents;
 
     backoff_grow(s);
     /* Fork failures: ask again. A new failure re-arms the timer and pauses
      * accepting again; the first success (on_started) resets the backoff. */
-    while (s->retry_head) {
-        conn_rec *r = s->retry_head;
+    s->paused &= ~(PAUSE_ACCEPT_ERR | PAUSE_FORK_ERR);
+    /* The list is taken whole: a connection failing again goes on a new
+     * one, for the next backoff, and pauses accepting again. */
+    retry = s->retry_head;
+    s->retry_head = s->retry_tail = NULL;
+    while (retry) {
+        conn_rec *r = retry;
         int rc;
-        s->retry_head = r->next_free;
-        if (!s->retry_head)
-            s->retry_tail = NULL;
-        rc = spawn(s, r);
-        if (rc < 0) {
+        retry = r->next_free;
+        rc = launch(s, r);
+        if (rc < 0 && transient(rc) && !s->sup.shutting_down) {
+            hold_for_retry(s, r, rc == -EAGAIN ? "fork" : "start a child", rc);
+        } else if (rc < 0) {
             char peer[SF_ADDR_TEXT_MAX];
             peer_text(r, peer, sizeof peer);
             sf_logf(&s->log, SF_LOG_WARN, "[%s] dropped: %s", peer, strerror(-rc));
             rec_release(s, r);
         }
     }
-    s->paused &= ~(PAUSE_ACCEPT_ERR | PAUSE_FORK_ERR);
     check_limit(s);
     update_accepting(s);
 }
@@ -453,10 +554,8 @@ static void on_child_exit(sup *sp, pid_t pid, int wstatus, void *data, void *arg
         sf_logf(&s->log, SF_LOG_INFO, "[%s] disconnected pid=%d duration=%.3fs status=%s", peer,
                 (int)pid, ev_now(s->loop) - r->started, status);
     }
-    if (r->is_tcp) {
-        hmap_key k = server_tuple_key(&r->peer, r->local_port);
-        (void)hmap_del(&s->by_tuple, &k);
-    }
+    if (r->is_tcp)
+        (void)hmap_del(&s->by_tuple, &r->tuple);
     endpoint_drain(&r->ep); /* its last words, before its will */
     rec_release(s, r);
     check_limit(s);
@@ -467,7 +566,7 @@ static void idle_check_one(void *arg, const sf_addr *local, const sf_addr *peer,
                            const os_tcp_stats *st)
 {
     sf_server *s = arg;
-    hmap_key k = server_tuple_key(peer, (uint16_t)sf_addr_port(local));
+    hmap_key k = server_tuple_key(peer, local);
     uint32_t *slot = hmap_get(&s->by_tuple, &k);
     conn_rec *r;
 
@@ -493,6 +592,18 @@ void server_end_child(sf_server *s, conn_rec *r)
     sup_terminate(&s->sup, r->pid);
 }
 
+static int port_dumped_before(const sf_server *s, size_t i)
+{
+    const sf_addr *a = &s->listeners[i].addr;
+
+    for (size_t j = 0; j < i; j++) {
+        const sf_addr *b = &s->listeners[j].addr;
+        if (b->u.sa.sa_family == a->u.sa.sa_family && sf_addr_port(b) == sf_addr_port(a))
+            return 1;
+    }
+    return 0;
+}
+
 /* Asks the kernel how long each client has been silent, one dump per TCP
  * listener. The period is a quarter of the timeout (at most 1 s), so a
  * client is cut between 1 and 1.25 timeouts after its last byte. */
@@ -510,6 +621,8 @@ static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
         if (a->u.sa.sa_family != AF_INET && a->u.sa.sa_family != AF_INET6)
             continue;
+        if (port_dumped_before(s, i))
+            continue; /* one port on two addresses: one dump has both */
         rc = os_tcpdiag_dump(s->diag_fd, a->u.sa.sa_family, (uint16_t)sf_addr_port(a),
                              idle_check_one, s);
         if (rc < 0)
@@ -740,6 +853,15 @@ int sf_server_run(sf_server *s)
         return rc;
     s->bus_ready = 1;
 
+    /* A client that goes away while we write must cost an EPIPE, never the
+     * supervisor, and never a C handler: set before sup_init forks the
+     * spawner, whose children inherit it (an ignored signal stays ignored
+     * in proc_fork). sf_conn_exec gives exec'd programs the default back. */
+    memset(&ign, 0, sizeof ign);
+    ign.sa_handler = SIG_IGN;
+    sigemptyset(&ign.sa_mask);
+    sigaction(SIGPIPE, &ign, &old_pipe);
+
     memset(&cfg, 0, sizeof cfg);
     cfg.max_children = s->opts.max_conns;
     cfg.grace = s->opts.grace;
@@ -753,16 +875,11 @@ int sf_server_run(sf_server *s)
     cfg.on_started = on_started;
     cfg.on_spawn_failed = on_spawn_failed;
     rc = sup_init(&s->sup, s->loop, &cfg);
-    if (rc < 0)
+    if (rc < 0) {
+        sigaction(SIGPIPE, &old_pipe, NULL);
         return rc;
+    }
     s->sup_ready = 1;
-
-    /* A client that goes away while we write must cost an EPIPE, never the
-     * supervisor. */
-    memset(&ign, 0, sizeof ign);
-    ign.sa_handler = SIG_IGN;
-    sigemptyset(&ign.sa_mask);
-    sigaction(SIGPIPE, &ign, &old_pipe);
 
     if (s->opts.idle_timeout > 0) {
         double period = s->opts.idle_timeout / 4;
@@ -776,10 +893,12 @@ int sf_server_run(sf_server *s)
     sup_run(&s->sup);
 
     ev_timer_stop(s->loop, &s->idle_timer);
-    sigaction(SIGPIPE, &old_pipe, NULL);
     if (s->have_orig_fdlimit)
         (void)setrlimit(RLIMIT_NOFILE, &s->orig_fdlimit);
+    /* Logged while SIGPIPE is still ignored: a log going to a pipe whose
+     * reader has left must not kill us now, before the caller cleans up. */
     sf_logf(&s->log, SF_LOG_NOTICE, "exiting");
+    sigaction(SIGPIPE, &old_pipe, NULL);
     return 0;
 }
 

@@ -42,7 +42,7 @@ typedef struct conn_rec {
     int idle_closed;
     int counted_ip;       /* counted in per_ip */
     endpoint ep;          /* the channel, while the child runs */
-    uint16_t local_port;  /* TCP: the listener's port, to find it in a dump */
+    hmap_key tuple;       /* TCP: its whole tuple, to find it in a dump */
     sf_addr peer;
     ev_tstamp started;
     struct conn_rec *next_free;  /* free list, and the retry list */
@@ -67,13 +67,15 @@ struct sf_server {
     conn_rec *free_recs;
     unsigned recs_used;   /* children plus a connection waiting for fork */
     hmap per_ip;          /* address -> connections open from it */
-    hmap by_tuple;        /* (peer, local port) -> record; with idle_timeout */
+    hmap by_tuple;        /* TCP tuple -> record */
     int diag_fd;          /* NETLINK_SOCK_DIAG socket; with idle_timeout */
 
     unsigned paused;
     double backoff;
     ev_timer backoff_timer;
-    conn_rec *retry_head, *retry_tail; /* fork failed: sent again after backoff */
+    conn_rec *retry_head, *retry_tail; /* could not start: sent again after backoff */
+    uint64_t retry_failures; /* in the current episode of failed starts; 0: none */
+    ev_tstamp retry_since;   /* when it began */
     ev_timer idle_timer;
     ev_async stop_async;
 
@@ -88,8 +90,8 @@ struct sf_server {
 /* Answers a control request (commands.c). */
 json_t *server_command(void *arg, const char *cmd, json_t *req);
 
-/* The by_tuple key of a TCP connection: peer address and port, local port. */
-hmap_key server_tuple_key(const sf_addr *peer, uint16_t local_port);
+/* The by_tuple key of a TCP connection: peer and local address and port. */
+hmap_key server_tuple_key(const sf_addr *peer, const sf_addr *local);
 
 /* Ends a child as the idle timeout and `ctl kick` do. */
 void server_end_child(sf_server *s, conn_rec *r);

@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HMAP_KEY_MAX 21 /* family, IPv6 address, two ports */
+#define HMAP_KEY_MAX 37 /* family, two IPv6 addresses, two ports: a TCP connection */
 
 typedef struct hmap_key {
     uint8_t b[HMAP_KEY_MAX]; /* unused bytes must be zero */

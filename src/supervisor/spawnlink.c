@@ -226,6 +226,8 @@ static int start_spawner(sup *s)
     memset(&o, 0, sizeof o);
     o.child = s->cfg.spawn_child;
     o.fdlimit = s->cfg.child_fdlimit ? &s->child_fdlimit : NULL;
+    o.max_children = s->cfg.max_children;
+    o.kill_grace = s->cfg.kill_grace;
     pid = spawner_start(&o, &fd);
     if (pid < 0) {
         sf_logf(s->cfg.log, SF_LOG_WARN, "cannot fork: %s; retrying in %g s", strerror((int)-pid),
@@ -352,7 +354,7 @@ void sup_spawner_fini(sup *s)
         s->spawner_fd = -1;
     }
     /* It exits when its socket closes; with children left (a run cut
-     * short), they get SIGTERM as it dies. */
+     * short), it ends their groups first (SIGTERM, kill_grace, SIGKILL). */
     if (s->spawner_pid > 0) {
         while (waitpid(s->spawner_pid, NULL, 0) < 0 && errno == EINTR)
             ;

@@ -66,12 +66,19 @@ void sup_check_done(sup *s)
     }
 }
 
+/* "1 child", "2 children". */
+static const char *children_word(unsigned n)
+{
+    return n == 1 ? "child" : "children";
+}
+
 static void grace_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     sup *s = w->data;
     (void)loop;
     (void)revents;
-    sf_logf(s->cfg.log, SF_LOG_NOTICE, "grace period over: terminating %u children", s->count);
+    sf_logf(s->cfg.log, SF_LOG_NOTICE, "grace period over: terminating %u %s", s->count,
+            children_word(s->count));
     terminate_all(s);
 }
 
@@ -79,7 +86,8 @@ void sup_shutdown(sup *s)
 {
     if (s->shutting_down == 1) {
         /* Asked twice: the operator does not want to wait. */
-        sf_logf(s->cfg.log, SF_LOG_NOTICE, "asked again: terminating %u children now", s->count);
+        sf_logf(s->cfg.log, SF_LOG_NOTICE, "asked again: terminating %u %s now", s->count,
+                children_word(s->count));
         terminate_all(s);
         return;
     }
@@ -89,8 +97,8 @@ void sup_shutdown(sup *s)
     if (s->cfg.on_shutdown)
         s->cfg.on_shutdown(s, s->cfg.arg);
     sup_spawner_cancel(s);
-    sf_logf(s->cfg.log, SF_LOG_NOTICE, "shutting down: %u children, up to %g s to finish",
-            s->count, s->cfg.grace);
+    sf_logf(s->cfg.log, SF_LOG_NOTICE, "shutting down: %u %s, up to %g s to finish",
+            s->count, children_word(s->count), s->cfg.grace);
     if (s->count > 0) {
         if (s->cfg.grace > 0) {
             ev_timer_set(&s->grace_timer, s->cfg.grace, 0.);
@@ -104,9 +112,16 @@ void sup_shutdown(sup *s)
 
 static void sigterm_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
+    sup *s = w->data;
     (void)loop;
     (void)revents;
-    sup_shutdown(w->data);
+    /* SIGHUP (a closed terminal, or an operator's kill -HUP) stops the
+     * server as SIGTERM does rather than killing it as by default, which
+     * would leave its socket files behind. Said so, since it is the one
+     * that may have come unasked. */
+    if (w->signum == SIGHUP && !s->shutting_down)
+        sf_logf(s->cfg.log, SF_LOG_NOTICE, "SIGHUP: stopping as for SIGTERM");
+    sup_shutdown(s);
 }
 
 void sup_child_exited(sup *s, pid_t pid, int wstatus)
@@ -173,10 +188,12 @@ int sup_init(sup *s, struct ev_loop *loop, const sup_config *cfg)
     ev_signal_init(&s->sigchld, sigchld_cb, SIGCHLD);
     ev_signal_init(&s->sigterm, sigterm_cb, SIGTERM);
     ev_signal_init(&s->sigint, sigterm_cb, SIGINT);
-    s->sigchld.data = s->sigterm.data = s->sigint.data = s;
+    ev_signal_init(&s->sighup, sigterm_cb, SIGHUP);
+    s->sigchld.data = s->sigterm.data = s->sigint.data = s->sighup.data = s;
     ev_signal_start(loop, &s->sigchld);
     ev_signal_start(loop, &s->sigterm);
     ev_signal_start(loop, &s->sigint);
+    ev_signal_start(loop, &s->sighup);
     ev_timer_init(&s->grace_timer, grace_timer_cb, 0., 0.);
     s->grace_timer.data = s;
     return sup_spawner_init(s);
@@ -189,6 +206,7 @@ void sup_fini(sup *s)
     ev_signal_stop(s->loop, &s->sigchld);
     ev_signal_stop(s->loop, &s->sigterm);
     ev_signal_stop(s->loop, &s->sigint);
+    ev_signal_stop(s->loop, &s->sighup);
     ev_timer_stop(s->loop, &s->grace_timer);
     for (unsigned i = 0; i < s->touched; i++)
         ev_timer_stop(s->loop, &s->children[i].kill_timer);

@@ -39,7 +39,7 @@ typedef struct sup sup;
  * given to sup_add. */
 typedef void (*sup_exit_cb)(sup *s, pid_t pid, int wstatus, void *data, void *arg);
 
-/* Called once when shutdown begins (SIGTERM, SIGINT or sup_shutdown),
+/* Called once when shutdown begins (SIGTERM, SIGINT, SIGHUP or sup_shutdown),
  * before the grace period starts: the owner stops taking new work. */
 typedef void (*sup_shutdown_cb)(sup *s, void *arg);
 
@@ -86,7 +86,7 @@ struct sup {
     unsigned touched;        /* slots [0, touched) have been set up */
     unsigned count;
     hmap by_pid;             /* pid -> slot */
-    ev_signal sigchld, sigterm, sigint;
+    ev_signal sigchld, sigterm, sigint, sighup;
     ev_timer grace_timer;
     int shutting_down;       /* 0, 1 = grace running, 2 = terminating all */
     int done;

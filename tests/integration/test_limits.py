@@ -2,9 +2,10 @@
 idle clients (--idle-timeout)."""
 import re
 import select
+import socket
 import time
 
-from conftest import expect_eof, peer_text, recv_exact
+from conftest import BIN, LONG_WAIT, expect_eof, peer_text, recv_exact
 
 
 def echo_ok(sock, text=b"ping\n"):
@@ -170,3 +171,78 @@ def test_idle_timeout_does_not_apply_to_unix_clients(sockfork, tmp_path):
     srv.wait_disconnected(silent)
     echo_ok(u)  # ...the silent Unix one is not
     assert not srv.log.find(r"\[unix:[^\]]*\] (idle|disconnected)")
+
+
+def test_at_the_descriptor_limit_every_connection_is_served(sockfork, tmp_path):
+    """More clients than descriptors: accept() may take the last one, leaving
+    none for the child's channel. Such a connection is kept and started when
+    descriptors come back, never closed unserved."""
+    wrapper = tmp_path / "lowfd.sh"
+    wrapper.write_text('#!/bin/sh\nulimit -n 64 || exit 99\nexec "%s" "$@"\n' % BIN)
+    wrapper.chmod(0o755)
+    srv = sockfork("--echo", "--control", str(tmp_path / "ctl.sock"), bin=str(wrapper))
+    n = 150
+    clients = {}
+    for _ in range(n):
+        c = srv.connect()
+        clients[peer_text(c)] = c
+    # Serve them as they come, closing each once served: that frees the
+    # descriptors the next ones need.
+    pos = 0
+    while clients:
+        i, m = srv.log.wait_one(r"^sockfork: \[(.+?)\] connected pid=\d+", start=pos,
+                                timeout=LONG_WAIT)
+        pos = i + 1
+        c = clients.pop(m.group(1))
+        msg = b"served %s\n" % m.group(1).encode()
+        c.sendall(msg)
+        assert recv_exact(c, len(msg)) == msg
+        srv.close_client(c)
+    assert not srv.log.find(r"dropped"), srv.log.text()
+    assert srv.log.find(r"Too many open files"), "the limit was never reached"
+    srv.wait_disconnected(peer_text(m.group(1)))
+
+
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_idle_timeout_tells_apart_two_connections_from_one_client_port(sockfork, tmp_path):
+    """One client port, two local addresses (two listeners on one port): two
+    connections, two entries. When one closes, the other is still watched
+    (cut when idle, its byte counts in `ctl list`)."""
+    from test_ctl import ctl_json
+    port = free_port()
+    ctl = str(tmp_path / "ctl.sock")
+    srv = sockfork("--echo", "--idle-timeout", "2", "--control", ctl,
+                   listen=("127.0.0.1:%d" % port, "127.0.0.2:%d" % port))
+    a = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.clients += [a, b]
+    for s in (a, b):
+        s.settimeout(LONG_WAIT)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    a.bind(("127.0.0.1", 0))
+    b.bind(("127.0.0.1", a.getsockname()[1]))
+    a.connect(("127.0.0.1", port))
+    b.connect(("127.0.0.2", port))
+    srv.log.wait(r"\] connected pid=\d+", count=2)
+    echo_ok(a, b"a\n")             # 2 bytes in
+    echo_ok(b, b"bbbbbbbb\n")      # 9 bytes in
+    kids = ctl_json(ctl, "list")["children"]
+    assert sorted(k["bytes_in"] or 0 for k in kids) == [2, 9], kids
+    pid_a = [k["pid"] for k in kids if k["bytes_in"] == 2][0]
+    pid_b = [k["pid"] for k in kids if k["bytes_in"] == 9][0]
+
+    mark = srv.log.mark()
+    srv.close_client(a)
+    srv.log.wait_one(r"disconnected pid=%d " % pid_a, start=mark)
+    echo_ok(b, b"b\n")
+    kids = ctl_json(ctl, "list")["children"]
+    assert [(k["pid"], k["bytes_in"]) for k in kids] == [(pid_b, 11)], kids
+    srv.log.wait_one(r"idle for 2 s: closing pid=%d$" % pid_b, start=mark, timeout=LONG_WAIT)
+    expect_eof(b, timeout=LONG_WAIT)

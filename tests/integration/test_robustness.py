@@ -135,3 +135,19 @@ def test_injected_failures_reach_only_the_supervisor(sockfork):
     c = srv.connect()
     assert recv_until_eof(c, timeout=LONG_WAIT) == b"0\nx\n"
     assert len(srv.log.find(r"cannot fork")) == 1
+
+
+def test_fork_failures_are_logged_once_per_episode_with_a_count(sockfork):
+    """20 failed forks while 10 connections wait: one line as it begins, one
+    with the count as it ends, not one per connection per retry."""
+    n, fails = 10, 20
+    srv = sockfork("--echo", env={"SF_FAIL_SPAWN": str(fails)}, preload=helper("failinject.so"))
+    clients = [srv.connect() for _ in range(n)]
+    for i, c in enumerate(clients):
+        c.sendall(b"c%d\n" % i)
+    for i, c in enumerate(clients):
+        assert recv_exact(c, len(b"c%d\n" % i), timeout=LONG_WAIT) == b"c%d\n" % i
+    srv.log.wait_one(r"^sockfork: starting children again after %d failed attempts in [\d.]+ s$"
+                     % fails)
+    assert len(srv.log.find(r"cannot fork")) == 1, srv.log.text()
+    assert not srv.log.find(r"dropped"), srv.log.text()

@@ -1,14 +1,17 @@
 """SIGTERM/SIGINT: listeners close at once, connected clients finish within
 the grace period, then the children's process groups get SIGTERM and, 2 s
 later, SIGKILL. The server exits 0 with nothing left behind."""
+import os
 import re
 import signal
 import socket
+import subprocess
 import time
 
 import pytest
 
-from conftest import LONG_WAIT, expect_eof, peer_text, recv_exact, recv_until_eof
+from conftest import (BIN, LONG_WAIT, WAIT, expect_eof, kill_session, peer_text, recv_exact,
+                      recv_until_eof, server_env)
 
 
 def echo_ok(sock, text=b"ping\n"):
@@ -68,7 +71,7 @@ def test_grace_expiry_terminates_children(sockfork):
     echo_ok(c)
     t0 = time.monotonic()
     srv.signal(signal.SIGTERM)
-    srv.log.wait_one(r"^sockfork: shutting down: 1 children, up to 1 s to finish$")
+    srv.log.wait_one(r"^sockfork: shutting down: 1 child, up to 1 s to finish$")
     echo_ok(c, b"during the grace\n")
     expect_eof(c, timeout=LONG_WAIT)
     assert srv.wait_exit(LONG_WAIT) == 0
@@ -89,7 +92,7 @@ def test_grace_expiry_kills_children_that_ignore_sigterm(sockfork):
     echo_ok(c)
     t0 = time.monotonic()
     srv.signal(signal.SIGTERM)
-    srv.log.wait_one(r"shutting down: 1 children, up to 1 s to finish$")
+    srv.log.wait_one(r"shutting down: 1 child, up to 1 s to finish$")
     expect_eof(c, timeout=LONG_WAIT)
     assert srv.wait_exit(LONG_WAIT) == 0
     elapsed = time.monotonic() - t0
@@ -119,7 +122,7 @@ def test_second_sigterm_skips_the_grace(sockfork):
     srv.wait_connected(c)
     echo_ok(c)
     srv.signal(signal.SIGTERM)
-    i, _ = srv.log.wait_one(r"shutting down: 1 children, up to 60 s to finish$")
+    i, _ = srv.log.wait_one(r"shutting down: 1 child, up to 60 s to finish$")
     echo_ok(c)
     t0 = time.monotonic()
     srv.signal(signal.SIGTERM)
@@ -147,3 +150,53 @@ def test_sigterm_right_after_listening_is_graceful(tmp_path):
         finally:
             srv.kill_hard()
             srv.close()
+
+
+# ------------------------------------------- SIGHUP and a broken stderr
+
+def test_sighup_stops_gracefully_and_removes_the_sockets(sockfork, tmp_path):
+    path = str(tmp_path / "hup.sock")
+    ctl = str(tmp_path / "ctl.sock")
+    srv = sockfork("--echo", "--control", ctl, listen=("127.0.0.1:0", "unix:" + path))
+    c = srv.connect()
+    srv.wait_connected(c)
+    echo_ok(c)
+    srv.signal(signal.SIGHUP)
+    srv.log.wait_one(r"^sockfork: SIGHUP: stopping as for SIGTERM$")
+    srv.log.wait_one(r"^sockfork: shutting down: 1 child, up to 10 s to finish$")
+    echo_ok(c, b"still served\n")
+    c.shutdown(socket.SHUT_WR)
+    assert recv_until_eof(c) == b""
+    assert srv.wait_exit(LONG_WAIT) == 0
+    srv.stop()
+    assert not os.path.exists(path)
+    assert not os.path.exists(ctl)
+
+
+@pytest.mark.parametrize("command", ["serve", "chat"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["INT", "HUP"])
+def test_a_stderr_nobody_reads_costs_lines_not_the_cleanup(tmp_path, command, sig):
+    """`sockfork serve 2>&1 | tee log`, then Ctrl-C: tee is gone first, and
+    every line after it goes to a pipe with no reader."""
+    path = str(tmp_path / "s.sock")
+    ctl = str(tmp_path / "ctl.sock")
+    proc = subprocess.Popen([BIN, command, "-l", "unix:" + path, "--control", ctl],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=server_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + LONG_WAIT
+        for line in proc.stderr:
+            if line.startswith(b"sockfork: control socket"):
+                break
+            assert time.monotonic() < deadline
+        proc.stderr.close()  # the reader leaves
+        proc.send_signal(sig)
+        rc = proc.wait(LONG_WAIT)
+        assert rc == 0, "exit status %r" % rc
+        assert not os.path.exists(path)
+        assert not os.path.exists(ctl)
+    finally:
+        kill_session(proc.pid)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +35,7 @@ static const char serve_usage[] =
     "                        limit new clients wait in the kernel's backlog\n"
     "      --max-per-ip N    connections at once from one address (default: no limit)\n"
     "      --idle-timeout S  close TCP clients that send nothing for S seconds\n"
-    "      --grace S         at SIGTERM/SIGINT, time children get to finish\n"
+    "      --grace S         at SIGTERM/SIGINT/SIGHUP, time children get to finish\n"
     "                        before they are terminated (default 10)\n"
     "      --backlog N       listen backlog (default: the system maximum)\n"
     "      --control PATH    control socket for `sockfork ctl` (mode 0600); default\n"
@@ -278,6 +279,11 @@ static int run_server(int argc, char **argv, const server_kind *k)
     char control_buf[300], why[200], control_addr[310];
     unsigned u;
 
+    /* Our log is stderr, which may be a pipe whose reader has gone (`serve
+     * 2>&1 | tee log`, then Ctrl-C): a line must cost an EPIPE, never the
+     * process before it has cleaned up. C handlers inherit this; exec'd
+     * programs get the default back (sf_conn_exec). */
+    signal(SIGPIPE, SIG_IGN);
     sf_server_opts_init(&opts);
     opts.log = cli_log;
     opts.on_ready = announce_listeners;

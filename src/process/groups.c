@@ -1,0 +1,163 @@
+/* groups.c - see groups.h: the set of groups and their takedown. */
+#include "process/groups.h"
+#include "process/process.h"
+#include "os/os.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <time.h>
+
+#define GROUPS_MIN 16
+#define TAKEDOWN_POLL_MS 20
+
+/* ------------------------------------------------------------- the set */
+
+void proc_groups_init(proc_groups *g, unsigned max)
+{
+    g->slot = NULL;
+    g->size = 0;
+    g->count = 0;
+    g->max = max;
+}
+
+static unsigned home(const proc_groups *g, pid_t pg)
+{
+    return ((uint32_t)pg * 2654435761u) & (g->size - 1);
+}
+
+static void put(proc_groups *g, pid_t pg)
+{
+    unsigned i = home(g, pg);
+
+    while (g->slot[i] != 0 && g->slot[i] != pg)
+        i = (i + 1) & (g->size - 1);
+    if (g->slot[i] == 0)
+        g->count++;
+    g->slot[i] = pg;
+}
+
+/* Kept at most half full, so probes stay short and a free slot is near. */
+static int grow(proc_groups *g)
+{
+    proc_groups bigger = *g;
+    unsigned size = g->size ? g->size * 2 : GROUPS_MIN;
+
+    if (size == 0) /* past 2^31 slots */
+        return -ENOMEM;
+    bigger.slot = os_nofork_calloc(size, sizeof *bigger.slot);
+    if (!bigger.slot)
+        return -ENOMEM;
+    bigger.size = size;
+    bigger.count = 0;
+    for (unsigned i = 0; i < g->size; i++)
+        if (g->slot[i] != 0)
+            put(&bigger, g->slot[i]);
+    os_nofork_free(g->slot);
+    *g = bigger;
+    return 0;
+}
+
+int proc_groups_reserve(proc_groups *g)
+{
+    if (g->count >= g->max)
+        return -ENOSPC;
+    if ((uint64_t)(g->count + 1) * 2 > g->size)
+        return grow(g);
+    return 0;
+}
+
+int proc_groups_add(proc_groups *g, pid_t pg)
+{
+    int rc;
+
+    if (pg <= 0)
+        return -EINVAL;
+    if ((rc = proc_groups_reserve(g)) < 0)
+        return rc;
+    put(g, pg);
+    return 0;
+}
+
+/* Backward-shift deletion: the entries after the hole that would no
+ * longer be found from their home slot move into it. No tombstones. */
+void proc_groups_del(proc_groups *g, pid_t pg)
+{
+    unsigned mask = g->size - 1, i, j;
+
+    if (g->size == 0 || pg <= 0)
+        return;
+    for (i = home(g, pg); g->slot[i] != pg; i = (i + 1) & mask)
+        if (g->slot[i] == 0)
+            return;
+    g->slot[i] = 0;
+    g->count--;
+    for (j = (i + 1) & mask; g->slot[j] != 0; j = (j + 1) & mask) {
+        unsigned h = home(g, g->slot[j]);
+        /* Move j into the hole at i unless its home lies in (i, j]. */
+        if (((j - h) & mask) >= ((j - i) & mask)) {
+            g->slot[i] = g->slot[j];
+            g->slot[j] = 0;
+            i = j;
+        }
+    }
+}
+
+void proc_groups_free(proc_groups *g)
+{
+    os_nofork_free(g->slot);
+    proc_groups_init(g, g->max);
+}
+
+/* ------------------------------------------------------------ takedown */
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void signal_all(proc_groups *g, int sig)
+{
+    for (unsigned i = 0; i < g->size; i++)
+        if (g->slot[i] != 0)
+            (void)proc_signal_group(g->slot[i], sig);
+}
+
+/* Drops the groups nobody is left in. A full pass, then the deletions:
+ * deleting while scanning would move entries past the scan. */
+static void drop_empty(proc_groups *g)
+{
+    for (unsigned i = 0; i < g->size;) {
+        pid_t pg = g->slot[i];
+        if (pg != 0 && proc_signal_group(pg, 0) < 0 && errno != EPERM) {
+            proc_groups_del(g, pg); /* may shift another entry into i */
+            continue;
+        }
+        i++;
+    }
+}
+
+void proc_groups_takedown(proc_groups *g, double grace_s, proc_groups_tick_fn tick, void *arg)
+{
+    double deadline;
+
+    if (g->count == 0)
+        goto done;
+    signal_all(g, SIGTERM);
+    signal_all(g, SIGCONT); /* a stopped process would never act on TERM */
+    deadline = mono_now() + grace_s;
+    for (;;) {
+        if (tick)
+            tick(arg);
+        drop_empty(g);
+        if (g->count == 0 || mono_now() >= deadline)
+            break;
+        (void)poll(NULL, 0, TAKEDOWN_POLL_MS);
+    }
+    signal_all(g, SIGKILL);
+done:
+    proc_groups_free(g);
+}

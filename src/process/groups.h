@@ -1,0 +1,83 @@
+/*
+ * groups.h - process groups to take down when their owner dies.
+ *
+ * A supervisor killed with SIGKILL cleans up nothing. Whatever it started
+ * must then be ended by a process that outlives it and knows the children's
+ * process groups (each child leads its own): TERM and CONT to every group,
+ * then, once the groups are empty or the grace is over, KILL to what is
+ * left, grandchildren included. Two processes do this, with the same code:
+ *
+ *   - the spawner (spawner.h), for the server's children, when its socket
+ *     to the supervisor reaches EOF;
+ *   - the pool's guard (below), for `sockfork run`'s tasks, when its socket
+ *     to the pool reaches EOF.
+ *
+ * A process-group id stays taken while any member lives (a zombie leader
+ * included), so signalling a group that still answers cannot hit another
+ * program's; a group is dropped from the set as soon as it is empty.
+ */
+#ifndef SF_PROCESS_GROUPS_H
+#define SF_PROCESS_GROUPS_H
+
+#include <signal.h>
+#include <sys/types.h>
+
+/* A set of process-group ids, grown as used up to `max` entries, in memory
+ * that forked children do not inherit (os_nofork). */
+typedef struct proc_groups {
+    pid_t *slot;        /* open addressing; 0 is a free slot */
+    unsigned size;      /* slots, a power of two, or 0 before the first add */
+    unsigned count;
+    unsigned max;
+} proc_groups;
+
+void proc_groups_init(proc_groups *g, unsigned max);
+/* Makes room for one more: after a 0 return the next add cannot fail.
+ * Returns 0, -ENOSPC (max reached) or -ENOMEM. */
+int proc_groups_reserve(proc_groups *g);
+/* Adds pg (> 0). Returns 0 (also if present), -ENOSPC past max, -ENOMEM. */
+int proc_groups_add(proc_groups *g, pid_t pg);
+/* Removes pg if present. */
+void proc_groups_del(proc_groups *g, pid_t pg);
+void proc_groups_free(proc_groups *g);
+
+/* Called between the takedown's checks: the spawner reaps its children
+ * here (a zombie leader keeps its group alive until reaped). */
+typedef void (*proc_groups_tick_fn)(void *arg);
+
+/*
+ * TERM and CONT to every group of g (a leader that left its group is
+ * signalled alone), then until every group is empty or grace_s has passed,
+ * calling tick every 20 ms; then KILL to the groups left. Empties g.
+ * Blocks for at most grace_s (plus the tick's own time).
+ */
+void proc_groups_takedown(proc_groups *g, double grace_s, proc_groups_tick_fn tick, void *arg);
+
+/*
+ * The pool's guard: a small process that learns each task's group from the
+ * pool as the task starts and is reaped, and takes the groups it still
+ * knows down (as above) when the pool's end of their socket closes: at the
+ * end of the run with none left (it just exits), or because the pool was
+ * killed. One send of four bytes per start and per reap; nothing in the
+ * child's path.
+ */
+typedef struct proc_guard {
+    pid_t pid;          /* 0: none */
+    int fd;             /* our end of its socket; -1: none */
+} proc_guard;
+
+/* Starts the guard for at most max_groups groups at once, to take down
+ * with grace_s between TERM and KILL. `reset`: the signals the caller
+ * catches, put back to SIG_DFL in the guard (see proc_fork_opts.reset).
+ * Returns 0 or -errno (g then says none; the caller runs unguarded). */
+int proc_guard_start(proc_guard *g, unsigned max_groups, double grace_s, const sigset_t *reset);
+/* Tells it a group started, or that its leader is about to be reaped.
+ * Never blocks for long and never raises SIGPIPE; a guard that is gone is
+ * forgotten. */
+void proc_guard_watch(proc_guard *g, pid_t pg);
+void proc_guard_forget(proc_guard *g, pid_t pg);
+/* Closes its socket and waits for it to exit (at once when it knows no
+ * group). */
+void proc_guard_stop(proc_guard *g);
+
+#endif

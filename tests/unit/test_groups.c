@@ -1,0 +1,213 @@
+/* Unit tests: the set of process groups, their takedown, and the pool's
+ * guard, with real processes that ignore SIGTERM and have children. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/wait.h>
+
+#include "process/groups.h"
+#include "process/process.h"
+
+static int present(const proc_groups *g, pid_t pg)
+{
+    for (unsigned i = 0; i < g->size; i++)
+        if (g->slot[i] == pg)
+            return 1;
+    return 0;
+}
+
+static void test_set_add_del(void **state)
+{
+    proc_groups g;
+    (void)state;
+
+    proc_groups_init(&g, 1000);
+    /* Ids that collide in a small table, added and removed out of order. */
+    for (pid_t pg = 1; pg <= 1000; pg++)
+        assert_int_equal(proc_groups_add(&g, pg * 16), 0);
+    assert_int_equal(g.count, 1000);
+    assert_int_equal(proc_groups_add(&g, 99999), -ENOSPC);
+    assert_int_equal(proc_groups_reserve(&g), -ENOSPC);
+    for (pid_t pg = 1; pg <= 1000; pg += 2)
+        proc_groups_del(&g, pg * 16);
+    proc_groups_del(&g, 12345); /* absent: nothing happens */
+    assert_int_equal(g.count, 500);
+    for (pid_t pg = 1; pg <= 1000; pg++)
+        assert_int_equal(present(&g, pg * 16), pg % 2 == 0);
+    assert_int_equal(proc_groups_reserve(&g), 0);
+    assert_int_equal(proc_groups_add(&g, -1), -EINVAL);
+    proc_groups_free(&g);
+    assert_int_equal(g.count, 0);
+}
+
+/* A group leader that ignores SIGTERM, with a child that does too; the
+ * leader writes a byte once both run. */
+static pid_t stubborn_group(void)
+{
+    proc_fork_opts po;
+    int p[2];
+    char c;
+    pid_t pid;
+
+    assert_int_equal(pipe(p), 0);
+    memset(&po, 0, sizeof po);
+    po.keep[0] = p[1];
+    po.nkeep = 1;
+    pid = proc_fork(&po);
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        signal(SIGTERM, SIG_IGN);
+        if (fork() == 0) {
+            for (;;)
+                pause();
+        }
+        (void)!write(3, "x", 1);
+        for (;;)
+            pause();
+    }
+    close(p[1]);
+    assert_int_equal(read(p[0], &c, 1), 1);
+    close(p[0]);
+    return pid;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Whether a process of group pg is alive (a zombie is not): read from
+ * /proc, since an orphan's zombie waits for a reaper that is not us. */
+static int group_alive(pid_t pg)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    int found = 0;
+
+    assert_non_null(d);
+    while (!found && (e = readdir(d)) != NULL) {
+        char path[300], buf[512], *p, state;
+        int ppid, pgrp;
+        FILE *f;
+
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+        if (!(f = fopen(path, "r")))
+            continue;
+        buf[0] = 0;
+        if (!fgets(buf, sizeof buf, f))
+            buf[0] = 0;
+        fclose(f);
+        if (!(p = strrchr(buf, ')')) || sscanf(p + 1, " %c %d %d", &state, &ppid, &pgrp) != 3)
+            continue;
+        found = pgrp == pg && state != 'Z';
+    }
+    closedir(d);
+    return found;
+}
+
+static void reap_all(void *arg)
+{
+    (void)arg;
+    while (waitpid(-1, NULL, WNOHANG) > 0)
+        ;
+}
+
+static void test_takedown_kills_what_ignores_sigterm(void **state)
+{
+    proc_groups g;
+    pid_t a, b;
+    double t0;
+    (void)state;
+
+    a = stubborn_group();
+    b = stubborn_group();
+    proc_groups_init(&g, 4);
+    assert_int_equal(proc_groups_add(&g, a), 0);
+    assert_int_equal(proc_groups_add(&g, b), 0);
+    t0 = now_s();
+    proc_groups_takedown(&g, 0.3, reap_all, NULL);
+    assert_true(now_s() - t0 >= 0.25);
+    assert_int_equal(g.count, 0);
+    reap_all(NULL);
+    /* Leaders and grandchildren dead. */
+    for (int i = 0; i < 500 && (group_alive(a) || group_alive(b)); i++)
+        usleep(10000); /* bounded: a SIGKILL'd process takes a moment to go */
+    assert_false(group_alive(a));
+    assert_false(group_alive(b));
+}
+
+static void test_takedown_is_quick_when_sigterm_works(void **state)
+{
+    proc_fork_opts po;
+    proc_groups g;
+    pid_t pid;
+    double t0;
+    (void)state;
+
+    memset(&po, 0, sizeof po);
+    pid = proc_fork(&po);
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        for (;;)
+            pause();
+    }
+    proc_groups_init(&g, 4);
+    assert_int_equal(proc_groups_add(&g, pid), 0);
+    t0 = now_s();
+    proc_groups_takedown(&g, 30, reap_all, NULL);
+    assert_true(now_s() - t0 < 10);
+    assert_int_equal(waitpid(pid, NULL, WNOHANG), -1); /* reaped by the tick */
+}
+
+/* The guard ends the groups it was told of and not told to forget, when
+ * its socket closes. */
+static void test_guard(void **state)
+{
+    proc_guard gd;
+    sigset_t none;
+    pid_t kept, forgotten;
+    int st;
+    (void)state;
+
+    sigemptyset(&none);
+    assert_int_equal(proc_guard_start(&gd, 4, 0.2, &none), 0);
+    kept = stubborn_group();
+    forgotten = stubborn_group();
+    proc_guard_watch(&gd, kept);
+    proc_guard_watch(&gd, forgotten);
+    proc_guard_forget(&gd, forgotten);
+    proc_guard_stop(&gd); /* returns once the guard has done its work */
+    assert_int_equal(gd.fd, -1);
+    assert_int_equal(waitpid(kept, &st, 0), kept);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    assert_int_equal(waitpid(forgotten, &st, WNOHANG), 0); /* still running */
+    assert_int_equal(kill(-forgotten, SIGKILL), 0);
+    assert_int_equal(waitpid(forgotten, &st, 0), forgotten);
+    /* Telling a guard that is gone is harmless. */
+    proc_guard_watch(&gd, kept);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_set_add_del),
+        cmocka_unit_test(test_takedown_kills_what_ignores_sigterm),
+        cmocka_unit_test(test_takedown_is_quick_when_sigterm_works),
+        cmocka_unit_test(test_guard),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
