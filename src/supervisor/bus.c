@@ -15,7 +15,9 @@
 #define NAME_BUCKETS 4096
 
 typedef struct hist_item {
-    struct hist_item *next;
+    struct hist_item *next;      /* the topic's next, newer */
+    struct hist_item *gprev, *gnext; /* every topic's, oldest first */
+    bus_topic *topic;
     pid_t from;
     size_t len;
     unsigned char data[];
@@ -30,6 +32,8 @@ struct bus_sub {
 
 struct bus_topic {
     bus_topic *next;         /* bucket chain */
+    bus_topic *iprev, *inext; /* the idle list, while idle */
+    int idle;                /* no subscribers, some history: evictable */
     bus_sub *subs;
     unsigned nsubs;
     hist_item *hist_head, *hist_tail;
@@ -73,28 +77,89 @@ static bus_name **name_slot(bus *b, const char *name, size_t len)
     return n;
 }
 
-static void topic_drop_oldest(bus_topic *t)
+/*
+ * History and eviction. A topic lives while it has subscribers or history.
+ * One with history and no subscribers is idle: it waits on the idle list,
+ * least recently used first, so a room's history survives a moment with
+ * nobody in it. Idle topics are evicted, their history with them, when a
+ * topic is to be made and the table is full, and when the history of all
+ * topics passes its budget (cfg.history_bytes); past that budget with no
+ * idle topic left, the oldest message of any topic goes. So neither a
+ * flood of topics nor their history can pin memory or the table.
+ */
+static void idle_remove(bus *b, bus_topic *t)
+{
+    if (!t->idle)
+        return;
+    if (t->iprev)
+        t->iprev->inext = t->inext;
+    else
+        b->idle_old = t->inext;
+    if (t->inext)
+        t->inext->iprev = t->iprev;
+    else
+        b->idle_new = t->iprev;
+    t->iprev = t->inext = NULL;
+    t->idle = 0;
+}
+
+/* Makes t the most recently used idle topic. */
+static void idle_touch(bus *b, bus_topic *t)
+{
+    idle_remove(b, t);
+    t->idle = 1;
+    t->iprev = b->idle_new;
+    t->inext = NULL;
+    if (b->idle_new)
+        b->idle_new->inext = t;
+    else
+        b->idle_old = t;
+    b->idle_new = t;
+}
+
+static void topic_drop_oldest(bus *b, bus_topic *t)
 {
     hist_item *h = t->hist_head;
+
     t->hist_head = h->next;
     if (!t->hist_head)
         t->hist_tail = NULL;
     t->nhist--;
     t->hist_bytes -= h->len;
+    if (h->gprev)
+        h->gprev->gnext = h->gnext;
+    else
+        b->hist_old = h->gnext;
+    if (h->gnext)
+        h->gnext->gprev = h->gprev;
+    else
+        b->hist_new = h->gprev;
+    b->hist_bytes -= h->len;
     free(h);
 }
 
-/* A topic with no subscribers and no history is freed. */
-static void topic_maybe_free(bus *b, bus_topic *t)
+static void topic_free(bus *b, bus_topic *t)
 {
-    bus_topic **slot;
+    bus_topic **slot = topic_slot(b, t->name, t->len);
 
-    if (t->subs || t->hist_head)
-        return;
-    slot = topic_slot(b, t->name, t->len);
+    while (t->hist_head)
+        topic_drop_oldest(b, t);
+    idle_remove(b, t);
     *slot = t->next;
     b->ntopics--;
     free(t);
+}
+
+/* After its last subscriber left, or a publish: a topic with neither
+ * subscribers nor history is freed; one with history alone is idle. */
+static void topic_maybe_free(bus *b, bus_topic *t)
+{
+    if (t->subs)
+        return;
+    if (!t->hist_head)
+        topic_free(b, t);
+    else
+        idle_touch(b, t);
 }
 
 static bus_topic *topic_get(bus *b, const char *name, size_t len, int create)
@@ -103,8 +168,12 @@ static bus_topic *topic_get(bus *b, const char *name, size_t len, int create)
 
     if (*slot || !create)
         return *slot;
-    if (b->ntopics >= BUS_TOPICS_MAX)
-        return NULL;
+    if (b->ntopics >= BUS_TOPICS_MAX) {
+        if (!b->idle_old)
+            return NULL; /* every topic has subscribers */
+        topic_free(b, b->idle_old);
+        slot = topic_slot(b, name, len); /* the chain may have changed */
+    }
     t = calloc(1, sizeof *t + len + 1);
     if (!t)
         return NULL;
@@ -113,6 +182,52 @@ static bus_topic *topic_get(bus *b, const char *name, size_t len, int create)
     *slot = t;
     b->ntopics++;
     return t;
+}
+
+/* Keeps a message in t's history, within the topic's bounds and the bus's
+ * budget. Nothing is kept if memory is short. */
+static void history_add(bus *b, bus_topic *t, pid_t from, const unsigned char *data, size_t len)
+{
+    hist_item *h;
+
+    if (len > BUS_HISTORY_BYTES || !(h = malloc(sizeof *h + len)))
+        return;
+    h->next = NULL;
+    h->topic = t;
+    h->from = from;
+    h->len = len;
+    if (len)
+        memcpy(h->data, data, len);
+    if (t->hist_tail)
+        t->hist_tail->next = h;
+    else
+        t->hist_head = h;
+    t->hist_tail = h;
+    t->nhist++;
+    t->hist_bytes += len;
+    h->gnext = NULL;
+    h->gprev = b->hist_new;
+    if (b->hist_new)
+        b->hist_new->gnext = h;
+    else
+        b->hist_old = h;
+    b->hist_new = h;
+    b->hist_bytes += len;
+    while (t->nhist > b->cfg.history || t->hist_bytes > BUS_HISTORY_BYTES)
+        topic_drop_oldest(b, t);
+    /* Bounded: each pass frees a topic or a message, and t keeps at least
+     * the one just added (the budget is at least BUS_HISTORY_BYTES). */
+    while (b->hist_bytes > b->cfg.history_bytes) {
+        bus_topic *old = b->idle_old;
+        if (old && old != t) {
+            topic_free(b, old);
+            continue;
+        }
+        old = b->hist_old->topic;
+        topic_drop_oldest(b, old);
+        if (old != t && !old->subs && !old->hist_head)
+            topic_free(b, old);
+    }
 }
 
 /* A message encoded once per codec, on first need. */
@@ -352,6 +467,7 @@ static void subscribe(endpoint *e, const bus_op *op)
             send_error(e, ENOMEM, op->name, op->name_len, "subscribe: out of memory");
             return;
         }
+        idle_remove(b, t);
         s->topic = t;
         s->ep = e;
         s->tnext = t->subs;
@@ -435,25 +551,8 @@ static int topic_publish(bus *b, const char *name, size_t name_len, pid_t from,
      * with it freed a topic that had nothing else: look it up again. */
     if (!(t = topic_get(b, name, name_len, b->cfg.history > 0)))
         return 0;
-    if (b->cfg.history > 0 && len <= BUS_HISTORY_BYTES) {
-        hist_item *h = malloc(sizeof *h + len);
-        if (h) {
-            h->next = NULL;
-            h->from = from;
-            h->len = len;
-            if (len)
-                memcpy(h->data, data, len);
-            if (t->hist_tail)
-                t->hist_tail->next = h;
-            else
-                t->hist_head = h;
-            t->hist_tail = h;
-            t->nhist++;
-            t->hist_bytes += h->len;
-            while (t->nhist > b->cfg.history || t->hist_bytes > BUS_HISTORY_BYTES)
-                topic_drop_oldest(t);
-        }
-    }
+    if (b->cfg.history > 0)
+        history_add(b, t, from, data, len);
     topic_maybe_free(b, t);
     return 0;
 }
@@ -936,6 +1035,10 @@ int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg)
         b->cfg.chan_max = CHAN_MAX_DEFAULT;
     if (!b->cfg.queue_limit)
         b->cfg.queue_limit = 256 * 1024;
+    if (!b->cfg.history_bytes)
+        b->cfg.history_bytes = BUS_HISTORY_TOTAL;
+    if (b->cfg.history_bytes < BUS_HISTORY_BYTES)
+        b->cfg.history_bytes = BUS_HISTORY_BYTES;
     /* Supervisor bookkeeping, in memory forked processes (the spawner)
      * do not inherit: os/nofork.c says why. */
     b->topics = os_nofork_calloc(TOPIC_BUCKETS, sizeof *b->topics);
@@ -963,9 +1066,9 @@ void bus_fini(bus *b)
         for (unsigned i = 0; i < TOPIC_BUCKETS; i++) {
             while (b->topics[i]) {
                 bus_topic *t = b->topics[i];
-                b->topics[i] = t->next;
                 while (t->hist_head)
-                    topic_drop_oldest(t);
+                    topic_drop_oldest(b, t);
+                b->topics[i] = t->next;
                 free(t);
             }
         }

@@ -20,7 +20,9 @@
  *     messages, never its siblings' turn;
  *   - topics, subscriptions and names per child, and history per topic,
  *     are bounded (BUS_* below); past them the request is refused with an
- *     error message to the child.
+ *     error message to the child. Topics nobody subscribes to are evicted
+ *     with their history (least recently used first) to make room for a
+ *     new one, or when the history of all topics passes history_bytes.
  */
 #ifndef SF_SUPERVISOR_BUS_H
 #define SF_SUPERVISOR_BUS_H
@@ -39,6 +41,7 @@
 #define BUS_SUBS_PER_CHILD 64
 #define BUS_NAMES_PER_CHILD 16
 #define BUS_HISTORY_BYTES (256 * 1024) /* per topic, besides the count */
+#define BUS_HISTORY_TOTAL (16 * 1024 * 1024) /* every topic's, by default */
 #define BUS_READ_BUDGET (64 * 1024)    /* bytes read from one child per wakeup */
 /* What a MESSAGE frame adds to the data it carries: the frame header, the
  * message header, the longest topic. A child's reader takes chan_max plus
@@ -105,6 +108,7 @@ typedef struct bus_config {
     size_t queue_limit;         /* bytes queued per child */
     int full_policy;            /* BUS_FULL_DROP or BUS_FULL_KICK */
     unsigned history;           /* messages kept per topic */
+    size_t history_bytes;       /* kept for all topics; 0: BUS_HISTORY_TOTAL */
     bus_kick_cb on_kick;
     bus_find_cb find;
     void *arg;
@@ -120,6 +124,9 @@ struct bus {
     unsigned nendpoints;
     bus_topic **topics;         /* hash table of topics, BUS_TOPICS_MAX * 2 buckets */
     unsigned ntopics;
+    bus_topic *idle_old, *idle_new; /* topics with history and no subscribers, LRU first */
+    struct hist_item *hist_old, *hist_new; /* every kept message, oldest first */
+    size_t hist_bytes;
     bus_name **names;           /* hash table of claimed names */
     unsigned nnames;
     unsigned char *rbuf;        /* one read buffer for every endpoint */
