@@ -569,6 +569,45 @@ def test_who_and_rooms(sockfork, tmp_path):
     assert sync(srv, alice, bob) == [[], []]
 
 
+def test_rooms_left_empty_do_not_use_up_the_server(sockfork, tmp_path):
+    """BUG (issue 11): rooms kept their history, and with it their topic, for
+    ever: clients joining 1,140 rooms and leaving filled the bus's table of
+    1024 topics, and then "/join brandnew" said "you are now in brandnew",
+    announced the join, and lines went nowhere. Empty rooms are evicted
+    (least recently used first) when the table is full."""
+    srv = chat_server(sockfork, tmp_path, *NO_FLOOD)
+    n, each = 20, 56  # 1,120 rooms, each with some history
+    clients = []
+    for i in range(n):
+        c = Chat(srv)
+        c.welcome()
+        c.nick = "f%d" % i
+        c.send(c.nick)
+        clients.append(c)
+    for i, c in enumerate(clients):
+        c.until(HELLO % c.nick)
+        c.send("".join("/join r%d_%d\n" % (i, j) for j in range(each)).encode())
+    for i, c in enumerate(clients):
+        c.until("*** you are now in r%d_%d" % (i, each - 1), LONG_WAIT)
+        c.send("/quit")
+    for c in clients:
+        c.until("*** Bye.", LONG_WAIT)
+        srv.log.wait_one(r"\] disconnected pid=%d " % c.pid)
+
+    alice = Chat(srv, "alice")
+    bob = Chat(srv, "bob")
+    alice.until("*** bob has joined lobby")
+    before, history = join(alice, "brandnew")
+    assert history == [], history
+    bob.expect("*** alice has left lobby")
+    before, history = join(bob, "brandnew")
+    assert history == ["[history] *** alice has joined brandnew"], history
+    alice.expect("*** bob has joined brandnew")
+    bob.send("anyone here?")
+    alice.expect("<bob> anyone here?")
+    assert sync(srv, alice, bob) == [[], []]
+
+
 # ------------------------------------------------------------ commands
 
 def test_private_messages(sockfork, tmp_path):
@@ -724,6 +763,47 @@ def test_slow_consumer_is_cut_off_and_nobody_waits(sockfork, tmp_path):
     assert sync(srv, alice, bob) == [[], []]
     print("slow consumer: cut off after %d lines sent, %d bytes reached it; worst batch "
           "to bob %.3f s" % (sent, len(data), worst))
+
+
+@pytest.mark.parametrize("members", [4, 8, 16])
+def test_a_burst_within_the_limits_reaches_every_reading_member(sockfork, tmp_path, members):
+    """BUG (issue 11): members each sending 20 lines of 4,000 bytes at once,
+    inside --flood 10/20 and the 4 KiB line limit, got the whole room
+    disconnected although every client read as fast as it could: the
+    supervisor filled each member's channel queue faster than its child
+    read it ("its channel queue is full (it does not read it)"), and a child
+    took 256 messages before writing to its client ("slow client"). Now the
+    publishers wait while a member's queue is high, and a member waits while
+    its client's backlog is full: every line arrives, nobody is cut off."""
+    srv = chat_server(sockfork, tmp_path, "--history", "0", "--flood", "10/20")
+    nicks = ["b%d" % i for i in range(members)]
+    clients = lobby(srv, *nicks)
+    k, pad = 18, "p" * 3980  # the burst of 20, less the nickname line
+    for c in clients:
+        c.sock.setblocking(True)
+    for c in clients:
+        c.send("".join("%s %02d %s\n" % (c.nick, j, pad) for j in range(k)).encode())
+    want = {c.nick: {o.nick: list(range(k)) for o in clients if o is not c} for c in clients}
+    got = {c.nick: {} for c in clients}
+    line_re = re.compile(r"^<(b\d+)> (b\d+) (\d\d) p{3980}$")
+    sel = selectors.DefaultSelector()
+    for c in clients:
+        sel.register(c.sock, selectors.EVENT_READ, c)
+    deadline = time.monotonic() + LONG_WAIT
+    while got != want:
+        left = deadline - time.monotonic()
+        assert left > 0, "not every line arrived: %r" % {
+            n: {s: len(v) for s, v in g.items()} for n, g in got.items()}
+        for key, _ in sel.select(min(left, 1.0)):
+            c = key.data
+            c.fill(WAIT)
+            for text in iter(c.take, None):
+                m = line_re.match(text)
+                assert m and m.group(1) == m.group(2), "%r got %r" % (c, text[:120])
+                got[c.nick].setdefault(m.group(1), []).append(int(m.group(3)))
+    sel.close()
+    assert sync(srv, *clients) == [[]] * members
+    assert not srv.log.find(r"does not read it|slow client|disconnected pid="), srv.log.lines[-20:]
 
 
 def test_flooder_warned_then_disconnected(sockfork, tmp_path):
