@@ -27,7 +27,9 @@
 
 #define NICK_MAX 32
 #define ROOM_MAX 32
-#define FLUSH_AT_EXIT_MS 1000
+#define FLUSH_AT_EXIT_MS 3000
+#define SLOW_S 2.0                /* a full backlog the client takes nothing of */
+#define HISTORY_MARK "[history] " /* before each replayed line */
 
 /* Set by chat_option in the supervisor before it runs; children inherit it. */
 static struct {
@@ -51,6 +53,8 @@ typedef struct chat {
     int discarding;             /* inside a line that was too long */
     char *out;                  /* what waits for the client, at most cfg.backlog */
     size_t out_len;
+    char sent_last;             /* the last byte the client was sent */
+    double full_since;          /* the backlog has had no room since; 0: it has */
     double tokens, last;        /* the flood limit's bucket */
     int warned;
 } chat;
@@ -111,7 +115,7 @@ int chat_check(const sf_server_opts *opts)
     /* A line's worst case after cleaning (every byte a U+FFFD) plus a
      * nickname and the "<nick> " around it must fit in one message, and in
      * a receiver's backlog, or a client could be cut off for one line. */
-    size_t worst = 3 * cfg.line_max + 2 * NICK_MAX + 16;
+    size_t worst = 3 * cfg.line_max + 2 * NICK_MAX + 16 + sizeof HISTORY_MARK;
 
     if (worst > opts->chan_max) {
         cli_error("chat: --line-max %zu needs --channel-max of at least %zu (a line of control "
@@ -145,36 +149,66 @@ static int flush_some(chat *ch)
                 continue;
             return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
         }
+        if (n == 0)
+            return 0;
+        ch->sent_last = ch->out[n - 1];
+        ch->full_since = 0; /* the client takes what it is sent */
         memmove(ch->out, ch->out + n, ch->out_len - (size_t)n);
         ch->out_len -= (size_t)n;
     }
     return 0;
 }
 
+/* The longest line a sibling may send us, as we show it. */
+static size_t longest_line(void)
+{
+    return 3 * cfg.line_max + 2 * NICK_MAX + 16 + sizeof HISTORY_MARK;
+}
+
+/* Whether the backlog has room for one more line from the channel. What
+ * does not fit waits in the channel, whose queue in the supervisor then
+ * holds the senders (backpressure): a client that reads, however slowly,
+ * is never cut off for a burst. */
+static int has_room(chat *ch)
+{
+    if (cfg.backlog - ch->out_len >= longest_line())
+        return 1;
+    (void)flush_some(ch); /* a client gone is seen by the loop */
+    return cfg.backlog - ch->out_len >= longest_line();
+}
+
 static void leave(chat *ch, const char *announce, const char *to_client, int status)
     __attribute__((noreturn));
 
-/* The client lets its backlog fill: it is not reading, and nothing may
- * wait on it. */
+/* The client lets its backlog fill and takes nothing of it for SLOW_S: it
+ * is not reading, and its room (held behind it) may not wait longer. What
+ * waits is dropped; the client is told why, after the end of the line it
+ * has part of. */
 static void __attribute__((noreturn)) too_slow(chat *ch)
 {
-    char text[160];
+    char text[160], why[160];
 
     snprintf(text, sizeof text, "slow client: %zu bytes waiting for it; disconnected",
              ch->out_len);
     (void)sf_conn_log(ch->conn, text);
-    leave(ch, "was disconnected (not reading)", NULL, 0);
+    snprintf(why, sizeof why, "%s*** You were disconnected: you are not reading "
+             "(%zu bytes were waiting for you).",
+             ch->sent_last == '\r' ? "\n" : ch->sent_last && ch->sent_last != '\n' ? "\r\n" : "", ch->out_len);
+    ch->out_len = 0;
+    leave(ch, "was disconnected (not reading)", why, 0);
 }
 
 /* Queues one line as it is (CRLF added) for the client: what say formats,
- * and the lines siblings send, relayed without formatting. A client that
- * lets the backlog fill is cut off: it is not reading, and nothing may wait
- * on it. The loop writes once it has handled everything at hand: one write
- * for a whole burst of lines. */
+ * and the lines siblings send, relayed without formatting. The loop reads
+ * the channel only while the backlog has room for one more line, and
+ * writes once it has handled everything at hand: one write for a whole
+ * burst of lines. */
 static void say_line(chat *ch, const void *data, size_t n)
 {
     if (ch->out_len + n + 2 > cfg.backlog)
-        too_slow(ch);
+        (void)flush_some(ch);
+    if (ch->out_len + n + 2 > cfg.backlog)
+        too_slow(ch); /* only a line longer than a sibling's can (a notice) */
     memcpy(ch->out + ch->out_len, data, n);
     memcpy(ch->out + ch->out_len + n, "\r\n", 2);
     ch->out_len += n + 2;
@@ -282,12 +316,27 @@ static void leave(chat *ch, const char *announce, const char *to_client, int sta
         memcpy(ch->out + ch->out_len + n, "\r\n", 2);
         ch->out_len += n + 2;
     }
+    /* Meanwhile the channel is read and what comes is dropped: a room must
+     * not be held (backpressure) by a member on its way out. */
+    int chan = sf_conn_channel_fd(ch->conn);
     double deadline = now_s() + FLUSH_AT_EXIT_MS / 1000.0;
     while (ch->out_len > 0 && flush_some(ch) == 0) {
-        struct pollfd p = {ch->fd, POLLOUT, 0};
+        struct pollfd p[2] = {{ch->fd, POLLOUT, 0}, {chan, POLLIN, 0}};
         int left = (int)((deadline - now_s()) * 1000);
-        if (left <= 0 || poll(&p, 1, left) <= 0)
+        if (left <= 0 || poll(p, 2, left) < 0)
             break;
+        while (p[1].revents || sf_conn_msg_pending(ch->conn)) {
+            sf_msg m;
+            if (sf_conn_recv(ch->conn, &m) <= 0) {
+                p[1].fd = -1;
+                break;
+            }
+            sf_msg_free(&m);
+            if (!sf_conn_msg_pending(ch->conn))
+                break;
+        }
+        if (p[1].fd < 0)
+            chan = -1; /* closed (or broken): poll the client alone */
     }
     _exit(status);
 }
@@ -662,22 +711,34 @@ int handler_chat(sf_conn *c, void *arg)
     say(&ch, "*** Welcome to sockfork chat (pid %d). Your nickname?", (int)getpid());
     for (;;) {
         struct pollfd p[2];
-        int timeout = sf_conn_msg_pending(c) ? 0 : -1;
+        struct timespec wait = {0, 0};
+        int room = has_room(&ch);
 
         if (got_term)
             leave(&ch, "was disconnected by the server", "*** You were disconnected by the server.", 0);
+        if (!room) {
+            double left;
+            if (ch.full_since == 0)
+                ch.full_since = now_s();
+            left = ch.full_since + SLOW_S - now_s();
+            if (left <= 0)
+                too_slow(&ch);
+            wait.tv_sec = (time_t)left;
+            wait.tv_nsec = (long)((left - (double)wait.tv_sec) * 1e9);
+        }
         p[0].fd = ch.fd;
         p[0].events = (ch.state != CLAIMING ? POLLIN : 0) | (ch.out_len ? POLLOUT : 0);
-        p[1].fd = chan;
+        p[1].fd = room ? chan : -1; /* not even its hangup, till there is room */
         p[1].events = POLLIN;
         p[0].revents = p[1].revents = 0;
-        struct timespec zero = {0, 0};
-        if (ppoll(p, 2, timeout == 0 ? &zero : NULL, &waitmask) < 0 && errno != EINTR)
+        if (ppoll(p, 2, !room || sf_conn_msg_pending(c) ? &wait : NULL, &waitmask) < 0 &&
+            errno != EINTR)
             return 1;
-        if (p[1].revents || sf_conn_msg_pending(c)) {
+        if (room && (p[1].revents || sf_conn_msg_pending(c))) {
             /* Every message already read, then what one more read brings:
-             * bounded, so the client's side gets its turn. */
-            for (int i = 0; i < 256 && !got_term; i++) {
+             * bounded, so the client's side gets its turn, and only while
+             * the backlog has room. */
+            for (int i = 0; i < 256 && !got_term && has_room(&ch); i++) {
                 sf_msg m;
                 int rc = sf_conn_recv(c, &m);
                 if (rc == 0 || (rc < 0 && rc != -EINTR))
