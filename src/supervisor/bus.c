@@ -693,8 +693,10 @@ static void sub_free(bus *b, bus_sub *s)
     if (s->tnext)
         s->tnext->tprev = s->tprev;
     t->nsubs--;
-    if (s->ep->congested)
+    if (s->ep->congested) {
         t->ncongested--;
+        b->wake = 1; /* a sender held for this topic may go now */
+    }
     free(s);
     topic_maybe_free(b, t);
 }
@@ -888,6 +890,9 @@ static void claim(endpoint *e, const bus_op *op)
 static void name_free(bus *b, bus_name *n)
 {
     bus_name **slot = name_slot(b, n->name, n->len);
+
+    if (n->holder->congested)
+        b->wake = 1; /* a sender held for this name may go now */
     *slot = n->next;
     b->nnames--;
     free(n);

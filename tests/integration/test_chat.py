@@ -668,6 +668,38 @@ def test_rooms_left_empty_do_not_use_up_the_server(sockfork, tmp_path):
     assert sync(srv, alice, bob) == [[], []]
 
 
+def test_a_join_the_bus_refuses_is_never_announced(sockfork, tmp_path):
+    """BUG (issue 11): /join announced the join to the room and told the
+    client "you are now in", then the bus refused the subscription ("too
+    many topics"): the client was in no room and its lines went nowhere.
+    Now the join is made only once the bus has confirmed it. Here every
+    one of the bus's 1024 topics has a member: 1,023 clients in a room of
+    their own, and alice and bob in the lobby."""
+    srv = chat_server(sockfork, tmp_path, "--history", "0", "--max-conns", "1100", *NO_FLOOD)
+    alice, bob = lobby(srv, "alice", "bob")
+    n = 1023
+    clients = []
+    for i in range(n):
+        c = Chat(srv)
+        c.send("u%d\n/join r%d" % (i, i))
+        clients.append(c)
+    for i, c in enumerate(clients):
+        c.until("*** you are now in r%d" % i, LONG_WAIT)
+    sync(srv, alice, bob)  # the lobby's comings and goings
+    alice.send("/join brandnew\nstill in the lobby")
+    got = alice.line()
+    assert got == "*** cannot join brandnew (subscribe: too many topics (at most 1024)); " \
+        "you are still in lobby", got
+    bob.expect("<alice> still in the lobby")
+    assert sync(srv, alice, bob) == [[], []]
+    # A room freed is a room for the next.
+    clients[0].send("/quit")
+    clients[0].until("*** Bye.")
+    srv.wait_disconnected(clients[0].sock)
+    join(alice, "brandnew")
+    bob.expect("*** alice has left lobby")
+
+
 # ------------------------------------------------------------ commands
 
 def test_private_messages(sockfork, tmp_path):
