@@ -301,10 +301,17 @@ static void topic_of(char *buf, size_t len, const char *room)
  * order), after any error they caused. Its first byte says what for. */
 static void marker(chat *ch, char what, const char *text)
 {
-    char buf[8 + 3 * 4096 + 2 * NICK_MAX + 16];
-    int n = snprintf(buf, sizeof buf, "%c%s", what, text ? text : "");
+    char *buf;
+    int n;
 
-    (void)sf_conn_send(ch->conn, (int)ch->pid, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+    if (!text) { /* a join's: it cannot fail to be made */
+        (void)sf_conn_send(ch->conn, (int)ch->pid, &what, 1);
+        return;
+    }
+    if ((n = asprintf(&buf, "%c%s", what, text)) < 0)
+        return;
+    (void)sf_conn_send(ch->conn, (int)ch->pid, buf, (size_t)n);
+    free(buf);
 }
 
 static void publish(chat *ch, const char *room, const char *fmt, ...)
