@@ -219,8 +219,8 @@ static void history_add(bus *b, bus_topic *t, pid_t from, const unsigned char *d
     /* Bounded: each pass frees a topic or a message, and t keeps at least
      * the one just added (the budget is at least BUS_HISTORY_BYTES). */
     while (b->hist_bytes > b->cfg.history_bytes) {
-        bus_topic *old = b->idle_old;
-        if (old && old != t) {
+        bus_topic *old = b->idle_old && b->idle_old == t ? t->inext : b->idle_old;
+        if (old) {
             topic_free(b, old);
             continue;
         }
