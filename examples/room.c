@@ -37,7 +37,7 @@ static int write_all(int fd, const void *buf, size_t len)
 static int room(sf_conn *conn, void *arg)
 {
     int fd = sf_conn_fd(conn);
-    char line[1024];
+    char line[1024], clean[3 * sizeof line + 1];
     size_t have = 0;
     (void)arg;
 
@@ -52,12 +52,15 @@ static int room(sf_conn *conn, void *arg)
             if (sf_conn_recv(conn, &m) <= 0)
                 return 0; /* the server is going away */
             char head[64];
-            int n = snprintf(head, sizeof head, "[%d] ", m.from);
-            /* A publisher does not get its own lines back. */
-            if (write_all(fd, head, (size_t)n) < 0 || write_all(fd, m.data, m.len) < 0 ||
-                write_all(fd, "\n", 1) < 0)
-                return 0;
+            /* A publisher does not get its own lines back; the lines a
+             * newcomer is replayed are marked as such. */
+            int n = snprintf(head, sizeof head, "%s[%d] ",
+                             m.kind == SF_MSG_HISTORY ? "(earlier) " : "", m.from);
+            int rc = write_all(fd, head, (size_t)n) < 0 || write_all(fd, m.data, m.len) < 0 ||
+                     write_all(fd, "\n", 1) < 0;
             sf_msg_free(&m);
+            if (rc)
+                return 0;
         }
         if (ready & SF_READY_CLIENT) {
             ssize_t n = read(fd, line + have, sizeof line - have);
@@ -69,7 +72,11 @@ static int room(sf_conn *conn, void *arg)
                 size_t len = (size_t)(nl - line);
                 if (len > 0 && line[len - 1] == '\r')
                     len--;
-                (void)sf_conn_publish(conn, "room", line, len);
+                /* Passed on as valid UTF-8 without control or invisible
+                 * format characters: nobody's terminal takes orders
+                 * from another client. */
+                size_t n = sf_text_clean(clean, sizeof clean, line, len, "\xef\xbf\xbd");
+                (void)sf_conn_publish(conn, "room", clean, n);
                 have -= (size_t)(nl + 1 - line);
                 memmove(line, nl + 1, have);
             }

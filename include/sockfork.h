@@ -248,7 +248,10 @@ SF_EXTERN int sf_conn_status(sf_conn *c, const char *text);
 /*
  * Text from a client made safe to pass on (to other clients, to a log):
  * copies n bytes of `in` into out as valid UTF-8 with no control character
- * but tab, replacing each control character (C0, DEL, C1) and each byte
+ * but tab, replacing each control character (C0, DEL, C1), each
+ * bidirectional or invisible format character (U+00AD, U+061C, U+180E,
+ * U+200B, U+200E..U+200F, U+2028..U+202E, U+2060..U+206F, U+FEFF,
+ * U+FFF9..U+FFFB, tags U+E0000..U+E007F; U+200C and U+200D are kept), each byte
  * that is not UTF-8 (stray, truncated, overlong, a surrogate, past
  * U+10FFFF) with `replacement` ("\xEF\xBF\xBD" for U+FFFD, or "?"). out
  * gets at most len - 1 bytes and a NUL; a character that would not fit

@@ -31,6 +31,35 @@ static int is_control(const unsigned char *p, size_t k)
     return k == 2 && p[0] == 0xc2 && p[1] <= 0x9f;
 }
 
+/* The code point of the valid UTF-8 character at p, k bytes long. */
+static unsigned long code_point(const unsigned char *p, size_t k)
+{
+    static const unsigned char lead[] = {0, 0x7f, 0x1f, 0x0f, 0x07};
+    unsigned long c = p[0] & lead[k];
+
+    for (size_t j = 1; j < k; j++)
+        c = (c << 6) | (p[j] & 0x3f);
+    return c;
+}
+
+/* Characters that change how text around them reads or hide text, shown as
+ * nothing or elsewhere: bidirectional embeddings, overrides, isolates and
+ * marks; zero-width and invisible format characters; the line and
+ * paragraph separators; the BOM; tags. Kept: U+200C and U+200D (ZWNJ,
+ * ZWJ), which Persian, Indic scripts and emoji sequences need. */
+static int is_format(const unsigned char *p, size_t k)
+{
+    unsigned long c;
+
+    if (k == 1)
+        return 0;
+    c = code_point(p, k);
+    return c == 0xad || c == 0x61c || c == 0x180e ||
+           (c >= 0x200b && c <= 0x200f && c != 0x200c && c != 0x200d) ||
+           (c >= 0x2028 && c <= 0x202e) || (c >= 0x2060 && c <= 0x206f) || c == 0xfeff ||
+           (c >= 0xfff9 && c <= 0xfffb) || (c >= 0xe0000 && c <= 0xe007f);
+}
+
 size_t sf_text_clean(char *out, size_t len, const void *in, size_t n, const char *replacement)
 {
     const unsigned char *p = in;
@@ -40,7 +69,7 @@ size_t sf_text_clean(char *out, size_t len, const void *in, size_t n, const char
         return 0;
     while (i < n) {
         size_t k = utf8_len(p + i, n - i);
-        int bad = k == 0 || is_control(p + i, k);
+        int bad = k == 0 || is_control(p + i, k) || is_format(p + i, k);
         size_t w = bad ? rl : k;
 
         if (o + w + 1 > len)

@@ -15,7 +15,9 @@
 #define NAME_BUCKETS 4096
 
 typedef struct hist_item {
-    struct hist_item *next;
+    struct hist_item *next;      /* the topic's next, newer */
+    struct hist_item *gprev, *gnext; /* every topic's, oldest first */
+    bus_topic *topic;
     pid_t from;
     size_t len;
     unsigned char data[];
@@ -30,8 +32,11 @@ struct bus_sub {
 
 struct bus_topic {
     bus_topic *next;         /* bucket chain */
+    bus_topic *iprev, *inext; /* the idle list, while idle */
+    int idle;                /* no subscribers, some history: evictable */
     bus_sub *subs;
     unsigned nsubs;
+    unsigned ncongested;     /* subscribers whose queue holds senders */
     hist_item *hist_head, *hist_tail;
     unsigned nhist;
     size_t hist_bytes;
@@ -73,28 +78,89 @@ static bus_name **name_slot(bus *b, const char *name, size_t len)
     return n;
 }
 
-static void topic_drop_oldest(bus_topic *t)
+/*
+ * History and eviction. A topic lives while it has subscribers or history.
+ * One with history and no subscribers is idle: it waits on the idle list,
+ * least recently used first, so a room's history survives a moment with
+ * nobody in it. Idle topics are evicted, their history with them, when a
+ * topic is to be made and the table is full, and when the history of all
+ * topics passes its budget (cfg.history_bytes); past that budget with no
+ * idle topic left, the oldest message of any topic goes. So neither a
+ * flood of topics nor their history can pin memory or the table.
+ */
+static void idle_remove(bus *b, bus_topic *t)
+{
+    if (!t->idle)
+        return;
+    if (t->iprev)
+        t->iprev->inext = t->inext;
+    else
+        b->idle_old = t->inext;
+    if (t->inext)
+        t->inext->iprev = t->iprev;
+    else
+        b->idle_new = t->iprev;
+    t->iprev = t->inext = NULL;
+    t->idle = 0;
+}
+
+/* Makes t the most recently used idle topic. */
+static void idle_touch(bus *b, bus_topic *t)
+{
+    idle_remove(b, t);
+    t->idle = 1;
+    t->iprev = b->idle_new;
+    t->inext = NULL;
+    if (b->idle_new)
+        b->idle_new->inext = t;
+    else
+        b->idle_old = t;
+    b->idle_new = t;
+}
+
+static void topic_drop_oldest(bus *b, bus_topic *t)
 {
     hist_item *h = t->hist_head;
+
     t->hist_head = h->next;
     if (!t->hist_head)
         t->hist_tail = NULL;
     t->nhist--;
     t->hist_bytes -= h->len;
+    if (h->gprev)
+        h->gprev->gnext = h->gnext;
+    else
+        b->hist_old = h->gnext;
+    if (h->gnext)
+        h->gnext->gprev = h->gprev;
+    else
+        b->hist_new = h->gprev;
+    b->hist_bytes -= h->len;
     free(h);
 }
 
-/* A topic with no subscribers and no history is freed. */
-static void topic_maybe_free(bus *b, bus_topic *t)
+static void topic_free(bus *b, bus_topic *t)
 {
-    bus_topic **slot;
+    bus_topic **slot = topic_slot(b, t->name, t->len);
 
-    if (t->subs || t->hist_head)
-        return;
-    slot = topic_slot(b, t->name, t->len);
+    while (t->hist_head)
+        topic_drop_oldest(b, t);
+    idle_remove(b, t);
     *slot = t->next;
     b->ntopics--;
     free(t);
+}
+
+/* After its last subscriber left, or a publish: a topic with neither
+ * subscribers nor history is freed; one with history alone is idle. */
+static void topic_maybe_free(bus *b, bus_topic *t)
+{
+    if (t->subs)
+        return;
+    if (!t->hist_head)
+        topic_free(b, t);
+    else
+        idle_touch(b, t);
 }
 
 static bus_topic *topic_get(bus *b, const char *name, size_t len, int create)
@@ -103,8 +169,12 @@ static bus_topic *topic_get(bus *b, const char *name, size_t len, int create)
 
     if (*slot || !create)
         return *slot;
-    if (b->ntopics >= BUS_TOPICS_MAX)
-        return NULL;
+    if (b->ntopics >= BUS_TOPICS_MAX) {
+        if (!b->idle_old)
+            return NULL; /* every topic has subscribers */
+        topic_free(b, b->idle_old);
+        slot = topic_slot(b, name, len); /* the chain may have changed */
+    }
     t = calloc(1, sizeof *t + len + 1);
     if (!t)
         return NULL;
@@ -113,6 +183,52 @@ static bus_topic *topic_get(bus *b, const char *name, size_t len, int create)
     *slot = t;
     b->ntopics++;
     return t;
+}
+
+/* Keeps a message in t's history, within the topic's bounds and the bus's
+ * budget. Nothing is kept if memory is short. */
+static void history_add(bus *b, bus_topic *t, pid_t from, const unsigned char *data, size_t len)
+{
+    hist_item *h;
+
+    if (len > BUS_HISTORY_BYTES || !(h = malloc(sizeof *h + len)))
+        return;
+    h->next = NULL;
+    h->topic = t;
+    h->from = from;
+    h->len = len;
+    if (len)
+        memcpy(h->data, data, len);
+    if (t->hist_tail)
+        t->hist_tail->next = h;
+    else
+        t->hist_head = h;
+    t->hist_tail = h;
+    t->nhist++;
+    t->hist_bytes += len;
+    h->gnext = NULL;
+    h->gprev = b->hist_new;
+    if (b->hist_new)
+        b->hist_new->gnext = h;
+    else
+        b->hist_old = h;
+    b->hist_new = h;
+    b->hist_bytes += len;
+    while (t->nhist > b->cfg.history || t->hist_bytes > BUS_HISTORY_BYTES)
+        topic_drop_oldest(b, t);
+    /* Bounded: each pass frees a topic or a message, and t keeps at least
+     * the one just added (the budget is at least BUS_HISTORY_BYTES). */
+    while (b->hist_bytes > b->cfg.history_bytes) {
+        bus_topic *old = b->idle_old && b->idle_old == t ? t->inext : b->idle_old;
+        if (old) {
+            topic_free(b, old);
+            continue;
+        }
+        old = b->hist_old->topic;
+        topic_drop_oldest(b, old);
+        if (old != t && !old->subs && !old->hist_head)
+            topic_free(b, old);
+    }
 }
 
 /* A message encoded once per codec, on first need. */
@@ -178,6 +294,169 @@ static void doom(endpoint *e, const char *why, int bad)
 
 static void kick(endpoint *e, const char *why, int bad);
 
+/*
+ * Holding senders. A burst sent at once to many recipients must not be
+ * poured into their queues faster than they read them (a full queue drops
+ * or disconnects a child that is reading, only slower than the burst), so
+ * the pressure goes back to the senders: while a recipient's queue is over
+ * half its limit, it is congested, and a child whose next request would
+ * deliver to a congested recipient (other than itself) is held: that
+ * request waits, decoded, with what was read after it, and the child's
+ * channel is not read; its own writes then block in the child, which
+ * stops reading its client, and TCP slows the client down. When the
+ * queue is down to a quarter, the held children are retried, in the order
+ * they were held. A recipient that takes nothing for BUS_STALL_S is stuck:
+ * it holds nobody any more, and its queue fills up to the policy (drop or
+ * kick) as before. Nothing is held but requests from children: `ctl`
+ * texts, wills and replays are queued at once. With nothing congested
+ * (the common case) the cost is one comparison per request and per push.
+ */
+static size_t high_water(const bus *b) { return b->cfg.queue_limit / 2; }
+static size_t low_water(const bus *b) { return b->cfg.queue_limit / 4; }
+
+static void set_congested(endpoint *e, int on)
+{
+    bus *b = e->owner;
+    int d = on ? 1 : -1;
+
+    if (e->congested == on)
+        return;
+    e->congested = on;
+    b->ncongested += (unsigned)d;
+    for (bus_sub *s = e->subs; s; s = s->enext)
+        s->topic->ncongested += (unsigned)d;
+    if (on) {
+        e->progress_at = ev_now(b->loop);
+        if (!ev_is_active(&b->stall)) {
+            ev_timer_again(b->loop, &b->stall);
+            ev_unref(b->loop); /* it must not keep the loop running */
+        }
+    } else {
+        b->wake = 1;
+    }
+}
+
+/* After a flush: progress, and the end of congestion at the low mark. */
+static void flushed(endpoint *e, size_t before)
+{
+    if (e->q.bytes < before)
+        e->progress_at = ev_now(e->owner->loop);
+    if ((e->congested || e->stuck) && e->q.bytes <= low_water(e->owner)) {
+        e->stuck = 0;
+        set_congested(e, 0);
+    }
+}
+
+static void stall_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    bus *b = w->data;
+    double now = ev_now(loop);
+    (void)revents;
+
+    for (endpoint *e = b->all; e && b->ncongested; e = e->next) {
+        if (e->congested && now - e->progress_at >= BUS_STALL_S) {
+            sf_logf(b->cfg.log, SF_LOG_WARN,
+                    "pid %d: its channel took nothing for %g s: not holding its senders",
+                    (int)e->pid, BUS_STALL_S);
+            e->stuck = 1;
+            set_congested(e, 0);
+        }
+    }
+    if (b->ncongested == 0) {
+        ev_ref(loop);
+        ev_timer_stop(loop, w);
+    }
+}
+
+static int subscribes(const endpoint *e, const bus_topic *t)
+{
+    for (const bus_sub *s = e->subs; s; s = s->enext) {
+        if (s->topic == t)
+            return 1;
+    }
+    return 0;
+}
+
+static bus_topic *topic_get(bus *b, const char *name, size_t len, int create);
+static bus_name **name_slot(bus *b, const char *name, size_t len);
+
+/* Whether this request of e would deliver to a congested recipient. */
+static int blocked(endpoint *e, const bus_op *op)
+{
+    bus *b = e->owner;
+    endpoint *to;
+
+    if (b->ncongested == 0 || e->draining || b->closing)
+        return 0;
+    switch (op->op) {
+    case OP_PUBLISH: {
+        bus_topic *t = topic_get(b, op->name, op->name_len, 0);
+        return t && t->ncongested > (unsigned)(e->congested && subscribes(e, t));
+    }
+    case OP_SEND:
+        to = bus_find_pid(b, op->to);
+        return to && to != e && to->congested;
+    case OP_SEND_NAME: {
+        bus_name *n = *name_slot(b, op->name, op->name_len);
+        return n && n->holder != e && n->holder->congested;
+    }
+    case OP_BROADCAST:
+        return b->ncongested > (unsigned)e->congested;
+    default:
+        return 0;
+    }
+}
+
+static void held_unlink(endpoint *e)
+{
+    bus *b = e->owner;
+
+    if (!e->held)
+        return;
+    if (e->hprev)
+        e->hprev->hnext = e->hnext;
+    else
+        b->held_head = e->hnext;
+    if (e->hnext)
+        e->hnext->hprev = e->hprev;
+    else
+        b->held_tail = e->hprev;
+    e->hprev = e->hnext = NULL;
+    e->held = 0;
+}
+
+static void hold(endpoint *e)
+{
+    bus *b = e->owner;
+
+    if (e->held)
+        return;
+    e->held = 1;
+    e->hnext = NULL;
+    e->hprev = b->held_tail;
+    if (b->held_tail)
+        b->held_tail->hnext = e;
+    else
+        b->held_head = e;
+    b->held_tail = e;
+    b->stats.holds++;
+    ev_io_stop(b->loop, &e->rd);
+}
+
+static void pending_drop(endpoint *e)
+{
+    if (e->has_pend_f) {
+        free(e->pend_f.payload);
+        if (e->pend_f.fd >= 0)
+            close(e->pend_f.fd);
+        e->has_pend_f = 0;
+    }
+    if (e->pend_j) {
+        json_decref(e->pend_j);
+        e->pend_j = NULL;
+    }
+}
+
 /* The child has closed its end (it exited): nothing more can reach it, but
  * what it wrote before is still to be read, up to the EOF that closes the
  * endpoint (a goodbye, a cleared will). */
@@ -187,7 +466,11 @@ static void stop_writing(endpoint *e)
     chan_queue_fini(&e->q);
     chan_queue_init(&e->q, e->owner->cfg.queue_limit);
     ev_io_stop(e->owner->loop, &e->wr);
+    e->stuck = 0;
+    set_congested(e, 0);
 }
+
+static void wake_held(bus *b);
 
 static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
@@ -196,11 +479,18 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
     (void)revents;
 
     /* Bounded: each pass takes one endpoint off; one is put back only by a
-     * will or a delivery, and a closed one never comes back. */
-    while (b->attn) {
+     * will or a delivery, and a closed one never comes back. A wake-up
+     * retries the held senders, whose requests are bounded by what they
+     * had read. */
+    while (b->attn || b->wake) {
         endpoint *e = b->attn;
+        size_t before;
         int rc;
 
+        if (b->wake) {
+            wake_held(b);
+            continue;
+        }
         attention_remove(e);
         if (e->doom) {
             kick(e, e->doom, e->doom_bad);
@@ -208,7 +498,9 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
         }
         if (!endpoint_is_open(e) || ev_is_active(&e->wr))
             continue; /* the write watcher has it */
+        before = e->q.bytes;
         rc = chan_queue_flush(&e->q, e->fd);
+        flushed(e, before);
         if (rc == 0)
             ev_io_start(b->loop, &e->wr);
         else if (rc < 0)
@@ -248,6 +540,8 @@ static int push(endpoint *e, encoded *x)
         return rc;
     e->frames_out++;
     e->owner->stats.frames_out++;
+    if (!e->congested && !e->stuck && e->q.bytes >= high_water(e->owner))
+        set_congested(e, 1);
     attention(e);
     return 0;
 }
@@ -352,6 +646,9 @@ static void subscribe(endpoint *e, const bus_op *op)
             send_error(e, ENOMEM, op->name, op->name_len, "subscribe: out of memory");
             return;
         }
+        idle_remove(b, t);
+        if (e->congested)
+            t->ncongested++;
         s->topic = t;
         s->ep = e;
         s->tnext = t->subs;
@@ -396,6 +693,10 @@ static void sub_free(bus *b, bus_sub *s)
     if (s->tnext)
         s->tnext->tprev = s->tprev;
     t->nsubs--;
+    if (s->ep->congested) {
+        t->ncongested--;
+        b->wake = 1; /* a sender held for this topic may go now */
+    }
     free(s);
     topic_maybe_free(b, t);
 }
@@ -435,25 +736,8 @@ static int topic_publish(bus *b, const char *name, size_t name_len, pid_t from,
      * with it freed a topic that had nothing else: look it up again. */
     if (!(t = topic_get(b, name, name_len, b->cfg.history > 0)))
         return 0;
-    if (b->cfg.history > 0 && len <= BUS_HISTORY_BYTES) {
-        hist_item *h = malloc(sizeof *h + len);
-        if (h) {
-            h->next = NULL;
-            h->from = from;
-            h->len = len;
-            if (len)
-                memcpy(h->data, data, len);
-            if (t->hist_tail)
-                t->hist_tail->next = h;
-            else
-                t->hist_head = h;
-            t->hist_tail = h;
-            t->nhist++;
-            t->hist_bytes += h->len;
-            while (t->nhist > b->cfg.history || t->hist_bytes > BUS_HISTORY_BYTES)
-                topic_drop_oldest(t);
-        }
-    }
+    if (b->cfg.history > 0)
+        history_add(b, t, from, data, len);
     topic_maybe_free(b, t);
     return 0;
 }
@@ -606,6 +890,9 @@ static void claim(endpoint *e, const bus_op *op)
 static void name_free(bus *b, bus_name *n)
 {
     bus_name **slot = name_slot(b, n->name, n->len);
+
+    if (n->holder->congested)
+        b->wake = 1; /* a sender held for this name may go now */
     *slot = n->next;
     b->nnames--;
     free(n);
@@ -716,17 +1003,64 @@ static void kick(endpoint *e, const char *why, int bad)
         b->cfg.on_kick(b, e, why, b->cfg.arg);
 }
 
+/* Carries out the request that waits (decoded last), unless it would
+ * deliver to a congested recipient: then e is held with it. Returns 0, or
+ * -1 when e was closed. */
+static int run_pending(endpoint *e)
+{
+    const char *why = NULL;
+    bus_op op;
+
+    if (e->has_pend_f) {
+        if (bus_op_from_frame(&e->pend_f, &op) < 0) {
+            pending_drop(e);
+            kick(e, "a malformed frame", 1);
+            return -1;
+        }
+    } else if (e->pend_j) {
+        if (bus_op_from_json(e->pend_j, &op, &why) < 0) {
+            send_error(e, EINVAL, NULL, 0, "%s", why);
+            pending_drop(e);
+            return 0;
+        }
+    } else {
+        return 0;
+    }
+    if (blocked(e, &op)) {
+        hold(e);
+        return 0;
+    }
+    execute(e, &op);
+    pending_drop(e);
+    return endpoint_is_open(e) ? 0 : -1;
+}
+
+/* Keeps what was read after a held request, to be fed when it goes. */
+static int stash(endpoint *e, const unsigned char *buf, size_t len)
+{
+    unsigned char *p;
+
+    if (len == 0)
+        return 0;
+    if (!(p = malloc(len))) {
+        kick(e, "out of memory for its held requests", 0);
+        return -1;
+    }
+    memcpy(p, buf, len);
+    e->stash = p;
+    e->stash_len = len;
+    return 0;
+}
+
 /* Feeds what was read. Returns 0, or -1 when e was closed. */
 static int feed(endpoint *e, const unsigned char *buf, size_t len)
 {
     while (len > 0 && endpoint_is_open(e)) {
         size_t used = 0;
-        bus_op op;
         int rc;
 
         if (e->jsonl) {
             json_t *o = NULL;
-            const char *why = NULL;
             rc = jsonl_decoder_feed(&e->jdec, (const char *)buf, len, &used, &o);
             buf += used;
             len -= used;
@@ -740,16 +1074,9 @@ static int feed(endpoint *e, const unsigned char *buf, size_t len)
                 kick(e, "a line that is not a JSON object", 1);
                 return -1;
             }
-            e->frames_in++;
-            e->owner->stats.frames_in++;
-            if (bus_op_from_json(o, &op, &why) == 0)
-                execute(e, &op);
-            else
-                send_error(e, EINVAL, NULL, 0, "%s", why);
-            json_decref(o);
+            e->pend_j = o;
         } else {
-            chan_frame f;
-            rc = chan_decoder_feed(&e->fdec, buf, len, &used, &f);
+            rc = chan_decoder_feed(&e->fdec, buf, len, &used, &e->pend_f);
             buf += used;
             len -= used;
             if (rc == 0)
@@ -758,21 +1085,51 @@ static int feed(endpoint *e, const unsigned char *buf, size_t len)
                 kick(e, rc == -EMSGSIZE ? "a frame over the channel's limit" : "a malformed frame", 1);
                 return -1;
             }
-            e->frames_in++;
-            e->owner->stats.frames_in++;
-            rc = bus_op_from_frame(&f, &op);
-            if (rc == 0)
-                execute(e, &op);
-            free(f.payload);
-            if (f.fd >= 0)
-                close(f.fd);
-            if (rc < 0) {
-                kick(e, "a malformed frame", 1);
-                return -1;
-            }
+            e->has_pend_f = 1;
         }
+        e->frames_in++;
+        e->owner->stats.frames_in++;
+        if (run_pending(e) < 0)
+            return -1;
+        if (e->held)
+            return stash(e, buf, len);
     }
     return endpoint_is_open(e) ? 0 : -1;
+}
+
+/* A held child's turn again: its waiting request, then what it had read
+ * after it, then its channel. */
+static void resume(endpoint *e)
+{
+    unsigned char *p = e->stash;
+    size_t n = e->stash_len;
+
+    held_unlink(e);
+    if (run_pending(e) < 0 || e->held)
+        return;
+    e->stash = NULL;
+    e->stash_len = 0;
+    if (n > 0) {
+        int rc = feed(e, p, n);
+        free(p);
+        if (rc < 0 || e->held)
+            return;
+    }
+    if (endpoint_is_open(e))
+        ev_io_start(e->owner->loop, &e->rd);
+}
+
+static void wake_held(bus *b)
+{
+    b->wake = 0;
+    /* Each held child once, in the order they were held; one held again
+     * goes to the end, after those still waiting. */
+    for (endpoint *last = b->held_tail, *e; (e = b->held_head);) {
+        int was_last = e == last;
+        resume(e);
+        if (was_last)
+            break;
+    }
 }
 
 /* Reads and handles up to `budget` bytes of what the child sent. Returns 1
@@ -785,6 +1142,8 @@ static int feed(endpoint *e, const unsigned char *buf, size_t len)
 static int read_some(endpoint *e, size_t budget, int to_eof)
 {
     while (budget > 0 && endpoint_is_open(e)) {
+        if (e->held)
+            return 1; /* its channel waits: resume() restarts it */
         size_t want = budget < BUS_READ_BUDGET ? budget : BUS_READ_BUDGET;
         ssize_t n = chan_read(e->fd, &e->fdec, e->owner->rbuf, want);
 
@@ -808,6 +1167,8 @@ static int read_some(endpoint *e, size_t budget, int to_eof)
         if (feed(e, e->owner->rbuf, (size_t)n) < 0)
             return -1;
         budget -= (size_t)n;
+        if (e->held)
+            return 1;
         if ((size_t)n < want && !to_eof)
             return endpoint_is_open(e) ? 1 : -1;
     }
@@ -825,7 +1186,10 @@ void endpoint_drain(endpoint *e)
 {
     /* The child has exited: all it wrote is in the socket already, at most
      * what its send buffer held. Its last words (a goodbye, a cleared will)
-     * are handled before its will would be published. */
+     * are handled before its will would be published, held or not. */
+    e->draining = 1;
+    if (e->held)
+        resume(e);
     while (read_some(e, BUS_READ_BUDGET, 1) == 0)
         ;
 }
@@ -833,9 +1197,11 @@ void endpoint_drain(endpoint *e)
 static void wr_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     endpoint *e = w->data;
+    size_t before = e->q.bytes;
     int rc = chan_queue_flush(&e->q, e->fd);
     (void)revents;
 
+    flushed(e, before);
     if (rc == 1)
         ev_io_stop(loop, w);
     else if (rc < 0)
@@ -856,6 +1222,7 @@ int endpoint_open(bus *b, endpoint *e, int fd, pid_t pid, int jsonl, void *data)
     e->pid = pid;
     e->jsonl = jsonl;
     e->data = data;
+    e->pend_f.fd = -1;
     chan_decoder_init(&e->fdec, b->cfg.chan_max);
     if (jsonl && (rc = jsonl_decoder_init(&e->jdec, b->cfg.chan_max)) < 0) {
         chan_decoder_fini(&e->fdec);
@@ -884,6 +1251,13 @@ void endpoint_close(endpoint *e)
         return;
     attention_remove(e);
     e->doom = NULL;
+    held_unlink(e);
+    pending_drop(e);
+    free(e->stash);
+    e->stash = NULL;
+    e->stash_len = 0;
+    e->stuck = 0;
+    set_congested(e, 0);
     ev_io_stop(b->loop, &e->rd);
     ev_io_stop(b->loop, &e->wr);
     close(e->fd);
@@ -936,11 +1310,18 @@ int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg)
         b->cfg.chan_max = CHAN_MAX_DEFAULT;
     if (!b->cfg.queue_limit)
         b->cfg.queue_limit = 256 * 1024;
+    if (!b->cfg.history_bytes)
+        b->cfg.history_bytes = BUS_HISTORY_TOTAL;
+    if (b->cfg.history_bytes < BUS_HISTORY_BYTES)
+        b->cfg.history_bytes = BUS_HISTORY_BYTES;
     /* Supervisor bookkeeping, in memory forked processes (the spawner)
      * do not inherit: os/nofork.c says why. */
     b->topics = os_nofork_calloc(TOPIC_BUCKETS, sizeof *b->topics);
     b->names = os_nofork_calloc(NAME_BUCKETS, sizeof *b->names);
     b->rbuf = os_nofork_calloc(1, BUS_READ_BUDGET);
+    ev_init(&b->stall, stall_cb);
+    b->stall.repeat = BUS_STALL_S / 4;
+    b->stall.data = b;
     ev_prepare_init(&b->prepare, prepare_cb);
     b->prepare.data = b;
     ev_prepare_start(loop, &b->prepare);
@@ -955,6 +1336,10 @@ int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg)
 void bus_fini(bus *b)
 {
     bus_close_all(b);
+    if (b->loop && ev_is_active(&b->stall)) {
+        ev_ref(b->loop);
+        ev_timer_stop(b->loop, &b->stall);
+    }
     if (b->loop && ev_is_active(&b->prepare)) {
         ev_ref(b->loop);
         ev_prepare_stop(b->loop, &b->prepare);
@@ -963,9 +1348,9 @@ void bus_fini(bus *b)
         for (unsigned i = 0; i < TOPIC_BUCKETS; i++) {
             while (b->topics[i]) {
                 bus_topic *t = b->topics[i];
-                b->topics[i] = t->next;
                 while (t->hist_head)
-                    topic_drop_oldest(t);
+                    topic_drop_oldest(b, t);
+                b->topics[i] = t->next;
                 free(t);
             }
         }

@@ -18,9 +18,15 @@
  *     and counted (BUS_FULL_DROP), or it is disconnected (BUS_FULL_KICK);
  *   - reads per wakeup are bounded, so a flooding child costs its own
  *     messages, never its siblings' turn;
+ *   - a recipient's queue over half its limit holds the children sending
+ *     to it (their requests wait, their channel is not read) until it is
+ *     down to a quarter; one that takes nothing for BUS_STALL_S holds
+ *     nobody any more, and the full-queue policy applies to it;
  *   - topics, subscriptions and names per child, and history per topic,
  *     are bounded (BUS_* below); past them the request is refused with an
- *     error message to the child.
+ *     error message to the child. Topics nobody subscribes to are evicted
+ *     with their history (least recently used first) to make room for a
+ *     new one, or when the history of all topics passes history_bytes.
  */
 #ifndef SF_SUPERVISOR_BUS_H
 #define SF_SUPERVISOR_BUS_H
@@ -39,7 +45,9 @@
 #define BUS_SUBS_PER_CHILD 64
 #define BUS_NAMES_PER_CHILD 16
 #define BUS_HISTORY_BYTES (256 * 1024) /* per topic, besides the count */
+#define BUS_HISTORY_TOTAL (16 * 1024 * 1024) /* every topic's, by default */
 #define BUS_READ_BUDGET (64 * 1024)    /* bytes read from one child per wakeup */
+#define BUS_STALL_S 4.0                /* s a recipient holds senders without progress */
 /* What a MESSAGE frame adds to the data it carries: the frame header, the
  * message header, the longest topic. A child's reader takes chan_max plus
  * this, so anything a sibling may send reaches it; a queue must hold as
@@ -86,11 +94,24 @@ struct endpoint {
     const char *doom;       /* why it is to be disconnected, once deliveries are done */
     int broken;             /* its peer closed: read to the EOF, write nothing */
     int doom_bad;
+    /* Backpressure (bus.c, "holding senders"). */
+    int congested;          /* its queue is high: senders to it are held */
+    int stuck;              /* it took nothing for BUS_STALL_S: it holds nobody */
+    double progress_at;     /* ev_now when its queue last shrank */
+    int held;               /* its requests wait for a recipient */
+    int draining;           /* it has exited: nothing of it is held */
+    endpoint *hprev, *hnext; /* the held list */
+    chan_frame pend_f;      /* the request that waits, decoded */
+    int has_pend_f;
+    json_t *pend_j;
+    unsigned char *stash;   /* what was read after it, to handle next */
+    size_t stash_len;
     void *data;             /* the owner's */
 };
 
 typedef struct bus_stats {
     uint64_t frames_in, frames_out, drops, kicked_full, kicked_bad;
+    uint64_t holds;             /* times a sender was held */
 } bus_stats;
 
 /* The owner learns of a child the bus wants gone (bad input, or a full
@@ -105,6 +126,7 @@ typedef struct bus_config {
     size_t queue_limit;         /* bytes queued per child */
     int full_policy;            /* BUS_FULL_DROP or BUS_FULL_KICK */
     unsigned history;           /* messages kept per topic */
+    size_t history_bytes;       /* kept for all topics; 0: BUS_HISTORY_TOTAL */
     bus_kick_cb on_kick;
     bus_find_cb find;
     void *arg;
@@ -120,11 +142,18 @@ struct bus {
     unsigned nendpoints;
     bus_topic **topics;         /* hash table of topics, BUS_TOPICS_MAX * 2 buckets */
     unsigned ntopics;
+    bus_topic *idle_old, *idle_new; /* topics with history and no subscribers, LRU first */
+    struct hist_item *hist_old, *hist_new; /* every kept message, oldest first */
+    size_t hist_bytes;
     bus_name **names;           /* hash table of claimed names */
     unsigned nnames;
     unsigned char *rbuf;        /* one read buffer for every endpoint */
     int closing;                /* bus_close_all: wills are not published */
     endpoint *attn;             /* see bus.c, "attention" */
+    unsigned ncongested;        /* endpoints holding senders */
+    endpoint *held_head, *held_tail; /* senders held, first held first */
+    int wake;                   /* a recipient drained: retry the held */
+    ev_timer stall;             /* while any is congested */
     ev_prepare prepare;
     bus_stats stats;
 };

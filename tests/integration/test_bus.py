@@ -11,7 +11,7 @@ OK means the message did not go to x, with no pause involved."""
 
 import pytest
 
-from conftest import BusClient, Control, control_path, escape_arg, expect_eof, helper
+from conftest import LONG_WAIT, BusClient, Control, control_path, escape_arg, expect_eof, helper
 
 
 @pytest.fixture
@@ -383,5 +383,30 @@ def test_queue_limit_drops_for_a_child_that_does_not_read(chan):
     assert msgs_of(other.sync()) == [("direct", sender.pid, "", b"served")]
     # deaf is still alive and answers its client.
     assert deaf.cmd("PID")[1] == "PID %d" % deaf.pid
+    ctl.close()
+    srv.stop()
+
+
+def test_senders_wait_for_a_reading_subscriber_instead_of_overflowing_it(chan):
+    """BUG (issue 11): four children publishing at once filled a reading
+    subscriber's queue faster than it could read it, and under the kick
+    policy it was disconnected ("it does not read it"). The senders are
+    held while its queue is high: it gets every message, nobody is kicked."""
+    limit = 72 * 1024
+    srv = chan("--kick", "--queue", str(limit))
+    sub = BusClient(srv)
+    sub.ok("SUB t 0")
+    sub.ok("MUTE")  # reads its channel, counts, writes nothing per message
+    pubs = [BusClient(srv) for _ in range(4)]
+    for p in pubs:
+        p.send("FLOOD PUB 2000 1000 t")
+    for p in pubs:
+        assert p.line(LONG_WAIT) == "OK FLOOD sent=2000"
+    sub.ok("SYNC")  # comes after every message routed to it
+    msgs, count = sub.cmd("COUNT")
+    assert msgs == [] and "topic=8000 " in count + " ", count
+    ctl = Control(control_path(srv))
+    st = ctl(cmd="stats")["channel"]
+    assert st["kicked_full"] == 0 and st["dropped"] == 0, st
     ctl.close()
     srv.stop()

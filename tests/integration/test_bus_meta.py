@@ -5,8 +5,8 @@ import os
 import signal
 import time
 
-from conftest import WAIT, expect_eof, recv_line
-from test_channel import RELAY, SH, json_line, relay_client
+from conftest import LONG_WAIT, WAIT, expect_eof, recv_line
+from test_channel import RELAY, SH, json_line, relay_client, vm_kib
 
 
 def tell(sock, **msg):
@@ -107,3 +107,68 @@ def test_at_shutdown_children_see_their_channel_end_at_once(sockfork):
     rc = srv.wait_exit()
     assert time.monotonic() - start < WAIT
     srv.check_clean_exit(rc)
+
+
+# ------------------------------------------------------------ topic eviction
+
+def test_topics_nobody_subscribes_to_are_evicted_with_their_history(sockfork):
+    """BUG (issue 11): a topic with history was freed only once it had no
+    history either, which never happens: one child publishing 60 KB to
+    1,100 topics left the supervisor holding all of it after the child had
+    gone, and no topic could be made any more. Topics nobody subscribes to
+    are evicted, least recently used first, when the table is full or the
+    history of all topics passes its budget (16 MiB)."""
+    env = {"ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") +
+                            ":detect_leaks=1:quarantine_size_mb=8").lstrip(":")}
+    srv = sockfork("--", SH, "-c", RELAY, env=env)
+    rss0 = vm_kib(srv.pid, "VmRSS")
+    a, apid = relay_client(srv)
+    data = "x" * 60000
+    topics = 1100
+    flood = b"".join(json.dumps({"op": "publish", "topic": "t%d" % i, "data": data}).encode()
+                     + b"\n" for i in range(topics))
+    a.settimeout(LONG_WAIT)
+    a.sendall(flood)
+    got = sync(a, apid)
+    assert got == [], "publishing on new topics was refused: %r" % got[:3]
+    srv.wait_disconnected(srv.close_client(a))
+    growth = vm_kib(srv.pid, "VmRSS") - rss0
+    print("supervisor RSS after 1,100 topics of 60 KB: +%d KiB" % growth)
+    assert growth < 40 * 1024, "the supervisor keeps %d KiB after the child left" % growth
+
+    # New topics work: subscribe, publish, and the last topic flooded is
+    # still there (its history is among the newest).
+    b, bpid = relay_client(srv)
+    c, cpid = relay_client(srv)
+    tell(b, op="subscribe", topic="brandnew")
+    assert sync(b, bpid) == []
+    tell(c, op="publish", topic="brandnew", data="hello")
+    assert sync(c, cpid) == []
+    m = json_line(b)
+    assert (m["kind"], m["topic"], m["data"]) == ("topic", "brandnew", "hello"), m
+    tell(c, op="subscribe", topic="t%d" % (topics - 1), history=5)
+    got = sync(c, cpid)
+    assert [(m["kind"], len(m["data"])) for m in got] == [("history", 60000)], \
+        [(m.get("kind"), m.get("error")) for m in got]
+    # The oldest went to make room.
+    tell(c, op="subscribe", topic="t0", history=5)
+    assert sync(c, cpid) == []
+
+
+def test_a_topic_with_subscribers_keeps_its_history_through_a_flood(sockfork):
+    """Eviction takes idle topics first: a room somebody is in keeps its
+    history while garbage topics come and go."""
+    srv = sockfork("--", SH, "-c", RELAY)
+    a, apid = relay_client(srv)
+    b, bpid = relay_client(srv)
+    tell(b, op="subscribe", topic="room")
+    tell(a, op="publish", topic="room", data="kept")
+    assert sync(a, apid) == []
+    flood = b"".join(json.dumps({"op": "publish", "topic": "g%d" % i, "data": "y" * 100}).encode()
+                     + b"\n" for i in range(3000))
+    a.settimeout(LONG_WAIT)
+    a.sendall(flood)
+    assert sync(a, apid) == []
+    c, cpid = relay_client(srv)
+    tell(c, op="subscribe", topic="room", history=5)
+    assert [(m["kind"], m["data"]) for m in sync(c, cpid)] == [("history", "kept")]

@@ -437,6 +437,65 @@ def test_nickname_taken_and_invalid(sockfork, tmp_path):
     assert sync(srv, again, c, winner, loser) == [[], [], [], []]
 
 
+def test_quit_at_the_nickname_prompt(sockfork, tmp_path):
+    """BUG (issue 11): /quit at the prompt was refused as a bad nickname."""
+    srv = chat_server(sockfork, tmp_path, "--history", "0", *NO_FLOOD)
+    c = Chat(srv)
+    c.welcome()
+    c.send("bad nick")
+    c.expect(BAD_NICK)
+    c.send("/quit")
+    assert c.lines_to_eof() == ["*** Bye."]
+    _, d = srv.wait_disconnected(c.sock)
+    assert d.group("status") == "exited 0"
+
+
+def test_nicknames_differing_only_in_case_are_one(sockfork, tmp_path):
+    """BUG (issue 11): ALICE was accepted beside alice. Nicknames are unique
+    whatever the case of their (ASCII) letters; each is shown as its user
+    typed it."""
+    srv = chat_server(sockfork, tmp_path, "--history", "0", *NO_FLOOD)
+    alice, bob = lobby(srv, "Alice", "bob")
+    c = Chat(srv)
+    c.welcome()
+    for taken in ("ALICE", "alice", "aLiCe"):
+        c.send(taken)
+        c.expect(TAKEN % taken)
+    c.send("BOB")
+    c.expect(TAKEN % "BOB")
+    c.login("Carol")
+    for other in (alice, bob):
+        other.expect("*** Carol has joined lobby")
+    bob.send("/msg ALICE hi")
+    bob.expect("-> *ALICE* hi")
+    alice.expect("*bob* hi")
+    bob.send("/nick ALICE")
+    bob.expect("*** the nickname ALICE is taken")
+    bob.send("/who")
+    assert sorted(bob.line().split(": ")[1].split(", ")) == ["Alice", "Carol", "bob"]
+    # A change of case is a rename that keeps the nickname.
+    alice.send("/nick ALICE")
+    alice.expect("*** you are now known as ALICE")
+    bob.expect("*** Alice is now known as ALICE")
+    c.expect("*** Alice is now known as ALICE")
+    bob.send("/who")
+    assert sorted(bob.line().split(": ")[1].split(", ")) == ["ALICE", "Carol", "bob"]
+    bob.send("/msg alice still you")
+    bob.expect("-> *alice* still you")
+    alice.expect("*bob* still you")
+    alice.send("/nick alicia")
+    alice.expect("*** you are now known as alicia")
+    bob.expect("*** ALICE is now known as alicia")
+    c.expect("*** ALICE is now known as alicia")
+    # Both forms are free again.
+    d = Chat(srv, "alice")
+    for other in (alice, bob, c):
+        other.expect("*** alice has joined lobby")
+    bob.send("/who")
+    assert sorted(bob.line().split(": ")[1].split(", ")) == ["Carol", "alice", "alicia", "bob"]
+    assert sync(srv, alice, bob, c, d) == [[], [], [], []]
+
+
 def test_nick_rename(sockfork, tmp_path):
     srv = chat_server(sockfork, tmp_path, "--history", "0", *NO_FLOOD)
     alice, bob, carol = lobby(srv, "alice", "bob", "carol")
@@ -569,6 +628,78 @@ def test_who_and_rooms(sockfork, tmp_path):
     assert sync(srv, alice, bob) == [[], []]
 
 
+def test_rooms_left_empty_do_not_use_up_the_server(sockfork, tmp_path):
+    """BUG (issue 11): rooms kept their history, and with it their topic, for
+    ever: clients joining 1,140 rooms and leaving filled the bus's table of
+    1024 topics, and then "/join brandnew" said "you are now in brandnew",
+    announced the join, and lines went nowhere. Empty rooms are evicted
+    (least recently used first) when the table is full."""
+    srv = chat_server(sockfork, tmp_path, *NO_FLOOD)
+    n, each = 20, 56  # 1,120 rooms, each with some history
+    clients = []
+    for i in range(n):
+        c = Chat(srv)
+        c.welcome()
+        c.nick = "f%d" % i
+        c.send(c.nick)
+        clients.append(c)
+    for i, c in enumerate(clients):
+        c.until(HELLO % c.nick)
+        c.send("".join("/join r%d_%d\n" % (i, j) for j in range(each)).encode())
+    for i, c in enumerate(clients):
+        c.until("*** you are now in r%d_%d" % (i, each - 1), LONG_WAIT)
+        c.send("/quit")
+    for c in clients:
+        c.until("*** Bye.", LONG_WAIT)
+        srv.log.wait_one(r"\] disconnected pid=%d " % c.pid)
+
+    alice = Chat(srv, "alice")
+    bob = Chat(srv, "bob")
+    alice.until("*** bob has joined lobby")
+    before, history = join(alice, "brandnew")
+    assert history == [], history
+    got = bob.until("*** alice has left lobby")
+    assert all(h.startswith("[history] ") for h in got[:-1]), got
+    before, history = join(bob, "brandnew")
+    assert history == ["[history] *** alice has joined brandnew"], history
+    alice.expect("*** bob has joined brandnew")
+    bob.send("anyone here?")
+    alice.expect("<bob> anyone here?")
+    assert sync(srv, alice, bob) == [[], []]
+
+
+def test_a_join_the_bus_refuses_is_never_announced(sockfork, tmp_path):
+    """BUG (issue 11): /join announced the join to the room and told the
+    client "you are now in", then the bus refused the subscription ("too
+    many topics"): the client was in no room and its lines went nowhere.
+    Now the join is made only once the bus has confirmed it. Here every
+    one of the bus's 1024 topics has a member: 1,023 clients in a room of
+    their own, and alice and bob in the lobby."""
+    srv = chat_server(sockfork, tmp_path, "--history", "0", "--max-conns", "1100", *NO_FLOOD)
+    alice, bob = lobby(srv, "alice", "bob")
+    n = 1023
+    clients = []
+    for i in range(n):
+        c = Chat(srv)
+        c.send("u%d\n/join r%d" % (i, i))
+        clients.append(c)
+    for i, c in enumerate(clients):
+        c.until("*** you are now in r%d" % i, LONG_WAIT)
+    sync(srv, alice, bob)  # the lobby's comings and goings
+    alice.send("/join brandnew\nstill in the lobby")
+    got = alice.line()
+    assert got == "*** cannot join brandnew (subscribe: too many topics (at most 1024)); " \
+        "you are still in lobby", got
+    bob.expect("<alice> still in the lobby")
+    assert sync(srv, alice, bob) == [[], []]
+    # A room freed is a room for the next.
+    clients[0].send("/quit")
+    clients[0].until("*** Bye.")
+    srv.wait_disconnected(clients[0].sock)
+    join(alice, "brandnew")
+    bob.expect("*** alice has left lobby")
+
+
 # ------------------------------------------------------------ commands
 
 def test_private_messages(sockfork, tmp_path):
@@ -588,11 +719,13 @@ def test_private_messages(sockfork, tmp_path):
     # Nobody else saw either.
     assert sync(srv, alice, bob, carol) == [[], [], []]
 
-    # An unknown nickname: the sender is told. (It is shown its
-    # "-> *ghost* ..." first, as if sent: see the report.)
+    # An unknown nickname: the sender is told, once (BUG, issue 11: it was
+    # shown "-> *ghost* anyone?" first, as if sent).
     alice.send("/msg ghost anyone?")
-    got = alice.until("*** no such nick: ghost")
-    assert got[:-1] in ([], ["-> *ghost* anyone?"]), got
+    alice.expect("*** no such nick: ghost")
+    alice.send("/msg bob after the ghost")
+    alice.expect("-> *bob* after the ghost")
+    bob.expect("*alice* after the ghost")
     for bad in ["/msg", "/msg bob", "/msg bob ", "/msg no.body hi"]:
         alice.send(bad)
         alice.expect("*** usage: /msg NICK TEXT")
@@ -635,16 +768,21 @@ def test_history_on_join(sockfork, tmp_path):
         alice.send("d%d" % i)
     # Back in the lobby, alice gets its last 3 lines too (history is the
     # room's, whoever sent it).
-    assert join(alice, "lobby") == ([], ["<alice> h4", "<alice> h5", "*** alice has left lobby"])
+    # Replayed lines are marked (BUG, issue 11: they looked like live
+    # events, "alice has joined lobby" after the joiner's own welcome).
+    assert join(alice, "lobby") == ([], ["[history] <alice> h4", "[history] <alice> h5",
+                                         "[history] *** alice has left lobby"])
     # The lobby's past: "alice has joined lobby", h1..h5, "alice has left
     # lobby", "alice has joined lobby": a joiner gets the last 3, in order.
     bob = Chat(srv, "bob")
-    bob.expect("<alice> h5", "*** alice has left lobby", "*** alice has joined lobby")
+    bob.expect("[history] <alice> h5", "[history] *** alice has left lobby",
+               "[history] *** alice has joined lobby")
     alice.expect("*** bob has joined lobby")  # bob is subscribed
     alice.send("live")
     bob.expect("<alice> live")
     # den's: "alice has joined den", d1..d4, "alice has left den".
-    assert join(bob, "den") == ([], ["<alice> d3", "<alice> d4", "*** alice has left den"])
+    assert join(bob, "den") == ([], ["[history] <alice> d3", "[history] <alice> d4",
+                                     "[history] *** alice has left den"])
     alice.expect("*** bob has left lobby")
     assert sync(srv, alice, bob) == [[], []]
 
@@ -714,16 +852,64 @@ def test_slow_consumer_is_cut_off_and_nobody_waits(sockfork, tmp_path):
             break
         data += chunk
     lines = bytes(data).split(b"\r\n")
-    tail = lines.pop()  # the last may be cut: it was being written
+    assert lines.pop() == b"", "not a whole line at the end: %r" % lines[-1:]
+    # The last line says why (BUG, issue 11: it said nothing, or that the
+    # server was shutting down), after the end of the line it was cut in.
+    why = re.match(r"^\*\*\* You were disconnected: you are not reading "
+                   r"\((\d+) bytes were waiting for you\)\.$", lines.pop().decode())
+    assert why and int(why.group(1)) == int(m.group(1)), why
+    if lines and lines[-1] != ("<alice> n=%06d %s" % (len(lines) - 1, pad)).encode():
+        tail = lines.pop()  # it was being written
+        assert ("<alice> n=%06d %s" % (len(lines), pad)).encode().startswith(tail)
     assert 0 < len(lines) < sent
     for i, raw in enumerate(lines):
         assert raw == ("<alice> n=%06d %s" % (i, pad)).encode(), (i, raw[:60])
-    assert ("<alice> n=%06d %s" % (len(lines), pad)).encode().startswith(tail)
     _, d = srv.wait_disconnected(slow.sock)
     assert d.group("status") == "exited 0"
     assert sync(srv, alice, bob) == [[], []]
     print("slow consumer: cut off after %d lines sent, %d bytes reached it; worst batch "
           "to bob %.3f s" % (sent, len(data), worst))
+
+
+@pytest.mark.parametrize("members", [4, 8, 16])
+def test_a_burst_within_the_limits_reaches_every_reading_member(sockfork, tmp_path, members):
+    """BUG (issue 11): members each sending 20 lines of 4,000 bytes at once,
+    inside --flood 10/20 and the 4 KiB line limit, got the whole room
+    disconnected although every client read as fast as it could: the
+    supervisor filled each member's channel queue faster than its child
+    read it ("its channel queue is full (it does not read it)"), and a child
+    took 256 messages before writing to its client ("slow client"). Now the
+    publishers wait while a member's queue is high, and a member waits while
+    its client's backlog is full: every line arrives, nobody is cut off."""
+    srv = chat_server(sockfork, tmp_path, "--history", "0", "--flood", "10/20")
+    nicks = ["b%d" % i for i in range(members)]
+    clients = lobby(srv, *nicks)
+    k, pad = 18, "p" * 3980  # the burst of 20, less the nickname line
+    for c in clients:
+        c.sock.setblocking(True)
+    for c in clients:
+        c.send("".join("%s %02d %s\n" % (c.nick, j, pad) for j in range(k)).encode())
+    want = {c.nick: {o.nick: list(range(k)) for o in clients if o is not c} for c in clients}
+    got = {c.nick: {} for c in clients}
+    line_re = re.compile(r"^<(b\d+)> (b\d+) (\d\d) p{3980}$")
+    sel = selectors.DefaultSelector()
+    for c in clients:
+        sel.register(c.sock, selectors.EVENT_READ, c)
+    deadline = time.monotonic() + LONG_WAIT
+    while got != want:
+        left = deadline - time.monotonic()
+        assert left > 0, "not every line arrived: %r" % {
+            n: {s: len(v) for s, v in g.items()} for n, g in got.items()}
+        for key, _ in sel.select(min(left, 1.0)):
+            c = key.data
+            c.fill(WAIT)
+            for text in iter(c.take, None):
+                m = line_re.match(text)
+                assert m and m.group(1) == m.group(2), "%r got %r" % (c, text[:120])
+                got[c.nick].setdefault(m.group(1), []).append(int(m.group(3)))
+    sel.close()
+    assert sync(srv, *clients) == [[]] * members
+    assert not srv.log.find(r"does not read it|slow client|disconnected pid="), srv.log.lines[-20:]
 
 
 def test_flooder_warned_then_disconnected(sockfork, tmp_path):
@@ -838,6 +1024,25 @@ def test_c1_control_characters_replaced(sockfork, tmp_path):
     alice, bob = lobby(srv, "alice", "bob")
     bob.send(b"c1[\xc2\x9b2J\xc2\x85\xc2\x80]\n")
     assert alice.line() == "<bob> c1[%s2J%s%s]" % (FFFD, FFFD, FFFD)
+
+
+def test_bidi_and_invisible_format_characters_replaced(sockfork, tmp_path):
+    """BUG (issue 11): U+202E (right-to-left override), U+200B (zero width
+    space), U+2028 (line separator) and the BOM passed through unchanged:
+    a client could make a line read backwards, hide text in it, or break
+    it. They are replaced as control characters are; the joiners emoji
+    and scripts need (U+200C, U+200D) stay."""
+    srv = chat_server(sockfork, tmp_path, "--history", "0", *NO_FLOOD)
+    alice, bob = lobby(srv, "alice", "bob")
+    bob.send("evil\u202etxt.exe zero\u200bwidth line\u2028sep \ufeffbom")
+    alice.expect("<bob> evil%stxt.exe zero%swidth line%ssep %sbom" % (FFFD, FFFD, FFFD, FFFD))
+    bob.send("/me \u2066isolated\u2069 \u200e\u200f")
+    alice.expect("* bob %sisolated%s %s%s" % (FFFD, FFFD, FFFD, FFFD))
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    bob.send("/msg alice %s" % family)
+    bob.expect("-> *alice* %s" % family)
+    alice.expect("*bob* %s" % family)
+    assert sync(srv, alice, bob) == [[], []]
 
 
 @pytest.mark.parametrize("args, says", [

@@ -18,6 +18,8 @@ static void check(const char *in, size_t n, const char *want)
     assert_string_equal(out, want);
 }
 
+#define CHECK(lit, want) check(lit, sizeof lit - 1, want)
+
 static void test_valid_text_passes(void **state)
 {
     (void)state;
@@ -46,6 +48,29 @@ static void test_bytes_that_are_not_utf8_are_replaced_each(void **state)
     check("ok\xe2\x82", 4, "ok" R R);         /* truncated at the end */
 }
 
+/* BUG (issue 11): direction overrides, zero-width and invisible format
+ * characters, the line and paragraph separators and the BOM passed
+ * unchanged: a client could reverse how a line reads, hide text, or break
+ * a line where a terminal or a log viewer shows one. */
+static void test_bidi_and_invisible_format_characters_are_replaced(void **state)
+{
+    (void)state;
+    CHECK("a\xe2\x80\xae" "cba", "a" R "cba");        /* U+202E RIGHT-TO-LEFT OVERRIDE */
+    CHECK("\xe2\x80\xaa\xe2\x80\xab\xe2\x80\xac\xe2\x80\xad", R R R R); /* U+202A..D */
+    CHECK("\xe2\x81\xa6\xe2\x81\xa7\xe2\x81\xa8\xe2\x81\xa9", R R R R); /* isolates */
+    CHECK("\xe2\x80\x8e\xe2\x80\x8f\xd8\x9c", R R R);  /* LRM, RLM, ALM */
+    CHECK("zero\xe2\x80\x8bwidth", "zero" R "width");  /* U+200B */
+    CHECK("\xe2\x81\xa0", R);                          /* U+2060 WORD JOINER */
+    CHECK("l1\xe2\x80\xa8l2\xe2\x80\xa9", "l1" R "l2" R); /* U+2028, U+2029 */
+    CHECK("\xef\xbb\xbf" "bom", R "bom");              /* U+FEFF */
+    CHECK("soft\xc2\xad", "soft" R);                   /* U+00AD SOFT HYPHEN */
+    CHECK("\xf3\xa0\x81\x81", R);                      /* U+E0041 TAG LATIN CAPITAL A */
+    /* Kept: the joiners that scripts and emoji sequences need, and their
+     * neighbours that are not format characters. */
+    CHECK("\xe2\x80\x8c\xe2\x80\x8d", "\xe2\x80\x8c\xe2\x80\x8d");
+    CHECK("\xe2\x80\x90\xe2\x80\xaf\xef\xbb\xbe", "\xe2\x80\x90\xe2\x80\xaf\xef\xbb\xbe");
+}
+
 static void test_a_character_that_does_not_fit_ends_the_copy(void **state)
 {
     char out[4];
@@ -67,6 +92,7 @@ int main(void)
         cmocka_unit_test(test_valid_text_passes),
         cmocka_unit_test(test_controls_are_replaced_once_each),
         cmocka_unit_test(test_bytes_that_are_not_utf8_are_replaced_each),
+        cmocka_unit_test(test_bidi_and_invisible_format_characters_are_replaced),
         cmocka_unit_test(test_a_character_that_does_not_fit_ends_the_copy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -27,7 +27,9 @@
 
 #define NICK_MAX 32
 #define ROOM_MAX 32
-#define FLUSH_AT_EXIT_MS 1000
+#define FLUSH_AT_EXIT_MS 3000
+#define SLOW_S 2.0                /* a full backlog the client takes nothing of */
+#define HISTORY_MARK "[history] " /* before each replayed line */
 
 /* Set by chat_option in the supervisor before it runs; children inherit it. */
 static struct {
@@ -44,13 +46,26 @@ typedef struct chat {
     int fd;
     int state;
     char nick[NICK_MAX + 1];
-    char room[ROOM_MAX + 1];
+    char room[ROOM_MAX + 1];    /* "" until the first join is confirmed */
     char wanted[NICK_MAX + 1];  /* the nickname being claimed */
+    pid_t pid;
+    /* A join waits for the bus to confirm the subscription (a message to
+     * ourselves, after it), so that a join that failed is never announced;
+     * the new room's lines wait in `held` meanwhile, and so do the client's
+     * lines after the /join. */
+    char joining[ROOM_MAX + 1];
+    int greet;                  /* the first join: say hello when it is done */
+    char join_error[256];       /* why the subscription was refused; "" if it was not */
+    char *held;                 /* at most cfg.backlog */
+    size_t held_len;
+    int msg_failed;             /* the /msg being answered went nowhere */
     char *in;                   /* the client's unfinished line */
     size_t in_len;
     int discarding;             /* inside a line that was too long */
     char *out;                  /* what waits for the client, at most cfg.backlog */
     size_t out_len;
+    char sent_last;             /* the last byte the client was sent */
+    double full_since;          /* the backlog has had no room since; 0: it has */
     double tokens, last;        /* the flood limit's bucket */
     int warned;
 } chat;
@@ -111,7 +126,7 @@ int chat_check(const sf_server_opts *opts)
     /* A line's worst case after cleaning (every byte a U+FFFD) plus a
      * nickname and the "<nick> " around it must fit in one message, and in
      * a receiver's backlog, or a client could be cut off for one line. */
-    size_t worst = 3 * cfg.line_max + 2 * NICK_MAX + 16;
+    size_t worst = 3 * cfg.line_max + 2 * NICK_MAX + 16 + sizeof HISTORY_MARK;
 
     if (worst > opts->chan_max) {
         cli_error("chat: --line-max %zu needs --channel-max of at least %zu (a line of control "
@@ -145,36 +160,66 @@ static int flush_some(chat *ch)
                 continue;
             return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
         }
+        if (n == 0)
+            return 0;
+        ch->sent_last = ch->out[n - 1];
+        ch->full_since = 0; /* the client takes what it is sent */
         memmove(ch->out, ch->out + n, ch->out_len - (size_t)n);
         ch->out_len -= (size_t)n;
     }
     return 0;
 }
 
+/* The longest line a sibling may send us, as we show it. */
+static size_t longest_line(void)
+{
+    return 3 * cfg.line_max + 2 * NICK_MAX + 16 + sizeof HISTORY_MARK;
+}
+
+/* Whether the backlog has room for one more line from the channel. What
+ * does not fit waits in the channel, whose queue in the supervisor then
+ * holds the senders (backpressure): a client that reads, however slowly,
+ * is never cut off for a burst. */
+static int has_room(chat *ch)
+{
+    if (cfg.backlog - ch->out_len >= longest_line())
+        return 1;
+    (void)flush_some(ch); /* a client gone is seen by the loop */
+    return cfg.backlog - ch->out_len >= longest_line();
+}
+
 static void leave(chat *ch, const char *announce, const char *to_client, int status)
     __attribute__((noreturn));
 
-/* The client lets its backlog fill: it is not reading, and nothing may
- * wait on it. */
+/* The client lets its backlog fill and takes nothing of it for SLOW_S: it
+ * is not reading, and its room (held behind it) may not wait longer. What
+ * waits is dropped; the client is told why, after the end of the line it
+ * has part of. */
 static void __attribute__((noreturn)) too_slow(chat *ch)
 {
-    char text[160];
+    char text[160], why[160];
 
     snprintf(text, sizeof text, "slow client: %zu bytes waiting for it; disconnected",
              ch->out_len);
     (void)sf_conn_log(ch->conn, text);
-    leave(ch, "was disconnected (not reading)", NULL, 0);
+    snprintf(why, sizeof why, "%s*** You were disconnected: you are not reading "
+             "(%zu bytes were waiting for you).",
+             ch->sent_last == '\r' ? "\n" : ch->sent_last && ch->sent_last != '\n' ? "\r\n" : "", ch->out_len);
+    ch->out_len = 0;
+    leave(ch, "was disconnected (not reading)", why, 0);
 }
 
 /* Queues one line as it is (CRLF added) for the client: what say formats,
- * and the lines siblings send, relayed without formatting. A client that
- * lets the backlog fill is cut off: it is not reading, and nothing may wait
- * on it. The loop writes once it has handled everything at hand: one write
- * for a whole burst of lines. */
+ * and the lines siblings send, relayed without formatting. The loop reads
+ * the channel only while the backlog has room for one more line, and
+ * writes once it has handled everything at hand: one write for a whole
+ * burst of lines. */
 static void say_line(chat *ch, const void *data, size_t n)
 {
     if (ch->out_len + n + 2 > cfg.backlog)
-        too_slow(ch);
+        (void)flush_some(ch);
+    if (ch->out_len + n + 2 > cfg.backlog)
+        too_slow(ch); /* only a line longer than a sibling's can (a notice) */
     memcpy(ch->out + ch->out_len, data, n);
     memcpy(ch->out + ch->out_len + n, "\r\n", 2);
     ch->out_len += n + 2;
@@ -221,11 +266,52 @@ static int valid_name(const char *s, size_t max)
     return 1;
 }
 
+/* A nickname as the bus knows it: "nick:" and the name with ASCII letters
+ * in lower case, so ALICE and alice are one nickname (nicknames are ASCII:
+ * valid_name). What the others see keeps the user's case: it is also held
+ * as the name "as:NAME", for /who. */
+static void nick_name(char *buf, size_t len, const char *nick)
+{
+    size_t n = (size_t)snprintf(buf, len, "nick:%s", nick);
+
+    for (size_t i = 5; i < n && i < len; i++) {
+        if (buf[i] >= 'A' && buf[i] <= 'Z')
+            buf[i] = (char)(buf[i] - 'A' + 'a');
+    }
+}
+
+static int same_nick(const char *a, const char *b)
+{
+    char x[NICK_MAX + 8], y[NICK_MAX + 8];
+
+    nick_name(x, sizeof x, a);
+    nick_name(y, sizeof y, b);
+    return strcmp(x, y) == 0;
+}
+
 /* ------------------------------------------------------------ the bus */
 
 static void topic_of(char *buf, size_t len, const char *room)
 {
     snprintf(buf, len, "room:%s", room);
+}
+
+/* A message to ourselves: it comes back once the bus has carried out
+ * every request sent before it (one child's requests are handled in
+ * order), after any error they caused. Its first byte says what for. */
+static void marker(chat *ch, char what, const char *text)
+{
+    char *buf;
+    int n;
+
+    if (!text) { /* a join's: it cannot fail to be made */
+        (void)sf_conn_send(ch->conn, (int)ch->pid, &what, 1);
+        return;
+    }
+    if ((n = asprintf(&buf, "%c%s", what, text)) < 0)
+        return;
+    (void)sf_conn_send(ch->conn, (int)ch->pid, buf, (size_t)n);
+    free(buf);
 }
 
 static void publish(chat *ch, const char *room, const char *fmt, ...)
@@ -242,7 +328,8 @@ static void publish(chat *ch, const char *room, const char *fmt, ...)
     if (n < 0)
         return;
     topic_of(topic, sizeof topic, room);
-    (void)sf_conn_publish(ch->conn, topic, text, (size_t)n);
+    if (room[0])
+        (void)sf_conn_publish(ch->conn, topic, text, (size_t)n);
     free(text);
 }
 
@@ -258,13 +345,77 @@ static void set_will(chat *ch)
     (void)sf_conn_status(ch->conn, text);
 }
 
+/* Subscribes to a room and asks for the bus's confirmation: the rest is
+ * done by joined(), when it comes. */
 static void join(chat *ch, const char *room)
 {
     char topic[ROOM_MAX + 8];
 
-    snprintf(ch->room, sizeof ch->room, "%s", room);
+    snprintf(ch->joining, sizeof ch->joining, "%s", room);
+    ch->join_error[0] = '\0';
+    ch->held_len = 0;
     topic_of(topic, sizeof topic, room);
     (void)sf_conn_subscribe(ch->conn, topic, cfg.history);
+    marker(ch, 'j', NULL);
+}
+
+/* A line of the room being joined, kept until the join is confirmed; past
+ * the backlog's size, the earliest are what the client sees. */
+static void hold_line(chat *ch, const char *mark, const void *data, size_t n)
+{
+    size_t ml = strlen(mark);
+
+    if (!ch->held && !(ch->held = malloc(cfg.backlog)))
+        return;
+    if (ch->held_len + ml + n + 2 > cfg.backlog)
+        return;
+    memcpy(ch->held + ch->held_len, mark, ml);
+    memcpy(ch->held + ch->held_len + ml, data, n);
+    memcpy(ch->held + ch->held_len + ml + n, "\r\n", 2);
+    ch->held_len += ml + n + 2;
+}
+
+static void say_line(chat *ch, const void *data, size_t n);
+
+/* The bus has handled the subscription: now the move is made and told. */
+static void joined(chat *ch)
+{
+    char topic[ROOM_MAX + 8], room[ROOM_MAX + 1];
+
+    memcpy(room, ch->joining, sizeof room);
+    ch->joining[0] = '\0';
+    if (ch->join_error[0]) {
+        if (ch->greet)
+            say(ch, "*** Hello %s. You cannot be put in %s (%s): /join another room.", ch->nick,
+                room, ch->join_error);
+        else
+            say(ch, "*** cannot join %s (%s)%s%s", room, ch->join_error,
+                ch->room[0] ? "; you are still in " : "", ch->room);
+        ch->greet = 0;
+        ch->held_len = 0;
+        return;
+    }
+    if (ch->room[0]) {
+        publish(ch, ch->room, "*** %s has left %s", ch->nick, ch->room);
+        topic_of(topic, sizeof topic, ch->room);
+        (void)sf_conn_unsubscribe(ch->conn, topic);
+    }
+    memcpy(ch->room, room, sizeof ch->room);
+    if (ch->greet)
+        say(ch, "*** Hello %s, you are in %s. /help lists the commands.", ch->nick, room);
+    else
+        say(ch, "*** you are now in %s", room);
+    ch->greet = 0;
+    /* The room's history and what was said since, in order. */
+    for (size_t i = 0; i < ch->held_len;) {
+        char *end = memchr(ch->held + i, '\n', ch->held_len - i);
+        size_t n = (size_t)(end - (ch->held + i)) - 1; /* without the CRLF */
+        say_line(ch, ch->held + i, n);
+        i += n + 2;
+    }
+    ch->held_len = 0;
+    free(ch->held);
+    ch->held = NULL;
     publish(ch, room, "*** %s has joined %s", ch->nick, room);
     set_will(ch);
 }
@@ -282,12 +433,27 @@ static void leave(chat *ch, const char *announce, const char *to_client, int sta
         memcpy(ch->out + ch->out_len + n, "\r\n", 2);
         ch->out_len += n + 2;
     }
+    /* Meanwhile the channel is read and what comes is dropped: a room must
+     * not be held (backpressure) by a member on its way out. */
+    int chan = sf_conn_channel_fd(ch->conn);
     double deadline = now_s() + FLUSH_AT_EXIT_MS / 1000.0;
     while (ch->out_len > 0 && flush_some(ch) == 0) {
-        struct pollfd p = {ch->fd, POLLOUT, 0};
+        struct pollfd p[2] = {{ch->fd, POLLOUT, 0}, {chan, POLLIN, 0}};
         int left = (int)((deadline - now_s()) * 1000);
-        if (left <= 0 || poll(&p, 1, left) <= 0)
+        if (left <= 0 || poll(p, 2, left) < 0)
             break;
+        while (p[1].revents || sf_conn_msg_pending(ch->conn)) {
+            sf_msg m;
+            if (sf_conn_recv(ch->conn, &m) <= 0) {
+                p[1].fd = -1;
+                break;
+            }
+            sf_msg_free(&m);
+            if (!sf_conn_msg_pending(ch->conn))
+                break;
+        }
+        if (p[1].fd < 0)
+            chan = -1; /* closed (or broken): poll the client alone */
     }
     _exit(status);
 }
@@ -327,6 +493,8 @@ static void command(chat *ch, char *line)
     } else if (strcmp(cmd, "/me") == 0) {
         if (!*rest)
             say(ch, "*** usage: /me ACTION");
+        else if (!ch->room[0])
+            say(ch, "*** you are in no room: /join ROOM");
         else
             publish(ch, ch->room, "* %s %s", ch->nick, rest);
     } else if (strcmp(cmd, "/nick") == 0) {
@@ -336,7 +504,7 @@ static void command(chat *ch, char *line)
             say(ch, "*** you are %s already", ch->nick);
         } else {
             snprintf(ch->wanted, sizeof ch->wanted, "%s", rest);
-            snprintf(name, sizeof name, "nick:%s", rest);
+            nick_name(name, sizeof name, rest);
             (void)sf_conn_claim(ch->conn, name);
         }
     } else if (strcmp(cmd, "/join") == 0) {
@@ -345,15 +513,13 @@ static void command(chat *ch, char *line)
         } else if (strcmp(rest, ch->room) == 0) {
             say(ch, "*** you are in %s already", ch->room);
         } else {
-            publish(ch, ch->room, "*** %s has left %s", ch->nick, ch->room);
-            topic_of(topic, sizeof topic, ch->room);
-            (void)sf_conn_unsubscribe(ch->conn, topic);
-            say(ch, "*** you are now in %s", rest);
             join(ch, rest);
         }
     } else if (strcmp(cmd, "/who") == 0) {
         const char *room = *rest ? rest : ch->room;
-        if (!valid_name(room, ROOM_MAX)) {
+        if (!*room) {
+            say(ch, "*** you are in no room: /who ROOM");
+        } else if (!valid_name(room, ROOM_MAX)) {
             say(ch, "*** usage: /who [ROOM]");
         } else {
             topic_of(topic, sizeof topic, room);
@@ -367,11 +533,16 @@ static void command(chat *ch, char *line)
         if (!valid_name(to, NICK_MAX) || !*text) {
             say(ch, "*** usage: /msg NICK TEXT");
         } else {
-            char *msg;
+            /* The echo comes back with a marker, after the bus's "no such
+             * nick" if there is one: the sender is answered once. */
+            char *msg, *echo;
             int n = asprintf(&msg, "*%s* %s", ch->nick, text);
-            snprintf(name, sizeof name, "nick:%s", to);
-            if (n > 0 && sf_conn_send_name(ch->conn, name, msg, (size_t)n) == 0)
-                say(ch, "-> *%s* %s", to, text);
+            nick_name(name, sizeof name, to);
+            if (n > 0 && sf_conn_send_name(ch->conn, name, msg, (size_t)n) == 0 &&
+                asprintf(&echo, "-> *%s* %s", to, text) > 0) {
+                marker(ch, 'm', echo);
+                free(echo);
+            }
             if (n > 0)
                 free(msg);
         }
@@ -419,19 +590,25 @@ static void line(chat *ch, const unsigned char *raw, size_t n)
         free(text);
         return; /* nickname attempts count against the flood limit too */
     }
+    if (ch->state == ASKING && strcmp(text, "/quit") == 0) {
+        free(text);
+        leave(ch, NULL, "*** Bye.", 0);
+    }
     if (ch->state == ASKING) {
         if (!valid_name(text, NICK_MAX)) {
             say(ch, "*** a nickname is 1 to %d letters, digits, '-' or '_'. Your nickname?", NICK_MAX);
         } else {
             char name[NICK_MAX + 8];
             snprintf(ch->wanted, sizeof ch->wanted, "%s", text);
-            snprintf(name, sizeof name, "nick:%s", text);
+            nick_name(name, sizeof name, text);
             (void)sf_conn_claim(ch->conn, name);
             ch->state = CLAIMING;
         }
     } else if (ch->state == ACTIVE && text[0] && flood_ok(ch)) {
         if (text[0] == '/')
             command(ch, text);
+        else if (!ch->room[0])
+            say(ch, "*** you are in no room: /join ROOM");
         else
             publish(ch, ch->room, "<%s> %s", ch->nick, text);
     }
@@ -440,12 +617,13 @@ static void line(chat *ch, const unsigned char *raw, size_t n)
 
 /* The whole lines in the input buffer: handled in order; a line over the
  * limit is refused and skipped up to its newline, never cut. Stops while a
- * nickname is being claimed: the lines after it wait for the answer. */
+ * nickname is being claimed or a room joined: the lines after it wait for
+ * the answer. */
 static void client_lines(chat *ch)
 {
     size_t start = 0;
 
-    while (ch->state != CLAIMING) {
+    while (ch->state != CLAIMING && !ch->joining[0]) {
         char *nl = memchr(ch->in + start, '\n', ch->in_len - start);
         size_t len;
 
@@ -492,49 +670,73 @@ static void client_input(chat *ch)
 
 static void claimed(chat *ch, const sf_msg *m)
 {
-    const char *nick = strncmp(m->topic, "nick:", 5) == 0 ? m->topic + 5 : m->topic;
-    char old[NICK_MAX + 8];
+    char want[NICK_MAX + 8], old[NICK_MAX + 8], got[NICK_MAX + 1];
 
-    char got[NICK_MAX + 1];
-
-    if (strcmp(nick, ch->wanted) != 0) {
+    if (strncmp(m->topic, "as:", 3) == 0)
+        return; /* the shown name: it follows the nickname */
+    nick_name(want, sizeof want, ch->wanted);
+    if (!ch->wanted[0] || strcmp(m->topic, want) != 0) {
         /* An answer to an earlier /nick, overtaken by a later one: a name
          * granted for it is not wanted any more. */
-        if (m->ok && strcmp(nick, ch->nick) != 0) {
-            char name[NICK_MAX + 8];
-            snprintf(name, sizeof name, "nick:%.*s", NICK_MAX, nick);
-            (void)sf_conn_release(ch->conn, name);
-        }
+        nick_name(old, sizeof old, ch->nick);
+        if (m->ok && strcmp(m->topic, old) != 0)
+            (void)sf_conn_release(ch->conn, m->topic);
         return;
     }
     memcpy(got, ch->wanted, sizeof got); /* the same text, of a size known to fit */
-    nick = got;
     ch->wanted[0] = '\0';
     if (ch->state == CLAIMING) {
         if (!m->ok) {
-            say(ch, "*** the nickname %s is taken. Your nickname?", nick);
+            say(ch, "*** the nickname %s is taken. Your nickname?", got);
             ch->state = ASKING;
             return;
         }
         memcpy(ch->nick, got, sizeof ch->nick);
+        snprintf(old, sizeof old, "as:%s", got);
+        (void)sf_conn_claim(ch->conn, old);
         ch->state = ACTIVE;
-        say(ch, "*** Hello %s, you are in lobby. /help lists the commands.", nick);
+        ch->greet = 1;
         join(ch, "lobby");
         return;
     }
     if (!m->ok) {
-        say(ch, "*** the nickname %s is taken", nick);
+        say(ch, "*** the nickname %s is taken", got);
         return;
     }
-    snprintf(old, sizeof old, "nick:%s", ch->nick);
+    /* The shown name goes first, so that once the nickname is free its
+     * shown name is too. A change of case only keeps the nickname. */
+    snprintf(old, sizeof old, "as:%s", ch->nick);
     (void)sf_conn_release(ch->conn, old);
-    publish(ch, ch->room, "*** %s is now known as %s", ch->nick, nick);
-    say(ch, "*** you are now known as %s", nick);
+    if (!same_nick(ch->nick, got)) {
+        nick_name(old, sizeof old, ch->nick);
+        (void)sf_conn_release(ch->conn, old);
+    }
+    snprintf(old, sizeof old, "as:%s", got);
+    (void)sf_conn_claim(ch->conn, old);
+    publish(ch, ch->room, "*** %s is now known as %s", ch->nick, got);
+    say(ch, "*** you are now known as %s", got);
     memcpy(ch->nick, got, sizeof ch->nick);
-    set_will(ch);
+    if (ch->room[0])
+        set_will(ch);
 }
 
-/* "PID NAME NAME...\n" lines: the nicknames among the names. */
+/* "PID NAME NAME...\n" lines: each member's shown name ("as:NAME"), or
+ * its nickname, among its names. */
+static const char *member_name(const char *l, int *len)
+{
+    const char *w = strstr(l, " as:"), *start;
+
+    if (w)
+        start = w + 4;
+    else if ((w = strstr(l, " nick:")))
+        start = w + 6;
+    else
+        return NULL;
+    const char *stop = strchr(start, ' ');
+    *len = stop ? (int)(stop - start) : (int)strlen(start);
+    return start;
+}
+
 static void who(chat *ch, const sf_msg *m)
 {
     char list[4096];
@@ -543,14 +745,14 @@ static void who(chat *ch, const sf_msg *m)
     const char *room = strncmp(m->topic, "room:", 5) == 0 ? m->topic + 5 : m->topic;
 
     for (char *l = (char *)m->data; l && *l;) {
-        char *end = strchr(l, '\n'), *w;
+        char *end = strchr(l, '\n');
+        const char *name;
+        int len;
         if (end)
             *end = '\0';
-        for (w = strstr(l, " nick:"); w; w = strstr(w + 1, " nick:")) {
-            char *stop = strchr(w + 1, ' ');
-            int len = stop ? (int)(stop - (w + 6)) : (int)strlen(w + 6);
+        if ((name = member_name(l, &len))) {
             if (n + (size_t)len + 3 < sizeof list)
-                n += (size_t)snprintf(list + n, sizeof list - n, "%s%.*s", count ? ", " : "", len, w + 6);
+                n += (size_t)snprintf(list + n, sizeof list - n, "%s%.*s", count ? ", " : "", len, name);
             count++;
         }
         l = end ? end + 1 : NULL;
@@ -582,8 +784,26 @@ static void rooms(chat *ch, const sf_msg *m)
     say(ch, "*** rooms: %s", n ? list : "none");
 }
 
+/* A message to ourselves (see marker()). */
+static void marked(chat *ch, const sf_msg *m)
+{
+    const char *text = (const char *)m->data;
+
+    if (m->len == 0)
+        return;
+    if (text[0] == 'j' && ch->joining[0]) {
+        joined(ch);
+    } else if (text[0] == 'm') {
+        if (!ch->msg_failed)
+            say_line(ch, text + 1, m->len - 1);
+        ch->msg_failed = 0;
+    }
+}
+
 static void message(chat *ch, sf_msg *m)
 {
+    char topic[ROOM_MAX + 8], joining[ROOM_MAX + 8];
+
     switch (m->kind) {
     case SF_MSG_CLAIMED:
         claimed(ch, m);
@@ -595,24 +815,44 @@ static void message(chat *ch, sf_msg *m)
         rooms(ch, m);
         break;
     case SF_MSG_ERROR:
-        if (m->ok == ESRCH && strncmp((const char *)m->data, "nick:", 5) == 0)
+        if (m->ok == ESRCH && strncmp((const char *)m->data, "nick:", 5) == 0) {
             say(ch, "*** no such nick: %s", (const char *)m->data + 5);
-        else
+            ch->msg_failed = 1;
+        } else if (strncmp(m->topic, "subscribe:", 10) == 0 && ch->joining[0]) {
+            snprintf(ch->join_error, sizeof ch->join_error, "%s", m->topic);
+        } else {
             say(ch, "*** %s", m->topic);
+        }
         break;
     case SF_MSG_DIRECT:
+        if (m->from == (int)ch->pid)
+            marked(ch, m);
+        else /* from the server (`sockfork ctl send`) */
+            say(ch, "*** NOTICE: %s", (const char *)m->data);
+        break;
     case SF_MSG_BROADCAST:
-        /* From the server (`sockfork ctl send` and `broadcast`). */
+        /* From the server (`sockfork ctl broadcast`). */
         say(ch, "*** NOTICE: %s", (const char *)m->data);
         break;
     case SF_MSG_TOPIC:
     case SF_MSG_HISTORY: {
-        /* Lines made by the sender's rules; only the room we are in now
-         * (history of a room left a moment ago may still be coming). */
-        char topic[ROOM_MAX + 8];
+        /* Lines made by the sender's rules: the room we are in, and the one
+         * being joined (held until the join is confirmed). The history of
+         * a room left a moment ago may still be coming: dropped. Replayed
+         * lines are marked as such. */
+        const char *mark = m->kind == SF_MSG_HISTORY ? HISTORY_MARK : "";
         topic_of(topic, sizeof topic, ch->room);
-        if (ch->state == ACTIVE && strcmp(m->topic, topic) == 0)
-            say_line(ch, m->data, m->len);
+        topic_of(joining, sizeof joining, ch->joining);
+        if (ch->state != ACTIVE)
+            break;
+        if (ch->joining[0] && strcmp(m->topic, joining) == 0) {
+            hold_line(ch, mark, m->data, m->len);
+        } else if (ch->room[0] && strcmp(m->topic, topic) == 0) {
+            if (*mark)
+                say(ch, "%s%.*s", mark, (int)m->len, (const char *)m->data);
+            else
+                say_line(ch, m->data, m->len);
+        }
         break;
     }
     default: /* SF_MSG_NAME: a /msg */
@@ -633,6 +873,7 @@ int handler_chat(sf_conn *c, void *arg)
 
     memset(&ch, 0, sizeof ch);
     ch.conn = c;
+    ch.pid = getpid();
     ch.fd = sf_conn_fd(c);
     ch.in = malloc(cfg.line_max + 2);
     ch.out = malloc(cfg.backlog);
@@ -662,22 +903,35 @@ int handler_chat(sf_conn *c, void *arg)
     say(&ch, "*** Welcome to sockfork chat (pid %d). Your nickname?", (int)getpid());
     for (;;) {
         struct pollfd p[2];
-        int timeout = sf_conn_msg_pending(c) ? 0 : -1;
+        struct timespec wait = {0, 0};
+        int room = has_room(&ch);
 
         if (got_term)
             leave(&ch, "was disconnected by the server", "*** You were disconnected by the server.", 0);
+        if (!room) {
+            double left;
+            if (ch.full_since == 0)
+                ch.full_since = now_s();
+            left = ch.full_since + SLOW_S - now_s();
+            if (left <= 0)
+                too_slow(&ch);
+            wait.tv_sec = (time_t)left;
+            wait.tv_nsec = (long)((left - (double)wait.tv_sec) * 1e9);
+        }
         p[0].fd = ch.fd;
-        p[0].events = (ch.state != CLAIMING ? POLLIN : 0) | (ch.out_len ? POLLOUT : 0);
-        p[1].fd = chan;
+        p[0].events = (ch.state != CLAIMING && !ch.joining[0] ? POLLIN : 0) |
+                      (ch.out_len ? POLLOUT : 0);
+        p[1].fd = room ? chan : -1; /* not even its hangup, till there is room */
         p[1].events = POLLIN;
         p[0].revents = p[1].revents = 0;
-        struct timespec zero = {0, 0};
-        if (ppoll(p, 2, timeout == 0 ? &zero : NULL, &waitmask) < 0 && errno != EINTR)
+        if (ppoll(p, 2, !room || sf_conn_msg_pending(c) ? &wait : NULL, &waitmask) < 0 &&
+            errno != EINTR)
             return 1;
-        if (p[1].revents || sf_conn_msg_pending(c)) {
+        if (room && (p[1].revents || sf_conn_msg_pending(c))) {
             /* Every message already read, then what one more read brings:
-             * bounded, so the client's side gets its turn. */
-            for (int i = 0; i < 256 && !got_term; i++) {
+             * bounded, so the client's side gets its turn, and only while
+             * the backlog has room. */
+            for (int i = 0; i < 256 && !got_term && has_room(&ch); i++) {
                 sf_msg m;
                 int rc = sf_conn_recv(c, &m);
                 if (rc == 0 || (rc < 0 && rc != -EINTR))
@@ -685,8 +939,8 @@ int handler_chat(sf_conn *c, void *arg)
                 if (rc > 0) {
                     message(&ch, &m);
                     sf_msg_free(&m);
-                    if (ch.state != CLAIMING && ch.in_len)
-                        client_lines(&ch); /* what came behind a claimed nickname */
+                    if (ch.state != CLAIMING && !ch.joining[0] && ch.in_len)
+                        client_lines(&ch); /* what came behind a nickname or a join */
                 }
                 if (!sf_conn_msg_pending(c))
                     break;

@@ -75,7 +75,8 @@ static const char chat_usage[] =
     "                        of BURST (default 10/20); past it a warning, then at\n"
     "                        twice the burst the client is disconnected\n"
     "      --client-backlog SIZE  bytes waiting for a client that does not read\n"
-    "                        (default 256K); past it, it is disconnected\n"
+    "                        (default 256K); full, and nothing taken for 2 s, it is\n"
+    "                        disconnected (the room waits for it meanwhile)\n"
     "  -h, --help            this text\n"
     "  -V, --version         print the version\n";
 

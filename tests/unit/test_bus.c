@@ -1,0 +1,192 @@
+/* Unit tests: the bus's topic table and history budget, and holding a
+ * sender for a congested recipient, driven through real socketpairs in a
+ * private event loop (no processes). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+
+#include "supervisor/bus.h"
+
+typedef struct fixture {
+    struct ev_loop *loop;
+    bus b;
+    endpoint ep[4];
+    int peer[4];            /* the children's ends, blocking */
+    int n;
+} fixture;
+
+static endpoint *find(bus *b, pid_t pid, void *arg)
+{
+    fixture *f = arg;
+    (void)b;
+    for (int i = 0; i < f->n; i++) {
+        if (f->ep[i].pid == pid && endpoint_is_open(&f->ep[i]))
+            return &f->ep[i];
+    }
+    return NULL;
+}
+
+static void setup(fixture *f, size_t queue_limit, unsigned children)
+{
+    bus_config cfg;
+
+    memset(f, 0, sizeof *f);
+    f->loop = ev_loop_new(EVFLAG_AUTO);
+    assert_non_null(f->loop);
+    memset(&cfg, 0, sizeof cfg);
+    cfg.history = 20;
+    cfg.history_bytes = BUS_HISTORY_BYTES; /* the smallest budget */
+    cfg.queue_limit = queue_limit;
+    cfg.find = find;
+    cfg.arg = f;
+    assert_int_equal(bus_init(&f->b, f->loop, &cfg), 0);
+    for (unsigned i = 0; i < children; i++) {
+        int sv[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        assert_int_equal(fcntl(sv[0], F_SETFL, O_NONBLOCK), 0);
+        f->peer[i] = sv[1];
+        assert_int_equal(endpoint_open(&f->b, &f->ep[i], sv[0], (pid_t)(100 + i), 1, NULL), 0);
+        f->n++;
+    }
+}
+
+static void teardown(fixture *f)
+{
+    bus_fini(&f->b);
+    for (int i = 0; i < f->n; i++)
+        close(f->peer[i]);
+    ev_loop_destroy(f->loop);
+}
+
+/* Turns the loop until nothing is left to do right now. */
+static void settle(fixture *f)
+{
+    for (int i = 0; i < 200; i++)
+        ev_run(f->loop, EVRUN_NOWAIT);
+}
+
+/* Writes a line as child i, letting the bus read as it goes. */
+static void tell(fixture *f, int i, const char *line)
+{
+    size_t len = strlen(line), off = 0;
+
+    while (off < len) {
+        ssize_t n = send(f->peer[i], line + off, len - off, MSG_DONTWAIT);
+        if (n < 0) {
+            assert_true(errno == EAGAIN);
+            settle(f);
+            continue;
+        }
+        off += (size_t)n;
+    }
+}
+
+static void publish(fixture *f, int i, const char *topic, size_t size)
+{
+    char *line = malloc(size + 300);
+    int n = snprintf(line, 300, "{\"op\":\"publish\",\"topic\":\"%s\",\"data\":\"", topic);
+
+    assert_non_null(line);
+    memset(line + n, 'x', size);
+    strcpy(line + n + size, "\"}\n");
+    tell(f, i, line);
+    free(line);
+}
+
+static void test_topics_and_history_stay_within_their_bounds(void **state)
+{
+    fixture f;
+    char topic[32];
+    (void)state;
+
+    setup(&f, 0, 1);
+    /* Twice the table, 2 KB each: 4 MB of history against a 256 KiB budget. */
+    for (int i = 0; i < 2 * BUS_TOPICS_MAX; i++) {
+        snprintf(topic, sizeof topic, "t%d", i);
+        publish(&f, 0, topic, 2000);
+        if (i % 64 == 0)
+            settle(&f);
+        assert_true(f.b.ntopics <= BUS_TOPICS_MAX);
+        assert_true(f.b.hist_bytes <= BUS_HISTORY_BYTES);
+    }
+    settle(&f);
+    assert_true(f.b.ntopics > 0);
+    assert_true(f.b.hist_bytes > BUS_HISTORY_BYTES - 2000);
+    /* Nothing came back: no publish was refused. */
+    char buf[256];
+    assert_int_equal(recv(f.peer[0], buf, sizeof buf, MSG_DONTWAIT), -1);
+    /* A topic with a subscriber keeps its history through a flood of others. */
+    tell(&f, 0, "{\"op\":\"subscribe\",\"topic\":\"room\"}\n");
+    publish(&f, 0, "room", 100);
+    for (int i = 0; i < 2 * BUS_TOPICS_MAX; i++) {
+        snprintf(topic, sizeof topic, "g%d", i);
+        publish(&f, 0, topic, 2000);
+    }
+    settle(&f);
+    assert_true(f.b.hist_bytes <= BUS_HISTORY_BYTES);
+    teardown(&f);
+    (void)topic;
+}
+
+static void test_a_sender_is_held_while_its_recipient_is_congested(void **state)
+{
+    fixture f;
+    char line[256], buf[65536];
+    (void)state;
+
+    /* A 72 KiB queue: congested past 36 KiB, free again at 18 KiB. */
+    setup(&f, 72 * 1024, 2);
+    tell(&f, 1, "{\"op\":\"subscribe\",\"topic\":\"t\"}\n");
+    settle(&f);
+    /* Child 1 does not read: its socket fills, then its queue. */
+    for (int i = 0; i < 400 && !f.ep[1].congested; i++) {
+        publish(&f, 0, "t", 1000);
+        settle(&f);
+    }
+    assert_true(f.ep[1].congested);
+    /* The next publish is held, with the send to child 1 behind it. */
+    publish(&f, 0, "t", 1000);
+    snprintf(line, sizeof line, "{\"op\":\"send\",\"to\":101,\"data\":\"after\"}\n");
+    tell(&f, 0, line);
+    settle(&f);
+    assert_true(f.ep[0].held);
+    assert_true(f.ep[1].q.bytes < f.b.cfg.queue_limit);
+    assert_int_equal(f.ep[1].drops, 0);
+    /* Child 1 reads: the queue drains, the held requests go, in order,
+     * and nothing was dropped. */
+    size_t total = 0;
+    int seen_after = 0;
+    for (int i = 0; i < 10000 && !seen_after; i++) {
+        ssize_t n = recv(f.peer[1], buf, sizeof buf - 1, MSG_DONTWAIT);
+        if (n > 0) {
+            buf[n] = '\0';
+            total += (size_t)n;
+            seen_after = strstr(buf, "\"after\"") != NULL;
+        }
+        settle(&f);
+    }
+    assert_true(seen_after);
+    assert_false(f.ep[0].held);
+    assert_int_equal(f.ep[1].drops, 0);
+    assert_true(f.b.stats.holds >= 1);
+    (void)total;
+    teardown(&f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_topics_and_history_stay_within_their_bounds),
+        cmocka_unit_test(test_a_sender_is_held_while_its_recipient_is_congested),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
