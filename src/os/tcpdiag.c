@@ -9,6 +9,7 @@
  * address instead costs one dump per poll, whatever the number of forks.
  */
 #include "os/os.h"
+#include "os/sockdiag.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -35,43 +36,23 @@ enum {
     ST_CLOSING = 11,
 };
 
-#define DIAG_BUF (64 * 1024)
-#define DIAG_MAX_MSGS (1 << 22) /* a bound on one dump, far above any table */
-
 int os_tcpdiag_open(void)
 {
     int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
     return fd < 0 ? -errno : fd;
 }
 
-static int send_request(int fd, int family, uint16_t local_port)
+static void build_request(struct inet_diag_req_v2 *req, int family, uint16_t local_port)
 {
-    struct {
-        struct nlmsghdr nlh;
-        struct inet_diag_req_v2 req;
-    } msg;
-    struct sockaddr_nl nl = {.nl_family = AF_NETLINK};
-
-    memset(&msg, 0, sizeof msg);
-    msg.nlh.nlmsg_len = sizeof msg;
-    msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-    msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-    msg.req.sdiag_family = (uint8_t)family;
-    msg.req.sdiag_protocol = IPPROTO_TCP;
-    msg.req.idiag_ext = 1 << (INET_DIAG_INFO - 1);
+    memset(req, 0, sizeof *req);
+    req->sdiag_family = (uint8_t)family;
+    req->sdiag_protocol = IPPROTO_TCP;
+    req->idiag_ext = 1 << (INET_DIAG_INFO - 1);
     /* Every state a served connection can be in; not listeners, not
      * time-wait (those carry no tcp_info). */
-    msg.req.idiag_states = ~((1u << ST_LISTEN) | (1u << ST_TIME_WAIT)) & 0xfff;
+    req->idiag_states = ~((1u << ST_LISTEN) | (1u << ST_TIME_WAIT)) & 0xfff;
     /* The kernel skips sockets whose local port differs. */
-    msg.req.id.idiag_sport = htons(local_port);
-    for (;;) {
-        ssize_t n = sendto(fd, &msg, sizeof msg, 0, (struct sockaddr *)&nl, sizeof nl);
-        if (n == (ssize_t)sizeof msg)
-            return 0;
-        if (n < 0 && errno == EINTR)
-            continue;
-        return n < 0 ? -errno : -EIO;
-    }
+    req->id.idiag_sport = htons(local_port);
 }
 
 /* Whether the peer's FIN has arrived, which the kernel counts as one byte
@@ -117,26 +98,24 @@ static void fill_addr(sf_addr *a, int family, const __be32 *ip, __be16 port)
     }
 }
 
-/* Hands one reply message to the callback. Returns 1 at the end of the
- * dump, 0 to go on, or -errno. */
-static int handle_msg(const struct nlmsghdr *h, int family, os_tcpdiag_cb cb, void *arg)
+struct dump {
+    int family;
+    os_tcpdiag_cb cb;
+    void *arg;
+};
+
+/* Hands one socket's message to the caller's callback. */
+static int handle_msg(void *arg, const struct nlmsghdr *h)
 {
+    const struct dump *d = arg;
     const struct inet_diag_msg *m;
     const struct rtattr *rta;
     int rtlen;
 
-    if (h->nlmsg_type == NLMSG_DONE)
-        return 1;
-    if (h->nlmsg_type == NLMSG_ERROR) {
-        const struct nlmsgerr *e = NLMSG_DATA(h);
-        if (h->nlmsg_len < NLMSG_LENGTH(sizeof *e))
-            return -EIO;
-        return e->error ? e->error : 1;
-    }
-    if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof *m))
+    if (h->nlmsg_len < NLMSG_LENGTH(sizeof *m))
         return 0;
     m = NLMSG_DATA(h);
-    if (m->idiag_family != family)
+    if (m->idiag_family != d->family)
         return 0;
     rta = (const struct rtattr *)(m + 1);
     rtlen = (int)(h->nlmsg_len - NLMSG_LENGTH(sizeof *m));
@@ -152,9 +131,9 @@ static int handle_msg(const struct nlmsghdr *h, int family, os_tcpdiag_cb cb, vo
             memset(&ti, 0, sizeof ti);
             memcpy(&ti, RTA_DATA(rta), len < sizeof ti ? len : sizeof ti);
             fill_stats(m, &ti, len, &st);
-            fill_addr(&local, family, m->id.idiag_src, m->id.idiag_sport);
-            fill_addr(&peer, family, m->id.idiag_dst, m->id.idiag_dport);
-            cb(arg, &local, &peer, &st);
+            fill_addr(&local, d->family, m->id.idiag_src, m->id.idiag_sport);
+            fill_addr(&peer, d->family, m->id.idiag_dst, m->id.idiag_dport);
+            d->cb(d->arg, &local, &peer, &st);
         }
     }
     return 0;
@@ -162,30 +141,11 @@ static int handle_msg(const struct nlmsghdr *h, int family, os_tcpdiag_cb cb, vo
 
 int os_tcpdiag_dump(int fd, int family, uint16_t local_port, os_tcpdiag_cb cb, void *arg)
 {
-    static char buf[DIAG_BUF] __attribute__((aligned(NLMSG_ALIGNTO)));
-    long msgs = 0;
-    int rc;
+    struct inet_diag_req_v2 req;
+    struct dump d = {family, cb, arg};
 
     if (family != AF_INET && family != AF_INET6)
         return -EAFNOSUPPORT;
-    if ((rc = send_request(fd, family, local_port)) < 0)
-        return rc;
-    for (;;) {
-        ssize_t n = recv(fd, buf, sizeof buf, 0);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (n == 0)
-            return -EIO;
-        for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n);
-             h = NLMSG_NEXT(h, n)) {
-            if (++msgs > DIAG_MAX_MSGS)
-                return -E2BIG;
-            rc = handle_msg(h, family, cb, arg);
-            if (rc != 0)
-                return rc < 0 ? rc : 0;
-        }
-    }
+    build_request(&req, family, local_port);
+    return os_sockdiag_dump(fd, &req, sizeof req, handle_msg, &d);
 }
