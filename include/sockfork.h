@@ -261,6 +261,21 @@ SF_EXTERN int sf_conn_status(sf_conn *c, const char *text);
 SF_EXTERN size_t sf_text_clean(char *out, size_t len, const void *in, size_t n,
                                const char *replacement);
 
+/*
+ * Text from somewhere untrusted made safe to print on a terminal, with
+ * nothing lost: copies n bytes of `in` into out, writing printable UTF-8 as
+ * it is and escaping the rest in ASCII: each C0 control (tab included) and
+ * DEL as \xNN, each C1 control and each character sf_text_clean replaces as
+ * bidirectional or invisible format as \uNNNN (\UNNNNNNNN past U+FFFF),
+ * each byte that is not UTF-8 as \xNN, and '\' as \\. `in` may hold
+ * NULs (written \x00). The caller owns both buffers; nothing is allocated.
+ * out gets whole characters and escapes only, as many as fit in len - 1
+ * bytes, then a NUL (nothing if len is 0). Returns the length the whole
+ * escaped text has, as snprintf does: a value >= len means out holds only
+ * its beginning; 4 * n + 1 bytes always fit.
+ */
+SF_EXTERN size_t sf_text_escape(char *out, size_t len, const void *in, size_t n);
+
 /* ----------------------------------------------------------------- server */
 
 typedef struct sf_server sf_server;

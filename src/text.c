@@ -1,6 +1,7 @@
 /* text.c - what a child passes on from a client, made safe (sockfork.h). */
 #include "sockfork.h"
 
+#include <stdio.h>
 #include <string.h>
 
 /* The length of the valid UTF-8 character at p (1 to 4), or 0: a stray or
@@ -80,4 +81,43 @@ size_t sf_text_clean(char *out, size_t len, const void *in, size_t n, const char
     }
     out[o] = '\0';
     return o;
+}
+
+/* How sf_text_escape writes the character at p (k bytes; 0: a byte that is
+ * not UTF-8) into piece (at least 11 bytes). Returns its length. */
+static size_t escape_one(const unsigned char *p, size_t k, char *piece)
+{
+    unsigned long c;
+
+    if (k == 0 || (k == 1 && (is_control(p, 1) || p[0] == '\t')))
+        return (size_t)snprintf(piece, 11, "\\x%02x", p[0]);
+    if (k == 1 && p[0] == '\\')
+        return (size_t)snprintf(piece, 11, "\\\\");
+    if (!is_control(p, k) && !is_format(p, k)) {
+        memcpy(piece, p, k);
+        return k;
+    }
+    c = code_point(p, k);
+    return (size_t)snprintf(piece, 11, c > 0xffff ? "\\U%08lx" : "\\u%04lx", c);
+}
+
+size_t sf_text_escape(char *out, size_t len, const void *in, size_t n)
+{
+    const unsigned char *p = in;
+    size_t o = 0, need = 0, i = 0;
+
+    while (i < n) {
+        char piece[11];
+        size_t k = utf8_len(p + i, n - i), w = escape_one(p + i, k, piece);
+
+        if (need == o && o + w < len) { /* whole, and room for the NUL */
+            memcpy(out + o, piece, w);
+            o += w;
+        }
+        need += w;
+        i += k ? k : 1;
+    }
+    if (len > 0)
+        out[o] = '\0';
+    return need;
 }

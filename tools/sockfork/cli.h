@@ -41,16 +41,28 @@ int cli_control_connect(const char *path);
 
 typedef struct cli_control_entry {
     char path[CLI_CONTROL_PATH_MAX];
+    int fd;  /* connected to it: the connection whose peer was checked */
     int pid; /* the server's, from the socket's peer credentials */
 } cli_control_entry;
 
-/* The live servers under the control directory (its path put in dir),
- * at most max: sockets that are ours, on which a process of ours listens.
- * Returns their number; -ENOENT if there is no directory; -EPERM if it is
- * not a directory of ours closed to others (*dst then says whose it is and
- * its mode: nothing in it is trusted). */
+/* Where servers may have put their sockets, to look through in this
+ * order: $XDG_RUNTIME_DIR/sockfork when it is set, and /tmp/sockfork-$UID
+ * (where a server started without it, from cron or ssh, puts its socket).
+ * dirs holds max >= 2. Returns their number, or -errno. */
+int cli_control_dirs(char dirs[][CLI_CONTROL_PATH_MAX], int max);
+
+/* The live servers under dir: sockets that are ours, on which a process of
+ * ours listens. Appends them to found, which holds *kept of max, each with
+ * the connection that was checked, for the caller to use and to close
+ * (cli_control_release); counts every one in *total, those past max too
+ * (their connection closed). Returns 0; -ENOENT if there is no directory;
+ * -EPERM if it is not a directory of ours closed to others (*dst then says
+ * whose it is and its mode: nothing in it is trusted); other -errno. */
 struct stat;
-int cli_control_scan(cli_control_entry *found, int max, char *dir, size_t dirlen, struct stat *dst);
+int cli_control_scan(const char *dir, cli_control_entry *found, int max, int *kept, int *total,
+                     struct stat *dst);
+/* Closes the connections of n entries. */
+void cli_control_release(cli_control_entry *found, int n);
 
 /* Built-in connection handlers (handlers.c). */
 int handler_interactive(sf_conn *c, void *arg);

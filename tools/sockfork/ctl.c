@@ -24,7 +24,7 @@
 #define REPLY_MAX (16 << 20)
 #define CTL_TIMEOUT_MS 10000
 #define PROBE_TIMEOUT_MS 2000 /* each server, when several answer */
-#define SERVERS_MAX 64
+#define SERVERS_MAX 64 /* listed when several run; the others are counted */
 /* The longest request line the server reads, without its newline:
  * CTL_LINE_MAX - 1 (src/server/control.h, docs/protocol.md). */
 #define REQUEST_MAX (64 * 1024 - 1)
@@ -63,73 +63,17 @@ static const char ctl_usage[] =
 
 /* ------------------------------------------------------------ safe text */
 
-/* The valid UTF-8 character at p: its length (1 to 4) and code point, or
- * 0 for a stray or truncated byte, an overlong form, a surrogate. */
-static size_t utf8_char(const unsigned char *p, size_t n, unsigned *cp)
-{
-    unsigned char c = p[0];
-    size_t k = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
-    unsigned v = k == 1 ? c : k == 2 ? c & 0x1fu : k == 3 ? c & 0x0fu : c & 0x07u;
-
-    if (k == 0 || k > n)
-        return 0;
-    for (size_t j = 1; j < k; j++) {
-        if ((p[j] & 0xc0) != 0x80)
-            return 0;
-        v = v << 6 | (p[j] & 0x3fu);
-    }
-    if ((k == 2 && v < 0x80) || (k == 3 && (v < 0x800 || (v >= 0xd800 && v <= 0xdfff))) ||
-        (k == 4 && (v < 0x10000 || v > 0x10ffff)))
-        return 0;
-    *cp = v;
-    return k;
-}
-
-/* Characters a terminal acts on or that hide or reorder text: controls
- * (C0, DEL, C1), bidi marks, embeddings, overrides and isolates, zero-width
- * and other invisible format characters, line and paragraph separators. */
-static int is_unsafe(unsigned cp)
-{
-    return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp == 0xad || cp == 0x61c ||
-           (cp >= 0x200b && cp <= 0x200f) || (cp >= 0x2028 && cp <= 0x202e) ||
-           (cp >= 0x2060 && cp <= 0x206f) || cp == 0xfeff || (cp >= 0xfff9 && cp <= 0xfffb);
-}
-
 /*
- * Copies n bytes of s into out (cap bytes, at least 4, NUL-terminated) with
- * each unsafe character written as \xHH (below U+0080) or \uHHHH, each byte
- * that is not UTF-8 as \xHH, and '\' as '\\'. A string too long ends in
- * "..." (room for which is always kept). Returns out.
+ * A server's string as printed: n bytes of s escaped into out (cap bytes,
+ * at least 4) by sf_text_escape, the library's classifier (controls, bidi
+ * and invisible format characters, bytes that are not UTF-8, '\'). A
+ * string too long ends in "..." (room for which is always kept). Returns
+ * out.
  */
 static const char *clean(const char *s, size_t n, char *out, size_t cap)
 {
-    const unsigned char *p = (const unsigned char *)s;
-    size_t o = 0, i = 0;
-
-    while (i < n) {
-        char esc[12];
-        unsigned cp = 0;
-        size_t k = utf8_char(p + i, n - i, &cp), w;
-        const char *piece = esc;
-
-        if (k == 0 || (k == 1 && is_unsafe(cp)))
-            w = (size_t)snprintf(esc, sizeof esc, "\\x%02x", p[i]);
-        else if (is_unsafe(cp))
-            w = (size_t)snprintf(esc, sizeof esc, "\\u%04x", cp);
-        else if (cp == '\\')
-            w = (size_t)snprintf(esc, sizeof esc, "\\\\");
-        else
-            piece = s + i, w = k;
-        if (o + w + 4 > cap) {
-            memcpy(out + o, "...", 3);
-            o += 3;
-            break;
-        }
-        memcpy(out + o, piece, w);
-        o += w;
-        i += k ? k : 1;
-    }
-    out[o] = '\0';
+    if (sf_text_escape(out, cap - 3, s, n) >= cap - 3)
+        strcat(out, "...");
     return out;
 }
 
@@ -143,12 +87,12 @@ static const char *clean_member(json_t *o, const char *key, const char *dflt, ch
     return clean(json_string_value(v), json_string_length(v), out, cap);
 }
 
-/* The answer as JSON, ASCII only: jansson escapes controls and, with
+/* v as JSON, ASCII only: jansson escapes controls and, with
  * JSON_ENSURE_ASCII, everything past U+007F; DEL, which JSON allows raw,
  * can only be inside a string here, so \u007f is as valid. */
-static void print_json(json_t *reply)
+static void put_json(json_t *v)
 {
-    char *text = json_dumps(reply, JSON_COMPACT | JSON_ENSURE_ASCII);
+    char *text = json_dumps(v, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_ENCODE_ANY);
 
     if (!text)
         return;
@@ -158,8 +102,13 @@ static void print_json(json_t *reply)
         else
             putchar(*p);
     }
-    putchar('\n');
     free(text);
+}
+
+static void print_json(json_t *reply)
+{
+    put_json(reply);
+    putchar('\n');
 }
 
 /* ------------------------------------------------------------ the exchange */
@@ -321,26 +270,45 @@ static void print_list(json_t *reply)
     }
 }
 
-/* One value of stats: a number, a string, or a list of them. */
+/* A list of strings and integers only, which reads as words. */
+static int is_flat_list(json_t *v)
+{
+    json_t *e;
+    size_t i;
+
+    if (!json_is_array(v))
+        return 0;
+    json_array_foreach(v, i, e) {
+        if (!json_is_string(e) && !json_is_integer(e))
+            return 0;
+    }
+    return 1;
+}
+
+/* One value of stats: a string (escaped) or an integer as it is, a list of
+ * them space-separated ("none" if empty); anything else (an object inside
+ * an object, a list of lists, a fraction, true, null) as ASCII JSON. */
 static void print_value(json_t *v)
 {
     char buf[FIELD_MAX];
     json_t *e;
     size_t i;
 
-    if (json_is_string(v))
+    if (json_is_string(v)) {
         fputs(clean(json_string_value(v), json_string_length(v), buf, sizeof buf), stdout);
-    else if (json_is_array(v)) {
+    } else if (json_is_integer(v)) {
+        printf("%lld", (long long)json_integer_value(v));
+    } else if (is_flat_list(v)) {
         if (json_array_size(v) == 0)
             fputs("none", stdout);
         json_array_foreach(v, i, e) {
             if (i)
                 putchar(' ');
-            if (json_is_string(e) || json_is_integer(e))
-                print_value(e);
+            print_value(e);
         }
-    } else
-        printf("%lld", (long long)json_integer_value(v));
+    } else {
+        put_json(v);
+    }
 }
 
 static void print_stats(json_t *reply)
@@ -360,7 +328,7 @@ static void print_stats(json_t *reply)
                 printf(" none");
             json_object_foreach(v, key2, v2) {
                 printf(" %s=", clean(key2, strlen(key2), k2, sizeof k2));
-                print_value(json_is_object(v2) || json_is_array(v2) ? NULL : v2);
+                print_value(v2);
             }
         } else {
             putchar(' ');
@@ -405,19 +373,16 @@ static void command_of(int pid, char *out, size_t cap)
     clean(start, (size_t)(buf + n - start), out, cap);
 }
 
-/* What a server says it listens on, asked over its control socket. */
-static void listeners_of(const char *path, char *out, size_t cap)
+/* What a server says it listens on, asked over fd, the connection to it
+ * that was checked. */
+static void listeners_of(int fd, char *out, size_t cap)
 {
     char err[200];
-    int fd = cli_control_connect(path);
-    json_t *reply = NULL, *ls, *e;
+    json_t *reply, *ls, *e;
     size_t i, o = 0;
 
     snprintf(out, cap, "?");
-    if (fd < 0)
-        return;
     reply = roundtrip(fd, "{\"cmd\":\"stats\"}", PROBE_TIMEOUT_MS, err, sizeof err);
-    close(fd);
     ls = json_object_get(reply, "listeners");
     if (json_is_array(ls)) {
         out[0] = '\0';
@@ -437,59 +402,110 @@ static void listeners_of(const char *path, char *out, size_t cap)
     json_decref(reply);
 }
 
-static void list_servers(const cli_control_entry *s, int n)
+/* The table of servers found: n of them kept, total found. */
+static void list_servers(const cli_control_entry *s, int n, int total)
 {
     fprintf(stderr, "  %-8s %-30s %-40s %s\n", "PID", "LISTENING ON", "CONTROL", "COMMAND");
     for (int i = 0; i < n; i++) {
         char cmd[256], lis[512], path[FIELD_MAX];
 
         command_of(s[i].pid, cmd, sizeof cmd);
-        listeners_of(s[i].path, lis, sizeof lis);
+        listeners_of(s[i].fd, lis, sizeof lis);
         fprintf(stderr, "  %-8d %-30s %-40s %s\n", s[i].pid, lis,
                 clean(s[i].path, strlen(s[i].path), path, sizeof path), cmd);
     }
+    if (total > n)
+        fprintf(stderr, "  and %d more (only the first %d are listed)\n", total - n, n);
 }
 
-/* The one live server of ours under the control directory. Returns 0, or
- * 1 after saying why there is none to talk to. */
+/* "A", "A or B", "A and B": the directories named in dirs (n of them),
+ * escaped, those with mask's bit set (bit i: dirs[i]). */
+static void dir_names(char dirs[][CLI_CONTROL_PATH_MAX], int n, unsigned mask, const char *conj,
+                      char *out, size_t cap)
+{
+    size_t o = 0;
+    int shown = 0;
+
+    out[0] = '\0';
+    for (int i = 0; i < n; i++) {
+        char one[FIELD_MAX];
+
+        if (!(mask & (1u << i)))
+            continue;
+        clean(dirs[i], strlen(dirs[i]), one, sizeof one);
+        o += (size_t)snprintf(out + o, o < cap ? cap - o : 0, "%s%s", shown ? conj : "", one);
+        shown++;
+    }
+}
+
+/* Says why the directory dir cannot be trusted (scan said -EPERM; st: what
+ * is there). */
+static void refuse_dir(const char *dir, const struct stat *st)
+{
+    char shown[FIELD_MAX];
+
+    clean(dir, strlen(dir), shown, sizeof shown);
+    if (!S_ISDIR(st->st_mode))
+        cli_error("ctl: %s is not a directory: refusing to look for servers there "
+                  "(remove it, or give --control PATH)", shown);
+    else
+        cli_error("ctl: %s is not private to you (owner uid %u, mode %04o; wanted uid %u, "
+                  "mode 0700): refusing to talk to anything in it (remove it, or give "
+                  "--control PATH)", shown, (unsigned)st->st_uid, (unsigned)(st->st_mode & 07777),
+                  (unsigned)getuid());
+}
+
+/* The one live server of ours under the control directories. Returns the
+ * connection to it that was checked (its path in path), or -1 after saying
+ * why there is none to talk to. A directory that cannot be trusted stops
+ * the search before anything is sent anywhere: it is a sign that somebody
+ * else is at work, which the user should hear about. */
 static int find_server(char *path, size_t len)
 {
     cli_control_entry found[SERVERS_MAX];
-    char dir[CLI_CONTROL_PATH_MAX], shown[FIELD_MAX];
-    struct stat st;
-    int n = cli_control_scan(found, SERVERS_MAX, dir, sizeof dir, &st);
+    char dirs[2][CLI_CONTROL_PATH_MAX], names[2 * FIELD_MAX + 8];
+    unsigned all = 0, with = 0;
+    int ndirs = cli_control_dirs(dirs, 2), kept = 0, total = 0, fd = -1;
 
-    clean(dir, strlen(dir), shown, sizeof shown);
-    if (n == -EPERM) {
-        if (!S_ISDIR(st.st_mode))
-            cli_error("ctl: %s is not a directory: refusing to look for servers there "
-                      "(remove it, or give --control PATH)", shown);
-        else
-            cli_error("ctl: %s is not private to you (owner uid %u, mode %04o; wanted uid %u, "
-                      "mode 0700): refusing to talk to anything in it (remove it, or give "
-                      "--control PATH)", shown, (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777),
-                      (unsigned)getuid());
-        return 1;
+    if (ndirs < 0) {
+        cli_error("ctl: cannot look for servers: %s", strerror(-ndirs));
+        return -1;
     }
-    if (n < 0 && n != -ENOENT) {
-        cli_error("ctl: cannot look for servers under %s: %s", shown, strerror(-n));
-        return 1;
+    for (int i = 0; i < ndirs; i++) {
+        struct stat st;
+        int before = total, rc = cli_control_scan(dirs[i], found, SERVERS_MAX, &kept, &total, &st);
+
+        all |= 1u << i;
+        if (total > before)
+            with |= 1u << i;
+        if (rc == -EPERM) {
+            refuse_dir(dirs[i], &st);
+            goto out;
+        }
+        if (rc < 0 && rc != -ENOENT) {
+            char shown[FIELD_MAX];
+            cli_error("ctl: cannot look for servers under %s: %s",
+                      clean(dirs[i], strlen(dirs[i]), shown, sizeof shown), strerror(-rc));
+            goto out;
+        }
     }
-    if (n <= 0) {
-        cli_error("ctl: no running server found under %s (give --control PATH)", shown);
-        return 1;
+    if (total == 0) {
+        dir_names(dirs, ndirs, all, " or ", names, sizeof names);
+        cli_error("ctl: no running server found under %s (give --control PATH)", names);
+    } else if (total > 1) {
+        dir_names(dirs, ndirs, with, " and ", names, sizeof names);
+        cli_error("ctl: %d servers run under %s: say which with --control PATH", total, names);
+        list_servers(found, kept, total);
+    } else if (strlen(found[0].path) >= len) {
+        cli_error("ctl: %s", strerror(ENAMETOOLONG));
+    } else {
+        strcpy(path, found[0].path);
+        fd = found[0].fd;
+        found[0].fd = -1; /* the caller's now */
     }
-    if (n > 1) {
-        cli_error("ctl: %d servers run under %s: say which with --control PATH", n, shown);
-        list_servers(found, n);
-        return 1;
-    }
-    if (strlen(found[0].path) >= len) {
-        cli_error("ctl: %s: %s", shown, strerror(ENAMETOOLONG));
-        return 1;
-    }
-    strcpy(path, found[0].path);
-    return 0;
+out:
+    cli_control_release(found, kept);
+    return fd;
 }
 
 /* ------------------------------------------------------------ the command */
@@ -671,14 +687,18 @@ int cmd_ctl(int argc, char **argv)
     if (!text)
         return 1;
     if (!path) {
-        if (find_server(pathbuf, sizeof pathbuf) != 0)
+        /* The request goes on the connection whose peer was checked. */
+        fd = find_server(pathbuf, sizeof pathbuf);
+        if (fd < 0)
             goto out;
-        path = pathbuf;
-    }
-    fd = cli_control_connect(path);
-    if (fd < 0) {
-        cli_error("ctl: cannot connect to %s: %s", path, strerror(-fd));
-        goto out;
+    } else {
+        fd = cli_control_connect(path);
+        if (fd < 0) {
+            char shown[FIELD_MAX];
+            cli_error("ctl: cannot connect to %s: %s", clean(path, strlen(path), shown, sizeof shown),
+                      strerror(-fd));
+            goto out;
+        }
     }
     reply = roundtrip(fd, text, CTL_TIMEOUT_MS, err, sizeof err);
     close(fd);

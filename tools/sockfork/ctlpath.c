@@ -1,6 +1,6 @@
 /* ctlpath.c - where control sockets live when no --control is given:
  * $XDG_RUNTIME_DIR/sockfork/, else /tmp/sockfork-$UID/, one file per server
- * (serve-PID.sock, chat-PID.sock). */
+ * (serve-PID.sock, chat-PID.sock); ctl looks in both. */
 #include "cli.h"
 
 #include <dirent.h>
@@ -87,72 +87,121 @@ static int is_control_name(const char *name)
 
 /* Live, and served by a process of ours: the socket file is ours, and the
  * process that listens on it runs as us (SO_PEERCRED: the credentials of
- * the listener at listen() time). Fills *pid with the server's. */
-static int socket_is_ours_and_live(int dfd, const char *dir, const char *name, int *pid)
+ * the listener at listen() time). Returns the connected descriptor that
+ * was checked, which is the one to talk on (connecting again by path could
+ * reach whatever was put there since), with *pid the server's; or -1. */
+static int connect_if_ours(int dfd, const char *dir, const char *name, int *pid)
 {
     char path[CLI_CONTROL_PATH_MAX];
     struct stat st;
     struct ucred cred;
     socklen_t clen = sizeof cred;
-    int fd, ok;
+    int fd;
 
     if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISSOCK(st.st_mode) ||
         st.st_uid != getuid())
-        return 0;
+        return -1;
     if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
-        return 0;
+        return -1;
     fd = cli_control_connect(path);
     if (fd < 0)
-        return 0;
-    ok = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0 && cred.uid == getuid();
-    close(fd);
-    if (ok)
-        *pid = (int)cred.pid;
-    return ok;
+        return -1;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) < 0 || cred.uid != getuid()) {
+        close(fd);
+        return -1;
+    }
+    *pid = (int)cred.pid;
+    return fd;
 }
 
-int cli_control_scan(cli_control_entry *found, int max, char *dir, size_t dirlen, struct stat *dst)
+int cli_control_dirs(char dirs[][CLI_CONTROL_PATH_MAX], int max)
 {
-    struct dirent *e;
-    DIR *d;
-    int dfd, n = 0, rc;
+    const char *xdg = getenv("XDG_RUNTIME_DIR");
+    int n = 0, len;
 
-    if ((rc = cli_control_dir(dir, dirlen)) < 0)
-        return rc;
-    /* Checked through the descriptor we then read: O_NOFOLLOW, so the
-     * directory checked is the one listed, not what a symlink points to. */
+    if (max < 2)
+        return -EINVAL;
+    if (xdg && xdg[0] == '/') {
+        len = snprintf(dirs[n], CLI_CONTROL_PATH_MAX, "%s/sockfork", xdg);
+        if (len < 0 || len >= CLI_CONTROL_PATH_MAX)
+            return -ENAMETOOLONG;
+        n++;
+    }
+    snprintf(dirs[n++], CLI_CONTROL_PATH_MAX, "/tmp/sockfork-%u", (unsigned)getuid());
+    return n;
+}
+
+/* dir opened for listing if it is a directory of ours closed to others,
+ * checked through the descriptor then read: O_NOFOLLOW, so the directory
+ * checked is the one listed, not what a symlink points to. */
+static DIR *open_private_dir(const char *dir, struct stat *dst, int *rc)
+{
+    DIR *d;
+    int dfd;
+
     memset(dst, 0, sizeof *dst);
     dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (dfd < 0) {
-        rc = -errno;
-        if (rc == -ELOOP || rc == -ENOTDIR) {
+        *rc = -errno;
+        if (*rc == -ELOOP || *rc == -ENOTDIR) {
             (void)lstat(dir, dst); /* for the message: what is there instead */
-            return -EPERM;
+            *rc = -EPERM;
         }
-        return rc;
+        return NULL;
     }
     if (fstat(dfd, dst) < 0 || !dir_is_private(dst)) {
+        *rc = -EPERM;
         close(dfd);
-        return -EPERM;
+        return NULL;
     }
     d = fdopendir(dfd);
     if (!d) {
-        rc = -errno;
+        *rc = -errno;
         close(dfd);
-        return rc;
     }
-    /* Bounded by the directory's size, a private directory of ours, and
-     * by max entries kept. */
-    while ((e = readdir(d)) != NULL && n < max) {
-        cli_control_entry *c = &found[n];
+    return d;
+}
+
+int cli_control_scan(const char *dir, cli_control_entry *found, int max, int *kept, int *total,
+                     struct stat *dst)
+{
+    struct dirent *e;
+    DIR *d;
+    int rc = 0;
+
+    d = open_private_dir(dir, dst, &rc);
+    if (!d)
+        return rc;
+    /* Bounded by the directory's size, a private directory of ours; past
+     * max, servers are counted (and their connection closed), not kept. */
+    while ((e = readdir(d)) != NULL) {
+        cli_control_entry *c = &found[*kept < max ? *kept : 0];
+        int pid = 0, fd;
 
         if (!is_control_name(e->d_name))
             continue;
-        if (snprintf(c->path, sizeof c->path, "%s/%s", dir, e->d_name) >= (int)sizeof c->path)
+        fd = connect_if_ours(dirfd(d), dir, e->d_name, &pid);
+        if (fd < 0)
             continue;
-        if (socket_is_ours_and_live(dirfd(d), dir, e->d_name, &c->pid))
-            n++;
+        ++*total;
+        if (*kept >= max ||
+            snprintf(c->path, sizeof c->path, "%s/%s", dir, e->d_name) >= (int)sizeof c->path) {
+            close(fd);
+            continue;
+        }
+        c->fd = fd;
+        c->pid = pid;
+        ++*kept;
     }
     closedir(d);
-    return n;
+    return 0;
+}
+
+void cli_control_release(cli_control_entry *found, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (found[i].fd >= 0)
+            close(found[i].fd);
+        found[i].fd = -1;
+    }
 }
