@@ -155,10 +155,9 @@ def test_ctl_finds_the_only_server(sockfork, tmp_path):
     path = control_path(srv)
     assert path == str(tmp_path / "sockfork" / ("serve-%d.sock" % srv.pid))
     assert stat.S_IMODE(os.stat(tmp_path / "sockfork").st_mode) == 0o700
-    proc = subprocess.run([BIN, "ctl", "--json", "stats"], capture_output=True, timeout=WAIT,
-                          env=server_env(env), stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["active"] == 0
+    rc, out, err = ctl_found(tmp_path, "--json", "stats")
+    assert rc == 0, err
+    assert json.loads(out)["active"] == 0
 
 
 # ------------------------------------------- what ctl trusts, what it prints
@@ -221,11 +220,60 @@ class FakeServer:
         self.thread.join(WAIT)
 
 
-def ctl_found(xdg, *args):
-    """`sockfork ctl ARGS` without --control, looking under xdg/sockfork."""
-    proc = subprocess.run([BIN, "ctl"] + list(args), stdin=subprocess.DEVNULL, capture_output=True,
-                          timeout=WAIT, env=server_env({"XDG_RUNTIME_DIR": str(xdg)}))
+# ctl also looks in /tmp/sockfork-UID, where every server of this user
+# started without XDG_RUNTIME_DIR or --control lives (other test runs'
+# too). Where the system allows a private mount namespace (root), each test
+# gets its own directory mounted there, seen by its ctl and its servers
+# only; elsewhere (CI runs one suite at a time) the real one is used.
+TMP_DIR = "/tmp/sockfork-%d" % os.getuid()
+
+
+def _private_mounts_work():
+    try:
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "true"],
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=WAIT).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+PRIVATE_TMP = _private_mounts_work()
+
+
+def private_tmp(base):
+    """The directory that stands for /tmp/sockfork-UID in this test."""
+    d = base / "tmp-sockfork"
+    d.mkdir(mode=0o700, exist_ok=True)
+    return d
+
+
+def in_private_tmp(priv, argv):
+    """argv, run seeing priv as /tmp/sockfork-UID when that can be arranged."""
+    if not PRIVATE_TMP:
+        return list(argv)
+    os.makedirs(TMP_DIR, mode=0o700, exist_ok=True)  # the mount point
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(priv), TMP_DIR] + list(argv)
+
+
+def ctl_found(xdg, *args, priv=None):
+    """`sockfork ctl ARGS` without --control, looking under xdg/sockfork (xdg
+    None: XDG_RUNTIME_DIR unset) and /tmp/sockfork-UID (priv, or one of
+    its own under xdg)."""
+    priv = priv or private_tmp(xdg)
+    proc = subprocess.run(in_private_tmp(priv, [BIN, "ctl"] + list(args)), stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=WAIT,
+                          env=server_env({"XDG_RUNTIME_DIR": str(xdg) if xdg else ""}))
     return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
+
+
+def server_in_private_tmp(tmp_path, priv):
+    """A program to give the sockfork fixture as bin: the server, seeing
+    priv as /tmp/sockfork-UID (exec all the way: its pid is the server's)."""
+    wrapper = tmp_path / "in-private-tmp.sh"
+    wrapper.write_text("#!/bin/sh\nexec %s \"$@\"\n" % " ".join(
+        "'%s'" % a for a in in_private_tmp(priv, [BIN])))
+    wrapper.chmod(0o755)
+    return str(wrapper)
 
 
 def one_error_line(err):
@@ -456,3 +504,169 @@ def test_nul_on_the_control_socket(sockfork, tmp_path):
     reply = json.loads(ctl_sock.sock.makefile("rb").readline())
     assert reply["ok"] is False and "column" in reply["error"], reply
     ctl_sock.close()
+
+
+# ------------------------------------------- review of issue 11: one classifier
+
+# What the library's classifier (sf_text_clean) neutralises and ctl's own
+# copy of it let through: U+180E and the tag characters.
+SNEAKY = {"ok": True, "children": [{
+    "pid": 7, "peer": "1.2.3.4:5\u180e", "state": "running", "since": 0, "bytes_in": 1,
+    "bytes_out": 2, "status": "hi\U000e0041\U000e007f"}]}
+
+
+def test_ctl_list_escapes_what_the_library_neutralises(tmp_path):
+    fake = FakeServer(tmp_path / "c.sock", json.dumps(SNEAKY).encode() + b"\n")
+    try:
+        rc, out, err = ctl(str(tmp_path / "c.sock"), "list")
+        assert rc == 0, err
+        assert "\u180e" not in out and "\U000e0041" not in out, out
+        row = out.splitlines()[1]
+        assert "1.2.3.4:5\\u180e" in row and row.endswith("hi\\U000e0041\\U000e007f"), row
+    finally:
+        fake.close()
+
+
+def test_ctl_stats_prints_nested_values_as_json(tmp_path):
+    fake = FakeServer(tmp_path / "s.sock", json.dumps(
+        {"ok": True, "channel": {"n": 2, "deep": {"a": [1, "\x1b"]}, "r": 1.5, "t": True},
+         "list": [[1, 2], "x"], "frac": 0.25, "none": None}).encode() + b"\n")
+    try:
+        rc, out, err = ctl(str(tmp_path / "s.sock"), "stats")
+        assert rc == 0, err
+        assert "\x1b" not in out
+        assert out.splitlines() == ['channel: n=2 deep={"a":[1,"\\u001B"]} r=1.5 t=true',
+                                    'list: [[1,2],"x"]', "frac: 0.25", "none: null"], out
+    finally:
+        fake.close()
+
+
+def test_ctl_escapes_the_path_it_cannot_reach(tmp_path):
+    rc, out, err = ctl(str(tmp_path / "\x1b[31mred\u202e.sock"), "list")
+    assert rc == 1 and out == ""
+    line = one_error_line(err)
+    assert "\x1b" not in line and "\u202e" not in line
+    assert "\\x1b[31mred\\u202e.sock: No such file or directory" in line, line
+
+
+def test_the_table_of_servers_escapes_what_they_say(tmp_path):
+    d = tmp_path / "sockfork"
+    d.mkdir(mode=0o700)
+    reply = json.dumps({"ok": True, "listeners": ["\x1b]0;x\x07", "a\u180e"]}).encode() + b"\n"
+    fakes = [FakeServer(d / ("serve-%d.sock" % i), reply) for i in (1, 2)]
+    try:
+        rc, out, err = ctl_found(tmp_path, "list")
+        assert rc == 1 and out == ""
+        for ch in UNSAFE + ("\u180e",):
+            assert ch not in err, (ch, err)
+        rows = err.splitlines()[2:]
+        assert len(rows) == 2 and all("\\x1b]0;x\\x07 a\\u180e" in r for r in rows), err
+    finally:
+        for f in fakes:
+            f.close()
+
+
+# ------------------------------------------- review of issue 11: the connection checked
+
+def test_ctl_sends_on_the_connection_it_checked(tmp_path):
+    """The request goes on the connection whose peer credentials were
+    checked: a second connect by path could reach whatever was put there
+    in between."""
+    d = tmp_path / "sockfork"
+    d.mkdir(mode=0o700)
+    fake = FakeServer(d / "serve-1.sock", b'{"ok":true,"pid":1}\n')
+    try:
+        rc, out, err = ctl_found(tmp_path, "kick", "1")
+        assert (rc, out.strip()) == (0, "kicked 1"), err
+        fake.close()  # joins its thread: what it counted is final
+        assert fake.connections == 1 and fake.requests == [b'{"cmd":"kick","pid":1}\n'], \
+            (fake.connections, fake.requests)
+    finally:
+        fake.close()
+
+
+def test_ctl_asks_each_of_several_servers_once(tmp_path):
+    d = tmp_path / "sockfork"
+    d.mkdir(mode=0o700)
+    fakes = [FakeServer(d / ("serve-%d.sock" % i), b'{"ok":true,"listeners":["x"]}\n') for i in (1, 2)]
+    try:
+        rc, _, err = ctl_found(tmp_path, "stats")
+        assert rc == 1 and "2 servers run under" in err, err
+        for f in fakes:
+            f.close()
+            assert f.connections == 1 and f.requests == [b'{"cmd":"stats"}\n'], (f.connections, f.requests)
+    finally:
+        for f in fakes:
+            f.close()
+
+
+# ------------------------------------------- review of issue 11: both directories
+
+def test_ctl_finds_a_server_started_without_xdg_runtime_dir(sockfork, tmp_path):
+    """A server started from cron or `ssh host cmd` has no XDG_RUNTIME_DIR
+    and lives in /tmp/sockfork-UID; ctl in a login shell, with it set,
+    finds it there."""
+    priv = private_tmp(tmp_path)
+    srv = sockfork("--echo", env={"XDG_RUNTIME_DIR": ""}, bin=server_in_private_tmp(tmp_path, priv))
+    assert control_path(srv) == "%s/serve-%d.sock" % (TMP_DIR, srv.pid)
+    rc, out, err = ctl_found(tmp_path / "xdg", "--json", "stats", priv=priv)
+    assert rc == 0, err
+    assert json.loads(out)["pid"] == srv.pid
+    # Beside one under XDG_RUNTIME_DIR: both are listed.
+    (tmp_path / "xdg").mkdir(exist_ok=True)
+    other = sockfork("--echo", env={"XDG_RUNTIME_DIR": str(tmp_path / "xdg")})
+    rc, _, err = ctl_found(tmp_path / "xdg", "list", priv=priv)
+    assert rc == 1, err
+    assert err.splitlines()[0] == ("sockfork: ctl: 2 servers run under %s/xdg/sockfork and %s: say "
+                                   "which with --control PATH" % (tmp_path, TMP_DIR)), err
+    assert {int(l.split()[0]) for l in err.splitlines()[2:]} == {srv.pid, other.pid}, err
+
+
+@pytest.mark.skipif(not PRIVATE_TMP, reason="needs a private /tmp/sockfork-UID (a mount namespace)")
+def test_ctl_says_where_it_looked(tmp_path):
+    rc, out, err = ctl_found(tmp_path, "list")
+    assert (rc, out) == (1, "")
+    assert one_error_line(err) == ("sockfork: ctl: no running server found under %s/sockfork or %s "
+                                   "(give --control PATH)" % (tmp_path, TMP_DIR))
+    rc, _, err = ctl_found(None, "list", priv=private_tmp(tmp_path))
+    assert one_error_line(err) == "sockfork: ctl: no running server found under %s (give --control PATH)" % TMP_DIR
+
+
+@pytest.mark.skipif(not PRIVATE_TMP, reason="needs a private /tmp/sockfork-UID (a mount namespace)")
+def test_ctl_refuses_a_tmp_directory_open_to_others(tmp_path):
+    """The same checks in both directories: a /tmp/sockfork-UID open to
+    others stops ctl before it sends anything, a server under
+    XDG_RUNTIME_DIR included."""
+    d = tmp_path / "sockfork"
+    d.mkdir(mode=0o700)
+    good = FakeServer(d / "serve-1.sock", b'{"ok":true,"children":[]}\n')
+    priv = private_tmp(tmp_path)
+    bad = FakeServer(priv / "serve-2.sock", b'{"ok":true,"children":[]}\n')
+    try:
+        os.chmod(priv, 0o777)
+        rc, out, err = ctl_found(tmp_path, "list", priv=priv)
+        assert rc == 1 and out == ""
+        assert "%s is not private to you (owner uid %d, mode 0777" % (TMP_DIR, os.getuid()) in one_error_line(err)
+        good.close()
+        bad.close()
+        assert good.requests == [] and bad.connections == 0
+    finally:
+        good.close()
+        bad.close()
+
+
+# ------------------------------------------- review of issue 11: the bound on servers listed
+
+def test_more_servers_than_listed_are_counted(tmp_path):
+    d = tmp_path / "sockfork"
+    d.mkdir(mode=0o700)
+    fakes = [FakeServer(d / ("serve-%d.sock" % i), b'{"ok":true,"listeners":["x"]}\n') for i in range(66)]
+    try:
+        rc, _, err = ctl_found(tmp_path, "list")
+        lines = err.splitlines()
+        assert rc == 1 and lines[0].startswith("sockfork: ctl: 66 servers run under "), err
+        assert len(lines) == 2 + 64 + 1, err
+        assert lines[-1] == "  and 2 more (only the first 64 are listed)", err
+    finally:
+        for f in fakes:
+            f.close()
