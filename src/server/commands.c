@@ -112,12 +112,13 @@ static int get_text(json_t *req, const char **text, size_t *len)
     return 0;
 }
 
-/* Whether the child has left part of what was sent to it unread: bytes
- * still in the supervisor's queue for it, or in the socket (SIOCOUTQ on our
- * end of an AF_UNIX stream counts what the peer has not consumed yet; the
- * kernel counts buffers, not payload, so it says only whether, not how
- * much). A child that never reads its channel (--echo, a program that
- * ignores fd 3) shows it from the second message on. */
+/* Whether, at this moment, the child has left part of what was sent to it
+ * unread: bytes still in the supervisor's queue for it, or in the socket
+ * (SIOCOUTQ on our end of an AF_UNIX stream counts what the peer has not
+ * consumed yet; the kernel counts buffers, not payload, so it says only
+ * whether, not how much). A snapshot, and said as one: a child that reads
+ * its channel may just not have got to the last message yet, and only one
+ * that never reads shows it every time (from the second message on). */
 static int has_unread(const endpoint *e)
 {
     int n = 0;

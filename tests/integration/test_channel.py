@@ -6,6 +6,7 @@ are not a frame."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -624,7 +625,7 @@ def test_a_child_that_never_reads_is_kicked_under_the_kick_policy(sockfork, tmp_
 
 # ------------------------------------------- a child that does not read its channel
 
-NOT_READ = "queued for %d, which has not yet read what was sent to it before (its program may not read its channel)"
+NOT_READ = "queued for %d, behind earlier text it has not read yet"
 
 
 @pytest.mark.parametrize("handler", [["--echo"], ["--", SH, "-c", "exec cat"]], ids=["echo", "ignores-fd-3"])
@@ -654,3 +655,26 @@ def test_ctl_send_to_a_child_that_reads_says_queued_only(sockfork, tmp_path):
         assert (rc, out.strip()) == (0, "queued for %d" % pid), err
         # Once the client has it, the child has read it from its channel.
         assert recv_line(c) == b"n%d\r\n" % n
+
+
+def test_ctl_send_to_a_busy_child_that_reads_states_only_the_fact(sockfork, tmp_path):
+    """Review of issue 11: the hint is a fact of the moment, not a verdict
+    on the program. A child that reads its channel but has not got to it yet
+    (here: stopped, as a busy one is for a moment) is not said to be a
+    program that may not read it; once it runs, the client gets both."""
+    srv = sockfork("--control", str(tmp_path / "c.sock"))
+    path = control_path(srv)
+    c = srv.connect()
+    pid = greeting_pid(c)
+    srv.wait_connected(c)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        rc, out, err = ctl(path, "send", pid, "one")
+        assert (rc, out.strip()) == (0, "queued for %d" % pid), err
+        rc, out, err = ctl(path, "send", pid, "two")
+        assert (rc, out.strip()) == (0, NOT_READ % pid), err
+        assert "may not read" not in out
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert recv_line(c) == b"one\r\n"
+    assert recv_line(c) == b"two\r\n"

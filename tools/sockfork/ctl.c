@@ -611,9 +611,10 @@ static void print_answer(const char *cmd, json_t *reply, unsigned pid)
     } else if (strcmp(cmd, "stats") == 0) {
         print_stats(reply);
     } else if (strcmp(cmd, "send") == 0) {
+        /* A fact of the moment, not a judgement on the program: a child
+         * that reads its channel may simply not have got to it yet. */
         if (json_is_true(json_object_get(reply, "unread_before")))
-            printf("queued for %u, which has not yet read what was sent to it before "
-                   "(its program may not read its channel)\n", pid);
+            printf("queued for %u, behind earlier text it has not read yet\n", pid);
         else
             printf("queued for %u\n", pid);
     } else if (strcmp(cmd, "broadcast") == 0) {
