@@ -496,7 +496,7 @@ static int find_server(char *path, size_t len)
         dir_names(dirs, ndirs, with, " and ", names, sizeof names);
         cli_error("ctl: %d servers run under %s: say which with --control PATH", total, names);
         list_servers(found, kept, total);
-    } else if (strlen(found[0].path) >= len) {
+    } else if (kept == 0 || strlen(found[0].path) >= len) { /* its path did not fit */
         cli_error("ctl: %s", strerror(ENAMETOOLONG));
     } else {
         strcpy(path, found[0].path);
