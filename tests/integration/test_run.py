@@ -1678,6 +1678,77 @@ def test_a_full_disk_fails_the_run_and_both_records_keep_whole_lines(tmp_path, s
     resume_completes(run, tmp_path, saved, 500)
 
 
+def records_complete(run, joblog, results, n, *cmd):
+    """--resume with room now: every task of 1..n ends with exactly one
+    joblog entry and one results line across the two runs (a task the
+    failed run did not finish is in neither, and runs again)."""
+    first_log = set(joblog_by_seq(joblog)) if joblog.exists() else set()
+    first_res = set(results_by_seq(results)) if results.exists() else set()
+    assert first_log == first_res, (sorted(first_log), sorted(first_res))
+    r = run("-j", "4", "--resume", "--joblog", joblog, "--results", results,
+            *(cmd or ("true",)), ":::", *range(1, n + 1), timeout=LONG_WAIT)
+    assert r.rc == 0, r.stderr
+    assert sorted(joblog_by_seq(joblog)) == list(range(1, n + 1))
+    assert sorted(results_by_seq(results)) == list(range(1, n + 1))
+    return first_log
+
+
+STOPPED_SH = r"""
+[ -e go ] && exit 0
+if [ "$1" = 1 ]; then  # ends once task 2 runs: its record fails then
+  i=0
+  while [ ! -e started.2 ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done
+else
+  touch "started.$1"
+  exec sleep 60
+fi
+"""
+
+
+def test_tasks_a_record_failure_stopped_run_again_on_resume(tmp_path, run):
+    """--results /dev/full: task 1's line fails, so it gets no joblog entry
+    either; task 2, running then, is stopped by the run, not finished: it
+    is not in the joblog as killed by SIGTERM. --resume runs all four, and
+    the results file ends up complete."""
+    script = write_script(tmp_path, "stopped.sh", STOPPED_SH)
+    joblog, results = tmp_path / "joblog", tmp_path / "r.jsonl"
+    r = run("-j", "2", "--joblog", joblog, "--results", "/dev/full", "sh", script, ":::",
+            *range(1, 5))
+    assert r.rc == 255, r.stderr
+    assert (tmp_path / "started.2").exists()
+    assert read_joblog(joblog) == [], joblog.read_text()
+    (tmp_path / "go").touch()
+    assert records_complete(run, joblog, results, 4, "sh", script) == set()
+
+
+@pytest.mark.parametrize("jobs", ["1", "4"])
+def test_results_past_the_file_size_limit_lose_nothing_after_resume(tmp_path, sf, run, jobs):
+    """Results lines are longer than joblog entries, so the results file
+    fills first (RLIMIT_FSIZE): the joblog has exactly the tasks the
+    results file has, and --resume completes both."""
+    joblog, results = tmp_path / "joblog", tmp_path / "r.jsonl"
+    r = sf("-j", jobs, "--joblog", joblog, "--results", results, "true", ":::",
+           *range(1, 201), fsize=4096)
+    assert r.wait(LONG_WAIT) == 255, r.stderr
+    assert "cannot write to %s: File too large; stopping" % results in r.stderr
+    assert len(error_lines(r.stderr, "cannot write")) == 1, r.stderr
+    assert 0 < len(records_complete(run, joblog, results, 200)) < 200
+
+
+def test_a_joblog_on_a_full_disk_takes_its_tasks_results_line_back(tmp_path, small_disk, run):
+    """The joblog fills first (results elsewhere): the task whose entry
+    failed loses its results line too, so after --resume every task has
+    one of each."""
+    joblog, results = small_disk / "joblog", tmp_path / "r.jsonl"
+    r = run("-j", "4", "--joblog", joblog, "--results", results, "true", ":::",
+            *range(1, 1001), timeout=LONG_WAIT)
+    assert r.rc == 255, r.stderr
+    assert len(error_lines(r.stderr, "cannot write")) == 1, r.stderr
+    saved = tmp_path / "joblog"
+    saved.write_bytes(joblog.read_bytes())
+    assert 0 < len(records_complete(run, saved, results, 1000)) < 1000
+
+
 def joblog_of(tmp_path, seqs, name="joblog.full"):
     """A joblog of `echo ::: a b c d e` with only the entries of seqs, as
     lines with their newlines."""

@@ -174,7 +174,7 @@ static int empty_file(int fd)
  * so the file ends on a whole line: a reader (or --resume) never meets a
  * half entry, and the next entry does not glue onto one. 0 or -errno.
  */
-static int put_entry(int fd, const char *buf, size_t n)
+static int put_entry_at(int fd, const char *buf, size_t n, off_t *where)
 {
     off_t at = lseek(fd, 0, SEEK_END); /* -1 on a pipe: nothing to cut */
     int rc = runout_write_all(fd, buf, n);
@@ -182,7 +182,21 @@ static int put_entry(int fd, const char *buf, size_t n)
     if (rc < 0 && at >= 0 && ftruncate(fd, at) < 0) {
         /* /dev/full and the like: nothing was kept anyway. */
     }
+    if (where)
+        *where = at;
     return rc;
+}
+
+static int put_entry(int fd, const char *buf, size_t n)
+{
+    return put_entry_at(fd, buf, n, NULL);
+}
+
+void runlog_undo(int fd, off_t at)
+{
+    if (at >= 0 && ftruncate(fd, at) < 0) {
+        /* Not a file that can be cut: the entry stays. */
+    }
 }
 
 int runlog_joblog_begin(int fd, const runlog_done *resumed)
@@ -292,7 +306,7 @@ static json_t *json_text(const char *s)
     return j;
 }
 
-int runlog_results_write(int fd, const runlog_entry *e)
+int runlog_results_write(int fd, const runlog_entry *e, off_t *at)
 {
     const sf_task_report *r = e->r;
     json_t *o = json_object(), *cmd = json_array(), *result = json_null();
@@ -353,7 +367,7 @@ int runlog_results_write(int fd, const runlog_entry *e)
         goto nomem;
     }
     line[len] = '\n';
-    rc = put_entry(fd, line, len + 1);
+    rc = put_entry_at(fd, line, len + 1, at);
     free(line);
     json_decref(o);
     return rc;
