@@ -685,6 +685,16 @@ def test_fd3_results_are_kept_and_logs_go_to_stderr(tmp_path, run):
     assert PROGRESS_CLEAR not in r.stderr
 
 
+def test_a_result_holding_u0000_reaches_the_results_file_intact(tmp_path, run):
+    """\\u0000 is valid JSON and fd 3 takes it: the results line has the
+    string with its NUL, not null."""
+    script = write_script(tmp_path, "nul.sh",
+                          'printf \'{"result": {"s": "a\\\\u0000b", "n": 1}}\\n\' >&3\n')
+    r = run("--results", tmp_path / "r.jsonl", "sh", script, ":::", "1")
+    assert r.rc == 0, r.stderr
+    assert results_by_seq(tmp_path / "r.jsonl")[1]["result"] == {"s": "a\0b", "n": 1}
+
+
 PROGRESS_SH = r"""
 echo "{\"progress\": $2}" >&3
 read x < "fifo.$1"

@@ -328,7 +328,9 @@ int runlog_results_write(int fd, const runlog_entry *e, off_t *at)
         }
     }
     if (r->result) {
-        json_t *v = json_loadb(r->result, r->result_len, JSON_DECODE_ANY, NULL);
+        /* JSON_ALLOW_NUL: fd 3 takes \u0000 in a string, so must this. */
+        json_t *v = json_loadb(r->result, r->result_len, JSON_DECODE_ANY | JSON_ALLOW_NUL,
+                               NULL);
         if (v) {
             json_decref(result);
             result = v;
