@@ -1439,6 +1439,23 @@ def test_a_name_is_looked_up_in_path_as_execvp_does(tmp_path, run):
     assert res[2]["exit_code"] == 127 and res[2]["error"], res[2]
 
 
+def test_a_script_without_a_shebang_line_runs_with_bin_sh(tmp_path, run):
+    """execve says ENOEXEC for it; execvp and GNU parallel run it with
+    /bin/sh FILE ARGS..., by path or found in PATH, and so does run."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name in ("plain.sh", "bin/sf-plain"):
+        (tmp_path / name).write_text('echo "$0:$#:$1"\n')
+        (tmp_path / name).chmod(stat.S_IRWXU)
+    r = run("-k", "--results", tmp_path / "r.jsonl", "{1}", "{2}", ":::",
+            str(tmp_path / "plain.sh"), "sf-plain", ":::", "a b",
+            env={"PATH": "%s:/usr/bin:/bin" % bindir})
+    assert r.rc == 0, r.stderr
+    assert r.stdout.decode() == "%s:1:a b\n%s:1:a b\n" % (tmp_path / "plain.sh",
+                                                           bindir / "sf-plain")
+    assert all(x["ok"] and "error" not in x for x in read_results(tmp_path / "r.jsonl"))
+
+
 def test_a_command_that_cannot_start_is_127_or_126_with_an_error(tmp_path, run):
     notexec = tmp_path / "notexec"
     notexec.write_text("#!/bin/sh\necho hi\n")
