@@ -239,7 +239,7 @@ class Run:
     "pty" for a terminal."""
 
     def __init__(self, tmp_path, args, stdin=None, stdout=None, stderr=None, env=None,
-                 ignore_sigpipe=False, fsize=None):
+                 ignore_sigpipe=False, fsize=None, nofile=None):
         self.tmp_path = tmp_path
         self.args = [str(a) for a in args]
         self.spill = tmp_path / "spill"
@@ -266,6 +266,10 @@ class Run:
             def preexec(first=preexec):
                 first()
                 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+        if nofile is not None:  # RLIMIT_NOFILE, hard limit too: run cannot raise it
+            def preexec(first=preexec):
+                first()
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.proc = subprocess.Popen([BIN, "run"] + self.args, cwd=str(tmp_path), stdin=in_arg,
                                      stdout=subprocess.PIPE if stdout is None else stdout,
                                      stderr=err_arg, env=server_env(e), start_new_session=True,
@@ -1479,6 +1483,60 @@ def test_a_command_that_cannot_start_is_127_or_126_with_an_error(tmp_path, run):
     assert "cannot run no-such-command-for-sockfork-run" in r.stderr
     s = parse_summary(r.stderr)
     assert (s["succeeded"], s["could not start"]) == (1, 3)
+
+
+def highest_fd_with_one_task(run, tmp_path):
+    """The highest descriptor run has while one task runs (the task looks
+    at its parent's), with the options the tests use. RLIMIT_NOFILE is a
+    limit on numbers: that one + 2 leaves room for one task's start (its
+    pipes go in the holes the last start left, its pidfd above), and no
+    room for a second one's."""
+    r = run("-j", "8", "--results", tmp_path / "probe.jsonl", "sh", "-c",
+            "ls /proc/$PPID/fd | sort -n | tail -n 1", ":::", "1")
+    assert r.rc == 0, r.stderr
+    return int(r.stdout.decode().strip())
+
+
+def test_starts_that_fail_for_lack_of_descriptors_wait_and_say_it_once(tmp_path, run):
+    """A hard RLIMIT_NOFILE with room for one task and -j 8: the other
+    starts fail with EMFILE again and again, as each task ends; they wait
+    (each one's task runs later) and the log says so once, with a count at
+    the end, not a line per task per backoff."""
+    limit = highest_fd_with_one_task(run, tmp_path) + 2
+    r = run("-j", "8", "--results", tmp_path / "r.jsonl", "sh", "-c", "echo $1", "sh", ":::",
+            *range(1, 41), nofile=limit, timeout=LONG_WAIT)
+    assert r.rc == 0, r.stderr
+    assert sorted(int(x) for x in r.stdout.split()) == list(range(1, 41))
+    assert len(error_lines(r.stderr, "cannot start task")) == 1, r.stderr
+    assert "Too many open files" in error_lines(r.stderr, "cannot start task")[0]
+    ends = error_lines(r.stderr, "task starts failed (Too many open files)")
+    assert len(ends) == 1, r.stderr
+    assert int(re.search(r"(\d+) task starts failed", ends[0]).group(1)) >= 7
+    assert len(r.stderr.splitlines()) == 3, r.stderr  # and the summary
+    res = results_by_seq(tmp_path / "r.jsonl")
+    assert all(res[i]["ok"] and res[i]["attempts"] == 1 for i in range(1, 41))
+
+
+def test_a_start_that_can_never_get_its_descriptors_fails_in_bounded_time(tmp_path, run):
+    """A limit below what one task needs and nothing of ours running to
+    free any: after its backoffs (a few seconds) the pool gives up, says
+    so once, and the tasks fail as commands that cannot start (126), not
+    retried, instead of waiting forever."""
+    limit = highest_fd_with_one_task(run, tmp_path) - 2
+    t0 = time.monotonic()
+    r = run("-j", "4", "--retries", "3", "--results", tmp_path / "r.jsonl", "true", ":::",
+            *range(1, 21), nofile=limit, timeout=LONG_WAIT)
+    assert r.rc == 20, r.stderr
+    assert time.monotonic() - t0 < LONG_WAIT
+    assert len(error_lines(r.stderr, "cannot start task 1: Too many open files")) == 1, r.stderr
+    assert len(error_lines(r.stderr, "cannot start tasks: Too many open files")) == 1, r.stderr
+    assert len(error_lines(r.stderr, "cannot run true: Too many open files")) == 1, r.stderr
+    assert len(r.stderr.splitlines()) <= 5, r.stderr
+    s = parse_summary(r.stderr)
+    assert (s["could not start"], s["retries"]) == (20, 0), r.stderr
+    res = results_by_seq(tmp_path / "r.jsonl")
+    assert all((x["exit_code"], x["attempts"], x["error"]) == (126, 1, "Too many open files")
+               for x in res.values()) and len(res) == 20
 
 
 def test_big_outputs_arrive_complete_intact_and_grouped(tmp_path, run):
