@@ -65,6 +65,8 @@ static const char run_usage[] =
     "      --progress        live progress on stderr (default: when it is a terminal)\n"
     "      --no-progress     none\n"
     "  -q, --quiet           no summary at the end\n"
+    "  -h, --help            this help\n"
+    "  -V, --version         print the version\n"
     "\n"
     "A task may write JSON lines on fd 3 (SOCKFORK_FD=3): {\"progress\": 0.4},\n"
     "{\"progress\": {\"done\": 3, \"total\": 10}}, {\"log\": \"text\"}, {\"result\": ...}.\n"
@@ -860,6 +862,9 @@ static int parse_args(run_state *st, int argc, char **argv)
 #define VALUE() (v ? 0 : need(argc, argv, &i, a, &v))
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             fputs(run_usage, stdout);
+            return 1;
+        } else if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0) {
+            printf("sockfork %s\n", sf_version());
             return 1;
         } else if (strcmp(a, "-j") == 0 || strcmp(a, "--jobs") == 0 ||
                    (strncmp(a, "-j", 2) == 0 && a[2] && (v = a + 2))) {
