@@ -419,7 +419,14 @@ static void log_spawn_failure(sf_pool *p, const pool_task *t, const char *prog, 
 
     if (p->spawn_err == err && p->spawn_err_prog && strcmp(p->spawn_err_prog, prog) == 0)
         return;
-    sf_logf(&p->log, SF_LOG_WARN, "task %lu: cannot run %s: %s", t->seq, prog, strerror(err));
+    {
+        /* The name may come from input data: no escape sequence of it
+         * reaches a terminal, as with a task's log lines. */
+        char clean[512];
+        sf_text_clean(clean, sizeof clean, prog, strlen(prog), "?");
+        sf_logf(&p->log, SF_LOG_WARN, "task %lu: cannot run %s: %s", t->seq, clean,
+                strerror(err));
+    }
     if ((copy = strdup(prog)) != NULL) { /* without memory: log them all */
         free(p->spawn_err_prog);
         p->spawn_err_prog = copy;

@@ -1903,6 +1903,18 @@ def test_resume_counts_a_last_line_cut_in_its_command(tmp_path, run):
     assert sorted(e["seq"] for e in read_joblog(joblog)) == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.parametrize("keep", [4, 10, len(JOBLOG_HEADER)])
+def test_resume_writes_a_header_cut_short_anew(tmp_path, run, keep):
+    """A crash while the header was written leaves part of it (or all of
+    it without its newline): the header is written whole again, not kept
+    cut with the entries after it, and no task is said to run again."""
+    joblog = tmp_path / "joblog"
+    joblog.write_text(JOBLOG_HEADER[:keep])
+    ran, err = resumed_seqs(run, joblog)
+    assert ran == [1, 2, 3, 4, 5] and "cut short" not in err, err
+    assert sorted(e["seq"] for e in read_joblog(joblog)) == [1, 2, 3, 4, 5]
+
+
 def test_a_bad_line_before_the_last_still_stops_resume(tmp_path, run):
     header, entries = joblog_of(tmp_path, [1, 2])
     joblog = tmp_path / "joblog"
@@ -1992,6 +2004,20 @@ def test_a_command_line_given_as_one_word_suggests_shell(tmp_path, run):
     assert len(hints) == 1 and "'echo hi'" in hints[0], r.stderr
     r = run("-k", "--shell", "echo hi", ":::", "a", "b")
     assert (r.rc, r.stdout) == (0, b"hi a\nhi b\n"), r.stderr
+
+
+def test_a_name_that_cannot_run_is_logged_without_its_control_characters(tmp_path, run):
+    """The name comes from input data here: its escape sequences and
+    invisible or bidi characters never reach the terminal, in the "cannot
+    run" line and in the --shell hint."""
+    name = "evil \x1b[2J\x07name\u202e\u200b"
+    r = run("{}", ":::", name)
+    assert r.rc == 1, r.stderr
+    err = r.stderr
+    assert "\x1b" not in err and "\x07" not in err, repr(err)
+    assert "\u202e" not in err and "\u200b" not in err, repr(err)
+    assert len(error_lines(err, "cannot run evil ?[2J?name")) == 1, repr(err)
+    assert len(error_lines(err, "no program is named 'evil ?[2J?name")) == 1, repr(err)
 
 
 # ---------------------------------------------------- 11. log lines and the progress line

@@ -486,12 +486,16 @@ static void record(run_state *st, const runlog_entry *e)
  * it; say once what was meant. */
 static void hint_shell(run_state *st, const sf_task_report *r)
 {
+    char name[512];
+
     if (st->shell || st->shell_hinted || r->spawn_error != ENOENT || !r->argv || !r->argv[0] ||
         !strpbrk(r->argv[0], " \t|;&<>$`"))
         return;
     st->shell_hinted = 1;
+    /* The name may be input data: escaped as every log line of a task is. */
+    sf_text_clean(name, sizeof name, r->argv[0], strlen(r->argv[0]), "?");
     say(st, "run: hint: no program is named '%s': to run COMMAND as a shell command line, "
-        "use --shell", r->argv[0]);
+        "use --shell", name);
 }
 
 static void on_done(sf_pool *p, const sf_task_report *r, void *arg)

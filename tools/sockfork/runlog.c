@@ -86,8 +86,11 @@ int runlog_done_load(runlog_done *d, const char *path, int failed_only, unsigned
             d->whole_end += n;
         else
             d->tail = RUNLOG_TAIL_WHOLE;
-        if (*lineno == 1 && strncmp(line, "Seq\t", 4) == 0)
+        if (*lineno == 1 && strncmp(line, "Seq\t", 4) == 0) {
+            if (last) /* a header cut short (or without its newline): written anew */
+                d->tail = RUNLOG_TAIL_CUT_HEADER;
             continue;
+        }
         if (line[0] == '\n')
             continue;
         if (parse_entry(line, last, &seq, &exitval, &sig) < 0) {
@@ -206,7 +209,7 @@ int runlog_joblog_begin(int fd, const runlog_done *resumed)
 
     if (!resumed)
         rc = empty_file(fd);
-    else if (resumed->tail == RUNLOG_TAIL_CUT)
+    else if (resumed->tail == RUNLOG_TAIL_CUT || resumed->tail == RUNLOG_TAIL_CUT_HEADER)
         rc = ftruncate(fd, resumed->whole_end) < 0 ? -errno : 0;
     else if (lacks_newline(fd))
         rc = put_entry(fd, "\n", 1);

@@ -25,6 +25,7 @@ enum runlog_tail {
     RUNLOG_TAIL_NONE = 0,    /* the file ends with a newline (or is empty) */
     RUNLOG_TAIL_WHOLE,       /* its fields up to Command are all there: counted */
     RUNLOG_TAIL_CUT,         /* cut inside a field (a crash): ignored */
+    RUNLOG_TAIL_CUT_HEADER,  /* the header is the last line: cut, written again */
 };
 
 /* The seqs found in a joblog: all of them, or (failed_only) only those
