@@ -108,7 +108,8 @@ int runlog_done_load(runlog_done *d, const char *path, int failed_only, unsigned
     }
     if (ferror(f))
         rc = -EIO;
-    qsort(d->seq, d->n, sizeof *d->seq, cmp_seq);
+    if (d->n) /* qsort takes no NULL, even for none */
+        qsort(d->seq, d->n, sizeof *d->seq, cmp_seq);
 out:
     free(line);
     fclose(f);
