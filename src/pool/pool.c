@@ -17,6 +17,8 @@
 #define JOBS_MAX 65536
 #define EVENTS_MAX 64
 #define POLL_EXITS_S 0.005
+#define SPAWN_IDLE_TRIES 8 /* backoffs (about 4.5 s) with nothing of ours running */
+#define SPAWN_QUIET_S 2.0  /* a start failure episode ends after this without one */
 
 double pool_now(void)
 {
@@ -417,12 +419,89 @@ static void log_spawn_failure(sf_pool *p, const pool_task *t, const char *prog, 
 
     if (p->spawn_err == err && p->spawn_err_prog && strcmp(p->spawn_err_prog, prog) == 0)
         return;
-    sf_logf(&p->log, SF_LOG_WARN, "task %lu: cannot run %s: %s", t->seq, prog, strerror(err));
+    {
+        /* The name may come from input data: no escape sequence of it
+         * reaches a terminal, as with a task's log lines. */
+        char clean[512];
+        sf_text_clean(clean, sizeof clean, prog, strlen(prog), "?");
+        sf_logf(&p->log, SF_LOG_WARN, "task %lu: cannot run %s: %s", t->seq, clean,
+                strerror(err));
+    }
     if ((copy = strdup(prog)) != NULL) { /* without memory: log them all */
         free(p->spawn_err_prog);
         p->spawn_err_prog = copy;
         p->spawn_err = err;
     }
+}
+
+/* Whether a process of ours other than slot s's runs: its end will give
+ * back the descriptors, memory or process slot that a start lacked. */
+static int others_running(const sf_pool *p, const pool_slot *s)
+{
+    for (unsigned i = 0; i < p->jobs; i++)
+        if (&p->slots[i] != s && p->slots[i].pid)
+            return 1;
+    return 0;
+}
+
+/*
+ * A start failed for lack of descriptors, processes or memory (EMFILE,
+ * EAGAIN, ENOMEM...): not the task's fault, and usually over once some of
+ * our tasks end. The task goes back to the head of the queue and nothing
+ * starts for 50 ms, doubling to 1 s (back to 50 ms once one starts), or
+ * until one of our processes ends and gives back what it held.
+ * Such failures come in episodes (a -j higher than the descriptor limit
+ * allows fails a start whenever a slot frees): the log says when one
+ * begins, one line, and when it is over (no start failed for
+ * SPAWN_QUIET_S, or the run ends), with a count; not a line per task per
+ * backoff. With no process of ours left to end and free something,
+ * waiting may never help (a limit below what one task needs): past
+ * SPAWN_IDLE_TRIES such backoffs in a row the pool gives up, said once,
+ * and every start that fails so from then on fails its task as a command
+ * that cannot start does, until one starts.
+ * Returns 1 when the task was put back, 0 when it fails now.
+ */
+static int spawn_wait(sf_pool *p, pool_slot *s, pool_task *t, int err, double now)
+{
+    if (others_running(p, s))
+        p->spawn_idle_fails = 0;
+    else if (++p->spawn_idle_fails > SPAWN_IDLE_TRIES) {
+        if (p->spawn_idle_fails == SPAWN_IDLE_TRIES + 1)
+            sf_logf(&p->log, SF_LOG_ERROR, "cannot start tasks: %s for %.1f s, and none of "
+                    "ours runs to free what they need: failing those that cannot start",
+                    strerror(err), now - p->spawn_fail_since);
+        p->spawn_fails = 0; /* said: the episode is over */
+        return 0;
+    }
+    if (p->spawn_fails++ == 0)
+        p->spawn_fail_since = now;
+    p->spawn_fail_last = now;
+    p->spawn_fail_err = err;
+    p->spawn_backoff = p->spawn_backoff ? fmin(p->spawn_backoff * 2, 1.0) : 0.05;
+    p->spawn_not_before = now + p->spawn_backoff;
+    if (p->spawn_fails == 1)
+        sf_logf(&p->log, SF_LOG_WARN, "cannot start task %lu: %s; retrying in %.2f s (said "
+                "once while starts keep failing)", t->seq, strerror(err), p->spawn_backoff);
+    return 1;
+}
+
+/* The episode is over: its count, unless its first line said it all. */
+static void spawn_episode_end(sf_pool *p)
+{
+    if (p->spawn_fails > 1)
+        sf_logf(&p->log, SF_LOG_NOTICE, "%lu task starts failed (%s) over %.1f s; each was "
+                "tried again", p->spawn_fails, strerror(p->spawn_fail_err),
+                p->spawn_fail_last - p->spawn_fail_since);
+    p->spawn_fails = 0;
+}
+
+/* A task started during an episode. */
+static void spawn_started(sf_pool *p, double now)
+{
+    p->spawn_backoff = 0;
+    p->spawn_idle_fails = 0;
+    if (now - p->spawn_fail_last >= SPAWN_QUIET_S)
+        spawn_episode_end(p);
 }
 
 static void start_attempt(sf_pool *p, pool_slot *s, pool_task *t, double now)
@@ -443,7 +522,8 @@ static void start_attempt(sf_pool *p, pool_slot *s, pool_task *t, double now)
     rc = pool_launch(p, s);
     if (rc == 0) {
         p->st.started++;
-        p->spawn_backoff = 0;
+        if (p->spawn_fails) /* the only cost on the usual path: one test */
+            spawn_started(p, now);
         if (p->o.on_start) {
             sf_task_info info;
             pool_info(s, &info);
@@ -451,21 +531,16 @@ static void start_attempt(sf_pool *p, pool_slot *s, pool_task *t, double now)
         }
         return;
     }
-    if (transient(-rc)) {
-        /* Out of processes or descriptors: not the task's fault. Put it
-         * back, and start nothing for a while (50 ms doubling to 1 s). */
-        p->spawn_backoff = p->spawn_backoff ? fmin(p->spawn_backoff * 2, 1.0) : 0.05;
-        p->spawn_not_before = now + p->spawn_backoff;
-        sf_logf(&p->log, SF_LOG_WARN, "cannot start task %lu: %s; retrying in %.2f s", t->seq,
-                strerror(-rc), p->spawn_backoff);
+    if (transient(-rc) && spawn_wait(p, s, t, -rc, now)) {
         t->attempts--;
         p->st.running--;
         clear_attempt(s);
         requeue_front(p, t);
         return;
     }
-    /* The command cannot be run (no such file, not executable...): the
-     * task fails as a shell would say it, 127 (126 if it is there). */
+    /* The command cannot be run (no such file, not executable...; or out
+     * of resources for good, spawn_wait): the task fails as a shell would
+     * say it, 127 (126 if it is there). */
     {
         sf_status st = {1, (-rc == ENOENT || -rc == ENOTDIR) ? 127 : 126, 0, 0};
         log_spawn_failure(p, t, s->argv && s->argv[0] ? s->argv[0] : "the command", -rc);
@@ -566,6 +641,9 @@ static void on_exit_ready(sf_pool *p, pool_slot *s, double now)
     s->exited = 0;
     s->stopping = 0;
     s->kill_at = 0;
+    /* What it held is given back: a start that failed for lack of it
+     * need not wait out its backoff (spawn_wait). */
+    p->spawn_not_before = 0;
 }
 
 static void on_chan_ready(sf_pool *p, pool_slot *s, uint32_t events, double now)
@@ -806,6 +884,8 @@ int sf_pool_run(sf_pool *p)
         }
     }
     feed_arm(p, 0);
+    if (p->spawn_fails)
+        spawn_episode_end(p);
     proc_guard_stop(&p->guard);
     pool_env_free(p);
     os_slice_restore(&p->slice);

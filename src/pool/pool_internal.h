@@ -90,6 +90,11 @@ struct sf_pool {
     int running_loop;
     int poll_exits;              /* no pidfds: exits are polled (launch.c) */
     double spawn_backoff, spawn_not_before;
+    unsigned long spawn_fails;   /* starts failed in this episode (transient) */
+    unsigned spawn_idle_fails;   /*   in a row with no process of ours running */
+    double spawn_fail_since;     /* when the episode began, */
+    double spawn_fail_last;      /*   its last failure, */
+    int spawn_fail_err;          /*   and that one's errno */
     char *spawn_err_prog;        /* the last command that could not start, */
     int spawn_err;               /*   and why: its repeats are not logged */
     char *readbuf;               /* POOL_READ bytes, for every read */

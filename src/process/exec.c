@@ -40,6 +40,34 @@ static void __attribute__((noreturn)) child_fail(exec_plan *pl, int e)
     _exit(127);
 }
 
+/*
+ * A file the kernel cannot run (ENOEXEC: a script without a "#!" line) is
+ * run by /bin/sh, as execvp and GNU parallel do: /bin/sh FILE ARGS...
+ * The new argv is a VLA on the child's own stack, as glibc's execvp
+ * builds it: no malloc, which is not async-signal-safe and would change
+ * the caller's heap. Its size is bounded by the argv the kernel would
+ * take (ARG_MAX). Returns only if /bin/sh cannot be exec'd either: the
+ * error is then the file's, ENOEXEC.
+ */
+static void exec_script(exec_plan *pl)
+{
+    size_t n = 0;
+
+    while (pl->argv[n])
+        n++;
+    {
+        char *sh_argv[n + 3];
+        sh_argv[0] = (char *)"/bin/sh";
+        sh_argv[1] = (char *)pl->file;
+        for (size_t i = 1; i <= n; i++) /* argv[1..], and its NULL */
+            sh_argv[i + 1] = pl->argv[i];
+        if (n == 0)
+            sh_argv[2] = NULL;
+        execve("/bin/sh", sh_argv, pl->envp);
+    }
+    errno = ENOEXEC;
+}
+
 static void __attribute__((noreturn, noinline)) exec_child(exec_plan *pl)
 {
     const proc_exec_opts *o = pl->o;
@@ -70,6 +98,8 @@ static void __attribute__((noreturn, noinline)) exec_child(exec_plan *pl)
         os_slice_restore(o->slice);
     sigprocmask(SIG_SETMASK, pl->mask, NULL);
     execve(pl->file, pl->argv, pl->envp);
+    if (errno == ENOEXEC)
+        exec_script(pl);
     child_fail(pl, errno);
 }
 

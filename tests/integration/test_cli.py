@@ -1,5 +1,6 @@
 """Command-line surface: --help, --version, and usage errors (one line on
 stderr starting 'sockfork: ', exit status 2)."""
+import re
 import socket
 
 import pytest
@@ -118,7 +119,8 @@ def test_stale_unix_socket_is_replaced(sockfork, tmp_path):
 @pytest.mark.parametrize("args", [
     ["-V"], ["serve", "-V"], ["chat", "--version"], ["chat", "-V"], ["ctl", "--version"],
     ["ctl", "-V"], ["ctl", "list", "--version"], ["run", "--version"], ["run", "-V"],
-    ["run", "-j", "2", "--version"],
+    ["run", "-j", "2", "--version"], ["run", "--joblog=jl", "--shell", "-V"],
+    ["run", "--results", "r.jsonl", "--retry-on", "1", "--version", "echo"],
 ], ids=lambda a: " ".join(a))
 def test_version_everywhere(args):
     rc, out, err = run_cli(*args)
@@ -131,6 +133,13 @@ def test_run_version_is_an_argument_after_the_command():
     rc, out, err = run_cli("run", "echo", "--version", ":::", "a")
     assert rc == 0, err
     assert out == "--version a\n"
+
+
+def test_run_help_lists_version():
+    """run handles -V/--version among its own options, and says so."""
+    rc, out, err = run_cli("run", "--help")
+    assert rc == 0, err
+    assert re.search(r"^  -V, --version +print the version$", out, re.M), out
 
 
 @pytest.mark.parametrize("cmd", ["serve", "chat", "ctl", "run"])

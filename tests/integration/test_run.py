@@ -239,7 +239,7 @@ class Run:
     "pty" for a terminal."""
 
     def __init__(self, tmp_path, args, stdin=None, stdout=None, stderr=None, env=None,
-                 ignore_sigpipe=False, fsize=None):
+                 ignore_sigpipe=False, fsize=None, nofile=None):
         self.tmp_path = tmp_path
         self.args = [str(a) for a in args]
         self.spill = tmp_path / "spill"
@@ -266,6 +266,10 @@ class Run:
             def preexec(first=preexec):
                 first()
                 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+        if nofile is not None:  # RLIMIT_NOFILE, hard limit too: run cannot raise it
+            def preexec(first=preexec):
+                first()
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.proc = subprocess.Popen([BIN, "run"] + self.args, cwd=str(tmp_path), stdin=in_arg,
                                      stdout=subprocess.PIPE if stdout is None else stdout,
                                      stderr=err_arg, env=server_env(e), start_new_session=True,
@@ -683,6 +687,16 @@ def test_fd3_results_are_kept_and_logs_go_to_stderr(tmp_path, run):
     # fd 3 is not stdout.
     assert r.stdout == b"plain stdout\n"
     assert PROGRESS_CLEAR not in r.stderr
+
+
+def test_a_result_holding_u0000_reaches_the_results_file_intact(tmp_path, run):
+    """\\u0000 is valid JSON and fd 3 takes it: the results line has the
+    string with its NUL, not null."""
+    script = write_script(tmp_path, "nul.sh",
+                          'printf \'{"result": {"s": "a\\\\u0000b", "n": 1}}\\n\' >&3\n')
+    r = run("--results", tmp_path / "r.jsonl", "sh", script, ":::", "1")
+    assert r.rc == 0, r.stderr
+    assert results_by_seq(tmp_path / "r.jsonl")[1]["result"] == {"s": "a\0b", "n": 1}
 
 
 PROGRESS_SH = r"""
@@ -1429,6 +1443,23 @@ def test_a_name_is_looked_up_in_path_as_execvp_does(tmp_path, run):
     assert res[2]["exit_code"] == 127 and res[2]["error"], res[2]
 
 
+def test_a_script_without_a_shebang_line_runs_with_bin_sh(tmp_path, run):
+    """execve says ENOEXEC for it; execvp and GNU parallel run it with
+    /bin/sh FILE ARGS..., by path or found in PATH, and so does run."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name in ("plain.sh", "bin/sf-plain"):
+        (tmp_path / name).write_text('echo "$0:$#:$1"\n')
+        (tmp_path / name).chmod(stat.S_IRWXU)
+    r = run("-k", "--results", tmp_path / "r.jsonl", "{1}", "{2}", ":::",
+            str(tmp_path / "plain.sh"), "sf-plain", ":::", "a b",
+            env={"PATH": "%s:/usr/bin:/bin" % bindir})
+    assert r.rc == 0, r.stderr
+    assert r.stdout.decode() == "%s:1:a b\n%s:1:a b\n" % (tmp_path / "plain.sh",
+                                                           bindir / "sf-plain")
+    assert all(x["ok"] and "error" not in x for x in read_results(tmp_path / "r.jsonl"))
+
+
 def test_a_command_that_cannot_start_is_127_or_126_with_an_error(tmp_path, run):
     notexec = tmp_path / "notexec"
     notexec.write_text("#!/bin/sh\necho hi\n")
@@ -1452,6 +1483,60 @@ def test_a_command_that_cannot_start_is_127_or_126_with_an_error(tmp_path, run):
     assert "cannot run no-such-command-for-sockfork-run" in r.stderr
     s = parse_summary(r.stderr)
     assert (s["succeeded"], s["could not start"]) == (1, 3)
+
+
+def highest_fd_with_one_task(run, tmp_path):
+    """The highest descriptor run has while one task runs (the task looks
+    at its parent's), with the options the tests use. RLIMIT_NOFILE is a
+    limit on numbers: that one + 2 leaves room for one task's start (its
+    pipes go in the holes the last start left, its pidfd above), and no
+    room for a second one's."""
+    r = run("-j", "8", "--results", tmp_path / "probe.jsonl", "sh", "-c",
+            "ls /proc/$PPID/fd | sort -n | tail -n 1", ":::", "1")
+    assert r.rc == 0, r.stderr
+    return int(r.stdout.decode().strip())
+
+
+def test_starts_that_fail_for_lack_of_descriptors_wait_and_say_it_once(tmp_path, run):
+    """A hard RLIMIT_NOFILE with room for one task and -j 8: the other
+    starts fail with EMFILE again and again, as each task ends; they wait
+    (each one's task runs later) and the log says so once, with a count at
+    the end, not a line per task per backoff."""
+    limit = highest_fd_with_one_task(run, tmp_path) + 2
+    r = run("-j", "8", "--results", tmp_path / "r.jsonl", "sh", "-c", "echo $1", "sh", ":::",
+            *range(1, 41), nofile=limit, timeout=LONG_WAIT)
+    assert r.rc == 0, r.stderr
+    assert sorted(int(x) for x in r.stdout.split()) == list(range(1, 41))
+    assert len(error_lines(r.stderr, "cannot start task")) == 1, r.stderr
+    assert "Too many open files" in error_lines(r.stderr, "cannot start task")[0]
+    ends = error_lines(r.stderr, "task starts failed (Too many open files)")
+    assert len(ends) == 1, r.stderr
+    assert int(re.search(r"(\d+) task starts failed", ends[0]).group(1)) >= 7
+    assert len(r.stderr.splitlines()) == 3, r.stderr  # and the summary
+    res = results_by_seq(tmp_path / "r.jsonl")
+    assert all(res[i]["ok"] and res[i]["attempts"] == 1 for i in range(1, 41))
+
+
+def test_a_start_that_can_never_get_its_descriptors_fails_in_bounded_time(tmp_path, run):
+    """A limit below what one task needs and nothing of ours running to
+    free any: after its backoffs (a few seconds) the pool gives up, says
+    so once, and the tasks fail as commands that cannot start (126), not
+    retried, instead of waiting forever."""
+    limit = highest_fd_with_one_task(run, tmp_path) - 2
+    t0 = time.monotonic()
+    r = run("-j", "4", "--retries", "3", "--results", tmp_path / "r.jsonl", "true", ":::",
+            *range(1, 21), nofile=limit, timeout=LONG_WAIT)
+    assert r.rc == 20, r.stderr
+    assert time.monotonic() - t0 < LONG_WAIT
+    assert len(error_lines(r.stderr, "cannot start task 1: Too many open files")) == 1, r.stderr
+    assert len(error_lines(r.stderr, "cannot start tasks: Too many open files")) == 1, r.stderr
+    assert len(error_lines(r.stderr, "cannot run true: Too many open files")) == 1, r.stderr
+    assert len(r.stderr.splitlines()) <= 5, r.stderr
+    s = parse_summary(r.stderr)
+    assert (s["could not start"], s["retries"]) == (20, 0), r.stderr
+    res = results_by_seq(tmp_path / "r.jsonl")
+    assert all((x["exit_code"], x["attempts"], x["error"]) == (126, 1, "Too many open files")
+               for x in res.values()) and len(res) == 20
 
 
 def test_big_outputs_arrive_complete_intact_and_grouped(tmp_path, run):
@@ -1678,6 +1763,77 @@ def test_a_full_disk_fails_the_run_and_both_records_keep_whole_lines(tmp_path, s
     resume_completes(run, tmp_path, saved, 500)
 
 
+def records_complete(run, joblog, results, n, *cmd):
+    """--resume with room now: every task of 1..n ends with exactly one
+    joblog entry and one results line across the two runs (a task the
+    failed run did not finish is in neither, and runs again)."""
+    first_log = set(joblog_by_seq(joblog)) if joblog.exists() else set()
+    first_res = set(results_by_seq(results)) if results.exists() else set()
+    assert first_log == first_res, (sorted(first_log), sorted(first_res))
+    r = run("-j", "4", "--resume", "--joblog", joblog, "--results", results,
+            *(cmd or ("true",)), ":::", *range(1, n + 1), timeout=LONG_WAIT)
+    assert r.rc == 0, r.stderr
+    assert sorted(joblog_by_seq(joblog)) == list(range(1, n + 1))
+    assert sorted(results_by_seq(results)) == list(range(1, n + 1))
+    return first_log
+
+
+STOPPED_SH = r"""
+[ -e go ] && exit 0
+if [ "$1" = 1 ]; then  # ends once task 2 runs: its record fails then
+  i=0
+  while [ ! -e started.2 ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done
+else
+  touch "started.$1"
+  exec sleep 60
+fi
+"""
+
+
+def test_tasks_a_record_failure_stopped_run_again_on_resume(tmp_path, run):
+    """--results /dev/full: task 1's line fails, so it gets no joblog entry
+    either; task 2, running then, is stopped by the run, not finished: it
+    is not in the joblog as killed by SIGTERM. --resume runs all four, and
+    the results file ends up complete."""
+    script = write_script(tmp_path, "stopped.sh", STOPPED_SH)
+    joblog, results = tmp_path / "joblog", tmp_path / "r.jsonl"
+    r = run("-j", "2", "--joblog", joblog, "--results", "/dev/full", "sh", script, ":::",
+            *range(1, 5))
+    assert r.rc == 255, r.stderr
+    assert (tmp_path / "started.2").exists()
+    assert read_joblog(joblog) == [], joblog.read_text()
+    (tmp_path / "go").touch()
+    assert records_complete(run, joblog, results, 4, "sh", script) == set()
+
+
+@pytest.mark.parametrize("jobs", ["1", "4"])
+def test_results_past_the_file_size_limit_lose_nothing_after_resume(tmp_path, sf, run, jobs):
+    """Results lines are longer than joblog entries, so the results file
+    fills first (RLIMIT_FSIZE): the joblog has exactly the tasks the
+    results file has, and --resume completes both."""
+    joblog, results = tmp_path / "joblog", tmp_path / "r.jsonl"
+    r = sf("-j", jobs, "--joblog", joblog, "--results", results, "true", ":::",
+           *range(1, 201), fsize=4096)
+    assert r.wait(LONG_WAIT) == 255, r.stderr
+    assert "cannot write to %s: File too large; stopping" % results in r.stderr
+    assert len(error_lines(r.stderr, "cannot write")) == 1, r.stderr
+    assert 0 < len(records_complete(run, joblog, results, 200)) < 200
+
+
+def test_a_joblog_on_a_full_disk_takes_its_tasks_results_line_back(tmp_path, small_disk, run):
+    """The joblog fills first (results elsewhere): the task whose entry
+    failed loses its results line too, so after --resume every task has
+    one of each."""
+    joblog, results = small_disk / "joblog", tmp_path / "r.jsonl"
+    r = run("-j", "4", "--joblog", joblog, "--results", results, "true", ":::",
+            *range(1, 1001), timeout=LONG_WAIT)
+    assert r.rc == 255, r.stderr
+    assert len(error_lines(r.stderr, "cannot write")) == 1, r.stderr
+    saved = tmp_path / "joblog"
+    saved.write_bytes(joblog.read_bytes())
+    assert 0 < len(records_complete(run, saved, results, 1000)) < 1000
+
+
 def joblog_of(tmp_path, seqs, name="joblog.full"):
     """A joblog of `echo ::: a b c d e` with only the entries of seqs, as
     lines with their newlines."""
@@ -1744,6 +1900,18 @@ def test_resume_counts_a_last_line_cut_in_its_command(tmp_path, run):
     joblog.write_text(header + entries[0] + entries[1][:-3])
     ran, err = resumed_seqs(run, joblog)
     assert ran == [3, 4, 5] and "cut short" not in err, err
+    assert sorted(e["seq"] for e in read_joblog(joblog)) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("keep", [4, 10, len(JOBLOG_HEADER)])
+def test_resume_writes_a_header_cut_short_anew(tmp_path, run, keep):
+    """A crash while the header was written leaves part of it (or all of
+    it without its newline): the header is written whole again, not kept
+    cut with the entries after it, and no task is said to run again."""
+    joblog = tmp_path / "joblog"
+    joblog.write_text(JOBLOG_HEADER[:keep])
+    ran, err = resumed_seqs(run, joblog)
+    assert ran == [1, 2, 3, 4, 5] and "cut short" not in err, err
     assert sorted(e["seq"] for e in read_joblog(joblog)) == [1, 2, 3, 4, 5]
 
 
@@ -1836,6 +2004,20 @@ def test_a_command_line_given_as_one_word_suggests_shell(tmp_path, run):
     assert len(hints) == 1 and "'echo hi'" in hints[0], r.stderr
     r = run("-k", "--shell", "echo hi", ":::", "a", "b")
     assert (r.rc, r.stdout) == (0, b"hi a\nhi b\n"), r.stderr
+
+
+def test_a_name_that_cannot_run_is_logged_without_its_control_characters(tmp_path, run):
+    """The name comes from input data here: its escape sequences and
+    invisible or bidi characters never reach the terminal, in the "cannot
+    run" line and in the --shell hint."""
+    name = "evil \x1b[2J\x07name\u202e\u200b"
+    r = run("{}", ":::", name)
+    assert r.rc == 1, r.stderr
+    err = r.stderr
+    assert "\x1b" not in err and "\x07" not in err, repr(err)
+    assert "\u202e" not in err and "\u200b" not in err, repr(err)
+    assert len(error_lines(err, "cannot run evil ?[2J?name")) == 1, repr(err)
+    assert len(error_lines(err, "no program is named 'evil ?[2J?name")) == 1, repr(err)
 
 
 # ---------------------------------------------------- 11. log lines and the progress line

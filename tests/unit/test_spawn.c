@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "process/process.h"
@@ -271,6 +272,51 @@ static int exec_layout_child(void)
     return bad;
 }
 
+/*
+ * A script without a "#!" line (ENOEXEC for execve) is run by /bin/sh with
+ * its arguments, as execvp runs it; also with no argument at all.
+ */
+static int exec_script_child(void)
+{
+    char path[] = "/tmp/sockfork-noshebang-XXXXXX";
+    const char text[] = "echo \"$0|$#|$1|$2\"\n";
+    char *argv2[] = {"name", "one", "two words", NULL};
+    char *argv0[] = {"name", NULL};
+    char out[256], want[512];
+    int fd, p[2], st, bad = 0;
+    proc_exec_opts o;
+    pid_t pid;
+
+    fd = mkstemp(path);
+    if (fd < 0 || write(fd, text, sizeof text - 1) != (ssize_t)(sizeof text - 1) ||
+        fchmod(fd, 0700) < 0 || close(fd) < 0)
+        return 0x80;
+    memset(&o, 0, sizeof o);
+    o.nfds = 3;
+    o.fds[0] = o.fds[2] = -1;
+    for (int k = 0; k < 2; k++) {
+        if (pipe(p) < 0)
+            return 0x80;
+        o.fds[1] = p[1];
+        pid = proc_exec(path, k ? argv0 : argv2, environ, &o);
+        close(p[1]);
+        if (pid <= 0) {
+            close(p[0]);
+            bad |= 1 << k;
+            continue;
+        }
+        read_all(p[0], out, sizeof out);
+        close(p[0]);
+        if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            bad |= 4 << k;
+        snprintf(want, sizeof want, k ? "%s|0||\n" : "%s|2|one|two words\n", path);
+        if (strcmp(out, want) != 0)
+            bad |= 16 << k;
+    }
+    unlink(path);
+    return bad;
+}
+
 /* Runs fn in a forked test child; its exit code, 0, says every check held. */
 static void assert_child_ok(int (*fn)(void))
 {
@@ -291,6 +337,12 @@ static void test_exec_layout_mask_and_errors(void **state)
 {
     (void)state;
     assert_child_ok(exec_layout_child);
+}
+
+static void test_exec_script_without_shebang(void **state)
+{
+    (void)state;
+    assert_child_ok(exec_script_child);
 }
 
 static int closefrom_child(void)
@@ -322,6 +374,7 @@ int main(void)
         cmocka_unit_test(test_keep_swapped),
         cmocka_unit_test(test_signal_group),
         cmocka_unit_test(test_exec_layout_mask_and_errors),
+        cmocka_unit_test(test_exec_script_without_shebang),
         cmocka_unit_test(test_closefrom_proc),
     };
     return cmocka_run_group_tests_name("spawn", tests, NULL, NULL);

@@ -143,34 +143,6 @@ int cli_parse_seconds(const char *s, double *out)
     return 0;
 }
 
-/* Whether `sockfork run` was asked for --version (or -V) among its own
- * options, which end at the first word that does not begin with '-' or at
- * "--" (tools/sockfork/run.c); the options listed take the next word as
- * their value, which is skipped. */
-static int run_wants_version(int argc, char **argv)
-{
-    static const char *const with_value[] = {
-        "-j", "--jobs", "-a", "--arg-file", "--timeout", "--kill-grace", "--retries",
-        "--retry-on", "--halt", "--halt-on-error", "--max-output", "--results", "--joblog",
-    };
-
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-
-        if (a[0] != '-' || strcmp(a, "-") == 0 || strcmp(a, "--") == 0)
-            return 0;
-        if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0)
-            return 1;
-        for (size_t k = 0; k < sizeof with_value / sizeof with_value[0]; k++) {
-            if (strcmp(a, with_value[k]) == 0) {
-                i++;
-                break;
-            }
-        }
-    }
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -191,13 +163,8 @@ int main(int argc, char **argv)
         return cmd_chat(argc - 1, argv + 1);
     if (strcmp(argv[1], "ctl") == 0)
         return cmd_ctl(argc - 1, argv + 1);
-    if (strcmp(argv[1], "run") == 0) {
-        if (run_wants_version(argc - 1, argv + 1)) {
-            printf("sockfork %s\n", sf_version());
-            return 0;
-        }
+    if (strcmp(argv[1], "run") == 0)
         return cmd_run(argc - 1, argv + 1);
-    }
     cli_error("unknown command '%s' (try 'sockfork --help')", argv[1]);
     return EXIT_USAGE;
 }

@@ -65,6 +65,8 @@ static const char run_usage[] =
     "      --progress        live progress on stderr (default: when it is a terminal)\n"
     "      --no-progress     none\n"
     "  -q, --quiet           no summary at the end\n"
+    "  -h, --help            this help\n"
+    "  -V, --version         print the version\n"
     "\n"
     "A task may write JSON lines on fd 3 (SOCKFORK_FD=3): {\"progress\": 0.4},\n"
     "{\"progress\": {\"done\": 3, \"total\": 10}}, {\"log\": \"text\"}, {\"result\": ...}.\n"
@@ -125,6 +127,7 @@ typedef struct run_state {
     runlog_done done;
     int joblog_fd, results_fd;    /* -1: none, or no more (a write failed) */
     int data_lost;                /* a record, or a task's output, could not be kept */
+    int record_failed;            /* a record could not be written: no more go in */
     int write_error;              /* stdout or stderr is gone */
     sf_pool *pool;
     double t0;
@@ -432,21 +435,67 @@ static void record_failed(run_state *st, int *fd, const char *path, int err)
 {
     close(*fd);
     *fd = -1;
-    st->data_lost = 1;
+    st->data_lost = st->record_failed = 1;
     say(st, "run: cannot write to %s: %s; stopping", path, strerror(-err));
     sf_pool_cancel(st->pool);
+}
+
+/*
+ * Whether a task that ended goes into the records. A task in the joblog
+ * never runs again on --resume, so only one that really ended does: not
+ * one that never ran; not, once a record could not be written, any more
+ * (it would be in one file and not the other); and not one the run itself
+ * stopped, after a lost output or a closed stdout, or whose retry it
+ * dropped (no pid: it was waiting for it): these did not finish and run
+ * again on --resume. A stop signal or --halt ends tasks as the user asked:
+ * recorded as they ended, as GNU parallel does.
+ */
+static int recordable(const run_state *st, const sf_task_report *r)
+{
+    int stopped_self = (st->data_lost || st->write_error) && !stop_signal;
+
+    if (r->state == SF_TASK_CANCELLED || st->record_failed)
+        return 0;
+    return !(stopped_self && (r->killed || (!r->pid && !r->spawn_error)));
+}
+
+/*
+ * The results line first, then the joblog entry: the joblog is what
+ * --resume trusts, so it gets an entry only once the results line is in.
+ * If the joblog entry then fails, the results line is taken out again
+ * (where the file can be cut), so the task, which runs again on --resume,
+ * ends with one line in each.
+ */
+static void record(run_state *st, const runlog_entry *e)
+{
+    off_t at = -1;
+    int rc;
+
+    if (st->results_fd >= 0 && (rc = runlog_results_write(st->results_fd, e, &at)) < 0) {
+        record_failed(st, &st->results_fd, st->results_path, rc);
+        return;
+    }
+    if (st->joblog_fd >= 0 && (rc = runlog_joblog_write(st->joblog_fd, e)) < 0) {
+        if (st->results_fd >= 0)
+            runlog_undo(st->results_fd, at);
+        record_failed(st, &st->joblog_fd, st->joblog_path, rc);
+    }
 }
 
 /* "echo hi" as one word is no program: the pool has said it cannot run
  * it; say once what was meant. */
 static void hint_shell(run_state *st, const sf_task_report *r)
 {
+    char name[512];
+
     if (st->shell || st->shell_hinted || r->spawn_error != ENOENT || !r->argv || !r->argv[0] ||
         !strpbrk(r->argv[0], " \t|;&<>$`"))
         return;
     st->shell_hinted = 1;
+    /* The name may be input data: escaped as every log line of a task is. */
+    sf_text_clean(name, sizeof name, r->argv[0], strlen(r->argv[0]), "?");
     say(st, "run: hint: no program is named '%s': to run COMMAND as a shell command line, "
-        "use --shell", r->argv[0]);
+        "use --shell", name);
 }
 
 static void on_done(sf_pool *p, const sf_task_report *r, void *arg)
@@ -454,16 +503,11 @@ static void on_done(sf_pool *p, const sf_task_report *r, void *arg)
     run_state *st = arg;
     run_task *t = r->data;
     runlog_entry e = {t->seq, r};
-    int rc;
     (void)p;
 
     hint_shell(st, r);
-    if (r->state != SF_TASK_CANCELLED) {
-        if (st->joblog_fd >= 0 && (rc = runlog_joblog_write(st->joblog_fd, &e)) < 0)
-            record_failed(st, &st->joblog_fd, st->joblog_path, rc);
-        if (st->results_fd >= 0 && (rc = runlog_results_write(st->results_fd, &e)) < 0)
-            record_failed(st, &st->results_fd, st->results_path, rc);
-    }
+    if (recordable(st, r))
+        record(st, &e);
     if (st->keep_order) {
         t->finished = 1;
         keep_order_flush(st);
@@ -822,6 +866,9 @@ static int parse_args(run_state *st, int argc, char **argv)
 #define VALUE() (v ? 0 : need(argc, argv, &i, a, &v))
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             fputs(run_usage, stdout);
+            return 1;
+        } else if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0) {
+            printf("sockfork %s\n", sf_version());
             return 1;
         } else if (strcmp(a, "-j") == 0 || strcmp(a, "--jobs") == 0 ||
                    (strncmp(a, "-j", 2) == 0 && a[2] && (v = a + 2))) {

@@ -86,8 +86,11 @@ int runlog_done_load(runlog_done *d, const char *path, int failed_only, unsigned
             d->whole_end += n;
         else
             d->tail = RUNLOG_TAIL_WHOLE;
-        if (*lineno == 1 && strncmp(line, "Seq\t", 4) == 0)
+        if (*lineno == 1 && strncmp(line, "Seq\t", 4) == 0) {
+            if (last) /* a header cut short (or without its newline): written anew */
+                d->tail = RUNLOG_TAIL_CUT_HEADER;
             continue;
+        }
         if (line[0] == '\n')
             continue;
         if (parse_entry(line, last, &seq, &exitval, &sig) < 0) {
@@ -105,7 +108,8 @@ int runlog_done_load(runlog_done *d, const char *path, int failed_only, unsigned
     }
     if (ferror(f))
         rc = -EIO;
-    qsort(d->seq, d->n, sizeof *d->seq, cmp_seq);
+    if (d->n) /* qsort takes no NULL, even for none */
+        qsort(d->seq, d->n, sizeof *d->seq, cmp_seq);
 out:
     free(line);
     fclose(f);
@@ -174,7 +178,7 @@ static int empty_file(int fd)
  * so the file ends on a whole line: a reader (or --resume) never meets a
  * half entry, and the next entry does not glue onto one. 0 or -errno.
  */
-static int put_entry(int fd, const char *buf, size_t n)
+static int put_entry_at(int fd, const char *buf, size_t n, off_t *where)
 {
     off_t at = lseek(fd, 0, SEEK_END); /* -1 on a pipe: nothing to cut */
     int rc = runout_write_all(fd, buf, n);
@@ -182,7 +186,21 @@ static int put_entry(int fd, const char *buf, size_t n)
     if (rc < 0 && at >= 0 && ftruncate(fd, at) < 0) {
         /* /dev/full and the like: nothing was kept anyway. */
     }
+    if (where)
+        *where = at;
     return rc;
+}
+
+static int put_entry(int fd, const char *buf, size_t n)
+{
+    return put_entry_at(fd, buf, n, NULL);
+}
+
+void runlog_undo(int fd, off_t at)
+{
+    if (at >= 0 && ftruncate(fd, at) < 0) {
+        /* Not a file that can be cut: the entry stays. */
+    }
 }
 
 int runlog_joblog_begin(int fd, const runlog_done *resumed)
@@ -192,7 +210,7 @@ int runlog_joblog_begin(int fd, const runlog_done *resumed)
 
     if (!resumed)
         rc = empty_file(fd);
-    else if (resumed->tail == RUNLOG_TAIL_CUT)
+    else if (resumed->tail == RUNLOG_TAIL_CUT || resumed->tail == RUNLOG_TAIL_CUT_HEADER)
         rc = ftruncate(fd, resumed->whole_end) < 0 ? -errno : 0;
     else if (lacks_newline(fd))
         rc = put_entry(fd, "\n", 1);
@@ -292,7 +310,7 @@ static json_t *json_text(const char *s)
     return j;
 }
 
-int runlog_results_write(int fd, const runlog_entry *e)
+int runlog_results_write(int fd, const runlog_entry *e, off_t *at)
 {
     const sf_task_report *r = e->r;
     json_t *o = json_object(), *cmd = json_array(), *result = json_null();
@@ -314,7 +332,9 @@ int runlog_results_write(int fd, const runlog_entry *e)
         }
     }
     if (r->result) {
-        json_t *v = json_loadb(r->result, r->result_len, JSON_DECODE_ANY, NULL);
+        /* JSON_ALLOW_NUL: fd 3 takes \u0000 in a string, so must this. */
+        json_t *v = json_loadb(r->result, r->result_len, JSON_DECODE_ANY | JSON_ALLOW_NUL,
+                               NULL);
         if (v) {
             json_decref(result);
             result = v;
@@ -353,7 +373,7 @@ int runlog_results_write(int fd, const runlog_entry *e)
         goto nomem;
     }
     line[len] = '\n';
-    rc = put_entry(fd, line, len + 1);
+    rc = put_entry_at(fd, line, len + 1, at);
     free(line);
     json_decref(o);
     return rc;

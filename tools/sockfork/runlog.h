@@ -25,6 +25,7 @@ enum runlog_tail {
     RUNLOG_TAIL_NONE = 0,    /* the file ends with a newline (or is empty) */
     RUNLOG_TAIL_WHOLE,       /* its fields up to Command are all there: counted */
     RUNLOG_TAIL_CUT,         /* cut inside a field (a crash): ignored */
+    RUNLOG_TAIL_CUT_HEADER,  /* the header is the last line: cut, written again */
 };
 
 /* The seqs found in a joblog: all of them, or (failed_only) only those
@@ -61,6 +62,12 @@ int runlog_results_begin(int fd, int resuming);
 /* Appends one entry. 0, or -errno: nothing of it is left in the file
  * then, if the file can be cut (a regular file). */
 int runlog_joblog_write(int fd, const runlog_entry *e);
-int runlog_results_write(int fd, const runlog_entry *e);
+/* *at is where the entry starts (-1: a file that cannot be cut), for
+ * runlog_undo. */
+int runlog_results_write(int fd, const runlog_entry *e, off_t *at);
+/* Cuts fd back to at, dropping an entry written there: a task whose
+ * results line went in but whose joblog entry did not runs again on
+ * --resume, and must not have two results lines then. */
+void runlog_undo(int fd, off_t at);
 
 #endif
