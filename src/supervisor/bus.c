@@ -368,19 +368,21 @@ static void stall_cb(struct ev_loop *loop, ev_timer *w, int revents)
     }
 }
 
-static int subscribes(const endpoint *e, const bus_topic *t)
-{
-    for (const bus_sub *s = e->subs; s; s = s->enext) {
-        if (s->topic == t)
-            return 1;
-    }
-    return 0;
-}
-
 static bus_topic *topic_get(bus *b, const char *name, size_t len, int create);
 static bus_name **name_slot(bus *b, const char *name, size_t len);
 
-/* Whether this request of e would deliver to a congested recipient. */
+/* Whether a recipient holds its senders back: congested and not held
+ * itself. A held child's channel is not read, so the child may be blocked
+ * writing to it and unable to read its own: holding anyone for it could
+ * close a cycle of children waiting on each other (docs/design.md, "no
+ * cycle of holds"). */
+static int holds_senders(const endpoint *to)
+{
+    return to->congested && !to->held;
+}
+
+/* Whether this request of e would deliver to a recipient that holds its
+ * senders (e itself never holds e). */
 static int blocked(endpoint *e, const bus_op *op)
 {
     bus *b = e->owner;
@@ -391,17 +393,27 @@ static int blocked(endpoint *e, const bus_op *op)
     switch (op->op) {
     case OP_PUBLISH: {
         bus_topic *t = topic_get(b, op->name, op->name_len, 0);
-        return t && t->ncongested > (unsigned)(e->congested && subscribes(e, t));
+        if (!t || t->ncongested == 0)
+            return 0;
+        for (const bus_sub *s = t->subs; s; s = s->tnext) {
+            if (s->ep != e && holds_senders(s->ep))
+                return 1;
+        }
+        return 0;
     }
     case OP_SEND:
         to = bus_find_pid(b, op->to);
-        return to && to != e && to->congested;
+        return to && to != e && holds_senders(to);
     case OP_SEND_NAME: {
         bus_name *n = *name_slot(b, op->name, op->name_len);
-        return n && n->holder != e && n->holder->congested;
+        return n && n->holder != e && holds_senders(n->holder);
     }
     case OP_BROADCAST:
-        return b->ncongested > (unsigned)e->congested;
+        for (const endpoint *x = b->all; x; x = x->next) {
+            if (x != e && holds_senders(x))
+                return 1;
+        }
+        return 0;
     default:
         return 0;
     }
@@ -998,9 +1010,12 @@ static void kick(endpoint *e, const char *why, int bad)
         b->stats.kicked_bad++;
     sf_logf(b->cfg.log, SF_LOG_WARN, "pid %d: %s: closing its channel and ending it", (int)e->pid,
             why);
-    endpoint_close(e);
+    /* The owner signals the child before its channel ends: a child that
+     * sees the end of its channel with SIGTERM pending knows it was cut
+     * off, not that the server is shutting down. */
     if (b->cfg.on_kick)
         b->cfg.on_kick(b, e, why, b->cfg.arg);
+    endpoint_close(e);
 }
 
 /* Carries out the request that waits (decoded last), unless it would

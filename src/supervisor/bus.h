@@ -20,7 +20,7 @@
  *     messages, never its siblings' turn;
  *   - a recipient's queue over half its limit holds the children sending
  *     to it (their requests wait, their channel is not read) until it is
- *     down to a quarter; one that takes nothing for BUS_STALL_S holds
+ *     down to a quarter, unless it is held itself (no cycle of holds); one that takes nothing for BUS_STALL_S holds
  *     nobody any more, and the full-queue policy applies to it;
  *   - topics, subscriptions and names per child, and history per topic,
  *     are bounded (BUS_* below); past them the request is refused with an
@@ -115,7 +115,9 @@ typedef struct bus_stats {
 } bus_stats;
 
 /* The owner learns of a child the bus wants gone (bad input, or a full
- * queue under BUS_FULL_KICK). The endpoint is already closed. */
+ * queue under BUS_FULL_KICK). It is told before the endpoint is closed,
+ * so it can signal the child first: the child then sees the end of its
+ * channel with the signal pending, and knows it was cut off. */
 typedef void (*bus_kick_cb)(bus *b, endpoint *e, const char *why, void *arg);
 
 /* The owner's table of children: the open endpoint of a pid, or NULL. */

@@ -102,6 +102,47 @@ static void publish(fixture *f, int i, const char *topic, size_t size)
     free(line);
 }
 
+/* Reads what child i is sent until the socket stays empty and the bus has
+ * nothing left to do; appends it to *acc (grown). Returns bytes read. */
+static size_t read_all(fixture *f, int i, char **acc, size_t *len)
+{
+    char buf[65536];
+    size_t got = 0;
+    int idle = 0;
+
+    for (int k = 0; k < 20000 && idle < 50; k++) {
+        ssize_t n = recv(f->peer[i], buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) {
+            char *p = realloc(*acc, *len + (size_t)n + 1);
+            assert_non_null(p);
+            memcpy(p + *len, buf, (size_t)n);
+            *len += (size_t)n;
+            p[*len] = '\0';
+            *acc = p;
+            got += (size_t)n;
+            idle = 0;
+        } else {
+            idle++;
+        }
+        settle(f);
+    }
+    return got;
+}
+
+/* Lines of acc holding `needle`. */
+static int count_lines(const char *acc, const char *needle)
+{
+    int n = 0;
+    for (const char *l = acc; l && *l;) {
+        const char *end = strchr(l, '\n');
+        const char *hit = strstr(l, needle);
+        if (hit && (!end || hit < end))
+            n++;
+        l = end ? end + 1 : NULL;
+    }
+    return n;
+}
+
 static void test_topics_and_history_stay_within_their_bounds(void **state)
 {
     fixture f;
@@ -182,11 +223,62 @@ static void test_a_sender_is_held_while_its_recipient_is_congested(void **state)
     teardown(&f);
 }
 
+/* Two children publishing to each other, neither reading: both queues
+ * over the high mark. Once one is held, the other must not be held for it
+ * (a held child may be blocked writing, and then does not read): before,
+ * each held the other until the stall rule gave up on them. */
+static void test_two_children_never_hold_each_other(void **state)
+{
+    fixture f;
+    char *acc[2] = {NULL, NULL};
+    size_t len[2] = {0, 0};
+    int sent[2] = {0, 0};
+    (void)state;
+
+    setup(&f, 72 * 1024, 2);
+    tell(&f, 0, "{\"op\":\"subscribe\",\"topic\":\"t\"}\n");
+    tell(&f, 1, "{\"op\":\"subscribe\",\"topic\":\"t\"}\n");
+    settle(&f);
+    for (int k = 0; k < 2; k++) {
+        endpoint *to = &f.ep[1 - k];
+        for (int i = 0; i < 400 && !to->congested; i++) {
+            publish(&f, k, "t", 1000);
+            sent[k]++;
+            settle(&f);
+        }
+        assert_true(to->congested);
+    }
+    /* Child 0 is held for child 1; child 1 then publishes to child 0,
+     * which is held: child 1 goes on. */
+    publish(&f, 0, "t", 1000);
+    sent[0]++;
+    settle(&f);
+    assert_true(f.ep[0].held);
+    publish(&f, 1, "t", 1000);
+    sent[1]++;
+    settle(&f);
+    assert_false(f.ep[1].held);
+    /* Both read: everything arrives, nothing is dropped, nobody is held. */
+    for (int round = 0; round < 10; round++) {
+        read_all(&f, 0, &acc[0], &len[0]);
+        read_all(&f, 1, &acc[1], &len[1]);
+    }
+    assert_false(f.ep[0].held);
+    assert_false(f.ep[1].held);
+    assert_int_equal(f.ep[0].drops + f.ep[1].drops, 0);
+    assert_int_equal(count_lines(acc[0] ? acc[0] : "", "\"kind\":\"topic\""), sent[1]);
+    assert_int_equal(count_lines(acc[1] ? acc[1] : "", "\"kind\":\"topic\""), sent[0]);
+    free(acc[0]);
+    free(acc[1]);
+    teardown(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_topics_and_history_stay_within_their_bounds),
         cmocka_unit_test(test_a_sender_is_held_while_its_recipient_is_congested),
+        cmocka_unit_test(test_two_children_never_hold_each_other),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
