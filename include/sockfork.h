@@ -165,7 +165,7 @@ SF_EXTERN int sf_conn_exec(sf_conn *c, char *const argv[]);
  * whose queue is over half its limit waits, and the channel is not read,
  * until that queue is down to a quarter (docs/design.md). Meanwhile the
  * send keeps receiving: what comes on the channel is read into the
- * library's buffer (up to four of the largest messages; past that the send
+ * library's buffer (up to sixteen of the largest messages; past that the send
  * waits for the channel alone), and sf_conn_recv and sf_conn_msg_pending
  * return it afterwards. A message longer than the server's chan_max gets
  * the child disconnected.

@@ -209,8 +209,10 @@ static int send_req(sf_conn *c, uint16_t type, const unsigned char *head, size_t
     if (len)
         memcpy(buf + hlen + nlen, data, len);
     /* While the supervisor holds this child (backpressure), the channel is
-     * read into the reader, up to four of the largest messages. */
-    rc = chan_send_reading(c->chan, &c->reader, 4 * ((size_t)c->reader.dec.max + CHAN_HDR_LEN),
+     * read into the reader, up to sixteen of the largest messages (1 MiB
+     * at the default chan_max): a burst of long lines to a held chat child
+     * must not stop its queue from draining (docs/design.md). */
+    rc = chan_send_reading(c->chan, &c->reader, 16 * ((size_t)c->reader.dec.max + CHAN_HDR_LEN),
                            type, buf, (uint32_t)total);
     if (buf != small)
         free(buf);

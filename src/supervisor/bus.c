@@ -371,14 +371,18 @@ static void stall_cb(struct ev_loop *loop, ev_timer *w, int revents)
 static bus_topic *topic_get(bus *b, const char *name, size_t len, int create);
 static bus_name **name_slot(bus *b, const char *name, size_t len);
 
-/* Whether a recipient holds its senders back: congested and not held
- * itself. A held child's channel is not read, so the child may be blocked
- * writing to it and unable to read its own: holding anyone for it could
- * close a cycle of children waiting on each other (docs/design.md, "no
- * cycle of holds"). */
+/* Whether a recipient holds its senders back: congested, and not a held
+ * child that may be blocked writing without reading. A held child's channel
+ * is not read; an exec'd program (JSON lines) may then block in a write
+ * and stop reading its own channel, and holding anyone for it could close
+ * a cycle of children waiting on each other (docs/design.md, "no cycle of
+ * holds"). A C child keeps reading while its send waits (sf_conn_send),
+ * so its queue drains even while it is held: it holds senders as usual,
+ * or the room would pour into a chat child that, its client's backlog
+ * full, is not reading on purpose. */
 static int holds_senders(const endpoint *to)
 {
-    return to->congested && !to->held;
+    return to->congested && !(to->held && to->jsonl);
 }
 
 /* Whether this request of e would deliver to a recipient that holds its

@@ -871,27 +871,20 @@ def test_slow_consumer_is_cut_off_and_nobody_waits(sockfork, tmp_path):
           "to bob %.3f s" % (sent, len(data), worst))
 
 
-@pytest.mark.parametrize("members", [4, 8, 16])
-def test_a_burst_within_the_limits_reaches_every_reading_member(sockfork, tmp_path, members):
-    """BUG (issue 11): members each sending 20 lines of 4,000 bytes at once,
-    inside --flood 10/20 and the 4 KiB line limit, got the whole room
-    disconnected although every client read as fast as it could: the
-    supervisor filled each member's channel queue faster than its child
-    read it ("its channel queue is full (it does not read it)"), and a child
-    took 256 messages before writing to its client ("slow client"). Now the
-    publishers wait while a member's queue is high, and a member waits while
-    its client's backlog is full: every line arrives, nobody is cut off."""
-    srv = chat_server(sockfork, tmp_path, "--history", "0", "--flood", "10/20")
+def burst(srv, members, k, size):
+    """Each of `members` in the lobby sends k lines of `size` bytes at once
+    while every client reads as fast as it can; returns once every line has
+    reached every other member, in order, and asserts nobody was cut off."""
     nicks = ["b%d" % i for i in range(members)]
     clients = lobby(srv, *nicks)
-    k, pad = 18, "p" * 3980  # the burst of 20, less the nickname line
+    pad = "p" * size
     for c in clients:
         c.sock.setblocking(True)
     for c in clients:
         c.send("".join("%s %02d %s\n" % (c.nick, j, pad) for j in range(k)).encode())
     want = {c.nick: {o.nick: list(range(k)) for o in clients if o is not c} for c in clients}
     got = {c.nick: {} for c in clients}
-    line_re = re.compile(r"^<(b\d+)> (b\d+) (\d\d) p{3980}$")
+    line_re = re.compile(r"^<(b\d+)> (b\d+) (\d\d) p{%d}$" % size)
     sel = selectors.DefaultSelector()
     for c in clients:
         sel.register(c.sock, selectors.EVENT_READ, c)
@@ -905,11 +898,38 @@ def test_a_burst_within_the_limits_reaches_every_reading_member(sockfork, tmp_pa
             c.fill(WAIT)
             for text in iter(c.take, None):
                 m = line_re.match(text)
-                assert m and m.group(1) == m.group(2), "%r got %r" % (c, text[:120])
+                assert m and m.group(1) == m.group(2), "%r got %r; log %r" % (c, text[:120], srv.log.lines[-8:])
                 got[c.nick].setdefault(m.group(1), []).append(int(m.group(3)))
     sel.close()
     assert sync(srv, *clients) == [[]] * members
-    assert not srv.log.find(r"does not read it|slow client|disconnected pid="), srv.log.lines[-20:]
+    assert not srv.log.find(r"does not read it|slow client|disconnected pid=|took nothing for|"
+                            r"closing its channel"), srv.log.lines[-20:]
+
+
+@pytest.mark.parametrize("members", [4, 8, 16])
+def test_a_burst_within_the_limits_reaches_every_reading_member(sockfork, tmp_path, members):
+    """BUG (issue 11): members each sending 20 lines of 4,000 bytes at once,
+    inside --flood 10/20 and the 4 KiB line limit, got the whole room
+    disconnected although every client read as fast as it could: the
+    supervisor filled each member's channel queue faster than its child
+    read it ("its channel queue is full (it does not read it)"), and a child
+    took 256 messages before writing to its client ("slow client"). Now the
+    publishers wait while a member's queue is high, and a member waits while
+    its client's backlog is full: every line arrives, nobody is cut off."""
+    srv = chat_server(sockfork, tmp_path, "--history", "0", "--flood", "10/20")
+    burst(srv, members, 18, 3980)
+
+
+def test_a_burst_of_long_lines_never_freezes_the_room(sockfork, tmp_path):
+    """BUG (issue 11, second look): with lines of 20 KB, two members held
+    for each other: a held child's channel is not read, its next publish
+    blocked on a full socket, so it stopped reading its own channel and its
+    queue stopped draining; the room froze until the stall rule ("took
+    nothing for 4 s") and then readers were kicked. Now a held recipient
+    holds nobody, and a child waiting to send keeps reading its channel."""
+    srv = chat_server(sockfork, tmp_path, "--history", "0", "--flood", "10/20",
+                      "--line-max", "19900")
+    burst(srv, 8, 18, 19800)
 
 
 def test_flooder_warned_then_disconnected(sockfork, tmp_path):

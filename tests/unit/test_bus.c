@@ -223,10 +223,11 @@ static void test_a_sender_is_held_while_its_recipient_is_congested(void **state)
     teardown(&f);
 }
 
-/* Two children publishing to each other, neither reading: both queues
- * over the high mark. Once one is held, the other must not be held for it
- * (a held child may be blocked writing, and then does not read): before,
- * each held the other until the stall rule gave up on them. */
+/* Two exec'd children (JSON lines) publishing to each other, neither
+ * reading: both queues over the high mark. Once one is held, the other
+ * must not be held for it (a held program may be blocked writing, and then
+ * does not read): before, each held the other until the stall rule gave up
+ * on them, and then both were disconnected. */
 static void test_two_children_never_hold_each_other(void **state)
 {
     fixture f;

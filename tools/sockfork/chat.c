@@ -191,6 +191,12 @@ static int has_room(chat *ch)
 static void leave(chat *ch, const char *announce, const char *to_client, int status)
     __attribute__((noreturn));
 
+/* What the client is told when the bus cut this process off: its queue in
+ * the supervisor filled, which for chat means the client took its lines
+ * more slowly than they came (this process reads the channel only while
+ * the client's backlog has room). */
+#define KICKED_TEXT "*** You were disconnected: messages for you piled up faster than you read them."
+
 /* The client lets its backlog fill and takes nothing of it for SLOW_S: it
  * is not reading, and its room (held behind it) may not wait longer. What
  * waits is dropped; the client is told why, after the end of the line it
@@ -207,6 +213,48 @@ static void __attribute__((noreturn)) too_slow(chat *ch)
              ch->sent_last == '\r' ? "\n" : ch->sent_last && ch->sent_last != '\n' ? "\r\n" : "", ch->out_len);
     ch->out_len = 0;
     leave(ch, "was disconnected (not reading)", why, 0);
+}
+
+/* The bus cut us off. What waits for the client goes if the reason does
+ * not fit behind it: the reason matters more. */
+static void __attribute__((noreturn)) kicked(chat *ch)
+{
+    char why[sizeof KICKED_TEXT + 2], last;
+
+    if (ch->out_len + sizeof why + 2 > cfg.backlog)
+        ch->out_len = 0;
+    last = ch->out_len ? ch->out[ch->out_len - 1] : ch->sent_last;
+    snprintf(why, sizeof why, "%s%s", last == '\r' ? "\n" : last && last != '\n' ? "\r\n" : "",
+             KICKED_TEXT);
+    leave(ch, NULL, why, 0);
+}
+
+/* Whether the supervisor has closed its end of the channel, waiting up to
+ * ms for it: after SIGTERM, a closed channel means a bus kick (the bus
+ * signals first, then closes: bus.c, kick), an open one a kick through
+ * `sockfork ctl` or the idle timeout. POLLRDHUP says so even with
+ * messages still unread. */
+static int channel_closed(int chan, int ms)
+{
+    struct pollfd p = {chan, POLLRDHUP, 0};
+    int n;
+
+    do
+        n = poll(&p, 1, ms);
+    while (n < 0 && errno == EINTR);
+    return n > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+/* The channel ended (EOF or an error). SIGTERM pending (or taken) with it
+ * means a bus kick; at shutdown the channels close first and the signal
+ * comes only after the grace period. */
+static void __attribute__((noreturn)) channel_ended(chat *ch)
+{
+    sigset_t pending;
+
+    if (got_term || (sigpending(&pending) == 0 && sigismember(&pending, SIGTERM)))
+        kicked(ch);
+    leave(ch, NULL, "*** The server is shutting down. Bye.", 0);
 }
 
 /* Queues one line as it is (CRLF added) for the client: what say formats,
@@ -906,8 +954,11 @@ int handler_chat(sf_conn *c, void *arg)
         struct timespec wait = {0, 0};
         int room = has_room(&ch);
 
-        if (got_term)
+        if (got_term) {
+            if (channel_closed(chan, 200))
+                kicked(&ch);
             leave(&ch, "was disconnected by the server", "*** You were disconnected by the server.", 0);
+        }
         if (!room) {
             double left;
             if (ch.full_since == 0)
@@ -935,7 +986,7 @@ int handler_chat(sf_conn *c, void *arg)
                 sf_msg m;
                 int rc = sf_conn_recv(c, &m);
                 if (rc == 0 || (rc < 0 && rc != -EINTR))
-                    leave(&ch, NULL, "*** The server is shutting down. Bye.", 0);
+                    channel_ended(&ch);
                 if (rc > 0) {
                     message(&ch, &m);
                     sf_msg_free(&m);
