@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import DISCONNECTED_RE, LONG_WAIT, WAIT, run_cli
+from conftest import DISCONNECTED_RE, LONG_WAIT, WAIT, Control, run_cli
 
 WELCOME_RE = re.compile(r"^\*\*\* Welcome to sockfork chat \(pid (\d+)\)\. Your nickname\?$")
 HELLO = "*** Hello %s, you are in lobby. /help lists the commands."
@@ -1190,6 +1190,36 @@ def test_killed_child_room_hears_connection_lost(sockfork, tmp_path):
 
 
 # ------------------------------------------------------------ the server
+
+KICKED = "*** You were disconnected: messages for you piled up faster than you read them."
+
+
+def test_a_member_cut_off_by_the_bus_is_told_why(sockfork, tmp_path):
+    """BUG (issue 11, second look): a member whose channel queue filled (the
+    bus's kick) was told "The server is shutting down": the bus closed its
+    channel before it was signalled, and chat took the end of its channel
+    for a shutdown. Its process is stopped (so it reads nothing) while
+    notices fill its queue; once it runs again it tells its client why."""
+    srv = chat_server(sockfork, tmp_path, "--history", "0", "--channel-queue", "72K", *NO_FLOOD)
+    alice, bob = lobby(srv, "alice", "bob")
+    os.kill(alice.pid, signal.SIGSTOP)
+    full = r"^sockfork: pid %d: its channel queue is full" % alice.pid
+    ctl_sock = Control(srv.ctl_path)
+    try:
+        for i in range(2000):  # its socket's buffer, then 72K of queue
+            reply = ctl_sock(cmd="send", pid=alice.pid, text="n%04d %s" % (i, "x" * 2000))
+            if not reply.get("ok") or srv.log.find(full):
+                break
+        srv.log.wait_one(full)
+    finally:
+        ctl_sock.close()
+        os.kill(alice.pid, signal.SIGCONT)
+    lines = alice.lines_to_eof(LONG_WAIT)
+    assert lines and lines[-1] == KICKED, lines[-3:]
+    assert SHUTDOWN not in lines
+    bob.expect("*** alice has left lobby (connection lost)")
+    assert sync(srv, bob) == [[]]
+
 
 def test_ctl_send_broadcast_and_kick(sockfork, tmp_path):
     srv = chat_server(sockfork, tmp_path, "--history", "0", *NO_FLOOD)

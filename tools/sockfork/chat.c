@@ -245,14 +245,27 @@ static int channel_closed(int chan, int ms)
     return n > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
 }
 
-/* The channel ended (EOF or an error). SIGTERM pending (or taken) with it
- * means a bus kick; at shutdown the channels close first and the signal
- * comes only after the grace period. */
+/* The channel ended (EOF or an error). SIGTERM with it means a bus kick:
+ * the bus asks for the signal before it closes the channel, but a child
+ * forked by the spawner is signalled through it, so the signal may come a
+ * moment after the end: it is waited for, briefly. At shutdown the
+ * channels close first and the signal comes only after the grace period
+ * (a shutdown with --grace 0 may be told as a kick). */
+#define KICK_SIGNAL_WAIT_MS 500
 static void __attribute__((noreturn)) channel_ended(chat *ch)
 {
-    sigset_t pending;
+    sigset_t term;
+    struct timespec wait = {0, KICK_SIGNAL_WAIT_MS * 1000000L};
+    int sig;
 
-    if (got_term || (sigpending(&pending) == 0 && sigismember(&pending, SIGTERM)))
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    if (got_term)
+        kicked(ch);
+    do
+        sig = sigtimedwait(&term, NULL, &wait); /* SIGTERM is blocked outside ppoll */
+    while (sig < 0 && errno == EINTR);
+    if (sig == SIGTERM)
         kicked(ch);
     leave(ch, NULL, "*** The server is shutting down. Bye.", 0);
 }
