@@ -636,6 +636,64 @@ endpoint *bus_find_pid(bus *b, pid_t pid)
     return b->cfg.find ? b->cfg.find(b, pid, b->cfg.arg) : NULL;
 }
 
+/* What m takes in e's queue (0 if it cannot be encoded: it is not sent). */
+static size_t queued_size(const endpoint *e, const bus_msg *m)
+{
+    char *p;
+    size_t n;
+
+    if (!e->jsonl)
+        return CHAN_HDR_LEN + 8 + m->topic_len + m->len;
+    if (bus_encode_json(m, &p, &n) < 0)
+        return 0;
+    free(p);
+    return n;
+}
+
+static void history_msg(bus_msg *m, const bus_topic *t, const hist_item *h)
+{
+    memset(m, 0, sizeof *m);
+    m->kind = SF_MSG_HISTORY;
+    m->from = h->from;
+    m->topic = t->name;
+    m->topic_len = t->len;
+    m->data = h->data;
+    m->len = h->len;
+}
+
+/* Replays the last `want` kept messages of t to e, oldest first: as many
+ * of the newest as fit in e's queue below its high mark (a replay never
+ * fills a queue, so it neither drops, kicks nor holds anyone), after an
+ * error message that says how many earlier ones were skipped, if any. */
+static void replay(endpoint *e, bus_topic *t, unsigned want)
+{
+    size_t hw = high_water(e->owner), room, total = 0;
+    unsigned skip = want >= t->nhist ? 0 : t->nhist - want, cut = 0, i = 0;
+    hist_item *h, *first;
+    bus_msg m;
+
+    room = e->q.bytes + 512 < hw ? hw - e->q.bytes - 512 : 0; /* 512: the notice */
+    for (h = t->hist_head; h; h = h->next, i++) {
+        if (i < skip)
+            continue;
+        history_msg(&m, t, h);
+        total += queued_size(e, &m);
+    }
+    for (first = t->hist_head, i = 0; first && i < skip; first = first->next)
+        i++;
+    for (; first && total > room; first = first->next, cut++) {
+        history_msg(&m, t, first);
+        total -= queued_size(e, &m);
+    }
+    if (cut)
+        send_error(e, ENOSPC, t->name, t->len, "history of %.*s cut: %u earlier messages skipped",
+                   (int)t->len, t->name, cut);
+    for (h = first; h && endpoint_is_open(e); h = h->next) {
+        history_msg(&m, t, h);
+        (void)bus_deliver(e, &m);
+    }
+}
+
 static void subscribe(endpoint *e, const bus_op *op)
 {
     bus *b = e->owner;
@@ -676,26 +734,7 @@ static void subscribe(endpoint *e, const bus_op *op)
         e->subs = s;
         e->nsubs++;
     }
-    /* Replay: the last `history` kept messages, oldest first. */
-    t = s->topic;
-    unsigned skip = op->history >= t->nhist ? 0 : t->nhist - op->history;
-    for (hist_item *h = t->hist_head; h; h = h->next) {
-        bus_msg m;
-        if (skip) {
-            skip--;
-            continue;
-        }
-        memset(&m, 0, sizeof m);
-        m.kind = SF_MSG_HISTORY;
-        m.from = h->from;
-        m.topic = t->name;
-        m.topic_len = t->len;
-        m.data = h->data;
-        m.len = h->len;
-        (void)bus_deliver(e, &m);
-        if (!endpoint_is_open(e))
-            return; /* disconnected: its queue was full under the kick policy */
-    }
+    replay(e, s->topic, op->history);
 }
 
 static void sub_free(bus *b, bus_sub *s)

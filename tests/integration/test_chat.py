@@ -787,6 +787,36 @@ def test_history_on_join(sockfork, tmp_path):
     assert sync(srv, alice, bob) == [[], []]
 
 
+@pytest.mark.parametrize("policy", ["kick", "drop"])
+def test_a_history_larger_than_the_queue_is_cut_and_said(sockfork, tmp_path, policy):
+    """BUG (issue 11, second look): a replay ignored the queue limit: with
+    --history 1000 and 1000 lines of 250 bytes kept, every joiner was
+    disconnected at login (kick), or lost lines silently (drop). Now the
+    newest that fit are replayed, after a line saying how many were
+    skipped."""
+    srv = chat_server(sockfork, tmp_path, "--history", "1000", "--channel-full", policy,
+                      *NO_FLOOD)
+    alice = Chat(srv, "alice")
+    pad = "h" * 240
+    alice.send("".join("n=%04d %s\n" % (i, pad) for i in range(1000)).encode() + b"/who\n")
+    alice.until(re.compile(r"^\*\*\* in lobby \(1\): alice$"), LONG_WAIT)
+    bob = Chat(srv, "bob")
+    got = bob.until("[history] <alice> n=0999 %s" % pad)
+    m = re.match(r"^\*\*\* (\d+) earlier lines of lobby's history skipped \(too many to send "
+                 r"at once\)$", got[0])
+    assert m, got[:2]
+    rest = got[1:]
+    assert 100 < len(rest) < 1000, len(rest)
+    first = 1000 - len(rest)
+    assert int(m.group(1)) == first
+    assert rest == ["[history] <alice> n=%04d %s" % (i, pad) for i in range(first, 1000)]
+    alice.expect("*** bob has joined lobby")
+    assert sync(srv, alice, bob) == [[], []]
+    assert not srv.log.find(r"queue is full|disconnected pid=")
+    st = json.loads(ctl(srv, "--json", "stats"))
+    assert st["channel"]["dropped"] == 0 and st["channel"]["kicked_full"] == 0, st["channel"]
+
+
 # ------------------------------------------------------------ limits
 
 def test_slow_consumer_is_cut_off_and_nobody_waits(sockfork, tmp_path):

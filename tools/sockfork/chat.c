@@ -861,6 +861,25 @@ static void marked(chat *ch, const sf_msg *m)
     }
 }
 
+/* The bus replays only the newest of a room's history that fit in our
+ * queue, after saying how many it skipped: the joiner is told, in its
+ * place (before the replayed lines). */
+static void history_cut(chat *ch, const sf_msg *m)
+{
+    char joining[ROOM_MAX + 8], text[128];
+    const char *n = strstr(m->topic, " cut: ");
+    unsigned cut;
+    int len;
+
+    topic_of(joining, sizeof joining, ch->joining);
+    if (!n || sscanf(n + 6, "%u", &cut) != 1 || ch->state != ACTIVE || !ch->joining[0] ||
+        m->len != strlen(joining) || memcmp(m->data, joining, m->len) != 0)
+        return; /* not the room being joined: nothing of it is shown */
+    len = snprintf(text, sizeof text, "*** %u earlier line%s of %s's history skipped (too many to "
+                   "send at once)", cut, cut == 1 ? "" : "s", ch->joining);
+    hold_line(ch, "", text, (size_t)len);
+}
+
 static void message(chat *ch, sf_msg *m)
 {
     char topic[ROOM_MAX + 8], joining[ROOM_MAX + 8];
@@ -879,6 +898,8 @@ static void message(chat *ch, sf_msg *m)
         if (m->ok == ESRCH && strncmp((const char *)m->data, "nick:", 5) == 0) {
             say(ch, "*** no such nick: %s", (const char *)m->data + 5);
             ch->msg_failed = 1;
+        } else if (m->ok == ENOSPC && strncmp(m->topic, "history of ", 11) == 0) {
+            history_cut(ch, m);
         } else if (strncmp(m->topic, "subscribe:", 10) == 0 && ch->joining[0]) {
             snprintf(ch->join_error, sizeof ch->join_error, "%s", m->topic);
         } else {
