@@ -118,6 +118,13 @@ static void idle_touch(bus *b, bus_topic *t)
     b->idle_new = t;
 }
 
+/* What a kept message costs the budgets: its bytes and its bookkeeping,
+ * so that empty messages cannot pin memory either. */
+static size_t hist_cost(size_t len)
+{
+    return sizeof(hist_item) + len;
+}
+
 static void topic_drop_oldest(bus *b, bus_topic *t)
 {
     hist_item *h = t->hist_head;
@@ -126,7 +133,7 @@ static void topic_drop_oldest(bus *b, bus_topic *t)
     if (!t->hist_head)
         t->hist_tail = NULL;
     t->nhist--;
-    t->hist_bytes -= h->len;
+    t->hist_bytes -= hist_cost(h->len);
     if (h->gprev)
         h->gprev->gnext = h->gnext;
     else
@@ -135,7 +142,7 @@ static void topic_drop_oldest(bus *b, bus_topic *t)
         h->gnext->gprev = h->gprev;
     else
         b->hist_new = h->gprev;
-    b->hist_bytes -= h->len;
+    b->hist_bytes -= hist_cost(h->len);
     free(h);
 }
 
@@ -191,7 +198,7 @@ static void history_add(bus *b, bus_topic *t, pid_t from, const unsigned char *d
 {
     hist_item *h;
 
-    if (len > BUS_HISTORY_BYTES || !(h = malloc(sizeof *h + len)))
+    if (hist_cost(len) > BUS_HISTORY_BYTES || !(h = malloc(sizeof *h + len)))
         return;
     h->next = NULL;
     h->topic = t;
@@ -205,7 +212,7 @@ static void history_add(bus *b, bus_topic *t, pid_t from, const unsigned char *d
         t->hist_head = h;
     t->hist_tail = h;
     t->nhist++;
-    t->hist_bytes += len;
+    t->hist_bytes += hist_cost(len);
     h->gnext = NULL;
     h->gprev = b->hist_new;
     if (b->hist_new)
@@ -213,7 +220,7 @@ static void history_add(bus *b, bus_topic *t, pid_t from, const unsigned char *d
     else
         b->hist_old = h;
     b->hist_new = h;
-    b->hist_bytes += len;
+    b->hist_bytes += hist_cost(len);
     while (t->nhist > b->cfg.history || t->hist_bytes > BUS_HISTORY_BYTES)
         topic_drop_oldest(b, t);
     /* Bounded: each pass frees a topic or a message, and t keeps at least

@@ -146,7 +146,7 @@ struct bus {
     unsigned ntopics;
     bus_topic *idle_old, *idle_new; /* topics with history and no subscribers, LRU first */
     struct hist_item *hist_old, *hist_new; /* every kept message, oldest first */
-    size_t hist_bytes;
+    size_t hist_bytes;          /* what history costs: each message's bytes and bookkeeping */
     bus_name **names;           /* hash table of claimed names */
     unsigned nnames;
     unsigned char *rbuf;        /* one read buffer for every endpoint */

@@ -178,6 +178,32 @@ static void test_topics_and_history_stay_within_their_bounds(void **state)
     (void)topic;
 }
 
+/* BUG (issue 11, second look): the budget counted payload bytes only, so
+ * empty messages were free: 400,000 of them grew the supervisor by 25 MB
+ * with hist_bytes 0. Each now costs its bookkeeping too. */
+static void test_empty_messages_count_against_the_history_budget(void **state)
+{
+    fixture f;
+    char topic[32];
+    (void)state;
+
+    setup(&f, 0, 1);
+    for (int i = 0; i < 2 * BUS_TOPICS_MAX; i++) {
+        snprintf(topic, sizeof topic, "e%d", i);
+        for (int k = 0; k < 20; k++)
+            publish(&f, 0, topic, 0);
+        if (i % 16 == 0)
+            settle(&f);
+        assert_true(f.b.hist_bytes <= BUS_HISTORY_BYTES);
+    }
+    settle(&f);
+    assert_true(f.b.hist_bytes > BUS_HISTORY_BYTES / 2);
+    assert_true(f.b.hist_bytes <= BUS_HISTORY_BYTES);
+    /* 20 messages a topic, each costing more than 32 bytes. */
+    assert_true(f.b.ntopics <= BUS_HISTORY_BYTES / (20 * 32) + 1);
+    teardown(&f);
+}
+
 static void test_a_sender_is_held_while_its_recipient_is_congested(void **state)
 {
     fixture f;
@@ -278,6 +304,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_topics_and_history_stay_within_their_bounds),
+        cmocka_unit_test(test_empty_messages_count_against_the_history_budget),
         cmocka_unit_test(test_a_sender_is_held_while_its_recipient_is_congested),
         cmocka_unit_test(test_two_children_never_hold_each_other),
     };
