@@ -807,8 +807,10 @@ def test_a_history_larger_than_the_queue_is_cut_and_said(sockfork, tmp_path, pol
     assert m, got[:2]
     rest = got[1:]
     assert 100 < len(rest) < 1000, len(rest)
+    # The newest, in order, with no gap; the topic itself keeps at most
+    # 256 KiB, so fewer than 1000 may have been kept to begin with.
     first = 1000 - len(rest)
-    assert int(m.group(1)) == first
+    assert 0 < int(m.group(1)) <= first
     assert rest == ["[history] <alice> n=%04d %s" % (i, pad) for i in range(first, 1000)]
     alice.expect("*** bob has joined lobby")
     assert sync(srv, alice, bob) == [[], []]
