@@ -723,6 +723,9 @@ def test_private_messages(sockfork, tmp_path):
     # shown "-> *ghost* anyone?" first, as if sent).
     alice.send("/msg ghost anyone?")
     alice.expect("*** no such nick: ghost")
+    # As typed (BUG, issue 11, second look: it showed the folded name).
+    alice.send("/msg GhOsT anyone?")
+    alice.expect("*** no such nick: GhOsT")
     alice.send("/msg bob after the ghost")
     alice.expect("-> *bob* after the ghost")
     bob.expect("*alice* after the ghost")

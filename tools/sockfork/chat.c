@@ -970,8 +970,15 @@ static void marked(chat *ch, const sf_msg *m)
     if (text[0] == 'j' && ch->joining[0] && strtoul(text + 1, NULL, 10) == ch->join_seq) {
         joined(ch);
     } else if (text[0] == 'm') {
-        if (!ch->msg_failed)
+        /* The echo, "-> *NICK* TEXT", or, if the bus found nobody, that
+         * NICK as the user typed it (the bus knows it folded). */
+        if (!ch->msg_failed) {
             say_line(ch, text + 1, m->len - 1);
+        } else {
+            const char *nick = text + 4, *end = strchr(nick, '*');
+            if (strncmp(text + 1, "-> *", 3) == 0 && end)
+                say(ch, "*** no such nick: %.*s", (int)(end - nick), nick);
+        }
         ch->msg_failed = 0;
     }
 }
@@ -1011,8 +1018,7 @@ static void message(chat *ch, sf_msg *m)
         break;
     case SF_MSG_ERROR:
         if (m->ok == ESRCH && strncmp((const char *)m->data, "nick:", 5) == 0) {
-            say(ch, "*** no such nick: %s", (const char *)m->data + 5);
-            ch->msg_failed = 1;
+            ch->msg_failed = 1; /* told with the echo's marker, as the user typed it */
         } else if (m->ok == ENOSPC && strncmp(m->topic, "history of ", 11) == 0) {
             history_cut(ch, m);
         } else if (strncmp(m->topic, "subscribe:", 10) == 0 && ch->joining[0]) {
