@@ -975,8 +975,8 @@ static void marked(chat *ch, const sf_msg *m)
         if (!ch->msg_failed) {
             say_line(ch, text + 1, m->len - 1);
         } else {
-            const char *nick = text + 4, *end = strchr(nick, '*');
-            if (strncmp(text + 1, "-> *", 3) == 0 && end)
+            const char *nick = text + 5, *end = strchr(nick, '*');
+            if (m->len > 5 && strncmp(text + 1, "-> *", 4) == 0 && end)
                 say(ch, "*** no such nick: %.*s", (int)(end - nick), nick);
         }
         ch->msg_failed = 0;
