@@ -16,7 +16,7 @@
 
 typedef struct hist_item {
     struct hist_item *next;      /* the topic's next, newer */
-    struct hist_item *gprev, *gnext; /* every topic's, oldest first */
+    TAILQ_ENTRY(hist_item) glink; /* every topic's, oldest first */
     bus_topic *topic;
     pid_t from;
     size_t len;
@@ -32,7 +32,7 @@ struct bus_sub {
 
 struct bus_topic {
     bus_topic *next;         /* bucket chain */
-    bus_topic *iprev, *inext; /* the idle list, while idle */
+    TAILQ_ENTRY(bus_topic) ilink; /* the idle list, while idle */
     int idle;                /* no subscribers, some history: evictable */
     bus_sub *subs;
     unsigned nsubs;
@@ -92,15 +92,7 @@ static void idle_remove(bus *b, bus_topic *t)
 {
     if (!t->idle)
         return;
-    if (t->iprev)
-        t->iprev->inext = t->inext;
-    else
-        b->idle_old = t->inext;
-    if (t->inext)
-        t->inext->iprev = t->iprev;
-    else
-        b->idle_new = t->iprev;
-    t->iprev = t->inext = NULL;
+    TAILQ_REMOVE(&b->idle, t, ilink);
     t->idle = 0;
 }
 
@@ -109,13 +101,7 @@ static void idle_touch(bus *b, bus_topic *t)
 {
     idle_remove(b, t);
     t->idle = 1;
-    t->iprev = b->idle_new;
-    t->inext = NULL;
-    if (b->idle_new)
-        b->idle_new->inext = t;
-    else
-        b->idle_old = t;
-    b->idle_new = t;
+    TAILQ_INSERT_TAIL(&b->idle, t, ilink);
 }
 
 /* What a kept message costs the budgets: its bytes and its bookkeeping,
@@ -134,14 +120,7 @@ static void topic_drop_oldest(bus *b, bus_topic *t)
         t->hist_tail = NULL;
     t->nhist--;
     t->hist_bytes -= hist_cost(h->len);
-    if (h->gprev)
-        h->gprev->gnext = h->gnext;
-    else
-        b->hist_old = h->gnext;
-    if (h->gnext)
-        h->gnext->gprev = h->gprev;
-    else
-        b->hist_new = h->gprev;
+    TAILQ_REMOVE(&b->hist, h, glink);
     b->hist_bytes -= hist_cost(h->len);
     free(h);
 }
@@ -177,9 +156,9 @@ static bus_topic *topic_get(bus *b, const char *name, size_t len, int create)
     if (*slot || !create)
         return *slot;
     if (b->ntopics >= BUS_TOPICS_MAX) {
-        if (!b->idle_old)
+        if (TAILQ_EMPTY(&b->idle))
             return NULL; /* every topic has subscribers */
-        topic_free(b, b->idle_old);
+        topic_free(b, TAILQ_FIRST(&b->idle));
         slot = topic_slot(b, name, len); /* the chain may have changed */
     }
     t = calloc(1, sizeof *t + len + 1);
@@ -213,25 +192,21 @@ static void history_add(bus *b, bus_topic *t, pid_t from, const unsigned char *d
     t->hist_tail = h;
     t->nhist++;
     t->hist_bytes += hist_cost(len);
-    h->gnext = NULL;
-    h->gprev = b->hist_new;
-    if (b->hist_new)
-        b->hist_new->gnext = h;
-    else
-        b->hist_old = h;
-    b->hist_new = h;
+    TAILQ_INSERT_TAIL(&b->hist, h, glink);
     b->hist_bytes += hist_cost(len);
     while (t->nhist > b->cfg.history || t->hist_bytes > BUS_HISTORY_BYTES)
         topic_drop_oldest(b, t);
     /* Bounded: each pass frees a topic or a message, and t keeps at least
      * the one just added (the budget is at least BUS_HISTORY_BYTES). */
     while (b->hist_bytes > b->cfg.history_bytes) {
-        bus_topic *old = b->idle_old && b->idle_old == t ? t->inext : b->idle_old;
+        bus_topic *old = TAILQ_FIRST(&b->idle);
+        if (old == t)
+            old = TAILQ_NEXT(t, ilink);
         if (old) {
             topic_free(b, old);
             continue;
         }
-        old = b->hist_old->topic;
+        old = TAILQ_FIRST(&b->hist)->topic;
         topic_drop_oldest(b, old);
         if (old != t && !old->subs && !old->hist_head)
             topic_free(b, old);
@@ -436,15 +411,8 @@ static void held_unlink(endpoint *e)
 
     if (!e->held)
         return;
-    if (e->hprev)
-        e->hprev->hnext = e->hnext;
-    else
-        b->held_head = e->hnext;
-    if (e->hnext)
-        e->hnext->hprev = e->hprev;
-    else
-        b->held_tail = e->hprev;
-    e->hprev = e->hnext = NULL;
+    TAILQ_REMOVE(&b->held, e, hlink);
+    b->nheld--;
     e->held = 0;
 }
 
@@ -455,14 +423,10 @@ static void hold(endpoint *e)
     if (e->held)
         return;
     e->held = 1;
-    e->hnext = NULL;
-    e->hprev = b->held_tail;
-    if (b->held_tail)
-        b->held_tail->hnext = e;
-    else
-        b->held_head = e;
-    b->held_tail = e;
-    b->stats.holds++;
+    TAILQ_INSERT_TAIL(&b->held, e, hlink);
+    b->nheld++;
+    if (!e->retrying)
+        b->stats.holds++; /* a new hold, not the same one tried again */
     ev_io_stop(b->loop, &e->rd);
 }
 
@@ -1168,14 +1132,18 @@ static void resume(endpoint *e)
 {
     unsigned char *p = e->stash;
     size_t n = e->stash_len;
+    int rc;
 
     held_unlink(e);
-    if (run_pending(e) < 0 || e->held)
+    e->retrying = 1;
+    rc = run_pending(e);
+    e->retrying = 0;
+    if (rc < 0 || e->held)
         return;
     e->stash = NULL;
     e->stash_len = 0;
     if (n > 0) {
-        int rc = feed(e, p, n);
+        rc = feed(e, p, n);
         free(p);
         if (rc < 0 || e->held)
             return;
@@ -1188,13 +1156,11 @@ static void wake_held(bus *b)
 {
     b->wake = 0;
     /* Each held child once, in the order they were held; one held again
-     * goes to the end, after those still waiting. */
-    for (endpoint *last = b->held_tail, *e; (e = b->held_head);) {
-        int was_last = e == last;
-        resume(e);
-        if (was_last)
-            break;
-    }
+     * goes to the end, after those still waiting. Bounded by the list's
+     * length at entry: a resume may close others (taking them off), never
+     * add one but the child it resumed. */
+    for (unsigned n = b->nheld; n > 0 && !TAILQ_EMPTY(&b->held); n--)
+        resume(TAILQ_FIRST(&b->held));
 }
 
 /* Reads and handles up to `budget` bytes of what the child sent. Returns 1
@@ -1369,6 +1335,9 @@ void bus_close_all(bus *b)
 int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg)
 {
     memset(b, 0, sizeof *b);
+    TAILQ_INIT(&b->idle);
+    TAILQ_INIT(&b->hist);
+    TAILQ_INIT(&b->held);
     b->loop = loop;
     b->cfg = *cfg;
     if (!b->cfg.chan_max)

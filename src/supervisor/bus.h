@@ -33,6 +33,7 @@
 
 #include <ev.h>
 #include <stdint.h>
+#include <sys/queue.h>
 #include <sys/types.h>
 
 #include "channel/frame.h"
@@ -100,7 +101,8 @@ struct endpoint {
     double progress_at;     /* ev_now when its queue last shrank */
     int held;               /* its requests wait for a recipient */
     int draining;           /* it has exited: nothing of it is held */
-    endpoint *hprev, *hnext; /* the held list */
+    TAILQ_ENTRY(endpoint) hlink; /* the held list, while held */
+    int retrying;           /* resume() runs its request again: a re-hold is no new hold */
     chan_frame pend_f;      /* the request that waits, decoded */
     int has_pend_f;
     json_t *pend_j;
@@ -111,7 +113,7 @@ struct endpoint {
 
 typedef struct bus_stats {
     uint64_t frames_in, frames_out, drops, kicked_full, kicked_bad;
-    uint64_t holds;             /* times a sender was held */
+    uint64_t holds;             /* times a sender was held (a retry held again not counted) */
 } bus_stats;
 
 /* The owner learns of a child the bus wants gone (bad input, or a full
@@ -144,8 +146,8 @@ struct bus {
     unsigned nendpoints;
     bus_topic **topics;         /* hash table of topics, BUS_TOPICS_MAX * 2 buckets */
     unsigned ntopics;
-    bus_topic *idle_old, *idle_new; /* topics with history and no subscribers, LRU first */
-    struct hist_item *hist_old, *hist_new; /* every kept message, oldest first */
+    TAILQ_HEAD(bus_topic_list, bus_topic) idle; /* topics with history and no subscribers, LRU first */
+    TAILQ_HEAD(hist_list, hist_item) hist; /* every kept message, oldest first */
     size_t hist_bytes;          /* what history costs: each message's bytes and bookkeeping */
     bus_name **names;           /* hash table of claimed names */
     unsigned nnames;
@@ -153,7 +155,8 @@ struct bus {
     int closing;                /* bus_close_all: wills are not published */
     endpoint *attn;             /* see bus.c, "attention" */
     unsigned ncongested;        /* endpoints holding senders */
-    endpoint *held_head, *held_tail; /* senders held, first held first */
+    TAILQ_HEAD(endpoint_list, endpoint) held; /* senders held, first held first */
+    unsigned nheld;
     int wake;                   /* a recipient drained: retry the held */
     ev_timer stall;             /* while any is congested */
     ev_prepare prepare;
