@@ -287,9 +287,11 @@ static void kick(endpoint *e, const char *why, int bad);
  * channel is not read; its own writes then block in the child, which
  * stops reading its client, and TCP slows the client down. When the
  * queue is down to a quarter, the held children are retried, in the order
- * they were held. A recipient that takes nothing for BUS_STALL_S is stuck:
- * it holds nobody any more, and its queue fills up to the policy (drop or
- * kick) as before. Nothing is held but requests from children: `ctl`
+ * they were held. A recipient whose queue is not down to a quarter
+ * BUS_STALL_S after it passed half is stuck: it holds nobody any more, and
+ * its queue fills up to the policy (drop or kick) as before. Any shrink is
+ * not enough: a reader that takes a little now and then would set the pace
+ * of everyone sending to it for as long as it likes. Nothing is held but requests from children: `ctl`
  * texts, wills and replays are queued at once. With nothing congested
  * (the common case) the cost is one comparison per request and per push.
  */
@@ -308,7 +310,7 @@ static void set_congested(endpoint *e, int on)
     for (bus_sub *s = e->subs; s; s = s->enext)
         s->topic->ncongested += (unsigned)d;
     if (on) {
-        e->progress_at = ev_now(b->loop);
+        e->congested_at = ev_now(b->loop);
         if (!ev_is_active(&b->stall)) {
             ev_timer_again(b->loop, &b->stall);
             ev_unref(b->loop); /* it must not keep the loop running */
@@ -318,11 +320,10 @@ static void set_congested(endpoint *e, int on)
     }
 }
 
-/* After a flush: progress, and the end of congestion at the low mark. */
+/* After a flush: the end of congestion at the low mark. */
 static void flushed(endpoint *e, size_t before)
 {
-    if (e->q.bytes < before)
-        e->progress_at = ev_now(e->owner->loop);
+    (void)before;
     if ((e->congested || e->stuck) && e->q.bytes <= low_water(e->owner)) {
         e->stuck = 0;
         set_congested(e, 0);
@@ -336,9 +337,9 @@ static void stall_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
 
     for (endpoint *e = b->all; e && b->ncongested; e = e->next) {
-        if (e->congested && now - e->progress_at >= BUS_STALL_S) {
+        if (e->congested && now - e->congested_at >= BUS_STALL_S) {
             sf_logf(b->cfg.log, SF_LOG_WARN,
-                    "pid %d: its channel took nothing for %g s: not holding its senders",
+                    "pid %d: its queue did not drain to a quarter in %g s: not holding its senders",
                     (int)e->pid, BUS_STALL_S);
             e->stuck = 1;
             set_congested(e, 0);

@@ -20,8 +20,10 @@
  *     messages, never its siblings' turn;
  *   - a recipient's queue over half its limit holds the children sending
  *     to it (their requests wait, their channel is not read) until it is
- *     down to a quarter, unless it is held itself (no cycle of holds); one that takes nothing for BUS_STALL_S holds
- *     nobody any more, and the full-queue policy applies to it;
+ *     down to a quarter, unless it is an exec'd child held itself (no
+ *     cycle of holds); one not down to a quarter BUS_STALL_S after it
+ *     passed half holds nobody any more, and the full-queue policy
+ *     applies to it;
  *   - topics, subscriptions and names per child, and history per topic,
  *     are bounded (BUS_* below); past them the request is refused with an
  *     error message to the child. Topics nobody subscribes to are evicted
@@ -48,7 +50,7 @@
 #define BUS_HISTORY_BYTES (256 * 1024) /* per topic, besides the count */
 #define BUS_HISTORY_TOTAL (16 * 1024 * 1024) /* every topic's, by default */
 #define BUS_READ_BUDGET (64 * 1024)    /* bytes read from one child per wakeup */
-#define BUS_STALL_S 4.0                /* s a recipient holds senders without progress */
+#define BUS_STALL_S 4.0                /* s a recipient may hold senders before it drains */
 /* What a MESSAGE frame adds to the data it carries: the frame header, the
  * message header, the longest topic. A child's reader takes chan_max plus
  * this, so anything a sibling may send reaches it; a queue must hold as
@@ -97,8 +99,8 @@ struct endpoint {
     int doom_bad;
     /* Backpressure (bus.c, "holding senders"). */
     int congested;          /* its queue is high: senders to it are held */
-    int stuck;              /* it took nothing for BUS_STALL_S: it holds nobody */
-    double progress_at;     /* ev_now when its queue last shrank */
+    int stuck;              /* congested BUS_STALL_S without draining: it holds nobody */
+    double congested_at;    /* ev_now when its queue passed the high mark */
     int held;               /* its requests wait for a recipient */
     int draining;           /* it has exited: nothing of it is held */
     TAILQ_ENTRY(endpoint) hlink; /* the held list, while held */

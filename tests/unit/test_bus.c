@@ -352,6 +352,31 @@ static void test_two_children_never_hold_each_other(void **state)
     teardown(&f);
 }
 
+/* BUG (issue 11, second look): any shrink of a congested queue counted as
+ * progress, so a reader taking a little now and then held its senders for
+ * as long as it liked. Now a queue not down to the low mark BUS_STALL_S
+ * after it passed the high one holds nobody. The reader here takes 1 KB a
+ * second: 18 KiB to drain would take it 18 s. */
+static void test_a_slow_reader_holds_its_senders_for_the_stall_time_only(void **state)
+{
+    fixture f;
+    char buf[64];
+    double start = ev_time();
+    (void)state;
+
+    hold_for(&f, 0);
+    while (f.ep[0].held && ev_time() - start < 3 * BUS_STALL_S) {
+        (void)recv(f.peer[1], buf, 50, MSG_DONTWAIT);
+        settle(&f);
+        usleep(50 * 1000); /* the pace of the slow reader, not a wait */
+        ev_now_update(f.loop);
+        ev_run(f.loop, EVRUN_NOWAIT);
+    }
+    assert_false(f.ep[0].held);
+    assert_true(ev_time() - start < 3 * BUS_STALL_S);
+    teardown(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -362,6 +387,7 @@ int main(void)
         cmocka_unit_test(test_held_senders_go_when_the_recipient_unsubscribes),
         cmocka_unit_test(test_held_senders_go_when_the_recipient_releases_the_name),
         cmocka_unit_test(test_held_senders_go_when_the_recipient_closes),
+        cmocka_unit_test(test_a_slow_reader_holds_its_senders_for_the_stall_time_only),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
