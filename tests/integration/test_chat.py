@@ -702,6 +702,23 @@ def test_a_join_the_bus_refuses_is_never_announced(sockfork, tmp_path):
 
 # ------------------------------------------------------------ commands
 
+def test_quit_is_not_kept_waiting_by_a_join(sockfork, tmp_path):
+    """BUG (issue 11, second look): while a join waited for the bus's
+    confirmation the child ignored its client, /quit included (and a join
+    never confirmed kept it waiting forever). A /quit behind a /join is
+    acted on at once: the client leaves, never put in the room."""
+    srv = chat_server(sockfork, tmp_path, "--history", "0", *NO_FLOOD)
+    alice, bob = lobby(srv, "alice", "bob")
+    bob.sock.sendall(b"/join den\n/quit\n")
+    lines = bob.lines_to_eof()
+    assert lines == ["*** Bye."], lines
+    alice.expect("*** bob has quit")
+    assert sync(srv, alice) == [[]]
+    carol = Chat(srv, "carol")
+    assert join(carol, "den")[1] == []  # nobody announced bob in den
+    alice.expect("*** carol has joined lobby", "*** carol has left lobby")
+
+
 def test_private_messages(sockfork, tmp_path):
     srv = chat_server(sockfork, tmp_path, "--history", "0", *NO_FLOOD)
     alice, bob, carol = lobby(srv, "alice", "bob", "carol")

@@ -793,8 +793,6 @@ static void client_lines(chat *ch)
 {
     size_t start = 0;
 
-    if (waiting(ch))
-        quit_if_asked(ch);
     while (!waiting(ch)) {
         char *nl = memchr(ch->in + start, '\n', ch->in_len - start);
         size_t len;
@@ -816,6 +814,8 @@ static void client_lines(chat *ch)
     }
     memmove(ch->in, ch->in + start, ch->in_len - start);
     ch->in_len -= start;
+    if (waiting(ch))
+        quit_if_asked(ch); /* among the lines that now wait */
     if (ch->in_len > cfg.line_max + 1 && !memchr(ch->in, '\n', ch->in_len)) {
         if (!ch->discarding)
             say(ch, "*** line too long (over %zu bytes): not sent", cfg.line_max);
