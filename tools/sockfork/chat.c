@@ -848,8 +848,17 @@ static void claimed(chat *ch, const sf_msg *m)
 {
     char want[NICK_MAX + 8], old[NICK_MAX + 8], got[NICK_MAX + 1];
 
-    if (strncmp(m->topic, "as:", 3) == 0)
-        return; /* the shown name: it follows the nickname */
+    if (strncmp(m->topic, "as:", 3) == 0) {
+        /* The shown name follows the nickname: one granted after the
+         * nickname changed again is given back; our own refused (held a
+         * moment longer by a process on its way out) leaves /who showing
+         * the nickname as the bus folds it, and is logged. */
+        if (m->ok && strcmp(m->topic + 3, ch->nick) != 0)
+            (void)sf_conn_release(ch->conn, m->topic);
+        else if (!m->ok && strcmp(m->topic + 3, ch->nick) == 0)
+            (void)sf_conn_log(ch->conn, "the shown name of this nickname is taken: /who shows it folded");
+        return;
+    }
     nick_name(want, sizeof want, ch->wanted);
     if (!ch->wanted[0] || strcmp(m->topic, want) != 0) {
         /* An answer to an earlier /nick, overtaken by a later one: a name
