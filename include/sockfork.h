@@ -159,9 +159,16 @@ SF_EXTERN int sf_conn_exec(sf_conn *c, char *const argv[]);
  * supervisor routes and never interprets: see docs/protocol.md for the
  * wire format, which exec'd programs speak as JSON lines on fd 3.
  *
- * Sends are small blocking writes; the supervisor reads every channel
- * without ever blocking, so they only wait while it is busy. A message
- * longer than the server's chan_max gets the child disconnected.
+ * Sends are blocking writes. The supervisor reads every channel without
+ * ever blocking, so a send waits only while it is busy, or while it holds
+ * this child for backpressure: a request that would deliver to a sibling
+ * whose queue is over half its limit waits, and the channel is not read,
+ * until that queue is down to a quarter (docs/design.md). Meanwhile the
+ * send keeps receiving: what comes on the channel is read into the
+ * library's buffer (up to sixteen of the largest messages; past that the send
+ * waits for the channel alone), and sf_conn_recv and sf_conn_msg_pending
+ * return it afterwards. A message longer than the server's chan_max gets
+ * the child disconnected.
  */
 enum sf_msg_kind {
     SF_MSG_DIRECT = 1,    /* sent to this pid (by a sibling, or by ctl send) */

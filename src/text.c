@@ -44,10 +44,15 @@ static unsigned long code_point(const unsigned char *p, size_t k)
 }
 
 /* Characters that change how text around them reads or hide text, shown as
- * nothing or elsewhere: bidirectional embeddings, overrides, isolates and
- * marks; zero-width and invisible format characters; the line and
- * paragraph separators; the BOM; tags. Kept: U+200C and U+200D (ZWNJ,
- * ZWJ), which Persian, Indic scripts and emoji sequences need. */
+ * nothing or elsewhere: Unicode's Default_Ignorable_Code_Point set (bidi
+ * marks, embeddings, overrides and isolates among them; zero-width and
+ * invisible format characters; Hangul fillers; Mongolian free variation
+ * selectors; musical format controls; tags), the prepended concatenation
+ * marks (Arabic, Syriac, Kaithi number signs), the interlinear annotation
+ * characters, and the line and paragraph separators. Kept: U+200C and
+ * U+200D (ZWNJ, ZWJ), which Persian, Indic scripts and emoji sequences
+ * need, and the variation selectors U+FE00..U+FE0F and U+E0100..U+E01EF
+ * (emoji and CJK presentation). */
 static int is_format(const unsigned char *p, size_t k)
 {
     unsigned long c;
@@ -55,10 +60,17 @@ static int is_format(const unsigned char *p, size_t k)
     if (k == 1)
         return 0;
     c = code_point(p, k);
-    return c == 0xad || c == 0x61c || c == 0x180e ||
-           (c >= 0x200b && c <= 0x200f && c != 0x200c && c != 0x200d) ||
-           (c >= 0x2028 && c <= 0x202e) || (c >= 0x2060 && c <= 0x206f) || c == 0xfeff ||
-           (c >= 0xfff9 && c <= 0xfffb) || (c >= 0xe0000 && c <= 0xe007f);
+    if (c < 0x2000)
+        return c == 0xad || c == 0x34f || (c >= 0x600 && c <= 0x605) || c == 0x61c ||
+               c == 0x6dd || c == 0x70f || c == 0x8e2 || c == 0x115f || c == 0x1160 ||
+               c == 0x17b4 || c == 0x17b5 || (c >= 0x180b && c <= 0x180f);
+    if (c < 0x10000)
+        return (c >= 0x200b && c <= 0x200f && c != 0x200c && c != 0x200d) ||
+               (c >= 0x2028 && c <= 0x202e) || (c >= 0x2060 && c <= 0x206f) || c == 0x3164 ||
+               c == 0xfeff || c == 0xffa0 || (c >= 0xfff0 && c <= 0xfffb);
+    return c == 0x110bd || c == 0x110cd || (c >= 0x1bca0 && c <= 0x1bca3) ||
+           (c >= 0x1d173 && c <= 0x1d17a) ||
+           (c >= 0xe0000 && c <= 0xe0fff && !(c >= 0xe0100 && c <= 0xe01ef));
 }
 
 size_t sf_text_clean(char *out, size_t len, const void *in, size_t n, const char *replacement)

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -112,10 +113,10 @@ int chan_decoder_feed(chan_decoder *d, const void *buf, size_t len, size_t *used
     }
 }
 
-ssize_t chan_read(int fd, chan_decoder *d, void *buf, size_t len)
+static ssize_t chan_read_flags(int fd, chan_decoder *d, void *buf, size_t len, int flags)
 {
     int fds[CHAN_FDS_MAX], nfds, lost, bad;
-    ssize_t n = fdpass_recv(fd, buf, len, 0, fds, CHAN_FDS_MAX, &nfds, &lost);
+    ssize_t n = fdpass_recv(fd, buf, len, flags, fds, CHAN_FDS_MAX, &nfds, &lost);
 
     if (n < 0)
         return n;
@@ -125,6 +126,11 @@ ssize_t chan_read(int fd, chan_decoder *d, void *buf, size_t len)
             bad = 1;
     }
     return bad ? -EPROTO : n;
+}
+
+ssize_t chan_read(int fd, chan_decoder *d, void *buf, size_t len)
+{
+    return chan_read_flags(fd, d, buf, len, 0);
 }
 
 /* ------------------------------------------------------------ encoding */
@@ -143,14 +149,14 @@ void chan_header_encode(unsigned char hdr[CHAN_HDR_LEN], uint16_t type, uint16_t
 
 /* One sendmsg of iov[0..niov), with attach_fd (if >= 0) riding on its
  * first byte. Returns bytes sent or -errno. */
-static ssize_t send_iov(int sock, struct iovec *iov, int niov, int attach_fd)
+static ssize_t send_iov(int sock, struct iovec *iov, int niov, int attach_fd, int flags)
 {
-    return fdpass_send(sock, iov, niov, &attach_fd, attach_fd >= 0 ? 1 : 0, 0);
+    return fdpass_send(sock, iov, niov, &attach_fd, attach_fd >= 0 ? 1 : 0, flags);
 }
 
 /* One sendmsg of header and payload from byte `off` of the two. */
 static ssize_t send_pieces(int sock, const unsigned char *hdr, const void *payload, size_t len,
-                           size_t off, int attach_fd)
+                           size_t off, int attach_fd, int flags)
 {
     struct iovec iov[2];
     int niov = 0;
@@ -166,7 +172,7 @@ static ssize_t send_pieces(int sock, const unsigned char *hdr, const void *paylo
         iov[niov].iov_base = (char *)payload + (off - CHAN_HDR_LEN);
         iov[niov++].iov_len = len - (off - CHAN_HDR_LEN);
     }
-    return send_iov(sock, iov, niov, attach_fd);
+    return send_iov(sock, iov, niov, attach_fd, flags);
 }
 
 int chan_send(int sock, uint16_t type, const void *payload, uint32_t len, int pass_fd)
@@ -178,7 +184,7 @@ int chan_send(int sock, uint16_t type, const void *payload, uint32_t len, int pa
         return -EMSGSIZE;
     chan_header_encode(hdr, type, pass_fd >= 0 ? CHAN_F_FD : 0, len);
     while (off < total) {
-        ssize_t n = send_pieces(sock, hdr, payload, len, off, off == 0 ? pass_fd : -1);
+        ssize_t n = send_pieces(sock, hdr, payload, len, off, off == 0 ? pass_fd : -1, 0);
         if (n == -EINTR)
             continue;
         if (n < 0)
@@ -192,7 +198,8 @@ void chan_reader_init(chan_reader *r, uint32_t max)
 {
     chan_decoder_init(&r->dec, max);
     r->buf = NULL;
-    r->start = r->end = 0;
+    r->cap = r->start = r->end = 0;
+    r->err = 0;
 }
 
 void chan_reader_fini(chan_reader *r)
@@ -200,7 +207,7 @@ void chan_reader_fini(chan_reader *r)
     chan_decoder_fini(&r->dec);
     free(r->buf);
     r->buf = NULL;
-    r->start = r->end = 0;
+    r->cap = r->start = r->end = 0;
 }
 
 int chan_reader_pending(const chan_reader *r)
@@ -218,9 +225,14 @@ int chan_recv(int sock, chan_reader *r, chan_frame *out)
             if (rc != 0)
                 return rc;
         }
-        if (!r->buf && !(r->buf = malloc(CHAN_READ_BUF)))
-            return -ENOMEM;
-        ssize_t n = chan_read(sock, &r->dec, r->buf, CHAN_READ_BUF);
+        if (r->err)
+            return r->err; /* met while a send waited, after what it read */
+        if (!r->buf) {
+            if (!(r->buf = malloc(CHAN_READ_BUF)))
+                return -ENOMEM;
+            r->cap = CHAN_READ_BUF;
+        }
+        ssize_t n = chan_read(sock, &r->dec, r->buf, r->cap);
         if (n < 0)
             return (int)n;
         if (n == 0)
@@ -228,6 +240,83 @@ int chan_recv(int sock, chan_reader *r, chan_frame *out)
         r->start = 0;
         r->end = (size_t)n;
     }
+}
+
+/* Reads what the socket has now behind what r holds, up to `keep` bytes
+ * in all. Returns 1 to read again later, 0 when reading is over for this
+ * send (EOF, an error kept in r->err, or `keep` reached). */
+static int reader_fill(int sock, chan_reader *r, size_t keep)
+{
+    ssize_t n;
+
+    if (r->start > 0) {
+        memmove(r->buf, r->buf + r->start, r->end - r->start);
+        r->end -= r->start;
+        r->start = 0;
+    }
+    if (r->end >= keep)
+        return 0;
+    if (r->cap - r->end < CHAN_READ_BUF && r->cap < keep) {
+        size_t cap = r->cap ? 2 * r->cap : CHAN_READ_BUF;
+        unsigned char *p;
+        if (cap > keep)
+            cap = keep;
+        if (!(p = realloc(r->buf, cap))) {
+            r->err = -ENOMEM;
+            return 0;
+        }
+        r->buf = p;
+        r->cap = cap;
+    }
+    n = chan_read_flags(sock, &r->dec, r->buf + r->end, r->cap - r->end, MSG_DONTWAIT);
+    if (n == -EAGAIN || n == -EWOULDBLOCK)
+        return 1;
+    if (n <= 0) {
+        /* EOF is met again by chan_recv, which reads the socket once the
+         * buffer is used; an error is kept for it. */
+        if (n < 0)
+            r->err = (int)n;
+        return 0;
+    }
+    r->end += (size_t)n;
+    return 1;
+}
+
+int chan_send_reading(int sock, chan_reader *r, size_t keep, uint16_t type, const void *payload,
+                      uint32_t len)
+{
+    unsigned char hdr[CHAN_HDR_LEN];
+    size_t total = CHAN_HDR_LEN + (size_t)len, off = 0;
+    int reading = !r->err;
+
+    if (len > CHAN_MAX_LIMIT)
+        return -EMSGSIZE;
+    chan_header_encode(hdr, type, 0, len);
+    while (off < total) {
+        ssize_t n = send_pieces(sock, hdr, payload, len, off, -1, MSG_DONTWAIT);
+        struct pollfd p;
+
+        if (n == -EINTR)
+            continue;
+        if (n >= 0) {
+            off += (size_t)n;
+            continue;
+        }
+        if (n != -EAGAIN && n != -EWOULDBLOCK)
+            return (int)n;
+        /* The peer takes nothing now: wait for room, reading meanwhile. */
+        p.fd = sock;
+        p.events = (short)(POLLOUT | (reading ? POLLIN : 0));
+        p.revents = 0;
+        if (poll(&p, 1, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (reading && (p.revents & (POLLIN | POLLHUP | POLLERR)))
+            reading = reader_fill(sock, r, keep);
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------ outbound queue */
@@ -343,7 +432,7 @@ int chan_queue_flush(chan_queue *q, int sock)
         }
         iov.iov_base = q->buf + q->start;
         iov.iov_len = stop - q->start;
-        n = send_iov(sock, &iov, 1, attach);
+        n = send_iov(sock, &iov, 1, attach, 0);
         if (n == -EINTR)
             continue;
         if (n == -EAGAIN || n == -EWOULDBLOCK)

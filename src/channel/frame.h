@@ -126,8 +126,10 @@ int chan_send(int sock, uint16_t type, const void *payload, uint32_t len, int pa
 
 typedef struct chan_reader {
     chan_decoder dec;
-    unsigned char *buf;                /* CHAN_READ_BUF bytes, from the first read on */
+    unsigned char *buf;                /* cap bytes, from the first read on */
+    size_t cap;                        /* CHAN_READ_BUF, more while a send waits */
     size_t start, end;                 /* unconsumed bytes in buf */
+    int err;                           /* a read error met while sending, for chan_recv */
 } chan_reader;
 
 void chan_reader_init(chan_reader *r, uint32_t max);
@@ -143,6 +145,20 @@ int chan_recv(int sock, chan_reader *r, chan_frame *out);
 /* True when a frame (or part of one) is already buffered, so a caller that
  * polls the socket before chan_recv must not wait. */
 int chan_reader_pending(const chan_reader *r);
+
+/*
+ * chan_send for a child that also receives on the socket: the frame is
+ * written without blocking, and while the socket takes nothing (the peer
+ * is not reading it: the supervisor holds this child for backpressure) the
+ * child reads what comes the other way into r's buffer, so the peer's
+ * queue for it keeps draining; chan_recv returns it later. At most `keep`
+ * bytes are buffered: past that the send waits for the socket alone. A
+ * read error is kept for chan_recv. When the socket takes the frame at
+ * once (the common case) this is one sendmsg, as chan_send. Returns as
+ * chan_send.
+ */
+int chan_send_reading(int sock, chan_reader *r, size_t keep, uint16_t type, const void *payload,
+                      uint32_t len);
 
 /* ------------------------------------------------------ outbound queue */
 

@@ -208,7 +208,12 @@ static int send_req(sf_conn *c, uint16_t type, const unsigned char *head, size_t
         memcpy(buf + hlen, name, nlen);
     if (len)
         memcpy(buf + hlen + nlen, data, len);
-    rc = chan_send(c->chan, type, buf, (uint32_t)total, -1);
+    /* While the supervisor holds this child (backpressure), the channel is
+     * read into the reader, up to sixteen of the largest messages (1 MiB
+     * at the default chan_max): a burst of long lines to a held chat child
+     * must not stop its queue from draining (docs/design.md). */
+    rc = chan_send_reading(c->chan, &c->reader, 16 * ((size_t)c->reader.dec.max + CHAN_HDR_LEN),
+                           type, buf, (uint32_t)total);
     if (buf != small)
         free(buf);
     return rc;

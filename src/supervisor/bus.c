@@ -16,7 +16,7 @@
 
 typedef struct hist_item {
     struct hist_item *next;      /* the topic's next, newer */
-    struct hist_item *gprev, *gnext; /* every topic's, oldest first */
+    TAILQ_ENTRY(hist_item) glink; /* every topic's, oldest first */
     bus_topic *topic;
     pid_t from;
     size_t len;
@@ -32,7 +32,7 @@ struct bus_sub {
 
 struct bus_topic {
     bus_topic *next;         /* bucket chain */
-    bus_topic *iprev, *inext; /* the idle list, while idle */
+    TAILQ_ENTRY(bus_topic) ilink; /* the idle list, while idle */
     int idle;                /* no subscribers, some history: evictable */
     bus_sub *subs;
     unsigned nsubs;
@@ -92,15 +92,7 @@ static void idle_remove(bus *b, bus_topic *t)
 {
     if (!t->idle)
         return;
-    if (t->iprev)
-        t->iprev->inext = t->inext;
-    else
-        b->idle_old = t->inext;
-    if (t->inext)
-        t->inext->iprev = t->iprev;
-    else
-        b->idle_new = t->iprev;
-    t->iprev = t->inext = NULL;
+    TAILQ_REMOVE(&b->idle, t, ilink);
     t->idle = 0;
 }
 
@@ -109,13 +101,14 @@ static void idle_touch(bus *b, bus_topic *t)
 {
     idle_remove(b, t);
     t->idle = 1;
-    t->iprev = b->idle_new;
-    t->inext = NULL;
-    if (b->idle_new)
-        b->idle_new->inext = t;
-    else
-        b->idle_old = t;
-    b->idle_new = t;
+    TAILQ_INSERT_TAIL(&b->idle, t, ilink);
+}
+
+/* What a kept message costs the budgets: its bytes and its bookkeeping,
+ * so that empty messages cannot pin memory either. */
+static size_t hist_cost(size_t len)
+{
+    return sizeof(hist_item) + len;
 }
 
 static void topic_drop_oldest(bus *b, bus_topic *t)
@@ -126,16 +119,9 @@ static void topic_drop_oldest(bus *b, bus_topic *t)
     if (!t->hist_head)
         t->hist_tail = NULL;
     t->nhist--;
-    t->hist_bytes -= h->len;
-    if (h->gprev)
-        h->gprev->gnext = h->gnext;
-    else
-        b->hist_old = h->gnext;
-    if (h->gnext)
-        h->gnext->gprev = h->gprev;
-    else
-        b->hist_new = h->gprev;
-    b->hist_bytes -= h->len;
+    t->hist_bytes -= hist_cost(h->len);
+    TAILQ_REMOVE(&b->hist, h, glink);
+    b->hist_bytes -= hist_cost(h->len);
     free(h);
 }
 
@@ -170,9 +156,9 @@ static bus_topic *topic_get(bus *b, const char *name, size_t len, int create)
     if (*slot || !create)
         return *slot;
     if (b->ntopics >= BUS_TOPICS_MAX) {
-        if (!b->idle_old)
+        if (TAILQ_EMPTY(&b->idle))
             return NULL; /* every topic has subscribers */
-        topic_free(b, b->idle_old);
+        topic_free(b, TAILQ_FIRST(&b->idle));
         slot = topic_slot(b, name, len); /* the chain may have changed */
     }
     t = calloc(1, sizeof *t + len + 1);
@@ -191,7 +177,7 @@ static void history_add(bus *b, bus_topic *t, pid_t from, const unsigned char *d
 {
     hist_item *h;
 
-    if (len > BUS_HISTORY_BYTES || !(h = malloc(sizeof *h + len)))
+    if (hist_cost(len) > BUS_HISTORY_BYTES || !(h = malloc(sizeof *h + len)))
         return;
     h->next = NULL;
     h->topic = t;
@@ -205,26 +191,22 @@ static void history_add(bus *b, bus_topic *t, pid_t from, const unsigned char *d
         t->hist_head = h;
     t->hist_tail = h;
     t->nhist++;
-    t->hist_bytes += len;
-    h->gnext = NULL;
-    h->gprev = b->hist_new;
-    if (b->hist_new)
-        b->hist_new->gnext = h;
-    else
-        b->hist_old = h;
-    b->hist_new = h;
-    b->hist_bytes += len;
+    t->hist_bytes += hist_cost(len);
+    TAILQ_INSERT_TAIL(&b->hist, h, glink);
+    b->hist_bytes += hist_cost(len);
     while (t->nhist > b->cfg.history || t->hist_bytes > BUS_HISTORY_BYTES)
         topic_drop_oldest(b, t);
     /* Bounded: each pass frees a topic or a message, and t keeps at least
      * the one just added (the budget is at least BUS_HISTORY_BYTES). */
     while (b->hist_bytes > b->cfg.history_bytes) {
-        bus_topic *old = b->idle_old && b->idle_old == t ? t->inext : b->idle_old;
+        bus_topic *old = TAILQ_FIRST(&b->idle);
+        if (old == t)
+            old = TAILQ_NEXT(t, ilink);
         if (old) {
             topic_free(b, old);
             continue;
         }
-        old = b->hist_old->topic;
+        old = TAILQ_FIRST(&b->hist)->topic;
         topic_drop_oldest(b, old);
         if (old != t && !old->subs && !old->hist_head)
             topic_free(b, old);
@@ -305,9 +287,11 @@ static void kick(endpoint *e, const char *why, int bad);
  * channel is not read; its own writes then block in the child, which
  * stops reading its client, and TCP slows the client down. When the
  * queue is down to a quarter, the held children are retried, in the order
- * they were held. A recipient that takes nothing for BUS_STALL_S is stuck:
- * it holds nobody any more, and its queue fills up to the policy (drop or
- * kick) as before. Nothing is held but requests from children: `ctl`
+ * they were held. A recipient whose queue is not down to a quarter
+ * BUS_STALL_S after it passed half is stuck: it holds nobody any more, and
+ * its queue fills up to the policy (drop or kick) as before. Any shrink is
+ * not enough: a reader that takes a little now and then would set the pace
+ * of everyone sending to it for as long as it likes. Nothing is held but requests from children: `ctl`
  * texts, wills and replays are queued at once. With nothing congested
  * (the common case) the cost is one comparison per request and per push.
  */
@@ -326,7 +310,7 @@ static void set_congested(endpoint *e, int on)
     for (bus_sub *s = e->subs; s; s = s->enext)
         s->topic->ncongested += (unsigned)d;
     if (on) {
-        e->progress_at = ev_now(b->loop);
+        e->congested_at = ev_now(b->loop);
         if (!ev_is_active(&b->stall)) {
             ev_timer_again(b->loop, &b->stall);
             ev_unref(b->loop); /* it must not keep the loop running */
@@ -336,11 +320,10 @@ static void set_congested(endpoint *e, int on)
     }
 }
 
-/* After a flush: progress, and the end of congestion at the low mark. */
+/* After a flush: the end of congestion at the low mark. */
 static void flushed(endpoint *e, size_t before)
 {
-    if (e->q.bytes < before)
-        e->progress_at = ev_now(e->owner->loop);
+    (void)before;
     if ((e->congested || e->stuck) && e->q.bytes <= low_water(e->owner)) {
         e->stuck = 0;
         set_congested(e, 0);
@@ -354,9 +337,9 @@ static void stall_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
 
     for (endpoint *e = b->all; e && b->ncongested; e = e->next) {
-        if (e->congested && now - e->progress_at >= BUS_STALL_S) {
+        if (e->congested && now - e->congested_at >= BUS_STALL_S) {
             sf_logf(b->cfg.log, SF_LOG_WARN,
-                    "pid %d: its channel took nothing for %g s: not holding its senders",
+                    "pid %d: its queue did not drain to a quarter in %g s: not holding its senders",
                     (int)e->pid, BUS_STALL_S);
             e->stuck = 1;
             set_congested(e, 0);
@@ -368,19 +351,25 @@ static void stall_cb(struct ev_loop *loop, ev_timer *w, int revents)
     }
 }
 
-static int subscribes(const endpoint *e, const bus_topic *t)
-{
-    for (const bus_sub *s = e->subs; s; s = s->enext) {
-        if (s->topic == t)
-            return 1;
-    }
-    return 0;
-}
-
 static bus_topic *topic_get(bus *b, const char *name, size_t len, int create);
 static bus_name **name_slot(bus *b, const char *name, size_t len);
 
-/* Whether this request of e would deliver to a congested recipient. */
+/* Whether a recipient holds its senders back: congested, and not a held
+ * child that may be blocked writing without reading. A held child's channel
+ * is not read; an exec'd program (JSON lines) may then block in a write
+ * and stop reading its own channel, and holding anyone for it could close
+ * a cycle of children waiting on each other (docs/design.md, "no cycle of
+ * holds"). A C child keeps reading while its send waits (sf_conn_send),
+ * so its queue drains even while it is held: it holds senders as usual,
+ * or the room would pour into a chat child that, its client's backlog
+ * full, is not reading on purpose. */
+static int holds_senders(const endpoint *to)
+{
+    return to->congested && !(to->held && to->jsonl);
+}
+
+/* Whether this request of e would deliver to a recipient that holds its
+ * senders (e itself never holds e). */
 static int blocked(endpoint *e, const bus_op *op)
 {
     bus *b = e->owner;
@@ -391,17 +380,27 @@ static int blocked(endpoint *e, const bus_op *op)
     switch (op->op) {
     case OP_PUBLISH: {
         bus_topic *t = topic_get(b, op->name, op->name_len, 0);
-        return t && t->ncongested > (unsigned)(e->congested && subscribes(e, t));
+        if (!t || t->ncongested == 0)
+            return 0;
+        for (const bus_sub *s = t->subs; s; s = s->tnext) {
+            if (s->ep != e && holds_senders(s->ep))
+                return 1;
+        }
+        return 0;
     }
     case OP_SEND:
         to = bus_find_pid(b, op->to);
-        return to && to != e && to->congested;
+        return to && to != e && holds_senders(to);
     case OP_SEND_NAME: {
         bus_name *n = *name_slot(b, op->name, op->name_len);
-        return n && n->holder != e && n->holder->congested;
+        return n && n->holder != e && holds_senders(n->holder);
     }
     case OP_BROADCAST:
-        return b->ncongested > (unsigned)e->congested;
+        for (const endpoint *x = b->all; x; x = x->next) {
+            if (x != e && holds_senders(x))
+                return 1;
+        }
+        return 0;
     default:
         return 0;
     }
@@ -413,15 +412,8 @@ static void held_unlink(endpoint *e)
 
     if (!e->held)
         return;
-    if (e->hprev)
-        e->hprev->hnext = e->hnext;
-    else
-        b->held_head = e->hnext;
-    if (e->hnext)
-        e->hnext->hprev = e->hprev;
-    else
-        b->held_tail = e->hprev;
-    e->hprev = e->hnext = NULL;
+    TAILQ_REMOVE(&b->held, e, hlink);
+    b->nheld--;
     e->held = 0;
 }
 
@@ -432,14 +424,10 @@ static void hold(endpoint *e)
     if (e->held)
         return;
     e->held = 1;
-    e->hnext = NULL;
-    e->hprev = b->held_tail;
-    if (b->held_tail)
-        b->held_tail->hnext = e;
-    else
-        b->held_head = e;
-    b->held_tail = e;
-    b->stats.holds++;
+    TAILQ_INSERT_TAIL(&b->held, e, hlink);
+    b->nheld++;
+    if (!e->retrying)
+        b->stats.holds++; /* a new hold, not the same one tried again */
     ev_io_stop(b->loop, &e->rd);
 }
 
@@ -620,6 +608,64 @@ endpoint *bus_find_pid(bus *b, pid_t pid)
     return b->cfg.find ? b->cfg.find(b, pid, b->cfg.arg) : NULL;
 }
 
+/* What m takes in e's queue (0 if it cannot be encoded: it is not sent). */
+static size_t queued_size(const endpoint *e, const bus_msg *m)
+{
+    char *p;
+    size_t n;
+
+    if (!e->jsonl)
+        return CHAN_HDR_LEN + 8 + m->topic_len + m->len;
+    if (bus_encode_json(m, &p, &n) < 0)
+        return 0;
+    free(p);
+    return n;
+}
+
+static void history_msg(bus_msg *m, const bus_topic *t, const hist_item *h)
+{
+    memset(m, 0, sizeof *m);
+    m->kind = SF_MSG_HISTORY;
+    m->from = h->from;
+    m->topic = t->name;
+    m->topic_len = t->len;
+    m->data = h->data;
+    m->len = h->len;
+}
+
+/* Replays the last `want` kept messages of t to e, oldest first: as many
+ * of the newest as fit in e's queue below its high mark (a replay never
+ * fills a queue, so it neither drops, kicks nor holds anyone), after an
+ * error message that says how many earlier ones were skipped, if any. */
+static void replay(endpoint *e, bus_topic *t, unsigned want)
+{
+    size_t hw = high_water(e->owner), room, total = 0;
+    unsigned skip = want >= t->nhist ? 0 : t->nhist - want, cut = 0, i = 0;
+    hist_item *h, *first;
+    bus_msg m;
+
+    room = e->q.bytes + 512 < hw ? hw - e->q.bytes - 512 : 0; /* 512: the notice */
+    for (h = t->hist_head; h; h = h->next, i++) {
+        if (i < skip)
+            continue;
+        history_msg(&m, t, h);
+        total += queued_size(e, &m);
+    }
+    for (first = t->hist_head, i = 0; first && i < skip; first = first->next)
+        i++;
+    for (; first && total > room; first = first->next, cut++) {
+        history_msg(&m, t, first);
+        total -= queued_size(e, &m);
+    }
+    if (cut)
+        send_error(e, ENOSPC, t->name, t->len, "history of %.*s cut: %u earlier messages skipped",
+                   (int)t->len, t->name, cut);
+    for (h = first; h && endpoint_is_open(e); h = h->next) {
+        history_msg(&m, t, h);
+        (void)bus_deliver(e, &m);
+    }
+}
+
 static void subscribe(endpoint *e, const bus_op *op)
 {
     bus *b = e->owner;
@@ -660,26 +706,7 @@ static void subscribe(endpoint *e, const bus_op *op)
         e->subs = s;
         e->nsubs++;
     }
-    /* Replay: the last `history` kept messages, oldest first. */
-    t = s->topic;
-    unsigned skip = op->history >= t->nhist ? 0 : t->nhist - op->history;
-    for (hist_item *h = t->hist_head; h; h = h->next) {
-        bus_msg m;
-        if (skip) {
-            skip--;
-            continue;
-        }
-        memset(&m, 0, sizeof m);
-        m.kind = SF_MSG_HISTORY;
-        m.from = h->from;
-        m.topic = t->name;
-        m.topic_len = t->len;
-        m.data = h->data;
-        m.len = h->len;
-        (void)bus_deliver(e, &m);
-        if (!endpoint_is_open(e))
-            return; /* disconnected: its queue was full under the kick policy */
-    }
+    replay(e, s->topic, op->history);
 }
 
 static void sub_free(bus *b, bus_sub *s)
@@ -998,9 +1025,12 @@ static void kick(endpoint *e, const char *why, int bad)
         b->stats.kicked_bad++;
     sf_logf(b->cfg.log, SF_LOG_WARN, "pid %d: %s: closing its channel and ending it", (int)e->pid,
             why);
-    endpoint_close(e);
+    /* The owner signals the child before its channel ends: a child that
+     * sees the end of its channel with SIGTERM pending knows it was cut
+     * off, not that the server is shutting down. */
     if (b->cfg.on_kick)
         b->cfg.on_kick(b, e, why, b->cfg.arg);
+    endpoint_close(e);
 }
 
 /* Carries out the request that waits (decoded last), unless it would
@@ -1103,14 +1133,18 @@ static void resume(endpoint *e)
 {
     unsigned char *p = e->stash;
     size_t n = e->stash_len;
+    int rc;
 
     held_unlink(e);
-    if (run_pending(e) < 0 || e->held)
+    e->retrying = 1;
+    rc = run_pending(e);
+    e->retrying = 0;
+    if (rc < 0 || e->held)
         return;
     e->stash = NULL;
     e->stash_len = 0;
     if (n > 0) {
-        int rc = feed(e, p, n);
+        rc = feed(e, p, n);
         free(p);
         if (rc < 0 || e->held)
             return;
@@ -1123,13 +1157,11 @@ static void wake_held(bus *b)
 {
     b->wake = 0;
     /* Each held child once, in the order they were held; one held again
-     * goes to the end, after those still waiting. */
-    for (endpoint *last = b->held_tail, *e; (e = b->held_head);) {
-        int was_last = e == last;
-        resume(e);
-        if (was_last)
-            break;
-    }
+     * goes to the end, after those still waiting. Bounded by the list's
+     * length at entry: a resume may close others (taking them off), never
+     * add one but the child it resumed. */
+    for (unsigned n = b->nheld; n > 0 && !TAILQ_EMPTY(&b->held); n--)
+        resume(TAILQ_FIRST(&b->held));
 }
 
 /* Reads and handles up to `budget` bytes of what the child sent. Returns 1
@@ -1304,6 +1336,9 @@ void bus_close_all(bus *b)
 int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg)
 {
     memset(b, 0, sizeof *b);
+    TAILQ_INIT(&b->idle);
+    TAILQ_INIT(&b->hist);
+    TAILQ_INIT(&b->held);
     b->loop = loop;
     b->cfg = *cfg;
     if (!b->cfg.chan_max)

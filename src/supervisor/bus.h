@@ -20,8 +20,10 @@
  *     messages, never its siblings' turn;
  *   - a recipient's queue over half its limit holds the children sending
  *     to it (their requests wait, their channel is not read) until it is
- *     down to a quarter; one that takes nothing for BUS_STALL_S holds
- *     nobody any more, and the full-queue policy applies to it;
+ *     down to a quarter, unless it is an exec'd child held itself (no
+ *     cycle of holds); one not down to a quarter BUS_STALL_S after it
+ *     passed half holds nobody any more, and the full-queue policy
+ *     applies to it;
  *   - topics, subscriptions and names per child, and history per topic,
  *     are bounded (BUS_* below); past them the request is refused with an
  *     error message to the child. Topics nobody subscribes to are evicted
@@ -33,6 +35,7 @@
 
 #include <ev.h>
 #include <stdint.h>
+#include <sys/queue.h>
 #include <sys/types.h>
 
 #include "channel/frame.h"
@@ -47,7 +50,7 @@
 #define BUS_HISTORY_BYTES (256 * 1024) /* per topic, besides the count */
 #define BUS_HISTORY_TOTAL (16 * 1024 * 1024) /* every topic's, by default */
 #define BUS_READ_BUDGET (64 * 1024)    /* bytes read from one child per wakeup */
-#define BUS_STALL_S 4.0                /* s a recipient holds senders without progress */
+#define BUS_STALL_S 4.0                /* s a recipient may hold senders before it drains */
 /* What a MESSAGE frame adds to the data it carries: the frame header, the
  * message header, the longest topic. A child's reader takes chan_max plus
  * this, so anything a sibling may send reaches it; a queue must hold as
@@ -96,11 +99,12 @@ struct endpoint {
     int doom_bad;
     /* Backpressure (bus.c, "holding senders"). */
     int congested;          /* its queue is high: senders to it are held */
-    int stuck;              /* it took nothing for BUS_STALL_S: it holds nobody */
-    double progress_at;     /* ev_now when its queue last shrank */
+    int stuck;              /* congested BUS_STALL_S without draining: it holds nobody */
+    double congested_at;    /* ev_now when its queue passed the high mark */
     int held;               /* its requests wait for a recipient */
     int draining;           /* it has exited: nothing of it is held */
-    endpoint *hprev, *hnext; /* the held list */
+    TAILQ_ENTRY(endpoint) hlink; /* the held list, while held */
+    int retrying;           /* resume() runs its request again: a re-hold is no new hold */
     chan_frame pend_f;      /* the request that waits, decoded */
     int has_pend_f;
     json_t *pend_j;
@@ -111,11 +115,13 @@ struct endpoint {
 
 typedef struct bus_stats {
     uint64_t frames_in, frames_out, drops, kicked_full, kicked_bad;
-    uint64_t holds;             /* times a sender was held */
+    uint64_t holds;             /* times a sender was held (a retry held again not counted) */
 } bus_stats;
 
 /* The owner learns of a child the bus wants gone (bad input, or a full
- * queue under BUS_FULL_KICK). The endpoint is already closed. */
+ * queue under BUS_FULL_KICK). It is told before the endpoint is closed,
+ * so it can signal the child first: the child then sees the end of its
+ * channel with the signal pending, and knows it was cut off. */
 typedef void (*bus_kick_cb)(bus *b, endpoint *e, const char *why, void *arg);
 
 /* The owner's table of children: the open endpoint of a pid, or NULL. */
@@ -142,16 +148,17 @@ struct bus {
     unsigned nendpoints;
     bus_topic **topics;         /* hash table of topics, BUS_TOPICS_MAX * 2 buckets */
     unsigned ntopics;
-    bus_topic *idle_old, *idle_new; /* topics with history and no subscribers, LRU first */
-    struct hist_item *hist_old, *hist_new; /* every kept message, oldest first */
-    size_t hist_bytes;
+    TAILQ_HEAD(bus_topic_list, bus_topic) idle; /* topics with history and no subscribers, LRU first */
+    TAILQ_HEAD(hist_list, hist_item) hist; /* every kept message, oldest first */
+    size_t hist_bytes;          /* what history costs: each message's bytes and bookkeeping */
     bus_name **names;           /* hash table of claimed names */
     unsigned nnames;
     unsigned char *rbuf;        /* one read buffer for every endpoint */
     int closing;                /* bus_close_all: wills are not published */
     endpoint *attn;             /* see bus.c, "attention" */
     unsigned ncongested;        /* endpoints holding senders */
-    endpoint *held_head, *held_tail; /* senders held, first held first */
+    TAILQ_HEAD(endpoint_list, endpoint) held; /* senders held, first held first */
+    unsigned nheld;
     int wake;                   /* a recipient drained: retry the held */
     ev_timer stall;             /* while any is congested */
     ev_prepare prepare;

@@ -162,6 +162,9 @@ def test_a_topic_with_subscribers_keeps_its_history_through_a_flood(sockfork):
     a, apid = relay_client(srv)
     b, bpid = relay_client(srv)
     tell(b, op="subscribe", topic="room")
+    # b's subscription is in place before a publishes (two children's
+    # requests have no order between them): the room is never idle.
+    assert sync(b, bpid) == []
     tell(a, op="publish", topic="room", data="kept")
     assert sync(a, apid) == []
     flood = b"".join(json.dumps({"op": "publish", "topic": "g%d" % i, "data": "y" * 100}).encode()

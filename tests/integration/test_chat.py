@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import DISCONNECTED_RE, LONG_WAIT, WAIT, run_cli
+from conftest import DISCONNECTED_RE, LONG_WAIT, WAIT, Control, run_cli
 
 WELCOME_RE = re.compile(r"^\*\*\* Welcome to sockfork chat \(pid (\d+)\)\. Your nickname\?$")
 HELLO = "*** Hello %s, you are in lobby. /help lists the commands."
@@ -702,6 +702,23 @@ def test_a_join_the_bus_refuses_is_never_announced(sockfork, tmp_path):
 
 # ------------------------------------------------------------ commands
 
+def test_quit_is_not_kept_waiting_by_a_join(sockfork, tmp_path):
+    """BUG (issue 11, second look): while a join waited for the bus's
+    confirmation the child ignored its client, /quit included (and a join
+    never confirmed kept it waiting forever). A /quit behind a /join is
+    acted on at once: the client leaves, never put in the room."""
+    srv = chat_server(sockfork, tmp_path, "--history", "0", *NO_FLOOD)
+    alice, bob = lobby(srv, "alice", "bob")
+    bob.sock.sendall(b"/join den\n/quit\n")
+    lines = bob.lines_to_eof()
+    assert lines == ["*** Bye."], lines
+    alice.expect("*** bob has quit")
+    assert sync(srv, alice) == [[]]
+    carol = Chat(srv, "carol")
+    assert join(carol, "den")[1] == []  # nobody announced bob in den
+    alice.expect("*** carol has joined lobby", "*** carol has left lobby")
+
+
 def test_private_messages(sockfork, tmp_path):
     srv = chat_server(sockfork, tmp_path, "--history", "0", *NO_FLOOD)
     alice, bob, carol = lobby(srv, "alice", "bob", "carol")
@@ -723,6 +740,9 @@ def test_private_messages(sockfork, tmp_path):
     # shown "-> *ghost* anyone?" first, as if sent).
     alice.send("/msg ghost anyone?")
     alice.expect("*** no such nick: ghost")
+    # As typed (BUG, issue 11, second look: it showed the folded name).
+    alice.send("/msg GhOsT anyone?")
+    alice.expect("*** no such nick: GhOsT")
     alice.send("/msg bob after the ghost")
     alice.expect("-> *bob* after the ghost")
     bob.expect("*alice* after the ghost")
@@ -785,6 +805,38 @@ def test_history_on_join(sockfork, tmp_path):
                                      "[history] *** alice has left den"])
     alice.expect("*** bob has left lobby")
     assert sync(srv, alice, bob) == [[], []]
+
+
+@pytest.mark.parametrize("policy", ["kick", "drop"])
+def test_a_history_larger_than_the_queue_is_cut_and_said(sockfork, tmp_path, policy):
+    """BUG (issue 11, second look): a replay ignored the queue limit: with
+    --history 1000 and 1000 lines of 250 bytes kept, every joiner was
+    disconnected at login (kick), or lost lines silently (drop). Now the
+    newest that fit are replayed, after a line saying how many were
+    skipped."""
+    srv = chat_server(sockfork, tmp_path, "--history", "1000", "--channel-full", policy,
+                      *NO_FLOOD)
+    alice = Chat(srv, "alice")
+    pad = "h" * 240
+    alice.send("".join("n=%04d %s\n" % (i, pad) for i in range(1000)).encode() + b"/who\n")
+    alice.until(re.compile(r"^\*\*\* in lobby \(1\): alice$"), LONG_WAIT)
+    bob = Chat(srv, "bob")
+    got = bob.until("[history] <alice> n=0999 %s" % pad)
+    m = re.match(r"^\*\*\* (\d+) earlier lines of lobby's history skipped \(too many to send "
+                 r"at once\)$", got[0])
+    assert m, got[:2]
+    rest = got[1:]
+    assert 100 < len(rest) < 1000, len(rest)
+    # The newest, in order, with no gap; the topic itself keeps at most
+    # 256 KiB, so fewer than 1000 may have been kept to begin with.
+    first = 1000 - len(rest)
+    assert 0 < int(m.group(1)) <= first
+    assert rest == ["[history] <alice> n=%04d %s" % (i, pad) for i in range(first, 1000)]
+    alice.expect("*** bob has joined lobby")
+    assert sync(srv, alice, bob) == [[], []]
+    assert not srv.log.find(r"queue is full|disconnected pid=")
+    st = json.loads(ctl(srv, "--json", "stats"))
+    assert st["channel"]["dropped"] == 0 and st["channel"]["kicked_full"] == 0, st["channel"]
 
 
 # ------------------------------------------------------------ limits
@@ -871,27 +923,20 @@ def test_slow_consumer_is_cut_off_and_nobody_waits(sockfork, tmp_path):
           "to bob %.3f s" % (sent, len(data), worst))
 
 
-@pytest.mark.parametrize("members", [4, 8, 16])
-def test_a_burst_within_the_limits_reaches_every_reading_member(sockfork, tmp_path, members):
-    """BUG (issue 11): members each sending 20 lines of 4,000 bytes at once,
-    inside --flood 10/20 and the 4 KiB line limit, got the whole room
-    disconnected although every client read as fast as it could: the
-    supervisor filled each member's channel queue faster than its child
-    read it ("its channel queue is full (it does not read it)"), and a child
-    took 256 messages before writing to its client ("slow client"). Now the
-    publishers wait while a member's queue is high, and a member waits while
-    its client's backlog is full: every line arrives, nobody is cut off."""
-    srv = chat_server(sockfork, tmp_path, "--history", "0", "--flood", "10/20")
+def burst(srv, members, k, size):
+    """Each of `members` in the lobby sends k lines of `size` bytes at once
+    while every client reads as fast as it can; returns once every line has
+    reached every other member, in order, and asserts nobody was cut off."""
     nicks = ["b%d" % i for i in range(members)]
     clients = lobby(srv, *nicks)
-    k, pad = 18, "p" * 3980  # the burst of 20, less the nickname line
+    pad = "p" * size
     for c in clients:
         c.sock.setblocking(True)
     for c in clients:
         c.send("".join("%s %02d %s\n" % (c.nick, j, pad) for j in range(k)).encode())
     want = {c.nick: {o.nick: list(range(k)) for o in clients if o is not c} for c in clients}
     got = {c.nick: {} for c in clients}
-    line_re = re.compile(r"^<(b\d+)> (b\d+) (\d\d) p{3980}$")
+    line_re = re.compile(r"^<(b\d+)> (b\d+) (\d\d) p{%d}$" % size)
     sel = selectors.DefaultSelector()
     for c in clients:
         sel.register(c.sock, selectors.EVENT_READ, c)
@@ -905,11 +950,38 @@ def test_a_burst_within_the_limits_reaches_every_reading_member(sockfork, tmp_pa
             c.fill(WAIT)
             for text in iter(c.take, None):
                 m = line_re.match(text)
-                assert m and m.group(1) == m.group(2), "%r got %r" % (c, text[:120])
+                assert m and m.group(1) == m.group(2), "%r got %r; log %r" % (c, text[:120], srv.log.lines[-8:])
                 got[c.nick].setdefault(m.group(1), []).append(int(m.group(3)))
     sel.close()
     assert sync(srv, *clients) == [[]] * members
-    assert not srv.log.find(r"does not read it|slow client|disconnected pid="), srv.log.lines[-20:]
+    assert not srv.log.find(r"does not read it|slow client|disconnected pid=|did not drain to a quarter|"
+                            r"closing its channel"), srv.log.lines[-20:]
+
+
+@pytest.mark.parametrize("members", [4, 8, 16])
+def test_a_burst_within_the_limits_reaches_every_reading_member(sockfork, tmp_path, members):
+    """BUG (issue 11): members each sending 20 lines of 4,000 bytes at once,
+    inside --flood 10/20 and the 4 KiB line limit, got the whole room
+    disconnected although every client read as fast as it could: the
+    supervisor filled each member's channel queue faster than its child
+    read it ("its channel queue is full (it does not read it)"), and a child
+    took 256 messages before writing to its client ("slow client"). Now the
+    publishers wait while a member's queue is high, and a member waits while
+    its client's backlog is full: every line arrives, nobody is cut off."""
+    srv = chat_server(sockfork, tmp_path, "--history", "0", "--flood", "10/20")
+    burst(srv, members, 18, 3980)
+
+
+def test_a_burst_of_long_lines_never_freezes_the_room(sockfork, tmp_path):
+    """BUG (issue 11, second look): with lines of 20 KB, two members held
+    for each other: a held child's channel is not read, its next publish
+    blocked on a full socket, so it stopped reading its own channel and its
+    queue stopped draining; the room froze until the stall rule ("took
+    nothing for 4 s") and then readers were kicked. Now a held recipient
+    holds nobody, and a child waiting to send keeps reading its channel."""
+    srv = chat_server(sockfork, tmp_path, "--history", "0", "--flood", "10/20",
+                      "--line-max", "19900")
+    burst(srv, 8, 18, 19800)
 
 
 def test_flooder_warned_then_disconnected(sockfork, tmp_path):
@@ -1170,6 +1242,36 @@ def test_killed_child_room_hears_connection_lost(sockfork, tmp_path):
 
 
 # ------------------------------------------------------------ the server
+
+KICKED = "*** You were disconnected: messages for you piled up faster than you read them."
+
+
+def test_a_member_cut_off_by_the_bus_is_told_why(sockfork, tmp_path):
+    """BUG (issue 11, second look): a member whose channel queue filled (the
+    bus's kick) was told "The server is shutting down": the bus closed its
+    channel before it was signalled, and chat took the end of its channel
+    for a shutdown. Its process is stopped (so it reads nothing) while
+    notices fill its queue; once it runs again it tells its client why."""
+    srv = chat_server(sockfork, tmp_path, "--history", "0", "--channel-queue", "72K", *NO_FLOOD)
+    alice, bob = lobby(srv, "alice", "bob")
+    os.kill(alice.pid, signal.SIGSTOP)
+    full = r"^sockfork: pid %d: its channel queue is full" % alice.pid
+    ctl_sock = Control(srv.ctl_path)
+    try:
+        for i in range(2000):  # its socket's buffer, then 72K of queue
+            reply = ctl_sock(cmd="send", pid=alice.pid, text="n%04d %s" % (i, "x" * 2000))
+            if not reply.get("ok") or srv.log.find(full):
+                break
+        srv.log.wait_one(full)
+    finally:
+        ctl_sock.close()
+        os.kill(alice.pid, signal.SIGCONT)
+    lines = alice.lines_to_eof(LONG_WAIT)
+    assert lines and lines[-1] == KICKED, lines[-3:]
+    assert SHUTDOWN not in lines
+    bob.expect("*** alice has left lobby (connection lost)")
+    assert sync(srv, bob) == [[]]
+
 
 def test_ctl_send_broadcast_and_kick(sockfork, tmp_path):
     srv = chat_server(sockfork, tmp_path, "--history", "0", *NO_FLOOD)

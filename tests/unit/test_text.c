@@ -72,6 +72,68 @@ static void test_bidi_and_invisible_format_characters_are_replaced(void **state)
     CHECK("\xe2\x80\x90\xe2\x80\xaf\xef\xbb\xbe", "\xe2\x80\x90\xe2\x80\xaf\xef\xbb\xbe");
 }
 
+/* UTF-8 of a code point, for the table below. */
+static size_t utf8(unsigned long c, char *out)
+{
+    if (c < 0x80) {
+        out[0] = (char)c;
+        return 1;
+    }
+    if (c < 0x800) {
+        out[0] = (char)(0xc0 | (c >> 6));
+        out[1] = (char)(0x80 | (c & 0x3f));
+        return 2;
+    }
+    if (c < 0x10000) {
+        out[0] = (char)(0xe0 | (c >> 12));
+        out[1] = (char)(0x80 | ((c >> 6) & 0x3f));
+        out[2] = (char)(0x80 | (c & 0x3f));
+        return 3;
+    }
+    out[0] = (char)(0xf0 | (c >> 18));
+    out[1] = (char)(0x80 | ((c >> 12) & 0x3f));
+    out[2] = (char)(0x80 | ((c >> 6) & 0x3f));
+    out[3] = (char)(0x80 | (c & 0x3f));
+    return 4;
+}
+
+/* BUG (issue 11, second look): the list missed default-ignorable and
+ * prepended format characters that hide text as well (combining grapheme
+ * joiner, Hangul fillers, Khmer inherent vowels, Mongolian free variation
+ * selectors, Arabic and Syriac number signs, shorthand format controls,
+ * musical symbol formatting). Each is replaced; the variation selectors
+ * and the joiners stay. */
+static void test_every_default_ignorable_character_is_replaced(void **state)
+{
+    static const unsigned long bad[][2] = {
+        {0x34f, 0x34f}, {0x600, 0x605}, {0x6dd, 0x6dd}, {0x70f, 0x70f}, {0x8e2, 0x8e2},
+        {0x115f, 0x1160}, {0x17b4, 0x17b5}, {0x180b, 0x180f}, {0x2060, 0x206f},
+        {0x3164, 0x3164}, {0xffa0, 0xffa0}, {0xfff0, 0xfffb}, {0x110bd, 0x110bd},
+        {0x110cd, 0x110cd}, {0x1bca0, 0x1bca3}, {0x1d173, 0x1d17a}, {0xe0000, 0xe00ff},
+        {0xe01f0, 0xe0fff},
+    };
+    static const unsigned long good[] = {0x200c, 0x200d, 0xfe00, 0xfe0f, 0xe0100, 0xe01ef,
+                                         0x17b3, 0x17b6, 0x180a, 0x3163, 0x1d172, 0x1d17b};
+    char in[8], out[16];
+    (void)state;
+
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        for (unsigned long c = bad[i][0]; c <= bad[i][1]; c++) {
+            size_t n = utf8(c, in);
+            sf_text_clean(out, sizeof out, in, n, R);
+            if (strcmp(out, R) != 0)
+                fail_msg("U+%04lX was not replaced", c);
+        }
+    }
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        size_t n = utf8(good[i], in);
+        in[n] = '\0';
+        sf_text_clean(out, sizeof out, in, n, R);
+        if (strcmp(out, in) != 0)
+            fail_msg("U+%04lX was replaced", good[i]);
+    }
+}
+
 static void test_a_character_that_does_not_fit_ends_the_copy(void **state)
 {
     char out[4];
@@ -184,6 +246,7 @@ int main(void)
         cmocka_unit_test(test_controls_are_replaced_once_each),
         cmocka_unit_test(test_bytes_that_are_not_utf8_are_replaced_each),
         cmocka_unit_test(test_bidi_and_invisible_format_characters_are_replaced),
+        cmocka_unit_test(test_every_default_ignorable_character_is_replaced),
         cmocka_unit_test(test_a_character_that_does_not_fit_ends_the_copy),
         cmocka_unit_test(test_escape_keeps_printable_text),
         cmocka_unit_test(test_escape_writes_the_rest_in_ascii),

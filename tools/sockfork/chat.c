@@ -29,6 +29,8 @@
 #define ROOM_MAX 32
 #define FLUSH_AT_EXIT_MS 3000
 #define SLOW_S 2.0                /* a full backlog the client takes nothing of */
+#define JOIN_WAIT_S 5.0           /* for the bus to confirm a subscription */
+#define SKIP_NOTE_MAX 128         /* held keeps room for the line that tells of a gap */
 #define HISTORY_MARK "[history] " /* before each replayed line */
 
 /* Set by chat_option in the supervisor before it runs; children inherit it. */
@@ -56,8 +58,11 @@ typedef struct chat {
     char joining[ROOM_MAX + 1];
     int greet;                  /* the first join: say hello when it is done */
     char join_error[256];       /* why the subscription was refused; "" if it was not */
-    char *held;                 /* at most cfg.backlog */
+    char *held;                 /* at most cfg.backlog; once joined, moved to out as it frees */
     size_t held_len;
+    unsigned held_skipped;      /* lines of the joined room that did not fit in held */
+    double join_deadline;       /* the confirmation is given up on then */
+    unsigned join_seq;          /* which join a confirmation is for */
     int msg_failed;             /* the /msg being answered went nowhere */
     char *in;                   /* the client's unfinished line */
     size_t in_len;
@@ -176,12 +181,51 @@ static size_t longest_line(void)
     return 3 * cfg.line_max + 2 * NICK_MAX + 16 + sizeof HISTORY_MARK;
 }
 
+/* After a join: moves the lines held for it to the backlog, whole lines,
+ * as far as they fit. */
+static void move_held(chat *ch)
+{
+    size_t i = 0;
+
+    while (i < ch->held_len) {
+        char *end = memchr(ch->held + i, '\n', ch->held_len - i);
+        size_t n = (size_t)(end - (ch->held + i)) + 1;
+        if (ch->out_len + n > cfg.backlog)
+            break;
+        memcpy(ch->out + ch->out_len, ch->held + i, n);
+        ch->out_len += n;
+        i += n;
+    }
+    memmove(ch->held, ch->held + i, ch->held_len - i);
+    ch->held_len -= i;
+    if (ch->held_len == 0) {
+        free(ch->held);
+        ch->held = NULL;
+    }
+}
+
+/* Lines held for a join that is done, still to go to the backlog: until
+ * they have, nothing else is read from the channel or the client. */
+static int pouring(const chat *ch)
+{
+    return !ch->joining[0] && ch->held_len > 0;
+}
+
 /* Whether the backlog has room for one more line from the channel. What
  * does not fit waits in the channel, whose queue in the supervisor then
  * holds the senders (backpressure): a client that reads, however slowly,
  * is never cut off for a burst. */
 static int has_room(chat *ch)
 {
+    if (pouring(ch)) {
+        move_held(ch);
+        if (pouring(ch)) {
+            (void)flush_some(ch);
+            move_held(ch);
+        }
+        if (pouring(ch))
+            return 0;
+    }
     if (cfg.backlog - ch->out_len >= longest_line())
         return 1;
     (void)flush_some(ch); /* a client gone is seen by the loop */
@@ -190,6 +234,12 @@ static int has_room(chat *ch)
 
 static void leave(chat *ch, const char *announce, const char *to_client, int status)
     __attribute__((noreturn));
+
+/* What the client is told when the bus cut this process off: its queue in
+ * the supervisor filled, which for chat means the client took its lines
+ * more slowly than they came (this process reads the channel only while
+ * the client's backlog has room). */
+#define KICKED_TEXT "*** You were disconnected: messages for you piled up faster than you read them."
 
 /* The client lets its backlog fill and takes nothing of it for SLOW_S: it
  * is not reading, and its room (held behind it) may not wait longer. What
@@ -207,6 +257,61 @@ static void __attribute__((noreturn)) too_slow(chat *ch)
              ch->sent_last == '\r' ? "\n" : ch->sent_last && ch->sent_last != '\n' ? "\r\n" : "", ch->out_len);
     ch->out_len = 0;
     leave(ch, "was disconnected (not reading)", why, 0);
+}
+
+/* The bus cut us off. What waits for the client goes if the reason does
+ * not fit behind it: the reason matters more. */
+static void __attribute__((noreturn)) kicked(chat *ch)
+{
+    char why[sizeof KICKED_TEXT + 2], last;
+
+    if (ch->out_len + sizeof why + 2 > cfg.backlog)
+        ch->out_len = 0;
+    last = ch->out_len ? ch->out[ch->out_len - 1] : ch->sent_last;
+    snprintf(why, sizeof why, "%s%s", last == '\r' ? "\n" : last && last != '\n' ? "\r\n" : "",
+             KICKED_TEXT);
+    leave(ch, NULL, why, 0);
+}
+
+/* Whether the supervisor has closed its end of the channel, waiting up to
+ * ms for it: after SIGTERM, a closed channel means a bus kick (the bus
+ * signals first, then closes: bus.c, kick), an open one a kick through
+ * `sockfork ctl` or the idle timeout. POLLRDHUP says so even with
+ * messages still unread. */
+static int channel_closed(int chan, int ms)
+{
+    struct pollfd p = {chan, POLLRDHUP, 0};
+    int n;
+
+    do
+        n = poll(&p, 1, ms);
+    while (n < 0 && errno == EINTR);
+    return n > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+/* The channel ended (EOF or an error). SIGTERM with it means a bus kick:
+ * the bus asks for the signal before it closes the channel, but a child
+ * forked by the spawner is signalled through it, so the signal may come a
+ * moment after the end: it is waited for, briefly. At shutdown the
+ * channels close first and the signal comes only after the grace period
+ * (a shutdown with --grace 0 may be told as a kick). */
+#define KICK_SIGNAL_WAIT_MS 500
+static void __attribute__((noreturn)) channel_ended(chat *ch)
+{
+    sigset_t term;
+    struct timespec wait = {0, KICK_SIGNAL_WAIT_MS * 1000000L};
+    int sig;
+
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    if (got_term)
+        kicked(ch);
+    do
+        sig = sigtimedwait(&term, NULL, &wait); /* SIGTERM is blocked outside ppoll */
+    while (sig < 0 && errno == EINTR);
+    if (sig == SIGTERM)
+        kicked(ch);
+    leave(ch, NULL, "*** The server is shutting down. Bye.", 0);
 }
 
 /* Queues one line as it is (CRLF added) for the client: what say formats,
@@ -299,19 +404,16 @@ static void topic_of(char *buf, size_t len, const char *room)
 /* A message to ourselves: it comes back once the bus has carried out
  * every request sent before it (one child's requests are handled in
  * order), after any error they caused. Its first byte says what for. */
-static void marker(chat *ch, char what, const char *text)
+static int marker(chat *ch, char what, const char *text)
 {
     char *buf;
-    int n;
+    int n, rc;
 
-    if (!text) { /* a join's: it cannot fail to be made */
-        (void)sf_conn_send(ch->conn, (int)ch->pid, &what, 1);
-        return;
-    }
     if ((n = asprintf(&buf, "%c%s", what, text)) < 0)
-        return;
-    (void)sf_conn_send(ch->conn, (int)ch->pid, buf, (size_t)n);
+        return -ENOMEM;
+    rc = sf_conn_send(ch->conn, (int)ch->pid, buf, (size_t)n);
     free(buf);
+    return rc;
 }
 
 static void publish(chat *ch, const char *room, const char *fmt, ...)
@@ -345,30 +447,65 @@ static void set_will(chat *ch)
     (void)sf_conn_status(ch->conn, text);
 }
 
-/* Subscribes to a room and asks for the bus's confirmation: the rest is
- * done by joined(), when it comes. */
-static void join(chat *ch, const char *room)
+static void say(chat *ch, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* A join the bus did not confirm in JOIN_WAIT_S (its answer dropped: a
+ * full queue under --channel-full drop), or whose request could not be
+ * sent. It is reported failed, not confirmed: the subscription may have
+ * been refused, and a join is never announced unless it is known to have
+ * happened. The subscription, if made, is undone; a late confirmation is
+ * for an old join_seq and ignored. */
+static void join_failed(chat *ch, const char *why)
 {
     char topic[ROOM_MAX + 8];
+
+    if (strcmp(ch->joining, ch->room) != 0) {
+        topic_of(topic, sizeof topic, ch->joining);
+        (void)sf_conn_unsubscribe(ch->conn, topic);
+    }
+    if (ch->greet)
+        say(ch, "*** Hello %s. You cannot be put in %s (%s): /join another room.", ch->nick,
+            ch->joining, why);
+    else
+        say(ch, "*** cannot join %s (%s)%s%s", ch->joining, why,
+            ch->room[0] ? "; you are still in " : "", ch->room);
+    ch->greet = 0;
+    ch->joining[0] = '\0';
+    ch->held_len = 0;
+}
+
+/* Subscribes to a room and asks for the bus's confirmation: the rest is
+ * done by joined(), when it comes, or by join_failed(). */
+static void join(chat *ch, const char *room)
+{
+    char topic[ROOM_MAX + 8], seq[16];
 
     snprintf(ch->joining, sizeof ch->joining, "%s", room);
     ch->join_error[0] = '\0';
     ch->held_len = 0;
+    ch->held_skipped = 0;
+    ch->join_deadline = now_s() + JOIN_WAIT_S;
+    snprintf(seq, sizeof seq, "%u", ++ch->join_seq);
     topic_of(topic, sizeof topic, room);
-    (void)sf_conn_subscribe(ch->conn, topic, cfg.history);
-    marker(ch, 'j', NULL);
+    if (sf_conn_subscribe(ch->conn, topic, cfg.history) < 0 || marker(ch, 'j', seq) < 0)
+        join_failed(ch, "the server did not take the request");
 }
 
 /* A line of the room being joined, kept until the join is confirmed; past
- * the backlog's size, the earliest are what the client sees. */
+ * the backlog's size, the earliest are what the client sees, and the rest
+ * are counted, to be told (never dropped silently). */
 static void hold_line(chat *ch, const char *mark, const void *data, size_t n)
 {
     size_t ml = strlen(mark);
 
-    if (!ch->held && !(ch->held = malloc(cfg.backlog)))
+    if (!ch->held && !(ch->held = malloc(cfg.backlog))) {
+        ch->held_skipped++;
         return;
-    if (ch->held_len + ml + n + 2 > cfg.backlog)
+    }
+    if (ch->held_skipped || ch->held_len + ml + n + 2 + SKIP_NOTE_MAX > cfg.backlog) {
+        ch->held_skipped++;
         return;
+    }
     memcpy(ch->held + ch->held_len, mark, ml);
     memcpy(ch->held + ch->held_len + ml, data, n);
     memcpy(ch->held + ch->held_len + ml + n, "\r\n", 2);
@@ -406,16 +543,23 @@ static void joined(chat *ch)
     else
         say(ch, "*** you are now in %s", room);
     ch->greet = 0;
-    /* The room's history and what was said since, in order. */
-    for (size_t i = 0; i < ch->held_len;) {
-        char *end = memchr(ch->held + i, '\n', ch->held_len - i);
-        size_t n = (size_t)(end - (ch->held + i)) - 1; /* without the CRLF */
-        say_line(ch, ch->held + i, n);
-        i += n + 2;
+    /* The room's history and what was said since, in order: moved to the
+     * backlog as it has room (move_held), before anything else of the
+     * room is read. */
+    if (ch->held_skipped) {
+        char text[SKIP_NOTE_MAX];
+        int n = snprintf(text, sizeof text - 2, "*** %u more line%s of %s skipped while you were "
+                         "joining (too many to keep)", ch->held_skipped,
+                         ch->held_skipped == 1 ? "" : "s", room);
+        if (ch->held) {
+            memcpy(ch->held + ch->held_len, text, (size_t)n);
+            memcpy(ch->held + ch->held_len + n, "\r\n", 2);
+            ch->held_len += (size_t)n + 2;
+        } else {
+            say_line(ch, text, (size_t)n);
+        }
+        ch->held_skipped = 0;
     }
-    ch->held_len = 0;
-    free(ch->held);
-    ch->held = NULL;
     publish(ch, room, "*** %s has joined %s", ch->nick, room);
     set_will(ch);
 }
@@ -540,7 +684,7 @@ static void command(chat *ch, char *line)
             nick_name(name, sizeof name, to);
             if (n > 0 && sf_conn_send_name(ch->conn, name, msg, (size_t)n) == 0 &&
                 asprintf(&echo, "-> *%s* %s", to, text) > 0) {
-                marker(ch, 'm', echo);
+                (void)marker(ch, 'm', echo);
                 free(echo);
             }
             if (n > 0)
@@ -619,11 +763,37 @@ static void line(chat *ch, const unsigned char *raw, size_t n)
  * limit is refused and skipped up to its newline, never cut. Stops while a
  * nickname is being claimed or a room joined: the lines after it wait for
  * the answer. */
+/* Whether the client's lines wait: for a nickname's answer, a join's, or
+ * the lines held for a join to reach the backlog. */
+static int waiting(const chat *ch)
+{
+    return ch->state == CLAIMING || ch->joining[0] || pouring(ch);
+}
+
+/* While the client's lines wait, a /quit among them is not kept waiting:
+ * the client leaves at once (the lines before it, not yet handled, go). */
+static void quit_if_asked(chat *ch)
+{
+    for (size_t start = 0; start < ch->in_len;) {
+        char *nl = memchr(ch->in + start, '\n', ch->in_len - start);
+        size_t len;
+        if (!nl)
+            return;
+        len = (size_t)(nl - (ch->in + start));
+        if (len > 0 && ch->in[start + len - 1] == '\r')
+            len--;
+        if (len == 5 && memcmp(ch->in + start, "/quit", 5) == 0 &&
+            !(start == 0 && ch->discarding))
+            leave(ch, ch->state == ACTIVE ? "has quit" : NULL, "*** Bye.", 0);
+        start += (size_t)(nl - (ch->in + start)) + 1;
+    }
+}
+
 static void client_lines(chat *ch)
 {
     size_t start = 0;
 
-    while (ch->state != CLAIMING && !ch->joining[0]) {
+    while (!waiting(ch)) {
         char *nl = memchr(ch->in + start, '\n', ch->in_len - start);
         size_t len;
 
@@ -644,6 +814,8 @@ static void client_lines(chat *ch)
     }
     memmove(ch->in, ch->in + start, ch->in_len - start);
     ch->in_len -= start;
+    if (waiting(ch))
+        quit_if_asked(ch); /* among the lines that now wait */
     if (ch->in_len > cfg.line_max + 1 && !memchr(ch->in, '\n', ch->in_len)) {
         if (!ch->discarding)
             say(ch, "*** line too long (over %zu bytes): not sent", cfg.line_max);
@@ -656,7 +828,11 @@ static void client_input(chat *ch)
 {
     /* Room for the line, a CR, and one byte more to see that it is over. */
     size_t room = cfg.line_max + 2 - ch->in_len;
-    ssize_t n = read(ch->fd, ch->in + ch->in_len, room);
+    ssize_t n;
+
+    if (room == 0)
+        return; /* lines waiting fill it: read once they are handled */
+    n = read(ch->fd, ch->in + ch->in_len, room);
 
     if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
         return;
@@ -672,8 +848,17 @@ static void claimed(chat *ch, const sf_msg *m)
 {
     char want[NICK_MAX + 8], old[NICK_MAX + 8], got[NICK_MAX + 1];
 
-    if (strncmp(m->topic, "as:", 3) == 0)
-        return; /* the shown name: it follows the nickname */
+    if (strncmp(m->topic, "as:", 3) == 0) {
+        /* The shown name follows the nickname: one granted after the
+         * nickname changed again is given back; our own refused (held a
+         * moment longer by a process on its way out) leaves /who showing
+         * the nickname as the bus folds it, and is logged. */
+        if (m->ok && strcmp(m->topic + 3, ch->nick) != 0)
+            (void)sf_conn_release(ch->conn, m->topic);
+        else if (!m->ok && strcmp(m->topic + 3, ch->nick) == 0)
+            (void)sf_conn_log(ch->conn, "the shown name of this nickname is taken: /who shows it folded");
+        return;
+    }
     nick_name(want, sizeof want, ch->wanted);
     if (!ch->wanted[0] || strcmp(m->topic, want) != 0) {
         /* An answer to an earlier /nick, overtaken by a later one: a name
@@ -791,13 +976,39 @@ static void marked(chat *ch, const sf_msg *m)
 
     if (m->len == 0)
         return;
-    if (text[0] == 'j' && ch->joining[0]) {
+    if (text[0] == 'j' && ch->joining[0] && strtoul(text + 1, NULL, 10) == ch->join_seq) {
         joined(ch);
     } else if (text[0] == 'm') {
-        if (!ch->msg_failed)
+        /* The echo, "-> *NICK* TEXT", or, if the bus found nobody, that
+         * NICK as the user typed it (the bus knows it folded). */
+        if (!ch->msg_failed) {
             say_line(ch, text + 1, m->len - 1);
+        } else {
+            const char *nick = text + 5, *end = strchr(nick, '*');
+            if (m->len > 5 && strncmp(text + 1, "-> *", 4) == 0 && end)
+                say(ch, "*** no such nick: %.*s", (int)(end - nick), nick);
+        }
         ch->msg_failed = 0;
     }
+}
+
+/* The bus replays only the newest of a room's history that fit in our
+ * queue, after saying how many it skipped: the joiner is told, in its
+ * place (before the replayed lines). */
+static void history_cut(chat *ch, const sf_msg *m)
+{
+    char joining[ROOM_MAX + 8], text[128];
+    const char *n = strstr(m->topic, " cut: ");
+    unsigned cut;
+    int len;
+
+    topic_of(joining, sizeof joining, ch->joining);
+    if (!n || sscanf(n + 6, "%u", &cut) != 1 || ch->state != ACTIVE || !ch->joining[0] ||
+        m->len != strlen(joining) || memcmp(m->data, joining, m->len) != 0)
+        return; /* not the room being joined: nothing of it is shown */
+    len = snprintf(text, sizeof text, "*** %u earlier line%s of %s's history skipped (too many to "
+                   "send at once)", cut, cut == 1 ? "" : "s", ch->joining);
+    hold_line(ch, "", text, (size_t)len);
 }
 
 static void message(chat *ch, sf_msg *m)
@@ -816,8 +1027,9 @@ static void message(chat *ch, sf_msg *m)
         break;
     case SF_MSG_ERROR:
         if (m->ok == ESRCH && strncmp((const char *)m->data, "nick:", 5) == 0) {
-            say(ch, "*** no such nick: %s", (const char *)m->data + 5);
-            ch->msg_failed = 1;
+            ch->msg_failed = 1; /* told with the echo's marker, as the user typed it */
+        } else if (m->ok == ENOSPC && strncmp(m->topic, "history of ", 11) == 0) {
+            history_cut(ch, m);
         } else if (strncmp(m->topic, "subscribe:", 10) == 0 && ch->joining[0]) {
             snprintf(ch->join_error, sizeof ch->join_error, "%s", m->topic);
         } else {
@@ -906,26 +1118,49 @@ int handler_chat(sf_conn *c, void *arg)
         struct timespec wait = {0, 0};
         int room = has_room(&ch);
 
-        if (got_term)
+        if (got_term) {
+            if (channel_closed(chan, 200))
+                kicked(&ch);
             leave(&ch, "was disconnected by the server", "*** You were disconnected by the server.", 0);
+        }
+        if (!waiting(&ch) && ch.in_len && memchr(ch.in, '\n', ch.in_len)) {
+            client_lines(&ch); /* they waited for held lines to be moved */
+            continue;
+        }
+        double left = -1; /* till what the loop waits for, if anything: < 0 none */
+        if (ch.joining[0]) {
+            left = ch.join_deadline - now_s();
+            if (left <= 0) {
+                join_failed(&ch, "no answer from the server");
+                if (ch.in_len)
+                    client_lines(&ch);
+                continue;
+            }
+        }
         if (!room) {
-            double left;
+            double slow;
             if (ch.full_since == 0)
                 ch.full_since = now_s();
-            left = ch.full_since + SLOW_S - now_s();
-            if (left <= 0)
+            slow = ch.full_since + SLOW_S - now_s();
+            if (slow <= 0)
                 too_slow(&ch);
+            if (left < 0 || slow < left)
+                left = slow;
+        }
+        if (sf_conn_msg_pending(c))
+            left = 0;
+        if (left >= 0) {
             wait.tv_sec = (time_t)left;
             wait.tv_nsec = (long)((left - (double)wait.tv_sec) * 1e9);
         }
         p[0].fd = ch.fd;
-        p[0].events = (ch.state != CLAIMING && !ch.joining[0] ? POLLIN : 0) |
-                      (ch.out_len ? POLLOUT : 0);
+        /* The client is read while its lines wait too (for a /quit), as
+         * long as there is room for them. */
+        p[0].events = (ch.in_len < cfg.line_max + 2 ? POLLIN : 0) | (ch.out_len ? POLLOUT : 0);
         p[1].fd = room ? chan : -1; /* not even its hangup, till there is room */
         p[1].events = POLLIN;
         p[0].revents = p[1].revents = 0;
-        if (ppoll(p, 2, !room || sf_conn_msg_pending(c) ? &wait : NULL, &waitmask) < 0 &&
-            errno != EINTR)
+        if (ppoll(p, 2, left >= 0 ? &wait : NULL, &waitmask) < 0 && errno != EINTR)
             return 1;
         if (room && (p[1].revents || sf_conn_msg_pending(c))) {
             /* Every message already read, then what one more read brings:
@@ -935,11 +1170,11 @@ int handler_chat(sf_conn *c, void *arg)
                 sf_msg m;
                 int rc = sf_conn_recv(c, &m);
                 if (rc == 0 || (rc < 0 && rc != -EINTR))
-                    leave(&ch, NULL, "*** The server is shutting down. Bye.", 0);
+                    channel_ended(&ch);
                 if (rc > 0) {
                     message(&ch, &m);
                     sf_msg_free(&m);
-                    if (ch.state != CLAIMING && !ch.joining[0] && ch.in_len)
+                    if (!waiting(&ch) && ch.in_len)
                         client_lines(&ch); /* what came behind a nickname or a join */
                 }
                 if (!sf_conn_msg_pending(c))
