@@ -24,12 +24,15 @@
 #include <sys/types.h>
 
 /* A set of process-group ids, grown as used up to `max` entries, in memory
- * that forked children do not inherit (os_nofork). */
+ * that forked children do not inherit (os_nofork). Set own_children after
+ * init when every id is also the pid of a child of ours that leads it (the
+ * spawner's): see proc_groups_takedown. */
 typedef struct proc_groups {
     pid_t *slot;        /* open addressing; 0 is a free slot */
     unsigned size;      /* slots, a power of two, or 0 before the first add */
     unsigned count;
     unsigned max;
+    int own_children;   /* the ids are also pids of our own children */
 } proc_groups;
 
 void proc_groups_init(proc_groups *g, unsigned max);
@@ -47,9 +50,12 @@ void proc_groups_free(proc_groups *g);
 typedef void (*proc_groups_tick_fn)(void *arg);
 
 /*
- * TERM and CONT to every group of g (a leader that left its group is
- * signalled alone), then until every group is empty or grace_s has passed,
- * calling tick every 20 ms; then KILL to the groups left. Empties g.
+ * TERM and CONT to every group of g, then until every group is empty or
+ * grace_s has passed, calling tick every 20 ms; then KILL to the groups
+ * left. Only kill(-pg) is used: a group is dropped at the first ESRCH
+ * (nobody is left in it, and its id may be reused). A pid alone is
+ * signalled only with own_children, for a leader that left its group and
+ * is still our running child (waitid WNOWAIT says so). Empties g.
  * Blocks for at most grace_s (plus the tick's own time).
  */
 void proc_groups_takedown(proc_groups *g, double grace_s, proc_groups_tick_fn tick, void *arg);

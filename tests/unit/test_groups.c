@@ -173,6 +173,68 @@ static void test_takedown_is_quick_when_sigterm_works(void **state)
     assert_int_equal(waitpid(pid, NULL, WNOHANG), -1); /* reaped by the tick */
 }
 
+/* A process that left its group for its child's (*other): its own
+ * group is empty, and its pid alone is what the takedown must never
+ * signal on a guess (it may be anybody's after a reuse). */
+static pid_t left_its_group(pid_t *other)
+{
+    proc_fork_opts po;
+    int p[2];
+    pid_t pid, gc;
+
+    assert_int_equal(pipe(p), 0);
+    memset(&po, 0, sizeof po);
+    po.keep[0] = p[1];
+    po.nkeep = 1;
+    pid = proc_fork(&po);
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if ((gc = fork()) == 0) {
+            for (;;)
+                pause();
+        }
+        /* Both sides set the child's group (no race), then we join it. */
+        if (gc < 0 || setpgid(gc, gc) < 0 || setpgid(0, gc) < 0)
+            _exit(1);
+        (void)!write(3, &gc, sizeof gc);
+        for (;;)
+            pause();
+    }
+    close(p[1]);
+    assert_int_equal(read(p[0], other, sizeof *other), sizeof *other);
+    close(p[0]);
+    assert_int_equal(kill(-pid, 0), -1); /* nobody left in its group */
+    return pid;
+}
+
+/* An entry whose group is gone is dropped at once, and the process whose
+ * pid it is (here one of ours, but the takedown cannot know it unless told)
+ * gets nothing: before, kill(pid) followed the ESRCH. */
+static void test_takedown_never_signals_a_pid_alone(void **state)
+{
+    proc_groups g;
+    pid_t pid, other;
+    double t0;
+    int st;
+    (void)state;
+
+    pid = left_its_group(&other);
+    proc_groups_init(&g, 4);
+    assert_int_equal(proc_groups_add(&g, pid), 0);
+    t0 = now_s();
+    proc_groups_takedown(&g, 30, NULL, NULL);
+    assert_true(now_s() - t0 < 10); /* dropped, not waited for */
+    assert_int_equal(waitpid(pid, &st, WNOHANG), 0); /* untouched */
+
+    /* With own_children, our running child is signalled alone. */
+    proc_groups_init(&g, 4);
+    g.own_children = 1;
+    assert_int_equal(proc_groups_add(&g, pid), 0);
+    proc_groups_takedown(&g, 30, reap_all, NULL);
+    assert_int_equal(waitpid(pid, &st, WNOHANG), -1); /* ended, reaped by the tick */
+    assert_int_equal(kill(-other, SIGKILL), 0);
+}
+
 /* The guard ends, at EOF, the groups the table holds and nothing else: not
  * a group whose slot was cleared, not one never put in it. */
 static void test_guard(void **state)
@@ -250,6 +312,7 @@ int main(void)
         cmocka_unit_test(test_set_add_del),
         cmocka_unit_test(test_takedown_kills_what_ignores_sigterm),
         cmocka_unit_test(test_takedown_is_quick_when_sigterm_works),
+        cmocka_unit_test(test_takedown_never_signals_a_pid_alone),
         cmocka_unit_test(test_guard),
         cmocka_unit_test(test_guard_stopped_blocks_nothing),
     };
