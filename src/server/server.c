@@ -319,9 +319,14 @@ static void on_started(sup *sp, pid_t pid, void *data, void *arg)
     r->pid = pid;
     r->started = ev_now(s->loop);
     s->stats.accepted++;
-    if (r->is_tcp) {
+    /* A client that reset its connection (SO_LINGER 0) can connect again
+     * from the same port while the first child still runs: two live records
+     * with one tuple. Only the newer is the connection the kernel has now, so
+     * it takes the entry; the older keeps none (not cut for idleness, no byte
+     * counts in `ctl list`), and its exit must not delete the newer's entry
+     * (tuple_forget). */
+    if (r->is_tcp)
         (void)hmap_put(&s->by_tuple, &r->tuple, (uint32_t)(r - s->recs)); /* reserved in launch */
-    }
     rc = endpoint_open(&s->bus, &r->ep, r->sfd, pid, s->opts.channel_jsonl, r);
     r->sfd = -1; /* the endpoint has it (or closed it) */
     if (rc < 0 && rc != -ESHUTDOWN)
@@ -534,6 +539,15 @@ static void backoff_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* --------------------------------------------------- exits and timeouts */
 
+/* Removes r's tuple from the table if the entry is r's own (see on_started). */
+static void tuple_forget(sf_server *s, const conn_rec *r)
+{
+    uint32_t *slot = hmap_get(&s->by_tuple, &r->tuple);
+
+    if (slot && *slot == (uint32_t)(r - s->recs))
+        (void)hmap_del(&s->by_tuple, &r->tuple);
+}
+
 static void on_child_exit(sup *sp, pid_t pid, int wstatus, void *data, void *arg)
 {
     sf_server *s = arg;
@@ -555,7 +569,7 @@ static void on_child_exit(sup *sp, pid_t pid, int wstatus, void *data, void *arg
                 (int)pid, ev_now(s->loop) - r->started, status);
     }
     if (r->is_tcp)
-        (void)hmap_del(&s->by_tuple, &r->tuple);
+        tuple_forget(s, r);
     endpoint_drain(&r->ep); /* its last words, before its will */
     rec_release(s, r);
     check_limit(s);
