@@ -894,6 +894,17 @@ int sf_server_run(sf_server *s)
         return rc;
     }
     s->sup_ready = 1;
+    /* The watchers run: a caller may have blocked these to cover its
+     * startup (see sf_server_run in sockfork.h); a pending one is handled
+     * by the loop now. */
+    {
+        sigset_t stop_signals;
+        sigemptyset(&stop_signals);
+        sigaddset(&stop_signals, SIGTERM);
+        sigaddset(&stop_signals, SIGINT);
+        sigaddset(&stop_signals, SIGHUP);
+        sigprocmask(SIG_UNBLOCK, &stop_signals, NULL);
+    }
 
     if (s->opts.idle_timeout > 0) {
         double period = s->opts.idle_timeout / 4;
