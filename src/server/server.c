@@ -618,17 +618,13 @@ static int port_dumped_before(const sf_server *s, size_t i)
     return 0;
 }
 
-/* Asks the kernel how long each client has been silent, one dump per TCP
- * listener. The period is a quarter of the timeout (at most 1 s), so a
- * client is cut between 1 and 1.25 timeouts after its last byte. */
-static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
+int server_tcp_dump(sf_server *s, os_tcpdiag_cb cb, void *arg)
 {
-    sf_server *s = w->data;
-    (void)loop;
-    (void)revents;
-
-    if (s->by_tuple.count == 0)
-        return;
+    if (s->diag_fd < 0 && (s->diag_fd = os_tcpdiag_open()) < 0) {
+        int rc = s->diag_fd;
+        s->diag_fd = -1;
+        return rc;
+    }
     for (size_t i = 0; i < s->nlisteners; i++) {
         const sf_addr *a = &s->listeners[i].addr;
         int rc;
@@ -637,11 +633,33 @@ static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
             continue;
         if (port_dumped_before(s, i))
             continue; /* one port on two addresses: one dump has both */
-        rc = os_tcpdiag_dump(s->diag_fd, a->u.sa.sa_family, (uint16_t)sf_addr_port(a),
-                             idle_check_one, s);
-        if (rc < 0)
-            sf_logf(&s->log, SF_LOG_WARN, "cannot read connection states: %s", strerror(-rc));
+        rc = os_tcpdiag_dump(s->diag_fd, a->u.sa.sa_family, (uint16_t)sf_addr_port(a), cb, arg);
+        if (rc < 0) {
+            /* It may be left mid-dump, with the rest of a reply queued
+             * that the next dump would read as its own: a new one next
+             * time. */
+            close(s->diag_fd);
+            s->diag_fd = -1;
+            return rc;
+        }
     }
+    return 0;
+}
+
+/* Asks the kernel how long each client has been silent, one dump per TCP
+ * listener. The period is a quarter of the timeout (at most 1 s), so a
+ * client is cut between 1 and 1.25 timeouts after its last byte. */
+static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    sf_server *s = w->data;
+    int rc;
+    (void)loop;
+    (void)revents;
+
+    if (s->by_tuple.count == 0)
+        return;
+    if ((rc = server_tcp_dump(s, idle_check_one, s)) < 0)
+        sf_logf(&s->log, SF_LOG_WARN, "cannot read connection states: %s", strerror(-rc));
 }
 
 /* ---------------------------------------------------------- the channel */

@@ -312,3 +312,23 @@ def test_idle_timeout_survives_a_reset_and_reconnect_from_the_same_port(sockfork
     srv.log.wait_one(r"disconnected pid=%d " % pid_a, start=mark)
     srv.log.wait_one(r"idle for 2 s: closing pid=%d$" % pid_b, start=mark, timeout=LONG_WAIT)
     expect_eof(b, timeout=LONG_WAIT)
+
+
+def test_a_failed_connection_dump_is_not_read_by_the_next(sockfork, tmp_path):
+    """A kernel dump that fails half way (the first netlink read made to fail
+    by failinject.so) leaves its reply queued on the socket: a new socket is
+    used for the next, whose counts are today's. Before, the next `ctl list`
+    read the stale reply (or an EBUSY) of the failed one."""
+    from conftest import helper
+    from test_ctl import ctl_json
+    ctl = str(tmp_path / "ctl.sock")
+    srv = sockfork("--echo", "--control", ctl, env={"SF_FAIL_DIAG": "1"},
+                   preload=helper("failinject.so"))
+    c = srv.connect()
+    srv.wait_connected(c)
+    echo_ok(c, b"a\n")
+    kids = ctl_json(ctl, "list")["children"]
+    assert [k["bytes_in"] for k in kids] == [None], kids  # the failed dump: unknown
+    echo_ok(c, b"bbbbbbbb\n")
+    kids = ctl_json(ctl, "list")["children"]
+    assert [k["bytes_in"] for k in kids] == [11], kids
