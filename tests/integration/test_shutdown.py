@@ -6,6 +6,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -184,11 +185,20 @@ def test_a_stderr_nobody_reads_costs_lines_not_the_cleanup(tmp_path, command, si
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=server_env(), start_new_session=True)
     try:
-        deadline = time.monotonic() + LONG_WAIT
-        for line in proc.stderr:
-            if line.startswith(b"sockfork: control socket"):
-                break
-            assert time.monotonic() < deadline
+        # Read in a thread, so that a line that never comes fails the test
+        # at the deadline instead of blocking it in readline.
+        seen = threading.Event()
+
+        def read_until_control_line():
+            for line in proc.stderr:
+                if line.startswith(b"sockfork: control socket"):
+                    seen.set()
+                    return
+
+        reader = threading.Thread(target=read_until_control_line, daemon=True)
+        reader.start()
+        reader.join(LONG_WAIT)
+        assert seen.is_set(), "no 'control socket' line in %.0f s" % LONG_WAIT
         proc.stderr.close()  # the reader leaves
         proc.send_signal(sig)
         rc = proc.wait(LONG_WAIT)
