@@ -363,7 +363,11 @@ SF_EXTERN const sf_addr *sf_server_listener_addr(const sf_server *s, size_t i);
  * Installs handlers for SIGTERM, SIGINT, SIGHUP and SIGCHLD and ignores
  * SIGPIPE for the process while it runs (C handlers inherit it ignored);
  * if the process is killed, even by SIGKILL, the children's process groups
- * are ended (SIGTERM, `kill_grace`, SIGKILL). Raises the descriptor soft limit to the
+ * are ended (SIGTERM, `kill_grace`, SIGKILL). Unblocks SIGTERM, SIGINT and
+ * SIGHUP once its handlers run: a caller may block them from before
+ * sf_server_listen/sf_server_control, so that a signal during startup stops
+ * the server cleanly (its socket files removed) instead of killing it.
+ * Raises the descriptor soft limit to the
  * hard limit (children get the original back). Call at most once.
  *
  * Children are forked by a spawner: a process sf_server_run forks at

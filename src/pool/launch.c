@@ -375,7 +375,7 @@ int pool_launch(sf_pool *p, pool_slot *s)
             return pool_worker_give(p, s);
         rc = fork_worker(p, s);
         if (rc == 0)
-            proc_guard_watch(&p->guard, s->pid);
+            proc_guard_watch(&p->guard, (unsigned)(s - p->slots), s->pid);
         return rc;
     }
     rc = spawn_command(p, s);
@@ -393,6 +393,6 @@ int pool_launch(sf_pool *p, pool_slot *s)
         abandon(p, s, s->pid);
         return rc;
     }
-    proc_guard_watch(&p->guard, s->pid);
+    proc_guard_watch(&p->guard, (unsigned)(s - p->slots), s->pid);
     return 0;
 }

@@ -623,7 +623,7 @@ static void on_exit_ready(sf_pool *p, pool_slot *s, double now)
     pool_read_output(p, s, 1, 1);
     pool_read_output(p, s, 2, 1);
     pool_read_chan(p, s, 1);
-    proc_guard_forget(&p->guard, s->pid); /* before the reap frees the id */
+    proc_guard_forget(&p->guard, (unsigned)(s - p->slots)); /* before the reap frees the id */
     while (wait_slot(s, &si, 0) < 0 && errno == EINTR)
         ;
     pool_slot_release(p, s);

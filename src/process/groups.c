@@ -7,6 +7,8 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
+#include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #define GROUPS_MIN 16
@@ -20,6 +22,7 @@ void proc_groups_init(proc_groups *g, unsigned max)
     g->size = 0;
     g->count = 0;
     g->max = max;
+    g->own_children = 0;
 }
 
 static unsigned home(const proc_groups *g, pid_t pg)
@@ -106,8 +109,11 @@ void proc_groups_del(proc_groups *g, pid_t pg)
 
 void proc_groups_free(proc_groups *g)
 {
+    int own = g->own_children;
+
     os_nofork_free(g->slot);
     proc_groups_init(g, g->max);
+    g->own_children = own;
 }
 
 /* ------------------------------------------------------------ takedown */
@@ -119,21 +125,43 @@ static double mono_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void signal_all(proc_groups *g, int sig)
+/* Whether pid is our child, not reaped and not exited: then, and only then,
+ * the pid is still its and it may be signalled alone. */
+static int running_child(pid_t pid)
 {
-    for (unsigned i = 0; i < g->size; i++)
-        if (g->slot[i] != 0)
-            (void)proc_signal_group(g->slot[i], sig);
+    siginfo_t si;
+
+    memset(&si, 0, sizeof si);
+    return waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == 0;
 }
 
-/* Drops the groups nobody is left in. A full pass, then the deletions:
- * deleting while scanning would move entries past the scan. */
-static void drop_empty(proc_groups *g)
+/*
+ * sig to group pg. Returns 0 if anybody got it (or is there: EPERM), -1
+ * if the group is gone: the caller drops it. Never kill(pg) on a guess:
+ * the id of a group nobody is left in may be reused, by anybody, and a
+ * pid that is not our unreaped child may be anybody's. Only for the
+ * spawner's own children (own_children), a leader that left its group
+ * (setsid) is signalled alone while it is our running child.
+ */
+static int signal_one(const proc_groups *g, pid_t pg, int sig)
+{
+    if (kill(-pg, sig) == 0 || errno != ESRCH)
+        return 0;
+    if (g->own_children && running_child(pg)) {
+        (void)kill(pg, sig);
+        return 0;
+    }
+    return -1;
+}
+
+/* sig to every group of g; a group found gone is dropped (a deletion may
+ * shift another entry into i, which is then looked at next). */
+static void signal_all(proc_groups *g, int sig)
 {
     for (unsigned i = 0; i < g->size;) {
         pid_t pg = g->slot[i];
-        if (pg != 0 && proc_signal_group(pg, 0) < 0 && errno != EPERM) {
-            proc_groups_del(g, pg); /* may shift another entry into i */
+        if (pg != 0 && signal_one(g, pg, sig) < 0) {
+            proc_groups_del(g, pg);
             continue;
         }
         i++;
@@ -152,7 +180,7 @@ void proc_groups_takedown(proc_groups *g, double grace_s, proc_groups_tick_fn ti
     for (;;) {
         if (tick)
             tick(arg);
-        drop_empty(g);
+        signal_all(g, 0); /* drops the groups nobody is left in */
         if (g->count == 0 || mono_now() >= deadline)
             break;
         (void)poll(NULL, 0, TAKEDOWN_POLL_MS);

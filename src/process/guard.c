@@ -5,48 +5,25 @@
  * The pool starts its tasks itself (vfork and exec, no process in between,
  * for speed), each in a group of its own, so nothing follows them if the
  * pool is killed with SIGKILL. The guard is forked once when the run
- * starts. The pool sends it each group's id as the task starts (+id) and
- * before its leader is reaped (-id), four bytes each, on a socket only the
- * pool holds; when that socket reaches EOF, the guard takes down the
- * groups it still knows. Being told before the reap matters: until then
- * the zombie leader keeps the id from being reused.
+ * starts. What it must know, the groups running now, is in a table the
+ * pool writes and the guard reads only after the pool is gone: an earlier
+ * design sent each start and reap over a socket, and a guard that was slow
+ * or stopped then blocked the pool (a few hundred small records fill a
+ * socket's buffer), and a failed send read as EOF took a healthy run's
+ * tasks down. Now the pool never waits for the guard nor writes to it.
  */
 #include "process/groups.h"
 #include "process/process.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <stdint.h>
 #include <string.h>
 #include <unistd.h>
-#include <sys/socket.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 
-#define GUARD_READ 4096 /* a multiple of the record */
-/* Between reads the guard sleeps, so that the pool's sends pile up and are
- * read a batch at a time: a wakeup per task would take CPU from the tasks.
- * The socket holds far more than a run sends in that time. */
-#define GUARD_NAP_MS 10
-
-/* Applies whole records; returns the bytes of a partial one left at the end. */
-static size_t apply(proc_groups *g, const unsigned char *buf, size_t len)
-{
-    size_t off = 0;
-
-    for (; len - off >= sizeof(int32_t); off += sizeof(int32_t)) {
-        int32_t v;
-        memcpy(&v, buf + off, sizeof v);
-        if (v > 0)
-            (void)proc_groups_add(g, v); /* past max: that one is not guarded */
-        else if (v < 0 && v != INT32_MIN)
-            proc_groups_del(g, -v);
-    }
-    return len - off;
-}
-
-/* Nothing but the socket: no stdio held open, so a reader of the pool's
+/* Nothing but the pipe: no stdio held open, so a reader of the pool's
  * output sees its end when the pool exits, not when the guard does. */
 static void detach_stdio(void)
 {
@@ -60,84 +37,105 @@ static void detach_stdio(void)
         close(fd);
 }
 
-static void __attribute__((noreturn)) guard_main(int sock, unsigned max, double grace_s)
+/* Blocks until the pool's end of the pipe is closed: nobody writes to it,
+ * so any return but EINTR means EOF (or a pipe that cannot be read, which
+ * is as good as the pool being gone). */
+static void wait_eof(int fd)
 {
-    unsigned char buf[GUARD_READ];
-    size_t have = 0, total;
-    proc_groups g;
+    char b;
     ssize_t n;
 
+    while ((n = read(fd, &b, 1)) != 0)
+        if (n < 0 && errno != EINTR)
+            return;
+}
+
+static void __attribute__((noreturn)) guard_main(int fd, _Atomic pid_t *table, unsigned nslots,
+                                                 double grace_s)
+{
+    proc_groups g;
+
     detach_stdio();
-    proc_groups_init(&g, max);
-    for (;;) {
-        n = read(sock, buf + have, sizeof buf - have);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break; /* EOF: the pool is gone or done */
-        total = have + (size_t)n;
-        have = apply(&g, buf, total);
-        memmove(buf, buf + total - have, have);
-        (void)poll(NULL, 0, GUARD_NAP_MS);
+    /* A Ctrl-C or a hangup of the terminal reaches the pool's whole
+     * process group, the guard included: it must outlive the pool. */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGQUIT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    wait_eof(fd);
+    proc_groups_init(&g, nslots);
+    for (unsigned i = 0; i < nslots; i++) {
+        pid_t pg = atomic_load_explicit(&table[i], memory_order_acquire);
+        if (pg > 0)
+            (void)proc_groups_add(&g, pg); /* at most nslots: room for each */
     }
     proc_groups_takedown(&g, grace_s, NULL, NULL);
     _exit(0);
 }
 
-int proc_guard_start(proc_guard *g, unsigned max_groups, double grace_s, const sigset_t *reset)
+static size_t table_len(unsigned nslots)
+{
+    return (nslots ? nslots : 1) * sizeof(_Atomic pid_t);
+}
+
+int proc_guard_start(proc_guard *g, unsigned nslots, double grace_s, const sigset_t *reset)
 {
     proc_fork_opts po;
-    int sv[2];
+    _Atomic pid_t *table;
+    int p[2], rc;
     pid_t pid;
 
     g->pid = 0;
     g->fd = -1;
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+    g->table = NULL;
+    g->nslots = 0;
+    /* Anonymous shared memory starts zeroed: every slot empty. */
+    table = mmap(NULL, table_len(nslots), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                 -1, 0);
+    if (table == MAP_FAILED)
         return -errno;
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        rc = -errno;
+        goto fail;
+    }
     memset(&po, 0, sizeof po);
-    po.keep[0] = sv[1];
+    po.keep[0] = p[0];
     po.nkeep = 1;
     po.reset = reset;
     /* No parent-death signal: outliving the pool is its purpose. */
     pid = proc_fork(&po);
     if (pid == 0)
-        guard_main(3, max_groups, grace_s);
-    close(sv[1]);
+        guard_main(3, table, nslots, grace_s);
+    close(p[0]);
     if (pid < 0) {
-        close(sv[0]);
-        return (int)pid;
+        close(p[1]);
+        rc = (int)pid;
+        goto fail;
     }
+#ifdef MADV_DONTFORK
+    /* The guard has its mapping; the pool's later children (workers) need
+     * none, and a fork that copied it could not write it by mistake. */
+    (void)madvise(table, table_len(nslots), MADV_DONTFORK);
+#endif
     g->pid = pid;
-    g->fd = sv[0];
+    g->fd = p[1];
+    g->table = table;
+    g->nslots = nslots;
     return 0;
+fail:
+    (void)munmap(table, table_len(nslots));
+    return rc;
 }
 
-static void tell(proc_guard *g, int32_t v)
+void proc_guard_watch(proc_guard *g, unsigned slot, pid_t pg)
 {
-    ssize_t n;
-
-    if (g->fd < 0)
-        return;
-    do
-        n = send(g->fd, &v, sizeof v, MSG_NOSIGNAL);
-    while (n < 0 && errno == EINTR);
-    if (n != (ssize_t)sizeof v) {
-        /* Gone (killed by somebody): the run goes on unguarded. */
-        close(g->fd);
-        g->fd = -1;
-    }
+    if (g->table && slot < g->nslots && pg > 0)
+        atomic_store_explicit(&g->table[slot], pg, memory_order_release);
 }
 
-void proc_guard_watch(proc_guard *g, pid_t pg)
+void proc_guard_forget(proc_guard *g, unsigned slot)
 {
-    if (pg > 0)
-        tell(g, (int32_t)pg);
-}
-
-void proc_guard_forget(proc_guard *g, pid_t pg)
-{
-    if (pg > 0)
-        tell(g, -(int32_t)pg);
+    if (g->table && slot < g->nslots)
+        atomic_store_explicit(&g->table[slot], 0, memory_order_release);
 }
 
 void proc_guard_stop(proc_guard *g)
@@ -146,9 +144,21 @@ void proc_guard_stop(proc_guard *g)
         close(g->fd);
         g->fd = -1;
     }
-    /* ECHILD: the program reaped it with a waitpid(-1) of its own. */
-    if (g->pid > 0)
+    if (g->pid > 0) {
+        siginfo_t si;
+        /* A stopped guard would never read its EOF, and we would wait for
+         * ever: continue it, if it is still our unreaped child (then the
+         * pid is still its). */
+        memset(&si, 0, sizeof si);
+        if (waitid(P_PID, (id_t)g->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == 0)
+            (void)kill(g->pid, SIGCONT);
+        /* ECHILD: the program reaped it with a waitpid(-1) of its own. */
         while (waitpid(g->pid, NULL, 0) < 0 && errno == EINTR)
             ;
+    }
     g->pid = 0;
+    if (g->table)
+        (void)munmap(g->table, table_len(g->nslots));
+    g->table = NULL;
+    g->nslots = 0;
 }

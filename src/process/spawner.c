@@ -210,6 +210,7 @@ static void __attribute__((noreturn)) spawner_main(int sock, const spawner_opts 
     if (!outbox)
         _exit(111);
     proc_groups_init(&live, o->max_children ? o->max_children : 1u << 24);
+    live.own_children = 1; /* a child that left its group is signalled alone */
     kill_grace = o->kill_grace;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigchld;

@@ -34,20 +34,13 @@ static void list_bytes_one(void *arg, const sf_addr *local, const sf_addr *peer,
     }
 }
 
+/* On an error the counts not read stay unknown (null): `list` still
+ * answers. */
 static void collect_bytes(sf_server *s, uint64_t *bytes)
 {
     list_ctx lc = {s, bytes};
 
-    if (s->diag_fd < 0)
-        s->diag_fd = os_tcpdiag_open();
-    if (s->diag_fd < 0)
-        return;
-    for (size_t i = 0; i < s->nlisteners; i++) {
-        const sf_addr *a = &s->listeners[i].addr;
-        if (a->u.sa.sa_family == AF_INET || a->u.sa.sa_family == AF_INET6)
-            (void)os_tcpdiag_dump(s->diag_fd, a->u.sa.sa_family, (uint16_t)sf_addr_port(a),
-                                  list_bytes_one, &lc);
-    }
+    (void)server_tcp_dump(s, list_bytes_one, &lc);
 }
 
 static json_t *json_bytes(uint64_t v)

@@ -319,9 +319,14 @@ static void on_started(sup *sp, pid_t pid, void *data, void *arg)
     r->pid = pid;
     r->started = ev_now(s->loop);
     s->stats.accepted++;
-    if (r->is_tcp) {
+    /* A client that reset its connection (SO_LINGER 0) can connect again
+     * from the same port while the first child still runs: two live records
+     * with one tuple. Only the newer is the connection the kernel has now, so
+     * it takes the entry; the older keeps none (not cut for idleness, no byte
+     * counts in `ctl list`), and its exit must not delete the newer's entry
+     * (tuple_forget). */
+    if (r->is_tcp)
         (void)hmap_put(&s->by_tuple, &r->tuple, (uint32_t)(r - s->recs)); /* reserved in launch */
-    }
     rc = endpoint_open(&s->bus, &r->ep, r->sfd, pid, s->opts.channel_jsonl, r);
     r->sfd = -1; /* the endpoint has it (or closed it) */
     if (rc < 0 && rc != -ESHUTDOWN)
@@ -534,6 +539,15 @@ static void backoff_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* --------------------------------------------------- exits and timeouts */
 
+/* Removes r's tuple from the table if the entry is r's own (see on_started). */
+static void tuple_forget(sf_server *s, const conn_rec *r)
+{
+    uint32_t *slot = hmap_get(&s->by_tuple, &r->tuple);
+
+    if (slot && *slot == (uint32_t)(r - s->recs))
+        (void)hmap_del(&s->by_tuple, &r->tuple);
+}
+
 static void on_child_exit(sup *sp, pid_t pid, int wstatus, void *data, void *arg)
 {
     sf_server *s = arg;
@@ -555,7 +569,7 @@ static void on_child_exit(sup *sp, pid_t pid, int wstatus, void *data, void *arg
                 (int)pid, ev_now(s->loop) - r->started, status);
     }
     if (r->is_tcp)
-        (void)hmap_del(&s->by_tuple, &r->tuple);
+        tuple_forget(s, r);
     endpoint_drain(&r->ep); /* its last words, before its will */
     rec_release(s, r);
     check_limit(s);
@@ -604,17 +618,13 @@ static int port_dumped_before(const sf_server *s, size_t i)
     return 0;
 }
 
-/* Asks the kernel how long each client has been silent, one dump per TCP
- * listener. The period is a quarter of the timeout (at most 1 s), so a
- * client is cut between 1 and 1.25 timeouts after its last byte. */
-static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
+int server_tcp_dump(sf_server *s, os_tcpdiag_cb cb, void *arg)
 {
-    sf_server *s = w->data;
-    (void)loop;
-    (void)revents;
-
-    if (s->by_tuple.count == 0)
-        return;
+    if (s->diag_fd < 0 && (s->diag_fd = os_tcpdiag_open()) < 0) {
+        int rc = s->diag_fd;
+        s->diag_fd = -1;
+        return rc;
+    }
     for (size_t i = 0; i < s->nlisteners; i++) {
         const sf_addr *a = &s->listeners[i].addr;
         int rc;
@@ -623,11 +633,33 @@ static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
             continue;
         if (port_dumped_before(s, i))
             continue; /* one port on two addresses: one dump has both */
-        rc = os_tcpdiag_dump(s->diag_fd, a->u.sa.sa_family, (uint16_t)sf_addr_port(a),
-                             idle_check_one, s);
-        if (rc < 0)
-            sf_logf(&s->log, SF_LOG_WARN, "cannot read connection states: %s", strerror(-rc));
+        rc = os_tcpdiag_dump(s->diag_fd, a->u.sa.sa_family, (uint16_t)sf_addr_port(a), cb, arg);
+        if (rc < 0) {
+            /* It may be left mid-dump, with the rest of a reply queued
+             * that the next dump would read as its own: a new one next
+             * time. */
+            close(s->diag_fd);
+            s->diag_fd = -1;
+            return rc;
+        }
     }
+    return 0;
+}
+
+/* Asks the kernel how long each client has been silent, one dump per TCP
+ * listener. The period is a quarter of the timeout (at most 1 s), so a
+ * client is cut between 1 and 1.25 timeouts after its last byte. */
+static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    sf_server *s = w->data;
+    int rc;
+    (void)loop;
+    (void)revents;
+
+    if (s->by_tuple.count == 0)
+        return;
+    if ((rc = server_tcp_dump(s, idle_check_one, s)) < 0)
+        sf_logf(&s->log, SF_LOG_WARN, "cannot read connection states: %s", strerror(-rc));
 }
 
 /* ---------------------------------------------------------- the channel */
@@ -880,6 +912,17 @@ int sf_server_run(sf_server *s)
         return rc;
     }
     s->sup_ready = 1;
+    /* The watchers run: a caller may have blocked these to cover its
+     * startup (see sf_server_run in sockfork.h); a pending one is handled
+     * by the loop now. */
+    {
+        sigset_t stop_signals;
+        sigemptyset(&stop_signals);
+        sigaddset(&stop_signals, SIGTERM);
+        sigaddset(&stop_signals, SIGINT);
+        sigaddset(&stop_signals, SIGHUP);
+        sigprocmask(SIG_UNBLOCK, &stop_signals, NULL);
+    }
 
     if (s->opts.idle_timeout > 0) {
         double period = s->opts.idle_timeout / 4;

@@ -11,6 +11,7 @@
 #include "supervisor/bus.h"
 #include "supervisor/supervisor.h"
 #include "log.h"
+#include "os/os.h"
 
 #define LISTENERS_MAX 64
 #define ACCEPT_BATCH 32      /* accepts per wakeup, so reaping is not starved */
@@ -95,5 +96,10 @@ hmap_key server_tuple_key(const sf_addr *peer, const sf_addr *local);
 
 /* Ends a child as the idle timeout and `ctl kick` do. */
 void server_end_child(sf_server *s, conn_rec *r);
+/* One NETLINK_SOCK_DIAG dump per TCP listener port (two listeners on one
+ * port: one dump), each connection handed to cb. Opens the diag socket if
+ * there is none; on an error closes it (it may be left mid-dump) so the
+ * next call opens a new one. Returns 0 or the first -errno. */
+int server_tcp_dump(sf_server *s, os_tcpdiag_cb cb, void *arg);
 
 #endif

@@ -246,3 +246,89 @@ def test_idle_timeout_tells_apart_two_connections_from_one_client_port(sockfork,
     assert [(k["pid"], k["bytes_in"]) for k in kids] == [(pid_b, 11)], kids
     srv.log.wait_one(r"idle for 2 s: closing pid=%d$" % pid_b, start=mark, timeout=LONG_WAIT)
     expect_eof(b, timeout=LONG_WAIT)
+
+
+def tcp_sockets(local, remote):
+    """States (hex, as /proc/net/tcp has them) of the IPv4 sockets local -> remote."""
+    def hexaddr(addr):
+        return "%08X:%04X" % (int.from_bytes(socket.inet_aton(addr[0]), "little"), addr[1])
+    out = []
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if fields[1] == hexaddr(local) and fields[2] == hexaddr(remote):
+                out.append(fields[3])
+    return out
+
+
+def test_idle_timeout_survives_a_reset_and_reconnect_from_the_same_port(sockfork, tmp_path):
+    """A client resets its connection (SO_LINGER 0) and connects again from
+    the same port while the first child still runs: one tuple, two live
+    records. The newer holds the table's entry, and the older child's exit
+    does not delete it: the new connection is still cut when idle. Before,
+    it was never cut again."""
+    import struct
+    d = str(tmp_path)
+    # The first connection's child waits for "go" and exits; later ones cat.
+    prog = ('if mkdir "%s/first" 2>/dev/null; then '
+            'while [ ! -e "%s/go" ]; do sleep 0.05; done; exit 0; else exec cat; fi' % (d, d))
+    port = free_port()
+    srv = sockfork("--idle-timeout", "2", "--", "/bin/sh", "-c", prog,
+                   listen=("127.0.0.1:%d" % port,))
+    a = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.clients += [a, b]
+    for s in (a, b):
+        s.settimeout(LONG_WAIT)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    a.bind(("127.0.0.1", 0))
+    a.connect(("127.0.0.1", port))
+    peer = peer_text(a)
+    _, m = srv.wait_connected(a)
+    pid_a = int(m.group(1))
+    deadline = time.monotonic() + LONG_WAIT
+    while not (tmp_path / "first").exists():  # the first child is the one that waits
+        assert time.monotonic() < deadline, srv.log.text()
+        time.sleep(0.02)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    a.close()  # a reset: no TIME_WAIT, the port can connect again at once
+    # Once the server's side has taken the reset (its socket leaves the
+    # kernel's table), a new connection from that port is a new one.
+    deadline = time.monotonic() + LONG_WAIT
+    while tcp_sockets(("127.0.0.1", port), ("127.0.0.1", int(peer.rsplit(":", 1)[1]))):
+        assert time.monotonic() < deadline, "the reset never reached the server's socket"
+        time.sleep(0.02)  # a bounded poll of /proc/net/tcp
+    mark = srv.log.mark()
+    b.bind(("127.0.0.1", int(peer.rsplit(":", 1)[1])))
+    b.connect(("127.0.0.1", port))
+    assert peer_text(b) == peer
+    _, m = srv.wait_connected(b, start=mark)
+    pid_b = int(m.group(1))
+    assert pid_b != pid_a
+    echo_ok(b, b"b\n")
+    mark = srv.log.mark()
+    (tmp_path / "go").write_text("")
+    srv.log.wait_one(r"disconnected pid=%d " % pid_a, start=mark)
+    srv.log.wait_one(r"idle for 2 s: closing pid=%d$" % pid_b, start=mark, timeout=LONG_WAIT)
+    expect_eof(b, timeout=LONG_WAIT)
+
+
+def test_a_failed_connection_dump_is_not_read_by_the_next(sockfork, tmp_path):
+    """A kernel dump that fails half way (the first netlink read made to fail
+    by failinject.so) leaves its reply queued on the socket: a new socket is
+    used for the next, whose counts are today's. Before, the next `ctl list`
+    read the stale reply (or an EBUSY) of the failed one."""
+    from conftest import helper
+    from test_ctl import ctl_json
+    ctl = str(tmp_path / "ctl.sock")
+    srv = sockfork("--echo", "--control", ctl, env={"SF_FAIL_DIAG": "1"},
+                   preload=helper("failinject.so"))
+    c = srv.connect()
+    srv.wait_connected(c)
+    echo_ok(c, b"a\n")
+    kids = ctl_json(ctl, "list")["children"]
+    assert [k["bytes_in"] for k in kids] == [None], kids  # the failed dump: unknown
+    echo_ok(c, b"bbbbbbbb\n")
+    kids = ctl_json(ctl, "list")["children"]
+    assert [k["bytes_in"] for k in kids] == [11], kids

@@ -157,3 +157,38 @@ def test_run_leaves_no_guard_behind(tmp_path):
             time.sleep(0.02)
     finally:
         kill_session(proc.pid)
+
+
+def test_run_with_its_guard_stopped_completes(tmp_path):
+    """The pool never waits for its guard: with the guard stopped (SIGSTOP)
+    thousands of tasks still run to the end, and run still exits (it
+    continues the guard, which finds no group left, and reaps it). Before,
+    each task sent the guard two records and the socket filled after a few
+    hundred: the run froze, its tasks piling up as zombies."""
+    n = 3000
+    proc = subprocess.Popen([BIN, "run", "-j", "8", "--no-progress", "true"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=server_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + WAIT
+        while len(children_of(proc.pid)) != 1:  # the guard, before any task
+            assert time.monotonic() < deadline, children_of(proc.pid)
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.02)  # a bounded poll of /proc
+        guard = children_of(proc.pid)[0][0]
+        os.kill(guard, signal.SIGSTOP)
+        while proc_stat(guard)[0] != "T":
+            assert time.monotonic() < deadline, proc_stat(guard)
+            time.sleep(0.02)
+        try:
+            out, err = proc.communicate(b"x\n" * n, timeout=LONG_WAIT * 2)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("run blocked with its guard stopped")
+        assert proc.returncode == 0, err
+        assert b"%d tasks" % n in err and b"%d succeeded" % n in err, err
+        assert not [m for m in session_members(proc.pid) if m[1] != "Z"], session_members(proc.pid)
+    finally:
+        kill_session(proc.pid)
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

@@ -6,6 +6,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -184,11 +185,20 @@ def test_a_stderr_nobody_reads_costs_lines_not_the_cleanup(tmp_path, command, si
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=server_env(), start_new_session=True)
     try:
-        deadline = time.monotonic() + LONG_WAIT
-        for line in proc.stderr:
-            if line.startswith(b"sockfork: control socket"):
-                break
-            assert time.monotonic() < deadline
+        # Read in a thread, so that a line that never comes fails the test
+        # at the deadline instead of blocking it in readline.
+        seen = threading.Event()
+
+        def read_until_control_line():
+            for line in proc.stderr:
+                if line.startswith(b"sockfork: control socket"):
+                    seen.set()
+                    return
+
+        reader = threading.Thread(target=read_until_control_line, daemon=True)
+        reader.start()
+        reader.join(LONG_WAIT)
+        assert seen.is_set(), "no 'control socket' line in %.0f s" % LONG_WAIT
         proc.stderr.close()  # the reader leaves
         proc.send_signal(sig)
         rc = proc.wait(LONG_WAIT)
@@ -200,3 +210,36 @@ def test_a_stderr_nobody_reads_costs_lines_not_the_cleanup(tmp_path, command, si
         if proc.poll() is None:
             proc.kill()
             proc.wait(WAIT)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
+                         ids=["TERM", "INT", "HUP"])
+def test_a_signal_while_starting_does_not_leave_the_control_socket(tmp_path, sig):
+    """A signal between the control socket's creation and the start of the
+    loop (the process stopped right there by failinject.so) is held until the
+    loop handles it: a clean stop that removes the socket. Before, the
+    default action killed the process and left the socket behind."""
+    from conftest import helper, proc_stat
+    ctl = str(tmp_path / "ctl.sock")
+    proc = subprocess.Popen([BIN, "serve", "--echo", "-l", "127.0.0.1:0", "--control", ctl],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE,
+                            env=server_env({"SF_STOP_AT_UNIX_LISTEN": "1"},
+                                           helper("failinject.so")),
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + LONG_WAIT
+        while (proc_stat(proc.pid) or "?")[0] != "T":
+            assert time.monotonic() < deadline and proc.poll() is None, "never stopped"
+            time.sleep(0.02)  # a bounded poll of /proc
+        assert os.path.exists(ctl)
+        os.kill(proc.pid, sig)
+        os.kill(proc.pid, signal.SIGCONT)
+        _, err = proc.communicate(timeout=LONG_WAIT)
+        assert proc.returncode == 0, (proc.returncode, err)
+        assert not os.path.exists(ctl), err
+    finally:
+        kill_session(proc.pid)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

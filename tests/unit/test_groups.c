@@ -173,13 +173,75 @@ static void test_takedown_is_quick_when_sigterm_works(void **state)
     assert_int_equal(waitpid(pid, NULL, WNOHANG), -1); /* reaped by the tick */
 }
 
-/* The guard ends the groups it was told of and not told to forget, when
- * its socket closes. */
+/* A process that left its group for its child's (*other): its own
+ * group is empty, and its pid alone is what the takedown must never
+ * signal on a guess (it may be anybody's after a reuse). */
+static pid_t left_its_group(pid_t *other)
+{
+    proc_fork_opts po;
+    int p[2];
+    pid_t pid, gc;
+
+    assert_int_equal(pipe(p), 0);
+    memset(&po, 0, sizeof po);
+    po.keep[0] = p[1];
+    po.nkeep = 1;
+    pid = proc_fork(&po);
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if ((gc = fork()) == 0) {
+            for (;;)
+                pause();
+        }
+        /* Both sides set the child's group (no race), then we join it. */
+        if (gc < 0 || setpgid(gc, gc) < 0 || setpgid(0, gc) < 0)
+            _exit(1);
+        (void)!write(3, &gc, sizeof gc);
+        for (;;)
+            pause();
+    }
+    close(p[1]);
+    assert_int_equal(read(p[0], other, sizeof *other), sizeof *other);
+    close(p[0]);
+    assert_int_equal(kill(-pid, 0), -1); /* nobody left in its group */
+    return pid;
+}
+
+/* An entry whose group is gone is dropped at once, and the process whose
+ * pid it is (here one of ours, but the takedown cannot know it unless told)
+ * gets nothing: before, kill(pid) followed the ESRCH. */
+static void test_takedown_never_signals_a_pid_alone(void **state)
+{
+    proc_groups g;
+    pid_t pid, other;
+    double t0;
+    int st;
+    (void)state;
+
+    pid = left_its_group(&other);
+    proc_groups_init(&g, 4);
+    assert_int_equal(proc_groups_add(&g, pid), 0);
+    t0 = now_s();
+    proc_groups_takedown(&g, 30, NULL, NULL);
+    assert_true(now_s() - t0 < 10); /* dropped, not waited for */
+    assert_int_equal(waitpid(pid, &st, WNOHANG), 0); /* untouched */
+
+    /* With own_children, our running child is signalled alone. */
+    proc_groups_init(&g, 4);
+    g.own_children = 1;
+    assert_int_equal(proc_groups_add(&g, pid), 0);
+    proc_groups_takedown(&g, 30, reap_all, NULL);
+    assert_int_equal(waitpid(pid, &st, WNOHANG), -1); /* ended, reaped by the tick */
+    assert_int_equal(kill(-other, SIGKILL), 0);
+}
+
+/* The guard ends, at EOF, the groups the table holds and nothing else: not
+ * a group whose slot was cleared, not one never put in it. */
 static void test_guard(void **state)
 {
     proc_guard gd;
     sigset_t none;
-    pid_t kept, forgotten;
+    pid_t kept, forgotten, never;
     int st;
     (void)state;
 
@@ -187,18 +249,61 @@ static void test_guard(void **state)
     assert_int_equal(proc_guard_start(&gd, 4, 0.2, &none), 0);
     kept = stubborn_group();
     forgotten = stubborn_group();
-    proc_guard_watch(&gd, kept);
-    proc_guard_watch(&gd, forgotten);
-    proc_guard_forget(&gd, forgotten);
+    never = stubborn_group();
+    proc_guard_watch(&gd, 3, kept);
+    proc_guard_watch(&gd, 0, forgotten);
+    proc_guard_forget(&gd, 0);
+    proc_guard_watch(&gd, 4, never); /* out of range: ignored */
     proc_guard_stop(&gd); /* returns once the guard has done its work */
     assert_int_equal(gd.fd, -1);
+    assert_null(gd.table);
     assert_int_equal(waitpid(kept, &st, 0), kept);
     assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
     assert_int_equal(waitpid(forgotten, &st, WNOHANG), 0); /* still running */
-    assert_int_equal(kill(-forgotten, SIGKILL), 0);
-    assert_int_equal(waitpid(forgotten, &st, 0), forgotten);
-    /* Telling a guard that is gone is harmless. */
-    proc_guard_watch(&gd, kept);
+    assert_int_equal(waitpid(never, &st, WNOHANG), 0);
+    for (int i = 0; i < 2; i++) {
+        pid_t pg = i ? never : forgotten;
+        assert_int_equal(kill(-pg, SIGKILL), 0);
+        assert_int_equal(waitpid(pg, &st, 0), pg);
+    }
+    /* Telling a guard that is stopped is harmless. */
+    proc_guard_watch(&gd, 0, kept);
+    proc_guard_forget(&gd, 0);
+}
+
+/* A stopped guard neither slows nor blocks the pool's side: many tasks
+ * start, are watched, forgotten and reaped while it is stopped, and the
+ * stop at the end continues it and reaps it. (The socket it replaced
+ * blocked after a few hundred.) */
+static void test_guard_stopped_blocks_nothing(void **state)
+{
+    enum { TASKS = 2000, SLOTS = 8 };
+    proc_guard gd;
+    sigset_t none;
+    siginfo_t si;
+    proc_fork_opts po;
+    pid_t pid;
+    (void)state;
+
+    sigemptyset(&none);
+    assert_int_equal(proc_guard_start(&gd, SLOTS, 0.2, &none), 0);
+    assert_int_equal(kill(gd.pid, SIGSTOP), 0);
+    memset(&si, 0, sizeof si);
+    assert_int_equal(waitid(P_PID, (id_t)gd.pid, &si, WSTOPPED | WNOWAIT), 0);
+    memset(&po, 0, sizeof po);
+    for (unsigned i = 0; i < TASKS; i++) {
+        pid = proc_fork(&po);
+        assert_true(pid >= 0);
+        if (pid == 0)
+            _exit(0);
+        proc_guard_watch(&gd, i % SLOTS, pid);
+        memset(&si, 0, sizeof si);
+        assert_int_equal(waitid(P_PID, (id_t)pid, &si, WEXITED | WNOWAIT), 0);
+        proc_guard_forget(&gd, i % SLOTS);
+        assert_int_equal(waitpid(pid, NULL, 0), pid);
+    }
+    proc_guard_stop(&gd); /* continues it: it finds the table empty and exits */
+    assert_int_equal(gd.pid, 0);
 }
 
 int main(void)
@@ -207,7 +312,9 @@ int main(void)
         cmocka_unit_test(test_set_add_del),
         cmocka_unit_test(test_takedown_kills_what_ignores_sigterm),
         cmocka_unit_test(test_takedown_is_quick_when_sigterm_works),
+        cmocka_unit_test(test_takedown_never_signals_a_pid_alone),
         cmocka_unit_test(test_guard),
+        cmocka_unit_test(test_guard_stopped_blocks_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

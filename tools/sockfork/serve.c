@@ -278,6 +278,7 @@ static int run_server(int argc, char **argv, const server_kind *k)
     int echo = 0, no_control = 0, opt, rc;
     const char *control = NULL, *last_optarg = NULL;
     char control_buf[300], why[200], control_addr[310];
+    sigset_t hold, old_mask;
     unsigned u;
 
     /* Our log is stderr, which may be a pipe whose reader has gone (`serve
@@ -464,6 +465,17 @@ static int run_server(int argc, char **argv, const server_kind *k)
         sf_server_free(srv);
         return EXIT_USAGE;
     }
+    /* From the control socket's creation until the loop handles them,
+     * TERM, INT and HUP must not kill us with their default action: the
+     * socket would be left behind. Held here; sf_server_run unblocks them
+     * once its watchers run, and a pending one then stops the server
+     * cleanly. On an error path the old mask comes back after the socket
+     * is gone (a pending signal then acts as it would have). */
+    sigemptyset(&hold);
+    sigaddset(&hold, SIGTERM);
+    sigaddset(&hold, SIGINT);
+    sigaddset(&hold, SIGHUP);
+    sigprocmask(SIG_BLOCK, &hold, &old_mask);
     if (!no_control) {
         if (!control) {
             rc = cli_control_default(k->name, control_buf, sizeof control_buf);
@@ -471,6 +483,7 @@ static int run_server(int argc, char **argv, const server_kind *k)
                 cli_error("cannot make a control socket path: %s%s", strerror(-rc),
                           rc == -EPERM ? " (the directory is not private to this user)" : "");
                 sf_server_free(srv);
+                sigprocmask(SIG_SETMASK, &old_mask, NULL);
                 return 1;
             }
             control = control_buf;
@@ -481,11 +494,13 @@ static int run_server(int argc, char **argv, const server_kind *k)
             cli_error("cannot open the control socket %s: %s", control,
                       listen_error(control_addr, rc, why, sizeof why));
             sf_server_free(srv);
+            sigprocmask(SIG_SETMASK, &old_mask, NULL);
             return EXIT_USAGE;
         }
     }
     rc = sf_server_run(srv);
     sf_server_free(srv);
+    sigprocmask(SIG_SETMASK, &old_mask, NULL);
     if (rc < 0) {
         cli_error("cannot serve: %s", strerror(-rc));
         return 1;
