@@ -222,21 +222,14 @@ def departed(srv, pid, announcement, observers, others=(), room="lobby"):
     """Each observer's next line is the announcement of a client that has
     left; once its process is reaped, nothing more about it comes (checked
     with a sync over observers and others, which must have nothing else).
-
-    The supervisor may reap a child before it has read the last frames on
-    its channel (see test_last_words_before_exit_reach_the_room): then the
-    room hears the will instead, or after the announcement. That bug has its
-    own failing test; here it makes an expected failure, not a random one."""
+    A will heard instead of the announcement, or after it, means a child's
+    last frames were lost (reaped before its channel was read): a bug, fixed
+    (test_last_words_before_exit_reach_the_room), so a plain failure."""
     will = will_of(announcement, room)
     for c in observers:
         got = c.line()
-        if got == will:
-            pytest.xfail(LOST + "the room got %r instead of %r" % (got, announcement))
         assert got == announcement, "%r: expected %r, got %r" % (c, announcement, got)
     settled(srv, pid, will, list(observers) + list(others))
-
-
-LOST = "the child's last frames were lost (reaped before its channel was read): "
 
 
 def will_of(announcement, room="lobby"):
@@ -244,12 +237,10 @@ def will_of(announcement, room="lobby"):
 
 
 def settled(srv, pid, will, clients):
-    """Once pid is reaped nothing more comes about it (the will, by the bug
-    above, makes an expected failure)."""
+    """Once pid is reaped nothing more comes about it: not its will either."""
     srv.log.wait_one(r"\] disconnected pid=%d " % pid)
     rest = sync(srv, *clients)
-    if any(will in r for r in rest):
-        pytest.xfail(LOST + "the room got %r as well" % will)
+    assert not any(will in r for r in rest), "the room got %r as well: %r" % (will, rest)
     assert rest == [[]] * len(rest), rest
 
 
@@ -996,9 +987,7 @@ def test_flooder_warned_then_disconnected(sockfork, tmp_path):
     will = will_of(announcement)
     for c in (alice, bob):
         got = c.until(re.compile(r"^\*\*\* flood "))
-        if got[-1] == will:  # all of its last frames, lines included, lost
-            pytest.xfail(LOST + "the room got %r instead of %r" % (got, announcement))
-        assert got[-1] == announcement, got
+        assert got[-1] == announcement, got  # not the will: its last frames were read
         # The burst of 5 passed, less the token its nickname line took (one
         # more for each second that went by meanwhile).
         assert got[:-1] == ["<flood> f%d" % i for i in range(len(got) - 1)], got
