@@ -211,6 +211,19 @@ def free_port():
     return port
 
 
+def port_sharing_clients(srv):
+    """Two TCP client sockets that may bind one local port (SO_REUSEADDR),
+    closed with the server."""
+    pair = []
+    for _ in range(2):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        srv.clients.append(s)
+        s.settimeout(LONG_WAIT)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        pair.append(s)
+    return pair
+
+
 def test_idle_timeout_tells_apart_two_connections_from_one_client_port(sockfork, tmp_path):
     """One client port, two local addresses (two listeners on one port): two
     connections, two entries. When one closes, the other is still watched
@@ -220,12 +233,7 @@ def test_idle_timeout_tells_apart_two_connections_from_one_client_port(sockfork,
     ctl = str(tmp_path / "ctl.sock")
     srv = sockfork("--echo", "--idle-timeout", "2", "--control", ctl,
                    listen=("127.0.0.1:%d" % port, "127.0.0.2:%d" % port))
-    a = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    b = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.clients += [a, b]
-    for s in (a, b):
-        s.settimeout(LONG_WAIT)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    a, b = port_sharing_clients(srv)
     a.bind(("127.0.0.1", 0))
     b.bind(("127.0.0.1", a.getsockname()[1]))
     a.connect(("127.0.0.1", port))
@@ -273,15 +281,9 @@ def test_idle_timeout_survives_a_reset_and_reconnect_from_the_same_port(sockfork
     # The first connection's child waits for "go" and exits; later ones cat.
     prog = ('if mkdir "%s/first" 2>/dev/null; then '
             'while [ ! -e "%s/go" ]; do sleep 0.05; done; exit 0; else exec cat; fi' % (d, d))
-    port = free_port()
-    srv = sockfork("--idle-timeout", "2", "--", "/bin/sh", "-c", prog,
-                   listen=("127.0.0.1:%d" % port,))
-    a = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    b = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.clients += [a, b]
-    for s in (a, b):
-        s.settimeout(LONG_WAIT)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv = sockfork("--idle-timeout", "2", "--", "/bin/sh", "-c", prog)
+    port = srv.port
+    a, b = port_sharing_clients(srv)
     a.bind(("127.0.0.1", 0))
     a.connect(("127.0.0.1", port))
     peer = peer_text(a)

@@ -50,13 +50,13 @@ static void test_set_add_del(void **state)
     assert_int_equal(g.count, 0);
 }
 
-/* A group leader that ignores SIGTERM, with a child that does too; the
- * leader writes a byte once both run. */
-static pid_t stubborn_group(void)
+/* Forks a group leader (proc_fork) that runs body, which writes len bytes
+ * to its fd 3 once it is ready and never returns; returns the leader's pid
+ * once those bytes are read into out. */
+static pid_t fork_ready(void (*body)(void), void *out, size_t len)
 {
     proc_fork_opts po;
     int p[2];
-    char c;
     pid_t pid;
 
     assert_int_equal(pipe(p), 0);
@@ -66,19 +66,34 @@ static pid_t stubborn_group(void)
     pid = proc_fork(&po);
     assert_true(pid >= 0);
     if (pid == 0) {
-        signal(SIGTERM, SIG_IGN);
-        if (fork() == 0) {
-            for (;;)
-                pause();
-        }
-        (void)!write(3, "x", 1);
+        body();
+        _exit(1);
+    }
+    close(p[1]);
+    assert_int_equal(read(p[0], out, len), (ssize_t)len);
+    close(p[0]);
+    return pid;
+}
+
+static void stubborn_body(void)
+{
+    signal(SIGTERM, SIG_IGN);
+    if (fork() == 0) {
         for (;;)
             pause();
     }
-    close(p[1]);
-    assert_int_equal(read(p[0], &c, 1), 1);
-    close(p[0]);
-    return pid;
+    (void)!write(3, "x", 1);
+    for (;;)
+        pause();
+}
+
+/* A group leader that ignores SIGTERM, with a child that does too; ready
+ * once both run. */
+static pid_t stubborn_group(void)
+{
+    char c;
+
+    return fork_ready(stubborn_body, &c, 1);
 }
 
 static double now_s(void)
@@ -176,33 +191,26 @@ static void test_takedown_is_quick_when_sigterm_works(void **state)
 /* A process that left its group for its child's (*other): its own
  * group is empty, and its pid alone is what the takedown must never
  * signal on a guess (it may be anybody's after a reuse). */
-static pid_t left_its_group(pid_t *other)
+static void left_body(void)
 {
-    proc_fork_opts po;
-    int p[2];
-    pid_t pid, gc;
+    pid_t gc;
 
-    assert_int_equal(pipe(p), 0);
-    memset(&po, 0, sizeof po);
-    po.keep[0] = p[1];
-    po.nkeep = 1;
-    pid = proc_fork(&po);
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        if ((gc = fork()) == 0) {
-            for (;;)
-                pause();
-        }
-        /* Both sides set the child's group (no race), then we join it. */
-        if (gc < 0 || setpgid(gc, gc) < 0 || setpgid(0, gc) < 0)
-            _exit(1);
-        (void)!write(3, &gc, sizeof gc);
+    if ((gc = fork()) == 0) {
         for (;;)
             pause();
     }
-    close(p[1]);
-    assert_int_equal(read(p[0], other, sizeof *other), sizeof *other);
-    close(p[0]);
+    /* Both sides set the child's group (no race), then we join it. */
+    if (gc < 0 || setpgid(gc, gc) < 0 || setpgid(0, gc) < 0)
+        _exit(1);
+    (void)!write(3, &gc, sizeof gc);
+    for (;;)
+        pause();
+}
+
+static pid_t left_its_group(pid_t *other)
+{
+    pid_t pid = fork_ready(left_body, other, sizeof *other);
+
     assert_int_equal(kill(-pid, 0), -1); /* nobody left in its group */
     return pid;
 }
