@@ -27,12 +27,20 @@ def sync(sock, pid):
         got.append(m)
 
 
-def test_a_will_is_published_when_its_child_dies(sockfork):
+def relays_b_in_room(sockfork):
+    """A relay server and two relay clients, b subscribed to "room". The
+    subscription is in place before this returns (two children's requests
+    have no order between them): a's publish or will comes after it."""
     srv = sockfork("--", SH, "-c", RELAY)
-    a, apid = relay_client(srv)
-    b, bpid = relay_client(srv)
-    tell(b, op="subscribe", topic="room")
-    assert sync(b, bpid) == []
+    a = relay_client(srv)
+    b = relay_client(srv)
+    tell(b[0], op="subscribe", topic="room")
+    assert sync(*b) == []
+    return srv, a, b
+
+
+def test_a_will_is_published_when_its_child_dies(sockfork):
+    srv, (a, apid), (b, bpid) = relays_b_in_room(sockfork)
     tell(a, op="will", topic="room", data="a is gone")
     assert sync(a, apid) == []
     os.kill(apid, signal.SIGKILL)
@@ -45,11 +53,7 @@ def test_a_will_is_published_when_its_child_dies(sockfork):
 
 
 def test_a_cleared_or_replaced_will_is_not_published(sockfork):
-    srv = sockfork("--", SH, "-c", RELAY)
-    a, apid = relay_client(srv)
-    b, bpid = relay_client(srv)
-    tell(b, op="subscribe", topic="room")
-    assert sync(b, bpid) == []
+    srv, (a, apid), (b, bpid) = relays_b_in_room(sockfork)
     tell(a, op="will", topic="room", data="first")
     tell(a, op="will", topic="room", data="second")
     assert sync(a, apid) == []
@@ -158,13 +162,7 @@ def test_topics_nobody_subscribes_to_are_evicted_with_their_history(sockfork):
 def test_a_topic_with_subscribers_keeps_its_history_through_a_flood(sockfork):
     """Eviction takes idle topics first: a room somebody is in keeps its
     history while garbage topics come and go."""
-    srv = sockfork("--", SH, "-c", RELAY)
-    a, apid = relay_client(srv)
-    b, bpid = relay_client(srv)
-    tell(b, op="subscribe", topic="room")
-    # b's subscription is in place before a publishes (two children's
-    # requests have no order between them): the room is never idle.
-    assert sync(b, bpid) == []
+    srv, (a, apid), (b, bpid) = relays_b_in_room(sockfork)  # the room is never idle
     tell(a, op="publish", topic="room", data="kept")
     assert sync(a, apid) == []
     flood = b"".join(json.dumps({"op": "publish", "topic": "g%d" % i, "data": "y" * 100}).encode()
