@@ -4,6 +4,8 @@
 #include "channel/be.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -126,10 +128,27 @@ int sf_conn_msg_pending(const sf_conn *c)
     return chan_reader_pending(&c->reader);
 }
 
-int sf_conn_wait(sf_conn *c, int timeout_ms)
+/* Seconds to poll()'s milliseconds: negative is -1 (no limit), a fraction
+ * of a millisecond rounds up (a short wait must not become a busy poll),
+ * and what does not fit an int is INT_MAX. */
+static int wait_ms(double timeout_s)
+{
+    double ms;
+
+    if (timeout_s < 0)
+        return -1;
+    ms = ceil(timeout_s * 1000.0);
+    return ms >= (double)INT_MAX ? INT_MAX : (int)ms;
+}
+
+int sf_conn_wait(sf_conn *c, double timeout_s)
 {
     struct pollfd p[2];
-    int n, ready = 0;
+    int n, ready = 0, timeout_ms;
+
+    if (isnan(timeout_s))
+        return -EINVAL;
+    timeout_ms = wait_ms(timeout_s);
 
     /* A message already read (part of an earlier read) must not wait for
      * the socket to become readable again. */

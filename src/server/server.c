@@ -587,7 +587,7 @@ static void idle_check_one(void *arg, const sf_addr *local, const sf_addr *peer,
     if (!slot)
         return; /* a connection of somebody else's on the same port, or reaped */
     r = &s->recs[*slot];
-    if (r->pid <= 0 || r->idle_closed || st->idle_in_ms < (uint64_t)(s->opts.idle_timeout * 1000.0))
+    if (r->pid <= 0 || r->idle_closed || st->idle_in_ms < (uint64_t)(s->opts.idle_timeout_s * 1000.0))
         return;
     r->idle_closed = 1;
     s->stats.idle_closed++;
@@ -595,7 +595,7 @@ static void idle_check_one(void *arg, const sf_addr *local, const sf_addr *peer,
         char text[SF_ADDR_TEXT_MAX];
         peer_text(r, text, sizeof text);
         sf_logf(&s->log, SF_LOG_NOTICE, "[%s] idle for %g s: closing pid=%d", text,
-                s->opts.idle_timeout, (int)r->pid);
+                s->opts.idle_timeout_s, (int)r->pid);
     }
     server_end_child(s, r);
 }
@@ -723,15 +723,20 @@ void sf_server_stop(sf_server *s)
 
 /* ------------------------------------------------------------ lifecycle */
 
+size_t sf_chan_queue_min(unsigned chan_max)
+{
+    return (size_t)chan_max + BUS_MSG_OVERHEAD;
+}
+
 void sf_server_opts_init(sf_server_opts *o)
 {
     memset(o, 0, sizeof *o);
     o->max_conns = 1000;
-    o->grace = 10.0;
-    o->kill_grace = 2.0;
+    o->grace_s = 10.0;
+    o->kill_grace_s = 2.0;
     o->log_level = SF_LOG_INFO;
     o->chan_max = CHAN_MAX_DEFAULT;
-    o->chan_queue = 256 * 1024;
+    o->chan_queue = SF_CHAN_QUEUE_DEFAULT;
     o->topic_history = 20;
 }
 
@@ -769,10 +774,10 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
     if (s->opts.chan_max == 0)
         s->opts.chan_max = CHAN_MAX_DEFAULT;
     if (s->opts.chan_queue == 0)
-        s->opts.chan_queue = 256 * 1024;
-    if (s->opts.idle_timeout < 0 || s->opts.grace < 0 || s->opts.kill_grace < 0 ||
+        s->opts.chan_queue = SF_CHAN_QUEUE_DEFAULT;
+    if (s->opts.idle_timeout_s < 0 || s->opts.grace_s < 0 || s->opts.kill_grace_s < 0 ||
         s->opts.max_conns > (1u << 24) || s->opts.chan_max > CHAN_MAX_LIMIT ||
-        s->opts.chan_queue < (size_t)s->opts.chan_max + BUS_MSG_OVERHEAD ||
+        s->opts.chan_queue < sf_chan_queue_min(s->opts.chan_max) ||
         s->opts.topic_history > 100000) {
         os_nofork_free(s);
         return -EINVAL;
@@ -791,7 +796,7 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
         goto fail;
     if (hmap_init(&s->by_tuple, s->opts.max_conns) < 0)
         goto fail;
-    if (s->opts.idle_timeout > 0) {
+    if (s->opts.idle_timeout_s > 0) {
         s->diag_fd = os_tcpdiag_open();
         if (s->diag_fd < 0) {
             rc = s->diag_fd;
@@ -896,8 +901,8 @@ int sf_server_run(sf_server *s)
 
     memset(&cfg, 0, sizeof cfg);
     cfg.max_children = s->opts.max_conns;
-    cfg.grace = s->opts.grace;
-    cfg.kill_grace = s->opts.kill_grace;
+    cfg.grace = s->opts.grace_s;
+    cfg.kill_grace = s->opts.kill_grace_s;
     cfg.on_exit = on_child_exit;
     cfg.on_shutdown = on_shutdown;
     cfg.arg = s;
@@ -924,8 +929,8 @@ int sf_server_run(sf_server *s)
         sigprocmask(SIG_UNBLOCK, &stop_signals, NULL);
     }
 
-    if (s->opts.idle_timeout > 0) {
-        double period = s->opts.idle_timeout / 4;
+    if (s->opts.idle_timeout_s > 0) {
+        double period = s->opts.idle_timeout_s / 4;
         period = period < 0.05 ? 0.05 : period > 1.0 ? 1.0 : period;
         ev_timer_set(&s->idle_timer, period, period);
         ev_timer_start(s->loop, &s->idle_timer);
