@@ -17,23 +17,29 @@
 
 /* Zeroed (or proc_backoff_reset) before use: the next wait is the first. */
 typedef struct proc_backoff {
-    double delay;    /* the wait grown to; 0: none yet */
+    double delay;    /* the wait armed or grown to; 0: none since the reset */
     unsigned tries;  /* waits served (grown past) since the last reset */
 } proc_backoff;
 
 /* A success: the next wait is PROC_BACKOFF_MIN again, tries 0. */
 void proc_backoff_reset(proc_backoff *b);
 
-/* The wait to arm now, in seconds; does not change b. The same value
- * until proc_backoff_grow: a caller that arms one timer for many failures
- * (the server) asks as often as it likes and grows once per expiry. */
+/* The wait to arm now, in seconds, without changing b: for a log line. */
 double proc_backoff_delay(const proc_backoff *b);
 
-/* One wait served: the next is twice this one, at most PROC_BACKOFF_MAX;
- * counts a try. */
+/* The wait to arm now, in seconds, taken: it is the one proc_backoff_grow
+ * doubles. The same value until then, so a caller that arms one timer for
+ * many failures (the server) arms as often as it likes and grows once per
+ * expiry. */
+double proc_backoff_arm(proc_backoff *b);
+
+/* The wait armed is served: the next is twice it, at most
+ * PROC_BACKOFF_MAX; counts a try. Nothing if none was armed since the
+ * last reset (a success while the timer ran wins: the next wait is the
+ * first again). */
 void proc_backoff_grow(proc_backoff *b);
 
-/* proc_backoff_delay, then proc_backoff_grow: for a caller that grows the
+/* proc_backoff_arm, then proc_backoff_grow: for a caller that grows the
  * wait at each failure. Returns the wait to arm now. */
 double proc_backoff_next(proc_backoff *b);
 

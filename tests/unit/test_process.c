@@ -42,19 +42,28 @@ static void test_backoff_doubles_to_cap_and_resets(void **state)
     assert_float_equal(proc_backoff_next(&b), 0.1, 1e-12);
 }
 
-/* The server's way: many failures under one timer, one growth per expiry. */
-static void test_backoff_delay_is_stable_until_grown(void **state)
+/* The server's way: many failures under one timer, one growth per expiry;
+ * a success while the timer runs wins over the growth. */
+static void test_backoff_armed_once_grown_per_expiry(void **state)
 {
     proc_backoff b;
     (void)state;
 
     proc_backoff_reset(&b);
+    proc_backoff_grow(&b); /* nothing armed: nothing grows */
+    assert_float_equal(proc_backoff_delay(&b), 0.05, 1e-12);
+    assert_int_equal(b.tries, 0);
     for (int i = 0; i < 5; i++)
-        assert_float_equal(proc_backoff_delay(&b), 0.05, 1e-12);
+        assert_float_equal(proc_backoff_arm(&b), 0.05, 1e-12);
     proc_backoff_grow(&b);
     assert_float_equal(proc_backoff_delay(&b), 0.1, 1e-12);
-    assert_float_equal(proc_backoff_delay(&b), 0.1, 1e-12);
+    assert_float_equal(proc_backoff_arm(&b), 0.1, 1e-12);
     assert_int_equal(b.tries, 1);
+
+    proc_backoff_reset(&b); /* a success before the expiry */
+    proc_backoff_grow(&b);
+    assert_float_equal(proc_backoff_arm(&b), 0.05, 1e-12);
+    assert_int_equal(b.tries, 0);
 }
 
 /* ---------------------------------------------------------- escalation */
@@ -344,7 +353,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_backoff_doubles_to_cap_and_resets),
-        cmocka_unit_test(test_backoff_delay_is_stable_until_grown),
+        cmocka_unit_test(test_backoff_armed_once_grown_per_expiry),
         cmocka_unit_test(test_stop_term_cont_then_kill),
         cmocka_unit_test(test_stop_kills_at_once_when_leader_exited),
         cmocka_unit_test(test_stop_zero_grace),
