@@ -2,6 +2,7 @@
  * environment. Runs only in children. */
 #include "server/conn.h"
 #include "channel/be.h"
+#include "process/process.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -90,6 +91,7 @@ static int set_ipc_env(const sf_conn *c)
 
 int sf_conn_exec(sf_conn *c, char *const argv[])
 {
+    char file[PATH_MAX];
     int rc;
 
     if (!argv || !argv[0])
@@ -108,10 +110,13 @@ int sf_conn_exec(sf_conn *c, char *const argv[])
         if (setenv("SOCKFORK_FD", "3", 1) < 0)
             return -errno;
     }
+    /* As execvp: found in PATH (-ENOENT, -EACCES), and a script without
+     * "#!" run by /bin/sh. */
+    if ((rc = proc_path_find(argv[0], getenv("PATH"), file, sizeof file)) < 0)
+        return rc;
     /* Programs written for tcpserver expect the default SIGPIPE. */
     signal(SIGPIPE, SIG_DFL);
-    execvp(argv[0], argv);
-    rc = -errno;
+    rc = proc_execve(file, argv, environ);
     signal(SIGPIPE, SIG_IGN);
     return rc;
 }

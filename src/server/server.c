@@ -178,18 +178,14 @@ static void pause_set(sf_server *s, unsigned why, int on)
     update_accepting(s);
 }
 
+/* One timer for every failure until it fires: the wait grows once per
+ * expiry (backoff_cb), not per failure. */
 static void backoff_start(sf_server *s, unsigned why)
 {
-    s->backoff = s->backoff < BACKOFF_MIN ? BACKOFF_MIN : s->backoff;
     ev_timer_stop(s->loop, &s->backoff_timer);
-    ev_timer_set(&s->backoff_timer, s->backoff, 0.);
+    ev_timer_set(&s->backoff_timer, proc_backoff_arm(&s->backoff), 0.);
     ev_timer_start(s->loop, &s->backoff_timer);
     pause_set(s, why, 1);
-}
-
-static void backoff_grow(sf_server *s)
-{
-    s->backoff = s->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : s->backoff * 2;
 }
 
 /* -------------------------------------------------------------- forking */
@@ -262,7 +258,7 @@ static void retry_episode_failure(sf_server *s, const char *what, int err)
         return;
     s->retry_since = ev_now(s->loop);
     sf_logf(&s->log, SF_LOG_WARN, "cannot %s: %s; retrying in %g s", what, strerror(-err),
-            s->backoff < BACKOFF_MIN ? BACKOFF_MIN : s->backoff);
+            proc_backoff_delay(&s->backoff));
 }
 
 /* A child started: the episode is over once no connection waits for a
@@ -312,7 +308,7 @@ static void on_started(sup *sp, pid_t pid, void *data, void *arg)
     int rc;
     (void)sp;
 
-    s->backoff = 0;
+    proc_backoff_reset(&s->backoff);
     retry_episode_end(s);
     close_fd(&r->fd); /* the child has it; see the top of this file */
     close_fd(&r->cfd);
@@ -481,7 +477,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
                  * the backlog and the listener stays readable; retrying at
                  * once would spin. Wait, then try again. */
                 sf_logf(&s->log, SF_LOG_WARN, "cannot accept: %s; pausing accept for %g s",
-                        strerror(errno), s->backoff < BACKOFF_MIN ? BACKOFF_MIN : s->backoff);
+                        strerror(errno), proc_backoff_delay(&s->backoff));
                 s->stats.accept_failures++;
                 backoff_start(s, PAUSE_ACCEPT_ERR);
                 return;
@@ -511,7 +507,7 @@ static void backoff_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
 
-    backoff_grow(s);
+    proc_backoff_grow(&s->backoff);
     /* Fork failures: ask again. A new failure re-arms the timer and pauses
      * accepting again; the first success (on_started) resets the backoff. */
     s->paused &= ~(PAUSE_ACCEPT_ERR | PAUSE_FORK_ERR);
