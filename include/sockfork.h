@@ -161,6 +161,17 @@ SF_EXTERN const sf_addr *sf_conn_local(const sf_conn *c);
  */
 SF_EXTERN int sf_conn_exec(sf_conn *c, char *const argv[]);
 
+/*
+ * Finds a program as sf_conn_exec and the pool's commands do (execvp's
+ * search of PATH: a name with a '/' is taken as it is; PATH unset or empty
+ * is "/bin:/usr/bin"), for a caller that would rather refuse a program at
+ * once than fail every connection or task. Writes the file into buf (len
+ * bytes) and returns 0, or -ENOENT (nothing of that name), -EACCES (found,
+ * none executable), -EISDIR (a name with a '/' that is a directory),
+ * -ENAMETOOLONG.
+ */
+SF_EXTERN int sf_program_find(const char *name, char *buf, size_t len);
+
 /* ------------------------------------------------------------ the channel */
 
 /*

@@ -1,7 +1,10 @@
 /* path.c - finding a program in PATH, as execvp does, once per name. */
 #include "process/process.h"
 
+#include "sockfork.h"
+
 #include <errno.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -54,4 +57,22 @@ int proc_path_find(const char *name, const char *path, char *buf, size_t size)
     }
     buf[0] = '\0';
     return seen ? -EACCES : -ENOENT;
+}
+
+/* The public face: the lookup sf_conn_exec makes, with the file it finds
+ * checked, so that a caller can refuse a program before any connection
+ * rather than fail each one. */
+int sf_program_find(const char *name, char *buf, size_t len)
+{
+    struct stat sb;
+    int rc = proc_path_find(name, getenv("PATH"), buf, len);
+
+    if (rc < 0 || !strchr(name, '/'))
+        return rc;
+    /* A name with a '/' is not searched: check it as execve would. */
+    if (stat(buf, &sb) < 0)
+        return -errno;
+    if (S_ISDIR(sb.st_mode))
+        return -EISDIR;
+    return access(buf, X_OK) == 0 ? 0 : -errno;
 }

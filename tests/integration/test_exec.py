@@ -128,6 +128,43 @@ def test_program_gone_after_start_costs_only_the_connection(sockfork, tmp_path):
     srv.wait_disconnected(c2)
 
 
+
+def test_script_without_shebang_runs_under_sh(sockfork, tmp_path):
+    """As execvp: a file the kernel cannot run (no "#!") is run by /bin/sh."""
+    prog = tmp_path / "plain"
+    prog.write_text('echo "plain $1"\n')
+    prog.chmod(0o755)
+    srv = sockfork("--", str(prog), "arg")
+    c = srv.connect()
+    assert recv_until_eof(c) == b"plain arg\n"
+    _, d = srv.wait_disconnected(c)
+    assert d.group("status") == "exited 0"
+
+
+def test_program_found_in_path_and_failures_as_exec_shells_say(sockfork, tmp_path):
+    """A name without '/' is looked up in PATH; once the file has lost its
+    execute bit the connection's child exits 126, once it is gone 127."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    prog = bindir / "sf-hello"
+    prog.write_text("#!/bin/sh\necho hello\n")
+    prog.chmod(0o755)
+    env = {"PATH": "%s:%s" % (bindir, os.environ.get("PATH", "/usr/bin:/bin"))}
+    srv = sockfork("--", "sf-hello", env=env)
+    c = srv.connect()
+    assert recv_until_eof(c) == b"hello\n"
+    srv.wait_disconnected(c)
+    prog.chmod(0o644)
+    c = srv.connect()
+    assert recv_until_eof(c) == b""
+    _, d = srv.wait_disconnected(c)
+    assert d.group("status") == "exited 126", d.group(0)
+    prog.unlink()
+    c = srv.connect()
+    assert recv_until_eof(c) == b""
+    _, d = srv.wait_disconnected(c)
+    assert d.group("status") == "exited 127", d.group(0)
+
 # ------------------------------------------------------------ descriptors
 
 def parse_fds(data):

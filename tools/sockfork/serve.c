@@ -114,35 +114,9 @@ static const struct option serve_options[] = {
  * there; in PATH: nowhere), -EACCES (there, not executable), -EISDIR. */
 static int program_check(const char *prog)
 {
-    const char *path = getenv("PATH");
-    char buf[4096];
-    struct stat st;
-    int rc = -ENOENT;
+    char file[4096];
 
-    if (strchr(prog, '/')) {
-        if (stat(prog, &st) < 0)
-            return -errno;
-        if (S_ISDIR(st.st_mode))
-            return -EISDIR;
-        return access(prog, X_OK) == 0 ? 0 : -errno;
-    }
-    if (!path)
-        path = "/usr/local/bin:/usr/bin:/bin";
-    while (*path) {
-        const char *end = strchr(path, ':');
-        size_t n = end ? (size_t)(end - path) : strlen(path);
-
-        if (snprintf(buf, sizeof buf, "%.*s/%s", (int)n, n ? path : ".", prog) < (int)sizeof buf &&
-            stat(buf, &st) == 0 && S_ISREG(st.st_mode)) {
-            if (access(buf, X_OK) == 0)
-                return 0;
-            rc = -EACCES; /* as execvp: go on looking, report EACCES if nothing runs */
-        }
-        if (!end)
-            break;
-        path = end + 1;
-    }
-    return rc;
+    return sf_program_find(prog, file, sizeof file);
 }
 
 static void program_error(const char *cmd, const char *prog, int rc)
