@@ -86,12 +86,9 @@ static json_t *cmd_list(sf_server *s)
 
 static conn_rec *find_child(sf_server *s, json_int_t pid)
 {
-    sup_child *c;
-
     if (pid <= 0 || pid > INT32_MAX)
         return NULL;
-    c = sup_child_find(&s->sup, (pid_t)pid);
-    return c ? c->data : NULL;
+    return sup_child_data(&s->sup, (pid_t)pid);
 }
 
 /* What ctl sends is text: the "text" member, a string. */

@@ -212,6 +212,40 @@ static void test_stats_count_the_children(void **state)
     ev_loop_destroy(loop);
 }
 
+/* sup_child_data: the owner's pointer for a live child, NULL for any
+ * other pid and once the child is reaped. */
+static void test_child_data_by_pid(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    sup s;
+    result r;
+    ev_timer stop, guard;
+    int tags[2];
+    (void)state;
+
+    memset(&r, 0, sizeof r);
+    setup_sup(&s, loop, &r, 0.0);
+    pid_t p0 = spawn(&s, &tags[0], -2);
+    pid_t p1 = spawn(&s, &tags[1], -2);
+    assert_ptr_equal(sup_child_data(&s, p0), &tags[0]);
+    assert_ptr_equal(sup_child_data(&s, p1), &tags[1]);
+    assert_null(sup_child_data(&s, getpid()));
+    assert_null(sup_child_data(&s, 0));
+    ev_timer_init(&stop, stop_all, 0., 0.);
+    stop.data = &s;
+    ev_timer_start(loop, &stop);
+    ev_timer_init(&guard, failsafe, 10., 0.);
+    ev_timer_start(loop, &guard);
+    sup_run(&s);
+    assert_int_equal(r.n, 2);
+    assert_null(sup_child_data(&s, p0));
+    assert_null(sup_child_data(&s, p1));
+    ev_timer_stop(loop, &guard);
+    ev_timer_stop(loop, &stop);
+    sup_fini(&s);
+    ev_loop_destroy(loop);
+}
+
 /* What a spawned child runs: waits to be told to go. */
 static void wait_child(const void *blob, size_t len, int nfds)
 {
@@ -320,6 +354,7 @@ int main(void)
         cmocka_unit_test(test_reap_and_decode),
         cmocka_unit_test(test_shutdown_escalates),
         cmocka_unit_test(test_stats_count_the_children),
+        cmocka_unit_test(test_child_data_by_pid),
         cmocka_unit_test(test_stats_follow_the_spawner),
     };
     return cmocka_run_group_tests_name("supervisor", tests, NULL, NULL);
