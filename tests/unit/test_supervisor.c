@@ -315,7 +315,7 @@ static void test_stats_follow_the_spawner(void **state)
     sup_get_stats(&s, &st);
     assert_true(st.spawner_pid > 0);
     w.first = st.spawner_pid;
-    assert_int_equal(sup_spawn(&s, "", 0, NULL, 0, NULL), 0);
+    assert_int_equal(sup_spawn(&s, "", 0, (int[1]){-1}, 0, NULL), 0); /* no descriptors */
     sup_get_stats(&s, &st);
     assert_int_equal(st.spawning, 1);
     assert_int_equal(st.children, 0);
