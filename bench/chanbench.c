@@ -884,9 +884,9 @@ static void parent_bus(struct run *run, int fd, uint64_t deadline)
             fail("bus_deliver: %s", strerror(-rc));
         while (endpoint_is_open(e)) /* until the child closes its end */
             env_once(&env, "the child to finish its round trips");
-        if (env.b.stats.frames_in != run->o->rounds || env.b.stats.drops)
+        if (env.b.counted.frames_in != run->o->rounds || env.b.counted.drops)
             fail("bus rtt: %" PRIu64 " requests of %" PRIu64 ", %" PRIu64 " drops",
-                 env.b.stats.frames_in, run->o->rounds, env.b.stats.drops);
+                 env.b.counted.frames_in, run->o->rounds, env.b.counted.drops);
         env_fini(&env);
         return;
     }
@@ -1174,9 +1174,9 @@ static void bcast_bus(struct bcast_run *run, const int *fds, const pid_t *pids, 
     run->elapsed = now_ns() - t0;
     if (env.kicks)
         fail("the bus kicked %u children", env.kicks);
-    if (run->drops != env.b.stats.drops)
+    if (run->drops != env.b.counted.drops)
         fail("broadcast: %" PRIu64 " missing deliveries, %" PRIu64 " drops counted by the bus",
-             run->drops, env.b.stats.drops);
+             run->drops, env.b.counted.drops);
     for (unsigned i = 0; i < k; i++)
         expect[i] = (uint32_t)(run->o->bcasts - env.eps[i].drops);
     env_fini(&env);

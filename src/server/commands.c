@@ -86,12 +86,9 @@ static json_t *cmd_list(sf_server *s)
 
 static conn_rec *find_child(sf_server *s, json_int_t pid)
 {
-    sup_child *c;
-
     if (pid <= 0 || pid > INT32_MAX)
         return NULL;
-    c = sup_child_find(&s->sup, (pid_t)pid);
-    return c ? c->data : NULL;
+    return sup_child_data(&s->sup, (pid_t)pid);
 }
 
 /* What ctl sends is text: the "text" member, a string. */
@@ -148,10 +145,18 @@ static json_t *cmd_send(sf_server *s, json_t *req)
     return json_pack("{s:b, s:i, s:b}", "ok", 1, "pid", (int)r->pid, "unread_before", unread);
 }
 
+static uint64_t bus_drops(const bus *b)
+{
+    bus_stats bs;
+
+    bus_get_stats(b, &bs);
+    return bs.counted.drops;
+}
+
 static json_t *cmd_broadcast(sf_server *s, json_t *req)
 {
     bus_msg m;
-    uint64_t drops = s->bus.stats.drops;
+    uint64_t drops = bus_drops(&s->bus);
     unsigned n;
 
     memset(&m, 0, sizeof m);
@@ -160,7 +165,7 @@ static json_t *cmd_broadcast(sf_server *s, json_t *req)
     m.kind = SF_MSG_BROADCAST;
     n = bus_broadcast(&s->bus, &m, NULL);
     return json_pack("{s:b, s:i, s:I}", "ok", 1, "delivered", (int)n, "dropped",
-                     (json_int_t)(s->bus.stats.drops - drops));
+                     (json_int_t)(bus_drops(&s->bus) - drops));
 }
 
 static json_t *cmd_kick(sf_server *s, json_t *req)
@@ -196,48 +201,124 @@ static json_t *listener_names(sf_server *s)
     return a;
 }
 
+/* A count under its key, in the reply's order. */
+typedef struct stat_count {
+    const char *key;
+    uint64_t n;
+} stat_count;
+
+static int put_counts(json_t *o, const stat_count *c, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (json_object_set_new(o, c[i].key, json_integer((json_int_t)c[i].n)) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The connections: how many came and run, the limit, and what stopped or
+ * ended the others. */
+static int put_connections(json_t *o, const sf_server_stats *st, const sup_stats *ss)
+{
+    const stat_count c[] = {
+        {"accepted", st->accepted},
+        {"active", ss->children},
+        {"max_conns", ss->max_children}, /* sup_init was given opts.max_conns */
+        {"refused_per_ip", st->refused_per_ip},
+        {"limit_reached", st->limit_reached},
+        {"idle_closed", st->idle_closed},
+        {"kicked", st->kicked},
+        {"fork_failures", st->fork_failures},
+        {"accept_failures", st->accept_failures},
+    };
+    return put_counts(o, c, sizeof c / sizeof c[0]);
+}
+
+/* `exited`: children by exit code, the codes that occurred. */
+static json_t *exits_by_code(const sf_server_stats *st)
+{
+    json_t *o = json_object();
+    char key[32];
+
+    for (int i = 0; o && i < 256; i++) {
+        if (!st->exited[i])
+            continue;
+        snprintf(key, sizeof key, "%d", i);
+        if (json_object_set_new(o, key, json_integer((json_int_t)st->exited[i])) < 0) {
+            json_decref(o);
+            return NULL;
+        }
+    }
+    return o;
+}
+
+/* `killed`: children by signal, named when it has a name ("64+": any
+ * signal from 64 on). */
+static json_t *kills_by_signal(const sf_server_stats *st)
+{
+    json_t *o = json_object();
+    char key[32];
+
+    for (int i = 1; o && i <= 64; i++) {
+        const char *name = i < 64 ? sf_signal_name(i) : NULL;
+
+        if (!st->killed[i])
+            continue;
+        if (!name)
+            snprintf(key, sizeof key, i < 64 ? "%d" : "64+", i);
+        if (json_object_set_new(o, name ? name : key, json_integer((json_int_t)st->killed[i])) < 0) {
+            json_decref(o);
+            return NULL;
+        }
+    }
+    return o;
+}
+
+/* `channel`: the bus's counters, and the spawner's restarts. */
+static json_t *channel_counts(const bus_stats *bs, const sup_stats *ss)
+{
+    json_t *o = json_object();
+    const stat_count c[] = {
+        {"frames_in", bs->counted.frames_in},
+        {"frames_out", bs->counted.frames_out},
+        {"dropped", bs->counted.drops},
+        {"kicked_full", bs->counted.kicked_full},
+        {"kicked_bad", bs->counted.kicked_bad},
+        {"spawner_restarts", ss->spawner_restarts},
+    };
+
+    if (o && put_counts(o, c, sizeof c / sizeof c[0]) < 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* Every number comes from one of three snapshots: the server's own
+ * counters, the supervisor's (sup_get_stats) and the bus's (bus_get_stats). */
 static json_t *cmd_stats(sf_server *s)
 {
     const sf_server_stats *st = &s->stats;
-    json_t *exited = json_object(), *killed = json_object(), *listeners = listener_names(s);
-    char key[32];
+    json_t *r = json_object();
+    sup_stats ss;
+    bus_stats bs;
 
-    if (!exited || !killed || !listeners) {
-        json_decref(exited);
-        json_decref(killed);
-        json_decref(listeners);
+    sup_get_stats(&s->sup, &ss);
+    bus_get_stats(&s->bus, &bs);
+    /* json_object_set_new takes the value, and fails on a NULL one (out
+     * of memory): the reply is then freed whole. */
+    if (!r || json_object_set_new(r, "ok", json_true()) < 0 ||
+        json_object_set_new(r, "pid", json_integer(getpid())) < 0 ||
+        json_object_set_new(r, "listeners", listener_names(s)) < 0 ||
+        put_connections(r, st, &ss) < 0 ||
+        json_object_set_new(r, "exited", exits_by_code(st)) < 0 ||
+        json_object_set_new(r, "killed", kills_by_signal(st)) < 0 ||
+        json_object_set_new(r, "channel", channel_counts(&bs, &ss)) < 0 ||
+        json_object_set_new(r, "spawner_pid", json_integer(ss.spawner_pid)) < 0) {
+        json_decref(r);
         return NULL;
     }
-    for (int i = 0; i < 256; i++) {
-        if (st->exited[i]) {
-            snprintf(key, sizeof key, "%d", i);
-            json_object_set_new(exited, key, json_integer((json_int_t)st->exited[i]));
-        }
-    }
-    for (int i = 1; i <= 64; i++) {
-        if (st->killed[i]) {
-            const char *name = i < 64 ? sf_signal_name(i) : NULL;
-            if (!name)
-                snprintf(key, sizeof key, i < 64 ? "%d" : "64+", i);
-            json_object_set_new(killed, name ? name : key, json_integer((json_int_t)st->killed[i]));
-        }
-    }
-    json_t *channel = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "frames_in",
-                                (json_int_t)s->bus.stats.frames_in, "frames_out",
-                                (json_int_t)s->bus.stats.frames_out, "dropped",
-                                (json_int_t)s->bus.stats.drops, "kicked_full",
-                                (json_int_t)s->bus.stats.kicked_full, "kicked_bad",
-                                (json_int_t)s->bus.stats.kicked_bad, "spawner_restarts",
-                                (json_int_t)s->sup.spawner_restarts);
-    return json_pack("{s:b, s:i, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:i}",
-                     "ok", 1, "pid", (int)getpid(), "listeners", listeners,
-                     "accepted", (json_int_t)st->accepted, "active", (json_int_t)s->sup.count,
-                     "max_conns", (json_int_t)s->opts.max_conns, "refused_per_ip",
-                     (json_int_t)st->refused_per_ip, "limit_reached", (json_int_t)st->limit_reached,
-                     "idle_closed", (json_int_t)st->idle_closed, "kicked", (json_int_t)st->kicked,
-                     "fork_failures", (json_int_t)st->fork_failures, "accept_failures",
-                     (json_int_t)st->accept_failures, "exited", exited, "killed", killed,
-                     "channel", channel, "spawner_pid", (int)s->sup.spawner_pid);
+    return r;
 }
 
 json_t *server_command(void *arg, const char *cmd, json_t *req)

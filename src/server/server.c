@@ -663,8 +663,7 @@ static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
 static endpoint *bus_find(bus *b, pid_t pid, void *arg)
 {
     sf_server *s = arg;
-    sup_child *c = sup_child_find(&s->sup, pid);
-    conn_rec *r = c ? c->data : NULL;
+    conn_rec *r = sup_child_data(&s->sup, pid);
     (void)b;
     return r && endpoint_is_open(&r->ep) ? &r->ep : NULL;
 }

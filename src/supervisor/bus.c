@@ -427,7 +427,7 @@ static void hold(endpoint *e)
     TAILQ_INSERT_TAIL(&b->held, e, hlink);
     b->nheld++;
     if (!e->retrying)
-        b->stats.holds++; /* a new hold, not the same one tried again */
+        b->counted.holds++; /* a new hold, not the same one tried again */
     ev_io_stop(b->loop, &e->rd);
 }
 
@@ -517,9 +517,9 @@ static int push(endpoint *e, encoded *x)
     rc = chan_queue_push_raw(&e->q, x->bytes[j], x->len[j]);
     if (rc == -ENOBUFS) {
         e->drops++;
-        e->owner->stats.drops++;
+        e->owner->counted.drops++;
         if (e->owner->cfg.full_policy == BUS_FULL_KICK) {
-            e->owner->stats.kicked_full++;
+            e->owner->counted.kicked_full++;
             doom(e, "its channel queue is full (it does not read it)", 0);
         }
         return rc;
@@ -527,7 +527,7 @@ static int push(endpoint *e, encoded *x)
     if (rc < 0)
         return rc;
     e->frames_out++;
-    e->owner->stats.frames_out++;
+    e->owner->counted.frames_out++;
     if (!e->congested && !e->stuck && e->q.bytes >= high_water(e->owner))
         set_congested(e, 1);
     attention(e);
@@ -606,6 +606,18 @@ static void send_error(endpoint *e, int code, const char *subject, size_t subjec
 endpoint *bus_find_pid(bus *b, pid_t pid)
 {
     return b->cfg.find ? b->cfg.find(b, pid, b->cfg.arg) : NULL;
+}
+
+void bus_get_stats(const bus *b, bus_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    out->counted = b->counted;
+    out->endpoints = b->nendpoints;
+    out->topics = b->ntopics;
+    out->names = b->nnames;
+    out->history_bytes = b->hist_bytes;
+    out->congested = b->ncongested;
+    out->held = b->nheld;
 }
 
 /* What m takes in e's queue (0 if it cannot be encoded: it is not sent). */
@@ -1022,7 +1034,7 @@ static void kick(endpoint *e, const char *why, int bad)
     if (!endpoint_is_open(e))
         return;
     if (bad)
-        b->stats.kicked_bad++;
+        b->counted.kicked_bad++;
     sf_logf(b->cfg.log, SF_LOG_WARN, "pid %d: %s: closing its channel and ending it", (int)e->pid,
             why);
     /* The owner signals the child before its channel ends: a child that
@@ -1118,7 +1130,7 @@ static int feed(endpoint *e, const unsigned char *buf, size_t len)
             e->has_pend_f = 1;
         }
         e->frames_in++;
-        e->owner->stats.frames_in++;
+        e->owner->counted.frames_in++;
         if (run_pending(e) < 0)
             return -1;
         if (e->held)

@@ -113,9 +113,25 @@ struct endpoint {
     void *data;             /* the owner's */
 };
 
-typedef struct bus_stats {
-    uint64_t frames_in, frames_out, drops, kicked_full, kicked_bad;
+/* What the bus has counted since bus_init. */
+typedef struct bus_counters {
+    uint64_t frames_in;         /* frames or lines read from children */
+    uint64_t frames_out;        /* messages queued for children */
+    uint64_t drops;             /* messages not queued: the recipient's queue was full */
+    uint64_t kicked_full;       /* children disconnected for a full queue (BUS_FULL_KICK) */
+    uint64_t kicked_bad;        /* children disconnected for bad input */
     uint64_t holds;             /* times a sender was held (a retry held again not counted) */
+} bus_counters;
+
+/* The counters and what the bus holds, at one moment (bus_get_stats). */
+typedef struct bus_stats {
+    bus_counters counted;
+    unsigned endpoints;         /* open channels */
+    unsigned topics;            /* topics with subscribers or history */
+    unsigned names;             /* names claimed */
+    size_t history_bytes;       /* what every topic's history costs (bound: cfg.history_bytes) */
+    unsigned congested;         /* recipients holding their senders */
+    unsigned held;              /* senders held */
 } bus_stats;
 
 /* The owner learns of a child the bus wants gone (bad input, or a full
@@ -162,7 +178,7 @@ struct bus {
     int wake;                   /* a recipient drained: retry the held */
     ev_timer stall;             /* while any is congested */
     ev_prepare prepare;
-    bus_stats stats;
+    bus_counters counted;
 };
 
 int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg);
@@ -196,5 +212,9 @@ unsigned bus_broadcast(bus *b, const bus_msg *m, const endpoint *except);
 
 /* The endpoint of a pid, or NULL. */
 endpoint *bus_find_pid(bus *b, pid_t pid);
+
+/* Fills out with the bus's counters and sizes now. The owner's reports
+ * (`ctl stats`, and metrics) read the bus through it. */
+void bus_get_stats(const bus *b, bus_stats *out);
 
 #endif

@@ -278,3 +278,19 @@ void sup_run(sup *s)
 {
     ev_run(s->loop, 0);
 }
+
+void *sup_child_data(sup *s, pid_t pid)
+{
+    sup_child *c = sup_child_find(s, pid);
+    return c ? c->data : NULL;
+}
+
+void sup_get_stats(const sup *s, sup_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    out->children = s->count;
+    out->spawning = s->spawning;
+    out->max_children = s->cfg.max_children;
+    out->spawner_pid = s->spawner_pid;
+    out->spawner_restarts = s->spawner_restarts;
+}

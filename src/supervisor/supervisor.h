@@ -140,13 +140,33 @@ void sup_terminate(sup *s, pid_t pid);
 /* Whether sup_terminate has been called for this (live) child. */
 int sup_is_terminating(sup *s, pid_t pid);
 
+/* The data given with a live child (to sup_add or sup_spawn), or NULL when
+ * pid is none of its children: the owner finds its record of a child by
+ * pid here rather than keeping a second table of pids. */
+void *sup_child_data(sup *s, pid_t pid);
+
 /* Begins shutdown as SIGTERM would. */
 void sup_shutdown(sup *s);
 
 /* Runs the loop until shutdown has finished with every child reaped. */
 void sup_run(sup *s);
 
-/* Between supervisor.c and spawnlink.c. */
+/* What the supervisor holds and has counted, at one moment. The owner's
+ * reports (`ctl stats`, and metrics) read it here, so they agree. */
+typedef struct sup_stats {
+    unsigned children;          /* registered, not yet reaped (terminating too) */
+    unsigned spawning;          /* fork requests the spawner has not answered */
+    unsigned max_children;      /* cfg.max_children: children plus requests */
+    pid_t spawner_pid;          /* 0 while there is none */
+    uint64_t spawner_restarts;  /* times the spawner was lost (it died or its
+                                   socket failed): another is started unless
+                                   shutdown is over */
+} sup_stats;
+
+void sup_get_stats(const sup *s, sup_stats *out);
+
+/* Between supervisor.c and spawnlink.c only: an owner asks about a child
+ * by pid through sup_child_data and sup_is_terminating. */
 sup_child *sup_child_find(sup *s, pid_t pid);
 int sup_add_child(sup *s, pid_t pid, void *data, int via_spawner);
 void sup_child_exited(sup *s, pid_t pid, int wstatus);

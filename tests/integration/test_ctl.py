@@ -670,3 +670,52 @@ def test_more_servers_than_listed_are_counted(tmp_path):
     finally:
         for f in fakes:
             f.close()
+
+
+STATS_KEYS = ["ok", "pid", "listeners", "accepted", "active", "max_conns", "refused_per_ip",
+              "limit_reached", "idle_closed", "kicked", "fork_failures", "accept_failures", "exited",
+              "killed", "channel", "spawner_pid"]
+STATS_CHANNEL_KEYS = ["frames_in", "frames_out", "dropped", "kicked_full", "kicked_bad",
+                      "spawner_restarts"]
+
+
+def test_stats_reply_has_every_key_in_order(sockfork, tmp_path):
+    """The whole `stats` answer, raw from the socket: every key, in the order
+    `ctl stats` prints them, and each value (issue 12: built from the
+    supervisor's, the bus's and the server's snapshots, it must not move)."""
+    srv = sockfork("--echo", "--max-conns", "7", "--control", str(tmp_path / "c.sock"))
+    path = control_path(srv)
+    c = srv.connect()
+    pid = int(srv.wait_connected(c)[1].group(1))
+    rc, _, err = ctl(path, "kick", str(pid))
+    assert rc == 0, err
+    expect_eof(c)
+    srv.wait_disconnected(c)
+    c = srv.connect()
+    srv.wait_connected(c)
+
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(WAIT)
+    s.connect(path)
+    s.sendall(b'{"cmd":"stats"}\n')
+    line = s.makefile("rb").readline()
+    s.close()
+    pairs = json.loads(line, object_pairs_hook=lambda p: p)
+    assert [k for k, _ in pairs] == STATS_KEYS, line
+    st = dict(pairs)
+    assert [k for k, _ in st["channel"]] == STATS_CHANNEL_KEYS, line
+    assert st["spawner_pid"] > 0 and st["spawner_pid"] != srv.pid
+    st["channel"] = dict(st["channel"])
+    assert st["exited"] == [] and st["killed"] == [("SIGTERM", 1)]
+    assert st == {"ok": True, "pid": srv.pid, "listeners": ["127.0.0.1:%d" % srv.port],
+                  "accepted": 2, "active": 1, "max_conns": 7, "refused_per_ip": 0,
+                  "limit_reached": 0, "idle_closed": 0, "kicked": 1, "fork_failures": 0,
+                  "accept_failures": 0, "exited": [], "killed": [("SIGTERM", 1)],
+                  "channel": {"frames_in": 0, "frames_out": 0, "dropped": 0, "kicked_full": 0,
+                              "kicked_bad": 0, "spawner_restarts": 0},
+                  "spawner_pid": st["spawner_pid"]}, line
+    # ctl prints the same keys in the same order, one a line.
+    rc, out, err = ctl(path, "stats")
+    assert rc == 0, err
+    assert [l.split(":")[0] for l in out.splitlines()] == STATS_KEYS[1:], out
+    c.close()

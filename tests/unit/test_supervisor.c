@@ -175,11 +175,187 @@ static void test_shutdown_escalates(void **state)
     ev_loop_destroy(loop);
 }
 
+/* sup_get_stats without a spawner: the children registered, and reaped. */
+static void test_stats_count_the_children(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    sup s;
+    sup_stats st;
+    result r;
+    ev_timer stop, guard;
+    (void)state;
+
+    memset(&r, 0, sizeof r);
+    setup_sup(&s, loop, &r, 0.0);
+    sup_get_stats(&s, &st);
+    assert_int_equal(st.children, 0);
+    assert_int_equal(st.spawning, 0);
+    assert_int_equal(st.max_children, 4);
+    assert_int_equal(st.spawner_pid, 0);
+    assert_int_equal(st.spawner_restarts, 0);
+    spawn(&s, NULL, -2);
+    spawn(&s, NULL, -2);
+    sup_get_stats(&s, &st);
+    assert_int_equal(st.children, 2);
+    ev_timer_init(&stop, stop_all, 0., 0.);
+    stop.data = &s;
+    ev_timer_start(loop, &stop);
+    ev_timer_init(&guard, failsafe, 10., 0.);
+    ev_timer_start(loop, &guard);
+    sup_run(&s);
+    assert_int_equal(r.n, 2);
+    sup_get_stats(&s, &st);
+    assert_int_equal(st.children, 0);
+    ev_timer_stop(loop, &guard);
+    ev_timer_stop(loop, &stop);
+    sup_fini(&s);
+    ev_loop_destroy(loop);
+}
+
+/* sup_child_data: the owner's pointer for a live child, NULL for any
+ * other pid and once the child is reaped. */
+static void test_child_data_by_pid(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    sup s;
+    result r;
+    ev_timer stop, guard;
+    int tags[2];
+    (void)state;
+
+    memset(&r, 0, sizeof r);
+    setup_sup(&s, loop, &r, 0.0);
+    pid_t p0 = spawn(&s, &tags[0], -2);
+    pid_t p1 = spawn(&s, &tags[1], -2);
+    assert_ptr_equal(sup_child_data(&s, p0), &tags[0]);
+    assert_ptr_equal(sup_child_data(&s, p1), &tags[1]);
+    assert_null(sup_child_data(&s, getpid()));
+    assert_null(sup_child_data(&s, 0));
+    ev_timer_init(&stop, stop_all, 0., 0.);
+    stop.data = &s;
+    ev_timer_start(loop, &stop);
+    ev_timer_init(&guard, failsafe, 10., 0.);
+    ev_timer_start(loop, &guard);
+    sup_run(&s);
+    assert_int_equal(r.n, 2);
+    assert_null(sup_child_data(&s, p0));
+    assert_null(sup_child_data(&s, p1));
+    ev_timer_stop(loop, &guard);
+    ev_timer_stop(loop, &stop);
+    sup_fini(&s);
+    ev_loop_destroy(loop);
+}
+
+/* What a spawned child runs: waits to be told to go. */
+static void wait_child(const void *blob, size_t len, int nfds)
+{
+    (void)blob;
+    (void)len;
+    (void)nfds;
+    for (;;)
+        pause();
+}
+
+typedef struct spawner_watch {
+    result r;           /* first: cfg.arg is the watch, on_exit_cb's too */
+    sup *s;
+    pid_t first;        /* the spawner killed */
+    int started;        /* on_started calls */
+    sup_stats at_start; /* sup_get_stats in on_started */
+} spawner_watch;
+
+static void on_started_cb(sup *s, pid_t pid, void *data, void *arg)
+{
+    spawner_watch *w = arg;
+    (void)pid;
+    (void)data;
+    w->started++;
+    sup_get_stats(s, &w->at_start);
+}
+
+/* Breaks the loop once a spawner other than the killed one runs. */
+static void poll_new_spawner(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    spawner_watch *w = t->data;
+    sup_stats st;
+    (void)revents;
+    sup_get_stats(w->s, &st);
+    if (st.spawner_restarts > 0 && st.spawner_pid > 0 && st.spawner_pid != w->first)
+        ev_break(loop, EVBREAK_ONE);
+}
+
+/* With a spawner: its pid, a fork request until it is answered, and a
+ * restart counted when the spawner is killed. */
+static void test_stats_follow_the_spawner(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    static sf_logger quiet = {NULL, NULL, 0};
+    sup s;
+    sup_config cfg;
+    sup_stats st;
+    spawner_watch w;
+    ev_timer poll, stop, guard;
+    (void)state;
+
+    memset(&w, 0, sizeof w);
+    memset(&cfg, 0, sizeof cfg);
+    cfg.max_children = 4;
+    cfg.kill_grace = 0.2;
+    cfg.on_exit = on_exit_cb;
+    cfg.on_shutdown = on_shutdown_cb;
+    cfg.on_started = on_started_cb;
+    cfg.arg = &w;
+    cfg.log = &quiet;
+    cfg.spawn_child = wait_child;
+    assert_int_equal(sup_init(&s, loop, &cfg), 0);
+    w.s = &s;
+    ev_timer_init(&guard, failsafe, 20., 0.);
+    ev_timer_start(loop, &guard);
+
+    sup_get_stats(&s, &st);
+    assert_true(st.spawner_pid > 0);
+    w.first = st.spawner_pid;
+    assert_int_equal(sup_spawn(&s, "", 0, (int[1]){-1}, 0, NULL), 0); /* no descriptors */
+    sup_get_stats(&s, &st);
+    assert_int_equal(st.spawning, 1);
+    assert_int_equal(st.children, 0);
+    while (!w.started)
+        ev_run(loop, EVRUN_ONCE);
+    assert_int_equal(w.at_start.spawning, 0);
+    assert_int_equal(w.at_start.children, 1);
+
+    /* The spawner dies: its child goes with it, another spawner starts. */
+    assert_int_equal(kill(w.first, SIGKILL), 0);
+    ev_timer_init(&poll, poll_new_spawner, 0.01, 0.01);
+    poll.data = &w;
+    ev_timer_start(loop, &poll);
+    ev_run(loop, 0);
+    ev_timer_stop(loop, &poll);
+    sup_get_stats(&s, &st);
+    assert_int_equal(st.spawner_restarts, 1);
+    assert_true(st.spawner_pid > 0 && st.spawner_pid != w.first);
+
+    ev_timer_init(&stop, stop_all, 0., 0.);
+    stop.data = &s;
+    ev_timer_start(loop, &stop);
+    sup_run(&s);
+    assert_int_equal(w.r.n, 1); /* the child went with the first spawner */
+    sup_get_stats(&s, &st);
+    assert_int_equal(st.children, 0);
+    ev_timer_stop(loop, &guard);
+    ev_timer_stop(loop, &stop);
+    sup_fini(&s);
+    ev_loop_destroy(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reap_and_decode),
         cmocka_unit_test(test_shutdown_escalates),
+        cmocka_unit_test(test_stats_count_the_children),
+        cmocka_unit_test(test_child_data_by_pid),
+        cmocka_unit_test(test_stats_follow_the_spawner),
     };
     return cmocka_run_group_tests_name("supervisor", tests, NULL, NULL);
 }
