@@ -565,7 +565,7 @@ SLOW_SH = r"""
 echo $$ > "pid.$1"
 case $1 in f*) exit 0 ;; esac
 sleep 30 &
-echo $! > "gc.$1"
+echo $! > ".gc.$1" && mv ".gc.$1" "gc.$1"
 wait
 """
 
