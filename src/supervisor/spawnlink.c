@@ -108,8 +108,12 @@ int sup_spawn(sup *s, const void *blob, size_t len, const int *fds, int nfds, vo
     if (!(r = req_new(SPAWN_REQ_FORK, len)))
         return -ENOMEM;
     r->req.cookie = ++s->next_cookie;
-    memcpy(r->req.blob, blob, len);
-    memcpy(r->fds, fds, sizeof(int) * (size_t)nfds);
+    /* memcpy from NULL is undefined even for 0 bytes: a request may come
+     * with no blob or no descriptors. */
+    if (len)
+        memcpy(r->req.blob, blob, len);
+    if (nfds)
+        memcpy(r->fds, fds, sizeof(int) * (size_t)nfds);
     r->nfds = nfds;
     r->data = data;
     s->spawning++;
