@@ -57,6 +57,7 @@ void sf_pool_opts_init(sf_pool_opts *o)
     o->queue_max = 65536;
     o->result_max = 64 * 1024;
     o->feed_fd = -1;
+    o->log_level = SF_LOG_INFO;
 }
 
 static int opts_valid(const sf_pool_opts *o)
@@ -71,23 +72,23 @@ static int opts_valid(const sf_pool_opts *o)
     return 1;
 }
 
-sf_pool *sf_pool_new(const sf_pool_opts *o)
+int sf_pool_new(sf_pool **out, const sf_pool_opts *o)
 {
     sf_pool *p;
     long cpus;
+    int rc = -ENOMEM;
 
-    if (!o || !opts_valid(o)) {
-        errno = EINVAL;
-        return NULL;
-    }
+    *out = NULL;
+    if (!o || !opts_valid(o))
+        return -EINVAL;
     p = calloc(1, sizeof *p);
     if (!p)
-        return NULL;
+        return -ENOMEM;
     p->o = *o;
     p->ep = p->cancel_fd = p->devnull = p->guard.fd = -1;
     p->log.cb = o->log;
     p->log.arg = o->log_arg;
-    p->log.level = SF_LOG_INFO;
+    p->log.level = o->log_level;
     if (p->o.halt != SF_HALT_NEVER && !p->o.halt_fail && p->o.halt_fail_pct == 0)
         p->o.halt_fail = 1;
     p->feed_ended = !o->feed;
@@ -105,16 +106,19 @@ sf_pool *sf_pool_new(const sf_pool_opts *o)
     if ((p->ep = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
         (p->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0 ||
         (p->devnull = open("/dev/null", O_RDWR | O_CLOEXEC)) < 0 ||
-        pool_fd_add(p, p->cancel_fd, EPOLLIN, EV_CANCEL) < 0)
+        pool_fd_add(p, p->cancel_fd, EPOLLIN, EV_CANCEL) < 0) {
+        rc = -errno;
         goto fail;
-    return p;
+    }
+    *out = p;
+    return 0;
 
 fail:
     sf_pool_free(p);
-    return NULL;
+    return rc;
 }
 
-static long enqueue(sf_pool *p, pool_task *t)
+static int enqueue(sf_pool *p, pool_task *t, unsigned long *seq)
 {
     if (p->halting) {
         free(t->arg);
@@ -129,14 +133,16 @@ static long enqueue(sf_pool *p, pool_task *t)
     p->tail = t;
     p->npending++;
     p->st.submitted++;
-    return (long)t->seq;
+    if (seq)
+        *seq = t->seq;
+    return 0;
 }
 
-long sf_pool_submit(sf_pool *p, const void *arg, size_t len, void *data)
+int sf_pool_submit(sf_pool *p, const void *arg, size_t len, void *data, unsigned long *seq)
 {
     pool_task *t;
 
-    if (!p || !p->o.fn || (len && !arg) || len > p->o.result_max)
+    if (!p || !p->o.task || (len && !arg) || len > p->o.result_max)
         return -EINVAL;
     if (p->npending >= p->o.queue_max)
         return -ENOBUFS;
@@ -149,10 +155,11 @@ long sf_pool_submit(sf_pool *p, const void *arg, size_t len, void *data)
         memcpy(t->arg, arg, len);
     t->len = len;
     t->data = data;
-    return enqueue(p, t);
+    return enqueue(p, t, seq);
 }
 
-long sf_pool_submit_cmd(sf_pool *p, sf_pool_cmd_fn cmd, void *cmd_arg, void *data)
+int sf_pool_submit_cmd(sf_pool *p, sf_pool_cmd_cb cmd, void *cmd_arg, void *data,
+                       unsigned long *seq)
 {
     pool_task *t;
 
@@ -166,7 +173,7 @@ long sf_pool_submit_cmd(sf_pool *p, sf_pool_cmd_fn cmd, void *cmd_arg, void *dat
     t->cmd = cmd;
     t->cmd_arg = cmd_arg;
     t->data = data;
-    return enqueue(p, t);
+    return enqueue(p, t, seq);
 }
 
 int sf_pool_set_next_seq(sf_pool *p, unsigned long seq)
@@ -295,12 +302,15 @@ static void begin_halt(sf_pool *p, int mode, int by_cancel, double now)
     }
 }
 
+/* Only a lock-free atomic may be written from a signal handler (C11 7.14.1.1). */
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "sf_pool_cancel needs a lock-free atomic_int");
+
 void sf_pool_cancel(sf_pool *p)
 {
     uint64_t one = 1;
     int saved = errno; /* a signal handler must leave errno as it found it */
 
-    p->cancel_requested = 1;
+    atomic_store(&p->cancel_requested, 1);
     if (write(p->cancel_fd, &one, sizeof one) < 0) {
         /* EAGAIN: the counter is full, so a wakeup is pending anyway. */
     }
@@ -850,7 +860,7 @@ int sf_pool_run(sf_pool *p)
         double now = pool_now();
         int n, ms;
 
-        if (p->cancel_requested && !p->st.cancelled_by_request)
+        if (atomic_load(&p->cancel_requested) && !p->st.cancelled_by_request)
             begin_halt(p, SF_HALT_NOW, 1, now);
         schedule(p, now);
         /* Bounded: wait_ms comes back at once if the feed wants more. */

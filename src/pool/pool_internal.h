@@ -16,13 +16,14 @@
 #include "process/groups.h"
 
 #include <signal.h>
+#include <stdatomic.h>
 #include <sys/types.h>
 
 typedef struct pool_task {
     struct pool_task *next;
     unsigned long seq;
     void *data;
-    sf_pool_cmd_fn cmd;          /* a command; NULL for a C task */
+    sf_pool_cmd_cb cmd;          /* a command; NULL for a C task */
     void *cmd_arg;
     unsigned char *arg;          /* a C task's argument bytes */
     size_t len;
@@ -82,7 +83,8 @@ struct sf_pool {
 
     int ep;                      /* epoll */
     int cancel_fd;               /* eventfd, written by sf_pool_cancel */
-    volatile sig_atomic_t cancel_requested;
+    atomic_int cancel_requested; /* set by sf_pool_cancel: lock-free, so
+                                  * safe from a signal handler and a thread */
     int devnull;
     int feed_ended, feed_waiting, feed_armed, feed_fd_pollable;
     int feed_ready;              /* the feed said READY: call it without polling */
