@@ -315,7 +315,6 @@ static int fork_worker(sf_pool *p, pool_slot *s)
     s->is_worker = 1;
     s->worker_tasks = 1;
     s->worker_last = last;
-    s->exited = 0;
     chan_queue_init(&s->wq, CHAN_HDR_LEN + 17 + p->o.result_max);
     chan_decoder_init(&s->fd_dec, (uint32_t)p->o.result_max + 16);
     p->st.workers_started++;
@@ -334,24 +333,25 @@ int pool_worker_give(sf_pool *p, pool_slot *s)
     pool_task *t = s->task;
     unsigned char *frame;
     size_t n = 17 + t->len;
-    int rc;
+    int rc, last = p->o.max_tasks_per_worker &&
+                   s->worker_tasks + 1 >= p->o.max_tasks_per_worker;
 
-    s->worker_tasks++;
-    s->worker_last = p->o.max_tasks_per_worker &&
-                     s->worker_tasks >= p->o.max_tasks_per_worker;
     frame = malloc(n);
     if (!frame)
         return -ENOMEM;
     be64_put(frame, t->seq);
     be32_put(frame + 8, s->index);
     be32_put(frame + 12, t->attempts);
-    frame[16] = (unsigned char)s->worker_last;
+    frame[16] = (unsigned char)last;
     if (t->len)
         memcpy(frame + 17, t->arg, t->len);
     rc = chan_queue_push(&s->wq, CHAN_T_TASK, frame, (uint32_t)n, -1);
     free(frame);
     if (rc < 0)
         return rc;
+    /* Queued: the worker will run it, whatever the flush below says. */
+    s->worker_tasks++;
+    s->worker_last = last;
     rc = chan_queue_flush(&s->wq, s->chan);
     if (rc < 0)
         return rc;
@@ -371,18 +371,18 @@ int pool_launch(sf_pool *p, pool_slot *s)
     int rc;
 
     if (!s->task->cmd) {
-        if (s->pid && s->is_worker && !s->exited)
-            return pool_worker_give(p, s);
-        rc = fork_worker(p, s);
-        if (rc == 0)
+        if (s->state == SLOT_IDLE)
+            rc = pool_worker_give(p, s);
+        else if ((rc = fork_worker(p, s)) == 0)
             proc_guard_watch(&p->guard, (unsigned)(s - p->slots), s->pid);
+        if (rc == 0)
+            pool_slot_to(s, SLOT_RUNNING);
         return rc;
     }
     rc = spawn_command(p, s);
     if (rc < 0)
         return rc;
     s->is_worker = 0;
-    s->exited = 0;
     jsonl_decoder_init(&s->jd, p->o.result_max);
     s->jskip = 0;
     if ((s->pidfd >= 0 && pool_fd_add(p, s->pidfd, EPOLLIN, id + EV_EXIT) < 0) ||
@@ -394,5 +394,6 @@ int pool_launch(sf_pool *p, pool_slot *s)
         return rc;
     }
     proc_guard_watch(&p->guard, (unsigned)(s - p->slots), s->pid);
+    pool_slot_to(s, SLOT_RUNNING);
     return 0;
 }

@@ -3,6 +3,7 @@
 #include "pool/pool_internal.h"
 #include "process/process.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -224,6 +225,26 @@ static void count_failure(sf_pool *p, const sf_task_report *r)
         p->st.failed_by_code++;
 }
 
+/* The report's flags for an attempt's reason to stop. */
+static void report_stop(sf_task_report *r, enum stop_reason why)
+{
+    switch (why) {
+    case STOP_TIMEOUT:
+        r->timed_out = 1;
+        break;
+    case STOP_OUTPUT:
+        r->output_limited = 1;
+        break;
+    case STOP_HALT:
+    case STOP_CANCEL:
+        r->killed = 1;
+        break;
+    case STOP_NONE:
+    case STOP_CHANNEL:
+        break;
+    }
+}
+
 static void report_unrun(sf_pool *p, pool_task *t)
 {
     sf_task_report r;
@@ -235,7 +256,7 @@ static void report_unrun(sf_pool *p, pool_task *t)
     if (t->attempts) { /* failed, and waiting for a retry that will not come */
         r.state = SF_TASK_FAILED;
         r.status = t->last;
-        r.timed_out = t->last_timed_out;
+        report_stop(&r, t->last_stop);
         count_failure(p, &r);
     } else {
         r.state = SF_TASK_CANCELLED;
@@ -248,16 +269,37 @@ static void report_unrun(sf_pool *p, pool_task *t)
 
 /* ------------------------------------------------------------ stopping */
 
-/* SIGTERM (and SIGCONT, for a stopped task) to the attempt's group, and
- * SIGKILL after the grace. A leader already exited is a zombie holding the
- * group's id, so the group can be killed at once without hitting a reused
- * id. */
-void pool_stop_slot(sf_pool *p, pool_slot *s, double now)
+/* Whether a slot may go from one state to another (enum slot_state). */
+static int slot_move_ok(enum slot_state from, enum slot_state to)
 {
-    if (!s->pid || s->stopping)
-        return;
-    s->stopping = 1;
-    if (s->exited || p->o.kill_grace_s == 0) {
+    switch (to) {
+    case SLOT_FREE:
+        return from == SLOT_EXITED;                    /* reaped */
+    case SLOT_RUNNING:
+        return from == SLOT_FREE || from == SLOT_IDLE; /* started, or given a task */
+    case SLOT_IDLE:
+        return from == SLOT_RUNNING;                   /* its task returned */
+    case SLOT_RETIRING:
+        return from == SLOT_RUNNING || from == SLOT_IDLE; /* its last returned; retired */
+    case SLOT_STOPPING:
+        return from != SLOT_FREE && from != SLOT_EXITED; /* a reason to stop; pool_abort */
+    case SLOT_EXITED:
+        return from != SLOT_FREE && from != SLOT_EXITED; /* its exit seen */
+    }
+    return 0;
+}
+
+void pool_slot_to(pool_slot *s, enum slot_state to)
+{
+    assert(slot_move_ok(s->state, to));
+    s->state = to;
+}
+
+/* SIGTERM (and SIGCONT, for a stopped task) to the group now, SIGKILL at
+ * kill_at (check_timers) or as soon as the leader exits (on_exit_ready). */
+static void escalate(sf_pool *p, pool_slot *s, double now)
+{
+    if (p->o.kill_grace_s == 0) {
         (void)proc_signal_group(s->pid, SIGKILL);
         s->kill_at = 0;
         return;
@@ -267,11 +309,55 @@ void pool_stop_slot(sf_pool *p, pool_slot *s, double now)
     s->kill_at = now + p->o.kill_grace_s;
 }
 
+/*
+ * The one place an attempt gets its reason to stop: the first wins, so a
+ * timeout followed by a halt stays a timeout, and an attempt stopped for
+ * any reason that then writes past output_max is only cut. A running
+ * attempt is stopped; one whose leader has exited (its output read after
+ * the exit) only keeps the reason: there is nothing left to signal.
+ */
+int pool_stop_attempt(sf_pool *p, pool_slot *s, enum stop_reason why, double now)
+{
+    if (!s->task || s->stop_reason != STOP_NONE)
+        return 0;
+    s->stop_reason = why;
+    switch (why) {
+    case STOP_TIMEOUT:
+        sf_logf(&p->log, SF_LOG_INFO, "task %lu: timed out after %.3f s", s->task->seq,
+                p->o.timeout_s);
+        break;
+    case STOP_OUTPUT:
+        sf_logf(&p->log, SF_LOG_NOTICE, "task %lu: output over %llu bytes: %s", s->task->seq,
+                p->o.output_max, s->state == SLOT_EXITED ? "cut" : "stopped");
+        break;
+    case STOP_NONE:
+    case STOP_HALT:
+    case STOP_CANCEL:
+    case STOP_CHANNEL:
+        break;
+    }
+    switch (s->state) {
+    case SLOT_RUNNING:
+        escalate(p, s, now);
+        pool_slot_to(s, SLOT_STOPPING);
+        break;
+    case SLOT_EXITED:
+    case SLOT_FREE: /* none of these holds a task but while it starts */
+    case SLOT_IDLE:
+    case SLOT_RETIRING:
+    case SLOT_STOPPING:
+        break;
+    }
+    return 1;
+}
+
 /* An idle worker is retired by closing its channel: it exits 0 on EOF. */
 static void retire_worker(sf_pool *p, pool_slot *s)
 {
-    if (s->is_worker && !s->task && s->chan >= 0)
-        pool_fd_del(p, &s->chan);
+    if (s->state != SLOT_IDLE)
+        return;
+    pool_fd_del(p, &s->chan);
+    pool_slot_to(s, SLOT_RETIRING);
 }
 
 static void begin_halt(sf_pool *p, int mode, int by_cancel, double now)
@@ -293,11 +379,8 @@ static void begin_halt(sf_pool *p, int mode, int by_cancel, double now)
         report_unrun(p, t);
     for (unsigned i = 0; i < p->jobs; i++) {
         pool_slot *s = &p->slots[i];
-        if (mode == SF_HALT_NOW && s->task) {
-            if (!s->stopping)
-                s->killed = 1;
-            pool_stop_slot(p, s, now);
-        }
+        if (mode == SF_HALT_NOW)
+            pool_stop_attempt(p, s, by_cancel ? STOP_CANCEL : STOP_HALT, now);
         retire_worker(p, s);
     }
 }
@@ -347,6 +430,14 @@ static void clear_attempt(pool_slot *s)
     s->task_done = 0;
 }
 
+/* A worker whose task returned (its attempt ended while it runs) waits for
+ * the next task, or exits by itself after its last. */
+static void worker_task_over(pool_slot *s)
+{
+    if (s->state == SLOT_RUNNING)
+        pool_slot_to(s, s->worker_last ? SLOT_RETIRING : SLOT_IDLE);
+}
+
 static void check_halt(sf_pool *p, double now)
 {
     unsigned long ended = p->st.ok + p->st.failed;
@@ -362,25 +453,64 @@ static void check_halt(sf_pool *p, double now)
     }
 }
 
-/* The attempt running in s is over, with status st: retry, or report. */
+/* Whether the attempt succeeded: exit code 0, and not stopped for a
+ * reason that makes it fail whatever its status. */
+static int attempt_ok(const pool_slot *s, sf_status st, int spawn_error)
+{
+    if (spawn_error || !st.exited || st.code != 0)
+        return 0;
+    switch (s->stop_reason) {
+    case STOP_NONE:
+    case STOP_CHANNEL: /* it returned, and said so, before it was stopped */
+        return 1;
+    case STOP_TIMEOUT:
+    case STOP_OUTPUT:
+    case STOP_HALT:
+    case STOP_CANCEL:
+        return 0;
+    }
+    return 0;
+}
+
+/* Whether a failed attempt may be followed by another. Not: a command
+ * that could not start (not found, not executable: the next attempt fails
+ * the same way), one that wrote too much (it would again), one stopped on
+ * purpose, or any once the pool halts. */
+static int retryable(const sf_pool *p, const pool_slot *s, const sf_status *st, int spawn_error)
+{
+    if (spawn_error || p->halting || s->task->attempts > p->o.retries)
+        return 0;
+    switch (s->stop_reason) {
+    case STOP_NONE:
+    case STOP_CHANNEL:
+        return retry_matches(p, st, 0);
+    case STOP_TIMEOUT:
+        return retry_matches(p, st, 1);
+    case STOP_OUTPUT:
+    case STOP_HALT:
+    case STOP_CANCEL:
+        return 0;
+    }
+    return 0;
+}
+
+/* The attempt running in s is over, with status st: retry, or report. A
+ * worker whose task returned waits for the next one (or exits, if that
+ * was its last) from here on. */
 static void end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error, double now)
 {
     pool_task *t = s->task;
     sf_task_report r;
-    int ok = !s->timed_out && !s->killed && !s->output_limited && !spawn_error && st.exited &&
-             st.code == 0;
+    int ok = attempt_ok(s, st, spawn_error);
 
     p->st.running--;
     p->feed_waiting = 0;
-    /* Not retried: a stopped attempt, one that wrote too much (it would
-     * again), and a command that could not start (not found, not
-     * executable: the next attempt fails the same way). */
-    if (!ok && !s->killed && !s->output_limited && !spawn_error && !p->halting &&
-        t->attempts <= p->o.retries && retry_matches(p, &st, s->timed_out)) {
+    if (!ok && retryable(p, s, &st, spawn_error)) {
         t->last = st;
-        t->last_timed_out = s->timed_out;
+        t->last_stop = s->stop_reason;
         p->st.retried++;
         clear_attempt(s);
+        worker_task_over(s);
         requeue_front(p, t);
         return;
     }
@@ -389,10 +519,8 @@ static void end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error,
     r.data = t->data;
     r.state = ok ? SF_TASK_OK : SF_TASK_FAILED;
     r.status = st;
-    r.timed_out = s->timed_out;
-    r.killed = s->killed;
+    report_stop(&r, s->stop_reason);
     r.spawn_error = spawn_error;
-    r.output_limited = s->output_limited;
     r.attempts = t->attempts;
     r.slot = s->index;
     r.pid = (int)s->pid;
@@ -409,6 +537,7 @@ static void end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error,
         count_failure(p, &r);
     p->o.on_done(p, &r, p->o.arg);
     clear_attempt(s);
+    worker_task_over(s);
     free(t->arg);
     free(t);
     if (!ok)
@@ -449,7 +578,7 @@ static void log_spawn_failure(sf_pool *p, const pool_task *t, const char *prog, 
 static int others_running(const sf_pool *p, const pool_slot *s)
 {
     for (unsigned i = 0; i < p->jobs; i++)
-        if (&p->slots[i] != s && p->slots[i].pid)
+        if (&p->slots[i] != s && p->slots[i].state != SLOT_FREE)
             return 1;
     return 0;
 }
@@ -520,7 +649,8 @@ static void start_attempt(sf_pool *p, pool_slot *s, pool_task *t, double now)
 
     t->attempts++;
     s->task = t;
-    s->timed_out = s->killed = s->stopping = s->task_done = s->output_limited = 0;
+    s->stop_reason = STOP_NONE;
+    s->task_done = 0;
     s->pdone = 0;
     s->ptotal = -1;
     s->outb = s->errb = 0;
@@ -562,8 +692,17 @@ static void start_attempt(sf_pool *p, pool_slot *s, pool_task *t, double now)
  * being killed keeps its slot until it is reaped. */
 static int slot_free(const pool_slot *s)
 {
-    return !s->task && (!s->pid || (s->is_worker && !s->worker_last && s->chan >= 0 &&
-                                    !s->exited && !s->stopping));
+    switch (s->state) {
+    case SLOT_FREE:
+    case SLOT_IDLE:
+        return 1;
+    case SLOT_RUNNING:
+    case SLOT_RETIRING:
+    case SLOT_STOPPING:
+    case SLOT_EXITED:
+        return 0;
+    }
+    return 0;
 }
 
 static void schedule(sf_pool *p, double now)
@@ -574,7 +713,7 @@ static void schedule(sf_pool *p, double now)
             return;
         if (!slot_free(s))
             continue;
-        if (s->pid && p->head->cmd) { /* a command where an idle worker sits */
+        if (s->state == SLOT_IDLE && p->head->cmd) { /* a command where an idle worker sits */
             retire_worker(p, s);
             continue;
         }
@@ -619,6 +758,7 @@ static int wait_slot(const pool_slot *s, siginfo_t *si, int flags)
  * and end its attempt if one was running. */
 static void on_exit_ready(sf_pool *p, pool_slot *s, double now)
 {
+    enum slot_state was = s->state;
     siginfo_t si;
     sf_status st;
 
@@ -626,9 +766,9 @@ static void on_exit_ready(sf_pool *p, pool_slot *s, double now)
      * while the group is killed. */
     if (wait_slot(s, &si, WNOHANG | WNOWAIT) < 0 || si.si_pid == 0)
         return;
-    s->exited = 1;
+    pool_slot_to(s, SLOT_EXITED);
     st = status_of(&si);
-    if (s->stopping)
+    if (was == SLOT_STOPPING)
         (void)kill(-s->pid, SIGKILL);
     pool_read_output(p, s, 1, 1);
     pool_read_output(p, s, 2, 1);
@@ -641,16 +781,15 @@ static void on_exit_ready(sf_pool *p, pool_slot *s, double now)
         end_attempt(p, s, returned(s), 0, now);
     } else if (s->task) {
         end_attempt(p, s, st, 0, now);
-    } else if (s->is_worker && !(st.exited && st.code == 0) && !s->stopping) {
+    } else if (s->is_worker && !(st.exited && st.code == 0) && was != SLOT_STOPPING) {
         char what[64];
         sf_status_format(&st, what, sizeof what);
         sf_logf(&p->log, SF_LOG_WARN, "slot %u: idle worker %ld %s", s->index, (long)s->pid, what);
     }
     s->pid = 0;
     s->is_worker = 0;
-    s->exited = 0;
-    s->stopping = 0;
     s->kill_at = 0;
+    pool_slot_to(s, SLOT_FREE);
     /* What it held is given back: a start that failed for lack of it
      * need not wait out its backoff (spawn_wait). */
     p->spawn_not_before = 0;
@@ -662,7 +801,7 @@ static void on_chan_ready(sf_pool *p, pool_slot *s, uint32_t events, double now)
         int rc = chan_queue_flush(&s->wq, s->chan);
         if (rc < 0) {
             pool_fd_del(p, &s->chan);
-            pool_stop_slot(p, s, now);
+            pool_stop_attempt(p, s, STOP_CHANNEL, now);
         } else if (rc == 1) {
             struct epoll_event ev = {.events = EPOLLIN,
                                      .data.u64 = (uint64_t)(s - p->slots) * 4 + EV_CHAN};
@@ -672,7 +811,7 @@ static void on_chan_ready(sf_pool *p, pool_slot *s, uint32_t events, double now)
     }
     if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
         pool_read_chan(p, s, 0);
-    if (s->is_worker && s->task && s->task_done && !s->stopping) {
+    if (s->state == SLOT_RUNNING && s->task_done) {
         end_attempt(p, s, returned(s), 0, now);
         /* A worker whose last task this was exits by itself; on_exit_ready
          * reaps it. */
@@ -713,7 +852,7 @@ static int all_done(const sf_pool *p)
     if ((!p->feed_ended && !p->halting) || p->head)
         return 0;
     for (unsigned i = 0; i < p->jobs; i++)
-        if (p->slots[i].task || p->slots[i].pid)
+        if (p->slots[i].state != SLOT_FREE)
             return 0;
     return 1;
 }
@@ -727,7 +866,9 @@ static int wait_ms(const sf_pool *p, double now, double next_tick)
         until = p->spawn_not_before;
     for (unsigned i = 0; i < p->jobs; i++) {
         const pool_slot *s = &p->slots[i];
-        double t = s->stopping ? s->kill_at : (s->task ? s->deadline : 0);
+        double t = s->state == SLOT_STOPPING ? s->kill_at
+                 : s->state == SLOT_RUNNING  ? s->deadline
+                                             : 0;
         if (t > 0 && (until == 0 || t < until))
             until = t;
     }
@@ -739,7 +880,7 @@ static int wait_ms(const sf_pool *p, double now, double next_tick)
         return 0; /* feed said MORE, with nothing to wait on: ask again */
     if (p->poll_exits)
         for (unsigned i = 0; i < p->jobs; i++)
-            if (p->slots[i].pid && p->slots[i].pidfd < 0 &&
+            if (p->slots[i].state != SLOT_FREE && p->slots[i].pidfd < 0 &&
                 (until == 0 || now + POLL_EXITS_S < until))
                 until = now + POLL_EXITS_S;
     if (until == 0)
@@ -753,18 +894,24 @@ static void check_timers(sf_pool *p, double now)
 {
     for (unsigned i = 0; i < p->jobs; i++) {
         pool_slot *s = &p->slots[i];
-        if (s->pid && s->pidfd < 0)
+        if (s->state != SLOT_FREE && s->pidfd < 0)
             on_exit_ready(p, s, now); /* polled: returns at once if it runs */
-        if (!s->pid && !s->task)
-            continue;
-        if (s->task && !s->stopping && s->deadline > 0 && now >= s->deadline) {
-            s->timed_out = 1;
-            sf_logf(&p->log, SF_LOG_INFO, "task %lu: timed out after %.3f s", s->task->seq,
-                    p->o.timeout_s);
-            pool_stop_slot(p, s, now);
-        } else if (s->stopping && s->kill_at > 0 && now >= s->kill_at) {
-            (void)proc_signal_group(s->pid, SIGKILL);
-            s->kill_at = 0;
+        switch (s->state) {
+        case SLOT_RUNNING:
+            if (s->deadline > 0 && now >= s->deadline)
+                pool_stop_attempt(p, s, STOP_TIMEOUT, now);
+            break;
+        case SLOT_STOPPING:
+            if (s->kill_at > 0 && now >= s->kill_at) {
+                (void)proc_signal_group(s->pid, SIGKILL);
+                s->kill_at = 0;
+            }
+            break;
+        case SLOT_FREE:
+        case SLOT_IDLE:
+        case SLOT_RETIRING:
+        case SLOT_EXITED:
+            break;
         }
     }
 }
@@ -810,10 +957,11 @@ static void pool_abort(sf_pool *p, double now)
     begin_halt(p, SF_HALT_NOW, 1, now);
     for (unsigned i = 0; i < p->jobs; i++) {
         pool_slot *s = &p->slots[i];
-        if (!s->pid)
+        if (s->state == SLOT_FREE)
             continue;
         (void)proc_signal_group(s->pid, SIGKILL);
-        s->stopping = 1;
+        s->kill_at = 0;
+        pool_slot_to(s, SLOT_STOPPING);
         {
             siginfo_t si;
             while (wait_slot(s, &si, WNOWAIT) < 0 && errno == EINTR)
@@ -912,12 +1060,29 @@ void sf_pool_get_stats(const sf_pool *p, sf_pool_stats *out)
     out->pending = p->npending;
 }
 
+/* Whether an attempt's process runs in the slot (or has just exited, its
+ * output being read): what sf_pool_running lists. */
+static int slot_attempt_runs(const pool_slot *s)
+{
+    switch (s->state) {
+    case SLOT_RUNNING:
+    case SLOT_STOPPING:
+    case SLOT_EXITED:
+        return s->task != NULL;
+    case SLOT_FREE:
+    case SLOT_IDLE:
+    case SLOT_RETIRING:
+        return 0;
+    }
+    return 0;
+}
+
 size_t sf_pool_running(const sf_pool *p, sf_task_info *out, size_t max)
 {
     size_t n = 0;
 
     for (unsigned i = 0; i < p->jobs && n < max; i++)
-        if (p->slots[i].task && p->slots[i].pid)
+        if (slot_attempt_runs(&p->slots[i]))
             pool_info(&p->slots[i], &out[n++]);
     return n;
 }
@@ -936,7 +1101,7 @@ void sf_pool_free(sf_pool *p)
     if (p->slots) {
         int busy = p->head != NULL;
         for (unsigned i = 0; i < p->jobs; i++)
-            busy |= p->slots[i].pid != 0;
+            busy |= p->slots[i].state != SLOT_FREE;
         if (busy)
             pool_abort(p, pool_now());
         for (unsigned i = 0; i < p->jobs; i++)

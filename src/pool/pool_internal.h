@@ -19,6 +19,18 @@
 #include <stdatomic.h>
 #include <sys/types.h>
 
+/* Why an attempt was stopped. The first reason wins, decided in
+ * pool_stop_attempt and nowhere else; the report and the retry decision
+ * are switches on it. */
+enum stop_reason {
+    STOP_NONE = 0,
+    STOP_TIMEOUT,   /* ran past timeout_s: report timed_out; retried if retry_timeout allows */
+    STOP_OUTPUT,    /* wrote past output_max: output_limited; not retried (it would again) */
+    STOP_HALT,      /* a halt NOW: killed; not retried */
+    STOP_CANCEL,    /* sf_pool_cancel, or the pool failing: killed; not retried */
+    STOP_CHANNEL,   /* its worker's channel could not be written: ends as its status says */
+};
+
 typedef struct pool_task {
     struct pool_task *next;
     unsigned long seq;
@@ -30,7 +42,7 @@ typedef struct pool_task {
     unsigned attempts;           /* started so far */
     /* How the last attempt ended, for a task waiting for its retry. */
     sf_status last;
-    int last_timed_out;
+    enum stop_reason last_stop;
 } pool_task;
 
 /* What an epoll event is about: the slot's index times 4 plus one of these. */
@@ -38,8 +50,40 @@ enum { EV_EXIT = 0, EV_CHAN = 1, EV_OUT = 2, EV_ERR = 3 };
 #define EV_CANCEL UINT64_MAX
 #define EV_FEED (UINT64_MAX - 1)
 
+/*
+ * A slot's state: what its process is doing, and so what may happen to it
+ * next. pool_slot_to makes every change and checks it is one of these:
+ *
+ *   FREE ----------------> RUNNING ---------------> STOPPING
+ *    ^   started (launch)  |  ^  |   a reason to stop     |
+ *    |                     |  |  | (pool_stop_attempt)    |
+ *    |     a worker's task |  |  | its last task          |
+ *    |            returned |  |  | returned               |
+ *    |                     v  |  v                        |
+ *    |                  IDLE -+-> RETIRING                |
+ *    |    next task given ^  retired, or its channel gone |
+ *    |                                                    |
+ *    +---- reaped ---- EXITED <-- the leader exited ------+
+ *                               (from every state but FREE)
+ *
+ * A start is synchronous: a slot being given a task stays FREE (or IDLE)
+ * until its process runs, and goes back to nothing if the start fails.
+ * pool_abort also takes IDLE and RETIRING workers to STOPPING (SIGKILL).
+ */
+enum slot_state {
+    SLOT_FREE = 0,  /* no process: a task may start here */
+    SLOT_RUNNING,   /* an attempt runs: a command, or a worker's task */
+    SLOT_IDLE,      /* a worker between tasks, its channel open: takes the next C task */
+    SLOT_RETIRING,  /* a worker with no task that exits by itself: its channel closed,
+                     * or its last task done */
+    SLOT_STOPPING,  /* its group is being killed: SIGTERM sent, SIGKILL at kill_at (0: sent) */
+    SLOT_EXITED,    /* the leader has exited, seen and not reaped: its zombie keeps the
+                     * group's id while what the task left is read */
+};
+
 typedef struct pool_slot {
     unsigned index;              /* 1..jobs, the {%} of its tasks */
+    enum slot_state state;
     pool_task *task;             /* the attempt running here, or NULL */
 
     /* The process: a command, or a worker that outlives its tasks. */
@@ -55,13 +99,9 @@ typedef struct pool_slot {
     int jskip;                   /* discarding the rest of a too-long line */
 
     /* The attempt. */
-    int exited;                  /* the leader is a zombie (peeked, not reaped) */
-    int wstatus;
-    int task_done;               /* the worker said the task returned */
+    enum stop_reason stop_reason;
+    int task_done;               /* the worker said the task returned task_rc */
     int task_rc;
-    int stopping;                /* SIGTERM sent to the group */
-    int timed_out, killed;
-    int output_limited;          /* stopped: it wrote more than output_max */
     double started, deadline, kill_at; /* CLOCK_MONOTONIC seconds; 0: none */
     double started_wall;
     char **argv;                 /* a command's, free()d with the attempt */
@@ -131,8 +171,12 @@ void pool_slot_release(sf_pool *p, pool_slot *s);
 /* Sends the worker its next task. Returns 0 or -errno. */
 int pool_worker_give(sf_pool *p, pool_slot *s);
 
-/* Stops the slot's attempt: SIGTERM to its group, SIGKILL after the grace. */
-void pool_stop_slot(sf_pool *p, pool_slot *s, double now);
+/* The one place a slot changes state (see enum slot_state). */
+void pool_slot_to(pool_slot *s, enum slot_state to);
+/* Gives the slot's attempt its reason to stop, unless it has one: the first
+ * wins. Stops it if it still runs (SIGTERM to its group, SIGKILL after the
+ * grace). Returns 1 if why is now its reason. */
+int pool_stop_attempt(sf_pool *p, pool_slot *s, enum stop_reason why, double now);
 
 /* taskio.c */
 void pool_read_output(sf_pool *p, pool_slot *s, int stream, int drain);

@@ -45,13 +45,7 @@ static size_t output_room(sf_pool *p, pool_slot *s, size_t n, int *cut)
     if (!p->o.output_max || held + n <= p->o.output_max)
         return n;
     *cut = 1;
-    if (!s->output_limited && !s->stopping && s->task) {
-        s->output_limited = 1;
-        sf_logf(&p->log, SF_LOG_NOTICE, "task %lu: output over %llu bytes: %s", s->task->seq,
-                p->o.output_max, s->exited ? "cut" : "stopped");
-        if (!s->exited)
-            pool_stop_slot(p, s, pool_now());
-    }
+    pool_stop_attempt(p, s, STOP_OUTPUT, pool_now());
     return held < p->o.output_max ? (size_t)(p->o.output_max - held) : 0;
 }
 
@@ -280,8 +274,11 @@ void pool_read_chan(sf_pool *p, pool_slot *s, int drain)
             return;
         if (n <= 0) {
             /* EOF or an error: the task closed fd 3, or it is gone. A
-             * worker's channel closing is seen as its exit, on the pidfd. */
+             * worker's channel closing is seen as its exit, on the pidfd;
+             * an idle one takes no more tasks meanwhile. */
             pool_fd_del(p, &s->chan);
+            if (s->state == SLOT_IDLE)
+                pool_slot_to(s, SLOT_RETIRING);
             return;
         }
         if (s->is_worker)
@@ -292,7 +289,9 @@ void pool_read_chan(sf_pool *p, pool_slot *s, int drain)
             sf_logf(&p->log, SF_LOG_ERROR, "slot %u: worker %ld broke the protocol (%s): killed",
                     s->index, (long)s->pid, strerror(-rc));
             pool_fd_del(p, &s->chan);
-            if (s->pid && !s->exited)
+            if (s->state == SLOT_IDLE)
+                pool_slot_to(s, SLOT_RETIRING);
+            if (s->state != SLOT_EXITED)
                 kill(-s->pid, SIGKILL);
             return;
         }
