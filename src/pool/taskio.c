@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
 /* Reads per wakeup when not draining: one, so a chatty task cannot starve
@@ -296,4 +297,17 @@ void pool_read_chan(sf_pool *p, pool_slot *s, int drain)
             return;
         }
     }
+}
+
+/* Something on a slot's channel: room to write the rest of a worker's task
+ * frame, frames or fd-3 lines to read; a worker's task that returned ends
+ * its attempt. */
+void pool_on_chan(sf_pool *p, pool_slot *s, uint32_t events, double now)
+{
+    if (s->is_worker && (events & EPOLLOUT) && s->chan >= 0)
+        pool_worker_flush(p, s, now);
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+        pool_read_chan(p, s, 0);
+    if (s->state == SLOT_RUNNING && s->task_done)
+        pool_task_returned(p, s, now);
 }
