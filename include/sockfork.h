@@ -6,10 +6,20 @@
  *
  * Conventions (after libuv):
  *   - every public name starts with sf_ / SF_;
- *   - calls that can fail return 0 or a negative errno value;
+ *   - a call that can fail returns 0 or a negative errno value (a call
+ *     that returns a count or a length says so, and is then >= 0 or a
+ *     negative errno); a constructor returns the object it makes through
+ *     an out-parameter (sf_server_new, sf_pool_new);
+ *   - callback types end in _cb; the options naming them start with on_
+ *     (or are named for what they do: log, handler, feed);
+ *   - durations are seconds as a double, and their names end in _s;
  *   - the library never prints and never exits: diagnostics go to the
- *     log callback given in sf_server_opts, errors are returned;
- *   - "who frees what" is said at each function.
+ *     log callback given in the options, errors are returned;
+ *   - "who frees what" is said at each function and each callback;
+ *   - threads: the library starts none. A server's or a pool's calls are
+ *     made from the thread that runs it (or before and after it runs),
+ *     and its callbacks are called from that thread, never from a signal
+ *     handler; the exceptions, sf_server_stop and sf_pool_cancel, say so.
  */
 #ifndef SOCKFORK_H
 #define SOCKFORK_H
@@ -46,9 +56,10 @@ enum sf_log_level {
 };
 
 /*
- * Receives one complete log line (no trailing newline). Called from the
- * supervisor's loop only, never from a signal handler or a child. The line
- * is only valid during the call.
+ * Receives one complete log line (no trailing newline) at `level` (enum
+ * sf_log_level). Called from the loop of the server or pool that logs, in
+ * the thread that runs it; never from a signal handler or a child. The
+ * line belongs to the library and is only valid during the call.
  */
 typedef void (*sf_log_cb)(void *arg, int level, const char *line);
 
@@ -123,7 +134,8 @@ typedef struct sf_conn sf_conn;
  * fail with EPIPE). The child leaves with _exit(return value & 255) after
  * flushing stdout: other FILE streams the handler writes to, it must flush
  * or close itself (atexit handlers of the program do not run in the child).
- * `arg` is the pointer given to sf_server_new.
+ * `arg` is the pointer given to sf_server_new. `conn` and everything it
+ * holds belong to the library and stay valid until the handler returns.
  */
 typedef int (*sf_conn_cb)(sf_conn *conn, void *arg);
 
@@ -205,12 +217,14 @@ SF_EXTERN int sf_conn_msg_pending(const sf_conn *c);
 
 /*
  * Waits until the client socket is readable or a message has come, at
- * most timeout_ms (-1: no limit). Returns a mask of SF_READY_CLIENT and
- * SF_READY_CHANNEL (0 on timeout), or -errno. Hangups count as readable.
+ * most timeout_s seconds (a negative value: no limit; the wait is rounded
+ * up to whole milliseconds). Returns a mask of SF_READY_CLIENT and
+ * SF_READY_CHANNEL (0 on timeout), or -errno (-EINVAL for a NaN timeout).
+ * Hangups count as readable.
  */
 #define SF_READY_CLIENT 1
 #define SF_READY_CHANNEL 2
-SF_EXTERN int sf_conn_wait(sf_conn *c, int timeout_ms);
+SF_EXTERN int sf_conn_wait(sf_conn *c, double timeout_s);
 
 /*
  * Receives one message, blocking until one comes. Returns 1 with *m filled
@@ -288,19 +302,30 @@ SF_EXTERN size_t sf_text_escape(char *out, size_t len, const void *in, size_t n)
 typedef struct sf_server sf_server;
 
 /*
- * Called once from sf_server_run, when SIGTERM and SIGINT are already
- * handled and just before the first connection is accepted: the moment to
- * announce the listeners (a supervisor watching for that announcement may
- * send SIGTERM at once and get a graceful shutdown).
+ * Called once from sf_server_run, in the supervisor, when SIGTERM and
+ * SIGINT are already handled and just before the first connection is
+ * accepted: the moment to announce the listeners (a supervisor watching
+ * for that announcement may send SIGTERM at once and get a graceful
+ * shutdown). `arg` is opts.ready_arg; s stays the caller's.
  */
 typedef void (*sf_ready_cb)(sf_server *s, void *arg);
+
+/* Bytes queued for one child by default (sf_server_opts.chan_queue). */
+#define SF_CHAN_QUEUE_DEFAULT (256u * 1024)
+
+/*
+ * The smallest chan_queue a server accepts for a given chan_max: one
+ * message of chan_max bytes with the headers and the longest topic the
+ * channel adds to it.
+ */
+SF_EXTERN size_t sf_chan_queue_min(unsigned chan_max);
 
 typedef struct sf_server_opts {
     unsigned max_conns;   /* children at once; 0 = the default, 1000 */
     unsigned max_per_ip;  /* connections at once from one address; 0 = off */
-    double idle_timeout;  /* s without data from a TCP client; 0 = off */
-    double grace;         /* s children may finish at shutdown; default 10 */
-    double kill_grace;    /* s between SIGTERM and SIGKILL; default 2 */
+    double idle_timeout_s; /* without data from a TCP client; 0 = off */
+    double grace_s;       /* children may finish at shutdown; default 10 */
+    double kill_grace_s;  /* between SIGTERM and SIGKILL; default 2 */
     int backlog;          /* listen backlog; 0 = the system maximum */
     int log_level;        /* highest level passed to `log`; default INFO */
     sf_log_cb log;        /* NULL = no logging */
@@ -310,8 +335,9 @@ typedef struct sf_server_opts {
     /* The channel (see above). */
     int channel_jsonl;    /* 1: children speak JSON lines (they exec programs) */
     unsigned chan_max;    /* largest message from a child; default 64 KiB */
-    size_t chan_queue;    /* bytes queued for one child; default 256 KiB; at
-                           * least chan_max + 271 (one message must fit) */
+    size_t chan_queue;    /* bytes queued for one child; 0 = the default,
+                           * SF_CHAN_QUEUE_DEFAULT; at least
+                           * sf_chan_queue_min(chan_max) */
     int chan_full_kick;   /* at a full queue: 0 drop (counted), 1 end the child */
     unsigned topic_history; /* messages kept per topic; default 20 */
 } sf_server_opts;
@@ -356,14 +382,14 @@ SF_EXTERN const sf_addr *sf_server_listener_addr(const sf_server *s, size_t i);
 
 /*
  * Runs the supervisor until SIGTERM, SIGINT or SIGHUP (or sf_server_stop),
- * then shuts down gracefully: listeners are closed, children get `grace`
- * seconds to finish, then SIGTERM, then SIGKILL after `kill_grace`; a second
+ * then shuts down gracefully: listeners are closed, children get `grace_s`
+ * seconds to finish, then SIGTERM, then SIGKILL after `kill_grace_s`; a second
  * signal skips what is left of the grace. Returns 0 once every
  * child has been reaped, or -errno if the loop could not start.
  * Installs handlers for SIGTERM, SIGINT, SIGHUP and SIGCHLD and ignores
  * SIGPIPE for the process while it runs (C handlers inherit it ignored);
  * if the process is killed, even by SIGKILL, the children's process groups
- * are ended (SIGTERM, `kill_grace`, SIGKILL). Unblocks SIGTERM, SIGINT and
+ * are ended (SIGTERM, `kill_grace_s`, SIGKILL). Unblocks SIGTERM, SIGINT and
  * SIGHUP once its handlers run: a caller may block them from before
  * sf_server_listen/sf_server_control, so that a signal during startup stops
  * the server cleanly (its socket files removed) instead of killing it.
@@ -380,7 +406,10 @@ SF_EXTERN const sf_addr *sf_server_listener_addr(const sf_server *s, size_t i);
  */
 SF_EXTERN int sf_server_run(sf_server *s);
 
-/* Asks a running server to shut down as SIGTERM would. Async-signal-safe. */
+/* Asks a running server to shut down as SIGTERM would. Async-signal-safe
+ * and thread-safe (an ev_async_send): it may be called from a signal
+ * handler or from any thread, at any time between sf_server_new and
+ * sf_server_free. */
 SF_EXTERN void sf_server_stop(sf_server *s);
 
 /* Closes listeners, removes Unix paths, frees everything. NULL is fine. */

@@ -41,31 +41,36 @@ static void __attribute__((noreturn)) child_fail(exec_plan *pl, int e)
 }
 
 /*
- * A file the kernel cannot run (ENOEXEC: a script without a "#!" line) is
- * run by /bin/sh, as execvp and GNU parallel do: /bin/sh FILE ARGS...
- * The new argv is a VLA on the child's own stack, as glibc's execvp
- * builds it: no malloc, which is not async-signal-safe and would change
- * the caller's heap. Its size is bounded by the argv the kernel would
- * take (ARG_MAX). Returns only if /bin/sh cannot be exec'd either: the
- * error is then the file's, ENOEXEC.
+ * The shell's argv is a VLA on the caller's stack, as glibc's execvp
+ * builds it: no malloc, which is not async-signal-safe and in a vfork
+ * child would change the caller's heap. Its size is bounded by the argv
+ * the kernel would take (ARG_MAX).
  */
-static void exec_script(exec_plan *pl)
+static void exec_script(const char *file, char *const argv[], char *const envp[])
 {
     size_t n = 0;
 
-    while (pl->argv[n])
+    while (argv[n])
         n++;
     {
         char *sh_argv[n + 3];
         sh_argv[0] = (char *)"/bin/sh";
-        sh_argv[1] = (char *)pl->file;
+        sh_argv[1] = (char *)file;
         for (size_t i = 1; i <= n; i++) /* argv[1..], and its NULL */
-            sh_argv[i + 1] = pl->argv[i];
+            sh_argv[i + 1] = argv[i];
         if (n == 0)
             sh_argv[2] = NULL;
-        execve("/bin/sh", sh_argv, pl->envp);
+        execve("/bin/sh", sh_argv, envp);
     }
-    errno = ENOEXEC;
+}
+
+int proc_execve(const char *file, char *const argv[], char *const envp[])
+{
+    execve(file, argv, envp);
+    if (errno != ENOEXEC)
+        return -errno;
+    exec_script(file, argv, envp);
+    return -ENOEXEC; /* the file's error, not the shell's */
 }
 
 static void __attribute__((noreturn, noinline)) exec_child(exec_plan *pl)
@@ -97,10 +102,7 @@ static void __attribute__((noreturn, noinline)) exec_child(exec_plan *pl)
     if (o->slice)
         os_slice_restore(o->slice);
     sigprocmask(SIG_SETMASK, pl->mask, NULL);
-    execve(pl->file, pl->argv, pl->envp);
-    if (errno == ENOEXEC)
-        exec_script(pl);
-    child_fail(pl, errno);
+    child_fail(pl, -proc_execve(pl->file, pl->argv, pl->envp));
 }
 
 pid_t proc_exec(const char *file, char *const argv[], char *const envp[],

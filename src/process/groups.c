@@ -1,6 +1,7 @@
 /* groups.c - see groups.h: the set of groups and their takedown. */
 #include "process/groups.h"
 #include "process/process.h"
+#include "process/stop.h"
 #include "os/os.h"
 
 #include <errno.h>
@@ -168,15 +169,44 @@ static void signal_all(proc_groups *g, int sig)
     }
 }
 
+static int send_group(pid_t pg, int sig, void *arg)
+{
+    return signal_one(arg, pg, sig) < 0 ? -ESRCH : 0;
+}
+
+/* Begins stopping every group of g (stop.h: SIGTERM and SIGCONT); a group
+ * found gone is dropped. Returns the seconds until SIGKILL is due. */
+static double stop_all(proc_groups *g, const proc_stop *st)
+{
+    double kill_in = st->grace;
+
+    for (unsigned i = 0; i < g->size;) {
+        pid_t pg = g->slot[i];
+        if (pg != 0 && proc_stop_begin(st, pg, 0, &kill_in) < 0) {
+            proc_groups_del(g, pg);
+            continue;
+        }
+        i++;
+    }
+    return kill_in;
+}
+
+/* The grace is over: SIGKILL to every group left. */
+static void kill_all(proc_groups *g, const proc_stop *st)
+{
+    for (unsigned i = 0; i < g->size; i++)
+        if (g->slot[i] != 0)
+            (void)proc_stop_kill(st, g->slot[i]);
+}
+
 void proc_groups_takedown(proc_groups *g, double grace_s, proc_groups_tick_fn tick, void *arg)
 {
+    proc_stop st = {.grace = grace_s, .send = send_group, .arg = g};
     double deadline;
 
     if (g->count == 0)
         goto done;
-    signal_all(g, SIGTERM);
-    signal_all(g, SIGCONT); /* a stopped process would never act on TERM */
-    deadline = mono_now() + grace_s;
+    deadline = mono_now() + stop_all(g, &st);
     for (;;) {
         if (tick)
             tick(arg);
@@ -185,7 +215,7 @@ void proc_groups_takedown(proc_groups *g, double grace_s, proc_groups_tick_fn ti
             break;
         (void)poll(NULL, 0, TAKEDOWN_POLL_MS);
     }
-    signal_all(g, SIGKILL);
+    kill_all(g, &st);
 done:
     proc_groups_free(g);
 }

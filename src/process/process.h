@@ -69,6 +69,29 @@ typedef struct proc_exec_opts {
 pid_t proc_exec(const char *file, char *const argv[], char *const envp[],
                 const proc_exec_opts *opts);
 
+/*
+ * execve(file, argv, envp); a file the kernel cannot run (ENOEXEC: a
+ * script without a "#!" line) is run by /bin/sh as execvp does:
+ * /bin/sh FILE ARGS... Returns only on failure: -errno (-ENOEXEC when
+ * /bin/sh cannot be exec'd either). Async-signal-safe and allocates
+ * nothing (the shell's argv is on the stack): usable after fork and in
+ * proc_exec's vfork child.
+ */
+int proc_execve(const char *file, char *const argv[], char *const envp[]);
+
+/*
+ * The file execvp would exec for name, written to buf (size bytes), as
+ * execvp searches: a name holding a '/' is used as is; otherwise each
+ * entry of path in turn (an empty entry, leading, trailing or between two
+ * colons, is the current directory; path NULL or "" is "/bin:/usr/bin")
+ * for a regular file we may execute. Done once in the caller, where
+ * execvp would try execve in every directory for every start.
+ * Returns 0, -ENOENT (name empty, or nothing of that name), -EACCES (a
+ * file or directory of that name was found, but none we may execute),
+ * -ENAMETOOLONG (a name with a '/' longer than buf), -EINVAL.
+ */
+int proc_path_find(const char *name, const char *path, char *buf, size_t size);
+
 /* The signals that have a handler now, into set (emptied first). */
 void proc_caught_signals(sigset_t *set);
 /* Puts every signal of set back to SIG_DFL. Async-signal-safe. */

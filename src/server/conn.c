@@ -2,8 +2,11 @@
  * environment. Runs only in children. */
 #include "server/conn.h"
 #include "channel/be.h"
+#include "process/process.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -88,6 +91,7 @@ static int set_ipc_env(const sf_conn *c)
 
 int sf_conn_exec(sf_conn *c, char *const argv[])
 {
+    char file[PATH_MAX];
     int rc;
 
     if (!argv || !argv[0])
@@ -106,10 +110,13 @@ int sf_conn_exec(sf_conn *c, char *const argv[])
         if (setenv("SOCKFORK_FD", "3", 1) < 0)
             return -errno;
     }
+    /* As execvp: found in PATH (-ENOENT, -EACCES), and a script without
+     * "#!" run by /bin/sh. */
+    if ((rc = proc_path_find(argv[0], getenv("PATH"), file, sizeof file)) < 0)
+        return rc;
     /* Programs written for tcpserver expect the default SIGPIPE. */
     signal(SIGPIPE, SIG_DFL);
-    execvp(argv[0], argv);
-    rc = -errno;
+    rc = proc_execve(file, argv, environ);
     signal(SIGPIPE, SIG_IGN);
     return rc;
 }
@@ -126,10 +133,27 @@ int sf_conn_msg_pending(const sf_conn *c)
     return chan_reader_pending(&c->reader);
 }
 
-int sf_conn_wait(sf_conn *c, int timeout_ms)
+/* Seconds to poll()'s milliseconds: negative is -1 (no limit), a fraction
+ * of a millisecond rounds up (a short wait must not become a busy poll),
+ * and what does not fit an int is INT_MAX. */
+static int wait_ms(double timeout_s)
+{
+    double ms;
+
+    if (timeout_s < 0)
+        return -1;
+    ms = ceil(timeout_s * 1000.0);
+    return ms >= (double)INT_MAX ? INT_MAX : (int)ms;
+}
+
+int sf_conn_wait(sf_conn *c, double timeout_s)
 {
     struct pollfd p[2];
-    int n, ready = 0;
+    int n, ready = 0, timeout_ms;
+
+    if (isnan(timeout_s))
+        return -EINVAL;
+    timeout_ms = wait_ms(timeout_s);
 
     /* A message already read (part of an earlier read) must not wait for
      * the socket to become readable again. */

@@ -178,18 +178,14 @@ static void pause_set(sf_server *s, unsigned why, int on)
     update_accepting(s);
 }
 
+/* One timer for every failure until it fires: the wait grows once per
+ * expiry (backoff_cb), not per failure. */
 static void backoff_start(sf_server *s, unsigned why)
 {
-    s->backoff = s->backoff < BACKOFF_MIN ? BACKOFF_MIN : s->backoff;
     ev_timer_stop(s->loop, &s->backoff_timer);
-    ev_timer_set(&s->backoff_timer, s->backoff, 0.);
+    ev_timer_set(&s->backoff_timer, proc_backoff_arm(&s->backoff), 0.);
     ev_timer_start(s->loop, &s->backoff_timer);
     pause_set(s, why, 1);
-}
-
-static void backoff_grow(sf_server *s)
-{
-    s->backoff = s->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : s->backoff * 2;
 }
 
 /* -------------------------------------------------------------- forking */
@@ -262,7 +258,7 @@ static void retry_episode_failure(sf_server *s, const char *what, int err)
         return;
     s->retry_since = ev_now(s->loop);
     sf_logf(&s->log, SF_LOG_WARN, "cannot %s: %s; retrying in %g s", what, strerror(-err),
-            s->backoff < BACKOFF_MIN ? BACKOFF_MIN : s->backoff);
+            proc_backoff_delay(&s->backoff));
 }
 
 /* A child started: the episode is over once no connection waits for a
@@ -312,7 +308,7 @@ static void on_started(sup *sp, pid_t pid, void *data, void *arg)
     int rc;
     (void)sp;
 
-    s->backoff = 0;
+    proc_backoff_reset(&s->backoff);
     retry_episode_end(s);
     close_fd(&r->fd); /* the child has it; see the top of this file */
     close_fd(&r->cfd);
@@ -481,7 +477,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
                  * the backlog and the listener stays readable; retrying at
                  * once would spin. Wait, then try again. */
                 sf_logf(&s->log, SF_LOG_WARN, "cannot accept: %s; pausing accept for %g s",
-                        strerror(errno), s->backoff < BACKOFF_MIN ? BACKOFF_MIN : s->backoff);
+                        strerror(errno), proc_backoff_delay(&s->backoff));
                 s->stats.accept_failures++;
                 backoff_start(s, PAUSE_ACCEPT_ERR);
                 return;
@@ -511,7 +507,7 @@ static void backoff_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
 
-    backoff_grow(s);
+    proc_backoff_grow(&s->backoff);
     /* Fork failures: ask again. A new failure re-arms the timer and pauses
      * accepting again; the first success (on_started) resets the backoff. */
     s->paused &= ~(PAUSE_ACCEPT_ERR | PAUSE_FORK_ERR);
@@ -587,7 +583,7 @@ static void idle_check_one(void *arg, const sf_addr *local, const sf_addr *peer,
     if (!slot)
         return; /* a connection of somebody else's on the same port, or reaped */
     r = &s->recs[*slot];
-    if (r->pid <= 0 || r->idle_closed || st->idle_in_ms < (uint64_t)(s->opts.idle_timeout * 1000.0))
+    if (r->pid <= 0 || r->idle_closed || st->idle_in_ms < (uint64_t)(s->opts.idle_timeout_s * 1000.0))
         return;
     r->idle_closed = 1;
     s->stats.idle_closed++;
@@ -595,7 +591,7 @@ static void idle_check_one(void *arg, const sf_addr *local, const sf_addr *peer,
         char text[SF_ADDR_TEXT_MAX];
         peer_text(r, text, sizeof text);
         sf_logf(&s->log, SF_LOG_NOTICE, "[%s] idle for %g s: closing pid=%d", text,
-                s->opts.idle_timeout, (int)r->pid);
+                s->opts.idle_timeout_s, (int)r->pid);
     }
     server_end_child(s, r);
 }
@@ -723,15 +719,20 @@ void sf_server_stop(sf_server *s)
 
 /* ------------------------------------------------------------ lifecycle */
 
+size_t sf_chan_queue_min(unsigned chan_max)
+{
+    return (size_t)chan_max + BUS_MSG_OVERHEAD;
+}
+
 void sf_server_opts_init(sf_server_opts *o)
 {
     memset(o, 0, sizeof *o);
     o->max_conns = 1000;
-    o->grace = 10.0;
-    o->kill_grace = 2.0;
+    o->grace_s = 10.0;
+    o->kill_grace_s = 2.0;
     o->log_level = SF_LOG_INFO;
     o->chan_max = CHAN_MAX_DEFAULT;
-    o->chan_queue = 256 * 1024;
+    o->chan_queue = SF_CHAN_QUEUE_DEFAULT;
     o->topic_history = 20;
 }
 
@@ -769,10 +770,10 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
     if (s->opts.chan_max == 0)
         s->opts.chan_max = CHAN_MAX_DEFAULT;
     if (s->opts.chan_queue == 0)
-        s->opts.chan_queue = 256 * 1024;
-    if (s->opts.idle_timeout < 0 || s->opts.grace < 0 || s->opts.kill_grace < 0 ||
+        s->opts.chan_queue = SF_CHAN_QUEUE_DEFAULT;
+    if (s->opts.idle_timeout_s < 0 || s->opts.grace_s < 0 || s->opts.kill_grace_s < 0 ||
         s->opts.max_conns > (1u << 24) || s->opts.chan_max > CHAN_MAX_LIMIT ||
-        s->opts.chan_queue < (size_t)s->opts.chan_max + BUS_MSG_OVERHEAD ||
+        s->opts.chan_queue < sf_chan_queue_min(s->opts.chan_max) ||
         s->opts.topic_history > 100000) {
         os_nofork_free(s);
         return -EINVAL;
@@ -791,7 +792,7 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
         goto fail;
     if (hmap_init(&s->by_tuple, s->opts.max_conns) < 0)
         goto fail;
-    if (s->opts.idle_timeout > 0) {
+    if (s->opts.idle_timeout_s > 0) {
         s->diag_fd = os_tcpdiag_open();
         if (s->diag_fd < 0) {
             rc = s->diag_fd;
@@ -896,8 +897,8 @@ int sf_server_run(sf_server *s)
 
     memset(&cfg, 0, sizeof cfg);
     cfg.max_children = s->opts.max_conns;
-    cfg.grace = s->opts.grace;
-    cfg.kill_grace = s->opts.kill_grace;
+    cfg.grace = s->opts.grace_s;
+    cfg.kill_grace = s->opts.kill_grace_s;
     cfg.on_exit = on_child_exit;
     cfg.on_shutdown = on_shutdown;
     cfg.arg = s;
@@ -924,8 +925,8 @@ int sf_server_run(sf_server *s)
         sigprocmask(SIG_UNBLOCK, &stop_signals, NULL);
     }
 
-    if (s->opts.idle_timeout > 0) {
-        double period = s->opts.idle_timeout / 4;
+    if (s->opts.idle_timeout_s > 0) {
+        double period = s->opts.idle_timeout_s / 4;
         period = period < 0.05 ? 0.05 : period > 1.0 ? 1.0 : period;
         ev_timer_set(&s->idle_timer, period, period);
         ev_timer_start(s->loop, &s->idle_timer);

@@ -12,11 +12,10 @@
 #include "supervisor/supervisor.h"
 #include "log.h"
 #include "os/os.h"
+#include "process/backoff.h"
 
 #define LISTENERS_MAX 64
 #define ACCEPT_BATCH 32      /* accepts per wakeup, so reaping is not starved */
-#define BACKOFF_MIN 0.05
-#define BACKOFF_MAX 1.0
 
 enum { PAUSE_LIMIT = 1, PAUSE_ACCEPT_ERR = 2, PAUSE_FORK_ERR = 4 };
 
@@ -72,7 +71,7 @@ struct sf_server {
     int diag_fd;          /* NETLINK_SOCK_DIAG socket; with idle_timeout */
 
     unsigned paused;
-    double backoff;
+    proc_backoff backoff; /* after accept() or a start failed for lack of resources */
     ev_timer backoff_timer;
     conn_rec *retry_head, *retry_tail; /* could not start: sent again after backoff */
     uint64_t retry_failures; /* in the current episode of failed starts; 0: none */

@@ -1344,7 +1344,7 @@ int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg)
     if (!b->cfg.chan_max)
         b->cfg.chan_max = CHAN_MAX_DEFAULT;
     if (!b->cfg.queue_limit)
-        b->cfg.queue_limit = 256 * 1024;
+        b->cfg.queue_limit = SF_CHAN_QUEUE_DEFAULT;
     if (!b->cfg.history_bytes)
         b->cfg.history_bytes = BUS_HISTORY_TOTAL;
     if (b->cfg.history_bytes < BUS_HISTORY_BYTES)

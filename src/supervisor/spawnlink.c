@@ -22,8 +22,6 @@
 #include <unistd.h>
 #include <sys/wait.h>
 
-#define RESTART_MIN 0.05
-#define RESTART_MAX 1.0
 #define ANSWERS_PER_WAKEUP 512 /* whole messages of up to SPAWN_MSGS_MAX */
 
 struct sup_req {
@@ -168,7 +166,7 @@ static void answer(sup *s, const spawn_msg *m)
     }
     s->spawning--;
     if (m->kind == SPAWN_MSG_STARTED) {
-        s->spawner_backoff = 0;
+        proc_backoff_reset(&s->spawner_backoff);
         (void)sup_add_child(s, m->pid, r->data, 1); /* reserved in sup_spawn */
         if (s->cfg.on_started)
             s->cfg.on_started(s, m->pid, r->data, s->cfg.arg);
@@ -204,17 +202,12 @@ static void spawner_in_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 static void spawner_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 
+/* A restart after the backoff; the next one waits twice as long. */
 static void schedule_start(sup *s)
 {
-    s->spawner_backoff = s->spawner_backoff < RESTART_MIN ? RESTART_MIN : s->spawner_backoff;
     ev_timer_stop(s->loop, &s->spawner_timer);
-    ev_timer_set(&s->spawner_timer, s->spawner_backoff, 0.);
+    ev_timer_set(&s->spawner_timer, proc_backoff_next(&s->spawner_backoff), 0.);
     ev_timer_start(s->loop, &s->spawner_timer);
-}
-
-static void grow_backoff(sup *s)
-{
-    s->spawner_backoff = s->spawner_backoff * 2 > RESTART_MAX ? RESTART_MAX : s->spawner_backoff * 2;
 }
 
 static int start_spawner(sup *s)
@@ -231,9 +224,8 @@ static int start_spawner(sup *s)
     pid = spawner_start(&o, &fd);
     if (pid < 0) {
         sf_logf(s->cfg.log, SF_LOG_WARN, "cannot fork: %s; retrying in %g s", strerror((int)-pid),
-                s->spawner_backoff < RESTART_MIN ? RESTART_MIN : s->spawner_backoff);
+                proc_backoff_delay(&s->spawner_backoff));
         schedule_start(s);
-        grow_backoff(s);
         return (int)pid;
     }
     s->spawner_pid = pid;
@@ -301,7 +293,6 @@ static void spawner_lost(sup *s)
     s->spawner_restarts++;
     if (!s->done) {
         schedule_start(s);
-        grow_backoff(s);
     }
     sup_check_done(s);
 }

@@ -1,6 +1,7 @@
 /* supervisor.c - see supervisor.h. */
 #include "supervisor/supervisor.h"
 #include "process/process.h"
+#include "process/stop.h"
 #include "os/os.h"
 
 #include <errno.h>
@@ -16,28 +17,44 @@ sup_child *sup_child_find(sup *s, pid_t pid)
     return slot ? &s->children[*slot] : NULL;
 }
 
+/* Only the spawner signals the children it will reap (sup_signal). */
+static int send_via_spawner(pid_t pid, int sig, void *arg)
+{
+    sup_signal(arg, pid, sig);
+    return 0;
+}
+
+static proc_stop stop_policy(sup *s)
+{
+    proc_stop st = {.grace = s->cfg.kill_grace, .send = send_via_spawner, .arg = s};
+    return st;
+}
+
 static void kill_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     sup_child *c = (sup_child *)((char *)w - offsetof(sup_child, kill_timer));
+    proc_stop st = stop_policy(c->owner);
     (void)loop;
     (void)revents;
     sf_logf(c->owner->cfg.log, SF_LOG_WARN, "pid %d did not exit after SIGTERM: sending SIGKILL",
             (int)c->pid);
-    sup_signal(c->owner, c->pid, SIGKILL);
+    (void)proc_stop_kill(&st, c->pid);
 }
 
 void sup_terminate(sup *s, pid_t pid)
 {
     sup_child *c = sup_child_find(s, pid);
+    proc_stop st = stop_policy(s);
+    double kill_in;
 
     if (!c || c->terminating)
         return;
     c->terminating = 1;
-    sup_signal(s, pid, SIGTERM);
-    /* A stopped process would never act on SIGTERM. */
-    sup_signal(s, pid, SIGCONT);
-    ev_timer_set(&c->kill_timer, s->cfg.kill_grace, 0.);
-    ev_timer_start(s->loop, &c->kill_timer);
+    (void)proc_stop_begin(&st, pid, 0, &kill_in);
+    if (kill_in >= 0) {
+        ev_timer_set(&c->kill_timer, kill_in, 0.);
+        ev_timer_start(s->loop, &c->kill_timer);
+    }
 }
 
 int sup_is_terminating(sup *s, pid_t pid)

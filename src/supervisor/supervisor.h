@@ -28,6 +28,7 @@
 #include <sys/resource.h>
 #include <sys/types.h>
 
+#include "process/backoff.h"
 #include "process/spawner.h"
 
 #include "log.h"
@@ -97,7 +98,7 @@ struct sup {
     int spawner_fd;          /* our end of its socket, -1 while none */
     ev_io spawner_in, spawner_out;
     ev_timer spawner_timer;  /* restart after a failure or a death */
-    double spawner_backoff;
+    proc_backoff spawner_backoff;
     sup_req *out_head, *out_tail;     /* requests not yet sent */
     sup_req *wait_head, *wait_tail;   /* fork requests sent, not answered */
     unsigned spawning;       /* fork requests not answered (both lists) */

@@ -673,7 +673,7 @@ int main(int argc, char **argv)
         case O_KICK: so.chan_full_kick = 1; break;
         case O_HISTORY: so.topic_history = (unsigned)num(optarg); break;
         case O_CHAN_MAX: so.chan_max = (unsigned)num(optarg); break;
-        case O_GRACE: so.grace = strtod(optarg, NULL); break;
+        case O_GRACE: so.grace_s = strtod(optarg, NULL); break;
         case O_COUNT: o.count = num(optarg); break;
         case O_SIZE: o.size = num(optarg); break;
         case O_WHAT: o.what = optarg; break;

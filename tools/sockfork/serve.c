@@ -322,13 +322,13 @@ static int run_server(int argc, char **argv, const server_kind *k)
             opts.max_per_ip = u;
             break;
         case OPT_IDLE:
-            if (cli_parse_seconds(optarg, &opts.idle_timeout) < 0) {
+            if (cli_parse_seconds(optarg, &opts.idle_timeout_s) < 0) {
                 cli_error("%s: --idle-timeout wants a duration, not '%s'", k->name, optarg);
                 return EXIT_USAGE;
             }
             break;
         case OPT_GRACE:
-            if (cli_parse_seconds(optarg, &opts.grace) < 0) {
+            if (cli_parse_seconds(optarg, &opts.grace_s) < 0) {
                 cli_error("%s: --grace wants a duration, not '%s'", k->name, optarg);
                 return EXIT_USAGE;
             }
@@ -438,9 +438,10 @@ static int run_server(int argc, char **argv, const server_kind *k)
     } else if (echo) {
         handler = handler_echo;
     }
-    if (opts.chan_queue < (size_t)opts.chan_max + 271) {
+    if (opts.chan_queue < sf_chan_queue_min(opts.chan_max)) {
         cli_error("%s: --channel-queue (%zu) must hold one message of --channel-max (%u) "
-                  "and its 271 bytes of headers", k->name, opts.chan_queue, opts.chan_max);
+                  "and its %zu bytes of headers", k->name, opts.chan_queue, opts.chan_max,
+                  sf_chan_queue_min(opts.chan_max) - opts.chan_max);
         return EXIT_USAGE;
     }
     if (nlisten == 0)

@@ -1,0 +1,57 @@
+/* path.c - finding a program in PATH, as execvp does, once per name. */
+#include "process/process.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* What execvp searches when PATH is unset or empty (glibc's _CS_PATH). */
+#define PATH_DEFAULT "/bin:/usr/bin"
+
+/* Whether dir/name (dl bytes of dir; 0: the current directory) fits in
+ * buf; writes it there. */
+static int join(char *buf, size_t size, const char *dir, size_t dl, const char *name)
+{
+    int n = dl ? snprintf(buf, size, "%.*s/%s", (int)dl, dir, name)
+               : snprintf(buf, size, "%s", name);
+    return n > 0 && (size_t)n < size;
+}
+
+int proc_path_find(const char *name, const char *path, char *buf, size_t size)
+{
+    int seen = 0;
+
+    if (!name || !buf || size == 0)
+        return -EINVAL;
+    if (!*name)
+        return -ENOENT;
+    if (strchr(name, '/')) {
+        if (strlen(name) >= size)
+            return -ENAMETOOLONG;
+        memcpy(buf, name, strlen(name) + 1);
+        return 0;
+    }
+    if (!path || !*path)
+        path = PATH_DEFAULT;
+    for (const char *dir = path;;) {
+        const char *end = strchr(dir, ':');
+        size_t dl = end ? (size_t)(end - dir) : strlen(dir);
+        struct stat sb;
+
+        /* An entry too long to join cannot be exec'd either: skipped. */
+        if (join(buf, size, dir, dl, name) && stat(buf, &sb) == 0) {
+            /* A directory, or a file without execute permission, is what
+             * execvp meets as EACCES: remembered, and the search goes on. */
+            if (S_ISREG(sb.st_mode) && access(buf, X_OK) == 0)
+                return 0;
+            seen = 1;
+        }
+        if (!end)
+            break;
+        dir = end + 1; /* after a last ':', an empty entry: the cwd */
+    }
+    buf[0] = '\0';
+    return seen ? -EACCES : -ENOENT;
+}
