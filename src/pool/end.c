@@ -12,20 +12,17 @@
 
 /* ------------------------------------------------------------ stopping */
 
-/* SIGTERM (and SIGCONT, for a stopped task) to the group now, SIGKILL at
- * kill_at (pool_slot_timers) or as soon as the leader exits (pool_on_exit),
- * whichever comes first. A leader that has exited is a zombie holding the
- * group's id until pool_on_exit reaps it, so the id cannot be reused. */
+/* The library's escalation (process/stop.h): SIGTERM and SIGCONT to the
+ * group now (SIGKILL at once with a grace of 0), SIGKILL at kill_at
+ * (slot_timers) or as soon as the leader exits (pool_on_exit), whichever
+ * comes first. A leader that has exited is a zombie holding the group's
+ * id until pool_on_exit reaps it, so the id cannot be reused meanwhile. */
 static void escalate(sf_pool *p, pool_slot *s, double now)
 {
-    if (p->o.kill_grace_s == 0) {
-        (void)proc_signal_group(s->pid, SIGKILL);
-        s->kill_at = 0;
-        return;
-    }
-    (void)proc_signal_group(s->pid, SIGTERM);
-    (void)proc_signal_group(s->pid, SIGCONT);
-    s->kill_at = now + p->o.kill_grace_s;
+    double kill_in;
+
+    (void)proc_stop_begin(&p->stop, s->pid, 0, &kill_in);
+    s->kill_at = kill_in < 0 ? 0 : now + kill_in;
 }
 
 /*
@@ -93,7 +90,7 @@ static void slot_timers(sf_pool *p, pool_slot *s, double now)
         break;
     case SLOT_STOPPING:
         if (s->kill_at > 0 && now >= s->kill_at) {
-            (void)proc_signal_group(s->pid, SIGKILL);
+            (void)proc_stop_kill(&p->stop, s->pid);
             s->kill_at = 0;
         }
         break;
@@ -379,7 +376,7 @@ void pool_on_exit(sf_pool *p, pool_slot *s, double now)
     pool_slot_to(s, SLOT_EXITED);
     st = status_of(&si);
     if (was == SLOT_STOPPING)
-        (void)kill(-s->pid, SIGKILL);
+        (void)proc_stop_kill(&p->stop, s->pid);
     pool_read_output(p, s, 1, 1);
     pool_read_output(p, s, 2, 1);
     pool_read_chan(p, s, 1);
@@ -421,7 +418,7 @@ void pool_abort(sf_pool *p, double now)
         pool_slot *s = &p->slots[i];
         if (s->state == SLOT_FREE)
             continue;
-        (void)proc_signal_group(s->pid, SIGKILL);
+        (void)proc_stop_kill(&p->stop, s->pid);
         s->kill_at = 0;
         pool_slot_to(s, SLOT_STOPPING);
         {

@@ -7,14 +7,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/pidfd.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -62,61 +60,37 @@ void pool_env_free(sf_pool *p)
 }
 
 /*
- * The file to exec for argv[0]. A name without a slash is looked up in
- * PATH once and remembered (one name: a run execs the same command again
- * and again), instead of trying execve in each PATH directory for every
- * task. NULL with *err set when there is none: -ENOENT, or -EACCES when a
- * file of that name was found but none could be executed (as execvp).
+ * The file to exec for argv[0]: a name without a slash is looked up in
+ * PATH (proc_path_find, execvp's rules) once and remembered (one name: a
+ * run execs the same command again and again), instead of trying execve
+ * in each PATH directory for every task. NULL with *err set when there is
+ * none: -ENOENT, or -EACCES when something of that name was found but
+ * none could be executed (as execvp).
  */
 static const char *exec_path(sf_pool *p, const char *name, int *err)
 {
-    const char *path = getenv("PATH");
     char buf[4096];
-    int seen = 0;
+    char *nm, *f;
 
     if (strchr(name, '/'))
         return name;
     if (p->exec_name && strcmp(p->exec_name, name) == 0)
         return p->exec_file;
-    if (!*name) {
-        *err = -ENOENT;
+    if ((*err = proc_path_find(name, getenv("PATH"), buf, sizeof buf)) < 0)
+        return NULL;
+    nm = strdup(name);
+    f = strdup(buf);
+    if (!nm || !f) {
+        free(nm);
+        free(f);
+        *err = -ENOMEM;
         return NULL;
     }
-    if (!path || !*path)
-        path = "/bin:/usr/bin";
-    while (*path) {
-        const char *end = strchr(path, ':');
-        size_t dl = end ? (size_t)(end - path) : strlen(path);
-        int n = dl ? snprintf(buf, sizeof buf, "%.*s/%s", (int)dl, path, name)
-                   : snprintf(buf, sizeof buf, "%s", name); /* empty entry: the cwd */
-        struct stat sb;
-        if (n > 0 && (size_t)n < sizeof buf && stat(buf, &sb) == 0 && S_ISREG(sb.st_mode)) {
-            char *nm, *f;
-            if (access(buf, X_OK) < 0) {
-                seen = 1;
-                goto next;
-            }
-            nm = strdup(name);
-            f = strdup(buf);
-            if (!nm || !f) {
-                free(nm);
-                free(f);
-                *err = -ENOMEM;
-                return NULL;
-            }
-            free(p->exec_name);
-            free(p->exec_file);
-            p->exec_name = nm;
-            p->exec_file = f;
-            return f;
-        }
-    next:
-        path += dl;
-        if (*path == ':')
-            path++;
-    }
-    *err = seen ? -EACCES : -ENOENT;
-    return NULL;
+    free(p->exec_name);
+    free(p->exec_file);
+    p->exec_name = nm;
+    p->exec_file = f;
+    return f;
 }
 
 /* A pipe whose read end (ours) is non-blocking; both close-on-exec. */
@@ -454,8 +428,9 @@ static int others_running(const sf_pool *p, const pool_slot *s)
  * A start failed for lack of descriptors, processes or memory (EMFILE,
  * EAGAIN, ENOMEM...): not the task's fault, and usually over once some of
  * our tasks end. The task goes back to the head of the queue and nothing
- * starts for 50 ms, doubling to 1 s (back to 50 ms once one starts), or
- * until one of our processes ends and gives back what it held.
+ * starts for the library's backoff (process/backoff.h: 50 ms, doubling to
+ * 1 s, back to 50 ms once one starts), or until one of our processes ends
+ * and gives back what it held.
  * Such failures come in episodes (a -j higher than the descriptor limit
  * allows fails a start whenever a slot frees): the log says when one
  * begins, one line, and when it is over (no start failed for
@@ -469,6 +444,8 @@ static int others_running(const sf_pool *p, const pool_slot *s)
  */
 static int spawn_wait(sf_pool *p, pool_slot *s, pool_task *t, int err, double now)
 {
+    double wait;
+
     if (others_running(p, s))
         p->spawn_idle_fails = 0;
     else if (++p->spawn_idle_fails > SPAWN_IDLE_TRIES) {
@@ -483,11 +460,11 @@ static int spawn_wait(sf_pool *p, pool_slot *s, pool_task *t, int err, double no
         p->spawn_fail_since = now;
     p->spawn_fail_last = now;
     p->spawn_fail_err = err;
-    p->spawn_backoff = p->spawn_backoff ? fmin(p->spawn_backoff * 2, 1.0) : 0.05;
-    p->spawn_not_before = now + p->spawn_backoff;
+    wait = proc_backoff_next(&p->spawn_backoff);
+    p->spawn_not_before = now + wait;
     if (p->spawn_fails == 1)
         sf_logf(&p->log, SF_LOG_WARN, "cannot start task %lu: %s; retrying in %.2f s (said "
-                "once while starts keep failing)", t->seq, strerror(err), p->spawn_backoff);
+                "once while starts keep failing)", t->seq, strerror(err), wait);
     return 1;
 }
 
@@ -511,7 +488,7 @@ void pool_spawn_resources_freed(sf_pool *p)
 /* A task started during an episode. */
 static void spawn_started(sf_pool *p, double now)
 {
-    p->spawn_backoff = 0;
+    proc_backoff_reset(&p->spawn_backoff);
     p->spawn_idle_fails = 0;
     if (now - p->spawn_fail_last >= SPAWN_QUIET_S)
         pool_spawn_episode_end(p);

@@ -93,6 +93,8 @@ int sf_pool_new(sf_pool **out, const sf_pool_opts *o)
     if (p->o.halt != SF_HALT_NEVER && !p->o.halt_fail && p->o.halt_fail_pct == 0)
         p->o.halt_fail = 1;
     p->feed_ended = !o->feed;
+    p->stop.grace = o->kill_grace_s;
+    p->stop.no_grace_kills = 1; /* a grace of 0: SIGKILL at once, no SIGTERM */
     cpus = sysconf(_SC_NPROCESSORS_ONLN);
     p->jobs = o->jobs ? o->jobs : (unsigned)(cpus > 0 ? (cpus < JOBS_MAX ? cpus : JOBS_MAX) : 1);
     p->slots = calloc(p->jobs, sizeof *p->slots);

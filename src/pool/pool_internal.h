@@ -30,7 +30,9 @@
 #include "channel/jsonl.h"
 #include "log.h"
 #include "os/os.h"
+#include "process/backoff.h"
 #include "process/groups.h"
+#include "process/stop.h"
 
 #include <signal.h>
 #include <stdatomic.h>
@@ -151,7 +153,9 @@ struct sf_pool {
     int halting;                 /* enum sf_pool_halt, once a halt began */
     int running_loop;
     int poll_exits;              /* no pidfds: exits are polled (launch.c) */
-    double spawn_backoff, spawn_not_before;
+    proc_stop stop;              /* SIGTERM, kill_grace_s, SIGKILL (process/stop.h) */
+    proc_backoff spawn_backoff;  /* the wait after a start failed for lack of resources */
+    double spawn_not_before;     /*   and when it is over */
     unsigned long spawn_fails;   /* starts failed in this episode (transient) */
     unsigned spawn_idle_fails;   /*   in a row with no process of ours running */
     double spawn_fail_since;     /* when the episode began, */
