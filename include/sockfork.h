@@ -454,12 +454,15 @@ SF_EXTERN void sf_server_free(sf_server *s);
  * Every submitted task is reported exactly once, to on_done.
  *
  * Threads and signals: sf_pool_cancel is async-signal-safe and
- * thread-safe (see there). Every other pool call must be made from the
- * thread that runs sf_pool_run, either from one of its callbacks or before
- * or after sf_pool_run, never from another thread while it runs or from a
- * signal handler. The callbacks below (all but sf_task_cb) are called in
- * that thread, from within sf_pool_run (on_done and log also from
- * sf_pool_free, for what it ends), never from a signal handler or a child.
+ * thread-safe (see there). No other sf_pool_* call is: none may run at the
+ * same time as another call on the same pool, and none from a signal
+ * handler. While sf_pool_run runs, make them from its callbacks only (so
+ * in its thread), never from another thread; before and after it, from
+ * any one thread. The sf_task_* calls are made from inside a C task only,
+ * in its worker. The callbacks below (all but sf_task_cb) are called from
+ * within sf_pool_run, in the thread that called it (on_done and log also
+ * from within sf_pool_free, for what it ends), never from a signal handler
+ * or a child.
  * A callback may call sf_pool_submit, sf_pool_submit_cmd,
  * sf_pool_set_next_seq, sf_pool_cancel and the getters; not sf_pool_run or
  * sf_pool_free.
