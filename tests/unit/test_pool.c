@@ -589,6 +589,68 @@ static void test_cancel_stops_the_running_and_the_queued(void **state)
     sf_pool_free(p);
 }
 
+/* Hangs (bounded); its worker was born with SIGTERM ignored, so only
+ * SIGKILL ends it. */
+static int deaf(sf_task *t, const void *arg, size_t len, void *task_arg)
+{
+    (void)t, (void)arg, (void)len, (void)task_arg;
+    for (int i = 0; i < 3000; i++) /* 30 s at most, whatever happens */
+        usleep(10000);
+    return 0;
+}
+
+static sf_pool *cancel_on_timeout_pool;
+
+/* Cancels the pool when it logs a timeout: the attempt that timed out is
+ * then being stopped already, for that reason. */
+static void cancel_on_timeout(void *arg, int level, const char *line)
+{
+    log_line(arg, level, line);
+    if (strstr(line, "timed out"))
+        sf_pool_cancel(cancel_on_timeout_pool);
+}
+
+/* The first reason to stop an attempt wins: a cancel that comes while a
+ * timed-out attempt is being stopped leaves it timed out, not killed. */
+static void test_the_first_reason_to_stop_wins(void **state)
+{
+    sf_pool_opts o = base_opts(deaf);
+    struct sigaction ign, old_term;
+    sf_pool_stats st;
+    sf_pool *p;
+    (void)state;
+
+    /* Ignored in the program, ignored in its workers from their fork on:
+     * no window in which a SIGTERM could end the task. */
+    memset(&ign, 0, sizeof ign);
+    sigemptyset(&ign.sa_mask);
+    ign.sa_handler = SIG_IGN;
+    sigaction(SIGTERM, &ign, &old_term);
+
+    o.jobs = 1;
+    o.timeout_s = 0.2;
+    o.kill_grace_s = 0.2;
+    o.log = cancel_on_timeout;
+    reset_seen();
+    assert_int_equal(sf_pool_new(&p, &o), 0);
+    cancel_on_timeout_pool = p;
+    submit_numbers(p, 2);
+    assert_int_equal(sf_pool_run(p), 0);
+    sigaction(SIGTERM, &old_term, NULL);
+    sf_pool_get_stats(p, &st);
+    assert_true(st.cancelled_by_request);
+    assert_int_equal(seen_by_seq[1].reports, 1);
+    assert_int_equal(seen_by_seq[1].state, SF_TASK_FAILED);
+    assert_true(seen_by_seq[1].timed_out);
+    assert_false(seen_by_seq[1].killed);
+    assert_false(seen_by_seq[1].status.exited);
+    assert_int_equal(seen_by_seq[1].status.signal, SIGKILL); /* it ignored SIGTERM */
+    assert_int_equal(seen_by_seq[2].state, SF_TASK_CANCELLED);
+    assert_int_equal(st.timed_out, 1);
+    assert_int_equal(st.cancelled, 1);
+    sf_pool_free(p);
+}
+
 /* A cancel before sf_pool_run (a signal during startup): the run starts
  * nothing and reports every task cancelled. */
 static void test_a_cancel_before_the_run_starts_nothing(void **state)
@@ -788,6 +850,7 @@ int main(void)
         cmocka_unit_test(test_output_max_stops_a_flood),
         cmocka_unit_test(test_cancel_stops_the_running_and_the_queued),
         cmocka_unit_test(test_a_cancel_before_the_run_starts_nothing),
+        cmocka_unit_test(test_the_first_reason_to_stop_wins),
         cmocka_unit_test(test_log_level_filters_the_pools_lines),
         cmocka_unit_test(test_workers_and_the_caller_keep_their_slice),
         cmocka_unit_test(test_workers_start_without_the_programs_handlers),
