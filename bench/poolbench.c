@@ -12,7 +12,7 @@
  *
  *   bare        fork(); the child _exit(0)s; the parent reaps with
  *               waitpid(-1), forking the next as soon as one is reaped.
- *   pool-fork   an sf_pool whose fn returns 0 at once, with
+ *   pool-fork   an sf_pool whose task returns 0 at once, with
  *               max_tasks_per_worker = 1: a fork per task.
  *   pool-reuse  the same with max_tasks_per_worker = 0: JOBS workers,
  *               each running tasks until the pool is done.
@@ -157,12 +157,12 @@ struct pool_run {
     int command;
 };
 
-static int trivial(sf_task *t, const void *arg, size_t len, void *fn_arg)
+static int trivial(sf_task *t, const void *arg, size_t len, void *task_arg)
 {
     (void)t;
     (void)arg;
     (void)len;
-    (void)fn_arg;
+    (void)task_arg;
     return 0;
 }
 
@@ -227,14 +227,14 @@ static char **command_argv(unsigned long seq, unsigned slot, void *data, void *a
 static int feed_one(sf_pool *p, void *arg)
 {
     struct pool_run *pr = arg;
-    long seq;
+    int rc;
 
     if (pr->next > opt_tasks)
         return SF_FEED_END;
-    seq = pr->command ? sf_pool_submit_cmd(p, command_argv, NULL, NULL)
-                      : sf_pool_submit(p, &pr->next, sizeof pr->next, NULL);
-    if (seq < 0)
-        bench_die("sf_pool_submit of task %lu: %s", pr->next, strerror((int)-seq));
+    rc = pr->command ? sf_pool_submit_cmd(p, command_argv, NULL, NULL, NULL)
+                     : sf_pool_submit(p, &pr->next, sizeof pr->next, NULL, NULL);
+    if (rc < 0)
+        bench_die("sf_pool_submit of task %lu: %s", pr->next, strerror(-rc));
     pr->next++;
     return pr->next > opt_tasks ? SF_FEED_END : SF_FEED_MORE;
 }
@@ -255,7 +255,7 @@ static unsigned long run_pool(int command, unsigned max_per_worker, unsigned lon
     o.jobs = opt_jobs;
     o.queue_max = opt_tasks > 65536 ? (unsigned)opt_tasks : 65536;
     if (!command) {
-        o.fn = trivial;
+        o.task = trivial;
         o.max_tasks_per_worker = max_per_worker;
     }
     if (command == 2) {
@@ -267,16 +267,15 @@ static unsigned long run_pool(int command, unsigned max_per_worker, unsigned lon
     o.on_done = on_done;
     o.arg = &pr;
     o.log = on_log;
-    p = sf_pool_new(&o);
-    if (!p)
-        bench_die("sf_pool_new: %s", strerror(errno));
+    if ((rc = sf_pool_new(&p, &o)) < 0)
+        bench_die("sf_pool_new: %s", strerror(-rc));
 
     *t0 = bench_now_ns();
     for (unsigned long i = 1; opt_upfront && i <= opt_tasks; i++) {
-        long seq = command ? sf_pool_submit_cmd(p, command_argv, NULL, NULL)
-                           : sf_pool_submit(p, &i, sizeof i, NULL);
-        if (seq < 0)
-            bench_die("sf_pool_submit of task %lu: %s", i, strerror((int)-seq));
+        rc = command ? sf_pool_submit_cmd(p, command_argv, NULL, NULL, NULL)
+                     : sf_pool_submit(p, &i, sizeof i, NULL, NULL);
+        if (rc < 0)
+            bench_die("sf_pool_submit of task %lu: %s", i, strerror(-rc));
     }
     rc = sf_pool_run(p);
     if (rc < 0)

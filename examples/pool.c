@@ -15,12 +15,12 @@
 #include <string.h>
 #include <unistd.h>
 
-static int work(sf_task *t, const void *arg, size_t len, void *fn_arg)
+static int work(sf_task *t, const void *arg, size_t len, void *task_arg)
 {
     unsigned long n, i, limit;
     unsigned long long sum = 0;
     char text[64];
-    (void)fn_arg;
+    (void)task_arg;
 
     if (len != sizeof n)
         return 2;
@@ -65,28 +65,28 @@ int main(int argc, char **argv)
     sf_pool_opts o;
     sf_pool_stats st;
     sf_pool *p;
+    int rc;
 
     sf_pool_opts_init(&o);
     o.jobs = 4;
-    o.fn = work;
+    o.task = work;
     o.timeout_s = 1.0;
     o.kill_grace_s = 0.2;
     o.retries = 1;
     o.max_tasks_per_worker = 100; /* reuse a worker for up to 100 tasks */
     o.on_done = done;
     o.log = log_line;
-    p = sf_pool_new(&o);
-    if (!p) {
-        perror("sf_pool_new");
+    if ((rc = sf_pool_new(&p, &o)) < 0) {
+        fprintf(stderr, "pool: sf_pool_new: %s\n", strerror(-rc));
         return 1;
     }
     for (unsigned long n = 1; n <= tasks; n++)
-        if (sf_pool_submit(p, &n, sizeof n, NULL) < 0) {
-            fprintf(stderr, "pool: cannot submit task %lu\n", n);
+        if ((rc = sf_pool_submit(p, &n, sizeof n, NULL, NULL)) < 0) {
+            fprintf(stderr, "pool: cannot submit task %lu: %s\n", n, strerror(-rc));
             break;
         }
-    if (sf_pool_run(p) < 0)
-        perror("sf_pool_run");
+    if ((rc = sf_pool_run(p)) < 0)
+        fprintf(stderr, "pool: sf_pool_run: %s\n", strerror(-rc));
     sf_pool_get_stats(p, &st);
     printf("%lu ok, %lu failed, %lu retried, %lu workers forked for %lu attempts\n", st.ok,
            st.failed, st.retried, st.workers_started, st.started);

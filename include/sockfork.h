@@ -437,9 +437,10 @@ SF_EXTERN void sf_server_free(sf_server *s);
  * other. Every task's child is the leader of a process group of its own:
  * a timeout or a cancel sends SIGTERM to the group, then SIGKILL to the
  * group after the kill grace or as soon as the leader has exited, so no
- * grandchild left in the group survives it. Exits are watched with pidfds,
- * so the pool never reaps a child that is not its own and installs no
- * signal handler; sf_pool_run blocks in its own loop.
+ * grandchild left in the group survives it. The pool waits for its own
+ * children only (never waitpid(-1): it reaps no child of the program that
+ * is not its own) and installs no signal handler; sf_pool_run blocks in its
+ * own loop.
  *
  * While it runs, sf_pool_run:
  * - reads which signals the program catches when it starts, and puts those
@@ -448,11 +449,13 @@ SF_EXTERN void sf_server_free(sf_server *s);
  *   runs with none of the program's handlers; ignored signals stay
  *   ignored). Install handlers before sf_pool_run, not from its callbacks
  *   or another thread while it runs.
- * - gives its own thread a 0.1 ms scheduler slice (Linux 6.12+), so that it
- *   starts the next task soon after one ends even when its children keep
- *   every CPU busy; its commands and workers get the old slice back, and so
- *   does the thread when sf_pool_run returns. Processes a callback starts
- *   itself (system(), popen) inherit the short slice.
+ * - asks the kernel for a short scheduler slice (0.1 ms) for its own
+ *   thread, so that it starts the next task soon after one ends even when
+ *   its children keep every CPU busy (a kernel without the setting leaves
+ *   the slice as it was). Its commands and workers run with the thread's
+ *   previous slice, and the thread gets it back when sf_pool_run returns;
+ *   processes a callback starts itself (system(), popen) inherit the short
+ *   slice.
  * - forks one small guard process (its child until sf_pool_run returns,
  *   then reaped), told each task's process group: if the program is
  *   killed, even by SIGKILL, the guard ends the groups still running
@@ -460,6 +463,31 @@ SF_EXTERN void sf_server_free(sf_server *s);
  *   reap it too; that is harmless.
  *
  * Every submitted task is reported exactly once, to on_done.
+ *
+ * Threads and signals: sf_pool_cancel is async-signal-safe and
+ * thread-safe (see there). No other sf_pool_* call is: none may run at the
+ * same time as another call on the same pool, and none from a signal
+ * handler. While sf_pool_run runs, make them from its callbacks only (so
+ * in its thread), never from another thread; before and after it, from
+ * any one thread. The sf_task_* calls are made from inside a C task only,
+ * in its worker. The callbacks below (all but sf_task_cb) are called from
+ * within sf_pool_run, in the thread that called it (on_done and log also
+ * from within sf_pool_free, for what it ends), never from a signal handler
+ * or a child.
+ * A callback may call sf_pool_submit, sf_pool_submit_cmd,
+ * sf_pool_set_next_seq, sf_pool_cancel and the getters; not sf_pool_run or
+ * sf_pool_free.
+ *
+ * Log lines (the `log` callback of sf_pool_opts, lines above log_level not
+ * passed): ERROR, the pool itself failed (its loop, a task start that can
+ * never succeed, a worker that broke the protocol, no memory for a result);
+ * WARN, something went wrong that the pool works around or that a task
+ * did wrong (a start retried later, a command that cannot run, a bad fd-3
+ * line, a result over result_max, an idle worker that died, no guard);
+ * NOTICE, the run changes course (halting, cancelled, an output limit hit,
+ * start failures counted at the end of an episode, exits polled for lack of
+ * pidfds); INFO, one line per task event (a timeout, a task's own log
+ * line). Each line is valid during the call only.
  */
 typedef struct sf_pool sf_pool;
 
@@ -467,24 +495,27 @@ typedef struct sf_pool sf_pool;
 typedef struct sf_task sf_task;
 
 /*
- * A C task: runs in a worker process with the argument bytes the task was
- * submitted with. Returns 0 for success, or a failure code (1..255 as an
- * exit code would be). The worker may be reused: leave no state behind
- * that the next task would trip on. Exiting or crashing fails the task
- * with that status; the pool replaces the worker.
+ * A C task: runs in a worker process (a forked copy of the program, so never
+ * in the thread of sf_pool_run) with the argument bytes the task was
+ * submitted with; t, arg and its len bytes are the worker's, valid during
+ * the call. task_arg is sf_pool_opts.task_arg. Returns 0 for success, or a
+ * failure code (1..255 as an exit code would be). The worker may be reused:
+ * leave no state behind that the next task would trip on. Exiting or
+ * crashing fails the task with that status; the pool replaces the worker.
  */
-typedef int (*sf_task_fn)(sf_task *t, const void *arg, size_t len, void *fn_arg);
+typedef int (*sf_task_cb)(sf_task *t, const void *arg, size_t len, void *task_arg);
 
-/* From inside a C task. Each returns 0 or -errno. */
+/* From inside a C task (t as given to sf_task_cb). The getters return
+ * what they say; the others return 0 or -errno. */
 SF_EXTERN unsigned long sf_task_seq(const sf_task *t);  /* from 1, in submission order */
 SF_EXTERN unsigned sf_task_slot(const sf_task *t);      /* 1..jobs */
 SF_EXTERN unsigned sf_task_attempt(const sf_task *t);   /* 1 for the first */
 /* Progress: done of total, or a fraction in [0, 1] when total is 0. */
 SF_EXTERN int sf_task_progress(sf_task *t, double done, double total);
-/* The result bytes (at most the pool's result_max); a later call replaces
- * an earlier one. */
+/* The result bytes (at most the pool's result_max; -EMSGSIZE past it),
+ * copied; a later call replaces an earlier one. */
 SF_EXTERN int sf_task_result(sf_task *t, const void *data, size_t len);
-/* A line for the pool's log callback. */
+/* A line for the pool's log callback (INFO), copied. */
 SF_EXTERN int sf_task_log(sf_task *t, const char *text);
 
 /* How a task ended, once and for all. */
@@ -494,20 +525,23 @@ enum sf_task_state {
     SF_TASK_CANCELLED,  /* never ran: the pool halted or was cancelled first */
 };
 
+/* A task's end, given to on_done. The report and everything it points to
+ * (argv, result) belong to the pool and are freed when on_done returns:
+ * copy what is to be kept. */
 typedef struct sf_task_report {
     unsigned long seq;          /* submission order, from 1 */
-    void *data;                 /* the pointer given at submission */
+    void *data;                 /* the pointer given at submission (the caller's) */
     int state;                  /* enum sf_task_state */
     sf_status status;           /* how the last attempt ended (a C task's return
                                    value is an exit code) */
     int timed_out;              /* the last attempt ran out of time */
     int killed;                 /* the last attempt was stopped by sf_pool_cancel
-                                   or --halt now */
+                                   or a halt (SF_HALT_NOW) */
     int spawn_error;            /* errno when the command could not be started
-                                   (status then says exited 127), else 0 */
+                                   (status then says exited 127 or 126), else 0 */
     unsigned attempts;          /* attempts made, retries included */
     unsigned slot;              /* 1..jobs, of the last attempt */
-    int pid;                    /* of the last attempt's process */
+    int pid;                    /* of the last attempt's process (reaped) */
     double start_time;          /* of the last attempt, seconds since the epoch */
     double duration_s;          /* of the last attempt */
     unsigned long long stdout_bytes, stderr_bytes; /* commands with capture_output */
@@ -517,21 +551,31 @@ typedef struct sf_task_report {
     int output_limited;         /* stopped (or cut) for writing more than output_max */
 } sf_task_report;
 
-/* What a running task is doing (sf_pool_running). */
+/* What a running task is doing: filled by sf_pool_running into the
+ * caller's array, and given to on_start and on_output (the pool's, valid
+ * during the call). */
 typedef struct sf_task_info {
     unsigned long seq;
-    void *data;
+    void *data;                 /* the pointer given at submission */
     unsigned slot, attempt;
     int pid;
     double elapsed_s;
     double progress_done, progress_total; /* total 0: done is a fraction; -1: none */
 } sf_task_info;
 
-/* Builds a command's argv for one attempt: a NULL-terminated array in one
- * malloc'ed block (the pool free()s it), or NULL with errno set (the task
- * then fails with spawn_error set). */
-typedef char **(*sf_pool_cmd_fn)(unsigned long seq, unsigned slot, void *data, void *arg);
+/*
+ * Builds a command's argv for one attempt: called in sf_pool_run's thread
+ * just before each attempt starts, with the task's seq, the slot it will
+ * run in (1..jobs), the data and cmd_arg given to sf_pool_submit_cmd.
+ * Returns a NULL-terminated array in one malloc'ed block, which the pool
+ * then owns: it is given back in the report's argv and free()d when
+ * on_done returns (or when the attempt is retried). NULL with errno set
+ * fails the task with spawn_error set (for a lack of resources, ENOMEM,
+ * EAGAIN..., the attempt is put back and tried again later).
+ */
+typedef char **(*sf_pool_cmd_cb)(unsigned long seq, unsigned slot, void *data, void *cmd_arg);
 
+/* What a feed callback returns. */
 enum sf_pool_feed {
     SF_FEED_END = 0,   /* nothing more will ever be submitted */
     SF_FEED_MORE = 1,  /* call again when there is room (and feed_fd is readable);
@@ -542,6 +586,23 @@ enum sf_pool_feed {
                           room, without waiting for feed_fd */
 };
 
+/* Asks for more tasks: submits some (sf_pool_submit*) and returns an enum
+ * sf_pool_feed. Called when fewer than `jobs` tasks wait to start (with
+ * feed_fd >= 0, only when that descriptor is readable, or after READY). */
+typedef int (*sf_pool_feed_cb)(sf_pool *p, void *arg);
+/* A task has ended: once per task. r: see sf_task_report (freed when this
+ * returns). */
+typedef void (*sf_pool_done_cb)(sf_pool *p, const sf_task_report *r, void *arg);
+/* An attempt has started (its process runs). t is valid during the call. */
+typedef void (*sf_pool_start_cb)(sf_pool *p, const sf_task_info *t, void *arg);
+/* Captured output of a running attempt: stream 1 (stdout) or 2 (stderr),
+ * len bytes as they were read (a bounded chunk, no NUL added). t and buf
+ * are the pool's, valid during the call. */
+typedef void (*sf_pool_output_cb)(sf_pool *p, const sf_task_info *t, int stream,
+                                  const char *buf, size_t len, void *arg);
+/* Called every tick_s seconds while sf_pool_run runs. */
+typedef void (*sf_pool_tick_cb)(sf_pool *p, void *arg);
+
 enum sf_pool_halt { SF_HALT_NEVER = 0, SF_HALT_SOON, SF_HALT_NOW };
 
 typedef struct sf_pool_opts {
@@ -549,7 +610,8 @@ typedef struct sf_pool_opts {
     double timeout_s;             /* per attempt; 0: none */
     double kill_grace_s;          /* SIGTERM to SIGKILL (default 2) */
     unsigned retries;             /* extra attempts for a failed task */
-    /* Retry only failures that match one of these; all three empty/0: any. */
+    /* Retry only failures that match one of these; all three empty/0: any.
+     * The arrays are the caller's and must outlive the pool. */
     const int *retry_codes; size_t nretry_codes;
     const int *retry_signals; size_t nretry_signals;
     int retry_timeout;
@@ -562,11 +624,11 @@ typedef struct sf_pool_opts {
     unsigned queue_max;           /* submitted, not started (default 65536) */
 
     /* C tasks: the function, its argument, and how many tasks one worker
-     * runs before it is replaced (0: no limit; 1: a fork per task). fn and
-     * what fn_arg points to must exist before sf_pool_run: workers are
-     * forked copies of the program. */
-    sf_task_fn fn;
-    void *fn_arg;
+     * runs before it is replaced (0: no limit; 1: a fork per task). task
+     * and what task_arg points to must exist before sf_pool_run: workers
+     * are forked copies of the program. */
+    sf_task_cb task;
+    void *task_arg;
     unsigned max_tasks_per_worker;
     /* Commands: stdout and stderr go to on_output instead of being
      * inherited; stdin is /dev/null. */
@@ -574,22 +636,16 @@ typedef struct sf_pool_opts {
     /* Largest result, log line or fd-3 line of a task (default 64 KiB). */
     size_t result_max;
 
-    /* Asked for more tasks when there is room for them; with feed_fd >= 0
-     * only when that descriptor is readable. */
-    int (*feed)(sf_pool *p, void *arg);
-    int feed_fd;
-    /* Called once per task, when it has ended. */
-    void (*on_done)(sf_pool *p, const sf_task_report *r, void *arg);
-    /* Called before a task's attempt starts (optional). */
-    void (*on_start)(sf_pool *p, const sf_task_info *t, void *arg);
-    /* Captured output: stream 1 or 2, as it is read (bounded chunks). */
-    void (*on_output)(sf_pool *p, const sf_task_info *t, int stream, const char *buf,
-                      size_t len, void *arg);
-    /* Every tick_s seconds while the pool runs (tick_s 0: never). */
-    void (*on_tick)(sf_pool *p, void *arg);
-    double tick_s;
-    void *arg;                    /* for every callback above */
-    sf_log_cb log;                /* the pool's and the tasks' log lines */
+    sf_pool_feed_cb feed;         /* NULL: only what is submitted */
+    int feed_fd;                  /* -1 (the default): none to poll */
+    sf_pool_done_cb on_done;      /* required */
+    sf_pool_start_cb on_start;    /* NULL = none */
+    sf_pool_output_cb on_output;  /* NULL = output read and dropped */
+    sf_pool_tick_cb on_tick;      /* NULL = none */
+    double tick_s;                /* 0: no ticks */
+    void *arg;                    /* for every sf_pool_*_cb callback above */
+    int log_level;                /* highest level passed to `log`; default INFO */
+    sf_log_cb log;                /* the pool's and the tasks' log lines; NULL: none */
     void *log_arg;
     /* Captured output of one attempt, stdout and stderr together, passed to
      * on_output (0: no limit; the pool itself holds none of it). Past it,
@@ -601,27 +657,51 @@ typedef struct sf_pool_opts {
     unsigned long long output_max;
 } sf_pool_opts;
 
+/* Fills o with the defaults above. */
 SF_EXTERN void sf_pool_opts_init(sf_pool_opts *o);
-/* Returns a pool, or NULL with errno set (EINVAL for bad options). */
-SF_EXTERN sf_pool *sf_pool_new(const sf_pool_opts *o);
 
-/* Submits a C task (the pool's fn gets a copy of the len bytes at arg) or a
- * command (built by cmd for each attempt). Returns its seq (>= 1), or
- * -EINVAL, -ENOBUFS past queue_max, -ENOMEM, -ECANCELED once halting. */
-SF_EXTERN long sf_pool_submit(sf_pool *p, const void *arg, size_t len, void *data);
-SF_EXTERN long sf_pool_submit_cmd(sf_pool *p, sf_pool_cmd_fn cmd, void *cmd_arg, void *data);
+/*
+ * Creates a pool. `o` is copied (what its pointers point to is not). On
+ * success *out owns the pool until sf_pool_free; on failure *out is NULL.
+ * Returns 0, -EINVAL for bad options (o NULL, no on_done, a negative or
+ * non-finite duration, jobs over 65536...), -ENOMEM, or the
+ * -errno of a descriptor the pool could not open (-EMFILE...).
+ */
+SF_EXTERN int sf_pool_new(sf_pool **out, const sf_pool_opts *o);
+
+/*
+ * Submits a C task (the pool's task callback gets a copy of the len bytes
+ * at arg; len at most result_max) or a command (its argv built by cmd for
+ * each attempt). data is the caller's, given back in the task's report and
+ * info. Returns 0 and, if seq is not NULL, the task's number (>= 1) in
+ * *seq; or -EINVAL, -ENOBUFS past queue_max, -ENOMEM, -ECANCELED once
+ * halting (the task is then not reported).
+ */
+SF_EXTERN int sf_pool_submit(sf_pool *p, const void *arg, size_t len, void *data,
+                             unsigned long *seq);
+SF_EXTERN int sf_pool_submit_cmd(sf_pool *p, sf_pool_cmd_cb cmd, void *cmd_arg, void *data,
+                                 unsigned long *seq);
 /* Numbers the next submitted task seq instead of the last one + 1, for a
  * caller that skips some (a resumed run). Returns 0, or -EINVAL unless seq
  * is above every seq given so far. */
 SF_EXTERN int sf_pool_set_next_seq(sf_pool *p, unsigned long seq);
 
 /* Runs until every task submitted or fed has ended, or until a halt or a
- * cancel has stopped everything. Returns 0, or -errno when the pool itself
- * failed (its children are then stopped and reaped before it returns). */
+ * cancel has stopped everything. Returns 0, -EBUSY if it is running
+ * already (called from a callback), or -errno when the pool itself failed
+ * (its children are then stopped and reaped before it returns). */
 SF_EXTERN int sf_pool_run(sf_pool *p);
 
-/* Asks a running pool to start nothing more and stop the running tasks.
- * Async-signal-safe: meant for a SIGINT or SIGTERM handler. */
+/*
+ * Asks the pool to start nothing more and stop the running tasks; the
+ * tasks not started are reported CANCELLED (FAILED if they were waiting
+ * for a retry). It only sets an atomic flag and
+ * writes to an eventfd (errno is left as it was), and sf_pool_run acts on
+ * it in its own thread: so it is async-signal-safe (meant for a SIGINT or
+ * SIGTERM handler) and thread-safe, and may be called at any time between
+ * sf_pool_new and sf_pool_free (not during sf_pool_free), from a callback
+ * too. Called before sf_pool_run, the run starts nothing.
+ */
 SF_EXTERN void sf_pool_cancel(sf_pool *p);
 
 typedef struct sf_pool_stats {
@@ -635,11 +715,15 @@ typedef struct sf_pool_stats {
     unsigned long output_limited;         /* failed: stopped for their output */
 } sf_pool_stats;
 
+/* Getters (in sf_pool_run's thread, see above): the counters; up to max
+ * entries about the running tasks in the caller's array, returning how
+ * many; the number of job slots. */
 SF_EXTERN void sf_pool_get_stats(const sf_pool *p, sf_pool_stats *out);
-/* Fills up to max entries about the running tasks; returns how many. */
 SF_EXTERN size_t sf_pool_running(const sf_pool *p, sf_task_info *out, size_t max);
 SF_EXTERN unsigned sf_pool_jobs(const sf_pool *p);
-/* Kills and reaps what still runs, frees everything. NULL is fine. */
+/* Kills and reaps what still runs (reporting its tasks, and those never
+ * started, to on_done), frees everything. Not from a callback. NULL is
+ * fine. */
 SF_EXTERN void sf_pool_free(sf_pool *p);
 
 #ifdef __cplusplus

@@ -1,5 +1,6 @@
-/* launch.c - starting an attempt: a command with proc_exec (vfork), a C task in
- * a forked worker. */
+/* launch.c - starting an attempt: a command with proc_exec (vfork), a C task
+ * given to an idle worker or to a newly forked one; and what a start that
+ * fails leads to (the task failed, or put back while resources lack). */
 #include "pool/pool_internal.h"
 #include "process/process.h"
 #include "channel/be.h"
@@ -12,9 +13,11 @@
 #include <sys/epoll.h>
 #include <sys/pidfd.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#define SPAWN_IDLE_TRIES 8 /* backoffs (about 4.5 s) with nothing of ours running */
+#define SPAWN_QUIET_S 2.0  /* a start failure episode ends after this without one */
 
 extern char **environ;
 
@@ -57,61 +60,37 @@ void pool_env_free(sf_pool *p)
 }
 
 /*
- * The file to exec for argv[0]. A name without a slash is looked up in
- * PATH once and remembered (one name: a run execs the same command again
- * and again), instead of trying execve in each PATH directory for every
- * task. NULL with *err set when there is none: -ENOENT, or -EACCES when a
- * file of that name was found but none could be executed (as execvp).
+ * The file to exec for argv[0]: a name without a slash is looked up in
+ * PATH (proc_path_find, execvp's rules) once and remembered (one name: a
+ * run execs the same command again and again), instead of trying execve
+ * in each PATH directory for every task. NULL with *err set when there is
+ * none: -ENOENT, or -EACCES when something of that name was found but
+ * none could be executed (as execvp).
  */
 static const char *exec_path(sf_pool *p, const char *name, int *err)
 {
-    const char *path = getenv("PATH");
     char buf[4096];
-    int seen = 0;
+    char *nm, *f;
 
     if (strchr(name, '/'))
         return name;
     if (p->exec_name && strcmp(p->exec_name, name) == 0)
         return p->exec_file;
-    if (!*name) {
-        *err = -ENOENT;
+    if ((*err = proc_path_find(name, getenv("PATH"), buf, sizeof buf)) < 0)
+        return NULL;
+    nm = strdup(name);
+    f = strdup(buf);
+    if (!nm || !f) {
+        free(nm);
+        free(f);
+        *err = -ENOMEM;
         return NULL;
     }
-    if (!path || !*path)
-        path = "/bin:/usr/bin";
-    while (*path) {
-        const char *end = strchr(path, ':');
-        size_t dl = end ? (size_t)(end - path) : strlen(path);
-        int n = dl ? snprintf(buf, sizeof buf, "%.*s/%s", (int)dl, path, name)
-                   : snprintf(buf, sizeof buf, "%s", name); /* empty entry: the cwd */
-        struct stat sb;
-        if (n > 0 && (size_t)n < sizeof buf && stat(buf, &sb) == 0 && S_ISREG(sb.st_mode)) {
-            char *nm, *f;
-            if (access(buf, X_OK) < 0) {
-                seen = 1;
-                goto next;
-            }
-            nm = strdup(name);
-            f = strdup(buf);
-            if (!nm || !f) {
-                free(nm);
-                free(f);
-                *err = -ENOMEM;
-                return NULL;
-            }
-            free(p->exec_name);
-            free(p->exec_file);
-            p->exec_name = nm;
-            p->exec_file = f;
-            return f;
-        }
-    next:
-        path += dl;
-        if (*path == ':')
-            path++;
-    }
-    *err = seen ? -EACCES : -ENOENT;
-    return NULL;
+    free(p->exec_name);
+    free(p->exec_file);
+    p->exec_name = nm;
+    p->exec_file = f;
+    return f;
 }
 
 /* A pipe whose read end (ours) is non-blocking; both close-on-exec. */
@@ -242,21 +221,6 @@ fail:
     return rc;
 }
 
-void pool_slot_release(sf_pool *p, pool_slot *s)
-{
-    pool_fd_del(p, &s->pidfd);
-    pool_fd_del(p, &s->chan);
-    pool_fd_del(p, &s->out);
-    pool_fd_del(p, &s->err);
-    if (s->is_worker) {
-        chan_queue_fini(&s->wq);
-        chan_decoder_fini(&s->fd_dec);
-        s->wq_armed = 0;
-    } else {
-        jsonl_decoder_fini(&s->jd);
-    }
-}
-
 /* A child that started but cannot be watched: killed and reaped at once,
  * its descriptors closed. */
 static void abandon(sf_pool *p, pool_slot *s, pid_t pid)
@@ -315,7 +279,6 @@ static int fork_worker(sf_pool *p, pool_slot *s)
     s->is_worker = 1;
     s->worker_tasks = 1;
     s->worker_last = last;
-    s->exited = 0;
     chan_queue_init(&s->wq, CHAN_HDR_LEN + 17 + p->o.result_max);
     chan_decoder_init(&s->fd_dec, (uint32_t)p->o.result_max + 16);
     p->st.workers_started++;
@@ -329,29 +292,30 @@ static int fork_worker(sf_pool *p, pool_slot *s)
     return 0;
 }
 
-int pool_worker_give(sf_pool *p, pool_slot *s)
+static int worker_give(sf_pool *p, pool_slot *s)
 {
     pool_task *t = s->task;
     unsigned char *frame;
     size_t n = 17 + t->len;
-    int rc;
+    int rc, last = p->o.max_tasks_per_worker &&
+                   s->worker_tasks + 1 >= p->o.max_tasks_per_worker;
 
-    s->worker_tasks++;
-    s->worker_last = p->o.max_tasks_per_worker &&
-                     s->worker_tasks >= p->o.max_tasks_per_worker;
     frame = malloc(n);
     if (!frame)
         return -ENOMEM;
     be64_put(frame, t->seq);
     be32_put(frame + 8, s->index);
     be32_put(frame + 12, t->attempts);
-    frame[16] = (unsigned char)s->worker_last;
+    frame[16] = (unsigned char)last;
     if (t->len)
         memcpy(frame + 17, t->arg, t->len);
     rc = chan_queue_push(&s->wq, CHAN_T_TASK, frame, (uint32_t)n, -1);
     free(frame);
     if (rc < 0)
         return rc;
+    /* Queued: the worker will run it, whatever the flush below says. */
+    s->worker_tasks++;
+    s->worker_last = last;
     rc = chan_queue_flush(&s->wq, s->chan);
     if (rc < 0)
         return rc;
@@ -365,24 +329,45 @@ int pool_worker_give(sf_pool *p, pool_slot *s)
     return 0;
 }
 
-int pool_launch(sf_pool *p, pool_slot *s)
+/* Room on a worker's channel: the rest of its task's frame. A channel that
+ * cannot be written stops the attempt (the worker cannot get its task). */
+void pool_worker_flush(sf_pool *p, pool_slot *s, double now)
+{
+    int rc = chan_queue_flush(&s->wq, s->chan);
+
+    if (rc < 0) {
+        pool_fd_del(p, &s->chan);
+        pool_stop_attempt(p, s, STOP_CHANNEL, now);
+    } else if (rc == 1) {
+        struct epoll_event ev = {.events = EPOLLIN,
+                                 .data.u64 = (uint64_t)(s - p->slots) * 4 + EV_CHAN};
+        (void)epoll_ctl(p->ep, EPOLL_CTL_MOD, s->chan, &ev);
+        s->wq_armed = 0;
+    }
+}
+
+/* Starts the slot's task (s->task set): gives it to the slot's idle worker,
+ * forks a worker, or spawns a command. Returns 0 with the slot RUNNING, or
+ * -errno with nothing started (the caller decides: transient or the
+ * task's). */
+static int launch(sf_pool *p, pool_slot *s)
 {
     uint64_t id = (uint64_t)(s - p->slots) * 4;
     int rc;
 
     if (!s->task->cmd) {
-        if (s->pid && s->is_worker && !s->exited)
-            return pool_worker_give(p, s);
-        rc = fork_worker(p, s);
-        if (rc == 0)
+        if (s->state == SLOT_IDLE)
+            rc = worker_give(p, s);
+        else if ((rc = fork_worker(p, s)) == 0)
             proc_guard_watch(&p->guard, (unsigned)(s - p->slots), s->pid);
+        if (rc == 0)
+            pool_slot_to(s, SLOT_RUNNING);
         return rc;
     }
     rc = spawn_command(p, s);
     if (rc < 0)
         return rc;
     s->is_worker = 0;
-    s->exited = 0;
     jsonl_decoder_init(&s->jd, p->o.result_max);
     s->jskip = 0;
     if ((s->pidfd >= 0 && pool_fd_add(p, s->pidfd, EPOLLIN, id + EV_EXIT) < 0) ||
@@ -394,5 +379,164 @@ int pool_launch(sf_pool *p, pool_slot *s)
         return rc;
     }
     proc_guard_watch(&p->guard, (unsigned)(s - p->slots), s->pid);
+    pool_slot_to(s, SLOT_RUNNING);
     return 0;
+}
+
+/* ------------------------------------------------------------ start failures */
+
+static int transient(int err)
+{
+    return err == EAGAIN || err == ENOMEM || err == EMFILE || err == ENFILE || err == ENOBUFS;
+}
+
+/* A command that cannot start is logged, but not again while the same
+ * command fails the same way: a misspelt COMMAND fails every task alike,
+ * and each is still counted (spawn_errors) and reported. */
+static void log_spawn_failure(sf_pool *p, const pool_task *t, const char *prog, int err)
+{
+    char *copy;
+
+    if (p->spawn_err == err && p->spawn_err_prog && strcmp(p->spawn_err_prog, prog) == 0)
+        return;
+    {
+        /* The name may come from input data: no escape sequence of it
+         * reaches a terminal, as with a task's log lines. */
+        char clean[512];
+        sf_text_clean(clean, sizeof clean, prog, strlen(prog), "?");
+        sf_logf(&p->log, SF_LOG_WARN, "task %lu: cannot run %s: %s", t->seq, clean,
+                strerror(err));
+    }
+    if ((copy = strdup(prog)) != NULL) { /* without memory: log them all */
+        free(p->spawn_err_prog);
+        p->spawn_err_prog = copy;
+        p->spawn_err = err;
+    }
+}
+
+/* Whether a process of ours other than slot s's runs: its end will give
+ * back the descriptors, memory or process slot that a start lacked. */
+static int others_running(const sf_pool *p, const pool_slot *s)
+{
+    for (unsigned i = 0; i < p->jobs; i++)
+        if (&p->slots[i] != s && p->slots[i].state != SLOT_FREE)
+            return 1;
+    return 0;
+}
+
+/*
+ * A start failed for lack of descriptors, processes or memory (EMFILE,
+ * EAGAIN, ENOMEM...): not the task's fault, and usually over once some of
+ * our tasks end. The task goes back to the head of the queue and nothing
+ * starts for the library's backoff (process/backoff.h: 50 ms, doubling to
+ * 1 s, back to 50 ms once one starts), or until one of our processes ends
+ * and gives back what it held.
+ * Such failures come in episodes (a -j higher than the descriptor limit
+ * allows fails a start whenever a slot frees): the log says when one
+ * begins, one line, and when it is over (no start failed for
+ * SPAWN_QUIET_S, or the run ends), with a count; not a line per task per
+ * backoff. With no process of ours left to end and free something,
+ * waiting may never help (a limit below what one task needs): past
+ * SPAWN_IDLE_TRIES such backoffs in a row the pool gives up, said once,
+ * and every start that fails so from then on fails its task as a command
+ * that cannot start does, until one starts.
+ * Returns 1 when the task was put back, 0 when it fails now.
+ */
+static int spawn_wait(sf_pool *p, pool_slot *s, pool_task *t, int err, double now)
+{
+    double wait;
+
+    if (others_running(p, s))
+        p->spawn_idle_fails = 0;
+    else if (++p->spawn_idle_fails > SPAWN_IDLE_TRIES) {
+        if (p->spawn_idle_fails == SPAWN_IDLE_TRIES + 1)
+            sf_logf(&p->log, SF_LOG_ERROR, "cannot start tasks: %s for %.1f s, and none of "
+                    "ours runs to free what they need: failing those that cannot start",
+                    strerror(err), now - p->spawn_fail_since);
+        p->spawn_fails = 0; /* said: the episode is over */
+        return 0;
+    }
+    if (p->spawn_fails++ == 0)
+        p->spawn_fail_since = now;
+    p->spawn_fail_last = now;
+    p->spawn_fail_err = err;
+    wait = proc_backoff_next(&p->spawn_backoff);
+    p->spawn_not_before = now + wait;
+    if (p->spawn_fails == 1)
+        sf_logf(&p->log, SF_LOG_WARN, "cannot start task %lu: %s; retrying in %.2f s (said "
+                "once while starts keep failing)", t->seq, strerror(err), wait);
+    return 1;
+}
+
+/* The episode is over: its count, unless its first line said it all. */
+void pool_spawn_episode_end(sf_pool *p)
+{
+    if (p->spawn_fails > 1)
+        sf_logf(&p->log, SF_LOG_NOTICE, "%lu task starts failed (%s) over %.1f s; each was "
+                "tried again", p->spawn_fails, strerror(p->spawn_fail_err),
+                p->spawn_fail_last - p->spawn_fail_since);
+    p->spawn_fails = 0;
+}
+
+/* One of our processes has ended and given back what it held: a start
+ * that failed for lack of it need not wait out its backoff (spawn_wait). */
+void pool_spawn_resources_freed(sf_pool *p)
+{
+    p->spawn_not_before = 0;
+}
+
+/* A task started during an episode. */
+static void spawn_started(sf_pool *p, double now)
+{
+    proc_backoff_reset(&p->spawn_backoff);
+    p->spawn_idle_fails = 0;
+    if (now - p->spawn_fail_last >= SPAWN_QUIET_S)
+        pool_spawn_episode_end(p);
+}
+
+/* ------------------------------------------------------------ an attempt */
+
+void pool_start_attempt(sf_pool *p, pool_slot *s, pool_task *t, double now)
+{
+    int rc;
+
+    t->attempts++;
+    s->task = t;
+    s->stop_reason = STOP_NONE;
+    s->task_done = 0;
+    s->pdone = 0;
+    s->ptotal = -1;
+    s->outb = s->errb = 0;
+    s->started = now;
+    s->started_wall = pool_wall();
+    s->deadline = p->o.timeout_s > 0 ? now + p->o.timeout_s : 0;
+    s->kill_at = 0;
+    p->st.running++;
+    rc = launch(p, s);
+    if (rc == 0) {
+        p->st.started++;
+        if (p->spawn_fails) /* the only cost on the usual path: one test */
+            spawn_started(p, now);
+        if (p->o.on_start) {
+            sf_task_info info;
+            pool_info(s, &info);
+            p->o.on_start(p, &info, p->o.arg);
+        }
+        return;
+    }
+    if (transient(-rc) && spawn_wait(p, s, t, -rc, now)) {
+        t->attempts--;
+        p->st.running--;
+        pool_attempt_clear(s);
+        pool_requeue_front(p, t);
+        return;
+    }
+    /* The command cannot be run (no such file, not executable...; or out
+     * of resources for good, spawn_wait): the task fails as a shell would
+     * say it, 127 (126 if it is there). */
+    {
+        sf_status st = {1, (-rc == ENOENT || -rc == ENOTDIR) ? 127 : 126, 0, 0};
+        log_spawn_failure(p, t, s->argv && s->argv[0] ? s->argv[0] : "the command", -rc);
+        pool_end_attempt(p, s, st, -rc, now);
+    }
 }

@@ -1,8 +1,10 @@
-/* pool.c - the task pool: its API, the queue, the loop, and what happens
- * when an attempt ends (retry, report, halt). */
+/* pool.c - the task pool's API, its queue, the slots' states, and the loop
+ * that schedules: tasks wait in the queue, start in a free slot
+ * (launch.c), are read from while they run (taskio.c) and end (end.c). */
 #include "pool/pool_internal.h"
 #include "process/process.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -10,15 +12,12 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #define JOBS_MAX 65536
 #define EVENTS_MAX 64
 #define POLL_EXITS_S 0.005
-#define SPAWN_IDLE_TRIES 8 /* backoffs (about 4.5 s) with nothing of ours running */
-#define SPAWN_QUIET_S 2.0  /* a start failure episode ends after this without one */
 
 double pool_now(void)
 {
@@ -50,6 +49,8 @@ void pool_fd_del(sf_pool *p, int *fd)
     }
 }
 
+/* ------------------------------------------------------------ creating */
+
 void sf_pool_opts_init(sf_pool_opts *o)
 {
     memset(o, 0, sizeof *o);
@@ -57,6 +58,7 @@ void sf_pool_opts_init(sf_pool_opts *o)
     o->queue_max = 65536;
     o->result_max = 64 * 1024;
     o->feed_fd = -1;
+    o->log_level = SF_LOG_INFO;
 }
 
 static int opts_valid(const sf_pool_opts *o)
@@ -71,26 +73,28 @@ static int opts_valid(const sf_pool_opts *o)
     return 1;
 }
 
-sf_pool *sf_pool_new(const sf_pool_opts *o)
+int sf_pool_new(sf_pool **out, const sf_pool_opts *o)
 {
     sf_pool *p;
     long cpus;
+    int rc = -ENOMEM;
 
-    if (!o || !opts_valid(o)) {
-        errno = EINVAL;
-        return NULL;
-    }
+    *out = NULL;
+    if (!o || !opts_valid(o))
+        return -EINVAL;
     p = calloc(1, sizeof *p);
     if (!p)
-        return NULL;
+        return -ENOMEM;
     p->o = *o;
     p->ep = p->cancel_fd = p->devnull = p->guard.fd = -1;
     p->log.cb = o->log;
     p->log.arg = o->log_arg;
-    p->log.level = SF_LOG_INFO;
+    p->log.level = o->log_level;
     if (p->o.halt != SF_HALT_NEVER && !p->o.halt_fail && p->o.halt_fail_pct == 0)
         p->o.halt_fail = 1;
     p->feed_ended = !o->feed;
+    p->stop.grace = o->kill_grace_s;
+    p->stop.no_grace_kills = 1; /* a grace of 0: SIGKILL at once, no SIGTERM */
     cpus = sysconf(_SC_NPROCESSORS_ONLN);
     p->jobs = o->jobs ? o->jobs : (unsigned)(cpus > 0 ? (cpus < JOBS_MAX ? cpus : JOBS_MAX) : 1);
     p->slots = calloc(p->jobs, sizeof *p->slots);
@@ -105,16 +109,21 @@ sf_pool *sf_pool_new(const sf_pool_opts *o)
     if ((p->ep = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
         (p->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0 ||
         (p->devnull = open("/dev/null", O_RDWR | O_CLOEXEC)) < 0 ||
-        pool_fd_add(p, p->cancel_fd, EPOLLIN, EV_CANCEL) < 0)
+        pool_fd_add(p, p->cancel_fd, EPOLLIN, EV_CANCEL) < 0) {
+        rc = -errno;
         goto fail;
-    return p;
+    }
+    *out = p;
+    return 0;
 
 fail:
     sf_pool_free(p);
-    return NULL;
+    return rc;
 }
 
-static long enqueue(sf_pool *p, pool_task *t)
+/* ------------------------------------------------------------ the queue */
+
+static int enqueue(sf_pool *p, pool_task *t, unsigned long *seq)
 {
     if (p->halting) {
         free(t->arg);
@@ -129,14 +138,16 @@ static long enqueue(sf_pool *p, pool_task *t)
     p->tail = t;
     p->npending++;
     p->st.submitted++;
-    return (long)t->seq;
+    if (seq)
+        *seq = t->seq;
+    return 0;
 }
 
-long sf_pool_submit(sf_pool *p, const void *arg, size_t len, void *data)
+int sf_pool_submit(sf_pool *p, const void *arg, size_t len, void *data, unsigned long *seq)
 {
     pool_task *t;
 
-    if (!p || !p->o.fn || (len && !arg) || len > p->o.result_max)
+    if (!p || !p->o.task || (len && !arg) || len > p->o.result_max)
         return -EINVAL;
     if (p->npending >= p->o.queue_max)
         return -ENOBUFS;
@@ -149,10 +160,11 @@ long sf_pool_submit(sf_pool *p, const void *arg, size_t len, void *data)
         memcpy(t->arg, arg, len);
     t->len = len;
     t->data = data;
-    return enqueue(p, t);
+    return enqueue(p, t, seq);
 }
 
-long sf_pool_submit_cmd(sf_pool *p, sf_pool_cmd_fn cmd, void *cmd_arg, void *data)
+int sf_pool_submit_cmd(sf_pool *p, sf_pool_cmd_cb cmd, void *cmd_arg, void *data,
+                       unsigned long *seq)
 {
     pool_task *t;
 
@@ -166,7 +178,7 @@ long sf_pool_submit_cmd(sf_pool *p, sf_pool_cmd_fn cmd, void *cmd_arg, void *dat
     t->cmd = cmd;
     t->cmd_arg = cmd_arg;
     t->data = data;
-    return enqueue(p, t);
+    return enqueue(p, t, seq);
 }
 
 int sf_pool_set_next_seq(sf_pool *p, unsigned long seq)
@@ -192,7 +204,7 @@ static pool_task *dequeue(sf_pool *p)
 }
 
 /* A retry goes first: it is the oldest work, and --keep-order waits on it. */
-static void requeue_front(sf_pool *p, pool_task *t)
+void pool_requeue_front(sf_pool *p, pool_task *t)
 {
     t->next = p->head;
     p->head = t;
@@ -201,73 +213,87 @@ static void requeue_front(sf_pool *p, pool_task *t)
     p->npending++;
 }
 
-/* A failed task in exactly one of the stats' kinds, as its report says. */
-static void count_failure(sf_pool *p, const sf_task_report *r)
-{
-    p->st.failed++;
-    if (r->timed_out)
-        p->st.timed_out++;
-    else if (r->output_limited)
-        p->st.output_limited++;
-    else if (r->spawn_error)
-        p->st.spawn_errors++;
-    else if (!r->status.exited)
-        p->st.killed_by_signal++;
-    else
-        p->st.failed_by_code++;
-}
+/* ------------------------------------------------------------ slots */
 
-static void report_unrun(sf_pool *p, pool_task *t)
+/* Whether a slot may go from one state to another (enum slot_state). */
+static int slot_move_ok(enum slot_state from, enum slot_state to)
 {
-    sf_task_report r;
-
-    memset(&r, 0, sizeof r);
-    r.seq = t->seq;
-    r.data = t->data;
-    r.attempts = t->attempts;
-    if (t->attempts) { /* failed, and waiting for a retry that will not come */
-        r.state = SF_TASK_FAILED;
-        r.status = t->last;
-        r.timed_out = t->last_timed_out;
-        count_failure(p, &r);
-    } else {
-        r.state = SF_TASK_CANCELLED;
-        p->st.cancelled++;
+    switch (to) {
+    case SLOT_FREE:
+        return from == SLOT_EXITED;                    /* reaped */
+    case SLOT_RUNNING:
+        return from == SLOT_FREE || from == SLOT_IDLE; /* started, or given a task */
+    case SLOT_IDLE:
+        return from == SLOT_RUNNING;                   /* its task returned */
+    case SLOT_RETIRING:
+        return from == SLOT_RUNNING || from == SLOT_IDLE; /* its last returned; retired */
+    case SLOT_STOPPING:
+        return from != SLOT_FREE && from != SLOT_EXITED; /* a reason to stop; pool_abort */
+    case SLOT_EXITED:
+        return from != SLOT_FREE && from != SLOT_EXITED; /* its exit seen */
     }
-    p->o.on_done(p, &r, p->o.arg);
-    free(t->arg);
-    free(t);
+    return 0;
 }
 
-/* ------------------------------------------------------------ stopping */
-
-/* SIGTERM (and SIGCONT, for a stopped task) to the attempt's group, and
- * SIGKILL after the grace. A leader already exited is a zombie holding the
- * group's id, so the group can be killed at once without hitting a reused
- * id. */
-void pool_stop_slot(sf_pool *p, pool_slot *s, double now)
+void pool_slot_to(pool_slot *s, enum slot_state to)
 {
-    if (!s->pid || s->stopping)
-        return;
-    s->stopping = 1;
-    if (s->exited || p->o.kill_grace_s == 0) {
-        (void)proc_signal_group(s->pid, SIGKILL);
-        s->kill_at = 0;
-        return;
+    assert(slot_move_ok(s->state, to));
+    s->state = to;
+}
+
+/* Whether the slot can take a task now. A worker that is retiring or
+ * being killed keeps its slot until it is reaped. */
+static int slot_free(const pool_slot *s)
+{
+    switch (s->state) {
+    case SLOT_FREE:
+    case SLOT_IDLE:
+        return 1;
+    case SLOT_RUNNING:
+    case SLOT_RETIRING:
+    case SLOT_STOPPING:
+    case SLOT_EXITED:
+        return 0;
     }
-    (void)proc_signal_group(s->pid, SIGTERM);
-    (void)proc_signal_group(s->pid, SIGCONT);
-    s->kill_at = now + p->o.kill_grace_s;
+    return 0;
 }
 
-/* An idle worker is retired by closing its channel: it exits 0 on EOF. */
-static void retire_worker(sf_pool *p, pool_slot *s)
+/* Whether an attempt's process runs in the slot (or has just exited, its
+ * output being read): what sf_pool_running lists. */
+static int slot_attempt_runs(const pool_slot *s)
 {
-    if (s->is_worker && !s->task && s->chan >= 0)
-        pool_fd_del(p, &s->chan);
+    switch (s->state) {
+    case SLOT_RUNNING:
+    case SLOT_STOPPING:
+    case SLOT_EXITED:
+        return s->task != NULL;
+    case SLOT_FREE:
+    case SLOT_IDLE:
+    case SLOT_RETIRING:
+        return 0;
+    }
+    return 0;
 }
 
-static void begin_halt(sf_pool *p, int mode, int by_cancel, double now)
+/* ------------------------------------------------------------ scheduling */
+
+static void schedule(sf_pool *p, double now)
+{
+    for (unsigned i = 0; i < p->jobs && p->head && !p->halting; i++) {
+        pool_slot *s = &p->slots[i];
+        if (now < p->spawn_not_before)
+            return;
+        if (!slot_free(s))
+            continue;
+        if (s->state == SLOT_IDLE && p->head->cmd) { /* a command where an idle worker sits */
+            pool_retire_worker(p, s);
+            continue;
+        }
+        pool_start_attempt(p, s, dequeue(p), now);
+    }
+}
+
+void pool_begin_halt(sf_pool *p, int mode, int by_cancel, double now)
 {
     pool_task *t;
 
@@ -283,390 +309,28 @@ static void begin_halt(sf_pool *p, int mode, int by_cancel, double now)
                 mode == SF_HALT_NOW ? ", stopping the running ones" : "");
     p->halting = mode;
     while ((t = dequeue(p)) != NULL)
-        report_unrun(p, t);
+        pool_report_unrun(p, t);
     for (unsigned i = 0; i < p->jobs; i++) {
         pool_slot *s = &p->slots[i];
-        if (mode == SF_HALT_NOW && s->task) {
-            if (!s->stopping)
-                s->killed = 1;
-            pool_stop_slot(p, s, now);
-        }
-        retire_worker(p, s);
+        if (mode == SF_HALT_NOW)
+            pool_stop_attempt(p, s, by_cancel ? STOP_CANCEL : STOP_HALT, now);
+        pool_retire_worker(p, s);
     }
 }
+
+/* Only a lock-free atomic may be written from a signal handler (C11 7.14.1.1). */
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "sf_pool_cancel needs a lock-free atomic_int");
 
 void sf_pool_cancel(sf_pool *p)
 {
     uint64_t one = 1;
     int saved = errno; /* a signal handler must leave errno as it found it */
 
-    p->cancel_requested = 1;
+    atomic_store(&p->cancel_requested, 1);
     if (write(p->cancel_fd, &one, sizeof one) < 0) {
         /* EAGAIN: the counter is full, so a wakeup is pending anyway. */
     }
     errno = saved;
-}
-
-/* ------------------------------------------------------------ ending */
-
-static int retry_matches(const sf_pool *p, const sf_status *st, int timed_out)
-{
-    const sf_pool_opts *o = &p->o;
-
-    if (!o->nretry_codes && !o->nretry_signals && !o->retry_timeout)
-        return 1;
-    if (timed_out)
-        return o->retry_timeout;
-    for (size_t i = 0; st->exited && i < o->nretry_codes; i++)
-        if (o->retry_codes[i] == st->code)
-            return 1;
-    for (size_t i = 0; !st->exited && i < o->nretry_signals; i++)
-        if (o->retry_signals[i] == st->signal)
-            return 1;
-    return 0;
-}
-
-static void clear_attempt(pool_slot *s)
-{
-    free(s->argv);
-    s->argv = NULL;
-    free(s->result);
-    s->result = NULL;
-    s->result_len = 0;
-    s->task = NULL;
-    s->task_done = 0;
-}
-
-static void check_halt(sf_pool *p, double now)
-{
-    unsigned long ended = p->st.ok + p->st.failed;
-
-    if (p->o.halt == SF_HALT_NEVER || p->halting >= p->o.halt)
-        return;
-    if ((p->o.halt_fail && p->st.failed >= p->o.halt_fail) ||
-        (p->o.halt_fail_pct > 0 && ended > 0 &&
-         (double)p->st.failed * 100.0 >= p->o.halt_fail_pct * (double)ended)) {
-        sf_logf(&p->log, SF_LOG_NOTICE, "%lu task%s failed: halt", p->st.failed,
-                p->st.failed == 1 ? "" : "s");
-        begin_halt(p, p->o.halt, 0, now);
-    }
-}
-
-/* The attempt running in s is over, with status st: retry, or report. */
-static void end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error, double now)
-{
-    pool_task *t = s->task;
-    sf_task_report r;
-    int ok = !s->timed_out && !s->killed && !s->output_limited && !spawn_error && st.exited &&
-             st.code == 0;
-
-    p->st.running--;
-    p->feed_waiting = 0;
-    /* Not retried: a stopped attempt, one that wrote too much (it would
-     * again), and a command that could not start (not found, not
-     * executable: the next attempt fails the same way). */
-    if (!ok && !s->killed && !s->output_limited && !spawn_error && !p->halting &&
-        t->attempts <= p->o.retries && retry_matches(p, &st, s->timed_out)) {
-        t->last = st;
-        t->last_timed_out = s->timed_out;
-        p->st.retried++;
-        clear_attempt(s);
-        requeue_front(p, t);
-        return;
-    }
-    memset(&r, 0, sizeof r);
-    r.seq = t->seq;
-    r.data = t->data;
-    r.state = ok ? SF_TASK_OK : SF_TASK_FAILED;
-    r.status = st;
-    r.timed_out = s->timed_out;
-    r.killed = s->killed;
-    r.spawn_error = spawn_error;
-    r.output_limited = s->output_limited;
-    r.attempts = t->attempts;
-    r.slot = s->index;
-    r.pid = (int)s->pid;
-    r.start_time = s->started_wall;
-    r.duration_s = now - s->started;
-    r.stdout_bytes = s->outb;
-    r.stderr_bytes = s->errb;
-    r.argv = s->argv;
-    r.result = s->result;
-    r.result_len = s->result_len;
-    if (ok)
-        p->st.ok++;
-    else
-        count_failure(p, &r);
-    p->o.on_done(p, &r, p->o.arg);
-    clear_attempt(s);
-    free(t->arg);
-    free(t);
-    if (!ok)
-        check_halt(p, now);
-}
-
-static int transient(int err)
-{
-    return err == EAGAIN || err == ENOMEM || err == EMFILE || err == ENFILE || err == ENOBUFS;
-}
-
-/* A command that cannot start is logged, but not again while the same
- * command fails the same way: a misspelt COMMAND fails every task alike,
- * and each is still counted (spawn_errors) and reported. */
-static void log_spawn_failure(sf_pool *p, const pool_task *t, const char *prog, int err)
-{
-    char *copy;
-
-    if (p->spawn_err == err && p->spawn_err_prog && strcmp(p->spawn_err_prog, prog) == 0)
-        return;
-    {
-        /* The name may come from input data: no escape sequence of it
-         * reaches a terminal, as with a task's log lines. */
-        char clean[512];
-        sf_text_clean(clean, sizeof clean, prog, strlen(prog), "?");
-        sf_logf(&p->log, SF_LOG_WARN, "task %lu: cannot run %s: %s", t->seq, clean,
-                strerror(err));
-    }
-    if ((copy = strdup(prog)) != NULL) { /* without memory: log them all */
-        free(p->spawn_err_prog);
-        p->spawn_err_prog = copy;
-        p->spawn_err = err;
-    }
-}
-
-/* Whether a process of ours other than slot s's runs: its end will give
- * back the descriptors, memory or process slot that a start lacked. */
-static int others_running(const sf_pool *p, const pool_slot *s)
-{
-    for (unsigned i = 0; i < p->jobs; i++)
-        if (&p->slots[i] != s && p->slots[i].pid)
-            return 1;
-    return 0;
-}
-
-/*
- * A start failed for lack of descriptors, processes or memory (EMFILE,
- * EAGAIN, ENOMEM...): not the task's fault, and usually over once some of
- * our tasks end. The task goes back to the head of the queue and nothing
- * starts for 50 ms, doubling to 1 s (back to 50 ms once one starts), or
- * until one of our processes ends and gives back what it held.
- * Such failures come in episodes (a -j higher than the descriptor limit
- * allows fails a start whenever a slot frees): the log says when one
- * begins, one line, and when it is over (no start failed for
- * SPAWN_QUIET_S, or the run ends), with a count; not a line per task per
- * backoff. With no process of ours left to end and free something,
- * waiting may never help (a limit below what one task needs): past
- * SPAWN_IDLE_TRIES such backoffs in a row the pool gives up, said once,
- * and every start that fails so from then on fails its task as a command
- * that cannot start does, until one starts.
- * Returns 1 when the task was put back, 0 when it fails now.
- */
-static int spawn_wait(sf_pool *p, pool_slot *s, pool_task *t, int err, double now)
-{
-    if (others_running(p, s))
-        p->spawn_idle_fails = 0;
-    else if (++p->spawn_idle_fails > SPAWN_IDLE_TRIES) {
-        if (p->spawn_idle_fails == SPAWN_IDLE_TRIES + 1)
-            sf_logf(&p->log, SF_LOG_ERROR, "cannot start tasks: %s for %.1f s, and none of "
-                    "ours runs to free what they need: failing those that cannot start",
-                    strerror(err), now - p->spawn_fail_since);
-        p->spawn_fails = 0; /* said: the episode is over */
-        return 0;
-    }
-    if (p->spawn_fails++ == 0)
-        p->spawn_fail_since = now;
-    p->spawn_fail_last = now;
-    p->spawn_fail_err = err;
-    p->spawn_backoff = p->spawn_backoff ? fmin(p->spawn_backoff * 2, 1.0) : 0.05;
-    p->spawn_not_before = now + p->spawn_backoff;
-    if (p->spawn_fails == 1)
-        sf_logf(&p->log, SF_LOG_WARN, "cannot start task %lu: %s; retrying in %.2f s (said "
-                "once while starts keep failing)", t->seq, strerror(err), p->spawn_backoff);
-    return 1;
-}
-
-/* The episode is over: its count, unless its first line said it all. */
-static void spawn_episode_end(sf_pool *p)
-{
-    if (p->spawn_fails > 1)
-        sf_logf(&p->log, SF_LOG_NOTICE, "%lu task starts failed (%s) over %.1f s; each was "
-                "tried again", p->spawn_fails, strerror(p->spawn_fail_err),
-                p->spawn_fail_last - p->spawn_fail_since);
-    p->spawn_fails = 0;
-}
-
-/* A task started during an episode. */
-static void spawn_started(sf_pool *p, double now)
-{
-    p->spawn_backoff = 0;
-    p->spawn_idle_fails = 0;
-    if (now - p->spawn_fail_last >= SPAWN_QUIET_S)
-        spawn_episode_end(p);
-}
-
-static void start_attempt(sf_pool *p, pool_slot *s, pool_task *t, double now)
-{
-    int rc;
-
-    t->attempts++;
-    s->task = t;
-    s->timed_out = s->killed = s->stopping = s->task_done = s->output_limited = 0;
-    s->pdone = 0;
-    s->ptotal = -1;
-    s->outb = s->errb = 0;
-    s->started = now;
-    s->started_wall = pool_wall();
-    s->deadline = p->o.timeout_s > 0 ? now + p->o.timeout_s : 0;
-    s->kill_at = 0;
-    p->st.running++;
-    rc = pool_launch(p, s);
-    if (rc == 0) {
-        p->st.started++;
-        if (p->spawn_fails) /* the only cost on the usual path: one test */
-            spawn_started(p, now);
-        if (p->o.on_start) {
-            sf_task_info info;
-            pool_info(s, &info);
-            p->o.on_start(p, &info, p->o.arg);
-        }
-        return;
-    }
-    if (transient(-rc) && spawn_wait(p, s, t, -rc, now)) {
-        t->attempts--;
-        p->st.running--;
-        clear_attempt(s);
-        requeue_front(p, t);
-        return;
-    }
-    /* The command cannot be run (no such file, not executable...; or out
-     * of resources for good, spawn_wait): the task fails as a shell would
-     * say it, 127 (126 if it is there). */
-    {
-        sf_status st = {1, (-rc == ENOENT || -rc == ENOTDIR) ? 127 : 126, 0, 0};
-        log_spawn_failure(p, t, s->argv && s->argv[0] ? s->argv[0] : "the command", -rc);
-        end_attempt(p, s, st, -rc, now);
-    }
-}
-
-/* Whether the slot can take a task now. A worker that is retiring or
- * being killed keeps its slot until it is reaped. */
-static int slot_free(const pool_slot *s)
-{
-    return !s->task && (!s->pid || (s->is_worker && !s->worker_last && s->chan >= 0 &&
-                                    !s->exited && !s->stopping));
-}
-
-static void schedule(sf_pool *p, double now)
-{
-    for (unsigned i = 0; i < p->jobs && p->head && !p->halting; i++) {
-        pool_slot *s = &p->slots[i];
-        if (now < p->spawn_not_before)
-            return;
-        if (!slot_free(s))
-            continue;
-        if (s->pid && p->head->cmd) { /* a command where an idle worker sits */
-            retire_worker(p, s);
-            continue;
-        }
-        start_attempt(p, s, dequeue(p), now);
-    }
-}
-
-/* ------------------------------------------------------------ exits */
-
-static sf_status status_of(const siginfo_t *si)
-{
-    sf_status st = {0, 0, 0, 0};
-
-    if (si->si_code == CLD_EXITED) {
-        st.exited = 1;
-        st.code = si->si_status;
-    } else {
-        st.signal = si->si_status;
-        st.core = si->si_code == CLD_DUMPED;
-    }
-    return st;
-}
-
-/* A C task's return value, as the exit code it stands for. */
-static sf_status returned(const pool_slot *s)
-{
-    sf_status st = {1, s->task_rc, 0, 0};
-    return st;
-}
-
-/* waitid on the slot's child, by pidfd or by pid (see watch_exit). */
-static int wait_slot(const pool_slot *s, siginfo_t *si, int flags)
-{
-    memset(si, 0, sizeof *si);
-    if (s->pidfd >= 0)
-        return waitid((idtype_t)P_PIDFD, (id_t)s->pidfd, si, WEXITED | flags);
-    return waitid(P_PID, (id_t)s->pid, si, WEXITED | flags);
-}
-
-/* The slot's process has exited: kill what it leaves in its group if it
- * was being stopped, read what is left in its pipes and channel, reap it,
- * and end its attempt if one was running. */
-static void on_exit_ready(sf_pool *p, pool_slot *s, double now)
-{
-    siginfo_t si;
-    sf_status st;
-
-    /* WNOWAIT: look without reaping, so the zombie keeps the group's id
-     * while the group is killed. */
-    if (wait_slot(s, &si, WNOHANG | WNOWAIT) < 0 || si.si_pid == 0)
-        return;
-    s->exited = 1;
-    st = status_of(&si);
-    if (s->stopping)
-        (void)kill(-s->pid, SIGKILL);
-    pool_read_output(p, s, 1, 1);
-    pool_read_output(p, s, 2, 1);
-    pool_read_chan(p, s, 1);
-    proc_guard_forget(&p->guard, (unsigned)(s - p->slots)); /* before the reap frees the id */
-    while (wait_slot(s, &si, 0) < 0 && errno == EINTR)
-        ;
-    pool_slot_release(p, s);
-    if (s->task && s->is_worker && s->task_done) {
-        end_attempt(p, s, returned(s), 0, now);
-    } else if (s->task) {
-        end_attempt(p, s, st, 0, now);
-    } else if (s->is_worker && !(st.exited && st.code == 0) && !s->stopping) {
-        char what[64];
-        sf_status_format(&st, what, sizeof what);
-        sf_logf(&p->log, SF_LOG_WARN, "slot %u: idle worker %ld %s", s->index, (long)s->pid, what);
-    }
-    s->pid = 0;
-    s->is_worker = 0;
-    s->exited = 0;
-    s->stopping = 0;
-    s->kill_at = 0;
-    /* What it held is given back: a start that failed for lack of it
-     * need not wait out its backoff (spawn_wait). */
-    p->spawn_not_before = 0;
-}
-
-static void on_chan_ready(sf_pool *p, pool_slot *s, uint32_t events, double now)
-{
-    if (s->is_worker && (events & EPOLLOUT) && s->chan >= 0) {
-        int rc = chan_queue_flush(&s->wq, s->chan);
-        if (rc < 0) {
-            pool_fd_del(p, &s->chan);
-            pool_stop_slot(p, s, now);
-        } else if (rc == 1) {
-            struct epoll_event ev = {.events = EPOLLIN,
-                                     .data.u64 = (uint64_t)(s - p->slots) * 4 + EV_CHAN};
-            (void)epoll_ctl(p->ep, EPOLL_CTL_MOD, s->chan, &ev);
-            s->wq_armed = 0;
-        }
-    }
-    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
-        pool_read_chan(p, s, 0);
-    if (s->is_worker && s->task && s->task_done && !s->stopping) {
-        end_attempt(p, s, returned(s), 0, now);
-        /* A worker whose last task this was exits by itself; on_exit_ready
-         * reaps it. */
-    }
 }
 
 /* ------------------------------------------------------------ the loop */
@@ -703,7 +367,7 @@ static int all_done(const sf_pool *p)
     if ((!p->feed_ended && !p->halting) || p->head)
         return 0;
     for (unsigned i = 0; i < p->jobs; i++)
-        if (p->slots[i].task || p->slots[i].pid)
+        if (p->slots[i].state != SLOT_FREE)
             return 0;
     return 1;
 }
@@ -717,7 +381,9 @@ static int wait_ms(const sf_pool *p, double now, double next_tick)
         until = p->spawn_not_before;
     for (unsigned i = 0; i < p->jobs; i++) {
         const pool_slot *s = &p->slots[i];
-        double t = s->stopping ? s->kill_at : (s->task ? s->deadline : 0);
+        double t = s->state == SLOT_STOPPING ? s->kill_at
+                 : s->state == SLOT_RUNNING  ? s->deadline
+                                             : 0;
         if (t > 0 && (until == 0 || t < until))
             until = t;
     }
@@ -729,7 +395,7 @@ static int wait_ms(const sf_pool *p, double now, double next_tick)
         return 0; /* feed said MORE, with nothing to wait on: ask again */
     if (p->poll_exits)
         for (unsigned i = 0; i < p->jobs; i++)
-            if (p->slots[i].pid && p->slots[i].pidfd < 0 &&
+            if (p->slots[i].state != SLOT_FREE && p->slots[i].pidfd < 0 &&
                 (until == 0 || now + POLL_EXITS_S < until))
                 until = now + POLL_EXITS_S;
     if (until == 0)
@@ -737,26 +403,6 @@ static int wait_ms(const sf_pool *p, double now, double next_tick)
     if (until <= now)
         return 0;
     return (int)ceil((until - now) * 1000.0);
-}
-
-static void check_timers(sf_pool *p, double now)
-{
-    for (unsigned i = 0; i < p->jobs; i++) {
-        pool_slot *s = &p->slots[i];
-        if (s->pid && s->pidfd < 0)
-            on_exit_ready(p, s, now); /* polled: returns at once if it runs */
-        if (!s->pid && !s->task)
-            continue;
-        if (s->task && !s->stopping && s->deadline > 0 && now >= s->deadline) {
-            s->timed_out = 1;
-            sf_logf(&p->log, SF_LOG_INFO, "task %lu: timed out after %.3f s", s->task->seq,
-                    p->o.timeout_s);
-            pool_stop_slot(p, s, now);
-        } else if (s->stopping && s->kill_at > 0 && now >= s->kill_at) {
-            (void)proc_signal_group(s->pid, SIGKILL);
-            s->kill_at = 0;
-        }
-    }
 }
 
 static void dispatch(sf_pool *p, const struct epoll_event *ev, double now)
@@ -780,10 +426,10 @@ static void dispatch(sf_pool *p, const struct epoll_event *ev, double now)
     switch (id % 4) {
     case EV_EXIT:
         if (s->pidfd >= 0)
-            on_exit_ready(p, s, now);
+            pool_on_exit(p, s, now);
         break;
     case EV_CHAN:
-        on_chan_ready(p, s, ev->events, now);
+        pool_on_chan(p, s, ev->events, now);
         break;
     case EV_OUT:
         pool_read_output(p, s, 1, 0);
@@ -791,25 +437,6 @@ static void dispatch(sf_pool *p, const struct epoll_event *ev, double now)
     case EV_ERR:
         pool_read_output(p, s, 2, 0);
         break;
-    }
-}
-
-/* The pool itself failed: kill everything, reap it, report it. */
-static void pool_abort(sf_pool *p, double now)
-{
-    begin_halt(p, SF_HALT_NOW, 1, now);
-    for (unsigned i = 0; i < p->jobs; i++) {
-        pool_slot *s = &p->slots[i];
-        if (!s->pid)
-            continue;
-        (void)proc_signal_group(s->pid, SIGKILL);
-        s->stopping = 1;
-        {
-            siginfo_t si;
-            while (wait_slot(s, &si, WNOWAIT) < 0 && errno == EINTR)
-                ;
-            on_exit_ready(p, s, now);
-        }
     }
 }
 
@@ -850,8 +477,8 @@ int sf_pool_run(sf_pool *p)
         double now = pool_now();
         int n, ms;
 
-        if (p->cancel_requested && !p->st.cancelled_by_request)
-            begin_halt(p, SF_HALT_NOW, 1, now);
+        if (atomic_load(&p->cancel_requested) && !p->st.cancelled_by_request)
+            pool_begin_halt(p, SF_HALT_NOW, 1, now);
         schedule(p, now);
         /* Bounded: wait_ms comes back at once if the feed wants more. */
         for (unsigned k = 0; want_feed(p) && (!p->feed_fd_pollable || p->feed_ready) &&
@@ -862,7 +489,7 @@ int sf_pool_run(sf_pool *p)
         feed_arm(p, want_feed(p) && !p->feed_ready);
         if (!p->head && (p->feed_ended || p->halting))
             for (unsigned i = 0; i < p->jobs; i++)
-                retire_worker(p, &p->slots[i]);
+                pool_retire_worker(p, &p->slots[i]);
         if (all_done(p))
             break;
         ms = wait_ms(p, now, next_tick);
@@ -876,7 +503,7 @@ int sf_pool_run(sf_pool *p)
         now = pool_now();
         for (int i = 0; i < n; i++)
             dispatch(p, &evs[i], now);
-        check_timers(p, now);
+        pool_check_timers(p, now);
         if (next_tick > 0 && now >= next_tick) {
             if (p->o.on_tick)
                 p->o.on_tick(p, p->o.arg);
@@ -885,7 +512,7 @@ int sf_pool_run(sf_pool *p)
     }
     feed_arm(p, 0);
     if (p->spawn_fails)
-        spawn_episode_end(p);
+        pool_spawn_episode_end(p);
     proc_guard_stop(&p->guard);
     pool_env_free(p);
     os_slice_restore(&p->slice);
@@ -907,7 +534,7 @@ size_t sf_pool_running(const sf_pool *p, sf_task_info *out, size_t max)
     size_t n = 0;
 
     for (unsigned i = 0; i < p->jobs && n < max; i++)
-        if (p->slots[i].task && p->slots[i].pid)
+        if (slot_attempt_runs(&p->slots[i]))
             pool_info(&p->slots[i], &out[n++]);
     return n;
 }
@@ -926,11 +553,11 @@ void sf_pool_free(sf_pool *p)
     if (p->slots) {
         int busy = p->head != NULL;
         for (unsigned i = 0; i < p->jobs; i++)
-            busy |= p->slots[i].pid != 0;
+            busy |= p->slots[i].state != SLOT_FREE;
         if (busy)
             pool_abort(p, pool_now());
         for (unsigned i = 0; i < p->jobs; i++)
-            clear_attempt(&p->slots[i]);
+            pool_attempt_clear(&p->slots[i]);
     }
     while ((t = dequeue(p)) != NULL) {
         free(t->arg);

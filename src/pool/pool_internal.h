@@ -1,9 +1,26 @@
 /*
- * pool_internal.h - the task pool's state, shared by its files:
- *   pool.c    the API, the queue, the loop, how an attempt ends
- *   launch.c  starting an attempt: vfork+exec for commands, fork for workers
- *   taskio.c  what comes out of a task: output, fd-3 JSON lines, worker frames
- *   worker.c  the worker's side: its loop and the sf_task_* calls
+ * pool_internal.h - the task pool's state, shared by its files. A task
+ * goes through four stages, each in one file:
+ *
+ *   pool.c    queued and scheduled: the API, the queue, the feed, the
+ *             slots' states, halting, and the loop that sends each event
+ *             to the stage it concerns;
+ *   launch.c  an attempt starts: a command by vfork+exec, a C task given
+ *             to an idle worker or a newly forked one; a start that fails
+ *             fails the task, or puts it back while resources lack;
+ *   taskio.c  it runs, and what it writes is read: captured output, fd-3
+ *             JSON lines, a worker's frames (progress, result, TASK_DONE);
+ *   end.c     it ends: its one reason to stop and the SIGTERM->SIGKILL of
+ *             its group, its exit (drained, reaped), the retry decision,
+ *             the report to on_done, a halt after failures.
+ *
+ *   worker.c  the worker's own side, in the child: its loop, sf_task_*.
+ *
+ * A command: pool.c schedule -> launch.c pool_start_attempt (RUNNING)
+ * -> taskio.c reads -> end.c pool_on_exit (EXITED, reaped, FREE) ->
+ * pool_end_attempt (retry: back to pool.c's queue; or on_done).
+ * A C task: the same, but its end is the worker's TASK_DONE (taskio.c ->
+ * end.c pool_task_returned), after which the worker is IDLE for the next.
  */
 #ifndef SF_POOL_INTERNAL_H
 #define SF_POOL_INTERNAL_H
@@ -13,23 +30,38 @@
 #include "channel/jsonl.h"
 #include "log.h"
 #include "os/os.h"
+#include "process/backoff.h"
 #include "process/groups.h"
+#include "process/stop.h"
 
 #include <signal.h>
+#include <stdatomic.h>
 #include <sys/types.h>
+
+/* Why an attempt was stopped. The first reason wins, decided in
+ * pool_stop_attempt and nowhere else; the report and the retry decision
+ * are switches on it. */
+enum stop_reason {
+    STOP_NONE = 0,
+    STOP_TIMEOUT,   /* ran past timeout_s: report timed_out; retried if retry_timeout allows */
+    STOP_OUTPUT,    /* wrote past output_max: output_limited; not retried (it would again) */
+    STOP_HALT,      /* a halt NOW: killed; not retried */
+    STOP_CANCEL,    /* sf_pool_cancel, or the pool failing: killed; not retried */
+    STOP_CHANNEL,   /* its worker's channel could not be written: ends as its status says */
+};
 
 typedef struct pool_task {
     struct pool_task *next;
     unsigned long seq;
     void *data;
-    sf_pool_cmd_fn cmd;          /* a command; NULL for a C task */
+    sf_pool_cmd_cb cmd;          /* a command; NULL for a C task */
     void *cmd_arg;
     unsigned char *arg;          /* a C task's argument bytes */
     size_t len;
     unsigned attempts;           /* started so far */
     /* How the last attempt ended, for a task waiting for its retry. */
     sf_status last;
-    int last_timed_out;
+    enum stop_reason last_stop;
 } pool_task;
 
 /* What an epoll event is about: the slot's index times 4 plus one of these. */
@@ -37,8 +69,43 @@ enum { EV_EXIT = 0, EV_CHAN = 1, EV_OUT = 2, EV_ERR = 3 };
 #define EV_CANCEL UINT64_MAX
 #define EV_FEED (UINT64_MAX - 1)
 
+/*
+ * A slot's state: what its process is doing, and so what may happen next.
+ * pool_slot_to makes every change and checks it is one of these:
+ *
+ *            started (launch.c)            a reason to stop (end.c)
+ *   FREE -----------------------> RUNNING ----------------------> STOPPING
+ *    ^                          task  |  ^                            |
+ *    |              returned (end.c)  |  | next task given (launch.c) |
+ *    |                                v  |                            |
+ *    |                                IDLE                            |
+ *    |        its last task returned  |  retired, or its channel      |
+ *    |     (RUNNING -> RETIRING, too) v  gone                         |
+ *    |                              RETIRING                          |
+ *    |                                |                               |
+ *    |   reaped (end.c)               v  the leader exited (end.c)    |
+ *    +-------------------------- EXITED <-----------------------------+
+ *                                     (from RUNNING, IDLE, RETIRING
+ *                                      and STOPPING alike)
+ *
+ * A start is synchronous: a slot being given a task stays FREE (or IDLE)
+ * until its process runs, and stays so if the start fails. pool_abort
+ * also takes IDLE and RETIRING workers to STOPPING (SIGKILL at once).
+ */
+enum slot_state {
+    SLOT_FREE = 0,  /* no process: a task may start here */
+    SLOT_RUNNING,   /* an attempt runs: a command, or a worker's task */
+    SLOT_IDLE,      /* a worker between tasks, its channel open: takes the next C task */
+    SLOT_RETIRING,  /* a worker with no task that exits by itself: its channel closed,
+                     * or its last task done */
+    SLOT_STOPPING,  /* its group is being killed: SIGTERM sent, SIGKILL at kill_at (0: sent) */
+    SLOT_EXITED,    /* the leader has exited, seen and not reaped: its zombie keeps the
+                     * group's id while what the task left is read */
+};
+
 typedef struct pool_slot {
     unsigned index;              /* 1..jobs, the {%} of its tasks */
+    enum slot_state state;
     pool_task *task;             /* the attempt running here, or NULL */
 
     /* The process: a command, or a worker that outlives its tasks. */
@@ -54,13 +121,9 @@ typedef struct pool_slot {
     int jskip;                   /* discarding the rest of a too-long line */
 
     /* The attempt. */
-    int exited;                  /* the leader is a zombie (peeked, not reaped) */
-    int wstatus;
-    int task_done;               /* the worker said the task returned */
+    enum stop_reason stop_reason;
+    int task_done;               /* the worker said the task returned task_rc */
     int task_rc;
-    int stopping;                /* SIGTERM sent to the group */
-    int timed_out, killed;
-    int output_limited;          /* stopped: it wrote more than output_max */
     double started, deadline, kill_at; /* CLOCK_MONOTONIC seconds; 0: none */
     double started_wall;
     char **argv;                 /* a command's, free()d with the attempt */
@@ -82,14 +145,17 @@ struct sf_pool {
 
     int ep;                      /* epoll */
     int cancel_fd;               /* eventfd, written by sf_pool_cancel */
-    volatile sig_atomic_t cancel_requested;
+    atomic_int cancel_requested; /* set by sf_pool_cancel: lock-free, so
+                                  * safe from a signal handler and a thread */
     int devnull;
     int feed_ended, feed_waiting, feed_armed, feed_fd_pollable;
     int feed_ready;              /* the feed said READY: call it without polling */
     int halting;                 /* enum sf_pool_halt, once a halt began */
     int running_loop;
     int poll_exits;              /* no pidfds: exits are polled (launch.c) */
-    double spawn_backoff, spawn_not_before;
+    proc_stop stop;              /* SIGTERM, kill_grace_s, SIGKILL (process/stop.h) */
+    proc_backoff spawn_backoff;  /* the wait after a start failed for lack of resources */
+    double spawn_not_before;     /*   and when it is over */
     unsigned long spawn_fails;   /* starts failed in this episode (transient) */
     unsigned spawn_idle_fails;   /*   in a row with no process of ours running */
     double spawn_fail_since;     /* when the episode began, */
@@ -116,33 +182,69 @@ struct sf_pool {
 #define POOL_READ (64 * 1024)
 #define POOL_ENV_EXTRA 5
 
+/* pool.c: the API, the queue, the slots' states, scheduling, the loop. */
 double pool_now(void);
 double pool_wall(void);
+int pool_fd_add(sf_pool *p, int fd, uint32_t events, uint64_t id);
+void pool_fd_del(sf_pool *p, int *fd);
+/* The one place a slot changes state (see enum slot_state). */
+void pool_slot_to(pool_slot *s, enum slot_state to);
+/* Back to the head of the queue (a retry, or a start put off). */
+void pool_requeue_front(sf_pool *p, pool_task *t);
+/* Starts no more tasks (queued ones are reported); mode SF_HALT_NOW also
+ * stops the running ones, for a halt or (by_cancel) a cancel. */
+void pool_begin_halt(sf_pool *p, int mode, int by_cancel, double now);
 
-/* launch.c: start the slot's task (t already set). Returns 0, or -errno
- * when nothing was started (the caller decides: transient or the task's). */
-int pool_launch(sf_pool *p, pool_slot *s);
+/* launch.c: starting an attempt. */
 int pool_env_build(sf_pool *p);
 void pool_env_free(sf_pool *p);
-/* Closes the slot's descriptors and frees its decoders (its child gone). */
-void pool_slot_release(sf_pool *p, pool_slot *s);
-/* Sends the worker its next task. Returns 0 or -errno. */
-int pool_worker_give(sf_pool *p, pool_slot *s);
+/* Starts task t in slot s (FREE, or IDLE for a C task): RUNNING once its
+ * process runs; else the task is put back (resources lacking) or ended
+ * as one that cannot start. */
+void pool_start_attempt(sf_pool *p, pool_slot *s, pool_task *t, double now);
+/* Room on a worker's channel: writes the rest of its task's frame. */
+void pool_worker_flush(sf_pool *p, pool_slot *s, double now);
+/* One of our processes ended: a start put off for lack of resources may
+ * try again at once. */
+void pool_spawn_resources_freed(sf_pool *p);
+/* At the end of a run: the count of a start failure episode still open. */
+void pool_spawn_episode_end(sf_pool *p);
 
-/* Stops the slot's attempt: SIGTERM to its group, SIGKILL after the grace. */
-void pool_stop_slot(sf_pool *p, pool_slot *s, double now);
-
-/* taskio.c */
+/* taskio.c: reading what a running task writes. */
 void pool_read_output(sf_pool *p, pool_slot *s, int stream, int drain);
 void pool_read_chan(sf_pool *p, pool_slot *s, int drain);
+/* An epoll event on the slot's channel (EV_CHAN). */
+void pool_on_chan(sf_pool *p, pool_slot *s, uint32_t events, double now);
 void pool_info(const pool_slot *s, sf_task_info *out);
+
+/* end.c: ending an attempt. */
+/* Gives the slot's attempt its reason to stop, unless it has one: the first
+ * wins. Stops it if it still runs (SIGTERM to its group, SIGKILL after the
+ * grace). Returns 1 if why is now its reason. */
+int pool_stop_attempt(sf_pool *p, pool_slot *s, enum stop_reason why, double now);
+/* Every slot's timeout and kill deadlines (and exits, where polled). */
+void pool_check_timers(sf_pool *p, double now);
+/* The slot's process has exited (EV_EXIT, or polled): drained, reaped,
+ * its attempt ended; the slot FREE. Returns at once if it has not. */
+void pool_on_exit(sf_pool *p, pool_slot *s, double now);
+/* A worker's TASK_DONE has come (s RUNNING): the attempt ends with it. */
+void pool_task_returned(sf_pool *p, pool_slot *s, double now);
+/* The attempt in s is over with status st (spawn_error: the errno of a
+ * start that failed): retried, or reported to on_done. */
+void pool_end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error, double now);
+/* Frees what the slot's attempt held (argv, result) and forgets its task. */
+void pool_attempt_clear(pool_slot *s);
+/* Closes the slot's descriptors and frees its decoders (its child gone). */
+void pool_slot_release(sf_pool *p, pool_slot *s);
+/* An IDLE worker is told to exit (its channel closed): RETIRING. */
+void pool_retire_worker(sf_pool *p, pool_slot *s);
+/* A task that never ran (or waits for a retry) is reported at a halt. */
+void pool_report_unrun(sf_pool *p, pool_task *t);
+/* Kills and reaps every process of the pool, reporting their tasks. */
+void pool_abort(sf_pool *p, double now);
 
 /* worker.c: the worker's life, in the child; never returns. */
 void pool_worker_main(sf_pool *p, pool_task *first, unsigned slot, int last)
     __attribute__((noreturn));
-
-/* pool.c */
-void pool_fd_del(sf_pool *p, int *fd);
-int pool_fd_add(sf_pool *p, int fd, uint32_t events, uint64_t id);
 
 #endif

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
 /* Reads per wakeup when not draining: one, so a chatty task cannot starve
@@ -45,13 +46,7 @@ static size_t output_room(sf_pool *p, pool_slot *s, size_t n, int *cut)
     if (!p->o.output_max || held + n <= p->o.output_max)
         return n;
     *cut = 1;
-    if (!s->output_limited && !s->stopping && s->task) {
-        s->output_limited = 1;
-        sf_logf(&p->log, SF_LOG_NOTICE, "task %lu: output over %llu bytes: %s", s->task->seq,
-                p->o.output_max, s->exited ? "cut" : "stopped");
-        if (!s->exited)
-            pool_stop_slot(p, s, pool_now());
-    }
+    pool_stop_attempt(p, s, STOP_OUTPUT, pool_now());
     return held < p->o.output_max ? (size_t)(p->o.output_max - held) : 0;
 }
 
@@ -280,8 +275,11 @@ void pool_read_chan(sf_pool *p, pool_slot *s, int drain)
             return;
         if (n <= 0) {
             /* EOF or an error: the task closed fd 3, or it is gone. A
-             * worker's channel closing is seen as its exit, on the pidfd. */
+             * worker's channel closing is seen as its exit, on the pidfd;
+             * an idle one takes no more tasks meanwhile. */
             pool_fd_del(p, &s->chan);
+            if (s->state == SLOT_IDLE)
+                pool_slot_to(s, SLOT_RETIRING);
             return;
         }
         if (s->is_worker)
@@ -292,9 +290,24 @@ void pool_read_chan(sf_pool *p, pool_slot *s, int drain)
             sf_logf(&p->log, SF_LOG_ERROR, "slot %u: worker %ld broke the protocol (%s): killed",
                     s->index, (long)s->pid, strerror(-rc));
             pool_fd_del(p, &s->chan);
-            if (s->pid && !s->exited)
+            if (s->state == SLOT_IDLE)
+                pool_slot_to(s, SLOT_RETIRING);
+            if (s->state != SLOT_EXITED)
                 kill(-s->pid, SIGKILL);
             return;
         }
     }
+}
+
+/* Something on a slot's channel: room to write the rest of a worker's task
+ * frame, frames or fd-3 lines to read; a worker's task that returned ends
+ * its attempt. */
+void pool_on_chan(sf_pool *p, pool_slot *s, uint32_t events, double now)
+{
+    if (s->is_worker && (events & EPOLLOUT) && s->chan >= 0)
+        pool_worker_flush(p, s, now);
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+        pool_read_chan(p, s, 0);
+    if (s->state == SLOT_RUNNING && s->task_done)
+        pool_task_returned(p, s, now);
 }

@@ -63,7 +63,7 @@ int sf_task_log(sf_task *t, const char *text)
 static int run_one(sf_pool *p, sf_task *t, const void *arg, size_t len)
 {
     unsigned char b[4];
-    int rc = p->o.fn(t, arg, len, p->o.fn_arg);
+    int rc = p->o.task(t, arg, len, p->o.task_arg);
 
     fflush(NULL);
     be32_put(b, (uint32_t)rc);

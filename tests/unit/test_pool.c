@@ -105,12 +105,12 @@ static int count_fds(void)
     return n;
 }
 
-static sf_pool_opts base_opts(sf_task_fn fn)
+static sf_pool_opts base_opts(sf_task_cb task)
 {
     sf_pool_opts o;
     sf_pool_opts_init(&o);
     o.jobs = 3;
-    o.fn = fn;
+    o.task = task;
     o.on_done = on_done;
     o.log = log_line;
     return o;
@@ -118,8 +118,11 @@ static sf_pool_opts base_opts(sf_task_fn fn)
 
 static void submit_numbers(sf_pool *p, unsigned long n)
 {
-    for (unsigned long i = 1; i <= n; i++)
-        assert_int_equal(sf_pool_submit(p, &i, sizeof i, NULL), (long)i);
+    for (unsigned long i = 1; i <= n; i++) {
+        unsigned long seq = 0;
+        assert_int_equal(sf_pool_submit(p, &i, sizeof i, NULL, &seq), 0);
+        assert_int_equal(seq, i);
+    }
 }
 
 static unsigned long arg_number(const void *arg, size_t len)
@@ -137,7 +140,7 @@ static sf_pool *run_numbers(const sf_pool_opts *o, unsigned long n, sf_pool_stat
     sf_pool *p;
 
     reset_seen();
-    p = sf_pool_new(o);
+    assert_int_equal(sf_pool_new(&p, o), 0);
     assert_non_null(p);
     submit_numbers(p, n);
     assert_int_equal(sf_pool_run(p), 0);
@@ -148,12 +151,12 @@ static sf_pool *run_numbers(const sf_pool_opts *o, unsigned long n, sf_pool_stat
 /* ------------------------------------------------------------ tasks */
 
 /* Squares its number; fails with code 3 for multiples of 10. */
-static int square(sf_task *t, const void *arg, size_t len, void *fn_arg)
+static int square(sf_task *t, const void *arg, size_t len, void *task_arg)
 {
     unsigned long v = arg_number(arg, len);
     char text[64];
     int n;
-    (void)fn_arg;
+    (void)task_arg;
     if (sf_task_seq(t) != v || sf_task_slot(t) < 1 || sf_task_slot(t) > 3)
         return 99;
     sf_task_progress(t, 1, 2);
@@ -212,10 +215,10 @@ static void test_one_fork_per_task(void **state)
 
 /* Task 5 and 6 kill their worker on the first attempt; with two tasks per
  * worker, a worker is also retired along the way. */
-static int crash_once(sf_task *t, const void *arg, size_t len, void *fn_arg)
+static int crash_once(sf_task *t, const void *arg, size_t len, void *task_arg)
 {
     unsigned long v = arg_number(arg, len);
-    (void)fn_arg;
+    (void)task_arg;
     if ((v == 5 || v == 6) && sf_task_attempt(t) == 1) {
         sf_task_result(t, "partial", 7);
         kill(getpid(), SIGKILL); /* not SIGSEGV: sanitizers catch that one */
@@ -261,11 +264,11 @@ static void test_a_worker_that_dies_mid_task_is_retried_elsewhere(void **state)
 /* Task 2 forks a grandchild that ignores SIGTERM, sends its pid as the
  * result, and then both hang: the timeout must take the whole group. (A
  * worker has only stdio and its channel open, so the channel it is.) */
-static int hang(sf_task *t, const void *arg, size_t len, void *fn_arg)
+static int hang(sf_task *t, const void *arg, size_t len, void *task_arg)
 {
     unsigned long v = arg_number(arg, len);
     pid_t g;
-    (void)fn_arg;
+    (void)task_arg;
     if (v != 2)
         return 0;
     g = fork();
@@ -322,10 +325,10 @@ static void test_a_timeout_kills_the_task_and_its_grandchild(void **state)
     sf_pool_free(p);
 }
 
-static int fail_all(sf_task *t, const void *arg, size_t len, void *fn_arg)
+static int fail_all(sf_task *t, const void *arg, size_t len, void *task_arg)
 {
     (void)t;
-    (void)fn_arg;
+    (void)task_arg;
     return arg_number(arg, len) == 3 ? 1 : 0;
 }
 
@@ -350,7 +353,7 @@ static void test_halt_now_reports_the_rest_cancelled(void **state)
     }
     assert_int_equal(ok, 2); /* one slot: 1 and 2 ran before 3 */
     assert_int_equal(cancelled, 47);
-    assert_int_equal(sf_pool_submit(p, &ok, sizeof ok, NULL), -ECANCELED);
+    assert_int_equal(sf_pool_submit(p, &ok, sizeof ok, NULL, NULL), -ECANCELED);
     sf_pool_free(p);
 }
 
@@ -418,7 +421,7 @@ static sf_pool *new_cmd_pool(sf_pool_opts *o)
     reset_seen();
     o->capture_output = 1;
     o->on_output = on_output;
-    p = sf_pool_new(o);
+    assert_int_equal(sf_pool_new(&p, o), 0);
     assert_non_null(p);
     return p;
 }
@@ -432,12 +435,16 @@ static void test_commands_output_fd3_and_spawn_errors(void **state)
     (void)state;
 
     p = new_cmd_pool(&o);
-    for (int i = 0; i < 5; i++)
-        assert_true(sf_pool_submit_cmd(p, cmd_echo, NULL, NULL) > 0);
-    assert_true(sf_pool_submit_cmd(p, cmd_missing, NULL, NULL) > 0);
+    for (unsigned long i = 1; i <= 5; i++) {
+        unsigned long seq = 0;
+        assert_int_equal(sf_pool_submit_cmd(p, cmd_echo, NULL, NULL, &seq), 0);
+        assert_int_equal(seq, i);
+    }
+    assert_int_equal(sf_pool_submit_cmd(p, cmd_missing, NULL, NULL, NULL), 0);
     {
-        unsigned long v = 7; /* a C task among the commands */
-        assert_int_equal(sf_pool_submit(p, &v, sizeof v, NULL), 7);
+        unsigned long v = 7, seq = 0; /* a C task among the commands */
+        assert_int_equal(sf_pool_submit(p, &v, sizeof v, NULL, &seq), 0);
+        assert_int_equal(seq, 7);
     }
     assert_int_equal(sf_pool_run(p), 0);
     sf_pool_get_stats(p, &st);
@@ -475,7 +482,7 @@ static void test_a_command_that_cannot_start_fails_once(void **state)
     o.jobs = 1;
     p = new_cmd_pool(&o);
     for (int i = 0; i < 3; i++)
-        assert_true(sf_pool_submit_cmd(p, cmd_missing, NULL, NULL) > 0);
+        assert_int_equal(sf_pool_submit_cmd(p, cmd_missing, NULL, NULL, NULL), 0);
     assert_int_equal(sf_pool_run(p), 0);
     sf_pool_get_stats(p, &st);
     assert_int_equal(st.failed, 3);
@@ -507,7 +514,7 @@ static void test_output_max_stops_a_flood(void **state)
     o.timeout_s = 30; /* a backstop: a broken limit fails below, not by meson's kill */
     p = new_cmd_pool(&o);
     for (int i = 0; i < 3; i++)
-        assert_true(sf_pool_submit_cmd(p, cmd_flood, NULL, NULL) > 0);
+        assert_int_equal(sf_pool_submit_cmd(p, cmd_flood, NULL, NULL, NULL), 0);
     assert_int_equal(sf_pool_run(p), 0);
     sf_pool_get_stats(p, &st);
     assert_int_equal(st.ok, 1);
@@ -542,10 +549,10 @@ static void cancel_on_first(sf_pool *p, const sf_task_report *r, void *arg)
         sf_pool_cancel(cancel_me);
 }
 
-static int slow_unless_first(sf_task *t, const void *arg, size_t len, void *fn_arg)
+static int slow_unless_first(sf_task *t, const void *arg, size_t len, void *task_arg)
 {
     (void)t;
-    (void)fn_arg;
+    (void)task_arg;
     if (arg_number(arg, len) != 1)
         for (;;)
             pause();
@@ -562,8 +569,9 @@ static void test_cancel_stops_the_running_and_the_queued(void **state)
     reset_seen();
     o.on_done = cancel_on_first;
     o.kill_grace_s = 0.1;
-    p = cancel_me = sf_pool_new(&o);
+    assert_int_equal(sf_pool_new(&p, &o), 0);
     assert_non_null(p);
+    cancel_me = p;
     submit_numbers(p, 20);
     assert_int_equal(sf_pool_run(p), 0);
     sf_pool_get_stats(p, &st);
@@ -578,6 +586,137 @@ static void test_cancel_stops_the_running_and_the_queued(void **state)
     }
     assert_int_equal(st.failed + st.cancelled, 19);
     assert_true(st.failed >= 1 && st.failed <= 2); /* the two others running */
+    sf_pool_free(p);
+}
+
+/* Hangs (bounded); its worker was born with SIGTERM ignored, so only
+ * SIGKILL ends it. */
+static int deaf(sf_task *t, const void *arg, size_t len, void *task_arg)
+{
+    (void)t, (void)arg, (void)len, (void)task_arg;
+    for (int i = 0; i < 3000; i++) /* 30 s at most, whatever happens */
+        usleep(10000);
+    return 0;
+}
+
+static sf_pool *cancel_on_timeout_pool;
+
+/* Cancels the pool when it logs a timeout: the attempt that timed out is
+ * then being stopped already, for that reason. */
+static void cancel_on_timeout(void *arg, int level, const char *line)
+{
+    log_line(arg, level, line);
+    if (strstr(line, "timed out"))
+        sf_pool_cancel(cancel_on_timeout_pool);
+}
+
+/* The first reason to stop an attempt wins: a cancel that comes while a
+ * timed-out attempt is being stopped leaves it timed out, not killed. */
+static void test_the_first_reason_to_stop_wins(void **state)
+{
+    sf_pool_opts o = base_opts(deaf);
+    struct sigaction ign, old_term;
+    sf_pool_stats st;
+    sf_pool *p;
+    (void)state;
+
+    /* Ignored in the program, ignored in its workers from their fork on:
+     * no window in which a SIGTERM could end the task. */
+    memset(&ign, 0, sizeof ign);
+    sigemptyset(&ign.sa_mask);
+    ign.sa_handler = SIG_IGN;
+    sigaction(SIGTERM, &ign, &old_term);
+
+    o.jobs = 1;
+    o.timeout_s = 0.2;
+    o.kill_grace_s = 0.2;
+    o.log = cancel_on_timeout;
+    reset_seen();
+    assert_int_equal(sf_pool_new(&p, &o), 0);
+    cancel_on_timeout_pool = p;
+    submit_numbers(p, 2);
+    assert_int_equal(sf_pool_run(p), 0);
+    sigaction(SIGTERM, &old_term, NULL);
+    sf_pool_get_stats(p, &st);
+    assert_true(st.cancelled_by_request);
+    assert_int_equal(seen_by_seq[1].reports, 1);
+    assert_int_equal(seen_by_seq[1].state, SF_TASK_FAILED);
+    assert_true(seen_by_seq[1].timed_out);
+    assert_false(seen_by_seq[1].killed);
+    assert_false(seen_by_seq[1].status.exited);
+    assert_int_equal(seen_by_seq[1].status.signal, SIGKILL); /* it ignored SIGTERM */
+    assert_int_equal(seen_by_seq[2].state, SF_TASK_CANCELLED);
+    assert_int_equal(st.timed_out, 1);
+    assert_int_equal(st.cancelled, 1);
+    sf_pool_free(p);
+}
+
+/* A cancel before sf_pool_run (a signal during startup): the run starts
+ * nothing and reports every task cancelled. */
+static void test_a_cancel_before_the_run_starts_nothing(void **state)
+{
+    sf_pool_opts o = base_opts(square);
+    sf_pool_stats st;
+    sf_pool *p;
+    (void)state;
+
+    reset_seen();
+    assert_int_equal(sf_pool_new(&p, &o), 0);
+    submit_numbers(p, 5);
+    sf_pool_cancel(p);
+    assert_int_equal(sf_pool_run(p), 0);
+    sf_pool_get_stats(p, &st);
+    assert_true(st.cancelled_by_request);
+    assert_int_equal(st.started, 0);
+    assert_int_equal(st.workers_started, 0);
+    assert_int_equal(st.cancelled, 5);
+    for (unsigned long i = 1; i <= 5; i++) {
+        assert_int_equal(seen_by_seq[i].reports, 1);
+        assert_int_equal(seen_by_seq[i].state, SF_TASK_CANCELLED);
+    }
+    sf_pool_free(p);
+}
+
+/* ------------------------------------------------------------ log level */
+
+/* Logs a line (INFO) and fails with the code it was given. */
+static int log_and_fail(sf_task *t, const void *arg, size_t len, void *task_arg)
+{
+    (void)task_arg;
+    sf_task_log(t, "a line at INFO");
+    return (int)arg_number(arg, len);
+}
+
+/* Lines above log_level do not reach the log callback: a task's log line
+ * is INFO, a halt NOTICE. */
+static void test_log_level_filters_the_pools_lines(void **state)
+{
+    sf_pool_opts o = base_opts(log_and_fail);
+    sf_pool_stats st;
+    sf_pool *p;
+    (void)state;
+
+    assert_int_equal(o.log_level, SF_LOG_INFO); /* the default */
+    o.jobs = 1;
+    o.halt = SF_HALT_SOON;
+    o.halt_fail = 1;
+    p = run_numbers(&o, 1, &st); /* task 1 fails with code 1 */
+    assert_int_equal(st.failed, 1);
+    assert_non_null(strstr(logged, "task 1: a line at INFO"));
+    assert_non_null(strstr(logged, "1 task failed: halt"));
+    sf_pool_free(p);
+
+    o.log_level = SF_LOG_NOTICE;
+    p = run_numbers(&o, 1, &st);
+    assert_int_equal(st.failed, 1);
+    assert_null(strstr(logged, "a line at INFO"));
+    assert_non_null(strstr(logged, "1 task failed: halt"));
+    sf_pool_free(p);
+
+    o.log_level = SF_LOG_WARN;
+    p = run_numbers(&o, 1, &st);
+    assert_int_equal(st.failed, 1);
+    assert_int_equal(logged_len, 0);
     sf_pool_free(p);
 }
 
@@ -600,9 +739,9 @@ static long own_slice(void)
 static long slice_outside;
 
 /* 0 when the worker runs with the slice the test had before the run. */
-static int slice_check(sf_task *t, const void *arg, size_t len, void *fn_arg)
+static int slice_check(sf_task *t, const void *arg, size_t len, void *task_arg)
 {
-    (void)t, (void)arg, (void)len, (void)fn_arg;
+    (void)t, (void)arg, (void)len, (void)task_arg;
     return own_slice() == slice_outside ? 0 : 1;
 }
 
@@ -631,11 +770,11 @@ static void usr1_handler(int sig)
 }
 
 /* 0 when the worker has SIGUSR1 at its default and SIGPIPE still ignored. */
-static int handlers_check(sf_task *t, const void *arg, size_t len, void *fn_arg)
+static int handlers_check(sf_task *t, const void *arg, size_t len, void *task_arg)
 {
     struct sigaction sa;
     int bad = 0;
-    (void)t, (void)arg, (void)len, (void)fn_arg;
+    (void)t, (void)arg, (void)len, (void)task_arg;
     sigaction(SIGUSR1, NULL, &sa);
     if (sa.sa_handler != SIG_DFL)
         bad |= 1;
@@ -675,24 +814,25 @@ static void test_workers_start_without_the_programs_handlers(void **state)
 static void test_bad_options_are_refused(void **state)
 {
     sf_pool_opts o = base_opts(square);
+    sf_pool *p = (sf_pool *)&o; /* not NULL: a failed sf_pool_new sets it */
     (void)state;
 
     o.on_done = NULL;
-    errno = 0;
-    assert_null(sf_pool_new(&o));
-    assert_int_equal(errno, EINVAL);
+    assert_int_equal(sf_pool_new(&p, &o), -EINVAL);
+    assert_null(p);
+    assert_int_equal(sf_pool_new(&p, NULL), -EINVAL);
     o = base_opts(square);
     o.timeout_s = -1;
-    assert_null(sf_pool_new(&o));
+    assert_int_equal(sf_pool_new(&p, &o), -EINVAL);
     o = base_opts(square);
     o.halt_fail_pct = 101;
-    assert_null(sf_pool_new(&o));
+    assert_int_equal(sf_pool_new(&p, &o), -EINVAL);
     o = base_opts(NULL);
     {
-        sf_pool *p = sf_pool_new(&o);
         unsigned long v = 1;
+        assert_int_equal(sf_pool_new(&p, &o), 0);
         assert_non_null(p);
-        assert_int_equal(sf_pool_submit(p, &v, sizeof v, NULL), -EINVAL); /* no fn */
+        assert_int_equal(sf_pool_submit(p, &v, sizeof v, NULL, NULL), -EINVAL); /* no task */
         sf_pool_free(p);
     }
 }
@@ -709,6 +849,9 @@ int main(void)
         cmocka_unit_test(test_a_command_that_cannot_start_fails_once),
         cmocka_unit_test(test_output_max_stops_a_flood),
         cmocka_unit_test(test_cancel_stops_the_running_and_the_queued),
+        cmocka_unit_test(test_a_cancel_before_the_run_starts_nothing),
+        cmocka_unit_test(test_the_first_reason_to_stop_wins),
+        cmocka_unit_test(test_log_level_filters_the_pools_lines),
         cmocka_unit_test(test_workers_and_the_caller_keep_their_slice),
         cmocka_unit_test(test_workers_start_without_the_programs_handlers),
         cmocka_unit_test(test_bad_options_are_refused),

@@ -353,9 +353,9 @@ static void line_output(run_state *st, run_task *t, int s, const char *buf, size
 
 /* ------------------------------------------------------------ the pool's callbacks */
 
-static char **build_argv(unsigned long seq, unsigned slot, void *data, void *arg)
+static char **build_argv(unsigned long seq, unsigned slot, void *data, void *cmd_arg)
 {
-    run_state *st = arg;
+    run_state *st = cmd_arg;
     run_task *t = data;
     char **words, *script, **argv;
     size_t n = 0, len = 0;
@@ -566,7 +566,7 @@ static int task_tag(run_task *t)
 /* Hands the next input to the pool, or skips it (resumed). 0, or -errno. */
 static int submit(run_state *st, run_task *t)
 {
-    long rc;
+    int rc;
 
     st->next_seq++;
     if (st->resume && runlog_has(&st->done, t->seq)) {
@@ -588,14 +588,14 @@ static int submit(run_state *st, run_task *t)
      * input's number, which the task sees as SOCKFORK_TASK. */
     if (st->skipped && (rc = sf_pool_set_next_seq(st->pool, t->seq)) < 0) {
         task_free(t);
-        return (int)rc;
+        return rc;
     }
-    rc = sf_pool_submit_cmd(st->pool, build_argv, st, t);
+    rc = sf_pool_submit_cmd(st->pool, build_argv, st, t, NULL);
     if (rc < 0) {
         if (st->keep_order)
             st->ring[(t->seq - 1) % st->window] = NULL;
         task_free(t);
-        return (int)rc;
+        return rc;
     }
     return 0;
 }
@@ -1198,9 +1198,9 @@ int cmd_run(int argc, char **argv)
     st.po.log = run_log;
     st.po.log_arg = &st;
     st.po.queue_max = 65536 + 65536;
-    st.pool = sf_pool_new(&st.po);
-    if (!st.pool) {
-        cli_error("run: %s", strerror(errno));
+    rc = sf_pool_new(&st.pool, &st.po);
+    if (rc < 0) {
+        cli_error("run: %s", strerror(-rc));
         status = EXIT_RUN_USAGE;
         goto out;
     }
