@@ -11,7 +11,7 @@
  *     negative errno); a constructor returns the object it makes through
  *     an out-parameter (sf_server_new, sf_pool_new);
  *   - callback types end in _cb; the options naming them start with on_
- *     (or are named for what they do: log, handler, feed);
+ *     (or are named for what they do: log, feed, task);
  *   - durations are seconds as a double, and their names end in _s;
  *   - the library never prints and never exits: diagnostics go to the
  *     log callback given in the options, errors are returned;
@@ -19,7 +19,9 @@
  *   - threads: the library starts none. A server's or a pool's calls are
  *     made from the thread that runs it (or before and after it runs),
  *     and its callbacks are called from that thread, never from a signal
- *     handler; the exceptions, sf_server_stop and sf_pool_cancel, say so.
+ *     handler; the exceptions say so: sf_server_stop and sf_pool_cancel
+ *     may be called from anywhere, and a connection handler (sf_conn_cb)
+ *     or a C task (sf_task_cb) runs in a forked child, not in the caller.
  */
 #ifndef SOCKFORK_H
 #define SOCKFORK_H
@@ -40,7 +42,10 @@ extern "C" {
 #define SF_EXTERN
 #endif
 
-#define SF_VERSION "0.1.0"
+/* 0.2.0 changed the calling convention (issue 12: durations named _s,
+ * sf_conn_wait in seconds, out-parameters for sf_pool_new and
+ * sf_pool_submit*), so the library's soname moved to libsockfork.so.1. */
+#define SF_VERSION "0.2.0"
 
 /* Version string of the library actually linked. Static storage. */
 SF_EXTERN const char *sf_version(void);
@@ -162,13 +167,14 @@ SF_EXTERN const sf_addr *sf_conn_local(const sf_conn *c);
 SF_EXTERN int sf_conn_exec(sf_conn *c, char *const argv[]);
 
 /*
- * Finds a program as sf_conn_exec and the pool's commands do (execvp's
- * search of PATH: a name with a '/' is taken as it is; PATH unset or empty
- * is "/bin:/usr/bin"), for a caller that would rather refuse a program at
- * once than fail every connection or task. Writes the file into buf (len
- * bytes) and returns 0, or -ENOENT (nothing of that name), -EACCES (found,
- * none executable), -EISDIR (a name with a '/' that is a directory),
- * -ENAMETOOLONG.
+ * Finds a program as sf_conn_exec and the pool's commands do, with
+ * execvp's search of PATH: a name with a '/' is taken as it is, an empty
+ * entry of PATH is the current directory, PATH unset is "/bin:/usr/bin".
+ * For a caller that would rather refuse a program at once than fail every
+ * connection or task. Writes the file into buf (len bytes) and returns 0,
+ * or -ENOENT (nothing of that name), -EACCES (found, but not a regular
+ * file we may execute; or a directory of PATH we may not search),
+ * -EISDIR (a name with a '/' that is a directory), -ENAMETOOLONG.
  */
 SF_EXTERN int sf_program_find(const char *name, char *buf, size_t len);
 
@@ -325,9 +331,9 @@ typedef void (*sf_ready_cb)(sf_server *s, void *arg);
 #define SF_CHAN_QUEUE_DEFAULT (256u * 1024)
 
 /*
- * The smallest chan_queue a server accepts for a given chan_max: one
- * message of chan_max bytes with the headers and the longest topic the
- * channel adds to it.
+ * The smallest chan_queue a server accepts for a given chan_max (0: the
+ * default chan_max): one message of chan_max bytes with the headers and
+ * the longest topic the channel adds to it.
  */
 SF_EXTERN size_t sf_chan_queue_min(unsigned chan_max);
 

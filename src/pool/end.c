@@ -21,7 +21,7 @@ static void escalate(sf_pool *p, pool_slot *s, double now)
 {
     double kill_in;
 
-    (void)proc_stop_begin(&p->stop, s->pid, 0, &kill_in);
+    (void)proc_stop_begin(&p->stop, s->pid, &kill_in);
     s->kill_at = kill_in < 0 ? 0 : now + kill_in;
 }
 

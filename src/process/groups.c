@@ -182,7 +182,7 @@ static double stop_all(proc_groups *g, const proc_stop *st)
 
     for (unsigned i = 0; i < g->size;) {
         pid_t pg = g->slot[i];
-        if (pg != 0 && proc_stop_begin(st, pg, 0, &kill_in) < 0) {
+        if (pg != 0 && proc_stop_begin(st, pg, &kill_in) < 0) {
             proc_groups_del(g, pg);
             continue;
         }

@@ -24,7 +24,7 @@ static int join(char *buf, size_t size, const char *dir, size_t dl, const char *
 
 int proc_path_find(const char *name, const char *path, char *buf, size_t size)
 {
-    int seen = 0;
+    int seen = 0, too_long = 0;
 
     if (!name || !buf || size == 0)
         return -EINVAL;
@@ -36,27 +36,32 @@ int proc_path_find(const char *name, const char *path, char *buf, size_t size)
         memcpy(buf, name, strlen(name) + 1);
         return 0;
     }
-    if (!path || !*path)
+    /* As glibc: unset is the default; set but empty is one empty entry,
+     * the current directory. */
+    if (!path)
         path = PATH_DEFAULT;
     for (const char *dir = path;;) {
         const char *end = strchr(dir, ':');
         size_t dl = end ? (size_t)(end - dir) : strlen(dir);
         struct stat sb;
 
-        /* An entry too long to join cannot be exec'd either: skipped. */
-        if (join(buf, size, dir, dl, name) && stat(buf, &sb) == 0) {
+        if (!join(buf, size, dir, dl, name)) {
+            too_long = 1; /* skipped, and said if nothing else is found */
+        } else if (stat(buf, &sb) == 0) {
             /* A directory, or a file without execute permission, is what
              * execvp meets as EACCES: remembered, and the search goes on. */
             if (S_ISREG(sb.st_mode) && access(buf, X_OK) == 0)
                 return 0;
             seen = 1;
+        } else if (errno == EACCES) {
+            seen = 1; /* a directory of PATH we may not search: execvp's EACCES */
         }
         if (!end)
             break;
         dir = end + 1; /* after a last ':', an empty entry: the cwd */
     }
     buf[0] = '\0';
-    return seen ? -EACCES : -ENOENT;
+    return seen ? -EACCES : too_long ? -ENAMETOOLONG : -ENOENT;
 }
 
 /* The public face: the lookup sf_conn_exec makes, with the file it finds
@@ -69,10 +74,14 @@ int sf_program_find(const char *name, char *buf, size_t len)
 
     if (rc < 0 || !strchr(name, '/'))
         return rc;
-    /* A name with a '/' is not searched: check it as execve would. */
+    /* A name with a '/' is not searched: check it as execve would, which
+     * runs only a regular file (a FIFO or a device, even executable, is
+     * EACCES). A directory is told apart, for a clearer message. */
     if (stat(buf, &sb) < 0)
         return -errno;
     if (S_ISDIR(sb.st_mode))
         return -EISDIR;
+    if (!S_ISREG(sb.st_mode))
+        return -EACCES;
     return access(buf, X_OK) == 0 ? 0 : -errno;
 }

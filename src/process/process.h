@@ -83,12 +83,14 @@ int proc_execve(const char *file, char *const argv[], char *const envp[]);
  * The file execvp would exec for name, written to buf (size bytes), as
  * execvp searches: a name holding a '/' is used as is; otherwise each
  * entry of path in turn (an empty entry, leading, trailing or between two
- * colons, is the current directory; path NULL or "" is "/bin:/usr/bin")
- * for a regular file we may execute. Done once in the caller, where
- * execvp would try execve in every directory for every start.
- * Returns 0, -ENOENT (name empty, or nothing of that name), -EACCES (a
- * file or directory of that name was found, but none we may execute),
- * -ENAMETOOLONG (a name with a '/' longer than buf), -EINVAL.
+ * colons, or path "" itself, is the current directory; path NULL is
+ * "/bin:/usr/bin") for a regular file we may execute. Done once in the
+ * caller, where execvp would try execve in every directory for every
+ * start. Returns 0, -ENOENT (name empty, or nothing of that name),
+ * -EACCES (a file or directory of that name was found but none we may
+ * execute, or a directory of path we may not search), -ENAMETOOLONG (a
+ * name with a '/' longer than buf, or nothing found and some entry too
+ * long for buf), -EINVAL.
  */
 int proc_path_find(const char *name, const char *path, char *buf, size_t size);
 

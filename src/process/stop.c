@@ -11,11 +11,11 @@ static int send_sig(const proc_stop *st, pid_t pid, int sig)
     return proc_signal_group(pid, sig);
 }
 
-int proc_stop_begin(const proc_stop *st, pid_t pid, int leader_exited, double *kill_in)
+int proc_stop_begin(const proc_stop *st, pid_t pid, double *kill_in)
 {
     int rc;
 
-    if (leader_exited || (st->grace <= 0 && st->no_grace_kills)) {
+    if (st->grace <= 0 && st->no_grace_kills) {
         *kill_in = -1;
         return send_sig(st, pid, SIGKILL);
     }

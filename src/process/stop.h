@@ -31,18 +31,20 @@ typedef struct proc_stop {
 } proc_stop;
 
 /*
- * Begins stopping pid's group. SIGKILL at once if leader_exited (a zombie
- * leader holds the group's id, so the group can be killed without the
- * risk of a reused id, and there is no process left to wait for) or if
- * the grace is 0 and st->no_grace_kills: *kill_in is then -1. Otherwise
+ * Begins stopping pid's group. SIGKILL at once if the grace is 0 and
+ * st->no_grace_kills: *kill_in is then -1. Otherwise
  * SIGTERM, and SIGCONT so that a stopped group can act on it (not sent
  * if SIGTERM failed): *kill_in is the grace, the seconds after which the
  * caller calls proc_stop_kill unless the group is gone by then.
  * Returns what send returned for the first signal (SIGTERM or SIGKILL).
  */
-int proc_stop_begin(const proc_stop *st, pid_t pid, int leader_exited, double *kill_in);
+int proc_stop_begin(const proc_stop *st, pid_t pid, double *kill_in);
 
-/* The grace is over: SIGKILL to pid's group. Returns what send returned. */
+/* SIGKILL to pid's group: when the grace is over, or as soon as the
+ * group's leader has exited during the grace (the pool, which sees the
+ * exit without reaping: a zombie leader holds the group's id, so the
+ * group can be killed without the risk of a reused id, and there is no
+ * process left to wait for). Returns what send returned. */
 int proc_stop_kill(const proc_stop *st, pid_t pid);
 
 #endif

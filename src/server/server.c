@@ -720,7 +720,8 @@ void sf_server_stop(sf_server *s)
 
 size_t sf_chan_queue_min(unsigned chan_max)
 {
-    return (size_t)chan_max + BUS_MSG_OVERHEAD;
+    /* 0 is the default, as in sf_server_new. */
+    return (size_t)(chan_max ? chan_max : CHAN_MAX_DEFAULT) + BUS_MSG_OVERHEAD;
 }
 
 void sf_server_opts_init(sf_server_opts *o)

@@ -286,7 +286,11 @@ static void spawner_lost(sup *s)
     }
     while ((r = list_pop(&s->out_head, &s->out_tail))) {
         if (r->req.kind == SPAWN_REQ_SIGNAL) {
-            (void)proc_signal_group(r->req.pid, r->req.sig);
+            /* Only to a child still in the table: the loop may have reaped
+             * some of the spawner's children (ours now) before this ran,
+             * and a reaped pid may already be someone else's. */
+            if (sup_child_find(s, r->req.pid))
+                (void)proc_signal_group(r->req.pid, r->req.sig);
             free(r);
         } else {
             list_push(&keep_head, &keep_tail, r);

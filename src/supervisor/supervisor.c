@@ -50,7 +50,7 @@ void sup_terminate(sup *s, pid_t pid)
     if (!c || c->terminating)
         return;
     c->terminating = 1;
-    (void)proc_stop_begin(&st, pid, 0, &kill_in);
+    (void)proc_stop_begin(&st, pid, &kill_in);
     if (kill_in >= 0) {
         ev_timer_set(&c->kill_timer, kill_in, 0.);
         ev_timer_start(s->loop, &c->kill_timer);

@@ -93,7 +93,7 @@ static void test_stop_term_cont_then_kill(void **state)
     double kill_in = 99;
     (void)state;
 
-    assert_int_equal(proc_stop_begin(&st, 123, 0, &kill_in), 0);
+    assert_int_equal(proc_stop_begin(&st, 123, &kill_in), 0);
     assert_float_equal(kill_in, 2.5, 1e-12);
     assert_int_equal(s.n, 2);
     assert_int_equal(s.sig[0], SIGTERM);
@@ -105,19 +105,6 @@ static void test_stop_term_cont_then_kill(void **state)
     assert_int_equal(s.sig[2], SIGKILL);
 }
 
-static void test_stop_kills_at_once_when_leader_exited(void **state)
-{
-    sent s = {.fail_sig = -1};
-    proc_stop st = {.grace = 2, .send = record, .arg = &s};
-    double kill_in = 99;
-    (void)state;
-
-    assert_int_equal(proc_stop_begin(&st, 7, 1, &kill_in), 0);
-    assert_true(kill_in < 0);
-    assert_int_equal(s.n, 1);
-    assert_int_equal(s.sig[0], SIGKILL);
-}
-
 static void test_stop_zero_grace(void **state)
 {
     sent s = {.fail_sig = -1};
@@ -126,7 +113,7 @@ static void test_stop_zero_grace(void **state)
     (void)state;
 
     /* The pool's: SIGKILL at once, no SIGTERM. */
-    assert_int_equal(proc_stop_begin(&st, 7, 0, &kill_in), 0);
+    assert_int_equal(proc_stop_begin(&st, 7, &kill_in), 0);
     assert_true(kill_in < 0);
     assert_int_equal(s.n, 1);
     assert_int_equal(s.sig[0], SIGKILL);
@@ -134,7 +121,7 @@ static void test_stop_zero_grace(void **state)
     /* The supervisor's: SIGTERM still first, SIGKILL due at once. */
     s.n = 0;
     st.no_grace_kills = 0;
-    assert_int_equal(proc_stop_begin(&st, 7, 0, &kill_in), 0);
+    assert_int_equal(proc_stop_begin(&st, 7, &kill_in), 0);
     assert_float_equal(kill_in, 0, 0);
     assert_int_equal(s.n, 2);
     assert_int_equal(s.sig[0], SIGTERM);
@@ -149,7 +136,7 @@ static void test_stop_gone_group(void **state)
     (void)state;
 
     /* SIGTERM found nobody: said, and no SIGCONT after it. */
-    assert_int_equal(proc_stop_begin(&st, 7, 0, &kill_in), -ESRCH);
+    assert_int_equal(proc_stop_begin(&st, 7, &kill_in), -ESRCH);
     assert_int_equal(s.n, 1);
     assert_int_equal(s.sig[0], SIGTERM);
 }
@@ -196,7 +183,7 @@ static void test_stop_real_stopped_child(void **state)
     assert_int_equal(waitpid(pid, &ws, WUNTRACED), pid);
     assert_true(WIFSTOPPED(ws));
 
-    assert_int_equal(proc_stop_begin(&st, pid, 0, &kill_in), 0);
+    assert_int_equal(proc_stop_begin(&st, pid, &kill_in), 0);
     assert_float_equal(kill_in, 5, 0);
     assert_int_equal(waitpid(pid, &ws, 0), pid);
     assert_true(WIFEXITED(ws));
@@ -280,8 +267,9 @@ static void test_path_search_order_and_errors(void **state)
     assert_string_equal(buf, "./nosuch");
     assert_int_equal(proc_path_find("/x/y", path, buf, 4), -ENAMETOOLONG);
 
-    /* An entry too long for buf is passed over. */
-    assert_int_equal(proc_path_find("prog", path, buf, 8), -ENOENT);
+    /* An entry too long for buf is passed over; with nothing found, that
+     * is what is said. */
+    assert_int_equal(proc_path_find("prog", path, buf, 8), -ENAMETOOLONG);
     assert_int_equal(proc_path_find(NULL, path, buf, sizeof buf), -EINVAL);
 }
 
@@ -311,11 +299,20 @@ static void test_path_default(void **state)
     char buf[PATH_MAX];
     (void)state;
 
-    /* Unset or empty: /bin:/usr/bin, where sh is. */
+    char old[PATH_MAX], small[8];
+
+    /* Unset: /bin:/usr/bin, where sh is. */
     assert_int_equal(proc_path_find("sh", NULL, buf, sizeof buf), 0);
     assert_true(strcmp(buf, "/bin/sh") == 0 || strcmp(buf, "/usr/bin/sh") == 0);
-    assert_int_equal(proc_path_find("sh", "", buf, sizeof buf), 0);
-    assert_true(strcmp(buf, "/bin/sh") == 0 || strcmp(buf, "/usr/bin/sh") == 0);
+    /* Set but empty: the current directory only, as glibc's execvp. */
+    assert_non_null(getcwd(old, sizeof old));
+    assert_int_equal(chdir(tmp), 0);
+    assert_int_equal(proc_path_find("sh", "", buf, sizeof buf), -ENOENT);
+    assert_int_equal(proc_path_find("here", "", buf, sizeof buf), 0);
+    assert_string_equal(buf, "here");
+    assert_int_equal(chdir(old), 0);
+    /* Found nowhere because no entry fits the buffer: said so. */
+    assert_int_equal(proc_path_find("sh", "/usr/bin", small, sizeof small), -ENAMETOOLONG);
 }
 
 /* ---------------------------------------------------------- proc_execve */
@@ -355,7 +352,6 @@ int main(void)
         cmocka_unit_test(test_backoff_doubles_to_cap_and_resets),
         cmocka_unit_test(test_backoff_armed_once_grown_per_expiry),
         cmocka_unit_test(test_stop_term_cont_then_kill),
-        cmocka_unit_test(test_stop_kills_at_once_when_leader_exited),
         cmocka_unit_test(test_stop_zero_grace),
         cmocka_unit_test(test_stop_gone_group),
         cmocka_unit_test(test_stop_real_stopped_child),
