@@ -1295,162 +1295,216 @@ static void summary(const run_state *st, const sf_pool_stats *s, double el)
     cli_error("%s", line);
 }
 
-int cmd_run(int argc, char **argv)
+static void run_state_init(run_state *st)
 {
-    run_state st;
-    sf_pool_stats s;
+    memset(st, 0, sizeof *st);
+    st->progress = -1;
+    st->in_fd = -1;
+    st->joblog_fd = st->results_fd = -1;
+    st->next_seq = 1;
+    st->next_print = 1;
+    sf_pool_opts_init(&st->po);
+}
+
+static void run_state_free(run_state *st)
+{
+    signal_pool = NULL;
+    sf_pool_free(st->pool);
+    if (st->ring) {
+        for (size_t k = 0; k < st->window; k++)
+            task_free(st->ring[k]);
+        free(st->ring);
+    }
+    if (st->joblog_fd >= 0)
+        close(st->joblog_fd);
+    if (st->results_fd >= 0)
+        close(st->results_fd);
+    if (st->in_fd > 0)
+        close(st->in_fd);
+    runlog_done_free(&st->done);
+    free(st->inbuf);
+    free(st->groups);
+    free(st->gsize);
+    free(st->gidx);
+}
+
+static void setup_process(void)
+{
     struct sigaction sa;
     struct rlimit rl;
-    int rc, status;
 
-    memset(&st, 0, sizeof st);
-    st.progress = -1;
-    st.in_fd = -1;
-    st.joblog_fd = st.results_fd = -1;
-    st.next_seq = 1;
-    st.next_print = 1;
-    sf_pool_opts_init(&st.po);
-    rc = parse_args(&st, argc, argv);
-    if (rc != 0) {
-        status = rc > 0 ? 0 : EXIT_RUN_USAGE;
-        goto out;
-    }
-    if (st.progress < 0)
-        st.progress = isatty(2);
     memset(&sa, 0, sizeof sa);
     sigemptyset(&sa.sa_mask);
     sa.sa_handler = on_xfsz;
     sigaction(SIGXFSZ, &sa, NULL);
-
     /* Grouped output may hold a spill file per task and stream. */
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         (void)setrlimit(RLIMIT_NOFILE, &rl);
     }
-    if (st.resume) {
-        unsigned long line;
-        rc = runlog_done_load(&st.done, st.joblog_path, st.resume_failed, &line);
-        if (rc < 0) {
-            if (rc == -EPROTO)
-                cli_error("run: %s:%lu: not a joblog line", st.joblog_path, line);
-            else
-                cli_error("run: reading %s: %s", st.joblog_path, strerror(-rc));
-            status = EXIT_RUN_USAGE;
-            goto out;
-        }
-        if (st.done.tail == RUNLOG_TAIL_CUT)
-            cli_error("run: %s: its last line is cut short (a crash?): ignored, and its task "
-                      "runs again", st.joblog_path);
-    }
-    if (!st.ngroups) {
-        if (st.arg_file) {
-            st.in_fd = open(st.arg_file, O_RDONLY | O_CLOEXEC);
-            if (st.in_fd < 0) {
-                cli_error("run: %s: %s", st.arg_file, strerror(errno));
-                status = EXIT_RUN_USAGE;
-                goto out;
-            }
-        } else {
-            st.in_fd = 0;
-        }
-        st.inbuf = malloc(LINE_MAX_BYTES + 65536);
-        if (!st.inbuf) {
-            cli_error("run: out of memory");
-            status = EXIT_RUN_USAGE;
-            goto out;
-        }
-        st.po.feed_fd = st.in_fd;
-    } else {
-        st.groups_left = 1;
-        st.total = 1;
-        for (size_t g = 0; g < st.ngroups; g++)
-            st.total = st.total * st.gsize[g];
-    }
-    if (open_records(&st) < 0) {
-        status = EXIT_RUN_ERROR;
-        goto out;
-    }
+}
 
-    st.po.capture_output = 1;
+/* --resume: the tasks the joblog has. 0, or -1 after saying why. */
+static int load_resume(run_state *st)
+{
+    unsigned long line;
+    int rc = runlog_done_load(&st->done, st->joblog_path, st->resume_failed, &line);
+
+    if (rc < 0) {
+        if (rc == -EPROTO)
+            cli_error("run: %s:%lu: not a joblog line", st->joblog_path, line);
+        else
+            cli_error("run: reading %s: %s", st->joblog_path, strerror(-rc));
+        return -1;
+    }
+    if (st->done.tail == RUNLOG_TAIL_CUT)
+        cli_error("run: %s: its last line is cut short (a crash?): ignored, and its task "
+                  "runs again", st->joblog_path);
+    return 0;
+}
+
+/* The ::: groups' count, or the lines' descriptor and buffer. 0, or -1
+ * after saying why. */
+static int open_input(run_state *st)
+{
+    if (st->ngroups) {
+        st->groups_left = 1;
+        st->total = 1;
+        for (size_t g = 0; g < st->ngroups; g++)
+            st->total = st->total * st->gsize[g];
+        return 0;
+    }
+    if (st->arg_file) {
+        st->in_fd = open(st->arg_file, O_RDONLY | O_CLOEXEC);
+        if (st->in_fd < 0) {
+            cli_error("run: %s: %s", st->arg_file, strerror(errno));
+            return -1;
+        }
+    } else {
+        st->in_fd = 0;
+    }
+    st->inbuf = malloc(LINE_MAX_BYTES + 65536);
+    if (!st->inbuf) {
+        cli_error("run: out of memory");
+        return -1;
+    }
+    st->po.feed_fd = st->in_fd;
+    return 0;
+}
+
+/* The pool, with run's callbacks, and the --keep-order window. 0, or -1
+ * after saying why. */
+static int pool_start(run_state *st)
+{
+    st->po.capture_output = 1;
     /* Grouped output is held until the task ends: bounded by default.
      * --line-buffer holds at most a line, so only a limit asked for. */
-    st.po.output_max = st.max_output ? st.max_output : st.line_buffer ? 0 : MAX_OUTPUT_DEFAULT;
-    st.po.feed = feed;
-    st.po.on_start = on_start;
-    st.po.on_output = on_output;
-    st.po.on_done = on_done;
-    st.po.on_tick = st.progress ? on_tick : NULL;
-    st.po.tick_s = st.progress ? 0.2 : 0;
-    st.po.arg = &st;
-    st.po.log = run_log;
-    st.po.log_arg = &st;
-    st.po.queue_max = 65536 + 65536;
-    st.pool = sf_pool_new(&st.po);
-    if (!st.pool) {
+    st->po.output_max = st->max_output ? st->max_output : st->line_buffer ? 0 : MAX_OUTPUT_DEFAULT;
+    st->po.feed = feed;
+    st->po.on_start = on_start;
+    st->po.on_output = on_output;
+    st->po.on_done = on_done;
+    st->po.on_tick = st->progress ? on_tick : NULL;
+    st->po.tick_s = st->progress ? 0.2 : 0;
+    st->po.arg = st;
+    st->po.log = run_log;
+    st->po.log_arg = st;
+    st->po.queue_max = 65536 + 65536;
+    st->pool = sf_pool_new(&st->po);
+    if (!st->pool) {
         cli_error("run: %s", strerror(errno));
-        status = EXIT_RUN_USAGE;
-        goto out;
+        return -1;
     }
-    if (st.keep_order) {
-        st.window = 4 * (size_t)sf_pool_jobs(st.pool) + 64;
-        st.ring = calloc(st.window, sizeof *st.ring);
-        if (!st.ring) {
+    if (st->keep_order) {
+        st->window = 4 * (size_t)sf_pool_jobs(st->pool) + 64;
+        st->ring = calloc(st->window, sizeof *st->ring);
+        if (!st->ring) {
             cli_error("run: out of memory");
-            status = EXIT_RUN_USAGE;
-            goto out;
+            return -1;
         }
     }
+    return 0;
+}
 
-    /* The tasks' groups are their own: a terminal's ^C reaches only us,
-     * and we stop them. SIGPIPE is ignored: a closed stdout is an error we
-     * handle (stop), not a death that would leave the tasks running. */
+/* Everything before the pool runs: 0, or the exit status after saying why. */
+static int prepare(run_state *st)
+{
+    if (st->progress < 0)
+        st->progress = isatty(2);
+    setup_process();
+    if (st->resume && load_resume(st) < 0)
+        return EXIT_RUN_USAGE;
+    if (open_input(st) < 0)
+        return EXIT_RUN_USAGE;
+    if (open_records(st) < 0)
+        return EXIT_RUN_ERROR;
+    if (pool_start(st) < 0)
+        return EXIT_RUN_USAGE;
+    return 0;
+}
+
+/* The tasks' groups are their own: a terminal's ^C reaches only us, and
+ * we stop them. SIGPIPE is ignored: a closed stdout is an error we handle
+ * (stop), not a death that would leave the tasks running. */
+static void catch_stop_signals(run_state *st)
+{
+    struct sigaction sa;
+
     memset(&sa, 0, sizeof sa);
     sigemptyset(&sa.sa_mask);
     sa.sa_handler = on_stop_signal;
-    signal_pool = st.pool;
+    signal_pool = st->pool;
     runout_abort_on(&stop_signal);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+}
 
-    st.t0 = now_s();
-    st.pool_running = 1;
-    rc = sf_pool_run(st.pool);
-    st.pool_running = 0;
-    progress_clear(&st);
-    sf_pool_get_stats(st.pool, &s);
+/* The first reason wins: a stop signal, a lost stdout or stderr, a run
+ * that failed itself, else the number of tasks that failed. */
+static int exit_status(const run_state *st, const sf_pool_stats *s, int pool_rc)
+{
+    if (stop_signal)
+        return 128 + stop_signal;
+    if (st->write_error)
+        return 128 + SIGPIPE;
+    if (st->data_lost || st->input_error || pool_rc < 0)
+        return EXIT_RUN_ERROR;
+    return s->failed > EXIT_FAILED_MAX ? EXIT_FAILED_MAX : (int)s->failed;
+}
+
+/* Runs the pool to its end, says how it went; returns the exit status. */
+static int run_pool(run_state *st)
+{
+    sf_pool_stats s;
+    int rc;
+
+    catch_stop_signals(st);
+    st->t0 = now_s();
+    st->pool_running = 1;
+    rc = sf_pool_run(st->pool);
+    st->pool_running = 0;
+    progress_clear(st);
+    sf_pool_get_stats(st->pool, &s);
     if (rc < 0)
         cli_error("run: the pool failed: %s", strerror(-rc));
-    if (!st.quiet)
-        summary(&st, &s, now_s() - st.t0);
-    if (stop_signal)
-        status = 128 + stop_signal;
-    else if (st.write_error)
-        status = 128 + SIGPIPE;
-    else if (st.data_lost || st.input_error || rc < 0)
-        status = EXIT_RUN_ERROR;
-    else
-        status = s.failed > EXIT_FAILED_MAX ? EXIT_FAILED_MAX : (int)s.failed;
+    if (!st->quiet)
+        summary(st, &s, now_s() - st->t0);
+    return exit_status(st, &s, rc);
+}
 
-out:
-    signal_pool = NULL;
-    sf_pool_free(st.pool);
-    if (st.ring) {
-        for (size_t k = 0; k < st.window; k++)
-            task_free(st.ring[k]);
-        free(st.ring);
-    }
-    if (st.joblog_fd >= 0)
-        close(st.joblog_fd);
-    if (st.results_fd >= 0)
-        close(st.results_fd);
-    if (st.in_fd > 0)
-        close(st.in_fd);
-    runlog_done_free(&st.done);
-    free(st.inbuf);
-    free(st.groups);
-    free(st.gsize);
-    free(st.gidx);
+int cmd_run(int argc, char **argv)
+{
+    run_state st;
+    int rc, status;
+
+    run_state_init(&st);
+    rc = parse_args(&st, argc, argv);
+    if (rc != 0)
+        status = rc > 0 ? 0 : EXIT_RUN_USAGE;
+    else if ((status = prepare(&st)) == 0)
+        status = run_pool(&st);
+    run_state_free(&st);
     return status;
 }
