@@ -213,3 +213,27 @@ def test_serve_dashdash_as_a_value_is_not_the_end_of_options(tmp_path):
     """`--control --` names a socket '--'; no PROGRAM is implied."""
     line = one_line_usage_error("serve", "-l", "unix:/no/such/dir/x.sock", "--control", "--")
     assert "cannot listen on unix:/no/such/dir/x.sock" in line
+
+
+@pytest.mark.parametrize("args, want", [
+    (["serve", "--history=3"], "serve: unknown option '--history=3' (try 'sockfork serve --help')"),
+    (["serve", "--flood=1/2"], "serve: unknown option '--flood=1/2' (try 'sockfork serve --help')"),
+    (["serve", "--line-max=1K"], "serve: unknown option '--line-max=1K' (try 'sockfork serve --help')"),
+    (["serve", "--client-backlog=1K"],
+     "serve: unknown option '--client-backlog=1K' (try 'sockfork serve --help')"),
+    (["chat", "--echo"], "chat: unknown option '--echo' (try 'sockfork chat --help')"),
+    (["chat", "--topic-history=2"], "chat: unknown option '--topic-history=2' (try 'sockfork chat --help')"),
+    (["chat", "-l"], "chat: option '-l' needs a value"),
+    (["serve", "--history"], "serve: option '--history' needs a value"),
+    (["chat", "-l", "127.0.0.1:0", "prog"], "chat: unexpected argument 'prog' (try 'sockfork chat --help')"),
+    (["serve", "--echo", "-l", "127.0.0.1:0", "--", "sh"], "serve: --echo and a PROGRAM exclude each other"),
+    (["serve", "-l", "127.0.0.1:0", "--channel-max=64K", "--channel-queue=64K"],
+     "serve: --channel-queue (65536) must hold one message of --channel-max (65536) and its 271 "
+     "bytes of headers"),
+    (["chat", "-l", "127.0.0.1:0", "--control=/x", "--no-control"],
+     "chat: --control and --no-control exclude each other"),
+], ids=lambda a: " ".join(a) if isinstance(a, list) else "")
+def test_serve_and_chat_take_their_own_options(args, want):
+    """The options only one of the two takes, and the checks after them
+    (pinned before run_server became small functions, issue 12)."""
+    assert one_line_usage_error(*args) == "sockfork: " + want

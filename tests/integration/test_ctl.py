@@ -719,3 +719,45 @@ def test_stats_reply_has_every_key_in_order(sockfork, tmp_path):
     assert rc == 0, err
     assert [l.split(":")[0] for l in out.splitlines()] == STATS_KEYS[1:], out
     c.close()
+
+
+# ------------------------------------------- usage errors, word for word
+# Pinned before cmd_ctl became a table of subcommands (issue 12): each
+# command's words and what is said when they are not right.
+
+COMMANDS = "(list, send PID TEXT, broadcast TEXT, kick PID, stats)"
+
+
+@pytest.mark.parametrize("args, want", [
+    ([], "which command? " + COMMANDS),
+    (["--json"], "which command? " + COMMANDS),
+    (["dance"], "unknown command 'dance' " + COMMANDS),
+    (["dance\x1b[31m"], "unknown command 'dance\\x1b[31m' " + COMMANDS),
+    (["list", "x"], "list takes no arguments, not 'x'"),
+    (["stats", "a", "b"], "stats takes no arguments, not 'a'"),
+    (["kick"], "kick wants one PID"),
+    (["kick", "0"], "kick wants one PID"),
+    (["kick", "12", "13"], "kick wants one PID"),
+    (["send", "12"], "send wants a PID and one TEXT argument"),
+    (["send", "x", "text"], "send wants a PID and one TEXT argument"),
+    (["send", "12", "a", "b"], "send wants a PID and one TEXT argument"),
+    (["send", "12", "\udcff"], "TEXT must be UTF-8"),
+    (["send", "x", "\udcff"], "send wants a PID and one TEXT argument"),
+    (["broadcast"], "broadcast wants one TEXT argument"),
+    (["broadcast", "a", "b"], "broadcast wants one TEXT argument"),
+    (["broadcast", "\udcfe"], "TEXT must be UTF-8"),
+    (["--", "send", "12", "-1", "x"], "send wants a PID and one TEXT argument"),
+], ids=lambda a: " ".join(a) if isinstance(a, list) else "")
+def test_ctl_usage_errors_word_for_word(tmp_path, args, want):
+    """Said before any server is looked for: status 2, one line."""
+    rc, out, err = run_cli("ctl", *args)
+    assert (rc, out, err) == (2, "", "sockfork: ctl: " + want + "\n")
+
+
+def test_ctl_answers_before_the_request_is_checked(tmp_path):
+    """--help and --version come first; a bad option before a bad command."""
+    assert run_cli("ctl", "dance", "--help")[0:2] == (0, run_cli("ctl", "--help")[1])
+    assert run_cli("ctl", "kick", "-V") == (0, "sockfork 0.2.0\n", "")
+    rc, _, err = run_cli("ctl", "dance", "--bogus")
+    assert (rc, err) == (2, "sockfork: ctl: unknown option '--bogus' (try 'sockfork ctl --help'; "
+                            "a TEXT that begins with '-' goes after '--')\n")

@@ -1634,6 +1634,89 @@ def test_help_exits_0(run):
         assert opt in text, opt
 
 
+# ---------------------------------------------------- how the options are read
+# Pinned before run's parser moved to getopt_long (issue 12): each option is
+# one word spelled out in full (no bundles like -kq, no abbreviations like
+# --kee, a value attached only to -j), and an error names the word as given.
+
+TRY = " (try 'sockfork run --help')"
+PARSE_ERRORS = [
+    (["--no-such-option", "echo"], "unknown option '--no-such-option'"),
+    (["--foo=bar", "echo"], "unknown option '--foo=bar'"),
+    (["--kee", "echo", ":::", "a"], "unknown option '--kee'"),
+    (["--res", "r", "echo", ":::", "a"], "unknown option '--res'"),
+    (["-kq", "echo", ":::", "a"], "unknown option '-kq'"),
+    (["-qk", "echo", ":::", "a"], "unknown option '-qk'"),
+    (["-aargs", "echo"], "unknown option '-aargs'"),
+    (["-x", "echo"], "unknown option '-x'"),
+    (["--=x", "echo"], "unknown option '--=x'"),
+    (["---jobs", "2", "echo"], "unknown option '---jobs'"),
+    (["--bogus", "-h"], "unknown option '--bogus'"),
+    (["-j"], "-j needs a value"),
+    (["--jobs"], "--jobs needs a value"),
+    (["-a"], "-a needs a value"),
+    (["--halt-on-error"], "--halt-on-error needs a value"),
+    (["-k", "--timeout"], "--timeout needs a value"),
+    (["--jobs="], "-j: '' is not a number of tasks from 1 to 65536"),
+    (["-j=4", "echo"], "-j: '=4' is not a number of tasks from 1 to 65536"),
+    (["-j", "-1", "echo"], "-j: '-1' is not a number of tasks from 1 to 65536"),
+    (["--timeout=", "echo"], "--timeout: '' is not a duration over 0 (e.g. 1.5, 300ms, 2m)"),
+    (["--halt-on-error", "x", "echo"], "--halt: 'x' is not never, now[,fail=N|P%] or soon[,...]"),
+    (["-j", "2"], "no COMMAND given"),
+    (["-j", "2", "--"], "no COMMAND given"),
+    (["--", ":::", "a"], "no COMMAND given"),
+]
+
+
+@pytest.mark.parametrize("args, want", PARSE_ERRORS, ids=lambda a: " ".join(a) if isinstance(a, list) else "")
+def test_option_errors_name_the_word_as_given(run, args, want):
+    r = run(*args)
+    assert (r.rc, r.stdout) == (255, b""), (r.rc, r.stderr)
+    assert r.stderr == "sockfork: run: " + want + TRY + "\n"
+
+
+PARSE_OK = [
+    (["-j2", "-k", "echo", ":::", "a", "b"], "a\nb\n"),
+    (["--jobs=2", "--keep-order", "echo", ":::", "a", "b"], "a\nb\n"),
+    (["-j", "1", "-j", "2", "-k", "echo", ":::", "a", "b"], "a\nb\n"),
+    (["--lb", "--halt-on-error=never", "echo", ":::", "a"], "a\n"),
+    (["--halt-on-error", "now,fail=1", "echo", ":::", "a"], "a\n"),
+    (["--progress", "--no-progress", "-q", "echo", ":::", "a"], "a\n"),
+    # "--" ends the options; what follows is the command, dashes and all.
+    (["-j", "1", "--", "echo", "-j", "x", ":::", "a"], "-j x a\n"),
+    (["--", "--", ":::", "a"], None),
+    # The options end at COMMAND: what follows is its own.
+    (["echo", "-k", "--jobs", ":::", "a"], "-k --jobs a\n"),
+    # A value is the next word whatever it looks like.
+    (["--results", "--", "echo", ":::", "a"], "a\n"),
+    (["--joblog", ":::", "echo", ":::", "a"], "a\n"),
+    # A flag given a value with = is the flag (the value is not looked at).
+    (["--shell=no", "echo ok;echo", ":::", "a"], "ok\na\n"),
+    (["--quiet=", "echo", ":::", "a"], "a\n"),
+]
+
+
+@pytest.mark.parametrize("args, want", PARSE_OK, ids=lambda a: " ".join(a) if isinstance(a, list) else "")
+def test_options_read_as_gnu_parallel_reads_them(tmp_path, run, args, want):
+    r = run(*args)
+    if want is None:  # "--" then "--": a command named "--", not found
+        assert r.rc == 1 and r.stdout == b"", (r.rc, r.stderr)
+        assert "could not start" in r.stderr, r.stderr
+        return
+    assert (r.rc, r.stdout.decode()) == (0, want), r.stderr
+    if "--results" in args:
+        assert (tmp_path / "--").exists()
+    if "--joblog" in args:
+        assert (tmp_path / ":::").read_text().startswith(JOBLOG_HEADER)
+
+
+def test_help_and_version_come_first_when_they_come_first(run):
+    r = run("-h", "--bogus")
+    assert (r.rc, r.stderr) == (0, "") and r.stdout.decode().startswith("usage: sockfork run")
+    r = run("-V", "--jobs")
+    assert (r.rc, r.stderr, r.stdout) == (0, "", b"sockfork 0.2.0\n")
+
+
 # ---------------------------------------------------- bugs found (fixed since)
 
 def test_lines_from_an_open_pipe_start_without_waiting_for_more_input(tmp_path, sf):

@@ -245,10 +245,11 @@ static void fmt_bytes(json_t *v, char *buf, size_t len)
         snprintf(buf, len, "-");
 }
 
-static void print_list(json_t *reply)
+static void print_list(json_t *reply, unsigned pid)
 {
     json_t *children = json_object_get(reply, "children"), *c;
     size_t i;
+    (void)pid;
 
     printf("%-8s %-40s %-12s %-20s %12s %12s  %s\n", "PID", "PEER", "STATE", "SINCE", "IN", "OUT",
            "STATUS");
@@ -311,11 +312,12 @@ static void print_value(json_t *v)
     }
 }
 
-static void print_stats(json_t *reply)
+static void print_stats(json_t *reply, unsigned pid)
 {
     char k[FIELD_MAX], k2[FIELD_MAX];
     const char *key;
     json_t *v;
+    (void)pid;
 
     json_object_foreach(reply, key, v) {
         if (strcmp(key, "ok") == 0)
@@ -508,57 +510,6 @@ out:
     return fd;
 }
 
-/* ------------------------------------------------------------ the command */
-
-/* The request for argv's command, or NULL after saying what is wrong
- * (*rc: the exit status). */
-static json_t *make_request(const char *cmd, int nargs, char **args, unsigned *pid, int *rc)
-{
-    static const char commands[] = "list, send PID TEXT, broadcast TEXT, kick PID, stats";
-    json_t *req = NULL;
-
-    *rc = EXIT_USAGE;
-    if (strcmp(cmd, "list") == 0 || strcmp(cmd, "stats") == 0) {
-        if (nargs != 0) {
-            cli_error("ctl: %s takes no arguments, not '%s'", cmd, args[0]);
-            return NULL;
-        }
-        req = json_pack("{s:s}", "cmd", cmd);
-    } else if (strcmp(cmd, "kick") == 0) {
-        if (nargs != 1 || cli_parse_uint(args[0], 1u << 30, pid) < 0 || !*pid) {
-            cli_error("ctl: kick wants one PID");
-            return NULL;
-        }
-        req = json_pack("{s:s, s:i}", "cmd", cmd, "pid", (int)*pid);
-    } else if (strcmp(cmd, "send") == 0) {
-        if (nargs != 2 || cli_parse_uint(args[0], 1u << 30, pid) < 0 || !*pid) {
-            cli_error("ctl: send wants a PID and one TEXT argument");
-            return NULL;
-        }
-        req = json_pack("{s:s, s:i, s:s}", "cmd", cmd, "pid", (int)*pid, "text", args[1]);
-    } else if (strcmp(cmd, "broadcast") == 0) {
-        if (nargs != 1) {
-            cli_error("ctl: broadcast wants one TEXT argument");
-            return NULL;
-        }
-        req = json_pack("{s:s, s:s}", "cmd", cmd, "text", args[0]);
-    } else {
-        char shown[FIELD_MAX];
-        cli_error("ctl: unknown command '%s' (%s)", clean(cmd, strlen(cmd), shown, sizeof shown),
-                  commands);
-        return NULL;
-    }
-    if (!req && (strcmp(cmd, "send") == 0 || strcmp(cmd, "broadcast") == 0)) {
-        cli_error("ctl: TEXT must be UTF-8");
-        return NULL;
-    }
-    if (!req) {
-        cli_error("ctl: out of memory");
-        *rc = 1;
-    }
-    return req;
-}
-
 /* Says that TEXT does not fit in a request (req, dumped, is len bytes):
  * how long it is, escaped too if that made it longer, and how much fits. */
 static void text_too_long(json_t *req, size_t len)
@@ -604,26 +555,117 @@ static char *request_text(json_t *req)
     return text;
 }
 
-static void print_answer(const char *cmd, json_t *reply, unsigned pid)
+/* ------------------------------------------------------------ the command */
+
+/* How each answer is printed for people; pid: the command's, if it has one. */
+static void print_sent(json_t *reply, unsigned pid)
 {
-    if (strcmp(cmd, "list") == 0) {
-        print_list(reply);
-    } else if (strcmp(cmd, "stats") == 0) {
-        print_stats(reply);
-    } else if (strcmp(cmd, "send") == 0) {
-        /* A fact of the moment, not a judgement on the program: a child
-         * that reads its channel may simply not have got to it yet. */
-        if (json_is_true(json_object_get(reply, "unread_before")))
-            printf("queued for %u, behind earlier text it has not read yet\n", pid);
-        else
-            printf("queued for %u\n", pid);
-    } else if (strcmp(cmd, "broadcast") == 0) {
-        printf("delivered to %lld, dropped for %lld\n",
-               (long long)json_integer_value(json_object_get(reply, "delivered")),
-               (long long)json_integer_value(json_object_get(reply, "dropped")));
-    } else {
-        printf("kicked %u\n", pid);
+    /* A fact of the moment, not a judgement on the program: a child that
+     * reads its channel may simply not have got to it yet. */
+    if (json_is_true(json_object_get(reply, "unread_before")))
+        printf("queued for %u, behind earlier text it has not read yet\n", pid);
+    else
+        printf("queued for %u\n", pid);
+}
+
+static void print_broadcast(json_t *reply, unsigned pid)
+{
+    (void)pid;
+    printf("delivered to %lld, dropped for %lld\n",
+           (long long)json_integer_value(json_object_get(reply, "delivered")),
+           (long long)json_integer_value(json_object_get(reply, "dropped")));
+}
+
+static void print_kicked(json_t *reply, unsigned pid)
+{
+    (void)reply;
+    printf("kicked %u\n", pid);
+}
+
+/* The commands: the words after the name, which are a PID (the first) and
+ * a TEXT (the last), what to say when they are not right, and how the
+ * answer is printed. */
+typedef struct ctl_command {
+    const char *name;
+    const char *synopsis; /* in the messages that list the commands */
+    int nargs;            /* exactly this many words after the name */
+    int has_pid, has_text;
+    const char *wrong;    /* the usage error; NULL: "takes no arguments" */
+    void (*print)(json_t *reply, unsigned pid);
+} ctl_command;
+
+static const ctl_command ctl_commands[] = {
+    {"list", "list", 0, 0, 0, NULL, print_list},
+    {"send", "send PID TEXT", 2, 1, 1, "send wants a PID and one TEXT argument", print_sent},
+    {"broadcast", "broadcast TEXT", 1, 0, 1, "broadcast wants one TEXT argument", print_broadcast},
+    {"kick", "kick PID", 1, 1, 0, "kick wants one PID", print_kicked},
+    {"stats", "stats", 0, 0, 0, NULL, print_stats},
+};
+
+#define NCTL_COMMANDS (sizeof ctl_commands / sizeof ctl_commands[0])
+
+/* "list, send PID TEXT, ...": every command, for the usage errors. */
+static const char *command_synopses(char *out, size_t cap)
+{
+    size_t o = 0;
+
+    out[0] = '\0';
+    for (size_t i = 0; i < NCTL_COMMANDS; i++)
+        o += (size_t)snprintf(out + o, o < cap ? cap - o : 0, "%s%s", i ? ", " : "",
+                              ctl_commands[i].synopsis);
+    return out;
+}
+
+static const ctl_command *ctl_command_of(const char *name)
+{
+    for (size_t i = 0; i < NCTL_COMMANDS; i++)
+        if (strcmp(ctl_commands[i].name, name) == 0)
+            return &ctl_commands[i];
+    return NULL;
+}
+
+/* Whether args fit the command (its PID in *pid); 0, or -1 after saying
+ * what is wrong. */
+static int check_args(const ctl_command *c, int nargs, char **args, unsigned *pid)
+{
+    if (nargs == c->nargs && (!c->has_pid || (cli_parse_uint(args[0], 1u << 30, pid) == 0 && *pid)))
+        return 0;
+    if (c->wrong)
+        cli_error("ctl: %s", c->wrong);
+    else
+        cli_error("ctl: %s takes no arguments, not '%s'", c->name, args[0]);
+    return -1;
+}
+
+/* The request for command c with args, or NULL after saying what is
+ * wrong (*rc: the exit status). */
+static json_t *make_request(const ctl_command *c, int nargs, char **args, unsigned *pid, int *rc)
+{
+    json_t *req, *text = NULL;
+    int failed;
+
+    *rc = EXIT_USAGE;
+    if (check_args(c, nargs, args, pid) < 0)
+        return NULL;
+    if (c->has_text && !(text = json_string(args[nargs - 1]))) {
+        cli_error("ctl: TEXT must be UTF-8");
+        return NULL;
     }
+    /* json_object_set_new takes the value even when it fails (req NULL
+     * too): nothing leaks on any path. */
+    req = json_object();
+    failed = json_object_set_new(req, "cmd", json_string(c->name)) < 0;
+    if (c->has_pid)
+        failed |= json_object_set_new(req, "pid", json_integer((int)*pid)) < 0;
+    if (text)
+        failed |= json_object_set_new(req, "text", text) < 0;
+    if (failed) {
+        json_decref(req);
+        cli_error("ctl: out of memory");
+        *rc = 1;
+        return NULL;
+    }
+    return req;
 }
 
 enum { OPT_CONTROL = 256, OPT_JSON };
@@ -636,17 +678,12 @@ static const struct option ctl_options[] = {
     {NULL, 0, NULL, 0},
 };
 
-int cmd_ctl(int argc, char **argv)
+/* 0: the command is at optind; 1: done (--help, --version); -1 after
+ * saying what is wrong. */
+static int parse_ctl_options(int argc, char **argv, const char **path, int *as_json)
 {
-    char pathbuf[CLI_CONTROL_PATH_MAX], err[300], *text = NULL;
-    const char *path = NULL, *cmd;
-    int as_json = 0, opt, fd, rc = 1;
-    json_t *req = NULL, *reply = NULL;
-    unsigned pid = 0;
+    int opt;
 
-    /* A server that hangs up mid-request is an error to report, not a
-     * signal to die of. */
-    signal(SIGPIPE, SIG_IGN);
     opterr = 0;
     optind = 1;
     /* No '+': options may follow the command, as with GNU tools; '--'
@@ -654,71 +691,109 @@ int cmd_ctl(int argc, char **argv)
     while ((opt = getopt_long(argc, argv, ":hV", ctl_options, NULL)) != -1) {
         switch (opt) {
         case OPT_CONTROL:
-            path = optarg;
+            *path = optarg;
             break;
         case OPT_JSON:
-            as_json = 1;
+            *as_json = 1;
             break;
         case 'h':
             fputs(ctl_usage, stdout);
-            return 0;
+            return 1;
         case 'V':
             printf("sockfork %s\n", sf_version());
-            return 0;
+            return 1;
         case ':':
             cli_error("ctl: option '%s' needs a value", argv[optind - 1]);
-            return EXIT_USAGE;
+            return -1;
         default:
             cli_error("ctl: unknown option '%s' (try 'sockfork ctl --help'; a TEXT that begins "
                       "with '-' goes after '--')", argv[optind - 1]);
-            return EXIT_USAGE;
+            return -1;
         }
     }
-    if (optind >= argc) {
-        cli_error("ctl: which command? (list, send PID TEXT, broadcast TEXT, kick PID, stats)");
-        return EXIT_USAGE;
+    return 0;
+}
+
+/* A connection to the server at path, or to the only one running; -1
+ * after saying why not. */
+static int connect_server(const char *path)
+{
+    char pathbuf[CLI_CONTROL_PATH_MAX], shown[FIELD_MAX];
+    int fd;
+
+    /* The request goes on the connection whose peer was checked. */
+    if (!path)
+        return find_server(pathbuf, sizeof pathbuf);
+    fd = cli_control_connect(path);
+    if (fd < 0) {
+        cli_error("ctl: cannot connect to %s: %s", clean(path, strlen(path), shown, sizeof shown),
+                  strerror(-fd));
+        return -1;
     }
-    cmd = argv[optind];
-    req = make_request(cmd, argc - optind - 1, argv + optind + 1, &pid, &rc);
-    if (!req)
-        return rc;
-    rc = 1;
-    text = request_text(req);
-    json_decref(req);
-    if (!text)
+    return fd;
+}
+
+/* Sends the request line text, prints the answer. Returns the exit status. */
+static int exchange(const ctl_command *c, const char *path, const char *text, int as_json,
+                    unsigned pid)
+{
+    char err[300], msg[FIELD_MAX];
+    json_t *reply;
+    int fd = connect_server(path), rc = 1;
+
+    if (fd < 0)
         return 1;
-    if (!path) {
-        /* The request goes on the connection whose peer was checked. */
-        fd = find_server(pathbuf, sizeof pathbuf);
-        if (fd < 0)
-            goto out;
-    } else {
-        fd = cli_control_connect(path);
-        if (fd < 0) {
-            char shown[FIELD_MAX];
-            cli_error("ctl: cannot connect to %s: %s", clean(path, strlen(path), shown, sizeof shown),
-                      strerror(-fd));
-            goto out;
-        }
-    }
     reply = roundtrip(fd, text, CTL_TIMEOUT_MS, err, sizeof err);
     close(fd);
     if (!reply) {
         cli_error("ctl: %s", err);
-        goto out;
+        return 1;
     }
     if (as_json)
         print_json(reply);
     if (!json_is_true(json_object_get(reply, "ok"))) {
-        char msg[FIELD_MAX];
         cli_error("ctl: %s", clean_member(reply, "error", "the server said no", msg, sizeof msg));
-        goto out;
+    } else {
+        if (!as_json)
+            c->print(reply, pid);
+        rc = 0;
     }
-    if (!as_json)
-        print_answer(cmd, reply, pid);
-    rc = 0;
-out:
-    free(text);
     json_decref(reply);
+    return rc;
+}
+
+int cmd_ctl(int argc, char **argv)
+{
+    char names[256], shown[FIELD_MAX], *text;
+    const char *path = NULL;
+    const ctl_command *c;
+    int as_json = 0, rc;
+    json_t *req;
+    unsigned pid = 0;
+
+    /* A server that hangs up mid-request is an error to report, not a
+     * signal to die of. */
+    signal(SIGPIPE, SIG_IGN);
+    rc = parse_ctl_options(argc, argv, &path, &as_json);
+    if (rc != 0)
+        return rc > 0 ? 0 : EXIT_USAGE;
+    if (optind >= argc) {
+        cli_error("ctl: which command? (%s)", command_synopses(names, sizeof names));
+        return EXIT_USAGE;
+    }
+    if (!(c = ctl_command_of(argv[optind]))) {
+        cli_error("ctl: unknown command '%s' (%s)",
+                  clean(argv[optind], strlen(argv[optind]), shown, sizeof shown),
+                  command_synopses(names, sizeof names));
+        return EXIT_USAGE;
+    }
+    if (!(req = make_request(c, argc - optind - 1, argv + optind + 1, &pid, &rc)))
+        return rc;
+    text = request_text(req);
+    json_decref(req);
+    if (!text)
+        return 1;
+    rc = exchange(c, path, text, as_json, pid);
+    free(text);
     return rc;
 }

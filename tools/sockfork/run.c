@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -29,7 +30,8 @@
 #define RETRY_ON_MAX 64
 #define MAX_OUTPUT_DEFAULT (1ULL << 30)
 
-static const char run_usage[] =
+/* --help: this, a line per option of run_options (below), then the tail. */
+static const char run_usage_head[] =
     "usage: sockfork run [OPTIONS] COMMAND [ARGS...] [::: A B ... [::: C D ...]]\n"
     "\n"
     "Runs COMMAND once per argument: the cross product of the ::: groups, or one\n"
@@ -37,36 +39,9 @@ static const char run_usage[] =
     "are replaced as in GNU parallel; with none, the arguments are appended.\n"
     "COMMAND is exec'd directly, never through a shell, unless --shell.\n"
     "\n"
-    "options:\n"
-    "  -j, --jobs N          tasks at once (default: the number of CPUs)\n"
-    "  -a, --arg-file FILE   arguments from FILE, one per line\n"
-    "      --shell           run COMMAND ARGS... as one sh -c line; the arguments\n"
-    "                        put in are quoted where the shell needs it, as GNU\n"
-    "                        parallel quotes them\n"
-    "      --timeout D       per attempt (seconds; ms, s, m, h suffixes): SIGTERM to\n"
-    "                        the task's process group, SIGKILL after --kill-grace\n"
-    "      --kill-grace D    from SIGTERM to SIGKILL (default 2s)\n"
-    "      --retries N       retry a failed task up to N times (not one whose\n"
-    "                        command cannot start: not found, not executable)\n"
-    "      --retry-on LIST   only for these: exit codes, signal names, 'timeout'\n"
-    "                        (e.g. 1,3,SIGKILL,timeout)\n"
-    "      --halt SPEC       never | now|soon[,fail=N|fail=P%] (now: stop the running)\n"
-    "  -k, --keep-order      output in input order\n"
-    "      --line-buffer     pass output on line by line as it comes\n"
-    "      --tag             prefix output lines with the arguments and a tab\n"
-    "      --max-output SIZE a task's output, stdout and stderr together (K, M, G, T\n"
-    "                        suffixes; default 1G while grouping, none with\n"
-    "                        --line-buffer): past it the task is stopped as on a\n"
-    "                        timeout and fails; what fit is written\n"
-    "      --results FILE    one JSON object per finished task\n"
-    "      --joblog FILE     GNU parallel's joblog\n"
-    "      --resume          skip the tasks the joblog has\n"
-    "      --resume-failed   skip the tasks the joblog has as succeeded\n"
-    "      --progress        live progress on stderr (default: when it is a terminal)\n"
-    "      --no-progress     none\n"
-    "  -q, --quiet           no summary at the end\n"
-    "  -h, --help            this help\n"
-    "  -V, --version         print the version\n"
+    "options:\n";
+
+static const char run_usage_tail[] =
     "\n"
     "A task may write JSON lines on fd 3 (SOCKFORK_FD=3): {\"progress\": 0.4},\n"
     "{\"progress\": {\"done\": 3, \"total\": 10}}, {\"log\": \"text\"}, {\"result\": ...}.\n"
@@ -829,120 +804,311 @@ static int parse_halt(run_state *st, const char *spec)
     return 0;
 }
 
-static int need(int argc, char **argv, int *i, const char *opt, const char **val)
+/* One handler per option: v is its value (NULL, or to be ignored, for an
+ * option that takes none). 0, -1 after saying what is wrong, or 1: done
+ * (--help, --version), exit 0. */
+static int opt_jobs(run_state *st, const char *v)
 {
-    if (*i + 1 >= argc)
-        return usage_error("%s needs a value", opt);
-    *val = argv[++*i];
+    if (cli_parse_uint(v, 65536, &st->po.jobs) < 0 || st->po.jobs == 0)
+        return usage_error("-j: '%s' is not a number of tasks from 1 to 65536", v);
     return 0;
 }
 
-static int parse_args(run_state *st, int argc, char **argv)
+static int opt_arg_file(run_state *st, const char *v)
 {
-    int i;
-    const char *v;
-    double d;
+    st->arg_file = v;
+    return 0;
+}
 
-    for (i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        char opt[64];
-        const char *eq;
+static int opt_shell(run_state *st, const char *v)
+{
+    (void)v;
+    st->shell = 1;
+    return 0;
+}
 
-        if (a[0] != '-' || strcmp(a, "-") == 0)
-            break;
-        if (strcmp(a, "--") == 0) {
-            i++;
-            break;
+static int opt_timeout(run_state *st, const char *v)
+{
+    if (cli_parse_seconds(v, &st->po.timeout_s) < 0 || st->po.timeout_s <= 0)
+        return usage_error("--timeout: '%s' is not a duration over 0 (e.g. 1.5, 300ms, 2m)", v);
+    return 0;
+}
+
+static int opt_kill_grace(run_state *st, const char *v)
+{
+    if (cli_parse_seconds(v, &st->po.kill_grace_s) < 0)
+        return usage_error("--kill-grace: '%s' is not a duration", v);
+    return 0;
+}
+
+static int opt_retries(run_state *st, const char *v)
+{
+    if (cli_parse_uint(v, 1000000, &st->po.retries) < 0)
+        return usage_error("--retries: '%s' is not a count", v);
+    return 0;
+}
+
+static int opt_keep_order(run_state *st, const char *v)
+{
+    (void)v;
+    st->keep_order = 1;
+    return 0;
+}
+
+static int opt_line_buffer(run_state *st, const char *v)
+{
+    (void)v;
+    st->line_buffer = 1;
+    return 0;
+}
+
+static int opt_tag(run_state *st, const char *v)
+{
+    (void)v;
+    st->tag = 1;
+    return 0;
+}
+
+static int opt_max_output(run_state *st, const char *v)
+{
+    if (cli_parse_bytes(v, 1ULL << 50, &st->max_output) < 0 || st->max_output == 0)
+        return usage_error("--max-output: '%s' is not a size from 1 to 1024T (e.g. 500M)", v);
+    return 0;
+}
+
+static int opt_results(run_state *st, const char *v)
+{
+    st->results_path = v;
+    return 0;
+}
+
+static int opt_joblog(run_state *st, const char *v)
+{
+    st->joblog_path = v;
+    return 0;
+}
+
+static int opt_resume(run_state *st, const char *v)
+{
+    (void)v;
+    st->resume = 1;
+    return 0;
+}
+
+static int opt_resume_failed(run_state *st, const char *v)
+{
+    (void)v;
+    st->resume = st->resume_failed = 1;
+    return 0;
+}
+
+static int opt_progress(run_state *st, const char *v)
+{
+    (void)v;
+    st->progress = 1;
+    return 0;
+}
+
+static int opt_no_progress(run_state *st, const char *v)
+{
+    (void)v;
+    st->progress = 0;
+    return 0;
+}
+
+static int opt_quiet(run_state *st, const char *v)
+{
+    (void)v;
+    st->quiet = 1;
+    return 0;
+}
+
+static int opt_help(run_state *st, const char *v);
+
+static int opt_version(run_state *st, const char *v)
+{
+    (void)st;
+    (void)v;
+    printf("sockfork %s\n", sf_version());
+    return 1;
+}
+
+#define OPT_VALUE 1    /* takes a value: the next word, or --name=VALUE */
+#define OPT_ATTACHED 2 /* the short form may carry it too: -j4 */
+
+/* run's options, in the order --help lists them; an alias has no help. */
+typedef struct run_option {
+    const char *name;  /* the long form, without "--" */
+    char short_name;   /* or 0 */
+    int flags;         /* OPT_* */
+    int (*set)(run_state *st, const char *v);
+    const char *arg;   /* the value's name in --help */
+    const char *help;  /* its lines in --help, or NULL: not listed */
+} run_option;
+
+static const run_option run_options[] = {
+    {"jobs", 'j', OPT_VALUE | OPT_ATTACHED, opt_jobs, "N",
+     "tasks at once (default: the number of CPUs)"},
+    {"arg-file", 'a', OPT_VALUE, opt_arg_file, "FILE", "arguments from FILE, one per line"},
+    {"shell", 0, 0, opt_shell, NULL,
+     "run COMMAND ARGS... as one sh -c line; the arguments\n"
+     "put in are quoted where the shell needs it, as GNU\n"
+     "parallel quotes them"},
+    {"timeout", 0, OPT_VALUE, opt_timeout, "D",
+     "per attempt (seconds; ms, s, m, h suffixes): SIGTERM to\n"
+     "the task's process group, SIGKILL after --kill-grace"},
+    {"kill-grace", 0, OPT_VALUE, opt_kill_grace, "D", "from SIGTERM to SIGKILL (default 2s)"},
+    {"retries", 0, OPT_VALUE, opt_retries, "N",
+     "retry a failed task up to N times (not one whose\n"
+     "command cannot start: not found, not executable)"},
+    {"retry-on", 0, OPT_VALUE, parse_retry_on, "LIST",
+     "only for these: exit codes, signal names, 'timeout'\n"
+     "(e.g. 1,3,SIGKILL,timeout)"},
+    {"halt", 0, OPT_VALUE, parse_halt, "SPEC",
+     "never | now|soon[,fail=N|fail=P%] (now: stop the running)"},
+    {"halt-on-error", 0, OPT_VALUE, parse_halt, NULL, NULL},
+    {"keep-order", 'k', 0, opt_keep_order, NULL, "output in input order"},
+    {"line-buffer", 0, 0, opt_line_buffer, NULL, "pass output on line by line as it comes"},
+    {"lb", 0, 0, opt_line_buffer, NULL, NULL},
+    {"tag", 0, 0, opt_tag, NULL, "prefix output lines with the arguments and a tab"},
+    {"max-output", 0, OPT_VALUE, opt_max_output, "SIZE",
+     "a task's output, stdout and stderr together (K, M, G, T\n"
+     "suffixes; default 1G while grouping, none with\n"
+     "--line-buffer): past it the task is stopped as on a\n"
+     "timeout and fails; what fit is written"},
+    {"results", 0, OPT_VALUE, opt_results, "FILE", "one JSON object per finished task"},
+    {"joblog", 0, OPT_VALUE, opt_joblog, "FILE", "GNU parallel's joblog"},
+    {"resume", 0, 0, opt_resume, NULL, "skip the tasks the joblog has"},
+    {"resume-failed", 0, 0, opt_resume_failed, NULL, "skip the tasks the joblog has as succeeded"},
+    {"progress", 0, 0, opt_progress, NULL,
+     "live progress on stderr (default: when it is a terminal)"},
+    {"no-progress", 0, 0, opt_no_progress, NULL, "none"},
+    {"quiet", 'q', 0, opt_quiet, NULL, "no summary at the end"},
+    {"help", 'h', 0, opt_help, NULL, "this help"},
+    {"version", 'V', 0, opt_version, NULL, "print the version"},
+};
+
+#define NRUN_OPTIONS (sizeof run_options / sizeof run_options[0])
+#define HELP_COLUMN 24
+
+static int opt_help(run_state *st, const char *v)
+{
+    (void)st;
+    (void)v;
+    fputs(run_usage_head, stdout);
+    for (size_t i = 0; i < NRUN_OPTIONS; i++) {
+        const run_option *o = &run_options[i];
+        char left[64];
+
+        if (!o->help)
+            continue;
+        snprintf(left, sizeof left, "%c%c%c --%s%s%s", o->short_name ? '-' : ' ',
+                 o->short_name ? o->short_name : ' ', o->short_name ? ',' : ' ', o->name,
+                 o->arg ? " " : "", o->arg ? o->arg : "");
+        printf("  %-*s", HELP_COLUMN - 2, left);
+        for (const char *p = o->help; *p; p++) {
+            putchar(*p);
+            if (*p == '\n')
+                printf("%*s", HELP_COLUMN, "");
         }
-        /* --name=value is the same as --name value. */
-        v = NULL;
-        eq = strncmp(a, "--", 2) == 0 ? strchr(a, '=') : NULL;
-        if (eq && (size_t)(eq - a) < sizeof opt) {
-            memcpy(opt, a, (size_t)(eq - a));
-            opt[eq - a] = '\0';
-            a = opt;
-            v = eq + 1;
-        }
-#define VALUE() (v ? 0 : need(argc, argv, &i, a, &v))
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-            fputs(run_usage, stdout);
-            return 1;
-        } else if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0) {
-            printf("sockfork %s\n", sf_version());
-            return 1;
-        } else if (strcmp(a, "-j") == 0 || strcmp(a, "--jobs") == 0 ||
-                   (strncmp(a, "-j", 2) == 0 && a[2] && (v = a + 2))) {
-            if (VALUE() < 0)
-                return -1;
-            if (cli_parse_uint(v, 65536, &st->po.jobs) < 0 || st->po.jobs == 0)
-                return usage_error("-j: '%s' is not a number of tasks from 1 to 65536", v);
-        } else if (strcmp(a, "-a") == 0 || strcmp(a, "--arg-file") == 0) {
-            if (VALUE() < 0)
-                return -1;
-            st->arg_file = v;
-        } else if (strcmp(a, "--shell") == 0) {
-            st->shell = 1;
-        } else if (strcmp(a, "--timeout") == 0) {
-            if (VALUE() < 0)
-                return -1;
-            if (cli_parse_seconds(v, &d) < 0 || d <= 0)
-                return usage_error("--timeout: '%s' is not a duration over 0 (e.g. 1.5, 300ms, "
-                                   "2m)", v);
-            st->po.timeout_s = d;
-        } else if (strcmp(a, "--kill-grace") == 0) {
-            if (VALUE() < 0)
-                return -1;
-            if (cli_parse_seconds(v, &d) < 0)
-                return usage_error("--kill-grace: '%s' is not a duration", v);
-            st->po.kill_grace_s = d;
-        } else if (strcmp(a, "--retries") == 0) {
-            if (VALUE() < 0)
-                return -1;
-            if (cli_parse_uint(v, 1000000, &st->po.retries) < 0)
-                return usage_error("--retries: '%s' is not a count", v);
-        } else if (strcmp(a, "--retry-on") == 0) {
-            if (VALUE() < 0 || parse_retry_on(st, v) < 0)
-                return -1;
-        } else if (strcmp(a, "--halt") == 0 || strcmp(a, "--halt-on-error") == 0) {
-            if (VALUE() < 0 || parse_halt(st, v) < 0)
-                return -1;
-        } else if (strcmp(a, "-k") == 0 || strcmp(a, "--keep-order") == 0) {
-            st->keep_order = 1;
-        } else if (strcmp(a, "--line-buffer") == 0 || strcmp(a, "--lb") == 0) {
-            st->line_buffer = 1;
-        } else if (strcmp(a, "--tag") == 0) {
-            st->tag = 1;
-        } else if (strcmp(a, "--max-output") == 0) {
-            if (VALUE() < 0)
-                return -1;
-            if (cli_parse_bytes(v, 1ULL << 50, &st->max_output) < 0 || st->max_output == 0)
-                return usage_error("--max-output: '%s' is not a size from 1 to 1024T (e.g. "
-                                   "500M)", v);
-        } else if (strcmp(a, "--results") == 0) {
-            if (VALUE() < 0)
-                return -1;
-            st->results_path = v;
-        } else if (strcmp(a, "--joblog") == 0) {
-            if (VALUE() < 0)
-                return -1;
-            st->joblog_path = v;
-        } else if (strcmp(a, "--resume") == 0) {
-            st->resume = 1;
-        } else if (strcmp(a, "--resume-failed") == 0) {
-            st->resume = st->resume_failed = 1;
-        } else if (strcmp(a, "--progress") == 0) {
-            st->progress = 1;
-        } else if (strcmp(a, "--no-progress") == 0) {
-            st->progress = 0;
-        } else if (strcmp(a, "-q") == 0 || strcmp(a, "--quiet") == 0) {
-            st->quiet = 1;
-        } else {
-            return usage_error("unknown option '%s'", argv[i]);
-        }
-#undef VALUE
+        putchar('\n');
     }
+    fputs(run_usage_tail, stdout);
+    return 1;
+}
 
-    /* COMMAND [ARGS...] up to the first :::, then the groups. */
+/* The option a word spells out in full, or NULL: "--name" or
+ * "--name=VALUE", "-x", or "-xVALUE" for an OPT_ATTACHED one. */
+static const run_option *option_spelled(const char *word)
+{
+    for (size_t i = 0; i < NRUN_OPTIONS; i++) {
+        const run_option *o = &run_options[i];
+        size_t n = strlen(o->name);
+
+        if (word[1] == '-' && strncmp(word + 2, o->name, n) == 0 &&
+            (word[2 + n] == '\0' || word[2 + n] == '='))
+            return o;
+        if (word[1] != '-' && o->short_name && word[1] == o->short_name &&
+            (word[2] == '\0' || (o->flags & OPT_ATTACHED)))
+            return o;
+    }
+    return NULL;
+}
+
+/* getopt_long's tables, made from run_options. A long option that takes
+ * no value is an optional_argument whose value is not looked at: run has
+ * always read "--shell=x" as --shell. */
+static void getopt_tables(struct option *longs, char *shorts)
+{
+    char *s = shorts;
+
+    *s++ = '+'; /* stop at COMMAND: what follows it is its own */
+    *s++ = ':'; /* a missing value returns ':', not '?' */
+    for (size_t i = 0; i < NRUN_OPTIONS; i++) {
+        const run_option *o = &run_options[i];
+
+        longs[i].name = o->name;
+        longs[i].has_arg = o->flags & OPT_VALUE ? required_argument : optional_argument;
+        longs[i].flag = NULL;
+        longs[i].val = 256 + (int)i;
+        if (o->short_name) {
+            *s++ = o->short_name;
+            if (o->flags & OPT_VALUE)
+                *s++ = ':';
+        }
+    }
+    memset(&longs[NRUN_OPTIONS], 0, sizeof longs[NRUN_OPTIONS]);
+    *s = '\0';
+}
+
+static const run_option *option_of(int c)
+{
+    if (c >= 256 && c < 256 + (int)NRUN_OPTIONS)
+        return &run_options[c - 256];
+    for (size_t i = 0; i < NRUN_OPTIONS; i++)
+        if (run_options[i].short_name == c)
+            return &run_options[i];
+    return NULL;
+}
+
+/*
+ * The options before COMMAND, each one word spelled out in full as GNU
+ * parallel's users write them: getopt_long alone would also take bundles
+ * (-kq), abbreviations (--kee) and -aFILE, which run never did, so every
+ * word is checked before getopt_long reads it. 0: COMMAND is at optind;
+ * 1: done (--help, --version); -1 after saying what is wrong.
+ */
+static int parse_options(run_state *st, int argc, char **argv)
+{
+    struct option longs[NRUN_OPTIONS + 1];
+    char shorts[3 + 2 * NRUN_OPTIONS];
+    const run_option *o;
+    int c, rc;
+
+    getopt_tables(longs, shorts);
+    opterr = 0;
+    optind = 1;
+    for (;;) {
+        const char *word = optind < argc ? argv[optind] : "";
+
+        if (word[0] == '-' && word[1] && strcmp(word, "--") != 0 && !option_spelled(word))
+            return usage_error("unknown option '%s'", word);
+        c = getopt_long(argc, argv, shorts, longs, NULL);
+        if (c == -1)
+            return 0;
+        if (c == ':')
+            return usage_error("%s needs a value", word);
+        if (!(o = option_of(c)))
+            return usage_error("unknown option '%s'", word);
+        if ((rc = o->set(st, optarg)) != 0)
+            return rc;
+    }
+}
+
+/* COMMAND [ARGS...] up to the first :::, then the groups. 0, or -1 after
+ * saying what is wrong. */
+static int parse_command(run_state *st, int argc, char **argv, int i)
+{
     st->cmd = argv + i;
     while (i < argc && strcmp(argv[i], ":::") != 0 && strcmp(argv[i], "::::") != 0)
         i++;
@@ -970,29 +1136,50 @@ static int parse_args(run_state *st, int argc, char **argv)
             return usage_error("%s", "a ::: group with no arguments");
         st->ngroups++;
     }
+    return 0;
+}
+
+/* A replacement string naming a group that is not there ({3} with two
+ * groups) is a usage error now, not one failure per task. */
+static int check_replacements(const run_state *st)
+{
+    const char *probe[64] = {0};
+    size_t n = st->ngroups ? st->ngroups : 1;
+    char **w;
+
+    if (n > 64)
+        n = 64;
+    for (size_t g = 0; g < n; g++)
+        probe[g] = "x";
+    w = runargs_expand(st->cmd, st->ncmd, probe, n, 1, 1, 0);
+    if (!w && errno == EINVAL)
+        return usage_error("%s", "a replacement string names a ::: group that is not there");
+    free(w);
+    return 0;
+}
+
+/* What cannot go together. 0, or -1 after saying why. */
+static int check_combinations(const run_state *st)
+{
     if (st->ngroups && st->arg_file)
         return usage_error("%s", "--arg-file and ::: cannot be used together");
     if (st->resume && !st->joblog_path)
         return usage_error("%s", "--resume and --resume-failed need --joblog FILE");
     if (st->line_buffer && st->keep_order)
         return usage_error("%s", "--line-buffer and --keep-order together are not supported");
-    /* A replacement string naming a group that is not there ({3} with two
-     * groups) is a usage error now, not one failure per task. */
-    {
-        const char *probe[64] = {0};
-        size_t n = st->ngroups ? st->ngroups : 1;
-        char **w;
-        if (n > 64)
-            n = 64;
-        for (size_t g = 0; g < n; g++)
-            probe[g] = "x";
-        w = runargs_expand(st->cmd, st->ncmd, probe, n, 1, 1, 0);
-        if (!w && errno == EINVAL)
-            return usage_error("%s", "a replacement string names a ::: group that is not "
-                                     "there");
-        free(w);
-    }
     return 0;
+}
+
+/* 0: run; 1: done (--help, --version); -1 after saying what is wrong. */
+static int parse_args(run_state *st, int argc, char **argv)
+{
+    int rc = parse_options(st, argc, argv);
+
+    if (rc != 0)
+        return rc;
+    if (parse_command(st, argc, argv, optind) < 0 || check_combinations(st) < 0)
+        return -1;
+    return check_replacements(st);
 }
 
 /* ------------------------------------------------------------ main */
@@ -1108,162 +1295,217 @@ static void summary(const run_state *st, const sf_pool_stats *s, double el)
     cli_error("%s", line);
 }
 
-int cmd_run(int argc, char **argv)
+static void run_state_init(run_state *st)
 {
-    run_state st;
-    sf_pool_stats s;
+    memset(st, 0, sizeof *st);
+    st->progress = -1;
+    st->in_fd = -1;
+    st->joblog_fd = st->results_fd = -1;
+    st->next_seq = 1;
+    st->next_print = 1;
+    sf_pool_opts_init(&st->po);
+}
+
+static void run_state_free(run_state *st)
+{
+    signal_pool = NULL;
+    sf_pool_free(st->pool);
+    if (st->ring) {
+        for (size_t k = 0; k < st->window; k++)
+            task_free(st->ring[k]);
+        free(st->ring);
+    }
+    if (st->joblog_fd >= 0)
+        close(st->joblog_fd);
+    if (st->results_fd >= 0)
+        close(st->results_fd);
+    if (st->in_fd > 0)
+        close(st->in_fd);
+    runlog_done_free(&st->done);
+    free(st->inbuf);
+    free(st->groups);
+    free(st->gsize);
+    free(st->gidx);
+}
+
+static void setup_process(void)
+{
     struct sigaction sa;
     struct rlimit rl;
-    int rc, status;
 
-    memset(&st, 0, sizeof st);
-    st.progress = -1;
-    st.in_fd = -1;
-    st.joblog_fd = st.results_fd = -1;
-    st.next_seq = 1;
-    st.next_print = 1;
-    sf_pool_opts_init(&st.po);
-    rc = parse_args(&st, argc, argv);
-    if (rc != 0) {
-        status = rc > 0 ? 0 : EXIT_RUN_USAGE;
-        goto out;
-    }
-    if (st.progress < 0)
-        st.progress = isatty(2);
     memset(&sa, 0, sizeof sa);
     sigemptyset(&sa.sa_mask);
     sa.sa_handler = on_xfsz;
     sigaction(SIGXFSZ, &sa, NULL);
-
     /* Grouped output may hold a spill file per task and stream. */
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         (void)setrlimit(RLIMIT_NOFILE, &rl);
     }
-    if (st.resume) {
-        unsigned long line;
-        rc = runlog_done_load(&st.done, st.joblog_path, st.resume_failed, &line);
-        if (rc < 0) {
-            if (rc == -EPROTO)
-                cli_error("run: %s:%lu: not a joblog line", st.joblog_path, line);
-            else
-                cli_error("run: reading %s: %s", st.joblog_path, strerror(-rc));
-            status = EXIT_RUN_USAGE;
-            goto out;
-        }
-        if (st.done.tail == RUNLOG_TAIL_CUT)
-            cli_error("run: %s: its last line is cut short (a crash?): ignored, and its task "
-                      "runs again", st.joblog_path);
-    }
-    if (!st.ngroups) {
-        if (st.arg_file) {
-            st.in_fd = open(st.arg_file, O_RDONLY | O_CLOEXEC);
-            if (st.in_fd < 0) {
-                cli_error("run: %s: %s", st.arg_file, strerror(errno));
-                status = EXIT_RUN_USAGE;
-                goto out;
-            }
-        } else {
-            st.in_fd = 0;
-        }
-        st.inbuf = malloc(LINE_MAX_BYTES + 65536);
-        if (!st.inbuf) {
-            cli_error("run: out of memory");
-            status = EXIT_RUN_USAGE;
-            goto out;
-        }
-        st.po.feed_fd = st.in_fd;
-    } else {
-        st.groups_left = 1;
-        st.total = 1;
-        for (size_t g = 0; g < st.ngroups; g++)
-            st.total = st.total * st.gsize[g];
-    }
-    if (open_records(&st) < 0) {
-        status = EXIT_RUN_ERROR;
-        goto out;
-    }
+}
 
-    st.po.capture_output = 1;
+/* --resume: the tasks the joblog has. 0, or -1 after saying why. */
+static int load_resume(run_state *st)
+{
+    unsigned long line;
+    int rc = runlog_done_load(&st->done, st->joblog_path, st->resume_failed, &line);
+
+    if (rc < 0) {
+        if (rc == -EPROTO)
+            cli_error("run: %s:%lu: not a joblog line", st->joblog_path, line);
+        else
+            cli_error("run: reading %s: %s", st->joblog_path, strerror(-rc));
+        return -1;
+    }
+    if (st->done.tail == RUNLOG_TAIL_CUT)
+        cli_error("run: %s: its last line is cut short (a crash?): ignored, and its task "
+                  "runs again", st->joblog_path);
+    return 0;
+}
+
+/* The ::: groups' count, or the lines' descriptor and buffer. 0, or -1
+ * after saying why. */
+static int open_input(run_state *st)
+{
+    if (st->ngroups) {
+        st->groups_left = 1;
+        st->total = 1;
+        for (size_t g = 0; g < st->ngroups; g++)
+            st->total = st->total * st->gsize[g];
+        return 0;
+    }
+    if (st->arg_file) {
+        st->in_fd = open(st->arg_file, O_RDONLY | O_CLOEXEC);
+        if (st->in_fd < 0) {
+            cli_error("run: %s: %s", st->arg_file, strerror(errno));
+            return -1;
+        }
+    } else {
+        st->in_fd = 0;
+    }
+    st->inbuf = malloc(LINE_MAX_BYTES + 65536);
+    if (!st->inbuf) {
+        cli_error("run: out of memory");
+        return -1;
+    }
+    st->po.feed_fd = st->in_fd;
+    return 0;
+}
+
+/* The pool, with run's callbacks, and the --keep-order window. 0, or -1
+ * after saying why. */
+static int pool_start(run_state *st)
+{
+    int rc;
+
+    st->po.capture_output = 1;
     /* Grouped output is held until the task ends: bounded by default.
      * --line-buffer holds at most a line, so only a limit asked for. */
-    st.po.output_max = st.max_output ? st.max_output : st.line_buffer ? 0 : MAX_OUTPUT_DEFAULT;
-    st.po.feed = feed;
-    st.po.on_start = on_start;
-    st.po.on_output = on_output;
-    st.po.on_done = on_done;
-    st.po.on_tick = st.progress ? on_tick : NULL;
-    st.po.tick_s = st.progress ? 0.2 : 0;
-    st.po.arg = &st;
-    st.po.log = run_log;
-    st.po.log_arg = &st;
-    st.po.queue_max = 65536 + 65536;
-    rc = sf_pool_new(&st.pool, &st.po);
-    if (rc < 0) {
+    st->po.output_max = st->max_output ? st->max_output : st->line_buffer ? 0 : MAX_OUTPUT_DEFAULT;
+    st->po.feed = feed;
+    st->po.on_start = on_start;
+    st->po.on_output = on_output;
+    st->po.on_done = on_done;
+    st->po.on_tick = st->progress ? on_tick : NULL;
+    st->po.tick_s = st->progress ? 0.2 : 0;
+    st->po.arg = st;
+    st->po.log = run_log;
+    st->po.log_arg = st;
+    st->po.queue_max = 65536 + 65536;
+    if ((rc = sf_pool_new(&st->pool, &st->po)) < 0) {
         cli_error("run: %s", strerror(-rc));
-        status = EXIT_RUN_USAGE;
-        goto out;
+        return -1;
     }
-    if (st.keep_order) {
-        st.window = 4 * (size_t)sf_pool_jobs(st.pool) + 64;
-        st.ring = calloc(st.window, sizeof *st.ring);
-        if (!st.ring) {
+    if (st->keep_order) {
+        st->window = 4 * (size_t)sf_pool_jobs(st->pool) + 64;
+        st->ring = calloc(st->window, sizeof *st->ring);
+        if (!st->ring) {
             cli_error("run: out of memory");
-            status = EXIT_RUN_USAGE;
-            goto out;
+            return -1;
         }
     }
+    return 0;
+}
 
-    /* The tasks' groups are their own: a terminal's ^C reaches only us,
-     * and we stop them. SIGPIPE is ignored: a closed stdout is an error we
-     * handle (stop), not a death that would leave the tasks running. */
+/* Everything before the pool runs: 0, or the exit status after saying why. */
+static int prepare(run_state *st)
+{
+    if (st->progress < 0)
+        st->progress = isatty(2);
+    setup_process();
+    if (st->resume && load_resume(st) < 0)
+        return EXIT_RUN_USAGE;
+    if (open_input(st) < 0)
+        return EXIT_RUN_USAGE;
+    if (open_records(st) < 0)
+        return EXIT_RUN_ERROR;
+    if (pool_start(st) < 0)
+        return EXIT_RUN_USAGE;
+    return 0;
+}
+
+/* The tasks' groups are their own: a terminal's ^C reaches only us, and
+ * we stop them. SIGPIPE is ignored: a closed stdout is an error we handle
+ * (stop), not a death that would leave the tasks running. */
+static void catch_stop_signals(run_state *st)
+{
+    struct sigaction sa;
+
     memset(&sa, 0, sizeof sa);
     sigemptyset(&sa.sa_mask);
     sa.sa_handler = on_stop_signal;
-    signal_pool = st.pool;
+    signal_pool = st->pool;
     runout_abort_on(&stop_signal);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+}
 
-    st.t0 = now_s();
-    st.pool_running = 1;
-    rc = sf_pool_run(st.pool);
-    st.pool_running = 0;
-    progress_clear(&st);
-    sf_pool_get_stats(st.pool, &s);
+/* The first reason wins: a stop signal, a lost stdout or stderr, a run
+ * that failed itself, else the number of tasks that failed. */
+static int exit_status(const run_state *st, const sf_pool_stats *s, int pool_rc)
+{
+    if (stop_signal)
+        return 128 + stop_signal;
+    if (st->write_error)
+        return 128 + SIGPIPE;
+    if (st->data_lost || st->input_error || pool_rc < 0)
+        return EXIT_RUN_ERROR;
+    return s->failed > EXIT_FAILED_MAX ? EXIT_FAILED_MAX : (int)s->failed;
+}
+
+/* Runs the pool to its end, says how it went; returns the exit status. */
+static int run_pool(run_state *st)
+{
+    sf_pool_stats s;
+    int rc;
+
+    catch_stop_signals(st);
+    st->t0 = now_s();
+    st->pool_running = 1;
+    rc = sf_pool_run(st->pool);
+    st->pool_running = 0;
+    progress_clear(st);
+    sf_pool_get_stats(st->pool, &s);
     if (rc < 0)
         cli_error("run: the pool failed: %s", strerror(-rc));
-    if (!st.quiet)
-        summary(&st, &s, now_s() - st.t0);
-    if (stop_signal)
-        status = 128 + stop_signal;
-    else if (st.write_error)
-        status = 128 + SIGPIPE;
-    else if (st.data_lost || st.input_error || rc < 0)
-        status = EXIT_RUN_ERROR;
-    else
-        status = s.failed > EXIT_FAILED_MAX ? EXIT_FAILED_MAX : (int)s.failed;
+    if (!st->quiet)
+        summary(st, &s, now_s() - st->t0);
+    return exit_status(st, &s, rc);
+}
 
-out:
-    signal_pool = NULL;
-    sf_pool_free(st.pool);
-    if (st.ring) {
-        for (size_t k = 0; k < st.window; k++)
-            task_free(st.ring[k]);
-        free(st.ring);
-    }
-    if (st.joblog_fd >= 0)
-        close(st.joblog_fd);
-    if (st.results_fd >= 0)
-        close(st.results_fd);
-    if (st.in_fd > 0)
-        close(st.in_fd);
-    runlog_done_free(&st.done);
-    free(st.inbuf);
-    free(st.groups);
-    free(st.gsize);
-    free(st.gidx);
+int cmd_run(int argc, char **argv)
+{
+    run_state st;
+    int rc, status;
+
+    run_state_init(&st);
+    rc = parse_args(&st, argc, argv);
+    if (rc != 0)
+        status = rc > 0 ? 0 : EXIT_RUN_USAGE;
+    else if ((status = prepare(&st)) == 0)
+        status = run_pool(&st);
+    run_state_free(&st);
     return status;
 }

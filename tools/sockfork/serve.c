@@ -226,220 +226,413 @@ static void announce_listeners(sf_server *srv, void *arg)
         cli_error("control socket unix:%s", sf_server_control_path(srv));
 }
 
+/* Which commands take an option. */
+#define KIND_SERVE 1
+#define KIND_CHAT 2
+
+typedef struct server_kind server_kind;
+
+/* What the command line asks for, read before anything starts. */
+typedef struct server_cmdline {
+    const server_kind *kind;
+    sf_server_opts opts;
+    const char *listen_addrs[MAX_LISTEN];
+    size_t nlisten;
+    const char *control;    /* --control PATH, or NULL: the default */
+    int no_control, echo;
+    const char *last_optarg; /* the last option's value: "--" there is no end of options */
+    sf_conn_cb handler;
+    void *handler_arg;
+} server_cmdline;
+
 /* What tells the two commands apart. */
-typedef struct server_kind {
+struct server_kind {
     const char *name;
     const char *usage;
-    int chat;
-} server_kind;
+    int kind;           /* KIND_*: the options it takes */
+    int chan_full_kick; /* --channel-full's default */
+    /* The handler, from the words after the options (argv[first..argc-1]).
+     * 0, or -1 after saying what is wrong. */
+    int (*pick_handler)(server_cmdline *cl, int argc, char **argv, int first);
+};
 
-static int option_is_for(int opt, const server_kind *k)
+/* One handler per option: v is its value (none for a flag). 0, -1 after
+ * saying what is wrong, or 1: done (--help, --version), exit 0. */
+static int set_listen(server_cmdline *cl, const char *v)
 {
-    int chat_only = opt == OPT_HISTORY || opt == OPT_LINE_MAX || opt == OPT_FLOOD ||
-                    opt == OPT_CLIENT_BACKLOG;
-    int serve_only = opt == OPT_ECHO || opt == OPT_TOPIC_HISTORY;
-    return k->chat ? !serve_only : !chat_only;
+    if (cl->nlisten >= MAX_LISTEN) {
+        cli_error("%s: at most %d listeners", cl->kind->name, MAX_LISTEN);
+        return -1;
+    }
+    cl->listen_addrs[cl->nlisten++] = v;
+    return 0;
 }
 
-static int run_server(int argc, char **argv, const server_kind *k)
+static int set_max_conns(server_cmdline *cl, const char *v)
 {
-    const char *listen_addrs[MAX_LISTEN];
-    size_t nlisten = 0;
-    sf_server_opts opts;
-    sf_server *srv = NULL;
-    sf_conn_cb handler = handler_interactive;
-    void *handler_arg = NULL;
-    int echo = 0, no_control = 0, opt, rc;
-    const char *control = NULL, *last_optarg = NULL;
-    char control_buf[300], why[200], control_addr[310];
-    sigset_t hold, old_mask;
     unsigned u;
 
-    /* Our log is stderr, which may be a pipe whose reader has gone (`serve
-     * 2>&1 | tee log`, then Ctrl-C): a line must cost an EPIPE, never the
-     * process before it has cleaned up. C handlers inherit this; exec'd
-     * programs get the default back (sf_conn_exec). */
-    signal(SIGPIPE, SIG_IGN);
-    sf_server_opts_init(&opts);
-    opts.log = cli_log;
-    opts.on_ready = announce_listeners;
-    /* A chat member either gets every line of its room or is cut off:
-     * never a silent gap (--channel-full drop says otherwise). */
-    opts.chan_full_kick = k->chat;
+    if (cli_parse_uint(v, 1u << 24, &u) < 0 || u == 0) {
+        cli_error("%s: -c wants a number from 1 to %u, not '%s'", cl->kind->name, 1u << 24, v);
+        return -1;
+    }
+    cl->opts.max_conns = u;
+    return 0;
+}
+
+static int set_max_per_ip(server_cmdline *cl, const char *v)
+{
+    unsigned u;
+
+    if (cli_parse_uint(v, 1u << 24, &u) < 0) {
+        cli_error("%s: --max-per-ip wants a number, not '%s'", cl->kind->name, v);
+        return -1;
+    }
+    cl->opts.max_per_ip = u;
+    return 0;
+}
+
+static int set_idle_timeout(server_cmdline *cl, const char *v)
+{
+    if (cli_parse_seconds(v, &cl->opts.idle_timeout_s) < 0) {
+        cli_error("%s: --idle-timeout wants a duration, not '%s'", cl->kind->name, v);
+        return -1;
+    }
+    return 0;
+}
+
+static int set_grace(server_cmdline *cl, const char *v)
+{
+    if (cli_parse_seconds(v, &cl->opts.grace_s) < 0) {
+        cli_error("%s: --grace wants a duration, not '%s'", cl->kind->name, v);
+        return -1;
+    }
+    return 0;
+}
+
+static int set_backlog(server_cmdline *cl, const char *v)
+{
+    unsigned u;
+
+    if (cli_parse_uint(v, 1u << 30, &u) < 0) {
+        cli_error("%s: --backlog wants a number, not '%s'", cl->kind->name, v);
+        return -1;
+    }
+    cl->opts.backlog = (int)u;
+    return 0;
+}
+
+static int set_quiet(server_cmdline *cl, const char *v)
+{
+    (void)v;
+    cl->opts.log_level = SF_LOG_NOTICE;
+    return 0;
+}
+
+static int set_echo(server_cmdline *cl, const char *v)
+{
+    (void)v;
+    cl->echo = 1;
+    return 0;
+}
+
+static int set_control(server_cmdline *cl, const char *v)
+{
+    cl->control = v;
+    return 0;
+}
+
+static int set_no_control(server_cmdline *cl, const char *v)
+{
+    (void)v;
+    cl->no_control = 1;
+    return 0;
+}
+
+static int set_chan_max(server_cmdline *cl, const char *v)
+{
+    unsigned u;
+
+    if (cli_parse_size(v, 16u << 20, &u) < 0 || u < 64) {
+        cli_error("%s: --channel-max wants a size from 64 to 16M, not '%s'", cl->kind->name, v);
+        return -1;
+    }
+    cl->opts.chan_max = u;
+    return 0;
+}
+
+static int set_chan_queue(server_cmdline *cl, const char *v)
+{
+    unsigned u;
+
+    if (cli_parse_size(v, 1u << 30, &u) < 0 || u < 1024) {
+        cli_error("%s: --channel-queue wants a size from 1K to 1024M, not '%s'", cl->kind->name,
+                  v);
+        return -1;
+    }
+    cl->opts.chan_queue = u;
+    return 0;
+}
+
+static int set_chan_full(server_cmdline *cl, const char *v)
+{
+    if (strcmp(v, "drop") == 0) {
+        cl->opts.chan_full_kick = 0;
+    } else if (strcmp(v, "kick") == 0) {
+        cl->opts.chan_full_kick = 1;
+    } else {
+        cli_error("%s: --channel-full wants drop or kick, not '%s'", cl->kind->name, v);
+        return -1;
+    }
+    return 0;
+}
+
+static int set_topic_history(server_cmdline *cl, const char *v)
+{
+    unsigned u;
+
+    if (cli_parse_uint(v, 100000, &u) < 0) {
+        cli_error("%s: --topic-history wants a number from 0 to 100000, not '%s'", cl->kind->name,
+                  v);
+        return -1;
+    }
+    cl->opts.topic_history = u;
+    return 0;
+}
+
+/* chat's own options, read by chat.c. */
+static int set_history(server_cmdline *cl, const char *v)
+{
+    return chat_option("history", v, &cl->opts);
+}
+
+static int set_line_max(server_cmdline *cl, const char *v)
+{
+    return chat_option("line-max", v, &cl->opts);
+}
+
+static int set_flood(server_cmdline *cl, const char *v)
+{
+    return chat_option("flood", v, &cl->opts);
+}
+
+static int set_client_backlog(server_cmdline *cl, const char *v)
+{
+    return chat_option("client-backlog", v, &cl->opts);
+}
+
+static int show_help(server_cmdline *cl, const char *v)
+{
+    (void)v;
+    fputs(cl->kind->usage, stdout);
+    return 1;
+}
+
+static int show_version(server_cmdline *cl, const char *v)
+{
+    (void)cl;
+    (void)v;
+    printf("sockfork %s\n", sf_version());
+    return 1;
+}
+
+/* Each option's handler, and the commands that take it (getopt_long's
+ * value in serve_options: the short letter or an OPT_). */
+static const struct server_option {
+    int id;
+    int kinds;
+    int (*set)(server_cmdline *cl, const char *v);
+} server_option_table[] = {
+    {'l', KIND_SERVE | KIND_CHAT, set_listen},
+    {'c', KIND_SERVE | KIND_CHAT, set_max_conns},
+    {OPT_MAX_PER_IP, KIND_SERVE | KIND_CHAT, set_max_per_ip},
+    {OPT_IDLE, KIND_SERVE | KIND_CHAT, set_idle_timeout},
+    {OPT_GRACE, KIND_SERVE | KIND_CHAT, set_grace},
+    {OPT_BACKLOG, KIND_SERVE | KIND_CHAT, set_backlog},
+    {'q', KIND_SERVE | KIND_CHAT, set_quiet},
+    {OPT_ECHO, KIND_SERVE, set_echo},
+    {OPT_CONTROL, KIND_SERVE | KIND_CHAT, set_control},
+    {OPT_NO_CONTROL, KIND_SERVE | KIND_CHAT, set_no_control},
+    {OPT_CHAN_MAX, KIND_SERVE | KIND_CHAT, set_chan_max},
+    {OPT_CHAN_QUEUE, KIND_SERVE | KIND_CHAT, set_chan_queue},
+    {OPT_CHAN_FULL, KIND_SERVE | KIND_CHAT, set_chan_full},
+    {OPT_TOPIC_HISTORY, KIND_SERVE, set_topic_history},
+    {OPT_HISTORY, KIND_CHAT, set_history},
+    {OPT_LINE_MAX, KIND_CHAT, set_line_max},
+    {OPT_FLOOD, KIND_CHAT, set_flood},
+    {OPT_CLIENT_BACKLOG, KIND_CHAT, set_client_backlog},
+    {'h', KIND_SERVE | KIND_CHAT, show_help},
+    {'V', KIND_SERVE | KIND_CHAT, show_version},
+};
+
+/* The handler of getopt_long's value id for this command, or NULL. */
+static const struct server_option *server_option_of(int id, const server_kind *k)
+{
+    for (size_t i = 0; i < sizeof server_option_table / sizeof server_option_table[0]; i++)
+        if (server_option_table[i].id == id)
+            return server_option_table[i].kinds & k->kind ? &server_option_table[i] : NULL;
+    return NULL;
+}
+
+/* 0: the options are read, the rest starts at optind; 1: done (--help,
+ * --version); -1 after saying what is wrong. */
+static int parse_server_options(server_cmdline *cl, int argc, char **argv)
+{
+    const struct server_option *o;
+    int opt, rc;
+
     opterr = 0;
     optind = 1;
     /* '+': stop at the first non-option, so PROGRAM's own flags stay its. */
     while ((opt = getopt_long(argc, argv, "+:l:c:qhV", serve_options, NULL)) != -1) {
-        last_optarg = optarg;
-        if (opt >= OPT_MAX_PER_IP && !option_is_for(opt, k))
-            opt = '?';
-        switch (opt) {
-        case 'l':
-            if (nlisten >= MAX_LISTEN) {
-                cli_error("%s: at most %d listeners", k->name, MAX_LISTEN);
-                return EXIT_USAGE;
-            }
-            listen_addrs[nlisten++] = optarg;
-            break;
-        case 'c':
-            if (cli_parse_uint(optarg, 1u << 24, &u) < 0 || u == 0) {
-                cli_error("%s: -c wants a number from 1 to %u, not '%s'", k->name, 1u << 24, optarg);
-                return EXIT_USAGE;
-            }
-            opts.max_conns = u;
-            break;
-        case OPT_MAX_PER_IP:
-            if (cli_parse_uint(optarg, 1u << 24, &u) < 0) {
-                cli_error("%s: --max-per-ip wants a number, not '%s'", k->name, optarg);
-                return EXIT_USAGE;
-            }
-            opts.max_per_ip = u;
-            break;
-        case OPT_IDLE:
-            if (cli_parse_seconds(optarg, &opts.idle_timeout_s) < 0) {
-                cli_error("%s: --idle-timeout wants a duration, not '%s'", k->name, optarg);
-                return EXIT_USAGE;
-            }
-            break;
-        case OPT_GRACE:
-            if (cli_parse_seconds(optarg, &opts.grace_s) < 0) {
-                cli_error("%s: --grace wants a duration, not '%s'", k->name, optarg);
-                return EXIT_USAGE;
-            }
-            break;
-        case OPT_BACKLOG:
-            if (cli_parse_uint(optarg, 1u << 30, &u) < 0) {
-                cli_error("%s: --backlog wants a number, not '%s'", k->name, optarg);
-                return EXIT_USAGE;
-            }
-            opts.backlog = (int)u;
-            break;
-        case 'q':
-            opts.log_level = SF_LOG_NOTICE;
-            break;
-        case OPT_ECHO:
-            echo = 1;
-            break;
-        case OPT_CONTROL:
-            control = optarg;
-            break;
-        case OPT_NO_CONTROL:
-            no_control = 1;
-            break;
-        case OPT_CHAN_MAX:
-            if (cli_parse_size(optarg, 16u << 20, &u) < 0 || u < 64) {
-                cli_error("%s: --channel-max wants a size from 64 to 16M, not '%s'", k->name, optarg);
-                return EXIT_USAGE;
-            }
-            opts.chan_max = u;
-            break;
-        case OPT_CHAN_QUEUE:
-            if (cli_parse_size(optarg, 1u << 30, &u) < 0 || u < 1024) {
-                cli_error("%s: --channel-queue wants a size from 1K to 1024M, not '%s'", k->name, optarg);
-                return EXIT_USAGE;
-            }
-            opts.chan_queue = u;
-            break;
-        case OPT_CHAN_FULL:
-            if (strcmp(optarg, "drop") == 0) {
-                opts.chan_full_kick = 0;
-            } else if (strcmp(optarg, "kick") == 0) {
-                opts.chan_full_kick = 1;
-            } else {
-                cli_error("%s: --channel-full wants drop or kick, not '%s'", k->name, optarg);
-                return EXIT_USAGE;
-            }
-            break;
-        case OPT_TOPIC_HISTORY:
-            if (cli_parse_uint(optarg, 100000, &u) < 0) {
-                cli_error("%s: --topic-history wants a number from 0 to 100000, not '%s'", k->name, optarg);
-                return EXIT_USAGE;
-            }
-            opts.topic_history = u;
-            break;
-        case OPT_HISTORY:
-        case OPT_LINE_MAX:
-        case OPT_FLOOD:
-        case OPT_CLIENT_BACKLOG:
-            if (chat_option(opt == OPT_HISTORY ? "history" : opt == OPT_LINE_MAX ? "line-max"
-                            : opt == OPT_FLOOD ? "flood" : "client-backlog", optarg, &opts) < 0)
-                return EXIT_USAGE;
-            break;
-        case 'h':
-            fputs(k->usage, stdout);
-            return 0;
-        case 'V':
-            printf("sockfork %s\n", sf_version());
-            return 0;
-        case ':':
-            cli_error("%s: option '%s' needs a value", k->name, argv[optind - 1]);
-            return EXIT_USAGE;
-        default:
-            cli_error("%s: unknown option '%s' (try 'sockfork %s --help')", k->name, argv[optind - 1],
-                      k->name);
-            return EXIT_USAGE;
+        cl->last_optarg = optarg;
+        if (opt == ':') {
+            cli_error("%s: option '%s' needs a value", cl->kind->name, argv[optind - 1]);
+            return -1;
         }
+        if (!(o = server_option_of(opt, cl->kind))) {
+            cli_error("%s: unknown option '%s' (try 'sockfork %s --help')", cl->kind->name,
+                      argv[optind - 1], cl->kind->name);
+            return -1;
+        }
+        if ((rc = o->set(cl, optarg)) != 0)
+            return rc;
     }
+    return 0;
+}
+
+/* serve: PROGRAM [ARGS...] after the options, --echo, or the built-in
+ * interactive handler. */
+static int serve_pick_handler(server_cmdline *cl, int argc, char **argv, int first)
+{
+    const char *name = cl->kind->name;
+    int rc;
+
     /* "--" read as the end of options (not as an option's value), with
      * nothing after it: a PROGRAM was meant and forgotten. */
-    if (optind == argc && optind > 1 && strcmp(argv[optind - 1], "--") == 0 &&
-        argv[optind - 1] != last_optarg && !k->chat) {
+    if (first == argc && first > 1 && strcmp(argv[first - 1], "--") == 0 &&
+        argv[first - 1] != cl->last_optarg) {
         cli_error("%s: '--' must be followed by PROGRAM [ARGS...] (try 'sockfork %s --help')",
-                  k->name, k->name);
-        return EXIT_USAGE;
+                  name, name);
+        return -1;
     }
-    if (k->chat) {
-        if (optind < argc) {
-            cli_error("chat: unexpected argument '%s' (try 'sockfork chat --help')", argv[optind]);
-            return EXIT_USAGE;
+    if (first < argc) {
+        if (cl->echo) {
+            cli_error("%s: --echo and a PROGRAM exclude each other", name);
+            return -1;
         }
-        handler = handler_chat;
-        handler_arg = NULL;
-        if (chat_check(&opts) < 0)
-            return EXIT_USAGE;
-    } else if (optind < argc) {
-        if (echo) {
-            cli_error("%s: --echo and a PROGRAM exclude each other", k->name);
-            return EXIT_USAGE;
+        if ((rc = program_check(argv[first])) < 0) {
+            program_error(name, argv[first], rc);
+            return -1;
         }
-        if ((rc = program_check(argv[optind])) < 0) {
-            program_error(k->name, argv[optind], rc);
-            return EXIT_USAGE;
-        }
-        handler = handler_exec;
-        handler_arg = argv + optind;
-        opts.channel_jsonl = 1; /* fd 3 speaks JSON lines to the program */
-    } else if (echo) {
-        handler = handler_echo;
+        cl->handler = handler_exec;
+        cl->handler_arg = argv + first;
+        cl->opts.channel_jsonl = 1; /* fd 3 speaks JSON lines to the program */
+    } else if (cl->echo) {
+        cl->handler = handler_echo;
     }
-    if (opts.chan_queue < sf_chan_queue_min(opts.chan_max)) {
-        cli_error("%s: --channel-queue (%zu) must hold one message of --channel-max (%u) "
-                  "and its %zu bytes of headers", k->name, opts.chan_queue, opts.chan_max,
-                  sf_chan_queue_min(opts.chan_max) - opts.chan_max);
-        return EXIT_USAGE;
-    }
-    if (nlisten == 0)
-        listen_addrs[nlisten++] = DEFAULT_LISTEN;
+    return 0;
+}
 
-    rc = sf_server_new(&srv, &opts, handler, handler_arg);
+/* chat: its own handler, no words after the options. */
+static int chat_pick_handler(server_cmdline *cl, int argc, char **argv, int first)
+{
+    if (first < argc) {
+        cli_error("chat: unexpected argument '%s' (try 'sockfork chat --help')", argv[first]);
+        return -1;
+    }
+    cl->handler = handler_chat;
+    cl->handler_arg = NULL;
+    return chat_check(&cl->opts);
+}
+
+/* What only the options together can say is wrong. 0, or -1. */
+static int check_channel_sizes(const server_cmdline *cl)
+{
+    const sf_server_opts *o = &cl->opts;
+
+    if (o->chan_queue < sf_chan_queue_min(o->chan_max)) {
+        cli_error("%s: --channel-queue (%zu) must hold one message of --channel-max (%u) "
+                  "and its %zu bytes of headers", cl->kind->name, o->chan_queue, o->chan_max,
+                  sf_chan_queue_min(o->chan_max) - o->chan_max);
+        return -1;
+    }
+    return 0;
+}
+
+/* Reads the command line into cl. 0: serve; 1: done (--help, --version),
+ * exit 0; -1 after saying what is wrong. */
+static int read_cmdline(server_cmdline *cl, int argc, char **argv)
+{
+    int rc = parse_server_options(cl, argc, argv);
+
+    if (rc != 0)
+        return rc;
+    if (cl->kind->pick_handler(cl, argc, argv, optind) < 0 || check_channel_sizes(cl) < 0)
+        return -1;
+    if (cl->nlisten == 0)
+        cl->listen_addrs[cl->nlisten++] = DEFAULT_LISTEN;
+    return 0;
+}
+
+/* A server listening on every address. 0, or the exit status after
+ * saying why (nothing left open). */
+static int start_server(sf_server **srvp, server_cmdline *cl)
+{
+    char why[200];
+    int rc;
+
+    rc = sf_server_new(srvp, &cl->opts, cl->handler, cl->handler_arg);
     if (rc < 0) {
         cli_error("cannot start: %s", strerror(-rc));
         return 1;
     }
-    for (size_t i = 0; i < nlisten; i++) {
-        rc = sf_server_listen(srv, listen_addrs[i]);
+    for (size_t i = 0; i < cl->nlisten; i++) {
+        rc = sf_server_listen(*srvp, cl->listen_addrs[i]);
         if (rc < 0) {
-            cli_error("cannot listen on %s: %s", listen_addrs[i],
-                      listen_error(listen_addrs[i], rc, why, sizeof why));
-            sf_server_free(srv);
+            cli_error("cannot listen on %s: %s", cl->listen_addrs[i],
+                      listen_error(cl->listen_addrs[i], rc, why, sizeof why));
+            sf_server_free(*srvp);
             return EXIT_USAGE;
         }
     }
-    if (control && no_control) {
-        cli_error("%s: --control and --no-control exclude each other", k->name);
-        sf_server_free(srv);
+    return 0;
+}
+
+/* The control socket, at --control or the default path. 0, or the exit
+ * status after saying why. */
+static int open_control(sf_server *srv, const server_cmdline *cl)
+{
+    char control_buf[300], why[200], control_addr[310];
+    const char *control = cl->control;
+    int rc;
+
+    if (!control) {
+        rc = cli_control_default(cl->kind->name, control_buf, sizeof control_buf);
+        if (rc < 0) {
+            cli_error("cannot make a control socket path: %s%s", strerror(-rc),
+                      rc == -EPERM ? " (the directory is not private to this user)" : "");
+            return 1;
+        }
+        control = control_buf;
+    }
+    rc = sf_server_control(srv, control);
+    if (rc < 0) {
+        snprintf(control_addr, sizeof control_addr, "unix:%s", control);
+        cli_error("cannot open the control socket %s: %s", control,
+                  listen_error(control_addr, rc, why, sizeof why));
         return EXIT_USAGE;
     }
+    return 0;
+}
+
+/* Opens the control socket and serves until stopped; frees srv. Returns
+ * the exit status. */
+static int serve_until_stopped(sf_server *srv, const server_cmdline *cl)
+{
+    sigset_t hold, old_mask;
+    int status = 0, rc = 0;
+
     /* From the control socket's creation until the loop handles them,
      * TERM, INT and HUP must not kill us with their default action: the
      * socket would be left behind. Held here; sf_server_run unblocks them
@@ -451,46 +644,60 @@ static int run_server(int argc, char **argv, const server_kind *k)
     sigaddset(&hold, SIGINT);
     sigaddset(&hold, SIGHUP);
     sigprocmask(SIG_BLOCK, &hold, &old_mask);
-    if (!no_control) {
-        if (!control) {
-            rc = cli_control_default(k->name, control_buf, sizeof control_buf);
-            if (rc < 0) {
-                cli_error("cannot make a control socket path: %s%s", strerror(-rc),
-                          rc == -EPERM ? " (the directory is not private to this user)" : "");
-                sf_server_free(srv);
-                sigprocmask(SIG_SETMASK, &old_mask, NULL);
-                return 1;
-            }
-            control = control_buf;
-        }
-        rc = sf_server_control(srv, control);
-        if (rc < 0) {
-            snprintf(control_addr, sizeof control_addr, "unix:%s", control);
-            cli_error("cannot open the control socket %s: %s", control,
-                      listen_error(control_addr, rc, why, sizeof why));
-            sf_server_free(srv);
-            sigprocmask(SIG_SETMASK, &old_mask, NULL);
-            return EXIT_USAGE;
-        }
-    }
-    rc = sf_server_run(srv);
+    if (!cl->no_control)
+        status = open_control(srv, cl);
+    if (status == 0)
+        rc = sf_server_run(srv);
     sf_server_free(srv);
     sigprocmask(SIG_SETMASK, &old_mask, NULL);
     if (rc < 0) {
         cli_error("cannot serve: %s", strerror(-rc));
         return 1;
     }
-    return 0;
+    return status;
+}
+
+static int run_server(int argc, char **argv, const server_kind *k)
+{
+    server_cmdline cl;
+    sf_server *srv = NULL;
+    int rc;
+
+    /* Our log is stderr, which may be a pipe whose reader has gone (`serve
+     * 2>&1 | tee log`, then Ctrl-C): a line must cost an EPIPE, never the
+     * process before it has cleaned up. C handlers inherit this; exec'd
+     * programs get the default back (sf_conn_exec). */
+    signal(SIGPIPE, SIG_IGN);
+    memset(&cl, 0, sizeof cl);
+    cl.kind = k;
+    cl.handler = handler_interactive;
+    sf_server_opts_init(&cl.opts);
+    cl.opts.log = cli_log;
+    cl.opts.on_ready = announce_listeners;
+    cl.opts.chan_full_kick = k->chan_full_kick;
+    rc = read_cmdline(&cl, argc, argv);
+    if (rc != 0)
+        return rc > 0 ? 0 : EXIT_USAGE;
+    if ((rc = start_server(&srv, &cl)) != 0)
+        return rc;
+    if (cl.control && cl.no_control) {
+        cli_error("%s: --control and --no-control exclude each other", k->name);
+        sf_server_free(srv);
+        return EXIT_USAGE;
+    }
+    return serve_until_stopped(srv, &cl);
 }
 
 int cmd_serve(int argc, char **argv)
 {
-    static const server_kind serve = {"serve", serve_usage, 0};
+    static const server_kind serve = {"serve", serve_usage, KIND_SERVE, 0, serve_pick_handler};
     return run_server(argc, argv, &serve);
 }
 
+/* A chat member either gets every line of its room or is cut off: never
+ * a silent gap (--channel-full drop says otherwise). */
 int cmd_chat(int argc, char **argv)
 {
-    static const server_kind chat = {"chat", chat_usage, 1};
+    static const server_kind chat = {"chat", chat_usage, KIND_CHAT, 1, chat_pick_handler};
     return run_server(argc, argv, &chat);
 }
