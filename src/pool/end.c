@@ -76,6 +76,32 @@ void pool_retire_worker(sf_pool *p, pool_slot *s)
     pool_slot_to(s, SLOT_RETIRING);
 }
 
+/* A worker that broke the protocol is given nothing more, nor trusted to
+ * exit by itself: its channel is closed (so it is never IDLE again) and
+ * its group killed now, whatever it was doing (STOPPING; pool_on_exit
+ * reaps it). A task it holds ends at its exit, with STOP_CHANNEL as its
+ * reason if it had none: OK if it said it returned before the bad frame,
+ * else as its status says. */
+void pool_worker_broke(sf_pool *p, pool_slot *s, double now)
+{
+    pool_fd_del(p, &s->chan);
+    switch (s->state) {
+    case SLOT_RUNNING:
+    case SLOT_IDLE:
+    case SLOT_RETIRING:
+    case SLOT_STOPPING:
+        pool_slot_to(s, SLOT_STOPPING);
+        (void)proc_stop_kill(&p->stop, s->pid);
+        s->kill_at = 0;
+        /* STOPPING already: this only gives the attempt its reason. */
+        (void)pool_stop_attempt(p, s, STOP_CHANNEL, now);
+        break;
+    case SLOT_FREE:
+    case SLOT_EXITED: /* its frames read after its exit: nothing left to kill */
+        break;
+    }
+}
+
 /* The slot's deadlines: its attempt's timeout, its SIGKILL after the
  * grace; and, with no pidfd to wake the loop, whether its process has
  * exited. */
@@ -201,8 +227,8 @@ void pool_attempt_clear(pool_slot *s)
  * the next task, or exits by itself after its last. */
 static void worker_task_over(pool_slot *s)
 {
-    if (s->state == SLOT_RUNNING)
-        pool_slot_to(s, s->worker_last ? SLOT_RETIRING : SLOT_IDLE);
+    if (s->state == SLOT_RUNNING) /* a worker whose channel is closed is never IDLE */
+        pool_slot_to(s, s->worker_last || s->chan < 0 ? SLOT_RETIRING : SLOT_IDLE);
 }
 
 /* After a failure: whether the halt condition is met now. */

@@ -90,7 +90,9 @@ enum { EV_EXIT = 0, EV_CHAN = 1, EV_OUT = 2, EV_ERR = 3 };
  *
  * A start is synchronous: a slot being given a task stays FREE (or IDLE)
  * until its process runs, and stays so if the start fails. pool_abort
- * also takes IDLE and RETIRING workers to STOPPING (SIGKILL at once).
+ * also takes IDLE and RETIRING workers to STOPPING (SIGKILL at once), and
+ * so does a worker's broken protocol (pool_worker_broke). A worker whose
+ * channel is closed is never IDLE.
  */
 enum slot_state {
     SLOT_FREE = 0,  /* no process: a task may start here */
@@ -236,6 +238,9 @@ void pool_end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error, d
 void pool_attempt_clear(pool_slot *s);
 /* Closes the slot's descriptors and frees its decoders (its child gone). */
 void pool_slot_release(sf_pool *p, pool_slot *s);
+/* A worker that broke the protocol: its channel closed, its group killed
+ * at once (STOPPING), its task (if any) ended at its exit. */
+void pool_worker_broke(sf_pool *p, pool_slot *s, double now);
 /* An IDLE worker is told to exit (its channel closed): RETIRING. */
 void pool_retire_worker(sf_pool *p, pool_slot *s);
 /* A task that never ran (or waits for a retry) is reported at a halt. */

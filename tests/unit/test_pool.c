@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <sockfork.h>
+#include "channel/frame.h"
 
 #define NTASKS_MAX 512
 
@@ -32,6 +33,7 @@ typedef struct seen {
     size_t outlen;
     unsigned long long outtotal;
     int output_limited;
+    int pid;
 } seen;
 
 static seen seen_by_seq[NTASKS_MAX + 1];
@@ -60,6 +62,7 @@ static void on_done(sf_pool *p, const sf_task_report *r, void *arg)
     s->spawn_error = r->spawn_error;
     s->output_limited = r->output_limited;
     s->attempts = r->attempts;
+    s->pid = r->pid;
     s->has_result = r->result != NULL;
     if (r->result && r->result_len < sizeof s->result) {
         memcpy(s->result, r->result, r->result_len);
@@ -811,6 +814,52 @@ static void test_workers_start_without_the_programs_handlers(void **state)
     sf_pool_free(p);
 }
 
+/* ------------------------------------------------------------ a broken worker */
+
+/* Task 1 writes, in one write on its channel, a valid TASK_DONE(0) and a
+ * frame of a type that does not exist, then hangs (bounded): the pool
+ * reads both at once. The others return 0. */
+static int done_then_garbage(sf_task *t, const void *arg, size_t len, void *task_arg)
+{
+    (void)arg, (void)len, (void)task_arg;
+    if (sf_task_seq(t) == 1) {
+        unsigned char b[CHAN_HDR_LEN + 4 + CHAN_HDR_LEN];
+        chan_header_encode(b, CHAN_T_TASK_DONE, 0, 4);
+        memset(b + CHAN_HDR_LEN, 0, 4);
+        chan_header_encode(b + CHAN_HDR_LEN + 4, 999, 0, 0);
+        if (write(3, b, sizeof b) != (ssize_t)sizeof b)
+            _exit(9);
+        for (int i = 0; i < 3000; i++) /* 30 s at most */
+            usleep(10000);
+    }
+    return 0;
+}
+
+/* A worker that broke the protocol right after its task returned is
+ * killed, and its slot is not given the next task: a new worker runs it. */
+static void test_a_worker_that_breaks_the_protocol_gets_no_more_tasks(void **state)
+{
+    sf_pool_opts o = base_opts(done_then_garbage);
+    sf_pool_stats st;
+    sf_pool *p;
+    (void)state;
+
+    o.jobs = 1;
+    p = run_numbers(&o, 4, &st);
+    assert_non_null(strstr(logged, "broke the protocol"));
+    for (unsigned long i = 1; i <= 4; i++) {
+        assert_int_equal(seen_by_seq[i].reports, 1);
+        assert_int_equal(seen_by_seq[i].state, SF_TASK_OK);
+        assert_int_equal(seen_by_seq[i].spawn_error, 0);
+    }
+    for (unsigned long i = 2; i <= 4; i++) /* by the second worker */
+        assert_true(seen_by_seq[i].pid != seen_by_seq[1].pid);
+    assert_int_equal(st.ok, 4);
+    assert_int_equal(st.failed, 0);
+    assert_int_equal(st.workers_started, 2);
+    sf_pool_free(p);
+}
+
 static void test_bad_options_are_refused(void **state)
 {
     sf_pool_opts o = base_opts(square);
@@ -855,6 +904,7 @@ int main(void)
         cmocka_unit_test(test_workers_and_the_caller_keep_their_slice),
         cmocka_unit_test(test_workers_start_without_the_programs_handlers),
         cmocka_unit_test(test_bad_options_are_refused),
+        cmocka_unit_test(test_a_worker_that_breaks_the_protocol_gets_no_more_tasks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
