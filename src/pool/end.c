@@ -55,7 +55,7 @@ int pool_stop_attempt(sf_pool *p, pool_slot *s, enum stop_reason why, double now
     switch (s->state) {
     case SLOT_RUNNING:
         escalate(p, s, now);
-        pool_slot_to(s, SLOT_STOPPING);
+        pool_slot_to(p, s, SLOT_STOPPING);
         break;
     case SLOT_EXITED:
     case SLOT_FREE: /* none of these holds a task but while it starts */
@@ -73,7 +73,7 @@ void pool_retire_worker(sf_pool *p, pool_slot *s)
     if (s->state != SLOT_IDLE)
         return;
     pool_fd_del(p, &s->chan);
-    pool_slot_to(s, SLOT_RETIRING);
+    pool_slot_to(p, s, SLOT_RETIRING);
 }
 
 /* A worker that broke the protocol is given nothing more, nor trusted to
@@ -90,7 +90,7 @@ void pool_worker_broke(sf_pool *p, pool_slot *s, double now)
     case SLOT_IDLE:
     case SLOT_RETIRING:
     case SLOT_STOPPING:
-        pool_slot_to(s, SLOT_STOPPING);
+        pool_slot_to(p, s, SLOT_STOPPING);
         (void)proc_stop_kill(&p->stop, s->pid);
         s->kill_at = 0;
         /* STOPPING already: this only gives the attempt its reason. */
@@ -225,10 +225,10 @@ void pool_attempt_clear(pool_slot *s)
 
 /* A worker whose task returned (its attempt ended while it runs) waits for
  * the next task, or exits by itself after its last. */
-static void worker_task_over(pool_slot *s)
+static void worker_task_over(sf_pool *p, pool_slot *s)
 {
     if (s->state == SLOT_RUNNING) /* a worker whose channel is closed is never IDLE */
-        pool_slot_to(s, s->worker_last || s->chan < 0 ? SLOT_RETIRING : SLOT_IDLE);
+        pool_slot_to(p, s, s->worker_last || s->chan < 0 ? SLOT_RETIRING : SLOT_IDLE);
 }
 
 /* After a failure: whether the halt condition is met now. */
@@ -304,7 +304,7 @@ void pool_end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error, d
         t->last_stop = s->stop_reason;
         p->st.retried++;
         pool_attempt_clear(s);
-        worker_task_over(s);
+        worker_task_over(p, s);
         pool_requeue_front(p, t);
         return;
     }
@@ -331,7 +331,7 @@ void pool_end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error, d
         count_failure(p, &r);
     p->o.on_done(p, &r, p->o.arg);
     pool_attempt_clear(s);
-    worker_task_over(s);
+    worker_task_over(p, s);
     free(t->arg);
     free(t);
     if (!ok)
@@ -399,7 +399,7 @@ void pool_on_exit(sf_pool *p, pool_slot *s, double now)
      * while the group is killed. */
     if (wait_slot(s, &si, WNOHANG | WNOWAIT) < 0 || si.si_pid == 0)
         return;
-    pool_slot_to(s, SLOT_EXITED);
+    pool_slot_to(p, s, SLOT_EXITED);
     st = status_of(&si);
     if (was == SLOT_STOPPING)
         (void)proc_stop_kill(&p->stop, s->pid);
@@ -422,7 +422,7 @@ void pool_on_exit(sf_pool *p, pool_slot *s, double now)
     s->pid = 0;
     s->is_worker = 0;
     s->kill_at = 0;
-    pool_slot_to(s, SLOT_FREE);
+    pool_slot_to(p, s, SLOT_FREE);
     pool_spawn_resources_freed(p);
 }
 
@@ -446,7 +446,7 @@ void pool_abort(sf_pool *p, double now)
             continue;
         (void)proc_stop_kill(&p->stop, s->pid);
         s->kill_at = 0;
-        pool_slot_to(s, SLOT_STOPPING);
+        pool_slot_to(p, s, SLOT_STOPPING);
         {
             siginfo_t si;
             while (wait_slot(s, &si, WNOWAIT) < 0 && errno == EINTR)

@@ -361,7 +361,7 @@ static int launch(sf_pool *p, pool_slot *s)
         else if ((rc = fork_worker(p, s)) == 0)
             proc_guard_watch(&p->guard, (unsigned)(s - p->slots), s->pid);
         if (rc == 0)
-            pool_slot_to(s, SLOT_RUNNING);
+            pool_slot_to(p, s, SLOT_RUNNING);
         return rc;
     }
     rc = spawn_command(p, s);
@@ -379,7 +379,7 @@ static int launch(sf_pool *p, pool_slot *s)
         return rc;
     }
     proc_guard_watch(&p->guard, (unsigned)(s - p->slots), s->pid);
-    pool_slot_to(s, SLOT_RUNNING);
+    pool_slot_to(p, s, SLOT_RUNNING);
     return 0;
 }
 

@@ -154,6 +154,8 @@ struct sf_pool {
     int feed_ready;              /* the feed said READY: call it without polling */
     int halting;                 /* enum sf_pool_halt, once a halt began */
     int running_loop;
+    int run_err;                 /* -errno: the run itself failed (a bad state
+                                  * move); the loop stops everything and ends */
     int poll_exits;              /* no pidfds: exits are polled (launch.c) */
     proc_stop stop;              /* SIGTERM, kill_grace_s, SIGKILL (process/stop.h) */
     proc_backoff spawn_backoff;  /* the wait after a start failed for lack of resources */
@@ -189,8 +191,10 @@ double pool_now(void);
 double pool_wall(void);
 int pool_fd_add(sf_pool *p, int fd, uint32_t events, uint64_t id);
 void pool_fd_del(sf_pool *p, int *fd);
-/* The one place a slot changes state (see enum slot_state). */
-void pool_slot_to(pool_slot *s, enum slot_state to);
+/* The one place a slot changes state (see enum slot_state). A move the
+ * machine does not have (or to IDLE with the channel closed) is logged
+ * (ERROR) and refused, and fails the run (run_err -EPROTO), in every build. */
+void pool_slot_to(sf_pool *p, pool_slot *s, enum slot_state to);
 /* Back to the head of the queue (a retry, or a start put off). */
 void pool_requeue_front(sf_pool *p, pool_task *t);
 /* Starts no more tasks (queued ones are reported); mode SF_HALT_NOW also

@@ -279,7 +279,7 @@ void pool_read_chan(sf_pool *p, pool_slot *s, int drain)
              * an idle one takes no more tasks meanwhile. */
             pool_fd_del(p, &s->chan);
             if (s->state == SLOT_IDLE)
-                pool_slot_to(s, SLOT_RETIRING);
+                pool_slot_to(p, s, SLOT_RETIRING);
             return;
         }
         if (s->is_worker)

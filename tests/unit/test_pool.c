@@ -11,11 +11,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <sockfork.h>
 #include "channel/frame.h"
+#include "pool/pool_internal.h"
 
 #define NTASKS_MAX 512
 
@@ -860,6 +862,46 @@ static void test_a_worker_that_breaks_the_protocol_gets_no_more_tasks(void **sta
     sf_pool_free(p);
 }
 
+/* ------------------------------------------------------------ a bad move */
+
+/* A bug stand-in: when task 1 has started, its slot is told to go from
+ * RUNNING to FREE, a move the state machine does not have. */
+static void bad_move_on_start(sf_pool *p, const sf_task_info *t, void *arg)
+{
+    (void)arg;
+    if (t->seq == 1)
+        pool_slot_to(p, &p->slots[t->slot - 1], SLOT_FREE);
+}
+
+/* A move the state machine does not have is logged (slot, both states)
+ * and fails the run, in every build: its children are killed and reaped,
+ * its tasks reported, and sf_pool_run returns -EPROTO. */
+static void test_a_bad_state_move_fails_the_run(void **state)
+{
+    sf_pool_opts o = base_opts(deaf);
+    sf_pool *p;
+    (void)state;
+
+    o.jobs = 1;
+    o.on_start = bad_move_on_start;
+    reset_seen();
+    assert_int_equal(sf_pool_new(&p, &o), 0);
+    submit_numbers(p, 3);
+    assert_int_equal(sf_pool_run(p), -EPROTO);
+    assert_non_null(strstr(logged, "slot 1: bad state change RUNNING -> FREE"));
+    assert_int_equal(seen_by_seq[1].reports, 1);
+    assert_int_equal(seen_by_seq[1].state, SF_TASK_FAILED);
+    assert_true(seen_by_seq[1].killed);
+    for (unsigned long i = 2; i <= 3; i++) {
+        assert_int_equal(seen_by_seq[i].reports, 1);
+        assert_int_equal(seen_by_seq[i].state, SF_TASK_CANCELLED);
+    }
+    errno = 0;
+    assert_int_equal(waitpid(-1, NULL, WNOHANG), -1); /* nothing left to reap */
+    assert_int_equal(errno, ECHILD);
+    sf_pool_free(p);
+}
+
 static void test_bad_options_are_refused(void **state)
 {
     sf_pool_opts o = base_opts(square);
@@ -905,6 +947,7 @@ int main(void)
         cmocka_unit_test(test_workers_start_without_the_programs_handlers),
         cmocka_unit_test(test_bad_options_are_refused),
         cmocka_unit_test(test_a_worker_that_breaks_the_protocol_gets_no_more_tasks),
+        cmocka_unit_test(test_a_bad_state_move_fails_the_run),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
