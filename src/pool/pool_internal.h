@@ -205,10 +205,13 @@ void pool_begin_halt(sf_pool *p, int mode, int by_cancel, double now);
 int pool_env_build(sf_pool *p);
 void pool_env_free(sf_pool *p);
 /* Starts task t in slot s (FREE, or IDLE for a C task): RUNNING once its
- * process runs; else the task is put back (resources lacking) or ended
- * as one that cannot start. */
+ * process runs, or once its frame is queued for the idle worker; else the
+ * task is put back (resources lacking; or the worker, retired, could not
+ * take it) or ended as one that cannot start. */
 void pool_start_attempt(sf_pool *p, pool_slot *s, pool_task *t, double now);
-/* Room on a worker's channel: writes the rest of its task's frame. */
+/* Writes what a worker's channel takes of its task's frame (queued: the
+ * task is the worker's), waiting for room while some is left; a channel
+ * that cannot be written stops the attempt (STOP_CHANNEL). */
 void pool_worker_flush(sf_pool *p, pool_slot *s, double now);
 /* One of our processes ended: a start put off for lack of resources may
  * try again at once. */

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -902,6 +903,72 @@ static void test_a_bad_state_move_fails_the_run(void **state)
     sf_pool_free(p);
 }
 
+/* ------------------------------------------------------------ a channel that cannot be written */
+
+/* Task 1 shuts its worker's channel for reading (the pool's next write to
+ * it fails with EPIPE), says it returned 0, and hangs (bounded); with
+ * exit0_on_term, a SIGTERM makes the worker exit 0. The others (run by
+ * another worker) leave "ran" as their result. */
+static int exit0_on_term;
+
+static void exit0(int sig)
+{
+    (void)sig;
+    _exit(0);
+}
+
+static int deaf_channel_then_done(sf_task *t, const void *arg, size_t len, void *task_arg)
+{
+    (void)arg, (void)len, (void)task_arg;
+    if (sf_task_seq(t) == 1) {
+        unsigned char b[CHAN_HDR_LEN + 4];
+        if (exit0_on_term)
+            signal(SIGTERM, exit0);
+        if (shutdown(3, SHUT_RD) < 0)
+            _exit(9);
+        chan_header_encode(b, CHAN_T_TASK_DONE, 0, 4);
+        memset(b + CHAN_HDR_LEN, 0, 4);
+        if (write(3, b, sizeof b) != (ssize_t)sizeof b)
+            _exit(9);
+        for (int i = 0; i < 3000; i++) /* 30 s at most */
+            usleep(10000);
+        _exit(9);
+    }
+    sf_task_result(t, "ran", 3);
+    return 0;
+}
+
+/* A task frame that is queued is the worker's: a write that then fails
+ * (EPIPE here) stops the attempt for its channel, as a later flush would;
+ * the task is retried (not failed as a command that cannot start), and
+ * runs once, in a new worker. */
+static void test_a_task_given_is_not_a_spawn_error_when_the_write_fails(void **state)
+{
+    sf_pool_opts o = base_opts(deaf_channel_then_done);
+    sf_pool_stats st;
+    sf_pool *p;
+    (void)state;
+
+    o.jobs = 1;
+    o.retries = 1;
+    exit0_on_term = 0;
+    p = run_numbers(&o, 3, &st);
+    assert_int_equal(seen_by_seq[1].state, SF_TASK_OK);
+    for (unsigned long i = 2; i <= 3; i++) {
+        assert_int_equal(seen_by_seq[i].reports, 1);
+        assert_int_equal(seen_by_seq[i].state, SF_TASK_OK);
+        assert_int_equal(seen_by_seq[i].spawn_error, 0);
+        assert_int_equal(seen_by_seq[i].result_len, 3);
+        assert_memory_equal(seen_by_seq[i].result, "ran", 3);
+    }
+    assert_int_equal(seen_by_seq[2].attempts, 2); /* the first never reached it */
+    assert_int_equal(seen_by_seq[3].attempts, 1);
+    assert_int_equal(st.spawn_errors, 0);
+    assert_int_equal(st.retried, 1);
+    assert_int_equal(st.workers_started, 2);
+    sf_pool_free(p);
+}
+
 static void test_bad_options_are_refused(void **state)
 {
     sf_pool_opts o = base_opts(square);
@@ -948,6 +1015,7 @@ int main(void)
         cmocka_unit_test(test_bad_options_are_refused),
         cmocka_unit_test(test_a_worker_that_breaks_the_protocol_gets_no_more_tasks),
         cmocka_unit_test(test_a_bad_state_move_fails_the_run),
+        cmocka_unit_test(test_a_task_given_is_not_a_spawn_error_when_the_write_fails),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
