@@ -255,8 +255,10 @@ static int attempt_ok(const pool_slot *s, sf_status st, int spawn_error)
         return 0;
     switch (s->stop_reason) {
     case STOP_NONE:
-    case STOP_CHANNEL: /* it returned, and said so, before it was stopped */
         return 1;
+    case STOP_CHANNEL: /* only if it said it returned: a worker that never got
+                        * its frame exits 0 too, at EOF on its channel */
+        return s->task_done;
     case STOP_TIMEOUT:
     case STOP_OUTPUT:
     case STOP_HALT:

@@ -47,7 +47,10 @@ enum stop_reason {
     STOP_OUTPUT,    /* wrote past output_max: output_limited; not retried (it would again) */
     STOP_HALT,      /* a halt NOW: killed; not retried */
     STOP_CANCEL,    /* sf_pool_cancel, or the pool failing: killed; not retried */
-    STOP_CHANNEL,   /* its worker's channel could not be written: ends as its status says */
+    STOP_CHANNEL,   /* its worker's channel could not be written, or it broke the
+                     * protocol: OK only if it said it returned (task_done); else
+                     * fails as its status says (exit 0 too: a worker that never
+                     * got its frame exits 0 at EOF) */
 };
 
 typedef struct pool_task {

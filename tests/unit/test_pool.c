@@ -969,6 +969,46 @@ static void test_a_task_given_is_not_a_spawn_error_when_the_write_fails(void **s
     sf_pool_free(p);
 }
 
+/* An attempt stopped for its channel before its worker said it returned
+ * did not run, even if the worker then exits 0 (as one that got no frame
+ * does at EOF): it is not OK, and is retried. */
+static void test_a_task_its_worker_never_got_is_not_ok(void **state)
+{
+    sf_pool_opts o = base_opts(deaf_channel_then_done);
+    sf_pool_stats st;
+    sf_pool *p;
+    (void)state;
+
+    o.jobs = 1;
+    o.retries = 1;
+    exit0_on_term = 1;
+    p = run_numbers(&o, 2, &st);
+    exit0_on_term = 0;
+    assert_int_equal(seen_by_seq[1].state, SF_TASK_OK);
+    assert_int_equal(seen_by_seq[2].reports, 1);
+    assert_int_equal(seen_by_seq[2].state, SF_TASK_OK);
+    assert_int_equal(seen_by_seq[2].attempts, 2); /* the first, exit 0, never ran it */
+    assert_int_equal(seen_by_seq[2].result_len, 3);
+    assert_memory_equal(seen_by_seq[2].result, "ran", 3);
+    assert_int_equal(st.retried, 1);
+    assert_int_equal(st.workers_started, 2);
+    sf_pool_free(p);
+
+    /* Without a retry it fails, with the status it had. */
+    o.retries = 0;
+    exit0_on_term = 1;
+    p = run_numbers(&o, 2, &st);
+    exit0_on_term = 0;
+    assert_int_equal(seen_by_seq[2].reports, 1);
+    assert_int_equal(seen_by_seq[2].state, SF_TASK_FAILED);
+    assert_true(seen_by_seq[2].status.exited);
+    assert_int_equal(seen_by_seq[2].status.code, 0);
+    assert_int_equal(seen_by_seq[2].spawn_error, 0);
+    assert_false(seen_by_seq[2].has_result);
+    assert_int_equal(st.failed, 1);
+    sf_pool_free(p);
+}
+
 static void test_bad_options_are_refused(void **state)
 {
     sf_pool_opts o = base_opts(square);
@@ -1016,6 +1056,7 @@ int main(void)
         cmocka_unit_test(test_a_worker_that_breaks_the_protocol_gets_no_more_tasks),
         cmocka_unit_test(test_a_bad_state_move_fails_the_run),
         cmocka_unit_test(test_a_task_given_is_not_a_spawn_error_when_the_write_fails),
+        cmocka_unit_test(test_a_task_its_worker_never_got_is_not_ok),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
