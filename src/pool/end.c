@@ -55,7 +55,7 @@ int pool_stop_attempt(sf_pool *p, pool_slot *s, enum stop_reason why, double now
     switch (s->state) {
     case SLOT_RUNNING:
         escalate(p, s, now);
-        pool_slot_to(s, SLOT_STOPPING);
+        pool_slot_to(p, s, SLOT_STOPPING);
         break;
     case SLOT_EXITED:
     case SLOT_FREE: /* none of these holds a task but while it starts */
@@ -73,7 +73,33 @@ void pool_retire_worker(sf_pool *p, pool_slot *s)
     if (s->state != SLOT_IDLE)
         return;
     pool_fd_del(p, &s->chan);
-    pool_slot_to(s, SLOT_RETIRING);
+    pool_slot_to(p, s, SLOT_RETIRING);
+}
+
+/* A worker that broke the protocol is given nothing more, nor trusted to
+ * exit by itself: its channel is closed (so it is never IDLE again) and
+ * its group killed now, whatever it was doing (STOPPING; pool_on_exit
+ * reaps it). A task it holds ends at its exit, with STOP_CHANNEL as its
+ * reason if it had none: OK if it said it returned before the bad frame,
+ * else as its status says. */
+void pool_worker_broke(sf_pool *p, pool_slot *s, double now)
+{
+    pool_fd_del(p, &s->chan);
+    switch (s->state) {
+    case SLOT_RUNNING:
+    case SLOT_IDLE:
+    case SLOT_RETIRING:
+    case SLOT_STOPPING:
+        pool_slot_to(p, s, SLOT_STOPPING);
+        (void)proc_stop_kill(&p->stop, s->pid);
+        s->kill_at = 0;
+        /* STOPPING already: this only gives the attempt its reason. */
+        (void)pool_stop_attempt(p, s, STOP_CHANNEL, now);
+        break;
+    case SLOT_FREE:
+    case SLOT_EXITED: /* its frames read after its exit: nothing left to kill */
+        break;
+    }
 }
 
 /* The slot's deadlines: its attempt's timeout, its SIGKILL after the
@@ -199,10 +225,10 @@ void pool_attempt_clear(pool_slot *s)
 
 /* A worker whose task returned (its attempt ended while it runs) waits for
  * the next task, or exits by itself after its last. */
-static void worker_task_over(pool_slot *s)
+static void worker_task_over(sf_pool *p, pool_slot *s)
 {
-    if (s->state == SLOT_RUNNING)
-        pool_slot_to(s, s->worker_last ? SLOT_RETIRING : SLOT_IDLE);
+    if (s->state == SLOT_RUNNING) /* a worker whose channel is closed is never IDLE */
+        pool_slot_to(p, s, s->worker_last || s->chan < 0 ? SLOT_RETIRING : SLOT_IDLE);
 }
 
 /* After a failure: whether the halt condition is met now. */
@@ -229,8 +255,10 @@ static int attempt_ok(const pool_slot *s, sf_status st, int spawn_error)
         return 0;
     switch (s->stop_reason) {
     case STOP_NONE:
-    case STOP_CHANNEL: /* it returned, and said so, before it was stopped */
         return 1;
+    case STOP_CHANNEL: /* only if it said it returned: a worker that never got
+                        * its frame exits 0 too, at EOF on its channel */
+        return s->task_done;
     case STOP_TIMEOUT:
     case STOP_OUTPUT:
     case STOP_HALT:
@@ -278,7 +306,7 @@ void pool_end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error, d
         t->last_stop = s->stop_reason;
         p->st.retried++;
         pool_attempt_clear(s);
-        worker_task_over(s);
+        worker_task_over(p, s);
         pool_requeue_front(p, t);
         return;
     }
@@ -305,7 +333,7 @@ void pool_end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error, d
         count_failure(p, &r);
     p->o.on_done(p, &r, p->o.arg);
     pool_attempt_clear(s);
-    worker_task_over(s);
+    worker_task_over(p, s);
     free(t->arg);
     free(t);
     if (!ok)
@@ -373,7 +401,7 @@ void pool_on_exit(sf_pool *p, pool_slot *s, double now)
      * while the group is killed. */
     if (wait_slot(s, &si, WNOHANG | WNOWAIT) < 0 || si.si_pid == 0)
         return;
-    pool_slot_to(s, SLOT_EXITED);
+    pool_slot_to(p, s, SLOT_EXITED);
     st = status_of(&si);
     if (was == SLOT_STOPPING)
         (void)proc_stop_kill(&p->stop, s->pid);
@@ -396,7 +424,7 @@ void pool_on_exit(sf_pool *p, pool_slot *s, double now)
     s->pid = 0;
     s->is_worker = 0;
     s->kill_at = 0;
-    pool_slot_to(s, SLOT_FREE);
+    pool_slot_to(p, s, SLOT_FREE);
     pool_spawn_resources_freed(p);
 }
 
@@ -420,7 +448,7 @@ void pool_abort(sf_pool *p, double now)
             continue;
         (void)proc_stop_kill(&p->stop, s->pid);
         s->kill_at = 0;
-        pool_slot_to(s, SLOT_STOPPING);
+        pool_slot_to(p, s, SLOT_STOPPING);
         {
             siginfo_t si;
             while (wait_slot(s, &si, WNOWAIT) < 0 && errno == EINTR)

@@ -292,6 +292,9 @@ static int fork_worker(sf_pool *p, pool_slot *s)
     return 0;
 }
 
+/* Queues the task's frame for the slot's idle worker. Returns 0 once it is
+ * queued: the task is then the worker's (pool_worker_flush sends it); or
+ * -errno with nothing queued. */
 static int worker_give(sf_pool *p, pool_slot *s)
 {
     pool_task *t = s->task;
@@ -313,56 +316,63 @@ static int worker_give(sf_pool *p, pool_slot *s)
     free(frame);
     if (rc < 0)
         return rc;
-    /* Queued: the worker will run it, whatever the flush below says. */
     s->worker_tasks++;
     s->worker_last = last;
-    rc = chan_queue_flush(&s->wq, s->chan);
-    if (rc < 0)
-        return rc;
-    if (rc == 0 && !s->wq_armed) {
-        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT,
-                                 .data.u64 = (uint64_t)(s - p->slots) * 4 + EV_CHAN};
-        if (epoll_ctl(p->ep, EPOLL_CTL_MOD, s->chan, &ev) < 0)
-            return -errno;
-        s->wq_armed = 1;
-    }
     return 0;
 }
 
-/* Room on a worker's channel: the rest of its task's frame. A channel that
- * cannot be written stops the attempt (the worker cannot get its task). */
+/* Writes what the worker's channel takes of its task's frame, and waits
+ * for room (EPOLLOUT) while some is left. The frame is queued, so the task
+ * is the worker's: a channel that cannot be written (or watched) stops the
+ * attempt for that reason (STOP_CHANNEL), never puts the task back, which
+ * would send it twice. */
 void pool_worker_flush(sf_pool *p, pool_slot *s, double now)
 {
+    struct epoll_event ev = {.events = EPOLLIN,
+                             .data.u64 = (uint64_t)(s - p->slots) * 4 + EV_CHAN};
     int rc = chan_queue_flush(&s->wq, s->chan);
 
-    if (rc < 0) {
-        pool_fd_del(p, &s->chan);
-        pool_stop_attempt(p, s, STOP_CHANNEL, now);
-    } else if (rc == 1) {
-        struct epoll_event ev = {.events = EPOLLIN,
-                                 .data.u64 = (uint64_t)(s - p->slots) * 4 + EV_CHAN};
+    if (rc == 1 && s->wq_armed) {
         (void)epoll_ctl(p->ep, EPOLL_CTL_MOD, s->chan, &ev);
         s->wq_armed = 0;
+    } else if (rc == 0 && !s->wq_armed) {
+        ev.events |= EPOLLOUT;
+        if (epoll_ctl(p->ep, EPOLL_CTL_MOD, s->chan, &ev) < 0)
+            rc = -errno;
+        else
+            s->wq_armed = 1;
+    }
+    if (rc < 0) {
+        sf_logf(&p->log, SF_LOG_WARN, "task %lu: cannot write to its worker %ld (%s): stopped",
+                s->task ? s->task->seq : 0UL, (long)s->pid, strerror(-rc));
+        pool_fd_del(p, &s->chan);
+        pool_stop_attempt(p, s, STOP_CHANNEL, now);
     }
 }
 
 /* Starts the slot's task (s->task set): gives it to the slot's idle worker,
- * forks a worker, or spawns a command. Returns 0 with the slot RUNNING, or
- * -errno with nothing started (the caller decides: transient or the
- * task's). */
-static int launch(sf_pool *p, pool_slot *s)
+ * forks a worker, or spawns a command. Returns 0 with the slot RUNNING (or
+ * STOPPING already: a worker's channel that could not be written), or
+ * -errno with nothing started (the caller decides: transient, the task's,
+ * or, the slot still IDLE, the worker's). */
+static int launch(sf_pool *p, pool_slot *s, double now)
 {
     uint64_t id = (uint64_t)(s - p->slots) * 4;
     int rc;
 
+    if (!s->task->cmd && s->state == SLOT_IDLE) {
+        if ((rc = worker_give(p, s)) < 0)
+            return rc;
+        pool_slot_to(p, s, SLOT_RUNNING);
+        pool_worker_flush(p, s, now);
+        return 0;
+    }
     if (!s->task->cmd) {
-        if (s->state == SLOT_IDLE)
-            rc = worker_give(p, s);
-        else if ((rc = fork_worker(p, s)) == 0)
-            proc_guard_watch(&p->guard, (unsigned)(s - p->slots), s->pid);
-        if (rc == 0)
-            pool_slot_to(s, SLOT_RUNNING);
-        return rc;
+        if ((rc = fork_worker(p, s)) < 0)
+            return rc;
+        proc_guard_watch(&p->guard, (unsigned)(s - p->slots), s->pid);
+        pool_slot_to(p, s, SLOT_RUNNING);
+        return 0;
     }
     rc = spawn_command(p, s);
     if (rc < 0)
@@ -379,7 +389,7 @@ static int launch(sf_pool *p, pool_slot *s)
         return rc;
     }
     proc_guard_watch(&p->guard, (unsigned)(s - p->slots), s->pid);
-    pool_slot_to(s, SLOT_RUNNING);
+    pool_slot_to(p, s, SLOT_RUNNING);
     return 0;
 }
 
@@ -496,6 +506,16 @@ static void spawn_started(sf_pool *p, double now)
 
 /* ------------------------------------------------------------ an attempt */
 
+/* An attempt that did not start: its task goes back to the head of the
+ * queue, as if it had not been taken. */
+static void put_back(sf_pool *p, pool_slot *s, pool_task *t)
+{
+    t->attempts--;
+    p->st.running--;
+    pool_attempt_clear(s);
+    pool_requeue_front(p, t);
+}
+
 void pool_start_attempt(sf_pool *p, pool_slot *s, pool_task *t, double now)
 {
     int rc;
@@ -512,7 +532,7 @@ void pool_start_attempt(sf_pool *p, pool_slot *s, pool_task *t, double now)
     s->deadline = p->o.timeout_s > 0 ? now + p->o.timeout_s : 0;
     s->kill_at = 0;
     p->st.running++;
-    rc = launch(p, s);
+    rc = launch(p, s, now);
     if (rc == 0) {
         p->st.started++;
         if (p->spawn_fails) /* the only cost on the usual path: one test */
@@ -524,11 +544,17 @@ void pool_start_attempt(sf_pool *p, pool_slot *s, pool_task *t, double now)
         }
         return;
     }
+    if (s->state == SLOT_IDLE) {
+        /* Its frame could not even be queued (no memory): not the task's
+         * fault. It waits for another worker; this one is retired. */
+        sf_logf(&p->log, SF_LOG_WARN, "slot %u: cannot give task %lu to worker %ld: %s; "
+                "retiring it", s->index, t->seq, (long)s->pid, strerror(-rc));
+        put_back(p, s, t);
+        pool_retire_worker(p, s);
+        return;
+    }
     if (transient(-rc) && spawn_wait(p, s, t, -rc, now)) {
-        t->attempts--;
-        p->st.running--;
-        pool_attempt_clear(s);
-        pool_requeue_front(p, t);
+        put_back(p, s, t);
         return;
     }
     /* The command cannot be run (no such file, not executable...; or out

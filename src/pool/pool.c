@@ -4,7 +4,6 @@
 #include "pool/pool_internal.h"
 #include "process/process.h"
 
-#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -235,9 +234,41 @@ static int slot_move_ok(enum slot_state from, enum slot_state to)
     return 0;
 }
 
-void pool_slot_to(pool_slot *s, enum slot_state to)
+static const char *slot_state_name(enum slot_state st)
 {
-    assert(slot_move_ok(s->state, to));
+    switch (st) {
+    case SLOT_FREE:
+        return "FREE";
+    case SLOT_RUNNING:
+        return "RUNNING";
+    case SLOT_IDLE:
+        return "IDLE";
+    case SLOT_RETIRING:
+        return "RETIRING";
+    case SLOT_STOPPING:
+        return "STOPPING";
+    case SLOT_EXITED:
+        return "EXITED";
+    }
+    return "?";
+}
+
+/* Checked in every build: a move the machine does not have is a bug of
+ * the pool, and the library does not end the program for it (no assert).
+ * The slot keeps the state it had, and the run fails: sf_pool_run stops
+ * and reaps every process and returns -EPROTO. */
+void pool_slot_to(sf_pool *p, pool_slot *s, enum slot_state to)
+{
+    int unreachable = to == SLOT_IDLE && s->chan < 0; /* an idle worker is one we can give to */
+
+    if (unreachable || !slot_move_ok(s->state, to)) {
+        sf_logf(&p->log, SF_LOG_ERROR, "slot %u: bad state change %s -> %s%s: the pool fails",
+                s->index, slot_state_name(s->state), slot_state_name(to),
+                unreachable ? " (its channel is closed)" : "");
+        if (!p->run_err)
+            p->run_err = -EPROTO;
+        return;
+    }
     s->state = to;
 }
 
@@ -463,6 +494,7 @@ int sf_pool_run(sf_pool *p)
      * exit wakes it (os/slice.c says why). */
     (void)os_slice_short(&p->slice);
     p->running_loop = 1;
+    p->run_err = 0;
     if (p->o.feed_fd >= 0) {
         /* epoll refuses regular files (EPERM): they are always readable,
          * so feed is then called without asking epoll. */
@@ -490,7 +522,7 @@ int sf_pool_run(sf_pool *p)
         if (!p->head && (p->feed_ended || p->halting))
             for (unsigned i = 0; i < p->jobs; i++)
                 pool_retire_worker(p, &p->slots[i]);
-        if (all_done(p))
+        if (p->run_err || all_done(p))
             break;
         ms = wait_ms(p, now, next_tick);
         n = epoll_wait(p->ep, evs, EVENTS_MAX, ms);
@@ -504,11 +536,17 @@ int sf_pool_run(sf_pool *p)
         for (int i = 0; i < n; i++)
             dispatch(p, &evs[i], now);
         pool_check_timers(p, now);
+        if (p->run_err)
+            break;
         if (next_tick > 0 && now >= next_tick) {
             if (p->o.on_tick)
                 p->o.on_tick(p, p->o.arg);
             next_tick = now + p->o.tick_s;
         }
+    }
+    if (p->run_err && rc == 0) { /* a bad state move (pool_slot_to) */
+        rc = p->run_err;
+        pool_abort(p, pool_now());
     }
     feed_arm(p, 0);
     if (p->spawn_fails)

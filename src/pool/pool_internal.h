@@ -47,7 +47,10 @@ enum stop_reason {
     STOP_OUTPUT,    /* wrote past output_max: output_limited; not retried (it would again) */
     STOP_HALT,      /* a halt NOW: killed; not retried */
     STOP_CANCEL,    /* sf_pool_cancel, or the pool failing: killed; not retried */
-    STOP_CHANNEL,   /* its worker's channel could not be written: ends as its status says */
+    STOP_CHANNEL,   /* its worker's channel could not be written, or it broke the
+                     * protocol: OK only if it said it returned (task_done); else
+                     * fails as its status says (exit 0 too: a worker that never
+                     * got its frame exits 0 at EOF) */
 };
 
 typedef struct pool_task {
@@ -90,7 +93,9 @@ enum { EV_EXIT = 0, EV_CHAN = 1, EV_OUT = 2, EV_ERR = 3 };
  *
  * A start is synchronous: a slot being given a task stays FREE (or IDLE)
  * until its process runs, and stays so if the start fails. pool_abort
- * also takes IDLE and RETIRING workers to STOPPING (SIGKILL at once).
+ * also takes IDLE and RETIRING workers to STOPPING (SIGKILL at once), and
+ * so does a worker's broken protocol (pool_worker_broke). A worker whose
+ * channel is closed is never IDLE.
  */
 enum slot_state {
     SLOT_FREE = 0,  /* no process: a task may start here */
@@ -152,6 +157,8 @@ struct sf_pool {
     int feed_ready;              /* the feed said READY: call it without polling */
     int halting;                 /* enum sf_pool_halt, once a halt began */
     int running_loop;
+    int run_err;                 /* -errno: the run itself failed (a bad state
+                                  * move); the loop stops everything and ends */
     int poll_exits;              /* no pidfds: exits are polled (launch.c) */
     proc_stop stop;              /* SIGTERM, kill_grace_s, SIGKILL (process/stop.h) */
     proc_backoff spawn_backoff;  /* the wait after a start failed for lack of resources */
@@ -187,8 +194,10 @@ double pool_now(void);
 double pool_wall(void);
 int pool_fd_add(sf_pool *p, int fd, uint32_t events, uint64_t id);
 void pool_fd_del(sf_pool *p, int *fd);
-/* The one place a slot changes state (see enum slot_state). */
-void pool_slot_to(pool_slot *s, enum slot_state to);
+/* The one place a slot changes state (see enum slot_state). A move the
+ * machine does not have (or to IDLE with the channel closed) is logged
+ * (ERROR) and refused, and fails the run (run_err -EPROTO), in every build. */
+void pool_slot_to(sf_pool *p, pool_slot *s, enum slot_state to);
 /* Back to the head of the queue (a retry, or a start put off). */
 void pool_requeue_front(sf_pool *p, pool_task *t);
 /* Starts no more tasks (queued ones are reported); mode SF_HALT_NOW also
@@ -199,10 +208,13 @@ void pool_begin_halt(sf_pool *p, int mode, int by_cancel, double now);
 int pool_env_build(sf_pool *p);
 void pool_env_free(sf_pool *p);
 /* Starts task t in slot s (FREE, or IDLE for a C task): RUNNING once its
- * process runs; else the task is put back (resources lacking) or ended
- * as one that cannot start. */
+ * process runs, or once its frame is queued for the idle worker; else the
+ * task is put back (resources lacking; or the worker, retired, could not
+ * take it) or ended as one that cannot start. */
 void pool_start_attempt(sf_pool *p, pool_slot *s, pool_task *t, double now);
-/* Room on a worker's channel: writes the rest of its task's frame. */
+/* Writes what a worker's channel takes of its task's frame (queued: the
+ * task is the worker's), waiting for room while some is left; a channel
+ * that cannot be written stops the attempt (STOP_CHANNEL). */
 void pool_worker_flush(sf_pool *p, pool_slot *s, double now);
 /* One of our processes ended: a start put off for lack of resources may
  * try again at once. */
@@ -236,6 +248,9 @@ void pool_end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error, d
 void pool_attempt_clear(pool_slot *s);
 /* Closes the slot's descriptors and frees its decoders (its child gone). */
 void pool_slot_release(sf_pool *p, pool_slot *s);
+/* A worker that broke the protocol: its channel closed, its group killed
+ * at once (STOPPING), its task (if any) ended at its exit. */
+void pool_worker_broke(sf_pool *p, pool_slot *s, double now);
 /* An IDLE worker is told to exit (its channel closed): RETIRING. */
 void pool_retire_worker(sf_pool *p, pool_slot *s);
 /* A task that never ran (or waits for a retry) is reported at a halt. */

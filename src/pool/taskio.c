@@ -279,7 +279,7 @@ void pool_read_chan(sf_pool *p, pool_slot *s, int drain)
              * an idle one takes no more tasks meanwhile. */
             pool_fd_del(p, &s->chan);
             if (s->state == SLOT_IDLE)
-                pool_slot_to(s, SLOT_RETIRING);
+                pool_slot_to(p, s, SLOT_RETIRING);
             return;
         }
         if (s->is_worker)
@@ -289,11 +289,7 @@ void pool_read_chan(sf_pool *p, pool_slot *s, int drain)
         if (rc < 0) {
             sf_logf(&p->log, SF_LOG_ERROR, "slot %u: worker %ld broke the protocol (%s): killed",
                     s->index, (long)s->pid, strerror(-rc));
-            pool_fd_del(p, &s->chan);
-            if (s->state == SLOT_IDLE)
-                pool_slot_to(s, SLOT_RETIRING);
-            if (s->state != SLOT_EXITED)
-                kill(-s->pid, SIGKILL);
+            pool_worker_broke(p, s, pool_now());
             return;
         }
     }

@@ -1443,6 +1443,40 @@ def test_a_name_is_looked_up_in_path_as_execvp_does(tmp_path, run):
     assert res[2]["exit_code"] == 127 and res[2]["error"], res[2]
 
 
+
+def test_path_edge_cases_are_those_of_execvp(tmp_path, run):
+    """The shared lookup follows glibc's execvp: an empty PATH entry (here a
+    trailing ':') is the current directory; a directory of the command's
+    name is not the command: 126 (EACCES) if nothing later is, not 127;
+    PATH set but empty searches the current directory only."""
+    bindir, later = tmp_path / "bin", tmp_path / "later"
+    bindir.mkdir()
+    later.mkdir()
+    (tmp_path / "sf-here").write_text("#!/bin/sh\necho here $1\n")  # cwd only
+    (tmp_path / "sf-here").chmod(stat.S_IRWXU)
+    (bindir / "sf-dir").mkdir()
+    (bindir / "sf-dir2").mkdir()
+    (later / "sf-dir2").write_text("#!/bin/sh\necho later $1\n")
+    (later / "sf-dir2").chmod(stat.S_IRWXU)
+
+    r = run("-k", "--results", tmp_path / "r1.jsonl", "{}", "x", ":::",
+            "sf-here", "sf-dir", "sf-nowhere", env={"PATH": "%s:" % bindir})
+    assert (r.rc, r.stdout) == (2, b"here x\n"), r.stderr
+    res = results_by_seq(tmp_path / "r1.jsonl")
+    assert res[1]["ok"] and "error" not in res[1], res[1]
+    assert res[2]["exit_code"] == 126 and "denied" in res[2]["error"], res[2]
+    assert res[3]["exit_code"] == 127 and res[3]["error"], res[3]
+
+    r = run("-k", "{}", "x", ":::", "sf-dir2", env={"PATH": "%s:%s" % (bindir, later)})
+    assert (r.rc, r.stdout) == (0, b"later x\n"), r.stderr
+
+    r = run("-k", "--results", tmp_path / "r2.jsonl", "{}", "x", ":::", "sf-here", "sh",
+            env={"PATH": ""})
+    assert (r.rc, r.stdout) == (1, b"here x\n"), r.stderr
+    res = results_by_seq(tmp_path / "r2.jsonl")
+    assert res[1]["ok"], res[1]
+    assert res[2]["exit_code"] == 127 and res[2]["error"], res[2]  # /bin is not searched
+
 def test_a_script_without_a_shebang_line_runs_with_bin_sh(tmp_path, run):
     """execve says ENOEXEC for it; execvp and GNU parallel run it with
     /bin/sh FILE ARGS..., by path or found in PATH, and so does run."""

@@ -11,10 +11,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <sockfork.h>
+#include "channel/frame.h"
+#include "pool/pool_internal.h"
 
 #define NTASKS_MAX 512
 
@@ -32,6 +36,7 @@ typedef struct seen {
     size_t outlen;
     unsigned long long outtotal;
     int output_limited;
+    int pid;
 } seen;
 
 static seen seen_by_seq[NTASKS_MAX + 1];
@@ -60,6 +65,7 @@ static void on_done(sf_pool *p, const sf_task_report *r, void *arg)
     s->spawn_error = r->spawn_error;
     s->output_limited = r->output_limited;
     s->attempts = r->attempts;
+    s->pid = r->pid;
     s->has_result = r->result != NULL;
     if (r->result && r->result_len < sizeof s->result) {
         memcpy(s->result, r->result, r->result_len);
@@ -811,6 +817,198 @@ static void test_workers_start_without_the_programs_handlers(void **state)
     sf_pool_free(p);
 }
 
+/* ------------------------------------------------------------ a broken worker */
+
+/* Task 1 writes, in one write on its channel, a valid TASK_DONE(0) and a
+ * frame of a type that does not exist, then hangs (bounded): the pool
+ * reads both at once. The others return 0. */
+static int done_then_garbage(sf_task *t, const void *arg, size_t len, void *task_arg)
+{
+    (void)arg, (void)len, (void)task_arg;
+    if (sf_task_seq(t) == 1) {
+        unsigned char b[CHAN_HDR_LEN + 4 + CHAN_HDR_LEN];
+        chan_header_encode(b, CHAN_T_TASK_DONE, 0, 4);
+        memset(b + CHAN_HDR_LEN, 0, 4);
+        chan_header_encode(b + CHAN_HDR_LEN + 4, 999, 0, 0);
+        if (write(3, b, sizeof b) != (ssize_t)sizeof b)
+            _exit(9);
+        for (int i = 0; i < 3000; i++) /* 30 s at most */
+            usleep(10000);
+    }
+    return 0;
+}
+
+/* A worker that broke the protocol right after its task returned is
+ * killed, and its slot is not given the next task: a new worker runs it. */
+static void test_a_worker_that_breaks_the_protocol_gets_no_more_tasks(void **state)
+{
+    sf_pool_opts o = base_opts(done_then_garbage);
+    sf_pool_stats st;
+    sf_pool *p;
+    (void)state;
+
+    o.jobs = 1;
+    p = run_numbers(&o, 4, &st);
+    assert_non_null(strstr(logged, "broke the protocol"));
+    for (unsigned long i = 1; i <= 4; i++) {
+        assert_int_equal(seen_by_seq[i].reports, 1);
+        assert_int_equal(seen_by_seq[i].state, SF_TASK_OK);
+        assert_int_equal(seen_by_seq[i].spawn_error, 0);
+    }
+    for (unsigned long i = 2; i <= 4; i++) /* by the second worker */
+        assert_true(seen_by_seq[i].pid != seen_by_seq[1].pid);
+    assert_int_equal(st.ok, 4);
+    assert_int_equal(st.failed, 0);
+    assert_int_equal(st.workers_started, 2);
+    sf_pool_free(p);
+}
+
+/* ------------------------------------------------------------ a bad move */
+
+/* A bug stand-in: when task 1 has started, its slot is told to go from
+ * RUNNING to FREE, a move the state machine does not have. */
+static void bad_move_on_start(sf_pool *p, const sf_task_info *t, void *arg)
+{
+    (void)arg;
+    if (t->seq == 1)
+        pool_slot_to(p, &p->slots[t->slot - 1], SLOT_FREE);
+}
+
+/* A move the state machine does not have is logged (slot, both states)
+ * and fails the run, in every build: its children are killed and reaped,
+ * its tasks reported, and sf_pool_run returns -EPROTO. */
+static void test_a_bad_state_move_fails_the_run(void **state)
+{
+    sf_pool_opts o = base_opts(deaf);
+    sf_pool *p;
+    (void)state;
+
+    o.jobs = 1;
+    o.on_start = bad_move_on_start;
+    reset_seen();
+    assert_int_equal(sf_pool_new(&p, &o), 0);
+    submit_numbers(p, 3);
+    assert_int_equal(sf_pool_run(p), -EPROTO);
+    assert_non_null(strstr(logged, "slot 1: bad state change RUNNING -> FREE"));
+    assert_int_equal(seen_by_seq[1].reports, 1);
+    assert_int_equal(seen_by_seq[1].state, SF_TASK_FAILED);
+    assert_true(seen_by_seq[1].killed);
+    for (unsigned long i = 2; i <= 3; i++) {
+        assert_int_equal(seen_by_seq[i].reports, 1);
+        assert_int_equal(seen_by_seq[i].state, SF_TASK_CANCELLED);
+    }
+    errno = 0;
+    assert_int_equal(waitpid(-1, NULL, WNOHANG), -1); /* nothing left to reap */
+    assert_int_equal(errno, ECHILD);
+    sf_pool_free(p);
+}
+
+/* ------------------------------------------------------------ a channel that cannot be written */
+
+/* Task 1 shuts its worker's channel for reading (the pool's next write to
+ * it fails with EPIPE), says it returned 0, and hangs (bounded); with
+ * exit0_on_term, a SIGTERM makes the worker exit 0. The others (run by
+ * another worker) leave "ran" as their result. */
+static int exit0_on_term;
+
+static void exit0(int sig)
+{
+    (void)sig;
+    _exit(0);
+}
+
+static int deaf_channel_then_done(sf_task *t, const void *arg, size_t len, void *task_arg)
+{
+    (void)arg, (void)len, (void)task_arg;
+    if (sf_task_seq(t) == 1) {
+        unsigned char b[CHAN_HDR_LEN + 4];
+        if (exit0_on_term)
+            signal(SIGTERM, exit0);
+        if (shutdown(3, SHUT_RD) < 0)
+            _exit(9);
+        chan_header_encode(b, CHAN_T_TASK_DONE, 0, 4);
+        memset(b + CHAN_HDR_LEN, 0, 4);
+        if (write(3, b, sizeof b) != (ssize_t)sizeof b)
+            _exit(9);
+        for (int i = 0; i < 3000; i++) /* 30 s at most */
+            usleep(10000);
+        _exit(9);
+    }
+    sf_task_result(t, "ran", 3);
+    return 0;
+}
+
+/* A task frame that is queued is the worker's: a write that then fails
+ * (EPIPE here) stops the attempt for its channel, as a later flush would;
+ * the task is retried (not failed as a command that cannot start), and
+ * runs once, in a new worker. */
+static void test_a_task_given_is_not_a_spawn_error_when_the_write_fails(void **state)
+{
+    sf_pool_opts o = base_opts(deaf_channel_then_done);
+    sf_pool_stats st;
+    sf_pool *p;
+    (void)state;
+
+    o.jobs = 1;
+    o.retries = 1;
+    exit0_on_term = 0;
+    p = run_numbers(&o, 3, &st);
+    assert_int_equal(seen_by_seq[1].state, SF_TASK_OK);
+    for (unsigned long i = 2; i <= 3; i++) {
+        assert_int_equal(seen_by_seq[i].reports, 1);
+        assert_int_equal(seen_by_seq[i].state, SF_TASK_OK);
+        assert_int_equal(seen_by_seq[i].spawn_error, 0);
+        assert_int_equal(seen_by_seq[i].result_len, 3);
+        assert_memory_equal(seen_by_seq[i].result, "ran", 3);
+    }
+    assert_int_equal(seen_by_seq[2].attempts, 2); /* the first never reached it */
+    assert_int_equal(seen_by_seq[3].attempts, 1);
+    assert_int_equal(st.spawn_errors, 0);
+    assert_int_equal(st.retried, 1);
+    assert_int_equal(st.workers_started, 2);
+    sf_pool_free(p);
+}
+
+/* An attempt stopped for its channel before its worker said it returned
+ * did not run, even if the worker then exits 0 (as one that got no frame
+ * does at EOF): it is not OK, and is retried. */
+static void test_a_task_its_worker_never_got_is_not_ok(void **state)
+{
+    sf_pool_opts o = base_opts(deaf_channel_then_done);
+    sf_pool_stats st;
+    sf_pool *p;
+    (void)state;
+
+    o.jobs = 1;
+    o.retries = 1;
+    exit0_on_term = 1;
+    p = run_numbers(&o, 2, &st);
+    exit0_on_term = 0;
+    assert_int_equal(seen_by_seq[1].state, SF_TASK_OK);
+    assert_int_equal(seen_by_seq[2].reports, 1);
+    assert_int_equal(seen_by_seq[2].state, SF_TASK_OK);
+    assert_int_equal(seen_by_seq[2].attempts, 2); /* the first, exit 0, never ran it */
+    assert_int_equal(seen_by_seq[2].result_len, 3);
+    assert_memory_equal(seen_by_seq[2].result, "ran", 3);
+    assert_int_equal(st.retried, 1);
+    assert_int_equal(st.workers_started, 2);
+    sf_pool_free(p);
+
+    /* Without a retry it fails, with the status it had. */
+    o.retries = 0;
+    exit0_on_term = 1;
+    p = run_numbers(&o, 2, &st);
+    exit0_on_term = 0;
+    assert_int_equal(seen_by_seq[2].reports, 1);
+    assert_int_equal(seen_by_seq[2].state, SF_TASK_FAILED);
+    assert_true(seen_by_seq[2].status.exited);
+    assert_int_equal(seen_by_seq[2].status.code, 0);
+    assert_int_equal(seen_by_seq[2].spawn_error, 0);
+    assert_false(seen_by_seq[2].has_result);
+    assert_int_equal(st.failed, 1);
+    sf_pool_free(p);
+}
+
 static void test_bad_options_are_refused(void **state)
 {
     sf_pool_opts o = base_opts(square);
@@ -855,6 +1053,10 @@ int main(void)
         cmocka_unit_test(test_workers_and_the_caller_keep_their_slice),
         cmocka_unit_test(test_workers_start_without_the_programs_handlers),
         cmocka_unit_test(test_bad_options_are_refused),
+        cmocka_unit_test(test_a_worker_that_breaks_the_protocol_gets_no_more_tasks),
+        cmocka_unit_test(test_a_bad_state_move_fails_the_run),
+        cmocka_unit_test(test_a_task_given_is_not_a_spawn_error_when_the_write_fails),
+        cmocka_unit_test(test_a_task_its_worker_never_got_is_not_ok),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
