@@ -217,6 +217,8 @@ def test_serve_dashdash_as_a_value_is_not_the_end_of_options(tmp_path):
 
 @pytest.mark.parametrize("args, want", [
     (["serve", "--history=3"], "serve: unknown option '--history=3' (try 'sockfork serve --help')"),
+    (["serve", "--history", "3"], "serve: unknown option '--history' (try 'sockfork serve --help')"),
+    (["chat", "--topic-history", "2"], "chat: unknown option '--topic-history' (try 'sockfork chat --help')"),
     (["serve", "--flood=1/2"], "serve: unknown option '--flood=1/2' (try 'sockfork serve --help')"),
     (["serve", "--line-max=1K"], "serve: unknown option '--line-max=1K' (try 'sockfork serve --help')"),
     (["serve", "--client-backlog=1K"],

@@ -1696,6 +1696,9 @@ PARSE_ERRORS = [
     (["-j", "-1", "echo"], "-j: '-1' is not a number of tasks from 1 to 65536"),
     (["--timeout=", "echo"], "--timeout: '' is not a duration over 0 (e.g. 1.5, 300ms, 2m)"),
     (["--halt-on-error", "x", "echo"], "--halt: 'x' is not never, now[,fail=N|P%] or soon[,...]"),
+    # A flag given a value is refused: "--shell=no" must not mean --shell.
+    (["--shell=no", "echo ok;echo", ":::", "a"], "--shell takes no value: '--shell=no'"),
+    (["--quiet=", "echo", ":::", "a"], "--quiet takes no value: '--quiet='"),
     (["-j", "2"], "no COMMAND given"),
     (["-j", "2", "--"], "no COMMAND given"),
     (["--", ":::", "a"], "no COMMAND given"),
@@ -1724,9 +1727,6 @@ PARSE_OK = [
     # A value is the next word whatever it looks like.
     (["--results", "--", "echo", ":::", "a"], "a\n"),
     (["--joblog", ":::", "echo", ":::", "a"], "a\n"),
-    # A flag given a value with = is the flag (the value is not looked at).
-    (["--shell=no", "echo ok;echo", ":::", "a"], "ok\na\n"),
-    (["--quiet=", "echo", ":::", "a"], "a\n"),
 ]
 
 

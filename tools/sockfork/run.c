@@ -1035,9 +1035,7 @@ static const run_option *option_spelled(const char *word)
     return NULL;
 }
 
-/* getopt_long's tables, made from run_options. A long option that takes
- * no value is an optional_argument whose value is not looked at: run has
- * always read "--shell=x" as --shell. */
+/* getopt_long's tables, made from run_options. */
 static void getopt_tables(struct option *longs, char *shorts)
 {
     char *s = shorts;
@@ -1048,7 +1046,7 @@ static void getopt_tables(struct option *longs, char *shorts)
         const run_option *o = &run_options[i];
 
         longs[i].name = o->name;
-        longs[i].has_arg = o->flags & OPT_VALUE ? required_argument : optional_argument;
+        longs[i].has_arg = o->flags & OPT_VALUE ? required_argument : no_argument;
         longs[i].flag = NULL;
         longs[i].val = 256 + (int)i;
         if (o->short_name) {
@@ -1091,8 +1089,16 @@ static int parse_options(run_state *st, int argc, char **argv)
     for (;;) {
         const char *word = optind < argc ? argv[optind] : "";
 
-        if (word[0] == '-' && word[1] && strcmp(word, "--") != 0 && !option_spelled(word))
-            return usage_error("unknown option '%s'", word);
+        if (word[0] == '-' && word[1] && strcmp(word, "--") != 0) {
+            if (!(o = option_spelled(word)))
+                return usage_error("unknown option '%s'", word);
+            /* "--shell=no" must not quietly mean --shell. */
+            if (!(o->flags & OPT_VALUE) && word[1] == '-' && strchr(word, '=')) {
+                char what[300];
+                snprintf(what, sizeof what, "--%s takes no value: '%.*s'", o->name, 256, word);
+                return usage_error("%s", what);
+            }
+        }
         c = getopt_long(argc, argv, shorts, longs, NULL);
         if (c == -1)
             return 0;

@@ -491,8 +491,12 @@ static int parse_server_options(server_cmdline *cl, int argc, char **argv)
             return -1;
         }
         if (!(o = server_option_of(opt, cl->kind))) {
+            /* An option of the other command, with its value in the next
+             * word: name the option, not the value. */
+            const char *word = optarg && optind >= 2 && optarg == argv[optind - 1]
+                                   ? argv[optind - 2] : argv[optind - 1];
             cli_error("%s: unknown option '%s' (try 'sockfork %s --help')", cl->kind->name,
-                      argv[optind - 1], cl->kind->name);
+                      word, cl->kind->name);
             return -1;
         }
         if ((rc = o->set(cl, optarg)) != 0)
