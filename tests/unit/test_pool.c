@@ -140,8 +140,8 @@ static unsigned long arg_number(const void *arg, size_t len)
 }
 
 /* A pool with options o, fed tasks 1..n (each its number as its argument),
- * run to its end; st gets its counters. The caller checks and frees it. */
-static sf_pool *run_numbers(const sf_pool_opts *o, unsigned long n, sf_pool_stats *st)
+ * not run yet; seen_by_seq reset. */
+static sf_pool *new_numbers_pool(const sf_pool_opts *o, unsigned long n)
 {
     sf_pool *p;
 
@@ -149,9 +149,48 @@ static sf_pool *run_numbers(const sf_pool_opts *o, unsigned long n, sf_pool_stat
     assert_int_equal(sf_pool_new(&p, o), 0);
     assert_non_null(p);
     submit_numbers(p, n);
+    return p;
+}
+
+/* Runs p to its end, which must be a clean one; st gets its counters. */
+static void finish_run(sf_pool *p, sf_pool_stats *st)
+{
     assert_int_equal(sf_pool_run(p), 0);
     sf_pool_get_stats(p, st);
+}
+
+/* new_numbers_pool run to its end. The caller checks and frees it. */
+static sf_pool *run_numbers(const sf_pool_opts *o, unsigned long n, sf_pool_stats *st)
+{
+    sf_pool *p = new_numbers_pool(o, n);
+
+    finish_run(p, st);
     return p;
+}
+
+/* Task seq was reported once, in the state given. */
+static void assert_reported_once(unsigned long seq, int state)
+{
+    assert_int_equal(seen_by_seq[seq].reports, 1);
+    assert_int_equal(seen_by_seq[seq].state, state);
+}
+
+/* Task seq's result is the text want, to the byte. */
+static void assert_result_is(unsigned long seq, const char *want)
+{
+    assert_int_equal(seen_by_seq[seq].result_len, strlen(want));
+    assert_memory_equal(seen_by_seq[seq].result, want, seen_by_seq[seq].result_len);
+}
+
+/* sigaction(sig) with handler h and an empty mask; the old one in old. */
+static void set_handler(int sig, void (*h)(int), struct sigaction *old)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = h;
+    sigaction(sig, &sa, old);
 }
 
 /* ------------------------------------------------------------ tasks */
@@ -188,8 +227,7 @@ static void test_reused_workers_run_every_task_once(void **state)
         assert_int_equal(s->attempts, 1);
         snprintf(want, sizeof want, "%lu", i * i);
         assert_true(s->has_result);
-        assert_int_equal(s->result_len, strlen(want));
-        assert_memory_equal(s->result, want, s->result_len);
+        assert_result_is(i, want);
         assert_true(s->status.exited);
         assert_int_equal(s->status.code, i % 10 == 0 ? 3 : 0);
         assert_int_equal(s->state, i % 10 == 0 ? SF_TASK_FAILED : SF_TASK_OK);
@@ -248,8 +286,7 @@ static void test_a_worker_that_dies_mid_task_is_retried_elsewhere(void **state)
     for (unsigned long i = 1; i <= 30; i++) {
         assert_int_equal(seen_by_seq[i].reports, 1);
         assert_int_equal(seen_by_seq[i].attempts, (i == 5 || i == 6) ? 2 : 1);
-        assert_int_equal(seen_by_seq[i].result_len, 5);
-        assert_memory_equal(seen_by_seq[i].result, "whole", 5);
+        assert_result_is(i, "whole");
     }
     sf_pool_free(p);
 
@@ -432,6 +469,14 @@ static sf_pool *new_cmd_pool(sf_pool_opts *o)
     return p;
 }
 
+/* n commands made by cmd, queued on p, run to the pool's end. */
+static void run_cmds(sf_pool *p, sf_pool_cmd_cb cmd, int n, sf_pool_stats *st)
+{
+    for (int i = 0; i < n; i++)
+        assert_int_equal(sf_pool_submit_cmd(p, cmd, NULL, NULL, NULL), 0);
+    finish_run(p, st);
+}
+
 static void test_commands_output_fd3_and_spawn_errors(void **state)
 {
     sf_pool_opts o = base_opts(square);
@@ -452,8 +497,7 @@ static void test_commands_output_fd3_and_spawn_errors(void **state)
         assert_int_equal(sf_pool_submit(p, &v, sizeof v, NULL, &seq), 0);
         assert_int_equal(seq, 7);
     }
-    assert_int_equal(sf_pool_run(p), 0);
-    sf_pool_get_stats(p, &st);
+    finish_run(p, &st);
     assert_int_equal(st.ok, 6);
     assert_int_equal(st.spawn_errors, 1);
     for (unsigned long i = 1; i <= 5; i++) {
@@ -462,8 +506,7 @@ static void test_commands_output_fd3_and_spawn_errors(void **state)
         assert_int_equal(seen_by_seq[i].state, SF_TASK_OK);
         assert_int_equal(seen_by_seq[i].outlen, (size_t)n);
         assert_memory_equal(seen_by_seq[i].out, want, (size_t)n);
-        assert_int_equal(seen_by_seq[i].result_len, strlen("[1,\"two\"]"));
-        assert_memory_equal(seen_by_seq[i].result, "[1,\"two\"]", seen_by_seq[i].result_len);
+        assert_result_is(i, "[1,\"two\"]");
     }
     assert_non_null(strstr(logged, "task 1: hello"));
     assert_int_equal(seen_by_seq[6].state, SF_TASK_FAILED);
@@ -487,10 +530,7 @@ static void test_a_command_that_cannot_start_fails_once(void **state)
     o.retries = 3;
     o.jobs = 1;
     p = new_cmd_pool(&o);
-    for (int i = 0; i < 3; i++)
-        assert_int_equal(sf_pool_submit_cmd(p, cmd_missing, NULL, NULL, NULL), 0);
-    assert_int_equal(sf_pool_run(p), 0);
-    sf_pool_get_stats(p, &st);
+    run_cmds(p, cmd_missing, 3, &st);
     assert_int_equal(st.failed, 3);
     assert_int_equal(st.spawn_errors, 3);
     assert_int_equal(st.retried, 0);
@@ -519,10 +559,7 @@ static void test_output_max_stops_a_flood(void **state)
     o.retries = 3;
     o.timeout_s = 30; /* a backstop: a broken limit fails below, not by meson's kill */
     p = new_cmd_pool(&o);
-    for (int i = 0; i < 3; i++)
-        assert_int_equal(sf_pool_submit_cmd(p, cmd_flood, NULL, NULL, NULL), 0);
-    assert_int_equal(sf_pool_run(p), 0);
-    sf_pool_get_stats(p, &st);
+    run_cmds(p, cmd_flood, 3, &st);
     assert_int_equal(st.ok, 1);
     assert_int_equal(st.failed, 2);
     assert_int_equal(st.output_limited, 2);
@@ -572,15 +609,11 @@ static void test_cancel_stops_the_running_and_the_queued(void **state)
     sf_pool *p;
     (void)state;
 
-    reset_seen();
     o.on_done = cancel_on_first;
     o.kill_grace_s = 0.1;
-    assert_int_equal(sf_pool_new(&p, &o), 0);
-    assert_non_null(p);
+    p = new_numbers_pool(&o, 20);
     cancel_me = p;
-    submit_numbers(p, 20);
-    assert_int_equal(sf_pool_run(p), 0);
-    sf_pool_get_stats(p, &st);
+    finish_run(p, &st);
     assert_true(st.cancelled_by_request);
     assert_int_equal(st.ok, 1);
     for (unsigned long i = 2; i <= 20; i++) {
@@ -621,32 +654,25 @@ static void cancel_on_timeout(void *arg, int level, const char *line)
 static void test_the_first_reason_to_stop_wins(void **state)
 {
     sf_pool_opts o = base_opts(deaf);
-    struct sigaction ign, old_term;
+    struct sigaction old_term;
     sf_pool_stats st;
     sf_pool *p;
     (void)state;
 
     /* Ignored in the program, ignored in its workers from their fork on:
      * no window in which a SIGTERM could end the task. */
-    memset(&ign, 0, sizeof ign);
-    sigemptyset(&ign.sa_mask);
-    ign.sa_handler = SIG_IGN;
-    sigaction(SIGTERM, &ign, &old_term);
+    set_handler(SIGTERM, SIG_IGN, &old_term);
 
     o.jobs = 1;
     o.timeout_s = 0.2;
     o.kill_grace_s = 0.2;
     o.log = cancel_on_timeout;
-    reset_seen();
-    assert_int_equal(sf_pool_new(&p, &o), 0);
+    p = new_numbers_pool(&o, 2);
     cancel_on_timeout_pool = p;
-    submit_numbers(p, 2);
-    assert_int_equal(sf_pool_run(p), 0);
+    finish_run(p, &st);
     sigaction(SIGTERM, &old_term, NULL);
-    sf_pool_get_stats(p, &st);
     assert_true(st.cancelled_by_request);
-    assert_int_equal(seen_by_seq[1].reports, 1);
-    assert_int_equal(seen_by_seq[1].state, SF_TASK_FAILED);
+    assert_reported_once(1, SF_TASK_FAILED);
     assert_true(seen_by_seq[1].timed_out);
     assert_false(seen_by_seq[1].killed);
     assert_false(seen_by_seq[1].status.exited);
@@ -666,20 +692,15 @@ static void test_a_cancel_before_the_run_starts_nothing(void **state)
     sf_pool *p;
     (void)state;
 
-    reset_seen();
-    assert_int_equal(sf_pool_new(&p, &o), 0);
-    submit_numbers(p, 5);
+    p = new_numbers_pool(&o, 5);
     sf_pool_cancel(p);
-    assert_int_equal(sf_pool_run(p), 0);
-    sf_pool_get_stats(p, &st);
+    finish_run(p, &st);
     assert_true(st.cancelled_by_request);
     assert_int_equal(st.started, 0);
     assert_int_equal(st.workers_started, 0);
     assert_int_equal(st.cancelled, 5);
-    for (unsigned long i = 1; i <= 5; i++) {
-        assert_int_equal(seen_by_seq[i].reports, 1);
-        assert_int_equal(seen_by_seq[i].state, SF_TASK_CANCELLED);
-    }
+    for (unsigned long i = 1; i <= 5; i++)
+        assert_reported_once(i, SF_TASK_CANCELLED);
     sf_pool_free(p);
 }
 
@@ -693,35 +714,44 @@ static int log_and_fail(sf_task *t, const void *arg, size_t len, void *task_arg)
     return (int)arg_number(arg, len);
 }
 
+/* Task 1 of log_and_fail (it fails with code 1, halting the pool) run
+ * alone at the log level given; the caller checks what was logged and
+ * frees the pool. */
+static sf_pool *run_failing_task_at(int level)
+{
+    sf_pool_opts o = base_opts(log_and_fail);
+    sf_pool_stats st;
+    sf_pool *p;
+
+    o.jobs = 1;
+    o.halt = SF_HALT_SOON;
+    o.halt_fail = 1;
+    o.log_level = level;
+    p = run_numbers(&o, 1, &st);
+    assert_int_equal(st.failed, 1);
+    return p;
+}
+
 /* Lines above log_level do not reach the log callback: a task's log line
  * is INFO, a halt NOTICE. */
 static void test_log_level_filters_the_pools_lines(void **state)
 {
     sf_pool_opts o = base_opts(log_and_fail);
-    sf_pool_stats st;
     sf_pool *p;
     (void)state;
 
     assert_int_equal(o.log_level, SF_LOG_INFO); /* the default */
-    o.jobs = 1;
-    o.halt = SF_HALT_SOON;
-    o.halt_fail = 1;
-    p = run_numbers(&o, 1, &st); /* task 1 fails with code 1 */
-    assert_int_equal(st.failed, 1);
+    p = run_failing_task_at(SF_LOG_INFO);
     assert_non_null(strstr(logged, "task 1: a line at INFO"));
     assert_non_null(strstr(logged, "1 task failed: halt"));
     sf_pool_free(p);
 
-    o.log_level = SF_LOG_NOTICE;
-    p = run_numbers(&o, 1, &st);
-    assert_int_equal(st.failed, 1);
+    p = run_failing_task_at(SF_LOG_NOTICE);
     assert_null(strstr(logged, "a line at INFO"));
     assert_non_null(strstr(logged, "1 task failed: halt"));
     sf_pool_free(p);
 
-    o.log_level = SF_LOG_WARN;
-    p = run_numbers(&o, 1, &st);
-    assert_int_equal(st.failed, 1);
+    p = run_failing_task_at(SF_LOG_WARN);
     assert_int_equal(logged_len, 0);
     sf_pool_free(p);
 }
@@ -796,17 +826,13 @@ static int handlers_check(sf_task *t, const void *arg, size_t len, void *task_ar
 static void test_workers_start_without_the_programs_handlers(void **state)
 {
     sf_pool_opts o = base_opts(handlers_check);
-    struct sigaction sa, old_usr1, old_pipe;
+    struct sigaction old_usr1, old_pipe;
     sf_pool_stats st;
     sf_pool *p;
     (void)state;
 
-    memset(&sa, 0, sizeof sa);
-    sigemptyset(&sa.sa_mask);
-    sa.sa_handler = usr1_handler;
-    sigaction(SIGUSR1, &sa, &old_usr1);
-    sa.sa_handler = SIG_IGN;
-    sigaction(SIGPIPE, &sa, &old_pipe);
+    set_handler(SIGUSR1, usr1_handler, &old_usr1);
+    set_handler(SIGPIPE, SIG_IGN, &old_pipe);
     o.max_tasks_per_worker = 2;
     p = run_numbers(&o, 4, &st);
     sigaction(SIGUSR1, &old_usr1, NULL);
@@ -851,8 +877,7 @@ static void test_a_worker_that_breaks_the_protocol_gets_no_more_tasks(void **sta
     p = run_numbers(&o, 4, &st);
     assert_non_null(strstr(logged, "broke the protocol"));
     for (unsigned long i = 1; i <= 4; i++) {
-        assert_int_equal(seen_by_seq[i].reports, 1);
-        assert_int_equal(seen_by_seq[i].state, SF_TASK_OK);
+        assert_reported_once(i, SF_TASK_OK);
         assert_int_equal(seen_by_seq[i].spawn_error, 0);
     }
     for (unsigned long i = 2; i <= 4; i++) /* by the second worker */
@@ -885,18 +910,13 @@ static void test_a_bad_state_move_fails_the_run(void **state)
 
     o.jobs = 1;
     o.on_start = bad_move_on_start;
-    reset_seen();
-    assert_int_equal(sf_pool_new(&p, &o), 0);
-    submit_numbers(p, 3);
+    p = new_numbers_pool(&o, 3);
     assert_int_equal(sf_pool_run(p), -EPROTO);
     assert_non_null(strstr(logged, "slot 1: bad state change RUNNING -> FREE"));
-    assert_int_equal(seen_by_seq[1].reports, 1);
-    assert_int_equal(seen_by_seq[1].state, SF_TASK_FAILED);
+    assert_reported_once(1, SF_TASK_FAILED);
     assert_true(seen_by_seq[1].killed);
-    for (unsigned long i = 2; i <= 3; i++) {
-        assert_int_equal(seen_by_seq[i].reports, 1);
-        assert_int_equal(seen_by_seq[i].state, SF_TASK_CANCELLED);
-    }
+    for (unsigned long i = 2; i <= 3; i++)
+        assert_reported_once(i, SF_TASK_CANCELLED);
     errno = 0;
     assert_int_equal(waitpid(-1, NULL, WNOHANG), -1); /* nothing left to reap */
     assert_int_equal(errno, ECHILD);
@@ -938,28 +958,36 @@ static int deaf_channel_then_done(sf_task *t, const void *arg, size_t len, void 
     return 0;
 }
 
+/* Tasks 1..n of deaf_channel_then_done on one slot, run to the end with
+ * the retries given; task 1's worker exits 0 on SIGTERM if exit0. */
+static sf_pool *run_deaf_channel(unsigned retries, int exit0, unsigned long n, sf_pool_stats *st)
+{
+    sf_pool_opts o = base_opts(deaf_channel_then_done);
+    sf_pool *p;
+
+    o.jobs = 1;
+    o.retries = retries;
+    exit0_on_term = exit0;
+    p = run_numbers(&o, n, st);
+    exit0_on_term = 0;
+    return p;
+}
+
 /* A task frame that is queued is the worker's: a write that then fails
  * (EPIPE here) stops the attempt for its channel, as a later flush would;
  * the task is retried (not failed as a command that cannot start), and
  * runs once, in a new worker. */
 static void test_a_task_given_is_not_a_spawn_error_when_the_write_fails(void **state)
 {
-    sf_pool_opts o = base_opts(deaf_channel_then_done);
     sf_pool_stats st;
-    sf_pool *p;
+    sf_pool *p = run_deaf_channel(1, 0, 3, &st);
     (void)state;
 
-    o.jobs = 1;
-    o.retries = 1;
-    exit0_on_term = 0;
-    p = run_numbers(&o, 3, &st);
     assert_int_equal(seen_by_seq[1].state, SF_TASK_OK);
     for (unsigned long i = 2; i <= 3; i++) {
-        assert_int_equal(seen_by_seq[i].reports, 1);
-        assert_int_equal(seen_by_seq[i].state, SF_TASK_OK);
+        assert_reported_once(i, SF_TASK_OK);
         assert_int_equal(seen_by_seq[i].spawn_error, 0);
-        assert_int_equal(seen_by_seq[i].result_len, 3);
-        assert_memory_equal(seen_by_seq[i].result, "ran", 3);
+        assert_result_is(i, "ran");
     }
     assert_int_equal(seen_by_seq[2].attempts, 2); /* the first never reached it */
     assert_int_equal(seen_by_seq[3].attempts, 1);
@@ -974,33 +1002,21 @@ static void test_a_task_given_is_not_a_spawn_error_when_the_write_fails(void **s
  * does at EOF): it is not OK, and is retried. */
 static void test_a_task_its_worker_never_got_is_not_ok(void **state)
 {
-    sf_pool_opts o = base_opts(deaf_channel_then_done);
     sf_pool_stats st;
-    sf_pool *p;
+    sf_pool *p = run_deaf_channel(1, 1, 2, &st);
     (void)state;
 
-    o.jobs = 1;
-    o.retries = 1;
-    exit0_on_term = 1;
-    p = run_numbers(&o, 2, &st);
-    exit0_on_term = 0;
     assert_int_equal(seen_by_seq[1].state, SF_TASK_OK);
-    assert_int_equal(seen_by_seq[2].reports, 1);
-    assert_int_equal(seen_by_seq[2].state, SF_TASK_OK);
+    assert_reported_once(2, SF_TASK_OK);
     assert_int_equal(seen_by_seq[2].attempts, 2); /* the first, exit 0, never ran it */
-    assert_int_equal(seen_by_seq[2].result_len, 3);
-    assert_memory_equal(seen_by_seq[2].result, "ran", 3);
+    assert_result_is(2, "ran");
     assert_int_equal(st.retried, 1);
     assert_int_equal(st.workers_started, 2);
     sf_pool_free(p);
 
     /* Without a retry it fails, with the status it had. */
-    o.retries = 0;
-    exit0_on_term = 1;
-    p = run_numbers(&o, 2, &st);
-    exit0_on_term = 0;
-    assert_int_equal(seen_by_seq[2].reports, 1);
-    assert_int_equal(seen_by_seq[2].state, SF_TASK_FAILED);
+    p = run_deaf_channel(0, 1, 2, &st);
+    assert_reported_once(2, SF_TASK_FAILED);
     assert_true(seen_by_seq[2].status.exited);
     assert_int_equal(seen_by_seq[2].status.code, 0);
     assert_int_equal(seen_by_seq[2].spawn_error, 0);

@@ -79,171 +79,169 @@ static pid_t spawn(sup *s, void *data, int how)
     return pid;
 }
 
-static void setup_sup(sup *s, struct ev_loop *loop, result *r, double grace)
+/* What every supervisor here starts from: four children at most, quiet,
+ * the callbacks above reporting to arg. */
+static void base_config(sup_config *cfg, void *arg, double grace)
+{
+    static sf_logger quiet = {NULL, NULL, 0};
+    memset(cfg, 0, sizeof *cfg);
+    cfg->max_children = 4;
+    cfg->grace = grace;
+    cfg->kill_grace = 0.2;
+    cfg->on_exit = on_exit_cb;
+    cfg->on_shutdown = on_shutdown_cb;
+    cfg->arg = arg;
+    cfg->log = &quiet;
+}
+
+/* A supervisor on its own loop, what its callbacks saw, and the two
+ * timers of a run: stop shuts the supervisor down, guard fails the test
+ * if the loop does not finish. */
+typedef struct fixture {
+    struct ev_loop *loop;
+    sup s;
+    result r;
+    ev_timer stop, guard;
+} fixture;
+
+/* A new loop with the guard armed (guard_s seconds); the supervisor is
+ * the caller's to init on f->loop. */
+static void fixture_open(fixture *f, double guard_s)
+{
+    memset(f, 0, sizeof *f);
+    f->loop = ev_loop_new(EVFLAG_AUTO);
+    ev_timer_init(&f->guard, failsafe, guard_s, 0.);
+    ev_timer_start(f->loop, &f->guard);
+}
+
+/* The usual fixture: a supervisor with base_config reporting to f->r. */
+static void fixture_setup(fixture *f, double grace)
 {
     sup_config cfg;
-    static sf_logger quiet = {NULL, NULL, 0};
-    memset(&cfg, 0, sizeof cfg);
-    cfg.max_children = 4;
-    cfg.grace = grace;
-    cfg.kill_grace = 0.2;
-    cfg.on_exit = on_exit_cb;
-    cfg.on_shutdown = on_shutdown_cb;
-    cfg.arg = r;
-    cfg.log = &quiet;
-    assert_int_equal(sup_init(s, loop, &cfg), 0);
+    fixture_open(f, 10.);
+    base_config(&cfg, &f->r, grace);
+    assert_int_equal(sup_init(&f->s, f->loop, &cfg), 0);
+}
+
+/* Runs the supervisor until it has shut down, told to after_s seconds. */
+static void fixture_run_until_shutdown(fixture *f, double after_s)
+{
+    ev_timer_init(&f->stop, stop_all, after_s, 0.);
+    f->stop.data = &f->s;
+    ev_timer_start(f->loop, &f->stop);
+    sup_run(&f->s);
+}
+
+static void fixture_teardown(fixture *f)
+{
+    ev_timer_stop(f->loop, &f->guard);
+    ev_timer_stop(f->loop, &f->stop);
+    sup_fini(&f->s);
+    ev_loop_destroy(f->loop);
 }
 
 static void test_reap_and_decode(void **state)
 {
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    sup s;
-    result r;
-    ev_timer stop, guard;
+    fixture f;
     int tags[3];
     (void)state;
 
-    memset(&r, 0, sizeof r);
-    setup_sup(&s, loop, &r, 5.0);
-    pid_t p0 = spawn(&s, &tags[0], 0);
-    pid_t p1 = spawn(&s, &tags[1], 7);
-    assert_int_equal(s.count, 2);
+    fixture_setup(&f, 5.0);
+    pid_t p0 = spawn(&f.s, &tags[0], 0);
+    pid_t p1 = spawn(&f.s, &tags[1], 7);
+    assert_int_equal(f.s.count, 2);
     /* Shut down after both have exited on their own: the callback order
      * is the reaping order, so match by pid. */
-    ev_timer_init(&stop, stop_all, 0.3, 0.);
-    stop.data = &s;
-    ev_timer_start(loop, &stop);
-    ev_timer_init(&guard, failsafe, 10., 0.);
-    ev_timer_start(loop, &guard);
-    sup_run(&s);
-    assert_int_equal(r.n, 2);
-    assert_int_equal(r.shutdown_calls, 1);
+    fixture_run_until_shutdown(&f, 0.3);
+    assert_int_equal(f.r.n, 2);
+    assert_int_equal(f.r.shutdown_calls, 1);
     for (int i = 0; i < 2; i++) {
-        assert_true(WIFEXITED(r.status[i]));
-        if (r.pid[i] == p0) {
-            assert_int_equal(WEXITSTATUS(r.status[i]), 0);
-            assert_ptr_equal(r.data[i], &tags[0]);
+        assert_true(WIFEXITED(f.r.status[i]));
+        if (f.r.pid[i] == p0) {
+            assert_int_equal(WEXITSTATUS(f.r.status[i]), 0);
+            assert_ptr_equal(f.r.data[i], &tags[0]);
         } else {
-            assert_int_equal(r.pid[i], p1);
-            assert_int_equal(WEXITSTATUS(r.status[i]), 7);
-            assert_ptr_equal(r.data[i], &tags[1]);
+            assert_int_equal(f.r.pid[i], p1);
+            assert_int_equal(WEXITSTATUS(f.r.status[i]), 7);
+            assert_ptr_equal(f.r.data[i], &tags[1]);
         }
     }
-    assert_int_equal(s.count, 0);
-    ev_timer_stop(loop, &guard);
-    ev_timer_stop(loop, &stop);
-    sup_fini(&s);
-    ev_loop_destroy(loop);
+    assert_int_equal(f.s.count, 0);
+    fixture_teardown(&f);
 }
 
 /* Shutdown with no grace: a child that ignores SIGTERM gets SIGKILL after
  * kill_grace, one that obeys dies of SIGTERM; the table bound holds. */
 static void test_shutdown_escalates(void **state)
 {
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    sup s;
-    result r;
-    ev_timer stop, guard;
+    fixture f;
     (void)state;
 
-    memset(&r, 0, sizeof r);
-    setup_sup(&s, loop, &r, 0.0);
-    pid_t stubborn = spawn(&s, NULL, -1);
-    pid_t polite = spawn(&s, NULL, -2);
-    spawn(&s, NULL, -2);
-    spawn(&s, NULL, -2);
-    assert_true(sup_full(&s));
-    assert_int_equal(sup_reserve(&s), -ENOSPC);
-    assert_int_equal(sup_add(&s, 999999, NULL), -ENOSPC);
-    ev_timer_init(&stop, stop_all, 0.2, 0.); /* let the children set up */
-    stop.data = &s;
-    ev_timer_start(loop, &stop);
-    ev_timer_init(&guard, failsafe, 10., 0.);
-    ev_timer_start(loop, &guard);
-    sup_run(&s);
-    assert_int_equal(r.n, 4);
+    fixture_setup(&f, 0.0);
+    pid_t stubborn = spawn(&f.s, NULL, -1);
+    pid_t polite = spawn(&f.s, NULL, -2);
+    spawn(&f.s, NULL, -2);
+    spawn(&f.s, NULL, -2);
+    assert_true(sup_full(&f.s));
+    assert_int_equal(sup_reserve(&f.s), -ENOSPC);
+    assert_int_equal(sup_add(&f.s, 999999, NULL), -ENOSPC);
+    fixture_run_until_shutdown(&f, 0.2); /* let the children set up */
+    assert_int_equal(f.r.n, 4);
     for (int i = 0; i < 4; i++) {
-        assert_true(WIFSIGNALED(r.status[i]));
-        if (r.pid[i] == stubborn)
-            assert_int_equal(WTERMSIG(r.status[i]), SIGKILL);
-        if (r.pid[i] == polite)
-            assert_int_equal(WTERMSIG(r.status[i]), SIGTERM);
+        assert_true(WIFSIGNALED(f.r.status[i]));
+        if (f.r.pid[i] == stubborn)
+            assert_int_equal(WTERMSIG(f.r.status[i]), SIGKILL);
+        if (f.r.pid[i] == polite)
+            assert_int_equal(WTERMSIG(f.r.status[i]), SIGTERM);
     }
-    ev_timer_stop(loop, &guard);
-    ev_timer_stop(loop, &stop);
-    sup_fini(&s);
-    ev_loop_destroy(loop);
+    fixture_teardown(&f);
 }
 
 /* sup_get_stats without a spawner: the children registered, and reaped. */
 static void test_stats_count_the_children(void **state)
 {
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    sup s;
+    fixture f;
     sup_stats st;
-    result r;
-    ev_timer stop, guard;
     (void)state;
 
-    memset(&r, 0, sizeof r);
-    setup_sup(&s, loop, &r, 0.0);
-    sup_get_stats(&s, &st);
+    fixture_setup(&f, 0.0);
+    sup_get_stats(&f.s, &st);
     assert_int_equal(st.children, 0);
     assert_int_equal(st.spawning, 0);
     assert_int_equal(st.max_children, 4);
     assert_int_equal(st.spawner_pid, 0);
     assert_int_equal(st.spawner_restarts, 0);
-    spawn(&s, NULL, -2);
-    spawn(&s, NULL, -2);
-    sup_get_stats(&s, &st);
+    spawn(&f.s, NULL, -2);
+    spawn(&f.s, NULL, -2);
+    sup_get_stats(&f.s, &st);
     assert_int_equal(st.children, 2);
-    ev_timer_init(&stop, stop_all, 0., 0.);
-    stop.data = &s;
-    ev_timer_start(loop, &stop);
-    ev_timer_init(&guard, failsafe, 10., 0.);
-    ev_timer_start(loop, &guard);
-    sup_run(&s);
-    assert_int_equal(r.n, 2);
-    sup_get_stats(&s, &st);
+    fixture_run_until_shutdown(&f, 0.);
+    assert_int_equal(f.r.n, 2);
+    sup_get_stats(&f.s, &st);
     assert_int_equal(st.children, 0);
-    ev_timer_stop(loop, &guard);
-    ev_timer_stop(loop, &stop);
-    sup_fini(&s);
-    ev_loop_destroy(loop);
+    fixture_teardown(&f);
 }
 
 /* sup_child_data: the owner's pointer for a live child, NULL for any
  * other pid and once the child is reaped. */
 static void test_child_data_by_pid(void **state)
 {
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    sup s;
-    result r;
-    ev_timer stop, guard;
+    fixture f;
     int tags[2];
     (void)state;
 
-    memset(&r, 0, sizeof r);
-    setup_sup(&s, loop, &r, 0.0);
-    pid_t p0 = spawn(&s, &tags[0], -2);
-    pid_t p1 = spawn(&s, &tags[1], -2);
-    assert_ptr_equal(sup_child_data(&s, p0), &tags[0]);
-    assert_ptr_equal(sup_child_data(&s, p1), &tags[1]);
-    assert_null(sup_child_data(&s, getpid()));
-    assert_null(sup_child_data(&s, 0));
-    ev_timer_init(&stop, stop_all, 0., 0.);
-    stop.data = &s;
-    ev_timer_start(loop, &stop);
-    ev_timer_init(&guard, failsafe, 10., 0.);
-    ev_timer_start(loop, &guard);
-    sup_run(&s);
-    assert_int_equal(r.n, 2);
-    assert_null(sup_child_data(&s, p0));
-    assert_null(sup_child_data(&s, p1));
-    ev_timer_stop(loop, &guard);
-    ev_timer_stop(loop, &stop);
-    sup_fini(&s);
-    ev_loop_destroy(loop);
+    fixture_setup(&f, 0.0);
+    pid_t p0 = spawn(&f.s, &tags[0], -2);
+    pid_t p1 = spawn(&f.s, &tags[1], -2);
+    assert_ptr_equal(sup_child_data(&f.s, p0), &tags[0]);
+    assert_ptr_equal(sup_child_data(&f.s, p1), &tags[1]);
+    assert_null(sup_child_data(&f.s, getpid()));
+    assert_null(sup_child_data(&f.s, 0));
+    fixture_run_until_shutdown(&f, 0.);
+    assert_int_equal(f.r.n, 2);
+    assert_null(sup_child_data(&f.s, p0));
+    assert_null(sup_child_data(&f.s, p1));
+    fixture_teardown(&f);
 }
 
 /* What a spawned child runs: waits to be told to go. */
@@ -288,39 +286,30 @@ static void poll_new_spawner(struct ev_loop *loop, ev_timer *t, int revents)
  * restart counted when the spawner is killed. */
 static void test_stats_follow_the_spawner(void **state)
 {
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    static sf_logger quiet = {NULL, NULL, 0};
-    sup s;
+    fixture f;
     sup_config cfg;
     sup_stats st;
     spawner_watch w;
-    ev_timer poll, stop, guard;
+    ev_timer poll;
     (void)state;
 
     memset(&w, 0, sizeof w);
-    memset(&cfg, 0, sizeof cfg);
-    cfg.max_children = 4;
-    cfg.kill_grace = 0.2;
-    cfg.on_exit = on_exit_cb;
-    cfg.on_shutdown = on_shutdown_cb;
+    fixture_open(&f, 20.);
+    base_config(&cfg, &w, 0.0);
     cfg.on_started = on_started_cb;
-    cfg.arg = &w;
-    cfg.log = &quiet;
     cfg.spawn_child = wait_child;
-    assert_int_equal(sup_init(&s, loop, &cfg), 0);
-    w.s = &s;
-    ev_timer_init(&guard, failsafe, 20., 0.);
-    ev_timer_start(loop, &guard);
+    assert_int_equal(sup_init(&f.s, f.loop, &cfg), 0);
+    w.s = &f.s;
 
-    sup_get_stats(&s, &st);
+    sup_get_stats(&f.s, &st);
     assert_true(st.spawner_pid > 0);
     w.first = st.spawner_pid;
-    assert_int_equal(sup_spawn(&s, "", 0, (int[1]){-1}, 0, NULL), 0); /* no descriptors */
-    sup_get_stats(&s, &st);
+    assert_int_equal(sup_spawn(&f.s, "", 0, (int[1]){-1}, 0, NULL), 0); /* no descriptors */
+    sup_get_stats(&f.s, &st);
     assert_int_equal(st.spawning, 1);
     assert_int_equal(st.children, 0);
     while (!w.started)
-        ev_run(loop, EVRUN_ONCE);
+        ev_run(f.loop, EVRUN_ONCE);
     assert_int_equal(w.at_start.spawning, 0);
     assert_int_equal(w.at_start.children, 1);
 
@@ -328,24 +317,18 @@ static void test_stats_follow_the_spawner(void **state)
     assert_int_equal(kill(w.first, SIGKILL), 0);
     ev_timer_init(&poll, poll_new_spawner, 0.01, 0.01);
     poll.data = &w;
-    ev_timer_start(loop, &poll);
-    ev_run(loop, 0);
-    ev_timer_stop(loop, &poll);
-    sup_get_stats(&s, &st);
+    ev_timer_start(f.loop, &poll);
+    ev_run(f.loop, 0);
+    ev_timer_stop(f.loop, &poll);
+    sup_get_stats(&f.s, &st);
     assert_int_equal(st.spawner_restarts, 1);
     assert_true(st.spawner_pid > 0 && st.spawner_pid != w.first);
 
-    ev_timer_init(&stop, stop_all, 0., 0.);
-    stop.data = &s;
-    ev_timer_start(loop, &stop);
-    sup_run(&s);
+    fixture_run_until_shutdown(&f, 0.);
     assert_int_equal(w.r.n, 1); /* the child went with the first spawner */
-    sup_get_stats(&s, &st);
+    sup_get_stats(&f.s, &st);
     assert_int_equal(st.children, 0);
-    ev_timer_stop(loop, &guard);
-    ev_timer_stop(loop, &stop);
-    sup_fini(&s);
-    ev_loop_destroy(loop);
+    fixture_teardown(&f);
 }
 
 int main(void)
