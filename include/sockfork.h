@@ -341,6 +341,9 @@ typedef struct sf_server_opts {
     unsigned max_conns;   /* children at once; 0 = the default, 1000 */
     unsigned max_per_ip;  /* connections at once from one address; 0 = off */
     double idle_timeout_s; /* without data from a TCP client; 0 = off */
+    double conn_timeout_s; /* a child holding its connection longer is ended
+                            * (SIGTERM to its group, SIGKILL after
+                            * kill_grace_s) and logged; 0 = off */
     double grace_s;       /* children may finish at shutdown; default 10 */
     double kill_grace_s;  /* between SIGTERM and SIGKILL; default 2 */
     int backlog;          /* listen backlog; 0 = the system maximum */

@@ -227,6 +227,7 @@ static int put_connections(json_t *o, const sf_server_stats *st, const sup_stats
         {"refused_per_ip", st->refused_per_ip},
         {"limit_reached", st->limit_reached},
         {"idle_closed", st->idle_closed},
+        {"conn_timed_out", st->conn_timed_out},
         {"kicked", st->kicked},
         {"fork_failures", st->fork_failures},
         {"accept_failures", st->accept_failures},

@@ -19,6 +19,7 @@
 #include "log.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -118,6 +119,7 @@ static void rec_release(sf_server *s, conn_rec *r)
     close_fd(&r->cfd);
     close_fd(&r->sfd);
     endpoint_close(&r->ep);
+    ev_timer_stop(s->loop, &r->held_timer); /* a no-op if never started: recs are zeroed */
     if (r->counted_ip)
         per_ip_add(s, r, -1);
     r->pid = 0;
@@ -300,6 +302,27 @@ static void hold_for_retry(sf_server *s, conn_rec *r, const char *what, int err)
     backoff_start(s, PAUSE_FORK_ERR);
 }
 
+/* conn_timeout_s has passed since the child took its connection: it is
+ * ended as a kick ends it, once (the timer does not repeat). */
+static void held_too_long(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    sf_server *s = w->data;
+    conn_rec *r = (conn_rec *)(void *)((char *)w - offsetof(conn_rec, held_timer));
+    (void)loop;
+    (void)revents;
+
+    if (r->pid <= 0)
+        return;
+    s->stats.conn_timed_out++;
+    if (sf_log_enabled(&s->log, SF_LOG_NOTICE)) {
+        char text[SF_ADDR_TEXT_MAX];
+        peer_text(r, text, sizeof text);
+        sf_logf(&s->log, SF_LOG_NOTICE, "[%s] connection held for %g s: ending pid=%d", text,
+                s->opts.conn_timeout_s, (int)r->pid);
+    }
+    server_end_child(s, r);
+}
+
 /* The child runs: it has its copies of the connection and channel. */
 static void on_started(sup *sp, pid_t pid, void *data, void *arg)
 {
@@ -315,6 +338,11 @@ static void on_started(sup *sp, pid_t pid, void *data, void *arg)
     r->pid = pid;
     r->started = ev_now(s->loop);
     s->stats.accepted++;
+    if (s->opts.conn_timeout_s > 0) {
+        ev_timer_init(&r->held_timer, held_too_long, s->opts.conn_timeout_s, 0.);
+        r->held_timer.data = s;
+        ev_timer_start(s->loop, &r->held_timer);
+    }
     /* A client that reset its connection (SO_LINGER 0) can connect again
      * from the same port while the first child still runs: two live records
      * with one tuple. Only the newer is the connection the kernel has now, so
@@ -771,7 +799,8 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
         s->opts.chan_max = CHAN_MAX_DEFAULT;
     if (s->opts.chan_queue == 0)
         s->opts.chan_queue = SF_CHAN_QUEUE_DEFAULT;
-    if (s->opts.idle_timeout_s < 0 || s->opts.grace_s < 0 || s->opts.kill_grace_s < 0 ||
+    if (!(s->opts.idle_timeout_s >= 0) || !(s->opts.grace_s >= 0) || !(s->opts.kill_grace_s >= 0) ||
+        !(s->opts.conn_timeout_s >= 0) ||
         s->opts.max_conns > (1u << 24) || s->opts.chan_max > CHAN_MAX_LIMIT ||
         s->opts.chan_queue < sf_chan_queue_min(s->opts.chan_max) ||
         s->opts.topic_history > 100000) {

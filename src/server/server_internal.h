@@ -27,6 +27,7 @@ typedef struct sf_server_stats {
     uint64_t fork_failures;
     uint64_t accept_failures;  /* EMFILE, ENFILE, ENOBUFS, ENOMEM */
     uint64_t idle_closed;
+    uint64_t conn_timed_out;   /* ended for holding a connection too long */
     uint64_t kicked;
     uint64_t chan_kicked;      /* ended for bad channel input or a full queue */
     uint64_t exited[256];      /* by exit code */
@@ -45,6 +46,7 @@ typedef struct conn_rec {
     hmap_key tuple;       /* TCP: its whole tuple, to find it in a dump */
     sf_addr peer;
     ev_tstamp started;
+    ev_timer held_timer;  /* with conn_timeout_s: its end, from the start */
     struct conn_rec *next_free;  /* free list, and the retry list */
 } conn_rec;
 

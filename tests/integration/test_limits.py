@@ -5,7 +5,7 @@ import select
 import socket
 import time
 
-from conftest import BIN, LONG_WAIT, expect_eof, peer_text, recv_exact
+from conftest import BIN, LONG_WAIT, expect_eof, peer_text, recv_exact, recv_line, run_cli
 
 
 def echo_ok(sock, text=b"ping\n"):
@@ -334,3 +334,60 @@ def test_a_failed_connection_dump_is_not_read_by_the_next(sockfork, tmp_path):
     echo_ok(c, b"bbbbbbbb\n")
     kids = ctl_json(ctl, "list")["children"]
     assert [k["bytes_in"] for k in kids] == [11], kids
+
+
+# ------------------------------------------------------------ --conn-timeout
+
+def test_conn_timeout_ends_a_busy_connection_and_spares_a_short_one(sockfork):
+    """A client that keeps talking is not idle, yet its child is ended once
+    it has held the connection for --conn-timeout; a connection that ends
+    sooner is untouched."""
+    srv = sockfork("--conn-timeout", "1", "--echo")
+    short = srv.connect()
+    echo_ok(short, b"quick\n")
+    name = peer_text(short)
+    short.close()
+    _, d = srv.wait_disconnected(name)
+    assert d.group("status") == "exited 0", d.group(0)
+
+    t0 = time.monotonic()
+    busy = srv.connect()
+    _, m = srv.wait_connected(busy)
+    pings = 0
+    for _ in range(200):  # 200 * 0.2 s: far beyond the 1 s timeout
+        r, _, _ = select.select([busy], [], [], 0.2)
+        if r:
+            break
+        echo_ok(busy, b"ping %d\n" % pings)
+        pings += 1
+    else:
+        raise AssertionError("busy client not cut within 40 s")
+    expect_eof(busy)
+    assert time.monotonic() - t0 >= 0.9
+    assert pings >= 1, "the client talked until it was cut"
+    i_held, h = srv.log.wait_one(r"^sockfork: \[%s\] connection held for 1 s: ending pid=(\d+)$"
+                                 % re.escape(peer_text(busy)))
+    assert h.group(1) == m.group(1)
+    i_disc, d = srv.wait_disconnected(busy)
+    assert i_disc > i_held
+    assert d.group("status") == "killed by SIGTERM", d.group(0)
+
+
+def test_conn_timeout_kills_a_child_that_ignores_sigterm(sockfork):
+    """TERM to the group first; what ignores it gets SIGKILL after the kill
+    grace, and only then does the client see the end."""
+    srv = sockfork("--conn-timeout", "0.5", "--", "/bin/sh", "-c",
+                   "trap '' TERM; echo up; while :; do sleep 0.1; done")
+    c = srv.connect()
+    assert recv_line(c) == b"up\n"
+    expect_eof(c, timeout=LONG_WAIT)
+    srv.log.wait_one(r"connection held for 0.5 s: ending pid=\d+$")
+    srv.log.wait_one(r"did not exit after SIGTERM: sending SIGKILL")
+    _, d = srv.wait_disconnected(c)
+    assert d.group("status") == "killed by SIGKILL", d.group(0)
+
+
+def test_conn_timeout_wants_a_duration():
+    rc, out, err = run_cli("serve", "--conn-timeout", "soon", "--echo")
+    assert (rc, out) == (2, "")
+    assert err == "sockfork: serve: --conn-timeout wants a duration, not 'soon'\n"

@@ -35,6 +35,7 @@ static const char serve_usage[] =
     "                        limit new clients wait in the kernel's backlog\n"
     "      --max-per-ip N    connections at once from one address (default: no limit)\n"
     "      --idle-timeout S  close TCP clients that send nothing for S seconds\n"
+    "      --conn-timeout S  end a child that has held its connection S seconds\n"
     "      --grace S         at SIGTERM/SIGINT/SIGHUP, time children get to finish\n"
     "                        before they are terminated (default 10)\n"
     "      --backlog N       listen backlog (default: the system maximum)\n"
@@ -80,7 +81,7 @@ static const char chat_usage[] =
     "  -h, --help            this text\n"
     "  -V, --version         print the version\n";
 
-enum { OPT_MAX_PER_IP = 256, OPT_IDLE, OPT_GRACE, OPT_BACKLOG, OPT_ECHO, OPT_CONTROL, OPT_NO_CONTROL,
+enum { OPT_MAX_PER_IP = 256, OPT_IDLE, OPT_CONN_TIMEOUT, OPT_GRACE, OPT_BACKLOG, OPT_ECHO, OPT_CONTROL, OPT_NO_CONTROL,
        OPT_CHAN_MAX, OPT_CHAN_QUEUE, OPT_CHAN_FULL, OPT_TOPIC_HISTORY,
        /* chat only */
        OPT_HISTORY, OPT_LINE_MAX, OPT_FLOOD, OPT_CLIENT_BACKLOG };
@@ -90,6 +91,7 @@ static const struct option serve_options[] = {
     {"max-conns", required_argument, NULL, 'c'},
     {"max-per-ip", required_argument, NULL, OPT_MAX_PER_IP},
     {"idle-timeout", required_argument, NULL, OPT_IDLE},
+    {"conn-timeout", required_argument, NULL, OPT_CONN_TIMEOUT},
     {"grace", required_argument, NULL, OPT_GRACE},
     {"backlog", required_argument, NULL, OPT_BACKLOG},
     {"quiet", no_argument, NULL, 'q'},
@@ -292,6 +294,15 @@ static int set_max_per_ip(server_cmdline *cl, const char *v)
     return 0;
 }
 
+static int set_conn_timeout(server_cmdline *cl, const char *v)
+{
+    if (cli_parse_seconds(v, &cl->opts.conn_timeout_s) < 0) {
+        cli_error("%s: --conn-timeout wants a duration, not '%s'", cl->kind->name, v);
+        return -1;
+    }
+    return 0;
+}
+
 static int set_idle_timeout(server_cmdline *cl, const char *v)
 {
     if (cli_parse_seconds(v, &cl->opts.idle_timeout_s) < 0) {
@@ -447,6 +458,7 @@ static const struct server_option {
     {'c', KIND_SERVE | KIND_CHAT, set_max_conns},
     {OPT_MAX_PER_IP, KIND_SERVE | KIND_CHAT, set_max_per_ip},
     {OPT_IDLE, KIND_SERVE | KIND_CHAT, set_idle_timeout},
+    {OPT_CONN_TIMEOUT, KIND_SERVE | KIND_CHAT, set_conn_timeout},
     {OPT_GRACE, KIND_SERVE | KIND_CHAT, set_grace},
     {OPT_BACKLOG, KIND_SERVE | KIND_CHAT, set_backlog},
     {'q', KIND_SERVE | KIND_CHAT, set_quiet},
