@@ -46,6 +46,7 @@ struct worker {
 static struct worker workers[MAX_WORKERS];
 static int nworkers = 8;
 static int dispatch_mode;
+static pid_t parent_pid;
 
 /* Dispatch mode: indices of idle workers, oldest first (a ring). */
 static int idle_ring[MAX_WORKERS];
@@ -139,7 +140,7 @@ static void become_worker(int keep, const sigset_t *parent_mask)
     /* Ordering: ask for the death signal first, then check the parent, so a
      * parent that died in between is not missed. */
     prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() == 1)
+    if (getppid() != parent_pid)
         _exit(0);
     if (keep != WORKER_FD && dup2(keep, WORKER_FD) < 0)
         _exit(1);
@@ -425,6 +426,7 @@ int main(int argc, char **argv)
     sigaddset(&waited, SIGTERM);
     sigaddset(&waited, SIGINT);
     sigprocmask(SIG_BLOCK, &waited, &parent_mask);
+    parent_pid = getpid();
     signal(SIGPIPE, SIG_IGN); /* a write to a reset peer fails with EPIPE */
 
     /* Announced once the socket listens: connections wait in its backlog
