@@ -1,23 +1,33 @@
 #!/usr/bin/env bash
 # bench/run.sh - benchmark `sockfork serve --echo` against other
-# fork-per-connection echo servers, all in one run on this machine:
+# fork-per-connection echo servers, and prefork ones, all in one run on this
+# machine:
 #
-#   sockfork   sockfork serve -q -l 127.0.0.1:PORT --echo -c 20000
-#   tcpserver  tcpserver -c 20000 -b 4096 -H -R -l 0 127.0.0.1 PORT cat
-#   socat      socat TCP-LISTEN:PORT,...,fork,backlog=4096 PIPE
-#   bare       build/bench/bare-forkserver PORT (accept, fork, echo: the floor)
+#   sockfork       sockfork serve -q -l 127.0.0.1:PORT --echo -c 20000
+#   tcpserver      tcpserver -c 20000 -b 4096 -H -R -l 0 127.0.0.1 PORT cat
+#   socat          socat TCP-LISTEN:PORT,...,fork,backlog=4096 PIPE
+#   bare           build/bench/bare-forkserver PORT (accept, fork, echo: the floor)
+#   bare-prefork   build/bench/bare-prefork PORT N (N workers blocking in accept)
+#   bare-dispatch  build/bench/bare-prefork --dispatch PORT N (the parent accepts
+#                  and hands each connection to an idle worker)
+#   node-cluster   node bench/node_cluster_echo.js PORT N (Node's cluster + net)
 #
 # For each: connection rate at concurrency 1, 16 and 64, round trips per
 # second over 16 persistent connections, and PSS of all the server's
-# processes while BENCH_HOLD connections are held open. Prints one markdown
-# table and writes it to bench/results/latest.md.
+# processes while BENCH_HOLD connections are held open (not for the bare
+# prefork servers: N workers serve N connections at once). Prints one
+# markdown table and writes it to bench/results/latest.md.
 #
 # Everything runs on loopback and is bounded in time. Environment:
 #   BUILD=dir           meson build directory (default: build)
 #   BENCH_SECS=5        seconds per rate and rtt run
-#   BENCH_HOLD=10000    connections to hold
+#   BENCH_CONCS="1 16 64"  concurrencies of the rate runs
+#   BENCH_RTT_CONC=16   persistent connections of the rtt run (0: no rtt run)
+#   BENCH_HOLD=10000    connections to hold (0: no hold test)
 #   BENCH_HOLD_SECS=60  bound on opening them, and on echoing over them
-#   BENCH_SERVERS="sockfork tcpserver socat bare"   which servers, in order
+#   BENCH_WORKERS=8     workers of the prefork servers
+#   BENCH_SERVERS="sockfork tcpserver socat bare bare-prefork bare-dispatch
+#                  node-cluster"   which servers, in order
 #   SOCKFORK=path       sockfork binary (default: $BUILD/sockfork)
 set -euo pipefail
 
@@ -26,10 +36,11 @@ BUILD=${BUILD:-build}
 [[ $BUILD == /* ]] || BUILD=$ROOT/$BUILD
 BENCH_SECS=${BENCH_SECS:-5}
 BENCH_HOLD=${BENCH_HOLD:-10000}
-BENCH_SERVERS=${BENCH_SERVERS:-sockfork tcpserver socat bare}
+BENCH_SERVERS=${BENCH_SERVERS:-sockfork tcpserver socat bare bare-prefork bare-dispatch node-cluster}
+BENCH_WORKERS=${BENCH_WORKERS:-8}
 SOCKFORK=${SOCKFORK:-$BUILD/sockfork}
-RATE_CONCS=(1 16 64)
-RTT_CONC=16
+read -r -a RATE_CONCS <<<"${BENCH_CONCS:-1 16 64}"
+RTT_CONC=${BENCH_RTT_CONC:-16}
 HOLD_PHASE_SECS=${BENCH_HOLD_SECS:-60}  # bound on opening, and on the echo round
 MAX_CONNS=20000      # the -c given to every server
 RESULTS=$ROOT/bench/results
@@ -60,10 +71,19 @@ trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- setup
 
+# The node binary (Debian's nodejs installs it as node), or nothing.
+node_bin() { command -v node || command -v nodejs || true; }
+
+# Installs the Debian packages of the peers in BENCH_SERVERS that are missing.
 install_peers() {
-    local missing=()
-    command -v tcpserver >/dev/null || missing+=(ucspi-tcp)
-    command -v socat >/dev/null || missing+=(socat)
+    local missing=() name
+    for name in $BENCH_SERVERS; do
+        case $name in
+        tcpserver) command -v tcpserver >/dev/null || missing+=(ucspi-tcp) ;;
+        socat) command -v socat >/dev/null || missing+=(socat) ;;
+        node-cluster) [[ -n $(node_bin) ]] || missing+=(nodejs) ;;
+        esac
+    done
     ((${#missing[@]})) || return 0
     if ((EUID != 0)); then
         say "not root: cannot install ${missing[*]}; those servers are skipped"
@@ -75,25 +95,29 @@ install_peers() {
         say "could not install ${missing[*]}; those servers are skipped"
 }
 
-# Builds everything; if the project does not build, builds at least the two
+# Builds everything; if the project does not build, builds at least the
 # bench programs (into $WORK) so the peers can still be measured.
 LOADGEN=""
 BARE=""
+PREFORK=""
 SOCKFORK_OK=0
 build() {
     if { [[ -f $BUILD/build.ninja ]] || meson setup "$BUILD" "$ROOT"; } &&
         ninja -C "$BUILD"; then
         LOADGEN=$BUILD/bench/loadgen
         BARE=$BUILD/bench/bare-forkserver
+        PREFORK=$BUILD/bench/bare-prefork
         SOCKFORK_OK=1
         return 0
     fi
     say "the project does not build; compiling the bench programs alone"
     local cc=${CC:-cc} flags=(-O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror)
-    "$cc" "${flags[@]}" -o "$WORK/loadgen" "$ROOT/bench/loadgen.c"
+    "$cc" "${flags[@]}" -o "$WORK/loadgen" "$ROOT/bench/loadgen.c" "$ROOT/bench/benchlib.c"
     "$cc" "${flags[@]}" -o "$WORK/bare-forkserver" "$ROOT/bench/bare_forkserver.c"
+    "$cc" "${flags[@]}" -o "$WORK/bare-prefork" "$ROOT/bench/bare_prefork.c"
     LOADGEN=$WORK/loadgen
     BARE=$WORK/bare-forkserver
+    PREFORK=$WORK/bare-prefork
 }
 
 # Room for the held connections in loadgen (the servers inherit it too).
@@ -124,7 +148,8 @@ unavailable() {
         fi ;;
     tcpserver) command -v tcpserver >/dev/null || echo "tcpserver not installed" ;;
     socat) command -v socat >/dev/null || echo "socat not installed" ;;
-    bare) ;;
+    bare | bare-prefork | bare-dispatch) ;;
+    node-cluster) [[ -n $(node_bin) ]] || echo "nodejs not installed" ;;
     *) echo "unknown server" ;;
     esac
 }
@@ -139,6 +164,9 @@ start_server() {
     # Each forked socat child has its own unnamed pipe: bytes go out as they came.
     socat) socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork,backlog=4096" PIPE 2>"$log" & ;;
     bare) "$BARE" "$port" 2>"$log" & ;;
+    bare-prefork) "$PREFORK" "$port" "$BENCH_WORKERS" 2>"$log" & ;;
+    bare-dispatch) "$PREFORK" --dispatch "$port" "$BENCH_WORKERS" 2>"$log" & ;;
+    node-cluster) "$(node_bin)" "$ROOT/bench/node_cluster_echo.js" "$port" "$BENCH_WORKERS" 2>"$log" & ;;
     esac
     SERVER_PID=$!
     if ! "$LOADGEN" probe -a "127.0.0.1:$port" -d 10 || ! alive "$SERVER_PID"; then
@@ -173,6 +201,15 @@ record() {            # record SERVER TEST LINE
     printf '   %-9s %-7s %s\n' "$1" "$2" "$line" >&2
     e=$(field "$line" errors)
     R[$1,errors]=$((${R[$1,errors]:-0} + ${e:-1}))
+}
+
+# Why the hold test does not apply to server $1, or nothing when it does.
+no_hold() {
+    case $1 in
+    bare-prefork | bare-dispatch)
+        echo "$BENCH_WORKERS workers serve $BENCH_WORKERS connections at once" ;;
+    *) ((BENCH_HOLD > 0)) || echo "BENCH_HOLD=0" ;;
+    esac
 }
 
 # Holds BENCH_HOLD connections to the server and measures its PSS meanwhile.
@@ -232,12 +269,17 @@ bench_server() {
         record "$name" "rate@$c" "$line"
         R[$name,rate$c]=$(field "$line" ops_per_s)
     done
-    line=$("$LOADGEN" rtt -a "$addr" -c "$RTT_CONC" -d "$BENCH_SECS") || true
-    record "$name" "rtt@$RTT_CONC" "$line"
-    R[$name,rtt]=$(field "$line" ops_per_s)
+    if ((RTT_CONC > 0)); then
+        line=$("$LOADGEN" rtt -a "$addr" -c "$RTT_CONC" -d "$BENCH_SECS") || true
+        record "$name" "rtt@$RTT_CONC" "$line"
+        R[$name,rtt]=$(field "$line" ops_per_s)
+    fi
 
-    settle "$SERVER_PID" "$idle_procs"
-    hold_test "$name" "$addr"
+    R[$name,nohold]=$(no_hold "$name")
+    if [[ -z ${R[$name,nohold]} ]]; then
+        settle "$SERVER_PID" "$idle_procs"
+        hold_test "$name" "$addr"
+    fi
 
     stop_tree "$SERVER_PID"
     SERVER_PID=""
@@ -277,18 +319,29 @@ value() {
     esac
 }
 
+# One column per rate concurrency (BENCH_CONCS), then the fixed ones.
 table() {
-    echo "| server | conn/s @1 | conn/s @16 | conn/s @64 | round trips/s @$RTT_CONC | held of $BENCH_HOLD | PSS total MiB | KiB/conn | errors |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-    local name
+    local name held c rates="" head="" rule="" empty=""
+    for c in "${RATE_CONCS[@]}"; do
+        head+=" conn/s @$c |"
+        rule+="---:|"
+        empty+=" |"
+    done
+    echo "| server |$head round trips/s @$RTT_CONC | held of $BENCH_HOLD | PSS total MiB | KiB/conn | errors |"
+    echo "|---|$rule---:|---:|---:|---:|---:|"
     for name in $BENCH_SERVERS; do
         if [[ -n ${R[$name,skip]:-} ]]; then
-            echo "| $name | pending: ${R[$name,skip]} | | | | | | | |"
+            echo "| $name | pending: ${R[$name,skip]} |${empty# |} | | | | |"
             continue
         fi
-        echo "| $name | $(cell "$name" rate1 %.0f) | $(cell "$name" rate16 %.0f)" \
-            "| $(cell "$name" rate64 %.0f) | $(cell "$name" rtt %.0f)" \
-            "| ${R[$name,held]:-0} | $(cell "$name" mib %.1f) | $(cell "$name" kib %.1f)" \
+        rates=""
+        for c in "${RATE_CONCS[@]}"; do
+            rates+=" $(cell "$name" "rate$c" %.0f) |"
+        done
+        held=${R[$name,held]:-0}
+        [[ -n ${R[$name,nohold]:-} ]] && held="–"
+        echo "| $name |$rates $(cell "$name" rtt %.0f)" \
+            "| $held | $(cell "$name" mib %.1f) | $(cell "$name" kib %.1f)" \
             "| ${R[$name,errors]:-0} |"
     done
 }
@@ -314,6 +367,21 @@ targets() {
         "$( ((held >= 10000)) && calc 'print (a < 1024 ? "met" : "MISSED")' "${mib:-0}" 1 || echo "not reached ($held held)")"
 }
 
+# Prefork beside fork, and dispatching beside accepting (issue 13), at
+# conn/s @64: printed when both servers of a ratio were measured.
+prefork_ratios() {
+    local lines=() a b r a_b
+    for a_b in "bare-dispatch bare-prefork" "bare-prefork bare" "node-cluster bare-prefork"; do
+        read -r a b <<<"$a_b"
+        r=$(calc 'printf "%.2f", a / b' "$(value "$a" rate64)" "$(value "$b" rate64)")
+        [[ -n $r ]] && lines+=("- $a / $b = $r")
+    done
+    ((${#lines[@]})) || return 0
+    echo "Prefork (conn/s @64, $BENCH_WORKERS workers):"
+    printf '%s\n' "${lines[@]}"
+    echo
+}
+
 report() {
     local cpu
     cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
@@ -321,7 +389,8 @@ report() {
     echo
     echo "Machine: $(nproc) CPUs ($cpu), Linux $(uname -r)," \
         "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM."
-    echo "Run: BENCH_SECS=$BENCH_SECS BENCH_HOLD=$BENCH_HOLD bench/run.sh" \
+    echo "Run: BENCH_SECS=$BENCH_SECS BENCH_CONCS=\"${RATE_CONCS[*]}\" BENCH_RTT_CONC=$RTT_CONC" \
+        "BENCH_HOLD=$BENCH_HOLD BENCH_WORKERS=$BENCH_WORKERS BENCH_SERVERS=\"$BENCH_SERVERS\" bench/run.sh" \
         "(tree $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown))."
     echo
     echo "In parentheses: sockfork's value divided by this row's."
@@ -330,11 +399,16 @@ report() {
     echo
     targets
     echo
+    prefork_ratios
     echo "Idle PSS, and the hold test: seconds to open the connections"
     echo "(one echo each, 256 opening at a time), processes while holding:"
     local name
     for name in $BENCH_SERVERS; do
         [[ -n ${R[$name,skip]:-} ]] && continue
+        if [[ -n ${R[$name,nohold]:-} ]]; then
+            echo "- $name: idle ${R[$name,idle_pss]:-?} KiB; no hold test (${R[$name,nohold]})"
+            continue
+        fi
         echo "- $name: idle ${R[$name,idle_pss]:-?} KiB; opened in ${R[$name,open]:-?} s;" \
             "${R[$name,procs]:-?} processes while holding"
     done
@@ -362,4 +436,5 @@ table
 echo
 targets
 echo
+prefork_ratios
 say "written to ${RESULTS#"$ROOT"/}/latest.md"
