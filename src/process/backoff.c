@@ -4,7 +4,6 @@
 void proc_backoff_reset(proc_backoff *b)
 {
     b->delay = 0;
-    b->tries = 0;
 }
 
 double proc_backoff_delay(const proc_backoff *b)
@@ -23,8 +22,6 @@ void proc_backoff_grow(proc_backoff *b)
     if (b->delay <= 0)
         return; /* reset since it was armed */
     b->delay = b->delay * 2 > PROC_BACKOFF_MAX ? PROC_BACKOFF_MAX : b->delay * 2;
-    if (b->tries < ~0u)
-        b->tries++;
 }
 
 double proc_backoff_next(proc_backoff *b)

@@ -18,10 +18,9 @@
 /* Zeroed (or proc_backoff_reset) before use: the next wait is the first. */
 typedef struct proc_backoff {
     double delay;    /* the wait armed or grown to; 0: none since the reset */
-    unsigned tries;  /* waits served (grown past) since the last reset */
 } proc_backoff;
 
-/* A success: the next wait is PROC_BACKOFF_MIN again, tries 0. */
+/* A success: the next wait is PROC_BACKOFF_MIN again. */
 void proc_backoff_reset(proc_backoff *b);
 
 /* The wait to arm now, in seconds, without changing b: for a log line. */
@@ -34,7 +33,7 @@ double proc_backoff_delay(const proc_backoff *b);
 double proc_backoff_arm(proc_backoff *b);
 
 /* The wait armed is served: the next is twice it, at most
- * PROC_BACKOFF_MAX; counts a try. Nothing if none was armed since the
+ * PROC_BACKOFF_MAX. Nothing if none was armed since the
  * last reset (a success while the timer ran wins: the next wait is the
  * first again). */
 void proc_backoff_grow(proc_backoff *b);

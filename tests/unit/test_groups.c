@@ -50,6 +50,15 @@ static void test_set_add_del(void **state)
     assert_int_equal(g.count, 0);
 }
 
+/* Waits to be killed, for a minute at most: SIGALRM (default: the end)
+ * bounds a child the test fails to kill, even one that ignores SIGTERM. */
+static void __attribute__((noreturn)) linger(void)
+{
+    alarm(60);
+    for (;;)
+        pause();
+}
+
 /* Forks a group leader (proc_fork) that runs body, which writes len bytes
  * to its fd 3 once it is ready and never returns; returns the leader's pid
  * once those bytes are read into out. */
@@ -79,12 +88,10 @@ static void stubborn_body(void)
 {
     signal(SIGTERM, SIG_IGN);
     if (fork() == 0) {
-        for (;;)
-            pause();
+        linger();
     }
     (void)!write(3, "x", 1);
-    for (;;)
-        pause();
+    linger();
 }
 
 /* A group leader that ignores SIGTERM, with a child that does too; ready
@@ -177,8 +184,7 @@ static void test_takedown_is_quick_when_sigterm_works(void **state)
     pid = proc_fork(&po);
     assert_true(pid >= 0);
     if (pid == 0) {
-        for (;;)
-            pause();
+        linger();
     }
     proc_groups_init(&g, 4);
     assert_int_equal(proc_groups_add(&g, pid), 0);
@@ -196,15 +202,13 @@ static void left_body(void)
     pid_t gc;
 
     if ((gc = fork()) == 0) {
-        for (;;)
-            pause();
+        linger();
     }
     /* Both sides set the child's group (no race), then we join it. */
     if (gc < 0 || setpgid(gc, gc) < 0 || setpgid(0, gc) < 0)
         _exit(1);
     (void)!write(3, &gc, sizeof gc);
-    for (;;)
-        pause();
+    linger();
 }
 
 static pid_t left_its_group(pid_t *other)

@@ -304,6 +304,15 @@ static void test_a_worker_that_dies_mid_task_is_retried_elsewhere(void **state)
     sf_pool_free(p);
 }
 
+/* Waits to be killed, for a minute at most: SIGALRM (default: the end)
+ * bounds a child the test fails to kill, even one that ignores SIGTERM. */
+static void __attribute__((noreturn)) linger(void)
+{
+    alarm(60);
+    for (;;)
+        pause();
+}
+
 /* Task 2 forks a grandchild that ignores SIGTERM, sends its pid as the
  * result, and then both hang: the timeout must take the whole group. (A
  * worker has only stdio and its channel open, so the channel it is.) */
@@ -322,8 +331,7 @@ static int hang(sf_task *t, const void *arg, size_t len, void *task_arg)
         _exit(0);
     }
     sf_task_result(t, &g, sizeof g);
-    for (;;)
-        pause();
+    linger();
 }
 
 static void test_a_timeout_kills_the_task_and_its_grandchild(void **state)
@@ -597,8 +605,7 @@ static int slow_unless_first(sf_task *t, const void *arg, size_t len, void *task
     (void)t;
     (void)task_arg;
     if (arg_number(arg, len) != 1)
-        for (;;)
-            pause();
+        linger();
     return 0;
 }
 

@@ -294,31 +294,29 @@ static int set_max_per_ip(server_cmdline *cl, const char *v)
     return 0;
 }
 
-static int set_conn_timeout(server_cmdline *cl, const char *v)
+/* A duration option: v into *out, or one line naming the option. */
+static int set_seconds(server_cmdline *cl, const char *option, const char *v, double *out)
 {
-    if (cli_parse_seconds(v, &cl->opts.conn_timeout_s) < 0) {
-        cli_error("%s: --conn-timeout wants a duration, not '%s'", cl->kind->name, v);
+    if (cli_parse_seconds(v, out) < 0) {
+        cli_error("%s: %s wants a duration, not '%s'", cl->kind->name, option, v);
         return -1;
     }
     return 0;
+}
+
+static int set_conn_timeout(server_cmdline *cl, const char *v)
+{
+    return set_seconds(cl, "--conn-timeout", v, &cl->opts.conn_timeout_s);
 }
 
 static int set_idle_timeout(server_cmdline *cl, const char *v)
 {
-    if (cli_parse_seconds(v, &cl->opts.idle_timeout_s) < 0) {
-        cli_error("%s: --idle-timeout wants a duration, not '%s'", cl->kind->name, v);
-        return -1;
-    }
-    return 0;
+    return set_seconds(cl, "--idle-timeout", v, &cl->opts.idle_timeout_s);
 }
 
 static int set_grace(server_cmdline *cl, const char *v)
 {
-    if (cli_parse_seconds(v, &cl->opts.grace_s) < 0) {
-        cli_error("%s: --grace wants a duration, not '%s'", cl->kind->name, v);
-        return -1;
-    }
-    return 0;
+    return set_seconds(cl, "--grace", v, &cl->opts.grace_s);
 }
 
 static int set_backlog(server_cmdline *cl, const char *v)
