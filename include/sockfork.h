@@ -360,6 +360,19 @@ typedef struct sf_server_opts {
                            * sf_chan_queue_min(chan_max) */
     int chan_full_kick;   /* at a full queue: 0 drop (counted), 1 end the child */
     unsigned topic_history; /* messages kept per topic; default 20 */
+    /* Prefork mode (docs/design.md), when workers_max > 0: workers forked
+     * ahead accept connections themselves and run the handler once per
+     * connection, one connection at a time; the handler sees the same
+     * sf_conn API as in fork mode. Without it, a child per connection. */
+    unsigned workers_min;  /* kept running (at least 1) */
+    unsigned workers_max;  /* at most; more are started, 1, 2, 4... a second
+                            * apart, while every worker is busy; at most
+                            * max_conns, which then bounds nothing else */
+    unsigned max_requests; /* a worker is replaced after about this many
+                            * connections (up to 10 % more, at random, so
+                            * they do not all go at once); 0 = never */
+    double worker_idle_s;  /* an idle worker above workers_min retires after
+                            * this; 0 = the default, 5 */
 } sf_server_opts;
 
 /* Fills opts with the defaults above. */

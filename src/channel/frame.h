@@ -56,6 +56,11 @@ enum chan_type {
     CHAN_T_TASK_DONE = 41,     /* from it: [be32 return value] */
     CHAN_T_TASK_PROGRESS = 42, /* [be64 done][be64 total], IEEE doubles' bits */
     CHAN_T_TASK_RESULT = 43,   /* [result bytes] */
+    /* A prefork worker's connections (src/server/worker.c, docs/design.md). */
+    CHAN_T_CONN_BEGIN = 48,    /* from it: [u8 listener][u8 n][peer: n bytes][local sockaddr] */
+    CHAN_T_CONN_END = 49,      /* from it: [be32 the handler's return value] */
+    CHAN_T_CONN_ENDED = 50,    /* to it: everything before this was for an ended connection */
+    CHAN_T_CONN_VERDICT = 51,  /* to it: [u8 1 serve, 0 refused] (with a per-IP limit) */
 };
 
 typedef struct chan_frame {

@@ -48,6 +48,25 @@ static json_t *json_bytes(uint64_t v)
     return v == UINT64_MAX ? json_null() : json_integer((json_int_t)v);
 }
 
+/* A prefork worker: its state and count; peer, since and bytes are its
+ * current connection's (null while it is idle). */
+static json_t *worker_entry(sf_server *s, const conn_rec *r, const uint64_t *bytes)
+{
+    int busy = r->wstate == WORKER_BUSY;
+    char peer[SF_ADDR_TEXT_MAX];
+
+    if (!busy || sf_addr_format(&r->peer, peer, sizeof peer) < 0)
+        strcpy(peer, "?");
+    return json_pack("{s:i, s:b, s:s, s:o, s:o, s:f, s:I, s:o, s:o, s:s, s:I, s:I}", "pid",
+                     (int)r->pid, "worker", 1, "state", worker_state_name(s, r), "peer",
+                     busy ? json_string(peer) : json_null(), "since",
+                     busy ? json_real(r->started) : json_null(), "started", r->born, "served",
+                     (json_int_t)r->served, "bytes_in", json_bytes(busy ? bytes[0] : UINT64_MAX),
+                     "bytes_out", json_bytes(busy ? bytes[1] : UINT64_MAX), "status",
+                     r->ep.status, "queued", (json_int_t)r->ep.q.bytes, "dropped",
+                     (json_int_t)r->ep.drops);
+}
+
 static json_t *cmd_list(sf_server *s)
 {
     json_t *children = json_array(), *reply;
@@ -68,6 +87,10 @@ static json_t *cmd_list(sf_server *s)
 
         if (r->pid <= 0)
             continue;
+        if (r->worker) {
+            json_array_append_new(children, worker_entry(s, r, bytes + 2 * i));
+            continue;
+        }
         if (sf_addr_format(&r->peer, peer, sizeof peer) < 0)
             strcpy(peer, "?");
         state = sup_is_terminating(&s->sup, r->pid) ? "terminating" : "running";
@@ -80,7 +103,8 @@ static json_t *cmd_list(sf_server *s)
                                         "dropped", (json_int_t)r->ep.drops));
     }
     free(bytes);
-    reply = json_pack("{s:b, s:o}", "ok", 1, "children", children);
+    reply = json_pack("{s:b, s:s, s:o}", "ok", 1, "mode", s->prefork ? "prefork" : "fork",
+                      "children", children);
     return reply;
 }
 
@@ -131,6 +155,9 @@ static json_t *cmd_send(sf_server *s, json_t *req)
     r = find_child(s, json_integer_value(pid));
     if (!r)
         return ctl_error("no child with pid %lld", (long long)json_integer_value(pid));
+    if (r->worker && !endpoint_reachable(&r->ep))
+        return ctl_error("pid %d is a worker between connections: nobody would read it",
+                         (int)r->pid);
     m.kind = SF_MSG_DIRECT;
     unread = has_unread(&r->ep);
     rc = bus_deliver(&r->ep, &m);
@@ -184,7 +211,7 @@ static json_t *cmd_kick(sf_server *s, json_t *req)
     sf_logf(&s->log, SF_LOG_NOTICE, "[%s] kicked through the control socket: pid=%d", peer,
             (int)r->pid);
     s->stats.kicked++;
-    server_end_child(s, r);
+    server_end_child(s, r, WORKER_END_KICKED);
     return json_pack("{s:b, s:i}", "ok", 1, "pid", (int)r->pid);
 }
 
@@ -218,11 +245,12 @@ static int put_counts(json_t *o, const stat_count *c, size_t n)
 
 /* The connections: how many came and run, the limit, and what stopped or
  * ended the others. */
-static int put_connections(json_t *o, const sf_server_stats *st, const sup_stats *ss)
+static int put_connections(json_t *o, const sf_server_stats *st, const sup_stats *ss,
+                           uint64_t active)
 {
     const stat_count c[] = {
         {"accepted", st->accepted},
-        {"active", ss->children},
+        {"active", active},
         {"max_conns", ss->max_children}, /* sup_init was given opts.max_conns */
         {"refused_per_ip", st->refused_per_ip},
         {"limit_reached", st->limit_reached},
@@ -295,6 +323,63 @@ static json_t *channel_counts(const bus_stats *bs, const sup_stats *ss)
     return o;
 }
 
+/* Connections being served: a child each in fork mode; busy workers. */
+static uint64_t active_connections(const sf_server *s, const sup_stats *ss)
+{
+    uint64_t n = 0;
+
+    if (!s->prefork)
+        return ss->children;
+    for (unsigned i = 0; i < s->recs_touched; i++)
+        if (s->recs[i].worker && s->recs[i].pid > 0 && s->recs[i].wstate == WORKER_BUSY &&
+            !s->recs[i].refused)
+            n++;
+    return n;
+}
+
+/* `workers` (prefork): how many in each state, started, ended by reason,
+ * and the connections each live one has served (the spread of accept). */
+static json_t *worker_counts(const sf_server *s)
+{
+    const worker_pool *wp = &s->wp;
+    const sf_server_stats *st = &s->stats;
+    json_t *o = json_object(), *ended = json_object(), *served = json_object();
+    char key[24];
+
+    if (!o || !ended || !served)
+        goto fail;
+    for (int i = 1; i < WORKER_END_REASONS; i++)
+        if (json_object_set_new(ended, worker_end_name(i), json_integer((json_int_t)st->workers_ended[i])) < 0)
+            goto fail;
+    for (unsigned i = 0; i < s->recs_touched; i++) {
+        const conn_rec *r = &s->recs[i];
+        if (!r->worker || r->pid <= 0)
+            continue;
+        snprintf(key, sizeof key, "%d", (int)r->pid);
+        if (json_object_set_new(served, key, json_integer((json_int_t)r->served)) < 0)
+            goto fail;
+    }
+    /* set_new takes its value even when it fails: from here o owns all. */
+    if (json_object_set_new(o, "ended", ended) < 0 ||
+        json_object_set_new(o, "served", served) < 0 ||
+        json_object_set_new(o, "min", json_integer(wp->min)) < 0 ||
+        json_object_set_new(o, "max", json_integer(wp->max)) < 0 ||
+        json_object_set_new(o, "idle", json_integer(wp->idle)) < 0 ||
+        json_object_set_new(o, "busy", json_integer(wp->busy)) < 0 ||
+        json_object_set_new(o, "starting", json_integer(wp->starting)) < 0 ||
+        json_object_set_new(o, "retiring", json_integer(wp->retiring)) < 0 ||
+        json_object_set_new(o, "started", json_integer((json_int_t)st->workers_started)) < 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+fail:
+    json_decref(ended);
+    json_decref(served);
+    json_decref(o);
+    return NULL;
+}
+
 /* Every number comes from one of three snapshots: the server's own
  * counters, the supervisor's (sup_get_stats) and the bus's (bus_get_stats). */
 static json_t *cmd_stats(sf_server *s)
@@ -311,7 +396,8 @@ static json_t *cmd_stats(sf_server *s)
     if (!r || json_object_set_new(r, "ok", json_true()) < 0 ||
         json_object_set_new(r, "pid", json_integer(getpid())) < 0 ||
         json_object_set_new(r, "listeners", listener_names(s)) < 0 ||
-        put_connections(r, st, &ss) < 0 ||
+        put_connections(r, st, &ss, active_connections(s, &ss)) < 0 ||
+        (s->prefork && json_object_set_new(r, "workers", worker_counts(s)) < 0) ||
         json_object_set_new(r, "exited", exits_by_code(st)) < 0 ||
         json_object_set_new(r, "killed", kills_by_signal(st)) < 0 ||
         json_object_set_new(r, "channel", channel_counts(&bs, &ss)) < 0 ||

@@ -114,9 +114,15 @@ int sf_conn_exec(sf_conn *c, char *const argv[])
      * "#!" run by /bin/sh. */
     if ((rc = proc_path_find(argv[0], getenv("PATH"), file, sizeof file)) < 0)
         return rc;
-    /* Programs written for tcpserver expect the default SIGPIPE. */
+    /* Programs written for tcpserver expect the default SIGPIPE, and no
+     * blocked SIGUSR2 (a prefork worker blocks it while a handler runs). */
+    sigset_t usr2, old;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
     signal(SIGPIPE, SIG_DFL);
+    sigprocmask(SIG_UNBLOCK, &usr2, &old);
     rc = proc_execve(file, argv, environ);
+    sigprocmask(SIG_SETMASK, &old, NULL);
     signal(SIGPIPE, SIG_IGN);
     return rc;
 }

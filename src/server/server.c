@@ -32,7 +32,7 @@
 
 /* ------------------------------------------------------------ helpers */
 
-static void peer_text(const conn_rec *r, char *buf, size_t len)
+void server_peer_text(const conn_rec *r, char *buf, size_t len)
 {
     if (sf_addr_format(&r->peer, buf, len) < 0)
         snprintf(buf, len, "?");
@@ -86,7 +86,7 @@ static int local_addr_of(const listener *l, int fd, sf_addr *local)
 /* Records are handed out from the low end of the array and reused from a
  * free list, so a server that never has many connections at once never
  * touches the rest. */
-static conn_rec *rec_alloc(sf_server *s)
+conn_rec *server_rec_alloc(sf_server *s)
 {
     conn_rec *r = s->free_recs;
 
@@ -110,25 +110,25 @@ static void close_fd(int *fd)
     *fd = -1;
 }
 
-static void per_ip_add(sf_server *s, conn_rec *r, int delta);
 static void check_limit(sf_server *s);
 
-static void rec_release(sf_server *s, conn_rec *r)
+void server_rec_release(sf_server *s, conn_rec *r)
 {
     close_fd(&r->fd);
     close_fd(&r->cfd);
     close_fd(&r->sfd);
     endpoint_close(&r->ep);
     ev_timer_stop(s->loop, &r->held_timer); /* a no-op if never started: recs are zeroed */
+    ev_timer_stop(s->loop, &r->retire_timer);
     if (r->counted_ip)
-        per_ip_add(s, r, -1);
+        server_per_ip_add(s, r, -1);
     r->pid = 0;
     r->next_free = s->free_recs;
     s->free_recs = r;
     s->recs_used--;
 }
 
-static void per_ip_add(sf_server *s, conn_rec *r, int delta)
+void server_per_ip_add(sf_server *s, conn_rec *r, int delta)
 {
     hmap_key k;
     uint32_t *n;
@@ -148,7 +148,7 @@ static void per_ip_add(sf_server *s, conn_rec *r, int delta)
     }
 }
 
-static unsigned per_ip_count(const sf_server *s, const conn_rec *r)
+unsigned server_per_ip_count(const sf_server *s, const conn_rec *r)
 {
     hmap_key k = ip_key(&r->peer);
     uint32_t *n = hmap_get(&s->per_ip, &k);
@@ -161,6 +161,8 @@ static void update_accepting(sf_server *s)
 {
     int on = !s->paused && !s->sup.shutting_down;
 
+    if (s->prefork)
+        return; /* the workers accept */
     for (size_t i = 0; i < s->nlisteners; i++) {
         if (s->listeners[i].fd < 0)
             continue;
@@ -304,7 +306,7 @@ static void hold_for_retry(sf_server *s, conn_rec *r, const char *what, int err)
 
 /* conn_timeout_s has passed since the child took its connection: it is
  * ended as a kick ends it, once (the timer does not repeat). */
-static void held_too_long(struct ev_loop *loop, ev_timer *w, int revents)
+void server_held_too_long(struct ev_loop *loop, ev_timer *w, int revents)
 {
     sf_server *s = w->data;
     conn_rec *r = (conn_rec *)(void *)((char *)w - offsetof(conn_rec, held_timer));
@@ -316,11 +318,11 @@ static void held_too_long(struct ev_loop *loop, ev_timer *w, int revents)
     s->stats.conn_timed_out++;
     if (sf_log_enabled(&s->log, SF_LOG_NOTICE)) {
         char text[SF_ADDR_TEXT_MAX];
-        peer_text(r, text, sizeof text);
+        server_peer_text(r, text, sizeof text);
         sf_logf(&s->log, SF_LOG_NOTICE, "[%s] connection held for %g s: ending pid=%d", text,
                 s->opts.conn_timeout_s, (int)r->pid);
     }
-    server_end_child(s, r);
+    server_end_child(s, r, WORKER_END_CONN_TIMEOUT);
 }
 
 /* The child runs: it has its copies of the connection and channel. */
@@ -331,6 +333,10 @@ static void on_started(sup *sp, pid_t pid, void *data, void *arg)
     int rc;
     (void)sp;
 
+    if (r->worker) {
+        workers_on_started(s, r, pid);
+        return;
+    }
     proc_backoff_reset(&s->backoff);
     retry_episode_end(s);
     close_fd(&r->fd); /* the child has it; see the top of this file */
@@ -339,7 +345,7 @@ static void on_started(sup *sp, pid_t pid, void *data, void *arg)
     r->started = ev_now(s->loop);
     s->stats.accepted++;
     if (s->opts.conn_timeout_s > 0) {
-        ev_timer_init(&r->held_timer, held_too_long, s->opts.conn_timeout_s, 0.);
+        ev_timer_init(&r->held_timer, server_held_too_long, s->opts.conn_timeout_s, 0.);
         r->held_timer.data = s;
         ev_timer_start(s->loop, &r->held_timer);
     }
@@ -357,7 +363,7 @@ static void on_started(sup *sp, pid_t pid, void *data, void *arg)
         sf_logf(&s->log, SF_LOG_WARN, "pid %d: no channel: %s", (int)pid, strerror(-rc));
     if (sf_log_enabled(&s->log, SF_LOG_INFO)) {
         char peer[SF_ADDR_TEXT_MAX];
-        peer_text(r, peer, sizeof peer);
+        server_peer_text(r, peer, sizeof peer);
         sf_logf(&s->log, SF_LOG_INFO, "[%s] connected pid=%d active=%u", peer, (int)pid,
                 s->sup.count);
     }
@@ -370,17 +376,21 @@ static void on_spawn_failed(sup *sp, int err, void *data, void *arg)
     char peer[SF_ADDR_TEXT_MAX];
     (void)sp;
 
+    if (r->worker) {
+        workers_on_spawn_failed(s, r, err);
+        return;
+    }
     if ((err == -EAGAIN || err == -ENOMEM) && !s->sup.shutting_down) {
         /* fork() failed: keep the connection, try again after a backoff. */
         s->stats.fork_failures++;
         hold_for_retry(s, r, "fork", err);
         return;
     }
-    peer_text(r, peer, sizeof peer);
+    server_peer_text(r, peer, sizeof peer);
     if (err != -ECANCELED)
         sf_logf(&s->log, SF_LOG_WARN, "[%s] dropped: %s", peer,
                 err == -ECHILD ? "the spawner died while starting its child" : strerror(-err));
-    rec_release(s, r);
+    server_rec_release(s, r);
     check_limit(s);
 }
 
@@ -433,40 +443,40 @@ static void start_conn(sf_server *s, conn_rec *r)
     char peer[SF_ADDR_TEXT_MAX];
     int rc;
 
-    if (s->opts.max_per_ip && r->is_tcp && per_ip_count(s, r) >= s->opts.max_per_ip) {
+    if (s->opts.max_per_ip && r->is_tcp && server_per_ip_count(s, r) >= s->opts.max_per_ip) {
         char host[SF_ADDR_TEXT_MAX];
-        peer_text(r, peer, sizeof peer);
+        server_peer_text(r, peer, sizeof peer);
         if (sf_addr_host(&r->peer, host, sizeof host) < 0)
             snprintf(host, sizeof host, "?");
         sf_logf(&s->log, SF_LOG_NOTICE,
                 "[%s] refused: %u connections from %s already (per-IP limit %u)", peer,
-                per_ip_count(s, r), host, s->opts.max_per_ip);
+                server_per_ip_count(s, r), host, s->opts.max_per_ip);
         s->stats.refused_per_ip++;
-        rec_release(s, r);
+        server_rec_release(s, r);
         return;
     }
     rc = 0;
     if (s->opts.max_per_ip && r->is_tcp)
         rc = hmap_reserve(&s->per_ip, s->per_ip.count + 1);
     if (rc < 0) {
-        peer_text(r, peer, sizeof peer);
+        server_peer_text(r, peer, sizeof peer);
         sf_logf(&s->log, SF_LOG_WARN, "[%s] dropped: cannot start its child: %s", peer,
                 strerror(-rc));
-        rec_release(s, r);
+        server_rec_release(s, r);
         return;
     }
     /* Counted from now on, waiting for a retry or not: it holds its place. */
-    per_ip_add(s, r, +1);
+    server_per_ip_add(s, r, +1);
     rc = launch(s, r);
     if (rc < 0 && transient(rc)) {
         if (rc != -EAGAIN && rc != -ENOMEM)
             s->stats.accept_failures++;
         hold_for_retry(s, r, rc == -EAGAIN ? "fork" : "start a child", rc);
     } else if (rc < 0) {
-        peer_text(r, peer, sizeof peer);
+        server_peer_text(r, peer, sizeof peer);
         sf_logf(&s->log, SF_LOG_WARN, "[%s] dropped: cannot start its child: %s", peer,
                 strerror(-rc));
-        rec_release(s, r);
+        server_rec_release(s, r);
     }
 }
 
@@ -511,14 +521,14 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
                 return;
             }
         }
-        r = rec_alloc(s); /* check_limit guarantees one */
+        r = server_rec_alloc(s); /* check_limit guarantees one */
         r->fd = fd;
         r->is_tcp = l->addr.u.sa.sa_family != AF_UNIX;
         r->peer = r->is_tcp ? peer : l->addr;
         if (r->is_tcp) {
             sf_addr local;
             if (local_addr_of(l, fd, &local) < 0) {
-                rec_release(s, r); /* the client is gone already (ENOTCONN) */
+                server_rec_release(s, r); /* the client is gone already (ENOTCONN) */
                 continue;
             }
             r->tuple = server_tuple_key(&r->peer, &local);
@@ -552,9 +562,9 @@ static void backoff_cb(struct ev_loop *loop, ev_timer *w, int revents)
             hold_for_retry(s, r, rc == -EAGAIN ? "fork" : "start a child", rc);
         } else if (rc < 0) {
             char peer[SF_ADDR_TEXT_MAX];
-            peer_text(r, peer, sizeof peer);
+            server_peer_text(r, peer, sizeof peer);
             sf_logf(&s->log, SF_LOG_WARN, "[%s] dropped: %s", peer, strerror(-rc));
-            rec_release(s, r);
+            server_rec_release(s, r);
         }
     }
     check_limit(s);
@@ -564,7 +574,7 @@ static void backoff_cb(struct ev_loop *loop, ev_timer *w, int revents)
 /* --------------------------------------------------- exits and timeouts */
 
 /* Removes r's tuple from the table if the entry is r's own (see on_started). */
-static void tuple_forget(sf_server *s, const conn_rec *r)
+void server_tuple_forget(sf_server *s, const conn_rec *r)
 {
     uint32_t *slot = hmap_get(&s->by_tuple, &r->tuple);
 
@@ -578,6 +588,10 @@ static void on_child_exit(sup *sp, pid_t pid, int wstatus, void *data, void *arg
     conn_rec *r = data;
     (void)sp;
 
+    if (r->worker) {
+        workers_on_exit(s, r, pid, wstatus);
+        return;
+    }
     sf_status st = sf_status_decode(wstatus);
 
     if (st.exited)
@@ -585,18 +599,24 @@ static void on_child_exit(sup *sp, pid_t pid, int wstatus, void *data, void *arg
     else
         s->stats.killed[st.signal < 64 ? st.signal : 64]++;
     if (sf_log_enabled(&s->log, SF_LOG_INFO)) {
-        char peer[SF_ADDR_TEXT_MAX], status[64];
-
-        peer_text(r, peer, sizeof peer);
+        char status[64];
         sf_status_format(&st, status, sizeof status);
-        sf_logf(&s->log, SF_LOG_INFO, "[%s] disconnected pid=%d duration=%.3fs status=%s", peer,
-                (int)pid, ev_now(s->loop) - r->started, status);
+        server_log_exit(s, r, pid, status);
     }
     if (r->is_tcp)
-        tuple_forget(s, r);
+        server_tuple_forget(s, r);
     endpoint_drain(&r->ep); /* its last words, before its will */
-    rec_release(s, r);
+    server_rec_release(s, r);
     check_limit(s);
+}
+
+void server_log_exit(sf_server *s, const conn_rec *r, pid_t pid, const char *status)
+{
+    char peer[SF_ADDR_TEXT_MAX];
+
+    server_peer_text(r, peer, sizeof peer);
+    sf_logf(&s->log, SF_LOG_INFO, "[%s] disconnected pid=%d duration=%.3fs status=%s", peer,
+            (int)pid, ev_now(s->loop) - r->started, status);
 }
 
 /* One connection of a dump: cut it if its client has been silent too long. */
@@ -617,17 +637,21 @@ static void idle_check_one(void *arg, const sf_addr *local, const sf_addr *peer,
     s->stats.idle_closed++;
     if (sf_log_enabled(&s->log, SF_LOG_NOTICE)) {
         char text[SF_ADDR_TEXT_MAX];
-        peer_text(r, text, sizeof text);
+        server_peer_text(r, text, sizeof text);
         sf_logf(&s->log, SF_LOG_NOTICE, "[%s] idle for %g s: closing pid=%d", text,
                 s->opts.idle_timeout_s, (int)r->pid);
     }
-    server_end_child(s, r);
+    server_end_child(s, r, WORKER_END_IDLE_TIMEOUT);
 }
 
-/* The child owns the socket: ending the child closes the connection. */
-void server_end_child(sf_server *s, conn_rec *r)
+/* The child owns the socket: ending the child closes the connection. A
+ * worker is ended with it (and replaced): its handler may be stuck. */
+void server_end_child(sf_server *s, conn_rec *r, int why)
 {
-    sup_terminate(&s->sup, r->pid);
+    if (r->worker)
+        workers_end(s, r, why);
+    else
+        sup_terminate(&s->sup, r->pid);
 }
 
 static int port_dumped_before(const sf_server *s, size_t i)
@@ -705,7 +729,14 @@ static void on_bus_kick(bus *b, endpoint *e, const char *why, void *arg)
     (void)b;
     (void)why;
     s->stats.chan_kicked++;
-    server_end_child(s, r);
+    server_end_child(s, r, WORKER_END_CHANNEL);
+}
+
+/* A worker's CONN_BEGIN or CONN_END (workers.c). */
+static int on_session(bus *b, endpoint *e, const chan_frame *f, void *arg)
+{
+    (void)b;
+    return workers_on_session(arg, e->data, f);
 }
 
 /* -------------------------------------------------------------- shutdown */
@@ -723,10 +754,12 @@ static void on_shutdown(sup *sp, void *arg)
         listener_close(&s->listeners[i]);
     }
     ev_timer_stop(s->loop, &s->backoff_timer);
+    if (s->prefork)
+        workers_shutdown(s);
     while (s->retry_head) {
         conn_rec *r = s->retry_head;
         s->retry_head = r->next_free;
-        rec_release(s, r);
+        server_rec_release(s, r);
     }
     s->retry_tail = NULL;
 }
@@ -803,10 +836,16 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
         !(s->opts.conn_timeout_s >= 0) ||
         s->opts.max_conns > (1u << 24) || s->opts.chan_max > CHAN_MAX_LIMIT ||
         s->opts.chan_queue < sf_chan_queue_min(s->opts.chan_max) ||
-        s->opts.topic_history > 100000) {
+        s->opts.topic_history > 100000 || !(s->opts.worker_idle_s >= 0) ||
+        (s->opts.workers_max > 0 && (s->opts.workers_min == 0 ||
+                                     s->opts.workers_min > s->opts.workers_max ||
+                                     s->opts.workers_max > s->opts.max_conns))) {
         os_nofork_free(s);
         return -EINVAL;
     }
+    s->prefork = s->opts.workers_max > 0;
+    if (s->opts.worker_idle_s == 0)
+        s->opts.worker_idle_s = 5.0;
     s->log.cb = s->opts.log;
     s->log.arg = s->opts.log_arg;
     s->log.level = s->opts.log_level;
@@ -909,6 +948,7 @@ int sf_server_run(sf_server *s)
     bcfg.history = s->opts.topic_history;
     bcfg.on_kick = on_bus_kick;
     bcfg.find = bus_find;
+    bcfg.on_session = s->prefork ? on_session : NULL;
     bcfg.arg = s;
     bcfg.log = &s->log;
     if ((rc = bus_init(&s->bus, s->loop, &bcfg)) < 0)
@@ -924,6 +964,11 @@ int sf_server_run(sf_server *s)
     sigemptyset(&ign.sa_mask);
     sigaction(SIGPIPE, &ign, &old_pipe);
 
+    /* Before sup_init forks the spawner: what workers are sent is there. */
+    if (s->prefork && (rc = workers_init(s)) < 0) {
+        sigaction(SIGPIPE, &old_pipe, NULL);
+        return rc;
+    }
     memset(&cfg, 0, sizeof cfg);
     cfg.max_children = s->opts.max_conns;
     cfg.grace = s->opts.grace_s;
@@ -932,7 +977,7 @@ int sf_server_run(sf_server *s)
     cfg.on_shutdown = on_shutdown;
     cfg.arg = s;
     cfg.log = &s->log;
-    cfg.spawn_child = child_main;
+    cfg.spawn_child = s->prefork ? worker_main : child_main;
     cfg.child_fdlimit = s->have_orig_fdlimit ? &s->orig_fdlimit : NULL;
     cfg.on_started = on_started;
     cfg.on_spawn_failed = on_spawn_failed;
@@ -960,6 +1005,8 @@ int sf_server_run(sf_server *s)
         ev_timer_set(&s->idle_timer, period, period);
         ev_timer_start(s->loop, &s->idle_timer);
     }
+    if (s->prefork)
+        workers_start(s);
     if (s->opts.on_ready)
         s->opts.on_ready(s, s->opts.ready_arg);
     update_accepting(s);
@@ -1016,6 +1063,8 @@ void sf_server_free(sf_server *s)
         ev_async_stop(s->loop, &s->stop_async);
         ev_loop_destroy(s->loop);
     }
+    if (s->prefork)
+        workers_fini(s);
     hmap_free(&s->per_ip);
     hmap_free(&s->by_tuple);
     if (s->diag_fd >= 0)

@@ -13,11 +13,26 @@
 #include "log.h"
 #include "os/os.h"
 #include "process/backoff.h"
+#include "server/sizing.h"
 
 #define LISTENERS_MAX 64
 #define ACCEPT_BATCH 32      /* accepts per wakeup, so reaping is not starved */
 
 enum { PAUSE_LIMIT = 1, PAUSE_ACCEPT_ERR = 2, PAUSE_FORK_ERR = 4 };
+
+/* Why a prefork worker ended (workers.c): the first reason given wins. */
+enum worker_end {
+    WORKER_END_NONE = 0,      /* nobody asked: it crashed or exited */
+    WORKER_END_IDLE,          /* above the minimum, idle too long */
+    WORKER_END_MAX_REQUESTS,  /* served its max_requests, replaced */
+    WORKER_END_CONN_TIMEOUT,  /* held a connection past conn_timeout_s */
+    WORKER_END_IDLE_TIMEOUT,  /* its client was silent past idle_timeout_s */
+    WORKER_END_KICKED,        /* `ctl kick` */
+    WORKER_END_CHANNEL,       /* the bus cut it off (bad input, full queue) */
+    WORKER_END_SHUTDOWN,
+    WORKER_END_CRASHED,       /* counted, never asked for */
+    WORKER_END_REASONS
+};
 
 /* Counters for `sockfork ctl stats`. */
 typedef struct sf_server_stats {
@@ -30,7 +45,11 @@ typedef struct sf_server_stats {
     uint64_t conn_timed_out;   /* ended for holding a connection too long */
     uint64_t kicked;
     uint64_t chan_kicked;      /* ended for bad channel input or a full queue */
-    uint64_t exited[256];      /* by exit code */
+    /* Prefork mode: workers started, and why each one ended. */
+    uint64_t workers_started;
+    uint64_t workers_ended[WORKER_END_REASONS];
+    uint64_t exited[256];      /* by exit code (fork mode: the child's;
+                                * prefork: the handler's return value) */
     uint64_t killed[65];       /* by signal number (64 = any higher) */
 } sf_server_stats;
 
@@ -48,7 +67,56 @@ typedef struct conn_rec {
     ev_tstamp started;
     ev_timer held_timer;  /* with conn_timeout_s: its end, from the start */
     struct conn_rec *next_free;  /* free list, and the retry list */
+    /* A prefork worker (workers.c): the record lives as long as the process,
+     * the fields above describe its current connection. */
+    int worker;
+    int wstate;           /* WORKER_STARTING ... */
+    int ending;           /* enum worker_end: why it was told to go, or killed */
+    int refused;          /* the current connection was refused (per-IP limit) */
+    unsigned listener;    /* of the current connection */
+    uint64_t served;      /* connections it has served */
+    uint64_t limit;       /* max_requests with its jitter; 0: none */
+    ev_tstamp born, idle_since;
+    struct conn_rec *replacing; /* the worker this one was started to replace */
+    int replaced;         /* a replacement is starting for it */
+    ev_timer retire_timer; /* while told to go: the signal is sent again */
 } conn_rec;
+
+enum { WORKER_STARTING = 1, WORKER_IDLE, WORKER_BUSY };
+
+/* What a worker needs that it cannot be sent in a spawn request's blob:
+ * the listeners (the array is plain memory, made before the spawner is
+ * forked, so the spawner and so every worker has it at the same address). */
+typedef struct worker_listener {
+    sf_addr addr;
+    int is_tcp;
+} worker_listener;
+
+/* The blob of a worker's spawn request (worker.c reads it). */
+typedef struct worker_start {
+    sf_conn_cb handler;
+    void *arg;
+    const worker_listener *listeners;
+    unsigned nlisteners;  /* its descriptors 3 .. 3+n-1; the channel is 3+n */
+    uint32_t chan_max;
+    int ask_verdict;      /* wait for the supervisor's word on each connection */
+} worker_start;
+
+/* The prefork pool's state in the supervisor (workers.c). */
+typedef struct worker_pool {
+    unsigned min, max;
+    unsigned starting, idle, busy, retiring; /* retiring: told to go, alive */
+    unsigned recycling;   /* replacements starting for workers at their limit */
+    double idle_s;
+    sizing_ramp ramp;
+    worker_listener *listeners;
+    ev_timer timer;       /* the sizing decision's next look */
+    proc_backoff crash_backoff;
+    double hold_until;    /* no start before (crash loop, or fork failed) */
+    uint64_t crash_streak; /* workers that died young since one served */
+    ev_tstamp crash_since;
+    uint64_t rng;
+} worker_pool;
 
 struct sf_server {
     sf_server_opts opts;
@@ -87,6 +155,8 @@ struct sf_server {
 
     ctl_server ctl;
     sf_server_stats stats;
+    int prefork;          /* opts.workers_max > 0 */
+    worker_pool wp;
 };
 
 /* Answers a control request (commands.c). */
@@ -95,8 +165,33 @@ json_t *server_command(void *arg, const char *cmd, json_t *req);
 /* The by_tuple key of a TCP connection: peer and local address and port. */
 hmap_key server_tuple_key(const sf_addr *peer, const sf_addr *local);
 
-/* Ends a child as the idle timeout and `ctl kick` do. */
-void server_end_child(sf_server *s, conn_rec *r);
+/* Ends a child as the idle timeout and `ctl kick` do; for a worker, `why`
+ * (enum worker_end) is counted when it has gone. */
+void server_end_child(sf_server *s, conn_rec *r, int why);
+
+/* Shared by server.c and workers.c. */
+conn_rec *server_rec_alloc(sf_server *s);
+void server_rec_release(sf_server *s, conn_rec *r);
+void server_peer_text(const conn_rec *r, char *buf, size_t len);
+void server_per_ip_add(sf_server *s, conn_rec *r, int delta);
+unsigned server_per_ip_count(const sf_server *s, const conn_rec *r);
+void server_tuple_forget(sf_server *s, const conn_rec *r);
+void server_held_too_long(struct ev_loop *loop, ev_timer *w, int revents);
+void server_log_exit(sf_server *s, const conn_rec *r, pid_t pid, const char *status);
+
+/* Prefork mode (workers.c). */
+void worker_main(const void *blob, size_t len, int nfds) __attribute__((noreturn));
+int workers_init(sf_server *s);          /* before sup_init: the listener table */
+void workers_fini(sf_server *s);
+void workers_start(sf_server *s);        /* once the supervisor runs */
+void workers_on_started(sf_server *s, conn_rec *r, pid_t pid);
+void workers_on_spawn_failed(sf_server *s, conn_rec *r, int err);
+void workers_on_exit(sf_server *s, conn_rec *r, pid_t pid, int wstatus);
+int workers_on_session(sf_server *s, conn_rec *r, const chan_frame *f);
+void workers_shutdown(sf_server *s);
+void workers_end(sf_server *s, conn_rec *r, int why); /* kill it (server_end_child) */
+const char *worker_end_name(int why);
+const char *worker_state_name(const sf_server *s, const conn_rec *r);
 /* One NETLINK_SOCK_DIAG dump per TCP listener port (two listeners on one
  * port: one dump), each connection handed to cb. Opens the diag socket if
  * there is none; on an error closes it (it may be left mid-dump) so the

@@ -514,7 +514,12 @@ static int push(endpoint *e, encoded *x)
     }
     if (x->failed[j])
         return -ENOMEM;
-    rc = chan_queue_push_raw(&e->q, x->bytes[j], x->len[j]);
+    /* A worker's queue keeps BUS_CONTROL_ROOM for the frames that mark its
+     * connections (endpoint_session_end): messages stop short of it. */
+    if (e->sessions && e->q.bytes + x->len[j] > e->owner->cfg.queue_limit)
+        rc = -ENOBUFS;
+    else
+        rc = chan_queue_push_raw(&e->q, x->bytes[j], x->len[j]);
     if (rc == -ENOBUFS) {
         e->drops++;
         e->owner->counted.drops++;
@@ -550,7 +555,7 @@ unsigned bus_broadcast(bus *b, const bus_msg *m, const endpoint *except)
 
     for (; e; e = next) {
         next = e->next;
-        if (e != except && push(e, &x) == 0)
+        if (e != except && endpoint_reachable(e) && push(e, &x) == 0)
             n++;
     }
     encoded_fini(&x);
@@ -605,7 +610,9 @@ static void send_error(endpoint *e, int code, const char *subject, size_t subjec
 
 endpoint *bus_find_pid(bus *b, pid_t pid)
 {
-    return b->cfg.find ? b->cfg.find(b, pid, b->cfg.arg) : NULL;
+    endpoint *e = b->cfg.find ? b->cfg.find(b, pid, b->cfg.arg) : NULL;
+
+    return e && endpoint_reachable(e) ? e : NULL;
 }
 
 void bus_get_stats(const bus *b, bus_stats *out)
@@ -1045,6 +1052,82 @@ static void kick(endpoint *e, const char *why, int bad)
     endpoint_close(e);
 }
 
+/* ------------------------------------------------ a worker's connections */
+
+/* What a connection leaves in the bus: its subscriptions, its names, its
+ * will (published unless the whole bus is closing) and its status. */
+static void drop_connection_state(endpoint *e)
+{
+    bus *b = e->owner;
+
+    while (e->subs) {
+        bus_sub *s = e->subs;
+        e->subs = s->enext;
+        sub_free(b, s);
+    }
+    e->nsubs = 0;
+    while (e->names) {
+        bus_name *n = e->names;
+        e->names = n->enext;
+        name_free(b, n);
+    }
+    e->nnames = 0;
+    if (e->will && !b->closing)
+        (void)topic_publish(b, e->will, e->will_topic_len, e->pid,
+                            (const unsigned char *)e->will + e->will_topic_len, e->will_len, NULL);
+    free(e->will);
+    e->will = NULL;
+    e->status[0] = '\0';
+}
+
+/* A frame about the worker's connections, in the order it sent it: what
+ * it asked before is done, what it asks after is the next connection's. */
+static int session_frame(endpoint *e)
+{
+    const chan_frame *f = &e->pend_f;
+
+    if ((f->type == CHAN_T_CONN_BEGIN) == (e->in_session != 0))
+        return -1; /* a begin inside a connection, or an end outside one */
+    if (!e->owner->cfg.on_session)
+        return -1;
+    return e->owner->cfg.on_session(e->owner, e, f, e->owner->cfg.arg);
+}
+
+void endpoint_use_sessions(endpoint *e)
+{
+    e->sessions = 1;
+    e->in_session = 0;
+    /* Past the limit by BUS_CONTROL_ROOM, which push() keeps free. */
+    e->q.limit = e->owner->cfg.queue_limit + BUS_CONTROL_ROOM;
+}
+
+void endpoint_session_begin(endpoint *e)
+{
+    e->in_session = 1;
+}
+
+int endpoint_session_end(endpoint *e)
+{
+    e->in_session = 0;
+    drop_connection_state(e);
+    /* The worker drops what it reads before this mark: it was sent to the
+     * connection that ended. */
+    return endpoint_send_control(e, CHAN_T_CONN_ENDED, NULL, 0);
+}
+
+int endpoint_send_control(endpoint *e, uint16_t type, const void *payload, uint32_t len)
+{
+    int rc;
+
+    if (!endpoint_is_open(e) || e->broken)
+        return -EPIPE;
+    rc = chan_queue_push(&e->q, type, payload, len, -1);
+    if (rc < 0)
+        return rc;
+    attention(e);
+    return 0;
+}
+
 /* Carries out the request that waits (decoded last), unless it would
  * deliver to a congested recipient: then e is held with it. Returns 0, or
  * -1 when e was closed. */
@@ -1053,6 +1136,14 @@ static int run_pending(endpoint *e)
     const char *why = NULL;
     bus_op op;
 
+    if (e->has_pend_f && e->sessions &&
+        (e->pend_f.type == CHAN_T_CONN_BEGIN || e->pend_f.type == CHAN_T_CONN_END)) {
+        int rc = session_frame(e);
+        pending_drop(e);
+        if (rc < 0)
+            kick(e, "a malformed connection frame", 1);
+        return endpoint_is_open(e) ? 0 : -1;
+    }
     if (e->has_pend_f) {
         if (bus_op_from_frame(&e->pend_f, &op) < 0) {
             pending_drop(e);
@@ -1310,24 +1401,8 @@ void endpoint_close(endpoint *e)
     if (e->jsonl)
         jsonl_decoder_fini(&e->jdec);
     chan_queue_fini(&e->q);
-    while (e->subs) {
-        bus_sub *s = e->subs;
-        e->subs = s->enext;
-        sub_free(b, s);
-    }
-    e->nsubs = 0;
-    while (e->names) {
-        bus_name *n = e->names;
-        e->names = n->enext;
-        name_free(b, n);
-    }
-    e->nnames = 0;
     /* Its will, unless the whole bus is closing (shutdown: everyone goes). */
-    if (e->will && !b->closing)
-        (void)topic_publish(b, e->will, e->will_topic_len, e->pid,
-                            (const unsigned char *)e->will + e->will_topic_len, e->will_len, NULL);
-    free(e->will);
-    e->will = NULL;
+    drop_connection_state(e);
     if (e->prev)
         e->prev->next = e->next;
     else

@@ -56,6 +56,9 @@
  * this, so anything a sibling may send reaches it; a queue must hold as
  * much. */
 #define BUS_MSG_OVERHEAD (CHAN_HDR_LEN + 8 + BUS_NAME_MAX)
+/* A prefork worker's queue keeps this much past queue_limit for the frames
+ * that mark its connections: at most an end mark and a verdict wait. */
+#define BUS_CONTROL_ROOM (4 * CHAN_HDR_LEN)
 
 enum bus_full_policy { BUS_FULL_DROP = 0, BUS_FULL_KICK = 1 };
 
@@ -110,6 +113,11 @@ struct endpoint {
     json_t *pend_j;
     unsigned char *stash;   /* what was read after it, to handle next */
     size_t stash_len;
+    /* A prefork worker's channel (endpoint_use_sessions): it serves one
+     * connection after another, and between two it is reachable by no
+     * one (no pid send, no broadcast) and holds nothing in the bus. */
+    int sessions;
+    int in_session;         /* between the worker's CONN_BEGIN and CONN_END */
     void *data;             /* the owner's */
 };
 
@@ -140,6 +148,11 @@ typedef struct bus_stats {
  * channel with the signal pending, and knows it was cut off. */
 typedef void (*bus_kick_cb)(bus *b, endpoint *e, const char *why, void *arg);
 
+/* A worker's CONN_BEGIN or CONN_END frame, in order with its requests:
+ * the owner checks it, then calls endpoint_session_begin or _end. Returns
+ * 0, or -1 for a frame that is wrong (the worker is disconnected). */
+typedef int (*bus_session_cb)(bus *b, endpoint *e, const chan_frame *f, void *arg);
+
 /* The owner's table of children: the open endpoint of a pid, or NULL. */
 typedef endpoint *(*bus_find_cb)(bus *b, pid_t pid, void *arg);
 
@@ -151,6 +164,7 @@ typedef struct bus_config {
     size_t history_bytes;       /* kept for all topics; 0: BUS_HISTORY_TOTAL */
     bus_kick_cb on_kick;
     bus_find_cb find;
+    bus_session_cb on_session;  /* NULL: no worker channels */
     void *arg;
     const sf_logger *log;
 } bus_config;
@@ -202,6 +216,27 @@ void endpoint_drain(endpoint *e);
 void bus_close_all(bus *b);
 
 static inline int endpoint_is_open(const endpoint *e) { return e->fd >= 0; }
+
+/* Open, and serving a connection if it is a worker's: what a message may
+ * be sent to. */
+static inline int endpoint_reachable(const endpoint *e)
+{
+    return e->fd >= 0 && (!e->sessions || e->in_session);
+}
+
+/* Makes an endpoint just opened a prefork worker's: idle (unreachable)
+ * until its first CONN_BEGIN. */
+void endpoint_use_sessions(endpoint *e);
+/* The worker's connection begins: it is reachable. */
+void endpoint_session_begin(endpoint *e);
+/* The connection ended: its subscriptions and names go, its will is
+ * published, and the end is marked in the worker's queue (CHAN_T_CONN_ENDED),
+ * so it drops what was sent to the connection before. Returns 0 or -errno
+ * (the mark could not be queued: the worker cannot tell old from new). */
+int endpoint_session_end(endpoint *e);
+/* Queues a frame of the owner's for a worker, in BUS_CONTROL_ROOM if the
+ * queue is full of messages. Returns 0 or -errno. */
+int endpoint_send_control(endpoint *e, uint16_t type, const void *payload, uint32_t len);
 
 /* Sends one message to one child, under the queue policy. Returns 0,
  * -ENOBUFS (dropped: queue full), -EPIPE (closed) or -ENOMEM. */

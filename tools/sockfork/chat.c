@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <setjmp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -45,6 +46,7 @@ enum { ASKING, CLAIMING, ACTIVE };
 
 typedef struct chat {
     sf_conn *conn;
+    jmp_buf done;               /* leave() ends the handler from anywhere in it */
     int fd;
     int state;
     char nick[NICK_MAX + 1];
@@ -565,7 +567,9 @@ static void joined(chat *ch)
 }
 
 /* Says goodbye to the room (unless announce is NULL) and the client, gives
- * the client a moment to read it, and exits. */
+ * the client a moment to read it, and ends the handler: it returns status
+ * (a prefork worker goes on to its next client with nothing of this one's
+ * left: the buffers are freed here). */
 static void leave(chat *ch, const char *announce, const char *to_client, int status)
 {
     if (ch->state == ACTIVE && announce)
@@ -599,7 +603,11 @@ static void leave(chat *ch, const char *announce, const char *to_client, int sta
         if (p[1].fd < 0)
             chan = -1; /* closed (or broken): poll the client alone */
     }
-    _exit(status);
+    free(ch->in);
+    free(ch->out);
+    free(ch->held);
+    ch->in = ch->out = ch->held = NULL;
+    longjmp(ch->done, status + 1);
 }
 
 /* ------------------------------------------------------------ commands */
@@ -1078,19 +1086,27 @@ static void message(chat *ch, sf_msg *m)
 
 int handler_chat(sf_conn *c, void *arg)
 {
-    chat ch;
+    /* Static, not on the stack: nothing it holds may be lost in a register
+     * by longjmp (one handler runs at a time in a process). */
+    static chat ch;
     struct sigaction sa;
-    int chan = sf_conn_channel_fd(c);
+    int chan = sf_conn_channel_fd(c), status;
     (void)arg;
 
     memset(&ch, 0, sizeof ch);
+    got_term = 0;
     ch.conn = c;
     ch.pid = getpid();
     ch.fd = sf_conn_fd(c);
     ch.in = malloc(cfg.line_max + 2);
     ch.out = malloc(cfg.backlog);
-    if (!ch.in || !ch.out)
+    if (!ch.in || !ch.out) {
+        free(ch.in);
+        free(ch.out);
         return 1;
+    }
+    if ((status = setjmp(ch.done)) != 0)
+        return status - 1;
     (void)fcntl(ch.fd, F_SETFL, O_NONBLOCK);
     /* Lines go out as they are written: with Nagle, a line written while
      * the previous one is unacknowledged waits for the client's delayed
@@ -1161,7 +1177,7 @@ int handler_chat(sf_conn *c, void *arg)
         p[1].events = POLLIN;
         p[0].revents = p[1].revents = 0;
         if (ppoll(p, 2, left >= 0 ? &wait : NULL, &waitmask) < 0 && errno != EINTR)
-            return 1;
+            leave(&ch, "has quit (connection lost)", NULL, 1);
         if (room && (p[1].revents || sf_conn_msg_pending(c))) {
             /* Every message already read, then what one more read brings:
              * bounded, so the client's side gets its turn, and only while

@@ -251,8 +251,16 @@ static void print_list(json_t *reply, unsigned pid)
     size_t i;
     (void)pid;
 
-    printf("%-8s %-40s %-12s %-20s %12s %12s  %s\n", "PID", "PEER", "STATE", "SINCE", "IN", "OUT",
-           "STATUS");
+    /* Prefork: a worker's connections served, between STATE and SINCE. */
+    int workers = json_is_string(json_object_get(reply, "mode")) &&
+                  strcmp(json_string_value(json_object_get(reply, "mode")), "prefork") == 0;
+
+    if (workers)
+        printf("%-8s %-40s %-14s %8s %-20s %12s %12s  %s\n", "PID", "PEER", "STATE", "SERVED",
+               "SINCE", "IN", "OUT", "STATUS");
+    else
+        printf("%-8s %-40s %-12s %-20s %12s %12s  %s\n", "PID", "PEER", "STATE", "SINCE", "IN",
+               "OUT", "STATUS");
     json_array_foreach(children, i, c) {
         char since[32] = "-", in[24], out[24], peer[FIELD_MAX], state[FIELD_MAX], status[FIELD_MAX];
         json_t *sv = json_object_get(c, "since");
@@ -263,6 +271,15 @@ static void print_list(json_t *reply, unsigned pid)
             strftime(since, sizeof since, "%Y-%m-%d %H:%M:%S", &tm);
         fmt_bytes(json_object_get(c, "bytes_in"), in, sizeof in);
         fmt_bytes(json_object_get(c, "bytes_out"), out, sizeof out);
+        if (workers) {
+            printf("%-8lld %-40s %-14s %8lld %-20s %12s %12s  %s\n",
+                   (long long)json_integer_value(json_object_get(c, "pid")),
+                   clean_member(c, "peer", "-", peer, sizeof peer),
+                   clean_member(c, "state", "-", state, sizeof state),
+                   (long long)json_integer_value(json_object_get(c, "served")), since, in, out,
+                   clean_member(c, "status", "", status, sizeof status));
+            continue;
+        }
         printf("%-8lld %-40s %-12s %-20s %12s %12s  %s\n",
                (long long)json_integer_value(json_object_get(c, "pid")),
                clean_member(c, "peer", "-", peer, sizeof peer),

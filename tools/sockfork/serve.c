@@ -36,6 +36,13 @@ static const char serve_usage[] =
     "      --max-per-ip N    connections at once from one address (default: no limit)\n"
     "      --idle-timeout S  close TCP clients that send nothing for S seconds\n"
     "      --conn-timeout S  end a child that has held its connection S seconds\n"
+    "      --workers MIN[:MAX]  prefork: MIN to MAX (default MIN) workers, started\n"
+    "                        ahead, each serving one connection after another;\n"
+    "                        more start (1, 2, 4... a second) while all are busy,\n"
+    "                        idle ones above MIN retire; not with a PROGRAM\n"
+    "      --max-requests N  prefork: replace a worker after about N connections\n"
+    "      --worker-idle S   prefork: idle time before a worker above MIN retires\n"
+    "                        (default 5s)\n"
     "      --grace S         at SIGTERM/SIGINT/SIGHUP, time children get to finish\n"
     "                        before they are terminated (default 10)\n"
     "      --backlog N       listen backlog (default: the system maximum)\n"
@@ -66,9 +73,9 @@ static const char chat_usage[] =
     "everyone starts in room 'lobby'. Commands: /nick NAME, /join ROOM,\n"
     "/who [ROOM], /rooms, /msg NICK TEXT, /me ACTION, /quit, /help.\n"
     "\n"
-    "options: as `sockfork serve` (listen, limits, --grace, --control, --channel-*,\n"
-    "-q; --channel-full is kick here: a member that cannot keep up is cut off,\n"
-    "never left with a gap), and:\n"
+    "options: as `sockfork serve` (listen, limits, --workers, --max-requests,\n"
+    "--worker-idle, --grace, --control, --channel-*, -q; --channel-full is kick\n"
+    "here: a member that cannot keep up is cut off, never left with a gap), and:\n"
     "      --history N       lines a joiner gets of the room's past (default 20)\n"
     "      --line-max SIZE   longest line a client may send (default 4K); longer\n"
     "                        ones are refused with a notice\n"
@@ -81,7 +88,8 @@ static const char chat_usage[] =
     "  -h, --help            this text\n"
     "  -V, --version         print the version\n";
 
-enum { OPT_MAX_PER_IP = 256, OPT_IDLE, OPT_CONN_TIMEOUT, OPT_GRACE, OPT_BACKLOG, OPT_ECHO, OPT_CONTROL, OPT_NO_CONTROL,
+enum { OPT_MAX_PER_IP = 256, OPT_IDLE, OPT_CONN_TIMEOUT, OPT_WORKERS, OPT_MAX_REQUESTS,
+       OPT_WORKER_IDLE, OPT_GRACE, OPT_BACKLOG, OPT_ECHO, OPT_CONTROL, OPT_NO_CONTROL,
        OPT_CHAN_MAX, OPT_CHAN_QUEUE, OPT_CHAN_FULL, OPT_TOPIC_HISTORY,
        /* chat only */
        OPT_HISTORY, OPT_LINE_MAX, OPT_FLOOD, OPT_CLIENT_BACKLOG };
@@ -92,6 +100,9 @@ static const struct option serve_options[] = {
     {"max-per-ip", required_argument, NULL, OPT_MAX_PER_IP},
     {"idle-timeout", required_argument, NULL, OPT_IDLE},
     {"conn-timeout", required_argument, NULL, OPT_CONN_TIMEOUT},
+    {"workers", required_argument, NULL, OPT_WORKERS},
+    {"max-requests", required_argument, NULL, OPT_MAX_REQUESTS},
+    {"worker-idle", required_argument, NULL, OPT_WORKER_IDLE},
     {"grace", required_argument, NULL, OPT_GRACE},
     {"backlog", required_argument, NULL, OPT_BACKLOG},
     {"quiet", no_argument, NULL, 'q'},
@@ -242,6 +253,7 @@ typedef struct server_cmdline {
     size_t nlisten;
     const char *control;    /* --control PATH, or NULL: the default */
     int no_control, echo;
+    int max_conns_given, worker_idle_given;
     const char *last_optarg; /* the last option's value: "--" there is no end of options */
     sf_conn_cb handler;
     void *handler_arg;
@@ -279,6 +291,7 @@ static int set_max_conns(server_cmdline *cl, const char *v)
         return -1;
     }
     cl->opts.max_conns = u;
+    cl->max_conns_given = 1;
     return 0;
 }
 
@@ -307,6 +320,57 @@ static int set_seconds(server_cmdline *cl, const char *option, const char *v, do
 static int set_conn_timeout(server_cmdline *cl, const char *v)
 {
     return set_seconds(cl, "--conn-timeout", v, &cl->opts.conn_timeout_s);
+}
+
+/* --workers MIN[:MAX], 1 <= MIN <= MAX <= 2^24. */
+static int set_workers(server_cmdline *cl, const char *v)
+{
+    char min[32];
+    const char *colon = strchr(v, ':');
+    size_t n = colon ? (size_t)(colon - v) : strlen(v);
+    unsigned lo, hi;
+
+    if (n >= sizeof min)
+        goto bad;
+    memcpy(min, v, n);
+    min[n] = '\0';
+    if (cli_parse_uint(min, 1u << 24, &lo) < 0 || lo == 0)
+        goto bad;
+    hi = lo;
+    if (colon && (cli_parse_uint(colon + 1, 1u << 24, &hi) < 0 || hi < lo))
+        goto bad;
+    cl->opts.workers_min = lo;
+    cl->opts.workers_max = hi;
+    return 0;
+bad:
+    cli_error("%s: --workers wants MIN or MIN:MAX, 1 <= MIN <= MAX <= %u, not '%s'",
+              cl->kind->name, 1u << 24, v);
+    return -1;
+}
+
+static int set_max_requests(server_cmdline *cl, const char *v)
+{
+    unsigned u;
+
+    if (cli_parse_uint(v, 1u << 30, &u) < 0 || u == 0) {
+        cli_error("%s: --max-requests wants a number from 1 to %u, not '%s'", cl->kind->name,
+                  1u << 30, v);
+        return -1;
+    }
+    cl->opts.max_requests = u;
+    return 0;
+}
+
+static int set_worker_idle(server_cmdline *cl, const char *v)
+{
+    if (set_seconds(cl, "--worker-idle", v, &cl->opts.worker_idle_s) < 0)
+        return -1;
+    cl->worker_idle_given = 1;
+    if (cl->opts.worker_idle_s <= 0) {
+        cli_error("%s: --worker-idle wants a duration above 0, not '%s'", cl->kind->name, v);
+        return -1;
+    }
+    return 0;
 }
 
 static int set_idle_timeout(server_cmdline *cl, const char *v)
@@ -457,6 +521,9 @@ static const struct server_option {
     {OPT_MAX_PER_IP, KIND_SERVE | KIND_CHAT, set_max_per_ip},
     {OPT_IDLE, KIND_SERVE | KIND_CHAT, set_idle_timeout},
     {OPT_CONN_TIMEOUT, KIND_SERVE | KIND_CHAT, set_conn_timeout},
+    {OPT_WORKERS, KIND_SERVE | KIND_CHAT, set_workers},
+    {OPT_MAX_REQUESTS, KIND_SERVE | KIND_CHAT, set_max_requests},
+    {OPT_WORKER_IDLE, KIND_SERVE | KIND_CHAT, set_worker_idle},
     {OPT_GRACE, KIND_SERVE | KIND_CHAT, set_grace},
     {OPT_BACKLOG, KIND_SERVE | KIND_CHAT, set_backlog},
     {'q', KIND_SERVE | KIND_CHAT, set_quiet},
@@ -560,6 +627,37 @@ static int chat_pick_handler(server_cmdline *cl, int argc, char **argv, int firs
     return chat_check(&cl->opts);
 }
 
+/* Prefork: --workers with its companions; -c bounds the workers too.
+ * 0, or -1 after saying what is wrong. */
+static int check_prefork(server_cmdline *cl, int max_conns_given)
+{
+    sf_server_opts *o = &cl->opts;
+    const char *name = cl->kind->name;
+
+    if (!o->workers_max) {
+        if (o->max_requests || cl->worker_idle_given) {
+            cli_error("%s: %s works with --workers only", name,
+                      o->max_requests ? "--max-requests" : "--worker-idle");
+            return -1;
+        }
+        return 0;
+    }
+    if (cl->handler == handler_exec) {
+        cli_error("%s: --workers runs C handlers (--echo, the built-in ones); a PROGRAM is "
+                  "exec'd once per connection, so it cannot be pre-forked", name);
+        return -1;
+    }
+    if (!max_conns_given) {
+        o->max_conns = o->workers_max; /* one connection per worker */
+    } else if (o->max_conns < o->workers_min) {
+        cli_error("%s: -c %u is below --workers' minimum %u", name, o->max_conns, o->workers_min);
+        return -1;
+    } else if (o->max_conns < o->workers_max) {
+        o->workers_max = o->max_conns; /* at most -c connections at once */
+    }
+    return 0;
+}
+
 /* What only the options together can say is wrong. 0, or -1. */
 static int check_channel_sizes(const server_cmdline *cl)
 {
@@ -582,7 +680,8 @@ static int read_cmdline(server_cmdline *cl, int argc, char **argv)
 
     if (rc != 0)
         return rc;
-    if (cl->kind->pick_handler(cl, argc, argv, optind) < 0 || check_channel_sizes(cl) < 0)
+    if (cl->kind->pick_handler(cl, argc, argv, optind) < 0 || check_channel_sizes(cl) < 0 ||
+        check_prefork(cl, cl->max_conns_given) < 0)
         return -1;
     if (cl->nlisten == 0)
         cl->listen_addrs[cl->nlisten++] = DEFAULT_LISTEN;
