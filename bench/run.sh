@@ -11,6 +11,8 @@
 #   bare-dispatch  build/bench/bare-prefork --dispatch PORT N (the parent accepts
 #                  and hands each connection to an idle worker)
 #   node-cluster   node bench/node_cluster_echo.js PORT N (Node's cluster + net)
+#   sockfork-prefork  sockfork serve -q -l 127.0.0.1:PORT --echo --workers
+#                  BENCH_PREFORK (prefork mode)
 #
 # For each: connection rate at concurrency 1, 16 and 64, round trips per
 # second over 16 persistent connections, and PSS of all the server's
@@ -25,7 +27,8 @@
 #   BENCH_RTT_CONC=16   persistent connections of the rtt run (0: no rtt run)
 #   BENCH_HOLD=10000    connections to hold (0: no hold test)
 #   BENCH_HOLD_SECS=60  bound on opening them, and on echoing over them
-#   BENCH_WORKERS=8     workers of the prefork servers
+#   BENCH_WORKERS=8     workers of the bare and Node prefork servers
+#   BENCH_PREFORK=2:8   sockfork-prefork's --workers MIN:MAX
 #   BENCH_SERVERS="sockfork tcpserver socat bare bare-prefork bare-dispatch
 #                  node-cluster"   which servers, in order
 #   SOCKFORK=path       sockfork binary (default: $BUILD/sockfork)
@@ -38,6 +41,7 @@ BENCH_SECS=${BENCH_SECS:-5}
 BENCH_HOLD=${BENCH_HOLD:-10000}
 BENCH_SERVERS=${BENCH_SERVERS:-sockfork tcpserver socat bare bare-prefork bare-dispatch node-cluster}
 BENCH_WORKERS=${BENCH_WORKERS:-8}
+BENCH_PREFORK=${BENCH_PREFORK:-2:8}
 SOCKFORK=${SOCKFORK:-$BUILD/sockfork}
 read -r -a RATE_CONCS <<<"${BENCH_CONCS:-1 16 64}"
 RTT_CONC=${BENCH_RTT_CONC:-16}
@@ -53,6 +57,14 @@ LOADGEN_PID=""       # a loadgen running in the background, for the trap
 source "$ROOT/bench/lib.sh"
 
 # ------------------------------------------------------------ processes
+
+# CPU time (clock ticks) of PID and all its descendants, with what their
+# reaped children used (cutime, cstime): a connection child that has exited
+# still counts, in its parent's.
+tree_cpu_ticks() {
+    tree_pids "$1" | sed 's|.*|/proc/&/stat|' | { xargs cat 2>/dev/null || true; } |
+        awk '{ sub(/.*\) /, ""); t += $12 + $13 + $14 + $15 } END { print t + 0 }'
+}
 
 # PSS in KiB summed over PID and all its descendants.
 pss_kib() {
@@ -140,7 +152,7 @@ raise_nofile() {
 # Why a server cannot run here, or nothing when it can.
 unavailable() {
     case $1 in
-    sockfork)
+    sockfork | sockfork-prefork)
         if [[ $SOCKFORK == "$BUILD/sockfork" ]] && ((!SOCKFORK_OK)); then
             echo "the project did not build"
         elif ! "$SOCKFORK" --version >/dev/null 2>&1; then
@@ -159,6 +171,8 @@ start_server() {
     local name=$1 port=$2 log=$WORK/$1.log
     case $name in
     sockfork) "$SOCKFORK" serve -q -l "127.0.0.1:$port" --echo -c "$MAX_CONNS" 2>"$log" & ;;
+    sockfork-prefork)
+        "$SOCKFORK" serve -q -l "127.0.0.1:$port" --echo --workers "$BENCH_PREFORK" 2>"$log" & ;;
     # tcpserver's defaults are -c 40 and a backlog of 20: raise both.
     tcpserver) tcpserver -c "$MAX_CONNS" -b 4096 -H -R -l 0 127.0.0.1 "$port" cat 2>"$log" & ;;
     # Each forked socat child has its own unnamed pipe: bytes go out as they came.
@@ -208,6 +222,12 @@ no_hold() {
     case $1 in
     bare-prefork | bare-dispatch)
         echo "$BENCH_WORKERS workers serve $BENCH_WORKERS connections at once" ;;
+    sockfork-prefork)
+        if ((${BENCH_PREFORK#*:} < BENCH_HOLD)); then
+            echo "--workers $BENCH_PREFORK serves at most ${BENCH_PREFORK#*:} connections at once"
+        elif ((BENCH_HOLD == 0)); then
+            echo "BENCH_HOLD=0"
+        fi ;;
     *) ((BENCH_HOLD > 0)) || echo "BENCH_HOLD=0" ;;
     esac
 }
@@ -265,9 +285,16 @@ bench_server() {
     R[$name,idle_pss]=$(pss_kib "$SERVER_PID")
 
     for c in "${RATE_CONCS[@]}"; do
+        local t0 t1
+        t0=$(tree_cpu_ticks "$SERVER_PID")
         line=$("$LOADGEN" rate -a "$addr" -c "$c" -d "$BENCH_SECS") || true
+        t1=$(tree_cpu_ticks "$SERVER_PID")
         record "$name" "rate@$c" "$line"
         R[$name,rate$c]=$(field "$line" ops_per_s)
+        # µs of server CPU per connection made in the run.
+        R[$name,cpu$c]=$(calc 'printf "%.1f", a / b' \
+            "$(((t1 - t0) * 1000000 / $(getconf CLK_TCK)))" \
+            "$(calc 'print a * b' "${R[$name,rate$c]:-}" "$BENCH_SECS")")
     done
     if ((RTT_CONC > 0)); then
         line=$("$LOADGEN" rtt -a "$addr" -c "$RTT_CONC" -d "$BENCH_SECS") || true
@@ -371,14 +398,24 @@ targets() {
 # conn/s @64: printed when both servers of a ratio were measured.
 prefork_ratios() {
     local lines=() a b r a_b
-    for a_b in "bare-dispatch bare-prefork" "bare-prefork bare" "node-cluster bare-prefork"; do
+    for a_b in "sockfork-prefork bare-prefork" "sockfork-prefork sockfork" \
+        "sockfork-prefork node-cluster" "bare-dispatch bare-prefork" "bare-prefork bare" \
+        "node-cluster bare-prefork"; do
         read -r a b <<<"$a_b"
         r=$(calc 'printf "%.2f", a / b' "$(value "$a" rate64)" "$(value "$b" rate64)")
         [[ -n $r ]] && lines+=("- $a / $b = $r")
     done
     ((${#lines[@]})) || return 0
-    echo "Prefork (conn/s @64, $BENCH_WORKERS workers):"
+    echo "Prefork (conn/s @64; $BENCH_WORKERS workers, sockfork-prefork --workers $BENCH_PREFORK;" \
+        "targets: sockfork-prefork / bare-prefork >= 0.9, / sockfork >= 2, / node-cluster > 1):"
     printf '%s\n' "${lines[@]}"
+    echo
+    echo "Server CPU per connection (µs, all its processes, at c=${RATE_CONCS[-1]}):"
+    local name
+    for name in $BENCH_SERVERS; do
+        [[ -n ${R[$name,cpu${RATE_CONCS[-1]}]:-} ]] &&
+            echo "- $name: ${R[$name,cpu${RATE_CONCS[-1]}]}"
+    done
     echo
 }
 

@@ -40,6 +40,8 @@ static void collect_bytes(sf_server *s, uint64_t *bytes)
 {
     list_ctx lc = {s, bytes};
 
+    if (s->prefork)
+        workers_index_tuples(s);
     (void)server_tcp_dump(s, list_bytes_one, &lc);
 }
 
@@ -49,20 +51,25 @@ static json_t *json_bytes(uint64_t v)
 }
 
 /* A prefork worker: its state and count; peer, since and bytes are its
- * current connection's (null while it is idle). */
+ * current connection's (null while it is idle), from its slot. */
 static json_t *worker_entry(sf_server *s, const conn_rec *r, const uint64_t *bytes)
 {
-    int busy = r->wstate == WORKER_BUSY;
+    const worker_listener *l;
+    worker_slot sl;
     char peer[SF_ADDR_TEXT_MAX];
+    int busy;
 
-    if (!busy || sf_addr_format(&r->peer, peer, sizeof peer) < 0)
+    busy = workers_slot(r, &sl) == 0 && sl.busy;
+    l = &s->wp.listeners[sl.listener % s->nlisteners];
+    if (!busy || sf_addr_format(l->is_tcp ? &sl.peer : &l->addr, peer, sizeof peer) < 0)
         strcpy(peer, "?");
     return json_pack("{s:i, s:b, s:s, s:o, s:o, s:f, s:I, s:o, s:o, s:s, s:I, s:I}", "pid",
                      (int)r->pid, "worker", 1, "state", worker_state_name(s, r), "peer",
                      busy ? json_string(peer) : json_null(), "since",
-                     busy ? json_real(r->started) : json_null(), "started", r->born, "served",
-                     (json_int_t)r->served, "bytes_in", json_bytes(busy ? bytes[0] : UINT64_MAX),
-                     "bytes_out", json_bytes(busy ? bytes[1] : UINT64_MAX), "status",
+                     busy ? json_real(sl.started) : json_null(), "started", r->born, "served",
+                     (json_int_t)sl.ended, "bytes_in",
+                     json_bytes(busy && r->tuple_set ? bytes[0] : UINT64_MAX), "bytes_out",
+                     json_bytes(busy && r->tuple_set ? bytes[1] : UINT64_MAX), "status",
                      r->ep.status, "queued", (json_int_t)r->ep.q.bytes, "dropped",
                      (json_int_t)r->ep.drops);
 }
@@ -156,8 +163,8 @@ static json_t *cmd_send(sf_server *s, json_t *req)
     if (!r)
         return ctl_error("no child with pid %lld", (long long)json_integer_value(pid));
     if (r->worker && !endpoint_reachable(&r->ep))
-        return ctl_error("pid %d is a worker between connections: nobody would read it",
-                         (int)r->pid);
+        return ctl_error("pid %d is a worker whose connection does not use its channel, or "
+                         "that serves none now: nobody would read it", (int)r->pid);
     m.kind = SF_MSG_DIRECT;
     unread = has_unread(&r->ep);
     rc = bus_deliver(&r->ep, &m);
@@ -323,23 +330,9 @@ static json_t *channel_counts(const bus_stats *bs, const sup_stats *ss)
     return o;
 }
 
-/* Connections being served: a child each in fork mode; busy workers. */
-static uint64_t active_connections(const sf_server *s, const sup_stats *ss)
-{
-    uint64_t n = 0;
-
-    if (!s->prefork)
-        return ss->children;
-    for (unsigned i = 0; i < s->recs_touched; i++)
-        if (s->recs[i].worker && s->recs[i].pid > 0 && s->recs[i].wstate == WORKER_BUSY &&
-            !s->recs[i].refused)
-            n++;
-    return n;
-}
-
 /* `workers` (prefork): how many in each state, started, ended by reason,
  * and the connections each live one has served (the spread of accept). */
-static json_t *worker_counts(const sf_server *s)
+static json_t *worker_numbers(sf_server *s, const worker_counts *wc)
 {
     const worker_pool *wp = &s->wp;
     const sf_server_stats *st = &s->stats;
@@ -349,14 +342,17 @@ static json_t *worker_counts(const sf_server *s)
     if (!o || !ended || !served)
         goto fail;
     for (int i = 1; i < WORKER_END_REASONS; i++)
-        if (json_object_set_new(ended, worker_end_name(i), json_integer((json_int_t)st->workers_ended[i])) < 0)
+        if (json_object_set_new(ended, worker_end_name(i),
+                                json_integer((json_int_t)st->workers_ended[i])) < 0)
             goto fail;
     for (unsigned i = 0; i < s->recs_touched; i++) {
         const conn_rec *r = &s->recs[i];
-        if (!r->worker || r->pid <= 0)
+        worker_slot sl;
+        if (!r->worker || r->pid <= 0 || r->wstate != WORKER_UP)
             continue;
+        (void)workers_slot(r, &sl);
         snprintf(key, sizeof key, "%d", (int)r->pid);
-        if (json_object_set_new(served, key, json_integer((json_int_t)r->served)) < 0)
+        if (json_object_set_new(served, key, json_integer((json_int_t)sl.ended)) < 0)
             goto fail;
     }
     /* set_new takes its value even when it fails: from here o owns all. */
@@ -364,8 +360,8 @@ static json_t *worker_counts(const sf_server *s)
         json_object_set_new(o, "served", served) < 0 ||
         json_object_set_new(o, "min", json_integer(wp->min)) < 0 ||
         json_object_set_new(o, "max", json_integer(wp->max)) < 0 ||
-        json_object_set_new(o, "idle", json_integer(wp->idle)) < 0 ||
-        json_object_set_new(o, "busy", json_integer(wp->busy)) < 0 ||
+        json_object_set_new(o, "idle", json_integer(wc->idle)) < 0 ||
+        json_object_set_new(o, "busy", json_integer(wc->busy)) < 0 ||
         json_object_set_new(o, "starting", json_integer(wp->starting)) < 0 ||
         json_object_set_new(o, "retiring", json_integer(wp->retiring)) < 0 ||
         json_object_set_new(o, "started", json_integer((json_int_t)st->workers_started)) < 0) {
@@ -384,20 +380,33 @@ fail:
  * counters, the supervisor's (sup_get_stats) and the bus's (bus_get_stats). */
 static json_t *cmd_stats(sf_server *s)
 {
-    const sf_server_stats *st = &s->stats;
+    sf_server_stats *st = &s->stats, pf;
     json_t *r = json_object();
     sup_stats ss;
     bus_stats bs;
+    worker_counts wc;
+    uint64_t active;
 
     sup_get_stats(&s->sup, &ss);
     bus_get_stats(&s->bus, &bs);
+    active = ss.children;
+    if (s->prefork) {
+        /* Prefork: what the workers' slots say. A handler's return of 0
+         * is counted there only (CONN_END tells of the others). */
+        workers_count(s, &wc);
+        pf = *st;
+        pf.accepted = wc.begun - wc.refused;
+        pf.exited[0] += wc.ended - s->wp.failed;
+        st = &pf;
+        active = wc.busy_all;
+    }
     /* json_object_set_new takes the value, and fails on a NULL one (out
      * of memory): the reply is then freed whole. */
     if (!r || json_object_set_new(r, "ok", json_true()) < 0 ||
         json_object_set_new(r, "pid", json_integer(getpid())) < 0 ||
         json_object_set_new(r, "listeners", listener_names(s)) < 0 ||
-        put_connections(r, st, &ss, active_connections(s, &ss)) < 0 ||
-        (s->prefork && json_object_set_new(r, "workers", worker_counts(s)) < 0) ||
+        put_connections(r, st, &ss, active) < 0 ||
+        (s->prefork && json_object_set_new(r, "workers", worker_numbers(s, &wc)) < 0) ||
         json_object_set_new(r, "exited", exits_by_code(st)) < 0 ||
         json_object_set_new(r, "killed", kills_by_signal(st)) < 0 ||
         json_object_set_new(r, "channel", channel_counts(&bs, &ss)) < 0 ||

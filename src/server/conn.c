@@ -105,6 +105,8 @@ int sf_conn_exec(sf_conn *c, char *const argv[])
     if (dup2(c->fd, 0) < 0 || dup2(c->fd, 1) < 0)
         return -errno;
     if (c->chan >= 0) {
+        if ((rc = conn_channel_open(c)) < 0)
+            return rc;
         if (dup2(c->chan, 3) < 0)
             return -errno;
         if (setenv("SOCKFORK_FD", "3", 1) < 0)
@@ -131,11 +133,14 @@ int sf_conn_exec(sf_conn *c, char *const argv[])
 
 int sf_conn_channel_fd(const sf_conn *c)
 {
+    /* A failure leaves the descriptor to say it: its end is closed. */
+    (void)conn_channel_open(c);
     return c->chan;
 }
 
 int sf_conn_msg_pending(const sf_conn *c)
 {
+    (void)conn_channel_open(c);
     return chan_reader_pending(&c->reader);
 }
 
@@ -159,6 +164,8 @@ int sf_conn_wait(sf_conn *c, double timeout_s)
 
     if (isnan(timeout_s))
         return -EINVAL;
+    if ((n = conn_channel_open(c)) < 0)
+        return n;
     timeout_ms = wait_ms(timeout_s);
 
     /* A message already read (part of an earlier read) must not wait for
@@ -189,6 +196,8 @@ int sf_conn_recv(sf_conn *c, sf_msg *m)
     int rc;
 
     memset(m, 0, sizeof *m);
+    if ((rc = conn_channel_open(c)) < 0)
+        return rc;
     rc = chan_recv(c->chan, &c->reader, &f);
     if (rc <= 0)
         return rc;
@@ -225,13 +234,19 @@ static int send_req(sf_conn *c, uint16_t type, const unsigned char *head, size_t
                     const char *name, size_t nlen, const void *data, size_t len)
 {
     size_t total = hlen + nlen + len;
-    unsigned char small[512], *buf = total <= sizeof small ? small : malloc(total);
+    unsigned char small[512], *buf;
     int rc;
 
     if (total > CHAN_MAX_LIMIT)
-        return -EMSGSIZE;
+        return -EMSGSIZE; /* before any allocation: nothing to free */
+    buf = total <= sizeof small ? small : malloc(total);
     if (!buf)
         return -ENOMEM;
+    if ((rc = conn_channel_open(c)) < 0) {
+        if (buf != small)
+            free(buf);
+        return rc;
+    }
     if (hlen)
         memcpy(buf, head, hlen);
     if (nlen)

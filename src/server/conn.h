@@ -11,6 +11,17 @@ struct sf_conn {
     chan_reader reader;   /* what was read of it past the last message */
     sf_addr peer;   /* for Unix connections: the listener's path */
     sf_addr local;
+    /* A prefork worker's (worker.c): called before every use of the
+     * channel, so that the connection's first use opens it (tells the
+     * supervisor); 0 or -errno. NULL in fork mode. */
+    int (*open_channel)(void *arg);
+    void *open_arg;
 };
+
+/* The open_channel hook, if any. */
+static inline int conn_channel_open(const sf_conn *c)
+{
+    return c->open_channel ? c->open_channel(c->open_arg) : 0;
+}
 
 #endif

@@ -216,6 +216,7 @@ static void __attribute__((noreturn)) child_main(const void *blob, size_t len, i
     if (len != sizeof cs || nfds != 2)
         _exit(111);
     memcpy(&cs, blob, sizeof cs);
+    memset(&c, 0, sizeof c);
     c.fd = 3;
     c.chan = 4;
     (void)fcntl(c.chan, F_SETFL, 0); /* blocking: see start_conn */
@@ -704,6 +705,8 @@ static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
 
+    if (s->prefork)
+        workers_index_tuples(s); /* their slots say who is connected */
     if (s->by_tuple.count == 0)
         return;
     if ((rc = server_tcp_dump(s, idle_check_one, s)) < 0)

@@ -14,6 +14,7 @@
 #include "os/os.h"
 #include "process/backoff.h"
 #include "server/sizing.h"
+#include "server/slot.h"
 
 #define LISTENERS_MAX 64
 #define ACCEPT_BATCH 32      /* accepts per wakeup, so reaping is not starved */
@@ -70,19 +71,20 @@ typedef struct conn_rec {
     /* A prefork worker (workers.c): the record lives as long as the process,
      * the fields above describe its current connection. */
     int worker;
-    int wstate;           /* WORKER_STARTING ... */
+    int wstate;           /* WORKER_STARTING, WORKER_UP */
     int ending;           /* enum worker_end: why it was told to go, or killed */
-    int refused;          /* the current connection was refused (per-IP limit) */
-    unsigned listener;    /* of the current connection */
-    uint64_t served;      /* connections it has served */
+    int in_conn;          /* between its CONN_BEGIN and CONN_END frames */
+    int refused;          /* that connection was refused (per-IP limit) */
+    int tuple_set;        /* `tuple` is in by_tuple (workers_index_tuples) */
     uint64_t limit;       /* max_requests with its jitter; 0: none */
-    ev_tstamp born, idle_since;
+    ev_tstamp born;
+    worker_slot *slot;    /* what it says of its connections (slot.h) */
     struct conn_rec *replacing; /* the worker this one was started to replace */
     int replaced;         /* a replacement is starting for it */
     ev_timer retire_timer; /* while told to go: the signal is sent again */
 } conn_rec;
 
-enum { WORKER_STARTING = 1, WORKER_IDLE, WORKER_BUSY };
+enum { WORKER_STARTING = 1, WORKER_UP };
 
 /* What a worker needs that it cannot be sent in a spawn request's blob:
  * the listeners (the array is plain memory, made before the spawner is
@@ -100,23 +102,37 @@ typedef struct worker_start {
     unsigned nlisteners;  /* its descriptors 3 .. 3+n-1; the channel is 3+n */
     uint32_t chan_max;
     int ask_verdict;      /* wait for the supervisor's word on each connection */
+    int eager;            /* tell of every connection (CONN_BEGIN/END): the
+                           * supervisor logs each, or gives a verdict */
+    worker_slot *slot;    /* its slot (slot.h), shared */
 } worker_start;
 
 /* The prefork pool's state in the supervisor (workers.c). */
 typedef struct worker_pool {
     unsigned min, max;
-    unsigned starting, idle, busy, retiring; /* retiring: told to go, alive */
+    unsigned starting, retiring; /* asked for; told to go and alive */
     unsigned recycling;   /* replacements starting for workers at their limit */
     double idle_s;
     sizing_ramp ramp;
     worker_listener *listeners;
-    ev_timer timer;       /* the sizing decision's next look */
+    worker_slot *slots;   /* max_conns of them, shared; a record's is slots[index] */
+    size_t slots_len;     /* bytes mapped */
+    ev_timer tick;        /* reads the slots: sizing, conn_timeout, recycling */
     proc_backoff crash_backoff;
     double hold_until;    /* no start before (crash loop, or fork failed) */
-    uint64_t crash_streak; /* workers that died young since one served */
+    uint64_t crash_streak; /* workers that died young since one lived */
     ev_tstamp crash_since;
+    uint64_t gone_begun, gone_ended, gone_refused; /* counts of workers gone */
+    uint64_t failed;      /* connections whose handler returned non-zero */
     uint64_t rng;
 } worker_pool;
+
+/* What the slots say now (workers_count). */
+typedef struct worker_counts {
+    unsigned idle, busy;  /* workers up, not told to go */
+    unsigned busy_all;    /* serving a connection, told to go or not */
+    uint64_t begun, ended, refused; /* every worker's, gone ones' too */
+} worker_counts;
 
 struct sf_server {
     sf_server_opts opts;
@@ -190,6 +206,11 @@ void workers_on_exit(sf_server *s, conn_rec *r, pid_t pid, int wstatus);
 int workers_on_session(sf_server *s, conn_rec *r, const chan_frame *f);
 void workers_shutdown(sf_server *s);
 void workers_end(sf_server *s, conn_rec *r, int why); /* kill it (server_end_child) */
+void workers_count(sf_server *s, worker_counts *out);
+/* Puts every busy worker's connection in by_tuple (for a kernel dump). */
+void workers_index_tuples(sf_server *s);
+/* A consistent copy of r's slot; 0, or -1 (none could be had). */
+int workers_slot(const conn_rec *r, worker_slot *out);
 const char *worker_end_name(int why);
 const char *worker_state_name(const sf_server *s, const conn_rec *r);
 /* One NETLINK_SOCK_DIAG dump per TCP listener port (two listeners on one

@@ -9,13 +9,18 @@
  * ignored and the handler's signal mask is the worker's, with SIGUSR2
  * blocked (below).
  *
- * Around each connection the channel carries CONN_BEGIN (who it is: the
- * supervisor's `ctl list`, kick, idle timeout and per-IP count need it)
- * and CONN_END (the handler returned). The supervisor answers CONN_END
- * with CONN_ENDED: what it sent before that mark was for the connection
- * that ended, and is dropped here before the next handler runs, so a
- * handler never reads its predecessor's messages. The mark usually
- * arrives while the worker waits in accept(); reading it costs one read.
+ * The supervisor learns of each connection from the worker's slot (slot.h,
+ * shared memory: no system call, no wakeup of the supervisor). The channel
+ * is opened for a connection only when its handler first uses it (or at
+ * once when the supervisor logs every connection or checks a per-IP
+ * limit): CONN_BEGIN then says who the connection is, so the bus can route
+ * to it, and CONN_END after the handler returned closes it. The supervisor
+ * answers CONN_END with CONN_ENDED: what it sent before that mark was for
+ * the connection that ended, and is dropped here before the next handler
+ * uses the channel, so a handler never reads its predecessor's messages.
+ * Between an END and the next BEGIN nothing is sent to the worker but the
+ * mark. A handler that returns non-zero is told of (BEGIN and END) even if
+ * it never used the channel: the supervisor counts and logs it.
  *
  * Going: the supervisor sends SIGUSR2 to a worker it wants gone (idle
  * above the minimum, recycled, shutdown). The signal is blocked while a
@@ -38,6 +43,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/epoll.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #define WORKER_FD_BASE 64       /* listeners are moved up here */
@@ -57,8 +63,11 @@ typedef struct worker {
     int lfd[LISTENERS_MAX];
     int epfd;                   /* several listeners: one epoll set; else -1 */
     sf_conn conn;               /* one for every connection: its reader carries over */
+    unsigned li;                /* the current connection's listener */
+    int opened;                 /* the channel is open for it (BEGIN sent) */
+    int refused;                /* the supervisor said no (per-IP limit) */
     unsigned marks_owed;        /* CONN_ENDED marks not yet read */
-    sigset_t go_mask;           /* SIGUSR2 alone */
+    sigset_t go_mask;           /* the mask while serving: SIGUSR2 blocked */
     double accept_wait;         /* after accept() failed for lack of resources */
 } worker;
 
@@ -186,8 +195,9 @@ static int settle_channel(worker *w, int want_verdict)
 }
 
 /* CONN_BEGIN: [u8 listener][u8 n][peer: n bytes][local sockaddr]. */
-static int send_begin(worker *w, unsigned li)
+static int send_begin(worker *w)
 {
+    unsigned li = w->li;
     unsigned char buf[2 + 2 * sizeof(w->conn.peer.u)];
     size_t plen = 0, llen = 0;
 
@@ -210,27 +220,92 @@ static int send_end(int rc)
     return chan_send(WORKER_CHAN_FD, CHAN_T_CONN_END, buf, sizeof buf, -1);
 }
 
-/* One connection, from accept() to CONN_END. Returns 0, or -1 when the
- * channel is gone (the supervisor is, or it cut this worker off). */
+/* The handler's first use of the channel (conn.h's open_channel): the
+ * supervisor is told who the connection is, and what it sent for earlier
+ * connections is dropped. Returns 0, or -EPIPE when the channel is gone. */
+static int open_channel(void *arg)
+{
+    worker *w = arg;
+    int verdict;
+
+    if (w->opened)
+        return 0;
+    w->opened = 1;
+    if (send_begin(w) < 0)
+        return -EPIPE;
+    verdict = settle_channel(w, w->ws.ask_verdict);
+    if (verdict < 0)
+        return -EPIPE;
+    w->refused = verdict == 0;
+    return 0;
+}
+
+static void slot_begin(worker *w)
+{
+    worker_slot *sl = w->ws.slot;
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts); /* the vDSO's: no system call */
+    slot_write_begin(sl);
+    sl->busy = 1;
+    sl->listener = w->li;
+    sl->begun++;
+    sl->started = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    sl->peer = w->conn.peer;
+    sl->local = w->conn.local;
+    slot_write_end(sl);
+}
+
+static void slot_end(worker *w)
+{
+    worker_slot *sl = w->ws.slot;
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    slot_write_begin(sl);
+    sl->busy = 0;
+    if (w->refused)
+        sl->refused++;
+    else
+        sl->ended++;
+    sl->idle_since = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    slot_write_end(sl);
+}
+
+/* The connection's local address: the listener's, unless that is a
+ * wildcard (then one getsockname, only for those, as the supervisor did). */
+static void local_address(worker *w, int fd, const worker_listener *l)
+{
+    sf_conn *c = &w->conn;
+    const sf_addr *a = &l->addr;
+    int wildcard = (a->u.sa.sa_family == AF_INET && a->u.in4.sin_addr.s_addr == htonl(INADDR_ANY)) ||
+                   (a->u.sa.sa_family == AF_INET6 && IN6_IS_ADDR_UNSPECIFIED(&a->u.in6.sin6_addr));
+
+    c->local = *a;
+    if (!l->is_tcp || !wildcard)
+        return;
+    c->local.len = sizeof c->local.u;
+    if (getsockname(fd, &c->local.u.sa, &c->local.len) < 0)
+        c->local = *a;
+}
+
+/* One connection, from accept() to the handler's return. Returns 0, or -1
+ * when the channel is gone (the supervisor is, or it cut this worker off). */
 static int serve(worker *w, int fd, unsigned li, const sf_addr *peer)
 {
     const worker_listener *l = &w->ws.listeners[li];
     sf_conn *c = &w->conn;
-    int verdict, rc;
+    int rc = 0, gone = 0;
 
     c->fd = fd;
-    c->peer = l->is_tcp ? *peer : l->addr;
-    c->local.len = sizeof c->local.u;
-    if (!l->is_tcp || getsockname(fd, &c->local.u.sa, &c->local.len) < 0)
-        c->local = c->peer; /* Unix: the listener's path on both sides */
-    if (send_begin(w, li) < 0)
-        goto gone;
-    verdict = settle_channel(w, w->ws.ask_verdict);
-    if (verdict < 0)
-        goto gone;
-    if (verdict == 0) {
-        rc = 0; /* refused: closed unserved, as fork mode closes it */
-    } else {
+    c->peer = l->is_tcp ? *peer : l->addr; /* Unix: the listener's path on both sides */
+    local_address(w, fd, l);
+    w->li = li;
+    w->opened = w->refused = 0;
+    slot_begin(w);
+    if (w->ws.eager && open_channel(w) < 0)
+        gone = 1;
+    if (!gone && !w->refused) {
         rc = w->ws.handler(c, w->ws.arg);
         /* As child_main: stdout only, and only if it holds something. */
         if (__fpending(stdout) > 0)
@@ -238,19 +313,18 @@ static int serve(worker *w, int fd, unsigned li, const sf_addr *peer)
     }
     close(fd);
     c->fd = -1;
-    /* What a handler may have changed for itself: SIGTERM back to the
-     * default (a kill must kill), the mask back to the worker's. */
-    signal(SIGTERM, SIG_DFL);
-    sigprocmask(SIG_SETMASK, &w->go_mask, NULL);
+    slot_end(w);
+    if (gone)
+        return -1;
+    /* A handler that failed is told of even if it never used the channel. */
+    if (!w->opened && rc != 0 && send_begin(w) == 0)
+        w->opened = 1;
+    if (!w->opened)
+        return 0;
     if (send_end(rc) < 0)
         return -1;
     w->marks_owed++;
     return 0;
-
-gone:
-    close(fd);
-    c->fd = -1;
-    return -1;
 }
 
 void worker_main(const void *blob, size_t len, int nfds)
@@ -268,6 +342,8 @@ void worker_main(const void *blob, size_t len, int nfds)
         _exit(111);
     w.conn.fd = -1;
     w.conn.chan = WORKER_CHAN_FD;
+    w.conn.open_channel = open_channel;
+    w.conn.open_arg = &w;
     chan_reader_init(&w.conn.reader, w.ws.chan_max + BUS_MSG_OVERHEAD - CHAN_HDR_LEN);
 
     /* No SA_RESTART: accept() and epoll_wait() return EINTR for it. */

@@ -3,12 +3,14 @@
  * accept connections themselves (worker.c is their side).
  *
  * A worker is a child like any other (forked by the spawner, reaped by
- * the supervisor) with a record that lives as long as the process. Its
- * channel carries, besides the bus requests of its handler, a CONN_BEGIN
- * frame when it takes a connection and a CONN_END when the handler has
- * returned: so the supervisor knows which workers are busy, whom `ctl
- * list`, `send` and `kick` are about, and the bus gives each connection
- * a clean slate (endpoint_session_end).
+ * the supervisor) with a record that lives as long as the process. What
+ * it does with each connection it writes in its slot (slot.h, shared
+ * memory), which the supervisor reads on a tick (WORKERS_TICK_S): how many
+ * are busy, for how long, how many each has served. So a connection costs
+ * the supervisor nothing unless it needs the supervisor: a connection that
+ * uses the channel opens it with a CONN_BEGIN frame and closes it with
+ * CONN_END, and the bus gives each a clean slate (endpoint_session_end);
+ * with a log line per connection or a per-IP limit, every connection does.
  *
  * How many run is sizing_decide's (sizing.h): the minimum at once, more
  * in a ramp while every worker is busy, idle ones above the minimum
@@ -32,11 +34,13 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 
 #define WORKER_YOUNG_S 1.0      /* a worker dying sooner is a crash loop's */
 #define WORKER_RETIRE_RESEND_S 1.0 /* the signal to go, sent again till it goes */
 #define RECYCLE_AT_ONCE 2       /* replacements starting for workers at their limit */
+#define WORKERS_TICK_S 0.1      /* the slots are read this often */
 
 static const char *const end_names[WORKER_END_REASONS] = {
     [WORKER_END_NONE] = "exited",
@@ -55,13 +59,81 @@ const char *worker_end_name(int why)
     return why >= 0 && why < WORKER_END_REASONS ? end_names[why] : "?";
 }
 
+int workers_slot(const conn_rec *r, worker_slot *out)
+{
+    if (!r->slot || slot_read(r->slot, out) < 0) {
+        memset(out, 0, sizeof *out);
+        return -1;
+    }
+    return 0;
+}
+
 const char *worker_state_name(const sf_server *s, const conn_rec *r)
 {
+    worker_slot sl;
+    int busy = workers_slot(r, &sl) == 0 && sl.busy;
+
     if (sup_is_terminating((sup *)&s->sup, r->pid))
         return "terminating";
+    if (r->wstate == WORKER_STARTING)
+        return "starting";
     if (r->ending)
-        return r->wstate == WORKER_BUSY ? "busy, retiring" : "retiring";
-    return r->wstate == WORKER_BUSY ? "busy" : "idle";
+        return busy ? "busy, retiring" : "retiring";
+    return busy ? "busy" : "idle";
+}
+
+static int is_up(const conn_rec *r)
+{
+    return r->worker && r->pid > 0 && r->wstate == WORKER_UP;
+}
+
+void workers_count(sf_server *s, worker_counts *out)
+{
+    memset(out, 0, sizeof *out);
+    out->begun = s->wp.gone_begun;
+    out->ended = s->wp.gone_ended;
+    out->refused = s->wp.gone_refused;
+    for (unsigned i = 0; i < s->recs_touched; i++) {
+        conn_rec *r = &s->recs[i];
+        worker_slot sl;
+
+        if (!is_up(r))
+            continue;
+        (void)workers_slot(r, &sl);
+        out->begun += sl.begun;
+        out->ended += sl.ended;
+        out->refused += sl.refused;
+        if (sl.busy)
+            out->busy_all++;
+        if (r->ending)
+            continue;
+        if (sl.busy)
+            out->busy++;
+        else
+            out->idle++;
+    }
+}
+
+void workers_index_tuples(sf_server *s)
+{
+    for (unsigned i = 0; i < s->recs_touched; i++) {
+        conn_rec *r = &s->recs[i];
+        worker_slot sl;
+
+        if (r->tuple_set) {
+            server_tuple_forget(s, r);
+            r->tuple_set = 0;
+        }
+        if (!is_up(r) || workers_slot(r, &sl) < 0 || !sl.busy ||
+            s->wp.listeners[sl.listener % s->nlisteners].is_tcp == 0)
+            continue;
+        r->is_tcp = 1;
+        r->peer = sl.peer;
+        r->started = sl.started;
+        r->tuple = server_tuple_key(&sl.peer, &sl.local);
+        if (hmap_put(&s->by_tuple, &r->tuple, (uint32_t)(r - s->recs)) == 0)
+            r->tuple_set = 1;
+    }
 }
 
 /* xorshift64: the jitter of max_requests needs no better. */
@@ -109,6 +181,8 @@ static int spawn_worker(sf_server *s, conn_rec *replacing)
         return -ENOSPC;
     r->worker = 1;
     r->wstate = WORKER_STARTING;
+    r->slot = &wp->slots[r - s->recs];
+    memset(r->slot, 0, sizeof *r->slot); /* a dead worker's may be half written */
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0) {
         rc = -errno;
         server_rec_release(s, r);
@@ -126,6 +200,8 @@ static int spawn_worker(sf_server *s, conn_rec *replacing)
     ws.nlisteners = (unsigned)s->nlisteners;
     ws.chan_max = s->opts.chan_max;
     ws.ask_verdict = s->opts.max_per_ip > 0;
+    ws.eager = ws.ask_verdict || sf_log_enabled(&s->log, SF_LOG_INFO);
+    ws.slot = r->slot;
     rc = sup_spawn(&s->sup, &ws, sizeof ws, fds, (int)s->nlisteners + 1, r);
     if (rc < 0) {
         server_rec_release(s, r);
@@ -156,14 +232,11 @@ static void retire_resend(struct ev_loop *loop, ev_timer *w, int revents)
 
 static void retire(sf_server *s, conn_rec *r, int why)
 {
-    if (r->ending || r->pid <= 0)
+    if (r->ending || r->pid <= 0 || r->wstate != WORKER_UP)
         return;
     r->ending = why;
-    s->wp.retiring++;
-    if (r->wstate == WORKER_IDLE)
-        s->wp.idle--;
-    else if (r->wstate == WORKER_BUSY)
-        s->wp.busy--;
+    if (r->wstate == WORKER_UP)
+        s->wp.retiring++;
     sup_signal(&s->sup, r->pid, SIGUSR2);
     ev_timer_init(&r->retire_timer, retire_resend, WORKER_RETIRE_RESEND_S, WORKER_RETIRE_RESEND_S);
     r->retire_timer.data = s;
@@ -188,9 +261,10 @@ static void recycle(sf_server *s, unsigned total)
 
     for (unsigned i = 0; i < s->recs_touched && wp->recycling < RECYCLE_AT_ONCE; i++) {
         conn_rec *r = &s->recs[i];
+        worker_slot sl;
 
-        if (!r->worker || r->pid <= 0 || r->ending || r->replaced || !r->limit ||
-            r->served < r->limit)
+        if (!is_up(r) || r->ending || r->replaced || !r->limit || workers_slot(r, &sl) < 0 ||
+            sl.ended + sl.refused < r->limit)
             continue;
         if (total < wp->max && spawn_worker(s, r) == 0) {
             total++;
@@ -200,16 +274,32 @@ static void recycle(sf_server *s, unsigned total)
     }
 }
 
+/* When an idle worker became idle (its start if it has served none), or
+ * 0 if it is busy. */
+static double idle_since(const conn_rec *r)
+{
+    worker_slot sl;
+
+    if (workers_slot(r, &sl) < 0 || sl.busy)
+        return 0;
+    return sl.idle_since > 0 ? sl.idle_since : r->born;
+}
+
 /* Idle workers, longest idle first, told to go. */
 static void retire_idle(sf_server *s, unsigned n)
 {
     while (n-- > 0) {
         conn_rec *oldest = NULL;
+        double oldest_at = 0;
         for (unsigned i = 0; i < s->recs_touched; i++) {
             conn_rec *r = &s->recs[i];
-            if (r->worker && r->pid > 0 && !r->ending && r->wstate == WORKER_IDLE &&
-                (!oldest || r->idle_since < oldest->idle_since))
+            double at;
+            if (!is_up(r) || r->ending || (at = idle_since(r)) == 0)
+                continue;
+            if (!oldest || at < oldest_at) {
                 oldest = r;
+                oldest_at = at;
+            }
         }
         if (!oldest)
             return;
@@ -225,15 +315,42 @@ static void idle_ages(sf_server *s, sizing_load *load)
         conn_rec *r = &s->recs[i];
         double at;
 
-        if (!r->worker || r->pid <= 0 || r->ending || r->wstate != WORKER_IDLE)
+        if (!is_up(r) || r->ending || (at = idle_since(r)) == 0)
             continue;
-        at = r->idle_since + s->wp.idle_s;
+        at += s->wp.idle_s;
         if (at <= load->now)
             load->idle_long++;
         else if (load->idle_long_next == 0 || at < load->idle_long_next)
             load->idle_long_next = at;
     }
 }
+
+/* conn_timeout: a worker whose connection began that long ago is ended
+ * with it (and replaced), as a fork-mode child is. */
+static void check_held(sf_server *s, double now)
+{
+    for (unsigned i = 0; i < s->recs_touched; i++) {
+        conn_rec *r = &s->recs[i];
+        worker_slot sl;
+
+        if (!is_up(r) || sup_is_terminating(&s->sup, r->pid) || workers_slot(r, &sl) < 0 ||
+            !sl.busy || now - sl.started < s->opts.conn_timeout_s)
+            continue;
+        r->peer = s->wp.listeners[sl.listener % s->nlisteners].is_tcp
+                      ? sl.peer : s->wp.listeners[sl.listener % s->nlisteners].addr;
+        s->stats.conn_timed_out++;
+        if (sf_log_enabled(&s->log, SF_LOG_NOTICE)) {
+            char text[SF_ADDR_TEXT_MAX];
+            server_peer_text(r, text, sizeof text);
+            sf_logf(&s->log, SF_LOG_NOTICE, "[%s] connection held for %g s: ending pid=%d", text,
+                    s->opts.conn_timeout_s, (int)r->pid);
+        }
+        workers_end(s, r, WORKER_END_CONN_TIMEOUT);
+    }
+}
+
+/* A worker that has lived WORKER_YOUNG_S ends a crash loop's episode. */
+static void crash_loop_over(sf_server *s, double now);
 
 /* The one place that starts and retires workers: after every change of
  * state, and when the last decision asked to look again. */
@@ -245,18 +362,24 @@ static void adjust(sf_server *s)
     sizing_plan plan;
     unsigned total;
 
+    worker_counts wc;
+
     if (s->sup.shutting_down)
         return;
+    workers_count(s, &wc);
     memset(&load, 0, sizeof load);
-    load.idle = wp->idle;
-    load.busy = wp->busy;
+    load.idle = wc.idle;
+    load.busy = wc.busy;
     load.starting = wp->starting;
     load.now = ev_now(s->loop);
     load.hold_until = wp->hold_until;
     idle_ages(s, &load);
+    if (s->opts.conn_timeout_s > 0)
+        check_held(s, ev_time());
+    crash_loop_over(s, load.now);
     /* Workers told to go are still processes: they count against the
      * maximum, not toward the minimum. */
-    total = wp->idle + wp->busy + wp->starting + wp->retiring;
+    total = wc.idle + wc.busy + wp->starting + wp->retiring;
     cfg.max = wp->max > wp->retiring ? wp->max - wp->retiring : 0;
     cfg.min = wp->min < cfg.max ? wp->min : cfg.max;
     cfg.idle_s = wp->idle_s;
@@ -279,12 +402,7 @@ static void adjust(sf_server *s)
     }
     retire_idle(s, plan.retire);
     recycle(s, total);
-    ev_timer_stop(s->loop, &wp->timer);
-    if (plan.recheck_at > 0) {
-        double in = plan.recheck_at - load.now;
-        ev_timer_set(&wp->timer, in > 0.001 ? in : 0.001, 0.);
-        ev_timer_start(s->loop, &wp->timer);
-    }
+    /* plan.recheck_at needs no timer of its own: the tick comes sooner. */
 }
 
 /* ----------------------------------------------------------- lifecycle */
@@ -312,33 +430,44 @@ int workers_init(sf_server *s)
         if (fcntl(s->listeners[i].fd, F_SETFL, fl) < 0)
             return -errno;
     }
+    wp->slots_len = (size_t)s->opts.max_conns * sizeof *wp->slots;
+    wp->slots = mmap(NULL, wp->slots_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                     -1, 0);
+    if (wp->slots == MAP_FAILED) {
+        wp->slots = NULL;
+        return -errno;
+    }
     wp->min = s->opts.workers_min;
     wp->max = s->opts.workers_max;
     wp->idle_s = s->opts.worker_idle_s;
     wp->rng = ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL) ^ 0x9e3779b97f4a7c15ull;
-    ev_timer_init(&wp->timer, adjust_cb, 0., 0.);
-    wp->timer.data = s;
+    ev_timer_init(&wp->tick, adjust_cb, WORKERS_TICK_S, WORKERS_TICK_S);
+    wp->tick.data = s;
     return 0;
 }
 
 void workers_fini(sf_server *s)
 {
     if (s->loop)
-        ev_timer_stop(s->loop, &s->wp.timer);
+        ev_timer_stop(s->loop, &s->wp.tick);
     free(s->wp.listeners);
     s->wp.listeners = NULL;
+    if (s->wp.slots)
+        munmap(s->wp.slots, s->wp.slots_len);
+    s->wp.slots = NULL;
 }
 
 void workers_start(sf_server *s)
 {
     sf_logf(&s->log, SF_LOG_INFO, "prefork: %u to %u workers%s", s->wp.min, s->wp.max,
             s->opts.max_requests ? ", each replaced after about max_requests connections" : "");
+    ev_timer_start(s->loop, &s->wp.tick);
     adjust(s);
 }
 
 void workers_shutdown(sf_server *s)
 {
-    ev_timer_stop(s->loop, &s->wp.timer);
+    ev_timer_stop(s->loop, &s->wp.tick);
     /* Idle workers go at once, busy ones after their connection; the
      * grace period and its SIGTERM are the supervisor's, as in fork mode. */
     for (unsigned i = 0; i < s->recs_touched; i++) {
@@ -356,11 +485,10 @@ void workers_on_started(sf_server *s, conn_rec *r, pid_t pid)
     close(r->cfd); /* the worker has its copy */
     r->cfd = -1;
     r->pid = pid;
-    r->born = r->idle_since = ev_now(s->loop);
+    r->born = ev_now(s->loop);
     r->limit = jittered_limit(s);
-    r->wstate = WORKER_IDLE;
+    r->wstate = WORKER_UP;
     wp->starting--;
-    wp->idle++;
     s->stats.workers_started++;
     rc = endpoint_open(&s->bus, &r->ep, r->sfd, pid, 0, r);
     r->sfd = -1;
@@ -406,17 +534,29 @@ void workers_on_spawn_failed(sf_server *s, conn_rec *r, int err)
 }
 
 /* A worker gone while serving: its connection ended with it. */
-static void end_connection_of_dead(sf_server *s, conn_rec *r, pid_t pid, const sf_status *st)
+static void end_connection_of_dead(sf_server *s, conn_rec *r, pid_t pid, const sf_status *st,
+                                   const worker_slot *sl)
 {
     char status[64];
 
-    if (r->wstate != WORKER_BUSY)
-        return;
-    if (r->is_tcp)
+    if (r->tuple_set) {
         server_tuple_forget(s, r);
+        r->tuple_set = 0;
+    }
     if (r->counted_ip)
         server_per_ip_add(s, r, -1);
-    ev_timer_stop(s->loop, &r->held_timer);
+    if (!sl->busy)
+        return;
+    if (st->exited)
+        s->stats.exited[st->code & 0xff]++;
+    else
+        s->stats.killed[st->signal < 64 ? st->signal : 64]++;
+    if (!r->in_conn) {
+        /* Not told of by a frame: the slot has it. */
+        const worker_listener *l = &s->wp.listeners[sl->listener % s->nlisteners];
+        r->peer = l->is_tcp ? sl->peer : l->addr;
+        r->started = sl->started;
+    }
     if (!r->refused && sf_log_enabled(&s->log, SF_LOG_INFO)) {
         sf_status_format(st, status, sizeof status);
         server_log_exit(s, r, pid, status);
@@ -425,7 +565,7 @@ static void end_connection_of_dead(sf_server *s, conn_rec *r, pid_t pid, const s
 
 /* The crash-loop backoff: a worker that died young, with nobody asking,
  * holds the next start back, longer each time; the first of an episode
- * is logged, and its end (a connection served) with the count. */
+ * is logged, and its end (a worker that lived) with the count. */
 static void died_young(sf_server *s, pid_t pid, const char *status)
 {
     worker_pool *wp = &s->wp;
@@ -441,18 +581,23 @@ static void died_young(sf_server *s, pid_t pid, const char *status)
     }
 }
 
-static void crash_loop_over(sf_server *s)
+static void crash_loop_over(sf_server *s, double now)
 {
     worker_pool *wp = &s->wp;
 
     if (wp->crash_streak == 0)
         return;
-    sf_logf(&s->log, SF_LOG_NOTICE,
-            "workers serve again after %llu died young in %.1f s",
-            (unsigned long long)wp->crash_streak, ev_now(s->loop) - wp->crash_since);
-    wp->crash_streak = 0;
-    proc_backoff_reset(&wp->crash_backoff);
-    wp->hold_until = 0;
+    for (unsigned i = 0; i < s->recs_touched; i++) {
+        conn_rec *r = &s->recs[i];
+        if (!is_up(r) || r->ending || now - r->born < WORKER_YOUNG_S)
+            continue;
+        sf_logf(&s->log, SF_LOG_NOTICE, "workers live again after %llu died young in %.1f s",
+                (unsigned long long)wp->crash_streak, now - wp->crash_since);
+        wp->crash_streak = 0;
+        proc_backoff_reset(&wp->crash_backoff);
+        wp->hold_until = 0;
+        return;
+    }
 }
 
 void workers_on_exit(sf_server *s, conn_rec *r, pid_t pid, int wstatus)
@@ -461,36 +606,30 @@ void workers_on_exit(sf_server *s, conn_rec *r, pid_t pid, int wstatus)
     sf_status st = sf_status_decode(wstatus);
     int why = r->ending;
     char status[64];
+    worker_slot sl;
 
     sf_status_format(&st, status, sizeof status);
-    end_connection_of_dead(s, r, pid, &st);
-    if (r->wstate == WORKER_BUSY && !r->refused) {
-        /* The connection's end, counted as a fork-mode child's would be. */
-        if (st.exited)
-            s->stats.exited[st.code & 0xff]++;
-        else
-            s->stats.killed[st.signal < 64 ? st.signal : 64]++;
-    }
-    if (r->ending)
+    (void)workers_slot(r, &sl);
+    end_connection_of_dead(s, r, pid, &st, &sl);
+    wp->gone_begun += sl.begun;
+    wp->gone_ended += sl.ended;
+    wp->gone_refused += sl.refused;
+    if (r->ending && r->wstate == WORKER_UP)
         wp->retiring--;
-    else if (r->wstate == WORKER_IDLE)
-        wp->idle--;
-    else if (r->wstate == WORKER_BUSY)
-        wp->busy--;
     if (r->replaced)
         r->replaced = 0; /* its replacement runs on, replacing nobody */
     for (unsigned i = 0; i < s->recs_touched; i++)
         if (s->recs[i].replacing == r)
             s->recs[i].replacing = NULL, wp->recycling--;
-    if (!why) {
+    if (!why && (!st.exited || st.code != 0)) {
         why = WORKER_END_CRASHED;
         sf_logf(&s->log, SF_LOG_WARN, "worker pid=%d died: %s (served %llu, %s)", (int)pid, status,
-                (unsigned long long)r->served, r->wstate == WORKER_BUSY ? "busy" : "idle");
+                (unsigned long long)sl.ended, sl.busy ? "busy" : "idle");
         if (ev_now(s->loop) - r->born < WORKER_YOUNG_S && !s->sup.shutting_down)
             died_young(s, pid, status);
     } else {
         sf_logf(&s->log, SF_LOG_DEBUG, "worker pid=%d ended (%s): %s, served %llu", (int)pid,
-                worker_end_name(why), status, (unsigned long long)r->served);
+                worker_end_name(why), status, (unsigned long long)sl.ended);
     }
     s->stats.workers_ended[why]++;
     endpoint_drain(&r->ep); /* its last words, before its connection's will */
@@ -507,36 +646,26 @@ static int begin(sf_server *s, conn_rec *r, const chan_frame *f)
     size_t plen, llen;
     unsigned char verdict = 1;
 
-    if (f->len < 2 || f->payload[0] >= s->nlisteners || r->wstate != WORKER_IDLE)
+    if (f->len < 2 || f->payload[0] >= s->nlisteners || r->in_conn)
         return -1;
     plen = f->payload[1];
     if (plen > sizeof r->peer.u || 2 + plen > f->len || f->len - 2 - plen > sizeof r->peer.u)
         return -1;
     llen = f->len - 2 - plen;
-    r->listener = f->payload[0];
-    l = &s->wp.listeners[r->listener];
+    l = &s->wp.listeners[f->payload[0]];
     r->is_tcp = l->is_tcp;
     if (r->is_tcp) {
-        sf_addr local;
         if (plen < sizeof(sa_family_t) || llen < sizeof(sa_family_t))
             return -1;
         memset(&r->peer, 0, sizeof r->peer);
         memcpy(&r->peer.u, f->payload + 2, plen);
         r->peer.len = (socklen_t)plen;
-        memset(&local, 0, sizeof local);
-        memcpy(&local.u, f->payload + 2 + plen, llen);
-        local.len = (socklen_t)llen;
-        r->tuple = server_tuple_key(&r->peer, &local);
     } else {
         r->peer = l->addr; /* Unix: the listener's path, as in fork mode */
     }
-    r->wstate = WORKER_BUSY;
+    r->in_conn = 1;
     r->refused = 0;
     r->started = ev_now(s->loop);
-    if (!r->ending) {
-        s->wp.idle--;
-        s->wp.busy++;
-    }
     endpoint_session_begin(&r->ep);
 
     if (s->opts.max_per_ip && r->is_tcp) {
@@ -558,24 +687,19 @@ static int begin(sf_server *s, conn_rec *r, const chan_frame *f)
     }
     if (s->opts.max_per_ip && endpoint_send_control(&r->ep, CHAN_T_CONN_VERDICT, &verdict, 1) < 0)
         return -1;
-    if (r->refused)
-        return 0;
-    s->stats.accepted++;
-    if (r->is_tcp && hmap_reserve(&s->by_tuple, s->by_tuple.count + 1) == 0)
-        (void)hmap_put(&s->by_tuple, &r->tuple, (uint32_t)(r - s->recs));
-    if (s->opts.conn_timeout_s > 0) {
-        ev_timer_init(&r->held_timer, server_held_too_long, s->opts.conn_timeout_s, 0.);
-        r->held_timer.data = s;
-        ev_timer_start(s->loop, &r->held_timer);
-    }
-    if (sf_log_enabled(&s->log, SF_LOG_INFO)) {
+    if (!r->refused && sf_log_enabled(&s->log, SF_LOG_INFO)) {
         char peer[SF_ADDR_TEXT_MAX];
+        worker_counts wc;
+        worker_slot sl;
+        workers_count(s, &wc);
+        /* The slot may be on to its next connection (or none) already:
+         * this one is active when its frame says it began. */
+        if (workers_slot(r, &sl) < 0 || !sl.busy)
+            wc.busy_all++;
         server_peer_text(r, peer, sizeof peer);
         sf_logf(&s->log, SF_LOG_INFO, "[%s] connected pid=%d active=%u", peer, (int)r->pid,
-                s->wp.busy);
+                wc.busy_all);
     }
-    if (!r->ending && s->wp.idle == 0)
-        adjust(s); /* every worker busy: the ramp may start more */
     return 0;
 }
 
@@ -584,35 +708,26 @@ static int end(sf_server *s, conn_rec *r, const chan_frame *f)
 {
     uint32_t rc;
 
-    if (f->len != 4 || r->wstate != WORKER_BUSY)
+    if (f->len != 4 || !r->in_conn)
         return -1;
     rc = be32_get(f->payload);
     if (!r->refused) {
-        s->stats.exited[rc & 0xff]++;
+        /* A handler's 0 is counted from the slots (commands.c). */
+        if ((rc & 0xff) != 0) {
+            s->stats.exited[rc & 0xff]++;
+            s->wp.failed++;
+        }
         if (sf_log_enabled(&s->log, SF_LOG_INFO)) {
             char status[32];
             snprintf(status, sizeof status, "exit %u", (unsigned)(rc & 0xff));
             server_log_exit(s, r, r->pid, status);
         }
-        r->served++;
-        crash_loop_over(s);
     }
-    if (r->is_tcp)
-        server_tuple_forget(s, r);
     if (r->counted_ip)
         server_per_ip_add(s, r, -1);
-    ev_timer_stop(s->loop, &r->held_timer);
-    r->wstate = WORKER_IDLE;
+    r->in_conn = 0;
     r->refused = 0;
-    r->idle_since = ev_now(s->loop);
-    if (!r->ending) {
-        s->wp.busy--;
-        s->wp.idle++;
-    }
-    if (endpoint_session_end(&r->ep) < 0)
-        return -1;
-    adjust(s);
-    return 0;
+    return endpoint_session_end(&r->ep) < 0 ? -1 : 0;
 }
 
 int workers_on_session(sf_server *s, conn_rec *r, const chan_frame *f)
