@@ -55,9 +55,14 @@ static inline void slot_write_end(worker_slot *s)
     atomic_store_explicit(&s->gen, g + 1, memory_order_release);
 }
 
-/* Copies a consistent snapshot into out. Returns 0, or -1 when none could
- * be had (the worker died mid-write, or kept writing). */
-static inline int slot_read(const worker_slot *s, worker_slot *out)
+/* The fields before the addresses: what the supervisor's tick reads of
+ * every worker, ten times a second (a few dozen bytes, not a few hundred). */
+#define SLOT_STATE_SIZE offsetof(worker_slot, peer)
+
+/* Copies a consistent snapshot of the slot's first `size` bytes (sizeof
+ * *s, or SLOT_STATE_SIZE) into out. Returns 0, or -1 when none could be
+ * had (the worker died mid-write, or kept writing). */
+static inline int slot_read(const worker_slot *s, worker_slot *out, size_t size)
 {
     for (int i = 0; i < SLOT_READ_TRIES; i++) {
         uint32_t g1 = atomic_load_explicit(&s->gen, memory_order_acquire), g2;
@@ -65,7 +70,7 @@ static inline int slot_read(const worker_slot *s, worker_slot *out)
             continue;
         /* The copy races with the writer by design; gen says if it did. */
         memcpy((char *)out + offsetof(worker_slot, busy), (const char *)s + offsetof(worker_slot, busy),
-               sizeof *s - offsetof(worker_slot, busy));
+               size - offsetof(worker_slot, busy));
         atomic_thread_fence(memory_order_acquire);
         g2 = atomic_load_explicit(&s->gen, memory_order_relaxed);
         if (g1 == g2) {

@@ -61,8 +61,18 @@ const char *worker_end_name(int why)
 
 int workers_slot(const conn_rec *r, worker_slot *out)
 {
-    if (!r->slot || slot_read(r->slot, out) < 0) {
+    if (!r->slot || slot_read(r->slot, out, sizeof *out) < 0) {
         memset(out, 0, sizeof *out);
+        return -1;
+    }
+    return 0;
+}
+
+/* The slot without its addresses: the tick's read. */
+static int slot_state(const conn_rec *r, worker_slot *out)
+{
+    if (!r->slot || slot_read(r->slot, out, SLOT_STATE_SIZE) < 0) {
+        memset(out, 0, SLOT_STATE_SIZE);
         return -1;
     }
     return 0;
@@ -71,7 +81,7 @@ int workers_slot(const conn_rec *r, worker_slot *out)
 const char *worker_state_name(const sf_server *s, const conn_rec *r)
 {
     worker_slot sl;
-    int busy = workers_slot(r, &sl) == 0 && sl.busy;
+    int busy = slot_state(r, &sl) == 0 && sl.busy;
 
     if (sup_is_terminating((sup *)&s->sup, r->pid))
         return "terminating";
@@ -99,7 +109,7 @@ void workers_count(sf_server *s, worker_counts *out)
 
         if (!is_up(r))
             continue;
-        (void)workers_slot(r, &sl);
+        (void)slot_state(r, &sl);
         out->begun += sl.begun;
         out->ended += sl.ended;
         out->refused += sl.refused;
@@ -263,7 +273,7 @@ static void recycle(sf_server *s, unsigned total)
         conn_rec *r = &s->recs[i];
         worker_slot sl;
 
-        if (!is_up(r) || r->ending || r->replaced || !r->limit || workers_slot(r, &sl) < 0 ||
+        if (!is_up(r) || r->ending || r->replaced || !r->limit || slot_state(r, &sl) < 0 ||
             sl.ended + sl.refused < r->limit)
             continue;
         if (total < wp->max && spawn_worker(s, r) == 0) {
@@ -280,7 +290,7 @@ static double idle_since(const conn_rec *r)
 {
     worker_slot sl;
 
-    if (workers_slot(r, &sl) < 0 || sl.busy)
+    if (slot_state(r, &sl) < 0 || sl.busy)
         return 0;
     return sl.idle_since > 0 ? sl.idle_since : r->born;
 }
@@ -333,9 +343,10 @@ static void check_held(sf_server *s, double now)
         conn_rec *r = &s->recs[i];
         worker_slot sl;
 
-        if (!is_up(r) || sup_is_terminating(&s->sup, r->pid) || workers_slot(r, &sl) < 0 ||
+        if (!is_up(r) || sup_is_terminating(&s->sup, r->pid) || slot_state(r, &sl) < 0 ||
             !sl.busy || now - sl.started < s->opts.conn_timeout_s)
             continue;
+        (void)workers_slot(r, &sl); /* its peer, for the log */
         r->peer = s->wp.listeners[sl.listener % s->nlisteners].is_tcp
                       ? sl.peer : s->wp.listeners[sl.listener % s->nlisteners].addr;
         s->stats.conn_timed_out++;
@@ -694,7 +705,7 @@ static int begin(sf_server *s, conn_rec *r, const chan_frame *f)
         workers_count(s, &wc);
         /* The slot may be on to its next connection (or none) already:
          * this one is active when its frame says it began. */
-        if (workers_slot(r, &sl) < 0 || !sl.busy)
+        if (slot_state(r, &sl) < 0 || !sl.busy)
             wc.busy_all++;
         server_peer_text(r, peer, sizeof peer);
         sf_logf(&s->log, SF_LOG_INFO, "[%s] connected pid=%d active=%u", peer, (int)r->pid,
