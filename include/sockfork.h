@@ -373,6 +373,12 @@ typedef struct sf_server_opts {
                             * they do not all go at once); 0 = never */
     double worker_idle_s;  /* an idle worker above workers_min retires after
                             * this; 0 = the default, 5 */
+    /* Who the server runs as once its sockets are open: sf_server_run
+     * drops to this user (a name or a number) for the whole process tree,
+     * with `group` (name or number; NULL = the user's own, with its
+     * supplementary groups), before it starts anything. NULL = stay. */
+    const char *user;
+    const char *group;
 } sf_server_opts;
 
 /* Fills opts with the defaults above. */
@@ -395,6 +401,16 @@ SF_EXTERN int sf_server_new(sf_server **out, const sf_server_opts *opts,
  * sf_server_free.
  */
 SF_EXTERN int sf_server_listen(sf_server *s, const char *addr);
+
+/*
+ * Serves a socket that is already listening: one systemd passed (socket
+ * activation: the caller takes them with sd_listen_fds), or one inherited.
+ * A TCP or Unix stream socket in the listen state; s takes it (closes it
+ * in sf_server_free) and never removes its Unix path. Returns 0,
+ * -ENOTSOCK, -EINVAL (not a listening stream socket), -EMFILE (64
+ * listeners already) or -EBUSY (running).
+ */
+SF_EXTERN int sf_server_listen_fd(sf_server *s, int fd);
 
 /*
  * Opens the control socket at `path`: a Unix socket, mode 0600 from its
@@ -428,6 +444,17 @@ SF_EXTERN const sf_addr *sf_server_listener_addr(const sf_server *s, size_t i);
  * the server cleanly (its socket files removed) instead of killing it.
  * Raises the descriptor soft limit to the
  * hard limit (children get the original back). Call at most once.
+ *
+ * With opts.user, drops to that user and group for good once the
+ * listeners and the control socket are open (the control socket is given
+ * to the user), before anything is forked; returns -ENOENT (no such user),
+ * -ENXIO (no such group), -ESRCH (a uid with no user and no group given)
+ * or -EPERM (not permitted, or root could be had back) without serving.
+ * Under systemd (NOTIFY_SOCKET set) it sends READY=1 once it accepts,
+ * STATUS= with the connections being served (at most once a second),
+ * STOPPING=1 when shutdown begins, and WATCHDOG=1 at half of
+ * WATCHDOG_USEC; it takes those variables out of the environment first,
+ * so no child can speak for the service.
  *
  * Children are forked by a spawner: a process sf_server_run forks at
  * start, so that the supervisor, which holds one channel per child, never

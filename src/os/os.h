@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <sys/resource.h>
 #include <sys/types.h>
+#include <sys/un.h>
 
 #include "sockfork.h"
 
@@ -32,6 +33,42 @@ int os_fdlimit_raise(struct rlimit *saved);
  * has no such feature, returns -ENOSYS and nothing happens.
  */
 int os_parentdeath_signal(int sig, int expected_parent);
+
+/* Who a server runs as once its sockets are open (os_ids_drop). */
+typedef struct os_ids {
+    uid_t uid;
+    gid_t gid;
+    int explicit_group;  /* a group was given: no supplementary groups */
+    int has_name;        /* the uid has a user: its groups come along */
+    char name[256];
+} os_ids;
+
+/* Resolves USER (a name or a number) and GROUP (a name, a number, or NULL:
+ * the user's own). Returns 0, -ENOENT (no such user), -ENXIO (no such
+ * group), -ESRCH (a number that is no user's, and no group given),
+ * -EINVAL, or -errno of the lookup. */
+int os_ids_resolve(const char *user, const char *group, os_ids *out);
+
+/* setgroups (the user's, or none), setgid, setuid, for good: checks that
+ * root cannot be had back. Returns 0 or -errno (-EPERM: not permitted, or
+ * not permanent). */
+int os_ids_drop(const os_ids *ids);
+
+/* systemd's notification socket (notify.c: why not sd_notify). */
+typedef struct os_notify {
+    int fd;                 /* -1: not under systemd */
+    struct sockaddr_un addr;
+    socklen_t addr_len;
+    double watchdog_s;      /* WATCHDOG_USEC for us, in s; 0: none */
+} os_notify;
+
+/* Takes NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID out of the
+ * environment (children must not see them) and keeps what they said.
+ * Returns 1 (a socket to notify), 0 (none) or -errno. */
+int os_notify_init(os_notify *n);
+/* Sends one datagram of KEY=VALUE lines; 0 without a socket, or -errno. */
+int os_notify_send(const os_notify *n, const char *text);
+void os_notify_fini(os_notify *n);
 
 /* Makes this process the reaper of orphaned descendants. Returns 0, or
  * -ENOSYS where the kernel has no such feature. */

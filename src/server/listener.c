@@ -3,6 +3,7 @@
 #include "os/os.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <string.h>
@@ -134,4 +135,30 @@ void listener_close(listener *l)
     l->owns_path = 0;
     close(l->fd);
     l->fd = -1;
+}
+
+int listener_adopt(listener *l, int fd)
+{
+    int type = 0, listening = 0, fl;
+    socklen_t len = sizeof type;
+
+    memset(l, 0, sizeof *l);
+    l->fd = -1;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+        return -errno;
+    len = sizeof listening;
+    if (type != SOCK_STREAM ||
+        getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0 || !listening)
+        return -EINVAL;
+    l->addr.len = sizeof l->addr.u;
+    if (getsockname(fd, &l->addr.u.sa, &l->addr.len) < 0)
+        return -errno;
+    if (l->addr.u.sa.sa_family != AF_INET && l->addr.u.sa.sa_family != AF_INET6 &&
+        l->addr.u.sa.sa_family != AF_UNIX)
+        return -EINVAL;
+    if ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
+        fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+        return -errno;
+    l->fd = fd;
+    return 0;
 }

@@ -26,6 +26,13 @@ typedef struct listener {
  */
 int listener_open(listener *l, const sf_addr *a, int backlog, mode_t unix_mode);
 
+/* Takes a socket that is already listening (systemd's socket activation,
+ * or one inherited): a stream socket in the listen state, TCP or Unix. It
+ * is made non-blocking and close-on-exec; its Unix path, if any, is not
+ * ours to remove. Returns 0, -ENOTSOCK, -EINVAL (not a listening stream
+ * socket, or a family we do not serve) or -errno. */
+int listener_adopt(listener *l, int fd);
+
 /* Closes the socket and removes the Unix path if it is still ours. */
 void listener_close(listener *l);
 

@@ -742,6 +742,84 @@ static int on_session(bus *b, endpoint *e, const chan_frame *f, void *arg)
     return workers_on_session(arg, e->data, f);
 }
 
+/* --------------------------------------------------------------- systemd */
+
+/* Connections being served now: a child each in fork mode, busy workers. */
+static unsigned active_connections(sf_server *s)
+{
+    worker_counts wc;
+
+    if (!s->prefork)
+        return s->sup.count;
+    workers_count(s, &wc);
+    return wc.busy_all;
+}
+
+static void notify(sf_server *s, const char *text)
+{
+    int rc = os_notify_send(&s->notify, text);
+
+    if (rc < 0)
+        sf_logf(&s->log, SF_LOG_WARN, "cannot notify systemd (%s): %s", text, strerror(-rc));
+}
+
+/* STATUS=, when the count changed: at most once a second (the timer's). */
+static void status_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    sf_server *s = w->data;
+    unsigned n = active_connections(s);
+    char text[96];
+    (void)loop;
+    (void)revents;
+
+    if (s->status_sent == (uint64_t)n + 1)
+        return;
+    s->status_sent = (uint64_t)n + 1;
+    snprintf(text, sizeof text, "STATUS=%u connection%s active", n, n == 1 ? "" : "s");
+    notify(s, text);
+}
+
+static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    notify(w->data, "WATCHDOG=1");
+}
+
+/* Every listener is up and accepting (or the workers are started). */
+static void notify_ready(sf_server *s)
+{
+    if (s->notify.fd < 0)
+        return;
+    notify(s, "READY=1");
+    status_cb(s->loop, &s->status_timer, 0);
+    ev_timer_start(s->loop, &s->status_timer);
+    if (s->notify.watchdog_s > 0) {
+        ev_timer_set(&s->watchdog_timer, s->notify.watchdog_s / 2, s->notify.watchdog_s / 2);
+        ev_timer_start(s->loop, &s->watchdog_timer);
+    }
+}
+
+/* Before anything is forked: who we run as from now on, for good. */
+static int drop_privileges(sf_server *s)
+{
+    os_ids ids;
+    int rc;
+
+    if (!s->opts.user)
+        return 0;
+    if ((rc = os_ids_resolve(s->opts.user, s->opts.group, &ids)) < 0)
+        return rc;
+    /* The control socket is the user's: the server removes it at exit. */
+    if (s->ctl.open && chown(s->ctl.lis.addr.u.un.sun_path, ids.uid, ids.gid) < 0)
+        return -errno;
+    if ((rc = os_ids_drop(&ids)) < 0)
+        return rc;
+    sf_logf(&s->log, SF_LOG_NOTICE, "running as uid %u, gid %u", (unsigned)ids.uid,
+            (unsigned)ids.gid);
+    return 0;
+}
+
 /* -------------------------------------------------------------- shutdown */
 
 static void on_shutdown(sup *sp, void *arg)
@@ -749,6 +827,10 @@ static void on_shutdown(sup *sp, void *arg)
     sf_server *s = arg;
     (void)sp;
 
+    if (s->notify.fd >= 0) {
+        ev_timer_stop(s->loop, &s->status_timer);
+        notify(s, "STOPPING=1");
+    }
     /* Children learn the server is going away from the end of their
      * channel (no wills are published: everyone is leaving). */
     bus_close_all(&s->bus);
@@ -825,6 +907,7 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
     if (!s)
         return -ENOMEM;
     s->diag_fd = -1;
+    s->notify.fd = -1;
     if (opts)
         s->opts = *opts;
     else
@@ -879,6 +962,10 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
     s->idle_timer.data = s;
     ev_async_init(&s->stop_async, stop_async_cb);
     s->stop_async.data = s;
+    ev_timer_init(&s->status_timer, status_cb, 1., 1.);
+    s->status_timer.data = s;
+    ev_timer_init(&s->watchdog_timer, watchdog_cb, 0., 0.);
+    s->watchdog_timer.data = s;
     ev_async_start(s->loop, &s->stop_async);
     *out = s;
     return 0;
@@ -911,6 +998,25 @@ int sf_server_listen(sf_server *s, const char *text)
     return 0;
 }
 
+int sf_server_listen_fd(sf_server *s, int fd)
+{
+    listener *l;
+    int rc;
+
+    if (s->ran)
+        return -EBUSY;
+    if (s->nlisteners >= LISTENERS_MAX)
+        return -EMFILE;
+    l = &s->listeners[s->nlisteners];
+    rc = listener_adopt(l, fd);
+    if (rc < 0)
+        return rc;
+    ev_io_init(&l->io, accept_cb, l->fd, EV_READ);
+    l->io.data = s;
+    s->nlisteners++;
+    return 0;
+}
+
 size_t sf_server_listener_count(const sf_server *s)
 {
     return s->nlisteners;
@@ -933,6 +1039,12 @@ int sf_server_run(sf_server *s)
     if (s->nlisteners == 0)
         return -EDESTADDRREQ;
     s->ran = 1;
+
+    /* Out of the environment before anything is forked (notify.c). */
+    if ((rc = os_notify_init(&s->notify)) < 0)
+        sf_logf(&s->log, SF_LOG_WARN, "cannot use NOTIFY_SOCKET: %s", strerror(-rc));
+    if ((rc = drop_privileges(s)) < 0)
+        return rc;
 
     rc = os_fdlimit_raise(&s->orig_fdlimit);
     if (rc == 0) {
@@ -1013,9 +1125,12 @@ int sf_server_run(sf_server *s)
     if (s->opts.on_ready)
         s->opts.on_ready(s, s->opts.ready_arg);
     update_accepting(s);
+    notify_ready(s);
     sup_run(&s->sup);
 
     ev_timer_stop(s->loop, &s->idle_timer);
+    ev_timer_stop(s->loop, &s->status_timer);
+    ev_timer_stop(s->loop, &s->watchdog_timer);
     if (s->have_orig_fdlimit)
         (void)setrlimit(RLIMIT_NOFILE, &s->orig_fdlimit);
     /* Logged while SIGPIPE is still ignored: a log going to a pipe whose
@@ -1063,11 +1178,14 @@ void sf_server_free(sf_server *s)
     if (s->loop) {
         ev_timer_stop(s->loop, &s->backoff_timer);
         ev_timer_stop(s->loop, &s->idle_timer);
+        ev_timer_stop(s->loop, &s->status_timer);
+        ev_timer_stop(s->loop, &s->watchdog_timer);
         ev_async_stop(s->loop, &s->stop_async);
         ev_loop_destroy(s->loop);
     }
     if (s->prefork)
         workers_fini(s);
+    os_notify_fini(&s->notify);
     hmap_free(&s->per_ip);
     hmap_free(&s->by_tuple);
     if (s->diag_fd >= 0)

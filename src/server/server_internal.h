@@ -173,6 +173,11 @@ struct sf_server {
     sf_server_stats stats;
     int prefork;          /* opts.workers_max > 0 */
     worker_pool wp;
+
+    /* systemd (os_notify): readiness, status, watchdog. */
+    os_notify notify;
+    ev_timer status_timer, watchdog_timer;
+    uint64_t status_sent; /* the last STATUS= count, +1; 0: none yet */
 };
 
 /* Answers a control request (commands.c). */

@@ -730,7 +730,7 @@ static int end(sf_server *s, conn_rec *r, const chan_frame *f)
         }
         if (sf_log_enabled(&s->log, SF_LOG_INFO)) {
             char status[32];
-            snprintf(status, sizeof status, "exit %u", (unsigned)(rc & 0xff));
+            snprintf(status, sizeof status, "exited %u", (unsigned)(rc & 0xff));
             server_log_exit(s, r, r->pid, status);
         }
     }

@@ -36,6 +36,9 @@ int cmd_run(int argc, char **argv);
 int cli_control_dir(char *buf, size_t len);     /* the directory */
 /* A new server's path, KIND-PID.sock (kind: "serve", "chat"); makes the dir. */
 int cli_control_default(const char *kind, char *buf, size_t len);
+/* The same for a server that will run as uid (-u): under /tmp/sockfork-UID,
+ * made for that user if it is not there. */
+int cli_control_default_for(const char *kind, uid_t uid, gid_t gid, char *buf, size_t len);
 /* A connected socket to the control socket at path, or -errno. */
 int cli_control_connect(const char *path);
 

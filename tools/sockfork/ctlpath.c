@@ -55,6 +55,29 @@ int cli_control_default(const char *kind, char *buf, size_t len)
     return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
+int cli_control_default_for(const char *kind, uid_t uid, gid_t gid, char *buf, size_t len)
+{
+    char dir[64];
+    struct stat st;
+    int n;
+
+    /* The user's own /tmp/sockfork-UID, made for it: the server, once it
+     * runs as that user, must be able to remove its socket there. */
+    snprintf(dir, sizeof dir, "/tmp/sockfork-%u", (unsigned)uid);
+    if (mkdir(dir, 0700) == 0) {
+        if (chown(dir, uid, gid) < 0)
+            return -errno;
+    } else if (errno != EEXIST) {
+        return -errno;
+    }
+    if (lstat(dir, &st) < 0)
+        return -errno;
+    if (!S_ISDIR(st.st_mode) || st.st_uid != uid || (st.st_mode & 077))
+        return -EPERM;
+    n = snprintf(buf, len, "%s/%s-%d.sock", dir, kind, (int)getpid());
+    return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
 int cli_control_connect(const char *path)
 {
     struct sockaddr_un un;

@@ -5,12 +5,16 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <systemd/sd-daemon.h>
 
 #define DEFAULT_LISTEN "127.0.0.1:4444"
 #define MAX_LISTEN 64
@@ -30,7 +34,10 @@ static const char serve_usage[] =
     "\n"
     "options:\n"
     "  -l, --listen ADDR     HOST:PORT, [V6]:PORT or unix:PATH; repeatable;\n"
-    "                        default " DEFAULT_LISTEN "; port 0 picks a free port\n"
+    "                        default " DEFAULT_LISTEN " (none when systemd passes\n"
+    "                        sockets: LISTEN_FDS); port 0 picks a free port\n"
+    "  -u, --user USER[:GROUP]  once the sockets are open, run as USER (name or\n"
+    "                        number) and GROUP (default: USER's, with its groups)\n"
     "  -c, --max-conns N     connections served at once (default 1000); at the\n"
     "                        limit new clients wait in the kernel's backlog\n"
     "      --max-per-ip N    connections at once from one address (default: no limit)\n"
@@ -96,6 +103,7 @@ enum { OPT_MAX_PER_IP = 256, OPT_IDLE, OPT_CONN_TIMEOUT, OPT_WORKERS, OPT_MAX_RE
 
 static const struct option serve_options[] = {
     {"listen", required_argument, NULL, 'l'},
+    {"user", required_argument, NULL, 'u'},
     {"max-conns", required_argument, NULL, 'c'},
     {"max-per-ip", required_argument, NULL, OPT_MAX_PER_IP},
     {"idle-timeout", required_argument, NULL, OPT_IDLE},
@@ -225,20 +233,6 @@ static const char *listen_error(const char *addr, int rc, char *why, size_t len)
     return why;
 }
 
-/* Announced from inside sf_server_run, once SIGTERM is handled: whoever
- * waits for these lines may stop the server at once. */
-static void announce_listeners(sf_server *srv, void *arg)
-{
-    (void)arg;
-    for (size_t i = 0; i < sf_server_listener_count(srv); i++) {
-        char name[SF_ADDR_TEXT_MAX];
-        sf_addr_format(sf_server_listener_addr(srv, i), name, sizeof name);
-        cli_error("listening on %s", name);
-    }
-    if (sf_server_control_path(srv))
-        cli_error("control socket unix:%s", sf_server_control_path(srv));
-}
-
 /* Which commands take an option. */
 #define KIND_SERVE 1
 #define KIND_CHAT 2
@@ -251,6 +245,11 @@ typedef struct server_cmdline {
     sf_server_opts opts;
     const char *listen_addrs[MAX_LISTEN];
     size_t nlisten;
+    int nsystemd;           /* sockets systemd passed (LISTEN_FDS), fds 3... */
+    char **systemd_names;   /* their names (LISTEN_FDNAMES) */
+    char user[256], group[256];
+    uid_t uid;              /* -u's, for the default control socket's directory */
+    gid_t gid;
     const char *control;    /* --control PATH, or NULL: the default */
     int no_control, echo;
     int max_conns_given, worker_idle_given;
@@ -258,6 +257,26 @@ typedef struct server_cmdline {
     sf_conn_cb handler;
     void *handler_arg;
 } server_cmdline;
+
+/* Announced from inside sf_server_run, once SIGTERM is handled: whoever
+ * waits for these lines may stop the server at once. */
+static void announce_listeners(sf_server *srv, void *arg)
+{
+    const server_cmdline *cl = arg;
+
+    for (size_t i = 0; i < sf_server_listener_count(srv); i++) {
+        char name[SF_ADDR_TEXT_MAX];
+        sf_addr_format(sf_server_listener_addr(srv, i), name, sizeof name);
+        /* systemd's sockets come first (start_server). */
+        if ((int)i < cl->nsystemd)
+            cli_error("listening on %s (from systemd: %s)", name,
+                      cl->systemd_names && cl->systemd_names[i] ? cl->systemd_names[i] : "?");
+        else
+            cli_error("listening on %s", name);
+    }
+    if (sf_server_control_path(srv))
+        cli_error("control socket unix:%s", sf_server_control_path(srv));
+}
 
 /* What tells the two commands apart. */
 struct server_kind {
@@ -279,6 +298,62 @@ static int set_listen(server_cmdline *cl, const char *v)
         return -1;
     }
     cl->listen_addrs[cl->nlisten++] = v;
+    return 0;
+}
+
+/* -u USER[:GROUP]: both must exist now, so a typo fails at start with
+ * one line (the library resolves them again when it drops). */
+static int set_user(server_cmdline *cl, const char *v)
+{
+    const char *colon = strchr(v, ':');
+    size_t n = colon ? (size_t)(colon - v) : strlen(v);
+    const char *name = cl->kind->name;
+    char *end;
+
+    if (n == 0 || n >= sizeof cl->user || (colon && (!colon[1] || strlen(colon + 1) >= sizeof cl->group))) {
+        cli_error("%s: -u wants USER or USER:GROUP, not '%s'", name, v);
+        return -1;
+    }
+    memcpy(cl->user, v, n);
+    cl->user[n] = '\0';
+    strcpy(cl->group, colon ? colon + 1 : "");
+    errno = 0;
+    if (cl->user[0] >= '0' && cl->user[0] <= '9') {
+        unsigned long uid = strtoul(cl->user, &end, 10);
+        struct passwd *pw = *end ? NULL : getpwuid((uid_t)uid);
+        if (*end || (!pw && !cl->group[0])) {
+            cli_error("%s: user '%s': %s", name, cl->user,
+                      *end ? "not a name or a number" : "no such uid (give a group too: -u UID:GID)");
+            return -1;
+        }
+        cl->uid = (uid_t)uid;
+        cl->gid = pw ? pw->pw_gid : 0;
+    } else {
+        struct passwd *pw = getpwnam(cl->user);
+        if (!pw) {
+            cli_error("%s: no such user '%s'", name, cl->user);
+            return -1;
+        }
+        cl->uid = pw->pw_uid;
+        cl->gid = pw->pw_gid;
+    }
+    if (cl->group[0] >= '0' && cl->group[0] <= '9') {
+        unsigned long gid = strtoul(cl->group, &end, 10);
+        if (*end) {
+            cli_error("%s: group '%s': not a name or a number", name, cl->group);
+            return -1;
+        }
+        cl->gid = (gid_t)gid;
+    } else if (cl->group[0]) {
+        struct group *gr = getgrnam(cl->group);
+        if (!gr) {
+            cli_error("%s: no such group '%s'", name, cl->group);
+            return -1;
+        }
+        cl->gid = gr->gr_gid;
+    }
+    cl->opts.user = cl->user;
+    cl->opts.group = cl->group[0] ? cl->group : NULL;
     return 0;
 }
 
@@ -517,6 +592,7 @@ static const struct server_option {
     int (*set)(server_cmdline *cl, const char *v);
 } server_option_table[] = {
     {'l', KIND_SERVE | KIND_CHAT, set_listen},
+    {'u', KIND_SERVE | KIND_CHAT, set_user},
     {'c', KIND_SERVE | KIND_CHAT, set_max_conns},
     {OPT_MAX_PER_IP, KIND_SERVE | KIND_CHAT, set_max_per_ip},
     {OPT_IDLE, KIND_SERVE | KIND_CHAT, set_idle_timeout},
@@ -561,7 +637,7 @@ static int parse_server_options(server_cmdline *cl, int argc, char **argv)
     opterr = 0;
     optind = 1;
     /* '+': stop at the first non-option, so PROGRAM's own flags stay its. */
-    while ((opt = getopt_long(argc, argv, "+:l:c:qhV", serve_options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "+:l:u:c:qhV", serve_options, NULL)) != -1) {
         cl->last_optarg = optarg;
         if (opt == ':') {
             cli_error("%s: option '%s' needs a value", cl->kind->name, argv[optind - 1]);
@@ -683,9 +759,32 @@ static int read_cmdline(server_cmdline *cl, int argc, char **argv)
     if (cl->kind->pick_handler(cl, argc, argv, optind) < 0 || check_channel_sizes(cl) < 0 ||
         check_prefork(cl, cl->max_conns_given) < 0)
         return -1;
-    if (cl->nlisten == 0)
+    if (cl->nlisten == 0 && cl->nsystemd == 0)
         cl->listen_addrs[cl->nlisten++] = DEFAULT_LISTEN;
     return 0;
+}
+
+/* systemd's sockets (socket activation), taken before anything else can
+ * use descriptors 3...; the variables go from the environment with them,
+ * so children do not see them. */
+static int take_systemd_sockets(server_cmdline *cl)
+{
+    int n = sd_listen_fds_with_names(1, &cl->systemd_names);
+
+    if (n < 0) {
+        cli_error("%s: cannot take systemd's sockets: %s", cl->kind->name, strerror(-n));
+        return -1;
+    }
+    cl->nsystemd = n;
+    return 0;
+}
+
+static void free_systemd_names(server_cmdline *cl)
+{
+    for (int i = 0; cl->systemd_names && cl->systemd_names[i]; i++)
+        free(cl->systemd_names[i]);
+    free(cl->systemd_names);
+    cl->systemd_names = NULL;
 }
 
 /* A server listening on every address. 0, or the exit status after
@@ -699,6 +798,18 @@ static int start_server(sf_server **srvp, server_cmdline *cl)
     if (rc < 0) {
         cli_error("cannot start: %s", strerror(-rc));
         return 1;
+    }
+    for (int i = 0; i < cl->nsystemd; i++) {
+        const char *fdname = cl->systemd_names && cl->systemd_names[i] ? cl->systemd_names[i] : "?";
+        rc = sf_server_listen_fd(*srvp, SD_LISTEN_FDS_START + i);
+        if (rc < 0) {
+            cli_error("cannot serve systemd's socket %d (%s): %s", SD_LISTEN_FDS_START + i, fdname,
+                      rc == -EINVAL || rc == -ENOTSOCK ? "not a listening stream socket" : strerror(-rc));
+            for (int j = i; j < cl->nsystemd; j++)
+                close(SD_LISTEN_FDS_START + j);
+            sf_server_free(*srvp);
+            return EXIT_USAGE;
+        }
     }
     for (size_t i = 0; i < cl->nlisten; i++) {
         rc = sf_server_listen(*srvp, cl->listen_addrs[i]);
@@ -721,7 +832,11 @@ static int open_control(sf_server *srv, const server_cmdline *cl)
     int rc;
 
     if (!control) {
-        rc = cli_control_default(cl->kind->name, control_buf, sizeof control_buf);
+        if (cl->opts.user)
+            rc = cli_control_default_for(cl->kind->name, cl->uid, cl->gid, control_buf,
+                                         sizeof control_buf);
+        else
+            rc = cli_control_default(cl->kind->name, control_buf, sizeof control_buf);
         if (rc < 0) {
             cli_error("cannot make a control socket path: %s%s", strerror(-rc),
                       rc == -EPERM ? " (the directory is not private to this user)" : "");
@@ -763,6 +878,13 @@ static int serve_until_stopped(sf_server *srv, const server_cmdline *cl)
         rc = sf_server_run(srv);
     sf_server_free(srv);
     sigprocmask(SIG_SETMASK, &old_mask, NULL);
+    if (rc < 0 && cl->opts.user && (rc == -EPERM || rc == -ENOENT || rc == -ENXIO || rc == -ESRCH)) {
+        cli_error("cannot run as user %s%s%s: %s", cl->opts.user, cl->opts.group ? ":" : "",
+                  cl->opts.group ? cl->opts.group : "",
+                  rc == -EPERM ? "not permitted (start as root), or root could be had back"
+                               : "no such user or group");
+        return EXIT_USAGE;
+    }
     if (rc < 0) {
         cli_error("cannot serve: %s", strerror(-rc));
         return 1;
@@ -787,18 +909,28 @@ static int run_server(int argc, char **argv, const server_kind *k)
     sf_server_opts_init(&cl.opts);
     cl.opts.log = cli_log;
     cl.opts.on_ready = announce_listeners;
+    cl.opts.ready_arg = &cl;
     cl.opts.chan_full_kick = k->chan_full_kick;
+    if (take_systemd_sockets(&cl) < 0)
+        return EXIT_USAGE;
     rc = read_cmdline(&cl, argc, argv);
-    if (rc != 0)
+    if (rc != 0) {
+        free_systemd_names(&cl);
         return rc > 0 ? 0 : EXIT_USAGE;
-    if ((rc = start_server(&srv, &cl)) != 0)
+    }
+    if ((rc = start_server(&srv, &cl)) != 0) {
+        free_systemd_names(&cl);
         return rc;
+    }
     if (cl.control && cl.no_control) {
         cli_error("%s: --control and --no-control exclude each other", k->name);
         sf_server_free(srv);
+        free_systemd_names(&cl);
         return EXIT_USAGE;
     }
-    return serve_until_stopped(srv, &cl);
+    rc = serve_until_stopped(srv, &cl);
+    free_systemd_names(&cl);
+    return rc;
 }
 
 int cmd_serve(int argc, char **argv)
