@@ -430,8 +430,8 @@ SF_EXTERN size_t sf_server_listener_count(const sf_server *s);
 SF_EXTERN const sf_addr *sf_server_listener_addr(const sf_server *s, size_t i);
 
 /*
- * Runs the supervisor until SIGTERM, SIGINT or SIGHUP (or sf_server_stop),
- * then shuts down gracefully: listeners are closed, children get `grace_s`
+ * Runs the supervisor until SIGTERM or SIGINT (or sf_server_stop), then
+ * shuts down gracefully (SIGHUP reloads what is read from files): listeners are closed, children get `grace_s`
  * seconds to finish, then SIGTERM, then SIGKILL after `kill_grace_s`; a second
  * signal skips what is left of the grace. Returns 0 once every
  * child has been reaped, or -errno if the loop could not start.

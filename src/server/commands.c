@@ -417,6 +417,20 @@ static json_t *cmd_stats(sf_server *s)
     return r;
 }
 
+/* As SIGHUP: re-read the files; the answer says what was done, or why
+ * nothing changed. Logged as well, like a SIGHUP. */
+static json_t *cmd_reload(sf_server *s)
+{
+    char what[512];
+    int rc = server_reload(s, what, sizeof what);
+
+    sf_logf(&s->log, rc < 0 ? SF_LOG_WARN : SF_LOG_NOTICE, "ctl reload: %s: %s",
+            rc < 0 ? "failed, nothing changed" : "done", what);
+    if (rc < 0)
+        return ctl_error("reload failed, nothing changed: %s", what);
+    return json_pack("{s:b, s:s}", "ok", 1, "reloaded", what);
+}
+
 json_t *server_command(void *arg, const char *cmd, json_t *req)
 {
     sf_server *s = arg;
@@ -431,5 +445,7 @@ json_t *server_command(void *arg, const char *cmd, json_t *req)
         return cmd_send(s, req);
     if (strcmp(cmd, "broadcast") == 0)
         return cmd_broadcast(s, req);
-    return ctl_error("unknown command \"%s\" (list, kick, stats, send, broadcast)", cmd);
+    if (strcmp(cmd, "reload") == 0)
+        return cmd_reload(s);
+    return ctl_error("unknown command \"%s\" (list, kick, stats, send, broadcast, reload)", cmd);
 }

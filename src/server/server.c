@@ -820,6 +820,29 @@ static int drop_privileges(sf_server *s)
     return 0;
 }
 
+/* ---------------------------------------------------------------- reload */
+
+int server_reload(sf_server *s, char *what, size_t len)
+{
+    (void)s;
+    /* What is read from files is re-read here; a failure changes nothing.
+     * Nothing yet but what the later steps add (the rules file). */
+    snprintf(what, len, "nothing to re-read");
+    return 0;
+}
+
+static void on_reload(sup *sp, void *arg)
+{
+    sf_server *s = arg;
+    char what[512];
+    int rc;
+    (void)sp;
+
+    rc = server_reload(s, what, sizeof what);
+    sf_logf(&s->log, rc < 0 ? SF_LOG_WARN : SF_LOG_NOTICE, "SIGHUP: reload %s: %s",
+            rc < 0 ? "failed, nothing changed" : "done", what);
+}
+
 /* -------------------------------------------------------------- shutdown */
 
 static void on_shutdown(sup *sp, void *arg)
@@ -1090,6 +1113,7 @@ int sf_server_run(sf_server *s)
     cfg.kill_grace = s->opts.kill_grace_s;
     cfg.on_exit = on_child_exit;
     cfg.on_shutdown = on_shutdown;
+    cfg.on_reload = on_reload;
     cfg.arg = s;
     cfg.log = &s->log;
     cfg.spawn_child = s->prefork ? worker_main : child_main;

@@ -180,6 +180,10 @@ struct sf_server {
     uint64_t status_sent; /* the last STATUS= count, +1; 0: none yet */
 };
 
+/* Re-reads what the server reads from files (SIGHUP, `ctl reload`); what
+ * gets one line saying what was done, or why nothing changed. 0 or -errno. */
+int server_reload(sf_server *s, char *what, size_t len);
+
 /* Answers a control request (commands.c). */
 json_t *server_command(void *arg, const char *cmd, json_t *req);
 

@@ -132,10 +132,16 @@ static void sigterm_cb(struct ev_loop *loop, ev_signal *w, int revents)
     sup *s = w->data;
     (void)loop;
     (void)revents;
-    /* SIGHUP (a closed terminal, or an operator's kill -HUP) stops the
-     * server as SIGTERM does rather than killing it as by default, which
-     * would leave its socket files behind. Said so, since it is the one
-     * that may have come unasked. */
+    /* SIGHUP is a reload when the owner has one (the server's: its rules
+     * file); else (a closed terminal, or an operator's kill -HUP) it stops
+     * the supervisor as SIGTERM does rather than killing it as by default,
+     * which would leave its socket files behind. Said so, since it is the
+     * one that may have come unasked. */
+    if (w->signum == SIGHUP && s->cfg.on_reload) {
+        if (!s->shutting_down)
+            s->cfg.on_reload(s, s->cfg.arg);
+        return;
+    }
     if (w->signum == SIGHUP && !s->shutting_down)
         sf_logf(s->cfg.log, SF_LOG_NOTICE, "SIGHUP: stopping as for SIGTERM");
     sup_shutdown(s);

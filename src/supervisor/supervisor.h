@@ -44,6 +44,10 @@ typedef void (*sup_exit_cb)(sup *s, pid_t pid, int wstatus, void *data, void *ar
  * before the grace period starts: the owner stops taking new work. */
 typedef void (*sup_shutdown_cb)(sup *s, void *arg);
 
+/* SIGHUP: the owner re-reads what it reads from files (reload). Without
+ * one, SIGHUP stops the supervisor as SIGTERM does. */
+typedef void (*sup_reload_cb)(sup *s, void *arg);
+
 /* A child asked for with sup_spawn is running, registered under pid. */
 typedef void (*sup_started_cb)(sup *s, pid_t pid, void *data, void *arg);
 
@@ -60,6 +64,7 @@ typedef struct sup_config {
     double kill_grace;  /* s between SIGTERM and SIGKILL */
     sup_exit_cb on_exit;
     sup_shutdown_cb on_shutdown;
+    sup_reload_cb on_reload;
     void *arg;
     const sf_logger *log;
     /* The spawner: what runs in each child; NULL for none. */

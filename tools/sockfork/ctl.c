@@ -45,6 +45,8 @@ static const char ctl_usage[] =
     "  stats            counters: accepted, active, refused, exits by code and\n"
     "                   signal, channel frames and drops; the server's pid and\n"
     "                   listeners\n"
+    "  reload           re-read the files the server reads (as SIGHUP): its rules;\n"
+    "                   a file that does not read changes nothing, and says why\n"
     "\n"
     "options (before or after the command; '--' ends them, for a TEXT that\n"
     "begins with '-': sockfork ctl send 1234 -- '-1'):\n"
@@ -593,6 +595,13 @@ static void print_broadcast(json_t *reply, unsigned pid)
            (long long)json_integer_value(json_object_get(reply, "dropped")));
 }
 
+static void print_reloaded(json_t *reply, unsigned pid)
+{
+    char what[FIELD_MAX];
+    (void)pid;
+    printf("reloaded: %s\n", clean_member(reply, "reloaded", "?", what, sizeof what));
+}
+
 static void print_kicked(json_t *reply, unsigned pid)
 {
     (void)reply;
@@ -617,6 +626,7 @@ static const ctl_command ctl_commands[] = {
     {"broadcast", "broadcast TEXT", 1, 0, 1, "broadcast wants one TEXT argument", print_broadcast},
     {"kick", "kick PID", 1, 1, 0, "kick wants one PID", print_kicked},
     {"stats", "stats", 0, 0, 0, NULL, print_stats},
+    {"reload", "reload", 0, 0, 0, NULL, print_reloaded},
 };
 
 #define NCTL_COMMANDS (sizeof ctl_commands / sizeof ctl_commands[0])

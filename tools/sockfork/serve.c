@@ -50,7 +50,7 @@ static const char serve_usage[] =
     "      --max-requests N  prefork: replace a worker after about N connections\n"
     "      --worker-idle S   prefork: idle time before a worker above MIN retires\n"
     "                        (default 5s)\n"
-    "      --grace S         at SIGTERM/SIGINT/SIGHUP, time children get to finish\n"
+    "      --grace S         at SIGTERM/SIGINT, time children get to finish\n"
     "                        before they are terminated (default 10)\n"
     "      --backlog N       listen backlog (default: the system maximum)\n"
     "      --control PATH    control socket for `sockfork ctl` (mode 0600); default\n"
