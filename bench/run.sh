@@ -4,8 +4,10 @@
 # machine:
 #
 #   sockfork       sockfork serve -q -l 127.0.0.1:PORT --echo -c 20000
+#   sockfork-exec  sockfork serve -q -l 127.0.0.1:PORT -c 20000 -- cat (exec mode)
 #   tcpserver      tcpserver -c 20000 -b 4096 -H -R -l 0 127.0.0.1 PORT cat
 #   socat          socat TCP-LISTEN:PORT,...,fork,backlog=4096 PIPE
+#   socat-exec     socat TCP-LISTEN:PORT,...,fork,backlog=4096 EXEC:cat
 #   bare           build/bench/bare-forkserver PORT (accept, fork, echo: the floor)
 #   bare-prefork   build/bench/bare-prefork PORT N (N workers blocking in accept)
 #   bare-dispatch  build/bench/bare-prefork --dispatch PORT N (the parent accepts
@@ -27,7 +29,10 @@
 #   BENCH_HOLD_SECS=60  bound on opening them, and on echoing over them
 #   BENCH_WORKERS=8     workers of the prefork servers
 #   BENCH_SERVERS="sockfork tcpserver socat bare bare-prefork bare-dispatch
-#                  node-cluster"   which servers, in order
+#                  node-cluster"   which servers, in order (sockfork-exec and
+#                  socat-exec are not in the default: exec mode against the
+#                  peers that exec cat too, e.g. BENCH_SERVERS="sockfork-exec
+#                  tcpserver socat-exec" BENCH_CONCS=64 BENCH_HOLD=0)
 #   SOCKFORK=path       sockfork binary (default: $BUILD/sockfork)
 set -euo pipefail
 
@@ -80,7 +85,7 @@ install_peers() {
     for name in $BENCH_SERVERS; do
         case $name in
         tcpserver) command -v tcpserver >/dev/null || missing+=(ucspi-tcp) ;;
-        socat) command -v socat >/dev/null || missing+=(socat) ;;
+        socat | socat-exec) command -v socat >/dev/null || missing+=(socat) ;;
         node-cluster) [[ -n $(node_bin) ]] || missing+=(nodejs) ;;
         esac
     done
@@ -140,14 +145,14 @@ raise_nofile() {
 # Why a server cannot run here, or nothing when it can.
 unavailable() {
     case $1 in
-    sockfork)
+    sockfork | sockfork-exec)
         if [[ $SOCKFORK == "$BUILD/sockfork" ]] && ((!SOCKFORK_OK)); then
             echo "the project did not build"
         elif ! "$SOCKFORK" --version >/dev/null 2>&1; then
             echo "$SOCKFORK does not run"
         fi ;;
     tcpserver) command -v tcpserver >/dev/null || echo "tcpserver not installed" ;;
-    socat) command -v socat >/dev/null || echo "socat not installed" ;;
+    socat | socat-exec) command -v socat >/dev/null || echo "socat not installed" ;;
     bare | bare-prefork | bare-dispatch) ;;
     node-cluster) [[ -n $(node_bin) ]] || echo "nodejs not installed" ;;
     *) echo "unknown server" ;;
@@ -159,10 +164,13 @@ start_server() {
     local name=$1 port=$2 log=$WORK/$1.log
     case $name in
     sockfork) "$SOCKFORK" serve -q -l "127.0.0.1:$port" --echo -c "$MAX_CONNS" 2>"$log" & ;;
+    sockfork-exec) "$SOCKFORK" serve -q -l "127.0.0.1:$port" -c "$MAX_CONNS" -- cat 2>"$log" & ;;
     # tcpserver's defaults are -c 40 and a backlog of 20: raise both.
     tcpserver) tcpserver -c "$MAX_CONNS" -b 4096 -H -R -l 0 127.0.0.1 "$port" cat 2>"$log" & ;;
     # Each forked socat child has its own unnamed pipe: bytes go out as they came.
     socat) socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork,backlog=4096" PIPE 2>"$log" & ;;
+    # The same, running cat as tcpserver does: socat forks, then execs.
+    socat-exec) socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork,backlog=4096" EXEC:cat 2>"$log" & ;;
     bare) "$BARE" "$port" 2>"$log" & ;;
     bare-prefork) "$PREFORK" "$port" "$BENCH_WORKERS" 2>"$log" & ;;
     bare-dispatch) "$PREFORK" --dispatch "$port" "$BENCH_WORKERS" 2>"$log" & ;;

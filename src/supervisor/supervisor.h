@@ -62,8 +62,10 @@ typedef struct sup_config {
     sup_shutdown_cb on_shutdown;
     void *arg;
     const sf_logger *log;
-    /* The spawner: what runs in each child; NULL for none. */
+    /* The spawner: what runs in each forked child; NULL for none. */
     spawner_child_fn spawn_child;
+    /* Which requests' children are exec'd instead (spawner.h); NULL: none. */
+    spawner_plan_fn spawn_plan;
     const struct rlimit *child_fdlimit; /* copied at sup_init */
     sup_started_cb on_started;
     sup_spawn_failed_cb on_spawn_failed;

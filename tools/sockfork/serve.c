@@ -539,8 +539,9 @@ static int serve_pick_handler(server_cmdline *cl, int argc, char **argv, int fir
             program_error(name, argv[first], rc);
             return -1;
         }
-        cl->handler = handler_exec;
-        cl->handler_arg = argv + first;
+        cl->handler = NULL; /* the library execs it: opts.program_argv */
+        cl->handler_arg = NULL;
+        cl->opts.program_argv = argv + first;
         cl->opts.channel_jsonl = 1; /* fd 3 speaks JSON lines to the program */
     } else if (cl->echo) {
         cl->handler = handler_echo;
