@@ -159,11 +159,84 @@ def test_program_found_in_path_and_failures_as_exec_shells_say(sockfork, tmp_pat
     assert recv_until_eof(c) == b""
     _, d = srv.wait_disconnected(c)
     assert d.group("status") == "exited 126", d.group(0)
+    # Why is logged: the program is found in PATH once, at start, and
+    # exec'd from the spawner (vfork), which tells the server.
+    srv.log.wait_one(r"^sockfork: pid %s: cannot run the program: Permission denied$"
+                     % d.group("pid"))
     prog.unlink()
     c = srv.connect()
     assert recv_until_eof(c) == b""
     _, d = srv.wait_disconnected(c)
     assert d.group("status") == "exited 127", d.group(0)
+    srv.log.wait_one(r"^sockfork: pid %s: cannot run the program: No such file or directory$"
+                     % d.group("pid"))
+
+# ------------------------------------------------- what the program starts with
+
+PIPE_BIT = 1 << (13 - 1)  # SIGPIPE in /proc's signal masks
+INT_BIT = 1 << (2 - 1)    # SIGINT
+
+# Only shell builtins, so that /proc/$$ is the exec'd program itself.
+SELF_REPORT = r'''
+read -r _ _ _ ppid pgrp sid _ < /proc/$$/stat
+echo "pid=$$ ppid=$ppid pgrp=$pgrp sid=$sid nofile=$(ulimit -n)"
+while read -r k v _; do
+    case $k in SigBlk:|SigIgn:|Uid:|Gid:) echo "$k$v" ;; esac
+done < /proc/$$/status
+'''
+
+
+def status_field(pid, name):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return line.split()[1]
+    raise AssertionError("no %s for %d" % (name, pid))
+
+
+def status_limit(pid):
+    """The soft limit on open files of pid."""
+    with open("/proc/%d/limits" % pid) as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                return line.split()[3]
+    raise AssertionError("no limits for %d" % pid)
+
+
+def test_what_the_program_starts_with(sockfork):
+    """The program (started by the spawner with vfork+execve) is the
+    connection's child itself, leads a process group of its own, runs with
+    an empty signal mask, SIGPIPE and SIGINT at their defaults (the server
+    and its spawner ignore them) and every other disposition as the server
+    had it, our uid and gid, and the descriptor limit the server started
+    with (it raises its own). Its descriptors: test_fdcount_*."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(soft, 1000) if hard == resource.RLIM_INFINITY else min(soft, hard - 1, 1000)
+    # Started with a soft limit below the hard one, which it raises for itself.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        srv = sockfork("--", SH, "-c", SELF_REPORT)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert int(status_limit(srv.pid)) == hard or hard == resource.RLIM_INFINITY
+    c = srv.connect()
+    lines = recv_until_eof(c).decode().splitlines()
+    _, d = srv.wait_disconnected(c)
+    assert d.group("status") == "exited 0", d.group(0)
+    ids = dict(kv.split("=") for kv in lines[0].split())
+    fields = dict(line.split(":", 1) for line in lines[1:])
+    assert ids["pid"] == d.group("pid"), "the program is the child the server logs"
+    assert ids["pgrp"] == ids["pid"], "a process group of its own: %r" % ids
+    assert int(ids["ppid"]) != srv.pid, "its parent is the spawner, not the supervisor"
+    assert int(ids["sid"]) == os.getsid(srv.pid), "the server's session"
+    assert int(fields["SigBlk"], 16) == 0, fields
+    server_ign = int(status_field(srv.pid, "SigIgn"), 16)
+    assert server_ign & PIPE_BIT, "the server ignores SIGPIPE"
+    assert int(fields["SigIgn"], 16) == server_ign & ~PIPE_BIT & ~INT_BIT, fields
+    assert fields["Uid"] == str(os.getuid()) and fields["Gid"] == str(os.getgid()), fields
+    assert int(ids["nofile"]) == low, ids
+
 
 # ------------------------------------------------------------ descriptors
 
