@@ -951,7 +951,8 @@ int sf_server_run(sf_server *s)
     /* A client that goes away while we write must cost an EPIPE, never the
      * supervisor, and never a C handler: set before sup_init forks the
      * spawner, whose children inherit it (an ignored signal stays ignored
-     * in proc_fork). sf_conn_exec gives exec'd programs the default back. */
+     * in proc_fork). Exec'd programs get the default back (the spawner's
+     * exec_reset; sf_conn_exec). */
     memset(&ign, 0, sizeof ign);
     ign.sa_handler = SIG_IGN;
     sigemptyset(&ign.sa_mask);

@@ -681,7 +681,7 @@ static int run_server(int argc, char **argv, const server_kind *k)
     /* Our log is stderr, which may be a pipe whose reader has gone (`serve
      * 2>&1 | tee log`, then Ctrl-C): a line must cost an EPIPE, never the
      * process before it has cleaned up. C handlers inherit this; exec'd
-     * programs get the default back (sf_conn_exec). */
+     * programs get the default back (the library's exec mode). */
     signal(SIGPIPE, SIG_IGN);
     memset(&cl, 0, sizeof cl);
     cl.kind = k;
