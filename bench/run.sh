@@ -276,6 +276,7 @@ bench_server() {
         line=$("$LOADGEN" rate -a "$addr" -c "$c" -d "$BENCH_SECS") || true
         record "$name" "rate@$c" "$line"
         R[$name,rate$c]=$(field "$line" ops_per_s)
+        R[$name,p99_$c]=$(field "$line" p99_us)
     done
     if ((RTT_CONC > 0)); then
         line=$("$LOADGEN" rtt -a "$addr" -c "$RTT_CONC" -d "$BENCH_SECS") || true
@@ -390,6 +391,30 @@ prefork_ratios() {
     echo
 }
 
+# Exec mode against the peers that exec cat too (issue 13: sockfork-exec
+# >= 1.5x tcpserver and >= 1.3x socat-exec, conn/s @64 in the same run),
+# with p99 beside; printed when sockfork-exec was measured.
+exec_ratios() {
+    local s peer r min p
+    s=$(value sockfork-exec rate64)
+    [[ -z $s ]] && return 0
+    echo "Exec mode (conn/s @64; p99 in ms):"
+    for p in sockfork-exec tcpserver socat-exec sockfork; do
+        [[ -n ${R[$p,p99_64]:-} ]] && echo "- $p: $(value "$p" rate64) conn/s, p99 $(calc 'printf "%.0f", a / 1000' "${R[$p,p99_64]}" 1) ms"
+    done
+    for peer in "tcpserver 1.5" "socat-exec 1.3" "sockfork -"; do
+        read -r p min <<<"$peer"
+        r=$(calc 'printf "%.2f", a / b' "$s" "$(value "$p" rate64)")
+        [[ -z $r ]] && continue
+        if [[ $min == - ]]; then
+            echo "- sockfork-exec / $p (fork mode, --echo) = $r"
+        else
+            echo "- sockfork-exec / $p = $r, target ≥ $min: $(calc 'print (a >= b ? "met" : "MISSED")' "$r" "$min")"
+        fi
+    done
+    echo
+}
+
 report() {
     local cpu
     cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
@@ -408,6 +433,7 @@ report() {
     targets
     echo
     prefork_ratios
+    exec_ratios
     echo "Idle PSS, and the hold test: seconds to open the connections"
     echo "(one echo each, 256 opening at a time), processes while holding:"
     local name
@@ -445,4 +471,5 @@ echo
 targets
 echo
 prefork_ratios
+exec_ratios
 say "written to ${RESULTS#"$ROOT"/}/latest.md"
