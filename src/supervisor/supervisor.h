@@ -125,7 +125,8 @@ static inline int sup_full(const sup *s) { return s->count + s->spawning >= s->c
 
 /*
  * Asks the spawner for a child running cfg.spawn_child(blob, len, nfds)
- * with fds as its descriptors 3, 4, ... The caller keeps fds open until
+ * with fds as its descriptors 3, 4, ..., or the program cfg.spawn_plan
+ * makes of the request (process/spawner.h). The caller keeps fds open until
  * on_started or on_spawn_failed (they are sent when the spawner can take
  * them); `data` comes back in those and in on_exit. Returns 0, -ENOSPC
  * (max_children children and requests already), -EINVAL or -ENOMEM.
