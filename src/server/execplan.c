@@ -116,9 +116,7 @@ static int ipc_env(execplan_env *e, const sf_addr *peer, int conn_fd)
 
 int execplan_conn_env(execplan_env *e, const sf_addr *peer, const sf_addr *local, int conn_fd)
 {
-    int rc = peer->u.sa.sa_family == AF_UNIX ? ipc_env(e, peer, conn_fd) : tcp_env(e, peer, local);
-
-    return rc < 0 ? rc : execplan_setenv(e, "SOCKFORK_FD", "3");
+    return peer->u.sa.sa_family == AF_UNIX ? ipc_env(e, peer, conn_fd) : tcp_env(e, peer, local);
 }
 
 static int is_unset(const execplan_env *e, const char *entry)
@@ -208,7 +206,8 @@ int execplan_conn(spawn_exec *ex, const char *file, char *const *argv, const sf_
     if (!is_tcp || getsockname(conn_fd, &local.u.sa, &local.len) < 0)
         local = *peer;
     memset(&conn_env, 0, sizeof conn_env);
-    if ((rc = execplan_conn_env(&conn_env, peer, &local, conn_fd)) < 0 || (rc = envp_room()) < 0)
+    if ((rc = execplan_conn_env(&conn_env, peer, &local, conn_fd)) < 0 ||
+        (rc = execplan_setenv(&conn_env, "SOCKFORK_FD", "3")) < 0 || (rc = envp_room()) < 0)
         return rc;
     if ((rc = execplan_merge(&conn_env, environ, conn_envp, conn_envp_cap)) < 0)
         return rc;

@@ -42,8 +42,9 @@ int execplan_unsetenv(execplan_env *e, const char *name);
  * (TCP or TCP6), TCPREMOTEIP/PORT, TCPLOCALIP/PORT (and the TCP6 names
  * for IPv6), TCPLOCALHOST, TCPREMOTEHOST and TCPREMOTEINFO removed; for a
  * Unix socket, PROTO=IPC, IPCLOCALPATH, and IPCREMOTEEUID/EGID/PID from
- * the peer's credentials on conn_fd. Then SOCKFORK_FD=3. Returns 0,
- * -EINVAL (an address without a host) or -E2BIG.
+ * the peer's credentials on conn_fd. (SOCKFORK_FD, which names the
+ * channel, is the caller's to add.) Returns 0, -EINVAL (an address
+ * without a host) or -E2BIG.
  */
 int execplan_conn_env(execplan_env *e, const sf_addr *peer, const sf_addr *local, int conn_fd);
 
@@ -56,8 +57,8 @@ int execplan_merge(const execplan_env *e, char *const *base, char **out, size_t 
 
 /*
  * Fills ex for a connection's program: file and argv as given; the
- * spawner's environment with the connection's variables (in storage of
- * this module, good until the next call); the connection as 0 and 1,
+ * spawner's environment with the connection's variables and
+ * SOCKFORK_FD=3 (in storage of this module, good until the next call); the connection as 0 and 1,
  * stderr left, the channel as 3 (made blocking, as a forked child makes
  * it). peer and is_tcp as the supervisor accepted it; the local address
  * is read from conn_fd. Runs in the spawner. Returns 1 (spawner_plan_fn's
