@@ -4,8 +4,10 @@
 # machine:
 #
 #   sockfork       sockfork serve -q -l 127.0.0.1:PORT --echo -c 20000
+#   sockfork-exec  sockfork serve -q -l 127.0.0.1:PORT -c 20000 -- cat (exec mode)
 #   tcpserver      tcpserver -c 20000 -b 4096 -H -R -l 0 127.0.0.1 PORT cat
 #   socat          socat TCP-LISTEN:PORT,...,fork,backlog=4096 PIPE
+#   socat-exec     socat TCP-LISTEN:PORT,...,fork,backlog=4096 EXEC:cat
 #   bare           build/bench/bare-forkserver PORT (accept, fork, echo: the floor)
 #   bare-prefork   build/bench/bare-prefork PORT N (N workers blocking in accept)
 #   bare-dispatch  build/bench/bare-prefork --dispatch PORT N (the parent accepts
@@ -30,7 +32,10 @@
 #   BENCH_WORKERS=8     workers of the bare and Node prefork servers
 #   BENCH_PREFORK=2:8   sockfork-prefork's --workers MIN:MAX
 #   BENCH_SERVERS="sockfork tcpserver socat bare bare-prefork bare-dispatch
-#                  node-cluster"   which servers, in order
+#                  node-cluster"   which servers, in order (sockfork-exec and
+#                  socat-exec are not in the default: exec mode against the
+#                  peers that exec cat too, e.g. BENCH_SERVERS="sockfork-exec
+#                  tcpserver socat-exec" BENCH_CONCS=64 BENCH_HOLD=0)
 #   SOCKFORK=path       sockfork binary (default: $BUILD/sockfork)
 set -euo pipefail
 
@@ -92,7 +97,7 @@ install_peers() {
     for name in $BENCH_SERVERS; do
         case $name in
         tcpserver) command -v tcpserver >/dev/null || missing+=(ucspi-tcp) ;;
-        socat) command -v socat >/dev/null || missing+=(socat) ;;
+        socat | socat-exec) command -v socat >/dev/null || missing+=(socat) ;;
         node-cluster) [[ -n $(node_bin) ]] || missing+=(nodejs) ;;
         esac
     done
@@ -152,14 +157,14 @@ raise_nofile() {
 # Why a server cannot run here, or nothing when it can.
 unavailable() {
     case $1 in
-    sockfork | sockfork-prefork)
+    sockfork | sockfork-prefork | sockfork-exec)
         if [[ $SOCKFORK == "$BUILD/sockfork" ]] && ((!SOCKFORK_OK)); then
             echo "the project did not build"
         elif ! "$SOCKFORK" --version >/dev/null 2>&1; then
             echo "$SOCKFORK does not run"
         fi ;;
     tcpserver) command -v tcpserver >/dev/null || echo "tcpserver not installed" ;;
-    socat) command -v socat >/dev/null || echo "socat not installed" ;;
+    socat | socat-exec) command -v socat >/dev/null || echo "socat not installed" ;;
     bare | bare-prefork | bare-dispatch) ;;
     node-cluster) [[ -n $(node_bin) ]] || echo "nodejs not installed" ;;
     *) echo "unknown server" ;;
@@ -173,10 +178,13 @@ start_server() {
     sockfork) "$SOCKFORK" serve -q -l "127.0.0.1:$port" --echo -c "$MAX_CONNS" 2>"$log" & ;;
     sockfork-prefork)
         "$SOCKFORK" serve -q -l "127.0.0.1:$port" --echo --workers "$BENCH_PREFORK" 2>"$log" & ;;
+    sockfork-exec) "$SOCKFORK" serve -q -l "127.0.0.1:$port" -c "$MAX_CONNS" -- cat 2>"$log" & ;;
     # tcpserver's defaults are -c 40 and a backlog of 20: raise both.
     tcpserver) tcpserver -c "$MAX_CONNS" -b 4096 -H -R -l 0 127.0.0.1 "$port" cat 2>"$log" & ;;
     # Each forked socat child has its own unnamed pipe: bytes go out as they came.
     socat) socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork,backlog=4096" PIPE 2>"$log" & ;;
+    # The same, running cat as tcpserver does: socat forks, then execs.
+    socat-exec) socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork,backlog=4096" EXEC:cat 2>"$log" & ;;
     bare) "$BARE" "$port" 2>"$log" & ;;
     bare-prefork) "$PREFORK" "$port" "$BENCH_WORKERS" 2>"$log" & ;;
     bare-dispatch) "$PREFORK" --dispatch "$port" "$BENCH_WORKERS" 2>"$log" & ;;
@@ -295,6 +303,7 @@ bench_server() {
         R[$name,cpu$c]=$(calc 'printf "%.1f", a / b' \
             "$(((t1 - t0) * 1000000 / $(getconf CLK_TCK)))" \
             "$(calc 'print a * b' "${R[$name,rate$c]:-}" "$BENCH_SECS")")
+        R[$name,p99_$c]=$(field "$line" p99_us)
     done
     if ((RTT_CONC > 0)); then
         line=$("$LOADGEN" rtt -a "$addr" -c "$RTT_CONC" -d "$BENCH_SECS") || true
@@ -419,6 +428,30 @@ prefork_ratios() {
     echo
 }
 
+# Exec mode against the peers that exec cat too (issue 13: sockfork-exec
+# >= 1.5x tcpserver and >= 1.3x socat-exec, conn/s @64 in the same run),
+# with p99 beside; printed when sockfork-exec was measured.
+exec_ratios() {
+    local s peer r min p
+    s=$(value sockfork-exec rate64)
+    [[ -z $s ]] && return 0
+    echo "Exec mode (conn/s @64; p99 in ms):"
+    for p in sockfork-exec tcpserver socat-exec sockfork; do
+        [[ -n ${R[$p,p99_64]:-} ]] && echo "- $p: $(value "$p" rate64) conn/s, p99 $(calc 'printf "%.0f", a / 1000' "${R[$p,p99_64]}" 1) ms"
+    done
+    for peer in "tcpserver 1.5" "socat-exec 1.3" "sockfork -"; do
+        read -r p min <<<"$peer"
+        r=$(calc 'printf "%.2f", a / b' "$s" "$(value "$p" rate64)")
+        [[ -z $r ]] && continue
+        if [[ $min == - ]]; then
+            echo "- sockfork-exec / $p (fork mode, --echo) = $r"
+        else
+            echo "- sockfork-exec / $p = $r, target ≥ $min: $(calc 'print (a >= b ? "met" : "MISSED")' "$r" "$min")"
+        fi
+    done
+    echo
+}
+
 report() {
     local cpu
     cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
@@ -437,6 +470,7 @@ report() {
     targets
     echo
     prefork_ratios
+    exec_ratios
     echo "Idle PSS, and the hold test: seconds to open the connections"
     echo "(one echo each, 256 opening at a time), processes while holding:"
     local name
@@ -474,4 +508,5 @@ echo
 targets
 echo
 prefork_ratios
+exec_ratios
 say "written to ${RESULTS#"$ROOT"/}/latest.md"

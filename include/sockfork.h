@@ -379,6 +379,16 @@ typedef struct sf_server_opts {
      * supplementary groups), before it starts anything. NULL = stay. */
     const char *user;
     const char *group;
+    /* NULL, or the program each connection runs instead of a handler
+     * (sf_server_new's handler then NULL), as sf_conn_exec would run it:
+     * the connection on fd 0 and 1, the channel on fd 3 (SOCKFORK_FD=3;
+     * usually with channel_jsonl), tcpserver's variables, SIGPIPE at its
+     * default. Found in PATH once, by sf_server_new; each child is
+     * started with vfork+execve, copying nothing of the server. A program
+     * that cannot be exec'd is a child that exits 127 (not found) or 126,
+     * the reason logged. NULL-terminated; must stay valid until
+     * sf_server_free. */
+    char *const *program_argv;
 } sf_server_opts;
 
 /* Fills opts with the defaults above. */
@@ -386,9 +396,11 @@ SF_EXTERN void sf_server_opts_init(sf_server_opts *opts);
 
 /*
  * Creates a server that runs `handler(conn, arg)` in a new child for every
- * accepted connection. `opts` is copied; NULL means the defaults. On
- * success *out owns the server until sf_server_free. Returns 0, -EINVAL
- * for bad options or -ENOMEM.
+ * accepted connection, or with opts->program_argv set (and handler NULL)
+ * that program. `opts` is copied; NULL means the defaults. On success *out
+ * owns the server until sf_server_free. Returns 0, -EINVAL for bad options
+ * (neither or both of handler and program_argv), the error of
+ * sf_program_find for a program it cannot find, or -ENOMEM.
  */
 SF_EXTERN int sf_server_new(sf_server **out, const sf_server_opts *opts,
                             sf_conn_cb handler, void *arg);

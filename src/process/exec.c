@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -31,13 +32,31 @@ typedef struct exec_plan {
     char *const *envp;
     const proc_exec_opts *o;
     const sigset_t *mask;        /* the program's signal mask: empty */
+    pid_t parent;                /* the caller, for the parent-death check */
     volatile int err;            /* set by the child when it fails */
 } exec_plan;
+
+/* The status a shell's child exits with when it cannot run a program. */
+static int exec_fail_status(int e)
+{
+    return e == ENOENT ? 127 : 126;
+}
 
 static void __attribute__((noreturn)) child_fail(exec_plan *pl, int e)
 {
     pl->err = e ? e : EINVAL;
-    _exit(127);
+    _exit(exec_fail_status(pl->err));
+}
+
+/* PR_SET_PDEATHSIG, then a check that the caller is still there (it is
+ * stopped in vfork: only SIGKILL can have ended it). If it is gone the
+ * program must not start: the child leaves. os_parentdeath_signal's own
+ * raise() then is at most a signal pending in a child about to _exit. */
+static int child_parent_death(const exec_plan *pl)
+{
+    if (os_parentdeath_signal(pl->o->parent_death_signal, pl->parent) < 0)
+        return -errno;
+    return getppid() == pl->parent ? 0 : -ESRCH;
 }
 
 /*
@@ -99,20 +118,27 @@ static void __attribute__((noreturn, noinline)) exec_child(exec_plan *pl)
             child_fail(pl, errno);
     }
     os_closefrom(o->nfds);
+    if (o->fdlimit)
+        (void)setrlimit(RLIMIT_NOFILE, o->fdlimit); /* as proc_fork: best effort */
+    if (o->parent_death_signal && child_parent_death(pl) < 0)
+        child_fail(pl, ESRCH);
     if (o->slice)
         os_slice_restore(o->slice);
     sigprocmask(SIG_SETMASK, pl->mask, NULL);
     child_fail(pl, -proc_execve(pl->file, pl->argv, pl->envp));
 }
 
-pid_t proc_exec(const char *file, char *const argv[], char *const envp[],
-                const proc_exec_opts *o)
+/* vfork, lay out, exec. Returns the child's pid (with *err set if it
+ * failed, then exiting or exited) or -errno of vfork. */
+static pid_t exec_start(const char *file, char *const argv[], char *const envp[],
+                        const proc_exec_opts *o, int *err)
 {
     sigset_t all, old, empty;
     exec_plan pl;
     pid_t pid;
     int e;
 
+    *err = 0;
     if (!file || !argv || !envp || !o || o->nfds < 0 || o->nfds > PROC_KEEP_MAX)
         return -EINVAL;
     sigemptyset(&empty);
@@ -122,6 +148,7 @@ pid_t proc_exec(const char *file, char *const argv[], char *const envp[],
     pl.envp = envp;
     pl.o = o;
     pl.mask = &empty;
+    pl.parent = getpid();
 
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, &old);
@@ -133,13 +160,28 @@ pid_t proc_exec(const char *file, char *const argv[], char *const envp[],
     sigprocmask(SIG_SETMASK, &old, NULL);
     if (pid < 0)
         return -e;
-    if (pl.err) {
-        e = pl.err;
+    *err = pl.err;
+    return pid;
+}
+
+pid_t proc_exec(const char *file, char *const argv[], char *const envp[],
+                const proc_exec_opts *o)
+{
+    int err;
+    pid_t pid = exec_start(file, argv, envp, o, &err);
+
+    if (pid > 0 && err) {
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
             ;
-        return -e;
+        return -err;
     }
     return pid;
+}
+
+pid_t proc_exec_or_exit(const char *file, char *const argv[], char *const envp[],
+                        const proc_exec_opts *o, int *exec_err)
+{
+    return exec_start(file, argv, envp, o, exec_err);
 }
 
 void proc_signals_default(const sigset_t *set)

@@ -56,6 +56,12 @@ typedef struct proc_exec_opts {
     /* Scheduling attributes put back just before the exec
      * (os_slice_restore); NULL for none. */
     const os_sched_saved *slice;
+    /* The child's RLIMIT_NOFILE, set after the descriptors are laid out;
+     * NULL leaves the caller's. */
+    const struct rlimit *fdlimit;
+    /* Signal sent to the program if the caller dies (PR_SET_PDEATHSIG,
+     * which survives the exec); 0 for none. */
+    int parent_death_signal;
 } proc_exec_opts;
 
 /*
@@ -68,6 +74,17 @@ typedef struct proc_exec_opts {
  */
 pid_t proc_exec(const char *file, char *const argv[], char *const envp[],
                 const proc_exec_opts *opts);
+
+/*
+ * As proc_exec, for a caller that treats every start alike, whatever
+ * becomes of the program: a child whose layout or exec fails is not
+ * reaped but exits as a shell's child would, 127 when the file is not
+ * there (ENOENT), 126 for any other error; its pid is returned all the
+ * same, with the error in *exec_err (0 when the program runs). Returns
+ * -errno only when vfork itself failed (*exec_err is then 0).
+ */
+pid_t proc_exec_or_exit(const char *file, char *const argv[], char *const envp[],
+                        const proc_exec_opts *opts, int *exec_err);
 
 /*
  * execve(file, argv, envp); a file the kernel cannot run (ENOEXEC: a

@@ -141,18 +141,12 @@ static void do_signal(const spawn_req *req)
     (void)proc_signal_group(req->pid, req->sig);
 }
 
-static void do_fork(int sock, const spawner_opts *o, const spawn_req *req, const int *fds,
-                    int nfds)
+/* A forked child: a copy of us runs the child function. */
+static pid_t start_forked(const spawner_opts *o, const spawn_req *req, const int *fds, int nfds)
 {
     proc_fork_opts po;
     pid_t pid;
-    int rc;
 
-    /* Room in `live` first, so that a child we fork is always in it. */
-    if ((rc = proc_groups_reserve(&live)) < 0) {
-        tell(sock, SPAWN_MSG_FAILED, req->cookie, 0, rc == -ENOSPC ? EAGAIN : -rc);
-        return;
-    }
     memset(&po, 0, sizeof po);
     for (int i = 0; i < nfds; i++)
         po.keep[i] = fds[i];
@@ -164,12 +158,58 @@ static void do_fork(int sock, const spawner_opts *o, const spawn_req *req, const
         o->child(req->blob, req->blob_len, nfds);
         _exit(111); /* child functions do not return */
     }
+    return pid;
+}
+
+/* The signals an exec'd child puts back to SIG_DFL before its exec: every
+ * one we catch (no handler of ours may run in a child sharing our memory;
+ * the exec would reset them anyway), SIGINT, which we ignore and a forked
+ * child gets back too (proc_fork), and SIGPIPE (see spawner.h). Ignored
+ * signals otherwise stay ignored, as across fork and exec. */
+static sigset_t exec_reset;
+
+/* An exec'd child: vfork+execve, nothing of ours copied. *exec_err is the
+ * exec's errno if it failed (the child then exits 126 or 127). */
+static pid_t start_exec(const spawner_opts *o, const spawn_exec *ex, int *exec_err)
+{
+    proc_exec_opts eo;
+
+    memset(&eo, 0, sizeof eo);
+    memcpy(eo.fds, ex->fds, sizeof eo.fds);
+    eo.nfds = ex->nfds;
+    eo.reset = &exec_reset;
+    eo.fdlimit = o->fdlimit;
+    eo.parent_death_signal = SIGTERM;
+    return proc_exec_or_exit(ex->file, ex->argv, ex->envp, &eo, exec_err);
+}
+
+static void do_fork(int sock, const spawner_opts *o, const spawn_req *req, const int *fds,
+                    int nfds)
+{
+    spawn_exec ex;
+    int rc, kind = 0, exec_err = 0;
+    pid_t pid;
+
+    /* Room in `live` first, so that a child we start is always in it. */
+    if ((rc = proc_groups_reserve(&live)) < 0) {
+        tell(sock, SPAWN_MSG_FAILED, req->cookie, 0, rc == -ENOSPC ? EAGAIN : -rc);
+        return;
+    }
+    if (o->plan) {
+        memset(&ex, 0, sizeof ex);
+        kind = o->plan(req->blob, req->blob_len, fds, nfds, &ex);
+        if (kind < 0 || (kind == 1 && (ex.nfds < 0 || ex.nfds > PROC_KEEP_MAX))) {
+            tell(sock, SPAWN_MSG_FAILED, req->cookie, 0, kind < 0 ? -kind : EINVAL);
+            return;
+        }
+    }
+    pid = kind == 1 ? start_exec(o, &ex, &exec_err) : start_forked(o, req, fds, nfds);
     if (pid < 0) {
         tell(sock, SPAWN_MSG_FAILED, req->cookie, 0, (int)-pid);
         return;
     }
     (void)proc_groups_add(&live, pid); /* reserved above */
-    tell(sock, SPAWN_MSG_STARTED, req->cookie, pid, 0);
+    tell(sock, SPAWN_MSG_STARTED, req->cookie, pid, exec_err);
 }
 
 /* Takes one request. Returns 0, or -1 when the supervisor is gone. */
@@ -220,8 +260,11 @@ static void __attribute__((noreturn)) spawner_main(int sock, const spawner_opts 
         _exit(111);
     /* A stray SIGINT (an operator's kill -INT) should not cost every
      * connection: only the supervisor ends us. Children get the default
-     * back (proc_fork resets SIGINT). */
+     * back (proc_fork resets SIGINT; exec_reset). */
     signal(SIGINT, SIG_IGN);
+    proc_caught_signals(&exec_reset);
+    sigaddset(&exec_reset, SIGINT);
+    sigaddset(&exec_reset, SIGPIPE);
 
     pfd[0].fd = sock;
     pfd[0].events = POLLIN;

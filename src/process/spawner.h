@@ -31,6 +31,8 @@
 #include <sys/resource.h>
 #include <sys/types.h>
 
+#include "process/process.h"
+
 #define SPAWN_BLOB_MAX 512  /* what a request tells the child function */
 #define SPAWN_FDS_MAX 3     /* descriptors a child gets, as 3, 4, 5 */
 
@@ -50,19 +52,69 @@ typedef struct spawn_msg {
     uint32_t kind;
     uint32_t cookie;        /* STARTED, FAILED: the request's */
     int32_t pid;            /* STARTED, EXITED */
-    int32_t value;          /* FAILED: errno; EXITED: wait status */
+    int32_t value;          /* FAILED: errno; EXITED: wait status;
+                             * STARTED: 0, or the errno of a program's
+                             * failed exec (the child exits 126 or 127) */
 } spawn_msg;
 
 /*
- * What runs in each new child, with the request's blob and the request's
+ * A request's child is one of two kinds, as the spawner's plan function
+ * says for each request (decided in the spawner, before anything is
+ * forked):
+ *
+ * - forked: a copy of the spawner runs the child function (a C handler);
+ * - exec'd: a program started with vfork+execve (proc_exec_or_exit), for
+ *   which nothing of the spawner's memory is copied, and which gets what
+ *   the plan laid out: its argv, its whole environment (built by the plan
+ *   in the spawner, so the child sets nothing) and its descriptors 0, 1,
+ *   ... from the request's.
+ *
+ * Both start the same way otherwise: a process group of their own, the
+ * signal mask empty, the spawner's caught signals and SIGINT back to
+ * SIG_DFL, the children's RLIMIT_NOFILE (spawner_opts.fdlimit), SIGTERM
+ * if the spawner dies; and are reaped, reported and signalled alike. An
+ * exec'd program also gets SIGPIPE at its default (the server ignores it
+ * for itself and its C handlers; programs written for tcpserver expect
+ * the default). A program that cannot be exec'd is still a child that
+ * started: it exits 127 (not found) or 126, as a shell's child does, and
+ * its STARTED answer carries the exec's errno.
+ */
+
+/*
+ * A forked child runs this, with the request's blob and the request's
  * descriptors laid out as 3, 4, ... (everything else closed, signals at
  * their defaults, a process group of its own). Must not return: leave
  * with _exit().
  */
 typedef void (*spawner_child_fn)(const void *blob, size_t len, int nfds);
 
+/* What an exec'd child runs, as a plan function fills it in. */
+typedef struct spawn_exec {
+    const char *file;     /* the path execve takes (no PATH search here) */
+    char *const *argv;
+    char *const *envp;    /* the whole environment */
+    /* The program's descriptors 0 .. nfds-1, from the request's (the
+     * plan function's fds); -1 leaves that one as the spawner has it.
+     * Every other descriptor is closed. */
+    int fds[PROC_KEEP_MAX];
+    int nfds;
+} spawn_exec;
+
+/*
+ * Runs in the spawner for each fork request, before anything is forked,
+ * with the request's blob and descriptors (still the spawner's; they are
+ * closed after the child starts). Returns 0 for a forked child (the child
+ * function runs), 1 for an exec'd one with *ex filled in (what it points
+ * to must stay valid until the next call), or -errno to fail the request
+ * with that error. Must not block.
+ */
+typedef int (*spawner_plan_fn)(const void *blob, size_t len, const int *fds, int nfds,
+                               spawn_exec *ex);
+
 typedef struct spawner_opts {
     spawner_child_fn child;
+    /* NULL: every child is forked. */
+    spawner_plan_fn plan;
     /* The children's RLIMIT_NOFILE; NULL leaves the spawner's. */
     const struct rlimit *fdlimit;
     /* Children at once (0: no limit but memory); a fork request past it

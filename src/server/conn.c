@@ -3,6 +3,7 @@
 #include "server/conn.h"
 #include "channel/be.h"
 #include "process/process.h"
+#include "server/execplan.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -30,61 +31,29 @@ const sf_addr *sf_conn_local(const sf_conn *c)
     return &c->local;
 }
 
-static int set_host_port(const char *proto, const char *side, const sf_addr *a)
+/* The connection's variables (execplan.h, the same ones the server's exec
+ * mode gives a program) applied to our own environment. */
+static int set_conn_env(const sf_conn *c)
 {
-    char name[32], host[SF_ADDR_TEXT_MAX], port[8];
-
-    if (sf_addr_host(a, host, sizeof host) < 0)
-        return -EINVAL;
-    snprintf(port, sizeof port, "%u", sf_addr_port(a));
-    snprintf(name, sizeof name, "%s%sIP", proto, side);
-    if (setenv(name, host, 1) < 0)
-        return -errno;
-    snprintf(name, sizeof name, "%s%sPORT", proto, side);
-    if (setenv(name, port, 1) < 0)
-        return -errno;
-    return 0;
-}
-
-static int set_tcp_env(const sf_conn *c)
-{
-    int v6 = c->peer.u.sa.sa_family == AF_INET6;
+    execplan_env e;
     int rc;
 
-    /* tcpserver -H -R: no DNS names, no ident; drop stale values that the
-     * supervisor's own environment may carry. */
-    unsetenv("TCPLOCALHOST");
-    unsetenv("TCPREMOTEHOST");
-    unsetenv("TCPREMOTEINFO");
-    if (setenv("PROTO", v6 ? "TCP6" : "TCP", 1) < 0)
-        return -errno;
-    if ((rc = set_host_port("TCP", "REMOTE", &c->peer)) < 0 ||
-        (rc = set_host_port("TCP", "LOCAL", &c->local)) < 0)
+    memset(&e, 0, sizeof e);
+    if ((rc = execplan_conn_env(&e, &c->peer, &c->local, c->fd)) < 0)
         return rc;
-    if (v6 && ((rc = set_host_port("TCP6", "REMOTE", &c->peer)) < 0 ||
-               (rc = set_host_port("TCP6", "LOCAL", &c->local)) < 0))
-        return rc;
-    return 0;
-}
+    for (size_t i = 0; i < e.nunset; i++)
+        (void)unsetenv(e.unset[i]);
+    for (size_t i = 0; i < e.nset; i++) {
+        char name[64];
+        const char *eq = strchr(e.set[i], '=');
+        size_t nlen = (size_t)(eq - e.set[i]);
 
-/* The ucspi-ipc names (s6-ipcserver): who is on the other end. */
-static int set_ipc_env(const sf_conn *c)
-{
-    char path[SF_ADDR_TEXT_MAX], num[24];
-    struct ucred cred;
-    socklen_t len = sizeof cred;
-
-    if (setenv("PROTO", "IPC", 1) < 0)
-        return -errno;
-    if (sf_addr_host(&c->peer, path, sizeof path) >= 0 && setenv("IPCLOCALPATH", path, 1) < 0)
-        return -errno;
-    if (getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
-        snprintf(num, sizeof num, "%u", (unsigned)cred.uid);
-        setenv("IPCREMOTEEUID", num, 1);
-        snprintf(num, sizeof num, "%u", (unsigned)cred.gid);
-        setenv("IPCREMOTEEGID", num, 1);
-        snprintf(num, sizeof num, "%d", (int)cred.pid);
-        setenv("IPCREMOTEPID", num, 1);
+        if (nlen >= sizeof name)
+            return -EINVAL;
+        memcpy(name, e.set[i], nlen);
+        name[nlen] = '\0';
+        if (setenv(name, eq + 1, 1) < 0)
+            return -errno;
     }
     return 0;
 }
@@ -96,8 +65,7 @@ int sf_conn_exec(sf_conn *c, char *const argv[])
 
     if (!argv || !argv[0])
         return -EINVAL;
-    rc = c->peer.u.sa.sa_family == AF_UNIX ? set_ipc_env(c) : set_tcp_env(c);
-    if (rc < 0)
+    if ((rc = set_conn_env(c)) < 0)
         return rc;
     /* dup2 clears close-on-exec on 0, 1 and 3; the originals (3 and 4)
      * keep it: the connection's fd 3 is replaced by the channel, fd 4

@@ -14,11 +14,13 @@
  * resources, and a backoff after fork() failed. Never fail open, never spin.
  */
 #include "server/server_internal.h"
+#include "server/execplan.h"
 #include "process/process.h"
 #include "os/os.h"
 #include "log.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stddef.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -200,6 +202,8 @@ static void backoff_start(sf_server *s, unsigned why)
 typedef struct child_start {
     sf_conn_cb handler;
     void *arg;
+    const char *file;     /* with a program (opts.program_argv): its path */
+    char *const *argv;    /* and its argv; NULL: the handler runs */
     sf_addr peer;
     int is_tcp;
     int jsonl;
@@ -234,6 +238,21 @@ static void __attribute__((noreturn)) child_main(const void *blob, size_t len, i
     _exit(rc & 0xff);
 }
 
+/* In the spawner, before anything is forked: a program's child is exec'd
+ * with vfork (execplan.h: no copy of the spawner, no setenv in the
+ * child), a handler's is forked to run child_main. */
+static int child_plan(const void *blob, size_t len, const int *fds, int nfds, spawn_exec *ex)
+{
+    child_start cs;
+
+    if (len != sizeof cs || nfds != 2)
+        return -EINVAL;
+    memcpy(&cs, blob, sizeof cs);
+    if (!cs.argv)
+        return 0;
+    return execplan_conn(ex, cs.file, cs.argv, &cs.peer, cs.is_tcp, fds[0], fds[1]);
+}
+
 /* Asks the spawner for r's child. Returns 0, or -errno with r as it was. */
 static int spawn(sf_server *s, conn_rec *r)
 {
@@ -243,6 +262,8 @@ static int spawn(sf_server *s, conn_rec *r)
     memset(&cs, 0, sizeof cs);
     cs.handler = s->handler;
     cs.arg = s->arg;
+    cs.file = s->program_file;
+    cs.argv = s->opts.program_argv;
     cs.peer = r->peer;
     cs.is_tcp = r->is_tcp;
     cs.jsonl = s->opts.channel_jsonl;
@@ -924,7 +945,9 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
     int rc = -ENOMEM;
 
     *out = NULL;
-    if (!handler)
+    /* A handler or a program, not both; workers run a handler. */
+    if (!handler == !(opts && opts->program_argv) ||
+        (opts && opts->program_argv && (!opts->program_argv[0] || opts->workers_max > 0)))
         return -EINVAL;
     s = os_nofork_calloc(1, sizeof *s);
     if (!s)
@@ -960,6 +983,16 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
     s->log.level = s->opts.log_level;
     s->handler = handler;
     s->arg = arg;
+    if (s->opts.program_argv) {
+        /* Found once, here, not per connection; in plain memory, which
+         * the spawner has (s is not). */
+        char file[PATH_MAX];
+        if ((rc = sf_program_find(s->opts.program_argv[0], file, sizeof file)) < 0)
+            goto fail;
+        rc = -ENOMEM;
+        if (!(s->program_file = strdup(file)))
+            goto fail;
+    }
 
     ensure_stdio_open();
     s->recs = os_nofork_calloc(s->opts.max_conns, sizeof *s->recs);
@@ -1096,7 +1129,8 @@ int sf_server_run(sf_server *s)
     /* A client that goes away while we write must cost an EPIPE, never the
      * supervisor, and never a C handler: set before sup_init forks the
      * spawner, whose children inherit it (an ignored signal stays ignored
-     * in proc_fork). sf_conn_exec gives exec'd programs the default back. */
+     * in proc_fork). Exec'd programs get the default back (the spawner's
+     * exec_reset; sf_conn_exec). */
     memset(&ign, 0, sizeof ign);
     ign.sa_handler = SIG_IGN;
     sigemptyset(&ign.sa_mask);
@@ -1117,6 +1151,8 @@ int sf_server_run(sf_server *s)
     cfg.arg = s;
     cfg.log = &s->log;
     cfg.spawn_child = s->prefork ? worker_main : child_main;
+    /* Workers are always forked: they run the handler. */
+    cfg.spawn_plan = s->prefork ? NULL : child_plan;
     cfg.child_fdlimit = s->have_orig_fdlimit ? &s->orig_fdlimit : NULL;
     cfg.on_started = on_started;
     cfg.on_spawn_failed = on_spawn_failed;
@@ -1214,6 +1250,7 @@ void sf_server_free(sf_server *s)
     hmap_free(&s->by_tuple);
     if (s->diag_fd >= 0)
         close(s->diag_fd);
+    free(s->program_file);
     os_nofork_free(s->recs);
     os_nofork_free(s);
 }

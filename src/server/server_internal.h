@@ -139,6 +139,8 @@ struct sf_server {
     sf_logger log;
     sf_conn_cb handler;
     void *arg;
+    char *program_file;   /* opts.program_argv[0] as found in PATH; plain
+                           * malloc, for the spawner reads it */
 
     struct ev_loop *loop;
     listener listeners[LISTENERS_MAX];

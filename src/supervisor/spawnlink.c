@@ -174,6 +174,11 @@ static void answer(sup *s, const spawn_msg *m)
         (void)sup_add_child(s, m->pid, r->data, 1); /* reserved in sup_spawn */
         if (s->cfg.on_started)
             s->cfg.on_started(s, m->pid, r->data, s->cfg.arg);
+        /* A program that could not be exec'd: its child exits 126 or 127
+         * and is reported as any other; here is why. */
+        if (m->value)
+            sf_logf(s->cfg.log, SF_LOG_WARN, "pid %d: cannot run the program: %s", (int)m->pid,
+                    strerror(m->value));
     } else if (s->cfg.on_spawn_failed) {
         s->cfg.on_spawn_failed(s, -m->value, r->data, s->cfg.arg);
     }
@@ -222,6 +227,7 @@ static int start_spawner(sup *s)
 
     memset(&o, 0, sizeof o);
     o.child = s->cfg.spawn_child;
+    o.plan = s->cfg.spawn_plan;
     o.fdlimit = s->cfg.child_fdlimit ? &s->child_fdlimit : NULL;
     o.max_children = s->cfg.max_children;
     o.kill_grace = s->cfg.kill_grace;

@@ -67,8 +67,10 @@ typedef struct sup_config {
     sup_reload_cb on_reload;
     void *arg;
     const sf_logger *log;
-    /* The spawner: what runs in each child; NULL for none. */
+    /* The spawner: what runs in each forked child; NULL for none. */
     spawner_child_fn spawn_child;
+    /* Which requests' children are exec'd instead (spawner.h); NULL: none. */
+    spawner_plan_fn spawn_plan;
     const struct rlimit *child_fdlimit; /* copied at sup_init */
     sup_started_cb on_started;
     sup_spawn_failed_cb on_spawn_failed;
@@ -128,7 +130,8 @@ static inline int sup_full(const sup *s) { return s->count + s->spawning >= s->c
 
 /*
  * Asks the spawner for a child running cfg.spawn_child(blob, len, nfds)
- * with fds as its descriptors 3, 4, ... The caller keeps fds open until
+ * with fds as its descriptors 3, 4, ..., or the program cfg.spawn_plan
+ * makes of the request (process/spawner.h). The caller keeps fds open until
  * on_started or on_spawn_failed (they are sent when the spawner can take
  * them); `data` comes back in those and in on_exit. Returns 0, -ENOSPC
  * (max_children children and requests already), -EINVAL or -ENOMEM.

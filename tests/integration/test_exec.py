@@ -17,6 +17,20 @@ STALE = {"TCPLOCALHOST": "stale.example", "TCPREMOTEHOST": "stale.example",
          "TCPREMOTEINFO": "stale-user", "KEEP_ME": "kept"}
 
 
+@pytest.fixture(params=["program_argv", "sf_conn_exec"])
+def exec_server(request, sockfork):
+    """Starts `serve -- PROGRAM ARGS` two ways, which the program must not
+    tell apart: the sockfork command (the library runs the program,
+    sf_server_opts.program_argv: exec'd by the spawner with vfork) and
+    tests/helpers/execserver (a C handler calling sf_conn_exec in a forked
+    child)."""
+    def start(*args, **kw):
+        if request.param == "sf_conn_exec":
+            kw["bin"] = helper("execserver")
+        return sockfork(*args, **kw)
+    return start
+
+
 def read_env(sock):
     data = recv_until_eof(sock)
     env = {}
@@ -33,8 +47,8 @@ def check_removed_and_kept(env):
     assert env.get("KEEP_ME") == "kept", "the rest of the environment is passed on"
 
 
-def test_env_ipv4(sockfork):
-    srv = sockfork("--", ENV, env=STALE)
+def test_env_ipv4(exec_server):
+    srv = exec_server("--", ENV, env=STALE)
     c = srv.connect()
     env = read_env(c)
     local_ip, local_port = c.getpeername()
@@ -52,8 +66,8 @@ def test_env_ipv4(sockfork):
 
 
 @pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loopback on this host")
-def test_env_ipv6(sockfork):
-    srv = sockfork("--", ENV, listen=("[::1]:0",), env=STALE)
+def test_env_ipv6(exec_server):
+    srv = exec_server("--", ENV, listen=("[::1]:0",), env=STALE)
     assert srv.addresses[0][0] == "tcp6"
     c = srv.connect("tcp6")
     env = read_env(c)
@@ -73,9 +87,9 @@ def test_env_ipv6(sockfork):
     assert d.group("status") == "exited 0"
 
 
-def test_env_unix(sockfork, tmp_path):
+def test_env_unix(exec_server, tmp_path):
     path = str(tmp_path / "exec.sock")
-    srv = sockfork("--", ENV, listen=("unix:" + path,), env={"KEEP_ME": "kept"})
+    srv = exec_server("--", ENV, listen=("unix:" + path,), env={"KEEP_ME": "kept"})
     assert srv.addresses == [("unix", path)]
     c = srv.connect("unix")
     env = read_env(c)
@@ -93,8 +107,8 @@ def test_env_unix(sockfork, tmp_path):
     assert not os.path.exists(path), "the unix socket is removed at exit"
 
 
-def test_args_are_passed_and_stderr_is_inherited(sockfork):
-    srv = sockfork("--", SH, "-c", 'echo "arg=$1 arg2=$2"; echo "to-stderr pid=$$" >&2', "sh",
+def test_args_are_passed_and_stderr_is_inherited(exec_server):
+    srv = exec_server("--", SH, "-c", 'echo "arg=$1 arg2=$2"; echo "to-stderr pid=$$" >&2', "sh",
                    "one", "two words")
     c = srv.connect()
     assert recv_until_eof(c) == b"arg=one arg2=two words\n"
@@ -103,8 +117,8 @@ def test_args_are_passed_and_stderr_is_inherited(sockfork):
     assert d.group("pid") == m.group(1), "the exec'd program is the forked child itself"
 
 
-def test_exit_code_is_logged(sockfork):
-    srv = sockfork("--", SH, "-c", "exit 7")
+def test_exit_code_is_logged(exec_server):
+    srv = exec_server("--", SH, "-c", "exit 7")
     c = srv.connect()
     assert recv_until_eof(c) == b""
     _, d = srv.wait_disconnected(c)
@@ -129,12 +143,12 @@ def test_program_gone_after_start_costs_only_the_connection(sockfork, tmp_path):
 
 
 
-def test_script_without_shebang_runs_under_sh(sockfork, tmp_path):
+def test_script_without_shebang_runs_under_sh(exec_server, tmp_path):
     """As execvp: a file the kernel cannot run (no "#!") is run by /bin/sh."""
     prog = tmp_path / "plain"
     prog.write_text('echo "plain $1"\n')
     prog.chmod(0o755)
-    srv = sockfork("--", str(prog), "arg")
+    srv = exec_server("--", str(prog), "arg")
     c = srv.connect()
     assert recv_until_eof(c) == b"plain arg\n"
     _, d = srv.wait_disconnected(c)
@@ -159,11 +173,84 @@ def test_program_found_in_path_and_failures_as_exec_shells_say(sockfork, tmp_pat
     assert recv_until_eof(c) == b""
     _, d = srv.wait_disconnected(c)
     assert d.group("status") == "exited 126", d.group(0)
+    # Why is logged: the program is found in PATH once, at start, and
+    # exec'd from the spawner (vfork), which tells the server.
+    srv.log.wait_one(r"^sockfork: pid %s: cannot run the program: Permission denied$"
+                     % d.group("pid"))
     prog.unlink()
     c = srv.connect()
     assert recv_until_eof(c) == b""
     _, d = srv.wait_disconnected(c)
     assert d.group("status") == "exited 127", d.group(0)
+    srv.log.wait_one(r"^sockfork: pid %s: cannot run the program: No such file or directory$"
+                     % d.group("pid"))
+
+# ------------------------------------------------- what the program starts with
+
+PIPE_BIT = 1 << (13 - 1)  # SIGPIPE in /proc's signal masks
+INT_BIT = 1 << (2 - 1)    # SIGINT
+
+# Only shell builtins, so that /proc/$$ is the exec'd program itself.
+SELF_REPORT = r'''
+read -r _ _ _ ppid pgrp sid _ < /proc/$$/stat
+echo "pid=$$ ppid=$ppid pgrp=$pgrp sid=$sid nofile=$(ulimit -n)"
+while read -r k v _; do
+    case $k in SigBlk:|SigIgn:|Uid:|Gid:) echo "$k$v" ;; esac
+done < /proc/$$/status
+'''
+
+
+def status_field(pid, name):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return line.split()[1]
+    raise AssertionError("no %s for %d" % (name, pid))
+
+
+def status_limit(pid):
+    """The soft limit on open files of pid."""
+    with open("/proc/%d/limits" % pid) as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                return line.split()[3]
+    raise AssertionError("no limits for %d" % pid)
+
+
+def test_what_the_program_starts_with(exec_server):
+    """The program (started by the spawner with vfork+execve) is the
+    connection's child itself, leads a process group of its own, runs with
+    an empty signal mask, SIGPIPE and SIGINT at their defaults (the server
+    and its spawner ignore them) and every other disposition as the server
+    had it, our uid and gid, and the descriptor limit the server started
+    with (it raises its own). Its descriptors: test_fdcount_*."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(soft, 1000) if hard == resource.RLIM_INFINITY else min(soft, hard - 1, 1000)
+    # Started with a soft limit below the hard one, which it raises for itself.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        srv = exec_server("--", SH, "-c", SELF_REPORT)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert int(status_limit(srv.pid)) == hard or hard == resource.RLIM_INFINITY
+    c = srv.connect()
+    lines = recv_until_eof(c).decode().splitlines()
+    _, d = srv.wait_disconnected(c)
+    assert d.group("status") == "exited 0", d.group(0)
+    ids = dict(kv.split("=") for kv in lines[0].split())
+    fields = dict(line.split(":", 1) for line in lines[1:])
+    assert ids["pid"] == d.group("pid"), "the program is the child the server logs"
+    assert ids["pgrp"] == ids["pid"], "a process group of its own: %r" % ids
+    assert int(ids["ppid"]) != srv.pid, "its parent is the spawner, not the supervisor"
+    assert int(ids["sid"]) == os.getsid(srv.pid), "the server's session"
+    assert int(fields["SigBlk"], 16) == 0, fields
+    server_ign = int(status_field(srv.pid, "SigIgn"), 16)
+    assert server_ign & PIPE_BIT, "the server ignores SIGPIPE"
+    assert int(fields["SigIgn"], 16) == server_ign & ~PIPE_BIT & ~INT_BIT, fields
+    assert fields["Uid"] == str(os.getuid()) and fields["Gid"] == str(os.getgid()), fields
+    assert int(ids["nofile"]) == low, ids
+
 
 # ------------------------------------------------------------ descriptors
 
@@ -187,17 +274,17 @@ def check_only_stdio(fds, server):
     assert re.match(r"^socket:\[\d+\]$", fds[3]) and fds[3] != fds[0], "fd 3 is the channel: %r" % fds
 
 
-def test_fdcount_alone(sockfork):
-    srv = sockfork("--", helper("fdcount"))
+def test_fdcount_alone(exec_server):
+    srv = exec_server("--", helper("fdcount"))
     c = srv.connect()
     check_only_stdio(parse_fds(recv_until_eof(c)), srv)
 
 
-def test_fdcount_with_two_listeners_and_siblings_open(sockfork, tmp_path):
+def test_fdcount_with_two_listeners_and_siblings_open(exec_server, tmp_path):
     """Each program starts while other connections (TCP and Unix) are open
     and the server has two listeners: none of those may leak into it."""
     path = str(tmp_path / "fd.sock")
-    srv = sockfork("--", helper("fdcount"), "--wait", listen=("127.0.0.1:0", "unix:" + path))
+    srv = exec_server("--", helper("fdcount"), "--wait", listen=("127.0.0.1:0", "unix:" + path))
     clients = []
     for kind in ("tcp", "unix", "tcp", "unix", "tcp"):
         clients.append(srv.connect(kind))

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -345,6 +346,68 @@ static void test_exec_script_without_shebang(void **state)
     assert_child_ok(exec_script_child);
 }
 
+/*
+ * proc_exec_or_exit: a program that cannot be exec'd is still a child,
+ * exiting as a shell's would (127 not found, 126 not executable), with the
+ * error said; a program that runs gets the RLIMIT_NOFILE asked for and
+ * SIGPIPE back at its default though the caller ignores it.
+ */
+static int exec_or_exit_child(void)
+{
+    char path[] = "/tmp/sockfork-noexec-XXXXXX";
+    char *argv[] = {"sh", "-c", "ulimit -n; grep ^SigIgn /proc/self/status", NULL};
+    struct rlimit lim = {77, 77};
+    proc_exec_opts o;
+    sigset_t pipe_set;
+    char out[128];
+    int p[2], err = -1, st, fd, bad = 0;
+    pid_t pid;
+
+    memset(&o, 0, sizeof o);
+    o.nfds = 3;
+    o.fds[0] = o.fds[2] = -1;
+    o.fds[1] = -1;
+    pid = proc_exec_or_exit("/nonexistent/sockfork", argv, environ, &o, &err);
+    if (pid <= 0 || err != ENOENT || waitpid(pid, &st, 0) != pid || !WIFEXITED(st) ||
+        WEXITSTATUS(st) != 127)
+        bad |= 1;
+    fd = mkstemp(path);
+    if (fd < 0 || close(fd) < 0) /* mode 0600: not executable */
+        return 0x80;
+    pid = proc_exec_or_exit(path, argv, environ, &o, &err);
+    unlink(path);
+    if (pid <= 0 || err != EACCES || waitpid(pid, &st, 0) != pid || !WIFEXITED(st) ||
+        WEXITSTATUS(st) != 126)
+        bad |= 2;
+
+    signal(SIGPIPE, SIG_IGN);
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    if (pipe(p) < 0)
+        return 0x80;
+    o.fds[1] = p[1];
+    o.fdlimit = &lim;
+    o.reset = &pipe_set;
+    o.parent_death_signal = SIGTERM;
+    pid = proc_exec_or_exit("/bin/sh", argv, environ, &o, &err);
+    close(p[1]);
+    read_all(p[0], out, sizeof out);
+    close(p[0]);
+    if (pid <= 0 || err != 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st) ||
+        WEXITSTATUS(st) != 0)
+        bad |= 4;
+    if (strncmp(out, "77\nSigIgn:\t", 11) != 0 ||
+        (strtoull(out + 11, NULL, 16) & (1ull << (SIGPIPE - 1))))
+        bad |= 8;
+    return bad;
+}
+
+static void test_exec_or_exit(void **state)
+{
+    (void)state;
+    assert_child_ok(exec_or_exit_child);
+}
+
 static int closefrom_child(void)
 {
     int bad = 0;
@@ -375,6 +438,7 @@ int main(void)
         cmocka_unit_test(test_signal_group),
         cmocka_unit_test(test_exec_layout_mask_and_errors),
         cmocka_unit_test(test_exec_script_without_shebang),
+        cmocka_unit_test(test_exec_or_exit),
         cmocka_unit_test(test_closefrom_proc),
     };
     return cmocka_run_group_tests_name("spawn", tests, NULL, NULL);

@@ -70,7 +70,6 @@ void cli_control_release(cli_control_entry *found, int n);
 /* Built-in connection handlers (handlers.c). */
 int handler_interactive(sf_conn *c, void *arg);
 int handler_echo(sf_conn *c, void *arg);
-int handler_exec(sf_conn *c, void *arg); /* arg: char *argv[] */
 
 /* The chat server (chat.c): its handler, and its options (--history,
  * --line-max, --flood, --client-backlog: the name without dashes).

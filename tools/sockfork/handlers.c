@@ -148,12 +148,3 @@ int handler_interactive(sf_conn *c, void *arg)
         (void)write_all(fd, buf, have);
     return n < 0 ? 1 : 0;
 }
-
-int handler_exec(sf_conn *c, void *arg)
-{
-    char **argv = arg;
-    int rc = sf_conn_exec(c, argv);
-
-    cli_error("cannot run %s: %s", argv[0], strerror(-rc));
-    return rc == -ENOENT ? 127 : 126;
-}

@@ -682,8 +682,9 @@ static int serve_pick_handler(server_cmdline *cl, int argc, char **argv, int fir
             program_error(name, argv[first], rc);
             return -1;
         }
-        cl->handler = handler_exec;
-        cl->handler_arg = argv + first;
+        cl->handler = NULL; /* the library execs it: opts.program_argv */
+        cl->handler_arg = NULL;
+        cl->opts.program_argv = argv + first;
         cl->opts.channel_jsonl = 1; /* fd 3 speaks JSON lines to the program */
     } else if (cl->echo) {
         cl->handler = handler_echo;
@@ -718,7 +719,7 @@ static int check_prefork(server_cmdline *cl, int max_conns_given)
         }
         return 0;
     }
-    if (cl->handler == handler_exec) {
+    if (cl->opts.program_argv) {
         cli_error("%s: --workers runs C handlers (--echo, the built-in ones); a PROGRAM is "
                   "exec'd once per connection, so it cannot be pre-forked", name);
         return -1;
@@ -901,7 +902,7 @@ static int run_server(int argc, char **argv, const server_kind *k)
     /* Our log is stderr, which may be a pipe whose reader has gone (`serve
      * 2>&1 | tee log`, then Ctrl-C): a line must cost an EPIPE, never the
      * process before it has cleaned up. C handlers inherit this; exec'd
-     * programs get the default back (sf_conn_exec). */
+     * programs get the default back (the library's exec mode). */
     signal(SIGPIPE, SIG_IGN);
     memset(&cl, 0, sizeof cl);
     cl.kind = k;

@@ -1,0 +1,119 @@
+/*
+ * execserver - an sf_server whose C handler calls sf_conn_exec: a program
+ * run from a forked child, as `sockfork serve -- PROGRAM` did before the
+ * library exec'd programs itself (sf_server_opts.program_argv, started
+ * with vfork). test_exec.py runs both and expects the program to see the
+ * same thing either way.
+ *
+ *   execserver serve [-l ADDR]... [--no-control] [-q] -- PROGRAM [ARGS...]
+ *
+ * The command line and stderr look like `sockfork serve`'s ("sockfork:
+ * listening on ADDR", then the library's log lines), so the tests' Server
+ * class runs it unchanged. There is never a control socket.
+ */
+#include <sockfork.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#define MAX_LISTEN 8
+
+static void log_line(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void log_line(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    fputs("sockfork: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    fflush(stderr);
+    va_end(ap);
+}
+
+static void on_log(void *arg, int level, const char *line)
+{
+    (void)arg;
+    (void)level;
+    log_line("%s", line);
+}
+
+static void on_ready(sf_server *srv, void *arg)
+{
+    (void)arg;
+    for (size_t i = 0; i < sf_server_listener_count(srv); i++) {
+        char name[SF_ADDR_TEXT_MAX];
+        sf_addr_format(sf_server_listener_addr(srv, i), name, sizeof name);
+        log_line("listening on %s", name);
+    }
+}
+
+/* As the sockfork command's handler did: 127 not found, 126 otherwise. */
+static int handler(sf_conn *c, void *arg)
+{
+    char **argv = arg;
+    int rc = sf_conn_exec(c, argv);
+
+    log_line("cannot run %s: %s", argv[0], strerror(-rc));
+    return rc == -ENOENT ? 127 : 126;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"listen", required_argument, NULL, 'l'},
+        {"no-control", no_argument, NULL, 'n'},
+        {"quiet", no_argument, NULL, 'q'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *listen[MAX_LISTEN];
+    size_t nlisten = 0;
+    sf_server_opts so;
+    sf_server *srv;
+    int opt, rc;
+
+    if (argc < 2 || strcmp(argv[1], "serve") != 0)
+        goto usage;
+    signal(SIGPIPE, SIG_IGN); /* as the sockfork command */
+    sf_server_opts_init(&so);
+    so.log = on_log;
+    so.on_ready = on_ready;
+    so.channel_jsonl = 1;
+    optind = 2;
+    while ((opt = getopt_long(argc, argv, "+l:q", longopts, NULL)) != -1) {
+        if (opt == 'l' && nlisten < MAX_LISTEN)
+            listen[nlisten++] = optarg;
+        else if (opt == 'q')
+            so.log_level = SF_LOG_NOTICE;
+        else if (opt != 'n')
+            goto usage;
+    }
+    if (optind >= argc || nlisten == 0)
+        goto usage;
+    if ((rc = sf_server_new(&srv, &so, handler, argv + optind)) < 0) {
+        log_line("cannot start: %s", strerror(-rc));
+        return 1;
+    }
+    for (size_t i = 0; i < nlisten; i++) {
+        if ((rc = sf_server_listen(srv, listen[i])) < 0) {
+            log_line("cannot listen on %s: %s", listen[i], strerror(-rc));
+            sf_server_free(srv);
+            return 2;
+        }
+    }
+    rc = sf_server_run(srv);
+    sf_server_free(srv);
+    if (rc < 0) {
+        log_line("cannot serve: %s", strerror(-rc));
+        return 1;
+    }
+    return 0;
+
+usage:
+    fputs("usage: execserver serve -l ADDR... [--no-control] [-q] -- PROGRAM [ARGS...]\n", stderr);
+    return 2;
+}
