@@ -8,6 +8,8 @@
  * exactly the prefixes that contain the address. A node has at most two
  * children and only branching or rule-carrying nodes exist, so n prefixes
  * make at most 2n nodes, and a walk visits at most 33 (IPv4) or 129 (IPv6).
+ * Each node also keeps the smallest number in its subtree, so a walk stops
+ * as soon as nothing below can come before the rule it has already found.
  */
 #include "server/rules.h"
 
@@ -29,6 +31,7 @@ typedef struct trie_node {
     uint64_t key[2];   /* the prefix, left-aligned (IPv4 in the top 32 bits), host bits zero */
     uint32_t child[2]; /* by the bit after the prefix; NO_NODE when none */
     uint32_t first;    /* smallest rule number with exactly this prefix; UINT32_MAX if none */
+    uint32_t below;    /* smallest `first` in this node's subtree, itself included */
     uint32_t len;      /* prefix length in bits */
 } trie_node;
 
@@ -183,6 +186,7 @@ static uint32_t node_new(rules_set *s, const uint64_t key[2], unsigned len, uint
     key_mask(n->key, len);
     n->len = len;
     n->first = first;
+    n->below = first;
     n->child[0] = n->child[1] = NO_NODE;
     return i;
 }
@@ -223,11 +227,33 @@ static void trie_insert(rules_set *s, uint32_t *root, const uint64_t key[2], uns
     }
 }
 
+/* Sets each node's `below` from its children's, once every prefix is in.
+ * Recursion depth: at most 130, one level per distinct prefix length. */
+static uint32_t trie_fill_below(rules_set *s, uint32_t i)
+{
+    trie_node *n;
+    uint32_t m;
+
+    if (i == NO_NODE)
+        return UINT32_MAX;
+    n = &s->nodes[i];
+    m = n->first;
+    for (int c = 0; c < 2; c++) {
+        uint32_t b = trie_fill_below(s, n->child[c]);
+        if (b < m)
+            m = b;
+    }
+    n->below = m;
+    return m;
+}
+
 /* The smallest rule number on key's path, or best if smaller. */
 static uint32_t trie_first(const rules_set *s, uint32_t i, const uint64_t key[2], uint32_t best)
 {
     while (i != NO_NODE) {
         const trie_node *n = &s->nodes[i];
+        if (n->below >= best)
+            break;
         if (common_bits(key, n->key, n->len) < n->len)
             break;
         if (n->first < best)
@@ -497,8 +523,6 @@ static int parse_line(builder *b, const char *p, const char *end)
     if (b->default_line)
         return fail_at(b, "a rule after the default (line %u): default must be the last rule",
                        b->default_line);
-    if (b->nrules >= RULES_COUNT_MAX)
-        return fail_at(b, "more than %u rules", RULES_COUNT_MAX);
     if (grow(&rules, &b->rules_cap, b->nrules + 1, sizeof *b->rules) < 0)
         return -ENOMEM;
     b->rules = rules;
@@ -517,6 +541,8 @@ static int parse_line(builder *b, const char *p, const char *end)
             return rc;
         b->default_line = b->line;
     } else if (word_is(w, n, "allow") || word_is(w, n, "deny")) {
+        if (b->nrules >= RULES_COUNT_MAX)
+            return fail_at(b, "more than %u rules", RULES_COUNT_MAX);
         r->action = word_is(w, n, "allow") ? RULE_ALLOW : RULE_DENY;
         p = skip_space(p, end);
         w = p;
@@ -568,6 +594,8 @@ static int build_trie(rules_set *s)
             s->unix_first = (uint32_t)i;
         }
     }
+    trie_fill_below(s, s->root[0]);
+    trie_fill_below(s, s->root[1]);
     return 0;
 }
 

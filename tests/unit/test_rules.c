@@ -269,27 +269,29 @@ static void test_pairs_bound(void **state)
     parse_fails(text, strlen(text), "r:1: more than 64 KEY=VALUE pairs on one rule");
 }
 
-/* 1,000,000 rules load; one more is refused, naming its line. */
+/* 1,000,000 rules and a default load; one rule more is refused, naming
+ * its line. */
 static void test_rule_count_bound(void **state)
 {
-    static const char line[] = "deny unix\n";
-    size_t len = (RULES_COUNT_MAX + 1) * (sizeof line - 1);
+    static const char line[] = "deny unix\n", last[] = "default allow\n";
+    size_t n = sizeof line - 1, len = RULES_COUNT_MAX * n;
     char *text = malloc(len + 32);
     rules_set *s = NULL;
     char msg[64];
     (void)state;
 
     assert_non_null(text);
-    for (size_t i = 0; i <= RULES_COUNT_MAX; i++)
-        memcpy(text + i * (sizeof line - 1), line, sizeof line - 1);
-    memcpy(text + len, "default allow\n", 14);
-    /* The last deny replaced by the default: 1,000,000 rules and a default. */
-    assert_int_equal(rules_parse(text, len - (sizeof line - 1), "r", &s, err, sizeof err), 0);
+    for (size_t i = 0; i < RULES_COUNT_MAX; i++)
+        memcpy(text + i * n, line, n);
+    memcpy(text + len, last, sizeof last - 1);
+    assert_int_equal(rules_parse(text, len + sizeof last - 1, "r", &s, err, sizeof err), 0);
     assert_int_equal(rules_count(s), RULES_COUNT_MAX + 1);
+    assert_int_equal(rules_at(s, RULES_COUNT_MAX)->line, RULES_COUNT_MAX + 1);
+    assert_int_equal(rules_at(s, RULES_COUNT_MAX)->kind, RULE_DEFAULT);
     rules_free(s);
-    s = NULL;
+    memcpy(text + len, line, n);
     snprintf(msg, sizeof msg, "r:%u: more than %u rules", RULES_COUNT_MAX + 1, RULES_COUNT_MAX);
-    parse_fails(text, len, msg);
+    parse_fails(text, len + n, msg);
     free(text);
 }
 
