@@ -410,8 +410,8 @@ static int is_key_char(char c)
 static int key_seen(const builder *b, size_t first, const char *key, size_t n)
 {
     for (size_t i = first; i < b->npairs; i++) {
-        const char *k = b->text + b->pair_off[i];
-        if (memcmp(k, key, n) == 0 && k[n] == '=')
+        const char *k = b->text + b->pair_off[i]; /* "KEY=VALUE\0", complete */
+        if (strcspn(k, "=") == n && memcmp(k, key, n) == 0)
             return 1;
     }
     return 0;

@@ -515,6 +515,16 @@ static void test_key_value_pairs(void **state)
     assert_string_equal(rule_getenv(r, "REASON"), "outside");
     rules_free(s);
 
+    /* Keys that are prefixes of each other are different keys; a longer
+     * key after a short pair is compared within the short one (ASan). */
+    s = parse_ok("allow unix A= ABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789=x AB=1\n");
+    r = rules_at(s, 0);
+    assert_int_equal(r->nenv, 3);
+    assert_string_equal(rule_getenv(r, "A"), "");
+    assert_string_equal(rule_getenv(r, "AB"), "1");
+    assert_string_equal(rule_getenv(r, "ABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789"), "x");
+    rules_free(s);
+
     /* A rule without pairs has none, and the implicit default too. */
     s = parse_ok("allow unix\n");
     assert_int_equal(rules_at(s, 0)->nenv, 0);
