@@ -39,6 +39,13 @@ static void peer_of(sf_addr *a, const rule *r, int last)
     }
 }
 
+static int is_mapped(const sf_addr *a)
+{
+    static const unsigned char prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    return a->u.sa.sa_family == AF_INET6 &&
+           memcmp(a->u.in6.sin6_addr.s6_addr, prefix, sizeof prefix) == 0;
+}
+
 static void check_pairs(const rule *r)
 {
     for (size_t i = 0; i < r->nenv; i++) {
@@ -77,7 +84,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (int last = 0; last < 2; last++) {
             peer_of(&a, r, last);
             check_same(s, &a);
-            if (rules_match(s, &a) > r) /* r matches it: the answer is r or before */
+            /* r matches it, so the answer is r or before; but an IPv6 rule
+             * never matches an IPv4-mapped peer (::/80's last address). */
+            if (rules_match(s, &a) > r && !is_mapped(&a))
                 abort();
         }
     }

@@ -647,7 +647,7 @@ int rules_parse(const char *buf, size_t len, const char *name, rules_set **out, 
                 size_t errlen)
 {
     builder b;
-    const char *p = buf, *end = buf + len;
+    const char *p = buf, *end = len ? buf + len : buf; /* buf may be NULL when len is 0 */
     int rc = 0;
 
     if (len > RULES_FILE_MAX) {

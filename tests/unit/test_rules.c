@@ -137,6 +137,10 @@ static void test_empty_file_allows_all(void **state)
     assert_ptr_equal(match(s, "unix:/tmp/x"), r);
     rules_free(s);
 
+    s = NULL;
+    assert_int_equal(rules_parse(NULL, 0, "r", &s, err, sizeof err), 0);
+    assert_int_equal(rules_count(s), 1);
+    rules_free(s);
     s = parse_ok("# only comments\n\n");
     assert_int_equal(rules_count(s), 1);
     rules_free(s);
