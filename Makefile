@@ -83,7 +83,11 @@ $(FUZZ_BUILD)/fuzz_runargs: fuzz/fuzz_runargs.c tools/sockfork/runargs.c tools/s
 	mkdir -p $(FUZZ_BUILD)
 	clang $(FUZZ_CFLAGS) -Itools/sockfork -o $@ fuzz/fuzz_runargs.c tools/sockfork/runargs.c
 
-FUZZ_TARGETS = addr frame jsonl bus runargs
+$(FUZZ_BUILD)/fuzz_rules: fuzz/fuzz_rules.c src/server/rules.c src/server/rules.h include/sockfork.h
+	mkdir -p $(FUZZ_BUILD)
+	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_rules.c src/server/rules.c
+
+FUZZ_TARGETS = addr frame jsonl bus runargs rules
 
 # libFuzzer's statistics go to $(FUZZ_BUILD)/fuzz_T.log: one line per target
 # here, the log's tail when a target fails, and a total that ./dev reads.
