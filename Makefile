@@ -83,7 +83,11 @@ $(FUZZ_BUILD)/fuzz_runargs: fuzz/fuzz_runargs.c tools/sockfork/runargs.c tools/s
 	mkdir -p $(FUZZ_BUILD)
 	clang $(FUZZ_CFLAGS) -Itools/sockfork -o $@ fuzz/fuzz_runargs.c tools/sockfork/runargs.c
 
-FUZZ_TARGETS = addr frame jsonl bus runargs
+$(FUZZ_BUILD)/fuzz_proxy: fuzz/fuzz_proxy.c src/server/proxy.c src/server/proxy.h include/sockfork.h
+	mkdir -p $(FUZZ_BUILD)
+	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_proxy.c src/server/proxy.c
+
+FUZZ_TARGETS = addr frame jsonl bus runargs proxy
 
 # libFuzzer's statistics go to $(FUZZ_BUILD)/fuzz_T.log: one line per target
 # here, the log's tail when a target fails, and a total that ./dev reads.
