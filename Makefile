@@ -87,7 +87,11 @@ $(FUZZ_BUILD)/fuzz_rules: fuzz/fuzz_rules.c src/server/rules.c src/server/rules.
 	mkdir -p $(FUZZ_BUILD)
 	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_rules.c src/server/rules.c
 
-FUZZ_TARGETS = addr frame jsonl bus runargs rules
+$(FUZZ_BUILD)/fuzz_proxy: fuzz/fuzz_proxy.c src/server/proxy.c src/server/proxy.h include/sockfork.h
+	mkdir -p $(FUZZ_BUILD)
+	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_proxy.c src/server/proxy.c
+
+FUZZ_TARGETS = addr frame jsonl bus runargs rules proxy
 
 # libFuzzer's statistics go to $(FUZZ_BUILD)/fuzz_T.log: one line per target
 # here, the log's tail when a target fails, and a total that ./dev reads.

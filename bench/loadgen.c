@@ -22,6 +22,13 @@
  *             exit status 0 when the server accepts connections.
  *   freeport  Prints a TCP port that is free on 127.0.0.1 right now.
  *
+ * --proxy-v2: every connection (rate, rtt, hold) starts with a PROXY protocol
+ * v2 header (PROXY, stream), sent with its first line in one sendmsg: TCP4
+ * or TCP6 with the connection's real addresses (the source from
+ * getsockname), or for a unix: target a made-up TCP4 192.0.2.1:40000 ->
+ * 192.0.2.2:7000. The server must take the header off; the echo compared is
+ * the line's alone. For benchmarking listeners that read PROXY headers.
+ *
  * Every echo is checked byte for byte: a mismatch, a reset, an early EOF or a
  * timeout is an error, never a success. The last line of output is one
  * machine-readable line of key=value pairs.
@@ -44,6 +51,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -58,6 +66,7 @@
 #define BACKOFF_NS (2 * NS_PER_MS)    /* wait after EADDRNOTAVAIL/EAGAIN */
 #define REFUSED_BACKOFF_NS (10 * NS_PER_MS) /* wait after ECONNREFUSED */
 #define MAX_EVENTS 512
+#define PROXY_HDR_CAP 52       /* a v2 header with TCP6 addresses */
 
 enum mode { MODE_RATE, MODE_RTT, MODE_HOLD, MODE_PROBE, MODE_FREEPORT };
 
@@ -81,6 +90,8 @@ struct conn {
     uint64_t deadline; /* timeout, or end of back-off */
     uint8_t out_len, out_off, in_off;
     char out[LINE_CAP];
+    uint8_t hdr_len, hdr_off; /* --proxy-v2: the header, sent before the first line */
+    unsigned char hdr[PROXY_HDR_CAP];
 };
 
 /* Error counters; addrnotavail and eagain are back-offs, not errors. */
@@ -102,6 +113,7 @@ struct lg {
     const char *hold_file;   /* --hold-file */
     double hold_secs;        /* --hold-seconds */
     int linger0;             /* --linger0: close with RST, no TIME_WAIT */
+    int proxy_v2;            /* --proxy-v2: a PROXY v2 header first on each connection */
 
     int ep;
     struct conn *conns;
@@ -157,12 +169,88 @@ static void make_line(struct lg *g, struct conn *c)
 static void fail(struct lg *g, struct conn *c, uint64_t *counter);
 static void connect_slot(struct lg *g, struct conn *c);
 
-/* Sends what is left of c->out; then waits for the echo. */
+static void put16(unsigned char *p, unsigned v)
+{
+    p[0] = (unsigned char)(v >> 8);
+    p[1] = (unsigned char)v;
+}
+
+/*
+ * --proxy-v2: the header for a connection that just connected. Its real
+ * addresses over TCP; for a unix: target, made-up TCP4 ones (the server
+ * still gets a client address to log and limit).
+ */
+static void make_proxy_header(struct lg *g, struct conn *c)
+{
+    static const unsigned char sig[12] = { 0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
+                                           0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A };
+    struct sockaddr_storage local;
+    socklen_t len = sizeof local;
+    unsigned char *a = c->hdr + 16;
+
+    memcpy(c->hdr, sig, sizeof sig);
+    c->hdr[12] = 0x21; /* version 2, PROXY */
+    c->hdr_off = 0;
+    if (g->addr.ss_family == AF_UNIX) {
+        static const unsigned char made_up[12] = { 192, 0, 2, 1, 192, 0, 2, 2, 0x9C, 0x40, 0x1B, 0x58 };
+        c->hdr[13] = 0x11;
+        memcpy(a, made_up, sizeof made_up);
+        put16(c->hdr + 14, 12);
+        c->hdr_len = 16 + 12;
+        return;
+    }
+    if (getsockname(c->fd, (struct sockaddr *)&local, &len) < 0)
+        bench_die("getsockname: %s", strerror(errno));
+    if (g->addr.ss_family == AF_INET) {
+        const struct sockaddr_in *src = (const struct sockaddr_in *)&local;
+        const struct sockaddr_in *dst = (const struct sockaddr_in *)&g->addr;
+        c->hdr[13] = 0x11; /* TCP over IPv4 */
+        memcpy(a, &src->sin_addr, 4);
+        memcpy(a + 4, &dst->sin_addr, 4);
+        memcpy(a + 8, &src->sin_port, 2); /* both already big-endian */
+        memcpy(a + 10, &dst->sin_port, 2);
+        put16(c->hdr + 14, 12);
+        c->hdr_len = 16 + 12;
+    } else {
+        const struct sockaddr_in6 *src = (const struct sockaddr_in6 *)&local;
+        const struct sockaddr_in6 *dst = (const struct sockaddr_in6 *)&g->addr;
+        c->hdr[13] = 0x21; /* TCP over IPv6 */
+        memcpy(a, &src->sin6_addr, 16);
+        memcpy(a + 16, &dst->sin6_addr, 16);
+        memcpy(a + 32, &src->sin6_port, 2);
+        memcpy(a + 34, &dst->sin6_port, 2);
+        put16(c->hdr + 14, 36);
+        c->hdr_len = 16 + 36;
+    }
+}
+
+/* With the PROXY header still (partly) unsent: header and line in one sendmsg. */
+static ssize_t send_with_header(struct conn *c)
+{
+    struct iovec iov[2] = {
+        { .iov_base = c->hdr + c->hdr_off, .iov_len = (size_t)(c->hdr_len - c->hdr_off) },
+        { .iov_base = c->out + c->out_off, .iov_len = (size_t)(c->out_len - c->out_off) },
+    };
+    struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
+    ssize_t w = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+    size_t hdr_part;
+
+    if (w <= 0)
+        return w;
+    hdr_part = (size_t)w < iov[0].iov_len ? (size_t)w : iov[0].iov_len;
+    c->hdr_off += (uint8_t)hdr_part;
+    c->out_off += (uint8_t)((size_t)w - hdr_part);
+    return 0; /* the offsets are advanced already */
+}
+
+/* Sends what is left of c->out (after the PROXY header, if one is still
+ * due); then waits for the echo. */
 static void send_rest(struct lg *g, struct conn *c)
 {
     while (c->out_off < c->out_len) {
-        ssize_t w = send(c->fd, c->out + c->out_off, c->out_len - c->out_off,
-                         MSG_NOSIGNAL);
+        ssize_t w = c->hdr_off < c->hdr_len
+                        ? send_with_header(c)
+                        : send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0 && errno == EAGAIN) {
@@ -176,7 +264,7 @@ static void send_rest(struct lg *g, struct conn *c)
                                                              : &g->err.other);
             return;
         }
-        c->out_off += (uint8_t)w;
+        c->out_off += (uint8_t)w; /* 0 after send_with_header: it moved the offsets */
     }
     watch(g, c, EPOLLIN, EPOLL_CTL_MOD);
     c->state = ST_READING;
@@ -203,6 +291,8 @@ static void set_idle(struct lg *g, struct conn *c)
 static void connected(struct lg *g, struct conn *c, uint64_t now)
 {
     g->established++;
+    if (g->proxy_v2)
+        make_proxy_header(g, c);
     if (g->mode == MODE_RTT && g->phase == PH_OPEN)
         set_idle(g, c);
     else
@@ -663,7 +753,8 @@ static void usage(void)
           "  --hold-file PATH     hold until PATH is removed\n"
           "  --hold-seconds S     hold at most S seconds (default 10, or 600"
           " with --hold-file)\n"
-          "  --linger0            close with RST (SO_LINGER 0): no TIME_WAIT\n",
+          "  --linger0            close with RST (SO_LINGER 0): no TIME_WAIT\n"
+          "  --proxy-v2           start each connection with a PROXY protocol v2 header\n",
           stderr);
     exit(2);
 }
@@ -674,6 +765,7 @@ int main(int argc, char **argv)
         { "hold-file", required_argument, NULL, 'F' },
         { "hold-seconds", required_argument, NULL, 'S' },
         { "linger0", no_argument, NULL, 'L' },
+        { "proxy-v2", no_argument, NULL, 'P' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -710,6 +802,7 @@ int main(int argc, char **argv)
         case 'F': g.hold_file = optarg; break;
         case 'S': g.hold_secs = bench_parse_num(optarg, 0, MAX_SECS, "--hold-seconds"); break;
         case 'L': g.linger0 = 1; break;
+        case 'P': g.proxy_v2 = 1; break;
         default: usage();
         }
     }
