@@ -160,11 +160,17 @@ SF_EXTERN const sf_addr *sf_conn_local(const sf_conn *c);
  * TCPLOCALPORT (TCPLOCALHOST, TCPREMOTEHOST and TCPREMOTEINFO are removed,
  * as with tcpserver -H -R). IPv6 connections get PROTO=TCP6 and the TCP6*
  * names as well; Unix connections get PROTO=IPC, IPCLOCALPATH,
- * IPCREMOTEEUID, IPCREMOTEEGID and IPCREMOTEPID. SIGPIPE is reset to its
+ * IPCREMOTEEUID, IPCREMOTEEGID and IPCREMOTEPID; then the KEY=VALUE pairs
+ * of the access rule that let the connection in. SIGPIPE is reset to its
  * default for the program. The program is looked up in PATH.
  * Returns only on failure, with -errno.
  */
 SF_EXTERN int sf_conn_exec(sf_conn *c, char *const argv[]);
+
+/* The VALUE of KEY in the access rule that let this connection in
+ * (sf_server_rules: `allow 10.0.0.0/8 ZONE=lan`), or NULL. Valid while
+ * the handler runs. */
+SF_EXTERN const char *sf_conn_rule_value(const sf_conn *c, const char *key);
 
 /*
  * Finds a program as sf_conn_exec and the pool's commands do, with
@@ -379,6 +385,8 @@ typedef struct sf_server_opts {
      * supplementary groups), before it starts anything. NULL = stay. */
     const char *user;
     const char *group;
+    double proxy_timeout_s; /* a ",proxy" listener's connection must send its
+                             * whole PROXY header within this; default 5 */
     /* NULL, or the program each connection runs instead of a handler
      * (sf_server_new's handler then NULL), as sf_conn_exec would run it:
      * the connection on fd 0 and 1, the channel on fd 3 (SOCKFORK_FD=3;
@@ -413,6 +421,30 @@ SF_EXTERN int sf_server_new(sf_server **out, const sf_server_opts *opts,
  * sf_server_free.
  */
 SF_EXTERN int sf_server_listen(sf_server *s, const char *addr);
+
+/*
+ * Access rules (docs/design.md, "Access rules"): loads the rules file at
+ * `path` (one rule per line, first match wins: `allow|deny CIDR|unix
+ * [KEY=VALUE...]`, `default allow|deny`). A denied peer is closed before
+ * anything is forked, logged with the rule's line, and counted; an allowed
+ * one gets its rule's KEY=VALUE pairs (sf_conn_rule_value; an exec'd
+ * program's environment). SIGHUP and `ctl reload` read the file again,
+ * whole or not at all. Returns 0, or -errno with one line in err ("FILE:
+ * LINE: what is wrong" for a parse error, -EINVAL). Before sf_server_run.
+ */
+SF_EXTERN int sf_server_rules(sf_server *s, const char *path, char *err, size_t errlen);
+
+/*
+ * A balancer allowed to send PROXY protocol headers (v1 or v2) to the
+ * listeners added as "ADDR,proxy": an IPv4 or IPv6 prefix ("10.0.0.0/8",
+ * a bare address, "unix"). Repeatable; a PROXY listener takes a header
+ * only from these, refuses any other source (logged, counted), and never
+ * guesses whether a header is there. The header's client address is the
+ * peer for everything (logs, limits, rules, `ctl list`, sf_conn_peer,
+ * TCPREMOTEIP). Returns 0, -EINVAL or -EBUSY. sf_server_run refuses a PROXY
+ * listener with none (-EDESTADDRREQ).
+ */
+SF_EXTERN int sf_server_proxy_from(sf_server *s, const char *cidr);
 
 /*
  * Serves a socket that is already listening: one systemd passed (socket

@@ -9,7 +9,8 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
-#define FDPASS_MAX 4 /* descriptors one message can carry */
+#define FDPASS_MAX 68 /* descriptors one message can carry (a spawn request: a prefork
+                      * worker's listeners and channel) */
 
 /* One sendmsg of iov[0..niov) with fds[0..nfds) attached (nfds may be 0),
  * MSG_NOSIGNAL added to flags, EINTR retried. Returns the bytes sent or

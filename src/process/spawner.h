@@ -33,8 +33,10 @@
 
 #include "process/process.h"
 
-#define SPAWN_BLOB_MAX 512  /* what a request tells the child function */
-#define SPAWN_FDS_MAX 3     /* descriptors a child gets, as 3, 4, 5 */
+#define SPAWN_BLOB_MAX 8192 /* what a request tells the child function: a connection's
+                             * addresses and the KEY=VALUE pairs of its access rule */
+#define SPAWN_FDS_MAX 66    /* descriptors a child gets, as 3, 4, 5...: a prefork worker
+                             * gets every listener (64 at most) and its channel */
 
 enum spawn_req_kind { SPAWN_REQ_FORK = 1, SPAWN_REQ_SIGNAL = 2 };
 enum spawn_msg_kind { SPAWN_MSG_STARTED = 1, SPAWN_MSG_FAILED = 2, SPAWN_MSG_EXITED = 3 };

@@ -260,6 +260,10 @@ static int put_connections(json_t *o, const sf_server_stats *st, const sup_stats
         {"active", active},
         {"max_conns", ss->max_children}, /* sup_init was given opts.max_conns */
         {"refused_per_ip", st->refused_per_ip},
+        {"denied", st->denied},
+        {"proxy_refused", st->proxy_refused},
+        {"proxy_bad", st->proxy_bad},
+        {"proxy_timed_out", st->proxy_timed_out},
         {"limit_reached", st->limit_reached},
         {"idle_closed", st->idle_closed},
         {"conn_timed_out", st->conn_timed_out},

@@ -58,6 +58,39 @@ static int set_conn_env(const sf_conn *c)
     return 0;
 }
 
+const char *sf_conn_rule_value(const sf_conn *c, const char *key)
+{
+    size_t klen = key ? strlen(key) : 0;
+
+    for (size_t i = 0; klen && i < c->env_len;) {
+        const char *p = c->env + i;
+        size_t n = strnlen(p, c->env_len - i);
+        if (n > klen && p[klen] == '=' && memcmp(p, key, klen) == 0)
+            return p + klen + 1;
+        i += n + 1;
+    }
+    return NULL;
+}
+
+/* The access rule's pairs, into the environment (after tcpserver's). */
+static int set_rule_env(const sf_conn *c)
+{
+    char name[256];
+
+    for (size_t i = 0; i < c->env_len;) {
+        const char *p = c->env + i, *eq = memchr(p, '=', c->env_len - i);
+        size_t n = strnlen(p, c->env_len - i);
+        if (!eq || eq > p + n || (size_t)(eq - p) >= sizeof name)
+            return -EINVAL;
+        memcpy(name, p, (size_t)(eq - p));
+        name[eq - p] = '\0';
+        if (setenv(name, eq + 1, 1) < 0)
+            return -errno;
+        i += n + 1;
+    }
+    return 0;
+}
+
 int sf_conn_exec(sf_conn *c, char *const argv[])
 {
     char file[PATH_MAX];
@@ -65,7 +98,7 @@ int sf_conn_exec(sf_conn *c, char *const argv[])
 
     if (!argv || !argv[0])
         return -EINVAL;
-    if ((rc = set_conn_env(c)) < 0)
+    if ((rc = set_conn_env(c)) < 0 || (rc = set_rule_env(c)) < 0)
         return rc;
     /* dup2 clears close-on-exec on 0, 1 and 3; the originals (3 and 4)
      * keep it: the connection's fd 3 is replaced by the channel, fd 4

@@ -16,6 +16,8 @@ struct sf_conn {
      * supervisor); 0 or -errno. NULL in fork mode. */
     int (*open_channel)(void *arg);
     void *open_arg;
+    const char *env;      /* the access rule's "KEY=VALUE\0" pairs, env_len bytes */
+    size_t env_len;
 };
 
 /* The open_channel hook, if any. */

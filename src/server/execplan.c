@@ -192,8 +192,30 @@ static int envp_room(void)
     return 0;
 }
 
+/* The access rule's "KEY=VALUE\0" pairs, as setenv would set them. */
+static int set_pairs(execplan_env *e, const char *pairs, size_t len)
+{
+    char name[256];
+
+    for (size_t i = 0; i < len;) {
+        const char *p = pairs + i, *eq = memchr(p, '=', len - i);
+        size_t n = strnlen(p, len - i);
+        int rc;
+
+        if (!eq || (size_t)(eq - p) >= sizeof name || eq > p + n)
+            return -EINVAL;
+        memcpy(name, p, (size_t)(eq - p));
+        name[eq - p] = '\0';
+        if ((rc = execplan_setenv(e, name, eq + 1)) < 0)
+            return rc;
+        i += n + 1;
+    }
+    return 0;
+}
+
 int execplan_conn(spawn_exec *ex, const char *file, char *const *argv, const sf_addr *peer,
-                  int is_tcp, int conn_fd, int chan_fd)
+                  const sf_addr *local_given, int is_tcp, int conn_fd, int chan_fd,
+                  const char *pairs, size_t pairs_len)
 {
     sf_addr local;
     int rc;
@@ -203,11 +225,14 @@ int execplan_conn(spawn_exec *ex, const char *file, char *const *argv, const sf_
     /* As a forked child finds it (server.c, child_main): a Unix
      * connection's local address is the listener's path, as its peer's. */
     local.len = sizeof local.u;
-    if (!is_tcp || getsockname(conn_fd, &local.u.sa, &local.len) < 0)
+    if (local_given)
+        local = *local_given;
+    else if (!is_tcp || getsockname(conn_fd, &local.u.sa, &local.len) < 0)
         local = *peer;
     memset(&conn_env, 0, sizeof conn_env);
     if ((rc = execplan_conn_env(&conn_env, peer, &local, conn_fd)) < 0 ||
-        (rc = execplan_setenv(&conn_env, "SOCKFORK_FD", "3")) < 0 || (rc = envp_room()) < 0)
+        (rc = execplan_setenv(&conn_env, "SOCKFORK_FD", "3")) < 0 ||
+        (rc = set_pairs(&conn_env, pairs, pairs_len)) < 0 || (rc = envp_room()) < 0)
         return rc;
     if ((rc = execplan_merge(&conn_env, environ, conn_envp, conn_envp_cap)) < 0)
         return rc;

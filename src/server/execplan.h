@@ -18,8 +18,9 @@
 #include "sockfork.h"
 #include "process/spawner.h"
 
-#define EXECPLAN_VARS_MAX 16   /* variables set or unset for one connection */
-#define EXECPLAN_TEXT_MAX 1024 /* their NAME=VALUE text */
+#define EXECPLAN_VARS_MAX 96   /* variables set or unset for one connection (an access
+                                * rule may add 64) */
+#define EXECPLAN_TEXT_MAX 8192 /* their NAME=VALUE text */
 
 /* One connection's variables. */
 typedef struct execplan_env {
@@ -61,10 +62,12 @@ int execplan_merge(const execplan_env *e, char *const *base, char **out, size_t 
  * SOCKFORK_FD=3 (in storage of this module, good until the next call); the connection as 0 and 1,
  * stderr left, the channel as 3 (made blocking, as a forked child makes
  * it). peer and is_tcp as the supervisor accepted it; the local address
- * is read from conn_fd. Runs in the spawner. Returns 1 (spawner_plan_fn's
+ * is `local` (a PROXY header's), or read from conn_fd when NULL. `pairs`
+ * (pairs_len bytes of "KEY=VALUE\0"...) are the access rule's, set last. Runs in the spawner. Returns 1 (spawner_plan_fn's
  * "exec'd"), or -errno.
  */
 int execplan_conn(spawn_exec *ex, const char *file, char *const *argv, const sf_addr *peer,
-                  int is_tcp, int conn_fd, int chan_fd);
+                  const sf_addr *local, int is_tcp, int conn_fd, int chan_fd, const char *pairs,
+                  size_t pairs_len);
 
 #endif

@@ -13,6 +13,7 @@ typedef struct listener {
     dev_t path_dev;     /* Unix: the socket file we created, to remove */
     ino_t path_ino;     /*   only that one at close */
     int owns_path;
+    int proxy;          /* clients come with a PROXY protocol header (",proxy") */
     ev_io io;
 } listener;
 

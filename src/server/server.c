@@ -116,6 +116,7 @@ static void check_limit(sf_server *s);
 
 void server_rec_release(sf_server *s, conn_rec *r)
 {
+    access_cancel(s, r); /* before the fd closes: its watcher goes first */
     close_fd(&r->fd);
     close_fd(&r->cfd);
     close_fd(&r->sfd);
@@ -205,9 +206,12 @@ typedef struct child_start {
     const char *file;     /* with a program (opts.program_argv): its path */
     char *const *argv;    /* and its argv; NULL: the handler runs */
     sf_addr peer;
+    sf_addr local;        /* with has_local (a PROXY header's destination) */
+    int has_local;
     int is_tcp;
     int jsonl;
     uint32_t chan_max;
+    uint32_t env_len;     /* the access rule's pairs, after the struct in the blob */
 } child_start;
 
 /* Runs in the new child: the connection is fd 3, the channel fd 4. */
@@ -217,17 +221,24 @@ static void __attribute__((noreturn)) child_main(const void *blob, size_t len, i
     sf_conn c;
     int rc;
 
-    if (len != sizeof cs || nfds != 2)
+    if (len < sizeof cs || nfds != 2)
         _exit(111);
     memcpy(&cs, blob, sizeof cs);
+    if (len != sizeof cs + cs.env_len)
+        _exit(111);
     memset(&c, 0, sizeof c);
     c.fd = 3;
     c.chan = 4;
     (void)fcntl(c.chan, F_SETFL, 0); /* blocking: see start_conn */
     c.peer = cs.peer;
     c.local.len = sizeof c.local.u;
-    if (!cs.is_tcp || getsockname(c.fd, &c.local.u.sa, &c.local.len) < 0)
+    if (cs.has_local)
+        c.local = cs.local;
+    else if (!cs.is_tcp || getsockname(c.fd, &c.local.u.sa, &c.local.len) < 0)
         c.local = c.peer; /* Unix: the listener's path on both sides */
+    /* The blob is this process's for good: child_main never returns. */
+    c.env = (const char *)blob + sizeof cs;
+    c.env_len = cs.env_len;
     chan_reader_init(&c.reader, cs.chan_max + BUS_MSG_OVERHEAD - CHAN_HDR_LEN);
     rc = cs.handler(&c, cs.arg);
     /* Only stdout, and only if it holds something: fflush(NULL) locks
@@ -245,21 +256,30 @@ static int child_plan(const void *blob, size_t len, const int *fds, int nfds, sp
 {
     child_start cs;
 
-    if (len != sizeof cs || nfds != 2)
+    if (len < sizeof cs || nfds != 2)
         return -EINVAL;
     memcpy(&cs, blob, sizeof cs);
+    if (len != sizeof cs + cs.env_len)
+        return -EINVAL;
     if (!cs.argv)
         return 0;
-    return execplan_conn(ex, cs.file, cs.argv, &cs.peer, cs.is_tcp, fds[0], fds[1]);
+    return execplan_conn(ex, cs.file, cs.argv, &cs.peer, cs.has_local ? &cs.local : NULL, cs.is_tcp,
+                         fds[0], fds[1], (const char *)blob + sizeof cs, cs.env_len);
 }
 
 /* Asks the spawner for r's child. Returns 0, or -errno with r as it was. */
 static int spawn(sf_server *s, conn_rec *r)
 {
+    unsigned char blob[SPAWN_BLOB_MAX];
     child_start cs;
     int fds[2] = {r->fd, r->cfd};
 
+    if (sizeof cs + r->env_len > sizeof blob)
+        return -E2BIG;
     memset(&cs, 0, sizeof cs);
+    cs.local = r->local;
+    cs.has_local = r->has_local;
+    cs.env_len = (uint32_t)r->env_len;
     cs.handler = s->handler;
     cs.arg = s->arg;
     cs.file = s->program_file;
@@ -268,7 +288,10 @@ static int spawn(sf_server *s, conn_rec *r)
     cs.is_tcp = r->is_tcp;
     cs.jsonl = s->opts.channel_jsonl;
     cs.chan_max = s->opts.chan_max;
-    return sup_spawn(&s->sup, &cs, sizeof cs, fds, 2, r);
+    memcpy(blob, &cs, sizeof cs);
+    if (r->env_len)
+        memcpy(blob + sizeof cs, r->env, r->env_len);
+    return sup_spawn(&s->sup, blob, sizeof cs + r->env_len, fds, 2, r);
 }
 
 /*
@@ -460,7 +483,7 @@ static int launch(sf_server *s, conn_rec *r)
 /* Refuses r (per-IP limit) or starts it (launch). A connection that cannot
  * start for want of descriptors (EMFILE on its channel: accept() took the
  * last one) or memory is kept for a retry, as after a failed fork. */
-static void start_conn(sf_server *s, conn_rec *r)
+void server_start_conn(sf_server *s, conn_rec *r)
 {
     char peer[SF_ADDR_TEXT_MAX];
     int rc;
@@ -555,7 +578,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             }
             r->tuple = server_tuple_key(&r->peer, &local);
         }
-        start_conn(s, r);
+        access_accepted(s, r, l);
     }
     check_limit(s);
 }
@@ -845,11 +868,8 @@ static int drop_privileges(sf_server *s)
 
 int server_reload(sf_server *s, char *what, size_t len)
 {
-    (void)s;
-    /* What is read from files is re-read here; a failure changes nothing.
-     * Nothing yet but what the later steps add (the rules file). */
-    snprintf(what, len, "nothing to re-read");
-    return 0;
+    /* What is read from files: the rules. A failure changes nothing. */
+    return access_reload(s, what, len);
 }
 
 static void on_reload(sup *sp, void *arg)
@@ -924,6 +944,7 @@ void sf_server_opts_init(sf_server_opts *o)
     o->chan_max = CHAN_MAX_DEFAULT;
     o->chan_queue = SF_CHAN_QUEUE_DEFAULT;
     o->topic_history = 20;
+    o->proxy_timeout_s = 5.0;
 }
 
 /* No socket may take the number of stdin, stdout or stderr: a child would
@@ -969,6 +990,7 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
         s->opts.max_conns > (1u << 24) || s->opts.chan_max > CHAN_MAX_LIMIT ||
         s->opts.chan_queue < sf_chan_queue_min(s->opts.chan_max) ||
         s->opts.topic_history > 100000 || !(s->opts.worker_idle_s >= 0) ||
+        !(s->opts.proxy_timeout_s >= 0) ||
         (s->opts.workers_max > 0 && (s->opts.workers_min == 0 ||
                                      s->opts.workers_min > s->opts.workers_max ||
                                      s->opts.workers_max > s->opts.max_conns))) {
@@ -978,6 +1000,8 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
     s->prefork = s->opts.workers_max > 0;
     if (s->opts.worker_idle_s == 0)
         s->opts.worker_idle_s = 5.0;
+    if (s->opts.proxy_timeout_s == 0)
+        s->opts.proxy_timeout_s = 5.0;
     s->log.cb = s->opts.log;
     s->log.arg = s->opts.log_arg;
     s->log.level = s->opts.log_level;
@@ -1033,6 +1057,9 @@ fail:
 
 int sf_server_listen(sf_server *s, const char *text)
 {
+    char plain[sizeof(((sf_addr *)0)->u.un.sun_path) + 16];
+    const char *comma;
+    int proxy = 0;
     sf_addr a;
     listener *l;
     int rc;
@@ -1041,6 +1068,17 @@ int sf_server_listen(sf_server *s, const char *text)
         return -EBUSY;
     if (s->nlisteners >= LISTENERS_MAX)
         return -EMFILE;
+    /* ADDR,proxy: its clients come through a balancer that sends a PROXY
+     * protocol header first (access.c). */
+    if ((comma = strrchr(text, ',')) && strcmp(comma, ",proxy") == 0) {
+        size_t n = (size_t)(comma - text);
+        if (n >= sizeof plain)
+            return -EINVAL;
+        memcpy(plain, text, n);
+        plain[n] = '\0';
+        text = plain;
+        proxy = 1;
+    }
     rc = sf_addr_parse(&a, text);
     if (rc < 0)
         return rc;
@@ -1048,6 +1086,7 @@ int sf_server_listen(sf_server *s, const char *text)
     rc = listener_open(l, &a, s->opts.backlog, 0);
     if (rc < 0)
         return rc;
+    l->proxy = proxy;
     ev_io_init(&l->io, accept_cb, l->fd, EV_READ);
     l->io.data = s;
     s->nlisteners++;
@@ -1096,6 +1135,8 @@ int sf_server_run(sf_server *s)
         return -EDESTADDRREQ;
     s->ran = 1;
 
+    if ((rc = access_ready(s)) < 0)
+        return rc;
     /* Out of the environment before anything is forked (notify.c). */
     if ((rc = os_notify_init(&s->notify)) < 0)
         sf_logf(&s->log, SF_LOG_WARN, "cannot use NOTIFY_SOCKET: %s", strerror(-rc));
@@ -1245,6 +1286,7 @@ void sf_server_free(sf_server *s)
     }
     if (s->prefork)
         workers_fini(s);
+    access_fini(s);
     os_notify_fini(&s->notify);
     hmap_free(&s->per_ip);
     hmap_free(&s->by_tuple);

@@ -46,6 +46,10 @@ typedef struct sf_server_stats {
     uint64_t conn_timed_out;   /* ended for holding a connection too long */
     uint64_t kicked;
     uint64_t chan_kicked;      /* ended for bad channel input or a full queue */
+    uint64_t denied;           /* closed at once: an access rule said deny */
+    uint64_t proxy_refused;    /* on a PROXY listener from a source not in --proxy-from */
+    uint64_t proxy_bad;        /* a malformed PROXY header, or none before EOF */
+    uint64_t proxy_timed_out;  /* no whole PROXY header within proxy_timeout_s */
     /* Prefork mode: workers started, and why each one ended. */
     uint64_t workers_started;
     uint64_t workers_ended[WORKER_END_REASONS];
@@ -68,6 +72,13 @@ typedef struct conn_rec {
     ev_tstamp started;
     ev_timer held_timer;  /* with conn_timeout_s: its end, from the start */
     struct conn_rec *next_free;  /* free list, and the retry list */
+    /* Access (access.c): a PROXY header's destination, and what the rule
+     * that let the connection in hands it. */
+    sf_addr local;        /* with has_local: the header's destination */
+    int has_local;
+    char *env;            /* the rule's "KEY=VALUE\0" pairs (malloc'd), or NULL */
+    size_t env_len;
+    struct proxy_wait *proxy_wait; /* its PROXY header is being read */
     /* A prefork worker (workers.c): the record lives as long as the process,
      * the fields above describe its current connection. */
     int worker;
@@ -174,6 +185,13 @@ struct sf_server {
     ctl_server ctl;
     sf_server_stats stats;
     int prefork;          /* opts.workers_max > 0 */
+
+    /* Access (access.c). */
+    struct rules_set *rules;   /* --rules, or NULL */
+    char *rules_path;
+    struct rules_set *proxy_from; /* the balancers a PROXY listener takes headers from */
+    char *proxy_from_text;     /* as a rules file: "allow CIDR" lines */
+    size_t proxy_from_len;
     worker_pool wp;
 
     /* systemd (os_notify): readiness, status, watchdog. */
@@ -181,6 +199,18 @@ struct sf_server {
     ev_timer status_timer, watchdog_timer;
     uint64_t status_sent; /* the last STATUS= count, +1; 0: none yet */
 };
+
+/* Access (access.c): the PROXY header of a ",proxy" listener's connection,
+ * then the access rules, then the per-IP limit and the start (fork mode). */
+void access_accepted(sf_server *s, conn_rec *r, const listener *l);
+void access_cancel(sf_server *s, conn_rec *r);   /* at its release */
+int access_reload(sf_server *s, char *what, size_t len);
+int access_ready(sf_server *s);                  /* at run: the allowlist parsed */
+void access_fini(sf_server *s);
+/* The rule for a peer, for a worker's verdict: 1 allowed (its pairs packed
+ * into *env, malloc'd, and *env_len), 0 denied (logged, counted), -errno. */
+int access_check_rules(sf_server *s, conn_rec *r);
+void server_start_conn(sf_server *s, conn_rec *r);
 
 /* Re-reads what the server reads from files (SIGHUP, `ctl reload`); what
  * gets one line saying what was done, or why nothing changed. 0 or -errno. */

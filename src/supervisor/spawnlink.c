@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -87,10 +88,13 @@ static void spawner_out_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 static sup_req *req_new(uint32_t kind, size_t blob_len)
 {
-    sup_req *r = calloc(1, sizeof *r);
+    /* Whole, SPAWN_BLOB_MAX included: only the blob's bytes are sent, and
+     * requests wait here only while the spawner is behind. */
+    sup_req *r = malloc(sizeof *r);
 
     if (!r)
         return NULL;
+    memset(r, 0, offsetof(sup_req, req.blob)); /* the blob is written, never read past its length */
     r->req.kind = kind;
     r->req.blob_len = (uint32_t)blob_len;
     return r;

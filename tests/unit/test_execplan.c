@@ -166,7 +166,7 @@ static void test_plan_for_a_connection(void **state)
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, conn), 0);
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, chan), 0);
     memset(&ex, 0, sizeof ex);
-    assert_int_equal(execplan_conn(&ex, "/bin/cat", argv, &peer, 0, conn[0], chan[1]), 1);
+    assert_int_equal(execplan_conn(&ex, "/bin/cat", argv, &peer, NULL, 0, conn[0], chan[1], NULL, 0), 1);
     assert_string_equal(ex.file, "/bin/cat");
     assert_ptr_equal(ex.argv, argv);
     assert_int_equal(ex.nfds, 4);
@@ -178,7 +178,7 @@ static void test_plan_for_a_connection(void **state)
     assert_string_equal(lookup(ex.envp, "PROTO"), "IPC");
     assert_string_equal(lookup(ex.envp, "SOCKFORK_FD"), "3");
     assert_int_equal(count(ex.envp, "SOCKFORK_FD"), 1);
-    assert_int_equal(execplan_conn(&ex, "/bin/cat", NULL, &peer, 0, conn[0], chan[1]), -EINVAL);
+    assert_int_equal(execplan_conn(&ex, "/bin/cat", NULL, &peer, NULL, 0, conn[0], chan[1], NULL, 0), -EINVAL);
     close(conn[0]);
     close(conn[1]);
     close(chan[0]);

@@ -18,6 +18,7 @@
 
 #define DEFAULT_LISTEN "127.0.0.1:4444"
 #define MAX_LISTEN 64
+#define MAX_PROXY_FROM 256
 
 static const char serve_usage[] =
     "usage: sockfork serve [OPTIONS] [--echo | -- PROGRAM [ARGS...]]\n"
@@ -41,6 +42,13 @@ static const char serve_usage[] =
     "  -c, --max-conns N     connections served at once (default 1000); at the\n"
     "                        limit new clients wait in the kernel's backlog\n"
     "      --max-per-ip N    connections at once from one address (default: no limit)\n"
+    "      --rules FILE      access rules, first match wins: 'allow|deny CIDR|unix\n"
+    "                        [KEY=VALUE...]', 'default allow|deny'; re-read at SIGHUP\n"
+    "                        and 'sockfork ctl reload'\n"
+    "      --proxy-from CIDR a balancer allowed to send PROXY protocol headers to\n"
+    "                        the listeners given as -l ADDR,proxy; repeatable\n"
+    "      --proxy-timeout S a PROXY listener's client must send its header within\n"
+    "                        S (default 5s)\n"
     "      --idle-timeout S  close TCP clients that send nothing for S seconds\n"
     "      --conn-timeout S  end a child that has held its connection S seconds\n"
     "      --workers MIN[:MAX]  prefork: MIN to MAX (default MIN) workers, started\n"
@@ -95,7 +103,7 @@ static const char chat_usage[] =
     "  -h, --help            this text\n"
     "  -V, --version         print the version\n";
 
-enum { OPT_MAX_PER_IP = 256, OPT_IDLE, OPT_CONN_TIMEOUT, OPT_WORKERS, OPT_MAX_REQUESTS,
+enum { OPT_RULES = 200, OPT_PROXY_FROM, OPT_PROXY_TIMEOUT, OPT_MAX_PER_IP = 256, OPT_IDLE, OPT_CONN_TIMEOUT, OPT_WORKERS, OPT_MAX_REQUESTS,
        OPT_WORKER_IDLE, OPT_GRACE, OPT_BACKLOG, OPT_ECHO, OPT_CONTROL, OPT_NO_CONTROL,
        OPT_CHAN_MAX, OPT_CHAN_QUEUE, OPT_CHAN_FULL, OPT_TOPIC_HISTORY,
        /* chat only */
@@ -106,6 +114,9 @@ static const struct option serve_options[] = {
     {"user", required_argument, NULL, 'u'},
     {"max-conns", required_argument, NULL, 'c'},
     {"max-per-ip", required_argument, NULL, OPT_MAX_PER_IP},
+    {"rules", required_argument, NULL, OPT_RULES},
+    {"proxy-from", required_argument, NULL, OPT_PROXY_FROM},
+    {"proxy-timeout", required_argument, NULL, OPT_PROXY_TIMEOUT},
     {"idle-timeout", required_argument, NULL, OPT_IDLE},
     {"conn-timeout", required_argument, NULL, OPT_CONN_TIMEOUT},
     {"workers", required_argument, NULL, OPT_WORKERS},
@@ -217,6 +228,15 @@ static void tcp_addr_problem(const char *text, char *why, size_t len)
 /* Why a listen (or control) socket at addr could not be opened. */
 static const char *listen_error(const char *addr, int rc, char *why, size_t len)
 {
+    char plain[300];
+    const char *comma = strrchr(addr, ',');
+
+    /* ADDR,proxy: what is wrong is in ADDR. */
+    if (comma && strcmp(comma, ",proxy") == 0 && (size_t)(comma - addr) < sizeof plain) {
+        memcpy(plain, addr, (size_t)(comma - addr));
+        plain[comma - addr] = '\0';
+        addr = plain;
+    }
     int is_unix = strncmp(addr, "unix:", 5) == 0;
 
     if (rc == -EINVAL && is_unix)
@@ -248,6 +268,9 @@ typedef struct server_cmdline {
     int nsystemd;           /* sockets systemd passed (LISTEN_FDS), fds 3... */
     char **systemd_names;   /* their names (LISTEN_FDNAMES) */
     char user[256], group[256];
+    const char *rules;      /* --rules FILE */
+    const char *proxy_from[MAX_PROXY_FROM];
+    int nproxy_from;
     uid_t uid;              /* -u's, for the default control socket's directory */
     gid_t gid;
     const char *control;    /* --control PATH, or NULL: the default */
@@ -367,6 +390,31 @@ static int set_max_conns(server_cmdline *cl, const char *v)
     }
     cl->opts.max_conns = u;
     cl->max_conns_given = 1;
+    return 0;
+}
+
+static int set_rules(server_cmdline *cl, const char *v)
+{
+    cl->rules = v;
+    return 0;
+}
+
+static int set_proxy_from(server_cmdline *cl, const char *v)
+{
+    if (cl->nproxy_from >= MAX_PROXY_FROM) {
+        cli_error("%s: at most %d --proxy-from", cl->kind->name, MAX_PROXY_FROM);
+        return -1;
+    }
+    cl->proxy_from[cl->nproxy_from++] = v;
+    return 0;
+}
+
+static int set_proxy_timeout(server_cmdline *cl, const char *v)
+{
+    if (cli_parse_seconds(v, &cl->opts.proxy_timeout_s) < 0 || cl->opts.proxy_timeout_s <= 0) {
+        cli_error("%s: --proxy-timeout wants a duration above 0, not '%s'", cl->kind->name, v);
+        return -1;
+    }
     return 0;
 }
 
@@ -595,6 +643,9 @@ static const struct server_option {
     {'u', KIND_SERVE | KIND_CHAT, set_user},
     {'c', KIND_SERVE | KIND_CHAT, set_max_conns},
     {OPT_MAX_PER_IP, KIND_SERVE | KIND_CHAT, set_max_per_ip},
+    {OPT_RULES, KIND_SERVE | KIND_CHAT, set_rules},
+    {OPT_PROXY_FROM, KIND_SERVE | KIND_CHAT, set_proxy_from},
+    {OPT_PROXY_TIMEOUT, KIND_SERVE | KIND_CHAT, set_proxy_timeout},
     {OPT_IDLE, KIND_SERVE | KIND_CHAT, set_idle_timeout},
     {OPT_CONN_TIMEOUT, KIND_SERVE | KIND_CHAT, set_conn_timeout},
     {OPT_WORKERS, KIND_SERVE | KIND_CHAT, set_workers},
@@ -749,6 +800,29 @@ static int check_channel_sizes(const server_cmdline *cl)
     return 0;
 }
 
+/* A ",proxy" listener needs the balancers that may send headers, and
+ * --proxy-from is for such listeners only. 0, or -1 after saying so. */
+static int check_proxy(const server_cmdline *cl)
+{
+    int proxied = 0;
+
+    for (size_t i = 0; i < cl->nlisten; i++) {
+        const char *comma = strrchr(cl->listen_addrs[i], ',');
+        proxied |= comma && strcmp(comma, ",proxy") == 0;
+    }
+    if (proxied && cl->nproxy_from == 0) {
+        cli_error("%s: a PROXY listener (-l ADDR,proxy) needs --proxy-from CIDR: the balancers "
+                  "allowed to send the header", cl->kind->name);
+        return -1;
+    }
+    if (!proxied && cl->nproxy_from > 0) {
+        cli_error("%s: --proxy-from is for PROXY listeners (-l ADDR,proxy), and there is none",
+                  cl->kind->name);
+        return -1;
+    }
+    return 0;
+}
+
 /* Reads the command line into cl. 0: serve; 1: done (--help, --version),
  * exit 0; -1 after saying what is wrong. */
 static int read_cmdline(server_cmdline *cl, int argc, char **argv)
@@ -762,7 +836,7 @@ static int read_cmdline(server_cmdline *cl, int argc, char **argv)
         return -1;
     if (cl->nlisten == 0 && cl->nsystemd == 0)
         cl->listen_addrs[cl->nlisten++] = DEFAULT_LISTEN;
-    return 0;
+    return check_proxy(cl);
 }
 
 /* systemd's sockets (socket activation), taken before anything else can
@@ -792,13 +866,30 @@ static void free_systemd_names(server_cmdline *cl)
  * saying why (nothing left open). */
 static int start_server(sf_server **srvp, server_cmdline *cl)
 {
-    char why[200];
+    char why[600];
     int rc;
 
     rc = sf_server_new(srvp, &cl->opts, cl->handler, cl->handler_arg);
     if (rc < 0) {
         cli_error("cannot start: %s", strerror(-rc));
         return 1;
+    }
+    if (cl->rules && (rc = sf_server_rules(*srvp, cl->rules, why, sizeof why)) < 0) {
+        cli_error("%s: bad rules: %s", cl->kind->name, why);
+        for (int j = 0; j < cl->nsystemd; j++)
+            close(SD_LISTEN_FDS_START + j);
+        sf_server_free(*srvp);
+        return EXIT_USAGE;
+    }
+    for (int i = 0; i < cl->nproxy_from; i++) {
+        if ((rc = sf_server_proxy_from(*srvp, cl->proxy_from[i])) < 0) {
+            cli_error("%s: --proxy-from wants an IPv4 or IPv6 prefix (10.0.0.0/8, ::1) or unix, "
+                      "not '%s'", cl->kind->name, cl->proxy_from[i]);
+            for (int j = 0; j < cl->nsystemd; j++)
+                close(SD_LISTEN_FDS_START + j);
+            sf_server_free(*srvp);
+            return EXIT_USAGE;
+        }
     }
     for (int i = 0; i < cl->nsystemd; i++) {
         const char *fdname = cl->systemd_names && cl->systemd_names[i] ? cl->systemd_names[i] : "?";
