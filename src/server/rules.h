@@ -92,7 +92,7 @@ const rule *rules_match_linear(const rules_set *s, const sf_addr *peer);
 /* How many rules, the default (explicit or implicit) included. */
 size_t rules_count(const rules_set *s);
 
-/* The i-th rule in file order (i < rules_count; the default is the last). */
+/* The i-th rule in file order, the default last; NULL when i >= rules_count. */
 const rule *rules_at(const rules_set *s, size_t i);
 
 /* The VALUE of KEY in r's pairs, or NULL if r sets no KEY. Points into the set. */
