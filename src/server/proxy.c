@@ -378,9 +378,12 @@ static int v2_tlv_bytes(proxy_parser *p, const unsigned char *in, size_t avail, 
         if (p->tlv_have == TLV_HDR_LEN) {
             size_t value = (size_t)p->tlv_hdr[1] << 8 | p->tlv_hdr[2];
 
-            if (value > left - 1)
-                return fail(p, "v2: TLV type 0x%02x of %zu bytes overruns the header by %zu bytes",
-                            p->tlv_hdr[0], value, value - (left - 1));
+            if (value > left - 1) {
+                size_t over = value - (left - 1);
+
+                return fail(p, "v2: TLV type 0x%02x of %zu bytes overruns the header by %zu byte%s",
+                            p->tlv_hdr[0], value, over, over == 1 ? "" : "s");
+            }
             p->tlv_skip = value;
             p->tlv_have = 0;
         }

@@ -546,7 +546,7 @@ static void test_v2_malformed(void **state)
         { "short IPv6", b[6], n[6], "v2: length 12 is shorter than the IPv6 addresses (36 bytes)" },
         { "short AF_UNIX", b[7], n[7], "v2: length 215 is shorter than the AF_UNIX addresses (216 bytes)" },
         { "no addresses", b[8], n[8], "v2: length 0 is shorter than the IPv4 addresses (12 bytes)" },
-        { "TLV overrun", b[9], n[9], "v2: TLV type 0x03 of 5 bytes overruns the header by 1 bytes" },
+        { "TLV overrun", b[9], n[9], "v2: TLV type 0x03 of 5 bytes overruns the header by 1 byte" },
         { "1 byte left", b[10], n[10], "v2: 1 byte after the last TLV, too few for another" },
         { "2 bytes left", b[11], n[11], "v2: 2 bytes after the last TLV, too few for another" },
         { "TLV of 65535", b[12], n[12], "v2: TLV type 0x20 of 65535 bytes overruns the header by 65535 bytes" },
