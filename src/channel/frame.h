@@ -60,7 +60,10 @@ enum chan_type {
     CHAN_T_CONN_BEGIN = 48,    /* from it: [u8 listener][u8 n][peer: n bytes][local sockaddr] */
     CHAN_T_CONN_END = 49,      /* from it: [be32 the handler's return value] */
     CHAN_T_CONN_ENDED = 50,    /* to it: everything before this was for an ended connection */
-    CHAN_T_CONN_VERDICT = 51,  /* to it: [u8 1 serve, 0 refused] (with a per-IP limit) */
+    CHAN_T_CONN_VERDICT = 51,  /* to it: [u8 1 serve, 0 refused][the access rule's
+                                * "KEY=VALUE\0" pairs] (per-IP limit, rules) */
+    CHAN_T_CONN_DROPPED = 52,  /* from it: [u8 why][u8 n][peer: n bytes][text]: a PROXY
+                                * listener's connection closed before serving */
 };
 
 typedef struct chan_frame {

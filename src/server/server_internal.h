@@ -97,12 +97,18 @@ typedef struct conn_rec {
 
 enum { WORKER_STARTING = 1, WORKER_UP };
 
+/* Why a worker closed a PROXY listener's connection unserved (CONN_DROPPED). */
+enum { WORKER_DROP_SOURCE = 1, WORKER_DROP_BAD = 2, WORKER_DROP_TIMEOUT = 3 };
+#define RULE_ENV_MAX 4096 /* an access rule's pairs a worker is sent (a rule's line is
+                           * at most 4096 bytes, so they fit) */
+
 /* What a worker needs that it cannot be sent in a spawn request's blob:
  * the listeners (the array is plain memory, made before the spawner is
  * forked, so the spawner and so every worker has it at the same address). */
 typedef struct worker_listener {
     sf_addr addr;
     int is_tcp;
+    int proxy;            /* ",proxy": the worker reads the header (access.c's rules) */
 } worker_listener;
 
 /* The blob of a worker's spawn request (worker.c reads it). */
@@ -116,6 +122,8 @@ typedef struct worker_start {
     int eager;            /* tell of every connection (CONN_BEGIN/END): the
                            * supervisor logs each, or gives a verdict */
     worker_slot *slot;    /* its slot (slot.h), shared */
+    const struct rules_set *proxy_from; /* PROXY listeners: who may send a header */
+    double proxy_timeout_s;
 } worker_start;
 
 /* The prefork pool's state in the supervisor (workers.c). */

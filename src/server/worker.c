@@ -31,10 +31,13 @@
  * has gone. SIGTERM (kill: timeouts, kicks) is left at its default.
  */
 #include "server/server_internal.h"
+#include "server/proxy.h"
+#include "server/rules.h"
 #include "channel/be.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdio_ext.h>
@@ -67,6 +70,7 @@ typedef struct worker {
     int opened;                 /* the channel is open for it (BEGIN sent) */
     int refused;                /* the supervisor said no (per-IP limit) */
     unsigned marks_owed;        /* CONN_ENDED marks not yet read */
+    char env[RULE_ENV_MAX];     /* the access rule's pairs, from the verdict */
     sigset_t go_mask;           /* the mask while serving: SIGUSR2 blocked */
     double accept_wait;         /* after accept() failed for lack of resources */
 } worker;
@@ -182,8 +186,12 @@ static int settle_channel(worker *w, int want_verdict)
             close(f.fd);
         if (f.type == CHAN_T_CONN_ENDED && w->marks_owed > 0) {
             w->marks_owed--;
-        } else if (f.type == CHAN_T_CONN_VERDICT && w->marks_owed == 0 && f.len == 1) {
+        } else if (f.type == CHAN_T_CONN_VERDICT && w->marks_owed == 0 && f.len >= 1 &&
+                   f.len - 1 <= sizeof w->env) {
             verdict = f.payload[0] != 0;
+            memcpy(w->env, f.payload + 1, f.len - 1);
+            w->conn.env = w->env;
+            w->conn.env_len = f.len - 1;
         } else if (w->marks_owed == 0) {
             /* After the last mark only the verdict may come first. */
             free(f.payload);
@@ -256,6 +264,18 @@ static void slot_begin(worker *w)
     slot_write_end(sl);
 }
 
+/* The connection's addresses changed (a PROXY header): the slot again,
+ * begun once. */
+static void slot_begin_again(worker *w)
+{
+    worker_slot *sl = w->ws.slot;
+
+    slot_write_begin(sl);
+    sl->peer = w->conn.peer;
+    sl->local = w->conn.local;
+    slot_write_end(sl);
+}
+
 static void slot_end(worker *w)
 {
     worker_slot *sl = w->ws.slot;
@@ -289,6 +309,70 @@ static void local_address(worker *w, int fd, const worker_listener *l)
         c->local = *a;
 }
 
+/* CONN_DROPPED: [u8 why][u8 n][peer: n bytes][text]; the supervisor logs
+ * and counts it. Its failure is seen at the next frame. */
+static void send_dropped(worker *w, int why, const char *text)
+{
+    unsigned char buf[2 + sizeof(w->conn.peer.u) + 256];
+    size_t plen = w->conn.peer.len <= sizeof w->conn.peer.u ? w->conn.peer.len : 0;
+    size_t tlen = strnlen(text, 255);
+
+    buf[0] = (unsigned char)why;
+    buf[1] = (unsigned char)plen;
+    memcpy(buf + 2, &w->conn.peer.u, plen);
+    memcpy(buf + 2 + plen, text, tlen);
+    (void)chan_send(WORKER_CHAN_FD, CHAN_T_CONN_DROPPED, buf, (uint32_t)(2 + plen + tlen), -1);
+}
+
+/* A PROXY listener's connection: from an allowed balancer only, its whole
+ * header within proxy_timeout_s, read to its last byte and not one more
+ * (proxy.h). The header's addresses become the connection's. Returns 0,
+ * or -1 when the connection is to be closed (the supervisor is told). */
+static int read_proxy_header(worker *w, int fd)
+{
+    proxy_parser p;
+    struct timespec start, now;
+    double left = w->ws.proxy_timeout_s;
+    char text[200];
+    int rc;
+
+    if (rules_match(w->ws.proxy_from, &w->conn.peer)->action != RULE_ALLOW) {
+        send_dropped(w, WORKER_DROP_SOURCE, "");
+        return -1;
+    }
+    proxy_parser_init(&p);
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    while ((rc = proxy_read(fd, &p)) == 0 || rc == -EAGAIN) {
+        struct pollfd pf = {fd, POLLIN, 0};
+        int ms;
+
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        left = w->ws.proxy_timeout_s - ((double)(now.tv_sec - start.tv_sec) +
+                                        (double)(now.tv_nsec - start.tv_nsec) * 1e-9);
+        if (left <= 0)
+            break;
+        ms = (int)(left * 1000.0) + 1;
+        if (poll(&pf, 1, ms) < 0 && errno != EINTR)
+            break;
+    }
+    if (rc == 1) {
+        if (p.kind == PROXY_KIND_ADDRS) {
+            w->conn.peer = p.src;
+            w->conn.local = p.dst;
+            slot_begin_again(w);
+        }
+        return 0;
+    }
+    if (rc == 0 || rc == -EAGAIN) {
+        snprintf(text, sizeof text, "no whole PROXY header within %g s (%zu bytes came)",
+                 w->ws.proxy_timeout_s, p.have);
+        send_dropped(w, WORKER_DROP_TIMEOUT, text);
+    } else {
+        send_dropped(w, WORKER_DROP_BAD, rc == -EPROTO || rc == -EPIPE ? p.error : strerror(-rc));
+    }
+    return -1;
+}
+
 /* One connection, from accept() to the handler's return. Returns 0, or -1
  * when the channel is gone (the supervisor is, or it cut this worker off). */
 static int serve(worker *w, int fd, unsigned li, const sf_addr *peer)
@@ -299,10 +383,21 @@ static int serve(worker *w, int fd, unsigned li, const sf_addr *peer)
 
     c->fd = fd;
     c->peer = l->is_tcp ? *peer : l->addr; /* Unix: the listener's path on both sides */
+    c->env = NULL;
+    c->env_len = 0;
     local_address(w, fd, l);
     w->li = li;
     w->opened = w->refused = 0;
+    /* Busy from the accept on: a worker waiting for a slow PROXY header is
+     * not one the supervisor may count as free. */
     slot_begin(w);
+    if (l->proxy && read_proxy_header(w, fd) < 0) {
+        close(fd);
+        c->fd = -1;
+        w->refused = 1; /* counted as taken and refused, not served */
+        slot_end(w);
+        return 0;
+    }
     if (w->ws.eager && open_channel(w) < 0)
         gone = 1;
     if (!gone && !w->refused) {

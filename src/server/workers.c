@@ -209,9 +209,14 @@ static int spawn_worker(sf_server *s, conn_rec *replacing)
     ws.listeners = wp->listeners;
     ws.nlisteners = (unsigned)s->nlisteners;
     ws.chan_max = s->opts.chan_max;
-    ws.ask_verdict = s->opts.max_per_ip > 0;
+    /* The supervisor decides on each connection when it has something to
+     * decide: a per-IP limit, access rules (always the current ones, a
+     * reload included). */
+    ws.ask_verdict = s->opts.max_per_ip > 0 || s->rules_path;
     ws.eager = ws.ask_verdict || sf_log_enabled(&s->log, SF_LOG_INFO);
     ws.slot = r->slot;
+    ws.proxy_from = s->proxy_from;
+    ws.proxy_timeout_s = s->opts.proxy_timeout_s;
     rc = sup_spawn(&s->sup, &ws, sizeof ws, fds, (int)s->nlisteners + 1, r);
     if (rc < 0) {
         server_rec_release(s, r);
@@ -430,6 +435,7 @@ int workers_init(sf_server *s)
         int fl;
         wp->listeners[i].addr = s->listeners[i].addr;
         wp->listeners[i].is_tcp = s->listeners[i].addr.u.sa.sa_family != AF_UNIX;
+        wp->listeners[i].proxy = s->listeners[i].proxy;
         /* One listener: workers block in accept() (the kernel hands each
          * connection to the longest waiter). Several: they wait in epoll
          * and accept without blocking. The flag is the socket's, shared by
@@ -656,6 +662,7 @@ static int begin(sf_server *s, conn_rec *r, const chan_frame *f)
     const worker_listener *l;
     size_t plen, llen;
     unsigned char verdict = 1;
+    int rc;
 
     if (f->len < 2 || f->payload[0] >= s->nlisteners || r->in_conn)
         return -1;
@@ -679,7 +686,13 @@ static int begin(sf_server *s, conn_rec *r, const chan_frame *f)
     r->started = ev_now(s->loop);
     endpoint_session_begin(&r->ep);
 
-    if (s->opts.max_per_ip && r->is_tcp) {
+    rc = access_check_rules(s, r); /* logs and counts a deny */
+    if (rc < 0)
+        return -1;
+    if (rc == 0) {
+        r->refused = 1;
+        verdict = 0;
+    } else if (s->opts.max_per_ip && r->is_tcp) {
         unsigned n = server_per_ip_count(s, r);
         if (n >= s->opts.max_per_ip || hmap_reserve(&s->per_ip, s->per_ip.count + 1) < 0) {
             char peer[SF_ADDR_TEXT_MAX], host[SF_ADDR_TEXT_MAX];
@@ -696,8 +709,19 @@ static int begin(sf_server *s, conn_rec *r, const chan_frame *f)
             server_per_ip_add(s, r, +1);
         }
     }
-    if (s->opts.max_per_ip && endpoint_send_control(&r->ep, CHAN_T_CONN_VERDICT, &verdict, 1) < 0)
-        return -1;
+    if (s->opts.max_per_ip || s->rules_path) {
+        /* [u8 verdict][the rule's pairs]: the handler's sf_conn_rule_value. */
+        unsigned char buf[1 + RULE_ENV_MAX];
+        size_t n = verdict && r->env_len <= RULE_ENV_MAX ? r->env_len : 0;
+        buf[0] = verdict;
+        if (n)
+            memcpy(buf + 1, r->env, n);
+        free(r->env);
+        r->env = NULL;
+        r->env_len = 0;
+        if (endpoint_send_control(&r->ep, CHAN_T_CONN_VERDICT, buf, (uint32_t)(1 + n)) < 0)
+            return -1;
+    }
     if (!r->refused && sf_log_enabled(&s->log, SF_LOG_INFO)) {
         char peer[SF_ADDR_TEXT_MAX];
         worker_counts wc;
@@ -741,9 +765,48 @@ static int end(sf_server *s, conn_rec *r, const chan_frame *f)
     return endpoint_session_end(&r->ep) < 0 ? -1 : 0;
 }
 
+/* CONN_DROPPED: [u8 why][u8 n][peer: n bytes][text]: a PROXY listener's
+ * connection the worker closed unserved; logged and counted here, as the
+ * supervisor does in fork mode (access.c). */
+static int dropped(sf_server *s, conn_rec *r, const chan_frame *f)
+{
+    size_t plen;
+    char peer[SF_ADDR_TEXT_MAX];
+    sf_addr a;
+
+    if (f->len < 2 || (plen = f->payload[1]) > sizeof a.u || 2 + plen > f->len)
+        return -1;
+    memset(&a, 0, sizeof a);
+    memcpy(&a.u, f->payload + 2, plen);
+    a.len = (socklen_t)plen;
+    if (plen < sizeof(sa_family_t) || sf_addr_format(&a, peer, sizeof peer) < 0)
+        snprintf(peer, sizeof peer, "?");
+    switch (f->payload[0]) {
+    case WORKER_DROP_SOURCE:
+        s->stats.proxy_refused++;
+        sf_logf(&s->log, SF_LOG_NOTICE,
+                "[%s] refused: a PROXY listener, and not a source --proxy-from allows", peer);
+        break;
+    case WORKER_DROP_TIMEOUT:
+        s->stats.proxy_timed_out++;
+        sf_logf(&s->log, SF_LOG_NOTICE, "[%s] %.*s; closed", peer, (int)(f->len - 2 - plen),
+                (const char *)f->payload + 2 + plen);
+        break;
+    default:
+        s->stats.proxy_bad++;
+        sf_logf(&s->log, SF_LOG_NOTICE, "[%s] bad PROXY header: %.*s; closed", peer,
+                (int)(f->len - 2 - plen), (const char *)f->payload + 2 + plen);
+        break;
+    }
+    (void)r;
+    return 0;
+}
+
 int workers_on_session(sf_server *s, conn_rec *r, const chan_frame *f)
 {
     if (!r || !r->worker)
         return -1;
+    if (f->type == CHAN_T_CONN_DROPPED)
+        return dropped(s, r, f);
     return f->type == CHAN_T_CONN_BEGIN ? begin(s, r, f) : end(s, r, f);
 }

@@ -1086,8 +1086,9 @@ static int session_frame(endpoint *e)
 {
     const chan_frame *f = &e->pend_f;
 
-    if ((f->type == CHAN_T_CONN_BEGIN) == (e->in_session != 0))
-        return -1; /* a begin inside a connection, or an end outside one */
+    /* A begin or a drop inside a connection, or an end outside one. */
+    if ((f->type != CHAN_T_CONN_END) == (e->in_session != 0))
+        return -1;
     if (!e->owner->cfg.on_session)
         return -1;
     return e->owner->cfg.on_session(e->owner, e, f, e->owner->cfg.arg);
@@ -1137,7 +1138,8 @@ static int run_pending(endpoint *e)
     bus_op op;
 
     if (e->has_pend_f && e->sessions &&
-        (e->pend_f.type == CHAN_T_CONN_BEGIN || e->pend_f.type == CHAN_T_CONN_END)) {
+        (e->pend_f.type == CHAN_T_CONN_BEGIN || e->pend_f.type == CHAN_T_CONN_END ||
+         e->pend_f.type == CHAN_T_CONN_DROPPED)) {
         int rc = session_frame(e);
         pending_drop(e);
         if (rc < 0)
