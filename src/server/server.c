@@ -895,6 +895,9 @@ static void on_shutdown(sup *sp, void *arg)
         ev_timer_stop(s->loop, &s->status_timer);
         notify(s, "STOPPING=1");
     }
+    /* What workers said before it (a connection's end) is read first. */
+    if (s->prefork)
+        workers_read_all(s);
     /* Children learn the server is going away from the end of their
      * channel (no wills are published: everyone is leaving). */
     bus_close_all(&s->bus);

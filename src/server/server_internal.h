@@ -254,6 +254,7 @@ void workers_on_spawn_failed(sf_server *s, conn_rec *r, int err);
 void workers_on_exit(sf_server *s, conn_rec *r, pid_t pid, int wstatus);
 int workers_on_session(sf_server *s, conn_rec *r, const chan_frame *f);
 void workers_shutdown(sf_server *s);
+void workers_read_all(sf_server *s);     /* what the channels hold, before they close */
 void workers_end(sf_server *s, conn_rec *r, int why); /* kill it (server_end_child) */
 void workers_count(sf_server *s, worker_counts *out);
 /* Puts every busy worker's connection in by_tuple (for a kernel dump). */

@@ -482,6 +482,15 @@ void workers_start(sf_server *s)
     adjust(s);
 }
 
+void workers_read_all(sf_server *s)
+{
+    for (unsigned i = 0; i < s->recs_touched; i++) {
+        conn_rec *r = &s->recs[i];
+        if (r->worker && r->pid > 0 && endpoint_is_open(&r->ep))
+            endpoint_read_now(&r->ep);
+    }
+}
+
 void workers_shutdown(sf_server *s)
 {
     ev_timer_stop(s->loop, &s->wp.tick);
@@ -562,6 +571,12 @@ static void end_connection_of_dead(sf_server *s, conn_rec *r, pid_t pid, const s
     }
     if (r->counted_ip)
         server_per_ip_add(s, r, -1);
+    if (!sl->busy && r->in_conn && !r->refused && sf_log_enabled(&s->log, SF_LOG_INFO)) {
+        /* It ended its connection, but its CONN_END was not read (the
+         * channels close at shutdown): the end is told here. */
+        sf_status_format(st, status, sizeof status);
+        server_log_exit(s, r, pid, status);
+    }
     if (!sl->busy)
         return;
     if (st->exited)

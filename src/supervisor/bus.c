@@ -1331,6 +1331,14 @@ void endpoint_drain(endpoint *e)
         ;
 }
 
+void endpoint_read_now(endpoint *e)
+{
+    /* Bounded: a few budgets, then what is left stays unread. */
+    for (int i = 0; i < 4 && endpoint_is_open(e) && !e->held; i++)
+        if (read_some(e, BUS_READ_BUDGET, 0) != 0)
+            return;
+}
+
 static void wr_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     endpoint *e = w->data;

@@ -211,6 +211,10 @@ void endpoint_close(endpoint *e);
  * (bounded by the socket's buffer), so its last messages are not lost. */
 void endpoint_drain(endpoint *e);
 
+/* Reads and handles what the child has sent so far (bounded by the socket's
+ * buffer), without waiting for more: before the bus closes. */
+void endpoint_read_now(endpoint *e);
+
 /* Closes every channel, publishing no will: at shutdown, children learn
  * the supervisor is going away from the end of their channel. */
 void bus_close_all(bus *b);

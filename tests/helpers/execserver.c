@@ -6,6 +6,12 @@
  * same thing either way.
  *
  *   execserver serve [-l ADDR]... [--no-control] [-q] -- PROGRAM [ARGS...]
+ *   execserver serve [-l ADDR]... [--workers N] [--rules FILE] [--proxy-from CIDR]...
+ *                    --say KEY
+ *
+ * --say KEY: no program; the handler writes "PEER LOCAL KEY=VALUE\n" (the
+ * access rule's value, or "-") and returns: what a C handler sees of the
+ * PROXY header and the rules, in fork and prefork mode (test_access.py).
  *
  * The command line and stderr look like `sockfork serve`'s ("sockfork:
  * listening on ADDR", then the library's log lines), so the tests' Server
@@ -18,7 +24,9 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MAX_LISTEN 8
 
@@ -52,6 +60,21 @@ static void on_ready(sf_server *srv, void *arg)
     }
 }
 
+/* --say KEY: what the handler sees, in one line. */
+static int say(sf_conn *c, void *arg)
+{
+    const char *key = arg, *v = sf_conn_rule_value(c, key);
+    char peer[SF_ADDR_TEXT_MAX], local[SF_ADDR_TEXT_MAX], line[512];
+    int n;
+
+    if (sf_addr_format(sf_conn_peer(c), peer, sizeof peer) < 0)
+        strcpy(peer, "?");
+    if (sf_addr_format(sf_conn_local(c), local, sizeof local) < 0)
+        strcpy(local, "?");
+    n = snprintf(line, sizeof line, "%s %s %s=%s\n", peer, local, key, v ? v : "-");
+    return write(sf_conn_fd(c), line, (size_t)n) == n ? 0 : 1;
+}
+
 /* As the sockfork command's handler did: 127 not found, 126 otherwise. */
 static int handler(sf_conn *c, void *arg)
 {
@@ -68,8 +91,15 @@ int main(int argc, char **argv)
         {"listen", required_argument, NULL, 'l'},
         {"no-control", no_argument, NULL, 'n'},
         {"quiet", no_argument, NULL, 'q'},
+        {"workers", required_argument, NULL, 'w'},
+        {"rules", required_argument, NULL, 'r'},
+        {"proxy-from", required_argument, NULL, 'p'},
+        {"say", required_argument, NULL, 's'},
         {NULL, 0, NULL, 0},
     };
+    const char *rules = NULL, *proxy_from[8], *say_key = NULL;
+    size_t nproxy = 0;
+    char err[512];
     const char *listen[MAX_LISTEN];
     size_t nlisten = 0;
     sf_server_opts so;
@@ -89,14 +119,37 @@ int main(int argc, char **argv)
             listen[nlisten++] = optarg;
         else if (opt == 'q')
             so.log_level = SF_LOG_NOTICE;
+        else if (opt == 'w')
+            so.workers_min = so.workers_max = (unsigned)atoi(optarg);
+        else if (opt == 'r')
+            rules = optarg;
+        else if (opt == 'p' && nproxy < 8)
+            proxy_from[nproxy++] = optarg;
+        else if (opt == 's')
+            say_key = optarg;
         else if (opt != 'n')
             goto usage;
     }
-    if (optind >= argc || nlisten == 0)
+    if ((!say_key && optind >= argc) || nlisten == 0)
         goto usage;
-    if ((rc = sf_server_new(&srv, &so, handler, argv + optind)) < 0) {
+    if (so.workers_max)
+        so.max_conns = so.workers_max;
+    if ((rc = say_key ? sf_server_new(&srv, &so, say, (void *)say_key)
+                      : sf_server_new(&srv, &so, handler, argv + optind)) < 0) {
         log_line("cannot start: %s", strerror(-rc));
         return 1;
+    }
+    if (rules && (rc = sf_server_rules(srv, rules, err, sizeof err)) < 0) {
+        log_line("bad rules: %s", err);
+        sf_server_free(srv);
+        return 2;
+    }
+    for (size_t i = 0; i < nproxy; i++) {
+        if ((rc = sf_server_proxy_from(srv, proxy_from[i])) < 0) {
+            log_line("bad --proxy-from %s", proxy_from[i]);
+            sf_server_free(srv);
+            return 2;
+        }
     }
     for (size_t i = 0; i < nlisten; i++) {
         if ((rc = sf_server_listen(srv, listen[i])) < 0) {
