@@ -673,7 +673,7 @@ def test_more_servers_than_listed_are_counted(tmp_path):
 
 
 STATS_KEYS = ["ok", "pid", "listeners", "accepted", "active", "max_conns", "refused_per_ip",
-              "limit_reached", "idle_closed", "conn_timed_out", "kicked", "fork_failures", "accept_failures", "exited",
+              "denied", "proxy_refused", "proxy_bad", "proxy_timed_out", "limit_reached", "idle_closed", "conn_timed_out", "kicked", "fork_failures", "accept_failures", "exited",
               "killed", "channel", "spawner_pid"]
 STATS_CHANNEL_KEYS = ["frames_in", "frames_out", "dropped", "kicked_full", "kicked_bad",
                       "spawner_restarts"]
@@ -709,6 +709,7 @@ def test_stats_reply_has_every_key_in_order(sockfork, tmp_path):
     assert st["exited"] == [] and st["killed"] == [("SIGTERM", 1)]
     assert st == {"ok": True, "pid": srv.pid, "listeners": ["127.0.0.1:%d" % srv.port],
                   "accepted": 2, "active": 1, "max_conns": 7, "refused_per_ip": 0,
+                  "denied": 0, "proxy_refused": 0, "proxy_bad": 0, "proxy_timed_out": 0,
                   "limit_reached": 0, "idle_closed": 0, "conn_timed_out": 0, "kicked": 1, "fork_failures": 0,
                   "accept_failures": 0, "exited": [], "killed": [("SIGTERM", 1)],
                   "channel": {"frames_in": 0, "frames_out": 0, "dropped": 0, "kicked_full": 0,
