@@ -590,8 +590,11 @@ static int end(sf_server *s, conn_rec *r, const chan_frame *f)
     if (!r->refused) {
         s->stats.exited[rc & 0xff]++;
         if (sf_log_enabled(&s->log, SF_LOG_INFO)) {
-            char status[32];
-            snprintf(status, sizeof status, "exit %u", (unsigned)(rc & 0xff));
+            /* Worded as sf_status_format words a fork-mode child's exit:
+             * the log reads the same in both modes. */
+            sf_status st = {.exited = 1, .code = (int)(rc & 0xff)};
+            char status[64];
+            sf_status_format(&st, status, sizeof status);
             server_log_exit(s, r, r->pid, status);
         }
         r->served++;
