@@ -459,9 +459,15 @@ void workers_on_exit(sf_server *s, conn_rec *r, pid_t pid, int wstatus)
 {
     worker_pool *wp = &s->wp;
     sf_status st = sf_status_decode(wstatus);
-    int why = r->ending;
+    int why;
     char status[64];
 
+    /* Its last words first: a CONN_BEGIN (or CONN_END) it wrote before it
+     * died, still unread, says what it was doing when it died. Read after
+     * the counts below, it made a dead worker busy (idle counted below 0,
+     * a connection never logged as ended). */
+    endpoint_drain(&r->ep);
+    why = r->ending;
     sf_status_format(&st, status, sizeof status);
     end_connection_of_dead(s, r, pid, &st);
     if (r->wstate == WORKER_BUSY && !r->refused) {
@@ -493,8 +499,7 @@ void workers_on_exit(sf_server *s, conn_rec *r, pid_t pid, int wstatus)
                 worker_end_name(why), status, (unsigned long long)r->served);
     }
     s->stats.workers_ended[why]++;
-    endpoint_drain(&r->ep); /* its last words, before its connection's will */
-    server_rec_release(s, r);
+    server_rec_release(s, r); /* its connection's will, after its last words */
     adjust(s);
 }
 
