@@ -60,6 +60,8 @@ typedef struct worker {
     unsigned marks_owed;        /* CONN_ENDED marks not yet read */
     sigset_t go_mask;           /* SIGUSR2 alone */
     double accept_wait;         /* after accept() failed for lack of resources */
+    uint64_t limit;             /* connections to serve, then exit; 0: no limit */
+    uint64_t served;
 } worker;
 
 /* The spawner laid out the listeners as 3 .. 3+n-1 and the channel as
@@ -210,7 +212,8 @@ static int send_end(int rc)
     return chan_send(WORKER_CHAN_FD, CHAN_T_CONN_END, buf, sizeof buf, -1);
 }
 
-/* One connection, from accept() to CONN_END. Returns 0, or -1 when the
+/* One connection, from accept() to CONN_END. Returns 1 when the handler
+ * ran, 0 when the supervisor refused the connection, or -1 when the
  * channel is gone (the supervisor is, or it cut this worker off). */
 static int serve(worker *w, int fd, unsigned li, const sf_addr *peer)
 {
@@ -245,7 +248,7 @@ static int serve(worker *w, int fd, unsigned li, const sf_addr *peer)
     if (send_end(rc) < 0)
         return -1;
     w->marks_owed++;
-    return 0;
+    return verdict != 0;
 
 gone:
     close(fd);
@@ -259,10 +262,12 @@ void worker_main(const void *blob, size_t len, int nfds)
     struct sigaction sa;
     sigset_t open_mask;
 
-    if (len != sizeof w.ws)
+    /* worker_start, then this worker's max_requests (workers.c). */
+    if (len != sizeof w.ws + sizeof w.limit)
         _exit(111);
     memset(&w, 0, sizeof w);
     memcpy(&w.ws, blob, sizeof w.ws);
+    memcpy(&w.limit, (const char *)blob + sizeof w.ws, sizeof w.limit);
     w.epfd = -1;
     if (place_descriptors(&w, nfds) < 0)
         _exit(111);
@@ -286,7 +291,7 @@ void worker_main(const void *blob, size_t len, int nfds)
     for (;;) {
         sf_addr peer;
         unsigned li = 0;
-        int fd;
+        int fd, served;
 
         /* Open for SIGUSR2 only while waiting for a connection. */
         sigprocmask(SIG_SETMASK, &open_mask, NULL);
@@ -303,7 +308,12 @@ void worker_main(const void *blob, size_t len, int nfds)
         if (fd < 0)
             _exit(111); /* the listener is gone: nothing to serve */
         w.accept_wait = 0;
-        if (serve(&w, fd, li, &peer) < 0)
+        served = serve(&w, fd, li, &peer);
+        if (served < 0)
+            break;
+        /* At its max_requests it goes by itself: the supervisor counts the
+         * same CONN_ENDs and has its replacement starting already. */
+        if (served > 0 && w.limit && ++w.served >= w.limit)
             break;
     }
     _exit(0);

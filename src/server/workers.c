@@ -97,12 +97,17 @@ static void adjust_cb(struct ev_loop *loop, ev_timer *w, int revents)
     adjust(w->data);
 }
 
-/* Asks the spawner for one worker: its channel, the listeners, the blob. */
+/* Asks the spawner for one worker: its channel, the listeners, the blob.
+ * The blob is a worker_start followed by the worker's own max_requests
+ * (a uint64_t, jittered; 0: none), which worker.c reads the same way:
+ * the worker itself must stop at its limit, since it takes its next
+ * connection before the supervisor has read the end of the last one. */
 static int spawn_worker(sf_server *s, conn_rec *replacing)
 {
     worker_pool *wp = &s->wp;
     int fds[LISTENERS_MAX + 1], sv[2], rc;
     worker_start ws;
+    unsigned char blob[sizeof ws + sizeof(uint64_t)];
     conn_rec *r = server_rec_alloc(s);
 
     if (!r)
@@ -126,7 +131,10 @@ static int spawn_worker(sf_server *s, conn_rec *replacing)
     ws.nlisteners = (unsigned)s->nlisteners;
     ws.chan_max = s->opts.chan_max;
     ws.ask_verdict = s->opts.max_per_ip > 0;
-    rc = sup_spawn(&s->sup, &ws, sizeof ws, fds, (int)s->nlisteners + 1, r);
+    r->limit = jittered_limit(s);
+    memcpy(blob, &ws, sizeof ws);
+    memcpy(blob + sizeof ws, &r->limit, sizeof r->limit);
+    rc = sup_spawn(&s->sup, blob, sizeof blob, fds, (int)s->nlisteners + 1, r);
     if (rc < 0) {
         server_rec_release(s, r);
         return rc;
@@ -178,10 +186,11 @@ void workers_end(sf_server *s, conn_rec *r, int why)
     sup_terminate(&s->sup, r->pid);
 }
 
-/* Workers at their max_requests: a replacement first, and the old one
- * told to go once it runs (workers_on_started), so the pool never has
- * one fewer; at most RECYCLE_AT_ONCE at a time. At the maximum there is
- * no room for both: the old one goes first and the minimum refills. */
+/* Workers at their max_requests, or serving the last connection of it
+ * (they exit by themselves after it): a replacement first, and the old
+ * one told to go once it runs (workers_on_started), so the pool never
+ * has one fewer; at most RECYCLE_AT_ONCE at a time. At the maximum there
+ * is no room for both: the old one goes first and the minimum refills. */
 static void recycle(sf_server *s, unsigned total)
 {
     worker_pool *wp = &s->wp;
@@ -190,7 +199,7 @@ static void recycle(sf_server *s, unsigned total)
         conn_rec *r = &s->recs[i];
 
         if (!r->worker || r->pid <= 0 || r->ending || r->replaced || !r->limit ||
-            r->served < r->limit)
+            r->served + (r->wstate == WORKER_BUSY && !r->refused) < r->limit)
             continue;
         if (total < wp->max && spawn_worker(s, r) == 0) {
             total++;
@@ -357,7 +366,6 @@ void workers_on_started(sf_server *s, conn_rec *r, pid_t pid)
     r->cfd = -1;
     r->pid = pid;
     r->born = r->idle_since = ev_now(s->loop);
-    r->limit = jittered_limit(s);
     r->wstate = WORKER_IDLE;
     wp->starting--;
     wp->idle++;
@@ -579,8 +587,9 @@ static int begin(sf_server *s, conn_rec *r, const chan_frame *f)
         sf_logf(&s->log, SF_LOG_INFO, "[%s] connected pid=%d active=%u", peer, (int)r->pid,
                 s->wp.busy);
     }
-    if (!r->ending && s->wp.idle == 0)
-        adjust(s); /* every worker busy: the ramp may start more */
+    if (!r->ending && (s->wp.idle == 0 || (r->limit && r->served + 1 >= r->limit)))
+        adjust(s); /* every worker busy (the ramp may start more), or this
+                    * one's last connection (its replacement starts) */
     return 0;
 }
 
@@ -619,6 +628,8 @@ static int end(sf_server *s, conn_rec *r, const chan_frame *f)
     }
     if (endpoint_session_end(&r->ep) < 0)
         return -1;
+    if (r->limit && r->served >= r->limit)
+        retire(s, r, WORKER_END_MAX_REQUESTS); /* it exits by itself now */
     adjust(s);
     return 0;
 }
