@@ -206,6 +206,11 @@ static json_t *cmd_kick(sf_server *s, json_t *req)
     r = find_child(s, json_integer_value(pid));
     if (!r)
         return ctl_error("no child with pid %lld", (long long)json_integer_value(pid));
+    /* A kick ends a connection: an idle worker has none (its peer is an
+     * earlier connection's), and ending it would only cost a fork. */
+    if (r->worker && r->wstate != WORKER_BUSY)
+        return ctl_error("pid %d is a worker between connections: no connection to end",
+                         (int)r->pid);
     if (sf_addr_format(&r->peer, peer, sizeof peer) < 0)
         strcpy(peer, "?");
     sf_logf(&s->log, SF_LOG_NOTICE, "[%s] kicked through the control socket: pid=%d", peer,
