@@ -667,3 +667,71 @@ def test_kill_9_of_an_idle_worker(prefork):
     c = srv.connect()
     echo_ok(c)
     no_zombies(srv)
+
+
+def test_bus_state_is_per_connection(prefork):
+    """Subscriptions, claimed names and status go with the connection, not
+    with the worker: the next connection on the same worker has none."""
+    srv = prefork("--workers", "2", "bus", bin=chanserver())
+    pool_is(srv, idle=2, busy=0)
+    other = BusClient(srv)          # holds one worker: the next two share the other
+    a = BusClient(srv)
+    a.ok("SUB news 0")
+    a.ok("CLAIM desk")
+    a.ok("STATUS busy with a")
+    a.send("QUIT")
+    assert a.line() == "BYE"
+    a.close()
+    srv.log.wait_one(r"\] disconnected pid=%d .*status=exited 0$" % a.pid)
+    b = BusClient(srv)
+    assert b.pid == a.pid
+    entry, = [ch for ch in srv.ctl(cmd="list")["children"] if ch["pid"] == b.pid]
+    assert entry["status"] == "" and entry["peer"] == peer_text(b.sock), entry
+    other.ok("PUB news nobody listens")
+    msgs, last = other.cmd("SENDNAME desk hello")
+    assert last.startswith("OK SENDNAME"), last
+    assert [(m.kind, m.topic) for m in msgs] == [("error", "send: nobody holds the name desk")], msgs
+    assert b.sync() == []
+    # The name is free for the new connection.
+    b.ok("CLAIM desk")
+    other.ok("SENDNAME desk for b")
+    assert [(m.kind, m.data) for m in b.sync()] == [("name", b"for b")]
+    no_zombies(srv)
+
+
+def test_max_conns_bounds_the_workers(prefork):
+    srv = prefork("--echo", "--workers", "1:8", "-c", "3")
+    st = pool_is(srv, idle=1, busy=0)
+    assert st["workers"]["max"] == 3 and st["max_conns"] == 3, st
+    clients = [srv.connect() for _ in range(5)]
+    for c in clients[:3]:
+        echo_ok(c, b"early\n")
+    st = pool_is(srv, idle=0, busy=3, timeout=LONG_WAIT)
+    assert len(live_workers(st["spawner_pid"])) == 3
+    for c in clients[3:]:
+        c.sendall(b"late\n")
+    for c in clients[:3]:
+        srv.close_client(c)
+    for c in clients[3:]:
+        assert recv_exact(c, 5) == b"late\n"
+    assert stats(srv)["workers"]["started"] == 3
+    no_zombies(srv)
+
+
+def test_shrink_with_two_listeners(prefork, tmp_path):
+    """Several listeners: workers wait in epoll; told to go, they go."""
+    path = str(tmp_path / "s.sock")
+    srv = prefork("--echo", "--workers", "1:3", "--worker-idle", "0.3s",
+                  listen=("127.0.0.1:0", "unix:" + path))
+    pool_is(srv, idle=1, busy=0)
+    held = [srv.connect("tcp"), srv.connect("unix"), srv.connect("tcp")]
+    for c in held:
+        c.sendall(b"hold\n")
+    for c in held:
+        assert recv_exact(c, 5, timeout=LONG_WAIT) == b"hold\n"
+    pool_is(srv, idle=0, busy=3)
+    for c in held:
+        srv.close_client(c)
+    st = pool_is(srv, idle=1, busy=0, timeout=LONG_WAIT)
+    assert st["workers"]["ended"]["idle"] == 2, st["workers"]
+    no_zombies(srv)
