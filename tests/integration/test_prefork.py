@@ -141,6 +141,15 @@ def connected_pid(srv, sock, start=0):
     return int(srv.wait_connected(sock, start)[1].group(1))
 
 
+def reused(srv):
+    """A BusClient served by a worker that served before: BusClient waits
+    for a `connected pid=` line, which an earlier connection of the pid
+    has already written; this one's comes with its own peer."""
+    client = BusClient(srv)
+    srv.wait_connected(client.sock)
+    return client
+
+
 # ------------------------------------------------------------ usage
 
 @pytest.mark.parametrize("args, why", [
@@ -450,7 +459,7 @@ def test_ctl_list_send_kick_reach_the_current_connection(prefork):
     by_pid = {ch["pid"]: ch for ch in reply["children"]}
     assert by_pid[a.pid]["state"] == "idle" and by_pid[a.pid]["served"] == 1, by_pid
     # Both workers busy: one of them is a's.
-    b, c = BusClient(srv), BusClient(srv)
+    b, c = reused(srv), reused(srv)
     again = b if b.pid == a.pid else c
     assert again.pid == a.pid, (a.pid, b.pid, c.pid)
     assert again.sync() == []
@@ -577,7 +586,7 @@ def test_no_descriptor_of_one_connection_in_the_next(prefork):
     a.send("QUIT")
     assert a.line() == "BYE"
     a.close()
-    b = BusClient(srv)
+    b = reused(srv)
     assert b.pid == a.pid
     second = fds_of(b)
     assert sorted(first, key=int) == sorted(second, key=int), (first, second)
@@ -683,7 +692,7 @@ def test_bus_state_is_per_connection(prefork):
     assert a.line() == "BYE"
     a.close()
     srv.log.wait_one(r"\] disconnected pid=%d .*status=exited 0$" % a.pid)
-    b = BusClient(srv)
+    b = reused(srv)
     assert b.pid == a.pid
     entry, = [ch for ch in srv.ctl(cmd="list")["children"] if ch["pid"] == b.pid]
     assert entry["status"] == "" and entry["peer"] == peer_text(b.sock), entry
