@@ -24,6 +24,9 @@
  * that lands between the look and accept() is seen after the next
  * connection; the supervisor sends it again each second until the worker
  * has gone. SIGTERM (kill: timeouts, kicks) is left at its default.
+ * At its max_requests (its own jittered limit, in the spawn blob) a worker
+ * goes by itself: told, it would take one more connection first, since
+ * it accepts before the supervisor has read the end of the last.
  */
 #include "server/server_internal.h"
 #include "channel/be.h"

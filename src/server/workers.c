@@ -14,11 +14,13 @@
  * in a ramp while every worker is busy, idle ones above the minimum
  * retired. A worker is never killed to retire it: it is told to go
  * (SIGUSR2), and goes when it is between two connections, so a
- * retirement never cuts a connection. Killing (SIGTERM to its group,
- * SIGKILL after kill_grace) is for a worker whose connection must end:
- * conn_timeout, idle_timeout, kick, a bus kick. A worker that dies young
- * again and again (its handler crashes) is started again after a growing
- * backoff, and the log says so once per episode.
+ * retirement never cuts a connection; at its max_requests a worker goes
+ * by itself, its replacement started when it began its last connection.
+ * Killing (SIGTERM to its group, SIGKILL after kill_grace) is for a worker
+ * whose connection must end: conn_timeout, idle_timeout, kick, a bus
+ * kick. A worker that dies young again and again (its handler crashes)
+ * is started again after a growing backoff, and the log says so once per
+ * episode.
  */
 #include "server/server_internal.h"
 #include "channel/be.h"
