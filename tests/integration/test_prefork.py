@@ -653,6 +653,8 @@ def test_two_listeners_tcp_and_unix(prefork, tmp_path):
         t, u = srv.connect("tcp"), srv.connect("unix")
         echo_ok(t, b"over tcp\n")
         echo_ok(u, b"over unix\n")
+        # A worker serves before the supervisor has read its CONN_BEGIN.
+        pool_is(srv, idle=0, busy=2)
         reply = srv.ctl(cmd="list")
         peers = sorted(ch["peer"] for ch in reply["children"])
         assert peers == sorted([peer_text(t), "unix:" + path]), reply
