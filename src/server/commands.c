@@ -163,8 +163,8 @@ static json_t *cmd_send(sf_server *s, json_t *req)
     if (!r)
         return ctl_error("no child with pid %lld", (long long)json_integer_value(pid));
     if (r->worker && !endpoint_reachable(&r->ep))
-        return ctl_error("pid %d is a worker whose connection does not use its channel, or "
-                         "that serves none now: nobody would read it", (int)r->pid);
+        return ctl_error("pid %d is a worker between connections, or its connection has not "
+                         "opened its channel: nobody would read it", (int)r->pid);
     m.kind = SF_MSG_DIRECT;
     unread = has_unread(&r->ep);
     rc = bus_deliver(&r->ep, &m);
@@ -213,6 +213,17 @@ static json_t *cmd_kick(sf_server *s, json_t *req)
     r = find_child(s, json_integer_value(pid));
     if (!r)
         return ctl_error("no child with pid %lld", (long long)json_integer_value(pid));
+    /* A kick ends a connection: an idle worker has none (its peer is an
+     * earlier connection's), and ending it would only cost a fork. */
+    if (r->worker) {
+        worker_slot sl;
+        const worker_listener *l;
+        if (workers_slot(r, &sl) < 0 || !sl.busy)
+            return ctl_error("pid %d is a worker between connections: no connection to end",
+                             (int)r->pid);
+        l = &s->wp.listeners[sl.listener % s->nlisteners];
+        r->peer = l->is_tcp ? sl.peer : l->addr;
+    }
     if (sf_addr_format(&r->peer, peer, sizeof peer) < 0)
         strcpy(peer, "?");
     sf_logf(&s->log, SF_LOG_NOTICE, "[%s] kicked through the control socket: pid=%d", peer,

@@ -124,6 +124,8 @@ typedef struct worker_start {
     worker_slot *slot;    /* its slot (slot.h), shared */
     const struct rules_set *proxy_from; /* PROXY listeners: who may send a header */
     double proxy_timeout_s;
+    uint64_t limit;       /* max_requests with its jitter: it goes by itself after
+                           * taking that many connections; 0: never */
 } worker_start;
 
 /* The prefork pool's state in the supervisor (workers.c). */

@@ -398,7 +398,9 @@ static int serve(worker *w, int fd, unsigned li, const sf_addr *peer)
         slot_end(w);
         return 0;
     }
-    if (w->ws.eager && open_channel(w) < 0)
+    /* Its last connection (max_requests) is told of at once, so that its
+     * replacement starts while it serves. */
+    if ((w->ws.eager || (w->ws.limit && w->ws.slot->begun >= w->ws.limit)) && open_channel(w) < 0)
         gone = 1;
     if (!gone && !w->refused) {
         rc = w->ws.handler(c, w->ws.arg);
@@ -475,6 +477,10 @@ void worker_main(const void *blob, size_t len, int nfds)
             _exit(111); /* the listener is gone: nothing to serve */
         w.accept_wait = 0;
         if (serve(&w, fd, li, &peer) < 0)
+            break;
+        /* At its max_requests it goes by itself; the supervisor has had
+         * its last connection's CONN_BEGIN, and a replacement is starting. */
+        if (w.ws.limit && w.ws.slot->begun >= w.ws.limit)
             break;
     }
     _exit(0);

@@ -215,6 +215,9 @@ static int spawn_worker(sf_server *s, conn_rec *replacing)
     ws.ask_verdict = s->opts.max_per_ip > 0 || s->rules_path;
     ws.eager = ws.ask_verdict || sf_log_enabled(&s->log, SF_LOG_INFO);
     ws.slot = r->slot;
+    /* The worker counts its own connections and goes after its last: it
+     * takes the next one before the supervisor could see the count. */
+    r->limit = ws.limit = jittered_limit(s);
     ws.proxy_from = s->proxy_from;
     ws.proxy_timeout_s = s->opts.proxy_timeout_s;
     rc = sup_spawn(&s->sup, &ws, sizeof ws, fds, (int)s->nlisteners + 1, r);
@@ -278,13 +281,16 @@ static void recycle(sf_server *s, unsigned total)
         conn_rec *r = &s->recs[i];
         worker_slot sl;
 
+        /* Its last connection has begun: it goes by itself after it. */
         if (!is_up(r) || r->ending || r->replaced || !r->limit || slot_state(r, &sl) < 0 ||
-            sl.ended + sl.refused < r->limit)
+            sl.begun < r->limit)
             continue;
         if (total < wp->max && spawn_worker(s, r) == 0) {
             total++;
             continue;
         }
+        /* No room for both: it goes first, and the minimum refills. */
+        r->replaced = 1;
         retire(s, r, WORKER_END_MAX_REQUESTS);
     }
 }
@@ -512,7 +518,6 @@ void workers_on_started(sf_server *s, conn_rec *r, pid_t pid)
     r->cfd = -1;
     r->pid = pid;
     r->born = ev_now(s->loop);
-    r->limit = jittered_limit(s);
     r->wstate = WORKER_UP;
     wp->starting--;
     s->stats.workers_started++;
@@ -640,9 +645,15 @@ void workers_on_exit(sf_server *s, conn_rec *r, pid_t pid, int wstatus)
     char status[64];
     worker_slot sl;
 
+    /* Its last frames first (a CONN_BEGIN or CONN_END it wrote before it
+     * went), while its record still stands. */
+    endpoint_drain(&r->ep);
+    why = r->ending;
     sf_status_format(&st, status, sizeof status);
     (void)workers_slot(r, &sl);
     end_connection_of_dead(s, r, pid, &st, &sl);
+    if (!why && r->limit && sl.begun >= r->limit && st.exited && st.code == 0)
+        why = WORKER_END_MAX_REQUESTS; /* it went by itself after its last */
     wp->gone_begun += sl.begun;
     wp->gone_ended += sl.ended;
     wp->gone_refused += sl.refused;
@@ -664,7 +675,6 @@ void workers_on_exit(sf_server *s, conn_rec *r, pid_t pid, int wstatus)
                 worker_end_name(why), status, (unsigned long long)sl.ended);
     }
     s->stats.workers_ended[why]++;
-    endpoint_drain(&r->ep); /* its last words, before its connection's will */
     server_rec_release(s, r);
     adjust(s);
 }
@@ -736,6 +746,13 @@ static int begin(sf_server *s, conn_rec *r, const chan_frame *f)
         r->env_len = 0;
         if (endpoint_send_control(&r->ep, CHAN_T_CONN_VERDICT, buf, (uint32_t)(1 + n)) < 0)
             return -1;
+    }
+    if (r->limit) {
+        worker_slot sl;
+        /* Its last connection (it opened the channel for it): the
+         * replacement starts now, accepting before this one goes. */
+        if (slot_state(r, &sl) == 0 && sl.begun >= r->limit && !r->replaced)
+            adjust(s);
     }
     if (!r->refused && sf_log_enabled(&s->log, SF_LOG_INFO)) {
         char peer[SF_ADDR_TEXT_MAX];

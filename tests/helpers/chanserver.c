@@ -5,7 +5,9 @@
  *   chanserver serve [-l ADDR]... [--control PATH | --no-control] [-c N]
  *                    [--queue BYTES] [--kick] [--history N] [--chan-max BYTES]
  *                    [--grace S] [--count N] [--size BYTES] [--what BCAST|PUB|SEND]
- *                    [--target T] [--garbage KIND] MODE
+ *                    [--target T] [--garbage KIND] [--workers MIN[:MAX]]
+ *                    [--max-requests N] [--worker-idle S] [--conn-timeout S]
+ *                    [--crash-if PATH] MODE
  *
  * The command line looks like `sockfork serve`'s, and so does stderr
  * ("sockfork: listening on ADDR", "sockfork: control socket unix:PATH", then
@@ -27,7 +29,13 @@
  *   FLOOD BCAST|PUB|SEND N SIZE [topic|pid]
  *                             -> OK FLOOD sent=N (or ERR FLOOD rc after=N)
  *   GARBAGE KIND              -> OK GARBAGE (bytes that are not a frame)
- *   QUIT                      -> BYE, and the child exits 0; EXIT N: exits N
+ *   QUIT                      -> BYE, and the handler returns 0; EXIT N: returns N
+ *                                (the child exits with it; a prefork worker lives on)
+ *   FDS                       -> FDS fd=target fd=target ... (what /proc/self/fd
+ *                                holds, the listing's own descriptor left out)
+ *   ABORT                     -> nothing: the process aborts (SIGABRT)
+ *   DIE N                     -> nothing: the process _exits N (in prefork
+ *                                mode, the worker with it)
  *
  * A bus request is followed by a send to the child's own pid, and OK comes
  * only once that message is back: the supervisor handles a child's
@@ -43,10 +51,16 @@
  * MODE: bus (commands only); flood (at once: --count messages of --size
  * bytes, --what to --target, then DONE sent=N and exit 0); noread (DEAF
  * from the start); garbage (GARBAGE --garbage at once).
+ *
+ * --workers, --max-requests, --worker-idle, --conn-timeout set the fields of
+ * sf_server_opts of the same names (prefork mode: test_prefork.py). With
+ * --crash-if PATH, a handler aborts before its greeting while PATH exists:
+ * a handler that crashes on every connection, until the test says stop.
  */
 #include <sockfork.h>
 
 #include <errno.h>
+#include <dirent.h>
 #include <getopt.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -125,6 +139,7 @@ typedef struct opts {
     const char *mode;
     unsigned long count, size;
     const char *what, *target, *garbage;
+    const char *crash_if;
 } opts;
 
 typedef struct state {
@@ -439,6 +454,37 @@ static unsigned char *filled(unsigned long n)
     return p;
 }
 
+/* FDS: every descriptor this process holds, as fd=target. */
+static void list_fds(state *st)
+{
+    char line[8192];
+    size_t n = (size_t)snprintf(line, sizeof line, "FDS");
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+
+    if (!d) {
+        reply(st, "ERR FDS %d", -errno);
+        return;
+    }
+    while ((e = readdir(d)) != NULL && n < sizeof line - 1) {
+        char path[300], target[512];
+        ssize_t len;
+        int w;
+
+        if (e->d_name[0] == '.' || atoi(e->d_name) == dirfd(d))
+            continue;
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        len = readlink(path, target, sizeof target - 1);
+        target[len < 0 ? 0 : len] = '\0';
+        w = snprintf(line + n, sizeof line - n, " %s=%s", e->d_name, target);
+        if (w < 0 || (size_t)w >= sizeof line - n)
+            break;
+        n += (size_t)w;
+    }
+    closedir(d);
+    reply(st, "%s", line);
+}
+
 /* One command line. Returns -1 to go on, or the exit status. */
 static int command(state *st, char *line)
 {
@@ -526,6 +572,12 @@ static int command(state *st, char *line)
         return 0;
     } else if (strcmp(cmd, "EXIT") == 0) {
         return (int)(num(word(&rest)) & 255);
+    } else if (strcmp(cmd, "DIE") == 0) {
+        _exit((int)(num(word(&rest)) & 255));
+    } else if (strcmp(cmd, "FDS") == 0) {
+        list_fds(st);
+    } else if (strcmp(cmd, "ABORT") == 0) {
+        abort();
     } else {
         reply(st, "ERR unknown command %s", cmd);
     }
@@ -544,6 +596,8 @@ static int handler(sf_conn *c, void *arg)
     st.fd = sf_conn_fd(c);
     st.chan_open = 1;
     st.o = o;
+    if (o->crash_if && access(o->crash_if, F_OK) == 0)
+        abort();
     /* Answers are several small writes (MSG lines, then OK): without this,
      * Nagle holds the last one for the client's delayed ACK, 40 ms. Fails
      * harmlessly on a Unix socket. */
@@ -617,10 +671,13 @@ static const char usage[] =
     "usage: chanserver serve [-l ADDR]... [--control PATH | --no-control] [-c N] [-q]\n"
     "                        [--queue BYTES] [--kick] [--history N] [--chan-max BYTES]\n"
     "                        [--grace S] [--count N] [--size BYTES] [--what BCAST|PUB|SEND]\n"
-    "                        [--target T] [--garbage KIND] bus|flood|noread|garbage\n";
+    "                        [--target T] [--garbage KIND] [--workers MIN[:MAX]]\n"
+    "                        [--max-requests N] [--worker-idle S] [--conn-timeout S]\n"
+    "                        [--crash-if PATH] bus|flood|noread|garbage\n";
 
 enum { O_CONTROL = 256, O_NO_CONTROL, O_QUEUE, O_KICK, O_HISTORY, O_CHAN_MAX, O_GRACE, O_COUNT,
-       O_SIZE, O_WHAT, O_TARGET, O_GARBAGE };
+       O_SIZE, O_WHAT, O_TARGET, O_GARBAGE, O_WORKERS, O_MAX_REQUESTS, O_WORKER_IDLE,
+       O_CONN_TIMEOUT, O_CRASH_IF };
 
 static const struct option longopts[] = {
     {"listen", required_argument, NULL, 'l'},
@@ -636,12 +693,17 @@ static const struct option longopts[] = {
     {"what", required_argument, NULL, O_WHAT},
     {"target", required_argument, NULL, O_TARGET},
     {"garbage", required_argument, NULL, O_GARBAGE},
+    {"workers", required_argument, NULL, O_WORKERS},
+    {"max-requests", required_argument, NULL, O_MAX_REQUESTS},
+    {"worker-idle", required_argument, NULL, O_WORKER_IDLE},
+    {"conn-timeout", required_argument, NULL, O_CONN_TIMEOUT},
+    {"crash-if", required_argument, NULL, O_CRASH_IF},
     {NULL, 0, NULL, 0},
 };
 
 int main(int argc, char **argv)
 {
-    static opts o = {"bus", 200000, 1024, "BCAST", NULL, NULL};
+    static opts o = {"bus", 200000, 1024, "BCAST", NULL, NULL, NULL};
     const char *listen[MAX_LISTEN], *control = NULL;
     size_t nlisten = 0;
     int no_control = 0, opt, rc;
@@ -679,6 +741,16 @@ int main(int argc, char **argv)
         case O_WHAT: o.what = optarg; break;
         case O_TARGET: o.target = optarg; break;
         case O_GARBAGE: o.garbage = optarg; break;
+        case O_WORKERS: {
+            char *colon = strchr(optarg, ':');
+            so.workers_min = (unsigned)num(optarg);
+            so.workers_max = colon ? (unsigned)num(colon + 1) : so.workers_min;
+            break;
+        }
+        case O_MAX_REQUESTS: so.max_requests = (unsigned)num(optarg); break;
+        case O_WORKER_IDLE: so.worker_idle_s = strtod(optarg, NULL); break;
+        case O_CONN_TIMEOUT: so.conn_timeout_s = strtod(optarg, NULL); break;
+        case O_CRASH_IF: o.crash_if = optarg; break;
         default:
             fputs(usage, stderr);
             return 2;
