@@ -628,7 +628,7 @@ static void crash_loop_over(sf_server *s, double now)
         conn_rec *r = &s->recs[i];
         if (!is_up(r) || r->ending || now - r->born < WORKER_YOUNG_S)
             continue;
-        sf_logf(&s->log, SF_LOG_NOTICE, "workers live again after %llu died young in %.1f s",
+        sf_logf(&s->log, SF_LOG_NOTICE, "workers serve again after %llu died young in %.1f s",
                 (unsigned long long)wp->crash_streak, now - wp->crash_since);
         wp->crash_streak = 0;
         proc_backoff_reset(&wp->crash_backoff);
