@@ -360,6 +360,11 @@ void server_held_too_long(struct ev_loop *loop, ev_timer *w, int revents)
 
     if (r->pid <= 0)
         return;
+    server_end_held(s, r);
+}
+
+void server_end_held(sf_server *s, conn_rec *r)
+{
     s->stats.conn_timed_out++;
     if (sf_log_enabled(&s->log, SF_LOG_NOTICE)) {
         char text[SF_ADDR_TEXT_MAX];
@@ -1058,6 +1063,14 @@ fail:
     return rc;
 }
 
+/* l, open, is the server's next listener. */
+static void add_listener(sf_server *s, listener *l)
+{
+    ev_io_init(&l->io, accept_cb, l->fd, EV_READ);
+    l->io.data = s;
+    s->nlisteners++;
+}
+
 int sf_server_listen(sf_server *s, const char *text)
 {
     char plain[sizeof(((sf_addr *)0)->u.un.sun_path) + 16];
@@ -1090,9 +1103,7 @@ int sf_server_listen(sf_server *s, const char *text)
     if (rc < 0)
         return rc;
     l->proxy = proxy;
-    ev_io_init(&l->io, accept_cb, l->fd, EV_READ);
-    l->io.data = s;
-    s->nlisteners++;
+    add_listener(s, l);
     return 0;
 }
 
@@ -1109,9 +1120,7 @@ int sf_server_listen_fd(sf_server *s, int fd)
     rc = listener_adopt(l, fd);
     if (rc < 0)
         return rc;
-    ev_io_init(&l->io, accept_cb, l->fd, EV_READ);
-    l->io.data = s;
-    s->nlisteners++;
+    add_listener(s, l);
     return 0;
 }
 

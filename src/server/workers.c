@@ -360,14 +360,7 @@ static void check_held(sf_server *s, double now)
         (void)workers_slot(r, &sl); /* its peer, for the log */
         r->peer = s->wp.listeners[sl.listener % s->nlisteners].is_tcp
                       ? sl.peer : s->wp.listeners[sl.listener % s->nlisteners].addr;
-        s->stats.conn_timed_out++;
-        if (sf_log_enabled(&s->log, SF_LOG_NOTICE)) {
-            char text[SF_ADDR_TEXT_MAX];
-            server_peer_text(r, text, sizeof text);
-            sf_logf(&s->log, SF_LOG_NOTICE, "[%s] connection held for %g s: ending pid=%d", text,
-                    s->opts.conn_timeout_s, (int)r->pid);
-        }
-        workers_end(s, r, WORKER_END_CONN_TIMEOUT);
+        server_end_held(s, r);
     }
 }
 
