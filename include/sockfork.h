@@ -447,6 +447,18 @@ SF_EXTERN int sf_server_rules(sf_server *s, const char *path, char *err, size_t 
 SF_EXTERN int sf_server_proxy_from(sf_server *s, const char *cidr);
 
 /*
+ * The sockets systemd passed this process (socket activation: LISTEN_PID
+ * is ours, LISTEN_FDS of them as descriptors 3, 4, ...), for
+ * sf_server_listen_fd. Returns their number (0: none, or not ours) and
+ * sets *names to a NULL-terminated array of their names (LISTEN_FDNAMES;
+ * "unknown" for a missing one; free each and the array), or -errno. The
+ * descriptors are made close-on-exec, and the three variables are taken
+ * out of the environment, so no child sees them. Call it early, before
+ * anything else opens descriptors.
+ */
+SF_EXTERN int sf_listen_fds(char ***names);
+
+/*
  * Serves a socket that is already listening: one systemd passed (socket
  * activation: the caller takes them with sd_listen_fds), or one inherited.
  * A TCP or Unix stream socket in the listen state; s takes it (closes it

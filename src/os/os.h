@@ -54,6 +54,13 @@ int os_ids_resolve(const char *user, const char *group, os_ids *out);
  * not permanent). */
 int os_ids_drop(const os_ids *ids);
 
+/* The sockets systemd passed (socket activation), as descriptors 3, 4, ...
+ * when LISTEN_PID is ours: returns their number (0: none, or not ours)
+ * with *names (NULL-terminated, malloc'd; "unknown" for a missing name),
+ * or -errno. Made close-on-exec; the variables are taken out of the
+ * environment either way. listenfds.c says why not libsystemd. */
+int os_listen_fds(char ***names);
+
 /* systemd's notification socket (notify.c: why not sd_notify). */
 typedef struct os_notify {
     int fd;                 /* -1: not under systemd */

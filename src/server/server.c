@@ -1107,6 +1107,11 @@ int sf_server_listen(sf_server *s, const char *text)
     return 0;
 }
 
+int sf_listen_fds(char ***names)
+{
+    return os_listen_fds(names);
+}
+
 int sf_server_listen_fd(sf_server *s, int fd)
 {
     listener *l;

@@ -14,7 +14,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <systemd/sd-daemon.h>
 
 #define DEFAULT_LISTEN "127.0.0.1:4444"
 #define MAX_LISTEN 64
@@ -844,7 +843,7 @@ static int read_cmdline(server_cmdline *cl, int argc, char **argv)
  * so children do not see them. */
 static int take_systemd_sockets(server_cmdline *cl)
 {
-    int n = sd_listen_fds_with_names(1, &cl->systemd_names);
+    int n = sf_listen_fds(&cl->systemd_names);
 
     if (n < 0) {
         cli_error("%s: cannot take systemd's sockets: %s", cl->kind->name, strerror(-n));
@@ -877,7 +876,7 @@ static int start_server(sf_server **srvp, server_cmdline *cl)
     if (cl->rules && (rc = sf_server_rules(*srvp, cl->rules, why, sizeof why)) < 0) {
         cli_error("%s: bad rules: %s", cl->kind->name, why);
         for (int j = 0; j < cl->nsystemd; j++)
-            close(SD_LISTEN_FDS_START + j);
+            close(3 + j);
         sf_server_free(*srvp);
         return EXIT_USAGE;
     }
@@ -886,19 +885,19 @@ static int start_server(sf_server **srvp, server_cmdline *cl)
             cli_error("%s: --proxy-from wants an IPv4 or IPv6 prefix (10.0.0.0/8, ::1) or unix, "
                       "not '%s'", cl->kind->name, cl->proxy_from[i]);
             for (int j = 0; j < cl->nsystemd; j++)
-                close(SD_LISTEN_FDS_START + j);
+                close(3 + j);
             sf_server_free(*srvp);
             return EXIT_USAGE;
         }
     }
     for (int i = 0; i < cl->nsystemd; i++) {
         const char *fdname = cl->systemd_names && cl->systemd_names[i] ? cl->systemd_names[i] : "?";
-        rc = sf_server_listen_fd(*srvp, SD_LISTEN_FDS_START + i);
+        rc = sf_server_listen_fd(*srvp, 3 + i);
         if (rc < 0) {
-            cli_error("cannot serve systemd's socket %d (%s): %s", SD_LISTEN_FDS_START + i, fdname,
+            cli_error("cannot serve systemd's socket %d (%s): %s", 3 + i, fdname,
                       rc == -EINVAL || rc == -ENOTSOCK ? "not a listening stream socket" : strerror(-rc));
             for (int j = i; j < cl->nsystemd; j++)
-                close(SD_LISTEN_FDS_START + j);
+                close(3 + j);
             sf_server_free(*srvp);
             return EXIT_USAGE;
         }
