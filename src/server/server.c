@@ -30,6 +30,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 /* ------------------------------------------------------------ helpers */
@@ -1103,6 +1104,14 @@ int sf_server_listen(sf_server *s, const char *text)
     if (rc < 0)
         return rc;
     l->proxy = proxy;
+    /* A balancer speaks first (its header): the kernel may hold the
+     * connection until bytes came, so the header is usually there at
+     * accept and reading it costs no wait and no wakeup. A best effort:
+     * the deadline is ours either way (access.c, worker.c). */
+    if (proxy && a.u.sa.sa_family != AF_UNIX) {
+        int secs = s->opts.proxy_timeout_s >= 1 ? (int)s->opts.proxy_timeout_s : 1;
+        (void)setsockopt(l->fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof secs);
+    }
     add_listener(s, l);
     return 0;
 }
