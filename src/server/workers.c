@@ -766,20 +766,21 @@ static int begin(sf_server *s, conn_rec *r, const chan_frame *f)
 /* CONN_END: [be32 the handler's return value]. */
 static int end(sf_server *s, conn_rec *r, const chan_frame *f)
 {
-    uint32_t rc;
+    uint32_t code;
+    int rc;
 
     if (f->len != 4 || !r->in_conn)
         return -1;
-    rc = be32_get(f->payload);
+    code = be32_get(f->payload);
     if (!r->refused) {
         /* A handler's 0 is counted from the slots (commands.c). */
-        if ((rc & 0xff) != 0) {
-            s->stats.exited[rc & 0xff]++;
+        if ((code & 0xff) != 0) {
+            s->stats.exited[code & 0xff]++;
             s->wp.failed++;
         }
         if (sf_log_enabled(&s->log, SF_LOG_INFO)) {
             char status[32];
-            snprintf(status, sizeof status, "exited %u", (unsigned)(rc & 0xff));
+            snprintf(status, sizeof status, "exited %u", (unsigned)(code & 0xff));
             server_log_exit(s, r, r->pid, status);
         }
     }
@@ -787,7 +788,9 @@ static int end(sf_server *s, conn_rec *r, const chan_frame *f)
         server_per_ip_add(s, r, -1);
     r->in_conn = 0;
     r->refused = 0;
-    return endpoint_session_end(&r->ep) < 0 ? -1 : 0;
+    /* -EPIPE: its channel broke (it has gone); its exit says the rest. */
+    rc = endpoint_session_end(&r->ep);
+    return rc < 0 && rc != -EPIPE ? -1 : 0;
 }
 
 /* CONN_DROPPED: [u8 why][u8 n][peer: n bytes][text]: a PROXY listener's
