@@ -374,3 +374,14 @@ def test_behind_haproxy_send_proxy_v1_and_v2(sockfork, tmp_path, mode):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def test_chat_in_prefork_denies_and_serves(sockfork, tmp_path):
+    rules = str(tmp_path / "rules")
+    write(rules, "deny 127.0.0.2\n")
+    srv = sockfork("--rules", rules, "--workers", "2", command="chat")
+    assert talk(srv, b"", source="127.0.0.2") == b""
+    srv.log.wait_one(r"^sockfork: \[127\.0\.0\.2:\d+\] denied by rule %s:1$" % re.escape(rules))
+    s = connect(srv, source="127.0.0.1")
+    assert s.recv(100).startswith(b"*** Welcome")
+    s.close()

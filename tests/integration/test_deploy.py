@@ -328,3 +328,56 @@ def test_no_notify_socket_no_notifications(sockfork, tmp_path):
     s.close()
     srv.stop()
     assert not srv.log.find(r"systemd|notify")
+
+
+# ------------------------------------------------ the same, in prefork mode
+
+@needs_root
+def test_user_drop_reaches_prefork_workers(sockfork, tmp_path):
+    uid, gid = nobody()
+    ctl = str(tmp_path / "ctl.sock")
+    srv = sockfork("-u", "nobody", "--workers", "2", "--echo", "--control", ctl)
+    s = srv.connect()
+    s.sendall(b"x")
+    assert s.recv(1) == b"x"
+    import json
+    rc, out, err = run_cli("ctl", "--control", ctl, "--json", "list")
+    workers = [c["pid"] for c in json.loads(out)["children"]]
+    assert len(workers) == 2, out
+    for pid in [srv.pid] + workers:
+        uids, gids, groups = ids_of(pid)
+        assert uids == [uid] * 4 and gids == [gid] * 4 and groups == [gid], (pid, uids, gids)
+    s.close()
+
+
+def test_socket_activation_with_prefork_workers(tmp_path):
+    path = str(tmp_path / "sa.sock")
+    proc, log = socket_activate(tmp_path, [path], ["--echo", "--no-control", "--workers", "2"],
+                                names=["pre"])
+    try:
+        for text in (b"one\n", b"two\n", b"three\n"):
+            s = connect_unix(path)
+            s.sendall(text)
+            assert recv_line(s) == text
+            s.close()
+        log.wait_one(r"^sockfork: listening on unix:%s \(from systemd: pre\)$" % re.escape(path))
+    finally:
+        assert stop(proc, log) == 0, log.text()
+
+
+def test_notify_in_prefork_mode(sockfork, tmp_path):
+    address = str(tmp_path / "notify.sock")
+    n = Notifications(address)
+    try:
+        srv = sockfork("--echo", "--workers", "2:4", env={"NOTIFY_SOCKET": address})
+        n.wait(r"^READY=1$")
+        n.wait(r"^STATUS=0 connections active$")
+        s = srv.connect()
+        s.sendall(b"x")
+        assert s.recv(1) == b"x"
+        n.wait(r"^STATUS=1 connection active$", timeout=LONG_WAIT)
+        s.close()
+        srv.stop()
+        n.wait(r"^STOPPING=1$")
+    finally:
+        n.close()
