@@ -44,8 +44,12 @@ extern "C" {
 
 /* 0.2.0 changed the calling convention (issue 12: durations named _s,
  * sf_conn_wait in seconds, out-parameters for sf_pool_new and
- * sf_pool_submit*), so the library's soname moved to libsockfork.so.1. */
-#define SF_VERSION "0.2.0"
+ * sf_pool_submit*), so the library's soname moved to libsockfork.so.1.
+ * 0.3.0 added fields at the end of sf_server_opts (prefork, the user to
+ * run as, PROXY timeout, the exec'd program): a program built against
+ * 0.2.0 has a smaller struct than sf_server_opts_init now fills, so the
+ * soname moved again, to libsockfork.so.2. */
+#define SF_VERSION "0.3.0"
 
 /* Version string of the library actually linked. Static storage. */
 SF_EXTERN const char *sf_version(void);
@@ -418,7 +422,8 @@ SF_EXTERN int sf_server_new(sf_server **out, const sf_server_opts *opts,
  * and listens at once, so the caller learns of -EADDRINUSE, -EACCES or
  * -EINVAL here. A Unix path is created (a stale socket left by a dead
  * server is replaced, a live one gives -EADDRINUSE) and removed by
- * sf_server_free.
+ * sf_server_free. "ADDR,proxy" is a listener behind a balancer: each
+ * connection starts with a PROXY protocol header (sf_server_proxy_from).
  */
 SF_EXTERN int sf_server_listen(sf_server *s, const char *addr);
 
@@ -460,7 +465,7 @@ SF_EXTERN int sf_listen_fds(char ***names);
 
 /*
  * Serves a socket that is already listening: one systemd passed (socket
- * activation: the caller takes them with sd_listen_fds), or one inherited.
+ * activation: the caller takes them with sf_listen_fds), or one inherited.
  * A TCP or Unix stream socket in the listen state; s takes it (closes it
  * in sf_server_free) and never removes its Unix path. Returns 0,
  * -ENOTSOCK, -EINVAL (not a listening stream socket), -EMFILE (64
