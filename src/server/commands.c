@@ -54,14 +54,12 @@ static json_t *json_bytes(uint64_t v)
  * current connection's (null while it is idle), from its slot. */
 static json_t *worker_entry(sf_server *s, const conn_rec *r, const uint64_t *bytes)
 {
-    const worker_listener *l;
     worker_slot sl;
     char peer[SF_ADDR_TEXT_MAX];
     int busy;
 
     busy = workers_slot(r, &sl) == 0 && sl.busy;
-    l = &s->wp.listeners[sl.listener % s->nlisteners];
-    if (!busy || sf_addr_format(l->is_tcp ? &sl.peer : &l->addr, peer, sizeof peer) < 0)
+    if (!busy || sf_addr_format(&sl.peer, peer, sizeof peer) < 0)
         strcpy(peer, "?");
     return json_pack("{s:i, s:b, s:s, s:o, s:o, s:f, s:I, s:o, s:o, s:s, s:I, s:I}", "pid",
                      (int)r->pid, "worker", 1, "state", worker_state_name(s, r), "peer",
@@ -217,12 +215,10 @@ static json_t *cmd_kick(sf_server *s, json_t *req)
      * earlier connection's), and ending it would only cost a fork. */
     if (r->worker) {
         worker_slot sl;
-        const worker_listener *l;
         if (workers_slot(r, &sl) < 0 || !sl.busy)
             return ctl_error("pid %d is a worker between connections: no connection to end",
                              (int)r->pid);
-        l = &s->wp.listeners[sl.listener % s->nlisteners];
-        r->peer = l->is_tcp ? sl.peer : l->addr;
+        r->peer = sl.peer; /* the worker wrote the listener's path for a Unix peer */
     }
     if (sf_addr_format(&r->peer, peer, sizeof peer) < 0)
         strcpy(peer, "?");

@@ -1,6 +1,7 @@
 /* conn.c - the connection as its child sees it, and exec with tcpserver's
  * environment. Runs only in children. */
 #include "server/conn.h"
+#include "server/rules.h"
 #include "channel/be.h"
 #include "process/process.h"
 #include "server/execplan.h"
@@ -60,15 +61,13 @@ static int set_conn_env(const sf_conn *c)
 
 const char *sf_conn_rule_value(const sf_conn *c, const char *key)
 {
-    size_t klen = key ? strlen(key) : 0;
+    char name[256];
+    const char *value;
+    size_t off = 0;
 
-    for (size_t i = 0; klen && i < c->env_len;) {
-        const char *p = c->env + i;
-        size_t n = strnlen(p, c->env_len - i);
-        if (n > klen && p[klen] == '=' && memcmp(p, key, klen) == 0)
-            return p + klen + 1;
-        i += n + 1;
-    }
+    while (key && rule_pairs_next(c->env, c->env_len, &off, name, sizeof name, &value) == 1)
+        if (strcmp(name, key) == 0)
+            return value;
     return NULL;
 }
 
@@ -76,19 +75,14 @@ const char *sf_conn_rule_value(const sf_conn *c, const char *key)
 static int set_rule_env(const sf_conn *c)
 {
     char name[256];
+    const char *value;
+    size_t off = 0;
+    int rc;
 
-    for (size_t i = 0; i < c->env_len;) {
-        const char *p = c->env + i, *eq = memchr(p, '=', c->env_len - i);
-        size_t n = strnlen(p, c->env_len - i);
-        if (!eq || eq > p + n || (size_t)(eq - p) >= sizeof name)
-            return -EINVAL;
-        memcpy(name, p, (size_t)(eq - p));
-        name[eq - p] = '\0';
-        if (setenv(name, eq + 1, 1) < 0)
+    while ((rc = rule_pairs_next(c->env, c->env_len, &off, name, sizeof name, &value)) == 1)
+        if (setenv(name, value, 1) < 0)
             return -errno;
-        i += n + 1;
-    }
-    return 0;
+    return rc;
 }
 
 int sf_conn_exec(sf_conn *c, char *const argv[])

@@ -1,5 +1,6 @@
 /* execplan.c - see execplan.h. Runs in the spawner. */
 #include "server/execplan.h"
+#include "server/rules.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -196,21 +197,14 @@ static int envp_room(void)
 static int set_pairs(execplan_env *e, const char *pairs, size_t len)
 {
     char name[256];
+    const char *value;
+    size_t off = 0;
+    int rc;
 
-    for (size_t i = 0; i < len;) {
-        const char *p = pairs + i, *eq = memchr(p, '=', len - i);
-        size_t n = strnlen(p, len - i);
-        int rc;
-
-        if (!eq || (size_t)(eq - p) >= sizeof name || eq > p + n)
-            return -EINVAL;
-        memcpy(name, p, (size_t)(eq - p));
-        name[eq - p] = '\0';
-        if ((rc = execplan_setenv(e, name, eq + 1)) < 0)
+    while ((rc = rule_pairs_next(pairs, len, &off, name, sizeof name, &value)) == 1)
+        if ((rc = execplan_setenv(e, name, value)) < 0)
             return rc;
-        i += n + 1;
-    }
-    return 0;
+    return rc;
 }
 
 int execplan_conn(spawn_exec *ex, const char *file, char *const *argv, const sf_addr *peer,

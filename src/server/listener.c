@@ -137,6 +137,18 @@ void listener_close(listener *l)
     l->fd = -1;
 }
 
+int listener_local_addr(const sf_addr *addr, int fd, sf_addr *local)
+{
+    *local = *addr;
+    if ((addr->u.sa.sa_family == AF_INET && addr->u.in4.sin_addr.s_addr == htonl(INADDR_ANY)) ||
+        (addr->u.sa.sa_family == AF_INET6 && IN6_IS_ADDR_UNSPECIFIED(&addr->u.in6.sin6_addr))) {
+        local->len = sizeof local->u;
+        if (getsockname(fd, &local->u.sa, &local->len) < 0)
+            return -errno;
+    }
+    return 0;
+}
+
 int listener_adopt(listener *l, int fd)
 {
     int type = 0, listening = 0, fl;

@@ -34,6 +34,11 @@ int listener_open(listener *l, const sf_addr *a, int backlog, mode_t unix_mode);
  * socket, or a family we do not serve) or -errno. */
 int listener_adopt(listener *l, int fd);
 
+/* A connection's own local address: the listener's `addr`, unless that is
+ * a wildcard (then one getsockname on fd, only for those). Returns 0 or
+ * -errno (the client is gone already: ENOTCONN). */
+int listener_local_addr(const sf_addr *addr, int fd, sf_addr *local);
+
 /* Closes the socket and removes the Unix path if it is still ours. */
 void listener_close(listener *l);
 

@@ -851,6 +851,26 @@ const char *rule_getenv(const rule *r, const char *key)
     return NULL;
 }
 
+int rule_pairs_next(const char *pairs, size_t len, size_t *off, char *name, size_t cap,
+                    const char **value)
+{
+    const char *p, *eq;
+    size_t n;
+
+    if (*off >= len)
+        return 0;
+    p = pairs + *off;
+    n = strnlen(p, len - *off);
+    eq = memchr(p, '=', n);
+    if (!eq || (size_t)(eq - p) >= cap)
+        return -EINVAL;
+    memcpy(name, p, (size_t)(eq - p));
+    name[eq - p] = '\0';
+    *value = eq + 1;
+    *off += n + 1;
+    return 1;
+}
+
 void rules_free(rules_set *s)
 {
     if (!s)

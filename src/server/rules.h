@@ -98,6 +98,15 @@ const rule *rules_at(const rules_set *s, size_t i);
 /* The VALUE of KEY in r's pairs, or NULL if r sets no KEY. Points into the set. */
 const char *rule_getenv(const rule *r, const char *key);
 
+/*
+ * A rule's pairs as a connection carries them to its child: "KEY=VALUE\0"
+ * each, len bytes in all (access.c packs them). The next from *off: KEY
+ * copied into name (cap bytes), *value at its VALUE. Returns 1, 0 at the
+ * end, or -EINVAL for a malformed pair or a KEY longer than cap - 1.
+ */
+int rule_pairs_next(const char *pairs, size_t len, size_t *off, char *name, size_t cap,
+                    const char **value);
+
 /* Frees s and everything in it. NULL is allowed. */
 void rules_free(rules_set *s);
 

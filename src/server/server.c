@@ -72,20 +72,6 @@ hmap_key server_tuple_key(const sf_addr *peer, const sf_addr *local)
     return k;
 }
 
-/* The connection's own local address: the listener's, unless that is a
- * wildcard (then one getsockname, only for those). */
-static int local_addr_of(const listener *l, int fd, sf_addr *local)
-{
-    *local = l->addr;
-    if ((l->addr.u.sa.sa_family == AF_INET && l->addr.u.in4.sin_addr.s_addr == htonl(INADDR_ANY)) ||
-        (l->addr.u.sa.sa_family == AF_INET6 && IN6_IS_ADDR_UNSPECIFIED(&l->addr.u.in6.sin6_addr))) {
-        local->len = sizeof local->u;
-        if (getsockname(fd, &local->u.sa, &local->len) < 0)
-            return -errno;
-    }
-    return 0;
-}
-
 /* Records are handed out from the low end of the array and reused from a
  * free list, so a server that never has many connections at once never
  * touches the rest. */
@@ -578,7 +564,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         r->peer = r->is_tcp ? peer : l->addr;
         if (r->is_tcp) {
             sf_addr local;
-            if (local_addr_of(l, fd, &local) < 0) {
+            if (listener_local_addr(&l->addr, fd, &local) < 0) {
                 server_rec_release(s, r); /* the client is gone already (ENOTCONN) */
                 continue;
             }

@@ -37,7 +37,7 @@ typedef struct worker_slot {
     uint64_t refused;       /* of those taken, refused by the supervisor (per-IP) */
     double started;         /* the connection's start, CLOCK_REALTIME s (ev_time) */
     double idle_since;      /* the last one's end; 0: none yet */
-    sf_addr peer, local;
+    sf_addr peer, local;  /* as sf_conn has them: a Unix peer is the listener's path */
 } worker_slot;
 
 #define SLOT_READ_TRIES 64

@@ -72,7 +72,7 @@ typedef struct worker {
     unsigned marks_owed;        /* CONN_ENDED marks not yet read */
     char env[RULE_ENV_MAX];     /* the access rule's pairs, from the verdict */
     sigset_t go_mask;           /* the mask while serving: SIGUSR2 blocked */
-    double accept_wait;         /* after accept() failed for lack of resources */
+    proc_backoff accept_wait;   /* after accept() failed for lack of resources */
 } worker;
 
 /* The spawner laid out the listeners as 3 .. 3+n-1 and the channel as
@@ -154,17 +154,15 @@ static int next_connection(worker *w, sf_addr *peer, unsigned *li)
 }
 
 /* accept() failed for lack of descriptors, memory or buffers: the
- * connection waits in the backlog for this or another worker; a wait
- * that grows to a second, so the failure is never a spin. */
+ * connection waits in the backlog for this or another worker; the
+ * library's backoff (process/backoff.h), so the failure is never a spin. */
 static void wait_after_failure(worker *w)
 {
+    double wait = proc_backoff_next(&w->accept_wait);
     struct timespec ts;
 
-    w->accept_wait = w->accept_wait ? w->accept_wait * 2 : 0.05;
-    if (w->accept_wait > 1.0)
-        w->accept_wait = 1.0;
-    ts.tv_sec = (time_t)w->accept_wait;
-    ts.tv_nsec = (long)((w->accept_wait - (double)ts.tv_sec) * 1e9);
+    ts.tv_sec = (time_t)wait;
+    ts.tv_nsec = (long)((wait - (double)ts.tv_sec) * 1e9);
     (void)nanosleep(&ts, NULL); /* SIGUSR2 cuts it short: fine */
 }
 
@@ -292,23 +290,6 @@ static void slot_end(worker *w)
     slot_write_end(sl);
 }
 
-/* The connection's local address: the listener's, unless that is a
- * wildcard (then one getsockname, only for those, as the supervisor did). */
-static void local_address(worker *w, int fd, const worker_listener *l)
-{
-    sf_conn *c = &w->conn;
-    const sf_addr *a = &l->addr;
-    int wildcard = (a->u.sa.sa_family == AF_INET && a->u.in4.sin_addr.s_addr == htonl(INADDR_ANY)) ||
-                   (a->u.sa.sa_family == AF_INET6 && IN6_IS_ADDR_UNSPECIFIED(&a->u.in6.sin6_addr));
-
-    c->local = *a;
-    if (!l->is_tcp || !wildcard)
-        return;
-    c->local.len = sizeof c->local.u;
-    if (getsockname(fd, &c->local.u.sa, &c->local.len) < 0)
-        c->local = *a;
-}
-
 /* CONN_DROPPED: [u8 why][u8 n][peer: n bytes][text]; the supervisor logs
  * and counts it. Its failure is seen at the next frame. */
 static void send_dropped(worker *w, int why, const char *text)
@@ -385,7 +366,8 @@ static int serve(worker *w, int fd, unsigned li, const sf_addr *peer)
     c->peer = l->is_tcp ? *peer : l->addr; /* Unix: the listener's path on both sides */
     c->env = NULL;
     c->env_len = 0;
-    local_address(w, fd, l);
+    if (!l->is_tcp || listener_local_addr(&l->addr, fd, &c->local) < 0)
+        c->local = l->is_tcp ? l->addr : c->peer; /* Unix: the listener's path on both sides */
     w->li = li;
     w->opened = w->refused = 0;
     /* Busy from the accept on: a worker waiting for a slow PROXY header is
@@ -475,7 +457,7 @@ void worker_main(const void *blob, size_t len, int nfds)
         }
         if (fd < 0)
             _exit(111); /* the listener is gone: nothing to serve */
-        w.accept_wait = 0;
+        proc_backoff_reset(&w.accept_wait);
         if (serve(&w, fd, li, &peer) < 0)
             break;
         /* At its max_requests it goes by itself; the supervisor has had

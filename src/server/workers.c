@@ -358,8 +358,7 @@ static void check_held(sf_server *s, double now)
             !sl.busy || now - sl.started < s->opts.conn_timeout_s)
             continue;
         (void)workers_slot(r, &sl); /* its peer, for the log */
-        r->peer = s->wp.listeners[sl.listener % s->nlisteners].is_tcp
-                      ? sl.peer : s->wp.listeners[sl.listener % s->nlisteners].addr;
+        r->peer = sl.peer;
         server_end_held(s, r);
     }
 }
@@ -583,8 +582,7 @@ static void end_connection_of_dead(sf_server *s, conn_rec *r, pid_t pid, const s
         s->stats.killed[st->signal < 64 ? st->signal : 64]++;
     if (!r->in_conn) {
         /* Not told of by a frame: the slot has it. */
-        const worker_listener *l = &s->wp.listeners[sl->listener % s->nlisteners];
-        r->peer = l->is_tcp ? sl->peer : l->addr;
+        r->peer = sl->peer;
         r->started = sl->started;
     }
     if (!r->refused && sf_log_enabled(&s->log, SF_LOG_INFO)) {

@@ -661,6 +661,34 @@ static void test_trie_agrees_with_a_linear_scan(void **state)
     assert_true(hits > cases / 4);  /* the sets do match, not only the default */
 }
 
+/* The packed pairs a connection carries: each in order, then the end; a
+ * pair without '=' or a KEY too long for the buffer is refused. */
+static void test_rule_pairs_next(void **state)
+{
+    static const char pairs[] = "ZONE=lo\0NOTE=two words\0EMPTY=\0";
+    char name[8];
+    const char *value;
+    size_t off = 0;
+    (void)state;
+
+    assert_int_equal(rule_pairs_next(pairs, sizeof pairs - 1, &off, name, sizeof name, &value), 1);
+    assert_string_equal(name, "ZONE");
+    assert_string_equal(value, "lo");
+    assert_int_equal(rule_pairs_next(pairs, sizeof pairs - 1, &off, name, sizeof name, &value), 1);
+    assert_string_equal(name, "NOTE");
+    assert_string_equal(value, "two words");
+    assert_int_equal(rule_pairs_next(pairs, sizeof pairs - 1, &off, name, sizeof name, &value), 1);
+    assert_string_equal(name, "EMPTY");
+    assert_string_equal(value, "");
+    assert_int_equal(rule_pairs_next(pairs, sizeof pairs - 1, &off, name, sizeof name, &value), 0);
+    off = 0;
+    assert_int_equal(rule_pairs_next("NOEQUALS", 8, &off, name, sizeof name, &value), -EINVAL);
+    off = 0;
+    assert_int_equal(rule_pairs_next("LONGERKEY=v", 11, &off, name, sizeof name, &value), -EINVAL);
+    off = 0;
+    assert_int_equal(rule_pairs_next(NULL, 0, &off, name, sizeof name, &value), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -679,6 +707,7 @@ int main(void)
         cmocka_unit_test(test_other_peers_get_the_default),
         cmocka_unit_test(test_key_value_pairs),
         cmocka_unit_test(test_values_take_any_byte),
+        cmocka_unit_test(test_rule_pairs_next),
         cmocka_unit_test(test_trie_agrees_with_a_linear_scan),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
