@@ -347,19 +347,26 @@ void server_held_too_long(struct ev_loop *loop, ev_timer *w, int revents)
 
     if (r->pid <= 0)
         return;
-    server_end_held(s, r);
+    server_end_timed_out(s, r, WORKER_END_CONN_TIMEOUT);
 }
 
-void server_end_held(sf_server *s, conn_rec *r)
+void server_end_timed_out(sf_server *s, conn_rec *r, int why)
 {
-    s->stats.conn_timed_out++;
+    int held = why == WORKER_END_CONN_TIMEOUT;
+
+    if (held)
+        s->stats.conn_timed_out++;
+    else
+        s->stats.idle_closed++;
     if (sf_log_enabled(&s->log, SF_LOG_NOTICE)) {
         char text[SF_ADDR_TEXT_MAX];
         server_peer_text(r, text, sizeof text);
-        sf_logf(&s->log, SF_LOG_NOTICE, "[%s] connection held for %g s: ending pid=%d", text,
-                s->opts.conn_timeout_s, (int)r->pid);
+        sf_logf(&s->log, SF_LOG_NOTICE, "[%s] %s %g s: %s pid=%d", text,
+                held ? "connection held for" : "idle for",
+                held ? s->opts.conn_timeout_s : s->opts.idle_timeout_s,
+                held ? "ending" : "closing", (int)r->pid);
     }
-    server_end_child(s, r, WORKER_END_CONN_TIMEOUT);
+    server_end_child(s, r, why);
 }
 
 /* The child runs: it has its copies of the connection and channel. */
@@ -671,14 +678,7 @@ static void idle_check_one(void *arg, const sf_addr *local, const sf_addr *peer,
     if (r->pid <= 0 || r->idle_closed || st->idle_in_ms < (uint64_t)(s->opts.idle_timeout_s * 1000.0))
         return;
     r->idle_closed = 1;
-    s->stats.idle_closed++;
-    if (sf_log_enabled(&s->log, SF_LOG_NOTICE)) {
-        char text[SF_ADDR_TEXT_MAX];
-        server_peer_text(r, text, sizeof text);
-        sf_logf(&s->log, SF_LOG_NOTICE, "[%s] idle for %g s: closing pid=%d", text,
-                s->opts.idle_timeout_s, (int)r->pid);
-    }
-    server_end_child(s, r, WORKER_END_IDLE_TIMEOUT);
+    server_end_timed_out(s, r, WORKER_END_IDLE_TIMEOUT);
 }
 
 /* The child owns the socket: ending the child closes the connection. A

@@ -244,8 +244,9 @@ void server_per_ip_add(sf_server *s, conn_rec *r, int delta);
 unsigned server_per_ip_count(const sf_server *s, const conn_rec *r);
 void server_tuple_forget(sf_server *s, const conn_rec *r);
 void server_held_too_long(struct ev_loop *loop, ev_timer *w, int revents);
-/* conn_timeout_s has passed for r's connection: counted, logged, ended. */
-void server_end_held(sf_server *s, conn_rec *r);
+/* r's connection passed conn_timeout_s (why WORKER_END_CONN_TIMEOUT) or
+ * idle_timeout_s (WORKER_END_IDLE_TIMEOUT): counted, logged, ended. */
+void server_end_timed_out(sf_server *s, conn_rec *r, int why);
 void server_log_exit(sf_server *s, const conn_rec *r, pid_t pid, const char *status);
 
 /* Prefork mode (workers.c). */

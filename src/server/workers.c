@@ -359,7 +359,7 @@ static void check_held(sf_server *s, double now)
             continue;
         (void)workers_slot(r, &sl); /* its peer, for the log */
         r->peer = sl.peer;
-        server_end_held(s, r);
+        server_end_timed_out(s, r, WORKER_END_CONN_TIMEOUT);
     }
 }
 

@@ -529,6 +529,18 @@ def ipv6_loopback_available():
         s.close()
 
 
+def unused_port():
+    """A loopback TCP port the kernel picked (an ephemeral one) and that is
+    free this moment, for a program that cannot take port 0 (HAProxy,
+    systemd-socket-activate, two listeners sharing one port). Another
+    process may take it before the caller binds: callers retry."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def run_cli(*args, timeout=WAIT):
     """Runs `sockfork ARGS` to completion (bounded): (status, stdout, stderr)."""
     proc = subprocess.Popen([BIN] + list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

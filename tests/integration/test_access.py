@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from conftest import (LONG_WAIT, WAIT, BIN, Log, helper, recv_until_eof, run_cli, server_env)
+from conftest import (LONG_WAIT, WAIT, BIN, Log, helper, recv_until_eof, run_cli, server_env,
+                      unused_port)
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data", "proxy-protocol")
 MODES = [[], ["--workers", "2"]]
@@ -291,12 +292,6 @@ backend b2
     return str(cfg)
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
@@ -310,7 +305,7 @@ def test_behind_haproxy_send_proxy_v1_and_v2(sockfork, tmp_path, mode):
                    *(["--echo"] if mode else ["--", "sh", "-c", 'echo "$TCPREMOTEIP"; exec cat']),
                    listen=("127.0.0.1:0,proxy",))
     for attempt in range(20):  # HAProxy binds its own ports: retry one taken meanwhile
-        p1, p2 = free_port(), free_port()
+        p1, p2 = unused_port(), unused_port()
         proc = subprocess.Popen([haproxy, "-db", "-f", haproxy_config(tmp_path, p1, p2, srv.port)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, start_new_session=True)

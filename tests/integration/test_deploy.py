@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import (BIN, LONG_WAIT, WAIT, Log, expect_eof, recv_line, recv_until_eof, run_cli,
-                      server_env)
+                      server_env, unused_port)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
 
@@ -177,12 +177,6 @@ def test_socket_activation_serves_systemds_socket(tmp_path):
     assert os.path.exists(path)
 
 
-def free_tcp_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_socket_activation_tcp_plus_listen_and_clean_environment(tmp_path):
@@ -190,7 +184,7 @@ def test_socket_activation_tcp_plus_listen_and_clean_environment(tmp_path):
     program sees no LISTEN_* variable (nor NOTIFY_SOCKET)."""
     unix = str(tmp_path / "own.sock")
     for attempt in range(20):  # the activator cannot take port 0: retry a taken one
-        port = free_tcp_port()
+        port = unused_port()
         try:
             proc, log = socket_activate(tmp_path, ["127.0.0.1:%d" % port],
                                         ["-l", "unix:" + unix, "--no-control", "--", "sh", "-c",
@@ -274,8 +268,9 @@ class Notifications:
         self.sock.close()
 
 
+@pytest.mark.parametrize("mode", [[], ["--workers", "2:4"]], ids=["fork", "prefork"])
 @pytest.mark.parametrize("abstract", [False, True])
-def test_notify_ready_status_watchdog_stopping(sockfork, tmp_path, abstract):
+def test_notify_ready_status_watchdog_stopping(sockfork, tmp_path, abstract, mode):
     if abstract:
         name = "sockfork-test-%d-%d" % (os.getpid(), time.monotonic_ns())
         n = Notifications("\0" + name)
@@ -284,7 +279,7 @@ def test_notify_ready_status_watchdog_stopping(sockfork, tmp_path, abstract):
         address = str(tmp_path / "notify.sock")
         n = Notifications(address)
     try:
-        srv = sockfork("--echo", env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"})
+        srv = sockfork("--echo", *mode, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"})
         n.wait(r"^READY=1$")
         n.wait(r"^STATUS=0 connections active$")
         # Every half of WATCHDOG_USEC (0.1 s): three in a bounded wait.
@@ -363,21 +358,3 @@ def test_socket_activation_with_prefork_workers(tmp_path):
         log.wait_one(r"^sockfork: listening on unix:%s \(from systemd: pre\)$" % re.escape(path))
     finally:
         assert stop(proc, log) == 0, log.text()
-
-
-def test_notify_in_prefork_mode(sockfork, tmp_path):
-    address = str(tmp_path / "notify.sock")
-    n = Notifications(address)
-    try:
-        srv = sockfork("--echo", "--workers", "2:4", env={"NOTIFY_SOCKET": address})
-        n.wait(r"^READY=1$")
-        n.wait(r"^STATUS=0 connections active$")
-        s = srv.connect()
-        s.sendall(b"x")
-        assert s.recv(1) == b"x"
-        n.wait(r"^STATUS=1 connection active$", timeout=LONG_WAIT)
-        s.close()
-        srv.stop()
-        n.wait(r"^STOPPING=1$")
-    finally:
-        n.close()

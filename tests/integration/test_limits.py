@@ -5,7 +5,8 @@ import select
 import socket
 import time
 
-from conftest import BIN, LONG_WAIT, expect_eof, peer_text, recv_exact, recv_line, run_cli
+from conftest import (BIN, LONG_WAIT, expect_eof, peer_text, recv_exact, recv_line, run_cli,
+                      unused_port)
 
 
 def echo_ok(sock, text=b"ping\n"):
@@ -203,12 +204,6 @@ def test_at_the_descriptor_limit_every_connection_is_served(sockfork, tmp_path):
     srv.wait_disconnected(peer_text(m.group(1)))
 
 
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def port_sharing_clients(srv):
@@ -229,7 +224,7 @@ def test_idle_timeout_tells_apart_two_connections_from_one_client_port(sockfork,
     connections, two entries. When one closes, the other is still watched
     (cut when idle, its byte counts in `ctl list`)."""
     from test_ctl import ctl_json
-    port = free_port()
+    port = unused_port()
     ctl = str(tmp_path / "ctl.sock")
     srv = sockfork("--echo", "--idle-timeout", "2", "--control", ctl,
                    listen=("127.0.0.1:%d" % port, "127.0.0.2:%d" % port))
