@@ -401,6 +401,18 @@ typedef struct sf_server_opts {
      * the reason logged. NULL-terminated; must stay valid until
      * sf_server_free. */
     char *const *program_argv;
+    /* Zero-downtime upgrade (SIGUSR2, `ctl upgrade`): the new generation is
+     * the binary now at /proc/self/exe's path as sf_server_new found it,
+     * started with upgrade_argv (usually main's argv; must stay valid
+     * until sf_server_free; NULL = upgrades are refused). It is handed the
+     * listening sockets and must be ready within upgrade_timeout_s
+     * (default 30) or it is killed and this server serves on. Once it is
+     * ready, this one accepts no more, serves its connections to their end
+     * or for grace_s, and sf_server_run returns. The new generation's
+     * sf_server_new and sf_server_listen find the sockets by their
+     * addresses (systemd's come again as LISTEN_FDS: sf_listen_fds). */
+    char *const *upgrade_argv;
+    double upgrade_timeout_s;
 } sf_server_opts;
 
 /* Fills opts with the defaults above. */

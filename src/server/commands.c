@@ -442,6 +442,20 @@ static json_t *cmd_reload(sf_server *s)
     return json_pack("{s:b, s:s}", "ok", 1, "reloaded", what);
 }
 
+/* As SIGUSR2: starts the new generation and answers at once; `ctl
+ * upgrade` then asks upgrade_status until it is ready or has failed. */
+static json_t *cmd_upgrade(sf_server *s)
+{
+    char why[300];
+    int rc = upgrade_begin(s, why, sizeof why);
+
+    if (rc < 0) {
+        sf_logf(&s->log, SF_LOG_WARN, "ctl upgrade: no upgrade: %s", why);
+        return ctl_error("no upgrade: %s", why);
+    }
+    return upgrade_status_json(s);
+}
+
 json_t *server_command(void *arg, const char *cmd, json_t *req)
 {
     sf_server *s = arg;
@@ -458,5 +472,10 @@ json_t *server_command(void *arg, const char *cmd, json_t *req)
         return cmd_broadcast(s, req);
     if (strcmp(cmd, "reload") == 0)
         return cmd_reload(s);
-    return ctl_error("unknown command \"%s\" (list, kick, stats, send, broadcast, reload)", cmd);
+    if (strcmp(cmd, "upgrade") == 0)
+        return cmd_upgrade(s);
+    if (strcmp(cmd, "upgrade_status") == 0)
+        return upgrade_status_json(s);
+    return ctl_error("unknown command \"%s\" (list, kick, stats, send, broadcast, reload, "
+                     "upgrade, upgrade_status)", cmd);
 }

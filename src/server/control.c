@@ -233,10 +233,11 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 }
 
 int ctl_open(ctl_server *c, struct ev_loop *loop, const char *path, ctl_cb cb, void *arg,
-             const sf_logger *log)
+             const sf_logger *log, int take_over)
 {
     sf_addr a;
     int rc;
+    int n;
 
     memset(c, 0, sizeof *c);
     c->loop = loop;
@@ -252,6 +253,19 @@ int ctl_open(ctl_server *c, struct ev_loop *loop, const char *path, ctl_cb cb, v
     strcpy(a.u.un.sun_path, path);
     a.len = sizeof a.u.un;
     rc = listener_open(&c->lis, &a, 0, 0600);
+    if (rc == -EADDRINUSE && take_over) {
+        n = snprintf(a.u.un.sun_path, sizeof a.u.un.sun_path, "%s.new%d", path, (int)getpid());
+        if (n < 0 || (size_t)n >= sizeof a.u.un.sun_path)
+            return -ENAMETOOLONG;
+        if ((rc = listener_open(&c->lis, &a, 0, 0600)) < 0)
+            return rc;
+        if (rename(a.u.un.sun_path, path) < 0) {
+            rc = -errno;
+            listener_close(&c->lis);
+            return rc;
+        }
+        strcpy(c->lis.addr.u.un.sun_path, path); /* the same file: dev and ino hold */
+    }
     if (rc < 0)
         return rc;
     ev_io_init(&c->lis.io, accept_cb, c->lis.fd, EV_READ);

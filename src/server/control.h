@@ -47,9 +47,12 @@ typedef struct ctl_server {
 } ctl_server;
 
 /* Binds the socket at path (mode 0600; a stale socket is replaced, a live
- * one is -EADDRINUSE) and starts accepting on loop. Returns 0 or -errno. */
+ * one is -EADDRINUSE) and starts accepting on loop. With take_over, a live
+ * one's path is taken from it: bound beside it and renamed over it, so the
+ * path never names nothing (an upgrade's new generation). Returns 0 or
+ * -errno. */
 int ctl_open(ctl_server *c, struct ev_loop *loop, const char *path, ctl_cb cb, void *arg,
-             const sf_logger *log);
+             const sf_logger *log, int take_over);
 
 /* Disconnects every client, closes the socket and removes its path. */
 void ctl_close(ctl_server *c);

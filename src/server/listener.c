@@ -162,6 +162,7 @@ int listener_adopt(listener *l, int fd)
     if (type != SOCK_STREAM ||
         getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0 || !listening)
         return -EINVAL;
+    l->adopted = 1;
     l->addr.len = sizeof l->addr.u;
     if (getsockname(fd, &l->addr.u.sa, &l->addr.len) < 0)
         return -errno;

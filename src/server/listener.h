@@ -14,6 +14,7 @@ typedef struct listener {
     ino_t path_ino;     /*   only that one at close */
     int owns_path;
     int proxy;          /* clients come with a PROXY protocol header (",proxy") */
+    int adopted;        /* given as a descriptor (systemd's), not bound by us */
     ev_io io;
 } listener;
 

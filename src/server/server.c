@@ -116,6 +116,7 @@ void server_rec_release(sf_server *s, conn_rec *r)
     r->next_free = s->free_recs;
     s->free_recs = r;
     s->recs_used--;
+    upgrade_check_drained(s);
 }
 
 void server_per_ip_add(sf_server *s, conn_rec *r, int delta)
@@ -149,7 +150,7 @@ unsigned server_per_ip_count(const sf_server *s, const conn_rec *r)
 
 static void update_accepting(sf_server *s)
 {
-    int on = !s->paused && !s->sup.shutting_down;
+    int on = !s->paused && !s->sup.shutting_down && !s->up.draining;
 
     if (s->prefork)
         return; /* the workers accept */
@@ -626,6 +627,13 @@ void server_tuple_forget(sf_server *s, const conn_rec *r)
         (void)hmap_del(&s->by_tuple, &r->tuple);
 }
 
+/* A child the supervisor did not start: a new generation (upgrade.c). */
+static void on_other_exit(sup *sp, pid_t pid, int wstatus, void *arg)
+{
+    (void)sp;
+    upgrade_reaped(arg, pid, wstatus);
+}
+
 static void on_child_exit(sup *sp, pid_t pid, int wstatus, void *data, void *arg)
 {
     sf_server *s = arg;
@@ -791,7 +799,7 @@ static unsigned active_connections(sf_server *s)
     return wc.busy_all;
 }
 
-static void notify(sf_server *s, const char *text)
+void server_notify(sf_server *s, const char *text)
 {
     int rc = os_notify_send(&s->notify, text);
 
@@ -812,22 +820,27 @@ static void status_cb(struct ev_loop *loop, ev_timer *w, int revents)
         return;
     s->status_sent = (uint64_t)n + 1;
     snprintf(text, sizeof text, "STATUS=%u connection%s active", n, n == 1 ? "" : "s");
-    notify(s, text);
+    server_notify(s, text);
 }
 
 static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
     (void)revents;
-    notify(w->data, "WATCHDOG=1");
+    server_notify(w->data, "WATCHDOG=1");
 }
 
 /* Every listener is up and accepting (or the workers are started). */
 static void notify_ready(sf_server *s)
 {
+    /* Upgraded: the previous generation tells systemd, with our pid as
+     * MAINPID, once it has heard READY from us. */
+    int upgraded = upgrade_say_ready(s);
+
     if (s->notify.fd < 0)
         return;
-    notify(s, "READY=1");
+    if (!upgraded)
+        server_notify(s, "READY=1");
     status_cb(s->loop, &s->status_timer, 0);
     ev_timer_start(s->loop, &s->status_timer);
     if (s->notify.watchdog_s > 0) {
@@ -846,6 +859,10 @@ static int drop_privileges(sf_server *s)
         return 0;
     if ((rc = os_ids_resolve(s->opts.user, s->opts.group, &ids)) < 0)
         return rc;
+    /* Started by an upgrade of a server that had dropped them already. */
+    if (upgrade_takes_control(s) && getuid() == ids.uid && geteuid() == ids.uid &&
+        getgid() == ids.gid && getegid() == ids.gid)
+        return 0;
     /* The control socket is the user's: the server removes it at exit. */
     if (s->ctl.open && chown(s->ctl.lis.addr.u.un.sun_path, ids.uid, ids.gid) < 0)
         return -errno;
@@ -854,6 +871,22 @@ static int drop_privileges(sf_server *s)
     sf_logf(&s->log, SF_LOG_NOTICE, "running as uid %u, gid %u", (unsigned)ids.uid,
             (unsigned)ids.gid);
     return 0;
+}
+
+/* Upgraded: the listeners are the next generation's now. Ours are closed
+ * (their files are not ours to remove); connections accepted already are
+ * served to their end. Workers are retired: each finishes the connection
+ * it has, and none is started again. */
+void server_stop_accepting(sf_server *s)
+{
+    for (size_t i = 0; i < s->nlisteners; i++) {
+        ev_io_stop(s->loop, &s->listeners[i].io);
+        s->listeners[i].owns_path = 0;
+        listener_close(&s->listeners[i]);
+    }
+    ev_timer_stop(s->loop, &s->backoff_timer);
+    if (s->prefork)
+        workers_drain(s);
 }
 
 /* ---------------------------------------------------------------- reload */
@@ -885,7 +918,7 @@ static void on_shutdown(sup *sp, void *arg)
 
     if (s->notify.fd >= 0) {
         ev_timer_stop(s->loop, &s->status_timer);
-        notify(s, "STOPPING=1");
+        server_notify(s, "STOPPING=1");
     }
     /* What workers said before it (a connection's end) is read first. */
     if (s->prefork)
@@ -940,6 +973,7 @@ void sf_server_opts_init(sf_server_opts *o)
     o->chan_queue = SF_CHAN_QUEUE_DEFAULT;
     o->topic_history = 20;
     o->proxy_timeout_s = 5.0;
+    o->upgrade_timeout_s = UPGRADE_TIMEOUT_DEFAULT;
 }
 
 /* No socket may take the number of stdin, stdout or stderr: a child would
@@ -985,7 +1019,7 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
         s->opts.max_conns > (1u << 24) || s->opts.chan_max > CHAN_MAX_LIMIT ||
         s->opts.chan_queue < sf_chan_queue_min(s->opts.chan_max) ||
         s->opts.topic_history > 100000 || !(s->opts.worker_idle_s >= 0) ||
-        !(s->opts.proxy_timeout_s >= 0) ||
+        !(s->opts.proxy_timeout_s >= 0) || !(s->opts.upgrade_timeout_s >= 0) ||
         (s->opts.workers_max > 0 && (s->opts.workers_min == 0 ||
                                      s->opts.workers_min > s->opts.workers_max ||
                                      s->opts.workers_max > s->opts.max_conns))) {
@@ -997,6 +1031,8 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
         s->opts.worker_idle_s = 5.0;
     if (s->opts.proxy_timeout_s == 0)
         s->opts.proxy_timeout_s = 5.0;
+    if (s->opts.upgrade_timeout_s == 0)
+        s->opts.upgrade_timeout_s = UPGRADE_TIMEOUT_DEFAULT;
     s->log.cb = s->opts.log;
     s->log.arg = s->opts.log_arg;
     s->log.level = s->opts.log_level;
@@ -1042,6 +1078,9 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
     ev_timer_init(&s->watchdog_timer, watchdog_cb, 0., 0.);
     s->watchdog_timer.data = s;
     ev_async_start(s->loop, &s->stop_async);
+    upgrade_watchers_init(s);
+    if ((rc = upgrade_init(s)) < 0)
+        goto fail;
     *out = s;
     return 0;
 
@@ -1086,8 +1125,9 @@ int sf_server_listen(sf_server *s, const char *text)
     if (rc < 0)
         return rc;
     l = &s->listeners[s->nlisteners];
-    rc = listener_open(l, &a, s->opts.backlog, 0);
-    if (rc < 0)
+    /* Upgraded: the previous generation's socket, never bound again (its
+     * waiting clients stay in its queue). */
+    if (!upgrade_take_listener(s, &a, l) && (rc = listener_open(l, &a, s->opts.backlog, 0)) < 0)
         return rc;
     l->proxy = proxy;
     /* A balancer speaks first (its header): the kernel may hold the
@@ -1209,12 +1249,15 @@ int sf_server_run(sf_server *s)
     cfg.child_fdlimit = s->have_orig_fdlimit ? &s->orig_fdlimit : NULL;
     cfg.on_started = on_started;
     cfg.on_spawn_failed = on_spawn_failed;
+    cfg.on_other_exit = on_other_exit;
     rc = sup_init(&s->sup, s->loop, &cfg);
     if (rc < 0) {
         sigaction(SIGPIPE, &old_pipe, NULL);
         return rc;
     }
     s->sup_ready = 1;
+    /* After sup_init forked the spawner: SIGUSR2 is the workers' own. */
+    upgrade_start_watching(s);
     /* The watchers run: a caller may have blocked these to cover its
      * startup (see sf_server_run in sockfork.h); a pending one is handled
      * by the loop now. */
@@ -1224,6 +1267,7 @@ int sf_server_run(sf_server *s)
         sigaddset(&stop_signals, SIGTERM);
         sigaddset(&stop_signals, SIGINT);
         sigaddset(&stop_signals, SIGHUP);
+        sigaddset(&stop_signals, SIGUSR2);
         sigprocmask(SIG_UNBLOCK, &stop_signals, NULL);
     }
 
@@ -1259,7 +1303,8 @@ int sf_server_control(sf_server *s, const char *path)
         return -EBUSY;
     if (s->ctl.open)
         return -EEXIST;
-    return ctl_open(&s->ctl, s->loop, path, server_command, s, &s->log);
+    return ctl_open(&s->ctl, s->loop, path, server_command, s, &s->log,
+                    upgrade_takes_control(s));
 }
 
 const char *sf_server_control_path(const sf_server *s)
@@ -1272,6 +1317,7 @@ void sf_server_free(sf_server *s)
     if (!s)
         return;
     ctl_close(&s->ctl);
+    upgrade_fini(s);
     for (size_t i = 0; i < s->nlisteners; i++) {
         if (s->loop)
             ev_io_stop(s->loop, &s->listeners[i].io);

@@ -15,6 +15,7 @@
 #include "process/backoff.h"
 #include "server/sizing.h"
 #include "server/slot.h"
+#include "server/upgrade.h"
 
 #define LISTENERS_MAX 64
 #define ACCEPT_BATCH 32      /* accepts per wakeup, so reaping is not starved */
@@ -208,7 +209,14 @@ struct sf_server {
     os_notify notify;
     ev_timer status_timer, watchdog_timer;
     uint64_t status_sent; /* the last STATUS= count, +1; 0: none yet */
+
+    upgrade up;           /* upgrade.c: this generation's and its neighbours' */
 };
+
+/* Sends systemd one notification (nothing without NOTIFY_SOCKET). */
+void server_notify(sf_server *s, const char *text);
+/* Upgraded: the listeners are the next generation's; we accept no more. */
+void server_stop_accepting(sf_server *s);
 
 /* Access (access.c): the PROXY header of a ",proxy" listener's connection,
  * then the access rules, then the per-IP limit and the start (fork mode). */
@@ -259,6 +267,7 @@ void workers_on_spawn_failed(sf_server *s, conn_rec *r, int err);
 void workers_on_exit(sf_server *s, conn_rec *r, pid_t pid, int wstatus);
 int workers_on_session(sf_server *s, conn_rec *r, const chan_frame *f);
 void workers_shutdown(sf_server *s);
+void workers_drain(sf_server *s);   /* upgraded: retire all, start none */
 void workers_read_all(sf_server *s);     /* what the channels hold, before they close */
 void workers_end(sf_server *s, conn_rec *r, int why); /* kill it (server_end_child) */
 void workers_count(sf_server *s, worker_counts *out);

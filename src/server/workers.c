@@ -501,6 +501,19 @@ void workers_shutdown(sf_server *s)
     }
 }
 
+void workers_drain(sf_server *s)
+{
+    /* Upgraded: none is started again (no minimum, no maximum), each goes
+     * after the connection it has. The tick runs on: --conn-timeout and
+     * the slots still matter while they finish. */
+    s->wp.min = s->wp.max = 0;
+    for (unsigned i = 0; i < s->recs_touched; i++) {
+        conn_rec *r = &s->recs[i];
+        if (r->worker && r->pid > 0)
+            retire(s, r, WORKER_END_SHUTDOWN);
+    }
+}
+
 void workers_on_started(sf_server *s, conn_rec *r, pid_t pid)
 {
     worker_pool *wp = &s->wp;
@@ -520,7 +533,7 @@ void workers_on_started(sf_server *s, conn_rec *r, pid_t pid)
     else if (rc != -ESHUTDOWN)
         sf_logf(&s->log, SF_LOG_WARN, "worker pid %d: no channel: %s", (int)pid, strerror(-rc));
     sf_logf(&s->log, SF_LOG_DEBUG, "worker pid=%d started", (int)pid);
-    if (rc < 0 || s->sup.shutting_down) {
+    if (rc < 0 || s->sup.shutting_down || s->up.draining) {
         retire(s, r, WORKER_END_SHUTDOWN);
         if (rc < 0)
             sup_terminate(&s->sup, pid); /* no channel: it would serve blind */

@@ -127,6 +127,15 @@ void sup_shutdown(sup *s)
     sup_check_done(s);
 }
 
+void sup_shutdown_now(sup *s)
+{
+    double grace = s->cfg.grace;
+
+    s->cfg.grace = 0;
+    sup_shutdown(s); /* terminates at once: no grace, or asked again */
+    s->cfg.grace = grace;
+}
+
 static void sigterm_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
     sup *s = w->data;
@@ -153,8 +162,13 @@ void sup_child_exited(sup *s, pid_t pid, int wstatus)
     hmap_key k = hmap_key_int(pid);
     void *data;
 
-    if (!c)
-        return; /* not ours: a child the embedding program forked itself */
+    if (!c) {
+        /* Not ours: a child the embedding program forked itself, or the
+         * server's next generation. */
+        if (s->cfg.on_other_exit)
+            s->cfg.on_other_exit(s, pid, wstatus, s->cfg.arg);
+        return;
+    }
     ev_timer_stop(s->loop, &c->kill_timer);
     data = c->data;
     (void)hmap_del(&s->by_pid, &k);

@@ -58,6 +58,10 @@ typedef void (*sup_spawn_failed_cb)(sup *s, int err, void *data, void *arg);
 
 typedef struct sup_req sup_req;
 
+/* A child reaped that is none of the supervisor's (the server's next
+ * generation, upgrade.c). */
+typedef void (*sup_other_exit_cb)(sup *s, pid_t pid, int wstatus, void *arg);
+
 typedef struct sup_config {
     unsigned max_children;
     double grace;       /* s children may take to finish after shutdown begins */
@@ -74,6 +78,7 @@ typedef struct sup_config {
     const struct rlimit *child_fdlimit; /* copied at sup_init */
     sup_started_cb on_started;
     sup_spawn_failed_cb on_spawn_failed;
+    sup_other_exit_cb on_other_exit;  /* NULL: such children are ignored */
 } sup_config;
 
 typedef struct sup_child {
@@ -155,6 +160,8 @@ void *sup_child_data(sup *s, pid_t pid);
 
 /* Begins shutdown as SIGTERM would. */
 void sup_shutdown(sup *s);
+/* As sup_shutdown, with no grace: the children are terminated at once. */
+void sup_shutdown_now(sup *s);
 
 /* Runs the loop until shutdown has finished with every child reaped. */
 void sup_run(sup *s);

@@ -26,6 +26,9 @@ int cli_parse_bytes(const char *s, unsigned long long max, unsigned long long *o
  * an optional unit suffix ms, s, m or h. Returns 0 or -1. */
 int cli_parse_seconds(const char *s, double *out);
 
+/* main's argv, whole: what an upgrade starts the new server with. */
+extern char **cli_main_argv;
+
 int cmd_serve(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_ctl(int argc, char **argv);

@@ -47,6 +47,11 @@ static const char ctl_usage[] =
     "                   listeners\n"
     "  reload           re-read the files the server reads (as SIGHUP): its rules;\n"
     "                   a file that does not read changes nothing, and says why\n"
+    "  upgrade          start the binary now on disk as the new server (as\n"
+    "                   SIGUSR2), hand it the listening sockets, and wait until it\n"
+    "                   serves; the old one then drains its connections and exits.\n"
+    "                   Exit 1 with the reason if the new one fails: the old one\n"
+    "                   serves on\n"
     "\n"
     "options (before or after the command; '--' ends them, for a TEXT that\n"
     "begins with '-': sockfork ctl send 1234 -- '-1'):\n"
@@ -602,6 +607,14 @@ static void print_reloaded(json_t *reply, unsigned pid)
     printf("reloaded: %s\n", clean_member(reply, "reloaded", "?", what, sizeof what));
 }
 
+/* The upgrade's outcome, from the old generation's last status. */
+static void print_upgraded(json_t *reply, unsigned pid)
+{
+    char msg[FIELD_MAX];
+    (void)pid;
+    printf("upgraded: %s\n", clean_member(reply, "message", "?", msg, sizeof msg));
+}
+
 static void print_kicked(json_t *reply, unsigned pid)
 {
     (void)reply;
@@ -627,6 +640,7 @@ static const ctl_command ctl_commands[] = {
     {"kick", "kick PID", 1, 1, 0, "kick wants one PID", print_kicked},
     {"stats", "stats", 0, 0, 0, NULL, print_stats},
     {"reload", "reload", 0, 0, 0, NULL, print_reloaded},
+    {"upgrade", "upgrade", 0, 0, 0, NULL, print_upgraded},
 };
 
 #define NCTL_COMMANDS (sizeof ctl_commands / sizeof ctl_commands[0])
@@ -760,6 +774,39 @@ static int connect_server(const char *path)
     return fd;
 }
 
+/* `upgrade` answers when the new generation has started; its end (ready,
+ * or failed and why) is asked for on the same connection every 100 ms,
+ * for as long as the server said it waits, and a little more. The final
+ * status replaces *reply. */
+static int follow_upgrade(int fd, json_t **reply, char *err, size_t errlen)
+{
+    static const char status_req[] = "{\"cmd\":\"upgrade_status\"}\n";
+    json_t *timeout = json_object_get(*reply, "timeout_s");
+    long long deadline = now_ms() + (long long)((json_is_number(timeout) ? json_number_value(timeout)
+                                                                       : 30.0) * 1000) + 5000;
+
+    while (json_is_string(json_object_get(*reply, "state")) &&
+           strcmp(json_string_value(json_object_get(*reply, "state")), "starting") == 0) {
+        json_t *next;
+        if (now_ms() >= deadline) {
+            snprintf(err, errlen, "the upgrade did not end in time: still starting");
+            return -1;
+        }
+        (void)poll(NULL, 0, 100);
+        if (!(next = roundtrip(fd, status_req, CTL_TIMEOUT_MS, err, errlen)))
+            return -1;
+        json_decref(*reply);
+        *reply = next;
+    }
+    if (strcmp(json_string_value(json_object_get(*reply, "state")) ?: "", "done") != 0) {
+        char msg[FIELD_MAX];
+        snprintf(err, errlen, "upgrade failed, the server serves on: %s",
+                 clean_member(*reply, "message", "?", msg, sizeof msg));
+        return -1;
+    }
+    return 0;
+}
+
 /* Sends the request line text, prints the answer. Returns the exit status. */
 static int exchange(const ctl_command *c, const char *path, const char *text, int as_json,
                     unsigned pid)
@@ -771,6 +818,13 @@ static int exchange(const ctl_command *c, const char *path, const char *text, in
     if (fd < 0)
         return 1;
     reply = roundtrip(fd, text, CTL_TIMEOUT_MS, err, sizeof err);
+    if (reply && c->print == print_upgraded && json_is_true(json_object_get(reply, "ok")) &&
+        follow_upgrade(fd, &reply, err, sizeof err) < 0) {
+        if (as_json)
+            print_json(reply);
+        json_decref(reply);
+        reply = NULL;
+    }
     close(fd);
     if (!reply) {
         cli_error("ctl: %s", err);

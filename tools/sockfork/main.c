@@ -143,8 +143,11 @@ int cli_parse_seconds(const char *s, double *out)
     return 0;
 }
 
+char **cli_main_argv;
+
 int main(int argc, char **argv)
 {
+    cli_main_argv = argv;
     if (argc < 2) {
         fputs(usage_text, stderr);
         return EXIT_USAGE;

@@ -57,8 +57,11 @@ static const char serve_usage[] =
     "      --max-requests N  prefork: replace a worker after about N connections\n"
     "      --worker-idle S   prefork: idle time before a worker above MIN retires\n"
     "                        (default 5s)\n"
-    "      --grace S         at SIGTERM/SIGINT, time children get to finish\n"
-    "                        before they are terminated (default 10)\n"
+    "      --grace S         at SIGTERM/SIGINT, and after an upgrade, time children\n"
+    "                        get to finish before they are terminated (default 10)\n"
+    "      --upgrade-timeout S  at SIGUSR2 or 'sockfork ctl upgrade', time the new\n"
+    "                        binary has to be ready before it is killed and this\n"
+    "                        server serves on (default 30)\n"
     "      --backlog N       listen backlog (default: the system maximum)\n"
     "      --control PATH    control socket for `sockfork ctl` (mode 0600); default\n"
     "                        $XDG_RUNTIME_DIR/sockfork/serve-PID.sock, else\n"
@@ -103,7 +106,7 @@ static const char chat_usage[] =
     "  -V, --version         print the version\n";
 
 enum { OPT_RULES = 200, OPT_PROXY_FROM, OPT_PROXY_TIMEOUT, OPT_MAX_PER_IP = 256, OPT_IDLE, OPT_CONN_TIMEOUT, OPT_WORKERS, OPT_MAX_REQUESTS,
-       OPT_WORKER_IDLE, OPT_GRACE, OPT_BACKLOG, OPT_ECHO, OPT_CONTROL, OPT_NO_CONTROL,
+       OPT_WORKER_IDLE, OPT_GRACE, OPT_UPGRADE_TIMEOUT, OPT_BACKLOG, OPT_ECHO, OPT_CONTROL, OPT_NO_CONTROL,
        OPT_CHAN_MAX, OPT_CHAN_QUEUE, OPT_CHAN_FULL, OPT_TOPIC_HISTORY,
        /* chat only */
        OPT_HISTORY, OPT_LINE_MAX, OPT_FLOOD, OPT_CLIENT_BACKLOG };
@@ -122,6 +125,7 @@ static const struct option serve_options[] = {
     {"max-requests", required_argument, NULL, OPT_MAX_REQUESTS},
     {"worker-idle", required_argument, NULL, OPT_WORKER_IDLE},
     {"grace", required_argument, NULL, OPT_GRACE},
+    {"upgrade-timeout", required_argument, NULL, OPT_UPGRADE_TIMEOUT},
     {"backlog", required_argument, NULL, OPT_BACKLOG},
     {"quiet", no_argument, NULL, 'q'},
     {"echo", no_argument, NULL, OPT_ECHO},
@@ -408,6 +412,15 @@ static int set_proxy_from(server_cmdline *cl, const char *v)
     return 0;
 }
 
+static int set_upgrade_timeout(server_cmdline *cl, const char *v)
+{
+    if (cli_parse_seconds(v, &cl->opts.upgrade_timeout_s) < 0 || cl->opts.upgrade_timeout_s <= 0) {
+        cli_error("%s: --upgrade-timeout wants a duration above 0, not '%s'", cl->kind->name, v);
+        return -1;
+    }
+    return 0;
+}
+
 static int set_proxy_timeout(server_cmdline *cl, const char *v)
 {
     if (cli_parse_seconds(v, &cl->opts.proxy_timeout_s) < 0 || cl->opts.proxy_timeout_s <= 0) {
@@ -651,6 +664,7 @@ static const struct server_option {
     {OPT_MAX_REQUESTS, KIND_SERVE | KIND_CHAT, set_max_requests},
     {OPT_WORKER_IDLE, KIND_SERVE | KIND_CHAT, set_worker_idle},
     {OPT_GRACE, KIND_SERVE | KIND_CHAT, set_grace},
+    {OPT_UPGRADE_TIMEOUT, KIND_SERVE | KIND_CHAT, set_upgrade_timeout},
     {OPT_BACKLOG, KIND_SERVE | KIND_CHAT, set_backlog},
     {'q', KIND_SERVE | KIND_CHAT, set_quiet},
     {OPT_ECHO, KIND_SERVE, set_echo},
@@ -962,6 +976,7 @@ static int serve_until_stopped(sf_server *srv, const server_cmdline *cl)
     sigaddset(&hold, SIGTERM);
     sigaddset(&hold, SIGINT);
     sigaddset(&hold, SIGHUP);
+    sigaddset(&hold, SIGUSR2);
     sigprocmask(SIG_BLOCK, &hold, &old_mask);
     if (!cl->no_control)
         status = open_control(srv, cl);
@@ -1000,6 +1015,7 @@ static int run_server(int argc, char **argv, const server_kind *k)
     sf_server_opts_init(&cl.opts);
     cl.opts.log = cli_log;
     cl.opts.on_ready = announce_listeners;
+    cl.opts.upgrade_argv = cli_main_argv;
     cl.opts.ready_arg = &cl;
     cl.opts.chan_full_kick = k->chan_full_kick;
     if (take_systemd_sockets(&cl) < 0)
