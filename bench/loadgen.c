@@ -110,6 +110,7 @@ struct lg {
     int n_hold;              /* -n */
     double secs;             /* -d */
     uint64_t timeout_ns;     /* -T: connect timeout, and echo timeout */
+    uint64_t interval_ns;    /* -i: rate per interval; 0 none */
     const char *hold_file;   /* --hold-file */
     double hold_secs;        /* --hold-seconds */
     int linger0;             /* --linger0: close with RST, no TIME_WAIT */
@@ -608,7 +609,23 @@ static void run_rate(struct lg *g)
     for (int i = 0; i < g->nconns; i++)
         connect_slot(g, &g->conns[i]);
     uint64_t end = start + (uint64_t)(g->secs * NS_PER_S);
-    loop(g, end, NULL);
+    if (g->interval_ns == 0) {
+        loop(g, end, NULL);
+    } else {
+        /* One line per interval: how the rate moves (bench/upgrade.sh). */
+        uint64_t t = start, ops = 0, errs = 0;
+        while (t < end) {
+            t = t + g->interval_ns < end ? t + g->interval_ns : end;
+            loop(g, t, NULL);
+            printf("tick ms=%llu ops=%llu errors=%llu\n",
+                   (unsigned long long)((t - start) / NS_PER_MS),
+                   (unsigned long long)(g->ops - ops),
+                   (unsigned long long)(total_errors(&g->err) - errs));
+            fflush(stdout);
+            ops = g->ops;
+            errs = total_errors(&g->err);
+        }
+    }
     double secs = (double)(bench_now_ns() - start) / NS_PER_S;
     drain(g); /* cycles still in flight are neither counted nor errors */
     close_all(g);
@@ -750,6 +767,7 @@ static void usage(void)
           " (default 60); probe: give up after (default 10)\n"
           "  -n N      hold: connections to open (default 1000)\n"
           "  -T MS     connect timeout, and echo timeout (default 5000)\n"
+          "  -i MS     rate: also print the cycles and errors of every MS interval\n"
           "  --hold-file PATH     hold until PATH is removed\n"
           "  --hold-seconds S     hold at most S seconds (default 10, or 600"
           " with --hold-file)\n"
@@ -792,7 +810,7 @@ int main(int argc, char **argv)
 
     int opt;
     optind = 2;
-    while ((opt = getopt_long(argc, argv, "a:c:d:n:T:h", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "a:c:d:n:T:i:h", longopts, NULL)) != -1) {
         switch (opt) {
         case 'a': addr = optarg; break;
         case 'c': g.conc = (int)bench_parse_num(optarg, 1, MAX_CONNS, "-c"); break;
@@ -803,6 +821,7 @@ int main(int argc, char **argv)
         case 'S': g.hold_secs = bench_parse_num(optarg, 0, MAX_SECS, "--hold-seconds"); break;
         case 'L': g.linger0 = 1; break;
         case 'P': g.proxy_v2 = 1; break;
+        case 'i': g.interval_ns = (uint64_t)bench_parse_num(optarg, 10, 60000, "-i") * NS_PER_MS; break;
         default: usage();
         }
     }

@@ -110,6 +110,12 @@ static json_t *cmd_list(sf_server *s)
     free(bytes);
     reply = json_pack("{s:b, s:s, s:o}", "ok", 1, "mode", s->prefork ? "prefork" : "fork",
                       "children", children);
+    /* Upgraded: the connections of the generation before us are its own,
+     * listed there (nothing silently vanishes from the list). */
+    if (reply && upgrade_put_generations(s, reply) < 0) {
+        json_decref(reply);
+        return NULL;
+    }
     return reply;
 }
 
@@ -442,8 +448,8 @@ static json_t *cmd_reload(sf_server *s)
     return json_pack("{s:b, s:s}", "ok", 1, "reloaded", what);
 }
 
-/* As SIGUSR2: starts the new generation and answers at once; `ctl
- * upgrade` then asks upgrade_status until it is ready or has failed. */
+/* As SIGUSR2: starts the new generation; the answer is its outcome, given
+ * when the new one is ready or has failed (upgrade.c). */
 static json_t *cmd_upgrade(sf_server *s)
 {
     char why[300];
@@ -453,7 +459,7 @@ static json_t *cmd_upgrade(sf_server *s)
         sf_logf(&s->log, SF_LOG_WARN, "ctl upgrade: no upgrade: %s", why);
         return ctl_error("no upgrade: %s", why);
     }
-    return upgrade_status_json(s);
+    return CTL_LATER; /* upgrade.c answers when it is ready, or has failed */
 }
 
 json_t *server_command(void *arg, const char *cmd, json_t *req)

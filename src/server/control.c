@@ -26,6 +26,8 @@ json_t *ctl_error(const char *fmt, ...)
     return json_pack("{s:b, s:s}", "ok", 0, "error", safe);
 }
 
+char ctl_later_tag;
+
 static void client_close(ctl_client *cl)
 {
     if (cl->fd < 0)
@@ -37,6 +39,7 @@ static void client_close(ctl_client *cl)
     free(cl->out);
     cl->in = cl->out = NULL;
     cl->in_have = cl->out_len = cl->out_sent = cl->discarding = 0;
+    cl->waiting = 0;
 }
 
 /* Watch for reading always, for writing while answers wait. */
@@ -132,15 +135,26 @@ static int client_process(ctl_client *cl)
     size_t start = 0;
     char *nl;
 
-    while ((nl = memchr(cl->in + start, '\n', cl->in_have - start)) != NULL) {
-        size_t len = (size_t)(nl - (cl->in + start));
-        if (len > 0 && cl->in[start + len - 1] == '\r')
+    /* Answers go in request order: after a CTL_LATER, the next request
+     * waits in the buffer for it. */
+    while (!cl->waiting && (nl = memchr(cl->in + start, '\n', cl->in_have - start)) != NULL) {
+        const char *line = cl->in + start;
+        size_t len = (size_t)(nl - line);
+        json_t *reply;
+        if (len > 0 && line[len - 1] == '\r')
             len--;
-        if (len > 0 && client_reply(cl, answer(cl->owner, cl->in + start, len)) < 0) {
+        start = (size_t)(nl - cl->in) + 1;
+        if (len == 0)
+            continue;
+        reply = answer(cl->owner, line, len);
+        if (reply == CTL_LATER) {
+            cl->waiting = 1;
+            break;
+        }
+        if (client_reply(cl, reply) < 0) {
             sf_logf(cl->owner->log, SF_LOG_WARN, "control client not reading its answers: dropped");
             return -1;
         }
-        start = (size_t)(nl - cl->in) + 1;
     }
     memmove(cl->in, cl->in + start, cl->in_have - start);
     cl->in_have -= start;
@@ -195,6 +209,22 @@ static void client_cb(struct ev_loop *loop, ev_io *w, int revents)
     if (cl->discarding && cl->out_sent == cl->out_len)
         (void)shutdown(cl->fd, SHUT_WR); /* the answer is out: EOF follows it */
     client_watch(cl);
+}
+
+void ctl_answer_waiting(ctl_server *c, json_t *(*make)(void *arg), void *arg)
+{
+    for (int i = 0; c->open && i < CTL_CLIENTS_MAX; i++) {
+        ctl_client *cl = &c->clients[i];
+        if (cl->fd < 0 || !cl->waiting)
+            continue;
+        cl->waiting = 0;
+        /* Written at once: the server may be on its way out after it. */
+        if (client_reply(cl, make(arg)) < 0 || client_process(cl) < 0 || client_flush(cl) < 0) {
+            client_close(cl);
+            continue;
+        }
+        client_watch(cl);
+    }
 }
 
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)

@@ -25,6 +25,11 @@
  */
 typedef json_t *(*ctl_cb)(void *arg, const char *cmd, json_t *req);
 
+/* A ctl_cb's answer that comes later (an upgrade's outcome): the client's
+ * further requests wait until ctl_answer_waiting gives it. */
+extern char ctl_later_tag;
+#define CTL_LATER ((json_t *)(void *)&ctl_later_tag)
+
 typedef struct ctl_client {
     int fd;                 /* -1: slot free */
     ev_io io;
@@ -33,6 +38,7 @@ typedef struct ctl_client {
     char *out;              /* answers not yet written, up to CTL_REPLY_MAX */
     size_t out_len, out_sent;
     size_t discarding;      /* >0: answered an over-long line, draining before close */
+    int waiting;            /* its last request was answered CTL_LATER */
     struct ctl_server *owner;
 } ctl_client;
 
@@ -56,6 +62,10 @@ int ctl_open(ctl_server *c, struct ev_loop *loop, const char *path, ctl_cb cb, v
 
 /* Disconnects every client, closes the socket and removes its path. */
 void ctl_close(ctl_server *c);
+
+/* Answers every client waiting after CTL_LATER with make(arg) (a new
+ * reference each), and goes on with their next requests. */
+void ctl_answer_waiting(ctl_server *c, json_t *(*make)(void *arg), void *arg);
 
 /* A reply {"ok": false, "error": msg}. New reference, or NULL. */
 json_t *ctl_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

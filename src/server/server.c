@@ -839,9 +839,12 @@ static void notify_ready(sf_server *s)
 
     if (s->notify.fd < 0)
         return;
-    if (!upgraded)
+    /* Upgraded, our first STATUS= waits a tick: systemd takes it from the
+     * main pid only, which we are once the previous one said MAINPID=. */
+    if (!upgraded) {
         server_notify(s, "READY=1");
-    status_cb(s->loop, &s->status_timer, 0);
+        status_cb(s->loop, &s->status_timer, 0);
+    }
     ev_timer_start(s->loop, &s->status_timer);
     if (s->notify.watchdog_s > 0) {
         ev_timer_set(&s->watchdog_timer, s->notify.watchdog_s / 2, s->notify.watchdog_s / 2);

@@ -563,6 +563,19 @@ fail:
     _exit(127);
 }
 
+static json_t *status_answer(void *arg)
+{
+    const sf_server *s = arg;
+    json_t *o = upgrade_status_json(s);
+
+    /* A failure is an error answer: `ctl upgrade` exits 1 with the reason. */
+    if (o && s->up.state == UPGRADE_FAILED) {
+        json_decref(o);
+        o = ctl_error("upgrade failed, the server serves on: %s", s->up.why);
+    }
+    return o;
+}
+
 static void finish(sf_server *s, int ok)
 {
     upgrade *u = &s->up;
@@ -574,6 +587,7 @@ static void finish(sf_server *s, int ok)
         u->state = UPGRADE_DONE;
         /* The link stays open: its end tells the new generation we have
          * gone. The child is its own now (we reap it if it dies first). */
+        ctl_answer_waiting(&s->ctl, status_answer, s);
         return;
     }
     if (u->link >= 0)
@@ -585,6 +599,7 @@ static void finish(sf_server *s, int ok)
     }
     u->state = UPGRADE_FAILED;
     control_back_home(s);
+    ctl_answer_waiting(&s->ctl, status_answer, s);
     sf_logf(&s->log, SF_LOG_ERROR, "upgrade failed, serving on: %s", u->why);
     if (s->notify.fd >= 0) {
         char text[320];
@@ -814,6 +829,21 @@ static void usr2_cb(struct ev_loop *loop, ev_signal *w, int revents)
     rc = upgrade_begin(s, why, sizeof why);
     if (rc < 0)
         sf_logf(&s->log, SF_LOG_WARN, "SIGUSR2: no upgrade: %s", why);
+}
+
+int upgrade_put_generations(const sf_server *s, json_t *reply)
+{
+    const upgrade *u = &s->up;
+
+    if (u->from >= 0 &&
+        json_object_set_new(reply, "previous_generation",
+                            json_pack("{s:i, s:s?}", "pid", (int)u->prev_pid, "control",
+                                      u->prev_control[0] ? u->prev_control : NULL)) < 0)
+        return -ENOMEM;
+    if (u->draining &&
+        json_object_set_new(reply, "next_generation", json_pack("{s:i}", "pid", (int)u->new_pid)) < 0)
+        return -ENOMEM;
+    return 0;
 }
 
 json_t *upgrade_status_json(const sf_server *s)

@@ -108,6 +108,11 @@ int upgrade_begin(sf_server *s, char *why, size_t len);
  * generation. */
 void upgrade_reaped(sf_server *s, pid_t pid, int wstatus);
 
+/* `previous_generation` {pid, control} while the one before us drains,
+ * `next_generation` {pid} while we drain: added to a control answer. 0 or
+ * -ENOMEM. */
+int upgrade_put_generations(const sf_server *s, json_t *reply);
+
 /* The `upgrade` and `upgrade_status` answers of the control socket. */
 json_t *upgrade_status_json(const sf_server *s);
 

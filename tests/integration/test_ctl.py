@@ -726,7 +726,7 @@ def test_stats_reply_has_every_key_in_order(sockfork, tmp_path):
 # Pinned before cmd_ctl became a table of subcommands (issue 12): each
 # command's words and what is said when they are not right.
 
-COMMANDS = "(list, send PID TEXT, broadcast TEXT, kick PID, stats, reload)"
+COMMANDS = "(list, send PID TEXT, broadcast TEXT, kick PID, stats, reload, upgrade)"
 
 
 @pytest.mark.parametrize("args, want", [

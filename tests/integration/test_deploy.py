@@ -336,8 +336,15 @@ def test_user_drop_reaches_prefork_workers(sockfork, tmp_path):
     s.sendall(b"x")
     assert s.recv(1) == b"x"
     import json
-    rc, out, err = run_cli("ctl", "--control", ctl, "--json", "list")
-    workers = [c["pid"] for c in json.loads(out)["children"]]
+    # A worker may serve before the supervisor has heard from the spawner
+    # that it started: it is listed from then on (a bounded wait).
+    deadline = time.monotonic() + WAIT
+    while True:
+        rc, out, err = run_cli("ctl", "--control", ctl, "--json", "list")
+        workers = [c["pid"] for c in json.loads(out)["children"]]
+        if len(workers) == 2 or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
     assert len(workers) == 2, out
     for pid in [srv.pid] + workers:
         uids, gids, groups = ids_of(pid)

@@ -23,6 +23,7 @@
 
 #define REPLY_MAX (16 << 20)
 #define CTL_TIMEOUT_MS 10000
+#define UPGRADE_WAIT_MAX_S 3600 /* serve's --upgrade-timeout is at most this */
 #define PROBE_TIMEOUT_MS 2000 /* each server, when several answer */
 #define SERVERS_MAX 64 /* listed when several run; the others are counted */
 /* The longest request line the server reads, without its newline:
@@ -252,6 +253,23 @@ static void fmt_bytes(json_t *v, char *buf, size_t len)
         snprintf(buf, len, "-");
 }
 
+/* After an upgrade, where the other generation's connections are. */
+static void print_generations(json_t *reply)
+{
+    json_t *prev = json_object_get(reply, "previous_generation");
+    json_t *next = json_object_get(reply, "next_generation");
+    char path[FIELD_MAX];
+
+    if (json_is_object(prev))
+        printf("the previous generation (pid %lld) serves its own connections to their end: "
+               "sockfork ctl --control %s list\n",
+               (long long)json_integer_value(json_object_get(prev, "pid")),
+               clean_member(prev, "control", "?", path, sizeof path));
+    if (json_is_object(next))
+        printf("upgraded: new connections go to pid %lld; this generation drains\n",
+               (long long)json_integer_value(json_object_get(next, "pid")));
+}
+
 static void print_list(json_t *reply, unsigned pid)
 {
     json_t *children = json_object_get(reply, "children"), *c;
@@ -293,6 +311,7 @@ static void print_list(json_t *reply, unsigned pid)
                clean_member(c, "state", "-", state, sizeof state), since, in, out,
                clean_member(c, "status", "", status, sizeof status));
     }
+    print_generations(reply);
 }
 
 /* A list of strings and integers only, which reads as words. */
@@ -774,39 +793,6 @@ static int connect_server(const char *path)
     return fd;
 }
 
-/* `upgrade` answers when the new generation has started; its end (ready,
- * or failed and why) is asked for on the same connection every 100 ms,
- * for as long as the server said it waits, and a little more. The final
- * status replaces *reply. */
-static int follow_upgrade(int fd, json_t **reply, char *err, size_t errlen)
-{
-    static const char status_req[] = "{\"cmd\":\"upgrade_status\"}\n";
-    json_t *timeout = json_object_get(*reply, "timeout_s");
-    long long deadline = now_ms() + (long long)((json_is_number(timeout) ? json_number_value(timeout)
-                                                                       : 30.0) * 1000) + 5000;
-
-    while (json_is_string(json_object_get(*reply, "state")) &&
-           strcmp(json_string_value(json_object_get(*reply, "state")), "starting") == 0) {
-        json_t *next;
-        if (now_ms() >= deadline) {
-            snprintf(err, errlen, "the upgrade did not end in time: still starting");
-            return -1;
-        }
-        (void)poll(NULL, 0, 100);
-        if (!(next = roundtrip(fd, status_req, CTL_TIMEOUT_MS, err, errlen)))
-            return -1;
-        json_decref(*reply);
-        *reply = next;
-    }
-    if (strcmp(json_string_value(json_object_get(*reply, "state")) ?: "", "done") != 0) {
-        char msg[FIELD_MAX];
-        snprintf(err, errlen, "upgrade failed, the server serves on: %s",
-                 clean_member(*reply, "message", "?", msg, sizeof msg));
-        return -1;
-    }
-    return 0;
-}
-
 /* Sends the request line text, prints the answer. Returns the exit status. */
 static int exchange(const ctl_command *c, const char *path, const char *text, int as_json,
                     unsigned pid)
@@ -817,14 +803,10 @@ static int exchange(const ctl_command *c, const char *path, const char *text, in
 
     if (fd < 0)
         return 1;
-    reply = roundtrip(fd, text, CTL_TIMEOUT_MS, err, sizeof err);
-    if (reply && c->print == print_upgraded && json_is_true(json_object_get(reply, "ok")) &&
-        follow_upgrade(fd, &reply, err, sizeof err) < 0) {
-        if (as_json)
-            print_json(reply);
-        json_decref(reply);
-        reply = NULL;
-    }
+    /* An upgrade is answered when the new server is ready or has failed,
+     * within the server's --upgrade-timeout (at most UPGRADE_WAIT_MAX_S). */
+    reply = roundtrip(fd, text, c->print == print_upgraded ? (UPGRADE_WAIT_MAX_S + 10) * 1000
+                                                            : CTL_TIMEOUT_MS, err, sizeof err);
     close(fd);
     if (!reply) {
         cli_error("ctl: %s", err);

@@ -414,8 +414,10 @@ static int set_proxy_from(server_cmdline *cl, const char *v)
 
 static int set_upgrade_timeout(server_cmdline *cl, const char *v)
 {
-    if (cli_parse_seconds(v, &cl->opts.upgrade_timeout_s) < 0 || cl->opts.upgrade_timeout_s <= 0) {
-        cli_error("%s: --upgrade-timeout wants a duration above 0, not '%s'", cl->kind->name, v);
+    if (cli_parse_seconds(v, &cl->opts.upgrade_timeout_s) < 0 || cl->opts.upgrade_timeout_s <= 0 ||
+        cl->opts.upgrade_timeout_s > 3600) {
+        cli_error("%s: --upgrade-timeout wants a duration above 0, up to 3600 s, not '%s'",
+                  cl->kind->name, v);
         return -1;
     }
     return 0;
