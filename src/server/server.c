@@ -919,7 +919,10 @@ static void on_shutdown(sup *sp, void *arg)
     sf_server *s = arg;
     (void)sp;
 
-    if (s->notify.fd >= 0) {
+    upgrade_on_shutdown(s);
+    /* A drained generation's STOPPING=1 would be taken for the service's:
+     * systemd heard MAINPID= of the next one. */
+    if (s->notify.fd >= 0 && !s->up.draining) {
         ev_timer_stop(s->loop, &s->status_timer);
         server_notify(s, "STOPPING=1");
     }

@@ -601,7 +601,7 @@ static void finish(sf_server *s, int ok)
     control_back_home(s);
     ctl_answer_waiting(&s->ctl, status_answer, s);
     sf_logf(&s->log, SF_LOG_ERROR, "upgrade failed, serving on: %s", u->why);
-    if (s->notify.fd >= 0) {
+    if (s->notify.fd >= 0 && !s->sup.shutting_down) {
         char text[320];
         snprintf(text, sizeof text, "READY=1\nSTATUS=upgrade failed: %s", u->why);
         server_notify(s, text);
@@ -816,6 +816,17 @@ fail:
         close(sv[1]);
     free_handover(&h);
     return rc;
+}
+
+void upgrade_on_shutdown(sf_server *s)
+{
+    upgrade *u = &s->up;
+
+    ev_timer_stop(s->loop, &u->drain_timer); /* the shutdown's grace rules now */
+    if (u->state != UPGRADE_STARTING)
+        return;
+    set_why(u, "the server is stopping: the new process (pid %d) was killed", (int)u->child);
+    finish(s, 0);
 }
 
 static void usr2_cb(struct ev_loop *loop, ev_signal *w, int revents)

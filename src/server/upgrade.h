@@ -116,6 +116,10 @@ int upgrade_put_generations(const sf_server *s, json_t *reply);
 /* The `upgrade` and `upgrade_status` answers of the control socket. */
 json_t *upgrade_status_json(const sf_server *s);
 
+/* Shutdown began: a new generation still starting is killed (stopping
+ * means stopping; one that is ready serves on). */
+void upgrade_on_shutdown(sf_server *s);
+
 /* A record was released: while draining, the last one ends us. */
 void upgrade_check_drained(sf_server *s);
 

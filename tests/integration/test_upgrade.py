@@ -221,6 +221,20 @@ def test_a_broken_new_binary_changes_nothing(sockfork, tmp_path, script, why):
     srv.stop()
 
 
+def test_sigterm_while_the_new_one_starts_stops_both(sockfork, tmp_path):
+    exe = copy_binary(tmp_path)
+    ctl_path = str(tmp_path / "c.sock")
+    srv = sockfork("--echo", "--control", ctl_path, bin=exe)
+    replace_binary(exe, "exec sleep 60")
+    srv.signal(signal.SIGUSR2)
+    _, m = srv.log.wait_one(r"^sockfork: upgrade: started .* as pid (\d+) \(generation 2\)$")
+    starting = int(m.group(1))
+    srv.stop()  # SIGTERM: exit 0, nothing of the session left (the sleep included)
+    srv.log.wait_one(r"^sockfork: upgrade failed, serving on: the server is stopping: the new "
+                     r"process \(pid %d\) was killed$" % starting)
+    assert proc_stat(starting) is None or proc_stat(starting)[0] == "Z"
+
+
 def test_sigusr2_upgrades_and_a_draining_generation_refuses_another(sockfork, tmp_path):
     ctl_path = str(tmp_path / "c.sock")
     srv = sockfork("--echo", "--grace", "30", "--control", ctl_path)
