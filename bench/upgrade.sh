@@ -74,7 +74,8 @@ run_one() {   # run_one REP
             up = at * 1000
             k = 0
             for (i = 1; i <= n; i++) if (ms[i] > 1000 && ms[i] <= up) st[++k] = ops[i]
-            asort(st)
+            for (i = 2; i <= k; i++)   # insertion sort: mawk has no asort
+                for (j = i; j > 1 && st[j - 1] > st[j]; j--) { t = st[j]; st[j] = st[j - 1]; st[j - 1] = t }
             steady = st[int((k + 1) / 2)]
             low = -1; below = 0
             for (i = 1; i <= n; i++) {
