@@ -1699,6 +1699,6 @@ int bus_revoke_name(bus *b, const char *name, size_t len, const char *why)
     }
     e->nnames--;
     name_free(b, n); /* the bridge hears of it */
-    send_error(e, EEXIST, name, len, "claim: %s", why);
+    send_error(e, EEXIST, name, len, "claim: %.*s taken back: %s", (int)len, name, why);
     return 0;
 }

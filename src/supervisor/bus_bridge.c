@@ -262,15 +262,16 @@ static uint32_t get_u32(const unsigned char *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-/* A frame whose head is [u32 pid][u16 n][text] (with_len) or [u32 pid][text]. */
-static void send_pid_text(bus_bridge *br, uint16_t type, pid_t pid, int with_len, const char *text,
+/* A frame whose head is [u32 pid][u16 n][text] (with_len) or [u32 pid][text].
+ * Returns 0 or -errno (the transport could not take it). */
+static int send_pid_text(bus_bridge *br, uint16_t type, pid_t pid, int with_len, const char *text,
                           size_t text_len, const void *data, size_t len)
 {
     unsigned char head[4 + 2 + BUS_NAME_MAX];
     size_t n = 4;
 
     if (text_len > BUS_NAME_MAX)
-        return; /* the bus never makes one */
+        return -EINVAL; /* the bus never makes one */
     put_u32(head, (uint32_t)pid);
     if (with_len) {
         put_u16(head + n, text_len);
@@ -278,7 +279,7 @@ static void send_pid_text(bus_bridge *br, uint16_t type, pid_t pid, int with_len
     }
     if (text_len)
         memcpy(head + n, text, text_len);
-    (void)br->out(br->out_arg, type, head, n + text_len, data, len);
+    return br->out(br->out_arg, type, head, n + text_len, data, len);
 }
 
 /* ------------------------------------------------ the bus's questions */
@@ -286,12 +287,12 @@ static void send_pid_text(bus_bridge *br, uint16_t type, pid_t pid, int with_len
 static void op_published(void *ctx, const char *topic, size_t topic_len, pid_t from,
                          const unsigned char *data, size_t len)
 {
-    send_pid_text(ctx, BRIDGE_PUBLISH, from, 1, topic, topic_len, data, len);
+    (void)send_pid_text(ctx, BRIDGE_PUBLISH, from, 1, topic, topic_len, data, len);
 }
 
 static void op_broadcast(void *ctx, pid_t from, const unsigned char *data, size_t len)
 {
-    send_pid_text(ctx, BRIDGE_BROADCAST, from, 0, NULL, 0, data, len);
+    (void)send_pid_text(ctx, BRIDGE_BROADCAST, from, 0, NULL, 0, data, len);
 }
 
 static int op_send_name(void *ctx, const char *name, size_t name_len, pid_t from,
@@ -301,24 +302,25 @@ static int op_send_name(void *ctx, const char *name, size_t name_len, pid_t from
 
     if (!*name_slot(br, name, name_len))
         return -ESRCH;
-    send_pid_text(br, BRIDGE_SEND_NAME, from, 1, name, name_len, data, len);
-    return 0;
+    /* A link cut meanwhile: its sender is told there is nobody, rather
+     * than the message going nowhere. */
+    return send_pid_text(br, BRIDGE_SEND_NAME, from, 1, name, name_len, data, len) < 0 ? -ESRCH : 0;
 }
 
 static void op_name(void *ctx, const char *name, size_t len, pid_t pid, int held)
 {
-    send_pid_text(ctx, held ? BRIDGE_CLAIM : BRIDGE_RELEASE, pid, 0, name, len, NULL, 0);
+    (void)send_pid_text(ctx, held ? BRIDGE_CLAIM : BRIDGE_RELEASE, pid, 0, name, len, NULL, 0);
 }
 
 static void op_member(void *ctx, const char *topic, size_t len, pid_t pid, int joined)
 {
-    send_pid_text(ctx, joined ? BRIDGE_JOIN : BRIDGE_LEAVE, pid, 0, topic, len, NULL, 0);
+    (void)send_pid_text(ctx, joined ? BRIDGE_JOIN : BRIDGE_LEAVE, pid, 0, topic, len, NULL, 0);
 }
 
 static void op_will(void *ctx, pid_t pid, const char *topic, size_t topic_len,
                     const unsigned char *data, size_t len)
 {
-    send_pid_text(ctx, BRIDGE_WILL, pid, 1, topic, topic_len, data, len);
+    (void)send_pid_text(ctx, BRIDGE_WILL, pid, 1, topic, topic_len, data, len);
 }
 
 static int op_name_held(void *ctx, const char *name, size_t len)
@@ -439,7 +441,8 @@ static int claim(bus_bridge *br, const parsed *x)
         if (br->rank < br->peer_rank)
             return 0; /* ours stays; the peer revokes its own */
         (void)bus_revoke_name(br->bus, x->text, x->text_len,
-                              "the name was claimed on the other side at the same moment");
+                              "claimed at the same moment on the other side of the bridge, "
+                              "which keeps it");
     }
     return name_add(br, x->text, x->text_len, x->pid);
 }
@@ -458,7 +461,7 @@ static void send_name(bus_bridge *br, const parsed *x)
         return;
     /* Released here while the message crossed: its sender is told, as
      * it would have been on one bus (no silent loss). */
-    send_pid_text(br, BRIDGE_NO_NAME, x->pid, 0, x->text, x->text_len, NULL, 0);
+    (void)send_pid_text(br, BRIDGE_NO_NAME, x->pid, 0, x->text, x->text_len, NULL, 0);
 }
 
 static void no_name(bus_bridge *br, const parsed *x)
