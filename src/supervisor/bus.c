@@ -1183,11 +1183,8 @@ static void drop_connection_state(endpoint *e)
     if (e->will && !b->closing) {
         (void)topic_publish(b, e->will, e->will_topic_len, e->pid,
                             (const unsigned char *)e->will + e->will_topic_len, e->will_len, NULL);
-        bridge_published(b, e->will, e->will_topic_len, e->pid,
-                         (const unsigned char *)e->will + e->will_topic_len, e->will_len);
-        free(e->will);
-        e->will = NULL;
-        bridge_will(b, e); /* published: the peer forgets it */
+        if (b->bridge)
+            b->bridge->will_published(b->bridge_ctx, e->pid);
     }
     /* Not published (the bus is closing): the peer keeps it, and
      * publishes it itself when the bridge goes (bus.h). */

@@ -182,10 +182,13 @@ typedef struct bus_config {
  *               it (the message is the bridge's now), else -ESRCH;
  *   name        a name claimed (held 1) or released (held 0) here;
  *   member      a subscription made (joined 1) or gone (joined 0) here;
- *   will        a child's will set, or cleared (topic_len 0); a will that
- *               is published is cleared after its publish; one not
- *               published (bus_close_all) is not cleared: the peer keeps
- *               it and publishes it itself when the bridge goes.
+ *   will        a child's will set, or cleared (topic_len 0);
+ *   will_published  the child's channel closed and its will was published
+ *               here: the peer publishes its copy and forgets it, one
+ *               step, so a cut link can neither lose nor repeat it (a
+ *               will is not `published` above). One not published
+ *               (bus_close_all) is not cleared either: the peer keeps it
+ *               and publishes it itself when the bridge goes.
  * Questions (the peer's side only):
  *   name_held   whether the peer holds a name (a local claim then fails);
  *   members     "PID NAME NAME...\n" lines for the peer's subscribers
@@ -206,6 +209,7 @@ typedef struct bus_bridge_ops {
     void (*member)(void *ctx, const char *topic, size_t len, pid_t pid, int joined);
     void (*will)(void *ctx, pid_t pid, const char *topic, size_t topic_len,
                  const unsigned char *data, size_t len);
+    void (*will_published)(void *ctx, pid_t pid);
     int (*name_held)(void *ctx, const char *name, size_t len);
     int (*members)(void *ctx, const char *topic, size_t len, char **text, size_t *text_len);
     unsigned (*topic_count)(void *ctx, const char *topic, size_t len);

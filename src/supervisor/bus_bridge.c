@@ -323,6 +323,11 @@ static void op_will(void *ctx, pid_t pid, const char *topic, size_t topic_len,
     (void)send_pid_text(ctx, BRIDGE_WILL, pid, 1, topic, topic_len, data, len);
 }
 
+static void op_will_published(void *ctx, pid_t pid)
+{
+    (void)send_pid_text(ctx, BRIDGE_WILL_DONE, pid, 0, NULL, 0, NULL, 0);
+}
+
 static int op_name_held(void *ctx, const char *name, size_t len)
 {
     return *name_slot(ctx, name, len) != NULL;
@@ -380,7 +385,7 @@ static void op_each_topic(void *ctx, const char *prefix, size_t len, bus_topic_c
 
 static const bus_bridge_ops bridge_ops = {
     op_published, op_broadcast, op_send_name, op_name, op_member, op_will,
-    op_name_held, op_members, op_topic_count, op_each_topic,
+    op_will_published, op_name_held, op_members, op_topic_count, op_each_topic,
 };
 
 /* ------------------------------------------------ the peer's frames */
@@ -447,6 +452,20 @@ static int claim(bus_bridge *br, const parsed *x)
     return name_add(br, x->text, x->text_len, x->pid);
 }
 
+/* The peer published a child's will: so does this side, from its copy. */
+static void will_done(bus_bridge *br, pid_t pid)
+{
+    rproc *p = *proc_slot(br, pid);
+
+    if (!p || !p->will)
+        return;
+    (void)bus_inject_publish(br->bus, p->will, p->will_topic_len, pid,
+                             (unsigned char *)p->will + p->will_topic_len, p->will_len);
+    free(p->will);
+    p->will = NULL;
+    proc_maybe_free(br, p);
+}
+
 static void release(bus_bridge *br, const parsed *x)
 {
     rname *n = *name_slot(br, x->text, x->text_len);
@@ -489,8 +508,8 @@ int bus_bridge_input(bus_bridge *br, uint16_t type, const unsigned char *p, size
     }
     if (parse(p, len, with_len, &x) < 0)
         return -EPROTO;
-    /* Every frame but a will's clearing names something. */
-    if (x.text_len == 0 && type != BRIDGE_WILL)
+    /* Every frame but a will's clearing and WILL_DONE names something. */
+    if ((x.text_len == 0) != (type == BRIDGE_WILL_DONE) && type != BRIDGE_WILL)
         return -EPROTO;
     switch (type) {
     case BRIDGE_PUBLISH:
@@ -514,6 +533,9 @@ int bus_bridge_input(bus_bridge *br, uint16_t type, const unsigned char *p, size
         return 0;
     case BRIDGE_WILL:
         return will_set(br, x.pid, x.text, x.text_len, x.data, x.len);
+    case BRIDGE_WILL_DONE:
+        will_done(br, x.pid);
+        return 0;
     default:
         return -EPROTO;
     }

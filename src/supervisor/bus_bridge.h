@@ -19,6 +19,8 @@
  *   JOIN       [u32 pid][topic]                   pid subscribes to topic
  *   LEAVE      [u32 pid][topic]
  *   WILL       [u32 pid][u16 n][topic][data]      n 0: pid's will cleared
+ *   WILL_DONE  [u32 pid]                          pid's will was published
+ *                                                 there: publish it here, clear it
  *
  * Concurrent claims. Each end has a rank (distinct; checked on HELLO). A
  * CLAIM for a name held here is a tie: the end with the higher rank gives
@@ -44,6 +46,7 @@ enum bus_bridge_frame {
     BRIDGE_JOIN,
     BRIDGE_LEAVE,
     BRIDGE_WILL,
+    BRIDGE_WILL_DONE,
 };
 
 #define BRIDGE_VERSION 1
