@@ -212,6 +212,8 @@ static bus_topic *topic_get(bus *b, const char *name, size_t len, int create)
     return t;
 }
 
+static void history_trim(bus *b, bus_topic *t);
+
 /* Keeps a message in t's history, within the topic's bounds and the bus's
  * budget. Nothing is kept if memory is short. */
 static void history_add(bus *b, bus_topic *t, pid_t from, const unsigned char *data, size_t len)
@@ -235,10 +237,17 @@ static void history_add(bus *b, bus_topic *t, pid_t from, const unsigned char *d
     t->hist_bytes += hist_cost(len);
     TAILQ_INSERT_TAIL(&b->hist, h, glink);
     b->hist_bytes += hist_cost(len);
+    history_trim(b, t);
+}
+
+/* After a message was kept in t: t's bounds, then the bus's budget. */
+static void history_trim(bus *b, bus_topic *t)
+{
     while (t->nhist > b->cfg.history || t->hist_bytes > BUS_HISTORY_BYTES)
         topic_drop_oldest(b, t);
-    /* Bounded: each pass frees a topic or a message, and t keeps at least
-     * the one just added (the budget is at least BUS_HISTORY_BYTES). */
+    /* Bounded: each pass frees a topic or a message (t is freed by the
+     * caller if this empties it; a message just added at its tail stays,
+     * as the budget is at least BUS_HISTORY_BYTES). */
     while (b->hist_bytes > b->cfg.history_bytes) {
         bus_topic *old = TAILQ_FIRST(&b->idle);
         if (old == t)
@@ -1698,4 +1707,53 @@ int bus_revoke_name(bus *b, const char *name, size_t len, const char *why)
     name_free(b, n); /* the bridge hears of it */
     send_error(e, EEXIST, name, len, "claim: %.*s taken back: %s", (int)len, name, why);
     return 0;
+}
+
+/* A message older than every one kept: first in t's history and in the
+ * bus's (the first to go), within the same bounds. */
+static void history_add_oldest(bus *b, bus_topic *t, pid_t from, const unsigned char *data,
+                               size_t len)
+{
+    hist_item *h;
+
+    if (hist_cost(len) > BUS_HISTORY_BYTES || !(h = malloc(sizeof *h + len)))
+        return;
+    h->topic = t;
+    h->from = from;
+    h->len = len;
+    if (len)
+        memcpy(h->data, data, len);
+    h->next = t->hist_head;
+    t->hist_head = h;
+    if (!t->hist_tail)
+        t->hist_tail = h;
+    t->nhist++;
+    t->hist_bytes += hist_cost(len);
+    TAILQ_INSERT_HEAD(&b->hist, h, glink);
+    b->hist_bytes += hist_cost(len);
+    history_trim(b, t);
+}
+
+void bus_inject_history(bus *b, const char *topic, size_t topic_len, pid_t from,
+                        const unsigned char *data, size_t len)
+{
+    bus_topic *t;
+
+    if (b->cfg.history == 0 || !(t = topic_get(b, topic, topic_len, 1)))
+        return;
+    history_add_oldest(b, t, from, data, len);
+    topic_maybe_free(b, t);
+}
+
+void bus_history_export(bus *b, size_t budget, size_t overhead, bus_history_cb cb, void *arg)
+{
+    hist_item *h;
+
+    TAILQ_FOREACH_REVERSE(h, &b->hist, hist_list, glink) {
+        size_t cost = overhead + h->topic->len + h->len;
+        if (cost > budget)
+            return;
+        budget -= cost;
+        cb(h->topic->name, h->topic->len, h->from, h->data, h->len, arg);
+    }
 }

@@ -330,6 +330,20 @@ int bus_inject_send_name(bus *b, const char *name, size_t name_len, pid_t from,
 int bus_inject_error(bus *b, pid_t to, int code, const char *subject, size_t subject_len,
                      const char *text);
 
+/* Kept messages, newest first (every topic's, in the order they were
+ * kept), while their cost (overhead + topic + data bytes each) fits in
+ * budget: what a bridge gives a peer that starts with no history. */
+typedef void (*bus_history_cb)(const char *topic, size_t topic_len, pid_t from,
+                               const unsigned char *data, size_t len, void *arg);
+void bus_history_export(bus *b, size_t budget, size_t overhead, bus_history_cb cb, void *arg);
+
+/* A message of the peer's history, older than any kept here: it goes
+ * first in the topic's history (delivered to nobody), within the usual
+ * bounds. Fed newest first, the peer's history ends up in its order,
+ * before this side's own. */
+void bus_inject_history(bus *b, const char *topic, size_t topic_len, pid_t from,
+                        const unsigned char *data, size_t len);
+
 /* The pid of the local child that holds a name, or 0. */
 pid_t bus_name_holder(bus *b, const char *name, size_t len);
 

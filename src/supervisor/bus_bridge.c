@@ -493,7 +493,8 @@ static void no_name(bus_bridge *br, const parsed *x)
 
 int bus_bridge_input(bus_bridge *br, uint16_t type, const unsigned char *p, size_t len)
 {
-    int with_len = type == BRIDGE_PUBLISH || type == BRIDGE_SEND_NAME || type == BRIDGE_WILL;
+    int with_len = type == BRIDGE_PUBLISH || type == BRIDGE_SEND_NAME || type == BRIDGE_WILL ||
+                   type == BRIDGE_HISTORY;
     parsed x;
 
     if (type == BRIDGE_HELLO)
@@ -514,6 +515,9 @@ int bus_bridge_input(bus_bridge *br, uint16_t type, const unsigned char *p, size
     switch (type) {
     case BRIDGE_PUBLISH:
         (void)bus_inject_publish(br->bus, x.text, x.text_len, x.pid, x.data, x.len);
+        return 0;
+    case BRIDGE_HISTORY:
+        bus_inject_history(br->bus, x.text, x.text_len, x.pid, x.data, x.len);
         return 0;
     case BRIDGE_SEND_NAME:
         send_name(br, &x);
@@ -543,11 +547,13 @@ int bus_bridge_input(bus_bridge *br, uint16_t type, const unsigned char *p, size
 
 /* ------------------------------------------------------------ life */
 
-int bus_bridge_init(bus_bridge *br, bus *b, unsigned rank, bus_bridge_out_cb out, void *out_arg)
+int bus_bridge_init(bus_bridge *br, bus *b, unsigned rank, size_t history_budget,
+                    bus_bridge_out_cb out, void *out_arg)
 {
     memset(br, 0, sizeof *br);
     br->bus = b;
     br->rank = rank;
+    br->history_budget = history_budget;
     br->out = out;
     br->out_arg = out_arg;
     br->procs = calloc(BUCKETS, sizeof *br->procs);
@@ -560,6 +566,12 @@ int bus_bridge_init(bus_bridge *br, bus *b, unsigned rank, bus_bridge_out_cb out
     return 0;
 }
 
+static void export_one(const char *topic, size_t topic_len, pid_t from, const unsigned char *data,
+                       size_t len, void *arg)
+{
+    (void)send_pid_text(arg, BRIDGE_HISTORY, from, 1, topic, topic_len, data, len);
+}
+
 void bus_bridge_start(bus_bridge *br)
 {
     unsigned char h[5];
@@ -567,6 +579,8 @@ void bus_bridge_start(bus_bridge *br)
     h[0] = BRIDGE_VERSION;
     put_u32(h + 1, br->rank);
     (void)br->out(br->out_arg, BRIDGE_HELLO, h, sizeof h, NULL, 0);
+    if (br->history_budget)
+        bus_history_export(br->bus, br->history_budget, CHAN_HDR_LEN + 6, export_one, br);
     br->started = 1;
     bus_set_bridge(br->bus, &bridge_ops, br); /* and the state, as events */
 }

@@ -21,6 +21,8 @@
  *   WILL       [u32 pid][u16 n][topic][data]      n 0: pid's will cleared
  *   WILL_DONE  [u32 pid]                          pid's will was published
  *                                                 there: publish it here, clear it
+ *   HISTORY    [u32 from][u16 n][topic][data]     a kept message, newest first,
+ *                                                 after HELLO (bus_inject_history)
  *
  * Concurrent claims. Each end has a rank (distinct; checked on HELLO). A
  * CLAIM for a name held here is a tie: the end with the higher rank gives
@@ -47,6 +49,7 @@ enum bus_bridge_frame {
     BRIDGE_LEAVE,
     BRIDGE_WILL,
     BRIDGE_WILL_DONE,
+    BRIDGE_HISTORY,
 };
 
 #define BRIDGE_VERSION 1
@@ -69,6 +72,7 @@ typedef struct bus_bridge {
     unsigned rank, peer_rank;
     int hello;                  /* the peer's HELLO came */
     int started;                /* bus_set_bridge done */
+    size_t history_budget;      /* bytes of history sent on start (0: none) */
     bus_bridge_out_cb out;
     void *out_arg;
     rproc **procs;              /* the peer's children with state here, by pid */
@@ -77,11 +81,14 @@ typedef struct bus_bridge {
     size_t entries;
 } bus_bridge;
 
-/* Ready to be started. Returns 0 or -ENOMEM. */
-int bus_bridge_init(bus_bridge *br, bus *b, unsigned rank, bus_bridge_out_cb out, void *out_arg);
+/* Ready to be started. history_budget: bytes of frames of kept messages
+ * to send on start (the newest that fit; 0: none). Returns 0 or -ENOMEM. */
+int bus_bridge_init(bus_bridge *br, bus *b, unsigned rank, size_t history_budget,
+                    bus_bridge_out_cb out, void *out_arg);
 
-/* Sends HELLO and everything the bus holds now, and joins the bus: from
- * here on the bus tells the bridge what must reach the peer. */
+/* Sends HELLO, the history within its budget, and everything the bus
+ * holds now, and joins the bus: from here on the bus tells the bridge
+ * what must reach the peer. */
 void bus_bridge_start(bus_bridge *br);
 
 /* One frame from the peer. Returns 0, -EPROTO (malformed, out of order, a

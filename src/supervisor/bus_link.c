@@ -241,7 +241,8 @@ int bus_link_open(bus *b, int fd, const bus_link_opts *opts, bus_link **out)
     l->out_max = opts->outbox_max ? opts->outbox_max : BUS_LINK_OUTBOX_DEFAULT;
     l->on_down = opts->on_down;
     l->arg = opts->arg;
-    if ((rc = bus_bridge_init(&l->br, b, opts->rank, link_out, l)) < 0)
+    if ((rc = bus_bridge_init(&l->br, b, opts->rank, opts->share_history ? l->out_max / 2 : 0,
+                              link_out, l)) < 0)
         goto fail;
     chan_decoder_init(&l->dec, CHAN_MAX_LIMIT);
     ev_io_init(&l->rd, rd_cb, fd, EV_READ);

@@ -3,8 +3,9 @@
  * SOCK_SEQPACKET socket: the upgrade's socketpair between two generations
  * of supervisors), on the bus's event loop. The frames are bus_bridge.h's.
  *
- * On open each end sends HELLO and its state (names, subscriptions, wills),
- * so the later one knows the earlier one's at once. What the bus gives the
+ * On open each end sends HELLO, its history if opts.share_history, and its
+ * state (names, subscriptions, wills), so the later one knows the earlier
+ * one's at once. What the bus gives the
  * peer waits in a bounded outbox (opts.outbox_max): a frame that does not
  * fit cuts the link. The link also ends when the peer closes its end (the
  * old generation exited), a read or write fails, or the peer sends what is
@@ -40,6 +41,9 @@ typedef struct bus_link_opts {
                              * the higher rank's claim is revoked (the new
                              * generation takes the higher one) */
     size_t outbox_max;      /* 0: BUS_LINK_OUTBOX_DEFAULT */
+    int share_history;      /* send the peer the newest kept messages, up to
+                             * half the outbox (the old generation does: the
+                             * new one starts with none) */
     bus_link_down_cb on_down; /* may be NULL */
     void *arg;
 } bus_link_opts;

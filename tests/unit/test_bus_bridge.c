@@ -35,6 +35,7 @@ typedef struct side {
 typedef struct fixture {
     struct ev_loop *loop;
     side s[2];
+    int share_a;                /* A sends its history on open */
 } fixture;
 
 static endpoint *find(bus *b, pid_t pid, void *arg)
@@ -96,6 +97,7 @@ static void link_up_type(fixture *f, int type, size_t outbox_a)
         memset(&o, 0, sizeof o);
         o.rank = (unsigned)i; /* A, the old generation, ranks lower: it wins ties */
         o.outbox_max = i == 0 ? outbox_a : 0;
+        o.share_history = i == 0 && f->share_a;
         o.on_down = down;
         o.arg = &f->s[i];
         assert_int_equal(bus_link_open(&f->s[i].b, sv[i], &o, &f->s[i].link), 0);
@@ -238,6 +240,67 @@ static void test_a_publish_crosses_both_ways_once_and_is_kept_on_both_sides(void
     subscribe(&f, 1, 1, "room:quiet", 10);
     pump(&f);
     assert_int_equal(count(&f, 1, 1, "\"kept\"", "\"kind\":\"history\""), 1);
+    teardown(&f);
+}
+
+/* Where needle first is in what child i of side k was sent (-1: nowhere). */
+static long where(fixture *f, int k, int i, const char *needle)
+{
+    const char *acc = f->s[k].acc[i], *hit = acc ? strstr(acc, needle) : NULL;
+
+    return hit ? hit - acc : -1;
+}
+
+static void test_the_old_side_history_seeds_the_new_one_in_order(void **state)
+{
+    fixture f;
+    (void)state;
+
+    setup(&f);
+    f.share_a = 1;
+    for (int i = 1; i <= 3; i++)
+        tell(&f, 0, 0, "{\"op\":\"publish\",\"topic\":\"room:x\",\"data\":\"old-%d\"}", i);
+    pump(&f);
+    link_up(&f);
+    pump(&f);
+    tell(&f, 1, 1, "{\"op\":\"publish\",\"topic\":\"room:x\",\"data\":\"new-b\"}");
+    pump(&f);
+    subscribe(&f, 1, 0, "room:x", 10);
+    subscribe(&f, 0, 1, "room:x", 10);
+    pump(&f);
+    for (int k = 0; k < 2; k++) {
+        int i = k ? 0 : 1;
+        long a1 = where(&f, k, i, "\"old-1\""), a2 = where(&f, k, i, "\"old-2\"");
+        long a3 = where(&f, k, i, "\"old-3\""), b = where(&f, k, i, "\"new-b\"");
+        assert_true(a1 >= 0 && a1 < a2 && a2 < a3 && a3 < b);
+        assert_int_equal(count(&f, k, i, "\"kind\":\"history\"", NULL), 4);
+    }
+    /* Only what was kept before the link crossed as history: nothing is
+     * delivered live for it, and B's own history is not sent back. */
+    assert_int_equal(count(&f, 0, 0, "old-", NULL), 0);
+    teardown(&f);
+}
+
+/* The history sent is bounded by half the outbox: the newest go. */
+static void test_the_history_sent_on_open_is_bounded(void **state)
+{
+    fixture f;
+    (void)state;
+
+    setup(&f);
+    f.share_a = 1;
+    for (int i = 0; i < 10; i++)
+        tell(&f, 0, 0, "{\"op\":\"publish\",\"topic\":\"t\",\"data\":\"m%d-%0500d\"}", i, 0);
+    pump(&f);
+    link_up_type(&f, SOCK_STREAM, 4096); /* 2 KiB of history: three messages */
+    pump(&f);
+    subscribe(&f, 1, 0, "t", 20);
+    pump(&f);
+    assert_int_equal(count(&f, 1, 0, "\"kind\":\"history\"", NULL), 3);
+    assert_int_equal(count(&f, 1, 0, "\"m9-", NULL), 1);
+    assert_int_equal(count(&f, 1, 0, "\"m7-", NULL), 1);
+    assert_int_equal(count(&f, 1, 0, "\"m6-", NULL), 0);
+    assert_true(bus_link_is_up(f.s[0].link));
     teardown(&f);
 }
 
@@ -620,6 +683,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_a_publish_crosses_both_ways_once_and_is_kept_on_both_sides),
+        cmocka_unit_test(test_the_old_side_history_seeds_the_new_one_in_order),
+        cmocka_unit_test(test_the_history_sent_on_open_is_bounded),
         cmocka_unit_test(test_big_messages_cross_a_seqpacket_link),
         cmocka_unit_test(test_a_send_to_a_name_reaches_its_holder_on_the_peer),
         cmocka_unit_test(test_names_are_unique_across_both_and_a_tie_goes_to_the_lower_rank),
