@@ -679,6 +679,83 @@ static void test_a_peer_speaking_nonsense_is_cut(void **state)
     teardown(&f);
 }
 
+static int sink(void *arg, uint16_t type, const void *head, size_t head_len, const void *data,
+                size_t data_len)
+{
+    (void)type;
+    (void)head;
+    (void)data;
+    *(size_t *)arg += head_len + data_len;
+    return 0;
+}
+
+/* The peer's frames are checked before they are used: each malformed one
+ * is refused (the link is then cut), and changes nothing. */
+static void test_malformed_bridge_frames_are_refused(void **state)
+{
+    fixture f;
+    bus_bridge br;
+    bus_bridge_counts c;
+    size_t sent = 0;
+    unsigned char hello[5] = {BRIDGE_VERSION, 0, 0, 0, 7};
+    unsigned char big[4 + 300];
+    static const struct {
+        uint16_t type;
+        const char *bytes;
+        size_t len;
+    } bad[] = {
+        {BRIDGE_CLAIM, "\0\0\0", 3},                    /* no room for a pid */
+        {BRIDGE_CLAIM, "\0\0\0\1", 4},                 /* no name */
+        {BRIDGE_CLAIM, "\0\0\0\0n", 5},                /* pid 0 */
+        {BRIDGE_CLAIM, "\xff\xff\xff\xffn", 5},        /* pid -1 */
+        {BRIDGE_PUBLISH, "\0\0\0\1\0", 5},            /* a length cut short */
+        {BRIDGE_PUBLISH, "\0\0\0\1\0\5ab", 8},       /* a topic longer than the frame */
+        {BRIDGE_PUBLISH, "\0\0\0\1\0\0data", 10},    /* no topic */
+        {BRIDGE_WILL_DONE, "\0\0\0\1x", 5},            /* WILL_DONE names nothing */
+        {BRIDGE_BROADCAST, "\0\0\1", 3},
+        {999, "\0\0\0\1n", 5},                        /* unknown */
+        {BRIDGE_HELLO, "\1\0\0\0\7", 5},              /* a second HELLO */
+    };
+    (void)state;
+
+    setup(&f);
+    assert_int_equal(bus_bridge_init(&br, &f.s[0].b, 3, 0, sink, &sent), 0);
+    /* Before HELLO, nothing is taken. */
+    assert_int_equal(bus_bridge_input(&br, BRIDGE_CLAIM, (const unsigned char *)"\0\0\0\1n", 5),
+                     -EPROTO);
+    /* An equal rank, or another version, is refused. */
+    hello[4] = 3;
+    assert_int_equal(bus_bridge_input(&br, BRIDGE_HELLO, hello, 5), -EPROTO);
+    hello[4] = 7;
+    hello[0] = BRIDGE_VERSION + 1;
+    assert_int_equal(bus_bridge_input(&br, BRIDGE_HELLO, hello, 5), -EPROTO);
+    hello[0] = BRIDGE_VERSION;
+    assert_int_equal(bus_bridge_input(&br, BRIDGE_HELLO, hello, 4), -EPROTO);
+    assert_int_equal(bus_bridge_input(&br, BRIDGE_HELLO, hello, 5), 0);
+    bus_bridge_start(&br);
+    assert_true(sent >= 5);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(bus_bridge_input(&br, bad[i].type, (const unsigned char *)bad[i].bytes,
+                                          bad[i].len), -EPROTO);
+    /* A name over BUS_NAME_MAX. */
+    memset(big, 'n', sizeof big);
+    big[0] = big[1] = big[2] = 0;
+    big[3] = 1;
+    assert_int_equal(bus_bridge_input(&br, BRIDGE_CLAIM, big, sizeof big), -EPROTO);
+    bus_bridge_get_counts(&br, &c);
+    assert_int_equal(c.procs + c.names + c.topics + c.subs + c.wills, 0);
+    /* Well formed, it is taken; a will of an unknown pid done: nothing. */
+    assert_int_equal(bus_bridge_input(&br, BRIDGE_CLAIM, (const unsigned char *)"\0\0\0\1n", 5), 0);
+    assert_int_equal(bus_bridge_input(&br, BRIDGE_WILL_DONE, (const unsigned char *)"\0\0\0\2", 4), 0);
+    assert_int_equal(bus_bridge_input(&br, BRIDGE_BROADCAST, (const unsigned char *)"\0\0\0\0", 4), 0);
+    bus_bridge_get_counts(&br, &c);
+    assert_int_equal(c.names, 1);
+    assert_int_equal(c.procs, 1);
+    bus_bridge_fini(&br);
+    assert_null(f.s[0].b.bridge);
+    teardown(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -695,6 +772,7 @@ int main(void)
         cmocka_unit_test(test_a_full_outbox_cuts_the_link_and_both_sides_forget_the_peer),
         cmocka_unit_test(test_the_outbox_is_bounded_when_the_peer_does_not_read),
         cmocka_unit_test(test_a_peer_speaking_nonsense_is_cut),
+        cmocka_unit_test(test_malformed_bridge_frames_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
