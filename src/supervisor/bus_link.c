@@ -19,6 +19,7 @@ struct bus_link {
     unsigned char *out;         /* the outbox: bytes [out_start, out_end) wait */
     size_t out_start, out_end, out_cap, out_max;
     const char *why;            /* set once cut: why */
+    uint64_t frames_in, frames_out;
     bus_link_down_cb on_down;
     void *arg;
 };
@@ -123,6 +124,7 @@ static int link_out(void *arg, uint16_t type, const void *head, size_t head_len,
     if (data_len)
         memcpy(p + CHAN_HDR_LEN + head_len, data, data_len);
     l->out_end += CHAN_HDR_LEN + len;
+    l->frames_out++;
     /* Written when the loop next looks: what one round of events queues
      * goes out in as few writes as it takes. */
     ev_io_start(l->bus->loop, &l->wr);
@@ -207,6 +209,7 @@ static void rd_cb(struct ev_loop *loop, ev_io *w, int revents)
             cut(l, "the peer sent what is not a frame");
             break;
         }
+        l->frames_in++;
         rc = bus_bridge_input(&l->br, f.type, f.payload, f.len);
         free(f.payload);
         if (rc == -ENOSPC)
@@ -267,6 +270,21 @@ int bus_link_is_up(const bus_link *l)
 size_t bus_link_outbox_bytes(const bus_link *l)
 {
     return outbox_bytes(l);
+}
+
+void bus_link_get_stats(const bus_link *l, bus_link_stats *out)
+{
+    bus_bridge_counts c;
+
+    memset(out, 0, sizeof *out);
+    bus_bridge_get_counts(&l->br, &c);
+    out->up = l->why == NULL;
+    out->frames_in = l->frames_in;
+    out->frames_out = l->frames_out;
+    out->outbox_bytes = outbox_bytes(l);
+    out->outbox_max = l->out_max;
+    out->peer_names = c.names;
+    out->peer_members = c.subs;
 }
 
 void bus_link_close(bus_link *l)

@@ -60,9 +60,18 @@ int bus_link_is_up(const bus_link *l);
 /* What the outbox holds now, in bytes. */
 size_t bus_link_outbox_bytes(const bus_link *l);
 
+/* For `ctl stats` and metrics: what the link has counted. */
+typedef struct bus_link_stats {
+    int up;                     /* not ended by itself */
+    uint64_t frames_in, frames_out;
+    size_t outbox_bytes, outbox_max;
+    unsigned peer_names, peer_members; /* the peer's state held here */
+} bus_link_stats;
+void bus_link_get_stats(const bus_link *l, bus_link_stats *out);
+
 /* Ends the link if it is up (what the outbox holds is written if the
  * socket takes it at once, then the socket is closed: the peer sees its
- * end) and frees it. NULL: nothing. */
+ * end) and frees it. NULL: nothing. Before bus_fini of its bus. */
 void bus_link_close(bus_link *l);
 
 #endif

@@ -477,6 +477,12 @@ static void test_members_and_topics_list_both_sides(void **state)
         assert_int_equal(count(&f, k, i, "\"kind\":\"topics\"", "room:y 1\\n"), 1);
     }
     assert_int_equal(count(&f, 0, 2, "\"claimed\"", "\"ok\":false"), 1);
+    bus_link_stats st;
+    bus_link_get_stats(f.s[0].link, &st);
+    assert_true(st.up && st.frames_in > 0 && st.frames_out > 0);
+    assert_int_equal(st.peer_names, 1);
+    assert_int_equal(st.peer_members, 2);
+    assert_int_equal(st.outbox_bytes, 0);
     /* A member leaves on B: gone from A's answers. */
     tell(&f, 1, 0, "{\"op\":\"unsubscribe\",\"topic\":\"room:x\"}");
     pump(&f);
