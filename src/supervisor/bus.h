@@ -29,6 +29,10 @@
  *     error message to the child. Topics nobody subscribes to are evicted
  *     with their history (least recently used first) to make room for a
  *     new one, or when the history of all topics passes history_bytes.
+ *
+ * A bus may be bridged to another (bus_bridge_ops below; bus_link.h joins
+ * two over a socket during an upgrade): topics, names, members and wills
+ * then span both (docs/design.md, "Two generations, one bus").
  */
 #ifndef SF_SUPERVISOR_BUS_H
 #define SF_SUPERVISOR_BUS_H
