@@ -424,6 +424,13 @@ static int parse(const unsigned char *p, size_t len, int with_len, parsed *out)
     }
     if (out->text_len > BUS_NAME_MAX || out->pid <= 0)
         return -EPROTO;
+    /* As the bus takes a name from a child (bus_codec.c): a space or a
+     * newline would forge lines of a MEMBERS or TOPICS answer. */
+    for (size_t i = 0; i < out->text_len; i++) {
+        unsigned char c = (unsigned char)out->text[i];
+        if (c <= 0x20 || c == 0x7f)
+            return -EPROTO;
+    }
     return 0;
 }
 

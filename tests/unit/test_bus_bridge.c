@@ -718,6 +718,8 @@ static void test_malformed_bridge_frames_are_refused(void **state)
         {BRIDGE_PUBLISH, "\0\0\0\1\0\5ab", 8},       /* a topic longer than the frame */
         {BRIDGE_PUBLISH, "\0\0\0\1\0\0data", 10},    /* no topic */
         {BRIDGE_WILL_DONE, "\0\0\0\1x", 5},            /* WILL_DONE names nothing */
+        {BRIDGE_CLAIM, "\0\0\0\1a b", 7},              /* a space in a name */
+        {BRIDGE_JOIN, "\0\0\0\1t\n9 x", 9},            /* a newline in a topic */
         {BRIDGE_BROADCAST, "\0\0\1", 3},
         {999, "\0\0\0\1n", 5},                        /* unknown */
         {BRIDGE_HELLO, "\1\0\0\0\7", 5},              /* a second HELLO */
