@@ -1590,6 +1590,7 @@ int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg)
 void bus_fini(bus *b)
 {
     bus_close_all(b);
+    b->bridge = NULL; /* a link closed after this finds nothing to tell */
     if (b->loop && ev_is_active(&b->stall)) {
         ev_ref(b->loop);
         ev_timer_stop(b->loop, &b->stall);
@@ -1638,6 +1639,8 @@ void bus_set_bridge(bus *b, const bus_bridge_ops *ops, void *ctx)
 int bus_inject_publish(bus *b, const char *topic, size_t topic_len, pid_t from,
                        const unsigned char *data, size_t len)
 {
+    if (!b->topics)
+        return -ESHUTDOWN; /* after bus_fini */
     return topic_publish(b, topic, topic_len, from, data, len, NULL);
 }
 
@@ -1739,7 +1742,7 @@ void bus_inject_history(bus *b, const char *topic, size_t topic_len, pid_t from,
 {
     bus_topic *t;
 
-    if (b->cfg.history == 0 || !(t = topic_get(b, topic, topic_len, 1)))
+    if (!b->topics || b->cfg.history == 0 || !(t = topic_get(b, topic, topic_len, 1)))
         return;
     history_add_oldest(b, t, from, data, len);
     topic_maybe_free(b, t);

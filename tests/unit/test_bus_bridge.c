@@ -685,6 +685,28 @@ static void test_a_peer_speaking_nonsense_is_cut(void **state)
     teardown(&f);
 }
 
+/* The owner may finish the bus before it closes the link: the wills the
+ * link kept find no bus to go to, and nothing breaks. */
+static void test_a_link_closed_after_its_bus_is_finished_is_harmless(void **state)
+{
+    fixture f;
+    (void)state;
+
+    setup(&f);
+    link_up(&f);
+    tell(&f, 1, 0, "{\"op\":\"will\",\"topic\":\"t\",\"data\":\"w\"}");
+    pump(&f);
+    bus_fini(&f.s[0].b);
+    bus_link_close(f.s[0].link);
+    f.s[0].link = NULL;
+    pump(&f);
+    assert_int_equal(f.s[1].downs, 1);
+    assert_null(f.s[1].b.bridge);
+    bus_config cfg = f.s[0].b.cfg;
+    assert_int_equal(bus_init(&f.s[0].b, f.loop, &cfg), 0); /* for teardown's bus_fini */
+    teardown(&f);
+}
+
 static int sink(void *arg, uint16_t type, const void *head, size_t head_len, const void *data,
                 size_t data_len)
 {
@@ -781,6 +803,7 @@ int main(void)
         cmocka_unit_test(test_the_outbox_is_bounded_when_the_peer_does_not_read),
         cmocka_unit_test(test_a_peer_speaking_nonsense_is_cut),
         cmocka_unit_test(test_malformed_bridge_frames_are_refused),
+        cmocka_unit_test(test_a_link_closed_after_its_bus_is_finished_is_harmless),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
