@@ -79,6 +79,47 @@ static bus_name **name_slot(bus *b, const char *name, size_t len)
 }
 
 /*
+ * The bridge's hooks (bus.h, bus_bridge_ops): what must reach the peer is
+ * told to it from here, and only from the handlers of what local children
+ * (or `ctl`) do; what comes from the peer (bus_inject_*) never calls them,
+ * so nothing crosses twice.
+ */
+static void bridge_name(bus *b, const bus_name *n, int held)
+{
+    if (b->bridge)
+        b->bridge->name(b->bridge_ctx, n->name, n->len, n->holder->pid, held);
+}
+
+static void bridge_member(bus *b, const bus_topic *t, pid_t pid, int joined)
+{
+    if (b->bridge)
+        b->bridge->member(b->bridge_ctx, t->name, t->len, pid, joined);
+}
+
+static void bridge_will(bus *b, const endpoint *e)
+{
+    if (!b->bridge)
+        return;
+    if (e->will)
+        b->bridge->will(b->bridge_ctx, e->pid, e->will, e->will_topic_len,
+                        (const unsigned char *)e->will + e->will_topic_len, e->will_len);
+    else
+        b->bridge->will(b->bridge_ctx, e->pid, NULL, 0, NULL, 0);
+}
+
+static void bridge_published(bus *b, const char *topic, size_t topic_len, pid_t from,
+                             const unsigned char *data, size_t len)
+{
+    if (b->bridge)
+        b->bridge->published(b->bridge_ctx, topic, topic_len, from, data, len);
+}
+
+static int bridge_name_held(bus *b, const char *name, size_t len)
+{
+    return b->bridge && b->bridge->name_held(b->bridge_ctx, name, len);
+}
+
+/*
  * History and eviction. A topic lives while it has subscribers or history.
  * One with history and no subscribers is idle: it waits on the idle list,
  * least recently used first, so a room's history survives a moment with
@@ -171,6 +212,8 @@ static bus_topic *topic_get(bus *b, const char *name, size_t len, int create)
     return t;
 }
 
+static void history_trim(bus *b, bus_topic *t);
+
 /* Keeps a message in t's history, within the topic's bounds and the bus's
  * budget. Nothing is kept if memory is short. */
 static void history_add(bus *b, bus_topic *t, pid_t from, const unsigned char *data, size_t len)
@@ -194,10 +237,17 @@ static void history_add(bus *b, bus_topic *t, pid_t from, const unsigned char *d
     t->hist_bytes += hist_cost(len);
     TAILQ_INSERT_TAIL(&b->hist, h, glink);
     b->hist_bytes += hist_cost(len);
+    history_trim(b, t);
+}
+
+/* After a message was kept in t: t's bounds, then the bus's budget. */
+static void history_trim(bus *b, bus_topic *t)
+{
     while (t->nhist > b->cfg.history || t->hist_bytes > BUS_HISTORY_BYTES)
         topic_drop_oldest(b, t);
-    /* Bounded: each pass frees a topic or a message, and t keeps at least
-     * the one just added (the budget is at least BUS_HISTORY_BYTES). */
+    /* Bounded: each pass frees a topic or a message (t is freed by the
+     * caller if this empties it; a message just added at its tail stays,
+     * as the budget is at least BUS_HISTORY_BYTES). */
     while (b->hist_bytes > b->cfg.history_bytes) {
         bus_topic *old = TAILQ_FIRST(&b->idle);
         if (old == t)
@@ -547,7 +597,7 @@ int bus_deliver(endpoint *to, const bus_msg *m)
     return rc;
 }
 
-unsigned bus_broadcast(bus *b, const bus_msg *m, const endpoint *except)
+static unsigned broadcast_local(bus *b, const bus_msg *m, const endpoint *except)
 {
     encoded x = {m, {NULL, NULL}, {0, 0}, {0, 0}};
     unsigned n = 0;
@@ -560,6 +610,13 @@ unsigned bus_broadcast(bus *b, const bus_msg *m, const endpoint *except)
     }
     encoded_fini(&x);
     return n;
+}
+
+unsigned bus_broadcast(bus *b, const bus_msg *m, const endpoint *except)
+{
+    if (b->bridge)
+        b->bridge->broadcast(b->bridge_ctx, m->from, m->data, m->len);
+    return broadcast_local(b, m, except);
 }
 
 /* To the topic's subscribers but the sender, as a broadcast is: a chat
@@ -724,6 +781,7 @@ static void subscribe(endpoint *e, const bus_op *op)
         s->enext = e->subs;
         e->subs = s;
         e->nsubs++;
+        bridge_member(b, t, e->pid, 1);
     }
     replay(e, s->topic, op->history);
 }
@@ -732,6 +790,7 @@ static void sub_free(bus *b, bus_sub *s)
 {
     bus_topic *t = s->topic;
 
+    bridge_member(b, t, s->ep->pid, 0);
     if (s->tprev)
         s->tprev->tnext = s->tnext;
     else
@@ -793,6 +852,8 @@ static void do_publish(endpoint *e, const bus_op *op)
     if (topic_publish(e->owner, op->name, op->name_len, e->pid, op->data, op->len, e) < 0)
         send_error(e, ENOSPC, op->name, op->name_len, "publish: too many topics (at most %d)",
                    BUS_TOPICS_MAX);
+    else
+        bridge_published(e->owner, op->name, op->name_len, e->pid, op->data, op->len);
 }
 
 /* A will: what the bus publishes for a child whose channel closes before
@@ -802,10 +863,13 @@ static void set_will(endpoint *e, const bus_op *op)
     free(e->will);
     e->will = NULL;
     e->will_topic_len = e->will_len = 0;
-    if (op->name_len == 0)
+    if (op->name_len == 0) {
+        bridge_will(e->owner, e);
         return;
+    }
     if (!(e->will = malloc(op->name_len + op->len + 1))) {
         send_error(e, ENOMEM, op->name, op->name_len, "will: out of memory");
+        bridge_will(e->owner, e);
         return;
     }
     memcpy(e->will, op->name, op->name_len);
@@ -813,6 +877,7 @@ static void set_will(endpoint *e, const bus_op *op)
         memcpy(e->will + op->name_len, op->data, op->len);
     e->will_topic_len = op->name_len;
     e->will_len = op->len;
+    bridge_will(e->owner, e);
 }
 
 /* A listing being built for a child: text that grows as needed. */
@@ -858,6 +923,24 @@ static void listing_send(endpoint *e, const bus_op *op, int kind, listing *l, co
     free(l->text);
 }
 
+/* The peer's subscribers of a topic, after the local ones. */
+static void members_remote(bus *b, const bus_op *op, listing *l)
+{
+    char *text = NULL;
+    size_t len = 0;
+    char *p;
+
+    if (l->failed)
+        return;
+    if (b->bridge->members(b->bridge_ctx, op->name, op->name_len, &text, &len) < 0)
+        l->failed = 1;
+    else if (len && (p = listing_room(l, len))) {
+        memcpy(p, text, len);
+        l->len += len;
+    }
+    free(text);
+}
+
 /* The subscribers of a topic, a line each: "PID NAME NAME...\n". */
 static void members(endpoint *e, const bus_op *op)
 {
@@ -880,7 +963,29 @@ static void members(endpoint *e, const bus_op *op)
         }
         l.text[l.len++] = '\n';
     }
+    if (e->owner->bridge)
+        members_remote(e->owner, op, &l);
     listing_send(e, op, SF_MSG_MEMBERS, &l, "members");
+}
+
+typedef struct topics_remote_arg {
+    bus *b;
+    listing *l;
+} topics_remote_arg;
+
+/* A topic with subscribers on the peer: listed here unless it has local
+ * ones too (then it was listed with both counts). */
+static void topic_remote(const char *name, size_t len, unsigned n, void *arg)
+{
+    topics_remote_arg *a = arg;
+    bus_topic *t = topic_get(a->b, name, len, 0);
+    char *p;
+
+    if ((t && t->nsubs) || !(p = listing_room(a->l, len + 16)))
+        return;
+    memcpy(p, name, len);
+    a->l->len += len;
+    a->l->len += (size_t)snprintf(p + len, 16, " %u\n", n);
 }
 
 /* The topics with subscribers whose names start with a prefix, a line
@@ -901,8 +1006,13 @@ static void topics(endpoint *e, const bus_op *op)
                 break;
             memcpy(p, t->name, t->len);
             l.len += t->len;
-            l.len += (size_t)snprintf(p + t->len, 16, " %u\n", t->nsubs);
+            l.len += (size_t)snprintf(p + t->len, 16, " %u\n", t->nsubs + (b->bridge ?
+                                      b->bridge->topic_count(b->bridge_ctx, t->name, t->len) : 0));
         }
+    }
+    if (b->bridge) {
+        topics_remote_arg a = {b, &l};
+        b->bridge->each_topic(b->bridge_ctx, op->name, op->name_len, topic_remote, &a);
     }
     listing_send(e, op, SF_MSG_TOPICS, &l, "topics");
 }
@@ -919,6 +1029,8 @@ static void claim(endpoint *e, const bus_op *op)
     m.topic_len = op->name_len;
     if (*slot) {
         m.ok = (*slot)->holder == e;
+    } else if (bridge_name_held(b, op->name, op->name_len)) {
+        m.ok = 0; /* the peer's */
     } else if (e->nnames < BUS_NAMES_PER_CHILD && (n = calloc(1, sizeof *n + op->name_len + 1))) {
         memcpy(n->name, op->name, op->name_len);
         n->len = op->name_len;
@@ -929,6 +1041,7 @@ static void claim(endpoint *e, const bus_op *op)
         e->nnames++;
         b->nnames++;
         m.ok = 1;
+        bridge_name(b, n, 1);
     }
     (void)bus_deliver(e, &m);
 }
@@ -937,6 +1050,7 @@ static void name_free(bus *b, bus_name *n)
 {
     bus_name **slot = name_slot(b, n->name, n->len);
 
+    bridge_name(b, n, 0);
     if (n->holder->congested)
         b->wake = 1; /* a sender held for this name may go now */
     *slot = n->next;
@@ -981,6 +1095,9 @@ static void execute(endpoint *e, const bus_op *op)
         return;
     case OP_SEND_NAME: {
         bus_name *n = *name_slot(b, op->name, op->name_len);
+        if (!n && b->bridge &&
+            b->bridge->send_name(b->bridge_ctx, op->name, op->name_len, e->pid, op->data, op->len) == 0)
+            return; /* the peer's holder's */
         if (!n) {
             send_error(e, ESRCH, op->name, op->name_len, "send: nobody holds the name %.*s",
                        (int)op->name_len, op->name);
@@ -1072,9 +1189,14 @@ static void drop_connection_state(endpoint *e)
         name_free(b, n);
     }
     e->nnames = 0;
-    if (e->will && !b->closing)
+    if (e->will && !b->closing) {
         (void)topic_publish(b, e->will, e->will_topic_len, e->pid,
                             (const unsigned char *)e->will + e->will_topic_len, e->will_len, NULL);
+        if (b->bridge)
+            b->bridge->will_published(b->bridge_ctx, e->pid);
+    }
+    /* Not published (the bus is closing): the peer keeps it, and
+     * publishes it itself when the bridge goes (bus.h). */
     free(e->will);
     e->will = NULL;
     e->status[0] = '\0';
@@ -1468,6 +1590,7 @@ int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg)
 void bus_fini(bus *b)
 {
     bus_close_all(b);
+    b->bridge = NULL; /* a link closed after this finds nothing to tell */
     if (b->loop && ev_is_active(&b->stall)) {
         ev_ref(b->loop);
         ev_timer_stop(b->loop, &b->stall);
@@ -1493,4 +1616,147 @@ void bus_fini(bus *b)
     b->topics = NULL;
     b->names = NULL;
     b->rbuf = NULL;
+}
+
+/* ------------------------------------------------------------ bridge */
+
+void bus_set_bridge(bus *b, const bus_bridge_ops *ops, void *ctx)
+{
+    b->bridge = ops;
+    b->bridge_ctx = ctx;
+    if (!ops)
+        return;
+    for (endpoint *e = b->all; e; e = e->next) {
+        for (bus_name *n = e->names; n; n = n->enext)
+            bridge_name(b, n, 1);
+        for (bus_sub *x = e->subs; x; x = x->enext)
+            bridge_member(b, x->topic, e->pid, 1);
+        if (e->will)
+            bridge_will(b, e);
+    }
+}
+
+int bus_inject_publish(bus *b, const char *topic, size_t topic_len, pid_t from,
+                       const unsigned char *data, size_t len)
+{
+    if (!b->topics)
+        return -ESHUTDOWN; /* after bus_fini */
+    return topic_publish(b, topic, topic_len, from, data, len, NULL);
+}
+
+unsigned bus_inject_broadcast(bus *b, pid_t from, const unsigned char *data, size_t len)
+{
+    bus_msg m;
+
+    memset(&m, 0, sizeof m);
+    m.kind = SF_MSG_BROADCAST;
+    m.from = from;
+    m.data = data;
+    m.len = len;
+    return broadcast_local(b, &m, NULL);
+}
+
+int bus_inject_send_name(bus *b, const char *name, size_t name_len, pid_t from,
+                         const unsigned char *data, size_t len)
+{
+    bus_name *n = *name_slot(b, name, name_len);
+    bus_msg m;
+
+    if (!n)
+        return -ESRCH;
+    memset(&m, 0, sizeof m);
+    m.kind = SF_MSG_NAME;
+    m.from = from;
+    m.topic = name;
+    m.topic_len = name_len;
+    m.data = data;
+    m.len = len;
+    return bus_deliver(n->holder, &m);
+}
+
+int bus_inject_error(bus *b, pid_t to, int code, const char *subject, size_t subject_len,
+                     const char *text)
+{
+    endpoint *e = bus_find_pid(b, to);
+
+    if (!e)
+        return -ESRCH;
+    send_error(e, code, subject, subject_len, "%s", text);
+    return 0;
+}
+
+pid_t bus_name_holder(bus *b, const char *name, size_t len)
+{
+    bus_name *n = *name_slot(b, name, len);
+
+    return n ? n->holder->pid : 0;
+}
+
+int bus_revoke_name(bus *b, const char *name, size_t len, const char *why)
+{
+    bus_name *n = *name_slot(b, name, len);
+    endpoint *e;
+
+    if (!n)
+        return -ENOENT;
+    e = n->holder;
+    for (bus_name **p = &e->names; *p; p = &(*p)->enext) {
+        if (*p == n) {
+            *p = n->enext;
+            break;
+        }
+    }
+    e->nnames--;
+    name_free(b, n); /* the bridge hears of it */
+    send_error(e, EEXIST, name, len, "claim: %.*s taken back: %s", (int)len, name, why);
+    return 0;
+}
+
+/* A message older than every one kept: first in t's history and in the
+ * bus's (the first to go), within the same bounds. */
+static void history_add_oldest(bus *b, bus_topic *t, pid_t from, const unsigned char *data,
+                               size_t len)
+{
+    hist_item *h;
+
+    if (hist_cost(len) > BUS_HISTORY_BYTES || !(h = malloc(sizeof *h + len)))
+        return;
+    h->topic = t;
+    h->from = from;
+    h->len = len;
+    if (len)
+        memcpy(h->data, data, len);
+    h->next = t->hist_head;
+    t->hist_head = h;
+    if (!t->hist_tail)
+        t->hist_tail = h;
+    t->nhist++;
+    t->hist_bytes += hist_cost(len);
+    TAILQ_INSERT_HEAD(&b->hist, h, glink);
+    b->hist_bytes += hist_cost(len);
+    history_trim(b, t);
+}
+
+void bus_inject_history(bus *b, const char *topic, size_t topic_len, pid_t from,
+                        const unsigned char *data, size_t len)
+{
+    bus_topic *t;
+
+    if (!b->topics || b->cfg.history == 0 || !(t = topic_get(b, topic, topic_len, 1)))
+        return;
+    history_add_oldest(b, t, from, data, len);
+    topic_maybe_free(b, t);
+}
+
+void bus_history_export(bus *b, size_t budget, size_t overhead, bus_history_cb cb, void *arg)
+{
+    hist_item *h;
+
+    TAILQ_FOREACH_REVERSE(h, &b->hist, hist_list, glink) {
+        size_t cost = overhead + h->topic->len + h->len;
+        if (cost > budget)
+            return;
+        budget -= cost;
+        cb(h->topic->name, h->topic->len, h->from, h->data, h->len, arg);
+    }
 }

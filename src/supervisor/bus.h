@@ -29,6 +29,10 @@
  *     error message to the child. Topics nobody subscribes to are evicted
  *     with their history (least recently used first) to make room for a
  *     new one, or when the history of all topics passes history_bytes.
+ *
+ * A bus may be bridged to another (bus_bridge_ops below; bus_link.h joins
+ * two over a socket during an upgrade): topics, names, members and wills
+ * then span both (docs/design.md, "Two generations, one bus").
  */
 #ifndef SF_SUPERVISOR_BUS_H
 #define SF_SUPERVISOR_BUS_H
@@ -169,6 +173,53 @@ typedef struct bus_config {
     const sf_logger *log;
 } bus_config;
 
+/*
+ * A bridge: another bus this one is joined to (the other generation's
+ * during an upgrade, over a bus_link; later, other instances). The bus
+ * tells it what must reach the peer, and asks it what the peer holds; it
+ * calls these from its own handlers, never from the bridge's (what comes
+ * from the peer is injected with bus_inject_*, which tells the bridge
+ * nothing: a message crosses once). Events out (pid: the local child):
+ *   published   a publish on a topic accepted here, a will among them;
+ *   broadcast   a child's broadcast or `ctl broadcast` (bus_broadcast);
+ *   send_name   a send to a name nobody holds here: 0 if the peer holds
+ *               it (the message is the bridge's now), else -ESRCH;
+ *   name        a name claimed (held 1) or released (held 0) here;
+ *   member      a subscription made (joined 1) or gone (joined 0) here;
+ *   will        a child's will set, or cleared (topic_len 0);
+ *   will_published  the child's channel closed and its will was published
+ *               here: the peer publishes its copy and forgets it, one
+ *               step, so a cut link can neither lose nor repeat it (a
+ *               will is not `published` above). One not published
+ *               (bus_close_all) is not cleared either: the peer keeps it
+ *               and publishes it itself when the bridge goes.
+ * Questions (the peer's side only):
+ *   name_held   whether the peer holds a name (a local claim then fails);
+ *   members     "PID NAME NAME...\n" lines for the peer's subscribers
+ *               of a topic, in *text (malloc'ed, the caller frees it; NULL
+ *               with *text_len 0 for none); returns 0 or -ENOMEM;
+ *   topic_count the peer's subscribers of a topic;
+ *   each_topic  calls cb for each topic with subscribers on the peer
+ *               whose name starts with prefix.
+ */
+typedef void (*bus_topic_cb)(const char *topic, size_t len, unsigned subscribers, void *arg);
+typedef struct bus_bridge_ops {
+    void (*published)(void *ctx, const char *topic, size_t topic_len, pid_t from,
+                      const unsigned char *data, size_t len);
+    void (*broadcast)(void *ctx, pid_t from, const unsigned char *data, size_t len);
+    int (*send_name)(void *ctx, const char *name, size_t name_len, pid_t from,
+                     const unsigned char *data, size_t len);
+    void (*name)(void *ctx, const char *name, size_t len, pid_t pid, int held);
+    void (*member)(void *ctx, const char *topic, size_t len, pid_t pid, int joined);
+    void (*will)(void *ctx, pid_t pid, const char *topic, size_t topic_len,
+                 const unsigned char *data, size_t len);
+    void (*will_published)(void *ctx, pid_t pid);
+    int (*name_held)(void *ctx, const char *name, size_t len);
+    int (*members)(void *ctx, const char *topic, size_t len, char **text, size_t *text_len);
+    unsigned (*topic_count)(void *ctx, const char *topic, size_t len);
+    void (*each_topic)(void *ctx, const char *prefix, size_t len, bus_topic_cb cb, void *arg);
+} bus_bridge_ops;
+
 typedef struct bus_topic bus_topic;
 
 struct bus {
@@ -193,6 +244,8 @@ struct bus {
     ev_timer stall;             /* while any is congested */
     ev_prepare prepare;
     bus_counters counted;
+    const bus_bridge_ops *bridge; /* NULL: no bridge (bus_set_bridge) */
+    void *bridge_ctx;
 };
 
 int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg);
@@ -255,5 +308,52 @@ endpoint *bus_find_pid(bus *b, pid_t pid);
 /* Fills out with the bus's counters and sizes now. The owner's reports
  * (`ctl stats`, and metrics) read the bus through it. */
 void bus_get_stats(const bus *b, bus_stats *out);
+
+/* ------------------------------------------------------------ bridge */
+
+/* Joins the bus to a bridge (ops NULL: none; ops and ctx must outlive it
+ * being set), and, with one set, tells it everything held here now (every
+ * name, subscription and will, through the ops' events), so the peer
+ * learns this side's state at once. */
+void bus_set_bridge(bus *b, const bus_bridge_ops *ops, void *ctx);
+
+/* What comes from the peer. None is told to the bridge: no loops.
+ * A publish: to the topic's local subscribers, kept in its history as a
+ * local one would be; from: the peer's pid. Returns 0 or -ENOSPC (no
+ * topic could be made for its history). */
+int bus_inject_publish(bus *b, const char *topic, size_t topic_len, pid_t from,
+                       const unsigned char *data, size_t len);
+/* To every local child. Returns the deliveries. */
+unsigned bus_inject_broadcast(bus *b, pid_t from, const unsigned char *data, size_t len);
+/* To the local holder of a name. Returns 0 or -ESRCH (nobody holds it
+ * here), or a delivery error. */
+int bus_inject_send_name(bus *b, const char *name, size_t name_len, pid_t from,
+                         const unsigned char *data, size_t len);
+/* An SF_MSG_ERROR for a local child (a send of its that found nobody on
+ * the peer). Returns 0 or -ESRCH (no such child). */
+int bus_inject_error(bus *b, pid_t to, int code, const char *subject, size_t subject_len,
+                     const char *text);
+
+/* Kept messages, newest first (every topic's, in the order they were
+ * kept), while their cost (overhead + topic + data bytes each) fits in
+ * budget: what a bridge gives a peer that starts with no history. */
+typedef void (*bus_history_cb)(const char *topic, size_t topic_len, pid_t from,
+                               const unsigned char *data, size_t len, void *arg);
+void bus_history_export(bus *b, size_t budget, size_t overhead, bus_history_cb cb, void *arg);
+
+/* A message of the peer's history, older than any kept here: it goes
+ * first in the topic's history (delivered to nobody), within the usual
+ * bounds. Fed newest first, the peer's history ends up in its order,
+ * before this side's own. */
+void bus_inject_history(bus *b, const char *topic, size_t topic_len, pid_t from,
+                        const unsigned char *data, size_t len);
+
+/* The pid of the local child that holds a name, or 0. */
+pid_t bus_name_holder(bus *b, const char *name, size_t len);
+
+/* Takes a name from its local holder (a claim the peer won): the holder is
+ * told with an SF_MSG_ERROR, code EEXIST, the name as its data; the bridge
+ * hears of the release. Returns 0 or -ENOENT (not held here). */
+int bus_revoke_name(bus *b, const char *name, size_t len, const char *why);
 
 #endif

@@ -60,7 +60,8 @@ int bus_encode_json(const bus_msg *m, char **out, size_t *len)
         json_object_set_new(o, "code", json_string(m->ok == ESRCH ? "not_found"
                                                    : m->ok == ENOSPC ? "limit"
                                                    : m->ok == EMSGSIZE ? "too_big"
-                                                   : m->ok == ENOMEM ? "no_memory" : "bad_request"));
+                                                   : m->ok == ENOMEM ? "no_memory"
+                                                   : m->ok == EEXIST ? "taken" : "bad_request"));
         if (m->len)
             json_object_set_new(o, "about", json_stringn((const char *)m->data, m->len));
     } else {
