@@ -1,6 +1,7 @@
 /* upgrade.c - zero-downtime binary upgrade (upgrade.h tells the protocol). */
 #include "server/upgrade.h"
 #include "server/server_internal.h"
+#include "supervisor/bus_link.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -176,6 +177,7 @@ int upgrade_init(sf_server *s)
     if (errno || *end || fd < 3 || fd > INT_MAX || fcntl((int)fd, F_SETFD, FD_CLOEXEC) < 0)
         return -EBADF;
     u->from = (int)fd;
+    u->upgraded = 1;
     if (!(line = malloc(UPGRADE_LINE_MAX)))
         return -ENOMEM;
     rc = hello_wait(u->from, line, UPGRADE_LINE_MAX);
@@ -226,28 +228,65 @@ int upgrade_take_listener(sf_server *s, const sf_addr *a, listener *l)
 
 int upgrade_takes_control(const sf_server *s)
 {
-    return s->up.from >= 0;
+    return s->up.upgraded;
 }
 
-static void from_cb(struct ev_loop *loop, ev_io *w, int revents)
+/* The link to the other generation ended: it exited (the previous one,
+ * drained; the next one, killed or crashed), or the link was cut (its
+ * outbox full). Its names and members are gone from our bus already. */
+static void bridge_down(bus_link *l, const char *why, void *arg)
 {
-    sf_server *s = w->data;
+    sf_server *s = arg;
     upgrade *u = &s->up;
-    char buf[256];
-    ssize_t n;
-    (void)revents;
 
-    /* Nothing more is said on the link: its end is the previous
-     * generation's exit. */
-    n = recv(u->from, buf, sizeof buf, MSG_DONTWAIT);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+    if (u->bridge_to_prev) {
+        sf_logf(&s->log, SF_LOG_NOTICE, "upgrade: the previous generation (pid %d) has gone: %s",
+                (int)u->prev_pid, why);
+        u->prev_alive = 0;
+        u->prev_control[0] = '\0';
+    } else {
+        sf_logf(&s->log, SF_LOG_WARN, "upgrade: the bus link to the next generation (pid %d) "
+                "ended: %s", (int)u->new_pid, why);
+    }
+    bus_link_close(l);
+    u->bridge = NULL;
+}
+
+/*
+ * Bridges our bus to the other generation's over fd (taken): chat rooms,
+ * names and wills span both while the old one drains (docs/design.md, "Two
+ * generations, one bus"). The new generation has the higher rank (its
+ * claim gives way on a tie) and the old one shares its history. A bus has
+ * one bridge: a generation upgraded again before the one before it has
+ * drained leaves that one on its own (said in the log).
+ */
+static void bridge_open(sf_server *s, int fd, int to_prev)
+{
+    upgrade *u = &s->up;
+    bus_link_opts o;
+    int rc;
+
+    if (u->bridge) {
+        sf_logf(&s->log, SF_LOG_WARN, "upgrade: the bus is bridged to the next generation now, "
+                "no longer to generation %u (pid %d), which still drains: its clients and the "
+                "others' see each other leave", u->generation - 1, (int)u->prev_pid);
+        bus_link_close(u->bridge);
+        u->bridge = NULL;
+        u->prev_alive = 0;
+    }
+    memset(&o, 0, sizeof o);
+    o.rank = to_prev ? 1 : 0;
+    o.share_history = !to_prev;
+    o.on_down = bridge_down;
+    o.arg = s;
+    rc = bus_link_open(&s->bus, fd, &o, &u->bridge);
+    if (rc < 0) {
+        u->bridge = NULL;
+        sf_logf(&s->log, SF_LOG_WARN, "upgrade: cannot bridge the buses of the two generations: %s",
+                strerror(-rc));
         return;
-    ev_io_stop(loop, w);
-    close(u->from);
-    u->from = -1;
-    sf_logf(&s->log, SF_LOG_NOTICE, "upgrade: the previous generation (pid %d) has exited",
-            (int)u->prev_pid);
-    u->prev_control[0] = '\0';
+    }
+    u->bridge_to_prev = to_prev;
 }
 
 void upgrade_start_watching(sf_server *s)
@@ -289,9 +328,9 @@ int upgrade_say_ready(sf_server *s)
     }
     sf_logf(&s->log, SF_LOG_NOTICE, "upgrade: generation %u ready, taking over from pid %d",
             u->generation, (int)u->prev_pid);
-    ev_io_init(&u->from_io, from_cb, u->from, EV_READ);
-    u->from_io.data = s;
-    ev_io_start(s->loop, &u->from_io);
+    u->prev_alive = 1;
+    bridge_open(s, u->from, 1);
+    u->from = -1;
     return 1;
 }
 
@@ -702,6 +741,9 @@ static void link_cb(struct ev_loop *loop, ev_io *w, int revents)
     u->child = 0;
     set_why(u, "pid %d is ready and serves; this generation drains", (int)u->new_pid);
     finish(s, 1);
+    /* What follows READY on the link is the new generation's bus. */
+    bridge_open(s, u->link, 0);
+    u->link = -1;
     begin_drain(s, u->new_pid);
 }
 
@@ -846,7 +888,7 @@ int upgrade_put_generations(const sf_server *s, json_t *reply)
 {
     const upgrade *u = &s->up;
 
-    if (u->from >= 0 &&
+    if (u->prev_alive &&
         json_object_set_new(reply, "previous_generation",
                             json_pack("{s:i, s:s?}", "pid", (int)u->prev_pid, "control",
                                       u->prev_control[0] ? u->prev_control : NULL)) < 0)
@@ -865,8 +907,8 @@ json_t *upgrade_status_json(const sf_server *s)
     return json_pack("{s:b, s:s, s:s, s:i, s:i, s:b, s:i, s:s?, s:f}", "ok", 1, "state", names[u->state],
                      "message", u->why, "pid", (int)(u->child ? u->child : u->new_pid),
                      "generation", (int)u->generation, "draining", u->draining,
-                     "previous_pid", (int)(u->from >= 0 ? u->prev_pid : 0), "previous_control",
-                     u->from >= 0 && u->prev_control[0] ? u->prev_control : NULL, "timeout_s",
+                     "previous_pid", (int)(u->prev_alive ? u->prev_pid : 0), "previous_control",
+                     u->prev_alive && u->prev_control[0] ? u->prev_control : NULL, "timeout_s",
                      s->opts.upgrade_timeout_s);
 }
 
@@ -876,12 +918,13 @@ void upgrade_fini(sf_server *s)
 
     if (s->loop) {
         ev_io_stop(s->loop, &u->link_io);
-        ev_io_stop(s->loop, &u->from_io);
         ev_timer_stop(s->loop, &u->deadline);
         ev_timer_stop(s->loop, &u->drain_timer);
         ev_timer_stop(s->loop, &u->drained);
         ev_signal_stop(s->loop, &u->usr2);
     }
+    bus_link_close(u->bridge); /* before bus_fini (sf_server_free's order) */
+    u->bridge = NULL;
     if (u->link >= 0)
         close(u->link);
     if (u->from >= 0)

@@ -63,13 +63,19 @@ typedef struct upgrade {
     ev_signal usr2;
 
     /* The new generation's side. */
-    int from;                  /* link to the previous generation, -1 */
-    ev_io from_io;
+    int upgraded;              /* started by an upgrade */
+    int from;                  /* link to the previous generation until READY, -1 */
+    int prev_alive;            /* the previous generation drains, bridged to us */
     pid_t prev_pid;
     char prev_control[120];    /* where the previous generation answers now */
     upgrade_inherited inh[64];
     unsigned ninh;
     unsigned generation;       /* 1 for a server started by hand */
+
+    /* Both: the bus bridged over the link to the other generation (one at
+     * a time: the previous one, then the next one once we drain). */
+    struct bus_link *bridge;
+    int bridge_to_prev;
 } upgrade;
 
 typedef struct sf_server sf_server;

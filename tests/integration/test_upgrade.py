@@ -391,3 +391,92 @@ def test_usage_errors(tmp_path):
     assert rc == 2 and "--upgrade-timeout wants a duration above 0, up to 3600 s, not '0'" in err, err
     rc, out, err = run_cli("ctl", "--control", str(tmp_path / "none.sock"), "upgrade", "x")
     assert rc == 2 and "upgrade takes no arguments" in err, err
+
+
+@pytest.mark.parametrize("mode", [[], ["--workers", "2:8"]], ids=["fork", "prefork"])
+def test_chat_spans_both_generations_while_the_old_one_drains(sockfork, tmp_path, mode):
+    """Clients of the old generation stay in their rooms and keep talking;
+    new clients join the new generation; the two buses are bridged while
+    the old one drains: rooms, /who, /msg, nicknames and departures span
+    both."""
+    from test_chat import NO_FLOOD, TAKEN, Chat, chat_server, lobby
+    srv = chat_server(sockfork, tmp_path, "--history", "0", "--grace", "60", *NO_FLOOD, *mode)
+    alice, bob = lobby(srv, "alice", "bob")
+    first = srv.pid
+    new = upgrade(srv.ctl_path)
+    old_ctl = srv.ctl_path + ".%d" % first
+
+    carol = Chat(srv)
+    carol.welcome()
+    carol.send("alice")  # the old generation's nickname is taken here too
+    carol.expect(TAKEN % "alice")
+    carol.login("carol")
+    alice.expect("*** carol has joined lobby")
+    bob.expect("*** carol has joined lobby")
+    # Both ways, in the same room.
+    carol.send("hello from the new one")
+    for c in (alice, bob):
+        c.expect("<carol> hello from the new one")
+    alice.send("hi carol")
+    bob.expect("<alice> hi carol")
+    carol.expect("<alice> hi carol")
+    # /who on either side lists both generations' members.
+    carol.send("/who")
+    who = carol.line()
+    assert who.startswith("*** in lobby (3): ") and sorted(who.split(": ", 1)[1].split(", ")) == \
+        ["alice", "bob", "carol"], who
+    alice.send("/who")
+    who = alice.line()
+    assert sorted(who.split(": ", 1)[1].split(", ")) == ["alice", "bob", "carol"], who
+    # Private messages across.
+    carol.send("/msg bob psst")
+    carol.expect("-> *bob* psst")
+    bob.expect("*carol* psst")
+    bob.send("/msg carol back")
+    bob.expect("-> *carol* back")
+    carol.expect("*bob* back")
+    # Departures reach the other side once: a /quit, and a child killed.
+    alice.send("/quit")
+    assert alice.lines_to_eof() == ["*** Bye."]
+    for c in (bob, carol):
+        c.expect("*** alice has quit")
+    os.kill(bob.pid, signal.SIGKILL)
+    carol.expect("*** bob has left lobby (connection lost)")
+    # The old generation has nothing left: it exits, and the new one goes on.
+    assert srv.wait_exit(LONG_WAIT) == 0
+    dave = Chat(srv, "dave")
+    carol.expect("*** dave has joined lobby")
+    dave.send("/who")
+    who = dave.line()
+    assert who in ("*** in lobby (2): carol, dave", "*** in lobby (2): dave, carol"), who
+    srv.clients = [carol.sock, dave.sock]
+    assert not os.path.exists(old_ctl)
+    stop_generation(srv, new)
+
+
+def test_a_second_upgrade_before_the_first_drained_moves_the_bridge(sockfork, tmp_path):
+    """A bus has one bridge: upgraded again while generation 1 still drains,
+    generation 2 bridges to generation 3 and leaves 1 on its own, and says
+    so; 2's and 3's clients still see each other, 1's see the others leave."""
+    from test_chat import NO_FLOOD, Chat, chat_server, lobby
+    srv = chat_server(sockfork, tmp_path, "--history", "0", "--grace", "60", *NO_FLOOD)
+    (alice,) = lobby(srv, "alice")
+    second = upgrade(srv.ctl_path)
+    bob = Chat(srv, "bob")
+    alice.expect("*** bob has joined lobby")
+    third = upgrade(srv.ctl_path)
+    srv.log.wait_one(r"^sockfork: upgrade: the bus is bridged to the next generation now, no "
+                     r"longer to generation 1 \(pid %d\), which still drains" % srv.pid)
+    alice.expect("*** bob has left lobby (connection lost)")
+    carol = Chat(srv, "carol")
+    bob.expect("*** carol has joined lobby")
+    carol.send("hi bob")
+    bob.expect("<carol> hi bob")
+    alice.send("/quit")
+    assert alice.lines_to_eof() == ["*** Bye."]
+    bob.send("/quit")
+    assert bob.lines_to_eof() == ["*** Bye."]
+    assert srv.wait_exit(LONG_WAIT) == 0
+    wait_gone(second)
+    srv.clients = [carol.sock]
+    stop_generation(srv, third)
