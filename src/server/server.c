@@ -15,6 +15,7 @@
  */
 #include "server/server_internal.h"
 #include "server/execplan.h"
+#include "server/metrics.h"
 #include "process/process.h"
 #include "os/os.h"
 #include "log.h"
@@ -1042,6 +1043,9 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
     ev_timer_init(&s->watchdog_timer, watchdog_cb, 0., 0.);
     s->watchdog_timer.data = s;
     ev_async_start(s->loop, &s->stop_async);
+    if (s->opts.metrics_addr &&
+        (rc = metrics_open(&s->metrics, s->loop, s->opts.metrics_addr, server_stats, s)) < 0)
+        goto fail;
     *out = s;
     return 0;
 
@@ -1272,6 +1276,7 @@ void sf_server_free(sf_server *s)
     if (!s)
         return;
     ctl_close(&s->ctl);
+    metrics_close(s->metrics);
     for (size_t i = 0; i < s->nlisteners; i++) {
         if (s->loop)
             ev_io_stop(s->loop, &s->listeners[i].io);

@@ -208,6 +208,8 @@ struct sf_server {
     os_notify notify;
     ev_timer status_timer, watchdog_timer;
     uint64_t status_sent; /* the last STATUS= count, +1; 0: none yet */
+
+    struct metrics *metrics; /* opts.metrics_addr's endpoint, or NULL */
 };
 
 /* Access (access.c): the PROXY header of a ",proxy" listener's connection,
@@ -228,6 +230,9 @@ int server_reload(sf_server *s, char *what, size_t len);
 
 /* Answers a control request (commands.c). */
 json_t *server_command(void *arg, const char *cmd, json_t *req);
+/* `ctl stats`'s answer, which /metrics renders too (metrics_snapshot_cb):
+ * a new object, or NULL (out of memory). */
+json_t *server_stats(void *arg);
 
 /* The by_tuple key of a TCP connection: peer and local address and port. */
 hmap_key server_tuple_key(const sf_addr *peer, const sf_addr *local);
