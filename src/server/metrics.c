@@ -526,7 +526,7 @@ static void refuse_busy(int fd)
 {
     static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\n"
                                "Content-Type: text/plain; charset=utf-8\r\n"
-                               "Content-Length: 30\r\nConnection: close\r\n\r\n"
+                               "Content-Length: 29\r\nConnection: close\r\n\r\n"
                                "too many scrapers: try again\n";
 
     (void)send(fd, busy, sizeof busy - 1, MSG_NOSIGNAL | MSG_DONTWAIT);

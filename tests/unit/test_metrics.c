@@ -230,17 +230,23 @@ static char *read_all(fixture *f, int fd, size_t *len)
     return buf;
 }
 
-/* A whole 200 answer: its Content-Length is what came after the head. */
-static void assert_whole_answer(const char *text, size_t len)
+/* Its Content-Length is what came after the head. */
+static void assert_length_right(const char *text, size_t len)
 {
     const char *body = strstr(text, "\r\n\r\n");
     const char *cl = strstr(text, "Content-Length: ");
 
     assert_non_null(body);
     assert_non_null(cl);
+    assert_int_equal(strtoul(cl + 16, NULL, 10), len - (size_t)(body + 4 - text));
+}
+
+/* A whole 200 answer. */
+static void assert_whole_answer(const char *text, size_t len)
+{
     assert_true(strncmp(text, "HTTP/1.1 200 OK\r\n", 17) == 0);
     assert_non_null(strstr(text, "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"));
-    assert_int_equal(strtoul(cl + 16, NULL, 10), len - (size_t)(body + 4 - text));
+    assert_length_right(text, len);
 }
 
 static void test_stalled_reader_does_not_hold_others(void **state)
@@ -287,6 +293,7 @@ static void test_scrapers_bounded(void **state)
     fds[METRICS_SCRAPERS_MAX] = client(f);
     text = read_all(f, fds[METRICS_SCRAPERS_MAX], &len);
     assert_true(strncmp(text, "HTTP/1.1 503 Service Unavailable\r\n", 34) == 0);
+    assert_length_right(text, len);
     free(text);
     /* One of the eight asks: served as usual. */
     assert_int_equal(write(fds[0], "GET /metrics HTTP/1.0\r\n\r\n", 25), 25);
@@ -307,6 +314,7 @@ static void ask(fixture *f, const char *req, const char *status_line)
     text = read_all(f, fd, &len);
     if (strncmp(text, status_line, strlen(status_line)) != 0)
         fail_msg("%s: got %.60s", req, text);
+    assert_length_right(text, len);
     assert_non_null(strstr(text, "Connection: close\r\n"));
     free(text);
     close(fd);
