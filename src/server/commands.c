@@ -564,11 +564,11 @@ json_t *server_stats(void *arg)
         json_object_set_new(r, "listeners", listener_names(s)) < 0 ||
         put_connections(r, st, &ss, active) < 0 ||
         (s->prefork && json_object_set_new(r, "workers", worker_numbers(s, &wc)) < 0) ||
-        (!s->prefork && json_object_set_new(r, "children", children_by_state(s)) < 0) ||
         json_object_set_new(r, "exited", exits_by_code(st)) < 0 ||
         json_object_set_new(r, "killed", kills_by_signal(st)) < 0 ||
         json_object_set_new(r, "channel", channel_counts(&bs, &ss)) < 0 ||
         json_object_set_new(r, "spawner_pid", json_integer(ss.spawner_pid)) < 0 ||
+        (!s->prefork && json_object_set_new(r, "children", children_by_state(s)) < 0) ||
         json_object_set_new(r, "messages_in", counts_by_kind(bs.counted.in_by_op, op_names)) < 0 ||
         json_object_set_new(r, "messages_out",
                             counts_by_kind(bs.counted.out_by_kind, msg_kind_names)) < 0 ||
