@@ -145,6 +145,8 @@ static json_t *snapshot(void *arg)
     char key[32];
 
     f->snapshots++;
+    if (f->topics < 0)
+        return NULL; /* out of memory, as server_stats says it */
     for (int i = 0; i < f->topics; i++) {
         snprintf(key, sizeof key, "room:t%06d", i);
         json_object_set_new(top, key, json_integer(i));
@@ -340,6 +342,21 @@ static void test_statuses(void **state)
     free(big);
 }
 
+/* A body past METRICS_BODY_MAX, or no snapshot: 500, and the endpoint
+ * goes on. */
+static void test_render_failures_are_500(void **state)
+{
+    fixture *f = *state;
+
+    f->topics = 25000; /* some 1.3 MB */
+    ask(f, "GET /metrics HTTP/1.1\r\n\r\n", "HTTP/1.1 500 Internal Server Error\r\n");
+    f->topics = -1;
+    ask(f, "GET /metrics HTTP/1.1\r\n\r\n", "HTTP/1.1 500 Internal Server Error\r\n");
+    f->topics = 3;
+    ask(f, "GET /metrics HTTP/1.1\r\n\r\n", "HTTP/1.1 200 OK\r\n");
+    assert_int_equal(f->snapshots, 3);
+}
+
 /* HEAD: the headers of GET's answer, no body. */
 static void test_head(void **state)
 {
@@ -368,6 +385,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_scrapers_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_statuses, setup, teardown),
         cmocka_unit_test_setup_teardown(test_head, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_render_failures_are_500, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
