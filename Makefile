@@ -91,7 +91,11 @@ $(FUZZ_BUILD)/fuzz_proxy: fuzz/fuzz_proxy.c src/server/proxy.c src/server/proxy.
 	mkdir -p $(FUZZ_BUILD)
 	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_proxy.c src/server/proxy.c
 
-FUZZ_TARGETS = addr frame jsonl bus runargs rules proxy
+$(FUZZ_BUILD)/fuzz_http: fuzz/fuzz_http.c src/server/http.c src/server/http.h
+	mkdir -p $(FUZZ_BUILD)
+	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_http.c src/server/http.c
+
+FUZZ_TARGETS = addr frame jsonl bus runargs rules proxy http
 
 # libFuzzer's statistics go to $(FUZZ_BUILD)/fuzz_T.log: one line per target
 # here, the log's tail when a target fails, and a total that ./dev reads.

@@ -413,6 +413,14 @@ typedef struct sf_server_opts {
      * addresses (systemd's come again as LISTEN_FDS: sf_listen_fds). */
     char *const *upgrade_argv;
     double upgrade_timeout_s;
+    /* metrics */
+    /* NULL, or where to serve Prometheus metrics over HTTP (GET /metrics,
+     * the text format 0.0.4; docs/design.md, "Metrics"): an address in
+     * sf_addr_parse's syntax, bound by sf_server_new (which then fails
+     * with its -errno: -EADDRINUSE, -EINVAL, ...), served on the
+     * supervisor's loop while sf_server_run runs, closed (its Unix path
+     * removed) by sf_server_free. The numbers are `ctl stats`'s. */
+    const char *metrics_addr;
 } sf_server_opts;
 
 /* Fills opts with the defaults above. */
@@ -496,6 +504,10 @@ SF_EXTERN int sf_server_control(sf_server *s, const char *path);
 
 /* The control socket's path, or NULL if there is none. Owned by s. */
 SF_EXTERN const char *sf_server_control_path(const sf_server *s);
+
+/* The metrics endpoint's address (opts.metrics_addr, a port 0 resolved),
+ * or NULL if there is none. Owned by s. */
+SF_EXTERN const sf_addr *sf_server_metrics_addr(const sf_server *s);
 
 /* Number of listeners, and the address the i-th one really has (port 0
  * resolved to the port the kernel chose). NULL if i is out of range. */

@@ -136,4 +136,15 @@ int os_tcpdiag_open(void);
  */
 int os_tcpdiag_dump(int fd, int family, uint16_t local_port, os_tcpdiag_cb cb, void *arg);
 
+/* What this process costs now (procself.c). */
+typedef struct os_proc_usage {
+    double cpu_seconds;    /* user and system, since it started; -1: unknown */
+    double resident_bytes; /* -1: unknown */
+    double start_time;     /* seconds since the epoch; -1: unknown */
+} os_proc_usage;
+
+/* Fills out; 0, or -errno when part of it is unknown (-1 in it: getrusage
+ * failed, or /proc could not be read). */
+int os_proc_self(os_proc_usage *out);
+
 #endif

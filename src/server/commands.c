@@ -3,6 +3,8 @@
  * stats. Each answer is one JSON object (docs/protocol.md).
  */
 #include "server/server_internal.h"
+#include "server/metrics.h"
+#include "supervisor/bus_codec.h"
 #include "os/os.h"
 
 #include <errno.h>
@@ -393,19 +395,163 @@ fail:
     return NULL;
 }
 
-/* Every number comes from one of three snapshots: the server's own
- * counters, the supervisor's (sup_get_stats) and the bus's (bus_get_stats). */
-static json_t *cmd_stats(sf_server *s)
+/* `children` (fork mode): running, or told to end (SIGTERM sent, waiting
+ * for its exit). */
+static json_t *children_by_state(sf_server *s)
 {
+    unsigned running = 0, terminating = 0;
+
+    for (unsigned i = 0; i < s->recs_touched; i++) {
+        const conn_rec *r = &s->recs[i];
+        if (r->pid <= 0 || r->worker)
+            continue;
+        if (sup_is_terminating(&s->sup, r->pid))
+            terminating++;
+        else
+            running++;
+    }
+    return json_pack("{s:i, s:i}", "running", (int)running, "terminating", (int)terminating);
+}
+
+/* The names of the bus's kinds (bus_counters' *_by_*), as the JSON codec
+ * spells them; index 0 and any unnamed one count as "other". */
+static const char *const op_names[BUS_KINDS] = {
+    [OP_SEND] = "send",           [OP_SEND_NAME] = "send_name", [OP_BROADCAST] = "broadcast",
+    [OP_PUBLISH] = "publish",     [OP_SUBSCRIBE] = "subscribe", [OP_UNSUBSCRIBE] = "unsubscribe",
+    [OP_CLAIM] = "claim",         [OP_RELEASE] = "release",     [OP_LOG] = "log",
+    [OP_STATUS] = "status",       [OP_WILL] = "will",           [OP_MEMBERS] = "members",
+    [OP_TOPICS] = "topics",
+};
+static const char *const msg_kind_names[BUS_KINDS] = {
+    [SF_MSG_DIRECT] = "direct",   [SF_MSG_NAME] = "name",       [SF_MSG_BROADCAST] = "broadcast",
+    [SF_MSG_TOPIC] = "topic",     [SF_MSG_HISTORY] = "history", [SF_MSG_CLAIMED] = "claimed",
+    [SF_MSG_ERROR] = "error",     [SF_MSG_MEMBERS] = "members", [SF_MSG_TOPICS] = "topics",
+};
+
+/* Every named kind, zeros too (a rate needs the series from the start);
+ * "other" when there is any. */
+static json_t *counts_by_kind(const uint64_t *n, const char *const *names)
+{
+    json_t *o = json_object();
+    uint64_t other = 0;
+
+    for (unsigned i = 0; o && i < BUS_KINDS; i++) {
+        if (!names[i]) {
+            other += n[i];
+            continue;
+        }
+        if (json_object_set_new(o, names[i], json_integer((json_int_t)n[i])) < 0)
+            goto fail;
+    }
+    if (o && other && json_object_set_new(o, "other", json_integer((json_int_t)other)) < 0)
+        goto fail;
+    return o;
+fail:
+    json_decref(o);
+    return NULL;
+}
+
+/* The most subscribed topics, most first, and every topic's subscribers
+ * summed (bus_each_topic). */
+typedef struct topic_top {
+    struct {
+        char name[BUS_NAME_MAX + 1];
+        size_t len;
+        unsigned subs;
+    } top[METRICS_TOPICS_TOP];
+    unsigned n;
+    uint64_t subscriptions;
+} topic_top;
+
+static void topic_seen(void *arg, const char *name, size_t len, unsigned subs)
+{
+    topic_top *t = arg;
+    unsigned at;
+
+    t->subscriptions += subs;
+    if (len > BUS_NAME_MAX)
+        len = BUS_NAME_MAX;
+    for (at = t->n; at > 0 && t->top[at - 1].subs < subs; at--)
+        ;
+    if (at == METRICS_TOPICS_TOP)
+        return;
+    if (t->n < METRICS_TOPICS_TOP)
+        t->n++;
+    memmove(&t->top[at + 1], &t->top[at], (t->n - 1 - at) * sizeof t->top[0]);
+    memcpy(t->top[at].name, name, len);
+    t->top[at].len = len;
+    t->top[at].subs = subs;
+}
+
+/* `top_topics`: the most subscribed topics (chat: rooms) and their
+ * subscribers. A topic's name is what a child sent: made valid UTF-8 for a
+ * JSON key. */
+static json_t *top_topics(const topic_top *t)
+{
+    json_t *top = json_object();
+    char key[3 * BUS_NAME_MAX + 1];
+
+    for (unsigned i = 0; top && i < t->n; i++) {
+        bus_text_clean(key, sizeof key, (const unsigned char *)t->top[i].name, t->top[i].len);
+        if (json_object_set_new(top, key, json_integer(t->top[i].subs)) < 0) {
+            json_decref(top);
+            return NULL;
+        }
+    }
+    return top;
+}
+
+/* `bus`: what the channels hold now. */
+static json_t *bus_numbers(sf_server *s, const bus_stats *bs, const topic_top *t)
+{
+    uint64_t queued = 0;
+
+    for (const endpoint *e = s->bus.all; e; e = e->next)
+        queued += e->q.bytes;
+    return json_pack("{s:i, s:I, s:i, s:I, s:i, s:I}", "channels", (int)bs->endpoints,
+                     "queued_bytes", (json_int_t)queued, "topics", (int)bs->topics,
+                     "subscriptions", (json_int_t)t->subscriptions, "names", (int)bs->names,
+                     "history_bytes", (json_int_t)bs->history_bytes);
+}
+
+/* `process`: the supervisor's own cost, and the version; null for what
+ * /proc could not tell. */
+static json_t *process_numbers(void)
+{
+    os_proc_usage u;
+
+    (void)os_proc_self(&u);
+    return json_pack("{s:o, s:o, s:o, s:s}", "cpu_seconds",
+                     u.cpu_seconds < 0 ? json_null() : json_real(u.cpu_seconds),
+                     "resident_bytes",
+                     u.resident_bytes < 0 ? json_null() : json_integer((json_int_t)u.resident_bytes),
+                     "start_time_seconds",
+                     u.start_time < 0 ? json_null() : json_real(u.start_time), "version",
+                     sf_version());
+}
+
+/* Every number comes from one of four snapshots: the server's own
+ * counters, the supervisor's (sup_get_stats), the bus's (bus_get_stats,
+ * bus_each_topic) and the process's (os_proc_self). `ctl stats` answers
+ * with it, and /metrics renders it (metrics.c): one source for both. */
+json_t *server_stats(void *arg)
+{
+    sf_server *s = arg;
     sf_server_stats *st = &s->stats, pf;
     json_t *r = json_object();
     sup_stats ss;
     bus_stats bs;
     worker_counts wc;
+    topic_top *tt = calloc(1, sizeof *tt);
     uint64_t active;
 
+    if (!tt) {
+        json_decref(r);
+        return NULL;
+    }
     sup_get_stats(&s->sup, &ss);
     bus_get_stats(&s->bus, &bs);
+    bus_each_topic(&s->bus, topic_seen, tt);
     active = ss.children;
     if (s->prefork) {
         /* Prefork: what the workers' slots say. A handler's return of 0
@@ -427,10 +573,20 @@ static json_t *cmd_stats(sf_server *s)
         json_object_set_new(r, "exited", exits_by_code(st)) < 0 ||
         json_object_set_new(r, "killed", kills_by_signal(st)) < 0 ||
         json_object_set_new(r, "channel", channel_counts(&bs, &ss)) < 0 ||
-        json_object_set_new(r, "spawner_pid", json_integer(ss.spawner_pid)) < 0) {
+        json_object_set_new(r, "spawner_pid", json_integer(ss.spawner_pid)) < 0 ||
+        (!s->prefork && json_object_set_new(r, "children", children_by_state(s)) < 0) ||
+        json_object_set_new(r, "messages_in", counts_by_kind(bs.counted.in_by_op, op_names)) < 0 ||
+        json_object_set_new(r, "messages_out",
+                            counts_by_kind(bs.counted.out_by_kind, msg_kind_names)) < 0 ||
+        json_object_set_new(r, "messages_dropped",
+                            counts_by_kind(bs.counted.dropped_by_kind, msg_kind_names)) < 0 ||
+        json_object_set_new(r, "bus", bus_numbers(s, &bs, tt)) < 0 ||
+        json_object_set_new(r, "top_topics", top_topics(tt)) < 0 ||
+        json_object_set_new(r, "process", process_numbers()) < 0) {
         json_decref(r);
-        return NULL;
+        r = NULL;
     }
+    free(tt);
     return r;
 }
 
@@ -471,7 +627,7 @@ json_t *server_command(void *arg, const char *cmd, json_t *req)
     if (strcmp(cmd, "kick") == 0)
         return cmd_kick(s, req);
     if (strcmp(cmd, "stats") == 0)
-        return cmd_stats(s);
+        return server_stats(s);
     if (strcmp(cmd, "send") == 0)
         return cmd_send(s, req);
     if (strcmp(cmd, "broadcast") == 0)

@@ -39,17 +39,19 @@ static void client_close(ctl_client *cl)
     free(cl->out);
     cl->in = cl->out = NULL;
     cl->in_have = cl->out_len = cl->out_sent = cl->discarding = 0;
-    cl->waiting = 0;
+    cl->waiting = cl->read_eof = 0;
 }
 
 /* Watch for reading always, for writing while answers wait. */
 static void client_watch(ctl_client *cl)
 {
-    int events = EV_READ | (cl->out_sent < cl->out_len ? EV_WRITE : 0);
+    int events = (cl->read_eof ? 0 : EV_READ) | (cl->out_sent < cl->out_len ? EV_WRITE : 0);
 
     if (ev_is_active(&cl->io) && (cl->io.events & (EV_READ | EV_WRITE)) == events)
         return;
     ev_io_stop(cl->owner->loop, &cl->io);
+    if (!events)
+        return;
     ev_io_set(&cl->io, cl->fd, events);
     ev_io_start(cl->owner->loop, &cl->io);
 }
@@ -190,6 +192,13 @@ static void client_cb(struct ev_loop *loop, ev_io *w, int revents)
     if (revents & EV_READ) {
         ssize_t n = read(cl->fd, cl->in + cl->in_have, CTL_LINE_MAX - cl->in_have);
 
+        if (n == 0 && cl->waiting) {
+            /* Shut down its side (socat, nc -N) after a request answered
+             * later: the answer still goes out, then it is closed. */
+            cl->read_eof = 1;
+            client_watch(cl);
+            return;
+        }
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
             client_close(cl);
             return;
@@ -202,7 +211,7 @@ static void client_cb(struct ev_loop *loop, ev_io *w, int revents)
             }
         }
     }
-    if (client_flush(cl) < 0) {
+    if (client_flush(cl) < 0 || (cl->read_eof && !cl->waiting && cl->out_sent == cl->out_len)) {
         client_close(cl);
         return;
     }
@@ -219,7 +228,8 @@ void ctl_answer_waiting(ctl_server *c, json_t *(*make)(void *arg), void *arg)
             continue;
         cl->waiting = 0;
         /* Written at once: the server may be on its way out after it. */
-        if (client_reply(cl, make(arg)) < 0 || client_process(cl) < 0 || client_flush(cl) < 0) {
+        if (client_reply(cl, make(arg)) < 0 || client_process(cl) < 0 || client_flush(cl) < 0 ||
+            (cl->read_eof && cl->out_sent == cl->out_len)) {
             client_close(cl);
             continue;
         }

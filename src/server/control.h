@@ -39,6 +39,7 @@ typedef struct ctl_client {
     size_t out_len, out_sent;
     size_t discarding;      /* >0: answered an over-long line, draining before close */
     int waiting;            /* its last request was answered CTL_LATER */
+    int read_eof;           /* it has shut down its side while waiting */
     struct ctl_server *owner;
 } ctl_client;
 

@@ -15,6 +15,8 @@
  */
 #include "server/server_internal.h"
 #include "server/execplan.h"
+#include "server/addr.h"
+#include "server/metrics.h"
 #include "process/process.h"
 #include "os/os.h"
 #include "log.h"
@@ -995,6 +997,25 @@ static void ensure_stdio_open(void)
     }
 }
 
+/* The metrics endpoint: on the socket the previous generation handed over
+ * (an upgrade), else bound now. */
+static int open_metrics(sf_server *s)
+{
+    listener taken;
+    sf_addr a;
+    int rc;
+
+    if ((rc = addr_parse(&a, s->opts.metrics_addr, 1)) < 0)
+        return rc;
+    if (upgrade_take_metrics(s, &a, &taken)) {
+        if ((rc = metrics_open_on(&s->metrics, s->loop, &taken, server_stats, s)) < 0)
+            return rc;
+        upgrade_claim_path(s, metrics_listener(s->metrics));
+        return 0;
+    }
+    return metrics_open(&s->metrics, s->loop, s->opts.metrics_addr, server_stats, s);
+}
+
 int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handler, void *arg)
 {
     sf_server *s = NULL;
@@ -1010,6 +1031,7 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
         return -ENOMEM;
     s->diag_fd = -1;
     s->notify.fd = -1;
+    s->up.link = s->up.from = -1; /* upgrade_fini may run before upgrade_init */
     if (opts)
         s->opts = *opts;
     else
@@ -1086,6 +1108,8 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
     ev_async_start(s->loop, &s->stop_async);
     upgrade_watchers_init(s);
     if ((rc = upgrade_init(s)) < 0)
+        goto fail;
+    if (s->opts.metrics_addr && (rc = open_metrics(s)) < 0)
         goto fail;
     *out = s;
     return 0;
@@ -1324,6 +1348,7 @@ void sf_server_free(sf_server *s)
         return;
     ctl_close(&s->ctl);
     upgrade_fini(s);
+    metrics_close(s->metrics);
     for (size_t i = 0; i < s->nlisteners; i++) {
         if (s->loop)
             ev_io_stop(s->loop, &s->listeners[i].io);

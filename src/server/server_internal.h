@@ -211,6 +211,7 @@ struct sf_server {
     uint64_t status_sent; /* the last STATUS= count, +1; 0: none yet */
 
     upgrade up;           /* upgrade.c: this generation's and its neighbours' */
+    struct metrics *metrics; /* opts.metrics_addr's endpoint, or NULL */
 };
 
 /* Sends systemd one notification (nothing without NOTIFY_SOCKET). */
@@ -236,6 +237,9 @@ int server_reload(sf_server *s, char *what, size_t len);
 
 /* Answers a control request (commands.c). */
 json_t *server_command(void *arg, const char *cmd, json_t *req);
+/* `ctl stats`'s answer, which /metrics renders too (metrics_snapshot_cb):
+ * a new object, or NULL (out of memory). */
+json_t *server_stats(void *arg);
 
 /* The by_tuple key of a TCP connection: peer and local address and port. */
 hmap_key server_tuple_key(const sf_addr *peer, const sf_addr *local);

@@ -1,6 +1,7 @@
 /* upgrade.c - zero-downtime binary upgrade (upgrade.h tells the protocol). */
 #include "server/upgrade.h"
 #include "server/server_internal.h"
+#include "server/metrics.h"
 #include "supervisor/bus_link.h"
 
 #include <errno.h>
@@ -132,9 +133,12 @@ static int hello_parse(sf_server *s, const char *line)
         upgrade_inherited *in = &u->inh[u->ninh];
         const char *addr;
         json_int_t fd, dev = 0, ino = 0;
-        if (json_unpack(l, "{s:I, s:s, s?I, s?I}", "fd", &fd, "addr", &addr, "dev", &dev, "ino",
-                        &ino) < 0 || fd < 3 || fd > INT_MAX || sf_addr_parse(&in->addr, addr) < 0)
+        int metrics = 0;
+        if (json_unpack(l, "{s:I, s:s, s?I, s?I, s?b}", "fd", &fd, "addr", &addr, "dev", &dev, "ino",
+                        &ino, "metrics", &metrics) < 0 || fd < 3 || fd > INT_MAX ||
+            sf_addr_parse(&in->addr, addr) < 0)
             goto done;
+        in->metrics = metrics;
         in->fd = (int)fd;
         in->dev = (dev_t)dev;
         in->ino = (ino_t)ino;
@@ -151,6 +155,36 @@ done:
     return rc;
 }
 
+/*
+ * The file an upgrade starts: argv[0] as it was run (found in PATH now,
+ * made absolute), so that a deploy which moves a symlink (current -> v2)
+ * or installs a new file there is what runs next; /proc/self/exe has the
+ * links resolved, so it is only the fallback. 0 or -errno.
+ */
+static int binary_path(const sf_server *s, char *buf, size_t len)
+{
+    char found[PATH_MAX], cwd[PATH_MAX];
+    const char *arg0 = s->opts.upgrade_argv ? s->opts.upgrade_argv[0] : NULL;
+    ssize_t n;
+    int w;
+
+    if (arg0 && sf_program_find(arg0, found, sizeof found) == 0) {
+        if (found[0] == '/')
+            w = snprintf(buf, len, "%s", found);
+        else if (getcwd(cwd, sizeof cwd))
+            w = snprintf(buf, len, "%s/%s", cwd, found);
+        else
+            w = -1;
+        if (w > 0 && (size_t)w < len)
+            return 0;
+    }
+    n = readlink("/proc/self/exe", buf, len - 1);
+    if (n <= 0)
+        return -errno;
+    buf[n] = '\0';
+    return 0;
+}
+
 int upgrade_init(sf_server *s)
 {
     upgrade *u = &s->up;
@@ -163,11 +197,8 @@ int upgrade_init(sf_server *s)
 
     u->link = u->from = -1;
     u->generation = 1;
-    n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-        exe[n] = '\0';
-        u->exe = strdup(exe);
-    }
+    u->exe = binary_path(s, exe, sizeof exe) == 0 ? strdup(exe) : NULL;
+    (void)n;
     if (!env)
         return 0;
     /* Ours only: a program we start must not think it is an upgrade. */
@@ -178,9 +209,9 @@ int upgrade_init(sf_server *s)
         return -EBADF;
     u->from = (int)fd;
     u->upgraded = 1;
-    if (!(line = malloc(UPGRADE_LINE_MAX)))
+    if (!(line = malloc(UPGRADE_HELLO_MAX)))
         return -ENOMEM;
-    rc = hello_wait(u->from, line, UPGRADE_LINE_MAX);
+    rc = hello_wait(u->from, line, UPGRADE_HELLO_MAX);
     if (rc == 0)
         rc = hello_parse(s, line);
     free(line);
@@ -193,8 +224,10 @@ static int addr_same(const sf_addr *want, const sf_addr *have)
 
     if (fam != have->u.sa.sa_family)
         return 0;
-    if (fam == AF_UNIX)
-        return strcmp(want->u.un.sun_path, have->u.un.sun_path) == 0;
+    if (fam == AF_UNIX) /* an abstract name has no NUL: its length says */
+        return want->len == have->len &&
+               memcmp(want->u.un.sun_path, have->u.un.sun_path,
+                      want->len - offsetof(struct sockaddr_un, sun_path)) == 0;
     if (fam == AF_INET)
         return want->u.in4.sin_addr.s_addr == have->u.in4.sin_addr.s_addr &&
                (!want->u.in4.sin_port || want->u.in4.sin_port == have->u.in4.sin_port);
@@ -202,28 +235,55 @@ static int addr_same(const sf_addr *want, const sf_addr *have)
            (!want->u.in6.sin6_port || want->u.in6.sin6_port == have->u.in6.sin6_port);
 }
 
-int upgrade_take_listener(sf_server *s, const sf_addr *a, listener *l)
+void upgrade_claim_path(sf_server *s, listener *l)
+{
+    upgrade *u = &s->up;
+
+    if (l->path_ino && u->nclaim < sizeof u->claim / sizeof u->claim[0])
+        u->claim[u->nclaim++] = l;
+}
+
+static int take(sf_server *s, const sf_addr *a, listener *l, int metrics)
 {
     upgrade *u = &s->up;
 
     for (unsigned i = 0; i < u->ninh; i++) {
         upgrade_inherited *in = &u->inh[i];
-        if (in->fd < 0 || !addr_same(a, &in->addr))
+        int fl;
+        if (in->fd < 0 || in->metrics != metrics || !addr_same(a, &in->addr))
             continue;
-        if (listener_adopt(l, in->fd) < 0)
+        /* The file status flags are the socket's, shared with the previous
+         * generation: its prefork workers block in accept(), and must not
+         * find the socket made non-blocking under them (they would spin).
+         * Ours (workers_init, or the accept loop of fork mode, which the
+         * previous generation ran too) are set as they were. */
+        if ((fl = fcntl(in->fd, F_GETFL)) < 0 || listener_adopt(l, in->fd) < 0)
             continue;
+        (void)fcntl(in->fd, F_SETFL, fl);
         l->adopted = 0; /* bound, by a generation before us */
-        /* A Unix socket file the previous generation made is ours now:
-         * removed when we close, as if we had bound it. */
+        /* A Unix socket file the previous generation made becomes ours
+         * (removed when we close, as if we had bound it) once we are
+         * ready: upgrade_say_ready. */
         if (in->owns_path) {
-            l->owns_path = 1;
             l->path_dev = in->dev;
             l->path_ino = in->ino;
+            if (!metrics) /* its listener is copied: metrics_open_on's caller claims it */
+                upgrade_claim_path(s, l);
         }
         in->fd = -1;
         return 1;
     }
     return 0;
+}
+
+int upgrade_take_listener(sf_server *s, const sf_addr *a, listener *l)
+{
+    return take(s, a, l, 0);
+}
+
+int upgrade_take_metrics(sf_server *s, const sf_addr *a, listener *l)
+{
+    return take(s, a, l, 1);
 }
 
 int upgrade_takes_control(const sf_server *s)
@@ -319,13 +379,17 @@ int upgrade_say_ready(sf_server *s)
     rc = json_line(u->from, json_pack("{s:b, s:i, s:i}", "ready", 1, "pid", (int)getpid(),
                                       "generation", (int)u->generation));
     if (rc < 0) {
-        /* It is gone (killed, or gave up on us): we serve on our own. */
+        /* It is gone (killed, or gave up on us): we serve on our own, and
+         * systemd hears READY from us. */
         sf_logf(&s->log, SF_LOG_WARN, "upgrade: cannot tell the previous generation (pid %d) we are "
                 "ready: %s", (int)u->prev_pid, strerror(-rc));
         close(u->from);
         u->from = -1;
-        return 1;
+        return 0;
     }
+    for (unsigned i = 0; i < u->nclaim; i++)
+        u->claim[i]->owns_path = 1;
+    u->nclaim = 0;
     sf_logf(&s->log, SF_LOG_NOTICE, "upgrade: generation %u ready, taking over from pid %d",
             u->generation, (int)u->prev_pid);
     u->prev_alive = 1;
@@ -358,7 +422,9 @@ static int control_step_aside(sf_server *s)
         return 0;
     path = s->ctl.lis.addr.u.un.sun_path;
     n = snprintf(aside, sizeof aside, "%s.%d", path, (int)getpid());
-    if (n < 0 || (size_t)n >= sizeof s->ctl.lis.addr.u.un.sun_path)
+    /* The new generation binds PATH.newPID beside it (control.c): that
+     * must fit too, whatever its pid (at most 7 digits: pid_max). */
+    if (n < 0 || strlen(path) + sizeof ".new" - 1 + 7 >= sizeof s->ctl.lis.addr.u.un.sun_path)
         return -ENAMETOOLONG;
     (void)unlink(aside); /* a stale one of a pid like ours: not a live server's */
     if (link(path, aside) < 0)
@@ -408,7 +474,7 @@ static void control_leave_home(sf_server *s)
 /* What the new generation is given: HELLO's text, and the descriptors in
  * the order they take in it (systemd's first, as LISTEN_FDS wants). */
 typedef struct handover {
-    int fds[LISTENERS_MAX + 1];  /* listeners, then the link */
+    int fds[LISTENERS_MAX + 2];  /* listeners, the metrics socket, then the link */
     int nfds;
     int nsystemd;
     char *hello;
@@ -416,10 +482,24 @@ typedef struct handover {
     char listen_pid[32];         /* "LISTEN_PID=" + the child's pid, written in it */
 } handover;
 
+/* A bound socket's entry in HELLO, and its place among the descriptors. */
+static int hello_add(json_t *ls, handover *h, const listener *l, int metrics)
+{
+    char name[SF_ADDR_TEXT_MAX];
+
+    if (sf_addr_format(&l->addr, name, sizeof name) < 0 ||
+        json_array_append_new(ls, json_pack("{s:i, s:s, s:I, s:I, s:b}", "fd", 3 + h->nfds, "addr",
+                                            name, "dev", (json_int_t)(l->owns_path ? l->path_dev : 0),
+                                            "ino", (json_int_t)(l->owns_path ? l->path_ino : 0),
+                                            "metrics", metrics)) < 0)
+        return -ENOMEM;
+    h->fds[h->nfds++] = l->fd;
+    return 0;
+}
+
 static int build_hello(sf_server *s, handover *h)
 {
     json_t *ls = json_array(), *o;
-    char name[SF_ADDR_TEXT_MAX];
     char *text;
 
     if (!ls)
@@ -432,19 +512,17 @@ static int build_hello(sf_server *s, handover *h)
                 continue;
             if (pass == 0) {
                 h->nsystemd++;
-            } else {
-                if (sf_addr_format(&l->addr, name, sizeof name) < 0 ||
-                    json_array_append_new(ls, json_pack("{s:i, s:s, s:I, s:I}", "fd", 3 + h->nfds,
-                                                        "addr", name, "dev",
-                                                        (json_int_t)(l->owns_path ? l->path_dev : 0),
-                                                        "ino",
-                                                        (json_int_t)(l->owns_path ? l->path_ino : 0))) < 0) {
-                    json_decref(ls);
-                    return -ENOMEM;
-                }
+                h->fds[h->nfds++] = l->fd;
+            } else if (hello_add(ls, h, l, 0) < 0) {
+                json_decref(ls);
+                return -ENOMEM;
             }
-            h->fds[h->nfds++] = l->fd;
         }
+    }
+    /* The metrics endpoint's socket too: it is bound to its address. */
+    if (s->metrics && hello_add(ls, h, metrics_listener(s->metrics), 1) < 0) {
+        json_decref(ls);
+        return -ENOMEM;
     }
     o = json_pack("{s:i, s:i, s:i, s:s?, s:o}", "v", 1, "pid", (int)getpid(), "generation",
                   (int)s->up.generation, "control", s->ctl.open ? s->ctl.lis.addr.u.un.sun_path : NULL,
@@ -560,17 +638,22 @@ static void __attribute__((noreturn)) exec_new_generation(const char *exe, char 
 {
     sigset_t none;
     struct sigaction dfl;
-    int high = 3 + h->nfds + 1, tmp[LISTENERS_MAX + 1];
-    int errnum;
+    int high = 3 + h->nfds + 1, tmp[LISTENERS_MAX + 2];
+    int errnum, report = h->fds[h->nfds - 1]; /* the link, wherever it is now */
 
+    /* Our own process group: a failed start is killed whole (a wrapper
+     * that forks included). */
+    (void)setpgid(0, 0);
     /* Every descriptor to its place: first out of the way of the places
      * (a source may sit on another's target), then down into them. */
     for (int i = 0; i < h->nfds; i++)
         if ((tmp[i] = fcntl(h->fds[i], F_DUPFD_CLOEXEC, high)) < 0)
             goto fail;
+    report = tmp[h->nfds - 1];
     for (int i = 0; i < h->nfds; i++)
         if (dup2(tmp[i], 3 + i) < 0)
             goto fail;
+    report = 3 + h->nfds - 1;
     os_closefrom(3 + h->nfds);
     if (h->nsystemd > 0) {
         memcpy(h->listen_pid, "LISTEN_PID=", sizeof "LISTEN_PID=");
@@ -597,7 +680,7 @@ fail:
         len = strlen(line);
         line[len++] = '}';
         line[len++] = '\n';
-        (void)write(3 + h->nfds - 1, line, len);
+        (void)write(report, line, len);
     }
     _exit(127);
 }
@@ -623,18 +706,19 @@ static void finish(sf_server *s, int ok)
     ev_timer_stop(s->loop, &u->deadline);
     u->in_have = 0;
     if (ok) {
+        /* The link is the bus bridge's next, and `ctl upgrade` is answered
+         * once we drain (link_cb): a request after it is then refused. */
         u->state = UPGRADE_DONE;
-        /* The link stays open: its end tells the new generation we have
-         * gone. The child is its own now (we reap it if it dies first). */
-        ctl_answer_waiting(&s->ctl, status_answer, s);
         return;
     }
     if (u->link >= 0)
         close(u->link);
     u->link = -1;
     if (u->child > 0) {
-        /* Its own spawner takes its children down when it dies. */
-        kill(u->child, SIGKILL);
+        /* Its group (exec_new_generation made it one); its own spawner
+         * takes its children down when it dies. */
+        if (kill(-u->child, SIGKILL) < 0)
+            kill(u->child, SIGKILL);
     }
     u->state = UPGRADE_FAILED;
     control_back_home(s);
@@ -681,6 +765,7 @@ static void begin_drain(sf_server *s, pid_t new_pid)
 
     u->draining = 1;
     server_stop_accepting(s);
+    metrics_stop_accepting(s->metrics);
     control_leave_home(s);
     if (s->notify.fd >= 0) {
         ev_timer_stop(s->loop, &s->status_timer);
@@ -745,6 +830,7 @@ static void link_cb(struct ev_loop *loop, ev_io *w, int revents)
     bridge_open(s, u->link, 0);
     u->link = -1;
     begin_drain(s, u->new_pid);
+    ctl_answer_waiting(&s->ctl, status_answer, s);
 }
 
 static void deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -842,8 +928,15 @@ int upgrade_begin(sf_server *s, char *why, size_t len)
     ev_io_start(s->loop, &u->link_io);
     ev_timer_set(&u->deadline, s->opts.upgrade_timeout_s, 0.);
     ev_timer_start(s->loop, &u->deadline);
-    if (s->notify.fd >= 0)
-        server_notify(s, "RELOADING=1\nSTATUS=upgrading");
+    if (s->notify.fd >= 0) {
+        /* systemd 253 wants the moment with RELOADING=1 (Type=notify-reload). */
+        struct timespec ts;
+        char text[96];
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        snprintf(text, sizeof text, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=upgrading",
+                 (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
+        server_notify(s, text);
+    }
     sf_logf(&s->log, SF_LOG_NOTICE, "upgrade: started %s as pid %d (generation %u)", u->exe,
             (int)pid, u->generation + 1);
     snprintf(why, len, "%s", u->why);
@@ -863,12 +956,19 @@ fail:
 void upgrade_on_shutdown(sf_server *s)
 {
     upgrade *u = &s->up;
+    pid_t pid;
+    int st;
 
     ev_timer_stop(s->loop, &u->drain_timer); /* the shutdown's grace rules now */
     if (u->state != UPGRADE_STARTING)
         return;
     set_why(u, "the server is stopping: the new process (pid %d) was killed", (int)u->child);
+    pid = u->child;
     finish(s, 0);
+    /* Reaped here: the loop may end before SIGCHLD is handled, and an
+     * embedding program must not be left a zombie. SIGKILL was sent. */
+    if (pid > 0 && waitpid(pid, &st, 0) == pid)
+        u->child = 0;
 }
 
 static void usr2_cb(struct ev_loop *loop, ev_signal *w, int revents)

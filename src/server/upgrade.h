@@ -24,7 +24,8 @@
 #include "sockfork.h"
 #include "server/listener.h"
 
-#define UPGRADE_LINE_MAX 4096          /* a HELLO or READY line */
+#define UPGRADE_HELLO_MAX (64 * 1024)  /* the HELLO line: 65 sockets with Unix paths */
+#define UPGRADE_LINE_MAX 512           /* a READY line */
 #define UPGRADE_TIMEOUT_DEFAULT 30.0   /* s the new generation may take */
 
 enum upgrade_state {
@@ -37,6 +38,7 @@ enum upgrade_state {
 /* A listening socket handed over by the previous generation. */
 typedef struct upgrade_inherited {
     int fd;              /* -1 once adopted or closed */
+    int metrics;         /* the metrics endpoint's, not a listener's */
     sf_addr addr;
     dev_t dev;           /* Unix: the socket file it owns, if any */
     ino_t ino;
@@ -71,6 +73,11 @@ typedef struct upgrade {
     upgrade_inherited inh[64];
     unsigned ninh;
     unsigned generation;       /* 1 for a server started by hand */
+    /* Unix socket files of the previous generation's that become ours
+     * (removed when we close) only once we have said READY: before, a
+     * failed start must leave them to it. */
+    struct listener *claim[65];
+    unsigned nclaim;
 
     /* Both: the bus bridged over the link to the other generation (one at
      * a time: the previous one, then the next one once we drain). */
@@ -92,6 +99,11 @@ void upgrade_fini(sf_server *s);
  * it handed one over (port 0 takes any port of the same host). Fills l and
  * returns 1; 0 when there is none. */
 int upgrade_take_listener(sf_server *s, const sf_addr *a, listener *l);
+/* The same for the metrics endpoint's socket (opts.metrics_addr); its
+ * final listener is then given to upgrade_claim_path. */
+int upgrade_take_metrics(sf_server *s, const sf_addr *a, listener *l);
+/* l's Unix socket file (l->path_dev, path_ino) is ours once we are ready. */
+void upgrade_claim_path(sf_server *s, listener *l);
 
 /* 1 when the control socket should take its path over from a live previous
  * generation (rename over it, never a moment without one). */

@@ -546,6 +546,11 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
     }
 }
 
+static unsigned kind_index(int kind)
+{
+    return kind > 0 && kind < BUS_KINDS ? (unsigned)kind : 0;
+}
+
 static int push(endpoint *e, encoded *x)
 {
     int j = e->jsonl, rc;
@@ -573,6 +578,7 @@ static int push(endpoint *e, encoded *x)
     if (rc == -ENOBUFS) {
         e->drops++;
         e->owner->counted.drops++;
+        e->owner->counted.dropped_by_kind[kind_index(x->m->kind)]++;
         if (e->owner->cfg.full_policy == BUS_FULL_KICK) {
             e->owner->counted.kicked_full++;
             doom(e, "its channel queue is full (it does not read it)", 0);
@@ -583,6 +589,7 @@ static int push(endpoint *e, encoded *x)
         return rc;
     e->frames_out++;
     e->owner->counted.frames_out++;
+    e->owner->counted.out_by_kind[kind_index(x->m->kind)]++;
     if (!e->congested && !e->stuck && e->q.bytes >= high_water(e->owner))
         set_congested(e, 1);
     attention(e);
@@ -682,6 +689,16 @@ void bus_get_stats(const bus *b, bus_stats *out)
     out->history_bytes = b->hist_bytes;
     out->congested = b->ncongested;
     out->held = b->nheld;
+}
+
+void bus_each_topic(const bus *b, bus_each_topic_cb cb, void *arg)
+{
+    for (unsigned i = 0; b->topics && i < TOPIC_BUCKETS; i++) {
+        for (const bus_topic *t = b->topics[i]; t; t = t->next) {
+            if (t->nsubs > 0)
+                cb(arg, t->name, t->len, t->nsubs);
+        }
+    }
 }
 
 /* What m takes in e's queue (0 if it cannot be encoded: it is not sent). */
@@ -1077,6 +1094,7 @@ static void execute(endpoint *e, const bus_op *op)
     bus_msg m;
     endpoint *to;
 
+    b->counted.in_by_op[kind_index(op->op)]++;
     memset(&m, 0, sizeof m);
     m.from = e->pid;
     m.data = op->data;

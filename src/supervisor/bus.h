@@ -125,6 +125,8 @@ struct endpoint {
     void *data;             /* the owner's */
 };
 
+#define BUS_KINDS 16 /* above every OP_* and SF_MSG_* */
+
 /* What the bus has counted since bus_init. */
 typedef struct bus_counters {
     uint64_t frames_in;         /* frames or lines read from children */
@@ -133,6 +135,11 @@ typedef struct bus_counters {
     uint64_t kicked_full;       /* children disconnected for a full queue (BUS_FULL_KICK) */
     uint64_t kicked_bad;        /* children disconnected for bad input */
     uint64_t holds;             /* times a sender was held (a retry held again not counted) */
+    /* By kind (metrics): requests handled by OP_* (bus_codec.h), messages
+     * queued and dropped by SF_MSG_*; index 0 counts any other. */
+    uint64_t in_by_op[BUS_KINDS];
+    uint64_t out_by_kind[BUS_KINDS];
+    uint64_t dropped_by_kind[BUS_KINDS];
 } bus_counters;
 
 /* The counters and what the bus holds, at one moment (bus_get_stats). */
@@ -355,5 +362,9 @@ pid_t bus_name_holder(bus *b, const char *name, size_t len);
  * told with an SF_MSG_ERROR, code EEXIST, the name as its data; the bridge
  * hears of the release. Returns 0 or -ENOENT (not held here). */
 int bus_revoke_name(bus *b, const char *name, size_t len, const char *why);
+/* Calls cb for every topic with subscribers: its name (len bytes, not
+ * NUL-terminated; what a child sent) and how many. */
+typedef void (*bus_each_topic_cb)(void *arg, const char *name, size_t len, unsigned subscribers);
+void bus_each_topic(const bus *b, bus_each_topic_cb cb, void *arg);
 
 #endif

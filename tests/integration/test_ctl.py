@@ -6,6 +6,7 @@ import re
 import socket
 import stat
 import subprocess
+import time
 
 from conftest import BIN, WAIT, Control, control_path, expect_eof, peer_text, recv_exact, run_cli, server_env
 
@@ -674,9 +675,17 @@ def test_more_servers_than_listed_are_counted(tmp_path):
 
 STATS_KEYS = ["ok", "pid", "listeners", "accepted", "active", "max_conns", "refused_per_ip",
               "denied", "proxy_refused", "proxy_bad", "proxy_timed_out", "limit_reached", "idle_closed", "conn_timed_out", "kicked", "fork_failures", "accept_failures", "exited",
-              "killed", "channel", "spawner_pid"]
+              "killed", "channel", "spawner_pid", "children", "messages_in", "messages_out",
+              "messages_dropped", "bus", "top_topics", "process"]
 STATS_CHANNEL_KEYS = ["frames_in", "frames_out", "dropped", "kicked_full", "kicked_bad",
                       "spawner_restarts"]
+# Issue 15 (what /metrics renders too): the bus's ops and message kinds, in order.
+STATS_OPS = ["send", "send_name", "broadcast", "publish", "subscribe", "unsubscribe", "claim",
+             "release", "log", "status", "will", "members", "topics"]
+STATS_KINDS = ["direct", "name", "broadcast", "topic", "history", "claimed", "error", "members",
+               "topics"]
+STATS_BUS_KEYS = ["channels", "queued_bytes", "topics", "subscriptions", "names",
+                  "history_bytes"]
 
 
 def test_stats_reply_has_every_key_in_order(sockfork, tmp_path):
@@ -707,6 +716,17 @@ def test_stats_reply_has_every_key_in_order(sockfork, tmp_path):
     assert st["spawner_pid"] > 0 and st["spawner_pid"] != srv.pid
     st["channel"] = dict(st["channel"])
     assert st["exited"] == [] and st["killed"] == [("SIGTERM", 1)]
+    assert [k for k, _ in st["messages_in"]] == STATS_OPS, line
+    assert [k for k, _ in st["messages_out"]] == STATS_KINDS, line
+    assert [k for k, _ in st["messages_dropped"]] == STATS_KINDS, line
+    assert [k for k, _ in st["bus"]] == STATS_BUS_KEYS, line
+    for k in ("children", "messages_in", "messages_out", "messages_dropped", "bus", "process"):
+        st[k] = dict(st[k])
+    proc = st["process"]
+    assert sorted(proc) == ["cpu_seconds", "resident_bytes", "start_time_seconds", "version"]
+    assert proc["cpu_seconds"] > 0 and proc["resident_bytes"] > 4096, proc
+    assert abs(proc["start_time_seconds"] - time.time()) < 3600, proc
+    assert "sockfork %s\n" % proc["version"] == run_cli("serve", "--version")[1], proc
     assert st == {"ok": True, "pid": srv.pid, "listeners": ["127.0.0.1:%d" % srv.port],
                   "accepted": 2, "active": 1, "max_conns": 7, "refused_per_ip": 0,
                   "denied": 0, "proxy_refused": 0, "proxy_bad": 0, "proxy_timed_out": 0,
@@ -714,7 +734,14 @@ def test_stats_reply_has_every_key_in_order(sockfork, tmp_path):
                   "accept_failures": 0, "exited": [], "killed": [("SIGTERM", 1)],
                   "channel": {"frames_in": 0, "frames_out": 0, "dropped": 0, "kicked_full": 0,
                               "kicked_bad": 0, "spawner_restarts": 0},
-                  "spawner_pid": st["spawner_pid"]}, line
+                  "spawner_pid": st["spawner_pid"],
+                  "children": {"running": 1, "terminating": 0},
+                  "messages_in": dict.fromkeys(STATS_OPS, 0),
+                  "messages_out": dict.fromkeys(STATS_KINDS, 0),
+                  "messages_dropped": dict.fromkeys(STATS_KINDS, 0),
+                  "bus": {"channels": 1, "queued_bytes": 0, "topics": 0, "subscriptions": 0,
+                          "names": 0, "history_bytes": 0},
+                  "top_topics": [], "process": proc}, line
     # ctl prints the same keys in the same order, one a line.
     rc, out, err = ctl(path, "stats")
     assert rc == 0, err

@@ -268,7 +268,8 @@ def test_sigusr2_upgrades_and_a_draining_generation_refuses_another(sockfork, tm
     held.close()
     srv.clients = []
     assert srv.wait_exit(LONG_WAIT) == 0
-    srv.log.wait(r"^sockfork: upgrade: the previous generation \(pid %d\) has exited$" % srv.pid)
+    srv.log.wait(r"^sockfork: upgrade: the previous generation \(pid %d\) has gone: the peer "
+                 r"closed the link$" % srv.pid)
     stop_generation(srv, new)
 
 
@@ -467,7 +468,9 @@ def test_a_second_upgrade_before_the_first_drained_moves_the_bridge(sockfork, tm
     third = upgrade(srv.ctl_path)
     srv.log.wait_one(r"^sockfork: upgrade: the bus is bridged to the next generation now, no "
                      r"longer to generation 1 \(pid %d\), which still drains" % srv.pid)
+    # Each side sees the other's members leave as the bridge moves.
     alice.expect("*** bob has left lobby (connection lost)")
+    bob.expect("*** alice has left lobby (connection lost)")
     carol = Chat(srv, "carol")
     bob.expect("*** carol has joined lobby")
     carol.send("hi bob")
@@ -480,3 +483,114 @@ def test_a_second_upgrade_before_the_first_drained_moves_the_bridge(sockfork, tm
     wait_gone(second)
     srv.clients = [carol.sock]
     stop_generation(srv, third)
+
+
+def test_a_new_one_failing_after_it_took_the_sockets_leaves_them_to_the_old_one(sockfork, tmp_path):
+    """The new binary adopts the sockets, then fails (a listener of its own
+    that cannot be bound): the old one's Unix socket file is still there
+    and its clients are served; the metrics endpoint too."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    exe = copy_binary(tmp_path)
+    real = exe + ".real"
+    shutil.copy2(exe, real)
+    sock_path = str(tmp_path / "u.sock")
+    ctl_path = str(tmp_path / "c.sock")
+    srv = sockfork("--echo", "--control", ctl_path, "--metrics", "127.0.0.1:0", bin=exe,
+                   listen=("unix:" + sock_path, "127.0.0.1:0"))
+    replace_binary(exe, 'exec "%s" "$@" -l 127.0.0.1:%d' % (real, busy.getsockname()[1]))
+    rc, out, err = ctl(ctl_path, "upgrade")
+    assert rc == 1 and re.search(r"exited 2 before it was ready", err), err
+    assert os.path.exists(sock_path)
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(WAIT)
+    s.connect(sock_path)
+    s.sendall(b"u")
+    assert s.recv(1) == b"u"
+    s.close()
+    assert echo_once(srv.address("tcp")[1], b"t\n") == b"t\n"
+    busy.close()
+    srv.stop()
+    assert not os.path.exists(sock_path)
+
+
+def test_the_metrics_socket_goes_to_the_new_generation(sockfork, tmp_path):
+    ctl_path = str(tmp_path / "c.sock")
+    srv = sockfork("--echo", "--control", ctl_path, "--metrics", "127.0.0.1:0")
+    _, m = srv.log.wait_one(r"^sockfork: metrics on 127\.0\.0\.1:(\d+)$")
+    mport = int(m.group(1))
+
+    def scrape():
+        s = socket.create_connection(("127.0.0.1", mport), timeout=WAIT)
+        s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        return data.decode()
+
+    assert "process_start_time_seconds" in scrape()
+    new = upgrade(ctl_path)
+    assert srv.wait_exit(LONG_WAIT) == 0
+    # The same port, the new pid's numbers (bound once: never refused).
+    for _ in range(3):
+        body = scrape()
+        assert body.startswith("HTTP/1.0 200") or body.startswith("HTTP/1.1 200"), body[:100]
+    stop_generation(srv, new)
+
+
+def test_two_upgrade_requests_on_one_connection_and_a_half_closed_client(sockfork, tmp_path):
+    """The answer comes when the upgrade is done; a request after it is
+    refused (this generation drains); a client that shut down its side
+    still gets its answer."""
+    ctl_path = str(tmp_path / "c.sock")
+    srv = sockfork("--echo", "--control", ctl_path, "--grace", "30")
+    held = srv.connect()
+    held.sendall(b"x")
+    assert held.recv(1) == b"x"
+    c = socket.socket(socket.AF_UNIX)
+    c.settimeout(LONG_WAIT)
+    c.connect(ctl_path)
+    c.sendall(b'{"cmd":"upgrade"}\n{"cmd":"upgrade"}\n')
+    c.shutdown(socket.SHUT_WR)
+    data = b""
+    while True:
+        chunk = c.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    c.close()
+    import json
+    first, second = [json.loads(line) for line in data.decode().splitlines()]
+    assert first["ok"] is True and first["state"] == "done" and first["draining"] is True, first
+    assert second["ok"] is False and "drains" in second["error"], second
+    new = first["pid"]
+    held.close()
+    srv.clients = []
+    assert srv.wait_exit(LONG_WAIT) == 0
+    stop_generation(srv, new)
+
+
+def test_a_symlink_deploy_runs_the_binary_the_link_names_now(sockfork, tmp_path):
+    v1 = tmp_path / "v1"
+    v2 = tmp_path / "v2"
+    v1.mkdir()
+    v2.mkdir()
+    shutil.copy2(BIN, str(v1 / "sockfork"))
+    with open(str(v2 / "sockfork"), "w") as f:
+        f.write('#!/bin/sh\necho "this is v2" >&2\nexec "%s" "$@"\n' % BIN)
+    os.chmod(str(v2 / "sockfork"), 0o755)
+    current = tmp_path / "current"
+    os.symlink("v1", str(current))
+    ctl_path = str(tmp_path / "c.sock")
+    srv = sockfork("--echo", "--control", ctl_path, bin=str(current / "sockfork"))
+    os.symlink("v2", str(tmp_path / "current.new"))
+    os.rename(str(tmp_path / "current.new"), str(current))
+    new = upgrade(ctl_path)
+    srv.log.wait_one(r"^this is v2$")
+    assert srv.wait_exit(LONG_WAIT) == 0
+    stop_generation(srv, new)

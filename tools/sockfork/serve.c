@@ -67,6 +67,9 @@ static const char serve_usage[] =
     "                        $XDG_RUNTIME_DIR/sockfork/serve-PID.sock, else\n"
     "                        /tmp/sockfork-$UID/serve-PID.sock\n"
     "      --no-control      no control socket\n"
+    "      --metrics ADDR    serve Prometheus metrics over HTTP at ADDR (HOST:PORT,\n"
+    "                        [V6]:PORT or unix:PATH): GET /metrics, the numbers\n"
+    "                        of `sockfork ctl stats`\n"
     "      --channel-max SIZE    largest message a child may send on its channel\n"
     "                        (default 64K; larger: the child is disconnected)\n"
     "      --channel-queue SIZE  bytes queued for a child that does not read its\n"
@@ -91,8 +94,9 @@ static const char chat_usage[] =
     "/who [ROOM], /rooms, /msg NICK TEXT, /me ACTION, /quit, /help.\n"
     "\n"
     "options: as `sockfork serve` (listen, limits, --workers, --max-requests,\n"
-    "--worker-idle, --grace, --control, --channel-*, -q; --channel-full is kick\n"
-    "here: a member that cannot keep up is cut off, never left with a gap), and:\n"
+    "--worker-idle, --grace, --control, --metrics, --channel-*, -q; --channel-full\n"
+    "is kick here: a member that cannot keep up is cut off, never left with a\n"
+    "gap), and:\n"
     "      --history N       lines a joiner gets of the room's past (default 20)\n"
     "      --line-max SIZE   longest line a client may send (default 4K); longer\n"
     "                        ones are refused with a notice\n"
@@ -107,7 +111,7 @@ static const char chat_usage[] =
 
 enum { OPT_RULES = 200, OPT_PROXY_FROM, OPT_PROXY_TIMEOUT, OPT_MAX_PER_IP = 256, OPT_IDLE, OPT_CONN_TIMEOUT, OPT_WORKERS, OPT_MAX_REQUESTS,
        OPT_WORKER_IDLE, OPT_GRACE, OPT_UPGRADE_TIMEOUT, OPT_BACKLOG, OPT_ECHO, OPT_CONTROL, OPT_NO_CONTROL,
-       OPT_CHAN_MAX, OPT_CHAN_QUEUE, OPT_CHAN_FULL, OPT_TOPIC_HISTORY,
+       OPT_CHAN_MAX, OPT_CHAN_QUEUE, OPT_CHAN_FULL, OPT_TOPIC_HISTORY, OPT_METRICS,
        /* chat only */
        OPT_HISTORY, OPT_LINE_MAX, OPT_FLOOD, OPT_CLIENT_BACKLOG };
 
@@ -135,6 +139,7 @@ static const struct option serve_options[] = {
     {"channel-queue", required_argument, NULL, OPT_CHAN_QUEUE},
     {"channel-full", required_argument, NULL, OPT_CHAN_FULL},
     {"topic-history", required_argument, NULL, OPT_TOPIC_HISTORY},
+    {"metrics", required_argument, NULL, OPT_METRICS},
     {"history", required_argument, NULL, OPT_HISTORY},
     {"line-max", required_argument, NULL, OPT_LINE_MAX},
     {"flood", required_argument, NULL, OPT_FLOOD},
@@ -302,6 +307,11 @@ static void announce_listeners(sf_server *srv, void *arg)
     }
     if (sf_server_control_path(srv))
         cli_error("control socket unix:%s", sf_server_control_path(srv));
+    if (sf_server_metrics_addr(srv)) {
+        char name[SF_ADDR_TEXT_MAX];
+        sf_addr_format(sf_server_metrics_addr(srv), name, sizeof name);
+        cli_error("metrics on %s", name);
+    }
 }
 
 /* What tells the two commands apart. */
@@ -552,6 +562,12 @@ static int set_control(server_cmdline *cl, const char *v)
     return 0;
 }
 
+static int set_metrics(server_cmdline *cl, const char *v)
+{
+    cl->opts.metrics_addr = v;
+    return 0;
+}
+
 static int set_no_control(server_cmdline *cl, const char *v)
 {
     (void)v;
@@ -676,6 +692,7 @@ static const struct server_option {
     {OPT_CHAN_QUEUE, KIND_SERVE | KIND_CHAT, set_chan_queue},
     {OPT_CHAN_FULL, KIND_SERVE | KIND_CHAT, set_chan_full},
     {OPT_TOPIC_HISTORY, KIND_SERVE, set_topic_history},
+    {OPT_METRICS, KIND_SERVE | KIND_CHAT, set_metrics},
     {OPT_HISTORY, KIND_CHAT, set_history},
     {OPT_LINE_MAX, KIND_CHAT, set_line_max},
     {OPT_FLOOD, KIND_CHAT, set_flood},
@@ -882,9 +899,21 @@ static void free_systemd_names(server_cmdline *cl)
 static int start_server(sf_server **srvp, server_cmdline *cl)
 {
     char why[600];
+    const char *metrics = cl->opts.metrics_addr;
+    sf_addr a;
     int rc;
 
+    /* sf_server_new binds the metrics address: its errors are told apart
+     * from the others' (-ENOMEM, -EINVAL) by checking the syntax first. */
+    if (metrics && (rc = sf_addr_parse(&a, metrics)) < 0) {
+        cli_error("cannot serve metrics on %s: %s", metrics, listen_error(metrics, rc, why, sizeof why));
+        return EXIT_USAGE;
+    }
     rc = sf_server_new(srvp, &cl->opts, cl->handler, cl->handler_arg);
+    if (rc < 0 && metrics && rc != -ENOMEM && rc != -EINVAL) {
+        cli_error("cannot serve metrics on %s: %s", metrics, listen_error(metrics, rc, why, sizeof why));
+        return EXIT_USAGE;
+    }
     if (rc < 0) {
         cli_error("cannot start: %s", strerror(-rc));
         return 1;
