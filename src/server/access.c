@@ -74,11 +74,13 @@ int access_check_rules(sf_server *s, conn_rec *r)
             char peer[SF_ADDR_TEXT_MAX];
             server_peer_text(r, peer, sizeof peer);
             if (ru->line)
-                sf_logf(&s->log, SF_LOG_NOTICE, "[%s] denied by rule %s:%u", peer, s->rules_path,
-                        ru->line);
+                sf_logev(&s->log, SF_LOG_NOTICE, "denied", 0, peer,
+                         SF_FIELDS(SF_F_STR("rules", s->rules_path), SF_F_UINT("line", ru->line)),
+                         "[%s] denied by rule %s:%u", peer, s->rules_path, ru->line);
             else
-                sf_logf(&s->log, SF_LOG_NOTICE, "[%s] denied by %s's default", peer,
-                        s->rules_path);
+                sf_logev(&s->log, SF_LOG_NOTICE, "denied", 0, peer,
+                         SF_FIELDS(SF_F_STR("rules", s->rules_path), SF_F_UINT("line", 0)),
+                         "[%s] denied by %s's default", peer, s->rules_path);
         }
         return 0;
     }
@@ -97,7 +99,9 @@ static void admit(sf_server *s, conn_rec *r)
     if (rc < 0) {
         char peer[SF_ADDR_TEXT_MAX];
         server_peer_text(r, peer, sizeof peer);
-        sf_logf(&s->log, SF_LOG_WARN, "[%s] dropped: %s", peer, strerror(-rc));
+        sf_logev(&s->log, SF_LOG_WARN, "dropped", 0, peer,
+                 SF_FIELDS(SF_F_STR("error", strerror(-rc))), "[%s] dropped: %s", peer,
+                 strerror(-rc));
     }
     server_rec_release(s, r);
 }
@@ -221,6 +225,7 @@ static void proxy_step(sf_server *s, conn_rec *r)
 {
     proxy_wait *w = r->proxy_wait;
     char peer[SF_ADDR_TEXT_MAX];
+    const char *why;
     int rc = proxy_read(r->fd, &w->p);
 
     if (rc == 0 || rc == -EAGAIN)
@@ -239,8 +244,9 @@ static void proxy_step(sf_server *s, conn_rec *r)
     }
     s->stats.proxy_bad++;
     server_peer_text(r, peer, sizeof peer);
-    sf_logf(&s->log, SF_LOG_NOTICE, "[%s] bad PROXY header: %s; closed", peer,
-            rc == -EPROTO || rc == -EPIPE ? w->p.error : strerror(-rc));
+    why = rc == -EPROTO || rc == -EPIPE ? w->p.error : strerror(-rc);
+    sf_logev(&s->log, SF_LOG_NOTICE, "proxy_bad", 0, peer, SF_FIELDS(SF_F_STR("error", why)),
+             "[%s] bad PROXY header: %s; closed", peer, why);
     server_rec_release(s, r); /* frees w */
 }
 
@@ -263,8 +269,10 @@ static void proxy_late(struct ev_loop *loop, ev_timer *w, int revents)
 
     s->stats.proxy_timed_out++;
     server_peer_text(r, peer, sizeof peer);
-    sf_logf(&s->log, SF_LOG_NOTICE, "[%s] no whole PROXY header within %g s (%zu bytes came); closed",
-            peer, s->opts.proxy_timeout_s, pw->p.have);
+    sf_logev(&s->log, SF_LOG_NOTICE, "proxy_timed_out", 0, peer,
+             SF_FIELDS(SF_F_DBL("after_s", s->opts.proxy_timeout_s), SF_F_UINT("bytes", pw->p.have)),
+             "[%s] no whole PROXY header within %g s (%zu bytes came); closed", peer,
+             s->opts.proxy_timeout_s, pw->p.have);
     server_rec_release(s, r);
 }
 
@@ -282,8 +290,9 @@ void access_accepted(sf_server *s, conn_rec *r, const listener *l)
         char peer[SF_ADDR_TEXT_MAX];
         s->stats.proxy_refused++;
         server_peer_text(r, peer, sizeof peer);
-        sf_logf(&s->log, SF_LOG_NOTICE,
-                "[%s] refused: a PROXY listener, and not a source --proxy-from allows", peer);
+        sf_logev(&s->log, SF_LOG_NOTICE, "refused", 0, peer,
+                 SF_FIELDS(SF_F_STR("reason", "proxy_source")),
+                 "[%s] refused: a PROXY listener, and not a source --proxy-from allows", peer);
         server_rec_release(s, r);
         return;
     }

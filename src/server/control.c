@@ -137,7 +137,8 @@ static int client_process(ctl_client *cl)
         if (len > 0 && cl->in[start + len - 1] == '\r')
             len--;
         if (len > 0 && client_reply(cl, answer(cl->owner, cl->in + start, len)) < 0) {
-            sf_logf(cl->owner->log, SF_LOG_WARN, "control client not reading its answers: dropped");
+            sf_logn(cl->owner->log, SF_LOG_WARN, "control_dropped",
+                    "control client not reading its answers: dropped");
             return -1;
         }
         start = (size_t)(nl - cl->in) + 1;

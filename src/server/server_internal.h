@@ -247,7 +247,7 @@ void server_held_too_long(struct ev_loop *loop, ev_timer *w, int revents);
 /* r's connection passed conn_timeout_s (why WORKER_END_CONN_TIMEOUT) or
  * idle_timeout_s (WORKER_END_IDLE_TIMEOUT): counted, logged, ended. */
 void server_end_timed_out(sf_server *s, conn_rec *r, int why);
-void server_log_exit(sf_server *s, const conn_rec *r, pid_t pid, const char *status);
+void server_log_exit(sf_server *s, const conn_rec *r, pid_t pid, const sf_status *st);
 
 /* Prefork mode (workers.c). */
 void worker_main(const void *blob, size_t len, int nfds) __attribute__((noreturn));
