@@ -266,9 +266,9 @@ void pool_slot_to(sf_pool *p, pool_slot *s, enum slot_state to)
     if (unreachable || !slot_move_ok(s->state, to)) {
         sf_logev(&p->log, SF_LOG_ERROR, "pool_failed", (int)s->pid, NULL,
                  SF_FIELDS(SF_F_UINT("slot", s->index)),
-                 "slot %u: bad state change %s -> %s%s: the pool fails",
-                s->index, slot_state_name(s->state), slot_state_name(to),
-                unreachable ? " (its channel is closed)" : "");
+                 "slot %u: bad state change %s -> %s%s: the pool fails", s->index,
+                 slot_state_name(s->state), slot_state_name(to),
+                 unreachable ? " (its channel is closed)" : "");
         if (!p->run_err)
             p->run_err = -EPROTO;
         return;

@@ -128,25 +128,38 @@ int sf_server_rules(sf_server *s, const char *path, char *err, size_t errlen)
     return 0;
 }
 
-int access_reload(sf_server *s, char *what, size_t len)
+/* A reload in two steps (server_reload): the new rules are read and
+ * parsed first, and put in place only once everything else reloaded has
+ * succeeded; a reload that fails anywhere leaves the old set in force. */
+int access_reload_prepare(sf_server *s, struct rules_set **out, char *what, size_t len)
 {
-    rules_set *set = NULL;
     char err[512];
     int rc;
 
-    if (!s->rules_path) {
-        snprintf(what, len, "nothing to re-read (no rules file)");
-        return 0;
-    }
-    if ((rc = rules_load(s->rules_path, &set, err, sizeof err)) < 0) {
+    *out = NULL;
+    what[0] = '\0';
+    if (!s->rules_path)
+        return 0; /* no rules file: nothing to read */
+    if ((rc = rules_load(s->rules_path, out, err, sizeof err)) < 0) {
         snprintf(what, len, "%s", err);
         return rc;
     }
+    snprintf(what, len, "%s: %zu rules", s->rules_path, rules_count(*out));
+    return 0;
+}
+
+void access_reload_commit(sf_server *s, struct rules_set *set)
+{
+    if (!set)
+        return;
     /* Whole: the next connection meets the new rules, none meets a mix. */
     rules_free(s->rules);
     s->rules = set;
-    snprintf(what, len, "%s: %zu rules", s->rules_path, rules_count(set));
-    return 0;
+}
+
+void access_reload_discard(struct rules_set *set)
+{
+    rules_free(set);
 }
 
 /* ------------------------------------------------------ the PROXY header */

@@ -888,10 +888,37 @@ static int drop_privileges(sf_server *s)
 
 /* ---------------------------------------------------------------- reload */
 
+/*
+ * What is read from files: the rules, then what the application reads
+ * (opts.on_reload: its log file). A failure changes nothing, so the rules
+ * are parsed first and put in force last, once the application's part has
+ * succeeded (it swaps its own part in only on success).
+ */
 int server_reload(sf_server *s, char *what, size_t len)
 {
-    /* What is read from files: the rules. A failure changes nothing. */
-    return access_reload(s, what, len);
+    struct rules_set *rules = NULL;
+    char rules_what[512], app_what[512];
+    int rc;
+
+    rc = access_reload_prepare(s, &rules, rules_what, sizeof rules_what);
+    if (rc < 0) {
+        snprintf(what, len, "%s", rules_what);
+        return rc;
+    }
+    app_what[0] = '\0';
+    if (s->opts.on_reload &&
+        (rc = s->opts.on_reload(s->opts.reload_arg, app_what, sizeof app_what)) < 0) {
+        access_reload_discard(rules);
+        snprintf(what, len, "%s", app_what[0] ? app_what : strerror(-rc));
+        return rc;
+    }
+    access_reload_commit(s, rules);
+    if (!rules_what[0] && !app_what[0])
+        snprintf(what, len, "nothing to re-read (no rules file)");
+    else
+        snprintf(what, len, "%s%s%s", rules_what, rules_what[0] && app_what[0] ? "; " : "",
+                 app_what);
+    return 0;
 }
 
 static void on_reload(sup *sp, void *arg)

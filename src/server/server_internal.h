@@ -214,7 +214,12 @@ struct sf_server {
  * then the access rules, then the per-IP limit and the start (fork mode). */
 void access_accepted(sf_server *s, conn_rec *r, const listener *l);
 void access_cancel(sf_server *s, conn_rec *r);   /* at its release */
-int access_reload(sf_server *s, char *what, size_t len);
+/* Reload: the rules file read into *out (NULL without one; what says
+ * "FILE: N rules", or "" without one, or the error), then put in force
+ * (commit) or dropped (discard, after another part of the reload failed). */
+int access_reload_prepare(sf_server *s, struct rules_set **out, char *what, size_t len);
+void access_reload_commit(sf_server *s, struct rules_set *set);
+void access_reload_discard(struct rules_set *set);
 int access_ready(sf_server *s);                  /* at run: the allowlist parsed */
 void access_fini(sf_server *s);
 /* The rule for a peer, for a worker's verdict: 1 allowed (its pairs packed
