@@ -18,9 +18,8 @@ import time
 
 import pytest
 
-from conftest import (BIN, LONG_WAIT, ROOT, WAIT, DISCONNECTED_RE, CONNECTED_RE, Log,
-                      kill_session, recv_exact, recv_line, recv_until_eof, run_cli, server_env,
-                      session_members)
+from conftest import (BIN, LONG_WAIT, ROOT, WAIT, DISCONNECTED_RE, CONNECTED_RE, Log, helper,
+                      kill_session, recv_exact, recv_line, recv_until_eof, run_cli, server_env)
 
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 LEVELS = {"error", "warn", "notice", "info", "debug"}
@@ -93,11 +92,12 @@ class JServer:
     """`sockfork serve|chat ... --log-file PATH`: stderr kept apart (it must
     hold nothing once the log goes to the file, sanitizer reports aside)."""
 
-    def __init__(self, tmp_path, args, command="serve", fmt="json", log=None, env=None):
+    def __init__(self, tmp_path, args, command="serve", fmt="json", log=None, env=None,
+                 preload=None, listen="127.0.0.1:0"):
         self.tmp = str(tmp_path)
         self.log_path = log or os.path.join(self.tmp, "sockfork.log")
         self.ctl = os.path.join(self.tmp, "ctl-%d.sock" % len(os.listdir(self.tmp)))
-        cmd = [BIN, command, "-l", "127.0.0.1:0", "--control", self.ctl,
+        cmd = [BIN, command, "-l", listen, "--control", self.ctl,
                "--log-format", fmt, "--log-file", self.log_path] + list(args)
         self.stderr_path = os.path.join(self.tmp, "stderr-%d" % len(os.listdir(self.tmp)))
         self.stderr = open(self.stderr_path, "wb")
@@ -105,7 +105,7 @@ class JServer:
         self.start_mark = self.log.mark()
         self.proc = subprocess.Popen(cmd, cwd=self.tmp, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=self.stderr,
-                                     env=server_env(env), start_new_session=True)
+                                     env=server_env(env, preload), start_new_session=True)
         self.pid = self.proc.pid
         if fmt == "json":
             rec = self.log.wait_event("listening", start=self.start_mark)[0]
@@ -382,6 +382,61 @@ def test_chat_logs_json(jserver):
     assert srv.stop()[0] == 0
 
 
+@pytest.mark.parametrize("var,events", [("SF_FAIL_SPAWN", ["start_failed", "start_resumed"]),
+                                        ("SF_FAIL_ACCEPT", ["accept_failed"])])
+def test_injected_failures_as_records(jserver, var, events):
+    srv = jserver("--echo", env={var: "3"}, preload=helper("failinject.so"))
+    a = srv.connect()
+    a.settimeout(LONG_WAIT)
+    echo(a)
+    for e in events:
+        r = srv.log.wait_event(e)[0]
+        assert r["level"] in ("warn", "notice") and r["pid"] is None, r
+    f = srv.log.wait_event(events[0])[0]
+    assert isinstance(f["error"], str) and isinstance(f["retry_s"], float), f
+    if var == "SF_FAIL_SPAWN":
+        assert f["what"] == "fork"
+        assert srv.log.wait_event("start_resumed")[0]["failures"] == 3
+    assert srv.stop()[0] == 0
+
+
+def test_proxy_refusals_as_records(jserver):
+    srv = jserver("--echo", "--proxy-from", "127.0.0.2", "--proxy-timeout", "0.3",
+                  listen="127.0.0.1:0,proxy")
+    a = srv.connect("127.0.0.1")
+    assert recv_until_eof(a) == b""
+    r = srv.log.wait_event("refused", peer=peer_of(a))[0]
+    assert r["reason"] == "proxy_source"
+    b = srv.connect("127.0.0.2")
+    b.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    assert recv_until_eof(b) == b""
+    bad = srv.log.wait_event("proxy_bad", peer=peer_of(b))[0]
+    assert isinstance(bad["error"], str) and bad["error"], bad
+    c = srv.connect("127.0.0.2")
+    assert recv_until_eof(c) == b""
+    late = srv.log.wait_event("proxy_timed_out", peer=peer_of(c))[0]
+    assert late["after_s"] == 0.3 and late["bytes"] == 0, late
+    assert srv.stop()[0] == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
+def test_user_as_a_record(jserver):
+    srv = jserver("-u", "nobody", "--echo")
+    r = srv.log.wait_event("user")[0]
+    assert r["uid"] == int(subprocess.check_output(["id", "-u", "nobody"]))
+    assert isinstance(r["gid"], int)
+    assert srv.stop()[0] == 0
+
+
+def test_channel_cut_as_a_record(jserver):
+    srv = jserver("--", "/bin/sh", "-c", "echo 'not json' >&3; exec cat")
+    a = srv.connect()
+    cut = srv.log.wait_event("channel_cut")[0]
+    assert isinstance(cut["pid"], int) and cut["reason"], cut
+    assert recv_until_eof(a) == b""
+    assert srv.stop()[0] == 0
+
+
 # ------------------------------------------------------------------ text
 
 
@@ -563,6 +618,9 @@ def test_run_json_halt_output_limit_and_exec_failure(tmp_path):
     proc, recs = run_json(tmp_path, str(tmp_path / "not-there"), ":::", "x")
     e = [r for r in recs if r["event"] == "exec_failed"][0]
     assert e["program"] == str(tmp_path / "not-there") and e["error"] == os.strerror(2)
+    proc, recs = run_json(tmp_path, "sh", "-c", "echo 'not json' >&3", ":::", "x")
+    bad = [r for r in recs if r["event"] == "task_bad_output"][0]
+    assert bad["task"] == 1 and bad["level"] == "warn" and isinstance(bad["pid"], int)
     proc, recs = run_json(tmp_path, "echo", stdin=b"a\0b\n")
     w = [r for r in recs if r["event"] == "run_warning"][0]
     assert "NUL" in w["msg"] and w["level"] == "warn"
@@ -598,18 +656,23 @@ COVERED = {
     "halting": "test_run_json_halt_output_limit_and_exec_failure",
     "output_limited": "test_run_json_halt_output_limit_and_exec_failure",
     "run_warning": "test_run_json_halt_output_limit_and_exec_failure",
+    "task_bad_output": "test_run_json_halt_output_limit_and_exec_failure",
+    "start_failed": "test_injected_failures_as_records",
+    "start_resumed": "test_injected_failures_as_records",
+    "accept_failed": "test_injected_failures_as_records",
+    "proxy_bad": "test_proxy_refusals_as_records",
+    "proxy_timed_out": "test_proxy_refusals_as_records",
+    "user": "test_user_as_a_record (as root)",
+    "channel_cut": "test_channel_cut_as_a_record",
 }
 NOT_HERE = {
     # Failures that need a fault injected; their text lines are tested
     # where the fault is (test_robustness, test_spawner, test_limits,
-    # test_access, test_bus, test_prefork, test_run): the same call makes
-    # the record.
-    "accept_failed", "bus_stalled", "channel_cut", "channel_failed", "control_dropped",
-    "dropped", "fd_limit", "fork_failed", "guard_failed", "idle_check_failed", "no_pidfd",
-    "notify_failed", "pool_failed", "proxy_bad", "proxy_timed_out", "signal",
-    "spawner_exited", "spawner_failed", "spawner_lost", "start_failed", "start_resumed",
-    "task_bad_output", "user", "worker_broke", "worker_retired", "worker_start_failed",
-    "workers_dying", "workers_recovered",
+    # test_bus, test_prefork, test_run): the same call makes the record.
+    "bus_stalled", "channel_failed", "control_dropped", "dropped", "fd_limit", "fork_failed",
+    "guard_failed", "idle_check_failed", "no_pidfd", "notify_failed", "pool_failed",
+    "signal", "spawner_exited", "spawner_failed", "spawner_lost", "worker_broke",
+    "worker_retired", "worker_start_failed", "workers_dying", "workers_recovered",
     # DEBUG: the command logs up to INFO.
     "spawner_started", "worker_started",
 }
