@@ -128,11 +128,10 @@ int logsink_format_ts(const struct timespec *ts, char *buf, size_t len)
 const char *logsink_level_name(int level)
 {
     static const char *const names[] = {"error", "warn", "notice", "info", "debug"};
-    static const char *const more[] = {"level5", "level6", "level7", "level8", "level9"};
 
-    if (level >= 0 && level < 5)
-        return names[level];
-    return level >= 5 && level < 10 ? more[level - 5] : "debug";
+    if (level < SF_LOG_ERROR)
+        return "error";
+    return level <= SF_LOG_DEBUG ? names[level] : "debug";
 }
 
 json_t *logsink_status_json(const sf_status *st)

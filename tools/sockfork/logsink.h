@@ -54,7 +54,7 @@ void logsink_say(logsink *ls, int level, const char *event, const sf_log_field *
 /* "2026-12-07T18:00:00.123456Z" for ts; the length, or -1. */
 int logsink_format_ts(const struct timespec *ts, char *buf, size_t len);
 
-/* "error", "warn", "notice", "info", "debug"; "level3"... past them. */
+/* "error", "warn", "notice", "info", "debug" (past them: the nearest). */
 const char *logsink_level_name(int level);
 
 /* One JSON line for rec at ts, its newline included, at most len bytes
