@@ -130,6 +130,56 @@ SF_EXTERN int sf_status_format(const sf_status *st, char *buf, size_t len);
 /* "SIGTERM" for SIGTERM, NULL for an unknown number. Static storage. */
 SF_EXTERN const char *sf_signal_name(int sig);
 
+/* ---------------------------------------------------- structured log records */
+
+/*
+ * Besides its text line (sf_log_cb), every log line is a record: an event
+ * name from a fixed set, the process and peer it is about, and typed
+ * fields. docs/design.md ("Structured logs") and sockfork(1) list the
+ * events with their levels and fields; an event's name and its fields'
+ * names and types are kept from one release to the next (fields may be
+ * added). A line logged without a name has the event "message".
+ */
+enum sf_log_field_type {
+    SF_LOG_FIELD_INT = 0,    /* v.i */
+    SF_LOG_FIELD_UINT = 1,   /* v.u */
+    SF_LOG_FIELD_DOUBLE = 2, /* v.d; seconds for a name ending in _s */
+    SF_LOG_FIELD_STR = 3,    /* v.s, NUL-terminated, never NULL */
+    SF_LOG_FIELD_BOOL = 4,   /* v.b, 0 or 1 */
+    SF_LOG_FIELD_STATUS = 5  /* v.status: how a process ended */
+};
+
+typedef struct sf_log_field {
+    const char *key; /* lower case, words joined by '_' */
+    int type;        /* enum sf_log_field_type */
+    union {
+        long long i;
+        unsigned long long u;
+        double d;
+        const char *s;
+        int b;
+        sf_status status;
+    } v;
+} sf_log_field;
+
+typedef struct sf_log_record {
+    int level;          /* enum sf_log_level */
+    const char *event;  /* "connected", "disconnected", "refused"... */
+    int pid;            /* the process the event is about; 0: none */
+    const char *peer;   /* the client, as sf_addr_format writes it; NULL: none */
+    const char *line;   /* the text line sf_log_cb gets, byte for byte */
+    const sf_log_field *fields;
+    size_t nfields;
+} sf_log_record;
+
+/*
+ * Receives each log record at or under the log level, from where sf_log_cb
+ * would be called (same thread, same moment; when both are set, `log` gets
+ * the line first). The record and everything it points to belong to the
+ * library and are only valid during the call.
+ */
+typedef void (*sf_log_record_cb)(void *arg, const sf_log_record *rec);
+
 /* ------------------------------------------------------------ connections */
 
 /* One accepted connection, seen from the child that serves it. */
@@ -337,6 +387,17 @@ typedef struct sf_server sf_server;
  */
 typedef void (*sf_ready_cb)(sf_server *s, void *arg);
 
+/*
+ * Called in the supervisor on reload (SIGHUP, `ctl reload`) after the new
+ * access rules were read (not yet in force): re-read what the application
+ * reads from files (reopen a log file). Returns 0, with what it did in
+ * `why` (len bytes, NUL-terminated; "" when nothing), or -errno with why
+ * not, having changed nothing: the reload then fails whole, the old rules
+ * stay, and `ctl reload` and the NOTICE line say why. `arg` is
+ * opts.reload_arg. Log lines from the callback are fine.
+ */
+typedef int (*sf_reload_cb)(void *arg, char *why, size_t len);
+
 /* Bytes queued for one child by default (sf_server_opts.chan_queue). */
 #define SF_CHAN_QUEUE_DEFAULT (256u * 1024)
 
@@ -421,6 +482,13 @@ typedef struct sf_server_opts {
      * supervisor's loop while sf_server_run runs, closed (its Unix path
      * removed) by sf_server_free. The numbers are `ctl stats`'s. */
     const char *metrics_addr;
+    /* structured logs */
+    sf_log_record_cb log_record; /* each line as a record; NULL = none */
+    void *log_record_arg;
+    /* Called on reload (SIGHUP, `ctl reload`), once the new rules are read
+     * and before they are put in place: the moment to reopen a log file. */
+    sf_reload_cb on_reload;      /* NULL = none */
+    void *reload_arg;
 } sf_server_opts;
 
 /* Fills opts with the defaults above. */
@@ -789,6 +857,9 @@ typedef struct sf_pool_opts {
      * write as much again). An attempt already being stopped (a timeout, a
      * halt) is only cut and keeps its reason. */
     unsigned long long output_max;
+    /* structured logs */
+    sf_log_record_cb log_record; /* each line as a record; NULL = none */
+    void *log_record_arg;
 } sf_pool_opts;
 
 /* Fills o with the defaults above. */

@@ -1,4 +1,5 @@
-/* log.c - the library formats lines; the application decides where they go. */
+/* log.c - the library formats lines and records; the application decides
+ * where they go. */
 #include "log.h"
 
 #include <errno.h>
@@ -6,7 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 
-void sf_logf(const sf_logger *lg, int level, const char *fmt, ...)
+void sf_logev(const sf_logger *lg, int level, const char *event, int pid, const char *peer,
+              const sf_log_field *fields, size_t nfields, const char *fmt, ...)
 {
     char line[SF_LOG_LINE_MAX];
     va_list ap;
@@ -20,6 +22,19 @@ void sf_logf(const sf_logger *lg, int level, const char *fmt, ...)
     va_end(ap);
     if (n >= (int)sizeof line)
         memcpy(line + sizeof line - 4, "...", 4);
-    lg->cb(lg->arg, level, line);
+    if (lg->cb)
+        lg->cb(lg->arg, level, line);
+    if (lg->record_cb) {
+        sf_log_record rec = {
+            .level = level,
+            .event = event,
+            .pid = pid,
+            .peer = peer,
+            .line = line,
+            .fields = fields,
+            .nfields = nfields,
+        };
+        lg->record_cb(lg->record_arg, &rec);
+    }
     errno = saved_errno;
 }

@@ -39,12 +39,16 @@ int pool_stop_attempt(sf_pool *p, pool_slot *s, enum stop_reason why, double now
     s->stop_reason = why;
     switch (why) {
     case STOP_TIMEOUT:
-        sf_logf(&p->log, SF_LOG_INFO, "task %lu: timed out after %.3f s", s->task->seq,
-                p->o.timeout_s);
+        sf_logev(&p->log, SF_LOG_INFO, "timed_out", (int)s->pid, NULL,
+                 SF_FIELDS(SF_F_UINT("task", s->task->seq), SF_F_DBL("after_s", p->o.timeout_s)),
+                 "task %lu: timed out after %.3f s", s->task->seq, p->o.timeout_s);
         break;
     case STOP_OUTPUT:
-        sf_logf(&p->log, SF_LOG_NOTICE, "task %lu: output over %llu bytes: %s", s->task->seq,
-                p->o.output_max, s->state == SLOT_EXITED ? "cut" : "stopped");
+        sf_logev(&p->log, SF_LOG_NOTICE, "output_limited", (int)s->pid, NULL,
+                 SF_FIELDS(SF_F_UINT("task", s->task->seq), SF_F_UINT("limit", p->o.output_max),
+                           SF_F_BOOL("stopped", s->state != SLOT_EXITED)),
+                 "task %lu: output over %llu bytes: %s", s->task->seq, p->o.output_max,
+                 s->state == SLOT_EXITED ? "cut" : "stopped");
         break;
     case STOP_NONE:
     case STOP_HALT:
@@ -241,8 +245,9 @@ static void check_halt(sf_pool *p, double now)
     if ((p->o.halt_fail && p->st.failed >= p->o.halt_fail) ||
         (p->o.halt_fail_pct > 0 && ended > 0 &&
          (double)p->st.failed * 100.0 >= p->o.halt_fail_pct * (double)ended)) {
-        sf_logf(&p->log, SF_LOG_NOTICE, "%lu task%s failed: halt", p->st.failed,
-                p->st.failed == 1 ? "" : "s");
+        sf_logev(&p->log, SF_LOG_NOTICE, "halt", 0, NULL,
+                 SF_FIELDS(SF_F_UINT("failed", p->st.failed)), "%lu task%s failed: halt",
+                 p->st.failed, p->st.failed == 1 ? "" : "s");
         pool_begin_halt(p, p->o.halt, 0, now);
     }
 }
@@ -419,7 +424,9 @@ void pool_on_exit(sf_pool *p, pool_slot *s, double now)
     } else if (s->is_worker && !(st.exited && st.code == 0) && was != SLOT_STOPPING) {
         char what[64];
         sf_status_format(&st, what, sizeof what);
-        sf_logf(&p->log, SF_LOG_WARN, "slot %u: idle worker %ld %s", s->index, (long)s->pid, what);
+        sf_logev(&p->log, SF_LOG_WARN, "worker_exited", (int)s->pid, NULL,
+                 SF_FIELDS(SF_F_UINT("slot", s->index), SF_F_STATUS("status", st)),
+                 "slot %u: idle worker %ld %s", s->index, (long)s->pid, what);
     }
     s->pid = 0;
     s->is_worker = 0;

@@ -126,8 +126,9 @@ static int watch_exit(sf_pool *p, pool_slot *s)
     if (s->pidfd >= 0 || p->poll_exits)
         return 0;
     if (errno == ENOSYS || errno == EPERM) {
-        sf_logf(&p->log, SF_LOG_NOTICE, "no pidfd_open (%s): polling task exits",
-                strerror(errno));
+        sf_logev(&p->log, SF_LOG_NOTICE, "no_pidfd", 0, NULL,
+                 SF_FIELDS(SF_F_STR("error", strerror(errno))),
+                 "no pidfd_open (%s): polling task exits", strerror(errno));
         p->poll_exits = 1;
         return 0;
     }
@@ -343,8 +344,11 @@ void pool_worker_flush(sf_pool *p, pool_slot *s, double now)
             s->wq_armed = 1;
     }
     if (rc < 0) {
-        sf_logf(&p->log, SF_LOG_WARN, "task %lu: cannot write to its worker %ld (%s): stopped",
-                s->task ? s->task->seq : 0UL, (long)s->pid, strerror(-rc));
+        sf_logev(&p->log, SF_LOG_WARN, "channel_failed", (int)s->pid, NULL,
+                 SF_FIELDS(SF_F_UINT("task", s->task ? s->task->seq : 0UL),
+                           SF_F_STR("error", strerror(-rc))),
+                 "task %lu: cannot write to its worker %ld (%s): stopped",
+                 s->task ? s->task->seq : 0UL, (long)s->pid, strerror(-rc));
         pool_fd_del(p, &s->chan);
         pool_stop_attempt(p, s, STOP_CHANNEL, now);
     }
@@ -414,8 +418,10 @@ static void log_spawn_failure(sf_pool *p, const pool_task *t, const char *prog, 
          * reaches a terminal, as with a task's log lines. */
         char clean[512];
         sf_text_clean(clean, sizeof clean, prog, strlen(prog), "?");
-        sf_logf(&p->log, SF_LOG_WARN, "task %lu: cannot run %s: %s", t->seq, clean,
-                strerror(err));
+        sf_logev(&p->log, SF_LOG_WARN, "exec_failed", 0, NULL,
+                 SF_FIELDS(SF_F_UINT("task", t->seq), SF_F_STR("program", clean),
+                           SF_F_STR("error", strerror(err))),
+                 "task %lu: cannot run %s: %s", t->seq, clean, strerror(err));
     }
     if ((copy = strdup(prog)) != NULL) { /* without memory: log them all */
         free(p->spawn_err_prog);
@@ -460,9 +466,12 @@ static int spawn_wait(sf_pool *p, pool_slot *s, pool_task *t, int err, double no
         p->spawn_idle_fails = 0;
     else if (++p->spawn_idle_fails > SPAWN_IDLE_TRIES) {
         if (p->spawn_idle_fails == SPAWN_IDLE_TRIES + 1)
-            sf_logf(&p->log, SF_LOG_ERROR, "cannot start tasks: %s for %.1f s, and none of "
-                    "ours runs to free what they need: failing those that cannot start",
-                    strerror(err), now - p->spawn_fail_since);
+            sf_logev(&p->log, SF_LOG_ERROR, "start_failed", 0, NULL,
+                     SF_FIELDS(SF_F_STR("error", strerror(err)),
+                               SF_F_DBL("duration_s", now - p->spawn_fail_since)),
+                     "cannot start tasks: %s for %.1f s, and none of "
+                     "ours runs to free what they need: failing those that cannot start",
+                     strerror(err), now - p->spawn_fail_since);
         p->spawn_fails = 0; /* said: the episode is over */
         return 0;
     }
@@ -473,8 +482,11 @@ static int spawn_wait(sf_pool *p, pool_slot *s, pool_task *t, int err, double no
     wait = proc_backoff_next(&p->spawn_backoff);
     p->spawn_not_before = now + wait;
     if (p->spawn_fails == 1)
-        sf_logf(&p->log, SF_LOG_WARN, "cannot start task %lu: %s; retrying in %.2f s (said "
-                "once while starts keep failing)", t->seq, strerror(err), wait);
+        sf_logev(&p->log, SF_LOG_WARN, "start_failed", 0, NULL,
+                 SF_FIELDS(SF_F_UINT("task", t->seq), SF_F_STR("error", strerror(err)),
+                           SF_F_DBL("retry_s", wait)),
+                 "cannot start task %lu: %s; retrying in %.2f s (said "
+                 "once while starts keep failing)", t->seq, strerror(err), wait);
     return 1;
 }
 
@@ -482,9 +494,13 @@ static int spawn_wait(sf_pool *p, pool_slot *s, pool_task *t, int err, double no
 void pool_spawn_episode_end(sf_pool *p)
 {
     if (p->spawn_fails > 1)
-        sf_logf(&p->log, SF_LOG_NOTICE, "%lu task starts failed (%s) over %.1f s; each was "
-                "tried again", p->spawn_fails, strerror(p->spawn_fail_err),
-                p->spawn_fail_last - p->spawn_fail_since);
+        sf_logev(&p->log, SF_LOG_NOTICE, "start_resumed", 0, NULL,
+                 SF_FIELDS(SF_F_UINT("failures", p->spawn_fails),
+                           SF_F_STR("error", strerror(p->spawn_fail_err)),
+                           SF_F_DBL("duration_s", p->spawn_fail_last - p->spawn_fail_since)),
+                 "%lu task starts failed (%s) over %.1f s; each was "
+                 "tried again", p->spawn_fails, strerror(p->spawn_fail_err),
+                 p->spawn_fail_last - p->spawn_fail_since);
     p->spawn_fails = 0;
 }
 
@@ -547,8 +563,11 @@ void pool_start_attempt(sf_pool *p, pool_slot *s, pool_task *t, double now)
     if (s->state == SLOT_IDLE) {
         /* Its frame could not even be queued (no memory): not the task's
          * fault. It waits for another worker; this one is retired. */
-        sf_logf(&p->log, SF_LOG_WARN, "slot %u: cannot give task %lu to worker %ld: %s; "
-                "retiring it", s->index, t->seq, (long)s->pid, strerror(-rc));
+        sf_logev(&p->log, SF_LOG_WARN, "worker_retired", (int)s->pid, NULL,
+                 SF_FIELDS(SF_F_UINT("slot", s->index), SF_F_UINT("task", t->seq),
+                           SF_F_STR("error", strerror(-rc))),
+                 "slot %u: cannot give task %lu to worker %ld: %s; "
+                 "retiring it", s->index, t->seq, (long)s->pid, strerror(-rc));
         put_back(p, s, t);
         pool_retire_worker(p, s);
         return;

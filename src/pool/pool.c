@@ -88,6 +88,8 @@ int sf_pool_new(sf_pool **out, const sf_pool_opts *o)
     p->ep = p->cancel_fd = p->devnull = p->guard.fd = -1;
     p->log.cb = o->log;
     p->log.arg = o->log_arg;
+    p->log.record_cb = o->log_record;
+    p->log.record_arg = o->log_record_arg;
     p->log.level = o->log_level;
     if (p->o.halt != SF_HALT_NEVER && !p->o.halt_fail && p->o.halt_fail_pct == 0)
         p->o.halt_fail = 1;
@@ -262,9 +264,11 @@ void pool_slot_to(sf_pool *p, pool_slot *s, enum slot_state to)
     int unreachable = to == SLOT_IDLE && s->chan < 0; /* an idle worker is one we can give to */
 
     if (unreachable || !slot_move_ok(s->state, to)) {
-        sf_logf(&p->log, SF_LOG_ERROR, "slot %u: bad state change %s -> %s%s: the pool fails",
-                s->index, slot_state_name(s->state), slot_state_name(to),
-                unreachable ? " (its channel is closed)" : "");
+        sf_logev(&p->log, SF_LOG_ERROR, "pool_failed", (int)s->pid, NULL,
+                 SF_FIELDS(SF_F_UINT("slot", s->index)),
+                 "slot %u: bad state change %s -> %s%s: the pool fails", s->index,
+                 slot_state_name(s->state), slot_state_name(to),
+                 unreachable ? " (its channel is closed)" : "");
         if (!p->run_err)
             p->run_err = -EPROTO;
         return;
@@ -335,7 +339,10 @@ void pool_begin_halt(sf_pool *p, int mode, int by_cancel, double now)
     if (p->halting >= mode)
         return;
     if (!p->halting)
-        sf_logf(&p->log, SF_LOG_NOTICE, "%s: starting no more tasks%s",
+        sf_logev(&p->log, SF_LOG_NOTICE, "halting", 0, NULL,
+                 SF_FIELDS(SF_F_BOOL("cancelled", by_cancel),
+                           SF_F_BOOL("stop_running", mode == SF_HALT_NOW)),
+                 "%s: starting no more tasks%s",
                 by_cancel ? "cancelled" : "halting",
                 mode == SF_HALT_NOW ? ", stopping the running ones" : "");
     p->halting = mode;
@@ -488,8 +495,9 @@ int sf_pool_run(sf_pool *p)
     sigaddset(&p->reset_signals, SIGPIPE);
     /* Before the slice is shortened: the guard has no use for it. */
     if ((gerr = proc_guard_start(&p->guard, p->jobs, p->o.kill_grace_s, &p->caught_signals)) < 0)
-        sf_logf(&p->log, SF_LOG_WARN, "cannot start the guard: %s; tasks may outlive a killed run",
-                strerror(-gerr));
+        sf_logev(&p->log, SF_LOG_WARN, "guard_failed", 0, NULL,
+                 SF_FIELDS(SF_F_STR("error", strerror(-gerr))),
+                 "cannot start the guard: %s; tasks may outlive a killed run", strerror(-gerr));
     /* The loop is what starts the next task: let it run as soon as an
      * exit wakes it (os/slice.c says why). */
     (void)os_slice_short(&p->slice);
@@ -528,7 +536,9 @@ int sf_pool_run(sf_pool *p)
         n = epoll_wait(p->ep, evs, EVENTS_MAX, ms);
         if (n < 0 && errno != EINTR) {
             rc = -errno;
-            sf_logf(&p->log, SF_LOG_ERROR, "epoll_wait: %s", strerror(errno));
+            sf_logev(&p->log, SF_LOG_ERROR, "pool_failed", 0, NULL,
+                     SF_FIELDS(SF_F_STR("error", strerror(errno))), "epoll_wait: %s",
+                     strerror(errno));
             pool_abort(p, pool_now());
             break;
         }

@@ -91,7 +91,9 @@ static void task_log(sf_pool *p, pool_slot *s, const void *text, size_t n)
     if (!sf_log_enabled(&p->log, SF_LOG_INFO))
         return;
     sf_text_clean(clean, sizeof clean, text, n, "?");
-    sf_logf(&p->log, SF_LOG_INFO, "task %lu: %s", slot_seq(s), clean);
+    sf_logev(&p->log, SF_LOG_INFO, "said", (int)s->pid, NULL,
+             SF_FIELDS(SF_F_UINT("task", slot_seq(s)), SF_F_STR("text", clean)), "task %lu: %s",
+             slot_seq(s), clean);
 }
 
 static void keep_result(sf_pool *p, pool_slot *s, const void *data, size_t n)
@@ -99,14 +101,17 @@ static void keep_result(sf_pool *p, pool_slot *s, const void *data, size_t n)
     unsigned char *copy;
 
     if (n > p->o.result_max) {
-        sf_logf(&p->log, SF_LOG_WARN, "task %lu: a result of %zu bytes is over %zu: dropped",
-                slot_seq(s), n, p->o.result_max);
+        sf_logev(&p->log, SF_LOG_WARN, "task_bad_output", (int)s->pid, NULL,
+                 SF_FIELDS(SF_F_UINT("task", slot_seq(s))),
+                 "task %lu: a result of %zu bytes is over %zu: dropped", slot_seq(s), n,
+                 p->o.result_max);
         return;
     }
     copy = malloc(n ? n : 1);
     if (!copy) {
-        sf_logf(&p->log, SF_LOG_ERROR, "task %lu: no memory for its result",
-                slot_seq(s));
+        sf_logev(&p->log, SF_LOG_ERROR, "task_bad_output", (int)s->pid, NULL,
+                 SF_FIELDS(SF_F_UINT("task", slot_seq(s))), "task %lu: no memory for its result",
+                 slot_seq(s));
         return;
     }
     memcpy(copy, data, n);
@@ -143,17 +148,19 @@ static void command_line(sf_pool *p, pool_slot *s, json_t *obj)
             set_progress(s, json_number_value(json_object_get(v, "done")),
                          json_number_value(json_object_get(v, "total")));
         } else {
-            sf_logf(&p->log, SF_LOG_WARN,
-                    "task %lu: fd 3: progress is a number or {\"done\": N, \"total\": M}",
-                    slot_seq(s));
+            sf_logev(&p->log, SF_LOG_WARN, "task_bad_output", (int)s->pid, NULL,
+                     SF_FIELDS(SF_F_UINT("task", slot_seq(s))),
+                     "task %lu: fd 3: progress is a number or {\"done\": N, \"total\": M}",
+                     slot_seq(s));
         }
     }
     if ((v = json_object_get(obj, "log")) != NULL) {
         if (json_is_string(v))
             task_log(p, s, json_string_value(v), json_string_length(v));
         else
-            sf_logf(&p->log, SF_LOG_WARN, "task %lu: fd 3: log is a string",
-                    slot_seq(s));
+            sf_logev(&p->log, SF_LOG_WARN, "task_bad_output", (int)s->pid, NULL,
+                     SF_FIELDS(SF_F_UINT("task", slot_seq(s))), "task %lu: fd 3: log is a string",
+                     slot_seq(s));
     }
     if ((v = json_object_get(obj, "result")) != NULL) {
         char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
@@ -187,11 +194,14 @@ static void command_bytes(sf_pool *p, pool_slot *s, const char *buf, size_t len)
             command_line(p, s, obj);
             json_decref(obj);
         } else if (rc == -EPROTO) {
-            sf_logf(&p->log, SF_LOG_WARN, "task %lu: fd 3: a line that is not a JSON object, ignored",
-                    slot_seq(s));
+            sf_logev(&p->log, SF_LOG_WARN, "task_bad_output", (int)s->pid, NULL,
+                     SF_FIELDS(SF_F_UINT("task", slot_seq(s))),
+                     "task %lu: fd 3: a line that is not a JSON object, ignored", slot_seq(s));
         } else if (rc == -EMSGSIZE || rc == -ENOMEM) {
-            sf_logf(&p->log, SF_LOG_WARN, "task %lu: fd 3: a line over %zu bytes, ignored",
-                    slot_seq(s), p->o.result_max);
+            sf_logev(&p->log, SF_LOG_WARN, "task_bad_output", (int)s->pid, NULL,
+                     SF_FIELDS(SF_F_UINT("task", slot_seq(s))),
+                     "task %lu: fd 3: a line over %zu bytes, ignored", slot_seq(s),
+                     p->o.result_max);
             s->jd.have = 0;
             s->jskip = 1;
         } else {
@@ -287,8 +297,10 @@ void pool_read_chan(sf_pool *p, pool_slot *s, int drain)
         else
             command_bytes(p, s, p->readbuf, (size_t)n);
         if (rc < 0) {
-            sf_logf(&p->log, SF_LOG_ERROR, "slot %u: worker %ld broke the protocol (%s): killed",
-                    s->index, (long)s->pid, strerror(-rc));
+            sf_logev(&p->log, SF_LOG_ERROR, "worker_broke", (int)s->pid, NULL,
+                     SF_FIELDS(SF_F_UINT("slot", s->index), SF_F_STR("error", strerror(-rc))),
+                     "slot %u: worker %ld broke the protocol (%s): killed", s->index,
+                     (long)s->pid, strerror(-rc));
             pool_worker_broke(p, s, pool_now());
             return;
         }

@@ -74,11 +74,13 @@ int access_check_rules(sf_server *s, conn_rec *r)
             char peer[SF_ADDR_TEXT_MAX];
             server_peer_text(r, peer, sizeof peer);
             if (ru->line)
-                sf_logf(&s->log, SF_LOG_NOTICE, "[%s] denied by rule %s:%u", peer, s->rules_path,
-                        ru->line);
+                sf_logev(&s->log, SF_LOG_NOTICE, "denied", 0, peer,
+                         SF_FIELDS(SF_F_STR("rules", s->rules_path), SF_F_UINT("line", ru->line)),
+                         "[%s] denied by rule %s:%u", peer, s->rules_path, ru->line);
             else
-                sf_logf(&s->log, SF_LOG_NOTICE, "[%s] denied by %s's default", peer,
-                        s->rules_path);
+                sf_logev(&s->log, SF_LOG_NOTICE, "denied", 0, peer,
+                         SF_FIELDS(SF_F_STR("rules", s->rules_path), SF_F_UINT("line", 0)),
+                         "[%s] denied by %s's default", peer, s->rules_path);
         }
         return 0;
     }
@@ -97,7 +99,9 @@ static void admit(sf_server *s, conn_rec *r)
     if (rc < 0) {
         char peer[SF_ADDR_TEXT_MAX];
         server_peer_text(r, peer, sizeof peer);
-        sf_logf(&s->log, SF_LOG_WARN, "[%s] dropped: %s", peer, strerror(-rc));
+        sf_logev(&s->log, SF_LOG_WARN, "dropped", 0, peer,
+                 SF_FIELDS(SF_F_STR("error", strerror(-rc))), "[%s] dropped: %s", peer,
+                 strerror(-rc));
     }
     server_rec_release(s, r);
 }
@@ -124,25 +128,38 @@ int sf_server_rules(sf_server *s, const char *path, char *err, size_t errlen)
     return 0;
 }
 
-int access_reload(sf_server *s, char *what, size_t len)
+/* A reload in two steps (server_reload): the new rules are read and
+ * parsed first, and put in place only once everything else reloaded has
+ * succeeded; a reload that fails anywhere leaves the old set in force. */
+int access_reload_prepare(sf_server *s, struct rules_set **out, char *what, size_t len)
 {
-    rules_set *set = NULL;
     char err[512];
     int rc;
 
-    if (!s->rules_path) {
-        snprintf(what, len, "nothing to re-read (no rules file)");
-        return 0;
-    }
-    if ((rc = rules_load(s->rules_path, &set, err, sizeof err)) < 0) {
+    *out = NULL;
+    what[0] = '\0';
+    if (!s->rules_path)
+        return 0; /* no rules file: nothing to read */
+    if ((rc = rules_load(s->rules_path, out, err, sizeof err)) < 0) {
         snprintf(what, len, "%s", err);
         return rc;
     }
+    snprintf(what, len, "%s: %zu rules", s->rules_path, rules_count(*out));
+    return 0;
+}
+
+void access_reload_commit(sf_server *s, struct rules_set *set)
+{
+    if (!set)
+        return;
     /* Whole: the next connection meets the new rules, none meets a mix. */
     rules_free(s->rules);
     s->rules = set;
-    snprintf(what, len, "%s: %zu rules", s->rules_path, rules_count(set));
-    return 0;
+}
+
+void access_reload_discard(struct rules_set *set)
+{
+    rules_free(set);
 }
 
 /* ------------------------------------------------------ the PROXY header */
@@ -221,6 +238,7 @@ static void proxy_step(sf_server *s, conn_rec *r)
 {
     proxy_wait *w = r->proxy_wait;
     char peer[SF_ADDR_TEXT_MAX];
+    const char *why;
     int rc = proxy_read(r->fd, &w->p);
 
     if (rc == 0 || rc == -EAGAIN)
@@ -239,8 +257,9 @@ static void proxy_step(sf_server *s, conn_rec *r)
     }
     s->stats.proxy_bad++;
     server_peer_text(r, peer, sizeof peer);
-    sf_logf(&s->log, SF_LOG_NOTICE, "[%s] bad PROXY header: %s; closed", peer,
-            rc == -EPROTO || rc == -EPIPE ? w->p.error : strerror(-rc));
+    why = rc == -EPROTO || rc == -EPIPE ? w->p.error : strerror(-rc);
+    sf_logev(&s->log, SF_LOG_NOTICE, "proxy_bad", 0, peer, SF_FIELDS(SF_F_STR("error", why)),
+             "[%s] bad PROXY header: %s; closed", peer, why);
     server_rec_release(s, r); /* frees w */
 }
 
@@ -263,8 +282,10 @@ static void proxy_late(struct ev_loop *loop, ev_timer *w, int revents)
 
     s->stats.proxy_timed_out++;
     server_peer_text(r, peer, sizeof peer);
-    sf_logf(&s->log, SF_LOG_NOTICE, "[%s] no whole PROXY header within %g s (%zu bytes came); closed",
-            peer, s->opts.proxy_timeout_s, pw->p.have);
+    sf_logev(&s->log, SF_LOG_NOTICE, "proxy_timed_out", 0, peer,
+             SF_FIELDS(SF_F_DBL("after_s", s->opts.proxy_timeout_s), SF_F_UINT("bytes", pw->p.have)),
+             "[%s] no whole PROXY header within %g s (%zu bytes came); closed", peer,
+             s->opts.proxy_timeout_s, pw->p.have);
     server_rec_release(s, r);
 }
 
@@ -282,8 +303,9 @@ void access_accepted(sf_server *s, conn_rec *r, const listener *l)
         char peer[SF_ADDR_TEXT_MAX];
         s->stats.proxy_refused++;
         server_peer_text(r, peer, sizeof peer);
-        sf_logf(&s->log, SF_LOG_NOTICE,
-                "[%s] refused: a PROXY listener, and not a source --proxy-from allows", peer);
+        sf_logev(&s->log, SF_LOG_NOTICE, "refused", 0, peer,
+                 SF_FIELDS(SF_F_STR("reason", "proxy_source")),
+                 "[%s] refused: a PROXY listener, and not a source --proxy-from allows", peer);
         server_rec_release(s, r);
         return;
     }

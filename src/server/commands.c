@@ -230,8 +230,8 @@ static json_t *cmd_kick(sf_server *s, json_t *req)
     }
     if (sf_addr_format(&r->peer, peer, sizeof peer) < 0)
         strcpy(peer, "?");
-    sf_logf(&s->log, SF_LOG_NOTICE, "[%s] kicked through the control socket: pid=%d", peer,
-            (int)r->pid);
+    sf_logev(&s->log, SF_LOG_NOTICE, "kicked", (int)r->pid, peer, NULL, 0,
+             "[%s] kicked through the control socket: pid=%d", peer, (int)r->pid);
     s->stats.kicked++;
     server_end_child(s, r, WORKER_END_KICKED);
     return json_pack("{s:b, s:i}", "ok", 1, "pid", (int)r->pid);
@@ -597,8 +597,9 @@ static json_t *cmd_reload(sf_server *s)
     char what[512];
     int rc = server_reload(s, what, sizeof what);
 
-    sf_logf(&s->log, rc < 0 ? SF_LOG_WARN : SF_LOG_NOTICE, "ctl reload: %s: %s",
-            rc < 0 ? "failed, nothing changed" : "done", what);
+    sf_logev(&s->log, rc < 0 ? SF_LOG_WARN : SF_LOG_NOTICE, "reload", 0, NULL,
+             SF_FIELDS(SF_F_STR("by", "ctl"), SF_F_BOOL("ok", rc >= 0), SF_F_STR("what", what)),
+             "ctl reload: %s: %s", rc < 0 ? "failed, nothing changed" : "done", what);
     if (rc < 0)
         return ctl_error("reload failed, nothing changed: %s", what);
     return json_pack("{s:b, s:s}", "ok", 1, "reloaded", what);
@@ -612,7 +613,9 @@ static json_t *cmd_upgrade(sf_server *s)
     int rc = upgrade_begin(s, why, sizeof why);
 
     if (rc < 0) {
-        sf_logf(&s->log, SF_LOG_WARN, "ctl upgrade: no upgrade: %s", why);
+        sf_logev(&s->log, SF_LOG_WARN, "upgrade_refused", 0, NULL,
+                 SF_FIELDS(SF_F_STR("why", why), SF_F_STR("from", "ctl")),
+                 "ctl upgrade: no upgrade: %s", why);
         return ctl_error("no upgrade: %s", why);
     }
     return CTL_LATER; /* upgrade.c answers when it is ready, or has failed */

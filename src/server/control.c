@@ -154,7 +154,8 @@ static int client_process(ctl_client *cl)
             break;
         }
         if (client_reply(cl, reply) < 0) {
-            sf_logf(cl->owner->log, SF_LOG_WARN, "control client not reading its answers: dropped");
+            sf_logn(cl->owner->log, SF_LOG_WARN, "control_dropped",
+                    "control client not reading its answers: dropped");
             return -1;
         }
     }

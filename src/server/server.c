@@ -296,8 +296,11 @@ static void retry_episode_failure(sf_server *s, const char *what, int err)
     if (s->retry_failures++ > 0)
         return;
     s->retry_since = ev_now(s->loop);
-    sf_logf(&s->log, SF_LOG_WARN, "cannot %s: %s; retrying in %g s", what, strerror(-err),
-            proc_backoff_delay(&s->backoff));
+    sf_logev(&s->log, SF_LOG_WARN, "start_failed", 0, NULL,
+             SF_FIELDS(SF_F_STR("what", what), SF_F_STR("error", strerror(-err)),
+                       SF_F_DBL("retry_s", proc_backoff_delay(&s->backoff))),
+             "cannot %s: %s; retrying in %g s", what, strerror(-err),
+             proc_backoff_delay(&s->backoff));
 }
 
 /* A child started: the episode is over once no connection waits for a
@@ -308,8 +311,11 @@ static void retry_episode_end(sf_server *s)
     if (s->retry_failures == 0 || s->retry_head || (s->paused & PAUSE_FORK_ERR))
         return;
     if (s->retry_failures > 1)
-        sf_logf(&s->log, SF_LOG_NOTICE, "starting children again after %llu failed attempts in %.1f s",
-                (unsigned long long)s->retry_failures, ev_now(s->loop) - s->retry_since);
+        sf_logev(&s->log, SF_LOG_NOTICE, "start_resumed", 0, NULL,
+                 SF_FIELDS(SF_F_UINT("failures", s->retry_failures),
+                           SF_F_DBL("duration_s", ev_now(s->loop) - s->retry_since)),
+                 "starting children again after %llu failed attempts in %.1f s",
+                 (unsigned long long)s->retry_failures, ev_now(s->loop) - s->retry_since);
     s->retry_failures = 0;
 }
 
@@ -364,10 +370,11 @@ void server_end_timed_out(sf_server *s, conn_rec *r, int why)
     if (sf_log_enabled(&s->log, SF_LOG_NOTICE)) {
         char text[SF_ADDR_TEXT_MAX];
         server_peer_text(r, text, sizeof text);
-        sf_logf(&s->log, SF_LOG_NOTICE, "[%s] %s %g s: %s pid=%d", text,
-                held ? "connection held for" : "idle for",
-                held ? s->opts.conn_timeout_s : s->opts.idle_timeout_s,
-                held ? "ending" : "closing", (int)r->pid);
+        double after = held ? s->opts.conn_timeout_s : s->opts.idle_timeout_s;
+        sf_logev(&s->log, SF_LOG_NOTICE, "timed_out", (int)r->pid, text,
+                 SF_FIELDS(SF_F_STR("timeout", held ? "conn" : "idle"), SF_F_DBL("after_s", after)),
+                 "[%s] %s %g s: %s pid=%d", text, held ? "connection held for" : "idle for",
+                 after, held ? "ending" : "closing", (int)r->pid);
     }
     server_end_child(s, r, why);
 }
@@ -407,12 +414,15 @@ static void on_started(sup *sp, pid_t pid, void *data, void *arg)
     rc = endpoint_open(&s->bus, &r->ep, r->sfd, pid, s->opts.channel_jsonl, r);
     r->sfd = -1; /* the endpoint has it (or closed it) */
     if (rc < 0 && rc != -ESHUTDOWN)
-        sf_logf(&s->log, SF_LOG_WARN, "pid %d: no channel: %s", (int)pid, strerror(-rc));
+        sf_logev(&s->log, SF_LOG_WARN, "channel_failed", (int)pid, NULL,
+                 SF_FIELDS(SF_F_STR("error", strerror(-rc))), "pid %d: no channel: %s", (int)pid,
+                 strerror(-rc));
     if (sf_log_enabled(&s->log, SF_LOG_INFO)) {
         char peer[SF_ADDR_TEXT_MAX];
         server_peer_text(r, peer, sizeof peer);
-        sf_logf(&s->log, SF_LOG_INFO, "[%s] connected pid=%d active=%u", peer, (int)pid,
-                s->sup.count);
+        sf_logev(&s->log, SF_LOG_INFO, "connected", (int)pid, peer,
+                 SF_FIELDS(SF_F_UINT("active", s->sup.count)), "[%s] connected pid=%d active=%u",
+                 peer, (int)pid, s->sup.count);
     }
 }
 
@@ -434,9 +444,12 @@ static void on_spawn_failed(sup *sp, int err, void *data, void *arg)
         return;
     }
     server_peer_text(r, peer, sizeof peer);
-    if (err != -ECANCELED)
-        sf_logf(&s->log, SF_LOG_WARN, "[%s] dropped: %s", peer,
-                err == -ECHILD ? "the spawner died while starting its child" : strerror(-err));
+    if (err != -ECANCELED) {
+        const char *why =
+            err == -ECHILD ? "the spawner died while starting its child" : strerror(-err);
+        sf_logev(&s->log, SF_LOG_WARN, "dropped", 0, peer, SF_FIELDS(SF_F_STR("error", why)),
+                 "[%s] dropped: %s", peer, why);
+    }
     server_rec_release(s, r);
     check_limit(s);
 }
@@ -446,13 +459,14 @@ static void check_limit(sf_server *s)
     int full = s->recs_used >= s->opts.max_conns;
 
     if (full && !(s->paused & PAUSE_LIMIT)) {
-        sf_logf(&s->log, SF_LOG_NOTICE,
-                "connection limit reached (%u active): not accepting until a child exits",
-                s->recs_used);
+        sf_logev(&s->log, SF_LOG_NOTICE, "limit_reached", 0, NULL,
+                 SF_FIELDS(SF_F_UINT("active", s->recs_used)),
+                 "connection limit reached (%u active): not accepting until a child exits",
+                 s->recs_used);
         s->stats.limit_reached++;
         pause_set(s, PAUSE_LIMIT, 1);
     } else if (!full && (s->paused & PAUSE_LIMIT)) {
-        sf_logf(&s->log, SF_LOG_NOTICE, "below the connection limit: accepting again");
+        sf_logn(&s->log, SF_LOG_NOTICE, "limit_left", "below the connection limit: accepting again");
         pause_set(s, PAUSE_LIMIT, 0);
     }
 }
@@ -495,9 +509,11 @@ void server_start_conn(sf_server *s, conn_rec *r)
         server_peer_text(r, peer, sizeof peer);
         if (sf_addr_host(&r->peer, host, sizeof host) < 0)
             snprintf(host, sizeof host, "?");
-        sf_logf(&s->log, SF_LOG_NOTICE,
-                "[%s] refused: %u connections from %s already (per-IP limit %u)", peer,
-                server_per_ip_count(s, r), host, s->opts.max_per_ip);
+        sf_logev(&s->log, SF_LOG_NOTICE, "refused", 0, peer,
+                 SF_FIELDS(SF_F_STR("reason", "per_ip"), SF_F_UINT("count", server_per_ip_count(s, r)),
+                           SF_F_UINT("limit", s->opts.max_per_ip)),
+                 "[%s] refused: %u connections from %s already (per-IP limit %u)", peer,
+                 server_per_ip_count(s, r), host, s->opts.max_per_ip);
         s->stats.refused_per_ip++;
         server_rec_release(s, r);
         return;
@@ -507,8 +523,9 @@ void server_start_conn(sf_server *s, conn_rec *r)
         rc = hmap_reserve(&s->per_ip, s->per_ip.count + 1);
     if (rc < 0) {
         server_peer_text(r, peer, sizeof peer);
-        sf_logf(&s->log, SF_LOG_WARN, "[%s] dropped: cannot start its child: %s", peer,
-                strerror(-rc));
+        sf_logev(&s->log, SF_LOG_WARN, "dropped", 0, peer,
+                 SF_FIELDS(SF_F_STR("error", strerror(-rc))),
+                 "[%s] dropped: cannot start its child: %s", peer, strerror(-rc));
         server_rec_release(s, r);
         return;
     }
@@ -521,8 +538,9 @@ void server_start_conn(sf_server *s, conn_rec *r)
         hold_for_retry(s, r, rc == -EAGAIN ? "fork" : "start a child", rc);
     } else if (rc < 0) {
         server_peer_text(r, peer, sizeof peer);
-        sf_logf(&s->log, SF_LOG_WARN, "[%s] dropped: cannot start its child: %s", peer,
-                strerror(-rc));
+        sf_logev(&s->log, SF_LOG_WARN, "dropped", 0, peer,
+                 SF_FIELDS(SF_F_STR("error", strerror(-rc))),
+                 "[%s] dropped: cannot start its child: %s", peer, strerror(-rc));
         server_rec_release(s, r);
     }
 }
@@ -561,8 +579,11 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
                 /* EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection stays in
                  * the backlog and the listener stays readable; retrying at
                  * once would spin. Wait, then try again. */
-                sf_logf(&s->log, SF_LOG_WARN, "cannot accept: %s; pausing accept for %g s",
-                        strerror(errno), proc_backoff_delay(&s->backoff));
+                sf_logev(&s->log, SF_LOG_WARN, "accept_failed", 0, NULL,
+                         SF_FIELDS(SF_F_STR("error", strerror(errno)),
+                                   SF_F_DBL("retry_s", proc_backoff_delay(&s->backoff))),
+                         "cannot accept: %s; pausing accept for %g s", strerror(errno),
+                         proc_backoff_delay(&s->backoff));
                 s->stats.accept_failures++;
                 backoff_start(s, PAUSE_ACCEPT_ERR);
                 return;
@@ -610,7 +631,9 @@ static void backoff_cb(struct ev_loop *loop, ev_timer *w, int revents)
         } else if (rc < 0) {
             char peer[SF_ADDR_TEXT_MAX];
             server_peer_text(r, peer, sizeof peer);
-            sf_logf(&s->log, SF_LOG_WARN, "[%s] dropped: %s", peer, strerror(-rc));
+            sf_logev(&s->log, SF_LOG_WARN, "dropped", 0, peer,
+                     SF_FIELDS(SF_F_STR("error", strerror(-rc))), "[%s] dropped: %s", peer,
+                     strerror(-rc));
             server_rec_release(s, r);
         }
     }
@@ -653,9 +676,7 @@ static void on_child_exit(sup *sp, pid_t pid, int wstatus, void *data, void *arg
     else
         s->stats.killed[st.signal < 64 ? st.signal : 64]++;
     if (sf_log_enabled(&s->log, SF_LOG_INFO)) {
-        char status[64];
-        sf_status_format(&st, status, sizeof status);
-        server_log_exit(s, r, pid, status);
+        server_log_exit(s, r, pid, &st);
     }
     if (r->is_tcp)
         server_tuple_forget(s, r);
@@ -664,13 +685,17 @@ static void on_child_exit(sup *sp, pid_t pid, int wstatus, void *data, void *arg
     check_limit(s);
 }
 
-void server_log_exit(sf_server *s, const conn_rec *r, pid_t pid, const char *status)
+void server_log_exit(sf_server *s, const conn_rec *r, pid_t pid, const sf_status *st)
 {
-    char peer[SF_ADDR_TEXT_MAX];
+    char peer[SF_ADDR_TEXT_MAX], status[64];
+    double duration = ev_now(s->loop) - r->started;
 
     server_peer_text(r, peer, sizeof peer);
-    sf_logf(&s->log, SF_LOG_INFO, "[%s] disconnected pid=%d duration=%.3fs status=%s", peer,
-            (int)pid, ev_now(s->loop) - r->started, status);
+    sf_status_format(st, status, sizeof status);
+    sf_logev(&s->log, SF_LOG_INFO, "disconnected", (int)pid, peer,
+             SF_FIELDS(SF_F_DBL("duration_s", duration), SF_F_STATUS("status", *st)),
+             "[%s] disconnected pid=%d duration=%.3fs status=%s", peer, (int)pid, duration,
+             status);
 }
 
 /* One connection of a dump: cut it if its client has been silent too long. */
@@ -756,7 +781,9 @@ static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
     if (s->by_tuple.count == 0)
         return;
     if ((rc = server_tcp_dump(s, idle_check_one, s)) < 0)
-        sf_logf(&s->log, SF_LOG_WARN, "cannot read connection states: %s", strerror(-rc));
+        sf_logev(&s->log, SF_LOG_WARN, "idle_check_failed", 0, NULL,
+                 SF_FIELDS(SF_F_STR("error", strerror(-rc))), "cannot read connection states: %s",
+                 strerror(-rc));
 }
 
 /* ---------------------------------------------------------- the channel */
@@ -806,7 +833,9 @@ void server_notify(sf_server *s, const char *text)
     int rc = os_notify_send(&s->notify, text);
 
     if (rc < 0)
-        sf_logf(&s->log, SF_LOG_WARN, "cannot notify systemd (%s): %s", text, strerror(-rc));
+        sf_logev(&s->log, SF_LOG_WARN, "notify_failed", 0, NULL,
+                 SF_FIELDS(SF_F_STR("state", text), SF_F_STR("error", strerror(-rc))),
+                 "cannot notify systemd (%s): %s", text, strerror(-rc));
 }
 
 /* STATUS=, when the count changed: at most once a second (the timer's). */
@@ -873,8 +902,9 @@ static int drop_privileges(sf_server *s)
         return -errno;
     if ((rc = os_ids_drop(&ids)) < 0)
         return rc;
-    sf_logf(&s->log, SF_LOG_NOTICE, "running as uid %u, gid %u", (unsigned)ids.uid,
-            (unsigned)ids.gid);
+    sf_logev(&s->log, SF_LOG_NOTICE, "user", 0, NULL,
+             SF_FIELDS(SF_F_UINT("uid", ids.uid), SF_F_UINT("gid", ids.gid)),
+             "running as uid %u, gid %u", (unsigned)ids.uid, (unsigned)ids.gid);
     return 0;
 }
 
@@ -896,10 +926,37 @@ void server_stop_accepting(sf_server *s)
 
 /* ---------------------------------------------------------------- reload */
 
+/*
+ * What is read from files: the rules, then what the application reads
+ * (opts.on_reload: its log file). A failure changes nothing, so the rules
+ * are parsed first and put in force last, once the application's part has
+ * succeeded (it swaps its own part in only on success).
+ */
 int server_reload(sf_server *s, char *what, size_t len)
 {
-    /* What is read from files: the rules. A failure changes nothing. */
-    return access_reload(s, what, len);
+    struct rules_set *rules = NULL;
+    char rules_what[512], app_what[512];
+    int rc;
+
+    rc = access_reload_prepare(s, &rules, rules_what, sizeof rules_what);
+    if (rc < 0) {
+        snprintf(what, len, "%s", rules_what);
+        return rc;
+    }
+    app_what[0] = '\0';
+    if (s->opts.on_reload &&
+        (rc = s->opts.on_reload(s->opts.reload_arg, app_what, sizeof app_what)) < 0) {
+        access_reload_discard(rules);
+        snprintf(what, len, "%s", app_what[0] ? app_what : strerror(-rc));
+        return rc;
+    }
+    access_reload_commit(s, rules);
+    if (!rules_what[0] && !app_what[0])
+        snprintf(what, len, "nothing to re-read (no rules file)");
+    else
+        snprintf(what, len, "%s%s%s", rules_what, rules_what[0] && app_what[0] ? "; " : "",
+                 app_what);
+    return 0;
 }
 
 static void on_reload(sup *sp, void *arg)
@@ -910,8 +967,9 @@ static void on_reload(sup *sp, void *arg)
     (void)sp;
 
     rc = server_reload(s, what, sizeof what);
-    sf_logf(&s->log, rc < 0 ? SF_LOG_WARN : SF_LOG_NOTICE, "SIGHUP: reload %s: %s",
-            rc < 0 ? "failed, nothing changed" : "done", what);
+    sf_logev(&s->log, rc < 0 ? SF_LOG_WARN : SF_LOG_NOTICE, "reload", 0, NULL,
+             SF_FIELDS(SF_F_STR("by", "SIGHUP"), SF_F_BOOL("ok", rc >= 0), SF_F_STR("what", what)),
+             "SIGHUP: reload %s: %s", rc < 0 ? "failed, nothing changed" : "done", what);
 }
 
 /* -------------------------------------------------------------- shutdown */
@@ -1063,6 +1121,8 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
         s->opts.upgrade_timeout_s = UPGRADE_TIMEOUT_DEFAULT;
     s->log.cb = s->opts.log;
     s->log.arg = s->opts.log_arg;
+    s->log.record_cb = s->opts.log_record;
+    s->log.record_arg = s->opts.log_record_arg;
     s->log.level = s->opts.log_level;
     s->handler = handler;
     s->arg = arg;
@@ -1221,7 +1281,9 @@ int sf_server_run(sf_server *s)
         return rc;
     /* Out of the environment before anything is forked (notify.c). */
     if ((rc = os_notify_init(&s->notify)) < 0)
-        sf_logf(&s->log, SF_LOG_WARN, "cannot use NOTIFY_SOCKET: %s", strerror(-rc));
+        sf_logev(&s->log, SF_LOG_WARN, "notify_failed", 0, NULL,
+                 SF_FIELDS(SF_F_STR("error", strerror(-rc))), "cannot use NOTIFY_SOCKET: %s",
+                 strerror(-rc));
     if ((rc = drop_privileges(s)) < 0)
         return rc;
 
@@ -1233,7 +1295,9 @@ int sf_server_run(sf_server *s)
                                now.rlim_cur != s->orig_fdlimit.rlim_cur;
     }
     else
-        sf_logf(&s->log, SF_LOG_WARN, "cannot raise the descriptor limit: %s", strerror(-rc));
+        sf_logev(&s->log, SF_LOG_WARN, "fd_limit", 0, NULL,
+                 SF_FIELDS(SF_F_STR("error", strerror(-rc))),
+                 "cannot raise the descriptor limit: %s", strerror(-rc));
 
     memset(&bcfg, 0, sizeof bcfg);
     bcfg.chan_max = s->opts.chan_max;
@@ -1322,7 +1386,7 @@ int sf_server_run(sf_server *s)
         (void)setrlimit(RLIMIT_NOFILE, &s->orig_fdlimit);
     /* Logged while SIGPIPE is still ignored: a log going to a pipe whose
      * reader has left must not kill us now, before the caller cleans up. */
-    sf_logf(&s->log, SF_LOG_NOTICE, "exiting");
+    sf_logn(&s->log, SF_LOG_NOTICE, "exiting", "exiting");
     sigaction(SIGPIPE, &old_pipe, NULL);
     return 0;
 }

@@ -223,7 +223,12 @@ void server_stop_accepting(sf_server *s);
  * then the access rules, then the per-IP limit and the start (fork mode). */
 void access_accepted(sf_server *s, conn_rec *r, const listener *l);
 void access_cancel(sf_server *s, conn_rec *r);   /* at its release */
-int access_reload(sf_server *s, char *what, size_t len);
+/* Reload: the rules file read into *out (NULL without one; what says
+ * "FILE: N rules", or "" without one, or the error), then put in force
+ * (commit) or dropped (discard, after another part of the reload failed). */
+int access_reload_prepare(sf_server *s, struct rules_set **out, char *what, size_t len);
+void access_reload_commit(sf_server *s, struct rules_set *set);
+void access_reload_discard(struct rules_set *set);
 int access_ready(sf_server *s);                  /* at run: the allowlist parsed */
 void access_fini(sf_server *s);
 /* The rule for a peer, for a worker's verdict: 1 allowed (its pairs packed
@@ -259,7 +264,7 @@ void server_held_too_long(struct ev_loop *loop, ev_timer *w, int revents);
 /* r's connection passed conn_timeout_s (why WORKER_END_CONN_TIMEOUT) or
  * idle_timeout_s (WORKER_END_IDLE_TIMEOUT): counted, logged, ended. */
 void server_end_timed_out(sf_server *s, conn_rec *r, int why);
-void server_log_exit(sf_server *s, const conn_rec *r, pid_t pid, const char *status);
+void server_log_exit(sf_server *s, const conn_rec *r, pid_t pid, const sf_status *st);
 
 /* Prefork mode (workers.c). */
 void worker_main(const void *blob, size_t len, int nfds) __attribute__((noreturn));

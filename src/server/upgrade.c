@@ -300,13 +300,16 @@ static void bridge_down(bus_link *l, const char *why, void *arg)
     upgrade *u = &s->up;
 
     if (u->bridge_to_prev) {
-        sf_logf(&s->log, SF_LOG_NOTICE, "upgrade: the previous generation (pid %d) has gone: %s",
-                (int)u->prev_pid, why);
+        sf_logev(&s->log, SF_LOG_NOTICE, "previous_gone", (int)u->prev_pid, NULL,
+                 SF_FIELDS(SF_F_STR("why", why)),
+                 "upgrade: the previous generation (pid %d) has gone: %s", (int)u->prev_pid, why);
         u->prev_alive = 0;
         u->prev_control[0] = '\0';
     } else {
-        sf_logf(&s->log, SF_LOG_WARN, "upgrade: the bus link to the next generation (pid %d) "
-                "ended: %s", (int)u->new_pid, why);
+        sf_logev(&s->log, SF_LOG_WARN, "bridge", (int)u->new_pid, NULL,
+                 SF_FIELDS(SF_F_STR("what", "ended"), SF_F_STR("why", why)),
+                 "upgrade: the bus link to the next generation (pid %d) ended: %s",
+                 (int)u->new_pid, why);
     }
     bus_link_close(l);
     u->bridge = NULL;
@@ -327,9 +330,11 @@ static void bridge_open(sf_server *s, int fd, int to_prev)
     int rc;
 
     if (u->bridge) {
-        sf_logf(&s->log, SF_LOG_WARN, "upgrade: the bus is bridged to the next generation now, "
-                "no longer to generation %u (pid %d), which still drains: its clients and the "
-                "others' see each other leave", u->generation - 1, (int)u->prev_pid);
+        sf_logev(&s->log, SF_LOG_WARN, "bridge", (int)u->prev_pid, NULL,
+                 SF_FIELDS(SF_F_STR("what", "moved"), SF_F_UINT("generation", u->generation - 1)),
+                 "upgrade: the bus is bridged to the next generation now, no longer to "
+                 "generation %u (pid %d), which still drains: its clients and the others' see "
+                 "each other leave", u->generation - 1, (int)u->prev_pid);
         bus_link_close(u->bridge);
         u->bridge = NULL;
         u->prev_alive = 0;
@@ -342,8 +347,9 @@ static void bridge_open(sf_server *s, int fd, int to_prev)
     rc = bus_link_open(&s->bus, fd, &o, &u->bridge);
     if (rc < 0) {
         u->bridge = NULL;
-        sf_logf(&s->log, SF_LOG_WARN, "upgrade: cannot bridge the buses of the two generations: %s",
-                strerror(-rc));
+        sf_logev(&s->log, SF_LOG_WARN, "bridge", 0, NULL,
+                 SF_FIELDS(SF_F_STR("what", "failed"), SF_F_STR("error", strerror(-rc))),
+                 "upgrade: cannot bridge the buses of the two generations: %s", strerror(-rc));
         return;
     }
     u->bridge_to_prev = to_prev;
@@ -361,8 +367,9 @@ void upgrade_start_watching(sf_server *s)
          * is a changed binary's default): its waiting clients are reset. */
         if (sf_addr_format(&u->inh[i].addr, name, sizeof name) < 0)
             snprintf(name, sizeof name, "?");
-        sf_logf(&s->log, SF_LOG_WARN, "upgrade: %s of the previous generation is not ours to "
-                "serve: closed", name);
+        sf_logev(&s->log, SF_LOG_WARN, "stray_listener", 0, NULL,
+                 SF_FIELDS(SF_F_STR("addr", name)),
+                 "upgrade: %s of the previous generation is not ours to serve: closed", name);
         close(u->inh[i].fd);
         u->inh[i].fd = -1;
     }
@@ -381,8 +388,10 @@ int upgrade_say_ready(sf_server *s)
     if (rc < 0) {
         /* It is gone (killed, or gave up on us): we serve on our own, and
          * systemd hears READY from us. */
-        sf_logf(&s->log, SF_LOG_WARN, "upgrade: cannot tell the previous generation (pid %d) we are "
-                "ready: %s", (int)u->prev_pid, strerror(-rc));
+        sf_logev(&s->log, SF_LOG_WARN, "previous_gone", (int)u->prev_pid, NULL,
+                 SF_FIELDS(SF_F_STR("why", strerror(-rc))),
+                 "upgrade: cannot tell the previous generation (pid %d) we are ready: %s",
+                 (int)u->prev_pid, strerror(-rc));
         close(u->from);
         u->from = -1;
         return 0;
@@ -390,8 +399,10 @@ int upgrade_say_ready(sf_server *s)
     for (unsigned i = 0; i < u->nclaim; i++)
         u->claim[i]->owns_path = 1;
     u->nclaim = 0;
-    sf_logf(&s->log, SF_LOG_NOTICE, "upgrade: generation %u ready, taking over from pid %d",
-            u->generation, (int)u->prev_pid);
+    sf_logev(&s->log, SF_LOG_NOTICE, "upgrade_ready", (int)getpid(), NULL,
+             SF_FIELDS(SF_F_UINT("generation", u->generation), SF_F_INT("previous_pid", u->prev_pid)),
+             "upgrade: generation %u ready, taking over from pid %d", u->generation,
+             (int)u->prev_pid);
     u->prev_alive = 1;
     bridge_open(s, u->from, 1);
     u->from = -1;
@@ -723,7 +734,8 @@ static void finish(sf_server *s, int ok)
     u->state = UPGRADE_FAILED;
     control_back_home(s);
     ctl_answer_waiting(&s->ctl, status_answer, s);
-    sf_logf(&s->log, SF_LOG_ERROR, "upgrade failed, serving on: %s", u->why);
+    sf_logev(&s->log, SF_LOG_ERROR, "upgrade_failed", (int)u->child, NULL,
+             SF_FIELDS(SF_F_STR("why", u->why)), "upgrade failed, serving on: %s", u->why);
     if (s->notify.fd >= 0 && !s->sup.shutting_down) {
         char text[320];
         snprintf(text, sizeof text, "READY=1\nSTATUS=upgrade failed: %s", u->why);
@@ -736,8 +748,9 @@ static void drain_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     sf_server *s = w->data;
     (void)loop;
     (void)revents;
-    sf_logf(&s->log, SF_LOG_NOTICE, "upgrade: grace period over: ending the %u connections left",
-            s->recs_used);
+    sf_logev(&s->log, SF_LOG_NOTICE, "drain_grace_over", 0, NULL,
+             SF_FIELDS(SF_F_UINT("left", s->recs_used)),
+             "upgrade: grace period over: ending the %u connections left", s->recs_used);
     sup_shutdown_now(&s->sup);
 }
 
@@ -746,7 +759,8 @@ static void drained_cb(struct ev_loop *loop, ev_timer *w, int revents)
     sf_server *s = w->data;
     (void)loop;
     (void)revents;
-    sf_logf(&s->log, SF_LOG_NOTICE, "upgrade: drained: the last connection of this generation ended");
+    sf_logn(&s->log, SF_LOG_NOTICE, "drained",
+            "upgrade: drained: the last connection of this generation ended");
     sup_shutdown(&s->sup);
 }
 
@@ -774,9 +788,12 @@ static void begin_drain(sf_server *s, pid_t new_pid)
                  (int)new_pid);
         server_notify(s, text);
     }
-    sf_logf(&s->log, SF_LOG_NOTICE, "upgrade: pid %d serves now; draining %u connections "
-            "(up to %g s), control socket %s", (int)new_pid, s->recs_used, s->opts.grace_s,
-            s->ctl.open ? s->ctl.lis.addr.u.un.sun_path : "none");
+    sf_logev(&s->log, SF_LOG_NOTICE, "upgrade_done", (int)new_pid, NULL,
+             SF_FIELDS(SF_F_UINT("draining", s->recs_used), SF_F_DBL("grace_s", s->opts.grace_s),
+                       SF_F_STR("control", s->ctl.open ? s->ctl.lis.addr.u.un.sun_path : "")),
+             "upgrade: pid %d serves now; draining %u connections (up to %g s), control socket %s",
+             (int)new_pid, s->recs_used, s->opts.grace_s,
+             s->ctl.open ? s->ctl.lis.addr.u.un.sun_path : "none");
     ev_timer_set(&u->drain_timer, s->opts.grace_s, 0.);
     ev_timer_start(s->loop, &u->drain_timer);
     upgrade_check_drained(s);
@@ -861,8 +878,10 @@ void upgrade_reaped(sf_server *s, pid_t pid, int wstatus)
         return;
     }
     u->child = pid == u->child ? 0 : u->child;
-    sf_logf(&s->log, SF_LOG_WARN, "upgrade: pid %d (%s) %s", (int)pid,
-            pid == u->new_pid ? "the generation after us" : "a new generation that failed", text);
+    sf_logev(&s->log, SF_LOG_WARN, "upgrade_child_exited", (int)pid, NULL,
+             SF_FIELDS(SF_F_STATUS("status", st), SF_F_BOOL("next", pid == u->new_pid)),
+             "upgrade: pid %d (%s) %s", (int)pid,
+             pid == u->new_pid ? "the generation after us" : "a new generation that failed", text);
 }
 
 int upgrade_begin(sf_server *s, char *why, size_t len)
@@ -937,8 +956,10 @@ int upgrade_begin(sf_server *s, char *why, size_t len)
                  (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
         server_notify(s, text);
     }
-    sf_logf(&s->log, SF_LOG_NOTICE, "upgrade: started %s as pid %d (generation %u)", u->exe,
-            (int)pid, u->generation + 1);
+    sf_logev(&s->log, SF_LOG_NOTICE, "upgrade_started", (int)pid, NULL,
+             SF_FIELDS(SF_F_STR("binary", u->exe), SF_F_UINT("generation", u->generation + 1)),
+             "upgrade: started %s as pid %d (generation %u)", u->exe, (int)pid,
+             u->generation + 1);
     snprintf(why, len, "%s", u->why);
     return 0;
 
@@ -981,7 +1002,9 @@ static void usr2_cb(struct ev_loop *loop, ev_signal *w, int revents)
 
     rc = upgrade_begin(s, why, sizeof why);
     if (rc < 0)
-        sf_logf(&s->log, SF_LOG_WARN, "SIGUSR2: no upgrade: %s", why);
+        sf_logev(&s->log, SF_LOG_WARN, "upgrade_refused", 0, NULL,
+                 SF_FIELDS(SF_F_STR("why", why), SF_F_STR("from", "SIGUSR2")),
+                 "SIGUSR2: no upgrade: %s", why);
 }
 
 int upgrade_put_generations(const sf_server *s, json_t *reply)

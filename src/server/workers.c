@@ -406,8 +406,11 @@ static void adjust(sf_server *s)
     for (unsigned i = 0; i < plan.start; i++) {
         int rc = spawn_worker(s, NULL);
         if (rc < 0) {
-            sf_logf(&s->log, SF_LOG_WARN, "cannot start a worker: %s; trying again in %g s",
-                    strerror(-rc), proc_backoff_delay(&wp->crash_backoff));
+            sf_logev(&s->log, SF_LOG_WARN, "worker_start_failed", 0, NULL,
+                     SF_FIELDS(SF_F_STR("error", strerror(-rc)),
+                               SF_F_DBL("retry_s", proc_backoff_delay(&wp->crash_backoff))),
+                     "cannot start a worker: %s; trying again in %g s", strerror(-rc),
+                     proc_backoff_delay(&wp->crash_backoff));
             wp->hold_until = load.now + proc_backoff_next(&wp->crash_backoff);
             plan.recheck_at = wp->hold_until;
             break;
@@ -474,8 +477,11 @@ void workers_fini(sf_server *s)
 
 void workers_start(sf_server *s)
 {
-    sf_logf(&s->log, SF_LOG_INFO, "prefork: %u to %u workers%s", s->wp.min, s->wp.max,
-            s->opts.max_requests ? ", each replaced after about max_requests connections" : "");
+    sf_logev(&s->log, SF_LOG_INFO, "prefork", 0, NULL,
+             SF_FIELDS(SF_F_UINT("min", s->wp.min), SF_F_UINT("max", s->wp.max),
+                       SF_F_UINT("max_requests", s->opts.max_requests)),
+             "prefork: %u to %u workers%s", s->wp.min, s->wp.max,
+             s->opts.max_requests ? ", each replaced after about max_requests connections" : "");
     ev_timer_start(s->loop, &s->wp.tick);
     adjust(s);
 }
@@ -531,8 +537,11 @@ void workers_on_started(sf_server *s, conn_rec *r, pid_t pid)
     if (rc == 0)
         endpoint_use_sessions(&r->ep);
     else if (rc != -ESHUTDOWN)
-        sf_logf(&s->log, SF_LOG_WARN, "worker pid %d: no channel: %s", (int)pid, strerror(-rc));
-    sf_logf(&s->log, SF_LOG_DEBUG, "worker pid=%d started", (int)pid);
+        sf_logev(&s->log, SF_LOG_WARN, "channel_failed", (int)pid, NULL,
+                 SF_FIELDS(SF_F_STR("error", strerror(-rc))), "worker pid %d: no channel: %s",
+                 (int)pid, strerror(-rc));
+    sf_logev(&s->log, SF_LOG_DEBUG, "worker_started", (int)pid, NULL, NULL, 0,
+             "worker pid=%d started", (int)pid);
     if (rc < 0 || s->sup.shutting_down || s->up.draining) {
         retire(s, r, WORKER_END_SHUTDOWN);
         if (rc < 0)
@@ -561,8 +570,11 @@ void workers_on_spawn_failed(sf_server *s, conn_rec *r, int err)
     if (err == -EAGAIN || err == -ENOMEM)
         s->stats.fork_failures++;
     if (err != -ECANCELED && !s->sup.shutting_down) {
-        sf_logf(&s->log, SF_LOG_WARN, "cannot start a worker: %s; trying again in %g s",
-                strerror(-err), proc_backoff_delay(&wp->crash_backoff));
+        sf_logev(&s->log, SF_LOG_WARN, "worker_start_failed", 0, NULL,
+                 SF_FIELDS(SF_F_STR("error", strerror(-err)),
+                           SF_F_DBL("retry_s", proc_backoff_delay(&wp->crash_backoff))),
+                 "cannot start a worker: %s; trying again in %g s", strerror(-err),
+                 proc_backoff_delay(&wp->crash_backoff));
         wp->hold_until = ev_now(s->loop) + proc_backoff_next(&wp->crash_backoff);
     }
     server_rec_release(s, r);
@@ -573,8 +585,6 @@ void workers_on_spawn_failed(sf_server *s, conn_rec *r, int err)
 static void end_connection_of_dead(sf_server *s, conn_rec *r, pid_t pid, const sf_status *st,
                                    const worker_slot *sl)
 {
-    char status[64];
-
     if (r->tuple_set) {
         server_tuple_forget(s, r);
         r->tuple_set = 0;
@@ -584,8 +594,7 @@ static void end_connection_of_dead(sf_server *s, conn_rec *r, pid_t pid, const s
     if (!sl->busy && r->in_conn && !r->refused && sf_log_enabled(&s->log, SF_LOG_INFO)) {
         /* It ended its connection, but its CONN_END was not read (the
          * channels close at shutdown): the end is told here. */
-        sf_status_format(st, status, sizeof status);
-        server_log_exit(s, r, pid, status);
+        server_log_exit(s, r, pid, st);
     }
     if (!sl->busy)
         return;
@@ -598,16 +607,14 @@ static void end_connection_of_dead(sf_server *s, conn_rec *r, pid_t pid, const s
         r->peer = sl->peer;
         r->started = sl->started;
     }
-    if (!r->refused && sf_log_enabled(&s->log, SF_LOG_INFO)) {
-        sf_status_format(st, status, sizeof status);
-        server_log_exit(s, r, pid, status);
-    }
+    if (!r->refused && sf_log_enabled(&s->log, SF_LOG_INFO))
+        server_log_exit(s, r, pid, st);
 }
 
 /* The crash-loop backoff: a worker that died young, with nobody asking,
  * holds the next start back, longer each time; the first of an episode
  * is logged, and its end (a worker that lived) with the count. */
-static void died_young(sf_server *s, pid_t pid, const char *status)
+static void died_young(sf_server *s, pid_t pid, const sf_status *st, const char *status)
 {
     worker_pool *wp = &s->wp;
     double wait = proc_backoff_next(&wp->crash_backoff);
@@ -615,10 +622,11 @@ static void died_young(sf_server *s, pid_t pid, const char *status)
     wp->hold_until = ev_now(s->loop) + wait;
     if (wp->crash_streak++ == 0) {
         wp->crash_since = ev_now(s->loop);
-        sf_logf(&s->log, SF_LOG_WARN,
-                "worker pid=%d died within %g s of starting (%s): starting workers again "
-                "after a growing wait (now %g s) while they keep dying young",
-                (int)pid, WORKER_YOUNG_S, status, wait);
+        sf_logev(&s->log, SF_LOG_WARN, "workers_dying", (int)pid, NULL,
+                 SF_FIELDS(SF_F_STATUS("status", *st), SF_F_DBL("wait_s", wait)),
+                 "worker pid=%d died within %g s of starting (%s): starting workers again "
+                 "after a growing wait (now %g s) while they keep dying young",
+                 (int)pid, WORKER_YOUNG_S, status, wait);
     }
 }
 
@@ -632,8 +640,11 @@ static void crash_loop_over(sf_server *s, double now)
         conn_rec *r = &s->recs[i];
         if (!is_up(r) || r->ending || now - r->born < WORKER_YOUNG_S)
             continue;
-        sf_logf(&s->log, SF_LOG_NOTICE, "workers serve again after %llu died young in %.1f s",
-                (unsigned long long)wp->crash_streak, now - wp->crash_since);
+        sf_logev(&s->log, SF_LOG_NOTICE, "workers_recovered", 0, NULL,
+                 SF_FIELDS(SF_F_UINT("died", wp->crash_streak),
+                           SF_F_DBL("duration_s", now - wp->crash_since)),
+                 "workers serve again after %llu died young in %.1f s",
+                 (unsigned long long)wp->crash_streak, now - wp->crash_since);
         wp->crash_streak = 0;
         proc_backoff_reset(&wp->crash_backoff);
         wp->hold_until = 0;
@@ -670,13 +681,19 @@ void workers_on_exit(sf_server *s, conn_rec *r, pid_t pid, int wstatus)
             s->recs[i].replacing = NULL, wp->recycling--;
     if (!why && (!st.exited || st.code != 0)) {
         why = WORKER_END_CRASHED;
-        sf_logf(&s->log, SF_LOG_WARN, "worker pid=%d died: %s (served %llu, %s)", (int)pid, status,
-                (unsigned long long)sl.ended, sl.busy ? "busy" : "idle");
+        sf_logev(&s->log, SF_LOG_WARN, "worker_exited", (int)pid, NULL,
+                 SF_FIELDS(SF_F_STR("reason", worker_end_name(why)), SF_F_STATUS("status", st),
+                           SF_F_UINT("served", sl.ended), SF_F_BOOL("busy", sl.busy)),
+                 "worker pid=%d died: %s (served %llu, %s)", (int)pid, status,
+                 (unsigned long long)sl.ended, sl.busy ? "busy" : "idle");
         if (ev_now(s->loop) - r->born < WORKER_YOUNG_S && !s->sup.shutting_down)
-            died_young(s, pid, status);
+            died_young(s, pid, &st, status);
     } else {
-        sf_logf(&s->log, SF_LOG_DEBUG, "worker pid=%d ended (%s): %s, served %llu", (int)pid,
-                worker_end_name(why), status, (unsigned long long)sl.ended);
+        sf_logev(&s->log, SF_LOG_DEBUG, "worker_exited", (int)pid, NULL,
+                 SF_FIELDS(SF_F_STR("reason", worker_end_name(why)), SF_F_STATUS("status", st),
+                           SF_F_UINT("served", sl.ended), SF_F_BOOL("busy", sl.busy)),
+                 "worker pid=%d ended (%s): %s, served %llu", (int)pid, worker_end_name(why),
+                 status, (unsigned long long)sl.ended);
     }
     s->stats.workers_ended[why]++;
     server_rec_release(s, r);
@@ -728,9 +745,11 @@ static int begin(sf_server *s, conn_rec *r, const chan_frame *f)
             server_peer_text(r, peer, sizeof peer);
             if (sf_addr_host(&r->peer, host, sizeof host) < 0)
                 snprintf(host, sizeof host, "?");
-            sf_logf(&s->log, SF_LOG_NOTICE,
-                    "[%s] refused: %u connections from %s already (per-IP limit %u)", peer, n, host,
-                    s->opts.max_per_ip);
+            sf_logev(&s->log, SF_LOG_NOTICE, "refused", 0, peer,
+                     SF_FIELDS(SF_F_STR("reason", "per_ip"), SF_F_UINT("count", n),
+                               SF_F_UINT("limit", s->opts.max_per_ip)),
+                     "[%s] refused: %u connections from %s already (per-IP limit %u)", peer, n,
+                     host, s->opts.max_per_ip);
             s->stats.refused_per_ip++;
             r->refused = 1;
             verdict = 0;
@@ -768,8 +787,9 @@ static int begin(sf_server *s, conn_rec *r, const chan_frame *f)
         if (slot_state(r, &sl) < 0 || !sl.busy)
             wc.busy_all++;
         server_peer_text(r, peer, sizeof peer);
-        sf_logf(&s->log, SF_LOG_INFO, "[%s] connected pid=%d active=%u", peer, (int)r->pid,
-                wc.busy_all);
+        sf_logev(&s->log, SF_LOG_INFO, "connected", (int)r->pid, peer,
+                 SF_FIELDS(SF_F_UINT("active", wc.busy_all)), "[%s] connected pid=%d active=%u",
+                 peer, (int)r->pid, wc.busy_all);
     }
     return 0;
 }
@@ -790,9 +810,8 @@ static int end(sf_server *s, conn_rec *r, const chan_frame *f)
             s->wp.failed++;
         }
         if (sf_log_enabled(&s->log, SF_LOG_INFO)) {
-            char status[32];
-            snprintf(status, sizeof status, "exited %u", (unsigned)(code & 0xff));
-            server_log_exit(s, r, r->pid, status);
+            sf_status st = {.exited = 1, .code = (int)(code & 0xff)};
+            server_log_exit(s, r, r->pid, &st);
         }
     }
     if (r->counted_ip)
@@ -810,7 +829,7 @@ static int end(sf_server *s, conn_rec *r, const chan_frame *f)
 static int dropped(sf_server *s, conn_rec *r, const chan_frame *f)
 {
     size_t plen;
-    char peer[SF_ADDR_TEXT_MAX];
+    char peer[SF_ADDR_TEXT_MAX], why[256];
     sf_addr a;
 
     if (f->len < 2 || (plen = f->payload[1]) > sizeof a.u || 2 + plen > f->len)
@@ -820,21 +839,26 @@ static int dropped(sf_server *s, conn_rec *r, const chan_frame *f)
     a.len = (socklen_t)plen;
     if (plen < sizeof(sa_family_t) || sf_addr_format(&a, peer, sizeof peer) < 0)
         snprintf(peer, sizeof peer, "?");
+    /* The worker's text, for the record's field (the line keeps it whole). */
+    snprintf(why, sizeof why, "%.*s", (int)(f->len - 2 - plen), (const char *)f->payload + 2 + plen);
     switch (f->payload[0]) {
     case WORKER_DROP_SOURCE:
         s->stats.proxy_refused++;
-        sf_logf(&s->log, SF_LOG_NOTICE,
-                "[%s] refused: a PROXY listener, and not a source --proxy-from allows", peer);
+        sf_logev(&s->log, SF_LOG_NOTICE, "refused", 0, peer,
+                 SF_FIELDS(SF_F_STR("reason", "proxy_source")),
+                 "[%s] refused: a PROXY listener, and not a source --proxy-from allows", peer);
         break;
     case WORKER_DROP_TIMEOUT:
         s->stats.proxy_timed_out++;
-        sf_logf(&s->log, SF_LOG_NOTICE, "[%s] %.*s; closed", peer, (int)(f->len - 2 - plen),
-                (const char *)f->payload + 2 + plen);
+        sf_logev(&s->log, SF_LOG_NOTICE, "proxy_timed_out", 0, peer,
+                 SF_FIELDS(SF_F_STR("error", why)), "[%s] %.*s; closed", peer,
+                 (int)(f->len - 2 - plen), (const char *)f->payload + 2 + plen);
         break;
     default:
         s->stats.proxy_bad++;
-        sf_logf(&s->log, SF_LOG_NOTICE, "[%s] bad PROXY header: %.*s; closed", peer,
-                (int)(f->len - 2 - plen), (const char *)f->payload + 2 + plen);
+        sf_logev(&s->log, SF_LOG_NOTICE, "proxy_bad", 0, peer, SF_FIELDS(SF_F_STR("error", why)),
+                 "[%s] bad PROXY header: %.*s; closed", peer, (int)(f->len - 2 - plen),
+                 (const char *)f->payload + 2 + plen);
         break;
     }
     (void)r;

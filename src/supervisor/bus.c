@@ -388,9 +388,10 @@ static void stall_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
     for (endpoint *e = b->all; e && b->ncongested; e = e->next) {
         if (e->congested && now - e->congested_at >= BUS_STALL_S) {
-            sf_logf(b->cfg.log, SF_LOG_WARN,
-                    "pid %d: its queue did not drain to a quarter in %g s: not holding its senders",
-                    (int)e->pid, BUS_STALL_S);
+            sf_logev(b->cfg.log, SF_LOG_WARN, "bus_stalled", (int)e->pid, NULL,
+                     SF_FIELDS(SF_F_DBL("after_s", BUS_STALL_S)),
+                     "pid %d: its queue did not drain to a quarter in %g s: not holding its senders",
+                     (int)e->pid, BUS_STALL_S);
             e->stuck = 1;
             set_congested(e, 0);
         }
@@ -1158,7 +1159,8 @@ static void execute(endpoint *e, const bus_op *op)
     case OP_LOG: {
         char text[901];
         (void)bus_text_clean(text, sizeof text, op->data, op->len);
-        sf_logf(b->cfg.log, SF_LOG_INFO, "pid %d says: %s", (int)e->pid, text);
+        sf_logev(b->cfg.log, SF_LOG_INFO, "said", (int)e->pid, NULL,
+                 SF_FIELDS(SF_F_STR("text", text)), "pid %d says: %s", (int)e->pid, text);
         return;
     }
     case OP_STATUS:
@@ -1177,8 +1179,9 @@ static void kick(endpoint *e, const char *why, int bad)
         return;
     if (bad)
         b->counted.kicked_bad++;
-    sf_logf(b->cfg.log, SF_LOG_WARN, "pid %d: %s: closing its channel and ending it", (int)e->pid,
-            why);
+    sf_logev(b->cfg.log, SF_LOG_WARN, "channel_cut", (int)e->pid, NULL,
+             SF_FIELDS(SF_F_STR("reason", why)), "pid %d: %s: closing its channel and ending it",
+             (int)e->pid, why);
     /* The owner signals the child before its channel ends: a child that
      * sees the end of its channel with SIGTERM pending knows it was cut
      * off, not that the server is shutting down. */

@@ -165,7 +165,7 @@ static void answer(sup *s, const spawn_msg *m)
     }
     r = list_pop(&s->wait_head, &s->wait_tail);
     if (!r || r->req.cookie != m->cookie) {
-        sf_logf(s->cfg.log, SF_LOG_ERROR, "spawner answered out of turn: restarting it");
+        sf_logn(s->cfg.log, SF_LOG_ERROR, "spawner_failed", "spawner answered out of turn: restarting it");
         if (r)
             list_push(&s->wait_head, &s->wait_tail, r); /* failed with the rest */
         kill(s->spawner_pid, SIGKILL);
@@ -181,8 +181,9 @@ static void answer(sup *s, const spawn_msg *m)
         /* A program that could not be exec'd: its child exits 126 or 127
          * and is reported as any other; here is why. */
         if (m->value)
-            sf_logf(s->cfg.log, SF_LOG_WARN, "pid %d: cannot run the program: %s", (int)m->pid,
-                    strerror(m->value));
+            sf_logev(s->cfg.log, SF_LOG_WARN, "exec_failed", (int)m->pid, NULL,
+                     SF_FIELDS(SF_F_STR("error", strerror(m->value))),
+                     "pid %d: cannot run the program: %s", (int)m->pid, strerror(m->value));
     } else if (s->cfg.on_spawn_failed) {
         s->cfg.on_spawn_failed(s, -m->value, r->data, s->cfg.arg);
     }
@@ -237,8 +238,11 @@ static int start_spawner(sup *s)
     o.kill_grace = s->cfg.kill_grace;
     pid = spawner_start(&o, &fd);
     if (pid < 0) {
-        sf_logf(s->cfg.log, SF_LOG_WARN, "cannot fork: %s; retrying in %g s", strerror((int)-pid),
-                proc_backoff_delay(&s->spawner_backoff));
+        sf_logev(s->cfg.log, SF_LOG_WARN, "fork_failed", 0, NULL,
+                 SF_FIELDS(SF_F_STR("error", strerror((int)-pid)),
+                           SF_F_DBL("retry_s", proc_backoff_delay(&s->spawner_backoff))),
+                 "cannot fork: %s; retrying in %g s", strerror((int)-pid),
+                 proc_backoff_delay(&s->spawner_backoff));
         schedule_start(s);
         return (int)pid;
     }
@@ -247,7 +251,8 @@ static int start_spawner(sup *s)
     ev_io_set(&s->spawner_in, fd, EV_READ);
     ev_io_set(&s->spawner_out, fd, EV_WRITE);
     ev_io_start(s->loop, &s->spawner_in);
-    sf_logf(s->cfg.log, SF_LOG_DEBUG, "spawner started: pid %d", (int)pid);
+    sf_logev(s->cfg.log, SF_LOG_DEBUG, "spawner_started", (int)pid, NULL, NULL, 0,
+             "spawner started: pid %d", (int)pid);
     flush_out(s);
     return 0;
 }
@@ -280,9 +285,10 @@ static void spawner_lost(sup *s)
     close(s->spawner_fd);
     s->spawner_fd = -1;
     if (!s->done)
-        sf_logf(s->cfg.log, SF_LOG_ERROR,
-                "the spawner is gone: %u connections it was starting are dropped; "
-                "its children are ours now; restarting it", (unsigned)count_list(s->wait_head));
+        sf_logev(s->cfg.log, SF_LOG_ERROR, "spawner_lost", 0, NULL,
+                 SF_FIELDS(SF_F_UINT("dropped", count_list(s->wait_head))),
+                 "the spawner is gone: %u connections it was starting are dropped; "
+                 "its children are ours now; restarting it", (unsigned)count_list(s->wait_head));
     /* From now on we signal its children ourselves. They are reparented
      * to us (the subreaper) as it exits, a moment after its socket closed;
      * until then nobody can reap them, so their pids cannot change hands. */

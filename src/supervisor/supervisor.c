@@ -36,8 +36,9 @@ static void kill_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     proc_stop st = stop_policy(c->owner);
     (void)loop;
     (void)revents;
-    sf_logf(c->owner->cfg.log, SF_LOG_WARN, "pid %d did not exit after SIGTERM: sending SIGKILL",
-            (int)c->pid);
+    sf_logev(c->owner->cfg.log, SF_LOG_WARN, "killed", (int)c->pid, NULL,
+             SF_FIELDS(SF_F_STR("signal", "SIGKILL"), SF_F_STR("after", "SIGTERM")),
+             "pid %d did not exit after SIGTERM: sending SIGKILL", (int)c->pid);
     (void)proc_stop_kill(&st, c->pid);
 }
 
@@ -94,8 +95,9 @@ static void grace_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     sup *s = w->data;
     (void)loop;
     (void)revents;
-    sf_logf(s->cfg.log, SF_LOG_NOTICE, "grace period over: terminating %u %s", s->count,
-            children_word(s->count));
+    sf_logev(s->cfg.log, SF_LOG_NOTICE, "grace_over", 0, NULL,
+             SF_FIELDS(SF_F_UINT("children", s->count)), "grace period over: terminating %u %s",
+             s->count, children_word(s->count));
     terminate_all(s);
 }
 
@@ -103,8 +105,9 @@ void sup_shutdown(sup *s)
 {
     if (s->shutting_down == 1) {
         /* Asked twice: the operator does not want to wait. */
-        sf_logf(s->cfg.log, SF_LOG_NOTICE, "asked again: terminating %u %s now", s->count,
-                children_word(s->count));
+        sf_logev(s->cfg.log, SF_LOG_NOTICE, "stopping_now", 0, NULL,
+                 SF_FIELDS(SF_F_UINT("children", s->count)), "asked again: terminating %u %s now",
+                 s->count, children_word(s->count));
         terminate_all(s);
         return;
     }
@@ -114,8 +117,10 @@ void sup_shutdown(sup *s)
     if (s->cfg.on_shutdown)
         s->cfg.on_shutdown(s, s->cfg.arg);
     sup_spawner_cancel(s);
-    sf_logf(s->cfg.log, SF_LOG_NOTICE, "shutting down: %u %s, up to %g s to finish",
-            s->count, children_word(s->count), s->cfg.grace);
+    sf_logev(s->cfg.log, SF_LOG_NOTICE, "stopping", 0, NULL,
+             SF_FIELDS(SF_F_UINT("children", s->count), SF_F_DBL("grace_s", s->cfg.grace)),
+             "shutting down: %u %s, up to %g s to finish", s->count, children_word(s->count),
+             s->cfg.grace);
     if (s->count > 0) {
         if (s->cfg.grace > 0) {
             ev_timer_set(&s->grace_timer, s->cfg.grace, 0.);
@@ -152,7 +157,8 @@ static void sigterm_cb(struct ev_loop *loop, ev_signal *w, int revents)
         return;
     }
     if (w->signum == SIGHUP && !s->shutting_down)
-        sf_logf(s->cfg.log, SF_LOG_NOTICE, "SIGHUP: stopping as for SIGTERM");
+        sf_logev(s->cfg.log, SF_LOG_NOTICE, "signal", 0, NULL,
+                 SF_FIELDS(SF_F_STR("signal", "SIGHUP")), "SIGHUP: stopping as for SIGTERM");
     sup_shutdown(s);
 }
 
@@ -195,8 +201,9 @@ static void sigchld_cb(struct ev_loop *loop, ev_signal *w, int revents)
             char text[64];
             sf_status st = sf_status_decode(wstatus);
             sf_status_format(&st, text, sizeof text);
-            sf_logf(s->cfg.log, s->done ? SF_LOG_DEBUG : SF_LOG_ERROR, "spawner (pid %d) %s",
-                    (int)pid, text);
+            sf_logev(s->cfg.log, s->done ? SF_LOG_DEBUG : SF_LOG_ERROR, "spawner_exited",
+                     (int)pid, NULL, SF_FIELDS(SF_F_STATUS("status", st)), "spawner (pid %d) %s",
+                     (int)pid, text);
             s->spawner_pid = 0;
             continue;
         }

@@ -594,3 +594,76 @@ def test_a_symlink_deploy_runs_the_binary_the_link_names_now(sockfork, tmp_path)
     srv.log.wait_one(r"^this is v2$")
     assert srv.wait_exit(LONG_WAIT) == 0
     stop_generation(srv, new)
+
+
+def test_upgrade_events_as_json_records(tmp_path):
+    """Every upgrade event, as JSON records in the log file both
+    generations append to."""
+    from test_logs import FileLog
+    exe = copy_binary(tmp_path)
+    real = exe + ".real"
+    shutil.copy2(exe, real)
+    ctl_path = str(tmp_path / "c.sock")
+    log = FileLog(str(tmp_path / "log.json"))
+    proc = subprocess.Popen([exe, "serve", "--echo", "-l", "127.0.0.1:0", "--control", ctl_path,
+                             "--grace", "1", "--upgrade-timeout", "1", "--metrics", "127.0.0.1:0",
+                             "--log-format", "json", "--log-file", log.path],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=server_env(), start_new_session=True,
+                            cwd=str(tmp_path))
+    pids = [proc.pid]
+    try:
+        (listening,) = log.wait_event("listening")
+        port = int(listening["addr"].rsplit(":", 1)[1])
+        log.wait_event("metrics")
+        # A new binary that is never ready: killed at the deadline.
+        replace_binary(exe, "exec sleep 30")
+        rc, out, err = ctl(ctl_path, "upgrade")
+        assert rc == 1, err
+        (started,) = log.wait_event("upgrade_started")
+        assert started["generation"] == 2 and started["binary"] == exe, started
+        (failed,) = log.wait_event("upgrade_failed")
+        assert "was not ready within 1 s" in failed["why"], failed
+        (gone,) = log.wait_event("upgrade_child_exited")
+        assert gone["status"] == {"signal": "SIGKILL", "core": False} and gone["next"] is False, gone
+        # The real one, with a connection held: grace over after 1 s.
+        shutil.copy2(real, exe + ".new")
+        os.rename(exe + ".new", exe)
+        held = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        held.sendall(b"x")
+        assert held.recv(1) == b"x"
+        second = upgrade(ctl_path)
+        pids.append(second)
+        (ready,) = log.wait_event("upgrade_ready", pid=second)
+        assert ready["generation"] == 2 and ready["previous_pid"] == proc.pid, ready
+        (done,) = log.wait_event("upgrade_done", pid=second)
+        assert done["draining"] == 1 and done["grace_s"] == 1 and \
+            done["control"] == ctl_path + ".%d" % proc.pid, done
+        rc, out, err = ctl(ctl_path + ".%d" % proc.pid, "upgrade")
+        assert rc == 1, err
+        (refused,) = log.wait_event("upgrade_refused")
+        assert refused["from"] == "ctl" and "drains" in refused["why"], refused
+        (over,) = log.wait_event("drain_grace_over")
+        assert over["left"] == 1, over
+        assert proc.wait(timeout=LONG_WAIT) == 0
+        (prev,) = log.wait_event("previous_gone", pid=proc.pid)
+        assert prev["why"] == "the peer closed the link", prev
+        held.close()
+        # Nothing to drain: the second generation says drained at once.
+        third = upgrade(ctl_path)
+        pids.append(third)
+        log.wait_event("drained")
+        wait_gone(second)
+        os.kill(third, signal.SIGTERM)
+        wait_gone(third)
+        assert live_members(proc.pid) == []
+    finally:
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        kill_group = live_members(proc.pid)
+        for m in kill_group:
+            os.kill(m[0], signal.SIGKILL)
+        proc.wait()

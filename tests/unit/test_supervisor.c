@@ -83,7 +83,7 @@ static pid_t spawn(sup *s, void *data, int how)
  * the callbacks above reporting to arg. */
 static void base_config(sup_config *cfg, void *arg, double grace)
 {
-    static sf_logger quiet = {NULL, NULL, 0};
+    static sf_logger quiet; /* no callbacks: nothing is logged */
     memset(cfg, 0, sizeof *cfg);
     cfg->max_children = 4;
     cfg->grace = grace;

@@ -1,5 +1,6 @@
 /* main.c - the sockfork command: subcommand dispatch and shared helpers. */
 #include "cli.h"
+#include "logsink.h"
 
 #include <errno.h>
 #include <math.h>
@@ -61,8 +62,7 @@ void cli_error(const char *fmt, ...)
 void cli_log(void *arg, int level, const char *line)
 {
     (void)arg;
-    (void)level;
-    cli_error("%s", line);
+    logsink_line(&cli_sink, level, line);
 }
 
 int cli_parse_uint(const char *s, unsigned max, unsigned *out)

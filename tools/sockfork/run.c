@@ -6,6 +6,7 @@
  * record how each task ended.
  */
 #include "cli.h"
+#include "logsink.h"
 #include "runargs.h"
 #include "runlog.h"
 #include "runout.h"
@@ -204,6 +205,17 @@ static void run_log(void *arg, int level, const char *line)
         progress_draw(st);
 }
 
+/* The pool's records (--log-format json), as run_log has its lines. */
+static void run_record(void *arg, const sf_log_record *rec)
+{
+    run_state *st = arg;
+
+    progress_clear(st);
+    logsink_record(&cli_sink, rec);
+    if (st->pool_running && st->progress)
+        progress_draw(st);
+}
+
 static void say(run_state *st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void say(run_state *st, const char *fmt, ...)
 {
@@ -213,7 +225,12 @@ static void say(run_state *st, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    run_log(st, SF_LOG_WARN, line);
+    if (cli_sink.format == LOGSINK_JSON) {
+        sf_log_record rec = {.level = SF_LOG_WARN, .event = "run_warning", .line = line};
+        run_record(st, &rec);
+    } else {
+        run_log(st, SF_LOG_WARN, line);
+    }
 }
 
 static void output_failed(run_state *st, int fd, int err)
@@ -916,6 +933,23 @@ static int opt_no_progress(run_state *st, const char *v)
     return 0;
 }
 
+static int opt_log_format(run_state *st, const char *v)
+{
+    (void)st;
+    if (logsink_parse_format(v, &cli_sink.format) < 0)
+        return usage_error("--log-format is text or json, not '%s'", v);
+    return 0;
+}
+
+static int opt_log_file(run_state *st, const char *v)
+{
+    (void)st;
+    if (!*v)
+        return usage_error("%s", "--log-file wants a path");
+    cli_sink.path = v;
+    return 0;
+}
+
 static int opt_quiet(run_state *st, const char *v)
 {
     (void)v;
@@ -984,6 +1018,10 @@ static const run_option run_options[] = {
      "live progress on stderr (default: when it is a terminal)"},
     {"no-progress", 0, 0, opt_no_progress, NULL, "none"},
     {"quiet", 'q', 0, opt_quiet, NULL, "no summary at the end"},
+    {"log-format", 0, OPT_VALUE, opt_log_format, "FORMAT",
+     "text (the default) or json: one JSON object a line"},
+    {"log-file", 0, OPT_VALUE, opt_log_file, "PATH",
+     "append the log and the summary to PATH, not stderr"},
     {"help", 'h', 0, opt_help, NULL, "this help"},
     {"version", 'V', 0, opt_version, NULL, "print the version"},
 };
@@ -1298,7 +1336,18 @@ static void summary(const run_state *st, const sf_pool_stats *s, double el)
     if (st->skipped)
         n += snprintf(line + n, sizeof line - (size_t)n, "; %lu skipped (resumed)", st->skipped);
     (void)n;
-    cli_error("%s", line);
+    {
+        const sf_log_field f[] = {
+            {.key = "tasks", .type = SF_LOG_FIELD_UINT, .v.u = s->ok + s->failed},
+            {.key = "succeeded", .type = SF_LOG_FIELD_UINT, .v.u = s->ok},
+            {.key = "failed", .type = SF_LOG_FIELD_UINT, .v.u = s->failed},
+            {.key = "timed_out", .type = SF_LOG_FIELD_UINT, .v.u = s->timed_out},
+            {.key = "killed", .type = SF_LOG_FIELD_UINT, .v.u = s->killed_by_signal},
+            {.key = "retried", .type = SF_LOG_FIELD_UINT, .v.u = s->retried},
+            {.key = "elapsed_s", .type = SF_LOG_FIELD_DOUBLE, .v.d = el},
+        };
+        logsink_say(&cli_sink, SF_LOG_NOTICE, "summary", f, sizeof f / sizeof f[0], "%s", line);
+    }
 }
 
 static void run_state_init(run_state *st)
@@ -1415,8 +1464,13 @@ static int pool_start(run_state *st)
     st->po.on_tick = st->progress ? on_tick : NULL;
     st->po.tick_s = st->progress ? 0.2 : 0;
     st->po.arg = st;
-    st->po.log = run_log;
-    st->po.log_arg = st;
+    if (cli_sink.format == LOGSINK_JSON) {
+        st->po.log_record = run_record;
+        st->po.log_record_arg = st;
+    } else {
+        st->po.log = run_log;
+        st->po.log_arg = st;
+    }
     st->po.queue_max = 65536 + 65536;
     if ((rc = sf_pool_new(&st->pool, &st->po)) < 0) {
         cli_error("run: %s", strerror(-rc));
@@ -1436,9 +1490,15 @@ static int pool_start(run_state *st)
 /* Everything before the pool runs: 0, or the exit status after saying why. */
 static int prepare(run_state *st)
 {
+    char err[512];
+
     if (st->progress < 0)
         st->progress = isatty(2);
     setup_process();
+    if (logsink_open(&cli_sink, err, sizeof err) < 0) {
+        cli_error("run: %s", err);
+        return EXIT_RUN_USAGE;
+    }
     if (st->resume && load_resume(st) < 0)
         return EXIT_RUN_USAGE;
     if (open_input(st) < 0)
@@ -1513,5 +1573,6 @@ int cmd_run(int argc, char **argv)
     else if ((status = prepare(&st)) == 0)
         status = run_pool(&st);
     run_state_free(&st);
+    logsink_close(&cli_sink);
     return status;
 }

@@ -2,6 +2,7 @@
  * server out. The two share every listen, limit, channel and control
  * option; they differ in the handler their children run. */
 #include "cli.h"
+#include "logsink.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -78,6 +79,9 @@ static const char serve_usage[] =
     "                        the default) or kick (end the child)\n"
     "      --topic-history N messages kept per topic for late subscribers (default 20)\n"
     "  -q, --quiet           no line per connection\n"
+    "      --log-format FORMAT  text (the default) or json: one JSON object a line\n"
+    "      --log-file PATH   append the log to PATH instead of stderr; reopened at\n"
+    "                        SIGHUP and 'sockfork ctl reload'\n"
     "      --echo            echo bytes back, no greeting\n"
     "  -h, --help            this text\n"
     "  -V, --version         print the version\n"
@@ -94,9 +98,9 @@ static const char chat_usage[] =
     "/who [ROOM], /rooms, /msg NICK TEXT, /me ACTION, /quit, /help.\n"
     "\n"
     "options: as `sockfork serve` (listen, limits, --workers, --max-requests,\n"
-    "--worker-idle, --grace, --control, --metrics, --channel-*, -q; --channel-full\n"
-    "is kick here: a member that cannot keep up is cut off, never left with a\n"
-    "gap), and:\n"
+    "--worker-idle, --grace, --upgrade-timeout, --control, --metrics, --channel-*,\n"
+    "-q, --log-format, --log-file; --channel-full is kick here: a member that\n"
+    "cannot keep up is cut off, never left with a gap), and:\n"
     "      --history N       lines a joiner gets of the room's past (default 20)\n"
     "      --line-max SIZE   longest line a client may send (default 4K); longer\n"
     "                        ones are refused with a notice\n"
@@ -112,6 +116,7 @@ static const char chat_usage[] =
 enum { OPT_RULES = 200, OPT_PROXY_FROM, OPT_PROXY_TIMEOUT, OPT_MAX_PER_IP = 256, OPT_IDLE, OPT_CONN_TIMEOUT, OPT_WORKERS, OPT_MAX_REQUESTS,
        OPT_WORKER_IDLE, OPT_GRACE, OPT_UPGRADE_TIMEOUT, OPT_BACKLOG, OPT_ECHO, OPT_CONTROL, OPT_NO_CONTROL,
        OPT_CHAN_MAX, OPT_CHAN_QUEUE, OPT_CHAN_FULL, OPT_TOPIC_HISTORY, OPT_METRICS,
+       OPT_LOG_FORMAT, OPT_LOG_FILE,
        /* chat only */
        OPT_HISTORY, OPT_LINE_MAX, OPT_FLOOD, OPT_CLIENT_BACKLOG };
 
@@ -140,6 +145,8 @@ static const struct option serve_options[] = {
     {"channel-full", required_argument, NULL, OPT_CHAN_FULL},
     {"topic-history", required_argument, NULL, OPT_TOPIC_HISTORY},
     {"metrics", required_argument, NULL, OPT_METRICS},
+    {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+    {"log-file", required_argument, NULL, OPT_LOG_FILE},
     {"history", required_argument, NULL, OPT_HISTORY},
     {"line-max", required_argument, NULL, OPT_LINE_MAX},
     {"flood", required_argument, NULL, OPT_FLOOD},
@@ -299,18 +306,29 @@ static void announce_listeners(sf_server *srv, void *arg)
         char name[SF_ADDR_TEXT_MAX];
         sf_addr_format(sf_server_listener_addr(srv, i), name, sizeof name);
         /* systemd's sockets come first (start_server). */
+        const char *unit_name = (int)i < cl->nsystemd && cl->systemd_names &&
+                                        cl->systemd_names[i] ? cl->systemd_names[i] : "?";
+        const sf_log_field f[] = {
+            {.key = "addr", .type = SF_LOG_FIELD_STR, .v.s = name},
+            {.key = "systemd", .type = SF_LOG_FIELD_STR, .v.s = unit_name},
+        };
         if ((int)i < cl->nsystemd)
-            cli_error("listening on %s (from systemd: %s)", name,
-                      cl->systemd_names && cl->systemd_names[i] ? cl->systemd_names[i] : "?");
+            logsink_say(&cli_sink, SF_LOG_NOTICE, "listening", f, 2,
+                        "listening on %s (from systemd: %s)", name, unit_name);
         else
-            cli_error("listening on %s", name);
+            logsink_say(&cli_sink, SF_LOG_NOTICE, "listening", f, 1, "listening on %s", name);
     }
-    if (sf_server_control_path(srv))
-        cli_error("control socket unix:%s", sf_server_control_path(srv));
+    if (sf_server_control_path(srv)) {
+        const sf_log_field f = {.key = "path", .type = SF_LOG_FIELD_STR,
+                                .v.s = sf_server_control_path(srv)};
+        logsink_say(&cli_sink, SF_LOG_NOTICE, "control", &f, 1, "control socket unix:%s",
+                    sf_server_control_path(srv));
+    }
     if (sf_server_metrics_addr(srv)) {
         char name[SF_ADDR_TEXT_MAX];
         sf_addr_format(sf_server_metrics_addr(srv), name, sizeof name);
-        cli_error("metrics on %s", name);
+        const sf_log_field f = {.key = "addr", .type = SF_LOG_FIELD_STR, .v.s = name};
+        logsink_say(&cli_sink, SF_LOG_NOTICE, "metrics", &f, 1, "metrics on %s", name);
     }
 }
 
@@ -549,6 +567,25 @@ static int set_quiet(server_cmdline *cl, const char *v)
     return 0;
 }
 
+static int set_log_format(server_cmdline *cl, const char *v)
+{
+    if (logsink_parse_format(v, &cli_sink.format) < 0) {
+        cli_error("%s: --log-format is text or json, not '%s'", cl->kind->name, v);
+        return -1;
+    }
+    return 0;
+}
+
+static int set_log_file(server_cmdline *cl, const char *v)
+{
+    if (!*v) {
+        cli_error("%s: --log-file wants a path", cl->kind->name);
+        return -1;
+    }
+    cli_sink.path = v;
+    return 0;
+}
+
 static int set_echo(server_cmdline *cl, const char *v)
 {
     (void)v;
@@ -693,6 +730,8 @@ static const struct server_option {
     {OPT_CHAN_FULL, KIND_SERVE | KIND_CHAT, set_chan_full},
     {OPT_TOPIC_HISTORY, KIND_SERVE, set_topic_history},
     {OPT_METRICS, KIND_SERVE | KIND_CHAT, set_metrics},
+    {OPT_LOG_FORMAT, KIND_SERVE | KIND_CHAT, set_log_format},
+    {OPT_LOG_FILE, KIND_SERVE | KIND_CHAT, set_log_file},
     {OPT_HISTORY, KIND_CHAT, set_history},
     {OPT_LINE_MAX, KIND_CHAT, set_line_max},
     {OPT_FLOOD, KIND_CHAT, set_flood},
@@ -1029,6 +1068,32 @@ static int serve_until_stopped(sf_server *srv, const server_cmdline *cl)
     return status;
 }
 
+/* The log as the options say: its file opened (before -u drops privileges:
+ * a reload reopens it as the user), text or records. 0, or -1 after saying
+ * why. */
+static int use_log_sink(server_cmdline *cl)
+{
+    char err[512];
+
+    if (logsink_open(&cli_sink, err, sizeof err) < 0) {
+        cli_error("%s: %s", cl->kind->name, err);
+        return -1;
+    }
+    if (cli_sink.format == LOGSINK_JSON) {
+        cl->opts.log = NULL;
+        cl->opts.log_record = logsink_record;
+        cl->opts.log_record_arg = &cli_sink;
+    } else {
+        cl->opts.log = logsink_line;
+        cl->opts.log_arg = &cli_sink;
+    }
+    if (cli_sink.path) {
+        cl->opts.on_reload = logsink_reopen;
+        cl->opts.reload_arg = &cli_sink;
+    }
+    return 0;
+}
+
 static int run_server(int argc, char **argv, const server_kind *k)
 {
     server_cmdline cl;
@@ -1056,8 +1121,13 @@ static int run_server(int argc, char **argv, const server_kind *k)
         free_systemd_names(&cl);
         return rc > 0 ? 0 : EXIT_USAGE;
     }
+    if (use_log_sink(&cl) < 0) {
+        free_systemd_names(&cl);
+        return EXIT_USAGE;
+    }
     if ((rc = start_server(&srv, &cl)) != 0) {
         free_systemd_names(&cl);
+        logsink_close(&cli_sink);
         return rc;
     }
     if (cl.control && cl.no_control) {
@@ -1068,6 +1138,7 @@ static int run_server(int argc, char **argv, const server_kind *k)
     }
     rc = serve_until_stopped(srv, &cl);
     free_systemd_names(&cl);
+    logsink_close(&cli_sink);
     return rc;
 }
 
