@@ -29,6 +29,15 @@ typedef struct proc_fork_opts {
     /* The signals put back to SIG_DFL in the child; NULL: the supervisor's
      * own (SIGTERM, SIGINT, SIGHUP, SIGCHLD). */
     const sigset_t *reset;
+    /* The caller catches no signal its children must not handle and
+     * ignores none they must get back (the spawner): the child only
+     * empties its signal mask (reset is not looked at), and the parent
+     * does not block signals across the fork, since no handler of the
+     * caller's could run in the child. */
+    int plain_signals;
+    /* The caller's pid, if it keeps it; 0: proc_fork asks getpid() (for
+     * parent_death_signal's check). */
+    pid_t parent;
 } proc_fork_opts;
 
 /*
