@@ -201,10 +201,29 @@ typedef struct child_start {
     uint32_t env_len;     /* the access rule's pairs, after the struct in the blob */
 } child_start;
 
+/* The channel's end comes non-blocking (launch): made blocking at its
+ * first use, so a handler that never uses it costs no system call. */
+typedef struct child_chan {
+    int fd;
+    int blocking;
+} child_chan;
+
+static int child_channel_open(void *arg)
+{
+    child_chan *ch = arg;
+
+    if (!ch->blocking) {
+        (void)fcntl(ch->fd, F_SETFL, 0);
+        ch->blocking = 1;
+    }
+    return 0;
+}
+
 /* Runs in the new child: the connection is fd 3, the channel fd 4. */
 static void __attribute__((noreturn)) child_main(const void *blob, size_t len, int nfds)
 {
     child_start cs;
+    child_chan ch = {4, 0};
     sf_conn c;
     int rc;
 
@@ -215,13 +234,15 @@ static void __attribute__((noreturn)) child_main(const void *blob, size_t len, i
         _exit(111);
     memset(&c, 0, sizeof c);
     c.fd = 3;
-    c.chan = 4;
-    (void)fcntl(c.chan, F_SETFL, 0); /* blocking: see start_conn */
+    c.chan = ch.fd;
+    c.open_channel = child_channel_open;
+    c.open_arg = &ch;
     c.peer = cs.peer;
-    c.local.len = sizeof c.local.u;
     if (cs.has_local)
         c.local = cs.local;
-    else if (!cs.is_tcp || getsockname(c.fd, &c.local.u.sa, &c.local.len) < 0)
+    else if (cs.is_tcp)
+        c.local_unknown = 1; /* asked at first use: conn_local */
+    else
         c.local = c.peer; /* Unix: the listener's path on both sides */
     /* The blob is this process's for good: child_main never returns. */
     c.env = (const char *)blob + sizeof cs;
@@ -465,7 +486,8 @@ static int launch(sf_server *s, conn_rec *r)
     if (r->is_tcp)
         rc = hmap_reserve(&s->by_tuple, s->by_tuple.count + s->sup.spawning + 1);
     /* Both ends non-blocking: ours must be; the child makes its own
-     * blocking again (child_main), on its own time, not the supervisor's. */
+     * blocking again (child_channel_open) at its first use, on its own
+     * time, not the supervisor's. */
     if (rc == 0 && r->sfd < 0) {
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0) {
             rc = -errno;
