@@ -12,6 +12,17 @@
 
 #define PROC_KEEP_MAX 4
 
+/*
+ * Marks the code every forked child runs from fork() to its handler. A
+ * fork copies no page-table entries for the program's code: the child
+ * faults in each 64 KiB of it that it touches (fault-around), a page
+ * fault that costs tens of microseconds on a VM. The compiler puts hot
+ * functions in .text.hot, which the linker keeps together near the
+ * start of .text, so that path is one or two faults, not one per file
+ * (docs/design.md, "What a fork costs").
+ */
+#define PROC_CHILD_CODE __attribute__((hot))
+
 typedef struct proc_fork_opts {
     /* Descriptors the child keeps, besides 0, 1 and 2. In the child they
      * are renumbered 3, 4, ... in this order, still close-on-exec; every

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include <unistd.h>
@@ -29,7 +30,7 @@ static void child_reset_signals(void)
 /* Whether moving keep[] to 3, 4, ... in order would overwrite one that
  * still waits to be moved: one sits in the target range, not at its own
  * place. */
-static int layout_collides(const proc_fork_opts *o)
+static PROC_CHILD_CODE int layout_collides(const proc_fork_opts *o)
 {
     for (int i = 0; i < o->nkeep; i++)
         if (o->keep[i] >= 3 && o->keep[i] < 3 + o->nkeep && o->keep[i] != 3 + i)
@@ -41,7 +42,7 @@ static int layout_collides(const proc_fork_opts *o)
  * place (the common case: the spawner receives them above the range); if
  * that would overwrite another that still waits to be moved, first each
  * is copied above the target range. */
-static int child_layout_fds(const proc_fork_opts *o)
+static PROC_CHILD_CODE int child_layout_fds(const proc_fork_opts *o)
 {
     int src[PROC_KEEP_MAX];
     int base = 3 + o->nkeep;
@@ -63,7 +64,7 @@ static int child_layout_fds(const proc_fork_opts *o)
 }
 
 /* The child's half of proc_fork: the after-fork routine. */
-static void child_setup(const proc_fork_opts *o, pid_t parent)
+static PROC_CHILD_CODE void child_setup(const proc_fork_opts *o, pid_t parent)
 {
     sigset_t none;
 
@@ -82,14 +83,14 @@ static void child_setup(const proc_fork_opts *o, pid_t parent)
         (void)setrlimit(RLIMIT_NOFILE, o->fdlimit);
     if (o->slice)
         os_slice_restore(o->slice);
-    /* memset, not sigemptyset: each C library function the child calls
-     * is a page of code it may have to fault in (docs/design.md, "What a
-     * fork costs"); an empty set is all zeroes. */
+    /* memset, not sigemptyset, and pthread_sigmask, which sigprocmask
+     * calls: each C library function the child calls may be one more
+     * page of code to fault in (PROC_CHILD_CODE). One thread: the same. */
     memset(&none, 0, sizeof none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
+    pthread_sigmask(SIG_SETMASK, &none, NULL);
 }
 
-pid_t proc_fork(const proc_fork_opts *o)
+PROC_CHILD_CODE pid_t proc_fork(const proc_fork_opts *o)
 {
     sigset_t all, old;
     pid_t parent = o->parent;

@@ -151,8 +151,10 @@ static void do_signal(const spawn_req *req)
 
 /* A forked child: a copy of us runs the child function, on the blob
  * copied onto our stack (the request itself is in memory the child does
- * not get; the stack page is copied for the fork anyway). */
-static pid_t start_forked(const spawner_opts *o, const spawn_req *req, const int *fds, int nfds)
+ * not get; the stack page is copied for the fork anyway). Not inlined:
+ * the child returns from fork() here, in PROC_CHILD_CODE. */
+static PROC_CHILD_CODE __attribute__((noinline)) pid_t start_forked(const spawner_opts *o, const spawn_req *req,
+                                          const int *fds, int nfds)
 {
     size_t len = req->blob_len;
     unsigned char blob[len ? len : 1];

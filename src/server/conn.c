@@ -17,7 +17,7 @@
 #include <unistd.h>
 #include <sys/socket.h>
 
-int sf_conn_fd(const sf_conn *c)
+PROC_CHILD_CODE int sf_conn_fd(const sf_conn *c)
 {
     return c->fd;
 }

@@ -201,29 +201,34 @@ typedef struct child_start {
     uint32_t env_len;     /* the access rule's pairs, after the struct in the blob */
 } child_start;
 
-/* The channel's end comes non-blocking (launch): made blocking at its
- * first use, so a handler that never uses it costs no system call. */
+/* The channel at its first use (sf_conn's open_channel hook): its end
+ * comes non-blocking (launch) and is made blocking, and its reader is set
+ * up, so a handler that never uses it costs no system call, and no page
+ * of that code to fault in. */
 typedef struct child_chan {
-    int fd;
-    int blocking;
+    sf_conn *conn;
+    uint32_t max;         /* the reader's largest frame */
+    int ready;
 } child_chan;
 
-static int child_channel_open(void *arg)
+static PROC_CHILD_CODE int child_channel_open(void *arg)
 {
     child_chan *ch = arg;
 
-    if (!ch->blocking) {
-        (void)fcntl(ch->fd, F_SETFL, 0);
-        ch->blocking = 1;
+    if (!ch->ready) {
+        (void)fcntl(ch->conn->chan, F_SETFL, 0);
+        chan_reader_init(&ch->conn->reader, ch->max);
+        ch->ready = 1;
     }
     return 0;
 }
 
 /* Runs in the new child: the connection is fd 3, the channel fd 4. */
-static void __attribute__((noreturn)) child_main(const void *blob, size_t len, int nfds)
+static PROC_CHILD_CODE void __attribute__((noreturn)) child_main(const void *blob, size_t len,
+                                                                  int nfds)
 {
     child_start cs;
-    child_chan ch = {4, 0};
+    child_chan ch;
     sf_conn c;
     int rc;
 
@@ -234,7 +239,10 @@ static void __attribute__((noreturn)) child_main(const void *blob, size_t len, i
         _exit(111);
     memset(&c, 0, sizeof c);
     c.fd = 3;
-    c.chan = ch.fd;
+    c.chan = 4;
+    ch.conn = &c;
+    ch.max = cs.chan_max + BUS_MSG_OVERHEAD - CHAN_HDR_LEN;
+    ch.ready = 0;
     c.open_channel = child_channel_open;
     c.open_arg = &ch;
     c.peer = cs.peer;
@@ -247,7 +255,6 @@ static void __attribute__((noreturn)) child_main(const void *blob, size_t len, i
     /* The blob is this process's for good: child_main never returns. */
     c.env = (const char *)blob + sizeof cs;
     c.env_len = cs.env_len;
-    chan_reader_init(&c.reader, cs.chan_max + BUS_MSG_OVERHEAD - CHAN_HDR_LEN);
     rc = cs.handler(&c, cs.arg);
     /* Only stdout, and only if it holds something: fflush(NULL) locks
      * every stream, writing to pages shared with the spawner, which then
