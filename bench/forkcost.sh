@@ -5,8 +5,8 @@
 # (bench/bare_forkserver.c). Counts barely move when other work loads the
 # machine, so they can steer changes where conn/s cannot.
 #
-# For each server, two runs of `loadgen rate -c CONC`:
-#   1. FORKCOST_SECS seconds untraced: page faults (minflt) and CPU time
+# For each server, runs of `loadgen rate -c CONC`:
+#   1. FORKCOST_RUNS times FORKCOST_SECS seconds untraced, summed: page faults (minflt) and CPU time
 #      (utime + stime, in clock ticks) of each role from /proc/PID/stat,
 #      before and after, divided by the connections loadgen completed.
 #      The children's come from their parent's cminflt/cutime/cstime (the
@@ -27,6 +27,10 @@
 #   FORKCOST_SECS=3           seconds of the counted run
 #   FORKCOST_STRACE_SECS=2    seconds of the traced run (0: none)
 #   FORKCOST_TOP=8            system calls listed per role
+#   FORKCOST_RUNS=3           counted runs, each with the server started anew
+#                             (its stack lands elsewhere each time: a frame
+#                             that straddles a page boundary is a fault more
+#                             per connection); the traced run is in the last
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,6 +42,7 @@ CONC=${FORKCOST_CONC:-64}
 SECS=${FORKCOST_SECS:-3}
 STRACE_SECS=${FORKCOST_STRACE_SECS:-2}
 TOP=${FORKCOST_TOP:-8}
+RUNS=${FORKCOST_RUNS:-3}
 LOADGEN=$BUILD/bench/loadgen
 BARE=$BUILD/bench/bare-forkserver
 TCK=$(getconf CLK_TCK)
@@ -89,7 +94,7 @@ find_roles() {
 }
 
 # The role whose cminflt/cutime/cstime hold the children's.
-reaper_role() {
+reaper_role() { # of the server running now
     if [[ -n ${ROLE_PIDS[spawner]:-} ]]; then echo spawner
     elif [[ -n ${ROLE_PIDS[supervisor]:-} ]]; then echo supervisor
     else echo parent; fi
@@ -128,8 +133,11 @@ field_of() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
 per() { awk -v a="$1" -v n="$2" 'BEGIN { printf "%.2f", (n > 0 ? a / n : 0) }'; }
 per_us() { awk -v t="$1" -v n="$2" -v hz="$TCK" 'BEGIN { printf "%.0f", (n > 0 ? t * 1e6 / hz / n : 0) }'; }
 
+# Totals over the counted runs of one server: SUM[role,faults|ticks],
+# SUM[conns], SUM[rate] (the sum of the runs' conn/s), SUM[errors].
+declare -A SUM
 counted_run() {
-    local name=$1 port=$2 idle role line ops reaper
+    local name=$1 port=$2 idle role line reaper b a
     declare -A before after
     idle=$(tree_pids "$SERVER_PID" | wc -l)
     for role in "${!ROLE_PIDS[@]}"; do before[$role]=$(proc_counts "${ROLE_PIDS[$role]}"); done
@@ -138,30 +146,36 @@ counted_run() {
     for role in "${!ROLE_PIDS[@]}"; do after[$role]=$(proc_counts "${ROLE_PIDS[$role]}"); done
     # loadgen counts the cycles done in the window; the CONC still in
     # flight at its end are finished too, and cost what the others did.
-    ops=$(($(ops_of "$line") + CONC))
-    printf '%s: %s connections in %s s, %s conn/s (noisy: the machine is shared), errors=%s\n' \
-        "$name" "$ops" "$SECS" "$(field_of "$line" ops_per_s)" "$(field_of "$line" errors)"
-    printf '  %-10s %12s %12s\n' role faults/conn "CPU us/conn"
-    local tf=0 tt=0 b a f t
-    reaper=$(reaper_role "$name")
-    for role in supervisor spawner parent; do
-        [[ -n ${ROLE_PIDS[$role]:-} ]] || continue
+    SUM[conns]=$((${SUM[conns]:-0} + $(ops_of "$line") + CONC))
+    SUM[rate]=$(awk -v a="${SUM[rate]:-0}" -v b="$(field_of "$line" ops_per_s)" 'BEGIN { print a + b }')
+    SUM[errors]=$((${SUM[errors]:-0} + $(field_of "$line" errors)))
+    reaper=$(reaper_role)
+    for role in "${!ROLE_PIDS[@]}"; do
         read -r -a b <<<"${before[$role]}"
         read -r -a a <<<"${after[$role]}"
-        f=$((a[0] - b[0]))
-        t=$((a[2] - b[2]))
-        tf=$((tf + f))
-        tt=$((tt + t))
-        printf '  %-10s %12s %12s\n' "$role" "$(per $f "$ops")" "$(per_us $t "$ops")"
+        SUM[$role,faults]=$((${SUM[$role,faults]:-0} + a[0] - b[0]))
+        SUM[$role,ticks]=$((${SUM[$role,ticks]:-0} + a[2] - b[2]))
         if [[ $role == "$reaper" ]]; then
-            CF=$((a[1] - b[1]))
-            CT=$((a[3] - b[3]))
+            SUM[child,faults]=$((${SUM[child,faults]:-0} + a[1] - b[1]))
+            SUM[child,ticks]=$((${SUM[child,ticks]:-0} + a[3] - b[3]))
         fi
     done
-    tf=$((tf + CF))
-    tt=$((tt + CT))
-    printf '  %-10s %12s %12s\n' child "$(per $CF "$ops")" "$(per_us $CT "$ops")"
-    printf '  %-10s %12s %12s\n' all "$(per $tf "$ops")" "$(per_us $tt "$ops")"
+}
+
+print_counts() {
+    local name=$1 n=${SUM[conns]} role tf=0 tt=0
+    printf '%s: %s connections in %s run(s) of %s s, %s conn/s on average (noisy: the machine is shared), errors=%s\n' \
+        "$name" "$n" "$RUNS" "$SECS" "$(awk -v r="${SUM[rate]}" -v k="$RUNS" 'BEGIN { printf "%.0f", r / k }')" \
+        "${SUM[errors]}"
+    printf '  %-10s %12s %12s\n' role faults/conn "CPU us/conn"
+    for role in supervisor spawner parent child; do
+        [[ -n ${SUM[$role,faults]:-} ]] || continue
+        tf=$((tf + SUM[$role,faults]))
+        tt=$((tt + SUM[$role,ticks]))
+        printf '  %-10s %12s %12s\n' "$role" "$(per "${SUM[$role,faults]}" "$n")" \
+            "$(per_us "${SUM[$role,ticks]}" "$n")"
+    done
+    printf '  %-10s %12s %12s\n' all "$(per $tf "$n")" "$(per_us $tt "$n")"
 }
 
 # Attaches strace to the roles, waits until it has, runs loadgen.
@@ -236,14 +250,19 @@ traced_run() {
 port_of() { "$LOADGEN" freeport; }
 
 for name in $SERVERS; do
-    port=$(port_of)
-    start "$name" "$port" || exit 1
-    find_roles "$name" || exit 1
-    counted_run "$name" "$port"
-    if [[ $STRACE_SECS != 0 ]]; then
+    SUM=()
+    for ((run = 1; run <= RUNS; run++)); do
+        port=$(port_of)
+        start "$name" "$port" || exit 1
         find_roles "$name" || exit 1
-        traced_run "$name" "$port"
-    fi
-    stop_tree "$SERVER_PID"
-    SERVER_PID=""
+        counted_run "$name" "$port"
+        if ((run == RUNS)); then
+            print_counts "$name"
+            if [[ $STRACE_SECS != 0 ]]; then
+                traced_run "$name" "$port"
+            fi
+        fi
+        stop_tree "$SERVER_PID"
+        SERVER_PID=""
+    done
 done
