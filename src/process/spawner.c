@@ -18,6 +18,7 @@
 
 #define SPAWNER_SOCKBUF (4 * 1024 * 1024) /* room for thousands of requests */
 #define SPAWNER_BATCH 64                   /* requests taken per wakeup */
+#define SPAWNER_OWN_FDS (3 + SPAWN_FDS_MAX) /* where our own descriptors go: move_high */
 
 /* ------------------------------------------------------ both sides */
 
@@ -282,6 +283,22 @@ static int quiet_signals(void)
     return 0;
 }
 
+/*
+ * Moves one of our own descriptors above the numbers a request's land on,
+ * so that those arrive as 3, 4, ... (the lowest free), which is where a
+ * forked child needs them: it moves nothing (proc_fork). Where the limit
+ * is too low for that, fd stays where it is (the child then moves them).
+ */
+static int move_high(int fd)
+{
+    int high = fcntl(fd, F_DUPFD_CLOEXEC, SPAWNER_OWN_FDS);
+
+    if (high < 0)
+        return fd;
+    close(fd);
+    return high;
+}
+
 static void __attribute__((noreturn)) spawner_main(int sock, const spawner_opts *o)
 {
     struct pollfd pfd[2];
@@ -289,6 +306,8 @@ static void __attribute__((noreturn)) spawner_main(int sock, const spawner_opts 
     st = os_nofork_calloc(1, sizeof *st);
     if (!st || quiet_signals() < 0)
         _exit(111);
+    sock = move_high(sock);
+    sigchld_fd = move_high(sigchld_fd);
     self = getpid();
     proc_groups_init(&st->live, o->max_children ? o->max_children : 1u << 24);
     st->live.own_children = 1; /* a child that left its group is signalled alone */
