@@ -22,7 +22,7 @@
 #   BUILD=dir                 meson build directory (default: build)
 #   SOCKFORK=path             sockfork binary (default: $BUILD/sockfork), e.g.
 #                             an older build to compare with
-#   FORKCOST_SERVERS="sockfork bare"
+#   FORKCOST_SERVERS="sockfork bare"   (also: sockfork-exec, `serve -- cat`)
 #   FORKCOST_CONC=64          loadgen's concurrency
 #   FORKCOST_SECS=3           seconds of the counted run
 #   FORKCOST_STRACE_SECS=2    seconds of the traced run (0: none)
@@ -80,7 +80,7 @@ find_roles() {
     local name=$1 kids
     ROLE_PIDS=()
     case $name in
-    sockfork)
+    sockfork | sockfork-exec)
         ROLE_PIDS[supervisor]=$SERVER_PID
         mapfile -t kids < <(ps -o pid= --ppid "$SERVER_PID" | tr -d ' ')
         case ${#kids[@]} in
@@ -104,6 +104,7 @@ start() {
     local name=$1 port=$2
     case $name in
     sockfork) "$SOCKFORK" serve -q -l "127.0.0.1:$port" --echo -c 20000 2>"$WORK/$name.log" & ;;
+    sockfork-exec) "$SOCKFORK" serve -q -l "127.0.0.1:$port" -c 20000 -- cat 2>"$WORK/$name.log" & ;;
     bare) "$BARE" "$port" 2>"$WORK/$name.log" & ;;
     *) say "unknown server $name"; return 1 ;;
     esac

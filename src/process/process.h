@@ -82,6 +82,12 @@ typedef struct proc_exec_opts {
     /* Signal sent to the program if the caller dies (PR_SET_PDEATHSIG,
      * which survives the exec); 0 for none. */
     int parent_death_signal;
+    /* The caller catches no signal (the spawner): no handler of its could
+     * run in the child while it shares the caller's memory, so signals are
+     * not blocked around the vfork. */
+    int plain_signals;
+    /* The caller's pid, if it keeps it; 0: asked with getpid(). */
+    pid_t parent;
 } proc_exec_opts;
 
 /*

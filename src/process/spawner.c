@@ -197,6 +197,8 @@ static pid_t start_exec(const spawner_opts *o, const spawn_exec *ex, int *exec_e
     eo.reset = &exec_reset;
     eo.fdlimit = o->fdlimit;
     eo.parent_death_signal = SIGTERM;
+    eo.parent = self;
+    eo.plain_signals = 1; /* we catch nothing: quiet_signals */
     return proc_exec_or_exit(ex->file, ex->argv, ex->envp, &eo, exec_err);
 }
 

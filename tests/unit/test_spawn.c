@@ -329,7 +329,9 @@ static size_t read_all(int fd, char *buf, size_t n)
  * SIGUSR1, blocked in the caller, unblocked in the program. Each failed
  * check is a bit of the test child's exit code.
  */
-static int exec_layout_child(void)
+/* plain: as the spawner calls it (no signal blocked around the vfork, its
+ * own pid given); the program's mask is empty all the same. */
+static int exec_layout_check(int plain)
 {
     int a[2], b[2], bad = 0, st;
     char out1[64], out3[64];
@@ -358,6 +360,8 @@ static int exec_layout_child(void)
     sigaddset(&usr1, SIGUSR1);
     sigprocmask(SIG_BLOCK, &usr1, NULL);
     memset(&o, 0, sizeof o);
+    o.plain_signals = plain;
+    o.parent = plain ? getpid() : 0;
     o.nfds = 4;
     o.fds[0] = -1;
     o.fds[1] = 3; /* pipe a */
@@ -447,10 +451,21 @@ static void assert_child_ok(int (*fn)(void))
     assert_int_equal(WEXITSTATUS(st), 0);
 }
 
+static int exec_layout_child(void)
+{
+    return exec_layout_check(0);
+}
+
+static int exec_layout_plain_child(void)
+{
+    return exec_layout_check(1);
+}
+
 static void test_exec_layout_mask_and_errors(void **state)
 {
     (void)state;
     assert_child_ok(exec_layout_child);
+    assert_child_ok(exec_layout_plain_child);
 }
 
 static void test_exec_script_without_shebang(void **state)
