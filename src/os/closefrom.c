@@ -52,7 +52,7 @@ int os_closefrom_proc(int lowfd)
  * hard limit, often 2^20, would cost a second per child), and only without
  * /proc is every number up to the limit closed.
  */
-void os_closefrom(int lowfd)
+__attribute__((hot)) void os_closefrom(int lowfd) /* PROC_CHILD_CODE */
 {
 #ifdef SYS_close_range
     if (syscall(SYS_close_range, (unsigned)lowfd, ~0U, 0U) == 0)

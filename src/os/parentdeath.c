@@ -12,7 +12,7 @@
  * The parent may have died between fork() and the prctl(): compare
  * getppid() with the pid the parent had before forking.
  */
-int os_parentdeath_signal(int sig, int expected_parent)
+__attribute__((hot)) int os_parentdeath_signal(int sig, int expected_parent) /* PROC_CHILD_CODE */
 {
 #ifdef PR_SET_PDEATHSIG
     if (prctl(PR_SET_PDEATHSIG, sig) < 0)

@@ -23,7 +23,8 @@
  * nothing but its own stack and plan->err, and leaves with execve or
  * _exit. Every signal is blocked across vfork, so no handler of the
  * caller runs in the child before it has put those handlers back to
- * SIG_DFL (vfork does not share the handler table, only memory).
+ * SIG_DFL (vfork does not share the handler table, only memory), unless
+ * the caller has none (plain_signals: the spawner).
  */
 
 typedef struct exec_plan {
@@ -148,16 +149,18 @@ static pid_t exec_start(const char *file, char *const argv[], char *const envp[]
     pl.envp = envp;
     pl.o = o;
     pl.mask = &empty;
-    pl.parent = getpid();
+    pl.parent = o->parent ? o->parent : getpid();
 
     sigfillset(&all);
-    sigprocmask(SIG_SETMASK, &all, &old);
+    if (!o->plain_signals)
+        sigprocmask(SIG_SETMASK, &all, &old);
     pid = vfork();
     if (pid == 0)
         exec_child(&pl);
     /* Back here once the child has exec'd or exited. */
     e = errno;
-    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (!o->plain_signals)
+        sigprocmask(SIG_SETMASK, &old, NULL);
     if (pid < 0)
         return -e;
     *err = pl.err;

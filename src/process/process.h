@@ -12,6 +12,17 @@
 
 #define PROC_KEEP_MAX 4
 
+/*
+ * Marks the code every forked child runs from fork() to its handler. A
+ * fork copies no page-table entries for the program's code: the child
+ * faults in each 64 KiB of it that it touches (fault-around), a page
+ * fault that costs tens of microseconds on a VM. The compiler puts hot
+ * functions in .text.hot, which the linker keeps together near the
+ * start of .text, so that path is one or two faults, not one per file
+ * (docs/design.md, "What a fork costs").
+ */
+#define PROC_CHILD_CODE __attribute__((hot))
+
 typedef struct proc_fork_opts {
     /* Descriptors the child keeps, besides 0, 1 and 2. In the child they
      * are renumbered 3, 4, ... in this order, still close-on-exec; every
@@ -29,6 +40,15 @@ typedef struct proc_fork_opts {
     /* The signals put back to SIG_DFL in the child; NULL: the supervisor's
      * own (SIGTERM, SIGINT, SIGHUP, SIGCHLD). */
     const sigset_t *reset;
+    /* The caller catches no signal its children must not handle and
+     * ignores none they must get back (the spawner): the child only
+     * empties its signal mask (reset is not looked at), and the parent
+     * does not block signals across the fork, since no handler of the
+     * caller's could run in the child. */
+    int plain_signals;
+    /* The caller's pid, if it keeps it; 0: proc_fork asks getpid() (for
+     * parent_death_signal's check). */
+    pid_t parent;
 } proc_fork_opts;
 
 /*
@@ -62,6 +82,12 @@ typedef struct proc_exec_opts {
     /* Signal sent to the program if the caller dies (PR_SET_PDEATHSIG,
      * which survives the exec); 0 for none. */
     int parent_death_signal;
+    /* The caller catches no signal (the spawner): no handler of its could
+     * run in the child while it shares the caller's memory, so signals are
+     * not blocked around the vfork. */
+    int plain_signals;
+    /* The caller's pid, if it keeps it; 0: asked with getpid(). */
+    pid_t parent;
 } proc_exec_opts;
 
 /*

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include <unistd.h>
@@ -26,64 +27,53 @@ static void child_reset_signals(void)
         (void)sigaction(caught_signals[i], &sa, NULL);
 }
 
-/* Renumbers keep[] to 3.. and closes the rest. With several, first copy
- * each kept descriptor above the target range, so that moving one cannot
- * overwrite another that still waits to be moved. One (the common case)
- * goes straight to its place. */
-static int child_layout_fds(const proc_fork_opts *o)
+/* Whether moving keep[] to 3, 4, ... in order would overwrite one that
+ * still waits to be moved: one sits in the target range, not at its own
+ * place. */
+static PROC_CHILD_CODE int layout_collides(const proc_fork_opts *o)
 {
-    int tmp[PROC_KEEP_MAX];
-    int base = 3 + o->nkeep;
+    for (int i = 0; i < o->nkeep; i++)
+        if (o->keep[i] >= 3 && o->keep[i] < 3 + o->nkeep && o->keep[i] != 3 + i)
+            return 1;
+    return 0;
+}
 
-    if (o->nkeep == 1) {
-        if (o->keep[0] != 3 && dup3(o->keep[0], 3, O_CLOEXEC) < 0)
+/* Renumbers keep[] to 3.. and closes the rest. Each goes straight to its
+ * place (the common case: the spawner receives them above the range); if
+ * that would overwrite another that still waits to be moved, first each
+ * is copied above the target range. */
+static PROC_CHILD_CODE int child_layout_fds(const proc_fork_opts *o)
+{
+    int src[PROC_KEEP_MAX];
+    int base = 3 + o->nkeep;
+    int detour = layout_collides(o);
+
+    for (int i = 0; i < o->nkeep; i++) {
+        src[i] = o->keep[i];
+        if (detour && (src[i] = fcntl(o->keep[i], F_DUPFD_CLOEXEC, base)) < 0)
             return -errno;
-        os_closefrom(4);
-        return 0;
+        if (detour)
+            base = src[i] + 1;
     }
     for (int i = 0; i < o->nkeep; i++) {
-        tmp[i] = fcntl(o->keep[i], F_DUPFD_CLOEXEC, base);
-        if (tmp[i] < 0)
-            return -errno;
-        base = tmp[i] + 1;
-    }
-    for (int i = 0; i < o->nkeep; i++) {
-        if (dup3(tmp[i], 3 + i, O_CLOEXEC) < 0)
+        if (src[i] != 3 + i && dup3(src[i], 3 + i, O_CLOEXEC) < 0)
             return -errno;
     }
     os_closefrom(3 + o->nkeep);
     return 0;
 }
 
-pid_t proc_fork(const proc_fork_opts *o)
+/* The child's half of proc_fork: the after-fork routine. */
+static PROC_CHILD_CODE void child_setup(const proc_fork_opts *o, pid_t parent)
 {
-    sigset_t all, old;
-    pid_t parent = getpid();
-    pid_t pid;
+    sigset_t none;
 
-    /* Block every signal across fork: a signal landing in the child before
-     * it has reset its handlers would run the supervisor's handler there. */
-    sigfillset(&all);
-    sigprocmask(SIG_SETMASK, &all, &old);
-    pid = fork();
-    if (pid < 0) {
-        int e = errno;
-        sigprocmask(SIG_SETMASK, &old, NULL);
-        return -e;
+    if (!o->plain_signals) {
+        if (o->reset)
+            proc_signals_default(o->reset);
+        else
+            child_reset_signals();
     }
-    if (pid > 0) {
-        /* Both sides set the group, so it is set before either side
-         * relies on it (the parent may signal the group at once). */
-        (void)setpgid(pid, pid);
-        sigprocmask(SIG_SETMASK, &old, NULL);
-        return pid;
-    }
-
-    /* Child. */
-    if (o->reset)
-        proc_signals_default(o->reset);
-    else
-        child_reset_signals();
     (void)setpgid(0, 0);
     if (o->parent_death_signal)
         (void)os_parentdeath_signal(o->parent_death_signal, parent);
@@ -93,9 +83,44 @@ pid_t proc_fork(const proc_fork_opts *o)
         (void)setrlimit(RLIMIT_NOFILE, o->fdlimit);
     if (o->slice)
         os_slice_restore(o->slice);
-    sigemptyset(&all);
-    sigprocmask(SIG_SETMASK, &all, NULL);
-    return 0;
+    /* memset, not sigemptyset, and pthread_sigmask, which sigprocmask
+     * calls: each C library function the child calls may be one more
+     * page of code to fault in (PROC_CHILD_CODE). One thread: the same. */
+    memset(&none, 0, sizeof none);
+    pthread_sigmask(SIG_SETMASK, &none, NULL);
+}
+
+PROC_CHILD_CODE pid_t proc_fork(const proc_fork_opts *o)
+{
+    sigset_t all, old;
+    pid_t parent = o->parent;
+    pid_t pid;
+
+    if (o->parent_death_signal && !parent)
+        parent = getpid();
+    /* Block every signal across fork: a signal landing in the child before
+     * it has reset its handlers would run the supervisor's handler there.
+     * A caller with plain_signals has no such handler. */
+    sigfillset(&all);
+    if (!o->plain_signals)
+        sigprocmask(SIG_SETMASK, &all, &old);
+    pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        if (!o->plain_signals)
+            sigprocmask(SIG_SETMASK, &old, NULL);
+        return -e;
+    }
+    if (pid == 0) {
+        child_setup(o, parent);
+        return 0;
+    }
+    /* Both sides set the group, so it is set before either side relies
+     * on it (the parent may signal the group at once). */
+    (void)setpgid(pid, pid);
+    if (!o->plain_signals)
+        sigprocmask(SIG_SETMASK, &old, NULL);
+    return pid;
 }
 
 int proc_signal_group(pid_t pid, int sig)

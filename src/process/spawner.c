@@ -12,11 +12,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 
 #define SPAWNER_SOCKBUF (4 * 1024 * 1024) /* room for thousands of requests */
 #define SPAWNER_BATCH 64                   /* requests taken per wakeup */
+#define SPAWNER_OWN_FDS (3 + SPAWN_FDS_MAX) /* where our own descriptors go: move_high */
 
 /* ------------------------------------------------------ both sides */
 
@@ -47,30 +49,35 @@ int spawner_recv(int sock, spawn_msg *msgs, int max)
 
 /* ---------------------------------------------------- the spawner */
 
-static int sigchld_pipe[2] = {-1, -1};
+/*
+ * Everything the spawner writes while it serves requests, in memory its
+ * children do not get (os_nofork): every fork write-protects the pages the
+ * two processes share, and the spawner's next write to each is a page
+ * fault and a copy (on a VM, with a TLB flush of the other CPU). What is
+ * left on shared pages is its stack near the fork and the C library's own
+ * (docs/design.md, "What a fork costs").
+ */
+typedef struct spawner_state {
+    spawn_req req;              /* the request being served */
+    int fds[SPAWN_FDS_MAX];     /* and its descriptors */
+    /* Answers wait here and go out together, one message for a whole
+     * wakeup's worth: a system call each way per answer was a good part of
+     * a connection's cost. Order is kept: a child's STARTED before its
+     * EXITED. */
+    spawn_msg outbox[SPAWN_MSGS_MAX];
+    int nout;
+    /* Our children not yet reaped, each the leader of its group: what we
+     * take down if the supervisor dies (its table is os_nofork too). */
+    proc_groups live;
+    struct signalfd_siginfo drained[8];
+    spawn_exec ex;              /* a plan's exec'd child */
+} spawner_state;
 
-/* Async-signal-safe: one byte says "reap"; a full pipe already says so. */
-static void on_sigchld(int sig)
-{
-    int saved = errno;
-    char b = 0;
-    (void)sig;
-    (void)!write(sigchld_pipe[1], &b, 1);
-    errno = saved;
-}
-
-/* Answers wait here and go out together, one message for a whole wakeup's
- * worth: a system call each way per answer was a good part of a
- * connection's cost. Order is kept: a child's STARTED before its EXITED. */
-/* In memory children do not get: the spawner writes it after every fork,
- * and a page it shares with a child would be copied each time. */
-static spawn_msg *outbox; /* SPAWN_MSGS_MAX */
-static int nout;
-/* Our children not yet reaped, each the leader of its group: what we take
- * down if the supervisor dies. Its table is in memory children do not get
- * (proc_groups uses os_nofork). */
-static proc_groups live;
+/* Set once at start; only read afterwards. */
+static spawner_state *st;
+static int sigchld_fd = -1;     /* a signalfd for SIGCHLD, which is blocked */
 static double kill_grace;
+static pid_t self;              /* our pid: each child checks its parent's */
 
 /* The takedown's tick: reap whatever has exited, so that a zombie leader
  * does not keep its group looking alive. Nobody wants the statuses now. */
@@ -90,7 +97,7 @@ static void reap_quietly(void *arg)
  */
 static void __attribute__((noreturn)) supervisor_gone(void)
 {
-    proc_groups_takedown(&live, kill_grace, reap_quietly, NULL);
+    proc_groups_takedown(&st->live, kill_grace, reap_quietly, NULL);
     _exit(0);
 }
 
@@ -98,32 +105,34 @@ static void __attribute__((noreturn)) supervisor_gone(void)
  * blocking send only waits for it to catch up. */
 static void flush_answers(int sock)
 {
-    while (nout > 0 && send(sock, outbox, sizeof outbox[0] * (size_t)nout, MSG_NOSIGNAL) < 0) {
+    while (st->nout > 0 &&
+           send(sock, st->outbox, sizeof st->outbox[0] * (size_t)st->nout, MSG_NOSIGNAL) < 0) {
         if (errno != EINTR)
             supervisor_gone();
     }
-    nout = 0;
+    st->nout = 0;
 }
 
 static void tell(int sock, uint32_t kind, uint32_t cookie, pid_t pid, int value)
 {
     spawn_msg m = {kind, cookie, (int32_t)pid, value};
 
-    if (nout == SPAWN_MSGS_MAX)
+    if (st->nout == SPAWN_MSGS_MAX)
         flush_answers(sock);
-    outbox[nout++] = m;
+    st->outbox[st->nout++] = m;
 }
 
 static void reap(int sock)
 {
-    char drain[64];
     int wstatus;
     pid_t pid;
 
-    while (read(sigchld_pipe[0], drain, sizeof drain) > 0)
+    /* The signalfd only says "reap": exits that came together may have
+     * made one SIGCHLD, so waitpid finds them, not the signals. */
+    while (read(sigchld_fd, st->drained, sizeof st->drained) > 0)
         ;
     while ((pid = waitpid(-1, &wstatus, WNOHANG)) > 0) {
-        proc_groups_del(&live, pid);
+        proc_groups_del(&st->live, pid);
         tell(sock, SPAWN_MSG_EXITED, 0, pid, wstatus);
     }
 }
@@ -141,31 +150,39 @@ static void do_signal(const spawn_req *req)
     (void)proc_signal_group(req->pid, req->sig);
 }
 
-/* A forked child: a copy of us runs the child function. */
-static pid_t start_forked(const spawner_opts *o, const spawn_req *req, const int *fds, int nfds)
+/* A forked child: a copy of us runs the child function, on the blob
+ * copied onto our stack (the request itself is in memory the child does
+ * not get; the stack page is copied for the fork anyway). Not inlined:
+ * the child returns from fork() here, in PROC_CHILD_CODE. */
+static PROC_CHILD_CODE __attribute__((noinline)) pid_t start_forked(const spawner_opts *o, const spawn_req *req,
+                                          const int *fds, int nfds)
 {
+    size_t len = req->blob_len;
+    unsigned char blob[len ? len : 1];
     proc_fork_opts po;
     pid_t pid;
 
+    memcpy(blob, req->blob, len);
     memset(&po, 0, sizeof po);
     for (int i = 0; i < nfds; i++)
         po.keep[i] = fds[i];
     po.nkeep = nfds;
     po.fdlimit = o->fdlimit;
     po.parent_death_signal = SIGTERM;
+    po.parent = self;
+    po.plain_signals = 1; /* we catch nothing: spawner_main */
     pid = proc_fork(&po);
     if (pid == 0) {
-        o->child(req->blob, req->blob_len, nfds);
+        o->child(blob, len, nfds); /* never req: the child has no st */
         _exit(111); /* child functions do not return */
     }
     return pid;
 }
 
-/* The signals an exec'd child puts back to SIG_DFL before its exec: every
- * one we catch (no handler of ours may run in a child sharing our memory;
- * the exec would reset them anyway), SIGINT, which we ignore and a forked
- * child gets back too (proc_fork), and SIGPIPE (see spawner.h). Ignored
- * signals otherwise stay ignored, as across fork and exec. */
+/* The signals an exec'd child puts back to SIG_DFL before its exec: any
+ * the program had us catch (no handler may run in a child sharing our
+ * memory; the exec would reset them anyway), and SIGPIPE (see spawner.h).
+ * Ignored signals otherwise stay ignored, as across fork and exec. */
 static sigset_t exec_reset;
 
 /* An exec'd child: vfork+execve, nothing of ours copied. *exec_err is the
@@ -180,95 +197,127 @@ static pid_t start_exec(const spawner_opts *o, const spawn_exec *ex, int *exec_e
     eo.reset = &exec_reset;
     eo.fdlimit = o->fdlimit;
     eo.parent_death_signal = SIGTERM;
+    eo.parent = self;
+    eo.plain_signals = 1; /* we catch nothing: quiet_signals */
     return proc_exec_or_exit(ex->file, ex->argv, ex->envp, &eo, exec_err);
 }
 
 static void do_fork(int sock, const spawner_opts *o, const spawn_req *req, const int *fds,
                     int nfds)
 {
-    spawn_exec ex;
+    spawn_exec *ex = &st->ex;
     int rc, kind = 0, exec_err = 0;
     pid_t pid;
 
     /* Room in `live` first, so that a child we start is always in it. */
-    if ((rc = proc_groups_reserve(&live)) < 0) {
+    if ((rc = proc_groups_reserve(&st->live)) < 0) {
         tell(sock, SPAWN_MSG_FAILED, req->cookie, 0, rc == -ENOSPC ? EAGAIN : -rc);
         return;
     }
     if (o->plan) {
-        memset(&ex, 0, sizeof ex);
-        kind = o->plan(req->blob, req->blob_len, fds, nfds, &ex);
-        if (kind < 0 || (kind == 1 && (ex.nfds < 0 || ex.nfds > PROC_KEEP_MAX))) {
+        memset(ex, 0, sizeof *ex);
+        kind = o->plan(req->blob, req->blob_len, fds, nfds, ex);
+        if (kind < 0 || (kind == 1 && (ex->nfds < 0 || ex->nfds > PROC_KEEP_MAX))) {
             tell(sock, SPAWN_MSG_FAILED, req->cookie, 0, kind < 0 ? -kind : EINVAL);
             return;
         }
     }
-    pid = kind == 1 ? start_exec(o, &ex, &exec_err) : start_forked(o, req, fds, nfds);
+    pid = kind == 1 ? start_exec(o, ex, &exec_err) : start_forked(o, req, fds, nfds);
     if (pid < 0) {
         tell(sock, SPAWN_MSG_FAILED, req->cookie, 0, (int)-pid);
         return;
     }
-    (void)proc_groups_add(&live, pid); /* reserved above */
+    (void)proc_groups_add(&st->live, pid); /* reserved above */
     tell(sock, SPAWN_MSG_STARTED, req->cookie, pid, exec_err);
 }
 
-/* Takes one request. Returns 0, or -1 when the supervisor is gone. */
+/* Takes one request. Returns 0, 1 when there is none, or -1 when the
+ * supervisor is gone. */
 static int serve_one(int sock, const spawner_opts *o)
 {
-    spawn_req req;
-    int fds[SPAWN_FDS_MAX], nfds, lost;
-    ssize_t n = fdpass_recv(sock, &req, sizeof req, MSG_DONTWAIT, fds, SPAWN_FDS_MAX, &nfds, &lost);
+    spawn_req *req = &st->req;
+    int *fds = st->fds, nfds, lost;
+    ssize_t n = fdpass_recv(sock, req, sizeof *req, MSG_DONTWAIT, fds, SPAWN_FDS_MAX, &nfds, &lost);
 
     if (n == -EAGAIN)
         return 1;
     if (n <= 0)
         return -1;
-    if ((size_t)n < offsetof(spawn_req, blob) || req.blob_len > SPAWN_BLOB_MAX ||
-        (size_t)n != offsetof(spawn_req, blob) + req.blob_len) {
+    if ((size_t)n < offsetof(spawn_req, blob) || req->blob_len > SPAWN_BLOB_MAX ||
+        (size_t)n != offsetof(spawn_req, blob) + req->blob_len) {
         /* Only the supervisor writes here; a bad message is a bug there. */
         for (int i = 0; i < nfds; i++)
             close(fds[i]);
         return -1;
     }
-    if (req.kind == SPAWN_REQ_FORK)
-        do_fork(sock, o, &req, fds, nfds);
-    else if (req.kind == SPAWN_REQ_SIGNAL)
-        do_signal(&req);
+    if (req->kind == SPAWN_REQ_FORK)
+        do_fork(sock, o, req, fds, nfds);
+    else if (req->kind == SPAWN_REQ_SIGNAL)
+        do_signal(req);
     for (int i = 0; i < nfds; i++)
         close(fds[i]);
     return 0;
 }
 
+/*
+ * The spawner catches no signal, so a child has no handler to reset and
+ * nothing to block across its fork (proc_fork's plain_signals): SIGCHLD
+ * is blocked and read from a signalfd, and SIGINT is blocked (a stray
+ * kill -INT from an operator should not cost every connection: only the
+ * supervisor ends us). Children start with an empty mask; signals pending
+ * here are not theirs. Returns 0 or -errno.
+ */
+static int quiet_signals(void)
+{
+    sigset_t blocked;
+
+    sigemptyset(&blocked);
+    sigaddset(&blocked, SIGCHLD);
+    sigaddset(&blocked, SIGINT);
+    if (sigprocmask(SIG_BLOCK, &blocked, NULL) < 0)
+        return -errno;
+    sigdelset(&blocked, SIGINT);
+    if ((sigchld_fd = signalfd(-1, &blocked, SFD_NONBLOCK | SFD_CLOEXEC)) < 0)
+        return -errno;
+    /* Whatever the program had us catch is reset in an exec'd child. */
+    proc_caught_signals(&exec_reset);
+    sigaddset(&exec_reset, SIGPIPE);
+    return 0;
+}
+
+/*
+ * Moves one of our own descriptors above the numbers a request's land on,
+ * so that those arrive as 3, 4, ... (the lowest free), which is where a
+ * forked child needs them: it moves nothing (proc_fork). Where the limit
+ * is too low for that, fd stays where it is (the child then moves them).
+ */
+static int move_high(int fd)
+{
+    int high = fcntl(fd, F_DUPFD_CLOEXEC, SPAWNER_OWN_FDS);
+
+    if (high < 0)
+        return fd;
+    close(fd);
+    return high;
+}
+
 static void __attribute__((noreturn)) spawner_main(int sock, const spawner_opts *o)
 {
-    struct sigaction sa;
     struct pollfd pfd[2];
 
-    if (pipe2(sigchld_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
+    st = os_nofork_calloc(1, sizeof *st);
+    if (!st || quiet_signals() < 0)
         _exit(111);
-    outbox = os_nofork_calloc(SPAWN_MSGS_MAX, sizeof *outbox);
-    if (!outbox)
-        _exit(111);
-    proc_groups_init(&live, o->max_children ? o->max_children : 1u << 24);
-    live.own_children = 1; /* a child that left its group is signalled alone */
+    sock = move_high(sock);
+    sigchld_fd = move_high(sigchld_fd);
+    self = getpid();
+    proc_groups_init(&st->live, o->max_children ? o->max_children : 1u << 24);
+    st->live.own_children = 1; /* a child that left its group is signalled alone */
     kill_grace = o->kill_grace;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_sigchld;
-    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGCHLD, &sa, NULL) < 0)
-        _exit(111);
-    /* A stray SIGINT (an operator's kill -INT) should not cost every
-     * connection: only the supervisor ends us. Children get the default
-     * back (proc_fork resets SIGINT; exec_reset). */
-    signal(SIGINT, SIG_IGN);
-    proc_caught_signals(&exec_reset);
-    sigaddset(&exec_reset, SIGINT);
-    sigaddset(&exec_reset, SIGPIPE);
 
     pfd[0].fd = sock;
     pfd[0].events = POLLIN;
-    pfd[1].fd = sigchld_pipe[0];
+    pfd[1].fd = sigchld_fd;
     pfd[1].events = POLLIN;
     for (;;) {
         if (poll(pfd, 2, -1) < 0) {

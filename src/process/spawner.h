@@ -72,9 +72,11 @@ typedef struct spawn_msg {
  *   ... from the request's.
  *
  * Both start the same way otherwise: a process group of their own, the
- * signal mask empty, the spawner's caught signals and SIGINT back to
- * SIG_DFL, the children's RLIMIT_NOFILE (spawner_opts.fdlimit), SIGTERM
- * if the spawner dies; and are reaped, reported and signalled alike. An
+ * signal mask empty (the spawner catches no signal: it blocks SIGCHLD,
+ * which it reads from a signalfd, and SIGINT, so its children have no
+ * handler of its to reset), the children's RLIMIT_NOFILE
+ * (spawner_opts.fdlimit), SIGTERM if the spawner dies; and are reaped,
+ * reported and signalled alike. An
  * exec'd program also gets SIGPIPE at its default (the server ignores it
  * for itself and its C handlers; programs written for tcpserver expect
  * the default). A program that cannot be exec'd is still a child that

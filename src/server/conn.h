@@ -11,6 +11,9 @@ struct sf_conn {
     chan_reader reader;   /* what was read of it past the last message */
     sf_addr peer;   /* for Unix connections: the listener's path */
     sf_addr local;
+    /* Fork mode: local is asked of the kernel (getsockname) at its first
+     * use, if any (conn_local). */
+    int local_unknown;
     /* A prefork worker's (worker.c): called before every use of the
      * channel, so that the connection's first use opens it (tells the
      * supervisor); 0 or -errno. NULL in fork mode. */

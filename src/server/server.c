@@ -204,10 +204,34 @@ typedef struct child_start {
     uint32_t env_len;     /* the access rule's pairs, after the struct in the blob */
 } child_start;
 
+/* The channel at its first use (sf_conn's open_channel hook): its end
+ * comes non-blocking (launch) and is made blocking, and its reader is set
+ * up, so a handler that never uses it costs no system call, and no page
+ * of that code to fault in. */
+typedef struct child_chan {
+    sf_conn *conn;
+    uint32_t max;         /* the reader's largest frame */
+    int ready;
+} child_chan;
+
+static PROC_CHILD_CODE int child_channel_open(void *arg)
+{
+    child_chan *ch = arg;
+
+    if (!ch->ready) {
+        (void)fcntl(ch->conn->chan, F_SETFL, 0);
+        chan_reader_init(&ch->conn->reader, ch->max);
+        ch->ready = 1;
+    }
+    return 0;
+}
+
 /* Runs in the new child: the connection is fd 3, the channel fd 4. */
-static void __attribute__((noreturn)) child_main(const void *blob, size_t len, int nfds)
+static PROC_CHILD_CODE void __attribute__((noreturn)) child_main(const void *blob, size_t len,
+                                                                  int nfds)
 {
     child_start cs;
+    child_chan ch;
     sf_conn c;
     int rc;
 
@@ -219,17 +243,21 @@ static void __attribute__((noreturn)) child_main(const void *blob, size_t len, i
     memset(&c, 0, sizeof c);
     c.fd = 3;
     c.chan = 4;
-    (void)fcntl(c.chan, F_SETFL, 0); /* blocking: see start_conn */
+    ch.conn = &c;
+    ch.max = cs.chan_max + BUS_MSG_OVERHEAD - CHAN_HDR_LEN;
+    ch.ready = 0;
+    c.open_channel = child_channel_open;
+    c.open_arg = &ch;
     c.peer = cs.peer;
-    c.local.len = sizeof c.local.u;
     if (cs.has_local)
         c.local = cs.local;
-    else if (!cs.is_tcp || getsockname(c.fd, &c.local.u.sa, &c.local.len) < 0)
+    else if (cs.is_tcp)
+        c.local_unknown = 1; /* asked at first use: conn_local */
+    else
         c.local = c.peer; /* Unix: the listener's path on both sides */
     /* The blob is this process's for good: child_main never returns. */
     c.env = (const char *)blob + sizeof cs;
     c.env_len = cs.env_len;
-    chan_reader_init(&c.reader, cs.chan_max + BUS_MSG_OVERHEAD - CHAN_HDR_LEN);
     rc = cs.handler(&c, cs.arg);
     /* Only stdout, and only if it holds something: fflush(NULL) locks
      * every stream, writing to pages shared with the spawner, which then
@@ -482,7 +510,8 @@ static int launch(sf_server *s, conn_rec *r)
     if (r->is_tcp)
         rc = hmap_reserve(&s->by_tuple, s->by_tuple.count + s->sup.spawning + 1);
     /* Both ends non-blocking: ours must be; the child makes its own
-     * blocking again (child_main), on its own time, not the supervisor's. */
+     * blocking again (child_channel_open) at its first use, on its own
+     * time, not the supervisor's. */
     if (rc == 0 && r->sfd < 0) {
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0) {
             rc = -errno;

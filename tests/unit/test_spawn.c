@@ -152,6 +152,119 @@ static void test_keep_swapped(void **state)
     close(b[1]);
 }
 
+/*
+ * In a child of the test (its descriptors are its own to renumber): puts
+ * pipe write ends at the numbers `at` asks, keeps them in that order with
+ * proc_fork, and checks that the grandchild has them as 3 and 4 and
+ * nothing else past 2. Exits 0 when all holds.
+ */
+static void __attribute__((noreturn)) keep_case(int at0, int at1)
+{
+    int p0[2], p1[2], ws = 0;
+    char c0 = 0, c1 = 0;
+    proc_fork_opts o;
+    pid_t pid;
+
+    os_closefrom(3);
+    /* Pipes made high, then moved where the case wants them. */
+    if (pipe(p0) < 0 || pipe(p1) < 0)
+        _exit(10);
+    int r0 = fcntl(p0[0], F_DUPFD_CLOEXEC, 60), w0 = fcntl(p0[1], F_DUPFD_CLOEXEC, 62);
+    int r1 = fcntl(p1[0], F_DUPFD_CLOEXEC, 64), w1 = fcntl(p1[1], F_DUPFD_CLOEXEC, 66);
+    close(p0[0]), close(p0[1]), close(p1[0]), close(p1[1]);
+    if (dup3(w0, at0, O_CLOEXEC) < 0 || dup3(w1, at1, O_CLOEXEC) < 0)
+        _exit(11);
+    close(w0), close(w1);
+    memset(&o, 0, sizeof o);
+    o.keep[0] = at0;
+    o.keep[1] = at1;
+    o.nkeep = 2;
+    pid = proc_fork(&o);
+    if (pid == 0) {
+        int ok = write(3, "A", 1) == 1 && write(4, "B", 1) == 1 &&
+                 fcntl(3, F_GETFD) == FD_CLOEXEC && fcntl(4, F_GETFD) == FD_CLOEXEC;
+        for (int fd = 5; fd < 70; fd++)
+            if (fcntl(fd, F_GETFD) >= 0)
+                ok = 0;
+        _exit(ok ? 0 : 1);
+    }
+    if (pid < 0 || waitpid(pid, &ws, 0) != pid || !WIFEXITED(ws) || WEXITSTATUS(ws) != 0)
+        _exit(12);
+    close(at0), close(at1);
+    if (read(r0, &c0, 1) != 1 || read(r1, &c1, 1) != 1 || c0 != 'A' || c1 != 'B')
+        _exit(13);
+    _exit(0);
+}
+
+/* Every way the kept descriptors can sit against their targets 3 and 4:
+ * in place, swapped, above, and one in the range at the other's place
+ * (moved straight where nothing collides, through copies where it does). */
+static void test_keep_layouts(void **state)
+{
+    static const int cases[][2] = {{3, 4}, {4, 3}, {40, 41}, {41, 40}, {4, 40}, {40, 3},
+                                   {3, 40}, {40, 4}};
+    (void)state;
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int ws = 0;
+        pid_t pid = fork();
+        if (pid == 0)
+            keep_case(cases[i][0], cases[i][1]);
+        assert_true(pid > 0);
+        assert_int_equal(waitpid(pid, &ws, 0), pid);
+        assert_true(WIFEXITED(ws));
+        if (WEXITSTATUS(ws) != 0)
+            fail_msg("keep {%d, %d}: status %d", cases[i][0], cases[i][1], WEXITSTATUS(ws));
+    }
+}
+
+/* plain_signals (the spawner's way): the child only empties its mask; the
+ * parent's mask is as it was, and what it ignores stays ignored. */
+static void test_plain_signals(void **state)
+{
+    sigset_t blocked, old, now;
+    struct sigaction sa, old_pipe;
+    proc_fork_opts o;
+    int ws = 0;
+    pid_t pid;
+    (void)state;
+
+    sigemptyset(&blocked);
+    sigaddset(&blocked, SIGCHLD);
+    sigaddset(&blocked, SIGINT);
+    sigprocmask(SIG_BLOCK, &blocked, &old);
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, &old_pipe);
+    memset(&o, 0, sizeof o);
+    o.plain_signals = 1;
+    o.parent = getpid();
+    o.parent_death_signal = SIGTERM;
+    pid = proc_fork(&o);
+    if (pid == 0) {
+        sigset_t mask;
+        struct sigaction cur;
+        int bad = 0;
+        sigprocmask(SIG_SETMASK, NULL, &mask);
+        if (sigismember(&mask, SIGCHLD) || sigismember(&mask, SIGINT))
+            bad |= 1;
+        sigaction(SIGPIPE, NULL, &cur);
+        if (cur.sa_handler != SIG_IGN)
+            bad |= 2;
+        if (getpgrp() != getpid())
+            bad |= 4;
+        _exit(bad);
+    }
+    assert_true(pid > 0);
+    sigprocmask(SIG_SETMASK, NULL, &now);
+    assert_true(sigismember(&now, SIGCHLD) && sigismember(&now, SIGINT));
+    assert_int_equal(waitpid(pid, &ws, 0), pid);
+    assert_true(WIFEXITED(ws));
+    assert_int_equal(WEXITSTATUS(ws), 0);
+    sigaction(SIGPIPE, &old_pipe, NULL);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+}
+
 static void test_signal_group(void **state)
 {
     int ws = 0;
@@ -216,7 +329,9 @@ static size_t read_all(int fd, char *buf, size_t n)
  * SIGUSR1, blocked in the caller, unblocked in the program. Each failed
  * check is a bit of the test child's exit code.
  */
-static int exec_layout_child(void)
+/* plain: as the spawner calls it (no signal blocked around the vfork, its
+ * own pid given); the program's mask is empty all the same. */
+static int exec_layout_check(int plain)
 {
     int a[2], b[2], bad = 0, st;
     char out1[64], out3[64];
@@ -245,6 +360,8 @@ static int exec_layout_child(void)
     sigaddset(&usr1, SIGUSR1);
     sigprocmask(SIG_BLOCK, &usr1, NULL);
     memset(&o, 0, sizeof o);
+    o.plain_signals = plain;
+    o.parent = plain ? getpid() : 0;
     o.nfds = 4;
     o.fds[0] = -1;
     o.fds[1] = 3; /* pipe a */
@@ -334,10 +451,21 @@ static void assert_child_ok(int (*fn)(void))
     assert_int_equal(WEXITSTATUS(st), 0);
 }
 
+static int exec_layout_child(void)
+{
+    return exec_layout_check(0);
+}
+
+static int exec_layout_plain_child(void)
+{
+    return exec_layout_check(1);
+}
+
 static void test_exec_layout_mask_and_errors(void **state)
 {
     (void)state;
     assert_child_ok(exec_layout_child);
+    assert_child_ok(exec_layout_plain_child);
 }
 
 static void test_exec_script_without_shebang(void **state)
@@ -435,6 +563,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_after_fork),
         cmocka_unit_test(test_keep_swapped),
+        cmocka_unit_test(test_keep_layouts),
+        cmocka_unit_test(test_plain_signals),
         cmocka_unit_test(test_signal_group),
         cmocka_unit_test(test_exec_layout_mask_and_errors),
         cmocka_unit_test(test_exec_script_without_shebang),
