@@ -121,7 +121,9 @@ void sup_shutdown(sup *s)
              SF_FIELDS(SF_F_UINT("children", s->count), SF_F_DBL("grace_s", s->cfg.grace)),
              "shutting down: %u %s, up to %g s to finish", s->count, children_word(s->count),
              s->cfg.grace);
-    if (s->count > 0) {
+    /* A fork request the spawner has taken may still become a child: it
+     * gets the grace period too, so the timer runs for it as well. */
+    if (s->count > 0 || s->spawning > 0) {
         if (s->cfg.grace > 0) {
             ev_timer_set(&s->grace_timer, s->cfg.grace, 0.);
             ev_timer_start(s->loop, &s->grace_timer);
