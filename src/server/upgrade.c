@@ -709,6 +709,22 @@ static json_t *status_answer(void *arg)
     return o;
 }
 
+/* A failed try's new process is gone: our control path back, the waiting
+ * `ctl upgrade` answered, systemd told we serve as before. */
+static void failed_and_gone(sf_server *s)
+{
+    upgrade *u = &s->up;
+
+    u->restore_pending = 0;
+    control_back_home(s);
+    ctl_answer_waiting(&s->ctl, status_answer, s);
+    if (s->notify.fd >= 0 && !s->sup.shutting_down) {
+        char text[320];
+        snprintf(text, sizeof text, "READY=1\nSTATUS=upgrade failed: %s", u->why);
+        server_notify(s, text);
+    }
+}
+
 static void finish(sf_server *s, int ok)
 {
     upgrade *u = &s->up;
@@ -732,15 +748,15 @@ static void finish(sf_server *s, int ok)
             kill(u->child, SIGKILL);
     }
     u->state = UPGRADE_FAILED;
-    control_back_home(s);
-    ctl_answer_waiting(&s->ctl, status_answer, s);
     sf_logev(&s->log, SF_LOG_ERROR, "upgrade_failed", (int)u->child, NULL,
              SF_FIELDS(SF_F_STR("why", u->why)), "upgrade failed, serving on: %s", u->why);
-    if (s->notify.fd >= 0 && !s->sup.shutting_down) {
-        char text[320];
-        snprintf(text, sizeof text, "READY=1\nSTATUS=upgrade failed: %s", u->why);
-        server_notify(s, text);
-    }
+    /* SIGKILL is not instant: until it is reaped, the dying one might
+     * still rename its control socket over our path. Ours is put back,
+     * and `ctl upgrade` answered, once it is gone (upgrade_reaped). */
+    if (u->child > 0)
+        u->restore_pending = 1;
+    else
+        failed_and_gone(s);
 }
 
 static void drain_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -877,7 +893,11 @@ void upgrade_reaped(sf_server *s, pid_t pid, int wstatus)
         finish(s, 0);
         return;
     }
-    u->child = pid == u->child ? 0 : u->child;
+    if (pid == u->child) {
+        u->child = 0;
+        if (u->restore_pending)
+            failed_and_gone(s);
+    }
     sf_logev(&s->log, SF_LOG_WARN, "upgrade_child_exited", (int)pid, NULL,
              SF_FIELDS(SF_F_STATUS("status", st), SF_F_BOOL("next", pid == u->new_pid)),
              "upgrade: pid %d (%s) %s", (int)pid,
@@ -894,7 +914,7 @@ int upgrade_begin(sf_server *s, char *why, size_t len)
     struct rlimit fdlimit;
     pid_t pid;
 
-    if (u->state == UPGRADE_STARTING) {
+    if (u->state == UPGRADE_STARTING || u->restore_pending) {
         snprintf(why, len, "an upgrade is under way (pid %d)", (int)u->child);
         return -EALREADY;
     }
@@ -988,8 +1008,11 @@ void upgrade_on_shutdown(sf_server *s)
     finish(s, 0);
     /* Reaped here: the loop may end before SIGCHLD is handled, and an
      * embedding program must not be left a zombie. SIGKILL was sent. */
-    if (pid > 0 && waitpid(pid, &st, 0) == pid)
+    if (pid > 0 && waitpid(pid, &st, 0) == pid) {
         u->child = 0;
+        if (u->restore_pending)
+            failed_and_gone(s);
+    }
 }
 
 static void usr2_cb(struct ev_loop *loop, ev_signal *w, int revents)

@@ -59,6 +59,7 @@ typedef struct upgrade {
     pid_t new_pid;             /* the last try's process */
     char ctl_home[108];        /* our control path before the upgrade; "" none */
     int ctl_moved;             /* we answer at ctl path + ".PID" meanwhile */
+    int restore_pending;       /* failed: the path comes back once the child is reaped */
     int draining;
     ev_timer drain_timer;      /* grace over: the rest are ended */
     ev_timer drained;          /* the last connection went: exit */
