@@ -645,6 +645,22 @@ static unsigned publish(bus *b, bus_topic *t, const bus_msg *m, const endpoint *
     return n;
 }
 
+/* A message as the bus routes it (the rest zero: ok, and no subject). */
+static bus_msg msg_of(int kind, pid_t from, const char *topic, size_t topic_len,
+                      const unsigned char *data, size_t len)
+{
+    bus_msg m;
+
+    memset(&m, 0, sizeof m);
+    m.kind = kind;
+    m.from = from;
+    m.topic = topic;
+    m.topic_len = topic_len;
+    m.data = data;
+    m.len = len;
+    return m;
+}
+
 /* An error message back to a child: `code` (an errno value) in the
  * message's ok byte, the reason as its topic, and what it concerns (a pid,
  * a name, a topic) as its data, so a handler can act on it. */
@@ -661,13 +677,10 @@ static void send_error(endpoint *e, int code, const char *subject, size_t subjec
     va_start(ap, fmt);
     n = vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
-    memset(&m, 0, sizeof m);
-    m.kind = SF_MSG_ERROR;
+    m = msg_of(SF_MSG_ERROR, 0, text,
+               n < 0 ? 0 : (size_t)n >= sizeof text ? sizeof text - 1 : (size_t)n,
+               (const unsigned char *)subject, subject_len);
     m.ok = code;
-    m.topic = text;
-    m.topic_len = n < 0 ? 0 : (size_t)n >= sizeof text ? sizeof text - 1 : (size_t)n;
-    m.data = (const unsigned char *)subject;
-    m.len = subject_len;
     (void)bus_deliver(e, &m);
 }
 
@@ -845,13 +858,7 @@ static int topic_publish(bus *b, const char *name, size_t name_len, pid_t from,
     bus_topic *t = topic_get(b, name, name_len, b->cfg.history > 0);
     bus_msg m;
 
-    memset(&m, 0, sizeof m);
-    m.kind = SF_MSG_TOPIC;
-    m.from = from;
-    m.topic = name;
-    m.topic_len = name_len;
-    m.data = data;
-    m.len = len;
+    m = msg_of(SF_MSG_TOPIC, from, name, name_len, data, len);
     if (!t)
         return b->cfg.history > 0 ? -ENOSPC : 0; /* nobody subscribes, nothing is kept */
     (void)publish(b, t, &m, except);
@@ -928,12 +935,7 @@ static void listing_send(endpoint *e, const bus_op *op, int kind, listing *l, co
 {
     bus_msg m;
 
-    memset(&m, 0, sizeof m);
-    m.kind = kind;
-    m.topic = op->name;
-    m.topic_len = op->name_len;
-    m.data = (const unsigned char *)l->text;
-    m.len = l->len;
+    m = msg_of(kind, 0, op->name, op->name_len, (const unsigned char *)l->text, l->len);
     if (l->failed)
         send_error(e, ENOMEM, op->name, op->name_len, "%s: out of memory", what);
     else if (bus_deliver(e, &m) == -EMSGSIZE)
@@ -1669,11 +1671,7 @@ unsigned bus_inject_broadcast(bus *b, pid_t from, const unsigned char *data, siz
 {
     bus_msg m;
 
-    memset(&m, 0, sizeof m);
-    m.kind = SF_MSG_BROADCAST;
-    m.from = from;
-    m.data = data;
-    m.len = len;
+    m = msg_of(SF_MSG_BROADCAST, from, NULL, 0, data, len);
     return broadcast_local(b, &m, NULL);
 }
 
@@ -1685,13 +1683,7 @@ int bus_inject_send_name(bus *b, const char *name, size_t name_len, pid_t from,
 
     if (!n)
         return -ESRCH;
-    memset(&m, 0, sizeof m);
-    m.kind = SF_MSG_NAME;
-    m.from = from;
-    m.topic = name;
-    m.topic_len = name_len;
-    m.data = data;
-    m.len = len;
+    m = msg_of(SF_MSG_NAME, from, name, name_len, data, len);
     return bus_deliver(n->holder, &m);
 }
 

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from conftest import (BIN, LONG_WAIT, WAIT, Control, Log, control_path, proc_stat, run_cli,
-                      server_env, session_members)
+from conftest import (BIN, LONG_WAIT, WAIT, Control, Log, control_path, proc_stat,
+                      recv_until_eof, run_cli, server_env, session_members)
+from test_deploy import Notifications
 
 
 def ctl(path, *args, timeout=LONG_WAIT + 10):
@@ -297,30 +298,6 @@ def test_upgrade_of_a_default_control_path_and_a_unix_listener(sockfork, tmp_pat
     assert not os.path.exists(new_ctl)
 
 
-class Notifications:
-    def __init__(self, address):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(address)
-        self.lines = []
-        self.pos = 0
-
-    def wait(self, pattern, timeout=WAIT):
-        deadline = time.monotonic() + timeout
-        while True:
-            for i in range(self.pos, len(self.lines)):
-                if re.search(pattern, self.lines[i]):
-                    self.pos = i + 1
-                    return self.lines[i]
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError("no notification matching %r in %r" % (pattern, self.lines))
-            self.sock.settimeout(left)
-            try:
-                self.lines += self.sock.recv(4096).decode().splitlines()
-            except socket.timeout:
-                pass
-
-
 def test_systemd_hears_of_the_new_main_pid(sockfork, tmp_path):
     address = str(tmp_path / "notify.sock")
     n = Notifications(address)
@@ -338,7 +315,7 @@ def test_systemd_hears_of_the_new_main_pid(sockfork, tmp_path):
         stop_generation(srv, new)
         n.wait(r"^STOPPING=1$")
     finally:
-        n.sock.close()
+        n.close()
 
 
 def test_upgrade_of_a_socket_activated_server(tmp_path):
@@ -524,12 +501,7 @@ def test_the_metrics_socket_goes_to_the_new_generation(sockfork, tmp_path):
     def scrape():
         s = socket.create_connection(("127.0.0.1", mport), timeout=WAIT)
         s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = recv_until_eof(s)
         s.close()
         return data.decode()
 
@@ -557,12 +529,7 @@ def test_two_upgrade_requests_on_one_connection_and_a_half_closed_client(sockfor
     c.connect(ctl_path)
     c.sendall(b'{"cmd":"upgrade"}\n{"cmd":"upgrade"}\n')
     c.shutdown(socket.SHUT_WR)
-    data = b""
-    while True:
-        chunk = c.recv(65536)
-        if not chunk:
-            break
-        data += chunk
+    data = recv_until_eof(c, timeout=LONG_WAIT)
     c.close()
     import json
     first, second = [json.loads(line) for line in data.decode().splitlines()]
