@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import (BIN, LONG_WAIT, WAIT, Control, Log, control_path, proc_stat,
-                      recv_until_eof, run_cli, server_env, session_members)
+                      recv_exact, recv_until_eof, run_cli, server_env, session_members)
 from test_deploy import Notifications
 
 
@@ -48,6 +48,17 @@ def echo_once(port, payload, timeout=WAIT):
                 break
             got += chunk
         return got
+    finally:
+        s.close()
+
+
+def echo_unix(path, payload):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(WAIT)
+    try:
+        s.connect(path)
+        s.sendall(payload)
+        return recv_exact(s, len(payload))
     finally:
         s.close()
 
@@ -287,12 +298,7 @@ def test_upgrade_of_a_default_control_path_and_a_unix_listener(sockfork, tmp_pat
     assert srv.wait_exit(LONG_WAIT) == 0  # nothing to drain
     assert os.path.exists(new_ctl) and not os.path.exists(old_ctl)
     assert not os.path.exists(old_ctl + ".%d" % srv.pid)
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(WAIT)
-    s.connect(sock_path)
-    s.sendall(b"u")
-    assert s.recv(1) == b"u"
-    s.close()
+    assert echo_unix(sock_path, b"u") == b"u"
     stop_generation(srv, new)
     assert not os.path.exists(sock_path)
     assert not os.path.exists(new_ctl)
@@ -336,13 +342,7 @@ def test_upgrade_of_a_socket_activated_server(tmp_path):
         log.wait(r"^Listening on .* as \d+\.$")
 
         def echo(data):
-            s = socket.socket(socket.AF_UNIX)
-            s.settimeout(WAIT)
-            s.connect(path)
-            s.sendall(data)
-            got = s.recv(len(data))
-            s.close()
-            return got
+            return echo_unix(path, data)
 
         assert echo(b"1") == b"1"  # starts sockfork
         log.wait(r"^sockfork: control socket unix:")
@@ -480,12 +480,7 @@ def test_a_new_one_failing_after_it_took_the_sockets_leaves_them_to_the_old_one(
     rc, out, err = ctl(ctl_path, "upgrade")
     assert rc == 1 and re.search(r"exited 2 before it was ready", err), err
     assert os.path.exists(sock_path)
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(WAIT)
-    s.connect(sock_path)
-    s.sendall(b"u")
-    assert s.recv(1) == b"u"
-    s.close()
+    assert echo_unix(sock_path, b"u") == b"u"
     assert echo_once(srv.address("tcp")[1], b"t\n") == b"t\n"
     busy.close()
     srv.stop()
