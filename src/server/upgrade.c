@@ -197,7 +197,10 @@ int upgrade_init(sf_server *s)
 
     u->link = u->from = -1;
     u->generation = 1;
-    u->exe = binary_path(s, exe, sizeof exe) == 0 ? strdup(exe) : NULL;
+    /* In memory the spawner and children do not get (a pointer to it
+     * would be a leak there); upgrade_begin copies it before its fork. */
+    if (binary_path(s, exe, sizeof exe) == 0 && (u->exe = os_nofork_calloc(1, strlen(exe) + 1)))
+        strcpy(u->exe, exe);
     (void)n;
     if (!env)
         return 0;
@@ -909,7 +912,7 @@ int upgrade_begin(sf_server *s, char *why, size_t len)
     upgrade *u = &s->up;
     handover h;
     int sv[2] = {-1, -1}, rc, has_fdlimit;
-    const char *exe;
+    char exe[PATH_MAX];
     char *const *argv;
     struct rlimit fdlimit;
     pid_t pid;
@@ -944,7 +947,7 @@ int upgrade_begin(sf_server *s, char *why, size_t len)
      * per upgrade of a process that may be large: fine. What the child
      * reads is copied out of s first: s is os_nofork memory, which the
      * child does not have. */
-    exe = u->exe;
+    snprintf(exe, sizeof exe, "%s", u->exe);
     argv = s->opts.upgrade_argv;
     fdlimit = s->orig_fdlimit;
     has_fdlimit = s->have_orig_fdlimit;
@@ -1080,7 +1083,7 @@ void upgrade_fini(sf_server *s)
         if (u->inh[i].fd >= 0)
             close(u->inh[i].fd);
     u->ninh = 0;
-    free(u->exe);
+    os_nofork_free(u->exe);
     u->exe = NULL;
 }
 
