@@ -495,7 +495,8 @@ def test_scrapers_at_once_are_bounded(sockfork, tmp_path):
 
 # ------------------------------------------------------------ sockfork run
 
-from test_run import parse_summary, read_joblog, release, sf, wait_until, write_script  # noqa: E402,F401
+from test_run import (parse_summary, read_joblog, release, sf,  # noqa: E402,F401
+                      wait_until, write_script)
 
 # A task blocks until the test writes a line into its FIFO, then exits 3
 # if it is B, 0 otherwise.
