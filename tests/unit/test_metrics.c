@@ -141,12 +141,13 @@ typedef struct fixture {
 static json_t *snapshot(void *arg)
 {
     fixture *f = arg;
-    json_t *top = json_object();
+    json_t *top;
     char key[32];
 
     f->snapshots++;
     if (f->topics < 0)
         return NULL; /* out of memory, as server_stats says it */
+    top = json_object();
     for (int i = 0; i < f->topics; i++) {
         snprintf(key, sizeof key, "room:t%06d", i);
         json_object_set_new(top, key, json_integer(i));
