@@ -1063,6 +1063,8 @@ static int opt_help(run_state *st, const char *v)
                  o->short_name ? o->short_name : ' ', o->short_name ? ',' : ' ', o->name,
                  o->arg ? " " : "", o->arg ? o->arg : "");
         printf("  %-*s", HELP_COLUMN - 2, left);
+        if (strlen(left) >= HELP_COLUMN - 2) /* no room for a space: the help below */
+            printf("\n%*s", HELP_COLUMN, "");
         for (const char *p = o->help; *p; p++) {
             putchar(*p);
             if (*p == '\n')
