@@ -8,7 +8,9 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -180,6 +182,58 @@ static void test_scraped_while_running(void **state)
     sf_pool_free(p);
 }
 
+/* Its descriptors' targets, one a line, as its result (the directory's
+ * own descriptor left out). */
+static int list_fds(sf_task *t, const void *arg, size_t len, void *task_arg)
+{
+    char out[4096], target[256];
+    size_t used = 0;
+    struct dirent *e;
+    DIR *d = opendir("/proc/self/fd");
+
+    (void)arg;
+    (void)len;
+    (void)task_arg;
+    if (!d)
+        return 2;
+    while ((e = readdir(d)) != NULL) {
+        ssize_t n;
+        if (e->d_name[0] == '.' || atoi(e->d_name) == dirfd(d))
+            continue;
+        if ((n = readlinkat(dirfd(d), e->d_name, target, sizeof target - 1)) < 0)
+            continue;
+        target[n] = '\0';
+        used += (size_t)snprintf(out + used, sizeof out - used, "%s %s\n", e->d_name, target);
+        if (used >= sizeof out)
+            break;
+    }
+    closedir(d);
+    return used < sizeof out && sf_task_result(t, out, used) == 0 ? 0 : 3;
+}
+
+/* A C task's worker, forked while the endpoint listens, has neither its
+ * listener nor the loop's epoll: its stdio and its channel only. */
+static void test_worker_has_no_metrics_descriptor(void **state)
+{
+    sf_pool_opts o = base_opts(list_fds);
+    sf_pool *p;
+    int sockets = 0;
+
+    (void)state;
+    o.jobs = 1;
+    o.metrics_addr = "127.0.0.1:0";
+    assert_int_equal(sf_pool_new(&p, &o), 0);
+    scraped_len = 0;
+    assert_int_equal(sf_pool_submit(p, "x", 1, NULL, NULL), 0);
+    assert_int_equal(sf_pool_run(p), 0);
+    assert_true(scraped_len > 0);
+    for (const char *s = scraped; (s = strstr(s, "socket:")) != NULL; s++)
+        sockets++;
+    assert_int_equal(sockets, 1); /* the channel */
+    assert_null(strstr(scraped, "eventpoll"));
+    sf_pool_free(p);
+}
+
 /* A taken port and a malformed address fail sf_pool_new, which leaves
  * nothing behind. */
 static void test_bind_errors_at_new(void **state)
@@ -213,6 +267,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_snapshot_and_body),
         cmocka_unit_test(test_scraped_while_running),
+        cmocka_unit_test(test_worker_has_no_metrics_descriptor),
         cmocka_unit_test(test_bind_errors_at_new),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
