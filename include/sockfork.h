@@ -860,6 +860,17 @@ typedef struct sf_pool_opts {
     /* structured logs */
     sf_log_record_cb log_record; /* each line as a record; NULL = none */
     void *log_record_arg;
+    /* metrics */
+    /* NULL, or where to serve Prometheus metrics over HTTP (GET /metrics,
+     * the text format 0.0.4; docs/design.md, "Metrics"), with the server's
+     * syntax, bounds and answers (sf_server_opts.metrics_addr): bound by
+     * sf_pool_new (which then fails with its -errno: -EADDRINUSE,
+     * -EINVAL, ...), answered while sf_pool_run runs (a scraper that comes
+     * before or after waits in the listen backlog), closed (its Unix path
+     * removed) by sf_pool_free. The numbers are sf_pool_get_stats's, with
+     * jobs and the process's CPU, memory and start time. Its descriptors
+     * are close-on-exec and never reach a task. */
+    const char *metrics_addr;
 } sf_pool_opts;
 
 /* Fills o with the defaults above. */
@@ -926,6 +937,9 @@ typedef struct sf_pool_stats {
 SF_EXTERN void sf_pool_get_stats(const sf_pool *p, sf_pool_stats *out);
 SF_EXTERN size_t sf_pool_running(const sf_pool *p, sf_task_info *out, size_t max);
 SF_EXTERN unsigned sf_pool_jobs(const sf_pool *p);
+/* The metrics endpoint's address (opts.metrics_addr, a port 0 resolved),
+ * or NULL if there is none. Owned by p. */
+SF_EXTERN const sf_addr *sf_pool_metrics_addr(const sf_pool *p);
 /* Kills and reaps what still runs (reporting its tasks, and those never
  * started, to on_done), frees everything. Not from a callback. NULL is
  * fine. */

@@ -114,6 +114,8 @@ int sf_pool_new(sf_pool **out, const sf_pool_opts *o)
         rc = -errno;
         goto fail;
     }
+    if ((rc = pool_metrics_open(p)) < 0)
+        goto fail;
     *out = p;
     return 0;
 
@@ -533,7 +535,7 @@ int sf_pool_run(sf_pool *p)
         if (p->run_err || all_done(p))
             break;
         ms = wait_ms(p, now, next_tick);
-        n = epoll_wait(p->ep, evs, EVENTS_MAX, ms);
+        n = pool_wait(p, evs, EVENTS_MAX, ms);
         if (n < 0 && errno != EINTR) {
             rc = -errno;
             sf_logev(&p->log, SF_LOG_ERROR, "pool_failed", 0, NULL,
@@ -611,6 +613,7 @@ void sf_pool_free(sf_pool *p)
         free(t->arg);
         free(t);
     }
+    pool_metrics_close(p); /* its loop watches ep */
     if (p->ep >= 0)
         close(p->ep);
     if (p->cancel_fd >= 0)

@@ -15,6 +15,8 @@
  *             the report to on_done, a halt after failures.
  *
  *   worker.c  the worker's own side, in the child: its loop, sf_task_*.
+ *   scrape.c  the metrics endpoint (metrics_addr): its snapshot, and the
+ *             libev loop sf_pool_run then waits in.
  *
  * A command: pool.c schedule -> launch.c pool_start_attempt (RUNNING)
  * -> taskio.c reads -> end.c pool_on_exit (EXITED, reaped, FREE) ->
@@ -34,8 +36,11 @@
 #include "process/groups.h"
 #include "process/stop.h"
 
+#include <ev.h>
+#include <jansson.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <sys/epoll.h>
 #include <sys/types.h>
 
 /* Why an attempt was stopped. The first reason wins, decided in
@@ -180,6 +185,13 @@ struct sf_pool {
      * the run starts) in a worker; those and SIGPIPE in a command's. */
     sigset_t caught_signals, reset_signals;
 
+    /* metrics_addr: the endpoint, on a libev loop of its own that also
+     * watches ep while the run waits (scrape.c); all NULL without. */
+    struct ev_loop *mloop;
+    struct metrics *metrics;
+    ev_io pool_ready;            /* ep is readable */
+    ev_timer pool_wait;          /* the run's wait is over */
+
     os_sched_saved slice;        /* the loop's thread's slice while it runs */
     proc_guard guard;            /* ends the tasks' groups if we are killed */
 
@@ -257,6 +269,18 @@ void pool_retire_worker(sf_pool *p, pool_slot *s);
 void pool_report_unrun(sf_pool *p, pool_task *t);
 /* Kills and reaps every process of the pool, reporting their tasks. */
 void pool_abort(sf_pool *p, double now);
+
+/* scrape.c: the metrics endpoint. */
+/* Binds metrics_addr, if any, on a loop of the pool's own (after ep is
+ * made): 0 or -errno. */
+int pool_metrics_open(sf_pool *p);
+/* Closes it (its Unix path removed) and its loop; nothing open is fine. */
+void pool_metrics_close(sf_pool *p);
+/* epoll_wait on ep for at most ms (-1: no limit), serving scrapes
+ * meanwhile when metrics are on. */
+int pool_wait(sf_pool *p, struct epoll_event *evs, int max, int ms);
+/* The snapshot /metrics renders: a new reference, or NULL (no memory). */
+json_t *pool_stats_json(const sf_pool *p);
 
 /* worker.c: the worker's life, in the child; never returns. */
 void pool_worker_main(sf_pool *p, pool_task *first, unsigned slot, int last)

@@ -514,26 +514,11 @@ static json_t *bus_numbers(sf_server *s, const bus_stats *bs, const topic_top *t
                      "history_bytes", (json_int_t)bs->history_bytes);
 }
 
-/* `process`: the supervisor's own cost, and the version; null for what
- * /proc could not tell. */
-static json_t *process_numbers(void)
-{
-    os_proc_usage u;
-
-    (void)os_proc_self(&u);
-    return json_pack("{s:o, s:o, s:o, s:s}", "cpu_seconds",
-                     u.cpu_seconds < 0 ? json_null() : json_real(u.cpu_seconds),
-                     "resident_bytes",
-                     u.resident_bytes < 0 ? json_null() : json_integer((json_int_t)u.resident_bytes),
-                     "start_time_seconds",
-                     u.start_time < 0 ? json_null() : json_real(u.start_time), "version",
-                     sf_version());
-}
-
 /* Every number comes from one of four snapshots: the server's own
  * counters, the supervisor's (sup_get_stats), the bus's (bus_get_stats,
- * bus_each_topic) and the process's (os_proc_self). `ctl stats` answers
- * with it, and /metrics renders it (metrics.c): one source for both. */
+ * bus_each_topic) and the process's (metrics_process_numbers). `ctl
+ * stats` answers with it, and /metrics renders it (metrics.c): one source
+ * for both. */
 json_t *server_stats(void *arg)
 {
     sf_server *s = arg;
@@ -582,7 +567,7 @@ json_t *server_stats(void *arg)
                             counts_by_kind(bs.counted.dropped_by_kind, msg_kind_names)) < 0 ||
         json_object_set_new(r, "bus", bus_numbers(s, &bs, tt)) < 0 ||
         json_object_set_new(r, "top_topics", top_topics(tt)) < 0 ||
-        json_object_set_new(r, "process", process_numbers()) < 0) {
+        json_object_set_new(r, "process", metrics_process_numbers()) < 0) {
         json_decref(r);
         r = NULL;
     }

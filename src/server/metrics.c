@@ -99,7 +99,7 @@ typedef struct metric_def {
 
 /* The families, in order; samples of one family are consecutive rows. The
  * keys are those of commands.c's server_stats (docs/protocol.md). */
-static const metric_def metric_defs[] = {
+static const metric_def server_defs[] = {
     {"sockfork_connections_accepted_total", "counter", "Connections handed to a child or worker.",
      M_ONE, "accepted", NULL, NULL},
     {"sockfork_connections_active", "gauge", "Connections being served now.", M_ONE, "active",
@@ -175,16 +175,67 @@ static const metric_def metric_defs[] = {
     {"sockfork_bus_names", "gauge", "Names claimed on the bus.", M_ONE, "bus.names", NULL, NULL},
     {"sockfork_bus_history_bytes", "gauge", "Bytes the topics' history keeps.", M_ONE,
      "bus.history_bytes", NULL, NULL},
-    {"process_cpu_seconds_total", "counter", "User and system CPU time of the supervisor.",
-     M_ONE, "process.cpu_seconds", NULL, NULL},
-    {"process_resident_memory_bytes", "gauge", "Resident memory of the supervisor.", M_ONE,
+};
+
+/* The task pool's families (`sockfork run --metrics`), from the object
+ * pool_stats_json builds (src/pool/scrape.c): sf_pool_stats's names.
+ * Its "failed" is the sum of the five failed_total reasons, and left out. */
+static const metric_def pool_defs[] = {
+    {"sockfork_tasks_submitted_total", "counter", "Tasks submitted to the pool.", M_ONE,
+     "submitted", NULL, NULL},
+    {"sockfork_tasks_started_total", "counter", "Attempts started, retries included.", M_ONE,
+     "started", NULL, NULL},
+    {"sockfork_tasks_retried_total", "counter", "Attempts beyond a task's first.", M_ONE,
+     "retried", NULL, NULL},
+    {"sockfork_tasks_succeeded_total", "counter", "Tasks whose last attempt succeeded.", M_ONE,
+     "ok", NULL, NULL},
+    {"sockfork_tasks_failed_total", "counter",
+     "Tasks that failed, by how their last attempt ended.", M_LABEL, "failed_by_code", "reason",
+     "exit_code"},
+    {"sockfork_tasks_failed_total", NULL, NULL, M_LABEL, "killed_by_signal", "reason", "signal"},
+    {"sockfork_tasks_failed_total", NULL, NULL, M_LABEL, "timed_out", "reason", "timeout"},
+    {"sockfork_tasks_failed_total", NULL, NULL, M_LABEL, "output_limited", "reason",
+     "output_limit"},
+    {"sockfork_tasks_failed_total", NULL, NULL, M_LABEL, "spawn_errors", "reason", "spawn_error"},
+    {"sockfork_tasks_cancelled_total", "counter",
+     "Tasks never run: the pool halted or was cancelled first.", M_ONE, "cancelled", NULL, NULL},
+    {"sockfork_tasks_running", "gauge", "Attempts running now.", M_ONE, "running", NULL, NULL},
+    {"sockfork_tasks_pending", "gauge", "Tasks submitted and waiting to start.", M_ONE, "pending",
+     NULL, NULL},
+    {"sockfork_tasks_max", "gauge", "Tasks run at once at most (-j).", M_ONE, "jobs", NULL, NULL},
+    {"sockfork_task_workers_started_total", "counter", "Worker processes forked for C tasks.",
+     M_ONE, "workers_started", NULL, NULL},
+    {"sockfork_tasks_halted", "gauge", "1 once a halt condition was met (--halt).", M_ONE,
+     "halted", NULL, NULL},
+    {"sockfork_tasks_cancel_requested", "gauge", "1 once the run was cancelled (a stop signal).",
+     M_ONE, "cancelled_by_request", NULL, NULL},
+};
+
+/* Every endpoint's last families: the process that serves it (the
+ * supervisor, or the pool's runner), from the snapshot's "process" object
+ * (metrics_process_numbers), named as every client library names them. */
+static const metric_def process_defs[] = {
+    {"process_cpu_seconds_total", "counter",
+     "User and system CPU time of the process (the supervisor, or sockfork run).", M_ONE,
+     "process.cpu_seconds", NULL, NULL},
+    {"process_resident_memory_bytes", "gauge", "Resident memory of the process.", M_ONE,
      "process.resident_bytes", NULL, NULL},
     {"process_start_time_seconds", "gauge",
-     "Start time of the supervisor since the Unix epoch.", M_ONE, "process.start_time_seconds",
+     "Start time of the process since the Unix epoch.", M_ONE, "process.start_time_seconds",
      NULL, NULL},
     {"sockfork_build_info", "gauge", "The version of sockfork, as a label.", M_INFO,
      "process.version", "version", NULL},
 };
+
+struct metrics_table {
+    const metric_def *defs;
+    size_t n;
+};
+
+#define TABLE(defs) {defs, sizeof defs / sizeof defs[0]}
+const metrics_table metrics_server_table = TABLE(server_defs);
+const metrics_table metrics_pool_table = TABLE(pool_defs);
+static const metrics_table process_table = TABLE(process_defs);
 
 /* The value at "key" or "object.key". */
 static const json_t *lookup(const json_t *stats, const char *path)
@@ -242,19 +293,19 @@ static void sample_name(metrics_buf *b, const char *name, const char *label, con
 }
 
 /* The row that starts row i's family: it has the HELP and TYPE. */
-static const metric_def *head_of(size_t i)
+static const metric_def *head_of(const metrics_table *t, size_t i)
 {
-    while (i > 0 && !metric_defs[i].help)
+    while (i > 0 && !t->defs[i].help)
         i--;
-    return &metric_defs[i];
+    return &t->defs[i];
 }
 
-int metrics_render(const json_t *stats, metrics_buf *out)
+static void render_table(const metrics_table *t, const json_t *stats, metrics_buf *out)
 {
     const metric_def *family = NULL;
 
-    for (size_t i = 0; i < sizeof metric_defs / sizeof metric_defs[0]; i++) {
-        const metric_def *d = &metric_defs[i], *head = head_of(i);
+    for (size_t i = 0; i < t->n; i++) {
+        const metric_def *d = &t->defs[i], *head = head_of(t, i);
         const json_t *v = lookup(stats, d->path), *member;
         const char *key;
 
@@ -289,7 +340,28 @@ int metrics_render(const json_t *stats, metrics_buf *out)
             break;
         }
     }
+}
+
+int metrics_render(const metrics_table *t, const json_t *stats, metrics_buf *out)
+{
+    render_table(t, stats, out);
+    render_table(&process_table, stats, out);
     return out->failed;
+}
+
+json_t *metrics_process_numbers(void)
+{
+    os_proc_usage u;
+
+    (void)os_proc_self(&u);
+    return json_pack("{s:o, s:o, s:o, s:s}", "cpu_seconds",
+                     u.cpu_seconds < 0 ? json_null() : json_real(u.cpu_seconds),
+                     "resident_bytes",
+                     u.resident_bytes < 0 ? json_null()
+                                          : json_integer((json_int_t)u.resident_bytes),
+                     "start_time_seconds",
+                     u.start_time < 0 ? json_null() : json_real(u.start_time), "version",
+                     sf_version());
 }
 
 /* ------------------------------------------------------------- endpoint */
@@ -315,6 +387,7 @@ struct metrics {
     listener lis;
     ev_io accept_io;
     ev_timer accept_pause;    /* accept failed for lack of descriptors */
+    const metrics_table *table;
     metrics_snapshot_cb snapshot;
     void *arg;
     unsigned active;
@@ -445,7 +518,7 @@ static char *render_body(metrics *m, int *status)
     *status = 500;
     if (!stats)
         return NULL;
-    if (metrics_render(stats, &b) < 0 || !b.p) {
+    if (metrics_render(m->table, stats, &b) < 0 || !b.p) {
         json_decref(stats);
         free(b.p);
         return NULL;
@@ -592,7 +665,7 @@ static void accept_pause_cb(struct ev_loop *loop, ev_timer *w, int revents)
 }
 
 static int open_with(metrics **out, struct ev_loop *loop, const sf_addr *a, const listener *taken,
-                     metrics_snapshot_cb snapshot, void *arg)
+                     const metrics_table *table, metrics_snapshot_cb snapshot, void *arg)
 {
     metrics *m;
     int rc;
@@ -601,6 +674,7 @@ static int open_with(metrics **out, struct ev_loop *loop, const sf_addr *a, cons
     if (!(m = os_nofork_calloc(1, sizeof *m)))
         return -ENOMEM;
     m->loop = loop;
+    m->table = table;
     m->snapshot = snapshot;
     m->arg = arg;
     for (unsigned i = 0; i < METRICS_SCRAPERS_MAX; i++) {
@@ -623,7 +697,7 @@ static int open_with(metrics **out, struct ev_loop *loop, const sf_addr *a, cons
 }
 
 int metrics_open(metrics **out, struct ev_loop *loop, const char *addr,
-                 metrics_snapshot_cb snapshot, void *arg)
+                 const metrics_table *table, metrics_snapshot_cb snapshot, void *arg)
 {
     sf_addr a;
     int rc;
@@ -631,13 +705,13 @@ int metrics_open(metrics **out, struct ev_loop *loop, const char *addr,
     *out = NULL;
     if ((rc = addr_parse(&a, addr, 1)) < 0)
         return rc;
-    return open_with(out, loop, &a, NULL, snapshot, arg);
+    return open_with(out, loop, &a, NULL, table, snapshot, arg);
 }
 
 int metrics_open_on(metrics **out, struct ev_loop *loop, const listener *taken,
-                    metrics_snapshot_cb snapshot, void *arg)
+                    const metrics_table *table, metrics_snapshot_cb snapshot, void *arg)
 {
-    return open_with(out, loop, &taken->addr, taken, snapshot, arg);
+    return open_with(out, loop, &taken->addr, taken, table, snapshot, arg);
 }
 
 const sf_addr *metrics_addr(const metrics *m)

@@ -1,9 +1,11 @@
 /*
  * metrics.h - the Prometheus endpoint (`--metrics ADDR`): an HTTP server
- * on the supervisor's loop that answers GET /metrics in the text
- * exposition format 0.0.4, rendered from the same JSON object `ctl stats`
- * answers with (one source: the renderer only renames and labels what the
- * snapshot says).
+ * on a libev loop that answers GET /metrics in the text exposition format
+ * 0.0.4, rendered from a JSON snapshot through a table chosen by the
+ * caller: the server's (on the supervisor's loop, from the object `ctl
+ * stats` answers with) or the task pool's (on a loop of the pool's own,
+ * from pool_stats_json). One source: the renderer only renames and labels
+ * what the snapshot says.
  *
  * It never blocks the loop, and everything about a scraper is bounded
  * (docs/design.md, "Metrics"):
@@ -49,10 +51,21 @@ typedef struct metrics_buf {
     int failed;    /* -ENOSPC (past max) or -ENOMEM: what was cut */
 } metrics_buf;
 
-/* The stats object (as `ctl stats` answers) in the text format: a HELP and
- * a TYPE line before each family's first sample, families without a
- * sample left out. Appends to out; returns 0 or out->failed. */
-int metrics_render(const json_t *stats, metrics_buf *out);
+/* Which numbers of a snapshot are which metric families (metrics.c). */
+typedef struct metrics_table metrics_table;
+extern const metrics_table metrics_server_table; /* `ctl stats`'s object (server_stats) */
+extern const metrics_table metrics_pool_table;   /* the task pool's (pool_stats_json) */
+
+/* A snapshot in the text format, through table t and then the process
+ * families every endpoint has (its "process" object): a HELP and a TYPE
+ * line before each family's first sample, families without a sample left
+ * out. Appends to out; returns 0 or out->failed. */
+int metrics_render(const metrics_table *t, const json_t *stats, metrics_buf *out);
+
+/* The snapshot's "process" object, for this process: CPU seconds,
+ * resident bytes, start time (each null if /proc cannot tell) and
+ * sf_version(). A new reference, or NULL (out of memory). */
+json_t *metrics_process_numbers(void);
 
 /* Appends a label value, escaped as the format wants (backslash, double
  * quote, newline). */
@@ -65,17 +78,18 @@ typedef struct metrics metrics;
 /*
  * Listens on addr (sf_addr_parse's syntax; a Unix path is created, a stale
  * socket replaced, and removed by metrics_close) and serves scrapers on
- * loop, each answer rendered from snapshot(arg), called on the loop.
+ * loop, each answer rendered through table from snapshot(arg), called on
+ * the loop. The listener and every scraper's socket are close-on-exec.
  * Returns 0 with *out set, or -errno (-EINVAL for a malformed address,
  * -EADDRINUSE, ...).
  */
 int metrics_open(metrics **out, struct ev_loop *loop, const char *addr,
-                 metrics_snapshot_cb snapshot, void *arg);
+                 const metrics_table *table, metrics_snapshot_cb snapshot, void *arg);
 
 /* As metrics_open, on a socket listening already (taken: an upgrade's
  * previous generation handed it over), never bound again. */
 int metrics_open_on(metrics **out, struct ev_loop *loop, const listener *taken,
-                    metrics_snapshot_cb snapshot, void *arg);
+                    const metrics_table *table, metrics_snapshot_cb snapshot, void *arg);
 
 /* The bound address (a port 0 resolved). */
 const sf_addr *metrics_addr(const metrics *m);

@@ -1095,12 +1095,14 @@ static int open_metrics(sf_server *s)
     if ((rc = addr_parse(&a, s->opts.metrics_addr, 1)) < 0)
         return rc;
     if (upgrade_take_metrics(s, &a, &taken)) {
-        if ((rc = metrics_open_on(&s->metrics, s->loop, &taken, server_stats, s)) < 0)
+        if ((rc = metrics_open_on(&s->metrics, s->loop, &taken, &metrics_server_table,
+                                   server_stats, s)) < 0)
             return rc;
         upgrade_claim_path(s, metrics_listener(s->metrics));
         return 0;
     }
-    return metrics_open(&s->metrics, s->loop, s->opts.metrics_addr, server_stats, s);
+    return metrics_open(&s->metrics, s->loop, s->opts.metrics_addr, &metrics_server_table,
+                        server_stats, s);
 }
 
 int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handler, void *arg)

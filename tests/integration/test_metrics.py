@@ -491,3 +491,187 @@ def test_scrapers_at_once_are_bounded(sockfork, tmp_path):
             break
         assert status == 503 and time.monotonic() < deadline, status
         time.sleep(0.05)
+
+
+# ------------------------------------------------------------ sockfork run
+
+from test_run import (parse_summary, read_joblog, release, sf,  # noqa: E402,F401
+                      wait_until, write_script)
+
+# A task blocks until the test writes a line into its FIFO, then exits 3
+# if it is B, 0 otherwise.
+BLOCK_SH = r"""
+read x < "fifo.$1"
+[ "$1" != B ] || exit 3
+"""
+
+# sockfork run's families, written out again here (not read from the C
+# table): sf_pool_stats's names.
+RUN_ONE = {
+    "submitted": "sockfork_tasks_submitted_total",
+    "started": "sockfork_tasks_started_total",
+    "retried": "sockfork_tasks_retried_total",
+    "ok": "sockfork_tasks_succeeded_total",
+    "cancelled": "sockfork_tasks_cancelled_total",
+    "running": "sockfork_tasks_running",
+    "pending": "sockfork_tasks_pending",
+    "jobs": "sockfork_tasks_max",
+    "workers_started": "sockfork_task_workers_started_total",
+    "halted": "sockfork_tasks_halted",
+    "cancelled_by_request": "sockfork_tasks_cancel_requested",
+}
+RUN_FAILED = {"exit_code", "signal", "timeout", "output_limit", "spawn_error"}
+
+
+def run_metrics_addr(r):
+    m = r.err.wait_for(r"(?m)^sockfork: metrics on 127\.0\.0\.1:(\d+)\r?$")
+    return ("tcp", ("127.0.0.1", int(m.group(1))))
+
+
+def run_scrape(addr):
+    """One scrape of a run, checked by promtool and for its families: every
+    one of sockfork run's, the process's, and nothing else."""
+    body = scrape(addr)
+    promtool_check(body)
+    got = samples(body)
+    names = {k[0] for k in got}
+    want = set(RUN_ONE.values()) | {"sockfork_tasks_failed_total", "sockfork_build_info",
+                                    "process_cpu_seconds_total", "process_resident_memory_bytes",
+                                    "process_start_time_seconds"}
+    assert names == want, (sorted(names - want), sorted(want - names))
+    assert {k[1][1] for k in got if k[0] == "sockfork_tasks_failed_total"} == RUN_FAILED, got
+    return got
+
+
+def scrape_until(addr, pred, what):
+    """Scrapes (bounded) until pred(samples) holds; returns those samples."""
+    found = []
+
+    def once():
+        got = run_scrape(addr)
+        found[:] = [got]
+        return pred(got)
+    wait_until(once, what=what)
+    return found[0]
+
+
+def failed(got):
+    return sum(v for k, v in got.items() if k[0] == "sockfork_tasks_failed_total")
+
+
+def test_run_metrics_while_tasks_run(tmp_path, sf):
+    """`run --metrics -j 2` over four tasks that block on FIFOs: two run and
+    are counted so; after three end (one failing), the counts are the
+    joblog's; after the last, the summary's."""
+    script = write_script(tmp_path, "block.sh", BLOCK_SH)
+    for name in "ABCD":
+        os.mkfifo(str(tmp_path / ("fifo." + name)))
+    joblog = tmp_path / "jl"
+    r = sf("--metrics", "127.0.0.1:0", "-j", "2", "--joblog", joblog, "--timeout", "60s",
+           "sh", script, ":::", "A", "B", "C", "D")
+    fds = []
+    try:
+        addr = run_metrics_addr(r)
+        got = scrape_until(addr, lambda g: g[("sockfork_tasks_started_total", None)] == 2,
+                           "two tasks started")
+        assert got[("sockfork_tasks_running", None)] == 2, got
+        assert got[("sockfork_tasks_max", None)] == 2
+        assert got[("sockfork_tasks_succeeded_total", None)] == 0 and failed(got) == 0
+        assert got[("sockfork_build_info", ("version", BUILD_VERSION()))] == 1
+        for name in "ABC":
+            fds.append(release(tmp_path / ("fifo." + name)))
+        wait_until(lambda: joblog.exists() and len(read_joblog(joblog)) == 3,
+                   what="three joblog entries")
+        entries = read_joblog(joblog)
+        got = run_scrape(addr)
+        assert [e["command"][-1] for e in entries if e["exitval"] == 3] == ["B"], entries
+        assert got[("sockfork_tasks_succeeded_total", None)] == \
+            sum(1 for e in entries if e["exitval"] == 0) == 2
+        assert got[("sockfork_tasks_failed_total", ("reason", "exit_code"))] == failed(got) == \
+            sum(1 for e in entries if e["exitval"] != 0) == 1
+        assert got[("sockfork_tasks_started_total", None)] == 4
+        assert got[("sockfork_tasks_submitted_total", None)] == 4
+        assert got[("sockfork_tasks_running", None)] == 1
+        assert got[("sockfork_tasks_pending", None)] == 0
+        assert got[("sockfork_tasks_retried_total", None)] == 0
+        assert got[("process_start_time_seconds", None)] == pytest.approx(
+            float(open("/proc/%d/stat" % r.pid).read().rsplit(")", 1)[1].split()[19])
+            / os.sysconf("SC_CLK_TCK") + boot_time(), abs=0.02)
+        fds.append(release(tmp_path / "fifo.D"))
+        assert r.wait() == 1, r.stderr
+    finally:
+        for fd in fds:
+            os.close(fd)
+    summary = parse_summary(r.stderr)
+    assert summary["tasks"] == 4 and summary["succeeded"] == 3, summary
+    assert summary["failed (exit code)"] == 1, summary
+    # The last scrape plus D, which ended after it.
+    assert summary["succeeded"] == got[("sockfork_tasks_succeeded_total", None)] + 1
+    assert summary["failed (exit code)"] == failed(got)
+    assert len(read_joblog(joblog)) == 4
+
+
+def BUILD_VERSION():
+    rc, out, err = run_cli("--version")
+    assert rc == 0, (rc, out, err)
+    return out.split()[-1]
+
+
+def test_run_bad_metrics_address_is_a_usage_error(tmp_path, sf):
+    """A malformed address and a taken port: run's usage status (255), one
+    line, no task run."""
+    r = sf("--metrics", "127.0.0.1", "touch", "ran.{}", ":::", "x")
+    assert r.wait() == 255
+    assert re.fullmatch(r"sockfork: run: --metrics: '127\.0\.0\.1' is not HOST:PORT, "
+                        r"\[V6\]:PORT or unix:PATH \(try 'sockfork run --help'\)\n",
+                        r.stderr), r.stderr
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        r = sf("--metrics", "127.0.0.1:%d" % port, "touch", "ran.{}", ":::", "x")
+        assert r.wait() == 255
+    finally:
+        taken.close()
+    assert r.stderr == "sockfork: run: cannot serve metrics on 127.0.0.1:%d: Address already " \
+        "in use\n" % port, r.stderr
+    assert not (tmp_path / "ran.x").exists()
+
+
+# The first task blocks on its FIFO; the second lists its descriptors.
+LIST_SH = r"""
+case $1 in
+wait) read x < fifo ;;
+list) exec "$2" ;;
+esac
+"""
+
+
+def test_run_tasks_do_not_get_the_metrics_sockets(tmp_path, sf):
+    """A task started while the listener is open and a scraper connected
+    (mid-request) has /dev/null, its two pipes and fd 3, nothing else."""
+    script = write_script(tmp_path, "list.sh", LIST_SH)
+    os.mkfifo(str(tmp_path / "fifo"))
+    r = sf("--metrics", "127.0.0.1:0", "-j", "1", "--timeout", "60s", "sh", script, "{}",
+           helper("fdcount"), ":::", "wait", "list")
+    fd = None
+    stalled = None
+    try:
+        addr = run_metrics_addr(r)
+        stalled = connect(addr)
+        stalled.sendall(b"GET /met")
+        # Accepted after the stalled one (the kernel's queue is in order):
+        # so that one is the run's now.
+        run_scrape(addr)
+        fd = release(tmp_path / "fifo")
+        assert r.wait() == 0, r.stderr
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if stalled is not None:
+            stalled.close()
+    fds = parse_fds(r.stdout)
+    assert sorted(fds) == [0, 1, 2, 3], "descriptors in the task: %r" % fds
+    assert fds[0] == "/dev/null", fds
+    assert all(re.match(r"^pipe:\[\d+\]$", fds[i]) for i in (1, 2, 3)), fds

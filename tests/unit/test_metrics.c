@@ -30,7 +30,7 @@ static char *render(const char *json_text)
 
     if (!stats)
         fail_msg("bad JSON in the test: %s", err.text);
-    assert_int_equal(metrics_render(stats, &b), 0);
+    assert_int_equal(metrics_render(&metrics_server_table, stats, &b), 0);
     json_decref(stats);
     return b.p ? b.p : strdup("");
 }
@@ -122,7 +122,7 @@ static void test_body_bounded(void **state)
     metrics_buf b = {NULL, 0, 0, 100, 0};
     (void)state;
 
-    assert_int_equal(metrics_render(stats, &b), -ENOSPC);
+    assert_int_equal(metrics_render(&metrics_server_table, stats, &b), -ENOSPC);
     assert_true(b.len < 100);
     free(b.p);
     json_decref(stats);
@@ -166,7 +166,8 @@ static int setup(void **state)
     snprintf(f->addr, sizeof f->addr, "unix:%s", f->path);
     f->loop = ev_loop_new(EVFLAG_AUTO);
     assert_non_null(f->loop);
-    assert_int_equal(metrics_open(&f->m, f->loop, f->addr, snapshot, f), 0);
+    assert_int_equal(
+        metrics_open(&f->m, f->loop, f->addr, &metrics_server_table, snapshot, f), 0);
     *state = f;
     return 0;
 }

@@ -950,6 +950,21 @@ static int opt_log_file(run_state *st, const char *v)
     return 0;
 }
 
+/* The syntax is checked here, so that what sf_pool_new then says is about
+ * binding (a port taken, a path not writable). */
+static int opt_metrics(run_state *st, const char *v)
+{
+    sf_addr a;
+    int rc = sf_addr_parse(&a, v);
+
+    if (rc == -ENOENT)
+        return usage_error("--metrics: '%s': host not found", v);
+    if (rc < 0)
+        return usage_error("--metrics: '%s' is not HOST:PORT, [V6]:PORT or unix:PATH", v);
+    st->po.metrics_addr = v;
+    return 0;
+}
+
 static int opt_quiet(run_state *st, const char *v)
 {
     (void)v;
@@ -1017,6 +1032,10 @@ static const run_option run_options[] = {
     {"progress", 0, 0, opt_progress, NULL,
      "live progress on stderr (default: when it is a terminal)"},
     {"no-progress", 0, 0, opt_no_progress, NULL, "none"},
+    {"metrics", 0, OPT_VALUE, opt_metrics, "ADDR",
+     "serve Prometheus metrics over HTTP at ADDR (HOST:PORT,\n"
+     "[V6]:PORT or unix:PATH) while the tasks run: GET\n"
+     "/metrics, the task counts of the summary and more"},
     {"quiet", 'q', 0, opt_quiet, NULL, "no summary at the end"},
     {"log-format", 0, OPT_VALUE, opt_log_format, "FORMAT",
      "text (the default) or json: one JSON object a line"},
@@ -1044,6 +1063,8 @@ static int opt_help(run_state *st, const char *v)
                  o->short_name ? o->short_name : ' ', o->short_name ? ',' : ' ', o->name,
                  o->arg ? " " : "", o->arg ? o->arg : "");
         printf("  %-*s", HELP_COLUMN - 2, left);
+        if (strlen(left) >= HELP_COLUMN - 2) /* no room for a space: the help below */
+            printf("\n%*s", HELP_COLUMN, "");
         for (const char *p = o->help; *p; p++) {
             putchar(*p);
             if (*p == '\n')
@@ -1447,6 +1468,16 @@ static int open_input(run_state *st)
     return 0;
 }
 
+/* "metrics on ADDR", as serve says it (the port 0 resolved). */
+static void say_metrics(const sf_addr *a)
+{
+    char name[SF_ADDR_TEXT_MAX];
+
+    sf_addr_format(a, name, sizeof name);
+    const sf_log_field f = {.key = "addr", .type = SF_LOG_FIELD_STR, .v.s = name};
+    logsink_say(&cli_sink, SF_LOG_NOTICE, "metrics", &f, 1, "metrics on %s", name);
+}
+
 /* The pool, with run's callbacks, and the --keep-order window. 0, or -1
  * after saying why. */
 static int pool_start(run_state *st)
@@ -1472,10 +1503,17 @@ static int pool_start(run_state *st)
         st->po.log_arg = st;
     }
     st->po.queue_max = 65536 + 65536;
-    if ((rc = sf_pool_new(&st->pool, &st->po)) < 0) {
+    if ((rc = sf_pool_new(&st->pool, &st->po)) < 0 && st->po.metrics_addr && rc != -ENOMEM &&
+        rc != -EINVAL) {
+        cli_error("run: cannot serve metrics on %s: %s", st->po.metrics_addr, strerror(-rc));
+        return -1;
+    }
+    if (rc < 0) {
         cli_error("run: %s", strerror(-rc));
         return -1;
     }
+    if (sf_pool_metrics_addr(st->pool))
+        say_metrics(sf_pool_metrics_addr(st->pool));
     if (st->keep_order) {
         st->window = 4 * (size_t)sf_pool_jobs(st->pool) + 64;
         st->ring = calloc(st->window, sizeof *st->ring);
