@@ -79,7 +79,7 @@ run_one() {   # run_one REP
             steady = st[int((k + 1) / 2)]
             # The second after the upgrade began against the second before
             # it: the dip, and how long the rate stayed under 0.9x steady
-            # (later seconds are the machine's, not the upgrade's).
+            # (later seconds belong to the machine, not to the upgrade).
             low = -1; below = 0; sa = 0; sb = 0; lowb = -1; belowb = 0
             for (i = 1; i <= n; i++) {
                 if (ms[i] > up && ms[i] <= up + 1000) {
