@@ -217,7 +217,15 @@ def test_a_broken_new_binary_changes_nothing(sockfork, tmp_path, script, why):
     held.sendall(b"x")
     assert held.recv(1) == b"x"
     replace_binary(exe, script)
-    rc, out, err = ctl(ctl_path, "upgrade")
+    load = Load(srv.port)  # under load: not one connection lost meanwhile
+    try:
+        load.wait_for(20)
+        rc, out, err = ctl(ctl_path, "upgrade")
+        before = load.ok
+        load.wait_for(before + 20)
+    finally:
+        load.stop()
+    assert load.failures == [], load.failures[:10]
     assert rc == 1, (out, err)
     assert re.search(r"ctl: upgrade failed, the server serves on: " + why, err), err
     srv.log.wait(r"^sockfork: upgrade failed, serving on: " + why)
