@@ -96,14 +96,7 @@ static void admit(sf_server *s, conn_rec *r)
         server_start_conn(s, r);
         return;
     }
-    if (rc < 0) {
-        char peer[SF_ADDR_TEXT_MAX];
-        server_peer_text(r, peer, sizeof peer);
-        sf_logev(&s->log, SF_LOG_WARN, "dropped", 0, peer,
-                 SF_FIELDS(SF_F_STR("error", strerror(-rc))), "[%s] dropped: %s", peer,
-                 strerror(-rc));
-    }
-    server_rec_release(s, r);
+    server_drop(s, r, "", rc < 0 ? strerror(-rc) : NULL);
 }
 
 int sf_server_rules(sf_server *s, const char *path, char *err, size_t errlen)

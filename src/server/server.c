@@ -121,6 +121,17 @@ void server_rec_release(sf_server *s, conn_rec *r)
     upgrade_check_drained(s);
 }
 
+void server_drop(sf_server *s, conn_rec *r, const char *what, const char *why)
+{
+    if (why) {
+        char peer[SF_ADDR_TEXT_MAX];
+        server_peer_text(r, peer, sizeof peer);
+        sf_logev(&s->log, SF_LOG_WARN, "dropped", 0, peer, SF_FIELDS(SF_F_STR("error", why)),
+                 "[%s] dropped: %s%s", peer, what, why);
+    }
+    server_rec_release(s, r);
+}
+
 void server_per_ip_add(sf_server *s, conn_rec *r, int delta)
 {
     hmap_key k;
@@ -458,7 +469,6 @@ static void on_spawn_failed(sup *sp, int err, void *data, void *arg)
 {
     sf_server *s = arg;
     conn_rec *r = data;
-    char peer[SF_ADDR_TEXT_MAX];
     (void)sp;
 
     if (r->worker) {
@@ -471,14 +481,10 @@ static void on_spawn_failed(sup *sp, int err, void *data, void *arg)
         hold_for_retry(s, r, "fork", err);
         return;
     }
-    server_peer_text(r, peer, sizeof peer);
-    if (err != -ECANCELED) {
-        const char *why =
-            err == -ECHILD ? "the spawner died while starting its child" : strerror(-err);
-        sf_logev(&s->log, SF_LOG_WARN, "dropped", 0, peer, SF_FIELDS(SF_F_STR("error", why)),
-                 "[%s] dropped: %s", peer, why);
-    }
-    server_rec_release(s, r);
+    server_drop(s, r, "",
+                err == -ECANCELED ? NULL
+                : err == -ECHILD  ? "the spawner died while starting its child"
+                                  : strerror(-err));
     check_limit(s);
 }
 
@@ -551,11 +557,7 @@ void server_start_conn(sf_server *s, conn_rec *r)
     if (s->opts.max_per_ip && r->is_tcp)
         rc = hmap_reserve(&s->per_ip, s->per_ip.count + 1);
     if (rc < 0) {
-        server_peer_text(r, peer, sizeof peer);
-        sf_logev(&s->log, SF_LOG_WARN, "dropped", 0, peer,
-                 SF_FIELDS(SF_F_STR("error", strerror(-rc))),
-                 "[%s] dropped: cannot start its child: %s", peer, strerror(-rc));
-        server_rec_release(s, r);
+        server_drop(s, r, "cannot start its child: ", strerror(-rc));
         return;
     }
     /* Counted from now on, waiting for a retry or not: it holds its place. */
@@ -566,11 +568,7 @@ void server_start_conn(sf_server *s, conn_rec *r)
             s->stats.accept_failures++;
         hold_for_retry(s, r, rc == -EAGAIN ? "fork" : "start a child", rc);
     } else if (rc < 0) {
-        server_peer_text(r, peer, sizeof peer);
-        sf_logev(&s->log, SF_LOG_WARN, "dropped", 0, peer,
-                 SF_FIELDS(SF_F_STR("error", strerror(-rc))),
-                 "[%s] dropped: cannot start its child: %s", peer, strerror(-rc));
-        server_rec_release(s, r);
+        server_drop(s, r, "cannot start its child: ", strerror(-rc));
     }
 }
 
@@ -658,12 +656,7 @@ static void backoff_cb(struct ev_loop *loop, ev_timer *w, int revents)
         if (rc < 0 && transient(rc) && !s->sup.shutting_down) {
             hold_for_retry(s, r, rc == -EAGAIN ? "fork" : "start a child", rc);
         } else if (rc < 0) {
-            char peer[SF_ADDR_TEXT_MAX];
-            server_peer_text(r, peer, sizeof peer);
-            sf_logev(&s->log, SF_LOG_WARN, "dropped", 0, peer,
-                     SF_FIELDS(SF_F_STR("error", strerror(-rc))), "[%s] dropped: %s", peer,
-                     strerror(-rc));
-            server_rec_release(s, r);
+            server_drop(s, r, "", strerror(-rc));
         }
     }
     check_limit(s);
@@ -1218,6 +1211,15 @@ static void add_listener(sf_server *s, listener *l)
     s->nlisteners++;
 }
 
+/* Whether one more listener may be added now: 0, -EBUSY (running) or
+ * -EMFILE (LISTENERS_MAX). */
+static int listener_room(const sf_server *s)
+{
+    if (s->ran)
+        return -EBUSY;
+    return s->nlisteners >= LISTENERS_MAX ? -EMFILE : 0;
+}
+
 int sf_server_listen(sf_server *s, const char *text)
 {
     char plain[sizeof(((sf_addr *)0)->u.un.sun_path) + 16];
@@ -1227,10 +1229,8 @@ int sf_server_listen(sf_server *s, const char *text)
     listener *l;
     int rc;
 
-    if (s->ran)
-        return -EBUSY;
-    if (s->nlisteners >= LISTENERS_MAX)
-        return -EMFILE;
+    if ((rc = listener_room(s)) < 0)
+        return rc;
     /* ADDR,proxy: its clients come through a balancer that sends a PROXY
      * protocol header first (access.c). */
     if ((comma = strrchr(text, ',')) && strcmp(comma, ",proxy") == 0) {
@@ -1273,10 +1273,8 @@ int sf_server_listen_fd(sf_server *s, int fd)
     listener *l;
     int rc;
 
-    if (s->ran)
-        return -EBUSY;
-    if (s->nlisteners >= LISTENERS_MAX)
-        return -EMFILE;
+    if ((rc = listener_room(s)) < 0)
+        return rc;
     l = &s->listeners[s->nlisteners];
     rc = listener_adopt(l, fd);
     if (rc < 0)

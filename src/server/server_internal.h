@@ -256,6 +256,9 @@ void server_end_child(sf_server *s, conn_rec *r, int why);
 /* Shared by server.c and workers.c. */
 conn_rec *server_rec_alloc(sf_server *s);
 void server_rec_release(sf_server *s, conn_rec *r);
+/* r goes unserved: "[peer] dropped: WHAT WHY" logged (not when why is
+ * NULL), its record released. */
+void server_drop(sf_server *s, conn_rec *r, const char *what, const char *why);
 void server_peer_text(const conn_rec *r, char *buf, size_t len);
 void server_per_ip_add(sf_server *s, conn_rec *r, int delta);
 unsigned server_per_ip_count(const sf_server *s, const conn_rec *r);

@@ -190,7 +190,6 @@ int upgrade_init(sf_server *s)
     upgrade *u = &s->up;
     const char *env = getenv(UPGRADE_ENV);
     char exe[PATH_MAX], *line = NULL;
-    ssize_t n;
     long fd;
     char *end;
     int rc;
@@ -201,7 +200,6 @@ int upgrade_init(sf_server *s)
      * would be a leak there); upgrade_begin copies it before its fork. */
     if (binary_path(s, exe, sizeof exe) == 0 && (u->exe = os_nofork_calloc(1, strlen(exe) + 1)))
         strcpy(u->exe, exe);
-    (void)n;
     if (!env)
         return 0;
     /* Ours only: a program we start must not think it is an upgrade. */
@@ -493,6 +491,7 @@ typedef struct handover {
     int nsystemd;
     char *hello;
     char **envp;
+    size_t ninherited;           /* envp[0 .. ninherited) are environ's; the rest ours */
     char listen_pid[32];         /* "LISTEN_PID=" + the child's pid, written in it */
 } handover;
 
@@ -577,6 +576,7 @@ static int build_env(sf_server *s, handover *h, int link_fd)
     for (size_t i = 0; i < n; i++)
         if (!drops_var(environ[i]))
             h->envp[k++] = environ[i];
+    h->ninherited = k;
     /* Allocated ones are freed by free_handover: it knows them by their
      * place after the inherited ones. */
     snprintf(buf, sizeof buf, UPGRADE_ENV "=%d", link_fd);
@@ -614,15 +614,9 @@ static void free_handover(handover *h)
 {
     free(h->hello);
     if (h->envp) {
-        for (size_t i = 0; h->envp[i]; i++) {
-            char *e = h->envp[i];
-            int inherited = 0;
-            for (size_t j = 0; environ[j]; j++)
-                if (environ[j] == e)
-                    inherited = 1;
-            if (!inherited && e != h->listen_pid)
-                free(e);
-        }
+        for (size_t i = h->ninherited; h->envp[i]; i++)
+            if (h->envp[i] != h->listen_pid)
+                free(h->envp[i]);
         free(h->envp);
     }
 }
