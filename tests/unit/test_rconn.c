@@ -38,6 +38,9 @@ typedef struct fx {
     int replies, nulls;
     char last[64];
     int free_in_cb;        /* rconn_free from the next reply callback */
+    int free_in_null;      /* rconn_free from the next NULL reply */
+    int free_in_up, free_in_down; /* rconn_free from on_up / on_down */
+    int cmd_in_null;       /* rconn_command from NULL replies: its result */
     unsigned max_backoff;  /* seen while polling */
     int attempts;          /* stats.attempts, seen while polling */
 } fx;
@@ -183,8 +186,12 @@ static void run_until(fx *f, const int *counter, int want)
 static void on_up(rconn *c, void *arg)
 {
     fx *f = arg;
-    (void)c;
     f->ups++;
+    if (f->free_in_up) {
+        f->free_in_up = 0;
+        rconn_free(c);
+        f->c = NULL;
+    }
 }
 
 static void on_down(rconn *c, const char *why, void *arg)
@@ -193,13 +200,25 @@ static void on_down(rconn *c, const char *why, void *arg)
     (void)c;
     f->downs++;
     snprintf(f->why, sizeof f->why, "%s", why);
+    if (f->free_in_down) {
+        f->free_in_down = 0;
+        rconn_free(c);
+        f->c = NULL;
+    }
 }
 
 static void on_reply(rconn *c, struct redisReply *r, void *priv)
 {
     fx *f = priv;
     if (!r) {
+        const char *ping[] = { "PING" };
         f->nulls++;
+        f->cmd_in_null = rconn_command(c, on_reply, f, 0, 1, ping, NULL);
+        if (f->free_in_null) {
+            f->free_in_null = 0;
+            rconn_free(c);
+            f->c = NULL;
+        }
     } else {
         f->replies++;
         if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS ||
@@ -235,9 +254,10 @@ static rconn_opts test_opts(fx *f)
 
 static void connect_up(fx *f, const rconn_opts *o)
 {
+    int want = f->ups + 1;
     assert_int_equal(rconn_new(f->loop, &f->where, o, &f->c), 0);
     assert_false(rconn_is_up(f->c));
-    run_until(f, &f->ups, 1);
+    run_until(f, &f->ups, want);
     assert_true(rconn_is_up(f->c));
 }
 
@@ -299,6 +319,7 @@ static void test_deadline(void **state)
     assert_int_equal(cmd(f, 0, 1, ping), 0); /* behind it: NULL too */
     run_until(f, &f->downs, 1);
     assert_int_equal(f->nulls, 2);
+    assert_int_equal(f->cmd_in_null, -ENOTCONN); /* down already inside */
     assert_int_equal(f->replies, 0);
     assert_non_null(strstr(f->why, "deadline"));
     assert_false(rconn_is_up(f->c));
@@ -525,6 +546,50 @@ static void test_drop(void **state)
     assert_int_equal(rconn_new(f->loop, &f->where, &o, &bad), -EINVAL);
 }
 
+/* rconn_free from each kind of callback: nothing runs after, nothing leaks
+ * (ASan and valgrind watch this test). */
+static void test_free_reentrant(void **state)
+{
+    fx *f = *state;
+    SKIP_WITHOUT_REDIS();
+    redis_start(f);
+    rconn_opts o = test_opts(f);
+    const char *ping[] = { "PING" };
+
+    /* From on_up. */
+    f->free_in_up = 1;
+    assert_int_equal(rconn_new(f->loop, &f->where, &o, &f->c), 0);
+    run_until(f, &f->ups, 1);
+    assert_null(f->c);
+    ev_run(f->loop, 0);
+    assert_int_equal(f->downs, 0);
+
+    /* From a NULL reply during a failure: the rest still get NULL, no
+     * on_down, and a command sent from there is refused. */
+    connect_up(f, &o);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(cmd(f, 0, 1, ping), 0);
+    f->free_in_null = 1;
+    rconn_drop(f->c, "test");
+    assert_null(f->c);
+    assert_int_equal(f->nulls, 3);
+    assert_int_equal(f->cmd_in_null, -ENOTCONN);
+    assert_int_equal(f->downs, 0);
+    ev_run(f->loop, 0);
+    assert_int_equal(f->replies, 0);
+
+    /* From on_down, after a server-side kill. */
+    connect_up(f, &o);
+    assert_int_equal(cmd(f, 0, 1, ping), 0);
+    run_until(f, &f->replies, 1);
+    f->free_in_down = 1;
+    redis_kill(f);
+    run_until(f, &f->downs, 1);
+    assert_null(f->c);
+    ev_run(f->loop, 0);
+    assert_int_equal(f->downs, 1);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -539,6 +604,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_silent_partition, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connect_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_free_reentrant, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
