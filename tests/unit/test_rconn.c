@@ -16,6 +16,8 @@
 #include <unistd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <sys/wait.h>
 
 #include <ev.h>
@@ -64,7 +66,14 @@ static void pause_briefly(void)
     nanosleep(&ts, NULL);
 }
 
+static void redis_start_args(fx *f, const char *port, const char *bind);
+
 static void redis_start(fx *f)
+{
+    redis_start_args(f, "0", NULL);
+}
+
+static void redis_start_args(fx *f, const char *port, const char *bind)
 {
     pid_t pid = fork();
     assert_true(pid >= 0);
@@ -74,9 +83,9 @@ static void redis_start(fx *f)
             dup2(null, 1);
             dup2(null, 2);
         }
-        execlp("redis-server", "redis-server", "--port", "0", "--unixsocket", f->sock,
+        execlp("redis-server", "redis-server", "--port", port, "--unixsocket", f->sock,
                "--save", "", "--appendonly", "no", "--dir", f->dir, "--daemonize", "no",
-               (char *)NULL);
+               bind ? "--bind" : (char *)NULL, bind, (char *)NULL);
         _exit(127);
     }
     f->redis = pid;
@@ -590,6 +599,51 @@ static void test_free_reentrant(void **state)
     assert_int_equal(f->downs, 1);
 }
 
+/* A free loopback port: bound to 0, read, closed (another process could
+ * take it in between; nothing else here picks ports). */
+static unsigned free_port(void)
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof sa;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+static void test_tcp(void **state)
+{
+    fx *f = *state;
+    char port[16], url[64];
+    SKIP_WITHOUT_REDIS();
+    snprintf(port, sizeof port, "%u", free_port());
+    redis_start_args(f, port, "127.0.0.1");
+    snprintf(url, sizeof url, "redis://127.0.0.1:%s/2", port);
+    assert_int_equal(rurl_parse(url, 0, &f->where, NULL), 0);
+    rconn_opts o = test_opts(f);
+    connect_up(f, &o);
+    const char *set[] = { "SET", "overtcp", "1" }, *get[] = { "GET", "overtcp" };
+    assert_int_equal(cmd(f, 0, 3, set), 0);
+    assert_int_equal(cmd(f, 0, 2, get), 0);
+    run_until(f, &f->replies, 2);
+    assert_string_equal(f->last, "1");
+    redisReply *r = side_cmd(f, "CLIENT LIST");
+    assert_non_null(strstr(r->str, "db=2"));
+    freeReplyObject(r);
+    /* A port nothing listens on: refused, reported once. */
+    rconn_free(f->c);
+    f->c = NULL;
+    snprintf(url, sizeof url, "redis://127.0.0.1:%u", free_port());
+    assert_int_equal(rurl_parse(url, 0, &f->where, NULL), 0);
+    assert_int_equal(rconn_new(f->loop, &f->where, &o, &f->c), 0);
+    f->attempts = 0;
+    run_until(f, &f->attempts, 3);
+    assert_int_equal(f->downs, 1);
+    assert_int_equal(f->ups, 1);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -605,6 +659,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_connect_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_reentrant, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tcp, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
