@@ -185,8 +185,9 @@ static void fail(rconn *c, const char *why)
     c->fails++;
     if (!c->reported_down) {
         c->reported_down = 1;
+        /* why may be hiredis's errstr: hand over our copy. */
         if (c->opts.on_down)
-            c->opts.on_down(c, why, c->opts.arg);
+            c->opts.on_down(c, c->stats.last_error, c->opts.arg);
         if (c->closing || c->state != ST_DOWN)
             return;
     }

@@ -52,6 +52,7 @@ typedef struct rconn rconn;
  * REDIS_REPLY_ERROR), not a failure. */
 typedef void (*rconn_reply_cb)(rconn *c, struct redisReply *reply, void *priv);
 typedef void (*rconn_up_cb)(rconn *c, void *arg);
+/* why: a short reason, valid during the call. */
 typedef void (*rconn_down_cb)(rconn *c, const char *why, void *arg);
 
 #define RCONN_CONNECT_MS 2000
@@ -86,7 +87,9 @@ int rconn_new(struct ev_loop *loop, const rurl *where, const rconn_opts *opts,
 
 /* Closes and frees c: pending callbacks get NULL, in order; no on_down. May
  * be called from any of c's callbacks; c is gone when it returns (to its
- * caller; memory is released when the callback unwinds). NULL is a no-op. */
+ * caller; memory is released when the callback unwinds). Called from a
+ * reply callback, the hiredis context is freed from a zero-delay timer: run
+ * the loop once more before destroying it. NULL is a no-op. */
 void rconn_free(rconn *c);
 
 /* 1 when connected and the handshake is done: rconn_command can succeed. */
