@@ -403,6 +403,13 @@ static void topic_of(char *buf, size_t len, const char *room)
     snprintf(buf, len, "room:%s", room);
 }
 
+/* Whether a message's topic is ROOM's (never for no room): what topic_of
+ * makes, compared without making it, as it is for every line relayed. */
+static int is_room_topic(const char *topic, const char *room)
+{
+    return room[0] && strncmp(topic, "room:", 5) == 0 && strcmp(topic + 5, room) == 0;
+}
+
 /* A message to ourselves: it comes back once the bus has carried out
  * every request sent before it (one child's requests are handled in
  * order), after any error they caused. Its first byte says what for. */
@@ -1021,8 +1028,6 @@ static void history_cut(chat *ch, const sf_msg *m)
 
 static void message(chat *ch, sf_msg *m)
 {
-    char topic[ROOM_MAX + 8], joining[ROOM_MAX + 8];
-
     switch (m->kind) {
     case SF_MSG_CLAIMED:
         claimed(ch, m);
@@ -1061,13 +1066,11 @@ static void message(chat *ch, sf_msg *m)
          * a room left a moment ago may still be coming: dropped. Replayed
          * lines are marked as such. */
         const char *mark = m->kind == SF_MSG_HISTORY ? HISTORY_MARK : "";
-        topic_of(topic, sizeof topic, ch->room);
-        topic_of(joining, sizeof joining, ch->joining);
         if (ch->state != ACTIVE)
             break;
-        if (ch->joining[0] && strcmp(m->topic, joining) == 0) {
+        if (is_room_topic(m->topic, ch->joining)) {
             hold_line(ch, mark, m->data, m->len);
-        } else if (ch->room[0] && strcmp(m->topic, topic) == 0) {
+        } else if (is_room_topic(m->topic, ch->room)) {
             if (*mark)
                 say(ch, "%s%.*s", mark, (int)m->len, (const char *)m->data);
             else
