@@ -268,7 +268,7 @@ count_run() {
         "$(stat_value "$cst" context-switches) $(stat_value "$cst" sys_enter) $(stat_value "$cst" task-clock)"
 }
 
-declare -A COUNTS     # COUNTS[server]: "cs sys cpu_ms cl_cs cl_sys cl_cpu_ms" per round
+declare -A COUNTS=()  # COUNTS[server]: "cs sys cpu_ms cl_cs cl_sys cl_cpu_ms" per round
 
 counts() {
     local name lo hi a b
