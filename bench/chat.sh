@@ -229,7 +229,8 @@ COUNT_EVENTS=context-switches,task-clock,raw_syscalls:sys_enter
 stat_value() { awk -F, -v e="$2" '$3 ~ e { v += $1; n++ } END { print n ? v : "-" }' "$1"; }
 
 # One run of server $1 for $2 rounds, the server and chatload each under
-# perf stat; prints "cs sys cpu_ms cl_cs cl_sys cl_cpu_ms".
+# perf stat; sets COUNT_LINE to "cs sys cpu_ms cl_cs cl_sys cl_cpu_ms".
+COUNT_LINE=""
 count_run() {
     local name=$1 rounds=$2 port log srv perf_pid i mode
     local sst=$WORK/count-server.csv cst=$WORK/count-chatload.csv
@@ -244,16 +245,18 @@ count_run() {
         perf stat -x, -e "$COUNT_EVENTS" -o "$sst" -- redis-server --bind 127.0.0.1 --port "$port" \
             --save '' --appendonly no --daemonize no --dir "$WORK" --logfile "$log" >/dev/null & ;;
     esac
-    perf_pid=$! # (in a subshell: the exit trap does not see it, so every way out stops it)
+    perf_pid=$!
+    SERVER_PID=$perf_pid # for the exit trap
     if ! "$CHATLOAD" probe -a "127.0.0.1:$port" -d 10 >/dev/null; then
         stop_tree "$perf_pid"
+        SERVER_PID=""
         return 1
     fi
     srv=$(ps -o pid= --ppid "$perf_pid" | head -n1 | tr -d ' ')
     mode=$([[ $name == sockfork ]] && echo chat || echo redis)
     perf stat -x, -e "$COUNT_EVENTS" -o "$cst" -- "$CHATLOAD" "$mode" -a "127.0.0.1:$port" \
         -n "$CHAT_N" -r "$rounds" -w "$CHAT_WINDOW" --warmup "$CHAT_WARMUP" -T "$STALL_MS" \
-        -d "$RUN_SECS" >/dev/null 2>>"$WORK/chatload.err" || { stop_tree "$perf_pid"; return 1; }
+        -d "$RUN_SECS" >/dev/null 2>>"$WORK/chatload.err" || { stop_tree "$perf_pid"; SERVER_PID=""; return 1; }
     # SIGINT: both servers stop cleanly on it, and perf stat writes its
     # counts once the server (and with it all it started) has exited.
     [[ -n $srv ]] && kill -INT "$srv" 2>/dev/null
@@ -263,9 +266,10 @@ count_run() {
     done
     alive "$perf_pid" && stop_tree "$perf_pid"
     wait "$perf_pid" 2>/dev/null || true
+    SERVER_PID=""
     [[ -s $sst ]] || return 1
-    echo "$(stat_value "$sst" context-switches) $(stat_value "$sst" sys_enter) $(stat_value "$sst" task-clock)" \
-        "$(stat_value "$cst" context-switches) $(stat_value "$cst" sys_enter) $(stat_value "$cst" task-clock)"
+    COUNT_LINE="$(stat_value "$sst" context-switches) $(stat_value "$sst" sys_enter) $(stat_value "$sst" task-clock)"
+    COUNT_LINE+=" $(stat_value "$cst" context-switches) $(stat_value "$cst" sys_enter) $(stat_value "$cst" task-clock)"
 }
 
 declare -A COUNTS=()  # COUNTS[server]: "cs sys cpu_ms cl_cs cl_sys cl_cpu_ms" per round
@@ -279,10 +283,16 @@ counts() {
     for name in $CHAT_SERVERS; do
         [[ -n ${SKIP[$name]:-} ]] && continue
         say "$name: counting ($lo and $hi rounds under perf stat)"
-        if ! a=$(count_run "$name" "$lo") || ! b=$(count_run "$name" "$hi"); then
+        if ! count_run "$name" "$lo"; then
             note "$name" "counts: a run failed"
             continue
         fi
+        a=$COUNT_LINE
+        if ! count_run "$name" "$hi"; then
+            note "$name" "counts: a run failed"
+            continue
+        fi
+        b=$COUNT_LINE
         COUNTS[$name]=$(awk -v d=$((hi - lo)) -v a="$a" -v b="$b" 'BEGIN {
             n = split(a, x, " "); split(b, y, " ")
             for (i = 1; i <= n; i++) printf "%s%.2f", (i > 1 ? " " : ""), (y[i] - x[i]) / d }')
