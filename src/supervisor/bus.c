@@ -556,7 +556,9 @@ static int gather_wait(bus *b)
         return 0;
     memset(&its, 0, sizeof its);
     its.it_value.tv_sec = (time_t)(due - now);
-    its.it_value.tv_nsec = (long)((due - now - (double)its.it_value.tv_sec) * 1e9) + 1;
+    its.it_value.tv_nsec = (long)((due - now - (double)its.it_value.tv_sec) * 1e9) + 1; /* never 0: that disarms */
+    if (its.it_value.tv_nsec > 999999999L)
+        its.it_value.tv_nsec = 999999999L;
     if (timerfd_settime(b->gather_fd, 0, &its, NULL) < 0)
         return 0;
     return 1;
