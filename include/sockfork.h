@@ -489,6 +489,13 @@ typedef struct sf_server_opts {
      * and before they are put in place: the moment to reopen a log file. */
     sf_reload_cb on_reload;      /* NULL = none */
     void *reload_arg;
+    /* Fan-out: how long a burst of topic publishes may wait in the
+     * supervisor for more of it (no input for this long, and at most 8
+     * times this in all) before it goes to the subscribers, so each is
+     * woken once for many lines (docs/design.md, "Gathering"). Anything
+     * else goes at once. 0 = off (the default): every loop pass flushes.
+     * `sockfork chat` sets 0.0003. */
+    double bus_gather_s;
 } sf_server_opts;
 
 /* Fills opts with the defaults above. */

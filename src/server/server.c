@@ -1125,7 +1125,7 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
     if (s->opts.chan_queue == 0)
         s->opts.chan_queue = SF_CHAN_QUEUE_DEFAULT;
     if (!(s->opts.idle_timeout_s >= 0) || !(s->opts.grace_s >= 0) || !(s->opts.kill_grace_s >= 0) ||
-        !(s->opts.conn_timeout_s >= 0) ||
+        !(s->opts.conn_timeout_s >= 0) || !(s->opts.bus_gather_s >= 0 && s->opts.bus_gather_s <= 1) ||
         s->opts.max_conns > (1u << 24) || s->opts.chan_max > CHAN_MAX_LIMIT ||
         s->opts.chan_queue < sf_chan_queue_min(s->opts.chan_max) ||
         s->opts.topic_history > 100000 || !(s->opts.worker_idle_s >= 0) ||
@@ -1333,6 +1333,7 @@ int sf_server_run(sf_server *s)
     bcfg.queue_limit = s->opts.chan_queue;
     bcfg.full_policy = s->opts.chan_full_kick ? BUS_FULL_KICK : BUS_FULL_DROP;
     bcfg.history = s->opts.topic_history;
+    bcfg.gather_s = s->opts.bus_gather_s;
     bcfg.on_kick = on_bus_kick;
     bcfg.find = bus_find;
     bcfg.on_session = s->prefork ? on_session : NULL;

@@ -54,6 +54,7 @@
 #define BUS_HISTORY_BYTES (256 * 1024) /* per topic, besides the count */
 #define BUS_HISTORY_TOTAL (16 * 1024 * 1024) /* every topic's, by default */
 #define BUS_READ_BUDGET (64 * 1024)    /* bytes read from one child per wakeup */
+#define BUS_GATHER_SPAN 8              /* a gathering waits at most this many gaps */
 #define BUS_STALL_S 4.0                /* s a recipient may hold senders before it drains */
 /* What a MESSAGE frame adds to the data it carries: the frame header, the
  * message header, the longest topic. A child's reader takes chan_max plus
@@ -178,6 +179,11 @@ typedef struct bus_config {
     bus_session_cb on_session;  /* NULL: no worker channels */
     void *arg;
     const sf_logger *log;
+    /* Fan-out gathering (bus.c, "gathering"): s a burst of publishes may
+     * wait for more of it before going out, from the last input read; at
+     * most BUS_GATHER_SPAN times that from the first. 0: off, every loop
+     * pass flushes. */
+    double gather_s;
 } bus_config;
 
 /*
@@ -253,6 +259,15 @@ struct bus {
     bus_counters counted;
     const bus_bridge_ops *bridge; /* NULL: no bridge (bus_set_bridge) */
     void *bridge_ctx;
+    /* Gathering (cfg.gather_s): a timerfd, for a deadline finer than the
+     * loop's millisecond; while the flush waits, when it began, when input
+     * last came, the frames read by then; urgent: something queued that
+     * is not a publish (a reply, a kick), which goes at once. */
+    int gather_fd;
+    ev_io gather_w;
+    int gathering, urgent;
+    double gather_first, gather_last;
+    uint64_t gather_in;
 };
 
 int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg);
