@@ -24,6 +24,9 @@
  *   CLAIM name | RELEASE name | STATUS text | LOG text
  *                             -> OK <CMD>, or ERR <CMD> <rc> if the call failed
  *   DEAF                      -> OK DEAF; the channel is never read again
+ *   HEAR                      -> OK HEAR; the channel is read from now on (in
+ *                                noread mode: its first use, in fork mode the
+ *                                moment the child makes it)
  *   MUTE                      -> OK MUTE; messages are counted, not written
  *   COUNT                     -> COUNT total=N direct=N ... error=N
  *   FLOOD BCAST|PUB|SEND N SIZE [topic|pid]
@@ -542,6 +545,9 @@ static int command(state *st, char *line)
     } else if (strcmp(cmd, "DEAF") == 0) {
         st->deaf = 1;
         reply(st, "OK DEAF");
+    } else if (strcmp(cmd, "HEAR") == 0) {
+        st->deaf = 0;
+        reply(st, "OK HEAR");
     } else if (strcmp(cmd, "MUTE") == 0) {
         st->mute = 1;
         reply(st, "OK MUTE");
