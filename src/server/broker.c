@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/mman.h>
 
 #define BROKER_READ_ALL_MAX 4096 /* offers read in one broker_read_all */
 
@@ -93,10 +94,19 @@ int broker_init(sf_server *s)
 {
     chan_broker *b = &s->broker;
     int sv[2], rc;
+    void *m;
 
     b->fd = b->child_fd = -1;
-    if ((rc = chanreq_broker(sv)) < 0)
+    b->offered_len = s->opts.max_conns;
+    m = mmap(NULL, b->offered_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return -errno;
+    b->offered = m;
+    if ((rc = chanreq_broker(sv)) < 0) {
+        munmap(b->offered, b->offered_len);
+        b->offered = NULL;
         return rc;
+    }
     b->fd = sv[0];
     b->child_fd = sv[1];
     ev_io_init(&b->io, broker_cb, b->fd, EV_READ);
@@ -118,6 +128,8 @@ void broker_fini(sf_server *s)
     close(b->fd);
     close(b->child_fd);
     b->fd = b->child_fd = -1;
+    munmap(b->offered, b->offered_len);
+    b->offered = NULL;
 }
 
 void broker_started(sf_server *s, conn_rec *r)
@@ -136,7 +148,13 @@ void broker_started(sf_server *s, conn_rec *r)
     pending_prune(s);
 }
 
-void broker_read_all(sf_server *s)
+unsigned char *broker_flag(sf_server *s, const conn_rec *r)
 {
-    (void)read_offers(s, BROKER_READ_ALL_MAX);
+    return &s->broker.offered[r - s->recs];
+}
+
+void broker_exited(sf_server *s, conn_rec *r)
+{
+    if (endpoint_waiting(&r->ep) && __atomic_load_n(broker_flag(s, r), __ATOMIC_ACQUIRE))
+        (void)read_offers(s, BROKER_READ_ALL_MAX);
 }

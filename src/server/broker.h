@@ -32,7 +32,13 @@ typedef struct broker_offer {
 
 typedef struct chan_broker {
     int fd;               /* ours: non-blocking, SO_PASSCRED; -1 without a broker */
-    int child_fd;         /* the children's end, sent with every fork request */
+    int child_fd;         /* the children's end, the spawner's shared_fd */
+    /* One byte per record, shared with the children (MAP_SHARED, made
+     * before the spawner): a child sets its own before it sends its offer,
+     * so that at its exit the broker is read only if an offer may wait
+     * there (a system call per connection saved). */
+    unsigned char *offered;
+    size_t offered_len;
     ev_io io;
     broker_offer pending[BROKER_PENDING_MAX];
     unsigned npending;
@@ -47,8 +53,11 @@ void broker_fini(struct sf_server *s);
 /* r's child has started and its endpoint waits: an offer already here is
  * its channel. */
 void broker_started(struct sf_server *s, struct conn_rec *r);
-/* Takes every offer queued now: before a child's exit is handled, since
- * its offer was sent before it exited and may hold its last words. */
-void broker_read_all(struct sf_server *s);
+/* Before r's exit is handled: if its child made a channel, the offer was
+ * sent before it exited and may hold its last words, so every offer queued
+ * now is taken. */
+void broker_exited(struct sf_server *s, struct conn_rec *r);
+/* The flag r's child sets before its offer, cleared (before it starts). */
+unsigned char *broker_flag(struct sf_server *s, const struct conn_rec *r);
 
 #endif

@@ -214,6 +214,7 @@ typedef struct child_start {
     int jsonl;
     uint32_t chan_max;
     uint32_t env_len;     /* the access rule's pairs, after the struct in the blob */
+    unsigned char *offered; /* a handler's: set before its channel's offer (broker.h) */
 } child_start;
 
 /* The channel at its first use (sf_conn's open_channel hook): the child
@@ -226,6 +227,7 @@ typedef struct child_chan {
     sf_conn *conn;
     uint32_t max;         /* the reader's largest frame */
     int ready;            /* 1 made, -errno could not be */
+    unsigned char *offered;
 } child_chan;
 
 static PROC_CHILD_CODE int child_channel_open(void *arg)
@@ -234,6 +236,8 @@ static PROC_CHILD_CODE int child_channel_open(void *arg)
     int fd;
 
     if (ch->ready == 0) {
+        if (ch->offered)
+            __atomic_store_n(ch->offered, 1, __ATOMIC_RELEASE);
         if ((fd = chanreq_open(4)) < 0) {
             ch->ready = fd;
             return fd;
@@ -266,6 +270,7 @@ static PROC_CHILD_CODE void __attribute__((noreturn)) child_main(const void *blo
     ch.conn = &c;
     ch.max = cs.chan_max + BUS_MSG_OVERHEAD - CHAN_HDR_LEN;
     ch.ready = 0;
+    ch.offered = cs.offered;
     c.open_channel = child_channel_open;
     c.open_arg = &ch;
     c.peer = cs.peer;
@@ -294,24 +299,27 @@ static int child_plan(const void *blob, size_t len, const int *fds, int nfds, sp
 {
     child_start cs;
 
-    if (len < sizeof cs || nfds != 2)
+    if (len < sizeof cs || nfds < 1 || nfds > 2)
         return -EINVAL;
     memcpy(&cs, blob, sizeof cs);
     if (len != sizeof cs + cs.env_len)
         return -EINVAL;
     if (!cs.argv)
-        return 0;
+        return 0; /* the connection, and the broker the spawner adds */
+    if (nfds != 2)
+        return -EINVAL;
     return execplan_conn(ex, cs.file, cs.argv, &cs.peer, cs.has_local ? &cs.local : NULL, cs.is_tcp,
                          fds[0], fds[1], (const char *)blob + sizeof cs, cs.env_len);
 }
 
 /* Asks the spawner for r's child: a program's with its channel, a
- * handler's with the broker. Returns 0, or -errno with r as it was. */
+ * handler's alone (the spawner adds the broker, its shared_fd). Returns 0,
+ * or -errno with r as it was. */
 static int spawn(sf_server *s, conn_rec *r)
 {
     unsigned char blob[SPAWN_BLOB_MAX];
     child_start cs;
-    int fds[2] = {r->fd, s->broker.fd >= 0 ? s->broker.child_fd : r->cfd};
+    int fds[2] = {r->fd, r->cfd};
 
     if (sizeof cs + r->env_len > sizeof blob)
         return -E2BIG;
@@ -327,10 +335,14 @@ static int spawn(sf_server *s, conn_rec *r)
     cs.is_tcp = r->is_tcp;
     cs.jsonl = s->opts.channel_jsonl;
     cs.chan_max = s->opts.chan_max;
+    if (s->broker.fd >= 0) {
+        cs.offered = broker_flag(s, r);
+        *cs.offered = 0; /* its child has not started: nobody else writes it */
+    }
     memcpy(blob, &cs, sizeof cs);
     if (r->env_len)
         memcpy(blob + sizeof cs, r->env, r->env_len);
-    return sup_spawn(&s->sup, blob, sizeof cs + r->env_len, fds, 2, r);
+    return sup_spawn(&s->sup, blob, sizeof cs + r->env_len, fds, s->broker.fd >= 0 ? 1 : 2, r);
 }
 
 /*
@@ -717,9 +729,7 @@ static void on_child_exit(sup *sp, pid_t pid, int wstatus, void *data, void *arg
     }
     if (r->is_tcp)
         server_tuple_forget(s, r);
-    /* A channel it made is on its way: the offer was sent before it exited. */
-    if (endpoint_waiting(&r->ep))
-        broker_read_all(s);
+    broker_exited(s, r); /* a channel it made is on its way */
     endpoint_drain(&r->ep); /* its last words, before its will */
     server_rec_release(s, r);
     check_limit(s);
@@ -1395,6 +1405,7 @@ int sf_server_run(sf_server *s)
     /* Workers are always forked: they run the handler. */
     cfg.spawn_plan = s->prefork ? NULL : child_plan;
     cfg.child_fdlimit = s->have_orig_fdlimit ? &s->orig_fdlimit : NULL;
+    cfg.spawn_shared_fd = s->broker.child_fd > 0 ? s->broker.child_fd : 0;
     cfg.on_started = on_started;
     cfg.on_spawn_failed = on_spawn_failed;
     cfg.on_other_exit = on_other_exit;
