@@ -249,6 +249,18 @@ static PROC_CHILD_CODE int child_channel_open(void *arg)
     return ch->ready < 0 ? ch->ready : 0;
 }
 
+/* Whether stdout holds output not yet written. With glibc read from the
+ * stream itself, as __fpending does: __fpending is one more page of the C
+ * library's code for every child to fault in (process/childsys.h). */
+static PROC_CHILD_CODE int stdout_pending(void)
+{
+#ifdef __GLIBC__
+    return stdout->_IO_write_ptr > stdout->_IO_write_base;
+#else
+    return __fpending(stdout) > 0;
+#endif
+}
+
 /* Runs in the new child: the connection is fd 3, the broker fd 4 (its
  * channel is made at its first use). */
 static PROC_CHILD_CODE void __attribute__((noreturn)) child_main(const void *blob, size_t len,
@@ -266,6 +278,9 @@ static PROC_CHILD_CODE void __attribute__((noreturn)) child_main(const void *blo
         _exit(111);
     memset(&c, 0, sizeof c);
     c.fd = 3;
+    /* Apart: written together, fd and chan are one 64-bit constant the
+     * compiler loads from .rodata, a page fault in every child. */
+    __asm__ volatile("" ::: "memory");
     c.chan = -1;
     ch.conn = &c;
     ch.max = cs.chan_max + BUS_MSG_OVERHEAD - CHAN_HDR_LEN;
@@ -287,7 +302,7 @@ static PROC_CHILD_CODE void __attribute__((noreturn)) child_main(const void *blo
     /* Only stdout, and only if it holds something: fflush(NULL) locks
      * every stream, writing to pages shared with the spawner, which then
      * have to be copied in every child. */
-    if (__fpending(stdout) > 0)
+    if (stdout_pending())
         fflush(stdout);
     _exit(rc & 0xff);
 }
