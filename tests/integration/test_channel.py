@@ -732,3 +732,20 @@ def test_many_children_making_their_channels_at_once_each_get_their_own(sockfork
     for c in clients:
         c.close()
     srv.stop()
+
+
+def test_a_process_the_handler_forks_cannot_make_the_childs_channel(sockfork, tmp_path):
+    """The broker takes a channel only from a child of the server (the pid
+    the kernel gives): one made first in a process the handler forked is
+    refused, and the child's own, made afterwards, works."""
+    srv = chanserver(sockfork, tmp_path, "noread")
+    a, b = BusClient(srv), BusClient(srv)
+    msgs, last = a.cmd("GRANDSEND %d ghost" % b.pid)
+    assert last.startswith("OK GRANDSEND"), (msgs, last)
+    b.ok("HEAR")
+    a.ok("HEAR")
+    a.ok("SEND %d real" % b.pid)
+    got = [m.data for m in b.sync() if m.frm != b.pid]
+    assert got == [b"real"], got
+    assert srv.proc.poll() is None
+    srv.stop()
