@@ -628,8 +628,8 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
             kick(e, e->doom, e->doom_bad);
             continue;
         }
-        if (!endpoint_is_open(e) || ev_is_active(&e->wr))
-            continue; /* the write watcher has it */
+        if (!endpoint_is_open(e) || endpoint_waiting(e) || ev_is_active(&e->wr))
+            continue; /* the write watcher has it, or endpoint_attach will */
         before = e->q.bytes;
         rc = chan_queue_flush(&e->q, e->fd);
         flushed(e, before);
@@ -1519,6 +1519,8 @@ static void wake_held(bus *b)
  * answers go out (a round trip's latency). */
 static int read_some(endpoint *e, size_t budget, int to_eof)
 {
+    if (endpoint_waiting(e))
+        return 1; /* nothing to read yet */
     while (budget > 0 && endpoint_is_open(e)) {
         if (e->held)
             return 1; /* its channel waits: resume() restarts it */
@@ -1601,7 +1603,8 @@ int endpoint_open(bus *b, endpoint *e, int fd, pid_t pid, int jsonl, void *data)
     memset(e, 0, sizeof *e);
     e->fd = -1;
     if (b->closing) {
-        close(fd); /* shutdown: the child sees its channel end at once */
+        if (fd >= 0)
+            close(fd); /* shutdown: the child sees its channel end at once */
         return -ESHUTDOWN;
     }
     e->owner = b;
@@ -1612,7 +1615,8 @@ int endpoint_open(bus *b, endpoint *e, int fd, pid_t pid, int jsonl, void *data)
     chan_decoder_init(&e->fdec, b->cfg.chan_max);
     if (jsonl && (rc = jsonl_decoder_init(&e->jdec, b->cfg.chan_max)) < 0) {
         chan_decoder_fini(&e->fdec);
-        close(fd);
+        if (fd >= 0)
+            close(fd);
         return rc;
     }
     chan_queue_init(&e->q, b->cfg.queue_limit);
@@ -1620,12 +1624,28 @@ int endpoint_open(bus *b, endpoint *e, int fd, pid_t pid, int jsonl, void *data)
     ev_io_init(&e->rd, rd_cb, fd, EV_READ);
     ev_io_init(&e->wr, wr_cb, fd, EV_WRITE);
     e->rd.data = e->wr.data = e;
-    ev_io_start(b->loop, &e->rd);
+    if (fd >= 0)
+        ev_io_start(b->loop, &e->rd);
     e->next = b->all;
     if (b->all)
         b->all->prev = e;
     b->all = e;
     b->nendpoints++;
+    return 0;
+}
+
+int endpoint_attach(endpoint *e, int fd)
+{
+    if (!endpoint_waiting(e)) {
+        close(fd);
+        return -EBADF;
+    }
+    e->fd = fd;
+    ev_io_set(&e->rd, fd, EV_READ);
+    ev_io_set(&e->wr, fd, EV_WRITE);
+    ev_io_start(e->owner->loop, &e->rd);
+    if (e->q.bytes > 0)
+        attention(e); /* what was queued for it goes out */
     return 0;
 }
 
@@ -1646,7 +1666,8 @@ void endpoint_close(endpoint *e)
     set_congested(e, 0);
     ev_io_stop(b->loop, &e->rd);
     ev_io_stop(b->loop, &e->wr);
-    close(e->fd);
+    if (e->fd >= 0)
+        close(e->fd);
     e->fd = -1;
     chan_decoder_fini(&e->fdec);
     if (e->jsonl)

@@ -273,10 +273,24 @@ struct bus {
 int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg);
 void bus_fini(bus *b);
 
+/* An endpoint opened with ENDPOINT_FD_LATER (a child whose channel is made
+ * at its first use, channel/chanreq.h) is open: it is found, messages are
+ * queued for it (up to queue_limit), and nothing is read or written until
+ * endpoint_attach gives it its descriptor. */
+#define ENDPOINT_FD_LATER (-2)
+
 /* Starts serving a child's channel (fd: the supervisor's end, already
  * non-blocking: made so with SOCK_NONBLOCK, one system call less per
  * child; the bus takes it and closes it in endpoint_close). */
 int endpoint_open(bus *b, endpoint *e, int fd, pid_t pid, int jsonl, void *data);
+
+/* The descriptor of an endpoint opened with ENDPOINT_FD_LATER: reading
+ * starts, and what was queued for it goes out. Returns 0, or -EBADF (the
+ * endpoint is closed, or has its descriptor already: fd is closed). */
+int endpoint_attach(endpoint *e, int fd);
+
+/* Still waiting for its descriptor (ENDPOINT_FD_LATER). */
+static inline int endpoint_waiting(const endpoint *e) { return e->fd == ENDPOINT_FD_LATER; }
 
 /* Closes the channel; the child's names and subscriptions go, and its will
  * is published. Idempotent. */
@@ -294,13 +308,13 @@ void endpoint_read_now(endpoint *e);
  * the supervisor is going away from the end of their channel. */
 void bus_close_all(bus *b);
 
-static inline int endpoint_is_open(const endpoint *e) { return e->fd >= 0; }
+static inline int endpoint_is_open(const endpoint *e) { return e->fd != -1; }
 
 /* Open, and serving a connection if it is a worker's: what a message may
  * be sent to. */
 static inline int endpoint_reachable(const endpoint *e)
 {
-    return e->fd >= 0 && (!e->sessions || e->in_session);
+    return endpoint_is_open(e) && (!e->sessions || e->in_session);
 }
 
 /* Makes an endpoint just opened a prefork worker's: idle (unreachable)

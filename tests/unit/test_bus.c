@@ -68,7 +68,8 @@ static void teardown(fixture *f)
 {
     bus_fini(&f->b);
     for (int i = 0; i < f->n; i++)
-        close(f->peer[i]);
+        if (f->peer[i] >= 0)
+            close(f->peer[i]);
     ev_loop_destroy(f->loop);
 }
 
@@ -539,6 +540,80 @@ static void test_a_gathered_burst_goes_when_input_stops(void **state)
     teardown(&f);
 }
 
+/* A child whose channel is made at its first use (ENDPOINT_FD_LATER): it
+ * is found and what is sent to it waits, in order, until it hands its
+ * descriptor over; then that goes out and what it says is read. */
+static void test_a_channel_made_later_gets_what_waited(void **state)
+{
+    fixture f;
+    char *acc = NULL;
+    size_t len = 0;
+    int sv[2];
+    (void)state;
+
+    setup(&f, 1 << 20, 1);
+    assert_int_equal(endpoint_open(&f.b, &f.ep[1], ENDPOINT_FD_LATER, 101, 1, NULL), 0);
+    f.peer[1] = -1;
+    f.n = 2;
+    assert_true(endpoint_is_open(&f.ep[1]));
+    assert_true(endpoint_waiting(&f.ep[1]));
+    assert_ptr_equal(bus_find_pid(&f.b, 101), &f.ep[1]);
+    tell(&f, 0, "{\"op\":\"send\",\"to\":101,\"data\":\"first\"}\n");
+    tell(&f, 0, "{\"op\":\"send\",\"to\":101,\"data\":\"second\"}\n");
+    settle(&f);
+    endpoint_drain(&f.ep[1]); /* nothing to read yet: no harm */
+    assert_true(endpoint_waiting(&f.ep[1]));
+    assert_true(f.ep[1].q.bytes > 0);
+
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    assert_int_equal(fcntl(sv[0], F_SETFL, O_NONBLOCK), 0);
+    assert_int_equal(endpoint_attach(&f.ep[1], sv[0]), 0);
+    f.peer[1] = sv[1];
+    assert_false(endpoint_waiting(&f.ep[1]));
+    read_all(&f, 1, &acc, &len);
+    assert_non_null(acc);
+    assert_int_equal(count_lines(acc, "\"data\":\"first\""), 1);
+    assert_int_equal(count_lines(acc, "\"data\":\"second\""), 1);
+    assert_true(strstr(acc, "first") < strstr(acc, "second"));
+    free(acc);
+    acc = NULL;
+    len = 0;
+
+    /* It speaks: child 0 gets it. */
+    tell(&f, 1, "{\"op\":\"send\",\"to\":100,\"data\":\"back\"}\n");
+    read_all(&f, 0, &acc, &len);
+    assert_non_null(acc);
+    assert_int_equal(count_lines(acc, "\"data\":\"back\""), 1);
+    free(acc);
+
+    /* A second descriptor is refused, and closed. */
+    int again[2];
+    char c;
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, again), 0);
+    assert_int_equal(endpoint_attach(&f.ep[1], again[0]), -EBADF);
+    assert_int_equal(read(again[1], &c, 1), 0);
+    close(again[1]);
+    teardown(&f);
+}
+
+/* One that never gets its descriptor closes cleanly, its queue with it. */
+static void test_a_channel_never_made_closes(void **state)
+{
+    fixture f;
+    (void)state;
+
+    setup(&f, 1 << 20, 1);
+    assert_int_equal(endpoint_open(&f.b, &f.ep[1], ENDPOINT_FD_LATER, 101, 0, NULL), 0);
+    f.peer[1] = -1;
+    f.n = 2;
+    tell(&f, 0, "{\"op\":\"send\",\"to\":101,\"data\":\"lost\"}\n");
+    settle(&f);
+    endpoint_close(&f.ep[1]);
+    assert_false(endpoint_is_open(&f.ep[1]));
+    assert_null(bus_find_pid(&f.b, 101));
+    teardown(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -554,6 +629,8 @@ int main(void)
         cmocka_unit_test(test_a_burst_of_publishes_waits_until_something_else_is_sent),
         cmocka_unit_test(test_a_congested_recipient_is_flushed_while_gathering),
         cmocka_unit_test(test_a_gathered_burst_goes_when_input_stops),
+        cmocka_unit_test(test_a_channel_made_later_gets_what_waited),
+        cmocka_unit_test(test_a_channel_never_made_closes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
