@@ -487,3 +487,42 @@ def sync_one(cluster, i, *clients):
     assert ctl(cluster.servers[i], "broadcast", name).startswith("delivered to ")
     return [[g for g in c.until("*** NOTICE: " + name)[:-1] if not g.startswith("*** NOTICE: sync-")]
             for c in clients]
+
+
+# ------------------------------------------------------------ trimmed past a reader
+
+def test_trimmed_past_a_readers_id_is_said_not_a_silent_gap(hosts, sockfork, tmp_path):
+    """s2 cut off while alice (on s1) sends 500 lines into a stream kept
+    at about 10 entries: when s2 is back, the entries it had not read are
+    gone. Its member gets the lines it can, without a jump, and then chat's
+    missed-messages treatment (--channel-full kick: cut off, told why), never
+    a silent gap."""
+    cluster = Cluster(hosts, sockfork, tmp_path, "--history", "0", "--bus-stream-len", "10",
+                      *NO_FLOOD)
+    alice = cluster.on(0, "alice")
+    bob = cluster.on(1, "bob")
+    alice.expect("*** bob has joined lobby")
+    s2 = cluster.servers[1]
+    hosts.link_down("s2")
+    try:
+        wait_bus_connected(s2, False)
+        alice.send("".join("a.%d\n" % j for j in range(1, 501)).encode())
+        deadline = time.monotonic() + LONG_WAIT
+        while True:
+            info = cluster.redis.command("XINFO", "STREAM", "sf:t:lobby")
+            fields = dict(zip(info[::2], info[1::2])) if isinstance(info, list) else {}
+            if fields.get(b"entries-added", 0) >= 501:  # bob's join, then a.1..a.500
+                break
+            assert time.monotonic() < deadline, info
+            time.sleep(0.05)  # bounded poll of Redis
+        assert fields[b"length"] < 500, fields  # trimmed
+    finally:
+        hosts.link_up("s2")
+    wait_bus_connected(s2, True)
+    lines = bob.lines_to_eof(LONG_WAIT)
+    nums = [int(t[len("<alice> a."):]) for t in lines if t.startswith("<alice> a.")]
+    assert nums == list(range(1, len(nums) + 1)), nums[:20]   # no jump
+    assert len(nums) < 500, "nothing was trimmed before s2 read it"
+    rest = [t for t in lines if not t.startswith("<alice> a.")]
+    assert rest and (rest[-1].startswith("*** You were disconnected") or "missed" in rest[-1]), rest
+    alice.expect("*** bob has left lobby (connection lost)")
