@@ -246,16 +246,22 @@ class Hosts:
 
     # ------------------------------------------------------------ processes
 
-    def argv(self, name, argv):
-        """argv run in host NAME (`ip netns exec` execs it: same pid)."""
+    def argv(self, name, argv, hostname=None):
+        """argv run in host NAME (`ip netns exec` execs it: same pid). With
+        hostname, in a UTS namespace of its own with that host name (what
+        gethostname() says: the network namespaces share the machine's)."""
+        if hostname is not None:
+            argv = ["unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"',
+                    hostname] + list(argv)
         return [IP, "netns", "exec", self.ns(name)] + list(argv)
 
-    def run(self, name, argv, **popen_kwargs):
-        """Popen of argv in host NAME, in a session of its own unless told
-        otherwise; killed and reaped at kill_all(NAME) and at teardown."""
+    def run(self, name, argv, hostname=None, **popen_kwargs):
+        """Popen of argv in host NAME (and with hostname, see argv()), in a
+        session of its own unless told otherwise; killed and reaped at
+        kill_all(NAME) and at teardown."""
         popen_kwargs.setdefault("start_new_session", True)
         popen_kwargs.setdefault("stdin", subprocess.DEVNULL)
-        proc = subprocess.Popen(self.argv(name, argv), **popen_kwargs)
+        proc = subprocess.Popen(self.argv(name, argv, hostname), **popen_kwargs)
         self.host(name).procs.append(proc)
         return proc
 

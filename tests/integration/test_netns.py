@@ -252,3 +252,11 @@ def test_haproxy_round_robin_to_two_instances_with_the_clients_address(hosts, so
     a.expect("<bob> hello through haproxy")
     for c in clients:
         c.close()
+
+
+def test_a_host_can_have_a_host_name_of_its_own(hosts):
+    hosts.add("w1")
+    proc = hosts.run("w1", ["hostname"], hostname="w1", stdout=subprocess.PIPE)
+    out, _ = proc.communicate(timeout=WAIT)
+    assert out == b"w1\n" and proc.returncode == 0
+    assert socket.gethostname() != "w1"
