@@ -242,9 +242,9 @@ def test_kill_9_of_one_worker_mid_run(hosts, tmp_path):
     q.worker("w1")
     w2 = q.worker("w2")
     count = 200
-    sub = q.submit(count, "--lease", "2", command=["sh", "-c", 'sleep 0.1; echo "$1 $(hostname)" '
-                                                   '>> "$2/ran"; echo "$1"', "sh", "{}",
-                                                   str(tmp_path)])
+    sub = q.submit(count, "--lease", "2", command=[
+        "sh", "-c", 'echo "$1 start $(hostname)" >> "$2/events"; sleep 0.1; '
+        'echo "$1 end $(hostname)" >> "$2/events"; echo "$1"', "sh", "{}", str(tmp_path)])
     q.wait_results(40)
     held = q.pending_by_consumer()
     assert any(c.startswith("w1:") and k > 0 for c, k in held.items()), held
@@ -253,11 +253,16 @@ def test_kill_9_of_one_worker_mid_run(hosts, tmp_path):
     assert rc == 0, sub.log.text()[-2000:]
     q.check_once_each(count)
     assert all(r["ok"] for r in q.results())
-    ran = q.ran()
-    assert sorted(ran) == list(range(1, count + 1))
-    # Some ran on w1 and were cut: those ran again on w2.
-    assert any(len(h) == 2 and h[-1] == "w2" for h in ran.values()) or \
-        all(h == ["w2"] for n, h in ran.items() if "w1" not in h), ran
+    events = {}
+    for line in (tmp_path / "events").read_text().splitlines():
+        n, what, host = line.split()
+        events.setdefault(int(n), set()).add((what, host))
+    assert sorted(events) == list(range(1, count + 1))
+    assert all(("end", "w1") in e or ("end", "w2") in e for e in events.values())
+    # What w1 was running when it died ran again, to the end, on w2.
+    cut = [n for n, e in events.items() if ("start", "w1") in e and ("end", "w1") not in e]
+    assert cut, "w1 was running nothing when killed"
+    assert all(("end", "w2") in events[n] for n in cut), {n: events[n] for n in cut}
     assert w2.wait(WAIT) == 0
 
 
@@ -350,15 +355,15 @@ def test_a_poison_task_is_dead_lettered_and_the_run_ends(hosts, tmp_path):
 
 def test_the_submitter_restarted_mid_run_resubmits_nothing(hosts, tmp_path):
     """The submitter killed (-9) mid-run and started again with the same
-    queue: it picks up what is recorded, adds only what was never added;
-    every task ran once and is in the joblog once."""
+    queue and --resume: it picks up what is recorded, adds only what was
+    never added; every task ran once and is in the joblog once."""
     q = Queue(hosts, tmp_path)
     q.worker("w1")
     q.worker("w2")
     count = 200
     command = ["sh", "-c", 'sleep 0.05; echo "$1 $(hostname)" >> "$2/ran"; echo "$1"', "sh", "{}",
                str(tmp_path)]
-    first = q.submit(count, "--resume", command=command, tag="first")
+    first = q.submit(count, command=command, tag="first")
     q.wait_results(50)
     hosts.kill_all("sub")
     assert first.proc.returncode == -signal.SIGKILL
