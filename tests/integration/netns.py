@@ -285,8 +285,9 @@ class Hosts:
         return [int(p) for p in out.split()]
 
     def kill_all(self, name, timeout=WAIT):
-        """SIGKILL to every process in host NAME (its `kill -9`), until none
-        is left (bounded); the ones started here are reaped."""
+        """Every process in host NAME stopped, then killed (SIGKILL): the
+        host's `kill -9`, all at once; until none is left (bounded). The
+        ones started here are reaped."""
         host = self.host(name)
         self._kill_namespace(host.ns, timeout)
         for proc in host.procs:
@@ -303,11 +304,15 @@ class Hosts:
             pids = self._pids(ns)
             if not pids:
                 return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            # All stopped first, then all killed: a host dies at once, and
+            # no process sees another's death and acts on it (a child telling
+            # its client something as its supervisor goes).
+            for sig in (signal.SIGSTOP, signal.SIGKILL):
+                for pid in pids:
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
             # Our own children stay zombies (and leave `ip netns pids`,
             # which reads their namespace) until reaped: reap them.
             for host in self.hosts.values():

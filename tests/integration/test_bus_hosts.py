@@ -134,6 +134,31 @@ def expect_set(c, lines, timeout=WAIT):
     assert sorted(got) == sorted(lines), (c, got, lines)
 
 
+def ask_until(c, command, prefix, want, timeout=WAIT):
+    """Sends command until its one-line answer is prefix + the items of
+    want (in any order): for what the other instance replicates a moment
+    later. Every answer on the way must be a listing too."""
+    deadline = time.monotonic() + timeout
+    while True:
+        c.send(command)
+        got = c.line()
+        assert got.startswith(("*** in ", "*** rooms: ", "*** nobody is in ")), (c, command, got)
+        if got.startswith(prefix) and sorted(got[len(prefix):].split(", ")) == sorted(want):
+            return
+        assert time.monotonic() < deadline, "%r: %r still answers %r" % (c, command, got)
+        time.sleep(0.05)  # bounded: the replica is catching up
+
+
+def wait_name(cluster, nick, held, timeout=WAIT):
+    """Until Redis has (held) or no longer has a lease on nick (chat's bus
+    name nick:NAME, folded, under sf:n:)."""
+    key = "sf:n:nick:" + nick.lower()
+    deadline = time.monotonic() + timeout
+    while cluster.redis.command("EXISTS", key) != int(held):
+        assert time.monotonic() < deadline, "%s %s" % (key, "never leased" if held else "still leased")
+        time.sleep(0.05)  # bounded poll of Redis
+
+
 def take_nick(c, nick, timeout=WAIT):
     """Offers nick until it is granted (a name another instance held is
     free once its release or lease expiry reached Redis): bounded."""
@@ -146,6 +171,19 @@ def take_nick(c, nick, timeout=WAIT):
             return
         assert got == TAKEN % nick, (c, got)
         assert time.monotonic() < deadline, "%s never free again" % nick
+
+
+LOBBY = "sf:t:room:lobby"  # chat's topic room:lobby, as a stream
+
+
+def wait_stream_len(cluster, key, n, timeout=WAIT):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cluster.redis.command("XLEN", key)
+        if isinstance(got, int) and got >= n:
+            return got
+        assert time.monotonic() < deadline, "%s has %r entries, not %d" % (key, got, n)
+        time.sleep(0.05)  # bounded poll of Redis
 
 
 # ------------------------------------------------------------ one room, many lines
@@ -375,6 +413,8 @@ def test_redis_partitioned_mid_stream(hosts, sockfork, tmp_path):
 def test_nick_collision_across_instances(hosts, sockfork, tmp_path):
     cluster = Cluster(hosts, sockfork, tmp_path, "--history", "0", *NO_FLOOD)
     alice = cluster.on(0, "alice")
+    wait_name(cluster, "alice", True)  # leased after the login, not before
+    wait_stream_len(cluster, LOBBY, 1)  # and announced: nobody below gets it live
     c = cluster.on(1)
     c.welcome()
     for taken in ("alice", "ALICE", "Alice"):
@@ -382,6 +422,7 @@ def test_nick_collision_across_instances(hosts, sockfork, tmp_path):
         c.expect(TAKEN % taken)
     take_nick(c, "bob")
     alice.expect("*** bob has joined lobby")
+    wait_name(cluster, "bob", True)
     # A rename to a name held on the other instance is refused too.
     alice.send("/nick bob")
     got = alice.line()
@@ -390,6 +431,7 @@ def test_nick_collision_across_instances(hosts, sockfork, tmp_path):
     alice.send("/quit")
     assert alice.lines_to_eof() == ["*** Bye."]
     c.expect("*** alice has quit")
+    wait_name(cluster, "alice", False)
     d = cluster.on(1)
     d.welcome()
     take_nick(d, "alice")
@@ -398,13 +440,21 @@ def test_nick_collision_across_instances(hosts, sockfork, tmp_path):
 
 
 def test_msg_and_who_across_instances(hosts, sockfork, tmp_path):
+    """Membership (/who, /rooms, who holds a name) reaches the other
+    instance through sf:x, apart from a room's announcements (its own
+    stream), so it may come a moment after them: the test waits for it
+    (bounded), then holds it to be exact."""
     cluster = Cluster(hosts, sockfork, tmp_path, "--history", "0", *NO_FLOOD)
     alice = cluster.on(0, "alice")
+    wait_stream_len(cluster, LOBBY, 1)  # alice's join is written: bob cannot get it live
     bob = cluster.on(1, "bob")
     alice.expect("*** bob has joined lobby")
+    wait_stream_len(cluster, LOBBY, 2)
     carol = cluster.on(0, "carol")
     alice.expect("*** carol has joined lobby")
     bob.expect("*** carol has joined lobby")
+    for c in (alice, bob):
+        ask_until(c, "/who", "*** in lobby (3): ", ["alice", "bob", "carol"])
 
     alice.send("/msg bob psst, over there")
     alice.expect("-> *bob* psst, over there")
@@ -415,29 +465,27 @@ def test_msg_and_who_across_instances(hosts, sockfork, tmp_path):
     bob.send("/msg ghost anyone?")
     bob.expect("*** no such nick: ghost")
 
-    for c in (alice, bob):
-        c.send("/who")
-        got = c.line()
-        assert got.startswith("*** in lobby (3): "), got
-        assert sorted(got[len("*** in lobby (3): "):].split(", ")) == ["alice", "bob", "carol"]
     bob.send("/join den\n/who den")
     bob.until("*** you are now in den")
     bob.expect("*** in den (1): bob")
     alice.expect("*** bob has left lobby")
     carol.expect("*** bob has left lobby")
-    alice.send("/who den")
-    alice.expect("*** in den (1): bob")
-    alice.send("/rooms")
-    got = alice.line()
-    assert got.startswith("*** rooms: "), got
-    assert sorted(got[len("*** rooms: "):].split(", ")) == ["den (1)", "lobby (2)"], got
+    ask_until(alice, "/who den", "*** in den (1): ", ["bob"])
+    ask_until(alice, "/rooms", "*** rooms: ", ["den (1)", "lobby (2)"])
+    ask_until(carol, "/who", "*** in lobby (2): ", ["alice", "carol"])
+    bob.send("/msg carol from den")
+    bob.expect("-> *carol* from den")
+    carol.expect("*bob* from den")
     assert sync(cluster, alice, bob, carol) == [[], [], []]
 
 
 def test_history_on_join_from_the_other_instance(hosts, sockfork, tmp_path):
     cluster = Cluster(hosts, sockfork, tmp_path, "--history", "3", *NO_FLOOD)
     alice = cluster.on(0, "alice")
+    # Written to Redis after alice's login, not before: wait for it.
+    wait_stream_len(cluster, LOBBY, 1)
     carol = cluster.on(1, "carol")
+    carol.expect("[history] *** alice has joined lobby")  # s1's entry, from the stream
     alice.expect("*** carol has joined lobby")
     for i in range(1, 6):
         alice.send("h%d" % i)
@@ -460,6 +508,7 @@ def test_kill_9_of_one_instance(hosts, sockfork, tmp_path):
     alice = cluster.on(0, "alice")
     bob = cluster.on(0, "bob")
     alice.expect("*** bob has joined lobby")
+    wait_stream_len(cluster, LOBBY, 2)  # both joins written: s2's clients do not get them live
     carol = cluster.on(1, "carol")
     alice.expect("*** carol has joined lobby")
     bob.expect("*** carol has joined lobby")
@@ -478,9 +527,10 @@ def test_kill_9_of_one_instance(hosts, sockfork, tmp_path):
                        "*** bob has left lobby (connection lost)"], timeout=LEASE * 4 + WAIT)
     # Once, not more: a later notice of s2's own comes with nothing before it.
     assert sync_one(cluster, 1, carol, dave) == [[], []]
+    wait_name(cluster, "alice", False, timeout=LEASE * 2 + WAIT)
     e = cluster.on(1)
     e.welcome()
-    take_nick(e, "alice", timeout=LEASE * 2 + WAIT)
+    take_nick(e, "alice")
     for c in (carol, dave):
         c.expect("*** alice has joined lobby")
     assert sync_one(cluster, 1, carol, dave, e) == [[], [], []]
@@ -514,7 +564,7 @@ def test_trimmed_past_a_readers_id_is_said_not_a_silent_gap(hosts, sockfork, tmp
         alice.send("".join("a.%d\n" % j for j in range(1, 501)).encode())
         deadline = time.monotonic() + LONG_WAIT
         while True:
-            info = cluster.redis.command("XINFO", "STREAM", "sf:t:lobby")
+            info = cluster.redis.command("XINFO", "STREAM", LOBBY)
             fields = dict(zip(info[::2], info[1::2])) if isinstance(info, list) else {}
             if fields.get(b"entries-added", 0) >= 501:  # bob's join, then a.1..a.500
                 break
