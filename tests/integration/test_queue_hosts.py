@@ -121,7 +121,7 @@ class Queue:
         self.workers = {}
 
     def worker(self, host, jobs=JOBS):
-        w = Proc(self.hosts, host, [BIN, "worker", self.url, "-j", str(jobs)], str(self.tmp),
+        w = Proc(self.hosts, host, [BIN, "worker", "-j", str(jobs), self.url], str(self.tmp),
                  hostname=host)
         self.workers[host] = w
         return w
