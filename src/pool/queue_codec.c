@@ -83,7 +83,7 @@ static int argv_blob(char *const *argv, char **blob, size_t *len)
     return 0;
 }
 
-static int retry_text(const qc_retry_on *r, char *buf, size_t cap)
+int qc_retry_format(const qc_retry_on *r, char *buf, size_t cap)
 {
     size_t at = 0;
     int w;
@@ -117,7 +117,7 @@ int qc_task_encode(const qc_task *t, qc_fields *out)
     if (t->seq == 0 || t->attempt == 0 || t->tries < t->attempt || t->max_deliveries == 0 ||
         t->out_max > QC_OUT_MAX)
         return -EINVAL;
-    if ((rc = retry_text(&t->retry_on, out->retry_text, sizeof out->retry_text)) < 0)
+    if ((rc = qc_retry_format(&t->retry_on, out->retry_text, sizeof out->retry_text)) < 0)
         return rc;
     if ((rc = argv_blob(t->argv, &out->argv_blob, &blen)) < 0)
         return rc;

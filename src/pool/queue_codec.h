@@ -42,7 +42,7 @@ typedef struct qc_fields {
     const char *v[QC_FIELDS_MAX];
     size_t vlen[QC_FIELDS_MAX];
     char num[QC_FIELDS_MAX][24];    /* numbers as decimal text */
-    char retry_text[QC_RETRY_MAX * 2 * 9 + 16];
+    char retry_text[QC_RETRY_MAX * 2 * 9 + 16]; /* QC_RETRY_TEXT */
     char *argv_blob;                /* malloc'ed: every word and a NUL */
 } qc_fields;
 
@@ -73,6 +73,11 @@ int qc_task_encode(const qc_task *t, qc_fields *out);
 /* On success t->argv is the caller's to free; on failure nothing is held. */
 int qc_task_decode(const qc_bytes *fields, const qc_bytes *values, size_t n, qc_task *t,
                    const char **why);
+
+/* retry_on as the entry and the meta hash carry it ("code:3,sig:9,timeout");
+ * cap at least QC_RETRY_TEXT. 0, or -EINVAL for a code or signal out of range. */
+#define QC_RETRY_TEXT (QC_RETRY_MAX * 2 * 9 + 16)
+int qc_retry_format(const qc_retry_on *r, char *buf, size_t cap);
 
 /* Whether a failed attempt (exited with code, or killed by signal when
  * !exited; timed_out) may be retried by t's retry_on, attempts aside. */
