@@ -485,6 +485,14 @@ static void take(const char *id, const qc_bytes *f, const qc_bytes *v, size_t n,
         dead_letter(q, qt, "delivered more times than its limit");
         return;
     }
+    if (w->finishing || q->p->halting || q->failed) {
+        /* A read that was on its way when the run ended or halted: not
+         * ours to run, so back at once rather than after the lease. */
+        qt->state = QT_WRITING;
+        qt->give_back = 1;
+        write_outcome(q, qt);
+        return;
+    }
     qt->state = QT_INBOX;
     wake_feed(w);
 }
@@ -971,7 +979,9 @@ int pool_queue_work_end(sf_pool *p)
             w->tasks[i].give_back = 1;
             write_outcome(q, &w->tasks[i]);
         }
-    while (!q->failed && tasks_in(w, QT_WRITING) && pool_now() < until) {
+    /* A read still on its way may bring entries: they go back too. */
+    while (!q->failed && (tasks_in(w, QT_WRITING) || w->reading || w->scanning) &&
+           pool_now() < until) {
         ev_now_update(p->mloop);
         ev_run(p->mloop, EVRUN_ONCE);
     }

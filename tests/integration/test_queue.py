@@ -371,3 +371,38 @@ def test_a_worker_cut_off_past_its_lease_stops_its_copy(tmp_path, redis, task):
     res = results(tmp_path / "r.jsonl")
     assert [(r["seq"], r["host"]) for r in res] == [(1, "hostb")]
     assert text(tmp_path, "sub", "out").splitlines() == ["long 1"]
+
+
+def test_halt_now_stops_what_workers_run(tmp_path, redis, task):
+    url = redis.url("halt")
+    sub = start(tmp_path, "run", "--queue", url, "--halt", "now,fail=1", "--kill-grace", "0.5",
+                "--results", "r.jsonl", task, ":::", "code", "slow", "slow", "slow", "slow",
+                name="sub")
+    w = start(tmp_path, "worker", "-j", "3", url, name="w")
+    rc = finish(sub, timeout=20)  # the slow tasks sleep 30 s: they were stopped
+    assert finish(w) == 0
+    res = {r["seq"]: r for r in results(tmp_path / "r.jsonl")}
+    assert res[1]["exit_code"] == 3
+    stopped = [r for s, r in res.items() if s != 1]
+    assert stopped and all(r.get("stopped") and r["signal"] == "SIGTERM" for r in stopped), res
+    assert rc == len(res), text(tmp_path, "sub")
+    assert "halt" in text(tmp_path, "sub")
+    # Nothing left held by a worker: run, or given back.
+    lines = redis.cli("XPENDING", "sfq:halt:tasks", "workers", "-", "+", "99").splitlines()
+    assert all(consumer == "returned" for consumer in lines[1::4]), lines
+
+
+def test_sigint_on_the_submitter(tmp_path, redis, task):
+    url = redis.url("int")
+    sub = start(tmp_path, "run", "--queue", url, "--results", "r.jsonl", task, ":::", "slow",
+                "slow", "slow", name="sub")
+    w = start(tmp_path, "worker", "-j", "2", url, name="w")
+    wait_for(lambda: redis.cli("XPENDING", "sfq:int:tasks", "workers").splitlines()[:1] == ["2"],
+             what="two tasks running")
+    os.kill(sub.pid, signal.SIGINT)
+    assert finish(sub, timeout=20) == 128 + signal.SIGINT
+    assert finish(w, timeout=20) == 0
+    res = results(tmp_path / "r.jsonl")
+    assert len(res) == 2 and all(r.get("stopped") for r in res), res
+    assert redis.cli("HGET", "sfq:int:meta", "state") == "halt-now"
+    no_sanitizer_report(text(tmp_path, "sub"), text(tmp_path, "w"))
