@@ -406,3 +406,16 @@ def test_sigint_on_the_submitter(tmp_path, redis, task):
     assert len(res) == 2 and all(r.get("stopped") for r in res), res
     assert redis.cli("HGET", "sfq:int:meta", "state") == "halt-now"
     no_sanitizer_report(text(tmp_path, "sub"), text(tmp_path, "w"))
+
+
+def test_a_task_under_a_worker_holds_only_its_own_descriptors(tmp_path, redis):
+    """Not the worker's Redis connections nor its eventfd: stdio and fd 3."""
+    from conftest import helper
+    url = redis.url("fds")
+    sub = start(tmp_path, "run", "--queue", url, helper("fdcount"), ":::", "x", name="sub")
+    w = start(tmp_path, "worker", "-j", "1", url, name="w")
+    assert finish(sub) == 0, text(tmp_path, "sub")
+    assert finish(w) == 0
+    lines = text(tmp_path, "sub", "out").splitlines()
+    assert lines[-1] == "end", lines
+    assert sorted(int(l.split()[0]) for l in lines[:-1]) == [0, 1, 2, 3], lines
