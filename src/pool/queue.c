@@ -293,7 +293,7 @@ static void name_host(pool_queue *q, const char *given)
 int pool_queue_open(sf_pool *p)
 {
     pool_queue *q;
-    rconn_opts co = {0};
+    rconn_opts co;
     const char *why = NULL;
     int rc;
 
@@ -314,6 +314,7 @@ int pool_queue_open(sf_pool *p)
     rc = q->role == 2 ? q_work_open(q) : q_sub_open(q);
     if (rc < 0)
         return rc;
+    rconn_opts_default(&co);
     co.on_up = cmd_up;
     co.on_down = cmd_down;
     co.arg = q;

@@ -878,8 +878,7 @@ void q_sub_up(pool_queue *q)
     q_sub *s = q->s;
     q_args a;
 
-    s->reading = 0;
-    s->pending_asked = 0;
+    /* In-flight flags are cleared by their callbacks (NULL after a loss). */
     q_args_init(&a);
     if (!s->started) {
         if (s->meta_asked)

@@ -905,13 +905,11 @@ static void tick_cb(struct ev_loop *loop, ev_timer *t, int revents)
 
 /* ------------------------------------------------------------ open, close, end */
 
+/* Either connection is up. What was in flight on one that went down has
+ * had its callback (NULL) already, which cleared its flag: nothing to reset. */
 void q_work_up(pool_queue *q)
 {
-    q_work *w = q->w;
-
-    w->reading = w->scanning = w->controlling = w->renewing = w->meta_asking = 0;
-    w->reserved = 0;
-    tick_cb(q->p->mloop, &w->tick, 0);
+    tick_cb(q->p->mloop, &q->w->tick, 0);
 }
 
 int q_work_open(pool_queue *q)
