@@ -71,61 +71,43 @@ static int is_str(const redisReply *r)
 
 #define Q_PAIRS_MAX 64
 
-static int one_entry(const redisReply *e, q_entry_cb cb, void *arg)
+typedef struct walk {
+    q_entry_cb cb;
+    void *arg;
+} walk;
+
+/* rreply (src/redis, fuzzed) has checked the whole tree already. */
+static int one_entry(const rreply_entry *e, void *arg)
 {
+    walk *w = arg;
     qc_bytes f[Q_PAIRS_MAX], v[Q_PAIRS_MAX];
-    const redisReply *kv;
+    char id[RID_TEXT_MAX];
     size_t n = 0;
 
-    if (!e || e->type == REDIS_REPLY_NIL)
-        return 0; /* an entry deleted while pending (XCLAIM) */
-    if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || !is_str(e->element[0]))
-        return -EPROTO;
-    kv = e->element[1];
-    if (kv->type == REDIS_REPLY_ARRAY && kv->elements % 2 == 0 &&
-        kv->elements / 2 <= Q_PAIRS_MAX) {
-        for (size_t i = 0; i < kv->elements; i += 2) {
-            if (!is_str(kv->element[i]) || !is_str(kv->element[i + 1]))
-                return -EPROTO;
-            f[n] = (qc_bytes){kv->element[i]->str, kv->element[i]->len};
-            v[n] = (qc_bytes){kv->element[i + 1]->str, kv->element[i + 1]->len};
-            n++;
+    if (e->deleted || e->idlen >= sizeof id)
+        return 0; /* deleted while pending: nothing to run */
+    memcpy(id, e->idtext, e->idlen);
+    id[e->idlen] = '\0';
+    if (e->nfields <= Q_PAIRS_MAX)
+        for (; n < e->nfields; n++) {
+            const char *fp, *vp;
+            size_t fl, vl;
+            rreply_field(e, n, &fp, &fl, &vp, &vl);
+            f[n] = (qc_bytes){fp, fl};
+            v[n] = (qc_bytes){vp, vl};
         }
-    } else if (kv->type != REDIS_REPLY_NIL && kv->type != REDIS_REPLY_ARRAY) {
-        return -EPROTO;
-    }
-    /* Too many pairs, or none: n 0, which no decoder takes. */
-    cb(e->element[0]->str, f, v, n, arg);
-    return 0;
-}
-
-static int flat_entries(const redisReply *r, q_entry_cb cb, void *arg)
-{
-    if (r->type != REDIS_REPLY_ARRAY)
-        return -EPROTO;
-    for (size_t i = 0; i < r->elements; i++)
-        if (one_entry(r->element[i], cb, arg) < 0)
-            return -EPROTO;
+    /* Too many pairs: n 0, which no decoder takes. */
+    w->cb(id, f, v, n, w->arg);
     return 0;
 }
 
 int q_entries(const redisReply *r, int keyed, q_entry_cb cb, void *arg)
 {
+    walk w = {cb, arg};
+
     if (!r)
         return -EPROTO;
-    if (r->type == REDIS_REPLY_NIL)
-        return 0; /* XREAD BLOCK timed out */
-    if (!keyed)
-        return flat_entries(r, cb, arg);
-    if (r->type != REDIS_REPLY_ARRAY)
-        return -EPROTO;
-    for (size_t i = 0; i < r->elements; i++) {
-        const redisReply *ks = r->element[i];
-        if (ks->type != REDIS_REPLY_ARRAY || ks->elements != 2 || !is_str(ks->element[0]) ||
-            flat_entries(ks->element[1], cb, arg) < 0)
-            return -EPROTO;
-    }
-    return 0;
+    return keyed ? rreply_streams(r, one_entry, &w) : rreply_entries(r, one_entry, &w);
 }
 
 const redisReply *q_hash_get(const redisReply *r, const char *field)

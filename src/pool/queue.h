@@ -22,6 +22,7 @@
 #include "pool/pool_internal.h"
 #include "pool/queue_codec.h"
 #include "redis/rconn.h"
+#include "redis/rreply.h"
 #include "redis/rurl.h"
 
 #include <hiredis/hiredis.h>
@@ -77,9 +78,10 @@ struct pool_queue {
 int q_send(pool_queue *q, rconn *c, rconn_reply_cb cb, void *priv, unsigned block_ms,
            q_args *a);
 /* Calls cb(id, fields, values, n, arg) for every entry of an XREAD-shaped
- * reply ([[key, [[id, [f, v...]]...]]...]) or, flat, of an XRANGE/XCLAIM
- * one ([[id, [f, v...]]...], nil entries skipped). -EPROTO on a shape that
- * is neither, after the entries before it. */
+ * reply (keyed) or an XRANGE/XCLAIM one, walked by rreply (which checks the
+ * whole tree first: -EPROTO and no call for another shape). An entry
+ * deleted while pending is skipped; one of more than 64 pairs comes with
+ * n 0 (no decoder takes it). */
 typedef void (*q_entry_cb)(const char *id, const qc_bytes *f, const qc_bytes *v, size_t n,
                            void *arg);
 int q_entries(const redisReply *r, int keyed, q_entry_cb cb, void *arg);
