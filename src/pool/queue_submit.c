@@ -37,6 +37,7 @@ struct q_sub {
     q_out *outs;
     size_t n, cap;               /* outs[0..n): by seq; done ones at the front compacted */
     size_t live;                 /* not done */
+    size_t live_new;             /*   of them added by this submitter: the window's */
     size_t window;
     q_meta meta;                 /* the run's parameters, as written */
     int meta_asked, started;
@@ -104,6 +105,8 @@ static q_out *out_add(q_sub *s, unsigned long seq, void *data, char **argv)
     o->data = data;
     o->argv = argv;
     s->live++;
+    if (seq > s->resumed_submitted)
+        s->live_new++;
     return o;
 }
 
@@ -165,6 +168,8 @@ static void out_end(pool_queue *q, q_out *o, sf_task_report *r)
     o->argv = NULL;
     o->done = 1;
     s->live--;
+    if (o->seq > s->resumed_submitted)
+        s->live_new--;
     s->feed_waiting = 0;
     out_compact(s);
     if (r->state == SF_TASK_FAILED)
@@ -408,7 +413,9 @@ static void take_queued(pool_queue *q)
     q_sub *s = q->s;
     pool_task *t;
 
-    while ((t = p->head) != NULL && s->live < s->window) {
+    /* Tasks a resumed run finds in Redis already are outside the window:
+     * the input must reach every result the stream holds. */
+    while ((t = p->head) != NULL && (t->seq <= s->resumed_submitted || s->live_new < s->window)) {
         char **argv;
         q_out *o;
 
@@ -456,7 +463,8 @@ static int want_feed(const pool_queue *q)
     const sf_pool *p = q->p;
 
     return p->o.feed && s->started && !s->feed_ended && !s->feed_waiting && !p->halting &&
-           p->npending < 64 && s->live + p->npending < s->window;
+           p->npending < 64 &&
+           (p->next_seq < s->resumed_submitted || s->live_new + p->npending < s->window);
 }
 
 static void call_feed(pool_queue *q)
