@@ -31,6 +31,7 @@ case "$1" in
   nap) sleep 0.2; echo "nap $SOCKFORK_TASK";;
   long) sleep 2; echo "long $SOCKFORK_TASK";;
   poison) kill -9 $PPID; sleep 5;;
+  big) head -c 200000 /dev/zero | tr -c x x; echo;;
 esac
 """
 
@@ -419,3 +420,17 @@ def test_a_task_under_a_worker_holds_only_its_own_descriptors(tmp_path, redis):
     lines = text(tmp_path, "sub", "out").splitlines()
     assert lines[-1] == "end", lines
     assert sorted(int(l.split()[0]) for l in lines[:-1]) == [0, 1, 2, 3], lines
+
+
+def test_output_limit_as_a_local_run(tmp_path, redis, task):
+    url = redis.url("big")
+    sub = start(tmp_path, "run", "--queue", url, "--max-output", "10K", "--results", "r.jsonl",
+                task, ":::", "big", "ok", name="sub")
+    w = start(tmp_path, "worker", "-j", "2", url, name="w")
+    assert finish(sub) == 1, text(tmp_path, "sub")
+    assert finish(w) == 0
+    res = {r["seq"]: r for r in results(tmp_path / "r.jsonl")}
+    assert res[1].get("output_limited") and not res[1]["ok"]
+    assert res[2]["ok"]
+    out = text(tmp_path, "sub", "out")
+    assert out.count("x") == 10 * 1024 and "ok 2" in out
