@@ -680,6 +680,12 @@ COVERED = {
     "previous_gone": "test_upgrade.py::test_upgrade_events_as_json_records",
     "upgrade_child_exited": "test_upgrade.py::test_upgrade_events_as_json_records",
     "bridge": "test_upgrade.py::test_a_second_upgrade_before_the_first_drained_moves_the_bridge",
+    "queue_down": "test_queue.py::test_unreachable_redis_one_line",
+    "queue_waiting": "test_queue.py::test_worker_waits_for_its_run",
+    "queue_bad_entry": "test_queue.py::test_an_entry_that_does_not_parse_is_dead_lettered",
+    "queue_dead": "test_queue.py::test_poison_task_dead_lettered",
+    "queue_duplicate": "test_queue.py::test_a_second_result_is_dropped",
+    "queue_lease_lost": "test_queue.py::test_a_worker_cut_off_past_its_lease_stops_its_copy",
 }
 NOT_HERE = {
     # Failures that need a fault injected; their text lines are tested
