@@ -275,7 +275,6 @@ def test_unreachable_redis_one_line(tmp_path):
 @pytest.mark.parametrize("args,status,says", [
     (["run", "--queue", "redis://127.0.0.1:6379", "echo", ":::", "a"], 255, "not a queue URL"),
     (["run", "--queue", "redis://h/x", "echo", "{%}", ":::", "a"], 255, "job slot"),
-    (["run", "--queue", "redis://h/x", "-j", "2", "echo", ":::", "a"], 255, "sockfork worker"),
     (["run", "--lease", "5", "echo", ":::", "a"], 255, "--lease is for --queue"),
     (["run", "--queue", "redis://h/x", "--lease", "0", "echo", ":::", "a"], 255, "--lease"),
     (["worker"], 2, "URL is missing"),
@@ -436,3 +435,60 @@ def test_output_limit_as_a_local_run(tmp_path, redis, task):
     assert res[2]["ok"]
     out = text(tmp_path, "sub", "out")
     assert out.count("x") == 10 * 1024 and "ok 2" in out
+
+
+def own_workers(pid):
+    """The `sockfork worker` processes whose parent is pid."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                argv = f.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and argv[1:2] == [b"worker"]:
+            found.append(int(d))
+    return found
+
+
+def test_submitter_with_j_runs_the_tasks_itself(tmp_path, redis, task):
+    """run --queue -j N: no other worker, the submitter's own runs them all
+    (as a worker: host column, results), and it is gone when the run ends."""
+    url = redis.url("own")
+    kinds = ["ok", "code", "ok", "res", "flaky", "nap", "nap", "ok"]
+    sub = start(tmp_path, "run", "--queue", url, "-j", "3", "--retries", "1", "--retry-on", "1",
+                "--results", "r.jsonl", "--joblog", "j.log", task, ":::", *kinds, name="sub")
+    rc = finish(sub)
+    no_sanitizer_report(text(tmp_path, "sub"))
+    assert rc == 1, text(tmp_path, "sub")  # only "code" failed
+    res = {r["seq"]: r for r in results(tmp_path / "r.jsonl")}
+    assert sorted(res) == list(range(1, len(kinds) + 1))
+    assert res[2]["exit_code"] == 3 and res[4]["result"] == {"v": 42}
+    assert res[5]["ok"] and res[5]["attempts"] == 2
+    host = os.uname().nodename
+    assert {r["host"] for r in res.values()} == {host}
+    assert {l[1] for l in joblog(tmp_path / "j.log")} == {host}
+    assert sorted(text(tmp_path, "sub", "out").splitlines()) == \
+        ["nap 6", "nap 7", "ok 1", "ok 3", "ok 8"]
+    assert own_workers(sub.pid) == []
+
+
+def test_submitter_stops_when_its_own_worker_dies(tmp_path, redis, task):
+    """Its only worker killed: the run stops (it would wait for ever), says
+    why in one line, exits 255, and leaves no process behind."""
+    url = redis.url("owndies")
+    sub = start(tmp_path, "run", "--queue", url, "-j", "2", "--results", "r.jsonl", task,
+                ":::", "slow", "slow", "slow", name="sub")
+    workers = wait_for(lambda: own_workers(sub.pid), what="the submitter's worker")
+    wait_for(lambda: redis.cli("XLEN", "sfq:owndies:tasks") == "3", what="the tasks queued")
+    os.kill(workers[0], signal.SIGKILL)
+    rc = finish(sub)
+    err = text(tmp_path, "sub")
+    no_sanitizer_report(err)
+    assert rc == 255, err
+    assert "its worker was killed by signal 9: the run was stopped" in err, err
+    assert own_workers(sub.pid) == []

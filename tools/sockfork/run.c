@@ -10,6 +10,7 @@
 #include "runargs.h"
 #include "runlog.h"
 #include "runout.h"
+#include "runworker.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -80,6 +81,7 @@ typedef struct run_state {
     int shell, keep_order, line_buffer, tag, resume, resume_failed, quiet;
     int progress;                 /* -1: when stderr is a terminal */
     int jobs_given;
+    unsigned local_jobs;        /* --queue -j N: the submitter's own worker's tasks at once */
     unsigned long long max_output; /* 0: the default, when output is grouped */
     sf_pool_opts po;
     int retry_codes[RETRY_ON_MAX], retry_signals[RETRY_ON_MAX];
@@ -1060,7 +1062,8 @@ static const run_option run_options[] = {
     {"queue", 0, OPT_VALUE, opt_queue, "URL",
      "put the tasks in the Redis queue at URL\n"
      "(redis://HOST[:PORT]/[DB/]NAME) for `sockfork worker`s\n"
-     "to run, and record what they report"},
+     "to run, and record what they report; with -j N, a\n"
+     "worker of its own runs N of them at once too"},
     {"lease", 0, OPT_VALUE, opt_lease, "D",
      "with --queue: a worker silent this long loses its\n"
      "tasks to another (default 30s)"},
@@ -1262,9 +1265,6 @@ static int check_combinations(const run_state *st)
         return usage_error("%s", "--line-buffer and --keep-order together are not supported");
     if (st->po.queue_lease_s > 0 && !st->po.queue_url)
         return usage_error("%s", "--lease is for --queue");
-    if (st->po.queue_url && st->jobs_given)
-        return usage_error("%s", "--queue runs nothing here: start a `sockfork worker -j N` "
-                                 "instead of -j");
     if (st->po.queue_url && st->po.metrics_addr)
         return usage_error("%s", "--queue and --metrics together are not supported");
     for (size_t i = 0; st->po.queue_url && i < st->ncmd; i++)
@@ -1523,6 +1523,12 @@ static int pool_start(run_state *st)
     int rc;
 
     st->po.capture_output = 1;
+    if (st->po.queue_url && st->jobs_given) {
+        /* The submitter runs tasks too, through a worker of its own
+         * (runworker.h); its pool's window stays the queue's. */
+        st->local_jobs = st->po.jobs;
+        st->po.jobs = 0;
+    }
     /* Grouped output is held until the task ends: bounded by default.
      * --line-buffer holds at most a line, so only a limit asked for. */
     st->po.output_max = st->max_output ? st->max_output : st->line_buffer ? 0 : MAX_OUTPUT_DEFAULT;
@@ -1624,18 +1630,57 @@ static int exit_status(const run_state *st, const sf_pool_stats *s, int pool_rc)
     return s->failed > EXIT_FAILED_MAX ? EXIT_FAILED_MAX : (int)s->failed;
 }
 
+/* --queue -j N: starts the submitter's own worker. 0, or -1 after saying why. */
+static int local_worker_start(run_state *st)
+{
+    int rc;
+
+    if (!st->local_jobs)
+        return 0;
+    rc = runworker_start(st->po.queue_url, st->local_jobs,
+                         cli_sink.format == LOGSINK_JSON ? "json" : NULL, cli_sink.path,
+                         st->pool);
+    if (rc < 0) {
+        cli_error("run: cannot start its worker: %s", strerror(-rc));
+        return -1;
+    }
+    return 0;
+}
+
+/* After the run: the submitter's own worker ends with it. A worker that
+ * failed while the run went on stopped the run (runworker.h): that is an
+ * error of the run. Returns 1 if so. */
+static int local_worker_finish(run_state *st, int pool_rc)
+{
+    char why[128];
+    int early;
+
+    if (!st->local_jobs)
+        return 0;
+    /* It sees the run's end within a poll of the queue; a run that never
+     * began (pool_rc < 0) leaves it waiting, so it is stopped at once. */
+    if (runworker_finish(pool_rc < 0 ? 0 : 30.0, &early, why, sizeof why) == 0)
+        return 0;
+    if (early || pool_rc >= 0)
+        cli_error("run: %s%s", why, early ? ": the run was stopped" : "");
+    return early;
+}
+
 /* Runs the pool to its end, says how it went; returns the exit status. */
 static int run_pool(run_state *st)
 {
     sf_pool_stats s;
-    int rc;
+    int rc, worker_failed;
 
     catch_stop_signals(st);
+    if (local_worker_start(st) < 0)
+        return EXIT_RUN_ERROR;
     st->t0 = now_s();
     st->pool_running = 1;
     rc = sf_pool_run(st->pool);
     st->pool_running = 0;
     progress_clear(st);
+    worker_failed = local_worker_finish(st, rc);
     sf_pool_get_stats(st->pool, &s);
     /* A queue that cannot be used was said by the pool's log (queue_down):
      * one line, no summary of a run that never began. */
@@ -1643,6 +1688,8 @@ static int run_pool(run_state *st)
         cli_error("run: the pool failed: %s", strerror(-rc));
     if (!st->quiet && !(rc < 0 && st->po.queue_url))
         summary(st, &s, now_s() - st->t0);
+    if (worker_failed && !stop_signal && !st->write_error)
+        return EXIT_RUN_ERROR;
     return exit_status(st, &s, rc);
 }
 
