@@ -18,6 +18,7 @@
 #include "redis/rconn.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -447,6 +448,18 @@ static int send_handshake(rconn *c)
     return rc;
 }
 
+/* hiredis 0.14 creates its socket without SOCK_CLOEXEC: without this, a
+ * program exec'd by any process that forks from this one (a worker, a
+ * hook) would hold the Redis connection open. The loop is single-threaded,
+ * so no fork comes between the socket's creation and this. */
+static int set_cloexec(int fd)
+{
+    int flags = fcntl(fd, F_GETFD);
+    if (flags < 0 || fcntl(fd, F_SETFD, flags | FD_CLOEXEC) < 0)
+        return -errno;
+    return 0;
+}
+
 /* One attempt; called with c entered and down. */
 static void connect_start(rconn *c)
 {
@@ -463,6 +476,13 @@ static void connect_start(rconn *c)
     }
     if (ac->err) {
         snprintf(why, sizeof why, "connect: %s", ac->errstr);
+        redisAsyncFree(ac);
+        attempt_failed(c, why);
+        return;
+    }
+    int rc = set_cloexec(ac->c.fd);
+    if (rc < 0) {
+        snprintf(why, sizeof why, "connect: fcntl FD_CLOEXEC: %s", strerror(-rc));
         redisAsyncFree(ac);
         attempt_failed(c, why);
         return;

@@ -644,6 +644,52 @@ static void test_tcp(void **state)
     assert_int_equal(f->ups, 1);
 }
 
+/* Socket descriptors of this process that a child would inherit across
+ * exec (no FD_CLOEXEC), counted through /proc/self/fd. */
+static int inheritable_sockets(void)
+{
+    int n = 0;
+    for (int fd = 0; fd < 1024; fd++) {
+        char link[64], target[64];
+        snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+        ssize_t len = readlink(link, target, sizeof target - 1);
+        if (len <= 0)
+            continue;
+        target[len] = '\0';
+        int flags = fcntl(fd, F_GETFD);
+        if (strncmp(target, "socket:", 7) == 0 && flags >= 0 && !(flags & FD_CLOEXEC))
+            n++;
+    }
+    return n;
+}
+
+/* hiredis 0.14 creates its socket without SOCK_CLOEXEC: a worker forked
+ * and exec'd by the supervisor must not inherit the Redis connection. */
+static void test_cloexec(void **state)
+{
+    fx *f = *state;
+    SKIP_WITHOUT_REDIS();
+    redis_start(f);
+    int before = inheritable_sockets();
+    rconn_opts o = test_opts(f);
+    connect_up(f, &o);
+    assert_int_equal(inheritable_sockets(), before);
+    /* And after a reconnect (a new socket). */
+    rconn_drop(f->c, "test");
+    run_until(f, &f->ups, 2);
+    assert_int_equal(inheritable_sockets(), before);
+    char port[16], url[64];
+    snprintf(port, sizeof port, "%u", free_port());
+    redis_kill(f);
+    redis_start_args(f, port, "127.0.0.1");
+    snprintf(url, sizeof url, "redis://127.0.0.1:%s", port);
+    rconn_free(f->c);
+    f->c = NULL;
+    assert_int_equal(rurl_parse(url, 0, &f->where, NULL), 0);
+    connect_up(f, &o);
+    assert_int_equal(inheritable_sockets(), before);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -660,6 +706,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_drop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_reentrant, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tcp, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cloexec, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
