@@ -74,6 +74,17 @@ struct rconn {
 
 static void connect_start(rconn *c);
 
+/* Now, on the monotonic clock. Deadlines and the heartbeat's due time are
+ * kept on it, not on ev_now(), which is the wall clock: a step of that
+ * (NTP, an operator) would move every deadline by the step, an hour back
+ * and a dead connection goes unnoticed for an hour. */
+static ev_tstamp mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (ev_tstamp)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 /* ---- lifetime ----------------------------------------------------------- */
 
 static void enter(rconn *c)
@@ -204,7 +215,7 @@ static void arm_deadline(rconn *c)
     ev_timer_stop(c->loop, &c->deadline_timer);
     if (!c->head || c->state != ST_UP)
         return;
-    ev_tstamp left = c->head->due - ev_now(c->loop);
+    ev_tstamp left = c->head->due - mono_now();
     ev_timer_set(&c->deadline_timer, left > 0 ? left : 0., 0.);
     ev_timer_start(c->loop, &c->deadline_timer);
 }
@@ -212,10 +223,11 @@ static void arm_deadline(rconn *c)
 static void deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     rconn *c = w->data;
+    (void)loop;
     (void)revents;
     if (!c->head)
         return;
-    if (c->head->due > ev_now(loop) + 1e-3) {
+    if (c->head->due > mono_now() + 1e-3) {
         arm_deadline(c);
         return;
     }
@@ -265,7 +277,7 @@ static int send_cmd(rconn *c, enum rcmd_kind kind, rconn_reply_cb cb, void *priv
     cmd->kind = (unsigned char)kind;
     cmd->cb = cb;
     cmd->priv = priv;
-    cmd->due = ev_now(c->loop) + (c->opts.command_ms + (double)block_ms) / 1000.0;
+    cmd->due = mono_now() + (c->opts.command_ms + (double)block_ms) / 1000.0;
     if (c->tail && c->tail->due > cmd->due)
         cmd->due = c->tail->due;
     if (redisAsyncCommandArgv(c->link->ac, on_reply, cmd, argc, argv, argvlen) != REDIS_OK) {
@@ -287,24 +299,24 @@ static void ping_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     rconn *c = w->data;
     ev_tstamp every = c->opts.ping_ms / 1000.0;
-    ev_tstamp due = c->last_reply + every;
+    ev_tstamp due = c->last_reply + every, now = mono_now();
     (void)revents;
 
     if (c->state != ST_UP)
         return;
-    if (c->npending == 0 && due <= ev_now(loop) + 1e-3) {
+    if (c->npending == 0 && due <= now + 1e-3) {
         static const char *argv[] = { "PING" };
         enter(c);
         if (send_cmd(c, CMD_PING, NULL, NULL, 0, 1, argv, NULL) < 0)
             fail(c, "out of memory for the heartbeat PING");
         if (leave(c))
             return;
-        due = ev_now(loop) + every;
+        due = now + every;
     } else if (c->npending) {
-        due = ev_now(loop) + every; /* the pending command's deadline watches */
+        due = now + every; /* the pending command's deadline watches */
     }
     if (c->state == ST_UP) {
-        w->repeat = due - ev_now(loop);
+        w->repeat = due - now;
         ev_timer_again(loop, w);
     }
 }
@@ -319,7 +331,7 @@ static void went_up(rconn *c)
     c->reported_down = 0;
     c->stats.up = 1;
     c->stats.connects++;
-    c->last_reply = ev_now(c->loop);
+    c->last_reply = mono_now();
     if (c->opts.ping_ms) {
         c->ping_timer.repeat = c->opts.ping_ms / 1000.0;
         ev_timer_again(c->loop, &c->ping_timer);
@@ -388,7 +400,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     if (!c->head)
         c->tail = NULL;
     c->npending--;
-    c->last_reply = ev_now(c->loop);
+    c->last_reply = mono_now();
     arm_deadline(c);
     link->in_cb++;
     deliver(c, cmd, r);

@@ -19,6 +19,8 @@
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <sys/wait.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
 
 #include <ev.h>
 #include <hiredis/hiredis.h>
@@ -46,6 +48,51 @@ typedef struct fx {
     unsigned max_backoff;  /* seen while polling */
     int attempts;          /* stats.attempts, seen while polling */
 } fx;
+
+/* ---- the wall clock ------------------------------------------------------
+ * The wall clock may be stepped (NTP, an operator); deadlines must not
+ * follow it. These definitions take the place of libc's for the whole
+ * program (libev's ev_time() and ev_now() included): the wall clock is
+ * shifted by realtime_shift_s, as a step of the system clock would be. */
+static double realtime_shift_s;
+
+static void shift_ns(time_t *sec, long *ns, long unit)
+{
+    long long t = (long long)*sec * 1000000000LL + (long long)*ns * (1000000000LL / unit) +
+                  (long long)(realtime_shift_s * 1e9);
+    *sec = (time_t)(t / 1000000000LL);
+    *ns = (long)(t % 1000000000LL / (1000000000LL / unit));
+}
+
+int clock_gettime(clockid_t id, struct timespec *ts)
+{
+    if (syscall(SYS_clock_gettime, id, ts) != 0)
+        return -1;
+    if (id == CLOCK_REALTIME && realtime_shift_s != 0)
+        shift_ns(&ts->tv_sec, &ts->tv_nsec, 1000000000L);
+    return 0;
+}
+
+int gettimeofday(struct timeval *restrict tv, void *restrict tz)
+{
+    (void)tz;
+    if (syscall(SYS_gettimeofday, tv, NULL) != 0)
+        return -1;
+    if (realtime_shift_s != 0) {
+        long us = (long)tv->tv_usec;
+        shift_ns(&tv->tv_sec, &us, 1000000L);
+        tv->tv_usec = us;
+    }
+    return 0;
+}
+
+/* Seconds on the monotonic clock: the tests' own bounds. */
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
 
 /* ---- the redis-server --------------------------------------------------- */
 
@@ -148,6 +195,7 @@ static int teardown(void **state)
 {
     fx *f = *state;
     char cmd[128];
+    realtime_shift_s = 0; /* a failed test may have left it */
     if (f->c)
         rconn_free(f->c);
     ev_run(f->loop, 0); /* lets deferred frees run: nothing else is active */
@@ -180,11 +228,11 @@ static void poll_cb(struct ev_loop *loop, ev_timer *w, int revents)
 static void run_until(fx *f, const int *counter, int want)
 {
     ev_timer poll;
-    ev_tstamp end = ev_time() + WAIT_S;
+    double end = mono_s() + WAIT_S;
     ev_timer_init(&poll, poll_cb, 0.005, 0.005);
     poll.data = f;
     ev_timer_start(f->loop, &poll);
-    while (*counter < want && ev_time() < end)
+    while (*counter < want && mono_s() < end)
         ev_run(f->loop, EVRUN_ONCE);
     ev_timer_stop(f->loop, &poll);
     if (*counter < want)
@@ -690,6 +738,27 @@ static void test_cloexec(void **state)
     assert_int_equal(inheritable_sockets(), before);
 }
 
+/* A step back of the wall clock while a command waits must not put its
+ * deadline off by the step (here an hour): the deadline still fires. */
+static void test_deadline_ignores_a_clock_step(void **state)
+{
+    fx *f = *state;
+    SKIP_WITHOUT_REDIS();
+    redis_start(f);
+    rconn_opts o = test_opts(f);
+    o.ping_ms = 0;
+    connect_up(f, &o);
+    const char *blpop[] = { "BLPOP", "empty", "0" };
+    assert_int_equal(cmd(f, 0, 3, blpop), 0); /* held by Redis for ever */
+    realtime_shift_s = -3600;
+    double sent = mono_s();
+    run_until(f, &f->downs, 1);
+    realtime_shift_s = 0;
+    assert_non_null(strstr(f->why, "deadline"));
+    assert_true(mono_s() - sent < o.command_ms / 1000.0 + 2.0);
+    assert_int_equal(f->nulls, 1);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -707,6 +776,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_free_reentrant, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tcp, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cloexec, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deadline_ignores_a_clock_step, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
