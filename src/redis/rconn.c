@@ -62,6 +62,7 @@ struct rconn {
     struct rlink *link;
     struct rcmd *head, *tail;  /* sent, unanswered, in order */
     unsigned npending;
+    unsigned nuser;            /* of those, the caller's (pending_max bounds them) */
     ev_timer connect_timer, deadline_timer, ping_timer, retry_timer;
     ev_tstamp last_reply;
     unsigned fails;            /* failed attempts since the last up */
@@ -148,6 +149,7 @@ static struct rlink *detach(rconn *c)
     c->link = NULL;
     c->head = c->tail = NULL;
     c->npending = 0;
+    c->nuser = 0;
     c->state = ST_DOWN;
     if (link)
         link->owner = NULL;
@@ -290,6 +292,8 @@ static int send_cmd(rconn *c, enum rcmd_kind kind, rconn_reply_cb cb, void *priv
         c->head = cmd;
     c->tail = cmd;
     c->npending++;
+    if (kind == CMD_USER)
+        c->nuser++;
     if (c->head == cmd)
         arm_deadline(c);
     return 0;
@@ -400,6 +404,8 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     if (!c->head)
         c->tail = NULL;
     c->npending--;
+    if (cmd->kind == CMD_USER)
+        c->nuser--;
     c->last_reply = mono_now();
     arm_deadline(c);
     link->in_cb++;
@@ -623,7 +629,9 @@ int rconn_command(rconn *c, rconn_reply_cb cb, void *priv, unsigned block_ms,
 {
     if (!rconn_is_up(c))
         return -ENOTCONN;
-    if (c->npending >= c->opts.pending_max)
+    /* The caller's commands only: a heartbeat PING it cannot see must not
+     * refuse it with no reply of its own to come. */
+    if (c->nuser >= c->opts.pending_max)
         return -ENOBUFS;
     int rc = send_cmd(c, CMD_USER, cb, priv, block_ms, argc, argv, argvlen);
     if (rc == 0)

@@ -47,6 +47,7 @@ typedef struct fx {
     int cmd_in_null;       /* rconn_command from NULL replies: its result */
     unsigned max_backoff;  /* seen while polling */
     int attempts;          /* stats.attempts, seen while polling */
+    int pending;           /* stats.pending, seen while polling */
 } fx;
 
 /* ---- the wall clock ------------------------------------------------------
@@ -221,6 +222,7 @@ static void poll_cb(struct ev_loop *loop, ev_timer *w, int revents)
         if (st.backoff_ms > f->max_backoff)
             f->max_backoff = st.backoff_ms;
         f->attempts = (int)st.attempts;
+        f->pending = (int)st.pending;
     }
 }
 
@@ -759,6 +761,34 @@ static void test_deadline_ignores_a_clock_step(void **state)
     assert_int_equal(f->nulls, 1);
 }
 
+/* The heartbeat's PING is not the caller's: it takes none of pending_max.
+ * Else a caller at pending_max 1 with nothing of its own pending would be
+ * refused, with no reply of its own to come that could tell it to retry. */
+static void test_pending_max_leaves_out_the_heartbeat(void **state)
+{
+    fx *f = *state;
+    SKIP_WITHOUT_REDIS();
+    redis_start(f);
+    rconn_opts o = test_opts(f);
+    o.pending_max = 1;
+    o.command_ms = 5000; /* the PING held below must not time out first */
+    connect_up(f, &o);
+    assert_int_equal(kill(f->redis, SIGSTOP), 0); /* the PING stays pending */
+    f->pending = 0; /* the handshake's, seen while connecting */
+    run_until(f, &f->pending, 1);
+    rconn_stats st;
+    rconn_get_stats(f->c, &st);
+    assert_int_equal(st.pending, 1);
+    assert_int_equal(st.commands, 0);
+    const char *ping[] = { "PING" };
+    assert_int_equal(cmd(f, 0, 1, ping), 0);
+    assert_int_equal(cmd(f, 0, 1, ping), -ENOBUFS); /* the caller's one is */
+    assert_int_equal(kill(f->redis, SIGCONT), 0);
+    run_until(f, &f->replies, 1);
+    assert_string_equal(f->last, "PONG");
+    assert_int_equal(f->downs, 0);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -777,6 +807,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tcp, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cloexec, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadline_ignores_a_clock_step, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pending_max_leaves_out_the_heartbeat, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
