@@ -789,6 +789,44 @@ static void test_pending_max_leaves_out_the_heartbeat(void **state)
     assert_int_equal(f->downs, 0);
 }
 
+/* 1 when ::1 can be bound here (a host without IPv6 skips the test). */
+static int have_ipv6_loopback(void)
+{
+    struct sockaddr_in6 sa = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0), ok;
+    ok = fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+/* An [IPv6] literal from the URL reaches hiredis without its brackets and
+ * connects (hiredis 0.14 tries IPv4 first, then IPv6). */
+static void test_tcp_ipv6(void **state)
+{
+    fx *f = *state;
+    char port[16], url[64];
+    SKIP_WITHOUT_REDIS();
+    if (!have_ipv6_loopback()) {
+        print_message("no IPv6 loopback here: skipped\n");
+        skip();
+    }
+    snprintf(port, sizeof port, "%u", free_port());
+    redis_start_args(f, port, "::1");
+    snprintf(url, sizeof url, "redis://[::1]:%s/3", port);
+    assert_int_equal(rurl_parse(url, 0, &f->where, NULL), 0);
+    rconn_opts o = test_opts(f);
+    connect_up(f, &o);
+    const char *ping[] = { "PING" };
+    assert_int_equal(cmd(f, 0, 1, ping), 0);
+    run_until(f, &f->replies, 1);
+    assert_string_equal(f->last, "PONG");
+    redisReply *r = side_cmd(f, "CLIENT LIST");
+    assert_non_null(strstr(r->str, "addr=[::1]:"));
+    assert_non_null(strstr(r->str, "db=3"));
+    freeReplyObject(r);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -805,6 +843,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_drop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_reentrant, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tcp, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tcp_ipv6, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cloexec, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadline_ignores_a_clock_step, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pending_max_leaves_out_the_heartbeat, setup, teardown),
