@@ -827,12 +827,38 @@ static void test_tcp_ipv6(void **state)
     freeReplyObject(r);
 }
 
+/* A command behind a blocking one waits as long as that one may: its own
+ * command_ms (500 ms here) would end before Redis answers the BLPOP (1 s),
+ * so it inherits the BLPOP's deadline; the timer is re-armed for each
+ * oldest command in turn and neither is cut. */
+static void test_a_command_behind_a_blocking_one(void **state)
+{
+    fx *f = *state;
+    SKIP_WITHOUT_REDIS();
+    redis_start(f);
+    rconn_opts o = test_opts(f);
+    o.ping_ms = 0;
+    connect_up(f, &o);
+    const char *blpop[] = { "BLPOP", "empty", "1" }, *ping[] = { "PING" };
+    assert_int_equal(cmd(f, 1000, 3, blpop), 0);
+    assert_int_equal(cmd(f, 0, 1, ping), 0);
+    run_until(f, &f->replies, 2);
+    assert_string_equal(f->last, "PONG");
+    assert_int_equal(f->downs, 0);
+    assert_int_equal(f->nulls, 0);
+    rconn_stats st;
+    rconn_get_stats(f->c, &st);
+    assert_int_equal(st.timeouts, 0);
+    assert_int_equal(st.pending, 0);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_command, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadline, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_command_behind_a_blocking_one, setup, teardown),
         cmocka_unit_test_setup_teardown(test_server_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_kill, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pending_max, setup, teardown),
