@@ -18,6 +18,7 @@
 #include "redis/rconn.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +62,7 @@ struct rconn {
     struct rlink *link;
     struct rcmd *head, *tail;  /* sent, unanswered, in order */
     unsigned npending;
+    unsigned nuser;            /* of those, the caller's (pending_max bounds them) */
     ev_timer connect_timer, deadline_timer, ping_timer, retry_timer;
     ev_tstamp last_reply;
     unsigned fails;            /* failed attempts since the last up */
@@ -72,6 +74,17 @@ struct rconn {
 };
 
 static void connect_start(rconn *c);
+
+/* Now, on the monotonic clock. Deadlines and the heartbeat's due time are
+ * kept on it, not on ev_now(), which is the wall clock: a step of that
+ * (NTP, an operator) would move every deadline by the step, an hour back
+ * and a dead connection goes unnoticed for an hour. */
+static ev_tstamp mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (ev_tstamp)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 /* ---- lifetime ----------------------------------------------------------- */
 
@@ -136,6 +149,7 @@ static struct rlink *detach(rconn *c)
     c->link = NULL;
     c->head = c->tail = NULL;
     c->npending = 0;
+    c->nuser = 0;
     c->state = ST_DOWN;
     if (link)
         link->owner = NULL;
@@ -203,7 +217,7 @@ static void arm_deadline(rconn *c)
     ev_timer_stop(c->loop, &c->deadline_timer);
     if (!c->head || c->state != ST_UP)
         return;
-    ev_tstamp left = c->head->due - ev_now(c->loop);
+    ev_tstamp left = c->head->due - mono_now();
     ev_timer_set(&c->deadline_timer, left > 0 ? left : 0., 0.);
     ev_timer_start(c->loop, &c->deadline_timer);
 }
@@ -211,10 +225,11 @@ static void arm_deadline(rconn *c)
 static void deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     rconn *c = w->data;
+    (void)loop;
     (void)revents;
     if (!c->head)
         return;
-    if (c->head->due > ev_now(loop) + 1e-3) {
+    if (c->head->due > mono_now() + 1e-3) {
         arm_deadline(c);
         return;
     }
@@ -264,7 +279,7 @@ static int send_cmd(rconn *c, enum rcmd_kind kind, rconn_reply_cb cb, void *priv
     cmd->kind = (unsigned char)kind;
     cmd->cb = cb;
     cmd->priv = priv;
-    cmd->due = ev_now(c->loop) + (c->opts.command_ms + (double)block_ms) / 1000.0;
+    cmd->due = mono_now() + (c->opts.command_ms + (double)block_ms) / 1000.0;
     if (c->tail && c->tail->due > cmd->due)
         cmd->due = c->tail->due;
     if (redisAsyncCommandArgv(c->link->ac, on_reply, cmd, argc, argv, argvlen) != REDIS_OK) {
@@ -277,6 +292,8 @@ static int send_cmd(rconn *c, enum rcmd_kind kind, rconn_reply_cb cb, void *priv
         c->head = cmd;
     c->tail = cmd;
     c->npending++;
+    if (kind == CMD_USER)
+        c->nuser++;
     if (c->head == cmd)
         arm_deadline(c);
     return 0;
@@ -286,24 +303,24 @@ static void ping_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     rconn *c = w->data;
     ev_tstamp every = c->opts.ping_ms / 1000.0;
-    ev_tstamp due = c->last_reply + every;
+    ev_tstamp due = c->last_reply + every, now = mono_now();
     (void)revents;
 
     if (c->state != ST_UP)
         return;
-    if (c->npending == 0 && due <= ev_now(loop) + 1e-3) {
+    if (c->npending == 0 && due <= now + 1e-3) {
         static const char *argv[] = { "PING" };
         enter(c);
         if (send_cmd(c, CMD_PING, NULL, NULL, 0, 1, argv, NULL) < 0)
             fail(c, "out of memory for the heartbeat PING");
         if (leave(c))
             return;
-        due = ev_now(loop) + every;
+        due = now + every;
     } else if (c->npending) {
-        due = ev_now(loop) + every; /* the pending command's deadline watches */
+        due = now + every; /* the pending command's deadline watches */
     }
     if (c->state == ST_UP) {
-        w->repeat = due - ev_now(loop);
+        w->repeat = due - now;
         ev_timer_again(loop, w);
     }
 }
@@ -318,7 +335,7 @@ static void went_up(rconn *c)
     c->reported_down = 0;
     c->stats.up = 1;
     c->stats.connects++;
-    c->last_reply = ev_now(c->loop);
+    c->last_reply = mono_now();
     if (c->opts.ping_ms) {
         c->ping_timer.repeat = c->opts.ping_ms / 1000.0;
         ev_timer_again(c->loop, &c->ping_timer);
@@ -387,7 +404,9 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     if (!c->head)
         c->tail = NULL;
     c->npending--;
-    c->last_reply = ev_now(c->loop);
+    if (cmd->kind == CMD_USER)
+        c->nuser--;
+    c->last_reply = mono_now();
     arm_deadline(c);
     link->in_cb++;
     deliver(c, cmd, r);
@@ -447,6 +466,18 @@ static int send_handshake(rconn *c)
     return rc;
 }
 
+/* hiredis 0.14 creates its socket without SOCK_CLOEXEC: without this, a
+ * program exec'd by any process that forks from this one (a worker, a
+ * hook) would hold the Redis connection open. The loop is single-threaded,
+ * so no fork comes between the socket's creation and this. */
+static int set_cloexec(int fd)
+{
+    int flags = fcntl(fd, F_GETFD);
+    if (flags < 0 || fcntl(fd, F_SETFD, flags | FD_CLOEXEC) < 0)
+        return -errno;
+    return 0;
+}
+
 /* One attempt; called with c entered and down. */
 static void connect_start(rconn *c)
 {
@@ -463,6 +494,13 @@ static void connect_start(rconn *c)
     }
     if (ac->err) {
         snprintf(why, sizeof why, "connect: %s", ac->errstr);
+        redisAsyncFree(ac);
+        attempt_failed(c, why);
+        return;
+    }
+    int rc = set_cloexec(ac->c.fd);
+    if (rc < 0) {
+        snprintf(why, sizeof why, "connect: fcntl FD_CLOEXEC: %s", strerror(-rc));
         redisAsyncFree(ac);
         attempt_failed(c, why);
         return;
@@ -591,7 +629,9 @@ int rconn_command(rconn *c, rconn_reply_cb cb, void *priv, unsigned block_ms,
 {
     if (!rconn_is_up(c))
         return -ENOTCONN;
-    if (c->npending >= c->opts.pending_max)
+    /* The caller's commands only: a heartbeat PING it cannot see must not
+     * refuse it with no reply of its own to come. */
+    if (c->nuser >= c->opts.pending_max)
         return -ENOBUFS;
     int rc = send_cmd(c, CMD_USER, cb, priv, block_ms, argc, argv, argvlen);
     if (rc == 0)

@@ -22,7 +22,8 @@
  *    connection that was up is lost, and once when the first attempt after
  *    rconn_new (or after a loss) fails; further failed attempts are counted
  *    in the stats only.
- *  - Pending commands are bounded by pending_max (default 10000): past it
+ *  - The caller's pending commands are bounded by pending_max (default
+ *    10000; the heartbeat PING and the handshake are not counted): past it
  *    rconn_command returns -ENOBUFS. Nothing is queued while down: it returns
  *    -ENOTCONN and the caller keeps its own outbox.
  *

@@ -533,6 +533,17 @@ static void gather_reset(bus *b)
     b->urgent = 0;
 }
 
+/* Now on the monotonic clock, as the timerfd counts: ev_now() is the wall
+ * clock, and a step of that (NTP, an operator) would hold a burst for as
+ * long as the step, past the cap. */
+static double gather_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 static int gather_wait(bus *b)
 {
     double now, due;
@@ -540,7 +551,7 @@ static int gather_wait(bus *b)
 
     if (b->gather_fd < 0 || b->urgent || b->wake || b->ncongested || b->closing)
         return 0;
-    now = ev_now(b->loop);
+    now = gather_now();
     if (!b->gathering) {
         b->gathering = 1;
         b->gather_first = b->gather_last = now;

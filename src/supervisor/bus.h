@@ -261,7 +261,7 @@ struct bus {
     void *bridge_ctx;
     /* Gathering (cfg.gather_s): a timerfd, for a deadline finer than the
      * loop's millisecond; while the flush waits, when it began, when input
-     * last came, the frames read by then; urgent: something queued that
+     * last came (monotonic seconds), the frames read by then; urgent: something queued that
      * is not a publish (a reply, a kick), which goes at once. */
     int gather_fd;
     ev_io gather_w;

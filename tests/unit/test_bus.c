@@ -14,8 +14,55 @@
 #include <unistd.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <time.h>
 
 #include "supervisor/bus.h"
+
+/* The wall clock may be stepped (NTP, an operator); the bus's deadlines
+ * must not follow it. These definitions take the place of libc's for the
+ * whole program (libev's ev_now() included): the wall clock is shifted by
+ * realtime_shift_s, as a step of the system clock would be. */
+static double realtime_shift_s;
+
+static void shift_ns(time_t *sec, long *ns, long unit)
+{
+    long long t = (long long)*sec * 1000000000LL + (long long)*ns * (1000000000LL / unit) +
+                  (long long)(realtime_shift_s * 1e9);
+    *sec = (time_t)(t / 1000000000LL);
+    *ns = (long)(t % 1000000000LL / (1000000000LL / unit));
+}
+
+int clock_gettime(clockid_t id, struct timespec *ts)
+{
+    if (syscall(SYS_clock_gettime, id, ts) != 0)
+        return -1;
+    if (id == CLOCK_REALTIME && realtime_shift_s != 0)
+        shift_ns(&ts->tv_sec, &ts->tv_nsec, 1000000000L);
+    return 0;
+}
+
+int gettimeofday(struct timeval *restrict tv, void *restrict tz)
+{
+    (void)tz;
+    if (syscall(SYS_gettimeofday, tv, NULL) != 0)
+        return -1;
+    if (realtime_shift_s != 0) {
+        long us = (long)tv->tv_usec;
+        shift_ns(&tv->tv_sec, &us, 1000000L);
+        tv->tv_usec = us;
+    }
+    return 0;
+}
+
+/* Seconds on the monotonic clock: the tests' own bounds. */
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
 
 typedef struct fixture {
     struct ev_loop *loop;
@@ -66,6 +113,7 @@ static void setup(fixture *f, size_t queue_limit, unsigned children)
 
 static void teardown(fixture *f)
 {
+    realtime_shift_s = 0; /* a failed test may have left it */
     bus_fini(&f->b);
     for (int i = 0; i < f->n; i++)
         if (f->peer[i] >= 0)
@@ -614,6 +662,77 @@ static void test_a_channel_never_made_closes(void **state)
     teardown(&f);
 }
 
+/* A gathering's cap (BUS_GATHER_SPAN gaps) holds when the wall clock is
+ * stepped back (by an hour here) while a burst waits and input keeps
+ * coming (publishes to a topic nobody follows, 20 ms apart): it goes. */
+static void test_a_gathered_burst_goes_after_a_clock_step(void **state)
+{
+    fixture f;
+    char *acc = NULL;
+    size_t len = 0;
+    const double gap = 0.1;
+    (void)state;
+
+    gather_s = gap;
+    setup(&f, 256 * 1024, 2);
+    tell(&f, 1, "{\"op\":\"subscribe\",\"topic\":\"t\"}\n");
+    settle(&f);
+    tell(&f, 0, "{\"op\":\"publish\",\"topic\":\"t\",\"data\":\"one\"}\n");
+    settle(&f);
+    assert_true(f.b.gathering);
+    realtime_shift_s = -3600;
+    double start = mono_s();
+    while (count_lines(acc, "\"kind\":\"topic\"") < 1 && mono_s() - start < 5.0) {
+        struct pollfd p = {f.peer[1], POLLIN, 0};
+        tell(&f, 0, "{\"op\":\"publish\",\"topic\":\"nobody\",\"data\":\"more\"}\n");
+        ev_run(f.loop, EVRUN_NOWAIT);
+        if (poll(&p, 1, 20) > 0)
+            read_all(&f, 1, &acc, &len);
+    }
+    double took = mono_s() - start;
+    realtime_shift_s = 0;
+    assert_int_equal(count_lines(acc, "\"kind\":\"topic\""), 1);
+    assert_true(took < BUS_GATHER_SPAN * gap + 2.0);
+    free(acc);
+    teardown(&f);
+}
+
+/* Descriptors open in this process, counted through /proc/self/fd. */
+static int open_fds(void)
+{
+    int n = 0;
+    for (int fd = 0; fd < 1024; fd++)
+        if (fcntl(fd, F_GETFD) >= 0)
+            n++;
+    return n;
+}
+
+/* bus_fini with a burst waiting: nothing left behind (the timerfd closed,
+ * the queues freed: the sanitizer build checks the memory), and the
+ * timerfd was close-on-exec while it lived. */
+static void test_bus_fini_with_a_burst_waiting(void **state)
+{
+    fixture f;
+    (void)state;
+
+    int before = open_fds();
+    gather_s = 10.0;
+    setup(&f, 256 * 1024, 2);
+    assert_true(f.b.gather_fd >= 0);
+    assert_true(fcntl(f.b.gather_fd, F_GETFD) & FD_CLOEXEC);
+    tell(&f, 1, "{\"op\":\"subscribe\",\"topic\":\"t\"}\n");
+    settle(&f);
+    for (int i = 0; i < 3; i++) {
+        publish(&f, 0, "t", 100);
+        settle(&f);
+    }
+    assert_true(f.b.gathering);
+    assert_true(f.ep[1].q.bytes > 0);
+    teardown(&f);
+    assert_int_equal(f.b.gather_fd, -1);
+    assert_int_equal(open_fds(), before);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -631,6 +750,8 @@ int main(void)
         cmocka_unit_test(test_a_gathered_burst_goes_when_input_stops),
         cmocka_unit_test(test_a_channel_made_later_gets_what_waited),
         cmocka_unit_test(test_a_channel_never_made_closes),
+        cmocka_unit_test(test_a_gathered_burst_goes_after_a_clock_step),
+        cmocka_unit_test(test_bus_fini_with_a_burst_waiting),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -19,6 +19,8 @@
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <sys/wait.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
 
 #include <ev.h>
 #include <hiredis/hiredis.h>
@@ -45,7 +47,53 @@ typedef struct fx {
     int cmd_in_null;       /* rconn_command from NULL replies: its result */
     unsigned max_backoff;  /* seen while polling */
     int attempts;          /* stats.attempts, seen while polling */
+    int pending;           /* stats.pending, seen while polling */
 } fx;
+
+/* ---- the wall clock ------------------------------------------------------
+ * The wall clock may be stepped (NTP, an operator); deadlines must not
+ * follow it. These definitions take the place of libc's for the whole
+ * program (libev's ev_time() and ev_now() included): the wall clock is
+ * shifted by realtime_shift_s, as a step of the system clock would be. */
+static double realtime_shift_s;
+
+static void shift_ns(time_t *sec, long *ns, long unit)
+{
+    long long t = (long long)*sec * 1000000000LL + (long long)*ns * (1000000000LL / unit) +
+                  (long long)(realtime_shift_s * 1e9);
+    *sec = (time_t)(t / 1000000000LL);
+    *ns = (long)(t % 1000000000LL / (1000000000LL / unit));
+}
+
+int clock_gettime(clockid_t id, struct timespec *ts)
+{
+    if (syscall(SYS_clock_gettime, id, ts) != 0)
+        return -1;
+    if (id == CLOCK_REALTIME && realtime_shift_s != 0)
+        shift_ns(&ts->tv_sec, &ts->tv_nsec, 1000000000L);
+    return 0;
+}
+
+int gettimeofday(struct timeval *restrict tv, void *restrict tz)
+{
+    (void)tz;
+    if (syscall(SYS_gettimeofday, tv, NULL) != 0)
+        return -1;
+    if (realtime_shift_s != 0) {
+        long us = (long)tv->tv_usec;
+        shift_ns(&tv->tv_sec, &us, 1000000L);
+        tv->tv_usec = us;
+    }
+    return 0;
+}
+
+/* Seconds on the monotonic clock: the tests' own bounds. */
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
 
 /* ---- the redis-server --------------------------------------------------- */
 
@@ -148,6 +196,7 @@ static int teardown(void **state)
 {
     fx *f = *state;
     char cmd[128];
+    realtime_shift_s = 0; /* a failed test may have left it */
     if (f->c)
         rconn_free(f->c);
     ev_run(f->loop, 0); /* lets deferred frees run: nothing else is active */
@@ -173,6 +222,7 @@ static void poll_cb(struct ev_loop *loop, ev_timer *w, int revents)
         if (st.backoff_ms > f->max_backoff)
             f->max_backoff = st.backoff_ms;
         f->attempts = (int)st.attempts;
+        f->pending = (int)st.pending;
     }
 }
 
@@ -180,11 +230,11 @@ static void poll_cb(struct ev_loop *loop, ev_timer *w, int revents)
 static void run_until(fx *f, const int *counter, int want)
 {
     ev_timer poll;
-    ev_tstamp end = ev_time() + WAIT_S;
+    double end = mono_s() + WAIT_S;
     ev_timer_init(&poll, poll_cb, 0.005, 0.005);
     poll.data = f;
     ev_timer_start(f->loop, &poll);
-    while (*counter < want && ev_time() < end)
+    while (*counter < want && mono_s() < end)
         ev_run(f->loop, EVRUN_ONCE);
     ev_timer_stop(f->loop, &poll);
     if (*counter < want)
@@ -644,12 +694,171 @@ static void test_tcp(void **state)
     assert_int_equal(f->ups, 1);
 }
 
+/* Socket descriptors of this process that a child would inherit across
+ * exec (no FD_CLOEXEC), counted through /proc/self/fd. */
+static int inheritable_sockets(void)
+{
+    int n = 0;
+    for (int fd = 0; fd < 1024; fd++) {
+        char link[64], target[64];
+        snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+        ssize_t len = readlink(link, target, sizeof target - 1);
+        if (len <= 0)
+            continue;
+        target[len] = '\0';
+        int flags = fcntl(fd, F_GETFD);
+        if (strncmp(target, "socket:", 7) == 0 && flags >= 0 && !(flags & FD_CLOEXEC))
+            n++;
+    }
+    return n;
+}
+
+/* hiredis 0.14 creates its socket without SOCK_CLOEXEC: a worker forked
+ * and exec'd by the supervisor must not inherit the Redis connection. */
+static void test_cloexec(void **state)
+{
+    fx *f = *state;
+    SKIP_WITHOUT_REDIS();
+    redis_start(f);
+    int before = inheritable_sockets();
+    rconn_opts o = test_opts(f);
+    connect_up(f, &o);
+    assert_int_equal(inheritable_sockets(), before);
+    /* And after a reconnect (a new socket). */
+    rconn_drop(f->c, "test");
+    run_until(f, &f->ups, 2);
+    assert_int_equal(inheritable_sockets(), before);
+    char port[16], url[64];
+    snprintf(port, sizeof port, "%u", free_port());
+    redis_kill(f);
+    redis_start_args(f, port, "127.0.0.1");
+    snprintf(url, sizeof url, "redis://127.0.0.1:%s", port);
+    rconn_free(f->c);
+    f->c = NULL;
+    assert_int_equal(rurl_parse(url, 0, &f->where, NULL), 0);
+    connect_up(f, &o);
+    assert_int_equal(inheritable_sockets(), before);
+}
+
+/* A step back of the wall clock while a command waits must not put its
+ * deadline off by the step (here an hour): the deadline still fires. */
+static void test_deadline_ignores_a_clock_step(void **state)
+{
+    fx *f = *state;
+    SKIP_WITHOUT_REDIS();
+    redis_start(f);
+    rconn_opts o = test_opts(f);
+    o.ping_ms = 0;
+    connect_up(f, &o);
+    const char *blpop[] = { "BLPOP", "empty", "0" };
+    assert_int_equal(cmd(f, 0, 3, blpop), 0); /* held by Redis for ever */
+    realtime_shift_s = -3600;
+    double sent = mono_s();
+    run_until(f, &f->downs, 1);
+    realtime_shift_s = 0;
+    assert_non_null(strstr(f->why, "deadline"));
+    assert_true(mono_s() - sent < o.command_ms / 1000.0 + 2.0);
+    assert_int_equal(f->nulls, 1);
+}
+
+/* The heartbeat's PING is not the caller's: it takes none of pending_max.
+ * Else a caller at pending_max 1 with nothing of its own pending would be
+ * refused, with no reply of its own to come that could tell it to retry. */
+static void test_pending_max_leaves_out_the_heartbeat(void **state)
+{
+    fx *f = *state;
+    SKIP_WITHOUT_REDIS();
+    redis_start(f);
+    rconn_opts o = test_opts(f);
+    o.pending_max = 1;
+    o.command_ms = 5000; /* the PING held below must not time out first */
+    connect_up(f, &o);
+    assert_int_equal(kill(f->redis, SIGSTOP), 0); /* the PING stays pending */
+    f->pending = 0; /* the handshake's, seen while connecting */
+    run_until(f, &f->pending, 1);
+    rconn_stats st;
+    rconn_get_stats(f->c, &st);
+    assert_int_equal(st.pending, 1);
+    assert_int_equal(st.commands, 0);
+    const char *ping[] = { "PING" };
+    assert_int_equal(cmd(f, 0, 1, ping), 0);
+    assert_int_equal(cmd(f, 0, 1, ping), -ENOBUFS); /* the caller's one is */
+    assert_int_equal(kill(f->redis, SIGCONT), 0);
+    run_until(f, &f->replies, 1);
+    assert_string_equal(f->last, "PONG");
+    assert_int_equal(f->downs, 0);
+}
+
+/* 1 when ::1 can be bound here (a host without IPv6 skips the test). */
+static int have_ipv6_loopback(void)
+{
+    struct sockaddr_in6 sa = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0), ok;
+    ok = fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+/* An [IPv6] literal from the URL reaches hiredis without its brackets and
+ * connects (hiredis 0.14 tries IPv4 first, then IPv6). */
+static void test_tcp_ipv6(void **state)
+{
+    fx *f = *state;
+    char port[16], url[64];
+    SKIP_WITHOUT_REDIS();
+    if (!have_ipv6_loopback()) {
+        print_message("no IPv6 loopback here: skipped\n");
+        skip();
+    }
+    snprintf(port, sizeof port, "%u", free_port());
+    redis_start_args(f, port, "::1");
+    snprintf(url, sizeof url, "redis://[::1]:%s/3", port);
+    assert_int_equal(rurl_parse(url, 0, &f->where, NULL), 0);
+    rconn_opts o = test_opts(f);
+    connect_up(f, &o);
+    const char *ping[] = { "PING" };
+    assert_int_equal(cmd(f, 0, 1, ping), 0);
+    run_until(f, &f->replies, 1);
+    assert_string_equal(f->last, "PONG");
+    redisReply *r = side_cmd(f, "CLIENT LIST");
+    assert_non_null(strstr(r->str, "addr=[::1]:"));
+    assert_non_null(strstr(r->str, "db=3"));
+    freeReplyObject(r);
+}
+
+/* A command behind a blocking one waits as long as that one may: its own
+ * command_ms (500 ms here) would end before Redis answers the BLPOP (1 s),
+ * so it inherits the BLPOP's deadline; the timer is re-armed for each
+ * oldest command in turn and neither is cut. */
+static void test_a_command_behind_a_blocking_one(void **state)
+{
+    fx *f = *state;
+    SKIP_WITHOUT_REDIS();
+    redis_start(f);
+    rconn_opts o = test_opts(f);
+    o.ping_ms = 0;
+    connect_up(f, &o);
+    const char *blpop[] = { "BLPOP", "empty", "1" }, *ping[] = { "PING" };
+    assert_int_equal(cmd(f, 1000, 3, blpop), 0);
+    assert_int_equal(cmd(f, 0, 1, ping), 0);
+    run_until(f, &f->replies, 2);
+    assert_string_equal(f->last, "PONG");
+    assert_int_equal(f->downs, 0);
+    assert_int_equal(f->nulls, 0);
+    rconn_stats st;
+    rconn_get_stats(f->c, &st);
+    assert_int_equal(st.timeouts, 0);
+    assert_int_equal(st.pending, 0);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_command, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadline, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_command_behind_a_blocking_one, setup, teardown),
         cmocka_unit_test_setup_teardown(test_server_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_kill, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pending_max, setup, teardown),
@@ -660,6 +869,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_drop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_reentrant, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tcp, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tcp_ipv6, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cloexec, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deadline_ignores_a_clock_step, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pending_max_leaves_out_the_heartbeat, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/un.h>
 
 #include "redis/rurl.h"
 
@@ -91,6 +92,16 @@ static void test_unix_forms(void **state)
     u = parse_ok("unix:/r.sock?name=q3", 1);
     assert_int_equal(u.db, -1);
     assert_string_equal(u.name, "q3");
+    /* The longest path sun_path holds with its NUL, and one more. */
+    char url[160] = "unix:/";
+    size_t most = sizeof ((struct sockaddr_un *)0)->sun_path - 1;
+    memset(url + 6, 'p', most - 1);
+    u = parse_ok(url, 0);
+    assert_int_equal(strlen(u.path), most);
+    strcat(url, "p?db=1");
+    const char *why = NULL;
+    assert_int_equal(rurl_parse(url, 0, &u, &why), -EINVAL);
+    assert_string_equal(why, "the unix socket path is too long");
 }
 
 static void test_split(void **state)
