@@ -350,6 +350,18 @@ static void kick(endpoint *e, const char *why, int bad);
 static size_t high_water(const bus *b) { return b->cfg.queue_limit / 2; }
 static size_t low_water(const bus *b) { return b->cfg.queue_limit / 4; }
 
+/* Now on the monotonic clock, for the bus's own deadlines (a congested
+ * recipient's stall time, the gathering's cap, as the timerfd counts):
+ * ev_now() is the wall clock, and a step of that (NTP, an operator) would
+ * stretch them by as long as the step. */
+static double mono_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 static void set_congested(endpoint *e, int on)
 {
     bus *b = e->owner;
@@ -362,7 +374,7 @@ static void set_congested(endpoint *e, int on)
     for (bus_sub *s = e->subs; s; s = s->enext)
         s->topic->ncongested += (unsigned)d;
     if (on) {
-        e->congested_at = ev_now(b->loop);
+        e->congested_at = mono_now();
         if (!ev_is_active(&b->stall)) {
             ev_timer_again(b->loop, &b->stall);
             ev_unref(b->loop); /* it must not keep the loop running */
@@ -385,7 +397,7 @@ static void flushed(endpoint *e, size_t before)
 static void stall_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     bus *b = w->data;
-    double now = ev_now(loop);
+    double now = mono_now();
     (void)revents;
 
     for (endpoint *e = b->all; e && b->ncongested; e = e->next) {
@@ -533,17 +545,6 @@ static void gather_reset(bus *b)
     b->urgent = 0;
 }
 
-/* Now on the monotonic clock, as the timerfd counts: ev_now() is the wall
- * clock, and a step of that (NTP, an operator) would hold a burst for as
- * long as the step, past the cap. */
-static double gather_now(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static int gather_wait(bus *b)
 {
     double now, due;
@@ -551,7 +552,7 @@ static int gather_wait(bus *b)
 
     if (b->gather_fd < 0 || b->urgent || b->wake || b->ncongested || b->closing)
         return 0;
-    now = gather_now();
+    now = mono_now();
     if (!b->gathering) {
         b->gathering = 1;
         b->gather_first = b->gather_last = now;

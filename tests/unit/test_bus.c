@@ -733,6 +733,31 @@ static void test_bus_fini_with_a_burst_waiting(void **state)
     assert_int_equal(open_fds(), before);
 }
 
+/* The stall time holds when the wall clock is stepped back (by an hour)
+ * while a recipient is congested: its senders are let go after
+ * BUS_STALL_S, not after the step. */
+static void test_the_stall_time_holds_across_a_clock_step(void **state)
+{
+    fixture f;
+    double start;
+    (void)state;
+
+    hold_for(&f, 2);
+    assert_true(f.ep[0].held);
+    realtime_shift_s = -3600;
+    start = mono_s();
+    while (f.ep[0].held && mono_s() - start < 3 * BUS_STALL_S) {
+        struct pollfd p = {f.peer[0], POLLIN, 0};
+        ev_now_update(f.loop);
+        ev_run(f.loop, EVRUN_NOWAIT);
+        (void)poll(&p, 1, 50); /* bounded: the loop's timer is what we wait for */
+    }
+    realtime_shift_s = 0;
+    assert_false(f.ep[0].held);
+    assert_true(f.ep[1].stuck);
+    teardown(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -752,6 +777,7 @@ int main(void)
         cmocka_unit_test(test_a_channel_never_made_closes),
         cmocka_unit_test(test_a_gathered_burst_goes_after_a_clock_step),
         cmocka_unit_test(test_bus_fini_with_a_burst_waiting),
+        cmocka_unit_test(test_the_stall_time_holds_across_a_clock_step),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
