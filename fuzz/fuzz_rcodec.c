@@ -33,7 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (n < 0 || (size_t)n != size || memcmp(out, data, size) != 0)
         abort();
     if (e.name_len && e.seq) {
-        int rc = bus_dedup_check(&d, e.origin, e.name, e.name_len, e.seq, &missed);
+        int rc = bus_dedup_check(&d, e.origin, e.name, e.name_len, e.seq, e.flags & RC_F_FIRST, &missed);
         if (rc != DEDUP_NEW && rc != DEDUP_DUP)
             abort();
         if (bus_dedup_count(&d) > 16)

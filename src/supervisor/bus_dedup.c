@@ -118,7 +118,7 @@ static void add_key(bus_dedup *d, uint64_t origin, const char *s, size_t len, ui
 }
 
 int bus_dedup_check(bus_dedup *d, uint64_t origin, const char *stream, size_t len,
-                    uint64_t seq, uint64_t *missed)
+                    uint64_t seq, int first, uint64_t *missed)
 {
     int32_t i;
 
@@ -135,7 +135,7 @@ int bus_dedup_check(bus_dedup *d, uint64_t origin, const char *stream, size_t le
     k->seen = d->tick;
     if (seq <= k->seq)
         return DEDUP_DUP;
-    *missed = seq - k->seq - 1;
+    *missed = first ? 0 : seq - k->seq - 1;
     k->seq = seq;
     return DEDUP_NEW;
 }

@@ -38,12 +38,14 @@ void bus_dedup_fini(bus_dedup *d);
 
 enum { DEDUP_DUP = 0, DEDUP_NEW = 1 };
 
-/* An entry of origin, seq (> 0) on stream (len bytes) arrived. Returns
+/* An entry of origin, seq (> 0) on stream (len bytes) arrived; first: it
+ * starts a count (RC_F_FIRST: nothing before it to miss). Returns
  * DEDUP_NEW (deliver it; *missed: entries of that origin on that stream
- * skipped just before it, 0 for the first one seen), DEDUP_DUP (drop it),
- * or -EINVAL (seq 0, stream empty or over BUS_DEDUP_STREAM_MAX). */
+ * skipped just before it, 0 for the first one seen or a first), DEDUP_DUP
+ * (at or below the highest seen: drop it), or -EINVAL (seq 0, stream empty
+ * or over BUS_DEDUP_STREAM_MAX). */
 int bus_dedup_check(bus_dedup *d, uint64_t origin, const char *stream, size_t len,
-                    uint64_t seq, uint64_t *missed);
+                    uint64_t seq, int first, uint64_t *missed);
 
 /* Forgets every key of an origin (an instance gone for good). */
 void bus_dedup_forget(bus_dedup *d, uint64_t origin);

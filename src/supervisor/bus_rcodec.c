@@ -40,14 +40,15 @@ static int valid(const rc_entry *e)
 {
     int named = e->name_len > 0, has_data = e->len > 0;
 
-    if (e->origin == 0 || e->name_len > RC_NAME_MAX)
+    if (e->origin == 0 || e->name_len > RC_NAME_MAX || (e->flags & ~(unsigned)RC_F_FIRST))
         return 0;
     if (e->seq == 0 && e->kind != RC_WILL)
         return 0;
     switch (e->kind) {
     case RC_PUBLISH:
-    case RC_WILL:
         return named && e->target == 0;
+    case RC_WILL: /* set, or cleared */
+        return (named || !has_data) && e->target == 0;
     case RC_BROADCAST:
         return !named && e->target == 0;
     case RC_SEND_NAME:
@@ -59,6 +60,8 @@ static int valid(const rc_entry *e)
     case RC_CLAIM:
     case RC_RELEASE:
         return named && !has_data && e->target == 0;
+    case RC_WILL_DONE:
+        return !named && !has_data && e->target == 0;
     case RC_GONE:
         return !named && !has_data && e->target != 0;
     case RC_PROBE:
@@ -83,11 +86,12 @@ long rc_encode(const rc_entry *e, unsigned char *buf, size_t cap)
         return -EMSGSIZE;
     buf[0] = RC_VERSION;
     buf[1] = (unsigned char)e->kind;
-    put_u64(buf + 2, e->origin);
-    put_u64(buf + 10, e->seq);
-    put_u64(buf + 18, e->target);
-    put_u32(buf + 26, e->pid);
-    put_u16(buf + 30, (uint16_t)e->name_len);
+    buf[2] = (unsigned char)e->flags;
+    put_u64(buf + 3, e->origin);
+    put_u64(buf + 11, e->seq);
+    put_u64(buf + 19, e->target);
+    put_u32(buf + 27, e->pid);
+    put_u16(buf + 31, (uint16_t)e->name_len);
     if (e->name_len)
         memcpy(buf + RC_HEADER_LEN, e->name, e->name_len);
     if (e->len)
@@ -103,11 +107,12 @@ int rc_decode(const unsigned char *p, size_t n, size_t data_max, rc_entry *out)
         return -EPROTO;
     memset(&e, 0, sizeof e);
     e.kind = p[1];
-    e.origin = get_u64(p + 2);
-    e.seq = get_u64(p + 10);
-    e.target = get_u64(p + 18);
-    e.pid = get_u32(p + 26);
-    e.name_len = (size_t)p[30] << 8 | p[31];
+    e.flags = p[2];
+    e.origin = get_u64(p + 3);
+    e.seq = get_u64(p + 11);
+    e.target = get_u64(p + 19);
+    e.pid = get_u32(p + 27);
+    e.name_len = (size_t)p[31] << 8 | p[32];
     if (e.name_len > n - RC_HEADER_LEN)
         return -EPROTO;
     e.len = n - RC_HEADER_LEN - e.name_len;

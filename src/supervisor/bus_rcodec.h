@@ -3,11 +3,14 @@
  * the bytes of a Redis stream entry's field `e` or of a state hash's value
  * (docs/design.md, "The bus across instances (Redis)").
  *
- * Layout (integers big-endian), 32 bytes of header then two byte strings:
- *   [u8 version 1][u8 kind][u64 origin][u64 seq][u64 target][u32 pid]
- *   [u16 name_len][name: topic or name][data: the rest]
+ * Layout (integers big-endian), 33 bytes of header then two byte strings:
+ *   [u8 version 1][u8 kind][u8 flags][u64 origin][u64 seq][u64 target]
+ *   [u32 pid][u16 name_len][name: topic or name][data: the rest]
  * origin: the writing instance's id (never 0); seq: its count on the
- * stream written to (never 0, but for RC_WILL, a hash value); target: an
+ * stream written to (never 0, but for RC_WILL, a hash value); flags:
+ * RC_F_FIRST on the first entry of a count (the origin's first on that
+ * stream, or a count started again higher up after it forgot the old one:
+ * no gap before it); target: an
  * instance id where the kind needs one (else 0); pid: the child on the
  * origin that sent or holds. What each kind needs is checked on decode
  * (rc_decode) as on encode: a name where one is meant, no data where none
@@ -20,7 +23,8 @@
 #include <stdint.h>
 
 #define RC_VERSION 1
-#define RC_HEADER_LEN 32
+#define RC_HEADER_LEN 33
+#define RC_F_FIRST 0x01 /* the only flag: others are refused */
 #define RC_NAME_MAX 255 /* BUS_NAME_MAX */
 
 enum rc_kind {
@@ -32,14 +36,17 @@ enum rc_kind {
     RC_LEAVE,       /* ... left it */
     RC_CLAIM,       /* pid holds the name */
     RC_RELEASE,     /* ... holds it no more */
-    RC_WILL,        /* a hash value: pid's will, name: topic, data (seq 0 allowed) */
-    RC_GONE,        /* target: an instance found dead, swept */
+    RC_WILL,        /* pid's will: name its topic, data; no name: cleared (seq 0
+                     * allowed: a state hash's value) */
+    RC_WILL_DONE,   /* pid's will was published on its origin: publish the copy */
+    RC_GONE,        /* target: an instance gone (its own at shutdown, or found dead) */
     RC_PROBE,       /* a stale-cursor probe: read back by its origin only */
     RC_KIND_MAX = RC_PROBE,
 };
 
 typedef struct rc_entry {
     int kind;
+    unsigned flags;             /* RC_F_* */
     uint64_t origin, seq, target;
     uint32_t pid;
     const char *name;           /* name_len bytes, not NUL-terminated */

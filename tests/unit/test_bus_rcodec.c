@@ -26,8 +26,9 @@ static void test_round_trip(void **state)
     assert_int_equal(n, RC_HEADER_LEN + 10 + 5);
     assert_int_equal((size_t)n, rc_encoded_len(&e));
     assert_int_equal(buf[0], RC_VERSION);
-    assert_int_equal(buf[2], 0x01); /* big-endian origin */
-    assert_int_equal(buf[9], 0x08);
+    assert_int_equal(buf[2], 0); /* flags */
+    assert_int_equal(buf[3], 0x01); /* big-endian origin */
+    assert_int_equal(buf[10], 0x08);
     assert_int_equal(rc_decode(buf, (size_t)n, 1024, &d), 0);
     assert_int_equal(d.kind, RC_PUBLISH);
     assert_true(d.origin == e.origin);
@@ -57,6 +58,9 @@ static void test_every_kind_round_trips(void **state)
         {.kind = RC_RELEASE, .origin = 1, .seq = 7, .pid = 7, .name = "nick:a", .name_len = 6},
         {.kind = RC_WILL, .origin = 1, .seq = 0, .pid = 7, .name = "room:a", .name_len = 6,
          .data = (const unsigned char *)"bye", .len = 3},
+        {.kind = RC_WILL, .origin = 1, .seq = 3, .pid = 7}, /* cleared */
+        {.kind = RC_WILL_DONE, .origin = 1, .seq = 3, .pid = 7},
+        {.kind = RC_PUBLISH, .flags = RC_F_FIRST, .origin = 1, .seq = 77, .name = "t", .name_len = 1},
         {.kind = RC_GONE, .origin = 1, .seq = 8, .target = 5},
         {.kind = RC_PROBE, .origin = 1, .seq = 9},
     };
@@ -66,6 +70,9 @@ static void test_every_kind_round_trips(void **state)
         assert_true(n >= RC_HEADER_LEN);
         assert_int_equal(rc_decode(buf, (size_t)n, 1024, &d), 0);
         assert_int_equal(d.kind, ok[i].kind);
+        assert_int_equal(d.flags, ok[i].flags);
+        assert_true(d.seq == ok[i].seq);
+        assert_int_equal(d.pid, ok[i].pid);
         assert_int_equal(d.len, ok[i].len);
         assert_int_equal(d.name_len, ok[i].name_len);
         assert_true(d.target == ok[i].target);
@@ -85,6 +92,9 @@ static void test_invalid_entries_refused_on_encode(void **state)
          .data = (const unsigned char *)"x", .len = 1},                           /* data on a join */
         {.kind = RC_BROADCAST, .origin = 1, .seq = 1, .name = "t", .name_len = 1}, /* a topic */
         {.kind = RC_GONE, .origin = 1, .seq = 1},                               /* gone whom */
+        {.kind = RC_WILL, .origin = 1, .seq = 1, .data = (const unsigned char *)"x", .len = 1}, /* no topic */
+        {.kind = RC_WILL_DONE, .origin = 1, .seq = 1, .name = "t", .name_len = 1},
+        {.kind = RC_PUBLISH, .flags = 2, .origin = 1, .seq = 1, .name = "t", .name_len = 1}, /* unknown flag */
         {.kind = 0, .origin = 1, .seq = 1},
         {.kind = RC_KIND_MAX + 1, .origin = 1, .seq = 1},
         {.kind = RC_PUBLISH, .origin = 1, .seq = 1, .name = "t", .name_len = RC_NAME_MAX + 1},
@@ -120,17 +130,23 @@ static void test_malformed_input_refused(void **state)
     c[1] = 99; /* kind */
     assert_int_equal(rc_decode(c, (size_t)n, 1024, &d), -EPROTO);
     memcpy(c, buf, (size_t)n);
-    c[30] = 0xff; /* name length past the end */
+    c[31] = 0xff; /* name length past the end */
     assert_int_equal(rc_decode(c, (size_t)n, 1024, &d), -EPROTO);
     memcpy(c, buf, (size_t)n);
-    memset(c + 2, 0, 8); /* origin 0 */
+    memset(c + 3, 0, 8); /* origin 0 */
     assert_int_equal(rc_decode(c, (size_t)n, 1024, &d), -EPROTO);
     memcpy(c, buf, (size_t)n);
-    memset(c + 10, 0, 8); /* seq 0 on a publish */
+    memset(c + 11, 0, 8); /* seq 0 on a publish */
     assert_int_equal(rc_decode(c, (size_t)n, 1024, &d), -EPROTO);
     memcpy(c, buf, (size_t)n);
-    c[25] = 1; /* a target on a publish */
+    c[26] = 1; /* a target on a publish */
     assert_int_equal(rc_decode(c, (size_t)n, 1024, &d), -EPROTO);
+    memcpy(c, buf, (size_t)n);
+    c[2] = 0x80; /* an unknown flag */
+    assert_int_equal(rc_decode(c, (size_t)n, 1024, &d), -EPROTO);
+    c[2] = RC_F_FIRST;
+    assert_int_equal(rc_decode(c, (size_t)n, 1024, &d), 0);
+    assert_int_equal(d.flags, RC_F_FIRST);
 }
 
 int main(void)
