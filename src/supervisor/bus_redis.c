@@ -23,11 +23,15 @@
 #define RENEW_BATCH 256                /* names per lease renewal script */
 
 /* Names: a claim is a lease, given only if free or ours already (a resend
- * after a lost reply); renewal and release touch only ours. */
+ * after a lost reply), and ending with our heartbeat (KEYS[2]), never after
+ * it: once the others find us dead our names are free. Renewal (every tick,
+ * before the heartbeat's) and release touch only ours. */
 static const char LUA_CLAIM[] =
+    "local px = redis.call('PTTL', KEYS[2]) "
+    "if px <= 0 then px = tonumber(ARGV[2]) end "
     "local v = redis.call('GET', KEYS[1]) "
-    "if v == false then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end "
-    "if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end "
+    "if v == false then redis.call('SET', KEYS[1], ARGV[1], 'PX', px) return 1 end "
+    "if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], px) return 1 end "
     "return 0";
 static const char LUA_RENEW[] =
     "for i, k in ipairs(KEYS) do "
@@ -51,7 +55,7 @@ typedef struct out_item {
     size_t *argvlen;
 } out_item;
 
-enum { OUT_PLAIN = 0, OUT_CLAIM };
+enum { OUT_PLAIN = 0, OUT_CLAIM, OUT_PROBE };
 
 /* A topic stream this instance knows: one it writes (its seq there) and
  * perhaps reads (its cursor). */
@@ -92,6 +96,7 @@ struct bus_redis {
     unsigned snap_pending;  /* HGETALLs in flight */
     char xcursor[ID_MAX];
     int reading;            /* an XREAD is in flight */
+    long long rd_id;        /* the reading connection's CLIENT ID; 0: not known */
     rtop *tops;
     unsigned ntops;
     uint64_t xseq, maxseq;  /* seq on sf:x; the highest written anywhere */
@@ -101,6 +106,9 @@ struct bus_redis {
     /* names held here, for renewal: a small list */
     char **names;
     unsigned nnames, cap_names;
+    uint64_t probe_seq;     /* our probe on sf:x not read back yet; 0: none out */
+    int probe_acked;        /* ... and Redis has it */
+    double probe_at;        /* ev_now when Redis said it had it */
     bus_redis_stats st;
     int closing;
 };
@@ -140,6 +148,10 @@ static void item_free(out_item *it)
  * holder loses it). */
 static void item_answered(bus_redis *r, out_item *it, const redisReply *reply)
 {
+    if (it->what == OUT_PROBE) {
+        r->probe_at = ev_now(r->loop); /* written: now it must come back */
+        r->probe_acked = 1;
+    }
     if (it->what == OUT_CLAIM && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0)
         (void)bus_revoke_name(r->bus, it->name, it->name_len,
                               "claimed at the same moment on another instance, which keeps it");
@@ -282,8 +294,8 @@ static rtop *top_get(bus_redis *r, const char *topic, size_t len)
 
 /* ------------------------------------------------------------ writing */
 
-/* One entry to a stream: XADD KEY MAXLEN ~ N * e BYTES. */
-static int xadd(bus_redis *r, const char *key, size_t key_len, rc_entry *e, int state)
+/* One entry to a stream: XADD KEY MAXLEN ~ N * e BYTES. what: OUT_*. */
+static int xadd_as(bus_redis *r, int what, const char *key, size_t key_len, rc_entry *e, int state)
 {
     unsigned char buf[RC_HEADER_LEN + BUS_NAME_MAX + 256];
     unsigned char *p = buf;
@@ -301,13 +313,18 @@ static int xadd(bus_redis *r, const char *key, size_t key_len, rc_entry *e, int 
     snprintf(maxlen, sizeof maxlen, "%u", r->o.stream_len);
     const char *argv[] = {"XADD", key, "MAXLEN", "~", maxlen, "*", "e", (const char *)p};
     size_t argvlen[] = {4, key_len, 6, 1, strlen(maxlen), 1, 1, (size_t)n};
-    rc = out_push(r, OUT_PLAIN, state, NULL, 0, 8, argv, argvlen);
+    rc = out_push(r, what, state, NULL, 0, 8, argv, argvlen);
     if (rc == 0)
         r->st.entries_out++;
 done:
     if (p != buf)
         free(p);
     return rc;
+}
+
+static int xadd(bus_redis *r, const char *key, size_t key_len, rc_entry *e, int state)
+{
+    return xadd_as(r, OUT_PLAIN, key, key_len, e, state);
 }
 
 /* The next seq on sf:x, the first flagged. */
@@ -355,7 +372,8 @@ static size_t field_of(char *f, size_t cap, char kind, pid_t pid, const char *s,
     int n = snprintf(f, cap, "%c %d%s", kind, (int)pid, len ? " " : "");
     if (n < 0 || (size_t)n + len >= cap)
         return 0;
-    memcpy(f + n, s, len);
+    if (len)
+        memcpy(f + n, s, len);
     return (size_t)n + len;
 }
 
@@ -512,8 +530,11 @@ static void entry_in(bus_redis *r, const char *key, size_t key_len, const char *
         return;
     }
     r->st.lag_ms = now_ms() - strtod(id, NULL);
-    if (e.origin == r->id)
+    if (e.origin == r->id) {
+        if (e.kind == RC_PROBE && e.seq == r->probe_seq)
+            r->probe_seq = 0; /* the reading works */
         return;
+    }
     rc = bus_dedup_check(&r->seen, e.origin, key, key_len, e.seq, e.flags & RC_F_FIRST, &missed);
     if (rc != DEDUP_NEW) {
         if (rc == DEDUP_DUP)
@@ -521,6 +542,8 @@ static void entry_in(bus_redis *r, const char *key, size_t key_len, const char *
         return;
     }
     r->st.entries_in++;
+    if (e.kind != RC_GONE)
+        (void)peer_get(r, e.origin); /* known from its first entry on */
     if (missed) {
         r->st.missed += missed;
         if (key_len > 5 && memcmp(key, "sf:t:", 5) == 0) {
@@ -709,15 +732,18 @@ static void start_entry_in(bus_redis *r, rtop *t, const redisReply *fv, int live
         }
         if (e.origin == r->id)
             continue; /* kept here already */
-        /* Its origin's count on this stream starts here: no gap before. */
-        if (bus_dedup_check(&r->seen, e.origin, t->key, t->key_len, e.seq, 1, &missed) != DEDUP_NEW)
+        /* Its origin's count on this stream starts here (first: no gap
+         * before). The older part comes newest first: the first of each
+         * origin sets its count, the rest are older and go to history all
+         * the same. The live part comes oldest first, and counts. */
+        int rc = bus_dedup_check(&r->seen, e.origin, t->key, t->key_len, e.seq, 1, &missed);
+        if (live && rc != DEDUP_NEW)
             continue;
-        if (live) {
-            r->st.entries_in++;
+        r->st.entries_in++;
+        if (live)
             (void)bus_inject_publish(r->bus, e.name, e.name_len, (pid_t)e.pid, e.data, e.len);
-        } else if (r->o.history) {
+        else if (r->o.history)
             bus_inject_history(r->bus, e.name, e.name_len, (pid_t)e.pid, e.data, e.len);
-        }
     }
 }
 
@@ -768,6 +794,15 @@ static void start_reply(rconn *c, struct redisReply *reply, void *priv)
     for (size_t j = live; j-- > 0;)
         start_entry_in(r, t, reply->element[j]->element[1], 1);
     t->reading = 1;
+    /* The XREAD in flight does not read it: cut it short, so the new set is
+     * read at once rather than after the block (up to 1 s). */
+    if (r->reading && r->rd_id > 0) {
+        char id[24];
+        snprintf(id, sizeof id, "%lld", r->rd_id);
+        const char *argv[] = {"CLIENT", "UNBLOCK", id};
+        size_t argvlen[] = {6, 7, strlen(id)};
+        (void)rconn_command(r->cmd, NULL, NULL, 0, 3, argv, argvlen);
+    }
 }
 
 static void start_topic(bus_redis *r, rtop *t)
@@ -852,6 +887,7 @@ static void hgetall_reply(rconn *c, struct redisReply *reply, void *priv)
     }
     if (reply->type != REDIS_REPLY_ARRAY)
         return;
+    (void)peer_get(r, id);
     for (size_t k = 0; k + 1 < reply->elements; k += 2) {
         const redisReply *v = reply->element[k + 1];
         rc_entry e;
@@ -1004,10 +1040,11 @@ static void op_name(void *ctx, const char *name, size_t len, pid_t pid, int held
         return;
     snprintf(lease, sizeof lease, "%u", r->o.lease_ms);
     if (held) {
-        const char *argv[] = {"EVAL", LUA_CLAIM, "1", key, r->idhex, lease};
-        size_t argvlen[] = {4, sizeof LUA_CLAIM - 1, 1, (size_t)kl, 16, strlen(lease)};
+        const char *argv[] = {"EVAL", LUA_CLAIM, "2", key, r->hkey, r->idhex, lease};
+        size_t argvlen[] = {4, sizeof LUA_CLAIM - 1, 1, (size_t)kl, strlen(r->hkey), 16,
+                            strlen(lease)};
         names_add(r, name, len);
-        (void)out_push(r, OUT_CLAIM, 1, name, len, 6, argv, argvlen);
+        (void)out_push(r, OUT_CLAIM, 1, name, len, 7, argv, argvlen);
     } else {
         const char *argv[] = {"EVAL", LUA_RELEASE, "1", key, r->idhex};
         size_t argvlen[] = {4, sizeof LUA_RELEASE - 1, 1, (size_t)kl, 16};
@@ -1263,8 +1300,44 @@ static void renew_names(bus_redis *r, const char *lease)
     }
 }
 
+/* A connection that looks alive but delivers nothing (a known failure of
+ * pub/sub adapters): our own probe, written to sf:x, must come back on the
+ * reading connection within a command deadline and a block; if not, that
+ * connection is cut and made again, and reading resumes from the cursors. */
+static void probe(bus_redis *r)
+{
+    double limit = ((r->o.command_ms ? r->o.command_ms : RCONN_COMMAND_MS) + BUS_REDIS_BLOCK_MS) / 1000.0;
+
+    if (r->snapshot != 2 || !rconn_is_up(r->rd)) {
+        r->probe_seq = 0;
+        return;
+    }
+    if (r->probe_seq) {
+        if (!r->probe_acked || ev_now(r->loop) - r->probe_at <= limit)
+            return; /* not written yet (the outbox is behind), or not late */
+        r->st.stale++;
+        r->probe_seq = 0;
+        sf_logev(r->log, SF_LOG_WARN, "bus_redis_down", 0, NULL,
+                 SF_FIELDS(SF_F_STR("why", "stale cursor")),
+                 "bus bridge: reading from Redis at %s delivers nothing (our probe did not come "
+                 "back in %.1f s): reading again", r->where.text, limit);
+        rconn_drop(r->rd, "stale cursor");
+        return;
+    }
+    /* Only into an outbox with room: a probe dropped would be a gap the
+     * others count on sf:x. */
+    rc_entry e = {.kind = RC_PROBE, .origin = r->id};
+    if (r->out_bytes + 4096 > r->o.outbox_max)
+        return;
+    next_xseq(r, &e);
+    if (xadd_as(r, OUT_PROBE, KEY_X, sizeof KEY_X - 1, &e, 0) == 0) {
+        r->probe_seq = e.seq;
+        r->probe_acked = 0;
+    }
+}
+
 /* Every third of the lease: our heartbeat and names renewed, the others'
- * heartbeats checked. Not queued in the outbox: with Redis away there is
+ * heartbeats checked, a probe of the reading. Not queued in the outbox: with Redis away there is
  * nothing to renew, and the next tick after it is back does it. */
 static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
@@ -1277,10 +1350,10 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
     if (r->resync && !r->head)
         resync(r);
     snprintf(lease, sizeof lease, "%u", r->o.lease_ms);
+    renew_names(r, lease); /* first: names never outlive the heartbeat */
     const char *hb[] = {"SET", r->hkey, "1", "PX", lease, "XX"};
     size_t hbl[] = {3, strlen(r->hkey), 1, 2, strlen(lease), 2};
     (void)rconn_command(r->cmd, heartbeat_reply, r, 0, 6, hb, hbl);
-    renew_names(r, lease);
     for (unsigned i = 0; i < BUS_REDIS_PEERS_MAX; i++) {
         peer *p = &r->peers[i];
         alive_arg *a;
@@ -1297,6 +1370,7 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
     }
     if (r->snapshot == 2)
         start_topics(r); /* those that failed to start */
+    probe(r);
 }
 
 static void cmd_up(rconn *c, void *arg)
@@ -1314,6 +1388,7 @@ static void cmd_down(rconn *c, const char *why, void *arg)
 
     (void)c;
     r->st.reconnects++;
+    r->probe_seq = 0; /* it may never have been written */
     if (r->snapshot == 1)
         r->snapshot = 0;
     for (unsigned i = 0; i < r->ntops; i++)
@@ -1323,10 +1398,25 @@ static void cmd_down(rconn *c, const char *why, void *arg)
              r->out_bytes);
 }
 
+static void client_id_reply(rconn *c, struct redisReply *reply, void *priv)
+{
+    bus_redis *r = priv;
+
+    (void)c;
+    if (reply && reply->type == REDIS_REPLY_INTEGER)
+        r->rd_id = reply->integer;
+}
+
+/* Its id first, so a new topic can cut its XREAD short (CLIENT UNBLOCK). */
 static void rd_up(rconn *c, void *arg)
 {
-    (void)c;
-    read_more(arg);
+    bus_redis *r = arg;
+    const char *argv[] = {"CLIENT", "ID"};
+    size_t argvlen[] = {6, 2};
+
+    r->rd_id = 0;
+    (void)rconn_command(c, client_id_reply, r, 0, 2, argv, argvlen);
+    read_more(r);
 }
 
 static void rd_down(rconn *c, const char *why, void *arg)
@@ -1379,12 +1469,17 @@ int bus_redis_open(bus *b, struct ev_loop *loop, const rurl *where, const bus_re
     if (!(r->tops = calloc(BUS_REDIS_TOPICS_MAX, sizeof *r->tops)) ||
         bus_dedup_init(&r->seen, 0) < 0)
         goto fail;
-    memset(&co, 0, sizeof co);
-    co.connect_ms = r->o.connect_ms;
-    co.command_ms = r->o.command_ms;
-    co.ping_ms = r->o.ping_ms;
-    co.backoff_min_ms = r->o.backoff_min_ms;
-    co.backoff_max_ms = r->o.backoff_max_ms;
+    rconn_opts_default(&co); /* then what was given (0: the default) */
+    if (r->o.connect_ms)
+        co.connect_ms = r->o.connect_ms;
+    if (r->o.command_ms)
+        co.command_ms = r->o.command_ms;
+    if (r->o.ping_ms)
+        co.ping_ms = r->o.ping_ms;
+    if (r->o.backoff_min_ms)
+        co.backoff_min_ms = r->o.backoff_min_ms;
+    if (r->o.backoff_max_ms)
+        co.backoff_max_ms = r->o.backoff_max_ms;
     co.arg = r;
     co.on_up = cmd_up;
     co.on_down = cmd_down;
@@ -1491,4 +1586,15 @@ void bus_redis_close(bus_redis *r)
     bus_dedup_fini(&r->seen);
     free(r->tops);
     free(r);
+}
+
+int sf_bus_url_check(const char *url, const char **why)
+{
+    const char *reason = "no URL";
+    rurl where;
+    int rc = url ? rurl_parse(url, 0, &where, &reason) : -EINVAL;
+
+    if (why)
+        *why = rc < 0 ? reason : "";
+    return rc < 0 ? -EINVAL : 0;
 }

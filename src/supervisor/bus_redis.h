@@ -68,6 +68,7 @@ typedef struct bus_redis_stats {
     uint64_t missed;            /* entries of others never read (gaps in their seq) */
     uint64_t bad;               /* entries that did not decode */
     uint64_t outbox_dropped;    /* writes that did not fit in the outbox */
+    uint64_t stale;             /* reading connections cut: our probe did not come back */
     size_t outbox_bytes, outbox_max;
     unsigned peers;             /* other instances with a replica here */
     double lag_ms;              /* the last entry read: its id's time to now */
