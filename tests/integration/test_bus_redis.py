@@ -392,3 +392,27 @@ def test_an_instance_taken_for_dead_tells_its_state_again(sockfork, tmp_path, re
     imposter.welcome()
     imposter.send("alice")
     imposter.expect(TAKEN % "alice")
+
+
+def test_bridge_in_metrics(sockfork, tmp_path, redis):
+    """The bridge's numbers in /metrics are `ctl stats`'s bus_redis; promtool
+    passes the body."""
+    from test_metrics import metrics_addr, promtool_check, samples, scrape
+    a, b = pair(sockfork, tmp_path, redis, "--history", "0", "--metrics", "127.0.0.1:0",
+                *NO_FLOOD)
+    alice, bob = login_across(a, b)
+    bob.send("one line")
+    alice.expect("<bob> one line")
+    body = scrape(metrics_addr(a))
+    got = samples(body)
+    st = stats(a)["bus_redis"]
+    assert got[("sockfork_bus_redis_connected", None)] == 1
+    assert got[("sockfork_bus_redis_instances", None)] == 1
+    assert got[("sockfork_bus_redis_outbox_dropped_total", None)] == 0
+    assert got[("sockfork_bus_redis_missed_total", None)] == 0
+    assert got[("sockfork_bus_redis_duplicates_total", None)] == 0
+    # Probes keep both counts moving: the scrape came before this stats.
+    assert 0 < got[("sockfork_bus_redis_entries_total", ("way", "in"))] <= st["entries_in"]
+    assert 0 < got[("sockfork_bus_redis_entries_total", ("way", "out"))] <= st["entries_out"]
+    assert got[("sockfork_bus_redis_lag_seconds", None)] >= 0
+    promtool_check(body)
