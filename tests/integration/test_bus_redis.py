@@ -416,3 +416,22 @@ def test_bridge_in_metrics(sockfork, tmp_path, redis):
     assert 0 < got[("sockfork_bus_redis_entries_total", ("way", "out"))] <= st["entries_out"]
     assert got[("sockfork_bus_redis_lag_seconds", None)] >= 0
     promtool_check(body)
+
+
+def test_children_do_not_get_the_redis_sockets(sockfork, tmp_path, redis):
+    """The bridge's connections are opened after the spawner is forked; a
+    spawner started again later (killed here) closes them too: a child has
+    its stdio and its channel only."""
+    from conftest import helper, recv_until_eof
+    from test_exec import check_only_stdio, parse_fds
+    path = str(tmp_path / "s.sock")
+    srv = sockfork("--control", path, "--bus", redis.url, "--", helper("fdcount"))
+    srv.log.wait_one(BRIDGE_UP_RE, timeout=LONG_WAIT)
+    srv.ctl_path = path
+    check_only_stdio(parse_fds(recv_until_eof(srv.connect())), srv)
+    os.kill(stats(srv)["spawner_pid"], signal.SIGKILL)
+    deadline = time.monotonic() + WAIT
+    while stats(srv)["channel"]["spawner_restarts"] < 1:
+        assert time.monotonic() < deadline, "the spawner was not started again"
+        time.sleep(0.05)  # a bounded poll of a counter
+    check_only_stdio(parse_fds(recv_until_eof(srv.connect())), srv)
