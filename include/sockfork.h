@@ -256,6 +256,12 @@ SF_EXTERN int sf_program_find(const char *name, char *buf, size_t len);
  * supervisor routes and never interprets: see docs/protocol.md for the
  * wire format, which exec'd programs speak as JSON lines on fd 3.
  *
+ * In fork mode a C handler's channel is made at its first use (any call
+ * below, or sf_conn_exec): a handler that never uses it costs nothing for
+ * it. Until then what is sent to the child waits in its queue. A process
+ * the handler forks shares the channel only if it was made before the
+ * fork; made in such a process first, it is refused (its end is closed).
+ *
  * Sends are blocking writes. The supervisor reads every channel without
  * ever blocking, so a send waits only while it is busy, or while it holds
  * this child for backpressure: a request that would deliver to a sibling
@@ -497,6 +503,13 @@ typedef struct sf_server_opts {
      * and before they are put in place: the moment to reopen a log file. */
     sf_reload_cb on_reload;      /* NULL = none */
     void *reload_arg;
+    /* Fan-out: how long a burst of topic publishes may wait in the
+     * supervisor for more of it (no input for this long, and at most 8
+     * times this in all) before it goes to the subscribers, so each is
+     * woken once for many lines (docs/design.md, "Gathering"). Anything
+     * else goes at once. 0 = off (the default): every loop pass flushes.
+     * `sockfork chat` sets 0.0003. */
+    double bus_gather_s;
     /* The bus across instances (docs/design.md, "The bus across instances
      * (Redis)"): NULL, or the Redis every instance of the service shares,
      * "redis://HOST[:PORT][/DB]" or "unix:PATH[?db=N]" (sf_bus_url_check);

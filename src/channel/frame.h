@@ -128,9 +128,11 @@ int chan_send(int sock, uint16_t type, const void *payload, uint32_t len, int pa
 
 /*
  * The child's blocking reader: a decoder plus the bytes read past the last
- * frame, kept between calls to chan_recv.
+ * frame, kept between calls to chan_recv. 16 KiB: what the supervisor
+ * flushes at once to a chat child in a busy room (a line from each of 99
+ * members is about 6 KiB) comes in one read, not two.
  */
-#define CHAN_READ_BUF 4096
+#define CHAN_READ_BUF (16 * 1024)
 
 typedef struct chan_reader {
     chan_decoder dec;

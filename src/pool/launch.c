@@ -163,7 +163,7 @@ static int spawn_command(sf_pool *p, pool_slot *s)
     proc_exec_opts eo;
     const char *file;
     pid_t pid;
-    int rc;
+    int rc = 0; /* (a false maybe-uninitialized once proc_exec_opts grew) */
 
     errno = 0;
     s->argv = t->cmd(t->seq, s->index, t->data, t->cmd_arg);

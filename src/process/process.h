@@ -10,7 +10,9 @@
 
 #include "os/os.h"
 
-#define PROC_KEEP_MAX 4
+/* Descriptors a child keeps: a prefork worker's listeners (64 at most), its
+ * channel, and the spawner's shared one (spawner.h: SPAWN_FDS_MAX + 1). */
+#define PROC_KEEP_MAX 68
 
 /*
  * Marks the code every forked child runs from fork() to its handler. A

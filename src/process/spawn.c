@@ -1,6 +1,7 @@
 /* spawn.c - fork and the after-fork routine. */
 #include "process/process.h"
 #include "os/os.h"
+#include "process/childsys.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -59,35 +60,32 @@ static PROC_CHILD_CODE int child_layout_fds(const proc_fork_opts *o)
         if (src[i] != 3 + i && dup3(src[i], 3 + i, O_CLOEXEC) < 0)
             return -errno;
     }
-    os_closefrom(3 + o->nkeep);
+    if (childsys_close_from(3 + o->nkeep) < 0)
+        os_closefrom(3 + o->nkeep);
     return 0;
 }
 
 /* The child's half of proc_fork: the after-fork routine. */
 static PROC_CHILD_CODE void child_setup(const proc_fork_opts *o, pid_t parent)
 {
-    sigset_t none;
-
     if (!o->plain_signals) {
         if (o->reset)
             proc_signals_default(o->reset);
         else
             child_reset_signals();
     }
-    (void)setpgid(0, 0);
+    (void)childsys_own_group();
     if (o->parent_death_signal)
-        (void)os_parentdeath_signal(o->parent_death_signal, parent);
+        (void)childsys_parent_death(o->parent_death_signal, parent);
     if (child_layout_fds(o) < 0)
         _exit(111);
     if (o->fdlimit)
         (void)setrlimit(RLIMIT_NOFILE, o->fdlimit);
     if (o->slice)
         os_slice_restore(o->slice);
-    /* memset, not sigemptyset, and pthread_sigmask, which sigprocmask
-     * calls: each C library function the child calls may be one more
-     * page of code to fault in (PROC_CHILD_CODE). One thread: the same. */
-    memset(&none, 0, sizeof none);
-    pthread_sigmask(SIG_SETMASK, &none, NULL);
+    /* Each C library function the child calls may be one more page of
+     * code to fault in (childsys.h). One thread: no other mask to mind. */
+    (void)childsys_unblock_all();
 }
 
 PROC_CHILD_CODE pid_t proc_fork(const proc_fork_opts *o)

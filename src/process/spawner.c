@@ -78,6 +78,7 @@ static spawner_state *st;
 static int sigchld_fd = -1;     /* a signalfd for SIGCHLD, which is blocked */
 static double kill_grace;
 static pid_t self;              /* our pid: each child checks its parent's */
+static int shared_fd = -1;      /* spawner_opts.shared_fd, as we hold it */
 
 /* The takedown's tick: reap whatever has exited, so that a zombie leader
  * does not keep its group looking alive. Nobody wants the statuses now. */
@@ -162,10 +163,14 @@ static PROC_CHILD_CODE __attribute__((noinline)) pid_t start_forked(const spawne
     proc_fork_opts po;
     pid_t pid;
 
+    if (nfds + (shared_fd >= 0) > PROC_KEEP_MAX)
+        return -EINVAL;
     memcpy(blob, req->blob, len);
     memset(&po, 0, sizeof po);
     for (int i = 0; i < nfds; i++)
         po.keep[i] = fds[i];
+    if (shared_fd >= 0)
+        po.keep[nfds++] = shared_fd;
     po.nkeep = nfds;
     po.fdlimit = o->fdlimit;
     po.parent_death_signal = SIGTERM;
@@ -310,6 +315,8 @@ static void __attribute__((noreturn)) spawner_main(int sock, const spawner_opts 
         _exit(111);
     sock = move_high(sock);
     sigchld_fd = move_high(sigchld_fd);
+    if (o->shared_fd >= 0)
+        shared_fd = 4; /* spawner_start put it there; 3 is free for requests */
     self = getpid();
     proc_groups_init(&st->live, o->max_children ? o->max_children : 1u << 24);
     st->live.own_children = 1; /* a child that left its group is signalled alone */
@@ -359,8 +366,10 @@ pid_t spawner_start(const spawner_opts *opts, int *sock)
         copy.fdlimit = &fdlimit;
     }
     memset(&po, 0, sizeof po);
-    po.keep[0] = sv[1];
+    po.keep[0] = sv[1];             /* our socket, as 3 (moved high at once) */
     po.nkeep = 1;
+    if (copy.shared_fd >= 0)
+        po.keep[po.nkeep++] = copy.shared_fd; /* as 4, where it stays */
     /* No parent-death signal: the spawner must outlive a supervisor killed
      * with SIGKILL, to end its children (supervisor_gone). It learns of the
      * death from its socket. */

@@ -91,6 +91,7 @@ typedef struct spawn_msg {
  * with _exit().
  */
 typedef void (*spawner_child_fn)(const void *blob, size_t len, int nfds);
+/* (nfds counts spawner_opts.shared_fd too, the last of them, if set.) */
 
 /* What an exec'd child runs, as a plan function fills it in. */
 typedef struct spawn_exec {
@@ -127,6 +128,13 @@ typedef struct spawner_opts {
     /* If the supervisor dies: seconds between SIGTERM and SIGKILL to the
      * children's groups. */
     double kill_grace;
+    /* -1, or a descriptor of the caller's that the spawner keeps and every
+     * forked child gets after its request's (one more in the child
+     * function's nfds): fork mode's broker (server/broker.h), sent once
+     * rather than with every request. The spawner holds it as 4, so that
+     * with a request of one descriptor (received as 3) the child moves
+     * nothing. Exec'd children do not get it. */
+    int shared_fd;
 } spawner_opts;
 
 /*

@@ -116,9 +116,11 @@ int sf_conn_exec(sf_conn *c, char *const argv[])
      * disappears at exec. */
     if (dup2(c->fd, 0) < 0 || dup2(c->fd, 1) < 0)
         return -errno;
+    /* Fork mode makes the channel now, if the handler has not used it:
+     * the program gets one either way. */
+    if ((rc = conn_channel_open(c)) < 0)
+        return rc;
     if (c->chan >= 0) {
-        if ((rc = conn_channel_open(c)) < 0)
-            return rc;
         if (dup2(c->chan, 3) < 0)
             return -errno;
         if (setenv("SOCKFORK_FD", "3", 1) < 0)

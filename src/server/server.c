@@ -14,6 +14,7 @@
  * resources, and a backoff after fork() failed. Never fail open, never spin.
  */
 #include "server/server_internal.h"
+#include "channel/chanreq.h"
 #include "server/execplan.h"
 #include "server/addr.h"
 #include "server/metrics.h"
@@ -214,31 +215,55 @@ typedef struct child_start {
     int jsonl;
     uint32_t chan_max;
     uint32_t env_len;     /* the access rule's pairs, after the struct in the blob */
+    unsigned char *offered; /* a handler's: set before its channel's offer (broker.h) */
 } child_start;
 
-/* The channel at its first use (sf_conn's open_channel hook): its end
- * comes non-blocking (launch) and is made blocking, and its reader is set
- * up, so a handler that never uses it costs no system call, and no page
- * of that code to fault in. */
+/* The channel at its first use (sf_conn's open_channel hook): the child
+ * makes it and hands the supervisor its end over the broker (fd 4,
+ * channel/chanreq.h, broker.h), and sets up its reader, so a handler that
+ * never uses it costs no system call here nor in the supervisor, and no
+ * page of that code to fault in. A failure is the channel's end: every
+ * use of it fails with that error. */
 typedef struct child_chan {
     sf_conn *conn;
     uint32_t max;         /* the reader's largest frame */
-    int ready;
+    int ready;            /* 1 made, -errno could not be */
+    unsigned char *offered;
 } child_chan;
 
 static PROC_CHILD_CODE int child_channel_open(void *arg)
 {
     child_chan *ch = arg;
+    int fd;
 
-    if (!ch->ready) {
-        (void)fcntl(ch->conn->chan, F_SETFL, 0);
+    if (ch->ready == 0) {
+        if (ch->offered)
+            __atomic_store_n(ch->offered, 1, __ATOMIC_RELEASE);
+        if ((fd = chanreq_open(4)) < 0) {
+            ch->ready = fd;
+            return fd;
+        }
+        ch->conn->chan = fd;
         chan_reader_init(&ch->conn->reader, ch->max);
         ch->ready = 1;
     }
-    return 0;
+    return ch->ready < 0 ? ch->ready : 0;
 }
 
-/* Runs in the new child: the connection is fd 3, the channel fd 4. */
+/* Whether stdout holds output not yet written. With glibc read from the
+ * stream itself, as __fpending does: __fpending is one more page of the C
+ * library's code for every child to fault in (process/childsys.h). */
+static PROC_CHILD_CODE int stdout_pending(void)
+{
+#ifdef __GLIBC__
+    return stdout->_IO_write_ptr > stdout->_IO_write_base;
+#else
+    return __fpending(stdout) > 0;
+#endif
+}
+
+/* Runs in the new child: the connection is fd 3, the broker fd 4 (its
+ * channel is made at its first use). */
 static PROC_CHILD_CODE void __attribute__((noreturn)) child_main(const void *blob, size_t len,
                                                                   int nfds)
 {
@@ -254,10 +279,14 @@ static PROC_CHILD_CODE void __attribute__((noreturn)) child_main(const void *blo
         _exit(111);
     memset(&c, 0, sizeof c);
     c.fd = 3;
-    c.chan = 4;
+    /* Apart: written together, fd and chan are one 64-bit constant the
+     * compiler loads from .rodata, a page fault in every child. */
+    __asm__ volatile("" ::: "memory");
+    c.chan = -1;
     ch.conn = &c;
     ch.max = cs.chan_max + BUS_MSG_OVERHEAD - CHAN_HDR_LEN;
     ch.ready = 0;
+    ch.offered = cs.offered;
     c.open_channel = child_channel_open;
     c.open_arg = &ch;
     c.peer = cs.peer;
@@ -274,7 +303,7 @@ static PROC_CHILD_CODE void __attribute__((noreturn)) child_main(const void *blo
     /* Only stdout, and only if it holds something: fflush(NULL) locks
      * every stream, writing to pages shared with the spawner, which then
      * have to be copied in every child. */
-    if (__fpending(stdout) > 0)
+    if (stdout_pending())
         fflush(stdout);
     _exit(rc & 0xff);
 }
@@ -286,18 +315,22 @@ static int child_plan(const void *blob, size_t len, const int *fds, int nfds, sp
 {
     child_start cs;
 
-    if (len < sizeof cs || nfds != 2)
+    if (len < sizeof cs || nfds < 1 || nfds > 2)
         return -EINVAL;
     memcpy(&cs, blob, sizeof cs);
     if (len != sizeof cs + cs.env_len)
         return -EINVAL;
     if (!cs.argv)
-        return 0;
+        return 0; /* the connection, and the broker the spawner adds */
+    if (nfds != 2)
+        return -EINVAL;
     return execplan_conn(ex, cs.file, cs.argv, &cs.peer, cs.has_local ? &cs.local : NULL, cs.is_tcp,
                          fds[0], fds[1], (const char *)blob + sizeof cs, cs.env_len);
 }
 
-/* Asks the spawner for r's child. Returns 0, or -errno with r as it was. */
+/* Asks the spawner for r's child: a program's with its channel, a
+ * handler's alone (the spawner adds the broker, its shared_fd). Returns 0,
+ * or -errno with r as it was. */
 static int spawn(sf_server *s, conn_rec *r)
 {
     unsigned char blob[SPAWN_BLOB_MAX];
@@ -318,10 +351,14 @@ static int spawn(sf_server *s, conn_rec *r)
     cs.is_tcp = r->is_tcp;
     cs.jsonl = s->opts.channel_jsonl;
     cs.chan_max = s->opts.chan_max;
+    if (s->broker.fd >= 0) {
+        cs.offered = broker_flag(s, r);
+        *cs.offered = 0; /* its child has not started: nobody else writes it */
+    }
     memcpy(blob, &cs, sizeof cs);
     if (r->env_len)
         memcpy(blob + sizeof cs, r->env, r->env_len);
-    return sup_spawn(&s->sup, blob, sizeof cs + r->env_len, fds, 2, r);
+    return sup_spawn(&s->sup, blob, sizeof cs + r->env_len, fds, s->broker.fd >= 0 ? 1 : 2, r);
 }
 
 /*
@@ -451,8 +488,13 @@ static void on_started(sup *sp, pid_t pid, void *data, void *arg)
      * (tuple_forget). */
     if (r->is_tcp)
         (void)hmap_put(&s->by_tuple, &r->tuple, (uint32_t)(r - s->recs)); /* reserved in launch */
-    rc = endpoint_open(&s->bus, &r->ep, r->sfd, pid, s->opts.channel_jsonl, r);
+    /* A handler's child makes its channel at its first use (broker.h):
+     * until then what is sent to it is queued. */
+    rc = endpoint_open(&s->bus, &r->ep, s->broker.fd >= 0 ? ENDPOINT_FD_LATER : r->sfd, pid,
+                       s->opts.channel_jsonl, r);
     r->sfd = -1; /* the endpoint has it (or closed it) */
+    if (rc == 0 && endpoint_waiting(&r->ep))
+        broker_started(s, r);
     if (rc < 0 && rc != -ESHUTDOWN)
         sf_logev(&s->log, SF_LOG_WARN, "channel_failed", (int)pid, NULL,
                  SF_FIELDS(SF_F_STR("error", strerror(-rc))), "pid %d: no channel: %s", (int)pid,
@@ -516,10 +558,10 @@ static int launch(sf_server *s, conn_rec *r)
     /* Room for every child whose start is still unanswered, and this one. */
     if (r->is_tcp)
         rc = hmap_reserve(&s->by_tuple, s->by_tuple.count + s->sup.spawning + 1);
-    /* Both ends non-blocking: ours must be; the child makes its own
-     * blocking again (child_channel_open) at its first use, on its own
-     * time, not the supervisor's. */
-    if (rc == 0 && r->sfd < 0) {
+    /* A program's channel (a handler's child makes its own, broker.h).
+     * Both ends non-blocking: ours must be; execplan makes the program's
+     * blocking in the spawner. */
+    if (rc == 0 && r->sfd < 0 && s->broker.fd < 0) {
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0) {
             rc = -errno;
         } else {
@@ -703,6 +745,7 @@ static void on_child_exit(sup *sp, pid_t pid, int wstatus, void *data, void *arg
     }
     if (r->is_tcp)
         server_tuple_forget(s, r);
+    broker_exited(s, r); /* a channel it made is on its way */
     endpoint_drain(&r->ep); /* its last words, before its will */
     server_rec_release(s, r);
     check_limit(s);
@@ -766,6 +809,7 @@ int server_tcp_dump(sf_server *s, os_tcpdiag_cb cb, void *arg)
     if (s->diag_fd < 0 && (s->diag_fd = os_tcpdiag_open()) < 0) {
         int rc = s->diag_fd;
         s->diag_fd = -1;
+    s->broker.fd = s->broker.child_fd = -1;
         return rc;
     }
     for (size_t i = 0; i < s->nlisteners; i++) {
@@ -783,6 +827,7 @@ int server_tcp_dump(sf_server *s, os_tcpdiag_cb cb, void *arg)
              * time. */
             close(s->diag_fd);
             s->diag_fd = -1;
+    s->broker.fd = s->broker.child_fd = -1;
             return rc;
         }
     }
@@ -1160,6 +1205,7 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
     if (!s)
         return -ENOMEM;
     s->diag_fd = -1;
+    s->broker.fd = s->broker.child_fd = -1;
     s->notify.fd = -1;
     s->up.link = s->up.from = -1; /* upgrade_fini may run before upgrade_init */
     if (opts)
@@ -1173,7 +1219,7 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
     if (s->opts.chan_queue == 0)
         s->opts.chan_queue = SF_CHAN_QUEUE_DEFAULT;
     if (!(s->opts.idle_timeout_s >= 0) || !(s->opts.grace_s >= 0) || !(s->opts.kill_grace_s >= 0) ||
-        !(s->opts.conn_timeout_s >= 0) ||
+        !(s->opts.conn_timeout_s >= 0) || !(s->opts.bus_gather_s >= 0 && s->opts.bus_gather_s <= 1) ||
         s->opts.max_conns > (1u << 24) || s->opts.chan_max > CHAN_MAX_LIMIT ||
         s->opts.chan_queue < sf_chan_queue_min(s->opts.chan_max) ||
         s->opts.topic_history > 100000 || !(s->opts.worker_idle_s >= 0) ||
@@ -1385,6 +1431,7 @@ int sf_server_run(sf_server *s)
     bcfg.queue_limit = s->opts.chan_queue;
     bcfg.full_policy = s->opts.chan_full_kick ? BUS_FULL_KICK : BUS_FULL_DROP;
     bcfg.history = s->opts.topic_history;
+    bcfg.gather_s = s->opts.bus_gather_s;
     bcfg.on_kick = on_bus_kick;
     bcfg.find = bus_find;
     bcfg.on_session = s->prefork ? on_session : NULL;
@@ -1393,6 +1440,10 @@ int sf_server_run(sf_server *s)
     if ((rc = bus_init(&s->bus, s->loop, &bcfg)) < 0)
         return rc;
     s->bus_ready = 1;
+    /* A handler's children make their channels at first use (broker.h);
+     * a program's and a worker's come with them. */
+    if (!s->prefork && !s->opts.program_argv && (rc = broker_init(s)) < 0)
+        return rc;
 
     /* A client that goes away while we write must cost an EPIPE, never the
      * supervisor, and never a C handler: set before sup_init forks the
@@ -1422,6 +1473,7 @@ int sf_server_run(sf_server *s)
     /* Workers are always forked: they run the handler. */
     cfg.spawn_plan = s->prefork ? NULL : child_plan;
     cfg.child_fdlimit = s->have_orig_fdlimit ? &s->orig_fdlimit : NULL;
+    cfg.spawn_shared_fd = s->broker.child_fd > 0 ? s->broker.child_fd : 0;
     cfg.on_started = on_started;
     cfg.on_spawn_failed = on_spawn_failed;
     cfg.on_other_exit = on_other_exit;
@@ -1515,6 +1567,7 @@ void sf_server_free(sf_server *s)
     bus_redis_close(s->bus_redis); /* before bus_fini */
     s->bus_redis = NULL;
     free(s->bus_where);
+    broker_fini(s);
     if (s->bus_ready)
         bus_fini(&s->bus);
     if (s->loop) {

@@ -5,6 +5,7 @@
 
 #include <sys/resource.h>
 
+#include "server/broker.h"
 #include "server/conn.h"
 #include "server/control.h"
 #include "server/listener.h"
@@ -214,6 +215,7 @@ struct sf_server {
 
     upgrade up;           /* upgrade.c: this generation's and its neighbours' */
     struct metrics *metrics; /* opts.metrics_addr's endpoint, or NULL */
+    chan_broker broker;   /* fork mode's channels at first use (broker.h) */
 };
 
 /* Sends systemd one notification (nothing without NOTIFY_SOCKET). */

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/timerfd.h>
 
 #define TOPIC_BUCKETS (BUS_TOPICS_MAX * 2)
 #define NAME_BUCKETS 4096
@@ -321,6 +322,7 @@ static void doom(endpoint *e, const char *why, int bad)
         return;
     e->doom = why;
     e->doom_bad = bad;
+    e->owner->urgent = 1;
     attention(e);
 }
 
@@ -511,11 +513,102 @@ static void stop_writing(endpoint *e)
 
 static void wake_held(bus *b);
 
+/*
+ * Gathering (cfg.gather_s > 0; `sockfork chat` sets it). A room's members
+ * publish at nearly the same moment, each from its own process, and the
+ * supervisor reads them over a few loop passes; flushing after each pass
+ * wakes every member once per pass, and each wake-up is a poll, a read and
+ * a write to its client in that member's process. So while what waits is
+ * only publishes, the flush waits until no input has come for gather_s,
+ * and at most BUS_GATHER_SPAN times that since the first waited: one
+ * flush, one wake-up per member for most of a burst. Anything else queued
+ * (a reply to one child, a listing, an error, a kick), a recipient past
+ * its high mark, held senders to retry, or shutdown, flushes at once, as
+ * every pass did before. The deadline is a timerfd: the loop's timers
+ * round up to a millisecond.
+ */
+static void gather_reset(bus *b)
+{
+    b->gathering = 0;
+    b->urgent = 0;
+}
+
+static int gather_wait(bus *b)
+{
+    double now, due;
+    struct itimerspec its;
+
+    if (b->gather_fd < 0 || b->urgent || b->wake || b->ncongested || b->closing)
+        return 0;
+    now = ev_now(b->loop);
+    if (!b->gathering) {
+        b->gathering = 1;
+        b->gather_first = b->gather_last = now;
+        b->gather_in = b->counted.frames_in;
+    } else if (b->counted.frames_in != b->gather_in) {
+        b->gather_in = b->counted.frames_in;
+        b->gather_last = now;
+    }
+    due = b->gather_last + b->cfg.gather_s;
+    if (due > b->gather_first + BUS_GATHER_SPAN * b->cfg.gather_s)
+        due = b->gather_first + BUS_GATHER_SPAN * b->cfg.gather_s;
+    if (now >= due)
+        return 0;
+    memset(&its, 0, sizeof its);
+    its.it_value.tv_sec = (time_t)(due - now);
+    its.it_value.tv_nsec = (long)((due - now - (double)its.it_value.tv_sec) * 1e9) + 1; /* never 0: that disarms */
+    if (its.it_value.tv_nsec > 999999999L)
+        its.it_value.tv_nsec = 999999999L;
+    if (timerfd_settime(b->gather_fd, 0, &its, NULL) < 0)
+        return 0;
+    return 1;
+}
+
+static void gather_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    uint64_t expired;
+    (void)loop;
+    (void)revents;
+
+    /* Only to wake the loop: the prepare watcher flushes. */
+    (void)!read(w->fd, &expired, sizeof expired);
+}
+
+static void gather_init(bus *b)
+{
+    b->gather_fd = -1;
+    if (b->cfg.gather_s <= 0)
+        return;
+    /* Without it (no descriptor left), nothing is gathered: each pass
+     * flushes, as with gather_s 0. */
+    b->gather_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (b->gather_fd < 0)
+        return;
+    ev_io_init(&b->gather_w, gather_cb, b->gather_fd, EV_READ);
+    b->gather_w.data = b;
+    ev_io_start(b->loop, &b->gather_w);
+    ev_unref(b->loop); /* it must not keep the loop running */
+}
+
+static void gather_fini(bus *b)
+{
+    if (b->gather_fd < 0)
+        return;
+    ev_ref(b->loop);
+    ev_io_stop(b->loop, &b->gather_w);
+    close(b->gather_fd);
+    b->gather_fd = -1;
+}
+
 static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     bus *b = w->data;
     (void)loop;
     (void)revents;
+
+    if (b->attn && gather_wait(b))
+        return;
+    gather_reset(b);
 
     /* Bounded: each pass takes one endpoint off; one is put back only by a
      * will or a delivery, and a closed one never comes back. A wake-up
@@ -535,8 +628,8 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
             kick(e, e->doom, e->doom_bad);
             continue;
         }
-        if (!endpoint_is_open(e) || ev_is_active(&e->wr))
-            continue; /* the write watcher has it */
+        if (!endpoint_is_open(e) || endpoint_waiting(e) || ev_is_active(&e->wr))
+            continue; /* the write watcher has it, or endpoint_attach will */
         before = e->q.bytes;
         rc = chan_queue_flush(&e->q, e->fd);
         flushed(e, before);
@@ -593,6 +686,8 @@ static int push(endpoint *e, encoded *x)
     e->owner->counted.out_by_kind[kind_index(x->m->kind)]++;
     if (!e->congested && !e->stuck && e->q.bytes >= high_water(e->owner))
         set_congested(e, 1);
+    if (x->m->kind != SF_MSG_TOPIC)
+        e->owner->urgent = 1; /* only publishes are gathered */
     attention(e);
     return 0;
 }
@@ -1270,6 +1365,7 @@ int endpoint_send_control(endpoint *e, uint16_t type, const void *payload, uint3
     rc = chan_queue_push(&e->q, type, payload, len, -1);
     if (rc < 0)
         return rc;
+    e->owner->urgent = 1;
     attention(e);
     return 0;
 }
@@ -1423,6 +1519,8 @@ static void wake_held(bus *b)
  * answers go out (a round trip's latency). */
 static int read_some(endpoint *e, size_t budget, int to_eof)
 {
+    if (endpoint_waiting(e))
+        return 1; /* nothing to read yet */
     while (budget > 0 && endpoint_is_open(e)) {
         if (e->held)
             return 1; /* its channel waits: resume() restarts it */
@@ -1505,7 +1603,8 @@ int endpoint_open(bus *b, endpoint *e, int fd, pid_t pid, int jsonl, void *data)
     memset(e, 0, sizeof *e);
     e->fd = -1;
     if (b->closing) {
-        close(fd); /* shutdown: the child sees its channel end at once */
+        if (fd >= 0)
+            close(fd); /* shutdown: the child sees its channel end at once */
         return -ESHUTDOWN;
     }
     e->owner = b;
@@ -1516,7 +1615,8 @@ int endpoint_open(bus *b, endpoint *e, int fd, pid_t pid, int jsonl, void *data)
     chan_decoder_init(&e->fdec, b->cfg.chan_max);
     if (jsonl && (rc = jsonl_decoder_init(&e->jdec, b->cfg.chan_max)) < 0) {
         chan_decoder_fini(&e->fdec);
-        close(fd);
+        if (fd >= 0)
+            close(fd);
         return rc;
     }
     chan_queue_init(&e->q, b->cfg.queue_limit);
@@ -1524,12 +1624,28 @@ int endpoint_open(bus *b, endpoint *e, int fd, pid_t pid, int jsonl, void *data)
     ev_io_init(&e->rd, rd_cb, fd, EV_READ);
     ev_io_init(&e->wr, wr_cb, fd, EV_WRITE);
     e->rd.data = e->wr.data = e;
-    ev_io_start(b->loop, &e->rd);
+    if (fd >= 0)
+        ev_io_start(b->loop, &e->rd);
     e->next = b->all;
     if (b->all)
         b->all->prev = e;
     b->all = e;
     b->nendpoints++;
+    return 0;
+}
+
+int endpoint_attach(endpoint *e, int fd)
+{
+    if (!endpoint_waiting(e)) {
+        close(fd);
+        return -EBADF;
+    }
+    e->fd = fd;
+    ev_io_set(&e->rd, fd, EV_READ);
+    ev_io_set(&e->wr, fd, EV_WRITE);
+    ev_io_start(e->owner->loop, &e->rd);
+    if (e->q.bytes > 0)
+        attention(e); /* what was queued for it goes out */
     return 0;
 }
 
@@ -1550,7 +1666,8 @@ void endpoint_close(endpoint *e)
     set_congested(e, 0);
     ev_io_stop(b->loop, &e->rd);
     ev_io_stop(b->loop, &e->wr);
-    close(e->fd);
+    if (e->fd >= 0)
+        close(e->fd);
     e->fd = -1;
     chan_decoder_fini(&e->fdec);
     if (e->jsonl)
@@ -1578,6 +1695,7 @@ void bus_close_all(bus *b)
 int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg)
 {
     memset(b, 0, sizeof *b);
+    b->gather_fd = -1;
     TAILQ_INIT(&b->idle);
     TAILQ_INIT(&b->hist);
     TAILQ_INIT(&b->held);
@@ -1599,6 +1717,7 @@ int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg)
     ev_init(&b->stall, stall_cb);
     b->stall.repeat = BUS_STALL_S / 4;
     b->stall.data = b;
+    gather_init(b);
     ev_prepare_init(&b->prepare, prepare_cb);
     b->prepare.data = b;
     ev_prepare_start(loop, &b->prepare);
@@ -1622,6 +1741,8 @@ void bus_fini(bus *b)
         ev_ref(b->loop);
         ev_prepare_stop(b->loop, &b->prepare);
     }
+    if (b->loop)
+        gather_fini(b);
     if (b->topics) {
         for (unsigned i = 0; i < TOPIC_BUCKETS; i++) {
             while (b->topics[i]) {

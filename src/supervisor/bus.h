@@ -54,6 +54,7 @@
 #define BUS_HISTORY_BYTES (256 * 1024) /* per topic, besides the count */
 #define BUS_HISTORY_TOTAL (16 * 1024 * 1024) /* every topic's, by default */
 #define BUS_READ_BUDGET (64 * 1024)    /* bytes read from one child per wakeup */
+#define BUS_GATHER_SPAN 8              /* a gathering waits at most this many gaps */
 #define BUS_STALL_S 4.0                /* s a recipient may hold senders before it drains */
 /* What a MESSAGE frame adds to the data it carries: the frame header, the
  * message header, the longest topic. A child's reader takes chan_max plus
@@ -178,6 +179,11 @@ typedef struct bus_config {
     bus_session_cb on_session;  /* NULL: no worker channels */
     void *arg;
     const sf_logger *log;
+    /* Fan-out gathering (bus.c, "gathering"): s a burst of publishes may
+     * wait for more of it before going out, from the last input read; at
+     * most BUS_GATHER_SPAN times that from the first. 0: off, every loop
+     * pass flushes. */
+    double gather_s;
 } bus_config;
 
 /*
@@ -253,15 +259,38 @@ struct bus {
     bus_counters counted;
     const bus_bridge_ops *bridge; /* NULL: no bridge (bus_set_bridge) */
     void *bridge_ctx;
+    /* Gathering (cfg.gather_s): a timerfd, for a deadline finer than the
+     * loop's millisecond; while the flush waits, when it began, when input
+     * last came, the frames read by then; urgent: something queued that
+     * is not a publish (a reply, a kick), which goes at once. */
+    int gather_fd;
+    ev_io gather_w;
+    int gathering, urgent;
+    double gather_first, gather_last;
+    uint64_t gather_in;
 };
 
 int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg);
 void bus_fini(bus *b);
 
+/* An endpoint opened with ENDPOINT_FD_LATER (a child whose channel is made
+ * at its first use, channel/chanreq.h) is open: it is found, messages are
+ * queued for it (up to queue_limit), and nothing is read or written until
+ * endpoint_attach gives it its descriptor. */
+#define ENDPOINT_FD_LATER (-2)
+
 /* Starts serving a child's channel (fd: the supervisor's end, already
  * non-blocking: made so with SOCK_NONBLOCK, one system call less per
  * child; the bus takes it and closes it in endpoint_close). */
 int endpoint_open(bus *b, endpoint *e, int fd, pid_t pid, int jsonl, void *data);
+
+/* The descriptor of an endpoint opened with ENDPOINT_FD_LATER: reading
+ * starts, and what was queued for it goes out. Returns 0, or -EBADF (the
+ * endpoint is closed, or has its descriptor already: fd is closed). */
+int endpoint_attach(endpoint *e, int fd);
+
+/* Still waiting for its descriptor (ENDPOINT_FD_LATER). */
+static inline int endpoint_waiting(const endpoint *e) { return e->fd == ENDPOINT_FD_LATER; }
 
 /* Closes the channel; the child's names and subscriptions go, and its will
  * is published. Idempotent. */
@@ -279,13 +308,13 @@ void endpoint_read_now(endpoint *e);
  * the supervisor is going away from the end of their channel. */
 void bus_close_all(bus *b);
 
-static inline int endpoint_is_open(const endpoint *e) { return e->fd >= 0; }
+static inline int endpoint_is_open(const endpoint *e) { return e->fd != -1; }
 
 /* Open, and serving a connection if it is a worker's: what a message may
  * be sent to. */
 static inline int endpoint_reachable(const endpoint *e)
 {
-    return e->fd >= 0 && (!e->sessions || e->in_session);
+    return endpoint_is_open(e) && (!e->sessions || e->in_session);
 }
 
 /* Makes an endpoint just opened a prefork worker's: idle (unreachable)

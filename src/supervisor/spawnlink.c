@@ -234,6 +234,7 @@ static int start_spawner(sup *s)
     o.child = s->cfg.spawn_child;
     o.plan = s->cfg.spawn_plan;
     o.fdlimit = s->cfg.child_fdlimit ? &s->child_fdlimit : NULL;
+    o.shared_fd = s->cfg.spawn_shared_fd > 0 ? s->cfg.spawn_shared_fd : -1;
     o.max_children = s->cfg.max_children;
     o.kill_grace = s->cfg.kill_grace;
     pid = spawner_start(&o, &fd);

@@ -76,6 +76,9 @@ typedef struct sup_config {
     /* Which requests' children are exec'd instead (spawner.h); NULL: none. */
     spawner_plan_fn spawn_plan;
     const struct rlimit *child_fdlimit; /* copied at sup_init */
+    /* A descriptor every forked child gets after its request's (spawner.h's
+     * shared_fd); 0: none (stdin is never one). */
+    int spawn_shared_fd;
     sup_started_cb on_started;
     sup_spawn_failed_cb on_spawn_failed;
     sup_other_exit_cb on_other_exit;  /* NULL: such children are ignored */

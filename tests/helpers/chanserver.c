@@ -24,6 +24,11 @@
  *   CLAIM name | RELEASE name | STATUS text | LOG text
  *                             -> OK <CMD>, or ERR <CMD> <rc> if the call failed
  *   DEAF                      -> OK DEAF; the channel is never read again
+ *   GRANDSEND pid text        -> OK GRANDSEND <status>: a process this child
+ *                                forks sends it (status 0: its send returned 0)
+ *   HEAR                      -> OK HEAR; the channel is read from now on (in
+ *                                noread mode: its first use, in fork mode the
+ *                                moment the child makes it)
  *   MUTE                      -> OK MUTE; messages are counted, not written
  *   COUNT                     -> COUNT total=N direct=N ... error=N
  *   FLOOD BCAST|PUB|SEND N SIZE [topic|pid]
@@ -71,6 +76,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MAX_LISTEN 8
@@ -522,6 +528,19 @@ static int command(state *st, char *line)
         a = word(&rest);
         size_t n = unescape(rest);
         finish(st, cmd, sf_conn_send(st->c, (int)num(a), rest, n));
+    } else if (strcmp(cmd, "GRANDSEND") == 0) {
+        /* Sent by a process of ours, not by us: in fork mode, with no
+         * channel made yet, its own is refused. */
+        a = word(&rest);
+        size_t n = unescape(rest);
+        pid_t kid = fork();
+        int ws = 0;
+        if (kid == 0)
+            _exit(sf_conn_send(st->c, (int)num(a), rest, n) < 0);
+        if (kid < 0 || waitpid(kid, &ws, 0) != kid)
+            reply(st, "ERR GRANDSEND %d", -errno);
+        else
+            reply(st, "OK GRANDSEND %d", WIFEXITED(ws) ? WEXITSTATUS(ws) : -1);
     } else if (strcmp(cmd, "PUBBIG") == 0 || strcmp(cmd, "SENDBIG") == 0) {
         a = word(&rest);
         unsigned long n = num(word(&rest));
@@ -542,6 +561,9 @@ static int command(state *st, char *line)
     } else if (strcmp(cmd, "DEAF") == 0) {
         st->deaf = 1;
         reply(st, "OK DEAF");
+    } else if (strcmp(cmd, "HEAR") == 0) {
+        st->deaf = 0;
+        reply(st, "OK HEAR");
     } else if (strcmp(cmd, "MUTE") == 0) {
         st->mute = 1;
         reply(st, "OK MUTE");

@@ -680,3 +680,72 @@ def test_ctl_send_to_a_busy_child_that_reads_states_only_the_fact(sockfork, tmp_
         os.kill(pid, signal.SIGCONT)
     assert recv_line(c) == b"one\r\n"
     assert recv_line(c) == b"two\r\n"
+
+
+# ------------------------------------ fork mode: a channel made at its first use
+
+def socket_fds(client):
+    """The descriptors of a chanserver child that are sockets."""
+    client.send("FDS")
+    line = client.line()
+    assert line.startswith("FDS "), line
+    fds = dict(item.split("=", 1) for item in line.split()[1:])
+    return sorted(int(k) for k, v in fds.items() if v.startswith("socket:"))
+
+
+def test_a_channel_is_made_at_its_first_use_and_gets_what_waited(sockfork, tmp_path):
+    """Issue 13: a forked child gets its connection and the server's broker,
+    no channel, until it first uses one. What `ctl send` sends it before
+    then waits in its queue, and arrives, in order, once it has made it."""
+    srv = chanserver(sockfork, tmp_path, "noread")
+    ctl_sock = Control(control_path(srv))
+    a = BusClient(srv)
+    assert socket_fds(a) == [3, 4]  # the connection and the broker
+    for text in ("early", "later"):
+        reply = ctl_sock(cmd="send", pid=a.pid, text=text)
+        assert reply["ok"] is True, reply
+    assert child(ctl_sock(cmd="list"), a.pid)["queued"] > 0
+    msgs, last = a.cmd("HEAR")
+    assert last == "OK HEAR", (msgs, last)
+    msgs += a.sync()
+    assert [m.data for m in msgs if m.frm == 0] == [b"early", b"later"], msgs
+    fds = socket_fds(a)
+    assert len(fds) == 3 and fds[:2] == [3, 4], fds  # and now its channel
+    assert child(ctl_sock(cmd="list"), a.pid)["queued"] == 0
+    # It speaks too: a message to itself comes back through the bus.
+    msgs = a.ok("SEND %d hello" % a.pid)
+    assert [m.data for m in msgs if m.frm == a.pid] == [b"hello"], msgs
+    a.send("QUIT")
+    assert a.line() == "BYE"
+    ctl_sock.close()
+    srv.stop()
+
+
+def test_many_children_making_their_channels_at_once_each_get_their_own(sockfork, tmp_path):
+    """Offers may come before the spawner's word that the child started:
+    each is matched to its child by the pid the kernel gives, none lost."""
+    srv = chanserver(sockfork, tmp_path, "bus")
+    clients = [BusClient(srv) for _ in range(40)]
+    for c in clients:
+        msgs = c.ok("SEND %d mine-%d" % (c.pid, c.pid))
+        assert [m.data for m in msgs if m.frm == c.pid] == [b"mine-%d" % c.pid], msgs
+    for c in clients:
+        c.close()
+    srv.stop()
+
+
+def test_a_process_the_handler_forks_cannot_make_the_childs_channel(sockfork, tmp_path):
+    """The broker takes a channel only from a child of the server (the pid
+    the kernel gives): one made first in a process the handler forked is
+    refused, and the child's own, made afterwards, works."""
+    srv = chanserver(sockfork, tmp_path, "noread")
+    a, b = BusClient(srv), BusClient(srv)
+    msgs, last = a.cmd("GRANDSEND %d ghost" % b.pid)
+    assert last.startswith("OK GRANDSEND"), (msgs, last)
+    b.ok("HEAR")
+    a.ok("HEAR")
+    a.ok("SEND %d real" % b.pid)
+    got = [m.data for m in b.sync() if m.frm != b.pid]
+    assert got == [b"real"], got
+    assert srv.proc.poll() is None
+    srv.stop()

@@ -672,6 +672,24 @@ def test_two_listeners_tcp_and_unix(prefork, tmp_path):
     no_zombies(srv)
 
 
+def test_a_worker_of_eight_listeners(prefork, tmp_path):
+    """A worker gets every listener and its channel: eight listeners are
+    nine descriptors to lay out as 3, 4, ... (the spawner's table of them
+    held four: a worker past that overwrote its own options)."""
+    listen = tuple("127.0.0.1:0" for _ in range(6)) + tuple(
+        "unix:" + str(tmp_path / ("s%d.sock" % i)) for i in range(2))
+    srv = prefork("--echo", "--workers", "2", listen=listen)
+    assert len(srv.addresses) == 8
+    pool_is(srv, idle=2, busy=0)
+    for i, (kind, addr) in enumerate(srv.addresses):
+        c = socket.socket(socket.AF_UNIX if kind == "unix" else socket.AF_INET, socket.SOCK_STREAM)
+        c.settimeout(WAIT)
+        c.connect(addr)
+        echo_ok(c, b"listener %d\n" % i)
+        c.close()
+    no_zombies(srv)
+
+
 def test_kill_9_of_an_idle_worker(prefork):
     srv = prefork("--echo", "--workers", "2")
     st = pool_is(srv, idle=2, busy=0)

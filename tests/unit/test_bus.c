@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include "supervisor/bus.h"
@@ -35,6 +36,8 @@ static endpoint *find(bus *b, pid_t pid, void *arg)
     return NULL;
 }
 
+static double gather_s; /* the next setup's cfg.gather_s */
+
 static void setup(fixture *f, size_t queue_limit, unsigned children)
 {
     bus_config cfg;
@@ -48,6 +51,8 @@ static void setup(fixture *f, size_t queue_limit, unsigned children)
     cfg.queue_limit = queue_limit;
     cfg.find = find;
     cfg.arg = f;
+    cfg.gather_s = gather_s;
+    gather_s = 0;
     assert_int_equal(bus_init(&f->b, f->loop, &cfg), 0);
     for (unsigned i = 0; i < children; i++) {
         int sv[2];
@@ -63,7 +68,8 @@ static void teardown(fixture *f)
 {
     bus_fini(&f->b);
     for (int i = 0; i < f->n; i++)
-        close(f->peer[i]);
+        if (f->peer[i] >= 0)
+            close(f->peer[i]);
     ev_loop_destroy(f->loop);
 }
 
@@ -446,6 +452,168 @@ static void test_stats_follow_what_the_bus_does(void **state)
     teardown(&f);
 }
 
+/* Gathering (cfg.gather_s): publishes wait for more of their burst;
+ * anything else queued sends them at once, in order. The gathering here
+ * is 10 s: far longer than the test takes, so nothing goes by the clock. */
+static void test_a_burst_of_publishes_waits_until_something_else_is_sent(void **state)
+{
+    fixture f;
+    char buf[256];
+    (void)state;
+
+    gather_s = 10.0;
+    setup(&f, 256 * 1024, 3);
+    tell(&f, 1, "{\"op\":\"subscribe\",\"topic\":\"t\"}\n");
+    tell(&f, 2, "{\"op\":\"subscribe\",\"topic\":\"t\"}\n");
+    settle(&f);
+    for (int i = 0; i < 3; i++) {
+        publish(&f, 0, "t", 10);
+        settle(&f);
+    }
+    /* Queued, not sent. */
+    assert_true(f.ep[1].q.bytes > 0);
+    assert_true(f.ep[2].q.bytes > 0);
+    assert_int_equal(recv(f.peer[1], buf, sizeof buf, MSG_DONTWAIT), -1);
+    assert_int_equal(errno, EAGAIN);
+    /* A send to child 2 is not gathered: it goes, and every queue with it. */
+    tell(&f, 0, "{\"op\":\"send\",\"to\":102,\"data\":\"now\"}\n");
+    char *acc1 = NULL, *acc2 = NULL;
+    size_t len1 = 0, len2 = 0;
+    read_all(&f, 1, &acc1, &len1);
+    read_all(&f, 2, &acc2, &len2);
+    assert_non_null(acc1);
+    assert_non_null(acc2);
+    assert_int_equal(count_lines(acc1, "\"kind\":\"topic\""), 3);
+    assert_int_equal(count_lines(acc2, "\"kind\":\"topic\""), 3);
+    assert_int_equal(count_lines(acc2, "\"now\""), 1);
+    assert_ptr_equal(strchr(strstr(acc2, "\"now\""), '\n'), acc2 + len2 - 1); /* after them */
+    free(acc1);
+    free(acc2);
+    teardown(&f);
+}
+
+/* A queue past its high mark is not kept for the gathering: it goes. */
+static void test_a_congested_recipient_is_flushed_while_gathering(void **state)
+{
+    fixture f;
+    char buf[65536];
+    (void)state;
+
+    gather_s = 10.0;
+    setup(&f, 72 * 1024, 2);
+    tell(&f, 1, "{\"op\":\"subscribe\",\"topic\":\"t\"}\n");
+    settle(&f);
+    for (int i = 0; i < 400 && !f.ep[1].congested; i++) {
+        publish(&f, 0, "t", 1000);
+        settle(&f);
+    }
+    assert_true(f.ep[1].congested);
+    assert_true(recv(f.peer[1], buf, sizeof buf, MSG_DONTWAIT) > 0);
+    teardown(&f);
+}
+
+/* Once input stops, a gathered burst goes by itself (a short gathering,
+ * waited for with a bounded deadline), in order. */
+static void test_a_gathered_burst_goes_when_input_stops(void **state)
+{
+    fixture f;
+    char *acc = NULL;
+    size_t len = 0;
+    (void)state;
+
+    gather_s = 0.002;
+    setup(&f, 256 * 1024, 2);
+    tell(&f, 1, "{\"op\":\"subscribe\",\"topic\":\"t\"}\n");
+    settle(&f);
+    tell(&f, 0, "{\"op\":\"publish\",\"topic\":\"t\",\"data\":\"one\"}\n");
+    tell(&f, 0, "{\"op\":\"publish\",\"topic\":\"t\",\"data\":\"two\"}\n");
+    for (int i = 0; i < 1000 && count_lines(acc, "\"kind\":\"topic\"") < 2; i++) {
+        struct pollfd p = {f.peer[1], POLLIN, 0};
+        ev_run(f.loop, EVRUN_NOWAIT);
+        if (poll(&p, 1, 10) > 0)
+            read_all(&f, 1, &acc, &len);
+    }
+    assert_non_null(acc);
+    assert_int_equal(count_lines(acc, "\"kind\":\"topic\""), 2);
+    assert_true(strstr(acc, "\"one\"") < strstr(acc, "\"two\""));
+    free(acc);
+    teardown(&f);
+}
+
+/* A child whose channel is made at its first use (ENDPOINT_FD_LATER): it
+ * is found and what is sent to it waits, in order, until it hands its
+ * descriptor over; then that goes out and what it says is read. */
+static void test_a_channel_made_later_gets_what_waited(void **state)
+{
+    fixture f;
+    char *acc = NULL;
+    size_t len = 0;
+    int sv[2];
+    (void)state;
+
+    setup(&f, 1 << 20, 1);
+    assert_int_equal(endpoint_open(&f.b, &f.ep[1], ENDPOINT_FD_LATER, 101, 1, NULL), 0);
+    f.peer[1] = -1;
+    f.n = 2;
+    assert_true(endpoint_is_open(&f.ep[1]));
+    assert_true(endpoint_waiting(&f.ep[1]));
+    assert_ptr_equal(bus_find_pid(&f.b, 101), &f.ep[1]);
+    tell(&f, 0, "{\"op\":\"send\",\"to\":101,\"data\":\"first\"}\n");
+    tell(&f, 0, "{\"op\":\"send\",\"to\":101,\"data\":\"second\"}\n");
+    settle(&f);
+    endpoint_drain(&f.ep[1]); /* nothing to read yet: no harm */
+    assert_true(endpoint_waiting(&f.ep[1]));
+    assert_true(f.ep[1].q.bytes > 0);
+
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    assert_int_equal(fcntl(sv[0], F_SETFL, O_NONBLOCK), 0);
+    assert_int_equal(endpoint_attach(&f.ep[1], sv[0]), 0);
+    f.peer[1] = sv[1];
+    assert_false(endpoint_waiting(&f.ep[1]));
+    read_all(&f, 1, &acc, &len);
+    assert_non_null(acc);
+    assert_int_equal(count_lines(acc, "\"data\":\"first\""), 1);
+    assert_int_equal(count_lines(acc, "\"data\":\"second\""), 1);
+    assert_true(strstr(acc, "first") < strstr(acc, "second"));
+    free(acc);
+    acc = NULL;
+    len = 0;
+
+    /* It speaks: child 0 gets it. */
+    tell(&f, 1, "{\"op\":\"send\",\"to\":100,\"data\":\"back\"}\n");
+    read_all(&f, 0, &acc, &len);
+    assert_non_null(acc);
+    assert_int_equal(count_lines(acc, "\"data\":\"back\""), 1);
+    free(acc);
+
+    /* A second descriptor is refused, and closed. */
+    int again[2];
+    char c;
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, again), 0);
+    assert_int_equal(endpoint_attach(&f.ep[1], again[0]), -EBADF);
+    assert_int_equal(read(again[1], &c, 1), 0);
+    close(again[1]);
+    teardown(&f);
+}
+
+/* One that never gets its descriptor closes cleanly, its queue with it. */
+static void test_a_channel_never_made_closes(void **state)
+{
+    fixture f;
+    (void)state;
+
+    setup(&f, 1 << 20, 1);
+    assert_int_equal(endpoint_open(&f.b, &f.ep[1], ENDPOINT_FD_LATER, 101, 0, NULL), 0);
+    f.peer[1] = -1;
+    f.n = 2;
+    tell(&f, 0, "{\"op\":\"send\",\"to\":101,\"data\":\"lost\"}\n");
+    settle(&f);
+    endpoint_close(&f.ep[1]);
+    assert_false(endpoint_is_open(&f.ep[1]));
+    assert_null(bus_find_pid(&f.b, 101));
+    teardown(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -458,6 +626,11 @@ int main(void)
         cmocka_unit_test(test_held_senders_go_when_the_recipient_closes),
         cmocka_unit_test(test_a_slow_reader_holds_its_senders_for_the_stall_time_only),
         cmocka_unit_test(test_stats_follow_what_the_bus_does),
+        cmocka_unit_test(test_a_burst_of_publishes_waits_until_something_else_is_sent),
+        cmocka_unit_test(test_a_congested_recipient_is_flushed_while_gathering),
+        cmocka_unit_test(test_a_gathered_burst_goes_when_input_stops),
+        cmocka_unit_test(test_a_channel_made_later_gets_what_waited),
+        cmocka_unit_test(test_a_channel_never_made_closes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -82,5 +82,8 @@ int chat_option(const char *name, const char *value, sf_server_opts *opts);
 /* After all options: whether they fit together (one line must fit in a
  * message and in a backlog). Returns 0, or -1 after saying why. */
 int chat_check(const sf_server_opts *opts);
+/* What chat sets in the server's options besides its own: the bus's
+ * gathering of a room's burst (sf_server_opts.bus_gather_s). */
+void chat_tune(sf_server_opts *opts);
 
 #endif

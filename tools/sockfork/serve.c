@@ -925,6 +925,7 @@ static int chat_pick_handler(server_cmdline *cl, int argc, char **argv, int firs
         return -1;
     }
     cl->handler = handler_chat;
+    chat_tune(&cl->opts);
     cl->handler_arg = NULL;
     return chat_check(&cl->opts);
 }
