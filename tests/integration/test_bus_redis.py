@@ -160,8 +160,10 @@ def test_bus_options_usage_errors_exit_2():
 
 # ------------------------------------------------------------ behaviour
 
-def test_room_spans_two_instances(sockfork, tmp_path, redis):
-    a, b = pair(sockfork, tmp_path, redis, "--history", "0", *NO_FLOOD)
+@pytest.mark.parametrize("mode", ["fork", "prefork"])
+def test_room_spans_two_instances(sockfork, tmp_path, redis, mode):
+    extra = ("--workers", "2") if mode == "prefork" else ()
+    a, b = pair(sockfork, tmp_path, redis, "--history", "0", *extra, *NO_FLOOD)
     alice, bob = login_across(a, b)
     bob.send("hello from B")
     alice.expect("<bob> hello from B")
