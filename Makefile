@@ -99,11 +99,15 @@ $(FUZZ_BUILD)/fuzz_rcodec: fuzz/fuzz_rcodec.c src/supervisor/bus_rcodec.c src/su
 	mkdir -p $(FUZZ_BUILD)
 	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_rcodec.c src/supervisor/bus_rcodec.c src/supervisor/bus_dedup.c
 
+$(FUZZ_BUILD)/fuzz_queue: fuzz/fuzz_queue.c src/pool/queue_codec.c src/pool/queue_codec.h
+	mkdir -p $(FUZZ_BUILD)
+	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_queue.c src/pool/queue_codec.c
+
 $(FUZZ_BUILD)/fuzz_rreply: fuzz/fuzz_rreply.c src/redis/rreply.c src/redis/rreply.h
 	mkdir -p $(FUZZ_BUILD)
 	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_rreply.c src/redis/rreply.c -lhiredis
 
-FUZZ_TARGETS = addr frame jsonl bus runargs rules proxy http rreply rcodec
+FUZZ_TARGETS = addr frame jsonl bus runargs rules proxy http rreply queue rcodec
 
 # libFuzzer's statistics go to $(FUZZ_BUILD)/fuzz_T.log: one line per target
 # here, the log's tail when a target fails, and a total that ./dev reads.

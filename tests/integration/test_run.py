@@ -421,9 +421,11 @@ def test_500_mixed_tasks_end_as_they_should_in_results_joblog_and_summary(tmp_pa
     script = write_script(tmp_path, "mixed.sh", MIXED_SH)
     (tmp_path / "counters").mkdir()
     kinds = [mixed_kind(s) for s in range(1, n + 1)]
-    r = run("-j", "8", "--retries", "2", "--timeout", "1s", "--kill-grace", "1s",
+    # The timeout is what only `sleep 30` reaches: long enough that a task
+    # meant to exit is never cut short on a loaded machine (1 s was, once).
+    r = run("-j", "8", "--retries", "2", "--timeout", "5s", "--kill-grace", "1s",
             "--results", tmp_path / "results.jsonl", "--joblog", tmp_path / "joblog",
-            "sh", script, "{#}", "{}", ":::", *kinds, timeout=LONG_WAIT)
+            "sh", script, "{#}", "{}", ":::", *kinds, timeout=3 * LONG_WAIT)
 
     results = results_by_seq(tmp_path / "results.jsonl")
     joblog = joblog_by_seq(tmp_path / "joblog")
