@@ -49,7 +49,7 @@ extern "C" {
  * run as, PROXY timeout, the exec'd program): a program built against
  * 0.2.0 has a smaller struct than sf_server_opts_init now fills, so the
  * soname moved again, to libsockfork.so.2. */
-#define SF_VERSION "0.4.0"
+#define SF_VERSION "0.5.0"
 
 /* Version string of the library actually linked. Static storage. */
 SF_EXTERN const char *sf_version(void);

@@ -121,7 +121,7 @@ def test_install_pkgconfig_program_runs_and_uninstall_removes_all(tmp_path, inst
                  + shlex.split(flags.stdout))
         assert cc.returncode == 0, cc.stdout
         ldd = run(["ldd", exe])
-        assert "libsockfork.so.3" in ldd.stdout and "not found" not in ldd.stdout, ldd.stdout
+        assert "libsockfork.so.4" in ldd.stdout and "not found" not in ldd.stdout, ldd.stdout
 
         sock = str(tmp_path / "hello.sock")
         hello = subprocess.Popen([exe, "unix:" + sock], stdout=subprocess.DEVNULL,
