@@ -550,13 +550,27 @@ static void refresh_forget(peer *p)
 
 static void refresh_send(bus_redis *r, peer *p);
 
-/* One entry of p on sf:x (bytes as read) kept for the replay. Past
- * REFRESH_KEEP_MAX the kept ones go, this one stays, and the hash is read
- * again once more (after this entry: it covers what went). */
-static void refresh_keep(bus_redis *r, peer *p, const unsigned char *e, size_t n)
+static int is_state_kind(int kind)
+{
+    return kind == RC_JOIN || kind == RC_LEAVE || kind == RC_CLAIM || kind == RC_RELEASE ||
+           kind == RC_WILL || kind == RC_WILL_DONE;
+}
+
+/* One entry of p on sf:x (bytes as read) kept for the replay if it is a
+ * state event (lines are not: at most REFRESH_KEEP_MAX entries of at most
+ * chan_max bytes each). Past REFRESH_KEEP_MAX the kept ones go, this one
+ * stays, and the hash is read again once more (after this entry: it covers
+ * what went). */
+static void refresh_keep(bus_redis *r, peer *p, int kind, const unsigned char *e, size_t n)
 {
     unsigned char *copy;
 
+    if (!is_state_kind(kind)) {
+        p->refreshing = 1;
+        if (!p->refresh_sent)
+            refresh_send(r, p);
+        return;
+    }
     if (p->nkept == REFRESH_KEEP_MAX) {
         for (unsigned i = 0; i < p->nkept; i++)
             free(p->kept[i]);
@@ -711,7 +725,7 @@ static void entry_in(bus_redis *r, const char *key, size_t key_len, const char *
             (missed || from->refreshing)) {
             if (missed && from->refresh_sent)
                 from->refresh_again = 1; /* the HGETALL in flight may predate the gap */
-            refresh_keep(r, from, p, n);
+            refresh_keep(r, from, e.kind, p, n);
         }
     }
     if (missed) {
