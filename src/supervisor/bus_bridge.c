@@ -594,6 +594,11 @@ void bus_bridge_start(bus_bridge *br)
 
 void bus_bridge_stop(bus_bridge *br)
 {
+    bus_bridge_stop_keeping(br, NULL);
+}
+
+void bus_bridge_stop_keeping(bus_bridge *br, bus_bridge *now)
+{
     if (br->started && br->bus->bridge == &bridge_ops && br->bus->bridge_ctx == br)
         bus_set_bridge(br->bus, NULL, NULL);
     br->started = 0;
@@ -603,7 +608,8 @@ void bus_bridge_stop(bus_bridge *br)
      * those children's departures are seen, and no ghost stays. */
     for (unsigned i = 0; i < BUCKETS; i++) {
         for (rproc *p = br->procs[i]; p; p = p->next) {
-            if (p->will)
+            /* In now at all: alive there, its will cleared, not done. */
+            if (p->will && !(now && now->procs && *proc_slot(now, p->pid)))
                 (void)bus_inject_publish(br->bus, p->will, p->will_topic_len, p->pid,
                                          (unsigned char *)p->will + p->will_topic_len, p->will_len);
         }

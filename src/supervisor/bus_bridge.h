@@ -101,6 +101,12 @@ int bus_bridge_input(bus_bridge *br, uint16_t type, const unsigned char *p, size
  * came), and forgets the peer's names and members. Idempotent. */
 void bus_bridge_stop(bus_bridge *br);
 
+/* The same, for a replica replaced by a newer one (now: the peer's state
+ * read again): only the wills of children now does not have at all are
+ * published (they went while their WILL_DONE was not seen; one with state
+ * in now is alive, its will cleared). */
+void bus_bridge_stop_keeping(bus_bridge *br, bus_bridge *now);
+
 /* Frees what init allocated (calls bus_bridge_stop). */
 void bus_bridge_fini(bus_bridge *br);
 

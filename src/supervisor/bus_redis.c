@@ -21,6 +21,7 @@
 #define KEY_MAX (8 + BUS_NAME_MAX + 1) /* "sf:t:" or "sf:n:" and a name, NUL */
 #define ID_MAX 32                      /* a stream id: "ms-seq" */
 #define RENEW_BATCH 256                /* names per lease renewal script */
+#define REFRESH_KEEP_MAX 1024          /* entries kept while a replica is read again */
 
 /* Names: a claim is a lease, given only if free or ours already (a resend
  * after a lost reply), and ending with our heartbeat (KEYS[2]), never after
@@ -75,6 +76,12 @@ typedef struct peer {
     uint64_t id;
     bus_bridge replica;
     int used;
+    /* Its state hash read again (a gap in its seq on sf:x: state events
+     * lost), and its sf:x entries since the gap, replayed on top. */
+    int refreshing, refresh_sent, refresh_again;
+    unsigned char **kept;
+    size_t *kept_len;
+    unsigned nkept;
 } peer;
 
 struct bus_redis {
@@ -448,6 +455,8 @@ static peer *peer_get(bus_redis *r, uint64_t id)
     return p;
 }
 
+static void refresh_forget(peer *p);
+
 /* An instance gone: the wills it had are published here, its names and
  * members vanish, and it is forgotten. */
 static void peer_gone(bus_redis *r, peer *p, const char *why)
@@ -460,19 +469,19 @@ static void peer_gone(bus_redis *r, peer *p, const char *why)
              "bus bridge: instance %s is gone (%s): its members' wills published here", hex, why);
     bus_bridge_fini(&p->replica);
     bus_dedup_forget(&r->seen, p->id);
+    refresh_forget(p);
     p->used = 0;
     r->st.peers--;
 }
 
 /* A state entry of another instance into its replica, as the upgrade
  * bridge's frame of the same meaning. */
-static void replica_feed(bus_redis *r, const rc_entry *e)
+static void replica_feed_to(bus_redis *r, bus_bridge *br, const rc_entry *e)
 {
     unsigned char f[4 + 2 + BUS_NAME_MAX];
     unsigned char *big = NULL;
     uint16_t type;
     size_t n = 4;
-    peer *p;
 
     switch (e->kind) {
     case RC_JOIN: type = BRIDGE_JOIN; break;
@@ -483,8 +492,6 @@ static void replica_feed(bus_redis *r, const rc_entry *e)
     case RC_WILL_DONE: type = BRIDGE_WILL_DONE; break;
     default: return;
     }
-    if (!(p = peer_get(r, e->origin)))
-        return; /* past BUS_REDIS_PEERS_MAX: counted below */
     f[0] = (unsigned char)(e->pid >> 24);
     f[1] = (unsigned char)(e->pid >> 16);
     f[2] = (unsigned char)(e->pid >> 8);
@@ -505,9 +512,177 @@ static void replica_feed(bus_redis *r, const rc_entry *e)
         memcpy(big + n, e->data, e->len);
         n += e->len;
     }
-    if (bus_bridge_input(&p->replica, type, big ? big : f, n) < 0)
+    if (bus_bridge_input(br, type, big ? big : f, n) < 0)
         r->st.bad++;
     free(big);
+}
+
+static void replica_feed(bus_redis *r, const rc_entry *e)
+{
+    peer *p = peer_get(r, e->origin);
+
+    if (p) /* else past BUS_REDIS_PEERS_MAX */
+        replica_feed_to(r, &p->replica, e);
+}
+
+/* ------------------------------------------------------------ replicas read again */
+
+/* A gap in an instance's seq on sf:x means state events of it were never
+ * read here (trimmed first): its replica may keep, for ever, a member or a
+ * name it dropped. So its state hash is read again, and its sf:x entries
+ * from the gap on are kept meanwhile and replayed on top of what the hash
+ * says: the entry that showed the gap may be written to the hash only
+ * after our HGETALL (its XADD and HSET are two commands), and whatever
+ * comes after the HGETALL is not in the hash. Replaying events the hash
+ * has already sets or clears the same facts again. */
+
+static void refresh_forget(peer *p)
+{
+    for (unsigned i = 0; i < p->nkept; i++)
+        free(p->kept[i]);
+    free(p->kept);
+    free(p->kept_len);
+    p->kept = NULL;
+    p->kept_len = NULL;
+    p->nkept = 0;
+    p->refreshing = p->refresh_sent = p->refresh_again = 0;
+}
+
+static void refresh_send(bus_redis *r, peer *p);
+
+static int is_state_kind(int kind)
+{
+    return kind == RC_JOIN || kind == RC_LEAVE || kind == RC_CLAIM || kind == RC_RELEASE ||
+           kind == RC_WILL || kind == RC_WILL_DONE;
+}
+
+/* One entry of p on sf:x (bytes as read) kept for the replay if it is a
+ * state event (lines are not: at most REFRESH_KEEP_MAX entries of at most
+ * chan_max bytes each). Past REFRESH_KEEP_MAX the kept ones go, this one
+ * stays, and the hash is read again once more (after this entry: it covers
+ * what went). */
+static void refresh_keep(bus_redis *r, peer *p, int kind, const unsigned char *e, size_t n)
+{
+    unsigned char *copy;
+
+    if (!is_state_kind(kind)) {
+        p->refreshing = 1;
+        if (!p->refresh_sent)
+            refresh_send(r, p);
+        return;
+    }
+    if (p->nkept == REFRESH_KEEP_MAX) {
+        for (unsigned i = 0; i < p->nkept; i++)
+            free(p->kept[i]);
+        p->nkept = 0;
+        p->refresh_again = p->refresh_sent;
+    }
+    if (!p->kept) {
+        p->kept = malloc(REFRESH_KEEP_MAX * sizeof *p->kept);
+        p->kept_len = malloc(REFRESH_KEEP_MAX * sizeof *p->kept_len);
+    }
+    if (!p->kept || !p->kept_len || !(copy = malloc(n ? n : 1))) {
+        refresh_forget(p); /* tried again at its next gap */
+        return;
+    }
+    memcpy(copy, e, n);
+    p->kept[p->nkept] = copy;
+    p->kept_len[p->nkept++] = n;
+    p->refreshing = 1;
+    if (!p->refresh_sent)
+        refresh_send(r, p);
+}
+
+/* The replica made again: the hash, then the kept entries (a will
+ * published meanwhile is only cleared: its publishing was done here when
+ * it was read), then put in place of the old one, whose wills are
+ * published only for children the new one does not have at all. */
+static void refresh_apply(bus_redis *r, peer *p, const redisReply *reply)
+{
+    unsigned char hello[5] = {BRIDGE_VERSION, 0, 0, 0, 1};
+    bus_bridge now;
+    rc_entry e;
+
+    if (bus_bridge_init(&now, r->bus, 0, 0, replica_out, r) < 0)
+        return;
+    if (bus_bridge_input(&now, BRIDGE_HELLO, hello, sizeof hello) < 0) {
+        bus_bridge_fini(&now);
+        return;
+    }
+    for (size_t k = 0; k + 1 < reply->elements; k += 2) {
+        const redisReply *v = reply->element[k + 1];
+        if (v->type != REDIS_REPLY_STRING ||
+            rc_decode((const unsigned char *)v->str, v->len, r->bus->cfg.chan_max, &e) < 0 ||
+            e.origin != p->id) {
+            r->st.bad++;
+            continue;
+        }
+        replica_feed_to(r, &now, &e);
+    }
+    for (unsigned i = 0; i < p->nkept; i++) {
+        if (rc_decode(p->kept[i], p->kept_len[i], r->bus->cfg.chan_max, &e) < 0)
+            continue;
+        if (e.kind == RC_WILL_DONE) {
+            e.kind = RC_WILL; /* cleared, not published again */
+            e.name = NULL;
+            e.name_len = 0;
+            e.data = NULL;
+            e.len = 0;
+        }
+        replica_feed_to(r, &now, &e);
+    }
+    bus_bridge_stop_keeping(&p->replica, &now);
+    bus_bridge_fini(&p->replica);
+    p->replica = now;
+}
+
+typedef struct refresh_arg {
+    bus_redis *r;
+    uint64_t id;
+} refresh_arg;
+
+static void refresh_reply(rconn *c, struct redisReply *reply, void *priv)
+{
+    refresh_arg *a = priv;
+    bus_redis *r = a->r;
+    peer *p = peer_find(r, a->id);
+
+    (void)c;
+    free(a);
+    if (!p || !p->refreshing)
+        return;
+    p->refresh_sent = 0;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY) {
+        if (reply)
+            r->st.bad++;
+        return; /* sent again on the next tick */
+    }
+    if (p->refresh_again) {
+        p->refresh_again = 0;
+        refresh_send(r, p);
+        return;
+    }
+    refresh_apply(r, p, reply);
+    refresh_forget(p);
+}
+
+static void refresh_send(bus_redis *r, peer *p)
+{
+    refresh_arg *a;
+    char key[24];
+
+    if (p->refresh_sent || !rconn_is_up(r->cmd) || !(a = malloc(sizeof *a)))
+        return;
+    a->r = r;
+    a->id = p->id;
+    snprintf(key, sizeof key, "sf:s:%016" PRIx64, p->id);
+    const char *argv[] = {"HGETALL", key};
+    size_t argvlen[] = {7, strlen(key)};
+    if (rconn_command(r->cmd, refresh_reply, a, 0, 2, argv, argvlen) < 0) {
+        free(a);
+        return;
+    }
+    p->refresh_sent = 1;
 }
 
 /* ------------------------------------------------------------ reading */
@@ -544,8 +719,15 @@ static void entry_in(bus_redis *r, const char *key, size_t key_len, const char *
         return;
     }
     r->st.entries_in++;
-    if (e.kind != RC_GONE)
-        (void)peer_get(r, e.origin); /* known from its first entry on */
+    if (e.kind != RC_GONE) {
+        peer *from = peer_get(r, e.origin); /* known from its first entry on */
+        if (from && key_len == sizeof KEY_X - 1 && memcmp(key, KEY_X, key_len) == 0 &&
+            (missed || from->refreshing)) {
+            if (missed && from->refresh_sent)
+                from->refresh_again = 1; /* the HGETALL in flight may predate the gap */
+            refresh_keep(r, from, e.kind, p, n);
+        }
+    }
     if (missed) {
         r->st.missed += missed;
         if (key_len > 5 && memcmp(key, "sf:t:", 5) == 0) {
@@ -1374,6 +1556,8 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
         peer *p = &r->peers[i];
         alive_arg *a;
         char key[24];
+        if (p->used && p->refreshing)
+            refresh_send(r, p);
         if (!p->used || !(a = malloc(sizeof *a)))
             continue;
         a->r = r;
@@ -1594,6 +1778,7 @@ void bus_redis_close(bus_redis *r)
         if (r->peers[i].used) {
             r->peers[i].replica.bus = r->bus;
             bus_bridge_fini(&r->peers[i].replica);
+            refresh_forget(&r->peers[i]);
         }
     }
     for (unsigned i = 0; i < r->nnames; i++)

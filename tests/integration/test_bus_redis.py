@@ -400,6 +400,42 @@ def test_an_instance_taken_for_dead_tells_its_state_again(sockfork, tmp_path, re
     imposter.expect(TAKEN % "alice")
 
 
+def test_a_gap_in_state_events_leaves_no_ghost(sockfork, tmp_path, redis):
+    """A's state events trimmed from sf:x before B read them (B away longer
+    than the stream covers): B re-reads A's state hash rather than keep, for
+    ever, a member and a nick that A dropped meanwhile."""
+    a, b = pair(sockfork, tmp_path, redis, "--history", "0", *NO_FLOOD)
+    alice, bob = login_across(a, b)
+    mine = re.compile(r"^[jnw] %d( |$)" % alice.pid)
+    os.kill(b.pid, signal.SIGSTOP)
+    try:
+        alice.close()
+        # A wrote her departure (her fields gone from its hash, nothing
+        # waiting), then it is trimmed away, and A writes more (carol).
+        deadline = time.monotonic() + LONG_WAIT
+        while any(mine.match(f) for f in redis.cli("HKEYS", "sf:s:" + a.instance).splitlines()):
+            assert time.monotonic() < deadline, "A never wrote alice's departure"
+            time.sleep(0.05)  # a bounded poll of A's hash
+        wait_stat(a, lambda s: s["outbox_bytes"] == 0, "A wrote alice's departure")
+        redis.cli("XTRIM", "sf:x", "MAXLEN", "0")
+        Chat(a, "carol")
+        wait_stat(a, lambda s: s["outbox_bytes"] == 0, "A wrote carol's arrival")
+    finally:
+        os.kill(b.pid, signal.SIGCONT)
+    wait_stat(b, lambda s: s["missed"] >= 1, "B saw the gap on sf:x", timeout=LONG_WAIT)
+    deadline = time.monotonic() + LONG_WAIT
+    while True:
+        bob.send("/who")
+        got = bob.until(re.compile(r"^\*\*\* in lobby"))[-1]
+        if got in ("*** in lobby (2): bob, carol", "*** in lobby (2): carol, bob"):
+            break
+        assert time.monotonic() < deadline, "B keeps a ghost: %r" % got
+        time.sleep(0.1)  # a bounded poll of /who
+    # Her nick is free on B too.
+    again = Chat(b, "alice")
+    assert again.nick == "alice"
+
+
 def test_bridge_in_metrics(sockfork, tmp_path, redis):
     """The bridge's numbers in /metrics are `ctl stats`'s bus_redis; promtool
     passes the body."""
