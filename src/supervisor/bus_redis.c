@@ -1545,8 +1545,16 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop, (void)revents;
     if (!rconn_is_up(r->cmd))
         return;
-    if (r->resync && !r->head)
+    /* Room for the whole state, not an empty outbox: an instance that
+     * writes all the time seldom has nothing in flight, and waiting for
+     * that could leave it unseen by the others for good. The outbox is
+     * one FIFO, so what is queued still goes before the DEL and the
+     * state told again. */
+    if (r->resync && r->out_bytes <= r->o.outbox_max / 2)
         resync(r);
+    /* A read that could not be sent (rconn_command refused it) is not
+     * retried by a reply: start it again here (nothing if one is on its way). */
+    read_more(r);
     snprintf(lease, sizeof lease, "%u", r->o.lease_ms);
     renew_names(r, lease); /* first: names never outlive the heartbeat */
     const char *hb[] = {"SET", r->hkey, "1", "PX", lease, "XX"};
