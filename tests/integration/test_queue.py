@@ -32,6 +32,8 @@ case "$1" in
   long) sleep 2; echo "long $SOCKFORK_TASK";;
   poison) kill -9 $PPID; sleep 5;;
   big) head -c 200000 /dev/zero | tr -c x x; echo;;
+  gate) : > "$QDIR/started.$SOCKFORK_TASK"; while [ ! -e "$QDIR/gate" ]; do sleep 0.05; done
+        echo "gate $SOCKFORK_TASK";;
 esac
 """
 
@@ -373,6 +375,34 @@ def test_a_worker_cut_off_past_its_lease_stops_its_copy(tmp_path, redis, task):
     res = results(tmp_path / "r.jsonl")
     assert [(r["seq"], r["host"]) for r in res] == [(1, "hostb")]
     assert text(tmp_path, "sub", "out").splitlines() == ["long 1"]
+
+
+def test_a_stale_worker_writes_no_outcome(tmp_path, redis, task):
+    """The task's entry is claimed by another consumer while the first
+    worker still runs it, and the first finishes before a renewal could
+    notice (lease 60 s: renewed every 20). Its outcome is fenced: no result
+    written, the entry not acknowledged (still the other's)."""
+    url = redis.url("fence")
+    sub = start(tmp_path, "run", "--queue", url, "--lease", "60", "--results", "r.jsonl",
+                task, ":::", "gate", name="sub")
+    w = start(tmp_path, "worker", "-j", "1", "--host", "hosta", url, name="w")
+    try:
+        wait_for(lambda: os.path.exists(tmp_path / "started.1"), what="the task's start")
+        pending = redis.cli("XPENDING", "sfq:fence:tasks", "workers", "-", "+", "9").split()
+        assert len(pending) == 4 and pending[1].startswith("hosta:"), pending
+        redis.cli("XCLAIM", "sfq:fence:tasks", "workers", "other", "0", pending[0], "JUSTID")
+        (tmp_path / "gate").write_text("")
+        wait_for(lambda: "lease was lost" in text(tmp_path, "w")
+                 or int(redis.cli("XLEN", "sfq:fence:results")) > 0, what="the outcome")
+        assert int(redis.cli("XLEN", "sfq:fence:results")) == 0
+        after = redis.cli("XPENDING", "sfq:fence:tasks", "workers", "-", "+", "9").split()
+        assert after[:2] == [pending[0], "other"], after
+        assert "task 1: its lease was lost to another worker" in text(tmp_path, "w")
+    finally:
+        for proc in (sub, w):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    no_sanitizer_report(text(tmp_path, "w"))
 
 
 def test_halt_now_stops_what_workers_run(tmp_path, redis, task):
