@@ -44,6 +44,7 @@ struct q_sub {
     unsigned long long resumed_submitted;
     char results_last[48];
     int reading, paused;
+    int resyncing;               /* back after a loss: meta.submitted not read yet */
     unsigned long paused_seq;
     int feed_ended, feed_waiting, feed_ready, feed_pollable;
     int halt_sent;
@@ -448,7 +449,9 @@ static void send_unsent(pool_queue *q)
 {
     q_sub *s = q->s;
 
-    if (!rconn_is_up(q->cmd))
+    /* Not before meta.submitted has said which of the adds cut off went
+     * in: sent again, those would be in the stream twice and run twice. */
+    if (!rconn_is_up(q->cmd) || s->resyncing)
         return;
     for (size_t i = 0; i < s->n; i++)
         if (!s->outs[i].done && !s->outs[i].sent && !s->outs[i].sending)
@@ -873,11 +876,13 @@ static void submitted_read(rconn *c, redisReply *r, void *priv)
     unsigned long long n;
     (void)c;
 
-    if (!s || !r || q_reply_num(r, &n) < 0)
-        return;
-    for (size_t i = 0; i < s->n; i++)
-        if (!s->outs[i].done && s->outs[i].seq <= n)
-            s->outs[i].sent = 1;
+    if (!s || !r)
+        return; /* lost again: asked again when it is back */
+    s->resyncing = 0;
+    if (q_reply_num(r, &n) == 0)
+        for (size_t i = 0; i < s->n; i++)
+            if (!s->outs[i].done && s->outs[i].seq <= n)
+                s->outs[i].sent = 1;
     pump(q);
 }
 
@@ -900,7 +905,7 @@ void q_sub_up(pool_queue *q)
     q_add(&a, "HGET");
     q_add(&a, q->k_meta);
     q_add(&a, "submitted");
-    (void)q_send(q, q->cmd, submitted_read, q, 0, &a);
+    s->resyncing = q_send(q, q->cmd, submitted_read, q, 0, &a) == 0;
     pump(q);
 }
 

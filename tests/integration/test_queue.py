@@ -9,7 +9,9 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -39,10 +41,11 @@ esac
 
 
 class Redis:
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, port=0):
         self.sock = str(tmp_path / "redis.sock")
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", "0", "--unixsocket", self.sock, "--save", "",
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+             "--unixsocket", self.sock, "--save", "",
              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
@@ -62,6 +65,71 @@ class Redis:
     def stop(self):
         self.proc.kill()
         self.proc.wait(timeout=WAIT)
+
+
+class Proxy:
+    """A TCP relay in front of Redis that can swallow Redis's answers (the
+    commands still go in) and cut every connection through it."""
+
+    def __init__(self, port):
+        self.target = port
+        self.swallow = threading.Event()
+        self.conns = []
+        self.lock = threading.Lock()
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            r = socket.create_connection(("127.0.0.1", self.target))
+            with self.lock:
+                self.conns += [c, r]
+            threading.Thread(target=self._pump, args=(c, r, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(r, c, True), daemon=True).start()
+
+    def _pump(self, src, dst, answers):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if not (answers and self.swallow.is_set()):
+                    dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.lsock.close()
+        self.cut()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 @pytest.fixture
@@ -403,6 +471,45 @@ def test_a_stale_worker_writes_no_outcome(tmp_path, redis, task):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     no_sanitizer_report(text(tmp_path, "w"))
+
+
+def test_adds_cut_off_unanswered_are_not_sent_twice(tmp_path, task):
+    """The submitter's adds go in but their answers are lost with the
+    connection: back, it reads meta.submitted before sending anything again,
+    so each task is in the stream once (not run twice)."""
+    redis = Redis(tmp_path, port=free_port())
+    proxy = Proxy(int(redis.cli("CONFIG", "GET", "port").split()[1]))
+    sub = w = None
+    try:
+        err = open(tmp_path / "sub.err", "w")
+        sub = subprocess.Popen([BIN, "run", "--queue", "redis://127.0.0.1:%d/lost" % proxy.port,
+                                "--results", "r.jsonl", task], stdin=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, stderr=err, env=env(tmp_path),
+                               cwd=str(tmp_path), start_new_session=True)
+        wait_for(lambda: redis.cli("HGET", "sfq:lost:meta", "state") == "running",
+                 what="the run's meta")
+        proxy.swallow.set()
+        sub.stdin.write(b"ok\nok\nok\n")
+        sub.stdin.flush()
+        wait_for(lambda: redis.cli("HGET", "sfq:lost:meta", "submitted") == "3",
+                 what="the three adds")
+        proxy.cut()
+        proxy.swallow.clear()
+        wait_for(lambda: "connected again" in text(tmp_path, "sub"), what="the submitter back")
+        sub.stdin.close()
+        w = start(tmp_path, "worker", "-j", "2", redis.url("lost"), name="w")
+        assert finish(sub) == 0, text(tmp_path, "sub")
+        assert finish(w) == 0, text(tmp_path, "w")
+        assert sorted(r["seq"] for r in results(tmp_path / "r.jsonl")) == [1, 2, 3]
+        assert int(redis.cli("XLEN", "sfq:lost:tasks")) == 3
+        no_sanitizer_report(text(tmp_path, "sub"), text(tmp_path, "w"))
+    finally:
+        for proc in (sub, w):
+            if proc and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        proxy.close()
+        redis.stop()
 
 
 def test_halt_now_stops_what_workers_run(tmp_path, redis, task):
