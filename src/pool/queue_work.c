@@ -115,10 +115,13 @@ static void wake_feed(q_work *w)
  * a refused XADD stops it before the XACK. An entry that another worker
  * has claimed meanwhile (this one was cut off past its lease, and the
  * renewal that would have said so had not come yet) is its now: this
- * worker's outcome is stale and is not written (0). */
+ * worker's outcome is stale and is not written (-1). One acknowledged
+ * already (this script's answer was lost with the connection, and it is
+ * sent again) is not written twice (0). */
 static const char outcome_script[] =
     "local p = redis.call('XPENDING', KEYS[1], 'workers', ARGV[2], ARGV[2], 1)\n"
-    "if #p ~= 1 or p[1][2] ~= ARGV[1] then return 0 end\n"
+    "if #p ~= 1 then return 0 end\n"
+    "if p[1][2] ~= ARGV[1] then return -1 end\n"
     "local i = 3\n"
     "for k = 2, #KEYS do\n"
     "  local n = tonumber(ARGV[i])\n"
@@ -143,7 +146,7 @@ static void write_done(rconn *c, redisReply *r, void *priv)
     qt->inflight = 0;
     if (!r)
         return; /* the connection failed: written again when it is back */
-    if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
+    if (r->type == REDIS_REPLY_INTEGER && r->integer < 0)
         lease_lost_log(qt->q, qt, "its outcome is not written");
     /* Done; or not ours any more; or refused (an XADD the script could not
      * make), and then the entry stays pending: after the lease another

@@ -512,6 +512,40 @@ def test_adds_cut_off_unanswered_are_not_sent_twice(tmp_path, task):
         redis.stop()
 
 
+def test_an_outcome_sent_again_is_written_once(tmp_path, task):
+    """The worker's outcome goes in but its answer is lost with the
+    connection: back, it sends it again, which finds the entry acknowledged
+    and writes nothing (one result; no lease said lost)."""
+    redis = Redis(tmp_path, port=free_port())
+    proxy = Proxy(int(redis.cli("CONFIG", "GET", "port").split()[1]))
+    sub = w = None
+    try:
+        sub = start(tmp_path, "run", "--queue", redis.url("again"), "--results", "r.jsonl",
+                    task, ":::", "gate", name="sub")
+        w = start(tmp_path, "worker", "-j", "1", "redis://127.0.0.1:%d/again" % proxy.port,
+                  name="w")
+        wait_for(lambda: os.path.exists(tmp_path / "started.1"), what="the task's start")
+        proxy.swallow.set()
+        (tmp_path / "gate").write_text("")
+        wait_for(lambda: int(redis.cli("XLEN", "sfq:again:results")) > 0, what="the outcome")
+        proxy.cut()
+        proxy.swallow.clear()
+        wait_for(lambda: "connected again" in text(tmp_path, "w"), what="the worker back")
+        assert finish(sub) == 0, text(tmp_path, "sub")
+        assert finish(w) == 0, text(tmp_path, "w")
+        assert int(redis.cli("XLEN", "sfq:again:results")) == 1
+        assert [r["seq"] for r in results(tmp_path / "r.jsonl")] == [1]
+        assert "lease was lost" not in text(tmp_path, "w")
+        no_sanitizer_report(text(tmp_path, "sub"), text(tmp_path, "w"))
+    finally:
+        for proc in (sub, w):
+            if proc and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        proxy.close()
+        redis.stop()
+
+
 def test_halt_now_stops_what_workers_run(tmp_path, redis, task):
     url = redis.url("halt")
     sub = start(tmp_path, "run", "--queue", url, "--halt", "now,fail=1", "--kill-grace", "0.5",
