@@ -45,6 +45,7 @@ struct q_sub {
     char results_last[48];
     int reading, paused;
     int resyncing;               /* back after a loss: meta.submitted not read yet */
+    double read_after;           /* no results read before (an error answered the last) */
     unsigned long paused_seq;
     int feed_ended, feed_waiting, feed_ready, feed_pollable;
     int halt_sent;
@@ -59,6 +60,30 @@ struct q_sub {
 };
 
 static void pump(pool_queue *q);
+
+#define Q_RETRY_S 0.25        /* after a transient error answered a read */
+
+/* An error Redis answers while it cannot serve yet (loading its data after
+ * a restart, a script running long, a replica without its master). */
+static int transient(const redisReply *r)
+{
+    static const char *const codes[] = {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN"};
+
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
+        if (strncmp(r->str, codes[i], strlen(codes[i])) == 0)
+            return 1;
+    return 0;
+}
+
+/* One of the queue's keys answers as another application's would: the run
+ * cannot go on (one line, exit 255), rather than wait or retry without end. */
+static void q_fail_key(pool_queue *q, const char *key, const char *err)
+{
+    char why[sizeof q->why];
+
+    snprintf(why, sizeof why, "%s: %s", key, err);
+    q_fail(q, -EPROTO, why);
+}
 
 /* ------------------------------------------------------------ outstanding */
 
@@ -288,11 +313,14 @@ static void results_read(rconn *c, redisReply *r, void *priv)
     if (!q->s)
         return;
     q->s->reading = 0;
-    if (r && r->type == REDIS_REPLY_ERROR)
-        sf_logev(&q->p->log, SF_LOG_WARN, "queue_bad_entry", 0, NULL,
-                 SF_FIELDS(SF_F_STR("stream", q->k_results), SF_F_STR("error", r->str)),
-                 "queue %s: reading results: %s", q->url.text, r->str);
-    else if (r && q_entries(r, 1, on_result, q) < 0)
+    if (r && r->type == REDIS_REPLY_ERROR && transient(r)) {
+        /* Redis loading its data after a restart, or busy: asked again later. */
+        q->s->read_after = pool_now() + Q_RETRY_S;
+    } else if (r && r->type == REDIS_REPLY_ERROR) {
+        /* WRONGTYPE: the key is someone else's. Answered at once, it would
+         * be asked again, and logged, without end. */
+        q_fail_key(q, q->k_results, r->str);
+    } else if (r && q_entries(r, 1, on_result, q) < 0)
         sf_logev(&q->p->log, SF_LOG_WARN, "queue_bad_entry", 0, NULL,
                  SF_FIELDS(SF_F_STR("stream", q->k_results), SF_F_STR("error", "bad reply")),
                  "queue %s: a reply that is not a stream read", q->url.text);
@@ -304,7 +332,7 @@ static void read_results(pool_queue *q)
     q_sub *s = q->s;
     q_args a;
 
-    if (s->reading || s->paused || !rconn_is_up(q->wait))
+    if (s->reading || s->paused || !rconn_is_up(q->wait) || pool_now() < s->read_after)
         return;
     q_args_init(&a);
     q_add(&a, "XREAD");
@@ -337,7 +365,10 @@ static void add_done(rconn *c, redisReply *r, void *priv)
     if (!o)
         return;
     o->sending = 0;
-    if (r && r->type == REDIS_REPLY_ARRAY)
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+        r->element[0]->type == REDIS_REPLY_ERROR)
+        q_fail_key(q, q->k_tasks, r->element[0]->str); /* the XADD refused (WRONGTYPE) */
+    else if (r && r->type == REDIS_REPLY_ARRAY)
         o->sent = 1;
     else if (r) /* refused (EXECABORT): as a task that cannot start */
         report_unfinished(q, o, EPROTO);
@@ -771,6 +802,9 @@ static void created(rconn *c, redisReply *r, void *priv)
         return; /* asked again when the connection is back */
     if (r->type != REDIS_REPLY_ARRAY) {
         q_fail(q, -EPROTO, r->type == REDIS_REPLY_ERROR ? r->str : "the queue cannot be made");
+    } else if (r->elements >= 2 && r->element[1]->type == REDIS_REPLY_ERROR &&
+               strncmp(r->element[1]->str, "BUSYGROUP", 9) != 0) {
+        q_fail_key(q, q->k_tasks, r->element[1]->str); /* not a stream: not ours */
     } else {
         q->s->started = 1;
     }

@@ -371,6 +371,18 @@ def test_another_run_in_the_queue_refused(tmp_path, redis):
     assert len(r.stderr.splitlines()) == 1 and "another run" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("key", ["results", "tasks"])
+def test_a_queue_key_of_another_application_refused(tmp_path, redis, key):
+    """A key of the queue holds a string (someone else's): one line, exit
+    255, instead of reading it again without end or waiting forever."""
+    redis.cli("SET", "sfq:taken:" + key, "not a stream")
+    r = subprocess.run([BIN, "run", "--queue", redis.url("taken"), "echo", ":::", "a"],
+                       capture_output=True, text=True, timeout=WAIT, env=server_env())
+    assert r.returncode == 255, r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    assert "sfq:taken:%s" % key in r.stderr and "WRONGTYPE" in r.stderr, r.stderr
+
+
 def test_worker_waits_for_its_run(tmp_path, redis, task):
     url = redis.url("early")
     w = start(tmp_path, "worker", "-j", "2", url, name="w")
