@@ -62,6 +62,18 @@ struct q_sub {
 static void pump(pool_queue *q);
 
 #define Q_RETRY_S 0.25        /* after a transient error answered a read */
+#define Q_READ_BYTES (32ULL << 20) /* what one page of results may hold at most */
+
+/* Results read at once: as many as fit Q_READ_BYTES when each holds all
+ * the output and the fd-3 result it may (a page of Q_PAGE results of 64 MiB
+ * each would be 8 GiB in one reply), at least one. */
+static unsigned results_page(unsigned long long out_max)
+{
+    unsigned long long each = out_max + QC_RESULT_MAX + 4096; /* and the other fields */
+    unsigned long long n = Q_READ_BYTES / each;
+
+    return n < 1 ? 1 : n > Q_PAGE ? Q_PAGE : (unsigned)n;
+}
 
 /* An error Redis answers while it cannot serve yet (loading its data after
  * a restart, a script running long, a replica without its master). */
@@ -337,7 +349,7 @@ static void read_results(pool_queue *q)
     q_args_init(&a);
     q_add(&a, "XREAD");
     q_add(&a, "COUNT");
-    q_addnum(&a, Q_PAGE);
+    q_addnum(&a, results_page(s->meta.out_max));
     q_add(&a, "BLOCK");
     q_addnum(&a, Q_BLOCK_MS);
     q_add(&a, "STREAMS");

@@ -620,6 +620,26 @@ def test_output_limit_as_a_local_run(tmp_path, redis, task):
     assert out.count("x") == 10 * 1024 and "ok 2" in out
 
 
+@pytest.mark.parametrize("limit,page", [("10K", 128), ("1M", 30), ("64M", 1)])
+def test_results_read_in_pages_bounded_in_bytes(tmp_path, redis, task, limit, page):
+    """A page of results holds at most 32 MiB even when every result holds
+    all the output it may: the XREAD's COUNT follows --max-output."""
+    mon = subprocess.Popen(["redis-cli", "-s", redis.sock, "MONITOR"], stdout=subprocess.PIPE,
+                           text=True)
+    try:
+        assert mon.stdout.readline().strip() == "OK"
+        url = redis.url("page")
+        sub = start(tmp_path, "run", "--queue", url, "--max-output", limit, task, ":::", "ok",
+                    name="sub")
+        w = start(tmp_path, "worker", "-j", "1", url, name="w")
+        assert finish(sub) == 0, text(tmp_path, "sub")
+        assert finish(w) == 0
+    finally:
+        mon.kill()
+    reads = [l for l in mon.stdout.read().splitlines() if '"XREAD"' in l and "page:results" in l]
+    assert reads and all('"COUNT" "%d"' % page in l for l in reads), reads[:3]
+
+
 def own_workers(pid):
     """The `sockfork worker` processes whose parent is pid."""
     found = []
