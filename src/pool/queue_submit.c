@@ -925,6 +925,13 @@ static void submitted_read(rconn *c, redisReply *r, void *priv)
     if (!s || !r)
         return; /* lost again: asked again when it is back */
     s->resyncing = 0;
+    if (r->type == REDIS_REPLY_NIL) {
+        /* The run's meta is gone: Redis came back without its data (or
+         * the keys were deleted). The tasks sent will never have results. */
+        q_fail(q, -ENOENT, "the run's keys are gone (Redis restarted without its data?)");
+        pump(q);
+        return;
+    }
     if (q_reply_num(r, &n) == 0)
         for (size_t i = 0; i < s->n; i++)
             if (!s->outs[i].done && s->outs[i].seq <= n)

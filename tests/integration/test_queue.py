@@ -558,6 +558,30 @@ def test_an_outcome_sent_again_is_written_once(tmp_path, task):
         redis.stop()
 
 
+def test_redis_back_without_its_data_stops_the_submitter(tmp_path, redis, task):
+    """Redis restarted without persistence mid-run: the tasks sent will
+    never have results; the submitter says so in one line, exit 255,
+    instead of waiting for ever."""
+    url = redis.url("gone")
+    sub = start(tmp_path, "run", "--queue", url, "--results", "r.jsonl", task, ":::", "gate",
+                name="sub")
+    w = start(tmp_path, "worker", "-j", "1", url, name="w")
+    try:
+        wait_for(lambda: os.path.exists(tmp_path / "started.1"), what="the task's start")
+        redis.stop()
+        redis.__init__(tmp_path)
+        assert finish(sub) == 255, text(tmp_path, "sub")
+        lines = [l for l in text(tmp_path, "sub").splitlines() if "keys are gone" in l]
+        assert len(lines) == 1, text(tmp_path, "sub")
+        assert results(tmp_path / "r.jsonl") == []
+        no_sanitizer_report(text(tmp_path, "sub"))
+    finally:
+        for proc in (sub, w):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
 def test_halt_now_stops_what_workers_run(tmp_path, redis, task):
     url = redis.url("halt")
     sub = start(tmp_path, "run", "--queue", url, "--halt", "now,fail=1", "--kill-grace", "0.5",
