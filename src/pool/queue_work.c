@@ -261,22 +261,29 @@ static void give_back_done(rconn *c, redisReply *r, void *priv)
 }
 
 /* Unacknowledged, to the consumer `returned`, idle past any lease and its
- * delivery count unchanged (JUSTID): the next scan of any worker takes it. */
+ * delivery count unchanged (JUSTID): the next scan of any worker takes it.
+ * Only while it is still this worker's: one another worker has claimed
+ * meanwhile is running there, and taken from it, it would run a third time. */
+static const char give_back_script[] =
+    "local p = redis.call('XPENDING', KEYS[1], 'workers', ARGV[2], ARGV[2], 1)\n"
+    "if #p ~= 1 or p[1][2] ~= ARGV[1] then return 0 end\n"
+    "redis.call('XCLAIM', KEYS[1], 'workers', '" Q_RETURNED "', 0, ARGV[2], 'IDLE', ARGV[3], "
+    "'JUSTID')\n"
+    "return 1\n";
+
 static void give_back(pool_queue *q, q_task *qt)
 {
     q_args a;
     qc_fields f;
 
     q_args_init(&a);
-    q_add(&a, "XCLAIM");
+    q_add(&a, "EVAL");
+    q_add(&a, give_back_script);
+    q_add(&a, "1");
     q_add(&a, q->k_tasks);
-    q_add(&a, Q_GROUP);
-    q_add(&a, Q_RETURNED);
-    q_add(&a, "0");
+    q_add(&a, q->me);
     q_add(&a, qt->id);
-    q_add(&a, "IDLE");
     q_add(&a, Q_GIVE_BACK_IDLE);
-    q_add(&a, "JUSTID");
     if (q_send(q, q->cmd, give_back_done, qt, 0, &a) < 0)
         return;
     qt->inflight = 1;

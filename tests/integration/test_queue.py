@@ -524,6 +524,30 @@ def test_adds_cut_off_unanswered_are_not_sent_twice(tmp_path, task):
         redis.stop()
 
 
+def test_a_stale_worker_gives_back_nothing(tmp_path, redis, task):
+    """SIGTERM gives a worker's tasks back, but not one another worker has
+    claimed meanwhile (it runs there): that entry stays the other's."""
+    url = redis.url("fenceback")
+    sub = start(tmp_path, "run", "--queue", url, "--lease", "60", task, ":::", "gate",
+                name="sub")
+    w = start(tmp_path, "worker", "-j", "1", "--host", "hosta", url, name="w")
+    try:
+        wait_for(lambda: os.path.exists(tmp_path / "started.1"), what="the task's start")
+        pending = redis.cli("XPENDING", "sfq:fenceback:tasks", "workers", "-", "+", "9").split()
+        assert len(pending) == 4 and pending[1].startswith("hosta:"), pending
+        redis.cli("XCLAIM", "sfq:fenceback:tasks", "workers", "other", "0", pending[0], "JUSTID")
+        os.killpg(w.pid, signal.SIGTERM)
+        assert finish(w) == 128 + signal.SIGTERM, text(tmp_path, "w")
+        after = redis.cli("XPENDING", "sfq:fenceback:tasks", "workers", "-", "+", "9").split()
+        assert after[:2] == [pending[0], "other"], after
+        no_sanitizer_report(text(tmp_path, "w"))
+    finally:
+        for proc in (sub, w):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
 def test_an_outcome_sent_again_is_written_once(tmp_path, task):
     """The worker's outcome goes in but its answer is lost with the
     connection: back, it sends it again, which finds the entry acknowledged
