@@ -347,6 +347,8 @@ def test_unreachable_redis_one_line(tmp_path):
     (["run", "--queue", "redis://h/x", "echo", "{%}", ":::", "a"], 255, "job slot"),
     (["run", "--lease", "5", "echo", ":::", "a"], 255, "--lease is for --queue"),
     (["run", "--queue", "redis://h/x", "--lease", "0", "echo", ":::", "a"], 255, "--lease"),
+    (["run", "--queue", "redis://h/x", "--max-output", "65M", "echo", ":::", "a"], 255,
+     "--max-output is at most 64M"),
     (["worker"], 2, "URL is missing"),
     (["worker", "redis://h:99999/x"], 2, "not a queue URL"),
     (["worker", "-j", "0", "redis://h/x"], 2, "-j"),
