@@ -88,7 +88,11 @@ class Proxy:
                 c, _ = self.lsock.accept()
             except OSError:
                 return
-            r = socket.create_connection(("127.0.0.1", self.target))
+            try:
+                r = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                c.close()  # Redis is gone (the test's end): the client tries again
+                continue
             with self.lock:
                 self.conns += [c, r]
             threading.Thread(target=self._pump, args=(c, r, False), daemon=True).start()
