@@ -870,6 +870,13 @@ static void make_run(pool_queue *q, int fresh)
     q_add(&a, "MKSTREAM");
     if (rc == 0)
         rc = q_send(q, q->cmd, NULL, NULL, 0, &a);
+    /* A halted run's halt-now or cancel, kept in control, would stop every
+     * worker that starts for this one (they read control from its start). */
+    q_args_init(&a);
+    q_add(&a, "DEL");
+    q_add(&a, q->k_control);
+    if (rc == 0)
+        rc = q_send(q, q->cmd, NULL, NULL, 0, &a);
     q_args_init(&a);
     q_add(&a, "EXEC");
     if (rc == 0)

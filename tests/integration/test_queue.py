@@ -647,6 +647,27 @@ def test_sigint_on_the_submitter(tmp_path, redis, task):
     no_sanitizer_report(text(tmp_path, "sub"), text(tmp_path, "w"))
 
 
+def test_a_run_stopped_by_sigint_resumes(tmp_path, redis, task):
+    """Restarted after a SIGINT, the run goes on: the cancel its first
+    submitter left in control does not stop the workers that start now."""
+    url = redis.url("again")
+    args = ["run", "--queue", url, "--results", "r.jsonl", task, ":::", "slow", "slow", "long"]
+    sub = start(tmp_path, *args, name="sub")
+    w = start(tmp_path, "worker", "-j", "2", url, name="w")
+    wait_for(lambda: redis.cli("XPENDING", "sfq:again:tasks", "workers").splitlines()[:1] == ["2"],
+             what="two tasks running")
+    os.kill(sub.pid, signal.SIGINT)
+    assert finish(sub, timeout=20) == 128 + signal.SIGINT
+    assert finish(w, timeout=20) == 0
+    sub2 = start(tmp_path, *args, name="sub2")
+    w2 = start(tmp_path, "worker", "-j", "2", url, name="w2")
+    assert finish(sub2) == 2, text(tmp_path, "sub2")  # the two stopped ones failed
+    assert finish(w2) == 0, text(tmp_path, "w2")
+    res = {r["seq"]: r for r in results(tmp_path / "r.jsonl")}
+    assert sorted(res) == [1, 2, 3] and res[3]["ok"], res
+    no_sanitizer_report(text(tmp_path, "sub2"), text(tmp_path, "w2"))
+
+
 def test_a_task_under_a_worker_holds_only_its_own_descriptors(tmp_path, redis):
     """Not the worker's Redis connections nor its eventfd: stdio and fd 3."""
     from conftest import helper
