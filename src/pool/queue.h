@@ -28,7 +28,7 @@
 #include <hiredis/hiredis.h>
 
 #define Q_KEY_MAX 96
-#define Q_ARGS_MAX (QC_FIELDS_MAX * 2 + 16)
+#define Q_ARGS_MAX (QC_FIELDS_MAX * 4 + 32) /* an outcome's script: two entries' pairs */
 #define Q_GROUP "workers"
 #define Q_RETURNED "returned"     /* the consumer tasks given back belong to */
 #define Q_BLOCK_MS 1000           /* XREAD(GROUP) BLOCK */

@@ -44,6 +44,8 @@ struct q_sub {
     unsigned long long resumed_submitted;
     char results_last[48];
     int reading, paused;
+    int resyncing;               /* back after a loss: meta.submitted not read yet */
+    double read_after;           /* no results read before (an error answered the last) */
     unsigned long paused_seq;
     int feed_ended, feed_waiting, feed_ready, feed_pollable;
     int halt_sent;
@@ -58,6 +60,42 @@ struct q_sub {
 };
 
 static void pump(pool_queue *q);
+
+#define Q_RETRY_S 0.25        /* after a transient error answered a read */
+#define Q_READ_BYTES (32ULL << 20) /* what one page of results may hold at most */
+
+/* Results read at once: as many as fit Q_READ_BYTES when each holds all
+ * the output and the fd-3 result it may (a page of Q_PAGE results of 64 MiB
+ * each would be 8 GiB in one reply), at least one. */
+static unsigned results_page(unsigned long long out_max)
+{
+    unsigned long long each = out_max + QC_RESULT_MAX + 4096; /* and the other fields */
+    unsigned long long n = Q_READ_BYTES / each;
+
+    return n < 1 ? 1 : n > Q_PAGE ? Q_PAGE : (unsigned)n;
+}
+
+/* An error Redis answers while it cannot serve yet (loading its data after
+ * a restart, a script running long, a replica without its master). */
+static int transient(const redisReply *r)
+{
+    static const char *const codes[] = {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN"};
+
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
+        if (strncmp(r->str, codes[i], strlen(codes[i])) == 0)
+            return 1;
+    return 0;
+}
+
+/* One of the queue's keys answers as another application's would: the run
+ * cannot go on (one line, exit 255), rather than wait or retry without end. */
+static void q_fail_key(pool_queue *q, const char *key, const char *err)
+{
+    char why[sizeof q->why];
+
+    snprintf(why, sizeof why, "%s: %s", key, err);
+    q_fail(q, -EPROTO, why);
+}
 
 /* ------------------------------------------------------------ outstanding */
 
@@ -287,11 +325,14 @@ static void results_read(rconn *c, redisReply *r, void *priv)
     if (!q->s)
         return;
     q->s->reading = 0;
-    if (r && r->type == REDIS_REPLY_ERROR)
-        sf_logev(&q->p->log, SF_LOG_WARN, "queue_bad_entry", 0, NULL,
-                 SF_FIELDS(SF_F_STR("stream", q->k_results), SF_F_STR("error", r->str)),
-                 "queue %s: reading results: %s", q->url.text, r->str);
-    else if (r && q_entries(r, 1, on_result, q) < 0)
+    if (r && r->type == REDIS_REPLY_ERROR && transient(r)) {
+        /* Redis loading its data after a restart, or busy: asked again later. */
+        q->s->read_after = pool_now() + Q_RETRY_S;
+    } else if (r && r->type == REDIS_REPLY_ERROR) {
+        /* WRONGTYPE: the key is someone else's. Answered at once, it would
+         * be asked again, and logged, without end. */
+        q_fail_key(q, q->k_results, r->str);
+    } else if (r && q_entries(r, 1, on_result, q) < 0)
         sf_logev(&q->p->log, SF_LOG_WARN, "queue_bad_entry", 0, NULL,
                  SF_FIELDS(SF_F_STR("stream", q->k_results), SF_F_STR("error", "bad reply")),
                  "queue %s: a reply that is not a stream read", q->url.text);
@@ -303,12 +344,12 @@ static void read_results(pool_queue *q)
     q_sub *s = q->s;
     q_args a;
 
-    if (s->reading || s->paused || !rconn_is_up(q->wait))
+    if (s->reading || s->paused || !rconn_is_up(q->wait) || pool_now() < s->read_after)
         return;
     q_args_init(&a);
     q_add(&a, "XREAD");
     q_add(&a, "COUNT");
-    q_addnum(&a, Q_PAGE);
+    q_addnum(&a, results_page(s->meta.out_max));
     q_add(&a, "BLOCK");
     q_addnum(&a, Q_BLOCK_MS);
     q_add(&a, "STREAMS");
@@ -336,7 +377,10 @@ static void add_done(rconn *c, redisReply *r, void *priv)
     if (!o)
         return;
     o->sending = 0;
-    if (r && r->type == REDIS_REPLY_ARRAY)
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+        r->element[0]->type == REDIS_REPLY_ERROR)
+        q_fail_key(q, q->k_tasks, r->element[0]->str); /* the XADD refused (WRONGTYPE) */
+    else if (r && r->type == REDIS_REPLY_ARRAY)
         o->sent = 1;
     else if (r) /* refused (EXECABORT): as a task that cannot start */
         report_unfinished(q, o, EPROTO);
@@ -448,7 +492,9 @@ static void send_unsent(pool_queue *q)
 {
     q_sub *s = q->s;
 
-    if (!rconn_is_up(q->cmd))
+    /* Not before meta.submitted has said which of the adds cut off went
+     * in: sent again, those would be in the stream twice and run twice. */
+    if (!rconn_is_up(q->cmd) || s->resyncing)
         return;
     for (size_t i = 0; i < s->n; i++)
         if (!s->outs[i].done && !s->outs[i].sent && !s->outs[i].sending)
@@ -768,6 +814,9 @@ static void created(rconn *c, redisReply *r, void *priv)
         return; /* asked again when the connection is back */
     if (r->type != REDIS_REPLY_ARRAY) {
         q_fail(q, -EPROTO, r->type == REDIS_REPLY_ERROR ? r->str : "the queue cannot be made");
+    } else if (r->elements >= 2 && r->element[1]->type == REDIS_REPLY_ERROR &&
+               strncmp(r->element[1]->str, "BUSYGROUP", 9) != 0) {
+        q_fail_key(q, q->k_tasks, r->element[1]->str); /* not a stream: not ours */
     } else {
         q->s->started = 1;
     }
@@ -819,6 +868,13 @@ static void make_run(pool_queue *q, int fresh)
     q_add(&a, Q_GROUP);
     q_add(&a, "0");
     q_add(&a, "MKSTREAM");
+    if (rc == 0)
+        rc = q_send(q, q->cmd, NULL, NULL, 0, &a);
+    /* A halted run's halt-now or cancel, kept in control, would stop every
+     * worker that starts for this one (they read control from its start). */
+    q_args_init(&a);
+    q_add(&a, "DEL");
+    q_add(&a, q->k_control);
     if (rc == 0)
         rc = q_send(q, q->cmd, NULL, NULL, 0, &a);
     q_args_init(&a);
@@ -873,11 +929,20 @@ static void submitted_read(rconn *c, redisReply *r, void *priv)
     unsigned long long n;
     (void)c;
 
-    if (!s || !r || q_reply_num(r, &n) < 0)
+    if (!s || !r)
+        return; /* lost again: asked again when it is back */
+    s->resyncing = 0;
+    if (r->type == REDIS_REPLY_NIL) {
+        /* The run's meta is gone: Redis came back without its data (or
+         * the keys were deleted). The tasks sent will never have results. */
+        q_fail(q, -ENOENT, "the run's keys are gone (Redis restarted without its data?)");
+        pump(q);
         return;
-    for (size_t i = 0; i < s->n; i++)
-        if (!s->outs[i].done && s->outs[i].seq <= n)
-            s->outs[i].sent = 1;
+    }
+    if (q_reply_num(r, &n) == 0)
+        for (size_t i = 0; i < s->n; i++)
+            if (!s->outs[i].done && s->outs[i].seq <= n)
+                s->outs[i].sent = 1;
     pump(q);
 }
 
@@ -900,7 +965,7 @@ void q_sub_up(pool_queue *q)
     q_add(&a, "HGET");
     q_add(&a, q->k_meta);
     q_add(&a, "submitted");
-    (void)q_send(q, q->cmd, submitted_read, q, 0, &a);
+    s->resyncing = q_send(q, q->cmd, submitted_read, q, 0, &a) == 0;
     pump(q);
 }
 

@@ -42,6 +42,7 @@ typedef struct q_task {
     qc_result res;               /* the outcome to write (views into ours) */
     char *result;
     int retry;                   /* write the next attempt, not a result */
+    pool_queue *q;               /* while its outcome is being written */
 } q_task;
 
 struct q_work {
@@ -106,6 +107,37 @@ static void wake_feed(q_work *w)
 
 /* ------------------------------------------------------------ writing */
 
+/* The outcome of an entry, written only while the entry is still this
+ * worker's: KEYS[1] the task stream, KEYS[2..] the streams to add to;
+ * ARGV[1] this consumer, ARGV[2] the entry's id, then per stream added to
+ * the number of words and the words (field, value...). Checked, added and
+ * acknowledged in one script, atomic as a MULTI/EXEC is; and, unlike one,
+ * a refused XADD stops it before the XACK. An entry that another worker
+ * has claimed meanwhile (this one was cut off past its lease, and the
+ * renewal that would have said so had not come yet) is its now: this
+ * worker's outcome is stale and is not written (-1). One acknowledged
+ * already (this script's answer was lost with the connection, and it is
+ * sent again) is not written twice (0). */
+static const char outcome_script[] =
+    "local p = redis.call('XPENDING', KEYS[1], 'workers', ARGV[2], ARGV[2], 1)\n"
+    "if #p ~= 1 then return 0 end\n"
+    "if p[1][2] ~= ARGV[1] then return -1 end\n"
+    "local i = 3\n"
+    "for k = 2, #KEYS do\n"
+    "  local n = tonumber(ARGV[i])\n"
+    "  redis.call('XADD', KEYS[k], '*', unpack(ARGV, i + 1, i + n))\n"
+    "  i = i + 1 + n\n"
+    "end\n"
+    "redis.call('XACK', KEYS[1], 'workers', ARGV[2])\n"
+    "return 1\n";
+
+static void lease_lost_log(pool_queue *q, const q_task *qt, const char *what)
+{
+    sf_logev(&q->p->log, SF_LOG_WARN, "queue_lease_lost", 0, NULL,
+             SF_FIELDS(SF_F_UINT("task", qt->t.seq), SF_F_STR("id", qt->id)),
+             "task %lu: its lease was lost to another worker; %s", qt->t.seq, what);
+}
+
 static void write_done(rconn *c, redisReply *r, void *priv)
 {
     q_task *qt = priv;
@@ -114,9 +146,11 @@ static void write_done(rconn *c, redisReply *r, void *priv)
     qt->inflight = 0;
     if (!r)
         return; /* the connection failed: written again when it is back */
-    /* Done; or EXEC refused (EXECABORT: a command it queued was refused),
-     * and then the entry stays pending: after the lease another worker
-     * runs it. Either way this worker is through with it. */
+    if (r->type == REDIS_REPLY_INTEGER && r->integer < 0)
+        lease_lost_log(qt->q, qt, "its outcome is not written");
+    /* Done; or not ours any more; or refused (an XADD the script could not
+     * make), and then the entry stays pending: after the lease another
+     * worker runs it. Either way this worker is through with it. */
     task_clear(qt);
 }
 
@@ -154,50 +188,58 @@ static void xack(pool_queue *q, q_args *a, const char *id)
     q_add(a, id);
 }
 
+/* One stream's entry for outcome_script: its key among the keys, the
+ * number of its words and the words among the arguments. */
+static void outcome_entry(q_args *keys, q_args *words, const char *key, const qc_fields *f,
+                          unsigned extra)
+{
+    q_add(keys, key);
+    q_addnum(words, 2ULL * f->n + extra);
+    q_addfields(words, f);
+}
+
 static void write_result(pool_queue *q, q_task *qt)
 {
-    q_args a[3];
+    q_args keys, words, a;
     qc_fields f, g;
-    int n = 0;
 
+    q_args_init(&keys);
+    q_args_init(&words);
+    q_add(&keys, q->k_tasks);
+    f.n = 0;
+    f.argv_blob = NULL;
+    g.n = 0;
+    g.argv_blob = NULL;
     if (qt->retry) {
         qc_task next = qt->t;
         next.attempt++;
         if (qc_task_encode(&next, &f) < 0)
             goto bad;
-        q_args_init(&a[n]);
-        q_add(&a[n], "XADD");
-        q_add(&a[n], q->k_tasks);
-        q_add(&a[n], "*");
-        q_addfields(&a[n++], &f);
-        g.n = 0;
-        g.argv_blob = NULL;
+        outcome_entry(&keys, &words, q->k_tasks, &f, 0);
     } else {
-        f.n = 0;
-        f.argv_blob = NULL;
-        if (qt->dead) {
-            if (qt->t.argv && qc_task_encode(&qt->t, &f) == 0) {
-                q_args_init(&a[n]);
-                q_add(&a[n], "XADD");
-                q_add(&a[n], q->k_dead);
-                q_add(&a[n], "*");
-                q_addfields(&a[n], &f);
-                q_add(&a[n], "reason");
-                q_add(&a[n], qt->dead_why);
-                q_add(&a[n], "deliveries");
-                q_addnum(&a[n++], qt->deliveries);
-            }
+        if (qt->dead && qt->t.argv && qc_task_encode(&qt->t, &f) == 0) {
+            outcome_entry(&keys, &words, q->k_dead, &f, 4);
+            q_add(&words, "reason");
+            q_add(&words, qt->dead_why);
+            q_add(&words, "deliveries");
+            q_addnum(&words, qt->deliveries);
         }
         if (qc_result_encode(&qt->res, &g) < 0)
             goto bad;
-        q_args_init(&a[n]);
-        q_add(&a[n], "XADD");
-        q_add(&a[n], q->k_results);
-        q_add(&a[n], "*");
-        q_addfields(&a[n++], &g);
+        outcome_entry(&keys, &words, q->k_results, &g, 0);
     }
-    xack(q, &a[n++], qt->id);
-    if (send_multi(q, a, n, write_done, qt) == 0)
+    q_args_init(&a);
+    q_add(&a, "EVAL");
+    q_add(&a, outcome_script);
+    q_addnum(&a, (unsigned)keys.n);
+    for (int i = 0; i < keys.n; i++)
+        q_addn(&a, keys.v[i], keys.len[i]);
+    q_add(&a, q->me);
+    q_add(&a, qt->id);
+    for (int i = 0; i < words.n; i++)
+        q_addn(&a, words.v[i], words.len[i]);
+    qt->q = q;
+    if (q_send(q, q->cmd, write_done, qt, 0, &a) == 0)
         qt->inflight = 1;
     qc_fields_free(&f);
     qc_fields_free(&g);
@@ -219,22 +261,29 @@ static void give_back_done(rconn *c, redisReply *r, void *priv)
 }
 
 /* Unacknowledged, to the consumer `returned`, idle past any lease and its
- * delivery count unchanged (JUSTID): the next scan of any worker takes it. */
+ * delivery count unchanged (JUSTID): the next scan of any worker takes it.
+ * Only while it is still this worker's: one another worker has claimed
+ * meanwhile is running there, and taken from it, it would run a third time. */
+static const char give_back_script[] =
+    "local p = redis.call('XPENDING', KEYS[1], 'workers', ARGV[2], ARGV[2], 1)\n"
+    "if #p ~= 1 or p[1][2] ~= ARGV[1] then return 0 end\n"
+    "redis.call('XCLAIM', KEYS[1], 'workers', '" Q_RETURNED "', 0, ARGV[2], 'IDLE', ARGV[3], "
+    "'JUSTID')\n"
+    "return 1\n";
+
 static void give_back(pool_queue *q, q_task *qt)
 {
     q_args a;
     qc_fields f;
 
     q_args_init(&a);
-    q_add(&a, "XCLAIM");
+    q_add(&a, "EVAL");
+    q_add(&a, give_back_script);
+    q_add(&a, "1");
     q_add(&a, q->k_tasks);
-    q_add(&a, Q_GROUP);
-    q_add(&a, Q_RETURNED);
-    q_add(&a, "0");
+    q_add(&a, q->me);
     q_add(&a, qt->id);
-    q_add(&a, "IDLE");
     q_add(&a, Q_GIVE_BACK_IDLE);
-    q_add(&a, "JUSTID");
     if (q_send(q, q->cmd, give_back_done, qt, 0, &a) < 0)
         return;
     qt->inflight = 1;

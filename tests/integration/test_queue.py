@@ -9,7 +9,9 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -32,15 +34,18 @@ case "$1" in
   long) sleep 2; echo "long $SOCKFORK_TASK";;
   poison) kill -9 $PPID; sleep 5;;
   big) head -c 200000 /dev/zero | tr -c x x; echo;;
+  gate) : > "$QDIR/started.$SOCKFORK_TASK"; while [ ! -e "$QDIR/gate" ]; do sleep 0.05; done
+        echo "gate $SOCKFORK_TASK";;
 esac
 """
 
 
 class Redis:
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, port=0):
         self.sock = str(tmp_path / "redis.sock")
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", "0", "--unixsocket", self.sock, "--save", "",
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+             "--unixsocket", self.sock, "--save", "",
              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
@@ -60,6 +65,75 @@ class Redis:
     def stop(self):
         self.proc.kill()
         self.proc.wait(timeout=WAIT)
+
+
+class Proxy:
+    """A TCP relay in front of Redis that can swallow Redis's answers (the
+    commands still go in) and cut every connection through it."""
+
+    def __init__(self, port):
+        self.target = port
+        self.swallow = threading.Event()
+        self.conns = []
+        self.lock = threading.Lock()
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            try:
+                r = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                c.close()  # Redis is gone (the test's end): the client tries again
+                continue
+            with self.lock:
+                self.conns += [c, r]
+            threading.Thread(target=self._pump, args=(c, r, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(r, c, True), daemon=True).start()
+
+    def _pump(self, src, dst, answers):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if not (answers and self.swallow.is_set()):
+                    dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.lsock.close()
+        self.cut()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 @pytest.fixture
@@ -277,6 +351,8 @@ def test_unreachable_redis_one_line(tmp_path):
     (["run", "--queue", "redis://h/x", "echo", "{%}", ":::", "a"], 255, "job slot"),
     (["run", "--lease", "5", "echo", ":::", "a"], 255, "--lease is for --queue"),
     (["run", "--queue", "redis://h/x", "--lease", "0", "echo", ":::", "a"], 255, "--lease"),
+    (["run", "--queue", "redis://h/x", "--max-output", "65M", "echo", ":::", "a"], 255,
+     "--max-output is at most 64M"),
     (["worker"], 2, "URL is missing"),
     (["worker", "redis://h:99999/x"], 2, "not a queue URL"),
     (["worker", "-j", "0", "redis://h/x"], 2, "-j"),
@@ -299,6 +375,18 @@ def test_another_run_in_the_queue_refused(tmp_path, redis):
                        text=True, timeout=WAIT, env=server_env())
     assert r.returncode == 255
     assert len(r.stderr.splitlines()) == 1 and "another run" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("key", ["results", "tasks"])
+def test_a_queue_key_of_another_application_refused(tmp_path, redis, key):
+    """A key of the queue holds a string (someone else's): one line, exit
+    255, instead of reading it again without end or waiting forever."""
+    redis.cli("SET", "sfq:taken:" + key, "not a stream")
+    r = subprocess.run([BIN, "run", "--queue", redis.url("taken"), "echo", ":::", "a"],
+                       capture_output=True, text=True, timeout=WAIT, env=server_env())
+    assert r.returncode == 255, r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    assert "sfq:taken:%s" % key in r.stderr and "WRONGTYPE" in r.stderr, r.stderr
 
 
 def test_worker_waits_for_its_run(tmp_path, redis, task):
@@ -375,6 +463,155 @@ def test_a_worker_cut_off_past_its_lease_stops_its_copy(tmp_path, redis, task):
     assert text(tmp_path, "sub", "out").splitlines() == ["long 1"]
 
 
+def test_a_stale_worker_writes_no_outcome(tmp_path, redis, task):
+    """The task's entry is claimed by another consumer while the first
+    worker still runs it, and the first finishes before a renewal could
+    notice (lease 60 s: renewed every 20). Its outcome is fenced: no result
+    written, the entry not acknowledged (still the other's)."""
+    url = redis.url("fence")
+    sub = start(tmp_path, "run", "--queue", url, "--lease", "60", "--results", "r.jsonl",
+                task, ":::", "gate", name="sub")
+    w = start(tmp_path, "worker", "-j", "1", "--host", "hosta", url, name="w")
+    try:
+        wait_for(lambda: os.path.exists(tmp_path / "started.1"), what="the task's start")
+        pending = redis.cli("XPENDING", "sfq:fence:tasks", "workers", "-", "+", "9").split()
+        assert len(pending) == 4 and pending[1].startswith("hosta:"), pending
+        redis.cli("XCLAIM", "sfq:fence:tasks", "workers", "other", "0", pending[0], "JUSTID")
+        (tmp_path / "gate").write_text("")
+        wait_for(lambda: "lease was lost" in text(tmp_path, "w")
+                 or int(redis.cli("XLEN", "sfq:fence:results")) > 0, what="the outcome")
+        assert int(redis.cli("XLEN", "sfq:fence:results")) == 0
+        after = redis.cli("XPENDING", "sfq:fence:tasks", "workers", "-", "+", "9").split()
+        assert after[:2] == [pending[0], "other"], after
+        assert "task 1: its lease was lost to another worker" in text(tmp_path, "w")
+    finally:
+        for proc in (sub, w):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    no_sanitizer_report(text(tmp_path, "w"))
+
+
+def test_adds_cut_off_unanswered_are_not_sent_twice(tmp_path, task):
+    """The submitter's adds go in but their answers are lost with the
+    connection: back, it reads meta.submitted before sending anything again,
+    so each task is in the stream once (not run twice)."""
+    redis = Redis(tmp_path, port=free_port())
+    proxy = Proxy(int(redis.cli("CONFIG", "GET", "port").split()[1]))
+    sub = w = None
+    try:
+        err = open(tmp_path / "sub.err", "w")
+        sub = subprocess.Popen([BIN, "run", "--queue", "redis://127.0.0.1:%d/lost" % proxy.port,
+                                "--results", "r.jsonl", task], stdin=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, stderr=err, env=env(tmp_path),
+                               cwd=str(tmp_path), start_new_session=True)
+        wait_for(lambda: redis.cli("HGET", "sfq:lost:meta", "state") == "running",
+                 what="the run's meta")
+        proxy.swallow.set()
+        sub.stdin.write(b"ok\nok\nok\n")
+        sub.stdin.flush()
+        wait_for(lambda: redis.cli("HGET", "sfq:lost:meta", "submitted") == "3",
+                 what="the three adds")
+        proxy.cut()
+        proxy.swallow.clear()
+        wait_for(lambda: "connected again" in text(tmp_path, "sub"), what="the submitter back")
+        sub.stdin.close()
+        w = start(tmp_path, "worker", "-j", "2", redis.url("lost"), name="w")
+        assert finish(sub) == 0, text(tmp_path, "sub")
+        assert finish(w) == 0, text(tmp_path, "w")
+        assert sorted(r["seq"] for r in results(tmp_path / "r.jsonl")) == [1, 2, 3]
+        assert int(redis.cli("XLEN", "sfq:lost:tasks")) == 3
+        no_sanitizer_report(text(tmp_path, "sub"), text(tmp_path, "w"))
+    finally:
+        for proc in (sub, w):
+            if proc and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        proxy.close()
+        redis.stop()
+
+
+def test_a_stale_worker_gives_back_nothing(tmp_path, redis, task):
+    """SIGTERM gives a worker's tasks back, but not one another worker has
+    claimed meanwhile (it runs there): that entry stays the other's."""
+    url = redis.url("fenceback")
+    sub = start(tmp_path, "run", "--queue", url, "--lease", "60", task, ":::", "gate",
+                name="sub")
+    w = start(tmp_path, "worker", "-j", "1", "--host", "hosta", url, name="w")
+    try:
+        wait_for(lambda: os.path.exists(tmp_path / "started.1"), what="the task's start")
+        pending = redis.cli("XPENDING", "sfq:fenceback:tasks", "workers", "-", "+", "9").split()
+        assert len(pending) == 4 and pending[1].startswith("hosta:"), pending
+        redis.cli("XCLAIM", "sfq:fenceback:tasks", "workers", "other", "0", pending[0], "JUSTID")
+        os.killpg(w.pid, signal.SIGTERM)
+        assert finish(w) == 128 + signal.SIGTERM, text(tmp_path, "w")
+        after = redis.cli("XPENDING", "sfq:fenceback:tasks", "workers", "-", "+", "9").split()
+        assert after[:2] == [pending[0], "other"], after
+        no_sanitizer_report(text(tmp_path, "w"))
+    finally:
+        for proc in (sub, w):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def test_an_outcome_sent_again_is_written_once(tmp_path, task):
+    """The worker's outcome goes in but its answer is lost with the
+    connection: back, it sends it again, which finds the entry acknowledged
+    and writes nothing (one result; no lease said lost)."""
+    redis = Redis(tmp_path, port=free_port())
+    proxy = Proxy(int(redis.cli("CONFIG", "GET", "port").split()[1]))
+    sub = w = None
+    try:
+        sub = start(tmp_path, "run", "--queue", redis.url("again"), "--results", "r.jsonl",
+                    task, ":::", "gate", name="sub")
+        w = start(tmp_path, "worker", "-j", "1", "redis://127.0.0.1:%d/again" % proxy.port,
+                  name="w")
+        wait_for(lambda: os.path.exists(tmp_path / "started.1"), what="the task's start")
+        proxy.swallow.set()
+        (tmp_path / "gate").write_text("")
+        wait_for(lambda: int(redis.cli("XLEN", "sfq:again:results")) > 0, what="the outcome")
+        proxy.cut()
+        proxy.swallow.clear()
+        wait_for(lambda: "connected again" in text(tmp_path, "w"), what="the worker back")
+        assert finish(sub) == 0, text(tmp_path, "sub")
+        assert finish(w) == 0, text(tmp_path, "w")
+        assert int(redis.cli("XLEN", "sfq:again:results")) == 1
+        assert [r["seq"] for r in results(tmp_path / "r.jsonl")] == [1]
+        assert "lease was lost" not in text(tmp_path, "w")
+        no_sanitizer_report(text(tmp_path, "sub"), text(tmp_path, "w"))
+    finally:
+        for proc in (sub, w):
+            if proc and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        proxy.close()
+        redis.stop()
+
+
+def test_redis_back_without_its_data_stops_the_submitter(tmp_path, redis, task):
+    """Redis restarted without persistence mid-run: the tasks sent will
+    never have results; the submitter says so in one line, exit 255,
+    instead of waiting for ever."""
+    url = redis.url("gone")
+    sub = start(tmp_path, "run", "--queue", url, "--results", "r.jsonl", task, ":::", "gate",
+                name="sub")
+    w = start(tmp_path, "worker", "-j", "1", url, name="w")
+    try:
+        wait_for(lambda: os.path.exists(tmp_path / "started.1"), what="the task's start")
+        redis.stop()
+        redis.__init__(tmp_path)
+        assert finish(sub) == 255, text(tmp_path, "sub")
+        lines = [l for l in text(tmp_path, "sub").splitlines() if "keys are gone" in l]
+        assert len(lines) == 1, text(tmp_path, "sub")
+        assert results(tmp_path / "r.jsonl") == []
+        no_sanitizer_report(text(tmp_path, "sub"))
+    finally:
+        for proc in (sub, w):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
 def test_halt_now_stops_what_workers_run(tmp_path, redis, task):
     url = redis.url("halt")
     sub = start(tmp_path, "run", "--queue", url, "--halt", "now,fail=1", "--kill-grace", "0.5",
@@ -410,6 +647,27 @@ def test_sigint_on_the_submitter(tmp_path, redis, task):
     no_sanitizer_report(text(tmp_path, "sub"), text(tmp_path, "w"))
 
 
+def test_a_run_stopped_by_sigint_resumes(tmp_path, redis, task):
+    """Restarted after a SIGINT, the run goes on: the cancel its first
+    submitter left in control does not stop the workers that start now."""
+    url = redis.url("again")
+    args = ["run", "--queue", url, "--results", "r.jsonl", task, ":::", "slow", "slow", "long"]
+    sub = start(tmp_path, *args, name="sub")
+    w = start(tmp_path, "worker", "-j", "2", url, name="w")
+    wait_for(lambda: redis.cli("XPENDING", "sfq:again:tasks", "workers").splitlines()[:1] == ["2"],
+             what="two tasks running")
+    os.kill(sub.pid, signal.SIGINT)
+    assert finish(sub, timeout=20) == 128 + signal.SIGINT
+    assert finish(w, timeout=20) == 0
+    sub2 = start(tmp_path, *args, name="sub2")
+    w2 = start(tmp_path, "worker", "-j", "2", url, name="w2")
+    assert finish(sub2) == 2, text(tmp_path, "sub2")  # the two stopped ones failed
+    assert finish(w2) == 0, text(tmp_path, "w2")
+    res = {r["seq"]: r for r in results(tmp_path / "r.jsonl")}
+    assert sorted(res) == [1, 2, 3] and res[3]["ok"], res
+    no_sanitizer_report(text(tmp_path, "sub2"), text(tmp_path, "w2"))
+
+
 def test_a_task_under_a_worker_holds_only_its_own_descriptors(tmp_path, redis):
     """Not the worker's Redis connections nor its eventfd: stdio and fd 3."""
     from conftest import helper
@@ -435,6 +693,26 @@ def test_output_limit_as_a_local_run(tmp_path, redis, task):
     assert res[2]["ok"]
     out = text(tmp_path, "sub", "out")
     assert out.count("x") == 10 * 1024 and "ok 2" in out
+
+
+@pytest.mark.parametrize("limit,page", [("10K", 128), ("1M", 30), ("64M", 1)])
+def test_results_read_in_pages_bounded_in_bytes(tmp_path, redis, task, limit, page):
+    """A page of results holds at most 32 MiB even when every result holds
+    all the output it may: the XREAD's COUNT follows --max-output."""
+    mon = subprocess.Popen(["redis-cli", "-s", redis.sock, "MONITOR"], stdout=subprocess.PIPE,
+                           text=True)
+    try:
+        assert mon.stdout.readline().strip() == "OK"
+        url = redis.url("page")
+        sub = start(tmp_path, "run", "--queue", url, "--max-output", limit, task, ":::", "ok",
+                    name="sub")
+        w = start(tmp_path, "worker", "-j", "1", url, name="w")
+        assert finish(sub) == 0, text(tmp_path, "sub")
+        assert finish(w) == 0
+    finally:
+        mon.kill()
+    reads = [l for l in mon.stdout.read().splitlines() if '"XREAD"' in l and "page:results" in l]
+    assert reads and all('"COUNT" "%d"' % page in l for l in reads), reads[:3]
 
 
 def own_workers(pid):

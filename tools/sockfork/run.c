@@ -32,6 +32,7 @@
 #define RETRY_ON_MAX 64
 #define MAX_OUTPUT_DEFAULT (1ULL << 30)
 #define MAX_OUTPUT_QUEUE (1ULL << 20) /* --queue: it travels through Redis */
+#define MAX_OUTPUT_QUEUE_MAX (64ULL << 20) /* --queue: QC_OUT_MAX, the codec's bound */
 
 /* --help: this, a line per option of run_options (below), then the tail. */
 static const char run_usage_head[] =
@@ -1267,6 +1268,11 @@ static int check_combinations(const run_state *st)
         return usage_error("%s", "--lease is for --queue");
     if (st->po.queue_url && st->po.metrics_addr)
         return usage_error("%s", "--queue and --metrics together are not supported");
+    /* The output travels in the result's entry, bounded by the codec: a
+     * larger limit was silently the 1M default. */
+    if (st->po.queue_url && st->max_output > MAX_OUTPUT_QUEUE_MAX)
+        return usage_error("%s", "--max-output is at most 64M with --queue (the output travels "
+                                 "through Redis)");
     for (size_t i = 0; st->po.queue_url && i < st->ncmd; i++)
         if (strstr(st->cmd[i], "{%}"))
             return usage_error("%s", "{%} (the job slot) is the worker's: not with --queue");
