@@ -99,6 +99,14 @@ typedef struct sf_addr {
 SF_EXTERN int sf_addr_parse(sf_addr *out, const char *text);
 
 /*
+ * Checks a bus URL (sf_server_opts.bus_url): "redis://HOST[:PORT][/DB]"
+ * (HOST a name, an IPv4 or a [V6] literal; PORT 1..65535, default 6379;
+ * DB digits) or "unix:PATH[?db=N]" (PATH absolute). Returns 0, or -EINVAL
+ * with *why (if why is not NULL) set to a static one-line reason.
+ */
+SF_EXTERN int sf_bus_url_check(const char *url, const char **why);
+
+/*
  * Writes "1.2.3.4:80", "[::1]:80" or "unix:/path" into buf. Returns the
  * length written, or -ENOSPC if buf is too small (buf is then truncated
  * but NUL-terminated), or -EAFNOSUPPORT for another family.
@@ -502,6 +510,21 @@ typedef struct sf_server_opts {
      * else goes at once. 0 = off (the default): every loop pass flushes.
      * `sockfork chat` sets 0.0003. */
     double bus_gather_s;
+    /* The bus across instances (docs/design.md, "The bus across instances
+     * (Redis)"): NULL, or the Redis every instance of the service shares,
+     * "redis://HOST[:PORT][/DB]" or "unix:PATH[?db=N]" (sf_bus_url_check);
+     * sf_server_new fails with -EINVAL for another. The bus is then bridged
+     * to Redis while sf_server_run runs: topics, names, sends to a name,
+     * wills and `ctl broadcast` reach every instance (sends to a pid stay
+     * local); local delivery never waits for Redis. The upgrade link is
+     * not opened then (both generations are on Redis). 0 below: defaults. */
+    const char *bus_url;
+    size_t bus_outbox;           /* bytes waiting while Redis is away; 8 MiB */
+    double bus_lease_s;          /* names' and the instance's lease; 10 s */
+    unsigned bus_stream_len;     /* entries kept per stream (XADD MAXLEN ~); 1000 */
+    double bus_timeout_s;        /* connect and command deadline; 2 s and 3 s */
+    double bus_ping_s;           /* a PING when idle, so a silent cut is seen; 1 s */
+    double bus_backoff_max_s;    /* longest wait between reconnects; 5 s */
 } sf_server_opts;
 
 /* Fills opts with the defaults above. */

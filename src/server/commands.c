@@ -5,6 +5,7 @@
 #include "server/server_internal.h"
 #include "server/metrics.h"
 #include "supervisor/bus_codec.h"
+#include "supervisor/bus_redis.h"
 #include "os/os.h"
 
 #include <errno.h>
@@ -514,6 +515,25 @@ static json_t *bus_numbers(sf_server *s, const bus_stats *bs, const topic_top *t
                      "history_bytes", (json_int_t)bs->history_bytes);
 }
 
+/* `bus_redis`: the bridge to the other instances (only with --bus). */
+static json_t *bus_redis_numbers(sf_server *s)
+{
+    bus_redis_stats rs;
+
+    bus_redis_get_stats(s->bus_redis, &rs);
+    return json_pack("{s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:f}",
+                     "connected", rs.up, "instance", rs.id,
+                     "reconnects", (json_int_t)rs.reconnects,
+                     "entries_out", (json_int_t)rs.entries_out,
+                     "entries_in", (json_int_t)rs.entries_in,
+                     "duplicates", (json_int_t)rs.duplicates, "missed", (json_int_t)rs.missed,
+                     "bad", (json_int_t)rs.bad, "outbox_dropped", (json_int_t)rs.outbox_dropped,
+                     "stale", (json_int_t)rs.stale,
+                     "outbox_bytes", (json_int_t)rs.outbox_bytes,
+                     "outbox_max", (json_int_t)rs.outbox_max, "instances", (int)rs.peers,
+                     "lag_s", rs.lag_ms / 1000.0);
+}
+
 /* Every number comes from one of four snapshots: the server's own
  * counters, the supervisor's (sup_get_stats), the bus's (bus_get_stats,
  * bus_each_topic) and the process's (metrics_process_numbers). `ctl
@@ -566,6 +586,7 @@ json_t *server_stats(void *arg)
         json_object_set_new(r, "messages_dropped",
                             counts_by_kind(bs.counted.dropped_by_kind, msg_kind_names)) < 0 ||
         json_object_set_new(r, "bus", bus_numbers(s, &bs, tt)) < 0 ||
+        (s->bus_redis && json_object_set_new(r, "bus_redis", bus_redis_numbers(s)) < 0) ||
         json_object_set_new(r, "top_topics", top_topics(tt)) < 0 ||
         json_object_set_new(r, "process", metrics_process_numbers()) < 0) {
         json_decref(r);

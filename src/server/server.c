@@ -18,6 +18,7 @@
 #include "server/execplan.h"
 #include "server/addr.h"
 #include "server/metrics.h"
+#include "supervisor/bus_redis.h"
 #include "process/process.h"
 #include "os/os.h"
 #include "log.h"
@@ -1059,6 +1060,9 @@ static void on_shutdown(sup *sp, void *arg)
     /* Children learn the server is going away from the end of their
      * channel (no wills are published: everyone is leaving). */
     bus_close_all(&s->bus);
+    /* The other instances then publish the wills of the members cut here. */
+    bus_redis_close(s->bus_redis);
+    s->bus_redis = NULL;
     for (size_t i = 0; i < s->nlisteners; i++) {
         ev_io_stop(s->loop, &s->listeners[i].io);
         listener_close(&s->listeners[i]);
@@ -1143,6 +1147,50 @@ static int open_metrics(sf_server *s)
                         server_stats, s);
 }
 
+/* The bus options: their bounds, and the URL parsed once (kept in
+ * s->bus_where). Returns 0, -EINVAL or -ENOMEM. */
+static int bus_opts_check(sf_server *s)
+{
+    const sf_server_opts *o = &s->opts;
+    const char *why;
+
+    if (!(o->bus_lease_s >= 0) || !(o->bus_timeout_s >= 0) || !(o->bus_ping_s >= 0) ||
+        !(o->bus_backoff_max_s >= 0) || o->bus_lease_s > 3600 || o->bus_timeout_s > 600 ||
+        o->bus_ping_s > 600 || o->bus_backoff_max_s > 600 || (o->bus_lease_s > 0 && o->bus_lease_s < 0.3))
+        return -EINVAL;
+    if (!o->bus_url)
+        return 0;
+    if (!(s->bus_where = calloc(1, sizeof *s->bus_where)))
+        return -ENOMEM;
+    if (rurl_parse(o->bus_url, 0, s->bus_where, &why) < 0) {
+        free(s->bus_where);
+        s->bus_where = NULL;
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Bridges the bus to Redis (after sup_init forked the spawner: the
+ * children never see Redis's sockets). */
+static int bus_bridge_open(sf_server *s)
+{
+    const sf_server_opts *o = &s->opts;
+    bus_redis_opts ro;
+
+    if (!s->bus_where)
+        return 0;
+    memset(&ro, 0, sizeof ro);
+    ro.outbox_max = o->bus_outbox;
+    ro.lease_ms = (unsigned)(o->bus_lease_s * 1000);
+    ro.stream_len = o->bus_stream_len;
+    ro.history = o->topic_history;
+    ro.connect_ms = ro.command_ms = (unsigned)(o->bus_timeout_s * 1000);
+    ro.ping_ms = (unsigned)(o->bus_ping_s * 1000);
+    ro.backoff_max_ms = (unsigned)(o->bus_backoff_max_s * 1000);
+    ro.log = &s->log;
+    return bus_redis_open(&s->bus, s->loop, s->bus_where, &ro, &s->bus_redis);
+}
+
 int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handler, void *arg)
 {
     sf_server *s = NULL;
@@ -1181,6 +1229,10 @@ int sf_server_new(sf_server **out, const sf_server_opts *opts, sf_conn_cb handle
                                      s->opts.workers_max > s->opts.max_conns))) {
         os_nofork_free(s);
         return -EINVAL;
+    }
+    if ((rc = bus_opts_check(s)) < 0) {
+        os_nofork_free(s);
+        return rc;
     }
     s->prefork = s->opts.workers_max > 0;
     if (s->opts.worker_idle_s == 0)
@@ -1431,6 +1483,10 @@ int sf_server_run(sf_server *s)
         return rc;
     }
     s->sup_ready = 1;
+    if ((rc = bus_bridge_open(s)) < 0) {
+        sigaction(SIGPIPE, &old_pipe, NULL);
+        return rc;
+    }
     /* After sup_init forked the spawner: SIGUSR2 is the workers' own. */
     upgrade_start_watching(s);
     /* The watchers run: a caller may have blocked these to cover its
@@ -1508,6 +1564,9 @@ void sf_server_free(sf_server *s)
     }
     if (s->sup_ready)
         sup_fini(&s->sup);
+    bus_redis_close(s->bus_redis); /* before bus_fini */
+    s->bus_redis = NULL;
+    free(s->bus_where);
     broker_fini(s);
     if (s->bus_ready)
         bus_fini(&s->bus);

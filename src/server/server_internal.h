@@ -173,6 +173,8 @@ struct sf_server {
     int sup_ready;
     bus bus;
     int bus_ready;
+    struct rurl *bus_where;     /* opts.bus_url parsed (sf_server_new); NULL: no bridge */
+    struct bus_redis *bus_redis; /* the bridge to Redis while sf_server_run runs */
     conn_rec *recs;       /* opts.max_conns records */
     unsigned recs_touched; /* recs[0 .. recs_touched) have been used */
     conn_rec *free_recs;

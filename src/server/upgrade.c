@@ -330,6 +330,10 @@ static void bridge_open(sf_server *s, int fd, int to_prev)
     bus_link_opts o;
     int rc;
 
+    if (s->bus_redis) {
+        close(fd); /* both generations are bridged through Redis already (--bus) */
+        return;
+    }
     if (u->bridge) {
         sf_logev(&s->log, SF_LOG_WARN, "bridge", (int)u->prev_pid, NULL,
                  SF_FIELDS(SF_F_STR("what", "moved"), SF_F_UINT("generation", u->generation - 1)),

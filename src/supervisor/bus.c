@@ -1808,6 +1808,30 @@ int bus_inject_send_name(bus *b, const char *name, size_t name_len, pid_t from,
     return bus_deliver(n->holder, &m);
 }
 
+unsigned bus_inject_gap(bus *b, const char *topic, size_t topic_len, uint64_t missed)
+{
+    bus_topic *t;
+    unsigned n = 0;
+
+    if (!b->topics || !(t = topic_get(b, topic, topic_len, 0)))
+        return 0;
+    for (bus_sub *s = t->subs; s; s = s->tnext) {
+        endpoint *e = s->ep;
+
+        if (!endpoint_reachable(e) || e->doom)
+            continue;
+        n++;
+        if (b->cfg.full_policy == BUS_FULL_KICK) {
+            b->counted.kicked_full++;
+            doom(e, "messages of its topic were missed on the way (bus bridge)", 0);
+        } else {
+            send_error(e, ENOSPC, topic, topic_len, "%llu messages of %.*s missed",
+                       (unsigned long long)missed, (int)topic_len, topic);
+        }
+    }
+    return n;
+}
+
 int bus_inject_error(bus *b, pid_t to, int code, const char *subject, size_t subject_len,
                      const char *text)
 {

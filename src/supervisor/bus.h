@@ -370,6 +370,15 @@ int bus_inject_send_name(bus *b, const char *name, size_t name_len, pid_t from,
 int bus_inject_error(bus *b, pid_t to, int code, const char *subject, size_t subject_len,
                      const char *text);
 
+/* Messages of a topic that never reached this bus (a bridge found a gap
+ * in what it read: trimmed before it was read, or lost on the way). Each
+ * local subscriber gets what it would get for a message lost here: under
+ * BUS_FULL_KICK it is disconnected, as for a full queue (counted in
+ * kicked_full); else it is told with an SF_MSG_ERROR (ENOSPC, the topic
+ * as its subject, "N messages of TOPIC missed"). Never a silent gap.
+ * Returns the subscribers it reached. */
+unsigned bus_inject_gap(bus *b, const char *topic, size_t topic_len, uint64_t missed);
+
 /* Kept messages, newest first (every topic's, in the order they were
  * kept), while their cost (overhead + topic + data bytes each) fits in
  * budget: what a bridge gives a peer that starts with no history. */

@@ -645,6 +645,11 @@ void bus_bridge_fini(bus_bridge *br)
     br->topics = NULL;
 }
 
+const bus_bridge_ops *bus_bridge_peer_ops(void)
+{
+    return &bridge_ops;
+}
+
 void bus_bridge_get_counts(const bus_bridge *br, bus_bridge_counts *out)
 {
     memset(out, 0, sizeof *out);

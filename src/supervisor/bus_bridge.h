@@ -104,6 +104,12 @@ void bus_bridge_stop(bus_bridge *br);
 /* Frees what init allocated (calls bus_bridge_stop). */
 void bus_bridge_fini(bus_bridge *br);
 
+/* The hooks a started bridge gives its bus. A bridge never started (a
+ * replica of one peer's state, fed with bus_bridge_input: bus_redis.c
+ * keeps one per other instance) answers the questions through them
+ * (name_held, members, topic_count, each_topic) with it as ctx. */
+const bus_bridge_ops *bus_bridge_peer_ops(void);
+
 /* Counts of the peer's state here, for tests and reports. */
 typedef struct bus_bridge_counts {
     unsigned procs, names, topics, subs, wills;

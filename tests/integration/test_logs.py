@@ -680,6 +680,10 @@ COVERED = {
     "previous_gone": "test_upgrade.py::test_upgrade_events_as_json_records",
     "upgrade_child_exited": "test_upgrade.py::test_upgrade_events_as_json_records",
     "bridge": "test_upgrade.py::test_a_second_upgrade_before_the_first_drained_moves_the_bridge",
+    "bus_redis_up": "test_bus_redis.py (every test waits for it)",
+    "bus_redis_down": "test_bus_redis.py::test_redis_connections_killed_mid_stream",
+    "bus_redis_peer_gone": "test_bus_redis.py::test_kill_9_of_an_instance",
+    "bus_redis_missed": "test_bus_redis.py::test_trimmed_past_the_cursor_gives_the_notice",
 }
 NOT_HERE = {
     # Failures that need a fault injected; their text lines are tested
@@ -690,6 +694,7 @@ NOT_HERE = {
     "signal", "spawner_exited", "spawner_failed", "spawner_lost", "worker_broke",
     "worker_retired", "worker_start_failed", "workers_dying", "workers_recovered",
     "stray_listener",
+    "bus_redis_error",  # Redis refusing a write of ours: none of the tests' makes it
     # DEBUG: the command logs up to INFO.
     "spawner_started", "worker_started",
 }

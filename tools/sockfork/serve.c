@@ -78,6 +78,17 @@ static const char serve_usage[] =
     "      --channel-full POLICY  when that queue is full: drop (the message, counted;\n"
     "                        the default) or kick (end the child)\n"
     "      --topic-history N messages kept per topic for late subscribers (default 20)\n"
+    "      --bus URL         bridge the bus to every instance sharing one Redis\n"
+    "                        (redis://HOST[:PORT][/DB] or unix:PATH[?db=N]): topics,\n"
+    "                        names, sends to a name, wills and broadcasts span them\n"
+    "      --bus-outbox SIZE bytes waiting for Redis while it is away (default 8M);\n"
+    "                        past it writes are dropped (members told of the gap)\n"
+    "      --bus-lease S     names' and the instance's lease in Redis (default 10s):\n"
+    "                        a dead instance's nicknames are free again after it\n"
+    "      --bus-stream-len N  entries kept per stream in Redis (default 1000)\n"
+    "      --bus-timeout S   Redis connect and command deadline (default 2s and 3s)\n"
+    "      --bus-ping S      PING Redis when idle, to notice a silent cut (default 1s)\n"
+    "      --bus-backoff-max S  longest wait between reconnects (default 5s)\n"
     "  -q, --quiet           no line per connection\n"
     "      --log-format FORMAT  text (the default) or json: one JSON object a line\n"
     "      --log-file PATH   append the log to PATH instead of stderr; reopened at\n"
@@ -99,6 +110,7 @@ static const char chat_usage[] =
     "\n"
     "options: as `sockfork serve` (listen, limits, --workers, --max-requests,\n"
     "--worker-idle, --grace, --upgrade-timeout, --control, --metrics, --channel-*,\n"
+    "--bus, --bus-*,\n"
     "-q, --log-format, --log-file; --channel-full is kick here: a member that\n"
     "cannot keep up is cut off, never left with a gap), and:\n"
     "      --history N       lines a joiner gets of the room's past (default 20)\n"
@@ -117,6 +129,8 @@ enum { OPT_RULES = 200, OPT_PROXY_FROM, OPT_PROXY_TIMEOUT, OPT_MAX_PER_IP = 256,
        OPT_WORKER_IDLE, OPT_GRACE, OPT_UPGRADE_TIMEOUT, OPT_BACKLOG, OPT_ECHO, OPT_CONTROL, OPT_NO_CONTROL,
        OPT_CHAN_MAX, OPT_CHAN_QUEUE, OPT_CHAN_FULL, OPT_TOPIC_HISTORY, OPT_METRICS,
        OPT_LOG_FORMAT, OPT_LOG_FILE,
+       OPT_BUS, OPT_BUS_OUTBOX, OPT_BUS_LEASE, OPT_BUS_STREAM_LEN, OPT_BUS_TIMEOUT, OPT_BUS_PING,
+       OPT_BUS_BACKOFF_MAX,
        /* chat only */
        OPT_HISTORY, OPT_LINE_MAX, OPT_FLOOD, OPT_CLIENT_BACKLOG };
 
@@ -147,6 +161,13 @@ static const struct option serve_options[] = {
     {"metrics", required_argument, NULL, OPT_METRICS},
     {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
     {"log-file", required_argument, NULL, OPT_LOG_FILE},
+    {"bus", required_argument, NULL, OPT_BUS},
+    {"bus-outbox", required_argument, NULL, OPT_BUS_OUTBOX},
+    {"bus-lease", required_argument, NULL, OPT_BUS_LEASE},
+    {"bus-stream-len", required_argument, NULL, OPT_BUS_STREAM_LEN},
+    {"bus-timeout", required_argument, NULL, OPT_BUS_TIMEOUT},
+    {"bus-ping", required_argument, NULL, OPT_BUS_PING},
+    {"bus-backoff-max", required_argument, NULL, OPT_BUS_BACKOFF_MAX},
     {"history", required_argument, NULL, OPT_HISTORY},
     {"line-max", required_argument, NULL, OPT_LINE_MAX},
     {"flood", required_argument, NULL, OPT_FLOOD},
@@ -291,6 +312,7 @@ typedef struct server_cmdline {
     const char *control;    /* --control PATH, or NULL: the default */
     int no_control, echo;
     int max_conns_given, worker_idle_given;
+    const char *bus_option; /* a --bus-* option given, for "needs --bus" */
     const char *last_optarg; /* the last option's value: "--" there is no end of options */
     sf_conn_cb handler;
     void *handler_arg;
@@ -663,6 +685,80 @@ static int set_topic_history(server_cmdline *cl, const char *v)
     return 0;
 }
 
+/* The bus across instances. */
+static int set_bus(server_cmdline *cl, const char *v)
+{
+    const char *why = "";
+
+    if (sf_bus_url_check(v, &why) < 0) {
+        cli_error("%s: --bus wants redis://HOST[:PORT][/DB] or unix:PATH[?db=N], not '%s': %s",
+                  cl->kind->name, v, why);
+        return -1;
+    }
+    cl->opts.bus_url = v;
+    return 0;
+}
+
+static int set_bus_outbox(server_cmdline *cl, const char *v)
+{
+    unsigned u;
+
+    cl->bus_option = "--bus-outbox";
+    if (cli_parse_size(v, 1u << 30, &u) < 0 || u < 64 * 1024) {
+        cli_error("%s: --bus-outbox wants a size from 64K to 1024M, not '%s'", cl->kind->name, v);
+        return -1;
+    }
+    cl->opts.bus_outbox = u;
+    return 0;
+}
+
+/* A duration from min to max: 0, or -1 after saying what is wrong. */
+static int bus_seconds(server_cmdline *cl, const char *opt, const char *v, double min, double max,
+                       double *out)
+{
+    cl->bus_option = opt;
+    if (cli_parse_seconds(v, out) < 0 || *out < min || *out > max) {
+        cli_error("%s: %s wants a duration from %g s to %g s, not '%s'", cl->kind->name, opt, min,
+                  max, v);
+        return -1;
+    }
+    return 0;
+}
+
+static int set_bus_lease(server_cmdline *cl, const char *v)
+{
+    return bus_seconds(cl, "--bus-lease", v, 0.3, 3600, &cl->opts.bus_lease_s);
+}
+
+static int set_bus_timeout(server_cmdline *cl, const char *v)
+{
+    return bus_seconds(cl, "--bus-timeout", v, 0.05, 600, &cl->opts.bus_timeout_s);
+}
+
+static int set_bus_ping(server_cmdline *cl, const char *v)
+{
+    return bus_seconds(cl, "--bus-ping", v, 0.05, 600, &cl->opts.bus_ping_s);
+}
+
+static int set_bus_backoff_max(server_cmdline *cl, const char *v)
+{
+    return bus_seconds(cl, "--bus-backoff-max", v, 0.1, 600, &cl->opts.bus_backoff_max_s);
+}
+
+static int set_bus_stream_len(server_cmdline *cl, const char *v)
+{
+    unsigned u;
+
+    cl->bus_option = "--bus-stream-len";
+    if (cli_parse_uint(v, 10000000, &u) < 0 || u < 10) {
+        cli_error("%s: --bus-stream-len wants a number from 10 to 10000000, not '%s'",
+                  cl->kind->name, v);
+        return -1;
+    }
+    cl->opts.bus_stream_len = u;
+    return 0;
+}
+
 /* chat's own options, read by chat.c. */
 static int set_history(server_cmdline *cl, const char *v)
 {
@@ -732,6 +828,13 @@ static const struct server_option {
     {OPT_METRICS, KIND_SERVE | KIND_CHAT, set_metrics},
     {OPT_LOG_FORMAT, KIND_SERVE | KIND_CHAT, set_log_format},
     {OPT_LOG_FILE, KIND_SERVE | KIND_CHAT, set_log_file},
+    {OPT_BUS, KIND_SERVE | KIND_CHAT, set_bus},
+    {OPT_BUS_OUTBOX, KIND_SERVE | KIND_CHAT, set_bus_outbox},
+    {OPT_BUS_LEASE, KIND_SERVE | KIND_CHAT, set_bus_lease},
+    {OPT_BUS_STREAM_LEN, KIND_SERVE | KIND_CHAT, set_bus_stream_len},
+    {OPT_BUS_TIMEOUT, KIND_SERVE | KIND_CHAT, set_bus_timeout},
+    {OPT_BUS_PING, KIND_SERVE | KIND_CHAT, set_bus_ping},
+    {OPT_BUS_BACKOFF_MAX, KIND_SERVE | KIND_CHAT, set_bus_backoff_max},
     {OPT_HISTORY, KIND_CHAT, set_history},
     {OPT_LINE_MAX, KIND_CHAT, set_line_max},
     {OPT_FLOOD, KIND_CHAT, set_flood},
@@ -906,6 +1009,10 @@ static int read_cmdline(server_cmdline *cl, int argc, char **argv)
     if (cl->kind->pick_handler(cl, argc, argv, optind) < 0 || check_channel_sizes(cl) < 0 ||
         check_prefork(cl, cl->max_conns_given) < 0)
         return -1;
+    if (cl->bus_option && !cl->opts.bus_url) {
+        cli_error("%s: %s needs --bus URL", cl->kind->name, cl->bus_option);
+        return -1;
+    }
     if (cl->nlisten == 0 && cl->nsystemd == 0)
         cl->listen_addrs[cl->nlisten++] = DEFAULT_LISTEN;
     return check_proxy(cl);
