@@ -787,6 +787,7 @@ typedef struct sf_task_report {
     const void *result;         /* the last result of the last attempt, or NULL: a */
     size_t result_len;          /*   command's is compact JSON text, a C task's bytes */
     int output_limited;         /* stopped (or cut) for writing more than output_max */
+    const char *host;           /* queue_role 1: the host that ran it; else NULL */
 } sf_task_report;
 
 /* What a running task is doing: filled by sf_pool_running into the
@@ -907,6 +908,25 @@ typedef struct sf_pool_opts {
      * jobs and the process's CPU, memory and start time. Its descriptors
      * are close-on-exec and never reach a task. */
     const char *metrics_addr;
+    /* task queue (issue 17) */
+    /* NULL, or a task queue in Redis: redis://HOST[:PORT]/[DB/]NAME or
+     * unix:PATH?name=NAME (docs/design.md, "Tasks over a Redis queue").
+     * queue_role 1: submit the tasks there instead of running them (a
+     * command's argv is built once, with slot 0) and report what workers
+     * wrote back (each task's captured output through on_output, then
+     * on_done, its host in the report); jobs is then how many tasks may be
+     * outstanding at once (queue_max if 0). queue_role 2: run tasks taken
+     * from there (`sockfork worker`): feed, on_output and capture_output
+     * are the queue's; timeout_s, kill_grace_s and output_max come from the
+     * queue; sf_pool_cancel gives the running tasks back. sf_pool_run then
+     * returns -ECONNREFUSED (or the connection's -errno) if Redis cannot be
+     * reached at all, -EEXIST if the queue holds another or a finished run. */
+    const char *queue_url;
+    int queue_role;               /* 0 none; 1 submit; 2 work */
+    double queue_lease_s;         /* submit: how long a worker may go silent
+                                     before its tasks go to another (default 30) */
+    const char *queue_host;       /* work: the host name its results carry
+                                     (NULL: gethostname) */
 } sf_pool_opts;
 
 /* Fills o with the defaults above. */

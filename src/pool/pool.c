@@ -114,7 +114,7 @@ int sf_pool_new(sf_pool **out, const sf_pool_opts *o)
         rc = -errno;
         goto fail;
     }
-    if ((rc = pool_metrics_open(p)) < 0)
+    if ((rc = pool_metrics_open(p)) < 0 || (rc = pool_queue_open(p)) < 0)
         goto fail;
     *out = p;
     return 0;
@@ -490,6 +490,8 @@ int sf_pool_run(sf_pool *p)
         return -EINVAL;
     if (p->running_loop)
         return -EBUSY;
+    if (p->queue && p->o.queue_role == 1)
+        return pool_queue_submit_run(p);
     if ((rc = pool_env_build(p)) < 0)
         return rc;
     proc_caught_signals(&p->caught_signals);
@@ -561,6 +563,8 @@ int sf_pool_run(sf_pool *p)
         pool_abort(p, pool_now());
     }
     feed_arm(p, 0);
+    if (p->queue && (gerr = pool_queue_work_end(p)) < 0 && rc == 0)
+        rc = gerr;
     if (p->spawn_fails)
         pool_spawn_episode_end(p);
     proc_guard_stop(&p->guard);
@@ -613,7 +617,9 @@ void sf_pool_free(sf_pool *p)
         free(t->arg);
         free(t);
     }
-    pool_metrics_close(p); /* its loop watches ep */
+    pool_queue_close(p);
+    pool_metrics_close(p);
+    pool_loop_close(p); /* it watches ep */
     if (p->ep >= 0)
         close(p->ep);
     if (p->cancel_fd >= 0)

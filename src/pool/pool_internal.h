@@ -192,6 +192,8 @@ struct sf_pool {
     ev_io pool_ready;            /* ep is readable */
     ev_timer pool_wait;          /* the run's wait is over */
 
+    struct pool_queue *queue;    /* queue_url: the task queue (queue.h); else NULL */
+
     os_sched_saved slice;        /* the loop's thread's slice while it runs */
     proc_guard guard;            /* ends the tasks' groups if we are killed */
 
@@ -274,13 +276,24 @@ void pool_abort(sf_pool *p, double now);
 /* Binds metrics_addr, if any, on a loop of the pool's own (after ep is
  * made): 0 or -errno. */
 int pool_metrics_open(sf_pool *p);
-/* Closes it (its Unix path removed) and its loop; nothing open is fine. */
+/* Closes it (its Unix path removed); nothing open is fine. */
 void pool_metrics_close(sf_pool *p);
+/* The private loop (metrics, the task queue): made once; closed last. */
+int pool_loop_open(sf_pool *p);
+void pool_loop_close(sf_pool *p);
 /* epoll_wait on ep for at most ms (-1: no limit), serving scrapes
  * meanwhile when metrics are on. */
 int pool_wait(sf_pool *p, struct epoll_event *evs, int max, int ms);
 /* The snapshot /metrics renders: a new reference, or NULL (no memory). */
 json_t *pool_stats_json(const sf_pool *p);
+
+/* queue.c, queue_work.c, queue_submit.c: the task queue in Redis
+ * (queue.h). Without queue_url, open does nothing and close is a no-op. */
+int pool_queue_open(sf_pool *p);
+void pool_queue_close(sf_pool *p);
+int pool_queue_submit_run(sf_pool *p);  /* sf_pool_run for queue_role 1 */
+/* After the loop, queue_role 2: writes what is left; 0, or the queue's -errno. */
+int pool_queue_work_end(sf_pool *p);
 
 /* worker.c: the worker's life, in the child; never returns. */
 void pool_worker_main(sf_pool *p, pool_task *first, unsigned slot, int last)

@@ -71,29 +71,44 @@ static json_t *snapshot(void *arg)
     return pool_stats_json(arg);
 }
 
-int pool_metrics_open(sf_pool *p)
+int pool_loop_open(sf_pool *p)
 {
-    if (!p->o.metrics_addr)
+    if (p->mloop)
         return 0;
     if (!(p->mloop = ev_loop_new(EVFLAG_AUTO)))
         return errno ? -errno : -ENOMEM;
     ev_io_init(&p->pool_ready, pool_ready_cb, p->ep, EV_READ);
     ev_timer_init(&p->pool_wait, pool_wait_over_cb, 0., 0.);
     ev_io_start(p->mloop, &p->pool_ready);
+    return 0;
+}
+
+void pool_loop_close(sf_pool *p)
+{
+    if (!p->mloop)
+        return;
+    ev_io_stop(p->mloop, &p->pool_ready);
+    ev_timer_stop(p->mloop, &p->pool_wait);
+    ev_loop_destroy(p->mloop);
+    p->mloop = NULL;
+}
+
+int pool_metrics_open(sf_pool *p)
+{
+    int rc;
+
+    if (!p->o.metrics_addr)
+        return 0;
+    if ((rc = pool_loop_open(p)) < 0)
+        return rc;
     return metrics_open(&p->metrics, p->mloop, p->o.metrics_addr, &metrics_pool_table, snapshot,
                         p);
 }
 
 void pool_metrics_close(sf_pool *p)
 {
-    if (!p->mloop)
-        return;
     metrics_close(p->metrics);
     p->metrics = NULL;
-    ev_io_stop(p->mloop, &p->pool_ready);
-    ev_timer_stop(p->mloop, &p->pool_wait);
-    ev_loop_destroy(p->mloop);
-    p->mloop = NULL;
 }
 
 int pool_wait(sf_pool *p, struct epoll_event *evs, int max, int ms)

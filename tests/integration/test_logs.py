@@ -684,6 +684,12 @@ COVERED = {
     "bus_redis_down": "test_bus_redis.py::test_redis_connections_killed_mid_stream",
     "bus_redis_peer_gone": "test_bus_redis.py::test_kill_9_of_an_instance",
     "bus_redis_missed": "test_bus_redis.py::test_trimmed_past_the_cursor_gives_the_notice",
+    "queue_down": "test_queue.py::test_unreachable_redis_one_line",
+    "queue_waiting": "test_queue.py::test_worker_waits_for_its_run",
+    "queue_bad_entry": "test_queue.py::test_an_entry_that_does_not_parse_is_dead_lettered",
+    "queue_dead": "test_queue.py::test_poison_task_dead_lettered",
+    "queue_duplicate": "test_queue.py::test_a_second_result_is_dropped",
+    "queue_lease_lost": "test_queue.py::test_a_worker_cut_off_past_its_lease_stops_its_copy",
 }
 NOT_HERE = {
     # Failures that need a fault injected; their text lines are tested

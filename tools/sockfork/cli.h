@@ -33,6 +33,7 @@ int cmd_serve(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_ctl(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+int cmd_worker(int argc, char **argv);
 
 /* Control sockets without --control (ctlpath.c). Each returns 0 or -errno. */
 #define CLI_CONTROL_PATH_MAX 300

@@ -18,6 +18,7 @@ static const char usage_text[] =
     "  chat      a chat server: one process per client, lines relayed by the bus\n"
     "  ctl       talk to a running server: list, send, broadcast, kick, stats\n"
     "  run       run a command for many arguments, in parallel (like GNU parallel)\n"
+    "  worker    run the tasks of a Redis queue that 'run --queue' fills\n"
     "\n"
     "options:\n"
     "  -h, --help     this text; 'sockfork COMMAND --help' for a command's\n"
@@ -168,6 +169,8 @@ int main(int argc, char **argv)
         return cmd_ctl(argc - 1, argv + 1);
     if (strcmp(argv[1], "run") == 0)
         return cmd_run(argc - 1, argv + 1);
+    if (strcmp(argv[1], "worker") == 0)
+        return cmd_worker(argc - 1, argv + 1);
     cli_error("unknown command '%s' (try 'sockfork --help')", argv[1]);
     return EXIT_USAGE;
 }

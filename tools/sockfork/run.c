@@ -30,6 +30,7 @@
 #define LINE_MAX_BYTES (128 * 1024) /* the kernel's limit on one argument */
 #define RETRY_ON_MAX 64
 #define MAX_OUTPUT_DEFAULT (1ULL << 30)
+#define MAX_OUTPUT_QUEUE (1ULL << 20) /* --queue: it travels through Redis */
 
 /* --help: this, a line per option of run_options (below), then the tail. */
 static const char run_usage_head[] =
@@ -78,6 +79,7 @@ typedef struct run_state {
     const char *arg_file, *results_path, *joblog_path;
     int shell, keep_order, line_buffer, tag, resume, resume_failed, quiet;
     int progress;                 /* -1: when stderr is a terminal */
+    int jobs_given;
     unsigned long long max_output; /* 0: the default, when output is grouped */
     sf_pool_opts po;
     int retry_codes[RETRY_ON_MAX], retry_signals[RETRY_ON_MAX];
@@ -828,6 +830,7 @@ static int opt_jobs(run_state *st, const char *v)
 {
     if (cli_parse_uint(v, 65536, &st->po.jobs) < 0 || st->po.jobs == 0)
         return usage_error("-j: '%s' is not a number of tasks from 1 to 65536", v);
+    st->jobs_given = 1;
     return 0;
 }
 
@@ -965,6 +968,24 @@ static int opt_metrics(run_state *st, const char *v)
     return 0;
 }
 
+/* The URL's syntax is the library's to check: sf_pool_new says -EINVAL. */
+static int opt_queue(run_state *st, const char *v)
+{
+    if (!*v)
+        return usage_error("%s", "--queue wants a URL: redis://HOST[:PORT]/[DB/]NAME");
+    st->po.queue_url = v;
+    st->po.queue_role = 1;
+    return 0;
+}
+
+static int opt_lease(run_state *st, const char *v)
+{
+    if (cli_parse_seconds(v, &st->po.queue_lease_s) < 0 || st->po.queue_lease_s < 0.1 ||
+        st->po.queue_lease_s > 86400)
+        return usage_error("--lease: '%s' is not a duration from 0.1s to 24h", v);
+    return 0;
+}
+
 static int opt_quiet(run_state *st, const char *v)
 {
     (void)v;
@@ -1036,6 +1057,13 @@ static const run_option run_options[] = {
      "serve Prometheus metrics over HTTP at ADDR (HOST:PORT,\n"
      "[V6]:PORT or unix:PATH) while the tasks run: GET\n"
      "/metrics, the task counts of the summary and more"},
+    {"queue", 0, OPT_VALUE, opt_queue, "URL",
+     "put the tasks in the Redis queue at URL\n"
+     "(redis://HOST[:PORT]/[DB/]NAME) for `sockfork worker`s\n"
+     "to run, and record what they report"},
+    {"lease", 0, OPT_VALUE, opt_lease, "D",
+     "with --queue: a worker silent this long loses its\n"
+     "tasks to another (default 30s)"},
     {"quiet", 'q', 0, opt_quiet, NULL, "no summary at the end"},
     {"log-format", 0, OPT_VALUE, opt_log_format, "FORMAT",
      "text (the default) or json: one JSON object a line"},
@@ -1232,6 +1260,16 @@ static int check_combinations(const run_state *st)
         return usage_error("%s", "--resume and --resume-failed need --joblog FILE");
     if (st->line_buffer && st->keep_order)
         return usage_error("%s", "--line-buffer and --keep-order together are not supported");
+    if (st->po.queue_lease_s > 0 && !st->po.queue_url)
+        return usage_error("%s", "--lease is for --queue");
+    if (st->po.queue_url && st->jobs_given)
+        return usage_error("%s", "--queue runs nothing here: start a `sockfork worker -j N` "
+                                 "instead of -j");
+    if (st->po.queue_url && st->po.metrics_addr)
+        return usage_error("%s", "--queue and --metrics together are not supported");
+    for (size_t i = 0; st->po.queue_url && i < st->ncmd; i++)
+        if (strstr(st->cmd[i], "{%}"))
+            return usage_error("%s", "{%} (the job slot) is the worker's: not with --queue");
     return 0;
 }
 
@@ -1488,6 +1526,8 @@ static int pool_start(run_state *st)
     /* Grouped output is held until the task ends: bounded by default.
      * --line-buffer holds at most a line, so only a limit asked for. */
     st->po.output_max = st->max_output ? st->max_output : st->line_buffer ? 0 : MAX_OUTPUT_DEFAULT;
+    if (st->po.queue_url && !st->max_output)
+        st->po.output_max = MAX_OUTPUT_QUEUE;
     st->po.feed = feed;
     st->po.on_start = on_start;
     st->po.on_output = on_output;
@@ -1506,6 +1546,11 @@ static int pool_start(run_state *st)
     if ((rc = sf_pool_new(&st->pool, &st->po)) < 0 && st->po.metrics_addr && rc != -ENOMEM &&
         rc != -EINVAL) {
         cli_error("run: cannot serve metrics on %s: %s", st->po.metrics_addr, strerror(-rc));
+        return -1;
+    }
+    if (rc == -EINVAL && st->po.queue_url) {
+        cli_error("run: --queue: '%s' is not a queue URL (redis://HOST[:PORT]/[DB/]NAME or "
+                  "unix:PATH?name=NAME)", st->po.queue_url);
         return -1;
     }
     if (rc < 0) {
@@ -1592,9 +1637,11 @@ static int run_pool(run_state *st)
     st->pool_running = 0;
     progress_clear(st);
     sf_pool_get_stats(st->pool, &s);
-    if (rc < 0)
+    /* A queue that cannot be used was said by the pool's log (queue_down):
+     * one line, no summary of a run that never began. */
+    if (rc < 0 && !st->po.queue_url)
         cli_error("run: the pool failed: %s", strerror(-rc));
-    if (!st->quiet)
+    if (!st->quiet && !(rc < 0 && st->po.queue_url))
         summary(st, &s, now_s() - st->t0);
     return exit_status(st, &s, rc);
 }

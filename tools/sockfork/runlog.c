@@ -277,8 +277,8 @@ int runlog_joblog_write(int fd, const runlog_entry *e)
 
     if (!f)
         return -ENOMEM;
-    fprintf(f, "%lu\t:\t%.3f\t%10.3f\t0\t%llu\t%d\t%d\t", e->seq, r->start_time, r->duration_s,
-            r->stdout_bytes, exitval, sig);
+    fprintf(f, "%lu\t%s\t%.3f\t%10.3f\t0\t%llu\t%d\t%d\t", e->seq, r->host ? r->host : ":",
+            r->start_time, r->duration_s, r->stdout_bytes, exitval, sig);
     for (size_t i = 0; r->argv && r->argv[i]; i++) {
         if (i)
             fputc(' ', f);
@@ -356,6 +356,8 @@ int runlog_results_write(int fd, const runlog_entry *e, off_t *at)
     json_object_set_new(o, "ok", json_boolean(r->state == SF_TASK_OK));
     json_object_set_new(o, "start_time", json_real(r->start_time));
     json_object_set_new(o, "slot", json_integer(r->slot));
+    if (r->host)
+        json_object_set_new(o, "host", json_text(r->host));
     if (r->spawn_error)
         json_object_set_new(o, "error", json_string(strerror(r->spawn_error)));
     if (r->killed)
