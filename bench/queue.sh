@@ -25,13 +25,16 @@
 # each input line the feeder's clock (epoch µs, $EPOCHREALTIME) when it
 # wrote the line, so the pool never has a backlog. From --results, per task:
 # start_time - that stamp, the time from the line being written to the
-# task's process starting. Local: the submitter reads the line and forks.
+# task's process starting (the first 5 tasks, start-up, left out). Local:
+# the submitter reads the line and forks.
 # Queue (one worker, loopback): the submitter reads it, XADDs it, the
 # worker's XREADGROUP returns it, the worker forks. The difference of the
-# two p50s is the dispatch latency the queue adds. The way back (the
-# worker's XADD of the result, the submitter's XREAD) is measured from the
-# queue's own streams: the result entry's id (ms, Redis's clock: the same
-# machine) minus the task's end (start_us + dur_us), p50, 1 ms resolution.
+# two p50s is the dispatch latency the queue adds. From the queue's own
+# streams, p50s of: the task's start (start_us) - its task entry's id (the
+# worker's part of that), and the result entry's id - the task's end
+# (start_us + dur_us: the way back, the worker's XADD of the result; the
+# submitter's XREAD of it is not in it). Ids are whole ms of the same
+# machine's clock: ±0.5 ms.
 #
 # Printed, and written to bench/results/queue.md with the raw lines. Every
 # process this starts is stopped at the end (trap), the namespaces deleted;
@@ -265,45 +268,64 @@ paced_input() {
 start_lag() {
     "$PY" - "$1" <<'EOF'
 import json, sys
-lags = []
+LAT_SKIP = 5
+tasks = []
 for line in open(sys.argv[1]):
     r = json.loads(line)
     cmd = r["command"]
     stamp = int((cmd if isinstance(cmd, str) else " ".join(cmd)).split()[-1])
-    lags.append(r["start_time"] * 1e6 - stamp)
-lags.sort()
+    tasks.append((stamp, r["start_time"] * 1e6 - stamp))
+# The first LAT_SKIP tasks in input order are left out: start-up (a worker
+# waiting for a queue that does not exist yet polls for it).
+tasks.sort()
+lags = sorted(lag for _, lag in tasks[LAT_SKIP:])
 pct = lambda p: lags[min(len(lags) - 1, int(p / 100 * len(lags)))]
 print("%.0f %.0f %d" % (pct(50), pct(99), len(lags)))
 EOF
 }
 
-# p50 (ms) of the result entry's id - the task's end, over queue $1's
-# results stream on the loopback redis-server.
-return_lag() {
-    redis-cli -p "$REDIS_PORT" --raw xrange "sfq:$1:results" - + | "$PY" -c '
+# From queue $1's streams on the loopback redis-server, p50 in ms of: the
+# task's start - its task entry's id (the worker's part of the way out), and
+# the result entry's id - the task's end (the way back). Entry ids are
+# Redis's clock in whole ms (the same machine's clock): each id is taken
+# as its ms + 0.5, so these are ±0.5 ms.
+stream_lags() {
+    redis-cli -p "$REDIS_PORT" --raw xrange "sfq:$1:tasks" - + >"$WORK/tasks.dump"
+    redis-cli -p "$REDIS_PORT" --raw xrange "sfq:$1:results" - + >"$WORK/results.dump"
+    "$PY" - "$WORK/tasks.dump" "$WORK/results.dump" <<'EOF'
 import re, sys
-# --raw: an entry id on a line, then field and value lines in turn (a
-# result of true(1) has no output, so no value spans lines).
+# --raw: an entry id on a line, then field and value lines in turn (true(1)
+# writes nothing, and argv's NULs do not end lines: no value spans lines).
 is_id = re.compile(r"^[0-9]{13}-[0-9]+$").match
-lines = sys.stdin.read().split("\n")
-lags, i = [], 0
-while i < len(lines):
-    if not is_id(lines[i]):
-        i += 1
+def entries(path):
+    lines = open(path, encoding="utf-8", errors="replace").read().split("\n")
+    out, i = [], 0
+    while i < len(lines):
+        if not is_id(lines[i]):
+            i += 1
+            continue
+        ms, f, i = int(lines[i].split("-")[0]) + 0.5, {}, i + 1
+        while i + 1 < len(lines) and not is_id(lines[i]):
+            f[lines[i]] = lines[i + 1]
+            i += 2
+        out.append((ms, f))
+    return out
+added = {f["seq"]: ms for ms, f in entries(sys.argv[1]) if f.get("attempt") == "1"}
+out, back = [], []
+for ms, f in entries(sys.argv[2]):
+    if "start_us" not in f:
         continue
-    ms, f, i = int(lines[i].split("-")[0]), {}, i + 1
-    while i + 1 < len(lines) and not is_id(lines[i]):
-        f[lines[i]] = lines[i + 1]
-        i += 2
-    if "start_us" in f and "dur_us" in f:
-        lags.append(ms - (int(f["start_us"]) + int(f["dur_us"])) / 1000)
-lags.sort()
-print("%.1f" % lags[len(lags) // 2] if lags else "")
-'
+    start = int(f["start_us"]) / 1000
+    back.append(ms - start - int(f["dur_us"]) / 1000)
+    if f["seq"] in added:
+        out.append(start - added[f["seq"]])
+med = lambda v: "%.1f" % sorted(v)[len(v) // 2] if v else "-"
+print(med(out), med(back))
+EOF
 }
 
 declare -A LAT       # LAT[mode]: "p50_us p99_us n"
-RETURN_MS=""
+STREAM_MS=""        # queue1's latency run: "worker_out_ms back_ms" (stream_lags)
 
 latency() {
     local mode name rc
@@ -318,7 +340,7 @@ latency() {
         paced_input | submit "$mode" "$name" --results "$WORK/lat-$mode.json" || rc=$?
         if [[ $mode != local ]]; then
             finish_workers
-            RETURN_MS=$(return_lag "$name")
+            STREAM_MS=$(stream_lags "$name")
             flush_redis "$mode"
         fi
         if ((rc != 0)); then
@@ -329,7 +351,7 @@ latency() {
         printf '%s latency: p50_us p99_us tasks = %s\n' "$mode" "${LAT[$mode]}" >>"$RAW"
         say "$mode: start - input p50/p99 µs, tasks: ${LAT[$mode]}"
     done
-    [[ -n $RETURN_MS ]] && printf 'queue1 return: result id - task end, p50 ms = %s\n' "$RETURN_MS" >>"$RAW"
+    [[ -n $STREAM_MS ]] && printf 'queue1 streams: p50 ms of start - task entry id, result entry id - end = %s\n' "$STREAM_MS" >>"$RAW"
     return 0
 }
 
@@ -377,8 +399,10 @@ verdict() {
     if [[ -n ${LAT[local]:-} && -n ${LAT[queue1]:-} ]]; then
         a=$(awk -v q="${LAT[queue1]%% *}" -v l="${LAT[local]%% *}" 'BEGIN { printf "%.2f", (q - l) / 1000 }')
         back=""
-        [[ -n $RETURN_MS ]] &&
-            back=", and $RETURN_MS ms on the way back (the end of the task to its result entry in Redis, 1 ms resolution)"
+        [[ -n $STREAM_MS ]] &&
+            back="; of those, ${STREAM_MS%% *} ms from the task entry in Redis to the start (the worker's part);
+and ${STREAM_MS##* } ms on the way back, from the end of the task to its result entry in Redis (both from the
+entry ids, in whole ms, so ±0.5 ms)"
         echo "Latency the queue adds to a task, p50: $a ms on the way out (input line to the start" \
             "of the task, queue minus local)$back."
     fi
