@@ -285,7 +285,9 @@ EOF
 }
 
 # From queue $1's streams on the loopback redis-server, p50 in ms of: the
-# task's start - its task entry's id (the worker's part of the way out), and
+# task entry's id - the input stamp in its argv (the submitter's part of
+# the way out, first 5 tasks left out), the task's start - its task
+# entry's id (the worker's part), and
 # the result entry's id - the task's end (the way back). Entry ids are
 # Redis's clock in whole ms (the same machine's clock): each id is taken
 # as its ms + 0.5, so these are ±0.5 ms.
@@ -310,7 +312,14 @@ def entries(path):
             i += 2
         out.append((ms, f))
     return out
-added = {f["seq"]: ms for ms, f in entries(sys.argv[1]) if f.get("attempt") == "1"}
+added, sub = {}, []
+for ms, f in entries(sys.argv[1]):
+    if f.get("attempt") == "1":
+        added[f["seq"]] = ms
+        # argv: its words, each followed by a NUL; the last is the stamp
+        stamp = re.findall(r"[0-9]{16}", f.get("argv", ""))
+        if stamp and int(f["seq"]) > 5:
+            sub.append(ms - int(stamp[-1]) / 1000)
 out, back = [], []
 for ms, f in entries(sys.argv[2]):
     if "start_us" not in f:
@@ -320,12 +329,12 @@ for ms, f in entries(sys.argv[2]):
     if f["seq"] in added:
         out.append(start - added[f["seq"]])
 med = lambda v: "%.1f" % sorted(v)[len(v) // 2] if v else "-"
-print(med(out), med(back))
+print(med(sub), med(out), med(back))
 EOF
 }
 
 declare -A LAT       # LAT[mode]: "p50_us p99_us n"
-STREAM_MS=""        # queue1's latency run: "worker_out_ms back_ms" (stream_lags)
+STREAM_MS=""        # queue1's latency run: "submitter_ms worker_ms back_ms" (stream_lags)
 
 latency() {
     local mode name rc
@@ -351,7 +360,7 @@ latency() {
         printf '%s latency: p50_us p99_us tasks = %s\n' "$mode" "${LAT[$mode]}" >>"$RAW"
         say "$mode: start - input p50/p99 µs, tasks: ${LAT[$mode]}"
     done
-    [[ -n $STREAM_MS ]] && printf 'queue1 streams: p50 ms of start - task entry id, result entry id - end = %s\n' "$STREAM_MS" >>"$RAW"
+    [[ -n $STREAM_MS ]] && printf 'queue1 streams: p50 ms of task entry id - input stamp, start - task entry id, result entry id - end = %s\n' "$STREAM_MS" >>"$RAW"
     return 0
 }
 
@@ -390,7 +399,7 @@ table() {
 }
 
 verdict() {
-    local r a back
+    local r a back m
     if [[ -n ${V[local]:-} && -n ${V[queue1]:-} ]]; then
         r=$(calc 'printf "%.2f", a / b' "$(median "${V[queue1]}")" "$(median "${V[local]}")")
         echo "Target (issue 17): queue with one worker / local tasks/s = $r, ≥ 0.5:" \
@@ -400,9 +409,10 @@ verdict() {
         a=$(awk -v q="${LAT[queue1]%% *}" -v l="${LAT[local]%% *}" 'BEGIN { printf "%.2f", (q - l) / 1000 }')
         back=""
         [[ -n $STREAM_MS ]] &&
-            back="; of those, ${STREAM_MS%% *} ms from the task entry in Redis to the start (the worker's part);
-and ${STREAM_MS##* } ms on the way back, from the end of the task to its result entry in Redis (both from the
-entry ids, in whole ms, so ±0.5 ms)"
+            read -r -a m <<<"$STREAM_MS" &&
+            back="; of those, ${m[0]} ms from the input line to the task entry in Redis (the submitter's part)
+and ${m[1]} ms from there to the start (the worker's part); ${m[2]} ms on the way back, from the end of the
+task to its result entry in Redis (all three from the entry ids, whole ms, so ±0.5 ms)"
         echo "Latency the queue adds to a task, p50: $a ms on the way out (input line to the start" \
             "of the task, queue minus local)$back."
     fi
