@@ -461,6 +461,7 @@ verdict() {
     elif [[ " $CHAT_SERVERS " == *" bus2 "* ]]; then
         echo "Target (issue 16, two instances) not checked: sockfork or bus2 has no results."
     fi
+    [[ " $CHAT_SERVERS " == *" redis "* ]] || return 0
     [[ -n ${V[sockfork]:-} && -n ${V[redis]:-} ]] || { echo "Target not checked: a server has no results."; return; }
     rr=$(calc 'printf "%.3f", a / b' "$(median "${V[sockfork]}" 1)" "$(median "${V[redis]}" 1)")
     p9=$(calc 'printf "%.3f", a / b' "$(median "${V[sockfork]}" 3)" "$(median "${V[redis]}" 3)")
