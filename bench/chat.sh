@@ -476,11 +476,11 @@ report() {
     cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
     echo "# sockfork chat vs redis pub/sub: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "Machine: $(nproc) CPUs ($cpu), Linux $(uname -r);" \
+    echo "Machine: $(nproc) CPUs ($cpu), Linux $(uname -r), $(uptime | sed "s/.*load average/load average/");" \
         "$("$SOCKFORK" --version 2>/dev/null || echo sockfork ?), $(redis-server --version 2>/dev/null | awk '{ print $1, $3 }' || echo redis ?)" \
         "(tree $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown))."
     echo "Run: CHAT_N=$CHAT_N CHAT_ROUNDS=$CHAT_ROUNDS CHAT_WARMUP=$CHAT_WARMUP" \
-        "CHAT_WINDOW=$CHAT_WINDOW CHAT_REPEATS=$CHAT_REPEATS bench/chat.sh"
+        "CHAT_WINDOW=$CHAT_WINDOW CHAT_REPEATS=$CHAT_REPEATS CHAT_SERVERS=\"$CHAT_SERVERS\" bench/chat.sh"
     echo
     echo "$CHAT_N clients in one room, every client sends one line per round, each line"
     echo "reaches the $((CHAT_N - 1)) others: $((CHAT_N * (CHAT_N - 1))) deliveries a round," \
