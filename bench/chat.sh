@@ -476,7 +476,7 @@ report() {
     cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
     echo "# sockfork chat vs redis pub/sub: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "Machine: $(nproc) CPUs ($cpu), Linux $(uname -r), $(uptime | sed "s/.*load average/load average/");" \
+    echo "Machine: $(nproc) CPUs ($cpu), Linux $(uname -r), load average ${LOAD_BEFORE:-?} before the runs, $(uptime | sed "s/.*load average: //") after;" \
         "$("$SOCKFORK" --version 2>/dev/null || echo sockfork ?), $(redis-server --version 2>/dev/null | awk '{ print $1, $3 }' || echo redis ?)" \
         "(tree $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown))."
     echo "Run: CHAT_N=$CHAT_N CHAT_ROUNDS=$CHAT_ROUNDS CHAT_WARMUP=$CHAT_WARMUP" \
@@ -534,6 +534,7 @@ build_bench bench/chatload
 raise_nofile
 : >"$RAW"
 : >"$WORK/chatload.err"
+LOAD_BEFORE=$(uptime | sed "s/.*load average: //") # the 1, 5 and 15 min loads
 declare -A SKIP
 for name in $CHAT_SERVERS; do
     why=$(unavailable "$name")

@@ -423,7 +423,7 @@ report() {
     cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
     echo "# sockfork run, local and over a Redis queue: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "Machine: $(nproc) CPUs ($cpu), Linux $(uname -r), load: $(uptime | sed 's/.*load average/load average/');" \
+    echo "Machine: $(nproc) CPUs ($cpu), Linux $(uname -r), load average ${LOAD_BEFORE:-?} before the runs, $(uptime | sed 's/.*load average: //') after;" \
         "$("$SOCKFORK" --version 2>/dev/null || echo sockfork ?), $(redis-server --version 2>/dev/null | awk '{ print $1, $3 }')" \
         "(tree $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown))."
     echo "Run: QUEUE_N=$QUEUE_N QUEUE_JOBS=$QUEUE_JOBS QUEUE_REPEATS=$QUEUE_REPEATS" \
@@ -445,6 +445,7 @@ report() {
 build_bench bench/chatload
 install_redis
 : >"$RAW"
+LOAD_BEFORE=$(uptime | sed "s/.*load average: //") # the 1, 5 and 15 min loads
 [[ " $QUEUE_MODES " == *" queue1 "* ]] && start_loopback_redis
 if [[ " $QUEUE_MODES " == *ns" "* ]]; then
     if ! start_namespaces; then
