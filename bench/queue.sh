@@ -15,7 +15,8 @@
 #             veths cost beside queue1's loopback
 #
 # TRUE is the absolute path of true(1); one argument per task, as in
-# bench/tasks.sh. Each run must exit 0 (every task succeeded), else the
+# bench/tasks.sh. The order of the modes rotates from one repeat to the
+# next. Each run must exit 0 (every task succeeded), else the
 # script stops with its stderr. Time: the submitter's (or the local run's)
 # wall clock from start to exit; the workers are up and waiting before it
 # starts and end by themselves when the run is over. A fresh queue name per
@@ -453,8 +454,12 @@ if [[ " $QUEUE_MODES " == *ns" "* ]]; then
         QUEUE_MODES=$(tr ' ' '\n' <<<"$QUEUE_MODES" | grep -v 'ns$' | tr '\n' ' ')
     fi
 fi
+read -r -a MODES <<<"$QUEUE_MODES"
 for ((rep = 1; rep <= QUEUE_REPEATS; rep++)); do
-    for mode in $QUEUE_MODES; do
+    # The order rotated from one repeat to the next: no mode always
+    # follows the same one.
+    for ((k = 0; k < ${#MODES[@]}; k++)); do
+        mode=${MODES[(k + rep - 1) % ${#MODES[@]}]}
         say "$mode, run $rep of $QUEUE_REPEATS"
         run_one "$mode" "$rep"
     done
