@@ -127,8 +127,9 @@ start_namespaces() {
     # reachable only from the namespaces' own bridge.
     netns_exec redis redis-server --bind "$addr" --port 6379 --protected-mode no \
         "${REDIS_ARGS[@]}" --dir "$WORK" \
-        --logfile "$WORK/redis-ns.log" >/dev/null &
-    disown "$!" # netns_teardown ends it; no "Killed" notice from this shell
+        --logfile "$WORK/redis-ns.log" >/dev/null 2>&1 &
+    # (a function in the background: $! is a subshell around `ip netns
+    # exec`, whose stderr would get a "Killed" when netns_teardown ends it)
     NS_REDIS=$addr:6379
     for ((i = 0; i < 100; i++)); do
         netns_exec sub timeout 2 redis-cli -h "$addr" -p 6379 ping 2>/dev/null | grep -q PONG && return 0
@@ -229,9 +230,18 @@ submit() {
     return "$rc"
 }
 
+# "HOST=N ..." of queue $2's results stream (mode $1): which worker ran
+# how many tasks (field and value lines alternate in --raw).
+per_host() {
+    local cli=(redis-cli -p "$REDIS_PORT")
+    [[ $1 == queue*ns ]] && cli=(netns_exec sub redis-cli -h "${NS_REDIS%:*}" -p 6379)
+    "${cli[@]}" --raw xrange "sfq:$2:results" - + |
+        awk 'prev == "host" { n[$0]++ } { prev = $0 } END { for (h in n) printf "%s=%d ", h, n[h] }'
+}
+
 # One throughput run of mode $1 (repeat $2).
 run_one() {
-    local mode=$1 rep=$2 name t0 t1 rc=0 rate
+    local mode=$1 rep=$2 name t0 t1 rc=0 rate hosts=""
     RUNS=$((RUNS + 1))
     name=bench$$-$RUNS
     [[ $mode == local ]] || start_workers "$mode" "$(queue_url "$mode" "$name")"
@@ -240,6 +250,7 @@ run_one() {
     t1=$EPOCHREALTIME
     if [[ $mode != local ]]; then
         finish_workers
+        hosts=$(per_host "$mode" "$name")
         flush_redis "$mode"
     fi
     if ((rc != 0)); then
@@ -247,8 +258,8 @@ run_one() {
         die "$mode, run $rep: exit status $rc"
     fi
     rate=$(awk -v n="$QUEUE_N" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", n / (b - a) }')
-    printf '%s run=%d tasks=%d secs=%.3f tasks_per_s=%s\n' "$mode" "$rep" "$QUEUE_N" \
-        "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" "$rate" >>"$RAW"
+    printf '%s run=%d tasks=%d secs=%.3f tasks_per_s=%s %s\n' "$mode" "$rep" "$QUEUE_N" \
+        "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" "$rate" "${hosts:+tasks by host: $hosts}" >>"$RAW"
     printf '   %-8s run %d: %s tasks/s\n' "$mode" "$rep" "$rate" >&2
     V[$mode]+="$rate"$'\n'
 }
