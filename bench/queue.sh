@@ -73,6 +73,8 @@ WORK=$(mktemp -d /tmp/sockfork-queue.XXXXXX)
 REDIS_PID=""                     # the loopback redis-server
 REDIS_PORT=""
 WORKER_PIDS=()                   # workers of the run under way
+SUBMIT_PID=""                    # the run under way (submit)
+FEED_PID=""                      # the latency runs' paced input
 NS_UP=0
 NS_REDIS=""                      # the namespaced redis-server's address:port
 
@@ -83,7 +85,9 @@ source "$ROOT/bench/netns.sh"
 
 cleanup() {
     local pid
-    for pid in "${WORKER_PIDS[@]}"; do
+    # The workers first: stopped, they give their tasks back, and a
+    # submitter stopped after them finds nothing held and ends at once.
+    for pid in $FEED_PID "${WORKER_PIDS[@]}" $SUBMIT_PID; do
         stop_tree "$pid"
     done
     [[ -n $REDIS_PID ]] && stop_tree "$REDIS_PID"
@@ -210,23 +214,29 @@ queue_url() {
     esac
 }
 
-# Input lines $1 on stdin to `sockfork run` for mode $2 (queue name $3),
-# extra options after; stdout to /dev/null, stderr to $WORK/$2.err.
-# Returns its exit status.
+# `sockfork run` for mode $1 (queue name $2) reading the file $3, extra
+# options after; stdout to /dev/null, stderr to $WORK/$1.err. Returns its
+# exit status. It runs in the background and is waited for, so that a
+# signal to this script runs the trap at once (bash would run it only once
+# a foreground command ended; `timeout` puts itself in a process group of
+# its own, which a ^C does not reach); SUBMIT_PID is for the trap.
 submit() {
-    local mode=$1 name=$2 rc=0
-    shift 2
+    local mode=$1 name=$2 input=$3 rc=0
+    shift 3
     case $mode in
     local)
         timeout -k 5 "$RUN_SECS" "$SOCKFORK" run -j "$QUEUE_JOBS" -q "$@" "$TRUE" \
-            >/dev/null 2>"$WORK/$mode.err" || rc=$? ;;
+            <"$input" >/dev/null 2>"$WORK/$mode.err" & ;;
     queue1)
         timeout -k 5 "$RUN_SECS" "$SOCKFORK" run --queue "$(queue_url "$mode" "$name")" -q "$@" "$TRUE" \
-            >/dev/null 2>"$WORK/$mode.err" || rc=$? ;;
+            <"$input" >/dev/null 2>"$WORK/$mode.err" & ;;
     queue*ns)
         netns_exec sub timeout -k 5 "$RUN_SECS" "$SOCKFORK" run --queue "$(queue_url "$mode" "$name")" \
-            -q "$@" "$TRUE" >/dev/null 2>"$WORK/$mode.err" || rc=$? ;;
+            -q "$@" "$TRUE" <"$input" >/dev/null 2>"$WORK/$mode.err" & ;;
     esac
+    SUBMIT_PID=$!
+    wait "$SUBMIT_PID" || rc=$?
+    SUBMIT_PID=""
     return "$rc"
 }
 
@@ -246,7 +256,7 @@ run_one() {
     name=bench$$-$RUNS
     [[ $mode == local ]] || start_workers "$mode" "$(queue_url "$mode" "$name")"
     t0=$EPOCHREALTIME
-    seq "$QUEUE_N" | submit "$mode" "$name" || rc=$?
+    submit "$mode" "$name" "$WORK/input" || rc=$?
     t1=$EPOCHREALTIME
     if [[ $mode != local ]]; then
         finish_workers
@@ -358,7 +368,13 @@ latency() {
         say "$mode: latency, $QUEUE_LAT_N tasks one every $QUEUE_LAT_GAP_MS ms"
         [[ $mode == local ]] || start_workers "$mode" "$(queue_url "$mode" "$name")"
         rc=0
-        paced_input | submit "$mode" "$name" --results "$WORK/lat-$mode.json" || rc=$?
+        rm -f "$WORK/paced"
+        mkfifo "$WORK/paced"
+        paced_input >"$WORK/paced" &
+        FEED_PID=$!
+        submit "$mode" "$name" "$WORK/paced" --results "$WORK/lat-$mode.json" || rc=$?
+        wait "$FEED_PID" 2>/dev/null || true
+        FEED_PID=""
         if [[ $mode != local ]]; then
             finish_workers
             STREAM_MS=$(stream_lags "$name")
@@ -457,6 +473,7 @@ report() {
 build_bench bench/chatload
 install_redis
 : >"$RAW"
+seq "$QUEUE_N" >"$WORK/input"
 LOAD_BEFORE=$(uptime | sed "s/.*load average: //") # the 1, 5 and 15 min loads
 [[ " $QUEUE_MODES " == *" queue1 "* ]] && start_loopback_redis
 if [[ " $QUEUE_MODES " == *ns" "* ]]; then
