@@ -98,6 +98,7 @@ $(FUZZ_BUILD)/fuzz_http: fuzz/fuzz_http.c src/server/http.c src/server/http.h
 $(FUZZ_BUILD)/fuzz_rcodec: fuzz/fuzz_rcodec.c src/supervisor/bus_rcodec.c src/supervisor/bus_rcodec.h src/supervisor/bus_dedup.c src/supervisor/bus_dedup.h
 	mkdir -p $(FUZZ_BUILD)
 	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_rcodec.c src/supervisor/bus_rcodec.c src/supervisor/bus_dedup.c
+
 $(FUZZ_BUILD)/fuzz_queue: fuzz/fuzz_queue.c src/pool/queue_codec.c src/pool/queue_codec.h
 	mkdir -p $(FUZZ_BUILD)
 	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_queue.c src/pool/queue_codec.c
@@ -106,7 +107,7 @@ $(FUZZ_BUILD)/fuzz_rreply: fuzz/fuzz_rreply.c src/redis/rreply.c src/redis/rrepl
 	mkdir -p $(FUZZ_BUILD)
 	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_rreply.c src/redis/rreply.c -lhiredis
 
-FUZZ_TARGETS = addr frame jsonl bus runargs rules proxy http rreply rcodec queue
+FUZZ_TARGETS = addr frame jsonl bus runargs rules proxy http rreply queue rcodec
 
 # libFuzzer's statistics go to $(FUZZ_BUILD)/fuzz_T.log: one line per target
 # here, the log's tail when a target fails, and a total that ./dev reads.

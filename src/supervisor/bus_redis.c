@@ -111,6 +111,7 @@ struct bus_redis {
     double probe_at;        /* ev_now when Redis said it had it */
     bus_redis_stats st;
     int closing;
+    int up_said;            /* bus_redis_up logged (once) */
 };
 
 static double now_ms(void)
@@ -347,8 +348,7 @@ static void state_event(bus_redis *r, rc_entry *e, const char *field, size_t fie
         rc_entry v = *e;
         long n;
 
-        v.seq = 0;
-        v.flags = 0;
+        v.flags = 0; /* the value is the event itself, its seq kept (never 0) */
         if (rc_encoded_len(&v) > sizeof buf && !(p = malloc(rc_encoded_len(&v))))
             return;
         n = rc_encode(&v, p, rc_encoded_len(&v));
@@ -515,6 +515,8 @@ static void replica_feed(bus_redis *r, const rc_entry *e)
 static void read_more(bus_redis *r);
 
 static void start_topic(bus_redis *r, rtop *t);
+
+static void say_up(bus_redis *r);
 
 /* One entry read from a stream (key): dropped if ours or seen, else acted
  * on. */
@@ -794,6 +796,7 @@ static void start_reply(rconn *c, struct redisReply *reply, void *priv)
     for (size_t j = live; j-- > 0;)
         start_entry_in(r, t, reply->element[j]->element[1], 1);
     t->reading = 1;
+    say_up(r);
     /* The XREAD in flight does not read it: cut it short, so the new set is
      * read at once rather than after the block (up to 1 s). */
     if (r->reading && r->rd_id > 0) {
@@ -851,6 +854,21 @@ static void start_topics(bus_redis *r)
             bus_bridge_peer_ops()->each_topic(&r->peers[i].replica, "", 0, topic_seen, r);
 }
 
+/* Said once the others' state is read and every topic known then is read
+ * (its history here): from then on a local joiner sees what one bus would. */
+static void say_up(bus_redis *r)
+{
+    if (r->up_said || r->snapshot != 2)
+        return;
+    for (unsigned i = 0; i < r->ntops; i++)
+        if (r->tops[i].starting)
+            return;
+    r->up_said = 1;
+    sf_logn(r->log, SF_LOG_INFO, "bus_redis_up",
+            "bus bridge: on Redis at %s as instance %s, %u other instances", r->where.text,
+            r->idhex, r->st.peers);
+}
+
 /* ------------------------------------------------------------ snapshot */
 
 /* The others' state hashes: sf:i's members, each one's HGETALL into its
@@ -865,11 +883,9 @@ static void snapshot_done(bus_redis *r)
     if (r->snap_pending || r->snapshot != 1)
         return;
     r->snapshot = 2;
-    sf_logn(r->log, SF_LOG_INFO, "bus_redis_up",
-            "bus bridge: on Redis at %s as instance %s, %u other instances", r->where.text,
-            r->idhex, r->st.peers);
     start_topics(r);
     read_more(r);
+    say_up(r);
 }
 
 static void hgetall_reply(rconn *c, struct redisReply *reply, void *priv)

@@ -160,8 +160,10 @@ def test_bus_options_usage_errors_exit_2():
 
 # ------------------------------------------------------------ behaviour
 
-def test_room_spans_two_instances(sockfork, tmp_path, redis):
-    a, b = pair(sockfork, tmp_path, redis, "--history", "0", *NO_FLOOD)
+@pytest.mark.parametrize("mode", ["fork", "prefork"])
+def test_room_spans_two_instances(sockfork, tmp_path, redis, mode):
+    extra = ("--workers", "2") if mode == "prefork" else ()
+    a, b = pair(sockfork, tmp_path, redis, "--history", "0", *extra, *NO_FLOOD)
     alice, bob = login_across(a, b)
     bob.send("hello from B")
     alice.expect("<bob> hello from B")
@@ -439,3 +441,63 @@ def test_children_do_not_get_the_redis_sockets(sockfork, tmp_path, redis):
         assert time.monotonic() < deadline, "the spawner was not started again"
         time.sleep(0.05)  # a bounded poll of a counter
     check_only_stdio(parse_fds(recv_until_eof(srv.connect())), srv)
+
+
+def test_an_upgrade_on_the_bus_needs_no_link(sockfork, tmp_path, redis):
+    """`ctl upgrade` of an instance on the bus: the new generation is one more
+    instance on Redis, so the two generations' members see each other with
+    no link between them (none is opened, nothing said of it), and the old
+    generation's members who leave are seen leaving once."""
+    from test_upgrade import stop_generation, upgrade
+    a = instance(sockfork, tmp_path, redis, "a", "--history", "0", "--grace", "60", *NO_FLOOD)
+    alice = Chat(a, "alice")
+    old_instance = a.instance
+    new = upgrade(a.ctl_path)
+    _, m = a.log.wait_one(BRIDGE_UP_RE, start=a.log.find(BRIDGE_UP_RE)[0][0] + 1,
+                          timeout=LONG_WAIT)
+    assert m.group(1) != old_instance
+    carol = Chat(a)
+    carol.welcome()
+    carol.send("alice")
+    carol.expect(TAKEN % "alice")
+    carol.login("carol")
+    alice.expect("*** carol has joined lobby")
+    carol.send("hi alice")
+    alice.expect("<carol> hi alice")
+    alice.send("hi carol")
+    carol.expect("<alice> hi carol")
+    alice.send("/quit")
+    assert alice.lines_to_eof() == ["*** Bye."]
+    carol.expect("*** alice has quit")
+    assert a.wait_exit(LONG_WAIT) == 0
+    broadcast(a, "after")  # the new generation's control socket, same path
+    assert carol.until("*** NOTICE: after") == ["*** NOTICE: after"]
+    assert not a.log.find(r"upgrade: cannot bridge"), a.log.find(r"upgrade: cannot bridge")
+    a.clients = [carol.sock]
+    stop_generation(a, new)
+
+
+def test_a_late_instance_reads_the_others_state_and_history(sockfork, tmp_path, redis):
+    """B started after alice joined and talked on A: it reads A's state from
+    Redis (alice's nick and membership) and the room's history from its
+    stream, older than anything of its own."""
+    a = instance(sockfork, tmp_path, redis, "a", "--history", "5", *NO_FLOOD)
+    alice = Chat(a, "alice")
+    for i in range(2):
+        alice.send("early %d" % i)
+    alice.send("/who")
+    alice.expect("*** in lobby (1): alice")
+    wait_stat(a, lambda s: s["outbox_bytes"] == 0, "A wrote it all")
+    b = instance(sockfork, tmp_path, redis, "b", "--history", "5", *NO_FLOOD)
+    assert stats(b)["bus_redis"]["instances"] == 1
+    imposter = Chat(b)
+    imposter.welcome()
+    imposter.send("alice")
+    imposter.expect(TAKEN % "alice")
+    imposter.send("bob")
+    imposter.expect(HELLO % "bob", "[history] *** alice has joined lobby",
+                    "[history] <alice> early 0", "[history] <alice> early 1")
+    alice.expect("*** bob has joined lobby")
+    imposter.send("/who")
+    got = imposter.line()
+    assert got in ("*** in lobby (2): alice, bob", "*** in lobby (2): bob, alice"), got

@@ -281,6 +281,8 @@ def test_unreachable_redis_one_line(tmp_path):
     (["worker"], 2, "URL is missing"),
     (["worker", "redis://h:99999/x"], 2, "not a queue URL"),
     (["worker", "-j", "0", "redis://h/x"], 2, "-j"),
+    (["worker", "redis://h/x", "-j", "0"], 2, "-j"),   # options after the URL are read
+    (["worker", "redis://h/x", "redis://h/y"], 2, "one URL only"),
 ])
 def test_bad_usage(args, status, says):
     r = subprocess.run([BIN] + args, capture_output=True, text=True, timeout=WAIT,

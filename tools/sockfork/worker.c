@@ -73,7 +73,9 @@ static int parse(int argc, char **argv, sf_pool_opts *o)
 
     opterr = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "+j:h", longs, NULL)) != -1) {
+    /* No program follows the URL, so options may come after it too
+     * (`sockfork worker URL -j 4`): getopt permutes. */
+    while ((c = getopt_long(argc, argv, "j:h", longs, NULL)) != -1) {
         switch (c) {
         case 'j':
             if (cli_parse_uint(optarg, 65536, &o->jobs) < 0 || o->jobs == 0)
