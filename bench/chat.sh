@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # bench/chat.sh - fan-out in one room: `sockfork chat` against redis pub/sub
-# (issue 4), both driven by build/bench/chatload with the same client code:
+# (issue 4), and two `sockfork chat` instances bridged over one Redis (issue
+# 16), all driven by build/bench/chatload with the same client code:
 #
 #   sockfork  sockfork chat -q -l 127.0.0.1:PORT --no-control -c 1000
 #                 --flood 100000/100000 --history 0
 #             (the flood limit, 10 lines/s with bursts of 20 by default,
 #             would drop the benchmark's lines; no history replays on join)
+#   bus2      redis-server as below, and two instances with the same flags
+#             plus --bus redis://127.0.0.1:RPORT, each on its own port; the
+#             clients split 50/50 (chatload -a A -a B: even clients on A,
+#             odd on B). Besides the rate and latency of all deliveries,
+#             chatload gives p50 of the deliveries whose sender is on the
+#             receiver's instance and of those whose sender is on the
+#             other: their difference is the latency the bridge adds.
+#   bus1      (not run by default) one instance with --bus, all its
+#             clients on it: the bridge's cost without a second instance
 #   redis     redis-server --bind 127.0.0.1 --port PORT --save '' --appendonly no
 #
 # CHAT_N clients in one room; in each round every client sends one line and
@@ -30,7 +40,7 @@
 #   CHAT_WARMUP=5      rounds before those, not measured
 #   CHAT_WINDOW=1      rounds in flight at once (1: lock-step)
 #   CHAT_REPEATS=3     runs of each server, alternating
-#   CHAT_SERVERS="sockfork redis"
+#   CHAT_SERVERS="sockfork bus2 redis"
 #   CHAT_PERF=0        1: one more sockfork run under `perf record -e cpu-clock
 #                      -g -a`; the profile summary goes to bench/results/chat-perf.txt
 #   CHAT_COUNTS=0      1: counts per round for each server, which the load of a
@@ -51,7 +61,7 @@ CHAT_ROUNDS=${CHAT_ROUNDS:-200}
 CHAT_WARMUP=${CHAT_WARMUP:-5}
 CHAT_WINDOW=${CHAT_WINDOW:-1}
 CHAT_REPEATS=${CHAT_REPEATS:-3}
-CHAT_SERVERS=${CHAT_SERVERS:-sockfork redis}
+CHAT_SERVERS=${CHAT_SERVERS:-sockfork bus2 redis}
 CHAT_PERF=${CHAT_PERF:-0}
 CHAT_COUNTS=${CHAT_COUNTS:-0}
 SOCKFORK=${SOCKFORK:-$BUILD/sockfork}
@@ -62,12 +72,15 @@ RUN_SECS=120        # chatload -d: all the rounds of one run
 
 WORK=$(mktemp -d /tmp/sockfork-chat.XXXXXX)
 SERVER_PID=""       # the server running now, for the exit trap
+BUS_PIDS=()         # bus1/bus2: the other instance, then the redis-server
+ADDR_ARGS=()        # chatload's -a options for the server running now
 
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 
 cleanup() {
     [[ -n $SERVER_PID ]] && stop_tree "$SERVER_PID"
+    stop_bus_pids
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -102,18 +115,65 @@ unavailable() {
     case $1 in
     sockfork) "$SOCKFORK" --version >/dev/null 2>&1 || echo "$SOCKFORK does not run" ;;
     redis) command -v redis-server >/dev/null || echo "redis-server not installed" ;;
+    bus1 | bus2) unavailable sockfork; unavailable redis ;;
     *) echo "unknown server" ;;
     esac
 }
 
-# Starts server $1 on 127.0.0.1:$2 (log $3), sets SERVER_PID, waits until
-# it accepts.
+# Stops what BUS_PIDS holds, the instances before their redis-server.
+stop_bus_pids() {
+    local pid
+    for pid in "${BUS_PIDS[@]}"; do
+        stop_tree "$pid"
+    done
+    BUS_PIDS=()
+}
+
+# A `sockfork chat` instance with the benchmark's flags and then "$@".
+start_chat() {
+    local port=$1 log=$2
+    shift 2
+    "$SOCKFORK" chat -q -l "127.0.0.1:$port" --no-control -c 1000 \
+        --flood 100000/100000 --history 0 "$@" 2>"$log" &
+}
+
+# bus1/bus2: a redis-server on a free port, then one or two instances
+# bridged over it (the first on $2, its pid in SERVER_PID; the second and
+# the redis-server in BUS_PIDS), each waited for. ADDR_ARGS gets their -a.
+start_bus() {
+    local name=$1 port=$2 log=$3 rport port2
+    rport=$("$CHATLOAD" freeport)
+    redis-server --bind 127.0.0.1 --port "$rport" --save '' --appendonly no \
+        --daemonize no --dir "$WORK" --logfile "$log.redis" >/dev/null &
+    BUS_PIDS=("$!")
+    if ! "$CHATLOAD" probe -a "127.0.0.1:$rport" -d 10; then
+        say "$name: its redis-server did not come up"
+        stop_bus_pids
+        return 1
+    fi
+    if [[ $name == bus2 ]]; then
+        port2=$("$CHATLOAD" freeport)
+        start_chat "$port2" "$log.2" --bus "redis://127.0.0.1:$rport"
+        BUS_PIDS=("$!" "${BUS_PIDS[@]}")
+        ADDR_ARGS+=(-a "127.0.0.1:$port2")
+        if ! "$CHATLOAD" probe -a "127.0.0.1:$port2" -d 10 || ! alive "${BUS_PIDS[0]}"; then
+            say "$name: its second instance did not come up; its log:"
+            cat "$log.2" >&2 || true
+            stop_bus_pids
+            return 1
+        fi
+    fi
+    start_chat "$port" "$log" --bus "redis://127.0.0.1:$rport"
+}
+
+# Starts server $1 on 127.0.0.1:$2 (log $3), sets SERVER_PID (and, for
+# bus1/bus2, BUS_PIDS), and ADDR_ARGS; waits until it accepts.
 start_server() {
     local name=$1 port=$2 log=$3
+    ADDR_ARGS=(-a "127.0.0.1:$port")
     case $name in
-    sockfork)
-        "$SOCKFORK" chat -q -l "127.0.0.1:$port" --no-control -c 1000 \
-            --flood 100000/100000 --history 0 2>"$log" & ;;
+    sockfork) start_chat "$port" "$log" ;;
+    bus1 | bus2) start_bus "$name" "$port" "$log" || return 1 ;;
     redis)
         redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
             --daemonize no --dir "$WORK" --logfile "$log" >/dev/null & ;;
@@ -124,6 +184,7 @@ start_server() {
         cat "$log" >&2 || true
         stop_tree "$SERVER_PID"
         SERVER_PID=""
+        stop_bus_pids
         return 1
     fi
 }
@@ -133,48 +194,59 @@ start_server() {
 # Value of key $2 in the key=value line $1.
 field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -n1; }
 
-declare -A V          # V[server]: "rate p50 p99" of each run, one a line
+declare -A V          # V[server]: "rate p50 p99 [p50_same p50_cross]" of each run, one a line
 declare -A NOTE       # NOTE[server]: what went wrong, if anything
 RAW=$WORK/raw.txt
 
 note() { NOTE[$1]="${NOTE[$1]:-}$2; "; say "$1: $2"; }
 
+# The clients are gone: server $1 (pid $2) must still be up once its
+# children have exited (a crash here is a finding, not a benchmark error).
+# Stops it.
+check_stop() {
+    local name=$1 pid=$2 rep=$3 st i
+    for ((i = 0; i < 30; i++)); do
+        (($(tree_pids "$pid" | wc -l) <= 2)) && break
+        alive "$pid" || break
+        sleep 0.1
+    done
+    if ! alive "$pid"; then
+        st=0
+        wait "$pid" 2>/dev/null || st=$?
+        note "$name" "run $rep: the server (pid $pid) died (exit status $st) after the clients disconnected"
+    fi
+    stop_tree "$pid" # or its children, if any are left
+}
+
 # One run of server $1 (repeat $2): a fresh server, chatload, the server
 # stopped. Returns 1 if it could not be run at all.
 run_one() {
-    local name=$1 rep=$2 port log line st i mode
+    local name=$1 rep=$2 port log line mode f
     port=$("$CHATLOAD" freeport)
     log=$WORK/$name-$rep.log
     start_server "$name" "$port" "$log" || { note "$name" "run $rep: did not start"; return 1; }
-    mode=$([[ $name == sockfork ]] && echo chat || echo redis)
-    if line=$("$CHATLOAD" "$mode" -a "127.0.0.1:$port" -n "$CHAT_N" -r "$CHAT_ROUNDS" \
+    mode=$([[ $name == redis ]] && echo redis || echo chat)
+    if line=$("$CHATLOAD" "$mode" "${ADDR_ARGS[@]}" -n "$CHAT_N" -r "$CHAT_ROUNDS" \
         -w "$CHAT_WINDOW" --warmup "$CHAT_WARMUP" -T "$STALL_MS" -d "$RUN_SECS" \
         2>>"$WORK/chatload.err"); then
         printf '%s %s\n' "$name" "$line" >>"$RAW"
         printf '   %-8s run %d: %s\n' "$name" "$rep" "$line" >&2
-        V[$name]+="$(field "$line" deliveries_per_s) $(field "$line" p50_us) $(field "$line" p99_us)"$'\n'
+        V[$name]+="$(field "$line" deliveries_per_s) $(field "$line" p50_us) $(field "$line" p99_us)"
+        [[ $name == bus2 ]] && V[$name]+=" $(field "$line" p50_same_us) $(field "$line" p50_cross_us)"
+        V[$name]+=$'\n'
     else
         note "$name" "run $rep: chatload failed: $(tail -n 1 "$WORK/chatload.err")"
     fi
-    # The clients are gone: the server must still be up once its children
-    # have exited (a crash here is a finding, not a benchmark error).
-    for ((i = 0; i < 30; i++)); do
-        (($(tree_pids "$SERVER_PID" | wc -l) <= 2)) && break
-        alive "$SERVER_PID" || break
-        sleep 0.1
-    done
-    if ! alive "$SERVER_PID"; then
-        st=0
-        wait "$SERVER_PID" 2>/dev/null || st=$?
-        note "$name" "run $rep: the server died (exit status $st) after the clients disconnected"
-        stop_tree "$SERVER_PID" # its children, if any are left
-    else
-        stop_tree "$SERVER_PID"
-    fi
+    check_stop "$name" "$SERVER_PID" "$rep"
     SERVER_PID=""
-    if [[ $name == sockfork ]] && grep -q 'its channel is broken' "$log"; then
-        NOTE[broken]=$((${NOTE[broken]:-0} + $(grep -c 'its channel is broken' "$log")))
-    fi
+    # bus2: the second instance, then the redis-server (bus1: that alone).
+    [[ $name == bus2 ]] && check_stop "$name" "${BUS_PIDS[0]}" "$rep"
+    stop_bus_pids
+    for f in "$log" "$log.2"; do
+        [[ $name != redis && -f $f ]] && grep -q 'its channel is broken' "$f" &&
+            NOTE[broken]=$((${NOTE[broken]:-0} + $(grep -c 'its channel is broken' "$f")))
+    done
+    return 0
 }
 
 # Median of column $2 of the lines in $1.
@@ -282,6 +354,7 @@ counts() {
     ((hi > lo)) || { say "CHAT_COUNTS=1 needs CHAT_ROUNDS > 40"; return 0; }
     for name in $CHAT_SERVERS; do
         [[ -n ${SKIP[$name]:-} ]] && continue
+        [[ $name == sockfork || $name == redis ]] || continue # one process each
         say "$name: counting ($lo and $hi rounds under perf stat)"
         if ! count_run "$name" "$lo"; then
             note "$name" "counts: a run failed"
@@ -306,7 +379,7 @@ counts_table() {
     echo "|---|---:|---:|---:|---:|---:|---:|"
     for name in $CHAT_SERVERS; do
         [[ -n ${COUNTS[$name]:-} ]] || continue
-        label=$([[ $name == sockfork ]] && echo "sockfork chat" || echo "redis pub/sub")
+        label=$(label "$name")
         read -r -a c <<<"${COUNTS[$name]}"
         printf '| %s | %.0f | %.0f | %.2f | %.0f | %.0f | %.2f |\n' "$label" "${c[@]}"
     done
@@ -314,12 +387,21 @@ counts_table() {
 
 # ---------------------------------------------------------------- table
 
+label() {
+    case $1 in
+    sockfork) echo "sockfork chat" ;;
+    bus1) echo "sockfork chat --bus, one instance" ;;
+    bus2) echo "sockfork chat --bus, two instances" ;;
+    redis) echo "redis pub/sub" ;;
+    esac
+}
+
 table() {
     local name r p50 p99 runs label
     echo "| server | deliveries/s | p50 latency, ms | p99 latency, ms | runs |"
     echo "|---|---:|---:|---:|---:|"
     for name in $CHAT_SERVERS; do
-        label=$([[ $name == sockfork ]] && echo "sockfork chat" || echo "redis pub/sub")
+        label=$(label "$name")
         if [[ -z ${V[$name]:-} ]]; then
             echo "| $label | – | – | – | 0 |"
             continue
@@ -338,10 +420,48 @@ table() {
         p9=$(calc 'printf "%.1f", a / b' "$(median "${V[sockfork]}" 3)" "$(median "${V[redis]}" 3)")
         echo "| sockfork / redis | ${rr}× | ${p5}× | ${p9}× | |"
     fi
+    for name in bus1 bus2; do
+        [[ -n ${V[sockfork]:-} && -n ${V[$name]:-} ]] || continue
+        rr=$(calc 'printf "%.3f", a / b' "$(median "${V[$name]}" 1)" "$(median "${V[sockfork]}" 1)")
+        p5=$(calc 'printf "%.1f", a / b' "$(median "${V[$name]}" 2)" "$(median "${V[sockfork]}" 2)")
+        p9=$(calc 'printf "%.1f", a / b' "$(median "${V[$name]}" 3)" "$(median "${V[sockfork]}" 3)")
+        echo "| $name / sockfork | ${rr}× | ${p5}× | ${p9}× | |"
+    done
+    if [[ -n ${V[bus2]:-} ]]; then
+        echo
+        cross_table
+    fi
+}
+
+# bus2: p50 of the deliveries within an instance and of those across, and
+# the difference, per run and the median of the per-run differences.
+cross_table() {
+    local d
+    echo "| two instances, run | p50 same instance, ms | p50 across instances, ms | added across, ms |"
+    echo "|---|---:|---:|---:|"
+    awk 'NF >= 5 { printf "| %d | %.2f | %.2f | %+.2f |\n", ++n, $4 / 1000, $5 / 1000, ($5 - $4) / 1000 }' <<<"${V[bus2]}"
+    d=$(cross_added)
+    echo "| median | | | $(calc 'printf "%+.2f", a / 1000' "$d" 1) |"
+}
+
+# Median over the bus2 runs of p50 across - p50 same, in µs.
+cross_added() {
+    median "$(awk 'NF >= 5 { print $5 - $4 }' <<<"${V[bus2]:-}")" 1
 }
 
 verdict() {
-    local rr p9
+    local rr p9 d
+    if [[ -n ${V[sockfork]:-} && -n ${V[bus2]:-} ]]; then
+        rr=$(calc 'printf "%.3f", a / b' "$(median "${V[bus2]}" 1)" "$(median "${V[sockfork]}" 1)")
+        d=$(cross_added)
+        echo "Target (issue 16, two instances): deliveries/s of two instances / one instance = $rr, ≥ 0.8:" \
+            "$(calc 'print (a >= b ? "met" : "MISSED")' "$rr" 0.8)."
+        echo "Target (issue 16, cross-instance latency): p50 across - p50 within an instance" \
+            "= $(calc 'printf "%.2f", a / 1000' "$d" 1) ms, ≤ 2 ms: $(calc 'print (a <= b ? "met" : "MISSED")' "$d" 2000)."
+    elif [[ " $CHAT_SERVERS " == *" bus2 "* ]]; then
+        echo "Target (issue 16, two instances) not checked: sockfork or bus2 has no results."
+    fi
+    [[ " $CHAT_SERVERS " == *" redis "* ]] || return 0
     [[ -n ${V[sockfork]:-} && -n ${V[redis]:-} ]] || { echo "Target not checked: a server has no results."; return; }
     rr=$(calc 'printf "%.3f", a / b' "$(median "${V[sockfork]}" 1)" "$(median "${V[redis]}" 1)")
     p9=$(calc 'printf "%.3f", a / b' "$(median "${V[sockfork]}" 3)" "$(median "${V[redis]}" 3)")
@@ -356,11 +476,11 @@ report() {
     cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
     echo "# sockfork chat vs redis pub/sub: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "Machine: $(nproc) CPUs ($cpu), Linux $(uname -r);" \
+    echo "Machine: $(nproc) CPUs ($cpu), Linux $(uname -r), load average ${LOAD_BEFORE:-?} before the runs, $(uptime | sed "s/.*load average: //") after;" \
         "$("$SOCKFORK" --version 2>/dev/null || echo sockfork ?), $(redis-server --version 2>/dev/null | awk '{ print $1, $3 }' || echo redis ?)" \
         "(tree $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown))."
     echo "Run: CHAT_N=$CHAT_N CHAT_ROUNDS=$CHAT_ROUNDS CHAT_WARMUP=$CHAT_WARMUP" \
-        "CHAT_WINDOW=$CHAT_WINDOW CHAT_REPEATS=$CHAT_REPEATS bench/chat.sh"
+        "CHAT_WINDOW=$CHAT_WINDOW CHAT_REPEATS=$CHAT_REPEATS CHAT_SERVERS=\"$CHAT_SERVERS\" bench/chat.sh"
     echo
     echo "$CHAT_N clients in one room, every client sends one line per round, each line"
     echo "reaches the $((CHAT_N - 1)) others: $((CHAT_N * (CHAT_N - 1))) deliveries a round," \
@@ -370,6 +490,15 @@ report() {
     echo "all on loopback, the load generator (bench/chatload.c, one thread, epoll) the same for both."
     echo "sockfork: \`sockfork chat -q --no-control -c 1000 --flood 100000/100000 --history 0\`"
     echo "(the default flood limit of 10 lines/s, bursts of 20, would drop lines; no history on join)."
+    if [[ " $CHAT_SERVERS " == *" bus"[12]" "* ]]; then
+        echo "bus2: a redis-server (the same flags as below) and two such instances, each with"
+        echo "\`--bus redis://127.0.0.1:PORT\` (default bridge options), the clients split 50/50"
+        echo "(even ones on the first instance, odd on the second): every line reaches half its"
+        echo "receivers through the bridge (XADD to the room's stream, XREAD on the other instance)."
+        echo "\"Added across\": p50 of the deliveries whose sender is on the other instance minus"
+        echo "p50 of those whose sender is on the receiver's (same run, same rounds)."
+        echo "bus1 (if run): one instance with --bus, alone on its redis-server."
+    fi
     echo "redis: \`redis-server --save '' --appendonly no\`, each client subscribed on one"
     echo "connection and publishing on a second; redis also sends each line back to its sender:"
     echo "that copy is read and parsed but neither counted nor timed."
@@ -405,6 +534,7 @@ build_bench bench/chatload
 raise_nofile
 : >"$RAW"
 : >"$WORK/chatload.err"
+LOAD_BEFORE=$(uptime | sed "s/.*load average: //") # the 1, 5 and 15 min loads
 declare -A SKIP
 for name in $CHAT_SERVERS; do
     why=$(unavailable "$name")

@@ -29,8 +29,15 @@
  *   probe     connects every 20 ms until the server accepts, or -d passes.
  *   freeport  prints a TCP port free on 127.0.0.1 right now.
  *
+ * Two instances (chat mode, -a given twice: two `sockfork chat --bus` on one
+ * Redis, issue 16): even clients connect to the first address, odd ones to
+ * the second. Latency samples are also kept apart by whether the sender
+ * is on the receiver's instance or on the other, and the result line gains
+ * p50/p99 of each (p50_same_us p99_same_us p50_cross_us p99_cross_us).
+ *
  * Before the rounds, a sync phase: clients 0 and 1 send "sync K I" every
- * 50 ms until every client has received a marker from one of them (then
+ * 50 ms until every client has received a marker from each of them but
+ * itself (with two instances, one marker crossed the bridge; then
  * every client is subscribed: "*** Hello" comes before the chat child's
  * subscription reaches the bus, so the greeting alone does not prove it).
  * Markers and any other line (join announcements) seen later are counted
@@ -92,14 +99,16 @@ struct client {
     struct conn rx;      /* chat: the connection; redis: the subscriber */
     struct conn tx;      /* redis: the publisher (unused in chat mode) */
     enum cstate state;
-    int ready;           /* has seen a sync marker from another client */
+    int ready;           /* has seen a sync marker from each other marker sender */
+    unsigned markers;    /* bit K: has seen a marker of client K (0 or 1) */
     uint32_t *next;      /* per sender: the round expected next from it */
 };
 
 struct cl {
     enum mode mode;
-    struct sockaddr_storage addr;
-    socklen_t addr_len;
+    struct sockaddr_storage addr[2];
+    socklen_t addr_len[2];
+    int naddr;           /* -a given once or twice: instances */
     int n;               /* -n */
     int rounds;          /* -r: measured rounds */
     int warmup;          /* --warmup */
@@ -128,6 +137,7 @@ struct cl {
     uint64_t sync_sent;
     uint64_t bytes_in;
     bench_samples lat;
+    bench_samples lat_same, lat_cross; /* two instances: by the sender's */
 };
 
 /* A failed run: the phase, what went wrong, exit 1. */
@@ -241,7 +251,8 @@ static void say(struct cl *g, int i, const char *payload, size_t len)
 
 static void conn_open(struct cl *g, struct conn *k, int i, int tx)
 {
-    int fd = socket(g->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    int a = g->naddr == 2 ? i % 2 : 0; /* the instance: even clients on the first */
+    int fd = socket(g->addr[a].ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
     struct timeval tv = {.tv_sec = (time_t)(g->stall_ns / NS_PER_S) + 1};
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)(2 * i + tx)};
 
@@ -250,7 +261,7 @@ static void conn_open(struct cl *g, struct conn *k, int i, int tx)
     /* A blocking connect, bounded by SO_SNDTIMEO: on loopback it completes
      * in the kernel's backlog, whether or not the server accepts yet. */
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (connect(fd, (struct sockaddr *)&g->addr, g->addr_len) < 0)
+    if (connect(fd, (struct sockaddr *)&g->addr[a], g->addr_len[a]) < 0)
         fail("client %d: connect: %s", i, strerror(errno));
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
@@ -302,7 +313,9 @@ static void payload(struct cl *g, int i, const char *p, const char *end, uint64_
     if (end - p >= 5 && memcmp(p, "sync ", 5) == 0) {
         if (!(q = num(p + 5, end, &r)) || !num(q, end, &from))
             fail("client %d: malformed marker '%.*s'", i, (int)(end - p), p);
-        if ((int)from != i && !c->ready) {
+        if (from < 2)
+            c->markers |= 1u << from;
+        if (!c->ready && (c->markers | (i < 2 ? 1u << i : 0)) == 3u) {
             c->ready = 1;
             g->ready++;
         }
@@ -332,6 +345,8 @@ static void payload(struct cl *g, int i, const char *p, const char *end, uint64_
     if ((int)r >= g->warmup) {
         g->deliveries++;
         bench_sample_add(&g->lat, now - sent);
+        if (g->naddr == 2)
+            bench_sample_add((int)from % 2 == i % 2 ? &g->lat_same : &g->lat_cross, now - sent);
     }
     if (++g->count[r % g->window] < per_round(g) || (int)r != g->completed)
         return;
@@ -636,28 +651,44 @@ static void print_result(struct cl *g)
 
     if (g->lat.n > 0)
         bench_samples_sort(&g->lat);
+    if (g->lat_same.n > 0)
+        bench_samples_sort(&g->lat_same);
+    if (g->lat_cross.n > 0)
+        bench_samples_sort(&g->lat_cross);
     const char *mode = g->mode == MODE_CHAT ? "chat" : "redis";
     if (g->json) {
         printf("{\"mode\":\"%s\",\"n\":%d,\"rounds\":%d,\"warmup\":%d,\"window\":%d,"
                "\"deliveries\":%llu,\"secs\":%.3f,\"deliveries_per_s\":%.1f,"
                "\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"max_us\":%.1f,"
                "\"samples\":%zu,\"self_seen\":%llu,\"other_lines\":%llu,"
-               "\"order_errors\":%llu,\"pub_mismatch\":%llu,\"errors\":%llu}\n",
+               "\"order_errors\":%llu,\"pub_mismatch\":%llu,\"errors\":%llu",
                mode, g->n, g->rounds, g->warmup, g->window, (unsigned long long)g->deliveries,
                secs, rate, bench_pct_us(&g->lat, 50), bench_pct_us(&g->lat, 90), bench_pct_us(&g->lat, 99),
                bench_pct_us(&g->lat, 100), g->lat.n, (unsigned long long)g->self_seen,
                (unsigned long long)g->other_lines, (unsigned long long)g->order_errors,
                (unsigned long long)g->pub_mismatch, (unsigned long long)errors);
+        if (g->naddr == 2)
+            printf(",\"instances\":2,\"p50_same_us\":%.1f,\"p99_same_us\":%.1f,"
+                   "\"p50_cross_us\":%.1f,\"p99_cross_us\":%.1f",
+                   bench_pct_us(&g->lat_same, 50), bench_pct_us(&g->lat_same, 99),
+                   bench_pct_us(&g->lat_cross, 50), bench_pct_us(&g->lat_cross, 99));
+        puts("}");
     } else {
         printf("mode=%s n=%d rounds=%d warmup=%d window=%d deliveries=%llu secs=%.3f"
                " deliveries_per_s=%.1f p50_us=%.1f p90_us=%.1f p99_us=%.1f max_us=%.1f"
                " samples=%zu self_seen=%llu other_lines=%llu order_errors=%llu"
-               " pub_mismatch=%llu errors=%llu\n",
+               " pub_mismatch=%llu errors=%llu",
                mode, g->n, g->rounds, g->warmup, g->window, (unsigned long long)g->deliveries,
                secs, rate, bench_pct_us(&g->lat, 50), bench_pct_us(&g->lat, 90), bench_pct_us(&g->lat, 99),
                bench_pct_us(&g->lat, 100), g->lat.n, (unsigned long long)g->self_seen,
                (unsigned long long)g->other_lines, (unsigned long long)g->order_errors,
                (unsigned long long)g->pub_mismatch, (unsigned long long)errors);
+        if (g->naddr == 2)
+            printf(" instances=2 p50_same_us=%.1f p99_same_us=%.1f p50_cross_us=%.1f"
+                   " p99_cross_us=%.1f", bench_pct_us(&g->lat_same, 50),
+                   bench_pct_us(&g->lat_same, 99), bench_pct_us(&g->lat_cross, 50),
+                   bench_pct_us(&g->lat_cross, 99));
+        putchar('\n');
     }
     fflush(stdout);
 }
@@ -731,6 +762,8 @@ static int run(struct cl *g)
     }
     free(g->c);
     free(g->lat.v);
+    free(g->lat_same.v);
+    free(g->lat_cross.v);
     if (g->order_errors || g->pub_mismatch) {
         fprintf(stderr, "chatload: %llu lines out of order, %llu PUBLISH replies not %d\n",
                 (unsigned long long)g->order_errors, (unsigned long long)g->pub_mismatch, g->n);
@@ -744,7 +777,8 @@ static int run(struct cl *g)
 static void usage(void)
 {
     fputs("usage: chatload chat|redis|probe|freeport [options]\n"
-          "  -a ADDR      target: 127.x.x.x:PORT (default 127.0.0.1:4444)\n"
+          "  -a ADDR      target: 127.x.x.x:PORT (default 127.0.0.1:4444); chat: twice\n"
+          "               for two instances, even clients on the first, odd on the second\n"
           "  -n N         clients in the room (default 100, at least 2)\n"
           "  -r ROUNDS    measured rounds (default 100)\n"
           "  -w WINDOW    rounds in flight at once (default 1: lock-step)\n"
@@ -768,10 +802,11 @@ int main(int argc, char **argv)
     };
     static struct cl g = {.n = 100, .rounds = 100, .warmup = 5, .window = 1,
                           .stall_ns = 10000 * NS_PER_MS, .secs = -1, .ep = -1,
-                          .lat.max = MAX_SAMPLES};
+                          .lat.max = MAX_SAMPLES, .lat_same.max = MAX_SAMPLES,
+                          .lat_cross.max = MAX_SAMPLES};
 
     bench_init("chatload");
-    const char *addr = "127.0.0.1:4444";
+    const char *addr[2] = {"127.0.0.1:4444", NULL};
     int opt;
 
     G = &g;
@@ -790,7 +825,11 @@ int main(int argc, char **argv)
     optind = 2;
     while ((opt = getopt_long(argc, argv, "a:n:r:w:T:d:h", longopts, NULL)) != -1) {
         switch (opt) {
-        case 'a': addr = optarg; break;
+        case 'a':
+            if (g.naddr == 2)
+                usage();
+            addr[g.naddr++] = optarg;
+            break;
         case 'n': g.n = (int)bench_parse_num(optarg, 2, MAX_CLIENTS, "-n"); break;
         case 'r': g.rounds = (int)bench_parse_num(optarg, 1, MAX_ROUNDS, "-r"); break;
         case 'w': g.window = (int)bench_parse_num(optarg, 1, MAX_WINDOW, "-w"); break;
@@ -805,12 +844,17 @@ int main(int argc, char **argv)
         usage();
     if (g.mode == MODE_FREEPORT)
         return bench_freeport();
-    bench_parse_addr(addr, &g.addr, &g.addr_len);
+    if (g.naddr == 2 && g.mode != MODE_CHAT)
+        usage(); /* two instances: chat mode only */
+    if (g.naddr == 0)
+        g.naddr = 1;
+    for (int a = 0; a < g.naddr; a++)
+        bench_parse_addr(addr[a], &g.addr[a], &g.addr_len[a]);
     signal(SIGPIPE, SIG_IGN);
     if (g.mode == MODE_PROBE) {
         if (g.secs < 0)
             g.secs = 10;
-        return bench_probe(&g.addr, g.addr_len, g.secs);
+        return bench_probe(&g.addr[0], g.addr_len[0], g.secs);
     }
     if (g.secs < 0)
         g.secs = 120;
