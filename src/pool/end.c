@@ -140,8 +140,7 @@ void pool_check_timers(sf_pool *p, double now)
 
 /* ------------------------------------------------------------ the report */
 
-/* A failed task in exactly one of the stats' kinds, as its report says. */
-static void count_failure(sf_pool *p, const sf_task_report *r)
+void pool_count_failure(sf_pool *p, const sf_task_report *r)
 {
     p->st.failed++;
     if (r->timed_out)
@@ -189,7 +188,7 @@ void pool_report_unrun(sf_pool *p, pool_task *t)
         r.state = SF_TASK_FAILED;
         r.status = t->last;
         report_stop(&r, t->last_stop);
-        count_failure(p, &r);
+        pool_count_failure(p, &r);
     } else {
         r.state = SF_TASK_CANCELLED;
         p->st.cancelled++;
@@ -335,7 +334,7 @@ void pool_end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error, d
     if (ok)
         p->st.ok++;
     else
-        count_failure(p, &r);
+        pool_count_failure(p, &r);
     p->o.on_done(p, &r, p->o.arg);
     pool_attempt_clear(s);
     worker_task_over(p, s);

@@ -260,6 +260,9 @@ void pool_task_returned(sf_pool *p, pool_slot *s, double now);
 void pool_end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error, double now);
 /* Frees what the slot's attempt held (argv, result) and forgets its task. */
 void pool_attempt_clear(pool_slot *s);
+/* A failed task counted in exactly one of the stats' kinds, as its report
+ * says (a local attempt's, or a queue worker's report at the submitter). */
+void pool_count_failure(sf_pool *p, const sf_task_report *r);
 /* Closes the slot's descriptors and frees its decoders (its child gone). */
 void pool_slot_release(sf_pool *p, pool_slot *s);
 /* A worker that broke the protocol: its channel closed, its group killed

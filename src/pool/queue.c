@@ -62,6 +62,25 @@ int q_send(pool_queue *q, rconn *c, rconn_reply_cb cb, void *priv, unsigned bloc
     return rconn_command(c, cb, priv, block_ms, a->n, a->v, a->len);
 }
 
+void q_control_post(pool_queue *q, int op)
+{
+    qc_fields f;
+    q_args a;
+
+    if (qc_control_encode(op, &f) < 0)
+        return;
+    q_args_init(&a);
+    q_add(&a, "XADD");
+    q_add(&a, q->k_control);
+    q_add(&a, "MAXLEN");
+    q_add(&a, "~");
+    q_add(&a, "1000");
+    q_add(&a, "*");
+    q_addfields(&a, &f);
+    (void)q_send(q, q->cmd, NULL, NULL, 0, &a);
+    qc_fields_free(&f);
+}
+
 /* ------------------------------------------------------------ replies */
 
 static int is_str(const redisReply *r)

@@ -77,6 +77,9 @@ struct pool_queue {
  * failed). 0 or -errno (-ENOTCONN while down). */
 int q_send(pool_queue *q, rconn *c, rconn_reply_cb cb, void *priv, unsigned block_ms,
            q_args *a);
+/* Posts op (QC_*) on the control stream the workers watch (bounded to
+ * about 1000 entries); a post that cannot be sent is the next tick's. */
+void q_control_post(pool_queue *q, int op);
 /* Calls cb(id, fields, values, n, arg) for every entry of an XREAD-shaped
  * reply (keyed) or an XRANGE/XCLAIM one, walked by rreply (which checks the
  * whole tree first: -EPROTO and no call for another shape). An entry

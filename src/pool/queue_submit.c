@@ -162,17 +162,7 @@ static void count(sf_pool *p, const sf_task_report *r)
         p->st.cancelled++;
         return;
     }
-    p->st.failed++;
-    if (r->timed_out)
-        p->st.timed_out++;
-    else if (r->output_limited)
-        p->st.output_limited++;
-    else if (r->spawn_error)
-        p->st.spawn_errors++;
-    else if (!r->status.exited)
-        p->st.killed_by_signal++;
-    else
-        p->st.failed_by_code++;
+    pool_count_failure(p, r);
 }
 
 static void check_halt(pool_queue *q)
@@ -578,21 +568,9 @@ static void arm_feed(pool_queue *q)
 
 static void send_control(pool_queue *q, int op, const char *state)
 {
-    qc_fields f;
     q_args a;
 
-    if (qc_control_encode(op, &f) == 0) {
-        q_args_init(&a);
-        q_add(&a, "XADD");
-        q_add(&a, q->k_control);
-        q_add(&a, "MAXLEN");
-        q_add(&a, "~");
-        q_add(&a, "1000");
-        q_add(&a, "*");
-        q_addfields(&a, &f);
-        (void)q_send(q, q->cmd, NULL, NULL, 0, &a);
-        qc_fields_free(&f);
-    }
+    q_control_post(q, op);
     q_args_init(&a);
     q_add(&a, "HSET");
     q_add(&a, q->k_meta);

@@ -274,7 +274,6 @@ static const char give_back_script[] =
 static void give_back(pool_queue *q, q_task *qt)
 {
     q_args a;
-    qc_fields f;
 
     q_args_init(&a);
     q_add(&a, "EVAL");
@@ -287,18 +286,7 @@ static void give_back(pool_queue *q, q_task *qt)
     if (q_send(q, q->cmd, give_back_done, qt, 0, &a) < 0)
         return;
     qt->inflight = 1;
-    if (qc_control_encode(QC_RETURNED, &f) == 0) {
-        q_args_init(&a);
-        q_add(&a, "XADD");
-        q_add(&a, q->k_control);
-        q_add(&a, "MAXLEN");
-        q_add(&a, "~");
-        q_add(&a, "1000");
-        q_add(&a, "*");
-        q_addfields(&a, &f);
-        (void)q_send(q, q->cmd, NULL, NULL, 0, &a);
-        qc_fields_free(&f);
-    }
+    q_control_post(q, QC_RETURNED);
 }
 
 static void write_outcome(pool_queue *q, q_task *qt)
