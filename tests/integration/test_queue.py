@@ -770,3 +770,26 @@ def test_submitter_stops_when_its_own_worker_dies(tmp_path, redis, task):
     assert rc == 255, err
     assert "its worker was killed by signal 9: the run was stopped" in err, err
     assert own_workers(sub.pid) == []
+
+
+def test_halt_soon_lets_the_running_finish_and_starts_no_more(tmp_path, redis, task):
+    """--halt soon,fail=1: the failure stops the handing out; what a worker
+    runs then finishes and is recorded as it ended, not stopped. Halting
+    crosses Redis, so a slot freed by the failing task may have taken one
+    more task before the word came (task 3 here): none after it."""
+    url = redis.url("soon")
+    kinds = ["long", "code"] + ["long"] * 8
+    sub = start(tmp_path, "run", "--queue", url, "--halt", "soon,fail=1", "--results", "r.jsonl",
+                task, ":::", *kinds, name="sub")
+    w = start(tmp_path, "worker", "-j", "2", url, name="w")
+    rc = finish(sub)
+    assert finish(w) == 0
+    no_sanitizer_report(text(tmp_path, "sub"), text(tmp_path, "w"))
+    res = {r["seq"]: r for r in results(tmp_path / "r.jsonl")}
+    assert {1, 2} <= set(res) <= {1, 2, 3}, sorted(res)
+    assert res[2]["exit_code"] == 3
+    assert res[1]["ok"] and "stopped" not in res[1], res[1]
+    assert all(res[s]["ok"] and "stopped" not in res[s] for s in res if s != 2), res
+    assert rc == 1, text(tmp_path, "sub")
+    out = sorted(text(tmp_path, "sub", "out").splitlines())
+    assert out == sorted("long %d" % s for s in res if s != 2), out
