@@ -105,6 +105,17 @@ static void wake_feed(q_work *w)
     }
 }
 
+/* Entries asked for are answered (n of them, whatever came). A finishing
+ * worker's feed ends only once nothing is asked for (q_feed), so every
+ * answer wakes it: one that did not (an XPENDING listing nothing) left the
+ * worker waiting for ever after its run was over. */
+static void unreserve(q_work *w, unsigned n)
+{
+    w->reserved -= n;
+    if (w->finishing)
+        wake_feed(w);
+}
+
 /* ------------------------------------------------------------ writing */
 
 /* The outcome of an entry, written only while the entry is still this
@@ -547,7 +558,7 @@ static void new_entries(rconn *c, redisReply *r, void *priv)
     take_ctx tc = {q, 0};
     (void)c;
 
-    w->reserved -= rc->asked;
+    unreserve(w, rc->asked);
     w->reading = 0;
     free(rc);
     if (r && r->type == REDIS_REPLY_ERROR) {
@@ -606,7 +617,7 @@ static void claimed(rconn *c, redisReply *r, void *priv)
     take_ctx tc = {q, 1};
     (void)c;
 
-    w->reserved -= rc->asked;
+    unreserve(w, rc->asked);
     w->scanning = 0;
     free(rc);
     if (r)
@@ -655,7 +666,7 @@ static void pending_listed(rconn *c, redisReply *r, void *priv)
         return;
 
 none:
-    w->reserved -= rc->asked;
+    unreserve(w, rc->asked);
     w->scanning = 0;
     free(rc);
     w->nclaim = 0;
