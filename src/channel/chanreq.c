@@ -1,5 +1,6 @@
 /* chanreq.c - see chanreq.h. */
 #include "channel/chanreq.h"
+#include "channel/fdpass.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -30,39 +31,19 @@ int chanreq_broker(int sv[2])
 
 int chanreq_open(int broker)
 {
-    union {
-        struct cmsghdr h;
-        char space[CMSG_SPACE(sizeof(int))];
-    } ctl;
     struct iovec iov = {(void *)CHANREQ_MAGIC, CHANREQ_LEN};
-    struct msghdr msg;
-    struct cmsghdr *c;
-    int sv[2], e;
+    int sv[2];
     ssize_t n;
 
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
         return -errno;
-    memset(&msg, 0, sizeof msg);
-    memset(&ctl, 0, sizeof ctl);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = ctl.space;
-    msg.msg_controllen = sizeof ctl.space;
-    c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &sv[1], sizeof(int));
     /* No SCM_CREDENTIALS of ours: the receiver's SO_PASSCRED makes the
      * kernel attach the real ones. */
-    do
-        n = sendmsg(broker, &msg, MSG_NOSIGNAL);
-    while (n < 0 && errno == EINTR);
-    e = errno;
+    n = fdpass_send(broker, &iov, 1, &sv[1], 1, 0);
     close(sv[1]);
     if (n < 0) {
         close(sv[0]);
-        return -e;
+        return (int)n;
     }
     return sv[0];
 }

@@ -234,8 +234,7 @@ static void worker_task_over(sf_pool *p, pool_slot *s)
         pool_slot_to(p, s, s->worker_last || s->chan < 0 ? SLOT_RETIRING : SLOT_IDLE);
 }
 
-/* After a failure: whether the halt condition is met now. */
-static void check_halt(sf_pool *p, double now)
+void pool_check_halt(sf_pool *p, double now)
 {
     unsigned long ended = p->st.ok + p->st.failed;
 
@@ -341,7 +340,7 @@ void pool_end_attempt(sf_pool *p, pool_slot *s, sf_status st, int spawn_error, d
     free(t->arg);
     free(t);
     if (!ok)
-        check_halt(p, now);
+        pool_check_halt(p, now);
 }
 
 /* ------------------------------------------------------------ exits */

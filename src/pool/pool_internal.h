@@ -263,6 +263,8 @@ void pool_attempt_clear(pool_slot *s);
 /* A failed task counted in exactly one of the stats' kinds, as its report
  * says (a local attempt's, or a queue worker's report at the submitter). */
 void pool_count_failure(sf_pool *p, const sf_task_report *r);
+/* After a failure: halts if the halt condition (--halt) is met now. */
+void pool_check_halt(sf_pool *p, double now);
 /* Closes the slot's descriptors and frees its decoders (its child gone). */
 void pool_slot_release(sf_pool *p, pool_slot *s);
 /* A worker that broke the protocol: its channel closed, its group killed

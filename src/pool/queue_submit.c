@@ -165,23 +165,6 @@ static void count(sf_pool *p, const sf_task_report *r)
     pool_count_failure(p, r);
 }
 
-static void check_halt(pool_queue *q)
-{
-    sf_pool *p = q->p;
-    unsigned long ended = p->st.ok + p->st.failed;
-
-    if (p->o.halt == SF_HALT_NEVER || p->halting >= p->o.halt)
-        return;
-    if ((p->o.halt_fail && p->st.failed >= p->o.halt_fail) ||
-        (p->o.halt_fail_pct > 0 && ended > 0 &&
-         (double)p->st.failed * 100.0 >= p->o.halt_fail_pct * (double)ended)) {
-        sf_logev(&p->log, SF_LOG_NOTICE, "halt", 0, NULL,
-                 SF_FIELDS(SF_F_UINT("failed", p->st.failed)), "%lu task%s failed: halt",
-                 p->st.failed, p->st.failed == 1 ? "" : "s");
-        pool_begin_halt(p, p->o.halt, 0, pool_now());
-    }
-}
-
 static void out_end(pool_queue *q, q_out *o, sf_task_report *r)
 {
     sf_pool *p = q->p;
@@ -201,7 +184,7 @@ static void out_end(pool_queue *q, q_out *o, sf_task_report *r)
     s->feed_waiting = 0;
     out_compact(s);
     if (r->state == SF_TASK_FAILED)
-        check_halt(q);
+        pool_check_halt(q->p, pool_now());
 }
 
 static void report_result(pool_queue *q, q_out *o, const qc_result *res)
