@@ -50,7 +50,7 @@ struct q_work {
     unsigned n;
     int efd;
     q_meta meta;
-    int meta_ok, meta_waiting_said, meta_asking;
+    int meta_ok, meta_waiting_said, meta_halted_said, meta_asking;
     int finishing;               /* take nothing more */
     int halted_by_control;       /* a halt-now or cancel from the submitter */
     unsigned reserved;           /* entries asked for, not yet answered */
@@ -907,6 +907,21 @@ static void meta_read(rconn *c, redisReply *r, void *priv)
     if (q_meta_parse(r, &w->meta) < 0) {
         q_fail(q, -EPROTO, "its meta hash is not a sockfork queue's");
         return;
+    }
+    /* A halted run is waited for like a missing one: a submitter restarted
+     * on it sets `running` and clears control in one transaction, and a
+     * worker that joined before that transaction would otherwise take the
+     * old halt for its own and end while the resumed run waits for workers.
+     * Only `done` is final. A worker already serving the run still ends on a
+     * halt (state_is, from the tick). */
+    if (strcmp(w->meta.state, "running") != 0 && strcmp(w->meta.state, "done") != 0) {
+        if (!w->meta_halted_said)
+            sf_logev(&p->log, SF_LOG_NOTICE, "queue_halted", 0, NULL,
+                     SF_FIELDS(SF_F_STR("url", q->url.text), SF_F_STR("state", w->meta.state)),
+                     "queue %s: its run is halted (%s); waiting for it to be resumed",
+                     q->url.text, w->meta.state);
+        w->meta_halted_said = 1;
+        return; /* asked again at the next tick */
     }
     /* The run's parameters: every task of it carries the same. */
     p->o.timeout_s = w->meta.timeout_ms / 1000.0;

@@ -659,8 +659,13 @@ def test_a_run_stopped_by_sigint_resumes(tmp_path, redis, task):
     os.kill(sub.pid, signal.SIGINT)
     assert finish(sub, timeout=20) == 128 + signal.SIGINT
     assert finish(w, timeout=20) == 0
-    sub2 = start(tmp_path, *args, name="sub2")
+    # The new worker first: it finds the run halted and waits for it to be
+    # resumed instead of ending on the old halt (CI once started it a moment
+    # before the resumed submitter's transaction, and the run waited for ever).
     w2 = start(tmp_path, "worker", "-j", "2", url, name="w2")
+    wait_for(lambda: "waiting for it to be resumed" in text(tmp_path, "w2"), what="w2 waits")
+    assert w2.poll() is None, text(tmp_path, "w2")
+    sub2 = start(tmp_path, *args, name="sub2")
     assert finish(sub2) == 2, text(tmp_path, "sub2")  # the two stopped ones failed
     assert finish(w2) == 0, text(tmp_path, "w2")
     res = {r["seq"]: r for r in results(tmp_path / "r.jsonl")}
