@@ -295,80 +295,171 @@ profile() {
 
 # ---------------------------------------------------------------- counts
 
+# System calls counted by kind (the rest only in the total).
+COUNT_KINDS="ppoll epoll_wait read write recvmsg sendmsg writev recvfrom sendto timerfd_settime epoll_ctl"
 COUNT_EVENTS=context-switches,task-clock,raw_syscalls:sys_enter
+for k in $COUNT_KINDS; do COUNT_EVENTS+=,syscalls:sys_enter_$k; done
 
-# Sum of event $2 in the CSV output of perf stat ($1; "-" if absent).
-stat_value() { awk -F, -v e="$2" '$3 ~ e { v += $1; n++ } END { print n ? v : "-" }' "$1"; }
+# Value of event $2 in the CSV output of perf stat ($1; "-" if absent).
+stat_value() { awk -F, -v e="$2" '$3 == e { v += $1; n++ } END { print n ? v : "-" }' "$1"; }
 
-# One run of server $1 for $2 rounds, the server and chatload each under
-# perf stat; sets COUNT_LINE to "cs sys cpu_ms cl_cs cl_sys cl_cpu_ms".
-COUNT_LINE=""
-count_run() {
-    local name=$1 rounds=$2 port log srv perf_pid i mode
-    local sst=$WORK/count-server.csv cst=$WORK/count-chatload.csv
-    port=$("$CHATLOAD" freeport)
-    log=$WORK/count-$name.log
-    rm -f "$sst" "$cst"
-    case $name in
-    sockfork)
-        perf stat -x, -e "$COUNT_EVENTS" -o "$sst" -- "$SOCKFORK" chat -q -l "127.0.0.1:$port" \
-            --no-control -c 1000 --flood 100000/100000 --history 0 2>"$log" & ;;
-    redis)
-        perf stat -x, -e "$COUNT_EVENTS" -o "$sst" -- redis-server --bind 127.0.0.1 --port "$port" \
-            --save '' --appendonly no --daemonize no --dir "$WORK" --logfile "$log" >/dev/null & ;;
-    esac
-    perf_pid=$!
-    SERVER_PID=$perf_pid # for the exit trap
-    if ! "$CHATLOAD" probe -a "127.0.0.1:$port" -d 10 >/dev/null; then
-        stop_tree "$perf_pid"
-        SERVER_PID=""
-        return 1
-    fi
-    srv=$(ps -o pid= --ppid "$perf_pid" | head -n1 | tr -d ' ')
-    mode=$([[ $name == sockfork ]] && echo chat || echo redis)
-    perf stat -x, -e "$COUNT_EVENTS" -o "$cst" -- "$CHATLOAD" "$mode" -a "127.0.0.1:$port" \
-        -n "$CHAT_N" -r "$rounds" -w "$CHAT_WINDOW" --warmup "$CHAT_WARMUP" -T "$STALL_MS" \
-        -d "$RUN_SECS" >/dev/null 2>>"$WORK/chatload.err" || { stop_tree "$perf_pid"; SERVER_PID=""; return 1; }
-    # SIGINT: both servers stop cleanly on it, and perf stat writes its
-    # counts once the server (and with it all it started) has exited.
-    [[ -n $srv ]] && kill -INT "$srv" 2>/dev/null
+# "cs cpu_ms sys KIND..." of the perf stat CSV $1.
+stat_line() {
+    local k line
+    line="$(stat_value "$1" context-switches) $(stat_value "$1" task-clock) $(stat_value "$1" raw_syscalls:sys_enter)"
+    for k in $COUNT_KINDS; do line+=" $(stat_value "$1" "syscalls:sys_enter_$k")"; done
+    echo "$line"
+}
+
+# Command $2... under perf stat into the CSV $1, in the background (its pid: $!).
+counted() {
+    local out=$1
+    shift
+    perf stat -x, -e "$COUNT_EVENTS" -o "$out" -- "$@" &
+}
+
+# perf stat of pid $2 alone (no children: the supervisor without its
+# members) into $1, until it exits; its pid goes into ATTACHED.
+ATTACHED=()
+attach() {
+    perf stat -x, --no-inherit -e "$COUNT_EVENTS" -o "$1" -p "$2" 2>/dev/null &
+    ATTACHED+=("$!")
+}
+
+# The first child of perf stat $1 (the counted program), waited for.
+counted_pid() {
+    local i pid
+    for ((i = 0; i < 100; i++)); do
+        pid=$(ps -o pid= --ppid "$1" | head -n1 | tr -d ' ')
+        [[ -n $pid ]] && { echo "$pid"; return 0; }
+        sleep 0.05
+    done
+    return 1
+}
+
+# SIGINT to the program under perf stat $1 (servers stop cleanly on it),
+# and perf stat waited for: it writes its counts once the program (and all
+# it started) has exited.
+stop_counted() {
+    local perf_pid=$1 pid=${2:-} i
+    [[ -n $pid ]] && kill -INT "$pid" 2>/dev/null
     for ((i = 0; i < 150; i++)); do
         alive "$perf_pid" || break
         sleep 0.1
     done
     alive "$perf_pid" && stop_tree "$perf_pid"
     wait "$perf_pid" 2>/dev/null || true
-    SERVER_PID=""
-    [[ -s $sst ]] || return 1
-    COUNT_LINE="$(stat_value "$sst" context-switches) $(stat_value "$sst" sys_enter) $(stat_value "$sst" task-clock)"
-    COUNT_LINE+=" $(stat_value "$cst" context-switches) $(stat_value "$cst" sys_enter) $(stat_value "$cst" task-clock)"
+}
+
+# One run of server $1 for $2 rounds, every process of it and chatload under
+# perf stat. Writes $WORK/counts-$1-$2.txt: a line per counted thing,
+# "label cs cpu_ms sys KIND...", and for bus2 "redis-commands xadd xread"
+# (calls of each in redis-server, from INFO commandstats at the end).
+count_run() {
+    local name=$1 rounds=$2 port port2 rport log mode out=$WORK/counts-$1-$2.txt
+    local -a perfs=() pids=() csv=() labels=() addrs=()
+    local i p cstat=$WORK/count-chatload.csv
+    port=$("$CHATLOAD" freeport)
+    log=$WORK/count-$name.log
+    ATTACHED=()
+    rm -f "$WORK"/count-*.csv
+    case $name in
+    sockfork)
+        counted "$WORK/count-a.csv" "$SOCKFORK" chat -q -l "127.0.0.1:$port" --no-control -c 1000 \
+            --flood 100000/100000 --history 0 2>"$log"
+        perfs+=("$!"); csv+=("$WORK/count-a.csv"); labels+=("instance")
+        addrs=(-a "127.0.0.1:$port") ;;
+    redis)
+        counted "$WORK/count-r.csv" redis-server --bind 127.0.0.1 --port "$port" --save '' \
+            --appendonly no --daemonize no --dir "$WORK" --logfile "$log" >/dev/null
+        perfs+=("$!"); csv+=("$WORK/count-r.csv"); labels+=("redis-server")
+        addrs=(-a "127.0.0.1:$port") ;;
+    bus2)
+        rport=$("$CHATLOAD" freeport)
+        port2=$("$CHATLOAD" freeport)
+        counted "$WORK/count-r.csv" redis-server --bind 127.0.0.1 --port "$rport" --save '' \
+            --appendonly no --daemonize no --dir "$WORK" --logfile "$log.redis" >/dev/null
+        perfs+=("$!"); csv+=("$WORK/count-r.csv"); labels+=("redis-server")
+        "$CHATLOAD" probe -a "127.0.0.1:$rport" -d 10 >/dev/null || { stop_tree "${perfs[0]}"; return 1; }
+        counted "$WORK/count-b.csv" "$SOCKFORK" chat -q -l "127.0.0.1:$port2" --no-control -c 1000 \
+            --flood 100000/100000 --history 0 --bus "redis://127.0.0.1:$rport" 2>"$log.2"
+        perfs+=("$!"); csv+=("$WORK/count-b.csv"); labels+=("instance-B")
+        counted "$WORK/count-a.csv" "$SOCKFORK" chat -q -l "127.0.0.1:$port" --no-control -c 1000 \
+            --flood 100000/100000 --history 0 --bus "redis://127.0.0.1:$rport" 2>"$log"
+        perfs+=("$!"); csv+=("$WORK/count-a.csv"); labels+=("instance-A")
+        addrs=(-a "127.0.0.1:$port" -a "127.0.0.1:$port2") ;;
+    esac
+    SERVER_PID=${perfs[-1]} # for the exit trap
+    BUS_PIDS=("${perfs[@]:0:${#perfs[@]}-1}")
+    for ((i = 1; i < ${#addrs[@]}; i += 2)); do
+        if ! "$CHATLOAD" probe -a "${addrs[i]}" -d 10 >/dev/null; then
+            for p in "${perfs[@]}"; do stop_tree "$p"; done
+            SERVER_PID="" BUS_PIDS=()
+            return 1
+        fi
+    done
+    for p in "${perfs[@]}"; do pids+=("$(counted_pid "$p")"); done
+    # The supervisors alone (their members are in the tree's counts).
+    for ((i = 0; i < ${#perfs[@]}; i++)); do
+        [[ ${labels[i]} == instance* ]] || continue
+        attach "$WORK/count-sup$i.csv" "${pids[i]}"
+    done
+    mode=$([[ $name == redis ]] && echo redis || echo chat)
+    counted "$cstat" "$CHATLOAD" "$mode" "${addrs[@]}" -n "$CHAT_N" -r "$rounds" \
+        -w "$CHAT_WINDOW" --warmup "$CHAT_WARMUP" -T "$STALL_MS" -d "$RUN_SECS" \
+        >/dev/null 2>>"$WORK/chatload.err"
+    if ! wait "$!"; then
+        for p in "${perfs[@]}" "${ATTACHED[@]}"; do stop_tree "$p"; done
+        SERVER_PID="" BUS_PIDS=()
+        return 1
+    fi
+    : >"$out"
+    if [[ $name == bus2 ]]; then
+        redis-cli -p "$rport" INFO commandstats | tr -d '\r' | awk -F'[:=,]' '
+            $1 == "cmdstat_xadd" { a = $3 } $1 == "cmdstat_xread" { r = $3 }
+            END { print "redis-commands", a + 0, r + 0 }' >>"$out"
+    fi
+    # The instances first (A before B), the redis-server last.
+    for ((i = ${#perfs[@]} - 1; i >= 0; i--)); do stop_counted "${perfs[i]}" "${pids[i]}"; done
+    for p in "${ATTACHED[@]}"; do stop_counted "$p"; done
+    SERVER_PID="" BUS_PIDS=()
+    for ((i = 0; i < ${#perfs[@]}; i++)); do
+        [[ -s ${csv[i]} ]] || return 1
+        echo "${labels[i]} $(stat_line "${csv[i]}")" >>"$out"
+        [[ -s $WORK/count-sup$i.csv ]] && echo "${labels[i]}/supervisor $(stat_line "$WORK/count-sup$i.csv")" >>"$out"
+    done
+    echo "chatload $(stat_line "$cstat")" >>"$out"
 }
 
 declare -A COUNTS=()  # COUNTS[server]: "cs sys cpu_ms cl_cs cl_sys cl_cpu_ms" per round
+declare -A DETAIL=()  # DETAIL[server]: per round, "label cs cpu_ms sys KIND..." lines
+
+# Per round: (the hi run's counts - the lo run's) / (hi - lo) rounds, by label.
+count_diff() {
+    awk -v d="$3" 'FNR == NR { for (i = 2; i <= NF; i++) a[$1, i] = $i; next }
+        { printf "%s", $1; for (i = 2; i <= NF; i++) printf " %.2f", ($i - a[$1, i]) / d; print "" }' "$1" "$2"
+}
 
 counts() {
-    local name lo hi a b
+    local name lo hi d
     command -v perf >/dev/null || { say "CHAT_COUNTS=1 but perf is not installed"; return 0; }
     hi=$CHAT_ROUNDS
     lo=$((CHAT_ROUNDS / 4 > 10 ? CHAT_ROUNDS / 4 : 10))
     ((hi > lo)) || { say "CHAT_COUNTS=1 needs CHAT_ROUNDS > 40"; return 0; }
     for name in $CHAT_SERVERS; do
         [[ -n ${SKIP[$name]:-} ]] && continue
-        [[ $name == sockfork || $name == redis ]] || continue # one process each
+        [[ $name == sockfork || $name == redis || $name == bus2 ]] || continue
         say "$name: counting ($lo and $hi rounds under perf stat)"
-        if ! count_run "$name" "$lo"; then
+        if ! count_run "$name" "$lo" || ! count_run "$name" "$hi"; then
             note "$name" "counts: a run failed"
             continue
         fi
-        a=$COUNT_LINE
-        if ! count_run "$name" "$hi"; then
-            note "$name" "counts: a run failed"
-            continue
-        fi
-        b=$COUNT_LINE
-        COUNTS[$name]=$(awk -v d=$((hi - lo)) -v a="$a" -v b="$b" 'BEGIN {
-            n = split(a, x, " "); split(b, y, " ")
-            for (i = 1; i <= n; i++) printf "%s%.2f", (i > 1 ? " " : ""), (y[i] - x[i]) / d }')
+        d=$(count_diff "$WORK/counts-$name-$lo.txt" "$WORK/counts-$name-$hi.txt" $((hi - lo)))
+        DETAIL[$name]=$d
+        # The server: every process of it (both instances and redis-server for bus2).
+        COUNTS[$name]=$(awk '$1 !~ /\// && $1 != "chatload" && $1 != "redis-commands" { cs += $2; cpu += $3; sys += $4 }
+            $1 == "chatload" { ccs = $2; ccpu = $3; csys = $4 }
+            END { printf "%.2f %.2f %.2f %.2f %.2f %.2f", cs, sys, cpu, ccs, csys, ccpu }' <<<"$d")
     done
 }
 
@@ -383,6 +474,37 @@ counts_table() {
         read -r -a c <<<"${COUNTS[$name]}"
         printf '| %s | %.0f | %.0f | %.2f | %.0f | %.0f | %.2f |\n' "$label" "${c[@]}"
     done
+    for name in $CHAT_SERVERS; do
+        [[ -n ${DETAIL[$name]:-} ]] || continue
+        echo
+        detail_table "$name"
+    done
+}
+
+# Server $1's processes one by one (members: an instance's tree less its
+# supervisor), system calls by kind; bus2: its Redis commands too.
+detail_table() {
+    local k head="| $(label "$1"), per round | context switches | CPU ms | system calls"
+    for k in $COUNT_KINDS; do head+=" | $k"; done
+    echo "$head |"
+    printf '|---|---:|---:|---:'; for k in $COUNT_KINDS; do printf '|---:'; done; echo '|'
+    awk '$1 == "redis-commands" { next }
+        { for (i = 2; i <= NF; i++) v[$1, i] = $i; n[$1] = NF; if ($1 !~ /\//) order[++m] = $1 }
+        function row(name, l, s,   i) {
+            printf "| %s", name
+            for (i = 2; i <= n[l]; i++) printf " | %.*f", (i == 3 ? 2 : 0), v[l, i] - (s != "" ? v[s, i] : 0)
+            print " |"
+        }
+        END {
+            for (j = 1; j <= m; j++) {
+                l = order[j]; s = l "/supervisor"
+                if (s in n) { row(l " supervisor", s, ""); row(l " members", l, s) }
+                else row(l, l, "")
+            }
+        }' <<<"${DETAIL[$1]}"
+    awk '$1 == "redis-commands" {
+        printf "\nRedis commands per round: XADD %.1f, XREAD %.1f; entries per XREAD reply about %.1f " \
+            "(each entry is read by both instances: 2 × XADD / XREAD).\n", $2, $3, ($3 > 0 ? 2 * $2 / $3 : 0) }' <<<"${DETAIL[$1]}"
 }
 
 # ---------------------------------------------------------------- table

@@ -111,7 +111,7 @@ void bus_bridge_stop_keeping(bus_bridge *br, bus_bridge *now);
 void bus_bridge_fini(bus_bridge *br);
 
 /* The hooks a started bridge gives its bus. A bridge never started (a
- * replica of one peer's state, fed with bus_bridge_input: bus_redis.c
+ * replica of one peer's state, fed with bus_bridge_input: bus_redis_peer.c
  * keeps one per other instance) answers the questions through them
  * (name_held, members, topic_count, each_topic) with it as ctx. */
 const bus_bridge_ops *bus_bridge_peer_ops(void);
