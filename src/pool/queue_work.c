@@ -916,7 +916,7 @@ static void meta_read(rconn *c, redisReply *r, void *priv)
      * halt (state_is, from the tick). */
     if (strcmp(w->meta.state, "running") != 0 && strcmp(w->meta.state, "done") != 0) {
         if (!w->meta_halted_said)
-            sf_logev(&p->log, SF_LOG_NOTICE, "queue_halted", 0, NULL,
+            sf_logev(&p->log, SF_LOG_NOTICE, "queue_waiting", 0, NULL,
                      SF_FIELDS(SF_F_STR("url", q->url.text), SF_F_STR("state", w->meta.state)),
                      "queue %s: its run is halted (%s); waiting for it to be resumed",
                      q->url.text, w->meta.state);

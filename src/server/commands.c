@@ -521,7 +521,7 @@ static json_t *bus_redis_numbers(sf_server *s)
     bus_redis_stats rs;
 
     bus_redis_get_stats(s->bus_redis, &rs);
-    return json_pack("{s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:f}",
+    return json_pack("{s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:f}",
                      "connected", rs.up, "instance", rs.id,
                      "reconnects", (json_int_t)rs.reconnects,
                      "entries_out", (json_int_t)rs.entries_out,
@@ -529,6 +529,7 @@ static json_t *bus_redis_numbers(sf_server *s)
                      "duplicates", (json_int_t)rs.duplicates, "missed", (json_int_t)rs.missed,
                      "bad", (json_int_t)rs.bad, "outbox_dropped", (json_int_t)rs.outbox_dropped,
                      "stale", (json_int_t)rs.stale,
+                     "cursor_resets", (json_int_t)rs.cursor_resets,
                      "outbox_bytes", (json_int_t)rs.outbox_bytes,
                      "outbox_max", (json_int_t)rs.outbox_max, "instances", (int)rs.peers,
                      "lag_s", rs.lag_ms / 1000.0);

@@ -398,6 +398,7 @@ static void probe(bus_redis *r)
                  "bus bridge: reading from Redis at %s delivers nothing (our probe did not come "
                  "back in %.1f s): reading again", r->where.text, limit);
         rconn_drop(r->rd, "stale cursor");
+        rb_check_cursors(r);
         return;
     }
     /* Only into an outbox with room: a probe dropped would be a gap the

@@ -69,6 +69,7 @@ typedef struct bus_redis_stats {
     uint64_t bad;               /* entries that did not decode */
     uint64_t outbox_dropped;    /* writes that did not fit in the outbox */
     uint64_t stale;             /* reading connections cut: our probe did not come back */
+    uint64_t cursor_resets;     /* cursors found past their stream's newest entry */
     size_t outbox_bytes, outbox_max;
     unsigned peers;             /* other instances with a replica here */
     double lag_ms;              /* the last entry read: its id's time to now */

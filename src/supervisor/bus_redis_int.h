@@ -158,5 +158,6 @@ void rb_start_topic(bus_redis *r, rtop *t);
 void rb_start_topics(bus_redis *r);
 void rb_say_up(bus_redis *r);
 void rb_snapshot_start(bus_redis *r);
+void rb_check_cursors(bus_redis *r);
 
 #endif

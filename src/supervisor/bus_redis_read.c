@@ -3,6 +3,7 @@
  * bus_redis_int.h, the why is in docs/design.md, "The bus across
  * instances (Redis)". */
 #include "supervisor/bus_redis_int.h"
+#include "redis/rreply.h"
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
@@ -261,6 +262,21 @@ static int entry_ok(const redisReply *en)
            en->element[1]->type == REDIS_REPLY_ARRAY;
 }
 
+/* The XREAD in flight reads the old set of streams, or old cursors: cut it
+ * short, so the new ones are read at once rather than after the block (up
+ * to 1 s). */
+static void unblock_read(bus_redis *r)
+{
+    char id[24];
+
+    if (!r->reading || r->rd_id <= 0)
+        return;
+    snprintf(id, sizeof id, "%lld", r->rd_id);
+    const char *argv[] = {"CLIENT", "UNBLOCK", id};
+    size_t argvlen[] = {6, 7, strlen(id)};
+    (void)rconn_command(r->cmd, NULL, NULL, 0, 3, argv, argvlen);
+}
+
 /* The newest entries of a topic, newest first. Those written since the
  * topic was started here (by their id's time: this host's clock against
  * Redis's, the same machine or kept in step by NTP) may be news to a
@@ -302,15 +318,8 @@ static void start_reply(rconn *c, struct redisReply *reply, void *priv)
         start_entry_in(r, t, reply->element[j]->element[1], 1);
     t->reading = 1;
     rb_say_up(r);
-    /* The XREAD in flight does not read it: cut it short, so the new set is
-     * read at once rather than after the block (up to 1 s). */
-    if (r->reading && r->rd_id > 0) {
-        char id[24];
-        snprintf(id, sizeof id, "%lld", r->rd_id);
-        const char *argv[] = {"CLIENT", "UNBLOCK", id};
-        size_t argvlen[] = {6, 7, strlen(id)};
-        (void)rconn_command(r->cmd, NULL, NULL, 0, 3, argv, argvlen);
-    }
+    /* The XREAD in flight does not read it: cut it short. */
+    unblock_read(r);
 }
 
 void rb_start_topic(bus_redis *r, rtop *t)
@@ -493,4 +502,86 @@ void rb_snapshot_start(bus_redis *r)
         return;
     if (rconn_command(r->cmd, xlast_reply, r, 0, 6, argv, argvlen) == 0)
         r->snapshot = 1;
+}
+
+/* ------------------------------------------------------------ cursors ahead */
+
+/* Our probe did not come back. Besides a connection that looks alive and
+ * delivers nothing (cut and made again by the caller), a cursor can be
+ * ahead of its stream: Redis lost the stream (a restart without its data,
+ * a failover to a replica behind it, a DEL) and the ids it gives now are
+ * below the ones read before, because its clock, or the new master's, is
+ * behind them. XREAD from such a cursor returns nothing for ever, however
+ * often the connection is made again. So each stream read is asked for
+ * its newest id, and a cursor past it starts again from the stream's
+ * start: what is there was written since the loss, and anything read
+ * before is dropped by its seq (bus_dedup); what was lost shows as a gap
+ * in its origin's seq, as a trim does. */
+typedef struct cursor_arg {
+    bus_redis *r;
+    char key[KEY_MAX];
+} cursor_arg;
+
+static void cursor_reply(rconn *c, struct redisReply *reply, void *priv)
+{
+    cursor_arg *a = priv;
+    bus_redis *r = a->r;
+    size_t key_len = strlen(a->key);
+    char *cursor = NULL;
+    rid ours, newest = {0, 0};
+    rtop *t;
+
+    (void)c;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY)
+        goto done; /* down, or refused: the next probe tells again */
+    if (key_len == sizeof KEY_X - 1 && memcmp(a->key, KEY_X, key_len) == 0)
+        cursor = r->xcursor;
+    else if ((t = rb_top_find(r, a->key, key_len)) && t->reading)
+        cursor = t->cursor;
+    if (!cursor || rid_parse(cursor, strlen(cursor), &ours) < 0)
+        goto done;
+    if (reply->elements) {
+        const redisReply *id;
+        if (!entry_ok(reply->element[0]))
+            goto done;
+        id = reply->element[0]->element[0];
+        if (rid_parse(id->str, id->len, &newest) < 0)
+            goto done;
+    }
+    if (rid_cmp(&ours, &newest) <= 0)
+        goto done;
+    r->st.cursor_resets++;
+    sf_logev(r->log, SF_LOG_WARN, "bus_redis_down", 0, NULL,
+             SF_FIELDS(SF_F_STR("why", "cursor ahead")),
+             "bus bridge: our cursor %s on %s is past its newest entry (Redis lost it, and "
+             "its clock is behind ours?): reading it again from its start", cursor, a->key);
+    strcpy(cursor, "0-0");
+    unblock_read(r);
+done:
+    free(a);
+}
+
+static void check_cursor(bus_redis *r, const char *key, size_t key_len)
+{
+    cursor_arg *a = malloc(sizeof *a);
+
+    if (!a)
+        return;
+    a->r = r;
+    memcpy(a->key, key, key_len);
+    a->key[key_len] = '\0';
+    const char *argv[] = {"XREVRANGE", a->key, "+", "-", "COUNT", "1"};
+    size_t argvlen[] = {9, key_len, 1, 1, 5, 1};
+    if (rconn_command(r->cmd, cursor_reply, a, 0, 6, argv, argvlen) < 0)
+        free(a);
+}
+
+void rb_check_cursors(bus_redis *r)
+{
+    if (r->snapshot != 2 || !rconn_is_up(r->cmd))
+        return;
+    check_cursor(r, KEY_X, sizeof KEY_X - 1);
+    for (unsigned i = 0; i < r->ntops; i++)
+        if (r->tops[i].reading)
+            check_cursor(r, r->tops[i].key, r->tops[i].key_len);
 }

@@ -342,6 +342,41 @@ def test_local_lines_do_not_wait_for_redis(sockfork, tmp_path, redis):
     carol.expect("<alice> after")
 
 
+def test_a_cursor_ahead_of_its_stream_reads_again(sockfork, tmp_path, redis):
+    """Redis loses the streams and gives ids below those read before (a
+    restart without data and a clock behind, a failover): XREAD from the
+    old cursors would return nothing for ever. The probe does not come back,
+    the cursors past their stream's newest entry start again from its start,
+    and the lines flow again, once each."""
+    a, b = pair(sockfork, tmp_path, redis, "--history", "0", *NO_FLOOD)
+    alice, bob = login_across(a, b)
+    alice.send("before")
+    bob.expect("<alice> before")
+    # An entry with an id a day ahead moves every reader's cursor there (it
+    # does not decode: counted bad), then the streams go.
+    ahead = "%d-0" % (int(time.time() * 1000) + 86400 * 1000)
+    for key in ("sf:x", "sf:t:room:lobby"):
+        assert redis.cli("XADD", key, ahead, "e", "x") == ahead
+    for srv in (a, b):
+        wait_stat(srv, lambda s: s["bad"] >= 2, "both entries read")
+    assert redis.cli("DEL", "sf:x", "sf:t:room:lobby") == "2"
+    alice.send("after")
+    bob.send("back")
+    for srv in (a, b):
+        srv.log.wait_one(r"^sockfork: bus bridge: our cursor %s on sf:x is past its newest entry"
+                         % ahead, timeout=LONG_WAIT)
+    bob.expect("<alice> after", timeout=LONG_WAIT)
+    alice.expect("<bob> back", timeout=LONG_WAIT)
+    for srv in (a, b):
+        got = wait_stat(srv, lambda s: s["cursor_resets"] >= 2, "both cursors reset")
+        assert got["stale"] >= 1, got
+    # Once each: the next lines come right behind.
+    alice.send("next")
+    bob.expect("<alice> next")
+    bob.send("next too")
+    alice.expect("<bob> next too")
+
+
 @pytest.mark.parametrize("policy", ["kick", "drop"])
 def test_trimmed_past_the_cursor_gives_the_notice(sockfork, tmp_path, redis, policy):
     """Entries trimmed before B read them: B's member is not left with a

@@ -197,7 +197,9 @@ def test_two_thousand_mixed_tasks_over_two_workers(hosts, tmp_path):
     q = Queue(hosts, tmp_path)
     workers = [q.worker("w1"), q.worker("w2")]
     count = 2000
-    sub = q.submit(count, "--timeout", "2s", "--retries", "1", "--retry-on", "1")
+    # 10 s: the tasks meant to time out sleep 60; a trivial one took 2.4 s
+    # once under ASan on a loaded machine, and a 2 s timeout killed it.
+    sub = q.submit(count, "--timeout", "10s", "--retries", "1", "--retry-on", "1")
     rc = sub.wait(LONG_WAIT * 10)
     failed = sum(1 for n in range(1, count + 1) if not expected(n)[0])
     assert rc == min(failed, 101), (rc, sub.log.text()[-2000:])
