@@ -764,6 +764,40 @@ static void test_a_burst_waits_for_what_its_bridge_expects_within_a_cap(void **s
     teardown(&f);
 }
 
+/* A busy room (a publish every quarter gap) whose bridge always expects
+ * more (its newest line is never back: each new one moves the mark) is
+ * not held for ever: it goes by the crossing cap. */
+static void test_a_busy_room_is_held_no_longer_than_the_crossing_cap(void **state)
+{
+    fixture f;
+    char *acc = NULL;
+    size_t len = 0;
+    const double gap = 0.05;
+    (void)state;
+
+    gather_s = gap;
+    setup(&f, 1 << 20, 2);
+    tell(&f, 1, "{\"op\":\"subscribe\",\"topic\":\"t\"}\n");
+    settle(&f);
+    bus_set_bridge(&f.b, &expecting_ops, NULL);
+    bridge_expects = 1;
+    double start = mono_s();
+    while (count_lines(acc, "\"kind\":\"topic\"") < 1 && mono_s() - start < 10.0) {
+        struct pollfd p = {f.peer[1], POLLIN, 0};
+        tell(&f, 0, "{\"op\":\"publish\",\"topic\":\"t\",\"data\":\"more\"}\n");
+        ev_run(f.loop, EVRUN_NOWAIT);
+        if (poll(&p, 1, (int)(gap * 1000 / 4)) > 0)
+            read_all(&f, 1, &acc, &len);
+    }
+    double took = mono_s() - start;
+    bridge_expects = 0;
+    assert_true(count_lines(acc, "\"kind\":\"topic\"") >= 1);
+    assert_true(took < BUS_GATHER_SPAN_CROSSING * gap + 2.0);
+    bus_set_bridge(&f.b, NULL, NULL);
+    free(acc);
+    teardown(&f);
+}
+
 /* What the bridge brings (bus_inject_publish) is gathered with the local
  * burst: once it is in, the burst goes a gap after it, the local line
  * first, far sooner than the crossing cap. */
@@ -881,6 +915,7 @@ int main(void)
         cmocka_unit_test(test_a_gathered_burst_goes_after_a_clock_step),
         cmocka_unit_test(test_a_burst_waits_for_what_its_bridge_expects_within_a_cap),
         cmocka_unit_test(test_what_the_bridge_brings_goes_with_the_burst),
+        cmocka_unit_test(test_a_busy_room_is_held_no_longer_than_the_crossing_cap),
         cmocka_unit_test(test_bus_fini_with_a_burst_waiting),
         cmocka_unit_test(test_the_stall_time_holds_across_a_clock_step),
     };
