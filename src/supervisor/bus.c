@@ -537,18 +537,31 @@ static void wake_held(bus *b);
  * (a reply to one child, a listing, an error, a kick), a recipient past
  * its high mark, held senders to retry, or shutdown, flushes at once, as
  * every pass did before. The deadline is a timerfd: the loop's timers
- * round up to a millisecond.
+ * round up to a millisecond. With a bridge, its injected publishes are
+ * input too, and while it expects more of the burst (its own lines not
+ * back from Redis yet) the wait may last up to BUS_GATHER_SPAN_CROSSING
+ * gaps: a burst's lines from both sides then go out in one flush.
  */
 static void gather_reset(bus *b)
 {
     b->gathering = 0;
+    b->gather_armed = 0;
     b->urgent = 0;
+}
+
+/* Input that extends a gathering: frames from children, and publishes a
+ * bridge injects (the lines of other instances arrive in bursts too, one
+ * reply of Redis or one frame of the link after another). */
+static uint64_t gather_input(const bus *b)
+{
+    return b->counted.frames_in + b->injected;
 }
 
 static int gather_wait(bus *b)
 {
-    double now, due;
+    double now, due, cap;
     struct itimerspec its;
+    int crossing;
 
     if (b->gather_fd < 0 || b->urgent || b->wake || b->ncongested || b->closing)
         return 0;
@@ -556,16 +569,23 @@ static int gather_wait(bus *b)
     if (!b->gathering) {
         b->gathering = 1;
         b->gather_first = b->gather_last = now;
-        b->gather_in = b->counted.frames_in;
-    } else if (b->counted.frames_in != b->gather_in) {
-        b->gather_in = b->counted.frames_in;
+        b->gather_in = gather_input(b);
+    } else if (gather_input(b) != b->gather_in) {
+        b->gather_in = gather_input(b);
         b->gather_last = now;
     }
+    /* More of the burst is on its way through the bridge: waited for up to
+     * a longer cap (its path is longer); what brings it wakes the loop, and
+     * the flush follows a gap after the last input, as for any burst. */
+    crossing = b->bridge && b->bridge->expecting && b->bridge->expecting(b->bridge_ctx);
     due = b->gather_last + b->cfg.gather_s;
-    if (due > b->gather_first + BUS_GATHER_SPAN * b->cfg.gather_s)
-        due = b->gather_first + BUS_GATHER_SPAN * b->cfg.gather_s;
+    cap = b->gather_first + (crossing ? BUS_GATHER_SPAN_CROSSING : BUS_GATHER_SPAN) * b->cfg.gather_s;
+    if (due > cap || crossing)
+        due = cap;
     if (now >= due)
         return 0;
+    if (due == b->gather_armed)
+        return 1; /* the timerfd holds it already (a pass with nothing new) */
     memset(&its, 0, sizeof its);
     its.it_value.tv_sec = (time_t)(due - now);
     its.it_value.tv_nsec = (long)((due - now - (double)its.it_value.tv_sec) * 1e9) + 1; /* never 0: that disarms */
@@ -573,6 +593,7 @@ static int gather_wait(bus *b)
         its.it_value.tv_nsec = 999999999L;
     if (timerfd_settime(b->gather_fd, 0, &its, NULL) < 0)
         return 0;
+    b->gather_armed = due;
     return 1;
 }
 
@@ -582,8 +603,10 @@ static void gather_cb(struct ev_loop *loop, ev_io *w, int revents)
     (void)loop;
     (void)revents;
 
-    /* Only to wake the loop: the prepare watcher flushes. */
+    /* Only to wake the loop: the prepare watcher flushes (or arms it
+     * again). */
     (void)!read(w->fd, &expired, sizeof expired);
+    ((bus *)w->data)->gather_armed = 0;
 }
 
 static void gather_init(bus *b)
@@ -1797,6 +1820,7 @@ int bus_inject_publish(bus *b, const char *topic, size_t topic_len, pid_t from,
 {
     if (!b->topics)
         return -ESHUTDOWN; /* after bus_fini */
+    b->injected++;
     return topic_publish(b, topic, topic_len, from, data, len, NULL);
 }
 

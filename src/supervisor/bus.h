@@ -55,6 +55,7 @@
 #define BUS_HISTORY_TOTAL (16 * 1024 * 1024) /* every topic's, by default */
 #define BUS_READ_BUDGET (64 * 1024)    /* bytes read from one child per wakeup */
 #define BUS_GATHER_SPAN 8              /* a gathering waits at most this many gaps */
+#define BUS_GATHER_SPAN_CROSSING 32    /* ... or this many while its bridge expects more */
 #define BUS_STALL_S 4.0                /* s a recipient may hold senders before it drains */
 /* What a MESSAGE frame adds to the data it carries: the frame header, the
  * message header, the longest topic. A child's reader takes chan_max plus
@@ -214,6 +215,13 @@ typedef struct bus_config {
  *   topic_count the peer's subscribers of a topic;
  *   each_topic  calls cb for each topic with subscribers on the peer
  *               whose name starts with prefix.
+ * And (may be NULL):
+ *   expecting   whether more of a burst is on its way from the peer now
+ *               (bus_redis: lines written here and not yet read back, so
+ *               the others' lines written at the same moment are not in
+ *               either): a gathering waits for it as for input, for at
+ *               most BUS_GATHER_SPAN_CROSSING gaps (cfg.gather_s) from
+ *               its first.
  */
 typedef void (*bus_topic_cb)(const char *topic, size_t len, unsigned subscribers, void *arg);
 typedef struct bus_bridge_ops {
@@ -231,6 +239,7 @@ typedef struct bus_bridge_ops {
     int (*members)(void *ctx, const char *topic, size_t len, char **text, size_t *text_len);
     unsigned (*topic_count)(void *ctx, const char *topic, size_t len);
     void (*each_topic)(void *ctx, const char *prefix, size_t len, bus_topic_cb cb, void *arg);
+    int (*expecting)(void *ctx);
 } bus_bridge_ops;
 
 typedef struct bus_topic bus_topic;
@@ -261,13 +270,17 @@ struct bus {
     void *bridge_ctx;
     /* Gathering (cfg.gather_s): a timerfd, for a deadline finer than the
      * loop's millisecond; while the flush waits, when it began, when input
-     * last came (monotonic seconds), the frames read by then; urgent: something queued that
-     * is not a publish (a reply, a kick), which goes at once. */
+     * last came (monotonic seconds), the input counted by then (frames
+     * read from children and publishes injected by a bridge); urgent:
+     * something queued that is not a publish (a reply, a kick), which goes
+     * at once. */
     int gather_fd;
     ev_io gather_w;
     int gathering, urgent;
     double gather_first, gather_last;
+    double gather_armed;        /* the timerfd's deadline while armed; 0: none */
     uint64_t gather_in;
+    uint64_t injected;          /* publishes injected by a bridge (bus_inject_publish) */
 };
 
 int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg);
@@ -355,8 +368,9 @@ void bus_set_bridge(bus *b, const bus_bridge_ops *ops, void *ctx);
 
 /* What comes from the peer. None is told to the bridge: no loops.
  * A publish: to the topic's local subscribers, kept in its history as a
- * local one would be; from: the peer's pid. Returns 0 or -ENOSPC (no
- * topic could be made for its history). */
+ * local one would be; from: the peer's pid. It counts as input for
+ * gathering (a burst from the peer goes out together, as a local one
+ * does). Returns 0 or -ENOSPC (no topic could be made for its history). */
 int bus_inject_publish(bus *b, const char *topic, size_t topic_len, pid_t from,
                        const unsigned char *data, size_t len);
 /* To every local child. Returns the deliveries. */

@@ -385,7 +385,7 @@ static void op_each_topic(void *ctx, const char *prefix, size_t len, bus_topic_c
 
 static const bus_bridge_ops bridge_ops = {
     op_published, op_broadcast, op_send_name, op_name, op_member, op_will,
-    op_will_published, op_name_held, op_members, op_topic_count, op_each_topic,
+    op_will_published, op_name_held, op_members, op_topic_count, op_each_topic, NULL,
 };
 
 /* ------------------------------------------------ the peer's frames */

@@ -55,7 +55,21 @@ static void op_published(void *ctx, const char *topic, size_t topic_len, pid_t f
     e.seq = ++t->seq;
     if (t->seq > r->maxseq)
         r->maxseq = t->seq;
-    (void)rb_xadd(r, t->key, t->key_len, &e, 0);
+    if (rb_xadd(r, t->key, t->key_len, &e, 0) == 0 && t->reading && rconn_is_up(r->rd)) {
+        memcpy(r->echo_key, t->key, t->key_len);
+        r->echo_len = t->key_len;
+        r->echo_seq = e.seq;
+        r->echo_at = ev_now(r->loop);
+    }
+}
+
+/* Our last line not read back yet: the others' lines written with it are
+ * not here either (see echo_seq). Alone on Redis, nothing else comes. */
+static int op_expecting(void *ctx)
+{
+    bus_redis *r = ctx;
+
+    return r->echo_seq && r->st.peers > 0 && ev_now(r->loop) - r->echo_at < ECHO_WAIT_S;
 }
 
 static void op_broadcast(void *ctx, pid_t from, const unsigned char *data, size_t len)
@@ -262,7 +276,7 @@ static void op_each_topic(void *ctx, const char *prefix, size_t len, bus_topic_c
 
 static const bus_bridge_ops redis_ops = {
     op_published, op_broadcast, op_send_name, op_name, op_member, op_will,
-    op_will_published, op_name_held, op_members, op_topic_count, op_each_topic,
+    op_will_published, op_name_held, op_members, op_topic_count, op_each_topic, op_expecting,
 };
 
 
@@ -462,6 +476,7 @@ static void cmd_down(rconn *c, const char *why, void *arg)
     (void)c;
     r->st.reconnects++;
     r->probe_seq = 0; /* it may never have been written */
+    r->echo_seq = 0;
     if (r->snapshot == 1)
         r->snapshot = 0;
     for (unsigned i = 0; i < r->ntops; i++)
@@ -499,6 +514,7 @@ static void rd_down(rconn *c, const char *why, void *arg)
     (void)c, (void)why;
     r->st.reconnects++;
     r->reading = 0;
+    r->echo_seq = 0;
 }
 
 static void new_id(bus_redis *r)

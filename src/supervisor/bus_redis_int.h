@@ -104,7 +104,18 @@ struct bus_redis {
     bus_redis_stats st;
     int closing;
     int up_said;            /* bus_redis_up logged (once) */
+    /* Our last line on a topic read here, until it is read back (seq 0:
+     * none out): the others' lines of the same burst are on their way
+     * too, and the bus's gathering waits for them (op_expecting). */
+    char echo_key[KEY_MAX];
+    size_t echo_len;
+    uint64_t echo_seq;
+    double echo_at;         /* ev_now when it was written */
 };
+
+/* An echo not back in this long is not waited for (each wait is within
+ * the bus's gathering cap anyway). */
+#define ECHO_WAIT_S 0.05
 
 static inline double now_ms(void)
 {

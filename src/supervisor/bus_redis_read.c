@@ -31,6 +31,9 @@ static void entry_in(bus_redis *r, const char *key, size_t key_len, const char *
     if (e.origin == r->id) {
         if (e.kind == RC_PROBE && e.seq == r->probe_seq)
             r->probe_seq = 0; /* the reading works */
+        if (e.kind == RC_PUBLISH && r->echo_seq && e.seq >= r->echo_seq &&
+            key_len == r->echo_len && memcmp(key, r->echo_key, key_len) == 0)
+            r->echo_seq = 0; /* the burst is in */
         return;
     }
     rc = bus_dedup_check(&r->seen, e.origin, key, key_len, e.seq, e.flags & RC_F_FIRST, &missed);

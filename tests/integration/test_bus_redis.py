@@ -296,6 +296,52 @@ def test_redis_connections_killed_mid_stream(sockfork, tmp_path, redis):
     alice.expect("<bob> still here")
 
 
+def test_bursts_both_ways_keep_each_senders_order_and_a_lone_line_follows(
+        sockfork, tmp_path, redis):
+    """Two bursts at once, one from each instance (each gathered with the
+    other's lines as they come through Redis): each side gets the other's
+    lines once and in order; then a lone line each way still arrives (no
+    burst around it to end a gathering)."""
+    a, b = pair(sockfork, tmp_path, redis, "--history", "0", *NO_FLOOD)
+    alice, bob = login_across(a, b)
+    n = 300
+    alice.sock.sendall(b"".join(b"a %d\r\n" % i for i in range(n)) + b"a done\r\n")
+    bob.sock.sendall(b"".join(b"b %d\r\n" % i for i in range(n)) + b"b done\r\n")
+    got_b = alice.until("<bob> b done", timeout=LONG_WAIT)
+    got_a = bob.until("<alice> a done", timeout=LONG_WAIT)
+    assert got_b == ["<bob> b %d" % i for i in range(n)] + ["<bob> b done"], got_b[:20]
+    assert got_a == ["<alice> a %d" % i for i in range(n)] + ["<alice> a done"], got_a[:20]
+    bob.send("lone from B")
+    assert alice.until("<bob> lone from B") == ["<bob> lone from B"]
+    alice.send("lone from A")
+    assert bob.until("<alice> lone from A") == ["<alice> lone from A"]
+    st = stats(b)["bus_redis"]
+    assert st["duplicates"] == 0 and st["missed"] == 0 and st["bad"] == 0, st
+
+
+def test_local_lines_do_not_wait_for_redis(sockfork, tmp_path, redis):
+    """Redis paused for writes (CLIENT PAUSE WRITE: the connections stay up,
+    our lines are not read back): a line to the members on its own instance
+    arrives all the same (its gathering waits for the bridge a bounded
+    time, far less than the pause); the other instance gets it, once, when
+    Redis takes writes again."""
+    a, b = pair(sockfork, tmp_path, redis, "--history", "0", *NO_FLOOD)
+    alice, bob = login_across(a, b)
+    carol = Chat(a, "carol")
+    alice.expect("*** carol has joined lobby")
+    bob.expect("*** carol has joined lobby")
+    wait_stat(a, lambda s: s["outbox_bytes"] == 0, "A wrote it all")
+    assert redis.cli("CLIENT", "PAUSE", "%d" % int(LONG_WAIT * 4 * 1000), "WRITE") == "OK"
+    try:
+        alice.send("while paused")
+        carol.expect("<alice> while paused")
+    finally:
+        assert redis.cli("CLIENT", "UNPAUSE") == "OK"
+    alice.send("after")
+    assert bob.until("<alice> after", timeout=LONG_WAIT) == ["<alice> while paused", "<alice> after"]
+    carol.expect("<alice> after")
+
+
 def test_a_cursor_ahead_of_its_stream_reads_again(sockfork, tmp_path, redis):
     """Redis loses the streams and gives ids below those read before (a
     restart without data and a clock behind, a failover): XREAD from the

@@ -663,6 +663,177 @@ static void test_a_gathered_burst_goes_after_a_clock_step(void **state)
     teardown(&f);
 }
 
+/* A bridge that says whether more of a burst is on its way (expecting),
+ * and does nothing else. */
+static int bridge_expects;
+static void nb_published(void *c, const char *t, size_t tl, pid_t f, const unsigned char *d, size_t l)
+{
+    (void)c, (void)t, (void)tl, (void)f, (void)d, (void)l;
+}
+static void nb_broadcast(void *c, pid_t f, const unsigned char *d, size_t l)
+{
+    (void)c, (void)f, (void)d, (void)l;
+}
+static int nb_send_name(void *c, const char *n, size_t nl, pid_t f, const unsigned char *d, size_t l)
+{
+    (void)c, (void)n, (void)nl, (void)f, (void)d, (void)l;
+    return -ESRCH;
+}
+static void nb_name(void *c, const char *n, size_t l, pid_t p, int h)
+{
+    (void)c, (void)n, (void)l, (void)p, (void)h;
+}
+static void nb_will(void *c, pid_t p, const char *t, size_t tl, const unsigned char *d, size_t l)
+{
+    (void)c, (void)p, (void)t, (void)tl, (void)d, (void)l;
+}
+static void nb_will_published(void *c, pid_t p)
+{
+    (void)c, (void)p;
+}
+static int nb_name_held(void *c, const char *n, size_t l)
+{
+    (void)c, (void)n, (void)l;
+    return 0;
+}
+static int nb_members(void *c, const char *t, size_t l, char **text, size_t *text_len)
+{
+    (void)c, (void)t, (void)l;
+    *text = NULL;
+    *text_len = 0;
+    return 0;
+}
+static unsigned nb_topic_count(void *c, const char *t, size_t l)
+{
+    (void)c, (void)t, (void)l;
+    return 0;
+}
+static void nb_each_topic(void *c, const char *p, size_t l, bus_topic_cb cb, void *arg)
+{
+    (void)c, (void)p, (void)l, (void)cb, (void)arg;
+}
+static int nb_expecting(void *c)
+{
+    (void)c;
+    return bridge_expects;
+}
+static const bus_bridge_ops expecting_ops = {
+    nb_published, nb_broadcast, nb_send_name, nb_name, nb_name, nb_will, nb_will_published,
+    nb_name_held, nb_members, nb_topic_count, nb_each_topic, nb_expecting,
+};
+
+/* Reads child i's lines until it has `want` topic messages or `secs` pass;
+ * returns the seconds it took. */
+static double wait_topics(fixture *f, int i, char **acc, size_t *len, int want, double secs)
+{
+    double start = mono_s();
+    while (count_lines(*acc, "\"kind\":\"topic\"") < want && mono_s() - start < secs) {
+        struct pollfd p = {f->peer[i], POLLIN, 0};
+        ev_run(f->loop, EVRUN_NOWAIT);
+        if (poll(&p, 1, 5) > 0)
+            read_all(f, i, acc, len);
+    }
+    return mono_s() - start;
+}
+
+/* While the bridge expects more of the burst (its own lines not read back
+ * from Redis), the gathering waits past its usual cap, up to
+ * BUS_GATHER_SPAN_CROSSING gaps; never longer, even if more never comes. */
+static void test_a_burst_waits_for_what_its_bridge_expects_within_a_cap(void **state)
+{
+    fixture f;
+    char *acc = NULL;
+    size_t len = 0;
+    const double gap = 0.01;
+    (void)state;
+
+    gather_s = gap;
+    setup(&f, 256 * 1024, 2);
+    tell(&f, 1, "{\"op\":\"subscribe\",\"topic\":\"t\"}\n");
+    settle(&f);
+    bus_set_bridge(&f.b, &expecting_ops, NULL);
+    bridge_expects = 1;
+    tell(&f, 0, "{\"op\":\"publish\",\"topic\":\"t\",\"data\":\"one\"}\n");
+    double took = wait_topics(&f, 1, &acc, &len, 1, 10.0); /* from before it was read */
+    bridge_expects = 0;
+    assert_int_equal(count_lines(acc, "\"kind\":\"topic\""), 1);
+    assert_true(took >= BUS_GATHER_SPAN_CROSSING * gap);
+    assert_true(took < BUS_GATHER_SPAN_CROSSING * gap + 5.0);
+    bus_set_bridge(&f.b, NULL, NULL);
+    free(acc);
+    teardown(&f);
+}
+
+/* A busy room (a publish every quarter gap) whose bridge always expects
+ * more (its newest line is never back: each new one moves the mark) is
+ * not held for ever: it goes by the crossing cap. */
+static void test_a_busy_room_is_held_no_longer_than_the_crossing_cap(void **state)
+{
+    fixture f;
+    char *acc = NULL;
+    size_t len = 0;
+    const double gap = 0.05;
+    (void)state;
+
+    gather_s = gap;
+    setup(&f, 1 << 20, 2);
+    tell(&f, 1, "{\"op\":\"subscribe\",\"topic\":\"t\"}\n");
+    settle(&f);
+    bus_set_bridge(&f.b, &expecting_ops, NULL);
+    bridge_expects = 1;
+    double start = mono_s();
+    while (count_lines(acc, "\"kind\":\"topic\"") < 1 && mono_s() - start < 10.0) {
+        struct pollfd p = {f.peer[1], POLLIN, 0};
+        tell(&f, 0, "{\"op\":\"publish\",\"topic\":\"t\",\"data\":\"more\"}\n");
+        ev_run(f.loop, EVRUN_NOWAIT);
+        if (poll(&p, 1, (int)(gap * 1000 / 4)) > 0)
+            read_all(&f, 1, &acc, &len);
+    }
+    double took = mono_s() - start;
+    bridge_expects = 0;
+    assert_true(count_lines(acc, "\"kind\":\"topic\"") >= 1);
+    assert_true(took < BUS_GATHER_SPAN_CROSSING * gap + 2.0);
+    bus_set_bridge(&f.b, NULL, NULL);
+    free(acc);
+    teardown(&f);
+}
+
+/* What the bridge brings (bus_inject_publish) is gathered with the local
+ * burst: once it is in, the burst goes a gap after it, the local line
+ * first, far sooner than the crossing cap. */
+static void test_what_the_bridge_brings_goes_with_the_burst(void **state)
+{
+    fixture f;
+    char *acc = NULL;
+    size_t len = 0;
+    const double gap = 0.2;
+    (void)state;
+
+    gather_s = gap;
+    setup(&f, 256 * 1024, 2);
+    tell(&f, 1, "{\"op\":\"subscribe\",\"topic\":\"t\"}\n");
+    settle(&f);
+    bus_set_bridge(&f.b, &expecting_ops, NULL);
+    bridge_expects = 1;
+    tell(&f, 0, "{\"op\":\"publish\",\"topic\":\"t\",\"data\":\"local\"}\n");
+    settle(&f);
+    assert_true(f.b.gathering);
+    assert_true(f.ep[1].q.bytes > 0);
+    /* The peer's line of the same burst comes, and with it the end of
+     * what was expected. */
+    assert_int_equal(bus_inject_publish(&f.b, "t", 1, 4242, (const unsigned char *)"\"far\"", 5), 0);
+    bridge_expects = 0;
+    double took = wait_topics(&f, 1, &acc, &len, 2, 10.0);
+    assert_int_equal(count_lines(acc, "\"kind\":\"topic\""), 2);
+    assert_non_null(strstr(acc, "local"));
+    assert_non_null(strstr(acc, "far"));
+    assert_true(strstr(acc, "local") < strstr(acc, "far"));
+    assert_true(took < BUS_GATHER_SPAN_CROSSING * gap / 2);
+    bus_set_bridge(&f.b, NULL, NULL);
+    free(acc);
+    teardown(&f);
+}
+
 /* Descriptors open in this process, counted through /proc/self/fd. */
 static int open_fds(void)
 {
@@ -742,6 +913,9 @@ int main(void)
         cmocka_unit_test(test_a_channel_made_later_gets_what_waited),
         cmocka_unit_test(test_a_channel_never_made_closes),
         cmocka_unit_test(test_a_gathered_burst_goes_after_a_clock_step),
+        cmocka_unit_test(test_a_burst_waits_for_what_its_bridge_expects_within_a_cap),
+        cmocka_unit_test(test_what_the_bridge_brings_goes_with_the_burst),
+        cmocka_unit_test(test_a_busy_room_is_held_no_longer_than_the_crossing_cap),
         cmocka_unit_test(test_bus_fini_with_a_burst_waiting),
         cmocka_unit_test(test_the_stall_time_holds_across_a_clock_step),
     };
