@@ -147,4 +147,9 @@ typedef struct os_proc_usage {
  * failed, or /proc could not be read). */
 int os_proc_self(os_proc_usage *out);
 
+/* Now, in seconds on the monotonic clock (clock.c). Deadlines and ages are
+ * kept on it, never on ev_now(), which is the wall clock: a step of that
+ * (NTP, an operator) would move them by as long as the step. */
+double os_mono_now(void);
+
 #endif

@@ -2,6 +2,7 @@
  * that schedules: tasks wait in the queue, start in a free slot
  * (launch.c), are read from while they run (taskio.c) and end (end.c). */
 #include "pool/pool_internal.h"
+#include "os/os.h"
 #include "process/process.h"
 
 #include <errno.h>
@@ -20,9 +21,7 @@
 
 double pool_now(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    return os_mono_now();
 }
 
 double pool_wall(void)

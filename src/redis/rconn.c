@@ -16,6 +16,7 @@
  * when the outermost one unwinds.
  */
 #include "redis/rconn.h"
+#include "os/os.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -75,16 +76,6 @@ struct rconn {
 
 static void connect_start(rconn *c);
 
-/* Now, on the monotonic clock. Deadlines and the heartbeat's due time are
- * kept on it, not on ev_now(), which is the wall clock: a step of that
- * (NTP, an operator) would move every deadline by the step, an hour back
- * and a dead connection goes unnoticed for an hour. */
-static ev_tstamp mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (ev_tstamp)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* ---- lifetime ----------------------------------------------------------- */
 
@@ -217,7 +208,7 @@ static void arm_deadline(rconn *c)
     ev_timer_stop(c->loop, &c->deadline_timer);
     if (!c->head || c->state != ST_UP)
         return;
-    ev_tstamp left = c->head->due - mono_now();
+    ev_tstamp left = c->head->due - os_mono_now();
     ev_timer_set(&c->deadline_timer, left > 0 ? left : 0., 0.);
     ev_timer_start(c->loop, &c->deadline_timer);
 }
@@ -229,7 +220,7 @@ static void deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     if (!c->head)
         return;
-    if (c->head->due > mono_now() + 1e-3) {
+    if (c->head->due > os_mono_now() + 1e-3) {
         arm_deadline(c);
         return;
     }
@@ -279,7 +270,7 @@ static int send_cmd(rconn *c, enum rcmd_kind kind, rconn_reply_cb cb, void *priv
     cmd->kind = (unsigned char)kind;
     cmd->cb = cb;
     cmd->priv = priv;
-    cmd->due = mono_now() + (c->opts.command_ms + (double)block_ms) / 1000.0;
+    cmd->due = os_mono_now() + (c->opts.command_ms + (double)block_ms) / 1000.0;
     if (c->tail && c->tail->due > cmd->due)
         cmd->due = c->tail->due;
     if (redisAsyncCommandArgv(c->link->ac, on_reply, cmd, argc, argv, argvlen) != REDIS_OK) {
@@ -303,7 +294,7 @@ static void ping_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     rconn *c = w->data;
     ev_tstamp every = c->opts.ping_ms / 1000.0;
-    ev_tstamp due = c->last_reply + every, now = mono_now();
+    ev_tstamp due = c->last_reply + every, now = os_mono_now();
     (void)revents;
 
     if (c->state != ST_UP)
@@ -335,7 +326,7 @@ static void went_up(rconn *c)
     c->reported_down = 0;
     c->stats.up = 1;
     c->stats.connects++;
-    c->last_reply = mono_now();
+    c->last_reply = os_mono_now();
     if (c->opts.ping_ms) {
         c->ping_timer.repeat = c->opts.ping_ms / 1000.0;
         ev_timer_again(c->loop, &c->ping_timer);
@@ -406,7 +397,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     c->npending--;
     if (cmd->kind == CMD_USER)
         c->nuser--;
-    c->last_reply = mono_now();
+    c->last_reply = os_mono_now();
     arm_deadline(c);
     link->in_cb++;
     deliver(c, cmd, r);

@@ -350,17 +350,6 @@ static void kick(endpoint *e, const char *why, int bad);
 static size_t high_water(const bus *b) { return b->cfg.queue_limit / 2; }
 static size_t low_water(const bus *b) { return b->cfg.queue_limit / 4; }
 
-/* Now on the monotonic clock, for the bus's own deadlines (a congested
- * recipient's stall time, the gathering's cap, as the timerfd counts):
- * ev_now() is the wall clock, and a step of that (NTP, an operator) would
- * stretch them by as long as the step. */
-static double mono_now(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void set_congested(endpoint *e, int on)
 {
@@ -374,7 +363,7 @@ static void set_congested(endpoint *e, int on)
     for (bus_sub *s = e->subs; s; s = s->enext)
         s->topic->ncongested += (unsigned)d;
     if (on) {
-        e->congested_at = mono_now();
+        e->congested_at = os_mono_now();
         if (!ev_is_active(&b->stall)) {
             ev_timer_again(b->loop, &b->stall);
             ev_unref(b->loop); /* it must not keep the loop running */
@@ -397,7 +386,7 @@ static void flushed(endpoint *e, size_t before)
 static void stall_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     bus *b = w->data;
-    double now = mono_now();
+    double now = os_mono_now();
     (void)revents;
 
     for (endpoint *e = b->all; e && b->ncongested; e = e->next) {
@@ -565,7 +554,7 @@ static int gather_wait(bus *b)
 
     if (b->gather_fd < 0 || b->urgent || b->wake || b->ncongested || b->closing)
         return 0;
-    now = mono_now();
+    now = os_mono_now();
     if (!b->gathering) {
         b->gathering = 1;
         b->gather_first = b->gather_last = now;

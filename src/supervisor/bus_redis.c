@@ -3,6 +3,7 @@
  * bus_redis_int.h, the why is in docs/design.md, "The bus across
  * instances (Redis)". */
 #include "supervisor/bus_redis_int.h"
+#include "os/os.h"
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
@@ -59,7 +60,7 @@ static void op_published(void *ctx, const char *topic, size_t topic_len, pid_t f
         memcpy(r->echo_key, t->key, t->key_len);
         r->echo_len = t->key_len;
         r->echo_seq = e.seq;
-        r->echo_at = ev_now(r->loop);
+        r->echo_at = os_mono_now();
     }
 }
 
@@ -69,7 +70,7 @@ static int op_expecting(void *ctx)
 {
     bus_redis *r = ctx;
 
-    return r->echo_seq && r->st.peers > 0 && ev_now(r->loop) - r->echo_at < ECHO_WAIT_S;
+    return r->echo_seq && r->st.peers > 0 && os_mono_now() - r->echo_at < ECHO_WAIT_S;
 }
 
 static void op_broadcast(void *ctx, pid_t from, const unsigned char *data, size_t len)

@@ -110,7 +110,7 @@ struct bus_redis {
     char echo_key[KEY_MAX];
     size_t echo_len;
     uint64_t echo_seq;
-    double echo_at;         /* ev_now when it was written */
+    double echo_at;         /* os_mono_now when it was written */
 };
 
 /* An echo not back in this long is not waited for (each wait is within
