@@ -22,7 +22,11 @@ KICKED = "*** You were disconnected: messages for you piled up faster than you r
 
 
 def stats(srv):
-    return json.loads(ctl(srv, "--json", "stats"))
+    c = Control(srv.ctl_path)
+    try:
+        return c(cmd="stats")
+    finally:
+        c.close()
 
 
 def wait_for(cond, what, timeout=WAIT):
@@ -225,14 +229,14 @@ def test_the_client_buffer_at_its_limit(sockfork, tmp_path, policy):
         i = left = 0
         full = re.compile(r"^sockfork: pid %d: its client's output buffer is full" % stuck_pid)
         while True:
-            alice.send("".join("f%06d %s\n" % (i + k, pad) for k in range(8)).encode())
-            for k in range(8):  # carol, who reads, is never held for more than 4 s
+            alice.send("".join("f%06d %s\n" % (i + k, pad) for k in range(32)).encode())
+            for k in range(32):  # carol, who reads, is never held for more than 4 s
                 got = carol.line(LONG_WAIT)
                 if got == "*** stuck has left lobby (connection lost)" and policy == "kick":
                     left += 1
                     got = carol.line(LONG_WAIT)
                 assert got == "<alice> f%06d %s" % (i + k, pad), got[:40]
-            i += 8
+            i += 32
             out = stats(srv)["output"]
             assert out["bytes"] <= 65536 + 4096, out
             if (policy == "drop" and out["dropped"] > 0) or (policy == "kick" and srv.log.find(full)):
