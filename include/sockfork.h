@@ -393,11 +393,17 @@ SF_EXTERN int sf_conn_out_write(sf_conn *c, const void *data, size_t len);
 SF_EXTERN int sf_conn_out_reset(sf_conn *c, const char *sep, const void *data, size_t len);
 /* Subscribes as sf_conn_subscribe, but the topic's messages are written
  * to the client (prefix + data + suffix; replayed ones with
- * history_prefix), not sent on the channel. gated: they wait behind the
+ * history_prefix; the supervisor's notices with notice_prefix), not sent
+ * on the channel. gated: they wait behind the
  * gate until sf_conn_out_gate (a join the child confirms first). */
 typedef struct sf_out_format {
     const char *prefix, *history_prefix, *suffix; /* NULL: none; at most 255 bytes each */
     int gated;
+    /* The supervisor's own notices about the topic (messages of it missed
+     * on the way: a bus bridge's gap) are written in their place too, as
+     * notice_prefix + "N messages of TOPIC missed" + suffix, not sent on the
+     * channel as an error. */
+    const char *notice_prefix;
 } sf_out_format;
 SF_EXTERN int sf_conn_subscribe_out(sf_conn *c, const char *topic, unsigned history,
                                     const sf_out_format *f);

@@ -496,11 +496,12 @@ int sf_conn_out_reset(sf_conn *c, const char *sep, const void *data, size_t len)
 
 int sf_conn_subscribe_out(sf_conn *c, const char *topic, unsigned history, const sf_out_format *f)
 {
-    unsigned char buf[5 + 4 * 256], *p;
-    size_t tn, pn, hn, sn;
+    unsigned char buf[5 + 5 * 256], *p;
+    size_t tn, pn, hn, sn, nn;
 
     if (!f || name_len(topic, &tn) < 0 || short_len(f->prefix, &pn) < 0 ||
-        short_len(f->history_prefix, &hn) < 0 || short_len(f->suffix, &sn) < 0)
+        short_len(f->history_prefix, &hn) < 0 || short_len(f->suffix, &sn) < 0 ||
+        short_len(f->notice_prefix, &nn) < 0)
         return -EINVAL;
     p = put_be32(buf, history);
     *p++ = f->gated ? 1 : 0;
@@ -508,6 +509,7 @@ int sf_conn_subscribe_out(sf_conn *c, const char *topic, unsigned history, const
     p = put_short(p, f->prefix, pn);
     p = put_short(p, f->history_prefix, hn);
     p = put_short(p, f->suffix, sn);
+    p = put_short(p, f->notice_prefix, nn);
     return send_built(c, CHAN_T_SUBSCRIBE_OUT, buf, (size_t)(p - buf), -1);
 }
 

@@ -37,7 +37,7 @@ struct bus_sub {
      * channel: prefix, history prefix and suffix, plen + hlen + slen bytes
      * (NULL: a plain subscription); gated: behind the gate. */
     unsigned char *fmt;
-    size_t plen, hlen, slen;
+    size_t plen, hlen, slen, nlen; /* then the notices' prefix, nlen bytes */
     int gated;
 };
 
@@ -1083,6 +1083,34 @@ static int out_deliver(bus_sub *s, const bus_msg *m)
     return 0;
 }
 
+/* A notice of the bus's own about an output subscription's topic, in its
+ * place among the topic's messages: notice prefix + text + suffix, past
+ * the limit if need be (it is short, and a gap is never silent). */
+static void out_notice(bus_sub *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void out_notice(bus_sub *s, const char *fmt, ...)
+{
+    char text[256];
+    va_list ap;
+    int n;
+    bus_piece pc[3];
+
+    va_start(ap, fmt);
+    n = vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    pc[0].p = s->fmt + s->plen + s->hlen + s->slen;
+    pc[0].n = s->nlen;
+    pc[1].p = text;
+    pc[1].n = (size_t)n < sizeof text ? (size_t)n : sizeof text - 1;
+    pc[2].p = s->fmt + s->plen + s->hlen;
+    pc[2].n = s->slen;
+    if (bus_outbuf_append(&s->ep->out->ob, pc, 3, s->gated, 1) == 0) {
+        s->ep->owner->urgent = 1;
+        out_added(s->ep);
+    }
+}
+
 /* A message for a subscriber: to its client if it subscribed so (and
  * handed its output over), else on its channel. */
 static int deliver_sub(bus_sub *s, encoded *x)
@@ -1347,9 +1375,11 @@ static int sub_set_format(bus_sub *s, const bus_out_sub *f)
     unsigned char *fmt = NULL;
 
     if (f) {
-        size_t n = f->prefix_len + f->hprefix_len + f->suffix_len;
+        size_t n = f->prefix_len + f->hprefix_len + f->suffix_len + f->nprefix_len;
         if (!(fmt = malloc(n ? n : 1)))
             return -ENOMEM;
+        if (f->nprefix_len)
+            memcpy(fmt + n - f->nprefix_len, f->nprefix, f->nprefix_len);
         if (f->prefix_len)
             memcpy(fmt, f->prefix, f->prefix_len);
         if (f->hprefix_len)
@@ -1359,9 +1389,10 @@ static int sub_set_format(bus_sub *s, const bus_out_sub *f)
         s->plen = f->prefix_len;
         s->hlen = f->hprefix_len;
         s->slen = f->suffix_len;
+        s->nlen = f->nprefix_len;
         s->gated = (f->flags & OUT_S_GATED) != 0;
     } else {
-        s->plen = s->hlen = s->slen = 0;
+        s->plen = s->hlen = s->slen = s->nlen = 0;
         s->gated = 0;
     }
     free(s->fmt);
@@ -2420,6 +2451,9 @@ unsigned bus_inject_gap(bus *b, const char *topic, size_t topic_len, uint64_t mi
         if (b->cfg.full_policy == BUS_FULL_KICK) {
             b->counted.kicked_full++;
             doom(e, "messages of its topic were missed on the way (bus bridge)", 0);
+        } else if (s->fmt && e->out) {
+            out_notice(s, "%llu messages of %.*s missed", (unsigned long long)missed,
+                       (int)topic_len, topic);
         } else {
             send_error(e, ENOSPC, topic, topic_len, "%llu messages of %.*s missed",
                        (unsigned long long)missed, (int)topic_len, topic);

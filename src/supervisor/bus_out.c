@@ -256,7 +256,8 @@ int bus_out_sub_decode(const unsigned char *p, size_t n, bus_out_sub *r)
     if (take(&p, &n, 0, &topic, &r->topic_len) < 0 || !topic_ok(topic, r->topic_len) ||
         take(&p, &n, 0, &r->prefix, &r->prefix_len) < 0 ||
         take(&p, &n, 0, &r->hprefix, &r->hprefix_len) < 0 ||
-        take(&p, &n, 0, &r->suffix, &r->suffix_len) < 0 || n != 0)
+        take(&p, &n, 0, &r->suffix, &r->suffix_len) < 0 ||
+        take(&p, &n, 0, &r->nprefix, &r->nprefix_len) < 0 || n != 0)
         return -EPROTO;
     r->topic = (const char *)topic;
     return 0;

@@ -19,7 +19,10 @@
  *   OUT_WRITE      [u8 flags][u8 s][sep: s][data]; flags OUT_W_RESET: what waits (not the
  *                  gate) is dropped first, then the part of sep the client has not had
  *   SUBSCRIBE_OUT  [u32 history][u8 flags][u8 t][topic][u8 p][prefix][u8 h][history prefix]
- *                  [u8 s][suffix]; flags OUT_S_GATED: its messages wait behind the gate
+ *                  [u8 s][suffix][u8 n][notice prefix]; flags OUT_S_GATED: its messages
+ *                  wait behind the gate; the bus's own notices about the topic (messages
+ *                  missed on the way) are written in their place as notice prefix + text
+ *                  + suffix
  *   OUT_GATE       [u16 b][before][u16 o][after, one][after, more]: what waits behind the
  *                  gate goes to the client, in its place; if any did not fit (skipped),
  *                  before + the count in decimal + the fitting after follows it
@@ -108,8 +111,8 @@ typedef struct bus_out_sub {
     int flags;
     const char *topic;
     size_t topic_len;
-    const unsigned char *prefix, *hprefix, *suffix;
-    size_t prefix_len, hprefix_len, suffix_len;
+    const unsigned char *prefix, *hprefix, *suffix, *nprefix;
+    size_t prefix_len, hprefix_len, suffix_len, nprefix_len;
 } bus_out_sub;
 
 typedef struct bus_out_gate {

@@ -189,10 +189,11 @@ static void test_decoders(void **state)
     assert_int_equal(bus_out_write_decode(wr, 0, &w), -EPROTO);
     assert_int_equal(bus_out_write_decode(wr, 3, &w), -EPROTO);
 
-    static const unsigned char sub[] = {0, 0, 0, 20, 1, 2, 'r', '1', 0, 2, '[', ']', 2, '\r', '\n'};
+    static const unsigned char sub[] = {0, 0, 0, 20, 1, 2, 'r', '1', 0, 2, '[', ']', 2, '\r', '\n',
+                                        2, '*', ' '};
     assert_int_equal(bus_out_sub_decode(sub, sizeof sub, &s), 0);
     assert_true(s.history == 20 && s.flags == OUT_S_GATED && s.topic_len == 2);
-    assert_true(s.prefix_len == 0 && s.hprefix_len == 2 && s.suffix_len == 2);
+    assert_true(s.prefix_len == 0 && s.hprefix_len == 2 && s.suffix_len == 2 && s.nprefix_len == 2);
     assert_int_equal(bus_out_sub_decode(sub, sizeof sub - 1, &s), -EPROTO);
     unsigned char extra[sizeof sub + 1];
     memcpy(extra, sub, sizeof sub);

@@ -557,7 +557,7 @@ static void join_failed(chat *ch, const char *why)
  * until the join is confirmed (joined). */
 static int subscribe_room(chat *ch, const char *topic)
 {
-    sf_out_format f = {"", HISTORY_MARK, "\r\n", 1};
+    sf_out_format f = {"", HISTORY_MARK, "\r\n", 1, "*** "};
 
     if (ch->off)
         return sf_conn_subscribe_out(ch->conn, topic, cfg.history, &f);
