@@ -72,7 +72,7 @@ $(FUZZ_BUILD)/fuzz_jsonl: fuzz/fuzz_jsonl.c src/channel/jsonl.c src/channel/json
 	mkdir -p $(FUZZ_BUILD)
 	clang $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_jsonl.c src/channel/jsonl.c -ljansson
 
-BUS_SOURCES = src/supervisor/bus.c src/supervisor/bus_codec.c src/channel/frame.c src/channel/fdpass.c src/channel/jsonl.c src/log.c \
+BUS_SOURCES = src/supervisor/bus.c src/supervisor/bus_codec.c src/supervisor/bus_out.c src/channel/frame.c src/channel/fdpass.c src/channel/jsonl.c src/log.c \
               src/os/nofork.c src/os/clock.c src/text.c
 
 $(FUZZ_BUILD)/fuzz_bus: fuzz/fuzz_bus.c $(BUS_SOURCES) src/supervisor/bus.h src/supervisor/bus_codec.h src/channel/frame.h src/channel/jsonl.h

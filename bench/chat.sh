@@ -51,6 +51,9 @@
 #                      difference over the difference in rounds leaves out
 #                      joining and start-up. Goes to the table in chat.md.
 #   SOCKFORK=path      sockfork binary (default: $BUILD/sockfork)
+#   SOCKFORK_OFFLOAD=path  the binary of the
+#                      server "offload": `sockfork chat` as "sockfork", built
+#                      with output offload; list it in CHAT_SERVERS
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -65,6 +68,8 @@ CHAT_SERVERS=${CHAT_SERVERS:-sockfork bus2 redis}
 CHAT_PERF=${CHAT_PERF:-0}
 CHAT_COUNTS=${CHAT_COUNTS:-0}
 SOCKFORK=${SOCKFORK:-$BUILD/sockfork}
+SOCKFORK_OFFLOAD=${SOCKFORK_OFFLOAD:-$BUILD/sockfork}
+CHAT_BIN=$SOCKFORK  # the binary start_chat runs
 CHATLOAD=$BUILD/bench/chatload
 RESULTS=$ROOT/bench/results
 STALL_MS=10000      # chatload -T: joining, sync, and a round's silence
@@ -114,6 +119,7 @@ raise_nofile() {
 unavailable() {
     case $1 in
     sockfork) "$SOCKFORK" --version >/dev/null 2>&1 || echo "$SOCKFORK does not run" ;;
+    offload) "$SOCKFORK_OFFLOAD" --version >/dev/null 2>&1 || echo "$SOCKFORK_OFFLOAD does not run" ;;
     redis) command -v redis-server >/dev/null || echo "redis-server not installed" ;;
     bus1 | bus2) unavailable sockfork; unavailable redis ;;
     *) echo "unknown server" ;;
@@ -133,7 +139,7 @@ stop_bus_pids() {
 start_chat() {
     local port=$1 log=$2
     shift 2
-    "$SOCKFORK" chat -q -l "127.0.0.1:$port" --no-control -c 1000 \
+    "$CHAT_BIN" chat -q -l "127.0.0.1:$port" --no-control -c 1000 \
         --flood 100000/100000 --history 0 "$@" 2>"$log" &
 }
 
@@ -171,8 +177,10 @@ start_bus() {
 start_server() {
     local name=$1 port=$2 log=$3
     ADDR_ARGS=(-a "127.0.0.1:$port")
+    CHAT_BIN=$SOCKFORK
+    [[ $name == offload ]] && CHAT_BIN=$SOCKFORK_OFFLOAD
     case $name in
-    sockfork) start_chat "$port" "$log" ;;
+    sockfork | offload) start_chat "$port" "$log" ;;
     bus1 | bus2) start_bus "$name" "$port" "$log" || return 1 ;;
     redis)
         redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
@@ -364,8 +372,10 @@ count_run() {
     ATTACHED=()
     rm -f "$WORK"/count-*.csv
     case $name in
-    sockfork)
-        counted "$WORK/count-a.csv" "$SOCKFORK" chat -q -l "127.0.0.1:$port" --no-control -c 1000 \
+    sockfork | offload)
+        CHAT_BIN=$SOCKFORK
+        [[ $name == offload ]] && CHAT_BIN=$SOCKFORK_OFFLOAD
+        counted "$WORK/count-a.csv" "$CHAT_BIN" chat -q -l "127.0.0.1:$port" --no-control -c 1000 \
             --flood 100000/100000 --history 0 2>"$log"
         perfs+=("$!"); csv+=("$WORK/count-a.csv"); labels+=("instance")
         addrs=(-a "127.0.0.1:$port") ;;
@@ -448,7 +458,7 @@ counts() {
     ((hi > lo)) || { say "CHAT_COUNTS=1 needs CHAT_ROUNDS > 40"; return 0; }
     for name in $CHAT_SERVERS; do
         [[ -n ${SKIP[$name]:-} ]] && continue
-        [[ $name == sockfork || $name == redis || $name == bus2 ]] || continue
+        [[ $name == sockfork || $name == offload || $name == redis || $name == bus2 ]] || continue
         say "$name: counting ($lo and $hi rounds under perf stat)"
         if ! count_run "$name" "$lo" || ! count_run "$name" "$hi"; then
             note "$name" "counts: a run failed"
@@ -512,6 +522,7 @@ detail_table() {
 label() {
     case $1 in
     sockfork) echo "sockfork chat" ;;
+    offload) echo "sockfork chat, output offload" ;;
     bus1) echo "sockfork chat --bus, one instance" ;;
     bus2) echo "sockfork chat --bus, two instances" ;;
     redis) echo "redis pub/sub" ;;
@@ -542,7 +553,13 @@ table() {
         p9=$(calc 'printf "%.1f", a / b' "$(median "${V[sockfork]}" 3)" "$(median "${V[redis]}" 3)")
         echo "| sockfork / redis | ${rr}× | ${p5}× | ${p9}× | |"
     fi
-    for name in bus1 bus2; do
+    if [[ -n ${V[offload]:-} && -n ${V[redis]:-} ]]; then
+        rr=$(calc 'printf "%.3f", a / b' "$(median "${V[offload]}" 1)" "$(median "${V[redis]}" 1)")
+        p5=$(calc 'printf "%.1f", a / b' "$(median "${V[offload]}" 2)" "$(median "${V[redis]}" 2)")
+        p9=$(calc 'printf "%.1f", a / b' "$(median "${V[offload]}" 3)" "$(median "${V[redis]}" 3)")
+        echo "| offload / redis | ${rr}× | ${p5}× | ${p9}× | |"
+    fi
+    for name in offload bus1 bus2; do
         [[ -n ${V[sockfork]:-} && -n ${V[$name]:-} ]] || continue
         rr=$(calc 'printf "%.3f", a / b' "$(median "${V[$name]}" 1)" "$(median "${V[sockfork]}" 1)")
         p5=$(calc 'printf "%.1f", a / b' "$(median "${V[$name]}" 2)" "$(median "${V[sockfork]}" 2)")

@@ -288,6 +288,10 @@ enum sf_msg_kind {
                            * subscriber: "PID NAME NAME...\n" */
     SF_MSG_TOPICS = 9,    /* answer to sf_conn_topics: topic, the prefix; data,
                            * a line per topic: "TOPIC SUBSCRIBERS\n" */
+    SF_MSG_OUT_STALLED = 10, /* output offload (sf_conn_out_open): the client
+                           * took nothing for a while with its buffer high, or
+                           * a write of ours did not fit (ok 1); data, "BYTES
+                           * SECONDS": what waits for it, for how long */
 };
 
 typedef struct sf_msg {
@@ -353,6 +357,62 @@ SF_EXTERN int sf_conn_will(sf_conn *c, const char *topic, const void *data, size
  * SF_MSG_TOPICS. */
 SF_EXTERN int sf_conn_members(sf_conn *c, const char *topic);
 SF_EXTERN int sf_conn_topics(sf_conn *c, const char *prefix);
+
+/*
+ * Output offload (docs/design.md, "Output offload"; binary channels only:
+ * an exec'd JSON-lines program cannot pass a descriptor). sf_conn_out_open
+ * hands the supervisor a copy of the client's socket: from then on it is
+ * that client's only writer, until this connection ends (the child exits,
+ * or a prefork worker's handler returns), after a bounded last flush.
+ * first (len bytes: what the child had not written yet) goes first. The
+ * child writes with sf_conn_out_write, in order with its other requests,
+ * and never to the socket itself again. The buffer holds at most
+ * o->limit bytes (0 or more than the server's channel queue limit: that
+ * limit); it counts for backpressure as a channel queue does (senders to
+ * the child are held while it is past half). With o->report_s > 0, a
+ * client that took nothing for that long with its buffer past half is
+ * reported (SF_MSG_OUT_STALLED; the child decides). kick_words and
+ * shutdown_words (NULL: none; at most 255 bytes each) are written last
+ * when the supervisor ends the connection itself: the child was cut off
+ * by the bus, or the server shuts down. Returns 0 or -errno (-EALREADY:
+ * opened already).
+ */
+typedef struct sf_out_opts {
+    size_t limit;
+    double report_s;
+    const char *kick_words;
+    const char *shutdown_words;
+} sf_out_opts;
+SF_EXTERN int sf_conn_out_open(sf_conn *c, const sf_out_opts *o, const void *first, size_t len);
+/* Bytes for the client, after everything sent before. One that does not fit
+ * is dropped and reported (SF_MSG_OUT_STALLED, ok 1). */
+SF_EXTERN int sf_conn_out_write(sf_conn *c, const void *data, size_t len);
+/* Drops what waits for the client (not what waits behind the gate), writes
+ * the part of sep (NULL: none) it has not had (so a line cut short is
+ * ended), then data. */
+SF_EXTERN int sf_conn_out_reset(sf_conn *c, const char *sep, const void *data, size_t len);
+/* Subscribes as sf_conn_subscribe, but the topic's messages are written
+ * to the client (prefix + data + suffix; replayed ones with
+ * history_prefix; the supervisor's notices with notice_prefix), not sent
+ * on the channel. gated: they wait behind the
+ * gate until sf_conn_out_gate (a join the child confirms first). */
+typedef struct sf_out_format {
+    const char *prefix, *history_prefix, *suffix; /* NULL: none; at most 255 bytes each */
+    int gated;
+    /* The supervisor's own notices about the topic (messages of it missed
+     * on the way: a bus bridge's gap) are written in their place too, as
+     * notice_prefix + "N messages of TOPIC missed" + suffix, not sent on the
+     * channel as an error. */
+    const char *notice_prefix;
+} sf_out_format;
+SF_EXTERN int sf_conn_subscribe_out(sf_conn *c, const char *topic, unsigned history,
+                                    const sf_out_format *f);
+/* Opens the gate: what waited behind it goes to the client now, in its
+ * place; the gated subscriptions write directly from now on. If some did
+ * not fit, before + their count + after_one (one) or after_more follows
+ * (NULL: nothing). */
+SF_EXTERN int sf_conn_out_gate(sf_conn *c, const char *before, const char *after_one,
+                               const char *after_more);
 /* A line for the supervisor's log, and a status text for `ctl list`. */
 SF_EXTERN int sf_conn_log(sf_conn *c, const char *text);
 SF_EXTERN int sf_conn_status(sf_conn *c, const char *text);

@@ -285,15 +285,21 @@ static int reader_fill(int sock, chan_reader *r, size_t keep)
 int chan_send_reading(int sock, chan_reader *r, size_t keep, uint16_t type, const void *payload,
                       uint32_t len)
 {
+    return chan_send_reading_fd(sock, r, keep, type, payload, len, -1);
+}
+
+int chan_send_reading_fd(int sock, chan_reader *r, size_t keep, uint16_t type,
+                         const void *payload, uint32_t len, int pass_fd)
+{
     unsigned char hdr[CHAN_HDR_LEN];
     size_t total = CHAN_HDR_LEN + (size_t)len, off = 0;
     int reading = !r->err;
 
     if (len > CHAN_MAX_LIMIT)
         return -EMSGSIZE;
-    chan_header_encode(hdr, type, 0, len);
+    chan_header_encode(hdr, type, pass_fd >= 0 ? CHAN_F_FD : 0, len);
     while (off < total) {
-        ssize_t n = send_pieces(sock, hdr, payload, len, off, -1, MSG_DONTWAIT);
+        ssize_t n = send_pieces(sock, hdr, payload, len, off, off == 0 ? pass_fd : -1, MSG_DONTWAIT);
         struct pollfd p;
 
         if (n == -EINTR)

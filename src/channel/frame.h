@@ -49,6 +49,11 @@ enum chan_type {
     CHAN_T_WILL = 24,        /* [u16 n][topic][data]; n 0: no will */
     CHAN_T_MEMBERS = 25,     /* [topic] */
     CHAN_T_TOPICS = 26,      /* [prefix] (may be empty) */
+    /* Output offload (supervisor/bus_out.h has the payloads). */
+    CHAN_T_OUT_OPEN = 27,      /* + the client's socket (CHAN_F_FD) */
+    CHAN_T_OUT_WRITE = 28,
+    CHAN_T_SUBSCRIBE_OUT = 29,
+    CHAN_T_OUT_GATE = 30,
     /* To a child: [u8 kind][u8 ok][u16 n][u32 from][topic n bytes][data]. */
     CHAN_T_MESSAGE = 32,
     /* The task pool's workers (src/pool/); be64/be32 big-endian. */
@@ -169,6 +174,10 @@ int chan_reader_pending(const chan_reader *r);
  */
 int chan_send_reading(int sock, chan_reader *r, size_t keep, uint16_t type, const void *payload,
                       uint32_t len);
+/* The same with a descriptor riding on the frame's first byte (pass_fd
+ * >= 0; the caller keeps its own). */
+int chan_send_reading_fd(int sock, chan_reader *r, size_t keep, uint16_t type,
+                         const void *payload, uint32_t len, int pass_fd);
 
 /* ------------------------------------------------------ outbound queue */
 

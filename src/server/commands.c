@@ -515,6 +515,18 @@ static json_t *bus_numbers(sf_server *s, const bus_stats *bs, const topic_top *t
                      "history_bytes", (json_int_t)bs->history_bytes);
 }
 
+/* `output`: output offload (only once a child handed its client over). */
+static json_t *output_numbers(const bus_stats *bs)
+{
+    return json_pack("{s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I}", "clients", (int)bs->out_clients,
+                     "lingering", (int)bs->out_lingering, "bytes", (json_int_t)bs->out_bytes,
+                     "opened", (json_int_t)bs->counted.out_opened,
+                     "written", (json_int_t)bs->counted.out_written,
+                     "dropped", (json_int_t)bs->counted.out_dropped,
+                     "reports", (json_int_t)bs->counted.out_reports,
+                     "failed", (json_int_t)bs->counted.out_failed);
+}
+
 /* `bus_redis`: the bridge to the other instances (only with --bus). */
 static json_t *bus_redis_numbers(sf_server *s)
 {
@@ -588,6 +600,7 @@ json_t *server_stats(void *arg)
                             counts_by_kind(bs.counted.dropped_by_kind, msg_kind_names)) < 0 ||
         json_object_set_new(r, "bus", bus_numbers(s, &bs, tt)) < 0 ||
         (s->bus_redis && json_object_set_new(r, "bus_redis", bus_redis_numbers(s)) < 0) ||
+        (bs.counted.out_opened && json_object_set_new(r, "output", output_numbers(&bs)) < 0) ||
         json_object_set_new(r, "top_topics", top_topics(tt)) < 0 ||
         json_object_set_new(r, "process", metrics_process_numbers()) < 0) {
         json_decref(r);

@@ -392,3 +392,149 @@ int sf_conn_topics(sf_conn *c, const char *prefix)
         return -EINVAL;
     return send_req(c, CHAN_T_TOPICS, NULL, 0, prefix, n, NULL, 0);
 }
+
+/* ------------------------------------------------------- output offload */
+
+/* A request whose payload the caller built (fd: a descriptor to pass, or
+ * -1), sent as send_req sends, reading meanwhile. */
+static int send_built(sf_conn *c, uint16_t type, const void *payload, size_t len, int fd)
+{
+    int rc;
+
+    if (len > CHAN_MAX_LIMIT)
+        return -EMSGSIZE;
+    if ((rc = conn_channel_open(c)) < 0)
+        return rc;
+    return chan_send_reading_fd(c->chan, &c->reader, 16 * ((size_t)c->reader.dec.max + CHAN_HDR_LEN),
+                                type, payload, (uint32_t)len, fd);
+}
+
+/* Bytes of a short piece (NULL: none): -1 when over 255. */
+static int short_len(const char *s, size_t *n)
+{
+    *n = s ? strlen(s) : 0;
+    return *n > 255 ? -1 : 0;
+}
+
+/* Appends [u8 n][bytes] at p. */
+static unsigned char *put_short(unsigned char *p, const char *s, size_t n)
+{
+    *p++ = (unsigned char)n;
+    if (n)
+        memcpy(p, s, n);
+    return p + n;
+}
+
+static unsigned char *put_be32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+    return p + 4;
+}
+
+int sf_conn_out_open(sf_conn *c, const sf_out_opts *o, const void *first, size_t len)
+{
+    size_t kn, dn;
+    unsigned char *buf, *p;
+    double ms;
+    int rc;
+
+    if (!o || c->fd < 0 || short_len(o->kick_words, &kn) < 0 ||
+        short_len(o->shutdown_words, &dn) < 0 || isnan(o->report_s) || (len && !first))
+        return -EINVAL;
+    if (c->out_open)
+        return -EALREADY;
+    if (!(buf = malloc(10 + kn + dn + len)))
+        return -ENOMEM;
+    ms = o->report_s > 0 ? ceil(o->report_s * 1000.0) : 0;
+    p = put_be32(buf, o->limit > UINT32_MAX ? UINT32_MAX : (uint32_t)o->limit);
+    p = put_be32(p, ms > (double)UINT32_MAX ? UINT32_MAX : (uint32_t)ms);
+    p = put_short(p, o->kick_words, kn);
+    p = put_short(p, o->shutdown_words, dn);
+    if (len)
+        memcpy(p, first, len);
+    rc = send_built(c, CHAN_T_OUT_OPEN, buf, (size_t)(p - buf) + len, c->fd);
+    free(buf);
+    if (rc == 0)
+        c->out_open = 1;
+    return rc;
+}
+
+static int out_write(sf_conn *c, int flags, const char *sep, const void *data, size_t len)
+{
+    unsigned char small[1024], *buf;
+    size_t sn, total;
+    int rc;
+
+    if (short_len(sep, &sn) < 0 || (len && !data))
+        return -EINVAL;
+    total = 2 + sn + len;
+    buf = total <= sizeof small ? small : malloc(total);
+    if (!buf)
+        return -ENOMEM;
+    buf[0] = (unsigned char)flags;
+    put_short(buf + 1, sep, sn);
+    if (len)
+        memcpy(buf + 2 + sn, data, len);
+    rc = send_built(c, CHAN_T_OUT_WRITE, buf, total, -1);
+    if (buf != small)
+        free(buf);
+    return rc;
+}
+
+int sf_conn_out_write(sf_conn *c, const void *data, size_t len)
+{
+    return out_write(c, 0, NULL, data, len);
+}
+
+int sf_conn_out_reset(sf_conn *c, const char *sep, const void *data, size_t len)
+{
+    return out_write(c, 1, sep, data, len);
+}
+
+int sf_conn_subscribe_out(sf_conn *c, const char *topic, unsigned history, const sf_out_format *f)
+{
+    unsigned char buf[5 + 5 * 256], *p;
+    size_t tn, pn, hn, sn, nn;
+
+    if (!f || name_len(topic, &tn) < 0 || short_len(f->prefix, &pn) < 0 ||
+        short_len(f->history_prefix, &hn) < 0 || short_len(f->suffix, &sn) < 0 ||
+        short_len(f->notice_prefix, &nn) < 0)
+        return -EINVAL;
+    p = put_be32(buf, history);
+    *p++ = f->gated ? 1 : 0;
+    p = put_short(p, topic, tn);
+    p = put_short(p, f->prefix, pn);
+    p = put_short(p, f->history_prefix, hn);
+    p = put_short(p, f->suffix, sn);
+    p = put_short(p, f->notice_prefix, nn);
+    return send_built(c, CHAN_T_SUBSCRIBE_OUT, buf, (size_t)(p - buf), -1);
+}
+
+int sf_conn_out_gate(sf_conn *c, const char *before, const char *after_one, const char *after_more)
+{
+    size_t bn = before ? strlen(before) : 0, on = after_one ? strlen(after_one) : 0;
+    size_t mn = after_more ? strlen(after_more) : 0;
+    unsigned char *buf;
+    int rc;
+
+    if (bn > 65535 || on > 65535)
+        return -EINVAL;
+    if (!(buf = malloc(4 + bn + on + mn)))
+        return -ENOMEM;
+    buf[0] = (unsigned char)(bn >> 8);
+    buf[1] = (unsigned char)bn;
+    if (bn)
+        memcpy(buf + 2, before, bn);
+    buf[2 + bn] = (unsigned char)(on >> 8);
+    buf[3 + bn] = (unsigned char)on;
+    if (on)
+        memcpy(buf + 4 + bn, after_one, on);
+    if (mn)
+        memcpy(buf + 4 + bn + on, after_more, mn);
+    rc = send_built(c, CHAN_T_OUT_GATE, buf, 4 + bn + on + mn, -1);
+    free(buf);
+    return rc;
+}

@@ -21,6 +21,7 @@ struct sf_conn {
     void *open_arg;
     const char *env;      /* the access rule's "KEY=VALUE\0" pairs, env_len bytes */
     size_t env_len;
+    int out_open;         /* sf_conn_out_open was sent for this connection */
 };
 
 /* The open_channel hook, if any. */

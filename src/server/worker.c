@@ -366,6 +366,7 @@ static int serve(worker *w, int fd, unsigned li, const sf_addr *peer)
     c->peer = l->is_tcp ? *peer : l->addr; /* Unix: the listener's path on both sides */
     c->env = NULL;
     c->env_len = 0;
+    c->out_open = 0;
     if (!l->is_tcp || listener_local_addr(&l->addr, fd, &c->local) < 0)
         c->local = l->is_tcp ? l->addr : c->peer; /* Unix: the listener's path on both sides */
     w->li = li;

@@ -1,6 +1,7 @@
 /* bus.c - see bus.h. */
 #include "supervisor/bus.h"
 #include "supervisor/bus_codec.h"
+#include "supervisor/bus_out.h"
 #include "os/os.h"
 
 #include <errno.h>
@@ -9,7 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <unistd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/timerfd.h>
 
 #define TOPIC_BUCKETS (BUS_TOPICS_MAX * 2)
@@ -29,7 +33,32 @@ struct bus_sub {
     endpoint *ep;
     bus_sub *tprev, *tnext;  /* the topic's subscribers */
     bus_sub *enext;          /* the endpoint's subscriptions */
+    /* Written to the child's client (output offload), not sent on its
+     * channel: prefix, history prefix and suffix, plen + hlen + slen bytes
+     * (NULL: a plain subscription); gated: behind the gate. */
+    unsigned char *fmt;
+    size_t plen, hlen, slen, nlen; /* then the notices' prefix, nlen bytes */
+    int gated;
 };
+
+typedef struct bus_out bus_out;
+
+/* An output offload (see "output offload" below). */
+struct bus_out {
+    bus *owner;
+    endpoint *e;            /* NULL once lingering */
+    int fd;
+    ev_io w;                /* writable, while the socket is full */
+    bus_outbuf ob;
+    double report_s;        /* 0: no reports */
+    double stall_since;     /* mono: high and nothing taken since; 0: not */
+    int reported;           /* this stall was told */
+    unsigned char *kick, *down; /* words written last (NULL: none) */
+    size_t kick_len, down_len;
+    double linger_until;
+    struct bus_out *lprev, *lnext; /* the lingering list, newest first */
+};
+
 
 struct bus_topic {
     bus_topic *next;         /* bucket chain */
@@ -374,10 +403,13 @@ static void set_congested(endpoint *e, int on)
 }
 
 /* After a flush: the end of congestion at the low mark. */
+static int out_low(const bus_out *o);
+
 static void flushed(endpoint *e, size_t before)
 {
     (void)before;
-    if ((e->congested || e->stuck) && e->q.bytes <= low_water(e->owner)) {
+    if ((e->congested || e->stuck) && e->q.bytes <= low_water(e->owner) &&
+        (!e->out || out_low(e->out))) {
         e->stuck = 0;
         set_congested(e, 0);
     }
@@ -513,6 +545,7 @@ static void stop_writing(endpoint *e)
 }
 
 static void wake_held(bus *b);
+static int out_flush(bus_out *o);
 
 /*
  * Gathering (cfg.gather_s > 0; `sockfork chat` sets it). A room's members
@@ -652,6 +685,8 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
             kick(e, e->doom, e->doom_bad);
             continue;
         }
+        if (e->out && !ev_is_active(&e->out->w))
+            (void)out_flush(e->out);
         if (!endpoint_is_open(e) || endpoint_waiting(e) || ev_is_active(&e->wr))
             continue; /* the write watcher has it, or endpoint_attach will */
         before = e->q.bytes;
@@ -746,6 +781,436 @@ unsigned bus_broadcast(bus *b, const bus_msg *m, const endpoint *except)
     return broadcast_local(b, m, except);
 }
 
+/* -------------------------------------------------------- output offload */
+
+/*
+ * Output offload (bus_out.h, docs/design.md). A child handed over its
+ * client's socket: what its client is to get waits here, in one bounded
+ * buffer, in the order the child's requests and the topics' messages
+ * came, and is written when the loop is about to block (the prepare
+ * watcher, as the channel queues are: gathering applies), or by the write
+ * watcher once the socket is full. The buffer counts for backpressure as
+ * the channel queue does: past half its limit the child is congested and
+ * holds its senders; a client that takes nothing for report_s with it
+ * that high is reported to the child, which decides. The output outlives
+ * the connection by a bounded last flush (lingering), then its descriptor
+ * closes, so the client sees the end.
+ */
+
+static void send_error(endpoint *e, int code, const char *subject, size_t subject_len,
+                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static int out_high(const bus_out *o) { return bus_outbuf_bytes(&o->ob) >= o->ob.limit / 2; }
+static int out_low(const bus_out *o) { return bus_outbuf_bytes(&o->ob) <= o->ob.limit / 4; }
+
+static void out_timer_need(bus *b)
+{
+    if (!ev_is_active(&b->out_timer)) {
+        ev_timer_again(b->loop, &b->out_timer);
+        ev_unref(b->loop); /* it must not keep the loop running */
+    }
+}
+
+static void linger_unlink(bus_out *o)
+{
+    bus *b = o->owner;
+
+    if (o->lprev)
+        o->lprev->lnext = o->lnext;
+    else if (b->lingering == o)
+        b->lingering = o->lnext;
+    if (o->lnext)
+        o->lnext->lprev = o->lprev;
+    o->lprev = o->lnext = NULL;
+}
+
+/* Closes the bus's copy of the socket and frees the output: the client
+ * sees the end once the child's copy is closed too. */
+static void out_free(bus_out *o)
+{
+    bus *b = o->owner;
+
+    ev_io_stop(b->loop, &o->w);
+    if (o->e) {
+        o->e->out = NULL;
+        b->nouts--;
+    } else {
+        linger_unlink(o);
+        b->nlingering--;
+    }
+    if (o->fd >= 0)
+        close(o->fd);
+    bus_outbuf_fini(&o->ob);
+    free(o->kick);
+    free(o->down);
+    free(o);
+}
+
+static void out_report(bus_out *o, int refused);
+
+/* Writes what the socket takes. Returns 0, or -1 when the output was
+ * closed (a write error: the client is gone; its child sees that on its
+ * own side of the socket). */
+static int out_flush(bus_out *o)
+{
+    bus *b = o->owner;
+    size_t len;
+    const unsigned char *p;
+
+    while ((p = bus_outbuf_data(&o->ob, &len)) && len > 0) {
+        ssize_t n = send(o->fd, p, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (!ev_is_active(&o->w))
+                ev_io_start(b->loop, &o->w);
+            break;
+        }
+        if (n <= 0) {
+            endpoint *e = o->e;
+            b->counted.out_failed++;
+            if (e)
+                e->out_state = 2;
+            out_free(o);
+            if (e)
+                flushed(e, 0); /* nothing of it waits any more */
+            return -1;
+        }
+        bus_outbuf_consumed(&o->ob, (size_t)n);
+        b->counted.out_written += (size_t)n;
+        o->stall_since = 0; /* it takes what it is sent */
+        o->reported = 0;
+    }
+    if (len == 0 && ev_is_active(&o->w))
+        ev_io_stop(b->loop, &o->w);
+    if (o->e) {
+        flushed(o->e, 0);
+    } else if (len == 0) {
+        out_free(o); /* lingering, and all written */
+        return -1;
+    }
+    return 0;
+}
+
+static void out_wr_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    (void)out_flush(w->data);
+}
+
+/* After bytes were added: congestion at half the limit, the stall clock,
+ * and a flush when the loop is about to block. */
+static void out_added(endpoint *e)
+{
+    bus_out *o = e->out;
+
+    if (out_high(o)) {
+        if (!e->congested && !e->stuck)
+            set_congested(e, 1);
+        if (o->stall_since == 0)
+            o->stall_since = os_mono_now();
+        out_timer_need(e->owner);
+    }
+    attention(e);
+}
+
+/* SF_MSG_OUT_STALLED to the child: what waits, for how long. */
+static void out_report(bus_out *o, int refused)
+{
+    char text[64];
+    bus_msg m;
+    double since = o->stall_since ? os_mono_now() - o->stall_since : 0;
+    int n = snprintf(text, sizeof text, "%zu %.3f", bus_outbuf_bytes(&o->ob), since);
+
+    memset(&m, 0, sizeof m);
+    m.kind = SF_MSG_OUT_STALLED;
+    m.ok = refused;
+    m.data = (const unsigned char *)text;
+    m.len = (size_t)n;
+    o->owner->counted.out_reports++;
+    (void)bus_deliver(o->e, &m);
+}
+
+/* Every BUS_OUT_TICK_S while an output exists: reports due, lingering
+ * outputs past their time. */
+static void out_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    bus *b = w->data;
+    double now = os_mono_now();
+    (void)revents;
+
+    for (endpoint *e = b->all; e; e = e->next) {
+        bus_out *o = e->out;
+        if (!o)
+            continue;
+        if (!out_high(o))
+            o->stall_since = 0;
+        else if (o->report_s > 0 && !o->reported && o->stall_since &&
+                 now - o->stall_since >= o->report_s) {
+            o->reported = 1;
+            out_report(o, 0);
+        }
+    }
+    for (bus_out *o = b->lingering, *next; o; o = next) {
+        next = o->lnext;
+        if (now >= o->linger_until)
+            out_free(o);
+    }
+    if (b->nouts == 0 && b->nlingering == 0) {
+        ev_ref(loop);
+        ev_timer_stop(loop, w);
+    }
+}
+
+/* Copies words (n bytes) for later; NULL for none. */
+static unsigned char *words_dup(const unsigned char *p, size_t n)
+{
+    unsigned char *c;
+
+    if (n == 0 || !(c = malloc(n)))
+        return NULL;
+    memcpy(c, p, n);
+    return c;
+}
+
+/* CHAN_T_OUT_OPEN. Returns 0, or -EPROTO (malformed: e is kicked). */
+static int out_open(endpoint *e, chan_frame *f)
+{
+    bus *b = e->owner;
+    bus_out_open r;
+    struct stat st;
+    bus_out *o;
+    bus_piece first;
+
+    if (f->fd < 0 || bus_out_open_decode(f->payload, f->len, &r) < 0)
+        return -EPROTO;
+    if (fstat(f->fd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+        send_error(e, EINVAL, NULL, 0, "out: not a socket");
+        return 0;
+    }
+    if (e->out_state != 0) {
+        send_error(e, EALREADY, NULL, 0, "out: the client's output was handed over already");
+        return 0;
+    }
+    if (!(o = calloc(1, sizeof *o))) {
+        send_error(e, ENOMEM, NULL, 0, "out: out of memory");
+        return 0;
+    }
+    o->owner = b;
+    o->e = e;
+    o->fd = f->fd;
+    f->fd = -1;
+    bus_outbuf_init(&o->ob, r.limit && r.limit < b->cfg.queue_limit ? r.limit : b->cfg.queue_limit);
+    o->report_s = r.report_ms / 1000.0;
+    o->kick = words_dup(r.kick, r.kick_len);
+    o->kick_len = o->kick ? r.kick_len : 0;
+    o->down = words_dup(r.down, r.down_len);
+    o->down_len = o->down ? r.down_len : 0;
+    ev_io_init(&o->w, out_wr_cb, o->fd, EV_WRITE);
+    o->w.data = o;
+    e->out = o;
+    e->out_state = 1;
+    b->nouts++;
+    b->counted.out_opened++;
+    out_timer_need(b);
+    first.p = r.first;
+    first.n = r.first_len;
+    if (first.n && bus_outbuf_append(&o->ob, &first, 1, 0, 1) < 0)
+        b->counted.out_dropped++;
+    b->urgent = 1;
+    out_added(e);
+    return 0;
+}
+
+/* CHAN_T_OUT_WRITE: the child's own bytes, in order. */
+static int out_write(endpoint *e, const chan_frame *f)
+{
+    bus_out_write r;
+    bus_piece data;
+
+    if (bus_out_write_decode(f->payload, f->len, &r) < 0)
+        return -EPROTO;
+    if (e->out_state == 0) {
+        send_error(e, EINVAL, NULL, 0, "out: no output handed over");
+        return 0;
+    }
+    if (!e->out)
+        return 0; /* the client is gone */
+    if (r.flags & OUT_W_RESET) {
+        if (bus_outbuf_reset(&e->out->ob, r.sep, r.sep_len))
+            e->owner->counted.out_dropped++;
+    }
+    data.p = r.data;
+    data.n = r.len;
+    if (r.len && bus_outbuf_append(&e->out->ob, &data, 1, 0, 0) < 0) {
+        e->owner->counted.out_dropped++;
+        out_report(e->out, 1);
+    }
+    e->owner->urgent = 1; /* an answer goes at once */
+    out_added(e);
+    return 0;
+}
+
+/* A topic's message for an output subscriber: appended as prefix + data +
+ * suffix, behind the gate if the subscription waits for it. Returns 0, or
+ * -errno as push(). */
+static int out_deliver(bus_sub *s, const bus_msg *m)
+{
+    endpoint *e = s->ep;
+    bus *b = e->owner;
+    bus_piece pc[3];
+    int hist = m->kind == SF_MSG_HISTORY, rc;
+
+    if (!endpoint_is_open(e) || e->doom || e->broken)
+        return -EPIPE;
+    if (!e->out)
+        return -EPIPE; /* its client is gone */
+    pc[0].p = s->fmt + (hist ? s->plen : 0);
+    pc[0].n = hist ? s->hlen : s->plen;
+    pc[1].p = m->data;
+    pc[1].n = m->len;
+    pc[2].p = s->fmt + s->plen + s->hlen;
+    pc[2].n = s->slen;
+    rc = bus_outbuf_append(&e->out->ob, pc, 3, s->gated, 0);
+    if (rc == -ENOBUFS) {
+        e->drops++;
+        b->counted.drops++;
+        b->counted.out_dropped++;
+        b->counted.dropped_by_kind[kind_index(m->kind)]++;
+        if (b->cfg.full_policy == BUS_FULL_KICK) {
+            b->counted.kicked_full++;
+            doom(e, "its client's output buffer is full (the client does not read it)", 0);
+        }
+        return rc;
+    }
+    if (rc < 0)
+        return rc;
+    e->frames_out++;
+    b->counted.frames_out++;
+    b->counted.out_by_kind[kind_index(m->kind)]++;
+    if (m->kind != SF_MSG_TOPIC)
+        b->urgent = 1; /* only publishes are gathered */
+    out_added(e);
+    return 0;
+}
+
+/* A notice of the bus's own about an output subscription's topic, in its
+ * place among the topic's messages: notice prefix + text + suffix, past
+ * the limit if need be (it is short, and a gap is never silent). */
+static void out_notice(bus_sub *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void out_notice(bus_sub *s, const char *fmt, ...)
+{
+    char text[256];
+    va_list ap;
+    int n;
+    bus_piece pc[3];
+
+    va_start(ap, fmt);
+    n = vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    pc[0].p = s->fmt + s->plen + s->hlen + s->slen;
+    pc[0].n = s->nlen;
+    pc[1].p = text;
+    pc[1].n = (size_t)n < sizeof text ? (size_t)n : sizeof text - 1;
+    pc[2].p = s->fmt + s->plen + s->hlen;
+    pc[2].n = s->slen;
+    if (bus_outbuf_append(&s->ep->out->ob, pc, 3, s->gated, 1) == 0) {
+        s->ep->owner->urgent = 1;
+        out_added(s->ep);
+    }
+}
+
+/* A message for a subscriber: to its client if it subscribed so (and
+ * handed its output over), else on its channel. */
+static int deliver_sub(bus_sub *s, encoded *x)
+{
+    if (s->fmt && s->ep->out_state != 0)
+        return out_deliver(s, x->m);
+    return push(s->ep, x);
+}
+
+/* CHAN_T_OUT_GATE: what waited behind the gate goes, in its place. */
+static int out_gate(endpoint *e, const chan_frame *f)
+{
+    bus_out_gate r;
+
+    if (bus_out_gate_decode(f->payload, f->len, &r) < 0)
+        return -EPROTO;
+    for (bus_sub *s = e->subs; s; s = s->enext)
+        s->gated = 0;
+    if (!e->out)
+        return 0;
+    (void)bus_outbuf_gate_open(&e->out->ob, r.before, r.before_len, r.one, r.one_len, r.more,
+                               r.more_len);
+    e->owner->urgent = 1;
+    out_added(e);
+    return 0;
+}
+
+/* The connection is over (the channel closed, or a worker's connection
+ * ended): the output lingers until written or BUS_OUT_LINGER_S, with the
+ * words for why (kick, shutdown) if the bus ends it. */
+static void out_detach(endpoint *e)
+{
+    bus *b = e->owner;
+    bus_out *o = e->out;
+    bus_piece words = {NULL, 0};
+
+    e->out_state = 0;
+    if (!o)
+        return;
+    if (b->closing)
+        words.p = o->down, words.n = o->down_len;
+    else if (e->kicking)
+        words.p = o->kick, words.n = o->kick_len;
+    bus_outbuf_gate_drop(&o->ob);
+    if (words.n)
+        (void)bus_outbuf_append(&o->ob, &words, 1, 0, 1);
+    e->out = NULL;
+    b->nouts--;
+    o->e = NULL;
+    o->linger_until = os_mono_now() + BUS_OUT_LINGER_S;
+    o->lnext = b->lingering;
+    if (b->lingering)
+        b->lingering->lprev = o;
+    b->lingering = o;
+    b->nlingering++;
+    if (out_flush(o) < 0)
+        return; /* written (or failed): closed */
+    if (b->nlingering > BUS_OUT_LINGER_MAX) {
+        bus_out *old = b->lingering;
+        while (old->lnext)
+            old = old->lnext;
+        out_free(old);
+    }
+    out_timer_need(b);
+}
+
+/* bus_fini: each lingering output gets what is left of its time, waiting
+ * for its socket (nothing else runs now: the server is exiting), then
+ * closes. Bounded by BUS_OUT_LINGER_S. */
+static void out_fini_all(bus *b)
+{
+    while (b->lingering) {
+        bus_out *o = b->lingering;
+        double left = o->linger_until - os_mono_now();
+        struct pollfd p = {o->fd, POLLOUT, 0};
+
+        if (left <= 0 || bus_outbuf_bytes(&o->ob) == 0) {
+            out_free(o);
+            continue;
+        }
+        if (poll(&p, 1, (int)(left * 1000) + 1) <= 0) {
+            out_free(o);
+            continue;
+        }
+        (void)out_flush(o);
+    }
+}
+
 /* To the topic's subscribers but the sender, as a broadcast is: a chat
  * line is not echoed to its author. */
 static unsigned publish(bus *b, bus_topic *t, const bus_msg *m, const endpoint *sender)
@@ -756,7 +1221,7 @@ static unsigned publish(bus *b, bus_topic *t, const bus_msg *m, const endpoint *
 
     for (s = t->subs; s; s = next) {
         next = s->tnext;
-        if (s->ep != sender && push(s->ep, &x) == 0)
+        if (s->ep != sender && deliver_sub(s, &x) == 0)
             n++;
     }
     encoded_fini(&x);
@@ -822,6 +1287,13 @@ void bus_get_stats(const bus *b, bus_stats *out)
     out->history_bytes = b->hist_bytes;
     out->congested = b->ncongested;
     out->held = b->nheld;
+    out->out_clients = b->nouts;
+    out->out_lingering = b->nlingering;
+    for (const endpoint *e = b->all; e; e = e->next)
+        if (e->out)
+            out->out_bytes += bus_outbuf_bytes(&e->out->ob);
+    for (const bus_out *o = b->lingering; o; o = o->lnext)
+        out->out_bytes += bus_outbuf_bytes(&o->ob);
 }
 
 void bus_each_topic(const bus *b, bus_each_topic_cb cb, void *arg)
@@ -863,36 +1335,111 @@ static void history_msg(bus_msg *m, const bus_topic *t, const hist_item *h)
  * of the newest as fit in e's queue below its high mark (a replay never
  * fills a queue, so it neither drops, kicks nor holds anyone), after an
  * error message that says how many earlier ones were skipped, if any. */
-static void replay(endpoint *e, bus_topic *t, unsigned want)
+/* What m takes in s's subscriber's queue, or its client's buffer. */
+static size_t sub_size(const bus_sub *s, const bus_msg *m)
 {
-    size_t hw = high_water(e->owner), room, total = 0;
+    if (s->fmt && s->ep->out)
+        return s->hlen + m->len + s->slen;
+    return queued_size(s->ep, m);
+}
+
+static void replay(bus_sub *s, unsigned want)
+{
+    endpoint *e = s->ep;
+    bus_topic *t = s->topic;
+    size_t hw = high_water(e->owner), used = e->q.bytes, room, total = 0;
     unsigned skip = want >= t->nhist ? 0 : t->nhist - want, cut = 0, i = 0;
     hist_item *h, *first;
     bus_msg m;
 
-    room = e->q.bytes + 512 < hw ? hw - e->q.bytes - 512 : 0; /* 512: the notice */
+    if (s->fmt && e->out) { /* into its client's buffer: that one's high mark */
+        hw = e->out->ob.limit / 2;
+        used = bus_outbuf_bytes(&e->out->ob);
+    }
+    room = used + 512 < hw ? hw - used - 512 : 0; /* 512: the notice */
     for (h = t->hist_head; h; h = h->next, i++) {
         if (i < skip)
             continue;
         history_msg(&m, t, h);
-        total += queued_size(e, &m);
+        total += sub_size(s, &m);
     }
     for (first = t->hist_head, i = 0; first && i < skip; first = first->next)
         i++;
     for (; first && total > room; first = first->next, cut++) {
         history_msg(&m, t, first);
-        total -= queued_size(e, &m);
+        total -= sub_size(s, &m);
     }
     if (cut)
         send_error(e, ENOSPC, t->name, t->len, "history of %.*s cut: %u earlier messages skipped",
                    (int)t->len, t->name, cut);
     for (h = first; h && endpoint_is_open(e); h = h->next) {
+        encoded x = {&m, {NULL, NULL}, {0, 0}, {0, 0}};
         history_msg(&m, t, h);
-        (void)bus_deliver(e, &m);
+        (void)deliver_sub(s, &x);
+        encoded_fini(&x);
     }
 }
 
+/* A subscription's output format (bus_out_sub; NULL: a plain one). Returns
+ * 0 or -ENOMEM. */
+static int sub_set_format(bus_sub *s, const bus_out_sub *f)
+{
+    unsigned char *fmt = NULL;
+
+    if (f) {
+        size_t n = f->prefix_len + f->hprefix_len + f->suffix_len + f->nprefix_len;
+        if (!(fmt = malloc(n ? n : 1)))
+            return -ENOMEM;
+        if (f->nprefix_len)
+            memcpy(fmt + n - f->nprefix_len, f->nprefix, f->nprefix_len);
+        if (f->prefix_len)
+            memcpy(fmt, f->prefix, f->prefix_len);
+        if (f->hprefix_len)
+            memcpy(fmt + f->prefix_len, f->hprefix, f->hprefix_len);
+        if (f->suffix_len)
+            memcpy(fmt + f->prefix_len + f->hprefix_len, f->suffix, f->suffix_len);
+        s->plen = f->prefix_len;
+        s->hlen = f->hprefix_len;
+        s->slen = f->suffix_len;
+        s->nlen = f->nprefix_len;
+        s->gated = (f->flags & OUT_S_GATED) != 0;
+    } else {
+        s->plen = s->hlen = s->slen = s->nlen = 0;
+        s->gated = 0;
+    }
+    free(s->fmt);
+    s->fmt = fmt;
+    return 0;
+}
+
+static void subscribe_as(endpoint *e, const bus_op *op, const bus_out_sub *f);
+
 static void subscribe(endpoint *e, const bus_op *op)
+{
+    subscribe_as(e, op, NULL);
+}
+
+/* CHAN_T_SUBSCRIBE_OUT: a subscription whose messages go to the client. */
+static int subscribe_out(endpoint *e, const chan_frame *f)
+{
+    bus_out_sub r;
+    bus_op op;
+
+    if (bus_out_sub_decode(f->payload, f->len, &r) < 0)
+        return -EPROTO;
+    memset(&op, 0, sizeof op);
+    op.op = OP_SUBSCRIBE;
+    op.name = r.topic;
+    op.name_len = r.topic_len;
+    op.history = r.history;
+    e->owner->counted.in_by_op[OP_SUBSCRIBE]++;
+    subscribe_as(e, &op, &r);
+    return 0;
+}
+
+/* A subscription, plain (f NULL) or to the client (the format f): made,
+ * or changed to f's format; then the history wanted is replayed. */
+static void subscribe_as(endpoint *e, const bus_op *op, const bus_out_sub *f)
 {
     bus *b = e->owner;
     bus_topic *t;
@@ -933,7 +1480,11 @@ static void subscribe(endpoint *e, const bus_op *op)
         e->nsubs++;
         bridge_member(b, t, e->pid, 1);
     }
-    replay(e, s->topic, op->history);
+    if ((f || s->fmt) && sub_set_format(s, f) < 0) {
+        send_error(e, ENOMEM, op->name, op->name_len, "subscribe: out of memory");
+        return;
+    }
+    replay(s, op->history);
 }
 
 static void sub_free(bus *b, bus_sub *s)
@@ -952,6 +1503,18 @@ static void sub_free(bus *b, bus_sub *s)
         t->ncongested--;
         b->wake = 1; /* a sender held for this topic may go now */
     }
+    if (s->gated && s->ep->out) {
+        /* What waits behind the gate is for the gated subscriptions: the
+         * last one undone (a join given up), it goes. */
+        int others = 0;
+        for (bus_sub *x = s->ep->subs; x; x = x->enext)
+            others |= x != s && x->gated;
+        if (!others) {
+            bus_outbuf_gate_drop(&s->ep->out->ob);
+            flushed(s->ep, 0);
+        }
+    }
+    free(s->fmt);
     free(s);
     topic_maybe_free(b, t);
 }
@@ -1300,6 +1863,7 @@ static void kick(endpoint *e, const char *why, int bad)
         return;
     if (bad)
         b->counted.kicked_bad++;
+    e->kicking = 1;
     sf_logev(b->cfg.log, SF_LOG_WARN, "channel_cut", (int)e->pid, NULL,
              SF_FIELDS(SF_F_STR("reason", why)), "pid %d: %s: closing its channel and ending it",
              (int)e->pid, why);
@@ -1375,6 +1939,7 @@ int endpoint_session_end(endpoint *e)
 {
     e->in_session = 0;
     drop_connection_state(e);
+    out_detach(e); /* the worker's next client has its own */
     /* The worker drops what it reads before this mark: it was sent to the
      * connection that ended. */
     return endpoint_send_control(e, CHAN_T_CONN_ENDED, NULL, 0);
@@ -1394,6 +1959,24 @@ int endpoint_send_control(endpoint *e, uint16_t type, const void *payload, uint3
     return 0;
 }
 
+/* An output offload request (CHAN_T_OUT_*, SUBSCRIBE_OUT): never held, as
+ * it delivers to nobody but the child's own client. Returns 0, or -EPROTO
+ * for a malformed one. */
+static int out_request(endpoint *e, chan_frame *f)
+{
+    e->owner->counted.in_by_op[0]++;
+    switch (f->type) {
+    case CHAN_T_OUT_OPEN:
+        return out_open(e, f);
+    case CHAN_T_OUT_WRITE:
+        return out_write(e, f);
+    case CHAN_T_SUBSCRIBE_OUT:
+        return subscribe_out(e, f);
+    default:
+        return out_gate(e, f);
+    }
+}
+
 /* Carries out the request that waits (decoded last), unless it would
  * deliver to a congested recipient: then e is held with it. Returns 0, or
  * -1 when e was closed. */
@@ -1409,6 +1992,20 @@ static int run_pending(endpoint *e)
         pending_drop(e);
         if (rc < 0)
             kick(e, "a malformed connection frame", 1);
+        return endpoint_is_open(e) ? 0 : -1;
+    }
+    if (e->has_pend_f && e->pend_f.fd >= 0 && e->pend_f.type != CHAN_T_OUT_OPEN) {
+        /* Only OUT_OPEN takes a descriptor from a child: one with another
+         * frame must not be kept open here. */
+        pending_drop(e);
+        kick(e, "a descriptor it should not have sent", 1);
+        return -1;
+    }
+    if (e->has_pend_f && e->pend_f.type >= CHAN_T_OUT_OPEN && e->pend_f.type <= CHAN_T_OUT_GATE) {
+        int rc = out_request(e, &e->pend_f);
+        pending_drop(e);
+        if (rc < 0)
+            kick(e, "a malformed output request", 1);
         return endpoint_is_open(e) ? 0 : -1;
     }
     if (e->has_pend_f) {
@@ -1534,6 +2131,12 @@ static void wake_held(bus *b)
         resume(TAILQ_FIRST(&b->held));
 }
 
+static int stray_fd(const endpoint *e)
+{
+    return endpoint_is_open(e) && !e->held && e->fdec.nfds > 0 &&
+           (e->fdec.hdr_have == 0 || e->fdec.hdr_have == CHAN_HDR_LEN);
+}
+
 /* Reads and handles up to `budget` bytes of what the child sent. Returns 1
  * when the socket has nothing more for now, 0 when the budget is spent,
  * -1 when the endpoint was closed (EOF, or the child was cut off). A read
@@ -1557,19 +2160,20 @@ static int read_some(endpoint *e, size_t budget, int to_eof)
             endpoint_close(e); /* the child closed it, or exited */
             return -1;
         }
-        if (n > 0 && e->fdec.nfds > 0) {
-            /* No request takes a descriptor from a child: one sent with or
-             * without its frame's flag is a protocol error, and must not be
-             * kept open here. */
-            kick(e, "a descriptor it should not have sent", 1);
-            return -1;
-        }
         if (n < 0) {
             kick(e, n == -EPROTO ? "a descriptor it should not have sent" : "its channel is broken", 1);
             return -1;
         }
         if (feed(e, e->owner->rbuf, (size_t)n) < 0)
             return -1;
+        if (stray_fd(e)) {
+            /* A descriptor rides on its frame's first byte, so it is taken
+             * by the time that frame's header is read: one left over once
+             * a header is complete (or none is begun) came without its
+             * frame's flag, a protocol error, and must not be kept here. */
+            kick(e, "a descriptor it should not have sent", 1);
+            return -1;
+        }
         budget -= (size_t)n;
         if (e->held)
             return 1;
@@ -1578,6 +2182,7 @@ static int read_some(endpoint *e, size_t budget, int to_eof)
     }
     return endpoint_is_open(e) ? 0 : -1;
 }
+
 
 static void rd_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
@@ -1690,6 +2295,8 @@ void endpoint_close(endpoint *e)
     set_congested(e, 0);
     ev_io_stop(b->loop, &e->rd);
     ev_io_stop(b->loop, &e->wr);
+    out_detach(e);
+    e->kicking = 0;
     if (e->fd >= 0)
         close(e->fd);
     e->fd = -1;
@@ -1738,6 +2345,9 @@ int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg)
     b->topics = os_nofork_calloc(TOPIC_BUCKETS, sizeof *b->topics);
     b->names = os_nofork_calloc(NAME_BUCKETS, sizeof *b->names);
     b->rbuf = os_nofork_calloc(1, BUS_READ_BUDGET);
+    ev_init(&b->out_timer, out_timer_cb);
+    b->out_timer.repeat = BUS_OUT_TICK_S;
+    b->out_timer.data = b;
     ev_init(&b->stall, stall_cb);
     b->stall.repeat = BUS_STALL_S / 4;
     b->stall.data = b;
@@ -1756,6 +2366,11 @@ int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg)
 void bus_fini(bus *b)
 {
     bus_close_all(b);
+    out_fini_all(b);
+    if (b->loop && ev_is_active(&b->out_timer)) {
+        ev_ref(b->loop);
+        ev_timer_stop(b->loop, &b->out_timer);
+    }
     b->bridge = NULL; /* a link closed after this finds nothing to tell */
     if (b->loop && ev_is_active(&b->stall)) {
         ev_ref(b->loop);
@@ -1849,6 +2464,9 @@ unsigned bus_inject_gap(bus *b, const char *topic, size_t topic_len, uint64_t mi
         if (b->cfg.full_policy == BUS_FULL_KICK) {
             b->counted.kicked_full++;
             doom(e, "messages of its topic were missed on the way (bus bridge)", 0);
+        } else if (s->fmt && e->out) {
+            out_notice(s, "%llu messages of %.*s missed", (unsigned long long)missed,
+                       (int)topic_len, topic);
         } else {
             send_error(e, ENOSPC, topic, topic_len, "%llu messages of %.*s missed",
                        (unsigned long long)missed, (int)topic_len, topic);

@@ -57,6 +57,9 @@
 #define BUS_GATHER_SPAN 8              /* a gathering waits at most this many gaps */
 #define BUS_GATHER_SPAN_CROSSING 32    /* ... or this many while its bridge expects more */
 #define BUS_STALL_S 4.0                /* s a recipient may hold senders before it drains */
+#define BUS_OUT_LINGER_S 3.0           /* s an ended connection's output may still flush */
+#define BUS_OUT_LINGER_MAX 1024        /* outputs flushing at once; past it the oldest closes */
+#define BUS_OUT_TICK_S 0.1             /* the reports' and lingering deadlines' timer */
 /* What a MESSAGE frame adds to the data it carries: the frame header, the
  * message header, the longest topic. A child's reader takes chan_max plus
  * this, so anything a sibling may send reaches it; a queue must hold as
@@ -125,6 +128,12 @@ struct endpoint {
     int sessions;
     int in_session;         /* between the worker's CONN_BEGIN and CONN_END */
     void *data;             /* the owner's */
+    /* Output offload (bus.c, "output offload"): the client's socket and
+     * what waits for it, while the bus is its writer; out_state 0: never
+     * opened, 1: open, 2: closed (a write failed: what comes for it goes). */
+    struct bus_out *out;
+    int out_state;
+    int kicking;            /* kick(): the bus ends it (its kick words are written) */
 };
 
 #define BUS_KINDS 16 /* above every OP_* and SF_MSG_* */
@@ -142,6 +151,12 @@ typedef struct bus_counters {
     uint64_t in_by_op[BUS_KINDS];
     uint64_t out_by_kind[BUS_KINDS];
     uint64_t dropped_by_kind[BUS_KINDS];
+    /* Output offload. */
+    uint64_t out_opened;        /* clients whose output the bus took */
+    uint64_t out_written;       /* bytes written to them */
+    uint64_t out_dropped;       /* messages or writes that did not fit a client's buffer */
+    uint64_t out_reports;       /* SF_MSG_OUT_STALLED sent */
+    uint64_t out_failed;        /* outputs closed by a write error */
 } bus_counters;
 
 /* The counters and what the bus holds, at one moment (bus_get_stats). */
@@ -153,6 +168,9 @@ typedef struct bus_stats {
     size_t history_bytes;       /* what every topic's history costs (bound: cfg.history_bytes) */
     unsigned congested;         /* recipients holding their senders */
     unsigned held;              /* senders held */
+    unsigned out_clients;       /* outputs open (a child's) */
+    unsigned out_lingering;     /* outputs of ended children, still flushing */
+    size_t out_bytes;           /* waiting in every output */
 } bus_stats;
 
 /* The owner learns of a child the bus wants gone (bad input, or a full
@@ -281,6 +299,13 @@ struct bus {
     double gather_armed;        /* the timerfd's deadline while armed; 0: none */
     uint64_t gather_in;
     uint64_t injected;          /* publishes injected by a bridge (bus_inject_publish) */
+    /* Output offload: outputs open, those of ended connections flushing
+     * their last bytes (bounded by BUS_OUT_LINGER_S and _MAX), and a
+     * timer for reports and lingering deadlines while any exists. */
+    unsigned nouts;
+    struct bus_out *lingering;
+    unsigned nlingering;
+    ev_timer out_timer;
 };
 
 int bus_init(bus *b, struct ev_loop *loop, const bus_config *cfg);

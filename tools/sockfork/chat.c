@@ -75,6 +75,12 @@ typedef struct chat {
     double full_since;          /* the backlog has had no room since; 0: it has */
     double tokens, last;        /* the flood limit's bucket */
     int warned;
+    /* Output offload (docs/design.md): once the nickname is set, the
+     * supervisor writes to the client, this process never again: its own
+     * lines go as requests (say_line), the rooms' lines from the bus
+     * straight to the socket. out stays empty from then on. */
+    int off;
+    char cut_note[128];         /* a history cut, told when the join is done */
 } chat;
 
 static volatile sig_atomic_t got_term;
@@ -258,18 +264,49 @@ static void leave(chat *ch, const char *announce, const char *to_client, int sta
  * is not reading, and its room (held behind it) may not wait longer. What
  * waits is dropped; the client is told why, after the end of the line it
  * has part of. */
-static void __attribute__((noreturn)) too_slow(chat *ch)
+/* Offloaded, on the way out: no line of a room may follow the last words
+ * (the supervisor writes the rooms' lines until it reads this). */
+static void topic_of(char *buf, size_t len, const char *room);
+
+static void rooms_off(chat *ch)
+{
+    char topic[ROOM_MAX + 8];
+
+    if (ch->room[0]) {
+        topic_of(topic, sizeof topic, ch->room);
+        (void)sf_conn_unsubscribe(ch->conn, topic);
+    }
+    if (ch->joining[0] && strcmp(ch->joining, ch->room) != 0) {
+        topic_of(topic, sizeof topic, ch->joining);
+        (void)sf_conn_unsubscribe(ch->conn, topic);
+    }
+}
+
+static void __attribute__((noreturn)) too_slow_for(chat *ch, size_t waiting)
 {
     char text[160], why[160];
 
-    snprintf(text, sizeof text, "slow client: %zu bytes waiting for it; disconnected",
-             ch->out_len);
+    snprintf(text, sizeof text, "slow client: %zu bytes waiting for it; disconnected", waiting);
     (void)sf_conn_log(ch->conn, text);
+    if (ch->off) {
+        rooms_off(ch);
+        /* The supervisor drops what waits and ends the line the client has
+         * part of (the part of CRLF it has not had), then says why. */
+        snprintf(why, sizeof why, "*** You were disconnected: you are not reading "
+                 "(%zu bytes were waiting for you).\r\n", waiting);
+        (void)sf_conn_out_reset(ch->conn, "\r\n", why, strlen(why));
+        leave(ch, "was disconnected (not reading)", NULL, 0);
+    }
     snprintf(why, sizeof why, "%s*** You were disconnected: you are not reading "
              "(%zu bytes were waiting for you).",
-             ch->sent_last == '\r' ? "\n" : ch->sent_last && ch->sent_last != '\n' ? "\r\n" : "", ch->out_len);
+             ch->sent_last == '\r' ? "\n" : ch->sent_last && ch->sent_last != '\n' ? "\r\n" : "", waiting);
     ch->out_len = 0;
     leave(ch, "was disconnected (not reading)", why, 0);
+}
+
+static void __attribute__((noreturn)) too_slow(chat *ch)
+{
+    too_slow_for(ch, ch->out_len);
 }
 
 /* The bus cut us off. What waits for the client goes if the reason does
@@ -277,6 +314,9 @@ static void __attribute__((noreturn)) too_slow(chat *ch)
 static void __attribute__((noreturn)) kicked(chat *ch)
 {
     char why[sizeof KICKED_TEXT + 2], last;
+
+    if (ch->off)
+        leave(ch, NULL, NULL, 0); /* the supervisor wrote KICKED_TEXT last */
 
     if (ch->out_len + sizeof why + 2 > cfg.backlog)
         ch->out_len = 0;
@@ -309,6 +349,7 @@ static int channel_closed(int chan, int ms)
  * channels close first and the signal comes only after the grace period
  * (a shutdown with --grace 0 may be told as a kick). */
 #define KICK_SIGNAL_WAIT_MS 500
+#define SHUTDOWN_TEXT "*** The server is shutting down. Bye."
 static void __attribute__((noreturn)) channel_ended(chat *ch)
 {
     sigset_t term;
@@ -317,6 +358,10 @@ static void __attribute__((noreturn)) channel_ended(chat *ch)
 
     sigemptyset(&term);
     sigaddset(&term, SIGTERM);
+    /* Offloaded, the supervisor wrote why itself (kick or shutdown words):
+     * nothing is left to tell the client. */
+    if (ch->off)
+        leave(ch, NULL, NULL, 0);
     if (got_term)
         kicked(ch);
     do
@@ -324,7 +369,7 @@ static void __attribute__((noreturn)) channel_ended(chat *ch)
     while (sig < 0 && errno == EINTR);
     if (sig == SIGTERM)
         kicked(ch);
-    leave(ch, NULL, "*** The server is shutting down. Bye.", 0);
+    leave(ch, NULL, SHUTDOWN_TEXT, 0);
 }
 
 /* Queues one line as it is (CRLF added) for the client: what say formats,
@@ -334,6 +379,19 @@ static void __attribute__((noreturn)) channel_ended(chat *ch)
  * burst of lines. */
 static void say_line(chat *ch, const void *data, size_t n)
 {
+    if (ch->off) {
+        /* In order with every other request; one that does not fit the
+         * client's buffer in the supervisor is reported (out_stalled). */
+        char small[1024], *line = n + 2 <= sizeof small ? small : malloc(n + 2);
+        if (!line)
+            return;
+        memcpy(line, data, n);
+        memcpy(line + n, "\r\n", 2);
+        (void)sf_conn_out_write(ch->conn, line, n + 2);
+        if (line != small)
+            free(line);
+        return;
+    }
     if (ch->out_len + n + 2 > cfg.backlog)
         (void)flush_some(ch);
     if (ch->out_len + n + 2 > cfg.backlog)
@@ -494,6 +552,18 @@ static void join_failed(chat *ch, const char *why)
     ch->held_len = 0;
 }
 
+/* Offloaded, the room's lines go from the supervisor to the client, each
+ * as "LINE\r\n" (a replayed one after HISTORY_MARK), held behind the gate
+ * until the join is confirmed (joined). */
+static int subscribe_room(chat *ch, const char *topic)
+{
+    sf_out_format f = {"", HISTORY_MARK, "\r\n", 1, "*** "};
+
+    if (ch->off)
+        return sf_conn_subscribe_out(ch->conn, topic, cfg.history, &f);
+    return sf_conn_subscribe(ch->conn, topic, cfg.history);
+}
+
 /* Subscribes to a room and asks for the bus's confirmation: the rest is
  * done by joined(), when it comes, or by join_failed(). */
 static void join(chat *ch, const char *room)
@@ -507,7 +577,8 @@ static void join(chat *ch, const char *room)
     ch->join_deadline = now_s() + JOIN_WAIT_S;
     snprintf(seq, sizeof seq, "%u", ++ch->join_seq);
     topic_of(topic, sizeof topic, room);
-    if (sf_conn_subscribe(ch->conn, topic, cfg.history) < 0 || marker(ch, 'j', seq) < 0)
+    ch->cut_note[0] = '\0';
+    if (subscribe_room(ch, topic) < 0 || marker(ch, 'j', seq) < 0)
         join_failed(ch, "the server did not take the request");
 }
 
@@ -563,6 +634,20 @@ static void joined(chat *ch)
     else
         say(ch, "*** you are now in %s", room);
     ch->greet = 0;
+    if (ch->off) {
+        /* The old room was left above, before the reply; the new one's
+         * history and lines since wait behind the gate, in order: they go
+         * now, after the note of a history cut, if any. */
+        char one[ROOM_MAX + 80], more[ROOM_MAX + 80];
+        if (ch->cut_note[0])
+            say(ch, "%s", ch->cut_note);
+        ch->cut_note[0] = '\0';
+        snprintf(one, sizeof one, " more line of %s skipped while you were joining (too many "
+                 "to keep)\r\n", room);
+        snprintf(more, sizeof more, " more lines of %s skipped while you were joining (too many "
+                 "to keep)\r\n", room);
+        (void)sf_conn_out_gate(ch->conn, "*** ", one, more);
+    }
     /* The room's history and what was said since, in order: moved to the
      * backlog as it has room (move_held), before anything else of the
      * room is read. */
@@ -593,6 +678,18 @@ static void leave(chat *ch, const char *announce, const char *to_client, int sta
     if (ch->state == ACTIVE && announce)
         publish(ch, ch->room, "*** %s %s", ch->nick, announce);
     (void)sf_conn_will(ch->conn, NULL, NULL, 0);
+    if (ch->off) {
+        rooms_off(ch);
+        /* The supervisor writes it, after everything before, and gives
+         * the client its bounded last flush once this process is gone. */
+        if (to_client)
+            say_line(ch, to_client, strlen(to_client));
+        free(ch->in);
+        free(ch->out);
+        free(ch->held);
+        ch->in = ch->out = ch->held = NULL;
+        longjmp(ch->done, status + 1);
+    }
     if (to_client && ch->out_len + strlen(to_client) + 2 <= cfg.backlog) {
         size_t n = strlen(to_client);
         memcpy(ch->out + ch->out_len, to_client, n);
@@ -870,6 +967,21 @@ static void client_input(chat *ch)
 
 /* ------------------------------------------------------------ messages */
 
+/* Once the nickname is set: the supervisor becomes the client's writer,
+ * with what waits here going first. Its buffer is the client's backlog;
+ * a client that takes nothing of it for SLOW_S is reported (too_slow);
+ * a kick or a shutdown is told by the supervisor itself, last. Without
+ * it (an older supervisor, no memory) this process goes on writing. */
+static void offload(chat *ch)
+{
+    sf_out_opts o = {cfg.backlog, SLOW_S, KICKED_TEXT "\r\n", SHUTDOWN_TEXT "\r\n"};
+
+    if (sf_conn_out_open(ch->conn, &o, ch->out, ch->out_len) == 0) {
+        ch->off = 1;
+        ch->out_len = 0;
+    }
+}
+
 static void claimed(chat *ch, const sf_msg *m)
 {
     char want[NICK_MAX + 8], old[NICK_MAX + 8], got[NICK_MAX + 1];
@@ -903,6 +1015,7 @@ static void claimed(chat *ch, const sf_msg *m)
             return;
         }
         memcpy(ch->nick, got, sizeof ch->nick);
+        offload(ch);
         snprintf(old, sizeof old, "as:%s", got);
         (void)sf_conn_claim(ch->conn, old);
         ch->state = ACTIVE;
@@ -1034,7 +1147,10 @@ static void history_cut(chat *ch, const sf_msg *m)
         return; /* not the room being joined: nothing of it is shown */
     len = snprintf(text, sizeof text, "*** %u earlier line%s of %s's history skipped (too many to "
                    "send at once)", cut, cut == 1 ? "" : "s", ch->joining);
-    hold_line(ch, "", text, (size_t)len);
+    if (ch->off)
+        snprintf(ch->cut_note, sizeof ch->cut_note, "%s", text); /* told before the gate opens */
+    else
+        hold_line(ch, "", text, (size_t)len);
 }
 
 static void message(chat *ch, sf_msg *m)
@@ -1065,6 +1181,12 @@ static void message(chat *ch, sf_msg *m)
             marked(ch, m);
         else /* from the server (`sockfork ctl send`) */
             say(ch, "*** NOTICE: %s", (const char *)m->data);
+        break;
+    case SF_MSG_OUT_STALLED:
+        /* The client took nothing for SLOW_S with its buffer in the
+         * supervisor high, or a line of ours did not fit in it. */
+        if (ch->off)
+            too_slow_for(ch, (size_t)strtoull((const char *)m->data, NULL, 10));
         break;
     case SF_MSG_BROADCAST:
         /* From the server (`sockfork ctl broadcast`). */
