@@ -48,8 +48,10 @@ extern "C" {
  * 0.3.0 added fields at the end of sf_server_opts (prefork, the user to
  * run as, PROXY timeout, the exec'd program): a program built against
  * 0.2.0 has a smaller struct than sf_server_opts_init now fills, so the
- * soname moved again, to libsockfork.so.2. */
-#define SF_VERSION "0.5.0"
+ * soname moved again, to libsockfork.so.2. 0.6.0 only adds (output
+ * offload: sf_conn_out_*, sf_conn_subscribe_out, SF_MSG_OUT_STALLED): the
+ * soname stays libsockfork.so.4. */
+#define SF_VERSION "0.6.0"
 
 /* Version string of the library actually linked. Static storage. */
 SF_EXTERN const char *sf_version(void);

@@ -26,7 +26,7 @@ def test_serve_help_lists_the_options():
 def test_version(args):
     rc, out, err = run_cli(*args)
     assert rc == 0, (rc, err)
-    assert out.strip() == "sockfork 0.5.0", (out, err)
+    assert out.strip() == "sockfork 0.6.0", (out, err)
 
 
 def one_line_usage_error(*args):
@@ -125,7 +125,7 @@ def test_stale_unix_socket_is_replaced(sockfork, tmp_path):
 def test_version_everywhere(args):
     rc, out, err = run_cli(*args)
     assert (rc, err) == (0, ""), (rc, err)
-    assert out.strip() == "sockfork 0.5.0", out
+    assert out.strip() == "sockfork 0.6.0", out
 
 
 def test_run_version_is_an_argument_after_the_command():

@@ -785,7 +785,7 @@ def test_ctl_usage_errors_word_for_word(tmp_path, args, want):
 def test_ctl_answers_before_the_request_is_checked(tmp_path):
     """--help and --version come first; a bad option before a bad command."""
     assert run_cli("ctl", "dance", "--help")[0:2] == (0, run_cli("ctl", "--help")[1])
-    assert run_cli("ctl", "kick", "-V") == (0, "sockfork 0.5.0\n", "")
+    assert run_cli("ctl", "kick", "-V") == (0, "sockfork 0.6.0\n", "")
     rc, _, err = run_cli("ctl", "dance", "--bogus")
     assert (rc, err) == (2, "sockfork: ctl: unknown option '--bogus' (try 'sockfork ctl --help'; "
                             "a TEXT that begins with '-' goes after '--')\n")

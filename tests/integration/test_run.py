@@ -1750,7 +1750,7 @@ def test_help_and_version_come_first_when_they_come_first(run):
     r = run("-h", "--bogus")
     assert (r.rc, r.stderr) == (0, "") and r.stdout.decode().startswith("usage: sockfork run")
     r = run("-V", "--jobs")
-    assert (r.rc, r.stderr, r.stdout) == (0, "", b"sockfork 0.5.0\n")
+    assert (r.rc, r.stderr, r.stdout) == (0, "", b"sockfork 0.6.0\n")
 
 
 # ---------------------------------------------------- bugs found (fixed since)
