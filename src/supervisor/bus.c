@@ -1959,7 +1959,8 @@ int endpoint_send_control(endpoint *e, uint16_t type, const void *payload, uint3
  * for a malformed one. */
 static int out_request(endpoint *e, chan_frame *f)
 {
-    e->owner->counted.in_by_op[0]++;
+    if (f->type != CHAN_T_SUBSCRIBE_OUT)
+        e->owner->counted.in_by_op[0]++; /* that one counts as a subscribe */
     switch (f->type) {
     case CHAN_T_OUT_OPEN:
         return out_open(e, f);

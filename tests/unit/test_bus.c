@@ -20,6 +20,7 @@
 
 #include "supervisor/bus.h"
 #include "channel/frame.h"
+#include "supervisor/bus_codec.h"
 
 #include "clockstep.h"
 
@@ -783,6 +784,14 @@ static void test_a_full_gate_skips_and_tells_even_under_kick(void **state)
     assert_non_null(strstr(got, "*** 6 more\n")); /* 4 fit: 4 * 1002 <= 4096 */
     assert_int_equal(len, 4 * 1002 + strlen("*** 6 more\n"));
     free(got);
+    { /* Each request counted once: OUT_OPEN and OUT_GATE as "other", the
+       * SUBSCRIBE_OUT as a subscribe. */
+        bus_stats st;
+        bus_get_stats(&f.b, &st);
+        assert_int_equal(st.counted.in_by_op[0], 2);
+        assert_int_equal(st.counted.in_by_op[OP_SUBSCRIBE], 1);
+        assert_int_equal(st.counted.out_opened, 1);
+    }
     close(cl[1]);
     teardown(&f);
 }
