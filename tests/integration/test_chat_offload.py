@@ -271,12 +271,13 @@ def test_a_passed_socket_is_never_kept_by_mistake(sockfork, tmp_path):
     child = BusClient(srv)
 
     def held():
-        return len(os.listdir("/proc/%d/fd" % srv.pid))
+        return len(fds_of(srv.pid))
 
-    before = held()
+    child.sync()
+    before, had = held(), fds_of(srv.pid)
     msgs = child.ok("GARBAGE outpipe") + child.sync()
     assert [(m.kind, m.ok, m.topic) for m in msgs] == [("error", 22, "out: not a socket")], msgs
-    assert held() == before
+    assert held() == before, (had, fds_of(srv.pid))
     assert child.ok("GARBAGE outopen") + child.sync() == []
     assert held() == before + 1, "the client's socket, in the supervisor"
     msgs = child.ok("GARBAGE outopen") + child.sync()
