@@ -1016,7 +1016,7 @@ static int out_open(endpoint *e, chan_frame *f)
     out_timer_need(b);
     first.p = r.first;
     first.n = r.first_len;
-    if (first.n && bus_outbuf_append(&o->ob, &first, 1, 0, 1) < 0)
+    if (first.n && bus_outbuf_append(&o->ob, &first, 1, 0, BUS_OUT_NOTE) < 0)
         b->counted.out_dropped++;
     b->urgent = 1;
     out_added(e);
@@ -1043,7 +1043,7 @@ static int out_write(endpoint *e, const chan_frame *f)
     }
     data.p = r.data;
     data.n = r.len;
-    if (r.len && bus_outbuf_append(&e->out->ob, &data, 1, 0, 0) < 0) {
+    if (r.len && bus_outbuf_append(&e->out->ob, &data, 1, 0, BUS_OUT_FIT) < 0) {
         e->owner->counted.out_dropped++;
         out_report(e->out, 1);
     }
@@ -1072,13 +1072,16 @@ static int out_deliver(bus_sub *s, const bus_msg *m)
     pc[1].n = m->len;
     pc[2].p = s->fmt + s->plen + s->hlen;
     pc[2].n = s->slen;
-    rc = bus_outbuf_append(&e->out->ob, pc, 3, s->gated, 0);
+    rc = bus_outbuf_append(&e->out->ob, pc, 3, s->gated, BUS_OUT_FIT);
     if (rc == -ENOBUFS) {
         e->drops++;
         b->counted.drops++;
         b->counted.out_dropped++;
         b->counted.dropped_by_kind[kind_index(m->kind)]++;
-        if (b->cfg.full_policy == BUS_FULL_KICK) {
+        /* Behind the gate it is counted (skipped) and the gate's note tells
+         * the client how many: no silent gap, so no reason to cut it off
+         * (a join in a busy room; chat counted them itself before). */
+        if (b->cfg.full_policy == BUS_FULL_KICK && !s->gated) {
             b->counted.kicked_full++;
             doom(e, "its client's output buffer is full (the client does not read it)", 0);
         }
@@ -1097,7 +1100,9 @@ static int out_deliver(bus_sub *s, const bus_msg *m)
 
 /* A notice of the bus's own about an output subscription's topic, in its
  * place among the topic's messages: notice prefix + text + suffix, past
- * the limit if need be (it is short, and a gap is never silent). */
+ * the limit if need be (it is short, and a gap is not to be silent), but
+ * not once the buffer is past it already: a client that reads nothing
+ * would have its notices pile up without bound (dropped and counted). */
 static void out_notice(bus_sub *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void out_notice(bus_sub *s, const char *fmt, ...)
 {
@@ -1117,9 +1122,11 @@ static void out_notice(bus_sub *s, const char *fmt, ...)
     pc[1].n = (size_t)n < sizeof text ? (size_t)n : sizeof text - 1;
     pc[2].p = s->fmt + s->plen + s->hlen;
     pc[2].n = s->slen;
-    if (bus_outbuf_append(&s->ep->out->ob, pc, 3, s->gated, 1) == 0) {
+    if (bus_outbuf_append(&s->ep->out->ob, pc, 3, s->gated, BUS_OUT_NOTE) == 0) {
         s->ep->owner->urgent = 1;
         out_added(s->ep);
+    } else {
+        s->ep->owner->counted.out_dropped++;
     }
 }
 
@@ -1168,7 +1175,7 @@ static void out_detach(endpoint *e)
         words.p = o->kick, words.n = o->kick_len;
     bus_outbuf_gate_drop(&o->ob);
     if (words.n)
-        (void)bus_outbuf_append(&o->ob, &words, 1, 0, 1);
+        (void)bus_outbuf_append(&o->ob, &words, 1, 0, BUS_OUT_ALWAYS);
     e->out = NULL;
     b->nouts--;
     o->e = NULL;
@@ -1964,7 +1971,8 @@ int endpoint_send_control(endpoint *e, uint16_t type, const void *payload, uint3
  * for a malformed one. */
 static int out_request(endpoint *e, chan_frame *f)
 {
-    e->owner->counted.in_by_op[0]++;
+    if (f->type != CHAN_T_SUBSCRIBE_OUT)
+        e->owner->counted.in_by_op[0]++; /* that one counts as a subscribe */
     switch (f->type) {
     case CHAN_T_OUT_OPEN:
         return out_open(e, f);

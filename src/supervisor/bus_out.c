@@ -57,7 +57,8 @@ int bus_outbuf_append(bus_outbuf *o, const bus_piece *pieces, int npieces, int b
 
     for (int i = 0; i < npieces; i++)
         n += pieces[i].n;
-    if (!force && bus_outbuf_bytes(o) + n > o->limit) {
+    if ((force == BUS_OUT_FIT && bus_outbuf_bytes(o) + n > o->limit) ||
+        (force == BUS_OUT_NOTE && bus_outbuf_bytes(o) > o->limit)) {
         o->dropped++;
         if (behind_gate)
             o->skipped++;
@@ -136,7 +137,7 @@ size_t bus_outbuf_reset(bus_outbuf *o, const void *sep, size_t seplen)
     had = sep_had(o, sep, seplen);
     rest.p = (const unsigned char *)sep + had;
     rest.n = seplen - had;
-    (void)bus_outbuf_append(o, &rest, 1, 0, 1);
+    (void)bus_outbuf_append(o, &rest, 1, 0, BUS_OUT_ALWAYS); /* bounded: what waited went */
     return dropped;
 }
 
@@ -150,7 +151,7 @@ uint64_t bus_outbuf_gate_open(bus_outbuf *o, const void *before, size_t blen, co
         p.p = o->gate;
         p.n = o->glen;
         o->glen = 0; /* out of the count first: the move passes no limit */
-        if (bus_outbuf_append(o, &p, 1, 0, 1) < 0)
+        if (bus_outbuf_append(o, &p, 1, 0, BUS_OUT_ALWAYS) < 0)
             o->dropped++;
     }
     o->skipped = 0;
@@ -159,7 +160,7 @@ uint64_t bus_outbuf_gate_open(bus_outbuf *o, const void *before, size_t blen, co
         bus_piece note[3] = {{before, blen}, {count, 0}, {skipped == 1 ? one : more,
                                                           skipped == 1 ? olen : mlen}};
         note[1].n = (size_t)snprintf(count, sizeof count, "%llu", (unsigned long long)skipped);
-        (void)bus_outbuf_append(o, note, 3, 0, 1);
+        (void)bus_outbuf_append(o, note, 3, 0, BUS_OUT_NOTE);
     }
     free(o->gate);
     o->gate = NULL;

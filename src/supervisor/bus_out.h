@@ -62,7 +62,14 @@ static inline size_t bus_outbuf_bytes(const bus_outbuf *o)
 /* Appends the pieces as one unit, in front of the gate or behind it.
  * Returns 0, or -ENOBUFS when they would pass the limit (nothing kept;
  * counted in dropped, and in skipped behind the gate), -ENOMEM. force:
- * past the limit (the words at the end, a note), by at most what it adds. */
+ * BUS_OUT_FIT, within the limit; BUS_OUT_NOTE, past it by what it adds,
+ * but only while the buffer is not past it already (a note: a client
+ * that reads nothing cannot make its notes grow the buffer without
+ * bound); BUS_OUT_ALWAYS, past it regardless (once: the words at the end,
+ * the gate's move, which adds nothing to the count). */
+#define BUS_OUT_FIT 0
+#define BUS_OUT_NOTE 1
+#define BUS_OUT_ALWAYS 2
 typedef struct bus_piece {
     const void *p;
     size_t n;
@@ -85,7 +92,8 @@ size_t bus_outbuf_reset(bus_outbuf *o, const void *sep, size_t seplen);
 
 /* The gate opens: what waits behind it goes behind what waits in front.
  * If messages were skipped, note_before + the count + note_one or
- * note_more is appended after them (forced). Returns the count skipped. */
+ * note_more is appended after them (BUS_OUT_NOTE). Returns the count
+ * skipped. */
 uint64_t bus_outbuf_gate_open(bus_outbuf *o, const void *before, size_t blen, const void *one,
                               size_t olen, const void *more, size_t mlen);
 

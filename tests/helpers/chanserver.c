@@ -33,7 +33,10 @@
  *   COUNT                     -> COUNT total=N direct=N ... error=N
  *   FLOOD BCAST|PUB|SEND N SIZE [topic|pid]
  *                             -> OK FLOOD sent=N (or ERR FLOOD rc after=N)
- *   GARBAGE KIND              -> OK GARBAGE (bytes that are not a frame)
+ *   GARBAGE KIND              -> OK GARBAGE (bytes that are not a frame; or
+ *                                outopen, outpipe, outshort: an OUT_OPEN frame
+ *                                with the client's socket, with a pipe, or
+ *                                malformed with the socket)
  *   QUIT                      -> BYE, and the handler returns 0; EXIT N: returns N
  *                                (the child exits with it; a prefork worker lives on)
  *   FDS                       -> FDS fd=target fd=target ... (what /proc/self/fd
@@ -348,7 +351,7 @@ static int garbage(state *st, const char *kind)
     int cfd = sf_conn_channel_fd(st->c);
     unsigned char buf[64];
     size_t len = 8;
-    int pass_fd = -1;
+    int pass_fd = -1, pipe_fds[2] = {-1, -1}, rc = 0;
 
     memset(buf, 0, sizeof buf);
     if (strcmp(kind, "type") == 0) {
@@ -377,6 +380,21 @@ static int garbage(state *st, const char *kind)
         memcpy(buf + 8, "stray", 5);
         len = 13;
         pass_fd = 2;
+    } else if (strcmp(kind, "outopen") == 0 || strcmp(kind, "outpipe") == 0) {
+        /* OUT_OPEN (no limit, no reports, no words) with the client's socket,
+         * or with a pipe: not a socket, refused. */
+        write_header(buf, 10, 27, 0x0001);
+        len = 18;
+        pass_fd = st->fd;
+        if (kind[3] == 'p') {
+            if (pipe(pipe_fds) < 0)
+                return -errno;
+            pass_fd = pipe_fds[0];
+        }
+    } else if (strcmp(kind, "outshort") == 0) {
+        write_header(buf, 3, 27, 0x0001);            /* OUT_OPEN, 3 bytes: malformed */
+        len = 11;
+        pass_fd = st->fd;
     } else {
         return -EINVAL;
     }
@@ -401,8 +419,12 @@ static int garbage(state *st, const char *kind)
         cm->cmsg_len = CMSG_LEN(sizeof(int));
         memcpy(CMSG_DATA(cm), &pass_fd, sizeof pass_fd);
         if (sendmsg(cfd, &msg, MSG_NOSIGNAL) != (ssize_t)len)
-            return -errno;
-        return 0;
+            rc = -errno;
+        if (pipe_fds[0] >= 0) {
+            close(pipe_fds[0]);
+            close(pipe_fds[1]);
+        }
+        return rc;
     }
     write_all(cfd, buf, len);
     return 0;

@@ -258,3 +258,33 @@ def test_the_client_buffer_at_its_limit(sockfork, tmp_path, policy):
         assert st["channel"]["dropped"] > 0 and st["output"]["dropped"] > 0, st
         # Running again, it gets the report and cuts its client off.
         carol.until("*** stuck was disconnected (not reading)", LONG_WAIT)
+
+
+def test_a_passed_socket_is_never_kept_by_mistake(sockfork, tmp_path):
+    """Every OUT_OPEN the supervisor refuses closes the descriptor that came
+    with it: not a socket (an error, EINVAL), a second one (EALREADY), a
+    malformed one (the child is cut off); the one it takes is its only
+    extra descriptor, closed when the child is gone."""
+    from conftest import BusClient
+    from test_channel import KICKED, chanserver
+    srv = chanserver(sockfork, tmp_path, "bus")
+    child = BusClient(srv)
+
+    def held():
+        return len(fds_of(srv.pid))
+
+    child.sync()
+    before, had = held(), fds_of(srv.pid)
+    msgs = child.ok("GARBAGE outpipe") + child.sync()
+    assert [(m.kind, m.ok, m.topic) for m in msgs] == [("error", 22, "out: not a socket")], msgs
+    assert held() == before, (had, fds_of(srv.pid))
+    assert child.ok("GARBAGE outopen") + child.sync() == []
+    assert held() == before + 1, "the client's socket, in the supervisor"
+    msgs = child.ok("GARBAGE outopen") + child.sync()
+    assert [(m.kind, m.ok) for m in msgs] == [("error", 114)], msgs
+    assert held() == before + 1, "the second copy was closed"
+    mark = srv.log.mark()
+    child.send("GARBAGE outshort")
+    srv.log.wait_one(KICKED % (child.pid, "a malformed output request"), mark)
+    srv.wait_disconnected(child.sock)
+    wait_for(lambda: held() == before - 1, "the channel and the socket's copy closed")

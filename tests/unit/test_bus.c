@@ -19,6 +19,8 @@
 #include <time.h>
 
 #include "supervisor/bus.h"
+#include "channel/frame.h"
+#include "supervisor/bus_codec.h"
 
 #include "clockstep.h"
 
@@ -50,6 +52,7 @@ static endpoint *find(bus *b, pid_t pid, void *arg)
 }
 
 static double gather_s; /* the next setup's cfg.gather_s */
+static int full_kick;   /* the next setup's cfg.full_policy is BUS_FULL_KICK */
 
 static void setup(fixture *f, size_t queue_limit, unsigned children)
 {
@@ -66,6 +69,8 @@ static void setup(fixture *f, size_t queue_limit, unsigned children)
     cfg.arg = f;
     cfg.gather_s = gather_s;
     gather_s = 0;
+    cfg.full_policy = full_kick ? BUS_FULL_KICK : BUS_FULL_DROP;
+    full_kick = 0;
     assert_int_equal(bus_init(&f->b, f->loop, &cfg), 0);
     for (unsigned i = 0; i < children; i++) {
         int sv[2];
@@ -895,6 +900,73 @@ static void test_the_stall_time_holds_across_a_clock_step(void **state)
     teardown(&f);
 }
 
+/* A gated subscription's messages that do not fit behind the gate (a join
+ * in a busy room) are counted and told by the gate's note, as chat told
+ * them before the offload: even under BUS_FULL_KICK the member is not cut
+ * off for them. Child 1 speaks frames and hands over a client socket. */
+static void test_a_full_gate_skips_and_tells_even_under_kick(void **state)
+{
+    fixture f;
+    int sv[2], cl[2];
+    unsigned char open_req[10] = {0, 0, 16, 0, 0, 0, 0, 0, 0, 0}; /* limit 4096 */
+    unsigned char sub[] = {0, 0, 0, 0, 1, 4, 'r', 'o', 'o', 'm', 0, 0, 2,
+                                                 '\r', '\n', 0};
+    unsigned char gate[] = {0, 4, '*', '*', '*', ' ', 0, 5, ' ', 'o', 'n', 'e', '\n',
+                                          ' ', 'm', 'o', 'r', 'e', '\n'};
+    char data[1000], *got = NULL;
+    size_t len = 0;
+    (void)state;
+
+    full_kick = 1;
+    setup(&f, 64 * 1024, 1);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    assert_int_equal(fcntl(sv[0], F_SETFL, O_NONBLOCK), 0);
+    f.peer[1] = sv[1];
+    assert_int_equal(endpoint_open(&f.b, &f.ep[1], sv[0], 101, 0, NULL), 0);
+    f.n = 2;
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, cl), 0);
+    assert_int_equal(chan_send(f.peer[1], CHAN_T_OUT_OPEN, open_req, sizeof open_req, cl[0]), 0);
+    close(cl[0]); /* the bus has its copy */
+    assert_int_equal(chan_send(f.peer[1], CHAN_T_SUBSCRIBE_OUT, sub, sizeof sub, -1), 0);
+    settle(&f);
+
+    /* Bridged publishes (never held): 10 of 1000 bytes into 4096. */
+    memset(data, 'x', sizeof data);
+    for (int i = 0; i < 10; i++)
+        (void)bus_inject_publish(&f.b, "room", 4, 7, (const unsigned char *)data, sizeof data);
+    settle(&f);
+    assert_true(endpoint_is_open(&f.ep[1]));
+    assert_int_equal(chan_send(f.peer[1], CHAN_T_OUT_GATE, gate, sizeof gate, -1), 0);
+    settle(&f);
+    assert_true(endpoint_is_open(&f.ep[1]));
+    for (int k = 0; k < 1000 && !(got && strstr(got, " more\n")); k++) {
+        char buf[8192];
+        ssize_t n = recv(cl[1], buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) {
+            got = realloc(got, len + (size_t)n + 1);
+            assert_non_null(got);
+            memcpy(got + len, buf, (size_t)n);
+            len += (size_t)n;
+            got[len] = '\0';
+        }
+        settle(&f);
+    }
+    assert_non_null(got);
+    assert_non_null(strstr(got, "*** 6 more\n")); /* 4 fit: 4 * 1002 <= 4096 */
+    assert_int_equal(len, 4 * 1002 + strlen("*** 6 more\n"));
+    free(got);
+    { /* Each request counted once: OUT_OPEN and OUT_GATE as "other", the
+       * SUBSCRIBE_OUT as a subscribe. */
+        bus_stats st;
+        bus_get_stats(&f.b, &st);
+        assert_int_equal(st.counted.in_by_op[0], 2);
+        assert_int_equal(st.counted.in_by_op[OP_SUBSCRIBE], 1);
+        assert_int_equal(st.counted.out_opened, 1);
+    }
+    close(cl[1]);
+    teardown(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -918,6 +990,7 @@ int main(void)
         cmocka_unit_test(test_a_busy_room_is_held_no_longer_than_the_crossing_cap),
         cmocka_unit_test(test_bus_fini_with_a_burst_waiting),
         cmocka_unit_test(test_the_stall_time_holds_across_a_clock_step),
+        cmocka_unit_test(test_a_full_gate_skips_and_tells_even_under_kick),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -64,8 +64,44 @@ static void test_limit_drops_whole_units_force_passes(void **state)
     assert_string_equal(waiting(&o), "12345678");
     assert_true(o.dropped == 1);
     append(&o, "ab", 0, 0); /* exactly the limit */
-    assert_int_equal(bus_outbuf_append(&o, &words, 1, 0, 1), 0);
+    assert_int_equal(bus_outbuf_append(&o, &words, 1, 0, BUS_OUT_ALWAYS), 0);
     assert_string_equal(waiting(&o), "12345678abbye\r\n");
+    bus_outbuf_fini(&o);
+}
+
+/* A note may pass the limit, but only once: with the buffer past it
+ * already (an earlier note, a client that reads nothing), the next is
+ * dropped, so gap notices and gate notes cannot grow a buffer without
+ * bound. The words at the end and the gate's move always go. */
+static void test_notes_pass_the_limit_once(void **state)
+{
+    bus_outbuf o;
+    bus_piece note = P("*** 3 messages of room:x missed\r\n"), words = P("bye\r\n");
+    (void)state;
+
+    bus_outbuf_init(&o, 40);
+    append(&o, "0123456789012345678901234567890123456789", 0, 0); /* at the limit */
+    assert_int_equal(bus_outbuf_append(&o, &note, 1, 0, BUS_OUT_NOTE), 0);
+    assert_int_equal(bus_outbuf_bytes(&o), 40 + note.n);
+    for (int i = 0; i < 100; i++) /* past it now: no more notes */
+        assert_int_equal(bus_outbuf_append(&o, &note, 1, i & 1, BUS_OUT_NOTE), -ENOBUFS);
+    assert_int_equal(bus_outbuf_bytes(&o), 40 + note.n);
+    assert_true(o.dropped == 100);
+    assert_int_equal(bus_outbuf_append(&o, &words, 1, 0, BUS_OUT_ALWAYS), 0);
+    assert_int_equal(bus_outbuf_bytes(&o), 40 + note.n + words.n);
+    bus_outbuf_fini(&o);
+
+    /* The gate's note: after its move, only while not past the limit. */
+    bus_outbuf_init(&o, 10);
+    append(&o, "12345", 0, 0);
+    append(&o, "abcde", 1, 0);
+    append(&o, "x", 1, -ENOBUFS); /* skipped: 1 */
+    assert_int_equal(bus_outbuf_gate_open(&o, "*** ", 4, " more\r\n", 7, " more\r\n", 7), 1);
+    assert_string_equal(waiting(&o), "12345abcde*** 1 more\r\n");
+    assert_int_equal(bus_outbuf_gate_open(&o, "*** ", 4, " more\r\n", 7, " more\r\n", 7), 0);
+    append(&o, "y", 1, -ENOBUFS);
+    assert_int_equal(bus_outbuf_gate_open(&o, "*** ", 4, " more\r\n", 7, " more\r\n", 7), 1);
+    assert_string_equal(waiting(&o), "12345abcde*** 1 more\r\n"); /* past it: no second */
     bus_outbuf_fini(&o);
 }
 
@@ -219,6 +255,7 @@ int main(void)
         cmocka_unit_test(test_units_in_order_and_consumed),
         cmocka_unit_test(test_limit_drops_whole_units_force_passes),
         cmocka_unit_test(test_gate_holds_counts_and_notes),
+        cmocka_unit_test(test_notes_pass_the_limit_once),
         cmocka_unit_test(test_gate_drop),
         cmocka_unit_test(test_reset_completes_the_separator),
         cmocka_unit_test(test_tail_over_small_writes),
