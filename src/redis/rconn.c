@@ -19,6 +19,7 @@
 #include "os/os.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -608,6 +609,33 @@ void rconn_free(rconn *c)
     if (link)
         link_dispose(link);
     leave(c);
+}
+
+/* hiredis writes what a command appended only when the loop next runs
+ * (its write watcher): a command given in the loop pass that ends with
+ * rconn_free would go with the context, unwritten. */
+int rconn_flush(rconn *c, unsigned ms)
+{
+    redisContext *rc;
+    double deadline = os_mono_now() + ms / 1000.0;
+    int done = 0;
+
+    if (!rconn_is_up(c) || !c->link || !c->link->ac)
+        return -ENOTCONN;
+    rc = &c->link->ac->c;
+    for (;;) {
+        struct pollfd p = {rc->fd, POLLOUT, 0};
+        double left;
+
+        if (redisBufferWrite(rc, &done) == REDIS_ERR)
+            return -EIO;
+        if (done)
+            return 0;
+        if ((left = deadline - os_mono_now()) <= 0)
+            return -ETIMEDOUT;
+        if (poll(&p, 1, (int)(left * 1000) + 1) < 0 && errno != EINTR)
+            return -EIO;
+    }
 }
 
 int rconn_is_up(const rconn *c)

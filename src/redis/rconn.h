@@ -111,6 +111,12 @@ int rconn_command(rconn *c, rconn_reply_cb cb, void *priv, unsigned block_ms,
  * c is down already. */
 void rconn_drop(rconn *c, const char *why);
 
+/* Writes to the socket, now, what the commands given so far appended
+ * (hiredis writes only when the loop runs again), waiting up to ms for
+ * room. For a close that must not lose its last commands: it blocks.
+ * Returns 0, -ENOTCONN (not up), -ETIMEDOUT or -EIO. */
+int rconn_flush(rconn *c, unsigned ms);
+
 typedef struct rconn_stats {
     int up;
     uint64_t connects;     /* connections that reached on_up */

@@ -632,6 +632,15 @@ static void say_goodbye(bus_redis *r)
     (void)redisSetTimeout(c, tv);
     if (r->where.db > 0)
         freeReplyObject(redisCommand(c, "SELECT %d", r->where.db));
+    /* What the outbox holds and never gave to the command connection goes
+     * first, in order: a member's last line, its will cleared. Behind GONE
+     * it would come too late: the others publish the wills they hold when
+     * they read GONE. (What was given to it was written by rconn_flush
+     * before this connection was made; a resend is dropped by its seq.) */
+    double until = os_mono_now() + 1.0; /* a bound on the whole, as each has one */
+    for (out_item *it = r->head; it && os_mono_now() < until; it = it->next)
+        if (!it->sent)
+            freeReplyObject(redisCommandArgv(c, it->argc, it->argv, it->argvlen));
     e.seq = ++r->xseq;
     n = rc_encode(&e, buf, sizeof buf);
     snprintf(maxlen, sizeof maxlen, "%u", r->o.stream_len);
@@ -653,6 +662,7 @@ void bus_redis_close(bus_redis *r)
     r->closing = 1;
     if (r->bus->bridge == &redis_ops && r->bus->bridge_ctx == r)
         bus_set_bridge(r->bus, NULL, NULL);
+    (void)rconn_flush(r->cmd, 500);
     say_goodbye(r);
     ev_timer_stop(r->loop, &r->tick);
     rconn_free(r->rd);
