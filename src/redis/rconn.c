@@ -620,7 +620,7 @@ int rconn_flush(rconn *c, unsigned ms)
     double deadline = os_mono_now() + ms / 1000.0;
     int done = 0;
 
-    if (!rconn_is_up(c) || !c->link || !c->link->ac)
+    if (!c || !rconn_is_up(c) || !c->link || !c->link->ac)
         return -ENOTCONN;
     rc = &c->link->ac->c;
     for (;;) {

@@ -817,11 +817,39 @@ static void test_a_command_behind_a_blocking_one(void **state)
     assert_int_equal(st.pending, 0);
 }
 
+/* rconn_flush writes what the commands appended with the loop never run
+ * again: a close right after them (the bus bridge's goodbye) must not
+ * lose them. Without it the SET below is never written. */
+static void test_flush_writes_without_the_loop(void **state)
+{
+    fx *f = *state;
+    SKIP_WITHOUT_REDIS();
+    redis_start(f);
+    rconn_opts o = test_opts(f);
+    connect_up(f, &o);
+    const char *set[] = { "SET", "flushed", "yes" };
+    assert_int_equal(cmd(f, 0, 3, set), 0);
+    assert_int_equal(rconn_flush(f->c, 2000), 0);
+    rconn_free(f->c);
+    f->c = NULL;
+    /* Redis reads it in its own time: asked again, bounded. */
+    int found = 0;
+    for (int i = 0; i < 200 && !found; i++) {
+        redisReply *r = side_cmd(f, "GET flushed");
+        found = r->type == REDIS_REPLY_STRING && strcmp(r->str, "yes") == 0;
+        freeReplyObject(r);
+        if (!found)
+            usleep(10 * 1000);
+    }
+    assert_true(found);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_command, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flush_writes_without_the_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadline, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_command_behind_a_blocking_one, setup, teardown),
         cmocka_unit_test_setup_teardown(test_server_restart, setup, teardown),
