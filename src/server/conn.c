@@ -427,10 +427,7 @@ static unsigned char *put_short(unsigned char *p, const char *s, size_t n)
 
 static unsigned char *put_be32(unsigned char *p, uint32_t v)
 {
-    p[0] = (unsigned char)(v >> 24);
-    p[1] = (unsigned char)(v >> 16);
-    p[2] = (unsigned char)(v >> 8);
-    p[3] = (unsigned char)v;
+    be32_put(p, v);
     return p + 4;
 }
 

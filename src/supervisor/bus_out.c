@@ -1,5 +1,6 @@
 /* bus_out.c - see bus_out.h. */
 #include "supervisor/bus_out.h"
+#include "channel/be.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -196,18 +197,13 @@ static int take(const unsigned char **p, size_t *n, int wide, const unsigned cha
     return 0;
 }
 
-static uint32_t be32(const unsigned char *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 int bus_out_open_decode(const unsigned char *p, size_t n, bus_out_open *r)
 {
     memset(r, 0, sizeof *r);
     if (n < 8)
         return -EPROTO;
-    r->limit = be32(p);
-    r->report_ms = be32(p + 4);
+    r->limit = be32_get(p);
+    r->report_ms = be32_get(p + 4);
     p += 8;
     n -= 8;
     if (take(&p, &n, 0, &r->kick, &r->kick_len) < 0 || take(&p, &n, 0, &r->down, &r->down_len) < 0)
@@ -250,7 +246,7 @@ int bus_out_sub_decode(const unsigned char *p, size_t n, bus_out_sub *r)
     memset(r, 0, sizeof *r);
     if (n < 5 || (p[4] & ~OUT_S_GATED))
         return -EPROTO;
-    r->history = be32(p);
+    r->history = be32_get(p);
     r->flags = p[4];
     p += 5;
     n -= 5;

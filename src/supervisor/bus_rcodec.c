@@ -1,39 +1,9 @@
 /* bus_rcodec.c - the bytes of an entry of the bus across instances. */
 #include "supervisor/bus_rcodec.h"
+#include "channel/be.h"
 
 #include <errno.h>
 #include <string.h>
-
-static void put_u16(unsigned char *p, uint16_t v)
-{
-    p[0] = (unsigned char)(v >> 8);
-    p[1] = (unsigned char)v;
-}
-
-static void put_u32(unsigned char *p, uint32_t v)
-{
-    for (int i = 3; i >= 0; i--, v >>= 8)
-        p[i] = (unsigned char)v;
-}
-
-static void put_u64(unsigned char *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        p[i] = (unsigned char)v;
-}
-
-static uint64_t get_u64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static uint32_t get_u32(const unsigned char *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
 
 /* What a kind needs of the fields: the one check both ways use. */
 static int valid(const rc_entry *e)
@@ -87,11 +57,11 @@ long rc_encode(const rc_entry *e, unsigned char *buf, size_t cap)
     buf[0] = RC_VERSION;
     buf[1] = (unsigned char)e->kind;
     buf[2] = (unsigned char)e->flags;
-    put_u64(buf + 3, e->origin);
-    put_u64(buf + 11, e->seq);
-    put_u64(buf + 19, e->target);
-    put_u32(buf + 27, e->pid);
-    put_u16(buf + 31, (uint16_t)e->name_len);
+    be64_put(buf + 3, e->origin);
+    be64_put(buf + 11, e->seq);
+    be64_put(buf + 19, e->target);
+    be32_put(buf + 27, e->pid);
+    be16_put(buf + 31, (uint16_t)e->name_len);
     if (e->name_len)
         memcpy(buf + RC_HEADER_LEN, e->name, e->name_len);
     if (e->len)
@@ -108,11 +78,11 @@ int rc_decode(const unsigned char *p, size_t n, size_t data_max, rc_entry *out)
     memset(&e, 0, sizeof e);
     e.kind = p[1];
     e.flags = p[2];
-    e.origin = get_u64(p + 3);
-    e.seq = get_u64(p + 11);
-    e.target = get_u64(p + 19);
-    e.pid = get_u32(p + 27);
-    e.name_len = (size_t)p[31] << 8 | p[32];
+    e.origin = be64_get(p + 3);
+    e.seq = be64_get(p + 11);
+    e.target = be64_get(p + 19);
+    e.pid = be32_get(p + 27);
+    e.name_len = be16_get(p + 31);
     if (e.name_len > n - RC_HEADER_LEN)
         return -EPROTO;
     e.len = n - RC_HEADER_LEN - e.name_len;

@@ -324,19 +324,12 @@ static void heartbeat_reply(rconn *c, struct redisReply *reply, void *priv)
         r->resync = 1;
 }
 
-typedef struct alive_arg {
-    bus_redis *r;
-    uint64_t id;
-} alive_arg;
-
 static void alive_reply(rconn *c, struct redisReply *reply, void *priv)
 {
-    alive_arg *a = priv;
-    bus_redis *r = a->r;
-    peer *p = rb_peer_find(r, a->id);
+    bus_redis *r;
+    peer *p = rb_peer_answered(priv, &r);
 
     (void)c;
-    free(a);
     if (!reply || reply->type != REDIS_REPLY_INTEGER || reply->integer != 0 || !p)
         return;
     {
@@ -442,19 +435,10 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)rconn_command(r->cmd, heartbeat_reply, r, 0, 6, hb, hbl);
     for (unsigned i = 0; i < BUS_REDIS_PEERS_MAX; i++) {
         peer *p = &r->peers[i];
-        alive_arg *a;
-        char key[24];
         if (p->used && p->refreshing)
             rb_refresh_send(r, p);
-        if (!p->used || !(a = malloc(sizeof *a)))
-            continue;
-        a->r = r;
-        a->id = p->id;
-        snprintf(key, sizeof key, "sf:h:%016" PRIx64, p->id);
-        const char *ex[] = {"EXISTS", key};
-        size_t exl[] = {6, strlen(key)};
-        if (rconn_command(r->cmd, alive_reply, a, 0, 2, ex, exl) < 0)
-            free(a);
+        if (p->used)
+            (void)rb_peer_ask(r, p, "EXISTS", "sf:h:", alive_reply);
     }
     if (r->snapshot == 2)
         rb_start_topics(r); /* those that failed to start */

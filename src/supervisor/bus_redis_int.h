@@ -148,6 +148,11 @@ peer *rb_peer_get(bus_redis *r, uint64_t id);
 void rb_peer_gone(bus_redis *r, peer *p, const char *why);
 void rb_replica_feed(bus_redis *r, const rc_entry *e);
 /* ... read again */
+/* A command about peer p's key PREFIX + id (EXISTS sf:h:, HGETALL sf:s:),
+ * and in its callback the peer it asked about (NULL: gone since). */
+int rb_peer_ask(bus_redis *r, const peer *p, const char *cmd, const char *prefix,
+                rconn_reply_cb cb);
+peer *rb_peer_answered(void *priv, bus_redis **r);
 void rb_refresh_forget(peer *p);
 void rb_refresh_keep(bus_redis *r, peer *p, int kind, const unsigned char *e, size_t n);
 void rb_refresh_send(bus_redis *r, peer *p);

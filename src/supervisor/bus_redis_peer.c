@@ -3,6 +3,7 @@
  * bus_redis_int.h, the why is in docs/design.md, "The bus across
  * instances (Redis)". */
 #include "supervisor/bus_redis_int.h"
+#include "channel/be.h"
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
@@ -91,13 +92,9 @@ static void replica_feed_to(bus_redis *r, bus_bridge *br, const rc_entry *e)
     case RC_WILL_DONE: type = BRIDGE_WILL_DONE; break;
     default: return;
     }
-    f[0] = (unsigned char)(e->pid >> 24);
-    f[1] = (unsigned char)(e->pid >> 16);
-    f[2] = (unsigned char)(e->pid >> 8);
-    f[3] = (unsigned char)e->pid;
+    be32_put(f, (uint32_t)e->pid);
     if (type == BRIDGE_WILL) {
-        f[4] = (unsigned char)(e->name_len >> 8);
-        f[5] = (unsigned char)e->name_len;
+        be16_put(f + 4, (uint32_t)e->name_len);
         n = 6;
     }
     if (e->name_len) {
@@ -234,19 +231,49 @@ static void refresh_apply(bus_redis *r, peer *p, const redisReply *reply)
     p->replica = now;
 }
 
-typedef struct refresh_arg {
+/* A command about another instance's key (PREFIX + its id), answered to
+ * cb with the instance's id: by then its slot may be free, or another's. */
+typedef struct peer_ask {
     bus_redis *r;
     uint64_t id;
-} refresh_arg;
+} peer_ask;
+
+int rb_peer_ask(bus_redis *r, const peer *p, const char *cmd, const char *prefix,
+                rconn_reply_cb cb)
+{
+    peer_ask *a = malloc(sizeof *a);
+    char key[24];
+
+    if (!a)
+        return -ENOMEM;
+    a->r = r;
+    a->id = p->id;
+    snprintf(key, sizeof key, "%s%016" PRIx64, prefix, p->id);
+    const char *argv[] = {cmd, key};
+    size_t argvlen[] = {strlen(cmd), strlen(key)};
+    int rc = rconn_command(r->cmd, cb, a, 0, 2, argv, argvlen);
+    if (rc < 0)
+        free(a);
+    return rc;
+}
+
+peer *rb_peer_answered(void *priv, bus_redis **r)
+{
+    peer_ask *a = priv;
+    peer *p;
+
+    *r = a->r;
+    p = rb_peer_find(a->r, a->id);
+    free(a);
+    return p;
+}
 
 static void refresh_reply(rconn *c, struct redisReply *reply, void *priv)
 {
-    refresh_arg *a = priv;
-    bus_redis *r = a->r;
-    peer *p = rb_peer_find(r, a->id);
+    bus_redis *r;
+    peer *p = rb_peer_answered(priv, &r);
 
     (void)c;
-    free(a);
     if (!p || !p->refreshing)
         return;
     p->refresh_sent = 0;
@@ -266,19 +293,8 @@ static void refresh_reply(rconn *c, struct redisReply *reply, void *priv)
 
 void rb_refresh_send(bus_redis *r, peer *p)
 {
-    refresh_arg *a;
-    char key[24];
-
-    if (p->refresh_sent || !rconn_is_up(r->cmd) || !(a = malloc(sizeof *a)))
+    if (p->refresh_sent || !rconn_is_up(r->cmd))
         return;
-    a->r = r;
-    a->id = p->id;
-    snprintf(key, sizeof key, "sf:s:%016" PRIx64, p->id);
-    const char *argv[] = {"HGETALL", key};
-    size_t argvlen[] = {7, strlen(key)};
-    if (rconn_command(r->cmd, refresh_reply, a, 0, 2, argv, argvlen) < 0) {
-        free(a);
-        return;
-    }
-    p->refresh_sent = 1;
+    if (rb_peer_ask(r, p, "HGETALL", "sf:s:", refresh_reply) == 0)
+        p->refresh_sent = 1;
 }
