@@ -34,6 +34,17 @@ HELPERS = os.environ.get("SOCKFORK_HELPERS") or os.path.join(ROOT, "build", "tes
 WAIT = 10.0
 LONG_WAIT = 30.0
 
+
+def wait_for(cond, what, timeout=WAIT):
+    """Polls cond (bounded) until it returns something true, and returns it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        assert time.monotonic() < deadline, "not within %.0f s: %s" % (timeout, what)
+        time.sleep(0.02)  # a bounded poll
+
 CONNECTED_RE = re.compile(r"^sockfork: \[(?P<peer>.+?)\] connected pid=(?P<pid>\d+) active=(?P<active>\d+)$")
 DISCONNECTED_RE = re.compile(
     r"^sockfork: \[(?P<peer>.+?)\] disconnected pid=(?P<pid>\d+) duration=(?P<duration>\d+(\.\d+)?)s"

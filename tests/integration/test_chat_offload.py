@@ -6,17 +6,15 @@ in one step, slow clients reported and cut, the client's end when its
 member ends (fork and prefork), the supervisor's descriptors, and the
 bounded buffer at its limit. Real processes, real sockets, bounded waits.
 """
-import json
 import os
 import re
 import signal
-import socket
 import time
 
 import pytest
 
-from conftest import LONG_WAIT, WAIT, Control
-from test_chat import NO_FLOOD, Chat, chat_server, ctl, join, lobby, sync
+from conftest import LONG_WAIT, WAIT, Control, wait_for
+from test_chat import NO_FLOOD, Chat, chat_server, lobby, sync
 
 KICKED = "*** You were disconnected: messages for you piled up faster than you read them."
 
@@ -27,16 +25,6 @@ def stats(srv):
         return c(cmd="stats")
     finally:
         c.close()
-
-
-def wait_for(cond, what, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        assert time.monotonic() < deadline, "not within %.0f s: %s" % (timeout, what)
-        time.sleep(0.02)
 
 
 def fds_of(pid):

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+import conftest
 from conftest import BIN, LONG_WAIT, SANITIZER_MARKS, WAIT, server_env
 
 pytestmark = pytest.mark.skipif(not shutil.which("redis-server") or not shutil.which("redis-cli"),
@@ -173,13 +174,7 @@ def no_sanitizer_report(*texts):
 
 
 def wait_for(cond, timeout=LONG_WAIT, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting for " + what)
+    return conftest.wait_for(cond, what, timeout)
 
 
 def results(path):

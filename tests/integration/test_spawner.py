@@ -5,9 +5,8 @@ its one child is the spawner, which forks, reaps and signals them. These
 tests check that shape, and what happens when the spawner is killed."""
 import os
 import signal
-import time
 
-from conftest import LONG_WAIT, WAIT, children_of, control_path, proc_stat, recv_line
+from conftest import LONG_WAIT, children_of, control_path, proc_stat, recv_line, wait_for
 from test_ctl import ctl_json
 
 
@@ -15,16 +14,6 @@ def spawner_of(srv):
     reply = ctl_json(control_path(srv), "stats")
     assert reply["spawner_pid"] > 0, reply
     return reply["spawner_pid"]
-
-
-def wait_for(cond, what, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.02)  # a bounded poll of /proc or the control socket
-    raise AssertionError("timed out waiting for " + what)
 
 
 def test_children_are_the_spawners_and_the_spawner_is_the_servers(sockfork):
