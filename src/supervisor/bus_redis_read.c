@@ -520,6 +520,7 @@ void rb_snapshot_start(bus_redis *r)
 typedef struct cursor_arg {
     bus_redis *r;
     char key[KEY_MAX];
+    char asked[ID_MAX];     /* the cursor when asked: one that moved since reads */
 } cursor_arg;
 
 static void cursor_reply(rconn *c, struct redisReply *reply, void *priv)
@@ -538,7 +539,9 @@ static void cursor_reply(rconn *c, struct redisReply *reply, void *priv)
         cursor = r->xcursor;
     else if ((t = rb_top_find(r, a->key, key_len)) && t->reading)
         cursor = t->cursor;
-    if (!cursor || rid_parse(cursor, strlen(cursor), &ours) < 0)
+    /* A cursor that moved since the question reads: entries newer than
+     * the answer's newest may have come on the other connection first. */
+    if (!cursor || strcmp(cursor, a->asked) != 0 || rid_parse(cursor, strlen(cursor), &ours) < 0)
         goto done;
     if (reply->elements) {
         const redisReply *id;
@@ -561,7 +564,7 @@ done:
     free(a);
 }
 
-static void check_cursor(bus_redis *r, const char *key, size_t key_len)
+static void check_cursor(bus_redis *r, const char *key, size_t key_len, const char *cursor)
 {
     cursor_arg *a = malloc(sizeof *a);
 
@@ -570,6 +573,7 @@ static void check_cursor(bus_redis *r, const char *key, size_t key_len)
     a->r = r;
     memcpy(a->key, key, key_len);
     a->key[key_len] = '\0';
+    snprintf(a->asked, sizeof a->asked, "%s", cursor);
     const char *argv[] = {"XREVRANGE", a->key, "+", "-", "COUNT", "1"};
     size_t argvlen[] = {9, key_len, 1, 1, 5, 1};
     if (rconn_command(r->cmd, cursor_reply, a, 0, 6, argv, argvlen) < 0)
@@ -580,8 +584,8 @@ void rb_check_cursors(bus_redis *r)
 {
     if (r->snapshot != 2 || !rconn_is_up(r->cmd))
         return;
-    check_cursor(r, KEY_X, sizeof KEY_X - 1);
+    check_cursor(r, KEY_X, sizeof KEY_X - 1, r->xcursor);
     for (unsigned i = 0; i < r->ntops; i++)
         if (r->tops[i].reading)
-            check_cursor(r, r->tops[i].key, r->tops[i].key_len);
+            check_cursor(r, r->tops[i].key, r->tops[i].key_len, r->tops[i].cursor);
 }
